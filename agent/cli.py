@@ -1,0 +1,62 @@
+"""`capture-agent`: the command line for installers, end users and test rigs.
+
+Each subcommand lives in its own module under ``agent.commands`` and registers
+itself with :func:`register`, so adding a command never means editing a long
+``if`` chain here, and heavy imports (OpenCV, numpy, httpx) load only when the
+command that needs them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from agent.errors import AgentError
+
+# Modules under agent.commands, each with `register(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent.commands.provision",
+    "agent.commands.doctor",
+    "agent.commands.renew",
+    "agent.commands.health",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capture-agent",
+        description="Edge capture agent: biometric templates made on the device, "
+        "sent to the verifier over mutual-TLS HTTP/2.",
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help="TOML configuration file (default: $CAPTURE_AGENT_CONFIG or "
+        "/etc/capture-agent/agent.toml when it exists, else built-in defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {exc.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

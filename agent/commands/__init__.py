@@ -1,0 +1,1 @@
+"""Subcommands of `capture-agent`, one module each."""
