@@ -1,0 +1,260 @@
+"""The agent's one long-lived HTTP/2 client to the verifier, over mutual TLS.
+
+Why one client for the process: HTTP/2 multiplexes every request of the agent over
+a single TLS connection, so after the first handshake a verification costs one
+round trip. The keep-alive is minutes (a kiosk idles between users), not httpx's
+5 seconds.
+
+Retries: a request cut by connection loss (a reset, a GOAWAY that arrived before
+the answer, a timeout) is sent again with backoff and jitter, carrying the same
+``Idempotency-Key``: the verifier answers a repeat with its first answer, so a
+request it had already handled is not handled twice.
+
+Renewal: :meth:`VerifierClient.replace_identity` builds a new ``httpx`` client on
+the new certificate; requests already running finish on the old one, which is
+closed when its last request ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from agent.config import AgentConfig
+from agent.errors import TLSPolicyError, TransportError, VerifierError
+from agent.identity import DeviceIdentity
+from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
+
+log = structlog.get_logger()
+
+RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.TimeoutException,
+)
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under an httpx exception, if the failure was TLS."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
+    """Turn a failed handshake into a message naming the fix, or None if not TLS."""
+    failure = _tls_failure(exc)
+    if failure is None:
+        return None
+    if isinstance(failure, PolicyViolation):
+        return TLSPolicyError(
+            f"refused the verifier at {url}: {failure.args[0] if failure.args else failure}",
+            fix="check [verifier] url and spki_pin; the verifier needs a certificate naming its host "
+            "exactly and HTTP/2 enabled",
+        )
+    reason = getattr(failure, "verify_message", "") or getattr(failure, "reason", "") or str(failure)
+    if isinstance(failure, ssl.SSLCertVerificationError):
+        if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
+            fix = "use the host name the verifier's certificate was issued for in [verifier] url"
+        else:
+            fix = (
+                "the verifier's certificate is not issued by the device's CA: check the URL points "
+                "to the right verifier, or re-provision against it"
+            )
+        return TLSPolicyError(f"the verifier's certificate was refused at {url}: {reason}", fix=fix)
+    text = str(failure)
+    if "VERSION" in text.upper() or "PROTOCOL" in text.upper():
+        fix = "the verifier must offer TLS 1.2 or 1.3 with ECDHE and AEAD ciphers"
+    elif "ALERT" in text.upper():
+        fix = (
+            "the verifier refused the device certificate (revoked, expired, or another CA): "
+            "run `capture-agent doctor`"
+        )
+    else:
+        fix = "run `capture-agent doctor`; check the verifier's TLS configuration"
+    return TLSPolicyError(f"TLS handshake with {url} failed: {reason}", fix=fix)
+
+
+def problem_error(response: httpx.Response) -> VerifierError:
+    """An RFC 9457 problem answer as a typed error; garbage as a typed error too."""
+    status = response.status_code
+    try:
+        problem = response.json()
+        if not isinstance(problem, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        return VerifierError(
+            f"the verifier answered HTTP {status} with a body that is not problem details",
+            fix="check [verifier] url points to a capture-verifier, and see the verifier's log",
+            status=status,
+        )
+    title = str(problem.get("title", "error"))
+    detail = str(problem.get("detail", ""))
+    fix = str(problem.get("fix", "")) or detail
+    return VerifierError(
+        f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem
+    )
+
+
+@dataclass
+class _Generation:
+    """One httpx client and the requests running on it."""
+
+    http: httpx.AsyncClient
+    identity: DeviceIdentity
+    in_flight: int = 0
+    retired: bool = False
+
+
+class VerifierClient:
+    """mTLS HTTP/2 client to the verifier, with retries and hot certificate swap."""
+
+    def __init__(self, config: AgentConfig, identity: DeviceIdentity) -> None:
+        self.config = config
+        self._current = _Generation(self._build_http(identity), identity)
+        self._closing: set[asyncio.Task[None]] = set()
+        self.last_tls: dict[str, Any] = {}
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        return self._current.identity
+
+    def _build_http(self, identity: DeviceIdentity) -> httpx.AsyncClient:
+        net = self.config.network
+        ctx = client_context(
+            identity.ca_path,
+            cert_file=identity.cert_path,
+            key_file=identity.key_path,
+            key_password=identity.passphrase,
+            policy=ServerPolicy(spki_pin=self.config.verifier.spki_pin),
+        )
+        return httpx.AsyncClient(
+            base_url=self.config.verifier.url,
+            http1=False,
+            http2=True,
+            verify=ctx,
+            trust_env=False,  # no proxy or CA bundle from the environment
+            timeout=httpx.Timeout(
+                connect=net.connect_timeout_s,
+                read=net.read_timeout_s,
+                write=net.write_timeout_s,
+                pool=net.pool_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=4, max_keepalive_connections=2, keepalive_expiry=net.keepalive_s
+            ),
+        )
+
+    async def replace_identity(self, identity: DeviceIdentity) -> None:
+        """Switch to a renewed certificate; running requests finish on the old client."""
+        old = self._current
+        self._current = _Generation(self._build_http(identity), identity)
+        old.retired = True
+        if old.in_flight == 0:
+            await old.http.aclose()
+        log.info("client_identity_replaced", device_id=identity.device_id, serial=identity.serial_hex)
+
+    def _release(self, gen: _Generation) -> None:
+        gen.in_flight -= 1
+        if gen.retired and gen.in_flight == 0:
+            task = asyncio.get_running_loop().create_task(gen.http.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _backoff(self, attempt: int) -> float:
+        net = self.config.network
+        return random.uniform(0, min(net.backoff_max_s, net.backoff_base_s * 2**attempt))
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
+        """Send one request, retrying connection loss; every POST is idempotent by key."""
+        all_headers = dict(headers or {})
+        if method.upper() == "POST":
+            all_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        retries = self.config.network.retries
+        attempt = 0
+        while True:
+            gen = self._current
+            gen.in_flight += 1
+            try:
+                response = await gen.http.request(
+                    method, path, json=json, content=content, headers=all_headers
+                )
+            except RETRYABLE as exc:
+                policy = tls_policy_error(exc, self.config.verifier.url)
+                if policy is not None:
+                    log.warning("tls_handshake_failed", url=self.config.verifier.url, reason=str(policy))
+                    raise policy from None
+                if attempt >= retries:
+                    raise TransportError(
+                        f"the verifier at {self.config.verifier.url} could not be reached after "
+                        f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",
+                        fix="check the network and that the verifier runs; nothing is lost, "
+                        "the agent retries later",
+                    ) from None
+                log.info("request_retry", path=path, attempt=attempt + 1, error=type(exc).__name__)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            finally:
+                self._release(gen)
+            self._note_tls(response)
+            if response.status_code in RETRYABLE_STATUS and attempt < retries:
+                log.info("request_retry", path=path, attempt=attempt + 1, status=response.status_code)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            return response
+
+    def _note_tls(self, response: httpx.Response) -> None:
+        stream = response.extensions.get("network_stream")
+        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+        if ssl_object is not None:
+            self.last_tls = {**describe(ssl_object), "http_version": response.http_version}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request whose answer must be JSON; problems become :class:`VerifierError`."""
+        response = await self.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise problem_error(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise VerifierError(
+                f"the verifier answered {path} with a body that is not JSON",
+                fix="check [verifier] url points to a capture-verifier of a compatible version",
+                status=response.status_code,
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._current.http.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> VerifierClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

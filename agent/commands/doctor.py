@@ -1,0 +1,41 @@
+"""`capture-agent doctor`: check this device end to end and print the fixes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from agent.runtime import add_common_arguments, config_from_args
+
+MARKS = {True: "ok  ", False: "FAIL", None: "skip"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("doctor", help="check config, identity, clock and a live mTLS call")
+    add_common_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.doctor import run_doctor
+
+    report = run_doctor(config_from_args(args))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "checks": [dataclasses.asdict(c) for c in report.checks],
+                    "facts": report.facts,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for check in report.checks:
+            print(f"[{MARKS[check.ok]}] {check.name}: {check.detail}")
+            if check.ok is False and check.fix:
+                print(f"       fix: {check.fix}")
+    return 0 if report.ok else 1

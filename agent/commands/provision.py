@@ -1,0 +1,46 @@
+"""`capture-agent provision`: first identity for a device (installer)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from agent.errors import ProvisioningError
+from agent.runtime import add_common_arguments, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "provision",
+        help="generate the device key and get its certificate with a one-time token",
+        description="Fetch the verifier's CA (checked against --ca-fingerprint), generate an EC P-256 "
+        "key on this device, enroll it with EST using the one-time token, and store key and "
+        "certificate in the state directory.",
+    )
+    add_common_arguments(parser)
+    parser.add_argument("--token", required=True, help="one-time bootstrap token; '-' reads it from stdin")
+    parser.add_argument(
+        "--ca-fingerprint",
+        required=True,
+        help="SHA-256 fingerprint of the verifier's CA, as printed by `capture-verifier pki init`",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.provision import provision
+
+    config = config_from_args(args)
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token  # noqa: S105
+    if not token:
+        raise ProvisioningError(
+            "the token is empty", fix="pass the token printed by `capture-verifier token new`"
+        )
+    result = asyncio.run(provision(config, token, args.ca_fingerprint))
+    ident = result.identity
+    print(f"provisioned device {ident.device_id}")
+    print(f"  certificate serial {ident.serial_hex}, valid until {ident.not_after:%Y-%m-%d %H:%M} UTC")
+    print(f"  CA fingerprint     {result.ca_fingerprint}")
+    print(f"  state directory    {config.agent.state_dir}")
+    return 0

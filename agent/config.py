@@ -1,0 +1,248 @@
+"""The agent's configuration: one TOML file loaded into frozen dataclasses.
+
+Why so strict: a kiosk is configured once by an installer and then left alone for
+months. A typo (``keepalive = 30`` instead of ``keepalive_s``) that were silently
+ignored would surface much later as a mysterious fault, so every unknown key and
+every bad value stops the agent at start, with the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/capture-agent/agent.toml")
+CONFIG_ENV = "CAPTURE_AGENT_CONFIG"
+
+
+def _check(predicate: Callable[[Any], bool], fix: str) -> dict[str, Any]:
+    """Field metadata: a validity check and the fix to print when it fails."""
+    return {"check": predicate, "fix": fix}
+
+
+def _positive(value: float) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
+def _https_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    state_dir: Path = field(
+        default=Path("/var/lib/capture-agent"),
+        metadata=_check(lambda p: p.is_absolute(), "give an absolute path"),
+    )
+
+
+@dataclass(frozen=True)
+class VerifierSection:
+    url: str = field(
+        default="https://127.0.0.1:8443",
+        metadata=_check(_https_url, 'give the verifier base URL, e.g. "https://verifier.example:8443"'),
+    )
+    spki_pin: str = field(
+        default="",
+        metadata=_check(
+            lambda v: v == "" or len(v.rstrip("=")) == 43,
+            "give the base64 SHA-256 of the server's SubjectPublicKeyInfo "
+            "(`capture-agent doctor` prints it), or leave it empty",
+        ),
+    )
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 443
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    connect_timeout_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
+    read_timeout_s: float = field(default=10.0, metadata=_check(_positive, "use seconds > 0"))
+    write_timeout_s: float = field(default=10.0, metadata=_check(_positive, "use seconds > 0"))
+    pool_timeout_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
+    # httpx keeps idle connections 5 s; a kiosk waits minutes between users and
+    # should not pay a full handshake each time.
+    keepalive_s: float = field(default=300.0, metadata=_check(_positive, "use seconds > 0"))
+    retries: int = field(default=3, metadata=_check(lambda v: 0 <= v <= 10, "use 0 to 10"))
+    backoff_base_s: float = field(default=0.2, metadata=_check(_positive, "use seconds > 0"))
+    backoff_max_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
+
+
+KeyringBackendName = Literal["systemd-credentials", "file-insecure-dev", "system"]
+
+
+@dataclass(frozen=True)
+class KeyringSection:
+    # systemd-credentials: the daemon reads the key-encryption key from
+    # $CREDENTIALS_DIRECTORY (LoadCredentialEncrypted=). file-insecure-dev: a
+    # plain file, for development only. system: whatever `keyring` picks.
+    backend: KeyringBackendName = "systemd-credentials"
+    credential_name: str = field(
+        default="capture-agent-kek",
+        metadata=_check(
+            lambda v: bool(v) and "/" not in v, "use a bare credential name such as capture-agent-kek"
+        ),
+    )
+    dev_file: str = ""  # file-insecure-dev only; default: <state_dir>/INSECURE-dev-keyring.json
+
+
+@dataclass(frozen=True)
+class RenewalSection:
+    at_fraction: float = field(
+        default=2 / 3, metadata=_check(lambda v: 0.1 <= v <= 0.95, "use a fraction 0.1 to 0.95")
+    )
+    jitter_fraction: float = field(
+        default=0.05, metadata=_check(lambda v: 0 <= v <= 0.2, "use a fraction 0 to 0.2")
+    )
+
+
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection = field(default_factory=AgentSection)
+    verifier: VerifierSection = field(default_factory=VerifierSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    keyring: KeyringSection = field(default_factory=KeyringSection)
+    renewal: RenewalSection = field(default_factory=RenewalSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    source: str = "defaults"  # where it was loaded from, for doctor and logs
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> AgentConfig:
+        """A copy with some keys changed (CLI flags), validated like the file."""
+        merged = {name: {**_as_dict(getattr(self, name)), **values} for name, values in sections.items()}
+        updated = {name: _build(type(getattr(self, name)), name, raw) for name, raw in merged.items()}
+        return replace(self, **updated)
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in fields(section)}
+
+
+def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
+    """Turn a TOML value into the field's type, or fail naming key, value and fix."""
+    where = f"[{section}] {key} = {value!r}"
+    origin = get_origin(hint)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"bad value {where}", fix=f"use one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")  # not used; keeps types simple
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"bad value {where}", fix="use true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"bad value {where}", fix="use a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"bad value {where}", fix="use a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"bad value {where}", fix="use a quoted string")
+        return value
+    if hint is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"bad value {where}", fix="use a quoted path")
+        return Path(value)
+    raise TypeError(f"unsupported config type {hint}")
+
+
+def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"[{section}] must be a table, got {raw!r}", fix=f"write it as a [{section}] section"
+        )
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown key [{section}] {key} = {value!r}",
+                fix=f"remove it or correct its spelling; keys of [{section}]: {', '.join(known)}",
+            )
+        coerced = _coerce(section, key, value, hints[key])
+        check = known[key].metadata.get("check")
+        if check is not None and not check(coerced):
+            raise ConfigError(f"bad value [{section}] {key} = {value!r}", fix=known[key].metadata["fix"])
+        values[key] = coerced
+    for name, f in known.items():
+        if name not in values and f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"missing key [{section}] {name}", fix=f"add {name} to [{section}]")
+    return cls(**values)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConfig:
+    """Build an :class:`AgentConfig` from already-parsed TOML data."""
+    sections = {f.name: f for f in fields(AgentConfig) if f.name != "source"}
+    hints = get_type_hints(AgentConfig)
+    built: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(
+                f"unknown section [{name}] in {source}",
+                fix=f"remove it or correct its spelling; sections: {', '.join(sections)}",
+            )
+        built[name] = _build(hints[name], name, value)
+    return AgentConfig(**built, source=source)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
+    """Load the config file: the given path, else $CAPTURE_AGENT_CONFIG, else /etc.
+
+    With no path given and no file at the default place, the built-in defaults
+    are used (a test rig or a first `doctor` run works without a file).
+    """
+    explicit = path if path is not None else os.environ.get(CONFIG_ENV)
+    if explicit is None and not DEFAULT_CONFIG_PATH.exists():
+        return AgentConfig()
+    file = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {file} does not exist",
+            fix="create it (see README, 'Configuration') or fix the path",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {file} cannot be read: {exc.strerror}",
+            fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {file} is not valid TOML: {exc}", fix="correct the syntax at that line"
+        ) from None
+    return parse_config(data, source=str(file))

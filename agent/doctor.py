@@ -1,0 +1,182 @@
+"""`capture-agent doctor`: what an installer runs when something is wrong.
+
+Each check says what it found; a failed check says how to fix it. Checks that
+depend on an earlier one (the live call needs the identity) are skipped with a
+reason rather than failing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.client import VerifierClient
+from agent.config import AgentConfig
+from agent.errors import AgentError
+from agent.identity import DeviceIdentity, IdentityStore, spki_sha256
+from agent.keystore import load_kek
+
+RENEW_WARNING_DAYS = 7
+EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: skipped
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok is not False for c in self.checks)
+
+    def add(self, name: str, ok: bool | None, detail: str, fix: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail, fix))
+        return bool(ok)
+
+
+def _mode(path: os.PathLike[str]) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
+    path = config.agent.state_dir
+    if not path.exists():
+        return report.add(
+            "state directory",
+            False,
+            f"{path} does not exist",
+            "provision the device (`capture-agent provision`)",
+        )
+    mode = _mode(path)
+    if mode & 0o077:
+        return report.add("state directory", False, f"{path} has mode {mode:o}", f"chmod 0700 {path}")
+    loose = [str(p) for p in path.rglob("*") if p.is_file() and not p.is_symlink() and _mode(p) & 0o077]
+    if loose:
+        return report.add(
+            "state directory", False, f"files readable by others: {', '.join(loose)}", "chmod 0600 on them"
+        )
+    return report.add("state directory", True, f"{path} (0700, files 0600)")
+
+
+def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity | None:
+    try:
+        kek = load_kek(config)
+    except AgentError as exc:
+        report.add("key-encryption key", False, str(exc.args[0]), exc.fix)
+        return None
+    report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring")
+    try:
+        identity = IdentityStore(config.agent.state_dir).load(kek.encode())
+    except AgentError as exc:
+        report.add("device identity", False, str(exc.args[0]), exc.fix)
+        return None
+    report.add(
+        "device identity",
+        True,
+        f"device {identity.device_id}, certificate serial {identity.serial_hex}, key opens with the KEK",
+    )
+    return identity
+
+
+def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetime) -> bool:
+    cert = identity.certificate
+    issuers = [ca for ca in identity.ca_certificates if ca.subject == cert.issuer]
+    try:
+        if not issuers:
+            raise ValueError("no CA certificate matches the issuer")
+        cert.verify_directly_issued_by(issuers[0])
+    except (ValueError, TypeError, Exception) as exc:  # InvalidSignature is not a ValueError
+        return report.add(
+            "certificate chain",
+            False,
+            f"the certificate does not chain to the stored CA: {exc}",
+            "re-provision the device with a new token",
+        )
+    report.add("certificate chain", True, f"issued by {issuers[0].subject.rfc4514_string()}")
+    days = (identity.not_after - now).total_seconds() / 86400
+    report.facts["certificate_days_left"] = round(days, 2)
+    if days <= 0:
+        return report.add(
+            "certificate expiry",
+            False,
+            f"expired on {identity.not_after:%Y-%m-%d %H:%M} UTC",
+            "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision`)",
+        )
+    if days < RENEW_WARNING_DAYS:
+        return report.add(
+            "certificate expiry",
+            False,
+            f"{days:.1f} days left and not renewed yet",
+            "renew now with `capture-agent renew`; check the daemon's log for renewal errors",
+        )
+    return report.add("certificate expiry", True, f"{days:.1f} days left ({identity.not_after:%Y-%m-%d} UTC)")
+
+
+def _check_clock(report: DoctorReport, identity: DeviceIdentity | None, now: dt.datetime) -> bool:
+    fix = "enable time synchronisation: `timedatectl set-ntp true` (a Pi has no RTC battery)"
+    if now < EARLIEST_SANE_CLOCK:
+        return report.add("clock", False, f"the clock says {now:%Y-%m-%d}", fix)
+    if identity is not None and now < identity.not_before - dt.timedelta(minutes=5):
+        return report.add(
+            "clock", False, f"the clock ({now:%Y-%m-%d %H:%M}) is before the certificate's start", fix
+        )
+    return report.add("clock", True, f"{now:%Y-%m-%d %H:%M:%S} UTC")
+
+
+async def _check_live(report: DoctorReport, config: AgentConfig, identity: DeviceIdentity) -> bool:
+    try:
+        async with VerifierClient(config, identity) as client:
+            response = await client.request("GET", "/v1/health")
+            tls = dict(client.last_tls)
+            stream = response.extensions.get("network_stream")
+            ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+            if ssl_object is not None:
+                from cryptography import x509
+
+                server = x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True))
+                tls["server_cert_not_after"] = server.not_valid_after_utc.isoformat()
+                tls["server_spki_sha256"] = spki_sha256(server)
+    except AgentError as exc:
+        return report.add("verifier (live mTLS call)", False, str(exc.args[0]), exc.fix)
+    report.facts["tls"] = tls
+    if response.status_code != 200:
+        return report.add(
+            "verifier (live mTLS call)",
+            False,
+            f"/v1/health answered {response.status_code}",
+            "see the verifier's log; a 403 means this device is unknown or revoked: re-provision",
+        )
+    return report.add(
+        "verifier (live mTLS call)",
+        True,
+        f"{config.verifier.url}: {tls.get('tls_version')}, {tls.get('cipher')}, ALPN {tls.get('alpn')}, "
+        f"server certificate valid until {tls.get('server_cert_not_after', '?')}",
+    )
+
+
+def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
+    report = DoctorReport()
+    report.add("config", True, f"loaded from {config.source}")
+    clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
+    _check_state_dir(report, config)
+    identity = _check_identity(report, config)
+    _check_clock(report, identity, clock)
+    if identity is None:
+        report.add("verifier (live mTLS call)", None, "skipped: no usable identity")
+        return report
+    _check_chain(report, identity, clock)
+    asyncio.run(_check_live(report, config, identity))
+    return report

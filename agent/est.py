@@ -1,0 +1,128 @@
+"""EST (RFC 7030) client: CA certificates, first enrollment, re-enrollment.
+
+Bodies are base64 of DER (PKCS#10 requests, certs-only PKCS#7 answers), as RFC
+7030 section 4 specifies. Parsing is strict: an answer that is not the protocol
+is a typed error naming the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from agent.client import VerifierClient, problem_error, tls_policy_error
+from agent.errors import ProvisioningError, VerifierError
+from agent.tls import bootstrap_context, client_context
+
+CACERTS = "/.well-known/est/cacerts"
+SIMPLEENROLL = "/.well-known/est/simpleenroll"
+SIMPLEREENROLL = "/.well-known/est/simplereenroll"
+PKCS10_HEADERS = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"}
+
+
+def parse_pkcs7_certs(body: bytes, what: str) -> list[x509.Certificate]:
+    """Certificates from a base64 certs-only PKCS#7 body."""
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+        certs = pkcs7.load_der_pkcs7_certificates(der)
+    except (binascii.Error, ValueError):
+        raise ProvisioningError(
+            f"the verifier's {what} answer is not a base64 PKCS#7 certificate bundle",
+            fix="check the --verifier URL points to a capture-verifier (EST, RFC 7030)",
+        ) from None
+    if not certs:
+        raise ProvisioningError(
+            f"the verifier's {what} answer holds no certificate", fix="see the verifier's log"
+        )
+    return certs
+
+
+def _est_error(response: httpx.Response, what: str) -> ProvisioningError:
+    problem = problem_error(response)
+    fix = problem.fix
+    if response.status_code == 401 and what == "simpleenroll":
+        fix = (
+            "the bootstrap token is wrong, used or expired: ask for a new one (`capture-verifier token new`)"
+        )
+    return ProvisioningError(f"EST {what} failed: {problem}", fix=fix)
+
+
+async def fetch_ca_certificates(base_url: str, timeout_s: float = 10.0) -> list[x509.Certificate]:
+    """EST cacerts over a TLS connection that cannot be verified yet.
+
+    The caller must check what comes back against an out-of-band fingerprint
+    before trusting it (RFC 7030 section 4.1.1, "bootstrap distribution").
+    """
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        http1=False,
+        http2=True,
+        verify=bootstrap_context(),
+        trust_env=False,
+        timeout=timeout_s,
+    ) as http:
+        try:
+            response = await http.get(CACERTS)
+        except httpx.TransportError as exc:
+            policy = tls_policy_error(exc, base_url)
+            if policy is not None:
+                raise ProvisioningError(str(policy), fix=policy.fix) from None
+            raise ProvisioningError(
+                f"cannot reach the verifier at {base_url}: {type(exc).__name__}: {exc}",
+                fix="check the --verifier URL, the network, and that the verifier runs",
+            ) from None
+    if response.status_code != 200:
+        raise _est_error(response, "cacerts")
+    return parse_pkcs7_certs(response.content, "cacerts")
+
+
+async def simple_enroll(
+    base_url: str, ca_pem: str, csr_der: bytes, token: str, timeout_s: float = 10.0
+) -> x509.Certificate:
+    """EST simpleenroll with the one-time token, over TLS verified against the CA.
+
+    The token goes only over this verified connection, never over the bootstrap
+    one. The Idempotency-Key is fixed for this CSR, so a retried request is
+    answered with the same certificate instead of consuming a second token use.
+    """
+    ctx = client_context(None, ca_data=ca_pem)
+    async with httpx.AsyncClient(
+        base_url=base_url, http1=False, http2=True, verify=ctx, trust_env=False, timeout=timeout_s
+    ) as http:
+        try:
+            response = await http.post(
+                SIMPLEENROLL,
+                content=base64.b64encode(csr_der),
+                headers={
+                    **PKCS10_HEADERS,
+                    "Authorization": f"Bearer {token}",
+                    "Idempotency-Key": hashlib.sha256(csr_der).hexdigest(),
+                },
+            )
+        except httpx.TransportError as exc:
+            policy = tls_policy_error(exc, base_url)
+            if policy is not None:
+                raise ProvisioningError(str(policy), fix=policy.fix) from None
+            raise ProvisioningError(
+                f"cannot reach the verifier at {base_url}: {type(exc).__name__}",
+                fix="check the network and retry with the same token (it is used only on success)",
+            ) from None
+    if response.status_code != 200:
+        raise _est_error(response, "simpleenroll")
+    return parse_pkcs7_certs(response.content, "simpleenroll")[0]
+
+
+async def simple_reenroll(client: VerifierClient, csr_der: bytes) -> x509.Certificate:
+    """EST simplereenroll over the current mutual-TLS connection."""
+    response = await client.request(
+        "POST", SIMPLEREENROLL, content=base64.b64encode(csr_der), headers=PKCS10_HEADERS
+    )
+    if response.status_code != 200:
+        error = problem_error(response)
+        raise VerifierError(f"EST simplereenroll failed: {error}", fix=error.fix, status=error.status)
+    return parse_pkcs7_certs(response.content, "simplereenroll")[0]

@@ -1,0 +1,240 @@
+"""The device's identity: its key pair, its certificate, and the CA it trusts.
+
+Layout of the state directory (0700, files 0600)::
+
+    identity/                      the current identity: a symlink
+    identity-<serial hex>/         one folder per certificate
+        device.key                 encrypted PKCS#8 (passphrase: the KEK)
+        device.pem                 the device certificate
+        ca.pem                     the CA certificate(s) the device trusts
+
+Why a folder per certificate and a symlink: key and certificate must change
+together. Writing both into a fresh folder and then renaming one symlink over the
+old one is atomic, so a power cut during provisioning or renewal leaves either the
+old pair or the new pair, never a key that does not match its certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.errors import IdentityError
+
+CURRENT_LINK = "identity"
+KEY_FILE = "device.key"
+CERT_FILE = "device.pem"
+CA_FILE = "ca.pem"
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """A new EC P-256 key, made here on the device (invariant 3)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def build_csr(key: ec.EllipticCurvePrivateKey, common_name: str = "capture-agent") -> bytes:
+    """A PKCS#10 request (DER). The verifier sets the real device id from the token."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate) -> str:
+    """Base64 SHA-256 of a SubjectPublicKeyInfo: the form of an SPKI pin (RFC 7469)."""
+    key = public_key.public_key() if isinstance(public_key, x509.Certificate) else public_key
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """Lowercase hex SHA-256 of the certificate's DER: what an installer types."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def normalise_fingerprint(text: str) -> str:
+    """Accept ``AB:CD:..``, ``abcd..`` or with spaces; give lowercase hex."""
+    return "".join(ch for ch in text if ch not in ": \t").lower()
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """A loaded identity. The key stays in its encrypted file; TLS reads it there."""
+
+    directory: Path
+    certificate: x509.Certificate
+    ca_certificates: tuple[x509.Certificate, ...]
+    passphrase: bytes = field(repr=False)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.directory / CERT_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.directory / KEY_FILE
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / CA_FILE
+
+    @property
+    def device_id(self) -> str:
+        return _common_name(self.certificate)
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.certificate.serial_number, "x")
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """Decrypt the key into memory, for signing request bodies."""
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), self.passphrase)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise IdentityError("the device key is not an EC key", fix="re-provision the device")
+        return key
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class IdentityStore:
+    """Reads and atomically replaces the identity in a state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    @property
+    def current(self) -> Path:
+        return self.state_dir / CURRENT_LINK
+
+    def exists(self) -> bool:
+        return (self.current / CERT_FILE).exists() and (self.current / KEY_FILE).exists()
+
+    def ensure_state_dir(self) -> None:
+        """Create the state directory 0700, or tighten it; refuse one owned by another user."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = self.state_dir.stat()
+        if info.st_uid != os.getuid():
+            raise IdentityError(
+                f"state directory {self.state_dir} belongs to uid {info.st_uid}, not to this user",
+                fix=f"run as the agent's user, or `chown -R capture-agent: {self.state_dir}`",
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(self.state_dir, 0o700)
+
+    def write(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate,
+        ca_certificates: Sequence[x509.Certificate],
+        passphrase: bytes,
+    ) -> DeviceIdentity:
+        """Write a new identity folder and switch the ``identity`` link to it atomically."""
+        if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+            raise IdentityError(
+                "the certificate the verifier issued does not match the device key",
+                fix="retry; if it persists, the verifier is misconfigured",
+            )
+        self.ensure_state_dir()
+        folder = self.state_dir / f"identity-{certificate.serial_number:x}"
+        staging = self.state_dir / f".staging-{certificate.serial_number:x}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        encrypted = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        _write_private(staging / KEY_FILE, encrypted)
+        _write_private(staging / CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM))
+        _write_private(
+            staging / CA_FILE,
+            b"".join(c.public_bytes(serialization.Encoding.PEM) for c in ca_certificates),
+        )
+        _fsync_dir(staging)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(staging, folder)
+        previous = os.path.realpath(self.current) if self.current.is_symlink() else None
+        tmp_link = self.state_dir / f".{CURRENT_LINK}.tmp"
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(folder.name, tmp_link)
+        os.replace(tmp_link, self.current)
+        _fsync_dir(self.state_dir)
+        if previous and Path(previous) != folder.resolve():
+            shutil.rmtree(previous, ignore_errors=True)
+        return self.load(passphrase)
+
+    def load(self, passphrase: bytes) -> DeviceIdentity:
+        """Load the current identity and check that the key opens with the KEK."""
+        if not self.exists():
+            raise IdentityError(
+                f"no device identity in {self.state_dir}",
+                fix="provision the device: `capture-agent provision --verifier URL --token TOKEN "
+                "--ca-fingerprint SHA256`",
+            )
+        folder = self.current.resolve()
+        try:
+            cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
+            cas = tuple(x509.load_pem_x509_certificates((folder / CA_FILE).read_bytes()))
+        except (ValueError, OSError) as exc:
+            raise IdentityError(
+                f"the device certificate files in {folder} are unreadable: {exc}",
+                fix="re-provision the device with a new token",
+            ) from None
+        identity = DeviceIdentity(folder, cert, cas, passphrase)
+        try:
+            identity.private_key()
+        except (ValueError, TypeError):
+            raise IdentityError(
+                "the device key does not open with the key-encryption key from the keyring",
+                fix="check [keyring] (the credential must be the one used at provisioning), "
+                "or re-provision the device with a new token",
+            ) from None
+        return identity
+
+    def load_ca_certificates(self) -> tuple[x509.Certificate, ...]:
+        """The trusted CA certificates, without needing the KEK (for doctor)."""
+        return tuple(x509.load_pem_x509_certificates((self.current / CA_FILE).read_bytes()))
+
+    def load_certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate((self.current / CERT_FILE).read_bytes())

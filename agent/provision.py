@@ -1,0 +1,79 @@
+"""`capture-agent provision`: give the device its identity, with no blind trust.
+
+1. EST cacerts over an unverified TLS connection; the CA certificate that comes
+   back must have the SHA-256 fingerprint the installer typed (out of band), or
+   provisioning stops before anything secret is sent.
+2. A new EC P-256 key is generated here; a CSR goes to EST simpleenroll with the
+   one-time token, over TLS now verified against that CA and host name.
+3. Key (encrypted PKCS#8 under the KEK from the keyring), certificate and CA are
+   written atomically into the state directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+
+from agent.config import AgentConfig
+from agent.errors import ProvisioningError
+from agent.est import fetch_ca_certificates, simple_enroll
+from agent.identity import (
+    DeviceIdentity,
+    IdentityStore,
+    build_csr,
+    certificate_fingerprint,
+    generate_key,
+    normalise_fingerprint,
+)
+from agent.keystore import load_kek
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    identity: DeviceIdentity
+    ca_fingerprint: str
+
+
+def select_ca(certs: list, expected_fingerprint: str):  # type: ignore[type-arg]
+    """The CA certificate whose fingerprint the installer typed, or a clear refusal."""
+    wanted = normalise_fingerprint(expected_fingerprint)
+    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise ProvisioningError(
+            f"--ca-fingerprint {expected_fingerprint!r} is not a SHA-256 fingerprint",
+            fix="copy the 64 hex digits printed by `capture-verifier pki init` or `token new`",
+        )
+    for cert in certs:
+        if certificate_fingerprint(cert) == wanted:
+            return cert
+    seen = ", ".join(certificate_fingerprint(c) for c in certs)
+    raise ProvisioningError(
+        f"the verifier's CA does not have the fingerprint you gave (it sent {seen})",
+        fix="check --verifier points to your verifier and the fingerprint was copied right; "
+        "if both are right, someone may be intercepting the connection: do not continue",
+    )
+
+
+async def provision(config: AgentConfig, token: str, ca_fingerprint: str) -> ProvisionResult:
+    url = config.verifier.url
+    store = IdentityStore(config.agent.state_dir)
+    store.ensure_state_dir()
+    kek = load_kek(config, create=True)
+    log.info("provision_started", verifier=url)
+    ca = select_ca(await fetch_ca_certificates(url, config.network.connect_timeout_s), ca_fingerprint)
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca))
+    key = generate_key()
+    certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
+    identity = store.write(key, certificate, [ca], kek.encode())
+    log.info(
+        "certificate_issued",
+        audit=True,
+        device_id=identity.device_id,
+        serial=identity.serial_hex,
+        not_after=identity.not_after.isoformat(),
+    )
+    return ProvisionResult(identity, certificate_fingerprint(ca))

@@ -1,0 +1,165 @@
+"""The client side of invariant 2: a hand-made ``ssl.SSLContext`` and its checks.
+
+OpenSSL verifies the chain (against the configured CA only) and the host name.
+Three rules OpenSSL cannot express are checked by :class:`PolicySSLObject` right
+after the handshake completes and before the connection is handed to HTTP, so no
+request byte is ever written to a server that breaks them:
+
+* a wildcard server certificate is refused;
+* the server key must match the SPKI pin, when one is configured;
+* ALPN must have selected ``h2`` (HTTP/2 is required).
+
+A violation raises :class:`PolicyViolation`, an ``ssl.SSLCertVerificationError``, so
+every TLS stack above (anyio, httpcore, httpx) treats it as a failed handshake.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# TLS 1.2 suites: ECDHE key exchange with an AEAD cipher, nothing else. The
+# TLS 1.3 suites (all AEAD, all (EC)DHE) are left at OpenSSL's defaults.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
+ALPN_H2 = "h2"
+
+
+class PolicyViolation(ssl.SSLCertVerificationError):
+    """The server completed a handshake that the agent's policy refuses."""
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """What is checked on the server after OpenSSL has verified chain and name."""
+
+    spki_pin: str = ""  # base64 SHA-256 of the server's SubjectPublicKeyInfo
+    refuse_wildcards: bool = True
+    require_h2: bool = True
+
+
+def _spki_pin_of(der_certificate: bytes) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_der_x509_certificate(der_certificate)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+def _names(peer: dict[str, Any]) -> Iterable[str]:
+    for kind, value in peer.get("subjectAltName", ()):
+        if kind == "DNS":
+            yield value
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                yield value
+
+
+def enforce_policy(conn: ssl.SSLObject | ssl.SSLSocket, policy: ServerPolicy) -> None:
+    """Check a completed handshake; raise :class:`PolicyViolation` when it breaks the rules."""
+    peer = conn.getpeercert()
+    der = conn.getpeercert(binary_form=True)
+    if not der:
+        raise PolicyViolation("the verifier presented no certificate")
+    if policy.refuse_wildcards:
+        wild = [name for name in _names(peer) if "*" in name]
+        if wild:
+            raise PolicyViolation(
+                f"the verifier's certificate is a wildcard certificate ({', '.join(wild)}); "
+                "the agent only accepts a certificate naming the verifier host exactly"
+            )
+    if policy.spki_pin:
+        seen = _spki_pin_of(der)
+        if not hmac.compare_digest(seen.encode(), policy.spki_pin.encode()):
+            raise PolicyViolation(
+                f"the verifier's public key does not match the configured SPKI pin "
+                f"(expected {policy.spki_pin}, got {seen})"
+            )
+    if policy.require_h2 and conn.selected_alpn_protocol() != ALPN_H2:
+        raise PolicyViolation(
+            f"the verifier did not negotiate HTTP/2 with ALPN (got {conn.selected_alpn_protocol()!r})"
+        )
+
+
+class PolicySSLObject(ssl.SSLObject):
+    """An SSLObject (asyncio, anyio) that checks the policy when the handshake ends."""
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        enforce_policy(self, self.context.server_policy)  # type: ignore[attr-defined]
+
+
+class PolicySSLSocket(ssl.SSLSocket):
+    """The same check for blocking sockets (httpx's sync client)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        enforce_policy(self, self.context.server_policy)  # type: ignore[attr-defined]
+
+
+def _base_context(policy: ServerPolicy) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.set_alpn_protocols([ALPN_H2])
+    ctx.sslobject_class = PolicySSLObject
+    ctx.sslsocket_class = PolicySSLSocket
+    ctx.server_policy = policy  # type: ignore[attr-defined]
+    return ctx
+
+
+def client_context(
+    ca_file: Path | None,
+    *,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    key_password: bytes | None = None,
+    policy: ServerPolicy | None = None,
+    ca_data: str | None = None,
+) -> ssl.SSLContext:
+    """The agent's TLS client context: the configured CA only, name checked, mTLS.
+
+    Never ``load_default_certs``: the system store is not trusted (invariant 2).
+    """
+    ctx = _base_context(policy or ServerPolicy())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    if ca_file is None and ca_data is None:
+        raise ValueError("a CA is required: the agent trusts only the configured CA")
+    ctx.load_verify_locations(cafile=str(ca_file) if ca_file else None, cadata=ca_data)
+    if cert_file is not None:
+        ctx.load_cert_chain(str(cert_file), str(key_file), password=key_password)
+    return ctx
+
+
+def bootstrap_context() -> ssl.SSLContext:
+    """For EST ``cacerts`` only, before the device knows its CA.
+
+    The chain cannot be verified yet; what comes back is checked against the CA
+    fingerprint the installer typed, and nothing secret is sent on this
+    connection. Same protocol and cipher rules as every other connection.
+    """
+    ctx = _base_context(ServerPolicy(refuse_wildcards=False))
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def describe(conn: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
+    """TLS facts of a connection, for doctor and the demo."""
+    cipher = conn.cipher()
+    return {
+        "tls_version": conn.version(),
+        "cipher": cipher[0] if cipher else None,
+        "alpn": conn.selected_alpn_protocol(),
+    }
