@@ -1,0 +1,140 @@
+"""A local verifier and a provisioned device in a temporary folder.
+
+For the demo, the benchmarks and the end-to-end tests: they all need the same
+thing, a development PKI, the reference verifier running as a real process on
+127.0.0.1, and a device provisioned against it with a one-time token. The
+verifier is driven only through its command line (`capture-verifier`), the way an
+installer drives it: the agent never imports the verifier's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config import AgentConfig, parse_config
+
+READY_TIMEOUT_S = 20.0
+
+
+def _verifier_command() -> list[str]:
+    """`capture-verifier` from the same environment as this Python."""
+    exe = Path(sys.executable).with_name("capture-verifier")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "verifier.cli"]
+
+
+def verifier_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_verifier_command(), *args], capture_output=True, text=True, check=check, timeout=60
+    )
+
+
+@dataclass
+class LocalVerifier:
+    """The reference verifier as a child process, with its PKI folder."""
+
+    pki_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[str] | None = field(default=None, repr=False)
+    ca_fingerprint: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def init_pki(self) -> str:
+        out = verifier_cli("pki", "init", str(self.pki_dir)).stdout
+        found = re.search(r"\b[0-9a-f]{64}\b", out)
+        if not found:
+            raise RuntimeError(f"`capture-verifier pki init` printed no CA fingerprint: {out!r}")
+        self.ca_fingerprint = found.group(0)
+        return self.ca_fingerprint
+
+    def start(self, port: int | None = None) -> LocalVerifier:
+        ready = self.pki_dir / f"ready-{os.getpid()}-{time.monotonic_ns()}.json"
+        wanted = self.port if port is None else port
+        self.process = subprocess.Popen(
+            [
+                *_verifier_command(),
+                "serve",
+                "--pki",
+                str(self.pki_dir),
+                "--host",
+                self.host,
+                "--port",
+                str(wanted),
+                "--ready-file",
+                str(ready),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.exists() or not ready.read_text().strip():
+            if self.process.poll() is not None:
+                err = self.process.stderr.read() if self.process.stderr else ""
+                raise RuntimeError(f"the verifier exited with {self.process.returncode}: {err[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the verifier did not become ready in time")
+            time.sleep(0.05)
+        self.port = int(json.loads(ready.read_text())["port"])
+        ready.unlink(missing_ok=True)
+        return self
+
+    def new_token(self, device_id: str) -> str:
+        out = verifier_cli("token", "new", "--pki", str(self.pki_dir), "--device", device_id).stdout
+        for line in out.splitlines():
+            if line.lower().startswith("token"):
+                return line.split(":", 1)[1].strip() if ":" in line else line.split()[-1]
+        return out.split()[0]
+
+    def revoke(self, device_id: str) -> None:
+        verifier_cli("device", "revoke", "--pki", str(self.pki_dir), device_id)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+    def __enter__(self) -> LocalVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def device_config(state_dir: Path, verifier_url: str, **sections: dict) -> AgentConfig:
+    """An agent config for a development device: its own state dir, the dev keyring."""
+    data: dict[str, dict] = {
+        "agent": {"state_dir": str(state_dir)},
+        "verifier": {"url": verifier_url},
+        "keyring": {"backend": "file-insecure-dev"},
+        "network": {"retries": 2, "backoff_base_s": 0.05},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data, source="devstack")
+
+
+def clean(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
