@@ -1,0 +1,145 @@
+"""Fingerprint benchmark: all-pairs verification on a folder of ``F_I`` images.
+
+    python -m bench.fingerprint --data DIR [--dpi 500] [--workers N]
+
+Every unordered pair of images is compared once: same F is a genuine pair,
+different F an impostor pair (FVC "all pairs" protocol; 280 genuine and 2,880
+impostor pairs for 10 fingers x 8 impressions). Prints one JSON object on stdout
+(rates in percent, see "units"); progress goes to stderr.
+
+``comparisons_per_s`` is measured on the 1:N path: each probe searched against a
+gallery of ``--gallery`` templates (the folder's templates repeated under distinct
+ids), i.e. full MCC LSS-R scores against every gallery entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from biometrics.fingerprint import GalleryIndex, extract
+from biometrics.fingerprint.types import FingerprintTemplate
+
+NAME = re.compile(r"^(\d+)_(\d+)\.(tif|tiff|png|bmp|pgm)$", re.IGNORECASE)
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def list_images(folder: Path) -> list[tuple[str, int, Path]]:
+    items = []
+    for p in sorted(folder.iterdir()):
+        m = NAME.match(p.name)
+        if m:
+            items.append((m.group(1), int(m.group(2)), p))
+    return items
+
+
+def _extract_one(args: tuple[str, int]) -> tuple[FingerprintTemplate, float]:
+    path, dpi = args
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise SystemExit(f"cannot read {path}")
+    t0 = time.perf_counter()
+    tpl = extract(img, dpi)
+    return tpl, time.perf_counter() - t0
+
+
+def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
+    """EER and FNMR at FMR 1 % / 0.1 %, as fractions; accept when score >= threshold."""
+    thresholds = np.unique(np.concatenate([genuine, impostor, [np.inf]]))
+    g = np.sort(genuine)
+    i = np.sort(impostor)
+    fnmr = np.searchsorted(g, thresholds, side="left") / len(g)  # genuine below threshold
+    fmr = 1.0 - np.searchsorted(i, thresholds, side="left") / len(i)  # impostor at or above
+    k = int(np.argmin(np.abs(fmr - fnmr)))
+    # Where the curves cross between two thresholds, take the midpoint of the crossing step.
+    eer = (fmr[k] + fnmr[k]) / 2.0
+    if k + 1 < len(thresholds) and fmr[k] > fnmr[k] and fmr[k + 1] < fnmr[k + 1]:
+        eer = min(eer, (max(fmr[k + 1], fnmr[k]) + min(fmr[k], fnmr[k + 1])) / 2.0)
+
+    def fnmr_at(target: float) -> float:
+        ok = fmr <= target
+        return float(fnmr[ok].min()) if ok.any() else 1.0
+
+    return {"eer": float(eer), "fmr100": fnmr_at(0.01), "fmr1000": fnmr_at(0.001)}
+
+
+def throughput(templates: list[FingerprintTemplate], gallery_size: int, probes: int = 10) -> float:
+    """Comparisons per second of GalleryIndex.search against ``gallery_size`` templates."""
+    index = GalleryIndex()
+    for n in range(gallery_size):
+        index.add(n, templates[n % len(templates)])
+    index.search(templates[0], top_k=1)  # builds the packed matrices once
+    t0 = time.perf_counter()
+    for p in range(probes):
+        index.search(templates[(p * 7) % len(templates)], top_k=5)
+    return probes * gallery_size / (time.perf_counter() - t0)
+
+
+def run(folder: Path, dpi: int, workers: int, gallery_size: int) -> dict[str, object]:
+    items = list_images(folder)
+    if len(items) < 2:
+        raise SystemExit(f"no F_I images in {folder}")
+    _progress(f"extracting {len(items)} images at {dpi} dpi")
+    jobs = [(str(p), dpi) for _, _, p in items]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_extract_one, jobs))
+    else:
+        results = [_extract_one(j) for j in jobs]
+    templates = [r[0] for r in results]
+    times = np.array([r[1] for r in results])
+    fingers = np.array([f for f, _, _ in items])
+
+    _progress("matching all pairs")
+    index = GalleryIndex()
+    for n, tpl in enumerate(templates):
+        index.add(n, tpl)
+    matrix = np.stack([index.scores(t) for t in templates])
+    sym = (matrix + matrix.T) / 2.0
+    iu, ju = np.triu_indices(len(templates), k=1)
+    same = fingers[iu] == fingers[ju]
+    genuine, impostor = sym[iu, ju][same], sym[iu, ju][~same]
+    rates = error_rates(genuine, impostor)
+
+    _progress(f"1:N throughput on a gallery of {gallery_size}")
+    cps = throughput(templates, gallery_size)
+    return {
+        "eer": round(100 * rates["eer"], 3),
+        "fmr100": round(100 * rates["fmr100"], 3),
+        "fmr1000": round(100 * rates["fmr1000"], 3),
+        "units": "percent",
+        "extract_ms_median": round(float(np.median(times)) * 1000, 2),
+        "comparisons_per_s": round(cps),
+        "genuine": int(same.sum()),
+        "impostor": int((~same).sum()),
+        "images": len(templates),
+        "minutiae_median": float(np.median([len(t.minutiae) for t in templates])),
+        "dpi": dpi,
+        "gallery_size": gallery_size,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, type=Path, help="folder of F_I.tif images")
+    ap.add_argument("--dpi", type=int, default=500, help="resolution of the images (FVC2002 DB2: 569)")
+    ap.add_argument("--workers", type=int, default=1, help="processes for extraction")
+    ap.add_argument("--gallery", type=int, default=2000, help="gallery size for the 1:N throughput figure")
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args.data, args.dpi, args.workers, args.gallery)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

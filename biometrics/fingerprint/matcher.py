@@ -1,0 +1,111 @@
+"""Public matching API: 1:1 scores and a vectorised 1:N gallery.
+
+Scores are raw MCC LSS-R similarities in [0, 1] (higher = more similar); see
+:mod:`biometrics.fingerprint.calibration` for choosing a threshold from a target
+false match rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+
+from biometrics.fingerprint import mcc_match
+from biometrics.fingerprint.cylinders import Cylinders, build
+from biometrics.fingerprint.errors import TemplateError
+from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+
+REFERENCE_DPI = 500
+CHUNK = 512  # templates per matrix product: bounds memory, keeps BLAS efficient
+
+
+def cylinders_of(item: FingerprintTemplate | Minutiae | Cylinders) -> Cylinders:
+    """MCC cylinders of a template (coordinates brought to 500 dpi) or of bare minutiae (assumed 500 dpi)."""
+    if isinstance(item, Cylinders):
+        return item
+    if isinstance(item, FingerprintTemplate):
+        if item.resolution_dpi <= 0:
+            raise TemplateError(f"template resolution_dpi={item.resolution_dpi}: set the capture's resolution")
+        return build(item.minutiae, REFERENCE_DPI / float(item.resolution_dpi))
+    if isinstance(item, Minutiae):
+        return build(item, 1.0)
+    raise TemplateError(f"cannot match a {type(item).__name__}: pass a FingerprintTemplate or Minutiae")
+
+
+def match(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate | Minutiae) -> float:
+    """Similarity of two fingerprints in [0, 1]; symmetric up to rounding."""
+    ca, cb = cylinders_of(a), cylinders_of(b)
+    if len(ca) == 0 or len(cb) == 0:
+        return 0.0
+    return float(mcc_match.scores(ca, mcc_match.pack([cb]))[0])
+
+
+class GalleryIndex:
+    """Enrolled templates, searched all at once with matrix products.
+
+    Several templates may share a subject id (several fingers or impressions);
+    a search reports each subject once, with its best score.
+    """
+
+    def __init__(self) -> None:
+        self._ids: list[Hashable] = []
+        self._cylinders: list[Cylinders] = []
+        self._packed: list[tuple[np.ndarray, mcc_match.Packed]] = []
+        self._dirty = True
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, subject_id: object) -> bool:
+        return subject_id in self._ids
+
+    def add(self, subject_id: Hashable, template: FingerprintTemplate | Minutiae | Cylinders) -> None:
+        self._ids.append(subject_id)
+        self._cylinders.append(cylinders_of(template))
+        self._dirty = True
+
+    def remove(self, subject_id: Hashable) -> int:
+        """Remove every template of ``subject_id``; return how many were removed."""
+        keep = [i for i, s in enumerate(self._ids) if s != subject_id]
+        removed = len(self._ids) - len(keep)
+        self._ids = [self._ids[i] for i in keep]
+        self._cylinders = [self._cylinders[i] for i in keep]
+        self._dirty = True
+        return removed
+
+    def _pack(self) -> list[tuple[np.ndarray, mcc_match.Packed]]:
+        if self._dirty:
+            # Sorting by cylinder count keeps padding small inside each chunk.
+            order = np.argsort([len(c) for c in self._cylinders], kind="stable")
+            self._packed = [
+                (chunk, mcc_match.pack([self._cylinders[i] for i in chunk]))
+                for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / CHUNK))))
+                if len(chunk)
+            ]
+            self._dirty = False
+        return self._packed
+
+    def scores(self, probe: FingerprintTemplate | Minutiae | Cylinders) -> np.ndarray:
+        """Score of the probe against every enrolled template, in insertion order."""
+        out = np.zeros(len(self._ids), np.float64)
+        cp = cylinders_of(probe)
+        if len(cp) == 0:
+            return out
+        for chunk, packed in self._pack():
+            out[chunk] = mcc_match.scores(cp, packed)
+        return out
+
+    def search(self, probe: FingerprintTemplate | Minutiae | Cylinders, top_k: int = 5) -> list[tuple[Hashable, float]]:
+        """The ``top_k`` best subjects as (subject_id, score), best first."""
+        if top_k <= 0 or not self._ids:
+            return []
+        s = self.scores(probe)
+        best: dict[Hashable, float] = {}
+        for i in np.argsort(-s, kind="stable"):  # stops after top_k distinct subjects
+            sid = self._ids[int(i)]
+            if sid not in best:
+                best[sid] = float(s[i])
+                if len(best) >= top_k:
+                    break
+        return list(best.items())

@@ -1,0 +1,139 @@
+"""Minutiae from an analysed capture: enhance, binarise, thin, detect, clean up.
+
+Distances in the cleanup rules are in ridge periods (measured per image), not in
+pixels tuned to a data set: a spur, a bridge or a broken ridge is an artefact
+shorter than about one period, whatever the sensor.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from biometrics.fingerprint.enhance import Analysis, gabor_enhance
+from biometrics.fingerprint.skeleton import crossing_number, thin
+from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
+
+MAX_MINUTIAE = 100
+BORDER_PERIODS = 1.2  # minutiae closer than this to the foreground edge are mostly artefacts
+CLUSTER_PERIODS = 0.7  # two minutiae this close: noise, drop both
+SPUR_PERIODS = 1.2  # ending + bifurcation (spur), or two bifurcations (bridge, hole)
+BROKEN_PERIODS = 1.8  # two facing endings on one line: a broken ridge or a short island
+MIN_COHERENCE = 0.15
+
+
+def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Bounding box of the foreground plus a margin: filtering and thinning run only there."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if len(ys) == 0:
+        return slice(0, 0), slice(0, 0)
+    h, w = mask.shape
+    return (
+        slice(max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin)),
+        slice(max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)),
+    )
+
+
+def ridge_map(analysis: Analysis) -> np.ndarray:
+    """Binary ridges (1) inside the foreground, from the contextually filtered image."""
+    out = np.zeros(analysis.mask.shape, np.uint8)
+    box = foreground_box(analysis.mask, 2)
+    if analysis.mask[box].size == 0:
+        return out
+    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period)
+    out[box] = (enhanced < 0) & analysis.mask[box]
+    return out
+
+
+def _centroids(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge 8-connected clusters of candidate pixels into one point each."""
+    count, _, _, cents = cv2.connectedComponentsWithStats(points.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    c = np.rint(cents[1:]).astype(np.int32)
+    return c[:, 1], c[:, 0]
+
+
+def _directions(skeleton: np.ndarray, ys: np.ndarray, xs: np.ndarray, psi: np.ndarray,
+                kinds: np.ndarray, period: float) -> np.ndarray:
+    """Minutia direction: the ridge direction, signed towards where the skeleton continues.
+
+    Skeleton pixels in a band along the local ridge direction are projected on it;
+    for an ending the ridge lies on one side only, for a bifurcation the two
+    branches outweigh the single stem. Neighbouring parallel ridges fall outside
+    the band (or on both sides equally), so they do not bias the sign.
+    """
+    r = max(4, int(round(period)))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = (dy * dy + dx * dx <= r * r) & (dy * dy + dx * dx >= 2)
+    dy, dx = dy[keep].astype(np.float32), dx[keep].astype(np.float32)
+    pad = np.pad(skeleton, r)
+    vals = pad[ys[:, None] + r + dy.astype(np.int32)[None, :], xs[:, None] + r + dx.astype(np.int32)[None, :]]
+    c, s = np.cos(psi)[:, None], np.sin(psi)[:, None]
+    along = dx[None, :] * c + dy[None, :] * s
+    across = np.abs(-dx[None, :] * s + dy[None, :] * c)
+    band = np.where(kinds == KIND_ENDING, 0.35 * period, 0.65 * period)[:, None]
+    side = np.sum(vals * along * (across <= band), axis=1)
+    sign = np.where(side >= 0, 1.0, -1.0)
+    vx, vy = sign * np.cos(psi), sign * np.sin(psi)
+    return np.mod(np.arctan2(-vy, vx), 2 * np.pi).astype(np.float32)
+
+
+def _false_pairs(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, period: float) -> np.ndarray:
+    """Boolean mask of minutiae that form a spur, bridge, broken ridge or noise cluster."""
+    n = len(x)
+    if n < 2:
+        return np.zeros(n, bool)
+    dx = x[None, :] - x[:, None]
+    dy = y[None, :] - y[:, None]
+    d = np.hypot(dx, dy)
+    np.fill_diagonal(d, np.inf)
+    end = kind == KIND_ENDING
+    both_end = end[:, None] & end[None, :]
+    any_bif = ~both_end
+    dang = np.abs(np.mod(angle[:, None] - angle[None, :] + np.pi, 2 * np.pi) - np.pi)
+    # Perpendicular offset of j from the ridge line through i (direction vector (cos, -sin)).
+    ux, uy = np.cos(angle)[:, None], -np.sin(angle)[:, None]
+    across = np.abs(dx * uy - dy * ux)
+    cluster = d < CLUSTER_PERIODS * period
+    spur = any_bif & (d < SPUR_PERIODS * period)
+    broken = both_end & (d < BROKEN_PERIODS * period) & (dang > 0.75 * np.pi) & (across < 0.5 * period)
+    bad = cluster | spur | broken
+    return bad.any(axis=1)
+
+
+def detect(analysis: Analysis) -> Minutiae:
+    """Minutiae in 500-dpi pixel coordinates of the analysed image."""
+    period = analysis.period
+    ridges = ridge_map(analysis)
+    box = foreground_box(analysis.mask, 2)
+    skeleton = np.zeros_like(ridges)
+    skeleton[box] = thin(ridges[box])
+    cn = crossing_number(skeleton)
+    mask8 = analysis.mask.astype(np.uint8)
+    border = cv2.distanceTransform(np.pad(mask8, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    inside = (border > BORDER_PERIODS * period) & (analysis.coherence > MIN_COHERENCE)
+    ey, ex = _centroids((cn == 1) & inside)
+    by, bx = _centroids((cn >= 3) & inside)
+    ys = np.concatenate([ey, by])
+    xs = np.concatenate([ex, bx])
+    kinds = np.concatenate([np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)])
+    if len(ys) == 0:
+        return Minutiae.empty()
+    psi = np.mod(analysis.orientation[ys, xs] + np.pi / 2, np.pi)
+    angles = _directions(skeleton, ys, xs, psi, kinds, period)
+    xf, yf = xs.astype(np.float32), ys.astype(np.float32)
+    good = ~_false_pairs(xf, yf, angles, kinds, period)
+    coh = analysis.coherence[ys, xs]
+    depth = np.clip(border[ys, xs] / (3.0 * period), 0.0, 1.0)
+    quality = np.clip(100.0 * np.clip(coh / 0.7, 0.0, 1.0) * (0.5 + 0.5 * depth), 1, 100)
+    order = np.argsort(-quality[good], kind="stable")[:MAX_MINUTIAE]
+    idx = np.flatnonzero(good)[order]
+    return Minutiae(
+        x=xf[idx],
+        y=yf[idx],
+        angle=angles[idx],
+        kind=kinds[idx],
+        quality=quality[idx].astype(np.uint8),
+    )
