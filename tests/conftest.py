@@ -6,11 +6,137 @@ fixture that started it; every port is on 127.0.0.1 and chosen free at run time.
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.identity import DeviceIdentity, IdentityStore
+
 # ---------------------------------------------------------------- general
 
 # ---------------------------------------------------------------- verifier / PKI
 
 # ---------------------------------------------------------------- agent
+
+@dataclass
+class TestCA:
+    """A throwaway CA for tests that need certificates the dev PKI would never make.
+
+    (Wildcards, wrong host names, foreign CAs.) Files are written under ``folder``.
+    """
+
+    name: str
+    folder: Path
+    key: ec.EllipticCurvePrivateKey = field(init=False)
+    cert: x509.Certificate = field(init=False)
+    last_server_cert: x509.Certificate | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.name)])
+        self.cert = (
+            self._builder(subject, self.key.public_key(), days=30)
+            .issuer_name(subject)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / f"{self.name}-ca.pem"
+
+    @staticmethod
+    def _builder(subject: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
+        now = dt.datetime.now(dt.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+        )
+
+    def issue_key_and_cert(
+        self, names: list[str], *, client: bool = False
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """A leaf certificate for DNS names or IPs (the first name is also the CN)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        cert = (
+            self._builder(subject, key.public_key(), days=5)
+            .issuer_name(self.cert.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return key, cert
+
+    def issue(self, label: str, names: list[str], *, client: bool = False) -> tuple[Path, Path]:
+        """Like :meth:`issue_key_and_cert`, written as (cert file, unencrypted key file)."""
+        key, cert = self.issue_key_and_cert(names, client=client)
+        cert_file, key_file = self.folder / f"{label}.pem", self.folder / f"{label}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_file, key_file
+
+    def server_context(
+        self, names: list[str], *, alpn: tuple[str, ...] = ("h2",), client_ca: Path | None = None
+    ) -> ssl.SSLContext:
+        """A server-side context with a fresh certificate for ``names``."""
+        cert_file, key_file = self.issue(f"server-{secrets.token_hex(4)}", names)
+        self.last_server_cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_file, key_file)
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        if client_ca is not None:
+            ctx.load_verify_locations(client_ca)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+
+@pytest.fixture
+def make_test_ca(tmp_path: Path) -> Callable[[str], TestCA]:
+    """Factory of throwaway CAs in this test's tmp_path."""
+    return lambda name: TestCA(name, tmp_path / "test-cas")
+
+
+@pytest.fixture
+def device_identity_from(tmp_path: Path) -> Callable[[TestCA, str], DeviceIdentity]:
+    """A device identity issued by a test CA, written with the real IdentityStore."""
+
+    def make(ca: TestCA, device_id: str = "test-device") -> DeviceIdentity:
+        key, cert = ca.issue_key_and_cert([device_id], client=True)
+        store = IdentityStore(tmp_path / f"state-{device_id}")
+        return store.write(key, cert, [ca.cert], passphrase=b"test-kek-" + secrets.token_hex(16).encode())
+
+    return make
+
 
 # ---------------------------------------------------------------- fingerprints
 

@@ -1,0 +1,137 @@
+"""Invariant 2 on the agent's side: every server the policy refuses, refused clearly.
+
+Each test runs a real TLS server on 127.0.0.1 (tests/h2harness.py) and the
+agent's real client. Each refusal has a twin that is accepted, so a test cannot
+pass because nothing works at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import warnings
+
+import pytest
+
+from agent.client import VerifierClient
+from agent.config import parse_config
+from agent.errors import TLSPolicyError
+from agent.identity import DeviceIdentity, spki_sha256
+from tests.h2harness import H2TestServer
+
+
+def client_for(identity: DeviceIdentity, url: str, pin: str = "") -> VerifierClient:
+    config = parse_config(
+        {
+            "agent": {"state_dir": str(identity.directory.parent)},
+            "verifier": {"url": url, "spki_pin": pin},
+            "network": {"retries": 0},
+        }
+    )
+    return VerifierClient(config, identity)
+
+
+def health(identity: DeviceIdentity, url: str, pin: str = "") -> dict:
+    async def go() -> dict:
+        async with client_for(identity, url, pin) as client:
+            await client.call("GET", "/v1/health")
+            return client.last_tls
+
+    return asyncio.run(go())
+
+
+def refused(identity: DeviceIdentity, url: str, pin: str = "") -> TLSPolicyError:
+    with pytest.raises(TLSPolicyError) as info:
+        health(identity, url, pin)
+    assert info.value.fix, "a refusal must name the fix"
+    return info.value
+
+
+@pytest.fixture
+def ca(make_test_ca):
+    return make_test_ca("device-ca")
+
+
+@pytest.fixture
+def identity(ca, device_identity_from) -> DeviceIdentity:
+    return device_identity_from(ca, "kiosk-1")
+
+
+def test_a_conforming_server_gets_tls13_and_h2(ca, identity) -> None:
+    with H2TestServer(ca.server_context(["localhost", "127.0.0.1"], client_ca=ca.ca_file)) as server:
+        tls = health(identity, server.url)
+    assert tls["tls_version"] == "TLSv1.3"
+    assert tls["alpn"] == "h2" and tls["http_version"] == "HTTP/2"
+    assert server.log.requests == [("GET", "/v1/health")]
+
+
+def test_server_certificate_from_another_ca_is_refused(make_test_ca, identity) -> None:
+    other = make_test_ca("someone-else")
+    with H2TestServer(other.server_context(["127.0.0.1"])) as server:
+        error = refused(identity, server.url)
+    assert "not issued by the device's CA" in error.fix
+    assert server.log.requests == []
+
+
+def test_host_name_mismatch_is_refused(ca, identity) -> None:
+    with H2TestServer(ca.server_context(["verifier.example"])) as server:
+        error = refused(identity, server.url)
+    assert "mismatch" in str(error).lower()
+    assert "host name" in error.fix
+    assert server.log.requests == []
+
+
+def test_wildcard_server_certificate_is_refused(ca, identity) -> None:
+    with H2TestServer(ca.server_context(["127.0.0.1", "*.example.com"])) as server:
+        error = refused(identity, server.url)
+    assert "wildcard" in str(error)
+    assert server.log.requests == [] and server.log.app_bytes == 0
+
+
+def test_spki_pin_mismatch_sends_no_request_byte(ca, identity) -> None:
+    ctx = ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)
+    with H2TestServer(ctx) as server:
+        error = refused(identity, server.url, pin="A" * 43 + "=")
+        # Shown on the server side: the handshake never completed, no byte arrived.
+        assert server.log.app_bytes == 0 and server.log.requests == []
+        assert server.log.handshakes_ok == 0
+        assert "SPKI pin" in str(error)
+        # The right pin is accepted by the same server.
+        health(identity, server.url, pin=spki_sha256(ca.last_server_cert))
+        assert server.log.requests == [("GET", "/v1/health")]
+
+
+def tls11_only_context(ca) -> ssl.SSLContext:
+    ctx = ca.server_context(["127.0.0.1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("ECDHE+AES:@SECLEVEL=0")
+    return ctx
+
+
+def test_server_offering_only_tls11_is_refused(ca, identity) -> None:
+    with H2TestServer(tls11_only_context(ca)) as server:
+        # The server really speaks TLS 1.1: a permissive client gets through.
+        loose = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        loose.check_hostname = False
+        loose.verify_mode = ssl.CERT_NONE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loose.minimum_version = ssl.TLSVersion.TLSv1_1
+        loose.set_ciphers("ALL:@SECLEVEL=0")
+        with socket.create_connection(("127.0.0.1", server.port)) as raw, loose.wrap_socket(raw) as tls:
+            assert tls.version() == "TLSv1.1"
+        error = refused(identity, server.url)
+    assert "TLS 1.2 or 1.3" in error.fix
+
+
+@pytest.mark.parametrize("alpn", [("http/1.1",), ()], ids=["http1-alpn", "no-alpn"])
+def test_server_speaking_only_http11_is_refused(ca, identity, alpn) -> None:
+    ctx = ca.server_context(["127.0.0.1"], alpn=alpn)
+    with H2TestServer(ctx, http1_only=True) as server:
+        error = refused(identity, server.url)
+    assert "HTTP/2" in str(error)
+    assert server.log.app_bytes == 0
