@@ -33,6 +33,8 @@ class ServerLog:
     handshakes_failed: int = 0
     app_bytes: int = 0  # application bytes received after a completed handshake
     requests: list[tuple[str, str]] = field(default_factory=list)
+    idempotency_keys: list[str | None] = field(default_factory=list)
+    client_subjects: list[str] = field(default_factory=list)  # peer certificate CN per request
     handled: int = 0  # requests the app ran to completion
     goaways_sent: int = 0
 
@@ -176,6 +178,11 @@ class H2TestServer:
         method, full_path = pseudo[":method"], pseudo[":path"]
         path, _, query = full_path.partition("?")
         self.log.requests.append((method, path))
+        key = headers.get("idempotency-key")
+        self.log.idempotency_keys.append(key.decode() if isinstance(key, bytes) else key)
+        peer = ssl_object.getpeercert() or {}
+        cns = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
+        self.log.client_subjects.append(cns[0] if cns else "")
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
