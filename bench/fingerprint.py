@@ -60,7 +60,7 @@ def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
     g = np.sort(genuine)
     i = np.sort(impostor)
     fnmr = np.searchsorted(g, thresholds, side="left") / len(g)  # genuine below threshold
-    fmr = 1.0 - np.searchsorted(i, thresholds, side="left") / len(i)  # impostor at or above
+    fmr = (len(i) - np.searchsorted(i, thresholds, side="left")) / len(i)  # impostor at or above
     k = int(np.argmin(np.abs(fmr - fnmr)))
     # Where the curves cross between two thresholds, take the midpoint of the crossing step.
     eer = (fmr[k] + fnmr[k]) / 2.0
@@ -130,13 +130,51 @@ def run(folder: Path, dpi: int, workers: int, gallery_size: int) -> dict[str, ob
     }
 
 
+def calibrate(specs: list[str]) -> dict[str, object]:
+    """Fit the impostor model of biometrics.fingerprint.calibration on impostor pairs only."""
+    from biometrics.fingerprint.calibration import fit_impostor_model
+
+    impostors = []
+    for spec in specs:
+        path, _, dpi_text = spec.partition(":")
+        folder, dpi = Path(path), int(dpi_text or 500)
+        _progress(f"calibration: {folder} at {dpi} dpi")
+        items = list_images(folder)
+        templates = [_extract_one((str(p), dpi))[0] for _, _, p in items]
+        fingers = np.array([f for f, _, _ in items])
+        index = GalleryIndex()
+        for n, tpl in enumerate(templates):
+            index.add(n, tpl)
+        matrix = np.stack([index.scores(t) for t in templates])
+        sym = (matrix + matrix.T) / 2.0
+        iu, ju = np.triu_indices(len(templates), k=1)
+        impostors.append(sym[iu, ju][fingers[iu] != fingers[ju]])
+    quantiles, beta = fit_impostor_model(np.concatenate(impostors))
+    return {
+        "impostor_quantiles": [[f, round(q, 5)] for f, q in quantiles],
+        "tail_beta": round(beta, 6),
+        "impostor": int(sum(len(i) for i in impostors)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, type=Path, help="folder of F_I.tif images")
+    ap.add_argument("--data", type=Path, help="folder of F_I.tif images")
     ap.add_argument("--dpi", type=int, default=500, help="resolution of the images (FVC2002 DB2: 569)")
     ap.add_argument("--workers", type=int, default=1, help="processes for extraction")
     ap.add_argument("--gallery", type=int, default=2000, help="gallery size for the 1:N throughput figure")
+    ap.add_argument(
+        "--calibrate",
+        nargs="+",
+        metavar="DIR[:DPI]",
+        help="fit the impostor model on these folders instead of benchmarking",
+    )
     args = ap.parse_args(argv)
+    if not args.calibrate and args.data is None:
+        ap.error("--data DIR is required")
+    if args.calibrate:
+        print(json.dumps(calibrate(args.calibrate)))
+        return 0
     print(json.dumps(run(args.data, args.dpi, args.workers, args.gallery)))
     return 0
 

@@ -8,6 +8,7 @@ then :func:`quality_of` and :func:`template_of`), :func:`match`,
 :func:`threshold_for_fmr` and :class:`GalleryIndex`.
 """
 
+from biometrics.fingerprint.calibration import threshold_for_fmr
 from biometrics.fingerprint.errors import FingerprintError, FingerprintImageError, TemplateError
 from biometrics.fingerprint.extract import analyse, assess_quality, extract, quality_of, template_of
 from biometrics.fingerprint.matcher import GalleryIndex, match
@@ -28,4 +29,5 @@ __all__ = [
     "match",
     "quality_of",
     "template_of",
+    "threshold_for_fmr",
 ]

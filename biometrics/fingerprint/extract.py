@@ -15,6 +15,7 @@ from biometrics.fingerprint.minutiae import detect
 from biometrics.fingerprint.quality import QualityReport, assess
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
 
+
 def analyse(image: np.ndarray, resolution_dpi: int = 500, *, allow_blank: bool = False) -> Analysis:
     """Check the image, bring it to 500 dpi and compute the shared intermediate results."""
     img = check_image(image, resolution_dpi, allow_blank=allow_blank)
@@ -26,8 +27,9 @@ def quality_of(analysis: Analysis) -> QualityReport:
     return assess(analysis)
 
 
-def template_of(analysis: Analysis, width: int, height: int, resolution_dpi: int,
-                quality: QualityReport | None = None) -> FingerprintTemplate:
+def template_of(
+    analysis: Analysis, width: int, height: int, resolution_dpi: int, quality: QualityReport | None = None
+) -> FingerprintTemplate:
     """Template in the input image's pixel coordinates."""
     found = detect(analysis)
     s = analysis.scale
@@ -40,7 +42,11 @@ def template_of(analysis: Analysis, width: int, height: int, resolution_dpi: int
     )
     q = quality if quality is not None else assess(analysis)
     return FingerprintTemplate(
-        width=int(width), height=int(height), resolution_dpi=int(resolution_dpi), minutiae=minutiae, quality=q.score
+        width=int(width),
+        height=int(height),
+        resolution_dpi=int(resolution_dpi),
+        minutiae=minutiae,
+        quality=q.score,
     )
 
 

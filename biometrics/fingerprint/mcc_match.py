@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biometrics.fingerprint.cylinders import N_SPATIAL, ND, Cylinders, angle_diff
+from biometrics.fingerprint.cylinders import N_SPATIAL, ND, Cylinders
 
 MIN_COMMON = 0.6
 MAX_ANGLE = np.pi / 2
 MIN_NP, MAX_NP, MU_NP, TAU_NP = 4, 12, 20.0, 0.4
 W_R, N_REL = 0.5, 5
+MAX_RELAX = 20  # pairs entering relaxation (paper: min(n_A, n_B)); see module docstring
 MU_1, TAU_1 = 5.0, -1.6
 MU_2, TAU_2 = np.pi / 12, -30.0
 MU_3, TAU_3 = np.pi / 12, -30.0
@@ -37,15 +38,19 @@ def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """Cylinders of T templates padded to K cylinders each, ready for matrix products."""
+    """Cylinders of T templates padded to K rows each, stacked for matrix products.
+
+    Padding rows are all zero (never valid, so they score 0). The gallery packs
+    templates of similar size together, so padding stays small.
+    """
 
     values: np.ndarray  # float32 (T*K, F)
     valid: np.ndarray  # float32 (T*K, S)
     energy: np.ndarray  # float32 (T*K, S): sum over directions of squared values
-    x: np.ndarray  # float32 (T, K)
-    y: np.ndarray
-    angle: np.ndarray
-    count: np.ndarray  # int32 (T,) real cylinders per template
+    direction: np.ndarray  # float32 (T*K, 2): cos, sin of each cylinder's minutia angle
+    pos: np.ndarray  # complex64 (T, K): x + iy, 500-dpi pixels
+    unit: np.ndarray  # complex64 (T, K): exp(i * angle)
+    count: np.ndarray  # int64 (T,) real cylinders per template
 
     @property
     def templates(self) -> int:
@@ -53,7 +58,7 @@ class Packed:
 
     @property
     def width(self) -> int:
-        return self.x.shape[1] if self.x.ndim == 2 else 0
+        return self.pos.shape[1]
 
 
 def _energy(c: Cylinders) -> np.ndarray:
@@ -61,28 +66,43 @@ def _energy(c: Cylinders) -> np.ndarray:
     return np.einsum("nsd,nsd->ns", v, v).astype(np.float32)
 
 
+def _direction(angle: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+
+
 def pack(cylinders: list[Cylinders]) -> Packed:
     """Pad and stack cylinder sets (one per template)."""
     t = len(cylinders)
-    k = max([len(c) for c in cylinders] + [1])
+    count = np.array([len(c) for c in cylinders], np.int64)
+    k = int(max(count.max(initial=0), 1))
     f = N_SPATIAL * ND
     values = np.zeros((t, k, f), np.float32)
     valid = np.zeros((t, k, N_SPATIAL), np.float32)
     energy = np.zeros((t, k, N_SPATIAL), np.float32)
-    x = np.zeros((t, k), np.float32)
-    y = np.zeros((t, k), np.float32)
-    angle = np.zeros((t, k), np.float32)
-    count = np.zeros(t, np.int32)
-    for i, c in enumerate(cylinders):  # one row per template, not per pixel or pair
+    direction = np.zeros((t, k, 2), np.float32)
+    pos = np.zeros((t, k), np.complex64)
+    unit = np.zeros((t, k), np.complex64)
+    for i, c in enumerate(cylinders):  # one copy per template, not per pixel or pair
         n = len(c)
-        count[i] = n
         if n:
             values[i, :n] = c.values
             valid[i, :n] = c.valid
             energy[i, :n] = _energy(c)
-            x[i, :n], y[i, :n], angle[i, :n] = c.x, c.y, c.angle
-    return Packed(values.reshape(t * k, f), valid.reshape(t * k, N_SPATIAL), energy.reshape(t * k, N_SPATIAL),
-                  x, y, angle, count)
+            direction[i, :n] = _direction(c.angle)
+            pos[i, :n] = c.x + 1j * c.y
+            unit[i, :n] = np.exp(1j * c.angle)
+    return Packed(
+        values.reshape(t * k, f),
+        valid.reshape(t * k, N_SPATIAL),
+        energy.reshape(t * k, N_SPATIAL),
+        direction.reshape(t * k, 2),
+        pos,
+        unit,
+        count,
+    )
+
+
+_COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
 def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
@@ -91,79 +111,98 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     n = len(probe)
     if n == 0 or t == 0:
         return np.zeros((t, n, k), np.float32)
-    e_p = _energy(probe)
     cross = probe.values @ gallery.values.T  # (n, T*K)
-    norm_a = e_p @ gallery.valid.T  # |a| squared on the common cells
+    norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
     norm_b = probe.valid @ gallery.energy.T
     common = probe.valid @ gallery.valid.T
-    dist = np.sqrt(np.maximum(norm_a + norm_b - 2.0 * cross, 0.0))
-    denom = np.sqrt(norm_a) + np.sqrt(norm_b)
-    sim = np.where(denom > 0, 1.0 - dist / np.maximum(denom, 1e-12), 0.0)
-    dtheta = np.abs(angle_diff(probe.angle[:, None], gallery.angle.reshape(1, t * k)))
-    ok = (common >= MIN_COMMON * N_SPATIAL) & (dtheta <= MAX_ANGLE) & (norm_a > 0) & (norm_b > 0)
-    sim = np.where(ok, sim, 0.0).astype(np.float32)
-    return sim.reshape(n, t, k).transpose(1, 0, 2)
-
-
-def _pair_geometry(x: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distances, relative directions and radial angles between selected minutiae (T, R, R)."""
-    dx = x[:, :, None] - x[:, None, :]
-    dy = y[:, :, None] - y[:, None, :]
-    dist = np.hypot(dx, dy)
-    rel = angle_diff(a[:, :, None], a[:, None, :])
-    radial = angle_diff(a[:, :, None], np.arctan2(-dy, dx))
-    return dist, rel, radial
+    facing = _direction(probe.angle) @ gallery.direction.T  # cos of the direction difference
+    ok = (common >= MIN_COMMON * N_SPATIAL) & (facing >= _COS_MAX)
+    # 1 - |a - b| / (|a| + |b|), computed in place to keep the arrays in cache.
+    cross *= -2.0
+    cross += norm_a
+    cross += norm_b
+    np.maximum(cross, 0.0, out=cross)
+    np.sqrt(cross, out=cross)
+    np.sqrt(norm_a, out=norm_a)
+    np.sqrt(norm_b, out=norm_b)
+    norm_a += norm_b
+    np.maximum(norm_a, 1e-12, out=norm_a)
+    cross /= norm_a
+    np.subtract(1.0, cross, out=cross)
+    cross *= ok
+    return cross.reshape(n, t, k).transpose(1, 0, 2)
 
 
 def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
     """LSS-R global score per template, shape (T,)."""
     t, n, k = sim.shape
-    scores = np.zeros(t, np.float64)
     if t == 0 or n == 0 or k == 0:
-        return scores
-    n_b = gallery.count.astype(np.int64)
-    n_r = np.minimum(n, n_b)  # per template
-    r = int(min(n, k))
+        return np.zeros(t, np.float64)
+    n_b = gallery.count
+    n_r = np.minimum(np.minimum(n, n_b), MAX_RELAX)  # per template
+    r = int(min(n, k, MAX_RELAX))
     flat = sim.reshape(t, n * k)
-    top = np.argpartition(-flat, r - 1, axis=1)[:, :r] if r < n * k else np.tile(np.arange(n * k), (t, 1))
+    top = (
+        np.argpartition(flat, n * k - r, axis=1)[:, n * k - r :]
+        if r < n * k
+        else np.tile(np.arange(n * k), (t, 1))
+    )
     vals = np.take_along_axis(flat, top, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1).astype(np.float64)
+    vals = np.take_along_axis(vals, order, axis=1)
     rank = np.arange(r)[None, :]
     live = (rank < n_r[:, None]) & (vals > 0)
-    lam0 = np.where(live, vals, 0.0)
+    lam0 = np.where(live, vals, np.float32(0.0))
     i, j = top // k, top % k
-    xa, ya, ta = probe.x[i], probe.y[i], probe.angle[i]
-    xb = np.take_along_axis(gallery.x, j, axis=1)
-    yb = np.take_along_axis(gallery.y, j, axis=1)
-    tb = np.take_along_axis(gallery.angle, j, axis=1)
-    da, ra, qa = _pair_geometry(xa, ya, ta)
-    db, rb, qb = _pair_geometry(xb, yb, tb)
-    rho = (
-        _sigmoid(np.abs(da - db), MU_1, TAU_1)
-        * _sigmoid(np.abs(angle_diff(ra, rb)), MU_2, TAU_2)
-        * _sigmoid(np.abs(angle_diff(qa, qb)), MU_3, TAU_3)
-    )
-    both = live[:, :, None] & live[:, None, :]
-    rho = np.where(both, rho, 0.0)
+    pa = (probe.x + 1j * probe.y).astype(np.complex64)[i]
+    ua = np.exp(1j * probe.angle).astype(np.complex64)[i]
+    pb = np.take_along_axis(gallery.pos, j, axis=1)
+    ub = np.take_along_axis(gallery.unit, j, axis=1)
+    # Angles are compared as unit complex numbers: the chord |e^ia - e^ib| equals the
+    # angle difference to within 1 % below pi/6, where the sigmoids are not yet ~0.
+    va = pa[:, :, None] - pa[:, None, :]
+    vb = pb[:, :, None] - pb[:, None, :]
+    da, db = np.abs(va), np.abs(vb)
+    rel = ua[:, :, None] * np.conj(ua[:, None, :]) - ub[:, :, None] * np.conj(ub[:, None, :])
+    # Radial angle: minutia direction against the direction to the other minutia
+    # (with y pointing down, e^{i*theta} * v/|v| carries theta minus v's angle).
+    va *= ua[:, :, None]
+    va /= np.maximum(da, 1e-6)
+    vb *= ub[:, :, None]
+    vb /= np.maximum(db, 1e-6)
+    va -= vb
+    da -= db
+    rho = _sigmoid32(np.abs(da), MU_1, TAU_1)
+    rho *= _sigmoid32(np.abs(rel), MU_2, TAU_2)
+    rho *= _sigmoid32(np.abs(va), MU_3, TAU_3)
+    rho *= live[:, :, None] & live[:, None, :]
     rho[:, np.arange(r), np.arange(r)] = 0.0
     live_count = live.sum(axis=1)
-    norm = np.maximum(live_count - 1, 1)[:, None]
+    norm = np.maximum(live_count - 1, 1)[:, None].astype(np.float32)
     lam = lam0
     for _ in range(N_REL):  # fixed small number of iterations, each over all templates
-        lam = W_R * lam + (1.0 - W_R) * np.einsum("tkl,tl->tk", rho, lam) / norm
+        lam = W_R * lam + (1.0 - W_R) * np.matmul(rho, lam[:, :, None])[:, :, 0] / norm
     eff = np.where(live, lam / np.maximum(lam0, 1e-12), -1.0)
-    n_p = MIN_NP + np.rint(_sigmoid(np.minimum(n, n_b), MU_NP, TAU_NP) * (MAX_NP - MIN_NP)).astype(np.int64)
-    n_p = np.minimum(n_p, live_count)
+    nominal = MIN_NP + np.rint(_sigmoid(np.minimum(n, n_b), MU_NP, TAU_NP) * (MAX_NP - MIN_NP))
+    n_p = np.minimum(nominal, live_count)
     best = np.argsort(-eff, axis=1, kind="stable")
     lam_sorted = np.take_along_axis(lam, best, axis=1)
-    chosen = rank < n_p[:, None]
-    total = np.where(chosen, lam_sorted, 0.0).sum(axis=1)
+    total = np.where(rank < n_p[:, None], lam_sorted, 0.0).sum(axis=1)
     # Divide by the nominal n_P even when fewer pairs exist: few pairs is weak evidence.
-    nominal = MIN_NP + np.rint(_sigmoid(np.minimum(n, n_b), MU_NP, TAU_NP) * (MAX_NP - MIN_NP))
-    scores = np.where(n_p > 0, total / np.maximum(nominal, 1), 0.0)
-    return scores
+    return np.where(n_p > 0, total / np.maximum(nominal, 1), 0.0).astype(np.float64)
+
+
+def _sigmoid32(v: np.ndarray, mu: float, tau: float) -> np.ndarray:
+    """Logistic function in float32, in place on a temporary (overflow to inf gives 0, as it should)."""
+    z = v.astype(np.float32)
+    z -= np.float32(mu)
+    z *= np.float32(-tau)
+    np.clip(z, -60.0, 60.0, out=z)
+    np.exp(z, out=z)
+    z += 1.0
+    np.reciprocal(z, out=z)
+    return z
 
 
 def scores(probe: Cylinders, gallery: Packed) -> np.ndarray:

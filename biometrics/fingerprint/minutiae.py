@@ -55,8 +55,9 @@ def _centroids(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c[:, 1], c[:, 0]
 
 
-def _directions(skeleton: np.ndarray, ys: np.ndarray, xs: np.ndarray, psi: np.ndarray,
-                kinds: np.ndarray, period: float) -> np.ndarray:
+def _directions(
+    skeleton: np.ndarray, ys: np.ndarray, xs: np.ndarray, psi: np.ndarray, kinds: np.ndarray, period: float
+) -> np.ndarray:
     """Minutia direction: the ridge direction, signed towards where the skeleton continues.
 
     Skeleton pixels in a band along the local ridge direction are projected on it;
@@ -64,7 +65,7 @@ def _directions(skeleton: np.ndarray, ys: np.ndarray, xs: np.ndarray, psi: np.nd
     branches outweigh the single stem. Neighbouring parallel ridges fall outside
     the band (or on both sides equally), so they do not bias the sign.
     """
-    r = max(4, int(round(period)))
+    r = max(4, round(period))
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     keep = (dy * dy + dx * dx <= r * r) & (dy * dy + dx * dx >= 2)
     dy, dx = dy[keep].astype(np.float32), dx[keep].astype(np.float32)
@@ -80,7 +81,9 @@ def _directions(skeleton: np.ndarray, ys: np.ndarray, xs: np.ndarray, psi: np.nd
     return np.mod(np.arctan2(-vy, vx), 2 * np.pi).astype(np.float32)
 
 
-def _false_pairs(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, period: float) -> np.ndarray:
+def _false_pairs(
+    x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, period: float
+) -> np.ndarray:
     """Boolean mask of minutiae that form a spur, bridge, broken ridge or noise cluster."""
     n = len(x)
     if n < 2:
@@ -118,7 +121,9 @@ def detect(analysis: Analysis) -> Minutiae:
     by, bx = _centroids((cn >= 3) & inside)
     ys = np.concatenate([ey, by])
     xs = np.concatenate([ex, bx])
-    kinds = np.concatenate([np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)])
+    kinds = np.concatenate(
+        [np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)]
+    )
     if len(ys) == 0:
         return Minutiae.empty()
     psi = np.mod(analysis.orientation[ys, xs] + np.pi / 2, np.pi)

@@ -79,7 +79,8 @@ def assess(analysis: Analysis) -> QualityReport:
     clarity_score = float(np.clip((clarity - POOR_COHERENCE) / (GOOD_COHERENCE - POOR_COHERENCE), 0.0, 1.0))
     position = _position_feedback(analysis)
     centring = 0.8 if position else 1.0
-    score = round(100.0 * (0.35 * area_score + 0.65 * clarity_score) * centring)
+    # Multiplicative: a clear but tiny print is as useless as a large smudge.
+    score = round(100.0 * area_score * (0.3 + 0.7 * clarity_score) * centring)
 
     feedback: list[str] = []
     reasons: list[str] = []

@@ -1,0 +1,29 @@
+"""The benchmark's error-rate arithmetic and its image naming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.fingerprint import error_rates, list_images
+
+
+def test_separated_scores_have_no_errors():
+    r = error_rates(np.array([0.8, 0.9, 1.0]), np.array([0.1, 0.2, 0.3]))
+    assert r == {"eer": 0.0, "fmr100": 0.0, "fmr1000": 0.0}
+
+
+def test_overlapping_scores_give_the_crossing_rate():
+    genuine = np.arange(50, 150) / 100.0  # 0.50 .. 1.49
+    impostor = np.arange(0, 100) / 100.0  # 0.00 .. 0.99
+    r = error_rates(genuine, impostor)
+    # At threshold 0.75: 25 % of genuine below, 25 % of impostors at or above.
+    assert r["eer"] == pytest.approx(0.25, abs=0.01)
+    assert r["fmr100"] == pytest.approx(0.49, abs=0.01)
+
+
+def test_list_images_reads_finger_and_impression(tmp_path):
+    for name in ("101_1.tif", "101_2.tif", "7_3.png", "notes.txt", "a_1.tif"):
+        (tmp_path / name).write_bytes(b"")
+    found = [(f, i) for f, i, _ in list_images(tmp_path)]
+    assert found == [("101", 1), ("101", 2), ("7", 3)]
