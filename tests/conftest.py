@@ -140,4 +140,52 @@ def device_identity_from(tmp_path: Path) -> Callable[[TestCA, str], DeviceIdenti
 
 # ---------------------------------------------------------------- fingerprints
 
+
+@dataclass(frozen=True)
+class SyntheticPrint:
+    """A fingerprint-like test image and where its minutiae were planted."""
+
+    image: object  # np.ndarray uint8
+    minutiae: object  # np.ndarray (n, 2) of x, y
+
+
+def _synthetic_print(seed: int, shape: tuple[int, int] = (320, 300), defects: int = 14,
+                     period: float = 9.0) -> SyntheticPrint:
+    """Curved ridges (phase field of a distant core) inside an elliptic finger area.
+
+    Each planted minutia is a phase dislocation: adding +-atan2 around a point winds
+    the ridge phase by one period there, which inserts one ridge that ends (or
+    forks) exactly at that point. Different seeds give different core positions,
+    curvature and minutiae: different fingers.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx, cy = w * rng.uniform(0.3, 0.7), -h * rng.uniform(0.2, 0.6)
+    ecc = rng.uniform(0.7, 1.3)
+    phase = np.sqrt((xx - cx) ** 2 + ((yy - cy) * ecc) ** 2) / period
+    ex, ey, ax, ay = w / 2, h / 2, w * 0.42, h * 0.45
+    inside = ((xx - ex) / ax) ** 2 + ((yy - ey) / ay) ** 2 <= 1.0
+    points: list[tuple[float, float]] = []
+    while len(points) < defects:
+        x, y = rng.uniform(0.2 * w, 0.8 * w), rng.uniform(0.2 * h, 0.8 * h)
+        if ((x - ex) / (ax - 30)) ** 2 + ((y - ey) / (ay - 30)) ** 2 > 1.0:
+            continue
+        if all((x - px) ** 2 + (y - py) ** 2 > 35.0**2 for px, py in points):
+            points.append((x, y))
+    for x, y in points:
+        phase += rng.choice([-1.0, 1.0]) * np.arctan2(yy - y, xx - x) / (2 * np.pi)
+    ridges = 128.0 - 90.0 * np.cos(2 * np.pi * phase)
+    img = np.where(inside, ridges, 235.0) + rng.normal(0.0, 8.0, shape)
+    return SyntheticPrint(np.clip(img, 0, 255).astype(np.uint8), np.array(points))
+
+
+@pytest.fixture(scope="session")
+def synthetic_print() -> Callable[..., SyntheticPrint]:
+    """Factory: synthetic_print(seed, shape=(320, 300), defects=14) -> SyntheticPrint."""
+    return _synthetic_print
+
+
 # ---------------------------------------------------------------- serial modules
