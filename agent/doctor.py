@@ -21,7 +21,6 @@ from agent.errors import AgentError
 from agent.identity import DeviceIdentity, IdentityStore, spki_sha256
 from agent.keystore import load_kek
 
-RENEW_WARNING_DAYS = 7
 EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
@@ -91,7 +90,9 @@ def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity
     return identity
 
 
-def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetime) -> bool:
+def _check_chain(
+    report: DoctorReport, identity: DeviceIdentity, now: dt.datetime, config: AgentConfig
+) -> bool:
     cert = identity.certificate
     issuers = [ca for ca in identity.ca_certificates if ca.subject == cert.issuer]
     try:
@@ -115,11 +116,15 @@ def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetim
             f"expired on {identity.not_after:%Y-%m-%d %H:%M} UTC",
             "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision`)",
         )
-    if days < RENEW_WARNING_DAYS:
+    lifetime = identity.not_after - identity.not_before
+    overdue_at = identity.not_before + lifetime * (
+        config.renewal.at_fraction + config.renewal.jitter_fraction
+    )
+    if now > overdue_at:
         return report.add(
             "certificate expiry",
             False,
-            f"{days:.1f} days left and not renewed yet",
+            f"{days:.1f} days left: past its renewal time ({overdue_at:%Y-%m-%d %H:%M} UTC) and not renewed",
             "renew now with `capture-agent renew`; check the daemon's log for renewal errors",
         )
     return report.add("certificate expiry", True, f"{days:.1f} days left ({identity.not_after:%Y-%m-%d} UTC)")
@@ -177,6 +182,6 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
     if identity is None:
         report.add("verifier (live mTLS call)", None, "skipped: no usable identity")
         return report
-    _check_chain(report, identity, clock)
+    _check_chain(report, identity, clock, config)
     asyncio.run(_check_live(report, config, identity))
     return report

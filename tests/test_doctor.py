@@ -1,0 +1,92 @@
+"""`capture-agent doctor`: every failed check names its fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+from agent.config import parse_config
+from agent.doctor import run_doctor
+from agent.identity import IdentityStore
+from agent.keystore import load_kek
+from tests.h2harness import H2TestServer
+
+
+def config_for(state_dir, url="https://127.0.0.1:9"):
+    return parse_config(
+        {
+            "agent": {"state_dir": str(state_dir)},
+            "verifier": {"url": url},
+            "keyring": {"backend": "file-insecure-dev"},
+            "network": {"retries": 0, "connect_timeout_s": 2.0},
+        }
+    )
+
+
+@pytest.fixture
+def provisioned(tmp_path, make_test_ca):
+    """A state directory with an identity issued by a test CA, and that CA."""
+    ca = make_test_ca("device-ca")
+    config = config_for(tmp_path / "state")
+    kek = load_kek(config, create=True)
+    IdentityStore(config.agent.state_dir).write(
+        *ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], kek.encode()
+    )
+    return ca, tmp_path / "state"
+
+
+def by_name(report):
+    return {c.name: c for c in report.checks}
+
+
+def test_an_unprovisioned_device_is_told_to_provision(tmp_path) -> None:
+    report = run_doctor(config_for(tmp_path / "empty"))
+    checks = by_name(report)
+    assert not report.ok
+    assert "capture-agent provision" in checks["state directory"].fix
+    assert checks["verifier (live mTLS call)"].ok is None  # skipped, not failed twice
+
+
+def test_a_healthy_device_passes_and_reports_tls_facts(provisioned) -> None:
+    ca, state = provisioned
+    with H2TestServer(ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)) as server:
+        report = run_doctor(config_for(state, server.url))
+    assert report.ok, [(c.name, c.detail) for c in report.checks if c.ok is False]
+    assert report.facts["tls"]["tls_version"] == "TLSv1.3"
+    assert report.facts["tls"]["alpn"] == "h2"
+    assert "server_cert_not_after" in report.facts["tls"]
+
+
+def test_an_expired_certificate_says_reprovision_with_a_new_token(provisioned) -> None:
+    ca, state = provisioned
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    with H2TestServer(ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)) as server:
+        report = run_doctor(config_for(state, server.url), now=lambda: later)
+    expiry = by_name(report)["certificate expiry"]
+    assert expiry.ok is False
+    assert "re-provision with a new token" in expiry.fix
+
+
+def test_loose_permissions_are_flagged(provisioned) -> None:
+    _, state = provisioned
+    os.chmod(state, 0o755)  # noqa: S103 - the fault under test
+    report = run_doctor(config_for(state))
+    check = by_name(report)["state directory"]
+    assert check.ok is False and "chmod 0700" in check.fix
+
+
+def test_a_stopped_verifier_is_a_failed_live_check_with_a_fix(provisioned) -> None:
+    _, state = provisioned
+    report = run_doctor(config_for(state, "https://127.0.0.1:9"))
+    live = by_name(report)["verifier (live mTLS call)"]
+    assert live.ok is False and live.fix
+
+
+def test_a_server_of_another_ca_fails_the_live_check(provisioned, make_test_ca) -> None:
+    _, state = provisioned
+    with H2TestServer(make_test_ca("rogue").server_context(["127.0.0.1"])) as server:
+        report = run_doctor(config_for(state, server.url))
+    live = by_name(report)["verifier (live mTLS call)"]
+    assert live.ok is False and "CA" in live.fix
