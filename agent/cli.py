@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.doctor",
     "agent.commands.renew",
     "agent.commands.health",
+    "agent.commands.run",
 )
 
 

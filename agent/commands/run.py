@@ -1,0 +1,22 @@
+"""`capture-agent run`: the daemon (systemd Type=notify)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from agent.runtime import add_common_arguments, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("run", help="run the agent daemon (systemd Type=notify)")
+    add_common_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.daemon import AgentDaemon
+
+    config = config_from_args(args)
+    asyncio.run(AgentDaemon(config, args.config).run())
+    return 0

@@ -1,0 +1,66 @@
+"""The systemd notify protocol, written here rather than taken from a library.
+
+Why our own: the messages are one datagram each on a unix socket, and a daemon
+left alone for months must know when they fail. Libraries commonly swallow the
+error; here a failed send is logged as an event and returned as ``False``.
+
+Protocol (sd_notify(3)): newline-separated ``KEY=VALUE`` assignments in one
+datagram to the socket named by ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the
+abstract namespace). ``$WATCHDOG_USEC`` (and ``$WATCHDOG_PID``, when set, must be
+our pid) give the watchdog period; we ping at half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import structlog
+
+log = structlog.get_logger()
+
+
+class Notifier:
+    """Sends notify datagrams; a no-op when not started by systemd."""
+
+    def __init__(self, address: str | None = None) -> None:
+        raw = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + raw[1:] if raw.startswith("@") else raw
+        self._sock: socket.socket | None = None
+        if self.address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def send(self, **fields: str | int) -> bool:
+        """Send one datagram, e.g. ``send(READY=1, STATUS="up")``."""
+        if self._sock is None:
+            return False
+        message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        try:
+            self._sock.sendto(message, self.address)
+        except OSError as exc:
+            log.error("sd_notify_failed", error=exc.strerror or str(exc), fields=",".join(fields))
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval_s() -> float | None:
+    """Half the watchdog period systemd asked for, or None when there is none."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+        return None
+    try:
+        period = int(usec) / 1_000_000
+    except ValueError:
+        log.error("watchdog_usec_invalid", value=usec)
+        return None
+    return period / 2 if period > 0 else None

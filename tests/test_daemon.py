@@ -1,0 +1,100 @@
+"""The daemon speaks the systemd notify protocol on a real unix datagram socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import parse_config
+from agent.identity import IdentityStore
+from agent.keystore import load_kek
+
+
+@pytest.fixture
+def provisioned_config_file(tmp_path: Path, make_test_ca) -> Path:
+    ca = make_test_ca("device-ca")
+    state = tmp_path / "state"
+    config = parse_config({"agent": {"state_dir": str(state)}, "keyring": {"backend": "file-insecure-dev"}})
+    kek = load_kek(config, create=True)
+    IdentityStore(state).write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], kek.encode())
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "{state}"\n[keyring]\nbackend = "file-insecure-dev"\n'
+        '[verifier]\nurl = "https://127.0.0.1:9"\n'
+    )
+    return path
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    yield sock, path
+    sock.close()
+
+
+def read_messages(sock: socket.socket, seconds: float) -> list[dict[str, str]]:
+    end = time.monotonic() + seconds
+    out: list[dict[str, str]] = []
+    while time.monotonic() < end:
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            continue
+        out.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+    return out
+
+
+def test_ready_watchdog_and_stopping(provisioned_config_file: Path, notify_socket) -> None:
+    sock, path = notify_socket
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        messages = read_messages(sock, 3.0)
+        ready = [i for i, m in enumerate(messages) if m.get("READY") == "1"]
+        assert ready, f"no READY=1 in {messages}; stderr: {proc.stderr.read1() if proc.poll() else ''}"
+        assert "kiosk-1" in messages[ready[0]]["STATUS"]
+        pings = [m for m in messages if m.get("WATCHDOG") == "1"]
+        # 3 s at one ping per 100 ms (half of WATCHDOG_USEC): generous bounds, no timing assertion
+        assert len(pings) >= 5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        after = read_messages(sock, 0.5)
+        assert any(m.get("STOPPING") == "1" for m in after)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
+    sock, path = notify_socket
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "empty"}"\n[keyring]\nbackend = "file-insecure-dev"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(config), "run"],
+        env={**os.environ, "NOTIFY_SOCKET": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "fix:" in proc.stderr
+    assert not any(m.get("READY") == "1" for m in read_messages(sock, 0.3))
