@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo
 
+# Tools the tests use that come from Debian rather than PyPI.
+system-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+		echo "installing Debian's systemd for systemd-analyze (unit tests)"; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }
+
 # pytest exits 5 when it collected no test: make treats that as a failure too.
-test: $(STAMP)
+test: $(STAMP) system-tools
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
