@@ -10,8 +10,9 @@ comparing two cylinders is a dot product: a whole gallery is a matrix product.
 
 Constants are the paper's (R = 70 pixels at 500 dpi, sigma_S = 28/3,
 sigma_D = 2*pi/9, sigmoid mu = 0.01, tau = 400, hull offset 50), except the grid:
-NS x NS spatial cells with NS = 12 instead of 16 (cells of 11.7 pixels, still
-finer than 1.3 sigma_S) to keep 1:N search fast. Only spatial cells inside the
+NS x NS spatial cells with NS = 10 instead of 16 (cells of 14 pixels, 1.5
+sigma_S) to keep 1:N search fast; on the FVC2002 folders this cost no measurable
+accuracy (EER moved within the noise of 80 images). Only spatial cells inside the
 radius are stored, and validity is per spatial cell (it does not depend on the
 direction), which the matcher exploits to keep its mask products small.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from biometrics.fingerprint.types import Minutiae
 
 RADIUS = 70.0
-NS = 12
+NS = 10
 ND = 6
 SIGMA_S = 28.0 / 3.0
 SIGMA_D = 2.0 * np.pi / 9.0
@@ -81,8 +82,6 @@ def _hull_distance(px: np.ndarray, py: np.ndarray, hx: np.ndarray, hy: np.ndarra
     t = np.clip((rx * ex + ry * ey) / np.maximum(ex * ex + ey * ey, 1e-9), 0.0, 1.0)
     d = np.hypot(rx - t * ex, ry - t * ey).min(axis=-1)
     return np.where(inside, 0.0, d)
-
-
 
 
 def _direction_weight(dphi: np.ndarray) -> np.ndarray:

@@ -36,6 +36,11 @@ import numpy as np
 N_ORIENTATIONS = 16
 MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 6.0, 13.0, 9.0
 FINE_PERCENTILE = 10.0  # the filter is tuned to the finer ridges of the finger
+# Gaussian envelope of the Gabor filter, in periods: its frequency response has a
+# standard deviation of 1 / (2 pi 0.55) = 0.29 of the tuned frequency, about the
+# spread of local ridge frequencies around the tuned one over a finger.
+GABOR_SIGMA = 0.55
+MIN_SEGMENT_COHERENCE = 0.2  # random texture stays below, ridges (even noisy ones) above
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +69,11 @@ def _local_stats(img: np.ndarray, ksize: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def segment(contrast: np.ndarray) -> np.ndarray:
-    """Foreground mask from local contrast: relative threshold, cleaned, holes filled.
+def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
+    """Foreground mask from local contrast and orientation coherence, cleaned, holes filled.
+
+    Contrast alone takes a textured sensor background for finger; ridges are also
+    oriented (coherent), noise is not. Both must hold.
 
     Works on 4x4 blocks (the mask need not be finer than a third of a ridge
     period) and is brought back to full size at the end.
@@ -75,7 +83,9 @@ def segment(contrast: np.ndarray) -> np.ndarray:
     strong = float(np.percentile(small, 95))
     if strong <= 1e-6:
         return np.zeros(contrast.shape, bool)
-    raw = (small > max(0.25 * strong, 3.0)).astype(np.uint8)
+    coh = cv2.resize(coherence, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    coh = cv2.GaussianBlur(coh, (0, 0), 2.0)
+    raw = ((small > max(0.25 * strong, 3.0)) & (coh > MIN_SEGMENT_COHERENCE)).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     raw = cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel)
     raw = cv2.morphologyEx(raw, cv2.MORPH_CLOSE, kernel)
@@ -186,8 +196,14 @@ def ridge_period(norm: np.ndarray, mask: np.ndarray) -> float:
     if mask.sum() < 1024:
         return DEFAULT_PERIOD
     grad, sig = _energies(norm)
-    g = cv2.GaussianBlur(grad, (0, 0), 8.0)[mask]
-    s = cv2.GaussianBlur(sig, (0, 0), 8.0)[mask]
+    # Window sums at half resolution: the local period varies slowly.
+    h, w = mask.shape
+    half = (max(1, w // 2), max(1, h // 2))
+    inside = cv2.resize(mask.astype(np.uint8), half, interpolation=cv2.INTER_NEAREST).astype(bool)
+    g = cv2.GaussianBlur(cv2.resize(grad, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
+    s = cv2.GaussianBlur(cv2.resize(sig, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
+    if len(g) == 0:
+        return DEFAULT_PERIOD
     raw = 2.0 * np.pi / np.sqrt(np.maximum(g, 1e-9) / np.maximum(s, 1e-9))
     local = np.interp(raw, _RAW, _TRUE)
     return float(np.clip(np.percentile(local, FINE_PERCENTILE), MIN_PERIOD, MAX_PERIOD))
@@ -195,7 +211,7 @@ def ridge_period(norm: np.ndarray, mask: np.ndarray) -> float:
 
 def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float) -> np.ndarray:
     """Even Gabor response tuned per pixel to ``theta`` (gradient direction) and ``period``."""
-    sigma = 0.45 * period
+    sigma = GABOR_SIGMA * period
     half = int(np.ceil(2.5 * sigma))
     t = np.arange(-half, half + 1, dtype=np.float32)
     g = np.exp(-(t * t) / (2 * sigma * sigma)).astype(np.float32)
@@ -217,10 +233,10 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     """Analyse a uint8 image already at 500 dpi."""
     img = image.astype(np.float32)
     _, contrast = _local_stats(img, 17)
-    mask = segment(contrast)
     mean, std = _local_stats(img, 25)
     norm = ((img - mean) / (std + 4.0)).astype(np.float32)
     theta, coherence = orientation_field(norm)
+    mask = segment(contrast, coherence)
     period = ridge_period(norm, mask)
     return Analysis(
         image=image,

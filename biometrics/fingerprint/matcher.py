@@ -8,6 +8,7 @@ false match rate.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -50,7 +51,11 @@ class GalleryIndex:
     a search reports each subject once, with its best score.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int | None = None) -> None:
+        # Threads only pay off when BLAS itself is single-threaded (OPENBLAS_NUM_THREADS=1);
+        # otherwise the BLAS threads of parallel blocks compete for the same cores.
+        self._workers = workers if workers is not None else 1
+        self._executor: ThreadPoolExecutor | None = None
         self._ids: list[Hashable] = []
         self._cylinders: list[Cylinders] = []
         self._packed: list[tuple[np.ndarray, mcc_match.Packed]] = []
@@ -58,6 +63,17 @@ class GalleryIndex:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="gallery")
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the worker threads (they are also stopped at interpreter exit)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def __contains__(self, subject_id: object) -> bool:
         return subject_id in self._ids
@@ -94,8 +110,17 @@ class GalleryIndex:
         cp = cylinders_of(probe)
         if len(cp) == 0:
             return out
-        for chunk, packed in self._pack():
-            out[chunk] = mcc_match.scores(cp, packed)
+        blocks = self._pack()
+
+        def run(block: tuple[np.ndarray, mcc_match.Packed]) -> None:
+            out[block[0]] = mcc_match.scores(cp, block[1])
+
+        if len(blocks) > 1 and self._workers > 1:
+            # numpy and BLAS release the GIL: blocks run in parallel on the cores.
+            list(self._pool().map(run, blocks))
+        else:
+            for block in blocks:
+                run(block)
         return out
 
     def search(
