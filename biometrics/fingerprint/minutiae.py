@@ -17,7 +17,8 @@ from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
 MAX_MINUTIAE = 100
 BORDER_PERIODS = 1.2  # minutiae closer than this to the foreground edge are mostly artefacts
 CLUSTER_PERIODS = 0.7  # two minutiae this close: noise, drop both
-SPUR_PERIODS = 1.2  # ending + bifurcation (spur), or two bifurcations (bridge, hole)
+SPUR_PERIODS = 0.9  # ending + bifurcation: a spur shorter than a period is noise on the ridge
+BRIDGE_PERIODS = 1.2  # two bifurcations about a period apart: a bridge across a valley, or a hole
 BROKEN_PERIODS = 1.8  # two facing endings on one line: a broken ridge or a short island
 MIN_COHERENCE = 0.15
 
@@ -100,9 +101,11 @@ def _false_pairs(
     ux, uy = np.cos(angle)[:, None], -np.sin(angle)[:, None]
     across = np.abs(dx * uy - dy * ux)
     cluster = d < CLUSTER_PERIODS * period
-    spur = any_bif & (d < SPUR_PERIODS * period)
+    both_bif = (~end)[:, None] & (~end)[None, :]
+    spur = any_bif & ~both_bif & (d < SPUR_PERIODS * period)
+    bridge = both_bif & (d < BRIDGE_PERIODS * period)
     broken = both_end & (d < BROKEN_PERIODS * period) & (dang > 0.75 * np.pi) & (across < 0.5 * period)
-    bad = cluster | spur | broken
+    bad = cluster | spur | broken | bridge
     return bad.any(axis=1)
 
 
