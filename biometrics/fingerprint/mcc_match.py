@@ -112,11 +112,11 @@ _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
 def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """Cylinder similarities, shape (T, n_probe, K); 0 where not comparable."""
+    """Cylinder similarities, shape (n_probe, T, K); 0 where not comparable."""
     t, k = gallery.templates, gallery.width
     n = len(probe)
     if n == 0 or t == 0:
-        return np.zeros((t, n, k), np.float32)
+        return np.zeros((n, t, k), np.float32)
     cross = probe.values @ gallery.values.T  # (n, T*K)
     norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
     norm_b = probe.valid @ gallery.energy.T
@@ -136,12 +136,12 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     cross /= norm_a
     np.subtract(1.0, cross, out=cross)
     cross *= ok
-    return cross.reshape(n, t, k).transpose(1, 0, 2)
+    return cross.reshape(n, t, k)
 
 
 def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """LSS-R global score per template, shape (T,)."""
-    t, n, k = sim.shape
+    """LSS-R global score per template, shape (T,), from similarities shaped (n, T, K)."""
+    n, t, k = sim.shape
     if t == 0 or n == 0 or k == 0:
         return np.zeros(t, np.float64)
     n_b = gallery.count
@@ -150,10 +150,12 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     # Candidates: mutually best pairs (i's best partner is j and j's best is i).
     # One-to-one and symmetric in the two prints, and it keeps a minutia with many
     # look-alikes from filling the relaxation on its own.
-    row_j = np.argmax(sim, axis=2)  # (T, n)
-    row_v = np.take_along_axis(sim, row_j[:, :, None], axis=2)[:, :, 0]
-    col_i = np.argmax(sim, axis=1)  # (T, K)
-    mutual = np.take_along_axis(col_i, row_j, axis=1) == np.arange(n)[None, :]
+    best_j = np.argmax(sim, axis=2)  # (n, T)
+    best_v = np.take_along_axis(sim, best_j[:, :, None], axis=2)[:, :, 0]
+    col_max = np.max(sim, axis=0)  # (T, K): an element-wise max over the n probe rows
+    row_j, row_v = best_j.T, best_v.T
+    # i and j are mutually best when i's best value is also the best in j's column.
+    mutual = (np.take_along_axis(col_max, row_j, axis=1) <= row_v) & (row_v > 0)
     cand_v = np.where(mutual, row_v, np.float32(0.0))
     pick = np.argpartition(cand_v, n - r, axis=1)[:, n - r :] if r < n else np.tile(np.arange(n), (t, 1))
     vals = np.take_along_axis(cand_v, pick, axis=1)
