@@ -225,7 +225,7 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float) -> np.ndar
         kx2, ky2 = g * np.sin(f * c * t), g * np.sin(f * s * t)
         resp = cv2.sepFilter2D(norm, cv2.CV_32F, kx1, ky1) - cv2.sepFilter2D(norm, cv2.CV_32F, kx2, ky2)
         sel = index == k
-        out[sel] = resp[sel]
+        np.copyto(out, resp, where=sel)
     return out
 
 

@@ -100,9 +100,11 @@ for _bit, (_dy, _dx) in enumerate(OFFSETS):
 
 
 def neighbour_code(img: np.ndarray) -> np.ndarray:
-    """8-bit code of each pixel's neighbours (image is 0/1 uint8), zero outside the image."""
-    code = cv2.filter2D(img, cv2.CV_16U, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
-    return code.astype(np.uint8)
+    """8-bit code of each pixel's neighbours (image is 0/1 uint8), zero outside the image.
+
+    The weights sum to 255, so the 8-bit correlation is exact (no saturation).
+    """
+    return cv2.filter2D(img, -1, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
 
 
 def thin(binary: np.ndarray, max_iterations: int = 30) -> np.ndarray:
