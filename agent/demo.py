@@ -75,9 +75,7 @@ async def _device_story(verifier: LocalVerifier, work: Path) -> dict[str, str]:
         say(f"TLS version        {tls.get('tls_version')}")
         say(f"cipher             {tls.get('cipher')}")
         say(f"ALPN               {tls.get('alpn')}  (HTTP version {tls.get('http_version')})")
-        say(
-            f"latency            {first_ms:.1f} ms with handshake, {reuse_ms:.1f} ms reusing it"
-        )
+        say(f"latency            {first_ms:.1f} ms with handshake, {reuse_ms:.1f} ms reusing it")
 
         step("Renewal: new key, EST simplereenroll over the current mTLS connection")
         renewed = await renew(config, client)
