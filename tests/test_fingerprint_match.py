@@ -107,3 +107,39 @@ def test_threshold_for_fmr_is_monotonic(a, b):
 def test_threshold_for_fmr_rejects_non_rates(bad):
     with pytest.raises(FingerprintError):
         threshold_for_fmr(bad)
+
+
+def _minutiae(draw_points: list[tuple[float, float, float]]) -> Minutiae:
+    n = len(draw_points)
+    arr = np.array(draw_points, np.float32).reshape(n, 3)
+    return Minutiae(
+        x=arr[:, 0],
+        y=arr[:, 1],
+        angle=np.mod(arr[:, 2], 2 * np.pi).astype(np.float32),
+        kind=np.ones(n, np.uint8),
+        quality=np.full(n, 50, np.uint8),
+    )
+
+
+_points = st.lists(
+    st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 6.28)), min_size=0, max_size=60
+)
+
+
+@given(_points, _points)
+def test_any_minutiae_sets_give_a_finite_symmetric_score(a, b):
+    ma, mb = _minutiae(a), _minutiae(b)
+    s = match(ma, mb)
+    assert 0.0 <= s <= 1.0
+    assert s == pytest.approx(match(mb, ma), abs=1e-5)
+
+
+@given(_points)
+def test_gallery_scores_agree_with_pairwise_scores(a):
+    probe = _minutiae(a)
+    index = GalleryIndex()
+    others = [_minutiae([(x + 3 * k, y, t) for x, y, t in a]) for k in range(3)]
+    for n, m in enumerate(others):
+        index.add(n, m)
+    # Float32 products of different shapes round differently; scores agree to 0.1 %.
+    np.testing.assert_allclose(index.scores(probe), [match(probe, m) for m in others], rtol=1e-3, atol=1e-5)

@@ -101,8 +101,26 @@ def _erf_fast(x: np.ndarray) -> np.ndarray:
     return sign * (1.0 - poly * np.exp(-a * a))
 
 
+def _without_duplicates(m: Minutiae) -> Minutiae:
+    """Drop repeated minutiae (same pixel, same direction to a degree), keeping the best quality.
+
+    A repeat carries no information, and its identical cylinder would tie with the
+    original in the matcher's mutual-best selection.
+    """
+    if len(m) < 2:
+        return m
+    key = np.stack([np.rint(m.x), np.rint(m.y), np.rint(np.degrees(m.angle)) % 360], axis=1)
+    order = np.argsort(-m.quality.astype(np.int32), kind="stable")
+    _, first = np.unique(key[order], axis=0, return_index=True)
+    keep = np.sort(order[first])
+    if len(keep) == len(m):
+        return m
+    return Minutiae(m.x[keep], m.y[keep], m.angle[keep], m.kind[keep], m.quality[keep])
+
+
 def build(minutiae: Minutiae, scale: float = 1.0) -> Cylinders:
     """Cylinders of a minutiae set; ``scale`` maps its coordinates to 500 dpi."""
+    minutiae = _without_duplicates(minutiae)
     n = len(minutiae)
     if n == 0:
         z = np.zeros(0, np.float32)

@@ -152,10 +152,9 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     # look-alikes from filling the relaxation on its own.
     best_j = np.argmax(sim, axis=2)  # (n, T)
     best_v = np.take_along_axis(sim, best_j[:, :, None], axis=2)[:, :, 0]
-    col_max = np.max(sim, axis=0)  # (T, K): an element-wise max over the n probe rows
+    col_i = np.argmax(sim, axis=0)  # (T, K); first index on ties, as for rows: symmetric
     row_j, row_v = best_j.T, best_v.T
-    # i and j are mutually best when i's best value is also the best in j's column.
-    mutual = (np.take_along_axis(col_max, row_j, axis=1) <= row_v) & (row_v > 0)
+    mutual = (np.take_along_axis(col_i, row_j, axis=1) == np.arange(n)[None, :]) & (row_v > 0)
     cand_v = np.where(mutual, row_v, np.float32(0.0))
     pick = np.argpartition(cand_v, n - r, axis=1)[:, n - r :] if r < n else np.tile(np.arange(n), (t, 1))
     vals = np.take_along_axis(cand_v, pick, axis=1)
