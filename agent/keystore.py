@@ -72,6 +72,9 @@ class SystemdCredentialKeyring(KeyringBackend):
         raise PasswordDeleteError("systemd credentials are managed by systemd, not by the agent")
 
 
+_WARNED: set[Path] = set()
+
+
 class InsecureDevFileKeyring(KeyringBackend):
     """INSECURE, development only: secrets in a plain 0600 JSON file."""
 
@@ -88,7 +91,9 @@ class InsecureDevFileKeyring(KeyringBackend):
             return {}
 
     def get_password(self, service: str, username: str) -> str | None:
-        log.warning("insecure_dev_keyring_used", path=str(self.path))
+        if self.path not in _WARNED:  # once per file and process: loud, not noisy
+            _WARNED.add(self.path)
+            log.warning("insecure_dev_keyring_used", path=str(self.path))
         return self._read().get(service, {}).get(username)
 
     def set_password(self, service: str, username: str, password: str) -> None:

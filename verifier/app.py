@@ -1,0 +1,379 @@
+"""The verifier's ASGI application: EST, health, challenges, with a tiny router.
+
+No framework: the request path is a dict lookup and a few sqlite statements, so
+network plus matching stays within a few milliseconds on loopback.
+
+Client identity comes only from ``scope["extensions"]["tls"]["client_cert_chain"]``,
+which the verifier's own server layer fills from the verified TLS connection
+(verifier/server.py). Request headers never count.
+
+Every POST needs an ``Idempotency-Key``. The handler, its database writes and the
+stored answer commit in one transaction, so a request cut after handling and then
+retried is answered from the store: handled once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import functools
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from verifier import __version__
+from verifier.challenges import Challenges
+from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
+from verifier.pki import CertificateAuthority, CSRError, parse_csr
+from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from verifier.problems import Problem
+from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
+from verifier.settings import VerifierSettings
+from verifier.store import open_database
+from verifier.tokens import BootstrapTokens, TokenError, token_hash
+
+log = structlog.get_logger()
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
+JSON_TYPE = "application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    device: Device | None  # set on routes that need a client certificate
+    client_cert: x509.Certificate | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Callable[[Request], Answer]
+    needs_client_cert: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_pem(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode("ascii"))
+
+
+def client_certificate(scope: dict[str, Any]) -> x509.Certificate | None:
+    """The leaf certificate the TLS layer verified, from the ASGI TLS extension only."""
+    chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
+    return _parse_pem(chain[0]) if chain else None
+
+
+def _json(status: int, payload: dict[str, Any]) -> Answer:
+    return Answer(status, JSON_TYPE, json.dumps(payload).encode())
+
+
+def _certs_body(certs: list[x509.Certificate]) -> bytes:
+    return base64.encodebytes(pkcs7.serialize_certificates(certs, serialization.Encoding.DER))
+
+
+def _csr_from_body(body: bytes) -> bytes:
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except binascii.Error:
+        raise Problem(
+            400,
+            "bad-csr",
+            "Bad certificate request",
+            "the body is not base64",
+            "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2)",
+        ) from None
+
+
+class VerifierApp:
+    def __init__(self, settings: VerifierSettings) -> None:
+        self.settings = settings
+        self.conn: sqlite3.Connection = open_database(settings.database)
+        self.ca = CertificateAuthority.load(settings.pki_dir)
+        self.tokens = BootstrapTokens(self.conn)
+        self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
+        self.idempotency = IdempotencyStore(self.conn)
+        self.challenges = Challenges(self.conn, ttl_s=settings.nonce_ttl_s)
+        self._cacerts = _certs_body([self.ca.cert])
+        self.routes: dict[tuple[str, str], Route] = {
+            ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
+            ("POST", "/.well-known/est/simpleenroll"): Route(self.simpleenroll, needs_client_cert=False),
+            ("POST", "/.well-known/est/simplereenroll"): Route(self.simplereenroll, needs_client_cert=True),
+            ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
+            ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
+        }
+        self._paths = {path for _, path in self.routes}
+
+    # ---------------------------------------------------------------- ASGI
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            answer = await self._dispatch(scope, receive)
+            headers: tuple[tuple[bytes, bytes], ...] = ()
+        except Problem as problem:
+            answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
+            headers = problem.headers
+        except Exception:
+            log.exception("request_failed", path=scope.get("path"))
+            problem = Problem(
+                500,
+                "internal",
+                "Internal error",
+                "the verifier failed on this request",
+                "retry; if it persists, see the verifier's log",
+            )
+            answer = Answer(500, PROBLEM_CONTENT_TYPE, problem.body())
+            headers = ()
+        response_headers = [
+            (b"content-type", answer.content_type.encode()),
+            (b"content-length", str(len(answer.body)).encode()),
+            *headers,
+        ]
+        if answer.content_type.startswith("application/pkcs7-mime"):
+            response_headers.append((b"content-transfer-encoding", b"base64"))
+        await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.conn.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Problem(400, "disconnected", "Client went away", "the request body was cut", "retry")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.settings.max_body_bytes:
+                raise Problem(
+                    413,
+                    "too-large",
+                    "Request too large",
+                    f"the body exceeds {self.settings.max_body_bytes} bytes",
+                    "send a smaller request",
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Receive) -> Answer:
+        method, path = scope["method"], scope["path"]
+        route = self.routes.get((method, path))
+        if route is None:
+            if path in self._paths:
+                raise Problem(
+                    405,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    f"{method} is not allowed on {path}",
+                    "see the protocol table in DESIGN.md",
+                )
+            raise Problem(
+                404, "not-found", "Not found", f"no endpoint {path}", "check the URL and the protocol version"
+            )
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        body = await self._read_body(receive)
+        cert = client_certificate(scope)
+        device = self._authorise(cert, path) if route.needs_client_cert else None
+        request = Request(method, path, headers, body, device, cert)
+        if method != "POST":
+            return route.handler(request)
+        return self._idempotent(route, request)
+
+    def _authorise(self, cert: x509.Certificate | None, path: str) -> Device:
+        if cert is None:
+            log.warning("request_refused", audit=True, path=path, reason="no client certificate")
+            raise Problem(
+                401,
+                "client-certificate-required",
+                "Client certificate required",
+                f"{path} needs the device's client certificate (mutual TLS)",
+                "provision the device (`capture-agent provision`) and use its certificate",
+            )
+        try:
+            return self.registry.authorise(cert)
+        except AuthorisationError as exc:
+            log.warning(
+                "request_refused",
+                audit=True,
+                path=path,
+                serial=format(cert.serial_number, "x"),
+                reason=str(exc),
+            )
+            raise Problem(
+                403,
+                "device-not-authorised",
+                "Device not authorised",
+                str(exc),
+                "re-provision the device with a new token; ask the operator if it was revoked",
+            ) from None
+
+    def _idempotent(self, route: Route, request: Request) -> Answer:
+        key = request.headers.get("idempotency-key", "")
+        if not key or len(key) > 200:
+            raise Problem(
+                400,
+                "idempotency-key-required",
+                "Idempotency-Key required",
+                "every POST needs an Idempotency-Key header (at most 200 characters)",
+                "send a fresh random key per request and the same key on retries",
+            )
+        if request.device is not None:
+            principal = request.device.device_id
+        else:
+            principal = "token:" + token_hash(_bearer(request.headers))
+        req_hash = request_hash(request.method, request.path, request.body)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            stored = self.idempotency.lookup(principal, key, req_hash)
+            if stored is not None:
+                self.conn.execute("COMMIT")
+                log.info("idempotent_repeat", path=request.path, principal=principal)
+                return Answer(stored.status, stored.content_type, stored.body)
+            answer = route.handler(request)
+            if answer.status < 400:
+                self.idempotency.save(
+                    principal, key, req_hash, StoredAnswer(answer.status, answer.content_type, answer.body)
+                )
+            self.conn.execute("COMMIT")
+            return answer
+        except KeyReuseError:
+            self.conn.execute("ROLLBACK")
+            raise Problem(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used for a different request",
+                "use a fresh key for each new request",
+            ) from None
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    # ---------------------------------------------------------------- handlers
+    def cacerts(self, request: Request) -> Answer:
+        return Answer(200, "application/pkcs7-mime", self._cacerts)
+
+    def simpleenroll(self, request: Request) -> Answer:
+        token = _bearer(request.headers)
+        try:
+            device_id = self.tokens.peek(token)
+        except TokenError as exc:
+            log.warning("enrollment_refused", audit=True, reason=str(exc))
+            raise Problem(
+                401,
+                "bad-token",
+                "Bootstrap token refused",
+                str(exc),
+                "ask for a new token (`capture-verifier token new`)",
+                headers=((b"www-authenticate", b'Bearer error="invalid_token"'),),
+            ) from None
+        if device_id in {d["device_id"] for d in self.registry.list() if d["status"] == "revoked"}:
+            raise Problem(
+                403,
+                "device-revoked",
+                "Device revoked",
+                f"device {device_id} is revoked",
+                "issue a token for a new device id",
+            )
+        cert = self._sign(request.body, device_id)
+        self.tokens.consume(token)
+        self.registry.record_certificate(device_id, cert, supersede=True)
+        log.info("certificate_issued", audit=True, device_id=device_id, serial=format(cert.serial_number, "x"))
+        return Answer(200, PKCS7_TYPE, _certs_body([cert]))
+
+    def simplereenroll(self, request: Request) -> Answer:
+        assert request.device is not None
+        device_id = request.device.device_id
+        csr_der = _csr_from_body(request.body)
+        try:
+            new_key = spki_sha256_of_csr(csr_der)
+        except CSRError as exc:
+            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+        if new_key in self.registry.current_spki(device_id):
+            raise Problem(
+                400,
+                "key-reused",
+                "Key reused",
+                "renewal must come with a new key pair",
+                "generate a new EC P-256 key for the renewal",
+            )
+        cert = self._sign(request.body, device_id)
+        self.registry.record_certificate(device_id, cert, supersede=True)
+        log.info(
+            "certificate_renewed",
+            audit=True,
+            device_id=device_id,
+            old_serial=request.device.serial,
+            serial=format(cert.serial_number, "x"),
+        )
+        return Answer(200, PKCS7_TYPE, _certs_body([cert]))
+
+    def _sign(self, body: bytes, device_id: str) -> x509.Certificate:
+        try:
+            return self.ca.issue_device_certificate(_csr_from_body(body), device_id, self.settings.cert_days)
+        except CSRError as exc:
+            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+
+    def health(self, request: Request) -> Answer:
+        assert request.device is not None
+        return _json(200, {"status": "ok", "version": __version__, "device_id": request.device.device_id})
+
+    def new_challenge(self, request: Request) -> Answer:
+        assert request.device is not None
+        nonce, expires_at = self.challenges.issue(request.device.device_id)
+        expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
+        return _json(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
+
+
+def spki_sha256_of_csr(csr_der: bytes) -> str:
+    return spki_sha256(parse_csr(csr_der).public_key())
+
+
+def _bearer(headers: dict[str, str]) -> str:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Problem(
+            401,
+            "token-required",
+            "Bootstrap token required",
+            "EST simpleenroll needs `Authorization: Bearer <one-time token>`",
+            "pass the token printed by `capture-verifier token new` to `capture-agent provision`",
+            headers=((b"www-authenticate", b"Bearer"),),
+        )
+    return value.strip()
+
+
+def create_app(settings: VerifierSettings) -> VerifierApp:
+    return VerifierApp(settings)

@@ -1,0 +1,202 @@
+"""`capture-verifier`: the reference verifier's command line.
+
+capture-verifier pki init DIR
+capture-verifier token new --pki DIR [--device ID] [--ttl 24h]
+capture-verifier device list --pki DIR
+capture-verifier device revoke --pki DIR ID
+capture-verifier serve --pki DIR [--host H] [--port P] [--ready-file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from verifier.pki import CA_CERT, fingerprint, init_pki
+from verifier.settings import SettingsError, VerifierSettings, load_settings
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CLIError(Exception):
+    """A usage error, printed as `error:` with its fix."""
+
+
+def parse_duration(text: str) -> float:
+    match = DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number with s, m, h or d, e.g. 24h")
+    return float(match.group(1)) * UNIT_S[match.group(2)]
+
+
+def configure_logging() -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def settings_from(args: argparse.Namespace) -> VerifierSettings:
+    base = load_settings(Path(args.config)) if getattr(args, "config", None) else VerifierSettings()
+    return base.updated(
+        pki_dir=Path(args.pki) if getattr(args, "pki", None) else None,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        cert_days=getattr(args, "cert_days", None),
+    )
+
+
+def _need_pki(settings: VerifierSettings) -> None:
+    if not settings.ca_file.exists():
+        raise CLIError(
+            f"no CA in {settings.pki_dir}: run `capture-verifier pki init {settings.pki_dir}` first, "
+            "or point --pki at your PKI folder"
+        )
+
+
+def cmd_pki_init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    try:
+        ca = init_pki(directory, args.server_name or ("localhost", "127.0.0.1"))
+    except FileExistsError as exc:
+        raise CLIError(f"{exc}; use another folder, or delete it to start over") from None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"development PKI created in {directory}")
+    print(f"CA fingerprint (SHA-256): {fingerprint(ca.cert)}")
+    print("private keys (ca.key, server.key) are 0600: never commit or copy them off this host")
+    return 0
+
+
+def _app_store(settings: VerifierSettings):
+    from verifier.registry import DeviceRegistry
+    from verifier.store import open_database
+    from verifier.tokens import BootstrapTokens
+
+    _need_pki(settings)
+    conn = open_database(settings.database)
+    return conn, BootstrapTokens(conn), DeviceRegistry(conn, grace_s=settings.grace_s)
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    settings = settings_from(args)
+    _, tokens, _ = _app_store(settings)
+    try:
+        token, device_id = tokens.new(args.device, args.ttl)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
+    print(f"token: {token}")
+    print(f"device: {device_id}")
+    print(f"ca-fingerprint: {fingerprint(ca)}")
+    print(f"valid for {args.ttl / 3600:g} h, once. On the device:")
+    print(
+        f"  capture-agent provision --verifier https://HOST:{settings.port} --token {token} "
+        f"--ca-fingerprint {fingerprint(ca)}"
+    )
+    return 0
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    _, _, registry = _app_store(settings_from(args))
+    for device in registry.list():
+        print(json.dumps(device))
+    return 0
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    _, _, registry = _app_store(settings_from(args))
+    if not registry.revoke(args.device_id):
+        raise CLIError(f"no active device {args.device_id!r}: see `capture-verifier device list`")
+    structlog.get_logger().info("device_revoked", audit=True, device_id=args.device_id)
+    print(f"revoked {args.device_id}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from verifier.app import create_app
+    from verifier.server import serve
+
+    settings = settings_from(args)
+    _need_pki(settings)
+    app = create_app(settings)
+
+    def listening(host: str, port: int) -> None:
+        line = json.dumps({"event": "listening", "host": host, "port": port})
+        print(line, flush=True)
+        if args.ready_file:
+            tmp = Path(args.ready_file).with_suffix(".tmp")
+            tmp.write_text(line)
+            tmp.replace(args.ready_file)
+
+    asyncio.run(serve(app, settings, on_listening=listening))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capture-verifier", description="The reference verifier.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_pki(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--pki", help="PKI and data folder (default /var/lib/capture-verifier)")
+        p.add_argument("--config", help="TOML settings file")
+        return p
+
+    pki = sub.add_parser("pki", help="development PKI").add_subparsers(dest="pki_command", required=True)
+    init = pki.add_parser("init", help="make a CA and the verifier's server certificate in DIR")
+    init.add_argument("dir")
+    init.add_argument("--server-name", action="append", help="host name or IP of the verifier (repeatable)")
+    init.set_defaults(run=cmd_pki_init)
+
+    token = sub.add_parser("token", help="one-time bootstrap tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    new = with_pki(token.add_parser("new", help="a one-time token for one device"))
+    new.add_argument("--device", help="device id (default: a random dev-XXXXXXXX)")
+    new.add_argument("--ttl", type=parse_duration, default=24 * 3600.0, help="lifetime, e.g. 30m, 24h (default 24h)")
+    new.set_defaults(run=cmd_token_new)
+
+    device = sub.add_parser("device", help="the device registry").add_subparsers(dest="device_command", required=True)
+    with_pki(device.add_parser("list", help="list devices")).set_defaults(run=cmd_device_list)
+    revoke = with_pki(device.add_parser("revoke", help="revoke a device: its certificates stop working"))
+    revoke.add_argument("device_id")
+    revoke.set_defaults(run=cmd_device_revoke)
+
+    serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8443; 0 picks a free one)")
+    serve.add_argument("--cert-days", type=float, help="device certificate lifetime in days (default 30)")
+    serve.add_argument("--ready-file", help="write the listening JSON line here once ready")
+    serve.set_defaults(run=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return int(args.run(args) or 0)
+    except (CLIError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Development PKI: a root CA, the verifier's server certificate, device certificates.
+
+For development and test rigs only. A production site plugs in its own CA (see
+certs/README.md); the verifier then only needs the CA certificate and a signing
+service. Keys are EC P-256, signatures ECDSA-SHA256, private key files 0600 in a
+0700 folder, and nothing here ever logs key material.
+
+Files in the PKI folder::
+
+    ca.pem, ca.key            root CA (the key signs device certificates)
+    server.pem, server.key    the verifier's TLS certificate (localhost, 127.0.0.1)
+    verifier.sqlite           registry, tokens, idempotency store, nonces
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.pem"
+SERVER_KEY = "server.key"
+CA_DAYS = 3650
+SERVER_DAYS = 397
+DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+
+
+class CSRError(ValueError):
+    """A certificate request the CA will not sign; the message names the fix."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, lowercase hex: what an installer types."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _general_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in names:
+        if "*" in name:
+            raise ValueError(f"{name!r}: wildcard certificates are refused by the agents")
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA that can sign: its certificate and key."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def load(cls, pki_dir: Path) -> CertificateAuthority:
+        cert = x509.load_pem_x509_certificate((pki_dir / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((pki_dir / CA_KEY).read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the CA key is not an EC key")
+        return cls(cert, key)
+
+    @classmethod
+    def create(cls, common_name: str = "capture-agent development CA") -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    def _leaf(
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey,
+        days: float,
+        usage: x509.ObjectIdentifier,
+    ) -> x509.CertificateBuilder:
+        now = dt.datetime.now(dt.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
+
+    def issue_server_certificate(
+        self, names: Sequence[str] = DEFAULT_SERVER_NAMES, days: float = SERVER_DAYS
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """A TLS server certificate naming each host exactly (never a wildcard)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        cert = (
+            self._leaf(subject, key.public_key(), days, ExtendedKeyUsageOID.SERVER_AUTH)
+            .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert, key
+
+    def issue_device_certificate(self, csr_der: bytes, device_id: str, days: float) -> x509.Certificate:
+        """Sign a device's CSR. The subject is the device id the verifier chose, not the CSR's."""
+        csr = parse_csr(csr_der)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+        public_key = csr.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)  # checked by parse_csr
+        return self._leaf(subject, public_key, days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(self.key, hashes.SHA256())
+
+
+def parse_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request the CA accepts: well-formed, self-signed, EC P-256."""
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError:
+        raise CSRError("the body is not a DER PKCS#10 certificate request (base64 of DER expected)") from None
+    if not csr.is_signature_valid:
+        raise CSRError("the certificate request's signature does not verify: make a new request")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CSRError("only EC P-256 keys are accepted: generate the device key on curve P-256")
+    return csr
+
+
+def init_pki(pki_dir: Path, server_names: Sequence[str] = DEFAULT_SERVER_NAMES) -> CertificateAuthority:
+    """Make a fresh development PKI in ``pki_dir`` (refuses to overwrite an existing CA)."""
+    pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(pki_dir, 0o700)
+    if (pki_dir / CA_KEY).exists():
+        raise FileExistsError(f"{pki_dir / CA_KEY} exists: this folder already holds a CA")
+    ca = CertificateAuthority.create()
+    _write_private(pki_dir / CA_KEY, _key_pem(ca.key))
+    _write_private(pki_dir / CA_CERT, _pem(ca.cert))
+    server_cert, server_key = ca.issue_server_certificate(server_names)
+    _write_private(pki_dir / SERVER_KEY, _key_pem(server_key))
+    _write_private(pki_dir / SERVER_CERT, _pem(server_cert))
+    return ca

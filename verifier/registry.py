@@ -1,0 +1,105 @@
+"""The device registry: which certificates belong to which active device.
+
+Authorisation of a request is a lookup of the serial of the certificate the TLS
+layer verified. After a renewal the previous certificate stays valid for a grace
+period, so requests already running on the device's old connection complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+DEFAULT_GRACE_S = 600.0
+
+
+class AuthorisationError(Exception):
+    """The client certificate does not belong to an active device."""
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    status: str
+    serial: str
+
+
+def spki_sha256(public_key: PublicKeyTypes) -> str:
+    """Base64 SHA-256 of a SubjectPublicKeyInfo (the form of an RFC 7469 pin)."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+@dataclass
+class DeviceRegistry:
+    conn: sqlite3.Connection
+    grace_s: float = DEFAULT_GRACE_S
+
+    def record_certificate(self, device_id: str, cert: x509.Certificate, supersede: bool) -> None:
+        """Register a newly issued certificate (and the device on first issue)."""
+        now = time.time()
+        self.conn.execute(
+            "INSERT OR IGNORE INTO devices (device_id, status, created_at) VALUES (?, 'active', ?)",
+            (device_id, now),
+        )
+        if supersede:
+            self.conn.execute(
+                "UPDATE certificates SET superseded_at = ? WHERE device_id = ? AND superseded_at IS NULL",
+                (now, device_id),
+            )
+        self.conn.execute(
+            "INSERT INTO certificates (serial, device_id, spki_sha256, not_after, issued_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                format(cert.serial_number, "x"),
+                device_id,
+                spki_sha256(cert.public_key()),
+                cert.not_valid_after_utc.timestamp(),
+                now,
+            ),
+        )
+
+    def authorise(self, cert: x509.Certificate) -> Device:
+        """The active device this verified certificate belongs to, or AuthorisationError."""
+        serial = format(cert.serial_number, "x")
+        row = self.conn.execute(
+            "SELECT c.device_id, d.status, c.superseded_at, c.spki_sha256 FROM certificates c "
+            "JOIN devices d USING (device_id) WHERE c.serial = ?",
+            (serial,),
+        ).fetchone()
+        if row is None:
+            raise AuthorisationError("this client certificate is not registered with the verifier")
+        device_id, status, superseded_at, spki = row
+        if status != "active":
+            raise AuthorisationError(f"device {device_id} is revoked")
+        if spki != spki_sha256(cert.public_key()):
+            raise AuthorisationError("the certificate's key does not match the registered key")
+        if superseded_at is not None and time.time() > superseded_at + self.grace_s:
+            raise AuthorisationError("this certificate was replaced by a renewal; use the new one")
+        return Device(device_id, status, serial)
+
+    def current_spki(self, device_id: str) -> set[str]:
+        rows = self.conn.execute("SELECT spki_sha256 FROM certificates WHERE device_id = ?", (device_id,)).fetchall()
+        return {r[0] for r in rows}
+
+    def revoke(self, device_id: str) -> bool:
+        return (
+            self.conn.execute(
+                "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device_id = ? AND status = 'active'",
+                (time.time(), device_id),
+            ).rowcount
+            == 1
+        )
+
+    def list(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT d.device_id, d.status, COUNT(c.serial), MAX(c.not_after) FROM devices d "
+            "LEFT JOIN certificates c USING (device_id) GROUP BY d.device_id ORDER BY d.device_id"
+        ).fetchall()
+        return [{"device_id": r[0], "status": r[1], "certificates": r[2], "not_after": r[3]} for r in rows]

@@ -1,0 +1,83 @@
+"""The verifier's settings: a frozen dataclass from CLI flags or a TOML file.
+
+An unknown key or a bad value stops the verifier at start with the key, the value
+and the fix, as for the agent.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from verifier.pki import CA_CERT, SERVER_CERT, SERVER_KEY
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    pki_dir: Path = Path("/var/lib/capture-verifier")
+    db_path: Path | None = None  # default: <pki_dir>/verifier.sqlite
+    host: str = "127.0.0.1"
+    port: int = 8443
+    cert_days: float = 30.0  # device certificate lifetime
+    nonce_ttl_s: float = 60.0
+    grace_s: float = 600.0  # the previous certificate's life after a renewal
+    keep_alive_s: float = 600.0  # idle HTTP/2 connections: kiosks idle for minutes
+    max_body_bytes: int = 1 << 20
+
+    @property
+    def database(self) -> Path:
+        return self.db_path or self.pki_dir / "verifier.sqlite"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / CA_CERT
+
+    @property
+    def server_cert(self) -> Path:
+        return self.pki_dir / SERVER_CERT
+
+    @property
+    def server_key(self) -> Path:
+        return self.pki_dir / SERVER_KEY
+
+    def updated(self, **values: Any) -> VerifierSettings:
+        """A copy with some values changed (None means: keep), each checked."""
+        return _checked(replace(self, **{k: v for k, v in values.items() if v is not None}))
+
+
+_POSITIVE = ("cert_days", "nonce_ttl_s", "grace_s", "keep_alive_s", "max_body_bytes")
+
+
+def _checked(settings: VerifierSettings) -> VerifierSettings:
+    if not 0 <= settings.port <= 65535:
+        raise SettingsError(f"bad value port = {settings.port!r}: use 0 (a free port) to 65535")
+    for name in _POSITIVE:
+        value = getattr(settings, name)
+        if not value > 0:
+            raise SettingsError(f"bad value {name} = {value!r}: use a number greater than 0")
+    return settings
+
+
+def load_settings(path: Path) -> VerifierSettings:
+    """Settings from a TOML file whose keys are the field names."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}; fix the file or its permissions") from None
+    known = {f.name: f for f in fields(VerifierSettings)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise SettingsError(f"unknown key {key} = {value!r} in {path}: remove it; known keys: {', '.join(known)}")
+        if key in ("pki_dir", "db_path"):
+            value = Path(value)
+        elif key == "port" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise SettingsError(f"bad value port = {value!r}: use a whole number")
+        values[key] = value
+    return _checked(VerifierSettings(**values))

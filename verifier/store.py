@@ -1,0 +1,62 @@
+"""The verifier's sqlite database: one file, WAL mode, the schema in one place.
+
+Every table the verifier keeps lives here so that the schema is readable at a
+glance; the classes that use each table (registry, tokens, idempotency,
+challenges) are in their own modules.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash  TEXT PRIMARY KEY,          -- SHA-256 of the token; the token itself is never stored
+    device_id   TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    used_at     REAL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id   TEXT PRIMARY KEY,
+    status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial        TEXT PRIMARY KEY,        -- hex
+    device_id     TEXT NOT NULL REFERENCES devices(device_id),
+    spki_sha256   TEXT NOT NULL,
+    not_after     REAL NOT NULL,
+    issued_at     REAL NOT NULL,
+    superseded_at REAL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    principal     TEXT NOT NULL,           -- device id, or the token hash for enrollment
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status        INTEGER NOT NULL,
+    content_type  TEXT NOT NULL,
+    body          BLOB NOT NULL,
+    created_at    REAL NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce       TEXT PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    used_at     REAL
+);
+"""
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (and create) the database; autocommit mode, explicit transactions where needed."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(SCHEMA)
+    path.chmod(0o600)
+    return conn

@@ -1,0 +1,48 @@
+"""The verifier's side of the TLS policy, and the ASGI TLS extension it feeds.
+
+Same rules as the agent: TLS 1.2 minimum, ECDHE with AEAD only, ALPN ``h2``
+only. Client certificates are requested on every connection (CERT_OPTIONAL,
+because EST cacerts and simpleenroll serve devices that have none yet) and
+verified against the device CA alone; routes other than those two refuse a
+connection without one.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
+ALPN_H2 = "h2"
+
+
+def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    ctx.load_verify_locations(cafile=str(client_ca_file))  # the device CA only, no system store
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.set_alpn_protocols([ALPN_H2])
+    return ctx
+
+
+def tls_scope_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
+    """The ASGI TLS extension (``scope["extensions"]["tls"]``) for one connection.
+
+    ``client_cert_chain`` holds the peer certificate OpenSSL verified during the
+    handshake (PEM, leaf first); empty when the client sent none. This is the
+    only source of client identity the verifier's app reads.
+    """
+    der = ssl_object.getpeercert(binary_form=True)
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": ssl_object.version(),
+        "cipher_suite": cipher[0] if cipher else None,
+    }
