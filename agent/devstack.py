@@ -32,9 +32,7 @@ def _verifier_command() -> list[str]:
 
 
 def verifier_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*_verifier_command(), *args], capture_output=True, text=True, check=check, timeout=60
-    )
+    return subprocess.run([*_verifier_command(), *args], capture_output=True, text=True, check=check, timeout=60)
 
 
 @dataclass
@@ -45,8 +43,13 @@ class LocalVerifier:
     host: str = "127.0.0.1"
     port: int = 0
     extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen[str] | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     ca_fingerprint: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        """The verifier's log (JSON lines on stderr), kept for tests and the demo."""
+        return self.pki_dir / "verifier.log"
 
     @property
     def url(self) -> str:
@@ -63,29 +66,15 @@ class LocalVerifier:
     def start(self, port: int | None = None) -> LocalVerifier:
         ready = self.pki_dir / f"ready-{os.getpid()}-{time.monotonic_ns()}.json"
         wanted = self.port if port is None else port
-        self.process = subprocess.Popen(
-            [
-                *_verifier_command(),
-                "serve",
-                "--pki",
-                str(self.pki_dir),
-                "--host",
-                self.host,
-                "--port",
-                str(wanted),
-                "--ready-file",
-                str(ready),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        command = [*_verifier_command(), "serve", "--pki", str(self.pki_dir), "--host", self.host]
+        command += ["--port", str(wanted), "--ready-file", str(ready), *self.extra_args]
+        with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists() or not ready.read_text().strip():
             if self.process.poll() is not None:
-                err = self.process.stderr.read() if self.process.stderr else ""
-                raise RuntimeError(f"the verifier exited with {self.process.returncode}: {err[-2000:]}")
+                err = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the verifier exited with {self.process.returncode}: {err}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the verifier did not become ready in time")
@@ -113,8 +102,6 @@ class LocalVerifier:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
-        if self.process.stderr:
-            self.process.stderr.close()
 
     def __enter__(self) -> LocalVerifier:
         return self

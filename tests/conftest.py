@@ -6,11 +6,12 @@ fixture that started it; every port is on 127.0.0.1 and chosen free at run time.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,44 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.config import AgentConfig
+from agent.devstack import LocalVerifier, device_config
 from agent.identity import DeviceIdentity, IdentityStore
+from agent.provision import provision
 
 # ---------------------------------------------------------------- general
 
 # ---------------------------------------------------------------- verifier / PKI
+
+
+@pytest.fixture
+def verifier(tmp_path: Path) -> Iterator[LocalVerifier]:
+    """The reference verifier as a real process on a free port of 127.0.0.1, fresh PKI."""
+    local = LocalVerifier(tmp_path / "pki")
+    local.init_pki()
+    local.start(0)
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def provisioned(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
+    """A device provisioned against ``verifier`` with a one-time token: (config, identity)."""
+    config = device_config(tmp_path / "device", verifier.url)
+    result = asyncio.run(provision(config, verifier.new_token("kiosk-1"), verifier.ca_fingerprint))
+    return config, result.identity
+
+
+def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A plain TLS client context for tests that must send what the agent never would."""
+    ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.pem"))
+    ctx.set_alpn_protocols(["h2"])
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
 
 # ---------------------------------------------------------------- agent
 

@@ -22,6 +22,8 @@ import h2.config
 import h2.connection
 import h2.events
 
+from verifier.tls import tls_scope_extension
+
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
@@ -37,20 +39,6 @@ class ServerLog:
     client_subjects: list[str] = field(default_factory=list)  # peer certificate CN per request
     handled: int = 0  # requests the app ran to completion
     goaways_sent: int = 0
-
-
-def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
-    """The ASGI TLS extension dict for a connection (client cert as PEM, leaf first)."""
-    der = ssl_object.getpeercert(binary_form=True)
-    chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
-    return {
-        "client_cert_chain": chain,
-        "tls_version": None,
-        "cipher_suite": None,
-        "server_cert": None,
-        "client_cert_name": None,
-        "client_cert_error": None,
-    }
 
 
 class H2TestServer:
@@ -200,7 +188,7 @@ class H2TestServer:
                 for k, v in request["headers"]
                 if not (k.startswith(":") if isinstance(k, str) else k.startswith(b":"))
             ],
-            "extensions": {"tls": tls_extension(ssl_object)},
+            "extensions": {"tls": tls_scope_extension(ssl_object)},
         }
         body_sent = False
 

@@ -247,7 +247,7 @@ class VerifierApp:
                 "idempotency-key-required",
                 "Idempotency-Key required",
                 "every POST needs an Idempotency-Key header (at most 200 characters)",
-                "send a fresh random key per request and the same key on retries",
+                "send an Idempotency-Key header: a fresh random key per request, the same key on retries",
             )
         if request.device is not None:
             principal = request.device.device_id
