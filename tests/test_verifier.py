@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
+import time
 import warnings
 
 import httpx
@@ -74,6 +76,13 @@ def test_a_client_certificate_from_another_ca_is_refused(verifier, make_test_ca)
     # OpenSSL refuses the chain in the handshake (TLS 1.3: on the first read).
     with pytest.raises(httpx.HTTPError):
         get(ctx, verifier.url, "/v1/health")
+    # ... and the verifier audits the failed handshake (invariant 5).
+    deadline = time.monotonic() + 5
+    while "tls_handshake_failed" not in verifier.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "tls_handshake_failed"]
+    assert failed and failed[0]["audit"] is True and "CERTIFICATE" in failed[0]["reason"].upper()
 
 
 def test_post_is_idempotent_by_key(verifier, provisioned, tmp_path) -> None:

@@ -20,6 +20,7 @@ import datetime as dt
 import functools
 import json
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 JSON_TYPE = "application/json"
+HOUSEKEEPING_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -121,6 +123,7 @@ class VerifierApp:
             ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
         }
         self._paths = {path for _, path in self.routes}
+        self._next_housekeeping = 0.0
 
     # ---------------------------------------------------------------- ASGI
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -254,6 +257,7 @@ class VerifierApp:
         else:
             principal = "token:" + token_hash(_bearer(request.headers))
         req_hash = request_hash(request.method, request.path, request.body)
+        self._housekeeping()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             stored = self.idempotency.lookup(principal, key, req_hash)
@@ -280,6 +284,16 @@ class VerifierApp:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def _housekeeping(self) -> None:
+        """Hourly: drop stored answers past their retention and nonces past their life."""
+        now = time.time()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+        dropped = self.idempotency.expire(now) + self.challenges.expire(now)
+        if dropped:
+            log.info("housekeeping", rows_dropped=dropped)
 
     # ---------------------------------------------------------------- handlers
     def cacerts(self, request: Request) -> Answer:

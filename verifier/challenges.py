@@ -50,3 +50,7 @@ class Challenges:
         if row[2] is not None:
             raise NonceError("this challenge nonce was already used (a replayed request?)")
         raise NonceError("this challenge nonce has expired")
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget nonces past their lifetime (used or not): they can never be accepted again."""
+        return self.conn.execute("DELETE FROM nonces WHERE expires_at < ?", ((now or time.time()) - 60,)).rowcount

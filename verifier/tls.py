@@ -13,8 +13,33 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger()
+
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
 ALPN_H2 = "h2"
+
+
+class AuditedSSLObject(ssl.SSLObject):
+    """Makes every failed handshake an audit event (invariant 5).
+
+    asyncio only logs failed handshakes in debug mode; hooking the SSLObject is
+    the one place every handshake of the server passes through.
+    """
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            log.warning(
+                "tls_handshake_failed",
+                audit=True,
+                reason=getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__,
+            )
+            raise
 
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl.SSLContext:
@@ -26,6 +51,7 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl
     ctx.load_verify_locations(cafile=str(client_ca_file))  # the device CA only, no system store
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols([ALPN_H2])
+    ctx.sslobject_class = AuditedSSLObject
     return ctx
 
 

@@ -1,0 +1,101 @@
+"""The verifier's sqlite stores on their own: tokens, nonces, idempotency, registry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from verifier.challenges import Challenges, NonceError
+from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer
+from verifier.pki import CertificateAuthority, CSRError, parse_csr
+from verifier.registry import AuthorisationError, DeviceRegistry
+from verifier.store import open_database
+from verifier.tokens import BootstrapTokens, TokenError, token_hash
+
+
+@pytest.fixture
+def conn(tmp_path):
+    connection = open_database(tmp_path / "v.sqlite")
+    yield connection
+    connection.close()
+
+
+def test_tokens_are_stored_hashed_single_use_and_expiring(conn) -> None:
+    tokens = BootstrapTokens(conn)
+    token, device = tokens.new("kiosk-1")
+    assert device == "kiosk-1"
+    stored = conn.execute("SELECT token_hash FROM tokens").fetchall()
+    assert stored == [(token_hash(token),)] and token not in str(stored)
+    assert tokens.peek(token) == "kiosk-1"
+    tokens.consume(token)
+    with pytest.raises(TokenError, match="already used"):
+        tokens.peek(token)
+    old, _ = tokens.new("kiosk-2", ttl_s=-1)
+    with pytest.raises(TokenError, match="expired"):
+        tokens.peek(old)
+    with pytest.raises(TokenError, match="unknown"):
+        tokens.peek("nope")
+    with pytest.raises(ValueError, match="device id"):
+        tokens.new("../etc")
+
+
+def test_nonces_are_single_use_short_lived_and_bound_to_a_device(conn) -> None:
+    challenges = Challenges(conn, ttl_s=60)
+    nonce, expires = challenges.issue("kiosk-1")
+    assert expires > time.time()
+    with pytest.raises(NonceError, match="unknown"):
+        challenges.consume("kiosk-2", nonce)
+    challenges.consume("kiosk-1", nonce)
+    with pytest.raises(NonceError, match="already used"):
+        challenges.consume("kiosk-1", nonce)
+    stale, _ = Challenges(conn, ttl_s=-1).issue("kiosk-1")
+    with pytest.raises(NonceError, match="expired"):
+        challenges.consume("kiosk-1", stale)
+
+
+def test_idempotency_returns_the_first_answer_and_refuses_key_reuse(conn) -> None:
+    store = IdempotencyStore(conn)
+    answer = StoredAnswer(201, "application/json", b'{"a": 1}')
+    store.save("kiosk-1", "k", "hash-1", answer)
+    assert store.lookup("kiosk-1", "k", "hash-1") == answer
+    assert store.lookup("kiosk-2", "k", "hash-1") is None  # keys are per principal
+    with pytest.raises(KeyReuseError):
+        store.lookup("kiosk-1", "k", "hash-2")
+    assert store.expire(now=time.time() + 2 * 86400) == 1
+
+
+def test_registry_grace_period_after_renewal(conn) -> None:
+    ca = CertificateAuthority.create()
+    registry = DeviceRegistry(conn, grace_s=0.2)
+    first = ca.issue_server_certificate(["kiosk-1"])[0]
+    second = ca.issue_server_certificate(["kiosk-1"])[0]
+    registry.record_certificate("kiosk-1", first, supersede=True)
+    registry.record_certificate("kiosk-1", second, supersede=True)
+    assert registry.authorise(first).device_id == "kiosk-1"  # still in its grace period
+    time.sleep(0.3)
+    with pytest.raises(AuthorisationError, match="replaced by a renewal"):
+        registry.authorise(first)
+    assert registry.authorise(second).device_id == "kiosk-1"
+    registry.revoke("kiosk-1")
+    with pytest.raises(AuthorisationError, match="revoked"):
+        registry.authorise(second)
+
+
+def test_csr_checks() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    with pytest.raises(CSRError, match="not a DER PKCS#10"):
+        parse_csr(b"garbage")
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        .sign(p384, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    with pytest.raises(CSRError, match="P-256"):
+        parse_csr(csr)
