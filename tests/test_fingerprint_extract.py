@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from biometrics.fingerprint import FingerprintImageError, analyse, extract, quality_of, template_of
+from biometrics.fingerprint import (
+    FingerprintImageError,
+    analyse,
+    extract,
+    extract_with_quality,
+    quality_of,
+    template_of,
+)
 from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING
 
 
@@ -65,9 +72,13 @@ def test_analysis_is_shared_between_quality_and_template(synthetic_print):
     sp = synthetic_print(2)
     a = analyse(sp.image)
     q = quality_of(a)
-    tpl = template_of(a, 300, 320, 500, quality=q)
+    tpl = template_of(a, quality=q)
     assert tpl.quality == q.score
+    assert (tpl.width, tpl.height, tpl.resolution_dpi) == (300, 320, 500)
     assert len(tpl.minutiae) == len(extract(sp.image).minutiae)
+    both, q2 = extract_with_quality(sp.image)
+    assert q2 == q
+    np.testing.assert_array_equal(both.minutiae.x, tpl.minutiae.x)
 
 
 @pytest.mark.parametrize(

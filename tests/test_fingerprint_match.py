@@ -121,9 +121,7 @@ def _minutiae(draw_points: list[tuple[float, float, float]]) -> Minutiae:
     )
 
 
-_points = st.lists(
-    st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 6.28)), min_size=0, max_size=60
-)
+_points = st.lists(st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 6.28)), min_size=0, max_size=60)
 
 
 @given(_points, _points)

@@ -10,7 +10,14 @@ then :func:`quality_of` and :func:`template_of`), :func:`match`,
 
 from biometrics.fingerprint.calibration import threshold_for_fmr
 from biometrics.fingerprint.errors import FingerprintError, FingerprintImageError, TemplateError
-from biometrics.fingerprint.extract import analyse, assess_quality, extract, quality_of, template_of
+from biometrics.fingerprint.extract import (
+    analyse,
+    assess_quality,
+    extract,
+    extract_with_quality,
+    quality_of,
+    template_of,
+)
 from biometrics.fingerprint.matcher import GalleryIndex, match
 from biometrics.fingerprint.quality import QualityReport
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
@@ -26,6 +33,7 @@ __all__ = [
     "analyse",
     "assess_quality",
     "extract",
+    "extract_with_quality",
     "match",
     "quality_of",
     "template_of",

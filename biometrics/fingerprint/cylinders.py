@@ -152,9 +152,7 @@ def build(minutiae: Minutiae, scale: float = 1.0) -> Cylinders:
     pts = np.stack([x, y], axis=1).astype(np.float32)
     hull = cv2.convexHull(pts).reshape(-1, 2).astype(np.float64) if n >= 3 else pts.astype(np.float64)
     valid = _hull_distance(cx, cy, hull[:, 0], hull[:, 1]) <= HULL_OFFSET
-    count_near = (np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) <= RADIUS + 3 * SIGMA_S).sum(
-        1
-    ) - 1
+    count_near = (np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) <= RADIUS + 3 * SIGMA_S).sum(1) - 1
     usable = (valid.sum(axis=1) >= MIN_VALID_CELLS * N_SPATIAL) & (count_near >= MIN_NEIGHBOURS)
     keep = order[usable[order]][:MAX_CYLINDERS]
     values = values[keep] * valid[keep][:, :, None]

@@ -55,6 +55,9 @@ class Analysis:
     orientation: np.ndarray  # float32, ridge-normal (gradient) direction in [0, pi), image coordinates
     coherence: np.ndarray  # float32, 0..1, how well a single orientation explains the gradients
     period: float  # ridge period in pixels
+    source_width: int = 0  # the input image, before resampling to 500 dpi
+    source_height: int = 0
+    source_dpi: int = 500
 
     @property
     def ridge_direction(self) -> np.ndarray:
@@ -173,9 +176,7 @@ def _calibration() -> tuple[np.ndarray, np.ndarray]:
     raw = []
     for p in true:  # 13 periods x 4 orientations, once at import
         est = [
-            _gradient_period(
-                np.cos(2 * np.pi / p * (xx * np.cos(a) + yy * np.sin(a))).astype(np.float32), weight
-            )
+            _gradient_period(np.cos(2 * np.pi / p * (xx * np.cos(a) + yy * np.sin(a))).astype(np.float32), weight)
             for a in (0.0, np.pi / 8, np.pi / 4, 3 * np.pi / 8)
         ]
         raw.append(np.mean(est))

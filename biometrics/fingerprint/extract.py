@@ -7,6 +7,8 @@ shared steps (segmentation, orientation, coherence) run once.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from biometrics.fingerprint.enhance import Analysis, analyse_reference
@@ -20,17 +22,18 @@ def analyse(image: np.ndarray, resolution_dpi: int = 500, *, allow_blank: bool =
     """Check the image, bring it to 500 dpi and compute the shared intermediate results."""
     img = check_image(image, resolution_dpi, allow_blank=allow_blank)
     ref, scale = to_reference_resolution(img, int(resolution_dpi))
-    return analyse_reference(np.ascontiguousarray(ref), scale)
+    analysis = analyse_reference(np.ascontiguousarray(ref), scale)
+    h, w = img.shape
+    return replace(analysis, source_width=int(w), source_height=int(h), source_dpi=int(resolution_dpi))
 
 
 def quality_of(analysis: Analysis) -> QualityReport:
+    """Quality score and feedback of an analysed capture."""
     return assess(analysis)
 
 
-def template_of(
-    analysis: Analysis, width: int, height: int, resolution_dpi: int, quality: QualityReport | None = None
-) -> FingerprintTemplate:
-    """Template in the input image's pixel coordinates."""
+def template_of(analysis: Analysis, quality: QualityReport | None = None) -> FingerprintTemplate:
+    """Template in the input image's pixel coordinates (pass ``quality`` if already computed)."""
     found = detect(analysis)
     s = analysis.scale
     minutiae = Minutiae(
@@ -42,9 +45,9 @@ def template_of(
     )
     q = quality if quality is not None else assess(analysis)
     return FingerprintTemplate(
-        width=int(width),
-        height=int(height),
-        resolution_dpi=int(resolution_dpi),
+        width=analysis.source_width,
+        height=analysis.source_height,
+        resolution_dpi=analysis.source_dpi,
         minutiae=minutiae,
         quality=q.score,
     )
@@ -55,15 +58,16 @@ def extract(image: np.ndarray, resolution_dpi: int = 500) -> FingerprintTemplate
 
     Raises FingerprintImageError (a ValueError) for an unusable image.
     """
+    return template_of(analyse(image, resolution_dpi))
+
+
+def extract_with_quality(image: np.ndarray, resolution_dpi: int = 500) -> tuple[FingerprintTemplate, QualityReport]:
+    """Template and quality of one capture from a single analysis."""
     analysis = analyse(image, resolution_dpi)
-    h, w = analysis_shape(image)
-    return template_of(analysis, w, h, int(resolution_dpi))
+    quality = assess(analysis)
+    return template_of(analysis, quality), quality
 
 
 def assess_quality(image: np.ndarray, resolution_dpi: int = 500) -> QualityReport:
     """Quality score and feedback; an empty sensor is a score of 0 with ``place_finger``."""
     return assess(analyse(image, resolution_dpi, allow_blank=True))
-
-
-def analysis_shape(image: np.ndarray) -> tuple[int, int]:
-    return int(image.shape[0]), int(image.shape[1])

@@ -27,9 +27,7 @@ def cylinders_of(item: FingerprintTemplate | Minutiae | Cylinders) -> Cylinders:
         return item
     if isinstance(item, FingerprintTemplate):
         if item.resolution_dpi <= 0:
-            raise TemplateError(
-                f"template resolution_dpi={item.resolution_dpi}: set the capture's resolution"
-            )
+            raise TemplateError(f"template resolution_dpi={item.resolution_dpi}: set the capture's resolution")
         return build(item.minutiae, REFERENCE_DPI / float(item.resolution_dpi))
     if isinstance(item, Minutiae):
         return build(item, 1.0)
@@ -123,9 +121,7 @@ class GalleryIndex:
                 run(block)
         return out
 
-    def search(
-        self, probe: FingerprintTemplate | Minutiae | Cylinders, top_k: int = 5
-    ) -> list[tuple[Hashable, float]]:
+    def search(self, probe: FingerprintTemplate | Minutiae | Cylinders, top_k: int = 5) -> list[tuple[Hashable, float]]:
         """The ``top_k`` best subjects as (subject_id, score), best first."""
         if top_k <= 0 or not self._ids:
             return []

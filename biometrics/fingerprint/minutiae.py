@@ -82,9 +82,7 @@ def _directions(
     return np.mod(np.arctan2(-vy, vx), 2 * np.pi).astype(np.float32)
 
 
-def _false_pairs(
-    x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, period: float
-) -> np.ndarray:
+def _false_pairs(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, period: float) -> np.ndarray:
     """Boolean mask of minutiae that form a spur, bridge, broken ridge or noise cluster."""
     n = len(x)
     if n < 2:
@@ -124,9 +122,7 @@ def detect(analysis: Analysis) -> Minutiae:
     by, bx = _centroids((cn >= 3) & inside)
     ys = np.concatenate([ey, by])
     xs = np.concatenate([ex, bx])
-    kinds = np.concatenate(
-        [np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)]
-    )
+    kinds = np.concatenate([np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)])
     if len(ys) == 0:
         return Minutiae.empty()
     psi = np.mod(analysis.orientation[ys, xs] + np.pi / 2, np.pi)
