@@ -205,7 +205,7 @@ class VerifierClient:
             except RETRYABLE as exc:
                 policy = tls_policy_error(exc, self.config.verifier.url)
                 if policy is not None:
-                    log.warning("tls_handshake_failed", url=self.config.verifier.url, reason=str(policy))
+                    log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=policy.message)
                     raise policy from None
                 if attempt >= retries:
                     raise TransportError(

@@ -60,7 +60,7 @@ async def _device_story(verifier: LocalVerifier, work: Path) -> dict[str, str]:
         await provision(device_config(work / "thief-state", verifier.url), token, verifier.ca_fingerprint)
         say("UNEXPECTED: the token worked twice")
     except AgentError as exc:
-        say(f"refused as it must be: {exc.args[0]}")
+        say(f"refused as it must be: {exc.message}")
 
     step("Health call over mutual TLS, HTTP/2")
     async with VerifierClient(config, ident) as client:

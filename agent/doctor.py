@@ -74,13 +74,13 @@ def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity
     try:
         kek = load_kek(config)
     except AgentError as exc:
-        report.add("key-encryption key", False, str(exc.args[0]), exc.fix)
+        report.add("key-encryption key", False, exc.message, exc.fix)
         return None
     report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring")
     try:
         identity = IdentityStore(config.agent.state_dir).load(kek.encode())
     except AgentError as exc:
-        report.add("device identity", False, str(exc.args[0]), exc.fix)
+        report.add("device identity", False, exc.message, exc.fix)
         return None
     report.add(
         "device identity",
@@ -155,7 +155,7 @@ async def _check_live(report: DoctorReport, config: AgentConfig, identity: Devic
                 tls["server_cert_not_after"] = server.not_valid_after_utc.isoformat()
                 tls["server_spki_sha256"] = spki_sha256(server)
     except AgentError as exc:
-        return report.add("verifier (live mTLS call)", False, str(exc.args[0]), exc.fix)
+        return report.add("verifier (live mTLS call)", False, exc.message, exc.fix)
     report.facts["tls"] = tls
     if response.status_code != 200:
         return report.add(

@@ -14,9 +14,13 @@ class AgentError(Exception):
         super().__init__(message)
         self.fix = fix
 
+    @property
+    def message(self) -> str:
+        """What went wrong, without the fix (for messages that print the fix apart)."""
+        return str(self.args[0]) if self.args else ""
+
     def __str__(self) -> str:
-        base = super().__str__()
-        return f"{base} (fix: {self.fix})" if self.fix else base
+        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
 
 
 class ConfigError(AgentError):

@@ -49,7 +49,7 @@ def _est_error(response: httpx.Response, what: str) -> ProvisioningError:
         fix = (
             "the bootstrap token is wrong, used or expired: ask for a new one (`capture-verifier token new`)"
         )
-    return ProvisioningError(f"EST {what} failed: {problem}", fix=fix)
+    return ProvisioningError(f"EST {what} failed: {problem.message}", fix=fix)
 
 
 async def fetch_ca_certificates(base_url: str, timeout_s: float = 10.0) -> list[x509.Certificate]:
@@ -71,7 +71,7 @@ async def fetch_ca_certificates(base_url: str, timeout_s: float = 10.0) -> list[
         except httpx.TransportError as exc:
             policy = tls_policy_error(exc, base_url)
             if policy is not None:
-                raise ProvisioningError(str(policy), fix=policy.fix) from None
+                raise ProvisioningError(policy.message, fix=policy.fix) from None
             raise ProvisioningError(
                 f"cannot reach the verifier at {base_url}: {type(exc).__name__}: {exc}",
                 fix="check the --verifier URL, the network, and that the verifier runs",
@@ -107,7 +107,7 @@ async def simple_enroll(
         except httpx.TransportError as exc:
             policy = tls_policy_error(exc, base_url)
             if policy is not None:
-                raise ProvisioningError(str(policy), fix=policy.fix) from None
+                raise ProvisioningError(policy.message, fix=policy.fix) from None
             raise ProvisioningError(
                 f"cannot reach the verifier at {base_url}: {type(exc).__name__}",
                 fix="check the network and retry with the same token (it is used only on success)",
@@ -124,5 +124,5 @@ async def simple_reenroll(client: VerifierClient, csr_der: bytes) -> x509.Certif
     )
     if response.status_code != 200:
         error = problem_error(response)
-        raise VerifierError(f"EST simplereenroll failed: {error}", fix=error.fix, status=error.status)
+        raise VerifierError(f"EST simplereenroll failed: {error.message}", fix=error.fix, status=error.status)
     return parse_pkcs7_certs(response.content, "simplereenroll")[0]
