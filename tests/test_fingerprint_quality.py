@@ -35,6 +35,20 @@ def test_a_blank_sensor_asks_to_place_a_finger():
     assert q.feedback == ("place_finger",)
 
 
+@pytest.mark.parametrize(
+    "surface",
+    [
+        np.tile(np.linspace(0, 255, 300).astype(np.uint8), (300, 1)),  # smooth gradient
+        ((np.indices((300, 300)).sum(axis=0) // 3) % 2 * 255).astype(np.uint8),  # texture finer than ridges
+    ],
+)
+def test_a_surface_without_ridges_is_not_a_finger(surface):
+    q = assess_quality(surface)
+    assert q.score == 0
+    assert q.feedback == ("place_finger",)
+    assert q.reasons == ("no_ridges",)
+
+
 def test_an_off_centre_finger_is_asked_to_move_towards_the_centre(synthetic_print):
     img = synthetic_print(1).image
     shifted = np.full_like(img, 235)

@@ -55,6 +55,7 @@ class Analysis:
     orientation: np.ndarray  # float32, ridge-normal (gradient) direction in [0, pi), image coordinates
     coherence: np.ndarray  # float32, 0..1, how well a single orientation explains the gradients
     period: float  # ridge period in pixels
+    ridge_share: float = 0.0  # share of the foreground energy in the ridge band (about 0.5 for ridges)
     source_width: int = 0  # the input image, before resampling to 500 dpi
     source_height: int = 0
     source_dpi: int = 500
@@ -187,16 +188,27 @@ _RAW, _TRUE = _calibration()
 
 
 def ridge_period(norm: np.ndarray, mask: np.ndarray) -> float:
-    """Ridge period (pixels) the contextual filter is tuned to.
+    """Ridge period (pixels) the contextual filter is tuned to (see :func:`ridge_measures`)."""
+    return ridge_measures(norm, mask)[0]
+
+
+def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Ridge period (pixels) the contextual filter is tuned to, and the ridge-band energy share.
 
     Local periods (the energy ratio over windows of about two periods) vary over
     a finger; the filter is tuned to the finer ridges (10th percentile of the local
     periods), because a filter tuned too coarse merges neighbouring ridges and
     erases minutiae, while one tuned a little fine only passes some extra noise.
+
+    The share is the foreground energy left by the ridge band-pass over the
+    energy of the normalised image: about 0.5 for ridges, near 0 for flat or
+    smooth surfaces and for textures much finer than ridges.
     """
     if mask.sum() < 1024:
-        return DEFAULT_PERIOD
+        return DEFAULT_PERIOD, 0.0
     grad, sig = _energies(norm)
+    total = float(np.square(norm[mask]).sum())
+    share = float(sig[mask].sum()) / total if total > 1e-6 else 0.0
     # Window sums at half resolution: the local period varies slowly.
     h, w = mask.shape
     half = (max(1, w // 2), max(1, h // 2))
@@ -204,10 +216,10 @@ def ridge_period(norm: np.ndarray, mask: np.ndarray) -> float:
     g = cv2.GaussianBlur(cv2.resize(grad, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
     s = cv2.GaussianBlur(cv2.resize(sig, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
     if len(g) == 0:
-        return DEFAULT_PERIOD
+        return DEFAULT_PERIOD, share
     raw = 2.0 * np.pi / np.sqrt(np.maximum(g, 1e-9) / np.maximum(s, 1e-9))
     local = np.interp(raw, _RAW, _TRUE)
-    return float(np.clip(np.percentile(local, FINE_PERCENTILE), MIN_PERIOD, MAX_PERIOD))
+    return float(np.clip(np.percentile(local, FINE_PERCENTILE), MIN_PERIOD, MAX_PERIOD)), share
 
 
 def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float) -> np.ndarray:
@@ -238,7 +250,7 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     norm = ((img - mean) / (std + 4.0)).astype(np.float32)
     theta, coherence = orientation_field(norm)
     mask = segment(contrast, coherence)
-    period = ridge_period(norm, mask)
+    period, share = ridge_measures(norm, mask)
     return Analysis(
         image=image,
         scale=scale,
@@ -248,4 +260,5 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
         orientation=theta,
         coherence=coherence,
         period=period,
+        ridge_share=share,
     )

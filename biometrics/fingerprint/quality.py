@@ -8,7 +8,9 @@ Analysis (no extra image passes):
 * clarity: mean orientation coherence over the foreground (clean parallel ridges
   give 0.5..0.8, smudges, dry breaks and motion blur much less);
 * position: how far the foreground's centre is from the image centre while part
-  of the finger is cut off by the image edge.
+  of the finger is cut off by the image edge;
+* ridge structure: a surface without ridges at fingerprint frequencies (a flat
+  object, a smooth gradient, a fine regular texture) is not a finger.
 
 Feedback codes are only those of the project's vocabulary (DESIGN.md).
 """
@@ -27,6 +29,7 @@ MIN_AREA_MM2 = 40.0
 MIN_FRACTION = 0.02  # below this nothing is on the sensor
 GOOD_COHERENCE, POOR_COHERENCE = 0.55, 0.2
 OFF_CENTRE = 0.15  # centroid offset as a fraction of the image side
+MIN_RIDGE_SHARE = 0.2  # ridges leave about 0.5 of their energy in the ridge band, flat or fine textures ~0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,7 @@ class QualityReport:
 
     score: int  # 0..100
     feedback: tuple[str, ...]  # DESIGN.md feedback codes, most important first
-    reasons: tuple[str, ...]  # machine-readable causes: no_finger, small_area, off_centre, dry, wet, unclear
+    reasons: tuple[str, ...]  # causes: no_finger, no_ridges, small_area, off_centre, dry, wet, unclear
     area_mm2: float = 0.0
     clarity: float = 0.0  # mean coherence in the foreground, 0..1
 
@@ -74,6 +77,8 @@ def assess(analysis: Analysis) -> QualityReport:
     area_mm2 = float(mask.sum()) / (px_per_mm * px_per_mm)
     if fraction < MIN_FRACTION or area_mm2 < 0.25 * MIN_AREA_MM2:
         return QualityReport(0, ("place_finger",), ("no_finger",), area_mm2, 0.0)
+    if analysis.ridge_share < MIN_RIDGE_SHARE:  # something is there, but it has no ridges
+        return QualityReport(0, ("place_finger",), ("no_ridges",), area_mm2, 0.0)
     clarity = float(analysis.coherence[mask].mean())
     area_score = min(1.0, area_mm2 / GOOD_AREA_MM2, fraction / 0.4)
     clarity_score = float(np.clip((clarity - POOR_COHERENCE) / (GOOD_COHERENCE - POOR_COHERENCE), 0.0, 1.0))
