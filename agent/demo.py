@@ -54,6 +54,7 @@ async def _device_story(verifier: LocalVerifier, work: Path) -> dict[str, str]:
     say(f"certificate serial {ident.serial_hex}")
     say(f"valid until        {ident.not_after:%Y-%m-%d %H:%M} UTC")
     say("private key        encrypted PKCS#8 under the key-encryption key, never sent")
+    say("key-encryption key in the development keyring file (INSECURE; a daemon uses systemd credentials)")
 
     step("Reusing the token: refused")
     try:
@@ -92,7 +93,7 @@ async def _device_story(verifier: LocalVerifier, work: Path) -> dict[str, str]:
 
 
 def main() -> int:
-    configure_logging("warning", "console")
+    configure_logging("error", "console")  # the story is printed; logs only for errors
     with tempfile.TemporaryDirectory(prefix="capture-demo-") as tmp:
         work = Path(tmp)
         port = DEMO_PORT if _port_free(DEMO_PORT) else 0
