@@ -50,8 +50,9 @@ class GalleryIndex:
 
     Cost: cylinders are built once per add (about 5 ms); a search costs about
     40-50 us per enrolled template on one core (20,000-25,000 comparisons/s on
-    FVC2002-like templates of 30-40 minutiae). Memory: about 75 KB per template
-    (float32 cylinders, 456 values each, at most 48 per template). Not
+    FVC2002-like templates of 30-40 minutiae). Memory: about 85 KB per template
+    of 35 cylinders (456 float32 values each plus validity masks), at most 120 KB
+    (48 cylinders). Not
     thread-safe: guard add/remove/search with one lock if threads share it.
     """
 
