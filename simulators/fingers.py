@@ -73,6 +73,11 @@ def _rotate(dx: np.ndarray, dy: np.ndarray, phi: float) -> tuple[np.ndarray, np.
     return dx * c + dy * s, -dx * s + dy * c
 
 
+def _entropy(*values: int) -> list[int]:
+    """Seed material for numpy from any ints (negative ones included)."""
+    return [int(v) & 0xFFFFFFFFFFFFFFFF for v in values]
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
     """A smooth random field in about [-1, 1]: a coarse grid of noise upsampled with cubic interpolation."""
     h, w = shape
@@ -165,7 +170,7 @@ def _gabor(theta: float, period: float) -> np.ndarray:
     """Even Gabor kernel: ridges along ``theta`` (ccw as seen), zero mean, unit L1 norm."""
     sigma_across = 0.45 * period
     sigma_along = 0.7 * period
-    r = int(math.ceil(2.5 * max(sigma_across, sigma_along)))
+    r = math.ceil(2.5 * max(sigma_across, sigma_along))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
     ux, uy = math.cos(theta), -math.sin(theta)  # along the ridge, pixel space
     along = xx * ux + yy * uy
@@ -266,7 +271,7 @@ def thin(binary: np.ndarray) -> np.ndarray:
 
 def _remove_small(binary: np.ndarray, min_area: int) -> np.ndarray:
     """Drop connected components of 1s smaller than ``min_area``."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area
     keep[0] = False
     return keep[labels].astype(np.uint8)
@@ -381,7 +386,7 @@ def _finger_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 
 @lru_cache(maxsize=64)
 def _master(seed: int, finger_id: int) -> Master:
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, finger_id & 0xFFFFFFFF, 0x46494E47])
+    rng = np.random.default_rng(_entropy(seed, finger_id, 0x46494E47))
     w, h = MASTER_SIZE
     shape = (h, w)
     finger_class = str(rng.choice(FINGER_CLASSES, p=_CLASS_WEIGHTS))
@@ -502,12 +507,12 @@ def _displacement(rng: np.random.Generator, shape: tuple[int, int], amplitude: f
     return (np.stack([dx, dy]) * (amplitude / peak)).astype(np.float32)
 
 
-def make_impression(master: Master, seed: int, size: tuple[int, int], **given: object) -> Impression:
+def make_impression(master: Master, seed: tuple[int, ...], size: tuple[int, int], **given: object) -> Impression:
     """An impression of ``master``; parameters left out (or None) are drawn from ``seed``."""
     w, h = int(size[0]), int(size[1])
     if not (16 <= w <= 4096 and 16 <= h <= 4096):
         raise ValueError(f"impression size {w}x{h}: give (width, height) between 16 and 4096 pixels")
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x494D50])
+    rng = np.random.default_rng(_entropy(*seed, 0x494D50))
     params = _random_params(rng, (w, h), given)
     mh, mw = master.ridges.shape
     warp = Warp(
@@ -606,8 +611,7 @@ class VirtualFinger:
         ``distortion`` (pixels), ``pressure`` (-1..1), ``noise`` (grey levels),
         ``contact`` (0..1). ``clean_impression`` gives an undistorted one.
         """
-        mixed = (self.seed * 1_000_003 + self.finger_id * 7919 + seed) & 0xFFFFFFFF
-        return make_impression(self.master, mixed, size, **params)
+        return make_impression(self.master, (self.seed, self.finger_id, int(seed)), size, **params)
 
     def clean_impression(self, size: tuple[int, int] = DEFAULT_SIZE, **params: object) -> Impression:
         """The finger centred, unrotated, undistorted, normal pressure, little noise, full contact."""

@@ -222,4 +222,21 @@ def synthetic_print() -> Callable[..., SyntheticPrint]:
     return _synthetic_print
 
 
+@pytest.fixture(scope="session")
+def finger_generator():
+    """The synthetic finger generator (simulators.fingers) with a fixed seed; masters are cached."""
+    from simulators.fingers import FingerGenerator
+
+    return FingerGenerator(seed=1)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """../shared/data next to the repository (data sets are never copied into it); skips when absent."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"no data sets at {path}")
+    return path
+
+
 # ---------------------------------------------------------------- serial modules
