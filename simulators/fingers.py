@@ -503,7 +503,7 @@ def _displacement(rng: np.random.Generator, shape: tuple[int, int], amplitude: f
     ramp = np.clip(r, 0.0, 1.5) ** 2
     dx = _smooth_noise(rng, shape, 3) * ramp
     dy = _smooth_noise(rng, shape, 3) * ramp
-    peak = max(float(np.abs(dx).max()), float(np.abs(dy).max()), 1e-6)
+    peak = max(float(np.hypot(dx, dy).max()), 1e-6)
     return (np.stack([dx, dy]) * (amplitude / peak)).astype(np.float32)
 
 
