@@ -49,8 +49,11 @@ class GalleryIndex:
     a search reports each subject once, with its best score.
 
     Cost: cylinders are built once per add (about 5 ms); a search costs about
-    40-50 us per enrolled template on one core (20,000-25,000 comparisons/s on
-    FVC2002-like templates of 30-40 minutiae). Memory: about 85 KB per template
+    40-50 us per enrolled template (20,000-25,000 comparisons/s on FVC2002-like
+    templates of 30-40 minutiae, 2 cores, multi-threaded BLAS). For throughput,
+    run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the
+    number of cores: blocks of the gallery are then scored in parallel threads
+    (25,000-30,000 comparisons/s on the same 2 cores). Memory: about 85 KB per template
     of 35 cylinders (456 float32 values each plus validity masks), at most 120 KB
     (48 cylinders). Not
     thread-safe: guard add/remove/search with one lock if threads share it.
