@@ -21,7 +21,7 @@ import asyncio
 import random
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +81,7 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
         fix = "the verifier must offer TLS 1.2 or 1.3 with ECDHE and AEAD ciphers"
     elif "ALERT" in text.upper():
         fix = (
-            "the verifier refused the device certificate (revoked, expired, or another CA): "
-            "run `capture-agent doctor`"
+            "the verifier refused the device certificate (revoked, expired, or another CA): run `capture-agent doctor`"
         )
     else:
         fix = "run `capture-agent doctor`; check the verifier's TLS configuration"
@@ -105,9 +104,7 @@ def problem_error(response: httpx.Response) -> VerifierError:
     title = str(problem.get("title", "error"))
     detail = str(problem.get("detail", ""))
     fix = str(problem.get("fix", "")) or detail
-    return VerifierError(
-        f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem
-    )
+    return VerifierError(f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem)
 
 
 @dataclass
@@ -123,8 +120,14 @@ class _Generation:
 class VerifierClient:
     """mTLS HTTP/2 client to the verifier, with retries and hot certificate swap."""
 
-    def __init__(self, config: AgentConfig, identity: DeviceIdentity) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        identity: DeviceIdentity,
+        on_tls_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
+        self.on_tls_failure = on_tls_failure  # the daemon records an audit event
         self._current = _Generation(self._build_http(identity), identity)
         self._closing: set[asyncio.Task[None]] = set()
         self.last_tls: dict[str, Any] = {}
@@ -154,9 +157,7 @@ class VerifierClient:
                 write=net.write_timeout_s,
                 pool=net.pool_timeout_s,
             ),
-            limits=httpx.Limits(
-                max_connections=4, max_keepalive_connections=2, keepalive_expiry=net.keepalive_s
-            ),
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=net.keepalive_s),
         )
 
     async def replace_identity(self, identity: DeviceIdentity) -> None:
@@ -199,20 +200,19 @@ class VerifierClient:
             gen = self._current
             gen.in_flight += 1
             try:
-                response = await gen.http.request(
-                    method, path, json=json, content=content, headers=all_headers
-                )
+                response = await gen.http.request(method, path, json=json, content=content, headers=all_headers)
             except RETRYABLE as exc:
                 policy = tls_policy_error(exc, self.config.verifier.url)
                 if policy is not None:
                     log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=policy.message)
+                    if self.on_tls_failure is not None:
+                        self.on_tls_failure(policy.message)
                     raise policy from None
                 if attempt >= retries:
                     raise TransportError(
                         f"the verifier at {self.config.verifier.url} could not be reached after "
                         f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",
-                        fix="check the network and that the verifier runs; nothing is lost, "
-                        "the agent retries later",
+                        fix="check the network and that the verifier runs; nothing is lost, the agent retries later",
                     ) from None
                 log.info("request_retry", path=path, attempt=attempt + 1, error=type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))

@@ -95,21 +95,26 @@ class KeyringSection:
     backend: KeyringBackendName = "systemd-credentials"
     credential_name: str = field(
         default="capture-agent-kek",
-        metadata=_check(
-            lambda v: bool(v) and "/" not in v, "use a bare credential name such as capture-agent-kek"
-        ),
+        metadata=_check(lambda v: bool(v) and "/" not in v, "use a bare credential name such as capture-agent-kek"),
     )
     dev_file: str = ""  # file-insecure-dev only; default: <state_dir>/INSECURE-dev-keyring.json
 
 
 @dataclass(frozen=True)
 class RenewalSection:
-    at_fraction: float = field(
-        default=2 / 3, metadata=_check(lambda v: 0.1 <= v <= 0.95, "use a fraction 0.1 to 0.95")
+    at_fraction: float = field(default=2 / 3, metadata=_check(lambda v: 0.1 <= v <= 0.95, "use a fraction 0.1 to 0.95"))
+    jitter_fraction: float = field(default=0.05, metadata=_check(lambda v: 0 <= v <= 0.2, "use a fraction 0 to 0.2"))
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    # A heartbeat event proves, in the audit trail, that the device was alive.
+    heartbeat_s: float = field(default=3600.0, metadata=_check(_positive, "use seconds > 0"))
+    outbox_max_rows: int = field(default=10_000, metadata=_check(lambda v: v >= 10, "use at least 10"))
+    outbox_max_bytes: int = field(
+        default=16 * 1024 * 1024, metadata=_check(lambda v: v >= 64 * 1024, "use at least 65536")
     )
-    jitter_fraction: float = field(
-        default=0.05, metadata=_check(lambda v: 0 <= v <= 0.2, "use a fraction 0 to 0.2")
-    )
+    batch_size: int = field(default=100, metadata=_check(lambda v: 1 <= v <= 500, "use 1 to 500"))
 
 
 LogFormat = Literal["auto", "json", "console"]
@@ -129,6 +134,7 @@ class AgentConfig:
     network: NetworkSection = field(default_factory=NetworkSection)
     keyring: KeyringSection = field(default_factory=KeyringSection)
     renewal: RenewalSection = field(default_factory=RenewalSection)
+    audit: AuditSection = field(default_factory=AuditSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "defaults"  # where it was loaded from, for doctor and logs
 
@@ -179,9 +185,7 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
 
 def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"[{section}] must be a table, got {raw!r}", fix=f"write it as a [{section}] section"
-        )
+        raise ConfigError(f"[{section}] must be a table, got {raw!r}", fix=f"write it as a [{section}] section")
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}

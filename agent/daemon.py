@@ -2,12 +2,14 @@
 
 One asyncio loop does everything, so the watchdog ping is sent from that loop:
 if the loop gets stuck, the pings stop and systemd restarts the service. Nothing
-polls: the loop sleeps until a timer (watchdog, renewal) or a signal wakes it.
+polls: the loop sleeps until a timer (watchdog, heartbeat, renewal), a new event
+for the outbox, or a signal wakes it.
 
-Lifecycle: load config and identity, build the mTLS client → ``READY=1`` →
-serve (renewal on schedule, watchdog) → SIGTERM: ``STOPPING=1``, drain, close.
+Lifecycle: config, KEK, identity, outbox, mTLS client → ``READY=1`` → serve
+(event delivery, heartbeat, renewal on schedule, watchdog) → SIGTERM:
+``STOPPING=1``, the outbox flushed within a budget, the HTTP/2 connection closed.
 SIGHUP reloads the config; a broken new config is refused and the running one
-kept (the error is logged with its fix).
+kept. Every step that matters is an audit event in the outbox's hash chain.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import signal
 from contextlib import suppress
+from typing import Any
 
 import structlog
 
 from agent.client import VerifierClient
 from agent.config import AgentConfig, load_config
+from agent.delivery import EventDelivery
 from agent.errors import AgentError
+from agent.identity import IdentityStore
+from agent.keystore import load_kek
+from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
-from agent.runtime import load_identity
 from agent.sdnotify import Notifier, watchdog_interval_s
 
 log = structlog.get_logger()
@@ -30,6 +36,8 @@ log = structlog.get_logger()
 RENEWAL_RETRY_MIN_S = 30.0
 RENEWAL_RETRY_MAX_S = 3600.0
 LONG_SLEEP_CAP_S = 3600.0  # re-check the schedule at least hourly (the clock may jump)
+FLUSH_ON_STOP_S = 5.0
+OUTBOX_FILE = "outbox.sqlite"
 
 
 class AgentDaemon:
@@ -38,34 +46,65 @@ class AgentDaemon:
         self.config_path = config_path
         self.notifier = Notifier()
         self.client: VerifierClient | None = None
+        self.outbox: Outbox | None = None
+        self.delivery: EventDelivery | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def status(self, text: str) -> None:
         self.notifier.send(STATUS=text)
 
+    def record(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        """An audit event: into the hash chain and the outbox, then wake delivery."""
+        assert self.outbox is not None
+        self.outbox.record(kind, data)
+        if self.delivery is not None:
+            self.delivery.notify()
+
     async def start(self) -> None:
         """Bring every part up; only then tell systemd we are ready."""
         self.status("loading device identity")
-        identity = load_identity(self.config)
-        self.client = VerifierClient(self.config, identity)
+        kek = load_kek(self.config)
+        identity = IdentityStore(self.config.agent.state_dir).load(kek.encode())
+        audit = self.config.audit
+        self.outbox = Outbox(
+            self.config.agent.state_dir / OUTBOX_FILE,
+            kek,
+            OutboxLimits(audit.outbox_max_rows, audit.outbox_max_bytes),
+        )
+        url = self.config.verifier.url
+        self.client = VerifierClient(
+            self.config,
+            identity,
+            on_tls_failure=lambda reason: self.record("tls_handshake_failed", {"url": url, "reason": reason}),
+        )
+        self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         interval = watchdog_interval_s()
         if interval:
-            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
-        self._tasks.append(asyncio.create_task(self._renewal_loop(), name="renewal"))
-        self.notifier.send(
-            READY=1, STATUS=f"ready: device {identity.device_id}, verifier {self.config.verifier.url}"
-        )
-        log.info("agent_ready", device_id=identity.device_id, verifier=self.config.verifier.url)
+            self._spawn(self._watchdog(interval), "watchdog")
+        self._spawn(self.delivery.run(), "delivery")
+        self._spawn(self._heartbeat(), "heartbeat")
+        self._spawn(self._renewal_loop(), "renewal")
+        self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
+        self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}")
+        log.info("agent_ready", device_id=identity.device_id, verifier=url)
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
 
     async def _watchdog(self, interval: float) -> None:
         while True:
             self.notifier.send(WATCHDOG=1)
             await asyncio.sleep(interval)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.audit.heartbeat_s)
+            self.record("heartbeat")
 
     async def _renewal_loop(self) -> None:
         failures = 0
@@ -77,13 +116,15 @@ class AgentDaemon:
                 continue
             try:
                 self.status("renewing the device certificate")
+                old = self.client.identity.serial_hex
                 new = await renew(self.config, self.client)
                 failures = 0
+                self.record("certificate_renewed", {"old_serial": old, "serial": new.serial_hex})
                 self.status(f"ready: certificate renewed, serial {new.serial_hex}")
             except AgentError as exc:
                 failures += 1
                 delay = min(RENEWAL_RETRY_MAX_S, RENEWAL_RETRY_MIN_S * 2 ** (failures - 1))
-                log.error("certificate_renewal_failed", audit=True, error=str(exc), retry_in_s=delay)
+                self.record("certificate_renewal_failed", {"error": exc.message, "retry_in_s": delay})
                 self.status(f"certificate renewal failed, retrying in {delay:.0f} s: {exc.fix}")
                 await asyncio.sleep(delay)
 
@@ -92,12 +133,12 @@ class AgentDaemon:
         try:
             new = load_config(self.config_path)
         except AgentError as exc:
-            log.error("config_reload_refused", audit=True, error=str(exc))
+            self.record("config_reload_refused", {"error": exc.message})
             self.status(f"config reload refused: {exc}")
             return
         self.notifier.send(RELOADING=1)
         self.config = new
-        log.info("config_reloaded", audit=True, source=new.source)
+        self.record("config_reloaded", {"source": new.source})
         self.notifier.send(READY=1, STATUS="ready: config reloaded")
 
     async def run(self) -> None:
@@ -106,13 +147,17 @@ class AgentDaemon:
         await self.stop()
 
     async def stop(self) -> None:
-        self.notifier.send(STOPPING=1, STATUS="stopping: draining")
-        log.info("agent_stopping")
+        self.notifier.send(STOPPING=1, STATUS="stopping: flushing the outbox")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with suppress(asyncio.CancelledError):
                 await task
+        if self.outbox is not None and self.delivery is not None:
+            self.record("agent_stopping")
+            await self.delivery.flush(FLUSH_ON_STOP_S)
         if self.client is not None:
             await self.client.aclose()
+        if self.outbox is not None:
+            self.outbox.close()
         self.notifier.close()

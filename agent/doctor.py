@@ -90,9 +90,7 @@ def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity
     return identity
 
 
-def _check_chain(
-    report: DoctorReport, identity: DeviceIdentity, now: dt.datetime, config: AgentConfig
-) -> bool:
+def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetime, config: AgentConfig) -> bool:
     cert = identity.certificate
     issuers = [ca for ca in identity.ca_certificates if ca.subject == cert.issuer]
     try:
@@ -117,9 +115,7 @@ def _check_chain(
             "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision`)",
         )
     lifetime = identity.not_after - identity.not_before
-    overdue_at = identity.not_before + lifetime * (
-        config.renewal.at_fraction + config.renewal.jitter_fraction
-    )
+    overdue_at = identity.not_before + lifetime * (config.renewal.at_fraction + config.renewal.jitter_fraction)
     if now > overdue_at:
         return report.add(
             "certificate expiry",
@@ -135,9 +131,7 @@ def _check_clock(report: DoctorReport, identity: DeviceIdentity | None, now: dt.
     if now < EARLIEST_SANE_CLOCK:
         return report.add("clock", False, f"the clock says {now:%Y-%m-%d}", fix)
     if identity is not None and now < identity.not_before - dt.timedelta(minutes=5):
-        return report.add(
-            "clock", False, f"the clock ({now:%Y-%m-%d %H:%M}) is before the certificate's start", fix
-        )
+        return report.add("clock", False, f"the clock ({now:%Y-%m-%d %H:%M}) is before the certificate's start", fix)
     return report.add("clock", True, f"{now:%Y-%m-%d %H:%M:%S} UTC")
 
 

@@ -36,9 +36,7 @@ def parse_pkcs7_certs(body: bytes, what: str) -> list[x509.Certificate]:
             fix="check the --verifier URL points to a capture-verifier (EST, RFC 7030)",
         ) from None
     if not certs:
-        raise ProvisioningError(
-            f"the verifier's {what} answer holds no certificate", fix="see the verifier's log"
-        )
+        raise ProvisioningError(f"the verifier's {what} answer holds no certificate", fix="see the verifier's log")
     return certs
 
 
@@ -46,9 +44,7 @@ def _est_error(response: httpx.Response, what: str) -> ProvisioningError:
     problem = problem_error(response)
     fix = problem.fix
     if response.status_code == 401 and what == "simpleenroll":
-        fix = (
-            "the bootstrap token is wrong, used or expired: ask for a new one (`capture-verifier token new`)"
-        )
+        fix = "the bootstrap token is wrong, used or expired: ask for a new one (`capture-verifier token new`)"
     return ProvisioningError(f"EST {what} failed: {problem.message}", fix=fix)
 
 
@@ -119,9 +115,7 @@ async def simple_enroll(
 
 async def simple_reenroll(client: VerifierClient, csr_der: bytes) -> x509.Certificate:
     """EST simplereenroll over the current mutual-TLS connection."""
-    response = await client.request(
-        "POST", SIMPLEREENROLL, content=base64.b64encode(csr_der), headers=PKCS10_HEADERS
-    )
+    response = await client.request("POST", SIMPLEREENROLL, content=base64.b64encode(csr_der), headers=PKCS10_HEADERS)
     if response.status_code != 200:
         error = problem_error(response)
         raise VerifierError(f"EST simplereenroll failed: {error.message}", fix=error.fix, status=error.status)

@@ -123,11 +123,7 @@ def keyring_for(config: AgentConfig) -> KeyringBackend:
     if section.backend == "systemd-credentials":
         return SystemdCredentialKeyring()
     if section.backend == "file-insecure-dev":
-        path = (
-            Path(section.dev_file)
-            if section.dev_file
-            else config.agent.state_dir / "INSECURE-dev-keyring.json"
-        )
+        path = Path(section.dev_file) if section.dev_file else config.agent.state_dir / "INSECURE-dev-keyring.json"
         return InsecureDevFileKeyring(path)
     import keyring
 

@@ -31,9 +31,7 @@ def renewal_time(
     return identity.not_before + lifetime * (at_fraction + jitter)
 
 
-def seconds_until_renewal(
-    identity: DeviceIdentity, config: AgentConfig, now: dt.datetime | None = None
-) -> float:
+def seconds_until_renewal(identity: DeviceIdentity, config: AgentConfig, now: dt.datetime | None = None) -> float:
     when = renewal_time(identity, config.renewal.at_fraction, config.renewal.jitter_fraction)
     current = now or dt.datetime.now(dt.UTC)
     return max(0.0, (when - current).total_seconds())

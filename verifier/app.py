@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from verifier import __version__
+from verifier.audit_log import AuditLog, EventFormatError
 from verifier.challenges import Challenges
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
@@ -114,6 +115,7 @@ class VerifierApp:
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
         self.idempotency = IdempotencyStore(self.conn)
         self.challenges = Challenges(self.conn, ttl_s=settings.nonce_ttl_s)
+        self.audit = AuditLog(self.conn)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
@@ -121,6 +123,7 @@ class VerifierApp:
             ("POST", "/.well-known/est/simplereenroll"): Route(self.simplereenroll, needs_client_cert=True),
             ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
             ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
+            ("POST", "/v1/events"): Route(self.events, needs_client_cert=True),
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
@@ -364,11 +367,35 @@ class VerifierApp:
         assert request.device is not None
         return _json(200, {"status": "ok", "version": __version__, "device_id": request.device.device_id})
 
+    def events(self, request: Request) -> Answer:
+        """A batch of audit events from the device's outbox (idempotent by event id)."""
+        assert request.device is not None
+        try:
+            result = self.audit.ingest(request.device.device_id, _json_body(request))
+        except EventFormatError as exc:
+            raise Problem(
+                422,
+                "bad-events",
+                "Malformed audit events",
+                str(exc),
+                "send events as the agent's outbox makes them (DESIGN.md, audit trail)",
+            ) from None
+        return _json(200, {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies})
+
     def new_challenge(self, request: Request) -> Answer:
         assert request.device is not None
         nonce, expires_at = self.challenges.issue(request.device.device_id)
         expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
         return _json(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
+
+
+def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(request.body)
+    except ValueError:
+        raise Problem(
+            400, "bad-json", "Body is not JSON", "the request body must be JSON", "send application/json"
+        ) from None
 
 
 def spki_sha256_of_csr(csr_der: bytes) -> str:

@@ -34,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     token = sys.stdin.readline().strip() if args.token == "-" else args.token  # noqa: S105
     if not token:
-        raise ProvisioningError(
-            "the token is empty", fix="pass the token printed by `capture-verifier token new`"
-        )
+        raise ProvisioningError("the token is empty", fix="pass the token printed by `capture-verifier token new`")
     result = asyncio.run(provision(config, token, args.ca_fingerprint))
     ident = result.identity
     print(f"provisioned device {ident.device_id}")

@@ -1,0 +1,177 @@
+"""The outbox: what the verifier must get, kept encrypted on disk until it has it.
+
+* sqlite in WAL mode with ``synchronous=FULL``: an event whose transaction
+  committed survives a power cut or a SIGKILL;
+* every payload encrypted with AES-GCM (96-bit random nonce, the event id as
+  associated data, so a row cannot be swapped for another) under a data key
+  derived from the key-encryption key (HKDF-SHA256): the file holds no payload in
+  clear, and the data key is never stored;
+* the audit chain head (sequence number, hash) is updated in the same
+  transaction as the event it describes, so a crash never forks the chain;
+* bounded by rows and bytes: when full, the oldest tenth is dropped at once and
+  the drop becomes an audit event itself, carrying the cumulative count and
+  sequence range from a ledger, so the newest report always tells the whole loss
+  even if older reports were dropped in turn.
+
+The outbox is synchronous on purpose: each write is one small transaction, far
+below a millisecond on a Pi's SD card with WAL; the daemon calls it from its
+event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from agent.audit import ChainHead, make_event
+
+log = structlog.get_logger()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    rowid      INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    seq        INTEGER NOT NULL,
+    nonce      BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    seq   INTEGER NOT NULL,
+    hash  TEXT NOT NULL
+);
+-- The drop ledger: cumulative, so the newest drop report always tells the whole loss
+-- even when older reports were dropped in turn.
+CREATE TABLE IF NOT EXISTS drops (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    total     INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL
+);
+"""
+HKDF_INFO = b"capture-agent outbox v1"
+
+
+def data_key(kek: str) -> bytes:
+    """The outbox's AES-256 key, derived from the KEK (never stored)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(kek.encode())
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    max_rows: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024
+
+
+class OutboxCorrupt(Exception):
+    """A row does not decrypt: the file was altered or the KEK changed."""
+
+
+class Outbox:
+    """Encrypted, bounded, crash-safe queue of audit events for the verifier."""
+
+    def __init__(self, path: Path, kek: str, limits: OutboxLimits | None = None) -> None:
+        self.path = path
+        self.limits = limits or OutboxLimits()
+        self._aead = AESGCM(data_key(kek))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+        os.chmod(path, 0o600)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---------------------------------------------------------------- writing
+    def head(self) -> ChainHead:
+        row = self.conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
+        return ChainHead(int(row[0]), str(row[1])) if row else ChainHead()
+
+    def record(self, kind: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Append an audit event to the chain and the outbox, durably, in one transaction."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            event = self._append(kind, data or {})
+            dropped = self._enforce_limits()
+            if dropped:
+                event = self._append("outbox_dropped", dropped)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        if dropped:
+            log.warning("outbox_dropped", audit=True, **dropped)
+        log.info("audit_event", audit=True, seq=event["seq"], type=kind)
+        return event
+
+    def _append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        event = make_event(self.head(), kind, data)
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, json.dumps(event).encode(), event["id"].encode())
+        self.conn.execute(
+            "INSERT INTO outbox (event_id, seq, nonce, ciphertext) VALUES (?, ?, ?, ?)",
+            (event["id"], event["seq"], nonce, sealed),
+        )
+        self.conn.execute(
+            "INSERT INTO chain (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = ?, hash = ?",
+            (event["seq"], event["hash"], event["seq"], event["hash"]),
+        )
+        return event
+
+    def _enforce_limits(self) -> dict[str, int] | None:
+        """Past a bound, drop the oldest tenth; the drop report's data, or None."""
+        rows, size = self.conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM outbox").fetchone()
+        if rows < self.limits.max_rows and size <= self.limits.max_bytes:
+            return None
+        chunk_rows = max(1, self.limits.max_rows // 10)
+        target_bytes = self.limits.max_bytes - self.limits.max_bytes // 10
+        victims: list[tuple[int, int]] = []
+        for rowid, seq, length in self.conn.execute("SELECT rowid, seq, LENGTH(ciphertext) FROM outbox ORDER BY rowid"):
+            if len(victims) >= chunk_rows and size <= target_bytes:
+                break
+            victims.append((rowid, seq))
+            size -= length
+        self.conn.executemany("DELETE FROM outbox WHERE rowid = ?", [(rowid,) for rowid, _ in victims])
+        ledger = self.conn.execute("SELECT total, first_seq FROM drops WHERE id = 1").fetchone()
+        total = (ledger[0] if ledger else 0) + len(victims)
+        first = ledger[1] if ledger else victims[0][1]
+        last = victims[-1][1]
+        self.conn.execute(
+            "INSERT INTO drops (id, total, first_seq, last_seq) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET total = excluded.total, last_seq = excluded.last_seq",
+            (total, first, last),
+        )
+        return {"count": len(victims), "total": total, "first_seq": first, "last_seq": last}
+
+    # ---------------------------------------------------------------- delivery
+    def pending(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest events not yet delivered, decrypted, in chain order."""
+        rows = self.conn.execute(
+            "SELECT event_id, nonce, ciphertext FROM outbox ORDER BY rowid LIMIT ?", (limit,)
+        ).fetchall()
+        events = []
+        for event_id, nonce, sealed in rows:
+            try:
+                events.append(json.loads(self._aead.decrypt(nonce, sealed, event_id.encode())))
+            except Exception:
+                raise OutboxCorrupt(
+                    f"outbox row {event_id} does not decrypt: the file was altered or the key-encryption key changed"
+                ) from None
+        return events
+
+    def delivered(self, event_ids: list[str]) -> None:
+        self.conn.executemany("DELETE FROM outbox WHERE event_id = ?", [(i,) for i in event_ids])
+
+    def size(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
