@@ -18,6 +18,7 @@ from biometrics.fingerprint import (
     match,
     threshold_for_fmr,
 )
+from biometrics.fingerprint.matcher import cylinders_of
 from biometrics.fingerprint.types import Minutiae
 
 
@@ -141,3 +142,16 @@ def test_gallery_scores_agree_with_pairwise_scores(a):
         index.add(n, m)
     # Float32 products of different shapes round differently; scores agree to 0.1 %.
     np.testing.assert_allclose(index.scores(probe), [match(probe, m) for m in others], rtol=1e-3, atol=1e-5)
+
+
+def test_parallel_gallery_blocks_give_the_same_scores(templates):
+    serial, parallel = GalleryIndex(workers=1), GalleryIndex(workers=2)
+    cylinders = [cylinders_of(t) for t in templates]
+    for n in range(300):  # more than two blocks
+        serial.add(n, cylinders[n % len(cylinders)])
+        parallel.add(n, cylinders[n % len(cylinders)])
+    try:
+        np.testing.assert_array_equal(serial.scores(templates[2]), parallel.scores(templates[2]))
+        assert parallel.search(templates[2], top_k=1)[0][0] % len(cylinders) == 2
+    finally:
+        parallel.close()
