@@ -98,3 +98,52 @@ def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
     assert proc.returncode == 2
     assert "fix:" in proc.stderr
     assert not any(m.get("READY") == "1" for m in read_messages(sock, 0.3))
+
+
+def test_a_blocked_main_loop_stops_the_watchdog_pings(
+    provisioned_config_file: Path, notify_socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pings come from the main loop itself: block it and systemd stops hearing them."""
+    import asyncio
+    import threading
+
+    from agent.config import load_config
+    from agent.daemon import AgentDaemon
+
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    arrivals: list[float] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                if b"WATCHDOG=1" in sock.recv(4096):
+                    arrivals.append(time.monotonic())
+            except TimeoutError:
+                continue
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+
+    async def scenario() -> tuple[float, float]:
+        daemon = AgentDaemon(load_config(provisioned_config_file), str(provisioned_config_file))
+        await daemon.start()
+        await asyncio.sleep(1.0)
+        blocked_from = time.monotonic()
+        time.sleep(1.5)  # the main loop stuck on purpose, as a hung driver call would
+        blocked_to = time.monotonic()
+        await asyncio.sleep(1.0)
+        await daemon.stop()
+        return blocked_from, blocked_to
+
+    blocked_from, blocked_to = asyncio.run(scenario())
+    done.set()
+    listener.join(2)
+    before = [t for t in arrivals if t < blocked_from]
+    during = [t for t in arrivals if blocked_from + 0.05 < t < blocked_to]
+    after = [t for t in arrivals if t > blocked_to]
+    assert len(before) >= 5 and len(after) >= 5, "pings flow while the loop runs"
+    assert during == [], "no ping while the loop is blocked"

@@ -1,0 +1,98 @@
+"""`python -m bench.footprint`: what the daemon costs a Raspberry Pi at rest.
+
+Starts the reference verifier and a provisioned device in a temporary folder,
+runs `capture-agent run` as systemd would (a real NOTIFY_SOCKET, WatchdogSec=30s),
+and prints JSON: time from start to READY=1, resident memory after start, and CPU
+seconds over an idle window (target: under 1 % of one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agent.devstack import LocalVerifier, device_config
+from agent.logs import configure_logging
+from agent.provision import provision
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    configure_logging("error", "json", stream=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
+        work = Path(tmp)
+        with LocalVerifier(work / "pki") as verifier:
+            verifier.init_pki()
+            verifier.start(0)
+            config = device_config(work / "state", verifier.url)
+            asyncio.run(provision(config, verifier.new_token("bench-footprint"), verifier.ca_fingerprint))
+            config_file = work / "agent.toml"
+            config_file.write_text(
+                f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{verifier.url}"\n'
+                '[keyring]\nbackend = "file-insecure-dev"\n[logging]\nlevel = "warning"\n'
+            )
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            notify.bind(str(work / "notify.sock"))
+            notify.settimeout(30)
+            env = {**os.environ, "NOTIFY_SOCKET": str(work / "notify.sock"), "WATCHDOG_USEC": "30000000"}
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                while b"READY=1" not in notify.recv(4096):
+                    pass
+                ready_s = time.monotonic() - started
+                time.sleep(1.0)  # let the first delivery finish
+                rss = rss_mib(proc.pid)
+                cpu_before = cpu_seconds(proc.pid)
+                print(f"idle for {args.idle_seconds:g} s ...", file=sys.stderr)
+                time.sleep(args.idle_seconds)
+                cpu_idle = cpu_seconds(proc.pid) - cpu_before
+            finally:
+                proc.terminate()
+                proc.wait(20)
+                notify.close()
+    print(
+        json.dumps(
+            {
+                "ready_s": round(ready_s, 3),
+                "rss_mib_after_start": round(rss, 1),
+                "idle_seconds": args.idle_seconds,
+                "cpu_seconds_idle": round(cpu_idle, 3),
+                "cpu_percent_of_one_core_idle": round(100 * cpu_idle / args.idle_seconds, 3),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

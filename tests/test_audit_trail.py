@@ -1,0 +1,149 @@
+"""The audit trail end to end: outbox → /v1/events → the verifier's chain check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.audit import ChainHead, make_event, verify_chain
+from agent.client import VerifierClient
+from agent.delivery import EventDelivery
+from agent.errors import AgentError
+from agent.keystore import load_kek
+from agent.outbox import Outbox
+
+
+def verifier_events(verifier, device_id: str) -> list[dict]:
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        rows = db.execute("SELECT body FROM audit_events WHERE device_id = ? ORDER BY seq", (device_id,)).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def verifier_anomalies(verifier, device_id: str) -> list[tuple]:
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        return db.execute(
+            "SELECT kind, first_seq, last_seq, explained FROM audit_anomalies WHERE device_id = ?", (device_id,)
+        ).fetchall()
+
+
+def test_verifier_down_for_a_while_then_everything_delivered_once(verifier, provisioned) -> None:
+    config, identity = provisioned
+    outbox = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config))
+
+    async def story() -> None:
+        async with VerifierClient(config, identity) as client:
+            delivery = EventDelivery(outbox, client, batch_size=4)
+            for i in range(5):
+                outbox.record("attempt", {"n": i})
+            await delivery.deliver_once()  # 4 delivered, 1 pending
+            verifier.stop()
+            for i in range(5, 10):
+                outbox.record("attempt", {"n": i})
+            with pytest.raises(AgentError):
+                await delivery.deliver_once()
+            assert outbox.size() == 6, "nothing is lost while the verifier is down"
+            verifier.start(verifier.port)
+            while await delivery.deliver_once():
+                pass
+
+    asyncio.run(story())
+    events = verifier_events(verifier, "kiosk-1")
+    assert [e["data"]["n"] for e in events] == list(range(10))
+    assert verify_chain(events) == []
+    assert verifier_anomalies(verifier, "kiosk-1") == []
+    assert outbox.size() == 0
+
+
+def test_the_verifier_flags_a_gap_and_a_fork(verifier, provisioned) -> None:
+    config, identity = provisioned
+    e1 = make_event(ChainHead(), "a", {})
+    e2 = make_event(ChainHead(1, e1["hash"]), "b", {})
+    e4 = make_event(ChainHead(3, "f" * 64), "d", {})
+    e2_fork = make_event(ChainHead(1, e1["hash"]), "b-rewritten", {})
+
+    async def story() -> list[dict]:
+        async with VerifierClient(config, identity) as client:
+            answers = [await client.call("POST", "/v1/events", json={"events": batch}) for batch in
+                       ([e1, e2], [e2], [e4], [e2_fork])]
+        return answers
+
+    answers = asyncio.run(story())
+    assert answers[0] == {"accepted": 2, "duplicates": 0, "anomalies": []}
+    assert answers[1]["duplicates"] == 1  # the same event again: stored once
+    assert [a["kind"] for a in answers[2]["anomalies"]] == ["gap"]
+    assert [a["kind"] for a in answers[3]["anomalies"]] == ["fork"]
+    assert [e["seq"] for e in verifier_events(verifier, "kiosk-1")] == [1, 2, 4]
+
+
+def test_malformed_events_are_refused_with_the_fix(verifier, provisioned) -> None:
+    config, identity = provisioned
+    from agent.errors import VerifierError
+
+    async def story() -> None:
+        async with VerifierClient(config, identity) as client:
+            await client.call("POST", "/v1/events", json={"events": [{"seq": "one"}]})
+
+    with pytest.raises(VerifierError) as info:
+        asyncio.run(story())
+    assert info.value.status == 422 and "events[0]" in str(info.value)
+
+
+def _outbox_head(path: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT seq FROM chain WHERE id = 1").fetchone()
+            return int(row[0]) if row else 0
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provisioned, tmp_path) -> None:
+    """20+ SIGKILLs while the daemon writes and delivers; then every committed event arrives once, in order."""
+    config, _ = provisioned
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{verifier.url}"\n'
+        '[keyring]\nbackend = "file-insecure-dev"\n[audit]\nheartbeat_s = 0.005\nbatch_size = 7\n'
+        '[logging]\nlevel = "error"\n'
+    )
+    outbox_file = config.agent.state_dir / "outbox.sqlite"
+    command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]
+    rng = random.Random(20261123)
+    committed = 0
+    for _ in range(22):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.4, 1.0))
+        committed = max(committed, _outbox_head(outbox_file))  # committed, as a reader sees it
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert committed > 50, "the daemon did write events between the kills"
+    # Last run: let it deliver everything, then stop it cleanly.
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = verifier_events(verifier, "kiosk-1")
+            if events and events[-1]["seq"] >= committed:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    events = verifier_events(verifier, "kiosk-1")
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), "in order, no gap, no duplicate"
+    assert seqs[-1] >= committed, "every event committed before a kill reached the verifier"
+    assert verify_chain(events) == []
+    assert verifier_anomalies(verifier, "kiosk-1") == []
+    assert sum(e["type"] == "agent_started" for e in events) == 23
