@@ -147,3 +147,34 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provis
     assert verify_chain(events) == []
     assert verifier_anomalies(verifier, "kiosk-1") == []
     assert sum(e["type"] == "agent_started" for e in events) == 23
+
+
+def test_the_daemon_renews_on_schedule_and_audits_it(tmp_path) -> None:
+    """A 9-second certificate is renewed at about two thirds of its life, with no person involved."""
+    from agent.devstack import LocalVerifier, device_config
+    from agent.provision import provision
+
+    with LocalVerifier(tmp_path / "pki", extra_args=("--cert-days", "0.0001")) as verifier:
+        verifier.init_pki()
+        verifier.start(0)
+        config = device_config(tmp_path / "device", verifier.url)
+        first = asyncio.run(provision(config, verifier.new_token("kiosk-r"), verifier.ca_fingerprint)).identity
+        config_file = tmp_path / "agent.toml"
+        config_file.write_text(
+            f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{verifier.url}"\n'
+            '[keyring]\nbackend = "file-insecure-dev"\n[logging]\nlevel = "error"\n'
+        )
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            renewed: list[dict] = []
+            while not renewed and time.monotonic() < deadline:
+                time.sleep(0.3)
+                renewed = [e for e in verifier_events(verifier, "kiosk-r") if e["type"] == "certificate_renewed"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+        assert renewed, "no renewal within 30 s of a 9 s certificate"
+        assert renewed[0]["data"]["old_serial"] == first.serial_hex
+        assert renewed[0]["data"]["serial"] != first.serial_hex

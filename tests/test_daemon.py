@@ -147,3 +147,41 @@ def test_a_blocked_main_loop_stops_the_watchdog_pings(
     after = [t for t in arrivals if t > blocked_to]
     assert len(before) >= 5 and len(after) >= 5, "pings flow while the loop runs"
     assert during == [], "no ping while the loop is blocked"
+
+
+def test_sighup_reloads_and_a_broken_config_is_refused(provisioned_config_file: Path, notify_socket) -> None:
+    from agent.config import load_config
+    from agent.keystore import load_kek
+    from agent.outbox import Outbox
+
+    sock, path = notify_socket
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run"],
+        env={**os.environ, "NOTIFY_SOCKET": str(path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert any(m.get("READY") == "1" for m in read_messages(sock, 2.0))
+        good = provisioned_config_file.read_text()
+        provisioned_config_file.write_text(good + "[audit]\nheartbeat_s = 600\n")
+        proc.send_signal(signal.SIGHUP)
+        reloaded = read_messages(sock, 1.0)
+        assert any(m.get("RELOADING") == "1" for m in reloaded)
+        provisioned_config_file.write_text(good + "[audit]\nheartbeat = 600\n")  # unknown key
+        proc.send_signal(signal.SIGHUP)
+        refused = read_messages(sock, 1.0)
+        assert any("config reload refused" in m.get("STATUS", "") for m in refused)
+        assert proc.poll() is None, "a broken config does not stop a running daemon"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    provisioned_config_file.write_text(good)
+    config = load_config(provisioned_config_file)
+    outbox = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config))
+    kinds = [e["type"] for e in outbox.pending(100)]
+    assert kinds[0] == "agent_started" and kinds[-1] == "agent_stopping"
+    assert kinds.index("config_reloaded") < kinds.index("config_reload_refused")

@@ -132,14 +132,18 @@ class CertificateAuthority:
         usage: x509.ObjectIdentifier,
     ) -> x509.CertificateBuilder:
         now = dt.datetime.now(dt.UTC)
+        lifetime = dt.timedelta(days=days)
+        # Backdated a little for clocks slightly behind, but never by a visible share of
+        # a short lifetime (that would move the renewal point).
+        backdate = min(dt.timedelta(minutes=5), lifetime / 100)
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - backdate)
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
