@@ -26,6 +26,7 @@ from agent.config import AgentConfig, load_config
 from agent.delivery import EventDelivery
 from agent.errors import AgentError
 from agent.identity import IdentityStore
+from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
@@ -45,6 +46,7 @@ class AgentDaemon:
         self.config = config
         self.config_path = config_path
         self.notifier = Notifier()
+        self.journal = JournalSender()
         self.client: VerifierClient | None = None
         self.outbox: Outbox | None = None
         self.delivery: EventDelivery | None = None
@@ -57,7 +59,8 @@ class AgentDaemon:
     def record(self, kind: str, data: dict[str, Any] | None = None) -> None:
         """An audit event: into the hash chain and the outbox, then wake delivery."""
         assert self.outbox is not None
-        self.outbox.record(kind, data)
+        event = self.outbox.record(kind, data)
+        self.journal.send(audit_fields(event))
         if self.delivery is not None:
             self.delivery.notify()
 
@@ -161,3 +164,4 @@ class AgentDaemon:
         if self.outbox is not None:
             self.outbox.close()
         self.notifier.close()
+        self.journal.close()
