@@ -22,9 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import AgentConfig
-from agent.devstack import LocalVerifier, device_config
+from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity, IdentityStore
-from agent.provision import provision
 
 # ---------------------------------------------------------------- general
 
@@ -46,9 +45,7 @@ def verifier(tmp_path: Path) -> Iterator[LocalVerifier]:
 @pytest.fixture
 def provisioned(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """A device provisioned against ``verifier`` with a one-time token: (config, identity)."""
-    config = device_config(tmp_path / "device", verifier.url)
-    result = asyncio.run(provision(config, verifier.new_token("kiosk-1"), verifier.ca_fingerprint))
-    return config, result.identity
+    return asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
 
 
 def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -237,6 +234,23 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no data sets at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_templates(finger_generator):
+    """Templates of three random impressions of each of four virtual fingers: {finger: [template, ...]}.
+
+    Each went through the wire format (ISO/IEC 19794-2 encode then decode), as the verifier receives them.
+    """
+    from biometrics.fingerprint import extract
+    from biometrics.fingerprint.iso19794_2 import decode, encode
+
+    out = {}
+    for finger_id in range(4):
+        finger = finger_generator.finger(finger_id)
+        out[finger_id] = [decode(encode(extract(imp.image, imp.dpi)))[0]
+                          for imp in (finger.impression(seed) for seed in range(3))]
+    return out
 
 
 # ---------------------------------------------------------------- serial modules
