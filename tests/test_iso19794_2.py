@@ -196,6 +196,13 @@ def test_each_malformed_field_has_its_own_error(mutate, message: str) -> None:
         decode(mutate(GOLDEN))
 
 
+def test_bytearray_and_memoryview_are_accepted() -> None:
+    assert len(decode(bytearray(GOLDEN))) == 1
+    assert len(decode(memoryview(GOLDEN))) == 1
+    with pytest.raises(TemplateFormatError, match="more than"):
+        decode(memoryview(np.zeros(MAX_RECORD_BYTES // 4 + 1, np.uint32)))
+
+
 def test_the_error_is_a_value_error_and_non_bytes_are_refused() -> None:
     assert issubclass(TemplateFormatError, ValueError)
     with pytest.raises(TemplateFormatError, match="bytes"):

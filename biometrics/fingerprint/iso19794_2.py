@@ -279,10 +279,10 @@ def decode(data: bytes) -> list[FingerprintTemplate]:
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TemplateFormatError(f"decode takes bytes, not {type(data).__name__}")
-    data = bytes(data)
-    size = len(data)
-    if size > MAX_RECORD_BYTES:
+    size = memoryview(data).nbytes
+    if size > MAX_RECORD_BYTES:  # checked before any copy or parse
         raise TemplateFormatError(f"{size} bytes is more than the {MAX_RECORD_BYTES} accepted for a template")
+    data = data.tobytes() if isinstance(data, memoryview) else bytes(data)
     if size < HEADER_LENGTH:
         raise TemplateFormatError(
             f"{size} bytes is shorter than the {HEADER_LENGTH}-byte record header: the record is truncated"
