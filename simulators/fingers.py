@@ -578,7 +578,9 @@ def make_impression(master: Master, seed: tuple[int, ...], size: tuple[int, int]
 class FingerSource(Protocol):
     """What a simulated reader needs: an image of finger ``finger_id``, impression ``impression``."""
 
-    def image(self, finger_id: int, impression: int, size: tuple[int, int] = DEFAULT_SIZE) -> np.ndarray: ...
+    def image(self, finger_id: int, impression: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """A uint8 image; ``size`` = (width, height), or the source's own size when None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -631,9 +633,9 @@ class FingerGenerator:
     def finger(self, finger_id: int) -> VirtualFinger:
         return VirtualFinger(self.seed, int(finger_id), _master(self.seed, int(finger_id)))
 
-    def image(self, finger_id: int, impression: int, size: tuple[int, int] = DEFAULT_SIZE) -> np.ndarray:
-        """:class:`FingerSource` interface: the image of one impression."""
-        return self.finger(finger_id).impression(impression, size=size).image
+    def image(self, finger_id: int, impression: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """:class:`FingerSource` interface: the image of one impression (:data:`DEFAULT_SIZE` when None)."""
+        return self.finger(finger_id).impression(impression, size=size or DEFAULT_SIZE).image
 
 
 _FVC_NAME = re.compile(r"^(\d+)_(\d+)\.(tif|tiff|png|bmp)$", re.IGNORECASE)
