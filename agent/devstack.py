@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import AgentConfig, parse_config
+from agent.identity import DeviceIdentity
+from agent.provision import provision
 
 READY_TIMEOUT_S = 20.0
 
@@ -123,5 +124,19 @@ def device_config(state_dir: Path, verifier_url: str, **sections: dict) -> Agent
     return parse_config(data, source="devstack")
 
 
-def clean(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+async def provision_device(
+    verifier: LocalVerifier, state_dir: Path, device_id: str, **sections: dict
+) -> tuple[AgentConfig, DeviceIdentity]:
+    """A development device provisioned against ``verifier`` with a fresh one-time token."""
+    config = device_config(state_dir, verifier.url, **sections)
+    result = await provision(config, verifier.new_token(device_id), verifier.ca_fingerprint)
+    return config, result.identity
+
+
+def write_config_file(path: Path, config: AgentConfig, extra: str = "") -> Path:
+    """The TOML file a daemon of this development device reads (plus extra sections)."""
+    path.write_text(
+        f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{config.verifier.url}"\n'
+        f'[keyring]\nbackend = "file-insecure-dev"\n{extra}'
+    )
+    return path

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ssl
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -48,33 +50,36 @@ def _est_error(response: httpx.Response, what: str) -> ProvisioningError:
     return ProvisioningError(f"EST {what} failed: {problem.message}", fix=fix)
 
 
-async def fetch_ca_certificates(base_url: str, timeout_s: float = 10.0) -> list[x509.Certificate]:
-    """EST cacerts over a TLS connection that cannot be verified yet.
-
-    The caller must check what comes back against an out-of-band fingerprint
-    before trusting it (RFC 7030 section 4.1.1, "bootstrap distribution").
-    """
+async def _bootstrap_call(
+    base_url: str, ctx: ssl.SSLContext, timeout_s: float, what: str, method: str, path: str, **kwargs: Any
+) -> list[x509.Certificate]:
+    """One EST call before the device has an identity: a certs-only PKCS#7 answer, or a typed error."""
     async with httpx.AsyncClient(
-        base_url=base_url,
-        http1=False,
-        http2=True,
-        verify=bootstrap_context(),
-        trust_env=False,
-        timeout=timeout_s,
+        base_url=base_url, http1=False, http2=True, verify=ctx, trust_env=False, timeout=timeout_s
     ) as http:
         try:
-            response = await http.get(CACERTS)
+            response = await http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             policy = tls_policy_error(exc, base_url)
             if policy is not None:
                 raise ProvisioningError(policy.message, fix=policy.fix) from None
             raise ProvisioningError(
                 f"cannot reach the verifier at {base_url}: {type(exc).__name__}: {exc}",
-                fix="check the --verifier URL, the network, and that the verifier runs",
+                fix="check the --verifier URL, the network, and that the verifier runs; "
+                "a token is used only on success, so retry with the same one",
             ) from None
     if response.status_code != 200:
-        raise _est_error(response, "cacerts")
-    return parse_pkcs7_certs(response.content, "cacerts")
+        raise _est_error(response, what)
+    return parse_pkcs7_certs(response.content, what)
+
+
+async def fetch_ca_certificates(base_url: str, timeout_s: float = 10.0) -> list[x509.Certificate]:
+    """EST cacerts over a TLS connection that cannot be verified yet.
+
+    The caller must check what comes back against an out-of-band fingerprint
+    before trusting it (RFC 7030 section 4.1.1, "bootstrap distribution").
+    """
+    return await _bootstrap_call(base_url, bootstrap_context(), timeout_s, "cacerts", "GET", CACERTS)
 
 
 async def simple_enroll(
@@ -86,31 +91,22 @@ async def simple_enroll(
     one. The Idempotency-Key is fixed for this CSR, so a retried request is
     answered with the same certificate instead of consuming a second token use.
     """
-    ctx = client_context(None, ca_data=ca_pem)
-    async with httpx.AsyncClient(
-        base_url=base_url, http1=False, http2=True, verify=ctx, trust_env=False, timeout=timeout_s
-    ) as http:
-        try:
-            response = await http.post(
-                SIMPLEENROLL,
-                content=base64.b64encode(csr_der),
-                headers={
-                    **PKCS10_HEADERS,
-                    "Authorization": f"Bearer {token}",
-                    "Idempotency-Key": hashlib.sha256(csr_der).hexdigest(),
-                },
-            )
-        except httpx.TransportError as exc:
-            policy = tls_policy_error(exc, base_url)
-            if policy is not None:
-                raise ProvisioningError(policy.message, fix=policy.fix) from None
-            raise ProvisioningError(
-                f"cannot reach the verifier at {base_url}: {type(exc).__name__}",
-                fix="check the network and retry with the same token (it is used only on success)",
-            ) from None
-    if response.status_code != 200:
-        raise _est_error(response, "simpleenroll")
-    return parse_pkcs7_certs(response.content, "simpleenroll")[0]
+    headers = {
+        **PKCS10_HEADERS,
+        "Authorization": f"Bearer {token}",
+        "Idempotency-Key": hashlib.sha256(csr_der).hexdigest(),
+    }
+    certs = await _bootstrap_call(
+        base_url,
+        client_context(None, ca_data=ca_pem),
+        timeout_s,
+        "simpleenroll",
+        "POST",
+        SIMPLEENROLL,
+        content=base64.b64encode(csr_der),
+        headers=headers,
+    )
+    return certs[0]
 
 
 async def simple_reenroll(client: VerifierClient, csr_der: bytes) -> x509.Certificate:

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.devstack import LocalVerifier, device_config
+from agent.devstack import LocalVerifier, provision_device, write_config_file
 from agent.logs import configure_logging
-from agent.provision import provision
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,13 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         with LocalVerifier(work / "pki") as verifier:
             verifier.init_pki()
             verifier.start(0)
-            config = device_config(work / "state", verifier.url)
-            asyncio.run(provision(config, verifier.new_token("bench-footprint"), verifier.ca_fingerprint))
-            config_file = work / "agent.toml"
-            config_file.write_text(
-                f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{verifier.url}"\n'
-                '[keyring]\nbackend = "file-insecure-dev"\n[logging]\nlevel = "warning"\n'
-            )
+            config, _ = asyncio.run(provision_device(verifier, work / "state", "bench-footprint"))
+            config_file = write_config_file(work / "agent.toml", config, '[logging]\nlevel = "warning"\n')
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notify.bind(str(work / "notify.sock"))
             notify.settimeout(30)

@@ -18,15 +18,12 @@ import time
 from pathlib import Path
 
 from agent.client import VerifierClient
-from agent.devstack import LocalVerifier, device_config
+from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity
 from agent.logs import configure_logging
-from agent.provision import provision
 
 
-async def _timed_requests(
-    config, identity: DeviceIdentity, count: int, fresh: bool
-) -> tuple[list[float], dict]:
+async def _timed_requests(config, identity: DeviceIdentity, count: int, fresh: bool) -> tuple[list[float], dict]:
     times: list[float] = []
     tls: dict = {}
     client = None if fresh else VerifierClient(config, identity)
@@ -53,11 +50,10 @@ async def _timed_requests(
 
 
 async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
-    config = device_config(work / "state", verifier.url)
-    result = await provision(config, verifier.new_token("bench-tls"), verifier.ca_fingerprint)
-    reuse, tls = await _timed_requests(config, result.identity, count, fresh=False)
+    config, identity = await provision_device(verifier, work / "state", "bench-tls")
+    reuse, tls = await _timed_requests(config, identity, count, fresh=False)
     print(f"reused connection: {count} requests done", file=sys.stderr)
-    fresh, _ = await _timed_requests(config, result.identity, count, fresh=True)
+    fresh, _ = await _timed_requests(config, identity, count, fresh=True)
     print(f"fresh connections: {count} requests done", file=sys.stderr)
     reuse_ms = statistics.median(reuse) * 1000
     fresh_ms = statistics.median(fresh) * 1000

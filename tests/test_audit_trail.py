@@ -18,6 +18,7 @@ import pytest
 from agent.audit import ChainHead, make_event, verify_chain
 from agent.client import VerifierClient
 from agent.delivery import EventDelivery
+from agent.devstack import LocalVerifier, provision_device, write_config_file
 from agent.errors import AgentError
 from agent.keystore import load_kek
 from agent.outbox import Outbox
@@ -73,8 +74,10 @@ def test_the_verifier_flags_a_gap_and_a_fork(verifier, provisioned) -> None:
 
     async def story() -> list[dict]:
         async with VerifierClient(config, identity) as client:
-            answers = [await client.call("POST", "/v1/events", json={"events": batch}) for batch in
-                       ([e1, e2], [e2], [e4], [e2_fork])]
+            answers = [
+                await client.call("POST", "/v1/events", json={"events": batch})
+                for batch in ([e1, e2], [e2], [e4], [e2_fork])
+            ]
         return answers
 
     answers = asyncio.run(story())
@@ -111,11 +114,8 @@ def _outbox_head(path: Path) -> int:
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provisioned, tmp_path) -> None:
     """20+ SIGKILLs while the daemon writes and delivers; then every committed event arrives once, in order."""
     config, _ = provisioned
-    config_file = tmp_path / "agent.toml"
-    config_file.write_text(
-        f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{verifier.url}"\n'
-        '[keyring]\nbackend = "file-insecure-dev"\n[audit]\nheartbeat_s = 0.005\nbatch_size = 7\n'
-        '[logging]\nlevel = "error"\n'
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config, '[audit]\nheartbeat_s = 0.005\nbatch_size = 7\n[logging]\nlevel = "error"\n'
     )
     outbox_file = config.agent.state_dir / "outbox.sqlite"
     command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]
@@ -146,26 +146,24 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provis
     assert seqs[-1] >= committed, "every event committed before a kill reached the verifier"
     assert verify_chain(events) == []
     assert verifier_anomalies(verifier, "kiosk-1") == []
-    assert sum(e["type"] == "agent_started" for e in events) == 23
+    # Each run that got far enough started with agent_started (a kill can come earlier);
+    # the last run stopped cleanly and flushed its agent_stopping too.
+    assert 2 <= sum(e["type"] == "agent_started" for e in events) <= 23
+    assert events[-1]["type"] == "agent_stopping"
 
 
 def test_the_daemon_renews_on_schedule_and_audits_it(tmp_path) -> None:
     """A 9-second certificate is renewed at about two thirds of its life, with no person involved."""
-    from agent.devstack import LocalVerifier, device_config
-    from agent.provision import provision
-
     with LocalVerifier(tmp_path / "pki", extra_args=("--cert-days", "0.0001")) as verifier:
         verifier.init_pki()
         verifier.start(0)
-        config = device_config(tmp_path / "device", verifier.url)
-        first = asyncio.run(provision(config, verifier.new_token("kiosk-r"), verifier.ca_fingerprint)).identity
-        config_file = tmp_path / "agent.toml"
-        config_file.write_text(
-            f'[agent]\nstate_dir = "{config.agent.state_dir}"\n[verifier]\nurl = "{verifier.url}"\n'
-            '[keyring]\nbackend = "file-insecure-dev"\n[logging]\nlevel = "error"\n'
+        config, first = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-r"))
+        config_file = write_config_file(tmp_path / "agent.toml", config, '[logging]\nlevel = "error"\n')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 30
             renewed: list[dict] = []
