@@ -98,10 +98,8 @@ def main() -> int:
         work = Path(tmp)
         port = DEMO_PORT if _port_free(DEMO_PORT) else 0
         step("Development PKI: EC P-256 root CA and the verifier's server certificate")
-        with LocalVerifier(work / "pki") as verifier:
-            verifier.init_pki()
+        with LocalVerifier.running(work / "pki", port) as verifier:
             say(f"CA fingerprint (SHA-256) {verifier.ca_fingerprint}")
-            verifier.start(port)
             note = "" if port else f" (port {DEMO_PORT} was busy)"
             say(f"verifier listening on {verifier.url}{note}")
             try:

@@ -9,6 +9,7 @@ installer drives it: the agent never imports the verifier's code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +105,15 @@ class LocalVerifier:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, pki_dir: Path, port: int = 0, extra_args: tuple[str, ...] = ()) -> Iterator[LocalVerifier]:
+        """A fresh PKI in ``pki_dir`` and the verifier started on it; stopped on exit."""
+        with cls(pki_dir, extra_args=extra_args) as verifier:
+            verifier.init_pki()
+            verifier.start(port)
+            yield verifier
 
     def __enter__(self) -> LocalVerifier:
         return self

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import struct
 from typing import Any
 
 import structlog
+
+from agent.datagram import DatagramSender
 
 log = structlog.get_logger()
 
@@ -60,30 +61,17 @@ def audit_fields(event: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-class JournalSender:
+class JournalSender(DatagramSender):
     """Sends entries to journald; disabled when not running under systemd."""
 
     def __init__(self, path: str | None = None) -> None:
         if path is None and os.environ.get("JOURNAL_STREAM") and os.path.exists(JOURNAL_SOCKET):
             path = JOURNAL_SOCKET
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if path else None
+        super().__init__(path or "")
 
     def send(self, fields: dict[str, Any]) -> bool:
-        if self._sock is None or self.path is None:
-            return False
         entry = encode_entry(fields)
         if len(entry) > MAX_DATAGRAM:
             log.error("journal_entry_too_large", size=len(entry))
             return False
-        try:
-            self._sock.sendto(entry, self.path)
-        except OSError as exc:
-            log.error("journal_send_failed", error=exc.strerror or str(exc))
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        return self._send(entry, "journal_send_failed")

@@ -13,43 +13,25 @@ our pid) give the watchdog period; we ping at half of it.
 from __future__ import annotations
 
 import os
-import socket
 
 import structlog
+
+from agent.datagram import DatagramSender
 
 log = structlog.get_logger()
 
 
-class Notifier:
+class Notifier(DatagramSender):
     """Sends notify datagrams; a no-op when not started by systemd."""
 
     def __init__(self, address: str | None = None) -> None:
         raw = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
-        self.address = "\0" + raw[1:] if raw.startswith("@") else raw
-        self._sock: socket.socket | None = None
-        if self.address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
+        super().__init__("\0" + raw[1:] if raw.startswith("@") else raw)
 
     def send(self, **fields: str | int) -> bool:
         """Send one datagram, e.g. ``send(READY=1, STATUS="up")``."""
-        if self._sock is None:
-            return False
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
-        try:
-            self._sock.sendto(message, self.address)
-        except OSError as exc:
-            log.error("sd_notify_failed", error=exc.strerror or str(exc), fields=",".join(fields))
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        return self._send(message, "sd_notify_failed")
 
 
 def watchdog_interval_s() -> float | None:

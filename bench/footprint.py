@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("error", "json", stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         work = Path(tmp)
-        with LocalVerifier(work / "pki") as verifier:
-            verifier.init_pki()
-            verifier.start(0)
+        with LocalVerifier.running(work / "pki") as verifier:
             config, _ = asyncio.run(provision_device(verifier, work / "state", "bench-footprint"))
             config_file = write_config_file(work / "agent.toml", config, '[logging]\nlevel = "warning"\n')
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

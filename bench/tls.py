@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning", "json", stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         work = Path(tmp)
-        with LocalVerifier(work / "pki") as verifier:
-            verifier.init_pki()
-            verifier.start(0)
+        with LocalVerifier.running(work / "pki") as verifier:
             figures = asyncio.run(_run(verifier, work, args.requests))
     print(json.dumps(figures))
     return 0

@@ -33,13 +33,8 @@ from agent.identity import DeviceIdentity, IdentityStore
 @pytest.fixture
 def verifier(tmp_path: Path) -> Iterator[LocalVerifier]:
     """The reference verifier as a real process on a free port of 127.0.0.1, fresh PKI."""
-    local = LocalVerifier(tmp_path / "pki")
-    local.init_pki()
-    local.start(0)
-    try:
+    with LocalVerifier.running(tmp_path / "pki") as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture
@@ -58,6 +53,7 @@ def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None
 
 
 # ---------------------------------------------------------------- agent
+
 
 @dataclass
 class TestCA:
@@ -180,8 +176,9 @@ class SyntheticPrint:
     minutiae: object  # np.ndarray (n, 2) of x, y
 
 
-def _synthetic_print(seed: int, shape: tuple[int, int] = (320, 300), defects: int = 14,
-                     period: float = 9.0) -> SyntheticPrint:
+def _synthetic_print(
+    seed: int, shape: tuple[int, int] = (320, 300), defects: int = 14, period: float = 9.0
+) -> SyntheticPrint:
     """Curved ridges (phase field of a distant core) inside an elliptic finger area.
 
     Each planted minutia is a phase dislocation: adding +-atan2 around a point winds
@@ -248,8 +245,9 @@ def synthetic_templates(finger_generator):
     out = {}
     for finger_id in range(4):
         finger = finger_generator.finger(finger_id)
-        out[finger_id] = [decode(encode(extract(imp.image, imp.dpi)))[0]
-                          for imp in (finger.impression(seed) for seed in range(3))]
+        out[finger_id] = [
+            decode(encode(extract(imp.image, imp.dpi)))[0] for imp in (finger.impression(seed) for seed in range(3))
+        ]
     return out
 
 
