@@ -1,0 +1,1 @@
+"""Serial fingerprint modules of the ZFM / R30x / R50x / AS608 family (`EF 01` packets)."""
