@@ -43,7 +43,7 @@ def test_a_known_command_has_the_manual_bytes() -> None:
     # GenImg to the default address: EF01 FFFFFFFF 01 0003 01 0005 (sum 01+00+03+01).
     assert command(Command.GEN_IMG) == bytes.fromhex("EF01FFFFFFFF010003010005")
     # VerifyPwd 0: checksum 01 + 00 07 + 13 + 00 00 00 00 = 0x1B
-    assert command(Command.VERIFY_PWD, b"\0\0\0\0") == bytes.fromhex("EF01FFFFFFFF01000713000000 00001B".replace(" ", ""))
+    assert command(Command.VERIFY_PWD, b"\0\0\0\0") == bytes.fromhex("EF01FFFFFFFF0100071300000000001B")
 
 
 @settings(max_examples=200, deadline=None)
