@@ -252,3 +252,14 @@ def synthetic_templates(finger_generator):
 
 
 # ---------------------------------------------------------------- serial modules
+
+
+@pytest.fixture(params=["r307"])
+def zfm_sim(request, tmp_path: Path) -> Iterator:
+    """A simulated serial fingerprint module on a pty, behind a stable link path; stopped after."""
+    from simulators.fingers import FingerGenerator
+    from simulators.zfm import SimulatedModule
+
+    sim = SimulatedModule(request.param, link=tmp_path / "ttyZFM0", finger_source=FingerGenerator(11).image)
+    with sim:
+        yield sim

@@ -1,0 +1,360 @@
+"""The I/O shell around the ZFM codec: a pyserial port, bounded waits, typed errors.
+
+All protocol knowledge lives in :mod:`drivers.zfm.codec`; this module only moves
+bytes and turns silence, OS errors and refusals into errors that name the fix.
+Every wait is bounded by a deadline. A corrupt reply is retried once (the
+commands used here are safe to repeat), then reported.
+
+Used from the agent's capture loop (in a worker thread: pyserial is blocking).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import serial
+import structlog
+
+from drivers.zfm.codec import (
+    Ack,
+    CorruptPacket,
+    DataStream,
+    Decoder,
+    Event,
+    Packet,
+    SearchResult,
+    SystemParameters,
+    ZfmProtocolError,
+    command,
+    data_packets,
+    pack_image,
+    parse_ack,
+    parse_search,
+    parse_system_parameters,
+    parse_u16,
+    parse_u32,
+    u16,
+    u32,
+    unpack_image,
+)
+from drivers.zfm.constants import (
+    BAUD_UNIT,
+    DEFAULT_ADDRESS,
+    DEFAULT_BAUD,
+    NO_FINGER,
+    NOT_FOUND,
+    PACKET_SIZES,
+    Command,
+    LedColor,
+    LedMode,
+    ModelProfile,
+    SysParam,
+    profile_for,
+)
+from drivers.zfm.errors import (
+    CorruptReplyError,
+    FingerTimeoutError,
+    ModuleRefusedError,
+    NoReplyError,
+    PortMissingError,
+    PortPermissionError,
+    UnpluggedError,
+    WrongPasswordError,
+)
+
+log = structlog.get_logger()
+
+REPLY_TIMEOUT_S = 1.0
+POLL_INTERVAL_S = 0.1
+WRONG_PASSWORD = 0x13
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    port: str
+    profile: ModelProfile
+    params: SystemParameters
+
+
+class ZfmModule:
+    """One module on one serial port."""
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        baud: int = DEFAULT_BAUD,
+        password: int = 0,
+        address: int = DEFAULT_ADDRESS,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+        serial_factory: Callable[..., serial.Serial] = serial.Serial,
+    ) -> None:
+        self.port = port
+        self.baud = baud
+        self.password = password
+        self.address = address
+        self.reply_timeout_s = reply_timeout_s
+        self._serial_factory = serial_factory
+        self._serial: serial.Serial | None = None
+        self._decoder = Decoder()
+        self._events: deque[Event] = deque()
+        self.info: ModuleInfo | None = None
+
+    # ---------------------------------------------------------------- open/close
+    def open(self) -> ModuleInfo:
+        """Open the port, check the module answers (VerifyPwd), read its parameters."""
+        self._open_port()
+        ack = self._call(Command.VERIFY_PWD, u32(self.password), what="the password check")
+        if ack.code == WRONG_PASSWORD:
+            raise WrongPasswordError(self.port)
+        self._check(ack, "the password check")
+        params = parse_system_parameters(self._checked(Command.READ_SYS_PARA, what="reading parameters", data_len=16))
+        self.info = ModuleInfo(self.port, profile_for(params.system_id, params.library_size), params)
+        log.info("reader_opened", port=self.port, model=self.info.profile.name, capacity=params.library_size)
+        return self.info
+
+    def _open_port(self) -> None:
+        self.close()
+        try:
+            self._serial = self._serial_factory(self.port, self.baud, timeout=0.05, write_timeout=2.0)
+        except serial.SerialException as exc:
+            cause = getattr(exc, "errno", None) or getattr(exc.__context__, "errno", None)
+            if cause in (errno.EACCES, errno.EPERM):
+                raise PortPermissionError(self.port) from None
+            if cause == errno.ENOENT or not os.path.exists(self.port):
+                raise PortMissingError(self.port) from None
+            raise UnpluggedError(self.port) from None
+        self._reset_decoder()
+
+    def _reset_decoder(self) -> None:
+        self._decoder = Decoder()
+        self._events.clear()
+
+    def close(self) -> None:
+        if self._serial is not None:
+            with contextlib.suppress(OSError, serial.SerialException):
+                self._serial.close()
+            self._serial = None
+
+    def __enter__(self) -> ZfmModule:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reopen(self, within_s: float = 30.0, first_delay_s: float = 0.1) -> ModuleInfo:
+        """After an unplug: try again with backoff until ``within_s`` has passed."""
+        deadline = time.monotonic() + within_s
+        delay = first_delay_s
+        while True:
+            try:
+                info = self.open()
+                log.info("reader_reopened", port=self.port)
+                return info
+            except (PortMissingError, UnpluggedError, NoReplyError, CorruptReplyError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # ---------------------------------------------------------------- transport
+    def _send(self, data: bytes) -> None:
+        if self._serial is None:
+            raise UnpluggedError(self.port)
+        try:
+            self._serial.write(data)
+            self._serial.flush()
+        except (OSError, serial.SerialException):
+            self.close()
+            raise UnpluggedError(self.port) from None
+
+    def _next_packet(self, deadline: float, what: str) -> Packet:
+        """The next valid packet before ``deadline``; CorruptReplyError on a corrupt one."""
+        while True:
+            while self._events:
+                event = self._events.popleft()
+                if isinstance(event, Packet):
+                    return event
+                if isinstance(event, CorruptPacket):
+                    raise CorruptReplyError(self.port, event.reason)
+            if self._serial is None:
+                raise UnpluggedError(self.port)
+            try:
+                chunk = self._serial.read(self._serial.in_waiting or 1)
+            except (OSError, serial.SerialException):
+                self.close()
+                raise UnpluggedError(self.port) from None
+            self._events.extend(self._decoder.feed(chunk))
+            if not self._events and time.monotonic() > deadline:
+                raise NoReplyError(self.port, what)
+
+    def _call(self, code: Command, *args: int | bytes, what: str, data_len: int = 0, retry: bool = True) -> Ack:
+        """Send a command and read its acknowledgement; a corrupt or lost reply is retried once."""
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            self._send(command(code, *args, address=self.address))
+            try:
+                packet = self._next_packet(time.monotonic() + self.reply_timeout_s, what)
+                return parse_ack(packet, data_len)
+            except (CorruptReplyError, ZfmProtocolError, NoReplyError) as exc:
+                if attempt + 1 >= attempts:
+                    if isinstance(exc, ZfmProtocolError):
+                        raise CorruptReplyError(self.port, str(exc)) from None
+                    raise
+                log.warning("reader_retry", port=self.port, command=what, error=type(exc).__name__)
+                self._drain()
+        raise AssertionError("unreachable")
+
+    def _drain(self) -> None:
+        """Forget what is on the line (the tail of a broken reply) before a retry."""
+        time.sleep(0.05)
+        if self._serial is not None:
+            with contextlib.suppress(OSError, serial.SerialException):
+                self._serial.reset_input_buffer()
+        self._reset_decoder()
+
+    @staticmethod
+    def _check(ack: Ack, what: str) -> Ack:
+        if not ack.ok:
+            raise ModuleRefusedError(what, ack.code, ack.message)
+        return ack
+
+    def _checked(self, code: Command, *args: int | bytes, what: str, data_len: int = 0) -> Ack:
+        return self._check(self._call(code, *args, what=what, data_len=data_len), what)
+
+    def _read_stream(self, what: str, timeout_s: float) -> bytes:
+        stream = DataStream()
+        deadline = time.monotonic() + timeout_s
+        while not stream.done:
+            stream.add(self._next_packet(deadline, what))
+        return stream.data
+
+    def _stream_timeout(self, size: int) -> float:
+        """Bytes on the wire (payload + 11 per packet) at baud/10 bytes per second, with margin."""
+        packet = self.packet_size
+        wire = size + 11 * (size // packet + 1)
+        return 2.0 + 3 * wire * 10 / self.baud
+
+    @property
+    def packet_size(self) -> int:
+        return self.info.params.packet_size if self.info else PACKET_SIZES[2]
+
+    @property
+    def profile(self) -> ModelProfile:
+        if self.info is None:
+            raise UnpluggedError(self.port)
+        return self.info.profile
+
+    # ---------------------------------------------------------------- capture
+    def capture(self) -> bool:
+        """GenImg once: True when a finger was imaged, False when there is none."""
+        ack = self._call(Command.GEN_IMG, what="capturing an image")
+        if ack.code == NO_FINGER:
+            return False
+        self._check(ack, "capturing an image")
+        return True
+
+    def wait_for_finger(self, timeout_s: float, poll_s: float = POLL_INTERVAL_S) -> None:
+        """Capture as soon as a finger is on the sensor, or FingerTimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        while not self.capture():
+            if time.monotonic() + poll_s > deadline:
+                raise FingerTimeoutError(timeout_s)
+            time.sleep(poll_s)
+
+    def wait_for_lift(self, timeout_s: float, poll_s: float = POLL_INTERVAL_S) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.capture():
+            if time.monotonic() + poll_s > deadline:
+                return False
+            time.sleep(poll_s)
+        return True
+
+    def download_image(self) -> np.ndarray:
+        """UpImage: the captured image as a uint8 array of the model's size (stays in memory)."""
+        profile = self.profile
+        self._checked(Command.UP_IMAGE, what="uploading the image")
+        data = self._read_stream("the image", self._stream_timeout(profile.image_bytes))
+        try:
+            return unpack_image(data, profile.image_width, profile.image_height)
+        except ZfmProtocolError as exc:
+            raise CorruptReplyError(self.port, str(exc)) from None
+
+    def upload_image(self, image: np.ndarray) -> None:
+        self._checked(Command.DOWN_IMAGE, what="downloading an image")
+        self._send(data_packets(pack_image(image), self.packet_size, self.address))
+
+    # ---------------------------------------------------------------- on-module templates
+    def image_to_template(self, buffer: int = 1) -> None:
+        self._checked(Command.IMG2TZ, buffer, what="making a template")
+
+    def create_model(self) -> None:
+        self._checked(Command.REG_MODEL, what="combining the templates")
+
+    def store(self, page: int, buffer: int = 1) -> None:
+        self._checked(Command.STORE, buffer, u16(page), what=f"storing template {page}")
+
+    def load(self, page: int, buffer: int = 1) -> None:
+        self._checked(Command.LOAD_CHAR, buffer, u16(page), what=f"loading template {page}")
+
+    def delete(self, page: int, count: int = 1) -> None:
+        self._checked(Command.DELETE_CHAR, u16(page), u16(count), what=f"deleting template {page}")
+
+    def empty(self) -> None:
+        self._checked(Command.EMPTY, what="emptying the library")
+
+    def template_count(self) -> int:
+        return parse_u16(self._checked(Command.TEMPLATE_NUM, what="counting templates", data_len=2))
+
+    def random_code(self) -> int:
+        return parse_u32(self._checked(Command.GET_RANDOM_CODE, what="a random number", data_len=4))
+
+    def search(self, buffer: int = 1) -> SearchResult | None:
+        """The best stored template for the buffer's template, or None when none matches."""
+        capacity = self.profile.capacity
+        ack = self._call(Command.SEARCH, buffer, u16(0), u16(capacity), what="searching", data_len=4)
+        if ack.code == NOT_FOUND:
+            return None
+        return parse_search(self._check(ack, "searching"))
+
+    def match(self) -> int:
+        """Score between buffers 1 and 2 (0 when they do not match)."""
+        ack = self._call(Command.MATCH, what="matching", data_len=2)
+        return parse_u16(ack) if ack.ok else 0
+
+    def upload_template(self, buffer: int = 1) -> bytes:
+        """UpChar: the template in a buffer (for modules used as storage)."""
+        self._checked(Command.UP_CHAR, buffer, what="uploading a template")
+        return self._read_stream("the template", self._stream_timeout(self.profile.template_bytes))
+
+    def download_template(self, data: bytes, buffer: int = 1) -> None:
+        self._checked(Command.DOWN_CHAR, buffer, what="downloading a template")
+        self._send(data_packets(data, self.packet_size, self.address))
+
+    # ---------------------------------------------------------------- settings
+    def set_baud(self, baud: int) -> None:
+        """Raise (or lower) the line speed: SetSysPara, then reopen at the new rate."""
+        if baud % BAUD_UNIT or not 1 <= baud // BAUD_UNIT <= 12:
+            raise ValueError(f"{baud}: the module takes multiples of 9600 up to 115200")
+        self._checked(Command.SET_SYS_PARA, SysParam.BAUD, baud // BAUD_UNIT, what="setting the baud rate")
+        time.sleep(0.05)
+        self.baud = baud
+        self.open()
+
+    def led(self, color: LedColor, mode: LedMode = LedMode.ON, speed: int = 0x80, cycles: int = 0) -> bool:
+        """Aura LED on R50x modules (feedback to the user); False on modules without one."""
+        if not self.profile.has_led:
+            return False
+        self._checked(Command.AURA_LED, mode, speed, color, cycles, what="setting the LED")
+        return True
+
+    def handshake(self) -> bool:
+        return self._call(Command.HANDSHAKE, what="the handshake").ok

@@ -1,0 +1,72 @@
+"""Typed errors of the serial module driver. Each names the likely cause and the fix."""
+
+from __future__ import annotations
+
+
+class ModuleError(Exception):
+    """Base of every error the driver raises."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} (fix: {self.fix})" if self.fix else base
+
+
+class NoReplyError(ModuleError):
+    """The module said nothing within the timeout."""
+
+    def __init__(self, port: str, what: str) -> None:
+        super().__init__(
+            f"no reply from the fingerprint module on {port} to {what}",
+            "check the wiring (module TX to adapter RX and back, 3.3 V), the baud rate (57600 by default), and "
+            "on a Raspberry Pi that the serial console is off the UART (raspi-config > Interface > Serial: "
+            "no login shell; remove console=serial0 from /boot/firmware/cmdline.txt)",
+        )
+
+
+class PortPermissionError(ModuleError):
+    def __init__(self, port: str) -> None:
+        super().__init__(
+            f"permission denied opening {port}",
+            "add the agent's user to the dialout group (usermod -aG dialout capture-agent) or install "
+            "systemd/60-capture-agent.rules so the port belongs to the capture-readers group",
+        )
+
+
+class PortMissingError(ModuleError):
+    def __init__(self, port: str) -> None:
+        super().__init__(f"serial port {port} does not exist", "plug the module in, or check [reader] port")
+
+
+class UnpluggedError(ModuleError):
+    def __init__(self, port: str) -> None:
+        super().__init__(f"the module on {port} went away (unplugged?)", "plug it back in; the agent reopens it")
+
+
+class CorruptReplyError(ModuleError):
+    def __init__(self, port: str, reason: str) -> None:
+        super().__init__(
+            f"corrupt replies from the module on {port} after a retry: {reason}",
+            "check the cable and its length, the ground wire, and the baud rate; noise on the line corrupts packets",
+        )
+
+
+class ModuleRefusedError(ModuleError):
+    """The module answered with a confirmation code other than OK."""
+
+    def __init__(self, what: str, code: int, message: str) -> None:
+        super().__init__(f"the module refused {what}: {message} (code {code:#04x})")
+        self.code = code
+
+
+class WrongPasswordError(ModuleError):
+    def __init__(self, port: str) -> None:
+        super().__init__(f"the module on {port} refused the password", "set [reader] password to the module's password")
+
+
+class FingerTimeoutError(ModuleError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no finger on the sensor within {seconds:g} s", "place a finger on the sensor")

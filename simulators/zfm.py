@@ -1,0 +1,520 @@
+"""A ZFM / R307 / R503 / AS608 fingerprint module on a pseudo-terminal.
+
+A test rig (or a test) gets a serial port path that any client can open, our
+driver or an independent one, and speaks the module's UART protocol behind it.
+It has its own packet parsing and encoding, deliberately sharing nothing with the
+driver's codec but the public constants, so a bug in one cannot hide in the other.
+
+What the test controls: which finger is on the sensor (``place`` / ``lift``),
+faults on the next replies (wrong checksum, dropped, split, garbage first),
+silence, unplug and replug (the port path is a symlink that survives it), the
+power-up ``55`` byte of R50x modules, and real line speed (output paced at
+baud/10 bytes per second, since a pty itself is instant).
+
+On-module templates are the simulator's own (the real algorithm is
+proprietary): a normalised 16x16 block-mean map of the image, so the same image
+scores high against itself and different fingers score low.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import secrets
+import select
+import struct
+import termios
+import threading
+import time
+import tty
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from drivers.zfm.constants import (
+    BAUD_UNIT,
+    DEFAULT_ADDRESS,
+    DEFAULT_BAUD,
+    PACKET_SIZES,
+    POWER_UP_BYTE,
+    PROFILES,
+    Command,
+    ModelProfile,
+    PacketType,
+)
+
+MATCH_THRESHOLD = 50  # scores at or above mean "same finger"
+FEATURE_GRID = 16
+
+
+class Fault(enum.Enum):
+    BAD_CHECKSUM = "bad_checksum"  # the next reply's checksum is wrong
+    DROP = "drop"  # the next reply is not sent
+    SPLIT = "split"  # the next reply arrives in two parts, 50 ms apart
+    GARBAGE = "garbage"  # noise bytes before the next reply
+
+
+def _frame(kind: int, payload: bytes, address: int) -> bytes:
+    body = struct.pack(">BH", kind, len(payload) + 2) + payload
+    return b"\xef\x01" + struct.pack(">I", address) + body + struct.pack(">H", sum(body) & 0xFFFF)
+
+
+def _features(image: np.ndarray) -> np.ndarray:
+    small = cv2.resize(image.astype(np.float32), (FEATURE_GRID, FEATURE_GRID), interpolation=cv2.INTER_AREA)
+    centred = small - small.mean()
+    norm = float(np.linalg.norm(centred)) or 1.0
+    return np.clip(np.round(centred / norm * 127 * 4), -127, 127).astype(np.int8)
+
+
+def _score(a: bytes, b: bytes) -> int:
+    fa = np.frombuffer(a[: FEATURE_GRID**2], np.int8).astype(np.float32)
+    fb = np.frombuffer(b[: FEATURE_GRID**2], np.int8).astype(np.float32)
+    denom = float(np.linalg.norm(fa) * np.linalg.norm(fb)) or 1.0
+    return int(max(0.0, float(fa @ fb) / denom) * 300)
+
+
+class SimulatedModule:
+    """One module on a pty. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    def __init__(
+        self,
+        model: str = "r307",
+        *,
+        link: Path | None = None,
+        password: int = 0,
+        finger_source: Callable[[int, int, tuple[int, int]], np.ndarray] | None = None,
+        real_speed: bool = False,
+    ) -> None:
+        if model not in PROFILES:
+            raise ValueError(f"unknown model {model!r}: use one of {', '.join(PROFILES)}")
+        self.profile: ModelProfile = PROFILES[model]
+        self.link = link
+        self.password = password
+        self.finger_source = finger_source
+        self.real_speed = real_speed
+        self.address = DEFAULT_ADDRESS
+        self.baud = DEFAULT_BAUD
+        self.security = 3
+        self.packet_size_code = self.profile.packet_size_code
+        self.led: tuple[int, int, int, int] | None = None  # (mode, speed, colour, cycles)
+        self.library: dict[int, bytes] = {}
+        self.chars: list[bytes | None] = [None] * self.profile.char_buffers
+        self.image: np.ndarray | None = None
+        self.commands: list[int] = []  # command codes received, for tests
+        self._finger: np.ndarray | None = None
+        self._faults: list[Fault] = []
+        self._silent = False
+        self._verified = password == 0
+        self._master = -1
+        self._slave = -1
+        self._slave_name = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._receiving: tuple[str, int, bytearray] | None = None  # (what, slot, data) of a download
+
+    # ------------------------------------------------------------ control
+    @property
+    def port(self) -> str:
+        return str(self.link) if self.link else self._slave_name
+
+    def start(self) -> SimulatedModule:
+        self._open_pty()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name=f"zfm-{self.profile.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self._close_pty()
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+
+    def __enter__(self) -> SimulatedModule:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def place(self, image: np.ndarray | None = None, *, finger: int = 0, impression: int = 0) -> None:
+        """Put a finger on the sensor: an image, or one from the finger source."""
+        if image is None:
+            if self.finger_source is None:
+                raise ValueError("no finger source: pass an image")
+            image = self.finger_source(finger, impression, (self.profile.image_width, self.profile.image_height))
+        size = (self.profile.image_width, self.profile.image_height)
+        self._finger = cv2.resize(image, size) if image.shape[::-1] != size else image.astype(np.uint8)
+
+    def lift(self) -> None:
+        self._finger = None
+
+    def inject(self, *faults: Fault) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def silence(self, on: bool = True) -> None:
+        self._silent = on
+
+    def unplug(self) -> None:
+        """The USB-serial adapter pulled out: the port disappears, clients get I/O errors."""
+        self._close_pty()
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+
+    def replug(self) -> None:
+        """Plugged back: a new pty behind the same link; R50x modules announce themselves with 55."""
+        self._open_pty()
+        if self.profile.power_up_byte:
+            self._write(bytes([POWER_UP_BYTE]))
+
+    # ------------------------------------------------------------ pty
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        attrs = termios.tcgetattr(slave)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        self._master, self._slave = master, slave
+        self._slave_name = os.ttyname(slave)
+        if self.link is not None:
+            tmp = self.link.with_name(self.link.name + ".tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.symlink(self._slave_name, tmp)
+            os.replace(tmp, self.link)
+
+    def _close_pty(self) -> None:
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master = self._slave = -1
+
+    def _write(self, data: bytes) -> None:
+        if self._master < 0:
+            return
+        if not self.real_speed:
+            with contextlib.suppress(OSError):
+                os.write(self._master, data)
+            return
+        started = time.monotonic()
+        for offset in range(0, len(data), 64):
+            chunk = data[offset : offset + 64]
+            with contextlib.suppress(OSError):
+                os.write(self._master, chunk)
+            due = started + (offset + len(chunk)) * 10 / self.baud  # 8N1: 10 bits a byte
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    # ------------------------------------------------------------ serving
+    def _serve(self) -> None:
+        buffer = bytearray()
+        while not self._stop.is_set():
+            fd = self._master
+            if fd < 0:
+                time.sleep(0.02)
+                buffer.clear()
+                continue
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.05)
+                if not ready:
+                    continue
+                chunk = os.read(fd, 4096)
+            except OSError:
+                time.sleep(0.02)
+                continue
+            buffer += chunk
+            while True:
+                start = buffer.find(b"\xef\x01")
+                if start < 0:
+                    buffer.clear()
+                    break
+                del buffer[:start]
+                if len(buffer) < 9:
+                    break
+                kind, length = struct.unpack(">BH", buffer[6:9])
+                if len(buffer) < 9 + length:
+                    break
+                body = bytes(buffer[6 : 9 + length - 2])
+                (received,) = struct.unpack(">H", buffer[9 + length - 2 : 9 + length])
+                del buffer[: 9 + length]
+                if received != sum(body) & 0xFFFF:
+                    if not self._silent:
+                        self._reply(0x01)  # error receiving the packet
+                    continue
+                self._packet(kind, body[3:])
+
+    def _reply(self, code: int, data: bytes = b"", stream: bytes | None = None) -> None:
+        out = _frame(PacketType.ACK, bytes([code]) + data, self.address)
+        if stream is not None:
+            size = PACKET_SIZES[self.packet_size_code]
+            parts = [stream[i : i + size] for i in range(0, len(stream), size)]
+            for index, part in enumerate(parts):
+                kind = PacketType.END_DATA if index == len(parts) - 1 else PacketType.DATA
+                out += _frame(kind, part, self.address)
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
+        if fault is Fault.DROP:
+            return
+        if fault is Fault.BAD_CHECKSUM:
+            end = 12 + len(data)  # the acknowledgement's last checksum byte
+            out = out[: end - 1] + bytes([out[end - 1] ^ 0x5A]) + out[end:]
+        if fault is Fault.GARBAGE:
+            out = secrets.token_bytes(7).replace(b"\xef", b"\x00") + out
+        if fault is Fault.SPLIT:
+            half = len(out) // 2
+            self._write(out[:half])
+            time.sleep(0.05)
+            self._write(out[half:])
+            return
+        self._write(out)
+
+    def _packet(self, kind: int, payload: bytes) -> None:
+        if self._silent:
+            return
+        if kind in (PacketType.DATA, PacketType.END_DATA):
+            self._data(kind, payload)
+            return
+        if kind != PacketType.COMMAND or not payload:
+            self._reply(0x01)
+            return
+        code, args = payload[0], payload[1:]
+        self.commands.append(code)
+        if not self._verified and code not in (Command.VERIFY_PWD, Command.HANDSHAKE):
+            self._reply(0x21)  # password must be verified first
+            return
+        handler = self._handlers().get(code)
+        if handler is None:
+            self._reply(0x01)
+            return
+        try:
+            handler(args)
+        except (struct.error, IndexError):
+            self._reply(0x01)
+
+    def _data(self, kind: int, payload: bytes) -> None:
+        if self._receiving is None:
+            return
+        what, slot, data = self._receiving
+        data += payload
+        if kind == PacketType.END_DATA:
+            self._receiving = None
+            if what == "char":
+                self.chars[slot] = bytes(data)
+            else:
+                unpacked = np.frombuffer(bytes(data), np.uint8)
+                pixels = np.empty(unpacked.size * 2, np.uint8)
+                pixels[0::2] = unpacked & 0xF0
+                pixels[1::2] = (unpacked & 0x0F) << 4
+                if pixels.size == self.profile.image_width * self.profile.image_height:
+                    self.image = pixels.reshape(self.profile.image_height, self.profile.image_width)
+
+    # ------------------------------------------------------------ commands
+    def _handlers(self) -> dict[int, Callable[[bytes], None]]:
+        return {
+            Command.HANDSHAKE: lambda a: self._reply(0x00),
+            Command.VERIFY_PWD: self._verify_password,
+            Command.SET_PWD: self._set_password,
+            Command.READ_SYS_PARA: self._read_sys_para,
+            Command.SET_SYS_PARA: self._set_sys_para,
+            Command.GEN_IMG: self._gen_img,
+            Command.IMG2TZ: self._img2tz,
+            Command.MATCH: self._match,
+            Command.SEARCH: self._search,
+            Command.HIGH_SPEED_SEARCH: self._search,
+            Command.REG_MODEL: self._reg_model,
+            Command.STORE: self._store,
+            Command.LOAD_CHAR: self._load_char,
+            Command.UP_CHAR: self._up_char,
+            Command.DOWN_CHAR: self._down_char,
+            Command.UP_IMAGE: self._up_image,
+            Command.DOWN_IMAGE: self._down_image,
+            Command.DELETE_CHAR: self._delete,
+            Command.EMPTY: self._empty,
+            Command.GET_RANDOM_CODE: lambda a: self._reply(0x00, secrets.token_bytes(4)),
+            Command.TEMPLATE_NUM: lambda a: self._reply(0x00, struct.pack(">H", len(self.library))),
+            Command.READ_INDEX_TABLE: self._index_table,
+            Command.AURA_LED: self._led,
+            Command.SOFT_RESET: self._soft_reset,
+        }
+
+    def _slot(self, number: int) -> int | None:
+        return number - 1 if 1 <= number <= self.profile.char_buffers else None
+
+    def _verify_password(self, args: bytes) -> None:
+        ok = struct.unpack(">I", args[:4])[0] == self.password
+        self._verified = self._verified or ok
+        self._reply(0x00 if ok else 0x13)
+
+    def _set_password(self, args: bytes) -> None:
+        self.password = struct.unpack(">I", args[:4])[0]
+        self._reply(0x00)
+
+    def _read_sys_para(self, args: bytes) -> None:
+        params = struct.pack(
+            ">HHHHIHH",
+            0,
+            self.profile.system_id,
+            self.profile.capacity,
+            self.security,
+            self.address,
+            self.packet_size_code,
+            self.baud // BAUD_UNIT,
+        )
+        self._reply(0x00, params)
+
+    def _set_sys_para(self, args: bytes) -> None:
+        number, value = args[0], args[1]
+        if number == 4 and 1 <= value <= 12:
+            self._reply(0x00)  # acknowledged at the old speed, then the line changes
+            self.baud = value * BAUD_UNIT
+        elif number == 5 and 1 <= value <= 5:
+            self.security = value
+            self._reply(0x00)
+        elif number == 6 and value in PACKET_SIZES:
+            self.packet_size_code = value
+            self._reply(0x00)
+        else:
+            self._reply(0x1A)
+
+    def _gen_img(self, args: bytes) -> None:
+        if self._finger is None:
+            self._reply(0x02)
+            return
+        self.image = self._finger.copy()
+        self._reply(0x00)
+
+    def _img2tz(self, args: bytes) -> None:
+        slot = self._slot(args[0] if args else 1)
+        if slot is None:
+            self._reply(0x1A)
+            return
+        if self.image is None:
+            self._reply(0x15)
+            return
+        features = _features(self.image).tobytes()
+        self.chars[slot] = features + bytes(self.profile.template_bytes - len(features))
+        self._reply(0x00)
+
+    def _match(self, args: bytes) -> None:
+        a, b = self.chars[0], self.chars[1]
+        if a is None or b is None:
+            self._reply(0x0C)
+            return
+        score = _score(a, b)
+        self._reply(0x00 if score >= MATCH_THRESHOLD else 0x08, struct.pack(">H", score))
+
+    def _search(self, args: bytes) -> None:
+        slot = self._slot(args[0])
+        start, count = struct.unpack(">HH", args[1:5])
+        probe = self.chars[slot] if slot is not None else None
+        if probe is None:
+            self._reply(0x0C)
+            return
+        best_page, best = 0, 0
+        for page, template in sorted(self.library.items()):
+            if start <= page < start + count:
+                score = _score(probe, template)
+                if score > best:
+                    best_page, best = page, score
+        if best >= MATCH_THRESHOLD:
+            self._reply(0x00, struct.pack(">HH", best_page, best))
+        else:
+            self._reply(0x09, struct.pack(">HH", 0, 0))
+
+    def _reg_model(self, args: bytes) -> None:
+        a, b = self.chars[0], self.chars[1]
+        if a is None or b is None or _score(a, b) < MATCH_THRESHOLD:
+            self._reply(0x0A)
+            return
+        self.chars[1] = a
+        self._reply(0x00)
+
+    def _store(self, args: bytes) -> None:
+        slot = self._slot(args[0])
+        (page,) = struct.unpack(">H", args[1:3])
+        if slot is None or self.chars[slot] is None:
+            self._reply(0x0C if slot is not None else 0x1A)
+        elif page >= self.profile.capacity:
+            self._reply(0x0B)
+        else:
+            self.library[page] = self.chars[slot]  # type: ignore[assignment]
+            self._reply(0x00)
+
+    def _load_char(self, args: bytes) -> None:
+        slot = self._slot(args[0])
+        (page,) = struct.unpack(">H", args[1:3])
+        if slot is None:
+            self._reply(0x1A)
+        elif page not in self.library:
+            self._reply(0x0C)
+        else:
+            self.chars[slot] = self.library[page]
+            self._reply(0x00)
+
+    def _up_char(self, args: bytes) -> None:
+        slot = self._slot(args[0] if args else 1)
+        if slot is None or self.chars[slot] is None:
+            self._reply(0x0D)
+            return
+        self._reply(0x00, stream=self.chars[slot])
+
+    def _down_char(self, args: bytes) -> None:
+        slot = self._slot(args[0] if args else 1)
+        if slot is None:
+            self._reply(0x0E)
+            return
+        self._receiving = ("char", slot, bytearray())
+        self._reply(0x00)
+
+    def _up_image(self, args: bytes) -> None:
+        if self.image is None:
+            self._reply(0x0F)
+            return
+        flat = self.image.reshape(-1)
+        self._reply(0x00, stream=((flat[0::2] & 0xF0) | (flat[1::2] >> 4)).tobytes())
+
+    def _down_image(self, args: bytes) -> None:
+        self._receiving = ("image", 0, bytearray())
+        self._reply(0x00)
+
+    def _delete(self, args: bytes) -> None:
+        page, count = struct.unpack(">HH", args[:4])
+        for p in range(page, page + count):
+            self.library.pop(p, None)
+        self._reply(0x00)
+
+    def _empty(self, args: bytes) -> None:
+        self.library.clear()
+        self._reply(0x00)
+
+    def _index_table(self, args: bytes) -> None:
+        page = args[0] if args else 0
+        bits = np.zeros(256, np.uint8)
+        for slot in self.library:
+            if page * 256 <= slot < (page + 1) * 256:
+                bits[slot - page * 256] = 1
+        self._reply(0x00, np.packbits(bits, bitorder="little").tobytes())
+
+    def _led(self, args: bytes) -> None:
+        if not self.profile.has_led:
+            self._reply(0x01)
+            return
+        self.led = (args[0], args[1], args[2], args[3])
+        self._reply(0x00)
+
+    def _soft_reset(self, args: bytes) -> None:
+        self._reply(0x00)
+        self.chars = [None] * self.profile.char_buffers
+        self.image = None
+        self._write(bytes([POWER_UP_BYTE]))
