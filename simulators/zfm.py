@@ -12,14 +12,15 @@ power-up ``55`` byte of R50x modules, and real line speed (output paced at
 baud/10 bytes per second, since a pty itself is instant).
 
 On-module templates are the simulator's own (the real algorithm is
-proprietary): a normalised 16x16 block-mean map of the image, so the same image
-scores high against itself and different fingers score low.
+proprietary): a random projection of the ridge detail, so the same image scores
+300 against itself and different fingers score near 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import secrets
 import select
@@ -46,7 +47,7 @@ from drivers.zfm.constants import (
     PacketType,
 )
 
-MATCH_THRESHOLD = 50  # scores at or above mean "same finger"
+MATCH_THRESHOLD = 150  # of 300; scores at or above mean "same finger"
 FEATURE_GRID = 16
 
 
@@ -62,11 +63,26 @@ def _frame(kind: int, payload: bytes, address: int) -> bytes:
     return b"\xef\x01" + struct.pack(">I", address) + body + struct.pack(">H", sum(body) & 0xFFFF)
 
 
+@functools.lru_cache(maxsize=4)
+def _projection(pixels: int) -> np.ndarray:
+    """Fixed pseudo-random +-1 patterns, one per template byte (seeded: the same on every run)."""
+    rng = np.random.default_rng(0x2F0)
+    return rng.choice(np.array([-1.0, 1.0], np.float32), size=(pixels, FEATURE_GRID**2))
+
+
 def _features(image: np.ndarray) -> np.ndarray:
-    small = cv2.resize(image.astype(np.float32), (FEATURE_GRID, FEATURE_GRID), interpolation=cv2.INTER_AREA)
-    centred = small - small.mean()
-    norm = float(np.linalg.norm(centred)) or 1.0
-    return np.clip(np.round(centred / norm * 127 * 4), -127, 127).astype(np.int8)
+    """The module's own template: a random projection of the ridge detail.
+
+    Identical images give identical templates (score 300); the ridge detail of
+    different fingers is nearly orthogonal, so they score near 0. It is no
+    matcher for two impressions of one finger, which real tests of the agent do
+    with biometrics/, not with the module.
+    """
+    img = cv2.resize(image, (96, 108), interpolation=cv2.INTER_AREA).astype(np.float32)
+    detail = (img - cv2.GaussianBlur(img, (0, 0), 2)).reshape(-1)
+    vector = detail @ _projection(detail.size)
+    norm = float(np.linalg.norm(vector)) or 1.0
+    return np.clip(np.round(vector / norm * 127 * 8), -127, 127).astype(np.int8)
 
 
 def _score(a: bytes, b: bytes) -> int:

@@ -200,6 +200,9 @@ class ZfmModule:
         """Send a command and read its acknowledgement; a corrupt or lost reply is retried once."""
         attempts = 2 if retry else 1
         for attempt in range(attempts):
+            # The protocol has no request ids: a late reply to an earlier, timed-out command
+            # must not be taken for this one's, so whatever is pending is dropped first.
+            self._discard_pending()
             self._send(command(code, *args, address=self.address))
             try:
                 packet = self._next_packet(time.monotonic() + self.reply_timeout_s, what)
@@ -213,13 +216,16 @@ class ZfmModule:
                 self._drain()
         raise AssertionError("unreachable")
 
-    def _drain(self) -> None:
-        """Forget what is on the line (the tail of a broken reply) before a retry."""
-        time.sleep(0.05)
+    def _discard_pending(self) -> None:
         if self._serial is not None:
             with contextlib.suppress(OSError, serial.SerialException):
                 self._serial.reset_input_buffer()
         self._reset_decoder()
+
+    def _drain(self) -> None:
+        """Let the tail of a broken reply arrive, then forget it, before a retry."""
+        time.sleep(0.05)
+        self._discard_pending()
 
     @staticmethod
     def _check(ack: Ack, what: str) -> Ack:
