@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.renew",
     "agent.commands.health",
     "agent.commands.run",
+    "agent.commands.devices",
 )
 
 

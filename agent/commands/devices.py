@@ -1,0 +1,35 @@
+"""`capture-agent devices`: readers and cameras on this machine, and whether the agent may use them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("devices", help="list serial modules, USB fingerprint readers and cameras")
+    parser.add_argument("--port", action="append", default=[], help="also probe this serial port (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
+    from drivers.discovery import discover
+
+    configure_logging("error", "console")
+    findings = discover(args.port)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+        return 0
+    if not findings:
+        print("no serial ports, USB fingerprint readers or cameras found")
+    for f in findings:
+        mark = "ok  " if f.accessible and not f.fix else "FIX "
+        print(f"[{mark}] {f.kind:<6} {f.path}  {f.description}")
+        for key, value in f.details.items():
+            print(f"         {key}: {value}")
+        if f.fix:
+            print(f"         fix: {f.fix}")
+    return 0
