@@ -71,11 +71,12 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
     return findings
 
 
-def usb_readers() -> list[Finding]:
+def usb_readers(backend: object | None = None) -> list[Finding]:
+    """Known fingerprint readers on USB (``backend``: a pyusb backend, default libusb)."""
     try:
         import usb.core
 
-        devices = list(usb.core.find(find_all=True))
+        devices = list(usb.core.find(find_all=True, backend=backend))
     except Exception as exc:  # NoBackendError and friends: libusb missing
         return [
             Finding(
@@ -129,5 +130,5 @@ def cameras(max_index: int = 4) -> list[Finding]:
     return findings
 
 
-def discover(extra_serial: list[str]) -> list[Finding]:
-    return [*serial_ports(extra_serial), *usb_readers(), *cameras()]
+def discover(extra_serial: list[str], usb_backend: object | None = None) -> list[Finding]:
+    return [*serial_ports(extra_serial), *usb_readers(usb_backend), *cameras()]

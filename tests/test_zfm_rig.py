@@ -38,3 +38,36 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
         assert proc.wait(10) == 0
         proc.stdout.close()
     assert not link.exists(), "the simulator removes its port link when it stops"
+
+
+def test_usb_discovery_knows_readers_and_says_how_to_get_access() -> None:
+    from drivers.discovery import usb_readers
+    from simulators.usb import FakeUsbDevice, SimulatedUsbBackend
+
+    backend = SimulatedUsbBackend(
+        [
+            FakeUsbDevice(0x1B55, 0x0120, bus=1, address=7),  # ZKTeco: a fingerprint vendor
+            FakeUsbDevice(0x046D, 0xC52B, bus=1, address=8),  # a Logitech receiver: not a reader
+            FakeUsbDevice(0x06CB, 0x00BD, bus=2, address=3),  # a Synaptics fingerprint sensor
+            FakeUsbDevice(0x06CB, 0x0001, bus=2, address=4),
+        ]  # a Synaptics touchpad: not a reader
+    )
+    found = {f.path: f for f in usb_readers(backend)}
+    assert set(found) == {"/dev/bus/usb/001/007", "/dev/bus/usb/002/003"}
+    zk = found["/dev/bus/usb/001/007"]
+    assert "ZKTeco" in zk.description and "1b55:0120" in zk.description
+    assert not zk.accessible and "60-capture-agent.rules" in zk.fix  # no such node on this machine
+
+
+def test_a_slow_line_at_real_speed_is_waited_for(tmp_path) -> None:
+    """Real line speed: the driver's stream deadline follows the baud rate, so nothing times out early."""
+    from simulators.fingers import FingerGenerator
+    from simulators.zfm import SimulatedModule
+
+    sim = SimulatedModule("r503", link=tmp_path / "tty", finger_source=FingerGenerator(2).image, real_speed=True)
+    with sim, ZfmModule(sim.port) as module:
+        module.set_baud(115200)
+        sim.place(finger=0)
+        module.wait_for_finger(3)
+        image = module.download_image()  # 18,432 bytes: about 1.7 s on the wire
+    assert image.shape == (192, 192)
