@@ -117,6 +117,21 @@ class AuditSection:
     batch_size: int = field(default=100, metadata=_check(lambda v: 1 <= v <= 500, "use 1 to 500"))
 
 
+ReaderKind = Literal["none", "zfm"]
+
+
+@dataclass(frozen=True)
+class ReaderSection:
+    kind: ReaderKind = "none"  # "zfm": a ZFM / R30x / R50x / AS608 module on a serial port
+    port: str = ""  # e.g. /dev/serial0 (a Pi's UART) or /dev/ttyUSB0
+    baud: int = field(
+        default=57600,
+        metadata=_check(lambda v: v % 9600 == 0 and 9600 <= v <= 115200, "use a multiple of 9600 up to 115200"),
+    )
+    password: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 0xFFFFFFFF, "use 0 to 4294967295"))
+    check_interval_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
+
+
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -135,6 +150,7 @@ class AgentConfig:
     keyring: KeyringSection = field(default_factory=KeyringSection)
     renewal: RenewalSection = field(default_factory=RenewalSection)
     audit: AuditSection = field(default_factory=AuditSection)
+    reader: ReaderSection = field(default_factory=ReaderSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "defaults"  # where it was loaded from, for doctor and logs
 
@@ -218,6 +234,11 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConf
                 fix=f"remove it or correct its spelling; sections: {', '.join(sections)}",
             )
         built[name] = _build(hints[name], name, value)
+    reader = built.get("reader")
+    if reader is not None and reader.kind != "none" and not reader.port:
+        raise ConfigError(
+            f"[reader] kind = {reader.kind!r} needs a port", fix='add port = "/dev/ttyUSB0" (or your port)'
+        )
     return AgentConfig(**built, source=source)
 
 

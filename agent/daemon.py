@@ -29,6 +29,7 @@ from agent.identity import IdentityStore
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.outbox import Outbox, OutboxLimits
+from agent.readers import ReaderSupervisor
 from agent.renewal import renew, seconds_until_renewal
 from agent.sdnotify import Notifier, watchdog_interval_s
 
@@ -50,6 +51,7 @@ class AgentDaemon:
         self.client: VerifierClient | None = None
         self.outbox: Outbox | None = None
         self.delivery: EventDelivery | None = None
+        self.reader: ReaderSupervisor | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -82,6 +84,12 @@ class AgentDaemon:
             on_tls_failure=lambda reason: self.record("tls_handshake_failed", {"url": url, "reason": reason}),
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
+        reader_status = "no reader configured"
+        if self.config.reader.kind == "zfm":
+            self.status("opening the fingerprint reader")
+            self.reader = ReaderSupervisor(self.config.reader, self.record)
+            await self.reader.open()
+            reader_status = self.reader.status
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -92,8 +100,10 @@ class AgentDaemon:
         self._spawn(self.delivery.run(), "delivery")
         self._spawn(self._heartbeat(), "heartbeat")
         self._spawn(self._renewal_loop(), "renewal")
+        if self.reader is not None:
+            self._spawn(self.reader.watch(), "reader")
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
-        self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}")
+        self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {reader_status}")
         log.info("agent_ready", device_id=identity.device_id, verifier=url)
 
     def _spawn(self, coroutine: Any, name: str) -> None:
@@ -159,6 +169,8 @@ class AgentDaemon:
         if self.outbox is not None and self.delivery is not None:
             self.record("agent_stopping")
             await self.delivery.flush(FLUSH_ON_STOP_S)
+        if self.reader is not None:
+            await self.reader.close()
         if self.client is not None:
             await self.client.aclose()
         if self.outbox is not None:

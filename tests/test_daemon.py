@@ -85,9 +85,7 @@ def test_ready_watchdog_and_stopping(provisioned_config_file: Path, notify_socke
 def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
     sock, path = notify_socket
     config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[agent]\nstate_dir = "{tmp_path / "empty"}"\n[keyring]\nbackend = "file-insecure-dev"\n'
-    )
+    config.write_text(f'[agent]\nstate_dir = "{tmp_path / "empty"}"\n[keyring]\nbackend = "file-insecure-dev"\n')
     proc = subprocess.run(
         [sys.executable, "-m", "agent.cli", "--config", str(config), "run"],
         env={**os.environ, "NOTIFY_SOCKET": str(path)},
@@ -185,3 +183,57 @@ def test_sighup_reloads_and_a_broken_config_is_refused(provisioned_config_file: 
     kinds = [e["type"] for e in outbox.pending(100)]
     assert kinds[0] == "agent_started" and kinds[-1] == "agent_stopping"
     assert kinds.index("config_reloaded") < kinds.index("config_reload_refused")
+
+
+def test_a_reader_unplugged_and_plugged_back_is_reopened_and_reported(
+    provisioned_config_file: Path, zfm_sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from agent.config import load_config
+    from agent.daemon import AgentDaemon
+    from agent.keystore import load_kek
+    from agent.outbox import Outbox
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    provisioned_config_file.write_text(
+        provisioned_config_file.read_text()
+        + f'[reader]\nkind = "zfm"\nport = "{zfm_sim.port}"\ncheck_interval_s = 0.1\n'
+    )
+    config = load_config(provisioned_config_file)
+
+    async def scenario() -> str:
+        daemon = AgentDaemon(config, str(provisioned_config_file))
+        await daemon.start()
+        assert daemon.reader is not None and daemon.reader.connected
+        status = daemon.reader.status
+        zfm_sim.unplug()
+        await asyncio.sleep(0.5)
+        assert not daemon.reader.connected
+        zfm_sim.replug()
+        for _ in range(50):  # bounded: up to 5 s
+            await asyncio.sleep(0.1)
+            if daemon.reader.connected:
+                break
+        assert daemon.reader.connected, "reopened once the port came back"
+        await daemon.stop()
+        return status
+
+    status = asyncio.run(scenario())
+    assert status == f"reader r307 on {zfm_sim.port}"
+    kinds = [e["type"] for e in Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config)).pending(100)]
+    assert (
+        kinds.index("reader_plugged")
+        < kinds.index("reader_unplugged")
+        < len(kinds) - 1 - kinds[::-1].index("reader_plugged")
+    )
+
+
+def test_a_reader_without_a_port_is_a_config_error(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text('[reader]\nkind = "zfm"\n')
+    with pytest.raises(ConfigError, match="needs a port"):
+        load_config(path)
