@@ -1,0 +1,47 @@
+"""The command lines as an installer types them: real processes, real verifier."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from agent.devstack import device_config, write_config_file
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_provision_then_doctor_then_health(verifier, tmp_path) -> None:
+    config_file = write_config_file(
+        tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url), '[logging]\nlevel = "error"\n'
+    )
+    token = verifier.new_token("kiosk-cli")
+    done = agent_cli(
+        "--config", str(config_file), "provision", "--token", token, "--ca-fingerprint", verifier.ca_fingerprint
+    )
+    assert done.returncode == 0, done.stderr
+    assert "provisioned device kiosk-cli" in done.stdout
+    doctor = agent_cli("--config", str(config_file), "doctor")
+    assert doctor.returncode == 0, doctor.stdout
+    assert "TLSv1.3" in doctor.stdout and "ALPN h2" in doctor.stdout
+    again = agent_cli(
+        "--config", str(config_file), "provision", "--token", token, "--ca-fingerprint", verifier.ca_fingerprint
+    )
+    assert again.returncode == 2
+    assert again.stderr.count("fix:") == 1 and "token new" in again.stderr
+
+
+def test_a_bad_config_stops_with_key_value_and_fix(tmp_path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text("[network]\nkeepalive = 30\n")
+    result = agent_cli("--config", str(bad), "doctor")
+    assert result.returncode == 2
+    assert "unknown key [network] keepalive = 30" in result.stderr and "fix:" in result.stderr
+
+
+def test_doctor_on_an_unprovisioned_device_fails_with_fixes(tmp_path) -> None:
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "none", "https://127.0.0.1:9"))
+    result = agent_cli("--config", str(config_file), "doctor")
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout and "capture-agent provision" in result.stdout
