@@ -19,6 +19,7 @@ import binascii
 import datetime as dt
 import functools
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -30,15 +31,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, TemplateError, match, threshold_for_fmr
+from biometrics.fingerprint.iso19794_2 import decode
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
-from verifier.challenges import Challenges
+from verifier.challenges import Challenges, NonceError
+from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
 from verifier.settings import VerifierSettings
+from verifier.signatures import SignatureError, check_signature
 from verifier.store import open_database
 from verifier.tokens import BootstrapTokens, TokenError, token_hash
 
@@ -49,6 +54,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 JSON_TYPE = "application/json"
 HOUSEKEEPING_INTERVAL_S = 3600.0
+TEMPLATE_FORMAT = "iso19794-2:2005"
+MAX_TEMPLATES = 10
+SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SUBJECT_PATH = re.compile(r"/v1/subjects/([^/]+)/enrollments")
 
 
 @dataclass
@@ -59,6 +68,7 @@ class Request:
     body: bytes
     device: Device | None  # set on routes that need a client certificate
     client_cert: x509.Certificate | None
+    subject: str = ""  # from /v1/subjects/{id}/...
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,9 @@ class VerifierApp:
         self.idempotency = IdempotencyStore(self.conn)
         self.challenges = Challenges(self.conn, ttl_s=settings.nonce_ttl_s)
         self.audit = AuditLog(self.conn)
+        self.enrollments = EnrollmentStore(self.conn, load_or_create_key(settings.enrollment_key))
+        self.threshold = threshold_for_fmr(settings.target_fmr)
+        self._gallery: GalleryIndex | None = None
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
@@ -124,6 +137,9 @@ class VerifierApp:
             ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
             ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
             ("POST", "/v1/events"): Route(self.events, needs_client_cert=True),
+            ("POST", "/v1/subjects/{id}/enrollments"): Route(self.enroll, needs_client_cert=True),
+            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True),
+            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True),
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
@@ -195,7 +211,13 @@ class VerifierApp:
 
     async def _dispatch(self, scope: dict[str, Any], receive: Receive) -> Answer:
         method, path = scope["method"], scope["path"]
-        route = self.routes.get((method, path))
+        subject = ""
+        found = SUBJECT_PATH.fullmatch(path)
+        if found:
+            subject = found.group(1)
+            route = self.routes.get((method, "/v1/subjects/{id}/enrollments"))
+        else:
+            route = self.routes.get((method, path))
         if route is None:
             if path in self._paths:
                 raise Problem(
@@ -212,7 +234,7 @@ class VerifierApp:
         body = await self._read_body(receive)
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
-        request = Request(method, path, headers, body, device, cert)
+        request = Request(method, path, headers, body, device, cert, subject)
         if method != "POST":
             return route.handler(request)
         return self._idempotent(route, request)
@@ -382,11 +404,178 @@ class VerifierApp:
             ) from None
         return _json(200, {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies})
 
+    # ---------------------------------------------------------------- biometrics
+    def _biometric_request(self, request: Request) -> tuple[dict[str, Any], list[bytes]]:
+        """Signature, then nonce (single use), then templates: the checks every biometric request passes."""
+        assert request.device is not None and request.client_cert is not None
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
+        try:
+            check_signature(request.client_cert.public_key(), request.method, request.path, body)
+        except SignatureError as exc:
+            log.warning(
+                "biometric_request_refused",
+                audit=True,
+                device_id=request.device.device_id,
+                path=request.path,
+                reason=str(exc),
+            )
+            raise Problem(
+                401,
+                "bad-signature",
+                "Device signature refused",
+                str(exc),
+                "sign the request body with the device key (agent/signing.py)",
+            ) from None
+        nonce = body.get("nonce")
+        try:
+            if not isinstance(nonce, str):
+                raise NonceError("the body has no nonce")
+            self.challenges.consume(request.device.device_id, nonce)
+        except NonceError as exc:
+            log.warning(
+                "biometric_request_refused",
+                audit=True,
+                device_id=request.device.device_id,
+                path=request.path,
+                reason=str(exc),
+            )
+            raise Problem(
+                409,
+                "nonce-refused",
+                "Challenge nonce refused",
+                str(exc),
+                "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
+            ) from None
+        return body, _template_records(body)
+
+    def _best_score(self, probes: list[bytes], enrolled: list[FingerprintTemplate]) -> float:
+        templates = [t for record in probes for t in decode(record)]
+        return max((match(p, e) for p in templates for e in enrolled), default=0.0)
+
+    def enroll(self, request: Request) -> Answer:
+        assert request.device is not None
+        if not SUBJECT_ID.fullmatch(request.subject):
+            raise Problem(
+                400,
+                "bad-subject",
+                "Bad subject id",
+                f"{request.subject!r} is not a subject id",
+                "use 1 to 64 letters, digits, '.', '_' or '-'",
+            )
+        _, records = self._biometric_request(request)
+        self.enrollments.add(request.subject, request.device.device_id, records)
+        if self._gallery is not None:
+            for record in records:
+                for template in decode(record):
+                    self._gallery.add(request.subject, template)
+        log.info(
+            "enrollment",
+            audit=True,
+            device_id=request.device.device_id,
+            subject=request.subject,
+            templates=len(records),
+        )
+        return _json(201, {"subject": request.subject, "templates": len(records)})
+
+    def verify(self, request: Request) -> Answer:
+        assert request.device is not None
+        body, records = self._biometric_request(request)
+        subject = body.get("subject")
+        if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
+            raise Problem(
+                400, "bad-subject", "Bad subject id", "the body needs a claimed subject", 'add "subject": "<id>"'
+            )
+        enrolled = self.enrollments.templates(subject)
+        if not enrolled:
+            log.info(
+                "verification_attempt",
+                audit=True,
+                device_id=request.device.device_id,
+                subject=subject,
+                outcome="unknown_subject",
+            )
+            raise Problem(
+                404,
+                "unknown-subject",
+                "Unknown subject",
+                f"no enrollment for subject {subject!r}",
+                f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
+            )
+        score = self._best_score(records, enrolled)
+        decision = "accept" if score >= self.threshold else "reject"
+        log.info(
+            "verification_attempt",
+            audit=True,
+            device_id=request.device.device_id,
+            subject=subject,
+            outcome=decision,
+            score=round(score, 4),
+        )
+        return _json(
+            200,
+            {"subject": subject, "decision": decision, "score": round(score, 4), "threshold": round(self.threshold, 4)},
+        )
+
+    def identify(self, request: Request) -> Answer:
+        assert request.device is not None
+        _, records = self._biometric_request(request)
+        gallery = self._gallery_index()
+        best: dict[str, float] = {}
+        for record in records:
+            for probe in decode(record):
+                for subject, score in gallery.search(probe, top_k=10):
+                    best[str(subject)] = max(best.get(str(subject), 0.0), float(score))
+        candidates = sorted(
+            ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
+            key=lambda c: -c["score"],
+        )
+        log.info("identification_attempt", audit=True, device_id=request.device.device_id, candidates=len(candidates))
+        return _json(200, {"candidates": candidates, "threshold": round(self.threshold, 4)})
+
+    def _gallery_index(self) -> GalleryIndex:
+        if self._gallery is None:
+            self._gallery = GalleryIndex()
+            for subject, template in self.enrollments.all():
+                self._gallery.add(subject, template)
+        return self._gallery
+
     def new_challenge(self, request: Request) -> Answer:
         assert request.device is not None
         nonce, expires_at = self.challenges.issue(request.device.device_id)
         expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
         return _json(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
+
+
+def _template_records(body: dict[str, Any]) -> list[bytes]:
+    """The ISO/IEC 19794-2 records of a request, each checked by decoding it."""
+    items = body.get("templates")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TEMPLATES:
+        raise Problem(
+            422,
+            "bad-template",
+            "No templates",
+            f"the body needs 1 to {MAX_TEMPLATES} templates",
+            'send "templates": [{"format": "iso19794-2:2005", "data": "<base64>"}]',
+        )
+    records = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or item.get("format") != TEMPLATE_FORMAT:
+                raise TemplateError(f"templates[{index}] is not a {TEMPLATE_FORMAT} template")
+            record = base64.b64decode(str(item.get("data", "")), validate=True)
+            decode(record)
+        except (TemplateError, binascii.Error) as exc:
+            raise Problem(
+                422,
+                "bad-template",
+                "Malformed template",
+                f"templates[{index}]: {exc}",
+                "send the ISO/IEC 19794-2:2005 record the agent's extractor made",
+            ) from None
+        records.append(record)
+    return records
 
 
 def _json_body(request: Request) -> Any:

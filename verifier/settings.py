@@ -29,6 +29,12 @@ class VerifierSettings:
     grace_s: float = 600.0  # the previous certificate's life after a renewal
     keep_alive_s: float = 600.0  # idle HTTP/2 connections: kiosks idle for minutes
     max_body_bytes: int = 1 << 20
+    target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
+    enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
+
+    @property
+    def enrollment_key(self) -> Path:
+        return self.enrollment_key_file or self.pki_dir / "enrollment.key"
 
     @property
     def database(self) -> Path:
@@ -55,6 +61,8 @@ _POSITIVE = ("cert_days", "nonce_ttl_s", "grace_s", "keep_alive_s", "max_body_by
 
 
 def _checked(settings: VerifierSettings) -> VerifierSettings:
+    if not 0 < settings.target_fmr < 0.1:
+        raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}: use a rate such as 0.0001")
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"bad value port = {settings.port!r}: use 0 (a free port) to 65535")
     for name in _POSITIVE:
@@ -75,7 +83,7 @@ def load_settings(path: Path) -> VerifierSettings:
     for key, value in data.items():
         if key not in known:
             raise SettingsError(f"unknown key {key} = {value!r} in {path}: remove it; known keys: {', '.join(known)}")
-        if key in ("pki_dir", "db_path"):
+        if key in ("pki_dir", "db_path", "enrollment_key_file"):
             value = Path(value)
         elif key == "port" and (not isinstance(value, int) or isinstance(value, bool)):
             raise SettingsError(f"bad value port = {value!r}: use a whole number")
