@@ -1,0 +1,151 @@
+"""Capture sessions: from a finger on the sensor to the verifier's decision.
+
+A session drives the reader (in a worker thread: the driver is blocking),
+extracts the template on the device, gates it on quality, signs the request
+with the device key and sends it over the mTLS client. What a person at the
+terminal needs to hear arrives as events (``prompt`` with a DESIGN.md feedback
+code, ``progress``, ``result``) through the ``emit`` callback: a terminal, the
+local API's server-sent events, or a test's scripted finger.
+
+The raw image lives only inside :meth:`CaptureSession.capture`: it is dropped
+as soon as the template is made, and never logged, written or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from agent.client import VerifierClient
+from agent.errors import AgentError
+from agent.signing import sign_request
+
+log = structlog.get_logger()
+
+TEMPLATE_FORMAT = "iso19794-2:2005"
+MESSAGES = {
+    "place_finger": "Place your finger on the sensor",
+    "lift_finger": "Lift your finger",
+    "press_harder": "Press a little harder",
+    "finger_too_dry": "Your finger is too dry: breathe on it and try again",
+    "move_left": "Move your finger to the left",
+    "move_right": "Move your finger to the right",
+    "move_up": "Move your finger up",
+    "move_down": "Move your finger down",
+    "too_fast": "Too fast: hold your finger still",
+    "clean_sensor": "Please wipe the sensor",
+    "hold_still": "Hold still",
+}
+
+
+class Reader(Protocol):
+    """What a session needs from a fingerprint reader (the ZFM driver is one)."""
+
+    def wait_for_finger(self, timeout_s: float) -> None: ...
+    def wait_for_lift(self, timeout_s: float) -> bool: ...
+    def download_image(self): ...
+
+
+class SessionError(AgentError):
+    """A session could not complete (no usable capture, cancelled, refused)."""
+
+
+@dataclass
+class Timings:
+    """Where the time of one decision went, in milliseconds."""
+
+    capture_ms: float = 0.0
+    extract_ms: float = 0.0
+    network_ms: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CaptureSession:
+    reader: Reader
+    client: VerifierClient
+    emit: Callable[[dict[str, Any]], None] = lambda event: None
+    min_quality: int = 30
+    max_attempts: int = 4
+    finger_timeout_s: float = 15.0
+    resolution_dpi: int = 500
+    timings: Timings = field(default_factory=Timings)
+
+    def _prompt(self, code: str) -> None:
+        self.emit({"type": "prompt", "code": code, "message": MESSAGES.get(code, code)})
+
+    async def capture(self) -> bytes:
+        """One good-enough template as an ISO/IEC 19794-2 record, with prompts until there is one."""
+        from biometrics.fingerprint import FingerprintImageError, extract_with_quality
+        from biometrics.fingerprint.iso19794_2 import encode
+
+        for attempt in range(1, self.max_attempts + 1):
+            self._prompt("place_finger")
+            started = time.perf_counter()
+            await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s)
+            image = await asyncio.to_thread(self.reader.download_image)
+            self.timings.capture_ms += (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            try:
+                template, quality = extract_with_quality(image, self.resolution_dpi)
+            except FingerprintImageError:
+                template, quality = None, None
+            finally:
+                del image  # the raw image ends here
+            self.timings.extract_ms += (time.perf_counter() - started) * 1000
+            self._prompt("lift_finger")
+            await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s)
+            if template is not None and quality is not None and quality.score >= self.min_quality:
+                return encode(template)
+            codes = quality.feedback if quality is not None else ("place_finger",)
+            log.info("capture_rejected", attempt=attempt, quality=quality.score if quality else 0, feedback=list(codes))
+            for code in codes[:2]:
+                self._prompt(code)
+        raise SessionError(
+            f"no capture good enough after {self.max_attempts} attempts",
+            fix="clean the sensor and the finger, press flat and hold still",
+        )
+
+    async def _signed_call(self, path: str, **fields: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        nonce = (await self.client.call("POST", "/v1/challenges", json={}))["nonce"]
+        key = self.client.identity.private_key()
+        body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
+        answer = await self.client.call("POST", path, json=body)
+        self.timings.network_ms += (time.perf_counter() - started) * 1000
+        return answer
+
+    @staticmethod
+    def _wire(records: list[bytes]) -> list[dict[str, str]]:
+        return [{"format": TEMPLATE_FORMAT, "data": base64.b64encode(r).decode("ascii")} for r in records]
+
+    async def enroll(self, subject: str, captures: int = 3) -> dict[str, Any]:
+        records = []
+        for index in range(captures):
+            self.emit({"type": "progress", "step": index, "total": captures})
+            records.append(await self.capture())
+        self.emit({"type": "progress", "step": captures, "total": captures})
+        answer = await self._signed_call(f"/v1/subjects/{subject}/enrollments", templates=self._wire(records))
+        result = {"type": "result", "operation": "enroll", **answer}
+        self.emit(result)
+        return result
+
+    async def verify(self, subject: str) -> dict[str, Any]:
+        record = await self.capture()
+        answer = await self._signed_call("/v1/verifications", subject=subject, templates=self._wire([record]))
+        result = {"type": "result", "operation": "verify", **answer}
+        self.emit(result)
+        return result
+
+    async def identify(self) -> dict[str, Any]:
+        record = await self.capture()
+        answer = await self._signed_call("/v1/identifications", templates=self._wire([record]))
+        result = {"type": "result", "operation": "identify", **answer}
+        self.emit(result)
+        return result

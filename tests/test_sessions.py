@@ -1,0 +1,91 @@
+"""Whole sessions over real mTLS with the simulated serial module and a scripted finger."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from agent.client import VerifierClient
+from agent.sessions import CaptureSession
+from drivers.zfm.driver import ZfmModule
+
+
+class ScriptedFinger:
+    """A person at the terminal: puts the next impression down when prompted, lifts when asked."""
+
+    def __init__(self, sim, finger: int, impressions: list[int]) -> None:
+        self.sim, self.finger, self.impressions = sim, finger, list(impressions)
+        self.prompts: list[str] = []
+        self.events: list[dict] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+        if event["type"] != "prompt":
+            return
+        self.prompts.append(event["code"])
+        if event["code"] == "place_finger":
+            self.sim.place(finger=self.finger, impression=self.impressions.pop(0))
+        elif event["code"] == "lift_finger":
+            self.sim.lift()
+
+
+def run_session(provisioned, sim, finger: int, impressions: list[int], operation: str, *args):
+    config, identity = provisioned
+    user = ScriptedFinger(sim, finger, impressions)
+
+    async def go():
+        async with VerifierClient(config, identity) as client:
+            with ZfmModule(sim.port) as reader:
+                session = CaptureSession(reader, client, emit=user)
+                return await getattr(session, operation)(*args), session
+
+    result, session = asyncio.run(go())
+    return result, user, session
+
+
+def test_enroll_verify_identify_from_the_sensor(provisioned, zfm_sim) -> None:
+    result, user, _ = run_session(provisioned, zfm_sim, 0, [0, 1, 2], "enroll", "alice", 3)
+    assert result["templates"] == 3
+    assert [e["step"] for e in user.events if e["type"] == "progress"] == [0, 1, 2, 3]
+    assert user.prompts.count("place_finger") == 3 and user.prompts.count("lift_finger") == 3
+    run_session(provisioned, zfm_sim, 1, [0, 1, 2], "enroll", "bob", 3)
+
+    genuine, _, session = run_session(provisioned, zfm_sim, 0, [3], "verify", "alice")
+    assert genuine["decision"] == "accept"
+    assert session.timings.extract_ms > 0 and session.timings.network_ms > 0
+    impostor, _, _ = run_session(provisioned, zfm_sim, 1, [3], "verify", "alice")
+    assert impostor["decision"] == "reject"
+    found, _, _ = run_session(provisioned, zfm_sim, 1, [4], "identify")
+    assert found["candidates"] and found["candidates"][0]["subject"] == "bob"
+
+
+def test_a_blank_sensor_image_is_asked_again_not_sent(provisioned, zfm_sim) -> None:
+    """A capture with no ridges (a smudge) fails the quality gate; the user is asked again."""
+
+    class SmudgeFirst(ScriptedFinger):
+        def __call__(self, event: dict) -> None:
+            if event["type"] == "prompt" and event["code"] == "place_finger" and not self.prompts:
+                self.prompts.append("place_finger")
+                self.sim.place(np.full((288, 256), 200, np.uint8))
+                return
+            super().__call__(event)
+
+    config, identity = provisioned
+    user = SmudgeFirst(zfm_sim, 0, [0, 1, 2, 3])
+
+    async def go():
+        async with VerifierClient(config, identity) as client:
+            with ZfmModule(zfm_sim.port) as reader:
+                return await CaptureSession(reader, client, emit=user).enroll("dora", 1)
+
+    result = asyncio.run(go())
+    assert result["templates"] == 1
+    assert user.prompts.count("place_finger") >= 2, "asked to place the finger again"
+
+
+@pytest.mark.parametrize("zfm_sim", ["r503"], indirect=True)
+def test_a_small_sensor_works_too(provisioned, zfm_sim) -> None:
+    result, _, _ = run_session(provisioned, zfm_sim, 2, [0, 1], "enroll", "erin", 2)
+    assert result["templates"] == 2
