@@ -89,3 +89,31 @@ def test_a_blank_sensor_image_is_asked_again_not_sent(provisioned, zfm_sim) -> N
 def test_a_small_sensor_works_too(provisioned, zfm_sim) -> None:
     result, _, _ = run_session(provisioned, zfm_sim, 2, [0, 1], "enroll", "erin", 2)
     assert result["templates"] == 2
+
+
+def test_no_image_or_template_bytes_left_on_the_device(provisioned, zfm_sim, tmp_path, monkeypatch) -> None:
+    """After a whole session: nothing of the image or the template in the state dir, the logs or temp folders."""
+    import io
+    import tempfile
+
+    from agent.logs import configure_logging
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    logs = io.StringIO()
+    configure_logging("debug", "json", stream=logs)
+    run_session(provisioned, zfm_sim, 0, [0, 1, 2], "enroll", "frank", 3)
+    run_session(provisioned, zfm_sim, 0, [3], "verify", "frank")
+    image = zfm_sim.image.tobytes()
+    packed = ((zfm_sim.image.reshape(-1)[0::2] & 0xF0) | (zfm_sim.image.reshape(-1)[1::2] >> 4)).tobytes()
+    needles = [b"FMR\x00 20\x00"] + [image[i : i + 48] for i in range(0, len(image), 4096)]
+    needles += [packed[i : i + 48] for i in range(0, len(packed), 4096)]
+    config, _ = provisioned
+    files = [p for root in (config.agent.state_dir, temp) for p in root.rglob("*") if p.is_file()]
+    haystacks = {str(p): p.read_bytes() for p in files}
+    haystacks["logs"] = logs.getvalue().encode()
+    assert "reader_opened" in logs.getvalue(), "the run's logs were captured"
+    leaks = [(where, n) for where, data in haystacks.items() for n, needle in enumerate(needles) if needle in data]
+    assert leaks == []
