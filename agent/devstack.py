@@ -96,6 +96,9 @@ class LocalVerifier:
     def revoke(self, device_id: str) -> None:
         verifier_cli("device", "revoke", "--pki", str(self.pki_dir), device_id)
 
+    def allow(self, device_id: str, operations: str) -> None:
+        verifier_cli("device", "allow", "--pki", str(self.pki_dir), device_id, "--operations", operations)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -155,3 +155,61 @@ def test_the_database_holds_no_template_in_clear(device, synthetic_templates, ve
     for record in records:
         assert record[:24] not in raw and record[24:60] not in raw  # header and first minutiae
     assert b"FMR\x00" not in raw
+
+
+def test_a_device_allowed_only_to_verify_cannot_enroll(device, verifier, synthetic_templates) -> None:
+    verifier.allow("kiosk-1", "verify")
+
+    async def steps(client):
+        path = "/v1/subjects/zed/enrollments"
+        body = await device.signed(client, path, templates=[wire(synthetic_templates[0][0])])
+        await client.call("POST", path, json=body)
+
+    with pytest.raises(VerifierError) as info:
+        device.run(steps)
+    assert info.value.status == 403 and "may not enroll" in str(info.value)
+
+
+def test_a_device_revoked_between_two_requests_is_refused(device, verifier, synthetic_templates) -> None:
+    enroll(device, synthetic_templates, {"alice": 0})
+
+    async def steps(client):
+        body = await device.signed(
+            client, "/v1/verifications", subject="alice", templates=[wire(synthetic_templates[0][2])]
+        )
+        verifier.revoke("kiosk-1")
+        await client.call("POST", "/v1/verifications", json=body)
+
+    with pytest.raises(VerifierError) as info:
+        device.run(steps)
+    assert info.value.status == 403 and "revoked" in str(info.value)
+
+
+def test_repeated_failures_lock_the_subject_out_for_a_growing_time(tmp_path, synthetic_templates) -> None:
+    import time
+
+    from agent.devstack import LocalVerifier, provision_device
+
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("max_failures = 2\nlockout_base_s = 1.0\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        dev = Device(*asyncio.run(provision_device(local, tmp_path / "device", "kiosk-l")))
+        enroll(dev, synthetic_templates, {"alice": 0})
+        impostor = [wire(synthetic_templates[1][0])]
+
+        async def attempt(client) -> tuple[int, dict]:
+            body = await dev.signed(client, "/v1/verifications", subject="alice", templates=impostor)
+            response = await client.request("POST", "/v1/verifications", json=body)
+            return response.status_code, dict(response.headers)
+
+        async def steps(client):
+            first = [await attempt(client) for _ in range(3)]
+            time.sleep(float(first[2][1]["retry-after"]) + 0.1)
+            second = [await attempt(client) for _ in range(3)]
+            return first, second
+
+        first, second = dev.run(steps)
+    assert [s for s, _ in first] == [200, 200, 429]
+    assert [s for s, _ in second] == [200, 200, 429]
+    first_wait, second_wait = int(first[2][1]["retry-after"]), int(second[2][1]["retry-after"])
+    assert second_wait >= 2 * first_wait >= 2, "the second lockout is twice the first (1 s, then 2 s)"

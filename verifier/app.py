@@ -39,6 +39,7 @@ from verifier.challenges import Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
+from verifier.policy import AccessRules, Lockouts
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
@@ -128,6 +129,8 @@ class VerifierApp:
         self.audit = AuditLog(self.conn)
         self.enrollments = EnrollmentStore(self.conn, load_or_create_key(settings.enrollment_key))
         self.threshold = threshold_for_fmr(settings.target_fmr)
+        self.rules = AccessRules(self.conn)
+        self.lockouts = Lockouts(self.conn, settings.max_failures, settings.lockout_base_s)
         self._gallery: GalleryIndex | None = None
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
@@ -405,9 +408,24 @@ class VerifierApp:
         return _json(200, {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies})
 
     # ---------------------------------------------------------------- biometrics
-    def _biometric_request(self, request: Request) -> tuple[dict[str, Any], list[bytes]]:
-        """Signature, then nonce (single use), then templates: the checks every biometric request passes."""
+    def _biometric_request(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
+        """Access rule, signature, nonce (single use), templates: the checks every biometric request passes."""
         assert request.device is not None and request.client_cert is not None
+        if not self.rules.allows(request.device.device_id, operation):
+            log.warning(
+                "biometric_request_refused",
+                audit=True,
+                device_id=request.device.device_id,
+                operation=operation,
+                reason="not allowed for this device",
+            )
+            raise Problem(
+                403,
+                "operation-not-allowed",
+                "Operation not allowed",
+                f"device {request.device.device_id} may not {operation}",
+                "ask the operator to allow it: capture-verifier device allow --operations ...",
+            )
         body = _json_body(request)
         if not isinstance(body, dict):
             raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
@@ -464,7 +482,7 @@ class VerifierApp:
                 f"{request.subject!r} is not a subject id",
                 "use 1 to 64 letters, digits, '.', '_' or '-'",
             )
-        _, records = self._biometric_request(request)
+        _, records = self._biometric_request(request, "enroll")
         self.enrollments.add(request.subject, request.device.device_id, records)
         if self._gallery is not None:
             for record in records:
@@ -481,7 +499,7 @@ class VerifierApp:
 
     def verify(self, request: Request) -> Answer:
         assert request.device is not None
-        body, records = self._biometric_request(request)
+        body, records = self._biometric_request(request, "verify")
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
             raise Problem(
@@ -503,8 +521,27 @@ class VerifierApp:
                 f"no enrollment for subject {subject!r}",
                 f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
             )
+        locked = self.lockouts.locked_for(subject)
+        if locked > 0:
+            log.warning(
+                "verification_attempt",
+                audit=True,
+                device_id=request.device.device_id,
+                subject=subject,
+                outcome="locked_out",
+                locked_for_s=round(locked, 1),
+            )
+            raise Problem(
+                429,
+                "subject-locked",
+                "Subject locked out",
+                f"too many failed attempts for {subject!r}; locked for {locked:.0f} s more",
+                "wait, or verify another way; each further lockout doubles",
+                headers=((b"retry-after", str(int(locked) + 1).encode()),),
+            )
         score = self._best_score(records, enrolled)
         decision = "accept" if score >= self.threshold else "reject"
+        self.lockouts.record(subject, decision == "accept")
         log.info(
             "verification_attempt",
             audit=True,
@@ -520,7 +557,7 @@ class VerifierApp:
 
     def identify(self, request: Request) -> Answer:
         assert request.device is not None
-        _, records = self._biometric_request(request)
+        _, records = self._biometric_request(request, "identify")
         gallery = self._gallery_index()
         best: dict[str, float] = {}
         for record in records:

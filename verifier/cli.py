@@ -128,6 +128,20 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device_allow(args: argparse.Namespace) -> int:
+    from verifier.policy import AccessRules
+
+    conn, _, _ = _app_store(settings_from(args))
+    operations = [op.strip() for op in args.operations.split(",") if op.strip()]
+    try:
+        AccessRules(conn).set(args.device_id, operations)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    structlog.get_logger().info("device_rule_set", audit=True, device_id=args.device_id, operations=operations)
+    print(f"{args.device_id} may: {', '.join(operations) or 'nothing'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from verifier.app import create_app
     from verifier.server import serve
@@ -176,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = with_pki(device.add_parser("revoke", help="revoke a device: its certificates stop working"))
     revoke.add_argument("device_id")
     revoke.set_defaults(run=cmd_device_revoke)
+    allow = with_pki(device.add_parser("allow", help="set the operations a device may call"))
+    allow.add_argument("device_id")
+    allow.add_argument("--operations", required=True, help="comma list of enroll, verify, identify")
+    allow.set_defaults(run=cmd_device_allow)
 
     serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")

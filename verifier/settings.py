@@ -29,6 +29,8 @@ class VerifierSettings:
     grace_s: float = 600.0  # the previous certificate's life after a renewal
     keep_alive_s: float = 600.0  # idle HTTP/2 connections: kiosks idle for minutes
     max_body_bytes: int = 1 << 20
+    max_failures: int = 5  # rejected verifications in a row before a subject is locked
+    lockout_base_s: float = 30.0  # the first lockout; each next one doubles
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
     enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
 
