@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from agent.client import VerifierClient
-from agent.errors import AgentError
+from agent.errors import AgentError, VerifierError
 from agent.signing import sign_request
 
 log = structlog.get_logger()
@@ -52,6 +52,17 @@ class Reader(Protocol):
     def download_image(self): ...
 
 
+@dataclass(frozen=True)
+class SessionToken:
+    """The verifier's short-lived token; never used past its lifetime (monotonic clock)."""
+
+    value: str = field(repr=False)
+    expires_monotonic: float
+
+    def current(self) -> str | None:
+        return self.value if time.monotonic() < self.expires_monotonic else None
+
+
 class SessionError(AgentError):
     """A session could not complete (no usable capture, cancelled, refused)."""
 
@@ -77,16 +88,18 @@ class CaptureSession:
     resolution_dpi: int = 500
     timings: Timings = field(default_factory=Timings)
 
-    def _prompt(self, code: str) -> None:
-        self.emit({"type": "prompt", "code": code, "message": MESSAGES.get(code, code)})
+    session_token: SessionToken | None = None
 
-    async def capture(self) -> bytes:
+    def _prompt(self, code: str, message: str = "") -> None:
+        self.emit({"type": "prompt", "code": code, "message": message or MESSAGES.get(code, code)})
+
+    async def capture(self, place_message: str = "") -> bytes:
         """One good-enough template as an ISO/IEC 19794-2 record, with prompts until there is one."""
         from biometrics.fingerprint import FingerprintImageError, extract_with_quality
         from biometrics.fingerprint.iso19794_2 import encode
 
         for attempt in range(1, self.max_attempts + 1):
-            self._prompt("place_finger")
+            self._prompt("place_finger", place_message)
             started = time.perf_counter()
             await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s)
             image = await asyncio.to_thread(self.reader.download_image)
@@ -137,9 +150,33 @@ class CaptureSession:
         return result
 
     async def verify(self, subject: str) -> dict[str, Any]:
+        """1:1 against a claimed subject; a step-up (RFC 9470) becomes a prompt for another finger."""
         record = await self.capture()
-        answer = await self._signed_call("/v1/verifications", subject=subject, templates=self._wire([record]))
-        result = {"type": "result", "operation": "verify", **answer}
+        try:
+            answer = await self._signed_call("/v1/verifications", subject=subject, templates=self._wire([record]))
+        except VerifierError as exc:
+            step = exc.problem.get("step_up") if exc.status == 401 else None
+            if not step:
+                raise
+            self.emit(
+                {
+                    "type": "step_up",
+                    "acr_values": exc.problem.get("acr_values"),
+                    "reasons": exc.problem.get("reasons", []),
+                }
+            )
+            second = await self.capture(place_message="Place another finger on the sensor")
+            answer = await self._signed_call(
+                "/v1/verifications", subject=subject, step_up=step, templates=self._wire([second])
+            )
+        if answer.get("token"):
+            self.session_token = SessionToken(str(answer["token"]), time.monotonic() + float(answer["expires_in"]))
+        result = {
+            "type": "result",
+            "operation": "verify",
+            **{k: v for k, v in answer.items() if k not in ("token", "expires_at", "expires_in")},
+            "has_token": "token" in answer,
+        }
         self.emit(result)
         return result
 

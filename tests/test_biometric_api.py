@@ -53,38 +53,65 @@ def enroll(device: Device, templates: dict, subjects: dict[str, int]) -> None:
     device.run(steps)
 
 
+def enroll_fingers(device: Device, templates: dict, subject: str, fingers: list[int]) -> None:
+    async def steps(client):
+        path = f"/v1/subjects/{subject}/enrollments"
+        records = [wire(t) for finger in fingers for t in templates[finger][:2]]
+        await client.call("POST", path, json=await device.signed(client, path, templates=records))
+
+    device.run(steps)
+
+
+async def verify_call(device: Device, client, subject: str, template, **extra) -> tuple[int, dict]:
+    body = await device.signed(client, "/v1/verifications", subject=subject, templates=[wire(template)], **extra)
+    response = await client.request("POST", "/v1/verifications", json=body)
+    return response.status_code, {**response.json(), "www-authenticate": response.headers.get("www-authenticate", "")}
+
+
 def test_enroll_verify_genuine_and_impostor_and_identify(device, synthetic_templates) -> None:
-    enroll(device, synthetic_templates, {"alice": 0, "bob": 1, "carol": 2})
+    t = synthetic_templates
+    enroll_fingers(device, t, "alice", [0, 2])
+    enroll(device, t, {"bob": 1})
 
     async def steps(client):
-        probe_alice = [wire(synthetic_templates[0][2])]  # a third impression, not enrolled
-        genuine = await client.call(
-            "POST",
-            "/v1/verifications",
-            json=await device.signed(client, "/v1/verifications", subject="alice", templates=probe_alice),
-        )
-        impostor = await client.call(
-            "POST",
-            "/v1/verifications",
-            json=await device.signed(client, "/v1/verifications", subject="bob", templates=probe_alice),
-        )
+        # First use of the device: the match is good, and a second finger is asked for (RFC 9470).
+        first_status, first = await verify_call(device, client, "alice", t[0][2])
+        stepped = await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
+        again = await verify_call(device, client, "alice", t[0][2])  # no longer the device's first use
+        impostor = await verify_call(device, client, "bob", t[0][2])
         found = await client.call(
             "POST",
             "/v1/identifications",
-            json=await device.signed(client, "/v1/identifications", templates=[wire(synthetic_templates[1][2])]),
+            json=await device.signed(client, "/v1/identifications", templates=[wire(t[1][2])]),
         )
         stranger = await client.call(
             "POST",
             "/v1/identifications",
-            json=await device.signed(client, "/v1/identifications", templates=[wire(synthetic_templates[3][0])]),
+            json=await device.signed(client, "/v1/identifications", templates=[wire(t[3][0])]),
         )
-        return genuine, impostor, found, stranger
+        return first_status, first, stepped, again, impostor, found, stranger
 
-    genuine, impostor, found, stranger = device.run(steps)
-    assert genuine["decision"] == "accept" and genuine["score"] >= genuine["threshold"]
-    assert impostor["decision"] == "reject" and impostor["score"] < impostor["threshold"]
+    first_status, first, stepped, again, impostor, found, stranger = device.run(steps)
+    assert first_status == 401 and first["reasons"] == ["first_use_of_device"]
+    assert 'error="insufficient_user_authentication"' in first["www-authenticate"]
+    assert 'acr_values="second_finger"' in first["www-authenticate"]
+    assert stepped == (200, {**stepped[1], "decision": "accept"}) and stepped[1]["token"]
+    assert again[0] == 200 and again[1]["decision"] == "accept"
+    assert impostor[0] == 200 and impostor[1]["decision"] == "reject" and "token" not in impostor[1]
     assert found["candidates"][0]["subject"] == "bob"
     assert stranger["candidates"] == []
+
+
+def test_a_step_up_with_the_same_finger_is_refused(device, synthetic_templates) -> None:
+    t = synthetic_templates
+    enroll_fingers(device, t, "alice", [0, 2])
+
+    async def steps(client):
+        _, first = await verify_call(device, client, "alice", t[0][2])
+        return await verify_call(device, client, "alice", t[0][1], step_up=first["step_up"])
+
+    status, answer = device.run(steps)
+    assert status == 200 and answer["decision"] == "reject"
 
 
 def test_a_replayed_request_is_refused(device, synthetic_templates) -> None:
@@ -94,13 +121,13 @@ def test_a_replayed_request_is_refused(device, synthetic_templates) -> None:
         body = await device.signed(
             client, "/v1/verifications", subject="alice", templates=[wire(synthetic_templates[0][2])]
         )
-        first = await client.call("POST", "/v1/verifications", json=body)
+        first = await client.request("POST", "/v1/verifications", json=body)
         with pytest.raises(VerifierError) as info:
             await client.call("POST", "/v1/verifications", json=body)  # captured and sent again
-        return first, info.value
+        return first.status_code, info.value
 
-    first, error = device.run(steps)
-    assert first["decision"] == "accept"
+    first_status, error = device.run(steps)
+    assert first_status == 401  # answered (a step-up), so its nonce is spent
     assert error.status == 409 and "already used" in str(error)
 
 

@@ -13,10 +13,11 @@ from drivers.zfm.driver import ZfmModule
 
 
 class ScriptedFinger:
-    """A person at the terminal: puts the next impression down when prompted, lifts when asked."""
+    """A person at the terminal: puts the next (finger, impression) down when prompted, lifts when asked."""
 
-    def __init__(self, sim, finger: int, impressions: list[int]) -> None:
-        self.sim, self.finger, self.impressions = sim, finger, list(impressions)
+    def __init__(self, sim, finger: int, impressions: list[int | tuple[int, int]]) -> None:
+        self.sim = sim
+        self.placements = [i if isinstance(i, tuple) else (finger, i) for i in impressions]
         self.prompts: list[str] = []
         self.events: list[dict] = []
 
@@ -26,7 +27,8 @@ class ScriptedFinger:
             return
         self.prompts.append(event["code"])
         if event["code"] == "place_finger":
-            self.sim.place(finger=self.finger, impression=self.impressions.pop(0))
+            finger, impression = self.placements.pop(0)
+            self.sim.place(finger=finger, impression=impression)
         elif event["code"] == "lift_finger":
             self.sim.lift()
 
@@ -50,10 +52,16 @@ def test_enroll_verify_identify_from_the_sensor(provisioned, zfm_sim) -> None:
     assert result["templates"] == 3
     assert [e["step"] for e in user.events if e["type"] == "progress"] == [0, 1, 2, 3]
     assert user.prompts.count("place_finger") == 3 and user.prompts.count("lift_finger") == 3
+    run_session(provisioned, zfm_sim, 4, [0, 1, 2], "enroll", "alice", 3)  # alice's second finger
     run_session(provisioned, zfm_sim, 1, [0, 1, 2], "enroll", "bob", 3)
 
-    genuine, _, session = run_session(provisioned, zfm_sim, 0, [3], "verify", "alice")
-    assert genuine["decision"] == "accept"
+    # The device's first verification: a step-up asks for another finger, inside the same session.
+    genuine, user, session = run_session(provisioned, zfm_sim, 0, [(0, 3), (4, 3)], "verify", "alice")
+    assert genuine["decision"] == "accept" and genuine["has_token"]
+    step_ups = [e for e in user.events if e["type"] == "step_up"]
+    assert step_ups and step_ups[0]["acr_values"] == "second_finger"
+    assert any(e.get("message", "").startswith("Place another finger") for e in user.events)
+    assert session.session_token is not None and session.session_token.current()
     assert session.timings.extract_ms > 0 and session.timings.network_ms > 0
     impostor, _, _ = run_session(provisioned, zfm_sim, 1, [3], "verify", "alice")
     assert impostor["decision"] == "reject"
@@ -105,7 +113,7 @@ def test_no_image_or_template_bytes_left_on_the_device(provisioned, zfm_sim, tmp
     logs = io.StringIO()
     configure_logging("debug", "json", stream=logs)
     run_session(provisioned, zfm_sim, 0, [0, 1, 2], "enroll", "frank", 3)
-    run_session(provisioned, zfm_sim, 0, [3], "verify", "frank")
+    run_session(provisioned, zfm_sim, 0, [3, 3], "verify", "frank")  # step-up: the same finger again, refused
     image = zfm_sim.image.tobytes()
     packed = ((zfm_sim.image.reshape(-1)[0::2] & 0xF0) | (zfm_sim.image.reshape(-1)[1::2] >> 4)).tobytes()
     needles = [b"FMR\x00 20\x00"] + [image[i : i + 48] for i in range(0, len(image), 4096)]

@@ -43,8 +43,10 @@ from verifier.policy import AccessRules, Lockouts
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
+from verifier.sessions import SessionTokens
 from verifier.settings import VerifierSettings
 from verifier.signatures import SignatureError, check_signature
+from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
 from verifier.store import open_database
 from verifier.tokens import BootstrapTokens, TokenError, token_hash
 
@@ -77,6 +79,7 @@ class Answer:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class VerifierApp:
         self.threshold = threshold_for_fmr(settings.target_fmr)
         self.rules = AccessRules(self.conn)
         self.lockouts = Lockouts(self.conn, settings.max_failures, settings.lockout_base_s)
+        self.stepup = StepUpPolicy(self.conn, first_use=settings.step_up_first_use)
+        self.sessions = SessionTokens(self.conn, settings.session_ttl_s)
         self._gallery: GalleryIndex | None = None
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
@@ -156,7 +161,7 @@ class VerifierApp:
             return
         try:
             answer = await self._dispatch(scope, receive)
-            headers: tuple[tuple[bytes, bytes], ...] = ()
+            headers = answer.headers
         except Problem as problem:
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
             headers = problem.headers
@@ -539,21 +544,91 @@ class VerifierApp:
                 "wait, or verify another way; each further lockout doubles",
                 headers=((b"retry-after", str(int(locked) + 1).encode()),),
             )
+        device_id = request.device.device_id
+        step_id = body.get("step_up")
+        if step_id is not None:
+            return self._complete_step_up(device_id, subject, str(step_id), records, enrolled)
         score = self._best_score(records, enrolled)
         decision = "accept" if score >= self.threshold else "reject"
+        if decision == "accept":
+            reasons = self.stepup.reasons(device_id, subject, score, self.threshold, self.lockouts.failures(subject))
+            if reasons:
+                step = self.stepup.open(device_id, subject, records, reasons)
+                log.info(
+                    "verification_attempt",
+                    audit=True,
+                    device_id=device_id,
+                    subject=subject,
+                    outcome="step_up",
+                    reasons=",".join(reasons),
+                    score=round(score, 4),
+                )
+                # An answer, not an exception: the nonce stays consumed, so this request cannot be replayed.
+                problem = Problem(
+                    401,
+                    "insufficient-user-authentication",
+                    "Another factor needed",
+                    f"a second finger is needed ({', '.join(reasons)})",
+                    "capture another finger of the same person and send it with this step_up id",
+                    extra=(("step_up", step), ("acr_values", ACR_SECOND_FINGER), ("reasons", reasons)),
+                )
+                challenge = (
+                    'Bearer error="insufficient_user_authentication", '
+                    f'error_description="{", ".join(reasons)}", acr_values="{ACR_SECOND_FINGER}"'
+                )
+                return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
+        return self._decided(device_id, subject, decision, score)
+
+    def _complete_step_up(
+        self, device_id: str, subject: str, step_id: str, records: list[bytes], enrolled: list[FingerprintTemplate]
+    ) -> Answer:
+        pending = self.stepup.take(step_id, device_id, subject)
+        if pending is None:
+            raise Problem(
+                409,
+                "step-up-unknown",
+                "Unknown step-up",
+                "no pending step-up with this id for you",
+                "start the verification again",
+            )
+        score = self._best_score(records, enrolled)
+        first = [t for record in pending.first_records for t in decode(record)]
+        same_finger = self._best_score(records, first) >= self.threshold
+        decision = "accept" if score >= self.threshold and not same_finger else "reject"
+        if same_finger:
+            log.info(
+                "verification_attempt",
+                audit=True,
+                device_id=device_id,
+                subject=subject,
+                outcome="reject",
+                reason="step-up with the same finger",
+            )
+        return self._decided(device_id, subject, decision, score, step_up=pending.reasons)
+
+    def _decided(
+        self, device_id: str, subject: str, decision: str, score: float, step_up: list[str] | None = None
+    ) -> Answer:
         self.lockouts.record(subject, decision == "accept")
         log.info(
             "verification_attempt",
             audit=True,
-            device_id=request.device.device_id,
+            device_id=device_id,
             subject=subject,
             outcome=decision,
             score=round(score, 4),
+            step_up=",".join(step_up or []),
         )
-        return _json(
-            200,
-            {"subject": subject, "decision": decision, "score": round(score, 4), "threshold": round(self.threshold, 4)},
-        )
+        answer: dict[str, Any] = {
+            "subject": subject,
+            "decision": decision,
+            "score": round(score, 4),
+            "threshold": round(self.threshold, 4),
+        }
+        if decision == "accept":
+            self.stepup.completed(device_id)
+            answer.update(self.sessions.issue(device_id, subject))
+        return _json(200, answer)
 
     def identify(self, request: Request) -> Answer:
         assert request.device is not None

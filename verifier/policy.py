@@ -70,6 +70,10 @@ class Lockouts:
         ).fetchone()
         return max(0.0, row[0] - (now or time.time())) if row else 0.0
 
+    def failures(self, subject_id: str) -> int:
+        row = self.conn.execute("SELECT failures FROM subject_failures WHERE subject_id = ?", (subject_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     def record(self, subject_id: str, success: bool, now: float | None = None) -> float:
         """Count an outcome (only while not locked); the lockout it starts, in seconds (0 for none)."""
         now = now or time.time()

@@ -21,6 +21,7 @@ class Problem(Exception):
     detail: str
     fix: str = ""
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    extra: tuple[tuple[str, object], ...] = ()  # extension members (RFC 9457 section 3.2)
 
     def body(self) -> bytes:
         return json.dumps(
@@ -30,5 +31,6 @@ class Problem(Exception):
                 "status": self.status,
                 "detail": self.detail,
                 "fix": self.fix,
+                **dict(self.extra),
             }
         ).encode()

@@ -1,0 +1,98 @@
+"""Step-up (RFC 9470): when one finger is not enough, ask for a second one.
+
+Reasons to ask, even after a match: a weak margin over the threshold, recent
+failures for the subject, a subject marked high-risk, or the first verification
+ever made from this device. The answer is HTTP 401 with
+``WWW-Authenticate: Bearer error="insufficient_user_authentication"`` and
+``acr_values="second_finger"``; the problem body carries a ``step_up`` id. The
+device sends a second finger with that id inside the same session; it passes
+when it matches the subject and is not the same finger as the first.
+
+Pending step-ups live in memory with a short lifetime (the first capture's
+template is kept only there, never in the database); a restart of the verifier
+means the device asks again from the start.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+ACR_SECOND_FINGER = "second_finger"
+MARGIN = 1.25  # a score below threshold * MARGIN is a weak match
+PENDING_TTL_S = 120.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS subject_risk (
+    subject_id TEXT PRIMARY KEY,
+    high_risk  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_first_use (
+    device_id  TEXT PRIMARY KEY,
+    first_at   REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class Pending:
+    device_id: str
+    subject_id: str
+    first_records: list[bytes]
+    reasons: list[str]
+    expires_at: float
+
+
+@dataclass
+class StepUpPolicy:
+    conn: sqlite3.Connection
+    first_use: bool = True
+    pending: dict[str, Pending] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.conn.executescript(SCHEMA)
+
+    def mark_high_risk(self, subject_id: str, high_risk: bool = True) -> None:
+        self.conn.execute(
+            "INSERT INTO subject_risk (subject_id, high_risk) VALUES (?, ?) "
+            "ON CONFLICT(subject_id) DO UPDATE SET high_risk = excluded.high_risk",
+            (subject_id, int(high_risk)),
+        )
+
+    def reasons(self, device_id: str, subject_id: str, score: float, threshold: float, failures: int) -> list[str]:
+        found = []
+        if score < threshold * MARGIN:
+            found.append("weak_margin")
+        if failures > 0:
+            found.append("recent_failures")
+        row = self.conn.execute("SELECT high_risk FROM subject_risk WHERE subject_id = ?", (subject_id,)).fetchone()
+        if row and row[0]:
+            found.append("high_risk_subject")
+        if (
+            self.first_use
+            and not self.conn.execute("SELECT 1 FROM device_first_use WHERE device_id = ?", (device_id,)).fetchone()
+        ):
+            found.append("first_use_of_device")
+        return found
+
+    def open(self, device_id: str, subject_id: str, records: list[bytes], reasons: list[str]) -> str:
+        now = time.time()
+        self.pending = {k: v for k, v in self.pending.items() if v.expires_at > now}
+        step_id = secrets.token_urlsafe(16)
+        self.pending[step_id] = Pending(device_id, subject_id, records, reasons, now + PENDING_TTL_S)
+        return step_id
+
+    def take(self, step_id: str, device_id: str, subject_id: str) -> Pending | None:
+        found = self.pending.pop(step_id, None)
+        if found is None or found.expires_at < time.time():
+            return None
+        if found.device_id != device_id or found.subject_id != subject_id:
+            return None
+        return found
+
+    def completed(self, device_id: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO device_first_use (device_id, first_at) VALUES (?, ?)", (device_id, time.time())
+        )
