@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 def canonical_request(method: str, path: str, body: dict[str, Any]) -> bytes:
     unsigned = {k: v for k, v in body.items() if k != "signature"}
-    return f"{method.upper()} {path}\n".encode() + json.dumps(
-        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    ).encode()
+    return (
+        f"{method.upper()} {path}\n".encode()
+        + json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    )
 
 
 def sign_request(key: ec.EllipticCurvePrivateKey, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -160,9 +160,7 @@ class H2TestServer:
         ssl_object: ssl.SSLObject,
     ) -> bool:
         headers = {k.decode() if isinstance(k, bytes) else k: v for k, v in request["headers"]}
-        pseudo = {
-            k: (v.decode() if isinstance(v, bytes) else v) for k, v in headers.items() if k.startswith(":")
-        }
+        pseudo = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in headers.items() if k.startswith(":")}
         method, full_path = pseudo[":method"], pseudo[":path"]
         path, _, query = full_path.partition("?")
         self.log.requests.append((method, path))

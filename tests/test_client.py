@@ -39,17 +39,13 @@ def server_ctx(ca):
 def json_app(status: int, body: bytes, content_type: bytes = b"application/problem+json"):
     async def app(scope, receive, send) -> None:
         await receive()
-        await send(
-            {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
-        )
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
         await send({"type": "http.response.body", "body": body})
 
     return app
 
 
-def test_every_post_carries_an_idempotency_key_kept_across_a_goaway_retry(
-    ca, server_ctx, device_identity_from
-) -> None:
+def test_every_post_carries_an_idempotency_key_kept_across_a_goaway_retry(ca, server_ctx, device_identity_from) -> None:
     identity = device_identity_from(ca, "kiosk-1")
 
     async def go() -> dict:

@@ -47,8 +47,16 @@ def test_same_seed_gives_the_same_bytes_even_in_another_process(finger_generator
     here = _digest(finger.master_image, finger.minutiae.x, finger.minutiae.angle, imp.image, imp.minutiae.x)
     fingers._master.cache_clear()
     again = FingerGenerator(1).finger(0)
-    assert _digest(again.master_image, again.minutiae.x, again.minutiae.angle,
-                   again.impression(5).image, again.impression(5).minutiae.x) == here
+    assert (
+        _digest(
+            again.master_image,
+            again.minutiae.x,
+            again.minutiae.angle,
+            again.impression(5).image,
+            again.impression(5).minutiae.x,
+        )
+        == here
+    )
     code = (
         "import hashlib, numpy as np\n"
         "from simulators.fingers import FingerGenerator\n"
@@ -218,7 +226,7 @@ def test_pressure_thickens_ridges_and_contact_limits_the_area(finger_generator) 
 def test_impressions_come_in_the_sizes_readers_need(finger_generator, size) -> None:
     imp = finger_generator.finger(0).impression(2, size=size)
     assert imp.image.shape == (size[1], size[0])
-    assert finger_generator.image(0, 2, size) .shape == (size[1], size[0])
+    assert finger_generator.image(0, 2, size).shape == (size[1], size[0])
     assert imp.dpi == 500
 
 

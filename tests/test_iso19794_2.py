@@ -132,8 +132,10 @@ def test_coordinates_in_the_last_half_pixel_stay_inside_the_image() -> None:
 def test_extended_data_areas_are_skipped_by_their_lengths(header_counted: bool) -> None:
     extra = 4 if header_counted else 0
     ext = (
-        struct.pack(">HH", 0x0001, 7 + extra) + bytes([0, 0, 1, 3, 0, 1, 2])  # ridge counts
-        + struct.pack(">HH", 0x0102, 2 + extra) + b"\xab\xcd"  # vendor area
+        struct.pack(">HH", 0x0001, 7 + extra)
+        + bytes([0, 0, 1, 3, 0, 1, 2])  # ridge counts
+        + struct.pack(">HH", 0x0102, 2 + extra)
+        + b"\xab\xcd"  # vendor area
     )
     views = decode(_with_ext(GOLDEN, ext))
     assert len(views) == 1
@@ -290,7 +292,11 @@ def templates() -> st.SearchStrategy[FingerprintTemplate]:
 
 def _same(a: FingerprintTemplate, b: FingerprintTemplate) -> None:
     assert (a.width, a.height, a.resolution_dpi, a.quality, a.finger_position) == (
-        b.width, b.height, b.resolution_dpi, b.quality, b.finger_position,
+        b.width,
+        b.height,
+        b.resolution_dpi,
+        b.quality,
+        b.finger_position,
     )
     for field in ("x", "y", "kind", "quality"):
         np.testing.assert_array_equal(getattr(a.minutiae, field), getattr(b.minutiae, field))

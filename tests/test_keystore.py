@@ -12,9 +12,7 @@ from agent.errors import KeyringError
 from agent.keystore import KEK_SERVICE, SystemdCredentialKeyring, load_kek, new_kek
 
 
-def test_systemd_backend_reads_the_credentials_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_systemd_backend_reads_the_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kek = new_kek()
     (tmp_path / "capture-agent-kek").write_text(kek + "\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
@@ -23,9 +21,7 @@ def test_systemd_backend_reads_the_credentials_directory(
     assert SystemdCredentialKeyring().get_password(KEK_SERVICE, "absent") is None
 
 
-def test_systemd_backend_is_read_only_and_says_how_to_make_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_systemd_backend_is_read_only_and_says_how_to_make_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     config = parse_config({"keyring": {"backend": "systemd-credentials"}})
     with pytest.raises(KeyringError) as info:

@@ -56,8 +56,11 @@ def test_a_client_certificate_header_is_never_identity(verifier, provisioned) ->
     """Authorisation comes from the TLS layer: a header carrying a valid device cert counts for nothing."""
     _, identity = provisioned
     pem = identity.cert_path.read_text()
-    spoof = {"X-SSL-Client-Cert": pem.replace("\n", " "), "X-Client-Cert": pem.replace("\n", " "),
-             "SSL_CLIENT_CERT": pem.replace("\n", " ")}
+    spoof = {
+        "X-SSL-Client-Cert": pem.replace("\n", " "),
+        "X-Client-Cert": pem.replace("\n", " "),
+        "SSL_CLIENT_CERT": pem.replace("\n", " "),
+    }
     response = get(raw_client_context(verifier.pki_dir), verifier.url, "/v1/health", headers=spoof)
     assert response.status_code == 401
 
@@ -111,8 +114,14 @@ def test_unknown_routes_are_problem_details(verifier, provisioned, tmp_path, met
 
 
 def test_simpleenroll_without_a_token_is_refused(verifier) -> None:
-    response = get(raw_client_context(verifier.pki_dir), verifier.url, "/.well-known/est/simpleenroll",
-                   method="POST", content=b"AAAA", headers={"Idempotency-Key": "x"})
+    response = get(
+        raw_client_context(verifier.pki_dir),
+        verifier.url,
+        "/.well-known/est/simpleenroll",
+        method="POST",
+        content=b"AAAA",
+        headers={"Idempotency-Key": "x"},
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
 
