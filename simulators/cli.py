@@ -1,7 +1,13 @@
 """`capture-simulator zfm --model r307`: a simulated serial module for a test rig.
 
 Prints one JSON line with the port to open, then serves until SIGTERM or Ctrl-C.
-A finger from the synthetic generator can be left on the sensor (``--finger``).
+A finger from the synthetic generator can be left on the sensor (``--finger``),
+and a rig scripts the person at the sensor by
+writing lines to standard input:
+
+    place FINGER [IMPRESSION]     put a synthetic finger on the sensor
+    lift                          take it off
+    unplug | replug               pull the module out, plug it back
 """
 
 from __future__ import annotations
@@ -17,6 +23,24 @@ from pathlib import Path
 import structlog
 
 from drivers.zfm.constants import PROFILES
+
+
+def _commands(sim) -> None:
+    """Standard-input control lines from a rig (end of input just ends the control)."""
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "place" and len(words) >= 2:
+            sim.place(finger=int(words[1]), impression=int(words[2]) if len(words) > 2 else 0)
+        elif words[0] == "lift":
+            sim.lift()
+        elif words[0] == "unplug":
+            sim.unplug()
+        elif words[0] == "replug":
+            sim.replug()
+        else:
+            print(json.dumps({"event": "unknown_command", "line": line.strip()}), file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.finger is not None:
             sim.place(finger=args.finger)
         print(json.dumps({"event": "listening", "port": sim.port, "model": args.model}), flush=True)
+        threading.Thread(target=_commands, args=(sim,), daemon=True).start()
         stop.wait()
     return 0
 
