@@ -43,6 +43,19 @@ def _commands(sim) -> None:
             print(json.dumps({"event": "unknown_command", "line": line.strip()}), file=sys.stderr, flush=True)
 
 
+def _first_impression(source: object, args: argparse.Namespace) -> int:
+    """FVC folders number impressions from 1, the generator from 0: default to the first there is."""
+    if args.impression is not None:
+        return int(args.impression)
+    keys = getattr(source, "keys", None)
+    if keys is None:
+        return 0
+    found = [i for f, i in keys() if f == args.finger]
+    if not found:
+        raise SystemExit(f"no impression of finger {args.finger} in {args.images}: pick one with F_I.tif present")
+    return min(found)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="capture-simulator", description=__doc__)
     sub = parser.add_subparsers(dest="device", required=True)
@@ -51,20 +64,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     zfm.add_argument("--link", help="stable path (a symlink) for the port, kept across unplug/replug")
     zfm.add_argument("--password", type=lambda v: int(v, 0), default=0)
     zfm.add_argument("--seed", type=int, default=0, help="synthetic finger generator seed")
-    zfm.add_argument("--finger", type=int, help="leave this synthetic finger on the sensor")
+    zfm.add_argument("--images", type=Path, help="folder of F_I.tif images to use instead of synthetic fingers")
+    zfm.add_argument("--finger", type=int, help="leave this finger on the sensor")
+    zfm.add_argument("--impression", type=int, help="which impression of --finger (default: the first)")
     zfm.add_argument("--real-speed", action="store_true", help="pace output at the real baud rate")
     args = parser.parse_args(argv)
     # stdout carries the one JSON line a rig reads; logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
-    from simulators.fingers import FingerGenerator
+    from simulators.fingers import FingerGenerator, FolderFingerSource
     from simulators.zfm import SimulatedModule
 
+    try:
+        source = FolderFingerSource(args.images) if args.images else FingerGenerator(args.seed)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     sim = SimulatedModule(
         args.model,
         link=Path(args.link) if args.link else None,
         password=args.password,
-        finger_source=FingerGenerator(args.seed).image,
+        finger_source=source.image,
         real_speed=args.real_speed,
     )
     stop = threading.Event()
@@ -72,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with sim:
         if args.finger is not None:
-            sim.place(finger=args.finger)
+            sim.place(finger=args.finger, impression=_first_impression(source, args))
         print(json.dumps({"event": "listening", "port": sim.port, "model": args.model}), flush=True)
         threading.Thread(target=_commands, args=(sim,), daemon=True).start()
         stop.wait()

@@ -11,9 +11,18 @@ from drivers.zfm.driver import ZfmModule
 
 
 def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path) -> None:
+    """`capture-agent simulate` hands over to the simulator, here fed from a folder of F_I.tif images."""
+    import cv2
+
+    from simulators.fingers import FingerGenerator
+
+    images = tmp_path / "fvc"
+    images.mkdir()
+    cv2.imwrite(str(images / "2_1.tif"), FingerGenerator(5).image(2, 1))
     link = tmp_path / "ttyRIG"
+    command = ["simulate", "zfm", "--model", "as608", "--link", str(link), "--images", str(images), "--finger", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.cli", "zfm", "--model", "as608", "--link", str(link), "--finger", "2"],
+        [sys.executable, "-m", "agent.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -24,6 +33,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
         with ZfmModule(line["port"]) as module:
             assert module.profile.name == "as608"
             assert module.capture(), "the finger left on the sensor by --finger"
+            assert module.download_image().shape == (288, 256)
         listing = subprocess.run(
             [sys.executable, "-m", "agent.cli", "devices", "--port", str(link), "--json"],
             capture_output=True,
