@@ -1,0 +1,167 @@
+"""The biometric half of `make demo`: people at a simulated sensor, the verifier deciding.
+
+The simulated serial module runs as its own process (`capture-simulator`), the
+way a test rig runs it; the demo plays the people at the sensor by writing
+`place` and `lift` lines to it when the session prompts. Everything else is the
+product: the ZFM driver, on-device extraction, signed requests over mTLS, the
+verifier's matching, step-up and replay protection.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.client import VerifierClient
+from agent.config import AgentConfig
+from agent.errors import VerifierError
+from agent.identity import DeviceIdentity
+from agent.sessions import CaptureSession
+from agent.signing import sign_request
+
+PEOPLE = {"ana": (0, 10), "ben": (1, 11), "chloe": (2, 12)}  # name: (first finger, second finger)
+
+
+class Person:
+    """Answers the session's prompts by putting fingers on the simulated sensor."""
+
+    def __init__(self, simulator: subprocess.Popen[str], say: Callable[[str], None]) -> None:
+        self.simulator = simulator
+        self.say = say
+        self.queue: list[tuple[int, int]] = []
+        self.quiet = False  # still acts on prompts, without printing them
+
+    def will_use(self, *placements: tuple[int, int], quiet: bool = False) -> Person:
+        self.queue = list(placements)
+        self.quiet = quiet
+        return self
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            self.say(text)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        assert self.simulator.stdin is not None
+        if event["type"] == "prompt":
+            self._say(f"  sensor: {event['message']}")
+            if event["code"] == "place_finger" and self.queue:
+                finger, impression = self.queue.pop(0)
+                self.simulator.stdin.write(f"place {finger} {impression}\n")
+            elif event["code"] == "lift_finger":
+                self.simulator.stdin.write("lift\n")
+            self.simulator.stdin.flush()
+        elif event["type"] == "progress":
+            done, total = event["step"], event["total"]
+            self._say(f"  [{'#' * done}{'.' * (total - done)}] {done}/{total}")
+        elif event["type"] == "step_up":
+            self.say(f"  verifier asks for more: {event['acr_values']} ({', '.join(event['reasons'])})")
+
+
+def start_simulator(work: Path) -> tuple[subprocess.Popen[str], str]:
+    exe = Path(sys.executable).with_name("capture-simulator")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "simulators.cli"]
+    proc = subprocess.Popen(
+        [*command, "zfm", "--model", "r307", "--seed", "7", "--link", str(work / "ttyZFM0")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())["port"]
+
+
+async def biometric_story(
+    config: AgentConfig, identity: DeviceIdentity, work: Path, step: Callable[[str], None], say: Callable[[str], None]
+) -> list[dict[str, float]]:
+    from drivers.zfm.driver import ZfmModule
+
+    simulator, port = start_simulator(work)
+    person = Person(simulator, say)
+    try:
+        with ZfmModule(port) as reader:
+            say(f"simulated R307 module on {port}: {reader.profile.image_width}x{reader.profile.image_height}")
+            async with VerifierClient(config, identity) as client:
+
+                def session() -> CaptureSession:
+                    return CaptureSession(reader, client, emit=person)
+
+                step("Enrolling three people: three captures of two fingers each, quality-gated")
+                for index, (name, (first, second)) in enumerate(PEOPLE.items()):
+                    for finger in (first, second):
+                        person.will_use((finger, 0), (finger, 1), (finger, 2), quiet=index > 0 or finger == second)
+                        await session().enroll(name, 3)
+                    say(f"{name}: enrolled (templates made on the device; images never left it)")
+
+                step("Ana verifies: the device's first use, so the verifier asks for a second finger")
+                person.will_use((0, 3), (10, 3))
+                answer = await session().verify("ana")
+                say(f"decision: {answer['decision']} (score {answer['score']}, threshold {answer['threshold']})")
+
+                step("Ana again: a genuine verification, accepted")
+                person.will_use((0, 4))
+                answer = await session().verify("ana")
+                say(f"decision: {answer['decision']} (score {answer['score']})")
+
+                step("Ben claims to be Ana: an impostor, refused")
+                person.will_use((1, 4))
+                answer = await session().verify("ana")
+                say(f"decision: {answer['decision']} (score {answer['score']})")
+
+                step("A captured request replayed: refused")
+                person.will_use((2, 4))
+                record = await session().capture()
+                nonce = (await client.call("POST", "/v1/challenges", json={}))["nonce"]
+                templates = [{"format": "iso19794-2:2005", "data": base64.b64encode(record).decode()}]
+                body = sign_request(
+                    identity.private_key(),
+                    "POST",
+                    "/v1/verifications",
+                    {"nonce": nonce, "subject": "chloe", "templates": templates},
+                )
+                first = await client.call("POST", "/v1/verifications", json=body)
+                say(f"first send: {first['decision']}")
+                try:
+                    await client.call("POST", "/v1/verifications", json=body)
+                    say("UNEXPECTED: the replay was accepted")
+                except VerifierError as exc:
+                    say(f"replay: refused ({exc.status}: {exc.problem.get('detail')})")
+
+                step("Decision latency by phase (5 genuine verifications)")
+                rows = []
+                for impression in range(5, 10):
+                    person.will_use((1, impression), quiet=True)
+                    s = session()
+                    await s.verify("ben")
+                    rows.append(
+                        {
+                            "capture": s.timings.capture_ms,
+                            "extract": s.timings.extract_ms,
+                            "network+match": s.timings.network_ms,
+                        }
+                    )
+                return rows
+    finally:
+        if simulator.stdin is not None:
+            simulator.stdin.close()
+        simulator.terminate()
+        simulator.wait(10)
+        if simulator.stdout is not None:
+            simulator.stdout.close()
+
+
+def latency_table(rows: list[dict[str, float]], say: Callable[[str], None]) -> None:
+    say(f"{'phase':<15}{'median ms':>10}{'max ms':>10}")
+    for phase in rows[0]:
+        values = [r[phase] for r in rows]
+        say(f"{phase:<15}{statistics.median(values):>10.1f}{max(values):>10.1f}")
+    say(
+        "(capture = waiting for the finger + the image over the serial line; network+match = nonce and "
+        "signed verification round trips, including the verifier's matching)"
+    )

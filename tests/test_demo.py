@@ -1,0 +1,28 @@
+"""`make demo` keeps telling the whole story (a real run, every process stopped after)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_demo_tells_the_whole_story() -> None:
+    result = subprocess.run([sys.executable, "-m", "agent.demo"], capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    for needle in (
+        "TLS version        TLSv1.3",
+        "ALPN               h2",
+        "Renewal: new key",
+        "refused as it must be",  # the token used twice
+        "ana: enrolled",
+        "chloe: enrolled",
+        "verifier asks for more: second_finger",
+        "decision: accept",
+        "decision: reject",
+        "replay: refused (409",
+        "network+match",
+        "stopped; the temporary PKI and device state are deleted",
+    ):
+        assert needle in out, needle
+    assert "UNEXPECTED" not in out
