@@ -63,6 +63,8 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
                 "security_level": opened.params.security_level,
             }
         except ModuleError as exc:
+            adapter_name = finding.description if finding.description not in ("", "n/a") else ""
+            finding.description = ", ".join(filter(None, [adapter_name, "no fingerprint module answered"]))
             finding.details = {"handshake": str(exc.args[0])}
             finding.fix = exc.fix
         finally:

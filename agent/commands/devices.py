@@ -23,8 +23,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
         return 0
-    if not findings:
-        print("no serial ports, USB fingerprint readers or cameras found")
     for f in findings:
         mark = "ok  " if f.accessible and not f.fix else "FIX "
         print(f"[{mark}] {f.kind:<6} {f.path}  {f.description}")
@@ -32,4 +30,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"         {key}: {value}")
         if f.fix:
             print(f"         fix: {f.fix}")
+    kinds = {f.kind for f in findings}
+    for kind, what in (("serial", "serial ports"), ("usb", "known USB fingerprint readers"), ("camera", "cameras")):
+        if kind not in kinds:
+            print(f"[none] {kind:<6} no {what} found")
     return 0
