@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,8 +48,8 @@ MESSAGES = {
 class Reader(Protocol):
     """What a session needs from a fingerprint reader (the ZFM driver is one)."""
 
-    def wait_for_finger(self, timeout_s: float) -> None: ...
-    def wait_for_lift(self, timeout_s: float) -> bool: ...
+    def wait_for_finger(self, timeout_s: float, *, cancel: threading.Event | None = None) -> None: ...
+    def wait_for_lift(self, timeout_s: float, *, cancel: threading.Event | None = None) -> bool: ...
     def download_image(self): ...
 
 
@@ -89,6 +90,10 @@ class CaptureSession:
     timings: Timings = field(default_factory=Timings)
 
     session_token: SessionToken | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set by cancel(): stops reader waits
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
     def _prompt(self, code: str, message: str = "") -> None:
         self.emit({"type": "prompt", "code": code, "message": message or MESSAGES.get(code, code)})
@@ -101,7 +106,7 @@ class CaptureSession:
         for attempt in range(1, self.max_attempts + 1):
             self._prompt("place_finger", place_message)
             started = time.perf_counter()
-            await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s)
+            await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
             image = await asyncio.to_thread(self.reader.download_image)
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
             started = time.perf_counter()
@@ -113,7 +118,7 @@ class CaptureSession:
                 del image  # the raw image ends here
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
             self._prompt("lift_finger")
-            await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s)
+            await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
             if template is not None and quality is not None and quality.score >= self.min_quality:
                 return encode(template)
             codes = quality.feedback if quality is not None else ("place_finger",)

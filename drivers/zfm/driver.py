@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from drivers.zfm.constants import (
     profile_for,
 )
 from drivers.zfm.errors import (
+    CaptureCancelled,
     CorruptReplyError,
     FingerTimeoutError,
     ModuleRefusedError,
@@ -268,20 +270,30 @@ class ZfmModule:
         self._check(ack, "capturing an image")
         return True
 
-    def wait_for_finger(self, timeout_s: float, poll_s: float = POLL_INTERVAL_S) -> None:
-        """Capture as soon as a finger is on the sensor, or FingerTimeoutError."""
+    def wait_for_finger(
+        self, timeout_s: float, poll_s: float = POLL_INTERVAL_S, cancel: threading.Event | None = None
+    ) -> None:
+        """Capture as soon as a finger is on the sensor; FingerTimeoutError, or CaptureCancelled when asked."""
         deadline = time.monotonic() + timeout_s
         while not self.capture():
-            if time.monotonic() + poll_s > deadline:
+            if cancel is not None and cancel.wait(poll_s):
+                raise CaptureCancelled()
+            if time.monotonic() > deadline:
                 raise FingerTimeoutError(timeout_s)
-            time.sleep(poll_s)
+            if cancel is None:
+                time.sleep(poll_s)
 
-    def wait_for_lift(self, timeout_s: float, poll_s: float = POLL_INTERVAL_S) -> bool:
+    def wait_for_lift(
+        self, timeout_s: float, poll_s: float = POLL_INTERVAL_S, cancel: threading.Event | None = None
+    ) -> bool:
         deadline = time.monotonic() + timeout_s
         while self.capture():
-            if time.monotonic() + poll_s > deadline:
+            if cancel is not None and cancel.wait(poll_s):
+                raise CaptureCancelled()
+            if time.monotonic() > deadline:
                 return False
-            time.sleep(poll_s)
+            if cancel is None:
+                time.sleep(poll_s)
         return True
 
     def download_image(self) -> np.ndarray:

@@ -70,3 +70,8 @@ class WrongPasswordError(ModuleError):
 class FingerTimeoutError(ModuleError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"no finger on the sensor within {seconds:g} s", "place a finger on the sensor")
+
+
+class CaptureCancelled(ModuleError):
+    def __init__(self) -> None:
+        super().__init__("the capture was cancelled")

@@ -1,0 +1,69 @@
+"""The local API on a unix socket: start sessions, stream prompts as SSE, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+
+import httpx
+
+from agent.client import VerifierClient
+from agent.localapi import LocalAPI
+from agent.sessions import CaptureSession
+from drivers.zfm.driver import ZfmModule
+
+
+def sse_events(text: str) -> list[dict]:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_sim, tmp_path) -> None:
+    config, identity = provisioned
+    socket_path = tmp_path / "run" / "api.sock"
+
+    async def scenario() -> tuple[list[dict], list[dict], int, int, dict]:
+        async with VerifierClient(config, identity) as client:
+            with ZfmModule(zfm_sim.port) as reader:
+
+                def make(emit):
+                    def script(event):  # the person at the sensor, as in the other session tests
+                        if event["type"] == "prompt" and event["code"] == "place_finger" and script.fingers:
+                            zfm_sim.place(finger=0, impression=script.fingers.pop(0))
+                        elif event["type"] == "prompt" and event["code"] == "lift_finger":
+                            zfm_sim.lift()
+                        emit(event)
+
+                    script.fingers = list(make.fingers)
+                    return CaptureSession(reader, client, emit=script, finger_timeout_s=5)
+
+                api = LocalAPI(socket_path, make)
+                await api.start()
+                mode = stat.S_IMODE(socket_path.stat().st_mode)
+                transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+                async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
+                    make.fingers = [0, 1]
+                    created = (
+                        await kiosk.post("/sessions", json={"operation": "enroll", "subject": "gus", "captures": 2})
+                    ).json()
+                    enrolled = sse_events((await kiosk.get(created["events"])).text)
+                    make.fingers = []  # nobody comes: the session waits for a finger
+                    waiting = (await kiosk.post("/sessions", json={"operation": "verify", "subject": "gus"})).json()
+                    busy = (await kiosk.post("/sessions", json={"operation": "identify"})).status_code
+                    await asyncio.sleep(0.3)
+                    cancelled = (await kiosk.delete(f"/sessions/{waiting['id']}")).status_code
+                    after_cancel = sse_events((await kiosk.get(waiting["events"])).text)
+                    health = (await kiosk.get("/health")).json()
+                await api.stop()
+                return enrolled, after_cancel, busy, cancelled, {"mode": mode, **health}
+
+    enrolled, after_cancel, busy, cancelled, facts = asyncio.run(scenario())
+    assert facts["mode"] == 0o660
+    kinds = [e["type"] for e in enrolled]
+    assert kinds.count("prompt") >= 4 and kinds[-1] == "result" and enrolled[-1]["templates"] == 2
+    assert busy == 409
+    assert cancelled == 202
+    assert after_cancel[-1]["type"] in ("cancelled", "error")
+    assert facts["busy"] is False, "a cancelled session leaves the sensor free"
+    assert zfm_sim.commands.count(0x06) == 0, "nothing stored on the module"
+    assert not socket_path.exists(), "the socket is removed on stop"
