@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import termios
 import threading
 import time
 from collections import deque
@@ -76,6 +77,9 @@ log = structlog.get_logger()
 REPLY_TIMEOUT_S = 1.0
 POLL_INTERVAL_S = 0.1
 WRONG_PASSWORD = 0x13
+# What a vanished line raises: pyserial wraps most, but flush() and reset_input_buffer()
+# call termios directly, whose error is not an OSError (EIO once a pty's other end closes).
+LINE_ERRORS = (OSError, serial.SerialException, termios.error)
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class ZfmModule:
 
     def close(self) -> None:
         if self._serial is not None:
-            with contextlib.suppress(OSError, serial.SerialException):
+            with contextlib.suppress(*LINE_ERRORS):
                 self._serial.close()
             self._serial = None
 
@@ -174,7 +178,7 @@ class ZfmModule:
         try:
             self._serial.write(data)
             self._serial.flush()
-        except (OSError, serial.SerialException):
+        except LINE_ERRORS:
             self.close()
             raise UnpluggedError(self.port) from None
 
@@ -191,7 +195,7 @@ class ZfmModule:
                 raise UnpluggedError(self.port)
             try:
                 chunk = self._serial.read(self._serial.in_waiting or 1)
-            except (OSError, serial.SerialException):
+            except LINE_ERRORS:
                 self.close()
                 raise UnpluggedError(self.port) from None
             self._events.extend(self._decoder.feed(chunk))
@@ -220,7 +224,7 @@ class ZfmModule:
 
     def _discard_pending(self) -> None:
         if self._serial is not None:
-            with contextlib.suppress(OSError, serial.SerialException):
+            with contextlib.suppress(*LINE_ERRORS):
                 self._serial.reset_input_buffer()
         self._reset_decoder()
 
