@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a simulated reader (e.g. `simulate zfm --model r307`); prints its port as JSON",
         description="Same arguments as `capture-simulator`; see `capture-agent simulate zfm --help`.",
-        add_help=False,
     )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for capture-simulator")
     parser.set_defaults(run=run)
