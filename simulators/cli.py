@@ -1,11 +1,11 @@
 """`capture-simulator zfm --model r307`: a simulated serial module for a test rig.
 
 Prints one JSON line with the port to open, then serves until SIGTERM or Ctrl-C.
-A finger from the synthetic generator can be left on the sensor (``--finger``),
-and a rig scripts the person at the sensor by
+A finger from the synthetic generator, or from a folder of ``F_I.tif`` images
+(``--images``), can be left on the sensor (``--finger``), and a rig scripts the person at the sensor by
 writing lines to standard input:
 
-    place FINGER [IMPRESSION]     put a synthetic finger on the sensor
+    place FINGER [IMPRESSION]     put a finger on the sensor (default: its first impression)
     lift                          take it off
     unplug | replug               pull the module out, plug it back
 """
@@ -25,14 +25,20 @@ import structlog
 from drivers.zfm.constants import PROFILES
 
 
-def _commands(sim) -> None:
+def _commands(sim, source: object) -> None:
     """Standard-input control lines from a rig (end of input just ends the control)."""
     for line in sys.stdin:
         words = line.split()
         if not words:
             continue
         if words[0] == "place" and len(words) >= 2:
-            sim.place(finger=int(words[1]), impression=int(words[2]) if len(words) > 2 else 0)
+            try:
+                finger = int(words[1])
+                impression = int(words[2]) if len(words) > 2 else _first_impression(source, finger)
+                sim.place(finger=finger, impression=impression)
+            except (KeyError, ValueError) as exc:  # no such image, or not a number: say so, keep serving
+                reason = str(exc.args[0] if exc.args else exc)
+                print(json.dumps({"event": "bad_place", "line": line.strip(), "error": reason}), file=sys.stderr)
         elif words[0] == "lift":
             sim.lift()
         elif words[0] == "unplug":
@@ -43,16 +49,14 @@ def _commands(sim) -> None:
             print(json.dumps({"event": "unknown_command", "line": line.strip()}), file=sys.stderr, flush=True)
 
 
-def _first_impression(source: object, args: argparse.Namespace) -> int:
-    """FVC folders number impressions from 1, the generator from 0: default to the first there is."""
-    if args.impression is not None:
-        return int(args.impression)
+def _first_impression(source: object, finger: int) -> int:
+    """FVC folders number impressions from 1, the generator from 0: the first there is."""
     keys = getattr(source, "keys", None)
     if keys is None:
         return 0
-    found = [i for f, i in keys() if f == args.finger]
+    found = [i for f, i in keys() if f == finger]
     if not found:
-        raise SystemExit(f"no impression of finger {args.finger} in {args.images}: pick one with F_I.tif present")
+        raise KeyError(f"no image of finger {finger} in the folder: pick a finger with an F_I.tif present")
     return min(found)
 
 
@@ -91,9 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with sim:
         if args.finger is not None:
-            sim.place(finger=args.finger, impression=_first_impression(source, args))
+            try:
+                impression = args.impression if args.impression is not None else _first_impression(source, args.finger)
+                sim.place(finger=args.finger, impression=impression)
+            except KeyError as exc:
+                parser.error(str(exc.args[0]))
         print(json.dumps({"event": "listening", "port": sim.port, "model": args.model}), flush=True)
-        threading.Thread(target=_commands, args=(sim,), daemon=True).start()
+        threading.Thread(target=_commands, args=(sim, source), daemon=True).start()
         stop.wait()
     return 0
 

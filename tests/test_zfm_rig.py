@@ -23,6 +23,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
     command = ["simulate", "zfm", "--model", "as608", "--link", str(link), "--images", str(images), "--finger", "2"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", *command],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -34,6 +35,12 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
             assert module.profile.name == "as608"
             assert module.capture(), "the finger left on the sensor by --finger"
             assert module.download_image().shape == (288, 256)
+            proc.stdin.write("lift\n")  # the rig scripts the person at the sensor on standard input
+            proc.stdin.flush()
+            assert module.wait_for_lift(5)
+            proc.stdin.write("place 2\n")  # the folder's first impression of finger 2: 2_1.tif
+            proc.stdin.flush()
+            module.wait_for_finger(5)
         listing = subprocess.run(
             [sys.executable, "-m", "agent.cli", "devices", "--port", str(link), "--json"],
             capture_output=True,
@@ -47,6 +54,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         proc.stdout.close()
+        proc.stdin.close()
     assert not link.exists(), "the simulator removes its port link when it stops"
 
 
