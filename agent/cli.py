@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.health",
     "agent.commands.run",
     "agent.commands.devices",
+    "agent.commands.sessions",
     "agent.commands.simulate",
 )
 

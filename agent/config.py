@@ -132,6 +132,15 @@ class ReaderSection:
     check_interval_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
 
 
+@dataclass(frozen=True)
+class ApiSection:
+    # The kiosk app's door: a unix socket, 0660, owned by `group` when set.
+    socket: Path = field(
+        default=Path("/run/capture-agent/api.sock"), metadata=_check(lambda p: p.is_absolute(), "give an absolute path")
+    )
+    group: str = ""
+
+
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -151,6 +160,7 @@ class AgentConfig:
     renewal: RenewalSection = field(default_factory=RenewalSection)
     audit: AuditSection = field(default_factory=AuditSection)
     reader: ReaderSection = field(default_factory=ReaderSection)
+    api: ApiSection = field(default_factory=ApiSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "defaults"  # where it was loaded from, for doctor and logs
 

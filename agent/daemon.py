@@ -28,10 +28,12 @@ from agent.errors import AgentError
 from agent.identity import IdentityStore
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
+from agent.localapi import LocalAPI
 from agent.outbox import Outbox, OutboxLimits
 from agent.readers import ReaderSupervisor
 from agent.renewal import renew, seconds_until_renewal
 from agent.sdnotify import Notifier, watchdog_interval_s
+from agent.sessions import CaptureSession
 
 log = structlog.get_logger()
 
@@ -52,6 +54,7 @@ class AgentDaemon:
         self.outbox: Outbox | None = None
         self.delivery: EventDelivery | None = None
         self.reader: ReaderSupervisor | None = None
+        self.api: LocalAPI | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,6 +105,14 @@ class AgentDaemon:
         self._spawn(self._renewal_loop(), "renewal")
         if self.reader is not None:
             self._spawn(self.reader.watch(), "reader")
+            reader, client = self.reader, self.client
+            self.api = LocalAPI(
+                self.config.api.socket,
+                lambda emit: CaptureSession(reader.module, client, emit=emit),
+                group=self.config.api.group,
+                health=lambda: {"reader": reader.status, "reader_connected": reader.connected},
+            )
+            await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
         self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {reader_status}")
         log.info("agent_ready", device_id=identity.device_id, verifier=url)
@@ -161,6 +172,8 @@ class AgentDaemon:
 
     async def stop(self) -> None:
         self.notifier.send(STOPPING=1, STATUS="stopping: flushing the outbox")
+        if self.api is not None:
+            await self.api.stop()  # running sessions are cancelled first
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

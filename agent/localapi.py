@@ -184,14 +184,15 @@ class LocalAPI:
 
     async def _json(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, data: dict) -> None:
         payload = json.dumps(data).encode()
-        headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
+        # One request per connection: say so, or a client reuses a socket this side closes.
+        headers = [("content-type", "application/json"), ("content-length", str(len(payload))), ("connection", "close")]
         writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
         writer.write(conn.send(h11.Data(data=payload)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
     async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, running: RunningSession) -> None:
-        headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]
+        headers = [("content-type", "text/event-stream"), ("cache-control", "no-store"), ("connection", "close")]
         writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
         while True:
             event = await running.events.get()

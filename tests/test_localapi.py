@@ -67,3 +67,66 @@ def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_
     assert facts["busy"] is False, "a cancelled session leaves the sensor free"
     assert zfm_sim.commands.count(0x06) == 0, "nothing stored on the module"
     assert not socket_path.exists(), "the socket is removed on stop"
+
+
+def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, verifier, zfm_sim, tmp_path) -> None:
+    """`capture-agent run` with a reader; `capture-agent enroll` and `verify` talk to it; a person reacts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    socket_path = tmp_path / "api.sock"
+    config_file = write_config_file(
+        tmp_path / "agent.toml",
+        config,
+        f'[reader]\nkind = "zfm"\nport = "{zfm_sim.port}"\n[api]\nsocket = "{socket_path}"\n'
+        '[logging]\nlevel = "error"\n',
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert socket_path.exists(), "the daemon opened its local API"
+
+        def cli(*args: str, placements: list[tuple[int, int]]) -> tuple[int, str]:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "--config", str(config_file), *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            lines = []
+            for line in proc.stdout:  # the person at the terminal reacts to the prompts
+                lines.append(line)
+                if "Place" in line:  # a re-prompt after a poor capture reuses the last placement
+                    finger, impression = placements.pop(0) if len(placements) > 1 else placements[0]
+                    zfm_sim.place(finger=finger, impression=impression)
+                elif "Lift" in line:
+                    zfm_sim.lift()
+            proc.stdout.close()
+            return proc.wait(60), "".join(lines)
+
+        code, out = cli("enroll", "--subject", "hana", "--captures", "2", placements=[(0, 0), (0, 1)])
+        assert code == 0 and "enrolled hana (2 templates)" in out and "[####################] 2/2" in out, out
+        code, out = cli("enroll", "--subject", "hana", "--captures", "2", placements=[(5, 0), (5, 1)])
+        assert code == 0, out
+        # The device's first verification: the step-up asks for another finger, which the person gives.
+        code, out = cli("verify", "--subject", "hana", placements=[(0, 2), (5, 2)])
+        assert code == 0 and "another finger" in out and "accept" in out, out
+        code, out = cli("verify", "--subject", "hana", placements=[(3, 0)])  # someone else
+        assert code == 1 and "reject" in out, out
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+    assert not socket_path.exists()

@@ -1,0 +1,89 @@
+"""`capture-agent enroll|verify|identify`: a session through the daemon's local API, on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for name, helptext in (
+        ("enroll", "enroll a subject"),
+        ("verify", "verify a claimed subject"),
+        ("identify", "identify who is at the sensor"),
+    ):
+        parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)")
+        if name != "identify":
+            parser.add_argument("--subject", required=True)
+        if name == "enroll":
+            parser.add_argument("--captures", type=int, default=3)
+        parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
+        parser.set_defaults(run=run, operation=name)
+
+
+def _bar(step: int, total: int, width: int = 20) -> str:
+    done = int(width * step / max(total, 1))
+    return f"[{'#' * done}{'.' * (width - done)}] {step}/{total}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from agent.errors import TransportError
+    from agent.runtime import config_from_args
+
+    config = config_from_args(args)
+    socket_path = args.socket or str(config.api.socket)
+    request = {
+        "operation": args.operation,
+        "subject": getattr(args, "subject", None),
+        "captures": getattr(args, "captures", 3),
+    }
+    transport = httpx.HTTPTransport(uds=socket_path)
+    try:
+        # Reading waits for the person at the sensor: minutes, not seconds.
+        timeout = httpx.Timeout(10.0, read=300.0)
+        with httpx.Client(transport=transport, base_url="http://agent", timeout=timeout) as api:
+            created = api.post("/sessions", json=request)
+            if created.status_code != 201:
+                print(f"error: {created.json().get('error')}", file=sys.stderr)
+                return 2
+            outcome = 2
+            with api.stream("GET", created.json()["events"]) as stream:
+                for line in stream.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    outcome = _show(event, outcome)
+            return outcome
+    except httpx.TransportError as exc:
+        raise TransportError(
+            f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
+            fix="start the daemon (systemctl start capture-agent) and make sure this user is in the [api] group",
+        ) from None
+
+
+def _show(event: dict, outcome: int) -> int:
+    kind = event["type"]
+    if kind == "prompt":
+        print(f"  > {event['message']}", flush=True)
+    elif kind == "progress":
+        print(f"  {_bar(event['step'], event['total'])}", flush=True)
+    elif kind == "step_up":
+        print("  the verifier asks for another finger", flush=True)
+    elif kind == "result":
+        if "decision" in event:
+            print(f"{event['decision']} (score {event['score']})")
+            return 0 if event["decision"] == "accept" else 1
+        if "candidates" in event:
+            print(", ".join(f"{c['subject']} ({c['score']})" for c in event["candidates"]) or "nobody recognised")
+            return 0 if event["candidates"] else 1
+        print(f"enrolled {event.get('subject')} ({event.get('templates')} templates)")
+        return 0
+    elif kind in ("error", "cancelled"):
+        print(f"error: {event.get('message', kind)}", file=sys.stderr)
+        if event.get("fix"):
+            print(f"fix: {event['fix']}", file=sys.stderr)
+        return 2
+    return outcome
