@@ -99,3 +99,28 @@ def test_csr_checks() -> None:
     )
     with pytest.raises(CSRError, match="P-256"):
         parse_csr(csr)
+
+
+def test_device_rate_limit_locks_for_a_doubling_time() -> None:
+    from verifier.policy import DeviceRateLimit
+
+    limit = DeviceRateLimit(per_minute=3, base_s=10)
+    assert [limit.check("d", now=100 + i) for i in range(3)] == [0, 0, 0]
+    assert limit.check("d", now=104) == 10  # the fourth in a minute: locked 10 s
+    assert limit.check("d", now=110) > 0
+    assert limit.check("other", now=110) == 0  # per device
+    assert [limit.check("d", now=115 + i) for i in range(3)] == [0, 0, 0]
+    assert limit.check("d", now=119) == 20  # the second breach: twice as long
+
+
+def test_lockouts_double_and_reset_on_success(conn) -> None:
+    from verifier.policy import Lockouts
+
+    lockouts = Lockouts(conn, max_failures=2, base_s=5)
+    assert lockouts.record("s", False, now=100) == 0
+    assert lockouts.record("s", False, now=101) == 5
+    assert lockouts.locked_for("s", now=103) == 3
+    assert lockouts.record("s", False, now=110) == 0
+    assert lockouts.record("s", False, now=111) == 10
+    lockouts.record("s", True, now=130)
+    assert lockouts.failures("s") == 0 and lockouts.locked_for("s", now=130) == 0

@@ -41,7 +41,7 @@ from verifier.challenges import Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
-from verifier.policy import AccessRules, Lockouts
+from verifier.policy import AccessRules, DeviceRateLimit, Lockouts
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
@@ -136,6 +136,7 @@ class VerifierApp:
         self.threshold = threshold_for_fmr(settings.target_fmr)
         self.rules = AccessRules(self.conn)
         self.lockouts = Lockouts(self.conn, settings.max_failures, settings.lockout_base_s)
+        self.device_rate = DeviceRateLimit(settings.device_requests_per_min, settings.lockout_base_s)
         self.stepup = StepUpPolicy(self.conn, first_use=settings.step_up_first_use)
         self.sessions = SessionTokens(self.conn, settings.session_ttl_s)
         self._gallery: GalleryIndex | None = None
@@ -438,6 +439,23 @@ class VerifierApp:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
+        wait = self.device_rate.check(request.device.device_id)
+        if wait > 0:
+            log.warning(
+                "biometric_request_refused",
+                audit=True,
+                device_id=request.device.device_id,
+                reason="device rate limit",
+                wait_s=round(wait, 1),
+            )
+            raise Problem(
+                429,
+                "device-rate-limited",
+                "Too many requests from this device",
+                f"device {request.device.device_id} is over its rate; wait {wait:.0f} s",
+                "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
+                headers=((b"retry-after", str(int(wait) + 1).encode()),),
+            )
         try:
             check_signature(request.client_cert.public_key(), request.method, request.path, body)
         except SignatureError as exc:

@@ -96,3 +96,37 @@ class Lockouts:
             (subject_id, failures, lockouts, until),
         )
         return max(0.0, until - now)
+
+
+@dataclass
+class DeviceRateLimit:
+    """At most ``per_minute`` biometric requests a device; each breach locks it for a doubling time.
+
+    In memory (a restart forgets it): it guards the verifier's CPU and a subject's
+    lockout counter against one misbehaving or stolen device, not a long-term record.
+    """
+
+    per_minute: int = 60
+    base_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        self._recent: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._breaches: dict[str, int] = {}
+
+    def check(self, device_id: str, now: float | None = None) -> float:
+        """Seconds the device must wait (0: go ahead, and the request is counted)."""
+        now = now or time.time()
+        wait = self._locked_until.get(device_id, 0.0) - now
+        if wait > 0:
+            return wait
+        recent = [t for t in self._recent.get(device_id, []) if t > now - 60.0]
+        if len(recent) >= self.per_minute:
+            breaches = self._breaches.get(device_id, 0)
+            self._breaches[device_id] = breaches + 1
+            self._locked_until[device_id] = now + self.base_s * 2**breaches
+            self._recent[device_id] = []
+            return self.base_s * 2**breaches
+        recent.append(now)
+        self._recent[device_id] = recent
+        return 0.0

@@ -31,6 +31,7 @@ class VerifierSettings:
     max_body_bytes: int = 1 << 20
     max_failures: int = 5  # rejected verifications in a row before a subject is locked
     lockout_base_s: float = 30.0  # the first lockout; each next one doubles
+    device_requests_per_min: int = 60  # biometric requests a device may make per minute
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -61,7 +62,15 @@ class VerifierSettings:
         return _checked(replace(self, **{k: v for k, v in values.items() if v is not None}))
 
 
-_POSITIVE = ("session_ttl_s", "cert_days", "nonce_ttl_s", "grace_s", "keep_alive_s", "max_body_bytes")
+_POSITIVE = (
+    "device_requests_per_min",
+    "session_ttl_s",
+    "cert_days",
+    "nonce_ttl_s",
+    "grace_s",
+    "keep_alive_s",
+    "max_body_bytes",
+)
 
 
 def _checked(settings: VerifierSettings) -> VerifierSettings:
