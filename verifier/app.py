@@ -418,80 +418,83 @@ class VerifierApp:
         return _json(200, {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies})
 
     # ---------------------------------------------------------------- biometrics
+    @staticmethod
+    def _refused(request: Request, problem: Problem, reason: str) -> Problem:
+        """A refused biometric request: audited (invariant 5), then answered as a problem."""
+        assert request.device is not None
+        log.warning(
+            "biometric_request_refused",
+            audit=True,
+            device_id=request.device.device_id,
+            path=request.path,
+            status=problem.status,
+            reason=reason,
+        )
+        return problem
+
     def _biometric_request(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
-        """Access rule, signature, nonce (single use), templates: the checks every biometric request passes."""
+        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
         assert request.device is not None and request.client_cert is not None
-        if not self.rules.allows(request.device.device_id, operation):
-            log.warning(
-                "biometric_request_refused",
-                audit=True,
-                device_id=request.device.device_id,
-                operation=operation,
-                reason="not allowed for this device",
-            )
-            raise Problem(
-                403,
-                "operation-not-allowed",
-                "Operation not allowed",
-                f"device {request.device.device_id} may not {operation}",
-                "ask the operator to allow it: capture-verifier device allow --operations ...",
+        device_id = request.device.device_id
+        if not self.rules.allows(device_id, operation):
+            raise self._refused(
+                request,
+                Problem(
+                    403,
+                    "operation-not-allowed",
+                    "Operation not allowed",
+                    f"device {device_id} may not {operation}",
+                    "ask the operator to allow it: capture-verifier device allow --operations ...",
+                ),
+                "operation not allowed for this device",
             )
         body = _json_body(request)
         if not isinstance(body, dict):
             raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
-        wait = self.device_rate.check(request.device.device_id)
+        wait = self.device_rate.check(device_id)
         if wait > 0:
-            log.warning(
-                "biometric_request_refused",
-                audit=True,
-                device_id=request.device.device_id,
-                reason="device rate limit",
-                wait_s=round(wait, 1),
-            )
-            raise Problem(
-                429,
-                "device-rate-limited",
-                "Too many requests from this device",
-                f"device {request.device.device_id} is over its rate; wait {wait:.0f} s",
-                "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
-                headers=((b"retry-after", str(int(wait) + 1).encode()),),
+            raise self._refused(
+                request,
+                Problem(
+                    429,
+                    "device-rate-limited",
+                    "Too many requests from this device",
+                    f"device {device_id} is over its rate; wait {wait:.0f} s",
+                    "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                "device rate limit",
             )
         try:
             check_signature(request.client_cert.public_key(), request.method, request.path, body)
         except SignatureError as exc:
-            log.warning(
-                "biometric_request_refused",
-                audit=True,
-                device_id=request.device.device_id,
-                path=request.path,
-                reason=str(exc),
-            )
-            raise Problem(
-                401,
-                "bad-signature",
-                "Device signature refused",
+            raise self._refused(
+                request,
+                Problem(
+                    401,
+                    "bad-signature",
+                    "Device signature refused",
+                    str(exc),
+                    "sign the request body with the device key (agent/signing.py)",
+                ),
                 str(exc),
-                "sign the request body with the device key (agent/signing.py)",
             ) from None
         nonce = body.get("nonce")
         try:
             if not isinstance(nonce, str):
                 raise NonceError("the body has no nonce")
-            self.challenges.consume(request.device.device_id, nonce)
+            self.challenges.consume(device_id, nonce)
         except NonceError as exc:
-            log.warning(
-                "biometric_request_refused",
-                audit=True,
-                device_id=request.device.device_id,
-                path=request.path,
-                reason=str(exc),
-            )
-            raise Problem(
-                409,
-                "nonce-refused",
-                "Challenge nonce refused",
+            raise self._refused(
+                request,
+                Problem(
+                    409,
+                    "nonce-refused",
+                    "Challenge nonce refused",
+                    str(exc),
+                    "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
+                ),
                 str(exc),
-                "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
             ) from None
         return body, _template_records(body)
 
