@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from biometrics.fingerprint import GalleryIndex, TemplateError, match, threshold_for_fmr
+from biometrics.fingerprint import GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
 from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
@@ -499,10 +499,15 @@ class VerifierApp:
         return body, _template_records(body)
 
     def _best_score(self, probes: list[bytes], enrolled: list[Cylinders]) -> float:
-        """Best probe-to-enrolled score; enrolled cylinders come cached, the probe's are built once."""
+        """Best probe-to-enrolled score: each probe built once, scored against all enrolled at once."""
         started = time.perf_counter()
-        templates = [cylinders_of(t) for record in probes for t in decode(record)]
-        best = max((match(p, e) for p in templates for e in enrolled), default=0.0)
+        packed = mcc_match.pack(enrolled) if enrolled else None
+        best = 0.0
+        for record in probes:
+            for template in decode(record):
+                probe = cylinders_of(template)
+                if packed is not None and len(probe):
+                    best = max(best, float(mcc_match.scores(probe, packed).max()))
         self._match_ms = (time.perf_counter() - started) * 1000  # one request at a time per app: no race
         return best
 
@@ -510,7 +515,7 @@ class VerifierApp:
         """The subject's enrolled templates as matching cylinders, decrypted and built once."""
         cached = self._cylinders.get(subject)
         if cached is None:
-            cached = [cylinders_of(t) for t in self.enrollments.templates(subject)]
+            cached = [c for c in (cylinders_of(t) for t in self.enrollments.templates(subject)) if len(c)]
             self._cylinders[subject] = cached
         return cached
 

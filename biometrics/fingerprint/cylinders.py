@@ -146,7 +146,7 @@ def build(minutiae: Minutiae, scale: float = 1.0) -> Cylinders:
     rel = angle_diff(th[None, :], th[:, None])  # (n_m, n_t): theta_t - theta_m
     dphi = angle_diff(DIR_CENTRES[None, None, :], rel[:, :, None])  # (n, n, ND)
     directional = _direction_weight(dphi)
-    values = np.einsum("mst,mtd->msd", spatial, directional)  # (n, S, ND)
+    values = np.matmul(spatial, directional)  # (n, S, ND): a batched product, several times faster than einsum
     values = 1.0 / (1.0 + np.exp(-TAU_PSI * (values - MU_PSI)))
     # Valid cells: inside the convex hull of the minutiae enlarged by HULL_OFFSET.
     pts = np.stack([x, y], axis=1).astype(np.float32)
