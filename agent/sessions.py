@@ -90,10 +90,13 @@ class CaptureSession:
     timings: Timings = field(default_factory=Timings)
 
     session_token: SessionToken | None = None
+    _nonce_task: asyncio.Task[Any] | None = field(default=None, repr=False)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by cancel(): stops reader waits
 
     def cancel(self) -> None:
         self.cancelled.set()
+        if self._nonce_task is not None:
+            self._nonce_task.cancel()
 
     def _prompt(self, code: str, message: str = "") -> None:
         self.emit({"type": "prompt", "code": code, "message": message or MESSAGES.get(code, code)})
@@ -130,12 +133,31 @@ class CaptureSession:
             fix="clean the sensor and the finger, press flat and hold still",
         )
 
+    def _prefetch_nonce(self) -> None:
+        """Ask for the nonce while the person places the finger: one round trip off the decision path."""
+        self._nonce_task = asyncio.get_running_loop().create_task(self.client.call("POST", "/v1/challenges", json={}))
+
+    async def _nonce(self) -> str:
+        task, self._nonce_task = self._nonce_task, None
+        if task is not None:
+            try:
+                return (await task)["nonce"]
+            except AgentError:
+                pass  # fetched again below, where a failure is reported
+        return (await self.client.call("POST", "/v1/challenges", json={}))["nonce"]
+
     async def _signed_call(self, path: str, **fields: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        nonce = (await self.client.call("POST", "/v1/challenges", json={}))["nonce"]
         key = self.client.identity.private_key()
-        body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
-        answer = await self.client.call("POST", path, json=body)
+        body = sign_request(key, "POST", path, {"nonce": await self._nonce(), **fields})
+        try:
+            answer = await self.client.call("POST", path, json=body)
+        except VerifierError as exc:
+            if exc.status != 409 or "expired" not in exc.message:
+                raise
+            # The prefetched nonce outlived a slow capture: once more with a fresh one.
+            body = sign_request(key, "POST", path, {"nonce": await self._nonce(), **fields})
+            answer = await self.client.call("POST", path, json=body)
         self.timings.network_ms += (time.perf_counter() - started) * 1000
         return answer
 
@@ -156,6 +178,7 @@ class CaptureSession:
 
     async def verify(self, subject: str) -> dict[str, Any]:
         """1:1 against a claimed subject; a step-up (RFC 9470) becomes a prompt for another finger."""
+        self._prefetch_nonce()
         record = await self.capture()
         try:
             answer = await self._signed_call("/v1/verifications", subject=subject, templates=self._wire([record]))
@@ -170,6 +193,7 @@ class CaptureSession:
                     "reasons": exc.problem.get("reasons", []),
                 }
             )
+            self._prefetch_nonce()
             second = await self.capture(place_message="Place another finger on the sensor")
             answer = await self._signed_call(
                 "/v1/verifications", subject=subject, step_up=step, templates=self._wire([second])
@@ -186,6 +210,7 @@ class CaptureSession:
         return result
 
     async def identify(self) -> dict[str, Any]:
+        self._prefetch_nonce()
         record = await self.capture()
         answer = await self._signed_call("/v1/identifications", templates=self._wire([record]))
         result = {"type": "result", "operation": "identify", **answer}
