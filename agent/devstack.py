@@ -96,6 +96,9 @@ class LocalVerifier:
     def revoke(self, device_id: str) -> None:
         verifier_cli("device", "revoke", "--pki", str(self.pki_dir), device_id)
 
+    def mark_high_risk(self, subject_id: str) -> None:
+        verifier_cli("subject", "high-risk", "--pki", str(self.pki_dir), subject_id)
+
     def allow(self, device_id: str, operations: str) -> None:
         verifier_cli("device", "allow", "--pki", str(self.pki_dir), device_id, "--operations", operations)
 

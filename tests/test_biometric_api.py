@@ -240,3 +240,21 @@ def test_repeated_failures_lock_the_subject_out_for_a_growing_time(tmp_path, syn
     assert [s for s, _ in second] == [200, 200, 429]
     first_wait, second_wait = int(first[2][1]["retry-after"]), int(second[2][1]["retry-after"])
     assert second_wait >= 2 * first_wait >= 2, "the second lockout is twice the first (1 s, then 2 s)"
+
+
+def test_a_high_risk_subject_always_gets_a_step_up(device, verifier, synthetic_templates) -> None:
+    t = synthetic_templates
+    enroll_fingers(device, t, "vip", [0, 2])
+
+    async def first_use_cleared(client):
+        _, first = await verify_call(device, client, "vip", t[0][2])
+        return await verify_call(device, client, "vip", t[2][2], step_up=first["step_up"])
+
+    assert device.run(first_use_cleared)[1]["decision"] == "accept"
+    verifier.mark_high_risk("vip")
+
+    async def again(client):
+        return await verify_call(device, client, "vip", t[0][2])
+
+    status, answer = device.run(again)
+    assert status == 401 and answer["reasons"] == ["high_risk_subject"]

@@ -142,6 +142,17 @@ def cmd_device_allow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_subject_risk(args: argparse.Namespace) -> int:
+    from verifier.stepup import StepUpPolicy
+
+    conn, _, _ = _app_store(settings_from(args))
+    StepUpPolicy(conn).mark_high_risk(args.subject_id, not args.off)
+    structlog.get_logger().info("subject_risk_set", audit=True, subject=args.subject_id, high_risk=not args.off)
+    state = "no longer high-risk" if args.off else "high-risk: every verification asks for a second finger"
+    print(f"{args.subject_id}: {state}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from verifier.app import create_app
     from verifier.server import serve
@@ -194,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     allow.add_argument("device_id")
     allow.add_argument("--operations", required=True, help="comma list of enroll, verify, identify")
     allow.set_defaults(run=cmd_device_allow)
+
+    subject = sub.add_parser("subject", help="subjects").add_subparsers(dest="subject_command", required=True)
+    risk = with_pki(subject.add_parser("high-risk", help="mark a subject high-risk (always step-up)"))
+    risk.add_argument("subject_id")
+    risk.add_argument("--off", action="store_true", help="clear the mark")
+    risk.set_defaults(run=cmd_subject_risk)
 
     serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
