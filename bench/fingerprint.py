@@ -43,6 +43,17 @@ from biometrics.fingerprint.types import FingerprintTemplate
 NAME = re.compile(r"^(\d+)_(\d+)\.(tif|tiff|png|bmp|pgm)$", re.IGNORECASE)
 
 
+def all_pairs(templates: list, fingers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of every unordered pair (symmetrised) and whether each pair is the same finger."""
+    index = GalleryIndex()
+    for n, tpl in enumerate(templates):
+        index.add(n, tpl)
+    matrix = np.stack([index.scores(t) for t in templates])
+    sym = (matrix + matrix.T) / 2.0
+    iu, ju = np.triu_indices(len(templates), k=1)
+    return sym[iu, ju], fingers[iu] == fingers[ju]
+
+
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -123,14 +134,8 @@ def run(folder: Path, dpi: int, workers: int, gallery_size: int, search_workers:
     fingers = np.array([f for f, _, _ in items])
 
     _progress("matching all pairs")
-    index = GalleryIndex()
-    for n, tpl in enumerate(templates):
-        index.add(n, tpl)
-    matrix = np.stack([index.scores(t) for t in templates])
-    sym = (matrix + matrix.T) / 2.0
-    iu, ju = np.triu_indices(len(templates), k=1)
-    same = fingers[iu] == fingers[ju]
-    genuine, impostor = sym[iu, ju][same], sym[iu, ju][~same]
+    pair_scores, same = all_pairs(templates, fingers)
+    genuine, impostor = pair_scores[same], pair_scores[~same]
     rates = error_rates(genuine, impostor)
 
     _progress(f"1:N throughput on a gallery of {gallery_size}")
@@ -166,13 +171,8 @@ def calibrate(specs: list[str]) -> dict[str, object]:
         items = list_images(folder)
         templates = [_extract_one((str(p), dpi))[0] for _, _, p in items]
         fingers = np.array([f for f, _, _ in items])
-        index = GalleryIndex()
-        for n, tpl in enumerate(templates):
-            index.add(n, tpl)
-        matrix = np.stack([index.scores(t) for t in templates])
-        sym = (matrix + matrix.T) / 2.0
-        iu, ju = np.triu_indices(len(templates), k=1)
-        impostors.append(sym[iu, ju][fingers[iu] != fingers[ju]])
+        pair_scores, same = all_pairs(templates, fingers)
+        impostors.append(pair_scores[~same])
     quantiles, beta = fit_impostor_model(np.concatenate(impostors))
     return {
         "impostor_quantiles": [[f, round(q, 5)] for f, q in quantiles],

@@ -141,7 +141,7 @@ class VerifierApp:
         self.sessions = SessionTokens(self.conn, settings.session_ttl_s)
         self._gallery: GalleryIndex | None = None
         self._match_ms = 0.0
-        self._cylinders: dict[str, list[Cylinders]] = {}  # per subject; dropped when the subject enrolls more
+        self._packed: dict[str, mcc_match.Packed | None] = {}  # per subject; dropped when it enrolls more
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
@@ -498,26 +498,23 @@ class VerifierApp:
             ) from None
         return body, _template_records(body)
 
-    def _best_score(self, probes: list[bytes], enrolled: list[Cylinders]) -> float:
-        """Best probe-to-enrolled score: each probe built once, scored against all enrolled at once."""
-        started = time.perf_counter()
-        packed = mcc_match.pack(enrolled) if enrolled else None
-        best = 0.0
-        for record in probes:
-            for template in decode(record):
-                probe = cylinders_of(template)
-                if packed is not None and len(probe):
-                    best = max(best, float(mcc_match.scores(probe, packed).max()))
-        self._match_ms = (time.perf_counter() - started) * 1000  # one request at a time per app: no race
-        return best
+    @staticmethod
+    def _probes(records: list[bytes]) -> list[Cylinders]:
+        """The request's templates as matching cylinders, built once per request."""
+        return [c for record in records for c in (cylinders_of(t) for t in decode(record)) if len(c)]
 
-    def _enrolled(self, subject: str) -> list[Cylinders]:
-        """The subject's enrolled templates as matching cylinders, decrypted and built once."""
-        cached = self._cylinders.get(subject)
-        if cached is None:
-            cached = [c for c in (cylinders_of(t) for t in self.enrollments.templates(subject)) if len(c)]
-            self._cylinders[subject] = cached
-        return cached
+    def _best_score(self, probes: list[Cylinders], gallery: mcc_match.Packed | None) -> float:
+        """Best score of any probe against a packed set of templates (all scored at once)."""
+        if gallery is None:
+            return 0.0
+        return max((float(mcc_match.scores(p, gallery).max()) for p in probes), default=0.0)
+
+    def _enrolled(self, subject: str) -> mcc_match.Packed | None:
+        """The subject's enrolled templates, decrypted, built and packed once (None: not enrolled)."""
+        if subject not in self._packed:
+            cylinders = [c for c in (cylinders_of(t) for t in self.enrollments.templates(subject)) if len(c)]
+            self._packed[subject] = mcc_match.pack(cylinders) if cylinders else None
+        return self._packed[subject]
 
     def enroll(self, request: Request) -> Answer:
         assert request.device is not None
@@ -531,7 +528,7 @@ class VerifierApp:
             )
         _, records = self._biometric_request(request, "enroll")
         self.enrollments.add(request.subject, request.device.device_id, records)
-        self._cylinders.pop(request.subject, None)
+        self._packed.pop(request.subject, None)
         if self._gallery is not None:
             for record in records:
                 for template in decode(record):
@@ -554,7 +551,7 @@ class VerifierApp:
                 400, "bad-subject", "Bad subject id", "the body needs a claimed subject", 'add "subject": "<id>"'
             )
         enrolled = self._enrolled(subject)
-        if not enrolled:
+        if enrolled is None:
             log.info(
                 "verification_attempt",
                 audit=True,
@@ -591,7 +588,9 @@ class VerifierApp:
         step_id = body.get("step_up")
         if step_id is not None:
             return self._complete_step_up(device_id, subject, str(step_id), records, enrolled)
-        score = self._best_score(records, enrolled)
+        started = time.perf_counter()
+        score = self._best_score(self._probes(records), enrolled)
+        self._match_ms = (time.perf_counter() - started) * 1000  # probe build + scoring; one request at a time
         decision = "accept" if score >= self.threshold else "reject"
         if decision == "accept":
             reasons = self.stepup.reasons(device_id, subject, score, self.threshold, self.lockouts.failures(subject))
@@ -623,7 +622,7 @@ class VerifierApp:
         return self._decided(device_id, subject, decision, score)
 
     def _complete_step_up(
-        self, device_id: str, subject: str, step_id: str, records: list[bytes], enrolled: list[Cylinders]
+        self, device_id: str, subject: str, step_id: str, records: list[bytes], enrolled: mcc_match.Packed
     ) -> Answer:
         pending = self.stepup.take(step_id, device_id, subject)
         if pending is None:
@@ -634,9 +633,12 @@ class VerifierApp:
                 "no pending step-up with this id for you",
                 "start the verification again",
             )
-        score = self._best_score(records, enrolled)
-        first = [cylinders_of(t) for record in pending.first_records for t in decode(record)]
-        same_finger = self._best_score(records, first) >= self.threshold
+        started = time.perf_counter()
+        probes = self._probes(records)
+        score = self._best_score(probes, enrolled)
+        first = self._probes(pending.first_records)
+        same_finger = self._best_score(probes, mcc_match.pack(first) if first else None) >= self.threshold
+        self._match_ms = (time.perf_counter() - started) * 1000
         decision = "accept" if score >= self.threshold and not same_finger else "reject"
         if same_finger:
             log.info(
