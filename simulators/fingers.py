@@ -175,9 +175,7 @@ def _gabor(theta: float, period: float) -> np.ndarray:
     ux, uy = math.cos(theta), -math.sin(theta)  # along the ridge, pixel space
     along = xx * ux + yy * uy
     across = -xx * uy + yy * ux
-    k = np.exp(-0.5 * ((along / sigma_along) ** 2 + (across / sigma_across) ** 2)) * np.cos(
-        2 * np.pi * across / period
-    )
+    k = np.exp(-0.5 * ((along / sigma_along) ** 2 + (across / sigma_across) ** 2)) * np.cos(2 * np.pi * across / period)
     k -= k.mean()
     return (k / np.abs(k).sum()).astype(np.float32)
 
@@ -329,9 +327,7 @@ def _local_direction(skeleton: np.ndarray, x: np.ndarray, y: np.ndarray, theta: 
     return np.where(energy > 1e-4, local, theta).astype(np.float64)
 
 
-def skeleton_minutiae(
-    ridges: np.ndarray, inside: np.ndarray, theta: np.ndarray, period: float
-) -> Minutiae:
+def skeleton_minutiae(ridges: np.ndarray, inside: np.ndarray, theta: np.ndarray, period: float) -> Minutiae:
     """Endings and bifurcations of a clean binary ridge map, within ``inside``."""
     skeleton = thin(ridges)
     cn = _CROSSING[_neighbour_code(skeleton)]
@@ -618,7 +614,12 @@ class VirtualFinger:
     def clean_impression(self, size: tuple[int, int] = DEFAULT_SIZE, **params: object) -> Impression:
         """The finger centred, unrotated, undistorted, normal pressure, little noise, full contact."""
         fixed: dict[str, object] = {
-            "rotation": 0.0, "shift": (0.0, 0.0), "distortion": 0.0, "pressure": 0.0, "noise": 3.0, "contact": 1.0,
+            "rotation": 0.0,
+            "shift": (0.0, 0.0),
+            "distortion": 0.0,
+            "pressure": 0.0,
+            "noise": 3.0,
+            "contact": 1.0,
         }
         fixed.update(params)
         return self.impression(0, size=size, **fixed)

@@ -156,6 +156,7 @@ class VerifierApp:
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
+        self._handling_started = 0.0
 
     # ---------------------------------------------------------------- ASGI
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -164,6 +165,7 @@ class VerifierApp:
             return
         if scope["type"] != "http":
             return
+        self._handling_started = time.perf_counter()
         try:
             answer = await self._dispatch(scope, receive)
             headers = answer.headers
@@ -188,6 +190,10 @@ class VerifierApp:
         ]
         if answer.content_type.startswith("application/pkcs7-mime"):
             response_headers.append((b"content-transfer-encoding", b"base64"))
+        # Server-Timing: the verifier's own work once the body is in (checks, database, matching),
+        # so a client can tell it from the network. No await since _dispatch set the start.
+        handling_ms = (time.perf_counter() - self._handling_started) * 1000
+        response_headers.append((b"server-timing", f"app;dur={handling_ms:.3f}".encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": answer.body})
 
@@ -245,6 +251,7 @@ class VerifierApp:
             )
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         body = await self._read_body(receive)
+        self._handling_started = time.perf_counter()  # the last await before the answer is sent
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
         request = Request(method, path, headers, body, device, cert, subject)

@@ -84,6 +84,30 @@ def _hull_distance(px: np.ndarray, py: np.ndarray, hx: np.ndarray, hy: np.ndarra
     return np.where(inside, 0.0, d)
 
 
+def _within_hull(px: np.ndarray, py: np.ndarray, hull: np.ndarray, offset: float) -> np.ndarray:
+    """Whether points lie within ``offset`` of a convex polygon (inside counts), exactly.
+
+    The largest signed distance of a point to the polygon's edge lines is a lower
+    bound of its distance to the polygon (exact inside and in front of an edge), so
+    one small matrix product settles almost every point; only points in the bands
+    just outside the corners need the segment distances.
+    """
+    if len(hull) < 3:
+        return _hull_distance(px, py, hull[:, 0], hull[:, 1]) <= offset
+    a = hull.astype(np.float64)
+    e = np.roll(a, -1, axis=0) - a
+    area2 = np.sum(a[:, 0] * np.roll(a[:, 1], -1) - np.roll(a[:, 0], -1) * a[:, 1])
+    normal = np.stack([e[:, 1], -e[:, 0]], axis=1) * np.sign(area2)  # outward for either winding
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-9)
+    points = np.stack([px.ravel(), py.ravel()], axis=1).astype(np.float64)
+    line = (points @ normal.T - np.sum(normal * a, axis=1)).max(axis=1)  # (P,)
+    result = line <= 0.0
+    unsure = (line > 0.0) & (line <= offset)
+    if unsure.any():
+        result[unsure] = _hull_distance(points[unsure, 0], points[unsure, 1], a[:, 0], a[:, 1]) <= offset
+    return result.reshape(px.shape)
+
+
 def _direction_weight(dphi: np.ndarray) -> np.ndarray:
     """Area of the direction Gaussian over each direction bin, for angle differences (..., ND)."""
     s = SIGMA_D * np.sqrt(2.0)
@@ -118,48 +142,72 @@ def _without_duplicates(m: Minutiae) -> Minutiae:
     return Minutiae(m.x[keep], m.y[keep], m.angle[keep], m.kind[keep], m.quality[keep])
 
 
+def _neighbours(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each minutia's neighbours that can reach its cylinder, as padded index lists.
+
+    A neighbour t contributes to a cell of cylinder m only within 3 sigma_S of the
+    cell, and cells lie within RADIUS of m: t farther than RADIUS + 3 sigma_S from m
+    contributes nothing. Keeping only the others turns the (n, cells, n) work into
+    (n, cells, K), K the largest neighbour count (about a third of n).
+    Returns (index (n, K), mask (n, K)); padded slots point at m itself, masked out.
+    """
+    n = len(x)
+    d2 = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2
+    reach = d2 <= (RADIUS + 3.0 * SIGMA_S) ** 2
+    reach[np.arange(n), np.arange(n)] = False
+    k = max(1, int(reach.sum(axis=1).max()))
+    # Stable sort puts the reachable neighbours first in each row, in index order.
+    order = np.argsort(~reach, axis=1, kind="stable")[:, :k]
+    mask = np.take_along_axis(reach, order, axis=1)
+    index = np.where(mask, order, np.arange(n)[:, None])
+    return index, mask
+
+
 def build(minutiae: Minutiae, scale: float = 1.0) -> Cylinders:
-    """Cylinders of a minutiae set; ``scale`` maps its coordinates to 500 dpi."""
+    """Cylinders of a minutiae set; ``scale`` maps its coordinates to 500 dpi.
+
+    Usability (valid cells, neighbour count) is decided first, so cell values are
+    computed only for the cylinders that are kept; float32 throughout.
+    """
     minutiae = _without_duplicates(minutiae)
     n = len(minutiae)
     if n == 0:
         z = np.zeros(0, np.float32)
         return Cylinders(np.zeros((0, N_FEATURES), np.float32), np.zeros((0, N_SPATIAL), np.float32), z, z, z)
-    x = minutiae.x.astype(np.float64) * scale
-    y = minutiae.y.astype(np.float64) * scale
-    th = minutiae.angle.astype(np.float64)
+    x = (minutiae.x.astype(np.float64) * scale).astype(np.float32)
+    y = (minutiae.y.astype(np.float64) * scale).astype(np.float32)
+    th = minutiae.angle.astype(np.float32)
     order = np.argsort(-minutiae.quality.astype(np.int32), kind="stable")
     # Cell centres in image coordinates: rotate the grid by the minutia direction.
     # Direction vector in pixel coordinates is (cos, -sin); its normal is (-sin, -cos).
     c, s = np.cos(th)[:, None], np.sin(th)[:, None]
     cx = x[:, None] + CELL_X[None, :] * c - CELL_Y[None, :] * s  # (n, S)
     cy = y[:, None] - CELL_X[None, :] * s - CELL_Y[None, :] * c
-    # Spatial contributions of every minutia t to every cell of every cylinder m.
-    dx = cx[:, :, None] - x[None, None, :]
-    dy = cy[:, :, None] - y[None, None, :]
-    d2 = dx * dx + dy * dy  # (n, S, n)
-    near = d2 <= (3.0 * SIGMA_S) ** 2
-    idx = np.arange(n)
-    near[idx, :, idx] = False
-    spatial = np.where(near, np.exp(-d2 / (2.0 * SIGMA_S**2)) / (SIGMA_S * np.sqrt(2.0 * np.pi)), 0.0)
-    # Direction contributions: relative direction of t to m against each bin centre.
-    rel = angle_diff(th[None, :], th[:, None])  # (n_m, n_t): theta_t - theta_m
-    dphi = angle_diff(DIR_CENTRES[None, None, :], rel[:, :, None])  # (n, n, ND)
-    directional = _direction_weight(dphi)
-    values = np.matmul(spatial, directional)  # (n, S, ND): a batched product, several times faster than einsum
-    values = 1.0 / (1.0 + np.exp(-TAU_PSI * (values - MU_PSI)))
     # Valid cells: inside the convex hull of the minutiae enlarged by HULL_OFFSET.
-    pts = np.stack([x, y], axis=1).astype(np.float32)
-    hull = cv2.convexHull(pts).reshape(-1, 2).astype(np.float64) if n >= 3 else pts.astype(np.float64)
-    valid = _hull_distance(cx, cy, hull[:, 0], hull[:, 1]) <= HULL_OFFSET
-    count_near = (np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) <= RADIUS + 3 * SIGMA_S).sum(1) - 1
-    usable = (valid.sum(axis=1) >= MIN_VALID_CELLS * N_SPATIAL) & (count_near >= MIN_NEIGHBOURS)
+    pts = np.stack([x, y], axis=1)
+    hull = cv2.convexHull(pts).reshape(-1, 2) if n >= 3 else pts
+    valid = _within_hull(cx, cy, hull, HULL_OFFSET)
+    index, mask = _neighbours(x, y)
+    usable = (valid.sum(axis=1) >= MIN_VALID_CELLS * N_SPATIAL) & (mask.sum(axis=1) >= MIN_NEIGHBOURS)
     keep = order[usable[order]][:MAX_CYLINDERS]
-    values = values[keep] * valid[keep][:, :, None]
+    cx, cy, index, mask = cx[keep], cy[keep], index[keep], mask[keep]
+    # Spatial contributions of each neighbour t to each cell of each kept cylinder m.
+    dx = cx[:, :, None] - x[index][:, None, :]
+    dy = cy[:, :, None] - y[index][:, None, :]
+    d2 = dx * dx + dy * dy  # (m, S, K)
+    near = (d2 <= (3.0 * SIGMA_S) ** 2) & mask[:, None, :]
+    spatial = np.where(near, np.exp(d2 * np.float32(-1.0 / (2.0 * SIGMA_S**2))), np.float32(0.0))
+    spatial *= np.float32(1.0 / (SIGMA_S * np.sqrt(2.0 * np.pi)))
+    # Direction contributions: relative direction of t to m against each bin centre.
+    rel = angle_diff(th[index], th[keep][:, None])  # (m, K): theta_t - theta_m
+    directional = _direction_weight(angle_diff(DIR_CENTRES[None, None, :], rel[:, :, None])).astype(np.float32)
+    values = np.matmul(spatial, directional)  # (m, S, ND): a batched product, several times faster than einsum
+    values = 1.0 / (1.0 + np.exp(np.float32(-TAU_PSI) * (values - np.float32(MU_PSI))))
+    values *= valid[keep][:, :, None]
     return Cylinders(
         values=values.reshape(len(keep), N_FEATURES).astype(np.float32),
         valid=valid[keep].astype(np.float32),
-        x=x[keep].astype(np.float32),
-        y=y[keep].astype(np.float32),
-        angle=th[keep].astype(np.float32),
+        x=x[keep],
+        y=y[keep],
+        angle=th[keep],
     )

@@ -147,9 +147,7 @@ def _minutiae_bytes(t: FingerprintTemplate) -> bytes:
     xi = np.minimum(np.rint(x), t.width - 1).astype(np.int64)
     yi = np.minimum(np.rint(y), t.height - 1).astype(np.int64)
     if n and max(int(xi.max()), int(yi.max())) > MAX_COORDINATE:
-        raise TemplateFormatError(
-            f"minutia coordinates above {MAX_COORDINATE} do not fit 14 bits: use a smaller image"
-        )
+        raise TemplateFormatError(f"minutia coordinates above {MAX_COORDINATE} do not fit 14 bits: use a smaller image")
     kind = np.asarray(m.kind, np.int64)
     if n and (kind.min() < 0 or kind.max() > 2):
         raise TemplateFormatError("minutia kind must be 0 (other), 1 (ending) or 2 (bifurcation)")
@@ -164,9 +162,7 @@ def _minutiae_bytes(t: FingerprintTemplate) -> bytes:
     return rec.tobytes()
 
 
-def encode(
-    templates: Sequence[FingerprintTemplate] | FingerprintTemplate, *, impression_type: int = 0
-) -> bytes:
+def encode(templates: Sequence[FingerprintTemplate] | FingerprintTemplate, *, impression_type: int = 0) -> bytes:
     """One ISO/IEC 19794-2:2005 record holding one finger view per template.
 
     All templates must share the image size and resolution (the record header
@@ -210,9 +206,7 @@ def encode(
     length = HEADER_LENGTH + sum(len(v) for v in views)
     if length > MAX_RECORD_BYTES:
         raise TemplateFormatError(f"record of {length} bytes exceeds {MAX_RECORD_BYTES}: send fewer views")
-    header = _HEADER.pack(
-        FORMAT_ID, VERSION, length, 0, first.width, first.height, ppcm, ppcm, len(views), 0
-    )
+    header = _HEADER.pack(FORMAT_ID, VERSION, length, 0, first.width, first.height, ppcm, ppcm, len(views), 0)
     return header + b"".join(views)
 
 
@@ -342,9 +336,7 @@ def decode(data: bytes) -> list[FingerprintTemplate]:
         (ext_len,) = struct.unpack_from(">H", data, pos)
         pos += EXTENDED_LENGTH_FIELD
         if size - pos < ext_len:
-            raise TemplateFormatError(
-                f"view {view}: extended data length {ext_len} runs past the end of the record"
-            )
+            raise TemplateFormatError(f"view {view}: extended data length {ext_len} runs past the end of the record")
         block = data[pos : pos + ext_len]
         if ext_len and not (_areas_tile(block, header_counted=False) or _areas_tile(block, header_counted=True)):
             raise TemplateFormatError(
