@@ -99,8 +99,14 @@ class LocalVerifier:
     def mark_high_risk(self, subject_id: str) -> None:
         verifier_cli("subject", "high-risk", "--pki", str(self.pki_dir), subject_id)
 
-    def allow(self, device_id: str, operations: str) -> None:
-        verifier_cli("device", "allow", "--pki", str(self.pki_dir), device_id, "--operations", operations)
+    def allow(self, device_id: str, operations: str | None = None, groups: str | None = None) -> None:
+        """Set the device's access rule (comma lists; groups '*' for any)."""
+        args = ["--operations", operations] if operations is not None else []
+        args += ["--groups", groups] if groups is not None else []
+        verifier_cli("device", "allow", "--pki", str(self.pki_dir), device_id, *args)
+
+    def set_subject_group(self, subject_id: str, group: str) -> None:
+        verifier_cli("subject", "group", "--pki", str(self.pki_dir), subject_id, group)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 import sqlite3
 
 import pytest
@@ -258,3 +259,62 @@ def test_a_high_risk_subject_always_gets_a_step_up(device, verifier, synthetic_t
 
     status, answer = device.run(again)
     assert status == 401 and answer["reasons"] == ["high_risk_subject"]
+
+
+def test_a_device_limited_to_a_group_acts_only_on_that_group(device, verifier, synthetic_templates) -> None:
+    t = synthetic_templates
+
+    async def enroll_in(client, subject: str, group: str, finger: int) -> tuple[int, dict]:
+        path = f"/v1/subjects/{subject}/enrollments"
+        body = await device.signed(client, path, group=group, templates=[wire(x) for x in t[finger][:2]])
+        response = await client.request("POST", path, json=body)
+        return response.status_code, response.json()
+
+    async def identify(client, finger: int) -> list[str]:
+        body = await device.signed(client, "/v1/identifications", templates=[wire(t[finger][2])])
+        return [c["subject"] for c in (await client.call("POST", "/v1/identifications", json=body))["candidates"]]
+
+    async def setup(client):
+        return await enroll_in(client, "alice", "staff", 0), await enroll_in(client, "bob", "visitors", 1)
+
+    alice, bob = device.run(setup)
+    assert alice == (201, {**alice[1], "group": "staff"}) and bob[0] == 201
+    verifier.allow("kiosk-1", groups="staff")
+
+    async def restricted(client):
+        return (
+            await verify_call(device, client, "bob", t[1][2]),
+            await verify_call(device, client, "alice", t[0][2]),
+            await identify(client, 1),
+            await identify(client, 0),
+            await enroll_in(client, "carol", "visitors", 2),
+            await enroll_in(client, "alice", "visitors", 0),
+            await enroll_in(client, "dave", "staff", 3),
+        )
+
+    verify_bob, verify_alice, found_bob, found_alice, carol, alice_moved, dave = device.run(restricted)
+    assert verify_bob[0] == 403 and verify_bob[1]["type"].endswith("group-not-allowed")
+    assert "--groups visitors" in verify_bob[1]["fix"]
+    assert verify_alice[0] in (200, 401)  # matched (a first use asks for a step-up), not refused
+    assert found_bob == [] and found_alice == ["alice"]  # bob is outside the device's groups: never a candidate
+    assert carol[0] == 403 and alice_moved[0] == 409 and "subject group" in alice_moved[1]["fix"]
+    assert dave == (201, {**dave[1], "group": "staff"})
+    refusals = [
+        json.loads(line)
+        for line in verifier.log_path.read_text().splitlines()
+        if line.startswith("{") and '"biometric_request_refused"' in line
+    ]
+    assert {(r["subject"], r["reason"]) for r in refusals} >= {
+        ("bob", "subject group not allowed for this device"),
+        ("carol", "subject group not allowed for this device"),
+        ("alice", "enrollment names another group"),
+    }
+    assert all(r["audit"] and r["device_id"] == "kiosk-1" for r in refusals)
+
+    # The operator moves bob into staff: now the device may verify him.
+    verifier.set_subject_group("bob", "staff")
+
+    async def after_move(client):
+        return await identify(client, 1)
+
+    assert device.run(after_move) == ["bob"]

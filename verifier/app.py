@@ -1,4 +1,7 @@
-"""The verifier's ASGI application: EST, health, challenges, with a tiny router.
+"""The verifier's ASGI application: routing, client identity, idempotency; EST, health, events.
+
+The biometric routes (challenges, enrollments, verifications, identifications)
+are in :mod:`verifier.biometric`.
 
 No framework: the request path is a dict lookup and a few sqlite statements, so
 network plus matching stays within a few milliseconds on loopback.
@@ -16,14 +19,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import functools
-import json
 import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -31,24 +31,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from biometrics.fingerprint import GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
-from biometrics.fingerprint.cylinders import Cylinders
-from biometrics.fingerprint.iso19794_2 import decode
-from biometrics.fingerprint.matcher import cylinders_of
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
-from verifier.challenges import Challenges, NonceError
-from verifier.enrollments import EnrollmentStore, load_or_create_key
+from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
+from verifier.http import Answer, Request, Route, json_answer, json_body
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
-from verifier.policy import AccessRules, DeviceRateLimit, Lockouts
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
-from verifier.sessions import SessionTokens
 from verifier.settings import VerifierSettings
-from verifier.signatures import SignatureError, check_signature
-from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
 from verifier.store import open_database
 from verifier.tokens import BootstrapTokens, TokenError, token_hash
 
@@ -57,37 +49,8 @@ log = structlog.get_logger()
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
-JSON_TYPE = "application/json"
 HOUSEKEEPING_INTERVAL_S = 3600.0
-TEMPLATE_FORMAT = "iso19794-2:2005"
-MAX_TEMPLATES = 10
-SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SUBJECT_PATH = re.compile(r"/v1/subjects/([^/]+)/enrollments")
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    device: Device | None  # set on routes that need a client certificate
-    client_cert: x509.Certificate | None
-    subject: str = ""  # from /v1/subjects/{id}/...
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    content_type: str
-    body: bytes
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
-@dataclass(frozen=True)
-class Route:
-    handler: Callable[[Request], Answer]
-    needs_client_cert: bool
 
 
 @functools.lru_cache(maxsize=256)
@@ -99,10 +62,6 @@ def client_certificate(scope: dict[str, Any]) -> x509.Certificate | None:
     """The leaf certificate the TLS layer verified, from the ASGI TLS extension only."""
     chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
     return _parse_pem(chain[0]) if chain else None
-
-
-def _json(status: int, payload: dict[str, Any]) -> Answer:
-    return Answer(status, JSON_TYPE, json.dumps(payload).encode())
 
 
 def _certs_body(certs: list[x509.Certificate]) -> bytes:
@@ -130,29 +89,16 @@ class VerifierApp:
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
         self.idempotency = IdempotencyStore(self.conn)
-        self.challenges = Challenges(self.conn, ttl_s=settings.nonce_ttl_s)
         self.audit = AuditLog(self.conn)
-        self.enrollments = EnrollmentStore(self.conn, load_or_create_key(settings.enrollment_key))
-        self.threshold = threshold_for_fmr(settings.target_fmr)
-        self.rules = AccessRules(self.conn)
-        self.lockouts = Lockouts(self.conn, settings.max_failures, settings.lockout_base_s)
-        self.device_rate = DeviceRateLimit(settings.device_requests_per_min, settings.lockout_base_s)
-        self.stepup = StepUpPolicy(self.conn, first_use=settings.step_up_first_use)
-        self.sessions = SessionTokens(self.conn, settings.session_ttl_s)
-        self._gallery: GalleryIndex | None = None
-        self._match_ms = 0.0
-        self._packed: dict[str, mcc_match.Packed | None] = {}  # per subject; dropped when it enrolls more
+        self.biometric = BiometricRoutes(self.conn, settings)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
             ("POST", "/.well-known/est/simpleenroll"): Route(self.simpleenroll, needs_client_cert=False),
             ("POST", "/.well-known/est/simplereenroll"): Route(self.simplereenroll, needs_client_cert=True),
             ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
-            ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
             ("POST", "/v1/events"): Route(self.events, needs_client_cert=True),
-            ("POST", "/v1/subjects/{id}/enrollments"): Route(self.enroll, needs_client_cert=True),
-            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True),
-            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True),
+            **self.biometric.routes(),
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
@@ -234,7 +180,7 @@ class VerifierApp:
         found = SUBJECT_PATH.fullmatch(path)
         if found:
             subject = found.group(1)
-            route = self.routes.get((method, "/v1/subjects/{id}/enrollments"))
+            route = self.routes.get((method, ENROLLMENTS_PATH))
         else:
             route = self.routes.get((method, path))
         if route is None:
@@ -336,7 +282,7 @@ class VerifierApp:
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-        dropped = self.idempotency.expire(now) + self.challenges.expire(now)
+        dropped = self.idempotency.expire(now) + self.biometric.challenges.expire(now)
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 
@@ -407,13 +353,13 @@ class VerifierApp:
 
     def health(self, request: Request) -> Answer:
         assert request.device is not None
-        return _json(200, {"status": "ok", "version": __version__, "device_id": request.device.device_id})
+        return json_answer(200, {"status": "ok", "version": __version__, "device_id": request.device.device_id})
 
     def events(self, request: Request) -> Answer:
         """A batch of audit events from the device's outbox (idempotent by event id)."""
         assert request.device is not None
         try:
-            result = self.audit.ingest(request.device.device_id, _json_body(request))
+            result = self.audit.ingest(request.device.device_id, json_body(request))
         except EventFormatError as exc:
             raise Problem(
                 422,
@@ -422,334 +368,8 @@ class VerifierApp:
                 str(exc),
                 "send events as the agent's outbox makes them (DESIGN.md, audit trail)",
             ) from None
-        return _json(200, {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies})
-
-    # ---------------------------------------------------------------- biometrics
-    @staticmethod
-    def _refused(request: Request, problem: Problem, reason: str) -> Problem:
-        """A refused biometric request: audited (invariant 5), then answered as a problem."""
-        assert request.device is not None
-        log.warning(
-            "biometric_request_refused",
-            audit=True,
-            device_id=request.device.device_id,
-            path=request.path,
-            status=problem.status,
-            reason=reason,
-        )
-        return problem
-
-    def _biometric_request(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
-        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
-        assert request.device is not None and request.client_cert is not None
-        device_id = request.device.device_id
-        if not self.rules.allows(device_id, operation):
-            raise self._refused(
-                request,
-                Problem(
-                    403,
-                    "operation-not-allowed",
-                    "Operation not allowed",
-                    f"device {device_id} may not {operation}",
-                    "ask the operator to allow it: capture-verifier device allow --operations ...",
-                ),
-                "operation not allowed for this device",
-            )
-        body = _json_body(request)
-        if not isinstance(body, dict):
-            raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
-        wait = self.device_rate.check(device_id)
-        if wait > 0:
-            raise self._refused(
-                request,
-                Problem(
-                    429,
-                    "device-rate-limited",
-                    "Too many requests from this device",
-                    f"device {device_id} is over its rate; wait {wait:.0f} s",
-                    "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
-                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
-                ),
-                "device rate limit",
-            )
-        try:
-            check_signature(request.client_cert.public_key(), request.method, request.path, body)
-        except SignatureError as exc:
-            raise self._refused(
-                request,
-                Problem(
-                    401,
-                    "bad-signature",
-                    "Device signature refused",
-                    str(exc),
-                    "sign the request body with the device key (agent/signing.py)",
-                ),
-                str(exc),
-            ) from None
-        nonce = body.get("nonce")
-        try:
-            if not isinstance(nonce, str):
-                raise NonceError("the body has no nonce")
-            self.challenges.consume(device_id, nonce)
-        except NonceError as exc:
-            raise self._refused(
-                request,
-                Problem(
-                    409,
-                    "nonce-refused",
-                    "Challenge nonce refused",
-                    str(exc),
-                    "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
-                ),
-                str(exc),
-            ) from None
-        return body, _template_records(body)
-
-    @staticmethod
-    def _probes(records: list[bytes]) -> list[Cylinders]:
-        """The request's templates as matching cylinders, built once per request."""
-        return [c for record in records for c in (cylinders_of(t) for t in decode(record)) if len(c)]
-
-    def _best_score(self, probes: list[Cylinders], gallery: mcc_match.Packed | None) -> float:
-        """Best score of any probe against a packed set of templates (all scored at once)."""
-        if gallery is None:
-            return 0.0
-        return max((float(mcc_match.scores(p, gallery).max()) for p in probes), default=0.0)
-
-    def _enrolled(self, subject: str) -> mcc_match.Packed | None:
-        """The subject's enrolled templates, decrypted, built and packed once (None: not enrolled)."""
-        if subject not in self._packed:
-            cylinders = [c for c in (cylinders_of(t) for t in self.enrollments.templates(subject)) if len(c)]
-            self._packed[subject] = mcc_match.pack(cylinders) if cylinders else None
-        return self._packed[subject]
-
-    def enroll(self, request: Request) -> Answer:
-        assert request.device is not None
-        if not SUBJECT_ID.fullmatch(request.subject):
-            raise Problem(
-                400,
-                "bad-subject",
-                "Bad subject id",
-                f"{request.subject!r} is not a subject id",
-                "use 1 to 64 letters, digits, '.', '_' or '-'",
-            )
-        _, records = self._biometric_request(request, "enroll")
-        self.enrollments.add(request.subject, request.device.device_id, records)
-        self._packed.pop(request.subject, None)
-        if self._gallery is not None:
-            for record in records:
-                for template in decode(record):
-                    self._gallery.add(request.subject, template)
-        log.info(
-            "enrollment",
-            audit=True,
-            device_id=request.device.device_id,
-            subject=request.subject,
-            templates=len(records),
-        )
-        return _json(201, {"subject": request.subject, "templates": len(records)})
-
-    def verify(self, request: Request) -> Answer:
-        assert request.device is not None
-        body, records = self._biometric_request(request, "verify")
-        subject = body.get("subject")
-        if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
-            raise Problem(
-                400, "bad-subject", "Bad subject id", "the body needs a claimed subject", 'add "subject": "<id>"'
-            )
-        enrolled = self._enrolled(subject)
-        if enrolled is None:
-            log.info(
-                "verification_attempt",
-                audit=True,
-                device_id=request.device.device_id,
-                subject=subject,
-                outcome="unknown_subject",
-            )
-            raise Problem(
-                404,
-                "unknown-subject",
-                "Unknown subject",
-                f"no enrollment for subject {subject!r}",
-                f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
-            )
-        locked = self.lockouts.locked_for(subject)
-        if locked > 0:
-            log.warning(
-                "verification_attempt",
-                audit=True,
-                device_id=request.device.device_id,
-                subject=subject,
-                outcome="locked_out",
-                locked_for_s=round(locked, 1),
-            )
-            raise Problem(
-                429,
-                "subject-locked",
-                "Subject locked out",
-                f"too many failed attempts for {subject!r}; locked for {locked:.0f} s more",
-                "wait, or verify another way; each further lockout doubles",
-                headers=((b"retry-after", str(int(locked) + 1).encode()),),
-            )
-        device_id = request.device.device_id
-        step_id = body.get("step_up")
-        if step_id is not None:
-            return self._complete_step_up(device_id, subject, str(step_id), records, enrolled)
-        started = time.perf_counter()
-        score = self._best_score(self._probes(records), enrolled)
-        self._match_ms = (time.perf_counter() - started) * 1000  # probe build + scoring; one request at a time
-        decision = "accept" if score >= self.threshold else "reject"
-        if decision == "accept":
-            reasons = self.stepup.reasons(device_id, subject, score, self.threshold, self.lockouts.failures(subject))
-            if reasons:
-                step = self.stepup.open(device_id, subject, records, reasons)
-                log.info(
-                    "verification_attempt",
-                    audit=True,
-                    device_id=device_id,
-                    subject=subject,
-                    outcome="step_up",
-                    reasons=",".join(reasons),
-                    score=round(score, 4),
-                )
-                # An answer, not an exception: the nonce stays consumed, so this request cannot be replayed.
-                problem = Problem(
-                    401,
-                    "insufficient-user-authentication",
-                    "Another factor needed",
-                    f"a second finger is needed ({', '.join(reasons)})",
-                    "capture another finger of the same person and send it with this step_up id",
-                    extra=(("step_up", step), ("acr_values", ACR_SECOND_FINGER), ("reasons", reasons)),
-                )
-                challenge = (
-                    'Bearer error="insufficient_user_authentication", '
-                    f'error_description="{", ".join(reasons)}", acr_values="{ACR_SECOND_FINGER}"'
-                )
-                return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
-        return self._decided(device_id, subject, decision, score)
-
-    def _complete_step_up(
-        self, device_id: str, subject: str, step_id: str, records: list[bytes], enrolled: mcc_match.Packed
-    ) -> Answer:
-        pending = self.stepup.take(step_id, device_id, subject)
-        if pending is None:
-            raise Problem(
-                409,
-                "step-up-unknown",
-                "Unknown step-up",
-                "no pending step-up with this id for you",
-                "start the verification again",
-            )
-        started = time.perf_counter()
-        probes = self._probes(records)
-        score = self._best_score(probes, enrolled)
-        first = self._probes(pending.first_records)
-        same_finger = self._best_score(probes, mcc_match.pack(first) if first else None) >= self.threshold
-        self._match_ms = (time.perf_counter() - started) * 1000
-        decision = "accept" if score >= self.threshold and not same_finger else "reject"
-        if same_finger:
-            log.info(
-                "verification_attempt",
-                audit=True,
-                device_id=device_id,
-                subject=subject,
-                outcome="reject",
-                reason="step-up with the same finger",
-            )
-        return self._decided(device_id, subject, decision, score, step_up=pending.reasons)
-
-    def _decided(
-        self, device_id: str, subject: str, decision: str, score: float, step_up: list[str] | None = None
-    ) -> Answer:
-        self.lockouts.record(subject, decision == "accept")
-        log.info(
-            "verification_attempt",
-            audit=True,
-            device_id=device_id,
-            subject=subject,
-            outcome=decision,
-            score=round(score, 4),
-            step_up=",".join(step_up or []),
-        )
-        answer: dict[str, Any] = {
-            "subject": subject,
-            "decision": decision,
-            "score": round(score, 4),
-            "threshold": round(self.threshold, 4),
-        }
-        if decision == "accept":
-            self.stepup.completed(device_id)
-            answer.update(self.sessions.issue(device_id, subject))
-        timing = f"match;dur={self._match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
-        return Answer(200, JSON_TYPE, json.dumps(answer).encode(), ((b"server-timing", timing),))
-
-    def identify(self, request: Request) -> Answer:
-        assert request.device is not None
-        _, records = self._biometric_request(request, "identify")
-        gallery = self._gallery_index()
-        best: dict[str, float] = {}
-        for record in records:
-            for probe in decode(record):
-                for subject, score in gallery.search(probe, top_k=10):
-                    best[str(subject)] = max(best.get(str(subject), 0.0), float(score))
-        candidates = sorted(
-            ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
-            key=lambda c: -c["score"],
-        )
-        log.info("identification_attempt", audit=True, device_id=request.device.device_id, candidates=len(candidates))
-        return _json(200, {"candidates": candidates, "threshold": round(self.threshold, 4)})
-
-    def _gallery_index(self) -> GalleryIndex:
-        if self._gallery is None:
-            self._gallery = GalleryIndex()
-            for subject, template in self.enrollments.all():
-                self._gallery.add(subject, template)
-        return self._gallery
-
-    def new_challenge(self, request: Request) -> Answer:
-        assert request.device is not None
-        nonce, expires_at = self.challenges.issue(request.device.device_id)
-        expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
-        return _json(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
-
-
-def _template_records(body: dict[str, Any]) -> list[bytes]:
-    """The ISO/IEC 19794-2 records of a request, each checked by decoding it."""
-    items = body.get("templates")
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TEMPLATES:
-        raise Problem(
-            422,
-            "bad-template",
-            "No templates",
-            f"the body needs 1 to {MAX_TEMPLATES} templates",
-            'send "templates": [{"format": "iso19794-2:2005", "data": "<base64>"}]',
-        )
-    records = []
-    for index, item in enumerate(items):
-        try:
-            if not isinstance(item, dict) or item.get("format") != TEMPLATE_FORMAT:
-                raise TemplateError(f"templates[{index}] is not a {TEMPLATE_FORMAT} template")
-            record = base64.b64decode(str(item.get("data", "")), validate=True)
-            decode(record)
-        except (TemplateError, binascii.Error) as exc:
-            raise Problem(
-                422,
-                "bad-template",
-                "Malformed template",
-                f"templates[{index}]: {exc}",
-                "send the ISO/IEC 19794-2:2005 record the agent's extractor made",
-            ) from None
-        records.append(record)
-    return records
-
-
-def _json_body(request: Request) -> Any:
-    try:
-        return json.loads(request.body)
-    except ValueError:
-        raise Problem(
-            400, "bad-json", "Body is not JSON", "the request body must be JSON", "send application/json"
-        ) from None
+        counts = {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies}
+        return json_answer(200, counts)
 
 
 def spki_sha256_of_csr(csr_der: bytes) -> str:

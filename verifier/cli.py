@@ -4,6 +4,9 @@ capture-verifier pki init DIR
 capture-verifier token new --pki DIR [--device ID] [--ttl 24h]
 capture-verifier device list --pki DIR
 capture-verifier device revoke --pki DIR ID
+capture-verifier device allow --pki DIR ID [--operations verify,identify] [--groups staff,visitors]
+capture-verifier subject group --pki DIR SUBJECT GROUP
+capture-verifier subject high-risk --pki DIR SUBJECT [--off]
 capture-verifier serve --pki DIR [--host H] [--port P] [--ready-file F]
 """
 
@@ -113,8 +116,14 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def cmd_device_list(args: argparse.Namespace) -> int:
-    _, _, registry = _app_store(settings_from(args))
+    from verifier.policy import AccessRules
+
+    conn, _, registry = _app_store(settings_from(args))
+    rules = AccessRules(conn)
     for device in registry.list():
+        groups = rules.groups(device["device_id"])
+        device["operations"] = rules.operations(device["device_id"])
+        device["groups"] = "*" if groups is None else sorted(groups)
         print(json.dumps(device))
     return 0
 
@@ -128,17 +137,51 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def cmd_device_allow(args: argparse.Namespace) -> int:
     from verifier.policy import AccessRules
 
+    if args.operations is None and args.groups is None:
+        raise CLIError("say what the device may do: --operations enroll,verify,identify and/or --groups staff,...")
     conn, _, _ = _app_store(settings_from(args))
-    operations = [op.strip() for op in args.operations.split(",") if op.strip()]
+    rules = AccessRules(conn)
     try:
-        AccessRules(conn).set(args.device_id, operations)
+        if args.operations is not None:
+            rules.set(args.device_id, _comma_list(args.operations))
+        if args.groups is not None:
+            rules.set_groups(args.device_id, None if args.groups.strip() == "*" else _comma_list(args.groups))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    structlog.get_logger().info("device_rule_set", audit=True, device_id=args.device_id, operations=operations)
-    print(f"{args.device_id} may: {', '.join(operations) or 'nothing'}")
+    operations, groups = rules.operations(args.device_id), rules.groups(args.device_id)
+    group_text = "any group" if groups is None else ", ".join(sorted(groups)) or "no group"
+    structlog.get_logger().info(
+        "device_rule_set",
+        audit=True,
+        device_id=args.device_id,
+        operations=",".join(operations),
+        groups="*" if groups is None else ",".join(sorted(groups)),
+    )
+    print(f"{args.device_id} may: {', '.join(operations) or 'nothing'}; on subjects of: {group_text}")
+    return 0
+
+
+def cmd_subject_group(args: argparse.Namespace) -> int:
+    from verifier.policy import GROUP_NAME
+    from verifier.subjects import SubjectGroups
+
+    if not GROUP_NAME.fullmatch(args.group):
+        raise CLIError(f"{args.group!r} is not a group name: use 1 to 64 letters, digits, '.', '_' or '-'")
+    conn, _, _ = _app_store(settings_from(args))
+    groups = SubjectGroups(conn)
+    before = groups.group_of(args.subject_id)
+    groups.assign(args.subject_id, args.group)
+    structlog.get_logger().info(
+        "subject_group_set", audit=True, subject=args.subject_id, group=args.group, previous_group=before
+    )
+    print(f"{args.subject_id}: group {args.group} (was {before})")
     return 0
 
 
@@ -201,9 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = with_pki(device.add_parser("revoke", help="revoke a device: its certificates stop working"))
     revoke.add_argument("device_id")
     revoke.set_defaults(run=cmd_device_revoke)
-    allow = with_pki(device.add_parser("allow", help="set the operations a device may call"))
+    allow = with_pki(
+        device.add_parser("allow", help="set the operations a device may call and the subject groups it may act on")
+    )
     allow.add_argument("device_id")
-    allow.add_argument("--operations", required=True, help="comma list of enroll, verify, identify")
+    allow.add_argument("--operations", help="comma list of enroll, verify, identify")
+    allow.add_argument("--groups", help="comma list of subject groups, or '*' for any group")
     allow.set_defaults(run=cmd_device_allow)
 
     subject = sub.add_parser("subject", help="subjects").add_subparsers(dest="subject_command", required=True)
@@ -211,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     risk.add_argument("subject_id")
     risk.add_argument("--off", action="store_true", help="clear the mark")
     risk.set_defaults(run=cmd_subject_risk)
+    group = with_pki(subject.add_parser("group", help="put a subject into a group (access rules name groups)"))
+    group.add_argument("subject_id")
+    group.add_argument("group")
+    group.set_defaults(run=cmd_subject_group)
 
     serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")

@@ -1,9 +1,10 @@
 """What a device may ask, and how often a subject may fail: access rules and lockouts.
 
 Access rules: per device, the operations it may call (enroll, verify,
-identify); a device without a rule may call all of them (a development
-default; a production site sets rules at provisioning). Anything else is a 403,
-audited.
+identify) and the groups of subjects it may act on (a lobby kiosk verifies
+staff and visitors, the HR desk enrolls staff). A device without a rule may call
+every operation on every group (a development default; a production site sets
+rules at provisioning). Anything else is a 403, audited.
 
 Lockouts: after ``max_failures`` rejected verifications in a row a subject is
 locked for ``base * 2**k`` seconds, k counting the lockouts before it, so a
@@ -12,16 +13,22 @@ guessing attack slows down exponentially; a success resets the count.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
 
 OPERATIONS = ("enroll", "verify", "identify")
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_rules (
     device_id  TEXT PRIMARY KEY,
     operations TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_groups (
+    device_id  TEXT PRIMARY KEY,
+    groups     TEXT NOT NULL               -- comma list of subject groups; no row: any group
 );
 CREATE TABLE IF NOT EXISTS subject_failures (
     subject_id   TEXT PRIMARY KEY,
@@ -52,6 +59,33 @@ class AccessRules:
     def allows(self, device_id: str, operation: str) -> bool:
         row = self.conn.execute("SELECT operations FROM device_rules WHERE device_id = ?", (device_id,)).fetchone()
         return row is None or operation in row[0].split(",")
+
+    def operations(self, device_id: str) -> list[str]:
+        row = self.conn.execute("SELECT operations FROM device_rules WHERE device_id = ?", (device_id,)).fetchone()
+        return list(OPERATIONS) if row is None else [op for op in row[0].split(",") if op]
+
+    def set_groups(self, device_id: str, groups: list[str] | None) -> None:
+        """The subject groups a device may act on; None lifts the restriction (any group)."""
+        if groups is None:
+            self.conn.execute("DELETE FROM device_groups WHERE device_id = ?", (device_id,))
+            return
+        bad = [g for g in groups if not GROUP_NAME.fullmatch(g)]
+        if bad:
+            raise ValueError(f"bad group names {bad}: use 1 to 64 letters, digits, '.', '_' or '-'")
+        self.conn.execute(
+            "INSERT INTO device_groups (device_id, groups) VALUES (?, ?) "
+            "ON CONFLICT(device_id) DO UPDATE SET groups = excluded.groups",
+            (device_id, ",".join(sorted(set(groups)))),
+        )
+
+    def groups(self, device_id: str) -> frozenset[str] | None:
+        """The groups the device may act on (None: any group)."""
+        row = self.conn.execute("SELECT groups FROM device_groups WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else frozenset(g for g in row[0].split(",") if g)
+
+    def allows_group(self, device_id: str, group: str) -> bool:
+        allowed = self.groups(device_id)
+        return allowed is None or group in allowed
 
 
 @dataclass

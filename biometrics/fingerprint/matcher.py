@@ -7,7 +7,7 @@ false match rate.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Container, Hashable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -86,6 +86,10 @@ class GalleryIndex:
     def __contains__(self, subject_id: object) -> bool:
         return subject_id in self._ids
 
+    def subject_ids(self) -> set[Hashable]:
+        """Every enrolled subject once."""
+        return set(self._ids)
+
     def add(self, subject_id: Hashable, template: FingerprintTemplate | Minutiae | Cylinders) -> None:
         self._ids.append(subject_id)
         self._cylinders.append(cylinders_of(template))
@@ -131,15 +135,20 @@ class GalleryIndex:
                 run(block)
         return out
 
-    def search(self, probe: FingerprintTemplate | Minutiae | Cylinders, top_k: int = 5) -> list[tuple[Hashable, float]]:
-        """The ``top_k`` best subjects as (subject_id, score), best first."""
+    def search(
+        self,
+        probe: FingerprintTemplate | Minutiae | Cylinders,
+        top_k: int = 5,
+        among: Container[Hashable] | None = None,
+    ) -> list[tuple[Hashable, float]]:
+        """The ``top_k`` best subjects as (subject_id, score), best first; only those ``among`` if given."""
         if top_k <= 0 or not self._ids:
             return []
         s = self.scores(probe)
         best: dict[Hashable, float] = {}
         for i in np.argsort(-s, kind="stable"):  # stops after top_k distinct subjects
             sid = self._ids[int(i)]
-            if sid not in best:
+            if sid not in best and (among is None or sid in among):
                 best[sid] = float(s[i])
                 if len(best) >= top_k:
                     break

@@ -1,0 +1,471 @@
+"""The routes that carry templates: challenges, enrollments, verifications, identifications.
+
+Every biometric request passes the same gate (:meth:`BiometricRoutes._checked`):
+the device's access rule for the operation, the device's rate, the signature by
+the device key over the canonical request, and the nonce (single use, short
+life). Then the subject's group against the device's allowed groups, then the
+operation. Every outcome, accepted or refused, is an audit event naming the
+device, the subject and the reason; a template never appears in one.
+
+Matching: the request's templates become cylinders once per request; a
+subject's enrolled templates are decrypted, built and packed once and kept
+until the subject enrolls more. ``Server-Timing: match`` reports the time spent
+building the probe and scoring, the part of the decision the device cannot see.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+import sqlite3
+import time
+from typing import Any
+
+import structlog
+
+from biometrics.fingerprint import GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
+from biometrics.fingerprint.cylinders import Cylinders
+from biometrics.fingerprint.iso19794_2 import decode
+from biometrics.fingerprint.matcher import cylinders_of
+from verifier.challenges import Challenges, NonceError
+from verifier.enrollments import EnrollmentStore, load_or_create_key
+from verifier.http import Answer, Request, Route, json_answer, json_body
+from verifier.policy import AccessRules, DeviceRateLimit, Lockouts
+from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from verifier.problems import Problem
+from verifier.sessions import SessionTokens
+from verifier.settings import VerifierSettings
+from verifier.signatures import SignatureError, check_signature
+from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
+from verifier.subjects import DEFAULT_GROUP, SubjectGroups
+
+log = structlog.get_logger()
+
+TEMPLATE_FORMAT = "iso19794-2:2005"
+MAX_TEMPLATES = 10
+IDENTIFY_TOP_K = 10
+SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ENROLLMENTS_PATH = "/v1/subjects/{id}/enrollments"
+
+
+class BiometricRoutes:
+    def __init__(self, conn: sqlite3.Connection, settings: VerifierSettings) -> None:
+        self.challenges = Challenges(conn, ttl_s=settings.nonce_ttl_s)
+        self.enrollments = EnrollmentStore(conn, load_or_create_key(settings.enrollment_key))
+        self.threshold = threshold_for_fmr(settings.target_fmr)
+        self.rules = AccessRules(conn)
+        self.subjects = SubjectGroups(conn)
+        self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s)
+        self.device_rate = DeviceRateLimit(settings.device_requests_per_min, settings.lockout_base_s)
+        self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use)
+        self.sessions = SessionTokens(conn, settings.session_ttl_s)
+        self._gallery: GalleryIndex | None = None
+        self._packed: dict[str, mcc_match.Packed | None] = {}  # per subject; dropped when it enrolls more
+        self._match_ms = 0.0  # of the request being handled (handlers run one at a time)
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {
+            ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
+            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True),
+            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True),
+            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True),
+        }
+
+    # ---------------------------------------------------------------- the gate
+    @staticmethod
+    def _refused(request: Request, problem: Problem, reason: str, **fields: Any) -> Problem:
+        """A refused biometric request: audited (invariant 5), then answered as a problem."""
+        assert request.device is not None
+        log.warning(
+            "biometric_request_refused",
+            audit=True,
+            device_id=request.device.device_id,
+            path=request.path,
+            status=problem.status,
+            reason=reason,
+            **fields,
+        )
+        return problem
+
+    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
+        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
+        assert request.device is not None and request.client_cert is not None
+        device_id = request.device.device_id
+        if not self.rules.allows(device_id, operation):
+            raise self._refused(
+                request,
+                Problem(
+                    403,
+                    "operation-not-allowed",
+                    "Operation not allowed",
+                    f"device {device_id} may not {operation}",
+                    f"ask the operator to allow it: capture-verifier device allow {device_id} --operations ...",
+                ),
+                "operation not allowed for this device",
+            )
+        body = json_body(request)
+        if not isinstance(body, dict):
+            raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
+        wait = self.device_rate.check(device_id)
+        if wait > 0:
+            raise self._refused(
+                request,
+                Problem(
+                    429,
+                    "device-rate-limited",
+                    "Too many requests from this device",
+                    f"device {device_id} is over its rate; wait {wait:.0f} s",
+                    "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                "device rate limit",
+            )
+        try:
+            check_signature(request.client_cert.public_key(), request.method, request.path, body)
+        except SignatureError as exc:
+            raise self._refused(
+                request,
+                Problem(
+                    401,
+                    "bad-signature",
+                    "Device signature refused",
+                    str(exc),
+                    "sign the request body with the device key (agent/signing.py)",
+                ),
+                str(exc),
+            ) from None
+        nonce = body.get("nonce")
+        try:
+            if not isinstance(nonce, str):
+                raise NonceError("the body has no nonce")
+            self.challenges.consume(device_id, nonce)
+        except NonceError as exc:
+            raise self._refused(
+                request,
+                Problem(
+                    409,
+                    "nonce-refused",
+                    "Challenge nonce refused",
+                    str(exc),
+                    "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
+                ),
+                str(exc),
+            ) from None
+        return body, _template_records(body)
+
+    def _check_group(self, request: Request, subject: str, group: str) -> None:
+        """403 (audited) unless the device may act on subjects of ``group``."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        if not self.rules.allows_group(device_id, group):
+            raise self._refused(
+                request,
+                Problem(
+                    403,
+                    "group-not-allowed",
+                    "Subject group not allowed",
+                    f"device {device_id} may not act on subject {subject!r} (group {group!r})",
+                    f"ask the operator: capture-verifier device allow {device_id} --groups {group},...",
+                ),
+                "subject group not allowed for this device",
+                subject=subject,
+                group=group,
+            )
+
+    # ---------------------------------------------------------------- matching
+    @staticmethod
+    def _probes(records: list[bytes]) -> list[Cylinders]:
+        """The request's templates as matching cylinders, built once per request."""
+        return [c for record in records for c in (cylinders_of(t) for t in decode(record)) if len(c)]
+
+    @staticmethod
+    def _best_score(probes: list[Cylinders], gallery: mcc_match.Packed | None) -> float:
+        """Best score of any probe against a packed set of templates (all scored at once)."""
+        if gallery is None:
+            return 0.0
+        return max((float(mcc_match.scores(p, gallery).max()) for p in probes), default=0.0)
+
+    def _enrolled(self, subject: str) -> mcc_match.Packed | None:
+        """The subject's enrolled templates, decrypted, built and packed once (None: not enrolled)."""
+        if subject not in self._packed:
+            cylinders = [c for c in (cylinders_of(t) for t in self.enrollments.templates(subject)) if len(c)]
+            self._packed[subject] = mcc_match.pack(cylinders) if cylinders else None
+        return self._packed[subject]
+
+    def _gallery_index(self) -> GalleryIndex:
+        if self._gallery is None:
+            self._gallery = GalleryIndex()
+            for subject, template in self.enrollments.all():
+                self._gallery.add(subject, template)
+        return self._gallery
+
+    # ---------------------------------------------------------------- handlers
+    def new_challenge(self, request: Request) -> Answer:
+        assert request.device is not None
+        nonce, expires_at = self.challenges.issue(request.device.device_id)
+        expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
+        return json_answer(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
+
+    def enroll(self, request: Request) -> Answer:
+        assert request.device is not None
+        subject = request.subject
+        if not SUBJECT_ID.fullmatch(subject):
+            raise Problem(
+                400,
+                "bad-subject",
+                "Bad subject id",
+                f"{subject!r} is not a subject id",
+                "use 1 to 64 letters, digits, '.', '_' or '-'",
+            )
+        body, records = self._checked(request, "enroll")
+        requested = body.get("group")
+        if requested is not None and (not isinstance(requested, str) or not SUBJECT_ID.fullmatch(requested)):
+            raise Problem(
+                400,
+                "bad-group",
+                "Bad group name",
+                f"{requested!r} is not a group name",
+                "use 1 to 64 letters, digits, '.', '_' or '-'",
+            )
+        recorded = self.subjects.recorded(subject)
+        if recorded is not None and requested is not None and requested != recorded:
+            raise self._refused(
+                request,
+                Problem(
+                    409,
+                    "subject-in-other-group",
+                    "Subject is in another group",
+                    f"subject {subject!r} is in group {recorded!r}, not {requested!r}",
+                    f"enroll into {recorded!r}, or ask the operator: capture-verifier subject group {subject} GROUP",
+                ),
+                "enrollment names another group",
+                subject=subject,
+            )
+        group = recorded or requested or DEFAULT_GROUP
+        self._check_group(request, subject, group)
+        if recorded is None:
+            self.subjects.assign(subject, group)
+        self.enrollments.add(subject, request.device.device_id, records)
+        self._packed.pop(subject, None)
+        if self._gallery is not None:
+            for record in records:
+                for template in decode(record):
+                    self._gallery.add(subject, template)
+        log.info(
+            "enrollment",
+            audit=True,
+            device_id=request.device.device_id,
+            subject=subject,
+            group=group,
+            templates=len(records),
+        )
+        return json_answer(201, {"subject": subject, "group": group, "templates": len(records)})
+
+    def verify(self, request: Request) -> Answer:
+        assert request.device is not None
+        device_id = request.device.device_id
+        body, records = self._checked(request, "verify")
+        subject = body.get("subject")
+        if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
+            raise Problem(
+                400, "bad-subject", "Bad subject id", "the body needs a claimed subject", 'add "subject": "<id>"'
+            )
+        self._check_group(request, subject, self.subjects.group_of(subject))
+        enrolled = self._enrolled(subject)
+        if enrolled is None:
+            raise self._attempt_refused(
+                device_id,
+                subject,
+                "unknown_subject",
+                Problem(
+                    404,
+                    "unknown-subject",
+                    "Unknown subject",
+                    f"no enrollment for subject {subject!r}",
+                    f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
+                ),
+            )
+        locked = self.lockouts.locked_for(subject)
+        if locked > 0:
+            raise self._attempt_refused(
+                device_id,
+                subject,
+                "locked_out",
+                Problem(
+                    429,
+                    "subject-locked",
+                    "Subject locked out",
+                    f"too many failed attempts for {subject!r}; locked for {locked:.0f} s more",
+                    "wait, or verify another way; each further lockout doubles",
+                    headers=((b"retry-after", str(int(locked) + 1).encode()),),
+                ),
+                locked_for_s=round(locked, 1),
+            )
+        step_id = body.get("step_up")
+        if step_id is not None:
+            return self._complete_step_up(device_id, subject, str(step_id), records, enrolled)
+        started = time.perf_counter()
+        score = self._best_score(self._probes(records), enrolled)
+        self._match_ms = (time.perf_counter() - started) * 1000
+        if score >= self.threshold:
+            reasons = self.stepup.reasons(device_id, subject, score, self.threshold, self.lockouts.failures(subject))
+            if reasons:
+                return self._ask_step_up(device_id, subject, records, reasons, score)
+        return self._decided(device_id, subject, "accept" if score >= self.threshold else "reject", score)
+
+    @staticmethod
+    def _attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
+        """A verification that ends before matching: audited with its outcome, then answered."""
+        log.warning("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=outcome, **fields)
+        return problem
+
+    def _ask_step_up(
+        self, device_id: str, subject: str, records: list[bytes], reasons: list[str], score: float
+    ) -> Answer:
+        """RFC 9470: 401 insufficient_user_authentication, naming the factor still needed."""
+        step = self.stepup.open(device_id, subject, records, reasons)
+        log.info(
+            "verification_attempt",
+            audit=True,
+            device_id=device_id,
+            subject=subject,
+            outcome="step_up",
+            reasons=",".join(reasons),
+            score=round(score, 4),
+        )
+        # An answer, not an exception: the nonce stays consumed, so this request cannot be replayed.
+        problem = Problem(
+            401,
+            "insufficient-user-authentication",
+            "Another factor needed",
+            f"a second finger is needed ({', '.join(reasons)})",
+            "capture another finger of the same person and send it with this step_up id",
+            extra=(("step_up", step), ("acr_values", ACR_SECOND_FINGER), ("reasons", reasons)),
+        )
+        challenge = (
+            'Bearer error="insufficient_user_authentication", '
+            f'error_description="{", ".join(reasons)}", acr_values="{ACR_SECOND_FINGER}"'
+        )
+        return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
+
+    def _complete_step_up(
+        self, device_id: str, subject: str, step_id: str, records: list[bytes], enrolled: mcc_match.Packed
+    ) -> Answer:
+        pending = self.stepup.take(step_id, device_id, subject)
+        if pending is None:
+            raise self._attempt_refused(
+                device_id,
+                subject,
+                "step_up_unknown",
+                Problem(
+                    409,
+                    "step-up-unknown",
+                    "Unknown step-up",
+                    "no pending step-up with this id for you",
+                    "start the verification again",
+                ),
+            )
+        started = time.perf_counter()
+        probes = self._probes(records)
+        score = self._best_score(probes, enrolled)
+        first = self._probes(pending.first_records)
+        same_finger = self._best_score(probes, mcc_match.pack(first) if first else None) >= self.threshold
+        self._match_ms = (time.perf_counter() - started) * 1000
+        decision = "accept" if score >= self.threshold and not same_finger else "reject"
+        reason = "step-up with the same finger" if same_finger else ""
+        return self._decided(device_id, subject, decision, score, step_up=pending.reasons, reason=reason)
+
+    def _decided(
+        self,
+        device_id: str,
+        subject: str,
+        decision: str,
+        score: float,
+        step_up: list[str] | None = None,
+        reason: str = "",
+    ) -> Answer:
+        self.lockouts.record(subject, decision == "accept")
+        log.info(
+            "verification_attempt",
+            audit=True,
+            device_id=device_id,
+            subject=subject,
+            outcome=decision,
+            score=round(score, 4),
+            step_up=",".join(step_up or []),
+            reason=reason or ("score above threshold" if decision == "accept" else "score below threshold"),
+        )
+        answer: dict[str, Any] = {
+            "subject": subject,
+            "decision": decision,
+            "score": round(score, 4),
+            "threshold": round(self.threshold, 4),
+        }
+        if decision == "accept":
+            self.stepup.completed(device_id)
+            answer.update(self.sessions.issue(device_id, subject))
+        timing = f"match;dur={self._match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
+        return json_answer(200, answer, ((b"server-timing", timing),))
+
+    def identify(self, request: Request) -> Answer:
+        """1:N among the subjects of the groups this device may act on, best first."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        _, records = self._checked(request, "identify")
+        gallery = self._gallery_index()
+        allowed = self.rules.groups(device_id)
+        among = None if allowed is None else self.subjects.members(gallery.subject_ids(), allowed)
+        started = time.perf_counter()
+        best: dict[str, float] = {}
+        for record in records:
+            for probe in decode(record):
+                for subject, score in gallery.search(probe, top_k=IDENTIFY_TOP_K, among=among):
+                    best[str(subject)] = max(best.get(str(subject), 0.0), float(score))
+        match_ms = (time.perf_counter() - started) * 1000
+        candidates = sorted(
+            ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
+            key=lambda c: -c["score"],
+        )
+        log.info(
+            "identification_attempt",
+            audit=True,
+            device_id=device_id,
+            outcome="candidates" if candidates else "no_candidate",
+            candidates=len(candidates),
+            groups=",".join(sorted(allowed)) if allowed is not None else "*",
+        )
+        timing = f"match;dur={match_ms:.3f}".encode()
+        answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
+        return json_answer(200, answer, ((b"server-timing", timing),))
+
+
+def _template_records(body: dict[str, Any]) -> list[bytes]:
+    """The ISO/IEC 19794-2 records of a request, each checked by decoding it."""
+    items = body.get("templates")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TEMPLATES:
+        raise Problem(
+            422,
+            "bad-template",
+            "No templates",
+            f"the body needs 1 to {MAX_TEMPLATES} templates",
+            'send "templates": [{"format": "iso19794-2:2005", "data": "<base64>"}]',
+        )
+    records = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or item.get("format") != TEMPLATE_FORMAT:
+                raise TemplateError(f"templates[{index}] is not a {TEMPLATE_FORMAT} template")
+            record = base64.b64decode(str(item.get("data", "")), validate=True)
+            decode(record)
+        except (TemplateError, binascii.Error) as exc:
+            raise Problem(
+                422,
+                "bad-template",
+                "Malformed template",
+                f"templates[{index}]: {exc}",
+                "send the ISO/IEC 19794-2:2005 record the agent's extractor made",
+            ) from None
+        records.append(record)
+    return records

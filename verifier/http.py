@@ -1,0 +1,59 @@
+"""The verifier's request and answer types, shared by its route modules.
+
+Handlers are plain synchronous functions from a :class:`Request` to an
+:class:`Answer` (or a raised :class:`~verifier.problems.Problem`): the ASGI
+layer in :mod:`verifier.app` does the I/O, so handlers stay testable and the
+idempotency transaction can wrap them whole.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from verifier.problems import Problem
+from verifier.registry import Device
+
+JSON_TYPE = "application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    device: Device | None  # set on routes that need a client certificate
+    client_cert: x509.Certificate | None
+    subject: str = ""  # from /v1/subjects/{id}/...
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Callable[[Request], Answer]
+    needs_client_cert: bool
+
+
+def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
+    return Answer(status, JSON_TYPE, json.dumps(payload).encode(), headers)
+
+
+def json_body(request: Request) -> Any:
+    try:
+        return json.loads(request.body)
+    except ValueError:
+        raise Problem(
+            400, "bad-json", "Body is not JSON", "the request body must be JSON", "send application/json"
+        ) from None
