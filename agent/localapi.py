@@ -5,7 +5,8 @@ when ``[api] group`` names a group, owned by it, so the kiosk app's group is the
 whole access rule (no port, no token). HTTP parsing is h11's (sans-I/O); this
 module is the thin shell and the routes:
 
-    POST   /sessions               {"operation": "enroll"|"verify"|"identify", "subject": ..., "captures": 3}
+    POST   /sessions               {"operation": "enroll"|"verify"|"identify", "subject": ...,
+                                    "captures": 3, "group": ...}   (captures and group: enroll only)
     GET    /sessions/{id}/events   text/event-stream: prompt, progress, step_up, result | error
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
     GET    /health                 reader and session state
@@ -35,6 +36,7 @@ log = structlog.get_logger()
 
 MAX_BODY = 64 * 1024
 OPERATIONS = ("enroll", "verify", "identify")
+MAX_CAPTURES = 10
 
 
 @dataclass
@@ -93,13 +95,18 @@ class LocalAPI:
         subject = request.get("subject")
         if operation != "identify" and not isinstance(subject, str):
             raise ApiError(400, f'{operation} needs "subject"')
+        args: tuple[Any, ...] = () if operation == "identify" else (subject,)
+        if operation == "enroll":
+            captures, group = request.get("captures", 3), request.get("group")
+            if not isinstance(captures, int) or not 1 <= captures <= MAX_CAPTURES:
+                raise ApiError(400, f'"captures" must be a whole number from 1 to {MAX_CAPTURES}')
+            if group is not None and not isinstance(group, str):
+                raise ApiError(400, '"group" must be a string naming the subject group')
+            args = (subject, captures, group)
         if self._busy():
             raise ApiError(409, "a session is running on the sensor: wait for it or cancel it")
         running = RunningSession(secrets.token_urlsafe(12), operation, None)
         running.session = self.make_session(running.events.put_nowait)
-        args = () if operation == "identify" else (subject,)
-        if operation == "enroll":
-            args = (subject, int(request.get("captures", 3)))
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))
         self.sessions = {k: v for k, v in self.sessions.items() if not v.done}
         self.sessions[running.id] = running

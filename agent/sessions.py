@@ -165,13 +165,17 @@ class CaptureSession:
     def _wire(records: list[bytes]) -> list[dict[str, str]]:
         return [{"format": TEMPLATE_FORMAT, "data": base64.b64encode(r).decode("ascii")} for r in records]
 
-    async def enroll(self, subject: str, captures: int = 3) -> dict[str, Any]:
+    async def enroll(self, subject: str, captures: int = 3, group: str | None = None) -> dict[str, Any]:
+        """``captures`` templates, each through the quality gate, sent as one enrollment (into ``group``)."""
         records = []
         for index in range(captures):
             self.emit({"type": "progress", "step": index, "total": captures})
             records.append(await self.capture())
         self.emit({"type": "progress", "step": captures, "total": captures})
-        answer = await self._signed_call(f"/v1/subjects/{subject}/enrollments", templates=self._wire(records))
+        fields: dict[str, Any] = {"templates": self._wire(records)}
+        if group is not None:
+            fields["group"] = group
+        answer = await self._signed_call(f"/v1/subjects/{subject}/enrollments", **fields)
         result = {"type": "result", "operation": "enroll", **answer}
         self.emit(result)
         return result

@@ -50,6 +50,8 @@ def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_
                     make.fingers = []  # nobody comes: the session waits for a finger
                     waiting = (await kiosk.post("/sessions", json={"operation": "verify", "subject": "gus"})).json()
                     busy = (await kiosk.post("/sessions", json={"operation": "identify"})).status_code
+                    bad = await kiosk.post("/sessions", json={"operation": "enroll", "subject": "x", "captures": "3"})
+                    assert bad.status_code == 400 and "captures" in bad.json()["error"]
                     await asyncio.sleep(0.3)
                     cancelled = (await kiosk.delete(f"/sessions/{waiting['id']}")).status_code
                     after_cancel = sse_events((await kiosk.get(waiting["events"])).text)
@@ -117,10 +119,13 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
             proc.stdout.close()
             return proc.wait(60), "".join(lines)
 
-        code, out = cli("enroll", "--subject", "hana", "--captures", "2", placements=[(0, 0), (0, 1)])
-        assert code == 0 and "enrolled hana (2 templates)" in out and "[####################] 2/2" in out, out
+        code, out = cli(
+            "enroll", "--subject", "hana", "--group", "staff", "--captures", "2", placements=[(0, 0), (0, 1)]
+        )
+        assert code == 0 and "enrolled hana in group staff (2 templates)" in out, out
+        assert "[####################] 2/2" in out, out
         code, out = cli("enroll", "--subject", "hana", "--captures", "2", placements=[(5, 0), (5, 1)])
-        assert code == 0, out
+        assert code == 0 and "in group staff" in out, out  # a second enrollment keeps the subject's group
         # The device's first verification: the step-up asks for another finger, which the person gives.
         code, out = cli("verify", "--subject", "hana", placements=[(0, 2), (5, 2)])
         assert code == 0 and "another finger" in out and "accept" in out, out

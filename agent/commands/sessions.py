@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name != "identify":
             parser.add_argument("--subject", required=True)
         if name == "enroll":
-            parser.add_argument("--captures", type=int, default=3)
+            parser.add_argument("--captures", type=int, default=3, help="captures to consolidate (default 3)")
+            parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
         parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
         parser.set_defaults(run=run, operation=name)
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         "subject": getattr(args, "subject", None),
         "captures": getattr(args, "captures", 3),
     }
+    if getattr(args, "group", None):
+        request["group"] = args.group
     transport = httpx.HTTPTransport(uds=socket_path)
     try:
         # Reading waits for the person at the sensor: minutes, not seconds.
@@ -79,7 +82,7 @@ def _show(event: dict, outcome: int) -> int:
         if "candidates" in event:
             print(", ".join(f"{c['subject']} ({c['score']})" for c in event["candidates"]) or "nobody recognised")
             return 0 if event["candidates"] else 1
-        print(f"enrolled {event.get('subject')} ({event.get('templates')} templates)")
+        print(f"enrolled {event.get('subject')} in group {event.get('group')} ({event.get('templates')} templates)")
         return 0
     elif kind in ("error", "cancelled"):
         print(f"error: {event.get('message', kind)}", file=sys.stderr)
