@@ -111,6 +111,7 @@ class AgentDaemon:
                 lambda emit: CaptureSession(reader.module, client, emit=emit),
                 group=self.config.api.group,
                 health=lambda: {"reader": reader.status, "reader_connected": reader.connected},
+                record=self.record,
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})

@@ -56,11 +56,13 @@ class LocalAPI:
         make_session: Callable[[Callable[[dict[str, Any]], None]], Any],
         group: str = "",
         health: Callable[[], dict[str, Any]] | None = None,
+        record: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.make_session = make_session  # emit -> CaptureSession
         self.group = group
         self.health = health or (lambda: {})
+        self.record = record or (lambda kind, data: None)  # the daemon's audit trail
         self.sessions: dict[str, RunningSession] = {}
         self._server: asyncio.AbstractServer | None = None
 
@@ -113,17 +115,26 @@ class LocalAPI:
         return running
 
     async def _run(self, running: RunningSession, args: tuple[Any, ...]) -> None:
+        outcome, reason = "error", ""
         try:
-            await getattr(running.session, running.operation)(*args)
+            outcome = outcome_of(await getattr(running.session, running.operation)(*args))
         except asyncio.CancelledError:
+            outcome, reason = "cancelled", "cancelled by the kiosk app"
             running.events.put_nowait({"type": "cancelled"})
         except AgentError as exc:
+            reason = exc.message
             running.events.put_nowait({"type": "error", "message": exc.message, "fix": exc.fix})
         except Exception as exc:  # a reader fault the driver typed (ModuleError) or worse
+            reason = str(exc)
             running.events.put_nowait({"type": "error", "message": str(exc), "fix": getattr(exc, "fix", "")})
         finally:
             running.done = True
             running.events.put_nowait(None)
+            # Every attempt in the audit trail: operation, outcome, reason; never a template or image.
+            data = {"session_id": running.id, "operation": running.operation, "outcome": outcome, "reason": reason}
+            if args and running.operation != "identify":
+                data["subject"] = args[0]
+            self.record("session_finished", data)
 
     def _cancel(self, running: RunningSession) -> None:
         running.session.cancel()
@@ -210,6 +221,15 @@ class LocalAPI:
             await writer.drain()
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
+
+
+def outcome_of(result: dict[str, Any]) -> str:
+    """A session's result in one word, for the audit trail."""
+    if "decision" in result:
+        return str(result["decision"])
+    if "candidates" in result:
+        return "identified" if result["candidates"] else "no_candidate"
+    return "enrolled"
 
 
 class ApiError(Exception):

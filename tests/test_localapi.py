@@ -135,3 +135,20 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(20)
     assert not socket_path.exists()
+    # Every session is in the device's audit trail, delivered to the verifier (or still in the outbox).
+    import sqlite3
+
+    from agent.keystore import load_kek
+    from agent.outbox import Outbox
+
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        delivered = [json.loads(body) for (body,) in db.execute("SELECT body FROM audit_events ORDER BY seq")]
+    queued = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config)).pending(100)
+    sessions = [e["data"] for e in delivered + queued if e["type"] == "session_finished"]
+    assert [(s["operation"], s["subject"], s["outcome"]) for s in sessions] == [
+        ("enroll", "hana", "enrolled"),
+        ("enroll", "hana", "enrolled"),
+        ("verify", "hana", "accept"),
+        ("verify", "hana", "reject"),
+    ]
+    assert all(set(s) == {"session_id", "operation", "outcome", "reason", "subject"} for s in sessions)
