@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import numpy as np
 import pytest
 
 from agent.client import VerifierClient
 from agent.sessions import CaptureSession
+from biometrics.fingerprint import extract_with_quality
+from biometrics.fingerprint.iso19794_2 import encode
+from drivers.zfm.codec import unpack_image
 from drivers.zfm.driver import ZfmModule
 
 
@@ -118,6 +122,12 @@ def test_no_image_or_template_bytes_left_on_the_device(provisioned, zfm_sim, tmp
     packed = ((zfm_sim.image.reshape(-1)[0::2] & 0xF0) | (zfm_sim.image.reshape(-1)[1::2] >> 4)).tobytes()
     needles = [b"FMR\x00 20\x00"] + [image[i : i + 48] for i in range(0, len(image), 4096)]
     needles += [packed[i : i + 48] for i in range(0, len(packed), 4096)]
+    # The template the session made from the last capture, as the agent saw it (4-bit image over the wire).
+    seen = unpack_image(packed, zfm_sim.image.shape[1], zfm_sim.image.shape[0])
+    template, _ = extract_with_quality(seen, 500)
+    record = encode(template)
+    needles += [record[i : i + 12] for i in range(28, len(record) - 12, 12)]  # the minutiae, 2 at a time
+    needles += [base64.b64encode(record[i : i + 30]) for i in range(30, len(record) - 30, 30)]
     config, _ = provisioned
     files = [p for root in (config.agent.state_dir, temp) for p in root.rglob("*") if p.is_file()]
     haystacks = {str(p): p.read_bytes() for p in files}
@@ -125,3 +135,47 @@ def test_no_image_or_template_bytes_left_on_the_device(provisioned, zfm_sim, tmp
     assert "reader_opened" in logs.getvalue(), "the run's logs were captured"
     leaks = [(where, n) for where, data in haystacks.items() for n, needle in enumerate(needles) if needle in data]
     assert leaks == []
+
+
+def test_a_cancelled_enrollment_leaves_nothing_behind(provisioned, zfm_sim, verifier) -> None:
+    """Cancelled after one of three captures: nothing enrolled, nothing written, no task left, the sensor free."""
+    import sqlite3
+
+    from drivers.zfm.errors import CaptureCancelled
+
+    config, identity = provisioned
+    state_before = sorted((p.name, p.stat().st_size) for p in config.agent.state_dir.rglob("*") if p.is_file())
+
+    class CancelOnSecondCapture(ScriptedFinger):
+        session: CaptureSession
+
+        def __call__(self, event: dict) -> None:
+            if event["type"] == "prompt" and event["code"] == "place_finger" and self.prompts.count("place_finger"):
+                self.prompts.append("place_finger")
+                self.session.cancel()  # the kiosk app's cancel, while the reader waits for a finger
+                return
+            super().__call__(event)
+
+    user = CancelOnSecondCapture(zfm_sim, 0, [0, 1, 2])
+
+    async def go():
+        async with VerifierClient(config, identity) as client:
+            with ZfmModule(zfm_sim.port) as reader:
+                user.session = CaptureSession(reader, client, emit=user, finger_timeout_s=10)
+                with pytest.raises(CaptureCancelled):
+                    await user.session.enroll("gina", 3)
+                leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                # The same reader and connection serve the next session at once.
+                retry = ScriptedFinger(zfm_sim, 2, [0])
+                again = await CaptureSession(reader, client, emit=retry).enroll("hugo", 1)
+                return leftover, again
+
+    leftover, again = asyncio.run(go())
+    assert leftover == [] and again["templates"] == 1
+    assert [e["step"] for e in user.events if e["type"] == "progress"] == [0, 1]  # one capture made, then cancel
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        subjects = {row[0] for row in db.execute("SELECT DISTINCT subject_id FROM enrollments")}
+    assert "gina" not in subjects and "hugo" in subjects
+    assert zfm_sim.commands.count(0x06) == 0, "nothing stored on the module"
+    state_after = sorted((p.name, p.stat().st_size) for p in config.agent.state_dir.rglob("*") if p.is_file())
+    assert state_after == state_before
