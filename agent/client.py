@@ -18,6 +18,7 @@ closed when its last request ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 import uuid
@@ -86,6 +87,19 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     else:
         fix = "run `capture-agent doctor`; check the verifier's TLS configuration"
     return TLSPolicyError(f"TLS handshake with {url} failed: {reason}", fix=fix)
+
+
+def server_timing(response: httpx.Response) -> dict[str, float]:
+    """The verifier's ``Server-Timing`` entries as name -> milliseconds (``app``, ``match``)."""
+    timings: dict[str, float] = {}
+    for entry in response.headers.get_list("server-timing", split_commas=True):
+        name, _, params = entry.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                with contextlib.suppress(ValueError):  # a malformed entry (a proxy's?): only a measurement
+                    timings[name.strip()] = float(value)
+    return timings
 
 
 def problem_error(response: httpx.Response) -> VerifierError:
@@ -234,9 +248,14 @@ class VerifierClient:
         if ssl_object is not None:
             self.last_tls = {**describe(ssl_object), "http_version": response.http_version}
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A request whose answer must be JSON; problems become :class:`VerifierError`."""
+    async def call(self, method: str, path: str, *, timing: dict[str, float] | None = None, **kwargs: Any) -> Any:
+        """A request whose answer must be JSON; problems become :class:`VerifierError`.
+
+        ``timing``, when given, receives the answer's ``Server-Timing`` (how long the verifier worked).
+        """
         response = await self.request(method, path, **kwargs)
+        if timing is not None:
+            timing.update(server_timing(response))
         if response.status_code >= 400:
             raise problem_error(response)
         try:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.client import VerifierClient
+from agent.client import VerifierClient, server_timing
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
 from agent.signing import sign_request
@@ -30,15 +30,6 @@ from simulators.fingers import FingerGenerator
 
 def wire(template) -> list[dict[str, str]]:
     return [{"format": "iso19794-2:2005", "data": base64.b64encode(encode(template)).decode()}]
-
-
-def server_timing(response) -> dict[str, float]:
-    """The verifier's ``Server-Timing`` entries (name -> milliseconds)."""
-    timings = {}
-    for entry in response.headers.get_list("server-timing", split_commas=True):
-        name, _, rest = entry.strip().partition(";")
-        timings[name] = float(rest.partition("dur=")[2] or 0)
-    return timings
 
 
 def pct(values: list[float], q: float) -> float:

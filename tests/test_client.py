@@ -135,3 +135,19 @@ def test_identity_swap_keeps_requests_in_flight(ca, server_ctx, device_identity_
     assert slow_answer == fresh_answer == {"status": "ok"}
     by_path = dict(zip([p for _, p in server.log.requests], server.log.client_subjects, strict=True))
     assert by_path == {"/slow": "kiosk-old", "/fast": "kiosk-new"}
+
+
+def test_server_timing_is_read_and_malformed_entries_are_ignored() -> None:
+    import httpx
+
+    from agent.client import server_timing
+
+    response = httpx.Response(
+        200,
+        headers=[
+            ("server-timing", "match;dur=3.25"),
+            ("server-timing", 'app;desc="whole";dur=4.5, cache;dur=oops, bare'),
+        ],
+    )
+    assert server_timing(response) == {"match": 3.25, "app": 4.5}
+    assert server_timing(httpx.Response(200)) == {}
