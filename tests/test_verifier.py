@@ -148,3 +148,45 @@ def test_a_tls11_client_is_refused(verifier) -> None:
     ctx.set_ciphers("ALL:@SECLEVEL=0")
     with socket.create_connection(("127.0.0.1", verifier.port), timeout=5) as raw, pytest.raises(ssl.SSLError):
         ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_the_frames_of_one_answer_leave_in_one_write() -> None:
+    """The server's writer front holds writes for two loop turns, then sends them as one; big writes go at once."""
+    from verifier.server import COALESCE_MAX_BYTES, CoalescingWriter
+
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        server_side: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await reader.read(1 << 20):
+                server_side.put_nowait(chunk)
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, raw = await asyncio.open_connection("127.0.0.1", port)
+        sent: list[bytes] = []
+        original = raw.write
+        raw.write = lambda data: (sent.append(bytes(data)), original(data))[1]  # count what reaches the socket
+        writer = CoalescingWriter(raw)
+        writer.write(b"window-update|")
+        writer.write(b"headers|")
+        await asyncio.sleep(0)  # hypercorn's sending task writes DATA one turn later
+        writer.write(b"data")
+        held = list(sent)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        coalesced = list(sent)
+        writer.write(b"x" * COALESCE_MAX_BYTES)
+        big = list(sent)
+        writer.write(b"last")
+        writer.close()  # flushes what is held
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return held, coalesced, big + sent[len(big) :]
+
+    held, coalesced, everything = asyncio.run(scenario())
+    assert held == []
+    assert coalesced == [b"window-update|headers|data"]
+    assert len(everything) == 3 and everything[1] == b"x" * COALESCE_MAX_BYTES and everything[2] == b"last"

@@ -34,6 +34,59 @@ log = structlog.get_logger()
 
 HANDSHAKE_TIMEOUT_S = 10.0
 GRACEFUL_TIMEOUT_S = 10.0
+COALESCE_MAX_BYTES = 64 * 1024
+
+
+class CoalescingWriter:
+    """A StreamWriter front that sends what hypercorn writes within two loop turns as one TLS record.
+
+    hypercorn writes each HTTP/2 frame as soon as it is made: the WINDOW_UPDATE for
+    a request body, the response HEADERS, then (from its sending task, one loop
+    turn later) the DATA. Each write is a TLS record and a wake-up of the client,
+    which on a small device or a VM costs more than the bytes. Holding the writes
+    for two loop turns (no timer: ``call_soon`` twice) lets the frames of one
+    answer leave together. Large writes are not held (bounded memory).
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._size += len(data)
+        if self._size >= COALESCE_MAX_BYTES:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._loop.call_soon, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._buffer:
+            data, self._buffer, self._size = b"".join(self._buffer), [], 0
+            if not self._writer.is_closing():
+                self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()  # backpressure on what already left; held bytes are bounded
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._writer.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._writer.wait_closed()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._writer.get_extra_info(name, default)
 
 
 class ConnectionTLSApp:
@@ -98,7 +151,7 @@ async def serve(
             writer.close()
             return
         wrapped = ConnectionTLSApp(app, tls_scope_extension(ssl_object))
-        await TCPServer(wrapped, loop, config, context, {}, reader, writer)
+        await TCPServer(wrapped, loop, config, context, {}, reader, CoalescingWriter(writer))  # type: ignore[arg-type]
 
     sock = bind_socket(settings.host, settings.port)
     server = await asyncio.start_server(
