@@ -11,6 +11,7 @@ phase. Everything started here is stopped here.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 import sys
@@ -100,15 +101,18 @@ async def _device_story(verifier: LocalVerifier, work: Path) -> dict[str, str]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.demo", description="The whole story, simulated.")
+    parser.add_argument("--port", type=int, default=DEMO_PORT, help="verifier port on 127.0.0.1 (0: any free one)")
+    args = parser.parse_args(argv)
     configure_logging("error", "console")  # the story is printed; logs only for errors
     with tempfile.TemporaryDirectory(prefix="capture-demo-") as tmp:
         work = Path(tmp)
-        port = DEMO_PORT if _port_free(DEMO_PORT) else 0
+        port = args.port if args.port == 0 or _port_free(args.port) else 0
         step("Development PKI: EC P-256 root CA and the verifier's server certificate")
         with LocalVerifier.running(work / "pki", port) as verifier:
             say(f"CA fingerprint (SHA-256) {verifier.ca_fingerprint}")
-            note = "" if port else f" (port {DEMO_PORT} was busy)"
+            note = f" (port {args.port} was busy)" if args.port and not port else ""
             say(f"verifier listening on {verifier.url}{note}")
             try:
                 summary = asyncio.run(_device_story(verifier, work))

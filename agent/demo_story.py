@@ -164,7 +164,8 @@ def latency_table(rows: list[dict[str, float]], say: Callable[[str], None]) -> N
         values = [r[phase] for r in rows]
         say(f"{phase:<15}{statistics.median(values):>10.1f}{max(values):>10.1f}")
     say(
-        "(capture = waiting for the finger + the image over the serial line at 57600 baud; extract = the "
+        "(capture = the finger placed + the image over the simulated serial line, not paced at the real baud: "
+        "a real module at 57600 baud needs about 7 s for the image, see bench.serial; extract = the "
         "template made on the device; network = the signed verification's round trip over mTLS/HTTP/2 "
         "(the nonce was fetched while the finger was placed); match = the verifier's matching, from its "
         "Server-Timing)"

@@ -7,7 +7,9 @@ import sys
 
 
 def test_the_demo_tells_the_whole_story() -> None:
-    result = subprocess.run([sys.executable, "-m", "agent.demo"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.demo", "--port", "0"], capture_output=True, text=True, timeout=300
+    )
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
     for needle in (
@@ -22,6 +24,7 @@ def test_the_demo_tells_the_whole_story() -> None:
         "decision: reject",
         "replay: refused (409",
         "network+match",
+        "match  ",
         "stopped; the temporary PKI and device state are deleted",
     ):
         assert needle in out, needle
