@@ -6,7 +6,9 @@ whole access rule (no port, no token). HTTP parsing is h11's (sans-I/O); this
 module is the thin shell and the routes:
 
     POST   /sessions               {"operation": "enroll"|"verify"|"identify", "subject": ...,
-                                    "captures": 3, "group": ...}   (captures and group: enroll only)
+                                    "captures": 3, "fingers": 2, "group": ..., "verify_first": false}
+                                   (captures, fingers, group, verify_first: enroll only; verify_first
+                                    adds templates to an enrolled subject after they verify)
     GET    /sessions/{id}/events   text/event-stream: prompt, progress, step_up, result | error
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
     GET    /health                 reader and session state
@@ -37,6 +39,11 @@ log = structlog.get_logger()
 MAX_BODY = 64 * 1024
 OPERATIONS = ("enroll", "verify", "identify")
 MAX_CAPTURES = 10
+MAX_FINGERS = 4
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass
@@ -100,11 +107,16 @@ class LocalAPI:
         args: tuple[Any, ...] = () if operation == "identify" else (subject,)
         if operation == "enroll":
             captures, group = request.get("captures", 3), request.get("group")
-            if not isinstance(captures, int) or not 1 <= captures <= MAX_CAPTURES:
+            fingers, verify_first = request.get("fingers", 2), request.get("verify_first", False)
+            if not _whole(captures, 1, MAX_CAPTURES):
                 raise ApiError(400, f'"captures" must be a whole number from 1 to {MAX_CAPTURES}')
+            if not _whole(fingers, 1, MAX_FINGERS):
+                raise ApiError(400, f'"fingers" must be a whole number from 1 to {MAX_FINGERS}')
             if group is not None and not isinstance(group, str):
                 raise ApiError(400, '"group" must be a string naming the subject group')
-            args = (subject, captures, group)
+            if not isinstance(verify_first, bool):
+                raise ApiError(400, '"verify_first" must be true or false')
+            args = (subject, captures, group, fingers, verify_first)
         if self._busy():
             raise ApiError(409, "a session is running on the sensor: wait for it or cancel it")
         running = RunningSession(secrets.token_urlsafe(12), operation, None)

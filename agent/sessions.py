@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -27,9 +28,13 @@ from agent.client import VerifierClient
 from agent.errors import AgentError, VerifierError
 from agent.signing import sign_request
 
+if TYPE_CHECKING:
+    from biometrics.fingerprint import FingerprintTemplate
+
 log = structlog.get_logger()
 
 TEMPLATE_FORMAT = "iso19794-2:2005"
+SAME_FINGER_FMR = 1e-3  # on the device, only to catch a wrong finger during enrollment (the verifier decides)
 MESSAGES = {
     "place_finger": "Place your finger on the sensor",
     "lift_finger": "Lift your finger",
@@ -43,6 +48,13 @@ MESSAGES = {
     "clean_sensor": "Please wipe the sensor",
     "hold_still": "Hold still",
 }
+
+
+@functools.cache
+def same_finger_threshold() -> float:
+    from biometrics.fingerprint import threshold_for_fmr
+
+    return threshold_for_fmr(SAME_FINGER_FMR)
 
 
 class Reader(Protocol):
@@ -104,8 +116,12 @@ class CaptureSession:
 
     async def capture(self, place_message: str = "") -> bytes:
         """One good-enough template as an ISO/IEC 19794-2 record, with prompts until there is one."""
-        from biometrics.fingerprint import FingerprintImageError, extract_with_quality
         from biometrics.fingerprint.iso19794_2 import encode
+
+        return encode(await self._capture_template(place_message))
+
+    async def _capture_template(self, place_message: str = "") -> FingerprintTemplate:
+        from biometrics.fingerprint import FingerprintImageError, extract_with_quality
 
         for attempt in range(1, self.max_attempts + 1):
             self._prompt("place_finger", place_message)
@@ -124,7 +140,7 @@ class CaptureSession:
             self._prompt("lift_finger")
             await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
             if template is not None and quality is not None and quality.score >= self.min_quality:
-                return encode(template)
+                return template
             codes = quality.feedback if quality is not None else ("place_finger",)
             log.info("capture_rejected", attempt=attempt, quality=quality.score if quality else 0, feedback=list(codes))
             for code in codes[:2]:
@@ -169,20 +185,78 @@ class CaptureSession:
     def _wire(records: list[bytes]) -> list[dict[str, str]]:
         return [{"format": TEMPLATE_FORMAT, "data": base64.b64encode(r).decode("ascii")} for r in records]
 
-    async def enroll(self, subject: str, captures: int = 3, group: str | None = None) -> dict[str, Any]:
-        """``captures`` templates, each through the quality gate, sent as one enrollment (into ``group``)."""
-        records = []
-        for index in range(captures):
-            self.emit({"type": "progress", "step": index, "total": captures})
-            records.append(await self.capture())
-        self.emit({"type": "progress", "step": captures, "total": captures})
-        fields: dict[str, Any] = {"templates": self._wire(records)}
+    async def enroll(
+        self,
+        subject: str,
+        captures: int = 3,
+        group: str | None = None,
+        fingers: int = 2,
+        verify_first: bool = False,
+    ) -> dict[str, Any]:
+        """``captures`` templates of each of ``fingers`` fingers, consolidated and sent as one enrollment.
+
+        Two fingers by default: a step-up asks for "another finger", which must be
+        enrolled to be recognised. Consolidation on the device: each capture must
+        match an earlier capture of the same finger (else it is taken again), and
+        a new finger must not match one already taken (the same finger twice would
+        make the step-up meaningless). ``verify_first`` adds templates to an
+        enrolled subject: the person verifies, and the verifier's session token
+        (bound to this device, minutes long) authorises the enrollment.
+        """
+        if verify_first:
+            verified = await self.verify(subject)
+            if verified.get("decision") != "accept":
+                raise SessionError(
+                    f"{subject} was not verified, so no templates are added",
+                    fix="verify with a finger already enrolled for this subject, then enroll again",
+                )
+        total = captures * fingers
+        taken: list[list[FingerprintTemplate]] = []
+        for finger in range(fingers):
+            message = "" if finger == 0 else "Place another finger on the sensor"
+            taken.append(await self._enroll_finger(captures, message, taken, total))
+        self.emit({"type": "progress", "step": total, "total": total})
+        from biometrics.fingerprint.iso19794_2 import encode
+
+        fields: dict[str, Any] = {"templates": self._wire([encode(t) for views in taken for t in views])}
         if group is not None:
             fields["group"] = group
+        token = self.session_token.current() if self.session_token is not None else None
+        if token is not None:  # never one past its lifetime: the verifier would refuse it anyway
+            fields["session_token"] = token
         answer = await self._signed_call(f"/v1/subjects/{subject}/enrollments", **fields)
         result = {"type": "result", "operation": "enroll", **answer}
         self.emit(result)
         return result
+
+    async def _enroll_finger(
+        self, captures: int, message: str, earlier: list[list[FingerprintTemplate]], total: int
+    ) -> list[FingerprintTemplate]:
+        """The captures of one finger, each agreeing with the ones before and unlike the other fingers."""
+        from biometrics.fingerprint import match
+
+        views: list[FingerprintTemplate] = []
+        done = sum(len(v) for v in earlier)
+        retakes = 0
+        while len(views) < captures:
+            self.emit({"type": "progress", "step": done + len(views), "total": total})
+            template = await self._capture_template(message)
+            if any(match(template, other) >= same_finger_threshold() for finger in earlier for other in finger):
+                message = "That finger is already enrolled: place another finger"
+            elif views and max(match(template, view) for view in views) < same_finger_threshold():
+                message = "That does not look like the same finger: place the same finger again"
+            else:
+                views.append(template)
+                message = ""
+                continue
+            retakes += 1
+            log.info("enrollment_capture_retaken", reason=message, retakes=retakes)
+            if retakes > self.max_attempts:
+                raise SessionError(
+                    "the enrollment captures do not agree",
+                    fix="start again: one finger at a time, pressed flat, the same finger for each of its captures",
+                )
+        return views
 
     async def verify(self, subject: str) -> dict[str, Any]:
         """1:1 against a claimed subject; a step-up (RFC 9470) becomes a prompt for another finger."""

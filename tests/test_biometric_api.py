@@ -318,3 +318,46 @@ def test_a_device_limited_to_a_group_acts_only_on_that_group(device, verifier, s
         return await identify(client, 1)
 
     assert device.run(after_move) == ["bob"]
+
+
+def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
+    device, verifier, synthetic_templates, tmp_path
+) -> None:
+    """Nobody attaches a finger to someone else: a token of this subject, from this device, is required."""
+    from agent.devstack import provision_device
+
+    t = synthetic_templates
+    enroll_fingers(device, t, "alice", [0, 2])
+    enroll(device, t, {"bob": 1})
+    path = "/v1/subjects/alice/enrollments"
+
+    async def add(client, **extra) -> tuple[int, dict]:
+        body = await device.signed(client, path, templates=[wire(t[3][0])], **extra)
+        response = await client.request("POST", path, json=body)
+        return response.status_code, response.json()
+
+    async def steps(client):
+        without = await add(client)
+        _, first = await verify_call(device, client, "alice", t[0][2])  # first use: step-up
+        _, alice = await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
+        _, bob = await verify_call(device, client, "bob", t[1][2])
+        with_bobs = await add(client, session_token=bob["token"])
+        with_alices = await add(client, session_token=alice["token"])
+        return without, with_bobs, with_alices, alice["token"]
+
+    without, with_bobs, with_alices, alice_token = device.run(steps)
+    assert without[0] == 401 and without[1]["type"].endswith("verification-required")
+    assert "verify the subject first" in without[1]["fix"]
+    assert with_bobs[0] == 401 and with_bobs[1]["type"].endswith("session-token-refused")
+    assert with_alices == (201, {**with_alices[1], "templates": 1})
+
+    # The same token from another device is refused: tokens are bound to the device they were issued to.
+    other = Device(*asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-2")))
+
+    async def from_other(client):
+        body = await other.signed(client, path, templates=[wire(t[3][1])], session_token=alice_token)
+        response = await client.request("POST", path, json=body)
+        return response.status_code, response.json()
+
+    status, problem = other.run(from_other)
+    assert status == 401 and problem["type"].endswith("session-token-refused")

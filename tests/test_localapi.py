@@ -44,7 +44,9 @@ def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_
                 async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
                     make.fingers = [0, 1]
                     created = (
-                        await kiosk.post("/sessions", json={"operation": "enroll", "subject": "gus", "captures": 2})
+                        await kiosk.post(
+                            "/sessions", json={"operation": "enroll", "subject": "gus", "captures": 2, "fingers": 1}
+                        )
                     ).json()
                     enrolled = sse_events((await kiosk.get(created["events"])).text)
                     make.fingers = []  # nobody comes: the session waits for a finger
@@ -119,16 +121,17 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
             proc.stdout.close()
             return proc.wait(60), "".join(lines)
 
-        code, out = cli(
-            "enroll", "--subject", "hana", "--group", "staff", "--captures", "2", placements=[(0, 0), (0, 1)]
-        )
-        assert code == 0 and "enrolled hana in group staff (2 templates)" in out, out
-        assert "[####################] 2/2" in out, out
-        code, out = cli("enroll", "--subject", "hana", "--captures", "2", placements=[(5, 0), (5, 1)])
-        assert code == 0 and "in group staff" in out, out  # a second enrollment keeps the subject's group
+        two_fingers = [(0, 0), (0, 1), (5, 0), (5, 1)]
+        code, out = cli("enroll", "--subject", "hana", "--group", "staff", "--captures", "2", placements=two_fingers)
+        assert code == 0 and "enrolled hana in group staff (4 templates)" in out, out
+        assert "[####################] 4/4" in out, out
         # The device's first verification: the step-up asks for another finger, which the person gives.
         code, out = cli("verify", "--subject", "hana", placements=[(0, 2), (5, 2)])
         assert code == 0 and "another finger" in out and "accept" in out, out
+        # Adding a finger: hana verifies first, then the new finger is captured; the group stays.
+        add = ("enroll", "--subject", "hana", "--add", "--fingers", "1", "--captures", "2")
+        code, out = cli(*add, placements=[(0, 3), (7, 0), (7, 1)])
+        assert code == 0 and "accept" in out and "enrolled hana in group staff (2 templates)" in out, out
         code, out = cli("verify", "--subject", "hana", placements=[(3, 0)])  # someone else
         assert code == 1 and "reject" in out, out
     finally:
@@ -147,8 +150,8 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
     sessions = [e["data"] for e in delivered + queued if e["type"] == "session_finished"]
     assert [(s["operation"], s["subject"], s["outcome"]) for s in sessions] == [
         ("enroll", "hana", "enrolled"),
-        ("enroll", "hana", "enrolled"),
         ("verify", "hana", "accept"),
+        ("enroll", "hana", "enrolled"),
         ("verify", "hana", "reject"),
     ]
     assert all(set(s) == {"session_id", "operation", "outcome", "reason", "subject"} for s in sessions)

@@ -52,12 +52,13 @@ def run_session(provisioned, sim, finger: int, impressions: list[int], operation
 
 
 def test_enroll_verify_identify_from_the_sensor(provisioned, zfm_sim) -> None:
-    result, user, _ = run_session(provisioned, zfm_sim, 0, [0, 1, 2], "enroll", "alice", 3)
-    assert result["templates"] == 3
-    assert [e["step"] for e in user.events if e["type"] == "progress"] == [0, 1, 2, 3]
-    assert user.prompts.count("place_finger") == 3 and user.prompts.count("lift_finger") == 3
-    run_session(provisioned, zfm_sim, 4, [0, 1, 2], "enroll", "alice", 3)  # alice's second finger
-    run_session(provisioned, zfm_sim, 1, [0, 1, 2], "enroll", "bob", 3)
+    two_fingers = [(0, 0), (0, 1), (0, 2), (4, 0), (4, 1), (4, 2)]
+    result, user, _ = run_session(provisioned, zfm_sim, 0, two_fingers, "enroll", "alice", 3)
+    assert result["templates"] == 6
+    assert [e["step"] for e in user.events if e["type"] == "progress"] == [0, 1, 2, 3, 4, 5, 6]
+    assert user.prompts.count("place_finger") == 6 and user.prompts.count("lift_finger") == 6
+    assert any(e.get("message", "").startswith("Place another finger") for e in user.events)
+    run_session(provisioned, zfm_sim, 1, [0, 1, 2], "enroll", "bob", 3, None, 1)
 
     # The device's first verification: a step-up asks for another finger, inside the same session.
     genuine, user, session = run_session(provisioned, zfm_sim, 0, [(0, 3), (4, 3)], "verify", "alice")
@@ -90,7 +91,7 @@ def test_a_blank_sensor_image_is_asked_again_not_sent(provisioned, zfm_sim) -> N
     async def go():
         async with VerifierClient(config, identity) as client:
             with ZfmModule(zfm_sim.port) as reader:
-                return await CaptureSession(reader, client, emit=user).enroll("dora", 1)
+                return await CaptureSession(reader, client, emit=user).enroll("dora", 1, fingers=1)
 
     result = asyncio.run(go())
     assert result["templates"] == 1
@@ -99,7 +100,7 @@ def test_a_blank_sensor_image_is_asked_again_not_sent(provisioned, zfm_sim) -> N
 
 @pytest.mark.parametrize("zfm_sim", ["r503"], indirect=True)
 def test_a_small_sensor_works_too(provisioned, zfm_sim) -> None:
-    result, _, _ = run_session(provisioned, zfm_sim, 2, [0, 1], "enroll", "erin", 2)
+    result, _, _ = run_session(provisioned, zfm_sim, 2, [0, 1], "enroll", "erin", 2, None, 1)
     assert result["templates"] == 2
 
 
@@ -116,7 +117,7 @@ def test_no_image_or_template_bytes_left_on_the_device(provisioned, zfm_sim, tmp
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     logs = io.StringIO()
     configure_logging("debug", "json", stream=logs)
-    run_session(provisioned, zfm_sim, 0, [0, 1, 2], "enroll", "frank", 3)
+    run_session(provisioned, zfm_sim, 0, [0, 1, 2], "enroll", "frank", 3, None, 1)
     run_session(provisioned, zfm_sim, 0, [3, 3], "verify", "frank")  # step-up: the same finger again, refused
     image = zfm_sim.image.tobytes()
     packed = ((zfm_sim.image.reshape(-1)[0::2] & 0xF0) | (zfm_sim.image.reshape(-1)[1::2] >> 4)).tobytes()
@@ -167,7 +168,7 @@ def test_a_cancelled_enrollment_leaves_nothing_behind(provisioned, zfm_sim, veri
                 leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
                 # The same reader and connection serve the next session at once.
                 retry = ScriptedFinger(zfm_sim, 2, [0])
-                again = await CaptureSession(reader, client, emit=retry).enroll("hugo", 1)
+                again = await CaptureSession(reader, client, emit=retry).enroll("hugo", 1, fingers=1)
                 return leftover, again
 
     leftover, again = asyncio.run(go())
@@ -179,3 +180,45 @@ def test_a_cancelled_enrollment_leaves_nothing_behind(provisioned, zfm_sim, veri
     assert zfm_sim.commands.count(0x06) == 0, "nothing stored on the module"
     state_after = sorted((p.name, p.stat().st_size) for p in config.agent.state_dir.rglob("*") if p.is_file())
     assert state_after == state_before
+
+
+def test_enrollment_captures_must_agree_and_fingers_must_differ(provisioned, zfm_sim) -> None:
+    """On-device consolidation: a capture of another finger is taken again; the same finger twice is refused."""
+    placements = [(0, 0), (3, 0), (0, 1), (0, 2), (0, 3), (4, 0), (4, 1), (4, 2)]
+    result, user, _ = run_session(provisioned, zfm_sim, 0, placements, "enroll", "jo", 3)
+    messages = [e["message"] for e in user.events if e["type"] == "prompt" and e["code"] == "place_finger"]
+    assert result["templates"] == 6 and user.placements == []
+    assert "That does not look like the same finger: place the same finger again" in messages  # (3, 0)
+    assert "That finger is already enrolled: place another finger" in messages  # (0, 3) as the second finger
+
+
+def test_adding_templates_needs_the_persons_verification(provisioned, zfm_sim) -> None:
+    """An enrolled subject gets more templates only with a live session token from their verification here."""
+    from agent.errors import VerifierError
+    from agent.sessions import SessionToken
+
+    run_session(provisioned, zfm_sim, 0, [(0, 0), (0, 1), (4, 0), (4, 1)], "enroll", "ivy", 2)
+    with pytest.raises(VerifierError) as refused:
+        run_session(provisioned, zfm_sim, 6, [0], "enroll", "ivy", 1, None, 1)
+    assert refused.value.status == 401 and refused.value.problem["type"].endswith("verification-required")
+
+    # verify_first: the person verifies (the device's first use: a step-up), then the new finger is enrolled.
+    added, user, session = run_session(
+        provisioned, zfm_sim, 0, [(0, 2), (4, 2), (6, 0), (6, 1)], "enroll", "ivy", 2, None, 1, True
+    )
+    assert added["templates"] == 2
+    assert [e["operation"] for e in user.events if e["type"] == "result"] == ["verify", "enroll"]
+
+    # A token past its lifetime is never sent: the verifier sees no token, not an expired one.
+    config, identity = provisioned
+
+    async def stale():
+        async with VerifierClient(config, identity) as client:
+            with ZfmModule(zfm_sim.port) as reader:
+                late = CaptureSession(reader, client, emit=ScriptedFinger(zfm_sim, 7, [0]))
+                late.session_token = SessionToken(session.session_token.value, expires_monotonic=0.0)
+                await late.enroll("ivy", 1, fingers=1)
+
+    with pytest.raises(VerifierError) as expired:
+        asyncio.run(stale())
+    assert expired.value.problem["type"].endswith("verification-required")

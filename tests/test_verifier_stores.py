@@ -124,3 +124,20 @@ def test_lockouts_double_and_reset_on_success(conn) -> None:
     assert lockouts.record("s", False, now=111) == 10
     lockouts.record("s", True, now=130)
     assert lockouts.failures("s") == 0 and lockouts.locked_for("s", now=130) == 0
+
+
+def test_session_tokens_are_hashed_bound_to_device_and_short_lived(conn) -> None:
+    import time
+
+    from verifier.sessions import SessionTokens
+
+    tokens = SessionTokens(conn, ttl_s=60.0)
+    issued = tokens.issue("kiosk-1", "alice")
+    assert tokens.check(issued["token"], "kiosk-1") == "alice"
+    assert tokens.check(issued["token"], "kiosk-2") is None  # bound to its device
+    assert tokens.check(issued["token"] + "x", "kiosk-1") is None
+    stored = conn.execute("SELECT token_hash FROM session_tokens").fetchall()
+    assert all(issued["token"] not in row[0] for row in stored)  # only the hash is kept
+    short = SessionTokens(conn, ttl_s=0.05).issue("kiosk-1", "bob")
+    time.sleep(0.1)
+    assert tokens.check(short["token"], "kiosk-1") is None  # past its lifetime

@@ -174,6 +174,43 @@ class BiometricRoutes:
                 group=group,
             )
 
+    def _check_session_token(self, request: Request, subject: str, token: object) -> None:
+        """Templates are added to an enrolled subject only by the person: a live token from their verification.
+
+        Without this, any enrolling device could attach someone else's finger to a
+        subject and then pass as them. The token must come from a verification of
+        this subject on this device, within its lifetime.
+        """
+        assert request.device is not None
+        device_id = request.device.device_id
+        if not isinstance(token, str) or not token:
+            raise self._refused(
+                request,
+                Problem(
+                    401,
+                    "verification-required",
+                    "Subject already enrolled",
+                    f"subject {subject!r} is enrolled: adding templates needs the subject's session token",
+                    "verify the subject first on this device and send its session_token with the enrollment "
+                    "(capture-agent enroll --add)",
+                ),
+                "enrollment of an enrolled subject without a session token",
+                subject=subject,
+            )
+        if self.sessions.check(token, device_id) != subject:
+            raise self._refused(
+                request,
+                Problem(
+                    401,
+                    "session-token-refused",
+                    "Session token refused",
+                    f"the session token is not a live token of subject {subject!r} issued to device {device_id}",
+                    "verify the subject again on this device: a token lasts minutes and is bound to its device",
+                ),
+                "session token expired, or of another subject or device",
+                subject=subject,
+            )
+
     # ---------------------------------------------------------------- matching
     @staticmethod
     def _probes(records: list[bytes]) -> list[Cylinders]:
@@ -245,6 +282,8 @@ class BiometricRoutes:
             )
         group = recorded or requested or DEFAULT_GROUP
         self._check_group(request, subject, group)
+        if self.enrollments.exists(subject):
+            self._check_session_token(request, subject, body.get("session_token"))
         if recorded is None:
             self.subjects.assign(subject, group)
         self.enrollments.add(subject, request.device.device_id, records)

@@ -67,6 +67,10 @@ class EnrollmentStore:
                 (subject_id, device_id, time.time(), nonce, sealed),
             )
 
+    def exists(self, subject_id: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM enrollments WHERE subject_id = ? LIMIT 1", (subject_id,)).fetchone()
+        return row is not None
+
     def templates(self, subject_id: str) -> list[FingerprintTemplate]:
         rows = self.conn.execute(
             "SELECT nonce, ciphertext FROM enrollments WHERE subject_id = ? ORDER BY id", (subject_id,)

@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "enroll":
             parser.add_argument("--captures", type=int, default=3, help="captures to consolidate (default 3)")
             parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
+            parser.add_argument(
+                "--fingers", type=int, default=2, help="fingers to enroll (default 2: step-up asks for one)"
+            )
+            parser.add_argument(
+                "--add", action="store_true", help="add templates to an enrolled subject: the person verifies first"
+            )
         parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
         parser.set_defaults(run=run, operation=name)
 
@@ -43,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if getattr(args, "group", None):
         request["group"] = args.group
+    if args.operation == "enroll":
+        request.update(fingers=args.fingers, verify_first=args.add)
     transport = httpx.HTTPTransport(uds=socket_path)
     try:
         # Reading waits for the person at the sensor: minutes, not seconds.
@@ -77,7 +85,7 @@ def _show(event: dict, outcome: int) -> int:
         print("  the verifier asks for another finger", flush=True)
     elif kind == "result":
         if "decision" in event:
-            print(f"{event['decision']} (score {event['score']})")
+            print(f"{event['decision']} (score {event['score']})", flush=True)
             return 0 if event["decision"] == "accept" else 1
         if "candidates" in event:
             print(", ".join(f"{c['subject']} ({c['score']})" for c in event["candidates"]) or "nobody recognised")
