@@ -5,7 +5,11 @@ synthetic fingers; then N verifications over one HTTP/2 connection, each from
 an image already in memory (as after a capture): extraction on the device,
 network (the signed verification's round trip, minus the verifier's own matching
 time; the nonce was fetched during the capture, as a session does) and
-matching (the verifier's ``Server-Timing``). JSON on stdout.
+matching (the verifier's ``Server-Timing: match``: the probe's cylinders and the
+scores). ``of_network_verifier_checks_ms`` is the part of "network" the verifier
+spends on its other work (signature, nonce, database, session token), from
+``Server-Timing: app``. Capture itself (the image over the serial line) is
+measured by ``python -m bench.serial``. JSON on stdout.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
         "network_plus_match_ms": {"p50": pct(net_plus_match, 0.5), "p99": pct(net_plus_match, 0.99)},
         "accepted": decisions.count("accept"),
         "network_note": "one round trip on the decision path: the nonce is fetched while the finger is placed",
+        "capture_note": "the image over the serial line is bench.serial's figure (about 7 s at 57600 baud)",
     }
 
 
