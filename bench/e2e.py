@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         work = Path(tmp)
         settings = work / "verifier.toml"  # a benchmark is a flood: lift the per-device rate limit
-        settings.write_text("device_requests_per_min = 1000000\n")
+        settings.write_text("device_requests_per_min = 1000000\nsubject_requests_per_min = 1000000\n")
         with LocalVerifier.running(work / "pki", extra_args=("--config", str(settings))) as verifier:
             figures = asyncio.run(_run(verifier, work, args.verifications))
     print(json.dumps(figures))

@@ -361,3 +361,26 @@ def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
 
     status, problem = other.run(from_other)
     assert status == 401 and problem["type"].endswith("session-token-refused")
+
+
+def test_a_subject_claimed_too_often_is_rate_limited(tmp_path, synthetic_templates) -> None:
+    """Many claims of one subject (from any device) are slowed down, before any matching; others are not."""
+    from agent.devstack import LocalVerifier, provision_device
+
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("subject_requests_per_min = 2\nstep_up_first_use = false\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        dev = Device(*asyncio.run(provision_device(local, tmp_path / "device", "kiosk-r")))
+        enroll(dev, synthetic_templates, {"alice": 0, "bob": 1})
+
+        async def steps(client):
+            alice = [await verify_call(dev, client, "alice", synthetic_templates[0][2]) for _ in range(3)]
+            bob = await verify_call(dev, client, "bob", synthetic_templates[1][2])
+            return alice, bob
+
+        alice, bob = dev.run(steps)
+        log = local.log_path.read_text()
+    assert [status for status, _ in alice] == [200, 200, 429]
+    assert alice[2][1]["type"].endswith("subject-rate-limited") and "wait" in alice[2][1]["detail"]
+    assert bob[0] == 200 and bob[1]["decision"] == "accept"
+    assert '"outcome": "subject_rate_limited"' in log

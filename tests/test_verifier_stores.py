@@ -102,9 +102,9 @@ def test_csr_checks() -> None:
 
 
 def test_device_rate_limit_locks_for_a_doubling_time() -> None:
-    from verifier.policy import DeviceRateLimit
+    from verifier.policy import RateLimit
 
-    limit = DeviceRateLimit(per_minute=3, base_s=10)
+    limit = RateLimit(per_minute=3, base_s=10)
     assert [limit.check("d", now=100 + i) for i in range(3)] == [0, 0, 0]
     assert limit.check("d", now=104) == 10  # the fourth in a minute: locked 10 s
     assert limit.check("d", now=110) > 0

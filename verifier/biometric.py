@@ -32,7 +32,7 @@ from biometrics.fingerprint.matcher import cylinders_of
 from verifier.challenges import Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.http import Answer, Request, Route, json_answer, json_body
-from verifier.policy import AccessRules, DeviceRateLimit, Lockouts
+from verifier.policy import AccessRules, Lockouts, RateLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.sessions import SessionTokens
@@ -58,7 +58,8 @@ class BiometricRoutes:
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
         self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s)
-        self.device_rate = DeviceRateLimit(settings.device_requests_per_min, settings.lockout_base_s)
+        self.device_rate = RateLimit(settings.device_requests_per_min, settings.lockout_base_s)
+        self.subject_rate = RateLimit(settings.subject_requests_per_min, settings.lockout_base_s)
         self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use)
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self._gallery: GalleryIndex | None = None
@@ -325,6 +326,22 @@ class BiometricRoutes:
                     f"no enrollment for subject {subject!r}",
                     f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
                 ),
+            )
+        wait = self.subject_rate.check(subject)
+        if wait > 0:
+            raise self._attempt_refused(
+                device_id,
+                subject,
+                "subject_rate_limited",
+                Problem(
+                    429,
+                    "subject-rate-limited",
+                    "Too many verifications of this subject",
+                    f"subject {subject!r} was claimed too often; wait {wait:.0f} s",
+                    "wait; if nobody at your sites claims this subject so often, someone is guessing",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                wait_s=round(wait, 1),
             )
         locked = self.lockouts.locked_for(subject)
         if locked > 0:

@@ -6,6 +6,9 @@ staff and visitors, the HR desk enrolls staff). A device without a rule may call
 every operation on every group (a development default; a production site sets
 rules at provisioning). Anything else is a 403, audited.
 
+Rates: per device and per subject, requests per minute; a breach locks the
+device or subject for a doubling time.
+
 Lockouts: after ``max_failures`` rejected verifications in a row a subject is
 locked for ``base * 2**k`` seconds, k counting the lockouts before it, so a
 guessing attack slows down exponentially; a success resets the count.
@@ -133,11 +136,12 @@ class Lockouts:
 
 
 @dataclass
-class DeviceRateLimit:
-    """At most ``per_minute`` biometric requests a device; each breach locks it for a doubling time.
+class RateLimit:
+    """At most ``per_minute`` requests per key (a device, a subject); each breach locks the key for a doubling time.
 
     In memory (a restart forgets it): it guards the verifier's CPU and a subject's
-    lockout counter against one misbehaving or stolen device, not a long-term record.
+    lockout counter against one misbehaving or stolen device, or many devices
+    guessing one subject; it is not a long-term record (the lockouts are).
     """
 
     per_minute: int = 60
@@ -148,19 +152,19 @@ class DeviceRateLimit:
         self._locked_until: dict[str, float] = {}
         self._breaches: dict[str, int] = {}
 
-    def check(self, device_id: str, now: float | None = None) -> float:
-        """Seconds the device must wait (0: go ahead, and the request is counted)."""
+    def check(self, key: str, now: float | None = None) -> float:
+        """Seconds the key must wait (0: go ahead, and the request is counted)."""
         now = now or time.time()
-        wait = self._locked_until.get(device_id, 0.0) - now
+        wait = self._locked_until.get(key, 0.0) - now
         if wait > 0:
             return wait
-        recent = [t for t in self._recent.get(device_id, []) if t > now - 60.0]
+        recent = [t for t in self._recent.get(key, []) if t > now - 60.0]
         if len(recent) >= self.per_minute:
-            breaches = self._breaches.get(device_id, 0)
-            self._breaches[device_id] = breaches + 1
-            self._locked_until[device_id] = now + self.base_s * 2**breaches
-            self._recent[device_id] = []
+            breaches = self._breaches.get(key, 0)
+            self._breaches[key] = breaches + 1
+            self._locked_until[key] = now + self.base_s * 2**breaches
+            self._recent[key] = []
             return self.base_s * 2**breaches
         recent.append(now)
-        self._recent[device_id] = recent
+        self._recent[key] = recent
         return 0.0

@@ -32,6 +32,7 @@ class VerifierSettings:
     max_failures: int = 5  # rejected verifications in a row before a subject is locked
     lockout_base_s: float = 30.0  # the first lockout; each next one doubles
     device_requests_per_min: int = 60  # biometric requests a device may make per minute
+    subject_requests_per_min: int = 12  # verifications of one subject per minute, from all devices together
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -64,6 +65,7 @@ class VerifierSettings:
 
 _POSITIVE = (
     "device_requests_per_min",
+    "subject_requests_per_min",
     "session_ttl_s",
     "cert_days",
     "nonce_ttl_s",
