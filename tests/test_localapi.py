@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import os
 import stat
 
 import httpx
+import pytest
 
 from agent.client import VerifierClient
 from agent.localapi import LocalAPI
 from agent.sessions import CaptureSession
 from drivers.zfm.driver import ZfmModule
+
+
+def kiosk_app_group() -> grp.struct_group:
+    """A group other than ours that we may give the socket to (any group as root, else a supplementary one)."""
+    mine = os.getgid()
+    candidates = [g for g in grp.getgrall() if g.gr_gid != mine] if os.geteuid() == 0 else []
+    candidates += [grp.getgrgid(gid) for gid in os.getgroups() if gid != mine]
+    if not candidates:
+        pytest.skip("this user belongs to no second group to hand the socket to")
+    return candidates[0]
 
 
 def sse_events(text: str) -> list[dict]:
@@ -21,6 +34,7 @@ def sse_events(text: str) -> list[dict]:
 def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_sim, tmp_path) -> None:
     config, identity = provisioned
     socket_path = tmp_path / "run" / "api.sock"
+    kiosk_group = kiosk_app_group()
 
     async def scenario() -> tuple[list[dict], list[dict], int, int, dict]:
         async with VerifierClient(config, identity) as client:
@@ -37,9 +51,10 @@ def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_
                     script.fingers = list(make.fingers)
                     return CaptureSession(reader, client, emit=script, finger_timeout_s=5)
 
-                api = LocalAPI(socket_path, make)
+                api = LocalAPI(socket_path, make, group=kiosk_group.gr_name)
                 await api.start()
                 mode = stat.S_IMODE(socket_path.stat().st_mode)
+                owner_gid = socket_path.stat().st_gid
                 transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
                 async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
                     make.fingers = [0, 1]
@@ -59,10 +74,10 @@ def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_
                     after_cancel = sse_events((await kiosk.get(waiting["events"])).text)
                     health = (await kiosk.get("/health")).json()
                 await api.stop()
-                return enrolled, after_cancel, busy, cancelled, {"mode": mode, **health}
+                return enrolled, after_cancel, busy, cancelled, {"mode": mode, "gid": owner_gid, **health}
 
     enrolled, after_cancel, busy, cancelled, facts = asyncio.run(scenario())
-    assert facts["mode"] == 0o660
+    assert facts["mode"] == 0o660 and facts["gid"] == kiosk_group.gr_gid != os.getgid()
     kinds = [e["type"] for e in enrolled]
     assert kinds.count("prompt") >= 4 and kinds[-1] == "result" and enrolled[-1]["templates"] == 2
     assert busy == 409
@@ -75,7 +90,6 @@ def test_sessions_over_the_unix_socket_with_prompts_and_cancel(provisioned, zfm_
 
 def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, verifier, zfm_sim, tmp_path) -> None:
     """`capture-agent run` with a reader; `capture-agent enroll` and `verify` talk to it; a person reacts."""
-    import os
     import signal
     import subprocess
     import sys
