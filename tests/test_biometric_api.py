@@ -384,3 +384,21 @@ def test_a_subject_claimed_too_often_is_rate_limited(tmp_path, synthetic_templat
     assert alice[2][1]["type"].endswith("subject-rate-limited") and "wait" in alice[2][1]["detail"]
     assert bob[0] == 200 and bob[1]["decision"] == "accept"
     assert '"outcome": "subject_rate_limited"' in log
+
+
+def test_a_genuine_match_after_a_failure_asks_for_a_second_finger(device, synthetic_templates) -> None:
+    t = synthetic_templates
+    enroll_fingers(device, t, "alice", [0, 2])
+
+    async def steps(client):
+        _, first = await verify_call(device, client, "alice", t[0][2])  # the device's first use
+        await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
+        impostor = await verify_call(device, client, "alice", t[1][2])
+        genuine = await verify_call(device, client, "alice", t[0][2])
+        satisfied = await verify_call(device, client, "alice", t[2][2], step_up=genuine[1]["step_up"])
+        return impostor, genuine, satisfied
+
+    impostor, genuine, satisfied = device.run(steps)
+    assert impostor[1]["decision"] == "reject"
+    assert genuine[0] == 401 and genuine[1]["reasons"] == ["recent_failures"]
+    assert satisfied[0] == 200 and satisfied[1]["decision"] == "accept"

@@ -141,3 +141,20 @@ def test_session_tokens_are_hashed_bound_to_device_and_short_lived(conn) -> None
     short = SessionTokens(conn, ttl_s=0.05).issue("kiosk-1", "bob")
     time.sleep(0.1)
     assert tokens.check(short["token"], "kiosk-1") is None  # past its lifetime
+
+
+def test_step_up_reasons(conn) -> None:
+    from verifier.stepup import MARGIN, StepUpPolicy
+
+    policy = StepUpPolicy(conn, first_use=True)
+    threshold = 0.05
+    strong = threshold * MARGIN * 2
+    assert policy.reasons("kiosk-1", "alice", strong, threshold, 0) == ["first_use_of_device"]
+    policy.completed("kiosk-1")
+    assert policy.reasons("kiosk-1", "alice", strong, threshold, 0) == []
+    assert policy.reasons("kiosk-1", "alice", threshold * (1 + MARGIN) / 2, threshold, 0) == ["weak_margin"]
+    assert policy.reasons("kiosk-1", "alice", strong, threshold, 2) == ["recent_failures"]
+    policy.mark_high_risk("alice")
+    assert policy.reasons("kiosk-1", "alice", strong, threshold, 0) == ["high_risk_subject"]
+    policy.mark_high_risk("alice", False)
+    assert policy.reasons("kiosk-1", "alice", strong, threshold, 0) == []
