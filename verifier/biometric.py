@@ -32,7 +32,7 @@ from biometrics.fingerprint.matcher import cylinders_of
 from verifier.challenges import Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.http import Answer, Request, Route, json_answer, json_body
-from verifier.policy import AccessRules, Lockouts, RateLimit
+from verifier.policy import GROUP_NAME, AccessRules, Lockouts, RateLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.sessions import SessionTokens
@@ -259,7 +259,7 @@ class BiometricRoutes:
             )
         body, records = self._checked(request, "enroll")
         requested = body.get("group")
-        if requested is not None and (not isinstance(requested, str) or not SUBJECT_ID.fullmatch(requested)):
+        if requested is not None and (not isinstance(requested, str) or not GROUP_NAME.fullmatch(requested)):
             raise Problem(
                 400,
                 "bad-group",
