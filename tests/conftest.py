@@ -11,6 +11,8 @@ import datetime as dt
 import ipaddress
 import secrets
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,13 @@ def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None
 
 
 # ---------------------------------------------------------------- agent
+
+
+def start_agent_daemon(config_file: Path) -> subprocess.Popen[bytes]:
+    """`capture-agent run` as its own process, output discarded; the caller stops it."""
+    command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
 
 
 @dataclass

@@ -8,8 +8,6 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from agent.devstack import LocalVerifier, provision_device, write_config_file
 from agent.errors import AgentError
 from agent.keystore import load_kek
 from agent.outbox import Outbox
+from tests.conftest import start_agent_daemon
 
 
 def verifier_events(verifier, device_id: str) -> list[dict]:
@@ -118,11 +117,10 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provis
         tmp_path / "agent.toml", config, '[audit]\nheartbeat_s = 0.005\nbatch_size = 7\n[logging]\nlevel = "error"\n'
     )
     outbox_file = config.agent.state_dir / "outbox.sqlite"
-    command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]
     rng = random.Random(20261123)
     committed = 0
     for _ in range(22):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_agent_daemon(config_file)
         time.sleep(rng.uniform(0.4, 1.0))
         committed = max(committed, _outbox_head(outbox_file))  # committed, as a reader sees it
         os.kill(proc.pid, signal.SIGKILL)
@@ -130,7 +128,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provis
     assert committed > 50, "the daemon did write events between the kills"
     # Last run: let it deliver everything, then stop it cleanly.
     starts_before = sum(e["type"] == "agent_started" for e in verifier_events(verifier, "kiosk-1"))
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_agent_daemon(config_file)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until this run is up and has delivered the backlog
@@ -169,11 +167,7 @@ def test_the_daemon_renews_on_schedule_and_audits_it(tmp_path) -> None:
     with LocalVerifier.running(tmp_path / "pki", extra_args=("--cert-days", "0.0001")) as verifier:
         config, first = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-r"))
         config_file = write_config_file(tmp_path / "agent.toml", config, '[logging]\nlevel = "error"\n')
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_agent_daemon(config_file)
         try:
             deadline = time.monotonic() + 30
             renewed: list[dict] = []

@@ -15,6 +15,7 @@ from agent.client import VerifierClient
 from agent.localapi import LocalAPI
 from agent.sessions import CaptureSession
 from drivers.zfm.driver import ZfmModule
+from tests.conftest import start_agent_daemon
 
 
 def kiosk_app_group() -> grp.struct_group:
@@ -105,11 +106,7 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
         f'[reader]\nkind = "zfm"\nport = "{zfm_sim.port}"\n[api]\nsocket = "{socket_path}"\n'
         '[logging]\nlevel = "error"\n',
     )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_agent_daemon(config_file)
     try:
         deadline = time.monotonic() + 20
         while not socket_path.exists() and time.monotonic() < deadline:
