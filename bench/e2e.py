@@ -23,10 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.signing import sign_request
+
 from agent.client import VerifierClient, server_timing
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
-from agent.signing import sign_request
 from biometrics.fingerprint import extract
 from biometrics.fingerprint.iso19794_2 import encode
 from simulators.fingers import FingerGenerator

@@ -9,10 +9,10 @@ import json
 import sqlite3
 
 import pytest
+from agent.signing import sign_request
 
 from agent.client import VerifierClient
 from agent.errors import VerifierError
-from agent.signing import sign_request
 from biometrics.fingerprint.iso19794_2 import encode
 
 

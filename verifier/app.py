@@ -17,10 +17,10 @@ retried is answered from the store: handled once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
-import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -31,11 +31,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from protocol import endpoints
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
 from verifier.http import Answer, Request, Route, json_answer, json_body
-from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
+from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash, sealing_key
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -50,7 +51,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 HOUSEKEEPING_INTERVAL_S = 3600.0
-SUBJECT_PATH = re.compile(r"/v1/subjects/([^/]+)/enrollments")
+NONCE_SWEEP_S = 60.0  # spent and expired nonces are forgotten within a couple of minutes
+DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,9 +75,7 @@ def _csr_from_body(body: bytes) -> bytes:
         return base64.b64decode(b"".join(body.split()), validate=True)
     except binascii.Error:
         raise Problem(
-            400,
             "bad-csr",
-            "Bad certificate request",
             "the body is not base64",
             "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2)",
         ) from None
@@ -88,20 +88,21 @@ class VerifierApp:
         self.ca = CertificateAuthority.load(settings.pki_dir)
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
-        self.idempotency = IdempotencyStore(self.conn)
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
+        self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
-            ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
-            ("POST", "/.well-known/est/simpleenroll"): Route(self.simpleenroll, needs_client_cert=False),
-            ("POST", "/.well-known/est/simplereenroll"): Route(self.simplereenroll, needs_client_cert=True),
-            ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
-            ("POST", "/v1/events"): Route(self.events, needs_client_cert=True),
+            ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
+            ("POST", endpoints.SIMPLEENROLL): Route(self.simpleenroll, needs_client_cert=False),
+            ("POST", endpoints.SIMPLEREENROLL): Route(self.simplereenroll, needs_client_cert=True),
+            ("GET", endpoints.HEALTH): Route(self.health, needs_client_cert=True),
+            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True),
             **self.biometric.routes(),
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
+        self._next_nonce_sweep = 0.0
         self._handling_started = 0.0
 
     # ---------------------------------------------------------------- ASGI
@@ -112,18 +113,21 @@ class VerifierApp:
         if scope["type"] != "http":
             return
         self._handling_started = time.perf_counter()
+        body_read: list[bool] = [False]
         try:
-            answer = await self._dispatch(scope, receive)
+            answer = await self._dispatch(scope, receive, body_read)
             headers = answer.headers
         except Problem as problem:
+            if not body_read[0]:
+                # Refused before the body was read (unknown path, wrong method): take the rest of
+                # it first, so the client's DATA frames meet an open stream, not a reset mid-send.
+                await self._drain(receive)
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
             headers = problem.headers
         except Exception:
             log.exception("request_failed", path=scope.get("path"))
             problem = Problem(
-                500,
                 "internal",
-                "Internal error",
                 "the verifier failed on this request",
                 "retry; if it persists, see the verifier's log",
             )
@@ -153,20 +157,31 @@ class VerifierApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop a request body (bounded in bytes and time); the answer follows either way."""
+        size = 0
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while size <= self.settings.max_body_bytes:
+                    message = await receive()
+                    if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                        return
+                    size += len(message.get("body", b""))
+        except TimeoutError:
+            return
+
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise Problem(400, "disconnected", "Client went away", "the request body was cut", "retry")
+                raise Problem("disconnected", "the request body was cut", "retry")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.settings.max_body_bytes:
                 raise Problem(
-                    413,
                     "too-large",
-                    "Request too large",
                     f"the body exceeds {self.settings.max_body_bytes} bytes",
                     "send a smaller request",
                 )
@@ -174,28 +189,20 @@ class VerifierApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive) -> Answer:
+    async def _dispatch(self, scope: dict[str, Any], receive: Receive, body_read: list[bool]) -> Answer:
         method, path = scope["method"], scope["path"]
-        subject = ""
-        found = SUBJECT_PATH.fullmatch(path)
-        if found:
-            subject = found.group(1)
-            route = self.routes.get((method, ENROLLMENTS_PATH))
-        else:
-            route = self.routes.get((method, path))
+        subject = endpoints.enrollment_subject(path) or ""
+        route = self.routes.get((method, ENROLLMENTS_PATH if subject else path))
         if route is None:
             if path in self._paths:
                 raise Problem(
-                    405,
                     "method-not-allowed",
-                    "Method not allowed",
                     f"{method} is not allowed on {path}",
                     "see the protocol table in DESIGN.md",
                 )
-            raise Problem(
-                404, "not-found", "Not found", f"no endpoint {path}", "check the URL and the protocol version"
-            )
+            raise Problem("not-found", f"no endpoint {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        body_read[0] = True
         body = await self._read_body(receive)
         self._handling_started = time.perf_counter()  # the last await before the answer is sent
         cert = client_certificate(scope)
@@ -209,9 +216,7 @@ class VerifierApp:
         if cert is None:
             log.warning("request_refused", audit=True, path=path, reason="no client certificate")
             raise Problem(
-                401,
                 "client-certificate-required",
-                "Client certificate required",
                 f"{path} needs the device's client certificate (mutual TLS)",
                 "provision the device (`capture-agent provision`) and use its certificate",
             )
@@ -226,20 +231,16 @@ class VerifierApp:
                 reason=str(exc),
             )
             raise Problem(
-                403,
                 "device-not-authorised",
-                "Device not authorised",
                 str(exc),
                 "re-provision the device with a new token; ask the operator if it was revoked",
             ) from None
 
     def _idempotent(self, route: Route, request: Request) -> Answer:
         key = request.headers.get("idempotency-key", "")
-        if not key or len(key) > 200:
+        if not key or len(key) > endpoints.MAX_IDEMPOTENCY_KEY:
             raise Problem(
-                400,
                 "idempotency-key-required",
-                "Idempotency-Key required",
                 "every POST needs an Idempotency-Key header (at most 200 characters)",
                 "send an Idempotency-Key header: a fresh random key per request, the same key on retries",
             )
@@ -249,6 +250,15 @@ class VerifierApp:
             principal = "token:" + token_hash(_bearer(request.headers))
         req_hash = request_hash(request.method, request.path, request.body)
         self._housekeeping()
+        if not route.idempotent:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                answer = route.handler(request)
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            return answer
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             stored = self.idempotency.lookup(principal, key, req_hash)
@@ -266,9 +276,7 @@ class VerifierApp:
         except KeyReuseError:
             self.conn.execute("ROLLBACK")
             raise Problem(
-                422,
                 "idempotency-key-reused",
-                "Idempotency-Key reused",
                 "this Idempotency-Key was used for a different request",
                 "use a fresh key for each new request",
             ) from None
@@ -277,12 +285,15 @@ class VerifierApp:
             raise
 
     def _housekeeping(self) -> None:
-        """Hourly: drop stored answers past their retention and nonces past their life."""
+        """Every minute: forget nonces past their life; hourly: stored answers past their retention."""
         now = time.time()
-        if now < self._next_housekeeping:
-            return
-        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-        dropped = self.idempotency.expire(now) + self.biometric.challenges.expire(now)
+        dropped = 0
+        if now >= self._next_nonce_sweep:
+            self._next_nonce_sweep = now + NONCE_SWEEP_S
+            dropped += self.biometric.challenges.expire(now)
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+            dropped += self.idempotency.expire(now)
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 
@@ -297,18 +308,14 @@ class VerifierApp:
         except TokenError as exc:
             log.warning("enrollment_refused", audit=True, reason=str(exc))
             raise Problem(
-                401,
                 "bad-token",
-                "Bootstrap token refused",
                 str(exc),
                 "ask for a new token (`capture-verifier token new`)",
                 headers=((b"www-authenticate", b'Bearer error="invalid_token"'),),
             ) from None
         if device_id in {d["device_id"] for d in self.registry.list() if d["status"] == "revoked"}:
             raise Problem(
-                403,
                 "device-revoked",
-                "Device revoked",
                 f"device {device_id} is revoked",
                 "issue a token for a new device id",
             )
@@ -325,12 +332,10 @@ class VerifierApp:
         try:
             new_key = spki_sha256_of_csr(csr_der)
         except CSRError as exc:
-            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+            raise Problem("bad-csr", str(exc), "make a new request") from None
         if new_key in self.registry.current_spki(device_id):
             raise Problem(
-                400,
                 "key-reused",
-                "Key reused",
                 "renewal must come with a new key pair",
                 "generate a new EC P-256 key for the renewal",
             )
@@ -349,7 +354,7 @@ class VerifierApp:
         try:
             return self.ca.issue_device_certificate(_csr_from_body(body), device_id, self.settings.cert_days)
         except CSRError as exc:
-            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+            raise Problem("bad-csr", str(exc), "make a new request") from None
 
     def health(self, request: Request) -> Answer:
         assert request.device is not None
@@ -362,9 +367,7 @@ class VerifierApp:
             result = self.audit.ingest(request.device.device_id, json_body(request))
         except EventFormatError as exc:
             raise Problem(
-                422,
                 "bad-events",
-                "Malformed audit events",
                 str(exc),
                 "send events as the agent's outbox makes them (DESIGN.md, audit trail)",
             ) from None
@@ -380,9 +383,7 @@ def _bearer(headers: dict[str, str]) -> str:
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise Problem(
-            401,
             "token-required",
-            "Bootstrap token required",
             "EST simpleenroll needs `Authorization: Bearer <one-time token>`",
             "pass the token printed by `capture-verifier token new` to `capture-agent provision`",
             headers=((b"www-authenticate", b"Bearer"),),

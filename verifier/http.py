@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
+from protocol.wire import WireError, loads, loads_object
 from verifier.problems import Problem
 from verifier.registry import Device
 
@@ -44,6 +45,7 @@ class Answer:
 class Route:
     handler: Callable[[Request], Answer]
     needs_client_cert: bool
+    idempotent: bool = True  # False: a repeat is handled again (nothing worth keeping, e.g. a nonce)
 
 
 def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
@@ -51,9 +53,16 @@ def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes
 
 
 def json_body(request: Request) -> Any:
+    """The body as strict protocol JSON (no duplicate keys, bounded depth), or a 400 problem."""
     try:
-        return json.loads(request.body)
-    except ValueError:
-        raise Problem(
-            400, "bad-json", "Body is not JSON", "the request body must be JSON", "send application/json"
-        ) from None
+        return loads(request.body)
+    except WireError as exc:
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """:func:`json_body`, and it must be an object."""
+    try:
+        return loads_object(request.body, "the request body")
+    except WireError as exc:
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None

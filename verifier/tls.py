@@ -15,10 +15,9 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger()
+from protocol.tls import ALPN_H2, MINIMUM_VERSION, TLS12_CIPHERS
 
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
-ALPN_H2 = "h2"
+log = structlog.get_logger()
 
 
 class AuditedSSLObject(ssl.SSLObject):
@@ -44,7 +43,7 @@ class AuditedSSLObject(ssl.SSLObject):
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = MINIMUM_VERSION
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(cert_file), str(key_file))
