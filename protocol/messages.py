@@ -81,6 +81,9 @@ class VerificationRequest:
     path = endpoints.VERIFICATIONS
     operation = "verify"
 
+    def challenge(self) -> ChallengeRequest:
+        return ChallengeRequest(self.operation, self.subject)
+
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"subject": self.subject, "templates": wire_templates(self.templates)}
         if self.step_up is not None:
@@ -94,6 +97,9 @@ class IdentificationRequest:
 
     path = endpoints.IDENTIFICATIONS
     operation = "identify"
+
+    def challenge(self) -> ChallengeRequest:
+        return ChallengeRequest(self.operation)
 
     def body(self) -> dict[str, Any]:
         return {"templates": wire_templates(self.templates)}
@@ -111,6 +117,9 @@ class EnrollmentRequest:
     @property
     def path(self) -> str:
         return endpoints.enrollments_path(self.subject)
+
+    def challenge(self) -> ChallengeRequest:
+        return ChallengeRequest(self.operation, self.subject, self.group)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"templates": wire_templates(self.templates)}
