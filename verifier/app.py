@@ -36,7 +36,14 @@ from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
 from verifier.http import Answer, Request, Route, json_answer, json_body
-from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash, sealing_key
+from verifier.idempotency import (
+    RETENTION_S,
+    IdempotencyStore,
+    KeyReuseError,
+    StoredAnswer,
+    request_hash,
+    sealing_key,
+)
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -50,8 +57,7 @@ log = structlog.get_logger()
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
-HOUSEKEEPING_INTERVAL_S = 3600.0
-NONCE_SWEEP_S = 60.0  # spent and expired nonces are forgotten within a couple of minutes
+HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
 DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
 
 
@@ -102,7 +108,6 @@ class VerifierApp:
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
-        self._next_nonce_sweep = 0.0
         self._handling_started = 0.0
 
     # ---------------------------------------------------------------- ASGI
@@ -250,15 +255,6 @@ class VerifierApp:
             principal = "token:" + token_hash(_bearer(request.headers))
         req_hash = request_hash(request.method, request.path, request.body)
         self._housekeeping()
-        if not route.idempotent:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                answer = route.handler(request)
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-            return answer
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             stored = self.idempotency.lookup(principal, key, req_hash)
@@ -268,9 +264,8 @@ class VerifierApp:
                 return Answer(stored.status, stored.content_type, stored.body)
             answer = route.handler(request)
             if answer.status < 400:
-                self.idempotency.save(
-                    principal, key, req_hash, StoredAnswer(answer.status, answer.content_type, answer.body)
-                )
+                stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body)
+                self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
             self.conn.execute("COMMIT")
             return answer
         except KeyReuseError:
@@ -285,15 +280,12 @@ class VerifierApp:
             raise
 
     def _housekeeping(self) -> None:
-        """Every minute: forget nonces past their life; hourly: stored answers past their retention."""
+        """Every minute: forget nonces and stored answers past their life (a challenge's lives as long as its nonce)."""
         now = time.time()
-        dropped = 0
-        if now >= self._next_nonce_sweep:
-            self._next_nonce_sweep = now + NONCE_SWEEP_S
-            dropped += self.biometric.challenges.expire(now)
-        if now >= self._next_housekeeping:
-            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-            dropped += self.idempotency.expire(now)
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+        dropped = self.biometric.challenges.expire(now) + self.idempotency.expire(now)
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 

@@ -31,7 +31,7 @@ from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
 from protocol.templates import TemplateWireError, minutiae_problem, records_of
 from protocol.wire import WireError
-from verifier.challenges import Challenges, NonceError
+from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.http import Answer, Request, Route, json_answer, json_object
 from verifier.policy import AccessRules, Lockouts, RateLimit
@@ -72,9 +72,10 @@ class BiometricRoutes:
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
-            # A nonce is not kept as an idempotent answer: a retried challenge gets another nonce
-            # (the unused one expires within nonce_ttl_s), and no row outlives its nonce.
-            ("POST", endpoints.CHALLENGES): Route(self.new_challenge, needs_client_cert=True, idempotent=False),
+            # A nonce's answer is kept for repeats only as long as the nonce itself: no row outlives it.
+            ("POST", endpoints.CHALLENGES): Route(
+                self.new_challenge, needs_client_cert=True, retention_s=self.challenges.ttl_s + NONCE_MARGIN_S
+            ),
             ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True),
             ("POST", endpoints.VERIFICATIONS): Route(self.verify, needs_client_cert=True),
             ("POST", endpoints.IDENTIFICATIONS): Route(self.identify, needs_client_cert=True),

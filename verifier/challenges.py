@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 DEFAULT_TTL_S = 60.0
+NONCE_MARGIN_S = 60.0  # kept this long past expiry, so that a late request hears "expired", not "unknown"
 
 
 class NonceError(Exception):
@@ -65,4 +66,5 @@ class Challenges:
         A minute of margin, so that a request arriving just late is told "expired"
         (which the agent retries) rather than "unknown".
         """
-        return self.conn.execute("DELETE FROM nonces WHERE expires_at < ?", ((now or time.time()) - 60,)).rowcount
+        cutoff = (now or time.time()) - NONCE_MARGIN_S
+        return self.conn.execute("DELETE FROM nonces WHERE expires_at < ?", (cutoff,)).rowcount

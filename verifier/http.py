@@ -45,7 +45,7 @@ class Answer:
 class Route:
     handler: Callable[[Request], Answer]
     needs_client_cert: bool
-    idempotent: bool = True  # False: a repeat is handled again (nothing worth keeping, e.g. a nonce)
+    retention_s: float | None = None  # how long the first answer is kept for repeats (None: a day)
 
 
 def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:

@@ -56,6 +56,9 @@ class IdempotencyStore:
 
     def __post_init__(self) -> None:
         self._aead = AESGCM(self.key)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(idempotency)")}
+        if "expires_at" not in columns:  # databases from before answers had their own retention
+            self.conn.execute("ALTER TABLE idempotency ADD COLUMN expires_at REAL")
 
     @staticmethod
     def _aad(principal: str, key: str) -> bytes:
@@ -82,14 +85,28 @@ class IdempotencyStore:
             raise KeyReuseError(key)
         return StoredAnswer(int(row[1]), str(row[2]), self._open(principal, key, bytes(row[3])))
 
-    def save(self, principal: str, key: str, req_hash: str, answer: StoredAnswer) -> None:
+    def save(
+        self, principal: str, key: str, req_hash: str, answer: StoredAnswer, retention_s: float = RETENTION_S
+    ) -> None:
+        """Keep the first answer for ``retention_s`` (a nonce's answer: no longer than the nonce lives)."""
+        now = time.time()
         self.conn.execute(
-            "INSERT OR IGNORE INTO idempotency (principal, key, request_hash, status, content_type, body, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (principal, key, req_hash, answer.status, answer.content_type, self._seal(principal, key, answer.body),
-             time.time()),
+            "INSERT OR IGNORE INTO idempotency (principal, key, request_hash, status, content_type, body, created_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                principal,
+                key,
+                req_hash,
+                answer.status,
+                answer.content_type,
+                self._seal(principal, key, answer.body),
+                now,
+                now + retention_s,
+            ),
         )
 
     def expire(self, now: float | None = None) -> int:
-        cutoff = (now or time.time()) - RETENTION_S
-        return self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (cutoff,)).rowcount
+        now = now or time.time()
+        return self.conn.execute(
+            "DELETE FROM idempotency WHERE COALESCE(expires_at, created_at + ?) < ?", (RETENTION_S, now)
+        ).rowcount
