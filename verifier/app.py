@@ -59,6 +59,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
 DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
+DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,14 +119,15 @@ class VerifierApp:
         if scope["type"] != "http":
             return
         self._handling_started = time.perf_counter()
-        body_read: list[bool] = [False]
+        body_done: list[bool] = [False]
         try:
-            answer = await self._dispatch(scope, receive, body_read)
+            answer = await self._dispatch(scope, receive, body_done)
             headers = answer.headers
         except Problem as problem:
-            if not body_read[0]:
-                # Refused before the body was read (unknown path, wrong method): take the rest of
-                # it first, so the client's DATA frames meet an open stream, not a reset mid-send.
+            if not body_done[0]:
+                # Refused before the whole body was read (unknown path, wrong method, too large):
+                # take the rest first, so the client's DATA frames meet an open stream. hypercorn
+                # (0.18) tears the whole connection down on DATA for a stream already answered.
                 await self._drain(receive)
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
             headers = problem.headers
@@ -163,11 +165,11 @@ class VerifierApp:
                 return
 
     async def _drain(self, receive: Receive) -> None:
-        """Read and drop a request body (bounded in bytes and time); the answer follows either way."""
+        """Read and drop the rest of a request body (bounded in bytes and time); the answer follows either way."""
         size = 0
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                while size <= self.settings.max_body_bytes:
+                while size <= DRAIN_MAX_BYTES:
                     message = await receive()
                     if message["type"] == "http.disconnect" or not message.get("more_body", False):
                         return
@@ -175,12 +177,13 @@ class VerifierApp:
         except TimeoutError:
             return
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive, body_done: list[bool]) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                body_done[0] = True
                 raise Problem("disconnected", "the request body was cut", "retry")
             chunk = message.get("body", b"")
             size += len(chunk)
@@ -192,9 +195,10 @@ class VerifierApp:
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
+                body_done[0] = True
                 return b"".join(chunks)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive, body_read: list[bool]) -> Answer:
+    async def _dispatch(self, scope: dict[str, Any], receive: Receive, body_done: list[bool]) -> Answer:
         method, path = scope["method"], scope["path"]
         subject = endpoints.enrollment_subject(path) or ""
         route = self.routes.get((method, ENROLLMENTS_PATH if subject else path))
@@ -207,8 +211,7 @@ class VerifierApp:
                 )
             raise Problem("not-found", f"no endpoint {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        body_read[0] = True
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, body_done)
         self._handling_started = time.perf_counter()  # the last await before the answer is sent
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
