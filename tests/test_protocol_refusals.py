@@ -24,15 +24,20 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.audit import ChainHead, make_event
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.errors import (
     BadTemplateError,
+    GroupNotAllowedError,
+    OperationNotAllowedError,
+    SubjectLockedError,
     UnknownSubjectError,
 )
 from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode
 from protocol import endpoints
+from protocol.audit import event_hash
 from protocol.messages import Decision
 from protocol.signing import sign_request
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW, wire_template
@@ -222,3 +227,86 @@ def test_a_stored_answer_never_holds_the_session_token_in_clear(verifier, provis
     assert again == once, "a retry after a cut connection still gets its answer, token included"
     raw = b"".join(p.read_bytes() for p in verifier.pki_dir.iterdir() if p.name.startswith("verifier.sqlite"))
     assert once["token"].encode() not in raw and first.token.encode() not in raw
+
+
+def test_audit_event_ids_are_per_device(verifier, provisioned, tmp_path) -> None:
+    """Two devices may use the same event id: neither shadows the other's event."""
+    other = asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-2"))
+
+    def event_with_id(event_id: str) -> dict:
+        event = {**make_event(ChainHead(), "reader_fault", {"port": "ttyUSB0"}), "id": event_id}
+        return {**event, "hash": event_hash(event)}
+
+    async def post(api, client):
+        return await client.call("POST", endpoints.EVENTS, json={"events": [event_with_id("shared-id")]})
+
+    first, second = run(provisioned, post), run(other, post)
+    assert first["accepted"] == 1 and second == {**second, "accepted": 1, "duplicates": 0}
+    again = run(other, post)  # the same device again: a duplicate, as before
+    assert again["duplicates"] == 1
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        rows = db.execute("SELECT device_id FROM audit_events WHERE event_id = 'shared-id' ORDER BY 1").fetchall()
+    assert rows == [("kiosk-1",), ("kiosk-2",)]
+
+
+def test_one_devices_junk_claims_do_not_lock_the_person_out_elsewhere(tmp_path, synthetic_templates) -> None:
+    """The lockout policy (README): counted per (device, subject); every device only when several are locked."""
+    t = synthetic_templates
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("max_failures = 2\nstep_up_first_use = false\nlockout_base_s = 60\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        junk = asyncio.run(provision_device(local, tmp_path / "junk", "kiosk-junk"))
+        lobby = asyncio.run(provision_device(local, tmp_path / "lobby", "kiosk-lobby"))
+
+        async def junk_claims(api, client):
+            await api.enroll("alice", [encode(x) for x in t[0][:2]] + [encode(x) for x in t[2][:2]])
+            outcomes = [(await api.verify("alice", [encode(t[1][0])])).decision for _ in range(2)]
+            with pytest.raises(SubjectLockedError) as locked:  # refused at the challenge: no finger needed
+                await api.challenge("verify", "alice")
+            return outcomes, locked.value
+
+        async def genuine(api, client):
+            first = await api.verify("alice", [encode(t[0][2])])
+            second = await api.verify("alice", [encode(t[2][2])], step_up=first.step_up)
+            return first, second
+
+        outcomes, locked = run(junk, junk_claims)
+        first, decision = run(lobby, genuine)
+        no_traceback(local)
+    assert outcomes == ["reject", "reject"]
+    assert locked.status == 429 and locked.retry_after_s >= 59
+    assert first.reasons == ["recent_failures"]  # failures elsewhere ask for a second finger, never lock
+    assert isinstance(decision, Decision) and decision.accepted, "alice still verifies at the lobby"
+
+
+def test_what_needs_no_finger_is_refused_at_the_challenge(verifier, provisioned, synthetic_templates) -> None:
+    t = synthetic_templates
+
+    async def setup(api, client):
+        await api.enroll("alice", [encode(x) for x in t[0][:2]], group="visitors")
+        with pytest.raises(UnknownSubjectError) as unknown:
+            await api.challenge("verify", "nobody")
+        return unknown.value
+
+    unknown = run(provisioned, setup)
+    assert unknown.status == 404 and unknown.fix == "enroll the subject first: capture-agent enroll --subject nobody"
+    verifier.allow("kiosk-1", "verify", groups="staff")
+
+    async def restricted(api, client):
+        with pytest.raises(OperationNotAllowedError) as operation:
+            await api.challenge("enroll", "carol")
+        with pytest.raises(GroupNotAllowedError) as group:
+            await api.challenge("verify", "alice")
+        return operation.value, group.value
+
+    operation, group = run(provisioned, restricted)
+    assert operation.status == 403 and "capture-verifier device allow kiosk-1" in operation.fix
+    assert group.status == 403 and "visitors" not in json.dumps(group.problem)
+    lines = verifier.log_path.read_text().splitlines()
+    refusals = [json.loads(line) for line in lines if '"biometric_request_refused"' in line]
+    assert {(r["path"], r["reason"]) for r in refusals} >= {
+        (endpoints.CHALLENGES, "unknown subject"),
+        (endpoints.CHALLENGES, "operation not allowed for this device"),
+        (endpoints.CHALLENGES, "subject group not allowed for this device"),
+    }
+    assert any(r.get("group") == "visitors" for r in refusals), "the audit log names the group, for the operator"
