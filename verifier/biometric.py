@@ -7,6 +7,11 @@ life). Then the subject's group against the device's allowed groups, then the
 operation. Every outcome, accepted or refused, is an audit event naming the
 device, the subject and the reason; a template never appears in one.
 
+The challenge itself names the operation and the subject (protocol.messages.
+ChallengeRequest), so what needs no finger (the operation, the subject's group,
+an unknown subject, a lockout) is refused before the person touches the sensor.
+Answers never name another subject's group; the audit event does.
+
 Matching: the request's templates become cylinders once per request; a
 subject's enrolled templates are decrypted, built and packed once and kept
 until the subject enrolls more. ``Server-Timing: match`` reports the time spent

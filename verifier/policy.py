@@ -6,8 +6,9 @@ staff and visitors, the HR desk enrolls staff). A device without a rule may call
 every operation on every group (a development default; a production site sets
 rules at provisioning). Anything else is a 403, audited.
 
-Rates: per device and per subject, requests per minute; a breach locks the
-device or subject for a doubling time.
+Rates: per device (requests, and challenges apart), and per (device, subject)
+with a bound per subject across devices that one device cannot reach alone,
+per minute; a breach locks the key for a doubling time.
 
 Lockouts: after ``max_failures`` rejected verifications in a row of a subject
 on one device, that device is locked out of the subject for ``base * 2**k``
