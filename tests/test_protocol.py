@@ -125,3 +125,18 @@ def test_paths_are_the_protocols() -> None:
     with pytest.raises(ValueError):
         endpoints.enrollments_path("../x")
     assert re.fullmatch(r"/v1/\w+", endpoints.CHALLENGES)
+
+
+def test_protocol_imports_only_the_standard_library_and_cryptography() -> None:
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"cryptography", "protocol", "__future__"}
+    for source in (ROOT / "protocol").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            assert {n.split(".")[0] for n in names} <= allowed, (source.name, names)
