@@ -142,12 +142,6 @@ class Lockouts:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _row(self, device_id: str, subject_id: str) -> tuple[int, int]:
-        row = self.conn.execute(
-            "SELECT failures, lockouts FROM lockouts WHERE device_id = ? AND subject_id = ?", (device_id, subject_id)
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
-
     def _store(self, device_id: str, subject_id: str, failures: int, lockouts: int, until: float) -> None:
         self.conn.execute(
             "INSERT INTO lockouts (device_id, subject_id, failures, lockouts, locked_until) VALUES (?, ?, ?, ?, ?) "
@@ -159,10 +153,17 @@ class Lockouts:
     def record(self, device_id: str, subject_id: str, success: bool, now: float | None = None) -> float:
         """Count an outcome (only while not locked); the lockout of this device it starts, in seconds (0: none)."""
         now = now or time.time()
-        failures, lockouts = self._row(device_id, subject_id)
-        anywhere, _ = self._row("*", subject_id)
+        counts = dict.fromkeys((device_id, "*"), (0, 0))
+        for device, failed, locks in self.conn.execute(
+            "SELECT device_id, failures, lockouts FROM lockouts WHERE subject_id = ? AND device_id IN (?, '*')",
+            (subject_id, device_id),
+        ):
+            counts[device] = (int(failed), int(locks))
+        (failures, lockouts), (anywhere, _) = counts[device_id], counts["*"]
         until = 0.0
         if success:
+            if failures == 0 and anywhere == 0:
+                return 0.0  # nothing to reset: the common case costs one read
             failures, anywhere = 0, 0
         else:
             failures, anywhere = failures + 1, anywhere + 1
