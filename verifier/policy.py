@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS lockouts (
     locked_until REAL NOT NULL,
     PRIMARY KEY (device_id, subject_id)
 );
+CREATE INDEX IF NOT EXISTS lockouts_subject ON lockouts (subject_id, locked_until);
 """
 
 
