@@ -162,6 +162,10 @@ class VerifierInternalError(VerifierError):
     """The verifier failed on the request (HTTP 500)."""
 
 
+class VerifierBusyError(VerifierError):
+    """The verifier's matching is saturated or over its time budget (503): retried after Retry-After."""
+
+
 def problem_error_class(slug: str) -> type[VerifierError]:
     """The class of a registered problem type; :class:`VerifierError` for a slug the registry lacks."""
     from protocol.problems import REGISTRY

@@ -60,6 +60,10 @@ _ENTRIES = (
                 "send the ISO/IEC 19794-2:2005 record the agent's extractor made; capture again"),
     ProblemType("bad-events", 422, "Malformed audit events", "BadRequestError",
                 "send events as the agent's outbox makes them (DESIGN.md, audit trail)"),
+    ProblemType("too-many-views", 422, "Too many finger views", "BadTemplateError",
+                "send fewer views per request (a capture is one view)"),
+    ProblemType("body-timeout", 408, "Request body too slow", "BadRequestError",
+                "send the whole body at once; check the network"),
     # -- who is asking
     ProblemType("client-certificate-required", 401, "Client certificate required", "DeviceNotAuthorisedError",
                 "provision the device (`capture-agent provision`) and use its certificate"),
@@ -67,6 +71,10 @@ _ENTRIES = (
                 "re-provision the device with a new token; ask the operator if it was revoked"),
     ProblemType("device-revoked", 403, "Device revoked", "DeviceNotAuthorisedError",
                 "issue a token for a new device id"),
+    ProblemType("certificate-superseded", 403, "Certificate already renewed", "DeviceNotAuthorisedError",
+                "renew with the device's newest certificate (the agent uses it after a renewal)"),
+    ProblemType("renewal-rate-limited", 429, "Too many renewals", "RateLimitedError",
+                "renew at about two thirds of the certificate's life, not in a loop"),
     ProblemType("token-required", 401, "Bootstrap token required", "BootstrapTokenError",
                 "pass the token printed by `capture-verifier token new` to `capture-agent provision`"),
     ProblemType("bad-token", 401, "Bootstrap token refused", "BootstrapTokenError",
@@ -88,6 +96,8 @@ _ENTRIES = (
                 "capture-verifier device allow DEVICE --groups GROUP"),
     ProblemType("device-rate-limited", 429, "Too many requests from this device", "RateLimitedError",
                 "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)"),
+    ProblemType("device-work-limited", 429, "Too much matching work from this device", "RateLimitedError",
+                "send fewer views per request, or fewer requests; a kiosk never needs this much"),
     # -- the subject
     ProblemType("unknown-subject", 404, "Unknown subject", "UnknownSubjectError",
                 "enroll the subject first: capture-agent enroll --subject ID"),
@@ -99,6 +109,11 @@ _ENTRIES = (
     ProblemType("session-token-refused", 401, "Session token refused", "SessionTokenRefusedError",
                 "verify the subject again on this device (capture-agent enroll --subject ID --add): "
                 "a token lasts minutes and is bound to its device"),
+    ProblemType("not-the-verified-person", 403, "Templates are not the subject's", "SubjectError",
+                "add captures of the verified person's enrolled fingers only; "
+                "a new finger needs a new enrollment by the operator"),
+    ProblemType("duplicate-identity", 409, "Already enrolled as another subject", "SubjectError",
+                "verify the person under their existing id; ask the operator if the match is wrong"),
     ProblemType("subject-rate-limited", 429, "Too many verifications of this subject", "RateLimitedError",
                 "wait; if nobody at your sites claims this subject so often, someone is guessing"),
     ProblemType("subject-locked", 429, "Subject locked out", "SubjectLockedError",
@@ -110,6 +125,10 @@ _ENTRIES = (
     # -- the verifier itself
     ProblemType("internal", 500, "Internal error", "VerifierInternalError",
                 "retry; if it persists, see the verifier's log"),
+    ProblemType("matching-busy", 503, "Verifier busy", "VerifierBusyError",
+                "retry after the Retry-After seconds (the agent does so by itself)"),
+    ProblemType("matching-over-budget", 503, "Matching over budget", "VerifierBusyError",
+                "send fewer finger views per request, or retry after the Retry-After seconds"),
 )
 
 REGISTRY: dict[str, ProblemType] = {entry.slug: entry for entry in _ENTRIES}
