@@ -64,8 +64,7 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     if isinstance(failure, PolicyViolation):
         return TLSPolicyError(
             f"refused the verifier at {url}: {failure.args[0] if failure.args else failure}",
-            fix="check [verifier] url and spki_pin; the verifier needs a certificate naming its host "
-            "exactly and HTTP/2 enabled",
+            fix=failure.fix or "check [verifier] url and spki_pin",
         )
     reason = getattr(failure, "verify_message", "") or getattr(failure, "reason", "") or str(failure)
     if isinstance(failure, ssl.SSLCertVerificationError):

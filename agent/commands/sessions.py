@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from agent.options import add_common_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--add", action="store_true", help="add templates to an enrolled subject: the person verifies first"
             )
+        add_common_arguments(parser)
         parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
         parser.set_defaults(run=run, operation=name)
 
