@@ -6,12 +6,20 @@ a verifier on a free port of 127.0.0.1, the daemon as its own process.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 from agent.config import parse_config
 from agent.devstack import device_config, write_config_file
+from tests.conftest import start_agent_daemon
+
+BASH = shutil.which("bash") or "/bin/bash"  # the installer's shell
 
 
 def agent_cli(
@@ -90,3 +98,115 @@ def test_doctor_prints_the_pin_and_a_pin_without_padding_is_the_same_pin(verifie
     config_file.write_text(config_file.read_text().replace(pin.rstrip("="), "not-a-pin"))
     bad = agent_cli("health", "--config", str(config_file))
     assert bad.returncode == 2 and "spki_pin" in bad.stderr and "doctor" in bad.stderr.split("fix:", 1)[1]
+
+
+# ---------------------------------------------------------------- item 2: provisioning as the README shows
+
+
+def readme_block(after: str) -> str:
+    """The first ```sh block of README.md after the line containing ``after``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rest = text[text.index(after) :]
+    start = rest.index("```sh\n") + len("```sh\n")
+    return textwrap.dedent(rest[start : rest.index("```", start)])
+
+
+def test_the_readme_provisioning_section_runs_as_written_without_systemd(verifier, tmp_path) -> None:
+    """The development path of 'Provisioning a device', typed into a shell with no systemd credentials."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # capture-agent, capture-verifier
+    verifier_cli_line = "capture-verifier token new --pki /etc/capture-verifier --device kiosk-07"
+    assert verifier_cli_line in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    issued = subprocess.run(
+        [BASH, "-c", verifier_cli_line.replace("/etc/capture-verifier", str(verifier.pki_dir))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert issued.returncode == 0, issued.stderr
+    token = next(
+        line.split(":", 1)[1].strip() for line in issued.stdout.splitlines() if line.lower().startswith("token")
+    )
+    script = (
+        readme_block("Development and test rigs only")
+        .replace("/var/tmp/capture-agent-dev", str(tmp_path / "state"))
+        .replace("https://verifier.example:8443", verifier.url)
+        .replace("TOKEN", token)
+        .replace("3f9a...c2", verifier.ca_fingerprint)
+    )
+    done = subprocess.run(
+        [BASH, "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "provisioned device kiosk-07" in done.stdout and "FAIL" not in done.stdout, done.stdout
+
+
+def test_provisioning_outside_systemd_names_the_setting_that_fixes_it(verifier, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
+    token = verifier.new_token("kiosk-sd")
+    done = agent_cli(
+        "provision",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--verifier",
+        verifier.url,
+        "--token",
+        token,
+        "--ca-fingerprint",
+        verifier.ca_fingerprint,
+        env=env,
+    )
+    assert done.returncode == 2
+    error, fix = done.stderr.split("fix:", 1)
+    assert "systemd-credentials" in error and "CREDENTIALS_DIRECTORY=unset" in error
+    assert 'backend = "file-insecure-dev"' in fix and "LoadCredentialEncrypted=capture-agent-kek" in fix
+    assert "INSECURE" in fix and fix.strip() not in error
+
+
+# ---------------------------------------------------------------- item 6: re-provisioning needs --force
+
+
+def test_reprovisioning_is_refused_without_force_and_says_what_it_replaces(verifier, tmp_path) -> None:
+    config_file = provisioned_config_file(verifier, tmp_path, "kiosk-old")
+    token = verifier.new_token("kiosk-new")
+    args = ("provision", "--config", str(config_file), "--token", token, "--ca-fingerprint", verifier.ca_fingerprint)
+    refused = agent_cli(*args)
+    assert refused.returncode == 2
+    assert "already has an identity" in refused.stderr and "device kiosk-old" in refused.stderr
+    assert "valid until" in refused.stderr and "--force" in refused.stderr.split("fix:", 1)[1]
+    forced = agent_cli(*args, "--force")  # the token was not spent by the refusal
+    assert forced.returncode == 0, forced.stderr
+    assert "provisioned device kiosk-new" in forced.stdout
+    assert "replaced           device kiosk-old, certificate serial" in forced.stdout
+
+
+# ---------------------------------------------------------------- item 8: one daemon per state directory
+
+
+def test_a_second_daemon_on_the_same_state_directory_is_refused_naming_the_first(verifier, tmp_path) -> None:
+    config_file = provisioned_config_file(verifier, tmp_path)
+    first = start_agent_daemon(config_file)
+    try:
+        lock = tmp_path / "state" / "agent.lock"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
+            time.sleep(0.05)
+        second = agent_cli("run", "--config", str(config_file))
+        assert second.returncode == 2, second.stderr
+        assert f"process {first.pid}" in second.stderr and str(tmp_path / "state") in second.stderr
+        assert f"kill {first.pid}" in second.stderr.split("fix:", 1)[1]
+        assert first.poll() is None, "the first daemon keeps running"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(20)
+    # The lock goes with its holder: a new daemon may start.
+    again = start_agent_daemon(config_file)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and lock.read_text().strip() != str(again.pid) and again.poll() is None:
+            time.sleep(0.05)
+        assert lock.read_text().strip() == str(again.pid), "the lock was released when the first daemon stopped"
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(20)

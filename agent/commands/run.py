@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.daemon import AgentDaemon
+    from agent.statelock import hold_state_dir
 
     config = config_from_args(args)
-    asyncio.run(AgentDaemon(config, args.config).run())
+    with hold_state_dir(config.agent.state_dir):  # one daemon per state directory
+        asyncio.run(AgentDaemon(config, args.config).run())
     return 0
