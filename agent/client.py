@@ -12,7 +12,10 @@ request it had already handled is not handled twice.
 
 Renewal: :meth:`VerifierClient.replace_identity` builds a new ``httpx`` client on
 the new certificate; requests already running finish on the old one, which is
-closed when its last request ends.
+closed when its last request ends. Before each request the client follows the
+state directory's ``identity`` link (:meth:`VerifierClient.follow_identity`), so
+a renewal or re-provisioning made by another process is picked up without a
+restart (agent/identity.py says why the link is the one owner).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import httpx
 import structlog
 
 from agent.config import AgentConfig
-from agent.errors import TLSPolicyError, TransportError, VerifierError
-from agent.identity import DeviceIdentity
+from agent.errors import AgentError, TLSPolicyError, TransportError, VerifierError
+from agent.identity import DeviceIdentity, IdentityStore
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 
 log = structlog.get_logger()
@@ -138,9 +141,13 @@ class VerifierClient:
         config: AgentConfig,
         identity: DeviceIdentity,
         on_tls_failure: Callable[[str], None] | None = None,
+        on_identity_change: Callable[[DeviceIdentity, DeviceIdentity], None] | None = None,
     ) -> None:
         self.config = config
         self.on_tls_failure = on_tls_failure  # the daemon records an audit event
+        self.on_identity_change = on_identity_change  # (old, new): the daemon audits a switch
+        self.identity_problem: AgentError | None = None  # the link names an identity that does not load
+        self._store = IdentityStore(identity.directory.parent)
         self._current = _Generation(self._build_http(identity), identity)
         self._closing: set[asyncio.Task[None]] = set()
         self.last_tls: dict[str, Any] = {}
@@ -172,6 +179,28 @@ class VerifierClient:
             ),
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=net.keepalive_s),
         )
+
+    async def follow_identity(self) -> DeviceIdentity:
+        """Switch to the identity the state directory's link names now, if another process replaced it.
+
+        One ``readlink`` when nothing changed. An identity that does not load is
+        kept aside in :attr:`identity_problem` (health reports it) and the one
+        held stays in use: it may still work, and nothing is gained by failing now.
+        """
+        held = self._current.identity
+        try:
+            fresh = self._store.changed(held)
+        except AgentError as exc:
+            if self.identity_problem is None or self.identity_problem.message != exc.message:
+                log.warning("identity_unusable", error=exc.message)
+            self.identity_problem = exc
+            return held
+        self.identity_problem = None
+        if fresh is not None:
+            await self.replace_identity(fresh)
+            if self.on_identity_change is not None:
+                self.on_identity_change(held, fresh)
+        return self._current.identity
 
     async def replace_identity(self, identity: DeviceIdentity) -> None:
         """Switch to a renewed certificate; running requests finish on the old client."""
@@ -209,6 +238,7 @@ class VerifierClient:
             all_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
         retries = self.config.network.retries
         attempt = 0
+        await self.follow_identity()
         while True:
             gen = self._current
             gen.in_flight += 1

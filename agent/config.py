@@ -94,7 +94,7 @@ class VerifierSection:
         metadata=_check(
             lambda v: v.strip() == "" or normalise_spki_pin(v) is not None,
             "give the base64 SHA-256 of the server's SubjectPublicKeyInfo: 44 characters ending in '=' "
-            "(`capture-agent doctor` prints it as \"server SPKI pin\"), or leave it empty",
+            '(`capture-agent doctor` prints it as "server SPKI pin"), or leave it empty',
         ),
     )
 

@@ -147,7 +147,7 @@ def load_kek(config: AgentConfig, *, create: bool = False) -> str:
         ) from None
     if kek is None and create and config.keyring.backend == "systemd-credentials":
         raise KeyringError(
-            f"no key-encryption key: [keyring] backend = \"systemd-credentials\" reads the systemd credential "
+            f'no key-encryption key: [keyring] backend = "systemd-credentials" reads the systemd credential '
             f"{name!r}, and this process has none (CREDENTIALS_DIRECTORY="
             f"{os.environ.get('CREDENTIALS_DIRECTORY', 'unset')}); the agent cannot create it",
             fix=f"on a device, make it with `systemd-creds encrypt --name={name} - "

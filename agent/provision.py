@@ -101,7 +101,8 @@ async def provision(config: AgentConfig, token: str, ca_fingerprint: str, *, for
     log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca))
     key = generate_key()
     certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
-    identity = store.write(key, certificate, [ca], kek.encode())
+    async with store.writing():  # never half-way through a renewal by the daemon
+        identity = store.write(key, certificate, [ca], kek.encode())
     log.info(
         "certificate_issued",
         audit=True,

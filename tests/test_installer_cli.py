@@ -210,3 +210,78 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused_naming_the_first
     finally:
         again.send_signal(signal.SIGTERM)
         again.wait(20)
+
+
+# ---------------------------------------------------------------- item 1: renewal while the daemon runs
+
+
+def test_renew_from_the_cli_while_the_daemon_runs_keeps_sessions_working(verifier, zfm_sim, tmp_path) -> None:
+    """`capture-agent renew` during a session: the session completes, the next one too, /health follows."""
+    import httpx
+
+    socket_path = tmp_path / "api.sock"
+    config_file = provisioned_config_file(
+        verifier, tmp_path, extra=f'[reader]\nkind = "zfm"\nport = "{zfm_sim.port}"\n[api]\nsocket = "{socket_path}"\n'
+    )
+    daemon = start_agent_daemon(config_file)
+    api = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://agent", timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = api.get("/health").json()
+        assert before["identity"] == "ok", before
+
+        def session(*args: str, placements: list[tuple[int, int]], on_first_place=None) -> tuple[int, str]:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", *args, "--config", str(config_file)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            lines = []
+            for line in proc.stdout:  # the person at the terminal
+                lines.append(line)
+                if "Place" in line:
+                    if on_first_place is not None:
+                        on_first_place()
+                        on_first_place = None
+                    finger, impression = placements.pop(0) if len(placements) > 1 else placements[0]
+                    zfm_sim.place(finger=finger, impression=impression)
+                elif "Lift" in line:
+                    zfm_sim.lift()
+            proc.stdout.close()
+            return proc.wait(60), "".join(lines)
+
+        code, out = session(
+            "enroll", "--subject", "rita", "--captures", "2", placements=[(0, 0), (0, 1), (5, 0), (5, 1)]
+        )
+        assert code == 0 and "enrolled rita" in out, out
+        code, out = session("verify", "--subject", "rita", placements=[(0, 2), (5, 2)])  # first use: a step-up
+        assert code == 0 and "accept" in out, out
+
+        renewed: list[subprocess.CompletedProcess[str]] = []
+
+        def renew_now() -> None:  # the installer renews while a person stands at the sensor
+            renewed.append(agent_cli("renew", "--config", str(config_file)))
+
+        code, out = session("verify", "--subject", "rita", placements=[(0, 3)], on_first_place=renew_now)
+        assert renewed[0].returncode == 0, renewed[0].stderr
+        old_serial, new_serial = renewed[0].stdout.split("serial ", 1)[1].split(",")[0].split(" -> ")
+        assert code == 0 and "accept" in out, out  # the session in flight was not dropped
+        code, out = session("verify", "--subject", "rita", placements=[(5, 3)])  # and the next one works
+        assert code == 0 and "accept" in out, out
+        after = api.get("/health").json()
+        assert after["identity"] == "ok" and after["certificate_serial"] == new_serial != old_serial, after
+        # An identity that cannot sign is reported, not hidden behind "ok".
+        for folder in (tmp_path / "state").glob("identity*"):
+            if folder.is_symlink():
+                folder.unlink()
+        broken = api.get("/health").json()
+        assert broken["status"] == "degraded" and broken["identity"] == "cannot_sign", broken
+        assert "re-provision" in broken["identity_fix"]
+    finally:
+        api.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
