@@ -34,6 +34,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, TLSPolicyError, TransportError, VerifierError
+from agent.handshake import probe_device_certificate, refusal_of_device_certificate
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 
@@ -245,13 +246,27 @@ class VerifierClient:
             try:
                 response = await gen.http.request(method, path, json=json, content=content, headers=all_headers)
             except RETRYABLE as exc:
-                policy = tls_policy_error(exc, self.config.verifier.url)
+                url = self.config.verifier.url
+                # The device refused (expired, revoked, unknown CA) or no shared cipher: no retry helps.
+                policy = refusal_of_device_certificate(exc, gen.identity, url) or tls_policy_error(exc, url)
                 if policy is not None:
                     log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=policy.message)
                     if self.on_tls_failure is not None:
                         self.on_tls_failure(policy.message)
                     raise policy from None
                 if attempt >= retries:
+                    if not isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
+                        # Connected, then closed under us each time: is it this device's certificate?
+                        refused = await asyncio.to_thread(
+                            probe_device_certificate,
+                            gen.identity,
+                            self.config.verifier.host,
+                            self.config.verifier.port,
+                            url,
+                            self.config.network.connect_timeout_s,
+                        )
+                        if refused is not None:
+                            raise refused from None
                     raise TransportError(
                         f"the verifier at {self.config.verifier.url} could not be reached after "
                         f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",

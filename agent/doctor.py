@@ -112,7 +112,7 @@ def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetim
             "certificate expiry",
             False,
             f"expired on {identity.not_after:%Y-%m-%d %H:%M} UTC",
-            "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision`)",
+            "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision --force`)",
         )
     lifetime = identity.not_after - identity.not_before
     overdue_at = identity.not_before + lifetime * (config.renewal.at_fraction + config.renewal.jitter_fraction)

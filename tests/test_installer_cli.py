@@ -6,17 +6,24 @@ a verifier on a free port of 127.0.0.1, the daemon as its own process.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+from cryptography import x509
+
 from agent.config import parse_config
-from agent.devstack import device_config, write_config_file
+from agent.devstack import LocalVerifier, device_config, write_config_file
+from agent.identity import IdentityStore
 from tests.conftest import start_agent_daemon
 
 BASH = shutil.which("bash") or "/bin/bash"  # the installer's shell
@@ -285,3 +292,102 @@ def test_renew_from_the_cli_while_the_daemon_runs_keeps_sessions_working(verifie
         api.close()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(20)
+
+
+# ---------------------------------------------------------------- item 5: a refused certificate is not a lost network
+
+
+def test_an_expired_certificate_is_named_by_health_and_renew(tmp_path) -> None:
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("cert_days = 0.00004\n")  # about 3.5 s
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as verifier:
+        config_file = provisioned_config_file(verifier, tmp_path, "kiosk-exp")
+        cert = IdentityStore(tmp_path / "state").load_certificate()
+        time.sleep(max(0.0, (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5)
+        expiry = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        for command in ("health", "renew"):
+            done = agent_cli(command, "--config", str(config_file))
+            assert done.returncode == 2, done.stdout
+            error, fix = done.stderr.split("fix:", 1)
+            assert f"the device certificate expired on {expiry}" in error, done.stderr
+            assert "re-provision with a new token" in fix and "network" not in fix
+
+
+def test_a_certificate_of_another_ca_is_told_apart_from_a_lost_network(verifier, tmp_path) -> None:
+    from agent.keystore import InsecureDevFileKeyring, new_kek
+    from tests.conftest import TestCA
+
+    foreign = TestCA("foreign", tmp_path / "foreign")
+    key, cert = foreign.issue_key_and_cert(["kiosk-foreign"], client=True)
+    verifier_ca = x509.load_pem_x509_certificate((verifier.pki_dir / "ca.pem").read_bytes())
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    kek = new_kek()
+    InsecureDevFileKeyring(state / "INSECURE-dev-keyring.json").set_password("capture-agent", "capture-agent-kek", kek)
+    IdentityStore(state).write(key, cert, [verifier_ca, foreign.cert], kek.encode())
+    config_file = write_config_file(
+        tmp_path / "agent.toml", device_config(state, verifier.url), '[logging]\nlevel = "error"\n'
+    )
+    refused = agent_cli("health", "--config", str(config_file))
+    assert refused.returncode == 2
+    error, fix = refused.stderr.split("fix:", 1)
+    assert "refuses the certificate" in error and "issued by CN=foreign" in error, refused.stderr
+    assert "re-provision" in fix and "network" not in fix
+    # The same device with the verifier gone: that is the network, and said so.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    lost = agent_cli("health", "--config", str(config_file), "--verifier", f"https://127.0.0.1:{closed_port}")
+    assert lost.returncode == 2 and "could not be reached" in lost.stderr and "network" in lost.stderr
+
+
+class BlockingTLSServer:
+    """A TLS endpoint on blocking sockets, as nginx is: a failed handshake sends its alert before closing."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError) as exc:
+                self.failures.append(str(exc))
+            finally:
+                conn.close()
+
+    def __enter__(self) -> BlockingTLSServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def test_no_shared_cipher_gets_its_own_message(verifier, tmp_path, make_test_ca) -> None:
+    """A proxy offering only suites the agent refuses (nginx: "no shared cipher") is not a refused certificate."""
+    config_file = provisioned_config_file(verifier, tmp_path)
+    ctx = make_test_ca("proxy").server_context(["127.0.0.1"])
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA")  # CBC, not AEAD: the agent never offers it
+    with BlockingTLSServer(ctx) as proxy:
+        done = agent_cli("health", "--config", str(config_file), "--verifier", f"https://127.0.0.1:{proxy.port}")
+    assert any("NO_SHARED_CIPHER" in failure.upper() for failure in proxy.failures), proxy.failures
+    assert done.returncode == 2
+    error, fix = done.stderr.split("fix:", 1)
+    assert "share no TLS cipher suite" in error, done.stderr
+    assert "AEAD" in fix and "re-provision" not in fix
