@@ -7,6 +7,7 @@ a verifier on a free port of 127.0.0.1, the daemon as its own process.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -391,3 +392,39 @@ def test_no_shared_cipher_gets_its_own_message(verifier, tmp_path, make_test_ca)
     error, fix = done.stderr.split("fix:", 1)
     assert "share no TLS cipher suite" in error, done.stderr
     assert "AEAD" in fix and "re-provision" not in fix
+
+
+# ---------------------------------------------------------------- item 7: the verifier's command line
+
+
+def verifier_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "verifier.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_verifier_cli_prints_dates_and_error_and_fix_lines(verifier, tmp_path) -> None:
+    provisioned_config_file(verifier, tmp_path, "kiosk-list")
+    listed = verifier_cli("device", "list", "--pki", str(verifier.pki_dir))
+    assert listed.returncode == 0, listed.stderr
+    row = json.loads(listed.stdout.splitlines()[0])
+    assert row["device_id"] == "kiosk-list"
+    assert dt.datetime.fromisoformat(row["not_after"]) > dt.datetime.now(dt.UTC), row  # an ISO date, not epoch seconds
+    unknown = verifier_cli("device", "revoke", "--pki", str(verifier.pki_dir), "nobody")
+    assert unknown.returncode == 2
+    assert unknown.stderr.splitlines() == [
+        "error: no active device 'nobody'",
+        "fix: see `capture-verifier device list --pki DIR`",
+    ]
+    bad = tmp_path / "verifier.toml"
+    bad.write_text("cert_days = 0\n")
+    settings = verifier_cli("device", "list", "--pki", str(verifier.pki_dir), "--config", str(bad))
+    assert settings.returncode == 2
+    assert settings.stderr.splitlines() == ["error: bad value cert_days = 0", "fix: use a number greater than 0"]
+
+
+def test_serve_on_a_busy_port_says_so_without_a_traceback(verifier) -> None:
+    busy = verifier_cli("serve", "--pki", str(verifier.pki_dir), "--port", str(verifier.port))
+    assert busy.returncode == 2
+    assert "Traceback" not in busy.stderr, busy.stderr
+    lines = [line for line in busy.stderr.splitlines() if line.startswith(("error:", "fix:"))]
+    assert lines[0].startswith("error: cannot listen on 127.0.0.1:") and "in use" in lines[0], busy.stderr
+    assert lines[1].startswith("fix: ") and "--port" in lines[1]
