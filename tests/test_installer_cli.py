@@ -280,6 +280,8 @@ def test_renew_from_the_cli_while_the_daemon_runs_keeps_sessions_working(verifie
         assert code == 0 and "accept" in out, out  # the session in flight was not dropped
         code, out = session("verify", "--subject", "rita", placements=[(5, 3)])  # and the next one works
         assert code == 0 and "accept" in out, out
+        code, out = session("identify", placements=[(0, 4)])  # item 10: who, in words
+        assert code == 0 and "identified rita (score " in out, out
         after = api.get("/health").json()
         assert after["identity"] == "ok" and after["certificate_serial"] == new_serial != old_serial, after
         # An identity that cannot sign is reported, not hidden behind "ok".
@@ -428,3 +430,17 @@ def test_serve_on_a_busy_port_says_so_without_a_traceback(verifier) -> None:
     lines = [line for line in busy.stderr.splitlines() if line.startswith(("error:", "fix:"))]
     assert lines[0].startswith("error: cannot listen on 127.0.0.1:") and "in use" in lines[0], busy.stderr
     assert lines[1].startswith("fix: ") and "--port" in lines[1]
+
+
+# ---------------------------------------------------------------- item 10: what identify prints
+
+
+def test_identify_names_the_one_identified_and_what_the_others_are() -> None:
+    from agent.commands.sessions import identification_lines
+
+    lines = identification_lines(
+        {"candidates": [{"subject": "dan", "score": 0.9972}, {"subject": "ana", "score": 0.0766}], "threshold": 0.0483}
+    )
+    assert lines[0] == "identified dan (score 0.9972, threshold 0.0483)"
+    assert "ana (0.0766)" in lines[1] and "not identified" in lines[1] and "dan" not in lines[1]
+    assert identification_lines({"candidates": [], "threshold": 0.0483})[0].startswith("nobody recognised")
