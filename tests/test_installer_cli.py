@@ -444,3 +444,43 @@ def test_identify_names_the_one_identified_and_what_the_others_are() -> None:
     assert lines[0] == "identified dan (score 0.9972, threshold 0.0483)"
     assert "ana (0.0766)" in lines[1] and "not identified" in lines[1] and "dan" not in lines[1]
     assert identification_lines({"candidates": [], "threshold": 0.0483})[0].startswith("nobody recognised")
+
+
+# ---------------------------------------------------------------- item 11: logs and discovery name the port and cause
+
+
+def test_a_reader_fault_in_the_daemon_log_names_the_port_and_the_cause(verifier, tmp_path) -> None:
+    missing = tmp_path / "ttyZFM-unplugged"
+    config_file = provisioned_config_file(
+        verifier,
+        tmp_path,
+        extra=f'[reader]\nkind = "zfm"\nport = "{missing}"\n[api]\nsocket = "{tmp_path / "api.sock"}"\n',
+    )
+    config_file.write_text(config_file.read_text().replace('level = "error"', 'level = "info"\nformat = "json"'))
+    log_file = tmp_path / "daemon.log"
+    with log_file.open("wb") as sink:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(config_file)], stdout=sink, stderr=sink
+        )
+    try:
+        fault = None
+        deadline = time.monotonic() + 30
+        while fault is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+            fault = next((line for line in lines if line.get("type") == "reader_fault"), None)
+        assert fault is not None, log_file.read_text()
+        assert fault["port"] == str(missing) and "does not exist" in fault["error"] and fault["fix"], fault
+        assert fault["level"] == "warning"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+
+
+def test_devices_says_a_port_that_does_not_exist_does_not_exist(tmp_path) -> None:
+    missing = tmp_path / "ttyUSB9"
+    done = agent_cli("devices", "--port", str(missing))
+    assert done.returncode == 0, done.stderr
+    block = done.stdout.split(str(missing), 1)[1].split("\n[", 1)[0]
+    assert "does not exist" in block and "ls /dev/ttyUSB*" in block, done.stdout
+    assert "dialout" not in block and "capture-readers" not in block, "not a permission problem"
