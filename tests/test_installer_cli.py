@@ -484,3 +484,61 @@ def test_devices_says_a_port_that_does_not_exist_does_not_exist(tmp_path) -> Non
     block = done.stdout.split(str(missing), 1)[1].split("\n[", 1)[0]
     assert "does not exist" in block and "ls /dev/ttyUSB*" in block, done.stdout
     assert "dialout" not in block and "capture-readers" not in block, "not a permission problem"
+
+
+# ---------------------------------------------------------------- items 12, 14: the simulator says how to pick people
+
+
+def simulator_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulators.cli", *args], capture_output=True, text=True, timeout=90, input=stdin
+    )
+
+
+def test_simulator_help_keeps_its_command_list_and_says_how_to_pick_people() -> None:
+    for args in (("--help",), ("zfm", "--help")):
+        shown = simulator_cli(*args).stdout
+        lines = shown.splitlines()
+        assert any(line.strip().startswith("lift") and "take it off" in line for line in lines), shown
+        assert any(line.strip().startswith("list [COUNT]") for line in lines), shown
+        assert "ana = fingers 0 and 1" in " ".join(shown.split()), shown
+    assert "--list-fingers" in simulator_cli("zfm", "--help").stdout
+
+
+def test_the_simulator_lists_its_fingers(tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    listed = simulator_cli("zfm", "--list-fingers", "--count", "2")
+    assert listed.returncode == 0, listed.stderr
+    fingers = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [f["finger"] for f in fingers] == [0, 1] and all(f["class"] and f["minutiae"] > 0 for f in fingers)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("1_1.tif", "1_2.tif", "4_1.tif"):
+        cv2.imwrite(str(folder / name), np.full((64, 64), 200, np.uint8))
+    from_folder = simulator_cli("zfm", "--images", str(folder), "--list-fingers")
+    assert [json.loads(line) for line in from_folder.stdout.splitlines()] == [
+        {"finger": 1, "impressions": [1, 2]},
+        {"finger": 4, "impressions": [1]},
+    ]
+    # While serving: a `list` line on standard input answers on stdout, after the listening line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", "zfm", "--images", str(folder), "--link", str(tmp_path / "tty")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        proc.stdin.write("list\n")
+        proc.stdin.flush()
+        answer = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        assert answer == [
+            {"event": "finger", "finger": 1, "impressions": [1, 2]},
+            {"event": "finger", "finger": 4, "impressions": [1]},
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
