@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from agent.config import parse_config
@@ -542,3 +543,16 @@ def test_the_simulator_lists_its_fingers(tmp_path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+def test_make_says_what_it_installs_before_the_long_silent_step() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    planned = subprocess.run(
+        [make, "-n", "-B", ".venv/.installed"], cwd=root, capture_output=True, text=True, timeout=60
+    ).stdout.splitlines()
+    install = next(i for i, line in enumerate(planned) if "pip install" in line and "-e" in line)
+    said = " ".join(line for line in planned[:install] if line.startswith("echo"))
+    assert "installing the project and its dependencies" in said and "minutes" in said, planned
