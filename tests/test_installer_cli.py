@@ -285,6 +285,23 @@ def test_renew_from_the_cli_while_the_daemon_runs_keeps_sessions_working(verifie
         assert code == 0 and "identified rita (score " in out, out
         after = api.get("/health").json()
         assert after["identity"] == "ok" and after["certificate_serial"] == new_serial != old_serial, after
+        # A re-provisioning (with --force) is followed the same way, without a restart.
+        token = verifier.new_token("kiosk-cli")
+        again = agent_cli(
+            "provision",
+            "--config",
+            str(config_file),
+            "--force",
+            "--token",
+            token,
+            "--ca-fingerprint",
+            verifier.ca_fingerprint,
+        )
+        assert again.returncode == 0 and f"certificate serial {new_serial}" in again.stdout, again.stderr
+        reprovisioned = api.get("/health").json()
+        assert reprovisioned["identity"] == "ok" and reprovisioned["certificate_serial"] not in (old_serial, new_serial)
+        code, out = session("verify", "--subject", "rita", placements=[(0, 5)])
+        assert code == 0 and "accept" in out, out
         # An identity that cannot sign is reported, not hidden behind "ok".
         for folder in (tmp_path / "state").glob("identity*"):
             if folder.is_symlink():
