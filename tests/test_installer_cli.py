@@ -573,3 +573,17 @@ def test_make_says_what_it_installs_before_the_long_silent_step() -> None:
     install = next(i for i, line in enumerate(planned) if "pip install" in line and "-e" in line)
     said = " ".join(line for line in planned[:install] if line.startswith("echo"))
     assert "installing the project and its dependencies" in said and "minutes" in said, planned
+
+
+def test_every_installer_command_describes_itself_in_help() -> None:
+    expected = {
+        "doctor": "Each failed check prints its fix",
+        "renew": "picks it up before its next request",
+        "health": "/v1/health",
+        "run": "One daemon per state directory",
+    }
+    for command, words in expected.items():
+        shown = agent_cli(command, "--help")
+        assert shown.returncode == 0
+        assert words in " ".join(shown.stdout.split()), (command, shown.stdout)
+        assert "--config" in shown.stdout, "the global options are listed after the command too"
