@@ -63,6 +63,7 @@ def start_agent_daemon(config_file: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+
 @dataclass
 class TestCA:
     """A throwaway CA for tests that need certificates the dev PKI would never make.
