@@ -1,0 +1,1 @@
+"""Face algorithms: detection with five landmarks, quality, alignment, embedding, liveness logic."""
