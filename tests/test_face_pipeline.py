@@ -191,3 +191,31 @@ def test_the_threshold_rises_as_the_target_fmr_falls() -> None:
     for bad in (0, 1, -0.1, float("nan"), True, "0.001"):
         with pytest.raises(FaceError, match="strictly between 0 and 1"):
             threshold_for_fmr(bad)
+
+
+@pytest.mark.parametrize(("scale", "size"), [(2.0, (640, 480)), (6.0, (1280, 960)), (1.5, (1920, 1080))])
+def test_large_frames_are_searched_at_half_size_and_located_at_full_resolution(
+    face_pipeline, att_faces, scale, size
+) -> None:
+    img = orl(att_faces, 3, 1)
+    native = face_pipeline.detector.detect(img)[0]
+    big = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    h, w = big.shape
+    top, left = (size[1] - h) // 3, (size[0] - w) // 3
+    frame = cv2.copyMakeBorder(big, top, size[1] - h - top, left, size[0] - w - left, cv2.BORDER_REPLICATE)
+    faces = face_pipeline.detector.detect(frame)
+    assert len(faces) == 1
+    expected = (native.landmarks + 0.5) * scale - 0.5 + [left, top]
+    assert np.abs(faces[0].landmarks - expected).max() < 0.12 * faces[0].eye_distance
+
+
+def test_two_people_in_a_large_frame_are_both_found_largest_first(face_pipeline, att_faces) -> None:
+    near = cv2.resize(orl(att_faces, 8, 1), None, fx=2.5, fy=2.5)
+    far = cv2.resize(orl(att_faces, 21, 1), None, fx=1.5, fy=1.5)
+    frame = np.full((480, 640), 110, np.uint8)
+    frame[100 : 100 + near.shape[0], 40 : 40 + near.shape[1]] = near
+    frame[150 : 150 + far.shape[0], 420 : 420 + far.shape[1]] = far
+    faces = face_pipeline.detector.detect(frame)
+    assert len(faces) == 2
+    assert faces[0].area > faces[1].area
+    assert faces[0].landmarks[:, 0].max() < 300 < faces[1].landmarks[:, 0].min()
