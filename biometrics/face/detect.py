@@ -119,7 +119,9 @@ class Detector:
         coarse.sort(key=lambda f: f.area, reverse=True)
         refined = [self._refine(bgr, f) for f in coarse[:MAX_REFINED]]
         rest = [f for f in coarse[MAX_REFINED:] if f.score >= self._score]
-        return [f for f in refined if f is not None] + rest
+        faces = [f for f in refined if f is not None] + rest
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return faces
 
     def _refine(self, bgr: np.ndarray, face: Face) -> Face | None:
         """The face located again on a full-resolution region twice its size.
