@@ -13,7 +13,7 @@ import pytest
 from bench.face import error_rates, list_images, pair_mask
 
 KEYS = {"eer", "tar_at_far1", "tar_at_far01", "fta", "detect_ms_median", "embed_ms_median", "frame_size",
-        "detect_640x480_ms_median", "threshold", "fmr_at_threshold", "fnmr_at_threshold"}
+        "detect_640x480_ms_median", "threshold", "fmr_at_threshold", "fnmr_at_threshold", "held_out_fmr"}
 
 
 def test_error_rates_of_known_scores() -> None:

@@ -29,17 +29,25 @@ IMPOSTOR_QUANTILES = ((0.5, 0.09781), (0.25, 0.16392), (0.1, 0.22278), (0.01, 0.
 TAIL_BETA = 0.030416
 
 
-def threshold_for_fmr(fmr: float) -> float:
-    """Cosine threshold (accept when score >= threshold) expected to give false match rate ``fmr``."""
+def threshold_for_fmr(
+    fmr: float,
+    quantiles: tuple[tuple[float, float], ...] = IMPOSTOR_QUANTILES,
+    beta: float = TAIL_BETA,
+) -> float:
+    """Cosine threshold (accept when score >= threshold) expected to give false match rate ``fmr``.
+
+    ``quantiles`` and ``beta`` default to the fitted model; the benchmark passes
+    a model fitted on part of a data set to test it on the rest.
+    """
     if not isinstance(fmr, int | float) or isinstance(fmr, bool) or math.isnan(fmr) or not 0.0 < float(fmr) < 1.0:
         raise FaceError(f"fmr={fmr!r} must be a rate strictly between 0 and 1, e.g. 0.001 for 0.1 %")
     f = float(fmr)
-    tail_fmr, tail_score = IMPOSTOR_QUANTILES[-1]
+    tail_fmr, tail_score = quantiles[-1]
     if f <= tail_fmr:
-        return tail_score + TAIL_BETA * math.log(tail_fmr / f)
-    rates = np.log([q[0] for q in IMPOSTOR_QUANTILES])[::-1]  # increasing
-    values = np.array([q[1] for q in IMPOSTOR_QUANTILES])[::-1]
-    if f >= IMPOSTOR_QUANTILES[0][0]:  # below the median: extend the last segment linearly in log FMR
+        return tail_score + beta * math.log(tail_fmr / f)
+    rates = np.log([q[0] for q in quantiles])[::-1]  # increasing
+    values = np.array([q[1] for q in quantiles])[::-1]
+    if f >= quantiles[0][0]:  # below the median: extend the last segment linearly in log FMR
         slope = (values[-1] - values[-2]) / (rates[-1] - rates[-2])
         return float(values[-1] + slope * (math.log(f) - rates[-1]))
     return float(np.interp(math.log(f), rates, values))
