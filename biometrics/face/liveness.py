@@ -120,15 +120,15 @@ class LivenessTracker:
     max_gap: float = 0.5
     max_jump: float = 1.0
     still_range: float = 6.0
-    _frame: int = -1
-    _last_t: float | None = None
-    _last_seen: float | None = None
-    _last_face: Face | None = None
-    _step: int = 0
-    _step_started: float | None = None
-    _yaws: list[float] = field(default_factory=list)
-    _frontal: list[int] = field(default_factory=list)
-    _state: LivenessState | None = None
+    _frame: int = field(default=-1, init=False, repr=False)
+    _last_t: float | None = field(default=None, init=False, repr=False)
+    _last_seen: float | None = field(default=None, init=False, repr=False)
+    _last_face: Face | None = field(default=None, init=False, repr=False)
+    _step: int = field(default=0, init=False, repr=False)
+    _step_started: float | None = field(default=None, init=False, repr=False)
+    _yaws: list[float] = field(default_factory=list, init=False, repr=False)
+    _frontal: list[int] = field(default_factory=list, init=False, repr=False)
+    _state: LivenessState | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.challenge.steps or any(s not in (TURN_LEFT, TURN_RIGHT, LOOK_BACK) for s in self.challenge.steps):
