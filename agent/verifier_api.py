@@ -81,6 +81,8 @@ class VerifierAPI:
         for attempt in range(2):
             if challenge is None:
                 challenge = await self._challenge(request.challenge())
+            # Sign with the identity the request will go out with: follow a renewal made meanwhile first.
+            await self.client.follow_identity()
             body = sign_request(self._private_key(), "POST", path, {"nonce": challenge.nonce, **request.body()})
             try:
                 return await self.client.call("POST", path, json=body, timing=timing)

@@ -12,7 +12,8 @@ Modules:
 * :mod:`protocol.wire`: canonical JSON, strict JSON parsing (depth, duplicate keys).
 * :mod:`protocol.signing`: canonical request bytes, device signatures.
 * :mod:`protocol.audit`: the audit event hash chain rule.
-* :mod:`protocol.templates`: template wire formats and their bounds.
+* :mod:`protocol.templates`: template wire formats (ISO/IEC 19794-2 envelope) and their bounds.
+* :mod:`protocol.face_template`: the face embedding record (``face-embedding``).
 * :mod:`protocol.tls`: what both ends of TLS must agree on (cipher string, ALPN).
 * :mod:`protocol.problems`: the registry of problem types (slug, status, error class, fix).
 * :mod:`protocol.messages`: typed requests and answers.
