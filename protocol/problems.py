@@ -71,6 +71,11 @@ _ENTRIES = (
                 "re-provision the device with a new token; ask the operator if it was revoked"),
     ProblemType("device-revoked", 403, "Device revoked", "DeviceNotAuthorisedError",
                 "issue a token for a new device id"),
+    ProblemType("certificate-expired", 403, "Client certificate expired", "DeviceNotAuthorisedError",
+                "re-provision the device with a new token (`capture-agent provision`; `capture-agent doctor` "
+                "says why)"),
+    ProblemType("certificate-not-yet-valid", 403, "Client certificate not yet valid", "DeviceNotAuthorisedError",
+                "set the device's clock right (NTP)"),
     ProblemType("certificate-superseded", 403, "Certificate already renewed", "DeviceNotAuthorisedError",
                 "renew with the device's newest certificate (the agent uses it after a renewal)"),
     ProblemType("renewal-rate-limited", 429, "Too many renewals", "RateLimitedError",

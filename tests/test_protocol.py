@@ -41,6 +41,8 @@ def test_every_slug_the_verifier_answers_is_registered() -> None:
                 first = node.args[0]
                 if isinstance(first, ast.Constant):
                     used.add(first.value)
+                elif isinstance(first, ast.IfExp):  # "a" if x else "b"
+                    used |= {b.value for b in (first.body, first.orelse) if isinstance(b, ast.Constant)}
                 elif isinstance(first, ast.JoinedStr):  # f"nonce-{exc.kind}"
                     prefix = "".join(v.value for v in first.values if isinstance(v, ast.Constant))
                     used |= {s for s in REGISTRY if s.startswith(prefix)}
