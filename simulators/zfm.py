@@ -253,7 +253,12 @@ class SimulatedModule:
             while True:
                 start = buffer.find(b"\xef\x01")
                 if start < 0:
+                    # Noise: drop it, but keep a trailing EF, which may be the first half of a
+                    # header whose 01 is still on the line (a client writing byte by byte).
+                    keep = buffer.endswith(b"\xef")
                     buffer.clear()
+                    if keep:
+                        buffer.append(0xEF)
                     break
                 del buffer[:start]
                 if len(buffer) < 9:
