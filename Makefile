@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean system-tools
 
-$(STAMP): pyproject.toml
+# system-tools first: PyGObject (the `usb` extra, in `dev`) builds against Debian's girepository.
+$(STAMP): pyproject.toml | system-tools
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -17,11 +18,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo
 
-# Tools the tests use that come from Debian rather than PyPI.
+# What the tests use from Debian rather than PyPI: systemd-analyze (unit tests);
+# libfprint and its GObject introspection data (USB readers, tested on libfprint's
+# virtual drivers); the headers PyGObject builds against in the venv.
+DEBIAN_PACKAGES := systemd libfprint-2-2 gir1.2-fprint-2.0 libgirepository1.0-dev libcairo2-dev pkg-config
+
 system-tools:
-	@command -v systemd-analyze >/dev/null 2>&1 || { \
-		echo "installing Debian's systemd for systemd-analyze (unit tests)"; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the tests:" $$missing; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 
 # pytest exits 5 when it collected no test: make treats that as a failure too.
 test: $(STAMP) system-tools
