@@ -1,4 +1,4 @@
-"""`capture-simulator zfm --model r307`: a simulated serial module for a test rig.
+"""`capture-simulator zfm --model r307` / `capture-simulator camera`: simulated devices for a test rig.
 
 Prints one JSON line with the port to open, then serves until SIGTERM or Ctrl-C.
 A finger from the synthetic generator, or from a folder of ``F_I.tif`` images
@@ -8,6 +8,14 @@ writing lines to standard input:
     place FINGER [IMPRESSION]     put a finger on the sensor (default: its first impression)
     lift                          take it off
     unplug | replug               pull the module out, plug it back
+
+`capture-simulator camera` serves MJPEG over HTTP on 127.0.0.1 (OpenCV opens
+the printed URL) and reads these lines:
+
+    show DIR | still FILE         images of a folder in turn, or one image
+    nothing | dark | glare        an empty scene, the scene darkened, the scene in glare
+    fps N                         frames a second
+    unplug | replug               drop every stream and close the port, listen again
 """
 
 from __future__ import annotations
@@ -49,6 +57,54 @@ def _commands(sim, source: object) -> None:
             print(json.dumps({"event": "unknown_command", "line": line.strip()}), file=sys.stderr, flush=True)
 
 
+def _camera_commands(camera) -> None:
+    for line in sys.stdin:
+        words = line.split(maxsplit=1)
+        if not words:
+            continue
+        command, rest = words[0], (words[1].strip() if len(words) > 1 else "")
+        try:
+            if command == "show":
+                camera.show_folder(Path(rest))
+            elif command == "still":
+                import cv2
+
+                image = cv2.imread(rest, cv2.IMREAD_COLOR)
+                if image is None:
+                    raise ValueError(f"{rest} is not an image OpenCV can read")
+                camera.show(image)
+            elif command in ("nothing", "dark", "glare", "unplug", "replug"):
+                getattr(camera, command)()
+            elif command == "fps":
+                camera.fps = float(rest)
+            else:
+                raise ValueError("unknown command")
+        except (ValueError, OSError) as exc:
+            print(json.dumps({"event": "bad_command", "line": line.strip(), "error": str(exc)}), file=sys.stderr)
+            continue
+        print(json.dumps({"event": command, "url": camera.url, "plugged": camera.plugged}), flush=True)
+
+
+def _camera(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from simulators.camera import SimulatedCamera
+
+    width, _, height = args.size.partition("x")
+    camera = SimulatedCamera((int(width), int(height)), fps=args.fps)
+    if args.images is not None:
+        try:
+            camera.show_folder(args.images)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with camera:
+        print(json.dumps({"event": "listening", "url": camera.url}), flush=True)
+        threading.Thread(target=_camera_commands, args=(camera,), daemon=True).start()
+        stop.wait()
+    return 0
+
+
 def _first_impression(source: object, finger: int) -> int:
     """FVC folders number impressions from 1, the generator from 0: the first there is."""
     keys = getattr(source, "keys", None)
@@ -72,7 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     zfm.add_argument("--finger", type=int, help="leave this finger on the sensor")
     zfm.add_argument("--impression", type=int, help="which impression of --finger (default: the first)")
     zfm.add_argument("--real-speed", action="store_true", help="pace output at the real baud rate")
+    cam = sub.add_parser("camera", help="a camera serving MJPEG over HTTP on 127.0.0.1")
+    cam.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT")
+    cam.add_argument("--fps", type=float, default=15.0)
+    cam.add_argument("--images", type=Path, help="show the images of this folder in turn")
     args = parser.parse_args(argv)
+    if args.device == "camera":
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+        return _camera(args, parser)
     # stdout carries the one JSON line a rig reads; logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
