@@ -122,3 +122,16 @@ def test_simulator_command_line_scripted_on_stdin(tmp_path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_devices_command_lists_the_camera(camera_sim) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", camera_sim.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    found = [f for f in json.loads(out) if f["kind"] == "camera" and f["path"] == camera_sim.url]
+    assert found and found[0]["capabilities"] == ["camera"]
+    assert (found[0]["details"]["width"], found[0]["details"]["height"]) == (320, 240)

@@ -149,3 +149,32 @@ def test_udev_rules_cover_every_reader_libfprint_supports() -> None:
     ids = udev.supported_ids(text)
     assert {"uru4000", "synaptics", "goodixmoc", "elan"} <= set(ids)
     assert 'ATTR{idVendor}=="05ba", ATTR{idProduct}=="000a"' in shipped  # U.are.U 4000B
+
+
+def test_devices_command_lists_libfprint_readers_and_what_they_do(fprint_socket_dir) -> None:
+    import json
+    import os
+
+    env = {**os.environ, "FP_VIRTUAL_IMAGE": str(fprint_socket_dir / "i.sock"),
+           "FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "d.sock")}
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices", "--json"], capture_output=True, text=True, env=env, timeout=60,
+        check=True,
+    ).stdout
+    usb = {f["path"].split(":")[0]: f for f in json.loads(out) if f["kind"] == "usb"}
+    assert usb["virtual_image"]["capabilities"] == ["fingerprint-image"]
+    assert usb["virtual_device"]["capabilities"] == ["match-on-sensor"]
+
+
+def test_devices_command_without_libfprint_says_how_to_add_usb_readers(tmp_path) -> None:
+    """PyGObject hidden: the command still runs and names the packages to install."""
+    import os
+
+    (tmp_path / "gi").mkdir()
+    (tmp_path / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "libfprint missing" in result.stdout and "apt-get install libfprint-2-2" in result.stdout

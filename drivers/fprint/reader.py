@@ -82,6 +82,11 @@ class ReaderInfo:
     dpi: int
 
     @property
+    def on_sensor(self) -> bool:
+        """Match-on-sensor: it verifies and gives no image (image readers "verify" in libfprint's software)."""
+        return self.verify and not self.image
+
+    @property
     def selector(self) -> str:
         return f"{self.driver}:{self.device_id}"
 
