@@ -296,6 +296,9 @@ class FprintReader:
             future = self._start(begin, finish, self._device, cancellable)
             try:
                 return self._wait(future, cancellable, max(0.0, deadline - time.monotonic()), cancel)
+            except DeviceRemoved:
+                self._removed.set()  # the error may come before libfprint's "removed" signal
+                raise
             except Exception as exc:
                 if not _is_libfprint_timeout(exc):
                     raise
