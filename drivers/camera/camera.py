@@ -65,11 +65,14 @@ class Camera:
         on_event: Callable[[str, dict], None] | None = None,
         size: tuple[int, int] | None = None,
         fps: float | None = None,
+        reconnect: bool = True,
     ) -> None:
         self.source = source if isinstance(source, CameraSource) else CameraSource.parse(source)
         self.on_event = on_event or (lambda kind, data: None)
         self.want_size = size
         self.want_fps = fps
+        self.reconnect = reconnect  # False: a supervisor reopens it (open_once), not the owner thread
+        self._opened = threading.Event()
         self.info: CameraInfo | None = None
         self._cond = threading.Condition()
         self._latest: Frame | None = None
@@ -89,6 +92,18 @@ class Camera:
             self._thread = threading.Thread(target=self._own, name=f"camera {self.source.redacted}", daemon=True)
             self._thread.start()
         return self
+
+    def open_once(self, timeout_s: float = 5.0) -> bool:
+        """Start the owner thread and wait for the first frame: True when the camera gives frames."""
+        self.stop()
+        self._opened.clear()
+        self.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._opened.wait(0.05):
+            if self._thread is None or not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                return False
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,6 +159,8 @@ class Camera:
         while not self._stop.is_set():
             capture = self._open()
             if capture is None:
+                if not self.reconnect:
+                    return
                 self._stop.wait(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
@@ -154,8 +171,8 @@ class Camera:
             if self._connected:
                 self._connected = False
                 self.on_event("camera_unplugged", {"source": self.source.redacted})
-            if not self.source.is_live:
-                break  # a file ends: no reopening
+            if not self.source.is_live or not self.reconnect:
+                break  # a file ends; or the supervisor reopens
             backoff = BACKOFF_MIN_S
             self._stop.wait(backoff)
 
@@ -175,6 +192,7 @@ class Camera:
                     "camera_plugged", {"source": self.source.redacted, "width": width, "height": height, "fps": fps}
                 )
                 first = False
+                self._opened.set()
             with self._cond:
                 self._seq += 1
                 self._latest = Frame(pixels, self._seq, now)  # the newest only: older frames are dropped
