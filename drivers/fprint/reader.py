@@ -199,6 +199,16 @@ class FprintReader:
     def removed(self) -> bool:
         return self._removed.is_set()
 
+    def finger_needed(self) -> bool:
+        """Is the reader waiting for a finger now? (What a person sees as the sensor lighting up.)"""
+        from gi.repository import FPrint
+
+        device = self._device
+        if device is None:
+            return False
+        status = self.loop.call(device.get_finger_status)
+        return bool(status & FPrint.FingerStatusFlags.NEEDED)
+
     # ---------------------------------------------------------------- open / close
     def open(self, timeout_s: float = 10.0) -> ReaderInfo:
         """A fresh context (so a reader that came back is found again), the reader, opened."""
