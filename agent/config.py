@@ -149,8 +149,9 @@ class DeviceSection:
     name: str = ""  # how sessions, logs and audit events name it; default: kind and index
     check_interval_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
     port: str = ""  # zfm: /dev/serial0, /dev/ttyUSB0
+    # zfm: the speed the agent runs the module at; found at whatever speed it answers, raised, remembered
     baud: int = field(
-        default=57600,
+        default=115200,
         metadata=_check(lambda v: v % 9600 == 0 and 9600 <= v <= 115200, "use a multiple of 9600 up to 115200"),
     )
     password: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 0xFFFFFFFF, "use 0 to 4294967295"))

@@ -97,7 +97,9 @@ class AgentDaemon:
         device_status = "no device configured"
         if configured_devices(self.config):
             self.status("opening the devices")
-            self.devices = DeviceSupervisor(configured_devices(self.config), self.record)
+            self.devices = DeviceSupervisor(
+                configured_devices(self.config), self.record, state_dir=self.config.agent.state_dir
+            )
             await self.devices.open_all()
             device_status = ", ".join(
                 f"{d.name} {'connected' if d.connected else 'missing'}" for d in self.devices.devices

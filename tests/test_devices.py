@@ -211,3 +211,70 @@ def test_a_missing_libfprint_leaves_the_other_devices_running(zfm_sim, tmp_path)
     assert [(d["name"], d["connected"]) for d in devices] == [("finger", True)]
     fault = next(data for kind, data in result["recorded"] if kind == "device_fault")
     assert fault["device"] == "usb" and "apt-get install libfprint-2-2" in fault["fix"]
+
+
+def test_serial_module_found_at_its_baud_raised_and_remembered(tmp_path) -> None:
+    """A module left at 9600 by another tool: found, raised to 115200, and found there first after a restart."""
+    import json
+
+    from simulators.zfm import SimulatedModule
+
+    recorded: list[tuple[str, dict]] = []
+    with SimulatedModule("r307", link=tmp_path / "ttyZFM0", baud=9600) as sim:
+        sections = [("finger", DeviceSection(kind="zfm", port=sim.port))]
+
+        async def run_once() -> dict:
+            supervisor = DeviceSupervisor(sections, lambda k, d: recorded.append((k, d)), state_dir=tmp_path / "state")
+            await supervisor.open_all()
+            try:
+                return supervisor.devices[0].status()
+            finally:
+                await supervisor.close()
+
+        first = asyncio.run(run_once())
+        assert (first["found_at"], first["baud"], sim.baud) == (9600, 115200, 115200)
+        memory = json.loads((tmp_path / "state" / "devices" / "finger.json").read_text())
+        assert memory == {"port": sim.port, "baud": 115200}
+        sim.unplug()  # power-cycled: the module keeps its speed in flash
+        sim.replug()
+        commands_before = len(sim.commands)
+        again = asyncio.run(run_once())
+        assert (again["found_at"], again["baud"]) == (115200, 115200)
+        assert sim.commands[commands_before] == 0x13, "the remembered speed answered the first VerifyPwd"
+
+
+def test_lift_is_asked_before_the_image_crosses_the_line(tmp_path) -> None:
+    """At real line speed: "lift" comes right after GenImg, before UpImage starts the 3.5 s transfer."""
+    from agent.sessions import CaptureSession
+    from drivers.zfm.constants import Command
+    from simulators.fingers import FingerGenerator
+    from simulators.zfm import SimulatedModule
+
+    sim = SimulatedModule("r307", link=tmp_path / "ttyZFM0", finger_source=FingerGenerator(11).image, real_speed=True)
+    seen_at_lift: list[int] = []
+
+    def person(event: dict) -> None:
+        if event["type"] != "prompt":
+            return
+        if event["code"] == "place_finger":
+            sim.place(finger=1)
+        elif event["code"] == "lift_finger":
+            seen_at_lift.append(sim.commands[-1])
+            sim.lift()
+
+    async def scenario() -> tuple[bytes, float, dict]:
+        supervisor = DeviceSupervisor([("finger", DeviceSection(kind="zfm", port=sim.port))], lambda k, d: None)
+        await supervisor.open_all()
+        try:
+            device = supervisor.pick(FINGERPRINT_IMAGE)
+            session = CaptureSession(device, client=None, emit=person)  # capture() needs no verifier
+            return await session.capture(), session.timings.capture_ms, device.status()
+        finally:
+            await supervisor.close()
+
+    with sim:
+        record, capture_ms, status = asyncio.run(scenario())
+    assert status["baud"] == 115200 and sim.baud == 115200
+    assert seen_at_lift and seen_at_lift[0] == Command.GEN_IMG, "lift was asked only after the transfer"
+    assert Command.UP_IMAGE in sim.commands and record
+    assert capture_ms > 0

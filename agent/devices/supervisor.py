@@ -11,8 +11,10 @@ device's trouble never blocks or touches another.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -37,7 +39,6 @@ def configured_devices(config: AgentConfig) -> list[tuple[str, DeviceSection]]:
                 kind="zfm",
                 name="reader",
                 port=reader.port,
-                baud=reader.baud,
                 password=reader.password,
                 check_interval_s=reader.check_interval_s,
             ),
@@ -54,8 +55,10 @@ class DeviceSupervisor:
         self,
         devices: list[tuple[str, DeviceSection]],
         record: Callable[[str, dict[str, Any]], None],
-        factory: Callable[[DeviceSection, str], Device] = make_device,
+        factory: Callable[[DeviceSection, str], Device] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        factory = factory or functools.partial(make_device, state_dir=state_dir)
         self.record = record
         self.devices: list[Device] = []
         self.faults: dict[str, str] = {}  # devices that could not even be made (libfprint missing...)
