@@ -178,3 +178,23 @@ def test_devices_command_without_libfprint_says_how_to_add_usb_readers(tmp_path)
     )
     assert result.returncode == 0, result.stderr
     assert "libfprint missing" in result.stdout and "apt-get install libfprint-2-2" in result.stdout
+
+
+def test_sensor_prints_are_kept_encrypted_and_verify_on_the_sensor(virtual_device_reader, tmp_path) -> None:
+    """Enroll on the sensor, keep the print sealed, load it back (same device and subject only), verify."""
+    from agent.devices.prints import PrintStoreError, SensorPrintStore
+
+    reader, feeder = virtual_device_reader
+    threading.Thread(target=lambda: [feeder.scan("dave") for _ in range(reader.info.enroll_stages)]).start()
+    serialized = reader.enroll(timeout_s=20)
+    store = SensorPrintStore(tmp_path / "prints", kek="kek-" + "x" * 40)
+    store.save("usb0", "dave", serialized)
+    (stored,) = (tmp_path / "prints").iterdir()
+    assert serialized not in stored.read_bytes() and b"dave" not in stored.read_bytes()
+    assert stored.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(PrintStoreError, match="enroll erin"):
+        store.load("usb0", "erin")
+    with pytest.raises(PrintStoreError, match="does not decrypt"):
+        SensorPrintStore(tmp_path / "prints", kek="another-" + "y" * 40).load("usb0", "dave")
+    later(0.2, feeder.scan, "dave")
+    assert reader.verify(store.load("usb0", "dave"), timeout_s=10) is True
