@@ -302,7 +302,7 @@ def virtual_image_reader(fprint_socket_dir: Path) -> Iterator[tuple]:
     from simulators.fprint import VirtualImageFeeder
 
     path = fprint_socket_dir / "image.sock"
-    reader = FprintReader("virtual_image", env={"FP_VIRTUAL_IMAGE": str(path), "FP_VIRTUAL_DEVICE": ""})
+    reader = FprintReader("virtual_image", env={"FP_VIRTUAL_IMAGE": str(path)})
     reader.open()
     feeder = VirtualImageFeeder(path)
     try:
@@ -319,7 +319,7 @@ def virtual_device_reader(fprint_socket_dir: Path) -> Iterator[tuple]:
     from simulators.fprint import VirtualDeviceFeeder
 
     path = fprint_socket_dir / "device.sock"
-    reader = FprintReader("virtual_device", env={"FP_VIRTUAL_DEVICE": str(path), "FP_VIRTUAL_IMAGE": ""})
+    reader = FprintReader("virtual_device", env={"FP_VIRTUAL_DEVICE": str(path)})
     reader.open()
     try:
         yield reader, VirtualDeviceFeeder(path)

@@ -278,3 +278,43 @@ def test_lift_is_asked_before_the_image_crosses_the_line(tmp_path) -> None:
     assert seen_at_lift and seen_at_lift[0] == Command.GEN_IMG, "lift was asked only after the transfer"
     assert Command.UP_IMAGE in sim.commands and record
     assert capture_ms > 0
+
+
+def test_usb_reader_unplugged_during_a_capture_then_reopened(fprint_socket_dir, synthetic_print) -> None:
+    """libfprint's virtual_image reader under the supervisor: typed error, audit events, reopened, captures again."""
+    from agent.devices.kinds import FprintDevice
+    from simulators.fprint import VirtualImageFeeder
+
+    path = fprint_socket_dir / "image.sock"
+    recorded: list[tuple[str, dict]] = []
+    section = DeviceSection(kind="fprint", selector="virtual_image", check_interval_s=0.1)
+
+    def factory(section: DeviceSection, name: str) -> FprintDevice:
+        return FprintDevice(section, name, env={"FP_VIRTUAL_IMAGE": str(path)})
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor([("usb", section)], lambda k, d: recorded.append((k, d)), factory=factory)
+        (usb,) = supervisor.devices
+        await supervisor.open_all()
+        supervisor.start()
+        feeder = VirtualImageFeeder(path)
+        try:
+            assert usb.connected and supervisor.pick(FINGERPRINT_IMAGE) is usb and usb.resolution_dpi == 500
+            capture = asyncio.create_task(asyncio.to_thread(usb.wait_for_finger, 20))
+            await asyncio.sleep(0.3)
+            feeder.unplug()
+            with pytest.raises(DeviceUnplugged):
+                await asyncio.wait_for(capture, 10)
+            feeder.close()
+            await _until(lambda: _events(recorded, "usb").count("device_plugged") == 2)
+            sent = synthetic_print(4, shape=(288, 256)).image
+            threading.Timer(0.3, feeder.image, args=(sent,)).start()
+            await asyncio.to_thread(usb.wait_for_finger, 10)
+            assert (await asyncio.to_thread(usb.download_image)).tobytes() == sent.tobytes()
+        finally:
+            feeder.close()
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    assert _events(recorded, "usb") == ["device_plugged", "device_unplugged", "device_plugged"]
+    assert recorded[0][1]["driver"] == "virtual_image"

@@ -96,7 +96,7 @@ def test_enumeration_from_another_thread_while_a_capture_waits(virtual_image_rea
     capture = threading.Thread(target=lambda: result.update(image=reader.capture(timeout_s=10)))
     capture.start()
     time.sleep(0.2)
-    found = list_readers(reader.loop)
+    found = list_readers(reader.loop, reader.env)
     assert any(r.driver == "virtual_image" for r in found)
     sent = synthetic_print(9, shape=(290, 270)).image
     feeder.image(sent)

@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,15 +121,17 @@ def _matches(info: ReaderInfo, selector: str) -> bool:
     return selector in ("", info.driver, info.device_id, info.selector)
 
 
-def list_readers(loop: GLibThread | None = None) -> list[ReaderInfo]:
-    """The readers libfprint finds now (a fresh context: USB and the virtual drivers set in the environment)."""
+def list_readers(loop: GLibThread | None = None, env: dict[str, str] | None = None) -> list[ReaderInfo]:
+    """The readers libfprint finds now (a fresh context: USB, and the virtual drivers named in the
+    environment or ``env``)."""
     loop = loop or shared_loop()
 
     def enumerate_() -> list[ReaderInfo]:
         from gi.repository import FPrint
 
-        context = FPrint.Context.new()
-        return [_info(d) for d in context.get_devices()]
+        with _environment(env or {}):
+            context = FPrint.Context.new()
+            return [_info(d) for d in context.get_devices()]
 
     return loop.call(enumerate_)
 
@@ -166,6 +168,20 @@ def _is_libfprint_timeout(error: BaseException) -> bool:
     from gi.repository import Gio, GLib
 
     return isinstance(error, GLib.Error) and error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.TIMED_OUT)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 class FprintReader:
@@ -213,13 +229,13 @@ class FprintReader:
     def open(self, timeout_s: float = 10.0) -> ReaderInfo:
         """A fresh context (so a reader that came back is found again), the reader, opened."""
         self.close()
-        os.environ.update(self.env)
 
         def start(future: concurrent.futures.Future[ReaderInfo]) -> None:
             from gi.repository import FPrint
 
-            self._context = FPrint.Context.new()
-            devices = self._context.get_devices()
+            with _environment(self.env):  # read while the context enumerates, then put back
+                self._context = FPrint.Context.new()
+                devices = self._context.get_devices()
             infos = [_info(d) for d in devices]
             chosen = next((d for d, i in zip(devices, infos, strict=True) if _matches(i, self.selector)), None)
             if chosen is None:
