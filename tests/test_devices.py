@@ -318,3 +318,31 @@ def test_usb_reader_unplugged_during_a_capture_then_reopened(fprint_socket_dir, 
     asyncio.run(scenario())
     assert _events(recorded, "usb") == ["device_plugged", "device_unplugged", "device_plugged"]
     assert recorded[0][1]["driver"] == "virtual_image"
+
+
+def test_local_api_with_only_a_camera_refuses_a_fingerprint_session_naming_the_fix(camera_sim, tmp_path) -> None:
+    import httpx
+
+    from agent.daemon import _fingerprint_session
+    from agent.localapi import LocalAPI
+
+    socket_path = tmp_path / "api.sock"
+
+    async def scenario() -> httpx.Response:
+        face = DeviceSection(kind="camera", source=camera_sim.url)
+        supervisor = DeviceSupervisor([("face", face)], lambda k, d: None)
+        await supervisor.open_all()
+        api = LocalAPI(socket_path, lambda emit: _fingerprint_session(supervisor, None, emit), record=lambda k, d: None)
+        await api.start()
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+                return await client.post("/sessions", json={"operation": "verify", "subject": "alice"})
+        finally:
+            await api.stop()
+            await supervisor.close()
+
+    answer = asyncio.run(scenario())
+    assert answer.status_code == 503
+    assert "no configured device can do fingerprint-image" in answer.json()["error"]
+    assert "face (camera)" in answer.json()["error"] and 'kind = "zfm" or "fprint"' in answer.json()["error"]
