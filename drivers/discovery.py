@@ -19,6 +19,7 @@ from drivers.zfm.errors import ModuleError
 
 log = structlog.get_logger()
 
+DISCOVERY_BAUDS = (57600, 115200)  # the factory default, and the speed the agent raises modules to
 ACCESS_FIX = (
     "add the agent's user to the capture-readers group and install systemd/60-capture-agent.rules "
     "(udevadm control --reload && udevadm trigger); for serial ports the dialout group also works"
@@ -55,7 +56,7 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
             continue
         module = ZfmModule(path, reply_timeout_s=reply_timeout_s)
         try:
-            opened = module.open()
+            opened = module.open_at_any_baud(DISCOVERY_BAUDS, probe_timeout_s=reply_timeout_s)
             finding.description = f"ZFM-family module, model profile {opened.profile.name}"
             finding.capabilities = ["fingerprint-image"]
             finding.details = {

@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     zfm.add_argument("--finger", type=int, help="leave this finger on the sensor")
     zfm.add_argument("--impression", type=int, help="which impression of --finger (default: the first)")
     zfm.add_argument("--real-speed", action="store_true", help="pace output at the real baud rate")
+    zfm.add_argument("--baud", type=int, default=57600, help="the module's line speed (it answers only at it)")
     cam = sub.add_parser("camera", help="a camera serving MJPEG over HTTP on 127.0.0.1")
     cam.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT")
     cam.add_argument("--fps", type=float, default=15.0)
@@ -152,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         password=args.password,
         finger_source=source.image,
         real_speed=args.real_speed,
+        baud=args.baud,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
