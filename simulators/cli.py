@@ -7,6 +7,7 @@ writing lines to standard input:
 
     place FINGER [IMPRESSION]     put a finger on the sensor (default: its first impression)
     lift                          take it off
+    pace on | off                 send at the real line speed, or instantly
     unplug | replug               pull the module out, plug it back
 
 `capture-simulator camera` serves MJPEG over HTTP on 127.0.0.1 (OpenCV opens
@@ -49,6 +50,8 @@ def _commands(sim, source: object) -> None:
                 print(json.dumps({"event": "bad_place", "line": line.strip(), "error": reason}), file=sys.stderr)
         elif words[0] == "lift":
             sim.lift()
+        elif words[0] == "pace" and len(words) == 2 and words[1] in ("on", "off"):
+            sim.real_speed = words[1] == "on"  # output at the real line speed (baud/10 bytes a second) or instant
         elif words[0] == "unplug":
             sim.unplug()
         elif words[0] == "replug":

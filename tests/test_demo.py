@@ -24,6 +24,7 @@ def test_the_demo_tells_the_whole_story() -> None:
         "decision: reject",
         "replay: refused (409",
         "network+match",
+        "real line speed, raised to 115200 baud",
         "match  ",
         "stopped; the temporary PKI and device state are deleted",
     ):
