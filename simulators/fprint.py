@@ -5,7 +5,8 @@ socket; a client sends two native-endian int32s, width and height, then the
 8-bit pixels; or a pair with a negative first number: -1 retry (code), -2
 error (code), -3 automatic finger on/off, -4 finger placed/removed, -5 unplug.
 
-``virtual_device`` (``FP_VIRTUAL_DEVICE=<socket>``): a match-on-sensor reader;
+``virtual_device`` (``FP_VIRTUAL_DEVICE=<socket>``; ``FP_VIRTUAL_DEVICE_STORAGE``
+for one that also stores prints and identifies): a match-on-sensor reader;
 each connection carries one text command: ``SCAN id`` (a finger whose identity
 is ``id``), ``RETRY n``, ``ERROR n``, ``FINGER 0|1``, ``SET_ENROLL_STAGES n``,
 ``UNPLUG``. It answers "no finger" when no command arrives within 500 ms, which
@@ -28,6 +29,8 @@ import numpy as np
 RETRY, ERROR, AUTO_FINGER, FINGER, UNPLUG = -1, -2, -3, -4, -5
 # FpDeviceRetry codes
 RETRY_GENERAL, RETRY_TOO_SHORT, RETRY_CENTER_FINGER, RETRY_REMOVE_FINGER = 0, 1, 2, 3
+# FpDeviceError codes
+ERROR_GENERAL, ERROR_BUSY, ERROR_PROTO, ERROR_REMOVED = 0, 4, 5, 0x100
 
 
 def _connect(path: Path, timeout_s: float) -> socket.socket:

@@ -198,3 +198,37 @@ def test_sensor_prints_are_kept_encrypted_and_verify_on_the_sensor(virtual_devic
         SensorPrintStore(tmp_path / "prints", kek="another-" + "y" * 40).load("usb0", "dave")
     later(0.2, feeder.scan, "dave")
     assert reader.verify(store.load("usb0", "dave"), timeout_s=10) is True
+
+
+def test_a_busy_reader_names_fprintd_and_the_fix(virtual_image_reader) -> None:
+    from drivers.fprint.errors import DeviceBusy
+    from simulators.fprint import ERROR_BUSY
+
+    reader, feeder = virtual_image_reader
+    later(0.2, feeder.error, ERROR_BUSY)
+    with pytest.raises(DeviceBusy) as caught:
+        reader.capture(timeout_s=10)
+    assert "systemctl mask --now fprintd" in caught.value.fix
+
+
+def test_identify_on_a_sensor_with_storage(fprint_socket_dir) -> None:
+    """virtual_device_storage: prints live on the sensor too; identify finds which one a finger is."""
+    from drivers.fprint.reader import FprintReader
+    from simulators.fprint import VirtualDeviceFeeder
+
+    path = fprint_socket_dir / "storage.sock"
+    reader = FprintReader("virtual_device_storage", env={"FP_VIRTUAL_DEVICE_STORAGE": str(path)})
+    reader.open()
+    feeder = VirtualDeviceFeeder(path)
+    try:
+        assert reader.info.identify and reader.info.on_sensor
+        enrolled = []
+        for finger in ("frank", "grace"):
+            threading.Thread(target=lambda f=finger: [feeder.scan(f) for _ in range(reader.info.enroll_stages)]).start()
+            enrolled.append(reader.enroll(timeout_s=20))
+        later(0.2, feeder.scan, "grace")
+        assert reader.identify(enrolled, timeout_s=10) == 1
+        later(0.2, feeder.scan, "frank")
+        assert reader.identify(enrolled, timeout_s=10) == 0
+    finally:
+        reader.close()
