@@ -8,12 +8,18 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean system-tools
 
+# The first run spends a while here: say so, and what it is doing, before each long step.
 # system-tools first: PyGObject (the `usb` extra, in `dev`) builds against Debian's girepository.
 $(STAMP): pyproject.toml | system-tools
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) (first run only)"; \
+		$(PYTHON) -m venv $(VENV); }
+	@echo "make: upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "make: installing the project and its dependencies into $(VENV) (first run, or pyproject.toml changed):"
+	@echo "make:   numpy, opencv, cryptography, httpx, hypercorn, PyGObject (built here)... about a minute to a few, once"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo

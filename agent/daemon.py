@@ -27,7 +27,7 @@ from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError
-from agent.identity import IdentityStore
+from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.localapi import LocalAPI
@@ -92,6 +92,7 @@ class AgentDaemon:
             self.config,
             identity,
             on_tls_failure=lambda reason: self.record("tls_handshake_failed", {"url": url, "reason": reason}),
+            on_identity_change=self._identity_switched,
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
         device_status = "no device configured"
@@ -121,13 +122,43 @@ class AgentDaemon:
                 self.config.api.socket,
                 lambda emit: _fingerprint_session(devices, client, emit),
                 group=self.config.api.group,
-                health=devices.health,
+                health=self._health,
                 record=self.record,
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
         self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {device_status}")
         log.info("agent_ready", device_id=identity.device_id, verifier=url)
+
+    def _identity_switched(self, old: DeviceIdentity, new: DeviceIdentity) -> None:
+        """Another process renewed or re-provisioned: the client follows; the audit trail says so."""
+        self.record(
+            "identity_switched",
+            {
+                "old_device_id": old.device_id,
+                "old_serial": old.serial_hex,
+                "device_id": new.device_id,
+                "serial": new.serial_hex,
+            },
+        )
+        self.status(f"ready: device {new.device_id}, certificate serial {new.serial_hex}")
+
+    async def _health(self) -> dict[str, Any]:
+        """The local API's /health: the devices (what each can do, connected or not), and whether the
+        device identity can sign now."""
+        assert self.client is not None
+        identity = await self.client.follow_identity()
+        facts: dict[str, Any] = {
+            **(self.devices.health() if self.devices is not None else {}),
+            "device_id": identity.device_id,
+            "certificate_serial": identity.serial_hex,
+            "certificate_not_after": identity.not_after.isoformat(),
+        }
+        problem = identity_problem(identity, self.client.identity_problem)
+        facts["identity"] = "ok" if problem is None else "cannot_sign"
+        if problem is not None:
+            facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
+        return facts
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coroutine, name=name))
@@ -146,6 +177,7 @@ class AgentDaemon:
         failures = 0
         while True:
             assert self.client is not None
+            await self.client.follow_identity()  # renewed by `capture-agent renew` meanwhile? a new schedule
             wait = seconds_until_renewal(self.client.identity, self.config)
             if wait > 0:
                 await asyncio.sleep(min(wait, LONG_SLEEP_CAP_S))

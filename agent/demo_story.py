@@ -82,11 +82,13 @@ async def biometric_story(
 ) -> list[dict[str, float]]:
     from drivers.zfm.driver import ZfmModule
 
+    step("People at a simulated sensor: an R307 serial module on a pseudo-terminal (capture-simulator)")
     simulator, port = start_simulator(work)
     person = Person(simulator, say)
     try:
         with ZfmModule(port) as reader:
-            say(f"simulated R307 module on {port}: {reader.profile.image_width}x{reader.profile.image_height}")
+            size = f"{reader.profile.image_width}x{reader.profile.image_height}"
+            say(f"module on {port}: {size} pixels, opened by the driver")
             async with VerifierClient(config, identity) as client:
 
                 def session() -> CaptureSession:
@@ -133,7 +135,7 @@ async def biometric_story(
                 except VerifierError as exc:
                     say(f"replay: refused ({exc.status}: {exc.problem.get('detail')})")
 
-                step("Decision latency by phase (3 genuine verifications, the module at its real line speed)")
+                step("Decision latency by phase (3 genuine verifications at the module's real line speed; table below)")
                 assert simulator.stdin is not None
                 simulator.stdin.write("pace on\n")  # from here the image crosses the line as fast as a real R307's
                 simulator.stdin.flush()
