@@ -140,7 +140,6 @@ async def biometric_story(
                 simulator.stdin.write("pace on\n")  # from here the image crosses the line as fast as a real R307's
                 simulator.stdin.flush()
                 reader.set_baud(115200)  # as the daemon runs a module: 3.5 s per image instead of 7 s at 57600
-                say("the module now sends at its real line speed, raised to 115200 baud")
                 rows = []
                 for impression in range(5, 8):
                     person.will_use((1, impression), quiet=True)
