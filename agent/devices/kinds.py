@@ -67,6 +67,10 @@ class Device:
         """Worth trying to open now? (A serial port: its path exists. Others: only opening tells.)"""
         return True
 
+    def where(self) -> dict[str, str]:
+        """Where the device is, for audit events and logs (a port, a libfprint selector, a camera source)."""
+        return {}
+
     async def open(self) -> dict[str, Any]:
         self.details = await self.owner.run(self._open)
         self.abort.clear()
@@ -163,6 +167,9 @@ class ZfmDevice(Device):
     def may_reopen(self) -> bool:
         return os.path.exists(self.section.port)
 
+    def where(self) -> dict[str, str]:
+        return {"port": self.section.port}
+
     # the fingerprint-image-source capability, for sessions
     def wait_for_finger(self, timeout_s: float, *, cancel: threading.Event | None = None) -> None:
         self._guarded(self.module.wait_for_finger, timeout_s, cancel=EitherEvent(cancel, self.abort))
@@ -201,6 +208,9 @@ class FprintDevice(Device):
 
     def present(self) -> bool:
         return not self.reader.removed
+
+    def where(self) -> dict[str, str]:
+        return {"selector": self.section.selector or "(the first reader)"}
 
     def wait_for_finger(self, timeout_s: float, *, cancel: threading.Event | None = None) -> None:
         self._guarded(self.reader.wait_for_finger, timeout_s, cancel=EitherEvent(cancel, self.abort))
@@ -248,6 +258,9 @@ class CameraDevice(Device):
 
     def present(self) -> bool:
         return self.camera.connected
+
+    def where(self) -> dict[str, str]:
+        return {"source": self.camera.source.redacted}
 
     def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Any:
         if not self.connected:

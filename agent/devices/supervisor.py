@@ -73,11 +73,9 @@ class DeviceSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _audit_fault(self, device: Device, exc: Exception) -> None:
-        self.record(
-            "device_fault",
-            {"device": device.name, "kind": device.kind, "error": str(exc.args[0] if exc.args else exc),
-             "fix": getattr(exc, "fix", "")},
-        )
+        error = str(exc.args[0] if exc.args else exc)
+        fault = {"device": device.name, "kind": device.kind, **device.where(), "error": error}
+        self.record("device_fault", {**fault, "fix": getattr(exc, "fix", "")})
 
     async def open_all(self) -> None:
         await asyncio.gather(*(self._open(d, first=True) for d in self.devices))
@@ -91,7 +89,7 @@ class DeviceSupervisor:
             log.info("device_open_failed", device=device.name, error=str(exc))
             return False
         self._backoff[device.name] = device.section.check_interval_s
-        self.record("device_plugged", {"device": device.name, "kind": device.kind, **details})
+        self.record("device_plugged", {"device": device.name, "kind": device.kind, **device.where(), **details})
         return True
 
     def start(self) -> None:
@@ -103,7 +101,7 @@ class DeviceSupervisor:
             await asyncio.sleep(interval if device.connected else self._backoff[device.name])
             if device.connected and not device.present():
                 device.went_away()
-                self.record("device_unplugged", {"device": device.name, "kind": device.kind})
+                self.record("device_unplugged", {"device": device.name, "kind": device.kind, **device.where()})
                 self._backoff[device.name] = interval
                 continue
             if not device.connected and device.may_reopen() and not await self._open(device):
