@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | system-tools
 	@echo "make: upgrading pip in $(VENV)"
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "make: installing the project and its dependencies into $(VENV) (first run, or pyproject.toml changed):"
-	@echo "make:   numpy, opencv, cryptography, httpx, hypercorn, PyGObject (built here)... about a minute to a few, once"
+	@echo "make:   numpy, opencv, cryptography, httpx, hypercorn, PyGObject (built here)... one to a few minutes, once"
 	@$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 	@echo "make: $(VENV) is ready"
