@@ -308,7 +308,13 @@ def test_usb_reader_unplugged_during_a_capture_then_reopened(fprint_socket_dir, 
             feeder.close()
             await _until(lambda: _events(recorded, "usb").count("device_plugged") == 2)
             sent = synthetic_print(4, shape=(288, 256)).image
-            threading.Timer(0.3, feeder.image, args=(sent,)).start()
+            def place_when_waiting() -> None:
+                deadline = time.monotonic() + 10
+                while not usb.reader.finger_needed() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                feeder.image(sent)
+
+            threading.Thread(target=place_when_waiting, daemon=True).start()
             await asyncio.to_thread(usb.wait_for_finger, 10)
             assert (await asyncio.to_thread(usb.download_image)).tobytes() == sent.tobytes()
         finally:

@@ -26,11 +26,25 @@ def later(delay_s: float, action, *args) -> threading.Thread:
     return thread
 
 
+def when_waiting(reader, action, *args) -> threading.Thread:
+    """Act once the reader waits for a finger (an image sent to an idle virtual_image reader is dropped)."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 10
+        while not reader.finger_needed() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        action(*args)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_image_reader_hands_over_the_exact_pixels(virtual_image_reader, synthetic_print) -> None:
     reader, feeder = virtual_image_reader
     assert reader.info.driver == "virtual_image" and reader.info.image and reader.info.dpi == 500
     sent = synthetic_print(3, shape=(288, 256)).image
-    later(0.2, feeder.image, sent)  # the finger arrives while the capture waits for it
+    when_waiting(reader, feeder.image, sent)  # the finger arrives while the capture waits for it
     captured = reader.capture(timeout_s=10)
     assert captured.dpi == 500
     assert captured.pixels.dtype == np.uint8 and captured.pixels.shape == sent.shape
@@ -43,7 +57,7 @@ def test_image_reader_serves_the_session_interface(virtual_image_reader, synthet
     reader, feeder = virtual_image_reader
     images = [synthetic_print(seed, shape=(300, 280)).image for seed in (5, 6)]
     for sent in images:
-        later(0.1, feeder.image, sent)
+        when_waiting(reader, feeder.image, sent)
         reader.wait_for_finger(10)
         assert reader.wait_for_lift(1)
         assert np.array_equal(reader.download_image(), sent)
@@ -52,7 +66,7 @@ def test_image_reader_serves_the_session_interface(virtual_image_reader, synthet
 @pytest.mark.parametrize(("code", "feedback"), [(RETRY_TOO_SHORT, "too_fast"), (RETRY_CENTER_FINGER, "place_finger")])
 def test_retry_codes_become_feedback(virtual_image_reader, code, feedback) -> None:
     reader, feeder = virtual_image_reader
-    later(0.2, feeder.retry, code)
+    when_waiting(reader, feeder.retry, code)
     with pytest.raises(RetryScan) as caught:
         reader.capture(timeout_s=10)
     assert caught.value.feedback == feedback
@@ -69,13 +83,13 @@ def test_cancel_and_timeout_go_through_the_cancellable(virtual_image_reader, syn
     with pytest.raises(CaptureTimeout):
         reader.capture(timeout_s=0.3)
     sent = synthetic_print(7, shape=(300, 260)).image  # the reader still works after both
-    later(0.1, feeder.image, sent)
+    when_waiting(reader, feeder.image, sent)
     assert reader.capture(timeout_s=10).pixels.tobytes() == sent.tobytes()
 
 
 def test_unplug_during_capture_then_reopen(virtual_image_reader, synthetic_print) -> None:
     reader, feeder = virtual_image_reader
-    later(0.2, feeder.unplug)
+    when_waiting(reader, feeder.unplug)
     with pytest.raises(DeviceRemoved):
         reader.capture(timeout_s=10)
     assert reader.removed
@@ -83,7 +97,7 @@ def test_unplug_during_capture_then_reopen(virtual_image_reader, synthetic_print
     reader.open()  # a fresh context finds the reader again
     assert not reader.removed
     sent = synthetic_print(8, shape=(320, 300)).image
-    later(0.2, feeder.image, sent)
+    when_waiting(reader, feeder.image, sent)
     assert reader.capture(timeout_s=10).pixels.tobytes() == sent.tobytes()
 
 
@@ -99,7 +113,7 @@ def test_enumeration_from_another_thread_while_a_capture_waits(virtual_image_rea
     found = list_readers(reader.loop, reader.env)
     assert any(r.driver == "virtual_image" for r in found)
     sent = synthetic_print(9, shape=(290, 270)).image
-    feeder.image(sent)
+    when_waiting(reader, feeder.image, sent).join(10)
     capture.join(10)
     assert result["image"].pixels.tobytes() == sent.tobytes()
 
@@ -205,7 +219,7 @@ def test_a_busy_reader_names_fprintd_and_the_fix(virtual_image_reader) -> None:
     from simulators.fprint import ERROR_BUSY
 
     reader, feeder = virtual_image_reader
-    later(0.2, feeder.error, ERROR_BUSY)
+    when_waiting(reader, feeder.error, ERROR_BUSY)
     with pytest.raises(DeviceBusy) as caught:
         reader.capture(timeout_s=10)
     assert "systemctl mask --now fprintd" in caught.value.fix
