@@ -199,7 +199,7 @@ def test_images_look_like_fingerprints(finger_generator) -> None:
         assert 6.5 <= period <= 12.5, f"ridge period {period:.1f} px is not a 500 dpi finger's"
         on = imp.contact_mask.astype(bool)
         dark = (img[on] < 128).mean()
-        assert 0.2 <= dark <= 0.8, f"ridge/valley balance {dark:.2f}"  # dry or wet, still ridges and valleys
+        assert 0.15 <= dark <= 0.85, f"ridge/valley balance {dark:.2f}"  # dry or wet patches, still ridges and valleys
         clean = finger_generator.finger(finger_id).clean_impression()
         dark = (clean.image[clean.contact_mask > 0] < 128).mean()
         assert 0.35 <= dark <= 0.65, f"clean ridge/valley balance {dark:.2f}"
