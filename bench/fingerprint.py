@@ -38,6 +38,7 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import logging
 import re
 import sys
 import time
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import structlog
 
 from biometrics.fingerprint import GalleryIndex, extract, threshold_for_fmr
 from biometrics.fingerprint.types import FingerprintTemplate
@@ -339,4 +341,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The synthetic generator logs each finger at debug level: progress lines are enough here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     raise SystemExit(main())
