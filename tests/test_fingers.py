@@ -309,8 +309,7 @@ def test_a_small_population_of_distinct_fingers_does_not_collide(finger_generato
     threshold = threshold_for_fmr(1e-4)
     moderate = {"distortion": 4.0, "contact": 1.0, "pressure": 0.0, "noise": 8.0}
     tpls = {
-        f: [extract(finger_generator.finger(f).impression(seed, **moderate).image) for seed in (1, 2)]
-        for f in range(6)
+        f: [extract(finger_generator.finger(f).impression(seed, **moderate).image) for seed in (1, 2)] for f in range(6)
     }
     for f, (a, b) in tpls.items():
         assert match(a, b) >= threshold, f
