@@ -463,7 +463,7 @@ def _master(seed: int, finger_id: int) -> Master:
     theta = orientation_field(shape, points, rng, center)
     period = period_map(shape, rng)
     # Fewer growth iterations leave more ridge breaks and forks: minutiae density varies per finger.
-    field = grow_ridges(theta, period, rng, int(rng.integers(11, 19)), seeds=int(rng.integers(15, 40)))
+    field = grow_ridges(theta, period, rng, int(rng.integers(8, 12)), seeds=int(rng.integers(12, 32)))
     mean_period = float(period.mean())
     ridges = clean_ridges(field, mean_period)
     mask = _finger_mask(shape, rng)
@@ -627,7 +627,7 @@ def make_impression(master: Master, seed: tuple[int, ...], size: tuple[int, int]
 
     # Pressure: hard presses flatten ridges (thicker), light ones thin and break them.
     binary = (ridges > 0.5).astype(np.uint8)
-    steps = round(abs(params.pressure) * 2.0)
+    steps = round(abs(params.pressure) * 1.4)  # at most one step: two close the valleys of a 9-pixel period
     if steps:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         op = cv2.dilate if params.pressure > 0 else cv2.erode
