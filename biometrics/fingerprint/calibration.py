@@ -24,9 +24,15 @@ about 40 %, one of 100,000 pairs by 7 %. Above 1 % the group's threshold
 interpolates its quantiles (50th, 75th, 90th, 99th percentiles) on a log-FMR
 scale. No genuine score enters the model.
 
-The constants come from ``python -m bench.fingerprint --calibrate DIR[:DPI]...
---synthetic N`` (see :data:`GROUPS` for the sample); refit when the matcher,
-the extractor or the synthetic generator changes.
+The constants come from ``python -m bench.fingerprint --calibrate
+fvc2002/DB1_B fvc2002/DB2_B:569 fvc2002/DB3_B fvc2002/DB4_B --synthetic 200
+--seed 1000``: 235,020 impostor pairs in six groups. The synthetic population is
+drawn with a seed (1000) other than the benchmark's (0), so the benchmark's
+synthetic figures are measured on fingers the fit never saw. Today the synthetic
+group is the worst (its impostors still resemble each other a little more than
+real fingers do) and sets both thresholds; the worst real sensor, FVC2002 DB4,
+would give 0.048 (1e-3) and 0.066 (1e-4). Refit when the matcher, the extractor
+or the synthetic generator changes.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ GROUPS: tuple[TailFit, ...] = (
     TailFit("FVC2002 DB3_B", 2880, (0.01538, 0.01675, 0.01834, 0.02334), 0.00384),
     TailFit("FVC2002 DB4_B", 2880, (0.01615, 0.01824, 0.02101, 0.03106), 0.00755),
     TailFit("FVC2002 across folders", 38400, (0.01523, 0.01657, 0.01829, 0.02409), 0.00387),
-    TailFit("synthetic 200 fingers seed 1000", 179100, (0.01847, 0.02182, 0.02662, 0.04166), 0.00945),
+    TailFit("synthetic 200 fingers seed 1000", 179100, (0.01826, 0.02120, 0.02547, 0.03910), 0.00835),
 )
 
 
