@@ -8,23 +8,32 @@ ground truth nor unlimited impressions. The generator follows the SFinGe recipe
 1. **Orientation field** from singular points with the Sherlock-Monro zero-pole
    model, ``theta(z) = theta0 + 1/2 (sum arg(z - delta) - sum arg(z - core))``,
    one configuration per finger class (arch, tented arch, left and right loop,
-   whorl); the plain arch has no singular point and uses a bump-shaped flow.
-2. **Ridge period map**: a smooth random field around a per-finger mean (8 to 10
-   pixels at 500 dpi, the range of real fingers).
+   whorl, drawn at their natural frequencies); the plain arch has no singular
+   point and uses a bump-shaped flow. Singular points are spread widely (loop
+   size and slant, whorl spacing) and a smooth per-finger deviation is added to
+   the model: fingers of one class must not share their flow.
+2. **Ridge period map**: a smooth random field around a per-finger mean (7.6 to
+   10.8 pixels at 500 dpi, the range of real fingers).
 3. **Ridge growth**: a random seed image is filtered again and again with the
    Gabor filter tuned to each pixel's orientation and period (one
    ``cv2.filter2D`` per orientation/period bin, blended per pixel, then a
    saturating non-linearity) until a ridge pattern fills the finger. Growth runs
    at half resolution (4x fewer pixels, 4x smaller kernels) and is upsampled.
+   Few iterations (8 to 11, per finger: the minutiae density varies) and a dozen
+   or more spiral-phase minutia seeds at random places: fully relaxed growth
+   leaves minutiae only where the flow forces them, along the same lines in
+   every finger of a class, and those constellations made different synthetic
+   fingers match each other.
 4. **Ground truth**: the grown pattern is binarised, cleaned (specks, holes,
    spurs), thinned, and minutiae are read off the skeleton (crossing number 1 is
    an ending, 3 a bifurcation). The master image is rendered from that same
    cleaned ridge map, so what the image shows and the ground truth agree.
 
 Impressions apply rotation, translation, a smooth elastic displacement field,
-pressure (ridge thickness by erosion or dilation), partial contact, background
-and noise, and move the ground-truth minutiae through the same mapping (those
-off the contact area are dropped).
+pressure (ridge thickness by erosion or dilation), patches of dry and wet skin and
+creases (different in every impression), partial contact, background and noise,
+and move the ground-truth minutiae through the same mapping (those off the
+contact area are dropped).
 
 Minutiae follow :mod:`biometrics.fingerprint.types`: pixel coordinates with y
 down, angle in radians counter-clockwise as seen, an ending's direction pointing
