@@ -281,11 +281,18 @@ def calibrate(specs: list[str], synthetic: int, impressions: int, seed: int, wor
         fits.append(fit_tail(f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same]))
     return {
         "groups": [
-            {"name": g.name, "pairs": g.pairs, "quantiles": [round(q, 5) for q in g.quantiles], "beta": g.beta}
+            {
+                "name": g.name,
+                "pairs": g.pairs,
+                "quantiles": [round(q, 5) for q in g.quantiles],
+                "beta": g.beta,
+                "shape": g.shape,
+            }
             for g in fits
         ],
         "python": "\n".join(
-            f"    TailFit({g.name!r}, {g.pairs}, ({', '.join(f'{q:.5f}' for q in g.quantiles)}), {g.beta:.5f}),"
+            f"    TailFit({g.name!r}, {g.pairs}, ({', '.join(f'{q:.5f}' for q in g.quantiles)}), "
+            f"{g.beta:.5f}, {g.shape}),"
             for g in fits
         ),
     }

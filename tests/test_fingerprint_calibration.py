@@ -45,6 +45,24 @@ def test_fitted_tail_is_conservative_on_fresh_samples_of_the_same_distribution()
     assert fit_tail("again", s).beta > float((s[s > t99] - t99).mean())
 
 
+def test_a_heavy_tail_is_fitted_as_one_and_still_kept():
+    """Impostor pairs sharing fingers give a tail heavier than exponential: the fit sees it
+    (shape > 0) and its 1e-4 threshold still holds on fresh scores, where an exponential
+    fit of the same sample would let through several times its target."""
+    rng = np.random.default_rng(2)
+    xi, sigma = 0.2, 0.004
+    draw = lambda n: 0.015 + sigma / xi * ((1.0 - rng.random(n)) ** -xi - 1.0)  # noqa: E731
+    sample = draw(20_000)
+    fit = fit_tail("heavy", sample)
+    assert 0.1 < fit.shape < 0.3
+    fresh = draw(2_000_000)
+    assert float((fresh >= fit.threshold(1e-4)).mean()) <= 1.2e-4
+    exponential = TailFit(
+        "exp", fit.pairs, fit.quantiles, float(np.mean(sample[sample > fit.quantiles[-1]]) - fit.quantiles[-1])
+    )
+    assert float((fresh >= exponential.threshold(1e-4)).mean()) > 2e-4
+
+
 def test_fit_needs_enough_pairs():
     with pytest.raises(FingerprintError, match="1,000"):
         fit_tail("tiny", np.linspace(0, 0.1, 200))
@@ -57,8 +75,9 @@ def test_threshold_keeps_the_promise_on_every_group():
         assert any(t == pytest.approx(g.threshold(fmr)) for g in GROUPS)  # and no more than the worst needs
 
 
-def test_group_thresholds_are_continuous_and_monotonic():
-    g = TailFit("x", 5000, (0.015, 0.017, 0.019, 0.024), 0.004)
+@pytest.mark.parametrize("shape", [0.0, 0.2])
+def test_group_thresholds_are_continuous_and_monotonic(shape):
+    g = TailFit("x", 5000, (0.015, 0.017, 0.019, 0.024), 0.004, shape)
     rates = np.geomspace(0.9, 1e-6, 400)
     values = [g.threshold(float(r)) for r in rates]
     assert np.all(np.diff(values) > 0)
