@@ -17,8 +17,10 @@ retried is answered from the store: handled once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import datetime as dt
 import functools
 import re
 import sqlite3
@@ -154,6 +156,20 @@ class VerifierApp:
                 return
 
     async def _read_body(self, receive: Receive) -> bytes:
+        """The request body, within ``body_timeout_s`` (a slow sender holds no stream for long)."""
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await self._read_body_chunks(receive)
+        except TimeoutError:
+            raise Problem(
+                408,
+                "body-timeout",
+                "Request body too slow",
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+                "send the whole body at once; check the network",
+            ) from None
+
+    async def _read_body_chunks(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -215,6 +231,7 @@ class VerifierApp:
                 f"{path} needs the device's client certificate (mutual TLS)",
                 "provision the device (`capture-agent provision`) and use its certificate",
             )
+        self._check_validity(cert, path)
         try:
             return self.registry.authorise(cert)
         except AuthorisationError as exc:
@@ -232,6 +249,30 @@ class VerifierApp:
                 str(exc),
                 "re-provision the device with a new token; ask the operator if it was revoked",
             ) from None
+
+    @staticmethod
+    def _check_validity(cert: x509.Certificate, path: str) -> None:
+        """The certificate's validity, on every request: OpenSSL checked it only at the handshake.
+
+        A connection (or a resumed session) opened while the certificate was valid
+        would otherwise go on working after it expired.
+        """
+        now = dt.datetime.now(dt.UTC)
+        if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return
+        expired = now > cert.not_valid_after_utc
+        reason = "certificate expired" if expired else "certificate not yet valid"
+        log.warning("request_refused", audit=True, path=path, serial=format(cert.serial_number, "x"), reason=reason)
+        raise Problem(
+            403,
+            "certificate-expired" if expired else "certificate-not-yet-valid",
+            "Client certificate expired" if expired else "Client certificate not yet valid",
+            f"the device certificate is valid from {cert.not_valid_before_utc.isoformat()} "
+            f"to {cert.not_valid_after_utc.isoformat()}",
+            "re-provision the device with a new token (`capture-agent provision`; `capture-agent doctor` says why)"
+            if expired
+            else "set the device's clock right (NTP)",
+        )
 
     def _idempotent(self, route: Route, request: Request) -> Answer:
         key = request.headers.get("idempotency-key", "")
@@ -333,6 +374,28 @@ class VerifierApp:
                 "Key reused",
                 "renewal must come with a new key pair",
                 "generate a new EC P-256 key for the renewal",
+            )
+        if not self.registry.is_current(request.device.serial):
+            log.warning("renewal_refused", audit=True, device_id=device_id, reason="certificate superseded")
+            raise Problem(
+                403,
+                "certificate-superseded",
+                "Certificate already renewed",
+                "this certificate was replaced by a renewal; only the newest certificate may renew",
+                "renew with the device's newest certificate (the agent uses it after a renewal)",
+            )
+        now = time.time()
+        issued = self.registry.issued_since(device_id, now - 3600.0)
+        if len(issued) >= self.settings.renewals_per_hour:
+            wait = issued[0] + 3600.0 - now
+            log.warning("renewal_refused", audit=True, device_id=device_id, reason="renewal rate")
+            raise Problem(
+                429,
+                "renewal-rate-limited",
+                "Too many renewals",
+                f"device {device_id} had {len(issued)} certificates issued in the last hour; wait {wait:.0f} s",
+                "renew at about two thirds of the certificate's life, not in a loop",
+                headers=((b"retry-after", str(int(wait) + 1).encode()),),
             )
         cert = self._sign(request.body, device_id)
         self.registry.record_certificate(device_id, cert, supersede=True)
