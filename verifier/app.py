@@ -36,8 +36,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
-from verifier.http import Answer, Request, Route, json_answer, json_body
+from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
+from verifier.matching import MatchingBusy, MatchPool, OverBudget
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -93,6 +94,7 @@ class VerifierApp:
         self.idempotency = IdempotencyStore(self.conn)
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
+        self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
@@ -104,7 +106,6 @@ class VerifierApp:
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
-        self._handling_started = 0.0
 
     # ---------------------------------------------------------------- ASGI
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -113,9 +114,9 @@ class VerifierApp:
             return
         if scope["type"] != "http":
             return
-        self._handling_started = time.perf_counter()
+        timing = {"started": time.perf_counter()}
         try:
-            answer = await self._dispatch(scope, receive)
+            answer = await self._dispatch(scope, receive, timing)
             headers = answer.headers
         except Problem as problem:
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
@@ -139,8 +140,8 @@ class VerifierApp:
         if answer.content_type.startswith("application/pkcs7-mime"):
             response_headers.append((b"content-transfer-encoding", b"base64"))
         # Server-Timing: the verifier's own work once the body is in (checks, database, matching),
-        # so a client can tell it from the network. No await since _dispatch set the start.
-        handling_ms = (time.perf_counter() - self._handling_started) * 1000
+        # so a client can tell it from the network (matching included, and its wait for a worker).
+        handling_ms = (time.perf_counter() - timing["started"]) * 1000
         response_headers.append((b"server-timing", f"app;dur={handling_ms:.3f}".encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": answer.body})
@@ -151,6 +152,7 @@ class VerifierApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.pool.close()
                 self.conn.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -190,7 +192,7 @@ class VerifierApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive) -> Answer:
+    async def _dispatch(self, scope: dict[str, Any], receive: Receive, timing: dict[str, float]) -> Answer:
         method, path = scope["method"], scope["path"]
         subject = ""
         found = SUBJECT_PATH.fullmatch(path)
@@ -213,13 +215,15 @@ class VerifierApp:
             )
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         body = await self._read_body(receive)
-        self._handling_started = time.perf_counter()  # the last await before the answer is sent
+        timing["started"] = time.perf_counter()
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
         request = Request(method, path, headers, body, device, cert, subject)
         if method != "POST":
-            return route.handler(request)
-        return self._idempotent(route, request)
+            answer = route.handler(request)
+            assert isinstance(answer, Answer), "only POST routes match"
+            return answer
+        return await self._idempotent(route, request)
 
     def _authorise(self, cert: x509.Certificate | None, path: str) -> Device:
         if cert is None:
@@ -274,7 +278,7 @@ class VerifierApp:
             else "set the device's clock right (NTP)",
         )
 
-    def _idempotent(self, route: Route, request: Request) -> Answer:
+    async def _idempotent(self, route: Route, request: Request) -> Answer:
         key = request.headers.get("idempotency-key", "")
         if not key or len(key) > 200:
             raise Problem(
@@ -297,7 +301,15 @@ class VerifierApp:
                 self.conn.execute("COMMIT")
                 log.info("idempotent_repeat", path=request.path, principal=principal)
                 return Answer(stored.status, stored.content_type, stored.body)
-            answer = route.handler(request)
+            result = route.handler(request)
+            if isinstance(result, Deferred):
+                # The checks' writes (the nonce consumed) stand; matching runs outside any transaction.
+                self.conn.execute("COMMIT")
+                outcome = await self._match(request, result)
+                self.conn.execute("BEGIN IMMEDIATE")
+                answer = result.finish(outcome)
+            else:
+                answer = result
             if answer.status < 400:
                 self.idempotency.save(
                     principal, key, req_hash, StoredAnswer(answer.status, answer.content_type, answer.body)
@@ -314,8 +326,28 @@ class VerifierApp:
                 "use a fresh key for each new request",
             ) from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
+
+    async def _match(self, request: Request, deferred: Deferred) -> Any:
+        """The deferred matching in the pool; a full pool or a spent budget is a 503 with Retry-After."""
+        try:
+            return await self.pool.run(deferred.device_id, deferred.work)
+        except (MatchingBusy, OverBudget) as exc:
+            busy = isinstance(exc, MatchingBusy)
+            reason = str(exc) if busy else f"matching took longer than {self.settings.match_budget_s:g} s"
+            log.warning("matching_refused", audit=True, device_id=deferred.device_id, path=request.path, reason=reason)
+            raise Problem(
+                503,
+                "matching-busy" if busy else "matching-over-budget",
+                "Verifier busy" if busy else "Matching over budget",
+                reason,
+                "retry after the Retry-After seconds with a fresh nonce"
+                if busy
+                else "send fewer finger views per request; retry with a fresh nonce",
+                headers=((b"retry-after", b"1"),),
+            ) from None
 
     def _housekeeping(self) -> None:
         """Hourly: drop stored answers past their retention and nonces past their life."""

@@ -41,8 +41,24 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """A handler's answer that needs matching first.
+
+    ``work`` runs in the matching pool (:mod:`verifier.matching`), off the event
+    loop and outside any database transaction: it gets only what the handler
+    handed it. ``finish`` then runs on the loop, in a new transaction, and turns
+    the result into the answer (or raises a problem). What the handler wrote
+    before (the nonce consumed) is committed before ``work`` starts.
+    """
+
+    device_id: str
+    work: Callable[[Any], Any]  # (Budget) -> result
+    finish: Callable[[Any], Answer]
+
+
+@dataclass(frozen=True)
 class Route:
-    handler: Callable[[Request], Answer]
+    handler: Callable[[Request], Answer | Deferred]
     needs_client_cert: bool
 
 
