@@ -301,6 +301,8 @@ class VerifierApp:
                 self.conn.execute("COMMIT")
                 log.info("idempotent_repeat", path=request.path, principal=principal)
                 return Answer(stored.status, stored.content_type, stored.body)
+            if route.matches and request.device is not None:
+                self.pool.admit(request.device.device_id)  # busy: a 503 before anything is consumed
             result = route.handler(request)
             if isinstance(result, Deferred):
                 # The checks' writes (the nonce consumed) stand; matching runs outside any transaction.
@@ -316,6 +318,9 @@ class VerifierApp:
                 )
             self.conn.execute("COMMIT")
             return answer
+        except MatchingBusy as exc:
+            self.conn.execute("ROLLBACK")
+            raise self._busy(request, request.device.device_id if request.device else "", str(exc)) from None
         except KeyReuseError:
             self.conn.execute("ROLLBACK")
             raise Problem(
@@ -331,23 +336,41 @@ class VerifierApp:
             raise
 
     async def _match(self, request: Request, deferred: Deferred) -> Any:
-        """The deferred matching in the pool; a full pool or a spent budget is a 503 with Retry-After."""
+        """The deferred matching in the pool; a full pool or a spent budget is a 503 with Retry-After.
+
+        Either way the request was not decided: what its checks used (the nonce, a
+        pending step-up) is given back, so the client's retry of the same request works.
+        """
         try:
             return await self.pool.run(deferred.device_id, deferred.work)
         except (MatchingBusy, OverBudget) as exc:
-            busy = isinstance(exc, MatchingBusy)
-            reason = str(exc) if busy else f"matching took longer than {self.settings.match_budget_s:g} s"
+            self.conn.execute("BEGIN IMMEDIATE")
+            deferred.undo()
+            self.conn.execute("COMMIT")
+            if isinstance(exc, MatchingBusy):
+                raise self._busy(request, deferred.device_id, str(exc)) from None
+            reason = f"matching took longer than {self.settings.match_budget_s:g} s"
             log.warning("matching_refused", audit=True, device_id=deferred.device_id, path=request.path, reason=reason)
             raise Problem(
                 503,
-                "matching-busy" if busy else "matching-over-budget",
-                "Verifier busy" if busy else "Matching over budget",
+                "matching-over-budget",
+                "Matching over budget",
                 reason,
-                "retry after the Retry-After seconds with a fresh nonce"
-                if busy
-                else "send fewer finger views per request; retry with a fresh nonce",
+                "send fewer finger views per request, or retry after the Retry-After seconds",
                 headers=((b"retry-after", b"1"),),
             ) from None
+
+    @staticmethod
+    def _busy(request: Request, device_id: str, reason: str) -> Problem:
+        log.warning("matching_refused", audit=True, device_id=device_id, path=request.path, reason=reason)
+        return Problem(
+            503,
+            "matching-busy",
+            "Verifier busy",
+            reason,
+            "retry after the Retry-After seconds (the agent does so by itself)",
+            headers=((b"retry-after", b"1"),),
+        )
 
     def _housekeeping(self) -> None:
         """Hourly: drop stored answers past their retention and nonces past their life."""

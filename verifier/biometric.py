@@ -97,9 +97,9 @@ class BiometricRoutes:
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
             ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
-            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True),
-            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True),
-            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True),
+            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True, matches=True),
+            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True, matches=True),
+            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True, matches=True),
         }
 
     # ---------------------------------------------------------------- the gate
@@ -482,7 +482,7 @@ class BiometricRoutes:
             answer = {"subject": subject, "group": group, "templates": len(records)}
             return json_answer(201, answer, ((b"server-timing", timing),))
 
-        return Deferred(device_id, work, finish)
+        return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))
 
     def verify(self, request: Request) -> Deferred:
         assert request.device is not None
@@ -577,7 +577,12 @@ class BiometricRoutes:
                     return self._ask_step_up(device_id, subject, records, reasons, scored.score)
             return self._decided(device_id, subject, "accept" if scored.score >= self.threshold else "reject", scored)
 
-        return Deferred(device_id, work, finish)
+        def undo() -> None:
+            self.challenges.release(device_id, str(body["nonce"]))
+            if pending is not None:
+                self.stepup.give_back(str(step_id), pending)
+
+        return Deferred(device_id, work, finish, undo)
 
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
         return self._attempt_refused(
@@ -665,7 +670,7 @@ class BiometricRoutes:
         """1:N among the subjects of the groups this device may act on, best first."""
         assert request.device is not None
         device_id = request.device.device_id
-        _, records = self._checked(request, "identify")
+        body, records = self._checked(request, "identify")
         views = self._views(request, records)
         allowed = self.rules.groups(device_id)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
@@ -702,7 +707,7 @@ class BiometricRoutes:
             answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
             return json_answer(200, answer, ((b"server-timing", timing),))
 
-        return Deferred(device_id, work, finish)
+        return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))
 
 
 @dataclass(frozen=True)

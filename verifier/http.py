@@ -54,12 +54,14 @@ class Deferred:
     device_id: str
     work: Callable[[Any], Any]  # (Budget) -> result
     finish: Callable[[Any], Answer]
+    undo: Callable[[], None] = lambda: None  # the work was not done (503): give back what the checks used
 
 
 @dataclass(frozen=True)
 class Route:
     handler: Callable[[Request], Answer | Deferred]
     needs_client_cert: bool
+    matches: bool = False  # returns a Deferred: the matching pool must have room before the checks run
 
 
 def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:

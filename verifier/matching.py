@@ -62,12 +62,16 @@ class MatchPool:
     def inflight(self) -> int:
         return self._inflight
 
-    async def run(self, device_id: str, job: Callable[[Budget], T]) -> T:
-        """Run ``job(budget)`` in a worker; MatchingBusy when full, OverBudget when it ran out of time."""
+    def admit(self, device_id: str) -> None:
+        """MatchingBusy unless a job of this device would be taken now (checked before a request's checks run)."""
         if device_id in self._devices:
             raise MatchingBusy(f"device {device_id} already has a matching job running")
         if self._inflight >= self.capacity:
             raise MatchingBusy("every matching worker is busy")
+
+    async def run(self, device_id: str, job: Callable[[Budget], T]) -> T:
+        """Run ``job(budget)`` in a worker; MatchingBusy when full, OverBudget when it ran out of time."""
+        self.admit(device_id)
         budget = Budget(time.monotonic() + self.budget_s)
         self._inflight += 1
         self._devices.add(device_id)

@@ -50,7 +50,7 @@ class VerifierSettings:
     device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
     match_workers: int = 2  # threads that match, off the event loop
     match_queue: int = 8  # matching jobs waiting beyond the workers before a 503
-    match_budget_s: float = 1.0  # a matching job's time budget (queueing included) before a 503
+    match_budget_s: float = 2.0  # a matching job's time budget (queueing included) before a 503
 
     @property
     def enrollment_key(self) -> Path:
