@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
+from verifier.connections import EventSummary
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
 from verifier.matching import MatchingBusy, MatchPool, OverBudget
@@ -95,6 +96,7 @@ class VerifierApp:
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
         self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
+        self.events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
@@ -350,7 +352,7 @@ class VerifierApp:
             if isinstance(exc, MatchingBusy):
                 raise self._busy(request, deferred.device_id, str(exc)) from None
             reason = f"matching took longer than {self.settings.match_budget_s:g} s"
-            log.warning("matching_refused", audit=True, device_id=deferred.device_id, path=request.path, reason=reason)
+            self.events.note("matching_refused", reason, device_id=deferred.device_id, path=request.path)
             raise Problem(
                 503,
                 "matching-over-budget",
@@ -360,9 +362,9 @@ class VerifierApp:
                 headers=((b"retry-after", b"1"),),
             ) from None
 
-    @staticmethod
-    def _busy(request: Request, device_id: str, reason: str) -> Problem:
-        log.warning("matching_refused", audit=True, device_id=device_id, path=request.path, reason=reason)
+    def _busy(self, request: Request, device_id: str, reason: str) -> Problem:
+        # Summarised under a flood: a device can send busy requests faster than anything else.
+        self.events.note("matching_refused", reason, device_id=device_id, path=request.path)
         return Problem(
             503,
             "matching-busy",
