@@ -12,9 +12,13 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import time
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from agent.client import VerifierClient
@@ -162,3 +166,92 @@ def test_half_sent_handshakes_are_closed_at_the_deadline(tmp_path) -> None:
         events = log_events(verifier)
     assert max(closed_after) < 1.5 + 1.5, closed_after
     assert any(e["event"] == "tls_handshake_failed" and "deadline" in e["reason"] for e in events)
+
+
+def open_h2(verifier: LocalVerifier) -> tuple[ssl.SSLSocket, h2.connection.H2Connection]:
+    """A raw HTTP/2 connection without a client certificate (for what httpx would never send)."""
+    raw = socket.create_connection((verifier.host, verifier.port))
+    tls = raw_client_context(verifier.pki_dir).wrap_socket(raw, server_hostname=verifier.host)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    tls.sendall(conn.data_to_send())
+    return tls, conn
+
+
+def read_until_closed(tls: ssl.SSLSocket, conn: h2.connection.H2Connection, limit_s: float) -> tuple[float, int, float]:
+    """Until the verifier closes: (seconds, the status it answered or 0, seconds until that answer)."""
+    started, status, answered = time.monotonic(), 0, 0.0
+    tls.settimeout(limit_s)
+    with contextlib.suppress(OSError):
+        while data := tls.recv(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status, answered = int(dict(event.headers)[b":status"]), time.monotonic() - started
+            tls.sendall(conn.data_to_send())
+    return time.monotonic() - started, status, answered
+
+
+def request_headers(method: str, path: str, **extra: str) -> list[tuple[str, str]]:
+    return [(":method", method), (":scheme", "https"), (":authority", "localhost"), (":path", path), *extra.items()]
+
+
+def test_a_connection_without_a_certificate_lives_for_its_est_request_only(tmp_path) -> None:
+    """EST over a connection with no client certificate: answered, then closed; an idle one closed on its own."""
+    extra = settings_file(tmp_path, unauthenticated_idle_s=1.0)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        tls, conn = open_h2(verifier)
+        conn.send_headers(1, request_headers("GET", "/.well-known/est/cacerts"), end_stream=True)
+        tls.sendall(conn.data_to_send())
+        closed_after, status, _ = read_until_closed(tls, conn, 5.0)
+        tls.close()
+        idle, idle_conn = open_h2(verifier)
+        idle_after, idle_status, _ = read_until_closed(idle, idle_conn, 5.0)
+        idle.close()
+    assert status == 200 and closed_after < 1.0, (status, closed_after)
+    assert idle_status == 0 and 0.8 < idle_after < 3.0, idle_after
+
+
+def test_a_body_that_never_finishes_gets_408_and_the_connection_is_closed(tmp_path) -> None:
+    """A request body that stops coming: 408 within body_timeout_s, and the connection does not stay."""
+    extra = settings_file(tmp_path, body_timeout_s=1.0)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        tls, conn = open_h2(verifier)
+        headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
+        conn.send_headers(1, [*headers, ("idempotency-key", "k")])
+        conn.send_data(1, b"MIIB")  # and never the rest
+        tls.sendall(conn.data_to_send())
+        closed_after, status, answered_after = read_until_closed(tls, conn, 8.0)
+        tls.close()
+    assert status == 408 and 0.9 < answered_after < 2.5, (status, answered_after)
+    assert closed_after < 4.0, closed_after
+
+
+def test_the_guard_evicts_the_oldest_unauthenticated_connection_never_an_authenticated_one() -> None:
+    from verifier.connections import ConnectionGuard
+
+    closed: list[str] = []
+    guard = ConnectionGuard(max_connections=4, max_unauthenticated=3, max_per_address=3)
+
+    def admit(address: str, label: str):
+        conn, evicted = guard.admit(address)
+        if conn is not None:
+            conn.close = lambda: closed.append(label)
+        return conn, evicted
+
+    device, _ = admit("10.0.0.1", "device")
+    guard.authenticated(device)
+    for i in range(2):
+        admit("10.0.0.1", f"flood-{i}")
+    assert closed == [] and len(guard) == 3
+    third, evicted = admit("10.0.0.1", "flood-2")  # the address is full: its oldest unauthenticated goes
+    assert third is not None and closed == ["flood-0"] and evicted == ["per-address cap"]
+    other, evicted = admit("10.0.0.2", "other")  # under every cap: nobody goes
+    assert other is not None and evicted == [] and len(guard) == 4 and guard.unauthenticated == 3
+    another, evicted = admit("10.0.0.3", "another")  # the global cap: the oldest unauthenticated goes
+    assert another is not None and closed == ["flood-0", "flood-1"] and evicted == ["connection cap"]
+    for conn in (third, other, another):
+        guard.authenticated(conn)
+    refused, _ = admit("10.0.0.4", "late")  # every connection in the way is authenticated: refused
+    assert refused is None and "device" not in closed
+    guard.release(device)
+    assert admit("10.0.0.4", "late")[0] is not None

@@ -96,7 +96,7 @@ class VerifierApp:
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
         self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
-        self.events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
+        self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
@@ -352,7 +352,7 @@ class VerifierApp:
             if isinstance(exc, MatchingBusy):
                 raise self._busy(request, deferred.device_id, str(exc)) from None
             reason = f"matching took longer than {self.settings.match_budget_s:g} s"
-            self.events.note("matching_refused", reason, device_id=deferred.device_id, path=request.path)
+            self.flood_events.note("matching_refused", reason, device_id=deferred.device_id, path=request.path)
             raise Problem(
                 503,
                 "matching-over-budget",
@@ -364,7 +364,7 @@ class VerifierApp:
 
     def _busy(self, request: Request, device_id: str, reason: str) -> Problem:
         # Summarised under a flood: a device can send busy requests faster than anything else.
-        self.events.note("matching_refused", reason, device_id=device_id, path=request.path)
+        self.flood_events.note("matching_refused", reason, device_id=device_id, path=request.path)
         return Problem(
             503,
             "matching-busy",

@@ -203,7 +203,7 @@ class ConnectionServer:
         self.ssl_context = ssl_context
         self.context = context
         self.config = hypercorn_config(settings.keep_alive_s)
-        self.summary = getattr(app, "events", None) or EventSummary()  # one summary for the app's and ours
+        self.summary = getattr(app, "flood_events", None) or EventSummary()  # one summary for the app's and ours
         self.guard = ConnectionGuard(
             descriptor_cap(settings.max_connections),
             settings.max_unauthenticated,
