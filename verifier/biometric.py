@@ -75,6 +75,8 @@ class BiometricRoutes:
         self.challenges = Challenges(conn, ttl_s=settings.nonce_ttl_s)
         self.enrollments = EnrollmentStore(conn, load_or_create_key(settings.enrollment_key))
         self.threshold = threshold_for_fmr(settings.target_fmr)
+        # One search per new template against every other subject: N comparisons, so a stricter rate.
+        self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
         self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s)
@@ -415,7 +417,8 @@ class BiometricRoutes:
                 for probe in probes:
                     budget.check()
                     if len(probe) and any(
-                        other != subject and score >= self.threshold for other, score in gallery.search(probe, top_k=2)
+                        other != subject and score >= self.duplicate_threshold
+                        for other, score in gallery.search(probe, top_k=2)
                     ):
                         duplicate = True
                         break

@@ -50,6 +50,7 @@ COALESCE_MAX_BYTES = 64 * 1024
 ANSWERED_IDLE_S = 0.05  # an unauthenticated connection after its EST answer: closed once the answer is out
 ACCEPT_BACKOFF_S = 0.1  # after an accept error (descriptors, memory): wait, do not spin
 READ_LIMIT = 2**16
+REFUSED_CLOSE_S = 1.0  # a refused connection's close_notify exchange, at most
 
 
 class CoalescingWriter:
@@ -254,7 +255,8 @@ class ConnectionServer:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
                 self.summary.note("connection_refused", "client did not negotiate HTTP/2 (ALPN h2)")
-                transport.abort()
+                transport.close()  # close_notify first: the client learns it was refused, not cut
+                loop.call_later(REFUSED_CLOSE_S, transport.abort)  # a client that never answers holds nothing
                 return
             if ssl_object.getpeercert(binary_form=True):
                 self.guard.authenticated(conn)

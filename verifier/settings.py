@@ -36,6 +36,7 @@ class VerifierSettings:
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
+    duplicate_fmr: float = 1e-6  # enrollment's 1:N search against other subjects: stricter (N comparisons each)
     enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
     renewals_per_hour: int = 4  # certificates a device may be issued per hour (its first one included)
     # Connections (verifier/connections.py): what an unauthenticated flood can hold.
@@ -103,6 +104,8 @@ _POSITIVE = (
 def _checked(settings: VerifierSettings) -> VerifierSettings:
     if not 0 < settings.target_fmr < 0.1:
         raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}: use a rate such as 0.0001")
+    if not 0 < settings.duplicate_fmr < 0.1:
+        raise SettingsError(f"bad value duplicate_fmr = {settings.duplicate_fmr!r}: use a rate such as 0.000001")
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"bad value port = {settings.port!r}: use 0 (a free port) to 65535")
     if settings.match_queue < 0:
