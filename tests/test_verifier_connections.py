@@ -255,3 +255,37 @@ def test_the_guard_evicts_the_oldest_unauthenticated_connection_never_an_authent
     assert refused is None and "device" not in closed
     guard.release(device)
     assert admit("10.0.0.4", "late")[0] is not None
+
+
+def test_an_authenticated_connection_stays_while_used_and_closes_when_idle(tmp_path) -> None:
+    """keep_alive_s counts from the last request: requests keep one connection alive past it, silence ends it."""
+    from tests.test_verifier import device_files
+
+    extra = settings_file(tmp_path, keep_alive_s=1.5)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        _, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+        ctx = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+        tls = ctx.wrap_socket(socket.create_connection((verifier.host, verifier.port)), server_hostname=verifier.host)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        statuses = []
+        for stream in (1, 3, 5, 7, 9):  # one request every 0.8 s for 3.2 s, over the same connection
+            conn.send_headers(stream, request_headers("GET", "/v1/health"), end_stream=True)
+            tls.sendall(conn.data_to_send())
+            tls.settimeout(5.0)
+            done = False
+            while not done:
+                data = tls.recv(65536)
+                if not data:  # closed by the verifier: the test fails on the statuses below
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        statuses.append(int(dict(event.headers)[b":status"]))
+                    done = done or isinstance(event, h2.events.StreamEnded)
+                tls.sendall(conn.data_to_send())
+            time.sleep(0.8)
+        closed_after, _, _ = read_until_closed(tls, conn, 6.0)
+        tls.close()
+    assert statuses == [200] * 5
+    assert closed_after < 1.5 + 1.0, closed_after  # 0.8 s of it had passed already
