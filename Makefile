@@ -8,11 +8,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean system-tools
 
+# The first run spends a while here: say so, and what it is doing, before each long step.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) (first run only)"; \
+		$(PYTHON) -m venv $(VENV); }
+	@echo "make: upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "make: installing the project and its dependencies into $(VENV) (first run, or pyproject.toml changed):"
+	@echo "make:   numpy, opencv, cryptography, httpx, hypercorn... about 30 s to a few minutes, once"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo

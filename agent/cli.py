@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from agent.errors import AgentError
+from agent.options import add_common_arguments
 
 # Modules under agent.commands, each with `register(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -34,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge capture agent: biometric templates made on the device, "
         "sent to the verifier over mutual-TLS HTTP/2.",
     )
-    parser.add_argument(
-        "--config",
-        "-c",
-        default=None,
-        help="TOML configuration file (default: $CAPTURE_AGENT_CONFIG or "
-        "/etc/capture-agent/agent.toml when it exists, else built-in defaults)",
-    )
+    add_common_arguments(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)

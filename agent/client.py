@@ -12,7 +12,10 @@ request it had already handled is not handled twice.
 
 Renewal: :meth:`VerifierClient.replace_identity` builds a new ``httpx`` client on
 the new certificate; requests already running finish on the old one, which is
-closed when its last request ends.
+closed when its last request ends. Before each request the client follows the
+state directory's ``identity`` link (:meth:`VerifierClient.follow_identity`), so
+a renewal or re-provisioning made by another process is picked up without a
+restart (agent/identity.py says why the link is the one owner).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import httpx
 import structlog
 
 from agent.config import AgentConfig
-from agent.errors import TLSPolicyError, TransportError, VerifierError
-from agent.identity import DeviceIdentity
+from agent.errors import AgentError, TLSPolicyError, TransportError, VerifierError
+from agent.handshake import probe_device_certificate, refusal_of_device_certificate
+from agent.identity import DeviceIdentity, IdentityStore
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 
 log = structlog.get_logger()
@@ -64,8 +68,7 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     if isinstance(failure, PolicyViolation):
         return TLSPolicyError(
             f"refused the verifier at {url}: {failure.args[0] if failure.args else failure}",
-            fix="check [verifier] url and spki_pin; the verifier needs a certificate naming its host "
-            "exactly and HTTP/2 enabled",
+            fix=failure.fix or "check [verifier] url and spki_pin",
         )
     reason = getattr(failure, "verify_message", "") or getattr(failure, "reason", "") or str(failure)
     if isinstance(failure, ssl.SSLCertVerificationError):
@@ -139,9 +142,13 @@ class VerifierClient:
         config: AgentConfig,
         identity: DeviceIdentity,
         on_tls_failure: Callable[[str], None] | None = None,
+        on_identity_change: Callable[[DeviceIdentity, DeviceIdentity], None] | None = None,
     ) -> None:
         self.config = config
         self.on_tls_failure = on_tls_failure  # the daemon records an audit event
+        self.on_identity_change = on_identity_change  # (old, new): the daemon audits a switch
+        self.identity_problem: AgentError | None = None  # the link names an identity that does not load
+        self._store = IdentityStore(identity.directory.parent)
         self._current = _Generation(self._build_http(identity), identity)
         self._closing: set[asyncio.Task[None]] = set()
         self.last_tls: dict[str, Any] = {}
@@ -173,6 +180,28 @@ class VerifierClient:
             ),
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=net.keepalive_s),
         )
+
+    async def follow_identity(self) -> DeviceIdentity:
+        """Switch to the identity the state directory's link names now, if another process replaced it.
+
+        One ``readlink`` when nothing changed. An identity that does not load is
+        kept aside in :attr:`identity_problem` (health reports it) and the one
+        held stays in use: it may still work, and nothing is gained by failing now.
+        """
+        held = self._current.identity
+        try:
+            fresh = self._store.changed(held)
+        except AgentError as exc:
+            if self.identity_problem is None or self.identity_problem.message != exc.message:
+                log.warning("identity_unusable", error=exc.message)
+            self.identity_problem = exc
+            return held
+        self.identity_problem = None
+        if fresh is not None:
+            await self.replace_identity(fresh)
+            if self.on_identity_change is not None:
+                self.on_identity_change(held, fresh)
+        return self._current.identity
 
     async def replace_identity(self, identity: DeviceIdentity) -> None:
         """Switch to a renewed certificate; running requests finish on the old client."""
@@ -210,19 +239,34 @@ class VerifierClient:
             all_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
         retries = self.config.network.retries
         attempt = 0
+        await self.follow_identity()
         while True:
             gen = self._current
             gen.in_flight += 1
             try:
                 response = await gen.http.request(method, path, json=json, content=content, headers=all_headers)
             except RETRYABLE as exc:
-                policy = tls_policy_error(exc, self.config.verifier.url)
+                url = self.config.verifier.url
+                # The device refused (expired, revoked, unknown CA) or no shared cipher: no retry helps.
+                policy = refusal_of_device_certificate(exc, gen.identity, url) or tls_policy_error(exc, url)
                 if policy is not None:
                     log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=policy.message)
                     if self.on_tls_failure is not None:
                         self.on_tls_failure(policy.message)
                     raise policy from None
                 if attempt >= retries:
+                    if not isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
+                        # Connected, then closed under us each time: is it this device's certificate?
+                        refused = await asyncio.to_thread(
+                            probe_device_certificate,
+                            gen.identity,
+                            self.config.verifier.host,
+                            self.config.verifier.port,
+                            url,
+                            self.config.network.connect_timeout_s,
+                        )
+                        if refused is not None:
+                            raise refused from None
                     raise TransportError(
                         f"the verifier at {self.config.verifier.url} could not be reached after "
                         f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",

@@ -8,6 +8,8 @@ every bad value stops the agent at start, with the key, the value and the fix.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 import tomllib
@@ -22,6 +24,7 @@ from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/capture-agent/agent.toml")
 CONFIG_ENV = "CAPTURE_AGENT_CONFIG"
+DEFAULT_VERIFIER_PORT = 8443  # the protocol's port (DESIGN.md); a URL without a port means this one
 
 
 def _check(predicate: Callable[[Any], bool], fix: str) -> dict[str, Any]:
@@ -35,7 +38,41 @@ def _positive(value: float) -> bool:
 
 def _https_url(value: str) -> bool:
     parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        return False
     return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
+
+
+def normalise_spki_pin(value: str) -> str | None:
+    """The pin as padded standard base64 of 32 bytes, or None when it is not one.
+
+    Why: a pin copied without its ``=`` padding (or in URL-safe base64) names the
+    same key; comparing it as typed would refuse the right server at connect time.
+    """
+    text = value.strip().rstrip("=").replace("-", "+").replace("_", "/")
+    if not text:
+        return ""
+    try:
+        digest = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        return None
+    return base64.b64encode(digest).decode("ascii") if len(digest) == 32 else None
+
+
+def with_default_port(url: str) -> str:
+    """``https://host`` -> ``https://host:8443``; a URL with a port (or not a URL) is unchanged."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return url
+    if parts.scheme != "https" or not parts.hostname or port is not None:
+        return url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{parts.netloc.rpartition('@')[0]}@{host}" if "@" in parts.netloc else host
+    return parts._replace(netloc=f"{netloc}:{DEFAULT_VERIFIER_PORT}").geturl()
 
 
 @dataclass(frozen=True)
@@ -55,11 +92,18 @@ class VerifierSection:
     spki_pin: str = field(
         default="",
         metadata=_check(
-            lambda v: v == "" or len(v.rstrip("=")) == 43,
-            "give the base64 SHA-256 of the server's SubjectPublicKeyInfo "
-            "(`capture-agent doctor` prints it), or leave it empty",
+            lambda v: v.strip() == "" or normalise_spki_pin(v) is not None,
+            "give the base64 SHA-256 of the server's SubjectPublicKeyInfo: 44 characters ending in '=' "
+            '(`capture-agent doctor` prints it as "server SPKI pin"), or leave it empty',
         ),
     )
+
+    def __post_init__(self) -> None:
+        # The protocol's port is 8443 (DESIGN.md), not https's 443: a URL typed without a
+        # port means the verifier's port, never a silent 443 that fails with a bare ConnectError.
+        object.__setattr__(self, "url", with_default_port(self.url))
+        # One spelling of the pin: the padded base64 the TLS check compares with.
+        object.__setattr__(self, "spki_pin", normalise_spki_pin(self.spki_pin) or "")
 
     @property
     def host(self) -> str:
@@ -67,7 +111,7 @@ class VerifierSection:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 443
+        return urlsplit(self.url).port or DEFAULT_VERIFIER_PORT
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from agent.client import VerifierClient
 from agent.config import AgentConfig, load_config
 from agent.delivery import EventDelivery
 from agent.errors import AgentError
-from agent.identity import IdentityStore
+from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.localapi import LocalAPI
@@ -85,6 +85,7 @@ class AgentDaemon:
             self.config,
             identity,
             on_tls_failure=lambda reason: self.record("tls_handshake_failed", {"url": url, "reason": reason}),
+            on_identity_change=self._identity_switched,
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
         reader_status = "no reader configured"
@@ -110,13 +111,43 @@ class AgentDaemon:
                 self.config.api.socket,
                 lambda emit: CaptureSession(reader.module, client, emit=emit),
                 group=self.config.api.group,
-                health=lambda: {"reader": reader.status, "reader_connected": reader.connected},
+                health=lambda: self._health(reader),
                 record=self.record,
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
         self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {reader_status}")
         log.info("agent_ready", device_id=identity.device_id, verifier=url)
+
+    def _identity_switched(self, old: DeviceIdentity, new: DeviceIdentity) -> None:
+        """Another process renewed or re-provisioned: the client follows; the audit trail says so."""
+        self.record(
+            "identity_switched",
+            {
+                "old_device_id": old.device_id,
+                "old_serial": old.serial_hex,
+                "device_id": new.device_id,
+                "serial": new.serial_hex,
+            },
+        )
+        self.status(f"ready: device {new.device_id}, certificate serial {new.serial_hex}")
+
+    async def _health(self, reader: ReaderSupervisor) -> dict[str, Any]:
+        """The local API's /health: the reader, and whether the device identity can sign now."""
+        assert self.client is not None
+        identity = await self.client.follow_identity()
+        facts: dict[str, Any] = {
+            "reader": reader.status,
+            "reader_connected": reader.connected,
+            "device_id": identity.device_id,
+            "certificate_serial": identity.serial_hex,
+            "certificate_not_after": identity.not_after.isoformat(),
+        }
+        problem = identity_problem(identity, self.client.identity_problem)
+        facts["identity"] = "ok" if problem is None else "cannot_sign"
+        if problem is not None:
+            facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
+        return facts
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coroutine, name=name))
@@ -135,6 +166,7 @@ class AgentDaemon:
         failures = 0
         while True:
             assert self.client is not None
+            await self.client.follow_identity()  # renewed by `capture-agent renew` meanwhile? a new schedule
             wait = seconds_until_renewal(self.client.identity, self.config)
             if wait > 0:
                 await asyncio.sleep(min(wait, LONG_SLEEP_CAP_S))

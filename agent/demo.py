@@ -91,8 +91,7 @@ async def _device_story(verifier: LocalVerifier, work: Path) -> dict[str, str]:
         say(f"health after renew {after.get('status')} as {after.get('device_id')}")
 
     rows = await biometric_story(config, renewed, work, step, say)
-    step("Latency table")
-    latency_table(rows, say)
+    latency_table(rows, say)  # under biometric_story's last heading, "Decision latency by phase"
     return {
         "device": ident.device_id,
         "tls": f"{tls.get('tls_version')} {tls.get('cipher')}",

@@ -84,11 +84,13 @@ async def biometric_story(
 ) -> list[dict[str, float]]:
     from drivers.zfm.driver import ZfmModule
 
+    step("People at a simulated sensor: an R307 serial module on a pseudo-terminal (capture-simulator)")
     simulator, port = start_simulator(work)
     person = Person(simulator, say)
     try:
         with ZfmModule(port) as reader:
-            say(f"simulated R307 module on {port}: {reader.profile.image_width}x{reader.profile.image_height}")
+            size = f"{reader.profile.image_width}x{reader.profile.image_height}"
+            say(f"module on {port}: {size} pixels, opened by the driver")
             async with VerifierClient(config, identity) as client:
 
                 def session() -> CaptureSession:
@@ -135,7 +137,7 @@ async def biometric_story(
                 except VerifierError as exc:
                     say(f"replay: refused ({exc.status}: {exc.problem.get('detail')})")
 
-                step("Decision latency by phase (5 genuine verifications)")
+                step("Decision latency by phase (5 genuine verifications; the table follows them)")
                 rows = []
                 for impression in range(5, 10):
                     person.will_use((1, impression), quiet=True)

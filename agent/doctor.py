@@ -112,7 +112,7 @@ def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetim
             "certificate expiry",
             False,
             f"expired on {identity.not_after:%Y-%m-%d %H:%M} UTC",
-            "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision`)",
+            "re-provision with a new token (`capture-verifier token new`, then `capture-agent provision --force`)",
         )
     lifetime = identity.not_after - identity.not_before
     overdue_at = identity.not_before + lifetime * (config.renewal.at_fraction + config.renewal.jitter_fraction)
@@ -162,13 +162,14 @@ async def _check_live(report: DoctorReport, config: AgentConfig, identity: Devic
         "verifier (live mTLS call)",
         True,
         f"{config.verifier.url}: {tls.get('tls_version')}, {tls.get('cipher')}, ALPN {tls.get('alpn')}, "
-        f"server certificate valid until {tls.get('server_cert_not_after', '?')}",
+        f"server certificate valid until {tls.get('server_cert_not_after', '?')}; "
+        f"server SPKI pin {tls.get('server_spki_sha256', '?')} (for [verifier] spki_pin)",
     )
 
 
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
-    report.add("config", True, f"loaded from {config.source}")
+    report.add("config", True, f"loaded from {config.source}; verifier {config.verifier.url}")
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
     identity = _check_identity(report, config)

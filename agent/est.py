@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from agent.client import VerifierClient, problem_error, tls_policy_error
 from agent.errors import ProvisioningError, VerifierError
+from agent.handshake import refusal_of_device_certificate
 from agent.tls import bootstrap_context, client_context
 
 CACERTS = "/.well-known/est/cacerts"
@@ -60,7 +61,7 @@ async def _bootstrap_call(
         try:
             response = await http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            policy = tls_policy_error(exc, base_url)
+            policy = refusal_of_device_certificate(exc, None, base_url) or tls_policy_error(exc, base_url)
             if policy is not None:
                 raise ProvisioningError(policy.message, fix=policy.fix) from None
             raise ProvisioningError(

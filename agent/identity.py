@@ -12,17 +12,30 @@ Why a folder per certificate and a symlink: key and certificate must change
 together. Writing both into a fresh folder and then renaming one symlink over the
 old one is atomic, so a power cut during provisioning or renewal leaves either the
 old pair or the new pair, never a key that does not match its certificate.
+
+Who owns it: the state directory's ``identity`` link is the one truth. Whoever
+renews or re-provisions (the daemon on its schedule, `capture-agent renew` or
+`provision --force` from a shell) writes a new folder and renames the link, under
+the ``identity.lock`` file lock so two renewals never race. A running daemon
+*follows* the link: its client compares the link's target with the identity it
+holds before every request (one ``readlink``), loads the new one and switches to
+it (:meth:`IdentityStore.changed`). A loaded identity keeps its key in memory, so
+a request already signed or running with the old one finishes even after its
+folder is gone; the verifier honours the previous certificate for a grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +50,7 @@ CURRENT_LINK = "identity"
 KEY_FILE = "device.key"
 CERT_FILE = "device.pem"
 CA_FILE = "ca.pem"
+LOCK_FILE = "identity.lock"
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -84,6 +98,8 @@ class DeviceIdentity:
     certificate: x509.Certificate
     ca_certificates: tuple[x509.Certificate, ...]
     passphrase: bytes = field(repr=False)
+    # Decrypted once at load: signing must not depend on a folder a renewal may have removed.
+    key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False, compare=False)
 
     @property
     def cert_path(self) -> Path:
@@ -114,7 +130,9 @@ class DeviceIdentity:
         return self.certificate.not_valid_after_utc
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
-        """Decrypt the key into memory, for signing request bodies."""
+        """The key for signing request bodies: the one loaded with this identity, else decrypted now."""
+        if self.key is not None:
+            return self.key
         key = serialization.load_pem_private_key(self.key_path.read_bytes(), self.passphrase)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise IdentityError("the device key is not an EC key", fix="re-provision the device")
@@ -223,7 +241,12 @@ class IdentityStore:
             ) from None
         identity = DeviceIdentity(folder, cert, cas, passphrase)
         try:
-            identity.private_key()
+            identity = DeviceIdentity(folder, cert, cas, passphrase, identity.private_key())
+        except OSError as exc:
+            raise IdentityError(
+                f"the device key in {folder} is unreadable: {exc}",
+                fix="re-provision the device with a new token",
+            ) from None
         except (ValueError, TypeError):
             raise IdentityError(
                 "the device key does not open with the key-encryption key from the keyring",
@@ -232,9 +255,78 @@ class IdentityStore:
             ) from None
         return identity
 
+    def current_name(self) -> str | None:
+        """The folder the ``identity`` link names now (one readlink), or None without one."""
+        try:
+            return os.readlink(self.current)
+        except OSError:
+            return None
+
+    def changed(self, held: DeviceIdentity) -> DeviceIdentity | None:
+        """The identity the link names now, if it is not ``held`` (renewed or re-provisioned elsewhere).
+
+        Cheap when nothing changed (one readlink). Raises :class:`IdentityError`
+        when the link names an identity that does not load.
+        """
+        name = self.current_name()
+        if name is None:
+            raise IdentityError(
+                f"the device identity in {self.state_dir} is gone (no `{CURRENT_LINK}` link)",
+                fix="re-provision the device with a new token",
+            )
+        if Path(name).name == held.directory.name:
+            return None
+        return self.load(held.passphrase)
+
+    def _lock_for_writing(self) -> int:
+        self.ensure_state_dir()
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process renews or provisions
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Hold ``identity.lock`` while replacing the identity: one renewal or provisioning at a time.
+
+        The wait happens in a thread, so a daemon's event loop (and its watchdog) keeps running.
+        """
+        fd = await asyncio.to_thread(self._lock_for_writing)
+        try:
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def load_ca_certificates(self) -> tuple[x509.Certificate, ...]:
         """The trusted CA certificates, without needing the KEK (for doctor)."""
         return tuple(x509.load_pem_x509_certificates((self.current / CA_FILE).read_bytes()))
 
     def load_certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate((self.current / CERT_FILE).read_bytes())
+
+
+def identity_problem(identity: DeviceIdentity, pending: IdentityError | None = None) -> IdentityError | None:
+    """Why this identity cannot sign a request the verifier accepts now, or None.
+
+    ``pending`` is a failure to follow the state directory (its identity gone or
+    unreadable); then a signature check with the key in memory, then the expiry.
+    """
+    if pending is not None:
+        return pending
+    try:
+        key = identity.private_key()
+        key.sign(b"capture-agent health", ec.ECDSA(hashes.SHA256()))
+        if key.public_key().public_numbers() != identity.certificate.public_key().public_numbers():
+            raise ValueError("the key does not match the certificate")
+    except (OSError, ValueError, TypeError, IdentityError) as exc:
+        return IdentityError(f"the device key cannot sign: {exc}", fix="re-provision the device with a new token")
+    now = dt.datetime.now(dt.UTC)
+    if now >= identity.not_after:
+        return IdentityError(
+            f"the device certificate expired on {identity.not_after:%Y-%m-%d %H:%M} UTC",
+            fix="re-provision with a new token (`capture-verifier token new`, then `capture-agent provision --force`)",
+        )
+    return None

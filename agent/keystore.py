@@ -145,12 +145,25 @@ def load_kek(config: AgentConfig, *, create: bool = False) -> str:
             f"the keyring backend {config.keyring.backend!r} failed: {type(exc).__name__}",
             fix="check the keyring backend in [keyring] and that the agent's user can use it",
         ) from None
+    if kek is None and create and config.keyring.backend == "systemd-credentials":
+        raise KeyringError(
+            f'no key-encryption key: [keyring] backend = "systemd-credentials" reads the systemd credential '
+            f"{name!r}, and this process has none (CREDENTIALS_DIRECTORY="
+            f"{os.environ.get('CREDENTIALS_DIRECTORY', 'unset')}); the agent cannot create it",
+            fix=f"on a device, make it with `systemd-creds encrypt --name={name} - "
+            f"/etc/credstore.encrypted/{name}` and provision under `systemd-run ... -p "
+            f"LoadCredentialEncrypted={name}` (README, 'Provisioning a device'); for development only, "
+            'set [keyring] backend = "file-insecure-dev" in the config (INSECURE: the key sits in a plain file)',
+        )
     if kek is None and create:
         kek = new_kek()
         try:
             backend.set_password(KEK_SERVICE, name, kek)
         except PasswordSetError as exc:
-            raise KeyringError(f"cannot store a new key-encryption key: {exc}", fix=str(exc)) from None
+            raise KeyringError(
+                f"the {config.keyring.backend} keyring cannot store a new key-encryption key: {exc}",
+                fix='choose a writable keyring in [keyring] backend, or "file-insecure-dev" for development',
+            ) from None
         log.info("kek_created", key_backend=config.keyring.backend)
     if kek is None:
         if config.keyring.backend == "systemd-credentials":

@@ -11,7 +11,8 @@ module is the thin shell and the routes:
                                     adds templates to an enrolled subject after they verify)
     GET    /sessions/{id}/events   text/event-stream: prompt, progress, step_up, result | error
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
-    GET    /health                 reader and session state
+    GET    /health                 reader, session and identity state ("degraded" when the
+                                   device identity cannot sign or has expired)
 
 One sensor, one session at a time: a second POST while one runs is a 409.
 """
@@ -21,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ class LocalAPI:
         socket_path: Path,
         make_session: Callable[[Callable[[dict[str, Any]], None]], Any],
         group: str = "",
-        health: Callable[[], dict[str, Any]] | None = None,
+        health: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         record: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
@@ -188,7 +190,10 @@ class LocalAPI:
         parts = [p for p in path.split("/") if p]
         try:
             if method == "GET" and parts == ["health"]:
-                await self._json(conn, writer, 200, {"status": "ok", "busy": self._busy(), **self.health()})
+                extra = self.health()
+                if inspect.isawaitable(extra):
+                    extra = await extra
+                await self._json(conn, writer, 200, {"status": "ok", "busy": self._busy(), **extra})
             elif method == "POST" and parts == ["sessions"]:
                 try:
                     payload = json.loads(body or b"{}")

@@ -36,6 +36,9 @@ from agent.audit import ChainHead, make_event
 
 log = structlog.get_logger()
 
+RESERVED_LOG_KEYS = frozenset({"event", "level", "timestamp", "audit", "seq", "type", "logger"})
+PROBLEM_WORDS = ("fault", "failed", "refused", "unplugged", "dropped")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     rowid      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,7 +115,12 @@ class Outbox:
             raise
         if dropped:
             log.warning("outbox_dropped", audit=True, **dropped)
-        log.info("audit_event", audit=True, seq=event["seq"], type=kind)
+        # The daemon's log says what happened, not only that something did: the event's own fields
+        # (port, error, fix of a reader fault...) go with it. Audit data never holds secrets, and the
+        # log filter redacts anything that looks like one.
+        fields = {k: v for k, v in (data or {}).items() if k not in RESERVED_LOG_KEYS}
+        level = log.warning if any(word in kind for word in PROBLEM_WORDS) else log.info
+        level("audit_event", audit=True, seq=event["seq"], type=kind, **fields)
         return event
 
     def _append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig
 from agent.errors import ProvisioningError
@@ -36,6 +37,36 @@ log = structlog.get_logger()
 class ProvisionResult:
     identity: DeviceIdentity
     ca_fingerprint: str
+    replaced: str = ""  # what a forced re-provisioning replaced, in words; "" for a first identity
+
+
+def describe_existing(store: IdentityStore) -> str:
+    """The identity already in the state directory, in words ("" if none): what --force would replace."""
+    if not store.exists():
+        return ""
+    try:
+        cert = store.load_certificate()
+    except (OSError, ValueError):
+        return "an unreadable identity"
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    device_id = str(names[0].value) if names else "?"
+    return (
+        f"device {device_id}, certificate serial {cert.serial_number:x}, "
+        f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def refuse_silent_replacement(store: IdentityStore, force: bool) -> str:
+    """Re-provisioning replaces the device's identity: only when asked, and saying what goes."""
+    existing = describe_existing(store)
+    if existing and not force:
+        raise ProvisioningError(
+            f"this device already has an identity in {store.state_dir} ({existing}); provisioning again "
+            "would replace it",
+            fix="to replace it, run the same command with --force (a running daemon switches to the new identity); "
+            "to keep it, do nothing: `capture-agent doctor` checks it, `capture-agent renew` renews it",
+        )
+    return existing
 
 
 def select_ca(certs: list, expected_fingerprint: str):  # type: ignore[type-arg]
@@ -57,9 +88,11 @@ def select_ca(certs: list, expected_fingerprint: str):  # type: ignore[type-arg]
     )
 
 
-async def provision(config: AgentConfig, token: str, ca_fingerprint: str) -> ProvisionResult:
+async def provision(config: AgentConfig, token: str, ca_fingerprint: str, *, force: bool = False) -> ProvisionResult:
+    """Provision; an identity already there is replaced only with ``force`` (checked before the token is sent)."""
     url = config.verifier.url
     store = IdentityStore(config.agent.state_dir)
+    replaced = refuse_silent_replacement(store, force)
     store.ensure_state_dir()
     kek = load_kek(config, create=True)
     log.info("provision_started", verifier=url)
@@ -68,7 +101,8 @@ async def provision(config: AgentConfig, token: str, ca_fingerprint: str) -> Pro
     log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca))
     key = generate_key()
     certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
-    identity = store.write(key, certificate, [ca], kek.encode())
+    async with store.writing():  # never half-way through a renewal by the daemon
+        identity = store.write(key, certificate, [ca], kek.encode())
     log.info(
         "certificate_issued",
         audit=True,
@@ -76,4 +110,6 @@ async def provision(config: AgentConfig, token: str, ca_fingerprint: str) -> Pro
         serial=identity.serial_hex,
         not_after=identity.not_after.isoformat(),
     )
-    return ProvisionResult(identity, certificate_fingerprint(ca))
+    if replaced:
+        log.info("identity_replaced", audit=True, replaced=replaced, device_id=identity.device_id)
+    return ProvisionResult(identity, certificate_fingerprint(ca), replaced)

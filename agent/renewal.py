@@ -38,13 +38,20 @@ def seconds_until_renewal(identity: DeviceIdentity, config: AgentConfig, now: dt
 
 
 async def renew(config: AgentConfig, client: VerifierClient) -> DeviceIdentity:
-    """Renew now: new key, simplereenroll, atomic write, hot swap of the client."""
-    old = client.identity
-    key = generate_key()
-    certificate = await simple_reenroll(client, build_csr(key, old.device_id))
+    """Renew now: new key, simplereenroll, atomic write, hot swap of the client.
+
+    Under the identity lock, and from the identity the state directory holds now:
+    if another process renewed meanwhile, this renews *that* certificate rather
+    than re-enrolling with a superseded one.
+    """
     store = IdentityStore(config.agent.state_dir)
-    new = store.write(key, certificate, old.ca_certificates, old.passphrase)
-    await client.replace_identity(new)
+    async with store.writing():
+        await client.follow_identity()
+        old = client.identity
+        key = generate_key()
+        certificate = await simple_reenroll(client, build_csr(key, old.device_id))
+        new = store.write(key, certificate, old.ca_certificates, old.passphrase)
+        await client.replace_identity(new)
     log.info(
         "certificate_renewed",
         audit=True,

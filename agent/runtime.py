@@ -10,12 +10,9 @@ from agent.config import AgentConfig, load_config
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.keystore import load_kek
 from agent.logs import configure_logging
+from agent.options import add_common_arguments
 
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Overrides an installer often needs without editing the file."""
-    parser.add_argument("--state-dir", help="override [agent] state_dir")
-    parser.add_argument("--verifier", help="override [verifier] url, e.g. https://HOST:8443")
+__all__ = ["add_common_arguments", "config_from_args", "load_identity", "open_client"]
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

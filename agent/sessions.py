@@ -166,8 +166,10 @@ class CaptureSession:
     async def _signed_call(self, path: str, **fields: Any) -> dict[str, Any]:
         started = time.perf_counter()
         timing: dict[str, float] = {}
-        key = self.client.identity.private_key()
-        body = sign_request(key, "POST", path, {"nonce": await self._nonce(), **fields})
+        nonce = await self._nonce()
+        # Sign with the identity the request will go out with: follow a renewal made meanwhile first.
+        key = (await self.client.follow_identity()).private_key()
+        body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
         try:
             try:
                 return await self.client.call("POST", path, json=body, timing=timing)

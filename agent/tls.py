@@ -31,7 +31,11 @@ ALPN_H2 = "h2"
 
 
 class PolicyViolation(ssl.SSLCertVerificationError):
-    """The server completed a handshake that the agent's policy refuses."""
+    """The server completed a handshake that the agent's policy refuses; ``fix`` says what to change."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -69,22 +73,26 @@ def enforce_policy(conn: ssl.SSLObject | ssl.SSLSocket, policy: ServerPolicy) ->
     if not der:
         raise PolicyViolation("the verifier presented no certificate")
     if policy.refuse_wildcards:
-        wild = [name for name in _names(peer) if "*" in name]
+        wild = list(dict.fromkeys(name for name in _names(peer) if "*" in name))  # SAN and CN often repeat it
         if wild:
             raise PolicyViolation(
-                f"the verifier's certificate is a wildcard certificate ({', '.join(wild)}); "
-                "the agent only accepts a certificate naming the verifier host exactly"
+                f"the verifier's certificate is a wildcard certificate ({', '.join(wild)})",
+                fix="give the verifier a certificate issued for its own host name (the one in [verifier] url); "
+                "the agent never accepts a wildcard",
             )
     if policy.spki_pin:
         seen = _spki_pin_of(der)
         if not hmac.compare_digest(seen.encode(), policy.spki_pin.encode()):
             raise PolicyViolation(
                 f"the verifier's public key does not match the configured SPKI pin "
-                f"(expected {policy.spki_pin}, got {seen})"
+                f"(expected {policy.spki_pin}, got {seen})",
+                fix="if the verifier's key was changed on purpose, set [verifier] spki_pin to the new pin "
+                "(`capture-agent doctor` prints it); otherwise do not connect: this may not be your verifier",
             )
     if policy.require_h2 and conn.selected_alpn_protocol() != ALPN_H2:
         raise PolicyViolation(
-            f"the verifier did not negotiate HTTP/2 with ALPN (got {conn.selected_alpn_protocol()!r})"
+            f"the verifier did not negotiate HTTP/2 with ALPN (got {conn.selected_alpn_protocol()!r})",
+            fix="enable HTTP/2 (ALPN h2) on the verifier, or on the proxy in front of it",
         )
 
 

@@ -46,6 +46,18 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
     findings = []
     for path in sorted(set(ports) | set(extra)):
         info = ports.get(path)
+        if not os.path.exists(path):  # a port asked for by name that is not there: not a permission matter
+            findings.append(
+                Finding(
+                    "serial",
+                    path,
+                    False,
+                    "does not exist",
+                    fix="check the name (`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*` lists the ports there are); "
+                    "a USB adapter that is unplugged has no port: plug it in",
+                )
+            )
+            continue
         adapter = USB_SERIAL_ADAPTERS.get((info.vid, info.pid)) if info and info.vid else None
         finding = Finding("serial", path, _may_open(path), adapter or (info.description if info else ""))
         if not finding.accessible:

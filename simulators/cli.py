@@ -1,13 +1,23 @@
 """`capture-simulator zfm --model r307`: a simulated serial module for a test rig.
 
 Prints one JSON line with the port to open, then serves until SIGTERM or Ctrl-C.
-A finger from the synthetic generator, or from a folder of ``F_I.tif`` images
-(``--images``), can be left on the sensor (``--finger``), and a rig scripts the person at the sensor by
-writing lines to standard input:
+A finger from the synthetic generator, or from a folder of F_I.tif images
+(--images), can be left on the sensor (--finger), and a rig scripts the person
+at the sensor by writing lines to standard input:
 
     place FINGER [IMPRESSION]     put a finger on the sensor (default: its first impression)
     lift                          take it off
     unplug | replug               pull the module out, plug it back
+    list [COUNT]                  print the fingers there are, one JSON line each, on stdout
+
+People and fingers: the simulator knows fingers, not people. Every finger
+number is a different finger (with --images: the F of F_I.tif); its
+impressions 0, 1, 2... are different placements of that same finger. A rig
+makes each person from finger numbers of their own, two per person since a
+step-up asks for another finger: ana = fingers 0 and 1, dan = 2 and 3. Enroll
+with `place 0 0`, `place 0 1`, then `place 1 0`, `place 1 1`; verify with a
+fresh impression (`place 0 2`). Another --seed gives other fingers.
+`capture-simulator zfm --list-fingers` lists them (class, minutiae).
 """
 
 from __future__ import annotations
@@ -45,8 +55,38 @@ def _commands(sim, source: object) -> None:
             sim.unplug()
         elif words[0] == "replug":
             sim.replug()
+        elif words[0] == "list":
+            count = int(words[1]) if len(words) > 1 and words[1].isdigit() else DEFAULT_LIST_COUNT
+            for entry in finger_list(source, count):
+                print(json.dumps({"event": "finger", **entry}), flush=True)
         else:
             print(json.dumps({"event": "unknown_command", "line": line.strip()}), file=sys.stderr, flush=True)
+
+
+DEFAULT_LIST_COUNT = 8
+
+
+def finger_list(source: object, count: int = DEFAULT_LIST_COUNT) -> list[dict[str, object]]:
+    """The fingers a rig may place: from a folder, all of them with their impressions; from the generator,
+    the first ``count`` (it has as many as asked for), with their pattern class and minutiae count."""
+    keys = getattr(source, "keys", None)
+    if keys is not None:  # a folder of F_I.tif images
+        found: dict[int, list[int]] = {}
+        for finger, impression in keys():
+            found.setdefault(finger, []).append(impression)
+        return [{"finger": f, "impressions": found[f]} for f in sorted(found)]
+    fingers = []
+    for finger_id in range(count):
+        finger = source.finger(finger_id)  # type: ignore[attr-defined]
+        fingers.append(
+            {
+                "finger": finger_id,
+                "class": finger.finger_class,
+                "minutiae": len(finger.minutiae),
+                "impressions": "0, 1, 2, ... (each a new placement)",
+            }
+        )
+    return fingers
 
 
 def _first_impression(source: object, finger: int) -> int:
@@ -61,9 +101,15 @@ def _first_impression(source: object, finger: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="capture-simulator", description=__doc__)
+    raw = argparse.RawDescriptionHelpFormatter  # keep the command list and paragraphs as written
+    parser = argparse.ArgumentParser(prog="capture-simulator", description=__doc__, formatter_class=raw)
     sub = parser.add_subparsers(dest="device", required=True)
-    zfm = sub.add_parser("zfm", help="a ZFM / R30x / R50x / AS608 module on a pseudo-terminal")
+    zfm = sub.add_parser(
+        "zfm",
+        help="a ZFM / R30x / R50x / AS608 module on a pseudo-terminal",
+        description=__doc__,
+        formatter_class=raw,
+    )
     zfm.add_argument("--model", default="r307", choices=sorted(PROFILES))
     zfm.add_argument("--link", help="stable path (a symlink) for the port, kept across unplug/replug")
     zfm.add_argument("--password", type=lambda v: int(v, 0), default=0)
@@ -72,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     zfm.add_argument("--finger", type=int, help="leave this finger on the sensor")
     zfm.add_argument("--impression", type=int, help="which impression of --finger (default: the first)")
     zfm.add_argument("--real-speed", action="store_true", help="pace output at the real baud rate")
+    zfm.add_argument(
+        "--list-fingers",
+        action="store_true",
+        help="print the fingers there are (one JSON line each) and exit, without serving",
+    )
+    zfm.add_argument(
+        "--count", type=int, default=DEFAULT_LIST_COUNT, help="how many synthetic fingers --list-fingers shows"
+    )
     args = parser.parse_args(argv)
     # stdout carries the one JSON line a rig reads; logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
@@ -83,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = FolderFingerSource(args.images) if args.images else FingerGenerator(args.seed)
     except FileNotFoundError as exc:
         parser.error(str(exc))
+    if args.list_fingers:
+        for entry in finger_list(source, args.count):
+            print(json.dumps(entry), flush=True)
+        return 0
     sim = SimulatedModule(
         args.model,
         link=Path(args.link) if args.link else None,

@@ -26,7 +26,14 @@ def test_provision_then_doctor_then_health(verifier, tmp_path) -> None:
     assert doctor.returncode == 0, doctor.stdout
     assert "TLSv1.3" in doctor.stdout and "ALPN h2" in doctor.stdout
     again = agent_cli(
-        "--config", str(config_file), "provision", "--token", token, "--ca-fingerprint", verifier.ca_fingerprint
+        "--config",
+        str(config_file),
+        "provision",
+        "--force",
+        "--token",
+        token,
+        "--ca-fingerprint",
+        verifier.ca_fingerprint,
     )
     assert again.returncode == 2
     assert again.stderr.count("fix:") == 1 and "token new" in again.stderr

@@ -29,3 +29,19 @@ def test_the_demo_tells_the_whole_story() -> None:
     ):
         assert needle in out, needle
     assert "UNEXPECTED" not in out
+    # Every heading has its own lines under it, in the story's order (issue 11, item 14).
+    sections: dict[str, list[str]] = {}
+    heading = ""
+    for line in out.splitlines():
+        if line.startswith("== "):
+            heading = line[3:]
+            sections[heading] = []
+        elif line.strip() and heading:
+            sections[heading].append(line.strip())
+    assert all(sections.values()), [name for name, lines in sections.items() if not lines]
+    latency = next(lines for name, lines in sections.items() if name.startswith("Decision latency by phase"))
+    assert latency[0].split() == ["phase", "median", "ms", "max", "ms"], latency
+    renewal = next(lines for name, lines in sections.items() if name.startswith("Renewal"))
+    assert not any("module on" in line for line in renewal)
+    sensor = next(lines for name, lines in sections.items() if name.startswith("People at a simulated sensor"))
+    assert sensor[0].startswith("module on ")

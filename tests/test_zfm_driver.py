@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
+import pwd
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from drivers.zfm.errors import (
     FingerTimeoutError,
     NoReplyError,
     PortMissingError,
+    PortPermissionError,
     UnpluggedError,
     WrongPasswordError,
 )
@@ -115,27 +115,53 @@ def test_missing_port(tmp_path) -> None:
         ZfmModule(str(tmp_path / "nothing")).open()
 
 
+def _as_nobody(action: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    """Run ``action`` in a forked child that has dropped to the user nobody; (exit code, its text).
+
+    Why fork rather than exec a new Python as nobody: the checkout (and often the
+    interpreter, e.g. pyenv under /root) may sit in a folder only its owner can
+    read, mode 0700, so nobody could neither import the project nor start Python.
+    The child inherits the modules already in memory and touches no file but the port.
+    """
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            code, text = action()
+            os.write(write_end, text.encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+
+
 def test_permission_denied_names_dialout_and_udev(zfm_sim) -> None:
     """Opened as an unprivileged user, as the daemon runs: the pty is root's, mode 0620."""
-    probe = (
-        "import sys\nfrom drivers.zfm.driver import ZfmModule\nfrom drivers.zfm.errors import PortPermissionError\n"
-        f"try:\n    ZfmModule({os.path.realpath(zfm_sim.port)!r}).open()\nexcept PortPermissionError as e:\n"
-        "    print(e.fix); sys.exit(3)\n"
-    )
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to an unprivileged user")
-    setpriv = shutil.which("setpriv")
-    assert setpriv, "setpriv (util-linux) is part of every Debian"
-    result = subprocess.run(
-        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=os.getcwd(),
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    assert result.returncode == 3, result.stderr
-    assert ("dialout" in result.stdout and "udev" in result.stdout.lower()) or "60-capture-agent.rules" in result.stdout
+    port = os.path.realpath(zfm_sim.port)
+
+    def open_as_nobody() -> tuple[int, str]:
+        try:
+            ZfmModule(port).open()
+        except PortPermissionError as exc:
+            return 3, exc.fix
+        return 0, "opened"
+
+    code, fix = _as_nobody(open_as_nobody)
+    assert code == 3, fix
+    assert ("dialout" in fix and "udev" in fix.lower()) or "60-capture-agent.rules" in fix
 
 
 def test_baud_rate_raised_and_templates_moved(module, zfm_sim) -> None:

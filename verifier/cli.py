@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import errno
 import json
 import re
 import sys
@@ -30,7 +32,11 @@ UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class CLIError(Exception):
-    """A usage error, printed as `error:` with its fix."""
+    """A usage error, printed as an `error:` line and a `fix:` line (README: every error names its fix)."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 def parse_duration(text: str) -> float:
@@ -65,8 +71,8 @@ def settings_from(args: argparse.Namespace) -> VerifierSettings:
 def _need_pki(settings: VerifierSettings) -> None:
     if not settings.ca_file.exists():
         raise CLIError(
-            f"no CA in {settings.pki_dir}: run `capture-verifier pki init {settings.pki_dir}` first, "
-            "or point --pki at your PKI folder"
+            f"no CA in {settings.pki_dir}",
+            fix=f"run `capture-verifier pki init {settings.pki_dir}` first, or point --pki at your PKI folder",
         )
 
 
@@ -75,9 +81,9 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
     try:
         ca = init_pki(directory, args.server_name or ("localhost", "127.0.0.1"))
     except FileExistsError as exc:
-        raise CLIError(f"{exc}; use another folder, or delete it to start over") from None
+        raise CLIError(str(exc), fix="use another folder, or delete it to start over") from None
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), fix="give --server-name a host name or an IP address") from None
     print(f"development PKI created in {directory}")
     print(f"CA fingerprint (SHA-256): {fingerprint(ca.cert)}")
     print("private keys (ca.key, server.key) are 0600: never commit or copy them off this host")
@@ -102,7 +108,7 @@ def cmd_token_new(args: argparse.Namespace) -> int:
     try:
         token, device_id = tokens.new(args.device, args.ttl)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), fix="give --device a name of letters, digits, '.', '_' or '-'") from None
     ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
     print(f"token: {token}")
     print(f"device: {device_id}")
@@ -124,6 +130,8 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         groups = rules.groups(device["device_id"])
         device["operations"] = rules.operations(device["device_id"])
         device["groups"] = "*" if groups is None else sorted(groups)
+        if isinstance(device.get("not_after"), int | float):  # stored as epoch seconds; people read dates
+            device["not_after"] = dt.datetime.fromtimestamp(device["not_after"], dt.UTC).isoformat(timespec="seconds")
         print(json.dumps(device))
     return 0
 
@@ -131,7 +139,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 def cmd_device_revoke(args: argparse.Namespace) -> int:
     _, _, registry = _app_store(settings_from(args))
     if not registry.revoke(args.device_id):
-        raise CLIError(f"no active device {args.device_id!r}: see `capture-verifier device list`")
+        raise CLIError(f"no active device {args.device_id!r}", fix="see `capture-verifier device list --pki DIR`")
     structlog.get_logger().info("device_revoked", audit=True, device_id=args.device_id)
     print(f"revoked {args.device_id}")
     return 0
@@ -145,7 +153,9 @@ def cmd_device_allow(args: argparse.Namespace) -> int:
     from verifier.policy import AccessRules
 
     if args.operations is None and args.groups is None:
-        raise CLIError("say what the device may do: --operations enroll,verify,identify and/or --groups staff,...")
+        raise CLIError(
+            "say what the device may do", fix="add --operations enroll,verify,identify and/or --groups staff,..."
+        )
     conn, _, _ = _app_store(settings_from(args))
     rules = AccessRules(conn)
     try:
@@ -154,7 +164,7 @@ def cmd_device_allow(args: argparse.Namespace) -> int:
         if args.groups is not None:
             rules.set_groups(args.device_id, None if args.groups.strip() == "*" else _comma_list(args.groups))
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), fix="operations: enroll, verify, identify; groups: names or '*'") from None
     operations, groups = rules.operations(args.device_id), rules.groups(args.device_id)
     group_text = "any group" if groups is None else ", ".join(sorted(groups)) or "no group"
     structlog.get_logger().info(
@@ -173,7 +183,7 @@ def cmd_subject_group(args: argparse.Namespace) -> int:
     from verifier.subjects import SubjectGroups
 
     if not GROUP_NAME.fullmatch(args.group):
-        raise CLIError(f"{args.group!r} is not a group name: use 1 to 64 letters, digits, '.', '_' or '-'")
+        raise CLIError(f"{args.group!r} is not a group name", fix="use 1 to 64 letters, digits, '.', '_' or '-'")
     conn, _, _ = _app_store(settings_from(args))
     groups = SubjectGroups(conn)
     before = groups.group_of(args.subject_id)
@@ -212,7 +222,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
             tmp.write_text(line)
             tmp.replace(args.ready_file)
 
-    asyncio.run(serve(app, settings, on_listening=listening))
+    try:
+        asyncio.run(serve(app, settings, on_listening=listening))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CLIError(
+                f"cannot listen on {settings.host}:{settings.port}: the port is in use (another verifier?)",
+                fix=f"stop what listens there (`ss -ltnp 'sport = :{settings.port}'` shows it), or pick another "
+                "--port",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CLIError(
+                f"cannot listen on {settings.host}:{settings.port}: permission denied",
+                fix="use a port above 1023 (8443 is the protocol's), or let systemd pass the socket",
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise CLIError(
+                f"cannot listen on {settings.host}:{settings.port}: no such address on this host",
+                fix="give --host an address of this machine (127.0.0.1, 0.0.0.0, or one of `ip addr`)",
+            ) from None
+        raise
     return 0
 
 
@@ -278,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (CLIError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {exc.fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

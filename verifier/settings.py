@@ -15,7 +15,11 @@ from verifier.pki import CA_CERT, SERVER_CERT, SERVER_KEY
 
 
 class SettingsError(ValueError):
-    """A bad setting; the message names the key, the value and the fix."""
+    """A bad setting: the message names the key and the value, ``fix`` what to write instead."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -103,17 +107,17 @@ _POSITIVE = (
 
 def _checked(settings: VerifierSettings) -> VerifierSettings:
     if not 0 < settings.target_fmr < 0.1:
-        raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}: use a rate such as 0.0001")
+        raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}", fix="use a rate such as 0.0001")
     if not 0 < settings.duplicate_fmr < 0.1:
-        raise SettingsError(f"bad value duplicate_fmr = {settings.duplicate_fmr!r}: use a rate such as 0.000001")
+        raise SettingsError(f"bad value duplicate_fmr = {settings.duplicate_fmr!r}", fix="use a rate such as 0.000001")
     if not 0 <= settings.port <= 65535:
-        raise SettingsError(f"bad value port = {settings.port!r}: use 0 (a free port) to 65535")
+        raise SettingsError(f"bad value port = {settings.port!r}", fix="use 0 (a free port) to 65535")
     if settings.match_queue < 0:
-        raise SettingsError(f"bad value match_queue = {settings.match_queue!r}: use 0 or more")
+        raise SettingsError(f"bad value match_queue = {settings.match_queue!r}", fix="use 0 or more")
     for name in _POSITIVE:
         value = getattr(settings, name)
         if not value > 0:
-            raise SettingsError(f"bad value {name} = {value!r}: use a number greater than 0")
+            raise SettingsError(f"bad value {name} = {value!r}", fix="use a number greater than 0")
     return settings
 
 
@@ -122,15 +126,17 @@ def load_settings(path: Path) -> VerifierSettings:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"cannot read {path}: {exc}; fix the file or its permissions") from None
+        raise SettingsError(f"cannot read {path}: {exc}", fix="fix the file's syntax or its permissions") from None
     known = {f.name: f for f in fields(VerifierSettings)}
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
-            raise SettingsError(f"unknown key {key} = {value!r} in {path}: remove it; known keys: {', '.join(known)}")
+            raise SettingsError(
+                f"unknown key {key} = {value!r} in {path}", fix=f"remove it; known keys: {', '.join(known)}"
+            )
         if key in ("pki_dir", "db_path", "enrollment_key_file"):
             value = Path(value)
         elif key == "port" and (not isinstance(value, int) or isinstance(value, bool)):
-            raise SettingsError(f"bad value port = {value!r}: use a whole number")
+            raise SettingsError(f"bad value port = {value!r}", fix="use a whole number")
         values[key] = value
     return _checked(VerifierSettings(**values))

@@ -6,9 +6,12 @@ import argparse
 import dataclasses
 import json
 
+from agent.options import add_common_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("devices", help="list serial modules, USB fingerprint readers and cameras")
+    add_common_arguments(parser)  # accepted like every command's (README); discovery itself needs no config
     parser.add_argument("--port", action="append", default=[], help="also probe this serial port (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)

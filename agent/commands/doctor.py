@@ -12,7 +12,14 @@ MARKS = {True: "ok  ", False: "FAIL", None: "skip"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("doctor", help="check config, identity, clock and a live mTLS call")
+    parser = sub.add_parser(
+        "doctor",
+        help="check config, identity, clock and a live mTLS call",
+        description="Check this device end to end: the config, the state directory's permissions, the "
+        "key-encryption key, the device key and certificate (chain, days to expiry), the clock, and a live "
+        "mutual-TLS call to the verifier (TLS version, cipher, ALPN, the server's SPKI pin). Each failed "
+        "check prints its fix. Exit 0 when every check passes, 1 otherwise.",
+    )
     add_common_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)

@@ -10,7 +10,12 @@ from agent.runtime import add_common_arguments, config_from_args, open_client
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("health", help="call the verifier's /v1/health over mutual TLS")
+    parser = sub.add_parser(
+        "health",
+        help="call the verifier's /v1/health over mutual TLS",
+        description="One live call to the verifier's /v1/health with the device certificate, over HTTP/2; "
+        "prints the verifier's answer and the TLS facts (version, cipher, ALPN) as JSON.",
+    )
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 

@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="SHA-256 fingerprint of the verifier's CA, as printed by `capture-verifier pki init`",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an identity this device already has (it is named before anything is done)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -35,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
     token = sys.stdin.readline().strip() if args.token == "-" else args.token  # noqa: S105
     if not token:
         raise ProvisioningError("the token is empty", fix="pass the token printed by `capture-verifier token new`")
-    result = asyncio.run(provision(config, token, args.ca_fingerprint))
+    result = asyncio.run(provision(config, token, args.ca_fingerprint, force=args.force))
     ident = result.identity
     print(f"provisioned device {ident.device_id}")
+    if result.replaced:
+        print(f"  replaced           {result.replaced}")
     print(f"  certificate serial {ident.serial_hex}, valid until {ident.not_after:%Y-%m-%d %H:%M} UTC")
     print(f"  CA fingerprint     {result.ca_fingerprint}")
     print(f"  state directory    {config.agent.state_dir}")

@@ -9,7 +9,14 @@ from agent.runtime import add_common_arguments, config_from_args, open_client
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("renew", help="renew the device certificate now, with a new key")
+    parser = sub.add_parser(
+        "renew",
+        help="renew the device certificate now, with a new key",
+        description="Generate a new key on this device and renew its certificate with EST simplereenroll "
+        "over the current mutual-TLS connection; the new identity replaces the old one atomically. A running "
+        "daemon picks it up before its next request (it follows the state directory's `identity` link), so "
+        "it needs no restart. The daemon also renews on its own at about two thirds of the lifetime.",
+    )
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 

@@ -9,14 +9,23 @@ from agent.runtime import add_common_arguments, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("run", help="run the agent daemon (systemd Type=notify)")
+    parser = sub.add_parser(
+        "run",
+        help="run the agent daemon (systemd Type=notify)",
+        description="The daemon: delivers the audit trail, renews the certificate on schedule, drives the "
+        "configured reader and serves the local API for kiosk apps. Under systemd it sends READY=1 once up "
+        "and watchdog pings; SIGHUP reloads the config, SIGTERM drains and stops. One daemon per state "
+        "directory: a second one is refused and told which process holds it.",
+    )
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from agent.daemon import AgentDaemon
+    from agent.statelock import hold_state_dir
 
     config = config_from_args(args)
-    asyncio.run(AgentDaemon(config, args.config).run())
+    with hold_state_dir(config.agent.state_dir):  # one daemon per state directory
+        asyncio.run(AgentDaemon(config, args.config).run())
     return 0

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from agent.options import add_common_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--add", action="store_true", help="add templates to an enrolled subject: the person verifies first"
             )
+        add_common_arguments(parser)
         parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
         parser.set_defaults(run=run, operation=name)
 
@@ -75,6 +78,26 @@ def run(args: argparse.Namespace) -> int:
         ) from None
 
 
+def identification_lines(event: dict) -> list[str]:
+    """Who was identified, in words; the weaker candidates said to be what they are.
+
+    The verifier ranks every enrolled subject whose score passes its threshold.
+    The first is the answer; the others are weaker matches that also passed, and
+    are shown apart so that nobody reads "dan, ana" as two people identified.
+    """
+    candidates = event.get("candidates") or []
+    threshold = event.get("threshold")
+    if not candidates:
+        return ["nobody recognised: no enrolled subject of this device's groups matches"]
+    best, *others = candidates
+    bar = f", threshold {threshold}" if threshold is not None else ""
+    lines = [f"identified {best['subject']} (score {best['score']}{bar})"]
+    if others:
+        listed = ", ".join(f"{c['subject']} ({c['score']})" for c in others)
+        lines.append(f"  weaker matches, also above the threshold but not identified: {listed}")
+    return lines
+
+
 def _show(event: dict, outcome: int) -> int:
     kind = event["type"]
     if kind == "prompt":
@@ -88,7 +111,7 @@ def _show(event: dict, outcome: int) -> int:
             print(f"{event['decision']} (score {event['score']})", flush=True)
             return 0 if event["decision"] == "accept" else 1
         if "candidates" in event:
-            print(", ".join(f"{c['subject']} ({c['score']})" for c in event["candidates"]) or "nobody recognised")
+            print("\n".join(identification_lines(event)), flush=True)
             return 0 if event["candidates"] else 1
         print(f"enrolled {event.get('subject')} in group {event.get('group')} ({event.get('templates')} templates)")
         return 0

@@ -1,0 +1,61 @@
+"""One daemon per state directory: an ``fcntl`` lock on ``<state_dir>/agent.lock``.
+
+Why a lock and not a PID file alone: two daemons on one state directory would
+write into one outbox and one hash chain (a fork for the verifier) and fight
+over the reader. ``flock`` is released by the kernel when the holder dies, even
+by SIGKILL, so a stale file never blocks a restart; the PID written inside is
+only there to tell the second daemon who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.errors import AgentError
+
+LOCK_FILE = "agent.lock"
+
+
+class StateDirLocked(AgentError):
+    """Another process holds the state directory."""
+
+
+def holder_pid(path: Path) -> int | None:
+    """The PID written by the holder, if the file says one."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@contextlib.contextmanager
+def hold_state_dir(state_dir: Path) -> Iterator[Path]:
+    """Hold the state directory for this process while the block runs, or refuse naming the holder."""
+    path = state_dir / LOCK_FILE
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = holder_pid(path)
+            who = f"process {pid}" if pid else "another process"
+            raise StateDirLocked(
+                f"another `capture-agent run` ({who}) already uses the state directory {state_dir}",
+                fix=(f"stop it first (`systemctl stop capture-agent` or `kill {pid}`)" if pid else "stop it first")
+                + ", or give this daemon its own --state-dir and config",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
