@@ -272,3 +272,59 @@ def zfm_sim(request, tmp_path: Path) -> Iterator:
     sim = SimulatedModule(request.param, link=tmp_path / "ttyZFM0", finger_source=FingerGenerator(11).image)
     with sim:
         yield sim
+
+
+# ---------------------------------------------------------------- faces
+
+
+@pytest.fixture(scope="session")
+def face_pipeline():
+    """biometrics.face's pipeline, both models checked and loaded once for the session."""
+    from biometrics.face.pipeline import FacePipeline
+
+    return FacePipeline()
+
+
+@pytest.fixture(scope="session")
+def att_faces(shared_data_dir: Path) -> Path:
+    """The ORL / AT&T faces (sN/*.pgm, 92x112 grey); skips when the data set is absent."""
+    path = shared_data_dir / "att_faces"
+    if not (path / "s1" / "1.pgm").is_file():
+        pytest.skip(f"ORL faces not found at {path} (tests of real faces need ../shared/data/att_faces)")
+    return path
+
+
+def synthetic_face(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0, eye_distance: float = 60.0,
+                   center: tuple[float, float] = (320.0, 240.0), flat_squeeze: float = 1.0):
+    """Five landmarks of a rigid 3-D head seen by a camera that does not mirror, as a Face.
+
+    The head's points are the SFace template's (eyes, nose, mouth corners) with
+    the nose tip half an eye distance in front of the eyes; yaw > 0 turns the
+    head to the person's left. ``flat_squeeze`` < 1 instead narrows a frontal
+    face horizontally, as a flat photo turned about its vertical axis looks.
+    """
+    import math
+
+    import numpy as np
+
+    from biometrics.face.align import TEMPLATE
+    from biometrics.face.types import Face
+
+    e = float(np.hypot(*(TEMPLATE[1] - TEMPLATE[0])))
+    pts = (TEMPLATE - (TEMPLATE[0] + TEMPLATE[1]) / 2) / e  # eye distance 1, eyes' midpoint at 0
+    depth = np.array([0.0, 0.0, 0.5, 0.1, 0.1])  # towards the camera
+    xyz = np.column_stack([pts, depth])
+    a, b, c = math.radians(yaw), math.radians(pitch), math.radians(roll)
+    ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), math.sin(b)], [0, -math.sin(b), math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    proj = (xyz @ (rz @ ry @ rx).T)[:, :2] * [flat_squeeze, 1.0]
+    marks = (proj * eye_distance + np.asarray(center)).astype(np.float32)
+    lo, hi = marks.min(0) - 0.6 * eye_distance, marks.max(0) + 0.6 * eye_distance
+    return Face(box=np.array([*lo, *(hi - lo)], np.float32), landmarks=marks, score=0.95)
+
+
+@pytest.fixture(scope="session")
+def make_face():
+    """Factory of synthetic landmark sets: make_face(yaw=, pitch=, roll=, eye_distance=, center=, flat_squeeze=)."""
+    return synthetic_face

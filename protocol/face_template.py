@@ -1,0 +1,156 @@
+"""The face template on the wire: a named embedding, versioned, checked on decode.
+
+A face template is the embedding the device made, never an image. It travels,
+like a fingerprint record, as ``{"format": FORMAT, "data": base64(record)}``; the
+record is self-describing so a verifier can refuse what it cannot compare:
+
+    offset  size   field
+    0       4      magic b"FEMB"
+    4       1      version (1)
+    5       1      n, length of the model name (1..64)
+    6       n      model name, ASCII [a-z0-9.-] (e.g. "sface-2021dec-int8bq")
+    6+n     2      dim, little-endian unsigned
+    8+n     4*dim  the embedding, little-endian IEEE-754 float32
+
+The record must be exactly that long. Decoding checks, in order: magic, version,
+name, model known (:data:`MODELS`: name -> dimension), dimension equal to the
+model's, length, every value finite, Euclidean norm 1 within
+:data:`NORM_TOLERANCE`. Each failure is its own subclass of
+:class:`FaceTemplateError` whose message names the fix; :func:`encode` applies
+the same checks, so no malformed record is ever made. Pure: struct and math.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+FORMAT = "face-embedding"
+MAGIC = b"FEMB"
+VERSION = 1
+MODELS: dict[str, int] = {"sface-2021dec-int8bq": 128}  # the models a verifier can compare, and their dimension
+NORM_TOLERANCE = 1e-3
+MAX_NAME = 64
+MAX_RECORD_BYTES = 4 + 1 + 1 + MAX_NAME + 2 + 4 * max(MODELS.values())
+_NAME = re.compile(rb"[a-z0-9][a-z0-9.-]*")
+_HEADER = struct.Struct("<4sBB")
+
+
+class FaceTemplateError(ValueError):
+    """A face template record that is not protocol v1; subclasses say which check failed."""
+
+
+class FaceTemplateTruncated(FaceTemplateError):
+    """The record is shorter or longer than its header says."""
+
+
+class FaceTemplateBadMagic(FaceTemplateError):
+    """The record does not start with b"FEMB"."""
+
+
+class FaceTemplateVersion(FaceTemplateError):
+    """A record version this side does not read."""
+
+
+class FaceTemplateUnknownModel(FaceTemplateError):
+    """The model name is malformed or not one this side can compare."""
+
+
+class FaceTemplateDimension(FaceTemplateError):
+    """The dimension is not the model's."""
+
+
+class FaceTemplateNotFinite(FaceTemplateError):
+    """A value is NaN or infinite."""
+
+
+class FaceTemplateNorm(FaceTemplateError):
+    """The embedding is not a unit vector."""
+
+
+_FIX = "make the template again with the agent's face pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class FaceTemplate:
+    """A decoded, checked face template: the model that made it and its unit-norm values."""
+
+    model: str
+    values: tuple[float, ...]
+
+    @property
+    def dim(self) -> int:
+        return len(self.values)
+
+
+def _check_model(name: str) -> int:
+    raw = name.encode("ascii", "replace") if isinstance(name, str) else b""
+    if not 1 <= len(raw) <= MAX_NAME or not _NAME.fullmatch(raw):
+        raise FaceTemplateUnknownModel(
+            f"model name {name!r} is not 1..{MAX_NAME} characters of [a-z0-9.-]; {_FIX}"
+        )
+    if name not in MODELS:
+        raise FaceTemplateUnknownModel(
+            f"face model {name!r} is not one this verifier compares ({', '.join(sorted(MODELS))}); "
+            "update the agent or the verifier so both run the same model"
+        )
+    return MODELS[name]
+
+
+def _check_values(values: Sequence[float]) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise FaceTemplateNotFinite(f"the embedding holds NaN or infinite values; {_FIX}")
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    if abs(norm - 1.0) > NORM_TOLERANCE:
+        raise FaceTemplateNorm(f"the embedding's norm is {norm:.6g}, not 1 (L2-normalise it); {_FIX}")
+
+
+def encode(model: str, values: Sequence[float]) -> bytes:
+    """The record of an embedding (rounded to float32), after the same checks decode applies."""
+    dim = _check_model(model)
+    if isinstance(values, str | bytes) or len(values) != dim:
+        raise FaceTemplateDimension(f"model {model!r} makes {dim} values, got {len(values)}; {_FIX}")
+    try:
+        packed = struct.pack(f"<{dim}f", *values)
+    except (struct.error, TypeError, OverflowError):
+        raise FaceTemplateNotFinite(f"the embedding holds values that are not float32 numbers; {_FIX}") from None
+    _check_values(struct.unpack(f"<{dim}f", packed))
+    name = model.encode("ascii")
+    return _HEADER.pack(MAGIC, VERSION, len(name)) + name + struct.pack("<H", dim) + packed
+
+
+def decode(record: bytes) -> FaceTemplate:
+    """The template a record holds, or the :class:`FaceTemplateError` subclass of its first defect."""
+    if not isinstance(record, bytes | bytearray | memoryview):
+        raise FaceTemplateError(f"a face template record is bytes, got {type(record).__name__}")
+    data = bytes(record)
+    if len(data) > MAX_RECORD_BYTES:
+        raise FaceTemplateTruncated(f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}; {_FIX}")
+    if len(data) < _HEADER.size:
+        raise FaceTemplateTruncated(f"record of {len(data)} bytes is shorter than its {_HEADER.size}-byte header")
+    magic, version, n = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FaceTemplateBadMagic(f"record starts with {magic!r}, not {MAGIC!r}: not a face template")
+    if version != VERSION:
+        raise FaceTemplateVersion(f"face template version {version}; this side reads version {VERSION}: update it")
+    if len(data) < _HEADER.size + n + 2:
+        raise FaceTemplateTruncated(f"record of {len(data)} bytes ends inside its header; {_FIX}")
+    raw_name = data[_HEADER.size : _HEADER.size + n]
+    if not 1 <= n <= MAX_NAME or not _NAME.fullmatch(raw_name):
+        raise FaceTemplateUnknownModel(f"model name {raw_name!r} is not 1..{MAX_NAME} characters of [a-z0-9.-]")
+    model = raw_name.decode("ascii")
+    expected = _check_model(model)
+    (dim,) = struct.unpack_from("<H", data, _HEADER.size + n)
+    if dim != expected:
+        raise FaceTemplateDimension(f"model {model!r} makes {expected} values, the record says {dim}; {_FIX}")
+    start = _HEADER.size + n + 2
+    if len(data) != start + 4 * dim:
+        raise FaceTemplateTruncated(
+            f"record of {len(data)} bytes; a {model} template is {start + 4 * dim} bytes; {_FIX}"
+        )
+    values = struct.unpack_from(f"<{dim}f", data, start)
+    _check_values(values)
+    return FaceTemplate(model, values)
