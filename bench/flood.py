@@ -8,8 +8,8 @@ measures, after a phase with no attack:
 - ``connection_churn``: TLS connections without a client certificate, opened and closed;
 - ``idle_connections``: 900 idle TLS connections without a client certificate, topped up;
 - ``slow_handshakes``: 300 TCP connections that send half a ClientHello and wait;
-- ``oversized_work``: the attacker device's largest identifications (10 views of
-  255 minutiae), and requests over the view bound;
+- ``oversized_work``: the attacker device's largest identifications (10 views, each
+  with the most minutiae accepted), and requests over the view bound;
 - ``challenge_flood``: the attacker device asking for nonces as fast as it can.
 
 JSON on stdout: per phase the kiosk's health and verification round trips
@@ -58,8 +58,14 @@ def wire(template: FingerprintTemplate) -> dict[str, str]:
     return {"format": "iso19794-2:2005", "data": base64.b64encode(encode(template)).decode()}
 
 
-def dense_view(seed: int, count: int = 255) -> dict[str, str]:
-    """A view as heavy as the format allows: 255 minutiae."""
+try:  # the most minutiae per view the verifier accepts: the protocol's bound once there is one
+    from protocol.templates import MAX_MINUTIAE_PER_VIEW as DENSE  # type: ignore[import-not-found]
+except ImportError:
+    DENSE = 255  # the ISO record's own limit
+
+
+def dense_view(seed: int, count: int = DENSE) -> dict[str, str]:
+    """A view as heavy as the verifier accepts: the most minutiae per view."""
     rng = np.random.default_rng(seed)
     minutiae = Minutiae(
         x=rng.uniform(20, 480, count).astype(np.float32),

@@ -22,10 +22,14 @@ from tests.test_biometric_api import Device, wire
 from tests.test_verifier_connections import settings_file
 
 MAX_VIEWS = 10  # VerifierSettings.max_views_per_request, the default
+try:  # the most minutiae per view the verifier accepts: the protocol's bound once there is one
+    from protocol.templates import MAX_MINUTIAE_PER_VIEW as DENSE  # type: ignore[import-not-found]
+except ImportError:
+    DENSE = 255  # the ISO record's own limit
 
 
-def dense_view(seed: int, count: int = 255) -> dict:
-    """A finger view as heavy as the format allows: 255 minutiae spread over a 500 dpi image."""
+def dense_view(seed: int, count: int = DENSE) -> dict:
+    """A finger view as heavy as the verifier accepts: the most minutiae, spread over a 500 dpi image."""
     rng = np.random.default_rng(seed)
     minutiae = Minutiae(
         x=rng.uniform(20, 480, count).astype(np.float32),
