@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench clean system-tools
 
 # The first run spends a while here: say so, and what it is doing, before each long step.
-$(STAMP): pyproject.toml
+# system-tools first: PyGObject (the `usb` extra, in `dev`) builds against Debian's girepository.
+$(STAMP): pyproject.toml | system-tools
 	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) (first run only)"; \
 		$(PYTHON) -m venv $(VENV); }
 	@echo "make: upgrading pip in $(VENV)"
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "make: installing the project and its dependencies into $(VENV) (first run, or pyproject.toml changed):"
-	@echo "make:   numpy, opencv, cryptography, httpx, hypercorn... about 30 s to a few minutes, once"
+	@echo "make:   numpy, opencv, cryptography, httpx, hypercorn, PyGObject (built here)... one to a few minutes, once"
 	@$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 	@echo "make: $(VENV) is ready"
@@ -23,11 +24,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo
 
-# Tools the tests use that come from Debian rather than PyPI.
+# What the tests use from Debian rather than PyPI: systemd-analyze (unit tests);
+# libfprint and its GObject introspection data (USB readers, tested on libfprint's
+# virtual drivers); the headers PyGObject builds against in the venv.
+DEBIAN_PACKAGES := systemd libfprint-2-2 gir1.2-fprint-2.0 libgirepository1.0-dev libcairo2-dev pkg-config
+
 system-tools:
-	@command -v systemd-analyze >/dev/null 2>&1 || { \
-		echo "installing Debian's systemd for systemd-analyze (unit tests)"; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the tests:" $$missing; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 
 # pytest exits 5 when it collected no test: make treats that as a failure too.
 test: $(STAMP) system-tools

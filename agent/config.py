@@ -176,6 +176,61 @@ class ReaderSection:
     check_interval_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
 
 
+DeviceKind = Literal["zfm", "fprint", "camera"]
+# Which keys of [[device]] each kind takes (besides kind, name and check_interval_s).
+DEVICE_KEYS: dict[str, tuple[str, ...]] = {
+    "zfm": ("port", "baud", "password"),
+    "fprint": ("selector",),
+    "camera": ("source", "width", "height", "fps"),
+}
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    """One ``[[device]]``: a serial module, a libfprint reader or a camera (see README, "Devices")."""
+
+    kind: DeviceKind
+    name: str = ""  # how sessions, logs and audit events name it; default: kind and index
+    check_interval_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
+    port: str = ""  # zfm: /dev/serial0, /dev/ttyUSB0
+    # zfm: the speed the agent runs the module at; found at whatever speed it answers, raised, remembered
+    baud: int = field(
+        default=115200,
+        metadata=_check(lambda v: v % 9600 == 0 and 9600 <= v <= 115200, "use a multiple of 9600 up to 115200"),
+    )
+    password: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 0xFFFFFFFF, "use 0 to 4294967295"))
+    selector: str = ""  # fprint: a libfprint driver name, device id, or driver:id; "" = the first reader
+    source: str = ""  # camera: /dev/videoN, rtsp://..., http://.../stream.mjpg, or a file
+    width: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 8192, "use 0 (the camera's own) to 8192"))
+    height: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 8192, "use 0 (the camera's own) to 8192"))
+    fps: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 240, "use 0 (the camera's own) to 240"))
+
+
+def _build_devices(raw: Any) -> tuple[DeviceSection, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("device must be a list of tables", fix='write each one as [[device]] with kind = "..."')
+    devices = []
+    for index, item in enumerate(raw):
+        where = f"device #{index + 1}"
+        if not isinstance(item, Mapping) or "kind" not in item:
+            raise ConfigError(f"[[device]] {where} has no kind", fix='add kind = "zfm", "fprint" or "camera"')
+        device = _build(DeviceSection, "device", item)
+        extra = sorted(set(item) - {"kind", "name", "check_interval_s", *DEVICE_KEYS[device.kind]})
+        if extra:
+            raise ConfigError(
+                f"[[device]] {where} (kind = {device.kind!r}) has keys of another kind: {', '.join(extra)}",
+                fix=f"a {device.kind} device takes {', '.join(DEVICE_KEYS[device.kind])}",
+            )
+        needed = {"zfm": "port", "camera": "source"}.get(device.kind)
+        if needed and not getattr(device, needed):
+            raise ConfigError(f"[[device]] {where} (kind = {device.kind!r}) needs {needed}", fix=f"add {needed} = ...")
+        devices.append(device)
+    names = [d.name for d in devices if d.name]
+    if len(names) != len(set(names)):
+        raise ConfigError("two [[device]] entries have the same name", fix="give each device its own name")
+    return tuple(devices)
+
+
 @dataclass(frozen=True)
 class ApiSection:
     # The kiosk app's door: a unix socket, 0660, owned by `group` when set.
@@ -204,6 +259,7 @@ class AgentConfig:
     renewal: RenewalSection = field(default_factory=RenewalSection)
     audit: AuditSection = field(default_factory=AuditSection)
     reader: ReaderSection = field(default_factory=ReaderSection)
+    device: tuple[DeviceSection, ...] = ()  # [[device]]: every device the daemon drives
     api: ApiSection = field(default_factory=ApiSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "defaults"  # where it was loaded from, for doctor and logs
@@ -287,7 +343,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConf
                 f"unknown section [{name}] in {source}",
                 fix=f"remove it or correct its spelling; sections: {', '.join(sections)}",
             )
-        built[name] = _build(hints[name], name, value)
+        built[name] = _build_devices(value) if name == "device" else _build(hints[name], name, value)
     reader = built.get("reader")
     if reader is not None and reader.kind != "none" and not reader.port:
         raise ConfigError(

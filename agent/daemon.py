@@ -24,13 +24,14 @@ import structlog
 from agent.client import VerifierClient
 from agent.config import AgentConfig, load_config
 from agent.delivery import EventDelivery
+from agent.devices.capabilities import FINGERPRINT_IMAGE
+from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.localapi import LocalAPI
 from agent.outbox import Outbox, OutboxLimits
-from agent.readers import ReaderSupervisor
 from agent.renewal import renew, seconds_until_renewal
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.sessions import CaptureSession
@@ -44,6 +45,12 @@ FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
 
 
+def _fingerprint_session(devices: DeviceSupervisor, client: VerifierClient, emit: Any) -> CaptureSession:
+    """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
+    device = devices.pick(FINGERPRINT_IMAGE)
+    return CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+
+
 class AgentDaemon:
     def __init__(self, config: AgentConfig, config_path: str | None = None) -> None:
         self.config = config
@@ -53,7 +60,7 @@ class AgentDaemon:
         self.client: VerifierClient | None = None
         self.outbox: Outbox | None = None
         self.delivery: EventDelivery | None = None
-        self.reader: ReaderSupervisor | None = None
+        self.devices: DeviceSupervisor | None = None
         self.api: LocalAPI | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,12 +95,16 @@ class AgentDaemon:
             on_identity_change=self._identity_switched,
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
-        reader_status = "no reader configured"
-        if self.config.reader.kind == "zfm":
-            self.status("opening the fingerprint reader")
-            self.reader = ReaderSupervisor(self.config.reader, self.record)
-            await self.reader.open()
-            reader_status = self.reader.status
+        device_status = "no device configured"
+        if configured_devices(self.config):
+            self.status("opening the devices")
+            self.devices = DeviceSupervisor(
+                configured_devices(self.config), self.record, state_dir=self.config.agent.state_dir
+            )
+            await self.devices.open_all()
+            device_status = ", ".join(
+                f"{d.name} {'connected' if d.connected else 'missing'}" for d in self.devices.devices
+            ) or "no device usable"
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -104,19 +115,19 @@ class AgentDaemon:
         self._spawn(self.delivery.run(), "delivery")
         self._spawn(self._heartbeat(), "heartbeat")
         self._spawn(self._renewal_loop(), "renewal")
-        if self.reader is not None:
-            self._spawn(self.reader.watch(), "reader")
-            reader, client = self.reader, self.client
+        if self.devices is not None:
+            self.devices.start()
+            devices, client = self.devices, self.client
             self.api = LocalAPI(
                 self.config.api.socket,
-                lambda emit: CaptureSession(reader.module, client, emit=emit),
+                lambda emit: _fingerprint_session(devices, client, emit),
                 group=self.config.api.group,
-                health=lambda: self._health(reader),
+                health=self._health,
                 record=self.record,
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
-        self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {reader_status}")
+        self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {device_status}")
         log.info("agent_ready", device_id=identity.device_id, verifier=url)
 
     def _identity_switched(self, old: DeviceIdentity, new: DeviceIdentity) -> None:
@@ -132,13 +143,13 @@ class AgentDaemon:
         )
         self.status(f"ready: device {new.device_id}, certificate serial {new.serial_hex}")
 
-    async def _health(self, reader: ReaderSupervisor) -> dict[str, Any]:
-        """The local API's /health: the reader, and whether the device identity can sign now."""
+    async def _health(self) -> dict[str, Any]:
+        """The local API's /health: the devices (what each can do, connected or not), and whether the
+        device identity can sign now."""
         assert self.client is not None
         identity = await self.client.follow_identity()
         facts: dict[str, Any] = {
-            "reader": reader.status,
-            "reader_connected": reader.connected,
+            **(self.devices.health() if self.devices is not None else {}),
             "device_id": identity.device_id,
             "certificate_serial": identity.serial_hex,
             "certificate_not_after": identity.not_after.isoformat(),
@@ -215,8 +226,8 @@ class AgentDaemon:
         if self.outbox is not None and self.delivery is not None:
             self.record("agent_stopping")
             await self.delivery.flush(FLUSH_ON_STOP_S)
-        if self.reader is not None:
-            await self.reader.close()
+        if self.devices is not None:
+            await self.devices.close()
         if self.client is not None:
             await self.client.aclose()
         if self.outbox is not None:

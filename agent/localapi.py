@@ -122,7 +122,10 @@ class LocalAPI:
         if self._busy():
             raise ApiError(409, "a session is running on the sensor: wait for it or cancel it")
         running = RunningSession(secrets.token_urlsafe(12), operation, None)
-        running.session = self.make_session(running.events.put_nowait)
+        try:
+            running.session = self.make_session(running.events.put_nowait)
+        except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
+            raise ApiError(503, f"{exc.message} (fix: {exc.fix})") from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))
         self.sessions = {k: v for k, v in self.sessions.items() if not v.done}
         self.sessions[running.id] = running

@@ -127,6 +127,8 @@ class CaptureSession:
             self._prompt("place_finger", place_message)
             started = time.perf_counter()
             await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
+            # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
+            self._prompt("lift_finger")
             image = await asyncio.to_thread(self.reader.download_image)
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
             started = time.perf_counter()
@@ -137,7 +139,6 @@ class CaptureSession:
             finally:
                 del image  # the raw image ends here
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
-            self._prompt("lift_finger")
             await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
             if template is not None and quality is not None and quality.score >= self.min_quality:
                 return template

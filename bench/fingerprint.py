@@ -1,11 +1,21 @@
 """Fingerprint benchmark: all-pairs verification on a folder of ``F_I`` images.
 
     python -m bench.fingerprint --data DIR [--dpi 500] [--workers N]
+    python -m bench.fingerprint --synthetic 200 [--impressions 3] [--seed 0]
+    python -m bench.fingerprint --calibrate DIR[:DPI]... [--synthetic 200]
 
 Every unordered pair of images is compared once: same F is a genuine pair,
 different F an impostor pair (FVC "all pairs" protocol; 280 genuine and 2,880
-impostor pairs for 10 fingers x 8 impressions). Prints one JSON object on stdout
-(rates in percent, see "units"); progress goes to stderr.
+impostor pairs for 10 fingers x 8 impressions). ``--synthetic N`` does the same on
+N fingers of the synthetic generator (simulators.fingers), ``--impressions`` each.
+Prints one JSON object on stdout (rates in percent, see "units"); progress goes
+to stderr.
+
+``fmr_at_threshold`` and ``fnmr_at_threshold`` are the measured rates at the
+verifier's thresholds for target FMRs of 1e-3 and 1e-4 (calibration.threshold_for_fmr);
+``false_matches`` counts the impostor pairs at or above each threshold and
+``false_match_limit_95`` is the most a threshold keeping its promise would let
+through 95 % of the time (the 95 % quantile of Binomial(impostor pairs, target)).
 
 ``comparisons_per_s`` is measured on the 1:N path: probes searched against a
 gallery of ``--gallery`` templates (the folder's templates repeated under distinct
@@ -28,6 +38,7 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import logging
 import re
 import sys
 import time
@@ -36,8 +47,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import structlog
 
-from biometrics.fingerprint import GalleryIndex, extract
+from biometrics.fingerprint import GalleryIndex, extract, threshold_for_fmr
 from biometrics.fingerprint.types import FingerprintTemplate
 
 NAME = re.compile(r"^(\d+)_(\d+)\.(tif|tiff|png|bmp|pgm)$", re.IGNORECASE)
@@ -97,6 +109,41 @@ def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
     return {"eer": float(eer), "fmr100": fnmr_at(0.01), "fmr1000": fnmr_at(0.001)}
 
 
+TARGETS = (1e-3, 1e-4)
+
+
+def binomial_limit_95(n: int, p: float) -> int:
+    """Smallest k with P(Binomial(n, p) <= k) >= 0.95: the most false matches a true rate p gives 95 % of the time."""
+    k, term = 0, (1.0 - p) ** n
+    total = term
+    while total < 0.95 and k < n:
+        term *= (n - k) / (k + 1) * p / (1.0 - p)
+        k += 1
+        total += term
+    return k
+
+
+def at_thresholds(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, object]:
+    """Measured FMR / FNMR (percent) at the calibrated thresholds, with false-match counts and their 95 % limits."""
+    fmr, fnmr, count, limit, thr = {}, {}, {}, {}, {}
+    for target in TARGETS:
+        key = f"{target:.0e}"
+        t = threshold_for_fmr(target)
+        k = int((impostor >= t).sum())
+        thr[key] = round(t, 5)
+        count[key] = k
+        limit[key] = binomial_limit_95(len(impostor), target)
+        fmr[key] = round(100.0 * k / max(len(impostor), 1), 4)
+        fnmr[key] = round(100.0 * float((genuine < t).mean()) if len(genuine) else 0.0, 3)
+    return {
+        "thresholds": thr,
+        "fmr_at_threshold": fmr,
+        "fnmr_at_threshold": fnmr,
+        "false_matches": count,
+        "false_match_limit_95": limit,
+    }
+
+
 def throughput(
     templates: list[FingerprintTemplate], gallery_size: int, probes: int = 10, rounds: int = 5, workers: int = 1
 ) -> tuple[float, float]:
@@ -118,7 +165,8 @@ def throughput(
     return max(rates), float(np.median(rates))
 
 
-def run(folder: Path, dpi: int, workers: int, gallery_size: int, search_workers: int = 1) -> dict[str, object]:
+def extract_folder(folder: Path, dpi: int, workers: int) -> tuple[list[FingerprintTemplate], np.ndarray, np.ndarray]:
+    """Templates, finger labels and extraction times (s) of a folder of F_I images."""
     items = list_images(folder)
     if len(items) < 2:
         raise SystemExit(f"no F_I images in {folder}")
@@ -129,10 +177,47 @@ def run(folder: Path, dpi: int, workers: int, gallery_size: int, search_workers:
             results = list(pool.map(_extract_one, jobs))
     else:
         results = [_extract_one(j) for j in jobs]
-    templates = [r[0] for r in results]
-    times = np.array([r[1] for r in results])
-    fingers = np.array([f for f, _, _ in items])
+    return [r[0] for r in results], np.array([f for f, _, _ in items]), np.array([r[1] for r in results])
 
+
+def _synthetic_one(args: tuple[int, int, int]) -> list[tuple[FingerprintTemplate, float]]:
+    from simulators.fingers import FingerGenerator
+
+    seed, finger_id, impressions = args
+    finger = FingerGenerator(seed).finger(finger_id)
+    out = []
+    for i in range(impressions):
+        imp = finger.impression(i)
+        t0 = time.perf_counter()
+        tpl = extract(imp.image, imp.dpi)
+        out.append((tpl, time.perf_counter() - t0))
+    return out
+
+
+def extract_synthetic(
+    count: int, impressions: int, seed: int, workers: int
+) -> tuple[list[FingerprintTemplate], np.ndarray, np.ndarray]:
+    """Templates of ``impressions`` random impressions of ``count`` synthetic fingers, labels, extraction times."""
+    _progress(f"synthetic population: {count} fingers x {impressions} impressions (seed {seed})")
+    jobs = [(seed, f, impressions) for f in range(count)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_synthetic_one, jobs, chunksize=4))
+    else:
+        results = [_synthetic_one(j) for j in jobs]
+    flat = [r for per_finger in results for r in per_finger]
+    fingers = np.repeat(np.arange(count), impressions).astype(str)
+    return [r[0] for r in flat], fingers, np.array([r[1] for r in flat])
+
+
+def run(
+    templates: list[FingerprintTemplate],
+    fingers: np.ndarray,
+    times: np.ndarray,
+    dpi: int,
+    gallery_size: int,
+    search_workers: int = 1,
+) -> dict[str, object]:
     _progress("matching all pairs")
     pair_scores, same = all_pairs(templates, fingers)
     genuine, impostor = pair_scores[same], pair_scores[~same]
@@ -144,12 +229,14 @@ def run(folder: Path, dpi: int, workers: int, gallery_size: int, search_workers:
         "eer": round(100 * rates["eer"], 3),
         "fmr100": round(100 * rates["fmr100"], 3),
         "fmr1000": round(100 * rates["fmr1000"], 3),
+        **at_thresholds(genuine, impostor),
         "units": "percent",
         "extract_ms_median": round(float(np.median(times)) * 1000, 2),
         "comparisons_per_s": round(cps),
         "comparisons_per_s_median": round(cps_median),
         "genuine": int(same.sum()),
         "impostor": int((~same).sum()),
+        "impostor_max": round(float(impostor.max(initial=0.0)), 5),
         "images": len(templates),
         "minutiae_median": float(np.median([len(t.minutiae) for t in templates])),
         "dpi": dpi,
@@ -159,25 +246,55 @@ def run(folder: Path, dpi: int, workers: int, gallery_size: int, search_workers:
     }
 
 
-def calibrate(specs: list[str]) -> dict[str, object]:
-    """Fit the impostor model of biometrics.fingerprint.calibration on impostor pairs only."""
-    from biometrics.fingerprint.calibration import fit_impostor_model
+def calibrate(specs: list[str], synthetic: int, impressions: int, seed: int, workers: int) -> dict[str, object]:
+    """Fit biometrics.fingerprint.calibration's per-group impostor models on impostor pairs only.
 
-    impostors = []
-    for spec in specs:
+    Groups: each folder's own impostor pairs (one sensor each), the pairs across
+    folders (every template of every folder against those of the others), and the
+    synthetic population if ``synthetic`` > 0.
+    """
+    from biometrics.fingerprint.calibration import fit_tail
+
+    all_templates: list[FingerprintTemplate] = []
+    labels: list[str] = []
+    folder_of: list[int] = []
+    fits = []
+    for n, spec in enumerate(specs):
         path, _, dpi_text = spec.partition(":")
         folder, dpi = Path(path), int(dpi_text or 500)
         _progress(f"calibration: {folder} at {dpi} dpi")
-        items = list_images(folder)
-        templates = [_extract_one((str(p), dpi))[0] for _, _, p in items]
-        fingers = np.array([f for f, _, _ in items])
+        templates, fingers, _ = extract_folder(folder, dpi, workers)
         pair_scores, same = all_pairs(templates, fingers)
-        impostors.append(pair_scores[~same])
-    quantiles, beta = fit_impostor_model(np.concatenate(impostors))
+        fits.append(fit_tail(folder.name, pair_scores[~same]))
+        all_templates += templates
+        labels += [f"{n}:{f}" for f in fingers]
+        folder_of += [n] * len(templates)
+    if len(specs) > 1:
+        _progress("calibration: pairs across folders")
+        pair_scores, same = all_pairs(all_templates, np.array(labels))
+        f = np.array(folder_of)
+        iu, ju = np.triu_indices(len(f), k=1)
+        fits.append(fit_tail("across folders", pair_scores[f[iu] != f[ju]]))
+    if synthetic:
+        templates, fingers, _ = extract_synthetic(synthetic, impressions, seed, workers)
+        pair_scores, same = all_pairs(templates, fingers)
+        fits.append(fit_tail(f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same]))
     return {
-        "impostor_quantiles": [[f, round(q, 5)] for f, q in quantiles],
-        "tail_beta": round(beta, 6),
-        "impostor": int(sum(len(i) for i in impostors)),
+        "groups": [
+            {
+                "name": g.name,
+                "pairs": g.pairs,
+                "quantiles": [round(q, 5) for q in g.quantiles],
+                "beta": g.beta,
+                "shape": g.shape,
+            }
+            for g in fits
+        ],
+        "python": "\n".join(
+            f"    TailFit({g.name!r}, {g.pairs}, ({', '.join(f'{q:.5f}' for q in g.quantiles)}), "
+            f"{g.beta:.5f}, {g.shape}),"
+            for g in fits
+        ),
     }
 
 
@@ -197,17 +314,40 @@ def main(argv: list[str] | None = None) -> int:
         "--calibrate",
         nargs="+",
         metavar="DIR[:DPI]",
-        help="fit the impostor model on these folders instead of benchmarking",
+        help="fit the impostor model on these folders (and --synthetic N fingers) instead of benchmarking",
     )
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="a population of N synthetic fingers")
+    ap.add_argument("--impressions", type=int, default=3, help="impressions per synthetic finger")
+    ap.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    ap.add_argument("--explain", type=Path, metavar="IMAGE", help="write the extraction stages of IMAGE as PNGs")
+    ap.add_argument("--out", type=Path, help="folder for --explain's PNGs")
     args = ap.parse_args(argv)
-    if not args.calibrate and args.data is None:
-        ap.error("--data DIR is required")
-    if args.calibrate:
-        print(json.dumps(calibrate(args.calibrate)))
+    if args.explain is not None:
+        if args.out is None:
+            ap.error("--explain IMAGE needs --out DIR")
+        from bench.fingerprint_explain import explain_to_folder
+
+        print(json.dumps(explain_to_folder(args.explain, args.out, args.dpi)))
         return 0
-    print(json.dumps(run(args.data, args.dpi, args.workers, args.gallery, args.search_workers)))
+    if args.calibrate:
+        print(json.dumps(calibrate(args.calibrate, args.synthetic, args.impressions, args.seed, args.workers)))
+        return 0
+    if args.synthetic:
+        if args.impressions < 2:
+            ap.error("--impressions must be at least 2 (genuine pairs need two impressions of a finger)")
+        templates, fingers, times = extract_synthetic(args.synthetic, args.impressions, args.seed, args.workers)
+        result = run(templates, fingers, times, 500, args.gallery, args.search_workers)
+        result.update({"synthetic_fingers": args.synthetic, "impressions": args.impressions, "seed": args.seed})
+    elif args.data is not None:
+        templates, fingers, times = extract_folder(args.data, args.dpi, args.workers)
+        result = run(templates, fingers, times, args.dpi, args.gallery, args.search_workers)
+    else:
+        ap.error("give --data DIR, --synthetic N, --calibrate DIR... or --explain IMAGE --out DIR")
+    print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
+    # The synthetic generator logs each finger at debug level: progress lines are enough here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     raise SystemExit(main())

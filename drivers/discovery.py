@@ -19,6 +19,7 @@ from drivers.zfm.errors import ModuleError
 
 log = structlog.get_logger()
 
+DISCOVERY_BAUDS = (57600, 115200)  # the factory default, and the speed the agent raises modules to
 ACCESS_FIX = (
     "add the agent's user to the capture-readers group and install systemd/60-capture-agent.rules "
     "(udevadm control --reload && udevadm trigger); for serial ports the dialout group also works"
@@ -33,6 +34,7 @@ class Finding:
     description: str = ""
     details: dict = field(default_factory=dict)
     fix: str = ""
+    capabilities: list[str] = field(default_factory=list)  # fingerprint-image, match-on-sensor, camera
 
 
 def _may_open(path: str) -> bool:
@@ -66,8 +68,9 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
             continue
         module = ZfmModule(path, reply_timeout_s=reply_timeout_s)
         try:
-            opened = module.open()
+            opened = module.open_at_any_baud(DISCOVERY_BAUDS, probe_timeout_s=reply_timeout_s)
             finding.description = f"ZFM-family module, model profile {opened.profile.name}"
+            finding.capabilities = ["fingerprint-image"]
             finding.details = {
                 "capacity": opened.params.library_size,
                 "packet_size": opened.params.packet_size,
@@ -120,7 +123,36 @@ def usb_readers(backend: object | None = None) -> list[Finding]:
     return findings
 
 
-def cameras(max_index: int = 4) -> list[Finding]:
+def _probe_camera(finding: Finding, source: str) -> None:
+    import cv2
+
+    from drivers.camera.source import CameraSource, CameraSourceError
+
+    try:
+        capture = CameraSource.parse(source).open()
+    except CameraSourceError as exc:
+        finding.description, finding.fix = "not a camera source", str(exc)
+        return
+    try:
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        if not ok or frame is None:
+            finding.description = "gives no frame (not a camera, a metadata node, or unreachable)"
+            return
+        finding.description = f"camera ({capture.getBackendName()})"
+        finding.capabilities = ["camera"]
+        finding.details = {
+            "width": int(frame.shape[1]),
+            "height": int(frame.shape[0]),
+            "fps": round(float(capture.get(cv2.CAP_PROP_FPS)), 2),
+        }
+    finally:
+        capture.release()
+
+
+def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type: ignore[assignment]
+    """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once."""
+    from drivers.camera.source import CameraSource
+
     findings = []
     for node in sorted(glob.glob("/dev/video*"))[:max_index]:
         accessible = _may_open(node)
@@ -128,21 +160,46 @@ def cameras(max_index: int = 4) -> list[Finding]:
             "camera", node, accessible, fix="" if accessible else "add the agent's user to the video group"
         )
         if accessible:
-            import cv2
-
-            capture = cv2.VideoCapture(node, cv2.CAP_V4L2)
-            try:
-                finding.description = "opens" if capture.isOpened() else "does not open (metadata node?)"
-                if capture.isOpened():
-                    finding.details = {
-                        "width": int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                        "height": int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                    }
-            finally:
-                capture.release()
+            _probe_camera(finding, node)
+        findings.append(finding)
+    for source in extra:
+        finding = Finding("camera", CameraSource.parse(source).redacted if "://" in source else source, True)
+        _probe_camera(finding, source)
         findings.append(finding)
     return findings
 
 
-def discover(extra_serial: list[str], usb_backend: object | None = None) -> list[Finding]:
-    return [*serial_ports(extra_serial), *usb_readers(usb_backend), *cameras()]
+def fprint_readers() -> list[Finding]:
+    """Readers libfprint can drive (USB, or its virtual drivers when their variables are set)."""
+    from drivers.fprint import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        return [Finding("usb", "-", False, "libfprint missing: USB fingerprint readers cannot be used", fix=reason)]
+    from drivers.fprint.errors import FprintError
+    from drivers.fprint.reader import list_readers
+
+    try:
+        readers = list_readers()
+    except FprintError as exc:
+        return [Finding("usb", "-", False, str(exc.args[0]), fix=exc.fix)]
+    findings = []
+    for info in readers:
+        capabilities = (["fingerprint-image"] if info.image else []) + (["match-on-sensor"] if info.on_sensor else [])
+        findings.append(
+            Finding(
+                "usb",
+                info.selector,
+                True,
+                f"{info.name} (libfprint driver {info.driver})",
+                details={"scan_type": info.scan_type, "enroll_stages": info.enroll_stages, "dpi": info.dpi},
+                capabilities=capabilities,
+            )
+        )
+    return findings
+
+
+def discover(
+    extra_serial: list[str], usb_backend: object | None = None, extra_cameras: list[str] = ()  # type: ignore[assignment]
+) -> list[Finding]:
+    return [*serial_ports(extra_serial), *usb_readers(usb_backend), *fprint_readers(), *cameras(list(extra_cameras))]

@@ -1,4 +1,4 @@
-"""`capture-simulator zfm --model r307`: a simulated serial module for a test rig.
+"""`capture-simulator zfm --model r307` / `capture-simulator camera`: simulated devices for a test rig.
 
 Prints one JSON line with the port to open, then serves until SIGTERM or Ctrl-C.
 A finger from the synthetic generator, or from a folder of F_I.tif images
@@ -7,6 +7,7 @@ at the sensor by writing lines to standard input:
 
     place FINGER [IMPRESSION]     put a finger on the sensor (default: its first impression)
     lift                          take it off
+    pace on | off                 send at the real line speed, or instantly
     unplug | replug               pull the module out, plug it back
     list [COUNT]                  print the fingers there are, one JSON line each, on stdout
 
@@ -18,6 +19,14 @@ step-up asks for another finger: ana = fingers 0 and 1, dan = 2 and 3. Enroll
 with `place 0 0`, `place 0 1`, then `place 1 0`, `place 1 1`; verify with a
 fresh impression (`place 0 2`). Another --seed gives other fingers.
 `capture-simulator zfm --list-fingers` lists them (class, minutiae).
+
+`capture-simulator camera` serves MJPEG over HTTP on 127.0.0.1 (OpenCV opens
+the printed URL) and reads these lines:
+
+    show DIR | still FILE         images of a folder in turn, or one image
+    nothing | dark | glare        an empty scene, the scene darkened, the scene in glare
+    fps N                         frames a second
+    unplug | replug               drop every stream and close the port, listen again
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ def _commands(sim, source: object) -> None:
                 print(json.dumps({"event": "bad_place", "line": line.strip(), "error": reason}), file=sys.stderr)
         elif words[0] == "lift":
             sim.lift()
+        elif words[0] == "pace" and len(words) == 2 and words[1] in ("on", "off"):
+            sim.real_speed = words[1] == "on"  # output at the real line speed (baud/10 bytes a second) or instant
         elif words[0] == "unplug":
             sim.unplug()
         elif words[0] == "replug":
@@ -61,6 +72,54 @@ def _commands(sim, source: object) -> None:
                 print(json.dumps({"event": "finger", **entry}), flush=True)
         else:
             print(json.dumps({"event": "unknown_command", "line": line.strip()}), file=sys.stderr, flush=True)
+
+
+def _camera_commands(camera) -> None:
+    for line in sys.stdin:
+        words = line.split(maxsplit=1)
+        if not words:
+            continue
+        command, rest = words[0], (words[1].strip() if len(words) > 1 else "")
+        try:
+            if command == "show":
+                camera.show_folder(Path(rest))
+            elif command == "still":
+                import cv2
+
+                image = cv2.imread(rest, cv2.IMREAD_COLOR)
+                if image is None:
+                    raise ValueError(f"{rest} is not an image OpenCV can read")
+                camera.show(image)
+            elif command in ("nothing", "dark", "glare", "unplug", "replug"):
+                getattr(camera, command)()
+            elif command == "fps":
+                camera.fps = float(rest)
+            else:
+                raise ValueError("unknown command")
+        except (ValueError, OSError) as exc:
+            print(json.dumps({"event": "bad_command", "line": line.strip(), "error": str(exc)}), file=sys.stderr)
+            continue
+        print(json.dumps({"event": command, "url": camera.url, "plugged": camera.plugged}), flush=True)
+
+
+def _camera(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from simulators.camera import SimulatedCamera
+
+    width, _, height = args.size.partition("x")
+    camera = SimulatedCamera((int(width), int(height)), fps=args.fps)
+    if args.images is not None:
+        try:
+            camera.show_folder(args.images)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with camera:
+        print(json.dumps({"event": "listening", "url": camera.url}), flush=True)
+        threading.Thread(target=_camera_commands, args=(camera,), daemon=True).start()
+        stop.wait()
+    return 0
 
 
 DEFAULT_LIST_COUNT = 8
@@ -126,7 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     zfm.add_argument(
         "--count", type=int, default=DEFAULT_LIST_COUNT, help="how many synthetic fingers --list-fingers shows"
     )
+    zfm.add_argument("--baud", type=int, default=57600, help="the module's line speed (it answers only at it)")
+    cam = sub.add_parser("camera", help="a camera serving MJPEG over HTTP on 127.0.0.1")
+    cam.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT")
+    cam.add_argument("--fps", type=float, default=15.0)
+    cam.add_argument("--images", type=Path, help="show the images of this folder in turn")
     args = parser.parse_args(argv)
+    if args.device == "camera":
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+        return _camera(args, parser)
     # stdout carries the one JSON line a rig reads; logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
@@ -147,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         password=args.password,
         finger_source=source.image,
         real_speed=args.real_speed,
+        baud=args.baud,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

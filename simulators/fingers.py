@@ -8,23 +8,32 @@ ground truth nor unlimited impressions. The generator follows the SFinGe recipe
 1. **Orientation field** from singular points with the Sherlock-Monro zero-pole
    model, ``theta(z) = theta0 + 1/2 (sum arg(z - delta) - sum arg(z - core))``,
    one configuration per finger class (arch, tented arch, left and right loop,
-   whorl); the plain arch has no singular point and uses a bump-shaped flow.
-2. **Ridge period map**: a smooth random field around a per-finger mean (8 to 10
-   pixels at 500 dpi, the range of real fingers).
+   whorl, drawn at their natural frequencies); the plain arch has no singular
+   point and uses a bump-shaped flow. Singular points are spread widely (loop
+   size and slant, whorl spacing) and a smooth per-finger deviation is added to
+   the model: fingers of one class must not share their flow.
+2. **Ridge period map**: a smooth random field around a per-finger mean (7.6 to
+   10.8 pixels at 500 dpi, the range of real fingers).
 3. **Ridge growth**: a random seed image is filtered again and again with the
    Gabor filter tuned to each pixel's orientation and period (one
    ``cv2.filter2D`` per orientation/period bin, blended per pixel, then a
    saturating non-linearity) until a ridge pattern fills the finger. Growth runs
    at half resolution (4x fewer pixels, 4x smaller kernels) and is upsampled.
+   Few iterations (8 to 11, per finger: the minutiae density varies) and a dozen
+   or more spiral-phase minutia seeds at random places: fully relaxed growth
+   leaves minutiae only where the flow forces them, along the same lines in
+   every finger of a class, and those constellations made different synthetic
+   fingers match each other.
 4. **Ground truth**: the grown pattern is binarised, cleaned (specks, holes,
    spurs), thinned, and minutiae are read off the skeleton (crossing number 1 is
    an ending, 3 a bifurcation). The master image is rendered from that same
    cleaned ridge map, so what the image shows and the ground truth agree.
 
 Impressions apply rotation, translation, a smooth elastic displacement field,
-pressure (ridge thickness by erosion or dilation), partial contact, background
-and noise, and move the ground-truth minutiae through the same mapping (those
-off the contact area are dropped).
+pressure (ridge thickness by erosion or dilation), patches of dry and wet skin and
+creases (different in every impression), partial contact, background and noise,
+and move the ground-truth minutiae through the same mapping (those off the
+contact area are dropped).
 
 Minutiae follow :mod:`biometrics.fingerprint.types`: pixel coordinates with y
 down, angle in radians counter-clockwise as seen, an ending's direction pointing
@@ -57,7 +66,7 @@ DPI = 500
 MASTER_SIZE = (416, 544)  # (width, height) of the master canvas; a finger is about 0.7 x 1 inch
 DEFAULT_SIZE = (300, 400)  # (width, height): a 500 dpi optical sensor's window
 FINGER_CLASSES = ("arch", "tented_arch", "left_loop", "right_loop", "whorl")
-_CLASS_WEIGHTS = (0.05, 0.05, 0.33, 0.30, 0.27)  # roughly the natural frequencies
+_CLASS_WEIGHTS = (0.037, 0.029, 0.338, 0.317, 0.279)  # natural frequencies (Wilson, Candela, Watson 1993)
 
 _ORIENTATION_BINS = 16
 _GROWTH_ITERATIONS = 14
@@ -105,24 +114,37 @@ class SingularPoints:
 
 
 def singular_points(finger_class: str, rng: np.random.Generator, center: tuple[float, float]) -> SingularPoints:
-    """Typical positions of the singular points of a finger class, jittered."""
+    """Positions of the singular points of a finger class, spread as much as real fingers' are.
+
+    Real fingers of one class differ above all in where their cores and deltas lie
+    (loop size, delta distance and side angle, whorl spacing); fingers whose
+    singular points sit in the same places have nearly the same ridge flow, and
+    their minutiae look alike to a matcher. So the jitter is wide: the loop's
+    core-to-delta distance ranges over 120 to 230 pixels at 500 dpi, its angle
+    over about 40 degrees.
+    """
     cx, cy = center
     j = lambda s: float(rng.normal(0.0, s))  # noqa: E731
     if finger_class == "arch":
         return SingularPoints((), ())
     if finger_class == "tented_arch":
-        core = (cx + j(10), cy - 20 + j(15))
-        return SingularPoints((core,), ((core[0] + j(6), core[1] + 70 + j(10)),))
+        core = (cx + j(25), cy - 20 + j(30))
+        return SingularPoints((core,), ((core[0] + j(10), core[1] + rng.uniform(45, 100)),))
     if finger_class in ("left_loop", "right_loop"):
         side = -1.0 if finger_class == "right_loop" else 1.0
-        core = (cx + j(15), cy - 40 + j(20))
-        delta = (core[0] + side * (110 + j(15)), core[1] + 130 + j(20))
+        core = (cx + j(30), cy - 40 + j(35))
+        distance = rng.uniform(120, 230)
+        angle = math.radians(rng.uniform(38, 78))  # below the core, towards the delta's side
+        delta = (core[0] + side * distance * math.cos(angle), core[1] + distance * math.sin(angle))
         return SingularPoints((core,), (delta,))
     if finger_class == "whorl":
-        c1 = (cx - 10 + j(8), cy - 45 + j(12))
-        c2 = (cx + 10 + j(8), cy - 15 + j(12))
-        d1 = (cx - 130 + j(15), cy + 95 + j(20))
-        d2 = (cx + 130 + j(15), cy + 95 + j(20))
+        mid = (cx + j(20), cy - 30 + j(25))
+        spread, tilt = rng.uniform(30, 60), rng.uniform(0, 2 * math.pi)
+        c1 = (mid[0] - spread * math.cos(tilt) / 2, mid[1] - spread * math.sin(tilt) / 2)
+        c2 = (mid[0] + spread * math.cos(tilt) / 2, mid[1] + spread * math.sin(tilt) / 2)
+        drop = rng.uniform(90, 160)
+        d1 = (mid[0] - rng.uniform(95, 165), mid[1] + drop + j(20))
+        d2 = (mid[0] + rng.uniform(95, 165), mid[1] + drop + j(20))
         return SingularPoints((c1, c2), (d1, d2))
     raise ValueError(f"unknown finger class {finger_class!r}: use one of {', '.join(FINGER_CLASSES)}")
 
@@ -154,13 +176,18 @@ def orientation_field(
             acc += np.arctan2(yy - py, xx - px)
         theta0 = rng.normal(0.0, 0.08)
         theta = theta0 + 0.5 * acc
+    # Orientation detail: a smooth per-finger deviation from the model (the zero-pole model
+    # alone gives every finger of a class the same flow away from its singular points).
+    # Smooth and small, so it adds no singular point.
+    detail = rng.uniform(0.30, 0.50) * _smooth_noise(rng, (h, w), int(rng.integers(3, 6)))
+    theta = theta + detail
     return np.mod(theta, np.pi).astype(np.float32)
 
 
 def period_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Ridge period in pixels at 500 dpi: a per-finger mean with smooth variation."""
-    mean = rng.uniform(8.3, 10.0)
-    return (mean + 0.8 * _smooth_noise(rng, shape, 4)).astype(np.float32)
+    mean = rng.uniform(7.6, 10.8)
+    return (mean + rng.uniform(0.4, 1.0) * _smooth_noise(rng, shape, 4)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- ridge growth
@@ -180,7 +207,58 @@ def _gabor(theta: float, period: float) -> np.ndarray:
     return (k / np.abs(k).sum()).astype(np.float32)
 
 
-def grow_ridges(theta: np.ndarray, period: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _minutia_seeds(
+    th: np.ndarray, per: np.ndarray, rng: np.random.Generator, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A pattern of ``count`` ridge dislocations at random places, and where it applies (growth scale).
+
+    Ridge growth alone puts minutiae where the flow forces them (along the lines
+    where ridges diverge, the same lines in every finger of a class), so fingers
+    of one class share whole constellations of minutiae. Real minutiae lie
+    anywhere. Each seed is a local ridge pattern with one spiral phase point
+    (Larkin and Fletcher's model of a minutia): ``cos(2 pi d / T + s * arg)``,
+    d the distance across the ridges and s = +1 or -1 (an ending or a fork, as
+    the growth decides). Blending it into every growth iteration makes the grown
+    ridges carry a minutia there.
+    """
+    h, w = th.shape
+    template = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
+    # Candidates inside the finger's central area, kept at least ~2.5 periods apart.
+    ys = rng.uniform(0.08 * h, 0.92 * h, 4 * count)
+    xs = rng.uniform(0.1 * w, 0.9 * w, 4 * count)
+    chosen: list[int] = []
+    for i in range(len(ys)):  # a few hundred candidates: a loop over points, not pixels
+        t = float(per[int(ys[i]), int(xs[i])])
+        if all((ys[i] - ys[j]) ** 2 + (xs[i] - xs[j]) ** 2 > (2.5 * t) ** 2 for j in chosen):
+            chosen.append(i)
+            if len(chosen) == count:
+                break
+    for i in chosen:
+        py, px = float(ys[i]), float(xs[i])
+        t = float(per[int(py), int(px)])
+        r = math.ceil(1.6 * t)
+        y0, y1, x0, x1 = max(0, int(py) - r), min(h, int(py) + r + 1), max(0, int(px) - r), min(w, int(px) + r + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        theta = float(th[int(py), int(px)])
+        ux, uy = math.cos(theta), -math.sin(theta)  # along the ridge, pixel space
+        along = (xx - px) * ux + (yy - py) * uy
+        across = -(xx - px) * uy + (yy - py) * ux
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        pattern = np.cos(2 * np.pi * across / t + sign * np.arctan2(along, across) + rng.uniform(0, 2 * np.pi))
+        wt = np.exp(-(along**2 + across**2) / (2 * (0.7 * t) ** 2)).astype(np.float32)
+        template[y0:y1, x0:x1] += wt * pattern.astype(np.float32)
+        weight[y0:y1, x0:x1] = np.maximum(weight[y0:y1, x0:x1], wt)
+    return template, weight
+
+
+def grow_ridges(
+    theta: np.ndarray,
+    period: np.ndarray,
+    rng: np.random.Generator,
+    iterations: int = _GROWTH_ITERATIONS,
+    seeds: int = 0,
+) -> np.ndarray:
     """A ridge pattern (about +1 on ridges, -1 in valleys) following ``theta`` and ``period``.
 
     Iterative contextual filtering from random noise, vectorised per bin: every
@@ -211,11 +289,14 @@ def grow_ridges(theta: np.ndarray, period: np.ndarray, rng: np.random.Generator)
                 bins.append((_gabor(b * np.pi / _ORIENTATION_BINS, p), weight))
 
     img = rng.normal(0.0, 1.0, (sh, sw)).astype(np.float32)
-    for _ in range(_GROWTH_ITERATIONS):
+    template, seed_weight = _minutia_seeds(th, per, rng, seeds) if seeds else (None, None)
+    for _ in range(iterations):
         out = np.zeros_like(img)
         for kernel, weight in bins:
             out += weight * cv2.filter2D(img, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT)
         img = np.tanh(3.0 * out / (float(out.std()) + 1e-6))
+        if template is not None and seed_weight is not None:
+            img += 0.8 * seed_weight * (template - img)
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
@@ -390,7 +471,8 @@ def _master(seed: int, finger_id: int) -> Master:
     points = singular_points(finger_class, rng, center)
     theta = orientation_field(shape, points, rng, center)
     period = period_map(shape, rng)
-    field = grow_ridges(theta, period, rng)
+    # Fewer growth iterations leave more ridge breaks and forks: minutiae density varies per finger.
+    field = grow_ridges(theta, period, rng, int(rng.integers(8, 12)), seeds=int(rng.integers(12, 32)))
     mean_period = float(period.mean())
     ridges = clean_ridges(field, mean_period)
     mask = _finger_mask(shape, rng)
@@ -477,12 +559,12 @@ class Impression:
 
 def _random_params(rng: np.random.Generator, size: tuple[int, int], given: dict[str, object]) -> ImpressionParams:
     drawn = {
-        "rotation": float(rng.uniform(-15, 15)),
-        "shift": (float(rng.normal(0, 12)), float(rng.normal(0, 12))),
-        "distortion": float(rng.uniform(1.0, 5.0)),
-        "pressure": float(rng.uniform(-0.6, 0.6)),
-        "noise": float(rng.uniform(4, 14)),
-        "contact": float(rng.uniform(0.8, 1.0)),
+        "rotation": float(rng.uniform(-30, 30)),
+        "shift": (float(rng.normal(0, 28)), float(rng.normal(0, 28))),
+        "distortion": float(rng.uniform(3.0, 12.0)),
+        "pressure": float(rng.uniform(-0.8, 0.8)),
+        "noise": float(rng.uniform(6, 20)),
+        "contact": float(rng.uniform(0.55, 1.0)),
     }
     unknown = set(given) - set(drawn)
     if unknown:
@@ -501,6 +583,36 @@ def _displacement(rng: np.random.Generator, shape: tuple[int, int], amplitude: f
     dy = _smooth_noise(rng, shape, 3) * ramp
     peak = max(float(np.hypot(dx, dy).max()), 1e-6)
     return (np.stack([dx, dy]) * (amplitude / peak)).astype(np.float32)
+
+
+def _skin_condition(binary: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Patches of dry and wet skin and a few creases, different in every impression.
+
+    Real impressions of one finger disagree mostly through such local damage (a dry
+    patch breaks ridges into spurious endings, a wet one merges them into spurious
+    forks, a crease cuts across them); pressure alone thickens or thins evenly. So
+    two synthetic impressions share most but not all of their minutiae, as real ones.
+    """
+    h, w = binary.shape
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    state = _smooth_noise(rng, (h, w), int(rng.integers(5, 10)))
+    level = rng.uniform(0.45, 0.8)
+    dry = state > level
+    wet = state < -level
+    out = binary.copy()
+    if dry.any():
+        eroded = cv2.erode(binary, k)
+        specks = _smooth_noise(rng, (h, w), max(8, w // 6)) > 0.45  # ridges break in places, not evenly
+        out = np.where(dry, np.where(specks, 0, eroded), out).astype(np.uint8)
+    if wet.any():
+        out = np.where(wet, cv2.dilate(binary, k), out).astype(np.uint8)
+    for _ in range(int(rng.integers(0, 4))):  # creases: thin pale lines across the ridges
+        x0, y0 = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        phi = float(rng.uniform(0, np.pi))
+        length = float(rng.uniform(0.2, 0.6)) * max(w, h)
+        x1, y1 = x0 + length * math.cos(phi), y0 + length * math.sin(phi)
+        cv2.line(out, (round(x0), round(y0)), (round(x1), round(y1)), 0, int(rng.integers(2, 5)))
+    return out
 
 
 def make_impression(master: Master, seed: tuple[int, ...], size: tuple[int, int], **given: object) -> Impression:
@@ -524,7 +636,7 @@ def make_impression(master: Master, seed: tuple[int, ...], size: tuple[int, int]
 
     # Pressure: hard presses flatten ridges (thicker), light ones thin and break them.
     binary = (ridges > 0.5).astype(np.uint8)
-    steps = round(abs(params.pressure) * 2.0)
+    steps = round(abs(params.pressure) * 1.4)  # at most one step: two close the valleys of a 9-pixel period
     if steps:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         op = cv2.dilate if params.pressure > 0 else cv2.erode
@@ -532,6 +644,7 @@ def make_impression(master: Master, seed: tuple[int, ...], size: tuple[int, int]
     if params.pressure < -0.3:  # dry skin: ridges break up in places
         breaks = _smooth_noise(rng, (h, w), 40) > 0.75
         binary[breaks] = 0
+    binary = _skin_condition(binary, rng)
 
     # Partial contact: the part of the fingertip that touched, an ellipse around a random centre.
     c = float(np.clip(params.contact, 0.05, 1.0))

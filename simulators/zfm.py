@@ -103,6 +103,8 @@ class SimulatedModule:
         password: int = 0,
         finger_source: Callable[[int, int, tuple[int, int]], np.ndarray] | None = None,
         real_speed: bool = False,
+        baud: int = DEFAULT_BAUD,
+        check_line_speed: bool = True,
     ) -> None:
         if model not in PROFILES:
             raise ValueError(f"unknown model {model!r}: use one of {', '.join(PROFILES)}")
@@ -112,7 +114,8 @@ class SimulatedModule:
         self.finger_source = finger_source
         self.real_speed = real_speed
         self.address = DEFAULT_ADDRESS
-        self.baud = DEFAULT_BAUD
+        self.baud = baud  # kept across unplug/replug, as the module keeps it in flash
+        self.check_line_speed = check_line_speed
         self.security = 3
         self.packet_size_code = self.profile.packet_size_code
         self.led: tuple[int, int, int, int] | None = None  # (mode, speed, colour, cycles)
@@ -253,7 +256,12 @@ class SimulatedModule:
             while True:
                 start = buffer.find(b"\xef\x01")
                 if start < 0:
+                    # Noise: drop it, but keep a trailing EF, which may be the first half of a
+                    # header whose 01 is still on the line (a client writing byte by byte).
+                    keep = buffer.endswith(b"\xef")
                     buffer.clear()
+                    if keep:
+                        buffer.append(0xEF)
                     break
                 del buffer[:start]
                 if len(buffer) < 9:
@@ -295,8 +303,18 @@ class SimulatedModule:
             return
         self._write(out)
 
+    def _line_speed_matches(self) -> bool:
+        """A module at 115200 reads a host at 57600 as noise: the pty tells the speed the client set."""
+        if not self.check_line_speed or self._slave < 0:
+            return True
+        try:
+            speed = termios.tcgetattr(self._slave)[5]
+        except termios.error:
+            return True
+        return speed == getattr(termios, f"B{self.baud}", speed)
+
     def _packet(self, kind: int, payload: bytes) -> None:
-        if self._silent:
+        if self._silent or not self._line_speed_matches():
             return
         if kind in (PacketType.DATA, PacketType.END_DATA):
             self._data(kind, payload)

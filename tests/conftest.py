@@ -274,6 +274,71 @@ def zfm_sim(request, tmp_path: Path) -> Iterator:
         yield sim
 
 
+# ---------------------------------------------------------------- USB readers (libfprint)
+
+
+@pytest.fixture
+def fprint_socket_dir() -> Iterator[Path]:
+    """A short private folder for libfprint's virtual-driver sockets (unix socket paths are limited to 108 bytes)."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("gi", reason="PyGObject missing: `make .venv/.installed` installs it (the usb extra)")
+    from drivers.fprint import unavailable_reason
+
+    if unavailable_reason():
+        pytest.fail(unavailable_reason())  # `make test` installs libfprint: its absence is a setup error
+    folder = Path(tempfile.mkdtemp(prefix="fp-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def virtual_image_reader(fprint_socket_dir: Path) -> Iterator[tuple]:
+    """libfprint's virtual_image reader, opened by our driver, and the feeder that presents fingers to it."""
+    from drivers.fprint.reader import FprintReader
+    from simulators.fprint import VirtualImageFeeder
+
+    path = fprint_socket_dir / "image.sock"
+    reader = FprintReader("virtual_image", env={"FP_VIRTUAL_IMAGE": str(path)})
+    reader.open()
+    feeder = VirtualImageFeeder(path)
+    try:
+        yield reader, feeder
+    finally:
+        feeder.close()
+        reader.close()
+
+
+@pytest.fixture
+def virtual_device_reader(fprint_socket_dir: Path) -> Iterator[tuple]:
+    """libfprint's match-on-sensor virtual_device reader, opened by our driver, and its command feeder."""
+    from drivers.fprint.reader import FprintReader
+    from simulators.fprint import VirtualDeviceFeeder
+
+    path = fprint_socket_dir / "device.sock"
+    reader = FprintReader("virtual_device", env={"FP_VIRTUAL_DEVICE": str(path)})
+    reader.open()
+    try:
+        yield reader, VirtualDeviceFeeder(path)
+    finally:
+        reader.close()
+
+
+# ---------------------------------------------------------------- cameras
+
+
+@pytest.fixture
+def camera_sim() -> Iterator:
+    """The MJPEG camera simulator on a free port of 127.0.0.1 (OpenCV reads it itself); stopped after."""
+    from simulators.camera import SimulatedCamera
+
+    with SimulatedCamera((320, 240), fps=25) as camera:
+        yield camera
+
+
 # ---------------------------------------------------------------- faces
 
 

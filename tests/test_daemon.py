@@ -205,24 +205,27 @@ def test_a_reader_unplugged_and_plugged_back_is_reopened_and_reported(
     async def scenario() -> str:
         daemon = AgentDaemon(config, str(provisioned_config_file))
         await daemon.start()
-        assert daemon.reader is not None and daemon.reader.connected
-        status = daemon.reader.status
+        assert daemon.devices is not None
+        (reader,) = daemon.devices.devices  # the old [reader] section is one zfm device
+        assert reader.connected
+        status = reader.status()
         zfm_sim.unplug()
         await asyncio.sleep(0.5)
-        assert not daemon.reader.connected
+        assert not reader.connected
         zfm_sim.replug()
         for _ in range(50):  # bounded: up to 5 s
             await asyncio.sleep(0.1)
-            if daemon.reader.connected:
+            if reader.connected:
                 break
-        assert daemon.reader.connected, "reopened once the port came back"
+        assert reader.connected, "reopened once the port came back"
         await daemon.stop()
         return status
 
     status = asyncio.run(scenario())
-    assert status == f"reader r307 on {zfm_sim.port}"
-    kinds = [e["type"] for e in Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config)).pending(100)]
-    assert [k for k in kinds if k.startswith("reader_")] == ["reader_plugged", "reader_unplugged", "reader_plugged"]
+    assert status["model"] == "r307" and status["port"] == zfm_sim.port and status["kind"] == "zfm"
+    events = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config)).pending(100)
+    device_events = [e["type"] for e in events if e["type"].startswith("device_")]
+    assert device_events == ["device_plugged", "device_unplugged", "device_plugged"]
 
 
 def test_a_reader_without_a_port_is_a_config_error(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ def test_the_demo_tells_the_whole_story() -> None:
         "decision: reject",
         "replay: refused (409",
         "network+match",
+        "at its real speed, 115200 baud",  # the latency table's capture: the real line, not an unpaced one
         "match  ",
         "stopped; the temporary PKI and device state are deleted",
     ):

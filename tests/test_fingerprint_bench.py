@@ -27,3 +27,18 @@ def test_list_images_reads_finger_and_impression(tmp_path):
         (tmp_path / name).write_bytes(b"")
     found = [(f, i) for f, i, _ in list_images(tmp_path)]
     assert found == [("101", 1), ("101", 2), ("7", 3)]
+
+
+def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
+    import json
+
+    from bench.fingerprint import main
+    from biometrics.fingerprint import threshold_for_fmr
+
+    assert main(["--synthetic", "3", "--impressions", "2", "--seed", "1", "--gallery", "12"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["genuine"], out["impostor"], out["images"]) == (3, 12, 6)
+    assert out["thresholds"]["1e-04"] == pytest.approx(threshold_for_fmr(1e-4), abs=1e-5)
+    assert out["false_match_limit_95"] == {"1e-03": 0, "1e-04": 0}  # 12 pairs: not even one expected
+    assert set(out["fmr_at_threshold"]) == set(out["fnmr_at_threshold"]) == {"1e-03", "1e-04"}
+    assert out["false_matches"]["1e-04"] == 0  # three distinct synthetic fingers

@@ -96,3 +96,44 @@ def test_bad_images_raise_a_typed_error_naming_the_fix(image, dpi, fix):
     with pytest.raises(FingerprintImageError, match=fix) as info:
         extract(image, dpi)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------- transparency (debug API)
+
+
+def test_explain_returns_every_stage_and_the_same_template_as_extract(synthetic_print):
+    from biometrics.fingerprint.debug import STAGES, explain
+
+    sp = synthetic_print(0)
+    e = explain(sp.image)
+    h, w = sp.image.shape
+    for name in ("image", "mask", "orientation", "coherence", "normalised", "enhanced", "ridges", "skeleton"):
+        assert getattr(e, name).shape == (h, w), name
+    assert e.mask.dtype == bool and 0.2 < e.mask.mean() < 1.0
+    assert set(np.unique(e.skeleton)) <= {0, 1} and e.skeleton.sum() < e.ridges.sum()  # thinner than the ridges
+    assert np.all((e.orientation >= 0) & (e.orientation < np.pi))
+    assert (e.enhanced[e.ridges > 0] < 0).all()  # ridges are where the filter output is negative
+    counts = [len(e.minutiae[s]) for s in STAGES]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]  # each cleanup only removes
+    ref = extract(sp.image)
+    np.testing.assert_array_equal(e.template.minutiae.x, ref.minutiae.x)
+    np.testing.assert_array_equal(e.template.minutiae.angle, ref.minutiae.angle)
+
+
+def test_explain_command_writes_one_png_per_stage(synthetic_print, tmp_path):
+    from bench.fingerprint import main
+
+    sp = synthetic_print(1)
+    source = tmp_path / "print.png"
+    cv2.imwrite(str(source), sp.image)
+    assert main(["--explain", str(source), "--out", str(tmp_path / "stages")]) == 0
+    written = sorted(p.name for p in (tmp_path / "stages").iterdir())
+    assert "03_orientation.png" in written and "08_skeleton.png" in written
+    assert [n for n in written if "minutiae" in n] == [
+        "09_minutiae_candidates.png",
+        "10_minutiae_inside.png",
+        "11_minutiae_cleaned.png",
+        "12_minutiae_final.png",
+    ]
+    skeleton = cv2.imread(str(tmp_path / "stages" / "08_skeleton.png"), cv2.IMREAD_GRAYSCALE)
+    assert skeleton.shape == sp.image.shape and (skeleton == 0).any()

@@ -199,7 +199,7 @@ def test_images_look_like_fingerprints(finger_generator) -> None:
         assert 6.5 <= period <= 12.5, f"ridge period {period:.1f} px is not a 500 dpi finger's"
         on = imp.contact_mask.astype(bool)
         dark = (img[on] < 128).mean()
-        assert 0.2 <= dark <= 0.8, f"ridge/valley balance {dark:.2f}"  # dry or wet, still ridges and valleys
+        assert 0.15 <= dark <= 0.85, f"ridge/valley balance {dark:.2f}"  # dry or wet patches, still ridges and valleys
         clean = finger_generator.finger(finger_id).clean_impression()
         dark = (clean.image[clean.contact_mask > 0] < 128).mean()
         assert 0.35 <= dark <= 0.65, f"clean ridge/valley balance {dark:.2f}"
@@ -275,3 +275,43 @@ def test_fit_to_size_crops_and_pads_around_the_centre() -> None:
     assert fit_to_size(img, (3, 2)).tolist() == [[6, 7, 8], [11, 12, 13]]
     padded = fit_to_size(img, (7, 6))
     assert padded.shape == (6, 7) and padded[0, 0] == 255 and padded[1, 1] == 0
+
+
+# ---------------------------------------------------------------- a population of distinct people
+
+
+def test_singular_points_spread_like_real_fingers() -> None:
+    """Loops differ in size and slant: the core-to-delta distance and angle vary widely between fingers."""
+    rng = np.random.default_rng(3)
+    distance, angle = [], []
+    for _ in range(300):
+        p = fingers.singular_points("left_loop", rng, (208.0, 272.0))
+        (cx, cy), (dx, dy) = p.cores[0], p.deltas[0]
+        distance.append(math.hypot(dx - cx, dy - cy))
+        angle.append(math.degrees(math.atan2(dy - cy, dx - cx)))
+    assert np.ptp(distance) > 90 and np.std(distance) > 25
+    assert np.ptp(angle) > 30
+
+
+def test_fingers_differ_in_period_and_class(finger_generator) -> None:
+    masters = [finger_generator.finger(i).master for i in range(6)]
+    periods = [m.mean_period for m in masters]
+    assert np.ptp(periods) > 0.8  # 7.6 to 10.8 pixels drawn per finger
+    assert len({m.finger_class for m in masters}) >= 2
+    counts = [len(m.minutiae) for m in masters]
+    assert np.ptp(counts) > 10  # minutiae density varies between fingers
+
+
+def test_a_small_population_of_distinct_fingers_does_not_collide(finger_generator) -> None:
+    """Six fingers, two impressions each: every impostor pair below the 1e-4 threshold, every genuine above."""
+    from biometrics.fingerprint import extract, match, threshold_for_fmr
+
+    threshold = threshold_for_fmr(1e-4)
+    moderate = {"distortion": 4.0, "contact": 1.0, "pressure": 0.0, "noise": 8.0}
+    tpls = {
+        f: [extract(finger_generator.finger(f).impression(seed, **moderate).image) for seed in (1, 2)] for f in range(6)
+    }
+    for f, (a, b) in tpls.items():
+        assert match(a, b) >= threshold, f
+    worst = max(match(tpls[f][0], tpls[g][1]) for f in tpls for g in tpls if f != g)
+    assert worst < threshold, worst

@@ -486,7 +486,7 @@ def test_a_reader_fault_in_the_daemon_log_names_the_port_and_the_cause(verifier,
         while fault is None and time.monotonic() < deadline:
             time.sleep(0.1)
             lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
-            fault = next((line for line in lines if line.get("type") == "reader_fault"), None)
+            fault = next((line for line in lines if line.get("type") == "device_fault"), None)
         assert fault is not None, log_file.read_text()
         assert fault["port"] == str(missing) and "does not exist" in fault["error"] and fault["fix"], fault
         assert fault["level"] == "warning"

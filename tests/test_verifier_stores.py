@@ -11,7 +11,7 @@ from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.registry import AuthorisationError, DeviceRegistry
 from verifier.store import open_database
-from verifier.tokens import BootstrapTokens, TokenError, token_hash
+from verifier.tokens import BootstrapTokens, TokenError, token_hash, typeable_token
 
 
 @pytest.fixture
@@ -38,6 +38,15 @@ def test_tokens_are_stored_hashed_single_use_and_expiring(conn) -> None:
         tokens.peek("nope")
     with pytest.raises(ValueError, match="device id"):
         tokens.new("../etc")
+
+
+def test_bootstrap_tokens_never_start_with_a_dash(conn) -> None:
+    """`provision --token TOKEN` would read a leading '-' as an option (1 token in 64 without the rule)."""
+    tokens = [typeable_token() for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) == 43 for t in tokens)
+    token, _ = BootstrapTokens(conn).new("kiosk-9")
+    assert not token.startswith("-")
 
 
 def test_nonces_are_single_use_short_lived_and_bound_to_a_device(conn) -> None:

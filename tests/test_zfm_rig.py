@@ -21,6 +21,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
     cv2.imwrite(str(images / "2_1.tif"), FingerGenerator(5).image(2, 1))
     link = tmp_path / "ttyRIG"
     command = ["simulate", "zfm", "--model", "as608", "--link", str(link), "--images", str(images), "--finger", "2"]
+    command += ["--baud", "115200"]  # a module an earlier run raised: it answers only at that speed
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", *command],
         stdin=subprocess.PIPE,
@@ -31,7 +32,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
     try:
         line = json.loads(proc.stdout.readline())
         assert line == {"event": "listening", "port": str(link), "model": "as608"}
-        with ZfmModule(line["port"]) as module:
+        with ZfmModule(line["port"], baud=115200) as module:
             assert module.profile.name == "as608"
             assert module.capture(), "the finger left on the sensor by --finger"
             assert module.download_image().shape == (288, 256)
@@ -50,6 +51,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
         found = {f["path"]: f for f in json.loads(listing.stdout)}
         assert "as608" in found[str(link)]["description"]
         assert found[str(link)]["details"]["capacity"] == 300
+        assert found[str(link)]["details"]["baud"] == 115200, "discovery finds a module at the speed it runs"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

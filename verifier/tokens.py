@@ -35,6 +35,18 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
+def typeable_token() -> str:
+    """256 random bits in URL-safe base64 that never start with '-'.
+
+    An installer types the token as ``--token TOKEN``: one starting with '-'
+    (1 draw in 64) would be read by the shell's argument parser as an option.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
+
+
 @dataclass
 class BootstrapTokens:
     conn: sqlite3.Connection
@@ -42,7 +54,7 @@ class BootstrapTokens:
     def new(self, device_id: str | None = None, ttl_s: float = DEFAULT_TTL_S) -> tuple[str, str]:
         """A fresh token for a device (a random id when none is given): (token, device id)."""
         device = check_device_id(device_id or f"dev-{secrets.token_hex(4)}")
-        token = secrets.token_urlsafe(32)
+        token = typeable_token()
         self.conn.execute(
             "INSERT INTO tokens (token_hash, device_id, expires_at) VALUES (?, ?, ?)",
             (token_hash(token), device, time.time() + ttl_s),

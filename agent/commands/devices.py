@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("devices", help="list serial modules, USB fingerprint readers and cameras")
     add_common_arguments(parser)  # accepted like every command's (README); discovery itself needs no config
     parser.add_argument("--port", action="append", default=[], help="also probe this serial port (repeatable)")
+    parser.add_argument(
+        "--camera", action="append", default=[], help="also probe this camera: URL, /dev/videoN or file (repeatable)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -22,13 +25,15 @@ def run(args: argparse.Namespace) -> int:
     from drivers.discovery import discover
 
     configure_logging("error", "console")
-    findings = discover(args.port)
+    findings = discover(args.port, extra_cameras=args.camera)
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
         return 0
     for f in findings:
         mark = "ok  " if f.accessible and not f.fix else "FIX "
         print(f"[{mark}] {f.kind:<6} {f.path}  {f.description}")
+        if f.capabilities:
+            print(f"         can: {', '.join(f.capabilities)}")
         for key, value in f.details.items():
             print(f"         {key}: {value}")
         if f.fix:

@@ -1,57 +1,120 @@
-"""From a target false match rate to a score threshold.
+"""From a target false match rate to a score threshold that holds on every sensor seen.
 
-Impostor model: above its 99th percentile, the impostor score distribution is
-modelled by an exponential tail (a generalised Pareto tail with shape 0, the
-limit for light-tailed scores such as a mean of bounded similarities):
+A threshold is a promise: "at most one impostor in 10,000 is accepted". Fitted on
+one pooled sample it holds on average over the sensors of that sample and breaks
+on the sensor with the heaviest impostor tail (the first round's threshold, fitted
+on FVC2002 pooled, let through 7 to 14 times its target on five held-out
+databases). So the impostor model here is fitted per *group* of impostor pairs
+(one group per sensor, one of pairs across sensors, one per synthetic
+population) and the threshold is the largest of the groups' thresholds: it keeps
+its promise on the worst group, and by margin on the others.
 
-    FMR(t) = 0.01 * exp(-(t - t99) / beta)   for t >= t99
+Per group, scores are those of :func:`biometrics.fingerprint.mcc_match.scores`
+(already normalised for the minutiae counts, see that module). Above the group's
+99th percentile t99 the tail is a generalised Pareto distribution:
 
-beta is the maximum-likelihood estimate, the mean excess over t99 (115 scores
-in the fitting sample). Above 1 % the model interpolates the impostor quantiles
-(50th, 75th, 90th, 99th percentiles) on a log-FMR scale. The constants come from
-``python -m bench.fingerprint --calibrate DIR...`` on impostor pairs only
-(all-pairs impostors of the four FVC2002 set-B folders pooled, 11,520 scores):
-no genuine score enters the model, so the thresholds do not depend on how well
-the matcher separates those particular fingers. Rates below 1e-3 are an
-extrapolation of the fitted tail. On the fitting sample the thresholds give
-FMR 1.0 % at 1 %, 0.13 % at 0.1 % and 0.009 % (1 score) at 0.01 %.
-Refit when the matcher or the extractor changes.
+    FMR(t) = 0.01 * (1 + xi * (t - t99) / sigma) ** (-1 / xi)   for t >= t99
+
+(the exponential tail ``0.01 * exp(-(t - t99) / sigma)`` when xi = 0). The shape
+xi comes from the moments of the exceedances and is never taken below 0: a tail
+lighter than exponential is not extrapolated, one heavier (pairs that share
+fingers, a few look-alike fingers in a population) is. The scale sigma is not the
+point estimate but its one-sided 95 % upper confidence bound, ``sigma_hat * 2k /
+chi2_{0.05}(2k)`` for k exceedances (as for the mean of k exponentials): a group
+of 2,880 pairs has only 29 scores above its t99, and the bound widens its tail by
+about 40 %, one of 100,000 pairs by 7 %. Above 1 % the group's threshold
+interpolates its quantiles (50th, 75th, 90th, 99th percentiles) on a log-FMR
+scale. No genuine score enters the model.
+
+The constants come from ``python -m bench.fingerprint --calibrate
+fvc2002/DB1_B fvc2002/DB2_B:569 fvc2002/DB3_B fvc2002/DB4_B --synthetic 200
+--seed 1000``: 235,020 impostor pairs in six groups. The synthetic population is
+drawn with a seed (1000) other than the benchmark's (0), so the benchmark's
+synthetic figures are measured on fingers the fit never saw. Today the synthetic
+group is the worst (its impostors still resemble each other a little more than
+real fingers do: 99th percentile 0.039 against 0.023 to 0.031) and sets both
+thresholds, 0.0585 (1e-3) and 0.0826 (1e-4); the worst real sensor, FVC2002 DB4,
+would give 0.048 and 0.066. Refit when the matcher, the extractor
+or the synthetic generator changes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from biometrics.fingerprint.errors import FingerprintError
 
+TAIL_FMR = 0.01
+QUANTILE_FMRS = (0.5, 0.25, 0.1, TAIL_FMR)
+_Z95 = 1.6448536269514722  # standard normal 95 % quantile
+
+
+@dataclass(frozen=True, slots=True)
+class TailFit:
+    """The impostor model of one group: quantiles above 1 % and an exponential tail below."""
+
+    name: str
+    pairs: int
+    quantiles: tuple[float, ...]  # scores at QUANTILE_FMRS
+    beta: float  # 95 % upper bound of the tail scale (sigma)
+    shape: float = 0.0  # generalised Pareto shape xi >= 0; 0 is the exponential tail
+
+    def threshold(self, fmr: float) -> float:
+        tail_score = self.quantiles[-1]
+        if fmr <= TAIL_FMR:
+            ratio = TAIL_FMR / fmr
+            if self.shape < 1e-6:
+                return tail_score + self.beta * math.log(ratio)
+            return tail_score + self.beta / self.shape * (ratio**self.shape - 1.0)
+        rates = np.log(QUANTILE_FMRS)[::-1]  # increasing
+        values = np.array(self.quantiles)[::-1]
+        if fmr >= QUANTILE_FMRS[0]:  # below the median: extend the last segment linearly in log FMR
+            slope = (values[-1] - values[-2]) / (rates[-1] - rates[-2])
+            return float(values[-1] + slope * (math.log(fmr) - rates[-1]))
+        return float(np.interp(math.log(fmr), rates, values))
+
+
 # Fitted by bench.fingerprint --calibrate (see module docstring).
-IMPOSTOR_QUANTILES = ((0.5, 0.01557), (0.25, 0.01716), (0.1, 0.0195), (0.01, 0.02746))  # (FMR, score)
-TAIL_BETA = 0.004518
+GROUPS: tuple[TailFit, ...] = (
+    TailFit("FVC2002 DB1_B", 2880, (0.01510, 0.01642, 0.01803, 0.02310), 0.00305, 0.0),
+    TailFit("FVC2002 DB2_B", 2880, (0.01576, 0.01714, 0.01929, 0.02662), 0.00408, 0.0247),
+    TailFit("FVC2002 DB3_B", 2880, (0.01538, 0.01675, 0.01834, 0.02334), 0.00384, 0.0),
+    TailFit("FVC2002 DB4_B", 2880, (0.01615, 0.01824, 0.02101, 0.03106), 0.00755, 0.0),
+    TailFit("FVC2002 across folders", 38400, (0.01523, 0.01657, 0.01829, 0.02409), 0.00326, 0.1567),
+    TailFit("synthetic 200 fingers seed 1000", 179100, (0.01826, 0.02120, 0.02547, 0.03910), 0.00757, 0.0928),
+)
 
 
 def threshold_for_fmr(fmr: float) -> float:
-    """Score threshold (accept when score >= threshold) expected to give false match rate ``fmr``."""
+    """Score threshold (accept when score >= threshold) keeping false match rate ``fmr`` on every calibration group."""
     if not isinstance(fmr, int | float) or not 0.0 < float(fmr) < 1.0 or math.isnan(fmr):
         raise FingerprintError(f"fmr={fmr!r} must be a rate strictly between 0 and 1, e.g. 0.001 for 0.1 %")
-    f = float(fmr)
-    tail_fmr, tail_score = IMPOSTOR_QUANTILES[-1]
-    if f <= tail_fmr:
-        return tail_score + TAIL_BETA * math.log(tail_fmr / f)
-    rates = np.log([q[0] for q in IMPOSTOR_QUANTILES])[::-1]  # increasing
-    values = np.array([q[1] for q in IMPOSTOR_QUANTILES])[::-1]
-    if f >= IMPOSTOR_QUANTILES[0][0]:  # below the median: extend the last segment linearly in log FMR
-        slope = (values[-1] - values[-2]) / (rates[-1] - rates[-2])
-        return float(values[-1] + slope * (math.log(f) - rates[-1]))
-    return float(np.interp(math.log(f), rates, values))
+    return max(group.threshold(float(fmr)) for group in GROUPS)
 
 
-def fit_impostor_model(impostor: np.ndarray) -> tuple[tuple[tuple[float, float], ...], float]:
-    """Quantiles and tail scale of an impostor score sample (used by the benchmark's --calibrate)."""
+def chi2_lower(dof: int, p_upper: float = _Z95) -> float:
+    """Lower 5 % quantile of a chi-square with ``dof`` degrees of freedom (Wilson-Hilferty; within 1 % from 20 dof)."""
+    k = float(dof)
+    return k * (1.0 - 2.0 / (9.0 * k) - p_upper * math.sqrt(2.0 / (9.0 * k))) ** 3
+
+
+def fit_tail(name: str, impostor: np.ndarray) -> TailFit:
+    """Quantiles and the 95 % upper bound of the tail scale of one group's impostor scores."""
     s = np.asarray(impostor, np.float64)
-    quantiles = tuple((f, float(np.quantile(s, 1.0 - f))) for f in (0.5, 0.25, 0.1, 0.01))
-    tail_start = quantiles[-1][1]
-    excess = s[s > tail_start] - tail_start
-    beta = float(excess.mean()) if len(excess) else 0.0
-    return quantiles, beta
+    if len(s) < 1000:
+        raise FingerprintError(f"group {name!r} has {len(s)} impostor scores: a tail needs at least 1,000")
+    quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
+    excess = s[s > quantiles[-1]] - quantiles[-1]
+    k = len(excess)
+    mean = float(excess.mean()) if k else 0.0
+    var = float(excess.var(ddof=1)) if k > 1 else 0.0
+    if var > 0.0:  # method of moments for the generalised Pareto distribution
+        shape = max(0.0, 0.5 * (1.0 - mean * mean / var))
+        sigma = 0.5 * mean * (1.0 + mean * mean / var) if shape > 0.0 else mean
+    else:
+        shape, sigma = 0.0, mean
+    sigma_upper = sigma * 2.0 * k / chi2_lower(2 * k) if k >= 5 else sigma * 2.0
+    return TailFit(name, len(s), quantiles, sigma_upper, round(shape, 4))

@@ -34,7 +34,13 @@ def quality_of(analysis: Analysis) -> QualityReport:
 
 def template_of(analysis: Analysis, quality: QualityReport | None = None) -> FingerprintTemplate:
     """Template in the input image's pixel coordinates (pass ``quality`` if already computed)."""
-    found = detect(analysis)
+    return template_from_minutiae(analysis, detect(analysis), quality)
+
+
+def template_from_minutiae(
+    analysis: Analysis, found: Minutiae, quality: QualityReport | None = None
+) -> FingerprintTemplate:
+    """Template of minutiae found at 500 dpi, brought back to the input image's pixel coordinates."""
     s = analysis.scale
     minutiae = Minutiae(
         x=(found.x / s).astype(np.float32),

@@ -1,8 +1,9 @@
 """Public matching API: 1:1 scores and a vectorised 1:N gallery.
 
-Scores are raw MCC LSS-R similarities in [0, 1] (higher = more similar); see
-:mod:`biometrics.fingerprint.calibration` for choosing a threshold from a target
-false match rate.
+Scores are MCC LSS-R similarities in [0, 1] (higher = more similar), normalised
+for the strength of evidence (see :func:`biometrics.fingerprint.mcc_match.normalise`);
+see :mod:`biometrics.fingerprint.calibration` for choosing a threshold from a
+target false match rate.
 """
 
 from __future__ import annotations

@@ -18,6 +18,19 @@ than the best pairs overall, which makes the selection one-to-one and symmetric
 in the two prints (on the FVC2002 folders mean EER 2.6 % -> 2.2 %); and at most
 16 of them enter (the paper takes min(n_A, n_B)): the relaxation costs the square
 of that number, and 16 already exceeds the 12 pairs the score is taken from.
+
+Evidence normalisation (for calibration across sensors). The LSS-R score is a
+mean of n_P relaxed similarities, and n_P shrinks with the minutiae count (4 pairs
+for a print of 11 minutiae, 12 from about 30). Under the impostor hypothesis the
+spread of a mean of n_P terms grows like 1/sqrt(n_P), so small prints (a partial
+touch, a small sensor, a dry finger) produced most of the highest impostor scores:
+on the 49,920 impostor pairs of the four FVC2002 folders pooled, 0.41 % of the
+pairs with under 20 minutiae reached the pooled 0.1 % threshold, against 0.05 to
+0.11 % of the others. :func:`scores` therefore returns
+``NULL_CENTRE + (raw - NULL_CENTRE) * sqrt(n_P / MAX_NP)``: unchanged for prints
+with enough minutiae, pulled towards the typical impostor score when the evidence
+is thin, which equalises the impostor tails (0.14 / 0.07 / 0.13 % in the same
+three groups) at no cost in EER.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ MAX_RELAX = 16  # pairs entering relaxation (paper: min(n_A, n_B)); see module d
 MU_1, TAU_1 = 5.0, -1.6
 MU_2, TAU_2 = np.pi / 12, -30.0
 MU_3, TAU_3 = np.pi / 12, -30.0
+NULL_CENTRE = 0.0156  # median raw impostor score (FVC2002 four folders pooled); see the module docstring
 
 
 def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
@@ -201,7 +215,18 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     lam_sorted = np.take_along_axis(lam, best, axis=1)
     total = np.where(rank < n_p[:, None], lam_sorted, 0.0).sum(axis=1)
     # Divide by the nominal n_P even when fewer pairs exist: few pairs is weak evidence.
-    return np.where(n_p > 0, total / np.maximum(nominal, 1), 0.0).astype(np.float64)
+    raw = total / np.maximum(nominal, 1)
+    return np.where(n_p > 0, normalise(raw, nominal), 0.0).astype(np.float64)
+
+
+def normalise(raw: np.ndarray, nominal_pairs: np.ndarray) -> np.ndarray:
+    """Evidence-normalised score: the excess over the impostor centre scaled by sqrt(n_P / MAX_NP).
+
+    Impostor scores then spread alike whatever the minutiae counts (see the module
+    docstring); clipped at 0 so a score stays a similarity in [0, 1].
+    """
+    scale = np.sqrt(np.asarray(nominal_pairs, np.float64) / MAX_NP)
+    return np.maximum(NULL_CENTRE + (np.asarray(raw, np.float64) - NULL_CENTRE) * scale, 0.0)
 
 
 def _sigmoid32(v: np.ndarray, mu: float, tau: float) -> np.ndarray:
@@ -217,5 +242,8 @@ def _sigmoid32(v: np.ndarray, mu: float, tau: float) -> np.ndarray:
 
 
 def scores(probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """Raw MCC scores (0..1) of the probe against every template of the gallery."""
+    """Evidence-normalised MCC LSS-R scores (0..1) of the probe against every template of the gallery.
+
+    These are the scores :func:`biometrics.fingerprint.calibration.threshold_for_fmr` is fitted on.
+    """
     return consolidate(local_similarity(probe, gallery), probe, gallery)

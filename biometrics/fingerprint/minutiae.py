@@ -7,6 +7,8 @@ shorter than about one period, whatever the sensor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
 
@@ -38,13 +40,20 @@ def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 def ridge_map(analysis: Analysis) -> np.ndarray:
     """Binary ridges (1) inside the foreground, from the contextually filtered image."""
+    return _enhanced_and_ridges(analysis)[1]
+
+
+def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
+    """The contextually filtered image (0 outside the foreground box) and its binary ridges."""
     out = np.zeros(analysis.mask.shape, np.uint8)
+    full = np.zeros(analysis.mask.shape, np.float32)
     box = foreground_box(analysis.mask, 2)
     if analysis.mask[box].size == 0:
-        return out
+        return full, out
     enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period)
+    full[box] = enhanced
     out[box] = (enhanced < 0) & analysis.mask[box]
-    return out
+    return full, out
 
 
 def _centroids(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,10 +116,46 @@ def _false_pairs(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarr
     return bad.any(axis=1)
 
 
+@dataclass(frozen=True)
+class Detection:
+    """Every intermediate result of minutiae detection, for a person tuning the pipeline.
+
+    ``stages`` are the minutiae after each step, in order: every skeleton point
+    with crossing number 1 or 3+ (``candidates``), those away from the foreground
+    edge and in coherent flow (``inside``), those not part of a spur, bridge,
+    broken ridge or noise cluster (``cleaned``), the best ``MAX_MINUTIAE`` by
+    quality (``final``). Coordinates are 500-dpi pixels of the analysed image.
+    """
+
+    enhanced: np.ndarray  # float32, contextually filtered image (negative on ridges)
+    ridges: np.ndarray  # uint8 0/1
+    skeleton: np.ndarray  # uint8 0/1
+    stages: dict[str, Minutiae] = field(default_factory=dict)
+
+    @property
+    def minutiae(self) -> Minutiae:
+        return self.stages["final"]
+
+
+def _subset(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, quality: np.ndarray) -> Minutiae:
+    return Minutiae(
+        x=x.astype(np.float32),
+        y=y.astype(np.float32),
+        angle=angle.astype(np.float32),
+        kind=kind.astype(np.uint8),
+        quality=np.clip(quality, 0, 100).astype(np.uint8),
+    )
+
+
 def detect(analysis: Analysis) -> Minutiae:
     """Minutiae in 500-dpi pixel coordinates of the analysed image."""
+    return detect_stages(analysis, trace=False).minutiae
+
+
+def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
+    """Minutiae and (with ``trace``) every intermediate result; :func:`detect` is this without the trace."""
     period = analysis.period
-    ridges = ridge_map(analysis)
+    enhanced, ridges = _enhanced_and_ridges(analysis)
     box = foreground_box(analysis.mask, 2)
     skeleton = np.zeros_like(ridges)
     skeleton[box] = thin(ridges[box])
@@ -118,13 +163,31 @@ def detect(analysis: Analysis) -> Minutiae:
     mask8 = analysis.mask.astype(np.uint8)
     border = cv2.distanceTransform(np.pad(mask8, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
     inside = (border > BORDER_PERIODS * period) & (analysis.coherence > MIN_COHERENCE)
+    stages: dict[str, Minutiae] = {}
+    if trace:
+        cy, cx = _centroids(cn == 1)
+        fy, fx = _centroids(cn >= 3)
+        kinds_all = np.concatenate(
+            [np.full(len(cy), KIND_ENDING, np.uint8), np.full(len(fy), KIND_BIFURCATION, np.uint8)]
+        )
+        ys_all, xs_all = np.concatenate([cy, fy]), np.concatenate([cx, fx])
+        psi_all = np.mod(analysis.orientation[ys_all, xs_all] + np.pi / 2, np.pi)
+        stages["candidates"] = _subset(
+            xs_all,
+            ys_all,
+            _directions(skeleton, ys_all, xs_all, psi_all, kinds_all, period),
+            kinds_all,
+            np.full(len(xs_all), 100),
+        )
     ey, ex = _centroids((cn == 1) & inside)
     by, bx = _centroids((cn >= 3) & inside)
     ys = np.concatenate([ey, by])
     xs = np.concatenate([ex, bx])
     kinds = np.concatenate([np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)])
     if len(ys) == 0:
-        return Minutiae.empty()
+        for name in ("inside", "cleaned", "final"):
+            stages[name] = Minutiae.empty()
+        return Detection(enhanced, ridges, skeleton, stages)
     psi = np.mod(analysis.orientation[ys, xs] + np.pi / 2, np.pi)
     angles = _directions(skeleton, ys, xs, psi, kinds, period)
     xf, yf = xs.astype(np.float32), ys.astype(np.float32)
@@ -132,12 +195,16 @@ def detect(analysis: Analysis) -> Minutiae:
     coh = analysis.coherence[ys, xs]
     depth = np.clip(border[ys, xs] / (3.0 * period), 0.0, 1.0)
     quality = np.clip(100.0 * np.clip(coh / 0.7, 0.0, 1.0) * (0.5 + 0.5 * depth), 1, 100)
+    if trace:
+        stages["inside"] = _subset(xf, yf, angles, kinds, quality)
+        stages["cleaned"] = _subset(xf[good], yf[good], angles[good], kinds[good], quality[good])
     order = np.argsort(-quality[good], kind="stable")[:MAX_MINUTIAE]
     idx = np.flatnonzero(good)[order]
-    return Minutiae(
+    stages["final"] = Minutiae(
         x=xf[idx],
         y=yf[idx],
         angle=angles[idx],
         kind=kinds[idx],
         quality=quality[idx].astype(np.uint8),
     )
+    return Detection(enhanced, ridges, skeleton, stages)

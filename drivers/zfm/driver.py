@@ -17,7 +17,7 @@ import termios
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +75,7 @@ from drivers.zfm.errors import (
 log = structlog.get_logger()
 
 REPLY_TIMEOUT_S = 1.0
+BAUD_SEARCH_ORDER = (57600, 115200, 9600, 19200, 38400, 76800, 28800, 48000, 67200, 86400, 96000, 105600)
 POLL_INTERVAL_S = 0.1
 WRONG_PASSWORD = 0x13
 # What a vanished line raises: pyserial wraps most, but flush() and reset_input_buffer()
@@ -125,6 +126,29 @@ class ZfmModule:
         self.info = ModuleInfo(self.port, profile_for(params.system_id, params.library_size), params)
         log.info("reader_opened", port=self.port, model=self.info.profile.name, capacity=params.library_size)
         return self.info
+
+    def open_at_any_baud(
+        self, candidates: Sequence[int] = BAUD_SEARCH_ORDER, probe_timeout_s: float = 0.3
+    ) -> ModuleInfo:
+        """Open at whatever speed the module answers: this object's baud first, then ``candidates``.
+
+        A module keeps its baud in flash, so one raised by an earlier run (or set
+        by another tool) answers only at that speed; at any other it hears noise
+        and stays silent.
+        """
+        patient = self.reply_timeout_s
+        tried: list[int] = []
+        for baud in dict.fromkeys([self.baud, *candidates]):
+            self.baud, self.reply_timeout_s = baud, probe_timeout_s
+            tried.append(baud)
+            try:
+                return self.open()
+            except (NoReplyError, CorruptReplyError):
+                log.info("reader_no_answer_at_baud", port=self.port, baud=baud)
+            finally:
+                self.reply_timeout_s = patient
+        self.close()
+        raise NoReplyError(self.port, f"a handshake at any of {', '.join(map(str, tried))} baud")
 
     def _open_port(self) -> None:
         self.close()

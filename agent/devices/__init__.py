@@ -1,0 +1,1 @@
+"""The daemon's devices: each owned by one worker, with capabilities, kept open by one supervisor."""

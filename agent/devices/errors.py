@@ -1,0 +1,30 @@
+"""Typed errors a session gets from a device."""
+
+from __future__ import annotations
+
+from agent.errors import AgentError
+
+
+class DeviceError(AgentError):
+    """A device could not do what a session asked."""
+
+
+class DeviceUnplugged(DeviceError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"device {name} went away during the capture (unplugged?)",
+            "plug it back in: the agent reopens it, then try again",
+        )
+
+
+class DeviceUnavailable(DeviceError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"device {name} is not connected", "plug it in; `capture-agent devices` shows what is found")
+
+
+class NoDeviceFor(DeviceError):
+    def __init__(self, capability: str, configured: list[str]) -> None:
+        super().__init__(
+            f"no configured device can do {capability} (devices: {', '.join(configured) or 'none'})",
+            'add a [[device]] that can (kind = "zfm" or "fprint" for fingerprints, "camera" for faces)',
+        )

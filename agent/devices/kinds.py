@@ -1,0 +1,281 @@
+"""The device kinds: a serial module, a libfprint reader, a camera, each behind its owner.
+
+Every driver call of a device runs on its :class:`~agent.devices.owner.DeviceOwner`.
+The capability objects handed to sessions are thin proxies that submit to it,
+so a session in its worker thread and the supervisor never reach a driver at
+the same time. An unplug noticed by the supervisor sets the device's
+``abort`` event: the running capture stops at its next poll and the session
+gets :class:`~agent.devices.errors.DeviceUnplugged`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent.config import DeviceSection
+from agent.devices import capabilities as cap
+from agent.devices.errors import DeviceError, DeviceUnavailable, DeviceUnplugged
+from agent.devices.owner import DeviceOwner
+
+
+class EitherEvent:
+    """Set when either event is: a session's cancel or the device's unplug, for drivers taking one event."""
+
+    def __init__(self, first: threading.Event | None, second: threading.Event) -> None:
+        self.first, self.second = first, second
+
+    def is_set(self) -> bool:
+        return self.second.is_set() or (self.first is not None and self.first.is_set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        self.second.wait(timeout)  # an unplug wakes at once; a cancel within this poll
+        return self.is_set()
+
+
+class Device:
+    """Base of the kinds: name, capabilities, its owner, open/close/present."""
+
+    kind = ""
+
+    def __init__(self, section: DeviceSection, name: str) -> None:
+        self.section = section
+        self.name = name
+        self.capabilities: frozenset[str] = frozenset()
+        self.owner = DeviceOwner(name)
+        self.abort = threading.Event()  # set by the supervisor when the device goes away
+        self.connected = False
+        self.details: dict[str, Any] = {}
+
+    # Run on the owner thread only.
+    def _open(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def present(self) -> bool:
+        """A cheap check that touches no driver (a path, a flag): is the device still there?"""
+        raise NotImplementedError
+
+    def may_reopen(self) -> bool:
+        """Worth trying to open now? (A serial port: its path exists. Others: only opening tells.)"""
+        return True
+
+    def where(self) -> dict[str, str]:
+        """Where the device is, for audit events and logs (a port, a libfprint selector, a camera source)."""
+        return {}
+
+    async def open(self) -> dict[str, Any]:
+        self.details = await self.owner.run(self._open)
+        self.abort.clear()
+        self.connected = True
+        return self.details
+
+    async def close(self) -> None:
+        self.connected = False
+        await self.owner.run(self._close)
+
+    def went_away(self) -> None:
+        """The supervisor saw it vanish: stop what runs, refuse new work, close in turn."""
+        self.connected = False
+        self.abort.set()
+        self.owner.submit(self._close)
+
+    def stop(self) -> None:
+        self.abort.set()
+        self.owner.submit(self._close)
+        self.owner.stop()
+
+    def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged."""
+        if not self.connected:
+            raise DeviceUnavailable(self.name)
+        try:
+            return self.owner.call(fn, *args, **kwargs)
+        except DeviceError:
+            raise
+        except Exception as exc:
+            if self.abort.is_set() or not self.present():
+                raise DeviceUnplugged(self.name) from exc
+            raise
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "connected": self.connected,
+            "capabilities": sorted(self.capabilities),
+            **self.details,
+        }
+
+
+class ZfmDevice(Device):
+    """A ZFM / R30x / R50x / AS608 module on a serial port: a fingerprint image source."""
+
+    kind = "zfm"
+
+    def __init__(self, section: DeviceSection, name: str, state_dir: Path | None = None) -> None:
+        super().__init__(section, name)
+        from drivers.zfm.driver import ZfmModule
+
+        self.module = ZfmModule(section.port, baud=section.baud, password=section.password)
+        self.capabilities = frozenset({cap.FINGERPRINT_IMAGE})
+        self.resolution_dpi = 500
+        self.memory = state_dir / "devices" / f"{name}.json" if state_dir is not None else None
+
+    def _remembered_baud(self) -> int | None:
+        if self.memory is None:
+            return None
+        try:
+            data = json.loads(self.memory.read_text())
+        except (OSError, ValueError):
+            return None
+        return data.get("baud") if data.get("port") == self.section.port else None
+
+    def _remember(self, baud: int) -> None:
+        if self.memory is None or self._remembered_baud() == baud:
+            return
+        self.memory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.memory.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": self.section.port, "baud": baud}))
+        os.replace(tmp, self.memory)
+
+    def _open(self) -> dict[str, Any]:
+        """Find the module at whatever speed it answers (the remembered one first), then raise it to
+        the configured speed (115200 by default: half the time per image of 57600) and remember it."""
+        self.module.baud = self._remembered_baud() or self.module.baud
+        info = self.module.open_at_any_baud()
+        found = self.module.baud
+        if found != self.section.baud:
+            self.module.set_baud(self.section.baud)
+            info = self.module.info or info
+        self._remember(self.module.baud)
+        return {"port": self.section.port, "model": info.profile.name, "baud": self.module.baud, "found_at": found}
+
+    def _close(self) -> None:
+        self.module.close()
+
+    def present(self) -> bool:
+        return os.path.exists(self.section.port)
+
+    def may_reopen(self) -> bool:
+        return os.path.exists(self.section.port)
+
+    def where(self) -> dict[str, str]:
+        return {"port": self.section.port}
+
+    # the fingerprint-image-source capability, for sessions
+    def wait_for_finger(self, timeout_s: float, *, cancel: threading.Event | None = None) -> None:
+        self._guarded(self.module.wait_for_finger, timeout_s, cancel=EitherEvent(cancel, self.abort))
+        if self.abort.is_set():
+            raise DeviceUnplugged(self.name)
+
+    def wait_for_lift(self, timeout_s: float, *, cancel: threading.Event | None = None) -> bool:
+        return self._guarded(self.module.wait_for_lift, timeout_s, cancel=EitherEvent(cancel, self.abort))
+
+    def download_image(self) -> Any:
+        return self._guarded(self.module.download_image)
+
+
+class FprintDevice(Device):
+    """A USB reader through libfprint: an image source, or a match-on-sensor reader."""
+
+    kind = "fprint"
+
+    def __init__(self, section: DeviceSection, name: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(section, name)
+        from drivers.fprint.reader import FprintReader
+
+        self.reader = FprintReader(section.selector, env=env)
+        self.resolution_dpi = 500
+
+    def _open(self) -> dict[str, Any]:
+        info = self.reader.open()
+        self.resolution_dpi = info.dpi
+        self.capabilities = frozenset(
+            ({cap.FINGERPRINT_IMAGE} if info.image else set()) | ({cap.MATCH_ON_SENSOR} if info.on_sensor else set())
+        )
+        return {"driver": info.driver, "reader": info.name, "dpi": info.dpi}
+
+    def _close(self) -> None:
+        self.reader.close()
+
+    def present(self) -> bool:
+        return not self.reader.removed
+
+    def where(self) -> dict[str, str]:
+        return {"selector": self.section.selector or "(the first reader)"}
+
+    def wait_for_finger(self, timeout_s: float, *, cancel: threading.Event | None = None) -> None:
+        self._guarded(self.reader.wait_for_finger, timeout_s, cancel=EitherEvent(cancel, self.abort))
+
+    def wait_for_lift(self, timeout_s: float, *, cancel: threading.Event | None = None) -> bool:
+        return True
+
+    def download_image(self) -> Any:
+        return self._guarded(self.reader.download_image)
+
+    def enroll(self, timeout_s: float = 60.0, *, cancel: threading.Event | None = None) -> bytes:
+        return self._guarded(self.reader.enroll, None, timeout_s, EitherEvent(cancel, self.abort))
+
+    def verify(self, enrolled: bytes, timeout_s: float = 15.0, *, cancel: threading.Event | None = None) -> bool:
+        return self._guarded(self.reader.verify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
+
+
+class CameraDevice(Device):
+    """A camera through OpenCV. Its owner is the camera's own reader thread (the only one touching
+    cv2.VideoCapture); consumers read the latest frame it keeps, so they never touch the driver."""
+
+    kind = "camera"
+
+    def __init__(self, section: DeviceSection, name: str) -> None:
+        super().__init__(section, name)
+        from drivers.camera.camera import Camera
+
+        size = (section.width, section.height) if section.width and section.height else None
+        self.camera = Camera(section.source, size=size, fps=section.fps or None, reconnect=False)
+        self.capabilities = frozenset({cap.CAMERA})
+
+    def _open(self) -> dict[str, Any]:
+        if not self.camera.open_once(timeout_s=max(5.0, self.section.check_interval_s)):
+            from drivers.camera.camera import CameraUnavailable
+
+            raise CameraUnavailable(
+                f"the camera {self.camera.source.redacted} gives no frame", "check it is plugged in or reachable"
+            )
+        info = self.camera.info
+        assert info is not None
+        return {"source": info.source, "width": info.width, "height": info.height, "fps": info.fps}
+
+    def _close(self) -> None:
+        self.camera.stop()
+
+    def present(self) -> bool:
+        return self.camera.connected
+
+    def where(self) -> dict[str, str]:
+        return {"source": self.camera.source.redacted}
+
+    def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Any:
+        if not self.connected:
+            raise DeviceUnavailable(self.name)
+        try:
+            return self.camera.wait_frame(after, timeout_s, EitherEvent(cancel, self.abort))  # type: ignore[arg-type]
+        except Exception as exc:
+            if self.abort.is_set() or not self.camera.connected:
+                raise DeviceUnplugged(self.name) from exc
+            raise
+
+
+def make_device(section: DeviceSection, name: str, state_dir: Path | None = None) -> Device:
+    """A device of the section's kind; ``state_dir`` keeps what must survive a restart (a module's baud)."""
+    if section.kind == "zfm":
+        return ZfmDevice(section, name, state_dir)
+    kinds: dict[str, type[Device]] = {"fprint": FprintDevice, "camera": CameraDevice}
+    return kinds[section.kind](section, name)

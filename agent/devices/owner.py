@@ -1,0 +1,64 @@
+"""A device's owner: the one thread that calls into its driver.
+
+Drivers are blocking and not thread-safe (a serial port read from two threads
+interleaves packets; libfprint and OpenCV have their own thread rules). So
+every call to a device's driver, a session's capture as well as the
+supervisor's close and reopen, is a job on this thread's queue, run one at a
+time. Callers get a ``concurrent.futures.Future`` (asyncio: ``await run()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_STOP = object()
+
+
+class DeviceOwner:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"device {name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError(f"device {self.name}: a job submitted from its own owner thread would deadlock")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run on the owner thread and wait (from a worker thread: sessions use asyncio.to_thread)."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._jobs.put(_STOP)
+        if threading.get_ident() != self._thread.ident:
+            self._thread.join(timeout_s)

@@ -1,0 +1,77 @@
+"""Prints enrolled on match-on-sensor readers, kept by the agent encrypted at rest.
+
+A match-on-sensor reader gives no image and no template the verifier could
+match: what libfprint hands over after an enrolment is a serialized print
+(``FpPrint.serialize()``), a reference the sensor needs back to verify the same
+finger. The agent keeps one file per (device, subject) under the state
+directory, each sealed with AES-GCM under a key derived from the
+key-encryption key (HKDF, its own label: a different key from the outbox's),
+with the device and subject as associated data, so a file moved to another
+subject or device does not open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from agent.errors import AgentError
+
+HKDF_INFO = b"capture-agent sensor prints v1"
+_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+
+
+class PrintStoreError(AgentError):
+    """A stored print is missing, or does not decrypt."""
+
+
+class SensorPrintStore:
+    def __init__(self, folder: Path, kek: str) -> None:
+        self.folder = folder
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(kek.encode())
+        self._aead = AESGCM(key)
+
+    def _path(self, device: str, subject: str) -> Path:
+        for value in (device, subject):
+            if not _NAME.match(value):
+                raise PrintStoreError(f"bad name {value!r} for a stored print", fix="use letters, digits, . _ @ -")
+        digest = hashlib.sha256(f"{device}\0{subject}".encode()).hexdigest()[:32]
+        return self.folder / f"{digest}.print"
+
+    def save(self, device: str, subject: str, serialized: bytes) -> None:
+        path = self._path(device, subject)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + self._aead.encrypt(nonce, serialized, f"{device}\0{subject}".encode())
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(sealed)
+        os.replace(tmp, path)
+
+    def load(self, device: str, subject: str) -> bytes:
+        path = self._path(device, subject)
+        try:
+            sealed = path.read_bytes()
+        except FileNotFoundError:
+            raise PrintStoreError(
+                f"no print of {subject} enrolled on {device}", fix=f"enroll {subject} on the reader {device} first"
+            ) from None
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}".encode())
+        except InvalidTag:
+            raise PrintStoreError(
+                f"the stored print of {subject} on {device} does not decrypt",
+                fix="the file was altered or the key-encryption key changed: enroll again",
+            ) from None
+
+    def delete(self, device: str, subject: str) -> None:
+        self._path(device, subject).unlink(missing_ok=True)

@@ -1,0 +1,126 @@
+"""Keeping every configured device open: opened at start, watched, reopened with backoff.
+
+The one place that reconnects anything. A device that vanishes (its serial
+port gone, libfprint's "removed", a camera's stream ended) is marked away, its
+running capture aborted (the session gets a typed error), an audit event
+recorded, and its close queued on its owner. Reopening is tried with backoff
+until it succeeds, which is audited too. Each device has its own owner, so one
+device's trouble never blocks or touches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig, DeviceSection
+from agent.devices.errors import NoDeviceFor
+from agent.devices.kinds import Device, make_device
+
+log = structlog.get_logger()
+
+BACKOFF_MAX_S = 60.0
+
+
+def configured_devices(config: AgentConfig) -> list[tuple[str, DeviceSection]]:
+    """The ``[[device]]`` list, with the old ``[reader]`` (kind "zfm") as one more serial module; named."""
+    sections = list(config.device)
+    reader = config.reader
+    if reader.kind == "zfm" and not any(d.kind == "zfm" and d.port == reader.port for d in sections):
+        sections.insert(
+            0,
+            DeviceSection(
+                kind="zfm",
+                name="reader",
+                port=reader.port,
+                password=reader.password,
+                check_interval_s=reader.check_interval_s,
+            ),
+        )
+    named, counts = [], {}
+    for section in sections:
+        counts[section.kind] = counts.get(section.kind, 0) + 1
+        named.append((section.name or f"{section.kind}{counts[section.kind] - 1}", section))
+    return named
+
+
+class DeviceSupervisor:
+    def __init__(
+        self,
+        devices: list[tuple[str, DeviceSection]],
+        record: Callable[[str, dict[str, Any]], None],
+        factory: Callable[[DeviceSection, str], Device] | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        factory = factory or functools.partial(make_device, state_dir=state_dir)
+        self.record = record
+        self.devices: list[Device] = []
+        self.faults: dict[str, str] = {}  # devices that could not even be made (libfprint missing...)
+        for name, section in devices:
+            try:
+                self.devices.append(factory(section, name))
+            except Exception as exc:  # e.g. FprintUnavailable: the other devices still run
+                fix = getattr(exc, "fix", "")
+                self.faults[name] = str(exc)
+                record("device_fault", {"device": name, "kind": section.kind, "error": str(exc.args[0]), "fix": fix})
+        self._backoff = {d.name: d.section.check_interval_s for d in self.devices}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _audit_fault(self, device: Device, exc: Exception) -> None:
+        error = str(exc.args[0] if exc.args else exc)
+        fault = {"device": device.name, "kind": device.kind, **device.where(), "error": error}
+        self.record("device_fault", {**fault, "fix": getattr(exc, "fix", "")})
+
+    async def open_all(self) -> None:
+        await asyncio.gather(*(self._open(d, first=True) for d in self.devices))
+
+    async def _open(self, device: Device, first: bool = False) -> bool:
+        try:
+            details = await device.open()
+        except Exception as exc:
+            if first:
+                self._audit_fault(device, exc)
+            log.info("device_open_failed", device=device.name, error=str(exc))
+            return False
+        self._backoff[device.name] = device.section.check_interval_s
+        self.record("device_plugged", {"device": device.name, "kind": device.kind, **device.where(), **details})
+        return True
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch(d), name=f"watch {d.name}") for d in self.devices]
+
+    async def _watch(self, device: Device) -> None:
+        interval = device.section.check_interval_s
+        while True:
+            await asyncio.sleep(interval if device.connected else self._backoff[device.name])
+            if device.connected and not device.present():
+                device.went_away()
+                self.record("device_unplugged", {"device": device.name, "kind": device.kind, **device.where()})
+                self._backoff[device.name] = interval
+                continue
+            if not device.connected and device.may_reopen() and not await self._open(device):
+                self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2)
+
+    def pick(self, capability: str, name: str = "") -> Device:
+        """A device that can do ``capability`` (a connected one first; by name when given)."""
+        able = [d for d in self.devices if capability in d.capabilities and (not name or d.name == name)]
+        if not able:
+            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices])
+        return next((d for d in able if d.connected), able[0])
+
+    def health(self) -> dict[str, Any]:
+        return {"devices": [d.status() for d in self.devices], "device_faults": self.faults}
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(asyncio.to_thread(d.stop) for d in self.devices))

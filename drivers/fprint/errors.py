@@ -1,0 +1,70 @@
+"""Typed errors of the libfprint driver, each with the fix, and retry codes as feedback codes."""
+
+from __future__ import annotations
+
+FPRINTD_FIX = (
+    "fprintd (the desktop's fingerprint service) holds the reader: stop it and keep it from starting again "
+    "with `systemctl mask --now fprintd`"
+)
+
+
+class FprintError(Exception):
+    """Base of every error the libfprint driver raises."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} (fix: {self.fix})" if self.fix else base
+
+
+class FprintUnavailable(FprintError):
+    """libfprint or PyGObject is not installed."""
+
+
+class DeviceNotFound(FprintError):
+    def __init__(self, selector: str, found: list[str]) -> None:
+        listed = ", ".join(found) or "none"
+        super().__init__(
+            f"no libfprint reader matches {selector!r} (readers found: {listed})",
+            "plug the reader in, check `capture-agent devices`, and the udev rules (systemd/60-capture-agent.rules)",
+        )
+
+
+class DeviceBusy(FprintError):
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"the reader {name} is busy: {detail}", FPRINTD_FIX)
+
+
+class DeviceRemoved(FprintError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the reader {name} went away (unplugged?)", "plug it back in; the agent reopens it")
+
+
+class CaptureTimeout(FprintError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no finger on the sensor within {seconds:g} s", "place a finger on the sensor")
+
+
+class CaptureCancelled(FprintError):
+    def __init__(self) -> None:
+        super().__init__("the capture was cancelled")
+
+
+class RetryScan(FprintError):
+    """The reader asks for another try; ``feedback`` is a code of DESIGN.md's vocabulary."""
+
+    def __init__(self, feedback: str, message: str) -> None:
+        super().__init__(message, "try again")
+        self.feedback = feedback
+
+
+# FpDeviceRetry nick -> (feedback code, message for the person)
+RETRY_FEEDBACK = {
+    "general": ("place_finger", "Try again: place your finger on the sensor"),
+    "too-short": ("too_fast", "The swipe was too short: swipe more slowly"),
+    "center-finger": ("place_finger", "Center your finger on the sensor"),
+    "remove-finger": ("lift_finger", "Lift your finger and place it again"),
+}

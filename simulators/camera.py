@@ -1,0 +1,230 @@
+"""A network camera for test rigs: MJPEG over HTTP on 127.0.0.1, which OpenCV reads itself.
+
+``GET /stream.mjpg`` answers ``multipart/x-mixed-replace`` with one JPEG part
+per frame, the protocol of most IP cameras' MJPEG streams; ``cv2.VideoCapture``
+opens the URL with its FFmpeg backend, so tests drive the real capture path.
+
+What the rig controls: the scene (a folder of images shown in turn, a still,
+nothing in front of the camera, darkness, glare), the frame rate, and unplug /
+replug (every connection dropped and the port closed; back on the same port).
+Each frame carries its sequence number in a bar code along its top rows, so a
+reader can tell which frame it got and when it was sent (:meth:`sent_at`):
+that is how the camera's frame latency is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+BOUNDARY = "frame"
+CODE_BITS = 20  # frame numbers in the bar code (wraps after 1 M frames)
+CODE_CELL = 6  # pixels a bit: survives JPEG (the code is 120 pixels wide)
+CODE_ROWS = 8
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".tif", ".tiff"}
+
+
+def stamp(frame: np.ndarray, seq: int) -> np.ndarray:
+    """Write ``seq`` as black/white cells into the top rows (vectorised)."""
+    bits = (seq >> np.arange(CODE_BITS - 1, -1, -1)) & 1
+    row = np.repeat(bits.astype(np.uint8) * 255, CODE_CELL)
+    out = frame.copy()
+    out[:CODE_ROWS, : row.size] = row[None, :, None] if out.ndim == 3 else row[None, :]
+    return out
+
+
+def read_stamp(frame: np.ndarray) -> int:
+    """The frame number written by :func:`stamp` (a camera frame, possibly JPEG-blurred)."""
+    grey = frame if frame.ndim == 2 else frame.mean(axis=2)
+    cells = grey[CODE_ROWS // 2, CODE_CELL // 2 : CODE_BITS * CODE_CELL : CODE_CELL]
+    bits = (cells > 127).astype(np.int64)
+    return int((bits << np.arange(CODE_BITS - 1, -1, -1)).sum())
+
+
+def _load(path: Path, size: tuple[int, int]) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path} is not an image OpenCV can read")
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+class SimulatedCamera:
+    """An MJPEG camera on a free port of 127.0.0.1. Use as a context manager, or start() / stop()."""
+
+    def __init__(self, size: tuple[int, int] = (640, 480), fps: float = 15.0, quality: int = 85) -> None:
+        self.size = size
+        self.fps = fps
+        self.quality = quality
+        self.port = 0
+        self._scene: list[np.ndarray] = [self._nothing()]
+        self._frames: list[np.ndarray] = self._scene
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: set[socket.socket] = set()
+        self._seq = 0
+        self._sent: OrderedDict[int, float] = OrderedDict()
+        self.plugged = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    # ------------------------------------------------------------ scenes
+    def _nothing(self) -> np.ndarray:
+        """An empty room: a soft grey gradient, no face, no finger."""
+        w, h = self.size
+        ramp = np.linspace(90, 150, w, dtype=np.float32)[None, :].repeat(h, axis=0)
+        return np.repeat(ramp[:, :, None], 3, axis=2).astype(np.uint8)
+
+    def _set(self, scene: list[np.ndarray] | None = None, effect: str = "none") -> None:
+        """The scene (base images) and an effect on it; the frames served are computed once here."""
+        with self._lock:
+            if scene is not None:
+                self._scene = scene
+            base = self._scene
+        if effect == "dark":
+            frames = [f // 12 for f in base]
+        elif effect == "glare":
+            frames = [np.clip(f.astype(np.int16) * 3 + 120, 0, 255).astype(np.uint8) for f in base]
+        else:
+            frames = list(base)
+        with self._lock:
+            self._frames = frames
+
+    def show_folder(self, folder: Path) -> int:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise ValueError(f"no images in {folder}")
+        self._set([_load(p, self.size) for p in paths])
+        return len(paths)
+
+    def show(self, image: np.ndarray) -> None:
+        """A still: this image on every frame (grey or BGR, resized to the camera's size)."""
+        frame = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        self._set([frame])
+
+    def nothing(self) -> None:
+        """Nobody in front of the camera."""
+        self._set([self._nothing()])
+
+    def dark(self) -> None:
+        """The scene with the lights off."""
+        self._set(effect="dark")
+
+    def glare(self) -> None:
+        """The scene washed out by a light behind it."""
+        self._set(effect="glare")
+
+    def sent_at(self, seq: int) -> float | None:
+        """When frame ``seq`` left the camera (time.monotonic), for latency figures."""
+        with self._lock:
+            return self._sent.get(seq)
+
+    # ------------------------------------------------------------ serving
+    def start(self) -> SimulatedCamera:
+        self.replug()
+        return self
+
+    def stop(self) -> None:
+        self.unplug()
+
+    def __enter__(self) -> SimulatedCamera:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def replug(self) -> None:
+        """Listen (again) on the same port."""
+        if self._server is not None:
+            return
+        camera = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # no access log on stderr
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/stream.mjpg":
+                    self.send_error(404, "the stream is at /stream.mjpg")
+                    return
+                camera._serve_stream(self)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="camera-sim", daemon=True)
+        self._thread.start()
+        self.plugged = True
+
+    def unplug(self) -> None:
+        """The camera is gone: every stream cut, the port closed."""
+        server, self._server = self._server, None
+        self.plugged = False
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            clients = list(self._clients)
+        for sock in clients:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _next_frame(self) -> tuple[int, bytes]:
+        with self._lock:
+            frames = self._frames
+            seq = self._seq
+            self._seq += 1
+        frame = stamp(frames[seq % len(frames)], seq)
+        ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return seq, jpeg.tobytes()
+
+    def _serve_stream(self, handler: BaseHTTPRequestHandler) -> None:
+        sock = handler.connection
+        with self._lock:
+            self._clients.add(sock)
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            handler.send_header("Cache-Control", "no-cache")
+            handler.end_headers()
+            next_at = time.monotonic()
+            while self.plugged:
+                seq, jpeg = self._next_frame()
+                part = (
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
+                with self._lock:
+                    self._sent[seq] = time.monotonic()
+                    while len(self._sent) > 1000:
+                        self._sent.popitem(last=False)
+                handler.wfile.write(part)
+                handler.wfile.flush()
+                next_at += 1.0 / self.fps
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        except OSError:
+            pass  # the client went away, or the camera was unplugged
+        finally:
+            with self._lock:
+                self._clients.discard(sock)

@@ -1,0 +1,137 @@
+"""Cameras through the real cv2.VideoCapture path, reading the MJPEG camera simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from drivers.camera.camera import Camera, CameraUnavailable
+from drivers.camera.source import CameraSource, CameraSourceError
+from simulators.camera import read_stamp, stamp
+
+
+def test_stamp_survives_jpeg() -> None:
+    frame = np.full((64, 256, 3), 128, np.uint8)
+    for seq in (0, 1, 4242, 2**20 - 1):
+        _, jpeg = cv2.imencode(".jpg", stamp(frame, seq), [cv2.IMWRITE_JPEG_QUALITY, 70])
+        assert read_stamp(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)) == seq
+
+
+def test_sources_are_parsed_and_credentials_hidden() -> None:
+    assert CameraSource.parse("/dev/video2").kind == "v4l2"
+    assert CameraSource.parse("0").target == 0
+    stream = CameraSource.parse("rtsp://admin:secret@10.0.0.5/stream1")
+    assert stream.kind == "stream" and "secret" not in stream.redacted
+    with pytest.raises(CameraSourceError, match="/dev/videoN"):
+        CameraSource.parse("/dev/ttyUSB0")
+
+
+def test_frames_size_and_only_the_latest(camera_sim) -> None:
+    events: list[tuple[str, dict]] = []
+    with Camera(camera_sim.url, on_event=lambda kind, data: events.append((kind, data))) as camera:
+        first = camera.wait_frame(timeout_s=10)
+        assert first.pixels.shape == (240, 320, 3)
+        assert camera.info is not None and (camera.info.width, camera.info.height) == (320, 240)
+        assert camera.info.backend == "FFMPEG"
+        assert events[0][0] == "camera_plugged" and events[0][1]["width"] == 320
+        second = camera.wait_frame(after=first.seq, timeout_s=5)
+        assert second.seq > first.seq and read_stamp(second.pixels) > read_stamp(first.pixels)
+        time.sleep(0.6)  # a slow consumer: 15 frames went by, which a backlog would hand over first
+        fresh = camera.wait_frame(after=second.seq, timeout_s=5)
+        got = read_stamp(fresh.pixels)
+        newest_sent = max(s for s in range(got, got + 100) if camera_sim.sent_at(s) is not None)
+        assert newest_sent - got <= 6, "the consumer got a stale frame out of a backlog"
+
+
+def test_scenes_dark_and_glare(camera_sim, synthetic_print) -> None:
+    camera_sim.show(synthetic_print(1).image)
+    with Camera(camera_sim.url) as camera:
+        normal = camera.wait_frame(timeout_s=10)
+        camera_sim.dark()
+        time.sleep(0.3)
+        dark = camera.wait_frame(after=camera.latest().seq, timeout_s=5)
+        camera_sim.glare()
+        time.sleep(0.3)
+        bright = camera.wait_frame(after=camera.latest().seq, timeout_s=5)
+    body = (slice(20, None), slice(None))  # below the frame-number bar code
+    assert dark.pixels[body].mean() < 30 < normal.pixels[body].mean()
+    assert bright.pixels[body].mean() > 200
+
+
+def test_unplug_and_replug(camera_sim) -> None:
+    events: list[str] = []
+    plugged_again = threading.Event()
+
+    def on_event(kind: str, data: dict) -> None:
+        events.append(kind)
+        if kind == "camera_plugged" and events.count("camera_plugged") == 2:
+            plugged_again.set()
+
+    with Camera(camera_sim.url, on_event=on_event) as camera:
+        before = camera.wait_frame(timeout_s=10)
+        camera_sim.unplug()
+        with pytest.raises(CameraUnavailable, match="plugged in"):
+            camera.wait_frame(after=camera.latest().seq, timeout_s=1.5)
+        assert not camera.connected and events == ["camera_plugged", "camera_unplugged"]
+        camera_sim.replug()
+        assert plugged_again.wait(15), events
+        after = camera.wait_frame(after=before.seq, timeout_s=5)
+        assert after.pixels.shape == before.pixels.shape and camera.connected
+
+
+def test_simulator_command_line_scripted_on_stdin(tmp_path) -> None:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, level in enumerate((60, 200)):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((120, 160), level, np.uint8))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", "camera", "--size", "160x120", "--fps", "20"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        event = json.loads(process.stdout.readline())
+        assert event["event"] == "listening" and event["url"].startswith("http://127.0.0.1:")
+        process.stdin.write(f"show {folder}\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["event"] == "show"
+        capture = CameraSource.parse(event["url"]).open()
+        try:
+            means = set()
+            for _ in range(6):
+                ok, frame = capture.read()
+                assert ok and frame.shape == (120, 160, 3)
+                means.add(round(frame[20:].mean() / 10))
+            assert means >= {6, 20}  # both images of the folder, in turn
+            process.stdin.write("unplug\n")
+            process.stdin.flush()
+            assert json.loads(process.stdout.readline())["plugged"] is False
+            deadline = time.monotonic() + 5
+            while capture.read()[0]:
+                assert time.monotonic() < deadline
+        finally:
+            capture.release()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_devices_command_lists_the_camera(camera_sim) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", camera_sim.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    found = [f for f in json.loads(out) if f["kind"] == "camera" and f["path"] == camera_sim.url]
+    assert found and found[0]["capabilities"] == ["camera"]
+    assert (found[0]["details"]["width"], found[0]["details"]["height"]) == (320, 240)

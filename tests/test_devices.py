@@ -1,0 +1,354 @@
+"""One device model: several devices in one daemon, each reached only through its owner thread.
+
+The acceptance scenario: a simulated serial module and a simulated camera run
+under one supervisor; unplugging either during a capture gives that capture a
+typed error and an audit event, never touches the other device, and never
+reaches a driver from two threads at once. The serial driver is instrumented
+to catch concurrent entry (the old design closed and reopened the module from
+the watch task's thread while a session's thread was inside a capture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from agent.config import DeviceSection, parse_config
+from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
+from agent.devices.errors import DeviceUnplugged, NoDeviceFor
+from agent.devices.supervisor import DeviceSupervisor, configured_devices
+from agent.errors import ConfigError
+
+DRIVER_CALLS = ("open", "close", "capture", "wait_for_finger", "wait_for_lift", "download_image")
+
+
+class ConcurrencyDetector:
+    """Wraps a driver object's methods: records any entry while another thread is inside."""
+
+    def __init__(self, target: Any, methods: tuple[str, ...] = DRIVER_CALLS) -> None:
+        self._lock = threading.Lock()
+        self._inside: dict[int, str] = {}
+        self.overlaps: list[tuple[str, str]] = []
+        self.threads: set[int] = set()
+        for name in methods:
+            setattr(target, name, self._wrap(name, getattr(target, name)))
+
+    def _wrap(self, name: str, method: Any) -> Any:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            me = threading.get_ident()
+            with self._lock:
+                others = [m for t, m in self._inside.items() if t != me]
+                if others:
+                    self.overlaps.append((name, others[0]))
+                self._inside.setdefault(me, name)
+                self.threads.add(me)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with self._lock:
+                    if self._inside.get(me) == name:
+                        del self._inside[me]
+
+        return wrapper
+
+
+def test_the_detector_catches_a_close_from_another_thread_during_a_capture(zfm_sim) -> None:
+    """Not vacuous: the old design's pattern (close from the watch thread during a capture) is caught."""
+    from drivers.zfm.driver import ZfmModule
+    from drivers.zfm.errors import ModuleError
+
+    module = ZfmModule(zfm_sim.port)
+    detector = ConcurrencyDetector(module)
+    module.open()
+    def waiting() -> None:
+        with contextlib.suppress(ModuleError):  # the port closes under it
+            module.wait_for_finger(2)
+
+    capture = threading.Thread(target=waiting)
+    capture.start()
+    time.sleep(0.3)
+    module.close()
+    capture.join(5)
+    assert detector.overlaps and detector.overlaps[0][0] == "close"
+
+
+def test_device_list_config_and_the_old_reader_section() -> None:
+    config = parse_config(
+        {
+            "reader": {"kind": "zfm", "port": "/dev/ttyUSB0"},
+            "device": [
+                {"kind": "camera", "name": "door", "source": "http://127.0.0.1:8080/stream.mjpg", "fps": 15},
+                {"kind": "fprint", "selector": "uru4000"},
+            ],
+        }
+    )
+    named = configured_devices(config)
+    assert [(n, s.kind) for n, s in named] == [("reader", "zfm"), ("door", "camera"), ("fprint0", "fprint")]
+    assert named[0][1].port == "/dev/ttyUSB0"
+    with pytest.raises(ConfigError, match="keys of another kind: port") as caught:
+        parse_config({"device": [{"kind": "camera", "source": "0", "port": "/dev/ttyUSB0"}]})
+    assert "source, width, height, fps" in caught.value.fix
+    with pytest.raises(ConfigError, match="needs port"):
+        parse_config({"device": [{"kind": "zfm"}]})
+    with pytest.raises(ConfigError, match="use one of"):
+        parse_config({"device": [{"kind": "webcam"}]})
+
+
+def _events(recorded: list[tuple[str, dict]], device: str) -> list[str]:
+    return [kind for kind, data in recorded if data.get("device") == device]
+
+
+async def _until(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def test_serial_module_and_camera_in_one_supervisor(zfm_sim, camera_sim) -> None:
+    recorded: list[tuple[str, dict]] = []
+    sections = [
+        ("finger", DeviceSection(kind="zfm", port=zfm_sim.port, check_interval_s=0.1)),
+        ("face", DeviceSection(kind="camera", source=camera_sim.url, check_interval_s=0.1)),
+    ]
+
+    async def scenario() -> ConcurrencyDetector:
+        supervisor = DeviceSupervisor(sections, lambda kind, data: recorded.append((kind, data)))
+        finger, face = supervisor.devices
+        detector = ConcurrencyDetector(finger.module)
+        await supervisor.open_all()
+        supervisor.start()
+        try:
+            assert finger.connected and face.connected
+            assert supervisor.pick(FINGERPRINT_IMAGE) is finger and supervisor.pick(CAMERA) is face
+            with pytest.raises(NoDeviceFor, match="match-on-sensor"):
+                supervisor.pick(MATCH_ON_SENSOR)
+
+            # 1. the serial module is pulled out while a session waits for a finger
+            frames_before = face.wait_frame(timeout_s=5).seq
+            capture = asyncio.create_task(asyncio.to_thread(finger.wait_for_finger, 20))
+            await asyncio.sleep(0.3)
+            zfm_sim.unplug()
+            with pytest.raises(DeviceUnplugged, match="plug it back in"):
+                await asyncio.wait_for(capture, 10)
+            await _until(lambda: not finger.connected)
+            assert face.connected and face.wait_frame(after=frames_before, timeout_s=5).seq > frames_before
+            zfm_sim.replug()
+            await _until(lambda: finger.connected)
+            zfm_sim.place(finger=2)
+            await asyncio.to_thread(finger.wait_for_finger, 5)
+            image = await asyncio.to_thread(finger.download_image)
+            assert image.shape == (zfm_sim.profile.image_height, zfm_sim.profile.image_width)
+            zfm_sim.lift()
+
+            # 2. the camera is pulled out while a session waits for a frame
+            seen = face.wait_frame(timeout_s=5).seq
+            frame_wait = asyncio.create_task(asyncio.to_thread(face.wait_frame, seen + 10_000, 20))
+            await asyncio.sleep(0.2)
+            camera_sim.unplug()
+            with pytest.raises(DeviceUnplugged):
+                await asyncio.wait_for(frame_wait, 10)
+            await _until(lambda: not face.connected)
+            zfm_sim.place(finger=3)  # the serial module works all along
+            await asyncio.to_thread(finger.wait_for_finger, 5)
+            assert finger.connected
+            camera_sim.replug()
+            await _until(lambda: face.connected, 15)
+            assert face.wait_frame(timeout_s=5).pixels.shape == (240, 320, 3)
+        finally:
+            await supervisor.close()
+        return detector
+
+    detector = asyncio.run(scenario())
+    assert detector.overlaps == [], "a driver was entered from two threads at once"
+    assert len(detector.threads) == 1, "every serial driver call ran on the device's one owner thread"
+    assert _events(recorded, "finger") == ["device_plugged", "device_unplugged", "device_plugged"]
+    assert _events(recorded, "face") == ["device_plugged", "device_unplugged", "device_plugged"]
+
+
+MISSING_LIBFPRINT_SCRIPT = """
+import asyncio, json, sys
+from agent.config import DeviceSection
+from agent.devices.supervisor import DeviceSupervisor
+
+recorded = []
+sections = [("usb", DeviceSection(kind="fprint")), ("finger", DeviceSection(kind="zfm", port=sys.argv[1]))]
+
+async def main():
+    supervisor = DeviceSupervisor(sections, lambda kind, data: recorded.append((kind, data)))
+    await supervisor.open_all()
+    health = supervisor.health()
+    await supervisor.close()
+    print(json.dumps({"recorded": recorded, "health": health}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_missing_libfprint_leaves_the_other_devices_running(zfm_sim, tmp_path) -> None:
+    """PyGObject hidden from a real agent process: the serial module opens, the USB reader is a fault with the fix."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "gi").mkdir()
+    (tmp_path / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    out = subprocess.run(
+        [sys.executable, "-c", MISSING_LIBFPRINT_SCRIPT, zfm_sim.port],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    ).stdout
+    result = json.loads(out.splitlines()[-1])
+    devices = result["health"]["devices"]
+    assert [(d["name"], d["connected"]) for d in devices] == [("finger", True)]
+    fault = next(data for kind, data in result["recorded"] if kind == "device_fault")
+    assert fault["device"] == "usb" and "apt-get install libfprint-2-2" in fault["fix"]
+
+
+def test_serial_module_found_at_its_baud_raised_and_remembered(tmp_path) -> None:
+    """A module left at 9600 by another tool: found, raised to 115200, and found there first after a restart."""
+    import json
+
+    from simulators.zfm import SimulatedModule
+
+    recorded: list[tuple[str, dict]] = []
+    with SimulatedModule("r307", link=tmp_path / "ttyZFM0", baud=9600) as sim:
+        sections = [("finger", DeviceSection(kind="zfm", port=sim.port))]
+
+        async def run_once() -> dict:
+            supervisor = DeviceSupervisor(sections, lambda k, d: recorded.append((k, d)), state_dir=tmp_path / "state")
+            await supervisor.open_all()
+            try:
+                return supervisor.devices[0].status()
+            finally:
+                await supervisor.close()
+
+        first = asyncio.run(run_once())
+        assert (first["found_at"], first["baud"], sim.baud) == (9600, 115200, 115200)
+        memory = json.loads((tmp_path / "state" / "devices" / "finger.json").read_text())
+        assert memory == {"port": sim.port, "baud": 115200}
+        sim.unplug()  # power-cycled: the module keeps its speed in flash
+        sim.replug()
+        commands_before = len(sim.commands)
+        again = asyncio.run(run_once())
+        assert (again["found_at"], again["baud"]) == (115200, 115200)
+        assert sim.commands[commands_before] == 0x13, "the remembered speed answered the first VerifyPwd"
+
+
+def test_lift_is_asked_before_the_image_crosses_the_line(tmp_path) -> None:
+    """At real line speed: "lift" comes right after GenImg, before UpImage starts the 3.5 s transfer."""
+    from agent.sessions import CaptureSession
+    from drivers.zfm.constants import Command
+    from simulators.fingers import FingerGenerator
+    from simulators.zfm import SimulatedModule
+
+    sim = SimulatedModule("r307", link=tmp_path / "ttyZFM0", finger_source=FingerGenerator(11).image, real_speed=True)
+    seen_at_lift: list[int] = []
+
+    def person(event: dict) -> None:
+        if event["type"] != "prompt":
+            return
+        if event["code"] == "place_finger":
+            sim.place(finger=1)
+        elif event["code"] == "lift_finger":
+            seen_at_lift.append(sim.commands[-1])
+            sim.lift()
+
+    async def scenario() -> tuple[bytes, float, dict]:
+        supervisor = DeviceSupervisor([("finger", DeviceSection(kind="zfm", port=sim.port))], lambda k, d: None)
+        await supervisor.open_all()
+        try:
+            device = supervisor.pick(FINGERPRINT_IMAGE)
+            session = CaptureSession(device, client=None, emit=person)  # capture() needs no verifier
+            return await session.capture(), session.timings.capture_ms, device.status()
+        finally:
+            await supervisor.close()
+
+    with sim:
+        record, capture_ms, status = asyncio.run(scenario())
+    assert status["baud"] == 115200 and sim.baud == 115200
+    assert seen_at_lift and seen_at_lift[0] == Command.GEN_IMG, "lift was asked only after the transfer"
+    assert Command.UP_IMAGE in sim.commands and record
+    assert capture_ms > 0
+
+
+def test_usb_reader_unplugged_during_a_capture_then_reopened(fprint_socket_dir, synthetic_print) -> None:
+    """libfprint's virtual_image reader under the supervisor: typed error, audit events, reopened, captures again."""
+    from agent.devices.kinds import FprintDevice
+    from simulators.fprint import VirtualImageFeeder
+
+    path = fprint_socket_dir / "image.sock"
+    recorded: list[tuple[str, dict]] = []
+    section = DeviceSection(kind="fprint", selector="virtual_image", check_interval_s=0.1)
+
+    def factory(section: DeviceSection, name: str) -> FprintDevice:
+        return FprintDevice(section, name, env={"FP_VIRTUAL_IMAGE": str(path)})
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor([("usb", section)], lambda k, d: recorded.append((k, d)), factory=factory)
+        (usb,) = supervisor.devices
+        await supervisor.open_all()
+        supervisor.start()
+        feeder = VirtualImageFeeder(path)
+        try:
+            assert usb.connected and supervisor.pick(FINGERPRINT_IMAGE) is usb and usb.resolution_dpi == 500
+            capture = asyncio.create_task(asyncio.to_thread(usb.wait_for_finger, 20))
+            await asyncio.sleep(0.3)
+            feeder.unplug()
+            with pytest.raises(DeviceUnplugged):
+                await asyncio.wait_for(capture, 10)
+            feeder.close()
+            await _until(lambda: _events(recorded, "usb").count("device_plugged") == 2)
+            sent = synthetic_print(4, shape=(288, 256)).image
+            def place_when_waiting() -> None:
+                deadline = time.monotonic() + 10
+                while not usb.reader.finger_needed() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                feeder.image(sent)
+
+            threading.Thread(target=place_when_waiting, daemon=True).start()
+            await asyncio.to_thread(usb.wait_for_finger, 10)
+            assert (await asyncio.to_thread(usb.download_image)).tobytes() == sent.tobytes()
+        finally:
+            feeder.close()
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    assert _events(recorded, "usb") == ["device_plugged", "device_unplugged", "device_plugged"]
+    assert recorded[0][1]["driver"] == "virtual_image"
+
+
+def test_local_api_with_only_a_camera_refuses_a_fingerprint_session_naming_the_fix(camera_sim, tmp_path) -> None:
+    import httpx
+
+    from agent.daemon import _fingerprint_session
+    from agent.localapi import LocalAPI
+
+    socket_path = tmp_path / "api.sock"
+
+    async def scenario() -> httpx.Response:
+        face = DeviceSection(kind="camera", source=camera_sim.url)
+        supervisor = DeviceSupervisor([("face", face)], lambda k, d: None)
+        await supervisor.open_all()
+        api = LocalAPI(socket_path, lambda emit: _fingerprint_session(supervisor, None, emit), record=lambda k, d: None)
+        await api.start()
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+                return await client.post("/sessions", json={"operation": "verify", "subject": "alice"})
+        finally:
+            await api.stop()
+            await supervisor.close()
+
+    answer = asyncio.run(scenario())
+    assert answer.status_code == 503
+    assert "no configured device can do fingerprint-image" in answer.json()["error"]
+    assert "face (camera)" in answer.json()["error"] and 'kind = "zfm" or "fprint"' in answer.json()["error"]

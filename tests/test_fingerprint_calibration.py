@@ -1,0 +1,102 @@
+"""Calibration: the score normalisation, the per-group tail fit, and the thresholds drawn from them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.fingerprint import at_thresholds, binomial_limit_95
+from biometrics.fingerprint import mcc_match, threshold_for_fmr
+from biometrics.fingerprint.calibration import GROUPS, TailFit, chi2_lower, fit_tail
+from biometrics.fingerprint.errors import FingerprintError
+
+
+def test_normalisation_keeps_full_evidence_scores_and_pulls_thin_evidence_to_the_impostor_centre():
+    raw = np.array([0.0, mcc_match.NULL_CENTRE, 0.05, 0.3])
+    full = mcc_match.normalise(raw, np.full(4, mcc_match.MAX_NP))
+    np.testing.assert_allclose(full, raw)
+    thin = mcc_match.normalise(raw, np.full(4, mcc_match.MIN_NP))
+    # Above the centre, fewer pairs = a lower score; the centre itself does not move.
+    assert thin[1] == pytest.approx(mcc_match.NULL_CENTRE)
+    assert np.all(thin[2:] < raw[2:])
+    assert np.all(np.diff(thin) > 0)  # still monotonic in the raw score
+    assert np.all(thin >= 0.0)
+
+
+def test_chi2_lower_quantile_matches_known_values():
+    # Tables: chi2_{0.05}(58) = 41.49, chi2_{0.05}(200) = 168.28.
+    assert chi2_lower(58) == pytest.approx(41.49, rel=0.01)
+    assert chi2_lower(200) == pytest.approx(168.28, rel=0.005)
+
+
+def test_fitted_tail_is_conservative_on_fresh_samples_of_the_same_distribution():
+    """An exponential-tailed sample of 3,000 scores: the threshold from its fit, checked on a
+    million fresh scores, lets through no more than its target (the bound errs on the safe side)."""
+    rng = np.random.default_rng(1)
+    draw = lambda n: 0.015 + rng.gamma(2.0, 0.003, n)  # noqa: E731  a light, exponential-like tail
+    fit = fit_tail("test", draw(3000))
+    fresh = draw(1_000_000)
+    for target in (1e-3, 1e-4):
+        measured = float((fresh >= fit.threshold(target)).mean())
+        assert measured <= target * 1.2, (target, measured)
+    # The bound is above the maximum-likelihood scale.
+    s = draw(3000)
+    t99 = np.quantile(s, 0.99)
+    assert fit_tail("again", s).beta > float((s[s > t99] - t99).mean())
+
+
+def test_a_heavy_tail_is_fitted_as_one_and_still_kept():
+    """Impostor pairs sharing fingers give a tail heavier than exponential: the fit sees it
+    (shape > 0) and its 1e-4 threshold still holds on fresh scores, where an exponential
+    fit of the same sample would let through several times its target."""
+    rng = np.random.default_rng(2)
+    xi, sigma = 0.2, 0.004
+    draw = lambda n: 0.015 + sigma / xi * ((1.0 - rng.random(n)) ** -xi - 1.0)  # noqa: E731
+    sample = draw(20_000)
+    fit = fit_tail("heavy", sample)
+    assert 0.1 < fit.shape < 0.3
+    fresh = draw(2_000_000)
+    assert float((fresh >= fit.threshold(1e-4)).mean()) <= 1.2e-4
+    exponential = TailFit(
+        "exp", fit.pairs, fit.quantiles, float(np.mean(sample[sample > fit.quantiles[-1]]) - fit.quantiles[-1])
+    )
+    assert float((fresh >= exponential.threshold(1e-4)).mean()) > 2e-4
+
+
+def test_fit_needs_enough_pairs():
+    with pytest.raises(FingerprintError, match="1,000"):
+        fit_tail("tiny", np.linspace(0, 0.1, 200))
+
+
+def test_threshold_keeps_the_promise_on_every_group():
+    for fmr in (1e-2, 1e-3, 1e-4, 1e-5):
+        t = threshold_for_fmr(fmr)
+        assert all(t >= g.threshold(fmr) - 1e-12 for g in GROUPS)
+        assert any(t == pytest.approx(g.threshold(fmr)) for g in GROUPS)  # and no more than the worst needs
+
+
+@pytest.mark.parametrize("shape", [0.0, 0.2])
+def test_group_thresholds_are_continuous_and_monotonic(shape):
+    g = TailFit("x", 5000, (0.015, 0.017, 0.019, 0.024), 0.004, shape)
+    rates = np.geomspace(0.9, 1e-6, 400)
+    values = [g.threshold(float(r)) for r in rates]
+    assert np.all(np.diff(values) > 0)
+    assert g.threshold(0.0100001) == pytest.approx(g.threshold(0.0099999), abs=1e-6)
+
+
+def test_binomial_limit():
+    # 2,880 pairs: a true rate of 1e-4 gives 0 or 1 false match 95 % of the time; 1e-3 up to 6.
+    assert binomial_limit_95(2880, 1e-4) == 1
+    assert binomial_limit_95(2880, 1e-3) == 6
+    assert binomial_limit_95(100, 0.5) == 58
+
+
+def test_bench_reports_rates_at_the_calibrated_thresholds():
+    t3, t4 = threshold_for_fmr(1e-3), threshold_for_fmr(1e-4)
+    impostor = np.r_[np.zeros(997), t3, t4, t4 + 0.1]
+    genuine = np.r_[np.full(3, t3), np.full(7, 1.0)]
+    r = at_thresholds(genuine, impostor)
+    assert r["false_matches"] == {"1e-03": 3, "1e-04": 2}
+    assert r["fmr_at_threshold"]["1e-03"] == pytest.approx(0.3)
+    assert r["fnmr_at_threshold"]["1e-04"] == pytest.approx(30.0)  # the three at t3 < t4
+    assert r["fnmr_at_threshold"]["1e-03"] == 0.0

@@ -1,0 +1,248 @@
+"""USB fingerprint readers through the real libfprint, on its own virtual drivers.
+
+``virtual_image`` stands for image readers (uru4000, aes*, elan...): the test
+sends pixels over libfprint's socket and our driver must hand over exactly
+those pixels. ``virtual_device`` stands for match-on-sensor readers (synaptics,
+goodixmoc...): enrolment and verification happen "on the sensor".
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from drivers.fprint.errors import CaptureCancelled, CaptureTimeout, DeviceRemoved, RetryScan
+from simulators.fprint import RETRY_CENTER_FINGER, RETRY_TOO_SHORT
+
+
+def later(delay_s: float, action, *args) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(delay_s), action(*args)), daemon=True)
+    thread.start()
+    return thread
+
+
+def when_waiting(reader, action, *args) -> threading.Thread:
+    """Act once the reader waits for a finger (an image sent to an idle virtual_image reader is dropped)."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 10
+        while not reader.finger_needed() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        action(*args)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_image_reader_hands_over_the_exact_pixels(virtual_image_reader, synthetic_print) -> None:
+    reader, feeder = virtual_image_reader
+    assert reader.info.driver == "virtual_image" and reader.info.image and reader.info.dpi == 500
+    sent = synthetic_print(3, shape=(288, 256)).image
+    when_waiting(reader, feeder.image, sent)  # the finger arrives while the capture waits for it
+    captured = reader.capture(timeout_s=10)
+    assert captured.dpi == 500
+    assert captured.pixels.dtype == np.uint8 and captured.pixels.shape == sent.shape
+    assert captured.pixels.tobytes() == sent.tobytes()
+    assert "pixels" not in repr(captured) or "array" not in repr(captured)
+
+
+def test_image_reader_serves_the_session_interface(virtual_image_reader, synthetic_print) -> None:
+    """The same three calls as the serial driver: a capture session drives either."""
+    reader, feeder = virtual_image_reader
+    images = [synthetic_print(seed, shape=(300, 280)).image for seed in (5, 6)]
+    for sent in images:
+        when_waiting(reader, feeder.image, sent)
+        reader.wait_for_finger(10)
+        assert reader.wait_for_lift(1)
+        assert np.array_equal(reader.download_image(), sent)
+
+
+@pytest.mark.parametrize(("code", "feedback"), [(RETRY_TOO_SHORT, "too_fast"), (RETRY_CENTER_FINGER, "place_finger")])
+def test_retry_codes_become_feedback(virtual_image_reader, code, feedback) -> None:
+    reader, feeder = virtual_image_reader
+    when_waiting(reader, feeder.retry, code)
+    with pytest.raises(RetryScan) as caught:
+        reader.capture(timeout_s=10)
+    assert caught.value.feedback == feedback
+
+
+def test_cancel_and_timeout_go_through_the_cancellable(virtual_image_reader, synthetic_print) -> None:
+    reader, feeder = virtual_image_reader
+    cancel = threading.Event()
+    later(0.2, cancel.set)
+    started = time.monotonic()
+    with pytest.raises(CaptureCancelled):
+        reader.capture(timeout_s=10, cancel=cancel)
+    assert time.monotonic() - started < 5
+    with pytest.raises(CaptureTimeout):
+        reader.capture(timeout_s=0.3)
+    sent = synthetic_print(7, shape=(300, 260)).image  # the reader still works after both
+    when_waiting(reader, feeder.image, sent)
+    assert reader.capture(timeout_s=10).pixels.tobytes() == sent.tobytes()
+
+
+def test_unplug_during_capture_then_reopen(virtual_image_reader, synthetic_print) -> None:
+    reader, feeder = virtual_image_reader
+    when_waiting(reader, feeder.unplug)
+    with pytest.raises(DeviceRemoved):
+        reader.capture(timeout_s=10)
+    assert reader.removed
+    feeder.close()
+    reader.open()  # a fresh context finds the reader again
+    assert not reader.removed
+    sent = synthetic_print(8, shape=(320, 300)).image
+    when_waiting(reader, feeder.image, sent)
+    assert reader.capture(timeout_s=10).pixels.tobytes() == sent.tobytes()
+
+
+def test_enumeration_from_another_thread_while_a_capture_waits(virtual_image_reader, synthetic_print) -> None:
+    """get_devices() from a foreign thread while the main loop runs deadlocks; ours goes through the loop thread."""
+    from drivers.fprint.reader import list_readers
+
+    reader, feeder = virtual_image_reader
+    result: dict = {}
+    capture = threading.Thread(target=lambda: result.update(image=reader.capture(timeout_s=10)))
+    capture.start()
+    time.sleep(0.2)
+    found = list_readers(reader.loop, reader.env)
+    assert any(r.driver == "virtual_image" for r in found)
+    sent = synthetic_print(9, shape=(290, 270)).image
+    when_waiting(reader, feeder.image, sent).join(10)
+    capture.join(10)
+    assert result["image"].pixels.tobytes() == sent.tobytes()
+
+
+def test_match_on_sensor_enroll_verify(virtual_device_reader) -> None:
+    reader, feeder = virtual_device_reader
+    assert reader.info.driver == "virtual_device" and reader.info.verify and not reader.info.image
+    stages: list[int] = []
+    threading.Thread(target=lambda: [feeder.scan("alice") for _ in range(reader.info.enroll_stages)]).start()
+    enrolled = reader.enroll(progress=lambda stage, retry: stages.append(stage), timeout_s=20)
+    assert stages == list(range(1, reader.info.enroll_stages + 1))
+    assert isinstance(enrolled, bytes) and enrolled
+    later(0.2, feeder.scan, "alice")
+    assert reader.verify(enrolled, timeout_s=10) is True
+    later(0.2, feeder.scan, "mallory")
+    assert reader.verify(enrolled, timeout_s=10) is False
+    later(0.2, feeder.retry, RETRY_TOO_SHORT)
+    with pytest.raises(RetryScan) as caught:
+        reader.verify(enrolled, timeout_s=10)
+    assert caught.value.feedback == "too_fast"
+    later(0.2, feeder.unplug)
+    with pytest.raises(DeviceRemoved):
+        reader.verify(enrolled, timeout_s=10)
+
+
+def test_without_libfprint_the_driver_says_how_to_add_it() -> None:
+    code = (
+        "import sys; sys.modules['gi'] = None\n"
+        "from drivers.fprint import unavailable_reason, available\n"
+        "assert not available(); print(unavailable_reason())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "apt-get install libfprint-2-2 gir1.2-fprint-2.0" in out and "capture-agent[usb]" in out
+
+
+def test_udev_rules_cover_every_reader_libfprint_supports() -> None:
+    """The shipped rules hold the generator's output for the installed libfprint (its hwdb)."""
+    from pathlib import Path
+
+    from drivers.fprint import udev
+
+    if not udev.HWDB.exists():
+        pytest.fail(f"{udev.HWDB} missing: `make system-tools` installs libfprint-2-2")
+    text = udev.HWDB.read_text()
+    shipped = (Path(__file__).resolve().parents[1] / "systemd" / "60-capture-agent.rules").read_text()
+    assert udev.rules(text) in shipped, "regenerate with: python -m drivers.fprint.udev"
+    ids = udev.supported_ids(text)
+    assert {"uru4000", "synaptics", "goodixmoc", "elan"} <= set(ids)
+    assert 'ATTR{idVendor}=="05ba", ATTR{idProduct}=="000a"' in shipped  # U.are.U 4000B
+
+
+def test_devices_command_lists_libfprint_readers_and_what_they_do(fprint_socket_dir) -> None:
+    import json
+    import os
+
+    env = {**os.environ, "FP_VIRTUAL_IMAGE": str(fprint_socket_dir / "i.sock"),
+           "FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "d.sock")}
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices", "--json"], capture_output=True, text=True, env=env, timeout=60,
+        check=True,
+    ).stdout
+    usb = {f["path"].split(":")[0]: f for f in json.loads(out) if f["kind"] == "usb"}
+    assert usb["virtual_image"]["capabilities"] == ["fingerprint-image"]
+    assert usb["virtual_device"]["capabilities"] == ["match-on-sensor"]
+
+
+def test_devices_command_without_libfprint_says_how_to_add_usb_readers(tmp_path) -> None:
+    """PyGObject hidden: the command still runs and names the packages to install."""
+    import os
+
+    (tmp_path / "gi").mkdir()
+    (tmp_path / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "libfprint missing" in result.stdout and "apt-get install libfprint-2-2" in result.stdout
+
+
+def test_sensor_prints_are_kept_encrypted_and_verify_on_the_sensor(virtual_device_reader, tmp_path) -> None:
+    """Enroll on the sensor, keep the print sealed, load it back (same device and subject only), verify."""
+    from agent.devices.prints import PrintStoreError, SensorPrintStore
+
+    reader, feeder = virtual_device_reader
+    threading.Thread(target=lambda: [feeder.scan("dave") for _ in range(reader.info.enroll_stages)]).start()
+    serialized = reader.enroll(timeout_s=20)
+    store = SensorPrintStore(tmp_path / "prints", kek="kek-" + "x" * 40)
+    store.save("usb0", "dave", serialized)
+    (stored,) = (tmp_path / "prints").iterdir()
+    assert serialized not in stored.read_bytes() and b"dave" not in stored.read_bytes()
+    assert stored.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(PrintStoreError, match="enroll erin"):
+        store.load("usb0", "erin")
+    with pytest.raises(PrintStoreError, match="does not decrypt"):
+        SensorPrintStore(tmp_path / "prints", kek="another-" + "y" * 40).load("usb0", "dave")
+    later(0.2, feeder.scan, "dave")
+    assert reader.verify(store.load("usb0", "dave"), timeout_s=10) is True
+
+
+def test_a_busy_reader_names_fprintd_and_the_fix(virtual_image_reader) -> None:
+    from drivers.fprint.errors import DeviceBusy
+    from simulators.fprint import ERROR_BUSY
+
+    reader, feeder = virtual_image_reader
+    when_waiting(reader, feeder.error, ERROR_BUSY)
+    with pytest.raises(DeviceBusy) as caught:
+        reader.capture(timeout_s=10)
+    assert "systemctl mask --now fprintd" in caught.value.fix
+
+
+def test_identify_on_a_sensor_with_storage(fprint_socket_dir) -> None:
+    """virtual_device_storage: prints live on the sensor too; identify finds which one a finger is."""
+    from drivers.fprint.reader import FprintReader
+    from simulators.fprint import VirtualDeviceFeeder
+
+    path = fprint_socket_dir / "storage.sock"
+    reader = FprintReader("virtual_device_storage", env={"FP_VIRTUAL_DEVICE_STORAGE": str(path)})
+    reader.open()
+    feeder = VirtualDeviceFeeder(path)
+    try:
+        assert reader.info.identify and reader.info.on_sensor
+        enrolled = []
+        for finger in ("frank", "grace"):
+            threading.Thread(target=lambda f=finger: [feeder.scan(f) for _ in range(reader.info.enroll_stages)]).start()
+            enrolled.append(reader.enroll(timeout_s=20))
+        later(0.2, feeder.scan, "grace")
+        assert reader.identify(enrolled, timeout_s=10) == 1
+        later(0.2, feeder.scan, "frank")
+        assert reader.identify(enrolled, timeout_s=10) == 0
+    finally:
+        reader.close()

@@ -1,0 +1,65 @@
+"""The serial simulator's fidelity to clients that write the way real hosts do.
+
+Some PyPI clients write each byte of a packet with its own ``write()`` call, so the
+simulator sees a packet in many reads, one of which may end on the first header
+byte ``EF``. A real module keeps that byte and waits for the rest; so must the
+simulator. The client here is written from the datasheet, sharing no code with
+the simulator or our driver.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import serial
+
+
+def _command(code: int, args: bytes = b"") -> bytes:
+    payload = bytes([code]) + args
+    body = struct.pack(">BH", 0x01, len(payload) + 2) + payload
+    return b"\xef\x01\xff\xff\xff\xff" + body + struct.pack(">H", sum(body) & 0xFFFF)
+
+
+def _read_ack(port: serial.Serial) -> tuple[int, bytes]:
+    head = port.read(9)
+    assert len(head) == 9, f"no reply (got {head!r})"
+    assert head[:2] == b"\xef\x01" and head[6] == 0x07
+    (length,) = struct.unpack(">H", head[7:9])
+    rest = port.read(length)
+    assert len(rest) == length
+    body = head[6:] + rest[:-2]
+    assert struct.unpack(">H", rest[-2:])[0] == sum(body) & 0xFFFF
+    return rest[0], rest[1:-2]
+
+
+def test_byte_per_write_client_gets_every_reply(zfm_sim) -> None:
+    """500 commands, every byte its own write(): not one reply is lost."""
+    commands = [
+        (0x40, b""),  # Handshake
+        (0x1D, b""),  # TemplateNum
+        (0x0F, b""),  # ReadSysPara
+        (0x13, b"\x00\x00\x00\x00"),  # VerifyPwd
+    ]
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        for n in range(500):
+            code, args = commands[n % len(commands)]
+            for byte in _command(code, args):
+                port.write(bytes([byte]))
+                port.flush()
+            confirmation, data = _read_ack(port)
+            assert confirmation == 0x00, f"command {n}: confirmation {confirmation:#x}"
+            if code == 0x0F:
+                assert struct.unpack(">H", data[4:6])[0] == zfm_sim.profile.capacity
+    assert len(zfm_sim.commands) == 500
+
+
+def test_lone_header_byte_after_noise_is_kept(zfm_sim) -> None:
+    """Noise, then a packet whose first byte arrives alone, as on a line that just came up."""
+    packet = _command(0x40)
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(b"\x00\x13\x37" + packet[:1])
+        port.flush()
+        time.sleep(0.1)  # the simulator reads the noise and the lone EF on their own
+        port.write(packet[1:])
+        assert _read_ack(port)[0] == 0x00
