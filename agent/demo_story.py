@@ -24,7 +24,9 @@ from agent.identity import DeviceIdentity
 from agent.sessions import CaptureSession
 from agent.verifier_api import VerifierAPI
 
-PEOPLE = {"ana": (0, 10), "ben": (1, 11), "chloe": (2, 12)}  # name: (first finger, second finger)
+# name: (first finger, second finger). Synthetic fingers 0 and 2 of seed 7 look alike to the matcher,
+# and every enrollment is searched 1:N (one person, one identity): chloe gets finger 5.
+PEOPLE = {"ana": (0, 10), "ben": (1, 11), "chloe": (5, 12)}
 
 
 class Person:
@@ -116,7 +118,7 @@ async def biometric_story(
                 say(f"decision: {answer['decision']} (score {answer['score']})")
 
                 step("A captured request replayed: refused")
-                person.will_use((2, 4))
+                person.will_use((5, 4))
                 record = await session().capture()
                 api = VerifierAPI(client)
                 challenge = await api.challenge("verify", "chloe")

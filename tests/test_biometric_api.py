@@ -329,7 +329,8 @@ def test_a_device_limited_to_a_group_acts_only_on_that_group(device, verifier, s
 def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
     device, verifier, synthetic_templates, tmp_path
 ) -> None:
-    """Nobody attaches a finger to someone else: a token of this subject, from this device, is required."""
+    """Nobody attaches a finger to someone else: a token of this subject, from this device, used once,
+    for captures that match the subject (issue 10: one identity, one person)."""
     from agent.devstack import provision_device
 
     t = synthetic_templates
@@ -337,36 +338,70 @@ def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
     enroll(device, t, {"bob": 1})
     path = "/v1/subjects/alice/enrollments"
 
-    async def add(client, **extra) -> tuple[int, dict]:
-        body = await device.signed(client, path, templates=[wire(t[3][0])], **extra)
+    async def add(client, template, **extra) -> tuple[int, dict]:
+        body = await device.signed(client, path, templates=[wire(template)], **extra)
         response = await client.request("POST", path, json=body)
         return response.status_code, response.json()
 
     async def steps(client):
-        without = await add(client)
+        without = await add(client, t[0][1])
         _, first = await verify_call(device, client, "alice", t[0][2])  # first use: step-up
         _, alice = await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
         _, bob = await verify_call(device, client, "bob", t[1][2])
-        with_bobs = await add(client, session_token=bob["token"])
-        with_alices = await add(client, session_token=alice["token"])
-        return without, with_bobs, with_alices, alice["token"]
+        with_bobs = await add(client, t[0][1], session_token=bob["token"])
+        graft = await add(client, t[3][0], session_token=alice["token"])  # a finger that is not alice's
+        with_alices = await add(client, t[0][1], session_token=alice["token"])
+        reused = await add(client, t[2][1], session_token=alice["token"])
+        _, again = await verify_call(device, client, "alice", t[2][2])
+        return without, with_bobs, graft, with_alices, reused, again["token"]
 
-    without, with_bobs, with_alices, alice_token = device.run(steps)
+    without, with_bobs, graft, with_alices, reused, alice_token = device.run(steps)
     assert without[0] == 401 and without[1]["type"].endswith("verification-required")
     assert "verify the subject first" in without[1]["fix"]
     assert with_bobs[0] == 401 and with_bobs[1]["type"].endswith("session-token-refused")
+    assert graft[0] == 403 and graft[1]["type"].endswith("not-the-verified-person"), graft
     assert with_alices == (201, {**with_alices[1], "templates": 1})
+    assert reused[0] == 401 and reused[1]["type"].endswith("session-token-refused"), reused  # single use
 
     # The same token from another device is refused: tokens are bound to the device they were issued to.
     other = Device(*asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-2")))
 
     async def from_other(client):
-        body = await other.signed(client, path, templates=[wire(t[3][1])], session_token=alice_token)
+        body = await other.signed(client, path, templates=[wire(t[0][2])], session_token=alice_token)
         response = await client.request("POST", path, json=body)
         return response.status_code, response.json()
 
     status, problem = other.run(from_other)
     assert status == 401 and problem["type"].endswith("session-token-refused")
+
+    # The grafted finger never became alice's.
+    async def grafted(client):
+        return await verify_call(device, client, "alice", t[3][1])
+
+    status, answer = device.run(grafted)
+    assert status == 200 and answer["decision"] == "reject"
+
+
+def test_one_person_cannot_hold_two_identities(device, synthetic_templates) -> None:
+    """Every enrollment is searched 1:N: bob's finger under a new id is a 409 that names nobody."""
+    t = synthetic_templates
+    enroll(device, t, {"alice": 0, "bob": 1})
+
+    async def steps(client):
+        path = "/v1/subjects/robert/enrollments"
+        body = await device.signed(client, path, templates=[wire(t[1][2])])
+        response = await client.request("POST", path, json=body)
+        fresh = await device.signed(client, "/v1/subjects/carol/enrollments", templates=[wire(t[3][0])])
+        return (
+            response.status_code,
+            response.json(),
+            await client.call("POST", "/v1/subjects/carol/enrollments", json=fresh),
+        )
+
+    status, problem, carol = device.run(steps)
+    assert status == 409 and problem["type"].endswith("duplicate-identity"), problem
+    assert "bob" not in json.dumps(problem) and "alice" not in json.dumps(problem)
+    assert carol["templates"] == 1  # a new person enrolls
 
 
 def test_a_subject_claimed_too_often_is_rate_limited(tmp_path, synthetic_templates) -> None:

@@ -143,9 +143,9 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
         # The device's first verification: the step-up asks for another finger, which the person gives.
         code, out = cli("verify", "--subject", "hana", placements=[(0, 2), (5, 2)])
         assert code == 0 and "another finger" in out and "accept" in out, out
-        # Adding a finger: hana verifies first, then the new finger is captured; the group stays.
+        # Adding templates: hana verifies first, then more captures of her enrolled finger; the group stays.
         add = ("enroll", "--subject", "hana", "--add", "--fingers", "1", "--captures", "2")
-        code, out = cli(*add, placements=[(0, 3), (7, 0), (7, 1)])
+        code, out = cli(*add, placements=[(0, 3), (5, 3), (5, 4)])
         assert code == 0 and "accept" in out and "enrolled hana in group staff (2 templates)" in out, out
         code, out = cli("verify", "--subject", "hana", placements=[(3, 0)])  # someone else
         assert code == 1 and "reject" in out, out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import functools
 import sqlite3
 import time
@@ -35,7 +36,8 @@ from protocol import endpoints
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
-from verifier.http import Answer, Request, Route, json_answer, json_body
+from verifier.connections import EventSummary
+from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
 from verifier.idempotency import (
     RETENTION_S,
     IdempotencyStore,
@@ -44,6 +46,7 @@ from verifier.idempotency import (
     request_hash,
     sealing_key,
 )
+from verifier.matching import MatchingBusy, MatchPool, OverBudget
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -98,6 +101,8 @@ class VerifierApp:
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
+        self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
+        self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
@@ -109,7 +114,6 @@ class VerifierApp:
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
-        self._handling_started = 0.0
 
     # ---------------------------------------------------------------- ASGI
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -118,10 +122,10 @@ class VerifierApp:
             return
         if scope["type"] != "http":
             return
-        self._handling_started = time.perf_counter()
+        timing = {"started": time.perf_counter()}
         body_done: list[bool] = [False]
         try:
-            answer = await self._dispatch(scope, receive, body_done)
+            answer = await self._dispatch(scope, receive, timing, body_done)
             headers = answer.headers
         except Problem as problem:
             if not body_done[0]:
@@ -148,8 +152,8 @@ class VerifierApp:
         if answer.content_type.startswith("application/pkcs7-mime"):
             response_headers.append((b"content-transfer-encoding", b"base64"))
         # Server-Timing: the verifier's own work once the body is in (checks, database, matching),
-        # so a client can tell it from the network. No await since _dispatch set the start.
-        handling_ms = (time.perf_counter() - self._handling_started) * 1000
+        # so a client can tell it from the network (matching included, and its wait for a worker).
+        handling_ms = (time.perf_counter() - timing["started"]) * 1000
         response_headers.append((b"server-timing", f"app;dur={handling_ms:.3f}".encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": answer.body})
@@ -160,6 +164,7 @@ class VerifierApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.pool.close()
                 self.conn.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -178,6 +183,19 @@ class VerifierApp:
             return
 
     async def _read_body(self, receive: Receive, body_done: list[bool]) -> bytes:
+        """The request body, within ``body_timeout_s`` (a slow sender holds no stream for long)."""
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await self._read_body_chunks(receive, body_done)
+        except TimeoutError:
+            body_done[0] = True  # a slow sender's rest is not waited for
+            raise Problem(
+                "body-timeout",
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+                "send the whole body at once; check the network",
+            ) from None
+
+    async def _read_body_chunks(self, receive: Receive, body_done: list[bool]) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -198,7 +216,9 @@ class VerifierApp:
                 body_done[0] = True
                 return b"".join(chunks)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive, body_done: list[bool]) -> Answer:
+    async def _dispatch(
+        self, scope: dict[str, Any], receive: Receive, timing: dict[str, float], body_done: list[bool]
+    ) -> Answer:
         method, path = scope["method"], scope["path"]
         subject = endpoints.enrollment_subject(path) or ""
         route = self.routes.get((method, ENROLLMENTS_PATH if subject else path))
@@ -212,13 +232,15 @@ class VerifierApp:
             raise Problem("not-found", f"no endpoint {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         body = await self._read_body(receive, body_done)
-        self._handling_started = time.perf_counter()  # the last await before the answer is sent
+        timing["started"] = time.perf_counter()
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
         request = Request(method, path, headers, body, device, cert, subject)
         if method != "POST":
-            return route.handler(request)
-        return self._idempotent(route, request)
+            answer = route.handler(request)
+            assert isinstance(answer, Answer), "only POST routes match"
+            return answer
+        return await self._idempotent(route, request)
 
     def _authorise(self, cert: x509.Certificate | None, path: str) -> Device:
         if cert is None:
@@ -228,6 +250,7 @@ class VerifierApp:
                 f"{path} needs the device's client certificate (mutual TLS)",
                 "provision the device (`capture-agent provision`) and use its certificate",
             )
+        self._check_validity(cert, path)
         try:
             return self.registry.authorise(cert)
         except AuthorisationError as exc:
@@ -244,7 +267,29 @@ class VerifierApp:
                 "re-provision the device with a new token; ask the operator if it was revoked",
             ) from None
 
-    def _idempotent(self, route: Route, request: Request) -> Answer:
+    @staticmethod
+    def _check_validity(cert: x509.Certificate, path: str) -> None:
+        """The certificate's validity, on every request: OpenSSL checked it only at the handshake.
+
+        A connection (or a resumed session) opened while the certificate was valid
+        would otherwise go on working after it expired.
+        """
+        now = dt.datetime.now(dt.UTC)
+        if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return
+        expired = now > cert.not_valid_after_utc
+        reason = "certificate expired" if expired else "certificate not yet valid"
+        log.warning("request_refused", audit=True, path=path, serial=format(cert.serial_number, "x"), reason=reason)
+        raise Problem(
+            "certificate-expired" if expired else "certificate-not-yet-valid",
+            f"the device certificate is valid from {cert.not_valid_before_utc.isoformat()} "
+            f"to {cert.not_valid_after_utc.isoformat()}",
+            "re-provision the device with a new token (`capture-agent provision`; `capture-agent doctor` says why)"
+            if expired
+            else "set the device's clock right (NTP)",
+        )
+
+    async def _idempotent(self, route: Route, request: Request) -> Answer:
         key = request.headers.get("idempotency-key", "")
         if not key or len(key) > endpoints.MAX_IDEMPOTENCY_KEY:
             raise Problem(
@@ -265,12 +310,25 @@ class VerifierApp:
                 self.conn.execute("COMMIT")
                 log.info("idempotent_repeat", path=request.path, principal=principal)
                 return Answer(stored.status, stored.content_type, stored.body)
-            answer = route.handler(request)
+            if route.matches and request.device is not None:
+                self.pool.admit(request.device.device_id)  # busy: a 503 before anything is consumed
+            result = route.handler(request)
+            if isinstance(result, Deferred):
+                # The checks' writes (the nonce consumed) stand; matching runs outside any transaction.
+                self.conn.execute("COMMIT")
+                outcome = await self._match(request, result)
+                self.conn.execute("BEGIN IMMEDIATE")
+                answer = result.finish(outcome)
+            else:
+                answer = result
             if answer.status < 400:
                 stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body)
                 self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
             self.conn.execute("COMMIT")
             return answer
+        except MatchingBusy as exc:
+            self.conn.execute("ROLLBACK")
+            raise self._busy(request, request.device.device_id if request.device else "", str(exc)) from None
         except KeyReuseError:
             self.conn.execute("ROLLBACK")
             raise Problem(
@@ -279,8 +337,42 @@ class VerifierApp:
                 "use a fresh key for each new request",
             ) from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
+
+    async def _match(self, request: Request, deferred: Deferred) -> Any:
+        """The deferred matching in the pool; a full pool or a spent budget is a 503 with Retry-After.
+
+        Either way the request was not decided: what its checks used (the nonce, a
+        pending step-up) is given back, so the client's retry of the same request works.
+        """
+        try:
+            return await self.pool.run(deferred.device_id, deferred.work)
+        except (MatchingBusy, OverBudget) as exc:
+            self.conn.execute("BEGIN IMMEDIATE")
+            deferred.undo()
+            self.conn.execute("COMMIT")
+            if isinstance(exc, MatchingBusy):
+                raise self._busy(request, deferred.device_id, str(exc)) from None
+            reason = f"matching took longer than {self.settings.match_budget_s:g} s"
+            self.flood_events.note("matching_refused", reason, device_id=deferred.device_id, path=request.path)
+            raise Problem(
+                "matching-over-budget",
+                reason,
+                "send fewer finger views per request, or retry after the Retry-After seconds",
+                headers=((b"retry-after", b"1"),),
+            ) from None
+
+    def _busy(self, request: Request, device_id: str, reason: str) -> Problem:
+        # Summarised under a flood: a device can send busy requests faster than anything else.
+        self.flood_events.note("matching_refused", reason, device_id=device_id, path=request.path)
+        return Problem(
+            "matching-busy",
+            reason,
+            "retry after the Retry-After seconds (the agent does so by itself)",
+            headers=((b"retry-after", b"1"),),
+        )
 
     def _housekeeping(self) -> None:
         """Every minute: forget nonces and stored answers past their life (a challenge's lives as long as its nonce)."""
@@ -333,6 +425,24 @@ class VerifierApp:
                 "key-reused",
                 "renewal must come with a new key pair",
                 "generate a new EC P-256 key for the renewal",
+            )
+        if not self.registry.is_current(request.device.serial):
+            log.warning("renewal_refused", audit=True, device_id=device_id, reason="certificate superseded")
+            raise Problem(
+                "certificate-superseded",
+                "this certificate was replaced by a renewal; only the newest certificate may renew",
+                "renew with the device's newest certificate (the agent uses it after a renewal)",
+            )
+        now = time.time()
+        issued = self.registry.issued_since(device_id, now - 3600.0)
+        if len(issued) >= self.settings.renewals_per_hour:
+            wait = issued[0] + 3600.0 - now
+            log.warning("renewal_refused", audit=True, device_id=device_id, reason="renewal rate")
+            raise Problem(
+                "renewal-rate-limited",
+                f"device {device_id} had {len(issued)} certificates issued in the last hour; wait {wait:.0f} s",
+                "renew at about two thirds of the certificate's life, not in a loop",
+                headers=((b"retry-after", str(int(wait) + 1).encode()),),
             )
         cert = self._sign(request.body, device_id)
         self.registry.record_certificate(device_id, cert, supersede=True)

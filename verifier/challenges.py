@@ -60,6 +60,10 @@ class Challenges:
             raise NonceError("used", "this challenge nonce was already used (a replayed request?)")
         raise NonceError("expired", "this challenge nonce has expired")
 
+    def release(self, device_id: str, nonce: str) -> None:
+        """Make a consumed nonce usable again: its request was not decided (the verifier was busy)."""
+        self.conn.execute("UPDATE nonces SET used_at = NULL WHERE nonce = ? AND device_id = ?", (nonce, device_id))
+
     def expire(self, now: float | None = None) -> int:
         """Forget nonces past their lifetime (used or not): they can never be accepted again.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from protocol.endpoints import GROUP_NAME, OPERATIONS
@@ -208,4 +209,38 @@ class RateLimit:
             return self.base_s * 2**breaches
         recent.append(now)
         self._recent[key] = recent
+        return 0.0
+
+
+@dataclass
+class WorkLimit:
+    """At most ``per_minute`` units of work per key (a device) in any minute: template comparisons, not requests.
+
+    A verification against a subject with four templates costs four; an
+    identification with ten views against a gallery of a thousand costs ten
+    thousand. So a device that sends heavy requests runs out after a few, while a
+    kiosk verifying people all day never notices. One request never costs more
+    than the whole allowance (it would wait forever).
+    """
+
+    per_minute: int = 20000
+
+    def __post_init__(self) -> None:
+        self._spent: dict[str, deque[tuple[float, int]]] = {}
+
+    def spend(self, key: str, cost: int, now: float | None = None) -> float:
+        """Seconds to wait before this much work is allowed (0: go ahead, and it is counted)."""
+        now = now or time.time()
+        cost = min(max(cost, 1), self.per_minute)
+        spent = self._spent.setdefault(key, deque())
+        while spent and spent[0][0] <= now - 60.0:
+            spent.popleft()
+        excess = sum(c for _, c in spent) + cost - self.per_minute
+        if excess > 0:
+            freed = 0
+            for when, amount in spent:
+                freed += amount
+                if freed >= excess:
+                    return when + 60.0 - now
+        spent.append((now, cost))
         return 0.0

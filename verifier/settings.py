@@ -43,7 +43,22 @@ class VerifierSettings:
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
+    duplicate_fmr: float = 1e-6  # enrollment's 1:N search against other subjects: stricter (N comparisons each)
     enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
+    renewals_per_hour: int = 4  # certificates a device may be issued per hour (its first one included)
+    # Connections (verifier/connections.py): what an unauthenticated flood can hold.
+    handshake_timeout_s: float = 5.0  # a TLS handshake must finish within this
+    unauthenticated_idle_s: float = 5.0  # a connection without a client certificate: idle this long before a request
+    body_timeout_s: float = 10.0  # a request body must arrive within this
+    max_connections: int = 4096  # all connections (lowered to the descriptor limit minus a reserve)
+    max_unauthenticated: int = 256  # connections still in their handshake or without a client certificate
+    max_connections_per_address: int = 64  # connections from one address (unauthenticated ones are evicted first)
+    # Work (verifier/matching.py): what one request and one device may cost.
+    max_views_per_request: int = 10  # finger views in one request, all templates together
+    device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
+    match_workers: int = 2  # threads that match, off the event loop
+    match_queue: int = 8  # matching jobs waiting beyond the workers before a 503
+    match_budget_s: float = 2.0  # a matching job's time budget (queueing included) before a 503
 
     @property
     def enrollment_key(self) -> Path:
@@ -82,14 +97,29 @@ _POSITIVE = (
     "grace_s",
     "keep_alive_s",
     "max_body_bytes",
+    "renewals_per_hour",
+    "handshake_timeout_s",
+    "unauthenticated_idle_s",
+    "body_timeout_s",
+    "max_connections",
+    "max_unauthenticated",
+    "max_connections_per_address",
+    "max_views_per_request",
+    "device_comparisons_per_min",
+    "match_workers",
+    "match_budget_s",
 )
 
 
 def _checked(settings: VerifierSettings) -> VerifierSettings:
     if not 0 < settings.target_fmr < 0.1:
         raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}", fix="use a rate such as 0.0001")
+    if not 0 < settings.duplicate_fmr < 0.1:
+        raise SettingsError(f"bad value duplicate_fmr = {settings.duplicate_fmr!r}", fix="use a rate such as 0.000001")
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"bad value port = {settings.port!r}", fix="use 0 (a free port) to 65535")
+    if settings.match_queue < 0:
+        raise SettingsError(f"bad value match_queue = {settings.match_queue!r}", fix="use 0 or more")
     for name in _POSITIVE:
         value = getattr(settings, name)
         if not value > 0:
