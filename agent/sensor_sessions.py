@@ -120,12 +120,15 @@ class SensorSession:
 
     def _enroll_progress(self, stage: int, retry: Any) -> None:
         feedback = _retry_feedback(retry) if retry is not None else None
-        if feedback is not None:
+        if feedback is not None:  # this touch did not count: say why, then ask again
             self._prompt(feedback, str(retry.args[0]) if retry.args else "")
+            self._prompt("place_finger", "Place the same finger again")
             return
-        self.emit({"type": "progress", "step": stage, "total": getattr(self.device, "enroll_stages", 0) or stage})
+        total = getattr(self.device, "enroll_stages", 0) or stage
+        self.emit({"type": "progress", "step": stage, "total": total})
         self._prompt("lift_finger")
-        self._prompt("place_finger", "Place the same finger again")
+        if stage < total:
+            self._prompt("place_finger", "Place the same finger again")
 
     # ---------------------------------------------------------------- verify
     async def _on_sensor(self, call: Callable[[], Any]) -> Any:
