@@ -262,3 +262,52 @@ def test_unplug_during_a_sensor_verify_then_reopened(provisioned, verifier, fpri
     assert recorded[1][1]["device"] == "usb0" and recorded[1][1]["selector"] == "virtual_device"
     assert out["after"]["decision"] == "accept"
 
+
+
+def test_forged_or_stale_sensor_requests_are_refused_and_the_cli_sets_the_policy(provisioned, verifier) -> None:
+    """No sensor needed: what a compromised or confused agent could send, and the operator's commands."""
+    from agent.devstack import verifier_cli
+    from agent.errors import BadSignatureError, UnknownSubjectError, VerificationRequiredError
+    from agent.verifier_api import VerifierAPI
+    from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollmentRequest, print_hash
+    from protocol.signing import sign_request
+
+    config, identity = provisioned
+    reader = ReaderIdentity("virtual_device", "usb0")
+    verifier.allow(identity.device_id, sensor="accept")
+
+    async def scenario() -> dict:
+        out: dict = {}
+        async with VerifierClient(config, identity) as client:
+            api = VerifierAPI(client)
+            await api._signed(SensorEnrollmentRequest("gina", reader, print_hash("p1")), None, None)
+            for name, assertion in {
+                "other_print": SensorAssertion("gina", reader, print_hash("p2"), "match"),
+                "other_reader": SensorAssertion("gina", ReaderIdentity("synaptics", "usb0"), print_hash("p1"), "match"),
+                "not_enrolled": SensorAssertion("hank", reader, print_hash("p1"), "match"),
+            }.items():
+                with pytest.raises(UnknownSubjectError) as caught:
+                    await api._signed(assertion, None, None)
+                out[name] = caught.value
+            # Gina is enrolled now: another print only after she verifies (a session token).
+            with pytest.raises(VerificationRequiredError):
+                await api._signed(SensorEnrollmentRequest("gina", reader, print_hash("p3")), None, None)
+            # A "no_match" signed, then turned into "match" on the way: the signature no longer holds.
+            challenge = await api._challenge(SensorAssertion("gina", reader, print_hash("p1"), "no_match").challenge())
+            assertion = SensorAssertion("gina", reader, print_hash("p1"), "no_match")
+            body = sign_request(identity.private_key(), "POST", assertion.path,
+                                {"nonce": challenge.nonce, **assertion.body()})
+            with pytest.raises(BadSignatureError):
+                await client.call("POST", assertion.path, json={**body, "result": "match"})
+            out["genuine"] = await api._signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
+        return out
+
+    out = asyncio.run(scenario())
+    assert all("not enrolled with this print" in str(out[k]) for k in ("other_print", "other_reader", "not_enrolled"))
+    assert out["genuine"]["decision"] == "accept"
+    listed = [json.loads(line) for line in verifier_cli("device", "list", "--pki", str(verifier.pki_dir)).stdout
+              .splitlines()]
+    assert [d["sensor_assertions"] for d in listed if d["device_id"] == identity.device_id] == ["accept"]
+    bad = verifier_cli("device", "allow", "--pki", str(verifier.pki_dir), identity.device_id,
+                       "--sensor-assertions", "maybe", check=False)
+    assert bad.returncode != 0 and "accept" in bad.stderr
