@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import multiprocessing
@@ -44,10 +43,11 @@ from cryptography.hazmat.primitives import serialization
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
-from agent.signing import sign_request
 from biometrics.fingerprint import extract
 from biometrics.fingerprint.iso19794_2 import encode
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+from protocol.signing import sign_request
+from protocol.templates import MAX_MINUTIAE_PER_VIEW, wire_template
 from simulators.fingers import FingerGenerator
 
 ATTACKS = ("connection_churn", "idle_connections", "slow_handshakes", "oversized_work", "challenge_flood")
@@ -55,13 +55,10 @@ HALF_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # a record 
 
 
 def wire(template: FingerprintTemplate) -> dict[str, str]:
-    return {"format": "iso19794-2:2005", "data": base64.b64encode(encode(template)).decode()}
+    return wire_template(encode(template))
 
 
-try:  # the most minutiae per view the verifier accepts: the protocol's bound once there is one
-    from protocol.templates import MAX_MINUTIAE_PER_VIEW as DENSE  # type: ignore[import-not-found]
-except ImportError:
-    DENSE = 255  # the ISO record's own limit
+DENSE = MAX_MINUTIAE_PER_VIEW  # the most minutiae per view the verifier accepts
 
 
 def dense_view(seed: int, count: int = DENSE) -> dict[str, str]:

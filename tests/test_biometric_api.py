@@ -11,13 +11,16 @@ import sqlite3
 import pytest
 
 from agent.client import VerifierClient
-from agent.errors import VerifierError
-from agent.signing import sign_request
+from agent.errors import BadSignatureError, BadTemplateError, NonceUsedError, UnknownSubjectError, VerifierError
+from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode
+from protocol.endpoints import CHALLENGES
+from protocol.signing import sign_request
+from protocol.templates import wire_template
 
 
 def wire(template) -> dict:
-    return {"format": "iso19794-2:2005", "data": base64.b64encode(encode(template)).decode()}
+    return wire_template(encode(template))
 
 
 class Device:
@@ -28,7 +31,8 @@ class Device:
         self.key = identity.private_key()
 
     async def signed(self, client: VerifierClient, path: str, **fields) -> dict:
-        nonce = (await client.call("POST", "/v1/challenges", json={}))["nonce"]
+        """A signed body over a plain nonce, for requests the typed client would never send as they are."""
+        nonce = (await client.call("POST", CHALLENGES, json={}))["nonce"]
         return sign_request(self.key, "POST", path, {"nonce": nonce, **fields})
 
     def run(self, steps):
@@ -47,18 +51,16 @@ def device(provisioned) -> Device:
 def enroll(device: Device, templates: dict, subjects: dict[str, int]) -> None:
     async def steps(client):
         for subject, finger in subjects.items():
-            path = f"/v1/subjects/{subject}/enrollments"
-            body = await device.signed(client, path, templates=[wire(t) for t in templates[finger][:2]])
-            assert (await client.call("POST", path, json=body))["templates"] == 2
+            answer = await VerifierAPI(client).enroll(subject, [encode(t) for t in templates[finger][:2]])
+            assert answer.templates == 2
 
     device.run(steps)
 
 
 def enroll_fingers(device: Device, templates: dict, subject: str, fingers: list[int]) -> None:
     async def steps(client):
-        path = f"/v1/subjects/{subject}/enrollments"
-        records = [wire(t) for finger in fingers for t in templates[finger][:2]]
-        await client.call("POST", path, json=await device.signed(client, path, templates=records))
+        records = [encode(t) for finger in fingers for t in templates[finger][:2]]
+        await VerifierAPI(client).enroll(subject, records)
 
     device.run(steps)
 
@@ -129,7 +131,7 @@ def test_a_replayed_request_is_refused(device, synthetic_templates) -> None:
 
     first_status, error = device.run(steps)
     assert first_status == 401  # answered (a step-up), so its nonce is spent
-    assert error.status == 409 and "already used" in str(error)
+    assert isinstance(error, NonceUsedError) and error.status == 409 and error.slug == "nonce-used"
 
 
 def test_a_template_altered_in_transit_is_refused(device, synthetic_templates) -> None:
@@ -145,7 +147,7 @@ def test_a_template_altered_in_transit_is_refused(device, synthetic_templates) -
 
     with pytest.raises(VerifierError) as info:
         device.run(steps)
-    assert info.value.status == 401 and "signature" in str(info.value)
+    assert isinstance(info.value, BadSignatureError) and info.value.status == 401
 
 
 def test_an_unknown_subject_gets_a_clear_answer(device, synthetic_templates) -> None:
@@ -157,7 +159,8 @@ def test_an_unknown_subject_gets_a_clear_answer(device, synthetic_templates) -> 
 
     with pytest.raises(VerifierError) as info:
         device.run(steps)
-    assert info.value.status == 404 and "enroll the subject first" in info.value.fix
+    assert isinstance(info.value, UnknownSubjectError) and info.value.status == 404
+    assert "capture-agent enroll --subject nobody" in info.value.fix  # the command to run, not an API path
 
 
 def test_a_malformed_template_is_a_typed_refusal(device) -> None:
@@ -171,7 +174,7 @@ def test_a_malformed_template_is_a_typed_refusal(device) -> None:
 
     with pytest.raises(VerifierError) as info:
         device.run(steps)
-    assert info.value.status == 422 and "templates[0]" in str(info.value)
+    assert isinstance(info.value, BadTemplateError) and info.value.status == 422 and "templates[0]" in str(info.value)
 
 
 def test_the_database_holds_no_template_in_clear(device, synthetic_templates, verifier) -> None:
@@ -294,10 +297,13 @@ def test_a_device_limited_to_a_group_acts_only_on_that_group(device, verifier, s
 
     verify_bob, verify_alice, found_bob, found_alice, carol, alice_moved, dave = device.run(restricted)
     assert verify_bob[0] == 403 and verify_bob[1]["type"].endswith("group-not-allowed")
-    assert "--groups visitors" in verify_bob[1]["fix"]
+    assert "--groups GROUP" in verify_bob[1]["fix"]
+    # The answer never names another subject's group (the audit log does, for the operator).
+    assert "visitors" not in json.dumps(verify_bob[1])
     assert verify_alice[0] in (200, 401)  # matched (a first use asks for a step-up), not refused
     assert found_bob == [] and found_alice == ["alice"]  # bob is outside the device's groups: never a candidate
     assert carol[0] == 403 and alice_moved[0] == 409 and "subject group" in alice_moved[1]["fix"]
+    assert "staff" not in json.dumps(alice_moved[1])  # alice's group is not told to a device asking "visitors"
     assert dave == (201, {**dave[1], "group": "staff"})
     refusals = [
         json.loads(line)

@@ -132,6 +132,10 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
             proc.stdout.close()
             return proc.wait(60), "".join(lines)
 
+        # An unknown subject is said before anyone is asked to touch the sensor, with the command that fixes it.
+        code, out = cli("verify", "--subject", "nobody", placements=[(0, 0)])
+        assert code != 0 and "Place" not in out, out
+        assert "fix: enroll the subject first: capture-agent enroll --subject nobody" in out, out
         two_fingers = [(0, 0), (0, 1), (5, 0), (5, 1)]
         code, out = cli("enroll", "--subject", "hana", "--group", "staff", "--captures", "2", placements=two_fingers)
         assert code == 0 and "enrolled hana in group staff (4 templates)" in out, out
@@ -160,6 +164,7 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
     queued = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config)).pending(100)
     sessions = [e["data"] for e in delivered + queued if e["type"] == "session_finished"]
     assert [(s["operation"], s["subject"], s["outcome"]) for s in sessions] == [
+        ("verify", "nobody", "error"),
         ("enroll", "hana", "enrolled"),
         ("verify", "hana", "accept"),
         ("enroll", "hana", "enrolled"),

@@ -223,3 +223,13 @@ def test_adding_templates_needs_the_persons_verification(provisioned, zfm_sim) -
     with pytest.raises(VerifierError) as expired:
         asyncio.run(stale())
     assert expired.value.problem["type"].endswith("verification-required")
+
+
+def test_an_unknown_subject_is_said_before_anyone_touches_the_sensor(provisioned, zfm_sim) -> None:
+    """The challenge names the operation and the subject: the refusal comes before the first prompt."""
+    from agent.errors import UnknownSubjectError
+
+    with pytest.raises(UnknownSubjectError) as refused:
+        run_session(provisioned, zfm_sim, 0, [0], "verify", "nobody")
+    assert refused.value.fix == "enroll the subject first: capture-agent enroll --subject nobody"
+    assert 0x01 not in zfm_sim.commands, "no image was asked of the sensor"

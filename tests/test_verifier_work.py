@@ -8,7 +8,6 @@ the view bound; a device over its matching allowance; a full matching pool.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 import numpy as np
@@ -18,14 +17,12 @@ from agent.client import VerifierClient, server_timing
 from agent.devstack import LocalVerifier, provision_device
 from biometrics.fingerprint.iso19794_2 import encode
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+from protocol.templates import MAX_MINUTIAE_PER_VIEW, wire_template
 from tests.test_biometric_api import Device, wire
 from tests.test_verifier_connections import settings_file
 
 MAX_VIEWS = 10  # VerifierSettings.max_views_per_request, the default
-try:  # the most minutiae per view the verifier accepts: the protocol's bound once there is one
-    from protocol.templates import MAX_MINUTIAE_PER_VIEW as DENSE  # type: ignore[import-not-found]
-except ImportError:
-    DENSE = 255  # the ISO record's own limit
+DENSE = MAX_MINUTIAE_PER_VIEW  # the most minutiae per view the verifier accepts
 
 
 def dense_view(seed: int, count: int = DENSE) -> dict:
@@ -39,7 +36,7 @@ def dense_view(seed: int, count: int = DENSE) -> dict:
         quality=np.full(count, 80, np.uint8),
     )
     record = encode(FingerprintTemplate(500, 500, 500, minutiae, 80))
-    return {"format": "iso19794-2:2005", "data": base64.b64encode(record).decode()}
+    return wire_template(record)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -124,7 +121,7 @@ def test_requests_over_the_view_bound_are_refused_before_matching(two_devices) -
                 quality=np.full(n, 80, np.uint8),
             )
             templates.append(FingerprintTemplate(500, 500, 500, minutiae, 80, finger_position=1 + i % 10))
-        return {"format": "iso19794-2:2005", "data": base64.b64encode(encode(templates)).decode()}
+        return wire_template(encode(templates))
 
     one_too_many = [record(MAX_VIEWS - 1), record(2)]
     attack = [record(85) for _ in range(6)]
@@ -185,9 +182,10 @@ def test_a_full_matching_pool_answers_503_with_retry_after(tmp_path, synthetic_t
         views = [dense_view(i) for i in range(MAX_VIEWS)]
 
         async def run():
+            no_retry = {"network": {"retries": 0}}  # the agent retries a 503 by itself: see the verifier's answer
             async with (
-                VerifierClient(first.config, first.identity) as a,
-                VerifierClient(second.config, second.identity) as b,
+                VerifierClient(first.config.with_overrides(**no_retry), first.identity) as a,
+                VerifierClient(second.config.with_overrides(**no_retry), second.identity) as b,
             ):
                 bodies = [
                     await first.signed(a, "/v1/identifications", templates=views),

@@ -22,7 +22,6 @@ import base64
 import binascii
 import datetime as dt
 import functools
-import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -33,12 +32,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from protocol import endpoints
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
 from verifier.connections import EventSummary
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
-from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
+from verifier.idempotency import (
+    RETENTION_S,
+    IdempotencyStore,
+    KeyReuseError,
+    StoredAnswer,
+    request_hash,
+    sealing_key,
+)
 from verifier.matching import MatchingBusy, MatchPool, OverBudget
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -53,8 +60,9 @@ log = structlog.get_logger()
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
-HOUSEKEEPING_INTERVAL_S = 3600.0
-SUBJECT_PATH = re.compile(r"/v1/subjects/([^/]+)/enrollments")
+HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
+DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
+DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
 
 
 @functools.lru_cache(maxsize=256)
@@ -77,9 +85,7 @@ def _csr_from_body(body: bytes) -> bytes:
         return base64.b64decode(b"".join(body.split()), validate=True)
     except binascii.Error:
         raise Problem(
-            400,
             "bad-csr",
-            "Bad certificate request",
             "the body is not base64",
             "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2)",
         ) from None
@@ -92,18 +98,18 @@ class VerifierApp:
         self.ca = CertificateAuthority.load(settings.pki_dir)
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
-        self.idempotency = IdempotencyStore(self.conn)
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
+        self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
         self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
         self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
-            ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
-            ("POST", "/.well-known/est/simpleenroll"): Route(self.simpleenroll, needs_client_cert=False),
-            ("POST", "/.well-known/est/simplereenroll"): Route(self.simplereenroll, needs_client_cert=True),
-            ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
-            ("POST", "/v1/events"): Route(self.events, needs_client_cert=True),
+            ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
+            ("POST", endpoints.SIMPLEENROLL): Route(self.simpleenroll, needs_client_cert=False),
+            ("POST", endpoints.SIMPLEREENROLL): Route(self.simplereenroll, needs_client_cert=True),
+            ("GET", endpoints.HEALTH): Route(self.health, needs_client_cert=True),
+            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True),
             **self.biometric.routes(),
         }
         self._paths = {path for _, path in self.routes}
@@ -117,18 +123,22 @@ class VerifierApp:
         if scope["type"] != "http":
             return
         timing = {"started": time.perf_counter()}
+        body_done: list[bool] = [False]
         try:
-            answer = await self._dispatch(scope, receive, timing)
+            answer = await self._dispatch(scope, receive, timing, body_done)
             headers = answer.headers
         except Problem as problem:
+            if not body_done[0]:
+                # Refused before the whole body was read (unknown path, wrong method, too large):
+                # take the rest first, so the client's DATA frames meet an open stream. hypercorn
+                # (0.18) tears the whole connection down on DATA for a stream already answered.
+                await self._drain(receive)
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
             headers = problem.headers
         except Exception:
             log.exception("request_failed", path=scope.get("path"))
             problem = Problem(
-                500,
                 "internal",
-                "Internal error",
                 "the verifier failed on this request",
                 "retry; if it persists, see the verifier's log",
             )
@@ -159,64 +169,69 @@ class VerifierApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop the rest of a request body (bounded in bytes and time); the answer follows either way."""
+        size = 0
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while size <= DRAIN_MAX_BYTES:
+                    message = await receive()
+                    if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                        return
+                    size += len(message.get("body", b""))
+        except TimeoutError:
+            return
+
+    async def _read_body(self, receive: Receive, body_done: list[bool]) -> bytes:
         """The request body, within ``body_timeout_s`` (a slow sender holds no stream for long)."""
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
-                return await self._read_body_chunks(receive)
+                return await self._read_body_chunks(receive, body_done)
         except TimeoutError:
+            body_done[0] = True  # a slow sender's rest is not waited for
             raise Problem(
-                408,
                 "body-timeout",
-                "Request body too slow",
                 f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
                 "send the whole body at once; check the network",
             ) from None
 
-    async def _read_body_chunks(self, receive: Receive) -> bytes:
+    async def _read_body_chunks(self, receive: Receive, body_done: list[bool]) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise Problem(400, "disconnected", "Client went away", "the request body was cut", "retry")
+                body_done[0] = True
+                raise Problem("disconnected", "the request body was cut", "retry")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.settings.max_body_bytes:
                 raise Problem(
-                    413,
                     "too-large",
-                    "Request too large",
                     f"the body exceeds {self.settings.max_body_bytes} bytes",
                     "send a smaller request",
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
+                body_done[0] = True
                 return b"".join(chunks)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive, timing: dict[str, float]) -> Answer:
+    async def _dispatch(
+        self, scope: dict[str, Any], receive: Receive, timing: dict[str, float], body_done: list[bool]
+    ) -> Answer:
         method, path = scope["method"], scope["path"]
-        subject = ""
-        found = SUBJECT_PATH.fullmatch(path)
-        if found:
-            subject = found.group(1)
-            route = self.routes.get((method, ENROLLMENTS_PATH))
-        else:
-            route = self.routes.get((method, path))
+        subject = endpoints.enrollment_subject(path) or ""
+        route = self.routes.get((method, ENROLLMENTS_PATH if subject else path))
         if route is None:
             if path in self._paths:
                 raise Problem(
-                    405,
                     "method-not-allowed",
-                    "Method not allowed",
                     f"{method} is not allowed on {path}",
                     "see the protocol table in DESIGN.md",
                 )
-            raise Problem(
-                404, "not-found", "Not found", f"no endpoint {path}", "check the URL and the protocol version"
-            )
+            raise Problem("not-found", f"no endpoint {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, body_done)
         timing["started"] = time.perf_counter()
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
@@ -231,9 +246,7 @@ class VerifierApp:
         if cert is None:
             log.warning("request_refused", audit=True, path=path, reason="no client certificate")
             raise Problem(
-                401,
                 "client-certificate-required",
-                "Client certificate required",
                 f"{path} needs the device's client certificate (mutual TLS)",
                 "provision the device (`capture-agent provision`) and use its certificate",
             )
@@ -249,9 +262,7 @@ class VerifierApp:
                 reason=str(exc),
             )
             raise Problem(
-                403,
                 "device-not-authorised",
-                "Device not authorised",
                 str(exc),
                 "re-provision the device with a new token; ask the operator if it was revoked",
             ) from None
@@ -270,9 +281,7 @@ class VerifierApp:
         reason = "certificate expired" if expired else "certificate not yet valid"
         log.warning("request_refused", audit=True, path=path, serial=format(cert.serial_number, "x"), reason=reason)
         raise Problem(
-            403,
             "certificate-expired" if expired else "certificate-not-yet-valid",
-            "Client certificate expired" if expired else "Client certificate not yet valid",
             f"the device certificate is valid from {cert.not_valid_before_utc.isoformat()} "
             f"to {cert.not_valid_after_utc.isoformat()}",
             "re-provision the device with a new token (`capture-agent provision`; `capture-agent doctor` says why)"
@@ -282,11 +291,9 @@ class VerifierApp:
 
     async def _idempotent(self, route: Route, request: Request) -> Answer:
         key = request.headers.get("idempotency-key", "")
-        if not key or len(key) > 200:
+        if not key or len(key) > endpoints.MAX_IDEMPOTENCY_KEY:
             raise Problem(
-                400,
                 "idempotency-key-required",
-                "Idempotency-Key required",
                 "every POST needs an Idempotency-Key header (at most 200 characters)",
                 "send an Idempotency-Key header: a fresh random key per request, the same key on retries",
             )
@@ -315,9 +322,8 @@ class VerifierApp:
             else:
                 answer = result
             if answer.status < 400:
-                self.idempotency.save(
-                    principal, key, req_hash, StoredAnswer(answer.status, answer.content_type, answer.body)
-                )
+                stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body)
+                self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
             self.conn.execute("COMMIT")
             return answer
         except MatchingBusy as exc:
@@ -326,9 +332,7 @@ class VerifierApp:
         except KeyReuseError:
             self.conn.execute("ROLLBACK")
             raise Problem(
-                422,
                 "idempotency-key-reused",
-                "Idempotency-Key reused",
                 "this Idempotency-Key was used for a different request",
                 "use a fresh key for each new request",
             ) from None
@@ -354,9 +358,7 @@ class VerifierApp:
             reason = f"matching took longer than {self.settings.match_budget_s:g} s"
             self.flood_events.note("matching_refused", reason, device_id=deferred.device_id, path=request.path)
             raise Problem(
-                503,
                 "matching-over-budget",
-                "Matching over budget",
                 reason,
                 "send fewer finger views per request, or retry after the Retry-After seconds",
                 headers=((b"retry-after", b"1"),),
@@ -366,21 +368,19 @@ class VerifierApp:
         # Summarised under a flood: a device can send busy requests faster than anything else.
         self.flood_events.note("matching_refused", reason, device_id=device_id, path=request.path)
         return Problem(
-            503,
             "matching-busy",
-            "Verifier busy",
             reason,
             "retry after the Retry-After seconds (the agent does so by itself)",
             headers=((b"retry-after", b"1"),),
         )
 
     def _housekeeping(self) -> None:
-        """Hourly: drop stored answers past their retention and nonces past their life."""
+        """Every minute: forget nonces and stored answers past their life (a challenge's lives as long as its nonce)."""
         now = time.time()
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-        dropped = self.idempotency.expire(now) + self.biometric.challenges.expire(now)
+        dropped = self.biometric.challenges.expire(now) + self.idempotency.expire(now)
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 
@@ -395,18 +395,14 @@ class VerifierApp:
         except TokenError as exc:
             log.warning("enrollment_refused", audit=True, reason=str(exc))
             raise Problem(
-                401,
                 "bad-token",
-                "Bootstrap token refused",
                 str(exc),
                 "ask for a new token (`capture-verifier token new`)",
                 headers=((b"www-authenticate", b'Bearer error="invalid_token"'),),
             ) from None
         if device_id in {d["device_id"] for d in self.registry.list() if d["status"] == "revoked"}:
             raise Problem(
-                403,
                 "device-revoked",
-                "Device revoked",
                 f"device {device_id} is revoked",
                 "issue a token for a new device id",
             )
@@ -423,21 +419,17 @@ class VerifierApp:
         try:
             new_key = spki_sha256_of_csr(csr_der)
         except CSRError as exc:
-            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+            raise Problem("bad-csr", str(exc), "make a new request") from None
         if new_key in self.registry.current_spki(device_id):
             raise Problem(
-                400,
                 "key-reused",
-                "Key reused",
                 "renewal must come with a new key pair",
                 "generate a new EC P-256 key for the renewal",
             )
         if not self.registry.is_current(request.device.serial):
             log.warning("renewal_refused", audit=True, device_id=device_id, reason="certificate superseded")
             raise Problem(
-                403,
                 "certificate-superseded",
-                "Certificate already renewed",
                 "this certificate was replaced by a renewal; only the newest certificate may renew",
                 "renew with the device's newest certificate (the agent uses it after a renewal)",
             )
@@ -447,9 +439,7 @@ class VerifierApp:
             wait = issued[0] + 3600.0 - now
             log.warning("renewal_refused", audit=True, device_id=device_id, reason="renewal rate")
             raise Problem(
-                429,
                 "renewal-rate-limited",
-                "Too many renewals",
                 f"device {device_id} had {len(issued)} certificates issued in the last hour; wait {wait:.0f} s",
                 "renew at about two thirds of the certificate's life, not in a loop",
                 headers=((b"retry-after", str(int(wait) + 1).encode()),),
@@ -469,7 +459,7 @@ class VerifierApp:
         try:
             return self.ca.issue_device_certificate(_csr_from_body(body), device_id, self.settings.cert_days)
         except CSRError as exc:
-            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+            raise Problem("bad-csr", str(exc), "make a new request") from None
 
     def health(self, request: Request) -> Answer:
         assert request.device is not None
@@ -482,9 +472,7 @@ class VerifierApp:
             result = self.audit.ingest(request.device.device_id, json_body(request))
         except EventFormatError as exc:
             raise Problem(
-                422,
                 "bad-events",
-                "Malformed audit events",
                 str(exc),
                 "send events as the agent's outbox makes them (DESIGN.md, audit trail)",
             ) from None
@@ -500,9 +488,7 @@ def _bearer(headers: dict[str, str]) -> str:
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise Problem(
-            401,
             "token-required",
-            "Bootstrap token required",
             "EST simpleenroll needs `Authorization: Bearer <one-time token>`",
             "pass the token printed by `capture-verifier token new` to `capture-agent provision`",
             headers=((b"www-authenticate", b"Bearer"),),

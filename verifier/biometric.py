@@ -7,6 +7,11 @@ life). Then the subject's group against the device's allowed groups, then the
 operation. Every outcome, accepted or refused, is an audit event naming the
 device, the subject and the reason; a template never appears in one.
 
+The challenge itself names the operation and the subject (protocol.messages.
+ChallengeRequest), so what needs no finger (the operation, the subject's group,
+an unknown subject, a lockout) is refused before the person touches the sensor.
+Answers never name another subject's group; the audit event does.
+
 Work: a request carries at most ``max_views_per_request`` finger views, and a
 device may cause at most ``device_comparisons_per_min`` template comparisons a
 minute (views times the templates they are compared with), so the limit counts
@@ -31,10 +36,7 @@ the part of the decision the device cannot see.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import re
 import sqlite3
 import threading
 import time
@@ -48,26 +50,28 @@ from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, TemplateEr
 from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
-from verifier.challenges import Challenges, NonceError
+from protocol import endpoints
+from protocol.messages import ChallengeRequest
+from protocol.signing import SignatureError, check_signature
+from protocol.templates import TemplateWireError, minutiae_problem, records_of
+from protocol.wire import WireError
+from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
-from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
+from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
-from verifier.policy import GROUP_NAME, AccessRules, Lockouts, RateLimit, WorkLimit
+from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.sessions import SessionTokens
 from verifier.settings import VerifierSettings
-from verifier.signatures import SignatureError, check_signature
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
 from verifier.subjects import DEFAULT_GROUP, SubjectGroups
 
 log = structlog.get_logger()
 
-TEMPLATE_FORMAT = "iso19794-2:2005"
-MAX_TEMPLATES = 10
 IDENTIFY_TOP_K = 10
-SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ENROLLMENTS_PATH = "/v1/subjects/{id}/enrollments"
+SUBJECT_ID = endpoints.SUBJECT_ID
+ENROLLMENTS_PATH = endpoints.ENROLLMENTS
 
 
 class BiometricRoutes:
@@ -79,9 +83,14 @@ class BiometricRoutes:
         self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
-        self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s)
+        self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s, settings.lockout_devices)
         self.device_rate = RateLimit(settings.device_requests_per_min, settings.lockout_base_s)
+        self.challenge_rate = RateLimit(settings.device_challenges_per_min, settings.lockout_base_s)
+        # Claims of a subject: per (device, subject), and across devices a bound one device cannot reach alone.
         self.subject_rate = RateLimit(settings.subject_requests_per_min, settings.lockout_base_s)
+        self.subject_rate_all = RateLimit(
+            settings.subject_requests_per_min * settings.lockout_devices, settings.lockout_base_s
+        )
         self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use)
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
@@ -98,10 +107,13 @@ class BiometricRoutes:
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
-            ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
+            # A nonce's answer is kept for repeats only as long as the nonce itself: no row outlives it.
+            ("POST", endpoints.CHALLENGES): Route(
+                self.new_challenge, needs_client_cert=True, retention_s=self.challenges.ttl_s + NONCE_MARGIN_S
+            ),
             ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True, matches=True),
-            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True, matches=True),
-            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True, matches=True),
+            ("POST", endpoints.VERIFICATIONS): Route(self.verify, needs_client_cert=True, matches=True),
+            ("POST", endpoints.IDENTIFICATIONS): Route(self.identify, needs_client_cert=True, matches=True),
         }
 
     # ---------------------------------------------------------------- the gate
@@ -120,33 +132,33 @@ class BiometricRoutes:
         )
         return problem
 
-    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
-        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
-        assert request.device is not None and request.client_cert is not None
+    def _check_operation(self, request: Request, operation: str) -> None:
+        """403 (audited) unless the device's access rule allows ``operation``."""
+        assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows(device_id, operation):
             raise self._refused(
                 request,
                 Problem(
-                    403,
                     "operation-not-allowed",
-                    "Operation not allowed",
                     f"device {device_id} may not {operation}",
                     f"ask the operator to allow it: capture-verifier device allow {device_id} --operations ...",
                 ),
                 "operation not allowed for this device",
             )
-        body = json_body(request)
-        if not isinstance(body, dict):
-            raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
+
+    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
+        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
+        assert request.device is not None and request.client_cert is not None
+        device_id = request.device.device_id
+        self._check_operation(request, operation)
+        body = json_object(request)
         wait = self.device_rate.check(device_id)
         if wait > 0:
             raise self._refused(
                 request,
                 Problem(
-                    429,
                     "device-rate-limited",
-                    "Too many requests from this device",
                     f"device {device_id} is over its rate; wait {wait:.0f} s",
                     "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
                     headers=((b"retry-after", str(int(wait) + 1).encode()),),
@@ -158,32 +170,16 @@ class BiometricRoutes:
         except SignatureError as exc:
             raise self._refused(
                 request,
-                Problem(
-                    401,
-                    "bad-signature",
-                    "Device signature refused",
-                    str(exc),
-                    "sign the request body with the device key (agent/signing.py)",
-                ),
+                Problem("bad-signature", str(exc)),
                 str(exc),
             ) from None
         nonce = body.get("nonce")
         try:
             if not isinstance(nonce, str):
-                raise NonceError("the body has no nonce")
+                raise NonceError("unknown", "the body has no nonce")
             self.challenges.consume(device_id, nonce)
         except NonceError as exc:
-            raise self._refused(
-                request,
-                Problem(
-                    409,
-                    "nonce-refused",
-                    "Challenge nonce refused",
-                    str(exc),
-                    "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
-                ),
-                str(exc),
-            ) from None
+            raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
         return body, _template_records(body)
 
     def _check_group(self, request: Request, subject: str, group: str) -> None:
@@ -193,12 +189,13 @@ class BiometricRoutes:
         if not self.rules.allows_group(device_id, group):
             raise self._refused(
                 request,
+                # The answer never names the subject's group (it would tell one device about
+                # subjects it may not see); the audit event does, for the operator.
                 Problem(
-                    403,
                     "group-not-allowed",
-                    "Subject group not allowed",
-                    f"device {device_id} may not act on subject {subject!r} (group {group!r})",
-                    f"ask the operator: capture-verifier device allow {device_id} --groups {group},...",
+                    f"device {device_id} may not act on subject {subject!r}: its group is not one of this device's",
+                    "ask the operator to allow this device the subject's group (the verifier's audit log names it): "
+                    f"capture-verifier device allow {device_id} --groups GROUP,...",
                 ),
                 "subject group not allowed for this device",
                 subject=subject,
@@ -218,9 +215,7 @@ class BiometricRoutes:
             raise self._refused(
                 request,
                 Problem(
-                    401,
                     "verification-required",
-                    "Subject already enrolled",
                     f"subject {subject!r} is enrolled: adding templates needs the subject's session token",
                     "verify the subject first on this device and send its session_token with the enrollment "
                     "(capture-agent enroll --add)",
@@ -232,9 +227,7 @@ class BiometricRoutes:
             raise self._refused(
                 request,
                 Problem(
-                    401,
                     "session-token-refused",
-                    "Session token refused",
                     f"the session token is not a live token of subject {subject!r} issued to device {device_id}",
                     "verify the subject again on this device: a token lasts minutes and is bound to its device",
                 ),
@@ -244,21 +237,26 @@ class BiometricRoutes:
 
     # ---------------------------------------------------------------- work
     def _views(self, request: Request, records: list[bytes]) -> list[FingerprintTemplate]:
-        """The request's finger views, all records together, at most ``max_views_per_request``."""
-        views = [t for record in records for t in decode(record)]
+        """The request's finger views, all records together: at most ``max_views_per_request``, each
+        within the protocol's minutiae bounds (a view with none would enroll a subject nobody matches)."""
+        per_record = [decode(record) for record in records]
+        views = [t for record_views in per_record for t in record_views]
         if len(views) > self.max_views:
             raise self._refused(
                 request,
                 Problem(
-                    422,
                     "too-many-views",
-                    "Too many finger views",
                     f"the request carries {len(views)} finger views; at most {self.max_views} are accepted",
                     f"send at most {self.max_views} views per request (a capture is one view)",
                 ),
                 "too many finger views",
                 views=len(views),
             )
+        for index, record_views in enumerate(per_record):
+            for view, template in enumerate(record_views):
+                reason = minutiae_problem(index, view, len(template.minutiae))
+                if reason is not None:
+                    raise self._refused(request, Problem("bad-template", reason), "minutiae out of bounds")
         return views
 
     def _charge(self, request: Request, comparisons: int) -> None:
@@ -270,9 +268,7 @@ class BiometricRoutes:
             raise self._refused(
                 request,
                 Problem(
-                    429,
                     "device-work-limited",
-                    "Too much matching work from this device",
                     f"device {device_id} used its matching allowance for this minute; wait {wait:.0f} s",
                     "send fewer views per request, or fewer requests; a kiosk never needs this much",
                     headers=((b"retry-after", str(int(wait) + 1).encode()),),
@@ -352,49 +348,85 @@ class BiometricRoutes:
 
     # ---------------------------------------------------------------- handlers
     def new_challenge(self, request: Request) -> Answer:
+        """A nonce, after the checks that need no finger: rate, operation, subject, group, lockout.
+
+        The body names the operation and the subject (``ChallengeRequest``), so what
+        would be refused after the captures is refused before the person touches
+        the sensor, on a round trip the session makes anyway. An empty body gets a
+        plain nonce (the full checks still run on the signed request).
+        """
         assert request.device is not None
-        nonce, expires_at = self.challenges.issue(request.device.device_id)
+        device_id = request.device.device_id
+        wait = self.challenge_rate.check(device_id)
+        if wait > 0:
+            raise self._refused(
+                request,
+                Problem(
+                    "device-rate-limited",
+                    f"device {device_id} asked for too many challenges; wait {wait:.0f} s",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                "challenge rate limit",
+            )
+        try:
+            asked = ChallengeRequest.from_body(json_object(request))
+        except WireError as exc:
+            raise Problem("bad-challenge", str(exc)) from None
+        if asked.operation:
+            self._precheck(request, asked)
+        nonce, expires_at = self.challenges.issue(device_id)
         expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
         return json_answer(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
+
+    def _precheck(self, request: Request, asked: ChallengeRequest) -> None:
+        """What a challenge for ``asked`` would meet after the captures, checked now."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        self._check_operation(request, asked.operation)
+        subject = asked.subject
+        if subject is None:
+            return
+        if asked.operation == "enroll":
+            group = self._enrollment_group(request, subject, asked.group)
+            self._check_group(request, subject, group)
+            return
+        self._check_group(request, subject, self.subjects.group_of(subject))
+        if not self.enrollments.exists(subject):
+            raise self._refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
+        locked = self.lockouts.locked_for(device_id, subject)
+        if locked > 0:
+            raise self._refused(request, _locked(subject, locked), "locked out", subject=subject)
+
+    def _enrollment_group(self, request: Request, subject: str, requested: object) -> str:
+        """The group an enrollment puts the subject in; 409 (audited) when it names another one."""
+        if requested is not None and (not isinstance(requested, str) or not endpoints.GROUP_NAME.fullmatch(requested)):
+            raise Problem("bad-group", f"{requested!r} is not a group name")
+        recorded = self.subjects.recorded(subject)
+        if recorded is not None and requested is not None and requested != recorded:
+            raise self._refused(
+                request,
+                Problem(
+                    "subject-in-other-group",
+                    f"subject {subject!r} is in another group than {requested!r}",  # never which one
+                    f"enroll {subject} without --group (it keeps its group), or ask the operator: "
+                    f"capture-verifier subject group {subject} GROUP",
+                ),
+                "enrollment names another group",
+                subject=subject,
+                group=recorded,
+            )
+        return recorded or requested or DEFAULT_GROUP
 
     def enroll(self, request: Request) -> Deferred:
         assert request.device is not None
         device_id = request.device.device_id
         subject = request.subject
         if not SUBJECT_ID.fullmatch(subject):
-            raise Problem(
-                400,
-                "bad-subject",
-                "Bad subject id",
-                f"{subject!r} is not a subject id",
-                "use 1 to 64 letters, digits, '.', '_' or '-'",
-            )
+            raise Problem("bad-subject", f"{subject!r} is not a subject id")
         body, records = self._checked(request, "enroll")
         views = self._views(request, records)
-        requested = body.get("group")
-        if requested is not None and (not isinstance(requested, str) or not GROUP_NAME.fullmatch(requested)):
-            raise Problem(
-                400,
-                "bad-group",
-                "Bad group name",
-                f"{requested!r} is not a group name",
-                "use 1 to 64 letters, digits, '.', '_' or '-'",
-            )
         recorded = self.subjects.recorded(subject)
-        if recorded is not None and requested is not None and requested != recorded:
-            raise self._refused(
-                request,
-                Problem(
-                    409,
-                    "subject-in-other-group",
-                    "Subject is in another group",
-                    f"subject {subject!r} is in group {recorded!r}, not {requested!r}",
-                    f"enroll into {recorded!r}, or ask the operator: capture-verifier subject group {subject} GROUP",
-                ),
-                "enrollment names another group",
-                subject=subject,
-            )
-        group = recorded or requested or DEFAULT_GROUP
+        group = self._enrollment_group(request, subject, body.get("group"))
         self._check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
@@ -429,9 +461,7 @@ class BiometricRoutes:
                 raise self._refused(
                     request,
                     Problem(
-                        403,
                         "not-the-verified-person",
-                        "Templates are not the subject's",
                         f"{checks.not_theirs} of the {len(views)} templates do not match subject {subject!r}",
                         "add captures of the verified person's enrolled fingers only; "
                         "a new finger needs a new enrollment by the operator",
@@ -443,9 +473,7 @@ class BiometricRoutes:
                 raise self._refused(
                     request,
                     Problem(
-                        409,
                         "duplicate-identity",
-                        "Already enrolled as another subject",
                         "a template of this enrollment matches a subject already enrolled under another id",
                         "verify the person under their existing id; ask the operator if the match is wrong",
                     ),
@@ -456,9 +484,7 @@ class BiometricRoutes:
                 raise self._refused(  # used meanwhile (single use) or expired during the matching
                     request,
                     Problem(
-                        401,
                         "session-token-refused",
-                        "Session token refused",
                         "the session token was already used, or expired",
                         "verify the subject again on this device: a token authorises one enrollment",
                     ),
@@ -493,43 +519,28 @@ class BiometricRoutes:
         body, records = self._checked(request, "verify")
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
-            raise Problem(
-                400, "bad-subject", "Bad subject id", "the body needs a claimed subject", 'add "subject": "<id>"'
-            )
+            raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
         self._check_group(request, subject, self.subjects.group_of(subject))
         if not self.enrollments.exists(subject):
             raise self._unknown_subject(device_id, subject)
-        wait = self.subject_rate.check(subject)
+        wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
         if wait > 0:
             raise self._attempt_refused(
                 device_id,
                 subject,
                 "subject_rate_limited",
                 Problem(
-                    429,
                     "subject-rate-limited",
-                    "Too many verifications of this subject",
                     f"subject {subject!r} was claimed too often; wait {wait:.0f} s",
                     "wait; if nobody at your sites claims this subject so often, someone is guessing",
                     headers=((b"retry-after", str(int(wait) + 1).encode()),),
                 ),
                 wait_s=round(wait, 1),
             )
-        locked = self.lockouts.locked_for(subject)
+        locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
             raise self._attempt_refused(
-                device_id,
-                subject,
-                "locked_out",
-                Problem(
-                    429,
-                    "subject-locked",
-                    "Subject locked out",
-                    f"too many failed attempts for {subject!r}; locked for {locked:.0f} s more",
-                    "wait, or verify another way; each further lockout doubles",
-                    headers=((b"retry-after", str(int(locked) + 1).encode()),),
-                ),
-                locked_for_s=round(locked, 1),
+                device_id, subject, "locked_out", _locked(subject, locked), locked_for_s=round(locked, 1)
             )
         views = self._views(request, records)
         pending = None
@@ -542,9 +553,7 @@ class BiometricRoutes:
                     subject,
                     "step_up_unknown",
                     Problem(
-                        409,
                         "step-up-unknown",
-                        "Unknown step-up",
                         "no pending step-up with this id for you",
                         "start the verification again",
                     ),
@@ -588,18 +597,7 @@ class BiometricRoutes:
         return Deferred(device_id, work, finish, undo)
 
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
-        return self._attempt_refused(
-            device_id,
-            subject,
-            "unknown_subject",
-            Problem(
-                404,
-                "unknown-subject",
-                "Unknown subject",
-                f"no enrollment for subject {subject!r}",
-                f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
-            ),
-        )
+        return self._attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
 
     @staticmethod
     def _attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
@@ -623,9 +621,7 @@ class BiometricRoutes:
         )
         # An answer, not an exception: the nonce stays consumed, so this request cannot be replayed.
         problem = Problem(
-            401,
             "insufficient-user-authentication",
-            "Another factor needed",
             f"a second finger is needed ({', '.join(reasons)})",
             "capture another finger of the same person and send it with this step_up id",
             extra=(("step_up", step), ("acr_values", ACR_SECOND_FINGER), ("reasons", reasons)),
@@ -646,7 +642,7 @@ class BiometricRoutes:
         reason: str = "",
     ) -> Answer:
         score = scored.score
-        self.lockouts.record(subject, decision == "accept")
+        self.lockouts.record(device_id, subject, decision == "accept")
         log.info(
             "verification_attempt",
             audit=True,
@@ -735,31 +731,32 @@ class _EnrollChecks:
     match_ms: float
 
 
+def _unknown_subject(subject: str) -> Problem:
+    return Problem(
+        "unknown-subject",
+        f"no enrollment for subject {subject!r}",
+        f"enroll the subject first: capture-agent enroll --subject {subject}",
+    )
+
+
+def _locked(subject: str, seconds: float) -> Problem:
+    return Problem(
+        "subject-locked",
+        f"too many failed attempts for {subject!r} on this device; locked for {seconds:.0f} s more",
+        "wait, or verify another way; each further lockout doubles",
+        headers=((b"retry-after", str(int(seconds) + 1).encode()),),
+    )
+
+
 def _template_records(body: dict[str, Any]) -> list[bytes]:
-    """The ISO/IEC 19794-2 records of a request, each checked by decoding it."""
-    items = body.get("templates")
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TEMPLATES:
-        raise Problem(
-            422,
-            "bad-template",
-            "No templates",
-            f"the body needs 1 to {MAX_TEMPLATES} templates",
-            'send "templates": [{"format": "iso19794-2:2005", "data": "<base64>"}]',
-        )
-    records = []
-    for index, item in enumerate(items):
+    """The ISO/IEC 19794-2 records of a request, each checked by decoding it (views and minutiae: ``_views``)."""
+    try:
+        records = records_of(body.get("templates"))
+    except TemplateWireError as exc:
+        raise Problem("bad-template", str(exc)) from None
+    for index, record in enumerate(records):
         try:
-            if not isinstance(item, dict) or item.get("format") != TEMPLATE_FORMAT:
-                raise TemplateError(f"templates[{index}] is not a {TEMPLATE_FORMAT} template")
-            record = base64.b64decode(str(item.get("data", "")), validate=True)
             decode(record)
-        except (TemplateError, binascii.Error) as exc:
-            raise Problem(
-                422,
-                "bad-template",
-                "Malformed template",
-                f"templates[{index}]: {exc}",
-                "send the ISO/IEC 19794-2:2005 record the agent's extractor made",
-            ) from None
-        records.append(record)
+        except TemplateError as exc:
+            raise Problem("bad-template", f"templates[{index}]: {exc}") from None
     return records

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
+from protocol.wire import WireError, loads, loads_object
 from verifier.problems import Problem
 from verifier.registry import Device
 
@@ -61,6 +62,7 @@ class Deferred:
 class Route:
     handler: Callable[[Request], Answer | Deferred]
     needs_client_cert: bool
+    retention_s: float | None = None  # how long the first answer is kept for repeats (None: a day)
     matches: bool = False  # returns a Deferred: the matching pool must have room before the checks run
 
 
@@ -69,9 +71,16 @@ def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes
 
 
 def json_body(request: Request) -> Any:
+    """The body as strict protocol JSON (no duplicate keys, bounded depth), or a 400 problem."""
     try:
-        return json.loads(request.body)
-    except ValueError:
-        raise Problem(
-            400, "bad-json", "Body is not JSON", "the request body must be JSON", "send application/json"
-        ) from None
+        return loads(request.body)
+    except WireError as exc:
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """:func:`json_body`, and it must be an object."""
+    try:
+        return loads_object(request.body, "the request body")
+    except WireError as exc:
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None

@@ -33,10 +33,13 @@ class VerifierSettings:
     grace_s: float = 600.0  # the previous certificate's life after a renewal
     keep_alive_s: float = 600.0  # idle HTTP/2 connections: kiosks idle for minutes
     max_body_bytes: int = 1 << 20
-    max_failures: int = 5  # rejected verifications in a row before a subject is locked
+    max_failures: int = 5  # rejected verifications in a row of a subject on one device before it is locked out
+    lockout_devices: int = 3  # a subject is locked for every device while this many devices are locked out on it
     lockout_base_s: float = 30.0  # the first lockout; each next one doubles
     device_requests_per_min: int = 60  # biometric requests a device may make per minute
-    subject_requests_per_min: int = 12  # verifications of one subject per minute, from all devices together
+    subject_requests_per_min: int = 12  # verifications of one subject per minute from one device
+    # (from all devices together: lockout_devices times as many, a bound one device cannot reach)
+    device_challenges_per_min: int = 120  # challenges (nonces) a device may ask for per minute
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -84,6 +87,9 @@ class VerifierSettings:
 
 _POSITIVE = (
     "device_requests_per_min",
+    "device_challenges_per_min",
+    "lockout_devices",
+    "max_failures",
     "subject_requests_per_min",
     "session_ttl_s",
     "cert_days",

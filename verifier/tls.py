@@ -13,13 +13,12 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
-ALPN_H2 = "h2"
+from protocol.tls import ALPN_H2, MINIMUM_VERSION, TLS12_CIPHERS
 
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = MINIMUM_VERSION
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     # No session tickets (TLS 1.2 tickets off, no TLS 1.3 NewSessionTicket): a resumed session would
