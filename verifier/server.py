@@ -50,8 +50,8 @@ COALESCE_MAX_BYTES = 64 * 1024
 ANSWERED_IDLE_S = 0.05  # an unauthenticated connection after its EST answer: closed once the answer is out
 ACCEPT_BACKOFF_S = 0.1  # after an accept error (descriptors, memory): wait, do not spin
 READ_LIMIT = 2**16
-REFUSED_CLOSE_S = 1.0
-SSL_SHUTDOWN_TIMEOUT_S = 1.0  # a refused connection's close_notify exchange, at most
+REFUSED_CLOSE_S = 1.0  # a refused connection's close_notify exchange, at most
+SSL_SHUTDOWN_TIMEOUT_S = 1.0  # any closing connection's wait for the peer's close_notify
 
 
 class CoalescingWriter:
