@@ -311,3 +311,76 @@ def test_forged_or_stale_sensor_requests_are_refused_and_the_cli_sets_the_policy
     bad = verifier_cli("device", "allow", "--pki", str(verifier.pki_dir), identity.device_id,
                        "--sensor-assertions", "maybe", check=False)
     assert bad.returncode != 0 and "accept" in bad.stderr
+
+
+def test_local_api_sessions_on_a_sensor_chosen_by_capability(provisioned, verifier, fprint_socket_dir, tmp_path):
+    """The daemon's session factory behind the local API: enroll, verify, identify on virtual_device_storage."""
+    import httpx
+
+    from agent.daemon import _session
+    from agent.devices.kinds import FprintDevice
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.localapi import LocalAPI
+    from simulators.fprint import VirtualDeviceFeeder
+
+    config, identity = provisioned
+    socket = fprint_socket_dir / "storage.sock"
+    api_socket = tmp_path / "api.sock"
+    recorded: list[tuple[str, dict]] = []
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.2)
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    verifier.allow(identity.device_id, sensor="accept")
+
+    async def scenario() -> dict:
+        supervisor = DeviceSupervisor(
+            [("usb0", section)], lambda k, d: recorded.append((k, d)),
+            factory=lambda s, n: FprintDevice(s, n, env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)}),
+        )
+        await supervisor.open_all()
+        feeder = VirtualDeviceFeeder(socket)
+        out: dict = {}
+        async with VerifierClient(config, identity) as client:
+            api = LocalAPI(api_socket, lambda emit, reader="": _session(supervisor, client, store, emit, reader),
+                           record=lambda k, d: recorded.append((k, d)))
+            await api.start()
+            try:
+                transport = httpx.AsyncHTTPTransport(uds=str(api_socket))
+                async with httpx.AsyncClient(transport=transport, base_url="http://agent", timeout=60) as http:
+
+                    async def run(request: dict, finger: str) -> list[dict]:
+                        created = await http.post("/sessions", json=request)
+                        assert created.status_code == 201, created.text
+                        events = []
+                        async with http.stream("GET", created.json()["events"]) as stream:
+                            async for line in stream.aiter_lines():
+                                if not line.startswith("data: "):
+                                    continue
+                                event = json.loads(line[6:])
+                                events.append(event)
+                                if event.get("type") == "prompt" and event.get("code") == "place_finger":
+                                    await asyncio.to_thread(feeder.scan, finger)
+                        return events
+
+                    out["enroll"] = await run({"operation": "enroll", "subject": "ivy", "reader": "match-on-sensor"},
+                                              "ivy")
+                    out["verify"] = await run({"operation": "verify", "subject": "ivy"}, "ivy")
+                    out["identify"] = await run({"operation": "identify", "reader": "usb0"}, "ivy")
+                    out["no_image"] = await http.post(
+                        "/sessions", json={"operation": "verify", "subject": "ivy", "reader": "fingerprint-image"}
+                    )
+            finally:
+                await api.stop()
+                await supervisor.close()
+        return out
+
+    out = asyncio.run(scenario())
+    results = {name: out[name][-1] for name in ("enroll", "verify", "identify")}
+    assert results["enroll"]["type"] == "result" and results["enroll"]["assurance"] == "match-on-sensor"
+    assert any(e["type"] == "progress" for e in out["enroll"])
+    assert results["verify"]["decision"] == "accept"
+    assert results["identify"]["candidates"] == [{"subject": "ivy", "score": 1.0}]
+    assert out["no_image"].status_code == 503 and "fingerprint-image" in out["no_image"].json()["error"]
+    finished = [d for k, d in recorded if k == "session_finished"]
+    assert [(d["operation"], d["outcome"]) for d in finished] == [
+        ("enroll", "enrolled"), ("verify", "accept"), ("identify", "identified"),
+    ]
