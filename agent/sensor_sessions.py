@@ -105,13 +105,15 @@ class SensorSession:
         serialized = await asyncio.to_thread(
             self.device.enroll, self.enroll_timeout_s, cancel=self.cancelled, progress=progress
         )
+        previous = self.prints.snapshot(self.device.name, subject)
         print_id = self.prints.save(self.device.name, subject, serialized)
         del serialized
         request = SensorEnrollmentRequest(subject, self.reader, print_hash(print_id), group, token)
         try:
             data = await self.api._signed(request, challenge, None)
         except BaseException:
-            self.prints.delete(self.device.name, subject)  # the verifier does not know it: keep nothing
+            # The verifier does not know this print: keep the one it knows (or none), never this one.
+            self.prints.restore(self.device.name, subject, previous)
             raise
         answer = _parsed(request.path, SensorEnrollment.from_json, data)
         result = {"type": "result", "operation": "enroll", **answer.json()}

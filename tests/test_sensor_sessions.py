@@ -20,7 +20,7 @@ from agent.client import VerifierClient
 from agent.config import DeviceSection
 from agent.devices.errors import DeviceUnplugged
 from agent.devices.prints import SensorPrintStore
-from agent.errors import NotAllowedError
+from agent.errors import NotAllowedError, VerificationRequiredError
 from agent.sensor_sessions import SensorSession
 from agent.sessions import SessionError
 
@@ -97,6 +97,9 @@ def test_sensor_enroll_and_verify_under_each_policy(provisioned, verifier, fprin
                 enrolling, person = session(["dave"] * stages, retries=1)
                 out["enroll"] = await enrolling.enroll("dave")
                 out["enroll_prompts"] = person.prompts()
+                # Enrolling dave again without verifying first is refused; the print the verifier knows stays.
+                with pytest.raises(VerificationRequiredError):
+                    await session(["dave"] * stages)[0].enroll("dave")
                 # Default policy: step-up; no image reader here, so a typed error naming the fix.
                 verifying, person = session(["dave"])
                 with pytest.raises(SessionError) as caught:

@@ -61,6 +61,26 @@ class SensorPrintStore:
         self._index(device, add=subject)
         return nonce.hex()
 
+    def snapshot(self, device: str, subject: str) -> bytes | None:
+        """The sealed file as it is (None: no print), to put back with :meth:`restore` if a change fails."""
+        try:
+            return self._path(device, subject).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def restore(self, device: str, subject: str, sealed: bytes | None) -> None:
+        """Put back what :meth:`snapshot` returned: the previous print, or none."""
+        if sealed is None:
+            self.delete(device, subject)
+            return
+        path = self._path(device, subject)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(sealed)
+        os.replace(tmp, path)
+        self._index(device, add=subject)
+
     def print_id(self, device: str, subject: str) -> str:
         """The id of the print kept for (device, subject): what the verifier knows a hash of."""
         return self.load_with_id(device, subject)[0]
