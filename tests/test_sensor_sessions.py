@@ -270,7 +270,7 @@ def test_unplug_during_a_sensor_verify_then_reopened(provisioned, verifier, fpri
 def test_forged_or_stale_sensor_requests_are_refused_and_the_cli_sets_the_policy(provisioned, verifier) -> None:
     """No sensor needed: what a compromised or confused agent could send, and the operator's commands."""
     from agent.devstack import verifier_cli
-    from agent.errors import BadSignatureError, UnknownSubjectError, VerificationRequiredError
+    from agent.errors import BadSignatureError, StepUpRequiredError, UnknownSubjectError
     from agent.verifier_api import VerifierAPI
     from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollmentRequest, print_hash
     from protocol.signing import sign_request
@@ -303,11 +303,18 @@ def test_forged_or_stale_sensor_requests_are_refused_and_the_cli_sets_the_policy
             with pytest.raises(BadSignatureError):
                 await client.call("POST", assertion.path, json={**body, "result": "match"})
             out["genuine"] = await api._signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
+            # Policy accept, but a subject marked high-risk still needs a template the verifier matches.
+            await asyncio.to_thread(verifier.mark_high_risk, "gina")
+            with pytest.raises(StepUpRequiredError) as stepped:
+                await api._signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
+            out["high_risk"] = stepped.value.problem
         return out
 
     out = asyncio.run(scenario())
     assert all("not enrolled with this print" in str(out[k]) for k in ("other_print", "other_reader", "not_enrolled"))
     assert out["genuine"]["decision"] == "accept"
+    assert out["high_risk"]["reasons"] == ["high_risk_subject"]
+    assert out["high_risk"]["acr_values"] == "fingerprint_template"
     listed = [json.loads(line) for line in verifier_cli("device", "list", "--pki", str(verifier.pki_dir)).stdout
               .splitlines()]
     assert [d["sensor_assertions"] for d in listed if d["device_id"] == identity.device_id] == ["accept"]
