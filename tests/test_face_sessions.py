@@ -1,0 +1,163 @@
+"""Face sessions end to end: the MJPEG camera simulator, read by OpenCV through the camera device, a person
+following the prompts, the liveness challenge from the verifier's nonce, and the verifier's decision over mTLS.
+
+The person is ORL's s1: 1.pgm looks at the camera, 3.pgm turns to her right;
+the mirror image of 3.pgm is the turn to her left. A person here follows the
+prompts, 0.3 s after each, by changing what the camera shows (one frame to turn: a real head takes
+several, which the tracker's jump bound allows for in ``max_jump``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import tempfile
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.client import VerifierClient
+from agent.config import DeviceSection
+from agent.devices.kinds import CameraDevice
+from agent.face_sessions import FaceSession
+from agent.sessions import SessionError
+from protocol.face_template import FORMAT
+
+SIZE = (320, 240)
+TRACKER = {"max_jump": 2.0}  # the simulated head turns in one frame
+REACTION_S = 0.3
+
+
+def on_canvas(face: np.ndarray) -> np.ndarray:
+    """An ORL face (92x112) scaled x2 in front of a plain wall, as the camera shows it."""
+    canvas = np.full((SIZE[1], SIZE[0], 3), 120, np.uint8)
+    scaled = cv2.resize(face, (184, 224), interpolation=cv2.INTER_LINEAR)
+    canvas[8:232, 68:252] = scaled if scaled.ndim == 3 else scaled[:, :, None]
+    return canvas
+
+
+class FacePerson:
+    """Someone in front of the camera: looks at it and, when ``follows``, turns the head as asked."""
+
+    def __init__(self, camera, att_faces, subject: str = "s1", frontal: str = "1", turned_right: str = "3",
+                 follows: bool = True) -> None:
+        read = lambda name: cv2.imread(str(att_faces / subject / f"{name}.pgm"))  # noqa: E731
+        self.frontal = on_canvas(read(frontal))
+        right = read(turned_right)
+        self.poses = {"turn_head_right": on_canvas(right), "turn_head_left": on_canvas(right[:, ::-1].copy()),
+                      "look_at_camera": self.frontal}
+        self.camera, self.follows = camera, follows
+        self.events: list[dict] = []
+        camera.show(self.frontal)
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+        if event["type"] == "prompt" and self.follows and event["code"] in self.poses:
+            # A person reacts to a prompt after a few tenths of a second, not within the frame.
+            asyncio.get_running_loop().call_later(REACTION_S, self.camera.show, self.poses[event["code"]])
+
+    @property
+    def prompts(self) -> list[str]:
+        return [e["code"] for e in self.events if e["type"] == "prompt"]
+
+
+@pytest.fixture
+def face_camera():
+    from simulators.camera import SimulatedCamera
+
+    with SimulatedCamera(SIZE, fps=25) as camera:
+        yield camera
+
+
+def run_face(provisioned, camera_sim, person: FacePerson, operation: str, *args):
+    config, identity = provisioned
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client:
+                session = FaceSession(device, client, emit=person, tracker_options=TRACKER)
+                return await getattr(session, operation)(*args), session
+        finally:
+            device.stop()
+
+    return asyncio.run(go())
+
+
+def audit(verifier) -> list[dict]:
+    return [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_enroll_verify_identify_by_face_through_the_liveness_challenge(
+    provisioned, verifier, face_camera, att_faces
+) -> None:
+    person = FacePerson(face_camera, att_faces)
+    enrolled, session = run_face(provisioned, face_camera, person, "enroll", "alice")
+    assert enrolled["templates"] == 3 and enrolled["modality"] == "face"
+    challenge = next(e["steps"] for e in person.events if e["type"] == "challenge")
+    turns = [s for s in challenge if s.startswith("turn_head")]
+    assert [p for p in person.prompts if p.startswith("turn_head")] == turns  # the prompts followed the nonce
+    assert all(e["feedback_ms"] < 100 for e in person.events if "feedback_ms" in e)
+
+    person = FacePerson(face_camera, att_faces, frontal="2")
+    genuine, session = run_face(provisioned, face_camera, person, "verify", "alice")
+    assert genuine["decision"] == "accept" and genuine["has_token"], (genuine, person.prompts)
+    assert session.decision_s is not None and session.timings.network_ms > session.timings.match_ms > 0
+
+    impostor, _ = run_face(provisioned, face_camera, FacePerson(face_camera, att_faces, "s5", "2", "7"),
+                           "verify", "alice")
+    assert impostor["decision"] == "reject"
+    found, _ = run_face(provisioned, face_camera, FacePerson(face_camera, att_faces, frontal="10"), "identify")
+    assert [c["subject"] for c in found["candidates"]] == ["alice"]
+    # The verifier derived and audited each challenge: the steps it logged are the ones the person was shown.
+    asked = [e["liveness_asked"] for e in audit(verifier) if e.get("event") == "face_liveness"]
+    assert len(asked) == 4 and asked[0] == ",".join(challenge)
+
+
+def test_a_still_photo_is_refused_by_the_liveness_challenge_and_nothing_is_sent(
+    provisioned, verifier, face_camera, att_faces
+) -> None:
+    run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "alice")
+    photo = FacePerson(face_camera, att_faces, frontal="9", follows=False)  # a printed photo held still
+    with pytest.raises(SessionError, match="liveness_still"):
+        run_face(provisioned, face_camera, photo, "verify", "alice")
+    assert photo.prompts[-1] == "liveness_still"
+    attempts = [e for e in audit(verifier) if e.get("event") == "verification_attempt"]
+    assert attempts == []  # the photo's frames never left the device, nor a template made of them
+
+
+def test_nothing_of_a_frame_or_a_face_template_is_left_on_the_device(
+    provisioned, face_camera, att_faces, tmp_path, monkeypatch
+) -> None:
+    from agent.logs import configure_logging
+    from biometrics.face import FacePipeline
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    logs = io.StringIO()
+    configure_logging("debug", "json", stream=logs)
+    person = FacePerson(face_camera, att_faces)
+    run_face(provisioned, face_camera, person, "enroll", "frank")
+    frame = person.frontal
+    ok, jpeg = cv2.imencode(".jpg", frame)
+    needles = [frame.tobytes()[i : i + 48] for i in range(SIZE[0] * 3 * 100, frame.size, 9000)]
+    needles += [jpeg.tobytes()[i : i + 32] for i in range(600, len(jpeg), 2000)]
+    pipeline = FacePipeline()
+    analysis = pipeline.analyse(frame)
+    embedding = analysis.embedding.astype("<f4").tobytes()
+    needles += [embedding[i : i + 8] for i in range(0, len(embedding), 64)]
+    needles += [base64.b64encode(embedding[i : i + 24]) for i in range(0, len(embedding) - 24, 96)]
+    needles += [FORMAT.encode(), b"FEMB"]
+    config, _ = provisioned
+    files = [p for root in (config.agent.state_dir, temp) for p in root.rglob("*") if p.is_file()]
+    haystacks = {str(p): p.read_bytes() for p in files}
+    haystacks["logs"] = logs.getvalue().encode()
+    assert "turn_head" in logs.getvalue() or person.prompts, "the run's logs were captured"
+    leaks = [(where, n) for where, data in haystacks.items() for n, needle in enumerate(needles) if needle in data]
+    assert leaks == []
