@@ -27,6 +27,7 @@ from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError
+from agent.face_sessions import face_session, face_step_up
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
@@ -48,7 +49,9 @@ OUTBOX_FILE = "outbox.sqlite"
 def _fingerprint_session(devices: DeviceSupervisor, client: VerifierClient, emit: Any) -> CaptureSession:
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
-    return CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+    session = CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+    session.face_step_up = face_step_up(devices, client, emit)  # a policy may ask for the face too
+    return session
 
 
 class AgentDaemon:
@@ -121,6 +124,7 @@ class AgentDaemon:
             self.api = LocalAPI(
                 self.config.api.socket,
                 lambda emit: _fingerprint_session(devices, client, emit),
+                make_face_session=lambda emit: face_session(devices, client, emit),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

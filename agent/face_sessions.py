@@ -244,3 +244,25 @@ class FaceSession:
         result = {"type": "result", "operation": "identify", "modality": "face", **answer.json()}
         self.emit(result)
         return result
+
+
+def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]) -> FaceSession:
+    """A face session on a device that gives camera frames (picked by capability, a connected one first)."""
+    from agent.devices.capabilities import CAMERA
+
+    return FaceSession(devices.pick(CAMERA), client, emit=emit)
+
+
+def face_step_up(
+    devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]
+) -> Callable[[str, str], Any] | None:
+    """For a finger session: the face step-up on this device's camera, or None when it has no camera."""
+    from agent.devices.capabilities import CAMERA
+
+    if not any(CAMERA in d.capabilities for d in devices.devices):
+        return None
+
+    async def step_up(subject: str, step_id: str) -> Decision | StepUp:
+        return await face_session(devices, client, emit).verify_face(subject, step_id)
+
+    return step_up
