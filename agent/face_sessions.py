@@ -147,6 +147,8 @@ class FaceSession:
             post({"type": "prompt", "code": "look_at_camera", "message": message_for("look_at_camera")})
             raise SessionError(f"{len(chosen)} good frontal frames inside the challenge, {want} needed",
                                fix="look straight at the camera, in good light, before and after each turn")
+        log.info("face_challenge_passed", steps=",".join(steps), frames=index + 1, frontal_embedded=len(chosen),
+                 seconds=round(t - appeared, 2) if appeared is not None else None)
         step = max(1, len(chosen) // want)
         model = pipeline.embedder.model_name
         records = [encode(model, e.astype(float).tolist()) for e in chosen[::step][:want]]

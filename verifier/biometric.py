@@ -438,10 +438,11 @@ class BiometricRoutes:
         self._check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
-        if enrolled or self.faces.enrolled(subject):
+        face_enrolled = self.faces.enrolled(subject)
+        if enrolled or face_enrolled:
             self._check_session_token(request, subject, token)
         if not records:
-            return self.faces.enroll(request, body, subject, group, recorded, enrolled or self.faces.enrolled(subject))
+            return self.faces.enroll(request, body, subject, group, recorded, enrolled or face_enrolled)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self._charge(request, len(views) * (self._gallery_size + count))
@@ -490,7 +491,7 @@ class BiometricRoutes:
                     "template matches another subject",
                     subject=subject,
                 )
-            if enrolled and not self.sessions.take(str(token), device_id, subject):
+            if (enrolled or face_enrolled) and not self.sessions.take(str(token), device_id, subject):
                 raise self._refused(  # used meanwhile (single use) or expired during the matching
                     request,
                     Problem(
