@@ -16,7 +16,6 @@ import json
 import tempfile
 
 import cv2
-import numpy as np
 import pytest
 
 from agent.client import VerifierClient
@@ -25,18 +24,11 @@ from agent.devices.kinds import CameraDevice
 from agent.face_sessions import FaceSession
 from agent.sessions import SessionError
 from protocol.face_template import FORMAT
+from simulators.faces import poses
 
 SIZE = (320, 240)
 TRACKER = {"max_jump": 2.0}  # the simulated head turns in one frame
 REACTION_S = 0.3
-
-
-def on_canvas(face: np.ndarray) -> np.ndarray:
-    """An ORL face (92x112) scaled x2 in front of a plain wall, as the camera shows it."""
-    canvas = np.full((SIZE[1], SIZE[0], 3), 120, np.uint8)
-    scaled = cv2.resize(face, (184, 224), interpolation=cv2.INTER_LINEAR)
-    canvas[8:232, 68:252] = scaled if scaled.ndim == 3 else scaled[:, :, None]
-    return canvas
 
 
 class FacePerson:
@@ -44,11 +36,8 @@ class FacePerson:
 
     def __init__(self, camera, att_faces, subject: str = "s1", frontal: str = "1", turned_right: str = "3",
                  follows: bool = True) -> None:
-        read = lambda name: cv2.imread(str(att_faces / subject / f"{name}.pgm"))  # noqa: E731
-        self.frontal = on_canvas(read(frontal))
-        right = read(turned_right)
-        self.poses = {"turn_head_right": on_canvas(right), "turn_head_left": on_canvas(right[:, ::-1].copy()),
-                      "look_at_camera": self.frontal}
+        self.poses = poses(att_faces / subject, frontal, turned_right, SIZE)
+        self.frontal = self.poses["look_at_camera"]
         self.camera, self.follows = camera, follows
         self.events: list[dict] = []
         camera.show(self.frontal)
