@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from agent.client import VerifierClient
+from agent.errors import UnknownSubjectError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings
 from agent.verifier_api import VerifierAPI
 from protocol.face_template import encode
@@ -79,6 +80,9 @@ class FaceSession:
     session_token: SessionToken | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     decision_s: float | None = None  # from the face appearing to the verifier's answer, of the last call
+    # enroll --add for a subject with no face yet: verify by finger instead (subject -> the finger session's
+    # result and its session token); the daemon sets it when it has a fingerprint reader.
+    finger_verify: Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None = None
 
     def __post_init__(self) -> None:
         self.api = VerifierAPI(self.client)
@@ -190,7 +194,12 @@ class FaceSession:
         ``fingers`` is ignored (the local API passes the same arguments to every session kind).
         """
         if verify_first:
-            verified = await self.verify(subject)
+            try:
+                verified = await self.verify(subject)
+            except UnknownSubjectError as exc:  # no face yet: the person verifies by finger to add one
+                if exc.slug != "face-not-enrolled" or self.finger_verify is None:
+                    raise
+                verified, self.session_token = await self.finger_verify(subject)
             if verified.get("decision") != "accept":
                 raise SessionError(f"{subject} was not verified, so no face is added",
                                    fix="verify with a face (or a finger session) of this subject first")
@@ -250,9 +259,19 @@ class FaceSession:
 
 def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]) -> FaceSession:
     """A face session on a device that gives camera frames (picked by capability, a connected one first)."""
-    from agent.devices.capabilities import CAMERA
+    from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE
+    from agent.sessions import CaptureSession
 
-    return FaceSession(devices.pick(CAMERA), client, emit=emit)
+    session = FaceSession(devices.pick(CAMERA), client, emit=emit)
+    if any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices):
+
+        async def finger_verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
+            reader = devices.pick(FINGERPRINT_IMAGE)
+            finger = CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi)
+            return await finger.verify(subject), finger.session_token
+
+        session.finger_verify = finger_verify
+    return session
 
 
 def face_step_up(

@@ -245,3 +245,42 @@ def test_the_local_api_runs_face_sessions(provisioned, face_camera, att_faces, t
     assert any(e["type"] == "prompt" and e["code"].startswith("turn_head") for e in enrolled)
     assert verified[-1]["decision"] == "accept"
     assert getattr(refused, "status", None) == 503 and "camera" in str(refused)
+
+
+def test_a_face_is_added_to_a_finger_enrolled_subject_after_a_finger_verification(
+    provisioned, face_camera, att_faces, zfm_sim
+) -> None:
+    from agent.errors import UnknownSubjectError
+    from agent.sessions import CaptureSession
+    from drivers.zfm.driver import ZfmModule
+    from tests.test_sessions import ScriptedFinger
+
+    config, identity = provisioned
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client, asyncio.timeout(120):
+                with ZfmModule(zfm_sim.port) as reader:
+                    fingers = ScriptedFinger(zfm_sim, 0, [(0, 0), (0, 1), (0, 2), (4, 0), (4, 1), (4, 2), (0, 3),
+                                                          (4, 3)])
+                    await CaptureSession(reader, client, emit=fingers).enroll("alice", 3)
+
+                    async def finger_verify(subject):
+                        session = CaptureSession(reader, client, emit=fingers)
+                        return await session.verify(subject), session.session_token
+
+                    person = FacePerson(face_camera, att_faces)
+                    alone = FaceSession(device, client, emit=person, tracker_options=TRACKER)
+                    with pytest.raises(UnknownSubjectError) as no_face:
+                        await alone.enroll("alice", verify_first=True)
+                    session = FaceSession(device, client, emit=person, tracker_options=TRACKER,
+                                          finger_verify=finger_verify)
+                    return await session.enroll("alice", verify_first=True), no_face.value
+        finally:
+            device.stop()
+
+    added, no_face = asyncio.run(go())
+    assert no_face.slug == "face-not-enrolled"
+    assert added["templates"] == 3 and added["modality"] == "face"
