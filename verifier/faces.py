@@ -220,8 +220,13 @@ class FaceRoutes:
 
     # ---------------------------------------------------------------- enroll
     def enroll(self, request: Request, body: dict[str, Any], subject: str, group: str, recorded: str | None,
-               has_token: bool) -> Deferred:
-        """Add faces to a subject: no other subject may match them, and an enrolled face must match them."""
+               token_expiry: float | None) -> Deferred:
+        """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
+
+        ``token_expiry`` is that of the session token BiometricRoutes took (spent by this attempt whatever it
+        gives) for a subject already enrolled; it is given back only when the verifier could not decide.
+        """
+        has_token = token_expiry is not None
         assert request.device is not None
         device_id = request.device.device_id
         records = self.records(request, body, "enroll", subject)
@@ -254,12 +259,6 @@ class FaceRoutes:
                             "a face of this enrollment matches a subject enrolled under another id",
                             "verify the person under their existing id; ask the operator if the match is wrong"),
                     "face matches another subject", subject=subject, modality="face")
-            if has_token and not self.bio.sessions.take(str(body.get("session_token")), device_id, subject):
-                raise self.bio._refused(
-                    request,
-                    Problem("session-token-refused", "the session token was already used, or expired",
-                            "verify the subject again on this device: a token authorises one enrollment"),
-                    "session token used or expired", subject=subject)
             if recorded is None:
                 self.bio.subjects.assign(subject, group)
             self.store.add(subject, device_id, records)
@@ -269,7 +268,12 @@ class FaceRoutes:
             answer = {"subject": subject, "group": group, "templates": len(records)}
             return json_answer(201, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
 
-        return Deferred(device_id, work, finish, lambda: self.bio.challenges.release(device_id, str(body["nonce"])))
+        def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
+            self.bio.challenges.release(device_id, str(body["nonce"]))
+            if token_expiry is not None:
+                self.bio.sessions.give_back(str(body.get("session_token")), device_id, subject, token_expiry)
+
+        return Deferred(device_id, work, finish, undo)
 
     # ---------------------------------------------------------------- verify
     def verify(self, request: Request, body: dict[str, Any], subject: str) -> Deferred:
