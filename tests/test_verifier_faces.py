@@ -152,6 +152,20 @@ def test_malformed_face_records_are_refused(device) -> None:
     assert error.slug == "bad-template" and "faces[0]" in str(error)
 
 
+def test_a_request_with_fingers_and_faces_together_is_refused(device, synthetic_templates) -> None:
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)
+        challenge = await api.challenge("verify", "alice")
+        with pytest.raises(BadRequestError) as info:
+            await api.verify("alice", [encode_finger(synthetic_templates[0][0])], faces=[capture(1, 2)],
+                             challenge=challenge, liveness=steps_for(challenge))
+        return info.value
+
+    error = device.run(steps)
+    assert error.slug == "bad-template" and "not both" in str(error)
+
+
 def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_face(
     device, verifier, synthetic_templates
 ) -> None:

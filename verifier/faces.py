@@ -162,8 +162,15 @@ class FactorRules:
 
 
 def has_faces(body: dict[str, Any]) -> bool:
-    """A request that carries faces and no finger: for :class:`FaceRoutes`."""
-    return FACES in body and "templates" not in body
+    """A request that carries faces (for :class:`FaceRoutes`); one that carries fingers and faces is refused.
+
+    Each modality is decided on its own, the second through a step-up: a face
+    riding along a finger request would otherwise be ignored, liveness unchecked.
+    """
+    if FACES in body and "templates" in body:
+        raise Problem("bad-template", "a request carries finger templates or faces, not both",
+                      "send the other factor in its own request, with the step_up id the verifier answered")
+    return FACES in body
 
 
 @dataclass(frozen=True)
