@@ -1,10 +1,10 @@
 """Faces on the verifier: enrollment at rest, 1:1 and 1:N matching, the factor policy, the liveness audit.
 
-A face travels as protocol/face_template.py records in a ``faces`` list beside
-(or instead of) the fingerprint ``templates``, inside the same signed request
-behind the same gate (:meth:`verifier.biometric.BiometricRoutes._checked`). The
-routes in :mod:`verifier.biometric` hand a request with faces and no finger to
-:class:`FaceRoutes`.
+A face travels as protocol/face_template.py records in a ``faces`` list in
+place of the fingerprint ``templates`` (one modality per request), inside the
+same signed request behind the same gate
+(:meth:`verifier.biometric.BiometricRoutes._checked`). The routes in
+:mod:`verifier.biometric` hand a request with faces to :class:`FaceRoutes`.
 
 - At rest: each embedding record is one row of ``face_enrollments``, AES-GCM
   under the same enrollment key as fingerprints, with ``b"face\\0" + subject`` as
