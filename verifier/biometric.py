@@ -153,6 +153,11 @@ class BiometricRoutes:
 
     def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
         """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
+        body = self.signed_body(request, operation)
+        return body, ([] if has_faces(body) else _template_records(body))  # faces: checked by self.faces
+
+    def signed_body(self, request: Request, operation: str) -> dict[str, Any]:
+        """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions)."""
         assert request.device is not None and request.client_cert is not None
         device_id = request.device.device_id
         self._check_operation(request, operation)
@@ -184,7 +189,7 @@ class BiometricRoutes:
             self.challenges.consume(device_id, nonce)
         except NonceError as exc:
             raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
-        return body, ([] if has_faces(body) else _template_records(body))  # faces: checked by self.faces
+        return body
 
     def _enrolled(self, subject: str) -> bool:
         """The subject has a finger or a face enrolled."""
