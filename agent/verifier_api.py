@@ -87,7 +87,7 @@ class VerifierAPI:
             try:
                 return await self.client.call("POST", path, json=body, timing=timing)
             except NonceExpiredError:
-                if attempt:
+                if attempt or getattr(request, "faces", None):  # a face's liveness challenge was the nonce's
                     raise
                 log.info("nonce_expired_retry", path=path)  # a slow capture outlived the nonce
                 challenge = None
@@ -101,9 +101,15 @@ class VerifierAPI:
         step_up: str | None = None,
         challenge: Challenge | None = None,
         timing: dict[str, float] | None = None,
+        faces: list[bytes] | None = None,
+        liveness: tuple[str, ...] | None = None,
     ) -> Decision | StepUp:
-        """1:1 against ``subject``: a decision, or the step-up the verifier asks for first."""
-        request = VerificationRequest(subject, records, step_up)
+        """1:1 against ``subject``: a decision, or the step-up the verifier asks for first.
+
+        ``faces`` (face template records) go with the ``liveness`` steps run for
+        ``challenge``'s nonce, which a face request must therefore name.
+        """
+        request = VerificationRequest(subject, records, step_up, list(faces or []), liveness)
         try:
             data = await self._signed(request, challenge, timing)
         except StepUpRequiredError as exc:
@@ -111,9 +117,15 @@ class VerifierAPI:
         return _parsed(request.path, Decision.from_json, data)
 
     async def identify(
-        self, records: list[bytes], *, challenge: Challenge | None = None, timing: dict[str, float] | None = None
+        self,
+        records: list[bytes],
+        *,
+        challenge: Challenge | None = None,
+        timing: dict[str, float] | None = None,
+        faces: list[bytes] | None = None,
+        liveness: tuple[str, ...] | None = None,
     ) -> Identification:
-        request = IdentificationRequest(records)
+        request = IdentificationRequest(records, list(faces or []), liveness)
         return _parsed(request.path, Identification.from_json, await self._signed(request, challenge, timing))
 
     async def enroll(
@@ -125,8 +137,10 @@ class VerifierAPI:
         session_token: str | None = None,
         challenge: Challenge | None = None,
         timing: dict[str, float] | None = None,
+        faces: list[bytes] | None = None,
+        liveness: tuple[str, ...] | None = None,
     ) -> Enrollment:
-        request = EnrollmentRequest(subject, records, group, session_token)
+        request = EnrollmentRequest(subject, records, group, session_token, list(faces or []), liveness)
         return _parsed(request.path, Enrollment.from_json, await self._signed(request, challenge, timing))
 
 
