@@ -282,8 +282,11 @@ class CameraDevice(Device):
         return {"source": self.camera.source.redacted}
 
     def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Any:
+        """The first frame newer than ``after``. A caller that has seen frames (``after`` > 0) is inside a
+        capture, so a camera gone since is the unplug it lived through, not one that was never there: a session
+        analysing a frame when the camera vanished gets the same error as one waiting for the next."""
         if not self.connected:
-            raise DeviceUnavailable(self.name)
+            raise DeviceUnplugged(self.name) if after else DeviceUnavailable(self.name)
         try:
             return self.camera.wait_frame(after, timeout_s, EitherEvent(cancel, self.abort))  # type: ignore[arg-type]
         except Exception as exc:
