@@ -196,7 +196,7 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
             enrolled = await kiosk.session(operation="enroll", subject="ana", captures=3, fingers=2)
             assert enrolled[-1]["type"] == "result" and enrolled[-1]["templates"] == 6, enrolled[-1]
             verified = await kiosk.session(operation="verify", subject="ana")
-            assert verified[-1].get("decision") == "accept", [(e["type"], e.get("code")) for e in verified]
+            assert verified[-1].get("decision") == "accept", verified
             if faces is not None:
                 face = await kiosk.session(operation="enroll", subject="bea", modality="face")
                 assert face[-1]["type"] == "result" and face[-1]["modality"] == "face", face[-1]
@@ -212,17 +212,17 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
             assert broken[-1]["type"] == "error", broken[-1]
             assert "device camera went away during the capture" in broken[-1]["message"]
             assert "plug it back in" in broken[-1]["fix"]
-            assert await kiosk.devices() == {"reader": True, "camera": False}
+            await kiosk.until_connected({"reader": True, "camera": False}, 5)  # the watch marks it within 0.1 s
             kiosk.placements = [(0, 4), (4, 4)]  # a step-up may ask the second finger
             meanwhile = await kiosk.session(operation="verify", subject="ana")
-            assert meanwhile[-1]["decision"] == "accept", meanwhile[-1]
+            assert meanwhile[-1].get("decision") == "accept", meanwhile
 
             # Plugged back: the daemon reopens it and a face session works again.
             camera.send("replug")
             await kiosk.until_connected({"reader": True, "camera": True})
             if faces is not None:
                 again = await kiosk.session(operation="verify", subject="bea", modality="face")
-                assert again[-1]["decision"] == "accept", again[-1]
+                assert again[-1].get("decision") == "accept", again
 
             # The serial module pulled out while a finger session waits for the finger.
             def unplug_module(event: dict) -> None:
@@ -234,10 +234,10 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
             kiosk.on_event = None
             assert pulled[-1]["type"] == "error", pulled[-1]
             assert "device reader went away during the capture" in pulled[-1]["message"]
-            assert await kiosk.devices() == {"reader": False, "camera": True}
+            await kiosk.until_connected({"reader": False, "camera": True}, 5)
             if faces is not None:
                 still = await kiosk.session(operation="verify", subject="bea", modality="face")
-                assert still[-1]["decision"] == "accept", still[-1]
+                assert still[-1].get("decision") == "accept", still
             else:
                 skipped.append("face sessions that succeed need the ORL faces at ../shared/data/att_faces")
 
