@@ -172,7 +172,7 @@ class GalleryIndex:
 
         def run(b: int) -> None:
             block = self._sketch_blocks[b]
-            out[b * step : b * step + len(block) // prefilter.SKETCH_CYLINDERS] = prefilter.prescores(sp, block)
+            out[b * step : b * step + len(block) // prefilter.GALLERY_ROWS] = prefilter.prescores(sp, block)
 
         self._map(list(range(len(self._sketch_blocks))), run)
         return out

@@ -30,11 +30,12 @@ import numpy as np
 
 from biometrics.fingerprint.cylinders import CELL_X, CELL_Y, ND, N_SPATIAL, NS, RADIUS, Cylinders
 
-SKETCH_CYLINDERS = 24  # cylinders come sorted by minutia quality: the best ones
-SPATIAL_BLOCK = 2  # cells per block side
+PROBE_ROWS = 24  # cylinders come sorted by minutia quality: the best ones
+GALLERY_ROWS = 16  # per enrolled template; the cost is PROBE_ROWS x GALLERY_ROWS row products
+SPATIAL_BLOCK = 1  # cells per block side (coarser loses too much: see the module docstring)
 DIRECTION_BLOCK = 2  # direction bins per block
-DIRECTION_WEIGHT = 0.3
-TOP_ROWS = 8
+DIRECTION_WEIGHT = 0.5
+TOP_ROWS = 3
 MIN_CANDIDATES = 64  # galleries up to this size are scored in full
 CANDIDATE_FRACTION = 0.05
 BLOCK_TEMPLATES = 512  # templates per pre-scoring block (the similarity array stays in cache)
@@ -58,10 +59,11 @@ POOL = _pooling()
 SKETCH_WIDTH = POOL.shape[1] + 2
 
 
-def sketch(c: Cylinders) -> np.ndarray:
-    """Sketch rows of a template, float32 (min(n, SKETCH_CYLINDERS), SKETCH_WIDTH)."""
-    k = min(len(c), SKETCH_CYLINDERS)
+def sketch(c: Cylinders, rows: int = PROBE_ROWS) -> np.ndarray:
+    """Sketch rows of a template's best ``rows`` cylinders, float32 (min(n, rows), SKETCH_WIDTH)."""
+    k = min(len(c), rows)
     pooled = c.values[:k] @ POOL
+    pooled -= pooled.mean(axis=1, keepdims=True)  # correlation, not cosine: every cylinder is dense somewhere
     pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-6)
     a = c.angle[:k]
     turn = DIRECTION_WEIGHT * np.stack([np.cos(a), np.sin(a)], axis=1)
@@ -69,25 +71,26 @@ def sketch(c: Cylinders) -> np.ndarray:
 
 
 def pack(sketches: list[np.ndarray]) -> np.ndarray:
-    """Stack sketches row-rank major, (SKETCH_CYLINDERS * T, SKETCH_WIDTH); padding rows are zero.
+    """Stack the first GALLERY_ROWS rows of sketches row-rank major, (GALLERY_ROWS * T, SKETCH_WIDTH).
 
     Row r of template t sits at r * T + t, so the best match over a template's rows
-    is an elementwise maximum of SKETCH_CYLINDERS contiguous slices (vectorised),
-    not a reduction along a short inner axis.
+    is an elementwise maximum of GALLERY_ROWS contiguous slices (vectorised), not a
+    reduction along a short inner axis. Padding rows are zero.
     """
-    out = np.zeros((SKETCH_CYLINDERS, len(sketches), SKETCH_WIDTH), np.float32)
+    out = np.zeros((GALLERY_ROWS, len(sketches), SKETCH_WIDTH), np.float32)
     for i, s in enumerate(sketches):  # one copy per template
-        out[: len(s), i] = s
+        r = min(len(s), GALLERY_ROWS)
+        out[:r, i] = s[:r]
     return out.reshape(-1, SKETCH_WIDTH)
 
 
 def prescores(probe: np.ndarray, packed: np.ndarray) -> np.ndarray:
     """Pre-score of a probe sketch against packed sketches, shape (T,)."""
-    t = len(packed) // SKETCH_CYLINDERS
+    t = len(packed) // GALLERY_ROWS
     n = len(probe)
     if n == 0 or t == 0:
         return np.zeros(t, np.float32)
-    sim = (probe @ packed.T).reshape(n, SKETCH_CYLINDERS, t).max(axis=1)  # (n, T)
+    sim = (probe @ packed.T).reshape(n, GALLERY_ROWS, t).max(axis=1)  # (n, T)
     m = min(TOP_ROWS, n)
     if m < n:
         sim = np.partition(sim, n - m, axis=0)[n - m :]
