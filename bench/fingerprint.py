@@ -294,20 +294,20 @@ def calibrate(specs: list[str], synthetic: int, impressions: int, seed: int, wor
         folder, dpi = Path(path), int(dpi_text or 500)
         _progress(f"calibration: {folder} at {dpi} dpi")
         templates, fingers, _ = extract_folder(folder, dpi, workers)
-        pair_scores, same, recall = all_pairs(templates, fingers)
+        pair_scores, same, _ = all_pairs(templates, fingers)
         fits.append(fit_tail(folder.name, pair_scores[~same]))
         all_templates += templates
         labels += [f"{n}:{f}" for f in fingers]
         folder_of += [n] * len(templates)
     if len(specs) > 1:
         _progress("calibration: pairs across folders")
-        pair_scores, same = all_pairs(all_templates, np.array(labels))
+        pair_scores, same, _ = all_pairs(all_templates, np.array(labels))
         f = np.array(folder_of)
         iu, ju = np.triu_indices(len(f), k=1)
         fits.append(fit_tail("across folders", pair_scores[f[iu] != f[ju]]))
     if synthetic:
         templates, fingers, _ = extract_synthetic(synthetic, impressions, seed, workers)
-        pair_scores, same, recall = all_pairs(templates, fingers)
+        pair_scores, same, _ = all_pairs(templates, fingers)
         fits.append(fit_tail(f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same]))
     return {
         "groups": [

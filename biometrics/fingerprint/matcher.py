@@ -8,8 +8,9 @@ target false match rate.
 
 from __future__ import annotations
 
-from collections.abc import Container, Hashable
+from collections.abc import Callable, Container, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from biometrics.fingerprint.cylinders import Cylinders, build
 from biometrics.fingerprint.errors import TemplateError
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
 
+T = TypeVar("T")
 REFERENCE_DPI = 500
 CHUNK = 128  # templates per block: intermediate arrays stay in cache, BLAS stays efficient
 GROUP = 64  # pre-filter survivors scored per call
@@ -152,7 +154,8 @@ class GalleryIndex:
                 run(block)
         return out
 
-    def _map(self, work: list, fn) -> None:  # noqa: ANN001 - small private helper
+    def _map(self, work: list[T], fn: Callable[[T], None]) -> None:
+        """Apply ``fn`` to each work item, on the worker threads when there are several."""
         if len(work) > 1 and self._workers > 1:
             # numpy and BLAS release the GIL: blocks run in parallel on the cores.
             list(self._pool().map(fn, work))

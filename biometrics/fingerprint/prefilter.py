@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from biometrics.fingerprint.cylinders import CELL_X, CELL_Y, ND, N_SPATIAL, NS, RADIUS, Cylinders
+from biometrics.fingerprint.cylinders import CELL_X, CELL_Y, N_SPATIAL, ND, NS, RADIUS, Cylinders
 
 PROBE_ROWS = 24  # cylinders come sorted by minutia quality: the best ones
 GALLERY_ROWS = 16  # per enrolled template; the cost is PROBE_ROWS x GALLERY_ROWS row products
