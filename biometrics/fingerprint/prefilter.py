@@ -1,15 +1,25 @@
 """A cheap first pass for 1:N search: rank the gallery, then score only the best candidates in full.
 
-The full MCC LSS-R score costs about 75 us per template on one core (a 456-wide
+The full MCC LSS-R score costs about 75 us per template on one core (a 480-wide
 matrix product per cylinder pair, then the relaxation). Identification among tens
 of thousands cannot afford it for every entry, so each template also gets a
-*sketch*: its SKETCH_CYLINDERS best-quality cylinders, each pooled to a coarse
-grid (2 x 2 spatial cells and 2 direction bins summed: 456 values -> 75), scaled
-to unit length, plus the minutia direction (cos, sin) times DIRECTION_WEIGHT, so
-that the dot product of two sketch rows is the cosine of the pooled cylinders plus
-a mild bonus for facing the same way. A template's pre-score is the mean, over the
-probe's TOP_ROWS best-matched sketch rows, of each row's best match in the
-template: one small matrix product and two reductions, a few microseconds.
+*sketch*: the cylinders of its best-quality minutiae with each pair of adjacent
+direction bins summed (480 values -> 240, full spatial resolution), centred and
+scaled to unit length (a correlation: every cylinder is dense somewhere, so plain
+cosines of these non-negative vectors all sit high and rank poorly), plus the
+minutia direction (cos, sin) times DIRECTION_WEIGHT, a mild bonus for facing the
+same way. The probe keeps PROBE_ROWS rows, each gallery template GALLERY_ROWS.
+A template's pre-score is the mean, over the probe's TOP_ROWS best-matched rows,
+of each row's best match in the template: one matrix product and two reductions,
+about 5 us per template on one core.
+
+Chosen on the FVC2002 folders (B sets), by the share of the genuine pairs that
+the full score accepts at the 1e-4 threshold whose mate ranks within the top 5 %
+of the probe's impostors: coarser sketches lose it (2 x 2 spatial cells pooled,
+uncentred: 97.5 to 100 %; a 64- or 96-dimensional principal subspace, or
+low-frequency DCT terms: worse still: the identity is in the fine detail); this
+one keeps 99.2 to 100 % per folder at 5 % and 99.6 to 100 % at 10 %; more rows
+gain a little and cost proportionally.
 
 Binarised cylinders compared with popcount (MCC's bit variant) were considered:
 in numpy, XOR plus ``bitwise_count`` over every cylinder pair moves more memory
