@@ -44,13 +44,13 @@ def ridge_map(analysis: Analysis) -> np.ndarray:
 
 
 def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
-    """The contextually filtered image (0 outside the foreground box) and its binary ridges."""
+    """The contextually filtered image (0 outside the foreground) and its binary ridges."""
     out = np.zeros(analysis.mask.shape, np.uint8)
     full = np.zeros(analysis.mask.shape, np.float32)
     box = foreground_box(analysis.mask, 2)
     if analysis.mask[box].size == 0:
         return full, out
-    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period)
+    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box])
     full[box] = enhanced
     out[box] = (enhanced < 0) & analysis.mask[box]
     return full, out
