@@ -222,9 +222,7 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float(np.clip(np.percentile(local, FINE_PERCENTILE), MIN_PERIOD, MAX_PERIOD)), share
 
 
-def gabor_enhance(
-    norm: np.ndarray, theta: np.ndarray, period: float, where: np.ndarray | None = None
-) -> np.ndarray:
+def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.ndarray | None = None) -> np.ndarray:
     """Even Gabor response tuned per pixel to ``theta`` (gradient direction) and ``period``.
 
     With ``where``, only those pixels get a response (0 elsewhere). Each of the 16
