@@ -52,14 +52,16 @@ class GalleryIndex:
     Several templates may share a subject id (several fingers or impressions);
     a search reports each subject once, with its best score.
 
-    Cost: cylinders are built once per add (about 5 ms); a search costs about
-    40-50 us per enrolled template (20,000-25,000 comparisons/s on FVC2002-like
-    templates of 30-40 minutiae, 2 cores, multi-threaded BLAS). For throughput,
-    run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the
-    number of cores: blocks of the gallery are then scored in parallel threads
-    (25,000-30,000 comparisons/s on the same 2 cores). Memory: about 85 KB per template
-    of 35 cylinders (456 float32 values each plus validity masks), at most 120 KB
-    (48 cylinders). Not
+    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms).
+    :meth:`scores` gives every template the full score (about 75 us per template
+    per core). :meth:`search` ranks the gallery with the pre-filter (about 5 us per
+    template) and fully scores only its best max(64, 5 %) (see
+    :mod:`biometrics.fingerprint.prefilter`): 80,000 to 150,000 comparisons per
+    second per core on FVC2002-like templates, measured on a shared 2-core machine.
+    For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
+    ``workers`` = the number of cores: blocks are then scored in parallel threads.
+    Memory: about 100 KB per template of 35 cylinders (480 float32 values each plus
+    validity masks and the sketch), at most 140 KB (48 cylinders). Not
     thread-safe: guard add/remove/search with one lock if threads share it.
     """
 
