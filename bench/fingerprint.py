@@ -1,6 +1,6 @@
 """Fingerprint benchmark: all-pairs verification on a folder of ``F_I`` images.
 
-    python -m bench.fingerprint --data DIR [--dpi 500] [--workers N]
+    python -m bench.fingerprint --data DIR [--dpi 500] [--workers N] [--pad-to 448x478]
     python -m bench.fingerprint --synthetic 200 [--impressions 3] [--seed 0]
     python -m bench.fingerprint --calibrate DIR[:DPI]... [--synthetic 200]
 
@@ -100,11 +100,30 @@ def list_images(folder: Path) -> list[tuple[str, int, Path]]:
     return items
 
 
-def _extract_one(args: tuple[str, int]) -> tuple[FingerprintTemplate, float]:
-    path, dpi = args
+def pad_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The image centred on a (width, height) canvas of its own background (median border grey).
+
+    Keeps the resolution: a way to time extraction on a larger sensor's image size
+    (e.g. 448x478) with prints whose identities are known.
+    """
+    w, h = size
+    ih, iw = img.shape
+    if iw > w or ih > h:
+        raise SystemExit(f"--pad-to {w}x{h} is smaller than a {iw}x{ih} image")
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    out = np.full((h, w), int(np.median(border)), np.uint8)
+    y, x = (h - ih) // 2, (w - iw) // 2
+    out[y : y + ih, x : x + iw] = img
+    return out
+
+
+def _extract_one(args: tuple[str, int, tuple[int, int] | None]) -> tuple[FingerprintTemplate, float]:
+    path, dpi, size = args
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise SystemExit(f"cannot read {path}")
+    if size is not None:
+        img = pad_to(img, size)
     t0 = time.perf_counter()
     tpl = extract(img, dpi)
     return tpl, time.perf_counter() - t0
@@ -189,13 +208,15 @@ def throughput(
     return max(rates), float(np.median(rates))
 
 
-def extract_folder(folder: Path, dpi: int, workers: int) -> tuple[list[FingerprintTemplate], np.ndarray, np.ndarray]:
-    """Templates, finger labels and extraction times (s) of a folder of F_I images."""
+def extract_folder(
+    folder: Path, dpi: int, workers: int, size: tuple[int, int] | None = None
+) -> tuple[list[FingerprintTemplate], np.ndarray, np.ndarray]:
+    """Templates, finger labels and extraction times (s) of a folder of F_I images (padded to ``size``)."""
     items = list_images(folder)
     if len(items) < 2:
         raise SystemExit(f"no F_I images in {folder}")
     _progress(f"extracting {len(items)} images at {dpi} dpi")
-    jobs = [(str(p), dpi) for _, _, p in items]
+    jobs = [(str(p), dpi, size) for _, _, p in items]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_extract_one, jobs))
@@ -268,6 +289,7 @@ def run(
         "impostor": int((~same).sum()),
         "impostor_max": round(float(impostor.max(initial=0.0)), 5),
         "images": len(templates),
+        "image_size": f"{templates[0].width}x{templates[0].height}",
         "minutiae_median": float(np.median([len(t.minutiae) for t in templates])),
         "dpi": dpi,
         "gallery_size": gallery_size,
@@ -333,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="folder of F_I.tif images")
     ap.add_argument("--dpi", type=int, default=500, help="resolution of the images (FVC2002 DB2: 569)")
     ap.add_argument("--workers", type=int, default=1, help="processes for extraction")
+    ap.add_argument(
+        "--pad-to", metavar="WxH", help="centre each image on a canvas this size (time extraction on larger images)"
+    )
     ap.add_argument("--gallery", type=int, default=2000, help="gallery size for the 1:N throughput figure")
     ap.add_argument(
         "--search-workers",
@@ -369,7 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run(templates, fingers, times, 500, args.gallery, args.search_workers)
         result.update({"synthetic_fingers": args.synthetic, "impressions": args.impressions, "seed": args.seed})
     elif args.data is not None:
-        templates, fingers, times = extract_folder(args.data, args.dpi, args.workers)
+        size = None
+        if args.pad_to:
+            m = re.fullmatch(r"(\d+)x(\d+)", args.pad_to)
+            if not m:
+                ap.error("--pad-to takes WIDTHxHEIGHT, e.g. 448x478")
+            size = (int(m.group(1)), int(m.group(2)))
+        templates, fingers, times = extract_folder(args.data, args.dpi, args.workers, size)
         result = run(templates, fingers, times, args.dpi, args.gallery, args.search_workers)
     else:
         ap.error("give --data DIR, --synthetic N, --calibrate DIR... or --explain IMAGE --out DIR")
