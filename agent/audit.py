@@ -1,7 +1,7 @@
 """The audit trail: a hash chain of events, so a gap or a rewrite is visible.
 
 Each event carries a device-local sequence number and the SHA-256 of the event
-before it; its own hash covers its canonical JSON (sorted keys, no spaces). The
+before it; its own hash covers its canonical JSON (the rule is protocol.audit's). The
 verifier re-computes every hash and checks, per device, that each event follows
 the last one it has: a missing sequence number is a gap, a second event for a
 sequence number it already has is a fork.
@@ -13,22 +13,13 @@ when, and the outcome.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-GENESIS = "0" * 64
+from protocol.audit import GENESIS, event_hash
 
-
-def canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def event_hash(event: dict[str, Any]) -> str:
-    """The hash of an event: over every field but ``hash`` itself."""
-    return hashlib.sha256(canonical({k: v for k, v in event.items() if k != "hash"})).hexdigest()
+__all__ = ["GENESIS", "ChainHead", "event_hash", "make_event", "verify_chain"]
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,19 @@ request it had already handled is not handled twice.
 
 Renewal: :meth:`VerifierClient.replace_identity` builds a new ``httpx`` client on
 the new certificate; requests already running finish on the old one, which is
-closed when its last request ends. Before each request the client follows the
-state directory's ``identity`` link (:meth:`VerifierClient.follow_identity`), so
-a renewal or re-provisioning made by another process is picked up without a
-restart (agent/identity.py says why the link is the one owner).
+closed when its last request ends.
+
+Trusting less: an answer is read as a stream and refused once it passes
+``[network] answer_max_bytes`` (nothing larger is buffered); a call, retries
+included, ends at ``[network] call_deadline_s`` however slowly the bytes come;
+an answer is parsed strictly (:func:`protocol.wire.loads`: no duplicate keys,
+bounded depth). Each is a typed :class:`~agent.errors.VerifierError` naming the
+fix; a refusal becomes the class its problem type names (protocol.problems).
+
+Before each request the client follows the state directory's ``identity`` link
+(:meth:`VerifierClient.follow_identity`), so a renewal or re-provisioning made
+by another process is picked up without a restart (agent/identity.py says why
+the link is the one owner).
 """
 
 from __future__ import annotations
@@ -33,10 +42,21 @@ import httpx
 import structlog
 
 from agent.config import AgentConfig
-from agent.errors import AgentError, TLSPolicyError, TransportError, VerifierError
+from agent.errors import (
+    AgentError,
+    AnswerError,
+    DeadlineError,
+    TLSPolicyError,
+    TransportError,
+    VerifierError,
+    problem_error_class,
+)
 from agent.handshake import probe_device_certificate, refusal_of_device_certificate
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
+from protocol.endpoints import IDEMPOTENCY_KEY
+from protocol.problems import REGISTRY, slug_of
+from protocol.wire import WireError, loads
 
 log = structlog.get_logger()
 
@@ -106,22 +126,38 @@ def server_timing(response: httpx.Response) -> dict[str, float]:
 
 
 def problem_error(response: httpx.Response) -> VerifierError:
-    """An RFC 9457 problem answer as a typed error; garbage as a typed error too."""
+    """An RFC 9457 problem answer as the error class its problem type names; garbage as a typed error too."""
     status = response.status_code
     try:
-        problem = response.json()
+        problem = loads(response.content)
         if not isinstance(problem, dict):
-            raise ValueError("not an object")
-    except ValueError:
-        return VerifierError(
-            f"the verifier answered HTTP {status} with a body that is not problem details",
+            raise WireError("not an object")
+    except WireError as exc:
+        return AnswerError(
+            f"the verifier answered HTTP {status} with a body that is not problem details ({exc})",
             fix="check [verifier] url points to a capture-verifier, and see the verifier's log",
             status=status,
         )
+    slug = slug_of(problem)
+    entry = REGISTRY.get(slug)
     title = str(problem.get("title", "error"))
     detail = str(problem.get("detail", ""))
-    fix = str(problem.get("fix", "")) or detail
-    return VerifierError(f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem)
+    fix = str(problem.get("fix", "")) or (entry.fix if entry is not None else detail)
+    error = problem_error_class(slug)(
+        f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem
+    )
+    with contextlib.suppress(ValueError):
+        error.retry_after_s = float(response.headers.get("retry-after", "0"))
+    return error
+
+
+def answer_error(path: str, reason: str, status: int = 0) -> AnswerError:
+    return AnswerError(
+        f"the verifier's answer to {path} is not protocol v1: {reason}",
+        fix="check [verifier] url points to a capture-verifier of a compatible version (and that no proxy "
+        "rewrites answers); see the verifier's log",
+        status=status,
+    )
 
 
 @dataclass
@@ -233,10 +269,35 @@ class VerifierClient:
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying connection loss; every POST is idempotent by key."""
+        """Send one request, retrying connection loss; every POST is idempotent by key.
+
+        The whole call, retries included, ends at ``[network] call_deadline_s``
+        (:class:`DeadlineError`); an answer over ``answer_max_bytes`` is
+        :class:`AnswerError`. The answer's body is read in full (within the cap).
+        """
+        deadline = self.config.network.call_deadline_s
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._request(method, path, json, content, headers, idempotency_key)
+        except TimeoutError:
+            raise DeadlineError(
+                f"the verifier did not answer {method} {path} within {deadline:g} s",
+                fix="the verifier or the network is too slow: check the verifier's load and the link; "
+                "raise [network] call_deadline_s only if the link is known to be slow",
+            ) from None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        idempotency_key: str | None,
+    ) -> httpx.Response:
         all_headers = dict(headers or {})
         if method.upper() == "POST":
-            all_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+            all_headers[IDEMPOTENCY_KEY] = idempotency_key or str(uuid.uuid4())
         retries = self.config.network.retries
         attempt = 0
         await self.follow_identity()
@@ -244,7 +305,7 @@ class VerifierClient:
             gen = self._current
             gen.in_flight += 1
             try:
-                response = await gen.http.request(method, path, json=json, content=content, headers=all_headers)
+                response = await self._send(gen.http, method, path, json, content, all_headers)
             except RETRYABLE as exc:
                 url = self.config.verifier.url
                 # The device refused (expired, revoked, unknown CA) or no shared cipher: no retry helps.
@@ -286,6 +347,44 @@ class VerifierClient:
                 continue
             return response
 
+    async def _send(
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        path: str,
+        json: Any,
+        content: bytes | None,
+        headers: dict[str, str],
+    ) -> httpx.Response:
+        """One attempt: the answer streamed in and cut at ``answer_max_bytes`` (never buffered whole)."""
+        cap = self.config.network.answer_max_bytes
+        request = http.build_request(method, path, json=json, content=content, headers=headers)
+        response = await http.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise self._too_large(path, response.status_code, f"it declares {declared} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise self._too_large(path, response.status_code, "it kept coming")
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=b"".join(chunks),
+            request=request,
+            extensions=response.extensions,
+        )
+
+    def _too_large(self, path: str, status: int, how: str) -> AnswerError:
+        cap = self.config.network.answer_max_bytes
+        return answer_error(path, f"the answer is larger than [network] answer_max_bytes = {cap} ({how})", status)
+
     def _note_tls(self, response: httpx.Response) -> None:
         stream = response.extensions.get("network_stream")
         ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
@@ -303,13 +402,9 @@ class VerifierClient:
         if response.status_code >= 400:
             raise problem_error(response)
         try:
-            return response.json()
-        except ValueError:
-            raise VerifierError(
-                f"the verifier answered {path} with a body that is not JSON",
-                fix="check [verifier] url points to a capture-verifier of a compatible version",
-                status=response.status_code,
-            ) from None
+            return loads(response.content)
+        except WireError as exc:
+            raise answer_error(path, str(exc), response.status_code) from None
 
     async def aclose(self) -> None:
         await self._current.http.aclose()

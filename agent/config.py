@@ -126,6 +126,13 @@ class NetworkSection:
     retries: int = field(default=3, metadata=_check(lambda v: 0 <= v <= 10, "use 0 to 10"))
     backoff_base_s: float = field(default=0.2, metadata=_check(_positive, "use seconds > 0"))
     backoff_max_s: float = field(default=5.0, metadata=_check(_positive, "use seconds > 0"))
+    # What the agent accepts from the verifier: an answer larger than this is cut and refused
+    # (no v1 answer comes near it), and a call (retries included) ends at this deadline
+    # however slowly the bytes trickle in.
+    answer_max_bytes: int = field(
+        default=1 << 20, metadata=_check(lambda v: 1024 <= v <= 64 << 20, "use 1024 to 67108864 (64 MiB)")
+    )
+    call_deadline_s: float = field(default=20.0, metadata=_check(_positive, "use seconds > 0"))
 
 
 KeyringBackendName = Literal["systemd-credentials", "file-insecure-dev", "system"]

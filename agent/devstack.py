@@ -46,6 +46,7 @@ class LocalVerifier:
     host: str = "127.0.0.1"
     port: int = 0
     extra_args: tuple[str, ...] = ()
+    nofile: int | None = None  # the child's soft descriptor limit (tests of descriptor floods)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     ca_fingerprint: str = ""
 
@@ -72,7 +73,9 @@ class LocalVerifier:
         command = [*_verifier_command(), "serve", "--pki", str(self.pki_dir), "--host", self.host]
         command += ["--port", str(wanted), "--ready-file", str(ready), *self.extra_args]
         with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=self._limits if self.nofile else None
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists() or not ready.read_text().strip():
             if self.process.poll() is not None:
@@ -85,6 +88,13 @@ class LocalVerifier:
         self.port = int(json.loads(ready.read_text())["port"])
         ready.unlink(missing_ok=True)
         return self
+
+    def _limits(self) -> None:
+        """In the child, before exec: lower the soft descriptor limit (the hard one stays)."""
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(self.nofile or 0), hard))
 
     def new_token(self, device_id: str) -> str:
         out = verifier_cli("token", "new", "--pki", str(self.pki_dir), "--device", device_id).stdout
@@ -120,9 +130,11 @@ class LocalVerifier:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, pki_dir: Path, port: int = 0, extra_args: tuple[str, ...] = ()) -> Iterator[LocalVerifier]:
+    def running(
+        cls, pki_dir: Path, port: int = 0, extra_args: tuple[str, ...] = (), nofile: int | None = None
+    ) -> Iterator[LocalVerifier]:
         """A fresh PKI in ``pki_dir`` and the verifier started on it; stopped on exit."""
-        with cls(pki_dir, extra_args=extra_args) as verifier:
+        with cls(pki_dir, extra_args=extra_args, nofile=nofile) as verifier:
             verifier.init_pki()
             verifier.start(port)
             yield verifier

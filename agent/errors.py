@@ -2,6 +2,10 @@
 
 Invariant 6 of DESIGN.md: bad input gives a typed error whose message names the
 fix. The CLI prints ``error:`` and ``fix:`` lines from these two fields.
+
+Refusals by the verifier come as problem types of :mod:`protocol.problems`; each
+registered type names its class here (all under :class:`VerifierError`), and
+the agent decides on the class, never on the verifier's English text.
 """
 
 from __future__ import annotations
@@ -50,6 +54,125 @@ class VerifierError(AgentError):
         super().__init__(message, fix)
         self.status = status
         self.problem = problem or {}
+        self.retry_after_s = 0.0  # the verifier's Retry-After, when it sent one
+
+    @property
+    def slug(self) -> str:
+        """The problem type's slug (protocol.problems), "" when the answer was not a problem of ours."""
+        from protocol.problems import slug_of
+
+        return slug_of(self.problem)
+
+
+# -- the verifier's answer is not the protocol
+class AnswerError(VerifierError):
+    """The answer is not protocol v1: not JSON, too large, nested too deep, a field missing."""
+
+
+class DeadlineError(VerifierError):
+    """A call to the verifier did not finish within its deadline (``[network] call_deadline_s``)."""
+
+
+# -- refusals, one class per kind of problem type (protocol.problems names them)
+class BadRequestError(VerifierError):
+    """The verifier found the request malformed: a bug in the agent, or a proxy rewriting it."""
+
+
+class BadTemplateError(BadRequestError):
+    """A template was refused (malformed, or too few or too many minutiae): capture again."""
+
+
+class BadSignatureError(VerifierError):
+    """The device signature did not match the request."""
+
+
+class BootstrapTokenError(VerifierError):
+    """The one-time provisioning token is missing or refused."""
+
+
+class DeviceNotAuthorisedError(VerifierError):
+    """The device certificate is missing, revoked or unknown to the verifier."""
+
+
+class NonceError(VerifierError):
+    """The challenge nonce was refused."""
+
+
+class NonceExpiredError(NonceError):
+    """The nonce outlived its lifetime (a slow capture): a fresh challenge fixes it."""
+
+
+class NonceUsedError(NonceError):
+    """The nonce was spent already: never retried (a replay, or a bug)."""
+
+
+class NonceUnknownError(NonceError):
+    """The verifier does not know the nonce (another verifier's, another device's)."""
+
+
+class NotAllowedError(VerifierError):
+    """The device may not do this: the operator's access rules say so."""
+
+
+class OperationNotAllowedError(NotAllowedError):
+    """The device may not call this operation (enroll, verify, identify)."""
+
+
+class GroupNotAllowedError(NotAllowedError):
+    """The subject's group is not one this device may act on."""
+
+
+class RateLimitedError(VerifierError):
+    """Too many requests (of this device, or claims of this subject): wait."""
+
+
+class SubjectLockedError(RateLimitedError):
+    """Too many failed verifications of this subject on this device: locked for a while."""
+
+
+class SubjectError(VerifierError):
+    """The subject cannot be used as asked."""
+
+
+class UnknownSubjectError(SubjectError):
+    """Nobody is enrolled under this subject id."""
+
+
+class SubjectInOtherGroupError(SubjectError):
+    """The enrollment names a group other than the subject's."""
+
+
+class VerificationRequiredError(SubjectError):
+    """The subject is enrolled: adding templates needs their live session token."""
+
+
+class SessionTokenRefusedError(SubjectError):
+    """The session token is not a live token of this subject from this device."""
+
+
+class StepUpRequiredError(VerifierError):
+    """RFC 9470: another factor is needed (an answer the typed client turns into a StepUp)."""
+
+
+class StepUpUnknownError(VerifierError):
+    """The step-up id is not pending: start the verification again."""
+
+
+class VerifierInternalError(VerifierError):
+    """The verifier failed on the request (HTTP 500)."""
+
+
+class VerifierBusyError(VerifierError):
+    """The verifier's matching is saturated or over its time budget (503): retried after Retry-After."""
+
+
+def problem_error_class(slug: str) -> type[VerifierError]:
+    """The class of a registered problem type; :class:`VerifierError` for a slug the registry lacks."""
+    from protocol.problems import REGISTRY
+
+    entry = REGISTRY.get(slug)
+    found = globals().get(entry.error) if entry is not None else None
+    return found if isinstance(found, type) and issubclass(found, VerifierError) else VerifierError
 
 
 class TransportError(AgentError):

@@ -1,8 +1,12 @@
 """Capture sessions: from a finger on the sensor to the verifier's decision.
 
 A session drives the reader (in a worker thread: the driver is blocking),
-extracts the template on the device, gates it on quality, signs the request
-with the device key and sends it over the mTLS client. What a person at the
+extracts the template on the device, gates it on quality, and sends it through
+the typed client (:class:`~agent.verifier_api.VerifierAPI`: nonce, signature,
+mTLS). Before the first prompt it asks the verifier for the operation's
+challenge, so what the verifier would refuse without a finger (an unknown
+subject, an operation or group this device may not use, a lockout) is said
+before anyone touches the sensor, on a round trip the session needs anyway. What a person at the
 terminal needs to hear arrives as events (``prompt`` with a DESIGN.md feedback
 code, ``progress``, ``result``) through the ``emit`` callback: a terminal, the
 local API's server-sent events, or a test's scripted finger.
@@ -14,7 +18,6 @@ as soon as the template is made, and never logged, written or sent.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import threading
 import time
@@ -25,15 +28,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from agent.client import VerifierClient
-from agent.errors import AgentError, VerifierError
-from agent.signing import sign_request
+from agent.errors import AgentError
+from agent.verifier_api import VerifierAPI
+from protocol.messages import Challenge, Decision, StepUp
+from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW
 
 if TYPE_CHECKING:
     from biometrics.fingerprint import FingerprintTemplate
 
 log = structlog.get_logger()
 
-TEMPLATE_FORMAT = "iso19794-2:2005"
 SAME_FINGER_FMR = 1e-3  # on the device, only to catch a wrong finger during enrollment (the verifier decides)
 MESSAGES = {
     "place_finger": "Place your finger on the sensor",
@@ -103,13 +107,13 @@ class CaptureSession:
     timings: Timings = field(default_factory=Timings)
 
     session_token: SessionToken | None = None
-    _nonce_task: asyncio.Task[Any] | None = field(default=None, repr=False)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by cancel(): stops reader waits
+
+    def __post_init__(self) -> None:
+        self.api = VerifierAPI(self.client)
 
     def cancel(self) -> None:
         self.cancelled.set()
-        if self._nonce_task is not None:
-            self._nonce_task.cancel()
 
     def _prompt(self, code: str, message: str = "") -> None:
         self.emit({"type": "prompt", "code": code, "message": message or MESSAGES.get(code, code)})
@@ -140,7 +144,8 @@ class CaptureSession:
                 del image  # the raw image ends here
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
             await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
-            if template is not None and quality is not None and quality.score >= self.min_quality:
+            usable = template is not None and MIN_MINUTIAE_PER_VIEW <= len(template.minutiae) <= MAX_MINUTIAE_PER_VIEW
+            if usable and quality is not None and quality.score >= self.min_quality:
                 return template
             codes = quality.feedback if quality is not None else ("place_finger",)
             log.info("capture_rejected", attempt=attempt, quality=quality.score if quality else 0, feedback=list(codes))
@@ -151,42 +156,15 @@ class CaptureSession:
             fix="clean the sensor and the finger, press flat and hold still",
         )
 
-    def _prefetch_nonce(self) -> None:
-        """Ask for the nonce while the person places the finger: one round trip off the decision path."""
-        self._nonce_task = asyncio.get_running_loop().create_task(self.client.call("POST", "/v1/challenges", json={}))
-
-    async def _nonce(self) -> str:
-        task, self._nonce_task = self._nonce_task, None
-        if task is not None:
-            try:
-                return (await task)["nonce"]
-            except AgentError:
-                pass  # fetched again below, where a failure is reported
-        return (await self.client.call("POST", "/v1/challenges", json={}))["nonce"]
-
-    async def _signed_call(self, path: str, **fields: Any) -> dict[str, Any]:
+    async def _timed(self, call: Any) -> Any:
+        """Await a signed call, adding its round trip and the verifier's matching to the timings."""
         started = time.perf_counter()
         timing: dict[str, float] = {}
-        nonce = await self._nonce()
-        # Sign with the identity the request will go out with: follow a renewal made meanwhile first.
-        key = (await self.client.follow_identity()).private_key()
-        body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
         try:
-            try:
-                return await self.client.call("POST", path, json=body, timing=timing)
-            except VerifierError as exc:
-                if exc.status != 409 or "expired" not in exc.message:
-                    raise
-                # The prefetched nonce outlived a slow capture: once more with a fresh one.
-                body = sign_request(key, "POST", path, {"nonce": await self._nonce(), **fields})
-                return await self.client.call("POST", path, json=body, timing=timing)
+            return await call(timing)
         finally:  # a step-up (401) is a round trip too
             self.timings.network_ms += (time.perf_counter() - started) * 1000
             self.timings.match_ms += timing.get("match", 0.0)
-
-    @staticmethod
-    def _wire(records: list[bytes]) -> list[dict[str, str]]:
-        return [{"format": TEMPLATE_FORMAT, "data": base64.b64encode(r).decode("ascii")} for r in records]
 
     async def enroll(
         self,
@@ -206,6 +184,7 @@ class CaptureSession:
         enrolled subject: the person verifies, and the verifier's session token
         (bound to this device, minutes long) authorises the enrollment.
         """
+        challenge = None
         if verify_first:
             verified = await self.verify(subject)
             if verified.get("decision") != "accept":
@@ -213,6 +192,8 @@ class CaptureSession:
                     f"{subject} was not verified, so no templates are added",
                     fix="verify with a finger already enrolled for this subject, then enroll again",
                 )
+        else:
+            challenge = await self.api.challenge("enroll", subject, group)  # refusals before the first capture
         total = captures * fingers
         taken: list[list[FingerprintTemplate]] = []
         for finger in range(fingers):
@@ -221,14 +202,15 @@ class CaptureSession:
         self.emit({"type": "progress", "step": total, "total": total})
         from biometrics.fingerprint.iso19794_2 import encode
 
-        fields: dict[str, Any] = {"templates": self._wire([encode(t) for views in taken for t in views])}
-        if group is not None:
-            fields["group"] = group
+        records = [encode(t) for views in taken for t in views]
+        # Never a token past its lifetime: the verifier would refuse it anyway.
         token = self.session_token.current() if self.session_token is not None else None
-        if token is not None:  # never one past its lifetime: the verifier would refuse it anyway
-            fields["session_token"] = token
-        answer = await self._signed_call(f"/v1/subjects/{subject}/enrollments", **fields)
-        result = {"type": "result", "operation": "enroll", **answer}
+        answer = await self._timed(
+            lambda timing: self.api.enroll(
+                subject, records, group=group, session_token=token, challenge=challenge, timing=timing
+            )
+        )
+        result = {"type": "result", "operation": "enroll", **answer.json()}
         self.emit(result)
         return result
 
@@ -263,41 +245,36 @@ class CaptureSession:
 
     async def verify(self, subject: str) -> dict[str, Any]:
         """1:1 against a claimed subject; a step-up (RFC 9470) becomes a prompt for another finger."""
-        self._prefetch_nonce()
+        challenge = await self.api.challenge("verify", subject)  # an unknown subject is said before the finger
         record = await self.capture()
-        try:
-            answer = await self._signed_call("/v1/verifications", subject=subject, templates=self._wire([record]))
-        except VerifierError as exc:
-            step = exc.problem.get("step_up") if exc.status == 401 else None
-            if not step:
-                raise
-            self.emit(
-                {
-                    "type": "step_up",
-                    "acr_values": exc.problem.get("acr_values"),
-                    "reasons": exc.problem.get("reasons", []),
-                }
-            )
-            self._prefetch_nonce()
+        answer = await self._verify_call(subject, record, challenge)
+        if isinstance(answer, StepUp):
+            self.emit({"type": "step_up", "acr_values": answer.acr_values, "reasons": answer.reasons})
+            challenge = await self.api.challenge("verify", subject)
             second = await self.capture(place_message="Place another finger on the sensor")
-            answer = await self._signed_call(
-                "/v1/verifications", subject=subject, step_up=step, templates=self._wire([second])
-            )
-        if answer.get("token"):
-            self.session_token = SessionToken(str(answer["token"]), time.monotonic() + float(answer["expires_in"]))
-        result = {
-            "type": "result",
-            "operation": "verify",
-            **{k: v for k, v in answer.items() if k not in ("token", "expires_at", "expires_in")},
-            "has_token": "token" in answer,
-        }
+            answer = await self._verify_call(subject, second, challenge, step_up=answer.step_up)
+            if isinstance(answer, StepUp):
+                raise SessionError(
+                    "the verifier asked for yet another factor after the second finger",
+                    fix="start the verification again; if it persists, see the verifier's step-up policy",
+                )
+        if answer.token is not None and answer.expires_in is not None:
+            self.session_token = SessionToken(answer.token, time.monotonic() + answer.expires_in)
+        result = {"type": "result", "operation": "verify", **answer.public()}
         self.emit(result)
         return result
 
+    async def _verify_call(
+        self, subject: str, record: bytes, challenge: Challenge, step_up: str | None = None
+    ) -> Decision | StepUp:
+        return await self._timed(
+            lambda timing: self.api.verify(subject, [record], step_up=step_up, challenge=challenge, timing=timing)
+        )
+
     async def identify(self) -> dict[str, Any]:
-        self._prefetch_nonce()
+        challenge = await self.api.challenge("identify")
         record = await self.capture()
-        answer = await self._signed_call("/v1/identifications", templates=self._wire([record]))
-        result = {"type": "result", "operation": "identify", **answer}
+        answer = await self._timed(lambda timing: self.api.identify([record], challenge=challenge, timing=timing))
+        result = {"type": "result", "operation": "identify", **answer.json()}
         self.emit(result)
         return result

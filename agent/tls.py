@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# TLS 1.2 suites: ECDHE key exchange with an AEAD cipher, nothing else. The
-# TLS 1.3 suites (all AEAD, all (EC)DHE) are left at OpenSSL's defaults.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
-ALPN_H2 = "h2"
+from protocol.tls import ALPN_H2, MINIMUM_VERSION, TLS12_CIPHERS
 
 
 class PolicyViolation(ssl.SSLCertVerificationError):
@@ -114,7 +111,7 @@ class PolicySSLSocket(ssl.SSLSocket):
 
 def _base_context(policy: ServerPolicy) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = MINIMUM_VERSION
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols([ALPN_H2])

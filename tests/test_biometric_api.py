@@ -11,13 +11,16 @@ import sqlite3
 import pytest
 
 from agent.client import VerifierClient
-from agent.errors import VerifierError
-from agent.signing import sign_request
+from agent.errors import BadSignatureError, BadTemplateError, NonceUsedError, UnknownSubjectError, VerifierError
+from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode
+from protocol.endpoints import CHALLENGES
+from protocol.signing import sign_request
+from protocol.templates import wire_template
 
 
 def wire(template) -> dict:
-    return {"format": "iso19794-2:2005", "data": base64.b64encode(encode(template)).decode()}
+    return wire_template(encode(template))
 
 
 class Device:
@@ -28,7 +31,8 @@ class Device:
         self.key = identity.private_key()
 
     async def signed(self, client: VerifierClient, path: str, **fields) -> dict:
-        nonce = (await client.call("POST", "/v1/challenges", json={}))["nonce"]
+        """A signed body over a plain nonce, for requests the typed client would never send as they are."""
+        nonce = (await client.call("POST", CHALLENGES, json={}))["nonce"]
         return sign_request(self.key, "POST", path, {"nonce": nonce, **fields})
 
     def run(self, steps):
@@ -47,18 +51,16 @@ def device(provisioned) -> Device:
 def enroll(device: Device, templates: dict, subjects: dict[str, int]) -> None:
     async def steps(client):
         for subject, finger in subjects.items():
-            path = f"/v1/subjects/{subject}/enrollments"
-            body = await device.signed(client, path, templates=[wire(t) for t in templates[finger][:2]])
-            assert (await client.call("POST", path, json=body))["templates"] == 2
+            answer = await VerifierAPI(client).enroll(subject, [encode(t) for t in templates[finger][:2]])
+            assert answer.templates == 2
 
     device.run(steps)
 
 
 def enroll_fingers(device: Device, templates: dict, subject: str, fingers: list[int]) -> None:
     async def steps(client):
-        path = f"/v1/subjects/{subject}/enrollments"
-        records = [wire(t) for finger in fingers for t in templates[finger][:2]]
-        await client.call("POST", path, json=await device.signed(client, path, templates=records))
+        records = [encode(t) for finger in fingers for t in templates[finger][:2]]
+        await VerifierAPI(client).enroll(subject, records)
 
     device.run(steps)
 
@@ -129,7 +131,7 @@ def test_a_replayed_request_is_refused(device, synthetic_templates) -> None:
 
     first_status, error = device.run(steps)
     assert first_status == 401  # answered (a step-up), so its nonce is spent
-    assert error.status == 409 and "already used" in str(error)
+    assert isinstance(error, NonceUsedError) and error.status == 409 and error.slug == "nonce-used"
 
 
 def test_a_template_altered_in_transit_is_refused(device, synthetic_templates) -> None:
@@ -145,7 +147,7 @@ def test_a_template_altered_in_transit_is_refused(device, synthetic_templates) -
 
     with pytest.raises(VerifierError) as info:
         device.run(steps)
-    assert info.value.status == 401 and "signature" in str(info.value)
+    assert isinstance(info.value, BadSignatureError) and info.value.status == 401
 
 
 def test_an_unknown_subject_gets_a_clear_answer(device, synthetic_templates) -> None:
@@ -157,7 +159,8 @@ def test_an_unknown_subject_gets_a_clear_answer(device, synthetic_templates) -> 
 
     with pytest.raises(VerifierError) as info:
         device.run(steps)
-    assert info.value.status == 404 and "enroll the subject first" in info.value.fix
+    assert isinstance(info.value, UnknownSubjectError) and info.value.status == 404
+    assert "capture-agent enroll --subject nobody" in info.value.fix  # the command to run, not an API path
 
 
 def test_a_malformed_template_is_a_typed_refusal(device) -> None:
@@ -171,7 +174,7 @@ def test_a_malformed_template_is_a_typed_refusal(device) -> None:
 
     with pytest.raises(VerifierError) as info:
         device.run(steps)
-    assert info.value.status == 422 and "templates[0]" in str(info.value)
+    assert isinstance(info.value, BadTemplateError) and info.value.status == 422 and "templates[0]" in str(info.value)
 
 
 def test_the_database_holds_no_template_in_clear(device, synthetic_templates, verifier) -> None:
@@ -294,10 +297,13 @@ def test_a_device_limited_to_a_group_acts_only_on_that_group(device, verifier, s
 
     verify_bob, verify_alice, found_bob, found_alice, carol, alice_moved, dave = device.run(restricted)
     assert verify_bob[0] == 403 and verify_bob[1]["type"].endswith("group-not-allowed")
-    assert "--groups visitors" in verify_bob[1]["fix"]
+    assert "--groups GROUP" in verify_bob[1]["fix"]
+    # The answer never names another subject's group (the audit log does, for the operator).
+    assert "visitors" not in json.dumps(verify_bob[1])
     assert verify_alice[0] in (200, 401)  # matched (a first use asks for a step-up), not refused
     assert found_bob == [] and found_alice == ["alice"]  # bob is outside the device's groups: never a candidate
     assert carol[0] == 403 and alice_moved[0] == 409 and "subject group" in alice_moved[1]["fix"]
+    assert "staff" not in json.dumps(alice_moved[1])  # alice's group is not told to a device asking "visitors"
     assert dave == (201, {**dave[1], "group": "staff"})
     refusals = [
         json.loads(line)
@@ -323,7 +329,8 @@ def test_a_device_limited_to_a_group_acts_only_on_that_group(device, verifier, s
 def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
     device, verifier, synthetic_templates, tmp_path
 ) -> None:
-    """Nobody attaches a finger to someone else: a token of this subject, from this device, is required."""
+    """Nobody attaches a finger to someone else: a token of this subject, from this device, used once,
+    for captures that match the subject (issue 10: one identity, one person)."""
     from agent.devstack import provision_device
 
     t = synthetic_templates
@@ -331,36 +338,70 @@ def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
     enroll(device, t, {"bob": 1})
     path = "/v1/subjects/alice/enrollments"
 
-    async def add(client, **extra) -> tuple[int, dict]:
-        body = await device.signed(client, path, templates=[wire(t[3][0])], **extra)
+    async def add(client, template, **extra) -> tuple[int, dict]:
+        body = await device.signed(client, path, templates=[wire(template)], **extra)
         response = await client.request("POST", path, json=body)
         return response.status_code, response.json()
 
     async def steps(client):
-        without = await add(client)
+        without = await add(client, t[0][1])
         _, first = await verify_call(device, client, "alice", t[0][2])  # first use: step-up
         _, alice = await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
         _, bob = await verify_call(device, client, "bob", t[1][2])
-        with_bobs = await add(client, session_token=bob["token"])
-        with_alices = await add(client, session_token=alice["token"])
-        return without, with_bobs, with_alices, alice["token"]
+        with_bobs = await add(client, t[0][1], session_token=bob["token"])
+        graft = await add(client, t[3][0], session_token=alice["token"])  # a finger that is not alice's
+        with_alices = await add(client, t[0][1], session_token=alice["token"])
+        reused = await add(client, t[2][1], session_token=alice["token"])
+        _, again = await verify_call(device, client, "alice", t[2][2])
+        return without, with_bobs, graft, with_alices, reused, again["token"]
 
-    without, with_bobs, with_alices, alice_token = device.run(steps)
+    without, with_bobs, graft, with_alices, reused, alice_token = device.run(steps)
     assert without[0] == 401 and without[1]["type"].endswith("verification-required")
     assert "verify the subject first" in without[1]["fix"]
     assert with_bobs[0] == 401 and with_bobs[1]["type"].endswith("session-token-refused")
+    assert graft[0] == 403 and graft[1]["type"].endswith("not-the-verified-person"), graft
     assert with_alices == (201, {**with_alices[1], "templates": 1})
+    assert reused[0] == 401 and reused[1]["type"].endswith("session-token-refused"), reused  # single use
 
     # The same token from another device is refused: tokens are bound to the device they were issued to.
     other = Device(*asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-2")))
 
     async def from_other(client):
-        body = await other.signed(client, path, templates=[wire(t[3][1])], session_token=alice_token)
+        body = await other.signed(client, path, templates=[wire(t[0][2])], session_token=alice_token)
         response = await client.request("POST", path, json=body)
         return response.status_code, response.json()
 
     status, problem = other.run(from_other)
     assert status == 401 and problem["type"].endswith("session-token-refused")
+
+    # The grafted finger never became alice's.
+    async def grafted(client):
+        return await verify_call(device, client, "alice", t[3][1])
+
+    status, answer = device.run(grafted)
+    assert status == 200 and answer["decision"] == "reject"
+
+
+def test_one_person_cannot_hold_two_identities(device, synthetic_templates) -> None:
+    """Every enrollment is searched 1:N: bob's finger under a new id is a 409 that names nobody."""
+    t = synthetic_templates
+    enroll(device, t, {"alice": 0, "bob": 1})
+
+    async def steps(client):
+        path = "/v1/subjects/robert/enrollments"
+        body = await device.signed(client, path, templates=[wire(t[1][2])])
+        response = await client.request("POST", path, json=body)
+        fresh = await device.signed(client, "/v1/subjects/carol/enrollments", templates=[wire(t[3][0])])
+        return (
+            response.status_code,
+            response.json(),
+            await client.call("POST", "/v1/subjects/carol/enrollments", json=fresh),
+        )
+
+    status, problem, carol = device.run(steps)
+    assert status == 409 and problem["type"].endswith("duplicate-identity"), problem
+    assert "bob" not in json.dumps(problem) and "alice" not in json.dumps(problem)
+    assert carol["templates"] == 1  # a new person enrolls
 
 
 def test_a_subject_claimed_too_often_is_rate_limited(tmp_path, synthetic_templates) -> None:

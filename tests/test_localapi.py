@@ -132,6 +132,10 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
             proc.stdout.close()
             return proc.wait(60), "".join(lines)
 
+        # An unknown subject is said before anyone is asked to touch the sensor, with the command that fixes it.
+        code, out = cli("verify", "--subject", "nobody", placements=[(0, 0)])
+        assert code != 0 and "Place" not in out, out
+        assert "fix: enroll the subject first: capture-agent enroll --subject nobody" in out, out
         two_fingers = [(0, 0), (0, 1), (5, 0), (5, 1)]
         code, out = cli("enroll", "--subject", "hana", "--group", "staff", "--captures", "2", placements=two_fingers)
         assert code == 0 and "enrolled hana in group staff (4 templates)" in out, out
@@ -139,9 +143,9 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
         # The device's first verification: the step-up asks for another finger, which the person gives.
         code, out = cli("verify", "--subject", "hana", placements=[(0, 2), (5, 2)])
         assert code == 0 and "another finger" in out and "accept" in out, out
-        # Adding a finger: hana verifies first, then the new finger is captured; the group stays.
+        # Adding templates: hana verifies first, then more captures of her enrolled finger; the group stays.
         add = ("enroll", "--subject", "hana", "--add", "--fingers", "1", "--captures", "2")
-        code, out = cli(*add, placements=[(0, 3), (7, 0), (7, 1)])
+        code, out = cli(*add, placements=[(0, 3), (5, 3), (5, 4)])
         assert code == 0 and "accept" in out and "enrolled hana in group staff (2 templates)" in out, out
         code, out = cli("verify", "--subject", "hana", placements=[(3, 0)])  # someone else
         assert code == 1 and "reject" in out, out
@@ -160,6 +164,7 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
     queued = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config)).pending(100)
     sessions = [e["data"] for e in delivered + queued if e["type"] == "session_finished"]
     assert [(s["operation"], s["subject"], s["outcome"]) for s in sessions] == [
+        ("verify", "nobody", "error"),
         ("enroll", "hana", "enrolled"),
         ("verify", "hana", "accept"),
         ("enroll", "hana", "enrolled"),

@@ -202,9 +202,10 @@ def test_adding_templates_needs_the_persons_verification(provisioned, zfm_sim) -
         run_session(provisioned, zfm_sim, 6, [0], "enroll", "ivy", 1, None, 1)
     assert refused.value.status == 401 and refused.value.problem["type"].endswith("verification-required")
 
-    # verify_first: the person verifies (the device's first use: a step-up), then the new finger is enrolled.
+    # verify_first: the person verifies (the device's first use: a step-up), then more captures of an
+    # enrolled finger are added (each must match ivy: a token never adds someone else's finger).
     added, user, session = run_session(
-        provisioned, zfm_sim, 0, [(0, 2), (4, 2), (6, 0), (6, 1)], "enroll", "ivy", 2, None, 1, True
+        provisioned, zfm_sim, 0, [(0, 2), (4, 2), (0, 3), (0, 4)], "enroll", "ivy", 2, None, 1, True
     )
     assert added["templates"] == 2
     assert [e["operation"] for e in user.events if e["type"] == "result"] == ["verify", "enroll"]
@@ -222,3 +223,13 @@ def test_adding_templates_needs_the_persons_verification(provisioned, zfm_sim) -
     with pytest.raises(VerifierError) as expired:
         asyncio.run(stale())
     assert expired.value.problem["type"].endswith("verification-required")
+
+
+def test_an_unknown_subject_is_said_before_anyone_touches_the_sensor(provisioned, zfm_sim) -> None:
+    """The challenge names the operation and the subject: the refusal comes before the first prompt."""
+    from agent.errors import UnknownSubjectError
+
+    with pytest.raises(UnknownSubjectError) as refused:
+        run_session(provisioned, zfm_sim, 0, [0], "verify", "nobody")
+    assert refused.value.fix == "enroll the subject first: capture-agent enroll --subject nobody"
+    assert 0x01 not in zfm_sim.commands, "no image was asked of the sensor"

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from verifier.challenges import Challenges, NonceError
-from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer
+from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, sealing_key
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.registry import AuthorisationError, DeviceRegistry
 from verifier.store import open_database
@@ -53,21 +53,26 @@ def test_nonces_are_single_use_short_lived_and_bound_to_a_device(conn) -> None:
     challenges = Challenges(conn, ttl_s=60)
     nonce, expires = challenges.issue("kiosk-1")
     assert expires > time.time()
-    with pytest.raises(NonceError, match="unknown"):
+    with pytest.raises(NonceError) as other_device:
         challenges.consume("kiosk-2", nonce)
     challenges.consume("kiosk-1", nonce)
-    with pytest.raises(NonceError, match="already used"):
+    with pytest.raises(NonceError) as used:
         challenges.consume("kiosk-1", nonce)
     stale, _ = Challenges(conn, ttl_s=-1).issue("kiosk-1")
-    with pytest.raises(NonceError, match="expired"):
+    with pytest.raises(NonceError) as expired:
         challenges.consume("kiosk-1", stale)
+    # Three kinds, each its own problem type (nonce-unknown, nonce-used, nonce-expired): the agent retries by kind.
+    assert (other_device.value.kind, used.value.kind, expired.value.kind) == ("unknown", "used", "expired")
 
 
 def test_idempotency_returns_the_first_answer_and_refuses_key_reuse(conn) -> None:
-    store = IdempotencyStore(conn)
-    answer = StoredAnswer(201, "application/json", b'{"a": 1}')
+    store = IdempotencyStore(conn, sealing_key(b"k" * 32))
+    answer = StoredAnswer(201, "application/json", b'{"a": 1, "token": "live-session-token"}')
     store.save("kiosk-1", "k", "hash-1", answer)
     assert store.lookup("kiosk-1", "k", "hash-1") == answer
+    stored = b"".join(bytes(row[0]) for row in conn.execute("SELECT body FROM idempotency"))
+    assert b"live-session-token" not in stored and b'"a"' not in stored  # sealed at rest
+    assert IdempotencyStore(conn, sealing_key(b"x" * 32)).lookup("kiosk-2", "k", "hash-1") is None
     assert store.lookup("kiosk-2", "k", "hash-1") is None  # keys are per principal
     with pytest.raises(KeyReuseError):
         store.lookup("kiosk-1", "k", "hash-2")
@@ -126,13 +131,30 @@ def test_lockouts_double_and_reset_on_success(conn) -> None:
     from verifier.policy import Lockouts
 
     lockouts = Lockouts(conn, max_failures=2, base_s=5)
-    assert lockouts.record("s", False, now=100) == 0
-    assert lockouts.record("s", False, now=101) == 5
-    assert lockouts.locked_for("s", now=103) == 3
-    assert lockouts.record("s", False, now=110) == 0
-    assert lockouts.record("s", False, now=111) == 10
-    lockouts.record("s", True, now=130)
-    assert lockouts.failures("s") == 0 and lockouts.locked_for("s", now=130) == 0
+    assert lockouts.record("d", "s", False, now=100) == 0
+    assert lockouts.record("d", "s", False, now=101) == 5
+    assert lockouts.locked_for("d", "s", now=103) == 3
+    assert lockouts.record("d", "s", False, now=110) == 0
+    assert lockouts.record("d", "s", False, now=111) == 10
+    lockouts.record("d", "s", True, now=130)
+    assert lockouts.failures("s") == 0 and lockouts.locked_for("d", "s", now=130) == 0
+
+
+def test_one_device_junk_claims_lock_only_that_device_several_lock_everyone(conn) -> None:
+    """The lockout policy (README): per (device, subject); the subject for all only while 3 devices are locked."""
+    from verifier.policy import Lockouts
+
+    lockouts = Lockouts(conn, max_failures=2, base_s=100, devices_to_lock_all=3)
+    for t in range(10):  # a broken or hostile kiosk claims "s" with junk, again and again
+        lockouts.record("junk", "s", False, now=1000 + t)
+    assert lockouts.locked_for("junk", "s", now=1010) > 0
+    assert lockouts.locked_for("lobby", "s", now=1010) == 0  # the person still verifies at the lobby
+    assert lockouts.failures("s") == 10  # but a recent failure anywhere asks the lobby for a second finger
+    for device in ("d2", "d3"):
+        lockouts.record(device, "s", False, now=1011)
+        lockouts.record(device, "s", False, now=1012)
+    assert lockouts.locked_for("lobby", "s", now=1013) == pytest.approx(99)  # three devices locked: everyone
+    assert lockouts.locked_for("lobby", "s", now=1113) == 0  # until fewer than three are
 
 
 def test_session_tokens_are_hashed_bound_to_device_and_short_lived(conn) -> None:

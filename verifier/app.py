@@ -17,10 +17,11 @@ retried is answered from the store: handled once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import datetime as dt
 import functools
-import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -31,11 +32,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from protocol import endpoints
 from verifier import __version__
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
-from verifier.http import Answer, Request, Route, json_answer, json_body
-from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, request_hash
+from verifier.connections import EventSummary
+from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
+from verifier.idempotency import (
+    RETENTION_S,
+    IdempotencyStore,
+    KeyReuseError,
+    StoredAnswer,
+    request_hash,
+    sealing_key,
+)
+from verifier.matching import MatchingBusy, MatchPool, OverBudget
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -49,8 +60,9 @@ log = structlog.get_logger()
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
-HOUSEKEEPING_INTERVAL_S = 3600.0
-SUBJECT_PATH = re.compile(r"/v1/subjects/([^/]+)/enrollments")
+HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
+DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
+DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,9 +85,7 @@ def _csr_from_body(body: bytes) -> bytes:
         return base64.b64decode(b"".join(body.split()), validate=True)
     except binascii.Error:
         raise Problem(
-            400,
             "bad-csr",
-            "Bad certificate request",
             "the body is not base64",
             "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2)",
         ) from None
@@ -88,21 +98,22 @@ class VerifierApp:
         self.ca = CertificateAuthority.load(settings.pki_dir)
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
-        self.idempotency = IdempotencyStore(self.conn)
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
+        self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
+        self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
+        self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
-            ("GET", "/.well-known/est/cacerts"): Route(self.cacerts, needs_client_cert=False),
-            ("POST", "/.well-known/est/simpleenroll"): Route(self.simpleenroll, needs_client_cert=False),
-            ("POST", "/.well-known/est/simplereenroll"): Route(self.simplereenroll, needs_client_cert=True),
-            ("GET", "/v1/health"): Route(self.health, needs_client_cert=True),
-            ("POST", "/v1/events"): Route(self.events, needs_client_cert=True),
+            ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
+            ("POST", endpoints.SIMPLEENROLL): Route(self.simpleenroll, needs_client_cert=False),
+            ("POST", endpoints.SIMPLEREENROLL): Route(self.simplereenroll, needs_client_cert=True),
+            ("GET", endpoints.HEALTH): Route(self.health, needs_client_cert=True),
+            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True),
             **self.biometric.routes(),
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0
-        self._handling_started = 0.0
 
     # ---------------------------------------------------------------- ASGI
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -111,19 +122,23 @@ class VerifierApp:
             return
         if scope["type"] != "http":
             return
-        self._handling_started = time.perf_counter()
+        timing = {"started": time.perf_counter()}
+        body_done: list[bool] = [False]
         try:
-            answer = await self._dispatch(scope, receive)
+            answer = await self._dispatch(scope, receive, timing, body_done)
             headers = answer.headers
         except Problem as problem:
+            if not body_done[0]:
+                # Refused before the whole body was read (unknown path, wrong method, too large):
+                # take the rest first, so the client's DATA frames meet an open stream. hypercorn
+                # (0.18) tears the whole connection down on DATA for a stream already answered.
+                await self._drain(receive)
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
             headers = problem.headers
         except Exception:
             log.exception("request_failed", path=scope.get("path"))
             problem = Problem(
-                500,
                 "internal",
-                "Internal error",
                 "the verifier failed on this request",
                 "retry; if it persists, see the verifier's log",
             )
@@ -137,8 +152,8 @@ class VerifierApp:
         if answer.content_type.startswith("application/pkcs7-mime"):
             response_headers.append((b"content-transfer-encoding", b"base64"))
         # Server-Timing: the verifier's own work once the body is in (checks, database, matching),
-        # so a client can tell it from the network. No await since _dispatch set the start.
-        handling_ms = (time.perf_counter() - self._handling_started) * 1000
+        # so a client can tell it from the network (matching included, and its wait for a worker).
+        handling_ms = (time.perf_counter() - timing["started"]) * 1000
         response_headers.append((b"server-timing", f"app;dur={handling_ms:.3f}".encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": answer.body})
@@ -149,72 +164,93 @@ class VerifierApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.pool.close()
                 self.conn.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop the rest of a request body (bounded in bytes and time); the answer follows either way."""
+        size = 0
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while size <= DRAIN_MAX_BYTES:
+                    message = await receive()
+                    if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                        return
+                    size += len(message.get("body", b""))
+        except TimeoutError:
+            return
+
+    async def _read_body(self, receive: Receive, body_done: list[bool]) -> bytes:
+        """The request body, within ``body_timeout_s`` (a slow sender holds no stream for long)."""
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await self._read_body_chunks(receive, body_done)
+        except TimeoutError:
+            body_done[0] = True  # a slow sender's rest is not waited for
+            raise Problem(
+                "body-timeout",
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+                "send the whole body at once; check the network",
+            ) from None
+
+    async def _read_body_chunks(self, receive: Receive, body_done: list[bool]) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise Problem(400, "disconnected", "Client went away", "the request body was cut", "retry")
+                body_done[0] = True
+                raise Problem("disconnected", "the request body was cut", "retry")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.settings.max_body_bytes:
                 raise Problem(
-                    413,
                     "too-large",
-                    "Request too large",
                     f"the body exceeds {self.settings.max_body_bytes} bytes",
                     "send a smaller request",
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
+                body_done[0] = True
                 return b"".join(chunks)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive) -> Answer:
+    async def _dispatch(
+        self, scope: dict[str, Any], receive: Receive, timing: dict[str, float], body_done: list[bool]
+    ) -> Answer:
         method, path = scope["method"], scope["path"]
-        subject = ""
-        found = SUBJECT_PATH.fullmatch(path)
-        if found:
-            subject = found.group(1)
-            route = self.routes.get((method, ENROLLMENTS_PATH))
-        else:
-            route = self.routes.get((method, path))
+        subject = endpoints.enrollment_subject(path) or ""
+        route = self.routes.get((method, ENROLLMENTS_PATH if subject else path))
         if route is None:
             if path in self._paths:
                 raise Problem(
-                    405,
                     "method-not-allowed",
-                    "Method not allowed",
                     f"{method} is not allowed on {path}",
                     "see the protocol table in DESIGN.md",
                 )
-            raise Problem(
-                404, "not-found", "Not found", f"no endpoint {path}", "check the URL and the protocol version"
-            )
+            raise Problem("not-found", f"no endpoint {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        body = await self._read_body(receive)
-        self._handling_started = time.perf_counter()  # the last await before the answer is sent
+        body = await self._read_body(receive, body_done)
+        timing["started"] = time.perf_counter()
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None
         request = Request(method, path, headers, body, device, cert, subject)
         if method != "POST":
-            return route.handler(request)
-        return self._idempotent(route, request)
+            answer = route.handler(request)
+            assert isinstance(answer, Answer), "only POST routes match"
+            return answer
+        return await self._idempotent(route, request)
 
     def _authorise(self, cert: x509.Certificate | None, path: str) -> Device:
         if cert is None:
             log.warning("request_refused", audit=True, path=path, reason="no client certificate")
             raise Problem(
-                401,
                 "client-certificate-required",
-                "Client certificate required",
                 f"{path} needs the device's client certificate (mutual TLS)",
                 "provision the device (`capture-agent provision`) and use its certificate",
             )
+        self._check_validity(cert, path)
         try:
             return self.registry.authorise(cert)
         except AuthorisationError as exc:
@@ -226,20 +262,38 @@ class VerifierApp:
                 reason=str(exc),
             )
             raise Problem(
-                403,
                 "device-not-authorised",
-                "Device not authorised",
                 str(exc),
                 "re-provision the device with a new token; ask the operator if it was revoked",
             ) from None
 
-    def _idempotent(self, route: Route, request: Request) -> Answer:
+    @staticmethod
+    def _check_validity(cert: x509.Certificate, path: str) -> None:
+        """The certificate's validity, on every request: OpenSSL checked it only at the handshake.
+
+        A connection (or a resumed session) opened while the certificate was valid
+        would otherwise go on working after it expired.
+        """
+        now = dt.datetime.now(dt.UTC)
+        if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return
+        expired = now > cert.not_valid_after_utc
+        reason = "certificate expired" if expired else "certificate not yet valid"
+        log.warning("request_refused", audit=True, path=path, serial=format(cert.serial_number, "x"), reason=reason)
+        raise Problem(
+            "certificate-expired" if expired else "certificate-not-yet-valid",
+            f"the device certificate is valid from {cert.not_valid_before_utc.isoformat()} "
+            f"to {cert.not_valid_after_utc.isoformat()}",
+            "re-provision the device with a new token (`capture-agent provision`; `capture-agent doctor` says why)"
+            if expired
+            else "set the device's clock right (NTP)",
+        )
+
+    async def _idempotent(self, route: Route, request: Request) -> Answer:
         key = request.headers.get("idempotency-key", "")
-        if not key or len(key) > 200:
+        if not key or len(key) > endpoints.MAX_IDEMPOTENCY_KEY:
             raise Problem(
-                400,
                 "idempotency-key-required",
-                "Idempotency-Key required",
                 "every POST needs an Idempotency-Key header (at most 200 characters)",
                 "send an Idempotency-Key header: a fresh random key per request, the same key on retries",
             )
@@ -256,33 +310,77 @@ class VerifierApp:
                 self.conn.execute("COMMIT")
                 log.info("idempotent_repeat", path=request.path, principal=principal)
                 return Answer(stored.status, stored.content_type, stored.body)
-            answer = route.handler(request)
+            if route.matches and request.device is not None:
+                self.pool.admit(request.device.device_id)  # busy: a 503 before anything is consumed
+            result = route.handler(request)
+            if isinstance(result, Deferred):
+                # The checks' writes (the nonce consumed) stand; matching runs outside any transaction.
+                self.conn.execute("COMMIT")
+                outcome = await self._match(request, result)
+                self.conn.execute("BEGIN IMMEDIATE")
+                answer = result.finish(outcome)
+            else:
+                answer = result
             if answer.status < 400:
-                self.idempotency.save(
-                    principal, key, req_hash, StoredAnswer(answer.status, answer.content_type, answer.body)
-                )
+                stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body)
+                self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
             self.conn.execute("COMMIT")
             return answer
+        except MatchingBusy as exc:
+            self.conn.execute("ROLLBACK")
+            raise self._busy(request, request.device.device_id if request.device else "", str(exc)) from None
         except KeyReuseError:
             self.conn.execute("ROLLBACK")
             raise Problem(
-                422,
                 "idempotency-key-reused",
-                "Idempotency-Key reused",
                 "this Idempotency-Key was used for a different request",
                 "use a fresh key for each new request",
             ) from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
 
+    async def _match(self, request: Request, deferred: Deferred) -> Any:
+        """The deferred matching in the pool; a full pool or a spent budget is a 503 with Retry-After.
+
+        Either way the request was not decided: what its checks used (the nonce, a
+        pending step-up) is given back, so the client's retry of the same request works.
+        """
+        try:
+            return await self.pool.run(deferred.device_id, deferred.work)
+        except (MatchingBusy, OverBudget) as exc:
+            self.conn.execute("BEGIN IMMEDIATE")
+            deferred.undo()
+            self.conn.execute("COMMIT")
+            if isinstance(exc, MatchingBusy):
+                raise self._busy(request, deferred.device_id, str(exc)) from None
+            reason = f"matching took longer than {self.settings.match_budget_s:g} s"
+            self.flood_events.note("matching_refused", reason, device_id=deferred.device_id, path=request.path)
+            raise Problem(
+                "matching-over-budget",
+                reason,
+                "send fewer finger views per request, or retry after the Retry-After seconds",
+                headers=((b"retry-after", b"1"),),
+            ) from None
+
+    def _busy(self, request: Request, device_id: str, reason: str) -> Problem:
+        # Summarised under a flood: a device can send busy requests faster than anything else.
+        self.flood_events.note("matching_refused", reason, device_id=device_id, path=request.path)
+        return Problem(
+            "matching-busy",
+            reason,
+            "retry after the Retry-After seconds (the agent does so by itself)",
+            headers=((b"retry-after", b"1"),),
+        )
+
     def _housekeeping(self) -> None:
-        """Hourly: drop stored answers past their retention and nonces past their life."""
+        """Every minute: forget nonces and stored answers past their life (a challenge's lives as long as its nonce)."""
         now = time.time()
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-        dropped = self.idempotency.expire(now) + self.biometric.challenges.expire(now)
+        dropped = self.biometric.challenges.expire(now) + self.idempotency.expire(now)
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 
@@ -297,18 +395,14 @@ class VerifierApp:
         except TokenError as exc:
             log.warning("enrollment_refused", audit=True, reason=str(exc))
             raise Problem(
-                401,
                 "bad-token",
-                "Bootstrap token refused",
                 str(exc),
                 "ask for a new token (`capture-verifier token new`)",
                 headers=((b"www-authenticate", b'Bearer error="invalid_token"'),),
             ) from None
         if device_id in {d["device_id"] for d in self.registry.list() if d["status"] == "revoked"}:
             raise Problem(
-                403,
                 "device-revoked",
-                "Device revoked",
                 f"device {device_id} is revoked",
                 "issue a token for a new device id",
             )
@@ -325,14 +419,30 @@ class VerifierApp:
         try:
             new_key = spki_sha256_of_csr(csr_der)
         except CSRError as exc:
-            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+            raise Problem("bad-csr", str(exc), "make a new request") from None
         if new_key in self.registry.current_spki(device_id):
             raise Problem(
-                400,
                 "key-reused",
-                "Key reused",
                 "renewal must come with a new key pair",
                 "generate a new EC P-256 key for the renewal",
+            )
+        if not self.registry.is_current(request.device.serial):
+            log.warning("renewal_refused", audit=True, device_id=device_id, reason="certificate superseded")
+            raise Problem(
+                "certificate-superseded",
+                "this certificate was replaced by a renewal; only the newest certificate may renew",
+                "renew with the device's newest certificate (the agent uses it after a renewal)",
+            )
+        now = time.time()
+        issued = self.registry.issued_since(device_id, now - 3600.0)
+        if len(issued) >= self.settings.renewals_per_hour:
+            wait = issued[0] + 3600.0 - now
+            log.warning("renewal_refused", audit=True, device_id=device_id, reason="renewal rate")
+            raise Problem(
+                "renewal-rate-limited",
+                f"device {device_id} had {len(issued)} certificates issued in the last hour; wait {wait:.0f} s",
+                "renew at about two thirds of the certificate's life, not in a loop",
+                headers=((b"retry-after", str(int(wait) + 1).encode()),),
             )
         cert = self._sign(request.body, device_id)
         self.registry.record_certificate(device_id, cert, supersede=True)
@@ -349,7 +459,7 @@ class VerifierApp:
         try:
             return self.ca.issue_device_certificate(_csr_from_body(body), device_id, self.settings.cert_days)
         except CSRError as exc:
-            raise Problem(400, "bad-csr", "Bad certificate request", str(exc), "make a new request") from None
+            raise Problem("bad-csr", str(exc), "make a new request") from None
 
     def health(self, request: Request) -> Answer:
         assert request.device is not None
@@ -362,9 +472,7 @@ class VerifierApp:
             result = self.audit.ingest(request.device.device_id, json_body(request))
         except EventFormatError as exc:
             raise Problem(
-                422,
                 "bad-events",
-                "Malformed audit events",
                 str(exc),
                 "send events as the agent's outbox makes them (DESIGN.md, audit trail)",
             ) from None
@@ -380,9 +488,7 @@ def _bearer(headers: dict[str, str]) -> str:
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise Problem(
-            401,
             "token-required",
-            "Bootstrap token required",
             "EST simpleenroll needs `Authorization: Bearer <one-time token>`",
             "pass the token printed by `capture-verifier token new` to `capture-agent provision`",
             headers=((b"www-authenticate", b"Bearer"),),

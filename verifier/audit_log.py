@@ -1,7 +1,7 @@
-"""Audit events from devices: stored once by event id, their hash chain checked per device.
+"""Audit events from devices: stored once by (device, event id), their hash chain checked per device.
 
 The chain rule is the protocol's (DESIGN.md): each event's ``hash`` is the
-SHA-256 of its canonical JSON (sorted keys, no spaces, ASCII) without ``hash``;
+SHA-256 of its canonical JSON without ``hash`` (:mod:`protocol.audit`);
 ``prev`` is the previous event's hash; ``seq`` counts from 1. A missing sequence
 number is a *gap* (explained when the device later reports an ``outbox_dropped``
 covering it), a second event for a sequence number already held, or one that
@@ -12,7 +12,6 @@ retries a batch forever.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sqlite3
@@ -22,20 +21,21 @@ from typing import Any
 
 import structlog
 
+from protocol.audit import EVENT_FIELDS, GENESIS, MAX_BATCH, event_hash
+
 log = structlog.get_logger()
 
-GENESIS = "0" * 64
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-MAX_BATCH = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_events (
-    event_id    TEXT PRIMARY KEY,
     device_id   TEXT NOT NULL,
+    event_id    TEXT NOT NULL,             -- the device's id: unique per device, not across devices
     seq         INTEGER NOT NULL,
     hash        TEXT NOT NULL,
     body        TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    PRIMARY KEY (device_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS audit_events_device_seq ON audit_events (device_id, seq);
 CREATE TABLE IF NOT EXISTS audit_heads (
@@ -59,19 +59,11 @@ class EventFormatError(ValueError):
     """A batch or an event that is not the protocol; the message names the field."""
 
 
-def canonical_hash(event: dict[str, Any]) -> str:
-    body = {k: v for k, v in event.items() if k != "hash"}
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    ).hexdigest()
-
-
 def check_event(event: Any, index: int) -> dict[str, Any]:
     where = f"events[{index}]"
     if not isinstance(event, dict):
         raise EventFormatError(f"{where} is not an object")
-    types = {"id": str, "seq": int, "prev": str, "type": str, "time": str, "data": dict, "hash": str}
-    for name, kind in types.items():
+    for name, kind in EVENT_FIELDS.items():
         value = event.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise EventFormatError(f"{where}.{name} is missing or not a {kind.__name__}")
@@ -94,7 +86,26 @@ class AuditLog:
     conn: sqlite3.Connection
 
     def __post_init__(self) -> None:
+        self._migrate()
         self.conn.executescript(SCHEMA)
+
+    def _migrate(self) -> None:
+        """Databases from before event ids were per device: rebuild the table keyed by (device, id)."""
+        table = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit_events'"
+        row = self.conn.execute(table).fetchone()
+        if row is None or "PRIMARY KEY (device_id, event_id)" in row[0]:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("ALTER TABLE audit_events RENAME TO audit_events_global_ids")
+        self.conn.execute("DROP INDEX IF EXISTS audit_events_device_seq")
+        for statement in filter(str.strip, SCHEMA.split(";")):
+            self.conn.execute(statement)
+        self.conn.execute(
+            "INSERT INTO audit_events (device_id, event_id, seq, hash, body, received_at) "
+            "SELECT device_id, event_id, seq, hash, body, received_at FROM audit_events_global_ids"
+        )
+        self.conn.execute("DROP TABLE audit_events_global_ids")
+        self.conn.execute("COMMIT")
 
     def _head(self, device_id: str) -> tuple[int, str]:
         row = self.conn.execute("SELECT seq, hash FROM audit_heads WHERE device_id = ?", (device_id,)).fetchone()
@@ -117,11 +128,12 @@ class AuditLog:
         events = sorted((check_event(e, i) for i, e in enumerate(batch["events"])), key=lambda e: e["seq"])
         result = IngestResult()
         for event in events:
-            if self.conn.execute("SELECT 1 FROM audit_events WHERE event_id = ?", (event["id"],)).fetchone():
+            known = "SELECT 1 FROM audit_events WHERE device_id = ? AND event_id = ?"
+            if self.conn.execute(known, (device_id, event["id"])).fetchone():
                 result.duplicates += 1
                 continue
             seq = event["seq"]
-            if canonical_hash(event) != event["hash"]:
+            if event_hash(event) != event["hash"]:
                 self._anomaly(result, device_id, "bad_hash", seq, seq, "the event's hash does not match its content")
                 continue
             head_seq, head_hash = self._head(device_id)

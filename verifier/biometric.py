@@ -7,47 +7,71 @@ life). Then the subject's group against the device's allowed groups, then the
 operation. Every outcome, accepted or refused, is an audit event naming the
 device, the subject and the reason; a template never appears in one.
 
-Matching: the request's templates become cylinders once per request; a
-subject's enrolled templates are decrypted, built and packed once and kept
-until the subject enrolls more. ``Server-Timing: match`` reports the time spent
-building the probe and scoring, the part of the decision the device cannot see.
+The challenge itself names the operation and the subject (protocol.messages.
+ChallengeRequest), so what needs no finger (the operation, the subject's group,
+an unknown subject, a lockout) is refused before the person touches the sensor.
+Answers never name another subject's group; the audit event does.
+
+Work: a request carries at most ``max_views_per_request`` finger views, and a
+device may cause at most ``device_comparisons_per_min`` template comparisons a
+minute (views times the templates they are compared with), so the limit counts
+work, not requests.
+
+Matching runs off the event loop (:mod:`verifier.matching`): a handler does its
+checks and database reads, returns a :class:`~verifier.http.Deferred` whose
+``work`` builds cylinders and scores in the pool (on data handed to it only),
+and whose ``finish`` decides and writes back on the loop. A subject's enrolled
+templates are built and packed once and kept (by generation: an enrollment makes
+the next request rebuild them); the 1:N gallery lives in the pool's threads
+behind one lock, fed new templates through a queue.
+
+Enrollment: every new template is searched 1:N against the other subjects
+(one person, one identity: a 409 that names nobody), and templates added to an
+enrolled subject with a session token (single use) must each match that
+subject's enrolled templates (one identity, one person).
+
+``Server-Timing: match`` reports the time spent building the probe and scoring,
+the part of the decision the device cannot see.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import re
 import sqlite3
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from biometrics.fingerprint import GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
+from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
 from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
-from verifier.challenges import Challenges, NonceError
+from protocol import endpoints
+from protocol.messages import ChallengeRequest
+from protocol.signing import SignatureError, check_signature
+from protocol.templates import TemplateWireError, minutiae_problem, records_of
+from protocol.wire import WireError
+from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
-from verifier.http import Answer, Request, Route, json_answer, json_body
-from verifier.policy import GROUP_NAME, AccessRules, Lockouts, RateLimit
+from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
+from verifier.matching import Budget
+from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.sessions import SessionTokens
 from verifier.settings import VerifierSettings
-from verifier.signatures import SignatureError, check_signature
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
 from verifier.subjects import DEFAULT_GROUP, SubjectGroups
 
 log = structlog.get_logger()
 
-TEMPLATE_FORMAT = "iso19794-2:2005"
-MAX_TEMPLATES = 10
 IDENTIFY_TOP_K = 10
-SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ENROLLMENTS_PATH = "/v1/subjects/{id}/enrollments"
+SUBJECT_ID = endpoints.SUBJECT_ID
+ENROLLMENTS_PATH = endpoints.ENROLLMENTS
 
 
 class BiometricRoutes:
@@ -55,23 +79,41 @@ class BiometricRoutes:
         self.challenges = Challenges(conn, ttl_s=settings.nonce_ttl_s)
         self.enrollments = EnrollmentStore(conn, load_or_create_key(settings.enrollment_key))
         self.threshold = threshold_for_fmr(settings.target_fmr)
+        # One search per new template against every other subject: N comparisons, so a stricter rate.
+        self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
-        self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s)
+        self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s, settings.lockout_devices)
         self.device_rate = RateLimit(settings.device_requests_per_min, settings.lockout_base_s)
+        self.challenge_rate = RateLimit(settings.device_challenges_per_min, settings.lockout_base_s)
+        # Claims of a subject: per (device, subject), and across devices a bound one device cannot reach alone.
         self.subject_rate = RateLimit(settings.subject_requests_per_min, settings.lockout_base_s)
+        self.subject_rate_all = RateLimit(
+            settings.subject_requests_per_min * settings.lockout_devices, settings.lockout_base_s
+        )
         self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use)
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
+        self.device_work = WorkLimit(settings.device_comparisons_per_min)
+        self.max_views = settings.max_views_per_request
+        # Subjects' packed templates: written by pool threads, invalidated by the loop (generation).
+        self._packs: dict[str, _SubjectPack] = {}
+        self._generation: dict[str, int] = {}
+        # The 1:N gallery: used only in pool threads, under the lock; the loop feeds it through the queue.
         self._gallery: GalleryIndex | None = None
-        self._packed: dict[str, mcc_match.Packed | None] = {}  # per subject; dropped when it enrolls more
-        self._match_ms = 0.0  # of the request being handled (handlers run one at a time)
+        self._gallery_lock = threading.Lock()
+        self._gallery_queue: deque[tuple[str, FingerprintTemplate]] = deque()
+        self._gallery_loaded = False
+        self._gallery_size = 0  # templates in the gallery once the queue is drained
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
-            ("POST", "/v1/challenges"): Route(self.new_challenge, needs_client_cert=True),
-            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True),
-            ("POST", "/v1/verifications"): Route(self.verify, needs_client_cert=True),
-            ("POST", "/v1/identifications"): Route(self.identify, needs_client_cert=True),
+            # A nonce's answer is kept for repeats only as long as the nonce itself: no row outlives it.
+            ("POST", endpoints.CHALLENGES): Route(
+                self.new_challenge, needs_client_cert=True, retention_s=self.challenges.ttl_s + NONCE_MARGIN_S
+            ),
+            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True, matches=True),
+            ("POST", endpoints.VERIFICATIONS): Route(self.verify, needs_client_cert=True, matches=True),
+            ("POST", endpoints.IDENTIFICATIONS): Route(self.identify, needs_client_cert=True, matches=True),
         }
 
     # ---------------------------------------------------------------- the gate
@@ -90,33 +132,33 @@ class BiometricRoutes:
         )
         return problem
 
-    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
-        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
-        assert request.device is not None and request.client_cert is not None
+    def _check_operation(self, request: Request, operation: str) -> None:
+        """403 (audited) unless the device's access rule allows ``operation``."""
+        assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows(device_id, operation):
             raise self._refused(
                 request,
                 Problem(
-                    403,
                     "operation-not-allowed",
-                    "Operation not allowed",
                     f"device {device_id} may not {operation}",
                     f"ask the operator to allow it: capture-verifier device allow {device_id} --operations ...",
                 ),
                 "operation not allowed for this device",
             )
-        body = json_body(request)
-        if not isinstance(body, dict):
-            raise Problem(400, "bad-json", "Body is not an object", "the body must be a JSON object", "send {...}")
+
+    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
+        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
+        assert request.device is not None and request.client_cert is not None
+        device_id = request.device.device_id
+        self._check_operation(request, operation)
+        body = json_object(request)
         wait = self.device_rate.check(device_id)
         if wait > 0:
             raise self._refused(
                 request,
                 Problem(
-                    429,
                     "device-rate-limited",
-                    "Too many requests from this device",
                     f"device {device_id} is over its rate; wait {wait:.0f} s",
                     "slow down; a kiosk should never need this rate (a stuck loop? a stolen device?)",
                     headers=((b"retry-after", str(int(wait) + 1).encode()),),
@@ -128,32 +170,16 @@ class BiometricRoutes:
         except SignatureError as exc:
             raise self._refused(
                 request,
-                Problem(
-                    401,
-                    "bad-signature",
-                    "Device signature refused",
-                    str(exc),
-                    "sign the request body with the device key (agent/signing.py)",
-                ),
+                Problem("bad-signature", str(exc)),
                 str(exc),
             ) from None
         nonce = body.get("nonce")
         try:
             if not isinstance(nonce, str):
-                raise NonceError("the body has no nonce")
+                raise NonceError("unknown", "the body has no nonce")
             self.challenges.consume(device_id, nonce)
         except NonceError as exc:
-            raise self._refused(
-                request,
-                Problem(
-                    409,
-                    "nonce-refused",
-                    "Challenge nonce refused",
-                    str(exc),
-                    "ask for a fresh nonce (POST /v1/challenges) for every request; never resend one",
-                ),
-                str(exc),
-            ) from None
+            raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
         return body, _template_records(body)
 
     def _check_group(self, request: Request, subject: str, group: str) -> None:
@@ -163,12 +189,13 @@ class BiometricRoutes:
         if not self.rules.allows_group(device_id, group):
             raise self._refused(
                 request,
+                # The answer never names the subject's group (it would tell one device about
+                # subjects it may not see); the audit event does, for the operator.
                 Problem(
-                    403,
                     "group-not-allowed",
-                    "Subject group not allowed",
-                    f"device {device_id} may not act on subject {subject!r} (group {group!r})",
-                    f"ask the operator: capture-verifier device allow {device_id} --groups {group},...",
+                    f"device {device_id} may not act on subject {subject!r}: its group is not one of this device's",
+                    "ask the operator to allow this device the subject's group (the verifier's audit log names it): "
+                    f"capture-verifier device allow {device_id} --groups GROUP,...",
                 ),
                 "subject group not allowed for this device",
                 subject=subject,
@@ -188,9 +215,7 @@ class BiometricRoutes:
             raise self._refused(
                 request,
                 Problem(
-                    401,
                     "verification-required",
-                    "Subject already enrolled",
                     f"subject {subject!r} is enrolled: adding templates needs the subject's session token",
                     "verify the subject first on this device and send its session_token with the enrollment "
                     "(capture-agent enroll --add)",
@@ -202,9 +227,7 @@ class BiometricRoutes:
             raise self._refused(
                 request,
                 Problem(
-                    401,
                     "session-token-refused",
-                    "Session token refused",
                     f"the session token is not a live token of subject {subject!r} issued to device {device_id}",
                     "verify the subject again on this device: a token lasts minutes and is bound to its device",
                 ),
@@ -212,164 +235,369 @@ class BiometricRoutes:
                 subject=subject,
             )
 
-    # ---------------------------------------------------------------- matching
+    # ---------------------------------------------------------------- work
+    def _views(self, request: Request, records: list[bytes]) -> list[FingerprintTemplate]:
+        """The request's finger views, all records together: at most ``max_views_per_request``, each
+        within the protocol's minutiae bounds (a view with none would enroll a subject nobody matches)."""
+        per_record = [decode(record) for record in records]
+        views = [t for record_views in per_record for t in record_views]
+        if len(views) > self.max_views:
+            raise self._refused(
+                request,
+                Problem(
+                    "too-many-views",
+                    f"the request carries {len(views)} finger views; at most {self.max_views} are accepted",
+                    f"send at most {self.max_views} views per request (a capture is one view)",
+                ),
+                "too many finger views",
+                views=len(views),
+            )
+        for index, record_views in enumerate(per_record):
+            for view, template in enumerate(record_views):
+                reason = minutiae_problem(index, view, len(template.minutiae))
+                if reason is not None:
+                    raise self._refused(request, Problem("bad-template", reason), "minutiae out of bounds")
+        return views
+
+    def _charge(self, request: Request, comparisons: int) -> None:
+        """Count the request's matching work against the device's allowance (429 when spent)."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        wait = self.device_work.spend(device_id, comparisons)
+        if wait > 0:
+            raise self._refused(
+                request,
+                Problem(
+                    "device-work-limited",
+                    f"device {device_id} used its matching allowance for this minute; wait {wait:.0f} s",
+                    "send fewer views per request, or fewer requests; a kiosk never needs this much",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                "device matching work limit",
+                comparisons=comparisons,
+            )
+
+    # ---------------------------------------------------------------- matching (in pool threads)
     @staticmethod
-    def _probes(records: list[bytes]) -> list[Cylinders]:
-        """The request's templates as matching cylinders, built once per request."""
-        return [c for record in records for c in (cylinders_of(t) for t in decode(record)) if len(c)]
+    def _probes(views: list[FingerprintTemplate], budget: Budget) -> list[Cylinders]:
+        """The request's views as matching cylinders (empty ones kept: the list lines up with ``views``)."""
+        out = []
+        for view in views:
+            budget.check()
+            out.append(cylinders_of(view))
+        return out
 
     @staticmethod
-    def _best_score(probes: list[Cylinders], gallery: mcc_match.Packed | None) -> float:
+    def _best_score(probes: list[Cylinders], gallery: mcc_match.Packed | None, budget: Budget) -> float:
         """Best score of any probe against a packed set of templates (all scored at once)."""
+        best = 0.0
         if gallery is None:
-            return 0.0
-        return max((float(mcc_match.scores(p, gallery).max()) for p in probes), default=0.0)
+            return best
+        for probe in probes:
+            budget.check()
+            if len(probe):
+                best = max(best, float(mcc_match.scores(probe, gallery).max()))
+        return best
 
-    def _enrolled(self, subject: str) -> mcc_match.Packed | None:
-        """The subject's enrolled templates, decrypted, built and packed once (None: not enrolled)."""
-        if subject not in self._packed:
-            cylinders = [c for c in (cylinders_of(t) for t in self.enrollments.templates(subject)) if len(c)]
-            self._packed[subject] = mcc_match.pack(cylinders) if cylinders else None
-        return self._packed[subject]
+    def _subject_templates(self, subject: str) -> tuple[int, list[FingerprintTemplate] | None, int]:
+        """On the loop: (generation, the templates if they must be built, how many there are)."""
+        generation = self._generation.get(subject, 0)
+        cached = self._packs.get(subject)
+        if cached is not None and cached.generation >= generation:
+            return generation, None, cached.templates
+        templates = self.enrollments.templates(subject)
+        return generation, templates, len(templates)
 
-    def _gallery_index(self) -> GalleryIndex:
+    def _subject_pack(
+        self, subject: str, generation: int, templates: list[FingerprintTemplate] | None, budget: Budget
+    ) -> mcc_match.Packed | None:
+        """In a pool thread: the subject's templates packed for scoring, built once per generation."""
+        cached = self._packs.get(subject)
+        if cached is not None and cached.generation >= generation:
+            return cached.packed
+        assert templates is not None  # _subject_templates loaded them: the cache had nothing this new
+        cylinders = []
+        for template in templates:
+            budget.check()
+            built = cylinders_of(template)
+            if len(built):
+                cylinders.append(built)
+        packed = mcc_match.pack(cylinders) if cylinders else None
+        current = self._packs.get(subject)
+        if current is None or current.generation < generation:
+            self._packs[subject] = _SubjectPack(generation, packed, len(templates))
+        return packed
+
+    def _load_gallery(self) -> None:
+        """On the loop, once: every enrolled template into the gallery's queue (built in the pool)."""
+        if not self._gallery_loaded:
+            for subject, template in self.enrollments.all():
+                self._gallery_queue.append((subject, template))
+                self._gallery_size += 1
+            self._gallery_loaded = True
+
+    def _gallery_index(self, budget: Budget) -> GalleryIndex:
+        """In a pool thread holding the gallery lock: the gallery with every queued template added."""
         if self._gallery is None:
             self._gallery = GalleryIndex()
-            for subject, template in self.enrollments.all():
-                self._gallery.add(subject, template)
+        while self._gallery_queue:
+            budget.check()  # a cold start over a big gallery spreads over several requests
+            subject, template = self._gallery_queue.popleft()
+            self._gallery.add(subject, template)
         return self._gallery
 
     # ---------------------------------------------------------------- handlers
     def new_challenge(self, request: Request) -> Answer:
+        """A nonce, after the checks that need no finger: rate, operation, subject, group, lockout.
+
+        The body names the operation and the subject (``ChallengeRequest``), so what
+        would be refused after the captures is refused before the person touches
+        the sensor, on a round trip the session makes anyway. An empty body gets a
+        plain nonce (the full checks still run on the signed request).
+        """
         assert request.device is not None
-        nonce, expires_at = self.challenges.issue(request.device.device_id)
+        device_id = request.device.device_id
+        wait = self.challenge_rate.check(device_id)
+        if wait > 0:
+            raise self._refused(
+                request,
+                Problem(
+                    "device-rate-limited",
+                    f"device {device_id} asked for too many challenges; wait {wait:.0f} s",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                "challenge rate limit",
+            )
+        try:
+            asked = ChallengeRequest.from_body(json_object(request))
+        except WireError as exc:
+            raise Problem("bad-challenge", str(exc)) from None
+        if asked.operation:
+            self._precheck(request, asked)
+        nonce, expires_at = self.challenges.issue(device_id)
         expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat().replace("+00:00", "Z")
         return json_answer(201, {"nonce": nonce, "expires_at": expires, "ttl_s": self.challenges.ttl_s})
 
-    def enroll(self, request: Request) -> Answer:
+    def _precheck(self, request: Request, asked: ChallengeRequest) -> None:
+        """What a challenge for ``asked`` would meet after the captures, checked now."""
         assert request.device is not None
-        subject = request.subject
-        if not SUBJECT_ID.fullmatch(subject):
-            raise Problem(
-                400,
-                "bad-subject",
-                "Bad subject id",
-                f"{subject!r} is not a subject id",
-                "use 1 to 64 letters, digits, '.', '_' or '-'",
-            )
-        body, records = self._checked(request, "enroll")
-        requested = body.get("group")
-        if requested is not None and (not isinstance(requested, str) or not GROUP_NAME.fullmatch(requested)):
-            raise Problem(
-                400,
-                "bad-group",
-                "Bad group name",
-                f"{requested!r} is not a group name",
-                "use 1 to 64 letters, digits, '.', '_' or '-'",
-            )
+        device_id = request.device.device_id
+        self._check_operation(request, asked.operation)
+        subject = asked.subject
+        if subject is None:
+            return
+        if asked.operation == "enroll":
+            group = self._enrollment_group(request, subject, asked.group)
+            self._check_group(request, subject, group)
+            return
+        self._check_group(request, subject, self.subjects.group_of(subject))
+        if not self.enrollments.exists(subject):
+            raise self._refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
+        locked = self.lockouts.locked_for(device_id, subject)
+        if locked > 0:
+            raise self._refused(request, _locked(subject, locked), "locked out", subject=subject)
+
+    def _enrollment_group(self, request: Request, subject: str, requested: object) -> str:
+        """The group an enrollment puts the subject in; 409 (audited) when it names another one."""
+        if requested is not None and (not isinstance(requested, str) or not endpoints.GROUP_NAME.fullmatch(requested)):
+            raise Problem("bad-group", f"{requested!r} is not a group name")
         recorded = self.subjects.recorded(subject)
         if recorded is not None and requested is not None and requested != recorded:
             raise self._refused(
                 request,
                 Problem(
-                    409,
                     "subject-in-other-group",
-                    "Subject is in another group",
-                    f"subject {subject!r} is in group {recorded!r}, not {requested!r}",
-                    f"enroll into {recorded!r}, or ask the operator: capture-verifier subject group {subject} GROUP",
+                    f"subject {subject!r} is in another group than {requested!r}",  # never which one
+                    f"enroll {subject} without --group (it keeps its group), or ask the operator: "
+                    f"capture-verifier subject group {subject} GROUP",
                 ),
                 "enrollment names another group",
                 subject=subject,
+                group=recorded,
             )
-        group = recorded or requested or DEFAULT_GROUP
-        self._check_group(request, subject, group)
-        if self.enrollments.exists(subject):
-            self._check_session_token(request, subject, body.get("session_token"))
-        if recorded is None:
-            self.subjects.assign(subject, group)
-        self.enrollments.add(subject, request.device.device_id, records)
-        self._packed.pop(subject, None)
-        if self._gallery is not None:
-            for record in records:
-                for template in decode(record):
-                    self._gallery.add(subject, template)
-        log.info(
-            "enrollment",
-            audit=True,
-            device_id=request.device.device_id,
-            subject=subject,
-            group=group,
-            templates=len(records),
-        )
-        return json_answer(201, {"subject": subject, "group": group, "templates": len(records)})
+        return recorded or requested or DEFAULT_GROUP
 
-    def verify(self, request: Request) -> Answer:
+    def enroll(self, request: Request) -> Deferred:
+        assert request.device is not None
+        device_id = request.device.device_id
+        subject = request.subject
+        if not SUBJECT_ID.fullmatch(subject):
+            raise Problem("bad-subject", f"{subject!r} is not a subject id")
+        body, records = self._checked(request, "enroll")
+        views = self._views(request, records)
+        recorded = self.subjects.recorded(subject)
+        group = self._enrollment_group(request, subject, body.get("group"))
+        self._check_group(request, subject, group)
+        enrolled = self.enrollments.exists(subject)
+        token = body.get("session_token")
+        if enrolled:
+            self._check_session_token(request, subject, token)
+        generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
+        self._load_gallery()
+        self._charge(request, len(views) * (self._gallery_size + count))
+
+        def work(budget: Budget) -> _EnrollChecks:
+            started = time.perf_counter()
+            probes = self._probes(views, budget)
+            not_theirs = 0
+            if enrolled:  # each added template must be the verified person's
+                pack = self._subject_pack(subject, generation, templates, budget)
+                not_theirs = sum(self._best_score([p], pack, budget) < self.threshold for p in probes)
+            duplicate = False
+            with self._gallery_lock:  # one person, one identity: no other subject may match
+                gallery = self._gallery_index(budget)
+                for probe in probes:
+                    budget.check()
+                    if len(probe) and any(
+                        other != subject and score >= self.duplicate_threshold
+                        for other, score in gallery.search(probe, top_k=2)
+                    ):
+                        duplicate = True
+                        break
+            return _EnrollChecks(not_theirs, duplicate, (time.perf_counter() - started) * 1000)
+
+        def finish(checks: _EnrollChecks) -> Answer:
+            if checks.not_theirs:
+                raise self._refused(
+                    request,
+                    Problem(
+                        "not-the-verified-person",
+                        f"{checks.not_theirs} of the {len(views)} templates do not match subject {subject!r}",
+                        "add captures of the verified person's enrolled fingers only; "
+                        "a new finger needs a new enrollment by the operator",
+                    ),
+                    "added templates do not match the subject",
+                    subject=subject,
+                )
+            if checks.duplicate:
+                raise self._refused(
+                    request,
+                    Problem(
+                        "duplicate-identity",
+                        "a template of this enrollment matches a subject already enrolled under another id",
+                        "verify the person under their existing id; ask the operator if the match is wrong",
+                    ),
+                    "template matches another subject",
+                    subject=subject,
+                )
+            if enrolled and not self.sessions.take(str(token), device_id, subject):
+                raise self._refused(  # used meanwhile (single use) or expired during the matching
+                    request,
+                    Problem(
+                        "session-token-refused",
+                        "the session token was already used, or expired",
+                        "verify the subject again on this device: a token authorises one enrollment",
+                    ),
+                    "session token used or expired",
+                    subject=subject,
+                )
+            if recorded is None:
+                self.subjects.assign(subject, group)
+            self.enrollments.add(subject, device_id, records)
+            self._generation[subject] = self._generation.get(subject, 0) + 1
+            for view in views:
+                self._gallery_queue.append((subject, view))
+                self._gallery_size += 1
+            log.info(
+                "enrollment",
+                audit=True,
+                device_id=device_id,
+                subject=subject,
+                group=group,
+                templates=len(records),
+                with_session_token=enrolled,
+            )
+            timing = f"match;dur={checks.match_ms:.3f}".encode()
+            answer = {"subject": subject, "group": group, "templates": len(records)}
+            return json_answer(201, answer, ((b"server-timing", timing),))
+
+        return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))
+
+    def verify(self, request: Request) -> Deferred:
         assert request.device is not None
         device_id = request.device.device_id
         body, records = self._checked(request, "verify")
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
-            raise Problem(
-                400, "bad-subject", "Bad subject id", "the body needs a claimed subject", 'add "subject": "<id>"'
-            )
+            raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
         self._check_group(request, subject, self.subjects.group_of(subject))
-        enrolled = self._enrolled(subject)
-        if enrolled is None:
-            raise self._attempt_refused(
-                device_id,
-                subject,
-                "unknown_subject",
-                Problem(
-                    404,
-                    "unknown-subject",
-                    "Unknown subject",
-                    f"no enrollment for subject {subject!r}",
-                    f"enroll the subject first (POST /v1/subjects/{subject}/enrollments)",
-                ),
-            )
-        wait = self.subject_rate.check(subject)
+        if not self.enrollments.exists(subject):
+            raise self._unknown_subject(device_id, subject)
+        wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
         if wait > 0:
             raise self._attempt_refused(
                 device_id,
                 subject,
                 "subject_rate_limited",
                 Problem(
-                    429,
                     "subject-rate-limited",
-                    "Too many verifications of this subject",
                     f"subject {subject!r} was claimed too often; wait {wait:.0f} s",
                     "wait; if nobody at your sites claims this subject so often, someone is guessing",
                     headers=((b"retry-after", str(int(wait) + 1).encode()),),
                 ),
                 wait_s=round(wait, 1),
             )
-        locked = self.lockouts.locked_for(subject)
+        locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
             raise self._attempt_refused(
-                device_id,
-                subject,
-                "locked_out",
-                Problem(
-                    429,
-                    "subject-locked",
-                    "Subject locked out",
-                    f"too many failed attempts for {subject!r}; locked for {locked:.0f} s more",
-                    "wait, or verify another way; each further lockout doubles",
-                    headers=((b"retry-after", str(int(locked) + 1).encode()),),
-                ),
-                locked_for_s=round(locked, 1),
+                device_id, subject, "locked_out", _locked(subject, locked), locked_for_s=round(locked, 1)
             )
+        views = self._views(request, records)
+        pending = None
         step_id = body.get("step_up")
         if step_id is not None:
-            return self._complete_step_up(device_id, subject, str(step_id), records, enrolled)
-        started = time.perf_counter()
-        score = self._best_score(self._probes(records), enrolled)
-        self._match_ms = (time.perf_counter() - started) * 1000
-        if score >= self.threshold:
-            reasons = self.stepup.reasons(device_id, subject, score, self.threshold, self.lockouts.failures(subject))
-            if reasons:
-                return self._ask_step_up(device_id, subject, records, reasons, score)
-        return self._decided(device_id, subject, "accept" if score >= self.threshold else "reject", score)
+            pending = self.stepup.take(str(step_id), device_id, subject)
+            if pending is None:
+                raise self._attempt_refused(
+                    device_id,
+                    subject,
+                    "step_up_unknown",
+                    Problem(
+                        "step-up-unknown",
+                        "no pending step-up with this id for you",
+                        "start the verification again",
+                    ),
+                )
+        first_views = [t for record in pending.first_records for t in decode(record)] if pending else []
+        generation, templates, count = self._subject_templates(subject)
+        self._charge(request, len(views) * (count + len(first_views)))
+
+        def work(budget: Budget) -> _Scored:
+            started = time.perf_counter()
+            enrolled = self._subject_pack(subject, generation, templates, budget)
+            probes = self._probes(views, budget)
+            score = self._best_score(probes, enrolled, budget)
+            same_finger = None
+            if pending is not None:  # the step-up's finger must differ from the first one
+                first = [c for c in self._probes(first_views, budget) if len(c)]
+                same_finger = (
+                    self._best_score(probes, mcc_match.pack(first) if first else None, budget) >= self.threshold
+                )
+            return _Scored(enrolled is not None, score, same_finger, (time.perf_counter() - started) * 1000)
+
+        def finish(scored: _Scored) -> Answer:
+            if not scored.enrolled:
+                raise self._unknown_subject(device_id, subject)
+            if pending is not None:
+                decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
+                reason = "step-up with the same finger" if scored.same_finger else ""
+                return self._decided(device_id, subject, decision, scored, step_up=pending.reasons, reason=reason)
+            if scored.score >= self.threshold:
+                failures = self.lockouts.failures(subject)
+                reasons = self.stepup.reasons(device_id, subject, scored.score, self.threshold, failures)
+                if reasons:
+                    return self._ask_step_up(device_id, subject, records, reasons, scored.score)
+            return self._decided(device_id, subject, "accept" if scored.score >= self.threshold else "reject", scored)
+
+        def undo() -> None:
+            self.challenges.release(device_id, str(body["nonce"]))
+            if pending is not None:
+                self.stepup.give_back(str(step_id), pending)
+
+        return Deferred(device_id, work, finish, undo)
+
+    def _unknown_subject(self, device_id: str, subject: str) -> Problem:
+        return self._attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
 
     @staticmethod
     def _attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
@@ -393,9 +621,7 @@ class BiometricRoutes:
         )
         # An answer, not an exception: the nonce stays consumed, so this request cannot be replayed.
         problem = Problem(
-            401,
             "insufficient-user-authentication",
-            "Another factor needed",
             f"a second finger is needed ({', '.join(reasons)})",
             "capture another finger of the same person and send it with this step_up id",
             extra=(("step_up", step), ("acr_values", ACR_SECOND_FINGER), ("reasons", reasons)),
@@ -406,43 +632,17 @@ class BiometricRoutes:
         )
         return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
 
-    def _complete_step_up(
-        self, device_id: str, subject: str, step_id: str, records: list[bytes], enrolled: mcc_match.Packed
-    ) -> Answer:
-        pending = self.stepup.take(step_id, device_id, subject)
-        if pending is None:
-            raise self._attempt_refused(
-                device_id,
-                subject,
-                "step_up_unknown",
-                Problem(
-                    409,
-                    "step-up-unknown",
-                    "Unknown step-up",
-                    "no pending step-up with this id for you",
-                    "start the verification again",
-                ),
-            )
-        started = time.perf_counter()
-        probes = self._probes(records)
-        score = self._best_score(probes, enrolled)
-        first = self._probes(pending.first_records)
-        same_finger = self._best_score(probes, mcc_match.pack(first) if first else None) >= self.threshold
-        self._match_ms = (time.perf_counter() - started) * 1000
-        decision = "accept" if score >= self.threshold and not same_finger else "reject"
-        reason = "step-up with the same finger" if same_finger else ""
-        return self._decided(device_id, subject, decision, score, step_up=pending.reasons, reason=reason)
-
     def _decided(
         self,
         device_id: str,
         subject: str,
         decision: str,
-        score: float,
+        scored: _Scored,
         step_up: list[str] | None = None,
         reason: str = "",
     ) -> Answer:
-        self.lockouts.record(subject, decision == "accept")
+        score = scored.score
+        self.lockouts.record(device_id, subject, decision == "accept")
         log.info(
             "verification_attempt",
             audit=True,
@@ -462,66 +662,101 @@ class BiometricRoutes:
         if decision == "accept":
             self.stepup.completed(device_id)
             answer.update(self.sessions.issue(device_id, subject))
-        timing = f"match;dur={self._match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
+        timing = f"match;dur={scored.match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
         return json_answer(200, answer, ((b"server-timing", timing),))
 
-    def identify(self, request: Request) -> Answer:
+    def identify(self, request: Request) -> Deferred:
         """1:N among the subjects of the groups this device may act on, best first."""
         assert request.device is not None
         device_id = request.device.device_id
-        _, records = self._checked(request, "identify")
-        gallery = self._gallery_index()
+        body, records = self._checked(request, "identify")
+        views = self._views(request, records)
         allowed = self.rules.groups(device_id)
-        among = None if allowed is None else self.subjects.members(gallery.subject_ids(), allowed)
-        started = time.perf_counter()
-        best: dict[str, float] = {}
-        for record in records:
-            for probe in decode(record):
-                for subject, score in gallery.search(probe, top_k=IDENTIFY_TOP_K, among=among):
-                    best[str(subject)] = max(best.get(str(subject), 0.0), float(score))
-        match_ms = (time.perf_counter() - started) * 1000
-        candidates = sorted(
-            ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
-            key=lambda c: -c["score"],
-        )
-        log.info(
-            "identification_attempt",
-            audit=True,
-            device_id=device_id,
-            outcome="candidates" if candidates else "no_candidate",
-            candidates=len(candidates),
-            groups=",".join(sorted(allowed)) if allowed is not None else "*",
-        )
-        timing = f"match;dur={match_ms:.3f}".encode()
-        answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
-        return json_answer(200, answer, ((b"server-timing", timing),))
+        among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
+        self._load_gallery()
+        self._charge(request, len(views) * self._gallery_size)
+
+        def work(budget: Budget) -> tuple[dict[str, float], float]:
+            started = time.perf_counter()
+            best: dict[str, float] = {}
+            probes = [p for p in self._probes(views, budget) if len(p)]
+            with self._gallery_lock:
+                gallery = self._gallery_index(budget)
+                for probe in probes:
+                    budget.check()
+                    for subject, score in gallery.search(probe, top_k=IDENTIFY_TOP_K, among=among):
+                        best[str(subject)] = max(best.get(str(subject), 0.0), float(score))
+            return best, (time.perf_counter() - started) * 1000
+
+        def finish(result: tuple[dict[str, float], float]) -> Answer:
+            best, match_ms = result
+            candidates = sorted(
+                ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
+                key=lambda c: -c["score"],
+            )
+            log.info(
+                "identification_attempt",
+                audit=True,
+                device_id=device_id,
+                outcome="candidates" if candidates else "no_candidate",
+                candidates=len(candidates),
+                groups=",".join(sorted(allowed)) if allowed is not None else "*",
+            )
+            timing = f"match;dur={match_ms:.3f}".encode()
+            answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
+            return json_answer(200, answer, ((b"server-timing", timing),))
+
+        return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))
+
+
+@dataclass(frozen=True)
+class _SubjectPack:
+    generation: int
+    packed: mcc_match.Packed | None
+    templates: int
+
+
+@dataclass(frozen=True)
+class _Scored:
+    enrolled: bool  # the subject has usable templates
+    score: float
+    same_finger: bool | None  # step-up only: the second finger matched the first
+    match_ms: float
+
+
+@dataclass(frozen=True)
+class _EnrollChecks:
+    not_theirs: int  # added templates that do not match the enrolled subject
+    duplicate: bool  # a template matches another subject
+    match_ms: float
+
+
+def _unknown_subject(subject: str) -> Problem:
+    return Problem(
+        "unknown-subject",
+        f"no enrollment for subject {subject!r}",
+        f"enroll the subject first: capture-agent enroll --subject {subject}",
+    )
+
+
+def _locked(subject: str, seconds: float) -> Problem:
+    return Problem(
+        "subject-locked",
+        f"too many failed attempts for {subject!r} on this device; locked for {seconds:.0f} s more",
+        "wait, or verify another way; each further lockout doubles",
+        headers=((b"retry-after", str(int(seconds) + 1).encode()),),
+    )
 
 
 def _template_records(body: dict[str, Any]) -> list[bytes]:
-    """The ISO/IEC 19794-2 records of a request, each checked by decoding it."""
-    items = body.get("templates")
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TEMPLATES:
-        raise Problem(
-            422,
-            "bad-template",
-            "No templates",
-            f"the body needs 1 to {MAX_TEMPLATES} templates",
-            'send "templates": [{"format": "iso19794-2:2005", "data": "<base64>"}]',
-        )
-    records = []
-    for index, item in enumerate(items):
+    """The ISO/IEC 19794-2 records of a request, each checked by decoding it (views and minutiae: ``_views``)."""
+    try:
+        records = records_of(body.get("templates"))
+    except TemplateWireError as exc:
+        raise Problem("bad-template", str(exc)) from None
+    for index, record in enumerate(records):
         try:
-            if not isinstance(item, dict) or item.get("format") != TEMPLATE_FORMAT:
-                raise TemplateError(f"templates[{index}] is not a {TEMPLATE_FORMAT} template")
-            record = base64.b64decode(str(item.get("data", "")), validate=True)
             decode(record)
-        except (TemplateError, binascii.Error) as exc:
-            raise Problem(
-                422,
-                "bad-template",
-                "Malformed template",
-                f"templates[{index}]: {exc}",
-                "send the ISO/IEC 19794-2:2005 record the agent's extractor made",
-            ) from None
-        records.append(record)
+        except TemplateError as exc:
+            raise Problem("bad-template", f"templates[{index}]: {exc}") from None
     return records

@@ -13,10 +13,19 @@ import time
 from dataclasses import dataclass
 
 DEFAULT_TTL_S = 60.0
+NONCE_MARGIN_S = 60.0  # kept this long past expiry, so that a late request hears "expired", not "unknown"
 
 
 class NonceError(Exception):
-    """The nonce is unknown, expired, used, or belongs to another device."""
+    """The nonce is unknown (or another device's), expired, or used: ``kind`` says which.
+
+    The kinds are the protocol's problem types ``nonce-unknown``, ``nonce-expired``
+    and ``nonce-used``: the agent retries an expired nonce, never a used one.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -46,11 +55,20 @@ class Challenges:
             "SELECT device_id, expires_at, used_at FROM nonces WHERE nonce = ?", (nonce,)
         ).fetchone()
         if row is None or row[0] != device_id:
-            raise NonceError("unknown challenge nonce")
+            raise NonceError("unknown", "unknown challenge nonce")
         if row[2] is not None:
-            raise NonceError("this challenge nonce was already used (a replayed request?)")
-        raise NonceError("this challenge nonce has expired")
+            raise NonceError("used", "this challenge nonce was already used (a replayed request?)")
+        raise NonceError("expired", "this challenge nonce has expired")
+
+    def release(self, device_id: str, nonce: str) -> None:
+        """Make a consumed nonce usable again: its request was not decided (the verifier was busy)."""
+        self.conn.execute("UPDATE nonces SET used_at = NULL WHERE nonce = ? AND device_id = ?", (nonce, device_id))
 
     def expire(self, now: float | None = None) -> int:
-        """Forget nonces past their lifetime (used or not): they can never be accepted again."""
-        return self.conn.execute("DELETE FROM nonces WHERE expires_at < ?", ((now or time.time()) - 60,)).rowcount
+        """Forget nonces past their lifetime (used or not): they can never be accepted again.
+
+        A minute of margin, so that a request arriving just late is told "expired"
+        (which the agent retries) rather than "unknown".
+        """
+        cutoff = (now or time.time()) - NONCE_MARGIN_S
+        return self.conn.execute("DELETE FROM nonces WHERE expires_at < ?", (cutoff,)).rowcount

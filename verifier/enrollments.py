@@ -71,6 +71,9 @@ class EnrollmentStore:
         row = self.conn.execute("SELECT 1 FROM enrollments WHERE subject_id = ? LIMIT 1", (subject_id,)).fetchone()
         return row is not None
 
+    def subject_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT subject_id FROM enrollments")}
+
     def templates(self, subject_id: str) -> list[FingerprintTemplate]:
         rows = self.conn.execute(
             "SELECT nonce, ciphertext FROM enrollments WHERE subject_id = ? ORDER BY id", (subject_id,)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
+from protocol.wire import WireError, loads, loads_object
 from verifier.problems import Problem
 from verifier.registry import Device
 
@@ -41,9 +42,28 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """A handler's answer that needs matching first.
+
+    ``work`` runs in the matching pool (:mod:`verifier.matching`), off the event
+    loop and outside any database transaction: it gets only what the handler
+    handed it. ``finish`` then runs on the loop, in a new transaction, and turns
+    the result into the answer (or raises a problem). What the handler wrote
+    before (the nonce consumed) is committed before ``work`` starts.
+    """
+
+    device_id: str
+    work: Callable[[Any], Any]  # (Budget) -> result
+    finish: Callable[[Any], Answer]
+    undo: Callable[[], None] = lambda: None  # the work was not done (503): give back what the checks used
+
+
+@dataclass(frozen=True)
 class Route:
-    handler: Callable[[Request], Answer]
+    handler: Callable[[Request], Answer | Deferred]
     needs_client_cert: bool
+    retention_s: float | None = None  # how long the first answer is kept for repeats (None: a day)
+    matches: bool = False  # returns a Deferred: the matching pool must have room before the checks run
 
 
 def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
@@ -51,9 +71,16 @@ def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes
 
 
 def json_body(request: Request) -> Any:
+    """The body as strict protocol JSON (no duplicate keys, bounded depth), or a 400 problem."""
     try:
-        return json.loads(request.body)
-    except ValueError:
-        raise Problem(
-            400, "bad-json", "Body is not JSON", "the request body must be JSON", "send application/json"
-        ) from None
+        return loads(request.body)
+    except WireError as exc:
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """:func:`json_body`, and it must be an object."""
+    try:
+        return loads_object(request.body, "the request body")
+    except WireError as exc:
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None

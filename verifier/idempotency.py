@@ -4,16 +4,34 @@ HTTP/2 GOAWAY or a dropped connection can cut a request the verifier already
 handled; the agent then retries with the same ``Idempotency-Key``. The first
 answer is kept per (principal, key) with a hash of the request, so a repeat is
 answered from the store and a different request reusing a key is refused.
+
+Stored answers are sealed (AES-256-GCM, the principal and the key as
+associated data) under a key derived from the verifier's at-rest key
+(``enrollment.key``, a file apart from the database): an accepted verification's
+answer carries a session token, and a copy of the database must not hand out
+live tokens. The answer is kept whole, so a retry after a cut connection still
+gets its token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 RETENTION_S = 24 * 3600
+SEALED = b"AEAD1"  # prefix of a sealed body: 12-byte nonce, then ciphertext and tag
+
+
+def sealing_key(at_rest_key: bytes) -> bytes:
+    """The key that seals stored answers, derived (HKDF) so it is never the templates' key itself."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"capture-verifier idempotent answers v1").derive(at_rest_key)
 
 
 class KeyReuseError(Exception):
@@ -34,6 +52,27 @@ def request_hash(method: str, path: str, body: bytes) -> str:
 @dataclass
 class IdempotencyStore:
     conn: sqlite3.Connection
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self._aead = AESGCM(self.key)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(idempotency)")}
+        if "expires_at" not in columns:  # databases from before answers had their own retention
+            self.conn.execute("ALTER TABLE idempotency ADD COLUMN expires_at REAL")
+
+    @staticmethod
+    def _aad(principal: str, key: str) -> bytes:
+        return principal.encode() + b"\x00" + key.encode()
+
+    def _seal(self, principal: str, key: str, body: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return SEALED + nonce + self._aead.encrypt(nonce, body, self._aad(principal, key))
+
+    def _open(self, principal: str, key: str, stored: bytes) -> bytes:
+        if not stored.startswith(SEALED):
+            return stored  # written before answers were sealed; gone within RETENTION_S
+        nonce, sealed = stored[len(SEALED) : len(SEALED) + 12], stored[len(SEALED) + 12 :]
+        return self._aead.decrypt(nonce, sealed, self._aad(principal, key))
 
     def lookup(self, principal: str, key: str, req_hash: str) -> StoredAnswer | None:
         row = self.conn.execute(
@@ -44,15 +83,30 @@ class IdempotencyStore:
             return None
         if row[0] != req_hash:
             raise KeyReuseError(key)
-        return StoredAnswer(int(row[1]), str(row[2]), bytes(row[3]))
+        return StoredAnswer(int(row[1]), str(row[2]), self._open(principal, key, bytes(row[3])))
 
-    def save(self, principal: str, key: str, req_hash: str, answer: StoredAnswer) -> None:
+    def save(
+        self, principal: str, key: str, req_hash: str, answer: StoredAnswer, retention_s: float = RETENTION_S
+    ) -> None:
+        """Keep the first answer for ``retention_s`` (a nonce's answer: no longer than the nonce lives)."""
+        now = time.time()
         self.conn.execute(
-            "INSERT OR IGNORE INTO idempotency (principal, key, request_hash, status, content_type, body, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (principal, key, req_hash, answer.status, answer.content_type, answer.body, time.time()),
+            "INSERT OR IGNORE INTO idempotency (principal, key, request_hash, status, content_type, body, created_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                principal,
+                key,
+                req_hash,
+                answer.status,
+                answer.content_type,
+                self._seal(principal, key, answer.body),
+                now,
+                now + retention_s,
+            ),
         )
 
     def expire(self, now: float | None = None) -> int:
-        cutoff = (now or time.time()) - RETENTION_S
-        return self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (cutoff,)).rowcount
+        now = now or time.time()
+        return self.conn.execute(
+            "DELETE FROM idempotency WHERE COALESCE(expires_at, created_at + ?) < ?", (RETENTION_S, now)
+        ).rowcount

@@ -6,23 +6,27 @@ staff and visitors, the HR desk enrolls staff). A device without a rule may call
 every operation on every group (a development default; a production site sets
 rules at provisioning). Anything else is a 403, audited.
 
-Rates: per device and per subject, requests per minute; a breach locks the
-device or subject for a doubling time.
+Rates: per device (requests, and challenges apart), and per (device, subject)
+with a bound per subject across devices that one device cannot reach alone,
+per minute; a breach locks the key for a doubling time.
 
-Lockouts: after ``max_failures`` rejected verifications in a row a subject is
-locked for ``base * 2**k`` seconds, k counting the lockouts before it, so a
-guessing attack slows down exponentially; a success resets the count.
+Lockouts: after ``max_failures`` rejected verifications in a row of a subject
+on one device, that device is locked out of the subject for ``base * 2**k``
+seconds, k counting the lockouts before it, so a guessing attack slows down
+exponentially; a success resets the count. One device cannot lock a person out
+everywhere: only several devices locked out at once do (:class:`Lockouts`).
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
+from collections import deque
 from dataclasses import dataclass
 
-OPERATIONS = ("enroll", "verify", "identify")
-GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+from protocol.endpoints import GROUP_NAME, OPERATIONS
+
+__all__ = ["GROUP_NAME", "OPERATIONS", "AccessRules", "Lockouts", "RateLimit"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_rules (
@@ -33,12 +37,15 @@ CREATE TABLE IF NOT EXISTS device_groups (
     device_id  TEXT PRIMARY KEY,
     groups     TEXT NOT NULL               -- comma list of subject groups; no row: any group
 );
-CREATE TABLE IF NOT EXISTS subject_failures (
-    subject_id   TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS lockouts (
+    device_id    TEXT NOT NULL,            -- '*': the subject's failures in a row on any device
+    subject_id   TEXT NOT NULL,
     failures     INTEGER NOT NULL,
     lockouts     INTEGER NOT NULL,
-    locked_until REAL NOT NULL
+    locked_until REAL NOT NULL,
+    PRIMARY KEY (device_id, subject_id)
 );
+CREATE INDEX IF NOT EXISTS lockouts_subject ON lockouts (subject_id, locked_until);
 """
 
 
@@ -93,45 +100,80 @@ class AccessRules:
 
 @dataclass
 class Lockouts:
+    """Failed verifications, counted per (device, subject), with a bound across devices.
+
+    Policy (README, "Lockouts"): after ``max_failures`` rejections in a row of one
+    subject *on one device*, that device may not claim the subject for
+    ``base * 2**k`` seconds (k: that device's earlier lockouts on the subject); a
+    success on that device resets its count. Junk claims from one device (broken,
+    stolen, or an attacker's) therefore lock only that device out of that subject,
+    never the person at every other kiosk. The bound across devices: while
+    ``devices_to_lock_all`` devices are locked out on the same subject at once (a
+    distributed guess), the subject is locked for every device.
+
+    The row ``device_id = '*'`` counts the subject's failures in a row on any
+    device, for the step-up policy ("recent failures": a second finger is asked
+    for, nobody is locked out).
+    """
+
     conn: sqlite3.Connection
     max_failures: int = 5
     base_s: float = 30.0
+    devices_to_lock_all: int = 3
 
     def __post_init__(self) -> None:
         self.conn.executescript(SCHEMA)
 
-    def locked_for(self, subject_id: str, now: float | None = None) -> float:
-        """Seconds the subject stays locked (0 when not locked)."""
-        row = self.conn.execute(
-            "SELECT locked_until FROM subject_failures WHERE subject_id = ?", (subject_id,)
-        ).fetchone()
-        return max(0.0, row[0] - (now or time.time())) if row else 0.0
+    def locked_for(self, device_id: str, subject_id: str, now: float | None = None) -> float:
+        """Seconds this device stays locked out of the subject (0 when not locked)."""
+        now = now or time.time()
+        rows = self.conn.execute(
+            "SELECT device_id, locked_until FROM lockouts WHERE subject_id = ? AND device_id != '*' "
+            "AND locked_until > ? ORDER BY locked_until DESC",
+            (subject_id, now),
+        ).fetchall()
+        own = next((until - now for device, until in rows if device == device_id), 0.0)
+        # Locked for all while devices_to_lock_all devices are: until the k-th latest lock ends.
+        everyone = rows[self.devices_to_lock_all - 1][1] - now if len(rows) >= self.devices_to_lock_all else 0.0
+        return max(0.0, own, everyone)
 
     def failures(self, subject_id: str) -> int:
-        row = self.conn.execute("SELECT failures FROM subject_failures WHERE subject_id = ?", (subject_id,)).fetchone()
+        """The subject's rejections in a row, on any device (for step-up, not for locking)."""
+        row = self.conn.execute(
+            "SELECT failures FROM lockouts WHERE device_id = '*' AND subject_id = ?", (subject_id,)
+        ).fetchone()
         return int(row[0]) if row else 0
 
-    def record(self, subject_id: str, success: bool, now: float | None = None) -> float:
-        """Count an outcome (only while not locked); the lockout it starts, in seconds (0 for none)."""
+    def _store(self, device_id: str, subject_id: str, failures: int, lockouts: int, until: float) -> None:
+        self.conn.execute(
+            "INSERT INTO lockouts (device_id, subject_id, failures, lockouts, locked_until) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(device_id, subject_id) DO UPDATE SET failures = excluded.failures, "
+            "lockouts = excluded.lockouts, locked_until = excluded.locked_until",
+            (device_id, subject_id, failures, lockouts, until),
+        )
+
+    def record(self, device_id: str, subject_id: str, success: bool, now: float | None = None) -> float:
+        """Count an outcome (only while not locked); the lockout of this device it starts, in seconds (0: none)."""
         now = now or time.time()
-        row = self.conn.execute(
-            "SELECT failures, lockouts FROM subject_failures WHERE subject_id = ?", (subject_id,)
-        ).fetchone()
-        failures, lockouts = row if row else (0, 0)
+        counts = dict.fromkeys((device_id, "*"), (0, 0))
+        for device, failed, locks in self.conn.execute(
+            "SELECT device_id, failures, lockouts FROM lockouts WHERE subject_id = ? AND device_id IN (?, '*')",
+            (subject_id, device_id),
+        ):
+            counts[device] = (int(failed), int(locks))
+        (failures, lockouts), (anywhere, _) = counts[device_id], counts["*"]
+        until = 0.0
         if success:
-            failures, until = 0, 0.0
+            if failures == 0 and anywhere == 0:
+                return 0.0  # nothing to reset: the common case costs one read
+            failures, anywhere = 0, 0
         else:
-            failures += 1
-            until = 0.0
+            failures, anywhere = failures + 1, anywhere + 1
             if failures >= self.max_failures:
                 until = now + self.base_s * 2**lockouts
                 lockouts, failures = lockouts + 1, 0
-        self.conn.execute(
-            "INSERT INTO subject_failures (subject_id, failures, lockouts, locked_until) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(subject_id) DO UPDATE SET failures = excluded.failures, lockouts = excluded.lockouts, "
-            "locked_until = excluded.locked_until",
-            (subject_id, failures, lockouts, until),
-        )
+        self._store(device_id, subject_id, failures, lockouts, until)
+        self._store("*", subject_id, anywhere, 0, 0.0)
         return max(0.0, until - now)
 
 
@@ -167,4 +209,38 @@ class RateLimit:
             return self.base_s * 2**breaches
         recent.append(now)
         self._recent[key] = recent
+        return 0.0
+
+
+@dataclass
+class WorkLimit:
+    """At most ``per_minute`` units of work per key (a device) in any minute: template comparisons, not requests.
+
+    A verification against a subject with four templates costs four; an
+    identification with ten views against a gallery of a thousand costs ten
+    thousand. So a device that sends heavy requests runs out after a few, while a
+    kiosk verifying people all day never notices. One request never costs more
+    than the whole allowance (it would wait forever).
+    """
+
+    per_minute: int = 20000
+
+    def __post_init__(self) -> None:
+        self._spent: dict[str, deque[tuple[float, int]]] = {}
+
+    def spend(self, key: str, cost: int, now: float | None = None) -> float:
+        """Seconds to wait before this much work is allowed (0: go ahead, and it is counted)."""
+        now = now or time.time()
+        cost = min(max(cost, 1), self.per_minute)
+        spent = self._spent.setdefault(key, deque())
+        while spent and spent[0][0] <= now - 60.0:
+            spent.popleft()
+        excess = sum(c for _, c in spent) + cost - self.per_minute
+        if excess > 0:
+            freed = 0
+            for when, amount in spent:
+                freed += amount
+                if freed >= excess:
+                    return when + 60.0 - now
+        spent.append((now, cost))
         return 0.0

@@ -1,7 +1,10 @@
-"""RFC 9457 problem details: every error the verifier answers, in one shape.
+"""RFC 9457 problem details as the verifier raises them: a thin user of :mod:`protocol.problems`.
 
-Besides the standard members (type, title, status, detail) each problem carries
-``fix``: what the client or installer should do, so the agent can print it.
+A handler raises ``Problem(slug, detail, fix)``: status, title and the type URI
+come from the protocol's registry, so the verifier cannot answer a problem the
+agent does not know, nor one status under two slugs. ``fix`` (what the client or
+installer should do) defaults to the registry's; a handler gives a more precise
+one when it knows more (the device id, the wait).
 """
 
 from __future__ import annotations
@@ -9,28 +12,26 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-PROBLEM_TYPE_BASE = "https://capture-agent.invalid/problems/"
-CONTENT_TYPE = "application/problem+json"
+from protocol.problems import CONTENT_TYPE, REGISTRY, problem_document
+
+__all__ = ["CONTENT_TYPE", "Problem"]
 
 
 @dataclass
 class Problem(Exception):
-    status: int
     slug: str
-    title: str
     detail: str
     fix: str = ""
     headers: tuple[tuple[bytes, bytes], ...] = ()
     extra: tuple[tuple[str, object], ...] = ()  # extension members (RFC 9457 section 3.2)
 
+    def __post_init__(self) -> None:
+        if self.slug not in REGISTRY:
+            raise ValueError(f"problem type {self.slug!r} is not in protocol.problems.REGISTRY: register it there")
+
+    @property
+    def status(self) -> int:
+        return REGISTRY[self.slug].status
+
     def body(self) -> bytes:
-        return json.dumps(
-            {
-                "type": PROBLEM_TYPE_BASE + self.slug,
-                "title": self.title,
-                "status": self.status,
-                "detail": self.detail,
-                "fix": self.fix,
-                **dict(self.extra),
-            }
-        ).encode()
+        return json.dumps(problem_document(self.slug, self.detail, self.fix, **dict(self.extra))).encode()

@@ -84,6 +84,19 @@ class DeviceRegistry:
             raise AuthorisationError("this certificate was replaced by a renewal; use the new one")
         return Device(device_id, status, serial)
 
+    def is_current(self, serial: str) -> bool:
+        """Whether this certificate is the device's newest (not superseded by a renewal)."""
+        row = self.conn.execute("SELECT superseded_at FROM certificates WHERE serial = ?", (serial,)).fetchone()
+        return row is not None and row[0] is None
+
+    def issued_since(self, device_id: str, since: float) -> list[float]:
+        """When the device's certificates issued after ``since`` were issued, oldest first (the renewal rate)."""
+        rows = self.conn.execute(
+            "SELECT issued_at FROM certificates WHERE device_id = ? AND issued_at > ? ORDER BY issued_at",
+            (device_id, since),
+        ).fetchall()
+        return [float(r[0]) for r in rows]
+
     def current_spki(self, device_id: str) -> set[str]:
         rows = self.conn.execute("SELECT spki_sha256 FROM certificates WHERE device_id = ?", (device_id,)).fetchall()
         return {r[0] for r in rows}

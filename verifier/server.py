@@ -1,13 +1,23 @@
-"""Serving the app with hypercorn, with the client certificate handed to the app.
+"""Serving the app with hypercorn: our own accept loop, TLS handshake and connection limits.
 
 hypercorn (0.18) builds every scope with empty ``extensions``: the verified
 client certificate never reaches the application. Rather than patch hypercorn,
-this module runs its own accept loop (``asyncio.start_server`` with our
-``SSLContext``) and hands each connection to hypercorn's ``TCPServer`` with an
-app wrapper bound to that connection, which puts the ASGI TLS extension into
-every scope of that connection. The extension is built from the connection's
-``SSLObject`` after OpenSSL verified the chain, so it cannot come from anything
-a client sends inside HTTP.
+this module runs its own accept loop and TLS handshake and hands each connection
+to hypercorn's ``TCPServer`` with an app wrapper bound to that connection, which
+puts the ASGI TLS extension into every scope of that connection. The extension
+is built from the connection's ``SSLObject`` after OpenSSL verified the chain,
+so it cannot come from anything a client sends inside HTTP.
+
+Owning the accept loop is also what bounds an unauthenticated flood
+(:mod:`verifier.connections`): each accepted socket is admitted under the global,
+unauthenticated and per-address caps before any TLS work; the handshake has a
+deadline (``handshake_timeout_s``); a connection without a client certificate
+may idle ``unauthenticated_idle_s`` before a request and is closed as soon as
+its EST answer is out; an authenticated one idles ``keep_alive_s`` between
+requests (the timer restarts with every request). When the peer closes, the
+connection's task ends at once (hypercorn 0.18 would keep it parked in its idle
+timer for the whole keep-alive time). Failures are counted and summarised, not
+logged one traceback each.
 
 A connection that did not negotiate ``h2`` by ALPN is closed at once: HTTP/2
 is required. SIGTERM/SIGINT stop accepting, let requests finish (hypercorn sends
@@ -17,8 +27,10 @@ GOAWAY), and close.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -28,13 +40,17 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 
+from verifier.connections import Connection, ConnectionGuard, EventSummary, descriptor_cap
 from verifier.tls import ALPN_H2, server_context, tls_scope_extension
 
 log = structlog.get_logger()
 
-HANDSHAKE_TIMEOUT_S = 10.0
 GRACEFUL_TIMEOUT_S = 10.0
 COALESCE_MAX_BYTES = 64 * 1024
+ANSWERED_IDLE_S = 0.05  # an unauthenticated connection after its EST answer: closed once the answer is out
+ACCEPT_BACKOFF_S = 0.1  # after an accept error (descriptors, memory): wait, do not spin
+READ_LIMIT = 2**16
+REFUSED_CLOSE_S = 1.0  # a refused connection's close_notify exchange, at most
 
 
 class CoalescingWriter:
@@ -92,14 +108,48 @@ class CoalescingWriter:
 class ConnectionTLSApp:
     """hypercorn's app-wrapper interface, adding one connection's TLS facts to each scope."""
 
-    def __init__(self, app: Any, tls: dict[str, Any]) -> None:
+    def __init__(self, app: Any, tls: dict[str, Any], conn: Connection | None = None) -> None:
         self.app = app
         self.tls = tls
+        self.conn = conn
 
     async def __call__(self, scope: dict, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
+        if self.conn is not None and scope.get("type") == "http":
+            self.conn.requests += 1
         extensions = scope.setdefault("extensions", {})
         extensions["tls"] = self.tls  # replaces anything else: the TLS layer is the only source
         await self.app(scope, receive, send)
+
+
+class GuardedTCPServer(TCPServer):
+    """hypercorn's connection driver, with our idle limits and freed at once when the peer closes.
+
+    Two methods of hypercorn's ``TCPServer`` are replaced: ``_read_data`` stops the
+    idle timer once the peer is gone (else the connection's task group waits for
+    it: the whole keep-alive time, with the connection's memory held), and
+    ``_idle_timeout`` takes its limit from the connection (authenticated or not,
+    answered or not) instead of one config value.
+    """
+
+    def __init__(self, *args: Any, conn: Connection, keep_alive_s: float, unauthenticated_idle_s: float) -> None:
+        super().__init__(*args)
+        self.conn = conn
+        self.keep_alive_s = keep_alive_s
+        self.unauthenticated_idle_s = unauthenticated_idle_s
+
+    def idle_limit(self) -> float:
+        if self.conn.authenticated:
+            return self.keep_alive_s
+        return ANSWERED_IDLE_S if self.conn.requests else self.unauthenticated_idle_s
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+    async def _idle_timeout(self) -> None:
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.context.terminated.wait(), self.idle_limit())
+        await asyncio.shield(self._initiate_server_close())
 
 
 def hypercorn_config(keep_alive_s: float) -> Config:
@@ -123,6 +173,121 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _failure_reason(exc: BaseException) -> str:
+    # asyncio ends a handshake past ssl_handshake_timeout with ConnectionAbortedError("... taking longer ...")
+    if isinstance(exc, TimeoutError) or (isinstance(exc, ConnectionAbortedError) and "longer" in str(exc)):
+        return "handshake deadline passed"
+    if isinstance(exc, ssl.SSLError):
+        return getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
+    return type(exc).__name__
+
+
+def _quiet_exception_handler(summary: EventSummary) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio's own reports of broken connections are counted, not logged with a traceback each."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError | ssl.SSLError):
+            summary.note("connection_error", type(exc).__name__)
+            return
+        loop.default_exception_handler(context)
+
+    return handler
+
+
+class ConnectionServer:
+    """The accept loop: admission under the caps, the TLS handshake with its deadline, hypercorn after."""
+
+    def __init__(self, app: Any, settings: Any, ssl_context: ssl.SSLContext, context: WorkerContext) -> None:
+        self.app = app
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self.context = context
+        self.config = hypercorn_config(settings.keep_alive_s)
+        self.summary = getattr(app, "flood_events", None) or EventSummary()  # one summary for the app's and ours
+        self.guard = ConnectionGuard(
+            descriptor_cap(settings.max_connections),
+            settings.max_unauthenticated,
+            settings.max_connections_per_address,
+        )
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, address = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: count, back off, go on
+                self.summary.note("accept_failed", errno.errorcode.get(exc.errno or 0, type(exc).__name__))
+                await asyncio.sleep(ACCEPT_BACKOFF_S)
+                continue
+            host = str(address[0])
+            conn, evicted = self.guard.admit(host)
+            for reason in evicted:
+                self.summary.note("connection_evicted", reason, address=host)
+            if conn is None:
+                self.summary.note("connection_refused", "connection caps reached", address=host)
+                client.close()
+                continue
+            task = asyncio.create_task(self._serve(client, conn))
+            conn.close = task.cancel  # during the handshake: cancelling closes the socket
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, client: socket.socket, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        transport: asyncio.BaseTransport | None = None
+        try:
+            reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    client,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.settings.handshake_timeout_s,
+                )
+            except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
+                self.summary.note("tls_handshake_failed", _failure_reason(exc), address=conn.address)
+                client.close()
+                return
+            conn.close = transport.abort  # after the handshake: drop at once, descriptor freed
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
+                self.summary.note("connection_refused", "client did not negotiate HTTP/2 (ALPN h2)")
+                transport.close()  # close_notify first: the client learns it was refused, not cut
+                loop.call_later(REFUSED_CLOSE_S, transport.abort)  # a client that never answers holds nothing
+                return
+            if ssl_object.getpeercert(binary_form=True):
+                self.guard.authenticated(conn)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+            wrapped = ConnectionTLSApp(self.app, tls_scope_extension(ssl_object), conn)
+            await GuardedTCPServer(
+                wrapped,
+                loop,
+                self.config,
+                self.context,
+                {},
+                reader,
+                CoalescingWriter(writer),  # type: ignore[arg-type]
+                conn=conn,
+                keep_alive_s=self.settings.keep_alive_s,
+                unauthenticated_idle_s=self.settings.unauthenticated_idle_s,
+            )
+        except asyncio.CancelledError:  # evicted, or the server stops
+            if transport is not None:
+                transport.abort()
+            else:
+                client.close()
+        finally:
+            self.guard.release(conn)
+
+    async def summarise(self) -> None:
+        while True:
+            await asyncio.sleep(self.summary.window_s)
+            self.summary.flush()
+
+
 async def serve(
     app: Any,
     settings: Any,
@@ -136,40 +301,34 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ssl_context = server_context(settings.server_cert, settings.server_key, settings.ca_file)
-    config = hypercorn_config(settings.keep_alive_s)
     context = WorkerContext(None)
-    connections: set[asyncio.Task[Any]] = set()
-
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        task.add_done_callback(connections.discard)
-        ssl_object = writer.get_extra_info("ssl_object")
-        if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
-            log.warning("connection_refused", audit=True, reason="client did not negotiate HTTP/2 (ALPN h2)")
-            writer.close()
-            return
-        wrapped = ConnectionTLSApp(app, tls_scope_extension(ssl_object))
-        await TCPServer(wrapped, loop, config, context, {}, reader, CoalescingWriter(writer))  # type: ignore[arg-type]
-
+    server = ConnectionServer(app, settings, ssl_context, context)
+    loop.set_exception_handler(_quiet_exception_handler(server.summary))
     sock = bind_socket(settings.host, settings.port)
-    server = await asyncio.start_server(
-        on_connection, sock=sock, ssl=ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
-    )
+    accepting = asyncio.create_task(server.accept_loop(sock))
+    summarising = asyncio.create_task(server.summarise())
     host, port = sock.getsockname()[:2]
-    log.info("verifier_listening", host=host, port=port)
+    log.info(
+        "verifier_listening",
+        host=host,
+        port=port,
+        max_connections=server.guard.max_connections,
+        max_unauthenticated=server.guard.max_unauthenticated,
+    )
     if on_listening is not None:
         on_listening(host, port)
     try:
         await stop.wait()
     finally:
+        connections = set(server.tasks)
         log.info("verifier_stopping", open_connections=len(connections))
+        accepting.cancel()
+        sock.close()
         await context.terminated.set()  # hypercorn closes idle connections and sends GOAWAY
-        server.close()
-        await server.wait_closed()
         if connections:
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), GRACEFUL_TIMEOUT_S)
         for task in connections:
             task.cancel()
+        summarising.cancel()
+        server.summary.flush()

@@ -1,8 +1,9 @@
-"""Session tokens: what a successful verification returns, short-lived and bound to the device.
+"""Session tokens: what a successful verification returns, short-lived, single use, bound to the device.
 
 256 random bits; only the SHA-256 is stored, with the device, the subject and
 the expiry, so a token is good only from the device it was issued to and only
-for minutes.
+for minutes. Using a token (:meth:`SessionTokens.take`) deletes it: one
+verification authorises one enrollment, never two.
 """
 
 from __future__ import annotations
@@ -51,3 +52,11 @@ class SessionTokens:
         if row is None or row[0] != device_id or row[2] < time.time():
             return None
         return str(row[1])
+
+    def take(self, token: str, device_id: str, subject_id: str) -> bool:
+        """Use a token once: True if it was a live token of this subject for this device (it is then gone)."""
+        deleted = self.conn.execute(
+            "DELETE FROM session_tokens WHERE token_hash = ? AND device_id = ? AND subject_id = ? AND expires_at >= ?",
+            (hashlib.sha256(token.encode()).hexdigest(), device_id, subject_id, time.time()),
+        ).rowcount
+        return deleted == 1

@@ -33,14 +33,32 @@ class VerifierSettings:
     grace_s: float = 600.0  # the previous certificate's life after a renewal
     keep_alive_s: float = 600.0  # idle HTTP/2 connections: kiosks idle for minutes
     max_body_bytes: int = 1 << 20
-    max_failures: int = 5  # rejected verifications in a row before a subject is locked
+    max_failures: int = 5  # rejected verifications in a row of a subject on one device before it is locked out
+    lockout_devices: int = 3  # a subject is locked for every device while this many devices are locked out on it
     lockout_base_s: float = 30.0  # the first lockout; each next one doubles
     device_requests_per_min: int = 60  # biometric requests a device may make per minute
-    subject_requests_per_min: int = 12  # verifications of one subject per minute, from all devices together
+    subject_requests_per_min: int = 12  # verifications of one subject per minute from one device
+    # (from all devices together: lockout_devices times as many, a bound one device cannot reach)
+    device_challenges_per_min: int = 120  # challenges (nonces) a device may ask for per minute
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
+    duplicate_fmr: float = 1e-6  # enrollment's 1:N search against other subjects: stricter (N comparisons each)
     enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
+    renewals_per_hour: int = 4  # certificates a device may be issued per hour (its first one included)
+    # Connections (verifier/connections.py): what an unauthenticated flood can hold.
+    handshake_timeout_s: float = 5.0  # a TLS handshake must finish within this
+    unauthenticated_idle_s: float = 5.0  # a connection without a client certificate: idle this long before a request
+    body_timeout_s: float = 10.0  # a request body must arrive within this
+    max_connections: int = 4096  # all connections (lowered to the descriptor limit minus a reserve)
+    max_unauthenticated: int = 256  # connections still in their handshake or without a client certificate
+    max_connections_per_address: int = 64  # connections from one address (unauthenticated ones are evicted first)
+    # Work (verifier/matching.py): what one request and one device may cost.
+    max_views_per_request: int = 10  # finger views in one request, all templates together
+    device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
+    match_workers: int = 2  # threads that match, off the event loop
+    match_queue: int = 8  # matching jobs waiting beyond the workers before a 503
+    match_budget_s: float = 2.0  # a matching job's time budget (queueing included) before a 503
 
     @property
     def enrollment_key(self) -> Path:
@@ -69,6 +87,9 @@ class VerifierSettings:
 
 _POSITIVE = (
     "device_requests_per_min",
+    "device_challenges_per_min",
+    "lockout_devices",
+    "max_failures",
     "subject_requests_per_min",
     "session_ttl_s",
     "cert_days",
@@ -76,14 +97,29 @@ _POSITIVE = (
     "grace_s",
     "keep_alive_s",
     "max_body_bytes",
+    "renewals_per_hour",
+    "handshake_timeout_s",
+    "unauthenticated_idle_s",
+    "body_timeout_s",
+    "max_connections",
+    "max_unauthenticated",
+    "max_connections_per_address",
+    "max_views_per_request",
+    "device_comparisons_per_min",
+    "match_workers",
+    "match_budget_s",
 )
 
 
 def _checked(settings: VerifierSettings) -> VerifierSettings:
     if not 0 < settings.target_fmr < 0.1:
         raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}", fix="use a rate such as 0.0001")
+    if not 0 < settings.duplicate_fmr < 0.1:
+        raise SettingsError(f"bad value duplicate_fmr = {settings.duplicate_fmr!r}", fix="use a rate such as 0.000001")
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"bad value port = {settings.port!r}", fix="use 0 (a free port) to 65535")
+    if settings.match_queue < 0:
+        raise SettingsError(f"bad value match_queue = {settings.match_queue!r}", fix="use 0 or more")
     for name in _POSITIVE:
         value = getattr(settings, name)
         if not value > 0:

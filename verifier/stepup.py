@@ -92,6 +92,10 @@ class StepUpPolicy:
             return None
         return found
 
+    def give_back(self, step_id: str, pending: Pending) -> None:
+        """A taken step-up whose request was not decided (the verifier was busy): pending again."""
+        self.pending[step_id] = pending
+
     def completed(self, device_id: str) -> None:
         self.conn.execute(
             "INSERT OR IGNORE INTO device_first_use (device_id, first_at) VALUES (?, ?)", (device_id, time.time())

@@ -13,45 +13,22 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-log = structlog.get_logger()
-
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
-ALPN_H2 = "h2"
-
-
-class AuditedSSLObject(ssl.SSLObject):
-    """Makes every failed handshake an audit event (invariant 5).
-
-    asyncio only logs failed handshakes in debug mode; hooking the SSLObject is
-    the one place every handshake of the server passes through.
-    """
-
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError as exc:
-            log.warning(
-                "tls_handshake_failed",
-                audit=True,
-                reason=getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__,
-            )
-            raise
+from protocol.tls import ALPN_H2, MINIMUM_VERSION, TLS12_CIPHERS
 
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = MINIMUM_VERSION
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # No session tickets (TLS 1.2 tickets off, no TLS 1.3 NewSessionTicket): a resumed session would
+    # skip the certificate checks of a full handshake. The app checks the certificate on every request anyway.
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     ctx.load_cert_chain(str(cert_file), str(key_file))
     ctx.load_verify_locations(cafile=str(client_ca_file))  # the device CA only, no system store
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols([ALPN_H2])
-    ctx.sslobject_class = AuditedSSLObject
     return ctx
 
 

@@ -1,0 +1,139 @@
+"""The protocol's operations, typed, on top of :class:`~agent.client.VerifierClient`.
+
+"Get a nonce, sign, post" is written here once, for the capture sessions, the
+demo, the benchmarks and the tests:
+
+* :meth:`VerifierAPI.challenge` asks for a nonce *for* an operation on a subject,
+  so the verifier refuses what it would refuse anyway (unknown subject, an
+  operation or a group this device may not use, a locked-out subject) before a
+  person touches the sensor;
+* :meth:`VerifierAPI.verify` answers a :class:`~protocol.messages.Decision` or a
+  :class:`~protocol.messages.StepUp` (RFC 9470: another finger is needed);
+* :meth:`VerifierAPI.identify` and :meth:`VerifierAPI.enroll`.
+
+A nonce that expired while the person was placing a finger is retried once
+with a fresh challenge, because its problem type is ``nonce-expired``
+(:class:`~agent.errors.NonceExpiredError`); a used or unknown nonce is never
+retried. Answers are parsed into the protocol's dataclasses; a malformed one
+is an :class:`~agent.errors.AnswerError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.client import VerifierClient, answer_error
+from agent.errors import NonceExpiredError, StepUpRequiredError
+from protocol.messages import (
+    Challenge,
+    ChallengeRequest,
+    Decision,
+    Enrollment,
+    EnrollmentRequest,
+    Identification,
+    IdentificationRequest,
+    StepUp,
+    VerificationRequest,
+)
+from protocol.signing import sign_request
+from protocol.wire import WireError
+
+log = structlog.get_logger()
+
+
+class SignedRequest(Protocol):
+    @property
+    def path(self) -> str: ...
+    def challenge(self) -> ChallengeRequest: ...
+    def body(self) -> dict[str, Any]: ...
+
+
+class VerifierAPI:
+    """Typed biometric calls over one :class:`VerifierClient` (which keeps retries, TLS and limits)."""
+
+    def __init__(self, client: VerifierClient) -> None:
+        self.client = client
+        self._key: tuple[object, ec.EllipticCurvePrivateKey] | None = None
+
+    def _private_key(self) -> ec.EllipticCurvePrivateKey:
+        """The device key, decrypted once per identity (a renewal brings a new one)."""
+        identity = self.client.identity
+        if self._key is None or self._key[0] is not identity:
+            self._key = (identity, identity.private_key())
+        return self._key[1]
+
+    async def challenge(self, operation: str, subject: str | None = None, group: str | None = None) -> Challenge:
+        """A single-use nonce for ``operation`` on ``subject``, after the checks that need no finger."""
+        return await self._challenge(ChallengeRequest(operation, subject, group))
+
+    async def _challenge(self, asked: ChallengeRequest) -> Challenge:
+        data = await self.client.call("POST", asked.path, json=asked.body())
+        return _parsed(asked.path, Challenge.from_json, data)
+
+    async def _signed(
+        self, request: SignedRequest, challenge: Challenge | None, timing: dict[str, float] | None
+    ) -> Any:
+        """POST ``request`` signed over a nonce; a nonce that expired is replaced once, by its type."""
+        path = request.path
+        for attempt in range(2):
+            if challenge is None:
+                challenge = await self._challenge(request.challenge())
+            # Sign with the identity the request will go out with: follow a renewal made meanwhile first.
+            await self.client.follow_identity()
+            body = sign_request(self._private_key(), "POST", path, {"nonce": challenge.nonce, **request.body()})
+            try:
+                return await self.client.call("POST", path, json=body, timing=timing)
+            except NonceExpiredError:
+                if attempt:
+                    raise
+                log.info("nonce_expired_retry", path=path)  # a slow capture outlived the nonce
+                challenge = None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def verify(
+        self,
+        subject: str,
+        records: list[bytes],
+        *,
+        step_up: str | None = None,
+        challenge: Challenge | None = None,
+        timing: dict[str, float] | None = None,
+    ) -> Decision | StepUp:
+        """1:1 against ``subject``: a decision, or the step-up the verifier asks for first."""
+        request = VerificationRequest(subject, records, step_up)
+        try:
+            data = await self._signed(request, challenge, timing)
+        except StepUpRequiredError as exc:
+            return _parsed(request.path, StepUp.from_problem, exc.problem)
+        return _parsed(request.path, Decision.from_json, data)
+
+    async def identify(
+        self, records: list[bytes], *, challenge: Challenge | None = None, timing: dict[str, float] | None = None
+    ) -> Identification:
+        request = IdentificationRequest(records)
+        return _parsed(request.path, Identification.from_json, await self._signed(request, challenge, timing))
+
+    async def enroll(
+        self,
+        subject: str,
+        records: list[bytes],
+        *,
+        group: str | None = None,
+        session_token: str | None = None,
+        challenge: Challenge | None = None,
+        timing: dict[str, float] | None = None,
+    ) -> Enrollment:
+        request = EnrollmentRequest(subject, records, group, session_token)
+        return _parsed(request.path, Enrollment.from_json, await self._signed(request, challenge, timing))
+
+
+def _parsed(path: str, parse: Any, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise answer_error(path, "the answer is not a JSON object")
+    try:
+        return parse(data)
+    except WireError as exc:
+        raise answer_error(path, str(exc)) from None

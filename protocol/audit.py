@@ -1,0 +1,32 @@
+"""The audit event hash chain rule, shared by the agent (who chains) and the verifier (who checks).
+
+Each event carries a device-local sequence number ``seq`` (from 1), ``prev``
+(the previous event's hash, :data:`GENESIS` for the first) and ``hash``: the
+SHA-256 of the event's canonical JSON without ``hash``. Event ids are the
+device's: the verifier keeps them per device, so one device's id never shadows
+another's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from protocol.wire import canonical_json
+
+GENESIS = "0" * 64
+MAX_BATCH = 500  # events per POST /v1/events
+EVENT_FIELDS: dict[str, type] = {
+    "id": str,
+    "seq": int,
+    "prev": str,
+    "type": str,
+    "time": str,
+    "data": dict,
+    "hash": str,
+}
+
+
+def event_hash(event: dict[str, Any]) -> str:
+    """The hash of an event: over every field but ``hash`` itself."""
+    return hashlib.sha256(canonical_json({k: v for k, v in event.items() if k != "hash"})).hexdigest()

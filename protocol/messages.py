@@ -1,0 +1,251 @@
+"""Typed requests and answers of protocol v1.
+
+A request knows its path, the operation it asks for (the device's access rule
+names operations) and its body without the nonce and signature, which the
+client adds (:mod:`protocol.signing`). An answer is parsed from the JSON the
+verifier sent, every field checked: a field missing or of the wrong type is a
+:class:`~protocol.wire.WireError`, never a ``KeyError`` three calls later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import endpoints
+from protocol.templates import wire_templates
+from protocol.wire import WireError
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise WireError(f"{what}: {name!r} is missing or not of the right type")
+    return value
+
+
+# ---------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class ChallengeRequest:
+    """Ask for a nonce for one operation on one subject.
+
+    Naming them lets the verifier refuse, before a person touches the sensor,
+    what it would refuse after: an unknown subject, an operation or a subject
+    group this device may not use. No subject for ``identify``.
+    """
+
+    operation: str
+    subject: str | None = None
+    group: str | None = None  # enroll only: the group asked for
+
+    path = endpoints.CHALLENGES
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"operation": self.operation}
+        if self.subject is not None:
+            out["subject"] = self.subject
+        if self.group is not None:
+            out["group"] = self.group
+        return out
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ChallengeRequest:
+        """Parse and check a challenge request; an empty body asks for a plain nonce (no early checks)."""
+        operation = body.get("operation")
+        subject = body.get("subject")
+        group = body.get("group")
+        unknown = set(body) - {"operation", "subject", "group"}
+        if unknown:
+            raise WireError(f"unknown fields {sorted(unknown)} in a challenge request")
+        if operation is None and subject is None and group is None:
+            return cls("")
+        if operation not in endpoints.OPERATIONS:
+            raise WireError(f"operation must be one of {', '.join(endpoints.OPERATIONS)}")
+        if operation == "identify" and subject is not None:
+            raise WireError("identify names no subject")
+        if operation != "identify" and (not isinstance(subject, str) or not endpoints.SUBJECT_ID.fullmatch(subject)):
+            raise WireError(f"{operation} needs a subject id (1 to 64 letters, digits, '.', '_' or '-')")
+        if group is not None and (
+            operation != "enroll" or not isinstance(group, str) or not endpoints.GROUP_NAME.fullmatch(group)
+        ):
+            raise WireError("group is a group name, and only for enroll")
+        return cls(operation, subject, group)
+
+
+@dataclass(frozen=True)
+class VerificationRequest:
+    subject: str
+    templates: list[bytes] = field(repr=False)
+    step_up: str | None = None
+
+    path = endpoints.VERIFICATIONS
+    operation = "verify"
+
+    def challenge(self) -> ChallengeRequest:
+        return ChallengeRequest(self.operation, self.subject)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"subject": self.subject, "templates": wire_templates(self.templates)}
+        if self.step_up is not None:
+            out["step_up"] = self.step_up
+        return out
+
+
+@dataclass(frozen=True)
+class IdentificationRequest:
+    templates: list[bytes] = field(repr=False)
+
+    path = endpoints.IDENTIFICATIONS
+    operation = "identify"
+
+    def challenge(self) -> ChallengeRequest:
+        return ChallengeRequest(self.operation)
+
+    def body(self) -> dict[str, Any]:
+        return {"templates": wire_templates(self.templates)}
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    subject: str
+    templates: list[bytes] = field(repr=False)
+    group: str | None = None
+    session_token: str | None = field(default=None, repr=False)
+
+    operation = "enroll"
+
+    @property
+    def path(self) -> str:
+        return endpoints.enrollments_path(self.subject)
+
+    def challenge(self) -> ChallengeRequest:
+        return ChallengeRequest(self.operation, self.subject, self.group)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"templates": wire_templates(self.templates)}
+        if self.group is not None:
+            out["group"] = self.group
+        if self.session_token is not None:
+            out["session_token"] = self.session_token
+        return out
+
+
+# ---------------------------------------------------------------- answers
+@dataclass(frozen=True)
+class Challenge:
+    nonce: str = field(repr=False)
+    expires_at: str
+    ttl_s: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Challenge:
+        what = "the challenge answer"
+        return cls(_field(data, "nonce", str, what), _field(data, "expires_at", str, what),
+                   float(_field(data, "ttl_s", (int, float), what)))
+
+    def json(self) -> dict[str, Any]:
+        return {"nonce": self.nonce, "expires_at": self.expires_at, "ttl_s": self.ttl_s}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verifier's 1:1 decision; ``token`` (accept only) authorises adding templates for minutes."""
+
+    subject: str
+    decision: str  # "accept" or "reject"
+    score: float
+    threshold: float
+    token: str | None = field(default=None, repr=False)
+    expires_in: float | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision == "accept"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Decision:
+        what = "the verification answer"
+        decision = _field(data, "decision", str, what)
+        if decision not in ("accept", "reject"):
+            raise WireError(f"{what}: decision {decision!r} is neither accept nor reject")
+        token = data.get("token")
+        if token is not None and not isinstance(token, str):
+            raise WireError(f"{what}: 'token' is not a string")
+        expires_in = data.get("expires_in")
+        if token is not None and not isinstance(expires_in, int | float):
+            raise WireError(f"{what}: a token needs its 'expires_in'")
+        return cls(
+            _field(data, "subject", str, what),
+            decision,
+            float(_field(data, "score", (int, float), what)),
+            float(_field(data, "threshold", (int, float), what)),
+            token,
+            float(expires_in) if token is not None else None,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown or logged: everything but the token."""
+        return {"subject": self.subject, "decision": self.decision, "score": self.score,
+                "threshold": self.threshold, "has_token": self.token is not None}
+
+
+@dataclass(frozen=True)
+class StepUp:
+    """RFC 9470: the verifier needs another factor before it decides."""
+
+    step_up: str
+    acr_values: str
+    reasons: list[str]
+
+    @classmethod
+    def from_problem(cls, problem: dict[str, Any]) -> StepUp:
+        what = "the step-up answer"
+        reasons = problem.get("reasons", [])
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            raise WireError(f"{what}: 'reasons' is not a list of strings")
+        return cls(_field(problem, "step_up", str, what), _field(problem, "acr_values", str, what), reasons)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    subject: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Identification:
+    candidates: list[Candidate]
+    threshold: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Identification:
+        what = "the identification answer"
+        items = _field(data, "candidates", list, what)
+        candidates = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise WireError(f"{what}: a candidate is not an object")
+            candidates.append(
+                Candidate(_field(item, "subject", str, what), float(_field(item, "score", (int, float), what)))
+            )
+        return cls(candidates, float(_field(data, "threshold", (int, float), what)))
+
+    def json(self) -> dict[str, Any]:
+        return {"candidates": [{"subject": c.subject, "score": c.score} for c in self.candidates],
+                "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    subject: str
+    group: str
+    templates: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Enrollment:
+        what = "the enrollment answer"
+        return cls(_field(data, "subject", str, what), _field(data, "group", str, what),
+                   _field(data, "templates", int, what))
+
+    def json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "group": self.group, "templates": self.templates}

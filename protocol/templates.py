@@ -1,0 +1,61 @@
+"""Template wire formats (DESIGN.md): how a template travels inside a request body.
+
+A fingerprint template travels as ``{"format": "iso19794-2:2005", "data": base64}``,
+the data an ISO/IEC 19794-2:2005 finger minutiae record. The record codec is
+biometric code and stays in ``biometrics/``; what is here is what both sides
+must agree on: the format's name, the envelope, and the bounds a record must
+keep to be accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+ISO19794_2 = "iso19794-2:2005"  # ISO/IEC 19794-2:2005 finger minutiae record
+MAX_TEMPLATES = 10  # records per request
+# Minutiae per finger view: fewer than the minimum cannot identify anyone (a record with
+# none would be enrolled and then match nothing); more than the maximum is not a real
+# finger, and costs matching time quadratic in the count.
+MIN_MINUTIAE_PER_VIEW = 8
+MAX_MINUTIAE_PER_VIEW = 150
+
+
+class TemplateWireError(ValueError):
+    """A template envelope that is not the protocol's; the message names the item."""
+
+
+def wire_template(record: bytes, fmt: str = ISO19794_2) -> dict[str, str]:
+    return {"format": fmt, "data": base64.b64encode(record).decode("ascii")}
+
+
+def wire_templates(records: list[bytes]) -> list[dict[str, str]]:
+    return [wire_template(r) for r in records]
+
+
+def records_of(items: Any, fmt: str = ISO19794_2) -> list[bytes]:
+    """The records of a ``templates`` list, envelope checked (the records themselves are not decoded here)."""
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_TEMPLATES:
+        raise TemplateWireError(f"the body needs 1 to {MAX_TEMPLATES} templates")
+    records = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("format") != fmt:
+            raise TemplateWireError(f"templates[{index}] is not a {fmt} template")
+        try:
+            records.append(base64.b64decode(str(item.get("data", "")), validate=True))
+        except binascii.Error:
+            raise TemplateWireError(f"templates[{index}]: the data is not base64") from None
+    return records
+
+
+def minutiae_problem(index: int, view: int, count: int) -> str | None:
+    """Why a view with ``count`` minutiae is refused, or None when it is within bounds."""
+    if count < MIN_MINUTIAE_PER_VIEW:
+        return (
+            f"templates[{index}] view {view} has {count} minutiae; at least {MIN_MINUTIAE_PER_VIEW} are needed "
+            "to tell one finger from another"
+        )
+    if count > MAX_MINUTIAE_PER_VIEW:
+        return f"templates[{index}] view {view} has {count} minutiae; at most {MAX_MINUTIAE_PER_VIEW} are accepted"
+    return None

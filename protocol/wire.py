@@ -1,0 +1,84 @@
+"""JSON as the protocol reads and writes it.
+
+Canonical JSON (sorted keys, no spaces, ASCII) is what gets signed and hashed:
+one byte string for one value, whoever makes it.
+
+Strict parsing is what both sides apply to what the other sends: a duplicate
+key is refused (two parsers could otherwise read two different values from the
+signed bytes: "last one wins" is not a rule every JSON library follows), and
+nesting deeper than :data:`MAX_DEPTH` is refused with a typed error rather than
+a ``RecursionError`` from deep inside a parser.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_DEPTH = 32  # the deepest request or answer of v1 is 4 levels; room for extensions
+
+
+class WireError(ValueError):
+    """Bytes that are not the protocol's JSON; the message says what is wrong."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte string of a JSON value: sorted keys, no spaces, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise WireError(f"the key {key!r} appears twice in one object")
+            seen.add(key)
+    return result
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, without recursion (the value may be as deep as the parser allowed)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels; :class:`WireError` otherwise."""
+    raw = data.encode() if isinstance(data, str) else data
+    # Fast path: fewer brackets than the limit cannot nest deeper than it.
+    shallow = raw.count(b"[") + raw.count(b"{") <= max_depth
+    try:
+        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise WireError(f"the JSON is nested deeper than {max_depth} levels") from None
+    except UnicodeDecodeError:
+        raise WireError("the JSON is not UTF-8") from None
+    except WireError:
+        raise
+    except ValueError as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    if not shallow and _depth(value) > max_depth:
+        raise WireError(f"the JSON is nested deeper than {max_depth} levels")
+    return value
+
+
+def loads_object(data: bytes | str, what: str = "the body") -> dict[str, Any]:
+    """:func:`loads`, and the value must be an object."""
+    value = loads(data)
+    if not isinstance(value, dict):
+        raise WireError(f"{what} must be a JSON object")
+    return value

@@ -1,0 +1,23 @@
+"""`python -m bench.flood` runs end to end, bounded, and reports what the kiosk saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_flood_prints_the_kiosks_figures_beside_the_attack() -> None:
+    command = [sys.executable, "-m", "bench.flood", "--seconds", "1", "--attack", "slow_handshakes"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(done.stdout)
+    phases = report["phases"]
+    assert set(phases) == {"no_attack", "slow_handshakes"}
+    for phase in phases.values():
+        assert phase["health_ms"]["n"] > 0 and phase["verify_ms"]["n"] > 0
+        assert phase["health_ms"]["p50"] is not None and phase["verify_ms"]["p99"] is not None
+        assert phase["errors"] == {}
+    assert phases["slow_handshakes"]["attack"].get("opened", 0) > 0

@@ -1,0 +1,144 @@
+"""The shared contract (protocol/): one registry, one canonical form, strict parsing, both sides using it."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import agent.errors
+from protocol import endpoints
+from protocol.messages import ChallengeRequest, Decision
+from protocol.problems import REGISTRY
+from protocol.signing import SignatureError, canonical_request, check_signature, sign_request
+from protocol.wire import MAX_DEPTH, WireError, canonical_json, loads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_problem_type_has_a_distinct_slug_and_an_agent_error_class() -> None:
+    assert len({p.slug for p in REGISTRY.values()}) == len(REGISTRY)
+    assert {"nonce-expired", "nonce-used", "nonce-unknown"} <= REGISTRY.keys()
+    for entry in REGISTRY.values():
+        cls = getattr(agent.errors, entry.error)
+        assert issubclass(cls, agent.errors.VerifierError), entry
+        assert agent.errors.problem_error_class(entry.slug) is cls
+        assert entry.fix and 400 <= entry.status < 600
+    # The three nonce kinds are three classes: the agent retries one of them.
+    kinds = {agent.errors.problem_error_class(f"nonce-{k}") for k in ("expired", "used", "unknown")}
+    assert len(kinds) == 3
+
+
+def test_every_slug_the_verifier_answers_is_registered() -> None:
+    """A Problem with an unregistered slug would be a 500 at run time: catch it at build time."""
+    used: set[str] = set()
+    for source in (ROOT / "verifier").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Problem" and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant):
+                    used.add(first.value)
+                elif isinstance(first, ast.IfExp):  # "a" if x else "b"
+                    used |= {b.value for b in (first.body, first.orelse) if isinstance(b, ast.Constant)}
+                elif isinstance(first, ast.JoinedStr):  # f"nonce-{exc.kind}"
+                    prefix = "".join(v.value for v in first.values if isinstance(v, ast.Constant))
+                    used |= {s for s in REGISTRY if s.startswith(prefix)}
+    assert used, "no Problem(...) found: the scan is broken"
+    assert used <= REGISTRY.keys(), used - REGISTRY.keys()
+
+
+def test_neither_side_writes_the_protocol_again() -> None:
+    """Canonical JSON, the template format name, the cipher string live only in protocol/."""
+    for package in ("agent", "verifier", "bench"):
+        for source in (ROOT / package).rglob("*.py"):
+            text = source.read_text()
+            assert "sort_keys=True" not in text, source
+            assert '"iso19794-2:2005"' not in text, source
+            assert "ECDHE+AESGCM" not in text, source
+
+
+def test_canonical_request_bytes_are_fixed() -> None:
+    body = {"templates": [], "nonce": "n1", "subject": "ané", "signature": "ignored"}
+    assert canonical_request("post", "/v1/verifications", body) == (
+        b'POST /v1/verifications\n{"nonce":"n1","subject":"an\\u00e9","templates":[]}'
+    )
+    assert canonical_json({"b": 1, "a": [1, {"d": None, "c": True}]}) == b'{"a":[1,{"c":true,"d":null}],"b":1}'
+
+
+def test_a_signature_covers_path_and_body() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    signed = sign_request(key, "POST", "/v1/verifications", {"nonce": "n", "subject": "alice"})
+    check_signature(key.public_key(), "POST", "/v1/verifications", signed)
+    with pytest.raises(SignatureError):
+        check_signature(key.public_key(), "POST", "/v1/verifications", {**signed, "subject": "bob"})
+    with pytest.raises(SignatureError):
+        check_signature(key.public_key(), "POST", "/v1/identifications", signed)
+    other = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(SignatureError):
+        check_signature(other.public_key(), "POST", "/v1/verifications", signed)
+
+
+def test_strict_json_refuses_duplicates_and_depth_without_recursion_error() -> None:
+    with pytest.raises(WireError, match="appears twice"):
+        loads(b'{"a": 1, "b": {"c": 1, "c": 2}}')
+    with pytest.raises(WireError, match="nested deeper"):
+        loads(b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(WireError, match="nested deeper"):
+        loads(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
+    assert loads(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) is not None
+    assert loads('{"brackets": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')  # inside a string: not nesting
+    with pytest.raises(WireError, match="not JSON"):
+        loads(b"{'single': 'quotes'}")
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"operation": "delete"}, "operation must be"),
+        ({"operation": "verify"}, "needs a subject"),
+        ({"operation": "identify", "subject": "alice"}, "names no subject"),
+        ({"operation": "verify", "subject": "../etc"}, "needs a subject"),
+        ({"operation": "verify", "subject": "alice", "group": "staff"}, "only for enroll"),
+        ({"operation": "verify", "subject": "alice", "extra": 1}, "unknown fields"),
+    ],
+)
+def test_a_challenge_request_is_checked(body, said) -> None:
+    with pytest.raises(WireError, match=said):
+        ChallengeRequest.from_body(body)
+
+
+def test_a_decision_is_parsed_field_by_field() -> None:
+    ok = Decision.from_json({"subject": "a", "decision": "accept", "score": 0.9, "threshold": 0.1, "token": "tok-XYZ",
+                             "expires_in": 300})
+    assert ok.accepted and "token" not in ok.public() and "tok-XYZ" not in repr(ok)
+    with pytest.raises(WireError):
+        Decision.from_json({"subject": "a", "decision": "maybe", "score": 0.9, "threshold": 0.1})
+    with pytest.raises(WireError):
+        Decision.from_json({"subject": "a", "decision": "accept", "score": "high", "threshold": 0.1})
+
+
+def test_paths_are_the_protocols() -> None:
+    assert endpoints.enrollments_path("alice") == "/v1/subjects/alice/enrollments"
+    assert endpoints.enrollment_subject("/v1/subjects/alice/enrollments") == "alice"
+    assert endpoints.enrollment_subject("/v1/subjects/a/b/enrollments") is None
+    with pytest.raises(ValueError):
+        endpoints.enrollments_path("../x")
+    assert re.fullmatch(r"/v1/\w+", endpoints.CHALLENGES)
+
+
+def test_protocol_imports_only_the_standard_library_and_cryptography() -> None:
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"cryptography", "protocol", "__future__"}
+    for source in (ROOT / "protocol").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            assert {n.split(".")[0] for n in names} <= allowed, (source.name, names)

@@ -1,0 +1,312 @@
+"""Refusals of the protocol's smaller attacks, each against a real verifier process: a 4xx problem, no traceback.
+
+Zero-minutiae templates, deep JSON, duplicate keys, challenge floods, a body
+sent after an early refusal; groups never named to another device; stored
+answers never holding a token in clear; audit event ids per device; one
+device's junk claims never locking a person out everywhere; and what needs no
+finger refused at the challenge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import sqlite3
+import ssl
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import numpy as np
+import pytest
+
+from agent.audit import ChainHead, make_event
+from agent.client import VerifierClient
+from agent.devstack import LocalVerifier, provision_device
+from agent.errors import (
+    BadTemplateError,
+    GroupNotAllowedError,
+    OperationNotAllowedError,
+    SubjectLockedError,
+    UnknownSubjectError,
+)
+from agent.verifier_api import VerifierAPI
+from biometrics.fingerprint.iso19794_2 import encode
+from protocol import endpoints
+from protocol.audit import event_hash
+from protocol.messages import Decision
+from protocol.signing import sign_request
+from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW, wire_template
+
+
+def run(provisioned, steps):
+    config, identity = provisioned
+
+    async def go():
+        async with VerifierClient(config, identity) as client:
+            return await steps(VerifierAPI(client), client)
+
+    return asyncio.run(go())
+
+
+def no_traceback(local: LocalVerifier) -> None:
+    log = local.log_path.read_text()
+    assert "Traceback" not in log and '"request_failed"' not in log
+
+
+def with_minutiae(template, count: int):
+    m = template.minutiae
+    pick = np.resize(np.arange(len(m.x)), count)
+    return dataclasses.replace(
+        template,
+        minutiae=dataclasses.replace(m, x=m.x[pick], y=m.y[pick], angle=m.angle[pick], kind=m.kind[pick],
+                                     quality=m.quality[pick]),
+    )
+
+
+def test_a_template_without_enough_minutiae_or_with_too_many_is_refused_at_enrollment(
+    verifier, provisioned, synthetic_templates
+) -> None:
+    t = synthetic_templates[0]
+
+    async def steps(api, client):
+        refused = []
+        for count in (0, MIN_MINUTIAE_PER_VIEW - 1, MAX_MINUTIAE_PER_VIEW + 1):
+            with pytest.raises(BadTemplateError) as info:
+                await api.enroll("zero", [encode(with_minutiae(t[0], count))])
+            refused.append(info.value)
+        with pytest.raises(UnknownSubjectError):  # nothing was stored: the id stays usable
+            await api.challenge("verify", "zero")
+        enrolled = await api.enroll("zero", [encode(x) for x in t[:2]])
+        return refused, enrolled
+
+    refused, enrolled = run(provisioned, steps)
+    assert [e.status for e in refused] == [422, 422, 422]
+    assert "has 0 minutiae; at least 8 are needed" in refused[0].message
+    assert f"has {MAX_MINUTIAE_PER_VIEW + 1} minutiae; at most {MAX_MINUTIAE_PER_VIEW}" in refused[2].message
+    assert enrolled.templates == 2
+    no_traceback(verifier)
+
+
+def raw_post(verifier, identity, path: str, body: bytes) -> httpx.Response:
+    ctx = ssl.create_default_context(cafile=str(verifier.pki_dir / "ca.pem"))
+    ctx.set_alpn_protocols(["h2"])
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path), password=identity.passphrase)
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(http2=True, http1=False, verify=ctx, trust_env=False) as client:
+            headers = {"idempotency-key": f"k-{time.monotonic_ns()}", "content-type": "application/json"}
+            return await client.post(verifier.url + path, content=body, headers=headers)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("path", [endpoints.CHALLENGES, endpoints.VERIFICATIONS, endpoints.EVENTS])
+def test_deep_json_and_duplicate_keys_get_a_400_problem(verifier, provisioned, path) -> None:
+    _, identity = provisioned
+    deep = raw_post(verifier, identity, path, b"[" * 100_000 + b"]" * 100_000)
+    nested = raw_post(verifier, identity, path, b'{"a":' * 40 + b"1" + b"}" * 40)
+    twice = raw_post(verifier, identity, path, b'{"operation": "verify", "operation": "identify", "events": []}')
+    for response, said in ((deep, "nested deeper than"), (nested, "nested deeper than"), (twice, "appears twice")):
+        problem = response.json()
+        assert response.status_code == 400 and problem["type"].endswith("/bad-json"), problem
+        assert said in problem["detail"]
+    no_traceback(verifier)
+
+
+def test_a_challenge_flood_is_rate_limited_and_no_challenge_row_outlives_its_nonce(tmp_path) -> None:
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("device_challenges_per_min = 5\nnonce_ttl_s = 30\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        provisioned = asyncio.run(provision_device(local, tmp_path / "device", "kiosk-f"))
+
+        async def steps(api, client):
+            answers = []
+            for _ in range(8):
+                response = await client.request("POST", endpoints.CHALLENGES, json={"operation": "identify"})
+                answers.append((response.status_code, response.headers.get("retry-after"), response.json()))
+            return answers
+
+        answers = run(provisioned, steps)
+        with sqlite3.connect(local.pki_dir / "verifier.sqlite") as db:
+            kept = db.execute(  # the challenges' answers (201 application/json), not the provisioning's
+                "SELECT MAX(expires_at - created_at) FROM idempotency WHERE status = 201"
+            ).fetchone()[0]
+        no_traceback(local)
+    assert [status for status, _, _ in answers] == [201] * 5 + [429] * 3
+    _, retry_after, problem = answers[5]
+    assert problem["type"].endswith("/device-rate-limited") and int(retry_after) >= 1
+    assert "too many challenges" in problem["detail"]
+    assert kept <= 30 + 60, "a challenge's stored answer lives as long as its nonce, not a day"
+
+
+def h2_connection(verifier, identity):
+    ctx = ssl.create_default_context(cafile=str(verifier.pki_dir / "ca.pem"))
+    ctx.set_alpn_protocols(["h2"])
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path), password=identity.passphrase)
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", verifier.port), timeout=10),
+                           server_hostname="127.0.0.1")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def h2_answer(sock, conn, stream_id: int) -> tuple[int, bytes]:
+    status, body, done = 0, b"", False
+    while not done:
+        data = sock.recv(65536)
+        assert data, "the verifier closed the connection"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
+                status = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                done = True
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                raise AssertionError("the verifier tore the connection down")
+        sock.sendall(conn.data_to_send())
+    return status, body
+
+
+def test_a_body_sent_after_an_early_refusal_gets_its_problem_and_the_connection_lives(tmp_path) -> None:
+    """Unknown path, wrong method, too large: refused before the body is read, and the body still arrives."""
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("max_body_bytes = 4096\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        _, identity = asyncio.run(provision_device(local, tmp_path / "device", "kiosk-b"))
+        sock, conn = h2_connection(local, identity)
+        answers = []
+        with sock:
+            cases = [("POST", "/v1/nope", 3), ("PUT", endpoints.HEALTH, 3), ("POST", endpoints.CHALLENGES, 8)]
+            for stream_id, (method, path, chunks) in zip((1, 3, 5), cases, strict=True):
+                headers = [(":method", method), (":path", path), (":scheme", "https"), (":authority", "127.0.0.1"),
+                           ("idempotency-key", f"k{stream_id}")]
+                conn.send_headers(stream_id, headers)
+                sock.sendall(conn.data_to_send())
+                time.sleep(0.2)  # the verifier knows its answer by now; the body comes after
+                for i in range(chunks):
+                    conn.send_data(stream_id, b"x" * 1000, end_stream=i == chunks - 1)
+                    sock.sendall(conn.data_to_send())
+                    time.sleep(0.02)
+                status, body = h2_answer(sock, conn, stream_id)
+                answers.append((status, json.loads(body)["type"].rsplit("/", 1)[1]))
+            conn.send_headers(7, [(":method", "GET"), (":path", endpoints.HEALTH), (":scheme", "https"),
+                                  (":authority", "127.0.0.1")], end_stream=True)
+            sock.sendall(conn.data_to_send())
+            health = h2_answer(sock, conn, 7)[0]
+        time.sleep(0.3)
+        no_traceback(local)
+    assert answers == [(404, "not-found"), (405, "method-not-allowed"), (413, "too-large")]
+    assert health == 200, "the same connection still serves"
+
+
+def test_a_stored_answer_never_holds_the_session_token_in_clear(verifier, provisioned, synthetic_templates) -> None:
+    t = synthetic_templates
+
+    async def steps(api, client):
+        await api.enroll("alice", [encode(x) for x in t[0][:2]] + [encode(x) for x in t[2][:2]])
+        first = await api.verify("alice", [encode(t[0][2])])
+        if not isinstance(first, Decision):  # the device's first use: a second finger
+            first = await api.verify("alice", [encode(t[2][2])], step_up=first.step_up)
+        challenge = await api.challenge("verify", "alice")
+        fields = {"nonce": challenge.nonce, "subject": "alice", "templates": [wire_template(encode(t[0][1]))]}
+        body = sign_request(client.identity.private_key(), "POST", endpoints.VERIFICATIONS, fields)
+        once = await client.call("POST", endpoints.VERIFICATIONS, json=body, idempotency_key="cut-once")
+        again = await client.call("POST", endpoints.VERIFICATIONS, json=body, idempotency_key="cut-once")
+        return first, once, again
+
+    first, once, again = run(provisioned, steps)
+    assert first.accepted and once["decision"] == "accept" and once["token"]
+    assert again == once, "a retry after a cut connection still gets its answer, token included"
+    raw = b"".join(p.read_bytes() for p in verifier.pki_dir.iterdir() if p.name.startswith("verifier.sqlite"))
+    assert once["token"].encode() not in raw and first.token.encode() not in raw
+
+
+def test_audit_event_ids_are_per_device(verifier, provisioned, tmp_path) -> None:
+    """Two devices may use the same event id: neither shadows the other's event."""
+    other = asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-2"))
+
+    def event_with_id(event_id: str) -> dict:
+        event = {**make_event(ChainHead(), "reader_fault", {"port": "ttyUSB0"}), "id": event_id}
+        return {**event, "hash": event_hash(event)}
+
+    async def post(api, client):
+        return await client.call("POST", endpoints.EVENTS, json={"events": [event_with_id("shared-id")]})
+
+    first, second = run(provisioned, post), run(other, post)
+    assert first["accepted"] == 1 and second == {**second, "accepted": 1, "duplicates": 0}
+    again = run(other, post)  # the same device again: a duplicate, as before
+    assert again["duplicates"] == 1
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        rows = db.execute("SELECT device_id FROM audit_events WHERE event_id = 'shared-id' ORDER BY 1").fetchall()
+    assert rows == [("kiosk-1",), ("kiosk-2",)]
+
+
+def test_one_devices_junk_claims_do_not_lock_the_person_out_elsewhere(tmp_path, synthetic_templates) -> None:
+    """The lockout policy (README): counted per (device, subject); every device only when several are locked."""
+    t = synthetic_templates
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("max_failures = 2\nstep_up_first_use = false\nlockout_base_s = 60\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        junk = asyncio.run(provision_device(local, tmp_path / "junk", "kiosk-junk"))
+        lobby = asyncio.run(provision_device(local, tmp_path / "lobby", "kiosk-lobby"))
+
+        async def junk_claims(api, client):
+            await api.enroll("alice", [encode(x) for x in t[0][:2]] + [encode(x) for x in t[2][:2]])
+            outcomes = [(await api.verify("alice", [encode(t[1][0])])).decision for _ in range(2)]
+            with pytest.raises(SubjectLockedError) as locked:  # refused at the challenge: no finger needed
+                await api.challenge("verify", "alice")
+            return outcomes, locked.value
+
+        async def genuine(api, client):
+            first = await api.verify("alice", [encode(t[0][2])])
+            second = await api.verify("alice", [encode(t[2][2])], step_up=first.step_up)
+            return first, second
+
+        outcomes, locked = run(junk, junk_claims)
+        first, decision = run(lobby, genuine)
+        no_traceback(local)
+    assert outcomes == ["reject", "reject"]
+    assert locked.status == 429 and locked.retry_after_s >= 59
+    assert first.reasons == ["recent_failures"]  # failures elsewhere ask for a second finger, never lock
+    assert isinstance(decision, Decision) and decision.accepted, "alice still verifies at the lobby"
+
+
+def test_what_needs_no_finger_is_refused_at_the_challenge(verifier, provisioned, synthetic_templates) -> None:
+    t = synthetic_templates
+
+    async def setup(api, client):
+        await api.enroll("alice", [encode(x) for x in t[0][:2]], group="visitors")
+        with pytest.raises(UnknownSubjectError) as unknown:
+            await api.challenge("verify", "nobody")
+        return unknown.value
+
+    unknown = run(provisioned, setup)
+    assert unknown.status == 404 and unknown.fix == "enroll the subject first: capture-agent enroll --subject nobody"
+    verifier.allow("kiosk-1", "verify", groups="staff")
+
+    async def restricted(api, client):
+        with pytest.raises(OperationNotAllowedError) as operation:
+            await api.challenge("enroll", "carol")
+        with pytest.raises(GroupNotAllowedError) as group:
+            await api.challenge("verify", "alice")
+        return operation.value, group.value
+
+    operation, group = run(provisioned, restricted)
+    assert operation.status == 403 and "capture-verifier device allow kiosk-1" in operation.fix
+    assert group.status == 403 and "visitors" not in json.dumps(group.problem)
+    lines = verifier.log_path.read_text().splitlines()
+    refusals = [json.loads(line) for line in lines if '"biometric_request_refused"' in line]
+    assert {(r["path"], r["reason"]) for r in refusals} >= {
+        (endpoints.CHALLENGES, "unknown subject"),
+        (endpoints.CHALLENGES, "operation not allowed for this device"),
+        (endpoints.CHALLENGES, "subject group not allowed for this device"),
+    }
+    assert any(r.get("group") == "visitors" for r in refusals), "the audit log names the group, for the operator"

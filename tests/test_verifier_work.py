@@ -1,0 +1,206 @@
+"""One device's work never freezes the verifier (issue 10, work): bounded views, work-counted limits, a pool.
+
+Against the real verifier process: the largest request it accepts, sent again
+and again by one device while another device checks its health; requests over
+the view bound; a device over its matching allowance; a full matching pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from agent.client import VerifierClient, server_timing
+from agent.devstack import LocalVerifier, provision_device
+from biometrics.fingerprint.iso19794_2 import encode
+from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+from protocol.templates import MAX_MINUTIAE_PER_VIEW, wire_template
+from tests.test_biometric_api import Device, wire
+from tests.test_verifier_connections import settings_file
+
+MAX_VIEWS = 10  # VerifierSettings.max_views_per_request, the default
+DENSE = MAX_MINUTIAE_PER_VIEW  # the most minutiae per view the verifier accepts
+
+
+def dense_view(seed: int, count: int = DENSE) -> dict:
+    """A finger view as heavy as the verifier accepts: the most minutiae, spread over a 500 dpi image."""
+    rng = np.random.default_rng(seed)
+    minutiae = Minutiae(
+        x=rng.uniform(20, 480, count).astype(np.float32),
+        y=rng.uniform(20, 480, count).astype(np.float32),
+        angle=rng.uniform(0, 2 * np.pi, count).astype(np.float32),
+        kind=np.ones(count, np.uint8),
+        quality=np.full(count, 80, np.uint8),
+    )
+    record = encode(FingerprintTemplate(500, 500, 500, minutiae, 80))
+    return wire_template(record)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@pytest.fixture
+def two_devices(tmp_path, synthetic_templates):
+    """A verifier with three enrolled subjects, a device that attacks and one that only watches its health."""
+    extra = settings_file(tmp_path, device_requests_per_min=100000, device_comparisons_per_min=10**7)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        heavy = Device(*asyncio.run(provision_device(verifier, tmp_path / "heavy", "kiosk-heavy")))
+        other = Device(*asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-other")))
+        t = synthetic_templates
+
+        async def enroll(client):
+            for subject, finger in {"alice": 0, "bob": 1, "carol": 2}.items():
+                path = f"/v1/subjects/{subject}/enrollments"
+                body = await heavy.signed(client, path, templates=[wire(x) for x in t[finger][:2]])
+                await client.call("POST", path, json=body)
+
+        heavy.run(enroll)
+        yield verifier, heavy, other
+
+
+@pytest.mark.slow
+def test_the_largest_request_costs_under_a_second_and_other_devices_stay_responsive(two_devices) -> None:
+    _, heavy, other = two_devices
+    views = [dense_view(i) for i in range(MAX_VIEWS)]
+
+    async def run() -> tuple[list[int], list[float], list[float]]:
+        statuses: list[int] = []
+        match_ms: list[float] = []
+        health_ms: list[float] = []
+        async with (
+            VerifierClient(heavy.config, heavy.identity) as attacker,
+            VerifierClient(other.config, other.identity) as watcher,
+        ):
+            await watcher.call("GET", "/v1/health")  # connection open before the attack
+            done = asyncio.Event()
+
+            async def attack() -> None:
+                for _ in range(4):
+                    body = await heavy.signed(attacker, "/v1/identifications", templates=views)
+                    response = await attacker.request("POST", "/v1/identifications", json=body)
+                    statuses.append(response.status_code)
+                    match_ms.append(server_timing(response).get("match", 0.0))
+                done.set()
+
+            async def watch() -> None:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    await watcher.call("GET", "/v1/health")
+                    health_ms.append((time.perf_counter() - started) * 1000)
+                    await asyncio.sleep(0.02)
+
+            await asyncio.gather(attack(), watch())
+        return statuses, match_ms, health_ms
+
+    statuses, match_ms, health_ms = asyncio.run(run())
+    assert statuses == [200] * 4, statuses
+    assert max(match_ms) < 1000, match_ms
+    assert len(health_ms) >= 10
+    assert pct(health_ms, 0.95) < 300, sorted(health_ms)[-5:]
+
+
+def test_requests_over_the_view_bound_are_refused_before_matching(two_devices) -> None:
+    """The issue's attack (6 records of 85 views each) and one view too many: 422, naming the bound."""
+    _, heavy, _ = two_devices
+    rng = np.random.default_rng(7)
+
+    def record(views: int, n: int = 40) -> dict:
+        """One ISO record holding ``views`` finger views (spread over the ten finger positions)."""
+        templates = []
+        for i in range(views):
+            minutiae = Minutiae(
+                x=rng.uniform(20, 480, n).astype(np.float32),
+                y=rng.uniform(20, 480, n).astype(np.float32),
+                angle=rng.uniform(0, 2 * np.pi, n).astype(np.float32),
+                kind=np.ones(n, np.uint8),
+                quality=np.full(n, 80, np.uint8),
+            )
+            templates.append(FingerprintTemplate(500, 500, 500, minutiae, 80, finger_position=1 + i % 10))
+        return wire_template(encode(templates))
+
+    one_too_many = [record(MAX_VIEWS - 1), record(2)]
+    attack = [record(85) for _ in range(6)]
+
+    async def run(client):
+        out = []
+        for templates in (one_too_many, attack):
+            body = await heavy.signed(client, "/v1/identifications", templates=templates)
+            response = await client.request("POST", "/v1/identifications", json=body)
+            out.append((response.status_code, response.json(), server_timing(response)))
+        return out
+
+    for status, problem, timing in heavy.run(run):
+        assert status == 422 and problem["type"].endswith("too-many-views"), problem
+        assert f"at most {MAX_VIEWS}" in problem["fix"]
+        assert "match" not in timing
+
+
+def test_a_device_over_its_matching_allowance_waits_and_others_do_not(tmp_path, synthetic_templates) -> None:
+    """The device limit counts comparisons: a few heavy requests use it up; another device is unaffected."""
+    extra = settings_file(tmp_path, device_comparisons_per_min=60)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        heavy = Device(*asyncio.run(provision_device(verifier, tmp_path / "heavy", "kiosk-heavy")))
+        other = Device(*asyncio.run(provision_device(verifier, tmp_path / "other", "kiosk-other")))
+        t = synthetic_templates
+        views = [wire(t[3][0])] * MAX_VIEWS
+
+        async def heavy_steps(client):
+            path = "/v1/subjects/alice/enrollments"
+            body = await heavy.signed(client, path, templates=[wire(x) for x in t[0][:3]])
+            await client.call("POST", path, json=body)  # 3 views against an empty gallery: 3 comparisons... or 1
+            statuses = []
+            for _ in range(3):  # each: 10 views x 3 templates = 30 comparisons
+                body = await heavy.signed(client, "/v1/identifications", templates=views)
+                response = await client.request("POST", "/v1/identifications", json=body)
+                statuses.append((response.status_code, response.json(), response.headers.get("retry-after")))
+            return statuses
+
+        async def other_steps(client):
+            body = await other.signed(client, "/v1/identifications", templates=views)
+            return (await client.request("POST", "/v1/identifications", json=body)).status_code
+
+        statuses = heavy.run(heavy_steps)
+        other_status = other.run(other_steps)
+    assert [s for s, _, _ in statuses[:1]] == [200]
+    status, problem, retry_after = statuses[-1]
+    assert status == 429 and problem["type"].endswith("device-work-limited"), problem
+    assert retry_after is not None and int(retry_after) >= 1
+    assert other_status == 200
+
+
+def test_a_full_matching_pool_answers_503_with_retry_after(tmp_path, synthetic_templates) -> None:
+    """One worker, no queue: of two heavy requests at once, one is matched and one is told to come back."""
+    extra = settings_file(tmp_path, match_workers=1, match_queue=0, device_comparisons_per_min=10**7)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        first = Device(*asyncio.run(provision_device(verifier, tmp_path / "a", "kiosk-a")))
+        second = Device(*asyncio.run(provision_device(verifier, tmp_path / "b", "kiosk-b")))
+        views = [dense_view(i) for i in range(MAX_VIEWS)]
+
+        async def run():
+            no_retry = {"network": {"retries": 0}}  # the agent retries a 503 by itself: see the verifier's answer
+            async with (
+                VerifierClient(first.config.with_overrides(**no_retry), first.identity) as a,
+                VerifierClient(second.config.with_overrides(**no_retry), second.identity) as b,
+            ):
+                bodies = [
+                    await first.signed(a, "/v1/identifications", templates=views),
+                    await second.signed(b, "/v1/identifications", templates=views),
+                    await first.signed(a, "/v1/identifications", templates=views),
+                ]
+                responses = await asyncio.gather(
+                    a.request("POST", "/v1/identifications", json=bodies[0]),
+                    b.request("POST", "/v1/identifications", json=bodies[1]),
+                    a.request("POST", "/v1/identifications", json=bodies[2]),
+                )
+                return [(r.status_code, r.headers.get("retry-after"), r.json()) for r in responses]
+
+        answers = asyncio.run(run())
+    statuses = sorted(s for s, _, _ in answers)
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, answers
+    busy = [(retry, problem) for s, retry, problem in answers if s == 503]
+    assert all(retry == "1" and problem["type"].endswith("matching-busy") for retry, problem in busy), busy

@@ -1,0 +1,179 @@
+"""What an unauthenticated flood can hold: connection caps, eviction, and a log that stays bounded.
+
+Before its TLS handshake completes, and for as long as it carries no client
+certificate (EST only), a connection is *unauthenticated*: anybody can open one.
+:class:`ConnectionGuard` caps them three ways, all checked at accept time,
+before a single TLS byte is processed:
+
+- all connections together (``max_connections``, lowered to the process's soft
+  descriptor limit minus a reserve, so the verifier never meets EMFILE);
+- unauthenticated ones together (``max_unauthenticated``);
+- connections from one address (``max_connections_per_address``).
+
+When a cap is reached, the oldest unauthenticated connection (of that address,
+for the per-address cap) is closed to make room, rather than the new one being
+refused: a flood of idle connections from the same address as a real device
+(a NAT, or loopback in tests) can then never lock the device out, because the
+device's handshake takes milliseconds and the flood's connections are older.
+Only when every connection in the way is authenticated is the new one refused.
+
+:class:`EventSummary` keeps the log bounded under a flood: the first few events
+of each kind in a window are logged one by one (audit events, invariant 5); the
+rest are counted and logged as one summary line per window.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+
+DESCRIPTOR_RESERVE = 64  # descriptors kept for the database, logs, the listening socket
+SUMMARY_WINDOW_S = 10.0
+SUMMARY_BURST = 5  # events of one kind logged one by one per window before they are only counted
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted connection, as the guard sees it."""
+
+    address: str
+    opened: float = field(default_factory=time.monotonic)
+    authenticated: bool = False
+    requests: int = 0
+    released: bool = False
+    close: Callable[[], None] = lambda: None  # frees the connection at once (set by the server)
+
+
+def descriptor_cap(wanted: int, reserve: int = DESCRIPTOR_RESERVE) -> int:
+    """``wanted``, lowered so that connections never use up the soft descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - reserve))
+
+
+class ConnectionGuard:
+    """Admits, tracks and evicts connections under the global, unauthenticated and per-address caps."""
+
+    def __init__(self, max_connections: int, max_unauthenticated: int, max_per_address: int) -> None:
+        self.max_connections = max_connections
+        self.max_unauthenticated = min(max_unauthenticated, max_connections)
+        self.max_per_address = max_per_address
+        self._count = 0
+        self._per_address: Counter[str] = Counter()
+        self._unauthenticated: OrderedDict[Connection, None] = OrderedDict()  # oldest first
+        self._unauth_by_address: dict[str, OrderedDict[Connection, None]] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def unauthenticated(self) -> int:
+        return len(self._unauthenticated)
+
+    def admit(self, address: str) -> tuple[Connection | None, list[str]]:
+        """A new connection from ``address`` (None: refused), and the reasons of any evictions made for it."""
+        evicted: list[str] = []
+        if self._per_address[address] >= self.max_per_address:
+            if not self._evict(self._unauth_by_address.get(address)):
+                return None, evicted
+            evicted.append("per-address cap")
+        if self._count >= self.max_connections:
+            if not self._evict(self._unauthenticated):
+                return None, evicted
+            evicted.append("connection cap")
+        if len(self._unauthenticated) >= self.max_unauthenticated:
+            self._evict(self._unauthenticated)
+            evicted.append("unauthenticated cap")
+        conn = Connection(address)
+        self._count += 1
+        self._per_address[address] += 1
+        self._unauthenticated[conn] = None
+        self._unauth_by_address.setdefault(address, OrderedDict())[conn] = None
+        return conn, evicted
+
+    def authenticated(self, conn: Connection) -> None:
+        """The connection carries a verified client certificate: it is no longer evictable."""
+        conn.authenticated = True
+        self._forget_unauthenticated(conn)
+
+    def release(self, conn: Connection) -> None:
+        """The connection is gone (idempotent)."""
+        if conn.released:
+            return
+        conn.released = True
+        self._forget_unauthenticated(conn)
+        self._count -= 1
+        self._per_address[conn.address] -= 1
+        if self._per_address[conn.address] <= 0:
+            del self._per_address[conn.address]
+
+    def _forget_unauthenticated(self, conn: Connection) -> None:
+        self._unauthenticated.pop(conn, None)
+        by_address = self._unauth_by_address.get(conn.address)
+        if by_address is not None:
+            by_address.pop(conn, None)
+            if not by_address:
+                del self._unauth_by_address[conn.address]
+
+    def _evict(self, candidates: OrderedDict[Connection, None] | None) -> bool:
+        """Close the oldest unauthenticated connection among ``candidates``; False if there is none."""
+        if not candidates:
+            return False
+        victim = next(iter(candidates))
+        self._forget_unauthenticated(victim)
+        self.release(victim)
+        victim.close()
+        return True
+
+
+class EventSummary:
+    """Connection-level events under a flood: a few logged one by one per window, the rest counted.
+
+    Every event is still accounted for (the summary carries the counts), so the
+    audit trail says how many handshakes failed and why, without one line (or one
+    traceback) per failure.
+    """
+
+    def __init__(self, window_s: float = SUMMARY_WINDOW_S, burst: int = SUMMARY_BURST) -> None:
+        self.window_s = window_s
+        self.burst = burst
+        self._window_start = time.monotonic()
+        self._logged: Counter[str] = Counter()
+        self._suppressed: Counter[tuple[str, str]] = Counter()
+        self.totals: Counter[str] = Counter()
+
+    def note(self, event: str, reason: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.window_s:
+            self.flush(now)
+        self.totals[event] += 1
+        if self._logged[event] < self.burst:
+            self._logged[event] += 1
+            log.warning(event, audit=True, reason=reason, **fields)
+        else:
+            self._suppressed[(event, reason)] += 1
+
+    def flush(self, now: float | None = None) -> None:
+        """Log what was only counted in the window that ends, and start a new window."""
+        now = time.monotonic() if now is None else now
+        if self._suppressed:
+            counts = {f"{event}: {reason}": n for (event, reason), n in sorted(self._suppressed.items())}
+            log.warning(
+                "connection_events_summary",
+                audit=True,
+                window_s=round(now - self._window_start, 1),
+                suppressed=sum(self._suppressed.values()),
+                counts=counts,
+            )
+        self._window_start = now
+        self._logged.clear()
+        self._suppressed.clear()
