@@ -100,7 +100,9 @@ def prescores(probe: np.ndarray, packed: np.ndarray) -> np.ndarray:
     n = len(probe)
     if n == 0 or t == 0:
         return np.zeros(t, np.float32)
-    sim = (probe @ packed.T).reshape(n, GALLERY_ROWS, t).max(axis=1)  # (n, T)
+    # The tall product (gallery rows x probe rows) runs about twice as fast in BLAS
+    # as the wide one (probe rows x gallery rows) with the same arithmetic.
+    sim = (packed @ np.ascontiguousarray(probe.T)).reshape(GALLERY_ROWS, t, n).max(axis=0).T  # (n, T)
     m = min(TOP_ROWS, n)
     if m < n:
         sim = np.partition(sim, n - m, axis=0)[n - m :]
