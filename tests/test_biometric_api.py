@@ -350,16 +350,20 @@ def test_templates_are_added_to_an_enrolled_subject_only_with_their_live_token(
         _, bob = await verify_call(device, client, "bob", t[1][2])
         with_bobs = await add(client, t[0][1], session_token=bob["token"])
         graft = await add(client, t[3][0], session_token=alice["token"])  # a finger that is not alice's
-        with_alices = await add(client, t[0][1], session_token=alice["token"])
-        reused = await add(client, t[2][1], session_token=alice["token"])
+        after_graft = await add(client, t[0][1], session_token=alice["token"])  # the refused try spent it
+        _, fresh = await verify_call(device, client, "alice", t[2][2])
+        with_alices = await add(client, t[0][1], session_token=fresh["token"])
+        reused = await add(client, t[2][1], session_token=fresh["token"])
         _, again = await verify_call(device, client, "alice", t[2][2])
-        return without, with_bobs, graft, with_alices, reused, again["token"]
+        return without, with_bobs, graft, after_graft, with_alices, reused, again["token"]
 
-    without, with_bobs, graft, with_alices, reused, alice_token = device.run(steps)
+    without, with_bobs, graft, after_graft, with_alices, reused, alice_token = device.run(steps)
     assert without[0] == 401 and without[1]["type"].endswith("verification-required")
     assert "verify the subject first" in without[1]["fix"]
     assert with_bobs[0] == 401 and with_bobs[1]["type"].endswith("session-token-refused")
     assert graft[0] == 403 and graft[1]["type"].endswith("not-the-verified-person"), graft
+    # One token, one try: a refused graft does not leave the token for another finger to try its luck.
+    assert after_graft[0] == 401 and after_graft[1]["type"].endswith("session-token-refused"), after_graft
     assert with_alices == (201, {**with_alices[1], "templates": 1})
     assert reused[0] == 401 and reused[1]["type"].endswith("session-token-refused"), reused  # single use
 

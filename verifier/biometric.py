@@ -430,8 +430,22 @@ class BiometricRoutes:
         self._check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
+        token_expiry: float | None = None
         if enrolled:
             self._check_session_token(request, subject, token)
+            # Spent by this attempt whatever it gives: a refused finger does not leave it for another try.
+            token_expiry = self.sessions.take(str(token), device_id, subject)
+            if token_expiry is None:
+                raise self._refused(  # used meanwhile by a concurrent request (single use)
+                    request,
+                    Problem(
+                        "session-token-refused",
+                        "the session token was already used, or expired",
+                        "verify the subject again on this device: a token authorises one enrollment",
+                    ),
+                    "session token used or expired",
+                    subject=subject,
+                )
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self._charge(request, len(views) * (self._gallery_size + count))
@@ -480,17 +494,6 @@ class BiometricRoutes:
                     "template matches another subject",
                     subject=subject,
                 )
-            if enrolled and not self.sessions.take(str(token), device_id, subject):
-                raise self._refused(  # used meanwhile (single use) or expired during the matching
-                    request,
-                    Problem(
-                        "session-token-refused",
-                        "the session token was already used, or expired",
-                        "verify the subject again on this device: a token authorises one enrollment",
-                    ),
-                    "session token used or expired",
-                    subject=subject,
-                )
             if recorded is None:
                 self.subjects.assign(subject, group)
             self.enrollments.add(subject, device_id, records)
@@ -511,7 +514,12 @@ class BiometricRoutes:
             answer = {"subject": subject, "group": group, "templates": len(records)}
             return json_answer(201, answer, ((b"server-timing", timing),))
 
-        return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))
+        def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
+            self.challenges.release(device_id, str(body["nonce"]))
+            if token_expiry is not None:
+                self.sessions.give_back(str(token), device_id, subject, token_expiry)
+
+        return Deferred(device_id, work, finish, undo)
 
     def verify(self, request: Request) -> Deferred:
         assert request.device is not None

@@ -51,6 +51,7 @@ ANSWERED_IDLE_S = 0.05  # an unauthenticated connection after its EST answer: cl
 ACCEPT_BACKOFF_S = 0.1  # after an accept error (descriptors, memory): wait, do not spin
 READ_LIMIT = 2**16
 REFUSED_CLOSE_S = 1.0  # a refused connection's close_notify exchange, at most
+SSL_SHUTDOWN_TIMEOUT_S = 1.0  # any closing connection's wait for the peer's close_notify
 
 
 class CoalescingWriter:
@@ -246,6 +247,9 @@ class ConnectionServer:
                     client,
                     ssl=self.ssl_context,
                     ssl_handshake_timeout=self.settings.handshake_timeout_s,
+                    # A closing TLS connection waits for the peer's close_notify at most this long
+                    # (asyncio's default, 30 s, kept each one's 256 KiB buffer alive under a flood).
+                    ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT_S,
                 )
             except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
                 self.summary.note("tls_handshake_failed", _failure_reason(exc), address=conn.address)

@@ -53,10 +53,24 @@ class SessionTokens:
             return None
         return str(row[1])
 
-    def take(self, token: str, device_id: str, subject_id: str) -> bool:
-        """Use a token once: True if it was a live token of this subject for this device (it is then gone)."""
-        deleted = self.conn.execute(
-            "DELETE FROM session_tokens WHERE token_hash = ? AND device_id = ? AND subject_id = ? AND expires_at >= ?",
-            (hashlib.sha256(token.encode()).hexdigest(), device_id, subject_id, time.time()),
-        ).rowcount
-        return deleted == 1
+    def take(self, token: str, device_id: str, subject_id: str) -> float | None:
+        """Use a token once: its expiry if it was a live token of this subject for this device (it is then gone).
+
+        The caller takes it before matching, so an attempt that is refused (a
+        finger that is not the subject's) spends the token as surely as one that
+        succeeds: one token never buys a second try.
+        """
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        row = self.conn.execute(
+            "DELETE FROM session_tokens WHERE token_hash = ? AND device_id = ? AND subject_id = ? AND expires_at >= ? "
+            "RETURNING expires_at",
+            (digest, device_id, subject_id, time.time()),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def give_back(self, token: str, device_id: str, subject_id: str, expires_at: float) -> None:
+        """Undo a :meth:`take` when the verifier itself could not decide (matching busy or over budget)."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO session_tokens (token_hash, device_id, subject_id, expires_at) VALUES (?, ?, ?, ?)",
+            (hashlib.sha256(token.encode()).hexdigest(), device_id, subject_id, expires_at),
+        )
