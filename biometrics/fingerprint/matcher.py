@@ -54,10 +54,11 @@ class GalleryIndex:
 
     Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms).
     :meth:`scores` gives every template the full score (about 75 us per template
-    per core). :meth:`search` ranks the gallery with the pre-filter (about 5 us per
+    per core). :meth:`search` ranks the gallery with the pre-filter (about 3 us per
     template) and fully scores only its best max(64, 5 %) (see
-    :mod:`biometrics.fingerprint.prefilter`): 80,000 to 150,000 comparisons per
-    second per core on FVC2002-like templates, measured on a shared 2-core machine.
+    :mod:`biometrics.fingerprint.prefilter`): 105,000 to 140,000 comparisons per
+    second per core on FVC2002 and synthetic templates (gallery of 2,000, measured
+    on a shared, loaded 2-core machine).
     For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
     ``workers`` = the number of cores: blocks are then scored in parallel threads.
     Memory: about 100 KB per template of 35 cylinders (480 float32 values each plus

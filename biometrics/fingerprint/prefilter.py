@@ -11,7 +11,7 @@ minutia direction (cos, sin) times DIRECTION_WEIGHT, a mild bonus for facing the
 same way. The probe keeps PROBE_ROWS rows, each gallery template GALLERY_ROWS.
 A template's pre-score is the mean, over the probe's TOP_ROWS best-matched rows,
 of each row's best match in the template: one matrix product and two reductions,
-about 5 us per template on one core.
+about 2.5 to 3.5 us per template on one core.
 
 Chosen on the FVC2002 folders (B sets), by the share of the genuine pairs that
 the full score accepts at the 1e-4 threshold whose mate ranks within the top 5 %
