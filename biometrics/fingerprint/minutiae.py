@@ -61,8 +61,9 @@ def _centroids(points: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[np.ndarray
     count, _, _, cents = cv2.connectedComponentsWithStats(points.astype(np.uint8), connectivity=8)
     if count <= 1:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    c = np.rint(cents[1:]).astype(np.int32)
-    return c[:, 1] + np.int32(y0), c[:, 0] + np.int32(x0)
+    # Offset before rounding: rint rounds halves to even, so rint(c) + odd offset != rint(c + offset).
+    c = np.rint(cents[1:] + np.array([x0, y0], np.float64)).astype(np.int32)
+    return c[:, 1], c[:, 0]
 
 
 def _directions(
@@ -163,14 +164,18 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     # the foreground box only (box coordinates, offset by y0, x0): outside it there is
     # no skeleton, and the box's 2-pixel margin of background holds every pixel's
     # nearest background point (a 5x5 chamfer step cannot jump a 2-pixel ring).
-    y0, x0 = box[0].start, box[1].start
     if skeleton[box].size == 0:  # no foreground: nothing to detect
         empty = {name: Minutiae.empty() for name in ("candidates", "inside", "cleaned", "final")}
         return Detection(enhanced, ridges, skeleton, empty if trace else {"final": Minutiae.empty()})
-    cn = crossing_number(skeleton[box])
-    mask8 = analysis.mask[box].astype(np.uint8)
+    # The box starts on even coordinates: OpenCV labels components by 2x2 blocks, and
+    # the same block alignment as the whole image keeps their order (which breaks
+    # quality ties later), hence the very same minutiae.
+    y0, x0 = box[0].start - box[0].start % 2, box[1].start - box[1].start % 2
+    work = (slice(y0, box[0].stop), slice(x0, box[1].stop))
+    cn = crossing_number(skeleton[work])
+    mask8 = analysis.mask[work].astype(np.uint8)
     border = cv2.distanceTransform(np.pad(mask8, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    inside = (border > BORDER_PERIODS * period) & (analysis.coherence[box] > MIN_COHERENCE)
+    inside = (border > BORDER_PERIODS * period) & (analysis.coherence[work] > MIN_COHERENCE)
     stages: dict[str, Minutiae] = {}
     if trace:
         cy, cx = _centroids(cn == 1, y0, x0)
