@@ -24,7 +24,9 @@ import structlog
 from agent.client import VerifierClient
 from agent.config import AgentConfig, load_config
 from agent.delivery import EventDelivery
-from agent.devices.capabilities import FINGERPRINT_IMAGE
+from agent.devices.capabilities import FINGERPRINT_IMAGE, MATCH_ON_SENSOR
+from agent.devices.errors import NoDeviceFor
+from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
@@ -34,6 +36,7 @@ from agent.localapi import LocalAPI
 from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
 from agent.sdnotify import Notifier, watchdog_interval_s
+from agent.sensor_sessions import SensorSession
 from agent.sessions import CaptureSession
 
 log = structlog.get_logger()
@@ -49,6 +52,27 @@ def _fingerprint_session(devices: DeviceSupervisor, client: VerifierClient, emit
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
     return CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+
+
+def _session(
+    devices: DeviceSupervisor, client: VerifierClient, prints: SensorPrintStore, emit: Any, reader: str = ""
+) -> Any:
+    """A session on the device asked for (a capability or a name): an image reader first, else a sensor."""
+    capability = reader if reader in (FINGERPRINT_IMAGE, MATCH_ON_SENSOR) else ""
+    name = "" if capability else reader
+    if capability != MATCH_ON_SENSOR:
+        try:
+            device = devices.pick(FINGERPRINT_IMAGE, name)
+            return CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+        except NoDeviceFor:
+            if capability == FINGERPRINT_IMAGE or not any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
+                raise
+    sensor = devices.pick(MATCH_ON_SENSOR, name)
+    has_images = any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices)
+    return SensorSession(
+        sensor, client, prints, emit=emit,
+        image_session=(lambda: _fingerprint_session(devices, client, emit)) if has_images else None,
+    )
 
 
 class AgentDaemon:
@@ -118,9 +142,10 @@ class AgentDaemon:
         if self.devices is not None:
             self.devices.start()
             devices, client = self.devices, self.client
+            prints = SensorPrintStore(self.config.agent.state_dir / "prints", kek)  # match-on-sensor prints, sealed
             self.api = LocalAPI(
                 self.config.api.socket,
-                lambda emit: _fingerprint_session(devices, client, emit),
+                lambda emit, reader="": _session(devices, client, prints, emit, reader),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

@@ -109,10 +109,13 @@ class LocalVerifier:
     def mark_high_risk(self, subject_id: str) -> None:
         verifier_cli("subject", "high-risk", "--pki", str(self.pki_dir), subject_id)
 
-    def allow(self, device_id: str, operations: str | None = None, groups: str | None = None) -> None:
-        """Set the device's access rule (comma lists; groups '*' for any)."""
+    def allow(
+        self, device_id: str, operations: str | None = None, groups: str | None = None, sensor: str | None = None
+    ) -> None:
+        """Set the device's access rule (comma lists; groups '*' for any; sensor: accept|step-up|refuse)."""
         args = ["--operations", operations] if operations is not None else []
         args += ["--groups", groups] if groups is not None else []
+        args += ["--sensor-assertions", sensor] if sensor is not None else []
         verifier_cli("device", "allow", "--pki", str(self.pki_dir), device_id, *args)
 
     def set_subject_group(self, subject_id: str, group: str) -> None:

@@ -6,9 +6,12 @@ whole access rule (no port, no token). HTTP parsing is h11's (sans-I/O); this
 module is the thin shell and the routes:
 
     POST   /sessions               {"operation": "enroll"|"verify"|"identify", "subject": ...,
-                                    "captures": 3, "fingers": 2, "group": ..., "verify_first": false}
+                                    "captures": 3, "fingers": 2, "group": ..., "verify_first": false,
+                                    "reader": "match-on-sensor" | "fingerprint-image" | a device name}
                                    (captures, fingers, group, verify_first: enroll only; verify_first
-                                    adds templates to an enrolled subject after they verify)
+                                    adds templates to an enrolled subject after they verify; reader:
+                                    which device, by capability or name, default an image reader, else
+                                    a match-on-sensor one)
     GET    /sessions/{id}/events   text/event-stream: prompt, progress, step_up, result | error
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
     GET    /health                 reader, session and identity state ("degraded" when the
@@ -119,11 +122,15 @@ class LocalAPI:
             if not isinstance(verify_first, bool):
                 raise ApiError(400, '"verify_first" must be true or false')
             args = (subject, captures, group, fingers, verify_first)
+        reader = request.get("reader")  # a capability (match-on-sensor, fingerprint-image) or a device name
+        if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
+            raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
         if self._busy():
             raise ApiError(409, "a session is running on the sensor: wait for it or cancel it")
         running = RunningSession(secrets.token_urlsafe(12), operation, None)
         try:
-            running.session = self.make_session(running.events.put_nowait)
+            chosen = {"reader": reader} if reader else {}
+            running.session = self.make_session(running.events.put_nowait, **chosen)
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
             raise ApiError(503, f"{exc.message} (fix: {exc.fix})") from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))

@@ -13,6 +13,8 @@ CHALLENGES = "/v1/challenges"
 ENROLLMENTS = "/v1/subjects/{id}/enrollments"  # the route's name; a request's path is enrollments_path(id)
 VERIFICATIONS = "/v1/verifications"
 IDENTIFICATIONS = "/v1/identifications"
+SENSOR_ENROLLMENTS = "/v1/sensor/enrollments"  # match-on-sensor: protocol.sensor
+SENSOR_VERIFICATIONS = "/v1/sensor/verifications"
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 200

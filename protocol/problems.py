@@ -123,6 +123,12 @@ _ENTRIES = (
                 "wait; if nobody at your sites claims this subject so often, someone is guessing"),
     ProblemType("subject-locked", 429, "Subject locked out", "SubjectLockedError",
                 "wait, or verify another way; each further lockout doubles"),
+    # -- match-on-sensor assertions (protocol.sensor)
+    ProblemType("sensor-assertion-refused", 403, "Sensor assertions refused for this device", "NotAllowedError",
+                "verify with a fingerprint image reader, or ask the operator: "
+                "capture-verifier device allow ID --sensor-assertions step-up|accept"),
+    ProblemType("sensor-enrollment-unknown", 404, "Not enrolled on this sensor", "UnknownSubjectError",
+                "enroll the subject on this reader first: capture-agent enroll --subject ID (on the sensor)"),
     # -- step-up (RFC 9470): an answer the agent turns into a prompt, not a failure
     ProblemType("insufficient-user-authentication", 401, "Another factor needed", "StepUpRequiredError",
                 "capture another finger of the same person and send it with this step_up id"),

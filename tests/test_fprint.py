@@ -203,8 +203,10 @@ def test_sensor_prints_are_kept_encrypted_and_verify_on_the_sensor(virtual_devic
     serialized = reader.enroll(timeout_s=20)
     store = SensorPrintStore(tmp_path / "prints", kek="kek-" + "x" * 40)
     store.save("usb0", "dave", serialized)
-    (stored,) = (tmp_path / "prints").iterdir()
+    (stored,) = (tmp_path / "prints").glob("*.print")
     assert serialized not in stored.read_bytes() and b"dave" not in stored.read_bytes()
+    (index,) = (tmp_path / "prints").glob("*.index")  # which subjects have a print: sealed too
+    assert b"dave" not in index.read_bytes() and store.subjects("usb0") == ["dave"]
     assert stored.stat().st_mode & 0o777 == 0o600
     with pytest.raises(PrintStoreError, match="enroll erin"):
         store.load("usb0", "erin")

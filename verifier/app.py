@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from protocol import endpoints
 from verifier import __version__
+from verifier.assertions import SensorRoutes
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
 from verifier.connections import EventSummary
@@ -111,6 +112,7 @@ class VerifierApp:
             ("GET", endpoints.HEALTH): Route(self.health, needs_client_cert=True),
             ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True),
             **self.biometric.routes(),
+            **SensorRoutes(self.conn, self.biometric).routes(),  # match-on-sensor assertions
         }
         self._paths = {path for _, path in self.routes}
         self._next_housekeeping = 0.0

@@ -149,6 +149,11 @@ class BiometricRoutes:
 
     def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
         """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
+        body = self.signed_body(request, operation)
+        return body, _template_records(body)
+
+    def signed_body(self, request: Request, operation: str) -> dict[str, Any]:
+        """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions)."""
         assert request.device is not None and request.client_cert is not None
         device_id = request.device.device_id
         self._check_operation(request, operation)
@@ -180,7 +185,7 @@ class BiometricRoutes:
             self.challenges.consume(device_id, nonce)
         except NonceError as exc:
             raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
-        return body, _template_records(body)
+        return body
 
     def _check_group(self, request: Request, subject: str, group: str) -> None:
         """403 (audited) unless the device may act on subjects of ``group``."""

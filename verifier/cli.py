@@ -122,6 +122,7 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def cmd_device_list(args: argparse.Namespace) -> int:
+    from verifier.assertions import SensorPolicy
     from verifier.policy import AccessRules
 
     conn, _, registry = _app_store(settings_from(args))
@@ -130,6 +131,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         groups = rules.groups(device["device_id"])
         device["operations"] = rules.operations(device["device_id"])
         device["groups"] = "*" if groups is None else sorted(groups)
+        device["sensor_assertions"] = SensorPolicy(conn).of(device["device_id"]).replace("_", "-")
         if isinstance(device.get("not_after"), int | float):  # stored as epoch seconds; people read dates
             device["not_after"] = dt.datetime.fromtimestamp(device["not_after"], dt.UTC).isoformat(timespec="seconds")
         print(json.dumps(device))
@@ -150,15 +152,21 @@ def _comma_list(text: str) -> list[str]:
 
 
 def cmd_device_allow(args: argparse.Namespace) -> int:
+    from verifier.assertions import SensorPolicy
     from verifier.policy import AccessRules
 
-    if args.operations is None and args.groups is None:
+    sensor = getattr(args, "sensor_assertions", None)
+    if args.operations is None and args.groups is None and sensor is None:
         raise CLIError(
-            "say what the device may do", fix="add --operations enroll,verify,identify and/or --groups staff,..."
+            "say what the device may do",
+            fix="add --operations enroll,verify,identify and/or --groups staff,... "
+            "and/or --sensor-assertions accept|step-up|refuse",
         )
     conn, _, _ = _app_store(settings_from(args))
     rules = AccessRules(conn)
     try:
+        if sensor is not None:
+            SensorPolicy(conn).set(args.device_id, sensor)
         if args.operations is not None:
             rules.set(args.device_id, _comma_list(args.operations))
         if args.groups is not None:
@@ -173,8 +181,12 @@ def cmd_device_allow(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         operations=",".join(operations),
         groups="*" if groups is None else ",".join(sorted(groups)),
+        sensor_assertions=SensorPolicy(conn).of(args.device_id),
     )
-    print(f"{args.device_id} may: {', '.join(operations) or 'nothing'}; on subjects of: {group_text}")
+    print(
+        f"{args.device_id} may: {', '.join(operations) or 'nothing'}; on subjects of: {group_text}; "
+        f"sensor assertions: {SensorPolicy(conn).of(args.device_id).replace('_', '-')}"
+    )
     return 0
 
 
@@ -279,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     allow.add_argument("device_id")
     allow.add_argument("--operations", help="comma list of enroll, verify, identify")
     allow.add_argument("--groups", help="comma list of subject groups, or '*' for any group")
+    allow.add_argument(
+        "--sensor-assertions",
+        choices=("accept", "step-up", "refuse"),
+        help="what a match-on-sensor reader's signed assertion gets (default step-up: a second factor)",
+    )
     allow.set_defaults(run=cmd_device_allow)
 
     subject = sub.add_parser("subject", help="subjects").add_subparsers(dest="subject_command", required=True)

@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--add", action="store_true", help="add templates to an enrolled subject: the person verifies first"
             )
+        parser.add_argument(
+            "--reader",
+            help="which device: match-on-sensor, fingerprint-image, or a [[device]] name (default: an image reader, "
+            "else a match-on-sensor one)",
+        )
         add_common_arguments(parser)
         parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
         parser.set_defaults(run=run, operation=name)
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         request["group"] = args.group
     if args.operation == "enroll":
         request.update(fingers=args.fingers, verify_first=args.add)
+    if getattr(args, "reader", None):
+        request["reader"] = args.reader
     transport = httpx.HTTPTransport(uds=socket_path)
     try:
         # Reading waits for the person at the sensor: minutes, not seconds.

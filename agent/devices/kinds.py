@@ -221,8 +221,27 @@ class FprintDevice(Device):
     def download_image(self) -> Any:
         return self._guarded(self.reader.download_image)
 
-    def enroll(self, timeout_s: float = 60.0, *, cancel: threading.Event | None = None) -> bytes:
-        return self._guarded(self.reader.enroll, None, timeout_s, EitherEvent(cancel, self.abort))
+    def enroll(
+        self, timeout_s: float = 60.0, *, cancel: threading.Event | None = None, progress: Any = None
+    ) -> bytes:
+        """All enrolment stages on the sensor; ``progress(stage, retry)`` runs on libfprint's thread."""
+        return self._guarded(self.reader.enroll, progress, timeout_s, EitherEvent(cancel, self.abort))
+
+    def identify(
+        self, enrolled: list[bytes], timeout_s: float = 15.0, *, cancel: threading.Event | None = None
+    ) -> int | None:
+        return self._guarded(self.reader.identify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
+
+    @property
+    def enroll_stages(self) -> int:
+        info = self.reader.info
+        return int(info.enroll_stages) if info else 0
+
+    @property
+    def driver(self) -> str:
+        """libfprint's driver name (the reader's identity toward the verifier, with the device's name)."""
+        info = self.reader.info
+        return str(self.details.get("driver") or (info.driver if info else self.section.selector or "fprint"))
 
     def verify(self, enrolled: bytes, timeout_s: float = 15.0, *, cancel: threading.Event | None = None) -> bool:
         return self._guarded(self.reader.verify, enrolled, timeout_s, EitherEvent(cancel, self.abort))

@@ -13,6 +13,7 @@ subject or device does not open.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -46,7 +47,8 @@ class SensorPrintStore:
         digest = hashlib.sha256(f"{device}\0{subject}".encode()).hexdigest()[:32]
         return self.folder / f"{digest}.print"
 
-    def save(self, device: str, subject: str, serialized: bytes) -> None:
+    def save(self, device: str, subject: str, serialized: bytes) -> str:
+        """Seal and keep a print; its id (the sealing nonce, new each time) for the verifier's reference."""
         path = self._path(device, subject)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         nonce = secrets.token_bytes(12)
@@ -56,6 +58,37 @@ class SensorPrintStore:
         with os.fdopen(fd, "wb") as out:
             out.write(sealed)
         os.replace(tmp, path)
+        self._index(device, add=subject)
+        return nonce.hex()
+
+    def snapshot(self, device: str, subject: str) -> bytes | None:
+        """The sealed file as it is (None: no print), to put back with :meth:`restore` if a change fails."""
+        try:
+            return self._path(device, subject).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def restore(self, device: str, subject: str, sealed: bytes | None) -> None:
+        """Put back what :meth:`snapshot` returned: the previous print, or none."""
+        if sealed is None:
+            self.delete(device, subject)
+            return
+        path = self._path(device, subject)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(sealed)
+        os.replace(tmp, path)
+        self._index(device, add=subject)
+
+    def print_id(self, device: str, subject: str) -> str:
+        """The id of the print kept for (device, subject): what the verifier knows a hash of."""
+        return self.load_with_id(device, subject)[0]
+
+    def load_with_id(self, device: str, subject: str) -> tuple[str, bytes]:
+        """(print id, serialized print): the id checked with the print (AES-GCM's nonce is authenticated)."""
+        serialized = self.load(device, subject)
+        return self._path(device, subject).read_bytes()[:12].hex(), serialized
 
     def load(self, device: str, subject: str) -> bytes:
         path = self._path(device, subject)
@@ -75,3 +108,33 @@ class SensorPrintStore:
 
     def delete(self, device: str, subject: str) -> None:
         self._path(device, subject).unlink(missing_ok=True)
+        self._index(device, discard=subject)
+
+    def subjects(self, device: str) -> list[str]:
+        """The subjects with a print kept for ``device`` (a sealed index: file names say nothing)."""
+        return self._index(device)
+
+    def _index(self, device: str, add: str = "", discard: str = "") -> list[str]:
+        """Read, and when asked change, the sealed list of subjects of one device."""
+        path = self._path(device, "index").with_suffix(".index")
+        aad = f"{device}\0index".encode()
+        names: list[str] = []
+        if path.exists():
+            sealed = path.read_bytes()
+            try:
+                names = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], aad))
+            except InvalidTag:
+                raise PrintStoreError(
+                    f"the index of prints on {device} does not decrypt",
+                    fix="the file was altered or the key-encryption key changed: enroll again",
+                ) from None
+        if not add and not discard:
+            return names
+        names = sorted((set(names) | {add}) - {discard, ""})
+        nonce = secrets.token_bytes(12)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(nonce + self._aead.encrypt(nonce, json.dumps(names).encode(), aad))
+        os.replace(tmp, path)
+        return names

@@ -1,0 +1,219 @@
+"""Sessions on a match-on-sensor reader: enroll, verify, identify on the sensor; the verifier gets assertions.
+
+No image and no template leaves such a reader. Enrolling keeps the serialized
+print sealed under the state directory (:mod:`agent.devices.prints`) and tells
+the verifier "subject S is enrolled on reader R" with a hash of the sealed
+print's id (:class:`protocol.sensor.SensorEnrollmentRequest`). Verifying lets
+the sensor compare the finger with that print and sends the device-signed
+assertion of the result (:class:`protocol.sensor.SensorAssertion`); the
+verifier's policy for this device decides: a decision, a step-up (RFC 9470),
+or a refusal (a typed error naming the fix).
+
+A step-up is satisfied by a fingerprint template, so it needs an image reader:
+``image_session`` (a :class:`~agent.sessions.CaptureSession` on one) captures a
+finger and sends it with the step-up id. Without one the session ends with a
+typed error saying what to connect or ask for.
+
+Retry codes of the sensor (swipe too short, finger not centred, remove and
+retry) become prompts of the feedback vocabulary, as with image readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.client import VerifierClient
+from agent.devices.prints import PrintStoreError, SensorPrintStore
+from agent.errors import StepUpRequiredError
+from agent.sessions import MESSAGES, SessionError, SessionToken
+from agent.verifier_api import VerifierAPI, _parsed
+from protocol.messages import Decision, StepUp
+from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollment, SensorEnrollmentRequest, print_hash
+
+log = structlog.get_logger()
+
+
+def _retry_feedback(exc: BaseException) -> str | None:
+    """The feedback code of a reader's "try again" (drivers.fprint.errors.RetryScan), else None."""
+    return getattr(exc, "feedback", None) if type(exc).__name__ == "RetryScan" else None
+
+
+@dataclass
+class SensorSession:
+    """One session on a match-on-sensor device (an :class:`~agent.devices.kinds.FprintDevice`)."""
+
+    device: Any  # enroll / verify / identify on the sensor, through the device's owner
+    client: VerifierClient
+    prints: SensorPrintStore
+    emit: Callable[[dict[str, Any]], None] = lambda event: None
+    image_session: Callable[[], Any] | None = None  # a CaptureSession on an image reader, for a step-up
+    max_attempts: int = 4
+    finger_timeout_s: float = 15.0
+    enroll_timeout_s: float = 60.0
+    session_token: SessionToken | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.api = VerifierAPI(self.client)
+
+    @property
+    def reader(self) -> ReaderIdentity:
+        return ReaderIdentity(self.device.driver, self.device.name)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _prompt(self, code: str, message: str = "") -> None:
+        self.emit({"type": "prompt", "code": code, "message": message or MESSAGES.get(code, code)})
+
+    # ---------------------------------------------------------------- enroll
+    async def enroll(
+        self,
+        subject: str,
+        captures: int = 3,
+        group: str | None = None,
+        fingers: int = 1,
+        verify_first: bool = False,
+    ) -> dict[str, Any]:
+        """Enroll one finger on the sensor (its own number of stages), keep the print sealed, register it.
+
+        ``captures`` and ``fingers`` are the image readers' knobs: the sensor decides
+        its stages, and one print per (device, subject) is kept.
+        """
+        token = None
+        if verify_first:
+            verified = await self.verify(subject)
+            if verified.get("decision") != "accept":
+                raise SessionError(f"{subject} was not verified, so no print is added",
+                                   fix="verify with the finger already enrolled for this subject, then enroll again")
+            token = self.session_token.current() if self.session_token is not None else None
+        # Refusals that need no finger (operation, group) come before the sensor lights up.
+        challenge = await self.api.challenge("enroll", subject, group)
+        loop = asyncio.get_running_loop()
+
+        def progress(stage: int, retry: Any) -> None:  # libfprint's thread: hand over to the loop
+            loop.call_soon_threadsafe(self._enroll_progress, stage, retry)
+
+        self._prompt("place_finger")
+        serialized = await asyncio.to_thread(
+            self.device.enroll, self.enroll_timeout_s, cancel=self.cancelled, progress=progress
+        )
+        previous = self.prints.snapshot(self.device.name, subject)
+        print_id = self.prints.save(self.device.name, subject, serialized)
+        del serialized
+        request = SensorEnrollmentRequest(subject, self.reader, print_hash(print_id), group, token)
+        try:
+            data = await self.api._signed(request, challenge, None)
+        except BaseException:
+            # The verifier does not know this print: keep the one it knows (or none), never this one.
+            self.prints.restore(self.device.name, subject, previous)
+            raise
+        answer = _parsed(request.path, SensorEnrollment.from_json, data)
+        result = {"type": "result", "operation": "enroll", **answer.json()}
+        self.emit(result)
+        return result
+
+    def _enroll_progress(self, stage: int, retry: Any) -> None:
+        feedback = _retry_feedback(retry) if retry is not None else None
+        if feedback is not None:  # this touch did not count: say why, then ask again
+            self._prompt(feedback, str(retry.args[0]) if retry.args else "")
+            self._prompt("place_finger", "Place the same finger again")
+            return
+        total = getattr(self.device, "enroll_stages", 0) or stage
+        self.emit({"type": "progress", "step": stage, "total": total})
+        self._prompt("lift_finger")
+        if stage < total:
+            self._prompt("place_finger", "Place the same finger again")
+
+    # ---------------------------------------------------------------- verify
+    async def _on_sensor(self, call: Callable[[], Any]) -> Any:
+        """One sensor operation with prompts; a retry code becomes its prompt and another try."""
+        for _attempt in range(self.max_attempts):
+            self._prompt("place_finger")
+            try:
+                return await asyncio.to_thread(call)
+            except Exception as exc:
+                feedback = _retry_feedback(exc)
+                if feedback is None:
+                    raise
+                log.info("sensor_retry", feedback=feedback)
+                self._prompt(feedback, str(exc.args[0]) if exc.args else "")
+        raise SessionError(f"the sensor asked to try again {self.max_attempts} times",
+                           fix="clean the sensor and the finger, place it flat and centred, hold still")
+
+    async def verify(self, subject: str) -> dict[str, Any]:
+        """The sensor compares the finger with the subject's print; the verifier decides on the assertion."""
+        try:
+            print_id, serialized = self.prints.load_with_id(self.device.name, subject)
+        except PrintStoreError as exc:
+            raise SessionError(exc.message, fix=exc.fix) from None
+        matched = await self._on_sensor(
+            lambda: self.device.verify(serialized, self.finger_timeout_s, cancel=self.cancelled)
+        )
+        self._prompt("lift_finger")
+        assertion = SensorAssertion(subject, self.reader, print_hash(print_id), "match" if matched else "no_match")
+        answer = await self._assert(assertion)
+        if isinstance(answer, StepUp):
+            answer = await self._step_up(subject, answer)
+        if answer.token is not None and answer.expires_in is not None:
+            self.session_token = SessionToken(answer.token, time.monotonic() + answer.expires_in)
+        result = {"type": "result", "operation": "verify", "assurance": "match-on-sensor", **answer.public()}
+        self.emit(result)
+        return result
+
+    async def _assert(self, assertion: SensorAssertion) -> Decision | StepUp:
+        try:
+            data = await self.api._signed(assertion, None, None)
+        except StepUpRequiredError as exc:
+            return _parsed(assertion.path, StepUp.from_problem, exc.problem)
+        return _parsed(assertion.path, Decision.from_json, data)
+
+    async def _step_up(self, subject: str, step: StepUp) -> Decision:
+        """The verifier wants a template it matches itself: a finger on an image reader, with the step-up id."""
+        self.emit({"type": "step_up", "acr_values": step.acr_values, "reasons": step.reasons})
+        if self.image_session is None:
+            raise SessionError(
+                "the verifier asks for a second factor after the sensor's match, and no image reader is connected",
+                fix="connect a fingerprint image reader ([[device]] kind zfm or an fprint image reader), "
+                "or ask the operator: capture-verifier device allow DEVICE --sensor-assertions accept",
+            )
+        session = self.image_session()
+        challenge = await session.api.challenge("verify", subject)
+        record = await session.capture(place_message="Place your finger on the other reader")
+        answer = await session.api.verify(subject, [record], step_up=step.step_up, challenge=challenge)
+        if isinstance(answer, StepUp):
+            raise SessionError("the verifier asked for yet another factor after the template",
+                               fix="start the verification again; if it persists, see the verifier's policy")
+        return answer
+
+    # ---------------------------------------------------------------- identify
+    async def identify(self, subjects: list[str] | None = None) -> dict[str, Any]:
+        """1:N on the sensor among the prints kept for this device; the found subject is asserted like a verify."""
+        names = subjects if subjects is not None else self.prints.subjects(self.device.name)
+        if not names:
+            raise SessionError("no print is enrolled on this sensor", fix="enroll a subject on this reader first")
+        kept = [self.prints.load_with_id(self.device.name, name) for name in names]
+        index = await self._on_sensor(
+            lambda: self.device.identify([blob for _, blob in kept], self.finger_timeout_s, cancel=self.cancelled)
+        )
+        self._prompt("lift_finger")
+        if index is None:
+            result = {"type": "result", "operation": "identify", "candidates": [], "assurance": "match-on-sensor"}
+            self.emit(result)
+            return result
+        subject = names[index]
+        assertion = SensorAssertion(subject, self.reader, print_hash(kept[index][0]), "match")
+        answer = await self._assert(assertion)
+        if isinstance(answer, StepUp):
+            answer = await self._step_up(subject, answer)
+        candidates = [{"subject": subject, "score": answer.score}] if answer.accepted else []
+        result = {"type": "result", "operation": "identify", "candidates": candidates, "assurance": "match-on-sensor"}
+        self.emit(result)
+        return result

@@ -1,0 +1,241 @@
+"""Match-on-sensor readers: sensor enrollments, device-signed assertions, and the policy for them.
+
+A match-on-sensor reader compares the finger on the sensor; the verifier gets
+only the device's signed word that it matched (:mod:`protocol.sensor`). That
+is a weaker assurance than a template the verifier matched itself: whoever
+holds the device key can assert anything. So each device has a policy for
+assertions, set by the operator (``capture-verifier device allow ID
+--sensor-assertions accept|step-up|refuse``):
+
+- ``accept``: a match is a decision (a subject marked high-risk still steps up);
+- ``step_up`` (the default): RFC 9470 401 ``insufficient_user_authentication``;
+  a fingerprint template of the same subject, sent to ``/v1/verifications``
+  with the step-up id, is matched by the verifier and decides;
+- ``refuse``: 403 ``sensor-assertion-refused``.
+
+Every outcome is an audit event (device, subject, reader, outcome, reason;
+never a print). The gate is the biometric routes' own (access rule, rate,
+signature over the canonical bytes, single-use nonce).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import structlog
+
+from protocol import endpoints
+from protocol.sensor import (
+    ACR_AFTER_SENSOR,
+    ASSURANCE,
+    DEFAULT_POLICY,
+    POLICIES,
+    SensorAssertion,
+    SensorEnrollmentRequest,
+)
+from protocol.wire import WireError
+from verifier.biometric import BiometricRoutes, _locked
+from verifier.http import Answer, Request, Route, json_answer
+from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from verifier.problems import Problem
+
+log = structlog.get_logger()
+
+SENSOR_STEP_UP_REASON = "sensor_assertion"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sensor_enrollments (
+    subject_id    TEXT NOT NULL,
+    device_id     TEXT NOT NULL,
+    driver        TEXT NOT NULL,
+    reader        TEXT NOT NULL,
+    print_hash    TEXT NOT NULL,
+    enrolled_at   REAL NOT NULL,
+    PRIMARY KEY (subject_id, device_id, driver, reader)
+);
+CREATE TABLE IF NOT EXISTS sensor_policy (
+    device_id     TEXT PRIMARY KEY,
+    policy        TEXT NOT NULL
+);
+"""
+
+
+class SensorPolicy:
+    """Per device: accept, step_up or refuse sensor assertions (default step_up)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.executescript(SCHEMA)
+
+    def set(self, device_id: str, policy: str) -> None:
+        policy = policy.replace("-", "_")
+        if policy not in POLICIES:
+            raise ValueError(f"sensor assertion policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        self.conn.execute(
+            "INSERT INTO sensor_policy (device_id, policy) VALUES (?, ?) "
+            "ON CONFLICT(device_id) DO UPDATE SET policy = excluded.policy",
+            (device_id, policy),
+        )
+
+    def of(self, device_id: str) -> str:
+        row = self.conn.execute("SELECT policy FROM sensor_policy WHERE device_id = ?", (device_id,)).fetchone()
+        return row[0] if row else DEFAULT_POLICY
+
+
+class SensorRoutes:
+    """``/v1/sensor/enrollments`` and ``/v1/sensor/verifications``, through the biometric routes' gate."""
+
+    def __init__(self, conn: sqlite3.Connection, biometric: BiometricRoutes) -> None:
+        self.conn = conn
+        self.bio = biometric
+        self.policy = SensorPolicy(conn)
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {
+            ("POST", endpoints.SENSOR_ENROLLMENTS): Route(self.enroll, needs_client_cert=True),
+            ("POST", endpoints.SENSOR_VERIFICATIONS): Route(self.verify, needs_client_cert=True),
+        }
+
+    def enrolled_on_sensor(self, subject: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM sensor_enrollments WHERE subject_id = ? LIMIT 1", (subject,))
+        return row.fetchone() is not None
+
+    # ---------------------------------------------------------------- enrollment
+    def enroll(self, request: Request) -> Answer:
+        assert request.device is not None
+        device_id = request.device.device_id
+        body = self.bio.signed_body(request, "enroll")
+        try:
+            asked = SensorEnrollmentRequest.from_body(body)
+        except WireError as exc:
+            raise Problem("bad-json", str(exc)) from None
+        subject = asked.subject
+        recorded = self.bio.subjects.recorded(subject)
+        group = self.bio._enrollment_group(request, subject, asked.group)
+        self.bio._check_group(request, subject, group)
+        # An enrolled subject (templates, or a print on any sensor) gains a sensor print only after verifying.
+        enrolled = self.bio.enrollments.exists(subject) or self.enrolled_on_sensor(subject)
+        if enrolled:
+            self.bio._check_session_token(request, subject, asked.session_token)
+            if not self.bio.sessions.take(str(asked.session_token), device_id, subject):
+                raise self.bio._refused(
+                    request,
+                    Problem("session-token-refused", "the session token was already used, or expired",
+                            "verify the subject again on this device: a token authorises one enrollment"),
+                    "session token used or expired",
+                    subject=subject,
+                )
+        if recorded is None:
+            self.bio.subjects.assign(subject, group)
+        self.conn.execute(
+            "INSERT INTO sensor_enrollments (subject_id, device_id, driver, reader, print_hash, enrolled_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(subject_id, device_id, driver, reader) "
+            "DO UPDATE SET print_hash = excluded.print_hash, enrolled_at = excluded.enrolled_at",
+            (subject, device_id, asked.reader.driver, asked.reader.device, asked.print_hash, time.time()),
+        )
+        log.info(
+            "sensor_enrollment",
+            audit=True,
+            device_id=device_id,
+            subject=subject,
+            group=group,
+            reader=f"{asked.reader.driver}/{asked.reader.device}",
+            with_session_token=enrolled,
+        )
+        answer = {"subject": subject, "group": group, "reader": asked.reader.json(), "assurance": ASSURANCE}
+        return json_answer(201, answer)
+
+    # ---------------------------------------------------------------- assertions
+    def _audit(self, device_id: str, assertion: SensorAssertion, outcome: str, reason: str, **fields: Any) -> None:
+        log.info(
+            "verification_attempt",
+            audit=True,
+            device_id=device_id,
+            subject=assertion.subject,
+            outcome=outcome,
+            reason=reason,
+            assurance=ASSURANCE,
+            reader=f"{assertion.reader.driver}/{assertion.reader.device}",
+            sensor_result=assertion.result,
+            **fields,
+        )
+
+    def verify(self, request: Request) -> Answer:
+        assert request.device is not None
+        device_id = request.device.device_id
+        body = self.bio.signed_body(request, "verify")
+        try:
+            assertion = SensorAssertion.from_body(body)
+        except WireError as exc:
+            raise Problem("bad-json", str(exc)) from None
+        subject = assertion.subject
+        self.bio._check_group(request, subject, self.bio.subjects.group_of(subject))
+        row = self.conn.execute(
+            "SELECT print_hash FROM sensor_enrollments WHERE subject_id = ? AND device_id = ? AND driver = ? "
+            "AND reader = ?",
+            (subject, device_id, assertion.reader.driver, assertion.reader.device),
+        ).fetchone()
+        if row is None or row[0] != assertion.print_hash:
+            self._audit(device_id, assertion, "unknown_subject", "no such print enrolled on this device's sensor")
+            raise Problem(
+                "sensor-enrollment-unknown",
+                f"subject {subject!r} is not enrolled with this print on reader "
+                f"{assertion.reader.driver}/{assertion.reader.device} of device {device_id}",
+                f"enroll the subject on this reader first: capture-agent enroll --subject {subject}",
+            )
+        locked = self.bio.lockouts.locked_for(device_id, subject)
+        if locked > 0:
+            self._audit(device_id, assertion, "locked_out", "too many failures", locked_for_s=round(locked, 1))
+            raise _locked(subject, locked)
+        policy = self.policy.of(device_id)
+        if policy == "refuse":
+            self._audit(device_id, assertion, "refused", "sensor assertions refused for this device", policy=policy)
+            raise Problem(
+                "sensor-assertion-refused",
+                f"device {device_id} may not verify with match-on-sensor assertions",
+                "verify with a fingerprint image reader, or ask the operator: "
+                f"capture-verifier device allow {device_id} --sensor-assertions step-up",
+            )
+        if not assertion.matched:
+            self.bio.lockouts.record(device_id, subject, False)
+            self._audit(device_id, assertion, "reject", "the sensor did not match", policy=policy)
+            return self._decision(device_id, subject, "reject")
+        reasons = [SENSOR_STEP_UP_REASON] if policy == "step_up" else []
+        risky = self.bio.stepup.reasons(device_id, subject, 1.0, 0.0, 0)
+        reasons += [r for r in risky if r == "high_risk_subject"]
+        if reasons:
+            return self._ask_step_up(device_id, assertion, reasons, policy)
+        self.bio.lockouts.record(device_id, subject, True)
+        self._audit(device_id, assertion, "accept", "the sensor matched; policy accepts sensor assertions",
+                    policy=policy)
+        return self._decision(device_id, subject, "accept")
+
+    def _decision(self, device_id: str, subject: str, decision: str) -> Answer:
+        answer: dict[str, Any] = {
+            "subject": subject,
+            "decision": decision,
+            "score": 1.0 if decision == "accept" else 0.0,
+            "threshold": 1.0,
+            "assurance": ASSURANCE,
+        }
+        if decision == "accept":
+            answer.update(self.bio.sessions.issue(device_id, subject))
+        return json_answer(200, answer)
+
+    def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str) -> Answer:
+        """RFC 9470 401: a template the verifier matches itself, sent to /v1/verifications with this id."""
+        step = self.bio.stepup.open(device_id, assertion.subject, [], reasons)  # no first template to differ from
+        self._audit(device_id, assertion, "step_up", ",".join(reasons), policy=policy)
+        problem = Problem(
+            "insufficient-user-authentication",
+            f"a sensor's match needs a second factor ({', '.join(reasons)})",
+            "capture a fingerprint on an image reader and send its template with this step_up id",
+            extra=(("step_up", step), ("acr_values", ACR_AFTER_SENSOR), ("reasons", reasons)),
+        )
+        challenge = (
+            'Bearer error="insufficient_user_authentication", '
+            f'error_description="{", ".join(reasons)}", acr_values="{ACR_AFTER_SENSOR}"'
+        )
+        return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
