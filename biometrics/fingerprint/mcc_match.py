@@ -160,24 +160,17 @@ def gather(parts: list[tuple[Packed, np.ndarray]]) -> Packed:
 _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
-def _tall(gallery_rows: np.ndarray, probe_rows: np.ndarray) -> np.ndarray:
-    """probe_rows @ gallery_rows.T, computed as the tall product and returned C-contiguous."""
-    return np.ascontiguousarray((gallery_rows @ np.ascontiguousarray(probe_rows.T)).T)
-
-
 def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     """Cylinder similarities, shape (n_probe, T, K); 0 where not comparable."""
     t, k = gallery.templates, gallery.width
     n = len(probe)
     if n == 0 or t == 0:
         return np.zeros((n, t, k), np.float32)
-    # Products are taken tall (gallery rows x probe rows) and transposed back: BLAS runs
-    # them 20-40 % faster than the wide (probe rows x gallery rows) form, same arithmetic.
-    cross = _tall(gallery.values, probe.values)  # (n, T*K)
-    norm_a = _tall(gallery.valid, _energy(probe))  # |a| squared on the common cells
-    norm_b = _tall(gallery.energy, probe.valid)
-    common = _tall(gallery.valid, probe.valid)
-    facing = _tall(gallery.direction, _direction(probe.angle))  # cos of the direction difference
+    cross = probe.values @ gallery.values.T  # (n, T*K)
+    norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
+    norm_b = probe.valid @ gallery.energy.T
+    common = probe.valid @ gallery.valid.T
+    facing = _direction(probe.angle) @ gallery.direction.T  # cos of the direction difference
     ok = (common >= MIN_COMMON * N_SPATIAL) & (facing >= _COS_MAX)
     # 1 - |a - b| / (|a| + |b|), computed in place to keep the arrays in cache.
     cross *= -2.0
