@@ -56,7 +56,7 @@ class GalleryIndex:
     :meth:`scores` gives every template the full score (about 75 us per template
     per core). :meth:`search` ranks the gallery with the pre-filter (about 3 us per
     template) and fully scores only its best max(64, 5 %) (see
-    :mod:`biometrics.fingerprint.prefilter`): 105,000 to 140,000 comparisons per
+    :mod:`biometrics.fingerprint.prefilter`): 90,000 to 140,000 comparisons per
     second per core on FVC2002 and synthetic templates (gallery of 2,000, measured
     on a shared, loaded 2-core machine).
     For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
