@@ -29,6 +29,7 @@ from agent.devices.errors import NoDeviceFor
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError
+from agent.face_sessions import face_session, face_step_up
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
@@ -51,7 +52,9 @@ OUTBOX_FILE = "outbox.sqlite"
 def _fingerprint_session(devices: DeviceSupervisor, client: VerifierClient, emit: Any) -> CaptureSession:
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
-    return CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+    session = CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+    session.face_step_up = face_step_up(devices, client, emit)  # a policy may ask for the face too
+    return session
 
 
 def _session(
@@ -63,7 +66,9 @@ def _session(
     if capability != MATCH_ON_SENSOR:
         try:
             device = devices.pick(FINGERPRINT_IMAGE, name)
-            return CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+            session = CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
+            session.face_step_up = face_step_up(devices, client, emit)  # a policy may ask for the face too
+            return session
         except NoDeviceFor:
             if capability == FINGERPRINT_IMAGE or not any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
                 raise
@@ -146,6 +151,7 @@ class AgentDaemon:
             self.api = LocalAPI(
                 self.config.api.socket,
                 lambda emit, reader="": _session(devices, client, prints, emit, reader),
+                make_face_session=lambda emit: face_session(devices, client, emit),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

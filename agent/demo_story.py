@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.client import VerifierClient
 from agent.config import AgentConfig
+from agent.demo_faces import face_story
 from agent.errors import NonceUsedError
 from agent.identity import DeviceIdentity
 from agent.sessions import CaptureSession
@@ -92,8 +93,8 @@ async def biometric_story(
             say(f"module on {port}: {size} pixels, opened by the driver")
             async with VerifierClient(config, identity) as client:
 
-                def session() -> CaptureSession:
-                    return CaptureSession(reader, client, emit=person)
+                def session(**options: Any) -> CaptureSession:
+                    return CaptureSession(reader, client, emit=person, **options)
 
                 step("Enrolling three people: three captures of two fingers each, quality-gated and cross-checked")
                 for index, (name, (first, second)) in enumerate(PEOPLE.items()):
@@ -129,6 +130,8 @@ async def biometric_story(
                     say("UNEXPECTED: the replay was accepted")
                 except NonceUsedError as exc:
                     say(f"replay: refused ({exc.status} {exc.slug}: {exc.problem.get('detail')})")
+
+                await face_story(client, session, person, work / "pki", step, say)  # agent/demo_faces.py
 
                 step("Decision latency by phase (3 genuine verifications at the module's real line speed; table below)")
                 assert simulator.stdin is not None

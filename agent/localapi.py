@@ -6,6 +6,7 @@ whole access rule (no port, no token). HTTP parsing is h11's (sans-I/O); this
 module is the thin shell and the routes:
 
     POST   /sessions               {"operation": "enroll"|"verify"|"identify", "subject": ...,
+                                    "modality": "finger" (default) | "face",
                                     "captures": 3, "fingers": 2, "group": ..., "verify_first": false,
                                     "reader": "match-on-sensor" | "fingerprint-image" | a device name}
                                    (captures, fingers, group, verify_first: enroll only; verify_first
@@ -43,6 +44,7 @@ log = structlog.get_logger()
 
 MAX_BODY = 64 * 1024
 OPERATIONS = ("enroll", "verify", "identify")
+MODALITIES = ("finger", "face")
 MAX_CAPTURES = 10
 MAX_FINGERS = 4
 
@@ -67,11 +69,13 @@ class LocalAPI:
         socket_path: Path,
         make_session: Callable[[Callable[[dict[str, Any]], None]], Any],
         group: str = "",
+        make_face_session: Callable[[Callable[[dict[str, Any]], None]], Any] | None = None,
         health: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         record: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.make_session = make_session  # emit -> CaptureSession
+        self.make_face_session = make_face_session  # emit -> FaceSession ("modality": "face")
         self.group = group
         self.health = health or (lambda: {})
         self.record = record or (lambda kind, data: None)  # the daemon's audit trail
@@ -122,6 +126,12 @@ class LocalAPI:
             if not isinstance(verify_first, bool):
                 raise ApiError(400, '"verify_first" must be true or false')
             args = (subject, captures, group, fingers, verify_first)
+        modality = request.get("modality", "finger")
+        if modality not in MODALITIES:
+            raise ApiError(400, f'"modality" must be one of {", ".join(MODALITIES)}')
+        make = self.make_session if modality == "finger" else self.make_face_session
+        if make is None:
+            raise ApiError(503, "this agent runs no face sessions (fix: configure a camera device)")
         reader = request.get("reader")  # a capability (match-on-sensor, fingerprint-image) or a device name
         if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
             raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
@@ -130,7 +140,10 @@ class LocalAPI:
         running = RunningSession(secrets.token_urlsafe(12), operation, None)
         try:
             chosen = {"reader": reader} if reader else {}
-            running.session = self.make_session(running.events.put_nowait, **chosen)
+            running.session = (
+                self.make_session(running.events.put_nowait, **chosen) if modality == "finger"
+                else make(running.events.put_nowait)
+            )
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
             raise ApiError(503, f"{exc.message} (fix: {exc.fix})") from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +30,7 @@ import structlog
 from agent.client import VerifierClient
 from agent.errors import AgentError
 from agent.verifier_api import VerifierAPI
+from protocol.face_template import ACR_FACE
 from protocol.messages import Challenge, Decision, StepUp
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW
 
@@ -51,6 +52,19 @@ MESSAGES = {
     "too_fast": "Too fast: hold your finger still",
     "clean_sensor": "Please wipe the sensor",
     "hold_still": "Hold still",
+    # faces (agent/face_sessions.py): quality codes, then the liveness challenge's prompts and failures
+    "face_not_found": "Stand in front of the camera",
+    "move_closer": "Come a little closer to the camera",
+    "move_back": "Move back a little from the camera",
+    "look_at_camera": "Look straight at the camera",
+    "too_dark": "It is too dark here: face the light",
+    "too_bright": "Too bright: move away from the light behind you",
+    "turn_head_left": "Slowly turn your head to your left",
+    "turn_head_right": "Slowly turn your head to your right",
+    "liveness_still": "No movement seen: a photo is not accepted; turn your head when asked",
+    "liveness_wrong_sequence": "That was the other way: start again and follow the prompts",
+    "liveness_timeout": "Too slow: start again and turn your head when asked",
+    "liveness_face_lost": "Stay in front of the camera: start again",
 }
 
 
@@ -108,6 +122,8 @@ class CaptureSession:
 
     session_token: SessionToken | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by cancel(): stops reader waits
+    # A step-up asking for a face (acr_values "face"): (subject, step_up id) -> the face's answer.
+    face_step_up: Callable[[str, str], Awaitable[Decision | StepUp]] | None = None
 
     def __post_init__(self) -> None:
         self.api = VerifierAPI(self.client)
@@ -250,6 +266,9 @@ class CaptureSession:
         answer = await self._verify_call(subject, record, challenge)
         if isinstance(answer, StepUp):
             self.emit({"type": "step_up", "acr_values": answer.acr_values, "reasons": answer.reasons})
+            if answer.acr_values == ACR_FACE:
+                answer = await self._face_step_up(subject, answer)
+        if isinstance(answer, StepUp):
             challenge = await self.api.challenge("verify", subject)
             second = await self.capture(place_message="Place another finger on the sensor")
             answer = await self._verify_call(subject, second, challenge, step_up=answer.step_up)
@@ -263,6 +282,17 @@ class CaptureSession:
         result = {"type": "result", "operation": "verify", **answer.public()}
         self.emit(result)
         return result
+
+    async def _face_step_up(self, subject: str, asked: StepUp) -> Decision | StepUp:
+        """The verifier's policy needs a face too: run the face session's step-up, or say what is missing."""
+        if self.face_step_up is None:
+            raise SessionError("the verifier asks for a face and this device has no camera",
+                               fix="configure a [devices.camera] section, or verify this subject at a kiosk with one")
+        answer = await self.face_step_up(subject, asked.step_up)
+        if isinstance(answer, StepUp):
+            raise SessionError("the verifier asked for yet another factor after the face",
+                               fix="start the verification again; if it persists, see the verifier's factor rules")
+        return answer
 
     async def _verify_call(
         self, subject: str, record: bytes, challenge: Challenge, step_up: str | None = None

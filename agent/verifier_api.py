@@ -71,12 +71,16 @@ class VerifierAPI:
 
     async def _challenge(self, asked: ChallengeRequest) -> Challenge:
         data = await self.client.call("POST", asked.path, json=asked.body())
-        return _parsed(asked.path, Challenge.from_json, data)
+        return parsed_answer(asked.path, Challenge.from_json, data)
 
-    async def _signed(
+    async def signed(
         self, request: SignedRequest, challenge: Challenge | None, timing: dict[str, float] | None
     ) -> Any:
-        """POST ``request`` signed over a nonce; a nonce that expired is replaced once, by its type."""
+        """POST ``request`` signed over a nonce; a nonce that expired is replaced once, by its type.
+
+        Public for request kinds without a method of their own here (the
+        match-on-sensor assertions of ``agent.sensor_sessions``): one place signs.
+        """
         path = request.path
         for attempt in range(2):
             if challenge is None:
@@ -87,7 +91,7 @@ class VerifierAPI:
             try:
                 return await self.client.call("POST", path, json=body, timing=timing)
             except NonceExpiredError:
-                if attempt:
+                if attempt or getattr(request, "faces", None):  # a face's liveness challenge was the nonce's
                     raise
                 log.info("nonce_expired_retry", path=path)  # a slow capture outlived the nonce
                 challenge = None
@@ -101,20 +105,32 @@ class VerifierAPI:
         step_up: str | None = None,
         challenge: Challenge | None = None,
         timing: dict[str, float] | None = None,
+        faces: list[bytes] | None = None,
+        liveness: tuple[str, ...] | None = None,
     ) -> Decision | StepUp:
-        """1:1 against ``subject``: a decision, or the step-up the verifier asks for first."""
-        request = VerificationRequest(subject, records, step_up)
+        """1:1 against ``subject``: a decision, or the step-up the verifier asks for first.
+
+        ``faces`` (face template records) go with the ``liveness`` steps run for
+        ``challenge``'s nonce, which a face request must therefore name.
+        """
+        request = VerificationRequest(subject, records, step_up, list(faces or []), liveness)
         try:
-            data = await self._signed(request, challenge, timing)
+            data = await self.signed(request, challenge, timing)
         except StepUpRequiredError as exc:
-            return _parsed(request.path, StepUp.from_problem, exc.problem)
-        return _parsed(request.path, Decision.from_json, data)
+            return parsed_answer(request.path, StepUp.from_problem, exc.problem)
+        return parsed_answer(request.path, Decision.from_json, data)
 
     async def identify(
-        self, records: list[bytes], *, challenge: Challenge | None = None, timing: dict[str, float] | None = None
+        self,
+        records: list[bytes],
+        *,
+        challenge: Challenge | None = None,
+        timing: dict[str, float] | None = None,
+        faces: list[bytes] | None = None,
+        liveness: tuple[str, ...] | None = None,
     ) -> Identification:
-        request = IdentificationRequest(records)
-        return _parsed(request.path, Identification.from_json, await self._signed(request, challenge, timing))
+        request = IdentificationRequest(records, list(faces or []), liveness)
+        return parsed_answer(request.path, Identification.from_json, await self.signed(request, challenge, timing))
 
     async def enroll(
         self,
@@ -125,12 +141,15 @@ class VerifierAPI:
         session_token: str | None = None,
         challenge: Challenge | None = None,
         timing: dict[str, float] | None = None,
+        faces: list[bytes] | None = None,
+        liveness: tuple[str, ...] | None = None,
     ) -> Enrollment:
-        request = EnrollmentRequest(subject, records, group, session_token)
-        return _parsed(request.path, Enrollment.from_json, await self._signed(request, challenge, timing))
+        request = EnrollmentRequest(subject, records, group, session_token, list(faces or []), liveness)
+        return parsed_answer(request.path, Enrollment.from_json, await self.signed(request, challenge, timing))
 
 
-def _parsed(path: str, parse: Any, data: Any) -> Any:
+def parsed_answer(path: str, parse: Any, data: Any) -> Any:
+    """``parse`` applied to a verifier answer; anything malformed is the agent's typed AnswerError."""
     if not isinstance(data, dict):
         raise answer_error(path, "the answer is not a JSON object")
     try:

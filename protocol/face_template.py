@@ -22,6 +22,8 @@ the same checks, so no malformed record is ever made. Pure: struct and math.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 import struct
@@ -154,3 +156,54 @@ def decode(record: bytes) -> FaceTemplate:
     values = struct.unpack_from(f"<{dim}f", data, start)
     _check_values(values)
     return FaceTemplate(model, values)
+
+
+# ---------------------------------------------------------------- in a request body
+FACES = "faces"  # the body field beside "templates": a list of face template envelopes
+LIVENESS = "liveness"  # the body field naming the liveness challenge the device ran (face requests only)
+MAX_FACES = 5  # face templates per request
+ACR_FACE = "face"  # RFC 9470 acr_values naming a face as the factor asked for
+ACR_FINGER = "finger"  # ... and a finger, when a face came first and the policy needs both
+FACTORS = ("finger", "face")
+
+
+def wire_faces(records: Sequence[bytes]) -> list[dict[str, str]]:
+    """The ``faces`` list of a request: each record in the same envelope as a fingerprint template."""
+    return [{"format": FORMAT, "data": base64.b64encode(r).decode("ascii")} for r in records]
+
+
+def face_records_of(items: object) -> list[bytes]:
+    """The records of a ``faces`` list, each decoded and checked; a :class:`FaceTemplateError` names the item."""
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_FACES:
+        raise FaceTemplateError(f"the body's {FACES!r} needs 1 to {MAX_FACES} face templates")
+    records = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("format") != FORMAT or not isinstance(item.get("data"), str):
+            raise FaceTemplateError(f"faces[{index}] is not a {FORMAT} template")
+        try:
+            record = base64.b64decode(item["data"], validate=True)
+        except binascii.Error:
+            raise FaceTemplateError(f"faces[{index}]: the data is not base64") from None
+        try:
+            decode(record)
+        except FaceTemplateError as exc:
+            raise type(exc)(f"faces[{index}]: {exc}") from None
+        records.append(record)
+    return records
+
+
+def wire_liveness(steps: Sequence[str]) -> dict[str, object]:
+    """The ``liveness`` field: the challenge the device ran (derived from the nonce) and that it passed."""
+    return {"steps": list(steps), "result": "passed"}
+
+
+def liveness_steps_of(value: object) -> tuple[str, ...]:
+    """The steps a ``liveness`` field claims were passed; :class:`FaceTemplateError` when it is malformed."""
+    if not isinstance(value, dict) or set(value) != {"steps", "result"}:
+        raise FaceTemplateError('a face request needs "liveness": {"steps": [...], "result": "passed"}')
+    steps = value["steps"]
+    if not isinstance(steps, list) or not 1 <= len(steps) <= 16 or not all(isinstance(s, str) for s in steps):
+        raise FaceTemplateError("liveness steps are 1 to 16 prompt codes")
+    if value["result"] != "passed":
+        raise FaceTemplateError("only a passed liveness challenge is sent; the device refuses the others itself")
+    return tuple(steps)

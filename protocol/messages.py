@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import endpoints
+from protocol.face_template import FACES, LIVENESS, wire_faces, wire_liveness
 from protocol.templates import wire_templates
 from protocol.wire import WireError
 
@@ -22,6 +23,21 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise WireError(f"{what}: {name!r} is missing or not of the right type")
     return value
+
+
+def _templates_body(templates: list[bytes], faces: list[bytes], liveness: tuple[str, ...] | None) -> dict[str, Any]:
+    """A request's biometric fields: finger records under ``templates``, face records under ``faces``.
+
+    A request carries one modality or both; a face always comes with the
+    liveness challenge the device ran (derived from the nonce it signs).
+    """
+    out: dict[str, Any] = {}
+    if templates:
+        out["templates"] = wire_templates(templates)
+    if faces:
+        out[FACES] = wire_faces(faces)
+        out[LIVENESS] = wire_liveness(liveness or ())
+    return out
 
 
 # ---------------------------------------------------------------- requests
@@ -77,6 +93,8 @@ class VerificationRequest:
     subject: str
     templates: list[bytes] = field(repr=False)
     step_up: str | None = None
+    faces: list[bytes] = field(default_factory=list, repr=False)
+    liveness: tuple[str, ...] | None = None
 
     path = endpoints.VERIFICATIONS
     operation = "verify"
@@ -85,7 +103,7 @@ class VerificationRequest:
         return ChallengeRequest(self.operation, self.subject)
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"subject": self.subject, "templates": wire_templates(self.templates)}
+        out: dict[str, Any] = {"subject": self.subject, **_templates_body(self.templates, self.faces, self.liveness)}
         if self.step_up is not None:
             out["step_up"] = self.step_up
         return out
@@ -94,6 +112,8 @@ class VerificationRequest:
 @dataclass(frozen=True)
 class IdentificationRequest:
     templates: list[bytes] = field(repr=False)
+    faces: list[bytes] = field(default_factory=list, repr=False)
+    liveness: tuple[str, ...] | None = None
 
     path = endpoints.IDENTIFICATIONS
     operation = "identify"
@@ -102,7 +122,7 @@ class IdentificationRequest:
         return ChallengeRequest(self.operation)
 
     def body(self) -> dict[str, Any]:
-        return {"templates": wire_templates(self.templates)}
+        return _templates_body(self.templates, self.faces, self.liveness)
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,8 @@ class EnrollmentRequest:
     templates: list[bytes] = field(repr=False)
     group: str | None = None
     session_token: str | None = field(default=None, repr=False)
+    faces: list[bytes] = field(default_factory=list, repr=False)
+    liveness: tuple[str, ...] | None = None
 
     operation = "enroll"
 
@@ -122,7 +144,7 @@ class EnrollmentRequest:
         return ChallengeRequest(self.operation, self.subject, self.group)
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"templates": wire_templates(self.templates)}
+        out: dict[str, Any] = _templates_body(self.templates, self.faces, self.liveness)
         if self.group is not None:
             out["group"] = self.group
         if self.session_token is not None:

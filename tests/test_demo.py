@@ -30,6 +30,21 @@ def test_the_demo_tells_the_whole_story() -> None:
     ):
         assert needle in out, needle
     assert "UNEXPECTED" not in out
+    from agent.demo_faces import faces_folder
+
+    if faces_folder() is None:  # the demo says why it skipped the faces
+        assert "skipped: the ORL faces are not at" in out
+    else:
+        for needle in (
+            "liveness challenge from the verifier's nonce: turn_head_",
+            "camera: Slowly turn your head to your",
+            "Ana's face: enrolled, 3 embeddings",
+            "s from her face appearing",
+            "verifier asks for more: face (policy_requires_face)",
+            "): a finger and her face",
+            "refused on the device, nothing sent: the liveness challenge failed (liveness_still)",
+        ):
+            assert needle in out, needle
     # Every heading has its own lines under it, in the story's order (issue 11, item 14).
     sections: dict[str, list[str]] = {}
     heading = ""
@@ -46,3 +61,6 @@ def test_the_demo_tells_the_whole_story() -> None:
     assert not any("module on" in line for line in renewal)
     sensor = next(lines for name, lines in sections.items() if name.startswith("People at a simulated sensor"))
     assert sensor[0].startswith("module on ")
+    if faces_folder() is not None:
+        face = next(lines for name, lines in sections.items() if name.startswith("Ana verifies by face"))
+        assert any(line.startswith("decision: accept") for line in face), face

@@ -51,12 +51,14 @@ from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
 from protocol import endpoints
+from protocol.face_template import ACR_FACE
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
 from protocol.templates import TemplateWireError, minutiae_problem, records_of
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
+from verifier.faces import FACE_REQUIRED, FaceRoutes, has_faces
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
@@ -77,7 +79,8 @@ ENROLLMENTS_PATH = endpoints.ENROLLMENTS
 class BiometricRoutes:
     def __init__(self, conn: sqlite3.Connection, settings: VerifierSettings) -> None:
         self.challenges = Challenges(conn, ttl_s=settings.nonce_ttl_s)
-        self.enrollments = EnrollmentStore(conn, load_or_create_key(settings.enrollment_key))
+        key = load_or_create_key(settings.enrollment_key)
+        self.enrollments = EnrollmentStore(conn, key)
         self.threshold = threshold_for_fmr(settings.target_fmr)
         # One search per new template against every other subject: N comparisons, so a stricter rate.
         self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
@@ -95,6 +98,7 @@ class BiometricRoutes:
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
+        self.faces = FaceRoutes(self, conn, key, settings.target_fmr, settings.duplicate_fmr)  # verifier/faces.py
         # Subjects' packed templates: written by pool threads, invalidated by the loop (generation).
         self._packs: dict[str, _SubjectPack] = {}
         self._generation: dict[str, int] = {}
@@ -150,7 +154,7 @@ class BiometricRoutes:
     def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
         """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
         body = self.signed_body(request, operation)
-        return body, _template_records(body)
+        return body, ([] if has_faces(body) else _template_records(body))  # faces: checked by self.faces
 
     def signed_body(self, request: Request, operation: str) -> dict[str, Any]:
         """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions)."""
@@ -186,6 +190,10 @@ class BiometricRoutes:
         except NonceError as exc:
             raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
         return body
+
+    def _enrolled(self, subject: str) -> bool:
+        """The subject has a finger or a face enrolled."""
+        return self.enrollments.exists(subject) or self.faces.enrolled(subject)
 
     def _check_group(self, request: Request, subject: str, group: str) -> None:
         """403 (audited) unless the device may act on subjects of ``group``."""
@@ -396,7 +404,7 @@ class BiometricRoutes:
             self._check_group(request, subject, group)
             return
         self._check_group(request, subject, self.subjects.group_of(subject))
-        if not self.enrollments.exists(subject):
+        if not self._enrolled(subject):
             raise self._refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
@@ -435,8 +443,9 @@ class BiometricRoutes:
         self._check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
+        face_enrolled = self.faces.enrolled(subject)
         token_expiry: float | None = None
-        if enrolled:
+        if enrolled or face_enrolled:
             self._check_session_token(request, subject, token)
             # Spent by this attempt whatever it gives: a refused finger does not leave it for another try.
             token_expiry = self.sessions.take(str(token), device_id, subject)
@@ -451,6 +460,8 @@ class BiometricRoutes:
                     "session token used or expired",
                     subject=subject,
                 )
+        if not records:
+            return self.faces.enroll(request, body, subject, group, recorded, token_expiry)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self._charge(request, len(views) * (self._gallery_size + count))
@@ -534,7 +545,7 @@ class BiometricRoutes:
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
             raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
         self._check_group(request, subject, self.subjects.group_of(subject))
-        if not self.enrollments.exists(subject):
+        if not self._enrolled(subject):
             raise self._unknown_subject(device_id, subject)
         wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
         if wait > 0:
@@ -555,11 +566,16 @@ class BiometricRoutes:
             raise self._attempt_refused(
                 device_id, subject, "locked_out", _locked(subject, locked), locked_for_s=round(locked, 1)
             )
+        if not records:
+            return self.faces.verify(request, body, subject)
         views = self._views(request, records)
         pending = None
         step_id = body.get("step_up")
         if step_id is not None:
             pending = self.stepup.take(str(step_id), device_id, subject)
+            if pending is not None and FACE_REQUIRED in pending.reasons:  # asked for a face, sent a finger
+                self.stepup.give_back(str(step_id), pending)
+                pending = None
             if pending is None:
                 raise self._attempt_refused(
                     device_id,
@@ -595,6 +611,8 @@ class BiometricRoutes:
                 decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
                 reason = "step-up with the same finger" if scored.same_finger else ""
                 return self._decided(device_id, subject, decision, scored, step_up=pending.reasons, reason=reason)
+            if scored.score >= self.threshold and "face" in self.faces.required(subject):
+                return self.faces.ask(device_id, subject, records, [FACE_REQUIRED], scored.score, ACR_FACE)
             if scored.score >= self.threshold:
                 failures = self.lockouts.failures(subject)
                 reasons = self.stepup.reasons(device_id, subject, scored.score, self.threshold, failures)
@@ -685,6 +703,8 @@ class BiometricRoutes:
         body, records = self._checked(request, "identify")
         views = self._views(request, records)
         allowed = self.rules.groups(device_id)
+        if not records:
+            return self.faces.identify(request, body, allowed)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
         self._charge(request, len(views) * self._gallery_size)

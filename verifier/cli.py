@@ -7,6 +7,7 @@ capture-verifier device revoke --pki DIR ID
 capture-verifier device allow --pki DIR ID [--operations verify,identify] [--groups staff,visitors]
 capture-verifier subject group --pki DIR SUBJECT GROUP
 capture-verifier subject high-risk --pki DIR SUBJECT [--off]
+capture-verifier subject require --pki DIR (SUBJECT | --group GROUP) --factors finger,face
 capture-verifier serve --pki DIR [--host H] [--port P] [--ready-file F]
 """
 
@@ -218,6 +219,24 @@ def cmd_subject_risk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_subject_require(args: argparse.Namespace) -> int:
+    """The factors a verification of a subject (or of every subject of a group) needs, e.g. finger and face."""
+    from verifier.faces import FactorRules
+
+    if (args.subject_id is None) == (args.group is None):
+        raise CLIError("name a subject or a --group, not both", fix="capture-verifier subject require alice --factors "
+                       "finger,face, or: capture-verifier subject require --group staff --factors finger,face")
+    scope, name = ("subject", args.subject_id) if args.group is None else ("group", args.group)
+    conn, _, _ = _app_store(settings_from(args))
+    try:
+        FactorRules(conn).set(scope, name, _comma_list(args.factors))
+    except ValueError as exc:
+        raise CLIError(str(exc), fix="use --factors finger, --factors face or --factors finger,face") from None
+    structlog.get_logger().info("factors_required", audit=True, scope=scope, name=name, factors=args.factors)
+    print(f"{scope} {name}: a verification needs {args.factors.replace(',', ' and ')}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from verifier.app import create_app
     from verifier.server import serve
@@ -307,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("subject_id")
     group.add_argument("group")
     group.set_defaults(run=cmd_subject_group)
+    require = with_pki(subject.add_parser("require", help="the factors a subject's (or group's) verification needs"))
+    require.add_argument("subject_id", nargs="?")
+    require.add_argument("--group", help="a rule for every subject of this group instead")
+    require.add_argument("--factors", required=True, help="comma list of finger, face")
+    require.set_defaults(run=cmd_subject_require)
 
     serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="which device: match-on-sensor, fingerprint-image, or a [[device]] name (default: an image reader, "
             "else a match-on-sensor one)",
         )
+        parser.add_argument(
+            "--face", action="store_true", help="by face on the camera (a head-turn challenge) instead of a finger"
+        )
         add_common_arguments(parser)
         parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
         parser.set_defaults(run=run, operation=name)
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         "subject": getattr(args, "subject", None),
         "captures": getattr(args, "captures", 3),
     }
+    if args.face:
+        request["modality"] = "face"
     if getattr(args, "group", None):
         request["group"] = args.group
     if args.operation == "enroll":
@@ -112,9 +117,13 @@ def _show(event: dict, outcome: int) -> int:
     elif kind == "progress":
         print(f"  {_bar(event['step'], event['total'])}", flush=True)
     elif kind == "step_up":
-        print("  the verifier asks for another finger", flush=True)
+        factor = {"face": "your face", "finger": "a finger"}.get(event.get("acr_values"), "another finger")
+        print(f"  the verifier asks for {factor}", flush=True)
     elif kind == "result":
         if "decision" in event:
+            if event["decision"] == "step_up":  # a face session whose policy needs a finger too
+                print("a finger is needed too: run capture-agent verify with a finger", flush=True)
+                return 1
             print(f"{event['decision']} (score {event['score']})", flush=True)
             return 0 if event["decision"] == "accept" else 1
         if "candidates" in event:

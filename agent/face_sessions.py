@@ -1,0 +1,289 @@
+"""Face sessions: from a face in front of the camera to the verifier's decision, through the liveness challenge.
+
+A session takes the camera capability (``CameraFrames``: the newest frame, never
+one already seen), asks the verifier for the operation's challenge, and turns
+its nonce into the head-turn challenge (:func:`biometrics.face.challenge_for`),
+which the verifier derives from the same nonce and audits. Then, frame by frame
+in one worker thread (the face pipeline's OpenCV nets belong to it): detection
+and quality, the liveness tracker, and a prompt for the person whenever it
+changes (the quality codes of DESIGN.md until the challenge starts, then the
+asked turn), with the frame's age when the prompt left, so feedback latency is
+measured, not assumed. Embeddings are made only of the good frontal frames
+inside the challenge, so the face that passed it is the face enrolled or
+verified.
+
+A still photo, a recording of another challenge, or a face that leaves fails
+the challenge with its reason code as the last prompt, and nothing is sent.
+
+Frames live only inside :meth:`FaceSession._run`: one at a time, dropped as
+soon as it is analysed; never logged, written or sent. What leaves the device
+is the embedding records (protocol/face_template.py) and the challenge's steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.client import VerifierClient
+from agent.errors import UnknownSubjectError
+from agent.sessions import MESSAGES, SessionError, SessionToken, Timings
+from agent.verifier_api import VerifierAPI
+from protocol.face_template import encode
+from protocol.messages import Challenge, Decision, StepUp
+
+log = structlog.get_logger()
+
+
+def message_for(code: str) -> str:
+    return MESSAGES.get(code, code)
+
+ENROLL_FRAMES = 3  # embeddings of one enrollment (each a good frontal frame inside the challenge)
+VERIFY_FRAMES = 2  # ... of a verification or identification (the verifier takes the best)
+_local = threading.local()
+
+
+def _pipeline() -> Any:
+    """This thread's face pipeline (models checked and loaded once per thread, as OpenCV nets need)."""
+    pipeline = getattr(_local, "pipeline", None)
+    if pipeline is None:
+        from biometrics.face import FacePipeline
+
+        pipeline = _local.pipeline = FacePipeline()
+    return pipeline
+
+
+@dataclass
+class FaceCapture:
+    """What a challenge produced: the records, the steps asked, and when the face first appeared."""
+
+    records: list[bytes] = field(repr=False)
+    steps: tuple[str, ...]
+    face_appeared: float  # time.monotonic() of the first frame with a face
+
+
+@dataclass
+class FaceSession:
+    camera: Any  # agent.devices.capabilities.CameraFrames
+    client: VerifierClient
+    emit: Callable[[dict[str, Any]], None] = lambda event: None
+    timeout_s: float = 20.0  # from the first frame to the end of the challenge
+    frame_timeout_s: float = 5.0
+    tracker_options: dict[str, float] = field(default_factory=dict)  # LivenessTracker's thresholds
+    timings: Timings = field(default_factory=Timings)
+    session_token: SessionToken | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    decision_s: float | None = None  # from the face appearing to the verifier's answer, of the last call
+    # enroll --add for a subject with no face yet: verify by finger instead (subject -> the finger session's
+    # result and its session token); the daemon sets it when it has a fingerprint reader.
+    finger_verify: Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None = None
+
+    def __post_init__(self) -> None:
+        self.api = VerifierAPI(self.client)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    # ---------------------------------------------------------------- the challenge (worker thread)
+    def _run(self, steps: tuple[str, ...], want: int, post: Callable[[dict[str, Any]], None]) -> FaceCapture:
+        from biometrics.face import Challenge as LivenessChallenge
+        from biometrics.face import LivenessTracker, pose_of
+        from biometrics.face.align import align
+        from biometrics.face.image import as_bgr
+
+        pipeline = _pipeline()
+        tracker = LivenessTracker(LivenessChallenge(steps), **self.tracker_options)
+        embeddings: dict[int, Any] = {}
+        seq, index, last_code, previous, last_t, appeared = 0, -1, None, None, None, None
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if self.cancelled.is_set():
+                raise SessionError("the face session was cancelled", fix="start it again")
+            if time.monotonic() > deadline:
+                post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
+                raise SessionError("no face followed the challenge in time",
+                                   fix="stand in front of the camera, look at it and follow the prompts")
+            frame = self.camera.wait_frame(seq, self.frame_timeout_s, self.cancelled)
+            seq, t = frame.seq, frame.received
+            started = time.perf_counter()
+            interval = (t - last_t) if last_t is not None and t > last_t else None
+            bgr = as_bgr(frame.pixels)
+            del frame  # the frame ends here: only its analysis goes on
+            analysis = pipeline.analyse(bgr, previous=previous, interval=interval or 1 / 30, embed=False)
+            face = analysis.face
+            state = tracker.observe(t, face)
+            index += 1
+            previous, last_t = face, t
+            if face is not None and appeared is None:
+                appeared = t
+            if (
+                face is not None
+                and state.status in ("running", "passed")
+                and index in state.template_frames
+                and analysis.quality.ok
+                and abs(pose_of(face.landmarks).yaw) <= tracker.center_yaw
+                and len(embeddings) < 2 * want + 2
+            ):
+                embeddings[index] = pipeline.embedder.embed(align(bgr, face))
+            del bgr
+            self.timings.extract_ms += (time.perf_counter() - started) * 1000
+            if state.status == "failed":
+                code = str(state.reason)
+                post({"type": "prompt", "code": code, "message": message_for(code)})
+                log.warning("face_liveness_failed", audit=True, reason=code, steps=",".join(steps))
+                raise SessionError(f"the liveness challenge failed ({code})",
+                                   fix="start again, look at the camera and turn your head as asked")
+            if state.status == "passed":
+                break
+            code = state.prompt if state.status == "running" else (analysis.code or state.prompt)
+            if code != last_code:
+                last_code = code
+                post({"type": "prompt", "code": code, "message": message_for(str(code)),
+                      "feedback_ms": round((time.monotonic() - t) * 1000, 1)})
+        chosen = [embeddings[i] for i in state.template_frames if i in embeddings]
+        if len(chosen) < want:
+            post({"type": "prompt", "code": "look_at_camera", "message": message_for("look_at_camera")})
+            raise SessionError(f"{len(chosen)} good frontal frames inside the challenge, {want} needed",
+                               fix="look straight at the camera, in good light, before and after each turn")
+        log.info("face_challenge_passed", steps=",".join(steps), frames=index + 1, frontal_embedded=len(chosen),
+                 seconds=round(t - appeared, 2) if appeared is not None else None)
+        step = max(1, len(chosen) // want)
+        model = pipeline.embedder.model_name
+        records = [encode(model, e.astype(float).tolist()) for e in chosen[::step][:want]]
+        assert appeared is not None
+        return FaceCapture(records, steps, appeared)
+
+    async def capture(self, challenge: Challenge, want: int) -> FaceCapture:
+        """Run the challenge of ``challenge``'s nonce on the camera; prompts arrive through ``emit``."""
+        from biometrics.face import challenge_for
+
+        steps = challenge_for(challenge.nonce.encode("ascii")).steps
+        loop = asyncio.get_running_loop()
+        self.emit({"type": "challenge", "steps": list(steps)})
+
+        def post(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self.emit, event)
+
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(self._run, steps, want, post)
+        finally:
+            self.timings.capture_ms += (time.perf_counter() - started) * 1000
+
+    async def _timed(self, call: Any, captured: FaceCapture) -> Any:
+        started = time.perf_counter()
+        timing: dict[str, float] = {}
+        try:
+            return await call(timing)
+        finally:
+            self.timings.network_ms += (time.perf_counter() - started) * 1000
+            self.timings.match_ms += timing.get("match", 0.0)
+            self.decision_s = time.monotonic() - captured.face_appeared
+
+    # ---------------------------------------------------------------- operations
+    async def enroll(self, subject: str, captures: int = ENROLL_FRAMES, group: str | None = None,
+                     fingers: int | None = None, verify_first: bool = False) -> dict[str, Any]:
+        """Enroll ``captures`` embeddings of one challenge; ``verify_first`` adds a face to an enrolled subject.
+
+        ``fingers`` is ignored (the local API passes the same arguments to every session kind).
+        """
+        if verify_first:
+            try:
+                verified = await self.verify(subject)
+            except UnknownSubjectError as exc:  # no face yet: the person verifies by finger to add one
+                if exc.slug != "face-not-enrolled" or self.finger_verify is None:
+                    raise
+                verified, self.session_token = await self.finger_verify(subject)
+            if verified.get("decision") != "accept":
+                raise SessionError(f"{subject} was not verified, so no face is added",
+                                   fix="verify with a face (or a finger session) of this subject first")
+        challenge = await self.api.challenge("enroll", subject, group)
+        captured = await self.capture(challenge, max(1, min(captures, 5)))
+        token = self.session_token.current() if self.session_token is not None else None
+        answer = await self._timed(
+            lambda timing: self.api.enroll(subject, [], group=group, session_token=token, challenge=challenge,
+                                           timing=timing, faces=captured.records, liveness=captured.steps),
+            captured,
+        )
+        result = {"type": "result", "operation": "enroll", "modality": "face", **answer.json()}
+        self.emit(result)
+        return result
+
+    async def verify_face(self, subject: str, step_up: str | None = None) -> Decision | StepUp:
+        """One face verification (a step-up's when ``step_up`` names it): the verifier's answer as it is."""
+        challenge = await self.api.challenge("verify", subject)
+        captured = await self.capture(challenge, VERIFY_FRAMES)
+        return await self._timed(
+            lambda timing: self.api.verify(subject, [], step_up=step_up, challenge=challenge, timing=timing,
+                                           faces=captured.records, liveness=captured.steps),
+            captured,
+        )
+
+    async def verify(self, subject: str) -> dict[str, Any]:
+        """1:1 by face. A step-up asking for a finger is reported (the kiosk runs a finger session with its id)."""
+        answer = await self.verify_face(subject)
+        if isinstance(answer, StepUp):
+            event = {"type": "step_up", "acr_values": answer.acr_values, "reasons": answer.reasons}
+            self.emit(event)
+            result = {"type": "result", "operation": "verify", "modality": "face", "subject": subject,
+                      "decision": "step_up", "acr_values": answer.acr_values}
+            self.emit(result)
+            return result
+        return self._verified(answer)
+
+    def _verified(self, answer: Decision) -> dict[str, Any]:
+        if answer.token is not None and answer.expires_in is not None:
+            self.session_token = SessionToken(answer.token, time.monotonic() + answer.expires_in)
+        result = {"type": "result", "operation": "verify", "modality": "face", **answer.public()}
+        self.emit(result)
+        return result
+
+    async def identify(self) -> dict[str, Any]:
+        challenge = await self.api.challenge("identify")
+        captured = await self.capture(challenge, VERIFY_FRAMES)
+        answer = await self._timed(
+            lambda timing: self.api.identify([], challenge=challenge, timing=timing, faces=captured.records,
+                                             liveness=captured.steps),
+            captured,
+        )
+        result = {"type": "result", "operation": "identify", "modality": "face", **answer.json()}
+        self.emit(result)
+        return result
+
+
+def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]) -> FaceSession:
+    """A face session on a device that gives camera frames (picked by capability, a connected one first)."""
+    from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE
+    from agent.sessions import CaptureSession
+
+    session = FaceSession(devices.pick(CAMERA), client, emit=emit)
+    if any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices):
+
+        async def finger_verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
+            reader = devices.pick(FINGERPRINT_IMAGE)
+            finger = CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi)
+            return await finger.verify(subject), finger.session_token
+
+        session.finger_verify = finger_verify
+    return session
+
+
+def face_step_up(
+    devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]
+) -> Callable[[str, str], Any] | None:
+    """For a finger session: the face step-up on this device's camera, or None when it has no camera."""
+    from agent.devices.capabilities import CAMERA
+
+    if not any(CAMERA in d.capabilities for d in devices.devices):
+        return None
+
+    async def step_up(subject: str, step_id: str) -> Decision | StepUp:
+        return await face_session(devices, client, emit).verify_face(subject, step_id)
+
+    return step_up

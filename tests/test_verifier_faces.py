@@ -1,0 +1,233 @@
+"""Faces on the verifier, end to end over real mTLS: enroll, 1:1, 1:N, the liveness claim, factor rules.
+
+The embeddings here are synthetic unit vectors (a person is a random direction,
+a capture that direction plus noise): the verifier's logic does not depend on
+how the device made them, and the real pipeline is exercised by the agent's
+face session tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from agent.devstack import verifier_cli
+from agent.errors import BadRequestError, BadTemplateError, StepUpUnknownError, UnknownSubjectError
+from agent.verifier_api import VerifierAPI
+from biometrics.face import challenge_for
+from biometrics.fingerprint.iso19794_2 import encode as encode_finger
+from protocol.face_template import ACR_FACE, ACR_FINGER, encode
+from protocol.messages import Decision, StepUp
+from tests.test_biometric_api import Device
+
+MODEL = "sface-2021dec-int8bq"
+
+
+@pytest.fixture
+def device(provisioned) -> Device:
+    return Device(*provisioned)
+
+
+def person(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=128)
+    return v / np.linalg.norm(v)
+
+
+def capture(seed: int, shot: int, noise: float = 0.35) -> bytes:
+    """One face template of person ``seed``: genuine pairs score about 0.9, impostors about 0."""
+    v = person(seed) + noise * np.random.default_rng(1000 * seed + shot).normal(size=128) / np.sqrt(128)
+    return encode(MODEL, (v / np.linalg.norm(v)).tolist())
+
+
+def steps_for(challenge) -> tuple[str, ...]:
+    return challenge_for(challenge.nonce.encode("ascii")).steps
+
+
+async def face_enroll(api: VerifierAPI, subject: str, seed: int, **extra):
+    challenge = await api.challenge("enroll", subject, extra.get("group"))
+    return await api.enroll(subject, [], faces=[capture(seed, 0), capture(seed, 1)], challenge=challenge,
+                            liveness=steps_for(challenge), **extra)
+
+
+async def face_verify(api: VerifierAPI, subject: str, seed: int, shot: int = 5, **extra):
+    challenge = await api.challenge("verify", subject)
+    return await api.verify(subject, [], faces=[capture(seed, shot)], challenge=challenge,
+                            liveness=steps_for(challenge), **extra)
+
+
+def audit(verifier) -> list[dict]:
+    return [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_face_enroll_verify_identify(device, verifier) -> None:
+    async def steps(client):
+        api = VerifierAPI(client)
+        enrolled = await face_enroll(api, "alice", 1)
+        await face_enroll(api, "bob", 2)
+        genuine = await face_verify(api, "alice", 1)
+        impostor = await face_verify(api, "bob", 1)
+        challenge = await api.challenge("identify")
+        found = await api.identify([], faces=[capture(2, 7)], challenge=challenge, liveness=steps_for(challenge))
+        challenge = await api.challenge("identify")
+        stranger = await api.identify([], faces=[capture(3, 0)], challenge=challenge, liveness=steps_for(challenge))
+        return enrolled, genuine, impostor, found, stranger
+
+    enrolled, genuine, impostor, found, stranger = device.run(steps)
+    assert enrolled.templates == 2
+    assert isinstance(genuine, Decision) and genuine.accepted and genuine.token and genuine.score > genuine.threshold
+    assert isinstance(impostor, Decision) and impostor.decision == "reject" and impostor.token is None
+    assert [c.subject for c in found.candidates] == ["bob"]
+    assert stranger.candidates == []
+    events = audit(verifier)
+    asked = [e for e in events if e.get("event") == "face_liveness"]
+    assert len(asked) == 6 and all(e["audit"] and e["liveness_asked"].count("look_at_camera") == 2 for e in asked)
+    attempts = [e for e in events if e.get("event") == "verification_attempt" and e.get("modality") == "face"]
+    assert [e["outcome"] for e in attempts] == ["accept", "reject"]
+    assert not any("data" in e or "faces" in e for e in events)  # no template in the audit
+
+
+def test_face_enrollment_is_encrypted_at_rest_and_bound_to_its_subject(device, verifier) -> None:
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)
+        await face_enroll(api, "bob", 2)
+
+    device.run(steps)
+    conn = sqlite3.connect(verifier.pki_dir / "verifier.sqlite")
+    rows = conn.execute("SELECT subject_id, ciphertext FROM face_enrollments").fetchall()
+    raw = capture(1, 0)
+    assert len(rows) == 4 and all(raw[10:40] not in bytes(c) and b"FEMB" not in bytes(c) for _, c in rows)
+    # A row moved to another subject no longer decrypts: the subject id is the associated data.
+    conn.execute("UPDATE face_enrollments SET subject_id = 'bob' WHERE subject_id = 'alice'")
+    conn.commit()
+    from verifier.enrollments import load_or_create_key
+    from verifier.faces import FaceEnrollments
+
+    store = FaceEnrollments(conn, load_or_create_key(verifier.pki_dir / "enrollment.key"))
+    with pytest.raises(InvalidTag):
+        store.embeddings("bob")
+    conn.close()
+
+
+def test_a_liveness_claim_for_another_nonce_or_none_is_refused(device, verifier) -> None:
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)
+        errors = []
+        for liveness in ("other", None):
+            challenge = await api.challenge("verify", "alice")
+            steps = steps_for(challenge)
+            if liveness == "other":  # the replay of a session made for another nonce
+                flipped = {"turn_head_left": "turn_head_right", "turn_head_right": "turn_head_left"}
+                steps = tuple(flipped.get(s, s) for s in steps)
+            body_liveness = steps if liveness else ()
+            try:
+                await api.verify("alice", [], faces=[capture(1, 3)], challenge=challenge, liveness=body_liveness)
+            except BadRequestError as exc:
+                errors.append(exc)
+        return errors
+
+    mismatch, missing = device.run(steps)
+    assert mismatch.slug == "liveness-mismatch" and "nonce" in str(mismatch)
+    assert isinstance(missing, BadTemplateError) or missing.slug == "bad-template"
+    refused = [e for e in audit(verifier) if e.get("reason") == "liveness challenge not the nonce's"]
+    assert len(refused) == 1 and refused[0]["liveness_asked"] != refused[0]["liveness_claimed"]
+
+
+def test_malformed_face_records_are_refused(device) -> None:
+    async def steps(client):
+        api = VerifierAPI(client)
+        good = bytearray(capture(1, 0))
+        good[-1] ^= 0x40  # the norm is no longer 1
+        challenge = await api.challenge("enroll", "alice")
+        with pytest.raises(BadRequestError) as info:
+            await api.enroll("alice", [], faces=[bytes(good)], challenge=challenge, liveness=steps_for(challenge))
+        return info.value
+
+    error = device.run(steps)
+    assert error.slug == "bad-template" and "faces[0]" in str(error)
+
+
+def test_a_request_with_fingers_and_faces_together_is_refused(device, synthetic_templates) -> None:
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)
+        challenge = await api.challenge("verify", "alice")
+        with pytest.raises(BadRequestError) as info:
+            await api.verify("alice", [encode_finger(synthetic_templates[0][0])], faces=[capture(1, 2)],
+                             challenge=challenge, liveness=steps_for(challenge))
+        return info.value
+
+    error = device.run(steps)
+    assert error.slug == "bad-template" and "not both" in str(error)
+
+
+def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_face(
+    device, verifier, synthetic_templates
+) -> None:
+    t = synthetic_templates
+    verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        await api.enroll("alice", [encode_finger(x) for x in t[0][:2]])
+        finger_first = await api.verify("alice", [encode_finger(t[0][2])])
+        challenge = await api.challenge("verify", "alice")
+        # Faces are added to an enrolled subject with a session token only.
+        with pytest.raises(Exception) as no_token:
+            await api.enroll("alice", [], faces=[capture(1, 0)], challenge=challenge, liveness=steps_for(challenge))
+        # A finger sent where a face was asked is refused.
+        with pytest.raises(StepUpUnknownError):
+            await api.verify("alice", [encode_finger(t[0][1])], step_up=finger_first.step_up)
+        return finger_first, no_token.value
+
+    finger_first, no_token = device.run(steps)
+    assert isinstance(finger_first, StepUp) and finger_first.acr_values == ACR_FACE
+    assert finger_first.reasons == ["policy_requires_face"]
+    assert no_token.slug == "verification-required"
+
+
+def test_face_step_up_then_face_first(device, verifier, synthetic_templates) -> None:
+    t = synthetic_templates
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        await api.enroll("alice", [encode_finger(x) for x in t[0][:2] + t[1][:2]])
+        # first use of the device: a second finger, then the session token adds the face
+        first = await api.verify("alice", [encode_finger(t[0][2])])
+        token = (await api.verify("alice", [encode_finger(t[1][2])], step_up=first.step_up)).token
+        challenge = await api.challenge("enroll", "alice")
+        await api.enroll("alice", [], faces=[capture(1, 0), capture(1, 1)], session_token=token,
+                         challenge=challenge, liveness=steps_for(challenge))
+        verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
+        finger = await api.verify("alice", [encode_finger(t[0][1])])
+        wrong_face = await face_verify(api, "alice", 9, step_up=finger.step_up)
+        finger = await api.verify("alice", [encode_finger(t[0][1])])
+        face = await face_verify(api, "alice", 1, step_up=finger.step_up)
+        face_first = await face_verify(api, "alice", 1)
+        then_finger = await api.verify("alice", [encode_finger(t[0][2])], step_up=face_first.step_up)
+        with pytest.raises(UnknownSubjectError) as unknown:
+            await face_verify(api, "carol", 1)
+        return finger, wrong_face, face, face_first, then_finger, unknown.value
+
+    finger, wrong_face, face, face_first, then_finger, unknown = device.run(steps)
+    assert isinstance(finger, StepUp) and finger.acr_values == ACR_FACE
+    assert isinstance(wrong_face, Decision) and wrong_face.decision == "reject"
+    assert isinstance(face, Decision) and face.accepted and face.token
+    assert isinstance(face_first, StepUp) and face_first.acr_values == ACR_FINGER
+    assert isinstance(then_finger, Decision) and then_finger.accepted
+    assert unknown.slug == "unknown-subject"
+
+
+def test_a_group_rule_and_a_bad_factor_on_the_command_line(verifier) -> None:
+    ok = verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "--group", "staff", "--factors", "face")
+    assert "group staff: a verification needs face" in ok.stdout
+    bad = verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "iris", check=False)
+    assert bad.returncode != 0 and "finger, face" in bad.stderr and "fix:" in bad.stderr
+    both = verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--group", "x",
+                        "--factors", "face", check=False)
+    assert both.returncode != 0 and "not both" in both.stderr

@@ -1,0 +1,405 @@
+"""Faces on the verifier: enrollment at rest, 1:1 and 1:N matching, the factor policy, the liveness audit.
+
+A face travels as protocol/face_template.py records in a ``faces`` list in
+place of the fingerprint ``templates`` (one modality per request), inside the
+same signed request behind the same gate
+(:meth:`verifier.biometric.BiometricRoutes._checked`). The routes in
+:mod:`verifier.biometric` hand a request with faces to :class:`FaceRoutes`.
+
+- At rest: each embedding record is one row of ``face_enrollments``, AES-GCM
+  under the same enrollment key as fingerprints, with ``b"face\\0" + subject`` as
+  associated data (a row moved to another subject, or into the finger table,
+  does not decrypt).
+- Matching: the score is the cosine of two unit embeddings; 1:1 takes the best
+  over the probe's and the subject's embeddings, 1:N is one matrix product over
+  every embedding of the allowed groups' subjects. Both run in the matching pool.
+  The threshold is :func:`biometrics.face.threshold_for_fmr` of the verifier's
+  ``target_fmr`` (the same false match rate as fingers, each modality calibrated
+  on its own impostor scores).
+- Liveness: the device runs the head-turn challenge ``challenge_for(nonce)`` of
+  the nonce it signs; the verifier derives the same challenge from the nonce it
+  issued, refuses a request that claims another one, and audits the steps asked.
+  The verifier cannot see the turns themselves: it trusts the device (its key,
+  its access rule) for having run them, and records what was asked.
+- Factors: a rule per subject or per group (``capture-verifier subject require``
+  / ``group require``) names the factors a verification needs, e.g. finger and
+  face. A match of one factor when the rule needs the other is answered with an
+  RFC 9470 step-up whose ``acr_values`` names the missing factor.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from biometrics.face import challenge_for, threshold_for_fmr
+from protocol.face_template import (
+    ACR_FACE,
+    ACR_FINGER,
+    FACES,
+    FACTORS,
+    LIVENESS,
+    FaceTemplateError,
+    decode,
+    face_records_of,
+    liveness_steps_of,
+)
+from verifier.http import Answer, Deferred, Request, json_answer
+from verifier.matching import Budget
+from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from verifier.problems import Problem
+
+if TYPE_CHECKING:
+    from verifier.biometric import BiometricRoutes
+
+log = structlog.get_logger()
+
+FACE_REQUIRED = "policy_requires_face"  # step-up reason: the factor rule needs a face
+FINGER_REQUIRED = "policy_requires_finger"  # ... a finger
+IDENTIFY_TOP_K = 10
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS face_enrollments (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_id TEXT NOT NULL,
+    device_id  TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    nonce      BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS face_enrollments_subject ON face_enrollments (subject_id);
+CREATE TABLE IF NOT EXISTS required_factors (
+    scope   TEXT NOT NULL,   -- 'subject' or 'group'
+    name    TEXT NOT NULL,
+    factors TEXT NOT NULL,   -- comma list of protocol.face_template.FACTORS
+    PRIMARY KEY (scope, name)
+);
+"""
+
+
+def _aad(subject_id: str) -> bytes:
+    return b"face\x00" + subject_id.encode()
+
+
+class FaceEnrollments:
+    """Face embedding records, encrypted at rest under the enrollment key (one row each)."""
+
+    def __init__(self, conn: sqlite3.Connection, key: bytes) -> None:
+        self.conn = conn
+        self.conn.executescript(SCHEMA)
+        self._aead = AESGCM(key)
+
+    def add(self, subject_id: str, device_id: str, records: list[bytes]) -> None:
+        for record in records:
+            nonce = secrets.token_bytes(12)
+            self.conn.execute(
+                "INSERT INTO face_enrollments (subject_id, device_id, created_at, nonce, ciphertext) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (subject_id, device_id, time.time(), nonce, self._aead.encrypt(nonce, record, _aad(subject_id))),
+            )
+
+    def exists(self, subject_id: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM face_enrollments WHERE subject_id = ? LIMIT 1", (subject_id,))
+        return row.fetchone() is not None
+
+    def embeddings(self, subject_id: str) -> np.ndarray:
+        """The subject's embeddings as an (n, dim) float32 array (n may be 0)."""
+        rows = self.conn.execute(
+            "SELECT nonce, ciphertext FROM face_enrollments WHERE subject_id = ? ORDER BY id", (subject_id,)
+        ).fetchall()
+        return _matrix([self._aead.decrypt(n, c, _aad(subject_id)) for n, c in rows])
+
+    def gallery(self) -> tuple[list[str], np.ndarray]:
+        """Every enrolled embedding: the subject of each row, and the (N, dim) matrix."""
+        subjects, records = [], []
+        for subject_id, nonce, sealed in self.conn.execute(
+            "SELECT subject_id, nonce, ciphertext FROM face_enrollments ORDER BY id"
+        ):
+            subjects.append(subject_id)
+            records.append(self._aead.decrypt(nonce, sealed, _aad(subject_id)))
+        return subjects, _matrix(records)
+
+
+def _matrix(records: list[bytes]) -> np.ndarray:
+    if not records:
+        return np.zeros((0, 128), np.float32)
+    return np.array([decode(r).values for r in records], np.float32)
+
+
+class FactorRules:
+    """Which factors a verification of a subject needs: the union of its own rule and its group's."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.conn.executescript(SCHEMA)
+
+    def set(self, scope: str, name: str, factors: list[str]) -> None:
+        if scope not in ("subject", "group"):
+            raise ValueError(f"a factor rule is for a subject or a group, not {scope!r}")
+        unknown = sorted(set(factors) - set(FACTORS))
+        if unknown or not factors:
+            raise ValueError(f"factors are a comma list of {', '.join(FACTORS)}; got {', '.join(factors) or 'none'}")
+        self.conn.execute(
+            "INSERT INTO required_factors (scope, name, factors) VALUES (?, ?, ?) "
+            "ON CONFLICT(scope, name) DO UPDATE SET factors = excluded.factors",
+            (scope, name, ",".join(f for f in FACTORS if f in factors)),
+        )
+
+    def required(self, subject_id: str, group: str) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT factors FROM required_factors "
+            "WHERE (scope = 'subject' AND name = ?) OR (scope = 'group' AND name = ?)",
+            (subject_id, group),
+        ).fetchall()
+        return {f for (factors,) in rows for f in factors.split(",") if f}
+
+
+def has_faces(body: dict[str, Any]) -> bool:
+    """A request that carries faces (for :class:`FaceRoutes`); one that carries fingers and faces is refused.
+
+    Each modality is decided on its own, the second through a step-up: a face
+    riding along a finger request would otherwise be ignored, liveness unchecked.
+    """
+    if FACES in body and "templates" in body:
+        raise Problem("bad-template", "a request carries finger templates or faces, not both",
+                      "send the other factor in its own request, with the step_up id the verifier answered")
+    return FACES in body
+
+
+@dataclass(frozen=True)
+class _FaceScored:
+    score: float
+    match_ms: float
+
+
+class FaceRoutes:
+    """The face side of enroll, verify and identify; the gate and the subject checks stay in BiometricRoutes."""
+
+    def __init__(self, bio: BiometricRoutes, conn: sqlite3.Connection, key: bytes, target_fmr: float,
+                 duplicate_fmr: float) -> None:
+        self.bio = bio
+        self.store = FaceEnrollments(conn, key)
+        self.rules = FactorRules(conn)
+        self.threshold = threshold_for_fmr(target_fmr)
+        self.duplicate_threshold = threshold_for_fmr(duplicate_fmr)
+        self._gallery: tuple[list[str], np.ndarray] | None = None  # rebuilt after each enrollment
+
+    # ---------------------------------------------------------------- checks
+    def records(self, request: Request, body: dict[str, Any], operation: str, subject: str | None) -> list[bytes]:
+        """The request's face records, after the liveness claim is checked against the nonce (audited)."""
+        assert request.device is not None
+        try:
+            records = face_records_of(body.get(FACES))
+            claimed = liveness_steps_of(body.get(LIVENESS))
+        except FaceTemplateError as exc:
+            raise self.bio._refused(request, Problem("bad-template", str(exc)), "malformed face request") from None
+        asked = challenge_for(str(body["nonce"]).encode("ascii")).steps
+        if claimed != asked:
+            raise self.bio._refused(
+                request,
+                Problem(
+                    "liveness-mismatch",
+                    "the liveness challenge the request claims is not the one its nonce asks for",
+                    "run the head-turn challenge derived from this request's nonce (biometrics.face.challenge_for)",
+                ),
+                "liveness challenge not the nonce's",
+                subject=subject,
+                operation=operation,
+                liveness_asked=",".join(asked),
+                liveness_claimed=",".join(claimed),
+            )
+        log.info("face_liveness", audit=True, device_id=request.device.device_id, subject=subject,
+                 operation=operation, liveness_asked=",".join(asked), result="passed")
+        return records
+
+    def enrolled(self, subject_id: str) -> bool:
+        return self.store.exists(subject_id)
+
+    def required(self, subject_id: str) -> set[str]:
+        return self.rules.required(subject_id, self.bio.subjects.group_of(subject_id))
+
+    # ---------------------------------------------------------------- enroll
+    def enroll(self, request: Request, body: dict[str, Any], subject: str, group: str, recorded: str | None,
+               token_expiry: float | None) -> Deferred:
+        """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
+
+        ``token_expiry`` is that of the session token BiometricRoutes took (spent by this attempt whatever it
+        gives) for a subject already enrolled; it is given back only when the verifier could not decide.
+        """
+        has_token = token_expiry is not None
+        assert request.device is not None
+        device_id = request.device.device_id
+        records = self.records(request, body, "enroll", subject)
+        probes = _matrix(records)
+        own = self.store.embeddings(subject)
+        subjects, gallery = self._gallery_now()
+        self.bio._charge(request, len(records) * (len(subjects) + len(own)))
+
+        def work(budget: Budget) -> tuple[int, bool, float]:
+            started = time.perf_counter()
+            budget.check()
+            not_theirs = int(((probes @ own.T).max(axis=1) < self.threshold).sum()) if len(own) else 0
+            others = np.array([s != subject for s in subjects], bool)
+            duplicate = bool(len(subjects) and ((probes @ gallery[others].T) >= self.duplicate_threshold).any())
+            return not_theirs, duplicate, (time.perf_counter() - started) * 1000
+
+        def finish(result: tuple[int, bool, float]) -> Answer:
+            not_theirs, duplicate, match_ms = result
+            if not_theirs:
+                raise self.bio._refused(
+                    request,
+                    Problem("not-the-verified-person",
+                            f"{not_theirs} of the {len(records)} faces do not match subject {subject!r}",
+                            "enroll faces of the verified person only"),
+                    "added faces do not match the subject", subject=subject, modality="face")
+            if duplicate:
+                raise self.bio._refused(
+                    request,
+                    Problem("duplicate-identity",
+                            "a face of this enrollment matches a subject enrolled under another id",
+                            "verify the person under their existing id; ask the operator if the match is wrong"),
+                    "face matches another subject", subject=subject, modality="face")
+            if recorded is None:
+                self.bio.subjects.assign(subject, group)
+            self.store.add(subject, device_id, records)
+            self._gallery = None
+            log.info("enrollment", audit=True, device_id=device_id, subject=subject, group=group, modality="face",
+                     templates=len(records), with_session_token=has_token)
+            answer = {"subject": subject, "group": group, "templates": len(records)}
+            return json_answer(201, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
+
+        def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
+            self.bio.challenges.release(device_id, str(body["nonce"]))
+            if token_expiry is not None:
+                self.bio.sessions.give_back(str(body.get("session_token")), device_id, subject, token_expiry)
+
+        return Deferred(device_id, work, finish, undo)
+
+    # ---------------------------------------------------------------- verify
+    def verify(self, request: Request, body: dict[str, Any], subject: str) -> Deferred:
+        """1:1: the best cosine of the request's faces against the subject's; a step-up when a finger is needed."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        records = self.records(request, body, "verify", subject)
+        pending = None
+        step_id = body.get("step_up")
+        if step_id is not None:
+            pending = self.bio.stepup.take(str(step_id), device_id, subject)
+            if pending is None or FACE_REQUIRED not in pending.reasons:
+                if pending is not None:
+                    self.bio.stepup.give_back(str(step_id), pending)
+                raise self.bio._attempt_refused(
+                    device_id, subject, "step_up_unknown",
+                    Problem("step-up-unknown", "no pending step-up asking this device for a face",
+                            "start the verification again"), modality="face")
+        probes = _matrix(records)
+        enrolled = self.store.embeddings(subject)
+        if not len(enrolled):
+            if pending is not None:
+                self.bio.stepup.give_back(str(step_id), pending)
+            raise self.bio._attempt_refused(
+                device_id, subject, "no_face_enrolled",
+                Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
+                        f"enroll a face first: capture-agent enroll --face --subject {subject} --add"),
+                modality="face")
+        self.bio._charge(request, len(records) * len(enrolled))
+
+        def work(budget: Budget) -> _FaceScored:
+            started = time.perf_counter()
+            budget.check()
+            return _FaceScored(float((probes @ enrolled.T).max()), (time.perf_counter() - started) * 1000)
+
+        def finish(scored: _FaceScored) -> Answer:
+            accepted = scored.score >= self.threshold
+            if pending is not None:
+                return self._decided(device_id, subject, accepted, scored, step_up=pending.reasons)
+            if accepted and "finger" in self.required(subject):
+                return self.ask(device_id, subject, [], [FINGER_REQUIRED], scored.score, ACR_FINGER)
+            return self._decided(device_id, subject, accepted, scored)
+
+        def undo() -> None:
+            self.bio.challenges.release(device_id, str(body["nonce"]))
+            if pending is not None:
+                self.bio.stepup.give_back(str(step_id), pending)
+
+        return Deferred(device_id, work, finish, undo)
+
+    def ask(self, device_id: str, subject: str, records: list[bytes], reasons: list[str], score: float,
+            acr: str) -> Answer:
+        """RFC 9470: 401 insufficient_user_authentication whose acr_values names the factor still needed."""
+        step = self.bio.stepup.open(device_id, subject, records, reasons)
+        log.info("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome="step_up",
+                 reasons=",".join(reasons), acr_values=acr, score=round(score, 4))
+        what = "a face" if acr == ACR_FACE else "a finger"
+        problem = Problem(
+            "insufficient-user-authentication",
+            f"{what} is needed ({', '.join(reasons)})",
+            f"capture {what} of the same person and send it with this step_up id",
+            extra=(("step_up", step), ("acr_values", acr), ("reasons", reasons)),
+        )
+        challenge = (f'Bearer error="insufficient_user_authentication", '
+                     f'error_description="{", ".join(reasons)}", acr_values="{acr}"')
+        return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
+
+    def _decided(self, device_id: str, subject: str, accepted: bool, scored: _FaceScored,
+                 step_up: list[str] | None = None) -> Answer:
+        decision = "accept" if accepted else "reject"
+        self.bio.lockouts.record(device_id, subject, accepted)
+        log.info("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=decision,
+                 modality="face", score=round(scored.score, 4), step_up=",".join(step_up or []),
+                 reason="score above threshold" if accepted else "score below threshold")
+        answer: dict[str, Any] = {"subject": subject, "decision": decision, "score": round(scored.score, 4),
+                                  "threshold": round(self.threshold, 4)}
+        if accepted:
+            self.bio.stepup.completed(device_id)
+            answer.update(self.bio.sessions.issue(device_id, subject))
+        return json_answer(200, answer, ((b"server-timing", f"match;dur={scored.match_ms:.3f}".encode()),))
+
+    # ---------------------------------------------------------------- identify
+    def _gallery_now(self) -> tuple[list[str], np.ndarray]:
+        if self._gallery is None:
+            self._gallery = self.store.gallery()
+        return self._gallery
+
+    def identify(self, request: Request, body: dict[str, Any], allowed: frozenset[str] | None) -> Deferred:
+        """1:N: one matrix product of the probes against every embedding of the allowed subjects."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        probes = _matrix(self.records(request, body, "identify", None))
+        subjects, gallery = self._gallery_now()
+        among = None if allowed is None else self.bio.subjects.members(set(subjects), allowed)
+        groups = ",".join(sorted(allowed)) if allowed is not None else "*"
+        keep = np.array([among is None or s in among for s in subjects], bool)
+        names = [s for s, k in zip(subjects, keep, strict=True) if k]
+        rows = gallery[keep] if len(subjects) else gallery
+        self.bio._charge(request, len(probes) * len(names))
+
+        def work(budget: Budget) -> tuple[dict[str, float], float]:
+            started = time.perf_counter()
+            budget.check()
+            best: dict[str, float] = {}
+            if len(names):
+                per_row = (probes @ rows.T).max(axis=0)
+                for name, score in zip(names, per_row.tolist(), strict=True):
+                    best[name] = max(best.get(name, -1.0), score)
+            return best, (time.perf_counter() - started) * 1000
+
+        def finish(result: tuple[dict[str, float], float]) -> Answer:
+            best, match_ms = result
+            candidates = sorted(
+                ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
+                key=lambda c: -c["score"],
+            )[:IDENTIFY_TOP_K]
+            log.info("identification_attempt", audit=True, device_id=device_id, modality="face",
+                     outcome="candidates" if candidates else "no_candidate", candidates=len(candidates), groups=groups)
+            answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
+            return json_answer(200, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
+
+        return Deferred(device_id, work, finish, lambda: self.bio.challenges.release(device_id, str(body["nonce"])))
