@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.fingerprint import error_rates, list_images
+from bench.fingerprint import error_rates, list_images, pad_to
 
 
 def test_separated_scores_have_no_errors():
@@ -42,3 +42,16 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     assert out["false_match_limit_95"] == {"1e-03": 0, "1e-04": 0}  # 12 pairs: not even one expected
     assert set(out["fmr_at_threshold"]) == set(out["fnmr_at_threshold"]) == {"1e-03", "1e-04"}
     assert out["false_matches"]["1e-04"] == 0  # three distinct synthetic fingers
+    assert out["comparisons_per_s_per_core"] > 0
+    assert 0.0 <= out["prefilter_recall"] <= 100.0
+
+
+def test_pad_to_centres_the_print_on_its_own_background():
+    img = np.full((4, 6), 200, np.uint8)
+    img[1:3, 2:4] = 10
+    out = pad_to(img, (10, 8))
+    assert out.shape == (8, 10)
+    np.testing.assert_array_equal(out[2:6, 2:8], img)
+    assert (out[0] == 200).all() and (out[:, 0] == 200).all()
+    with pytest.raises(SystemExit, match="smaller"):
+        pad_to(img, (5, 8))

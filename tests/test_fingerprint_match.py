@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from biometrics.fingerprint import (
@@ -133,6 +133,7 @@ def test_any_minutiae_sets_give_a_finite_symmetric_score(a, b):
     assert s == pytest.approx(match(mb, ma), abs=1e-5)
 
 
+@settings(deadline=None)  # builds cylinders for four sets: over 200 ms on a loaded 2-core machine
 @given(_points)
 def test_gallery_scores_agree_with_pairwise_scores(a):
     probe = _minutiae(a)
@@ -155,3 +156,70 @@ def test_parallel_gallery_blocks_give_the_same_scores(templates):
         assert parallel.search(templates[2], top_k=1)[0][0] % len(cylinders) == 2
     finally:
         parallel.close()
+
+
+def _random_finger(rng: np.random.Generator, n: int = 40) -> Minutiae:
+    pts = [(rng.uniform(40, 360), rng.uniform(40, 460), rng.uniform(0, 2 * np.pi)) for _ in range(n)]
+    return _minutiae(pts)
+
+
+def _impression(m: Minutiae, rng: np.random.Generator, degrees: float, shift: tuple[float, float]) -> Minutiae:
+    """The same finger touched again: rotated, shifted, positions jittered by 2 px, a few minutiae missed."""
+    a = np.radians(degrees)
+    c, s = np.cos(a), np.sin(a)
+    x = c * m.x - s * m.y + shift[0] + rng.normal(0, 2.0, len(m))
+    y = s * m.x + c * m.y + shift[1] + rng.normal(0, 2.0, len(m))
+    keep = rng.random(len(m)) > 0.15
+    pts = list(zip(x[keep], y[keep], (m.angle[keep] - a) % (2 * np.pi), strict=True))
+    return _minutiae(pts)
+
+
+def test_large_gallery_search_prefilters_and_reports_full_scores():
+    """Above prefilter.MIN_CANDIDATES templates, only the pre-filter's best are fully scored,
+    and the scores reported are exactly the full ones."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(7)
+    fingers = [_random_finger(rng) for _ in range(400)]
+    index = GalleryIndex()
+    for n, m in enumerate(fingers):
+        index.add(n, m)
+    full_hits = 0
+    for target in (3, 150, 399):
+        probe = _impression(fingers[target], rng, 20.0, (15.0, -10.0))
+        full = index.scores(probe)
+        idx, got = index.candidate_scores(probe)
+        # max(64, 5 % of 400) = 64 candidates, each with its full score.
+        assert len(idx) == max(prefilter.MIN_CANDIDATES, int(np.ceil(prefilter.CANDIDATE_FRACTION * 400)))
+        np.testing.assert_array_equal(got, full[idx])
+        results = index.search(probe, top_k=3)
+        assert results[0] == (target, pytest.approx(full[target]))
+        full_hits += int(np.argmax(full) == target)
+    assert full_hits == 3
+
+
+def test_prefilter_respects_among_and_small_subsets_are_scored_in_full():
+    rng = np.random.default_rng(8)
+    fingers = [_random_finger(rng) for _ in range(200)]
+    index = GalleryIndex()
+    for n, m in enumerate(fingers):
+        index.add(f"s{n}", m)
+    probe = _impression(fingers[10], rng, -10.0, (5.0, 5.0))
+    allowed = {f"s{n}" for n in range(0, 200, 4)}  # 50 subjects, s10 not among them
+    results = index.search(probe, top_k=50, among=allowed)
+    assert {sid for sid, _ in results} == allowed  # 50 <= MIN_CANDIDATES: every one scored
+    assert "s10" not in dict(results)
+    assert index.search(probe, top_k=1, among={"s10", "s11"})[0][0] == "s10"
+
+
+def test_candidates_keep_the_best_prescores():
+    from biometrics.fingerprint import prefilter
+
+    pre = np.arange(1000, dtype=np.float32)[::-1].copy()  # template i has pre-score 999 - i
+    np.testing.assert_array_equal(prefilter.candidates(pre), np.arange(64))
+    np.testing.assert_array_equal(prefilter.candidates(pre, keep_at_least=100), np.arange(100))
+    big = np.zeros(4000, np.float32)
+    big[3990:] = 1.0
+    kept = prefilter.candidates(big)
+    assert len(kept) == 200 and set(range(3990, 4000)) <= set(kept.tolist())
+    np.testing.assert_array_equal(prefilter.candidates(pre[:50]), np.arange(50))

@@ -122,6 +122,41 @@ def pack(cylinders: list[Cylinders]) -> Packed:
     )
 
 
+def gather(parts: list[tuple[Packed, np.ndarray]]) -> Packed:
+    """One packed set of the templates at the given positions of several packed sets, padded to the widest."""
+    k = max(p.width for p, _ in parts)
+    t = sum(len(rows) for _, rows in parts)
+    f, s = parts[0][0].values.shape[1], parts[0][0].valid.shape[1]
+    values = np.zeros((t, k, f), np.float32)
+    valid = np.zeros((t, k, s), np.float32)
+    energy = np.zeros((t, k, s), np.float32)
+    direction = np.zeros((t, k, 2), np.float32)
+    pos = np.zeros((t, k), np.complex64)
+    unit = np.zeros((t, k), np.complex64)
+    count = np.zeros(t, np.int64)
+    at = 0
+    for p, rows in parts:  # one copy per packed set
+        m, w = len(rows), p.width
+        sl = slice(at, at + m)
+        values[sl, :w] = p.values.reshape(p.templates, w, f)[rows]
+        valid[sl, :w] = p.valid.reshape(p.templates, w, s)[rows]
+        energy[sl, :w] = p.energy.reshape(p.templates, w, s)[rows]
+        direction[sl, :w] = p.direction.reshape(p.templates, w, 2)[rows]
+        pos[sl, :w] = p.pos[rows]
+        unit[sl, :w] = p.unit[rows]
+        count[sl] = p.count[rows]
+        at += m
+    return Packed(
+        values.reshape(t * k, f),
+        valid.reshape(t * k, s),
+        energy.reshape(t * k, s),
+        direction.reshape(t * k, 2),
+        pos,
+        unit,
+        count,
+    )
+
+
 _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 

@@ -44,24 +44,25 @@ def ridge_map(analysis: Analysis) -> np.ndarray:
 
 
 def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
-    """The contextually filtered image (0 outside the foreground box) and its binary ridges."""
+    """The contextually filtered image (0 outside the foreground) and its binary ridges."""
     out = np.zeros(analysis.mask.shape, np.uint8)
     full = np.zeros(analysis.mask.shape, np.float32)
     box = foreground_box(analysis.mask, 2)
     if analysis.mask[box].size == 0:
         return full, out
-    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period)
+    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box])
     full[box] = enhanced
     out[box] = (enhanced < 0) & analysis.mask[box]
     return full, out
 
 
-def _centroids(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Merge 8-connected clusters of candidate pixels into one point each."""
+def _centroids(points: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Merge 8-connected clusters of candidate pixels into one point each, (y, x) offset by (y0, x0)."""
     count, _, _, cents = cv2.connectedComponentsWithStats(points.astype(np.uint8), connectivity=8)
     if count <= 1:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    c = np.rint(cents[1:]).astype(np.int32)
+    # Offset before rounding: rint rounds halves to even, so rint(c) + odd offset != rint(c + offset).
+    c = np.rint(cents[1:] + np.array([x0, y0], np.float64)).astype(np.int32)
     return c[:, 1], c[:, 0]
 
 
@@ -159,14 +160,26 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     box = foreground_box(analysis.mask, 2)
     skeleton = np.zeros_like(ridges)
     skeleton[box] = thin(ridges[box])
-    cn = crossing_number(skeleton)
-    mask8 = analysis.mask.astype(np.uint8)
+    # Crossing numbers, distances to the background and centroids are computed inside
+    # the foreground box only (box coordinates, offset by y0, x0): outside it there is
+    # no skeleton, and the box's 2-pixel margin of background holds every pixel's
+    # nearest background point (a 5x5 chamfer step cannot jump a 2-pixel ring).
+    if skeleton[box].size == 0:  # no foreground: nothing to detect
+        empty = {name: Minutiae.empty() for name in ("candidates", "inside", "cleaned", "final")}
+        return Detection(enhanced, ridges, skeleton, empty if trace else {"final": Minutiae.empty()})
+    # The box starts on even coordinates: OpenCV labels components by 2x2 blocks, and
+    # the same block alignment as the whole image keeps their order (which breaks
+    # quality ties later), hence the very same minutiae.
+    y0, x0 = box[0].start - box[0].start % 2, box[1].start - box[1].start % 2
+    work = (slice(y0, box[0].stop), slice(x0, box[1].stop))
+    cn = crossing_number(skeleton[work])
+    mask8 = analysis.mask[work].astype(np.uint8)
     border = cv2.distanceTransform(np.pad(mask8, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    inside = (border > BORDER_PERIODS * period) & (analysis.coherence > MIN_COHERENCE)
+    inside = (border > BORDER_PERIODS * period) & (analysis.coherence[work] > MIN_COHERENCE)
     stages: dict[str, Minutiae] = {}
     if trace:
-        cy, cx = _centroids(cn == 1)
-        fy, fx = _centroids(cn >= 3)
+        cy, cx = _centroids(cn == 1, y0, x0)
+        fy, fx = _centroids(cn >= 3, y0, x0)
         kinds_all = np.concatenate(
             [np.full(len(cy), KIND_ENDING, np.uint8), np.full(len(fy), KIND_BIFURCATION, np.uint8)]
         )
@@ -179,8 +192,8 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
             kinds_all,
             np.full(len(xs_all), 100),
         )
-    ey, ex = _centroids((cn == 1) & inside)
-    by, bx = _centroids((cn >= 3) & inside)
+    ey, ex = _centroids((cn == 1) & inside, y0, x0)
+    by, bx = _centroids((cn >= 3) & inside, y0, x0)
     ys = np.concatenate([ey, by])
     xs = np.concatenate([ex, bx])
     kinds = np.concatenate([np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)])
@@ -193,7 +206,7 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     xf, yf = xs.astype(np.float32), ys.astype(np.float32)
     good = ~_false_pairs(xf, yf, angles, kinds, period)
     coh = analysis.coherence[ys, xs]
-    depth = np.clip(border[ys, xs] / (3.0 * period), 0.0, 1.0)
+    depth = np.clip(border[ys - y0, xs - x0] / (3.0 * period), 0.0, 1.0)
     quality = np.clip(100.0 * np.clip(coh / 0.7, 0.0, 1.0) * (0.5 + 0.5 * depth), 1, 100)
     if trace:
         stages["inside"] = _subset(xf, yf, angles, kinds, quality)
