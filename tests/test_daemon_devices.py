@@ -165,7 +165,9 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
         for name, image_id in FRAMES.items():
             face = cv2.imread(str(faces / "s1" / f"{image_id.lstrip('-')}.pgm"), cv2.IMREAD_GRAYSCALE)
             poses[name] = tmp_path / f"{name}.png"  # lossless: the camera simulator re-encodes it as JPEG
-            cv2.imwrite(str(poses[name]), on_canvas(np.ascontiguousarray(face[:, ::-1]) if image_id.startswith("-") else face, SIZE))
+            if image_id.startswith("-"):
+                face = np.ascontiguousarray(face[:, ::-1])
+            cv2.imwrite(str(poses[name]), on_canvas(face, SIZE))
     zfm = Simulator("zfm", "--link", str(tmp_path / "ttyZFM0"))
     camera = Simulator("camera", "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", "25")
     socket_path = tmp_path / "run" / "api.sock"
