@@ -142,14 +142,14 @@ class Kiosk:
             await asyncio.sleep(0.1)
 
 
-def audit_until(verifier, kind: str, device: str, count: int, timeout_s: float = 10.0) -> list[dict]:
-    """The verifier's copy of the daemon's audit trail, once ``count`` ``kind`` events of ``device`` arrived."""
+def audit_until(verifier, kind: str, timeout_s: float = 10.0) -> list[dict]:
+    """The verifier's copy of the daemon's audit trail, once a ``kind`` event arrived."""
     deadline = time.monotonic() + timeout_s
     while True:
         events = verifier_events(verifier, "kiosk-1")
-        if sum(e["type"] == kind and e["data"].get("device") == device for e in events) >= count:
+        if any(e["type"] == kind for e in events):
             return events
-        assert time.monotonic() < deadline, f"{count} {kind} of {device} not delivered: {[e['type'] for e in events]}"
+        assert time.monotonic() < deadline, f"no {kind} delivered: {[e['type'] for e in events]}"
         time.sleep(0.1)
 
 
@@ -209,7 +209,7 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
                     asyncio.get_running_loop().call_later(0.2, camera.send, "unplug")
 
             kiosk.on_event = unplug_camera
-            broken = await kiosk.session(operation="verify", subject="bea", modality="face")
+            broken = await kiosk.session(operation="identify", modality="face")  # no subject: runs without faces
             kiosk.on_event = None
             assert broken[-1]["type"] == "error", broken[-1]
             assert "device camera went away during the capture" in broken[-1]["message"]
@@ -245,19 +245,19 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
 
     try:
         asyncio.run(story())
-        events = audit_until(verifier, "device_unplugged", "reader", 1)
     finally:
-        daemon.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGTERM)  # it flushes its outbox to the verifier before it exits
         daemon.wait(20)
         zfm.stop()
         camera.stop()
+    events = audit_until(verifier, "agent_stopping")
     device_events = [(e["type"], e["data"]["device"]) for e in events if e["type"].startswith("device_")]
     assert [t for t, d in device_events if d == "camera"] == ["device_plugged", "device_unplugged", "device_plugged"]
     assert [t for t, d in device_events if d == "reader"] == ["device_plugged", "device_unplugged"]
     sessions = [e["data"] for e in events if e["type"] == "session_finished"]
     failed = [(s["operation"], s["outcome"], s["reason"].split(" went away")[0]) for s in sessions
               if s["outcome"] == "error"]
-    assert failed == [("verify", "error", "device camera"), ("verify", "error", "device reader")]
+    assert failed == [("identify", "error", "device camera"), ("verify", "error", "device reader")]
     assert daemon.returncode == 0
     if skipped:
         pytest.skip("; ".join(skipped))
