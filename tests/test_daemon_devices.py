@@ -241,7 +241,8 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
                 still = await kiosk.session(operation="verify", subject="bea", modality="face")
                 assert still[-1].get("decision") == "accept", still
             else:
-                skipped.append("face sessions that succeed need the ORL faces at ../shared/data/att_faces")
+                skipped.append("finger sessions and both unplugs checked; the face sessions that must succeed need "
+                               "the ORL faces at ../shared/data/att_faces")
 
     try:
         asyncio.run(story())
