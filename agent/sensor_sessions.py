@@ -33,7 +33,7 @@ from agent.client import VerifierClient
 from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import StepUpRequiredError
 from agent.sessions import MESSAGES, SessionError, SessionToken
-from agent.verifier_api import VerifierAPI, _parsed
+from agent.verifier_api import VerifierAPI, parsed_answer
 from protocol.messages import Decision, StepUp
 from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollment, SensorEnrollmentRequest, print_hash
 
@@ -110,12 +110,12 @@ class SensorSession:
         del serialized
         request = SensorEnrollmentRequest(subject, self.reader, print_hash(print_id), group, token)
         try:
-            data = await self.api._signed(request, challenge, None)
+            data = await self.api.signed(request, challenge, None)
         except BaseException:
             # The verifier does not know this print: keep the one it knows (or none), never this one.
             self.prints.restore(self.device.name, subject, previous)
             raise
-        answer = _parsed(request.path, SensorEnrollment.from_json, data)
+        answer = parsed_answer(request.path, SensorEnrollment.from_json, data)
         result = {"type": "result", "operation": "enroll", **answer.json()}
         self.emit(result)
         return result
@@ -170,10 +170,10 @@ class SensorSession:
 
     async def _assert(self, assertion: SensorAssertion) -> Decision | StepUp:
         try:
-            data = await self.api._signed(assertion, None, None)
+            data = await self.api.signed(assertion, None, None)
         except StepUpRequiredError as exc:
-            return _parsed(assertion.path, StepUp.from_problem, exc.problem)
-        return _parsed(assertion.path, Decision.from_json, data)
+            return parsed_answer(assertion.path, StepUp.from_problem, exc.problem)
+        return parsed_answer(assertion.path, Decision.from_json, data)
 
     async def _step_up(self, subject: str, step: StepUp) -> Decision:
         """The verifier wants a template it matches itself: a finger on an image reader, with the step-up id."""

@@ -71,12 +71,16 @@ class VerifierAPI:
 
     async def _challenge(self, asked: ChallengeRequest) -> Challenge:
         data = await self.client.call("POST", asked.path, json=asked.body())
-        return _parsed(asked.path, Challenge.from_json, data)
+        return parsed_answer(asked.path, Challenge.from_json, data)
 
-    async def _signed(
+    async def signed(
         self, request: SignedRequest, challenge: Challenge | None, timing: dict[str, float] | None
     ) -> Any:
-        """POST ``request`` signed over a nonce; a nonce that expired is replaced once, by its type."""
+        """POST ``request`` signed over a nonce; a nonce that expired is replaced once, by its type.
+
+        Public for request kinds without a method of their own here (the
+        match-on-sensor assertions of ``agent.sensor_sessions``): one place signs.
+        """
         path = request.path
         for attempt in range(2):
             if challenge is None:
@@ -111,10 +115,10 @@ class VerifierAPI:
         """
         request = VerificationRequest(subject, records, step_up, list(faces or []), liveness)
         try:
-            data = await self._signed(request, challenge, timing)
+            data = await self.signed(request, challenge, timing)
         except StepUpRequiredError as exc:
-            return _parsed(request.path, StepUp.from_problem, exc.problem)
-        return _parsed(request.path, Decision.from_json, data)
+            return parsed_answer(request.path, StepUp.from_problem, exc.problem)
+        return parsed_answer(request.path, Decision.from_json, data)
 
     async def identify(
         self,
@@ -126,7 +130,7 @@ class VerifierAPI:
         liveness: tuple[str, ...] | None = None,
     ) -> Identification:
         request = IdentificationRequest(records, list(faces or []), liveness)
-        return _parsed(request.path, Identification.from_json, await self._signed(request, challenge, timing))
+        return parsed_answer(request.path, Identification.from_json, await self.signed(request, challenge, timing))
 
     async def enroll(
         self,
@@ -141,10 +145,11 @@ class VerifierAPI:
         liveness: tuple[str, ...] | None = None,
     ) -> Enrollment:
         request = EnrollmentRequest(subject, records, group, session_token, list(faces or []), liveness)
-        return _parsed(request.path, Enrollment.from_json, await self._signed(request, challenge, timing))
+        return parsed_answer(request.path, Enrollment.from_json, await self.signed(request, challenge, timing))
 
 
-def _parsed(path: str, parse: Any, data: Any) -> Any:
+def parsed_answer(path: str, parse: Any, data: Any) -> Any:
+    """``parse`` applied to a verifier answer; anything malformed is the agent's typed AnswerError."""
     if not isinstance(data, dict):
         raise answer_error(path, "the answer is not a JSON object")
     try:

@@ -283,18 +283,18 @@ def test_forged_or_stale_sensor_requests_are_refused_and_the_cli_sets_the_policy
         out: dict = {}
         async with VerifierClient(config, identity) as client:
             api = VerifierAPI(client)
-            await api._signed(SensorEnrollmentRequest("gina", reader, print_hash("p1")), None, None)
+            await api.signed(SensorEnrollmentRequest("gina", reader, print_hash("p1")), None, None)
             for name, assertion in {
                 "other_print": SensorAssertion("gina", reader, print_hash("p2"), "match"),
                 "other_reader": SensorAssertion("gina", ReaderIdentity("synaptics", "usb0"), print_hash("p1"), "match"),
                 "not_enrolled": SensorAssertion("hank", reader, print_hash("p1"), "match"),
             }.items():
                 with pytest.raises(UnknownSubjectError) as caught:
-                    await api._signed(assertion, None, None)
+                    await api.signed(assertion, None, None)
                 out[name] = caught.value
             # Gina is enrolled now: another print only after she verifies (a session token).
             with pytest.raises(VerificationRequiredError):
-                await api._signed(SensorEnrollmentRequest("gina", reader, print_hash("p3")), None, None)
+                await api.signed(SensorEnrollmentRequest("gina", reader, print_hash("p3")), None, None)
             # A "no_match" signed, then turned into "match" on the way: the signature no longer holds.
             challenge = await api._challenge(SensorAssertion("gina", reader, print_hash("p1"), "no_match").challenge())
             assertion = SensorAssertion("gina", reader, print_hash("p1"), "no_match")
@@ -302,11 +302,11 @@ def test_forged_or_stale_sensor_requests_are_refused_and_the_cli_sets_the_policy
                                 {"nonce": challenge.nonce, **assertion.body()})
             with pytest.raises(BadSignatureError):
                 await client.call("POST", assertion.path, json={**body, "result": "match"})
-            out["genuine"] = await api._signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
+            out["genuine"] = await api.signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
             # Policy accept, but a subject marked high-risk still needs a template the verifier matches.
             await asyncio.to_thread(verifier.mark_high_risk, "gina")
             with pytest.raises(StepUpRequiredError) as stepped:
-                await api._signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
+                await api.signed(SensorAssertion("gina", reader, print_hash("p1"), "match"), None, None)
             out["high_risk"] = stepped.value.problem
         return out
 
