@@ -20,19 +20,14 @@ import cv2
 import numpy as np
 
 from drivers.camera.source import CameraSource
+from drivers.errors import DeviceError
 
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 
 
-class CameraError(Exception):
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.fix = fix
-
-    def __str__(self) -> str:
-        base = super().__str__()
-        return f"{base} (fix: {self.fix})" if self.fix else base
+class CameraError(DeviceError):
+    """Base of every error the camera driver raises."""
 
 
 class CameraUnavailable(CameraError):

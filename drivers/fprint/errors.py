@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+from drivers.errors import DeviceError
+
 FPRINTD_FIX = (
     "fprintd (the desktop's fingerprint service) holds the reader: stop it and keep it from starting again "
     "with `systemctl mask --now fprintd`"
 )
 
 
-class FprintError(Exception):
+class FprintError(DeviceError):
     """Base of every error the libfprint driver raises."""
-
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.fix = fix
-
-    def __str__(self) -> str:
-        base = super().__str__()
-        return f"{base} (fix: {self.fix})" if self.fix else base
 
 
 class FprintUnavailable(FprintError):

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
+from drivers.errors import DeviceError
 
-class ModuleError(Exception):
+
+class ModuleError(DeviceError):
     """Base of every error the driver raises."""
-
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.fix = fix
-
-    def __str__(self) -> str:
-        base = super().__str__()
-        return f"{base} (fix: {self.fix})" if self.fix else base
 
 
 class NoReplyError(ModuleError):
