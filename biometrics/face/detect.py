@@ -93,10 +93,17 @@ class Detector:
         checked = models.check(models.YUNET) if model is None else model
         if checked.spec != models.YUNET:
             raise models.FaceModelError(f"the detector runs {models.YUNET.name}, not {checked.spec.name}")
-        self._net = cv2.FaceDetectorYN.create(
-            "onnx", np.frombuffer(checked.data, np.uint8), np.empty(0, np.uint8), (320, 320), score_threshold,
-            NMS_THRESHOLD, TOP_K,
-        )
+        # OpenCV 5's new engine warns on stderr that it ignores the target FaceDetectorYN sets (CPU, the
+        # default anyway): a line every kiosk log and terminal would show for nothing. Quiet for the load only.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(min(level, cv2.utils.logging.LOG_LEVEL_ERROR))
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                "onnx", np.frombuffer(checked.data, np.uint8), np.empty(0, np.uint8), (320, 320), score_threshold,
+                NMS_THRESHOLD, TOP_K,
+            )
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self._size: tuple[int, int] = (320, 320)
         self._score = float(score_threshold)
 
