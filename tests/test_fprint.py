@@ -72,7 +72,8 @@ def test_retry_codes_become_feedback(virtual_image_reader, code, feedback) -> No
     assert caught.value.feedback == feedback
 
 
-def test_cancel_and_timeout_go_through_the_cancellable(virtual_image_reader, synthetic_print) -> None:
+def test_cancel_and_timeout_go_through_the_cancellable(virtual_image_reader, synthetic_print, recwarn) -> None:
+    """Cancel and timeout end a capture; cancelled on GLib's thread, libfprint logs no critical (g_source_unref)."""
     reader, feeder = virtual_image_reader
     cancel = threading.Event()
     later(0.2, cancel.set)
@@ -85,6 +86,7 @@ def test_cancel_and_timeout_go_through_the_cancellable(virtual_image_reader, syn
     sent = synthetic_print(7, shape=(300, 260)).image  # the reader still works after both
     when_waiting(reader, feeder.image, sent)
     assert reader.capture(timeout_s=10).pixels.tobytes() == sent.tobytes()
+    assert not [str(w.message) for w in recwarn if "g_source" in str(w.message)]
 
 
 def test_unplug_during_capture_then_reopen(virtual_image_reader, synthetic_print) -> None:

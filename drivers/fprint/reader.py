@@ -297,7 +297,8 @@ class FprintReader:
             asked = cancel is not None and cancel.is_set()
             if (asked or time.monotonic() > deadline) and cancellable is not None and not cancellable.is_cancelled():
                 timed_out = not asked
-                cancellable.cancel()  # thread-safe; the operation ends with G_IO_ERROR_CANCELLED
+                # On the loop thread, where libfprint runs: its cancel handlers then never race its own sources.
+                self.loop.submit(cancellable.cancel)  # the operation ends with G_IO_ERROR_CANCELLED
             elif time.monotonic() > deadline + CANCEL_GRACE_S:
                 raise FprintError(
                     f"the reader {self.name} does not answer (not even to a cancel)", "unplug and replug the reader"
