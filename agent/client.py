@@ -51,7 +51,7 @@ from agent.errors import (
     VerifierError,
     problem_error_class,
 )
-from agent.handshake import probe_device_certificate, refusal_of_device_certificate
+from agent.handshake import probe_device_certificate, refusal_of_device_certificate, ssl_error_in
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 from protocol.endpoints import IDEMPOTENCY_KEY
@@ -70,19 +70,9 @@ RETRYABLE = (
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error under an httpx exception, if the failure was TLS."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     """Turn a failed handshake into a message naming the fix, or None if not TLS."""
-    failure = _tls_failure(exc)
+    failure = ssl_error_in(exc)
     if failure is None:
         return None
     if isinstance(failure, PolicyViolation):

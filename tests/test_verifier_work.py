@@ -15,28 +15,14 @@ import pytest
 
 from agent.client import VerifierClient, server_timing
 from agent.devstack import LocalVerifier, provision_device
+from bench.flood import dense_view
 from biometrics.fingerprint.iso19794_2 import encode
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
-from protocol.templates import MAX_MINUTIAE_PER_VIEW, wire_template
+from protocol.templates import wire_template
 from tests.test_biometric_api import Device, wire
 from tests.test_verifier_connections import settings_file
 
 MAX_VIEWS = 10  # VerifierSettings.max_views_per_request, the default
-DENSE = MAX_MINUTIAE_PER_VIEW  # the most minutiae per view the verifier accepts
-
-
-def dense_view(seed: int, count: int = DENSE) -> dict:
-    """A finger view as heavy as the verifier accepts: the most minutiae, spread over a 500 dpi image."""
-    rng = np.random.default_rng(seed)
-    minutiae = Minutiae(
-        x=rng.uniform(20, 480, count).astype(np.float32),
-        y=rng.uniform(20, 480, count).astype(np.float32),
-        angle=rng.uniform(0, 2 * np.pi, count).astype(np.float32),
-        kind=np.ones(count, np.uint8),
-        quality=np.full(count, 80, np.uint8),
-    )
-    record = encode(FingerprintTemplate(500, 500, 500, minutiae, 80))
-    return wire_template(record)
 
 
 def pct(values: list[float], q: float) -> float:
