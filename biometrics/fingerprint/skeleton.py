@@ -120,44 +120,10 @@ def _changed_box(kill: np.ndarray, at: tuple[int, int, int, int]) -> tuple[int, 
     return at[0] + y, at[0] + y + h, at[2] + x, at[2] + x + w
 
 
-def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 
 
-def _delete_pass(img: np.ndarray, lut: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    """Delete (in place) the pixels of ``box`` whose neighbourhood code ``lut`` marks; box of the deletions.
-
-    The codes are computed on the box grown by one pixel, so that every pixel of
-    the box sees its true neighbours (outside the image they are zero, as for
-    the whole image).
-    """
-    outer = _grow(box, 1, img.shape)
-    inner = (slice(box[0] - outer[0], box[1] - outer[0]), slice(box[2] - outer[2], box[3] - outer[2]))
-    kill = cv2.LUT(neighbour_code(img[outer[0] : outer[1], outer[2] : outer[3]]), lut)[inner]
-    region = img[box[0] : box[1], box[2] : box[3]]
-    kill &= region
-    changed = _changed_box(kill, box)
-    if changed is not None:
-        region ^= kill
-    return changed
-
-
-def _grow(box: tuple[int, int, int, int], by: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    y0, y1, x0, x1 = box
-    return max(0, y0 - by), min(shape[0], y1 + by), max(0, x0 - by), min(shape[1], x1 + by)
-
-
-def _changed_box(kill: np.ndarray, at: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    """Bounding box (image coordinates) of the pixels set in ``kill``, a crop at ``at``; None if none."""
-    x, y, w, h = cv2.boundingRect(kill)
-    if w == 0:
-        return None
-    return at[0] + y, at[0] + y + h, at[2] + x, at[2] + x + w
-
-
-def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+def _union(a: Box | None, b: Box | None) -> Box | None:
     if a is None or b is None:
         return a if b is None else b
     return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
