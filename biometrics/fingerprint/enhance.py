@@ -229,15 +229,19 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
 def _orientation_boxes(index: np.ndarray, n: int) -> np.ndarray:
     """Bounding box (y0, y1, x0, x1) of the pixels of each orientation label (y0 = y1 where none).
 
-    Two histograms (label by row, label by column) instead of one scan of the
-    image per label.
+    Each pixel sets its label's bit; OR-ing the bits along rows and along columns
+    gives which labels each row and column holds, in two reductions instead of
+    one scan of the image per label.
     """
     h, w = index.shape
-    lab = index.astype(np.int32)
-    by_row = np.bincount((lab * h + np.arange(h, dtype=np.int32)[:, None]).ravel(), minlength=(n + 1) * h)
-    by_col = np.bincount((lab * w + np.arange(w, dtype=np.int32)[None, :]).ravel(), minlength=(n + 1) * w)
-    rows = by_row[: n * h].reshape(n, h) > 0
-    cols = by_col[: n * w].reshape(n, w) > 0
+    bits = np.zeros(256, np.uint32)
+    bits[:n] = np.left_shift(1, np.arange(n, dtype=np.uint32))
+    coded = bits[index]
+    in_row = np.bitwise_or.reduce(coded, axis=1)
+    in_col = np.bitwise_or.reduce(coded, axis=0)
+    labels = np.arange(n, dtype=np.uint32)[:, None]
+    rows = (in_row[None, :] >> labels) & 1 > 0
+    cols = (in_col[None, :] >> labels) & 1 > 0
     boxes = np.zeros((n, 4), np.int64)
     has = rows.any(axis=1)
     boxes[has, 0] = rows[has].argmax(axis=1)
@@ -295,20 +299,28 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.
     index[index == n] = 0  # theta just below pi rounds to n, which is orientation 0
     if where is not None:
         index[~where] = n  # no orientation: not filtered
+    # The separable factors of every orientation, computed at once.
+    along_x = f * np.cos(angles)[:, None] * t[None, :]
+    along_y = f * np.sin(angles)[:, None] * t[None, :]
+    even_x, even_y = g * np.cos(along_x), g * np.cos(along_y)
+    odd_x, odd_y = g * np.sin(along_x), g * np.sin(along_y)
     out = np.zeros_like(norm)
     h, w = norm.shape
     for k, (y0, y1, x0, x1), served in _filter_jobs(_orientation_boxes(index, n), half, n):
         ya, yb, xa, xb = max(0, y0 - half), min(h, y1 + half), max(0, x0 - half), min(w, x1 + half)
-        c, s = np.cos(angles[k]), np.sin(angles[k])
         crop = norm[ya:yb, xa:xb]
         inner = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
-        a = cv2.sepFilter2D(crop, cv2.CV_32F, g * np.cos(f * c * t), g * np.cos(f * s * t))[inner]
+        a = cv2.sepFilter2D(crop, cv2.CV_32F, even_x[k], even_y[k])[inner]
         # sin(0) = 0: at k = 0 the second filter is exactly zero.
-        b = cv2.sepFilter2D(crop, cv2.CV_32F, g * np.sin(f * c * t), g * np.sin(f * s * t))[inner] if k else None
+        b = cv2.sepFilter2D(crop, cv2.CV_32F, odd_x[k], odd_y[k])[inner] if k else None
         labels = index[y0:y1, x0:x1]
+        target = out[y0:y1, x0:x1]
         for j in served:
-            resp = a if b is None else (a - b if j == k else a + b)
-            np.copyto(out[y0:y1, x0:x1], resp, where=labels == j)
+            # One masked pass: the response is written only where orientation j is wanted.
+            if b is None:
+                np.copyto(target, a, where=labels == j)
+            else:
+                (np.subtract if j == k else np.add)(a, b, out=target, where=labels == j)
     return out
 
 
