@@ -66,9 +66,10 @@ class Analysis:
         return np.mod(self.orientation + np.pi / 2, np.pi).astype(np.float32)
 
 
-def _local_stats(img: np.ndarray, ksize: int) -> tuple[np.ndarray, np.ndarray]:
+def _local_stats(img: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and standard deviation (``squared`` is img * img, when the caller has it)."""
     mean = cv2.blur(img, (ksize, ksize))
-    sq = cv2.blur(img * img, (ksize, ksize))
+    sq = cv2.blur(img * img if squared is None else squared, (ksize, ksize))
     std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
     return mean, std
 
@@ -108,14 +109,16 @@ def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
     return cv2.resize(filled, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def orientation_field(norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Gradient direction in [0, pi) and coherence in [0, 1].
 
     The tensor is averaged at half resolution (orientation varies slowly compared
     with the pixel grid), which makes the wide Gaussian windows four times cheaper.
+    ``smooth`` is norm blurred with sigma 1, when the caller has it (see :func:`_energies`).
     """
     h, w = norm.shape
-    smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
+    if smooth is None:
+        smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
     half = (max(1, w // 2), max(1, h // 2))
@@ -145,9 +148,11 @@ def orientation_field(norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return theta, np.clip(coherence, 0.0, 1.0).astype(np.float32)
 
 
-def _energies(norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Squared gradient and squared signal of the band-passed image."""
-    smooth = cv2.GaussianBlur(norm, (0, 0), 1.0) - cv2.GaussianBlur(norm, (0, 0), 4.0)
+def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Squared gradient and squared signal of the band-passed image (``smooth``: as for the orientation)."""
+    if smooth is None:
+        smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
+    smooth = smooth - cv2.GaussianBlur(norm, (0, 0), 4.0)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     return gx * gx + gy * gy, smooth * smooth
@@ -196,7 +201,7 @@ def ridge_period(norm: np.ndarray, mask: np.ndarray) -> float:
     return ridge_measures(norm, mask)[0]
 
 
-def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None = None) -> tuple[float, float]:
     """Ridge period (pixels) the contextual filter is tuned to, and the ridge-band energy share.
 
     Local periods (the energy ratio over windows of about two periods) vary over
@@ -210,7 +215,7 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """
     if mask.sum() < 1024:
         return DEFAULT_PERIOD, 0.0
-    grad, sig = _energies(norm)
+    grad, sig = _energies(norm, smooth)
     total = float(np.square(norm[mask]).sum())
     share = float(sig[mask].sum()) / total if total > 1e-6 else 0.0
     # Window sums at half resolution: the local period varies slowly.
@@ -327,18 +332,20 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.
 def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     """Analyse a uint8 image already at 500 dpi."""
     img = image.astype(np.float32)
-    _, contrast = _local_stats(img, 17)
-    mean, std = _local_stats(img, 25)
-    norm = ((img - mean) / (std + 4.0)).astype(np.float32)
-    theta, coherence = orientation_field(norm)
+    squared = img * img
+    _, contrast = _local_stats(img, 17, squared)
+    mean, std = _local_stats(img, 25, squared)
+    norm = (img - mean) / (std + 4.0)  # float32 throughout
+    smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)  # shared by the orientation and the period
+    theta, coherence = orientation_field(norm, smooth)
     mask = segment(contrast, coherence)
-    period, share = ridge_measures(norm, mask)
+    period, share = ridge_measures(norm, mask, smooth)
     return Analysis(
         image=image,
         scale=scale,
         normalised=norm,
         mask=mask,
-        contrast=contrast.astype(np.float32),
+        contrast=contrast,
         orientation=theta,
         coherence=coherence,
         period=period,

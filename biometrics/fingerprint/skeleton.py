@@ -179,4 +179,4 @@ def thin(binary: np.ndarray, max_iterations: int = 30) -> np.ndarray:
 
 def crossing_number(skeleton: np.ndarray) -> np.ndarray:
     """Crossing number at each skeleton pixel (0 elsewhere): 1 ending, 3+ bifurcation."""
-    return np.where(skeleton == 1, CROSSING[neighbour_code(skeleton)], 0).astype(np.uint8)
+    return cv2.LUT(neighbour_code(skeleton), CROSSING) * (skeleton == 1)
