@@ -69,8 +69,10 @@ class Analysis:
 def _local_stats(img: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Local mean and standard deviation (``squared`` is img * img, when the caller has it)."""
     mean = cv2.blur(img, (ksize, ksize))
-    sq = cv2.blur(img * img if squared is None else squared, (ksize, ksize))
-    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    std = cv2.blur(img * img if squared is None else squared, (ksize, ksize))
+    std -= mean * mean  # in place from here: the same arithmetic without temporaries
+    np.maximum(std, 0.0, out=std)
+    np.sqrt(std, out=std)
     return mean, std
 
 
@@ -145,7 +147,7 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     theta = cv2.phase(c2s, s2s)
     theta *= 0.5
     theta[theta >= np.pi] -= np.pi
-    return theta, np.clip(coherence, 0.0, 1.0).astype(np.float32)
+    return theta, np.clip(coherence, 0.0, 1.0, out=coherence)
 
 
 def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +155,15 @@ def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.nd
     if smooth is None:
         smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
     smooth = smooth - cv2.GaussianBlur(norm, (0, 0), 4.0)
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    return gx * gx + gy * gy, smooth * smooth
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+    gx /= 8.0
+    gy /= 8.0
+    gx *= gx
+    gy *= gy
+    gx += gy
+    smooth *= smooth
+    return gx, smooth
 
 
 def _gradient_period(norm: np.ndarray, weight: np.ndarray) -> float:
@@ -216,8 +224,10 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None
     if mask.sum() < 1024:
         return DEFAULT_PERIOD, 0.0
     grad, sig = _energies(norm, smooth)
-    total = float(np.square(norm[mask]).sum())
-    share = float(sig[mask].sum()) / total if total > 1e-6 else 0.0
+    # Sums over the foreground as dot products with the mask: no gather of the pixels.
+    weight = mask.ravel().astype(np.float32)
+    total = float(np.dot(np.square(norm).ravel(), weight))
+    share = float(np.dot(sig.ravel(), weight)) / total if total > 1e-6 else 0.0
     # Window sums at half resolution: the local period varies slowly.
     h, w = mask.shape
     half = (max(1, w // 2), max(1, h // 2))
@@ -335,7 +345,9 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     squared = img * img
     _, contrast = _local_stats(img, 17, squared)
     mean, std = _local_stats(img, 25, squared)
-    norm = (img - mean) / (std + 4.0)  # float32 throughout
+    norm = img - mean  # float32 throughout; (img - mean) / (std + 4) in place
+    std += 4.0
+    norm /= std
     smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)  # shared by the orientation and the period
     theta, coherence = orientation_field(norm, smooth)
     mask = segment(contrast, coherence)

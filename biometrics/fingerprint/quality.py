@@ -82,7 +82,7 @@ def assess(analysis: Analysis) -> QualityReport:
         return QualityReport(0, ("place_finger",), ("no_finger",), area_mm2, 0.0)
     if analysis.ridge_share < MIN_RIDGE_SHARE:  # something is there, but it has no ridges
         return QualityReport(0, ("place_finger",), ("no_ridges",), area_mm2, 0.0)
-    clarity = float(analysis.coherence[mask].mean())
+    clarity = float(np.dot(analysis.coherence.ravel(), mask.ravel().astype(np.float32))) / count  # mean over the mask
     area_score = min(1.0, area_mm2 / GOOD_AREA_MM2, fraction / 0.4)
     clarity_score = float(np.clip((clarity - POOR_COHERENCE) / (GOOD_COHERENCE - POOR_COHERENCE), 0.0, 1.0))
     position = _position_feedback(analysis)
