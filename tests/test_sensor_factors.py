@@ -238,3 +238,71 @@ def test_a_template_after_the_sensors_step_up_still_needs_the_face_the_rule_asks
     assert isinstance(sensor, StepUp) and sensor.acr_values == ACR_AFTER_SENSOR
     assert isinstance(template, StepUp) and template.acr_values == ACR_FACE
     assert isinstance(face, Decision) and face.accepted and face.token
+
+
+def test_a_kiosk_with_a_camera_and_only_a_sensor_completes_both_factors(
+    provisioned, verifier, camera_sim, att_faces, fprint_socket_dir, tmp_path
+) -> None:
+    """The daemon's face session (agent.face_sessions.face_session) on a camera and a match-on-sensor reader.
+
+    The face is added to a subject enrolled only on the sensor after the sensor verified them, and a face
+    verification whose rule needs a finger too is completed on the sensor, in the same session.
+    """
+    from agent.client import VerifierClient
+    from agent.config import DeviceSection
+    from agent.devices.kinds import CameraDevice, FprintDevice
+    from agent.devices.prints import SensorPrintStore
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.face_sessions import face_session
+    from agent.sensor_sessions import SensorSession
+    from simulators.fprint import VirtualDeviceFeeder
+    from tests.test_face_sessions import TRACKER, FacePerson
+    from tests.test_sensor_sessions import KEK, FingerAtSensor
+
+    config, identity = provisioned
+    socket = fprint_socket_dir / "device.sock"
+    verifier.allow(identity.device_id, sensor="accept")
+    sections = [("camera", DeviceSection(kind="camera", source=camera_sim.url)),
+                ("usb0", DeviceSection(kind="fprint", selector="virtual_device", check_interval_s=0.2))]
+
+    def make(section: DeviceSection, name: str):
+        if section.kind == "fprint":
+            return FprintDevice(section, name, env={"FP_VIRTUAL_DEVICE": str(socket)})
+        return CameraDevice(section, name)
+
+    async def scenario() -> dict:
+        supervisor = DeviceSupervisor(sections, lambda kind, data: None, factory=make)
+        await supervisor.open_all()
+        prints = SensorPrintStore(tmp_path / "prints", KEK)
+        out: dict = {}
+        try:
+            async with VerifierClient(config, identity) as client, asyncio.timeout(120):
+                fingers = FingerAtSensor(VirtualDeviceFeeder(socket), ["lee"] * 10)
+                await SensorSession(supervisor.pick("match-on-sensor"), client, prints, emit=fingers).enroll("lee")
+                face = FacePerson(camera_sim, att_faces)
+
+                def both(event: dict) -> None:
+                    fingers(event)
+                    face(event)
+
+                def session():
+                    made = face_session(supervisor, client, both, prints)
+                    made.tracker_options = TRACKER
+                    return made
+
+                out["added"] = await session().enroll("lee", verify_first=True)
+                await asyncio.to_thread(require_both, verifier, "lee")
+                out["verified"] = await session().verify("lee")
+                out["events"] = fingers.events
+        finally:
+            await supervisor.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["added"]["templates"] == 3 and out["added"]["modality"] == "face"
+    verified = out["verified"]
+    assert verified["decision"] == "accept" and verified["has_token"], verified
+    assert [e["acr_values"] for e in out["events"] if e["type"] == "step_up"] == ["finger"]
+    sensor = [r for r in audit(verifier) if r.get("assurance") == "match-on-sensor"]
+    decided = [(r["outcome"], r.get("step_up", "")) for r in sensor]
+    assert decided == [("accept", ""), ("accept", "policy_requires_finger")]
