@@ -25,6 +25,7 @@ from agent.errors import (
     SessionTokenRefusedError,
     StepUpRequiredError,
     StepUpUnknownError,
+    SubjectLockedError,
     VerificationRequiredError,
 )
 from agent.verifier_api import VerifierAPI
@@ -88,9 +89,36 @@ def test_a_sensor_only_subject_gets_a_face_only_after_verifying(device, verifier
         await api.signed(SensorEnrollmentRequest("dave", READER, PRINT), None, None)
         with pytest.raises(VerificationRequiredError) as no_token:
             await add_face(api, "dave", 4, None)
-        return no_token.value
+        # ... and the other way: a subject enrolled by face only gets a sensor print only after verifying.
+        await add_face(api, "fay", 6, None)
+        with pytest.raises(VerificationRequiredError) as no_token_for_print:
+            await api.signed(SensorEnrollmentRequest("fay", READER, print_hash("fay-print")), None, None)
+        return no_token.value, no_token_for_print.value
 
-    assert device.run(steps).slug == "verification-required"
+    face, sensor_print = device.run(steps)
+    assert face.slug == sensor_print.slug == "verification-required"
+
+
+def test_rejected_assertions_lock_the_device_out_and_a_locked_device_answers_no_step_up(device, verifier) -> None:
+    """The sensor's no_match counts as a rejected verification; a lockout stops its step-up answers too."""
+    verifier.allow(device.identity.device_id, sensor="accept")
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        await sensor_subject_with_face(api)
+        await asyncio.to_thread(require_both, verifier)
+        face_first = await face_verify(api, "dave", 4)
+        rejected = [await asserted(api, assertion("no_match")) for _ in range(5)]
+        with pytest.raises(SubjectLockedError) as locked:
+            await asserted(api, assertion(step_up=face_first.step_up))
+        return face_first, rejected, locked.value
+
+    face_first, rejected, locked = device.run(steps)
+    assert isinstance(face_first, StepUp) and face_first.acr_values == ACR_FINGER
+    assert [r.decision for r in rejected] == ["reject"] * 5
+    assert locked.slug == "subject-locked" and locked.retry_after_s > 0
+    outcomes = [r["outcome"] for r in audit(verifier) if r.get("assurance") == "match-on-sensor"]
+    assert outcomes[-6:] == ["reject"] * 5 + ["locked_out"]
 
 
 def test_finger_on_the_sensor_then_the_face_the_rule_asks_for(device, verifier) -> None:
