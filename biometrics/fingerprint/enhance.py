@@ -310,8 +310,8 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.
     g = np.exp(-(t * t) / (2 * sigma * sigma)).astype(np.float32)
     f = 2 * np.pi / period
     angles = np.arange(n, dtype=np.float32) * (np.pi / n)
-    index = np.rint(theta * np.float32(n / np.pi)).astype(np.uint8)
-    index[index == n] = 0  # theta just below pi rounds to n, which is orientation 0
+    # Nearest of the n orientations; theta just below pi rounds to n, which is orientation 0.
+    index = (np.rint(theta * np.float32(n / np.pi)).astype(np.int32) % n).astype(np.uint8)
     if where is not None:
         index[~where] = n  # no orientation: not filtered
     # The separable factors of every orientation, computed at once.

@@ -107,20 +107,20 @@ def neighbour_code(img: np.ndarray) -> np.ndarray:
     return cv2.filter2D(img, -1, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
 
 
-def _grow(box: tuple[int, int, int, int], by: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+def _grow(box: Box, by: int, shape: tuple[int, ...]) -> Box:
     y0, y1, x0, x1 = box
     return max(0, y0 - by), min(shape[0], y1 + by), max(0, x0 - by), min(shape[1], x1 + by)
 
 
-def _changed_box(kill: np.ndarray, at: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+def _changed_box(kill: np.ndarray, at: Box) -> Box | None:
     """Bounding box (image coordinates) of the pixels set in ``kill``, a crop at ``at``; None if none."""
     x, y, w, h = cv2.boundingRect(kill)
     if w == 0:
         return None
     return at[0] + y, at[0] + y + h, at[2] + x, at[2] + x + w
-
-
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 
 
 def _union(a: Box | None, b: Box | None) -> Box | None:
@@ -129,7 +129,7 @@ def _union(a: Box | None, b: Box | None) -> Box | None:
     return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
 
 
-def _delete_pass(img: np.ndarray, lut: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+def _delete_pass(img: np.ndarray, lut: np.ndarray, box: Box) -> Box | None:
     """Delete (in place) the pixels of ``box`` whose neighbourhood code ``lut`` marks; box of the deletions.
 
     The codes are computed on the box grown by one pixel, so that every pixel of
@@ -153,12 +153,12 @@ def thin(binary: np.ndarray, max_iterations: int = 30) -> np.ndarray:
     Each sub-iteration only revisits the bounding box of what the previous two
     deleted, grown by a pixel: elsewhere no neighbourhood changed since the same
     rule last left those pixels alone, so it would leave them alone again. The
-    result is that of running every pass over the whole image, at about half
-    the cost (late passes only touch the few ridges still thick).
+    result is that of running every pass over the whole image, with about half
+    the pixels visited (late passes only touch the few ridges still thick).
     """
     img = (binary != 0).astype(np.uint8)
     full = (0, img.shape[0], 0, img.shape[1])
-    recent: list[tuple[int, int, int, int] | None] = [full, full]
+    recent: list[Box | None] = [full, full]
     for _ in range(max_iterations):
         for lut in _ZS_LUTS:
             active = _union(recent[-1], recent[-2])
