@@ -49,6 +49,7 @@ from biometrics.face.embed import Embedder
 from biometrics.face.pose import pose_of
 from biometrics.face.quality import MAX_PITCH, MAX_ROLL, MAX_YAW, assess
 
+HALVINGS = 100  # random halvings of the people for held_out_over_target
 EXTENSIONS = {".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
 VGA = (640, 480)
 
@@ -129,6 +130,18 @@ def all_pairs(vectors: np.ndarray, people: np.ndarray) -> tuple[np.ndarray, np.n
     scores = vectors @ vectors.T
     iu, ju = np.triu_indices(len(vectors), k=1)
     return scores[iu, ju], people[iu] == people[ju]
+
+
+def pair_units(people: np.ndarray) -> np.ndarray:
+    """For every unordered pair (in all_pairs' order), a label of its unordered pair of people.
+
+    Image pairs of the same two people are not independent: the calibration's
+    bounds count these labels, not image pairs.
+    """
+    _, ids = np.unique(people, return_inverse=True)
+    iu, ju = np.triu_indices(len(people), k=1)
+    lo, hi = np.minimum(ids[iu], ids[ju]), np.maximum(ids[iu], ids[ju])
+    return lo.astype(np.int64) * (int(ids.max()) + 1) + hi
 
 
 def pair_mask(flags: np.ndarray) -> np.ndarray:
@@ -222,14 +235,26 @@ def held_out_check(scores: np.ndarray, same: np.ndarray, people: np.ndarray, fmr
     first = np.isin(people, names[::2])
     iu, ju = np.triu_indices(len(people), k=1)
     in_a, in_b = first[iu] & first[ju], ~first[iu] & ~first[ju]
-    if not (in_a & ~same).any() or not (in_b & same).any():
-        return {}
-    quantiles, beta = fit_impostor_model(scores[in_a & ~same])
-    t = threshold_for_fmr(fmr, quantiles, beta)
+    if (in_a & ~same).sum() < 1000 or not (in_b & same).any():  # too few people to fit a tail on half of them
+        return dict.fromkeys(("held_out_threshold", "held_out_fmr", "held_out_fnmr", "held_out_over_target",
+                              "held_out_fmr_p95"))
+    units = pair_units(people)
+    t = threshold_for_fmr(fmr, fit_impostor_model(scores[in_a & ~same], units[in_a & ~same]))
+    over, fmrs = 0, []
+    rng = np.random.default_rng(0)
+    for _ in range(HALVINGS):
+        first = np.isin(people, rng.permutation(names)[: len(names) // 2])
+        fit, test = first[iu] & first[ju] & ~same, ~first[iu] & ~first[ju] & ~same
+        if len(scores[fit]) < 1000 or not test.any():
+            continue
+        fmrs.append(float((scores[test] >= threshold_for_fmr(fmr, fit_impostor_model(scores[fit], units[fit]))).mean()))
+        over += fmrs[-1] > fmr
     return {
         "held_out_threshold": round(t, 4),
         "held_out_fmr": round(float((scores[in_b & ~same] >= t).mean()), 5),
         "held_out_fnmr": round(float((scores[in_b & same] < t).mean()), 5),
+        "held_out_over_target": f"{over}/{len(fmrs)}",
+        "held_out_fmr_p95": round(float(np.percentile(fmrs, 95)), 5) if fmrs else None,
     }
 
 
@@ -238,11 +263,14 @@ def calibrate(folder: Path) -> dict[str, object]:
     cv2.setNumThreads(1)
     got = embed_folder(folder)
     scores, same = all_pairs(got["vectors"], got["people"])
-    quantiles, beta = fit_impostor_model(scores[~same])
+    model = fit_impostor_model(scores[~same], pair_units(got["people"])[~same])
     return {
-        "impostor_quantiles": [[f, round(q, 5)] for f, q in quantiles],
-        "tail_beta": round(beta, 6),
+        "model": f"ImpostorModel({model.pairs}, ({', '.join(f'{q:.5f}' for q in model.quantiles)}), "
+                 f"{model.tail_rate:.5f}, {model.sigma:.6f}, {model.xi:.4f}, {model.units:.1f})",
+        "threshold_1e-3": round(model.threshold(1e-3), 4),
+        "threshold_1e-4": round(model.threshold(1e-4), 4),
         "impostor": int((~same).sum()),
+        "people_pairs": len(np.unique(pair_units(got["people"])[~same])),
     }
 
 
