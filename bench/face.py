@@ -26,9 +26,21 @@ headline rates count every pair, turned heads included.
 ``threshold`` is biometrics.face's cosine threshold for the target ``--fmr``
 (from its impostor model, fitted on ORL: on ORL itself ``fmr_at_threshold`` is
 the fit's own check, on another set it is a test of it), with the FMR and FNMR
-measured at it. ``held_out_*`` fits the same impostor model on the pairs of
-every other person and applies its threshold to the pairs of the rest, a check
-of the calibration method that reuses no score it was fitted on.
+measured at it. ``held_out_*`` checks the calibration method on people it never
+saw: the same impostor model (bounds counting pairs of people, see
+biometrics.face.calibration) fitted on the pairs of every other person, its
+threshold applied to the pairs of the rest (``held_out_fmr``, ``held_out_fnmr``);
+then over 100 random halvings of the people, in how many the held-out FMR
+exceeded the target (``held_out_over_target``) and its 95th percentile
+(``held_out_fmr_p95``). The promise holds when about 5 in 100 or fewer exceed it.
+Fewer than 1,000 impostor pairs on a half: these are null.
+
+On ORL (92x112, one core, CPU ms on a shared 2-core machine):
+before (bilinear alignment, tail counted in image pairs): eer 0.00611,
+tar_at_far01 0.99222, held_out_fmr 0.00463 at a 0.001 target; after (Lanczos
+alignment, tail bounds over pairs of people): eer 0.005, tar_at_far1 0.995,
+tar_at_far01 0.99278, fta 0, held_out_fmr 0.00063, held_out_over_target 3/100,
+detect 6.8 ms, embed 22.6 ms.
 """
 
 from __future__ import annotations
