@@ -83,6 +83,9 @@ def test_the_rate_bound_counts_units() -> None:
 def test_the_shipped_model_and_its_errors() -> None:
     assert MODEL.tail_rate >= 0.01 and MODEL.sigma > 0 and MODEL.xi >= 0
     assert threshold_for_fmr(MODEL.tail_rate) == pytest.approx(MODEL.quantiles[-1])  # the tail starts at t99
+    above, below = threshold_for_fmr(MODEL.tail_rate * 1.001), threshold_for_fmr(MODEL.tail_rate * 0.999)
+    assert below > above and below - above < 1e-3  # one continuous curve where the quantiles meet the tail
+    assert threshold_for_fmr(0.1) == pytest.approx(MODEL.quantiles[2])
     assert threshold_for_fmr(1e-3) < threshold_for_fmr(1e-4) < 1.0
     with pytest.raises(FaceError, match="at least 1,000"):
         fit_impostor_model(np.zeros(999))

@@ -19,8 +19,8 @@ pairs of people, not image pairs (see :mod:`biometrics.tail`):
 
 So ``FMR(t) = tail_rate * (1 + xi (t - t99) / sigma) ** (-1 / xi)`` (the
 exponential when xi = 0) for ``FMR <= tail_rate``; above it the threshold
-interpolates the impostor quantiles (50th, 75th, 90th percentiles, t99) on a
-log-FMR scale. No genuine score enters the model.
+interpolates the impostor quantiles (50th, 75th, 90th percentiles, then t99
+placed at ``tail_rate``, so the curve is continuous) on a log-FMR scale. No genuine score enters the model.
 
 The constants come from ``python -m bench.face --calibrate ../shared/data/att_faces``
 (ORL: 40 people x 10 images, 78,000 impostor pairs in 780 pairs of people):
@@ -65,8 +65,12 @@ class ImpostorModel:
         """Cosine threshold (accept when score >= threshold) for false match rate ``fmr``."""
         if fmr <= self.tail_rate:
             return tail_threshold(fmr / self.tail_rate * TAIL_FMR, self.quantiles[-1], self.sigma, self.xi)
-        rates = np.log(QUANTILE_FMRS)[::-1]  # increasing
-        values = np.array(self.quantiles)[::-1]
+        # the quantiles above the tail, then the tail's start at its bounded rate: one continuous curve
+        keep = [i for i, f in enumerate(QUANTILE_FMRS[:-1]) if f > self.tail_rate]
+        rates = np.log([QUANTILE_FMRS[i] for i in keep] + [self.tail_rate])[::-1]  # increasing
+        values = np.array([self.quantiles[i] for i in keep] + [self.quantiles[-1]])[::-1]
+        if len(rates) < 2:
+            return self.quantiles[-1]
         if fmr >= QUANTILE_FMRS[0]:  # below the median: extend the last segment linearly in log FMR
             slope = (values[-1] - values[-2]) / (rates[-1] - rates[-2])
             return float(values[-1] + slope * (math.log(fmr) - rates[-1]))
