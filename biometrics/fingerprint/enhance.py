@@ -244,17 +244,22 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None
 def _orientation_boxes(index: np.ndarray, n: int) -> np.ndarray:
     """Bounding box (y0, y1, x0, x1) of the pixels of each orientation label (y0 = y1 where none).
 
-    Each pixel sets its label's bit; OR-ing the bits along rows and along columns
-    gives which labels each row and column holds, in two reductions instead of
-    one scan of the image per label.
+    Each pixel sets its label's bit (eight labels per byte, by table lookup);
+    OR-ing the bytes along rows and along columns gives which labels each row
+    and column holds, in a few reductions instead of one scan of the image per
+    label.
     """
     h, w = index.shape
-    bits = np.zeros(256, np.uint32)
-    bits[:n] = np.left_shift(1, np.arange(n, dtype=np.uint32))
-    coded = bits[index]
-    in_row = np.bitwise_or.reduce(coded, axis=1)
-    in_col = np.bitwise_or.reduce(coded, axis=0)
-    labels = np.arange(n, dtype=np.uint32)[:, None]
+    in_row = np.zeros(h, np.int64)
+    in_col = np.zeros(w, np.int64)
+    for first in range(0, n, 8):
+        table = np.zeros(256, np.uint8)
+        count = min(8, n - first)
+        table[first : first + count] = np.left_shift(1, np.arange(count)).astype(np.uint8)
+        coded = cv2.LUT(index, table)
+        in_row |= np.bitwise_or.reduce(coded, axis=1).astype(np.int64) << first
+        in_col |= np.bitwise_or.reduce(coded, axis=0).astype(np.int64) << first
+    labels = np.arange(n, dtype=np.int64)[:, None]
     rows = (in_row[None, :] >> labels) & 1 > 0
     cols = (in_col[None, :] >> labels) & 1 > 0
     boxes = np.zeros((n, 4), np.int64)
