@@ -170,10 +170,7 @@ def thin(binary: np.ndarray, max_iterations: int = 30) -> np.ndarray:
     for py in (0, 1):
         for px in (0, 1):
             kill = cv2.LUT(neighbour_code(img), _SIMPLE_LUT)
-            kill &= img
-            sub = np.zeros_like(kill)
-            sub[py::2, px::2] = kill[py::2, px::2]
-            img ^= sub
+            img[py::2, px::2] ^= kill[py::2, px::2] & img[py::2, px::2]
     return img
 
 
