@@ -74,8 +74,7 @@ class GalleryIndex:
         self._ids: list[Hashable] = []
         self._cylinders: list[Cylinders] = []
         self._sketches: list[np.ndarray] = []
-        self._packed: list[tuple[np.ndarray, mcc_match.Packed]] = []
-        self._where = np.zeros((0, 2), np.int64)  # template -> (block, position in block)
+        self._packed = mcc_match.pack([])
         self._sketch_blocks: list[np.ndarray] = []
         self._dirty = True
 
@@ -117,19 +116,9 @@ class GalleryIndex:
         self._dirty = True
         return removed
 
-    def _pack(self) -> list[tuple[np.ndarray, mcc_match.Packed]]:
+    def _pack(self) -> mcc_match.Packed:
         if self._dirty:
-            # Sorting by cylinder count keeps padding small inside each chunk.
-            order = np.argsort([len(c) for c in self._cylinders], kind="stable")
-            self._packed = [
-                (chunk, mcc_match.pack([self._cylinders[i] for i in chunk]))
-                for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / CHUNK))))
-                if len(chunk)
-            ]
-            self._where = np.zeros((len(self._ids), 2), np.int64)
-            for b, (chunk, _) in enumerate(self._packed):
-                self._where[chunk, 0] = b
-                self._where[chunk, 1] = np.arange(len(chunk))
+            self._packed = mcc_match.pack(self._cylinders)
             n = len(self._sketches)
             self._sketch_blocks = [
                 prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES])
@@ -142,19 +131,16 @@ class GalleryIndex:
         """Score of the probe against every enrolled template, in insertion order."""
         out = np.zeros(len(self._ids), np.float64)
         cp = cylinders_of(probe)
-        if len(cp) == 0:
+        if len(cp) == 0 or not self._ids:
             return out
-        blocks = self._pack()
+        packed = self._pack()
+        starts = list(range(0, len(self._ids), CHUNK))
 
-        def run(block: tuple[np.ndarray, mcc_match.Packed]) -> None:
-            out[block[0]] = mcc_match.scores(cp, block[1])
+        def run(lo: int) -> None:
+            hi = min(lo + CHUNK, len(self._ids))
+            out[lo:hi] = mcc_match.scores(cp, packed.block(lo, hi))
 
-        if len(blocks) > 1 and self._workers > 1:
-            # numpy and BLAS release the GIL: blocks run in parallel on the cores.
-            list(self._pool().map(run, blocks))
-        else:
-            for block in blocks:
-                run(block)
+        self._map(starts, run)
         return out
 
     def _map(self, work: list[T], fn: Callable[[T], None]) -> None:
@@ -194,22 +180,17 @@ class GalleryIndex:
         pool = np.arange(len(self._ids)) if among is None else np.asarray(among, np.int64)
         if len(cp) == 0 or len(pool) == 0:
             return pool, np.zeros(len(pool), np.float64)
-        blocks = self._pack()
+        packed = self._pack()
         if len(pool) > max(prefilter.MIN_CANDIDATES, keep_at_least):
             pre = self.prescores(cp)[pool]
             pool = pool[prefilter.candidates(pre, keep_at_least)]
-        where = self._where[pool]
-        order = np.lexsort((where[:, 1], where[:, 0]))  # block order: blocks hold similar widths
-        pool, where = pool[order], where[order]
         out = np.zeros(len(pool), np.float64)
-        # A few groups of consecutive blocks (at least one per worker): few calls, little padding.
+        # A few groups (at least one per worker): few calls, arrays that stay in cache.
         groups = max(self._workers, int(np.ceil(len(pool) / GROUP)))
         work = [sel for sel in np.array_split(np.arange(len(pool)), groups) if len(sel)]
 
         def run(sel: np.ndarray) -> None:
-            w = where[sel]
-            parts = [(blocks[int(b)][1], w[w[:, 0] == b, 1]) for b in np.unique(w[:, 0])]
-            out[sel] = mcc_match.scores(cp, mcc_match.gather(parts))
+            out[sel] = mcc_match.scores(cp, mcc_match.gather(packed, pool[sel]))
 
         self._map(work, run)
         return pool, out

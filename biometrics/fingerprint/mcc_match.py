@@ -58,19 +58,23 @@ def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """Cylinders of T templates padded to K rows each, stacked for matrix products.
+    """Cylinders of T templates stored as one row per real cylinder, stacked for matrix products.
 
-    Padding rows are all zero (never valid, so they score 0). The gallery packs
-    templates of similar size together, so padding stays small.
+    Rows are not padded: the local similarities are computed on real rows only and
+    then scattered into a (T, K) grid (K the largest cylinder count) for the
+    consolidation, which is a few times smaller than the cylinder values. The rows
+    of consecutive templates are consecutive, so a block of the gallery is a view
+    (:meth:`block`) and a subset of it one row gather (:func:`gather`).
     """
 
-    values: np.ndarray  # float32 (T*K, F)
-    valid: np.ndarray  # float32 (T*K, S)
-    energy: np.ndarray  # float32 (T*K, S): sum over directions of squared values
-    direction: np.ndarray  # float32 (T*K, 2): cos, sin of each cylinder's minutia angle
-    pos: np.ndarray  # complex64 (T, K): x + iy, 500-dpi pixels
+    values: np.ndarray  # float32 (R, F), R = count.sum()
+    valid: np.ndarray  # float32 (R, S)
+    energy: np.ndarray  # float32 (R, S): sum over directions of squared values
+    direction: np.ndarray  # float32 (R, 2): cos, sin of each cylinder's minutia angle
+    pos: np.ndarray  # complex64 (T, K): x + iy, 500-dpi pixels; 0 past a template's count
     unit: np.ndarray  # complex64 (T, K): exp(i * angle)
-    count: np.ndarray  # int64 (T,) real cylinders per template
+    count: np.ndarray  # int64 (T,) cylinders per template
+    start: np.ndarray  # int64 (T,) first row of each template
 
     @property
     def templates(self) -> int:
@@ -79,6 +83,28 @@ class Packed:
     @property
     def width(self) -> int:
         return self.pos.shape[1]
+
+    def slots(self) -> np.ndarray:
+        """Position of each row in the flattened (T, K) grid, int64 (R,)."""
+        owner = np.repeat(np.arange(self.templates) * self.width - self.start, self.count)
+        return owner + np.arange(len(owner))
+
+    def block(self, lo: int, hi: int) -> Packed:
+        """Templates lo..hi-1 as views (no copy)."""
+        a = int(self.start[lo]) if lo < self.templates else int(self.count.sum())
+        b = int(self.start[hi - 1] + self.count[hi - 1]) if hi > lo else a
+        count = self.count[lo:hi]
+        k = int(max(count.max(initial=0), 1))
+        return Packed(
+            self.values[a:b],
+            self.valid[a:b],
+            self.energy[a:b],
+            self.direction[a:b],
+            self.pos[lo:hi, :k],
+            self.unit[lo:hi, :k],
+            count,
+            self.start[lo:hi] - a,
+        )
 
 
 def _energy(c: Cylinders) -> np.ndarray:
@@ -90,70 +116,60 @@ def _direction(angle: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
 
 
-def pack(cylinders: list[Cylinders]) -> Packed:
-    """Pad and stack cylinder sets (one per template)."""
-    t = len(cylinders)
-    count = np.array([len(c) for c in cylinders], np.int64)
+def _grid(count: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Per-row values (R,) laid out as a zero-padded (T, K) grid."""
+    t = len(count)
     k = int(max(count.max(initial=0), 1))
+    out = np.zeros((t, k), flat.dtype)
+    out[np.arange(k)[None, :] < count[:, None]] = flat
+    return out
+
+
+def pack(cylinders: list[Cylinders]) -> Packed:
+    """Stack cylinder sets (one per template)."""
+    count = np.array([len(c) for c in cylinders], np.int64)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) if len(count) else count
     f = N_SPATIAL * ND
-    values = np.zeros((t, k, f), np.float32)
-    valid = np.zeros((t, k, N_SPATIAL), np.float32)
-    energy = np.zeros((t, k, N_SPATIAL), np.float32)
-    direction = np.zeros((t, k, 2), np.float32)
-    pos = np.zeros((t, k), np.complex64)
-    unit = np.zeros((t, k), np.complex64)
-    for i, c in enumerate(cylinders):  # one copy per template, not per pixel or pair
-        n = len(c)
-        if n:
-            values[i, :n] = c.values
-            valid[i, :n] = c.valid
-            energy[i, :n] = _energy(c)
-            direction[i, :n] = _direction(c.angle)
-            pos[i, :n] = c.x + 1j * c.y
-            unit[i, :n] = np.exp(1j * c.angle)
+    live = [c for c in cylinders if len(c)]
+    if not live:
+        z = np.zeros((0, N_SPATIAL), np.float32)
+        return Packed(
+            np.zeros((0, f), np.float32), z, z, np.zeros((0, 2), np.float32),
+            np.zeros((len(count), 1), np.complex64), np.zeros((len(count), 1), np.complex64), count, start,
+        )  # fmt: skip
+    angle = np.concatenate([c.angle for c in live])
+    xy = np.concatenate([c.x for c in live]) + 1j * np.concatenate([c.y for c in live])
+    values = np.concatenate([c.values for c in live]).astype(np.float32, copy=False)
+    v = values.reshape(-1, N_SPATIAL, ND)
     return Packed(
-        values.reshape(t * k, f),
-        valid.reshape(t * k, N_SPATIAL),
-        energy.reshape(t * k, N_SPATIAL),
-        direction.reshape(t * k, 2),
-        pos,
-        unit,
+        values,
+        np.concatenate([c.valid for c in live]).astype(np.float32, copy=False),
+        np.einsum("nsd,nsd->ns", v, v).astype(np.float32),
+        _direction(angle),
+        _grid(count, xy.astype(np.complex64)),
+        _grid(count, np.exp(1j * angle).astype(np.complex64)),
         count,
+        start,
     )
 
 
-def gather(parts: list[tuple[Packed, np.ndarray]]) -> Packed:
-    """One packed set of the templates at the given positions of several packed sets, padded to the widest."""
-    k = max(p.width for p, _ in parts)
-    t = sum(len(rows) for _, rows in parts)
-    f, s = parts[0][0].values.shape[1], parts[0][0].valid.shape[1]
-    values = np.zeros((t, k, f), np.float32)
-    valid = np.zeros((t, k, s), np.float32)
-    energy = np.zeros((t, k, s), np.float32)
-    direction = np.zeros((t, k, 2), np.float32)
-    pos = np.zeros((t, k), np.complex64)
-    unit = np.zeros((t, k), np.complex64)
-    count = np.zeros(t, np.int64)
-    at = 0
-    for p, rows in parts:  # one copy per packed set
-        m, w = len(rows), p.width
-        sl = slice(at, at + m)
-        values[sl, :w] = p.values.reshape(p.templates, w, f)[rows]
-        valid[sl, :w] = p.valid.reshape(p.templates, w, s)[rows]
-        energy[sl, :w] = p.energy.reshape(p.templates, w, s)[rows]
-        direction[sl, :w] = p.direction.reshape(p.templates, w, 2)[rows]
-        pos[sl, :w] = p.pos[rows]
-        unit[sl, :w] = p.unit[rows]
-        count[sl] = p.count[rows]
-        at += m
+def gather(packed: Packed, templates: np.ndarray) -> Packed:
+    """The templates at the given positions of a packed set, as a new packed set (one row gather)."""
+    templates = np.asarray(templates, np.int64)
+    count = packed.count[templates]
+    total = int(count.sum())
+    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) if len(count) else count
+    rows = np.arange(total) + np.repeat(packed.start[templates] - start, count)
+    k = int(max(count.max(initial=0), 1))
     return Packed(
-        values.reshape(t * k, f),
-        valid.reshape(t * k, s),
-        energy.reshape(t * k, s),
-        direction.reshape(t * k, 2),
-        pos,
-        unit,
+        packed.values[rows],
+        packed.valid[rows],
+        packed.energy[rows],
+        packed.direction[rows],
+        packed.pos[templates, :k],
+        packed.unit[templates, :k],
         count,
+        start,
     )
 
 
@@ -161,12 +177,12 @@ _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
 def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """Cylinder similarities, shape (n_probe, T, K); 0 where not comparable."""
+    """Cylinder similarities, shape (n_probe, T, K); 0 where not comparable (and past a template's count)."""
     t, k = gallery.templates, gallery.width
     n = len(probe)
-    if n == 0 or t == 0:
+    if n == 0 or t == 0 or len(gallery.values) == 0:
         return np.zeros((n, t, k), np.float32)
-    cross = probe.values @ gallery.values.T  # (n, T*K)
+    cross = probe.values @ gallery.values.T  # (n, R): real rows only
     norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
     norm_b = probe.valid @ gallery.energy.T
     common = probe.valid @ gallery.valid.T
@@ -185,7 +201,11 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     cross /= norm_a
     np.subtract(1.0, cross, out=cross)
     cross *= ok
-    return cross.reshape(n, t, k)
+    if len(gallery.values) == t * k:  # every template has k cylinders: the rows are the grid
+        return cross.reshape(n, t, k)
+    out = np.zeros((n, t * k), np.float32)
+    out[:, gallery.slots()] = cross
+    return out.reshape(n, t, k)
 
 
 def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
