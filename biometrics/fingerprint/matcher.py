@@ -74,7 +74,7 @@ class GalleryIndex:
         self._ids: list[Hashable] = []
         self._cylinders: list[Cylinders] = []
         self._sketches: list[np.ndarray] = []
-        self._packed = mcc_match.pack([])
+        self._packed = mcc_match.stack([])
         self._sketch_blocks: list[np.ndarray] = []
         self._dirty = True
 
@@ -116,9 +116,9 @@ class GalleryIndex:
         self._dirty = True
         return removed
 
-    def _pack(self) -> mcc_match.Packed:
+    def _pack(self) -> mcc_match.Stack:
         if self._dirty:
-            self._packed = mcc_match.pack(self._cylinders)
+            self._packed = mcc_match.stack(self._cylinders)
             n = len(self._sketches)
             self._sketch_blocks = [
                 prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES])
@@ -138,7 +138,7 @@ class GalleryIndex:
 
         def run(lo: int) -> None:
             hi = min(lo + CHUNK, len(self._ids))
-            out[lo:hi] = mcc_match.scores(cp, packed.block(lo, hi))
+            out[lo:hi] = mcc_match.scores(cp, mcc_match.gather(packed, np.arange(lo, hi)))
 
         self._map(starts, run)
         return out

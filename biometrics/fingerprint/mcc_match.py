@@ -57,14 +57,11 @@ def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
-class Packed:
-    """Cylinders of T templates stored as one row per real cylinder, stacked for matrix products.
+class Stack:
+    """Cylinders of T templates as one row per real cylinder, template after template.
 
-    Rows are not padded: the local similarities are computed on real rows only and
-    then scattered into a (T, K) grid (K the largest cylinder count) for the
-    consolidation, which is a few times smaller than the cylinder values. The rows
-    of consecutive templates are consecutive, so a block of the gallery is a view
-    (:meth:`block`) and a subset of it one row gather (:func:`gather`).
+    The storage of a gallery: a subset of it becomes a :class:`Packed` set for
+    scoring with one row gather (:func:`gather`), with no padding rows copied.
     """
 
     values: np.ndarray  # float32 (R, F), R = count.sum()
@@ -80,31 +77,35 @@ class Packed:
     def templates(self) -> int:
         return len(self.count)
 
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """Cylinders of T templates laid out for matrix products, with no padding rows.
+
+    Templates are sorted by decreasing cylinder count and rows are cylinder-major
+    (every template's first cylinder, then every second one, ...): the local
+    similarities of the real rows then fill a (K, T) grid by K contiguous slice
+    copies, the layout the consolidation reduces fastest. ``order`` maps the sorted
+    templates back to the caller's order (:func:`scores` answers in that order).
+    """
+
+    values: np.ndarray  # float32 (R, F)
+    valid: np.ndarray  # float32 (R, S)
+    energy: np.ndarray  # float32 (R, S)
+    direction: np.ndarray  # float32 (R, 2)
+    pos: np.ndarray  # complex64 (T, K), sorted templates
+    unit: np.ndarray  # complex64 (T, K)
+    count: np.ndarray  # int64 (T,), sorted templates (decreasing)
+    offsets: np.ndarray  # int64 (K + 1,): rows of cylinder rank p are offsets[p]:offsets[p + 1]
+    order: np.ndarray  # int64 (T,): caller's index of each sorted template
+
+    @property
+    def templates(self) -> int:
+        return len(self.count)
+
     @property
     def width(self) -> int:
         return self.pos.shape[1]
-
-    def slots(self) -> np.ndarray:
-        """Position of each row in the flattened (T, K) grid, int64 (R,)."""
-        owner = np.repeat(np.arange(self.templates) * self.width - self.start, self.count)
-        return owner + np.arange(len(owner))
-
-    def block(self, lo: int, hi: int) -> Packed:
-        """Templates lo..hi-1 as views (no copy)."""
-        a = int(self.start[lo]) if lo < self.templates else int(self.count.sum())
-        b = int(self.start[hi - 1] + self.count[hi - 1]) if hi > lo else a
-        count = self.count[lo:hi]
-        k = int(max(count.max(initial=0), 1))
-        return Packed(
-            self.values[a:b],
-            self.valid[a:b],
-            self.energy[a:b],
-            self.direction[a:b],
-            self.pos[lo:hi, :k],
-            self.unit[lo:hi, :k],
-            count,
-            self.start[lo:hi] - a,
-        )
 
 
 def _energy(c: Cylinders) -> np.ndarray:
@@ -125,23 +126,21 @@ def _grid(count: np.ndarray, flat: np.ndarray) -> np.ndarray:
     return out
 
 
-def pack(cylinders: list[Cylinders]) -> Packed:
-    """Stack cylinder sets (one per template)."""
+def stack(cylinders: list[Cylinders]) -> Stack:
+    """Stack cylinder sets (one per template), template after template."""
     count = np.array([len(c) for c in cylinders], np.int64)
-    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) if len(count) else count
+    start = (np.cumsum(count) - count).astype(np.int64)
     f = N_SPATIAL * ND
     live = [c for c in cylinders if len(c)]
     if not live:
         z = np.zeros((0, N_SPATIAL), np.float32)
-        return Packed(
-            np.zeros((0, f), np.float32), z, z, np.zeros((0, 2), np.float32),
-            np.zeros((len(count), 1), np.complex64), np.zeros((len(count), 1), np.complex64), count, start,
-        )  # fmt: skip
+        grid = np.zeros((len(count), 1), np.complex64)
+        return Stack(np.zeros((0, f), np.float32), z, z, np.zeros((0, 2), np.float32), grid, grid, count, start)
     angle = np.concatenate([c.angle for c in live])
     xy = np.concatenate([c.x for c in live]) + 1j * np.concatenate([c.y for c in live])
     values = np.concatenate([c.values for c in live]).astype(np.float32, copy=False)
     v = values.reshape(-1, N_SPATIAL, ND)
-    return Packed(
+    return Stack(
         values,
         np.concatenate([c.valid for c in live]).astype(np.float32, copy=False),
         np.einsum("nsd,nsd->ns", v, v).astype(np.float32),
@@ -153,35 +152,48 @@ def pack(cylinders: list[Cylinders]) -> Packed:
     )
 
 
-def gather(packed: Packed, templates: np.ndarray) -> Packed:
-    """The templates at the given positions of a packed set, as a new packed set (one row gather)."""
+def gather(stacked: Stack, templates: np.ndarray) -> Packed:
+    """The templates at the given positions of a stack, packed for scoring (one row gather)."""
     templates = np.asarray(templates, np.int64)
-    count = packed.count[templates]
-    total = int(count.sum())
-    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) if len(count) else count
-    rows = np.arange(total) + np.repeat(packed.start[templates] - start, count)
+    order = np.argsort(-stacked.count[templates], kind="stable")
+    chosen = templates[order]
+    count = stacked.count[chosen]
     k = int(max(count.max(initial=0), 1))
+    rank, which = np.nonzero(np.arange(k)[:, None] < count[None, :])  # cylinder-major, templates in order
+    rows = stacked.start[chosen][which] + rank
+    per_rank = (count[None, :] > np.arange(k)[:, None]).sum(axis=1)
     return Packed(
-        packed.values[rows],
-        packed.valid[rows],
-        packed.energy[rows],
-        packed.direction[rows],
-        packed.pos[templates, :k],
-        packed.unit[templates, :k],
+        stacked.values[rows],
+        stacked.valid[rows],
+        stacked.energy[rows],
+        stacked.direction[rows],
+        stacked.pos[chosen, :k],
+        stacked.unit[chosen, :k],
         count,
-        start,
+        np.concatenate([[0], np.cumsum(per_rank)]).astype(np.int64),
+        order,
     )
+
+
+def pack(cylinders: list[Cylinders]) -> Packed:
+    """Cylinder sets (one per template) packed for scoring."""
+    return gather(stack(cylinders), np.arange(len(cylinders)))
 
 
 _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
 def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """Cylinder similarities, shape (n_probe, T, K); 0 where not comparable (and past a template's count)."""
+    """Cylinder similarities, shape (n_probe, K, T); 0 where not comparable (and past a template's count).
+
+    Template-minor: the consolidation's best-partner searches then reduce over
+    outer axes (elementwise maxima of contiguous rows), several times faster in
+    numpy than reductions along a short innermost axis.
+    """
     t, k = gallery.templates, gallery.width
     n = len(probe)
     if n == 0 or t == 0 or len(gallery.values) == 0:
-        return np.zeros((n, t, k), np.float32)
+        return np.zeros((n, k, t), np.float32)
     cross = probe.values @ gallery.values.T  # (n, R): real rows only
     norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
     norm_b = probe.valid @ gallery.energy.T
@@ -201,16 +213,18 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     cross /= norm_a
     np.subtract(1.0, cross, out=cross)
     cross *= ok
-    if len(gallery.values) == t * k:  # every template has k cylinders: the rows are the grid
-        return cross.reshape(n, t, k)
-    out = np.zeros((n, t * k), np.float32)
-    out[:, gallery.slots()] = cross
-    return out.reshape(n, t, k)
+    if len(cross[0]) == k * t:  # every template has k cylinders: the rows are the grid
+        return cross.reshape(n, k, t)
+    out = np.zeros((n, k, t), np.float32)
+    for p in range(k):  # templates are sorted by count: rank p's rows are the first few templates
+        lo, hi = int(gallery.offsets[p]), int(gallery.offsets[p + 1])
+        out[:, p, : hi - lo] = cross[:, lo:hi]
+    return out
 
 
 def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """LSS-R global score per template, shape (T,), from similarities shaped (n, T, K)."""
-    n, t, k = sim.shape
+    """LSS-R global score per template, shape (T,), from similarities shaped (n, K, T)."""
+    n, k, t = sim.shape
     if t == 0 or n == 0 or k == 0:
         return np.zeros(t, np.float64)
     n_b = gallery.count
@@ -218,23 +232,26 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     r = int(min(n, k, MAX_RELAX))
     # Candidates: mutually best pairs (i's best partner is j and j's best is i).
     # One-to-one and symmetric in the two prints, and it keeps a minutia with many
-    # look-alikes from filling the relaxation on its own.
-    best_j = np.argmax(sim, axis=2)  # (n, T)
-    best_v = np.take_along_axis(sim, best_j[:, :, None], axis=2)[:, :, 0]
-    col_i = np.argmax(sim, axis=0)  # (T, K); first index on ties, as for rows: symmetric
-    row_j, row_v = best_j.T, best_v.T
-    mutual = (np.take_along_axis(col_i, row_j, axis=1) == np.arange(n)[None, :]) & (row_v > 0)
-    cand_v = np.where(mutual, row_v, np.float32(0.0))
+    # look-alikes from filling the relaxation on its own. A pair is mutual when its
+    # similarity is both its row's and its column's maximum (exact ties, which
+    # duplicate removal makes rare, may keep more than one; the largest j is taken).
+    row_max = sim.max(axis=1)  # (n, T): best over the template's cylinders
+    col_max = sim.max(axis=0)  # (K, T): best over the probe's cylinders
+    both = (sim == row_max[:, None, :]) & (sim == col_max[None, :, :])
+    both &= sim > 0
+    has = both.any(axis=1)  # (n, T)
+    both = both * np.arange(1, k + 1, dtype=np.int16)[None, :, None]
+    row_j = (both.max(axis=1).astype(np.int64) - 1).T  # (T, n); -1 where no mutual partner
+    cand_v = np.where(has, row_max, np.float32(0.0)).T  # (T, n)
     pick = np.argpartition(cand_v, n - r, axis=1)[:, n - r :] if r < n else np.tile(np.arange(n), (t, 1))
     vals = np.take_along_axis(cand_v, pick, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     pick = np.take_along_axis(pick, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
-    top = pick * k + np.take_along_axis(row_j, pick, axis=1)
+    i, j = pick, np.maximum(np.take_along_axis(row_j, pick, axis=1), 0)
     rank = np.arange(r)[None, :]
     live = (rank < n_r[:, None]) & (vals > 0)
     lam0 = np.where(live, vals, np.float32(0.0))
-    i, j = top // k, top % k
     pa = (probe.x + 1j * probe.y).astype(np.complex64)[i]
     ua = np.exp(1j * probe.angle).astype(np.complex64)[i]
     pb = np.take_along_axis(gallery.pos, j, axis=1)
@@ -301,4 +318,6 @@ def scores(probe: Cylinders, gallery: Packed) -> np.ndarray:
 
     These are the scores :func:`biometrics.fingerprint.calibration.threshold_for_fmr` is fitted on.
     """
-    return consolidate(local_similarity(probe, gallery), probe, gallery)
+    out = np.empty(gallery.templates, np.float64)
+    out[gallery.order] = consolidate(local_similarity(probe, gallery), probe, gallery)
+    return out
