@@ -76,6 +76,7 @@ class GalleryIndex:
         self._sketches: list[np.ndarray] = []
         self._packed = mcc_match.stack([])
         self._sketch_blocks: list[np.ndarray] = []
+        self._projection: np.ndarray | None = None
         self._dirty = True
 
     def __len__(self) -> int:
@@ -120,8 +121,9 @@ class GalleryIndex:
         if self._dirty:
             self._packed = mcc_match.stack(self._cylinders)
             n = len(self._sketches)
+            self._projection = prefilter.projection(self._sketches)
             self._sketch_blocks = [
-                prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES])
+                prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES], self._projection)
                 for i in range(0, n, prefilter.BLOCK_TEMPLATES)
             ]
             self._dirty = False
@@ -160,6 +162,8 @@ class GalleryIndex:
             return out
         self._pack()
         sp = prefilter.sketch(cp)
+        if self._projection is not None:
+            sp = sp @ self._projection
         step = prefilter.BLOCK_TEMPLATES
 
         def run(b: int) -> None:

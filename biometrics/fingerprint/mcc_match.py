@@ -56,6 +56,16 @@ def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-tau * (np.asarray(v, np.float64) - mu)))
 
 
+# Columns of a stored cylinder row: all four are gathered with one row copy, and
+# each is a strided view that BLAS reads directly.
+_F = N_SPATIAL * ND
+_VALUES = slice(0, _F)  # the cylinder's cell values
+_VALID = slice(_F, _F + N_SPATIAL)  # 1 on valid spatial cells
+_ENERGY = slice(_F + N_SPATIAL, _F + 2 * N_SPATIAL)  # sum over directions of the squared values
+_DIRECTION = slice(_F + 2 * N_SPATIAL, _F + 2 * N_SPATIAL + 2)  # cos, sin of the minutia angle
+WIDTH = _F + 2 * N_SPATIAL + 2
+
+
 @dataclass(frozen=True, slots=True)
 class Stack:
     """Cylinders of T templates as one row per real cylinder, template after template.
@@ -64,10 +74,7 @@ class Stack:
     scoring with one row gather (:func:`gather`), with no padding rows copied.
     """
 
-    values: np.ndarray  # float32 (R, F), R = count.sum()
-    valid: np.ndarray  # float32 (R, S)
-    energy: np.ndarray  # float32 (R, S): sum over directions of squared values
-    direction: np.ndarray  # float32 (R, 2): cos, sin of each cylinder's minutia angle
+    rows: np.ndarray  # float32 (R, WIDTH), R = count.sum(): see _Columns
     pos: np.ndarray  # complex64 (T, K): x + iy, 500-dpi pixels; 0 past a template's count
     unit: np.ndarray  # complex64 (T, K): exp(i * angle)
     count: np.ndarray  # int64 (T,) cylinders per template
@@ -89,10 +96,7 @@ class Packed:
     templates back to the caller's order (:func:`scores` answers in that order).
     """
 
-    values: np.ndarray  # float32 (R, F)
-    valid: np.ndarray  # float32 (R, S)
-    energy: np.ndarray  # float32 (R, S)
-    direction: np.ndarray  # float32 (R, 2)
+    rows: np.ndarray  # float32 (R, WIDTH): see _Columns
     pos: np.ndarray  # complex64 (T, K), sorted templates
     unit: np.ndarray  # complex64 (T, K)
     count: np.ndarray  # int64 (T,), sorted templates (decreasing)
@@ -106,6 +110,22 @@ class Packed:
     @property
     def width(self) -> int:
         return self.pos.shape[1]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.rows[:, _VALUES]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.rows[:, _VALID]
+
+    @property
+    def energy(self) -> np.ndarray:
+        return self.rows[:, _ENERGY]
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self.rows[:, _DIRECTION]
 
 
 def _energy(c: Cylinders) -> np.ndarray:
@@ -130,21 +150,20 @@ def stack(cylinders: list[Cylinders]) -> Stack:
     """Stack cylinder sets (one per template), template after template."""
     count = np.array([len(c) for c in cylinders], np.int64)
     start = (np.cumsum(count) - count).astype(np.int64)
-    f = N_SPATIAL * ND
     live = [c for c in cylinders if len(c)]
     if not live:
-        z = np.zeros((0, N_SPATIAL), np.float32)
         grid = np.zeros((len(count), 1), np.complex64)
-        return Stack(np.zeros((0, f), np.float32), z, z, np.zeros((0, 2), np.float32), grid, grid, count, start)
+        return Stack(np.zeros((0, WIDTH), np.float32), grid, grid, count, start)
     angle = np.concatenate([c.angle for c in live])
     xy = np.concatenate([c.x for c in live]) + 1j * np.concatenate([c.y for c in live])
-    values = np.concatenate([c.values for c in live]).astype(np.float32, copy=False)
-    v = values.reshape(-1, N_SPATIAL, ND)
+    rows = np.empty((len(angle), WIDTH), np.float32)
+    rows[:, _VALUES] = np.concatenate([c.values for c in live])
+    rows[:, _VALID] = np.concatenate([c.valid for c in live])
+    v = rows[:, _VALUES].reshape(-1, N_SPATIAL, ND)
+    rows[:, _ENERGY] = np.einsum("nsd,nsd->ns", v, v)
+    rows[:, _DIRECTION] = _direction(angle)
     return Stack(
-        values,
-        np.concatenate([c.valid for c in live]).astype(np.float32, copy=False),
-        np.einsum("nsd,nsd->ns", v, v).astype(np.float32),
-        _direction(angle),
+        rows,
         _grid(count, xy.astype(np.complex64)),
         _grid(count, np.exp(1j * angle).astype(np.complex64)),
         count,
@@ -163,10 +182,7 @@ def gather(stacked: Stack, templates: np.ndarray) -> Packed:
     rows = stacked.start[chosen][which] + rank
     per_rank = (count[None, :] > np.arange(k)[:, None]).sum(axis=1)
     return Packed(
-        stacked.values[rows],
-        stacked.valid[rows],
-        stacked.energy[rows],
-        stacked.direction[rows],
+        stacked.rows[rows],
         stacked.pos[chosen, :k],
         stacked.unit[chosen, :k],
         count,
@@ -192,12 +208,12 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     """
     t, k = gallery.templates, gallery.width
     n = len(probe)
-    if n == 0 or t == 0 or len(gallery.values) == 0:
+    if n == 0 or t == 0 or len(gallery.rows) == 0:
         return np.zeros((n, k, t), np.float32)
     cross = probe.values @ gallery.values.T  # (n, R): real rows only
-    norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
+    # |a| squared on the common cells and the common cell counts: one product.
+    norm_a, common = np.split(np.vstack([_energy(probe), probe.valid]) @ gallery.valid.T, 2)
     norm_b = probe.valid @ gallery.energy.T
-    common = probe.valid @ gallery.valid.T
     facing = _direction(probe.angle) @ gallery.direction.T  # cos of the direction difference
     ok = (common >= MIN_COMMON * N_SPATIAL) & (facing >= _COS_MAX)
     # 1 - |a - b| / (|a| + |b|), computed in place to keep the arrays in cache.
