@@ -52,17 +52,18 @@ class GalleryIndex:
     Several templates may share a subject id (several fingers or impressions);
     a search reports each subject once, with its best score.
 
-    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms).
-    :meth:`scores` gives every template the full score (about 75 us per template
-    per core). :meth:`search` ranks the gallery with the pre-filter (about 3 us per
-    template) and fully scores only its best max(64, 5 %) (see
-    :mod:`biometrics.fingerprint.prefilter`): 90,000 to 140,000 comparisons per
-    second per core on FVC2002 and synthetic templates (gallery of 2,000, measured
-    on a shared, loaded 2-core machine).
+    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms);
+    the first search after adds or removes repacks the gallery. :meth:`scores`
+    gives every template the full score (50 to 120 us per template per core,
+    growing with the product of the cylinder counts). :meth:`search` ranks the
+    gallery with the pre-filter (about 2.5 us per template) and fully scores only
+    its best max(64, 5 %) (see :mod:`biometrics.fingerprint.prefilter`): see
+    ``bench.fingerprint``'s ``comparisons_per_s_per_core`` for measured figures.
     For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
     ``workers`` = the number of cores: blocks are then scored in parallel threads.
-    Memory: about 100 KB per template of 35 cylinders (480 float32 values each plus
-    validity masks and the sketch), at most 140 KB (48 cylinders). Not
+    Memory: about 180 KB per template of 35 cylinders (the cylinders as built, and
+    stacked for scoring with their validity and energy per cell: 642 float32 per
+    cylinder; plus the sketch), at most 250 KB (48 cylinders). Not
     thread-safe: guard add/remove/search with one lock if threads share it.
     """
 
