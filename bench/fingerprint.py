@@ -19,7 +19,7 @@ through 95 % of the time (the 95 % quantile of Binomial(impostor pairs, target))
 
 ``comparisons_per_s`` is measured on the 1:N path: probes searched against a
 gallery of ``--gallery`` templates (the folder's templates repeated under distinct
-ids): the pre-filter ranks every entry, the best max(64, 5 %) get the full MCC
+ids): the pre-filter ranks every entry, the best max(64, 3 %) get the full MCC
 LSS-R score (biometrics.fingerprint.prefilter); best of 5 rounds of 10 probes
 (like timeit), with the median round alongside; probes are encoded before the
 clock starts. ``comparisons_per_s_per_core`` is the same with one worker, and

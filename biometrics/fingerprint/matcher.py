@@ -57,7 +57,7 @@ class GalleryIndex:
     gives every template the full score (50 to 120 us per template per core,
     growing with the product of the cylinder counts). :meth:`search` ranks the
     gallery with the pre-filter (about 2.5 us per template) and fully scores only
-    its best max(64, 5 %) (see :mod:`biometrics.fingerprint.prefilter`): see
+    its best max(64, 3 %) (see :mod:`biometrics.fingerprint.prefilter`): see
     ``bench.fingerprint``'s ``comparisons_per_s_per_core`` for measured figures.
     For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
     ``workers`` = the number of cores: blocks are then scored in parallel threads.
@@ -105,7 +105,7 @@ class GalleryIndex:
         self._ids.append(subject_id)
         c = cylinders_of(template)
         self._cylinders.append(c)
-        self._sketches.append(prefilter.sketch(c))
+        self._sketches.append(prefilter.sketch(c, prefilter.GALLERY_ROWS))  # the probe side keeps more rows
         self._dirty = True
 
     def remove(self, subject_id: Hashable) -> int:
