@@ -282,6 +282,8 @@ def _fine_period(g: np.ndarray, s: np.ndarray) -> float:
 # Rounded orientation index to label: N_ORIENTATIONS is orientation 0 again (and so on, for
 # any non-negative angle, as np.rint(...) % n).
 _WRAP_LUT = (np.arange(256) % N_ORIENTATIONS).astype(np.uint8)
+# Label j to a 0/255 mask (a table rather than cv2.compare, which takes a 1x1 image for a scalar).
+_SELECT_LUTS = 255 * np.eye(N_ORIENTATIONS, 256, dtype=np.uint8)
 
 
 def _orientation_boxes(index: np.ndarray, n: int) -> np.ndarray:
@@ -383,10 +385,13 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.
         target = out[y0:y1, x0:x1]
         for j in served:
             # One masked pass: the response is written only where orientation j is wanted.
+            # OpenCV's masked arithmetic writes into the view of ``out`` (same shape and
+            # type), the same float32 sums, at a tenth of the time of numpy's ``where=``.
+            wanted = cv2.LUT(labels, _SELECT_LUTS[j])
             if b is None:
-                np.copyto(target, a, where=labels == j)
+                cv2.copyTo(a, wanted, target)
             else:
-                (np.subtract if j == k else np.add)(a, b, out=target, where=labels == j)
+                (cv2.subtract if j == k else cv2.add)(a, b, dst=target, mask=wanted)
     return out
 
 
