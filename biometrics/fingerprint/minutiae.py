@@ -7,6 +7,7 @@ shorter than about one period, whatever the sensor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -82,15 +83,13 @@ def _cluster_centroids(flat: np.ndarray, width: int, y0: int = 0, x0: int = 0) -
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     ys, xs = np.divmod(flat, width)
     # Links to the neighbours later in raster order: E, SW, S, SE (not across the row ends).
-    first, second = [], []
-    for step, ok in ((1, xs < width - 1), (width - 1, xs > 0), (width, None), (width + 1, xs < width - 1)):
-        at = np.minimum(np.searchsorted(flat, flat + step), n - 1)
-        hit = flat[at] == flat + step
-        if ok is not None:
-            hit &= ok
-        first.append(np.flatnonzero(hit))
-        second.append(at[hit])
-    a, b = np.concatenate(first), np.concatenate(second)
+    wanted = flat[:, None] + np.array([1, width - 1, width, width + 1])
+    at = np.minimum(np.searchsorted(flat, wanted), n - 1)
+    hit = flat[at] == wanted
+    hit[:, 0] &= xs < width - 1
+    hit[:, 1] &= xs > 0
+    hit[:, 3] &= xs < width - 1
+    a, b = np.nonzero(hit)[0], at[hit]
     label = np.arange(n)
     while len(a):  # each point takes the smallest label of its cluster (clusters are a few pixels)
         low = np.minimum(label[a], label[b])
@@ -101,18 +100,29 @@ def _cluster_centroids(flat: np.ndarray, width: int, y0: int = 0, x0: int = 0) -
         if np.array_equal(new, label):
             break
         label = new
-    roots, cluster = np.unique(label, return_inverse=True)
+    # Clusters numbered by their smallest point (the one labelling them), then ranked by first block.
+    is_root = label == np.arange(n)
+    cluster = (np.cumsum(is_root) - 1)[label]
+    count = int(np.count_nonzero(is_root))
     block = (ys // 2) * ((width + 1) // 2) + xs // 2
-    first_block = np.full(len(roots), np.iinfo(np.int64).max)
+    first_block = np.full(count, np.iinfo(np.int64).max)
     np.minimum.at(first_block, cluster, block)
-    rank = np.empty(len(roots), np.int64)
-    rank[np.argsort(first_block)] = np.arange(len(roots))
+    rank = np.empty(count, np.int64)
+    rank[np.argsort(first_block)] = np.arange(count)
     cluster = rank[cluster]
     area = np.bincount(cluster).astype(np.float64)
     cx = np.bincount(cluster, weights=xs.astype(np.float64)) / area
     cy = np.bincount(cluster, weights=ys.astype(np.float64)) / area
     # Offset before rounding: rint rounds halves to even, so rint(c) + odd offset != rint(c + offset).
     return np.rint(cy + y0).astype(np.int32), np.rint(cx + x0).astype(np.int32)
+
+
+@functools.cache
+def _disc(r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dy, dx) of the pixels at distance sqrt(2) to r from a centre, float32, in raster order."""
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = (dy * dy + dx * dx <= r * r) & (dy * dy + dx * dx >= 2)
+    return dy[keep].astype(np.float32), dx[keep].astype(np.float32)
 
 
 def _directions(
@@ -129,14 +139,14 @@ def _directions(
     coordinates) with no skeleton beyond it.
     """
     r = max(4, round(period))
-    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-    keep = (dy * dy + dx * dx <= r * r) & (dy * dy + dx * dx >= 2)
-    pad = np.pad(skeleton, r)
+    dy, dx = _disc(r)
+    h, w = skeleton.shape
+    pad = np.zeros((h + 2 * r, w + 2 * r), skeleton.dtype)
+    pad[r : r + h, r : r + w] = skeleton
     # The disc's pixels as flat offsets in the padded crop: one gather for all points.
-    offsets = dy[keep] * pad.shape[1] + dx[keep]
+    offsets = dy.astype(np.intp) * pad.shape[1] + dx.astype(np.intp)
     centres = (ys.astype(np.intp) + r) * pad.shape[1] + xs.astype(np.intp) + r
     vals = pad.ravel()[centres[:, None] + offsets[None, :]]
-    dy, dx = dy[keep].astype(np.float32), dx[keep].astype(np.float32)
     c, s = np.cos(psi)[:, None], np.sin(psi)[:, None]
     along = dx[None, :] * c + dy[None, :] * s
     across = np.abs(-dx[None, :] * s + dy[None, :] * c)
