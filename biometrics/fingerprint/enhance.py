@@ -173,11 +173,11 @@ def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.nd
     smooth = smooth - cv2.GaussianBlur(norm, (0, 0), 4.0)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
-    gx /= 8.0
-    gy /= 8.0
+    # (gx / 8)^2 + (gy / 8)^2 as (gx^2 + gy^2) / 64: powers of two scale exactly, one pass fewer.
     gx *= gx
     gy *= gy
     gx += gy
+    gx *= 1.0 / 64.0
     smooth *= smooth
     return gx, smooth
 

@@ -245,7 +245,9 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     kind_of = kind_map.ravel()[flat]
     width = sk.shape[1]
     py, px = np.divmod(flat, width)
-    border = cv2.distanceTransform(np.pad(analysis.mask[work].view(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    ringed = np.zeros((sk.shape[0] + 2, sk.shape[1] + 2), np.uint8)  # background all round
+    ringed[1:-1, 1:-1] = analysis.mask[work].view(np.uint8)
+    border = cv2.distanceTransform(ringed, cv2.DIST_L2, 5)[1:-1, 1:-1]
     inside = (border[py, px] > BORDER_PERIODS * period) & (analysis.coherence[py + y0, px + x0] > MIN_COHERENCE)
     is_end, is_bif = kind_of == KIND_ENDING, kind_of == KIND_BIFURCATION
     stages: dict[str, Minutiae] = {}
