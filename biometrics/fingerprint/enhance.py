@@ -66,10 +66,20 @@ class Analysis:
         return np.mod(self.orientation + np.pi / 2, np.pi).astype(np.float32)
 
 
-def _local_stats(img: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Local mean and standard deviation (``squared`` is img * img, when the caller has it)."""
-    mean = cv2.blur(img, (ksize, ksize))
-    std = cv2.blur(img * img if squared is None else squared, (ksize, ksize))
+def _local_stats(image: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and standard deviation, float32, of a uint8 image (``squared``: its float32 square, if at hand).
+
+    The mean is the box's integer sum (exact in float32, below 2^24) divided by
+    the box's area: the correctly rounded quotient is what cv2.blur of the
+    float image gives (its double sum times the double reciprocal, rounded to
+    float32, never lands across a float32 rounding boundary of a quotient by an
+    integer), from the cheaper 8-bit integer filter.
+    """
+    mean = cv2.boxFilter(image, cv2.CV_32F, (ksize, ksize), normalize=False)
+    mean /= ksize * ksize
+    if squared is None:
+        squared = np.square(image, dtype=np.float32)
+    std = cv2.blur(squared, (ksize, ksize))
     std -= mean * mean  # in place from here: the same arithmetic without temporaries
     np.maximum(std, 0.0, out=std)
     np.sqrt(std, out=std)
@@ -399,8 +409,8 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     """Analyse a uint8 image already at 500 dpi."""
     img = image.astype(np.float32)
     squared = img * img
-    _, contrast = _local_stats(img, 17, squared)
-    mean, std = _local_stats(img, 25, squared)
+    _, contrast = _local_stats(image, 17, squared)
+    mean, std = _local_stats(image, 25, squared)
     norm = img - mean  # float32 throughout; (img - mean) / (std + 4) in place
     std += 4.0
     norm /= std
