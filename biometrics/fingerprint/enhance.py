@@ -87,18 +87,34 @@ def _local_stats(image: np.ndarray, ksize: int, squared: np.ndarray | None = Non
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
-    """np.percentile(values, q) of a 1-D array (linear), by one partition instead of its general machinery.
+    """np.percentile(values, q) of a 1-D array (linear method), the same number at a fraction of the cost.
 
-    np.quantile on the two order statistics around the position np.percentile
-    uses, at the fraction between them, is the same arithmetic on the same values.
+    Its two order statistics around the position np.percentile uses come from one
+    partition, and numpy's own interpolation between them (:func:`_lerp`) gives
+    its result; np.percentile's general machinery costs several times more here.
     """
     n = len(values)
     if n < 2:
         return float(np.percentile(values, q))
     virtual = (n - 1) * (q / 100.0)
     lo = min(int(np.floor(virtual)), n - 2)
-    part = np.partition(values, (lo, lo + 1))
-    return float(np.quantile(part[lo : lo + 2], virtual - lo))
+    below, above = _adjacent_order_statistics(values, lo)
+    return float(_lerp(below, above, virtual - lo))
+
+
+def _adjacent_order_statistics(values: np.ndarray, k: int) -> tuple[np.generic, np.generic]:
+    """The k-th and (k+1)-th smallest of ``values`` (0-based, k + 1 < len): one partition, then the least above.
+
+    Partitioning for two positions at once costs several times one.
+    """
+    part = np.partition(values, k)
+    return part[k], part[k + 1 :].min()
+
+
+def _lerp(below: np.generic, above: np.generic, t: float) -> np.generic:
+    """np.percentile's interpolation (numpy's ``_lerp``, in the values' dtype) at fraction ``t`` from ``below``."""
+    diff = above - below
+    return above - diff * (1 - t) if t >= 0.5 else below + diff * t
 
 
 def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
@@ -272,9 +288,9 @@ def _fine_period(g: np.ndarray, s: np.ndarray) -> float:
     The local period falls as the energy ratio g / s rises, and the calibration
     is increasing, so the percentile's two neighbouring order statistics are
     those of the ratio taken from the top: a partition of the ratios finds them,
-    and only those two are turned into periods. np.quantile on the two, at the
-    fraction np.percentile would use between them, then gives exactly
-    np.percentile of all the local periods without computing them.
+    and only those two are turned into periods. numpy's interpolation between
+    the two (:func:`_lerp`) then gives exactly np.percentile of all the local
+    periods without computing them.
     """
     ratio = np.maximum(g, 1e-9)
     ratio /= np.maximum(s, 1e-9)
@@ -284,9 +300,10 @@ def _fine_period(g: np.ndarray, s: np.ndarray) -> float:
     virtual = (n - 1) * (FINE_PERCENTILE / 100.0)  # np.percentile's position in the sorted periods
     lo = int(np.floor(virtual))
     # The lo-th and (lo+1)-th smallest periods are the lo-th and (lo+1)-th largest ratios.
-    part = np.partition(ratio, (n - 2 - lo, n - 1 - lo))
-    pair = 2.0 * np.pi / np.sqrt(part[[n - 1 - lo, n - 2 - lo]])
-    return float(np.quantile(np.interp(pair, _RAW, _TRUE), virtual - lo))
+    smaller, larger = _adjacent_order_statistics(ratio, n - 2 - lo)
+    pair = 2.0 * np.pi / np.sqrt(np.array([larger, smaller]))
+    below, above = np.interp(pair, _RAW, _TRUE)
+    return float(_lerp(below, above, virtual - lo))
 
 
 # Rounded orientation index to label: N_ORIENTATIONS is orientation 0 again (and so on, for
