@@ -316,21 +316,19 @@ _SELECT_LUTS = 255 * np.eye(N_ORIENTATIONS, 256, dtype=np.uint8)
 def _orientation_boxes(index: np.ndarray, n: int) -> np.ndarray:
     """Bounding box (y0, y1, x0, x1) of the pixels of each orientation label (y0 = y1 where none).
 
-    Each pixel sets its label's bit (eight labels per byte, by table lookup);
-    OR-ing the bytes along rows and along columns gives which labels each row
-    and column holds, in a few reductions instead of one scan of the image per
+    Each pixel sets its label's bit (by one table lookup into 16-bit words);
+    OR-ing the words along rows and along columns gives which labels each row
+    and column holds, in two reductions instead of one scan of the image per
     label.
     """
+    if n > 31:
+        raise ValueError(f"{n} orientation labels do not fit the 32-bit label sets: use at most 31")
     h, w = index.shape
-    in_row = np.zeros(h, np.int64)
-    in_col = np.zeros(w, np.int64)
-    for first in range(0, n, 8):
-        table = np.zeros(256, np.uint8)
-        count = min(8, n - first)
-        table[first : first + count] = np.left_shift(1, np.arange(count)).astype(np.uint8)
-        coded = cv2.LUT(index, table)
-        in_row |= np.bitwise_or.reduce(coded, axis=1).astype(np.int64) << first
-        in_col |= np.bitwise_or.reduce(coded, axis=0).astype(np.int64) << first
+    table = np.zeros(256, np.uint16 if n <= 16 else np.int32)
+    table[:n] = np.left_shift(1, np.arange(n))
+    coded = cv2.LUT(index, table)
+    in_row = np.bitwise_or.reduce(coded, axis=1).astype(np.int64)
+    in_col = np.bitwise_or.reduce(coded, axis=0).astype(np.int64)
     labels = np.arange(n, dtype=np.int64)[:, None]
     rows = (in_row[None, :] >> labels) & 1 > 0
     cols = (in_col[None, :] >> labels) & 1 > 0
