@@ -166,9 +166,10 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
     half = (max(1, w // 2), max(1, h // 2))
-    gxx = cv2.resize(gx * gx, half, interpolation=cv2.INTER_AREA)
-    gyy = cv2.resize(gy * gy, half, interpolation=cv2.INTER_AREA)
-    gxy = cv2.resize(gx * gy, half, interpolation=cv2.INTER_AREA)
+    product = gx * gx  # one full-size buffer for the three products
+    gxx = cv2.resize(product, half, interpolation=cv2.INTER_AREA)
+    gyy = cv2.resize(np.multiply(gy, gy, out=product), half, interpolation=cv2.INTER_AREA)
+    gxy = cv2.resize(np.multiply(gx, gy, out=product), half, interpolation=cv2.INTER_AREA)
     gxx = cv2.GaussianBlur(gxx, (0, 0), 2.5)
     gyy = cv2.GaussianBlur(gyy, (0, 0), 2.5)
     gxy = cv2.GaussianBlur(gxy, (0, 0), 2.5)
