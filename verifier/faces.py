@@ -247,8 +247,10 @@ class FaceRoutes:
         def work(budget: Budget) -> tuple[int, bool, float]:
             started = time.perf_counter()
             budget.check()
-            # Read now, in this enrollment's turn (ENROLL_FACES): every face stored before it is in it.
-            subjects, gallery = self._gallery_now()
+            # Read now, in this enrollment's turn (ENROLL_FACES): every face stored before it is in it. Loaded
+            # by the handler above, so this thread never reads the database.
+            assert self._gallery is not None
+            subjects, gallery = self._gallery
             not_theirs = int(((probes @ own.T).max(axis=1) < self.threshold).sum()) if len(own) else 0
             others = np.array([s != subject for s in subjects], bool)
             duplicate = bool(len(subjects) and ((probes @ gallery[others].T) >= self.duplicate_threshold).any())
@@ -372,8 +374,7 @@ class FaceRoutes:
 
     # ---------------------------------------------------------------- identify
     def _gallery_now(self) -> tuple[list[str], np.ndarray]:
-        """Every enrolled embedding; read from the database once, on the loop (``enroll`` has called it before
-        its work reads it in a pool thread)."""
+        """On the loop: every enrolled embedding, read from the database once (then grown by each enrollment)."""
         if self._gallery is None:
             self._gallery = self.store.gallery()
         return self._gallery
