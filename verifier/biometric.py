@@ -620,7 +620,12 @@ class BiometricRoutes:
                 )
         first_views = [t for record in pending.first_records for t in decode(record)] if pending else []
         generation, templates, count = self._subject_templates(subject)
-        self._charge(request, len(views) * (count + len(first_views)))
+        try:
+            self._charge(request, len(views) * (count + len(first_views)))
+        except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
+            if pending is not None:
+                self.stepup.give_back(str(step_id), pending)
+            raise
 
         def work(budget: Budget) -> _Scored:
             started = time.perf_counter()

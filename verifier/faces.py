@@ -319,7 +319,12 @@ class FaceRoutes:
                 Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
                         f"enroll a face first: capture-agent enroll --face --subject {subject} --add"),
                 modality="face")
-        self.bio._charge(request, len(records) * len(enrolled))
+        try:
+            self.bio._charge(request, len(records) * len(enrolled))
+        except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
+            if pending is not None:
+                self.bio.stepup.give_back(str(step_id), pending)
+            raise
 
         def work(budget: Budget) -> _FaceScored:
             started = time.perf_counter()
