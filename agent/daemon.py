@@ -77,6 +77,7 @@ def _session(
     return SensorSession(
         sensor, client, prints, emit=emit,
         image_session=(lambda: _fingerprint_session(devices, client, emit)) if has_images else None,
+        face_step_up=face_step_up(devices, client, emit),  # a factor rule may ask for the face too
     )
 
 
@@ -151,7 +152,7 @@ class AgentDaemon:
             self.api = LocalAPI(
                 self.config.api.socket,
                 lambda emit, reader="": _session(devices, client, prints, emit, reader),
-                make_face_session=lambda emit: face_session(devices, client, emit),
+                make_face_session=lambda emit: face_session(devices, client, emit, prints),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

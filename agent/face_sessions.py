@@ -35,7 +35,7 @@ from agent.client import VerifierClient
 from agent.errors import UnknownSubjectError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings
 from agent.verifier_api import VerifierAPI
-from protocol.face_template import encode
+from protocol.face_template import ACR_FINGER, encode
 from protocol.messages import Challenge, Decision, StepUp
 
 log = structlog.get_logger()
@@ -83,6 +83,9 @@ class FaceSession:
     # enroll --add for a subject with no face yet: verify by finger instead (subject -> the finger session's
     # result and its session token); the daemon sets it when it has a fingerprint reader.
     finger_verify: Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None = None
+    # A step-up asking for a finger (the factor rule needs both): (subject, step_up id) -> the finger's answer,
+    # from an image reader's template or a match-on-sensor reader's assertion (the daemon picks by capability).
+    finger_step_up: Callable[[str, str], Awaitable[Decision | StepUp]] | None = None
 
     def __post_init__(self) -> None:
         self.api = VerifierAPI(self.client)
@@ -226,11 +229,19 @@ class FaceSession:
         )
 
     async def verify(self, subject: str) -> dict[str, Any]:
-        """1:1 by face. A step-up asking for a finger is reported (the kiosk runs a finger session with its id)."""
+        """1:1 by face. A step-up asking for a finger is completed on ``finger_step_up`` (a fingerprint reader of
+        this device), else reported (the person verifies with a finger where there is a reader)."""
         answer = await self.verify_face(subject)
         if isinstance(answer, StepUp):
             event = {"type": "step_up", "acr_values": answer.acr_values, "reasons": answer.reasons}
             self.emit(event)
+            if answer.acr_values == ACR_FINGER and self.finger_step_up is not None:
+                fingered = await self.finger_step_up(subject, answer.step_up)
+                if isinstance(fingered, StepUp):
+                    raise SessionError("the verifier asked for yet another factor after the finger",
+                                       fix="start the verification again; if it persists, see the verifier's "
+                                       "factor rules")
+                return self._verified(fingered)
             result = {"type": "result", "operation": "verify", "modality": "face", "subject": subject,
                       "decision": "step_up", "acr_values": answer.acr_values}
             self.emit(result)
@@ -257,20 +268,43 @@ class FaceSession:
         return result
 
 
-def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]) -> FaceSession:
-    """A face session on a device that gives camera frames (picked by capability, a connected one first)."""
-    from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE
+def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
+                 prints: Any = None) -> FaceSession:
+    """A face session on a device that gives camera frames (picked by capability, a connected one first).
+
+    Its finger, when one is needed (a face added to a subject with no face yet, or a factor rule that needs a
+    finger too), comes from an image reader when the device has one, else from a match-on-sensor reader
+    (``prints``: the daemon's :class:`~agent.devices.prints.SensorPrintStore`).
+    """
+    from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
+    from agent.sensor_sessions import SensorSession
     from agent.sessions import CaptureSession
 
     session = FaceSession(devices.pick(CAMERA), client, emit=emit)
+    finger: Callable[[], Any] | None = None
     if any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices):
 
-        async def finger_verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
+        def finger() -> Any:
             reader = devices.pick(FINGERPRINT_IMAGE)
-            finger = CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi)
-            return await finger.verify(subject), finger.session_token
+            return CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi)
+
+    elif prints is not None and any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
+
+        def finger() -> Any:
+            return SensorSession(devices.pick(MATCH_ON_SENSOR), client, prints, emit=emit)
+
+    if finger is not None:
+        make_finger = finger
+
+        async def finger_verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
+            verifying = make_finger()
+            return await verifying.verify(subject), verifying.session_token
+
+        async def finger_step_up(subject: str, step_id: str) -> Decision | StepUp:
+            return await make_finger().verify_step_up(subject, step_id)
 
         session.finger_verify = finger_verify
+        session.finger_step_up = finger_step_up
     return session
 
 

@@ -9,10 +9,18 @@ assertion of the result (:class:`protocol.sensor.SensorAssertion`); the
 verifier's policy for this device decides: a decision, a step-up (RFC 9470),
 or a refusal (a typed error naming the fix).
 
-A step-up is satisfied by a fingerprint template, so it needs an image reader:
-``image_session`` (a :class:`~agent.sessions.CaptureSession` on one) captures a
-finger and sends it with the step-up id. Without one the session ends with a
-typed error saying what to connect or ask for.
+The policy's step-up (``acr_values="fingerprint_template"``) is satisfied by a
+fingerprint template, so it needs an image reader: ``image_session`` (a
+:class:`~agent.sessions.CaptureSession` on one) captures a finger and sends it
+with the step-up id. A factor rule that needs a face too
+(``acr_values="face"``) is satisfied by ``face_step_up``, the face session's
+step-up on this device's camera. Without the device asked for, the session
+ends with a typed error saying what to connect or ask for.
+
+The other way round, a face verification whose rule needs a finger may be
+completed on the sensor: :meth:`SensorSession.verify_step_up` sends the
+sensor's assertion with the face's step-up id (the daemon uses it when the
+device has a sensor and no image reader).
 
 Retry codes of the sensor (swipe too short, finger not centred, remove and
 retry) become prompts of the feedback vocabulary, as with image readers.
@@ -23,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +42,7 @@ from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import StepUpRequiredError
 from agent.sessions import MESSAGES, SessionError, SessionToken
 from agent.verifier_api import VerifierAPI, parsed_answer
+from protocol.face_template import ACR_FACE
 from protocol.messages import Decision, StepUp
 from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollment, SensorEnrollmentRequest, print_hash
 
@@ -54,6 +63,8 @@ class SensorSession:
     prints: SensorPrintStore
     emit: Callable[[dict[str, Any]], None] = lambda event: None
     image_session: Callable[[], Any] | None = None  # a CaptureSession on an image reader, for a step-up
+    # A step-up asking for a face (acr_values "face"): (subject, step_up id) -> the face's answer.
+    face_step_up: Callable[[str, str], Awaitable[Decision | StepUp]] | None = None
     max_attempts: int = 4
     finger_timeout_s: float = 15.0
     enroll_timeout_s: float = 60.0
@@ -148,8 +159,8 @@ class SensorSession:
         raise SessionError(f"the sensor asked to try again {self.max_attempts} times",
                            fix="clean the sensor and the finger, place it flat and centred, hold still")
 
-    async def verify(self, subject: str) -> dict[str, Any]:
-        """The sensor compares the finger with the subject's print; the verifier decides on the assertion."""
+    async def _sensor_assertion(self, subject: str, step_up: str | None = None) -> SensorAssertion:
+        """The finger on the sensor against the subject's print: the assertion to sign (not yet sent)."""
         try:
             print_id, serialized = self.prints.load_with_id(self.device.name, subject)
         except PrintStoreError as exc:
@@ -158,8 +169,16 @@ class SensorSession:
             lambda: self.device.verify(serialized, self.finger_timeout_s, cancel=self.cancelled)
         )
         self._prompt("lift_finger")
-        assertion = SensorAssertion(subject, self.reader, print_hash(print_id), "match" if matched else "no_match")
-        answer = await self._assert(assertion)
+        result = "match" if matched else "no_match"
+        return SensorAssertion(subject, self.reader, print_hash(print_id), result, step_up)
+
+    async def verify_step_up(self, subject: str, step_id: str) -> Decision | StepUp:
+        """A finger the verifier asks for after a face (``acr_values="finger"``), matched on this sensor."""
+        return await self._assert(await self._sensor_assertion(subject, step_id))
+
+    async def verify(self, subject: str) -> dict[str, Any]:
+        """The sensor compares the finger with the subject's print; the verifier decides on the assertion."""
+        answer = await self._assert(await self._sensor_assertion(subject))
         if isinstance(answer, StepUp):
             answer = await self._step_up(subject, answer)
         if answer.token is not None and answer.expires_in is not None:
@@ -176,8 +195,18 @@ class SensorSession:
         return parsed_answer(assertion.path, Decision.from_json, data)
 
     async def _step_up(self, subject: str, step: StepUp) -> Decision:
-        """The verifier wants a template it matches itself: a finger on an image reader, with the step-up id."""
+        """The verifier wants a factor it matches itself: a face (the rule's), or a finger on an image reader."""
         self.emit({"type": "step_up", "acr_values": step.acr_values, "reasons": step.reasons})
+        if step.acr_values == ACR_FACE:
+            if self.face_step_up is None:
+                raise SessionError("the verifier asks for a face after the sensor's match; this device has no camera",
+                                   fix="configure a camera ([[device]] kind camera), or verify this subject at a "
+                                   "kiosk with one")
+            answer = await self.face_step_up(subject, step.step_up)
+            if isinstance(answer, StepUp):
+                raise SessionError("the verifier asked for yet another factor after the face",
+                                   fix="start the verification again; if it persists, see the verifier's factor rules")
+            return answer
         if self.image_session is None:
             raise SessionError(
                 "the verifier asks for a second factor after the sensor's match, and no image reader is connected",

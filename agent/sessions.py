@@ -283,6 +283,12 @@ class CaptureSession:
         self.emit(result)
         return result
 
+    async def verify_step_up(self, subject: str, step_id: str) -> Decision | StepUp:
+        """A finger the verifier asks for after a face (``acr_values="finger"``): one capture with the step-up id."""
+        challenge = await self.api.challenge("verify", subject)
+        record = await self.capture(place_message="Place a finger on the sensor")
+        return await self._verify_call(subject, record, challenge, step_up=step_id)
+
     async def _face_step_up(self, subject: str, asked: StepUp) -> Decision | StepUp:
         """The verifier's policy needs a face too: run the face session's step-up, or say what is missing."""
         if self.face_step_up is None:

@@ -19,12 +19,17 @@ name the same reader and print hash.
                                     group?, session_token?, nonce, signature}
                                    -> 201 {subject, group, reader, assurance}
     POST /v1/sensor/verifications  {subject, reader, print_hash, result: "match" | "no_match",
-                                    nonce, signature}
+                                    step_up?, nonce, signature}
                                    -> 200 a Decision (score 1 or 0, threshold 1, assurance);
                                       401 step-up (RFC 9470), 403 sensor-assertion-refused
 
 Both need a nonce: the agent asks a plain one (an empty challenge body) since
 the sensor enrollment names no templates for the challenge checks.
+
+An assertion may answer a step-up (``step_up``: the id of an RFC 9470 401):
+the one a face verification gets when the subject's factor rule needs a
+finger too (``acr_values="finger"``). Nothing else: a sensor cannot show that a
+second finger differs from the first, and its own step-up asks for a template.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ POLICIES = ("accept", "step_up", "refuse")  # the verifier's per-device policy f
 DEFAULT_POLICY = "step_up"
 ACR_AFTER_SENSOR = "fingerprint_template"  # what satisfies the step-up: a template the verifier matches
 PRINT_HASH = re.compile(r"[0-9a-f]{64}")
+STEP_UP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # verifier.stepup ids are token_urlsafe(16)
 READER_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
@@ -144,6 +150,7 @@ class SensorAssertion:
     reader: ReaderIdentity
     print_hash: str
     result: str  # "match" or "no_match"
+    step_up: str | None = None  # the id of the step-up this assertion answers (a finger the policy asks for)
 
     path = endpoints.SENSOR_VERIFICATIONS
     operation = "verify"
@@ -156,16 +163,23 @@ class SensorAssertion:
         return self.result == "match"
 
     def body(self) -> dict[str, Any]:
-        return {"subject": self.subject, "reader": self.reader.json(), "print_hash": self.print_hash,
-                "result": self.result}
+        out = {"subject": self.subject, "reader": self.reader.json(), "print_hash": self.print_hash,
+               "result": self.result}
+        if self.step_up is not None:
+            out["step_up"] = self.step_up
+        return out
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> SensorAssertion:
-        _no_unknown(body, {"subject", "reader", "print_hash", "result"}, "a sensor assertion")
+        _no_unknown(body, {"subject", "reader", "print_hash", "result", "step_up"}, "a sensor assertion")
         result = body.get("result")
         if result not in RESULTS:
             raise WireError(f"result must be one of {', '.join(RESULTS)}")
-        return cls(_subject(body), ReaderIdentity.from_json(body.get("reader")), _print_hash(body), str(result))
+        step_up = body.get("step_up")
+        if step_up is not None and (not isinstance(step_up, str) or not STEP_UP_ID.fullmatch(step_up)):
+            raise WireError("step_up must be the id of the verifier's step-up answer (1 to 64 URL-safe characters)")
+        return cls(_subject(body), ReaderIdentity.from_json(body.get("reader")), _print_hash(body), str(result),
+                   step_up)
 
 
 @dataclass(frozen=True)

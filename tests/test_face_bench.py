@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.face import error_rates, list_images, pair_mask
+from bench.face import error_rates, list_images, pair_mask, pair_units
 
 KEYS = {"eer", "tar_at_far1", "tar_at_far01", "fta", "detect_ms_median", "embed_ms_median", "frame_size",
         "detect_640x480_ms_median", "threshold", "fmr_at_threshold", "fnmr_at_threshold", "held_out_fmr"}
@@ -28,6 +28,13 @@ def test_error_rates_of_known_scores() -> None:
 
 def test_pair_mask_keeps_pairs_of_two_flagged_images() -> None:
     assert pair_mask(np.array([True, False, True])).tolist() == [False, True, False]  # (0,1) (0,2) (1,2)
+
+
+def test_pair_units_name_the_pair_of_people_whatever_the_order() -> None:
+    units = pair_units(np.array(["s1", "s2", "s1", "s3"]))  # pairs (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+    assert units[0] == units[3]  # s1-s2 and s2-s1: one pair of people
+    assert units[2] == units[5] and units[2] != units[0] != units[4]
+    assert len(set(units.tolist())) == 4  # s1-s2, s1-s1, s1-s3, s2-s3
 
 
 def test_the_benchmark_prints_its_figures_on_a_folder_of_faces(att_faces: Path, tmp_path: Path) -> None:

@@ -137,3 +137,82 @@ def test_explain_command_writes_one_png_per_stage(synthetic_print, tmp_path):
     ]
     skeleton = cv2.imread(str(tmp_path / "stages" / "08_skeleton.png"), cv2.IMREAD_GRAYSCALE)
     assert skeleton.shape == sp.image.shape and (skeleton == 0).any()
+
+
+def _plain_zhang_suen(binary: np.ndarray) -> np.ndarray:
+    """Every pass over the whole image, as the textbook algorithm runs it (reference for thin())."""
+    from biometrics.fingerprint import skeleton
+
+    img = (binary != 0).astype(np.uint8)
+    while True:
+        changed = False
+        for lut in skeleton._ZS_LUTS:
+            kill = cv2.LUT(skeleton.neighbour_code(img), lut) & img
+            changed |= bool(kill.any())
+            img ^= kill
+        if not changed:
+            break
+    for py in (0, 1):
+        for px in (0, 1):
+            kill = cv2.LUT(skeleton.neighbour_code(img), skeleton._SIMPLE_LUT) & img
+            sub = np.zeros_like(kill)
+            sub[py::2, px::2] = kill[py::2, px::2]
+            img ^= sub
+    return img
+
+
+def test_thinning_visits_only_changed_boxes_yet_equals_whole_image_passes(synthetic_print):
+    from biometrics.fingerprint.minutiae import ridge_map
+    from biometrics.fingerprint.skeleton import thin
+
+    rng = np.random.default_rng(0)
+    # Ridges, and random blobs from thin to thick (thick ones take many passes, in scattered places).
+    cases = [ridge_map(analyse(synthetic_print(seed).image)) for seed in (3, 4)]
+    for share in (0.3, 0.5, 0.7):
+        for blur in (1.5, 2.5, 4.0):
+            noise = cv2.GaussianBlur(rng.random((80, 110)).astype(np.float32), (0, 0), blur)
+            cases.append((noise > np.quantile(noise, share)).astype(np.uint8))
+    for binary in cases:
+        assert np.array_equal(thin(binary), _plain_zhang_suen(binary))
+
+
+def test_gabor_bank_sharing_filters_between_mirror_orientations_equals_one_filter_per_orientation():
+    from biometrics.fingerprint.enhance import GABOR_SIGMA, N_ORIENTATIONS, gabor_enhance
+
+    rng = np.random.default_rng(1)
+    h, w, period = 96, 128, 8.0
+    norm = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 1.5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    theta = np.mod(np.arctan2(yy - 40.0, xx - 70.0), np.pi).astype(np.float32)  # every orientation, around a point
+    where = np.hypot(yy - 48.0, xx - 60.0) < 45.0
+    got = gabor_enhance(norm, theta, period, where)
+    # Reference: each orientation's filter over the whole image, selected per pixel.
+    sigma = GABOR_SIGMA * period
+    half = int(np.ceil(2.5 * sigma))
+    t = np.arange(-half, half + 1, dtype=np.float32)
+    g = np.exp(-(t * t) / (2 * sigma * sigma)).astype(np.float32)
+    f = 2 * np.pi / period
+    index = np.rint(theta / (np.pi / N_ORIENTATIONS)).astype(np.int32) % N_ORIENTATIONS
+    want = np.zeros_like(norm)
+    for k in range(N_ORIENTATIONS):
+        a = np.float32(k * np.pi / N_ORIENTATIONS)
+        c, s = np.cos(a), np.sin(a)
+        resp = cv2.sepFilter2D(norm, cv2.CV_32F, g * np.cos(f * c * t), g * np.cos(f * s * t)) - cv2.sepFilter2D(
+            norm, cv2.CV_32F, g * np.sin(f * c * t), g * np.sin(f * s * t)
+        )
+        want[(index == k) & where] = resp[(index == k) & where]
+    assert np.all(got[~where] == 0)
+    assert np.allclose(got, want, atol=1e-4 * float(np.abs(want).max()))
+    assert np.array_equal(got[where] < 0, want[where] < 0)
+
+
+def test_candidate_clusters_merge_to_the_centroids_opencv_computes_in_its_order():
+    from biometrics.fingerprint.minutiae import _centroids
+
+    rng = np.random.default_rng(2)
+    points = cv2.dilate((rng.random((120, 90)) > 0.985).astype(np.uint8), np.ones((2, 2), np.uint8))
+    count, _, _, cents = cv2.connectedComponentsWithStats(points, connectivity=8)
+    assert count > 20
+    ys, xs = _centroids(points.astype(bool), 3, 6)
+    want = np.rint(cents[1:] + np.array([6.0, 3.0])).astype(np.int32)
+    assert np.array_equal(xs, want[:, 0]) and np.array_equal(ys, want[:, 1])

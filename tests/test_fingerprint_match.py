@@ -189,7 +189,7 @@ def test_large_gallery_search_prefilters_and_reports_full_scores():
         probe = _impression(fingers[target], rng, 20.0, (15.0, -10.0))
         full = index.scores(probe)
         idx, got = index.candidate_scores(probe)
-        # max(64, 5 % of 400) = 64 candidates, each with its full score.
+        # max(64, 3 % of 400) = 64 candidates, each with its full score.
         assert len(idx) == max(prefilter.MIN_CANDIDATES, int(np.ceil(prefilter.CANDIDATE_FRACTION * 400)))
         np.testing.assert_array_equal(got, full[idx])
         results = index.search(probe, top_k=3)
@@ -221,5 +221,41 @@ def test_candidates_keep_the_best_prescores():
     big = np.zeros(4000, np.float32)
     big[3990:] = 1.0
     kept = prefilter.candidates(big)
-    assert len(kept) == 200 and set(range(3990, 4000)) <= set(kept.tolist())
+    assert len(kept) == int(np.ceil(prefilter.CANDIDATE_FRACTION * 4000))
+    assert set(range(3990, 4000)) <= set(kept.tolist())
     np.testing.assert_array_equal(prefilter.candidates(pre[:50]), np.arange(50))
+
+
+def test_packed_templates_of_different_sizes_score_as_each_alone():
+    """Packing sorts templates by cylinder count and stores rows without padding: scores come back in
+    the caller's order and equal each template scored on its own."""
+    from biometrics.fingerprint import mcc_match
+
+    rng = np.random.default_rng(11)
+    sets = [cylinders_of(_random_finger(rng, n)) for n in (12, 45, 0, 30, 60, 8)]
+    probe = cylinders_of(_random_finger(rng, 40))
+    together = mcc_match.scores(probe, mcc_match.pack(sets))
+    alone = [mcc_match.scores(probe, mcc_match.pack([c]))[0] if len(c) else 0.0 for c in sets]
+    np.testing.assert_allclose(together, alone, rtol=1e-3, atol=1e-5)
+    some = mcc_match.gather(mcc_match.stack(sets), np.array([4, 1, 3]))
+    np.testing.assert_allclose(mcc_match.scores(probe, some), [alone[4], alone[1], alone[3]], rtol=1e-3, atol=1e-5)
+
+
+def test_prefilter_projection_is_the_gallerys_principal_subspace_and_keeps_the_ranking():
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(12)
+    fingers = [_random_finger(rng) for _ in range(300)]
+    sketches = [prefilter.sketch(cylinders_of(m)) for m in fingers]
+    assert prefilter.projection(sketches[: prefilter.MIN_CANDIDATES - 1]) is None  # small: scored in full anyway
+    p = prefilter.projection(sketches)
+    assert p.shape == (prefilter.SKETCH_WIDTH, prefilter.BASIS_DIM + 2)
+    np.testing.assert_allclose(p.T @ p, np.eye(prefilter.BASIS_DIM + 2), atol=1e-5)  # orthonormal columns
+    np.testing.assert_array_equal(p[-2:, -2:], np.eye(2))  # the direction columns pass through
+    plain, projected = prefilter.pack(sketches), prefilter.pack(sketches, p)
+    assert projected.shape[1] == prefilter.BASIS_DIM + 2
+    for target in (5, 250):
+        probe = prefilter.sketch(cylinders_of(_impression(fingers[target], rng, 15.0, (10.0, 5.0))))
+        full, reduced = prefilter.prescores(probe, plain), prefilter.prescores(probe @ p, projected)
+        assert np.argmax(reduced) == np.argmax(full) == target
+        assert np.corrcoef(full, reduced)[0, 1] > 0.9

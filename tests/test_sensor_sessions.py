@@ -137,7 +137,8 @@ def test_sensor_enroll_and_verify_under_each_policy(provisioned, verifier, fprin
     ]
     assert all(r["reader"] == "virtual_device/usb0" and r["subject"] == "dave" for r in attempts)
     assert _audit(verifier, "sensor_enrollment")[0]["subject"] == "dave"
-    assert "print" not in json.dumps(attempts).replace("print_hash", "")  # never a print, only its hash's name
+    # Never a print, only its hash's name (and the name of what a step-up asks for: a fingerprint template).
+    assert "print" not in json.dumps(attempts).replace("print_hash", "").replace("fingerprint_template", "")
 
 
 def test_step_up_after_a_sensor_match_is_satisfied_by_an_image_readers_template(
@@ -394,3 +395,68 @@ def test_local_api_sessions_on_a_sensor_chosen_by_capability(provisioned, verifi
     assert [(d["operation"], d["outcome"]) for d in finished] == [
         ("enroll", "enrolled"), ("verify", "accept"), ("identify", "identified"),
     ]
+
+
+def test_a_sensor_session_and_the_face_a_factor_rule_asks_for(provisioned, verifier, fprint_socket_dir, tmp_path):
+    """virtual_device under the agent's sensor session, a rule needing finger and face, both orders.
+
+    The face is a synthetic embedding sent by the step-up hook the daemon fills with the camera's face session
+    (that session itself runs on the camera simulator in test_face_sessions.py).
+    """
+    from agent.devstack import verifier_cli
+    from agent.verifier_api import VerifierAPI
+    from protocol.messages import StepUp
+    from simulators.fprint import VirtualDeviceFeeder
+    from tests.test_verifier_faces import capture, face_verify, steps_for
+
+    config, identity = provisioned
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    verifier.allow(identity.device_id, sensor="accept")
+
+    async def scenario() -> dict:
+        device = _sensor_device(fprint_socket_dir / "device.sock")
+        await device.open()
+        feeder = VirtualDeviceFeeder(fprint_socket_dir / "device.sock")
+        out: dict = {}
+        try:
+            async with VerifierClient(config, identity) as client:
+                api = VerifierAPI(client)
+                person = FingerAtSensor(feeder, ["kim"] * device.enroll_stages + ["kim"] * 4)
+                faces_sent: list[str] = []
+
+                async def face_step_up(subject: str, step_id: str):
+                    faces_sent.append(step_id)
+                    return await face_verify(api, subject, 7, step_up=step_id)
+
+                sensor = SensorSession(device, client, store, emit=person, face_step_up=face_step_up)
+                await sensor.enroll("kim")
+                await sensor.verify("kim")  # no rule yet: the sensor's match decides; its token adds the face
+                challenge = await api.challenge("enroll", "kim")
+                await api.enroll("kim", [], faces=[capture(7, 0), capture(7, 1)],
+                                 session_token=sensor.session_token.current(), challenge=challenge,
+                                 liveness=steps_for(challenge))
+                await asyncio.to_thread(verifier_cli, "subject", "require", "--pki", str(verifier.pki_dir), "kim",
+                                        "--factors", "finger,face")
+                out["finger_then_face"] = await sensor.verify("kim")
+                out["faces_sent"] = list(faces_sent)
+                face_first = await face_verify(api, "kim", 7)
+                assert isinstance(face_first, StepUp), face_first
+                out["face_then_finger"] = await sensor.verify_step_up("kim", face_first.step_up)
+                no_camera = SensorSession(device, client, store, emit=person)
+                with pytest.raises(SessionError) as caught:
+                    await no_camera.verify("kim")
+                out["no_camera"] = caught.value
+                out["events"] = person.events
+        finally:
+            device.stop()
+        return out
+
+    out = asyncio.run(scenario())
+    decided = out["finger_then_face"]
+    assert decided["decision"] == "accept" and decided["has_token"] and decided["score"] < 1.0, "the face decided"
+    assert len(out["faces_sent"]) == 1
+    assert [e["acr_values"] for e in out["events"] if e["type"] == "step_up"] == ["face", "face"]
+    assert out["face_then_finger"].accepted and out["face_then_finger"].token
+    assert "camera" in out["no_camera"].fix
+    answered = [r for r in _audit(verifier, "verification_attempt") if r.get("step_up") == "policy_requires_finger"]
+    assert [r["outcome"] for r in answered] == ["accept"] and answered[0]["assurance"] == "match-on-sensor"

@@ -15,18 +15,34 @@ assertions, set by the operator (``capture-verifier device allow ID
 
 Every outcome is an audit event (device, subject, reader, outcome, reason;
 never a print). The gate is the biometric routes' own (access rule, rate,
-signature over the canonical bytes, single-use nonce).
+signature over the canonical bytes, single-use nonce), then the same subject
+rate and lockouts as a template the verifier matches.
+
+Factor rules (``capture-verifier subject require S --factors finger,face``,
+:class:`verifier.faces.FactorRules`): a sensor's match is the *finger* factor,
+never the face, and only from a device whose policy is not ``refuse``.
+
+- Finger first: a match of a subject whose rule needs a face is answered with
+  a step-up asking for the face (``acr_values="face"``). Under ``step_up`` the
+  face, which the verifier matches itself, is also the verifier-matched second
+  factor the policy wants, so it decides; no template is asked on top.
+- Face first: the face verification's step-up asking for a finger
+  (``acr_values="finger"``) may be answered by an assertion carrying its
+  ``step_up`` id (a kiosk with a sensor and no image reader). It decides under
+  ``accept`` and ``step_up`` alike (the face was matched by the verifier); it
+  answers no other step-up: not the face's, not a second finger's (a sensor
+  cannot show the finger differs), not its own (that one asks for a template).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 import structlog
 
 from protocol import endpoints
+from protocol.face_template import ACR_FACE
 from protocol.sensor import (
     ACR_AFTER_SENSOR,
     ASSURANCE,
@@ -37,6 +53,7 @@ from protocol.sensor import (
 )
 from protocol.wire import WireError
 from verifier.biometric import BiometricRoutes, _locked
+from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED
 from verifier.http import Answer, Request, Route, json_answer
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -46,15 +63,6 @@ log = structlog.get_logger()
 SENSOR_STEP_UP_REASON = "sensor_assertion"
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS sensor_enrollments (
-    subject_id    TEXT NOT NULL,
-    device_id     TEXT NOT NULL,
-    driver        TEXT NOT NULL,
-    reader        TEXT NOT NULL,
-    print_hash    TEXT NOT NULL,
-    enrolled_at   REAL NOT NULL,
-    PRIMARY KEY (subject_id, device_id, driver, reader)
-);
 CREATE TABLE IF NOT EXISTS sensor_policy (
     device_id     TEXT PRIMARY KEY,
     policy        TEXT NOT NULL
@@ -98,10 +106,6 @@ class SensorRoutes:
             ("POST", endpoints.SENSOR_VERIFICATIONS): Route(self.verify, needs_client_cert=True),
         }
 
-    def enrolled_on_sensor(self, subject: str) -> bool:
-        row = self.conn.execute("SELECT 1 FROM sensor_enrollments WHERE subject_id = ? LIMIT 1", (subject,))
-        return row.fetchone() is not None
-
     # ---------------------------------------------------------------- enrollment
     def enroll(self, request: Request) -> Answer:
         assert request.device is not None
@@ -115,8 +119,8 @@ class SensorRoutes:
         recorded = self.bio.subjects.recorded(subject)
         group = self.bio._enrollment_group(request, subject, asked.group)
         self.bio._check_group(request, subject, group)
-        # An enrolled subject (templates, or a print on any sensor) gains a sensor print only after verifying.
-        enrolled = self.bio.enrollments.exists(subject) or self.enrolled_on_sensor(subject)
+        # An enrolled subject (templates, a face, or a print on any sensor) gains a print only after verifying.
+        enrolled = self.bio._enrolled(subject)
         if enrolled:
             self.bio._check_session_token(request, subject, asked.session_token)
             if not self.bio.sessions.take(str(asked.session_token), device_id, subject):
@@ -129,12 +133,7 @@ class SensorRoutes:
                 )
         if recorded is None:
             self.bio.subjects.assign(subject, group)
-        self.conn.execute(
-            "INSERT INTO sensor_enrollments (subject_id, device_id, driver, reader, print_hash, enrolled_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(subject_id, device_id, driver, reader) "
-            "DO UPDATE SET print_hash = excluded.print_hash, enrolled_at = excluded.enrolled_at",
-            (subject, device_id, asked.reader.driver, asked.reader.device, asked.print_hash, time.time()),
-        )
+        self.bio.sensor_prints.record(subject, device_id, asked.reader.driver, asked.reader.device, asked.print_hash)
         log.info(
             "sensor_enrollment",
             audit=True,
@@ -172,12 +171,8 @@ class SensorRoutes:
             raise Problem("bad-json", str(exc)) from None
         subject = assertion.subject
         self.bio._check_group(request, subject, self.bio.subjects.group_of(subject))
-        row = self.conn.execute(
-            "SELECT print_hash FROM sensor_enrollments WHERE subject_id = ? AND device_id = ? AND driver = ? "
-            "AND reader = ?",
-            (subject, device_id, assertion.reader.driver, assertion.reader.device),
-        ).fetchone()
-        if row is None or row[0] != assertion.print_hash:
+        known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)
+        if known != assertion.print_hash:
             self._audit(device_id, assertion, "unknown_subject", "no such print enrolled on this device's sensor")
             raise Problem(
                 "sensor-enrollment-unknown",
@@ -185,19 +180,23 @@ class SensorRoutes:
                 f"{assertion.reader.driver}/{assertion.reader.device} of device {device_id}",
                 f"enroll the subject on this reader first: capture-agent enroll --subject {subject}",
             )
+        self.bio.check_subject_rate(device_id, subject)
         locked = self.bio.lockouts.locked_for(device_id, subject)
         if locked > 0:
             self._audit(device_id, assertion, "locked_out", "too many failures", locked_for_s=round(locked, 1))
             raise _locked(subject, locked)
         policy = self.policy.of(device_id)
-        if policy == "refuse":
-            self._audit(device_id, assertion, "refused", "sensor assertions refused for this device", policy=policy)
+        if policy == "refuse":  # before any step-up is looked at: a refused device's word satisfies nothing
+            self._audit(device_id, assertion, "refused", "sensor assertions refused for this device", policy=policy,
+                        step_up_answered=assertion.step_up is not None)
             raise Problem(
                 "sensor-assertion-refused",
                 f"device {device_id} may not verify with match-on-sensor assertions",
                 "verify with a fingerprint image reader, or ask the operator: "
                 f"capture-verifier device allow {device_id} --sensor-assertions step-up",
             )
+        if assertion.step_up is not None:
+            return self._answer_step_up(device_id, assertion, policy)
         if not assertion.matched:
             self.bio.lockouts.record(device_id, subject, False)
             self._audit(device_id, assertion, "reject", "the sensor did not match", policy=policy)
@@ -205,12 +204,35 @@ class SensorRoutes:
         reasons = [SENSOR_STEP_UP_REASON] if policy == "step_up" else []
         risky = self.bio.stepup.reasons(device_id, subject, 1.0, 0.0, 0)
         reasons += [r for r in risky if r == "high_risk_subject"]
+        if "face" in self.bio.faces.required(subject):
+            # The rule's face, matched by the verifier, is also the second factor a step_up policy wants.
+            return self._ask_step_up(device_id, assertion, [FACE_REQUIRED, *reasons], policy, ACR_FACE)
         if reasons:
-            return self._ask_step_up(device_id, assertion, reasons, policy)
+            return self._ask_step_up(device_id, assertion, reasons, policy, ACR_AFTER_SENSOR)
         self.bio.lockouts.record(device_id, subject, True)
         self._audit(device_id, assertion, "accept", "the sensor matched; policy accepts sensor assertions",
                     policy=policy)
         return self._decision(device_id, subject, "accept")
+
+    def _answer_step_up(self, device_id: str, assertion: SensorAssertion, policy: str) -> Answer:
+        """The finger a face verification's step-up asks for (``acr_values="finger"``), asserted by the sensor."""
+        subject, step_id = assertion.subject, str(assertion.step_up)
+        pending = self.bio.stepup.take(step_id, device_id, subject)
+        if pending is None or FINGER_REQUIRED not in pending.reasons:
+            if pending is not None:  # the step-up asks for something else (a face, a template): it stays for that
+                self.bio.stepup.give_back(step_id, pending)
+            self._audit(device_id, assertion, "step_up_unknown", "no pending step-up asking this device for a finger",
+                        policy=policy, step_up=",".join(pending.reasons) if pending is not None else "")
+            raise Problem("step-up-unknown", "no pending step-up asking this device for a finger",
+                          "start the verification again")
+        decision = "accept" if assertion.matched else "reject"
+        self.bio.lockouts.record(device_id, subject, assertion.matched)
+        self._audit(device_id, assertion, decision,
+                    "the sensor matched the finger the factor rule asks for" if assertion.matched
+                    else "the sensor did not match", policy=policy, step_up=",".join(pending.reasons))
+        if assertion.matched:
+            self.bio.stepup.completed(device_id)
+        return self._decision(device_id, subject, decision)
 
     def _decision(self, device_id: str, subject: str, decision: str) -> Answer:
         answer: dict[str, Any] = {
@@ -224,18 +246,24 @@ class SensorRoutes:
             answer.update(self.bio.sessions.issue(device_id, subject))
         return json_answer(200, answer)
 
-    def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str) -> Answer:
-        """RFC 9470 401: a template the verifier matches itself, sent to /v1/verifications with this id."""
+    def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str,
+                     acr: str) -> Answer:
+        """RFC 9470 401: a template (``fingerprint_template``) or a face (``face``) the verifier matches itself."""
         step = self.bio.stepup.open(device_id, assertion.subject, [], reasons)  # no first template to differ from
-        self._audit(device_id, assertion, "step_up", ",".join(reasons), policy=policy)
+        self._audit(device_id, assertion, "step_up", ",".join(reasons), policy=policy, acr_values=acr)
+        if acr == ACR_FACE:
+            what, fix = "a face", "capture the same person's face and send it with this step_up id"
+        else:
+            what = "a second factor"
+            fix = "capture a fingerprint on an image reader and send its template with this step_up id"
         problem = Problem(
             "insufficient-user-authentication",
-            f"a sensor's match needs a second factor ({', '.join(reasons)})",
-            "capture a fingerprint on an image reader and send its template with this step_up id",
-            extra=(("step_up", step), ("acr_values", ACR_AFTER_SENSOR), ("reasons", reasons)),
+            f"a sensor's match needs {what} ({', '.join(reasons)})",
+            fix,
+            extra=(("step_up", step), ("acr_values", acr), ("reasons", reasons)),
         )
         challenge = (
             'Bearer error="insufficient_user_authentication", '
-            f'error_description="{", ".join(reasons)}", acr_values="{ACR_AFTER_SENSOR}"'
+            f'error_description="{", ".join(reasons)}", acr_values="{acr}"'
         )
         return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))

@@ -58,12 +58,14 @@ from protocol.templates import TemplateWireError, minutiae_problem, records_of
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.enrollments import EnrollmentStore, load_or_create_key
-from verifier.faces import FACE_REQUIRED, FaceRoutes, has_faces
+from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED, FaceRoutes, has_faces
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
+from verifier.ranking import IDENTIFY_TOP_K, ranked
+from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SessionTokens
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
@@ -71,7 +73,7 @@ from verifier.subjects import DEFAULT_GROUP, SubjectGroups
 
 log = structlog.get_logger()
 
-IDENTIFY_TOP_K = 10
+ENROLL_FINGERS = "enroll-fingers"  # the serial key of finger enrollments (verifier.matching: search to insert)
 SUBJECT_ID = endpoints.SUBJECT_ID
 ENROLLMENTS_PATH = endpoints.ENROLLMENTS
 
@@ -99,6 +101,7 @@ class BiometricRoutes:
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
         self.faces = FaceRoutes(self, conn, key, settings.target_fmr, settings.duplicate_fmr)  # verifier/faces.py
+        self.sensor_prints = SensorPrints(conn)  # subjects enrolled on a match-on-sensor reader
         # Subjects' packed templates: written by pool threads, invalidated by the loop (generation).
         self._packs: dict[str, _SubjectPack] = {}
         self._generation: dict[str, int] = {}
@@ -192,8 +195,25 @@ class BiometricRoutes:
         return body
 
     def _enrolled(self, subject: str) -> bool:
-        """The subject has a finger or a face enrolled."""
-        return self.enrollments.exists(subject) or self.faces.enrolled(subject)
+        """The subject has a finger, a face or a print on a match-on-sensor reader enrolled."""
+        return self.enrollments.exists(subject) or self.faces.enrolled(subject) or self.sensor_prints.exists(subject)
+
+    def check_subject_rate(self, device_id: str, subject: str) -> None:
+        """429 (audited) when the subject is claimed too often, by this device or across devices."""
+        wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
+        if wait > 0:
+            raise self._attempt_refused(
+                device_id,
+                subject,
+                "subject_rate_limited",
+                Problem(
+                    "subject-rate-limited",
+                    f"subject {subject!r} was claimed too often; wait {wait:.0f} s",
+                    "wait; if nobody at your sites claims this subject so often, someone is guessing",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                wait_s=round(wait, 1),
+            )
 
     def _check_group(self, request: Request, subject: str, group: str) -> None:
         """403 (audited) unless the device may act on subjects of ``group``."""
@@ -443,9 +463,8 @@ class BiometricRoutes:
         self._check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
-        face_enrolled = self.faces.enrolled(subject)
         token_expiry: float | None = None
-        if enrolled or face_enrolled:
+        if self._enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
             self._check_session_token(request, subject, token)
             # Spent by this attempt whatever it gives: a refused finger does not leave it for another try.
             token_expiry = self.sessions.take(str(token), device_id, subject)
@@ -487,6 +506,8 @@ class BiometricRoutes:
             return _EnrollChecks(not_theirs, duplicate, (time.perf_counter() - started) * 1000)
 
         def finish(checks: _EnrollChecks) -> Answer:
+            if token_expiry is None:
+                self.check_still_first(request, subject)
             if checks.not_theirs:
                 raise self._refused(
                     request,
@@ -535,7 +556,30 @@ class BiometricRoutes:
             if token_expiry is not None:
                 self.sessions.give_back(str(token), device_id, subject, token_expiry)
 
-        return Deferred(device_id, work, finish, undo)
+        # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
+        return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
+
+    def check_still_first(self, request: Request, subject: str) -> None:
+        """At an enrollment's insert (on the loop, in its transaction): a first enrollment is still the first.
+
+        The handler found the subject unenrolled and asked for no session token;
+        another device's first enrollment of the same id (a finger, a face or a
+        sensor print) may have been stored while this one was matched. Storing
+        this one too would add a second person's templates to that subject
+        without their verification.
+        """
+        if self._enrolled(subject):
+            raise self._refused(
+                request,
+                Problem(
+                    "verification-required",
+                    f"subject {subject!r} was enrolled by another request while this one was checked",
+                    "verify the subject first on this device and send its session_token with the enrollment "
+                    "(capture-agent enroll --add)",
+                ),
+                "first enrollment of a subject enrolled meanwhile",
+                subject=subject,
+            )
 
     def verify(self, request: Request) -> Deferred:
         assert request.device is not None
@@ -547,20 +591,7 @@ class BiometricRoutes:
         self._check_group(request, subject, self.subjects.group_of(subject))
         if not self._enrolled(subject):
             raise self._unknown_subject(device_id, subject)
-        wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
-        if wait > 0:
-            raise self._attempt_refused(
-                device_id,
-                subject,
-                "subject_rate_limited",
-                Problem(
-                    "subject-rate-limited",
-                    f"subject {subject!r} was claimed too often; wait {wait:.0f} s",
-                    "wait; if nobody at your sites claims this subject so often, someone is guessing",
-                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
-                ),
-                wait_s=round(wait, 1),
-            )
+        self.check_subject_rate(device_id, subject)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
             raise self._attempt_refused(
@@ -589,7 +620,12 @@ class BiometricRoutes:
                 )
         first_views = [t for record in pending.first_records for t in decode(record)] if pending else []
         generation, templates, count = self._subject_templates(subject)
-        self._charge(request, len(views) * (count + len(first_views)))
+        try:
+            self._charge(request, len(views) * (count + len(first_views)))
+        except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
+            if pending is not None:
+                self.stepup.give_back(str(step_id), pending)
+            raise
 
         def work(budget: Budget) -> _Scored:
             started = time.perf_counter()
@@ -610,6 +646,10 @@ class BiometricRoutes:
             if pending is not None:
                 decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
                 reason = "step-up with the same finger" if scored.same_finger else ""
+                if (decision == "accept" and FINGER_REQUIRED not in pending.reasons
+                        and "face" in self.faces.required(subject)):
+                    # Two fingers (or a sensor's and a template) are not a face: the rule still needs one.
+                    return self.faces.ask(device_id, subject, [], [FACE_REQUIRED], scored.score, ACR_FACE)
                 return self._decided(device_id, subject, decision, scored, step_up=pending.reasons, reason=reason)
             if scored.score >= self.threshold and "face" in self.faces.required(subject):
                 return self.faces.ask(device_id, subject, records, [FACE_REQUIRED], scored.score, ACR_FACE)
@@ -723,10 +763,7 @@ class BiometricRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
-            candidates = sorted(
-                ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
-                key=lambda c: -c["score"],
-            )
+            candidates = ranked(best, self.threshold)
             log.info(
                 "identification_attempt",
                 audit=True,

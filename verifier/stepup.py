@@ -85,12 +85,16 @@ class StepUpPolicy:
         return step_id
 
     def take(self, step_id: str, device_id: str, subject_id: str) -> Pending | None:
-        found = self.pending.pop(step_id, None)
-        if found is None or found.expires_at < time.time():
+        """The pending step-up, used up, if it is this device's for this subject and still live.
+
+        Another device's or subject's attempt leaves it pending: a step-up id seen
+        elsewhere can neither be used nor cancelled from there.
+        """
+        found = self.pending.get(step_id)
+        if found is None or found.device_id != device_id or found.subject_id != subject_id:
             return None
-        if found.device_id != device_id or found.subject_id != subject_id:
-            return None
-        return found
+        del self.pending[step_id]
+        return found if found.expires_at >= time.time() else None
 
     def give_back(self, step_id: str, pending: Pending) -> None:
         """A taken step-up whose request was not decided (the verifier was busy): pending again."""

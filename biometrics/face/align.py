@@ -4,8 +4,20 @@ The template is the one SFace was trained with (the ArcFace points, also used by
 ``cv2.FaceRecognizerSF.alignCrop``). The warp is the least-squares similarity
 (rotation, uniform scale, translation; Umeyama 1991) from the five landmarks to
 the template, so the face's shape is not distorted. It samples the original
-frame once (bilinear) with a replicated border, so a face near the frame's edge
-gets the same context the detector saw.
+frame once with a replicated border, so a face near the frame's edge gets the
+same context the detector saw.
+
+Resampling. The warp mostly enlarges: a face-sized frame (an ID photo, ORL's
+92x112) has its eyes closer than the template's 35 px (ORL: median scale 1.19,
+up to 3.6), so the crop is made of detail the frame holds between its pixels.
+Bilinear interpolation is a low-pass filter there and blurs what the recogniser
+looks at; the windowed sinc (Lanczos, 8x8) reconstructs it. On ORL that moved
+the all-pairs EER from 0.61 % to 0.50 % and TAR at FAR 0.1 % from 99.22 % to
+99.28 % (bench.face), for about 1 ms of CPU per crop (bilinear: 0.1 ms). Crops
+of the same frame made the two ways differ little (cosine median 0.995, lowest
+0.94 on ORL), far above any threshold, so embeddings enrolled before still
+match their owner. Shrinking by more (camera faces far larger than the crop)
+was tried with an area pre-filter: no measurable change, so none is applied.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     np.float64,
 )
+INTERPOLATION = cv2.INTER_LANCZOS4  # see the module docstring
 TEMPLATE_EYE_DISTANCE = float(np.hypot(*(TEMPLATE[1] - TEMPLATE[0])))  # 35.24 px
 
 
@@ -46,7 +59,7 @@ def similarity(src: np.ndarray, dst: np.ndarray = TEMPLATE) -> np.ndarray:
 def align(frame: np.ndarray, face: Face) -> np.ndarray:
     """The 112x112 crop (same channels as ``frame``) with the face's landmarks on the template."""
     m = similarity(face.landmarks)
-    return cv2.warpAffine(frame, m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(frame, m, (CROP_SIZE, CROP_SIZE), flags=INTERPOLATION, borderMode=cv2.BORDER_REPLICATE)
 
 
 def crop_footprint(face: Face) -> np.ndarray:

@@ -15,7 +15,12 @@ re-normalised) was measured on ORL and not adopted: EER 0.611 % -> 0.555 % (one
 genuine pair of 1,800), TAR at FAR 0.1 % unchanged at 99.2 %, held-out FMR at
 the 0.1 % threshold 0.46 % -> 0.45 %, for twice the embedding time (about 38 ms
 CPU on one core whether as two calls or one batch of two through either engine:
-this int8 net's cost is linear in the batch), over the 30 ms budget.
+this int8 net's cost is linear in the batch: 20.2 ms for one, 39.7 ms for a
+batch of two on the new engine), over the 30 ms budget. Flipping only the faces
+the landmarks say are turned (|yaw| over 15, 20 or 25 degrees: 16, 5.5 and 2 %
+of ORL's images, so the median time stays) gave the same 0.555 % with bilinear
+alignment, and with the Lanczos alignment now used it lost a pair (0.50 % ->
+0.555 %): not adopted either.
 """
 
 from __future__ import annotations

@@ -66,10 +66,13 @@ class Analysis:
         return np.mod(self.orientation + np.pi / 2, np.pi).astype(np.float32)
 
 
-def _local_stats(img: np.ndarray, ksize: int) -> tuple[np.ndarray, np.ndarray]:
+def _local_stats(img: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and standard deviation (``squared`` is img * img, when the caller has it)."""
     mean = cv2.blur(img, (ksize, ksize))
-    sq = cv2.blur(img * img, (ksize, ksize))
-    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    std = cv2.blur(img * img if squared is None else squared, (ksize, ksize))
+    std -= mean * mean  # in place from here: the same arithmetic without temporaries
+    np.maximum(std, 0.0, out=std)
+    np.sqrt(std, out=std)
     return mean, std
 
 
@@ -108,14 +111,16 @@ def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
     return cv2.resize(filled, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def orientation_field(norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Gradient direction in [0, pi) and coherence in [0, 1].
 
     The tensor is averaged at half resolution (orientation varies slowly compared
     with the pixel grid), which makes the wide Gaussian windows four times cheaper.
+    ``smooth`` is norm blurred with sigma 1, when the caller has it (see :func:`_energies`).
     """
     h, w = norm.shape
-    smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
+    if smooth is None:
+        smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
     half = (max(1, w // 2), max(1, h // 2))
@@ -142,15 +147,23 @@ def orientation_field(norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     theta = cv2.phase(c2s, s2s)
     theta *= 0.5
     theta[theta >= np.pi] -= np.pi
-    return theta, np.clip(coherence, 0.0, 1.0).astype(np.float32)
+    return theta, np.clip(coherence, 0.0, 1.0, out=coherence)
 
 
-def _energies(norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Squared gradient and squared signal of the band-passed image."""
-    smooth = cv2.GaussianBlur(norm, (0, 0), 1.0) - cv2.GaussianBlur(norm, (0, 0), 4.0)
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    return gx * gx + gy * gy, smooth * smooth
+def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Squared gradient and squared signal of the band-passed image (``smooth``: as for the orientation)."""
+    if smooth is None:
+        smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
+    smooth = smooth - cv2.GaussianBlur(norm, (0, 0), 4.0)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+    gx /= 8.0
+    gy /= 8.0
+    gx *= gx
+    gy *= gy
+    gx += gy
+    smooth *= smooth
+    return gx, smooth
 
 
 def _gradient_period(norm: np.ndarray, weight: np.ndarray) -> float:
@@ -196,7 +209,7 @@ def ridge_period(norm: np.ndarray, mask: np.ndarray) -> float:
     return ridge_measures(norm, mask)[0]
 
 
-def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None = None) -> tuple[float, float]:
     """Ridge period (pixels) the contextual filter is tuned to, and the ridge-band energy share.
 
     Local periods (the energy ratio over windows of about two periods) vary over
@@ -210,9 +223,11 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """
     if mask.sum() < 1024:
         return DEFAULT_PERIOD, 0.0
-    grad, sig = _energies(norm)
-    total = float(np.square(norm[mask]).sum())
-    share = float(sig[mask].sum()) / total if total > 1e-6 else 0.0
+    grad, sig = _energies(norm, smooth)
+    # Sums over the foreground as dot products with the mask: no gather of the pixels.
+    weight = mask.ravel().astype(np.float32)
+    total = float(np.dot(np.square(norm).ravel(), weight))
+    share = float(np.dot(sig.ravel(), weight)) / total if total > 1e-6 else 0.0
     # Window sums at half resolution: the local period varies slowly.
     h, w = mask.shape
     half = (max(1, w // 2), max(1, h // 2))
@@ -226,60 +241,129 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float(np.clip(np.percentile(local, FINE_PERCENTILE), MIN_PERIOD, MAX_PERIOD)), share
 
 
+def _orientation_boxes(index: np.ndarray, n: int) -> np.ndarray:
+    """Bounding box (y0, y1, x0, x1) of the pixels of each orientation label (y0 = y1 where none).
+
+    Each pixel sets its label's bit (eight labels per byte, by table lookup);
+    OR-ing the bytes along rows and along columns gives which labels each row
+    and column holds, in a few reductions instead of one scan of the image per
+    label.
+    """
+    h, w = index.shape
+    in_row = np.zeros(h, np.int64)
+    in_col = np.zeros(w, np.int64)
+    for first in range(0, n, 8):
+        table = np.zeros(256, np.uint8)
+        count = min(8, n - first)
+        table[first : first + count] = np.left_shift(1, np.arange(count)).astype(np.uint8)
+        coded = cv2.LUT(index, table)
+        in_row |= np.bitwise_or.reduce(coded, axis=1).astype(np.int64) << first
+        in_col |= np.bitwise_or.reduce(coded, axis=0).astype(np.int64) << first
+    labels = np.arange(n, dtype=np.int64)[:, None]
+    rows = (in_row[None, :] >> labels) & 1 > 0
+    cols = (in_col[None, :] >> labels) & 1 > 0
+    boxes = np.zeros((n, 4), np.int64)
+    has = rows.any(axis=1)
+    boxes[has, 0] = rows[has].argmax(axis=1)
+    boxes[has, 1] = h - rows[has, ::-1].argmax(axis=1)
+    boxes[has, 2] = cols[has].argmax(axis=1)
+    boxes[has, 3] = w - cols[has, ::-1].argmax(axis=1)
+    return boxes
+
+
+def _filter_jobs(boxes: np.ndarray, half: int, n: int) -> list[tuple[int, tuple[int, int, int, int], list[int]]]:
+    """Which filter pairs to run over which boxes.
+
+    The orientations a and pi - a share both separable filters: cos(f x cos a) and
+    the y factors are the same, sin(f x cos a) changes sign. With A and B the two
+    separable responses, a's response is A - B and pi - a's is A + B. One pass over
+    the union of their boxes serves both when that is smaller than two passes.
+    """
+
+    def area(y0: int, y1: int, x0: int, x1: int) -> int:
+        return (y1 - y0 + 2 * half) * (x1 - x0 + 2 * half)
+
+    jobs = []
+    for k in range(n // 2 + 1):
+        mirror = (n - k) % n
+        present = [j for j in dict.fromkeys((k, mirror)) if boxes[j, 1] > boxes[j, 0]]
+        if len(present) == 2:
+            (ay0, ay1, ax0, ax1), (by0, by1, bx0, bx1) = boxes[k], boxes[mirror]
+            union = (min(ay0, by0), max(ay1, by1), min(ax0, bx0), max(ax1, bx1))
+            if area(*union) <= area(ay0, ay1, ax0, ax1) + area(by0, by1, bx0, bx1):
+                jobs.append((k, tuple(int(v) for v in union), present))
+                continue
+        jobs.extend((k, tuple(int(v) for v in boxes[j]), [j]) for j in present)
+    return jobs
+
+
 def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.ndarray | None = None) -> np.ndarray:
     """Even Gabor response tuned per pixel to ``theta`` (gradient direction) and ``period``.
 
-    With ``where``, only those pixels get a response (0 elsewhere). Each of the 16
-    filters then runs only over the bounding box of the pixels it serves, plus the
+    With ``where``, only those pixels get a response (0 elsewhere). Each filter
+    then runs only over the bounding box of the pixels it serves, plus the
     kernel's half-width: the orientation field is smooth, so these boxes cover
     a fraction of the image, and inside them the response is exactly that of the
     whole-image filter (the halo holds the same pixels, and where a box meets the
-    image's edge, the same border reflection applies).
+    image's edge, the same border reflection applies). Mirror orientations share
+    their filters (see :func:`_filter_jobs`).
     """
+    n = N_ORIENTATIONS
     sigma = GABOR_SIGMA * period
     half = int(np.ceil(2.5 * sigma))
     t = np.arange(-half, half + 1, dtype=np.float32)
     g = np.exp(-(t * t) / (2 * sigma * sigma)).astype(np.float32)
     f = 2 * np.pi / period
-    angles = np.arange(N_ORIENTATIONS, dtype=np.float32) * (np.pi / N_ORIENTATIONS)
-    index = np.rint(theta / (np.pi / N_ORIENTATIONS)).astype(np.int32) % N_ORIENTATIONS
+    angles = np.arange(n, dtype=np.float32) * (np.pi / n)
+    # Nearest of the n orientations; theta just below pi rounds to n, which is orientation 0.
+    index = (np.rint(theta * np.float32(n / np.pi)).astype(np.int32) % n).astype(np.uint8)
     if where is not None:
-        index = np.where(where, index, -1)
+        index[~where] = n  # no orientation: not filtered
+    # The separable factors of every orientation, computed at once.
+    along_x = f * np.cos(angles)[:, None] * t[None, :]
+    along_y = f * np.sin(angles)[:, None] * t[None, :]
+    even_x, even_y = g * np.cos(along_x), g * np.cos(along_y)
+    odd_x, odd_y = g * np.sin(along_x), g * np.sin(along_y)
     out = np.zeros_like(norm)
     h, w = norm.shape
-    for k, a in enumerate(angles):  # 16 filters, not a loop over pixels
-        sel = index == k
-        rows = np.flatnonzero(sel.any(axis=1))
-        if len(rows) == 0:
-            continue
-        cols = np.flatnonzero(sel.any(axis=0))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    for k, (y0, y1, x0, x1), served in _filter_jobs(_orientation_boxes(index, n), half, n):
         ya, yb, xa, xb = max(0, y0 - half), min(h, y1 + half), max(0, x0 - half), min(w, x1 + half)
-        c, s = np.cos(a), np.sin(a)
-        kx1, ky1 = g * np.cos(f * c * t), g * np.cos(f * s * t)
-        kx2, ky2 = g * np.sin(f * c * t), g * np.sin(f * s * t)
         crop = norm[ya:yb, xa:xb]
-        resp = cv2.sepFilter2D(crop, cv2.CV_32F, kx1, ky1) - cv2.sepFilter2D(crop, cv2.CV_32F, kx2, ky2)
-        inner = (slice(y0, y1), slice(x0, x1))
-        np.copyto(out[inner], resp[y0 - ya : y1 - ya, x0 - xa : x1 - xa], where=sel[inner])
+        inner = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
+        a = cv2.sepFilter2D(crop, cv2.CV_32F, even_x[k], even_y[k])[inner]
+        # The second filter is zero at 0 (sin 0 = 0 along y) and at 90 degrees (cos = 0
+        # along x, to within float rounding: 4e-8, a response a million times below the first).
+        b = cv2.sepFilter2D(crop, cv2.CV_32F, odd_x[k], odd_y[k])[inner] if k % (n // 2) else None
+        labels = index[y0:y1, x0:x1]
+        target = out[y0:y1, x0:x1]
+        for j in served:
+            # One masked pass: the response is written only where orientation j is wanted.
+            if b is None:
+                np.copyto(target, a, where=labels == j)
+            else:
+                (np.subtract if j == k else np.add)(a, b, out=target, where=labels == j)
     return out
 
 
 def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     """Analyse a uint8 image already at 500 dpi."""
     img = image.astype(np.float32)
-    _, contrast = _local_stats(img, 17)
-    mean, std = _local_stats(img, 25)
-    norm = ((img - mean) / (std + 4.0)).astype(np.float32)
-    theta, coherence = orientation_field(norm)
+    squared = img * img
+    _, contrast = _local_stats(img, 17, squared)
+    mean, std = _local_stats(img, 25, squared)
+    norm = img - mean  # float32 throughout; (img - mean) / (std + 4) in place
+    std += 4.0
+    norm /= std
+    smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)  # shared by the orientation and the period
+    theta, coherence = orientation_field(norm, smooth)
     mask = segment(contrast, coherence)
-    period, share = ridge_measures(norm, mask)
+    period, share = ridge_measures(norm, mask, smooth)
     return Analysis(
         image=image,
         scale=scale,
         normalised=norm,
         mask=mask,
-        contrast=contrast.astype(np.float32),
+        contrast=contrast,
         orientation=theta,
         coherence=coherence,
         period=period,

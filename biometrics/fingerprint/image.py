@@ -49,7 +49,7 @@ def check_image(image: object, resolution_dpi: int, *, allow_blank: bool = False
             f"image {image.shape[1]}x{image.shape[0]} is too small: at {resolution_dpi} dpi each side "
             f"needs at least {min_side} pixels ({MIN_SIDE_MM} mm); capture a larger area"
         )
-    if not allow_blank and float(image.std()) < BLANK_STD:
+    if not allow_blank and float(cv2.meanStdDev(image)[1][0, 0]) < BLANK_STD:
         raise FingerprintImageError("the image is blank: place a finger on the sensor and capture again")
     return image
 

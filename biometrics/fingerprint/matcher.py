@@ -52,17 +52,18 @@ class GalleryIndex:
     Several templates may share a subject id (several fingers or impressions);
     a search reports each subject once, with its best score.
 
-    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms).
-    :meth:`scores` gives every template the full score (about 75 us per template
-    per core). :meth:`search` ranks the gallery with the pre-filter (about 3 us per
-    template) and fully scores only its best max(64, 5 %) (see
-    :mod:`biometrics.fingerprint.prefilter`): 90,000 to 140,000 comparisons per
-    second per core on FVC2002 and synthetic templates (gallery of 2,000, measured
-    on a shared, loaded 2-core machine).
+    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms);
+    the first search after adds or removes repacks the gallery. :meth:`scores`
+    gives every template the full score (50 to 120 us per template per core,
+    growing with the product of the cylinder counts). :meth:`search` ranks the
+    gallery with the pre-filter (about 2.5 us per template) and fully scores only
+    its best max(64, 3 %) (see :mod:`biometrics.fingerprint.prefilter`): see
+    ``bench.fingerprint``'s ``comparisons_per_s_per_core`` for measured figures.
     For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
     ``workers`` = the number of cores: blocks are then scored in parallel threads.
-    Memory: about 100 KB per template of 35 cylinders (480 float32 values each plus
-    validity masks and the sketch), at most 140 KB (48 cylinders). Not
+    Memory: about 180 KB per template of 35 cylinders (the cylinders as built, and
+    stacked for scoring with their validity and energy per cell: 642 float32 per
+    cylinder; plus the sketch), at most 250 KB (48 cylinders). Not
     thread-safe: guard add/remove/search with one lock if threads share it.
     """
 
@@ -74,9 +75,9 @@ class GalleryIndex:
         self._ids: list[Hashable] = []
         self._cylinders: list[Cylinders] = []
         self._sketches: list[np.ndarray] = []
-        self._packed: list[tuple[np.ndarray, mcc_match.Packed]] = []
-        self._where = np.zeros((0, 2), np.int64)  # template -> (block, position in block)
+        self._packed = mcc_match.stack([])
         self._sketch_blocks: list[np.ndarray] = []
+        self._projection: np.ndarray | None = None
         self._dirty = True
 
     def __len__(self) -> int:
@@ -104,7 +105,7 @@ class GalleryIndex:
         self._ids.append(subject_id)
         c = cylinders_of(template)
         self._cylinders.append(c)
-        self._sketches.append(prefilter.sketch(c))
+        self._sketches.append(prefilter.sketch(c, prefilter.GALLERY_ROWS))  # the probe side keeps more rows
         self._dirty = True
 
     def remove(self, subject_id: Hashable) -> int:
@@ -117,22 +118,13 @@ class GalleryIndex:
         self._dirty = True
         return removed
 
-    def _pack(self) -> list[tuple[np.ndarray, mcc_match.Packed]]:
+    def _pack(self) -> mcc_match.Stack:
         if self._dirty:
-            # Sorting by cylinder count keeps padding small inside each chunk.
-            order = np.argsort([len(c) for c in self._cylinders], kind="stable")
-            self._packed = [
-                (chunk, mcc_match.pack([self._cylinders[i] for i in chunk]))
-                for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / CHUNK))))
-                if len(chunk)
-            ]
-            self._where = np.zeros((len(self._ids), 2), np.int64)
-            for b, (chunk, _) in enumerate(self._packed):
-                self._where[chunk, 0] = b
-                self._where[chunk, 1] = np.arange(len(chunk))
+            self._packed = mcc_match.stack(self._cylinders)
             n = len(self._sketches)
+            self._projection = prefilter.projection(self._sketches)
             self._sketch_blocks = [
-                prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES])
+                prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES], self._projection)
                 for i in range(0, n, prefilter.BLOCK_TEMPLATES)
             ]
             self._dirty = False
@@ -142,19 +134,16 @@ class GalleryIndex:
         """Score of the probe against every enrolled template, in insertion order."""
         out = np.zeros(len(self._ids), np.float64)
         cp = cylinders_of(probe)
-        if len(cp) == 0:
+        if len(cp) == 0 or not self._ids:
             return out
-        blocks = self._pack()
+        packed = self._pack()
+        starts = list(range(0, len(self._ids), CHUNK))
 
-        def run(block: tuple[np.ndarray, mcc_match.Packed]) -> None:
-            out[block[0]] = mcc_match.scores(cp, block[1])
+        def run(lo: int) -> None:
+            hi = min(lo + CHUNK, len(self._ids))
+            out[lo:hi] = mcc_match.scores(cp, mcc_match.gather(packed, np.arange(lo, hi)))
 
-        if len(blocks) > 1 and self._workers > 1:
-            # numpy and BLAS release the GIL: blocks run in parallel on the cores.
-            list(self._pool().map(run, blocks))
-        else:
-            for block in blocks:
-                run(block)
+        self._map(starts, run)
         return out
 
     def _map(self, work: list[T], fn: Callable[[T], None]) -> None:
@@ -174,6 +163,8 @@ class GalleryIndex:
             return out
         self._pack()
         sp = prefilter.sketch(cp)
+        if self._projection is not None:
+            sp = sp @ self._projection
         step = prefilter.BLOCK_TEMPLATES
 
         def run(b: int) -> None:
@@ -194,22 +185,17 @@ class GalleryIndex:
         pool = np.arange(len(self._ids)) if among is None else np.asarray(among, np.int64)
         if len(cp) == 0 or len(pool) == 0:
             return pool, np.zeros(len(pool), np.float64)
-        blocks = self._pack()
+        packed = self._pack()
         if len(pool) > max(prefilter.MIN_CANDIDATES, keep_at_least):
             pre = self.prescores(cp)[pool]
             pool = pool[prefilter.candidates(pre, keep_at_least)]
-        where = self._where[pool]
-        order = np.lexsort((where[:, 1], where[:, 0]))  # block order: blocks hold similar widths
-        pool, where = pool[order], where[order]
         out = np.zeros(len(pool), np.float64)
-        # A few groups of consecutive blocks (at least one per worker): few calls, little padding.
+        # A few groups (at least one per worker): few calls, arrays that stay in cache.
         groups = max(self._workers, int(np.ceil(len(pool) / GROUP)))
         work = [sel for sel in np.array_split(np.arange(len(pool)), groups) if len(sel)]
 
         def run(sel: np.ndarray) -> None:
-            w = where[sel]
-            parts = [(blocks[int(b)][1], w[w[:, 0] == b, 1]) for b in np.unique(w[:, 0])]
-            out[sel] = mcc_match.scores(cp, mcc_match.gather(parts))
+            out[sel] = mcc_match.scores(cp, mcc_match.gather(packed, pool[sel]))
 
         self._map(work, run)
         return pool, out

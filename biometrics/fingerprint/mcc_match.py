@@ -56,21 +56,52 @@ def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-tau * (np.asarray(v, np.float64) - mu)))
 
 
-@dataclass(frozen=True, slots=True)
-class Packed:
-    """Cylinders of T templates padded to K rows each, stacked for matrix products.
+# Columns of a stored cylinder row: all four are gathered with one row copy, and
+# each is a strided view that BLAS reads directly.
+_F = N_SPATIAL * ND
+_VALUES = slice(0, _F)  # the cylinder's cell values
+_VALID = slice(_F, _F + N_SPATIAL)  # 1 on valid spatial cells
+_ENERGY = slice(_F + N_SPATIAL, _F + 2 * N_SPATIAL)  # sum over directions of the squared values
+_DIRECTION = slice(_F + 2 * N_SPATIAL, _F + 2 * N_SPATIAL + 2)  # cos, sin of the minutia angle
+WIDTH = _F + 2 * N_SPATIAL + 2
 
-    Padding rows are all zero (never valid, so they score 0). The gallery packs
-    templates of similar size together, so padding stays small.
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """Cylinders of T templates as one row per real cylinder, template after template.
+
+    The storage of a gallery: a subset of it becomes a :class:`Packed` set for
+    scoring with one row gather (:func:`gather`), with no padding rows copied.
     """
 
-    values: np.ndarray  # float32 (T*K, F)
-    valid: np.ndarray  # float32 (T*K, S)
-    energy: np.ndarray  # float32 (T*K, S): sum over directions of squared values
-    direction: np.ndarray  # float32 (T*K, 2): cos, sin of each cylinder's minutia angle
-    pos: np.ndarray  # complex64 (T, K): x + iy, 500-dpi pixels
+    rows: np.ndarray  # float32 (R, WIDTH), R = count.sum(): see _Columns
+    pos: np.ndarray  # complex64 (T, K): x + iy, 500-dpi pixels; 0 past a template's count
     unit: np.ndarray  # complex64 (T, K): exp(i * angle)
-    count: np.ndarray  # int64 (T,) real cylinders per template
+    count: np.ndarray  # int64 (T,) cylinders per template
+    start: np.ndarray  # int64 (T,) first row of each template
+
+    @property
+    def templates(self) -> int:
+        return len(self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """Cylinders of T templates laid out for matrix products, with no padding rows.
+
+    Templates are sorted by decreasing cylinder count and rows are cylinder-major
+    (every template's first cylinder, then every second one, ...): the local
+    similarities of the real rows then fill a (K, T) grid by K contiguous slice
+    copies, the layout the consolidation reduces fastest. ``order`` maps the sorted
+    templates back to the caller's order (:func:`scores` answers in that order).
+    """
+
+    rows: np.ndarray  # float32 (R, WIDTH): see _Columns
+    pos: np.ndarray  # complex64 (T, K), sorted templates
+    unit: np.ndarray  # complex64 (T, K)
+    count: np.ndarray  # int64 (T,), sorted templates (decreasing)
+    offsets: np.ndarray  # int64 (K + 1,): rows of cylinder rank p are offsets[p]:offsets[p + 1]
+    order: np.ndarray  # int64 (T,): caller's index of each sorted template
 
     @property
     def templates(self) -> int:
@@ -79,6 +110,22 @@ class Packed:
     @property
     def width(self) -> int:
         return self.pos.shape[1]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.rows[:, _VALUES]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.rows[:, _VALID]
+
+    @property
+    def energy(self) -> np.ndarray:
+        return self.rows[:, _ENERGY]
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self.rows[:, _DIRECTION]
 
 
 def _energy(c: Cylinders) -> np.ndarray:
@@ -90,86 +137,83 @@ def _direction(angle: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
 
 
-def pack(cylinders: list[Cylinders]) -> Packed:
-    """Pad and stack cylinder sets (one per template)."""
-    t = len(cylinders)
-    count = np.array([len(c) for c in cylinders], np.int64)
+def _grid(count: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Per-row values (R,) laid out as a zero-padded (T, K) grid."""
+    t = len(count)
     k = int(max(count.max(initial=0), 1))
-    f = N_SPATIAL * ND
-    values = np.zeros((t, k, f), np.float32)
-    valid = np.zeros((t, k, N_SPATIAL), np.float32)
-    energy = np.zeros((t, k, N_SPATIAL), np.float32)
-    direction = np.zeros((t, k, 2), np.float32)
-    pos = np.zeros((t, k), np.complex64)
-    unit = np.zeros((t, k), np.complex64)
-    for i, c in enumerate(cylinders):  # one copy per template, not per pixel or pair
-        n = len(c)
-        if n:
-            values[i, :n] = c.values
-            valid[i, :n] = c.valid
-            energy[i, :n] = _energy(c)
-            direction[i, :n] = _direction(c.angle)
-            pos[i, :n] = c.x + 1j * c.y
-            unit[i, :n] = np.exp(1j * c.angle)
-    return Packed(
-        values.reshape(t * k, f),
-        valid.reshape(t * k, N_SPATIAL),
-        energy.reshape(t * k, N_SPATIAL),
-        direction.reshape(t * k, 2),
-        pos,
-        unit,
+    out = np.zeros((t, k), flat.dtype)
+    out[np.arange(k)[None, :] < count[:, None]] = flat
+    return out
+
+
+def stack(cylinders: list[Cylinders]) -> Stack:
+    """Stack cylinder sets (one per template), template after template."""
+    count = np.array([len(c) for c in cylinders], np.int64)
+    start = (np.cumsum(count) - count).astype(np.int64)
+    live = [c for c in cylinders if len(c)]
+    if not live:
+        grid = np.zeros((len(count), 1), np.complex64)
+        return Stack(np.zeros((0, WIDTH), np.float32), grid, grid, count, start)
+    angle = np.concatenate([c.angle for c in live])
+    xy = np.concatenate([c.x for c in live]) + 1j * np.concatenate([c.y for c in live])
+    rows = np.empty((len(angle), WIDTH), np.float32)
+    rows[:, _VALUES] = np.concatenate([c.values for c in live])
+    rows[:, _VALID] = np.concatenate([c.valid for c in live])
+    v = rows[:, _VALUES].reshape(-1, N_SPATIAL, ND)
+    rows[:, _ENERGY] = np.einsum("nsd,nsd->ns", v, v)
+    rows[:, _DIRECTION] = _direction(angle)
+    return Stack(
+        rows,
+        _grid(count, xy.astype(np.complex64)),
+        _grid(count, np.exp(1j * angle).astype(np.complex64)),
         count,
+        start,
     )
 
 
-def gather(parts: list[tuple[Packed, np.ndarray]]) -> Packed:
-    """One packed set of the templates at the given positions of several packed sets, padded to the widest."""
-    k = max(p.width for p, _ in parts)
-    t = sum(len(rows) for _, rows in parts)
-    f, s = parts[0][0].values.shape[1], parts[0][0].valid.shape[1]
-    values = np.zeros((t, k, f), np.float32)
-    valid = np.zeros((t, k, s), np.float32)
-    energy = np.zeros((t, k, s), np.float32)
-    direction = np.zeros((t, k, 2), np.float32)
-    pos = np.zeros((t, k), np.complex64)
-    unit = np.zeros((t, k), np.complex64)
-    count = np.zeros(t, np.int64)
-    at = 0
-    for p, rows in parts:  # one copy per packed set
-        m, w = len(rows), p.width
-        sl = slice(at, at + m)
-        values[sl, :w] = p.values.reshape(p.templates, w, f)[rows]
-        valid[sl, :w] = p.valid.reshape(p.templates, w, s)[rows]
-        energy[sl, :w] = p.energy.reshape(p.templates, w, s)[rows]
-        direction[sl, :w] = p.direction.reshape(p.templates, w, 2)[rows]
-        pos[sl, :w] = p.pos[rows]
-        unit[sl, :w] = p.unit[rows]
-        count[sl] = p.count[rows]
-        at += m
+def gather(stacked: Stack, templates: np.ndarray) -> Packed:
+    """The templates at the given positions of a stack, packed for scoring (one row gather)."""
+    templates = np.asarray(templates, np.int64)
+    order = np.argsort(-stacked.count[templates], kind="stable")
+    chosen = templates[order]
+    count = stacked.count[chosen]
+    k = int(max(count.max(initial=0), 1))
+    rank, which = np.nonzero(np.arange(k)[:, None] < count[None, :])  # cylinder-major, templates in order
+    rows = stacked.start[chosen][which] + rank
+    per_rank = (count[None, :] > np.arange(k)[:, None]).sum(axis=1)
     return Packed(
-        values.reshape(t * k, f),
-        valid.reshape(t * k, s),
-        energy.reshape(t * k, s),
-        direction.reshape(t * k, 2),
-        pos,
-        unit,
+        stacked.rows[rows],
+        stacked.pos[chosen, :k],
+        stacked.unit[chosen, :k],
         count,
+        np.concatenate([[0], np.cumsum(per_rank)]).astype(np.int64),
+        order,
     )
+
+
+def pack(cylinders: list[Cylinders]) -> Packed:
+    """Cylinder sets (one per template) packed for scoring."""
+    return gather(stack(cylinders), np.arange(len(cylinders)))
 
 
 _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
 def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """Cylinder similarities, shape (n_probe, T, K); 0 where not comparable."""
+    """Cylinder similarities, shape (n_probe, K, T); 0 where not comparable (and past a template's count).
+
+    Template-minor: the consolidation's best-partner searches then reduce over
+    outer axes (elementwise maxima of contiguous rows), several times faster in
+    numpy than reductions along a short innermost axis.
+    """
     t, k = gallery.templates, gallery.width
     n = len(probe)
-    if n == 0 or t == 0:
-        return np.zeros((n, t, k), np.float32)
-    cross = probe.values @ gallery.values.T  # (n, T*K)
-    norm_a = _energy(probe) @ gallery.valid.T  # |a| squared on the common cells
+    if n == 0 or t == 0 or len(gallery.rows) == 0:
+        return np.zeros((n, k, t), np.float32)
+    cross = probe.values @ gallery.values.T  # (n, R): real rows only
+    # |a| squared on the common cells and the common cell counts: one product.
+    norm_a, common = np.split(np.vstack([_energy(probe), probe.valid]) @ gallery.valid.T, 2)
     norm_b = probe.valid @ gallery.energy.T
-    common = probe.valid @ gallery.valid.T
     facing = _direction(probe.angle) @ gallery.direction.T  # cos of the direction difference
     ok = (common >= MIN_COMMON * N_SPATIAL) & (facing >= _COS_MAX)
     # 1 - |a - b| / (|a| + |b|), computed in place to keep the arrays in cache.
@@ -185,12 +229,18 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     cross /= norm_a
     np.subtract(1.0, cross, out=cross)
     cross *= ok
-    return cross.reshape(n, t, k)
+    if len(cross[0]) == k * t:  # every template has k cylinders: the rows are the grid
+        return cross.reshape(n, k, t)
+    out = np.zeros((n, k, t), np.float32)
+    for p in range(k):  # templates are sorted by count: rank p's rows are the first few templates
+        lo, hi = int(gallery.offsets[p]), int(gallery.offsets[p + 1])
+        out[:, p, : hi - lo] = cross[:, lo:hi]
+    return out
 
 
 def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
-    """LSS-R global score per template, shape (T,), from similarities shaped (n, T, K)."""
-    n, t, k = sim.shape
+    """LSS-R global score per template, shape (T,), from similarities shaped (n, K, T)."""
+    n, k, t = sim.shape
     if t == 0 or n == 0 or k == 0:
         return np.zeros(t, np.float64)
     n_b = gallery.count
@@ -198,23 +248,26 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     r = int(min(n, k, MAX_RELAX))
     # Candidates: mutually best pairs (i's best partner is j and j's best is i).
     # One-to-one and symmetric in the two prints, and it keeps a minutia with many
-    # look-alikes from filling the relaxation on its own.
-    best_j = np.argmax(sim, axis=2)  # (n, T)
-    best_v = np.take_along_axis(sim, best_j[:, :, None], axis=2)[:, :, 0]
-    col_i = np.argmax(sim, axis=0)  # (T, K); first index on ties, as for rows: symmetric
-    row_j, row_v = best_j.T, best_v.T
-    mutual = (np.take_along_axis(col_i, row_j, axis=1) == np.arange(n)[None, :]) & (row_v > 0)
-    cand_v = np.where(mutual, row_v, np.float32(0.0))
+    # look-alikes from filling the relaxation on its own. A pair is mutual when its
+    # similarity is both its row's and its column's maximum (exact ties, which
+    # duplicate removal makes rare, may keep more than one; the largest j is taken).
+    row_max = sim.max(axis=1)  # (n, T): best over the template's cylinders
+    col_max = sim.max(axis=0)  # (K, T): best over the probe's cylinders
+    both = (sim == row_max[:, None, :]) & (sim == col_max[None, :, :])
+    both &= sim > 0
+    has = both.any(axis=1)  # (n, T)
+    both = both * np.arange(1, k + 1, dtype=np.int16)[None, :, None]
+    row_j = (both.max(axis=1).astype(np.int64) - 1).T  # (T, n); -1 where no mutual partner
+    cand_v = np.where(has, row_max, np.float32(0.0)).T  # (T, n)
     pick = np.argpartition(cand_v, n - r, axis=1)[:, n - r :] if r < n else np.tile(np.arange(n), (t, 1))
     vals = np.take_along_axis(cand_v, pick, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     pick = np.take_along_axis(pick, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
-    top = pick * k + np.take_along_axis(row_j, pick, axis=1)
+    i, j = pick, np.maximum(np.take_along_axis(row_j, pick, axis=1), 0)
     rank = np.arange(r)[None, :]
     live = (rank < n_r[:, None]) & (vals > 0)
     lam0 = np.where(live, vals, np.float32(0.0))
-    i, j = top // k, top % k
     pa = (probe.x + 1j * probe.y).astype(np.complex64)[i]
     ua = np.exp(1j * probe.angle).astype(np.complex64)[i]
     pb = np.take_along_axis(gallery.pos, j, axis=1)
@@ -281,4 +334,6 @@ def scores(probe: Cylinders, gallery: Packed) -> np.ndarray:
 
     These are the scores :func:`biometrics.fingerprint.calibration.threshold_for_fmr` is fitted on.
     """
-    return consolidate(local_similarity(probe, gallery), probe, gallery)
+    out = np.empty(gallery.templates, np.float64)
+    out[gallery.order] = consolidate(local_similarity(probe, gallery), probe, gallery)
+    return out

@@ -57,13 +57,23 @@ def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _centroids(points: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Merge 8-connected clusters of candidate pixels into one point each, (y, x) offset by (y0, x0)."""
-    count, _, _, cents = cv2.connectedComponentsWithStats(points.astype(np.uint8), connectivity=8)
+    """Merge 8-connected clusters of candidate pixels into one point each, (y, x) offset by (y0, x0).
+
+    The points are sparse: labelling without OpenCV's statistics and averaging
+    the few labelled pixels is several times cheaper than the statistics pass
+    over the whole image, with the same labels in the same order.
+    """
+    img = points.astype(np.uint8)
+    count, labels = cv2.connectedComponents(img, connectivity=8)
     if count <= 1:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    where = cv2.findNonZero(img).reshape(-1, 2)  # (x, y) in raster order
+    lab = labels[where[:, 1], where[:, 0]]
+    area = np.bincount(lab, minlength=count)[1:].astype(np.float64)
+    cx = np.bincount(lab, weights=where[:, 0].astype(np.float64), minlength=count)[1:] / area
+    cy = np.bincount(lab, weights=where[:, 1].astype(np.float64), minlength=count)[1:] / area
     # Offset before rounding: rint rounds halves to even, so rint(c) + odd offset != rint(c + offset).
-    c = np.rint(cents[1:] + np.array([x0, y0], np.float64)).astype(np.int32)
-    return c[:, 1], c[:, 0]
+    return np.rint(cy + y0).astype(np.int32), np.rint(cx + x0).astype(np.int32)
 
 
 def _directions(

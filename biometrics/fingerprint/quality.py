@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from biometrics.fingerprint.enhance import Analysis
@@ -47,8 +48,9 @@ def _position_feedback(analysis: Analysis) -> tuple[str, ...]:
     """Ask to move towards the centre when the finger is off-centre and cut by an edge."""
     mask = analysis.mask
     h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    cy, cx = ys.mean() / h - 0.5, xs.mean() / w - 0.5
+    # The centroid from the mask's moments: exact integer sums, without listing its pixels.
+    m = cv2.moments(mask.view(np.uint8), binaryImage=True)
+    cy, cx = m["m01"] / m["m00"] / h - 0.5, m["m10"] / m["m00"] / w - 0.5
     out: list[str] = []
     edge = 3
     touches = {
@@ -72,14 +74,15 @@ def _position_feedback(analysis: Analysis) -> tuple[str, ...]:
 def assess(analysis: Analysis) -> QualityReport:
     """Quality of an analysed capture."""
     mask = analysis.mask
-    fraction = float(mask.mean())
+    count = cv2.countNonZero(mask.view(np.uint8))
+    fraction = count / mask.size
     px_per_mm = 500.0 / MM_PER_INCH
-    area_mm2 = float(mask.sum()) / (px_per_mm * px_per_mm)
+    area_mm2 = count / (px_per_mm * px_per_mm)
     if fraction < MIN_FRACTION or area_mm2 < 0.25 * MIN_AREA_MM2:
         return QualityReport(0, ("place_finger",), ("no_finger",), area_mm2, 0.0)
     if analysis.ridge_share < MIN_RIDGE_SHARE:  # something is there, but it has no ridges
         return QualityReport(0, ("place_finger",), ("no_ridges",), area_mm2, 0.0)
-    clarity = float(analysis.coherence[mask].mean())
+    clarity = float(np.dot(analysis.coherence.ravel(), mask.ravel().astype(np.float32))) / count  # mean over the mask
     area_score = min(1.0, area_mm2 / GOOD_AREA_MM2, fraction / 0.4)
     clarity_score = float(np.clip((clarity - POOR_COHERENCE) / (GOOD_COHERENCE - POOR_COHERENCE), 0.0, 1.0))
     position = _position_feedback(analysis)
