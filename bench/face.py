@@ -202,8 +202,11 @@ def run(folder: Path, fmr: float) -> dict[str, object]:
     geo = geometry_for(width, height)
     prepared = ((width + 2 * geo.pad_x) * geo.scale, (height + 2 * geo.pad_y) * geo.scale)
 
-    def med(x: list) -> float:
-        return round(float(np.median(x)), 2) if x else float("nan")
+    def med(x: list) -> float | None:  # None (JSON null) when nothing was timed: NaN is not JSON
+        return round(float(np.median(x)), 2) if x else None
+
+    def p90(x: list) -> float | None:
+        return round(float(np.percentile(x, 90)), 2) if x else None
 
     return {
         "eer": round(rates["eer"], 5),
@@ -215,10 +218,10 @@ def run(folder: Path, fmr: float) -> dict[str, object]:
         "frontal_images": int(got["frontal"].sum()),
         "detect_ms_median": med(got["det_ms"]),
         "detect_cpu_ms_median": med(got["det_cpu"]),
-        "detect_cpu_ms_p90": round(float(np.percentile(got["det_cpu"], 90)), 2),
+        "detect_cpu_ms_p90": p90(got["det_cpu"]),
         "embed_ms_median": med(got["emb_ms"]),
         "embed_cpu_ms_median": med(got["emb_cpu"]),
-        "embed_cpu_ms_p90": round(float(np.percentile(got["emb_cpu"], 90)), 2) if got["emb_cpu"] else float("nan"),
+        "embed_cpu_ms_p90": p90(got["emb_cpu"]),
         "detect_640x480_ms_median": med(vga_wall),
         "detect_640x480_cpu_ms_median": med(vga_cpu),
         "detect_640x480_found": f"{vga_found}/{len(vga_wall)}",

@@ -26,16 +26,20 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def _ridge_period(image: np.ndarray) -> float:
-    """Dominant ridge period of the centre of an image, in pixels, from its 2-D power spectrum."""
+    """Dominant ridge period of the centre of an image, in pixels, from its 2-D power spectrum.
+
+    The 128-pixel window is zero-padded to 256 so the spectrum is sampled finely
+    enough to tell periods near 12 pixels apart (128 / 10 = 12.8, 128 / 11 = 11.6).
+    """
     h, w = image.shape
     crop = image[h // 2 - 64 : h // 2 + 64, w // 2 - 64 : w // 2 + 64].astype(np.float64)
     crop = (crop - crop.mean()) * np.outer(np.hanning(128), np.hanning(128))
-    power = np.abs(np.fft.fftshift(np.fft.fft2(crop))) ** 2
-    fy, fx = np.mgrid[-64:64, -64:64]
+    power = np.abs(np.fft.fftshift(np.fft.fft2(crop, s=(256, 256)))) ** 2
+    fy, fx = np.mgrid[-128:128, -128:128]
     radius = np.hypot(fx, fy)
-    power[radius < 4] = 0  # illumination, not ridges
+    power[radius < 8] = 0  # illumination, not ridges
     r = radius[np.unravel_index(np.argmax(power), power.shape)]
-    return 128.0 / r
+    return 256.0 / r
 
 
 # ---------------------------------------------------------------- determinism
@@ -296,7 +300,7 @@ def test_singular_points_spread_like_real_fingers() -> None:
 def test_fingers_differ_in_period_and_class(finger_generator) -> None:
     masters = [finger_generator.finger(i).master for i in range(6)]
     periods = [m.mean_period for m in masters]
-    assert np.ptp(periods) > 0.8  # 7.6 to 10.8 pixels drawn per finger
+    assert np.ptp(periods) > 0.8  # 7.4 to 10.2 pixels drawn per finger
     assert len({m.finger_class for m in masters}) >= 2
     counts = [len(m.minutiae) for m in masters]
     assert np.ptp(counts) > 10  # minutiae density varies between fingers
@@ -315,3 +319,71 @@ def test_a_small_population_of_distinct_fingers_does_not_collide(finger_generato
         assert match(a, b) >= threshold, f
     worst = max(match(tpls[f][0], tpls[g][1]) for f in tpls for g in tpls if f != g)
     assert worst < threshold, worst
+
+
+# ---------------------------------------------------------------- what makes synthetic people as distinct as real ones
+
+
+def test_a_dislocation_pair_puts_two_minutiae_facing_each_other_into_straight_ridges() -> None:
+    """Straight ridges have no minutia; one pair of opposite dislocations adds exactly two, facing each other.
+
+    Such pairs (a short ridge, a ridge that stops and starts again) point both ways
+    along the flow, unlike the minutiae ridge growth forces, which all point one way.
+    """
+    h, w, period = 200, 200, 9.0
+    yy = np.mgrid[0:h, 0:w][0].astype(np.float32)
+    field = np.cos(2 * np.pi * yy / period).astype(np.float32)
+    theta = np.zeros((h, w), np.float32)  # ridges along x
+    periods = np.full((h, w), period, np.float32)
+    inside = np.zeros((h, w), np.uint8)
+    inside[20:-20, 20:-20] = 1
+
+    def found(f: np.ndarray):
+        return fingers.skeleton_minutiae(fingers.clean_ridges(f, period), inside, theta, period)
+
+    assert len(found(field)) == 0
+    # The pair's centre is drawn uniformly: draw until it lies well inside (deterministic per seed).
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        out = fingers.dislocation_pairs(field, theta, periods, rng, 1)
+        changed = np.argwhere(np.abs(out - field) > 0.5)
+        if len(changed) and (changed.min(axis=0) > 40).all() and (changed.max(axis=0) < 160).all():
+            break
+    m = found(out)
+    assert len(m) == 2, len(m)
+    gap = math.hypot(float(m.x[0] - m.x[1]), float(m.y[0] - m.y[1]))
+    assert 3.0 * period <= gap <= 8.0 * period
+    turn = abs(math.remainder(float(m.angle[0] - m.angle[1]), 2 * math.pi))
+    assert turn > math.radians(135)  # opposite directions along the ridges
+
+
+def test_elastic_displacement_is_nil_where_the_finger_sticks_and_grows_outwards() -> None:
+    rng = np.random.default_rng(3)
+    d = fingers._displacement(rng, (400, 300), 15.0, (150.0, 200.0), 180.0)
+    size = np.hypot(d[0], d[1])
+    assert size.max() == pytest.approx(15.0, rel=1e-3)
+    assert size[190:211, 140:161].max() < 0.05 * 15.0  # the sticking core
+    assert size[0:40].mean() > 5 * size[150:250, 100:200].mean()
+
+
+def test_realistic_profile_takes_harder_impressions(finger_generator) -> None:
+    """FVC-like captures: more distortion, smaller contact and dry skin (faint, broken ridges) than careful ones."""
+    f = finger_generator.finger(2)
+    coop = [f.impression(s).params for s in range(8)]
+    real = [f.impression(s, profile="realistic").params for s in range(8)]
+    assert np.mean([p.distortion for p in real]) > 1.5 * np.mean([p.distortion for p in coop])
+    assert np.mean([p.contact for p in real]) < np.mean([p.contact for p in coop])
+    assert FingerGenerator(1, "realistic").image(2, 5).tobytes() == f.impression(5, profile="realistic").image.tobytes()
+
+    fixed = {"rotation": 0.0, "shift": (0.0, 0.0), "distortion": 0.0, "pressure": 0.0, "noise": 0.0, "contact": 1.0}
+    wet, dry = (f.impression(1, dryness=d, **fixed) for d in (0.0, 0.7))
+    on = wet.contact_mask > 0
+    assert dry.image[on].std() < 0.85 * wet.image[on].std()  # fainter
+    assert (dry.image[on] < 128).mean() < 0.8 * (wet.image[on] < 128).mean()  # ridges broken up
+
+
+def test_unknown_capture_profile_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="cooperative, realistic"):
+        FingerGenerator(0, "sloppy")
+    with pytest.raises(ValueError, match="cooperative, realistic"):
+        FingerGenerator(0).finger(0).impression(0, profile="sloppy")

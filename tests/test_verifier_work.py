@@ -19,7 +19,7 @@ from bench.flood import dense_view
 from biometrics.fingerprint.iso19794_2 import encode
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
 from protocol.templates import wire_template
-from tests.test_biometric_api import Device, wire
+from tests.test_biometric_api import Device, enroll_fingers, verify_call, wire
 from tests.test_verifier_connections import settings_file
 
 MAX_VIEWS = 10  # VerifierSettings.max_views_per_request, the default
@@ -190,3 +190,26 @@ def test_a_full_matching_pool_answers_503_with_retry_after(tmp_path, synthetic_t
     assert statuses.count(200) >= 1 and statuses.count(503) >= 1, answers
     busy = [(retry, problem) for s, retry, problem in answers if s == 503]
     assert all(retry == "1" and problem["type"].endswith("matching-busy") for retry, problem in busy), busy
+
+
+def test_a_step_up_refused_for_work_stays_pending_for_a_lighter_answer(tmp_path, synthetic_templates) -> None:
+    """A 429 answers nothing: the step-up it carried is still there for the same person's lighter retry."""
+    extra = settings_file(tmp_path, device_comparisons_per_min=40)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        device = Device(*asyncio.run(provision_device(verifier, tmp_path / "kiosk", "kiosk-1")))
+        t = synthetic_templates
+        enroll_fingers(device, t, "alice", [0, 2])
+
+        async def steps(client):
+            first_status, first = await verify_call(device, client, "alice", t[0][2])  # first use: a step-up
+            path = "/v1/verifications"
+            heavy = await device.signed(client, path, subject="alice", templates=[wire(t[2][2])] * MAX_VIEWS,
+                                        step_up=first["step_up"])
+            refused = await client.request("POST", path, json=heavy)
+            light = await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
+            return first_status, refused.status_code, refused.json(), light
+
+        first_status, refused_status, problem, (light_status, light) = device.run(steps)
+    assert first_status == 401
+    assert refused_status == 429 and problem["type"].endswith("device-work-limited"), problem
+    assert light_status == 200 and light["decision"] == "accept", light

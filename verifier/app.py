@@ -318,9 +318,7 @@ class VerifierApp:
             if isinstance(result, Deferred):
                 # The checks' writes (the nonce consumed) stand; matching runs outside any transaction.
                 self.conn.execute("COMMIT")
-                outcome = await self._match(request, result)
-                self.conn.execute("BEGIN IMMEDIATE")
-                answer = result.finish(outcome)
+                answer = await self._match(request, result)
             else:
                 answer = result
             if answer.status < 400:
@@ -343,14 +341,20 @@ class VerifierApp:
                 self.conn.execute("ROLLBACK")
             raise
 
-    async def _match(self, request: Request, deferred: Deferred) -> Any:
-        """The deferred matching in the pool; a full pool or a spent budget is a 503 with Retry-After.
+    async def _match(self, request: Request, deferred: Deferred) -> Answer:
+        """The deferred matching in the pool, then its finish in a new transaction (the turn of its serial key
+        held through both); a full pool or a spent budget is a 503 with Retry-After.
 
         Either way the request was not decided: what its checks used (the nonce, a
         pending step-up) is given back, so the client's retry of the same request works.
         """
+
+        def finish(outcome: Any) -> Answer:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return deferred.finish(outcome)
+
         try:
-            return await self.pool.run(deferred.device_id, deferred.work)
+            return await self.pool.run(deferred.device_id, deferred.work, finish, deferred.serial)
         except (MatchingBusy, OverBudget) as exc:
             self.conn.execute("BEGIN IMMEDIATE")
             deferred.undo()

@@ -64,6 +64,7 @@ from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
+from verifier.ranking import IDENTIFY_TOP_K, ranked
 from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SessionTokens
 from verifier.settings import VerifierSettings
@@ -72,7 +73,7 @@ from verifier.subjects import DEFAULT_GROUP, SubjectGroups
 
 log = structlog.get_logger()
 
-IDENTIFY_TOP_K = 10
+ENROLL_FINGERS = "enroll-fingers"  # the serial key of finger enrollments (verifier.matching: search to insert)
 SUBJECT_ID = endpoints.SUBJECT_ID
 ENROLLMENTS_PATH = endpoints.ENROLLMENTS
 
@@ -505,6 +506,8 @@ class BiometricRoutes:
             return _EnrollChecks(not_theirs, duplicate, (time.perf_counter() - started) * 1000)
 
         def finish(checks: _EnrollChecks) -> Answer:
+            if token_expiry is None:
+                self.check_still_first(request, subject)
             if checks.not_theirs:
                 raise self._refused(
                     request,
@@ -553,7 +556,30 @@ class BiometricRoutes:
             if token_expiry is not None:
                 self.sessions.give_back(str(token), device_id, subject, token_expiry)
 
-        return Deferred(device_id, work, finish, undo)
+        # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
+        return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
+
+    def check_still_first(self, request: Request, subject: str) -> None:
+        """At an enrollment's insert (on the loop, in its transaction): a first enrollment is still the first.
+
+        The handler found the subject unenrolled and asked for no session token;
+        another device's first enrollment of the same id (a finger, a face or a
+        sensor print) may have been stored while this one was matched. Storing
+        this one too would add a second person's templates to that subject
+        without their verification.
+        """
+        if self._enrolled(subject):
+            raise self._refused(
+                request,
+                Problem(
+                    "verification-required",
+                    f"subject {subject!r} was enrolled by another request while this one was checked",
+                    "verify the subject first on this device and send its session_token with the enrollment "
+                    "(capture-agent enroll --add)",
+                ),
+                "first enrollment of a subject enrolled meanwhile",
+                subject=subject,
+            )
 
     def verify(self, request: Request) -> Deferred:
         assert request.device is not None
@@ -594,7 +620,12 @@ class BiometricRoutes:
                 )
         first_views = [t for record in pending.first_records for t in decode(record)] if pending else []
         generation, templates, count = self._subject_templates(subject)
-        self._charge(request, len(views) * (count + len(first_views)))
+        try:
+            self._charge(request, len(views) * (count + len(first_views)))
+        except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
+            if pending is not None:
+                self.stepup.give_back(str(step_id), pending)
+            raise
 
         def work(budget: Budget) -> _Scored:
             started = time.perf_counter()
@@ -732,10 +763,7 @@ class BiometricRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
-            candidates = sorted(
-                ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
-                key=lambda c: -c["score"],
-            )
+            candidates = ranked(best, self.threshold)
             log.info(
                 "identification_attempt",
                 audit=True,

@@ -55,6 +55,7 @@ from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
+from verifier.ranking import ranked
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
@@ -63,7 +64,7 @@ log = structlog.get_logger()
 
 FACE_REQUIRED = "policy_requires_face"  # step-up reason: the factor rule needs a face
 FINGER_REQUIRED = "policy_requires_finger"  # ... a finger
-IDENTIFY_TOP_K = 10
+ENROLL_FACES = "enroll-faces"  # the serial key of face enrollments (verifier.matching: search to insert)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS face_enrollments (
@@ -189,7 +190,9 @@ class FaceRoutes:
         self.rules = FactorRules(conn)
         self.threshold = threshold_for_fmr(target_fmr)
         self.duplicate_threshold = threshold_for_fmr(duplicate_fmr)
-        self._gallery: tuple[list[str], np.ndarray] | None = None  # rebuilt after each enrollment
+        # Every enrolled embedding: loaded once on the loop, then each enrollment's appended (a new tuple, so a
+        # pool thread holding the previous one reads it unchanged).
+        self._gallery: tuple[list[str], np.ndarray] | None = None
 
     # ---------------------------------------------------------------- checks
     def records(self, request: Request, body: dict[str, Any], operation: str, subject: str | None) -> list[bytes]:
@@ -239,12 +242,15 @@ class FaceRoutes:
         records = self.records(request, body, "enroll", subject)
         probes = _matrix(records)
         own = self.store.embeddings(subject)
-        subjects, gallery = self._gallery_now()
-        self.bio._charge(request, len(records) * (len(subjects) + len(own)))
+        self.bio._charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
 
         def work(budget: Budget) -> tuple[int, bool, float]:
             started = time.perf_counter()
             budget.check()
+            # Read now, in this enrollment's turn (ENROLL_FACES): every face stored before it is in it. Loaded
+            # by the handler above, so this thread never reads the database.
+            assert self._gallery is not None
+            subjects, gallery = self._gallery
             not_theirs = int(((probes @ own.T).max(axis=1) < self.threshold).sum()) if len(own) else 0
             others = np.array([s != subject for s in subjects], bool)
             duplicate = bool(len(subjects) and ((probes @ gallery[others].T) >= self.duplicate_threshold).any())
@@ -252,6 +258,8 @@ class FaceRoutes:
 
         def finish(result: tuple[int, bool, float]) -> Answer:
             not_theirs, duplicate, match_ms = result
+            if not has_token:
+                self.bio.check_still_first(request, subject)
             if not_theirs:
                 raise self.bio._refused(
                     request,
@@ -269,7 +277,8 @@ class FaceRoutes:
             if recorded is None:
                 self.bio.subjects.assign(subject, group)
             self.store.add(subject, device_id, records)
-            self._gallery = None
+            subjects, gallery = self._gallery_now()
+            self._gallery = ([*subjects, *[subject] * len(probes)], np.vstack([gallery, probes]))
             log.info("enrollment", audit=True, device_id=device_id, subject=subject, group=group, modality="face",
                      templates=len(records), with_session_token=has_token)
             answer = {"subject": subject, "group": group, "templates": len(records)}
@@ -280,7 +289,8 @@ class FaceRoutes:
             if token_expiry is not None:
                 self.bio.sessions.give_back(str(body.get("session_token")), device_id, subject, token_expiry)
 
-        return Deferred(device_id, work, finish, undo)
+        # One face enrollment at a time from its search to its insert: the search saw every face stored.
+        return Deferred(device_id, work, finish, undo, serial=ENROLL_FACES)
 
     # ---------------------------------------------------------------- verify
     def verify(self, request: Request, body: dict[str, Any], subject: str) -> Deferred:
@@ -309,7 +319,12 @@ class FaceRoutes:
                 Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
                         f"enroll a face first: capture-agent enroll --face --subject {subject} --add"),
                 modality="face")
-        self.bio._charge(request, len(records) * len(enrolled))
+        try:
+            self.bio._charge(request, len(records) * len(enrolled))
+        except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
+            if pending is not None:
+                self.bio.stepup.give_back(str(step_id), pending)
+            raise
 
         def work(budget: Budget) -> _FaceScored:
             started = time.perf_counter()
@@ -364,6 +379,7 @@ class FaceRoutes:
 
     # ---------------------------------------------------------------- identify
     def _gallery_now(self) -> tuple[list[str], np.ndarray]:
+        """On the loop: every enrolled embedding, read from the database once (then grown by each enrollment)."""
         if self._gallery is None:
             self._gallery = self.store.gallery()
         return self._gallery
@@ -393,10 +409,7 @@ class FaceRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
-            candidates = sorted(
-                ({"subject": s, "score": round(v, 4)} for s, v in best.items() if v >= self.threshold),
-                key=lambda c: -c["score"],
-            )[:IDENTIFY_TOP_K]
+            candidates = ranked(best, self.threshold)
             log.info("identification_attempt", audit=True, device_id=device_id, modality="face",
                      outcome="candidates" if candidates else "no_candidate", candidates=len(candidates), groups=groups)
             answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}

@@ -50,12 +50,17 @@ class Deferred:
     handed it. ``finish`` then runs on the loop, in a new transaction, and turns
     the result into the answer (or raises a problem). What the handler wrote
     before (the nonce consumed) is committed before ``work`` starts.
+
+    Deferreds with the same ``serial`` key run one at a time from ``work`` to
+    ``finish``: what ``work`` searched is still all there is when ``finish``
+    writes (an enrollment's duplicate search and its insert, per modality).
     """
 
     device_id: str
     work: Callable[[Any], Any]  # (Budget) -> result
     finish: Callable[[Any], Answer]
     undo: Callable[[], None] = lambda: None  # the work was not done (503): give back what the checks used
+    serial: str | None = None  # verifier.matching.MatchPool.run: one job of this key at a time, finish included
 
 
 @dataclass(frozen=True)

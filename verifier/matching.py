@@ -14,6 +14,15 @@ rather than a queue that grows:
 - a time budget per job, counted from its submission: a job checks
   :meth:`Budget.check` between probes and gives up once it is spent.
 
+Jobs that name the same ``serial`` key run one at a time, from their job to
+their ``then`` (run on the loop once the job is done): an enrollment's
+duplicate search and its insert are one step, so two first enrollments of one
+person under two ids cannot both search before either inserts. Only
+enrollments take a key (one per modality); verifications and identifications
+never wait for one. A job waiting for its turn is a queued job: it counts
+against the pool's size and its device's one job, and the wait is spent from
+its budget.
+
 numpy releases the GIL in its matrix products, so the loop keeps answering
 (health, challenges, other devices' checks) while a job runs.
 """
@@ -22,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class MatchingBusy(Exception):
@@ -57,6 +68,7 @@ class MatchPool:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="match")
         self._inflight = 0
         self._devices: set[str] = set()
+        self._serials: dict[str, asyncio.Lock] = {}  # one per serial key, made on first use (on the loop)
 
     @property
     def inflight(self) -> int:
@@ -69,14 +81,18 @@ class MatchPool:
         if self._inflight >= self.capacity:
             raise MatchingBusy("every matching worker is busy")
 
-    async def run(self, device_id: str, job: Callable[[Budget], T]) -> T:
-        """Run ``job(budget)`` in a worker; MatchingBusy when full, OverBudget when it ran out of time."""
+    async def run(
+        self, device_id: str, job: Callable[[Budget], T], then: Callable[[T], R], serial: str | None = None
+    ) -> R:
+        """``job(budget)`` in a worker, then ``then(result)`` on the loop; MatchingBusy when full, OverBudget
+        when it ran out of time. Jobs of one ``serial`` key run one at a time, each with its ``then``."""
         self.admit(device_id)
         budget = Budget(time.monotonic() + self.budget_s)
         self._inflight += 1
         self._devices.add(device_id)
+        running = False
 
-        def release(_: object) -> None:  # when the thread is done, even if the request was cancelled
+        def release(_: object = None) -> None:  # when the thread is done, even if the request was cancelled
             self._inflight -= 1
             self._devices.discard(device_id)
 
@@ -84,9 +100,33 @@ class MatchPool:
             budget.check()  # the time spent queueing counts
             return job(budget)
 
-        future = asyncio.get_running_loop().run_in_executor(self._executor, checked)
-        future.add_done_callback(release)
-        return await asyncio.shield(future)
+        try:
+            async with self._turn(serial, budget):
+                future = asyncio.get_running_loop().run_in_executor(self._executor, checked)
+                running = True
+                future.add_done_callback(release)
+                # Cancelled meanwhile (the client went away): the turn is given up, the result never used.
+                return then(await asyncio.shield(future))
+        finally:
+            if not running:
+                release()
+
+    @asynccontextmanager
+    async def _turn(self, serial: str | None, budget: Budget) -> AsyncIterator[None]:
+        """The ``serial`` key held (nothing when None), waited for no longer than the budget allows."""
+        if serial is None:
+            yield
+            return
+        lock = self._serials.setdefault(serial, asyncio.Lock())
+        try:
+            async with asyncio.timeout(max(0.0, budget.deadline - time.monotonic())):
+                await lock.acquire()
+        except TimeoutError:
+            raise OverBudget from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,81 @@
+"""The matching pool's serial keys: one job of a key at a time, its ``then`` included; nothing else waits.
+
+The pool with its real threads and event loop; the jobs block on events the
+test sets, so the order is the test's, not the scheduler's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from verifier.matching import Budget, MatchingBusy, MatchPool, OverBudget
+
+
+def blocking(started: threading.Event, go: threading.Event, result: str):
+    def job(budget: Budget) -> str:
+        started.set()
+        assert go.wait(5)
+        return result
+
+    return job
+
+
+async def until(event: threading.Event) -> None:
+    while not event.is_set():
+        await asyncio.sleep(0.005)
+
+
+def test_jobs_of_one_key_run_one_at_a_time_through_their_then_and_others_do_not_wait() -> None:
+    async def run() -> list[str]:
+        pool = MatchPool(workers=2, queue=2, budget_s=5)
+        order: list[str] = []
+        a_started, a_go = threading.Event(), threading.Event()
+        b_started, b_go = threading.Event(), threading.Event()
+        try:
+            first = asyncio.create_task(
+                pool.run("kiosk-a", blocking(a_started, a_go, "a"), lambda r: order.append(f"then {r}"), "enroll")
+            )
+            await until(a_started)
+            second = asyncio.create_task(pool.run("kiosk-b", blocking(b_started, b_go, "b"), order.append, "enroll"))
+            # A verification (no key) is matched and answered while the enrollment holds the key.
+            order.append(await pool.run("kiosk-c", lambda budget: "verify", lambda r: r))
+            await asyncio.sleep(0.05)
+            assert not b_started.is_set()  # the second enrollment waits for the first one's then
+            assert pool.inflight == 2  # ... as a queued job
+            with pytest.raises(MatchingBusy):  # ... and as its device's one job
+                pool.admit("kiosk-b")
+            a_go.set()
+            await first
+            await until(b_started)
+            second.cancel()  # its client went away: the key is given up, its then never runs
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            b_go.set()
+            order.append(await pool.run("kiosk-d", lambda budget: "next", lambda r: r, "enroll"))
+        finally:
+            pool.close()
+        return order
+
+    assert asyncio.run(run()) == ["verify", "then a", "next"]
+
+
+def test_the_wait_for_a_key_is_spent_from_the_budget() -> None:
+    async def run() -> None:
+        pool = MatchPool(workers=2, queue=2, budget_s=0.2)
+        started, go = threading.Event(), threading.Event()
+        try:
+            holder = asyncio.create_task(pool.run("kiosk-a", blocking(started, go, "a"), lambda r: r, "enroll"))
+            await until(started)
+            with pytest.raises(OverBudget):
+                await pool.run("kiosk-b", lambda budget: "b", lambda r: r, "enroll")
+            assert pool.inflight == 1
+            pool.admit("kiosk-b")  # its place is given back: not busy
+            go.set()
+            assert await holder == "a"
+        finally:
+            pool.close()
+
+    asyncio.run(run())
