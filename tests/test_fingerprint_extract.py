@@ -233,3 +233,24 @@ def test_percentiles_from_two_order_statistics_equal_numpys_to_the_bit():
         s = rng.uniform(0.01, 2.0, n).astype(np.float32)
         local = np.interp(2.0 * np.pi / np.sqrt(np.maximum(g, 1e-9) / np.maximum(s, 1e-9)), _RAW, _TRUE)
         assert _fine_period(g, s) == float(np.percentile(local, FINE_PERCENTILE))
+
+
+def test_the_allocator_setting_acts_once_per_process_and_only_when_asked() -> None:
+    """The pipeline never tunes its process; the opt-in sets glibc's mallopt once."""
+    import subprocess
+    import sys
+
+    code = (
+        "from biometrics.fingerprint import allocator\n"
+        "from biometrics.fingerprint.extract import analyse, template_of\n"
+        "from simulators.fingers import FingerGenerator\n"
+        "template_of(analyse(FingerGenerator(0).image(0, 0)))\n"
+        "print(allocator._allocator_tuned, allocator.keep_freed_memory(), allocator.keep_freed_memory())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False"  # an extraction alone left the process as it was
+    assert out[2] == "False"  # the second call does nothing
+    import platform
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert out[1] == "True"
