@@ -255,3 +255,29 @@ def test_the_allocator_setting_acts_once_per_process_and_only_when_asked() -> No
 
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert out[1] == "True"
+
+
+def test_minutiae_where_the_filter_finds_no_ridges_are_dropped_relative_to_the_print(synthetic_print):
+    """Texture without ridge flow in the foreground gives candidates but no minutiae; a faint print keeps its own."""
+    from dataclasses import replace
+
+    from biometrics.fingerprint.minutiae import detect_stages
+
+    analysis = analyse(synthetic_print(0).image)
+    norm = analysis.normalised.copy()
+    rng = np.random.default_rng(7)
+    patch = (slice(100, 200), slice(100, 200))  # inside the foreground, away from its edge
+    assert analysis.mask[patch].all()
+    norm[patch] = rng.standard_normal((100, 100)).astype(np.float32)  # speckle: unit energy, no ridge flow
+    stages = detect_stages(replace(analysis, normalised=norm)).stages
+
+    def in_patch(m):
+        return (m.y >= 100 + 8) & (m.y < 200 - 8) & (m.x >= 100 + 8) & (m.x < 200 - 8)
+
+    assert in_patch(stages["candidates"]).sum() >= 5  # the filter's output there holds ridge-like blobs
+    assert not in_patch(stages["final"]).any()
+    assert (~in_patch(stages["final"])).sum() >= 5  # the clear part keeps its minutiae
+
+    # A uniformly faint print: clarity is relative to the image's own, nothing is dropped for faintness.
+    faint = replace(analysis, normalised=analysis.normalised * 0.2)
+    assert len(detect_stages(faint).minutiae) == len(detect_stages(analysis).minutiae)
