@@ -78,6 +78,7 @@ class GalleryIndex:
         self._packed = mcc_match.stack([])
         self._sketch_blocks: list[np.ndarray] = []
         self._projection: np.ndarray | None = None
+        self._centres = np.zeros(0, np.float32)
         self._dirty = True
 
     def __len__(self) -> int:
@@ -127,6 +128,11 @@ class GalleryIndex:
                 prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES], self._projection)
                 for i in range(0, n, prefilter.BLOCK_TEMPLATES)
             ]
+            sample = prefilter.hub_sample(n)
+            raw = np.zeros((len(sample), n), np.float32)
+            for row, i in enumerate(sample):
+                raw[row] = self._raw_prescores(self._probe_sketch(self._cylinders[int(i)]))
+            self._centres = prefilter.centres(raw, sample)
             self._dirty = False
         return self._packed
 
@@ -155,16 +161,13 @@ class GalleryIndex:
             for item in work:
                 fn(item)
 
-    def prescores(self, probe: FingerprintTemplate | Minutiae | Cylinders) -> np.ndarray:
-        """Cheap pre-scores (see :mod:`biometrics.fingerprint.prefilter`) of every template, insertion order."""
+    def _probe_sketch(self, cp: Cylinders) -> np.ndarray:
+        sp = prefilter.sketch(cp, prefilter.PROBE_ROWS)
+        return sp if self._projection is None else sp @ self._projection
+
+    def _raw_prescores(self, sp: np.ndarray) -> np.ndarray:
+        """Pre-scores of a (projected) probe sketch against every template, before centring."""
         out = np.zeros(len(self._ids), np.float32)
-        cp = cylinders_of(probe)
-        if len(cp) == 0 or not self._ids:
-            return out
-        self._pack()
-        sp = prefilter.sketch(cp)
-        if self._projection is not None:
-            sp = sp @ self._projection
         step = prefilter.BLOCK_TEMPLATES
 
         def run(b: int) -> None:
@@ -172,6 +175,20 @@ class GalleryIndex:
             out[b * step : b * step + len(block) // prefilter.GALLERY_ROWS] = prefilter.prescores(sp, block)
 
         self._map(list(range(len(self._sketch_blocks))), run)
+        return out
+
+    def prescores(self, probe: FingerprintTemplate | Minutiae | Cylinders) -> np.ndarray:
+        """Cheap pre-scores (see :mod:`biometrics.fingerprint.prefilter`) of every template, insertion order.
+
+        Each template's typical impostor pre-score (prefilter.centres, estimated when
+        the gallery is packed) is subtracted: the ranking compares excesses.
+        """
+        cp = cylinders_of(probe)
+        if len(cp) == 0 or not self._ids:
+            return np.zeros(len(self._ids), np.float32)
+        self._pack()
+        out = self._raw_prescores(self._probe_sketch(cp))
+        out -= self._centres
         return out
 
     def candidate_scores(

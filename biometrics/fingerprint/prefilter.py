@@ -61,6 +61,7 @@ CANDIDATE_FRACTION = 0.03
 BASIS_DIM = 160  # principal directions kept (of 240): see projection()
 BASIS_SAMPLE = 8192  # gallery sketch rows the principal directions are estimated from
 BLOCK_TEMPLATES = 512  # templates per pre-scoring block (the similarity array stays in cache)
+HUB_SAMPLE = 32  # gallery templates probed at packing time to centre each template's pre-scores
 
 
 def _pooling() -> np.ndarray:
@@ -147,6 +148,32 @@ def prescores(probe: np.ndarray, packed: np.ndarray) -> np.ndarray:
     if m < n:
         sim = np.partition(sim, n - m, axis=0)[n - m :]
     return sim.mean(axis=0)
+
+
+def hub_sample(total: int) -> np.ndarray:
+    """Indices of the gallery templates used as probes to estimate :func:`centres` (evenly spread, sorted)."""
+    if total < max(MIN_CANDIDATES, 2):
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, total - 1, min(HUB_SAMPLE, total)).astype(np.int64))
+
+
+def centres(raw: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Each template's typical impostor pre-score: the median of its pre-scores against the sample probes.
+
+    ``raw`` is (len(sample), T), the pre-scores of the gallery's own templates
+    ``sample`` as probes; a probe's score against itself is left out. Subtracted
+    from every pre-score, it removes the template's own level ("hubness"): a
+    template with many dense, generic cylinders finds a close row in any probe
+    and outranks the true mate of a hard probe, while the mate's excess over its
+    own level is what identifies it. The median ignores the few sample probes
+    that are the template's own finger. Zeros when ``sample`` is empty.
+    """
+    total = raw.shape[1] if raw.ndim == 2 else 0
+    if len(sample) == 0 or total == 0:
+        return np.zeros(total, np.float32)
+    scores = raw.astype(np.float32, copy=True)
+    scores[np.arange(len(sample)), sample] = np.nan
+    return np.nanmedian(scores, axis=0).astype(np.float32)
 
 
 def candidates(pre: np.ndarray, keep_at_least: int = 0) -> np.ndarray:
