@@ -51,7 +51,7 @@ import numpy as np
 from biometrics.fingerprint.cylinders import CELL_X, CELL_Y, N_SPATIAL, ND, NS, RADIUS, Cylinders
 
 PROBE_ROWS = 32  # cylinders come sorted by minutia quality: the best ones
-GALLERY_ROWS = 16  # per enrolled template; the cost is PROBE_ROWS x GALLERY_ROWS row products
+GALLERY_ROWS = 24  # per enrolled template; the cost is PROBE_ROWS x GALLERY_ROWS row products
 SPATIAL_BLOCK = 1  # cells per block side (coarser loses too much: see the module docstring)
 DIRECTION_BLOCK = 2  # direction bins per block
 DIRECTION_WEIGHT = 0.5
