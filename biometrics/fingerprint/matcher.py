@@ -53,10 +53,12 @@ class GalleryIndex:
     a search reports each subject once, with its best score.
 
     Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms);
-    the first search after adds or removes repacks the gallery. :meth:`scores`
+    the first search after adds or removes repacks the gallery (with 32 of its own
+    templates pre-scored against all of it, to centre the pre-scores: about 0.3 s
+    per 2,000 templates). :meth:`scores`
     gives every template the full score (50 to 120 us per template per core,
     growing with the product of the cylinder counts). :meth:`search` ranks the
-    gallery with the pre-filter (about 2.5 us per template) and fully scores only
+    gallery with the pre-filter (about 4 us per template) and fully scores only
     its best max(64, 3 %) (see :mod:`biometrics.fingerprint.prefilter`): see
     ``bench.fingerprint``'s ``comparisons_per_s_per_core`` for measured figures.
     For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
