@@ -39,6 +39,7 @@ from agent.renewal import renew, seconds_until_renewal
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.sensor_sessions import SensorSession
 from agent.sessions import CaptureSession
+from biometrics.fingerprint.allocator import keep_freed_memory
 
 log = structlog.get_logger()
 
@@ -108,6 +109,7 @@ class AgentDaemon:
 
     async def start(self) -> None:
         """Bring every part up; only then tell systemd we are ready."""
+        keep_freed_memory()  # capture after capture reuses the heap (biometrics.fingerprint.allocator)
         self.status("loading device identity")
         kek = load_kek(self.config)
         identity = IdentityStore(self.config.agent.state_dir).load(kek.encode())

@@ -58,6 +58,7 @@ import numpy as np
 import structlog
 
 from biometrics.fingerprint import GalleryIndex, extract, prefilter, threshold_for_fmr
+from biometrics.fingerprint.allocator import keep_freed_memory
 from biometrics.fingerprint.matcher import cylinders_of
 from biometrics.fingerprint.types import FingerprintTemplate
 
@@ -227,7 +228,7 @@ def extract_folder(
     _progress(f"extracting {len(items)} images at {dpi} dpi")
     jobs = [(str(p), dpi, size) for _, _, p in items]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=keep_freed_memory) as pool:
             results = list(pool.map(_extract_one, jobs))
     else:
         results = [_extract_one(j) for j in jobs]
@@ -259,7 +260,7 @@ def extract_synthetic(
     _progress(f"synthetic population: {count} fingers x {impressions} {profile} impressions (seed {seed})")
     jobs = [(seed, f, impressions, profile) for f in range(count)]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=keep_freed_memory) as pool:
             results = list(pool.map(_synthetic_one, jobs, chunksize=4))
     else:
         results = [_synthetic_one(j) for j in jobs]
@@ -403,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explain", type=Path, metavar="IMAGE", help="write the extraction stages of IMAGE as PNGs")
     ap.add_argument("--out", type=Path, help="folder for --explain's PNGs")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
     if args.explain is not None:
         if args.out is None:
             ap.error("--explain IMAGE needs --out DIR")

@@ -216,3 +216,42 @@ def test_candidate_clusters_merge_to_the_centroids_opencv_computes_in_its_order(
     ys, xs = _centroids(points.astype(bool), 3, 6)
     want = np.rint(cents[1:] + np.array([6.0, 3.0])).astype(np.int32)
     assert np.array_equal(xs, want[:, 0]) and np.array_equal(ys, want[:, 1])
+
+
+def test_percentiles_from_two_order_statistics_equal_numpys_to_the_bit():
+    from biometrics.fingerprint.enhance import _RAW, _TRUE, FINE_PERCENTILE, _fine_period, _percentile
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 3, 17, 500, 6000):
+        for dtype in (np.float32, np.float64):
+            values = rng.standard_normal(n).astype(dtype)
+            values[: n // 3] = values[0]  # ties
+            for q in (0.0, 10.0, 50.0, 95.0, 100.0):
+                assert _percentile(values.copy(), q) == float(np.percentile(values, q))
+        # The fine period: the percentile of the calibrated local periods, from two energy ratios.
+        g = rng.uniform(0.01, 2.0, n).astype(np.float32)
+        s = rng.uniform(0.01, 2.0, n).astype(np.float32)
+        local = np.interp(2.0 * np.pi / np.sqrt(np.maximum(g, 1e-9) / np.maximum(s, 1e-9)), _RAW, _TRUE)
+        assert _fine_period(g, s) == float(np.percentile(local, FINE_PERCENTILE))
+
+
+def test_the_allocator_setting_acts_once_per_process_and_only_when_asked() -> None:
+    """The pipeline never tunes its process; the opt-in sets glibc's mallopt once."""
+    import subprocess
+    import sys
+
+    code = (
+        "from biometrics.fingerprint import allocator\n"
+        "from biometrics.fingerprint.extract import analyse, template_of\n"
+        "from simulators.fingers import FingerGenerator\n"
+        "template_of(analyse(FingerGenerator(0).image(0, 0)))\n"
+        "print(allocator._allocator_tuned, allocator.keep_freed_memory(), allocator.keep_freed_memory())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = done.stdout.splitlines()[-1].split()  # log lines come first
+    assert out[0] == "False"  # an extraction alone left the process as it was
+    assert out[2] == "False"  # the second call does nothing
+    import platform
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert out[1] == "True"

@@ -7,13 +7,14 @@ shorter than about one period, whatever the sensor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from biometrics.fingerprint.enhance import Analysis, gabor_enhance
-from biometrics.fingerprint.skeleton import crossing_number, thin
+from biometrics.fingerprint.skeleton import CROSSING, neighbour_code, thin
 from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
 
 MAX_MINUTIAE = 100
@@ -23,6 +24,8 @@ SPUR_PERIODS = 0.9  # ending + bifurcation: a spur shorter than a period is nois
 BRIDGE_PERIODS = 1.2  # two bifurcations about a period apart: a bridge across a valley, or a hole
 BROKEN_PERIODS = 1.8  # two facing endings on one line: a broken ridge or a short island
 MIN_COHERENCE = 0.15
+# Neighbourhood code to candidate kind: crossing number 1 an ending, 3 or more a bifurcation.
+_KIND_LUT = np.where(CROSSING == 1, KIND_ENDING, np.where(CROSSING >= 3, KIND_BIFURCATION, 0)).astype(np.uint8)
 
 
 def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -59,21 +62,67 @@ def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
 def _centroids(points: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Merge 8-connected clusters of candidate pixels into one point each, (y, x) offset by (y0, x0).
 
-    The points are sparse: labelling without OpenCV's statistics and averaging
-    the few labelled pixels is several times cheaper than the statistics pass
-    over the whole image, with the same labels in the same order.
+    In the order of OpenCV's labels (see :func:`_cluster_centroids`).
     """
-    img = points.astype(np.uint8)
-    count, labels = cv2.connectedComponents(img, connectivity=8)
-    if count <= 1:
+    return _cluster_centroids(np.flatnonzero(points), points.shape[1], y0, x0)
+
+
+def _cluster_centroids(flat: np.ndarray, width: int, y0: int = 0, x0: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids of the 8-connected clusters of sparse pixels (sorted flat indices in an image ``width`` wide).
+
+    The points are a few hundred among a hundred thousand pixels: finding their
+    neighbours among themselves (sorted search) is several times cheaper than
+    labelling the image. The clusters come in the order cv2.connectedComponents
+    numbers them (it scans 2x2 blocks in raster order and keeps the smallest
+    provisional label of each component), i.e. by the first 2x2 block holding a
+    pixel of the cluster, so quality ties later break the same way. Coordinates
+    are sums of integers, exact in float64, so the centroids are the same too.
+    """
+    n = len(flat)
+    if n == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    where = cv2.findNonZero(img).reshape(-1, 2)  # (x, y) in raster order
-    lab = labels[where[:, 1], where[:, 0]]
-    area = np.bincount(lab, minlength=count)[1:].astype(np.float64)
-    cx = np.bincount(lab, weights=where[:, 0].astype(np.float64), minlength=count)[1:] / area
-    cy = np.bincount(lab, weights=where[:, 1].astype(np.float64), minlength=count)[1:] / area
+    ys, xs = np.divmod(flat, width)
+    # Links to the neighbours later in raster order: E, SW, S, SE (not across the row ends).
+    wanted = flat[:, None] + np.array([1, width - 1, width, width + 1])
+    at = np.minimum(np.searchsorted(flat, wanted), n - 1)
+    hit = flat[at] == wanted
+    hit[:, 0] &= xs < width - 1
+    hit[:, 1] &= xs > 0
+    hit[:, 3] &= xs < width - 1
+    a, b = np.nonzero(hit)[0], at[hit]
+    label = np.arange(n)
+    while len(a):  # each point takes the smallest label of its cluster (clusters are a few pixels)
+        low = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    # Clusters numbered by their smallest point (the one labelling them), then ranked by first block.
+    is_root = label == np.arange(n)
+    cluster = (np.cumsum(is_root) - 1)[label]
+    count = int(np.count_nonzero(is_root))
+    block = (ys // 2) * ((width + 1) // 2) + xs // 2
+    first_block = np.full(count, np.iinfo(np.int64).max)
+    np.minimum.at(first_block, cluster, block)
+    rank = np.empty(count, np.int64)
+    rank[np.argsort(first_block)] = np.arange(count)
+    cluster = rank[cluster]
+    area = np.bincount(cluster).astype(np.float64)
+    cx = np.bincount(cluster, weights=xs.astype(np.float64)) / area
+    cy = np.bincount(cluster, weights=ys.astype(np.float64)) / area
     # Offset before rounding: rint rounds halves to even, so rint(c) + odd offset != rint(c + offset).
     return np.rint(cy + y0).astype(np.int32), np.rint(cx + x0).astype(np.int32)
+
+
+@functools.cache
+def _disc(r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dy, dx) of the pixels at distance sqrt(2) to r from a centre, float32, in raster order."""
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = (dy * dy + dx * dx <= r * r) & (dy * dy + dx * dx >= 2)
+    return dy[keep].astype(np.float32), dx[keep].astype(np.float32)
 
 
 def _directions(
@@ -85,13 +134,19 @@ def _directions(
     for an ending the ridge lies on one side only, for a bifurcation the two
     branches outweigh the single stem. Neighbouring parallel ridges fall outside
     the band (or on both sides equally), so they do not bias the sign.
+
+    ``skeleton`` may be any crop holding the points (``ys``, ``xs`` in its
+    coordinates) with no skeleton beyond it.
     """
     r = max(4, round(period))
-    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-    keep = (dy * dy + dx * dx <= r * r) & (dy * dy + dx * dx >= 2)
-    dy, dx = dy[keep].astype(np.float32), dx[keep].astype(np.float32)
-    pad = np.pad(skeleton, r)
-    vals = pad[ys[:, None] + r + dy.astype(np.int32)[None, :], xs[:, None] + r + dx.astype(np.int32)[None, :]]
+    dy, dx = _disc(r)
+    h, w = skeleton.shape
+    pad = np.zeros((h + 2 * r, w + 2 * r), skeleton.dtype)
+    pad[r : r + h, r : r + w] = skeleton
+    # The disc's pixels as flat offsets in the padded crop: one gather for all points.
+    offsets = dy.astype(np.intp) * pad.shape[1] + dx.astype(np.intp)
+    centres = (ys.astype(np.intp) + r) * pad.shape[1] + xs.astype(np.intp) + r
+    vals = pad.ravel()[centres[:, None] + offsets[None, :]]
     c, s = np.cos(psi)[:, None], np.sin(psi)[:, None]
     along = dx[None, :] * c + dy[None, :] * s
     across = np.abs(-dx[None, :] * s + dy[None, :] * c)
@@ -182,14 +237,23 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     # quality ties later), hence the very same minutiae.
     y0, x0 = box[0].start - box[0].start % 2, box[1].start - box[1].start % 2
     work = (slice(y0, box[0].stop), slice(x0, box[1].stop))
-    cn = crossing_number(skeleton[work])
-    mask8 = analysis.mask[work].astype(np.uint8)
-    border = cv2.distanceTransform(np.pad(mask8, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    inside = (border > BORDER_PERIODS * period) & (analysis.coherence[work] > MIN_COHERENCE)
+    sk = skeleton[work]
+    # Candidate pixels (crossing number 1: ending, 3+: bifurcation), listed once in raster order.
+    kind_map = cv2.LUT(neighbour_code(sk), _KIND_LUT)
+    kind_map *= sk
+    flat = np.flatnonzero(kind_map)
+    kind_of = kind_map.ravel()[flat]
+    width = sk.shape[1]
+    py, px = np.divmod(flat, width)
+    ringed = np.zeros((sk.shape[0] + 2, sk.shape[1] + 2), np.uint8)  # background all round
+    ringed[1:-1, 1:-1] = analysis.mask[work].view(np.uint8)
+    border = cv2.distanceTransform(ringed, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    inside = (border[py, px] > BORDER_PERIODS * period) & (analysis.coherence[py + y0, px + x0] > MIN_COHERENCE)
+    is_end, is_bif = kind_of == KIND_ENDING, kind_of == KIND_BIFURCATION
     stages: dict[str, Minutiae] = {}
     if trace:
-        cy, cx = _centroids(cn == 1, y0, x0)
-        fy, fx = _centroids(cn >= 3, y0, x0)
+        cy, cx = _cluster_centroids(flat[is_end], width, y0, x0)
+        fy, fx = _cluster_centroids(flat[is_bif], width, y0, x0)
         kinds_all = np.concatenate(
             [np.full(len(cy), KIND_ENDING, np.uint8), np.full(len(fy), KIND_BIFURCATION, np.uint8)]
         )
@@ -198,12 +262,12 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
         stages["candidates"] = _subset(
             xs_all,
             ys_all,
-            _directions(skeleton, ys_all, xs_all, psi_all, kinds_all, period),
+            _directions(sk, ys_all - y0, xs_all - x0, psi_all, kinds_all, period),
             kinds_all,
             np.full(len(xs_all), 100),
         )
-    ey, ex = _centroids((cn == 1) & inside, y0, x0)
-    by, bx = _centroids((cn >= 3) & inside, y0, x0)
+    ey, ex = _cluster_centroids(flat[is_end & inside], width, y0, x0)
+    by, bx = _cluster_centroids(flat[is_bif & inside], width, y0, x0)
     ys = np.concatenate([ey, by])
     xs = np.concatenate([ex, bx])
     kinds = np.concatenate([np.full(len(ey), KIND_ENDING, np.uint8), np.full(len(by), KIND_BIFURCATION, np.uint8)])
@@ -212,7 +276,7 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
             stages[name] = Minutiae.empty()
         return Detection(enhanced, ridges, skeleton, stages)
     psi = np.mod(analysis.orientation[ys, xs] + np.pi / 2, np.pi)
-    angles = _directions(skeleton, ys, xs, psi, kinds, period)
+    angles = _directions(sk, ys - y0, xs - x0, psi, kinds, period)
     xf, yf = xs.astype(np.float32), ys.astype(np.float32)
     good = ~_false_pairs(xf, yf, angles, kinds, period)
     coh = analysis.coherence[ys, xs]
