@@ -259,3 +259,42 @@ def test_prefilter_projection_is_the_gallerys_principal_subspace_and_keeps_the_r
         full, reduced = prefilter.prescores(probe, plain), prefilter.prescores(probe @ p, projected)
         assert np.argmax(reduced) == np.argmax(full) == target
         assert np.corrcoef(full, reduced)[0, 1] > 0.9
+
+
+def test_prefilter_centres_are_each_templates_impostor_median_without_the_probe_itself():
+    from biometrics.fingerprint import prefilter
+
+    assert len(prefilter.hub_sample(prefilter.MIN_CANDIDATES - 1)) == 0  # small galleries are scored in full
+    sample = prefilter.hub_sample(1000)
+    assert len(sample) == prefilter.HUB_SAMPLE and sample[0] == 0 and sample[-1] == 999
+    assert np.all(np.diff(sample) > 0)
+    rng = np.random.default_rng(13)
+    raw = rng.random((len(sample), 1000)).astype(np.float32)
+    raw[np.arange(len(sample)), sample] = 50.0  # a probe against itself: must not count
+    raw[:, 7] += 3.0  # a hub: close to every probe
+    centres = prefilter.centres(raw, sample)
+    for t in (7, 500, int(sample[3])):
+        others = np.delete(raw[:, t], np.nonzero(sample == t)[0])
+        assert centres[t] == pytest.approx(float(np.median(others)))
+    assert centres[7] > 3.0 and np.all(np.delete(centres, 7) < 1.0)
+
+
+def test_gallery_prescores_are_centred_on_each_templates_own_impostor_level():
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(14)
+    fingers = [_random_finger(rng) for _ in range(120)]
+    index = GalleryIndex()
+    for n, m in enumerate(fingers):
+        index.add(n, m)
+    cyl = [cylinders_of(m) for m in fingers]
+    p = prefilter.projection([prefilter.sketch(c, prefilter.GALLERY_ROWS) for c in cyl])
+    packed = prefilter.pack([prefilter.sketch(c, prefilter.GALLERY_ROWS) for c in cyl], p)
+    sample = prefilter.hub_sample(len(cyl))
+    raw = np.stack([prefilter.prescores(prefilter.sketch(cyl[i]) @ p, packed) for i in sample])
+    centres = prefilter.centres(raw, sample)
+    assert np.ptp(centres) > 0.01  # templates differ in their impostor level
+    probe = _impression(fingers[42], rng, 15.0, (10.0, 5.0))
+    expected = prefilter.prescores(prefilter.sketch(cylinders_of(probe)) @ p, packed) - centres
+    np.testing.assert_allclose(index.prescores(probe), expected, atol=1e-5)
+    assert np.argmax(index.prescores(probe)) == 42
