@@ -7,8 +7,9 @@ import pytest
 
 from bench.fingerprint import at_thresholds, binomial_limit_95
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
-from biometrics.fingerprint.calibration import GROUPS, TailFit, chi2_lower, fit_tail
+from biometrics.fingerprint.calibration import GROUPS, TailFit, fit_tail
 from biometrics.fingerprint.errors import FingerprintError
+from biometrics.tail import chi2_lower
 
 
 def test_normalisation_keeps_full_evidence_scores_and_pulls_thin_evidence_to_the_impostor_centre():

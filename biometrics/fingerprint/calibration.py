@@ -47,10 +47,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from biometrics.fingerprint.errors import FingerprintError
+from biometrics.tail import TAIL_FMR, fit_gpd_tail
 
-TAIL_FMR = 0.01
 QUANTILE_FMRS = (0.5, 0.25, 0.1, TAIL_FMR)
-_Z95 = 1.6448536269514722  # standard normal 95 % quantile
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,26 +95,11 @@ def threshold_for_fmr(fmr: float) -> float:
     return max(group.threshold(float(fmr)) for group in GROUPS)
 
 
-def chi2_lower(dof: int, p_upper: float = _Z95) -> float:
-    """Lower 5 % quantile of a chi-square with ``dof`` degrees of freedom (Wilson-Hilferty; within 1 % from 20 dof)."""
-    k = float(dof)
-    return k * (1.0 - 2.0 / (9.0 * k) - p_upper * math.sqrt(2.0 / (9.0 * k))) ** 3
-
-
 def fit_tail(name: str, impostor: np.ndarray) -> TailFit:
     """Quantiles and the 95 % upper bound of the tail scale of one group's impostor scores."""
     s = np.asarray(impostor, np.float64)
     if len(s) < 1000:
         raise FingerprintError(f"group {name!r} has {len(s)} impostor scores: a tail needs at least 1,000")
     quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
-    excess = s[s > quantiles[-1]] - quantiles[-1]
-    k = len(excess)
-    mean = float(excess.mean()) if k else 0.0
-    var = float(excess.var(ddof=1)) if k > 1 else 0.0
-    if var > 0.0:  # method of moments for the generalised Pareto distribution
-        shape = max(0.0, 0.5 * (1.0 - mean * mean / var))
-        sigma = 0.5 * mean * (1.0 + mean * mean / var) if shape > 0.0 else mean
-    else:
-        shape, sigma = 0.0, mean
-    sigma_upper = sigma * 2.0 * k / chi2_lower(2 * k) if k >= 5 else sigma * 2.0
+    _, sigma_upper, shape, _ = fit_gpd_tail(s)  # every impostor pair its own unit (see biometrics.tail)
     return TailFit(name, len(s), quantiles, sigma_upper, round(shape, 4))
