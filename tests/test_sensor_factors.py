@@ -30,6 +30,7 @@ from agent.errors import (
 )
 from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode as encode_finger
+from protocol import endpoints
 from protocol.face_template import ACR_FACE, ACR_FINGER
 from protocol.messages import Decision, StepUp
 from protocol.sensor import ACR_AFTER_SENSOR, ReaderIdentity, SensorAssertion, SensorEnrollmentRequest, print_hash
@@ -334,3 +335,18 @@ def test_a_kiosk_with_a_camera_and_only_a_sensor_completes_both_factors(
     sensor = [r for r in audit(verifier) if r.get("assurance") == "match-on-sensor"]
     decided = [(r["outcome"], r.get("step_up", "")) for r in sensor]
     assert decided == [("accept", ""), ("accept", "policy_requires_finger")]
+
+
+def test_a_malformed_sensor_message_is_a_400_and_is_audited(device, verifier) -> None:
+    """A signed body that is no assertion (a step-up id of the wrong type) is refused, and the refusal is audited."""
+    verifier.allow(device.identity.device_id, sensor="accept")
+
+    async def steps(client):
+        good = assertion().body()
+        body = await device.signed(client, endpoints.SENSOR_VERIFICATIONS, **{**good, "step_up": 12})
+        return await client.request("POST", endpoints.SENSOR_VERIFICATIONS, json=body)
+
+    response = device.run(steps)
+    assert response.status_code == 400 and response.json()["type"].endswith("/bad-json"), response.json()
+    refused = audit(verifier, "biometric_request_refused")
+    assert (endpoints.SENSOR_VERIFICATIONS, "malformed sensor message") in {(r["path"], r["reason"]) for r in refused}

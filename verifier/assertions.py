@@ -37,7 +37,7 @@ never the face, and only from a device whose policy is not ``refuse``.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -59,6 +59,7 @@ from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 
 log = structlog.get_logger()
+_Message = TypeVar("_Message", SensorEnrollmentRequest, SensorAssertion)
 
 SENSOR_STEP_UP_REASON = "sensor_assertion"
 
@@ -106,15 +107,19 @@ class SensorRoutes:
             ("POST", endpoints.SENSOR_VERIFICATIONS): Route(self.verify, needs_client_cert=True),
         }
 
+    def _parsed(self, request: Request, operation: str, message: type[_Message]) -> _Message:
+        """The signed body as ``message`` (``from_body``); a malformed one is an audited 400."""
+        body = self.bio.signed_body(request, operation)
+        try:
+            return message.from_body(body)
+        except WireError as exc:
+            raise self.bio._refused(request, Problem("bad-json", str(exc)), "malformed sensor message") from None
+
     # ---------------------------------------------------------------- enrollment
     def enroll(self, request: Request) -> Answer:
         assert request.device is not None
         device_id = request.device.device_id
-        body = self.bio.signed_body(request, "enroll")
-        try:
-            asked = SensorEnrollmentRequest.from_body(body)
-        except WireError as exc:
-            raise Problem("bad-json", str(exc)) from None
+        asked = self._parsed(request, "enroll", SensorEnrollmentRequest)
         subject = asked.subject
         recorded = self.bio.subjects.recorded(subject)
         group = self.bio._enrollment_group(request, subject, asked.group)
@@ -164,11 +169,7 @@ class SensorRoutes:
     def verify(self, request: Request) -> Answer:
         assert request.device is not None
         device_id = request.device.device_id
-        body = self.bio.signed_body(request, "verify")
-        try:
-            assertion = SensorAssertion.from_body(body)
-        except WireError as exc:
-            raise Problem("bad-json", str(exc)) from None
+        assertion = self._parsed(request, "verify", SensorAssertion)
         subject = assertion.subject
         self.bio._check_group(request, subject, self.bio.subjects.group_of(subject))
         known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)
