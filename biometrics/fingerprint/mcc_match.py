@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from biometrics.fingerprint import global_pairing
 from biometrics.fingerprint.cylinders import N_SPATIAL, ND, Cylinders
 
 MIN_COMMON = 0.6
@@ -79,6 +80,8 @@ class Stack:
     unit: np.ndarray  # complex64 (T, K): exp(i * angle)
     count: np.ndarray  # int64 (T,) cylinders per template
     start: np.ndarray  # int64 (T,) first row of each template
+    hull_normals: np.ndarray  # complex64 (T, E): convex hull of the cylinder centres (global_pairing.hull_planes)
+    hull_offsets: np.ndarray  # float32 (T, E)
 
     @property
     def templates(self) -> int:
@@ -102,6 +105,8 @@ class Packed:
     count: np.ndarray  # int64 (T,), sorted templates (decreasing)
     offsets: np.ndarray  # int64 (K + 1,): rows of cylinder rank p are offsets[p]:offsets[p + 1]
     order: np.ndarray  # int64 (T,): caller's index of each sorted template
+    hull_normals: np.ndarray  # complex64 (T, E), sorted templates
+    hull_offsets: np.ndarray  # float32 (T, E)
 
     @property
     def templates(self) -> int:
@@ -151,9 +156,10 @@ def stack(cylinders: list[Cylinders]) -> Stack:
     count = np.array([len(c) for c in cylinders], np.int64)
     start = (np.cumsum(count) - count).astype(np.int64)
     live = [c for c in cylinders if len(c)]
+    normals, offsets = global_pairing.pad_planes([global_pairing.hull_planes(c.x, c.y) for c in cylinders])
     if not live:
         grid = np.zeros((len(count), 1), np.complex64)
-        return Stack(np.zeros((0, WIDTH), np.float32), grid, grid, count, start)
+        return Stack(np.zeros((0, WIDTH), np.float32), grid, grid, count, start, normals, offsets)
     angle = np.concatenate([c.angle for c in live])
     xy = np.concatenate([c.x for c in live]) + 1j * np.concatenate([c.y for c in live])
     rows = np.empty((len(angle), WIDTH), np.float32)
@@ -168,6 +174,8 @@ def stack(cylinders: list[Cylinders]) -> Stack:
         _grid(count, np.exp(1j * angle).astype(np.complex64)),
         count,
         start,
+        normals,
+        offsets,
     )
 
 
@@ -188,6 +196,8 @@ def gather(stacked: Stack, templates: np.ndarray) -> Packed:
         count,
         np.concatenate([[0], np.cumsum(per_rank)]).astype(np.int64),
         order,
+        stacked.hull_normals[chosen],
+        stacked.hull_offsets[chosen],
     )
 
 
@@ -304,7 +314,34 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     total = np.where(rank < n_p[:, None], lam_sorted, 0.0).sum(axis=1)
     # Divide by the nominal n_P even when fewer pairs exist: few pairs is weak evidence.
     raw = total / np.maximum(nominal, 1)
-    return np.where(n_p > 0, normalise(raw, nominal), 0.0).astype(np.float64)
+    excess = np.maximum(normalise(raw, nominal) - NULL_CENTRE, 0.0)
+    # Global consolidation: the relaxed pairs (weighted by relaxed similarity) align the
+    # prints, every minutia is paired under that alignment (global_pairing).
+    rotation, anchor_a, anchor_b = global_pairing.align(pa, ua, pb, ub, np.where(live, lam, 0.0))
+    fraction = global_pairing.paired_fraction(
+        (probe.x + 1j * probe.y).astype(np.complex64),
+        np.exp(1j * probe.angle).astype(np.complex64),
+        global_pairing.hull_planes(probe.x, probe.y),
+        gallery.pos,
+        gallery.unit,
+        n_b,
+        gallery.hull_normals,
+        gallery.hull_offsets,
+        rotation,
+        anchor_a,
+        anchor_b,
+    )
+    return np.where(n_p > 0, combine(excess, fraction), 0.0).astype(np.float64)
+
+
+def combine(excess: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """The score: geometric mean of the LSS-R evidence (excess over the impostor centre) and the paired fraction.
+
+    Both must be high: many locally similar, mutually compatible pairs (LSS-R) and
+    most minutiae of the common region paired under one alignment (global
+    pairing). An impostor rarely has both, a genuine pair nearly always.
+    """
+    return np.sqrt(np.maximum(excess, 0.0) * np.clip(fraction, 0.0, 1.0))
 
 
 def normalise(raw: np.ndarray, nominal_pairs: np.ndarray) -> np.ndarray:
