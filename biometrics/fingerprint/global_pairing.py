@@ -43,7 +43,8 @@ import numpy as np
 
 N_ANCHOR = 5  # best relaxed pairs tried as the alignment's anchor
 D_AGREE, A_AGREE = 20.0, np.pi / 8  # a relaxed pair supports an anchor's transform within these
-D_PAIR, A_PAIR = 15.0, 0.4  # pairing tolerances under the kept transform (pixels at 500 dpi, radians)
+D_PAIR, A_PAIR = 15.0, 0.5  # the pairing ellipse's semi-axes (pixels at 500 dpi, radians)
+REFIT = 1  # least-squares refits of the transform on the pairs found (see _refit)
 MIN_OVERLAP = 6  # overlap counts below this are taken as this: a fraction of 3 minutiae is no evidence
 
 _CHORD_AGREE = float(2.0 * np.sin(A_AGREE / 2.0))  # |u - v| of unit numbers A_AGREE apart
@@ -119,7 +120,69 @@ def align(
     support = (agree * weight[:, None, :]).sum(axis=2)  # (T, na)
     best = support.argmax(axis=1)
     rows = np.arange(t)
-    return rot[rows, best], a_pa[rows, best], a_pb[rows, best]
+    rotation, anchor_a, anchor_b = rot[rows, best], a_pa[rows, best], a_pb[rows, best]
+    return rotation, anchor_a, anchor_b
+
+
+def _pair(
+    moved: np.ndarray, turned: np.ndarray, pos: np.ndarray, unit: np.ndarray, real: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mutually nearest pairs within the tolerance: (paired probe minutiae (T, n), paired template minutiae (T, K),
+    each probe minutia's nearest template minutia (T, n)).
+
+    The cost of a pair is ``(d / D_PAIR)^2 + (|u - v| / chord(A_PAIR))^2`` (distance,
+    and the chord between the unit directions), and a pair is accepted below 1: an
+    ellipse in (distance, angle). Mutually nearest by that cost, regardless of the
+    limit, then accepted below it, is the same as mutually nearest among the
+    accepted pairs (a pair under the limit that is nearest overall is nearest among
+    those under it), and spares masking the (T, n, K) costs. Both coordinates are
+    scaled once, per minutia, so the cost is four squared differences in float32;
+    padding slots are moved far away.
+    """
+    n, k = moved.shape[1], pos.shape[1]
+    sd, sa = np.float32(1.0 / D_PAIR), np.float32(1.0 / _CHORD_PAIR)
+    far = np.float32(1e6)
+    cost = np.zeros((moved.shape[0], n, k), np.float32)
+    for a, b in (
+        ((moved.real * sd).astype(np.float32), np.where(real, pos.real * sd, far).astype(np.float32)),
+        ((moved.imag * sd).astype(np.float32), (pos.imag * sd).astype(np.float32)),
+        ((turned.real * sa).astype(np.float32), (unit.real * sa).astype(np.float32)),
+        ((turned.imag * sa).astype(np.float32), (unit.imag * sa).astype(np.float32)),
+    ):
+        d = a[:, :, None] - b[:, None, :]
+        d *= d
+        cost += d
+    near_b = cost.argmin(axis=2)  # (T, n): each probe minutia's nearest template minutia
+    best = np.take_along_axis(cost, near_b[:, :, None], axis=2)[:, :, 0]
+    # Mutual: the probe minutia is also its partner's nearest, i.e. its cost reaches
+    # the column's minimum (a minimum over the outer axis is an elementwise minimum of
+    # rows, much faster in numpy than an argmin along it; exact ties are negligible).
+    column = cost.min(axis=1)  # (T, K)
+    paired_a = (best < 1.0) & (best <= np.take_along_axis(column, near_b, axis=1))
+    paired_b = np.zeros((len(cost), k), bool)
+    t_idx, i_idx = np.nonzero(paired_a)
+    paired_b[t_idx, near_b[t_idx, i_idx]] = True
+    return paired_a, paired_b, near_b
+
+
+def _refit(
+    probe_pos: np.ndarray, pos: np.ndarray, paired: np.ndarray, near: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares rigid transform of the paired minutiae: (rotation, probe centroid, template centroid, usable).
+
+    The anchor pair fixes the transform where it stands; distortion grows away
+    from it, so the far minutiae of a genuine print fall outside the tolerance.
+    Refitted on every pair found, the transform centres the residuals over the
+    common region. Usable where at least 3 pairs were found.
+    """
+    w = paired.astype(np.float32)
+    count = w.sum(axis=1)
+    matched = np.take_along_axis(pos, near, axis=1)  # (T, n)
+    ca = (w * probe_pos[None, :]).sum(axis=1) / np.maximum(count, 1.0)
+    cb = (w * matched).sum(axis=1) / np.maximum(count, 1.0)
+    cross = (w * (matched - cb[:, None]) * np.conj(probe_pos[None, :] - ca[:, None])).sum(axis=1)
+    rotation = cross / np.maximum(np.abs(cross), 1e-9)
+    return rotation, ca, cb, (count >= 3) & (np.abs(cross) > 0)
 
 
 def paired_fraction(
@@ -146,38 +209,22 @@ def paired_fraction(
     if t == 0 or n == 0:
         return np.zeros(t, np.float64)
     real = np.arange(k)[None, :] < count[:, None]  # (T, K)
+    for _ in range(REFIT):
+        moved = rotation[:, None] * (probe_pos[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]
+        turned = probe_unit[None, :] * np.conj(rotation)[:, None]
+        paired_a, _, near_b = _pair(moved, turned, pos, unit, real)
+        rot2, ca, cb, usable = _refit(probe_pos, pos, paired_a, near_b)
+        rotation = np.where(usable, rot2, rotation)
+        probe_anchor = np.where(usable, ca, probe_anchor)
+        gallery_anchor = np.where(usable, cb, gallery_anchor)
     moved = rotation[:, None] * (probe_pos[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]  # (T, n)
     turned = probe_unit[None, :] * np.conj(rotation)[:, None]
-    # Real float32 arithmetic on (T, n, K): squared distances, and the cosine of the
-    # direction difference (|u - v|^2 = 2 - 2 cos); padding slots are moved far away.
-    ax, ay = moved.real.astype(np.float32), moved.imag.astype(np.float32)
-    bx = np.where(real, pos.real, np.float32(1e6)).astype(np.float32)
-    by = pos.imag.astype(np.float32)
-    dx = ax[:, :, None] - bx[:, None, :]
-    dy = ay[:, :, None] - by[:, None, :]
-    dx *= dx
-    dy *= dy
-    dx += dy  # squared distance
-    cos = turned.real.astype(np.float32)[:, :, None] * unit.real.astype(np.float32)[:, None, :]
-    cos += turned.imag.astype(np.float32)[:, :, None] * unit.imag.astype(np.float32)[:, None, :]
-    ok = (dx < np.float32(D_PAIR**2)) & (cos > np.float32(1.0 - _CHORD_PAIR**2 / 2.0))
-    # Cost: squared distance over D_PAIR^2 plus squared chord over its limit.
-    cos *= np.float32(-2.0 / _CHORD_PAIR**2)
-    cos += np.float32(2.0 / _CHORD_PAIR**2)
-    dx *= np.float32(1.0 / D_PAIR**2)
-    dx += cos
-    dx[~ok] = np.inf
-    cost = dx
-    near_b = cost.argmin(axis=2)  # (T, n): each probe minutia's nearest gallery minutia
-    near_a = cost.argmin(axis=1)  # (T, K)
-    reachable = np.isfinite(np.take_along_axis(cost, near_b[:, :, None], axis=2)[:, :, 0])
-    paired_a = reachable & (np.take_along_axis(near_a, near_b, axis=1) == np.arange(n)[None, :])  # (T, n)
-    reachable_b = np.isfinite(np.take_along_axis(cost, near_a[:, None, :], axis=1)[:, 0, :])
-    paired_b = reachable_b & (np.take_along_axis(near_b, near_a, axis=1) == np.arange(k)[None, :])  # (T, K)
+    paired_a, paired_b, _ = _pair(moved, turned, pos, unit, real)
     pairs = paired_a.sum(axis=1)
     # The common region: probe minutiae inside the template's hull, template minutiae
     # inside the probe's hull (mapped back to the probe's frame), or paired.
-    in_a = (_inside(ax, ay, hull_normals, hull_offsets) | paired_a).sum(axis=1)
+    inside_a = _inside(moved.real.astype(np.float32), moved.imag.astype(np.float32), hull_normals, hull_offsets)
+    in_a = (inside_a | paired_a).sum(axis=1)
     back = np.conj(rotation)[:, None] * (pos - gallery_anchor[:, None]) + probe_anchor[:, None]
     normals, offsets = probe_hull
     inside_b = _inside(

@@ -314,24 +314,31 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     total = np.where(rank < n_p[:, None], lam_sorted, 0.0).sum(axis=1)
     # Divide by the nominal n_P even when fewer pairs exist: few pairs is weak evidence.
     raw = total / np.maximum(nominal, 1)
-    excess = np.maximum(normalise(raw, nominal) - NULL_CENTRE, 0.0)
+    excess = np.where(n_p > 0, np.maximum(normalise(raw, nominal) - NULL_CENTRE, 0.0), 0.0)
     # Global consolidation: the relaxed pairs (weighted by relaxed similarity) align the
-    # prints, every minutia is paired under that alignment (global_pairing).
-    rotation, anchor_a, anchor_b = global_pairing.align(pa, ua, pb, ub, np.where(live, lam, 0.0))
-    fraction = global_pairing.paired_fraction(
-        (probe.x + 1j * probe.y).astype(np.complex64),
-        np.exp(1j * probe.angle).astype(np.complex64),
-        global_pairing.hull_planes(probe.x, probe.y),
-        gallery.pos,
-        gallery.unit,
-        n_b,
-        gallery.hull_normals,
-        gallery.hull_offsets,
-        rotation,
-        anchor_a,
-        anchor_b,
-    )
-    return np.where(n_p > 0, combine(excess, fraction), 0.0).astype(np.float64)
+    # prints, every minutia is paired under that alignment (global_pairing). Only where
+    # LSS-R found some evidence: elsewhere the score is 0 whatever the pairing (about
+    # half of the impostor comparisons, the bulk of a 1:N search's candidates).
+    fraction = np.zeros(t, np.float64)
+    some = np.flatnonzero(excess > 0)
+    if len(some):
+        rotation, anchor_a, anchor_b = global_pairing.align(
+            pa[some], ua[some], pb[some], ub[some], np.where(live, lam, 0.0)[some]
+        )
+        fraction[some] = global_pairing.paired_fraction(
+            (probe.x + 1j * probe.y).astype(np.complex64),
+            np.exp(1j * probe.angle).astype(np.complex64),
+            global_pairing.hull_planes(probe.x, probe.y),
+            gallery.pos[some],
+            gallery.unit[some],
+            n_b[some],
+            gallery.hull_normals[some],
+            gallery.hull_offsets[some],
+            rotation,
+            anchor_a,
+            anchor_b,
+        )
+    return combine(excess, fraction).astype(np.float64)
 
 
 def combine(excess: np.ndarray, fraction: np.ndarray) -> np.ndarray:
