@@ -1,0 +1,138 @@
+"""Global consolidation of MCC comparisons: hulls, alignment, one-to-one pairing and the paired fraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biometrics.fingerprint import global_pairing as gp
+from biometrics.fingerprint import match, mcc_match
+from biometrics.fingerprint.matcher import cylinders_of
+from biometrics.fingerprint.types import Minutiae
+
+
+def _minutiae(x: np.ndarray, y: np.ndarray, angle: np.ndarray) -> Minutiae:
+    n = len(x)
+    return Minutiae(
+        x.astype(np.float32),
+        y.astype(np.float32),
+        (angle % (2 * np.pi)).astype(np.float32),
+        np.ones(n, np.uint8),
+        np.full(n, 60, np.uint8),
+    )
+
+
+def _finger(rng: np.random.Generator, n: int = 40) -> Minutiae:
+    return _minutiae(rng.uniform(40, 360, n), rng.uniform(40, 460, n), rng.uniform(0, 2 * np.pi, n))
+
+
+def _touch(m: Minutiae, rng: np.random.Generator, degrees: float, shift: complex, jitter: float = 2.0) -> Minutiae:
+    """The finger touched again: rotated by ``degrees`` (clockwise as seen, y down), shifted, jittered."""
+    a = np.radians(degrees)
+    z = np.exp(1j * a) * (m.x + 1j * m.y) + shift + np.array([1, 1j]) @ rng.normal(0, jitter, (2, len(m)))
+    return _minutiae(z.real, z.imag, m.angle - a)
+
+
+def _fraction(probe: Minutiae, gallery: Minutiae, rotation: complex, shift: complex) -> float:
+    """Paired fraction of two minutiae sets (as 500-dpi cylinders) under a given transform."""
+    a, b = cylinders_of(probe), cylinders_of(gallery)
+    packed = mcc_match.pack([b])
+    return float(
+        gp.paired_fraction(
+            (a.x + 1j * a.y).astype(np.complex64),
+            np.exp(1j * a.angle).astype(np.complex64),
+            gp.hull_planes(a.x, a.y),
+            packed.pos,
+            packed.unit,
+            packed.count,
+            packed.hull_normals,
+            packed.hull_offsets,
+            np.array([rotation], np.complex64),
+            np.zeros(1, np.complex64),
+            np.array([shift], np.complex64),
+        )[0]
+    )
+
+
+def test_hull_half_planes_hold_the_inside_and_reject_the_outside():
+    x = np.array([0.0, 100.0, 100.0, 0.0, 50.0])
+    y = np.array([0.0, 0.0, 100.0, 100.0, 50.0])  # a square and its centre
+    normals, offsets = gp.pad_planes([gp.hull_planes(x, y), gp.hull_planes(x[::-1], y[::-1])])
+    assert normals.shape == (2, 4)  # four edges, whatever the winding
+    px = np.array([[50.0, 1.0, 99.0, 101.0, -1.0, 50.0]] * 2, np.float32)
+    py = np.array([[50.0, 1.0, 99.0, 50.0, 50.0, 130.0]] * 2, np.float32)
+    inside = gp._inside(px, py, normals, offsets)
+    np.testing.assert_array_equal(inside, [[True, True, True, False, False, False]] * 2)
+    # Two points have no area: they count as overlapping everything (no evidence either way).
+    n, c = gp.hull_planes(np.array([0.0, 10.0]), np.array([0.0, 0.0]))
+    assert gp._inside(np.array([[500.0]], np.float32), np.array([[-500.0]], np.float32), n[None], c[None]).all()
+
+
+def test_a_second_touch_pairs_nearly_all_its_minutiae_and_a_stranger_few():
+    rng = np.random.default_rng(3)
+    finger = _finger(rng)
+    again = _touch(finger, rng, 20.0, 15 - 10j)
+    # The gallery is `again`; the probe `finger` maps onto it by exp(i a) z + shift.
+    truth = complex(np.exp(1j * np.radians(20.0)))
+    assert _fraction(finger, again, truth, 15 - 10j) > 0.8
+    assert _fraction(finger, _finger(rng), truth, 15 - 10j) < 0.25
+    # The same prints under a wrong transform (rotated 30 degrees further) pair little.
+    assert _fraction(finger, again, truth * complex(np.exp(1j * np.radians(30.0))), 15 - 10j) < 0.25
+
+
+def test_pairing_is_one_to_one():
+    """Three probe minutiae crowding one gallery minutia make one pair, not three."""
+    rng = np.random.default_rng(4)
+    gallery = _finger(rng, 30)
+    probe = _minutiae(
+        np.r_[gallery.x, gallery.x[0] + 3.0, gallery.x[0] - 3.0],
+        np.r_[gallery.y, gallery.y[0] + 3.0, gallery.y[0]],
+        np.r_[gallery.angle, gallery.angle[0], gallery.angle[0]],
+    )
+    a, b = cylinders_of(probe), cylinders_of(gallery)
+    packed = mcc_match.pack([b])
+    real = np.arange(packed.pos.shape[1])[None, :] < packed.count[:, None]
+    moved = (a.x + 1j * a.y).astype(np.complex64)[None, :]
+    paired_a, paired_b, _ = gp._pair(
+        moved, np.exp(1j * a.angle).astype(np.complex64)[None, :], packed.pos, packed.unit, real
+    )
+    assert paired_a.sum() == paired_b.sum() == len(b)  # every gallery minutia paired once
+    assert paired_a.sum() < len(a)  # the crowding extras found no partner of their own
+
+
+def test_alignment_follows_the_consensus_not_the_single_best_pair():
+    """The most similar relaxed pair is a look-alike that contradicts the others: the transform
+    most pairs agree with wins."""
+    rng = np.random.default_rng(5)
+    r = 10
+    pa = (rng.uniform(0, 300, r) + 1j * rng.uniform(0, 300, r)).astype(np.complex64)
+    ua = np.exp(1j * rng.uniform(0, 2 * np.pi, r)).astype(np.complex64)
+    rot = np.exp(1j * np.radians(25.0))
+    pb, ub = (rot * pa + (40 + 5j)).astype(np.complex64), (ua * np.conj(rot)).astype(np.complex64)
+    ub[0] *= np.exp(1j * 1.0)  # pair 0 is a look-alike: its direction (so its transform) is wrong
+    pb[0] += 60
+    weight = np.r_[1.0, np.full(r - 1, 0.5)]
+    rotation, anchor_a, anchor_b = gp.align(pa[None], ua[None], pb[None], ub[None], weight[None])
+    assert abs(rotation[0] - rot) < 1e-3
+    probe_point = 123 + 45j
+    assert abs(rotation[0] * (probe_point - anchor_a[0]) + anchor_b[0] - (rot * probe_point + 40 + 5j)) < 1e-2
+
+
+def test_scores_combine_local_evidence_with_the_paired_fraction():
+    rng = np.random.default_rng(6)
+    finger = _finger(rng)
+    assert match(finger, _touch(finger, rng, 10.0, 5 + 5j)) > 0.3
+    # combine(): the geometric mean, 0 without LSS-R evidence, bounded by 1.
+    np.testing.assert_allclose(
+        mcc_match.combine(np.array([0.0, 0.04, 0.04, 0.5]), np.array([1.0, 0.25, 1.0, 3.0])),
+        [0.0, 0.1, 0.2, np.sqrt(0.5)],
+    )
+
+
+@pytest.mark.parametrize("degrees", [0.0, 35.0, -60.0])
+def test_scores_are_symmetric_and_rotation_invariant(degrees):
+    rng = np.random.default_rng(7)
+    finger = _finger(rng)
+    again = _touch(finger, rng, degrees, -20 + 10j)
+    assert match(finger, again) == pytest.approx(match(again, finger), rel=0.05)
+    assert match(finger, again) > 0.3
