@@ -1,7 +1,8 @@
 """Public matching API: 1:1 scores and a vectorised 1:N gallery.
 
-Scores are MCC LSS-R similarities in [0, 1] (higher = more similar), normalised
-for the strength of evidence (see :func:`biometrics.fingerprint.mcc_match.normalise`);
+Scores are in [0, 1] (higher = more similar): MCC LSS-R evidence, normalised for
+its strength, combined with the fraction of the common region's minutiae paired
+under one global alignment (see :mod:`biometrics.fingerprint.mcc_match`);
 see :mod:`biometrics.fingerprint.calibration` for choosing a threshold from a
 target false match rate.
 """
