@@ -136,22 +136,23 @@ def _pair(
     limit, then accepted below it, is the same as mutually nearest among the
     accepted pairs (a pair under the limit that is nearest overall is nearest among
     those under it), and spares masking the (T, n, K) costs. Both coordinates are
-    scaled once, per minutia, so the cost is four squared differences in float32;
-    padding slots are moved far away.
+    scaled once, per minutia, so the cost is the squared distance between 4-vectors
+    (x, y, cos, sin scaled), ``|a|^2 + |b|^2 - 2 a.b``: one batched matrix product
+    and two broadcast additions in float32 (the rounding, about 1e-4 of the unit
+    limit, decides nothing). Padding slots are moved far away.
     """
-    n, k = moved.shape[1], pos.shape[1]
+    t, n, k = moved.shape[0], moved.shape[1], pos.shape[1]
     sd, sa = np.float32(1.0 / D_PAIR), np.float32(1.0 / _CHORD_PAIR)
-    far = np.float32(1e6)
-    cost = np.zeros((moved.shape[0], n, k), np.float32)
-    for a, b in (
-        ((moved.real * sd).astype(np.float32), np.where(real, pos.real * sd, far).astype(np.float32)),
-        ((moved.imag * sd).astype(np.float32), (pos.imag * sd).astype(np.float32)),
-        ((turned.real * sa).astype(np.float32), (unit.real * sa).astype(np.float32)),
-        ((turned.imag * sa).astype(np.float32), (unit.imag * sa).astype(np.float32)),
-    ):
-        d = a[:, :, None] - b[:, None, :]
-        d *= d
-        cost += d
+    a = np.empty((t, n, 4), np.float32)
+    a[:, :, 0], a[:, :, 1] = moved.real * sd, moved.imag * sd
+    a[:, :, 2], a[:, :, 3] = turned.real * sa, turned.imag * sa
+    b = np.empty((t, 4, k), np.float32)
+    b[:, 0], b[:, 1] = np.where(real, pos.real * sd, np.float32(1e3)), pos.imag * sd
+    b[:, 2], b[:, 3] = unit.real * sa, unit.imag * sa
+    cost = np.matmul(a, b)
+    cost *= np.float32(-2.0)
+    cost += np.einsum("tnc,tnc->tn", a, a)[:, :, None]
+    cost += np.einsum("tck,tck->tk", b, b)[:, None, :]
     near_b = cost.argmin(axis=2)  # (T, n): each probe minutia's nearest template minutia
     best = np.take_along_axis(cost, near_b[:, :, None], axis=2)[:, :, 0]
     # Mutual: the probe minutia is also its partner's nearest, i.e. its cost reaches
