@@ -36,6 +36,7 @@ never the face, and only from a device whose policy is not ``refuse``.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from typing import Any, TypeVar
 
@@ -51,8 +52,8 @@ from protocol.sensor import (
     SensorAssertion,
     SensorEnrollmentRequest,
 )
-from protocol.wire import WireError
 from verifier.biometric import BiometricRoutes, _locked
+from verifier.content import message_of
 from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED
 from verifier.http import Answer, Request, Route, json_answer
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -108,12 +109,9 @@ class SensorRoutes:
         }
 
     def _parsed(self, request: Request, operation: str, message: type[_Message]) -> _Message:
-        """The signed body as ``message`` (``from_body``); a malformed one is an audited 400."""
-        body = self.bio.signed_body(request, operation)
-        try:
-            return message.from_body(body)
-        except WireError as exc:
-            raise self.bio._refused(request, Problem("bad-json", str(exc)), "malformed sensor message") from None
+        """The signed body as ``message``, through the biometric routes' one parse path (audited when malformed)."""
+        _, parsed = self.bio.signed_content(request, operation, functools.partial(message_of, message=message))
+        return parsed
 
     # ---------------------------------------------------------------- enrollment
     def enroll(self, request: Request) -> Answer:

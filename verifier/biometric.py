@@ -1,9 +1,11 @@
 """The routes that carry templates: challenges, enrollments, verifications, identifications.
 
-Every biometric request passes the same gate (:meth:`BiometricRoutes._checked`):
+Every biometric request passes the same gate (:meth:`BiometricRoutes.signed_content`):
 the device's access rule for the operation, the device's rate, the signature by
 the device key over the canonical request, and the nonce (single use, short
-life). Then the subject's group against the device's allowed groups, then the
+life). Then what the body carries is parsed, once, by :mod:`verifier.content`
+(a malformed template, face or sensor message is a refusal like any other).
+Then the subject's group against the device's allowed groups, then the
 operation. Every outcome, accepted or refused, is an audit event naming the
 device, the subject and the reason; a template never appears in one.
 
@@ -41,12 +43,13 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
+from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, mcc_match, threshold_for_fmr
 from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
@@ -54,11 +57,12 @@ from protocol import endpoints
 from protocol.face_template import ACR_FACE
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
-from protocol.templates import TemplateWireError, minutiae_problem, records_of
+from protocol.templates import minutiae_problem
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
+from verifier.content import Carried, Malformed, carried_of
 from verifier.enrollments import EnrollmentStore, load_or_create_key
-from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED, FaceRoutes, has_faces
+from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED, FaceRoutes
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
@@ -73,6 +77,7 @@ from verifier.subjects import DEFAULT_GROUP, SubjectGroups
 
 log = structlog.get_logger()
 
+_Content = TypeVar("_Content")
 ENROLL_FINGERS = "enroll-fingers"  # the serial key of finger enrollments (verifier.matching: search to insert)
 SUBJECT_ID = endpoints.SUBJECT_ID
 ENROLLMENTS_PATH = endpoints.ENROLLMENTS
@@ -154,17 +159,34 @@ class BiometricRoutes:
                 "operation not allowed for this device",
             )
 
-    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
-        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
-        body = self.signed_body(request, operation)
-        return body, ([] if has_faces(body) else _template_records(body))  # faces: checked by self.faces
+    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], Carried]:
+        """The gate, then the templates (fingers or faces) the body carries, each decoded and checked."""
+        return self.signed_content(request, operation, carried_of)
 
-    def signed_body(self, request: Request, operation: str) -> dict[str, Any]:
-        """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions)."""
+    def signed_content(
+        self, request: Request, operation: str, parse: Callable[[dict[str, Any]], _Content]
+    ) -> tuple[dict[str, Any], _Content]:
+        """The gate (access rule, rate, signature, nonce), then what the body carries, parsed by ``parse``.
+
+        The one parse path of every signed biometric route (templates, faces, sensor
+        messages: :mod:`verifier.content`): content that does not parse is an
+        audited refusal naming the item and the check that failed, never its bytes.
+        """
+        body = self._signed_body(request, operation)
+        try:
+            return body, parse(body)
+        except Malformed as exc:
+            raise self._refused(request, exc.problem, exc.reason, **exc.audit_fields()) from None
+
+    def _signed_body(self, request: Request, operation: str) -> dict[str, Any]:
+        """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions).
+
+        The rate comes before the body is read as JSON: a device sending bodies that
+        do not parse spends its rate like any other, and each refusal is audited.
+        """
         assert request.device is not None and request.client_cert is not None
         device_id = request.device.device_id
         self._check_operation(request, operation)
-        body = json_object(request)
         wait = self.device_rate.check(device_id)
         if wait > 0:
             raise self._refused(
@@ -177,6 +199,10 @@ class BiometricRoutes:
                 ),
                 "device rate limit",
             )
+        try:
+            body = json_object(request)
+        except Problem as problem:
+            raise self._refused(request, problem, "body not protocol JSON") from None
         try:
             check_signature(request.client_cert.public_key(), request.method, request.path, body)
         except SignatureError as exc:
@@ -269,10 +295,10 @@ class BiometricRoutes:
             )
 
     # ---------------------------------------------------------------- work
-    def _views(self, request: Request, records: list[bytes]) -> list[FingerprintTemplate]:
+    def _views(self, request: Request, carried: Carried) -> list[FingerprintTemplate]:
         """The request's finger views, all records together: at most ``max_views_per_request``, each
         within the protocol's minutiae bounds (a view with none would enroll a subject nobody matches)."""
-        per_record = [decode(record) for record in records]
+        per_record = carried.views
         views = [t for record_views in per_record for t in record_views]
         if len(views) > self.max_views:
             raise self._refused(
@@ -456,8 +482,9 @@ class BiometricRoutes:
         subject = request.subject
         if not SUBJECT_ID.fullmatch(subject):
             raise Problem("bad-subject", f"{subject!r} is not a subject id")
-        body, records = self._checked(request, "enroll")
-        views = self._views(request, records)
+        body, carried = self._checked(request, "enroll")
+        records = carried.records
+        views = self._views(request, carried)
         recorded = self.subjects.recorded(subject)
         group = self._enrollment_group(request, subject, body.get("group"))
         self._check_group(request, subject, group)
@@ -479,8 +506,8 @@ class BiometricRoutes:
                     "session token used or expired",
                     subject=subject,
                 )
-        if not records:
-            return self.faces.enroll(request, body, subject, group, recorded, token_expiry)
+        if carried.has_faces:
+            return self.faces.enroll(request, body, carried, subject, group, recorded, token_expiry)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self._charge(request, len(views) * (self._gallery_size + count))
@@ -584,7 +611,8 @@ class BiometricRoutes:
     def verify(self, request: Request) -> Deferred:
         assert request.device is not None
         device_id = request.device.device_id
-        body, records = self._checked(request, "verify")
+        body, carried = self._checked(request, "verify")
+        records = carried.records
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
             raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
@@ -597,9 +625,9 @@ class BiometricRoutes:
             raise self._attempt_refused(
                 device_id, subject, "locked_out", _locked(subject, locked), locked_for_s=round(locked, 1)
             )
-        if not records:
-            return self.faces.verify(request, body, subject)
-        views = self._views(request, records)
+        if carried.has_faces:
+            return self.faces.verify(request, body, carried, subject)
+        views = self._views(request, carried)
         pending = None
         step_id = body.get("step_up")
         if step_id is not None:
@@ -740,11 +768,11 @@ class BiometricRoutes:
         """1:N among the subjects of the groups this device may act on, best first."""
         assert request.device is not None
         device_id = request.device.device_id
-        body, records = self._checked(request, "identify")
-        views = self._views(request, records)
+        body, carried = self._checked(request, "identify")
+        views = self._views(request, carried)
         allowed = self.rules.groups(device_id)
-        if not records:
-            return self.faces.identify(request, body, allowed)
+        if carried.has_faces:
+            return self.faces.identify(request, body, carried, allowed)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
         self._charge(request, len(views) * self._gallery_size)
@@ -816,17 +844,3 @@ def _locked(subject: str, seconds: float) -> Problem:
         "wait, or verify another way; each further lockout doubles",
         headers=((b"retry-after", str(int(seconds) + 1).encode()),),
     )
-
-
-def _template_records(body: dict[str, Any]) -> list[bytes]:
-    """The ISO/IEC 19794-2 records of a request, each checked by decoding it (views and minutiae: ``_views``)."""
-    try:
-        records = records_of(body.get("templates"))
-    except TemplateWireError as exc:
-        raise Problem("bad-template", str(exc)) from None
-    for index, record in enumerate(records):
-        try:
-            decode(record)
-        except TemplateError as exc:
-            raise Problem("bad-template", f"templates[{index}]: {exc}") from None
-    return records

@@ -3,7 +3,8 @@
 A face travels as protocol/face_template.py records in a ``faces`` list in
 place of the fingerprint ``templates`` (one modality per request), inside the
 same signed request behind the same gate
-(:meth:`verifier.biometric.BiometricRoutes._checked`). The routes in
+(:meth:`verifier.biometric.BiometricRoutes.signed_content`), parsed by
+:func:`verifier.content.carried_of` like fingers. The routes in
 :mod:`verifier.biometric` hand a request with faces to :class:`FaceRoutes`.
 
 - At rest: each embedding record is one row of ``face_enrollments``, AES-GCM
@@ -40,17 +41,7 @@ import structlog
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from biometrics.face import challenge_for, threshold_for_fmr
-from protocol.face_template import (
-    ACR_FACE,
-    ACR_FINGER,
-    FACES,
-    FACTORS,
-    LIVENESS,
-    FaceTemplateError,
-    decode,
-    face_records_of,
-    liveness_steps_of,
-)
+from protocol.face_template import ACR_FACE, ACR_FINGER, FACTORS, decode
 from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -59,6 +50,7 @@ from verifier.ranking import ranked
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
+    from verifier.content import Carried
 
 log = structlog.get_logger()
 
@@ -162,18 +154,6 @@ class FactorRules:
         return {f for (factors,) in rows for f in factors.split(",") if f}
 
 
-def has_faces(body: dict[str, Any]) -> bool:
-    """A request that carries faces (for :class:`FaceRoutes`); one that carries fingers and faces is refused.
-
-    Each modality is decided on its own, the second through a step-up: a face
-    riding along a finger request would otherwise be ignored, liveness unchecked.
-    """
-    if FACES in body and "templates" in body:
-        raise Problem("bad-template", "a request carries finger templates or faces, not both",
-                      "send the other factor in its own request, with the step_up id the verifier answered")
-    return FACES in body
-
-
 @dataclass(frozen=True)
 class _FaceScored:
     score: float
@@ -195,14 +175,15 @@ class FaceRoutes:
         self._gallery: tuple[list[str], np.ndarray] | None = None
 
     # ---------------------------------------------------------------- checks
-    def records(self, request: Request, body: dict[str, Any], operation: str, subject: str | None) -> list[bytes]:
-        """The request's face records, after the liveness claim is checked against the nonce (audited)."""
+    def records(self, request: Request, body: dict[str, Any], carried: Carried, operation: str,
+                subject: str | None) -> list[bytes]:
+        """The request's face records (parsed by the gate), after the liveness claim is checked against the nonce.
+
+        Each modality is decided on its own request (the second through a step-up):
+        :func:`verifier.content.carried_of` refuses one carrying fingers and faces.
+        """
         assert request.device is not None
-        try:
-            records = face_records_of(body.get(FACES))
-            claimed = liveness_steps_of(body.get(LIVENESS))
-        except FaceTemplateError as exc:
-            raise self.bio._refused(request, Problem("bad-template", str(exc)), "malformed face request") from None
+        records, claimed = carried.faces, carried.liveness
         asked = challenge_for(str(body["nonce"]).encode("ascii")).steps
         if claimed != asked:
             raise self.bio._refused(
@@ -229,8 +210,8 @@ class FaceRoutes:
         return self.rules.required(subject_id, self.bio.subjects.group_of(subject_id))
 
     # ---------------------------------------------------------------- enroll
-    def enroll(self, request: Request, body: dict[str, Any], subject: str, group: str, recorded: str | None,
-               token_expiry: float | None) -> Deferred:
+    def enroll(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, group: str,
+               recorded: str | None, token_expiry: float | None) -> Deferred:
         """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
 
         ``token_expiry`` is that of the session token BiometricRoutes took (spent by this attempt whatever it
@@ -239,7 +220,7 @@ class FaceRoutes:
         has_token = token_expiry is not None
         assert request.device is not None
         device_id = request.device.device_id
-        records = self.records(request, body, "enroll", subject)
+        records = self.records(request, body, carried, "enroll", subject)
         probes = _matrix(records)
         own = self.store.embeddings(subject)
         self.bio._charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
@@ -293,11 +274,11 @@ class FaceRoutes:
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FACES)
 
     # ---------------------------------------------------------------- verify
-    def verify(self, request: Request, body: dict[str, Any], subject: str) -> Deferred:
+    def verify(self, request: Request, body: dict[str, Any], carried: Carried, subject: str) -> Deferred:
         """1:1: the best cosine of the request's faces against the subject's; a step-up when a finger is needed."""
         assert request.device is not None
         device_id = request.device.device_id
-        records = self.records(request, body, "verify", subject)
+        records = self.records(request, body, carried, "verify", subject)
         pending = None
         step_id = body.get("step_up")
         if step_id is not None:
@@ -384,11 +365,12 @@ class FaceRoutes:
             self._gallery = self.store.gallery()
         return self._gallery
 
-    def identify(self, request: Request, body: dict[str, Any], allowed: frozenset[str] | None) -> Deferred:
+    def identify(self, request: Request, body: dict[str, Any], carried: Carried,
+                 allowed: frozenset[str] | None) -> Deferred:
         """1:N: one matrix product of the probes against every embedding of the allowed subjects."""
         assert request.device is not None
         device_id = request.device.device_id
-        probes = _matrix(self.records(request, body, "identify", None))
+        probes = _matrix(self.records(request, body, carried, "identify", None))
         subjects, gallery = self._gallery_now()
         among = None if allowed is None else self.bio.subjects.members(set(subjects), allowed)
         groups = ",".join(sorted(allowed)) if allowed is not None else "*"
