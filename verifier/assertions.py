@@ -52,7 +52,7 @@ from protocol.sensor import (
     SensorAssertion,
     SensorEnrollmentRequest,
 )
-from verifier.biometric import BiometricRoutes, _locked
+from verifier.biometric import BiometricRoutes, locked_out
 from verifier.content import message_of
 from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED
 from verifier.http import Answer, Request, Route, json_answer
@@ -120,20 +120,12 @@ class SensorRoutes:
         asked = self._parsed(request, "enroll", SensorEnrollmentRequest)
         subject = asked.subject
         recorded = self.bio.subjects.recorded(subject)
-        group = self.bio._enrollment_group(request, subject, asked.group)
-        self.bio._check_group(request, subject, group)
+        group = self.bio.enrollment_group(request, subject, asked.group)
+        self.bio.check_group(request, subject, group)
         # An enrolled subject (templates, a face, or a print on any sensor) gains a print only after verifying.
-        enrolled = self.bio._enrolled(subject)
+        enrolled = self.bio.is_enrolled(subject)
         if enrolled:
-            self.bio._check_session_token(request, subject, asked.session_token)
-            if not self.bio.sessions.take(str(asked.session_token), device_id, subject):
-                raise self.bio._refused(
-                    request,
-                    Problem("session-token-refused", "the session token was already used, or expired",
-                            "verify the subject again on this device: a token authorises one enrollment"),
-                    "session token used or expired",
-                    subject=subject,
-                )
+            self.bio.spend_session_token(request, subject, asked.session_token)
         if recorded is None:
             self.bio.subjects.assign(subject, group)
         self.bio.sensor_prints.record(subject, device_id, asked.reader.driver, asked.reader.device, asked.print_hash)
@@ -169,7 +161,7 @@ class SensorRoutes:
         device_id = request.device.device_id
         assertion = self._parsed(request, "verify", SensorAssertion)
         subject = assertion.subject
-        self.bio._check_group(request, subject, self.bio.subjects.group_of(subject))
+        self.bio.check_group(request, subject, self.bio.subjects.group_of(subject))
         known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)
         if known != assertion.print_hash:
             self._audit(device_id, assertion, "unknown_subject", "no such print enrolled on this device's sensor")
@@ -183,7 +175,7 @@ class SensorRoutes:
         locked = self.bio.lockouts.locked_for(device_id, subject)
         if locked > 0:
             self._audit(device_id, assertion, "locked_out", "too many failures", locked_for_s=round(locked, 1))
-            raise _locked(subject, locked)
+            raise locked_out(subject, locked)
         policy = self.policy.of(device_id)
         if policy == "refuse":  # before any step-up is looked at: a refused device's word satisfies nothing
             self._audit(device_id, assertion, "refused", "sensor assertions refused for this device", policy=policy,

@@ -130,7 +130,7 @@ class BiometricRoutes:
 
     # ---------------------------------------------------------------- the gate
     @staticmethod
-    def _refused(request: Request, problem: Problem, reason: str, **fields: Any) -> Problem:
+    def refused(request: Request, problem: Problem, reason: str, **fields: Any) -> Problem:
         """A refused biometric request: audited (invariant 5), then answered as a problem."""
         assert request.device is not None
         log.warning(
@@ -149,7 +149,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows(device_id, operation):
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "operation-not-allowed",
@@ -176,7 +176,7 @@ class BiometricRoutes:
         try:
             return body, parse(body)
         except Malformed as exc:
-            raise self._refused(request, exc.problem, exc.reason, **exc.audit_fields()) from None
+            raise self.refused(request, exc.problem, exc.reason, **exc.audit_fields()) from None
 
     def _signed_body(self, request: Request, operation: str) -> dict[str, Any]:
         """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions).
@@ -189,7 +189,7 @@ class BiometricRoutes:
         self._check_operation(request, operation)
         wait = self.device_rate.check(device_id)
         if wait > 0:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "device-rate-limited",
@@ -202,11 +202,11 @@ class BiometricRoutes:
         try:
             body = json_object(request)
         except Problem as problem:
-            raise self._refused(request, problem, "body not protocol JSON") from None
+            raise self.refused(request, problem, "body not protocol JSON") from None
         try:
             check_signature(request.client_cert.public_key(), request.method, request.path, body)
         except SignatureError as exc:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem("bad-signature", str(exc)),
                 str(exc),
@@ -217,10 +217,10 @@ class BiometricRoutes:
                 raise NonceError("unknown", "the body has no nonce")
             self.challenges.consume(device_id, nonce)
         except NonceError as exc:
-            raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
+            raise self.refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
         return body
 
-    def _enrolled(self, subject: str) -> bool:
+    def is_enrolled(self, subject: str) -> bool:
         """The subject has a finger, a face or a print on a match-on-sensor reader enrolled."""
         return self.enrollments.exists(subject) or self.faces.enrolled(subject) or self.sensor_prints.exists(subject)
 
@@ -228,7 +228,7 @@ class BiometricRoutes:
         """429 (audited) when the subject is claimed too often, by this device or across devices."""
         wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
         if wait > 0:
-            raise self._attempt_refused(
+            raise self.attempt_refused(
                 device_id,
                 subject,
                 "subject_rate_limited",
@@ -241,12 +241,12 @@ class BiometricRoutes:
                 wait_s=round(wait, 1),
             )
 
-    def _check_group(self, request: Request, subject: str, group: str) -> None:
+    def check_group(self, request: Request, subject: str, group: str) -> None:
         """403 (audited) unless the device may act on subjects of ``group``."""
         assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows_group(device_id, group):
-            raise self._refused(
+            raise self.refused(
                 request,
                 # The answer never names the subject's group (it would tell one device about
                 # subjects it may not see); the audit event does, for the operator.
@@ -271,7 +271,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         if not isinstance(token, str) or not token:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "verification-required",
@@ -283,7 +283,7 @@ class BiometricRoutes:
                 subject=subject,
             )
         if self.sessions.check(token, device_id) != subject:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "session-token-refused",
@@ -294,6 +294,29 @@ class BiometricRoutes:
                 subject=subject,
             )
 
+    def spend_session_token(self, request: Request, subject: str, token: object) -> float:
+        """An enrollment adding to an enrolled subject spends the subject's session token; its expiry, or 401 (audited).
+
+        Spent by this attempt whatever it gives (a refused finger does not leave it
+        for another try); the caller gives it back (``sessions.give_back`` with the
+        expiry) only when the verifier could not decide.
+        """
+        assert request.device is not None
+        self._check_session_token(request, subject, token)
+        expiry = self.sessions.take(str(token), request.device.device_id, subject)
+        if expiry is None:
+            raise self.refused(  # used meanwhile by a concurrent request (single use)
+                request,
+                Problem(
+                    "session-token-refused",
+                    "the session token was already used, or expired",
+                    "verify the subject again on this device: a token authorises one enrollment",
+                ),
+                "session token used or expired",
+                subject=subject,
+            )
+        return expiry
+
     # ---------------------------------------------------------------- work
     def _views(self, request: Request, carried: Carried) -> list[FingerprintTemplate]:
         """The request's finger views, all records together: at most ``max_views_per_request``, each
@@ -301,7 +324,7 @@ class BiometricRoutes:
         per_record = carried.views
         views = [t for record_views in per_record for t in record_views]
         if len(views) > self.max_views:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "too-many-views",
@@ -315,16 +338,16 @@ class BiometricRoutes:
             for view, template in enumerate(record_views):
                 reason = minutiae_problem(index, view, len(template.minutiae))
                 if reason is not None:
-                    raise self._refused(request, Problem("bad-template", reason), "minutiae out of bounds")
+                    raise self.refused(request, Problem("bad-template", reason), "minutiae out of bounds")
         return views
 
-    def _charge(self, request: Request, comparisons: int) -> None:
+    def charge(self, request: Request, comparisons: int) -> None:
         """Count the request's matching work against the device's allowance (429 when spent)."""
         assert request.device is not None
         device_id = request.device.device_id
         wait = self.device_work.spend(device_id, comparisons)
         if wait > 0:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "device-work-limited",
@@ -418,7 +441,7 @@ class BiometricRoutes:
         device_id = request.device.device_id
         wait = self.challenge_rate.check(device_id)
         if wait > 0:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "device-rate-limited",
@@ -446,23 +469,23 @@ class BiometricRoutes:
         if subject is None:
             return
         if asked.operation == "enroll":
-            group = self._enrollment_group(request, subject, asked.group)
-            self._check_group(request, subject, group)
+            group = self.enrollment_group(request, subject, asked.group)
+            self.check_group(request, subject, group)
             return
-        self._check_group(request, subject, self.subjects.group_of(subject))
-        if not self._enrolled(subject):
-            raise self._refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
+        self.check_group(request, subject, self.subjects.group_of(subject))
+        if not self.is_enrolled(subject):
+            raise self.refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
-            raise self._refused(request, _locked(subject, locked), "locked out", subject=subject)
+            raise self.refused(request, locked_out(subject, locked), "locked out", subject=subject)
 
-    def _enrollment_group(self, request: Request, subject: str, requested: object) -> str:
+    def enrollment_group(self, request: Request, subject: str, requested: object) -> str:
         """The group an enrollment puts the subject in; 409 (audited) when it names another one."""
         if requested is not None and (not isinstance(requested, str) or not endpoints.GROUP_NAME.fullmatch(requested)):
             raise Problem("bad-group", f"{requested!r} is not a group name")
         recorded = self.subjects.recorded(subject)
         if recorded is not None and requested is not None and requested != recorded:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "subject-in-other-group",
@@ -486,31 +509,18 @@ class BiometricRoutes:
         records = carried.records
         views = self._views(request, carried)
         recorded = self.subjects.recorded(subject)
-        group = self._enrollment_group(request, subject, body.get("group"))
-        self._check_group(request, subject, group)
+        group = self.enrollment_group(request, subject, body.get("group"))
+        self.check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
         token_expiry: float | None = None
-        if self._enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
-            self._check_session_token(request, subject, token)
-            # Spent by this attempt whatever it gives: a refused finger does not leave it for another try.
-            token_expiry = self.sessions.take(str(token), device_id, subject)
-            if token_expiry is None:
-                raise self._refused(  # used meanwhile by a concurrent request (single use)
-                    request,
-                    Problem(
-                        "session-token-refused",
-                        "the session token was already used, or expired",
-                        "verify the subject again on this device: a token authorises one enrollment",
-                    ),
-                    "session token used or expired",
-                    subject=subject,
-                )
+        if self.is_enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
+            token_expiry = self.spend_session_token(request, subject, token)
         if carried.has_faces:
             return self.faces.enroll(request, body, carried, subject, group, recorded, token_expiry)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
-        self._charge(request, len(views) * (self._gallery_size + count))
+        self.charge(request, len(views) * (self._gallery_size + count))
 
         def work(budget: Budget) -> _EnrollChecks:
             started = time.perf_counter()
@@ -536,7 +546,7 @@ class BiometricRoutes:
             if token_expiry is None:
                 self.check_still_first(request, subject)
             if checks.not_theirs:
-                raise self._refused(
+                raise self.refused(
                     request,
                     Problem(
                         "not-the-verified-person",
@@ -548,7 +558,7 @@ class BiometricRoutes:
                     subject=subject,
                 )
             if checks.duplicate:
-                raise self._refused(
+                raise self.refused(
                     request,
                     Problem(
                         "duplicate-identity",
@@ -595,8 +605,8 @@ class BiometricRoutes:
         this one too would add a second person's templates to that subject
         without their verification.
         """
-        if self._enrolled(subject):
-            raise self._refused(
+        if self.is_enrolled(subject):
+            raise self.refused(
                 request,
                 Problem(
                     "verification-required",
@@ -616,14 +626,14 @@ class BiometricRoutes:
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
             raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
-        self._check_group(request, subject, self.subjects.group_of(subject))
-        if not self._enrolled(subject):
+        self.check_group(request, subject, self.subjects.group_of(subject))
+        if not self.is_enrolled(subject):
             raise self._unknown_subject(device_id, subject)
         self.check_subject_rate(device_id, subject)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
-            raise self._attempt_refused(
-                device_id, subject, "locked_out", _locked(subject, locked), locked_for_s=round(locked, 1)
+            raise self.attempt_refused(
+                device_id, subject, "locked_out", locked_out(subject, locked), locked_for_s=round(locked, 1)
             )
         if carried.has_faces:
             return self.faces.verify(request, body, carried, subject)
@@ -636,7 +646,7 @@ class BiometricRoutes:
                 self.stepup.give_back(str(step_id), pending)
                 pending = None
             if pending is None:
-                raise self._attempt_refused(
+                raise self.attempt_refused(
                     device_id,
                     subject,
                     "step_up_unknown",
@@ -649,7 +659,7 @@ class BiometricRoutes:
         first_views = [t for record in pending.first_records for t in decode(record)] if pending else []
         generation, templates, count = self._subject_templates(subject)
         try:
-            self._charge(request, len(views) * (count + len(first_views)))
+            self.charge(request, len(views) * (count + len(first_views)))
         except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
             if pending is not None:
                 self.stepup.give_back(str(step_id), pending)
@@ -696,10 +706,10 @@ class BiometricRoutes:
         return Deferred(device_id, work, finish, undo)
 
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
-        return self._attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
+        return self.attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
 
     @staticmethod
-    def _attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
+    def attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
         """A verification that ends before matching: audited with its outcome, then answered."""
         log.warning("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=outcome, **fields)
         return problem
@@ -775,7 +785,7 @@ class BiometricRoutes:
             return self.faces.identify(request, body, carried, allowed)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
-        self._charge(request, len(views) * self._gallery_size)
+        self.charge(request, len(views) * self._gallery_size)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
@@ -837,7 +847,8 @@ def _unknown_subject(subject: str) -> Problem:
     )
 
 
-def _locked(subject: str, seconds: float) -> Problem:
+def locked_out(subject: str, seconds: float) -> Problem:
+    """The 429 of a subject locked out on this device for ``seconds`` more (Retry-After), for every route."""
     return Problem(
         "subject-locked",
         f"too many failed attempts for {subject!r} on this device; locked for {seconds:.0f} s more",

@@ -186,7 +186,7 @@ class FaceRoutes:
         records, claimed = carried.faces, carried.liveness
         asked = challenge_for(str(body["nonce"]).encode("ascii")).steps
         if claimed != asked:
-            raise self.bio._refused(
+            raise self.bio.refused(
                 request,
                 Problem(
                     "liveness-mismatch",
@@ -223,7 +223,7 @@ class FaceRoutes:
         records = self.records(request, body, carried, "enroll", subject)
         probes = _matrix(records)
         own = self.store.embeddings(subject)
-        self.bio._charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
+        self.bio.charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
 
         def work(budget: Budget) -> tuple[int, bool, float]:
             started = time.perf_counter()
@@ -242,14 +242,14 @@ class FaceRoutes:
             if not has_token:
                 self.bio.check_still_first(request, subject)
             if not_theirs:
-                raise self.bio._refused(
+                raise self.bio.refused(
                     request,
                     Problem("not-the-verified-person",
                             f"{not_theirs} of the {len(records)} faces do not match subject {subject!r}",
                             "enroll faces of the verified person only"),
                     "added faces do not match the subject", subject=subject, modality="face")
             if duplicate:
-                raise self.bio._refused(
+                raise self.bio.refused(
                     request,
                     Problem("duplicate-identity",
                             "a face of this enrollment matches a subject enrolled under another id",
@@ -286,7 +286,7 @@ class FaceRoutes:
             if pending is None or FACE_REQUIRED not in pending.reasons:
                 if pending is not None:
                     self.bio.stepup.give_back(str(step_id), pending)
-                raise self.bio._attempt_refused(
+                raise self.bio.attempt_refused(
                     device_id, subject, "step_up_unknown",
                     Problem("step-up-unknown", "no pending step-up asking this device for a face",
                             "start the verification again"), modality="face")
@@ -295,13 +295,13 @@ class FaceRoutes:
         if not len(enrolled):
             if pending is not None:
                 self.bio.stepup.give_back(str(step_id), pending)
-            raise self.bio._attempt_refused(
+            raise self.bio.attempt_refused(
                 device_id, subject, "no_face_enrolled",
                 Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
                         f"enroll a face first: capture-agent enroll --face --subject {subject} --add"),
                 modality="face")
         try:
-            self.bio._charge(request, len(records) * len(enrolled))
+            self.bio.charge(request, len(records) * len(enrolled))
         except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
             if pending is not None:
                 self.bio.stepup.give_back(str(step_id), pending)
@@ -377,7 +377,7 @@ class FaceRoutes:
         keep = np.array([among is None or s in among for s in subjects], bool)
         names = [s for s, k in zip(subjects, keep, strict=True) if k]
         rows = gallery[keep] if len(subjects) else gallery
-        self.bio._charge(request, len(probes) * len(names))
+        self.bio.charge(request, len(probes) * len(names))
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
