@@ -229,6 +229,7 @@ def test_face_first_then_the_finger_on_the_sensor(device, verifier, tmp_path) ->
     assert "--sensor-assertions" in out["refused"].fix
     finger = out["finger"]
     assert isinstance(finger, Decision) and finger.accepted and finger.token
+    assert finger.modality == "finger"  # a face session finished by the sensor's finger: the finger decided
     assert out["finger_step_up_policy"].accepted
     assert out["no_match"].decision == "reject" and out["no_match"].token is None
 
@@ -331,6 +332,7 @@ def test_a_kiosk_with_a_camera_and_only_a_sensor_completes_both_factors(
     assert out["added"]["templates"] == 3 and out["added"]["modality"] == "face"
     verified = out["verified"]
     assert verified["decision"] == "accept" and verified["has_token"], verified
+    assert verified["modality"] == "finger", verified  # the face session's decision was the sensor's finger's
     assert [e["acr_values"] for e in out["events"] if e["type"] == "step_up"] == ["finger"]
     sensor = [r for r in audit(verifier) if r.get("assurance") == "match-on-sensor"]
     decided = [(r["outcome"], r.get("step_up", "")) for r in sensor]

@@ -231,6 +231,7 @@ class SensorRoutes:
             "decision": decision,
             "score": 1.0 if decision == "accept" else 0.0,
             "threshold": 1.0,
+            "modality": "finger",  # a sensor's match is the finger factor
             "assurance": ASSURANCE,
         }
         if decision == "accept":

@@ -758,6 +758,7 @@ class BiometricRoutes:
             device_id=device_id,
             subject=subject,
             outcome=decision,
+            modality="finger",
             score=round(score, 4),
             step_up=",".join(step_up or []),
             reason=reason or ("score above threshold" if decision == "accept" else "score below threshold"),
@@ -767,6 +768,7 @@ class BiometricRoutes:
             "decision": decision,
             "score": round(score, 4),
             "threshold": round(self.threshold, 4),
+            "modality": "finger",  # what decided: this request's finger, a step-up's too
         }
         if decision == "accept":
             self.stepup.completed(device_id)

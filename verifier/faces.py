@@ -352,7 +352,7 @@ class FaceRoutes:
                  modality="face", score=round(scored.score, 4), step_up=",".join(step_up or []),
                  reason="score above threshold" if accepted else "score below threshold")
         answer: dict[str, Any] = {"subject": subject, "decision": decision, "score": round(scored.score, 4),
-                                  "threshold": round(self.threshold, 4)}
+                                  "threshold": round(self.threshold, 4), "modality": "face"}
         if accepted:
             self.bio.stepup.completed(device_id)
             answer.update(self.bio.sessions.issue(device_id, subject))
