@@ -7,7 +7,9 @@ holds the device key can assert anything. So each device has a policy for
 assertions, set by the operator (``capture-verifier device allow ID
 --sensor-assertions accept|step-up|refuse``):
 
-- ``accept``: a match is a decision (a subject marked high-risk still steps up);
+- ``accept``: a match is a decision (a subject marked high-risk still steps up),
+  doing what every decision does (:meth:`BiometricRoutes.decided`: lockout
+  count, the device's first use done, the session token);
 - ``step_up`` (the default): RFC 9470 401 ``insufficient_user_authentication``;
   a fingerprint template of the same subject, sent to ``/v1/verifications``
   with the step-up id, is matched by the verifier and decides;
@@ -189,7 +191,6 @@ class SensorRoutes:
         if assertion.step_up is not None:
             return self._answer_step_up(device_id, assertion, policy)
         if not assertion.matched:
-            self.bio.lockouts.record(device_id, subject, False)
             self._audit(device_id, assertion, "reject", "the sensor did not match", policy=policy)
             return self._decision(device_id, subject, "reject")
         reasons = [SENSOR_STEP_UP_REASON] if policy == "step_up" else []
@@ -200,7 +201,6 @@ class SensorRoutes:
             return self._ask_step_up(device_id, assertion, [FACE_REQUIRED, *reasons], policy, ACR_FACE)
         if reasons:
             return self._ask_step_up(device_id, assertion, reasons, policy, ACR_AFTER_SENSOR)
-        self.bio.lockouts.record(device_id, subject, True)
         self._audit(device_id, assertion, "accept", "the sensor matched; policy accepts sensor assertions",
                     policy=policy)
         return self._decision(device_id, subject, "accept")
@@ -217,15 +217,13 @@ class SensorRoutes:
             raise Problem("step-up-unknown", "no pending step-up asking this device for a finger",
                           "start the verification again")
         decision = "accept" if assertion.matched else "reject"
-        self.bio.lockouts.record(device_id, subject, assertion.matched)
         self._audit(device_id, assertion, decision,
                     "the sensor matched the finger the factor rule asks for" if assertion.matched
                     else "the sensor did not match", policy=policy, step_up=",".join(pending.reasons))
-        if assertion.matched:
-            self.bio.stepup.completed(device_id)
         return self._decision(device_id, subject, decision)
 
     def _decision(self, device_id: str, subject: str, decision: str) -> Answer:
+        """The sensor's decision, with what every decision does (lockout, first use, token: ``bio.decided``)."""
         answer: dict[str, Any] = {
             "subject": subject,
             "decision": decision,
@@ -234,8 +232,7 @@ class SensorRoutes:
             "modality": "finger",  # a sensor's match is the finger factor
             "assurance": ASSURANCE,
         }
-        if decision == "accept":
-            answer.update(self.bio.sessions.issue(device_id, subject))
+        answer.update(self.bio.decided(device_id, subject, decision == "accept"))
         return json_answer(200, answer)
 
     def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str,

@@ -705,6 +705,19 @@ class BiometricRoutes:
 
         return Deferred(device_id, work, finish, undo)
 
+    def decided(self, device_id: str, subject: str, accepted: bool) -> dict[str, Any]:
+        """What every 1:1 decision does, whatever decided it: a template, a face, a sensor's match, a step-up's answer.
+
+        The lockout counts it (a reject is a failure, an accept resets); an accept
+        is the device's first use done (no first-use step-up after it) and issues
+        the single-use session token, whose fields are returned for the answer.
+        """
+        self.lockouts.record(device_id, subject, accepted)
+        if not accepted:
+            return {}
+        self.stepup.completed(device_id)
+        return self.sessions.issue(device_id, subject)
+
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
         return self.attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
 
@@ -751,7 +764,6 @@ class BiometricRoutes:
         reason: str = "",
     ) -> Answer:
         score = scored.score
-        self.lockouts.record(device_id, subject, decision == "accept")
         log.info(
             "verification_attempt",
             audit=True,
@@ -770,9 +782,7 @@ class BiometricRoutes:
             "threshold": round(self.threshold, 4),
             "modality": "finger",  # what decided: this request's finger, a step-up's too
         }
-        if decision == "accept":
-            self.stepup.completed(device_id)
-            answer.update(self.sessions.issue(device_id, subject))
+        answer.update(self.decided(device_id, subject, decision == "accept"))
         timing = f"match;dur={scored.match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
         return json_answer(200, answer, ((b"server-timing", timing),))
 

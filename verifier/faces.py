@@ -347,15 +347,12 @@ class FaceRoutes:
     def _decided(self, device_id: str, subject: str, accepted: bool, scored: _FaceScored,
                  step_up: list[str] | None = None) -> Answer:
         decision = "accept" if accepted else "reject"
-        self.bio.lockouts.record(device_id, subject, accepted)
         log.info("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=decision,
                  modality="face", score=round(scored.score, 4), step_up=",".join(step_up or []),
                  reason="score above threshold" if accepted else "score below threshold")
         answer: dict[str, Any] = {"subject": subject, "decision": decision, "score": round(scored.score, 4),
                                   "threshold": round(self.threshold, 4), "modality": "face"}
-        if accepted:
-            self.bio.stepup.completed(device_id)
-            answer.update(self.bio.sessions.issue(device_id, subject))
+        answer.update(self.bio.decided(device_id, subject, accepted))
         return json_answer(200, answer, ((b"server-timing", f"match;dur={scored.match_ms:.3f}".encode()),))
 
     # ---------------------------------------------------------------- identify
