@@ -199,10 +199,7 @@ class BiometricRoutes:
                 ),
                 "device rate limit",
             )
-        try:
-            body = json_object(request)
-        except Problem as problem:
-            raise self.refused(request, problem, "body not protocol JSON") from None
+        body = self._json_object(request)
         try:
             check_signature(request.client_cert.public_key(), request.method, request.path, body)
         except SignatureError as exc:
@@ -219,6 +216,13 @@ class BiometricRoutes:
         except NonceError as exc:
             raise self.refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
         return body
+
+    def _json_object(self, request: Request) -> dict[str, Any]:
+        """The body as a protocol JSON object; a body that is not one is an audited 400 ``bad-json``."""
+        try:
+            return json_object(request)
+        except Problem as problem:
+            raise self.refused(request, problem, "body not protocol JSON") from None
 
     def is_enrolled(self, subject: str) -> bool:
         """The subject has a finger, a face or a print on a match-on-sensor reader enrolled."""
@@ -451,9 +455,9 @@ class BiometricRoutes:
                 "challenge rate limit",
             )
         try:
-            asked = ChallengeRequest.from_body(json_object(request))
+            asked = ChallengeRequest.from_body(self._json_object(request))
         except WireError as exc:
-            raise Problem("bad-challenge", str(exc)) from None
+            raise self.refused(request, Problem("bad-challenge", str(exc)), "malformed challenge request") from None
         if asked.operation:
             self._precheck(request, asked)
         nonce, expires_at = self.challenges.issue(device_id)
@@ -482,7 +486,7 @@ class BiometricRoutes:
     def enrollment_group(self, request: Request, subject: str, requested: object) -> str:
         """The group an enrollment puts the subject in; 409 (audited) when it names another one."""
         if requested is not None and (not isinstance(requested, str) or not endpoints.GROUP_NAME.fullmatch(requested)):
-            raise Problem("bad-group", f"{requested!r} is not a group name")
+            raise self.refused(request, Problem("bad-group", f"{requested!r} is not a group name"), "malformed group")
         recorded = self.subjects.recorded(subject)
         if recorded is not None and requested is not None and requested != recorded:
             raise self.refused(
@@ -625,7 +629,10 @@ class BiometricRoutes:
         records = carried.records
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
-            raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
+            raise self.refused(
+                request, Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"'),
+                "malformed subject",
+            )
         self.check_group(request, subject, self.subjects.group_of(subject))
         if not self.is_enrolled(subject):
             raise self._unknown_subject(device_id, subject)
