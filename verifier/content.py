@@ -74,7 +74,12 @@ class Carried:
 
 
 def carried_of(body: dict[str, Any]) -> Carried:
-    """The templates a signed body carries, each decoded and checked; :class:`Malformed` names the first defect."""
+    """The templates a signed body carries, each decoded and checked; :class:`Malformed` names the first defect.
+
+    Fingers and faces together are refused: each modality is decided on its own
+    request (the second through a step-up), and a face riding along a finger
+    request would otherwise be ignored, its liveness unchecked.
+    """
     if FACES in body and "templates" in body:
         raise Malformed(
             Problem("bad-template", "a request carries finger templates or faces, not both", BOTH_FIX),
