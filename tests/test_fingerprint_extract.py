@@ -278,6 +278,37 @@ def test_minutiae_where_the_filter_finds_no_ridges_are_dropped_relative_to_the_p
     assert not in_patch(stages["final"]).any()
     assert (~in_patch(stages["final"])).sum() >= 5  # the clear part keeps its minutiae
 
-    # A uniformly faint print: clarity is relative to the image's own, nothing is dropped for faintness.
+    # A uniformly faint print: clarity is relative to the image's own, nothing is dropped for faintness
+    # at that stage (the ridge amplitude itself is judged later, by reliability: see the next test).
     faint = replace(analysis, normalised=analysis.normalised * 0.2)
-    assert len(detect_stages(faint).minutiae) == len(detect_stages(analysis).minutiae)
+    assert len(detect_stages(faint).stages["inside"]) == len(detect_stages(analysis).stages["inside"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_minutiae_on_ridges_too_faint_to_follow_are_dropped_but_a_faint_capture_keeps_its_own(synthetic_print, seed):
+    """Regular ridges at a tenth of the filtered amplitude: clear, but their minutiae recur at chance (reliability)."""
+    from dataclasses import replace
+
+    from biometrics.fingerprint.minutiae import detect_stages
+
+    sp = synthetic_print(seed)
+    analysis = analyse(sp.image)
+    norm = analysis.normalised.copy()
+    patch = (slice(80, 220), slice(80, 220))
+    assert analysis.mask[patch].all()
+    norm[patch] *= 0.1  # the same ridges, a tenth of the amplitude: the clarity ratio is unchanged there
+    stages = detect_stages(replace(analysis, normalised=norm)).stages
+
+    def in_patch(m):
+        return (m.y >= 100) & (m.y < 200) & (m.x >= 100) & (m.x < 200)
+
+    assert in_patch(stages["inside"]).sum() >= 3  # the clarity stage keeps them
+    assert not in_patch(stages["final"]).any()
+    assert (~in_patch(stages["final"])).sum() >= 8  # the rest of the print keeps its minutiae
+
+    # A faint capture (a tenth of the contrast) is normalised back: the same minutiae, to a pixel or two.
+    img = sp.image.astype(np.float32)
+    faint = np.clip(img.mean() + 0.1 * (img - img.mean()), 0, 255).astype(np.uint8)
+    full, weak = extract(sp.image).minutiae, extract(faint).minutiae
+    recall, _ = _recall_precision(weak, np.stack([full.x, full.y], axis=1), tol=3.0)
+    assert recall >= 0.9
