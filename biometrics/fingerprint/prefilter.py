@@ -55,6 +55,25 @@ unnormalised), a validity-aware (MCC-like) row similarity changes nothing
 (91.8 %), and even every row (48 x 48) reaches only 96.6 % unnormalised. The
 remaining misses need geometry (which pairs agree), that is the full score.
 
+Averaging the probe's TOP_ROWS = 5 best-matched rows instead of 3 (same cost:
+one partition) moved the recall at 3 % (same templates, hub-centred, 24 x 32
+rows) from 96.20 to 96.64 % on the synthetic population (seed 0) and on FVC2002
+DB1-4 from 99.81 / 99.42 / 99.10 / 99.79 to 99.62 / 99.81 / 99.55 / 99.79 %
+(4 rows: 96.55 %, DB3 99.10 %; 6: 96.38 %; 8: 96.47 %, DB1 99.24 %): a mate
+seen in a small overlap has few rows that match it well, and a top-3 mean lets
+an impostor with three lucky rows outrank it. On an FVC folder one pair is
+0.2 %, so these are small moves, not a cure. What the synthetic population
+still loses is out of reach of a second stage at any affordable fraction: its
+accepted mates rank within the best 10 / 15 / 25 % of the impostors in 98.8 /
+98.9 / 99.5 % of the pairs (top-3 mean), so even a perfect second stage over
+the best 15 % stays under 99 %, and the second stages tried over the best 15 to
+25 % fell short well before that: :func:`mcc_match.consolidate` (LSS-R, with
+geometry) fed with the sketch rows' similarities (98.0 % at 15 %, about 30 us
+per candidate: ten times the budget), and a pairwise check of distances,
+relative directions and radial angles among each candidate's 8 best row matches
+(96.8 %; 97.3 % added to the pre-score, at 25 %). A cheaper first pass over the
+gallery's first 8 or 12 rows ahead of this one loses mates (92 to 95.7 %).
+
 Binarised cylinders compared with popcount (MCC's bit variant) were considered:
 in numpy, XOR plus ``bitwise_count`` over every cylinder pair moves more memory
 than the float product it replaces, and a Hamming distance of 0/1 vectors computed
@@ -81,7 +100,7 @@ GALLERY_ROWS = 24  # per enrolled template; the cost is PROBE_ROWS x GALLERY_ROW
 SPATIAL_BLOCK = 1  # cells per block side (coarser loses too much: see the module docstring)
 DIRECTION_BLOCK = 2  # direction bins per block
 DIRECTION_WEIGHT = 0.5
-TOP_ROWS = 3
+TOP_ROWS = 5  # 3 until the incremental gallery: see the module docstring
 MIN_CANDIDATES = 64  # galleries up to this size are scored in full
 CANDIDATE_FRACTION = 0.03
 BASIS_DIM = 160  # principal directions kept (of 240): see projection()
