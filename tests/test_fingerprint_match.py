@@ -328,6 +328,13 @@ def test_incremental_gallery_gives_the_same_full_scores_and_mates_as_one_built_a
         assert len(idx) == max(prefilter.MIN_CANDIDATES, int(np.ceil(prefilter.CANDIDATE_FRACTION * 190)))
         assert grown.search(probe, top_k=1)[0][0] == at_once.search(probe, top_k=1)[0][0] == target
     np.testing.assert_array_equal(grown.scores(probes[100]), at_once.scores(probes[100]))
+    for n in range(60):  # a third of the rows unreferenced: the stack compacts them
+        assert grown.remove(n) == 1
+    rest = GalleryIndex()
+    for n in range(60, 190):
+        rest.add(n, fingers[n])
+    np.testing.assert_array_equal(grown.scores(probes[100]), rest.scores(probes[100]))
+    assert grown.search(probes[170], top_k=1)[0][0] == 170 and 3 not in dict(grown.search(probes[3], top_k=3))
 
 
 def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh_fit():

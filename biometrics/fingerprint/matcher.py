@@ -49,7 +49,8 @@ def match(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate | Minutiae) 
 class _GrowingStack:
     """A :class:`mcc_match.Stack` that grows in place: adds append rows, removals leave garbage rows.
 
-    Row storage grows geometrically (an add copies only the new template's rows);
+    Row storage grows by half when full (an add copies only its own rows, and
+    the occasional growth copies the stack once);
     a removal drops the template from the per-template arrays and leaves its rows
     unreferenced until they make up a quarter of the storage, when the live rows
     are compacted in one copy.
@@ -71,7 +72,7 @@ class _GrowingStack:
         s = mcc_match.stack(cylinders)
         r, t, k = len(s.rows), s.templates, s.pos.shape[1]
         if self._used + r > len(self._rows):
-            grown = np.zeros((max(2 * len(self._rows), self._used + r, 1024), mcc_match.WIDTH), np.float32)
+            grown = np.zeros((max(len(self._rows) * 3 // 2, self._used + r, 1024), mcc_match.WIDTH), np.float32)
             grown[: self._used] = self._rows[: self._used]
             self._rows = grown
         self._rows[self._used : self._used + r] = s.rows
@@ -140,12 +141,12 @@ class GalleryIndex:
     :mod:`biometrics.fingerprint.prefilter`): see ``bench.fingerprint``'s
     ``comparisons_per_s_per_core`` for measured figures. For throughput, run with
     single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the number of
-    cores: blocks are then scored in parallel threads. Memory: about 120 KB per
+    cores: blocks are then scored in parallel threads. Memory: about 140 KB per
     template of 35 cylinders (stacked for scoring with their validity and energy
-    per cell: 642 float32 per cylinder, with up to a third more as growth room
-    and removed rows not yet compacted; plus the sketch and its projection), at
-    most 170 KB (48 cylinders). Not thread-safe: guard add/remove/search with one
-    lock if threads share it.
+    per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
+    projection: 46 KB), at most 170 KB (48 cylinders), plus up to half the stack
+    again as growth room and removed rows not yet compacted. Not thread-safe:
+    guard add/remove/search with one lock if threads share it.
     """
 
     def __init__(self, workers: int | None = None) -> None:
