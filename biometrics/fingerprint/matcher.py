@@ -128,12 +128,13 @@ class GalleryIndex:
     :class:`biometrics.fingerprint.prefilter.SketchIndex`): the first search after
     an add lays out only the new templates (their rows appended to the stack,
     their sketches projected, their hub centres estimated against the stored
-    sample probes: well under a millisecond each), and a removal compacts without
-    refitting. The pre-filter's principal subspace and every template's centre
-    are refitted only when the gallery has changed size by a quarter since the
-    last fit (with 32 of its own templates pre-scored against all of it: about
-    0.3 s per 2,000 templates on an idle core), so an enrollment's duplicate
-    search costs about one search (``bench.fingerprint``'s ``add_search_ms``).
+    sample probes: about 1.5 ms each in a gallery of 2,000, against 1.8 s CPU to
+    pack those 2,000 from scratch), and a removal compacts without refitting
+    (about 30 ms). The pre-filter's principal subspace and every template's
+    centre are refitted only when the gallery has changed size by a quarter
+    since the last fit (with 64 of its own templates pre-scored against all of
+    it: about 0.6 s CPU per 2,000 templates), so an enrollment's duplicate search
+    costs about one search (``bench.fingerprint``'s ``add_search_ms``).
     :meth:`scores` gives every template the full score (50 to 120 us per
     template per core, growing with the product of the cylinder counts).
     :meth:`search` ranks the gallery with the pre-filter (about 4 us per
