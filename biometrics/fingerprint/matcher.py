@@ -215,7 +215,8 @@ class GalleryIndex:
         cp = cylinders_of(probe)
         if len(cp) == 0 or not self._ids:
             return out
-        packed = self._pack()
+        self._flush()  # the full score needs the stack only, not the pre-filter's fit
+        packed = self._stack.view()
         starts = list(range(0, len(self._ids), CHUNK))
 
         def run(lo: int) -> None:
