@@ -281,3 +281,17 @@ def test_minutiae_where_the_filter_finds_no_ridges_are_dropped_relative_to_the_p
     # A uniformly faint print: clarity is relative to the image's own, nothing is dropped for faintness.
     faint = replace(analysis, normalised=analysis.normalised * 0.2)
     assert len(detect_stages(faint).minutiae) == len(detect_stages(analysis).minutiae)
+
+
+def test_shrink_gives_opencvs_area_resize_bit_for_bit():
+    from biometrics.fingerprint.image import shrink
+
+    rng = np.random.default_rng(5)
+    # Widths that divide and heights that do not take the two-pass route; the others go straight to OpenCV.
+    for h, w in ((374, 388), (478, 448), (301, 300), (93, 124), (375, 389), (300, 300)):
+        for factor in (2, 4):
+            for power in (1.0, 2.0, 4.0):  # values spanning a few or many binades
+                image = (rng.random((h, w)) * 50.0).astype(np.float32) ** power
+                size = (w // factor, h // factor)
+                want = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                assert np.array_equal(shrink(image, size).view(np.uint32), want.view(np.uint32))

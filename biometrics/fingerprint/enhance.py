@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from biometrics.fingerprint.image import shrink
+
 N_ORIENTATIONS = 16
 MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 6.0, 13.0, 9.0
 FINE_PERCENTILE = 10.0  # the filter is tuned to the finer ridges of the finger
@@ -127,11 +129,11 @@ def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
     period) and is brought back to full size at the end.
     """
     h, w = contrast.shape
-    small = cv2.resize(contrast, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    small = shrink(contrast, (max(1, w // 4), max(1, h // 4)))
     strong = _percentile(small.ravel(), 95.0)
     if strong <= 1e-6:
         return np.zeros(contrast.shape, bool)
-    coh = cv2.resize(coherence, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    coh = shrink(coherence, (small.shape[1], small.shape[0]))
     coh = cv2.GaussianBlur(coh, (0, 0), 2.0)
     raw = ((small > max(0.25 * strong, 3.0)) & (coh > MIN_SEGMENT_COHERENCE)).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
@@ -167,9 +169,9 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
     half = (max(1, w // 2), max(1, h // 2))
     product = gx * gx  # one full-size buffer for the three products
-    gxx = cv2.resize(product, half, interpolation=cv2.INTER_AREA)
-    gyy = cv2.resize(np.multiply(gy, gy, out=product), half, interpolation=cv2.INTER_AREA)
-    gxy = cv2.resize(np.multiply(gx, gy, out=product), half, interpolation=cv2.INTER_AREA)
+    gxx = shrink(product, half)
+    gyy = shrink(np.multiply(gy, gy, out=product), half)
+    gxy = shrink(np.multiply(gx, gy, out=product), half)
     gxx = cv2.GaussianBlur(gxx, (0, 0), 2.5)
     gyy = cv2.GaussianBlur(gyy, (0, 0), 2.5)
     gxy = cv2.GaussianBlur(gxy, (0, 0), 2.5)
@@ -276,8 +278,8 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None
     h, w = mask.shape
     half = (max(1, w // 2), max(1, h // 2))
     inside = cv2.resize(mask8, half, interpolation=cv2.INTER_NEAREST).view(bool)
-    g = cv2.GaussianBlur(cv2.resize(grad, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
-    s = cv2.GaussianBlur(cv2.resize(sig, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
+    g = cv2.GaussianBlur(shrink(grad, half), (0, 0), 4.0)[inside]
+    s = cv2.GaussianBlur(shrink(sig, half), (0, 0), 4.0)[inside]
     if len(g) == 0:
         return DEFAULT_PERIOD, share
     return float(np.clip(_fine_period(g, s), MIN_PERIOD, MAX_PERIOD)), share
