@@ -341,10 +341,10 @@ def _strip_boxes(index: np.ndarray, n: int) -> list[list[Box | None]]:
     table[:n] = np.left_shift(1, np.arange(n))
     m = -(-h // STRIP)
     coded = np.zeros((m * STRIP, w), table.dtype)  # whole strips, no labels below the image
-    coded[:h] = cv2.LUT(index, table)
-    labels = np.arange(n)[:, None, None]
-    across = (np.bitwise_or.reduce(coded.reshape(m, STRIP, w), axis=1)[None] >> labels) & 1 > 0
-    along = (np.bitwise_or.reduce(coded, axis=1).reshape(m, STRIP)[None] >> labels) & 1 > 0
+    cv2.LUT(index, table, dst=coded[:h])
+    bits = table[:n, None, None]
+    across = np.bitwise_or.reduce(coded.reshape(m, STRIP, w), axis=1)[None] & bits != 0
+    along = np.bitwise_or.reduce(coded, axis=1).reshape(m, STRIP)[None] & bits != 0
     starts = np.arange(0, m * STRIP, STRIP)
     boxes = np.stack(
         [
@@ -386,31 +386,37 @@ def _filter_jobs(index: np.ndarray, n: int, half: int) -> list[tuple[int, Box, l
     h, w = index.shape
 
     def groups(strips: list[Box | None], filters: int) -> tuple[int, list[Box]]:
-        """Consecutive strips' boxes joined while one box costs less than two; the total cost and the boxes."""
+        """Consecutive strips' boxes joined while one box costs less than two; the total cost and the boxes.
 
-        def cost(y0: int, y1: int, x0: int, x1: int) -> int:
-            # sepFilter2D's row pass also covers the half-width beyond the crop above and below.
-            rows = min(h, y1 + half) - max(0, y0 - half) + half
-            return filters * (rows * (min(w, x1 + half) - max(0, x0 - half)) + CALL_PIXELS) + WRITE_PIXELS
-
+        A box's cost: its crop (box and halo, within the image) times the filters,
+        plus the calls' fixed costs; sepFilter2D's row pass also covers the
+        half-width beyond the crop above and below. Written out inline: this
+        runs a few hundred times per image.
+        """
+        fixed = filters * CALL_PIXELS + WRITE_PIXELS
         out: list[Box] = []
-        total = 0
+        total = spent = top = 0
         current: Box | None = None
-        spent = 0
         for box in strips:
             if box is None:
                 continue
+            y0, y1, x0, x1 = box
+            left, right = (x0 - half if x0 > half else 0), (x1 + half if x1 + half < w else w)
+            bottom = y1 + half if y1 + half < h else h
+            alone = filters * (bottom - (y0 - half if y0 > half else 0) + half) * (right - left) + fixed
             if current is None:
-                current, spent = box, cost(*box)
+                current, spent, top = box, alone, y0 - half if y0 > half else 0
                 continue
-            joined = (current[0], box[1], min(current[2], box[2]), max(current[3], box[3]))  # strips go down
-            alone, both = cost(*box), cost(*joined)
-            if both > spent + alone:
+            c0, c1 = current[2], current[3]
+            left2 = left if x0 < c0 else (c0 - half if c0 > half else 0)
+            right2 = right if x1 > c1 else (c1 + half if c1 + half < w else w)
+            both = filters * (bottom - top + half) * (right2 - left2) + fixed
+            if both > spent + alone:  # strips go down: a joined box runs from the current top to this bottom
                 out.append(current)
                 total += spent
-                current, spent = box, alone
+                current, spent, top = box, alone, y0 - half if y0 > half else 0
             else:
-                current, spent = joined, both
+                current, spent = (current[0], y1, min(c0, x0), max(c1, x1)), both
         if current is not None:
             out.append(current)
             total += spent
