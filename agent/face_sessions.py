@@ -241,17 +241,19 @@ class FaceSession:
                     raise SessionError("the verifier asked for yet another factor after the finger",
                                        fix="start the verification again; if it persists, see the verifier's "
                                        "factor rules")
-                return self._verified(fingered)
+                return self._verified(fingered, decided_by="finger")
             result = {"type": "result", "operation": "verify", "modality": "face", "subject": subject,
                       "decision": "step_up", "acr_values": answer.acr_values}
             self.emit(result)
             return result
         return self._verified(answer)
 
-    def _verified(self, answer: Decision) -> dict[str, Any]:
+    def _verified(self, answer: Decision, decided_by: str = "face") -> dict[str, Any]:
+        """The session's result; ``modality`` is the factor that decided (the verifier's word, else the factor of
+        the request it answered: a finger step-up's decision is the finger's, its score the finger's score)."""
         if answer.token is not None and answer.expires_in is not None:
             self.session_token = SessionToken(answer.token, time.monotonic() + answer.expires_in)
-        result = {"type": "result", "operation": "verify", "modality": "face", **answer.public()}
+        result = {"type": "result", "operation": "verify", **answer.public(), "modality": answer.modality or decided_by}
         self.emit(result)
         return result
 

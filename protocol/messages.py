@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import endpoints
-from protocol.face_template import FACES, LIVENESS, wire_faces, wire_liveness
+from protocol.face_template import FACES, FACTORS, LIVENESS, wire_faces, wire_liveness
 from protocol.templates import wire_templates
 from protocol.wire import WireError
 
@@ -179,6 +179,9 @@ class Decision:
     threshold: float
     token: str | None = field(default=None, repr=False)
     expires_in: float | None = None
+    # The factor whose match decided: "finger" or "face" (a face verification finished by a finger step-up was
+    # decided by the finger). None from a verifier that does not say.
+    modality: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -196,6 +199,9 @@ class Decision:
         expires_in = data.get("expires_in")
         if token is not None and not isinstance(expires_in, int | float):
             raise WireError(f"{what}: a token needs its 'expires_in'")
+        modality = data.get("modality")
+        if modality is not None and modality not in FACTORS:
+            raise WireError(f"{what}: modality {modality!r} is not one of {', '.join(FACTORS)}")
         return cls(
             _field(data, "subject", str, what),
             decision,
@@ -203,12 +209,14 @@ class Decision:
             float(_field(data, "threshold", (int, float), what)),
             token,
             float(expires_in) if token is not None else None,
+            modality,
         )
 
     def public(self) -> dict[str, Any]:
-        """What may be shown or logged: everything but the token."""
-        return {"subject": self.subject, "decision": self.decision, "score": self.score,
-                "threshold": self.threshold, "has_token": self.token is not None}
+        """What may be shown or logged: everything but the token (``modality`` when the verifier said it)."""
+        shown = {"subject": self.subject, "decision": self.decision, "score": self.score,
+                 "threshold": self.threshold, "has_token": self.token is not None}
+        return {**shown, "modality": self.modality} if self.modality is not None else shown
 
 
 @dataclass(frozen=True)

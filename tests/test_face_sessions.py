@@ -194,6 +194,7 @@ def test_a_finger_session_steps_up_to_the_face_when_the_policy_needs_both(
 
     result, finger, person = asyncio.run(go())
     assert result["decision"] == "accept" and result["has_token"]
+    assert result["modality"] == "face", result  # a finger session finished by the face: the face decided
     step_ups = [e for e in finger.events if e["type"] == "step_up"]
     assert [e["acr_values"] for e in step_ups] == ["face"] and step_ups[0]["reasons"] == ["policy_requires_face"]
     assert finger.prompts.count("place_finger") == 1  # one finger, then the face: no second finger asked

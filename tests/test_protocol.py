@@ -118,6 +118,12 @@ def test_a_decision_is_parsed_field_by_field() -> None:
         Decision.from_json({"subject": "a", "decision": "maybe", "score": 0.9, "threshold": 0.1})
     with pytest.raises(WireError):
         Decision.from_json({"subject": "a", "decision": "accept", "score": "high", "threshold": 0.1})
+    rejected = {"subject": "a", "decision": "reject", "score": 0.0, "threshold": 0.1}
+    said = Decision.from_json({**rejected, "modality": "face"})
+    assert said.modality == "face" and said.public()["modality"] == "face"
+    assert "modality" not in ok.public()  # a verifier that does not say: nothing is made up
+    with pytest.raises(WireError, match="modality"):
+        Decision.from_json({**rejected, "modality": "iris"})
 
 
 def test_paths_are_the_protocols() -> None:

@@ -229,6 +229,7 @@ def test_face_first_then_the_finger_on_the_sensor(device, verifier, tmp_path) ->
     assert "--sensor-assertions" in out["refused"].fix
     finger = out["finger"]
     assert isinstance(finger, Decision) and finger.accepted and finger.token
+    assert finger.modality == "finger"  # a face session finished by the sensor's finger: the finger decided
     assert out["finger_step_up_policy"].accepted
     assert out["no_match"].decision == "reject" and out["no_match"].token is None
 
@@ -331,6 +332,7 @@ def test_a_kiosk_with_a_camera_and_only_a_sensor_completes_both_factors(
     assert out["added"]["templates"] == 3 and out["added"]["modality"] == "face"
     verified = out["verified"]
     assert verified["decision"] == "accept" and verified["has_token"], verified
+    assert verified["modality"] == "finger", verified  # the face session's decision was the sensor's finger's
     assert [e["acr_values"] for e in out["events"] if e["type"] == "step_up"] == ["finger"]
     sensor = [r for r in audit(verifier) if r.get("assurance") == "match-on-sensor"]
     decided = [(r["outcome"], r.get("step_up", "")) for r in sensor]
@@ -350,3 +352,28 @@ def test_a_malformed_sensor_message_is_a_400_and_is_audited(device, verifier) ->
     assert response.status_code == 400 and response.json()["type"].endswith("/bad-json"), response.json()
     refused = audit(verifier, "biometric_request_refused")
     assert (endpoints.SENSOR_VERIFICATIONS, "malformed sensor message") in {(r["path"], r["reason"]) for r in refused}
+
+
+def test_a_sensor_accept_is_the_devices_first_use_like_a_step_up_answer(device, verifier, synthetic_templates) -> None:
+    """Every accepted verification marks the device's first use done, a sensor's direct accept included.
+
+    Under ``accept`` a sensor's match decides with no step-up; the device's next
+    verification (here a template of another subject) is then no longer its
+    first use, exactly as after a step-up answered by the sensor or a template.
+    """
+    t = synthetic_templates
+    verifier.allow(device.identity.device_id, sensor="accept")
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        await api.enroll("alice", [encode_finger(x) for x in t[0][:2]])
+        await api.signed(SensorEnrollmentRequest("dave", READER, PRINT), None, None)
+        sensed = await asserted(api, assertion())
+        template = await api.verify("alice", [encode_finger(t[0][2])])
+        return sensed, template
+
+    sensed, template = device.run(steps)
+    assert isinstance(sensed, Decision) and sensed.accepted and sensed.modality == "finger"
+    assert isinstance(template, Decision) and template.accepted, template  # no first_use_of_device step-up
+    decided = [(r["subject"], r["outcome"]) for r in audit(verifier) if r["outcome"] in ("accept", "step_up")]
+    assert decided == [("dave", "accept"), ("alice", "accept")]

@@ -220,6 +220,9 @@ def test_face_step_up_then_face_first(device, verifier, synthetic_templates) -> 
     assert isinstance(face, Decision) and face.accepted and face.token
     assert isinstance(face_first, StepUp) and face_first.acr_values == ACR_FINGER
     assert isinstance(then_finger, Decision) and then_finger.accepted
+    # The decision names the factor that decided it (its score is that factor's): the step-up's, not the first.
+    assert (wrong_face.modality, face.modality, then_finger.modality) == ("face", "face", "finger")
+    assert then_finger.public()["modality"] == "finger"
     assert unknown.slug == "unknown-subject"
 
 

@@ -7,7 +7,9 @@ holds the device key can assert anything. So each device has a policy for
 assertions, set by the operator (``capture-verifier device allow ID
 --sensor-assertions accept|step-up|refuse``):
 
-- ``accept``: a match is a decision (a subject marked high-risk still steps up);
+- ``accept``: a match is a decision (a subject marked high-risk still steps up),
+  doing what every decision does (:meth:`BiometricRoutes.decided`: lockout
+  count, the device's first use done, the session token);
 - ``step_up`` (the default): RFC 9470 401 ``insufficient_user_authentication``;
   a fingerprint template of the same subject, sent to ``/v1/verifications``
   with the step-up id, is matched by the verifier and decides;
@@ -36,6 +38,7 @@ never the face, and only from a device whose policy is not ``refuse``.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from typing import Any, TypeVar
 
@@ -51,8 +54,8 @@ from protocol.sensor import (
     SensorAssertion,
     SensorEnrollmentRequest,
 )
-from protocol.wire import WireError
-from verifier.biometric import BiometricRoutes, _locked
+from verifier.biometric import BiometricRoutes, locked_out
+from verifier.content import message_of
 from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED
 from verifier.http import Answer, Request, Route, json_answer
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -108,12 +111,9 @@ class SensorRoutes:
         }
 
     def _parsed(self, request: Request, operation: str, message: type[_Message]) -> _Message:
-        """The signed body as ``message`` (``from_body``); a malformed one is an audited 400."""
-        body = self.bio.signed_body(request, operation)
-        try:
-            return message.from_body(body)
-        except WireError as exc:
-            raise self.bio._refused(request, Problem("bad-json", str(exc)), "malformed sensor message") from None
+        """The signed body as ``message``, through the biometric routes' one parse path (audited when malformed)."""
+        _, parsed = self.bio.signed_content(request, operation, functools.partial(message_of, message=message))
+        return parsed
 
     # ---------------------------------------------------------------- enrollment
     def enroll(self, request: Request) -> Answer:
@@ -122,20 +122,12 @@ class SensorRoutes:
         asked = self._parsed(request, "enroll", SensorEnrollmentRequest)
         subject = asked.subject
         recorded = self.bio.subjects.recorded(subject)
-        group = self.bio._enrollment_group(request, subject, asked.group)
-        self.bio._check_group(request, subject, group)
+        group = self.bio.enrollment_group(request, subject, asked.group)
+        self.bio.check_group(request, subject, group)
         # An enrolled subject (templates, a face, or a print on any sensor) gains a print only after verifying.
-        enrolled = self.bio._enrolled(subject)
+        enrolled = self.bio.is_enrolled(subject)
         if enrolled:
-            self.bio._check_session_token(request, subject, asked.session_token)
-            if not self.bio.sessions.take(str(asked.session_token), device_id, subject):
-                raise self.bio._refused(
-                    request,
-                    Problem("session-token-refused", "the session token was already used, or expired",
-                            "verify the subject again on this device: a token authorises one enrollment"),
-                    "session token used or expired",
-                    subject=subject,
-                )
+            self.bio.spend_session_token(request, subject, asked.session_token)
         if recorded is None:
             self.bio.subjects.assign(subject, group)
         self.bio.sensor_prints.record(subject, device_id, asked.reader.driver, asked.reader.device, asked.print_hash)
@@ -171,7 +163,7 @@ class SensorRoutes:
         device_id = request.device.device_id
         assertion = self._parsed(request, "verify", SensorAssertion)
         subject = assertion.subject
-        self.bio._check_group(request, subject, self.bio.subjects.group_of(subject))
+        self.bio.check_group(request, subject, self.bio.subjects.group_of(subject))
         known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)
         if known != assertion.print_hash:
             self._audit(device_id, assertion, "unknown_subject", "no such print enrolled on this device's sensor")
@@ -185,7 +177,7 @@ class SensorRoutes:
         locked = self.bio.lockouts.locked_for(device_id, subject)
         if locked > 0:
             self._audit(device_id, assertion, "locked_out", "too many failures", locked_for_s=round(locked, 1))
-            raise _locked(subject, locked)
+            raise locked_out(subject, locked)
         policy = self.policy.of(device_id)
         if policy == "refuse":  # before any step-up is looked at: a refused device's word satisfies nothing
             self._audit(device_id, assertion, "refused", "sensor assertions refused for this device", policy=policy,
@@ -199,7 +191,6 @@ class SensorRoutes:
         if assertion.step_up is not None:
             return self._answer_step_up(device_id, assertion, policy)
         if not assertion.matched:
-            self.bio.lockouts.record(device_id, subject, False)
             self._audit(device_id, assertion, "reject", "the sensor did not match", policy=policy)
             return self._decision(device_id, subject, "reject")
         reasons = [SENSOR_STEP_UP_REASON] if policy == "step_up" else []
@@ -210,7 +201,6 @@ class SensorRoutes:
             return self._ask_step_up(device_id, assertion, [FACE_REQUIRED, *reasons], policy, ACR_FACE)
         if reasons:
             return self._ask_step_up(device_id, assertion, reasons, policy, ACR_AFTER_SENSOR)
-        self.bio.lockouts.record(device_id, subject, True)
         self._audit(device_id, assertion, "accept", "the sensor matched; policy accepts sensor assertions",
                     policy=policy)
         return self._decision(device_id, subject, "accept")
@@ -227,24 +217,22 @@ class SensorRoutes:
             raise Problem("step-up-unknown", "no pending step-up asking this device for a finger",
                           "start the verification again")
         decision = "accept" if assertion.matched else "reject"
-        self.bio.lockouts.record(device_id, subject, assertion.matched)
         self._audit(device_id, assertion, decision,
                     "the sensor matched the finger the factor rule asks for" if assertion.matched
                     else "the sensor did not match", policy=policy, step_up=",".join(pending.reasons))
-        if assertion.matched:
-            self.bio.stepup.completed(device_id)
         return self._decision(device_id, subject, decision)
 
     def _decision(self, device_id: str, subject: str, decision: str) -> Answer:
+        """The sensor's decision, with what every decision does (lockout, first use, token: ``bio.decided``)."""
         answer: dict[str, Any] = {
             "subject": subject,
             "decision": decision,
             "score": 1.0 if decision == "accept" else 0.0,
             "threshold": 1.0,
+            "modality": "finger",  # a sensor's match is the finger factor
             "assurance": ASSURANCE,
         }
-        if decision == "accept":
-            answer.update(self.bio.sessions.issue(device_id, subject))
+        answer.update(self.bio.decided(device_id, subject, decision == "accept"))
         return json_answer(200, answer)
 
     def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str,

@@ -1,9 +1,11 @@
 """The routes that carry templates: challenges, enrollments, verifications, identifications.
 
-Every biometric request passes the same gate (:meth:`BiometricRoutes._checked`):
+Every biometric request passes the same gate (:meth:`BiometricRoutes.signed_content`):
 the device's access rule for the operation, the device's rate, the signature by
 the device key over the canonical request, and the nonce (single use, short
-life). Then the subject's group against the device's allowed groups, then the
+life). Then what the body carries is parsed, once, by :mod:`verifier.content`
+(a malformed template, face or sensor message is a refusal like any other).
+Then the subject's group against the device's allowed groups, then the
 operation. Every outcome, accepted or refused, is an audit event naming the
 device, the subject and the reason; a template never appears in one.
 
@@ -41,12 +43,13 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, TemplateError, mcc_match, threshold_for_fmr
+from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, mcc_match, threshold_for_fmr
 from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
@@ -54,11 +57,12 @@ from protocol import endpoints
 from protocol.face_template import ACR_FACE
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
-from protocol.templates import TemplateWireError, minutiae_problem, records_of
+from protocol.templates import minutiae_problem
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
+from verifier.content import Carried, Malformed, carried_of
 from verifier.enrollments import EnrollmentStore, load_or_create_key
-from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED, FaceRoutes, has_faces
+from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED, FaceRoutes
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
@@ -73,6 +77,7 @@ from verifier.subjects import DEFAULT_GROUP, SubjectGroups
 
 log = structlog.get_logger()
 
+_Content = TypeVar("_Content")
 ENROLL_FINGERS = "enroll-fingers"  # the serial key of finger enrollments (verifier.matching: search to insert)
 SUBJECT_ID = endpoints.SUBJECT_ID
 ENROLLMENTS_PATH = endpoints.ENROLLMENTS
@@ -125,7 +130,7 @@ class BiometricRoutes:
 
     # ---------------------------------------------------------------- the gate
     @staticmethod
-    def _refused(request: Request, problem: Problem, reason: str, **fields: Any) -> Problem:
+    def refused(request: Request, problem: Problem, reason: str, **fields: Any) -> Problem:
         """A refused biometric request: audited (invariant 5), then answered as a problem."""
         assert request.device is not None
         log.warning(
@@ -144,7 +149,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows(device_id, operation):
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "operation-not-allowed",
@@ -154,20 +159,37 @@ class BiometricRoutes:
                 "operation not allowed for this device",
             )
 
-    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], list[bytes]]:
-        """Access rule, rate, signature, nonce (single use), templates: what every biometric request passes."""
-        body = self.signed_body(request, operation)
-        return body, ([] if has_faces(body) else _template_records(body))  # faces: checked by self.faces
+    def _checked(self, request: Request, operation: str) -> tuple[dict[str, Any], Carried]:
+        """The gate, then the templates (fingers or faces) the body carries, each decoded and checked."""
+        return self.signed_content(request, operation, carried_of)
 
-    def signed_body(self, request: Request, operation: str) -> dict[str, Any]:
-        """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions)."""
+    def signed_content(
+        self, request: Request, operation: str, parse: Callable[[dict[str, Any]], _Content]
+    ) -> tuple[dict[str, Any], _Content]:
+        """The gate (access rule, rate, signature, nonce), then what the body carries, parsed by ``parse``.
+
+        The one parse path of every signed biometric route (templates, faces, sensor
+        messages: :mod:`verifier.content`): content that does not parse is an
+        audited refusal naming the item and the check that failed, never its bytes.
+        """
+        body = self._signed_body(request, operation)
+        try:
+            return body, parse(body)
+        except Malformed as exc:
+            raise self.refused(request, exc.problem, exc.reason, **exc.audit_fields()) from None
+
+    def _signed_body(self, request: Request, operation: str) -> dict[str, Any]:
+        """Access rule, rate, signature, nonce (single use): the gate, templates or not (sensor assertions).
+
+        The rate comes before the body is read as JSON: a device sending bodies that
+        do not parse spends its rate like any other, and each refusal is audited.
+        """
         assert request.device is not None and request.client_cert is not None
         device_id = request.device.device_id
         self._check_operation(request, operation)
-        body = json_object(request)
         wait = self.device_rate.check(device_id)
         if wait > 0:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "device-rate-limited",
@@ -177,10 +199,11 @@ class BiometricRoutes:
                 ),
                 "device rate limit",
             )
+        body = self._json_object(request)
         try:
             check_signature(request.client_cert.public_key(), request.method, request.path, body)
         except SignatureError as exc:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem("bad-signature", str(exc)),
                 str(exc),
@@ -191,10 +214,17 @@ class BiometricRoutes:
                 raise NonceError("unknown", "the body has no nonce")
             self.challenges.consume(device_id, nonce)
         except NonceError as exc:
-            raise self._refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
+            raise self.refused(request, Problem(f"nonce-{exc.kind}", str(exc)), str(exc)) from None
         return body
 
-    def _enrolled(self, subject: str) -> bool:
+    def _json_object(self, request: Request) -> dict[str, Any]:
+        """The body as a protocol JSON object; a body that is not one is an audited 400 ``bad-json``."""
+        try:
+            return json_object(request)
+        except Problem as problem:
+            raise self.refused(request, problem, "body not protocol JSON") from None
+
+    def is_enrolled(self, subject: str) -> bool:
         """The subject has a finger, a face or a print on a match-on-sensor reader enrolled."""
         return self.enrollments.exists(subject) or self.faces.enrolled(subject) or self.sensor_prints.exists(subject)
 
@@ -202,7 +232,7 @@ class BiometricRoutes:
         """429 (audited) when the subject is claimed too often, by this device or across devices."""
         wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
         if wait > 0:
-            raise self._attempt_refused(
+            raise self.attempt_refused(
                 device_id,
                 subject,
                 "subject_rate_limited",
@@ -215,12 +245,12 @@ class BiometricRoutes:
                 wait_s=round(wait, 1),
             )
 
-    def _check_group(self, request: Request, subject: str, group: str) -> None:
+    def check_group(self, request: Request, subject: str, group: str) -> None:
         """403 (audited) unless the device may act on subjects of ``group``."""
         assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows_group(device_id, group):
-            raise self._refused(
+            raise self.refused(
                 request,
                 # The answer never names the subject's group (it would tell one device about
                 # subjects it may not see); the audit event does, for the operator.
@@ -245,7 +275,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         if not isinstance(token, str) or not token:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "verification-required",
@@ -257,7 +287,7 @@ class BiometricRoutes:
                 subject=subject,
             )
         if self.sessions.check(token, device_id) != subject:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "session-token-refused",
@@ -268,14 +298,37 @@ class BiometricRoutes:
                 subject=subject,
             )
 
+    def spend_session_token(self, request: Request, subject: str, token: object) -> float:
+        """An enrollment adding to an enrolled subject spends the subject's session token; its expiry, or 401 (audited).
+
+        Spent by this attempt whatever it gives (a refused finger does not leave it
+        for another try); the caller gives it back (``sessions.give_back`` with the
+        expiry) only when the verifier could not decide.
+        """
+        assert request.device is not None
+        self._check_session_token(request, subject, token)
+        expiry = self.sessions.take(str(token), request.device.device_id, subject)
+        if expiry is None:
+            raise self.refused(  # used meanwhile by a concurrent request (single use)
+                request,
+                Problem(
+                    "session-token-refused",
+                    "the session token was already used, or expired",
+                    "verify the subject again on this device: a token authorises one enrollment",
+                ),
+                "session token used or expired",
+                subject=subject,
+            )
+        return expiry
+
     # ---------------------------------------------------------------- work
-    def _views(self, request: Request, records: list[bytes]) -> list[FingerprintTemplate]:
+    def _views(self, request: Request, carried: Carried) -> list[FingerprintTemplate]:
         """The request's finger views, all records together: at most ``max_views_per_request``, each
         within the protocol's minutiae bounds (a view with none would enroll a subject nobody matches)."""
-        per_record = [decode(record) for record in records]
+        per_record = carried.views
         views = [t for record_views in per_record for t in record_views]
         if len(views) > self.max_views:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "too-many-views",
@@ -289,16 +342,16 @@ class BiometricRoutes:
             for view, template in enumerate(record_views):
                 reason = minutiae_problem(index, view, len(template.minutiae))
                 if reason is not None:
-                    raise self._refused(request, Problem("bad-template", reason), "minutiae out of bounds")
+                    raise self.refused(request, Problem("bad-template", reason), "minutiae out of bounds")
         return views
 
-    def _charge(self, request: Request, comparisons: int) -> None:
+    def charge(self, request: Request, comparisons: int) -> None:
         """Count the request's matching work against the device's allowance (429 when spent)."""
         assert request.device is not None
         device_id = request.device.device_id
         wait = self.device_work.spend(device_id, comparisons)
         if wait > 0:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "device-work-limited",
@@ -392,7 +445,7 @@ class BiometricRoutes:
         device_id = request.device.device_id
         wait = self.challenge_rate.check(device_id)
         if wait > 0:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "device-rate-limited",
@@ -402,9 +455,9 @@ class BiometricRoutes:
                 "challenge rate limit",
             )
         try:
-            asked = ChallengeRequest.from_body(json_object(request))
+            asked = ChallengeRequest.from_body(self._json_object(request))
         except WireError as exc:
-            raise Problem("bad-challenge", str(exc)) from None
+            raise self.refused(request, Problem("bad-challenge", str(exc)), "malformed challenge request") from None
         if asked.operation:
             self._precheck(request, asked)
         nonce, expires_at = self.challenges.issue(device_id)
@@ -420,23 +473,23 @@ class BiometricRoutes:
         if subject is None:
             return
         if asked.operation == "enroll":
-            group = self._enrollment_group(request, subject, asked.group)
-            self._check_group(request, subject, group)
+            group = self.enrollment_group(request, subject, asked.group)
+            self.check_group(request, subject, group)
             return
-        self._check_group(request, subject, self.subjects.group_of(subject))
-        if not self._enrolled(subject):
-            raise self._refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
+        self.check_group(request, subject, self.subjects.group_of(subject))
+        if not self.is_enrolled(subject):
+            raise self.refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
-            raise self._refused(request, _locked(subject, locked), "locked out", subject=subject)
+            raise self.refused(request, locked_out(subject, locked), "locked out", subject=subject)
 
-    def _enrollment_group(self, request: Request, subject: str, requested: object) -> str:
+    def enrollment_group(self, request: Request, subject: str, requested: object) -> str:
         """The group an enrollment puts the subject in; 409 (audited) when it names another one."""
         if requested is not None and (not isinstance(requested, str) or not endpoints.GROUP_NAME.fullmatch(requested)):
-            raise Problem("bad-group", f"{requested!r} is not a group name")
+            raise self.refused(request, Problem("bad-group", f"{requested!r} is not a group name"), "malformed group")
         recorded = self.subjects.recorded(subject)
         if recorded is not None and requested is not None and requested != recorded:
-            raise self._refused(
+            raise self.refused(
                 request,
                 Problem(
                     "subject-in-other-group",
@@ -456,34 +509,22 @@ class BiometricRoutes:
         subject = request.subject
         if not SUBJECT_ID.fullmatch(subject):
             raise Problem("bad-subject", f"{subject!r} is not a subject id")
-        body, records = self._checked(request, "enroll")
-        views = self._views(request, records)
+        body, carried = self._checked(request, "enroll")
+        records = carried.records
+        views = self._views(request, carried)
         recorded = self.subjects.recorded(subject)
-        group = self._enrollment_group(request, subject, body.get("group"))
-        self._check_group(request, subject, group)
+        group = self.enrollment_group(request, subject, body.get("group"))
+        self.check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
         token_expiry: float | None = None
-        if self._enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
-            self._check_session_token(request, subject, token)
-            # Spent by this attempt whatever it gives: a refused finger does not leave it for another try.
-            token_expiry = self.sessions.take(str(token), device_id, subject)
-            if token_expiry is None:
-                raise self._refused(  # used meanwhile by a concurrent request (single use)
-                    request,
-                    Problem(
-                        "session-token-refused",
-                        "the session token was already used, or expired",
-                        "verify the subject again on this device: a token authorises one enrollment",
-                    ),
-                    "session token used or expired",
-                    subject=subject,
-                )
-        if not records:
-            return self.faces.enroll(request, body, subject, group, recorded, token_expiry)
+        if self.is_enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
+            token_expiry = self.spend_session_token(request, subject, token)
+        if carried.has_faces:
+            return self.faces.enroll(request, body, carried, subject, group, recorded, token_expiry)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
-        self._charge(request, len(views) * (self._gallery_size + count))
+        self.charge(request, len(views) * (self._gallery_size + count))
 
         def work(budget: Budget) -> _EnrollChecks:
             started = time.perf_counter()
@@ -509,7 +550,7 @@ class BiometricRoutes:
             if token_expiry is None:
                 self.check_still_first(request, subject)
             if checks.not_theirs:
-                raise self._refused(
+                raise self.refused(
                     request,
                     Problem(
                         "not-the-verified-person",
@@ -521,7 +562,7 @@ class BiometricRoutes:
                     subject=subject,
                 )
             if checks.duplicate:
-                raise self._refused(
+                raise self.refused(
                     request,
                     Problem(
                         "duplicate-identity",
@@ -568,8 +609,8 @@ class BiometricRoutes:
         this one too would add a second person's templates to that subject
         without their verification.
         """
-        if self._enrolled(subject):
-            raise self._refused(
+        if self.is_enrolled(subject):
+            raise self.refused(
                 request,
                 Problem(
                     "verification-required",
@@ -584,22 +625,26 @@ class BiometricRoutes:
     def verify(self, request: Request) -> Deferred:
         assert request.device is not None
         device_id = request.device.device_id
-        body, records = self._checked(request, "verify")
+        body, carried = self._checked(request, "verify")
+        records = carried.records
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
-            raise Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"')
-        self._check_group(request, subject, self.subjects.group_of(subject))
-        if not self._enrolled(subject):
+            raise self.refused(
+                request, Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"'),
+                "malformed subject",
+            )
+        self.check_group(request, subject, self.subjects.group_of(subject))
+        if not self.is_enrolled(subject):
             raise self._unknown_subject(device_id, subject)
         self.check_subject_rate(device_id, subject)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
-            raise self._attempt_refused(
-                device_id, subject, "locked_out", _locked(subject, locked), locked_for_s=round(locked, 1)
+            raise self.attempt_refused(
+                device_id, subject, "locked_out", locked_out(subject, locked), locked_for_s=round(locked, 1)
             )
-        if not records:
-            return self.faces.verify(request, body, subject)
-        views = self._views(request, records)
+        if carried.has_faces:
+            return self.faces.verify(request, body, carried, subject)
+        views = self._views(request, carried)
         pending = None
         step_id = body.get("step_up")
         if step_id is not None:
@@ -608,7 +653,7 @@ class BiometricRoutes:
                 self.stepup.give_back(str(step_id), pending)
                 pending = None
             if pending is None:
-                raise self._attempt_refused(
+                raise self.attempt_refused(
                     device_id,
                     subject,
                     "step_up_unknown",
@@ -621,7 +666,7 @@ class BiometricRoutes:
         first_views = [t for record in pending.first_records for t in decode(record)] if pending else []
         generation, templates, count = self._subject_templates(subject)
         try:
-            self._charge(request, len(views) * (count + len(first_views)))
+            self.charge(request, len(views) * (count + len(first_views)))
         except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
             if pending is not None:
                 self.stepup.give_back(str(step_id), pending)
@@ -667,11 +712,24 @@ class BiometricRoutes:
 
         return Deferred(device_id, work, finish, undo)
 
+    def decided(self, device_id: str, subject: str, accepted: bool) -> dict[str, Any]:
+        """What every 1:1 decision does, whatever decided it: a template, a face, a sensor's match, a step-up's answer.
+
+        The lockout counts it (a reject is a failure, an accept resets); an accept
+        is the device's first use done (no first-use step-up after it) and issues
+        the single-use session token, whose fields are returned for the answer.
+        """
+        self.lockouts.record(device_id, subject, accepted)
+        if not accepted:
+            return {}
+        self.stepup.completed(device_id)
+        return self.sessions.issue(device_id, subject)
+
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
-        return self._attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
+        return self.attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))
 
     @staticmethod
-    def _attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
+    def attempt_refused(device_id: str, subject: str, outcome: str, problem: Problem, **fields: Any) -> Problem:
         """A verification that ends before matching: audited with its outcome, then answered."""
         log.warning("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=outcome, **fields)
         return problem
@@ -713,13 +771,13 @@ class BiometricRoutes:
         reason: str = "",
     ) -> Answer:
         score = scored.score
-        self.lockouts.record(device_id, subject, decision == "accept")
         log.info(
             "verification_attempt",
             audit=True,
             device_id=device_id,
             subject=subject,
             outcome=decision,
+            modality="finger",
             score=round(score, 4),
             step_up=",".join(step_up or []),
             reason=reason or ("score above threshold" if decision == "accept" else "score below threshold"),
@@ -729,10 +787,9 @@ class BiometricRoutes:
             "decision": decision,
             "score": round(score, 4),
             "threshold": round(self.threshold, 4),
+            "modality": "finger",  # what decided: this request's finger, a step-up's too
         }
-        if decision == "accept":
-            self.stepup.completed(device_id)
-            answer.update(self.sessions.issue(device_id, subject))
+        answer.update(self.decided(device_id, subject, decision == "accept"))
         timing = f"match;dur={scored.match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
         return json_answer(200, answer, ((b"server-timing", timing),))
 
@@ -740,14 +797,14 @@ class BiometricRoutes:
         """1:N among the subjects of the groups this device may act on, best first."""
         assert request.device is not None
         device_id = request.device.device_id
-        body, records = self._checked(request, "identify")
-        views = self._views(request, records)
+        body, carried = self._checked(request, "identify")
+        views = self._views(request, carried)
         allowed = self.rules.groups(device_id)
-        if not records:
-            return self.faces.identify(request, body, allowed)
+        if carried.has_faces:
+            return self.faces.identify(request, body, carried, allowed)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
-        self._charge(request, len(views) * self._gallery_size)
+        self.charge(request, len(views) * self._gallery_size)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
@@ -809,24 +866,11 @@ def _unknown_subject(subject: str) -> Problem:
     )
 
 
-def _locked(subject: str, seconds: float) -> Problem:
+def locked_out(subject: str, seconds: float) -> Problem:
+    """The 429 of a subject locked out on this device for ``seconds`` more (Retry-After), for every route."""
     return Problem(
         "subject-locked",
         f"too many failed attempts for {subject!r} on this device; locked for {seconds:.0f} s more",
         "wait, or verify another way; each further lockout doubles",
         headers=((b"retry-after", str(int(seconds) + 1).encode()),),
     )
-
-
-def _template_records(body: dict[str, Any]) -> list[bytes]:
-    """The ISO/IEC 19794-2 records of a request, each checked by decoding it (views and minutiae: ``_views``)."""
-    try:
-        records = records_of(body.get("templates"))
-    except TemplateWireError as exc:
-        raise Problem("bad-template", str(exc)) from None
-    for index, record in enumerate(records):
-        try:
-            decode(record)
-        except TemplateError as exc:
-            raise Problem("bad-template", f"templates[{index}]: {exc}") from None
-    return records

@@ -3,7 +3,8 @@
 A face travels as protocol/face_template.py records in a ``faces`` list in
 place of the fingerprint ``templates`` (one modality per request), inside the
 same signed request behind the same gate
-(:meth:`verifier.biometric.BiometricRoutes._checked`). The routes in
+(:meth:`verifier.biometric.BiometricRoutes.signed_content`), parsed by
+:func:`verifier.content.carried_of` like fingers. The routes in
 :mod:`verifier.biometric` hand a request with faces to :class:`FaceRoutes`.
 
 - At rest: each embedding record is one row of ``face_enrollments``, AES-GCM
@@ -40,17 +41,7 @@ import structlog
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from biometrics.face import challenge_for, threshold_for_fmr
-from protocol.face_template import (
-    ACR_FACE,
-    ACR_FINGER,
-    FACES,
-    FACTORS,
-    LIVENESS,
-    FaceTemplateError,
-    decode,
-    face_records_of,
-    liveness_steps_of,
-)
+from protocol.face_template import ACR_FACE, ACR_FINGER, FACTORS, decode
 from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -59,6 +50,7 @@ from verifier.ranking import ranked
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
+    from verifier.content import Carried
 
 log = structlog.get_logger()
 
@@ -162,18 +154,6 @@ class FactorRules:
         return {f for (factors,) in rows for f in factors.split(",") if f}
 
 
-def has_faces(body: dict[str, Any]) -> bool:
-    """A request that carries faces (for :class:`FaceRoutes`); one that carries fingers and faces is refused.
-
-    Each modality is decided on its own, the second through a step-up: a face
-    riding along a finger request would otherwise be ignored, liveness unchecked.
-    """
-    if FACES in body and "templates" in body:
-        raise Problem("bad-template", "a request carries finger templates or faces, not both",
-                      "send the other factor in its own request, with the step_up id the verifier answered")
-    return FACES in body
-
-
 @dataclass(frozen=True)
 class _FaceScored:
     score: float
@@ -195,17 +175,18 @@ class FaceRoutes:
         self._gallery: tuple[list[str], np.ndarray] | None = None
 
     # ---------------------------------------------------------------- checks
-    def records(self, request: Request, body: dict[str, Any], operation: str, subject: str | None) -> list[bytes]:
-        """The request's face records, after the liveness claim is checked against the nonce (audited)."""
+    def records(self, request: Request, body: dict[str, Any], carried: Carried, operation: str,
+                subject: str | None) -> list[bytes]:
+        """The request's face records (parsed by the gate), after the liveness claim is checked against the nonce.
+
+        Each modality is decided on its own request (the second through a step-up):
+        :func:`verifier.content.carried_of` refuses one carrying fingers and faces.
+        """
         assert request.device is not None
-        try:
-            records = face_records_of(body.get(FACES))
-            claimed = liveness_steps_of(body.get(LIVENESS))
-        except FaceTemplateError as exc:
-            raise self.bio._refused(request, Problem("bad-template", str(exc)), "malformed face request") from None
+        records, claimed = carried.faces, carried.liveness
         asked = challenge_for(str(body["nonce"]).encode("ascii")).steps
         if claimed != asked:
-            raise self.bio._refused(
+            raise self.bio.refused(
                 request,
                 Problem(
                     "liveness-mismatch",
@@ -229,8 +210,8 @@ class FaceRoutes:
         return self.rules.required(subject_id, self.bio.subjects.group_of(subject_id))
 
     # ---------------------------------------------------------------- enroll
-    def enroll(self, request: Request, body: dict[str, Any], subject: str, group: str, recorded: str | None,
-               token_expiry: float | None) -> Deferred:
+    def enroll(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, group: str,
+               recorded: str | None, token_expiry: float | None) -> Deferred:
         """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
 
         ``token_expiry`` is that of the session token BiometricRoutes took (spent by this attempt whatever it
@@ -239,10 +220,10 @@ class FaceRoutes:
         has_token = token_expiry is not None
         assert request.device is not None
         device_id = request.device.device_id
-        records = self.records(request, body, "enroll", subject)
+        records = self.records(request, body, carried, "enroll", subject)
         probes = _matrix(records)
         own = self.store.embeddings(subject)
-        self.bio._charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
+        self.bio.charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
 
         def work(budget: Budget) -> tuple[int, bool, float]:
             started = time.perf_counter()
@@ -261,14 +242,14 @@ class FaceRoutes:
             if not has_token:
                 self.bio.check_still_first(request, subject)
             if not_theirs:
-                raise self.bio._refused(
+                raise self.bio.refused(
                     request,
                     Problem("not-the-verified-person",
                             f"{not_theirs} of the {len(records)} faces do not match subject {subject!r}",
                             "enroll faces of the verified person only"),
                     "added faces do not match the subject", subject=subject, modality="face")
             if duplicate:
-                raise self.bio._refused(
+                raise self.bio.refused(
                     request,
                     Problem("duplicate-identity",
                             "a face of this enrollment matches a subject enrolled under another id",
@@ -293,11 +274,11 @@ class FaceRoutes:
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FACES)
 
     # ---------------------------------------------------------------- verify
-    def verify(self, request: Request, body: dict[str, Any], subject: str) -> Deferred:
+    def verify(self, request: Request, body: dict[str, Any], carried: Carried, subject: str) -> Deferred:
         """1:1: the best cosine of the request's faces against the subject's; a step-up when a finger is needed."""
         assert request.device is not None
         device_id = request.device.device_id
-        records = self.records(request, body, "verify", subject)
+        records = self.records(request, body, carried, "verify", subject)
         pending = None
         step_id = body.get("step_up")
         if step_id is not None:
@@ -305,7 +286,7 @@ class FaceRoutes:
             if pending is None or FACE_REQUIRED not in pending.reasons:
                 if pending is not None:
                     self.bio.stepup.give_back(str(step_id), pending)
-                raise self.bio._attempt_refused(
+                raise self.bio.attempt_refused(
                     device_id, subject, "step_up_unknown",
                     Problem("step-up-unknown", "no pending step-up asking this device for a face",
                             "start the verification again"), modality="face")
@@ -314,13 +295,13 @@ class FaceRoutes:
         if not len(enrolled):
             if pending is not None:
                 self.bio.stepup.give_back(str(step_id), pending)
-            raise self.bio._attempt_refused(
+            raise self.bio.attempt_refused(
                 device_id, subject, "no_face_enrolled",
                 Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
                         f"enroll a face first: capture-agent enroll --face --subject {subject} --add"),
                 modality="face")
         try:
-            self.bio._charge(request, len(records) * len(enrolled))
+            self.bio.charge(request, len(records) * len(enrolled))
         except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
             if pending is not None:
                 self.bio.stepup.give_back(str(step_id), pending)
@@ -366,15 +347,12 @@ class FaceRoutes:
     def _decided(self, device_id: str, subject: str, accepted: bool, scored: _FaceScored,
                  step_up: list[str] | None = None) -> Answer:
         decision = "accept" if accepted else "reject"
-        self.bio.lockouts.record(device_id, subject, accepted)
         log.info("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=decision,
                  modality="face", score=round(scored.score, 4), step_up=",".join(step_up or []),
                  reason="score above threshold" if accepted else "score below threshold")
         answer: dict[str, Any] = {"subject": subject, "decision": decision, "score": round(scored.score, 4),
-                                  "threshold": round(self.threshold, 4)}
-        if accepted:
-            self.bio.stepup.completed(device_id)
-            answer.update(self.bio.sessions.issue(device_id, subject))
+                                  "threshold": round(self.threshold, 4), "modality": "face"}
+        answer.update(self.bio.decided(device_id, subject, accepted))
         return json_answer(200, answer, ((b"server-timing", f"match;dur={scored.match_ms:.3f}".encode()),))
 
     # ---------------------------------------------------------------- identify
@@ -384,18 +362,19 @@ class FaceRoutes:
             self._gallery = self.store.gallery()
         return self._gallery
 
-    def identify(self, request: Request, body: dict[str, Any], allowed: frozenset[str] | None) -> Deferred:
+    def identify(self, request: Request, body: dict[str, Any], carried: Carried,
+                 allowed: frozenset[str] | None) -> Deferred:
         """1:N: one matrix product of the probes against every embedding of the allowed subjects."""
         assert request.device is not None
         device_id = request.device.device_id
-        probes = _matrix(self.records(request, body, "identify", None))
+        probes = _matrix(self.records(request, body, carried, "identify", None))
         subjects, gallery = self._gallery_now()
         among = None if allowed is None else self.bio.subjects.members(set(subjects), allowed)
         groups = ",".join(sorted(allowed)) if allowed is not None else "*"
         keep = np.array([among is None or s in among for s in subjects], bool)
         names = [s for s, k in zip(subjects, keep, strict=True) if k]
         rows = gallery[keep] if len(subjects) else gallery
-        self.bio._charge(request, len(probes) * len(names))
+        self.bio.charge(request, len(probes) * len(names))
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

@@ -52,12 +52,7 @@ class SensorPrintStore:
         path = self._path(device, subject)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         nonce = secrets.token_bytes(12)
-        sealed = nonce + self._aead.encrypt(nonce, serialized, f"{device}\0{subject}".encode())
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(sealed)
-        os.replace(tmp, path)
+        _write_private(path, nonce + self._aead.encrypt(nonce, serialized, f"{device}\0{subject}".encode()))
         self._index(device, add=subject)
         return nonce.hex()
 
@@ -73,12 +68,7 @@ class SensorPrintStore:
         if sealed is None:
             self.delete(device, subject)
             return
-        path = self._path(device, subject)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(sealed)
-        os.replace(tmp, path)
+        _write_private(self._path(device, subject), sealed)
         self._index(device, add=subject)
 
     def print_id(self, device: str, subject: str) -> str:
@@ -138,3 +128,12 @@ class SensorPrintStore:
             out.write(nonce + self._aead.encrypt(nonce, json.dumps(names).encode(), aad))
         os.replace(tmp, path)
         return names
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, readable by the owner only (never a half-written print)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
