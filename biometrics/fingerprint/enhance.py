@@ -319,7 +319,7 @@ _SELECT_LUTS = 255 * np.eye(N_ORIENTATIONS, 256, dtype=np.uint8)
 # Filter planning (see _filter_jobs): strips of STRIP rows, and the fixed costs of one
 # filter call and of one masked write in pixels of filtering (a sepFilter2D call costs
 # about as much as filtering 2,000 more pixels).
-STRIP = 64
+STRIP = 48
 CALL_PIXELS = 2000
 WRITE_PIXELS = 1000
 
