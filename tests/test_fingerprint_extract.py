@@ -206,6 +206,38 @@ def test_gabor_bank_sharing_filters_between_mirror_orientations_equals_one_filte
     assert np.array_equal(got[where] < 0, want[where] < 0)
 
 
+def test_gabor_filter_boxes_hold_every_labelled_pixel_once_and_less_than_one_box_per_label(monkeypatch):
+    from biometrics.fingerprint import enhance
+
+    n, half = enhance.N_ORIENTATIONS, 11
+    h, w = 300, 260
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # Every orientation in a diagonal band: each label's bounding box is most of the image.
+    theta = (xx + yy) * np.float32(np.pi / (h + w))
+    index = (np.rint(theta / (np.pi / n)) % n).astype(np.uint8)
+    index[np.hypot(yy - 150.0, xx - 130.0) > 140.0] = n  # background: no label
+
+    def filtered(jobs: list) -> int:  # pixels filtered: each box plus its halo, once per filter
+        return sum(
+            (2 if k % (n // 2) else 1)
+            * (min(h, y1 + half) - max(0, y0 - half))
+            * (min(w, x1 + half) - max(0, x0 - half))
+            for k, (y0, y1, x0, x1), _ in jobs
+        )
+
+    jobs = enhance._filter_jobs(index, n, half)
+    covered = np.zeros((n, h, w), np.int32)
+    for _, (y0, y1, x0, x1), served in jobs:
+        for j in served:
+            covered[j, y0:y1, x0:x1] += index[y0:y1, x0:x1] == j
+    for j in range(n):
+        assert np.all(covered[j][index == j] == 1)
+    monkeypatch.setattr(enhance, "STRIP", h)  # one strip: one box per label or mirror pair
+    whole = enhance._filter_jobs(index, n, half)
+    assert len(whole) <= n
+    assert filtered(jobs) < 0.85 * filtered(whole)
+
+
 def test_candidate_clusters_merge_to_the_centroids_opencv_computes_in_its_order():
     from biometrics.fingerprint.minutiae import _centroids
 
@@ -312,3 +344,17 @@ def test_minutiae_on_ridges_too_faint_to_follow_are_dropped_but_a_faint_capture_
     full, weak = extract(sp.image).minutiae, extract(faint).minutiae
     recall, _ = _recall_precision(weak, np.stack([full.x, full.y], axis=1), tol=3.0)
     assert recall >= 0.9
+
+
+def test_shrink_gives_opencvs_area_resize_bit_for_bit():
+    from biometrics.fingerprint.image import shrink
+
+    rng = np.random.default_rng(5)
+    # Widths that divide and heights that do not take the two-pass route; the others go straight to OpenCV.
+    for h, w in ((374, 388), (478, 448), (301, 300), (93, 124), (375, 389), (300, 300)):
+        for factor in (2, 4):
+            for power in (1.0, 2.0, 4.0):  # values spanning a few or many binades
+                image = (rng.random((h, w)) * 50.0).astype(np.float32) ** power
+                size = (w // factor, h // factor)
+                want = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                assert np.array_equal(shrink(image, size).view(np.uint32), want.view(np.uint32))

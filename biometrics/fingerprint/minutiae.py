@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from biometrics.fingerprint.enhance import GABOR_SIGMA, Analysis, gabor_enhance
+from biometrics.fingerprint.image import shrink
 from biometrics.fingerprint.skeleton import CROSSING, neighbour_code, thin
 from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
 
@@ -94,9 +95,9 @@ def clarity(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, slice]) 
     h, w = en.shape
     half = (max(1, w // 2), max(1, h // 2))
     sigma = CLARITY_WINDOW * analysis.period / 2.0  # in half-resolution pixels
-    energy = cv2.GaussianBlur(cv2.resize(np.square(en), half, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+    energy = cv2.GaussianBlur(shrink(np.square(en), half), (0, 0), sigma)
     norm = analysis.normalised[box]
-    signal = cv2.GaussianBlur(cv2.resize(np.square(norm), half, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+    signal = cv2.GaussianBlur(shrink(np.square(norm), half), (0, 0), sigma)
     signal += 1e-6
     filtered = energy / signal
     inside = cv2.resize(analysis.mask[box].view(np.uint8), half, interpolation=cv2.INTER_NEAREST).view(bool)
