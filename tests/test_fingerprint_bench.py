@@ -44,6 +44,7 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     assert out["false_matches"]["1e-04"] == 0  # three distinct synthetic fingers
     assert out["comparisons_per_s_per_core"] > 0 and out["comparisons_per_cpu_s_per_core"] > 0
     assert 0.0 <= out["prefilter_recall"] <= 100.0
+    assert 0.0 < out["add_search_ms_best"] <= out["add_search_ms"]
     assert out["profile"] == "realistic"  # FVC-like impressions unless --profile says otherwise
     assert 0.0 <= out["impostor_median"] <= out["impostor_p99"] <= out["impostor_max"] < out["genuine_median"]
 

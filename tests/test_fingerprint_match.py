@@ -298,3 +298,87 @@ def test_gallery_prescores_are_centred_on_each_templates_own_impostor_level():
     expected = prefilter.prescores(prefilter.sketch(cylinders_of(probe)) @ p, packed) - centres
     np.testing.assert_allclose(index.prescores(probe), expected, atol=1e-5)
     assert np.argmax(index.prescores(probe)) == 42
+
+
+def test_incremental_gallery_gives_the_same_full_scores_and_mates_as_one_built_at_once():
+    """Adds after a search are laid out incrementally (no refit below a quarter's growth), removals
+    compact: the candidates keep their exact full scores and every probe finds the same top mate."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(21)
+    fingers = [_random_finger(rng) for _ in range(190)]
+    probes = {t: _impression(fingers[t], rng, 12.0, (8.0, -6.0)) for t in (3, 100, 170, 185)}
+    grown = GalleryIndex()
+    for n in range(160):
+        grown.add(n, fingers[n])
+    grown.search(probes[3], top_k=1)  # packs 160 templates
+    for n in range(160, 190):  # 30 more, each followed by a search: 190 < 1.25 x 160, no refit
+        grown.add(n, fingers[n])
+        assert grown.search(probes[3], top_k=1)[0][0] == 3
+    grown.add("gone", fingers[7])
+    grown.add("gone", fingers[8])
+    grown.search(probes[3], top_k=1)
+    assert grown.remove("gone") == 2
+    at_once = GalleryIndex()
+    for n in range(190):
+        at_once.add(n, fingers[n])
+    for target, probe in probes.items():
+        idx, got = grown.candidate_scores(probe)
+        np.testing.assert_array_equal(got, at_once.scores(probe)[idx])  # the same full score per template
+        assert len(idx) == max(prefilter.MIN_CANDIDATES, int(np.ceil(prefilter.CANDIDATE_FRACTION * 190)))
+        assert grown.search(probe, top_k=1)[0][0] == at_once.search(probe, top_k=1)[0][0] == target
+    np.testing.assert_array_equal(grown.scores(probes[100]), at_once.scores(probes[100]))
+    for n in range(60):  # a third of the rows unreferenced: the stack compacts them
+        assert grown.remove(n) == 1
+    rest = GalleryIndex()
+    for n in range(60, 190):
+        rest.add(n, fingers[n])
+    np.testing.assert_array_equal(grown.scores(probes[100]), rest.scores(probes[100]))
+    assert grown.search(probes[170], top_k=1)[0][0] == 170 and 3 not in dict(grown.search(probes[3], top_k=3))
+
+
+def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh_fit():
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(22)
+    sketches = [prefilter.sketch(cylinders_of(_random_finger(rng))) for _ in range(220)]
+    probe = prefilter.sketch(cylinders_of(_random_finger(rng)))
+
+    def centred(index: prefilter.SketchIndex) -> np.ndarray:
+        sp = np.ascontiguousarray(index.probe(probe).T)
+        return np.concatenate([prefilter.block_prescores(sp, b) for b in index.blocks()]) - index.centres
+
+    def raw_of(index: prefilter.SketchIndex):
+        return lambda sp: np.concatenate(
+            [prefilter.block_prescores(np.ascontiguousarray(sp.T), b) for b in index.blocks()]
+        )
+
+    grown = prefilter.SketchIndex()
+    for s in sketches[:160]:
+        grown.add(s)
+    grown.sync(raw_of(grown))
+    assert grown.fitted_at == 160
+    for s in sketches[160:200]:  # 200 = 1.25 x 160: laid out, not refitted
+        grown.add(s)
+        grown.sync(raw_of(grown))
+    assert grown.fitted_at == 160 and len(grown.centres) == 200
+    fresh = prefilter.SketchIndex()
+    for s in sketches[:200]:
+        fresh.add(s)
+    fresh.sync(raw_of(fresh))
+    assert np.corrcoef(centred(grown), centred(fresh))[0, 1] > 0.95  # an older subspace ranks alike
+    grown.add(sketches[200])  # 201 > 1.25 x 160: a full refit, identical to a fresh one
+    grown.sync(raw_of(grown))
+    fresh = prefilter.SketchIndex()
+    for s in sketches[:201]:
+        fresh.add(s)
+    fresh.sync(raw_of(fresh))
+    assert grown.fitted_at == fresh.fitted_at == 201
+    # Multithreaded BLAS may round a product's last bit differently between runs.
+    np.testing.assert_allclose(centred(grown), centred(fresh), rtol=0, atol=1e-6)
+    keep = np.ones(201, bool)
+    keep[[0, 5, 77]] = False  # a removal compacts, no refit, and keeps every other template's pre-score
+    before = centred(grown)
+    grown.remove(keep)
+    assert grown.fitted_at == 201 and len(grown) == 198
+    np.testing.assert_allclose(centred(grown), before[keep], rtol=0, atol=1e-6)

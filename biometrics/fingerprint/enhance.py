@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from biometrics.fingerprint.image import shrink
+
 N_ORIENTATIONS = 16
 MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 6.0, 13.0, 9.0
 FINE_PERCENTILE = 10.0  # the filter is tuned to the finer ridges of the finger
@@ -127,11 +129,11 @@ def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
     period) and is brought back to full size at the end.
     """
     h, w = contrast.shape
-    small = cv2.resize(contrast, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    small = shrink(contrast, (max(1, w // 4), max(1, h // 4)))
     strong = _percentile(small.ravel(), 95.0)
     if strong <= 1e-6:
         return np.zeros(contrast.shape, bool)
-    coh = cv2.resize(coherence, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    coh = shrink(coherence, (small.shape[1], small.shape[0]))
     coh = cv2.GaussianBlur(coh, (0, 0), 2.0)
     raw = ((small > max(0.25 * strong, 3.0)) & (coh > MIN_SEGMENT_COHERENCE)).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
@@ -167,9 +169,9 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
     half = (max(1, w // 2), max(1, h // 2))
     product = gx * gx  # one full-size buffer for the three products
-    gxx = cv2.resize(product, half, interpolation=cv2.INTER_AREA)
-    gyy = cv2.resize(np.multiply(gy, gy, out=product), half, interpolation=cv2.INTER_AREA)
-    gxy = cv2.resize(np.multiply(gx, gy, out=product), half, interpolation=cv2.INTER_AREA)
+    gxx = shrink(product, half)
+    gyy = shrink(np.multiply(gy, gy, out=product), half)
+    gxy = shrink(np.multiply(gx, gy, out=product), half)
     gxx = cv2.GaussianBlur(gxx, (0, 0), 2.5)
     gyy = cv2.GaussianBlur(gyy, (0, 0), 2.5)
     gxy = cv2.GaussianBlur(gxy, (0, 0), 2.5)
@@ -276,8 +278,8 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None
     h, w = mask.shape
     half = (max(1, w // 2), max(1, h // 2))
     inside = cv2.resize(mask8, half, interpolation=cv2.INTER_NEAREST).view(bool)
-    g = cv2.GaussianBlur(cv2.resize(grad, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
-    s = cv2.GaussianBlur(cv2.resize(sig, half, interpolation=cv2.INTER_AREA), (0, 0), 4.0)[inside]
+    g = cv2.GaussianBlur(shrink(grad, half), (0, 0), 4.0)[inside]
+    s = cv2.GaussianBlur(shrink(sig, half), (0, 0), 4.0)[inside]
     if len(g) == 0:
         return DEFAULT_PERIOD, share
     return float(np.clip(_fine_period(g, s), MIN_PERIOD, MAX_PERIOD)), share
@@ -314,57 +316,126 @@ _WRAP_LUT = (np.arange(256) % N_ORIENTATIONS).astype(np.uint8)
 _SELECT_LUTS = 255 * np.eye(N_ORIENTATIONS, 256, dtype=np.uint8)
 
 
-def _orientation_boxes(index: np.ndarray, n: int) -> np.ndarray:
-    """Bounding box (y0, y1, x0, x1) of the pixels of each orientation label (y0 = y1 where none).
+# Filter planning (see _filter_jobs): strips of STRIP rows, and the fixed costs of one
+# filter call and of one masked write in pixels of filtering (a sepFilter2D call costs
+# about as much as filtering 2,000 more pixels).
+STRIP = 48
+CALL_PIXELS = 2000
+WRITE_PIXELS = 1000
 
-    Each pixel sets its label's bit (by one table lookup into 16-bit words);
-    OR-ing the words along rows and along columns gives which labels each row
-    and column holds, in two reductions instead of one scan of the image per
-    label.
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+def _strip_boxes(index: np.ndarray, n: int) -> list[list[Box | None]]:
+    """Bounding box of each orientation label's pixels in each strip of STRIP rows (None where none).
+
+    Each pixel sets its label's bit (one table lookup into 16-bit words); OR-ing
+    the words over each strip's rows, and along each row, gives which labels
+    each column of a strip and each row hold, in two reductions instead of one
+    scan of the image per label.
     """
     if n > 31:
         raise ValueError(f"{n} orientation labels do not fit the 32-bit label sets: use at most 31")
     h, w = index.shape
     table = np.zeros(256, np.uint16 if n <= 16 else np.int32)
     table[:n] = np.left_shift(1, np.arange(n))
-    coded = cv2.LUT(index, table)
-    in_row = np.bitwise_or.reduce(coded, axis=1).astype(np.int64)
-    in_col = np.bitwise_or.reduce(coded, axis=0).astype(np.int64)
-    labels = np.arange(n, dtype=np.int64)[:, None]
-    rows = (in_row[None, :] >> labels) & 1 > 0
-    cols = (in_col[None, :] >> labels) & 1 > 0
-    boxes = np.zeros((n, 4), np.int64)
-    has = rows.any(axis=1)
-    boxes[has, 0] = rows[has].argmax(axis=1)
-    boxes[has, 1] = h - rows[has, ::-1].argmax(axis=1)
-    boxes[has, 2] = cols[has].argmax(axis=1)
-    boxes[has, 3] = w - cols[has, ::-1].argmax(axis=1)
-    return boxes
+    m = -(-h // STRIP)
+    coded = np.zeros((m * STRIP, w), table.dtype)  # whole strips, no labels below the image
+    cv2.LUT(index, table, dst=coded[:h])
+    bits = table[:n, None, None]
+    across = np.bitwise_or.reduce(coded.reshape(m, STRIP, w), axis=1)[None] & bits != 0
+    along = np.bitwise_or.reduce(coded, axis=1).reshape(m, STRIP)[None] & bits != 0
+    starts = np.arange(0, m * STRIP, STRIP)
+    boxes = np.stack(
+        [
+            starts + along.argmax(axis=2),
+            starts + STRIP - along[..., ::-1].argmax(axis=2),
+            across.argmax(axis=2),
+            w - across[..., ::-1].argmax(axis=2),
+        ],
+        axis=2,
+    ).tolist()
+    held = across.any(axis=2).tolist()
+    return [[tuple(b) if k else None for b, k in zip(bs, ks, strict=True)] for bs, ks in zip(boxes, held, strict=True)]
 
 
-def _filter_jobs(boxes: np.ndarray, half: int, n: int) -> list[tuple[int, tuple[int, int, int, int], list[int]]]:
-    """Which filter pairs to run over which boxes.
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    """Bounding box of two boxes (either may be None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def _filter_jobs(index: np.ndarray, n: int, half: int) -> list[tuple[int, Box, list[int]]]:
+    """Which filter pairs to run over which boxes: (orientation, box (y0, y1, x0, x1), labels served).
 
     The orientations a and pi - a share both separable filters: cos(f x cos a) and
     the y factors are the same, sin(f x cos a) changes sign. With A and B the two
     separable responses, a's response is A - B and pi - a's is A + B. One pass over
-    the union of their boxes serves both when that is smaller than two passes.
+    the union of their boxes serves both when that costs less than two passes.
+
+    A label's pixels form a band that curves with the ridge flow, and its
+    bounding box holds many other pixels (on FVC2002 images, the boxes of the
+    16 labels add up to several times the foreground). So a label's pixels are
+    boxed strip by strip (STRIP rows), and consecutive strips' boxes are joined
+    while one box costs less than two (pixels filtered, the halo included, plus
+    the fixed costs of the calls): about a fifth less filtering time on
+    FVC2002 images, for a few tenths of a millisecond more planning. Every
+    pixel is in exactly one box of a job serving its label.
     """
+    h, w = index.shape
 
-    def area(y0: int, y1: int, x0: int, x1: int) -> int:
-        return (y1 - y0 + 2 * half) * (x1 - x0 + 2 * half)
+    def groups(strips: list[Box | None], filters: int) -> tuple[int, list[Box]]:
+        """Consecutive strips' boxes joined while one box costs less than two; the total cost and the boxes.
 
+        A box's cost: its crop (box and halo, within the image) times the filters,
+        plus the calls' fixed costs; sepFilter2D's row pass also covers the
+        half-width beyond the crop above and below. Written out inline: this
+        runs a few hundred times per image.
+        """
+        fixed = filters * CALL_PIXELS + WRITE_PIXELS
+        out: list[Box] = []
+        total = spent = top = 0
+        current: Box | None = None
+        for box in strips:
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            left, right = (x0 - half if x0 > half else 0), (x1 + half if x1 + half < w else w)
+            bottom = y1 + half if y1 + half < h else h
+            alone = filters * (bottom - (y0 - half if y0 > half else 0) + half) * (right - left) + fixed
+            if current is None:
+                current, spent, top = box, alone, y0 - half if y0 > half else 0
+                continue
+            c0, c1 = current[2], current[3]
+            left2 = left if x0 < c0 else (c0 - half if c0 > half else 0)
+            right2 = right if x1 > c1 else (c1 + half if c1 + half < w else w)
+            both = filters * (bottom - top + half) * (right2 - left2) + fixed
+            if both > spent + alone:  # strips go down: a joined box runs from the current top to this bottom
+                out.append(current)
+                total += spent
+                current, spent, top = box, alone, y0 - half if y0 > half else 0
+            else:
+                current, spent = (current[0], y1, min(c0, x0), max(c1, x1)), both
+        if current is not None:
+            out.append(current)
+            total += spent
+        return total, out
+
+    per_strip = _strip_boxes(index, n)
     jobs = []
     for k in range(n // 2 + 1):
-        mirror = (n - k) % n
-        present = [j for j in dict.fromkeys((k, mirror)) if boxes[j, 1] > boxes[j, 0]]
+        filters = 2 if k % (n // 2) else 1
+        present = [j for j in dict.fromkeys((k, (n - k) % n)) if any(per_strip[j])]
+        alone = [(j, *groups(per_strip[j], filters)) for j in present]
         if len(present) == 2:
-            (ay0, ay1, ax0, ax1), (by0, by1, bx0, bx1) = boxes[k], boxes[mirror]
-            union = (min(ay0, by0), max(ay1, by1), min(ax0, bx0), max(ax1, bx1))
-            if area(*union) <= area(ay0, ay1, ax0, ax1) + area(by0, by1, bx0, bx1):
-                jobs.append((k, tuple(int(v) for v in union), present))
+            together, boxes = groups(
+                [_union(a, b) for a, b in zip(*(per_strip[j] for j in present), strict=True)], filters
+            )
+            if together <= alone[0][1] + alone[1][1]:
+                jobs.extend((k, box, present) for box in boxes)
                 continue
-        jobs.extend((k, tuple(int(v) for v in boxes[j]), [j]) for j in present)
+        jobs.extend((k, box, [j]) for j, _, boxes in alone for box in boxes)
     return jobs
 
 
@@ -372,12 +443,15 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.
     """Even Gabor response tuned per pixel to ``theta`` (gradient direction, radians >= 0) and ``period``.
 
     With ``where``, only those pixels get a response (0 elsewhere). Each filter
-    then runs only over the bounding box of the pixels it serves, plus the
-    kernel's half-width: the orientation field is smooth, so these boxes cover
-    a fraction of the image, and inside them the response is exactly that of the
-    whole-image filter (the halo holds the same pixels, and where a box meets the
-    image's edge, the same border reflection applies). Mirror orientations share
-    their filters (see :func:`_filter_jobs`).
+    then runs only over boxes holding the pixels it serves (see
+    :func:`_filter_jobs`), plus the kernel's half-width: the halo holds the same
+    pixels as the whole image, and where a box meets the image's edge the same
+    border reflection applies, so the response is that of the whole-image
+    filter. To the last bits only: OpenCV's vectorised and scalar loops round
+    differently and a box's edges decide which one a pixel falls in (about 1e-6
+    here, on responses of order 1). Templates of the FVC2002 images are the same
+    with one box per label as with the strips of boxes. Mirror orientations
+    share their filters.
     """
     n = N_ORIENTATIONS
     sigma = GABOR_SIGMA * period
@@ -399,7 +473,7 @@ def gabor_enhance(norm: np.ndarray, theta: np.ndarray, period: float, where: np.
     odd_x, odd_y = g * np.sin(along_x), g * np.sin(along_y)
     out = np.zeros_like(norm)
     h, w = norm.shape
-    for k, (y0, y1, x0, x1), served in _filter_jobs(_orientation_boxes(index, n), half, n):
+    for k, (y0, y1, x0, x1), served in _filter_jobs(index, n, half):
         ya, yb, xa, xb = max(0, y0 - half), min(h, y1 + half), max(0, x0 - half), min(w, x1 + half)
         crop = norm[ya:yb, xa:xb]
         inner = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))

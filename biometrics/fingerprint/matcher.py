@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from biometrics.fingerprint import mcc_match, prefilter
-from biometrics.fingerprint.cylinders import Cylinders, build
+from biometrics.fingerprint.cylinders import MAX_CYLINDERS, Cylinders, build
 from biometrics.fingerprint.errors import TemplateError
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
 
@@ -47,27 +47,108 @@ def match(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate | Minutiae) 
     return float(mcc_match.scores(ca, mcc_match.pack([cb]))[0])
 
 
+class _GrowingStack:
+    """A :class:`mcc_match.Stack` that grows in place: adds append rows, removals leave garbage rows.
+
+    Row storage grows by half when full (an add copies only its own rows, and
+    the occasional growth copies the stack once);
+    a removal drops the template from the per-template arrays and leaves its rows
+    unreferenced until they make up a quarter of the storage, when the live rows
+    are compacted in one copy.
+    """
+
+    def __init__(self) -> None:
+        self._rows = np.zeros((0, mcc_match.WIDTH), np.float32)
+        self._used = 0  # rows written (live and garbage)
+        self._garbage = 0
+        self._pos = np.zeros((0, MAX_CYLINDERS), np.complex64)
+        self._unit = np.zeros((0, MAX_CYLINDERS), np.complex64)
+        self._count = np.zeros(0, np.int64)
+        self._start = np.zeros(0, np.int64)
+        self._t = 0
+
+    def append(self, cylinders: list[Cylinders]) -> None:
+        if not cylinders:
+            return
+        s = mcc_match.stack(cylinders)
+        r, t, k = len(s.rows), s.templates, s.pos.shape[1]
+        if self._used + r > len(self._rows):
+            grown = np.zeros((max(len(self._rows) * 3 // 2, self._used + r, 1024), mcc_match.WIDTH), np.float32)
+            grown[: self._used] = self._rows[: self._used]
+            self._rows = grown
+        self._rows[self._used : self._used + r] = s.rows
+        if self._t + t > len(self._count) or k > self._pos.shape[1]:
+            cap = max(2 * len(self._count), self._t + t, 64)
+            width = max(self._pos.shape[1], k)
+            for name, dtype in (("_pos", np.complex64), ("_unit", np.complex64)):
+                grid = np.zeros((cap, width), dtype)
+                old = getattr(self, name)
+                grid[: self._t, : old.shape[1]] = old[: self._t]
+                setattr(self, name, grid)
+            for name in ("_count", "_start"):
+                vec = np.zeros(cap, np.int64)
+                vec[: self._t] = getattr(self, name)[: self._t]
+                setattr(self, name, vec)
+        sl = slice(self._t, self._t + t)
+        self._pos[sl], self._unit[sl] = 0, 0  # slots may hold removed templates' positions
+        self._pos[sl, :k], self._unit[sl, :k] = s.pos, s.unit
+        self._count[sl], self._start[sl] = s.count, s.start + self._used
+        self._used += r
+        self._t += t
+
+    def remove(self, keep: np.ndarray) -> None:
+        """Keep the templates where ``keep`` is true, in order."""
+        idx = np.nonzero(keep)[0]
+        self._garbage += int(self._count[: self._t][~keep].sum())
+        for name in ("_pos", "_unit", "_count", "_start"):
+            arr = getattr(self, name)
+            arr[: len(idx)] = arr[idx]
+        self._t = len(idx)
+        if self._garbage > self._used // 4:  # compact the live rows in one copy
+            count, start = self._count[: self._t], self._start[: self._t]
+            rows = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+            self._rows = self._rows[rows]
+            self._start[: self._t] = np.cumsum(count) - count
+            self._used, self._garbage = len(rows), 0
+
+    def view(self) -> mcc_match.Stack:
+        t = self._t
+        return mcc_match.Stack(
+            self._rows[: self._used], self._pos[:t], self._unit[:t], self._count[:t], self._start[:t]
+        )
+
+
 class GalleryIndex:
     """Enrolled templates, searched all at once with matrix products.
 
     Several templates may share a subject id (several fingers or impressions);
     a search reports each subject once, with its best score.
 
-    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms);
-    the first search after adds or removes repacks the gallery (with 32 of its own
-    templates pre-scored against all of it, to centre the pre-scores: about 0.3 s
-    per 2,000 templates). :meth:`scores`
-    gives every template the full score (50 to 120 us per template per core,
-    growing with the product of the cylinder counts). :meth:`search` ranks the
-    gallery with the pre-filter (about 4 us per template) and fully scores only
-    its best max(64, 3 %) (see :mod:`biometrics.fingerprint.prefilter`): see
-    ``bench.fingerprint``'s ``comparisons_per_s_per_core`` for measured figures.
-    For throughput, run with single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and
-    ``workers`` = the number of cores: blocks are then scored in parallel threads.
-    Memory: about 180 KB per template of 35 cylinders (the cylinders as built, and
-    stacked for scoring with their validity and energy per cell: 642 float32 per
-    cylinder; plus the sketch), at most 250 KB (48 cylinders). Not
-    thread-safe: guard add/remove/search with one lock if threads share it.
+    Cost: cylinders and a pre-filter sketch are built once per add (about 5 ms).
+    The gallery is kept packed incrementally (see
+    :class:`biometrics.fingerprint.prefilter.SketchIndex`): the first search after
+    an add lays out only the new templates (their rows appended to the stack,
+    their sketches projected, their hub centres estimated against the stored
+    sample probes: about 1.5 ms each in a gallery of 2,000, against 1.8 s CPU to
+    pack those 2,000 from scratch), and a removal compacts without refitting
+    (about 30 ms). The pre-filter's principal subspace and every template's
+    centre are refitted only when the gallery has changed size by a quarter
+    since the last fit (with 64 of its own templates pre-scored against all of
+    it: about 0.6 s CPU per 2,000 templates), so an enrollment's duplicate search
+    costs about one search (``bench.fingerprint``'s ``add_search_ms``).
+    :meth:`scores` gives every template the full score (50 to 120 us per
+    template per core, growing with the product of the cylinder counts).
+    :meth:`search` ranks the gallery with the pre-filter (about 4 us per
+    template) and fully scores only its best max(64, 3 %) (see
+    :mod:`biometrics.fingerprint.prefilter`): see ``bench.fingerprint``'s
+    ``comparisons_per_s_per_core`` for measured figures. For throughput, run with
+    single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the number of
+    cores: blocks are then scored in parallel threads. Memory: about 140 KB per
+    template of 35 cylinders (stacked for scoring with their validity and energy
+    per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
+    projection: 46 KB), at most 170 KB (48 cylinders), plus up to half the stack
+    again as growth room and removed rows not yet compacted. Not thread-safe:
+    guard add/remove/search with one lock if threads share it.
     """
 
     def __init__(self, workers: int | None = None) -> None:
@@ -76,13 +157,9 @@ class GalleryIndex:
         self._workers = workers if workers is not None else 1
         self._executor: ThreadPoolExecutor | None = None
         self._ids: list[Hashable] = []
-        self._cylinders: list[Cylinders] = []
-        self._sketches: list[np.ndarray] = []
-        self._packed = mcc_match.stack([])
-        self._sketch_blocks: list[np.ndarray] = []
-        self._projection: np.ndarray | None = None
-        self._centres = np.zeros(0, np.float32)
-        self._dirty = True
+        self._stack = _GrowingStack()
+        self._pending: list[Cylinders] = []  # added since the last search: not yet stacked
+        self._sketches = prefilter.SketchIndex()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -106,38 +183,32 @@ class GalleryIndex:
         return set(self._ids)
 
     def add(self, subject_id: Hashable, template: FingerprintTemplate | Minutiae | Cylinders) -> None:
-        self._ids.append(subject_id)
         c = cylinders_of(template)
-        self._cylinders.append(c)
-        self._sketches.append(prefilter.sketch(c, prefilter.GALLERY_ROWS))  # the probe side keeps more rows
-        self._dirty = True
+        self._ids.append(subject_id)
+        self._pending.append(c)
+        self._sketches.add(prefilter.sketch(c, prefilter.PROBE_ROWS))  # the gallery side keeps its first rows
 
     def remove(self, subject_id: Hashable) -> int:
         """Remove every template of ``subject_id``; return how many were removed."""
-        keep = [i for i, s in enumerate(self._ids) if s != subject_id]
-        removed = len(self._ids) - len(keep)
-        self._ids = [self._ids[i] for i in keep]
-        self._cylinders = [self._cylinders[i] for i in keep]
-        self._sketches = [self._sketches[i] for i in keep]
-        self._dirty = True
+        keep = np.array([s != subject_id for s in self._ids], bool)
+        removed = int((~keep).sum())
+        if removed:
+            self._flush()
+            self._ids = [sid for sid, k in zip(self._ids, keep, strict=True) if k]
+            self._stack.remove(keep)
+            self._sketches.remove(keep)
         return removed
 
+    def _flush(self) -> None:
+        if self._pending:
+            self._stack.append(self._pending)
+            self._pending = []
+
     def _pack(self) -> mcc_match.Stack:
-        if self._dirty:
-            self._packed = mcc_match.stack(self._cylinders)
-            n = len(self._sketches)
-            self._projection = prefilter.projection(self._sketches)
-            self._sketch_blocks = [
-                prefilter.pack(self._sketches[i : i + prefilter.BLOCK_TEMPLATES], self._projection)
-                for i in range(0, n, prefilter.BLOCK_TEMPLATES)
-            ]
-            sample = prefilter.hub_sample(n)
-            raw = np.zeros((len(sample), n), np.float32)
-            for row, i in enumerate(sample):
-                raw[row] = self._raw_prescores(self._probe_sketch(self._cylinders[int(i)]))
-            self._centres = prefilter.centres(raw, sample)
-            self._dirty = False
-        return self._packed
+        """The stack with every template, and the pre-filter brought up to date (incrementally)."""
+        self._flush()
+        self._sketches.sync(self._raw_prescores)
+        return self._stack.view()
 
     def scores(self, probe: FingerprintTemplate | Minutiae | Cylinders) -> np.ndarray:
         """Score of the probe against every enrolled template, in insertion order."""
@@ -145,7 +216,8 @@ class GalleryIndex:
         cp = cylinders_of(probe)
         if len(cp) == 0 or not self._ids:
             return out
-        packed = self._pack()
+        self._flush()  # the full score needs the stack only, not the pre-filter's fit
+        packed = self._stack.view()
         starts = list(range(0, len(self._ids), CHUNK))
 
         def run(lo: int) -> None:
@@ -165,19 +237,19 @@ class GalleryIndex:
                 fn(item)
 
     def _probe_sketch(self, cp: Cylinders) -> np.ndarray:
-        sp = prefilter.sketch(cp, prefilter.PROBE_ROWS)
-        return sp if self._projection is None else sp @ self._projection
+        return self._sketches.probe(prefilter.sketch(cp, prefilter.PROBE_ROWS))
 
     def _raw_prescores(self, sp: np.ndarray) -> np.ndarray:
-        """Pre-scores of a (projected) probe sketch against every template, before centring."""
-        out = np.zeros(len(self._ids), np.float32)
+        """Pre-scores of a (projected) probe sketch against every packed template, before centring."""
+        blocks = self._sketches.blocks()
+        out = np.zeros(sum(b.shape[1] for b in blocks), np.float32)
+        probe_t = np.ascontiguousarray(sp.T)
         step = prefilter.BLOCK_TEMPLATES
 
         def run(b: int) -> None:
-            block = self._sketch_blocks[b]
-            out[b * step : b * step + len(block) // prefilter.GALLERY_ROWS] = prefilter.prescores(sp, block)
+            out[b * step : b * step + blocks[b].shape[1]] = prefilter.block_prescores(probe_t, blocks[b])
 
-        self._map(list(range(len(self._sketch_blocks))), run)
+        self._map(list(range(len(blocks))), run)
         return out
 
     def prescores(self, probe: FingerprintTemplate | Minutiae | Cylinders) -> np.ndarray:
@@ -191,7 +263,7 @@ class GalleryIndex:
             return np.zeros(len(self._ids), np.float32)
         self._pack()
         out = self._raw_prescores(self._probe_sketch(cp))
-        out -= self._centres
+        out -= self._sketches.centres
         return out
 
     def candidate_scores(

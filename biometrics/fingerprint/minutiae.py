@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from biometrics.fingerprint.enhance import Analysis, gabor_enhance
+from biometrics.fingerprint.enhance import GABOR_SIGMA, Analysis, gabor_enhance
+from biometrics.fingerprint.image import shrink
 from biometrics.fingerprint.skeleton import CROSSING, neighbour_code, thin
 from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
 
@@ -30,6 +31,15 @@ MIN_COHERENCE = 0.15
 # and such minutiae recur in other impressions no more often than chance.
 MIN_CLARITY = 0.3
 CLARITY_WINDOW = 1.0  # Gaussian window of the clarity, in ridge periods (about two periods across)
+# Minutiae whose estimated chance of recurring in another impression (see reliability()) is
+# below this are dropped: chance level (a point of the same flow a few ridges away) is about
+# 0.25; on FVC2002 DB3 the minutiae dropped (one in eight) recur 0.3 of the time, the rest 0.75.
+MIN_RELIABILITY = 0.35
+RELIABILITY_BIAS = 1.26  # the logistic model's coefficients (see reliability())
+RELIABILITY_AMPLITUDE = 2.61  # per unit of log ridge amplitude
+RELIABILITY_SPACING = 0.67  # per ridge period to the nearest minutia, up to RELIABILITY_MAX_SPACING
+RELIABILITY_BORDER = 0.24  # per ridge period to the foreground edge, up to RELIABILITY_MAX_BORDER
+RELIABILITY_MAX_SPACING, RELIABILITY_MAX_BORDER = 3.0, 4.0
 # Neighbourhood code to candidate kind: crossing number 1 an ending, 3 or more a bifurcation.
 _KIND_LUT = np.where(CROSSING == 1, KIND_ENDING, np.where(CROSSING >= 3, KIND_BIFURCATION, 0)).astype(np.uint8)
 
@@ -65,8 +75,8 @@ def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
     return full, out
 
 
-def clear_region(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
-    """Pixels of the box (box coordinates) where the contextual filter explains the image.
+def clarity(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of the box (box coordinates) where the contextual filter explains the image, and its energy.
 
     Clarity is the local energy of the filtered image over that of the normalised
     image, in windows of about two ridge periods: near 1 where ridges follow the
@@ -76,22 +86,73 @@ def clear_region(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, sli
     clear than the rest of the same finger are excluded. The windows are taken at
     half resolution (clarity varies slowly), which keeps the cost well under a
     millisecond.
+
+    Also returns the filtered image's local energy (mean square, the same
+    half-resolution windows), from which :func:`reliability` takes the ridge
+    amplitude at each minutia.
     """
     en = enhanced[box]
     h, w = en.shape
     half = (max(1, w // 2), max(1, h // 2))
     sigma = CLARITY_WINDOW * analysis.period / 2.0  # in half-resolution pixels
-    filtered = cv2.GaussianBlur(cv2.resize(np.square(en), half, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+    energy = cv2.GaussianBlur(shrink(np.square(en), half), (0, 0), sigma)
     norm = analysis.normalised[box]
-    signal = cv2.GaussianBlur(cv2.resize(np.square(norm), half, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+    signal = cv2.GaussianBlur(shrink(np.square(norm), half), (0, 0), sigma)
     signal += 1e-6
-    filtered /= signal
+    filtered = energy / signal
     inside = cv2.resize(analysis.mask[box].view(np.uint8), half, interpolation=cv2.INTER_NEAREST).view(bool)
     if not inside.any():
-        return np.ones((h, w), bool)
+        return np.ones((h, w), bool), energy
     typical = _median(filtered[inside])
     clear = (filtered > MIN_CLARITY * typical).view(np.uint8)
-    return cv2.resize(clear, (w, h), interpolation=cv2.INTER_NEAREST).view(bool)
+    return cv2.resize(clear, (w, h), interpolation=cv2.INTER_NEAREST).view(bool), energy
+
+
+def _gabor_gain(period: float) -> float:
+    """Response of the contextual filter (enhance.gabor_enhance) to a unit-amplitude sinusoid it is tuned to.
+
+    The product of the separable kernel's two factors for orientation 0: the
+    even factor across the ridges against the wave, the envelope along them. It
+    grows with the square of the period, so the filtered energy divided by it
+    is an amplitude in the normalised image's units, the same for any sensor's
+    ridge frequency.
+    """
+    sigma = GABOR_SIGMA * period
+    half = int(np.ceil(2.5 * sigma))
+    t = np.arange(-half, half + 1, dtype=np.float64)
+    g = np.exp(-(t * t) / (2 * sigma * sigma))
+    return float(np.sum(g * np.cos(2 * np.pi / period * t) ** 2) * np.sum(g))
+
+
+def reliability(
+    energy: np.ndarray, border: np.ndarray, x: np.ndarray, y: np.ndarray, kept: np.ndarray, period: float
+) -> np.ndarray:
+    """Estimated chance (0..1) that each minutia recurs in another impression of the finger.
+
+    A logistic model of three measurements: the ridge amplitude the contextual
+    filter finds around the minutia (``energy``, its local mean square, over
+    :func:`_gabor_gain`: on faint, speckled skin the filter has little to
+    follow and the skeleton's breaks are noise), the distance to the nearest
+    other minutia still ``kept`` (crowded minutiae are mostly artefacts of a
+    broken or merged ridge) and the distance to the foreground edge
+    (``border``), both in ridge periods. Fitted once on how often each minutia
+    of FVC2002 sets B recurs within 15 pixels and 30 degrees of one in each
+    other impression of its finger (rigidly aligned, where the two overlap);
+    the logistic fit on these three measurements, with no per-database term.
+    """
+    amplitude = np.sqrt(np.maximum(energy, 1e-12)) / _gabor_gain(period)
+    nearest = np.full(len(x), RELIABILITY_MAX_SPACING)
+    if np.count_nonzero(kept) > 1:
+        d = np.hypot(x[:, None] - x[kept][None, :], y[:, None] - y[kept][None, :])
+        d[d == 0] = np.inf  # the minutia itself
+        nearest = np.minimum(d.min(axis=1) / period, RELIABILITY_MAX_SPACING)
+    z = (
+        RELIABILITY_BIAS
+        + RELIABILITY_AMPLITUDE * np.log(amplitude)
+        + RELIABILITY_SPACING * nearest
+        + RELIABILITY_BORDER * np.minimum(border / period, RELIABILITY_MAX_BORDER)
+    )
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def _median(values: np.ndarray) -> float:
@@ -231,8 +292,9 @@ class Detection:
     ``stages`` are the minutiae after each step, in order: every skeleton point
     with crossing number 1 or 3+ (``candidates``), those away from the foreground
     edge, in coherent flow and where the contextual filter explains the image
-    (``inside``, see :func:`clear_region`), those not part of a spur, bridge,
-    broken ridge or noise cluster (``cleaned``), the best ``MAX_MINUTIAE`` by
+    (``inside``, see :func:`clarity`), those not part of a spur, bridge,
+    broken ridge or noise cluster and likely enough to recur in another
+    impression (``cleaned``, see :func:`reliability`), the best ``MAX_MINUTIAE`` by
     quality (``final``). Coordinates are 500-dpi pixels of the analysed image.
     """
 
@@ -291,7 +353,7 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     ringed = np.zeros((sk.shape[0] + 2, sk.shape[1] + 2), np.uint8)  # background all round
     ringed[1:-1, 1:-1] = analysis.mask[work].view(np.uint8)
     border = cv2.distanceTransform(ringed, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    clear = clear_region(analysis, enhanced, box)
+    clear, energy = clarity(analysis, enhanced, box)
     inside = (
         (border[py, px] > BORDER_PERIODS * period)
         & (analysis.coherence[py + y0, px + x0] > MIN_COHERENCE)
@@ -330,6 +392,10 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     coh = analysis.coherence[ys, xs]
     depth = np.clip(border[ys - y0, xs - x0] / (3.0 * period), 0.0, 1.0)
     quality = np.clip(100.0 * np.clip(coh / 0.7, 0.0, 1.0) * (0.5 + 0.5 * depth), 1, 100)
+    # The clarity's half-resolution energy at each minutia (box coordinates halved).
+    hy = np.minimum((ys - box[0].start) // 2, energy.shape[0] - 1)
+    hx = np.minimum((xs - box[1].start) // 2, energy.shape[1] - 1)
+    good &= reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period) >= MIN_RELIABILITY
     if trace:
         stages["inside"] = _subset(xf, yf, angles, kinds, quality)
         stages["cleaned"] = _subset(xf[good], yf[good], angles[good], kinds[good], quality[good])
