@@ -57,8 +57,9 @@ def _fraction(probe: Minutiae, gallery: Minutiae, rotation: complex, shift: comp
 def test_hull_half_planes_hold_the_inside_and_reject_the_outside():
     x = np.array([0.0, 100.0, 100.0, 0.0, 50.0])
     y = np.array([0.0, 0.0, 100.0, 100.0, 50.0])  # a square and its centre
-    normals, offsets = gp.pad_planes([gp.hull_planes(x, y), gp.hull_planes(x[::-1], y[::-1])])
-    assert normals.shape == (2, 4)  # four edges, whatever the winding
+    normals, offsets = gp.pad_planes([gp.hull_planes(x, y), gp.hull_planes(x[::-1], y[::-1])], 5)
+    assert normals.shape == (2, 5)
+    assert np.count_nonzero(normals, axis=1).tolist() == [4, 4]  # four edges, whatever the winding
     px = np.array([[50.0, 1.0, 99.0, 101.0, -1.0, 50.0]] * 2, np.float32)
     py = np.array([[50.0, 1.0, 99.0, 50.0, 50.0, 130.0]] * 2, np.float32)
     inside = gp._inside(px, py, normals, offsets)

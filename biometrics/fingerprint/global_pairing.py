@@ -77,14 +77,19 @@ def hull_planes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return normal.astype(np.complex64), offset.astype(np.float32)
 
 
-def pad_planes(planes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Half-plane sets of several templates as (T, E) arrays; short sets repeat their first plane (same region)."""
-    e = max((len(n) for n, _ in planes), default=1)
-    normals = np.ones((len(planes), e), np.complex64)
-    offsets = np.full((len(planes), e), np.float32(1e9))
+def pad_planes(planes: list[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half-plane sets of several templates as zero-padded (T, width) arrays.
+
+    A zero plane (normal 0, offset 0) is neutral: it adds an excess of 0 to the
+    inside test, which keeps inside points inside (their largest excess is <= 0)
+    and outside points outside. So hull arrays pad, grow and shrink like the
+    positions of a stack. A hull has no more planes than its template has
+    cylinders (at least 1): ``width`` = the stack's cylinder width always fits.
+    """
+    normals = np.zeros((len(planes), width), np.complex64)
+    offsets = np.zeros((len(planes), width), np.float32)
     for t, (n, c) in enumerate(planes):
         normals[t, : len(n)], offsets[t, : len(c)] = n, c
-        normals[t, len(n) :], offsets[t, len(c) :] = n[0], c[0]
     return normals, offsets
 
 

@@ -47,6 +47,15 @@ def match(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate | Minutiae) 
     return float(mcc_match.scores(ca, mcc_match.pack([cb]))[0])
 
 
+# Per-template arrays of a growing stack, one slot per cylinder rank (zero-padded).
+_PER_SLOT = (
+    ("_pos", np.complex64),
+    ("_unit", np.complex64),
+    ("_hull_normals", np.complex64),
+    ("_hull_offsets", np.float32),
+)
+
+
 class _GrowingStack:
     """A :class:`mcc_match.Stack` that grows in place: adds append rows, removals leave garbage rows.
 
@@ -63,6 +72,8 @@ class _GrowingStack:
         self._garbage = 0
         self._pos = np.zeros((0, MAX_CYLINDERS), np.complex64)
         self._unit = np.zeros((0, MAX_CYLINDERS), np.complex64)
+        self._hull_normals = np.zeros((0, MAX_CYLINDERS), np.complex64)  # zero-padded like positions
+        self._hull_offsets = np.zeros((0, MAX_CYLINDERS), np.float32)
         self._count = np.zeros(0, np.int64)
         self._start = np.zeros(0, np.int64)
         self._t = 0
@@ -80,7 +91,7 @@ class _GrowingStack:
         if self._t + t > len(self._count) or k > self._pos.shape[1]:
             cap = max(2 * len(self._count), self._t + t, 64)
             width = max(self._pos.shape[1], k)
-            for name, dtype in (("_pos", np.complex64), ("_unit", np.complex64)):
+            for name, dtype in _PER_SLOT:
                 grid = np.zeros((cap, width), dtype)
                 old = getattr(self, name)
                 grid[: self._t, : old.shape[1]] = old[: self._t]
@@ -90,8 +101,10 @@ class _GrowingStack:
                 vec[: self._t] = getattr(self, name)[: self._t]
                 setattr(self, name, vec)
         sl = slice(self._t, self._t + t)
-        self._pos[sl], self._unit[sl] = 0, 0  # slots may hold removed templates' positions
+        for name, _ in _PER_SLOT:  # slots may hold removed templates' values
+            getattr(self, name)[sl] = 0
         self._pos[sl, :k], self._unit[sl, :k] = s.pos, s.unit
+        self._hull_normals[sl, :k], self._hull_offsets[sl, :k] = s.hull_normals, s.hull_offsets
         self._count[sl], self._start[sl] = s.count, s.start + self._used
         self._used += r
         self._t += t
@@ -100,7 +113,7 @@ class _GrowingStack:
         """Keep the templates where ``keep`` is true, in order."""
         idx = np.nonzero(keep)[0]
         self._garbage += int(self._count[: self._t][~keep].sum())
-        for name in ("_pos", "_unit", "_count", "_start"):
+        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_count", "_start"):
             arr = getattr(self, name)
             arr[: len(idx)] = arr[idx]
         self._t = len(idx)
@@ -114,7 +127,13 @@ class _GrowingStack:
     def view(self) -> mcc_match.Stack:
         t = self._t
         return mcc_match.Stack(
-            self._rows[: self._used], self._pos[:t], self._unit[:t], self._count[:t], self._start[:t]
+            self._rows[: self._used],
+            self._pos[:t],
+            self._unit[:t],
+            self._count[:t],
+            self._start[:t],
+            self._hull_normals[:t],
+            self._hull_offsets[:t],
         )
 
 

@@ -106,8 +106,8 @@ class Stack:
     unit: np.ndarray  # complex64 (T, K): exp(i * angle)
     count: np.ndarray  # int64 (T,) cylinders per template
     start: np.ndarray  # int64 (T,) first row of each template
-    hull_normals: np.ndarray  # complex64 (T, E): convex hull of the cylinder centres (global_pairing.hull_planes)
-    hull_offsets: np.ndarray  # float32 (T, E)
+    hull_normals: np.ndarray  # complex64 (T, K): hull of the cylinder centres, zero-padded (global_pairing.pad_planes)
+    hull_offsets: np.ndarray  # float32 (T, K)
 
     @property
     def templates(self) -> int:
@@ -131,8 +131,8 @@ class Packed:
     count: np.ndarray  # int64 (T,), sorted templates (decreasing)
     offsets: np.ndarray  # int64 (K + 1,): rows of cylinder rank p are offsets[p]:offsets[p + 1]
     order: np.ndarray  # int64 (T,): caller's index of each sorted template
-    hull_normals: np.ndarray  # complex64 (T, E), sorted templates
-    hull_offsets: np.ndarray  # float32 (T, E)
+    hull_normals: np.ndarray  # complex64 (T, K), sorted templates
+    hull_offsets: np.ndarray  # float32 (T, K)
 
     @property
     def templates(self) -> int:
@@ -182,7 +182,8 @@ def stack(cylinders: list[Cylinders]) -> Stack:
     count = np.array([len(c) for c in cylinders], np.int64)
     start = (np.cumsum(count) - count).astype(np.int64)
     live = [c for c in cylinders if len(c)]
-    normals, offsets = global_pairing.pad_planes([global_pairing.hull_planes(c.x, c.y) for c in cylinders])
+    width = int(max(count.max(initial=0), 1))  # the width of _grid's arrays
+    normals, offsets = global_pairing.pad_planes([global_pairing.hull_planes(c.x, c.y) for c in cylinders], width)
     if not live:
         grid = np.zeros((len(count), 1), np.complex64)
         return Stack(np.zeros((0, WIDTH), np.float32), grid, grid, count, start, normals, offsets)
@@ -222,8 +223,8 @@ def gather(stacked: Stack, templates: np.ndarray) -> Packed:
         count,
         np.concatenate([[0], np.cumsum(per_rank)]).astype(np.int64),
         order,
-        stacked.hull_normals[chosen],
-        stacked.hull_offsets[chosen],
+        stacked.hull_normals[chosen, :k],
+        stacked.hull_offsets[chosen, :k],
     )
 
 
