@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import os
 import secrets
 import ssl
 import subprocess
@@ -28,6 +29,12 @@ from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity, IdentityStore
 
 # ---------------------------------------------------------------- general
+
+# One BLAS thread per process, as the verifier and the benchmarks run. Set before any test
+# module imports numpy (nothing imported above does): with two cores shared by the suite's
+# servers, OpenBLAS's spinning worker threads made a 0.7 s matcher test take 49 s.
+for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_blas, "1")
 
 # ---------------------------------------------------------------- verifier / PKI
 
