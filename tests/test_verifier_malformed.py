@@ -122,6 +122,8 @@ def test_malformed_templates_on_every_route_are_audited_refusals_naming_the_fix(
         fields = [  # signed bodies whose other fields are malformed, and a challenge request
             Case("verify: no subject", endpoints.VERIFICATIONS, {"subject": "", "templates": [wire_template(good)]},
                  "bad-subject", '"subject"', "malformed subject", ""),
+            Case("enroll: a path subject that is no subject id", enrollments("-dora"),
+                 {"templates": [wire_template(good)]}, "bad-subject", "letters, digits", "malformed subject", ""),
             Case("enroll: a group name that is none", enrollments("dora"),
                  {"group": "no such group!", "templates": [wire_template(good)]},
                  "bad-group", "letters, digits", "malformed group", ""),

@@ -213,3 +213,32 @@ def test_a_step_up_refused_for_work_stays_pending_for_a_lighter_answer(tmp_path,
     assert first_status == 401
     assert refused_status == 429 and problem["type"].endswith("device-work-limited"), problem
     assert light_status == 200 and light["decision"] == "accept", light
+
+
+def test_an_enrollment_refused_for_work_gives_its_session_token_back(tmp_path, synthetic_templates) -> None:
+    """A 429 decides nothing: the session token the enrollment spent is there again for a lighter one.
+
+    (The refusal rolls the request's transaction back, the token's use with it;
+    this pins that, were tokens ever kept outside the database.)
+    """
+    extra = settings_file(tmp_path, device_comparisons_per_min=60)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        device = Device(*asyncio.run(provision_device(verifier, tmp_path / "kiosk", "kiosk-1")))
+        t = synthetic_templates
+        enroll_fingers(device, t, "alice", [0, 2])
+        path = "/v1/subjects/alice/enrollments"
+
+        async def steps(client):
+            _, first = await verify_call(device, client, "alice", t[0][2])  # first use: a step-up
+            _, alice = await verify_call(device, client, "alice", t[2][2], step_up=first["step_up"])
+            heavy = await device.signed(client, path, templates=[wire(t[0][1])] * MAX_VIEWS,
+                                        session_token=alice["token"])
+            refused = await client.request("POST", path, json=heavy)
+            light = await device.signed(client, path, templates=[wire(t[0][1])], session_token=alice["token"])
+            added = await client.request("POST", path, json=light)
+            return alice, refused.status_code, refused.json(), added.status_code, added.json()
+
+        alice, refused_status, problem, added_status, added = device.run(steps)
+    assert alice["decision"] == "accept"
+    assert refused_status == 429 and problem["type"].endswith("device-work-limited"), problem
+    assert added_status == 201 and added["templates"] == 1, added

@@ -203,7 +203,7 @@ class SensorRoutes:
             return self._ask_step_up(device_id, assertion, reasons, policy, ACR_AFTER_SENSOR)
         self._audit(device_id, assertion, "accept", "the sensor matched; policy accepts sensor assertions",
                     policy=policy)
-        return self._decision(device_id, subject, "accept")
+        return self._decision(device_id, subject, "accept", first_use_done=False)
 
     def _answer_step_up(self, device_id: str, assertion: SensorAssertion, policy: str) -> Answer:
         """The finger a face verification's step-up asks for (``acr_values="finger"``), asserted by the sensor."""
@@ -222,8 +222,12 @@ class SensorRoutes:
                     else "the sensor did not match", policy=policy, step_up=",".join(pending.reasons))
         return self._decision(device_id, subject, decision)
 
-    def _decision(self, device_id: str, subject: str, decision: str) -> Answer:
-        """The sensor's decision, with what every decision does (lockout, first use, token: ``bio.decided``)."""
+    def _decision(self, device_id: str, subject: str, decision: str, first_use_done: bool = True) -> Answer:
+        """The sensor's decision, with what every decision does (lockout, first use, token: ``bio.decided``).
+
+        A direct accept passes ``first_use_done=False``: the sensor's own word is not
+        the verifier-checked second finger a device's first use asks for.
+        """
         answer: dict[str, Any] = {
             "subject": subject,
             "decision": decision,
@@ -232,7 +236,7 @@ class SensorRoutes:
             "modality": "finger",  # a sensor's match is the finger factor
             "assurance": ASSURANCE,
         }
-        answer.update(self.bio.decided(device_id, subject, decision == "accept"))
+        answer.update(self.bio.decided(device_id, subject, decision == "accept", first_use_done))
         return json_answer(200, answer)
 
     def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str,

@@ -302,8 +302,9 @@ class BiometricRoutes:
         """An enrollment adding to an enrolled subject spends the subject's session token; its expiry, or 401 (audited).
 
         Spent by this attempt whatever it gives (a refused finger does not leave it
-        for another try); the caller gives it back (``sessions.give_back`` with the
-        expiry) only when the verifier could not decide.
+        for another try). When the verifier does not decide, the token is back: a
+        refusal before matching (a 429) rolls the request's transaction back with it,
+        and a busy pool or spent budget after it calls ``sessions.give_back`` with the expiry.
         """
         assert request.device is not None
         self._check_session_token(request, subject, token)
@@ -507,9 +508,11 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         subject = request.subject
+        body, carried = self._checked(request, "enroll")  # the gate first: a bad id spends the rate, audited
         if not SUBJECT_ID.fullmatch(subject):
-            raise Problem("bad-subject", f"{subject!r} is not a subject id")
-        body, carried = self._checked(request, "enroll")
+            raise self.refused(request, Problem("bad-subject", "the path's subject is not a subject id",
+                                                "use 1 to 64 letters, digits, . _ - (starting with a letter or digit)"),
+                               "malformed subject")
         records = carried.records
         views = self._views(request, carried)
         recorded = self.subjects.recorded(subject)
@@ -712,17 +715,20 @@ class BiometricRoutes:
 
         return Deferred(device_id, work, finish, undo)
 
-    def decided(self, device_id: str, subject: str, accepted: bool) -> dict[str, Any]:
+    def decided(self, device_id: str, subject: str, accepted: bool, first_use_done: bool = True) -> dict[str, Any]:
         """What every 1:1 decision does, whatever decided it: a template, a face, a sensor's match, a step-up's answer.
 
         The lockout counts it (a reject is a failure, an accept resets); an accept
-        is the device's first use done (no first-use step-up after it) and issues
-        the single-use session token, whose fields are returned for the answer.
+        issues the single-use session token, whose fields are returned for the
+        answer, and is the device's first use done (no first-use step-up after it)
+        unless ``first_use_done`` is False: a sensor's own word, never checked by
+        the verifier, must not stand in for the second finger the first use asks.
         """
         self.lockouts.record(device_id, subject, accepted)
         if not accepted:
             return {}
-        self.stepup.completed(device_id)
+        if first_use_done:
+            self.stepup.completed(device_id)
         return self.sessions.issue(device_id, subject)
 
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
