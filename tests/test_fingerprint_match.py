@@ -382,3 +382,32 @@ def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh
     grown.remove(keep)
     assert grown.fitted_at == 201 and len(grown) == 198
     np.testing.assert_allclose(centred(grown), before[keep], rtol=0, atol=1e-6)
+
+
+def test_sketch_index_refits_after_churn_even_when_its_size_stays_the_same():
+    """People leaving as fast as others join still refit: the subspace and hub sample must not describe people gone."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(23)
+    sketches = [prefilter.sketch(cylinders_of(_random_finger(rng))) for _ in range(120)]
+
+    def raw_of(index: prefilter.SketchIndex):
+        return lambda sp: np.concatenate(
+            [prefilter.block_prescores(np.ascontiguousarray(sp.T), b) for b in index.blocks()]
+        )
+
+    index = prefilter.SketchIndex()
+    for s in sketches[:80]:
+        index.add(s)
+    index.sync(raw_of(index))
+    assert index.fitted_at == 80
+    due = []
+    for n, s in enumerate(sketches[80:101]):  # 21 leave, 21 join: 42 changes, a quarter of 80 is 20
+        keep = np.ones(len(index), bool)
+        keep[n % len(index)] = False
+        index.remove(keep)
+        index.add(s)
+        due.append(index.needs_refit())
+        index.sync(raw_of(index))
+        assert len(index) == 80 and not index.needs_refit()
+    assert due == [False] * 10 + [True] + [False] * 10  # the 11th swap makes 22 changes: refitted, counted afresh

@@ -238,7 +238,7 @@ def candidates(pre: np.ndarray, keep_at_least: int = 0) -> np.ndarray:
     return np.sort(np.argpartition(-pre, m - 1)[:m])
 
 
-REFIT_CHANGE = 0.25  # refit the subspace and the centres once the gallery has changed size by this fraction
+REFIT_CHANGE = 0.25  # refit the subspace and the centres once adds plus removes reach this fraction of the gallery
 
 
 def block_prescores(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -272,8 +272,9 @@ class SketchIndex:
     probes (HUB_SAMPLE sketches, already projected): well under a millisecond
     per template.
     The principal subspace, the blocks and every centre are refitted from
-    scratch only when the gallery has grown or shrunk by REFIT_CHANGE since the
-    last fit (or first reaches MIN_CANDIDATES templates): a refit costs about
+    scratch only when the templates added plus removed since the last fit reach
+    REFIT_CHANGE of its size (or it first reaches MIN_CANDIDATES templates; a
+    gallery whose people come and go at the same rate refits too): a refit costs about
     HUB_SAMPLE searches of the whole gallery, amortised over a quarter of its
     size in adds. Between fits the subspace is the one fitted on the older
     gallery (its energy spectrum changes slowly with a few more templates of the
@@ -289,6 +290,7 @@ class SketchIndex:
         self._centres = np.zeros(0, np.float32)
         self._probes: list[np.ndarray] = []  # the hub sample's projected probe sketches
         self._fitted_at = -1  # gallery size at the last fit
+        self._changed = 0  # templates added plus removed since the last fit
 
     def __len__(self) -> int:
         return len(self._sketches)
@@ -301,11 +303,13 @@ class SketchIndex:
     def add(self, probe_sketch: np.ndarray) -> None:
         """Append a template by its :func:`sketch` with PROBE_ROWS rows (the gallery side keeps GALLERY_ROWS)."""
         self._sketches.append(np.asarray(probe_sketch, np.float32))
+        self._changed += 1
 
     def remove(self, keep: np.ndarray) -> None:
         """Keep only the templates where ``keep`` (bool, one per template) is true; order is kept."""
         keep = np.asarray(keep, bool)
         self._sketches = [s for s, k in zip(self._sketches, keep, strict=True) if k]
+        self._changed += int((~keep).sum())
         packed_keep = keep[: self._packed]
         if self._packed:
             stacked = np.concatenate(self.blocks(), axis=1)[:, packed_keep]
@@ -337,7 +341,9 @@ class SketchIndex:
             return True
         if (n >= MIN_CANDIDATES) != (f >= MIN_CANDIDATES):
             return True
-        return abs(n - f) > REFIT_CHANGE * f
+        # Adds plus removes, not the net size: a gallery where people leave as fast as
+        # others join must still refit, or its subspace and hub sample describe people gone.
+        return self._changed > REFIT_CHANGE * f
 
     def sync(self, raw: Callable[[np.ndarray], np.ndarray]) -> None:
         """Bring the blocks and centres up to date: refit if due, else lay out the pending templates.
@@ -347,6 +353,7 @@ class SketchIndex:
         """
         n = len(self._sketches)
         if self.needs_refit():
+            self._fitted_at = -1  # until the fit below completes: a failure leaves it due, not half-done
             self._projection = projection([s[:GALLERY_ROWS] for s in self._sketches])
             self._blocks, self._packed = [], n
             self._append_blocks(self._projected(self._sketches))
@@ -354,18 +361,19 @@ class SketchIndex:
             self._probes = [self.probe(self._sketches[int(i)]) for i in sample]
             scored = np.stack([raw(p) for p in self._probes]) if len(sample) else np.zeros((0, n), np.float32)
             self._centres = centres(scored, sample)
-            self._fitted_at = n
+            self._fitted_at, self._changed = n, 0
             return
         if self._packed == n:
             return
         fresh = self._sketches[self._packed :]
         rows = self._projected(fresh)
-        self._packed = n
-        self._append_blocks(rows)
         new = np.zeros(len(fresh), np.float32)
         if self._probes:  # new templates are never sample probes: nothing to leave out
             scored = np.stack([block_prescores(np.ascontiguousarray(p.T), rows) for p in self._probes])
             new = np.median(scored, axis=0).astype(np.float32)
+        # Blocks and centres change together, after everything that can fail.
+        self._packed = n
+        self._append_blocks(rows)
         self._centres = np.concatenate([self._centres, new])
 
     def probe(self, probe_sketch: np.ndarray) -> np.ndarray:
