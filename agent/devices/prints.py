@@ -122,18 +122,25 @@ class SensorPrintStore:
             return names
         names = sorted((set(names) | {add}) - {discard, ""})
         nonce = secrets.token_bytes(12)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(nonce + self._aead.encrypt(nonce, json.dumps(names).encode(), aad))
-        os.replace(tmp, path)
+        _write_private(path, nonce + self._aead.encrypt(nonce, json.dumps(names).encode(), aad))
         return names
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with ``data``, readable by the owner only (never a half-written print)."""
+    """Replace ``path`` atomically with ``data``, readable by the owner only.
+
+    Never a half-written print or index, a power cut on a kiosk included: the
+    data reaches the disk before the rename, and the rename before we return.
+    """
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
