@@ -337,6 +337,13 @@ def test_incremental_gallery_gives_the_same_full_scores_and_mates_as_one_built_a
     assert grown.search(probes[170], top_k=1)[0][0] == 170 and 3 not in dict(grown.search(probes[3], top_k=3))
 
 
+def _raw_of(index):
+    """The uncentred pre-scores of a projected probe sketch against every packed template of a SketchIndex."""
+    from biometrics.fingerprint import prefilter
+
+    return lambda sp: np.concatenate([prefilter.block_prescores(np.ascontiguousarray(sp.T), b) for b in index.blocks()])
+
+
 def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh_fit():
     from biometrics.fingerprint import prefilter
 
@@ -348,31 +355,26 @@ def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh
         sp = np.ascontiguousarray(index.probe(probe).T)
         return np.concatenate([prefilter.block_prescores(sp, b) for b in index.blocks()]) - index.centres
 
-    def raw_of(index: prefilter.SketchIndex):
-        return lambda sp: np.concatenate(
-            [prefilter.block_prescores(np.ascontiguousarray(sp.T), b) for b in index.blocks()]
-        )
-
     grown = prefilter.SketchIndex()
     for s in sketches[:160]:
         grown.add(s)
-    grown.sync(raw_of(grown))
+    grown.sync(_raw_of(grown))
     assert grown.fitted_at == 160
     for s in sketches[160:200]:  # 200 = 1.25 x 160: laid out, not refitted
         grown.add(s)
-        grown.sync(raw_of(grown))
+        grown.sync(_raw_of(grown))
     assert grown.fitted_at == 160 and len(grown.centres) == 200
     fresh = prefilter.SketchIndex()
     for s in sketches[:200]:
         fresh.add(s)
-    fresh.sync(raw_of(fresh))
+    fresh.sync(_raw_of(fresh))
     assert np.corrcoef(centred(grown), centred(fresh))[0, 1] > 0.95  # an older subspace ranks alike
     grown.add(sketches[200])  # 201 > 1.25 x 160: a full refit, identical to a fresh one
-    grown.sync(raw_of(grown))
+    grown.sync(_raw_of(grown))
     fresh = prefilter.SketchIndex()
     for s in sketches[:201]:
         fresh.add(s)
-    fresh.sync(raw_of(fresh))
+    fresh.sync(_raw_of(fresh))
     assert grown.fitted_at == fresh.fitted_at == 201
     # Multithreaded BLAS may round a product's last bit differently between runs.
     np.testing.assert_allclose(centred(grown), centred(fresh), rtol=0, atol=1e-6)
@@ -391,15 +393,10 @@ def test_sketch_index_refits_after_churn_even_when_its_size_stays_the_same():
     rng = np.random.default_rng(23)
     sketches = [prefilter.sketch(cylinders_of(_random_finger(rng))) for _ in range(120)]
 
-    def raw_of(index: prefilter.SketchIndex):
-        return lambda sp: np.concatenate(
-            [prefilter.block_prescores(np.ascontiguousarray(sp.T), b) for b in index.blocks()]
-        )
-
     index = prefilter.SketchIndex()
     for s in sketches[:80]:
         index.add(s)
-    index.sync(raw_of(index))
+    index.sync(_raw_of(index))
     assert index.fitted_at == 80
     due = []
     for n, s in enumerate(sketches[80:101]):  # 21 leave, 21 join: 42 changes, a quarter of 80 is 20
@@ -408,6 +405,6 @@ def test_sketch_index_refits_after_churn_even_when_its_size_stays_the_same():
         index.remove(keep)
         index.add(s)
         due.append(index.needs_refit())
-        index.sync(raw_of(index))
+        index.sync(_raw_of(index))
         assert len(index) == 80 and not index.needs_refit()
     assert due == [False] * 10 + [True] + [False] * 10  # the 11th swap makes 22 changes: refitted, counted afresh
