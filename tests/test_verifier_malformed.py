@@ -148,7 +148,8 @@ def test_malformed_templates_on_every_route_are_audited_refusals_naming_the_fix(
         expected = 422 if case.slug == "bad-template" else 400
         assert (status, problem["type"].rsplit("/", 1)[-1]) == (expected, case.slug), (case.name, problem)
         assert case.fix_says in problem["fix"], (case.name, problem["fix"])
-        assert case.item in problem["detail"], (case.name, problem["detail"])
+        if case.item:  # a template's place in the body (the other refusals name no item)
+            assert case.item in problem["detail"], (case.name, problem["detail"])
         matching = [e for e in refused if e["path"] == case.path and e["reason"] == case.reason
                     and e.get("item", "") == case.item and e["audit"] is True]
         assert matching, (case.name, refused)

@@ -185,18 +185,10 @@ def pack(sketches: list[np.ndarray], project: np.ndarray | None = None) -> np.nd
 
 
 def prescores(probe: np.ndarray, packed: np.ndarray) -> np.ndarray:
-    """Pre-score of a probe sketch against packed sketches, shape (T,)."""
+    """Pre-score of a probe sketch against packed sketches (:func:`pack`), shape (T,): one block of them."""
     t = len(packed) // GALLERY_ROWS
-    n = len(probe)
-    if n == 0 or t == 0:
-        return np.zeros(t, np.float32)
-    # The tall product (gallery rows x probe rows) runs about twice as fast in BLAS
-    # as the wide one (probe rows x gallery rows) with the same arithmetic.
-    sim = (packed @ np.ascontiguousarray(probe.T)).reshape(GALLERY_ROWS, t, n).max(axis=0).T  # (n, T)
-    m = min(TOP_ROWS, n)
-    if m < n:
-        sim = np.partition(sim, n - m, axis=0)[n - m :]
-    return sim.mean(axis=0)
+    rows = np.ascontiguousarray(packed).reshape(GALLERY_ROWS, t, packed.shape[1])
+    return block_prescores(np.ascontiguousarray(probe.T), rows)
 
 
 def hub_sample(total: int) -> np.ndarray:
