@@ -42,7 +42,14 @@ _HEADER = struct.Struct("<4sBB")
 
 
 class FaceTemplateError(ValueError):
-    """A face template record that is not protocol v1; subclasses say which check failed."""
+    """A face template record that is not protocol v1; subclasses say which check failed.
+
+    ``item`` is the record's place in a body (``faces[1]``) when the error is about one.
+    """
+
+    def __init__(self, message: str, item: str = "") -> None:
+        super().__init__(message)
+        self.item = item
 
 
 class FaceTemplateTruncated(FaceTemplateError):
@@ -179,15 +186,15 @@ def face_records_of(items: object) -> list[bytes]:
     records = []
     for index, item in enumerate(items):
         if not isinstance(item, dict) or item.get("format") != FORMAT or not isinstance(item.get("data"), str):
-            raise FaceTemplateError(f"faces[{index}] is not a {FORMAT} template")
+            raise FaceTemplateError(f"faces[{index}] is not a {FORMAT} template", f"faces[{index}]")
         try:
             record = base64.b64decode(item["data"], validate=True)
         except binascii.Error:
-            raise FaceTemplateError(f"faces[{index}]: the data is not base64") from None
+            raise FaceTemplateError(f"faces[{index}]: the data is not base64", f"faces[{index}]") from None
         try:
             decode(record)
         except FaceTemplateError as exc:
-            raise type(exc)(f"faces[{index}]: {exc}") from None
+            raise type(exc)(f"faces[{index}]: {exc}", f"faces[{index}]") from None
         records.append(record)
     return records
 

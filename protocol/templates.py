@@ -23,7 +23,12 @@ MAX_MINUTIAE_PER_VIEW = 150
 
 
 class TemplateWireError(ValueError):
-    """A template envelope that is not the protocol's; the message names the item."""
+    """A template envelope that is not the protocol's; the message names the item, ``item`` holds it (``templates[0]``).
+    """
+
+    def __init__(self, message: str, item: str = "") -> None:
+        super().__init__(message)
+        self.item = item
 
 
 def wire_template(record: bytes, fmt: str = ISO19794_2) -> dict[str, str]:
@@ -41,11 +46,11 @@ def records_of(items: Any, fmt: str = ISO19794_2) -> list[bytes]:
     records = []
     for index, item in enumerate(items):
         if not isinstance(item, dict) or item.get("format") != fmt:
-            raise TemplateWireError(f"templates[{index}] is not a {fmt} template")
+            raise TemplateWireError(f"templates[{index}] is not a {fmt} template", f"templates[{index}]")
         try:
             records.append(base64.b64decode(str(item.get("data", "")), validate=True))
         except binascii.Error:
-            raise TemplateWireError(f"templates[{index}]: the data is not base64") from None
+            raise TemplateWireError(f"templates[{index}]: the data is not base64", f"templates[{index}]") from None
     return records
 
 

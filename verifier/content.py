@@ -96,7 +96,7 @@ def _fingers(body: dict[str, Any]) -> Carried:
         records = records_of(body.get("templates"))
     except TemplateWireError as exc:
         raise Malformed(Problem("bad-template", str(exc), FINGER_FIX), "malformed fingerprint template",
-                        type(exc).__name__, _item_of(str(exc), "templates")) from None
+                        type(exc).__name__, exc.item) from None
     views = []
     for index, record in enumerate(records):
         try:
@@ -113,14 +113,8 @@ def _faces(body: dict[str, Any]) -> Carried:
         liveness = liveness_steps_of(body.get(LIVENESS))
     except FaceTemplateError as exc:
         raise Malformed(Problem("bad-template", str(exc), FACE_FIX), "malformed face template",
-                        type(exc).__name__, _item_of(str(exc), FACES)) from None
+                        type(exc).__name__, exc.item) from None
     return Carried([], [], faces, liveness)
-
-
-def _item_of(message: str, field: str) -> str:
-    """``field[i]`` when an error message starts with it (the protocol's messages name the item first)."""
-    head = message.split(":", 1)[0].split(" ", 1)[0]
-    return head if head.startswith(f"{field}[") and head.endswith("]") else ""
 
 
 def message_of(body: dict[str, Any], message: type[_Message]) -> _Message:
