@@ -358,3 +358,7 @@ def test_shrink_gives_opencvs_area_resize_bit_for_bit():
                 size = (w // factor, h // factor)
                 want = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
                 assert np.array_equal(shrink(image, size).view(np.uint32), want.view(np.uint32))
+    # An 8-bit image would be rounded between two passes: it must get OpenCV's values too.
+    image = rng.integers(0, 256, (374, 388), dtype=np.uint8)
+    want = cv2.resize(image, (97, 93), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(shrink(image, (97, 93)), want)

@@ -75,10 +75,12 @@ def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     (general path, on an image a factor narrower) gives the same values bit for
     bit: the general path also sums along x first, with the same weights of
     exactly 1/factor (tests compare the two on many shapes and value ranges).
+    Floating-point images only: an integer image would be rounded between the
+    two passes, so it takes OpenCV's single pass.
     """
     h, w = image.shape[:2]
     width, height = size
-    if w % width or not h % height:
+    if w % width or not h % height or image.dtype.kind != "f":
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     narrow = cv2.resize(image, (width, h), interpolation=cv2.INTER_AREA)
     return cv2.resize(narrow, size, interpolation=cv2.INTER_AREA)
