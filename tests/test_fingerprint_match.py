@@ -338,10 +338,12 @@ def test_incremental_gallery_gives_the_same_full_scores_and_mates_as_one_built_a
 
 
 def _raw_of(index):
-    """The uncentred pre-scores of a projected probe sketch against every packed template of a SketchIndex."""
+    """Each row of a projected probe sketch's best match in every packed template of a SketchIndex, (n, T)."""
     from biometrics.fingerprint import prefilter
 
-    return lambda sp: np.concatenate([prefilter.block_prescores(np.ascontiguousarray(sp.T), b) for b in index.blocks()])
+    return lambda sp: np.concatenate(
+        [prefilter.block_best(np.ascontiguousarray(sp.T), b) for b in index.blocks()], axis=1
+    )
 
 
 def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh_fit():
@@ -352,8 +354,8 @@ def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh
     probe = prefilter.sketch(cylinders_of(_random_finger(rng)))
 
     def centred(index: prefilter.SketchIndex) -> np.ndarray:
-        sp = np.ascontiguousarray(index.probe(probe).T)
-        return np.concatenate([prefilter.block_prescores(sp, b) for b in index.blocks()]) - index.centres
+        best = _raw_of(index)(index.probe(probe))
+        return prefilter.aggregate(best, prefilter.row_stats(best)) - index.centres
 
     grown = prefilter.SketchIndex()
     for s in sketches[:160]:
@@ -379,11 +381,12 @@ def test_sketch_index_refits_only_after_a_quarter_growth_and_then_equals_a_fresh
     # Multithreaded BLAS may round a product's last bit differently between runs.
     np.testing.assert_allclose(centred(grown), centred(fresh), rtol=0, atol=1e-6)
     keep = np.ones(201, bool)
-    keep[[0, 5, 77]] = False  # a removal compacts, no refit, and keeps every other template's pre-score
-    before = centred(grown)
+    keep[[0, 5, 77]] = False  # a removal compacts, no refit: every other template keeps its matches and centre
+    before, centres = _raw_of(grown)(grown.probe(probe)), grown.centres.copy()
     grown.remove(keep)
     assert grown.fitted_at == 201 and len(grown) == 198
-    np.testing.assert_allclose(centred(grown), before[keep], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_raw_of(grown)(grown.probe(probe)), before[:, keep], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(grown.centres, centres[keep])
 
 
 def test_sketch_index_refits_after_churn_even_when_its_size_stays_the_same():
@@ -408,3 +411,64 @@ def test_sketch_index_refits_after_churn_even_when_its_size_stays_the_same():
         index.sync(_raw_of(index))
         assert len(index) == 80 and not index.needs_refit()
     assert due == [False] * 10 + [True] + [False] * 10  # the 11th swap makes 22 changes: refitted, counted afresh
+
+
+def test_prefilter_row_normalisation_lets_a_distinctive_row_outrank_a_generic_one():
+    """A probe row that matches every template well (a dense, generic cylinder) says nothing; the rows
+    that stand out against their own spread over the gallery identify the mate."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(31)
+    n, t = 12, 300
+    best = rng.normal(0.30, 0.05, (n, t)).astype(np.float32)
+    best[:6] = rng.normal(0.85, 0.03, (6, t))  # six generic rows: high against everyone
+    best[:6, 11] += 0.06  # template 11 (a hub) does a little better on them
+    best[6:, 42] += 0.25  # the mate stands out on the distinctive rows
+    z = prefilter.aggregate(best, prefilter.row_stats(best))
+    plain = np.sort(best, axis=0)[-prefilter.TOP_ROWS :].mean(axis=0)
+    assert np.argmax(plain) == 11  # without normalisation the hub wins
+    assert np.argmax(z) == 42
+    mean, spread = prefilter.row_stats(best)
+    np.testing.assert_allclose(mean[:, 0], best.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(spread[:, 0], best.std(axis=1), rtol=1e-4)
+    flat = prefilter.row_stats(np.full((3, 5), 0.5, np.float32))[1]  # no spread: floored, no division by zero
+    assert np.all(flat == np.float32(prefilter.MIN_SPREAD))
+
+
+def test_sketch_index_lays_templates_across_the_block_boundary():
+    """Templates added after a fit fill the last block and open a new one (BLOCK_TEMPLATES each): every
+    template's rows stay in its column, and the newcomers' centres come from the probes' fitted spreads."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(32)
+    size = prefilter.BLOCK_TEMPLATES
+    sketches = [
+        rng.standard_normal((prefilter.SKETCH_ROWS, prefilter.SKETCH_WIDTH)).astype(np.float32)
+        for _ in range(size + 40)
+    ]
+    index = prefilter.SketchIndex()
+    for s in sketches[: size - 20]:
+        index.add(s)
+    index.sync(_raw_of(index))
+    fitted = [_raw_of(index)(index.probe(sketches[int(i)])) for i in prefilter.hub_sample(size - 20)]
+    for s in sketches[size - 20 :]:  # 20 fill the first block, 40 open the second: no refit
+        index.add(s)
+    index.sync(_raw_of(index))
+    assert index.fitted_at == size - 20 and len(index.centres) == size + 40
+    assert [b.shape[1] for b in index.blocks()] == [size, 40] and index.blocks()[0].flags.c_contiguous
+    flat = prefilter.pack([s[: prefilter.GALLERY_ROWS] for s in sketches], index._projection)
+    whole = flat.reshape(prefilter.GALLERY_ROWS, len(sketches), -1)
+    probe = index.probe(sketches[3])
+    got = _raw_of(index)(probe)
+    np.testing.assert_allclose(got, prefilter.block_best(np.ascontiguousarray(probe.T), whole), rtol=0, atol=1e-5)
+    stats = [prefilter.row_stats(f) for f in fitted]
+    new = [
+        prefilter.aggregate(_raw_of(index)(index.probe(sketches[int(i)]))[:, size - 20 :], st)
+        for i, st in zip(prefilter.hub_sample(size - 20), stats, strict=True)
+    ]
+    np.testing.assert_allclose(index.centres[size - 20 :], np.median(np.stack(new), axis=0), rtol=0, atol=1e-5)
+    keep = np.ones(len(sketches), bool)
+    keep[[1, 200, size + 5]] = False  # compaction moves the second block's first templates into the first
+    index.remove(keep)
+    assert [b.shape[1] for b in index.blocks()] == [size, 37]
+    np.testing.assert_allclose(_raw_of(index)(probe), got[:, keep], rtol=0, atol=1e-6)

@@ -9,6 +9,7 @@ target false match rate.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Container, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -179,6 +180,7 @@ class GalleryIndex:
         self._stack = _GrowingStack()
         self._pending: list[Cylinders] = []  # added since the last search: not yet stacked
         self._sketches = prefilter.SketchIndex()
+        self._local = threading.local()  # each worker thread's gather buffer (mcc_match.gather)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -205,7 +207,7 @@ class GalleryIndex:
         c = cylinders_of(template)
         self._ids.append(subject_id)
         self._pending.append(c)
-        self._sketches.add(prefilter.sketch(c, prefilter.PROBE_ROWS))  # the gallery side keeps its first rows
+        self._sketches.add(prefilter.sketch(c))
 
     def remove(self, subject_id: Hashable) -> int:
         """Remove every template of ``subject_id``; return how many were removed."""
@@ -226,7 +228,7 @@ class GalleryIndex:
     def _pack(self) -> mcc_match.Stack:
         """The stack with every template, and the pre-filter brought up to date (incrementally)."""
         self._flush()
-        self._sketches.sync(self._raw_prescores)
+        self._sketches.sync(self._best_rows)
         return self._stack.view()
 
     def scores(self, probe: FingerprintTemplate | Minutiae | Cylinders) -> np.ndarray:
@@ -241,10 +243,16 @@ class GalleryIndex:
 
         def run(lo: int) -> None:
             hi = min(lo + CHUNK, len(self._ids))
-            out[lo:hi] = mcc_match.scores(cp, mcc_match.gather(packed, np.arange(lo, hi)))
+            out[lo:hi] = mcc_match.scores(cp, self._gather(packed, np.arange(lo, hi)))
 
         self._map(starts, run)
         return out
+
+    def _gather(self, packed: mcc_match.Stack, templates: np.ndarray) -> mcc_match.Packed:
+        """The templates gathered for scoring into this thread's reused buffer (no fresh pages per search)."""
+        buffer = mcc_match.gather_buffer(int(packed.count[templates].sum()), getattr(self._local, "buffer", None))
+        self._local.buffer = buffer
+        return mcc_match.gather(packed, templates, buffer)
 
     def _map(self, work: list[T], fn: Callable[[T], None]) -> None:
         """Apply ``fn`` to each work item, on the worker threads when there are several."""
@@ -256,17 +264,17 @@ class GalleryIndex:
                 fn(item)
 
     def _probe_sketch(self, cp: Cylinders) -> np.ndarray:
-        return self._sketches.probe(prefilter.sketch(cp, prefilter.PROBE_ROWS))
+        return self._sketches.probe(prefilter.sketch(cp, prefilter.PROBE_ROWS))  # the probe side's rows only
 
-    def _raw_prescores(self, sp: np.ndarray) -> np.ndarray:
-        """Pre-scores of a (projected) probe sketch against every packed template, before centring."""
+    def _best_rows(self, sp: np.ndarray) -> np.ndarray:
+        """Each row of a (projected) probe sketch's best match in every packed template, (n, T): block_best."""
         blocks = self._sketches.blocks()
-        out = np.zeros(sum(b.shape[1] for b in blocks), np.float32)
+        out = np.zeros((len(sp), sum(b.shape[1] for b in blocks)), np.float32)
         probe_t = np.ascontiguousarray(sp.T)
         step = prefilter.BLOCK_TEMPLATES
 
         def run(b: int) -> None:
-            out[b * step : b * step + blocks[b].shape[1]] = prefilter.block_prescores(probe_t, blocks[b])
+            out[:, b * step : b * step + blocks[b].shape[1]] = prefilter.block_best(probe_t, blocks[b])
 
         self._map(list(range(len(blocks))), run)
         return out
@@ -281,7 +289,8 @@ class GalleryIndex:
         if len(cp) == 0 or not self._ids:
             return np.zeros(len(self._ids), np.float32)
         self._pack()
-        out = self._raw_prescores(self._probe_sketch(cp))
+        best = self._best_rows(self._probe_sketch(cp))
+        out = prefilter.aggregate(best, prefilter.row_stats(best))
         out -= self._sketches.centres
         return out
 
@@ -306,7 +315,7 @@ class GalleryIndex:
         work = [sel for sel in np.array_split(np.arange(len(pool)), groups) if len(sel)]
 
         def run(sel: np.ndarray) -> None:
-            out[sel] = mcc_match.scores(cp, mcc_match.gather(packed, pool[sel]))
+            out[sel] = mcc_match.scores(cp, self._gather(packed, pool[sel]))
 
         self._map(work, run)
         return pool, out

@@ -206,8 +206,15 @@ def stack(cylinders: list[Cylinders]) -> Stack:
     )
 
 
-def gather(stacked: Stack, templates: np.ndarray) -> Packed:
-    """The templates at the given positions of a stack, packed for scoring (one row gather)."""
+def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = None) -> Packed:
+    """The templates at the given positions of a stack, packed for scoring (one row gather).
+
+    With ``buffer`` (float32, (rows, WIDTH), C-contiguous), the rows are copied into
+    its first rows when they fit, and the Packed set is a view of it: valid until the
+    buffer is reused. A 1:N search gathers megabytes of rows per call; fresh arrays
+    that size come from new memory mappings, and their page faults cost as much as
+    the copy itself (see :func:`gather_buffer`).
+    """
     templates = np.asarray(templates, np.int64)
     order = np.argsort(-stacked.count[templates], kind="stable")
     chosen = templates[order]
@@ -216,8 +223,13 @@ def gather(stacked: Stack, templates: np.ndarray) -> Packed:
     rank, which = np.nonzero(np.arange(k)[:, None] < count[None, :])  # cylinder-major, templates in order
     rows = stacked.start[chosen][which] + rank
     per_rank = (count[None, :] > np.arange(k)[:, None]).sum(axis=1)
+    if buffer is not None and len(buffer) >= len(rows):
+        # mode="clip": no bounds-check copy (the rows are valid by construction).
+        gathered = np.take(stacked.rows, rows, axis=0, out=buffer[: len(rows)], mode="clip")
+    else:
+        gathered = stacked.rows[rows]
     return Packed(
-        stacked.rows[rows],
+        gathered,
         stacked.pos[chosen, :k],
         stacked.unit[chosen, :k],
         count,
@@ -226,6 +238,13 @@ def gather(stacked: Stack, templates: np.ndarray) -> Packed:
         stacked.hull_normals[chosen, :k],
         stacked.hull_offsets[chosen, :k],
     )
+
+
+def gather_buffer(rows: int, old: np.ndarray | None = None) -> np.ndarray:
+    """A :func:`gather` buffer of at least ``rows`` rows: ``old`` if it is big enough, else a new one."""
+    if old is not None and len(old) >= rows:
+        return old
+    return np.empty((rows, WIDTH), np.float32)
 
 
 def pack(cylinders: list[Cylinders]) -> Packed:
