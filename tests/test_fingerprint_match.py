@@ -239,6 +239,18 @@ def test_packed_templates_of_different_sizes_score_as_each_alone():
     np.testing.assert_allclose(together, alone, rtol=1e-3, atol=1e-5)
     some = mcc_match.gather(mcc_match.stack(sets), np.array([4, 1, 3]))
     np.testing.assert_allclose(mcc_match.scores(probe, some), [alone[4], alone[1], alone[3]], rtol=1e-3, atol=1e-5)
+    # Into a reused buffer: the same rows and scores; a buffer too small is not written to.
+    stacked = mcc_match.stack(sets)
+    buffer = mcc_match.gather_buffer(200)
+    assert mcc_match.gather_buffer(150, buffer) is buffer and len(mcc_match.gather_buffer(201, buffer)) == 201
+    for pick in (np.array([4, 1, 3]), np.array([0, 5])):
+        plain, reused = mcc_match.gather(stacked, pick), mcc_match.gather(stacked, pick, buffer)
+        assert np.shares_memory(reused.rows, buffer)
+        np.testing.assert_array_equal(reused.rows, plain.rows)
+        np.testing.assert_array_equal(mcc_match.scores(probe, reused), mcc_match.scores(probe, plain))
+    small = np.zeros((10, mcc_match.WIDTH), np.float32)
+    assert not np.shares_memory(mcc_match.gather(stacked, np.array([4]), small).rows, small)
+    assert not small.any()
 
 
 def test_prefilter_projection_is_the_gallerys_principal_subspace_and_keeps_the_ranking():
@@ -472,3 +484,27 @@ def test_sketch_index_lays_templates_across_the_block_boundary():
     index.remove(keep)
     assert [b.shape[1] for b in index.blocks()] == [size, 37]
     np.testing.assert_allclose(_raw_of(index)(probe), got[:, keep], rtol=0, atol=1e-6)
+
+
+def test_gallery_search_spans_prefilter_blocks_on_worker_threads():
+    """A gallery larger than one pre-filter block, scored on two threads: mates in either block are found
+    and the pre-scores are those of the whole gallery's rows (one set of row statistics)."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(33)
+    fingers = [_random_finger(rng) for _ in range(prefilter.BLOCK_TEMPLATES + 30)]
+    index = GalleryIndex(workers=2)
+    try:
+        for n, m in enumerate(fingers):
+            index.add(n, m)
+        for target in (5, prefilter.BLOCK_TEMPLATES + 17):
+            probe = _impression(fingers[target], rng, 12.0, (6.0, -4.0))
+            pre = index.prescores(probe)
+            sketches = index._sketches
+            best = _raw_of(sketches)(sketches.probe(prefilter.sketch(cylinders_of(probe))))
+            expected = prefilter.aggregate(best, prefilter.row_stats(best)) - sketches.centres
+            np.testing.assert_allclose(pre, expected, rtol=0, atol=1e-5)
+            assert np.argmax(pre) == target
+            assert index.search(probe, top_k=1)[0][0] == target
+    finally:
+        index.close()

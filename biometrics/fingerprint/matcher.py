@@ -158,16 +158,17 @@ class GalleryIndex:
     costs about one search (``bench.fingerprint``'s ``add_search_ms``).
     :meth:`scores` gives every template the full score (50 to 120 us per
     template per core, growing with the product of the cylinder counts).
-    :meth:`search` ranks the gallery with the pre-filter (about 4 us per
+    :meth:`search` ranks the gallery with the pre-filter (about 5 us per
     template) and fully scores only its best max(64, 3 %) (see
     :mod:`biometrics.fingerprint.prefilter`): see ``bench.fingerprint``'s
     ``comparisons_per_s_per_core`` for measured figures. For throughput, run with
     single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the number of
-    cores: blocks are then scored in parallel threads. Memory: about 140 KB per
+    cores: blocks are then scored in parallel threads. Memory: about 150 KB per
     template of 35 cylinders (stacked for scoring with their validity and energy
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
-    projection: 46 KB), at most 170 KB (48 cylinders), plus up to half the stack
-    again as growth room and removed rows not yet compacted. Not thread-safe:
+    projection: 57 KB), at most 180 KB (48 cylinders), plus up to half the stack
+    again as growth room and removed rows not yet compacted, and each search
+    thread's gather buffer (GROUP templates' rows, up to 8 MB). Not thread-safe:
     guard add/remove/search with one lock if threads share it.
     """
 
@@ -243,13 +244,18 @@ class GalleryIndex:
 
         def run(lo: int) -> None:
             hi = min(lo + CHUNK, len(self._ids))
-            out[lo:hi] = mcc_match.scores(cp, self._gather(packed, np.arange(lo, hi)))
+            out[lo:hi] = mcc_match.scores(cp, mcc_match.gather(packed, np.arange(lo, hi)))
 
         self._map(starts, run)
         return out
 
     def _gather(self, packed: mcc_match.Stack, templates: np.ndarray) -> mcc_match.Packed:
-        """The templates gathered for scoring into this thread's reused buffer (no fresh pages per search)."""
+        """The templates gathered for scoring into this thread's reused buffer (no fresh pages per search).
+
+        A search's candidates are megabytes of rows; a fresh array that size is a new
+        memory mapping whose page faults cost as much as the copy (about 1 ms of 2 per
+        synthetic search of 2,000). Full scans (:meth:`scores`) allocate as before.
+        """
         buffer = mcc_match.gather_buffer(int(packed.count[templates].sum()), getattr(self._local, "buffer", None))
         self._local.buffer = buffer
         return mcc_match.gather(packed, templates, buffer)

@@ -17,7 +17,7 @@ projected on the gallery's own BASIS_DIM principal directions (:func:`projection
 half less work and memory, and each template's typical impostor pre-score
 (:func:`centres`, the median against HUB_SAMPLE of the gallery's own templates,
 estimated when the gallery is packed) is subtracted from its raw pre-score:
-about 3.5 to 4.5 us per template on one core.
+about 5 us per template on one core.
 
 Chosen on the FVC2002 folders (B sets) and a synthetic population (200 fingers x
 3 impressions), by the share of the genuine pairs that the full score accepts at
@@ -83,7 +83,10 @@ Binarised cylinders compared with popcount (MCC's bit variant) were considered:
 in numpy, XOR plus ``bitwise_count`` over every cylinder pair moves more memory
 than the float product it replaces, and a Hamming distance of 0/1 vectors computed
 as a matrix product costs the same as the float one. The saving has to come from
-fewer, smaller rows, which is what pooling and the projection give.
+fewer, smaller rows, which is what pooling and the projection give. The float product
+itself runs near the core's peak (measured: the pre-filter's cost follows its
+multiply-adds, not its memory traffic or its block size), so what is left to trade
+is rows and dimensions, as above.
 
 Probe-row normalisation (second round). The top-rows mean above lets a probe's
 generic rows (dense cylinders of common ridge flow, which find a close row in
