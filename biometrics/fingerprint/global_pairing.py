@@ -27,6 +27,22 @@ vectorised over the templates of a gallery block (shapes (T, ...)):
    is near 1 for a genuine overlap and small for an impostor's, whatever the
    overlap size, and is how :func:`biometrics.fingerprint.mcc_match.scores`
    weighs its LSS-R evidence.
+4. Pairs found by construction. The alignment is fitted on the pairs themselves
+   (the anchor pair lies on its partner by definition, and the least-squares
+   refit pulls the next one onto its partner), so any two prints pair
+   ``FREE_PAIRS`` = 2 minutiae, an impostor as well as a genuine mate. They are
+   no evidence and are taken out of every count: the fraction is
+   ``(m - 2)^2 / ((n_A' - 2) (n_B' - 2))``. Impostors pair few minutiae beyond
+   those (median 3 to 4 in overlaps of under 15 minutiae, against 9 to 11 for a
+   genuine mate), so the rule lowers the impostor tail more than the genuine
+   scores: on the four FVC2002 folders the impostors' 99th percentile went from
+   0.040 / 0.044 / 0.042 / 0.061 to 0.033 / 0.038 / 0.034 / 0.053, the EER from
+   1.07 / 1.07 / 3.15 / 1.07 % to 1.07 / 0.99 / 2.89 / 1.07 %, and the proxy
+   1e-4 threshold (per-folder tail fits, the largest) from 0.145 to 0.130 with
+   FNMR at it 3.57 / 6.43 / 13.21 / 10.00 -> 3.21 / 6.07 / 12.50 / 9.29 %. On a
+   synthetic population it never saw (100 fingers x 3, seed 7) the EER went
+   from 1.67 to 1.36 %. Three free pairs measured about as well (proxy FNMR
+   7.32 % but EER 1.61 %); two is what the construction accounts for.
 
 Coordinates are complex numbers ``x + iy`` (500-dpi pixels, y down) and
 directions unit complex numbers ``exp(i * angle)`` (angle counter-clockwise as a
@@ -46,6 +62,7 @@ D_AGREE, A_AGREE = 20.0, np.pi / 8  # a relaxed pair supports an anchor's transf
 D_PAIR, A_PAIR = 15.0, 0.5  # the pairing ellipse's semi-axes (pixels at 500 dpi, radians)
 REFIT = 1  # least-squares refits of the transform on the pairs found (see _refit)
 MIN_OVERLAP = 6  # overlap counts below this are taken as this: a fraction of 3 minutiae is no evidence
+FREE_PAIRS = 2  # pairs any alignment finds by construction (see paired_fraction): they count for nothing
 
 _CHORD_AGREE = float(2.0 * np.sin(A_AGREE / 2.0))  # |u - v| of unit numbers A_AGREE apart
 _CHORD_PAIR = float(2.0 * np.sin(A_PAIR / 2.0))
@@ -240,5 +257,6 @@ def paired_fraction(
         np.broadcast_to(offsets, (t, len(offsets))),
     )
     in_b = ((inside_b & real) | paired_b).sum(axis=1)
-    over = np.maximum(in_a, MIN_OVERLAP).astype(np.float64) * np.maximum(in_b, MIN_OVERLAP)
-    return pairs.astype(np.float64) ** 2 / over
+    free = np.float64(FREE_PAIRS)
+    over = (np.maximum(in_a, MIN_OVERLAP) - free) * (np.maximum(in_b, MIN_OVERLAP) - free)
+    return np.maximum(pairs - free, 0.0) ** 2 / over
