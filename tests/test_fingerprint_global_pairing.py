@@ -177,3 +177,17 @@ def test_the_pairs_an_alignment_makes_by_construction_are_no_evidence():
         a[4 : 4 + shared], ua[4 : 4 + shared] = b[4 : 4 + shared], ub[4 : 4 + shared]
         expected = (shared - free) ** 2 / ((12 - free) * (8 - free))
         assert _fraction_of_points(a, ua, b, ub) == pytest.approx(expected)
+
+
+def test_a_small_overlap_counts_at_least_min_overlap_minutiae_beyond_the_free_pairs():
+    """Four shared minutiae in an overlap of four: two beyond the free pairs, out of at least MIN_OVERLAP."""
+    rng = np.random.default_rng(9)
+    corners = np.array([0, 200, 200 + 200j, 200j])
+    inner = rng.uniform(20, 180, 4) + 1j * rng.uniform(20, 180, 4)
+    b, a = np.r_[corners, inner], np.r_[corners * 0.99 + (1 + 1j), inner]
+    ub, ua = np.ones(8, complex), np.r_[-np.ones(4), np.ones(4)].astype(complex)  # the corners do not pair
+    floor = gp.MIN_OVERLAP
+    assert floor > 4 - gp.FREE_PAIRS
+    assert _fraction_of_points(a, ua, b, ub) == pytest.approx(
+        (4 - gp.FREE_PAIRS) ** 2 / (max(8 - gp.FREE_PAIRS, floor) * floor)
+    )
