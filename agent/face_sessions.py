@@ -35,7 +35,7 @@ from agent.client import VerifierClient
 from agent.errors import UnknownSubjectError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings
 from agent.verifier_api import VerifierAPI
-from protocol.face_template import ACR_FINGER, encode
+from protocol.face_template import ACR_FINGER, FACE, FINGER, encode
 from protocol.messages import Challenge, Decision, StepUp
 
 log = structlog.get_logger()
@@ -214,7 +214,7 @@ class FaceSession:
                                            timing=timing, faces=captured.records, liveness=captured.steps),
             captured,
         )
-        result = {"type": "result", "operation": "enroll", "modality": "face", **answer.json()}
+        result = {"type": "result", "operation": "enroll", "modality": FACE, **answer.json()}
         self.emit(result)
         return result
 
@@ -241,14 +241,14 @@ class FaceSession:
                     raise SessionError("the verifier asked for yet another factor after the finger",
                                        fix="start the verification again; if it persists, see the verifier's "
                                        "factor rules")
-                return self._verified(fingered, decided_by="finger")
-            result = {"type": "result", "operation": "verify", "modality": "face", "subject": subject,
+                return self._verified(fingered, decided_by=FINGER)
+            result = {"type": "result", "operation": "verify", "modality": FACE, "subject": subject,
                       "decision": "step_up", "acr_values": answer.acr_values}
             self.emit(result)
             return result
         return self._verified(answer)
 
-    def _verified(self, answer: Decision, decided_by: str = "face") -> dict[str, Any]:
+    def _verified(self, answer: Decision, decided_by: str = FACE) -> dict[str, Any]:
         """The session's result; ``modality`` is the factor that decided (the verifier's word, else the factor of
         the request it answered: a finger step-up's decision is the finger's, its score the finger's score)."""
         if answer.token is not None and answer.expires_in is not None:
@@ -265,7 +265,7 @@ class FaceSession:
                                              liveness=captured.steps),
             captured,
         )
-        result = {"type": "result", "operation": "identify", "modality": "face", **answer.json()}
+        result = {"type": "result", "operation": "identify", "modality": FACE, **answer.json()}
         self.emit(result)
         return result
 

@@ -39,12 +39,13 @@ import h11
 import structlog
 
 from agent.errors import AgentError
+from protocol.face_template import FACTORS, FINGER
 
 log = structlog.get_logger()
 
 MAX_BODY = 64 * 1024
 OPERATIONS = ("enroll", "verify", "identify")
-MODALITIES = ("finger", "face")
+MODALITIES = FACTORS  # "finger" (the default) or "face"
 MAX_CAPTURES = 10
 MAX_FINGERS = 4
 
@@ -126,10 +127,10 @@ class LocalAPI:
             if not isinstance(verify_first, bool):
                 raise ApiError(400, '"verify_first" must be true or false')
             args = (subject, captures, group, fingers, verify_first)
-        modality = request.get("modality", "finger")
+        modality = request.get("modality", FINGER)
         if modality not in MODALITIES:
             raise ApiError(400, f'"modality" must be one of {", ".join(MODALITIES)}')
-        make = self.make_session if modality == "finger" else self.make_face_session
+        make = self.make_session if modality == FINGER else self.make_face_session
         if make is None:
             raise ApiError(503, "this agent runs no face sessions (fix: configure a camera device)")
         reader = request.get("reader")  # a capability (match-on-sensor, fingerprint-image) or a device name
@@ -141,7 +142,7 @@ class LocalAPI:
         try:
             chosen = {"reader": reader} if reader else {}
             running.session = (
-                self.make_session(running.events.put_nowait, **chosen) if modality == "finger"
+                self.make_session(running.events.put_nowait, **chosen) if modality == FINGER
                 else make(running.events.put_nowait)
             )
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it

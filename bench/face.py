@@ -62,6 +62,7 @@ from biometrics.face.detect import Detector, geometry_for
 from biometrics.face.embed import Embedder
 from biometrics.face.pose import pose_of
 from biometrics.face.quality import MAX_PITCH, MAX_ROLL, MAX_YAW, assess
+from biometrics.tail import pair_units
 
 HALVINGS = 100  # random halvings of the people for held_out_over_target
 EXTENSIONS = {".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
@@ -144,18 +145,6 @@ def all_pairs(vectors: np.ndarray, people: np.ndarray) -> tuple[np.ndarray, np.n
     scores = vectors @ vectors.T
     iu, ju = np.triu_indices(len(vectors), k=1)
     return scores[iu, ju], people[iu] == people[ju]
-
-
-def pair_units(people: np.ndarray) -> np.ndarray:
-    """For every unordered pair (in all_pairs' order), a label of its unordered pair of people.
-
-    Image pairs of the same two people are not independent: the calibration's
-    bounds count these labels, not image pairs.
-    """
-    _, ids = np.unique(people, return_inverse=True)
-    iu, ju = np.triu_indices(len(people), k=1)
-    lo, hi = np.minimum(ids[iu], ids[ju]), np.maximum(ids[iu], ids[ju])
-    return lo.astype(np.int64) * (int(ids.max()) + 1) + hi
 
 
 def pair_mask(flags: np.ndarray) -> np.ndarray:
@@ -284,7 +273,7 @@ def calibrate(folder: Path) -> dict[str, object]:
     scores, same = all_pairs(got["vectors"], got["people"])
     model = fit_impostor_model(scores[~same], pair_units(got["people"])[~same])
     return {
-        "model": f"ImpostorModel({model.pairs}, ({', '.join(f'{q:.5f}' for q in model.quantiles)}), "
+        "model": f"ImpostorTail({model.pairs}, ({', '.join(f'{q:.5f}' for q in model.quantiles)}), "
                  f"{model.tail_rate:.5f}, {model.sigma:.6f}, {model.xi:.4f}, {model.units:.1f})",
         "threshold_1e-3": round(model.threshold(1e-3), 4),
         "threshold_1e-4": round(model.threshold(1e-4), 4),

@@ -65,6 +65,7 @@ from biometrics.fingerprint import GalleryIndex, extract, prefilter, threshold_f
 from biometrics.fingerprint.allocator import keep_freed_memory
 from biometrics.fingerprint.matcher import cylinders_of
 from biometrics.fingerprint.types import FingerprintTemplate
+from biometrics.tail import pair_units
 
 NAME = re.compile(r"^(\d+)_(\d+)\.(tif|tiff|png|bmp|pgm)$", re.IGNORECASE)
 
@@ -358,7 +359,7 @@ def calibrate(
     folders (every template of every folder against those of the others), and the
     synthetic population if ``synthetic`` > 0.
     """
-    from biometrics.fingerprint.calibration import fit_tail
+    from biometrics.fingerprint.calibration import fit_group
 
     all_templates: list[FingerprintTemplate] = []
     labels: list[str] = []
@@ -370,7 +371,7 @@ def calibrate(
         _progress(f"calibration: {folder} at {dpi} dpi")
         templates, fingers, _ = extract_folder(folder, dpi, workers)
         pair_scores, same, _ = all_pairs(templates, fingers)
-        fits.append(fit_tail(folder.name, pair_scores[~same]))
+        fits.append(fit_group(folder.name, pair_scores[~same], pair_units(fingers)[~same]))
         all_templates += templates
         labels += [f"{n}:{f}" for f in fingers]
         folder_of += [n] * len(templates)
@@ -379,25 +380,32 @@ def calibrate(
         pair_scores, same, _ = all_pairs(all_templates, np.array(labels))
         f = np.array(folder_of)
         iu, ju = np.triu_indices(len(f), k=1)
-        fits.append(fit_tail("across folders", pair_scores[f[iu] != f[ju]]))
+        across = f[iu] != f[ju]
+        fits.append(fit_group("across folders", pair_scores[across], pair_units(np.array(labels))[across]))
     if synthetic:
         templates, fingers, _ = extract_synthetic(synthetic, impressions, seed, workers, profile)
         pair_scores, same, _ = all_pairs(templates, fingers)
-        fits.append(fit_tail(f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same]))
+        fits.append(fit_group(f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same],
+                              pair_units(fingers)[~same]))
     return {
         "groups": [
             {
                 "name": g.name,
-                "pairs": g.pairs,
-                "quantiles": [round(q, 5) for q in g.quantiles],
-                "beta": g.beta,
-                "shape": g.shape,
+                "pairs": g.tail.pairs,
+                "quantiles": [round(q, 5) for q in g.tail.quantiles],
+                "tail_rate": g.tail.tail_rate,
+                "sigma": g.tail.sigma,
+                "xi": g.tail.xi,
+                "units": g.tail.units,
+                "threshold_1e-3": round(g.threshold(1e-3), 4),
+                "threshold_1e-4": round(g.threshold(1e-4), 4),
             }
             for g in fits
         ],
         "python": "\n".join(
-            f"    TailFit({g.name!r}, {g.pairs}, ({', '.join(f'{q:.5f}' for q in g.quantiles)}), "
-            f"{g.beta:.5f}, {g.shape}),"
+            f"    Group({g.name!r},\n          ImpostorTail({g.tail.pairs}, "
+            f"({', '.join(f'{q:.5f}' for q in g.tail.quantiles)}), "
+            f"{g.tail.tail_rate:.5f}, {g.tail.sigma:.5f}, {g.tail.xi:.4f}, {g.tail.units:.1f})),"
             for g in fits
         ),
     }

@@ -28,10 +28,12 @@ than the number of exceedances.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 TAIL_FMR = 0.01
+QUANTILE_FMRS = (0.5, 0.25, 0.1, TAIL_FMR)  # the bulk of an impostor model: its quantiles at these rates
 _Z95 = 1.6448536269514722  # standard normal 95 % quantile
 
 
@@ -105,3 +107,63 @@ def rate_upper_bound(exceeds: np.ndarray, units: np.ndarray | None = None) -> fl
         return 1.0
     se = math.sqrt(count / (count - 1) * float(((n - p * m) ** 2).sum())) / total
     return min(1.0, p + _Z95 * se)
+
+
+def pair_units(identities: np.ndarray) -> np.ndarray:
+    """Per unordered pair of samples (``np.triu_indices(n, 1)`` order), a label of its unordered pair of identities.
+
+    Sample pairs of the same two identities (people, fingers) are not independent:
+    a look-alike pair of identities puts all its sample pairs into the tail at once,
+    so the bounds here count these labels, not sample pairs.
+    """
+    _, ids = np.unique(np.asarray(identities), return_inverse=True)
+    iu, ju = np.triu_indices(len(ids), k=1)
+    lo, hi = np.minimum(ids[iu], ids[ju]), np.maximum(ids[iu], ids[ju])
+    return lo.astype(np.int64) * (int(ids.max(initial=0)) + 1) + hi
+
+
+@dataclass(frozen=True, slots=True)
+class ImpostorTail:
+    """An impostor score model: quantiles down to 1 %, then a generalised Pareto tail with bounded rate and scale.
+
+    ``FMR(t) = tail_rate * (1 + xi (t - t99) / sigma) ** (-1 / xi)`` below
+    ``tail_rate`` (the exponential when xi = 0), where ``tail_rate`` is the 95 %
+    upper bound of the impostor fraction above t99 (at least 1 %) and sigma the
+    95 % upper bound of the scale, both counting independent units. Above the
+    tail, the threshold interpolates the quantiles (50th, 75th, 90th percentiles,
+    then t99 placed at ``tail_rate``: one continuous curve) on a log-FMR scale.
+    """
+
+    pairs: int  # impostor sample pairs fitted
+    quantiles: tuple[float, ...]  # scores at QUANTILE_FMRS; the last is t99
+    tail_rate: float  # 95 % upper bound of the impostor fraction above t99
+    sigma: float  # 95 % upper bound of the tail's scale
+    xi: float = 0.0  # tail shape, >= 0
+    units: float = 0.0  # effective number of independent exceedances the scale's bound counted
+
+    def threshold(self, fmr: float) -> float:
+        """Score threshold (accept when score >= threshold) for false match rate ``fmr``."""
+        if fmr <= self.tail_rate:
+            return tail_threshold(fmr / self.tail_rate * TAIL_FMR, self.quantiles[-1], self.sigma, self.xi)
+        keep = [i for i, f in enumerate(QUANTILE_FMRS[:-1]) if f > self.tail_rate]
+        rates = np.log([QUANTILE_FMRS[i] for i in keep] + [self.tail_rate])[::-1]  # increasing
+        values = np.array([self.quantiles[i] for i in keep] + [self.quantiles[-1]])[::-1]
+        if len(rates) < 2:
+            return self.quantiles[-1]
+        if fmr >= QUANTILE_FMRS[0]:  # below the median: extend the last segment linearly in log FMR
+            slope = (values[-1] - values[-2]) / (rates[-1] - rates[-2])
+            return float(values[-1] + slope * (math.log(fmr) - rates[-1]))
+        return float(np.interp(math.log(fmr), rates, values))
+
+
+def fit_impostor_tail(scores: np.ndarray, units: np.ndarray | None = None) -> ImpostorTail:
+    """The :class:`ImpostorTail` of an impostor score sample; ``units`` labels each score's pair of identities.
+
+    None takes every score as its own unit, which is right only when no two
+    scores share an identity. The caller checks that the sample is large enough.
+    """
+    s = np.asarray(scores, np.float64)
+    quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
+    t99, sigma, xi, k_eff = fit_gpd_tail(s, units)
+    rate = max(TAIL_FMR, rate_upper_bound(s > t99, units))
+    return ImpostorTail(len(s), quantiles, rate, sigma, xi, k_eff)

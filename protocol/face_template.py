@@ -169,9 +169,11 @@ def decode(record: bytes) -> FaceTemplate:
 FACES = "faces"  # the body field beside "templates": a list of face template envelopes
 LIVENESS = "liveness"  # the body field naming the liveness challenge the device ran (face requests only)
 MAX_FACES = 5  # face templates per request
-ACR_FACE = "face"  # RFC 9470 acr_values naming a face as the factor asked for
-ACR_FINGER = "finger"  # ... and a finger, when a face came first and the policy needs both
-FACTORS = ("finger", "face")
+FINGER = "finger"  # the two factors: a modality's name in sessions, decisions, audit events and policies
+FACE = "face"
+FACTORS = (FINGER, FACE)
+ACR_FACE = FACE  # RFC 9470 acr_values naming a face as the factor asked for
+ACR_FINGER = FINGER  # ... and a finger, when a face came first and the policy needs both
 
 
 def wire_faces(records: Sequence[bytes]) -> list[dict[str, str]]:

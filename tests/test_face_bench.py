@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.face import error_rates, list_images, pair_mask, pair_units
+from bench.face import error_rates, list_images, pair_mask
+from biometrics.tail import pair_units
 
 KEYS = {"eer", "tar_at_far1", "tar_at_far01", "fta", "detect_ms_median", "embed_ms_median", "frame_size",
         "detect_640x480_ms_median", "threshold", "fmr_at_threshold", "fnmr_at_threshold", "held_out_fmr"}

@@ -7,9 +7,9 @@ import pytest
 
 from bench.fingerprint import at_thresholds, binomial_limit_95
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
-from biometrics.fingerprint.calibration import GROUPS, TailFit, fit_tail
+from biometrics.fingerprint.calibration import GROUPS, fit_group
 from biometrics.fingerprint.errors import FingerprintError
-from biometrics.tail import chi2_lower
+from biometrics.tail import ImpostorTail, chi2_lower, pair_units
 
 
 def test_normalisation_keeps_full_evidence_scores_and_pulls_thin_evidence_to_the_impostor_centre():
@@ -35,7 +35,7 @@ def test_fitted_tail_is_conservative_on_fresh_samples_of_the_same_distribution()
     million fresh scores, lets through no more than its target (the bound errs on the safe side)."""
     rng = np.random.default_rng(1)
     draw = lambda n: 0.015 + rng.gamma(2.0, 0.003, n)  # noqa: E731  a light, exponential-like tail
-    fit = fit_tail("test", draw(3000))
+    fit = fit_group("test", draw(3000))
     fresh = draw(1_000_000)
     for target in (1e-3, 1e-4):
         measured = float((fresh >= fit.threshold(target)).mean())
@@ -43,7 +43,7 @@ def test_fitted_tail_is_conservative_on_fresh_samples_of_the_same_distribution()
     # The bound is above the maximum-likelihood scale.
     s = draw(3000)
     t99 = np.quantile(s, 0.99)
-    assert fit_tail("again", s).beta > float((s[s > t99] - t99).mean())
+    assert fit_group("again", s).tail.sigma > float((s[s > t99] - t99).mean())
 
 
 def test_a_heavy_tail_is_fitted_as_one_and_still_kept():
@@ -54,19 +54,18 @@ def test_a_heavy_tail_is_fitted_as_one_and_still_kept():
     xi, sigma = 0.2, 0.004
     draw = lambda n: 0.015 + sigma / xi * ((1.0 - rng.random(n)) ** -xi - 1.0)  # noqa: E731
     sample = draw(20_000)
-    fit = fit_tail("heavy", sample)
-    assert 0.1 < fit.shape < 0.3
+    fit = fit_group("heavy", sample)
+    assert 0.1 < fit.tail.xi < 0.3
     fresh = draw(2_000_000)
     assert float((fresh >= fit.threshold(1e-4)).mean()) <= 1.2e-4
-    exponential = TailFit(
-        "exp", fit.pairs, fit.quantiles, float(np.mean(sample[sample > fit.quantiles[-1]]) - fit.quantiles[-1])
-    )
+    t99 = fit.tail.quantiles[-1]
+    exponential = ImpostorTail(fit.tail.pairs, fit.tail.quantiles, 0.01, float(np.mean(sample[sample > t99]) - t99))
     assert float((fresh >= exponential.threshold(1e-4)).mean()) > 2e-4
 
 
 def test_fit_needs_enough_pairs():
     with pytest.raises(FingerprintError, match="1,000"):
-        fit_tail("tiny", np.linspace(0, 0.1, 200))
+        fit_group("tiny", np.linspace(0, 0.1, 200))
 
 
 def test_threshold_keeps_the_promise_on_every_group():
@@ -78,11 +77,38 @@ def test_threshold_keeps_the_promise_on_every_group():
 
 @pytest.mark.parametrize("shape", [0.0, 0.2])
 def test_group_thresholds_are_continuous_and_monotonic(shape):
-    g = TailFit("x", 5000, (0.015, 0.017, 0.019, 0.024), 0.004, shape)
+    g = ImpostorTail(5000, (0.015, 0.017, 0.019, 0.024), 0.01, 0.004, shape)
     rates = np.geomspace(0.9, 1e-6, 400)
     values = [g.threshold(float(r)) for r in rates]
     assert np.all(np.diff(values) > 0)
     assert g.threshold(0.0100001) == pytest.approx(g.threshold(0.0099999), abs=1e-6)
+
+
+def test_the_committed_groups_count_pairs_of_fingers_not_pairs_of_impressions():
+    """Impressions of two fingers rise and fall together: a fit that took each impression pair as
+    independent would be far too sure of a 10-finger sensor's tail (its bound would count the 29
+    exceedances of 2,880 pairs where a few pairs of fingers hold them)."""
+    for g in GROUPS:
+        exceedances = 0.01 * g.tail.pairs
+        assert 1.0 <= g.tail.units < exceedances, g.name
+        assert g.tail.tail_rate >= 0.01
+    fvc = [g for g in GROUPS if g.name.startswith("FVC2002 DB")]
+    assert fvc and all(g.tail.units < 0.6 * 0.01 * g.tail.pairs for g in fvc)
+
+
+def test_pairs_of_fingers_widen_the_bounds_of_a_clustered_tail():
+    """10 fingers x 8 impressions, scores = a per-pair-of-fingers term + a per-impression-pair term."""
+    rng = np.random.default_rng(5)
+    fingers = np.repeat(np.arange(10), 8)
+    units = pair_units(fingers)
+    lo, hi = np.triu_indices(len(fingers), k=1)
+    impostor = fingers[lo] != fingers[hi]
+    look_alike = rng.gamma(1.0, 0.01, 100)[fingers[lo] * 10 + fingers[hi]]
+    scores = (0.02 + look_alike + rng.gamma(2.0, 0.002, len(lo)))[impostor]
+    clustered, independent = fit_group("c", scores, units[impostor]), fit_group("i", scores)
+    assert clustered.tail.quantiles == independent.tail.quantiles
+    assert clustered.tail.units < 0.5 * independent.tail.units
+    assert clustered.threshold(1e-4) > independent.threshold(1e-4)
 
 
 def test_binomial_limit():

@@ -137,3 +137,57 @@ def test_scores_are_symmetric_and_rotation_invariant(degrees):
     again = _touch(finger, rng, degrees, -20 + 10j)
     assert match(finger, again) == pytest.approx(match(again, finger), rel=0.05)
     assert match(finger, again) > 0.3
+
+
+def _fraction_of_points(a: np.ndarray, ua: np.ndarray, b: np.ndarray, ub: np.ndarray) -> float:
+    """Paired fraction of two point sets (complex positions, unit directions) under the identity transform."""
+    normals, offsets = gp.pad_planes([gp.hull_planes(b.real, b.imag)], len(b))
+    return float(
+        gp.paired_fraction(
+            a.astype(np.complex64),
+            ua.astype(np.complex64),
+            gp.hull_planes(a.real, a.imag),
+            b.astype(np.complex64)[None],
+            ub.astype(np.complex64)[None],
+            np.array([len(b)]),
+            normals,
+            offsets,
+            np.ones(1, np.complex64),
+            np.zeros(1, np.complex64),
+            np.zeros(1, np.complex64),
+        )[0]
+    )
+
+
+def test_the_pairs_an_alignment_makes_by_construction_are_no_evidence():
+    """Two prints that share only FREE_PAIRS minutiae (what aligning any two prints pairs) score a fraction of 0;
+    each further pair counts."""
+    rng = np.random.default_rng(8)
+    corners = np.array([0, 200, 200 + 200j, 200j])
+    b = np.r_[corners, rng.uniform(20, 180, 8) + 1j * rng.uniform(20, 180, 8)]
+    a = np.r_[corners * 0.99 + (1 + 1j), rng.uniform(20, 180, 8) + 1j * rng.uniform(20, 180, 8)]
+    # Every gallery minutia points along +x and every probe minutia the other way: none pairs.
+    # All 12 probe minutiae lie inside the gallery's hull, the gallery's 8 inner ones inside the probe's.
+    ub, ua = np.ones(12, complex), -np.ones(12, complex)
+    assert _fraction_of_points(a, ua, b, ub) == 0.0
+    a[4:6], ua[4:6] = b[4:6], ub[4:6]
+    assert _fraction_of_points(a, ua, b, ub) == 0.0  # two pairs: any alignment of two prints finds them
+    free = gp.FREE_PAIRS
+    for shared in (free, free + 3):
+        a[4 : 4 + shared], ua[4 : 4 + shared] = b[4 : 4 + shared], ub[4 : 4 + shared]
+        expected = (shared - free) ** 2 / ((12 - free) * (8 - free))
+        assert _fraction_of_points(a, ua, b, ub) == pytest.approx(expected)
+
+
+def test_a_small_overlap_counts_at_least_min_overlap_minutiae_beyond_the_free_pairs():
+    """Four shared minutiae in an overlap of four: two beyond the free pairs, out of at least MIN_OVERLAP."""
+    rng = np.random.default_rng(9)
+    corners = np.array([0, 200, 200 + 200j, 200j])
+    inner = rng.uniform(20, 180, 4) + 1j * rng.uniform(20, 180, 4)
+    b, a = np.r_[corners, inner], np.r_[corners * 0.99 + (1 + 1j), inner]
+    ub, ua = np.ones(8, complex), np.r_[-np.ones(4), np.ones(4)].astype(complex)  # the corners do not pair
+    floor = gp.MIN_OVERLAP
+    assert floor > 4 - gp.FREE_PAIRS
+    assert _fraction_of_points(a, ua, b, ub) == pytest.approx(
+        (4 - gp.FREE_PAIRS) ** 2 / (max(8 - gp.FREE_PAIRS, floor) * floor)
+    )

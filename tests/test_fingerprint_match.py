@@ -408,3 +408,25 @@ def test_sketch_index_refits_after_churn_even_when_its_size_stays_the_same():
         index.sync(_raw_of(index))
         assert len(index) == 80 and not index.needs_refit()
     assert due == [False] * 10 + [True] + [False] * 10  # the 11th swap makes 22 changes: refitted, counted afresh
+
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_under_three_minutiae_score_zero_on_every_path(templates, count):
+    """Without three minutiae there is no relative geometry to check: 0, whichever side and path, never an error.
+
+    (The verifier refuses such templates before matching: protocol.templates needs
+    8 per view. The library must still be total on them, in 1:1 and in 1:N.)
+    """
+    full = templates[0].minutiae
+    keep = np.arange(count)
+    few = Minutiae(full.x[keep], full.y[keep], full.angle[keep], full.kind[keep], full.quality[keep])
+    assert match(few, few) == match(few, full) == match(full, few) == 0.0
+    index = GalleryIndex()
+    index.add("few", few)
+    index.add("full", full)
+    index.add("other", templates[1])
+    scores = index.scores(few)
+    assert scores.shape == (3,) and not scores.any()
+    assert index.scores(full)[1] > threshold_for_fmr(1e-4)  # the others are still scored
+    assert index.scores(full)[0] == 0.0

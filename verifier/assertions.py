@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import structlog
 
 from protocol import endpoints
-from protocol.face_template import ACR_FACE
+from protocol.face_template import ACR_FACE, FACE, FINGER
 from protocol.sensor import (
     ACR_AFTER_SENSOR,
     ASSURANCE,
@@ -196,7 +196,7 @@ class SensorRoutes:
         reasons = [SENSOR_STEP_UP_REASON] if policy == "step_up" else []
         risky = self.bio.stepup.reasons(device_id, subject, 1.0, 0.0, 0)
         reasons += [r for r in risky if r == "high_risk_subject"]
-        if "face" in self.bio.faces.required(subject):
+        if FACE in self.bio.faces.required(subject):
             # The rule's face, matched by the verifier, is also the second factor a step_up policy wants.
             return self._ask_step_up(device_id, assertion, [FACE_REQUIRED, *reasons], policy, ACR_FACE)
         if reasons:
@@ -233,7 +233,7 @@ class SensorRoutes:
             "decision": decision,
             "score": 1.0 if decision == "accept" else 0.0,
             "threshold": 1.0,
-            "modality": "finger",  # a sensor's match is the finger factor
+            "modality": FINGER,  # a sensor's match is the finger factor
             "assurance": ASSURANCE,
         }
         answer.update(self.bio.decided(device_id, subject, decision == "accept", first_use_done))

@@ -54,7 +54,7 @@ from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
 from protocol import endpoints
-from protocol.face_template import ACR_FACE
+from protocol.face_template import ACR_FACE, FACE, FINGER
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
 from protocol.templates import minutiae_problem
@@ -695,11 +695,11 @@ class BiometricRoutes:
                 decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
                 reason = "step-up with the same finger" if scored.same_finger else ""
                 if (decision == "accept" and FINGER_REQUIRED not in pending.reasons
-                        and "face" in self.faces.required(subject)):
+                        and FACE in self.faces.required(subject)):
                     # Two fingers (or a sensor's and a template) are not a face: the rule still needs one.
                     return self.faces.ask(device_id, subject, [], [FACE_REQUIRED], scored.score, ACR_FACE)
                 return self._decided(device_id, subject, decision, scored, step_up=pending.reasons, reason=reason)
-            if scored.score >= self.threshold and "face" in self.faces.required(subject):
+            if scored.score >= self.threshold and FACE in self.faces.required(subject):
                 return self.faces.ask(device_id, subject, records, [FACE_REQUIRED], scored.score, ACR_FACE)
             if scored.score >= self.threshold:
                 failures = self.lockouts.failures(subject)
@@ -783,7 +783,7 @@ class BiometricRoutes:
             device_id=device_id,
             subject=subject,
             outcome=decision,
-            modality="finger",
+            modality=FINGER,
             score=round(score, 4),
             step_up=",".join(step_up or []),
             reason=reason or ("score above threshold" if decision == "accept" else "score below threshold"),
@@ -793,7 +793,7 @@ class BiometricRoutes:
             "decision": decision,
             "score": round(score, 4),
             "threshold": round(self.threshold, 4),
-            "modality": "finger",  # what decided: this request's finger, a step-up's too
+            "modality": FINGER,  # what decided: this request's finger, a step-up's too
         }
         answer.update(self.decided(device_id, subject, decision == "accept"))
         timing = f"match;dur={scored.match_ms:.3f}".encode()  # Server-Timing: what the device cannot see

@@ -41,7 +41,7 @@ import structlog
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from biometrics.face import challenge_for, threshold_for_fmr
-from protocol.face_template import ACR_FACE, ACR_FINGER, FACTORS, decode
+from protocol.face_template import ACR_FACE, ACR_FINGER, FACE, FACTORS, FINGER, decode
 from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -247,20 +247,20 @@ class FaceRoutes:
                     Problem("not-the-verified-person",
                             f"{not_theirs} of the {len(records)} faces do not match subject {subject!r}",
                             "enroll faces of the verified person only"),
-                    "added faces do not match the subject", subject=subject, modality="face")
+                    "added faces do not match the subject", subject=subject, modality=FACE)
             if duplicate:
                 raise self.bio.refused(
                     request,
                     Problem("duplicate-identity",
                             "a face of this enrollment matches a subject enrolled under another id",
                             "verify the person under their existing id; ask the operator if the match is wrong"),
-                    "face matches another subject", subject=subject, modality="face")
+                    "face matches another subject", subject=subject, modality=FACE)
             if recorded is None:
                 self.bio.subjects.assign(subject, group)
             self.store.add(subject, device_id, records)
             subjects, gallery = self._gallery_now()
             self._gallery = ([*subjects, *[subject] * len(probes)], np.vstack([gallery, probes]))
-            log.info("enrollment", audit=True, device_id=device_id, subject=subject, group=group, modality="face",
+            log.info("enrollment", audit=True, device_id=device_id, subject=subject, group=group, modality=FACE,
                      templates=len(records), with_session_token=has_token)
             answer = {"subject": subject, "group": group, "templates": len(records)}
             return json_answer(201, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
@@ -289,7 +289,7 @@ class FaceRoutes:
                 raise self.bio.attempt_refused(
                     device_id, subject, "step_up_unknown",
                     Problem("step-up-unknown", "no pending step-up asking this device for a face",
-                            "start the verification again"), modality="face")
+                            "start the verification again"), modality=FACE)
         probes = _matrix(records)
         enrolled = self.store.embeddings(subject)
         if not len(enrolled):
@@ -299,7 +299,7 @@ class FaceRoutes:
                 device_id, subject, "no_face_enrolled",
                 Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
                         f"enroll a face first: capture-agent enroll --face --subject {subject} --add"),
-                modality="face")
+                modality=FACE)
         try:
             self.bio.charge(request, len(records) * len(enrolled))
         except Problem:  # a 429 is no answer to the step-up: it stays pending for a lighter retry
@@ -316,7 +316,7 @@ class FaceRoutes:
             accepted = scored.score >= self.threshold
             if pending is not None:
                 return self._decided(device_id, subject, accepted, scored, step_up=pending.reasons)
-            if accepted and "finger" in self.required(subject):
+            if accepted and FINGER in self.required(subject):
                 return self.ask(device_id, subject, [], [FINGER_REQUIRED], scored.score, ACR_FINGER)
             return self._decided(device_id, subject, accepted, scored)
 
@@ -348,10 +348,10 @@ class FaceRoutes:
                  step_up: list[str] | None = None) -> Answer:
         decision = "accept" if accepted else "reject"
         log.info("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome=decision,
-                 modality="face", score=round(scored.score, 4), step_up=",".join(step_up or []),
+                 modality=FACE, score=round(scored.score, 4), step_up=",".join(step_up or []),
                  reason="score above threshold" if accepted else "score below threshold")
         answer: dict[str, Any] = {"subject": subject, "decision": decision, "score": round(scored.score, 4),
-                                  "threshold": round(self.threshold, 4), "modality": "face"}
+                                  "threshold": round(self.threshold, 4), "modality": FACE}
         answer.update(self.bio.decided(device_id, subject, accepted))
         return json_answer(200, answer, ((b"server-timing", f"match;dur={scored.match_ms:.3f}".encode()),))
 
@@ -389,7 +389,7 @@ class FaceRoutes:
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
             candidates = ranked(best, self.threshold)
-            log.info("identification_attempt", audit=True, device_id=device_id, modality="face",
+            log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,
                      outcome="candidates" if candidates else "no_candidate", candidates=len(candidates), groups=groups)
             answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
             return json_answer(200, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))

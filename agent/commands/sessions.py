@@ -7,6 +7,7 @@ import json
 import sys
 
 from agent.options import add_common_arguments
+from protocol.face_template import FACE, FINGER
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "captures": getattr(args, "captures", 3),
     }
     if args.face:
-        request["modality"] = "face"
+        request["modality"] = FACE
     if getattr(args, "group", None):
         request["group"] = args.group
     if args.operation == "enroll":
@@ -117,7 +118,7 @@ def _show(event: dict, outcome: int) -> int:
     elif kind == "progress":
         print(f"  {_bar(event['step'], event['total'])}", flush=True)
     elif kind == "step_up":
-        factor = {"face": "your face", "finger": "a finger"}.get(event.get("acr_values"), "another finger")
+        factor = {FACE: "your face", FINGER: "a finger"}.get(event.get("acr_values"), "another finger")
         print(f"  the verifier asks for {factor}", flush=True)
     elif kind == "result":
         if "decision" in event:

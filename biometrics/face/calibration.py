@@ -40,48 +40,17 @@ and when the detector, the alignment or the embedding model changes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from biometrics.face.errors import FaceError
-from biometrics.tail import TAIL_FMR, fit_gpd_tail, rate_upper_bound, tail_threshold
-
-QUANTILE_FMRS = (0.5, 0.25, 0.1, TAIL_FMR)
-
-
-@dataclass(frozen=True, slots=True)
-class ImpostorModel:
-    """Impostor score model: quantiles down to 1 %, a bounded generalised Pareto tail below (module docstring)."""
-
-    pairs: int  # impostor image pairs fitted
-    quantiles: tuple[float, ...]  # scores at QUANTILE_FMRS; the last is t99
-    tail_rate: float  # 95 % upper bound of the impostor fraction above t99
-    sigma: float  # 95 % upper bound of the tail's scale
-    xi: float = 0.0  # tail shape, >= 0
-    units: float = 0.0  # effective number of independent exceedances the scale's bound counted
-
-    def threshold(self, fmr: float) -> float:
-        """Cosine threshold (accept when score >= threshold) for false match rate ``fmr``."""
-        if fmr <= self.tail_rate:
-            return tail_threshold(fmr / self.tail_rate * TAIL_FMR, self.quantiles[-1], self.sigma, self.xi)
-        # the quantiles above the tail, then the tail's start at its bounded rate: one continuous curve
-        keep = [i for i, f in enumerate(QUANTILE_FMRS[:-1]) if f > self.tail_rate]
-        rates = np.log([QUANTILE_FMRS[i] for i in keep] + [self.tail_rate])[::-1]  # increasing
-        values = np.array([self.quantiles[i] for i in keep] + [self.quantiles[-1]])[::-1]
-        if len(rates) < 2:
-            return self.quantiles[-1]
-        if fmr >= QUANTILE_FMRS[0]:  # below the median: extend the last segment linearly in log FMR
-            slope = (values[-1] - values[-2]) / (rates[-1] - rates[-2])
-            return float(values[-1] + slope * (math.log(fmr) - rates[-1]))
-        return float(np.interp(math.log(fmr), rates, values))
-
+from biometrics.tail import ImpostorTail, fit_impostor_tail
 
 # Fitted by bench.face --calibrate (see module docstring).
-MODEL = ImpostorModel(78000, (0.09934, 0.16586, 0.22453, 0.31946), 0.01320, 0.044140, 0.0, 25.6)
+MODEL = ImpostorTail(78000, (0.09934, 0.16586, 0.22453, 0.31946), 0.01320, 0.044140, 0.0, 25.6)
 
 
-def threshold_for_fmr(fmr: float, model: ImpostorModel = MODEL) -> float:
+def threshold_for_fmr(fmr: float, model: ImpostorTail = MODEL) -> float:
     """Cosine threshold (accept when score >= threshold) expected to keep false match rate ``fmr`` on unseen people.
 
     ``model`` defaults to the fitted one; the benchmark passes a model fitted on
@@ -92,12 +61,9 @@ def threshold_for_fmr(fmr: float, model: ImpostorModel = MODEL) -> float:
     return model.threshold(float(fmr))
 
 
-def fit_impostor_model(impostor: np.ndarray, units: np.ndarray | None = None) -> ImpostorModel:
+def fit_impostor_model(impostor: np.ndarray, units: np.ndarray | None = None) -> ImpostorTail:
     """The impostor model of a score sample; ``units`` labels each score's pair of people (None: all independent)."""
     s = np.asarray(impostor, np.float64)
     if len(s) < 1000:
         raise FaceError(f"{len(s)} impostor scores cannot calibrate a threshold: a tail needs at least 1,000")
-    quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
-    t99, sigma, xi, k_eff = fit_gpd_tail(s, units)
-    rate = max(TAIL_FMR, rate_upper_bound(s > t99, units))
-    return ImpostorModel(len(s), quantiles, rate, sigma, xi, k_eff)
+    return fit_impostor_tail(s, units)

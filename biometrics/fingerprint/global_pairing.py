@@ -27,13 +27,29 @@ vectorised over the templates of a gallery block (shapes (T, ...)):
    is near 1 for a genuine overlap and small for an impostor's, whatever the
    overlap size, and is how :func:`biometrics.fingerprint.mcc_match.scores`
    weighs its LSS-R evidence.
-
-Coordinates are complex numbers ``x + iy`` (500-dpi pixels, y down) and
-directions unit complex numbers ``exp(i * angle)`` (angle counter-clockwise as a
-person sees the image). A rotation of the print by phi counter-clockwise turns
-an angle into angle + phi and a position z into ``exp(-i phi) * z``: so the
-transform that maps probe minutia a onto gallery minutia b multiplies positions
-by ``u_a * conj(u_b)``.
+4. Pairs found by construction. The alignment is fitted on the pairs themselves
+   (the anchor pair lies on its partner by definition, and the least-squares
+   refit brings a second pair within tolerance whenever the distance between
+   the two minutiae is about the same in both prints), so any two prints pair
+   ``FREE_PAIRS`` = 2 minutiae, an impostor as well as a genuine mate. They are
+   no evidence and leave every count, and the floor ``MIN_OVERLAP`` applies to
+   what is left: the fraction is ``(m - 2)^2 / (max(n_A' - 2, 6) * max(n_B' - 2, 6))``.
+   Impostors pair few minutiae beyond those (median 3 to 4 in overlaps of under
+   15 minutiae, against 9 to 11 for a genuine mate), so the rule lowers the
+   impostor tail more than the genuine scores. On the four FVC2002 folders (all
+   pairs) the impostors' 99th percentile went from 0.040 / 0.044 / 0.042 / 0.061
+   to 0.033 / 0.038 / 0.034 / 0.053 (the free pairs alone), the EER from
+   1.07 / 1.07 / 3.15 / 1.07 % to 1.07 / 0.77 / 2.85 / 1.07 %, and DB4's 1e-4
+   threshold (per-folder tail fits, as the calibration does; DB4 had the
+   largest) from 0.145 to 0.120. On a synthetic population no rule was tuned on
+   (100 fingers x 3 realistic impressions, seed 7) the EER went from 1.67 to
+   1.35 % and its own 1e-4 threshold from 0.128 to 0.122, now the largest, the
+   FNMR at it unchanged (6.67 %). At the largest threshold of the five groups
+   (0.145 -> 0.122) FVC2002's FNMR went from 3.57 / 6.43 / 13.21 / 10.00 % to
+   3.21 / 5.71 / 12.14 / 8.93 %.
+   Three free pairs measured about as well on FVC2002 but put the synthetic
+   threshold above DB4's; two is what the construction accounts for. The floor
+   after the free pairs (rather than before) is worth one or two pairs per folder.
 """
 
 from __future__ import annotations
@@ -45,7 +61,8 @@ N_ANCHOR = 5  # best relaxed pairs tried as the alignment's anchor
 D_AGREE, A_AGREE = 20.0, np.pi / 8  # a relaxed pair supports an anchor's transform within these
 D_PAIR, A_PAIR = 15.0, 0.5  # the pairing ellipse's semi-axes (pixels at 500 dpi, radians)
 REFIT = 1  # least-squares refits of the transform on the pairs found (see _refit)
-MIN_OVERLAP = 6  # overlap counts below this are taken as this: a fraction of 3 minutiae is no evidence
+MIN_OVERLAP = 6  # overlap counts (beyond the free pairs) below this are taken as this: a fraction of 3 is no evidence
+FREE_PAIRS = 2  # pairs any alignment finds by construction (see paired_fraction): they count for nothing
 
 _CHORD_AGREE = float(2.0 * np.sin(A_AGREE / 2.0))  # |u - v| of unit numbers A_AGREE apart
 _CHORD_PAIR = float(2.0 * np.sin(A_PAIR / 2.0))
@@ -240,5 +257,6 @@ def paired_fraction(
         np.broadcast_to(offsets, (t, len(offsets))),
     )
     in_b = ((inside_b & real) | paired_b).sum(axis=1)
-    over = np.maximum(in_a, MIN_OVERLAP).astype(np.float64) * np.maximum(in_b, MIN_OVERLAP)
-    return pairs.astype(np.float64) ** 2 / over
+    # The free pairs leave every count; the overlaps beyond them count at least MIN_OVERLAP.
+    over = np.maximum(in_a - FREE_PAIRS, MIN_OVERLAP).astype(np.float64) * np.maximum(in_b - FREE_PAIRS, MIN_OVERLAP)
+    return np.maximum(pairs - FREE_PAIRS, 0).astype(np.float64) ** 2 / over

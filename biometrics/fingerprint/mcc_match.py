@@ -39,7 +39,10 @@ also align the prints (the best supported of the 5 best pairs as the anchor of a
 rigid transform, refitted by least squares on the pairs it finds), every minutia
 with a cylinder is paired under that alignment (mutually nearest, within 15
 pixels and 0.5 radians), and the paired fraction ``m^2 / (n_A' * n_B')`` of the
-common region (minutiae inside the other print's hull, or paired) is measured.
+common region (minutiae inside the other print's hull, or paired) is measured,
+less the two pairs any alignment finds by construction (see that module: on the
+same folders it took the mean EER from 1.59 to 1.44 % and the largest 1e-4 tail
+threshold from 0.145 to 0.122, the figures below are from before it).
 The score returned by :func:`scores` is the geometric mean of the LSS-R evidence
 and that fraction, ``sqrt(max(normalised - NULL_CENTRE, 0) * fraction)``
 (:func:`combine`): 0 for the half of impostor comparisons whose LSS-R does not
