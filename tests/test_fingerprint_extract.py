@@ -346,6 +346,57 @@ def test_minutiae_on_ridges_too_faint_to_follow_are_dropped_but_a_faint_capture_
     assert recall >= 0.9
 
 
+def _whorl_with_minutiae(period: float, points: list[tuple[float, float]], centre=(150.0, 150.0)) -> np.ndarray:
+    """Concentric ridges (a whorl's flow) with one minutia at each point: a phase singularity adds one ridge there."""
+    yy, xx = np.mgrid[0:300, 0:300].astype(np.float64)
+    phase = 2 * np.pi * np.hypot(yy - centre[0], xx - centre[1]) / period
+    for py, px in points:
+        phase += np.arctan2(yy - py, xx - px)
+    noise = np.random.default_rng(0).normal(0, 8, phase.shape)
+    return np.clip(128 + 60 * np.cos(phase) + noise, 0, 255).astype(np.uint8)
+
+
+def test_flow_variation_is_zero_in_parallel_flow_and_near_one_at_a_singularity():
+    from biometrics.fingerprint.minutiae import flow_variation
+
+    yy, xx = np.mgrid[0:200, 0:200].astype(np.float32)
+    period = 9.0
+    ys, xs = np.array([100, 100, 100, 40]), np.array([100, 109, 136, 190])  # centre, 1 and 4 periods out, at an edge
+    parallel = np.full((200, 200), 0.7, np.float32)
+    assert np.abs(flow_variation(parallel, ys, xs, period)).max() < 1e-5
+    # A core's flow: the doubled angle turns once around the centre.
+    core = np.mod(np.arctan2(yy - 100, xx - 100) / 2, np.pi).astype(np.float32)
+    v = flow_variation(core, ys, xs, period)
+    assert v[0] > 0.9  # every direction around the centre: no mean direction
+    assert v[1] > 0.3 > 0.1 > v[2]  # falls off with the distance to the singularity, in ridge periods
+
+
+def test_a_faint_minutia_next_to_a_core_is_dropped_where_the_same_one_in_parallel_flow_is_kept():
+    """Reliability's flow term: where the ridge flow turns, the filter's orientation is wrong over part of its window.
+
+    One minutia 1.5 periods from a whorl's centre and one 10 periods out, both clear and
+    isolated, at an amplitude (a third of the filtered ridges') that the amplitude,
+    spacing and border terms alone let both through: only the one in parallel flow stays.
+    """
+    from dataclasses import replace
+
+    from biometrics.fingerprint.minutiae import detect_stages
+
+    for period in (8.0, 10.0):
+        for turn in (0.0, 2.0, 4.0):
+            near = (150 + 1.5 * period * np.sin(turn), 150 + 1.5 * period * np.cos(turn))
+            far = (150 - 10 * period * np.sin(turn), 150 - 10 * period * np.cos(turn))
+            analysis = analyse(_whorl_with_minutiae(period, [near, far]))
+            stages = detect_stages(replace(analysis, normalised=analysis.normalised * 0.3)).stages
+
+            def found(m, p, period=period):
+                return int((np.hypot(m.x - p[1], m.y - p[0]) < 1.5 * period).sum())
+
+            assert found(stages["inside"], near) == 1 and found(stages["inside"], far) == 1
+            assert found(stages["final"], near) == 0
+            assert found(stages["final"], far) == 1
+
+
 def test_shrink_gives_opencvs_area_resize_bit_for_bit():
     from biometrics.fingerprint.image import shrink
 

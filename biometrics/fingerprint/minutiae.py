@@ -40,6 +40,11 @@ RELIABILITY_AMPLITUDE = 2.61  # per unit of log ridge amplitude
 RELIABILITY_SPACING = 0.67  # per ridge period to the nearest minutia, up to RELIABILITY_MAX_SPACING
 RELIABILITY_BORDER = 0.24  # per ridge period to the foreground edge, up to RELIABILITY_MAX_BORDER
 RELIABILITY_MAX_SPACING, RELIABILITY_MAX_BORDER = 3.0, 4.0
+# Per unit of flow variation (see flow_variation()), fitted afterwards with the four coefficients
+# above held: over FVC2002 minutiae its median is 0.016, its 90th percentile 0.13 (-0.27 in the
+# logistic's argument), its 99th 0.66 (-1.4), next to cores and deltas.
+RELIABILITY_FLOW = -2.10
+FLOW_STEP = 3  # pixels between the samples of the flow variation's window
 # Neighbourhood code to candidate kind: crossing number 1 an ending, 3 or more a bifurcation.
 _KIND_LUT = np.where(CROSSING == 1, KIND_ENDING, np.where(CROSSING >= 3, KIND_BIFURCATION, 0)).astype(np.uint8)
 
@@ -125,7 +130,13 @@ def _gabor_gain(period: float) -> float:
 
 
 def reliability(
-    energy: np.ndarray, border: np.ndarray, x: np.ndarray, y: np.ndarray, kept: np.ndarray, period: float
+    energy: np.ndarray,
+    border: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    kept: np.ndarray,
+    period: float,
+    variation: np.ndarray,
 ) -> np.ndarray:
     """Estimated chance (0..1) that each minutia recurs in another impression of the finger.
 
@@ -139,6 +150,18 @@ def reliability(
     of FVC2002 sets B recurs within 15 pixels and 30 degrees of one in each
     other impression of its finger (rigidly aligned, where the two overlap);
     the logistic fit on these three measurements, with no per-database term.
+
+    A fourth term, how much the ridge flow turns around the minutia
+    (``variation``, see :func:`flow_variation`), was fitted afterwards on the
+    same kind of recurrence with the first three held: near a core or delta
+    the filter's single orientation is wrong over part of its window, and the
+    minutiae it breaks and joins there recur less often (log-likelihood per
+    trial -0.502 without it, -0.494 with it, on 11,000 minutiae; coherence, a
+    local density, the kind of minutia, the filter's energy share and the
+    distance to an unclear region each added under 0.001 to the first three).
+    On FVC2002 it takes out one candidate in 70 to 110 more on DB1, DB2 and
+    DB4 and one in 25 on DB3; those recur 0.30 to 0.47 of the time, the ones
+    kept about 0.75.
     """
     amplitude = np.sqrt(np.maximum(energy, 1e-12)) / _gabor_gain(period)
     nearest = np.full(len(x), RELIABILITY_MAX_SPACING)
@@ -151,8 +174,34 @@ def reliability(
         + RELIABILITY_AMPLITUDE * np.log(amplitude)
         + RELIABILITY_SPACING * nearest
         + RELIABILITY_BORDER * np.minimum(border / period, RELIABILITY_MAX_BORDER)
+        + RELIABILITY_FLOW * variation
     )
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def flow_variation(orientation: np.ndarray, ys: np.ndarray, xs: np.ndarray, period: float) -> np.ndarray:
+    """How much the ridge flow turns around each point: 0 for parallel ridges, towards 1 at a core or delta.
+
+    One minus the length of the Gaussian-weighted mean (sigma one ridge period,
+    out to two) of the doubled-angle unit vectors of the orientation field around
+    the point. Near a singularity the contextual filter follows an orientation
+    that is wrong over part of its window and breaks or joins ridges there; the
+    minutiae it makes there recur in other impressions less often. Sampled on a
+    grid of FLOW_STEP pixels (the field is smooth over a period): about a
+    hundred samples per point, gathered at once, not a filter over the image.
+    """
+    r = FLOW_STEP * int(2.0 * period / FLOW_STEP)
+    steps = np.arange(-r, r + 1, FLOW_STEP)
+    g = np.exp(-(steps * steps) / (2.0 * period * period))
+    weight = np.outer(g, g).ravel().astype(np.float32)  # the window is separable: rows and columns apart
+    h, w = orientation.shape
+    rows = np.clip(ys[:, None] + steps, 0, h - 1) * w
+    cols = np.clip(xs[:, None] + steps, 0, w - 1)
+    doubled = orientation.ravel().take((rows[:, :, None] + cols[:, None, :]).reshape(len(ys), -1))
+    doubled *= 2.0
+    c = np.cos(doubled) @ weight
+    s = np.sin(doubled) @ weight
+    return 1.0 - np.hypot(c, s) / weight.sum()
 
 
 def _median(values: np.ndarray) -> float:
@@ -395,7 +444,9 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     # The clarity's half-resolution energy at each minutia (box coordinates halved).
     hy = np.minimum((ys - box[0].start) // 2, energy.shape[0] - 1)
     hx = np.minimum((xs - box[1].start) // 2, energy.shape[1] - 1)
-    good &= reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period) >= MIN_RELIABILITY
+    variation = np.zeros(len(ys))  # only the minutiae still kept can be cut by it
+    variation[good] = flow_variation(analysis.orientation, ys[good], xs[good], period)
+    good &= reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period, variation) >= MIN_RELIABILITY
     if trace:
         stages["inside"] = _subset(xf, yf, angles, kinds, quality)
         stages["cleaned"] = _subset(xf[good], yf[good], angles[good], kinds[good], quality[good])
