@@ -359,19 +359,19 @@ def calibrate(
     folders (every template of every folder against those of the others), and the
     synthetic population if ``synthetic`` > 0.
     """
-    from biometrics.fingerprint.calibration import fit_group
+    from biometrics.fingerprint.calibration import fit_groups
 
     all_templates: list[FingerprintTemplate] = []
     labels: list[str] = []
     folder_of: list[int] = []
-    fits = []
+    samples: list[tuple[str, np.ndarray, np.ndarray]] = []
     for n, spec in enumerate(specs):
         path, _, dpi_text = spec.partition(":")
         folder, dpi = Path(path), int(dpi_text or 500)
         _progress(f"calibration: {folder} at {dpi} dpi")
         templates, fingers, _ = extract_folder(folder, dpi, workers)
         pair_scores, same, _ = all_pairs(templates, fingers)
-        fits.append(fit_group(folder.name, pair_scores[~same], pair_units(fingers)[~same]))
+        samples.append((folder.name, pair_scores[~same], pair_units(fingers)[~same]))
         all_templates += templates
         labels += [f"{n}:{f}" for f in fingers]
         folder_of += [n] * len(templates)
@@ -381,12 +381,12 @@ def calibrate(
         f = np.array(folder_of)
         iu, ju = np.triu_indices(len(f), k=1)
         across = f[iu] != f[ju]
-        fits.append(fit_group("across folders", pair_scores[across], pair_units(np.array(labels))[across]))
+        samples.append(("across folders", pair_scores[across], pair_units(np.array(labels))[across]))
     if synthetic:
         templates, fingers, _ = extract_synthetic(synthetic, impressions, seed, workers, profile)
         pair_scores, same, _ = all_pairs(templates, fingers)
-        fits.append(fit_group(f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same],
-                              pair_units(fingers)[~same]))
+        samples.append((f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same], pair_units(fingers)[~same]))
+    fits = fit_groups(samples)
     return {
         "groups": [
             {

@@ -56,11 +56,14 @@ def effective_count(units: np.ndarray) -> float:
     return float(c.sum() ** 2 / (c * c).sum())
 
 
-def fit_gpd_tail(scores: np.ndarray, units: np.ndarray | None = None) -> tuple[float, float, float, float]:
+def fit_gpd_tail(
+    scores: np.ndarray, units: np.ndarray | None = None, shape: float | None = None
+) -> tuple[float, float, float, float]:
     """(t99, sigma_upper, xi, k_effective) of a score sample's tail above its 99th percentile.
 
     ``units`` (one label per score) groups scores that are not independent; None
-    takes every score as its own unit.
+    takes every score as its own unit. ``shape`` fixes xi instead of estimating it
+    (for a sample too small to estimate a shape: see ``fit_impostor_tail``).
     """
     s = np.asarray(scores, np.float64)
     t99 = float(np.quantile(s, 1.0 - TAIL_FMR))
@@ -70,7 +73,10 @@ def fit_gpd_tail(scores: np.ndarray, units: np.ndarray | None = None) -> tuple[f
     k_eff = float(k) if units is None else effective_count(np.asarray(units)[above])
     mean = float(excess.mean()) if k else 0.0
     var = float(excess.var(ddof=1)) if k > 1 else 0.0
-    if var > 0.0:  # method of moments for the generalised Pareto distribution
+    if shape is not None:  # a known shape: the generalised Pareto mean is sigma / (1 - xi)
+        xi = max(0.0, float(shape))
+        sigma = mean * (1.0 - xi)
+    elif var > 0.0:  # method of moments for the generalised Pareto distribution
         xi = max(0.0, 0.5 * (1.0 - mean * mean / var))
         sigma = 0.5 * mean * (1.0 + mean * mean / var) if xi > 0.0 else mean
     else:
@@ -156,14 +162,20 @@ class ImpostorTail:
         return float(np.interp(math.log(fmr), rates, values))
 
 
-def fit_impostor_tail(scores: np.ndarray, units: np.ndarray | None = None) -> ImpostorTail:
+def fit_impostor_tail(
+    scores: np.ndarray, units: np.ndarray | None = None, shape: float | None = None
+) -> ImpostorTail:
     """The :class:`ImpostorTail` of an impostor score sample; ``units`` labels each score's pair of identities.
 
     None takes every score as its own unit, which is right only when no two
-    scores share an identity. The caller checks that the sample is large enough.
+    scores share an identity. ``shape`` fixes the tail's shape xi (None: its
+    moment estimate): a shape needs many independent exceedances to be measured,
+    and a handful of units (a 10-finger sensor's tail comes from 5 to 12 pairs of
+    fingers) gives anything from 0 to 0.2 by chance. The caller checks that the
+    sample is large enough.
     """
     s = np.asarray(scores, np.float64)
     quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
-    t99, sigma, xi, k_eff = fit_gpd_tail(s, units)
+    t99, sigma, xi, k_eff = fit_gpd_tail(s, units, shape)
     rate = max(TAIL_FMR, rate_upper_bound(s > t99, units))
     return ImpostorTail(len(s), quantiles, rate, sigma, xi, k_eff)

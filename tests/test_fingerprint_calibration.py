@@ -7,7 +7,7 @@ import pytest
 
 from bench.fingerprint import at_thresholds, binomial_limit_95
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
-from biometrics.fingerprint.calibration import GROUPS, fit_group
+from biometrics.fingerprint.calibration import GROUPS, MIN_SHAPE_UNITS, fit_group, fit_groups
 from biometrics.fingerprint.errors import FingerprintError
 from biometrics.tail import ImpostorTail, chi2_lower, pair_units
 
@@ -109,6 +109,32 @@ def test_pairs_of_fingers_widen_the_bounds_of_a_clustered_tail():
     assert clustered.tail.quantiles == independent.tail.quantiles
     assert clustered.tail.units < 0.5 * independent.tail.units
     assert clustered.threshold(1e-4) > independent.threshold(1e-4)
+
+
+def test_a_small_group_takes_the_shape_the_large_groups_measured():
+    """A 10-finger sensor's tail comes from a handful of pairs of fingers: its own moment shape is
+    noise, so it takes the unit-weighted shape of the groups large enough to measure one, while its
+    position and scale stay its own."""
+    rng = np.random.default_rng(11)
+    xi, sigma = 0.1, 0.004
+
+    def gpd(n: int) -> np.ndarray:
+        return 0.015 + sigma / xi * ((1.0 - rng.random(n)) ** -xi - 1.0)
+
+    fingers = np.repeat(np.arange(10), 8)
+    lo, hi = np.triu_indices(len(fingers), k=1)
+    impostor = fingers[lo] != fingers[hi]
+    small = (rng.gamma(1.0, 0.01, 100)[fingers[lo] * 10 + fingers[hi]] + gpd(len(lo)))[impostor]
+    small_units = pair_units(fingers)[impostor]
+    large = gpd(200_000)
+    fits = fit_groups([("small", small, small_units), ("large", large, None)])
+    alone = fit_group("small", small, small_units)
+    assert fits[1] == fit_group("large", large)  # a large group keeps its own fit
+    assert fits[1].tail.units >= MIN_SHAPE_UNITS > fits[0].tail.units
+    assert fits[0].tail.xi == pytest.approx(fits[1].tail.xi) and 0.5 * xi < fits[1].tail.xi < 1.5 * xi
+    assert fits[0].tail.quantiles == alone.tail.quantiles and fits[0].tail.units == alone.tail.units
+    # no large group: the exponential
+    assert fit_groups([("small", small, small_units)])[0].tail.xi == 0.0
 
 
 def test_binomial_limit():
