@@ -369,6 +369,9 @@ def test_flow_variation_is_zero_in_parallel_flow_and_near_one_at_a_singularity()
     v = flow_variation(core, ys, xs, period)
     assert v[0] > 0.9  # every direction around the centre: no mean direction
     assert v[1] > 0.3 > 0.1 > v[2]  # falls off with the distance to the singularity, in ridge periods
+    # No point left (every candidate cut as a false pair): an empty answer, not an error.
+    none = np.zeros(0, np.int64)
+    assert flow_variation(core, none, none, period).shape == (0,)
 
 
 def test_a_faint_minutia_next_to_a_core_is_dropped_where_the_same_one_in_parallel_flow_is_kept():

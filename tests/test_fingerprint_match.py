@@ -441,8 +441,16 @@ def test_prefilter_row_normalisation_lets_a_distinctive_row_outrank_a_generic_on
     assert np.argmax(plain) == 11  # without normalisation the hub wins
     assert np.argmax(z) == 42
     mean, spread = prefilter.row_stats(best)
-    np.testing.assert_allclose(mean[:, 0], best.mean(axis=1), rtol=1e-5)
-    np.testing.assert_allclose(spread[:, 0], best.std(axis=1), rtol=1e-4)
+    rest = np.sort(best, axis=1)[:, :-1]  # each row's best match left out
+    np.testing.assert_allclose(mean[:, 0], rest.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(spread[:, 0], rest.std(axis=1), rtol=1e-4)
+    # The probe scored against a gallery holding itself (a refit's hub sample, the benchmark): its
+    # own perfect column is the one left out, and the others' z-scores are measured against the
+    # gallery without it (they would drop by a fifth if the perfect column entered the spread).
+    with_self = np.hstack([best, np.ones((n, 1), np.float32)])
+    without = (best.mean(axis=1, keepdims=True), best.std(axis=1, keepdims=True))
+    scored = prefilter.aggregate(with_self, prefilter.row_stats(with_self))[:t]
+    np.testing.assert_allclose(scored, prefilter.aggregate(best, without), rtol=1e-4)
     flat = prefilter.row_stats(np.full((3, 5), 0.5, np.float32))[1]  # no spread: floored, no division by zero
     assert np.all(flat == np.float32(prefilter.MIN_SPREAD))
 

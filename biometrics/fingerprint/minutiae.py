@@ -187,8 +187,8 @@ def flow_variation(orientation: np.ndarray, ys: np.ndarray, xs: np.ndarray, peri
     the point. Near a singularity the contextual filter follows an orientation
     that is wrong over part of its window and breaks or joins ridges there; the
     minutiae it makes there recur in other impressions less often. Sampled on a
-    grid of FLOW_STEP pixels (the field is smooth over a period): about a
-    hundred samples per point, gathered at once, not a filter over the image.
+    grid of FLOW_STEP pixels (the field is smooth over a period): 100 to 200
+    samples per point, gathered at once, not a filter over the image.
     """
     r = FLOW_STEP * int(2.0 * period / FLOW_STEP)
     steps = np.arange(-r, r + 1, FLOW_STEP)
@@ -197,7 +197,7 @@ def flow_variation(orientation: np.ndarray, ys: np.ndarray, xs: np.ndarray, peri
     h, w = orientation.shape
     rows = np.clip(ys[:, None] + steps, 0, h - 1) * w
     cols = np.clip(xs[:, None] + steps, 0, w - 1)
-    doubled = orientation.ravel().take((rows[:, :, None] + cols[:, None, :]).reshape(len(ys), -1))
+    doubled = orientation.ravel().take((rows[:, :, None] + cols[:, None, :]).reshape(len(ys), len(steps) ** 2))
     doubled *= 2.0
     c = np.cos(doubled) @ weight
     s = np.sin(doubled) @ weight

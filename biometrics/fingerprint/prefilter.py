@@ -298,11 +298,25 @@ def block_best(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def row_stats(best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each probe row's mean best match over a gallery and its spread, (n, 1) each (see :func:`aggregate`)."""
-    if best.shape[1] == 0:
-        ones = np.ones((best.shape[0], 1), np.float32)
+    """Each probe row's mean best match over a gallery and its spread, (n, 1) each (see :func:`aggregate`).
+
+    Both leave out the row's single best match (from three templates on): that is
+    the one template the row may truly match (the mate in a search, the probe
+    itself when a hub sample of the gallery's own templates is scored at a refit,
+    or in the benchmark), and one perfect match among a few hundred would inflate
+    the spread that every other template's z-score is measured against.
+    """
+    n, t = best.shape
+    if t == 0:
+        ones = np.ones((n, 1), np.float32)
         return 0.0 * ones, ones
-    return best.mean(axis=1, keepdims=True), np.maximum(best.std(axis=1, keepdims=True), np.float32(MIN_SPREAD))
+    if t < 3:
+        return best.mean(axis=1, keepdims=True), np.maximum(best.std(axis=1, keepdims=True), np.float32(MIN_SPREAD))
+    b = best.astype(np.float64)
+    top = b.max(axis=1, keepdims=True)
+    mean = (b.sum(axis=1, keepdims=True) - top) / (t - 1)
+    var = np.maximum(((b * b).sum(axis=1, keepdims=True) - top * top) / (t - 1) - mean * mean, 0.0)
+    return mean.astype(np.float32), np.maximum(np.sqrt(var), MIN_SPREAD).astype(np.float32)
 
 
 def aggregate(best: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
