@@ -1,4 +1,4 @@
-"""The upper tail of an impostor score sample: a generalised Pareto fit whose scale is a 95 % upper bound.
+"""The upper tail of an impostor score sample: a generalised Pareto fit whose rate and scale are 95 % upper bounds.
 
 Pure numpy, shared by any modality whose threshold is a promise about a false
 match rate far below what its calibration sample can show directly.
@@ -6,12 +6,15 @@ match rate far below what its calibration sample can show directly.
 Above the sample's 99th percentile t99 the tail is a generalised Pareto
 distribution,
 
-    FMR(t) = 0.01 * (1 + xi * (t - t99) / sigma) ** (-1 / xi)   for t >= t99
+    FMR(t) = tail_rate * (1 + xi * (t - t99) / sigma) ** (-1 / xi)   for t >= t99
 
-(the exponential tail ``0.01 * exp(-(t - t99) / sigma)`` when xi = 0). The shape
-xi comes from the moments of the exceedances and is never taken below 0: a tail
-lighter than exponential is not extrapolated, a heavier one is. The scale is not
-the point estimate but its one-sided 95 % upper confidence bound,
+(the exponential tail ``tail_rate * exp(-(t - t99) / sigma)`` when xi = 0), and
+:class:`ImpostorTail` joins it to the sample's quantiles above. The shape xi
+comes from the moments of the exceedances (or is given, for a sample too small
+to measure one) and is never taken below 0: a tail lighter than exponential is
+not extrapolated, a heavier one is. ``tail_rate``, the share of impostors above
+t99, is the one-sided 95 % upper bound of that share (at least 1 %), and the
+scale is not the point estimate but its one-sided 95 % upper confidence bound,
 ``sigma_hat * 2k / chi2_{0.05}(2k)`` (as for the mean of k exponentials).
 
 Correlated exceedances. That bound assumes k independent exceedances. Impostor
@@ -74,7 +77,9 @@ def fit_gpd_tail(
     mean = float(excess.mean()) if k else 0.0
     var = float(excess.var(ddof=1)) if k > 1 else 0.0
     if shape is not None:  # a known shape: the generalised Pareto mean is sigma / (1 - xi)
-        xi = max(0.0, float(shape))
+        if not 0.0 <= float(shape) < 1.0:
+            raise ValueError(f"a tail shape is in [0, 1) (a mean excess exists); got {shape!r}")
+        xi = float(shape)
         sigma = mean * (1.0 - xi)
     elif var > 0.0:  # method of moments for the generalised Pareto distribution
         xi = max(0.0, 0.5 * (1.0 - mean * mean / var))
@@ -170,8 +175,8 @@ def fit_impostor_tail(
     None takes every score as its own unit, which is right only when no two
     scores share an identity. ``shape`` fixes the tail's shape xi (None: its
     moment estimate): a shape needs many independent exceedances to be measured,
-    and a handful of units (a 10-finger sensor's tail comes from 5 to 12 pairs of
-    fingers) gives anything from 0 to 0.2 by chance. The caller checks that the
+    and a handful of units (a 10-finger sensor's tail comes from 5 to 10 pairs of
+    fingers) gives anything from 0 to 0.15 by chance. The caller checks that the
     sample is large enough.
     """
     s = np.asarray(scores, np.float64)

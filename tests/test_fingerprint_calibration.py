@@ -127,11 +127,16 @@ def test_a_small_group_takes_the_shape_the_large_groups_measured():
     small = (rng.gamma(1.0, 0.01, 100)[fingers[lo] * 10 + fingers[hi]] + gpd(len(lo)))[impostor]
     small_units = pair_units(fingers)[impostor]
     large = gpd(200_000)
-    fits = fit_groups([("small", small, small_units), ("large", large, None)])
+    lighter = 0.015 + rng.exponential(sigma, 20_000)  # a second large group, smaller and exponential
+    fits = fit_groups([("small", small, small_units), ("large", large, None), ("lighter", lighter, None)])
     alone = fit_group("small", small, small_units)
-    assert fits[1] == fit_group("large", large)  # a large group keeps its own fit
-    assert fits[1].tail.units >= MIN_SHAPE_UNITS > fits[0].tail.units
-    assert fits[0].tail.xi == pytest.approx(fits[1].tail.xi) and 0.5 * xi < fits[1].tail.xi < 1.5 * xi
+    assert fits[1] == fit_group("large", large) and fits[2] == fit_group("lighter", lighter)  # large: their own
+    assert min(fits[1].tail.units, fits[2].tail.units) >= MIN_SHAPE_UNITS > fits[0].tail.units
+    assert 0.5 * xi < fits[1].tail.xi < 1.5 * xi and fits[2].tail.xi < 0.5 * xi
+    weighted = (fits[1].tail.units * fits[1].tail.xi + fits[2].tail.units * fits[2].tail.xi) / (
+        fits[1].tail.units + fits[2].tail.units
+    )
+    assert fits[0].tail.xi == pytest.approx(weighted)  # by units: the larger group counts ten times more
     assert fits[0].tail.quantiles == alone.tail.quantiles and fits[0].tail.units == alone.tail.units
     # no large group: the exponential
     assert fit_groups([("small", small, small_units)])[0].tail.xi == 0.0

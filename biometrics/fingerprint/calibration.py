@@ -28,7 +28,7 @@ those bounds count independent *units*: the unordered pairs of fingers, not the
 pairs of impressions. The 64 impression pairs of two fingers rise and fall
 together, so a look-alike pair of fingers puts many of them into the tail at
 once: on a 10-finger FVC2002 folder the 29 impression pairs above t99 come from
-only 5 to 12 effective pairs of fingers (Kish's count), and a bound that counted
+only 5 to 10 effective pairs of fingers (Kish's count), and a bound that counted
 29 was far too sure of itself (sigma 25 to 55 % too small; the session that
 found it measured the thresholds it gave against these). Above the tail the
 threshold interpolates the quantiles (50th, 75th, 90th percentiles, then t99 at

@@ -23,7 +23,7 @@ vectorised over the templates of a gallery block (shapes (T, ...)):
 3. Common region. The minutiae of each print that fall inside the other's
    convex hull (of its cylinder centres) after the transform, or are paired,
    are the ones that could have been paired: the paired fraction
-   ``m^2 / (n_A' * n_B')`` (with each count taken at least ``MIN_OVERLAP``)
+   ``m^2 / (n_A' * n_B')`` (before item 4's free pairs are taken out)
    is near 1 for a genuine overlap and small for an impostor's, whatever the
    overlap size, and is how :func:`biometrics.fingerprint.mcc_match.scores`
    weighs its LSS-R evidence.
@@ -50,6 +50,13 @@ vectorised over the templates of a gallery block (shapes (T, ...)):
    Three free pairs measured about as well on FVC2002 but put the synthetic
    threshold above DB4's; two is what the construction accounts for. The floor
    after the free pairs (rather than before) is worth one or two pairs per folder.
+
+Coordinates are complex numbers ``x + iy`` (500-dpi pixels, y down) and
+directions unit complex numbers ``exp(i * angle)`` (angle counter-clockwise as a
+person sees the image). A rotation of the print by phi counter-clockwise turns
+an angle into angle + phi and a position z into ``exp(-i phi) * z``: so the
+transform that maps probe minutia a onto gallery minutia b multiplies positions
+by ``u_a * conj(u_b)``.
 """
 
 from __future__ import annotations
@@ -221,7 +228,9 @@ def paired_fraction(
     probe_anchor: np.ndarray,
     gallery_anchor: np.ndarray,
 ) -> np.ndarray:
-    """``m^2 / (n_A' * n_B')`` per template under its transform (see the module docstring), in [0, 1].
+    """``(m - 2)^2 / (max(n_A' - 2, 6) * max(n_B' - 2, 6))`` per template under its transform, in [0, 1].
+
+    (Item 4 of the module docstring: the two pairs any alignment makes count for nothing.)
 
     probe_pos, probe_unit: (n,) the probe's minutiae; probe_hull: its half-planes
     (E,); pos, unit: (T, K) the templates' minutiae, count (T,) how many are real;

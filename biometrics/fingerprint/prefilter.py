@@ -19,9 +19,10 @@ about a third of the full sketch's work and memory, and each template's typical 
 estimated when the gallery is packed) is subtracted from its raw pre-score:
 about 3.5 us per template on one core.
 
-Chosen on the FVC2002 folders (B sets) and a synthetic population (200 fingers x
-3 impressions), by the share of the genuine pairs that the full score accepts at
-the 1e-4 threshold whose mate ranks within the kept fraction of the probe's
+History of the choices (the current constants are below the module docstring;
+later paragraphs supersede earlier ones). Chosen on the FVC2002 folders (B sets)
+and a synthetic population (200 fingers x 3 impressions), by the share of the
+genuine pairs that the full score accepts at the 1e-4 threshold whose mate ranks within the kept fraction of the probe's
 impostors (the recall ``bench.fingerprint`` reports): coarser sketches lose it
 (2 x 2 spatial cells pooled, uncentred: 97.5 to 100 % at 5 %; a 64- or
 96-dimensional principal subspace, or low-frequency DCT terms: worse still: the
