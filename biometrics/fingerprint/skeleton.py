@@ -188,26 +188,27 @@ def _remove_staircases(img: np.ndarray) -> None:
     pad = np.zeros((h + 2, stride), np.uint8)  # zero outside the image, as for neighbour_code
     pad[1:-1, 1:-1] = img
     flat = pad.ravel()
+    offsets = _pad_offsets(stride)
+    # Pixels that may be simple now, in the padded frame: simple ones first, then the
+    # neighbours of every pixel removed.
+    maybe = np.zeros(pad.shape, bool)
     simple = cv2.LUT(neighbour_code(img), _SIMPLE_LUT)
     simple &= img
-    ys, xs = np.nonzero(simple)
-    candidates = (ys + 1) * stride + xs + 1  # flat indices in the padded copy
-    removed: list[np.ndarray] = []
+    maybe[1:-1, 1:-1] = simple.view(bool)
     for py in (0, 1):
         for px in (0, 1):
-            if removed:  # the neighbours of what was removed may have become simple
-                grown = (np.concatenate(removed)[:, None] + _pad_offsets(stride)).ravel()
-                points = np.unique(np.concatenate([candidates, grown]))
-            else:
-                points = candidates
-            y, x = np.divmod(points, stride)
-            points = points[((y - 1) % 2 == py) & ((x - 1) % 2 == px)]
+            sub = maybe[1 + py :: 2, 1 + px :: 2]
+            rows, cols = np.divmod(np.flatnonzero(sub), sub.shape[1])  # numpy lists booleans fast
+            points = (1 + py + 2 * rows) * stride + 1 + px + 2 * cols
             points = points[flat[points] == 1]
-            codes = flat[points[:, None] + _pad_offsets(stride)] @ _BIT_WEIGHTS
+            codes = flat[points[:, None] + offsets] @ _BIT_WEIGHTS  # 0/1 times powers of two: at most 255
             kill = points[SIMPLE[codes]]
             flat[kill] = 0
-            removed.append(kill)
+            maybe.ravel()[(kill[:, None] + offsets).ravel()] = True
     img[...] = pad[1:-1, 1:-1]
+
+
+_BIT_WEIGHTS = (1 << np.arange(8)).astype(np.uint8)
 
 
 @functools.cache
@@ -215,8 +216,6 @@ def _pad_offsets(stride: int) -> np.ndarray:
     """Flat offsets of the eight neighbours (bit order) in an image of row stride ``stride``."""
     return np.array([dy * stride + dx for dy, dx in OFFSETS], np.intp)
 
-
-_BIT_WEIGHTS = (1 << np.arange(8)).astype(np.intp)
 
 
 def crossing_number(skeleton: np.ndarray) -> np.ndarray:
