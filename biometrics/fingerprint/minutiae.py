@@ -73,9 +73,13 @@ def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
     box = foreground_box(analysis.mask, 2)
     if analysis.mask[box].size == 0:
         return full, out
-    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box])
-    full[box] = enhanced
-    out[box] = (enhanced < 0) & analysis.mask[box]
+    # The filter writes straight into the full-size image, the ridges go straight into theirs.
+    enhanced = gabor_enhance(
+        analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box], out=full[box]
+    )
+    ridges = out[box].view(bool)
+    np.less(enhanced, 0, out=ridges)
+    ridges &= analysis.mask[box]
     return full, out
 
 
