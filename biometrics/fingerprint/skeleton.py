@@ -178,10 +178,10 @@ def _remove_staircases(img: np.ndarray) -> None:
     safe. The rule is that of a pass over the whole image per sub-field, but
     evaluated only where it can fire: a pixel can be simple in a later sub-field
     only if it was simple in the skeleton as it came (one neighbourhood-code
-    pass finds those, a few per cent of it) or a neighbour has been removed
-    since (its code changed); every other pixel keeps the code it had. Those
-    few hundred points have their codes gathered from a zero-padded copy, so
-    one pass over the image replaces four.
+    pass finds those: about a quarter of a Zhang-Suen skeleton's pixels) or a
+    neighbour has been removed since (its code changed); every other pixel keeps
+    the code it had. Those points, a few thousand at most, have their codes
+    gathered from a zero-padded copy: one pass over the image instead of four.
     """
     h, w = img.shape
     stride = w + 2
@@ -215,7 +215,6 @@ _BIT_WEIGHTS = (1 << np.arange(8)).astype(np.uint8)
 def _pad_offsets(stride: int) -> np.ndarray:
     """Flat offsets of the eight neighbours (bit order) in an image of row stride ``stride``."""
     return np.array([dy * stride + dx for dy, dx in OFFSETS], np.intp)
-
 
 
 def crossing_number(skeleton: np.ndarray) -> np.ndarray:
