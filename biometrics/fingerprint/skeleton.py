@@ -189,22 +189,27 @@ def _remove_staircases(img: np.ndarray) -> None:
     pad[1:-1, 1:-1] = img
     flat = pad.ravel()
     offsets = _pad_offsets(stride)
-    # Pixels that may be simple now, in the padded frame: simple ones first, then the
-    # neighbours of every pixel removed.
-    maybe = np.zeros(pad.shape, bool)
     simple = cv2.LUT(neighbour_code(img), _SIMPLE_LUT)
     simple &= img
-    maybe[1:-1, 1:-1] = simple.view(bool)
-    for py in (0, 1):
-        for px in (0, 1):
-            sub = maybe[1 + py :: 2, 1 + px :: 2]
-            rows, cols = np.divmod(np.flatnonzero(sub), sub.shape[1])  # numpy lists booleans fast
-            points = (1 + py + 2 * rows) * stride + 1 + px + 2 * cols
-            points = points[flat[points] == 1]
-            codes = flat[points[:, None] + offsets] @ _BIT_WEIGHTS  # 0/1 times powers of two: at most 255
-            kill = points[SIMPLE[codes]]
-            flat[kill] = 0
-            maybe.ravel()[(kill[:, None] + offsets).ravel()] = True
+    y, x = np.divmod(np.flatnonzero(simple.view(bool)), w)  # numpy lists a boolean array's entries fast
+    first = (y + 1) * stride + x + 1  # flat indices in the padded copy
+    field = 2 * (y & 1) + (x & 1)  # sub-field 2 py + px, in the order they are visited
+    # Per sub-field, the points that may be simple when its turn comes: its simple pixels, then
+    # the neighbours of every pixel removed before (repeats do no harm).
+    queued: list[list[np.ndarray]] = [[first[field == f]] for f in range(4)]
+    for f in range(4):
+        points = np.concatenate(queued[f]) if len(queued[f]) > 1 else queued[f][0]
+        points = points[flat.take(points) == 1]
+        # Neighbour by neighbour (rows of 8 x n: numpy's loops run along the points), bits
+        # 0/1 times their powers of two, at most 255.
+        codes = _BIT_WEIGHTS @ flat.take(offsets[:, None] + points)
+        kill = points[SIMPLE.take(codes)]
+        flat[kill] = 0
+        py, px = divmod(f, 2)
+        for (dy, dx), offset in zip(OFFSETS, offsets, strict=True):
+            later = 2 * ((py + dy) % 2) + (px + dx) % 2
+            if later > f:
+                queued[later].append(kill + offset)
     img[...] = pad[1:-1, 1:-1]
 
 
