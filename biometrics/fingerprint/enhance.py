@@ -56,7 +56,7 @@ class Analysis:
     scale: float  # 500 dpi pixels per input pixel
     normalised: np.ndarray  # float32, zero local mean, unit local deviation
     mask: np.ndarray  # bool, foreground (finger) pixels
-    contrast: np.ndarray  # float32, local standard deviation in grey levels
+    contrast: np.ndarray  # float32, local standard deviation in grey levels, per 4x4 block (block_contrast)
     orientation: np.ndarray  # float32, ridge-normal (gradient) direction in [0, pi), image coordinates
     coherence: np.ndarray  # float32, 0..1, how well a single orientation explains the gradients
     period: float  # ridge period in pixels
@@ -122,20 +122,38 @@ def _lerp(below: np.generic, above: np.generic, t: float) -> np.generic:
     return above - diff * (1 - t) if t >= 0.5 else below + diff * t
 
 
+def block_contrast(image: np.ndarray, squared: np.ndarray) -> np.ndarray:
+    """Local standard deviation (grey levels) per 4x4 block, over the 5x5 blocks around it (20 pixels across).
+
+    The segmentation works on 4x4 blocks, so the contrast is taken from the
+    blocks' means of the image and of its square (``image``, ``squared``:
+    float32) rather than over a full-resolution window and then averaged: a
+    few hundredths of a millisecond instead of most of one.
+    """
+    h, w = image.shape
+    size = (max(1, w // 4), max(1, h // 4))
+    mean = cv2.blur(shrink(image, size), (5, 5))
+    std = cv2.blur(shrink(squared, size), (5, 5))
+    std -= mean * mean
+    np.maximum(std, 0.0, out=std)
+    return np.sqrt(std, out=std)
+
+
 def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
-    """Foreground mask from local contrast and orientation coherence, cleaned, holes filled.
+    """Foreground mask from the block contrast (:func:`block_contrast`) and orientation coherence.
 
     Contrast alone takes a textured sensor background for finger; ridges are also
-    oriented (coherent), noise is not. Both must hold.
+    oriented (coherent), noise is not. Both must hold. The mask is cleaned and
+    its holes are filled.
 
     Works on 4x4 blocks (the mask need not be finer than a third of a ridge
-    period) and is brought back to full size at the end.
+    period) and is brought back to ``coherence``'s full size at the end.
     """
-    h, w = contrast.shape
-    small = shrink(contrast, (max(1, w // 4), max(1, h // 4)))
+    h, w = coherence.shape
+    small = contrast
     strong = _percentile(small.ravel(), 95.0)
     if strong <= 1e-6:
-        return np.zeros(contrast.shape, bool)
+        return np.zeros(coherence.shape, bool)
     coh = shrink(coherence, (small.shape[1], small.shape[0]))
     coh = cv2.GaussianBlur(coh, (0, 0), 2.0)
     raw = ((small > max(0.25 * strong, 3.0)) & (coh > MIN_SEGMENT_COHERENCE)).astype(np.uint8)
@@ -144,7 +162,7 @@ def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
     raw = cv2.morphologyEx(raw, cv2.MORPH_CLOSE, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(raw, connectivity=8)
     if count <= 1:
-        return np.zeros(contrast.shape, bool)
+        return np.zeros(coherence.shape, bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
     keep = np.zeros(count, np.uint8)
     keep[1:] = areas >= 0.2 * areas.max()
@@ -532,7 +550,7 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     """Analyse a uint8 image already at 500 dpi."""
     img = image.astype(np.float32)
     squared = img * img
-    _, contrast = _local_stats(image, 17, squared)
+    contrast = block_contrast(img, squared)
     mean, std = _local_stats(image, 25, squared)
     norm = img - mean  # float32 throughout; (img - mean) / (std + 4) in place
     std += 4.0
