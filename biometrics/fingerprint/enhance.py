@@ -42,9 +42,6 @@ FINE_PERCENTILE = 10.0  # the filter is tuned to the finer ridges of the finger
 # standard deviation of 1 / (2 pi 0.55) = 0.29 of the tuned frequency, about the
 # spread of local ridge frequencies around the tuned one over a finger.
 GABOR_SIGMA = 0.55
-# The filter's support, in sigmas either side: at 2 sigmas the envelope is down to
-# exp(-2) = 0.14 and a kernel of a 9-pixel period has 19 taps instead of 23.
-GABOR_SUPPORT = 2.0
 MIN_SEGMENT_COHERENCE = 0.2  # random texture stays below, ridges (even noisy ones) above
 
 
@@ -468,20 +465,6 @@ def _filter_jobs(index: np.ndarray, n: int, half: int) -> list[tuple[int, Box, l
     return jobs
 
 
-def _tuned_gain(period: float, support: float) -> float:
-    """Response of the orientation-0 filter pair, cut at ``support`` sigmas, to the unit sinusoid it is tuned to.
-
-    The kernels are scaled to the gain of the 2.5-sigma cut that the reliability's
-    amplitude (minutiae._gabor_gain) divides by, so a shorter cut changes only
-    the filter's tails, not the units of its response.
-    """
-    sigma = GABOR_SIGMA * period
-    half = int(np.ceil(support * sigma))
-    t = np.arange(-half, half + 1, dtype=np.float64)
-    g = np.exp(-(t * t) / (2 * sigma * sigma))
-    return float(np.sum(g * np.cos(2 * np.pi / period * t) ** 2) * np.sum(g))
-
-
 def gabor_enhance(
     norm: np.ndarray, theta: np.ndarray, period: float, where: np.ndarray | None = None, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -504,11 +487,10 @@ def gabor_enhance(
     """
     n = N_ORIENTATIONS
     sigma = GABOR_SIGMA * period
-    half = int(np.ceil(GABOR_SUPPORT * sigma))
+    half = int(np.ceil(2.5 * sigma))
     t = np.arange(-half, half + 1, dtype=np.float32)
     g = np.exp(-(t * t) / (2 * sigma * sigma)).astype(np.float32)
     f = 2 * np.pi / period
-    g *= np.float32(np.sqrt(_tuned_gain(period, 2.5) / _tuned_gain(period, GABOR_SUPPORT)))
     angles = np.arange(n, dtype=np.float32) * (np.pi / n)
     # Nearest of the n orientations; theta just below pi rounds to n, which is orientation 0.
     # convertScaleAbs is the float32 product and round-half-even of np.rint, straight to
