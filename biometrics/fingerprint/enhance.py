@@ -562,10 +562,8 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     img = image.astype(np.float32)
     squared = img * img
     contrast = block_contrast(img, squared)
-    mean, std = _local_stats(image, 25, squared)
-    norm = img - mean  # float32 throughout; (img - mean) / (std + 4) in place
-    std += 4.0
-    norm /= std
+    norm = img - _local_mean(image, 25)  # float32 throughout; (img - mean) / (std + 4) in place
+    norm /= _smooth_deviation(img, squared, 4.0)
     smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)  # shared by the orientation and the period
     theta, coherence = orientation_field(norm, smooth)
     mask = segment(contrast, coherence)
