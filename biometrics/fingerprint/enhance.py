@@ -10,6 +10,11 @@ The steps, and why:
 * **Segmentation** by local standard deviation: ridges give strong local contrast,
   an empty sensor gives none. The threshold is relative to the image's own strong
   contrast (a percentile), so dry, wet and differently exposed sensors all work.
+
+What varies slowly is computed at half resolution: the contrast for the 4x4-block
+segmentation, the normaliser's local deviation, the structure tensor and the
+orientation angle, the low band and the window sums of the ridge period (four
+times fewer pixels for the wide filters).
 * **Normalisation** to zero local mean and unit local deviation: removes uneven
   pressure and illumination before filtering.
 * **Orientation** from the gradient structure tensor averaged over about one ridge
@@ -68,28 +73,13 @@ class Analysis:
         return np.mod(self.orientation + np.pi / 2, np.pi).astype(np.float32)
 
 
-def _local_stats(image: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Local mean and standard deviation, float32, of a uint8 image (``squared``: its float32 square, if at hand).
-
-    The mean is the box's integer sum (exact in float32, below 2^24) divided by
-    the box's area: the correctly rounded quotient is what cv2.blur of the
-    float image gives (its double sum times the double reciprocal, rounded to
-    float32, never lands across a float32 rounding boundary of a quotient by an
-    integer), from the cheaper 8-bit integer filter.
-    """
-    mean = cv2.boxFilter(image, cv2.CV_32F, (ksize, ksize), normalize=False)
-    mean /= ksize * ksize
-    if squared is None:
-        squared = np.square(image, dtype=np.float32)
-    std = cv2.blur(squared, (ksize, ksize))
-    std -= mean * mean  # in place from here: the same arithmetic without temporaries
-    np.maximum(std, 0.0, out=std)
-    np.sqrt(std, out=std)
-    return mean, std
-
-
 def _local_mean(image: np.ndarray, ksize: int) -> np.ndarray:
-    """Local mean (float32) of a uint8 image over ksize x ksize boxes, from the exact 8-bit integer box sum."""
+    """Local mean (float32) of a uint8 image over ksize x ksize boxes.
+
+    The box's integer sum (exact in float32, below 2^24) divided by the box's
+    area: the correctly rounded quotient is what cv2.blur of the float image
+    gives, from the cheaper 8-bit integer filter.
+    """
     mean = cv2.boxFilter(image, cv2.CV_32F, (ksize, ksize), normalize=False)
     mean /= ksize * ksize
     return mean
@@ -231,14 +221,15 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     wgt = coherence / (mag + 1e-6)
     c2s = cv2.GaussianBlur(c2 * wgt, (0, 0), 3.5)
     s2s = cv2.GaussianBlur(s2 * wgt, (0, 0), 3.5)
-    c2s = cv2.resize(c2s, (w, h), interpolation=cv2.INTER_LINEAR)
-    s2s = cv2.resize(s2s, (w, h), interpolation=cv2.INTER_LINEAR)
     coherence = cv2.resize(coherence, (w, h), interpolation=cv2.INTER_LINEAR)
     # cv2.phase is atan2 in [0, 2 pi) to within 0.01 degree, 30 times faster than numpy's
-    # float32 arctan2 here (which took an eighth of the whole extraction).
+    # float32 arctan2 here (which took an eighth of the whole extraction). The angle is
+    # taken at half resolution and each value serves its 2 x 2 block: the field, smoothed
+    # over several pixels, moves by a fraction of a degree from one pixel to the next.
     theta = cv2.phase(c2s, s2s)
     theta *= 0.5
     np.subtract(theta, np.pi, out=theta, where=theta >= np.pi)  # in place, no gather and scatter
+    theta = cv2.resize(theta, (w, h), interpolation=cv2.INTER_NEAREST)
     # coherence = mag / energy is never negative (nor is its linear interpolation): only the
     # upper bound can bite, and np.minimum applies it at a fraction of np.clip's cost.
     return theta, np.minimum(coherence, 1.0, out=coherence)

@@ -1,0 +1,81 @@
+"""The analysis steps that are taken at reduced resolution still measure what they stand for."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from biometrics.fingerprint import enhance
+
+
+def _waves(period: float, angle: float, shape: tuple[int, int] = (200, 220), noise: float = 0.0) -> np.ndarray:
+    """A unit sinusoid of ``period`` pixels whose gradient points along ``angle``, with optional white noise."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    wave = np.cos(2 * np.pi / period * (xx * np.cos(angle) + yy * np.sin(angle)))
+    rng = np.random.default_rng(int(period * 100 + angle * 10))
+    return (wave + noise * rng.standard_normal(shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("period", [6.5, 8.0, 9.5, 11.0, 12.5])
+def test_ridge_period_of_sinusoids_is_their_period_at_any_orientation(period):
+    mask = np.zeros((200, 220), bool)
+    mask[30:-30, 30:-30] = True
+    for angle in (0.0, 0.5, 1.2, 2.6):
+        got = enhance.ridge_period(_waves(period, angle, noise=0.1), mask)
+        assert got == pytest.approx(period, abs=0.3), f"angle {angle}"
+
+
+def test_orientation_is_the_gradient_direction_at_every_pixel_of_the_interior():
+    for angle in (0.1, 0.8, 1.6, 2.9):
+        norm = _waves(9.0, angle, noise=0.3)
+        theta, coherence = enhance.orientation_field(norm)
+        inner = (slice(20, -20), slice(20, -20))
+        err = np.abs(np.angle(np.exp(2j * (theta[inner] - angle)))) / 2  # angles modulo pi
+        assert theta.shape == norm.shape and coherence.shape == norm.shape
+        assert np.degrees(err).max() < 3.0
+        assert coherence[inner].min() > 0.5
+
+
+def test_block_contrast_is_the_blocks_mean_deviation_over_eighteen_pixel_windows():
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.random((160, 200)).astype(np.float32) * 255, (0, 0), 1.0)
+    image *= np.linspace(0.2, 1.0, 200, dtype=np.float32)  # contrast changing across the image
+    got = enhance.block_contrast(image, image * image)
+    assert got.shape == (40, 50)
+
+    def deviation(y: int, x: int) -> float:  # over the 18 x 18 pixels centred on half-resolution pixel (y, x)
+        return float(image[2 * y - 8 : 2 * y + 10, 2 * x - 8 : 2 * x + 10].astype(np.float64).std())
+
+    for by, bx in ((2, 2), (10, 30), (37, 47), (20, 5)):
+        want = np.mean([deviation(2 * by + dy, 2 * bx + dx) for dy in (0, 1) for dx in (0, 1)])
+        assert got[by, bx] == pytest.approx(want, rel=1e-3)
+
+
+def test_segmentation_from_block_contrast_covers_the_contact_and_little_else(finger_generator):
+    from biometrics.fingerprint import analyse
+
+    for finger in range(3):
+        impression = finger_generator.finger(finger).impression(0)
+        contact = impression.contact_mask > 0
+        mask = analyse(impression.image).mask
+        near = cv2.dilate(contact.view(np.uint8), np.ones((9, 9), np.uint8)).view(bool)
+        assert (mask & contact).sum() > 0.95 * contact.sum(), f"finger {finger}"
+        assert (mask & ~near).sum() < 0.06 * mask.sum(), f"finger {finger}"
+
+
+def test_normaliser_from_half_resolution_follows_the_full_resolution_deviation():
+    rng = np.random.default_rng(4)
+    texture = cv2.GaussianBlur(rng.standard_normal((240, 260)).astype(np.float32), (0, 0), 1.5)
+    # Contrast varying over the image, as pressure does over a finger.
+    yy, xx = np.mgrid[0:240, 0:260].astype(np.float32)
+    gain = 20.0 + 15.0 * np.sin(xx / 50.0) * np.cos(yy / 60.0)
+    image = np.clip(128.0 + gain * texture / texture.std(), 0, 255).astype(np.uint8)
+    img = image.astype(np.float32)
+    got = enhance._smooth_deviation(img, img * img, 4.0)
+    mean = cv2.blur(img, (25, 25))
+    want = np.sqrt(np.maximum(cv2.blur(img * img, (25, 25)) - mean * mean, 0.0)) + 4.0
+    inner = (slice(20, -20), slice(20, -20))
+    assert got.shape == image.shape
+    assert np.abs(got[inner] / want[inner] - 1.0).max() < 0.08
+    assert np.abs(got[inner] / want[inner] - 1.0).mean() < 0.02
