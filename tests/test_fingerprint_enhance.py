@@ -62,20 +62,3 @@ def test_segmentation_from_block_contrast_covers_the_contact_and_little_else(fin
         near = cv2.dilate(contact.view(np.uint8), np.ones((9, 9), np.uint8)).view(bool)
         assert (mask & contact).sum() > 0.95 * contact.sum(), f"finger {finger}"
         assert (mask & ~near).sum() < 0.06 * mask.sum(), f"finger {finger}"
-
-
-def test_normaliser_from_half_resolution_follows_the_full_resolution_deviation():
-    rng = np.random.default_rng(4)
-    texture = cv2.GaussianBlur(rng.standard_normal((240, 260)).astype(np.float32), (0, 0), 1.5)
-    # Contrast varying over the image, as pressure does over a finger.
-    yy, xx = np.mgrid[0:240, 0:260].astype(np.float32)
-    gain = 20.0 + 15.0 * np.sin(xx / 50.0) * np.cos(yy / 60.0)
-    image = np.clip(128.0 + gain * texture / texture.std(), 0, 255).astype(np.uint8)
-    img = image.astype(np.float32)
-    got = enhance._smooth_deviation(img, img * img, 4.0)
-    mean = cv2.blur(img, (25, 25))
-    want = np.sqrt(np.maximum(cv2.blur(img * img, (25, 25)) - mean * mean, 0.0)) + 4.0
-    inner = (slice(20, -20), slice(20, -20))
-    assert got.shape == image.shape
-    assert np.abs(got[inner] / want[inner] - 1.0).max() < 0.08
-    assert np.abs(got[inner] / want[inner] - 1.0).mean() < 0.02

@@ -12,9 +12,9 @@ The steps, and why:
   contrast (a percentile), so dry, wet and differently exposed sensors all work.
 
 What varies slowly is computed at half resolution: the contrast for the 4x4-block
-segmentation, the normaliser's local deviation, the structure tensor and the
-orientation angle, the low band and the window sums of the ridge period (four
-times fewer pixels for the wide filters).
+segmentation, the structure tensor and the orientation angle, the low band and
+the window sums of the ridge period (four times fewer pixels for the wide
+filters).
 * **Normalisation** to zero local mean and unit local deviation: removes uneven
   pressure and illumination before filtering.
 * **Orientation** from the gradient structure tensor averaged over about one ridge
@@ -85,20 +85,20 @@ def _local_mean(image: np.ndarray, ksize: int) -> np.ndarray:
     return mean
 
 
-def _smooth_deviation(image: np.ndarray, squared: np.ndarray, offset: float) -> np.ndarray:
-    """Local standard deviation over about 25-pixel windows, plus ``offset``: the normaliser's divisor.
+def _deviation_plus(image: np.ndarray, squared: np.ndarray, ksize: int, offset: float) -> np.ndarray:
+    """Local standard deviation over ksize x ksize boxes plus ``offset`` (the normaliser's divisor), full resolution.
 
-    Taken at half resolution (13 x 13 boxes of 2 x 2 blocks, 26 pixels across,
-    centred on each block) and brought back by linear interpolation: the divisor
-    varies over tens of pixels, and the full-resolution window of the squared
-    image with its arithmetic cost several times more. ``image`` and
-    ``squared`` are the float32 image and its square.
+    A half-resolution version (13 x 13 boxes of 2 x 2 pixels, linearly brought
+    back) saved about 0.2 ms but raised the impostor tails on FVC2002 DB2 (EER
+    0.8 -> 1.4 % over three period jitters): kept at full resolution.
     """
-    h, w = image.shape
-    half = (max(1, w // 2), max(1, h // 2))
-    std = _deviation(shrink(image, half), shrink(squared, half), 13)
+    mean = cv2.blur(image, (ksize, ksize))
+    std = cv2.blur(squared, (ksize, ksize))
+    std -= mean * mean
+    np.maximum(std, 0.0, out=std)
+    np.sqrt(std, out=std)
     std += offset
-    return cv2.resize(std, (w, h), interpolation=cv2.INTER_LINEAR)
+    return std
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -554,7 +554,7 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     squared = img * img
     contrast = block_contrast(img, squared)
     norm = img - _local_mean(image, 25)  # float32 throughout; (img - mean) / (std + 4) in place
-    norm /= _smooth_deviation(img, squared, 4.0)
+    norm /= _deviation_plus(img, squared, 25, 4.0)
     smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)  # shared by the orientation and the period
     theta, coherence = orientation_field(norm, smooth)
     mask = segment(contrast, coherence)
