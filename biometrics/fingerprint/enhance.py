@@ -10,11 +10,6 @@ The steps, and why:
 * **Segmentation** by local standard deviation: ridges give strong local contrast,
   an empty sensor gives none. The threshold is relative to the image's own strong
   contrast (a percentile), so dry, wet and differently exposed sensors all work.
-
-What varies slowly is computed at half resolution: the contrast for the 4x4-block
-segmentation, the structure tensor and the orientation angle, the low band and
-the window sums of the ridge period (four times fewer pixels for the wide
-filters).
 * **Normalisation** to zero local mean and unit local deviation: removes uneven
   pressure and illumination before filtering.
 * **Orientation** from the gradient structure tensor averaged over about one ridge
@@ -58,7 +53,7 @@ class Analysis:
     scale: float  # 500 dpi pixels per input pixel
     normalised: np.ndarray  # float32, zero local mean, unit local deviation
     mask: np.ndarray  # bool, foreground (finger) pixels
-    contrast: np.ndarray  # float32, local standard deviation in grey levels, per 4x4 block (block_contrast)
+    contrast: np.ndarray  # float32, local standard deviation in grey levels
     orientation: np.ndarray  # float32, ridge-normal (gradient) direction in [0, pi), image coordinates
     coherence: np.ndarray  # float32, 0..1, how well a single orientation explains the gradients
     period: float  # ridge period in pixels
@@ -73,32 +68,24 @@ class Analysis:
         return np.mod(self.orientation + np.pi / 2, np.pi).astype(np.float32)
 
 
-def _local_mean(image: np.ndarray, ksize: int) -> np.ndarray:
-    """Local mean (float32) of a uint8 image over ksize x ksize boxes.
+def _local_stats(image: np.ndarray, ksize: int, squared: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and standard deviation, float32, of a uint8 image (``squared``: its float32 square, if at hand).
 
-    The box's integer sum (exact in float32, below 2^24) divided by the box's
-    area: the correctly rounded quotient is what cv2.blur of the float image
-    gives, from the cheaper 8-bit integer filter.
+    The mean is the box's integer sum (exact in float32, below 2^24) divided by
+    the box's area: the correctly rounded quotient is what cv2.blur of the
+    float image gives (its double sum times the double reciprocal, rounded to
+    float32, never lands across a float32 rounding boundary of a quotient by an
+    integer), from the cheaper 8-bit integer filter.
     """
     mean = cv2.boxFilter(image, cv2.CV_32F, (ksize, ksize), normalize=False)
     mean /= ksize * ksize
-    return mean
-
-
-def _deviation_plus(image: np.ndarray, squared: np.ndarray, ksize: int, offset: float) -> np.ndarray:
-    """Local standard deviation over ksize x ksize boxes plus ``offset`` (the normaliser's divisor), full resolution.
-
-    A half-resolution version (13 x 13 boxes of 2 x 2 pixels, linearly brought
-    back) saved about 0.2 ms but raised the impostor tails on FVC2002 DB2 (EER
-    0.8 -> 1.4 % over three period jitters): kept at full resolution.
-    """
-    mean = cv2.blur(image, (ksize, ksize))
+    if squared is None:
+        squared = np.square(image, dtype=np.float32)
     std = cv2.blur(squared, (ksize, ksize))
-    std -= mean * mean
+    std -= mean * mean  # in place from here: the same arithmetic without temporaries
     np.maximum(std, 0.0, out=std)
     np.sqrt(std, out=std)
-    std += offset
-    return std
+    return mean, std
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -132,44 +119,20 @@ def _lerp(below: np.generic, above: np.generic, t: float) -> np.generic:
     return above - diff * (1 - t) if t >= 0.5 else below + diff * t
 
 
-def block_contrast(image: np.ndarray, squared: np.ndarray) -> np.ndarray:
-    """Local standard deviation (grey levels) per 4x4 block: the block's mean of the deviation over 18-pixel windows.
-
-    The segmentation works on 4x4 blocks, so the deviation is taken at half
-    resolution (9 x 9 boxes of 2 x 2 pixels, from the float32 ``image`` and its
-    ``squared`` values) and then averaged over each block's four half-resolution
-    pixels, as a full-resolution 17-pixel window averaged over the block would
-    be: a tenth of a millisecond instead of most of one.
-    """
-    h, w = image.shape
-    half = (max(1, w // 2), max(1, h // 2))
-    return shrink(_deviation(shrink(image, half), shrink(squared, half), 9), (max(1, w // 4), max(1, h // 4)))
-
-
-def _deviation(image: np.ndarray, squared: np.ndarray, ksize: int) -> np.ndarray:
-    """Standard deviation over ksize x ksize boxes from the float32 image and its square."""
-    mean = cv2.blur(image, (ksize, ksize))
-    std = cv2.blur(squared, (ksize, ksize))
-    std -= mean * mean
-    np.maximum(std, 0.0, out=std)
-    return np.sqrt(std, out=std)
-
-
 def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
-    """Foreground mask from the block contrast (:func:`block_contrast`) and orientation coherence.
+    """Foreground mask from local contrast and orientation coherence, cleaned, holes filled.
 
     Contrast alone takes a textured sensor background for finger; ridges are also
-    oriented (coherent), noise is not. Both must hold. The mask is cleaned and
-    its holes are filled.
+    oriented (coherent), noise is not. Both must hold.
 
     Works on 4x4 blocks (the mask need not be finer than a third of a ridge
-    period) and is brought back to ``coherence``'s full size at the end.
+    period) and is brought back to full size at the end.
     """
-    h, w = coherence.shape
-    small = contrast
+    h, w = contrast.shape
+    small = shrink(contrast, (max(1, w // 4), max(1, h // 4)))
     strong = _percentile(small.ravel(), 95.0)
     if strong <= 1e-6:
-        return np.zeros(coherence.shape, bool)
+        return np.zeros(contrast.shape, bool)
     coh = shrink(coherence, (small.shape[1], small.shape[0]))
     coh = cv2.GaussianBlur(coh, (0, 0), 2.0)
     raw = ((small > max(0.25 * strong, 3.0)) & (coh > MIN_SEGMENT_COHERENCE)).astype(np.uint8)
@@ -178,7 +141,7 @@ def segment(contrast: np.ndarray, coherence: np.ndarray) -> np.ndarray:
     raw = cv2.morphologyEx(raw, cv2.MORPH_CLOSE, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(raw, connectivity=8)
     if count <= 1:
-        return np.zeros(coherence.shape, bool)
+        return np.zeros(contrast.shape, bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
     keep = np.zeros(count, np.uint8)
     keep[1:] = areas >= 0.2 * areas.max()
@@ -221,15 +184,14 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     wgt = coherence / (mag + 1e-6)
     c2s = cv2.GaussianBlur(c2 * wgt, (0, 0), 3.5)
     s2s = cv2.GaussianBlur(s2 * wgt, (0, 0), 3.5)
+    c2s = cv2.resize(c2s, (w, h), interpolation=cv2.INTER_LINEAR)
+    s2s = cv2.resize(s2s, (w, h), interpolation=cv2.INTER_LINEAR)
     coherence = cv2.resize(coherence, (w, h), interpolation=cv2.INTER_LINEAR)
     # cv2.phase is atan2 in [0, 2 pi) to within 0.01 degree, 30 times faster than numpy's
-    # float32 arctan2 here (which took an eighth of the whole extraction). The angle is
-    # taken at half resolution and each value serves its 2 x 2 block: the field, smoothed
-    # over several pixels, moves by a fraction of a degree from one pixel to the next.
+    # float32 arctan2 here (which took an eighth of the whole extraction).
     theta = cv2.phase(c2s, s2s)
     theta *= 0.5
     np.subtract(theta, np.pi, out=theta, where=theta >= np.pi)  # in place, no gather and scatter
-    theta = cv2.resize(theta, (w, h), interpolation=cv2.INTER_NEAREST)
     # coherence = mag / energy is never negative (nor is its linear interpolation): only the
     # upper bound can bite, and np.minimum applies it at a fraction of np.clip's cost.
     return theta, np.minimum(coherence, 1.0, out=coherence)
@@ -239,12 +201,7 @@ def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.nd
     """Squared gradient and squared signal of the band-passed image (``smooth``: as for the orientation)."""
     if smooth is None:
         smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
-    # The low band (sigma 4) is smooth: blurred at half resolution (sigma 2) and brought back
-    # by linear interpolation, it differs by under 2 % of the band-passed signal, at a fifth
-    # of the cost of the full-resolution blur.
-    h, w = norm.shape
-    low = cv2.GaussianBlur(shrink(norm, (max(1, w // 2), max(1, h // 2))), (0, 0), 1.934)
-    band = cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
+    band = cv2.GaussianBlur(norm, (0, 0), 4.0)
     smooth = np.subtract(smooth, band, out=band)  # into the blur's buffer: one full-size array fewer
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
@@ -552,9 +509,11 @@ def analyse_reference(image: np.ndarray, scale: float) -> Analysis:
     """Analyse a uint8 image already at 500 dpi."""
     img = image.astype(np.float32)
     squared = img * img
-    contrast = block_contrast(img, squared)
-    norm = img - _local_mean(image, 25)  # float32 throughout; (img - mean) / (std + 4) in place
-    norm /= _deviation_plus(img, squared, 25, 4.0)
+    _, contrast = _local_stats(image, 17, squared)
+    mean, std = _local_stats(image, 25, squared)
+    norm = img - mean  # float32 throughout; (img - mean) / (std + 4) in place
+    std += 4.0
+    norm /= std
     smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)  # shared by the orientation and the period
     theta, coherence = orientation_field(norm, smooth)
     mask = segment(contrast, coherence)
