@@ -118,13 +118,16 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provis
     )
     outbox_file = config.agent.state_dir / "outbox.sqlite"
     rng = random.Random(20261123)
-    committed = 0
-    for _ in range(22):
+    committed = kills = 0
+    # 22 kills at least; on a loaded machine a daemon may spend most of its life
+    # starting, so go on killing (up to 60 times) until it has written 50 events.
+    while kills < 22 or (committed <= 50 and kills < 60):
         proc = start_agent_daemon(config_file)
         time.sleep(rng.uniform(0.4, 1.0))
         committed = max(committed, _outbox_head(outbox_file))  # committed, as a reader sees it
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        kills += 1
     assert committed > 50, "the daemon did write events between the kills"
     # Last run: let it deliver everything, then stop it cleanly.
     starts_before = sum(e["type"] == "agent_started" for e in verifier_events(verifier, "kiosk-1"))
@@ -158,7 +161,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(verifier, provis
     assert verifier_anomalies(verifier, "kiosk-1") == []
     # Each run that got far enough started with agent_started (a kill can come earlier);
     # the last run stopped cleanly and flushed its agent_stopping too.
-    assert 2 <= sum(e["type"] == "agent_started" for e in events) <= 23
+    assert 2 <= sum(e["type"] == "agent_started" for e in events) <= kills + 1
     assert events[-1]["type"] == "agent_stopping"
 
 

@@ -416,3 +416,32 @@ def test_shrink_gives_opencvs_area_resize_bit_for_bit():
     image = rng.integers(0, 256, (374, 388), dtype=np.uint8)
     want = cv2.resize(image, (97, 93), interpolation=cv2.INTER_AREA)
     assert np.array_equal(shrink(image, (97, 93)), want)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quality_is_the_chance_of_recurring_so_a_capped_template_keeps_the_clear_minutiae(
+    synthetic_print, seed, monkeypatch
+):
+    """Half the print at half the ridge amplitude: its minutiae are kept, but rank below every clear one.
+
+    The coherence and the distance to the edge are the same on both halves; only the
+    reliability model (the ridge amplitude) tells them apart. The matcher builds
+    cylinders for the best-quality minutiae only (cylinders.MAX_CYLINDERS), so with a
+    cap it must pick the clear half's.
+    """
+    from dataclasses import replace
+
+    from biometrics.fingerprint import cylinders
+    from biometrics.fingerprint.minutiae import detect_stages
+
+    analysis = analyse(synthetic_print(seed).image)
+    norm = analysis.normalised.copy()
+    half = norm.shape[1] // 2
+    norm[:, :half] *= 0.5
+    found = detect_stages(replace(analysis, normalised=norm)).stages["final"]
+    faint, clear = found.x < half - 10, found.x >= half + 10
+    assert faint.sum() >= 3 and clear.sum() >= 3  # both halves keep minutiae
+    assert found.quality[faint].max() < found.quality[clear].min()
+    monkeypatch.setattr(cylinders, "MAX_CYLINDERS", int(clear.sum()))
+    built = cylinders.build(found)
+    assert len(built) >= 3 and not (built.x < half - 10).any()

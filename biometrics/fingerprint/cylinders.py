@@ -35,7 +35,7 @@ MU_PSI, TAU_PSI = 0.01, 400.0
 HULL_OFFSET = 50.0
 MIN_VALID_CELLS = 0.75  # fraction of the in-circle cells a cylinder needs to be usable
 MIN_NEIGHBOURS = 2
-MAX_CYLINDERS = 48  # best-quality minutiae only beyond this: 1:N cost grows with the product of counts
+MAX_CYLINDERS = 48  # the minutiae likeliest to recur (quality) beyond this: 1:N cost grows with the product of counts
 
 _DELTA_S = 2.0 * RADIUS / NS
 _DELTA_D = 2.0 * np.pi / ND

@@ -51,14 +51,13 @@ _KIND_LUT = np.where(CROSSING == 1, KIND_ENDING, np.where(CROSSING >= 3, KIND_BI
 
 def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     """Bounding box of the foreground plus a margin: filtering and thinning run only there."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(ys) == 0:
+    x, y, width, height = cv2.boundingRect(mask.view(np.uint8))  # of the non-zero pixels, in one pass
+    if width == 0:
         return slice(0, 0), slice(0, 0)
     h, w = mask.shape
     return (
-        slice(max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin)),
-        slice(max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)),
+        slice(max(0, y - margin), min(h, y + height + margin)),
+        slice(max(0, x - margin), min(w, x + width + margin)),
     )
 
 
@@ -74,9 +73,13 @@ def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
     box = foreground_box(analysis.mask, 2)
     if analysis.mask[box].size == 0:
         return full, out
-    enhanced = gabor_enhance(analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box])
-    full[box] = enhanced
-    out[box] = (enhanced < 0) & analysis.mask[box]
+    # The filter writes straight into the full-size image, the ridges go straight into theirs.
+    enhanced = gabor_enhance(
+        analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box], out=full[box]
+    )
+    ridges = out[box].view(bool)
+    np.less(enhanced, 0, out=ridges)
+    ridges &= analysis.mask[box]
     return full, out
 
 
@@ -162,6 +165,17 @@ def reliability(
     On FVC2002 it takes out one candidate in 70 to 110 more on DB1, DB2 and
     DB4 and one in 25 on DB3; those recur 0.30 to 0.47 of the time, the ones
     kept about 0.75.
+
+    The same chance, in percent, is each minutia's quality: it decides which
+    minutiae a capped template keeps (``MAX_MINUTIAE`` here, the best 48 that
+    get cylinders in :mod:`biometrics.fingerprint.cylinders`). It replaced a
+    quality of coherence times depth into the foreground, which the recurrence
+    fit had found to add nothing. Only prints with more than 48 minutiae
+    change: on a synthetic population no rule was tuned on (200 fingers x 3
+    realistic impressions, seed 7, median 65 minutiae) the EER went from 1.67
+    to 1.00 % and the FNMR at its own 1e-4 tail threshold (per-folder fit)
+    from 7.5 to 5.0 %, the threshold itself 0.128 -> 0.126; on FVC2002 the
+    EER is unchanged and DB1's largest impostor score fell from 0.067 to 0.055.
     """
     amplitude = np.sqrt(np.maximum(energy, 1e-12)) / _gabor_gain(period)
     nearest = np.full(len(x), RELIABILITY_MAX_SPACING)
@@ -344,7 +358,8 @@ class Detection:
     (``inside``, see :func:`clarity`), those not part of a spur, bridge,
     broken ridge or noise cluster and likely enough to recur in another
     impression (``cleaned``, see :func:`reliability`), the best ``MAX_MINUTIAE`` by
-    quality (``final``). Coordinates are 500-dpi pixels of the analysed image.
+    quality, their chance of recurring in percent (``final``). Coordinates are
+    500-dpi pixels of the analysed image.
     """
 
     enhanced: np.ndarray  # float32, contextually filtered image (negative on ridges)
@@ -395,7 +410,7 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     # Candidate pixels (crossing number 1: ending, 3+: bifurcation), listed once in raster order.
     kind_map = cv2.LUT(neighbour_code(sk), _KIND_LUT)
     kind_map *= sk
-    flat = np.flatnonzero(kind_map)
+    flat = np.flatnonzero(kind_map != 0)  # numpy lists a boolean array's set entries several times faster
     kind_of = kind_map.ravel()[flat]
     width = sk.shape[1]
     py, px = np.divmod(flat, width)
@@ -438,15 +453,16 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     angles = _directions(sk, ys - y0, xs - x0, psi, kinds, period)
     xf, yf = xs.astype(np.float32), ys.astype(np.float32)
     good = ~_false_pairs(xf, yf, angles, kinds, period)
-    coh = analysis.coherence[ys, xs]
-    depth = np.clip(border[ys - y0, xs - x0] / (3.0 * period), 0.0, 1.0)
-    quality = np.clip(100.0 * np.clip(coh / 0.7, 0.0, 1.0) * (0.5 + 0.5 * depth), 1, 100)
     # The clarity's half-resolution energy at each minutia (box coordinates halved).
     hy = np.minimum((ys - box[0].start) // 2, energy.shape[0] - 1)
     hx = np.minimum((xs - box[1].start) // 2, energy.shape[1] - 1)
     variation = np.zeros(len(ys))  # only the minutiae still kept can be cut by it
     variation[good] = flow_variation(analysis.orientation, ys[good], xs[good], period)
-    good &= reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period, variation) >= MIN_RELIABILITY
+    chance = reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period, variation)
+    good &= chance >= MIN_RELIABILITY
+    # Quality is the chance of recurring, in percent: what decides which minutiae a
+    # capped template (MAX_MINUTIAE here, the matcher's MAX_CYLINDERS) keeps.
+    quality = np.clip(100.0 * chance, 1, 100)
     if trace:
         stages["inside"] = _subset(xf, yf, angles, kinds, quality)
         stages["cleaned"] = _subset(xf[good], yf[good], angles[good], kinds[good], quality[good])
