@@ -163,10 +163,10 @@ class GalleryIndex:
     :mod:`biometrics.fingerprint.prefilter`): see ``bench.fingerprint``'s
     ``comparisons_per_s_per_core`` for measured figures. For throughput, run with
     single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the number of
-    cores: blocks are then scored in parallel threads. Memory: about 145 KB per
+    cores: blocks are then scored in parallel threads. Memory: about 147 KB per
     template of 35 cylinders (stacked for scoring with their validity and energy
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
-    projection: 51 KB), at most 175 KB (48 cylinders), plus up to half the stack
+    projection: 57 KB), at most 180 KB (48 cylinders), plus up to half the stack
     again as growth room and removed rows not yet compacted, and each search
     thread's gather buffer (GROUP templates' rows, up to 8 MB). Not thread-safe:
     guard add/remove/search with one lock if threads share it.
