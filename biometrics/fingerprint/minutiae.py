@@ -50,7 +50,7 @@ _KIND_LUT = np.where(CROSSING == 1, KIND_ENDING, np.where(CROSSING >= 3, KIND_BI
 
 
 def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    """Bounding box of the foreground plus a margin: filtering and thinning run only there."""
+    """Bounding box of the boolean foreground ``mask`` plus a margin: filtering and thinning run only there."""
     x, y, width, height = cv2.boundingRect(mask.view(np.uint8))  # of the non-zero pixels, in one pass
     if width == 0:
         return slice(0, 0), slice(0, 0)
@@ -393,14 +393,14 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     enhanced, ridges = _enhanced_and_ridges(analysis)
     box = foreground_box(analysis.mask, 2)
     skeleton = np.zeros_like(ridges)
+    if skeleton[box].size == 0:  # no foreground (a smudge, a blank sensor): nothing to thin or detect
+        empty = {name: Minutiae.empty() for name in ("candidates", "inside", "cleaned", "final")}
+        return Detection(enhanced, ridges, skeleton, empty if trace else {"final": Minutiae.empty()})
     skeleton[box] = thin(ridges[box])
     # Crossing numbers, distances to the background and centroids are computed inside
     # the foreground box only (box coordinates, offset by y0, x0): outside it there is
     # no skeleton, and the box's 2-pixel margin of background holds every pixel's
     # nearest background point (a 5x5 chamfer step cannot jump a 2-pixel ring).
-    if skeleton[box].size == 0:  # no foreground: nothing to detect
-        empty = {name: Minutiae.empty() for name in ("candidates", "inside", "cleaned", "final")}
-        return Detection(enhanced, ridges, skeleton, empty if trace else {"final": Minutiae.empty()})
     # The box starts on even coordinates: OpenCV labels components by 2x2 blocks, and
     # the same block alignment as the whole image keeps their order (which breaks
     # quality ties later), hence the very same minutiae.
@@ -456,12 +456,16 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     # The clarity's half-resolution energy at each minutia (box coordinates halved).
     hy = np.minimum((ys - box[0].start) // 2, energy.shape[0] - 1)
     hx = np.minimum((xs - box[1].start) // 2, energy.shape[1] - 1)
-    variation = np.zeros(len(ys))  # only the minutiae still kept can be cut by it
+    # Only the minutiae still kept can be cut by it; those already cut as false pairs get 0
+    # (so the ``inside`` stage of a trace shows their chance without this term).
+    variation = np.zeros(len(ys))
     variation[good] = flow_variation(analysis.orientation, ys[good], xs[good], period)
     chance = reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period, variation)
     good &= chance >= MIN_RELIABILITY
-    # Quality is the chance of recurring, in percent: what decides which minutiae a
-    # capped template (MAX_MINUTIAE here, the matcher's MAX_CYLINDERS) keeps.
+    # Quality is the chance of recurring, in whole percent rounded down (at least
+    # MIN_RELIABILITY's 35 in a template): what decides which minutiae a capped
+    # template (MAX_MINUTIAE here, the matcher's MAX_CYLINDERS, the pre-filter's
+    # first rows) keeps.
     quality = np.clip(100.0 * chance, 1, 100)
     if trace:
         stages["inside"] = _subset(xf, yf, angles, kinds, quality)

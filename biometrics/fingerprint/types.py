@@ -13,7 +13,9 @@ Conventions (every module that produces or consumes minutiae follows them):
   With this choice an ending in an image becomes a bifurcation with the same angle
   in the inverted image (ridge/valley duality).
 * ``kind``: the ISO/IEC 19794-2 minutia type code (1 ending, 2 bifurcation, 0 other).
-* ``quality``: 0 to 100, as in ISO/IEC 19794-2.
+* ``quality``: 0 to 100, as in ISO/IEC 19794-2: the extractor's estimated chance,
+  in percent, that the minutia recurs in another impression (templates made
+  before this rule carry the older coherence-based value; re-enrol to refresh).
 """
 
 from __future__ import annotations
