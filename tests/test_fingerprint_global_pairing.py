@@ -191,3 +191,55 @@ def test_a_small_overlap_counts_at_least_min_overlap_minutiae_beyond_the_free_pa
     assert _fraction_of_points(a, ua, b, ub) == pytest.approx(
         (4 - gp.FREE_PAIRS) ** 2 / (max(8 - gp.FREE_PAIRS, floor) * floor)
     )
+
+
+def _dense_mutual(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairing rule over the dense costs: each row's first minimum, kept below 1 if its column's minimum too."""
+    near = cost.argmin(axis=2)
+    best = np.take_along_axis(cost, near[:, :, None], axis=2)[:, :, 0]
+    column = cost.min(axis=1)
+    paired_a = (best < 1.0) & (best <= np.take_along_axis(column, near, axis=1))
+    paired_b = np.zeros((cost.shape[0], cost.shape[2]), bool)
+    t_idx, i_idx = np.nonzero(paired_a)
+    paired_b[t_idx, near[t_idx, i_idx]] = True
+    return paired_a, paired_b, near
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pairing_over_the_costs_below_one_equals_the_dense_rule(seed):
+    """Crowded costs with exact ties (a quarter below 1): the same pairs, and the same nearest
+    template minutia wherever a cost is below the limit."""
+    rng = np.random.default_rng(seed)
+    t, n, k = (int(v) for v in rng.integers(1, 40, 3))
+    cost = (np.round(rng.uniform(0.0, 4.0, (t, n, k)) * 8.0) / 8.0).astype(np.float32)
+    cost[0, :, :] += 5.0  # a template with no cost below the limit: nothing paired
+    paired_a, paired_b, near = gp._mutual_below_one(cost)
+    dense_a, dense_b, dense_near = _dense_mutual(cost)
+    np.testing.assert_array_equal(paired_a, dense_a)
+    np.testing.assert_array_equal(paired_b, dense_b)
+    below = (cost < 1.0).any(axis=2)
+    np.testing.assert_array_equal(near[below], dense_near[below])
+    assert not paired_a[0].any() and paired_a.any()
+
+
+def test_pairing_with_no_cost_below_one_pairs_nothing():
+    cost = np.full((2, 3, 4), 1.0, np.float32)  # exactly at the limit is outside it
+    paired_a, paired_b, near = gp._mutual_below_one(cost)
+    assert not paired_a.any() and not paired_b.any() and near.shape == (2, 3)
+
+
+def test_the_inside_test_over_the_used_hull_planes_equals_the_padded_one():
+    """Hull arrays as wide as the cylinder counts are trimmed to the widest hull: same answer."""
+    rng = np.random.default_rng(8)
+    planes = [gp.hull_planes(rng.uniform(0, 300, m), rng.uniform(0, 300, m)) for m in (3, 12, 40, 2)]
+    normals, offsets = gp.pad_planes(planes, 48)
+    used_n, used_o = gp.used_planes(normals, offsets)
+    assert used_n.shape[1] == max(len(p[0]) for p in planes) < 48
+    x = rng.uniform(-50, 350, (4, 200)).astype(np.float32)
+    y = rng.uniform(-50, 350, (4, 200)).astype(np.float32)
+    inside = gp._inside(x, y, used_n, used_o)
+    np.testing.assert_array_equal(inside, gp._inside(x, y, normals, offsets))
+    assert inside[1].any() and not inside[1].all()
+    assert inside[3].all()  # two points: the plane that holds everything
+    empty_n, empty_o = gp.used_planes(np.zeros((2, 5), np.complex64), np.zeros((2, 5), np.float32))
+    assert empty_n.shape == (2, 1) and gp._inside(x[:2], y[:2], empty_n, empty_o).all()

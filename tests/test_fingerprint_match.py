@@ -537,3 +537,27 @@ def test_under_three_minutiae_score_zero_on_every_path(templates, count):
     assert scores.shape == (3,) and not scores.any()
     assert index.scores(full)[1] > threshold_for_fmr(1e-4)  # the others are still scored
     assert index.scores(full)[0] == 0.0
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 37])
+def test_prefilter_block_best_is_each_probe_rows_best_match_across_sub_block_edges(extra):
+    """The products are taken SUB_BLOCK templates at a time: templates on either side of a
+    sub-block's edge (and a block view with fewer filled columns) get their own rows' best match."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(30 + extra)
+    t = 2 * prefilter.SUB_BLOCK + extra
+    block = rng.normal(size=(prefilter.GALLERY_ROWS, t + 5, 20)).astype(np.float32)
+    rows = block[:, :t]  # a partly filled block is a view of its first columns
+    probe_t = np.ascontiguousarray(rng.normal(size=(20, 7)).astype(np.float32))
+    expected = np.einsum("gtd,dn->gtn", rows.astype(np.float64), probe_t.astype(np.float64)).max(axis=0).T
+    got = prefilter.block_best(probe_t, rows)
+    assert got.shape == (7, t) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    rows[:, prefilter.SUB_BLOCK] = 0.0  # a template past the edge whose rows change: only its column moves
+    changed = prefilter.block_best(probe_t, rows)
+    np.testing.assert_array_equal(
+        np.delete(changed, prefilter.SUB_BLOCK, axis=1), np.delete(got, prefilter.SUB_BLOCK, axis=1)
+    )
+    np.testing.assert_array_equal(changed[:, prefilter.SUB_BLOCK], 0.0)
+    assert prefilter.block_best(probe_t, rows[:, :0]).shape == (7, 0)

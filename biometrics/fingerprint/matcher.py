@@ -158,15 +158,15 @@ class GalleryIndex:
     costs about one search (``bench.fingerprint``'s ``add_search_ms``).
     :meth:`scores` gives every template the full score (50 to 120 us per
     template per core, growing with the product of the cylinder counts).
-    :meth:`search` ranks the gallery with the pre-filter (about 3.5 us per
+    :meth:`search` ranks the gallery with the pre-filter (about 4.5 us per
     template) and fully scores only its best max(64, 3 %) (see
     :mod:`biometrics.fingerprint.prefilter`): see ``bench.fingerprint``'s
     ``comparisons_per_s_per_core`` for measured figures. For throughput, run with
     single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the number of
-    cores: blocks are then scored in parallel threads. Memory: about 145 KB per
+    cores: blocks are then scored in parallel threads. Memory: about 147 KB per
     template of 35 cylinders (stacked for scoring with their validity and energy
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
-    projection: 52 KB), at most 175 KB (48 cylinders), plus up to half the stack
+    projection: 57 KB), at most 180 KB (48 cylinders), plus up to half the stack
     again as growth room and removed rows not yet compacted, and each search
     thread's gather buffer (GROUP templates' rows, up to 8 MB). Not thread-safe:
     guard add/remove/search with one lock if threads share it.
