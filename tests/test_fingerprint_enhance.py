@@ -47,3 +47,12 @@ def test_segmentation_covers_the_contact_and_little_else(finger_generator):
         near = cv2.dilate(contact.view(np.uint8), np.ones((9, 9), np.uint8)).view(bool)
         assert (mask & contact).sum() > 0.95 * contact.sum(), f"finger {finger}"
         assert (mask & ~near).sum() < 0.06 * mask.sum(), f"finger {finger}"
+
+
+def test_gabor_output_buffer_of_the_wrong_type_is_refused_not_left_zero():
+    """A float64 or mis-shaped ``out`` would make OpenCV write elsewhere: the call refuses it."""
+    norm = np.zeros((40, 50), np.float32)
+    theta = np.zeros_like(norm)
+    for bad in (np.zeros((40, 50), np.float64), np.zeros((40, 49), np.float32)):
+        with pytest.raises(ValueError, match="float32 array of shape"):
+            enhance.gabor_enhance(norm, theta, 9.0, out=bad)

@@ -482,6 +482,9 @@ def gabor_enhance(
     odd_x, odd_y = g * np.sin(along_x), g * np.sin(along_y)
     if out is None:
         out = np.zeros_like(norm)
+    elif out.dtype != np.float32 or out.shape != norm.shape:
+        # OpenCV would silently allocate its own output and leave ``out`` all zeros.
+        raise ValueError(f"out must be a float32 array of shape {norm.shape}; got {out.dtype} {out.shape}")
     h, w = norm.shape
     for k, (y0, y1, x0, x1), served in _filter_jobs(index, n, half):
         ya, yb, xa, xb = max(0, y0 - half), min(h, y1 + half), max(0, x0 - half), min(w, x1 + half)
