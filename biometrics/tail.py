@@ -68,6 +68,16 @@ def fit_gpd_tail(
     takes every score as its own unit. ``shape`` fixes xi instead of estimating it
     (for a sample too small to estimate a shape: see ``fit_impostor_tail``).
     """
+    t99, sigma, xi, k_eff = _fit_gpd_point(scores, units, shape)
+    bound = chi2_lower(2.0 * k_eff) if k_eff >= 1.0 else 0.0
+    sigma_upper = sigma * 2.0 * k_eff / bound if bound > 0.0 else 2.0 * sigma
+    return t99, sigma_upper, xi, k_eff
+
+
+def _fit_gpd_point(
+    scores: np.ndarray, units: np.ndarray | None, shape: float | None
+) -> tuple[float, float, float, float]:
+    """(t99, sigma, xi, k_effective): the tail's moment estimates, the scale as a point estimate."""
     s = np.asarray(scores, np.float64)
     t99 = float(np.quantile(s, 1.0 - TAIL_FMR))
     above = s > t99
@@ -86,9 +96,7 @@ def fit_gpd_tail(
         sigma = 0.5 * mean * (1.0 + mean * mean / var) if xi > 0.0 else mean
     else:
         xi, sigma = 0.0, mean
-    bound = chi2_lower(2.0 * k_eff) if k_eff >= 1.0 else 0.0
-    sigma_upper = sigma * 2.0 * k_eff / bound if bound > 0.0 else 2.0 * sigma
-    return t99, sigma_upper, xi, k_eff
+    return t99, sigma, xi, k_eff
 
 
 def tail_threshold(fmr: float, t99: float, sigma: float, xi: float) -> float:
@@ -152,6 +160,12 @@ class ImpostorTail:
     xi: float = 0.0  # tail shape, >= 0
     units: float = 0.0  # effective number of independent exceedances the scale's bound counted
 
+    @property
+    def relative_scale(self) -> float:
+        """The tail's scale per unit of the spread between the 90th and 99th percentiles (inf if none)."""
+        spread = self.quantiles[-1] - self.quantiles[-2]
+        return self.sigma / spread if spread > 0.0 else math.inf
+
     def threshold(self, fmr: float) -> float:
         """Score threshold (accept when score >= threshold) for false match rate ``fmr``."""
         if fmr <= self.tail_rate:
@@ -168,7 +182,10 @@ class ImpostorTail:
 
 
 def fit_impostor_tail(
-    scores: np.ndarray, units: np.ndarray | None = None, shape: float | None = None
+    scores: np.ndarray,
+    units: np.ndarray | None = None,
+    shape: float | None = None,
+    relative_scale: float | None = None,
 ) -> ImpostorTail:
     """The :class:`ImpostorTail` of an impostor score sample; ``units`` labels each score's pair of identities.
 
@@ -178,9 +195,20 @@ def fit_impostor_tail(
     and a handful of units (a 10-finger sensor's tail comes from 5 to 10 pairs of
     fingers) gives anything from 0 to 0.15 by chance. The caller checks that the
     sample is large enough.
+
+    ``relative_scale`` likewise borrows the scale, as a multiple of the sample's
+    own spread between its 90th and 99th percentiles (measured on hundreds of
+    pairs of identities even when the tail holds a handful), from samples whose
+    bound is tight. It applies only while the sample's own point estimate of the
+    scale is within it: a sample whose tail is wider than the borrowed scale keeps
+    its own upper bound.
     """
     s = np.asarray(scores, np.float64)
     quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
     t99, sigma, xi, k_eff = fit_gpd_tail(s, units, shape)
+    if relative_scale is not None:
+        borrowed = relative_scale * (quantiles[-1] - quantiles[-2])
+        if _fit_gpd_point(s, units, shape)[1] <= borrowed:
+            sigma = borrowed
     rate = max(TAIL_FMR, rate_upper_bound(s > t99, units))
     return ImpostorTail(len(s), quantiles, rate, sigma, xi, k_eff)

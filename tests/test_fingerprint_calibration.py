@@ -142,6 +142,36 @@ def test_a_small_group_takes_the_shape_the_large_groups_measured():
     assert fit_groups([("small", small, small_units)])[0].tail.xi == 0.0
 
 
+def test_a_small_group_borrows_the_large_groups_relative_scale_unless_its_own_tail_is_wider():
+    """Five pairs of fingers cannot bound a scale (the bound alone nearly doubles it); the bulk's
+    t90-t99 spread is measured on every pair, so a small group's scale is the large groups' largest
+    scale per unit of that spread. A small group whose own tail is wider keeps its own bound."""
+    rng = np.random.default_rng(5)
+    fingers = np.repeat(np.arange(10), 8)
+    lo, hi = np.triu_indices(len(fingers), k=1)
+    impostor = fingers[lo] != fingers[hi]
+    units = pair_units(fingers)[impostor]
+    # Each pair of fingers has its own level, so its impression pairs enter the tail together.
+    level = rng.gamma(2.0, 0.004, 100)[fingers[lo] * 10 + fingers[hi]][impostor]
+    small = level + rng.gamma(2.0, 0.004, impostor.sum())
+    wide = small.copy()
+    top = np.argsort(small)[-20:]
+    wide[top] += rng.exponential(0.05, 20)  # the same bulk, a far longer tail
+    large = [rng.gamma(2.0, 0.006, 100_000), 0.004 + rng.gamma(2.0, 0.007, 50_000)]
+    fits = fit_groups([("small", small, units), ("wide", wide, units), ("a", large[0], None), ("b", large[1], None)])
+    assert max(f.tail.units for f in fits[:2]) < MIN_SHAPE_UNITS <= min(f.tail.units for f in fits[2:])
+    ratio = max(fits[2].tail.relative_scale, fits[3].tail.relative_scale)
+    own_small = fit_group("small", small, units, fits[0].tail.xi)
+    own_wide = fit_group("wide", wide, units, fits[1].tail.xi)
+    spread = fits[0].tail.quantiles[-1] - fits[0].tail.quantiles[-2]
+    assert fits[0].tail.sigma == pytest.approx(ratio * spread)  # borrowed ...
+    assert fits[0].tail.sigma < 0.7 * own_small.tail.sigma  # ... and tighter than its own bound
+    assert fits[0].tail.quantiles == own_small.tail.quantiles and fits[0].tail.tail_rate == own_small.tail.tail_rate
+    assert fits[1].tail.sigma == own_wide.tail.sigma  # its own tail is wider: its own bound
+    assert fits[1].tail.relative_scale > 2 * ratio
+    assert fits[2] == fit_group("a", large[0]) and fits[3] == fit_group("b", large[1])  # large: their own
+
+
 def test_binomial_limit():
     # 2,880 pairs: a true rate of 1e-4 gives 0 or 1 false match 95 % of the time; 1e-3 up to 6.
     assert binomial_limit_95(2880, 1e-4) == 1
