@@ -18,21 +18,32 @@ the group's 99th percentile t99 the tail is a generalised Pareto distribution:
 
 (the exponential tail when xi = 0). The shape xi comes from the moments of the
 exceedances and is never taken below 0: a tail lighter than exponential is not
-extrapolated, one heavier is. The shape is the score's, the position and scale
-the sensor's: a group with fewer than ``MIN_SHAPE_UNITS`` (50) effective units
-above its t99 cannot measure a shape (a 10-finger folder's moment estimate ranges
-from 0 to 0.15 by chance) and takes the unit-weighted shape of the groups that
-can (:func:`fit_groups`). ``tail_rate`` (the share of impostors above t99)
+extrapolated, one heavier is. ``tail_rate`` (the share of impostors above t99)
 and the scale sigma are not point estimates but one-sided 95 % upper bounds, and
 those bounds count independent *units*: the unordered pairs of fingers, not the
 pairs of impressions. The 64 impression pairs of two fingers rise and fall
 together, so a look-alike pair of fingers puts many of them into the tail at
 once: on a 10-finger FVC2002 folder the 29 impression pairs above t99 come from
-only 5 to 10 effective pairs of fingers (Kish's count), and a bound that counted
-29 was far too sure of itself (sigma 25 to 55 % too small; the session that
-found it measured the thresholds it gave against these). Above the tail the
+only 4 to 11 effective pairs of fingers (Kish's count), and a bound that counted
+29 was far too sure of itself (sigma 25 to 55 % too small). Above the tail the
 threshold interpolates the quantiles (50th, 75th, 90th percentiles, then t99 at
 ``tail_rate``) on a log-FMR scale. No genuine score enters the model.
+
+The position is the sensor's, the tail's form the score's. A group with fewer
+than ``MIN_SHAPE_UNITS`` (50) effective units above its t99 cannot measure its
+tail's shape (a 10-finger folder's moment estimate ranges from 0 to 0.15 by
+chance) nor bound its scale (with 4 units the bound alone is 2.9 times the
+estimate), so it takes both from the groups that can (:func:`fit_groups`): their
+unit-weighted shape, and their largest scale per unit of the group's own spread
+between its 90th and 99th percentiles, which every pair of fingers helps measure.
+Its t99, its tail rate and that spread stay its own. The rule holds only while
+the group's own point estimate of the scale is within the borrowed one; a group
+with a wider tail keeps its own bound. Why: with its own bounds only, the
+threshold at 1e-4 jumped with which few pairs of fingers happened to lead a
+folder's tail (0.162 when DB2's tail came from 5.4 effective pairs, 0.188 after
+a matcher change left it 4.1), while the scale per unit of spread is stable: the
+four folders' point estimates are 0.30 to 0.41, the large groups' upper bounds
+0.48 (synthetic) and 0.57 (across folders), and the latter is the one borrowed.
 
 The constants come from ``python -m bench.fingerprint --calibrate
 fvc2002/DB1_B fvc2002/DB2_B:569 fvc2002/DB3_B fvc2002/DB4_B --synthetic 200
@@ -40,17 +51,13 @@ fvc2002/DB1_B fvc2002/DB2_B:569 fvc2002/DB3_B fvc2002/DB4_B --synthetic 200
 drawn with a seed (1000) other than the benchmark's (0), so the benchmark's
 synthetic figures are measured on fingers the fit never saw, and with the
 generator's ``realistic`` capture profile (FVC-like distortion, contact and dry
-skin). With the bounds counting pairs of fingers, the small real sensors set the
-thresholds: FVC2002 DB4 at 1e-3 (0.1038) and DB2 at 1e-4 (0.1617; its 29
-exceedances come from 5.4 effective pairs of fingers), with the shape 0.060
-measured on the synthetic population and the pairs across folders (1,025 and 72
-effective units). The large groups alone would give 0.0838 / 0.1194 (synthetic)
-and 0.0693 / 0.1099 (across folders). Counting pairs of impressions as
-independent, the same scores gave 0.0863 / 0.1194 (DB4 and the synthetic
-population setting them): the price of an honest bound on 10 fingers is 3.5
-points of FNMR at 1e-4 on FVC2002 (mean 7.1 -> 10.5 %), and more fingers per
-sensor (FVC's sets A have 100) are what would narrow it. Refit when the matcher,
-the extractor or the synthetic generator changes.
+skin). FVC2002 DB4, whose bulk is the widest, sets both thresholds: 1e-3 at
+0.0889 and 1e-4 at 0.1303 (1e-6 at 0.2365), with the shape 0.072 measured on the
+synthetic population and the pairs across folders (991 and 71 effective units).
+The large groups alone would give 0.0793 / 0.1138 (synthetic) and 0.0624 /
+0.0986 (across folders). More fingers per sensor (FVC's sets A have 100) would
+let each sensor bound its own tail. Refit when the matcher, the extractor or the
+synthetic generator changes.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ import numpy as np
 from biometrics.fingerprint.errors import FingerprintError
 from biometrics.tail import ImpostorTail, fit_impostor_tail
 
-MIN_SHAPE_UNITS = 50  # effective independent exceedances a group needs to measure its own tail shape
+MIN_SHAPE_UNITS = 50  # effective independent exceedances a group needs to measure its own tail shape and scale
 
 
 @dataclass(frozen=True, slots=True)
