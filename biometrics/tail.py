@@ -156,15 +156,15 @@ class ImpostorTail:
     pairs: int  # impostor sample pairs fitted
     quantiles: tuple[float, ...]  # scores at QUANTILE_FMRS; the last is t99
     tail_rate: float  # 95 % upper bound of the impostor fraction above t99
-    sigma: float  # 95 % upper bound of the tail's scale
+    sigma: float  # 95 % upper bound of the tail's scale (or borrowed: see fit_impostor_tail)
     xi: float = 0.0  # tail shape, >= 0
-    units: float = 0.0  # effective number of independent exceedances the scale's bound counted
+    units: float = 0.0  # effective number of independent exceedances above t99
 
     @property
-    def relative_scale(self) -> float:
-        """The tail's scale per unit of the spread between the 90th and 99th percentiles (inf if none)."""
+    def relative_excess(self) -> float:
+        """The tail's (bounded) mean excess sigma / (1 - xi) per unit of its t90-t99 spread; inf if no spread."""
         spread = self.quantiles[-1] - self.quantiles[-2]
-        return self.sigma / spread if spread > 0.0 else math.inf
+        return self.sigma / (1.0 - self.xi) / spread if spread > 0.0 else math.inf
 
     def threshold(self, fmr: float) -> float:
         """Score threshold (accept when score >= threshold) for false match rate ``fmr``."""
@@ -181,11 +181,37 @@ class ImpostorTail:
         return float(np.interp(math.log(fmr), rates, values))
 
 
+def spread_upper_bound(scores: np.ndarray, units: np.ndarray | None = None, reps: int = 1000) -> float:
+    """One-sided 95 % upper bound of a sample's t90-t99 spread, by a bootstrap over its units.
+
+    A 10-finger folder's spread comes from only 45 pairs of fingers, and its top
+    (t99) is where a look-alike pair's impressions gather, so it is not known
+    exactly either: whole units are drawn with replacement (a fixed seed, so a
+    refit is reproducible) and the spread of each draw is read off the weighted
+    sample (lower quantiles, no interpolation).
+    """
+    s = np.asarray(scores, np.float64)
+    if units is None:
+        units = np.arange(len(s))
+    order = np.argsort(s, kind="stable")
+    _, unit = np.unique(np.asarray(units)[order], return_inverse=True)
+    ranked = s[order]
+    weights = np.random.default_rng(20261130).multinomial(
+        unit.max() + 1, np.full(unit.max() + 1, 1.0 / (unit.max() + 1)), reps
+    )
+    cumulative = np.cumsum(weights[:, unit], axis=1, dtype=np.float64)
+    total = cumulative[:, -1:]
+    at = [
+        np.minimum((cumulative < q * total).sum(axis=1), len(s) - 1) for q in (1.0 - QUANTILE_FMRS[-2], 1.0 - TAIL_FMR)
+    ]
+    return float(np.quantile(ranked[at[1]] - ranked[at[0]], 0.95))
+
+
 def fit_impostor_tail(
     scores: np.ndarray,
     units: np.ndarray | None = None,
     shape: float | None = None,
-    relative_scale: float | None = None,
+    relative_excess: float | None = None,
 ) -> ImpostorTail:
     """The :class:`ImpostorTail` of an impostor score sample; ``units`` labels each score's pair of identities.
 
@@ -196,18 +222,21 @@ def fit_impostor_tail(
     fingers) gives anything from 0 to 0.15 by chance. The caller checks that the
     sample is large enough.
 
-    ``relative_scale`` likewise borrows the scale, as a multiple of the sample's
-    own spread between its 90th and 99th percentiles (measured on hundreds of
-    pairs of identities even when the tail holds a handful), from samples whose
-    bound is tight. It applies only while the sample's own point estimate of the
-    scale is within it: a sample whose tail is wider than the borrowed scale keeps
-    its own upper bound.
+    ``relative_excess`` borrows the scale instead of bounding it from a handful
+    of units: the tail's mean excess, as a multiple of the sample's t90-t99 spread
+    taken at its 95 % upper bound (:func:`spread_upper_bound`), from samples whose
+    own bounds are tight. That transfers a tail's form from one population to
+    another of a similar bulk: an assumption, checked (heuristically, at the 50 %
+    level) by the sample's own point estimate of the scale, which must not exceed
+    the borrowed one; a sample whose tail looks wider keeps its own upper bound.
     """
     s = np.asarray(scores, np.float64)
     quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
     t99, sigma, xi, k_eff = fit_gpd_tail(s, units, shape)
-    if relative_scale is not None:
-        borrowed = relative_scale * (quantiles[-1] - quantiles[-2])
+    if relative_excess is not None:
+        if not math.isfinite(relative_excess) or relative_excess < 0.0:
+            raise ValueError(f"a relative excess is finite and >= 0; got {relative_excess!r}")
+        borrowed = relative_excess * spread_upper_bound(s, units) * (1.0 - xi)
         if _fit_gpd_point(s, units, shape)[1] <= borrowed:
             sigma = borrowed
     rate = max(TAIL_FMR, rate_upper_bound(s > t99, units))

@@ -9,7 +9,7 @@ from bench.fingerprint import at_thresholds, binomial_limit_95
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
 from biometrics.fingerprint.calibration import GROUPS, MIN_SHAPE_UNITS, fit_group, fit_groups
 from biometrics.fingerprint.errors import FingerprintError
-from biometrics.tail import ImpostorTail, chi2_lower, pair_units
+from biometrics.tail import ImpostorTail, chi2_lower, fit_impostor_tail, pair_units, spread_upper_bound
 
 
 def test_normalisation_keeps_full_evidence_scores_and_pulls_thin_evidence_to_the_impostor_centre():
@@ -142,34 +142,78 @@ def test_a_small_group_takes_the_shape_the_large_groups_measured():
     assert fit_groups([("small", small, small_units)])[0].tail.xi == 0.0
 
 
-def test_a_small_group_borrows_the_large_groups_relative_scale_unless_its_own_tail_is_wider():
-    """Five pairs of fingers cannot bound a scale (the bound alone nearly doubles it); the bulk's
-    t90-t99 spread is measured on every pair, so a small group's scale is the large groups' largest
-    scale per unit of that spread. A small group whose own tail is wider keeps its own bound."""
-    rng = np.random.default_rng(5)
+def _clustered_folder(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Impostor scores of a 10-finger x 8-impression folder whose pairs of fingers each have their own level."""
     fingers = np.repeat(np.arange(10), 8)
     lo, hi = np.triu_indices(len(fingers), k=1)
     impostor = fingers[lo] != fingers[hi]
-    units = pair_units(fingers)[impostor]
-    # Each pair of fingers has its own level, so its impression pairs enter the tail together.
     level = rng.gamma(2.0, 0.004, 100)[fingers[lo] * 10 + fingers[hi]][impostor]
-    small = level + rng.gamma(2.0, 0.004, impostor.sum())
+    return level + rng.gamma(2.0, 0.004, impostor.sum()), pair_units(fingers)[impostor]
+
+
+def test_a_small_group_borrows_the_large_groups_relative_excess_unless_its_own_tail_is_wider():
+    """Five pairs of fingers cannot bound a scale (here the bound alone is 2.6 times the estimate), so a
+    small group takes the large groups' largest mean excess per unit of t90-t99 spread, applied to the
+    upper bound of its own spread. A small group whose own tail is wider keeps its own bound."""
+    rng = np.random.default_rng(5)
+    small, units = _clustered_folder(rng)
     wide = small.copy()
     top = np.argsort(small)[-20:]
     wide[top] += rng.exponential(0.05, 20)  # the same bulk, a far longer tail
-    large = [rng.gamma(2.0, 0.006, 100_000), 0.004 + rng.gamma(2.0, 0.007, 50_000)]
+    large = [rng.gamma(2.0, 0.006, 100_000), 0.004 + 0.01 * rng.pareto(8.0, 50_000)]  # exponential-like, heavier
     fits = fit_groups([("small", small, units), ("wide", wide, units), ("a", large[0], None), ("b", large[1], None)])
     assert max(f.tail.units for f in fits[:2]) < MIN_SHAPE_UNITS <= min(f.tail.units for f in fits[2:])
-    ratio = max(fits[2].tail.relative_scale, fits[3].tail.relative_scale)
+    assert fits[3].tail.xi > 0.05  # the borrowed shape is not the exponential's
+    ratio = max(fits[2].tail.relative_excess, fits[3].tail.relative_excess)
     own_small = fit_group("small", small, units, fits[0].tail.xi)
     own_wide = fit_group("wide", wide, units, fits[1].tail.xi)
     spread = fits[0].tail.quantiles[-1] - fits[0].tail.quantiles[-2]
-    assert fits[0].tail.sigma == pytest.approx(ratio * spread)  # borrowed ...
-    assert fits[0].tail.sigma < 0.7 * own_small.tail.sigma  # ... and tighter than its own bound
+    borrowed = ratio * spread_upper_bound(small, units) * (1.0 - fits[0].tail.xi)
+    assert fits[0].tail.sigma == pytest.approx(borrowed)
+    assert spread_upper_bound(small, units) > spread  # the spread's own uncertainty is counted
+    assert fits[0].tail.sigma < own_small.tail.sigma  # tighter than its own bound
     assert fits[0].tail.quantiles == own_small.tail.quantiles and fits[0].tail.tail_rate == own_small.tail.tail_rate
     assert fits[1].tail.sigma == own_wide.tail.sigma  # its own tail is wider: its own bound
-    assert fits[1].tail.relative_scale > 2 * ratio
     assert fits[2] == fit_group("a", large[0]) and fits[3] == fit_group("b", large[1])  # large: their own
+
+
+def test_borrowing_stops_exactly_where_the_groups_own_scale_estimate_exceeds_the_borrowed_one():
+    small, units = _clustered_folder(np.random.default_rng(9))
+    own = fit_impostor_tail(small, units, 0.05)
+    point = fit_impostor_tail(small, units, 0.05, relative_excess=0.0)  # borrowed 0: the own bound
+    assert point == own
+    # The relative excess at which the borrowed scale equals the point estimate.
+    t99 = own.quantiles[-1]
+    excess = small[small > t99] - t99
+    at = excess.mean() / spread_upper_bound(small, units)
+    below = fit_impostor_tail(small, units, 0.05, relative_excess=at * 0.999)
+    above = fit_impostor_tail(small, units, 0.05, relative_excess=at * 1.001)
+    assert below.sigma == own.sigma  # borrowed < its own point estimate: its own bound
+    assert above.sigma == pytest.approx(at * 1.001 * spread_upper_bound(small, units) * 0.95)
+    assert above.sigma < own.sigma
+    with pytest.raises(ValueError, match="finite"):
+        fit_impostor_tail(small, units, 0.05, relative_excess=float("inf"))
+
+
+def test_a_large_group_without_spread_lends_nothing():
+    small, units = _clustered_folder(np.random.default_rng(3))
+    flat = np.zeros(20_000)  # every impostor at 0: no t90-t99 spread, an infinite relative excess
+    fits = fit_groups(
+        [
+            ("small", small, units),
+            ("flat", flat, None),
+            ("large", np.random.default_rng(4).gamma(2.0, 0.006, 50_000), None),
+        ]
+    )
+    assert np.isfinite(fits[0].tail.sigma) and np.isfinite(fits[0].threshold(1e-6))
+
+
+def test_the_spread_bound_widens_with_clustering():
+    rng = np.random.default_rng(2)
+    clustered, units = _clustered_folder(rng)
+    spread = float(np.quantile(clustered, 0.99) - np.quantile(clustered, 0.9))
+    independent = spread_upper_bound(clustered)  # every score its own unit
+    assert spread < independent < spread_upper_bound(clustered, units)
 
 
 def test_binomial_limit():
