@@ -196,15 +196,18 @@ def spread_upper_bound(scores: np.ndarray, units: np.ndarray | None = None, reps
     order = np.argsort(s, kind="stable")
     _, unit = np.unique(np.asarray(units)[order], return_inverse=True)
     ranked = s[order]
-    weights = np.random.default_rng(20261130).multinomial(
-        unit.max() + 1, np.full(unit.max() + 1, 1.0 / (unit.max() + 1)), reps
-    )
-    cumulative = np.cumsum(weights[:, unit], axis=1, dtype=np.float64)
-    total = cumulative[:, -1:]
-    at = [
-        np.minimum((cumulative < q * total).sum(axis=1), len(s) - 1) for q in (1.0 - QUANTILE_FMRS[-2], 1.0 - TAIL_FMR)
-    ]
-    return float(np.quantile(ranked[at[1]] - ranked[at[0]], 0.95))
+    count = int(unit.max()) + 1
+    t90_fmr = QUANTILE_FMRS[-2]
+    rng = np.random.default_rng(20261130)
+    chunk = max(1, 4_000_000 // max(len(s), count))  # draws at a time: bounded memory on a large sample
+    spreads = []
+    for start in range(0, reps, chunk):
+        weights = rng.multinomial(count, np.full(count, 1.0 / count), min(chunk, reps - start))
+        cumulative = np.cumsum(weights[:, unit], axis=1, dtype=np.float64)
+        total = cumulative[:, -1:]
+        lo, hi = (np.minimum((cumulative < q * total).sum(axis=1), len(s) - 1) for q in (1.0 - t90_fmr, 1.0 - TAIL_FMR))
+        spreads.append(ranked[hi] - ranked[lo])
+    return float(np.quantile(np.concatenate(spreads), 0.95))
 
 
 def fit_impostor_tail(
