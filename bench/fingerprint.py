@@ -359,7 +359,7 @@ def calibrate(
     folders (every template of every folder against those of the others), and the
     synthetic population if ``synthetic`` > 0.
     """
-    from biometrics.fingerprint.calibration import fit_groups
+    from biometrics.fingerprint.calibration import MIN_SHAPE_UNITS, fit_group, fit_groups
 
     all_templates: list[FingerprintTemplate] = []
     labels: list[str] = []
@@ -387,10 +387,17 @@ def calibrate(
         pair_scores, same, _ = all_pairs(templates, fingers)
         samples.append((f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same], pair_units(fingers)[~same]))
     fits = fit_groups(samples)
+    own = [  # what a small group's own bound would be, beside what it borrowed
+        g if g.tail.units >= MIN_SHAPE_UNITS else fit_group(name, scores, units, g.tail.xi)
+        for g, (name, scores, units) in zip(fits, samples, strict=True)
+    ]
     return {
         "groups": [
             {
                 "name": g.name,
+                # "borrowed": the large groups' tail length on this group's spread (calibration.fit_groups)
+                "scale": "own" if g.tail.sigma == mine.tail.sigma else "borrowed",
+                "own_sigma_upper": mine.tail.sigma,
                 "pairs": g.tail.pairs,
                 "quantiles": [round(q, 5) for q in g.tail.quantiles],
                 "tail_rate": g.tail.tail_rate,
@@ -400,7 +407,7 @@ def calibrate(
                 "threshold_1e-3": round(g.threshold(1e-3), 4),
                 "threshold_1e-4": round(g.threshold(1e-4), 4),
             }
-            for g in fits
+            for g, mine in zip(fits, own, strict=True)
         ],
         "python": "\n".join(
             f"    Group({g.name!r},\n          ImpostorTail({g.tail.pairs}, "
