@@ -69,9 +69,13 @@ def fit_gpd_tail(
     (for a sample too small to estimate a shape: see ``fit_impostor_tail``).
     """
     t99, sigma, xi, k_eff = _fit_gpd_point(scores, units, shape)
+    return t99, _scale_upper_bound(sigma, k_eff), xi, k_eff
+
+
+def _scale_upper_bound(sigma: float, k_eff: float) -> float:
+    """One-sided 95 % upper bound of a tail scale estimated from ``k_eff`` independent exceedances."""
     bound = chi2_lower(2.0 * k_eff) if k_eff >= 1.0 else 0.0
-    sigma_upper = sigma * 2.0 * k_eff / bound if bound > 0.0 else 2.0 * sigma
-    return t99, sigma_upper, xi, k_eff
+    return sigma * 2.0 * k_eff / bound if bound > 0.0 else 2.0 * sigma
 
 
 def _fit_gpd_point(
@@ -235,12 +239,13 @@ def fit_impostor_tail(
     """
     s = np.asarray(scores, np.float64)
     quantiles = tuple(float(np.quantile(s, 1.0 - f)) for f in QUANTILE_FMRS)
-    t99, sigma, xi, k_eff = fit_gpd_tail(s, units, shape)
+    t99, point, xi, k_eff = _fit_gpd_point(s, units, shape)
+    sigma = _scale_upper_bound(point, k_eff)
     if relative_excess is not None:
         if not math.isfinite(relative_excess) or relative_excess < 0.0:
             raise ValueError(f"a relative excess is finite and >= 0; got {relative_excess!r}")
         borrowed = relative_excess * spread_upper_bound(s, units) * (1.0 - xi)
-        if _fit_gpd_point(s, units, shape)[1] <= borrowed:
+        if point <= borrowed:
             sigma = borrowed
     rate = max(TAIL_FMR, rate_upper_bound(s > t99, units))
     return ImpostorTail(len(s), quantiles, rate, sigma, xi, k_eff)
