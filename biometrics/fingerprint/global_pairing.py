@@ -91,8 +91,9 @@ def hull_planes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(hull) < 3:
         return everything
     z = hull[:, 0] + 1j * hull[:, 1]
-    edge = np.roll(z, -1) - z
-    area2 = float(np.sum(hull[:, 0] * np.roll(hull[:, 1], -1) - np.roll(hull[:, 0], -1) * hull[:, 1]))
+    following = np.roll(hull, -1, axis=0)  # each vertex's successor (one roll: this runs once per search)
+    edge = (following[:, 0] + 1j * following[:, 1]) - z
+    area2 = float(np.sum(hull[:, 0] * following[:, 1] - following[:, 0] * hull[:, 1]))
     if abs(area2) < 1e-6:  # collinear points
         return everything
     normal = (edge.imag - 1j * edge.real) * np.sign(area2)  # (e_y, -e_x): outward for either winding
@@ -130,13 +131,26 @@ def used_planes(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _inside(x: np.ndarray, y: np.ndarray, normals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Whether points (x, y) (T, P) lie inside hulls given as half-planes (T, E): (T, P) bool."""
-    nx = normals.real.astype(np.float32)[:, None, :]
-    ny = normals.imag.astype(np.float32)[:, None, :]
-    excess = x[:, :, None] * nx
-    excess += y[:, :, None] * ny
-    excess -= offsets[:, None, :]
-    return excess.max(axis=2) <= 0.0
+    """Whether points (x, y) (T, P) lie inside hulls given as half-planes: (T, P) bool.
+
+    The half-planes are (T, E), one hull per template, or (E,), one hull shared
+    by every template (the probe's). The excesses are laid out edge-major,
+    (E, T, P), so the largest is an elementwise maximum of E contiguous slices:
+    about 2.5 times faster than a reduction along a short innermost axis (3 with
+    a shared hull, which is not broadcast over the templates), same values.
+    """
+    if normals.ndim == 1:
+        nx = normals.real.astype(np.float32)[:, None, None]
+        ny = normals.imag.astype(np.float32)[:, None, None]
+        off = offsets.astype(np.float32, copy=False)[:, None, None]
+    else:
+        nx = np.ascontiguousarray(normals.real.T, np.float32)[:, :, None]
+        ny = np.ascontiguousarray(normals.imag.T, np.float32)[:, :, None]
+        off = np.ascontiguousarray(offsets.T, np.float32)[:, :, None]
+    excess = nx * x
+    excess += ny * y
+    excess -= off
+    return excess.max(axis=0) <= 0.0
 
 
 def align(
@@ -300,12 +314,7 @@ def paired_fraction(
     in_a = (inside_a | paired_a).sum(axis=1)
     back = np.conj(rotation)[:, None] * (pos - gallery_anchor[:, None]) + probe_anchor[:, None]
     normals, offsets = probe_hull
-    inside_b = _inside(
-        back.real.astype(np.float32),
-        back.imag.astype(np.float32),
-        np.broadcast_to(normals, (t, len(normals))),
-        np.broadcast_to(offsets, (t, len(offsets))),
-    )
+    inside_b = _inside(back.real.astype(np.float32), back.imag.astype(np.float32), normals, offsets)
     in_b = ((inside_b & real) | paired_b).sum(axis=1)
     # The free pairs leave every count; the overlaps beyond them count at least MIN_OVERLAP.
     over = np.maximum(in_a - FREE_PAIRS, MIN_OVERLAP).astype(np.float64) * np.maximum(in_b - FREE_PAIRS, MIN_OVERLAP)

@@ -181,7 +181,8 @@ BASIS_DIM = 112  # principal directions kept (of 240): see projection()
 SKETCH_ROWS = max(PROBE_ROWS, GALLERY_ROWS)  # a stored sketch serves as probe and as gallery entry
 BASIS_SAMPLE = 8192  # gallery sketch rows the principal directions are estimated from
 BLOCK_TEMPLATES = 512  # templates per pre-scoring block (one thread's work item)
-SUB_BLOCK = 96  # templates per batch of products inside a block (see block_best)
+SUB_BLOCK = 64  # templates per batch of products inside a block (see block_best)
+LINE_FLOATS = 16  # float32 per 64-byte cache line: block_best's read-ahead touches one of each
 HUB_SAMPLE = 64  # gallery templates probed at each fit to centre each template's pre-scores (32 lost mates)
 MIN_SPREAD = 1e-3  # floor of a probe row's spread over the gallery (a gallery of one or identical templates)
 
@@ -204,10 +205,23 @@ POOL = _pooling()
 SKETCH_WIDTH = POOL.shape[1] + 2
 
 
+def _pool(values: np.ndarray) -> np.ndarray:
+    """``values @ POOL``: with full spatial resolution and pairs of direction bins, one addition of strided views.
+
+    A cylinder's values are cell-major with the ND direction bins of a cell
+    adjacent, so POOL sums each even bin with the next one: the same two terms
+    as the product (whose other terms are exact zeros), hence the same values,
+    without a 480 x 240 product per template (a tenth of a millisecond per search).
+    """
+    if SPATIAL_BLOCK == 1 and DIRECTION_BLOCK == 2:
+        return values[:, 0::2] + values[:, 1::2]
+    return values @ POOL
+
+
 def sketch(c: Cylinders, rows: int = SKETCH_ROWS) -> np.ndarray:
     """Sketch rows of a template's best ``rows`` cylinders, float32 (min(n, rows), SKETCH_WIDTH)."""
     k = min(len(c), rows)
-    pooled = c.values[:k] @ POOL
+    pooled = _pool(c.values[:k])
     pooled -= pooled.mean(axis=1, keepdims=True)  # correlation, not cosine: every cylinder is dense somewhere
     pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-6)
     a = c.angle[:k]
@@ -310,6 +324,16 @@ def candidates(pre: np.ndarray, keep_at_least: int = 0) -> np.ndarray:
 REFIT_CHANGE = 0.25  # refit the subspace and the centres once adds plus removes reach this fraction of the gallery
 
 
+def _lines(rows: np.ndarray) -> np.ndarray | None:
+    """(GALLERY_ROWS, t * D) view of a block's rows, one float per 64-byte cache line; None if not laid out so."""
+    g, t, d = rows.shape
+    item = rows.itemsize
+    if t == 0 or rows.strides[2] != item or rows.strides[1] != d * item:
+        return None
+    flat = np.lib.stride_tricks.as_strided(rows, shape=(g, t * d), strides=(rows.strides[0], item), writeable=False)
+    return flat[:, :: LINE_FLOATS]
+
+
 def block_best(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Each probe row's best match in each template, (n, t), for a projected probe transposed ((D, n)).
 
@@ -323,13 +347,27 @@ def block_best(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
     where the blocks are read from memory, the gain was about 8 %. Its float32 sums may differ from the tall
     product's in the last bit for some probe widths (the best matches by at most 2.4e-7,
     measured); the full scores do not depend on it.
+
+    Read ahead (fourth round): that BLAS path reads its operands where they lie,
+    without packing them, and from main memory it runs at half its in-cache rate
+    (a gallery of 2,000 templates is 36 MB of rows: measured 73 against 150
+    GFLOP/s on one core of the 2-core VM, whose share of the last-level cache
+    holds about 10 MB). So each batch is first read by a cheap pass that touches
+    one float per cache line (a strided maximum: a sequential stream that the
+    hardware prefetches at full bandwidth), and the product then finds it in the
+    core's cache. Same products, same values; SUB_BLOCK = 64 keeps a batch (1.2 MB)
+    in the 2 MB L2. Measured on its own, block_best took about 5 % less CPU time.
     """
     t, n = rows.shape[1], probe_t.shape[1]
     if n == 0 or t == 0:
         return np.zeros((n, t), np.float32)
     out = np.empty((t, n), np.float32)
+    lines = _lines(rows)
+    d = rows.shape[2]
     for lo in range(0, t, SUB_BLOCK):
         hi = min(lo + SUB_BLOCK, t)
+        if lines is not None:
+            lines[:, lo * d // LINE_FLOATS : -(-hi * d // LINE_FLOATS)].max()  # read ahead (see above)
         np.max(np.matmul(rows[:, lo:hi], probe_t), axis=0, out=out[lo:hi])
     return np.ascontiguousarray(out.T)
 
