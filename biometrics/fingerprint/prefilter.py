@@ -331,7 +331,7 @@ def _lines(rows: np.ndarray) -> np.ndarray | None:
     if t == 0 or rows.strides[2] != item or rows.strides[1] != d * item:
         return None
     flat = np.lib.stride_tricks.as_strided(rows, shape=(g, t * d), strides=(rows.strides[0], item), writeable=False)
-    return flat[:, :: LINE_FLOATS]
+    return flat[:, ::LINE_FLOATS]
 
 
 def block_best(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
