@@ -201,15 +201,29 @@ def _pair(
     t, n, k = moved.shape[0], moved.shape[1], pos.shape[1]
     sd, sa = np.float32(1.0 / D_PAIR), np.float32(1.0 / _CHORD_PAIR)
     a = np.empty((t, n, 4), np.float32)
-    a[:, :, 0], a[:, :, 1] = moved.real * sd, moved.imag * sd
-    a[:, :, 2], a[:, :, 3] = turned.real * sa, turned.imag * sa
+    ax, ay, au, av = moved.real * sd, moved.imag * sd, turned.real * sa, turned.imag * sa
+    a[:, :, 0], a[:, :, 1], a[:, :, 2], a[:, :, 3] = ax, ay, au, av
     b = np.empty((t, 4, k), np.float32)
     b[:, 0], b[:, 1] = np.where(real, pos.real * sd, np.float32(1e3)), pos.imag * sd
     b[:, 2], b[:, 3] = unit.real * sa, unit.imag * sa
     cost = np.matmul(a, b)
     cost *= np.float32(-2.0)
-    cost += np.einsum("tnc,tnc->tn", a, a)[:, :, None]
-    cost += np.einsum("tck,tck->tk", b, b)[:, None, :]
+    # The squared lengths, summed in the order einsum("tnc,tnc->tn") and einsum("tck,tck->tk")
+    # used here before (same values: test_squared_lengths_match_einsum), from contiguous
+    # arrays: a quarter of a millisecond less per search than the einsums over the short axis.
+    ax *= ax
+    ay *= ay
+    ax += ay
+    au *= au
+    av *= av
+    au += av
+    ax += au
+    cost += ax[:, :, None]
+    bb = b[:, 0] * b[:, 0]
+    bb += b[:, 1] * b[:, 1]
+    bb += b[:, 2] * b[:, 2]
+    bb += b[:, 3] * b[:, 3]
+    cost += bb[:, None, :]
     return _mutual_below_one(cost)
 
 

@@ -337,9 +337,10 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     col_max = sim.max(axis=0)  # (K, T): best over the probe's cylinders
     both = (sim == row_max[:, None, :]) & (sim == col_max[None, :, :])
     both &= sim > 0
-    has = both.any(axis=1)  # (n, T)
-    both = both * np.arange(1, k + 1, dtype=np.int16)[None, :, None]
-    row_j = (both.max(axis=1).astype(np.int64) - 1).T  # (T, n); -1 where no mutual partner
+    # 1 + the largest mutual j per (i, template), 0 where there is none (k <= MAX_CYLINDERS fits int8).
+    last = (both * np.arange(1, k + 1, dtype=np.int8 if k < 127 else np.int16)[None, :, None]).max(axis=1)
+    has = last > 0  # (n, T)
+    row_j = (last.astype(np.int64) - 1).T  # (T, n); -1 where no mutual partner
     cand_v = np.where(has, row_max, np.float32(0.0)).T  # (T, n)
     pick = np.argpartition(cand_v, n - r, axis=1)[:, n - r :] if r < n else np.tile(np.arange(n), (t, 1))
     vals = np.take_along_axis(cand_v, pick, axis=1)
@@ -364,9 +365,11 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     # Radial angle: minutia direction against the direction to the other minutia
     # (with y pointing down, e^{i*theta} * v/|v| carries theta minus v's angle).
     va *= ua[:, :, None]
-    va /= np.maximum(da, 1e-6)
+    # Times the float32 reciprocal: what numpy's complex division by a real divisor computes
+    # (Smith's rule with a zero imaginary part), without its complex arithmetic.
+    va *= np.reciprocal(np.maximum(da, np.float32(1e-6)))
     vb *= ub[:, :, None]
-    vb /= np.maximum(db, 1e-6)
+    vb *= np.reciprocal(np.maximum(db, np.float32(1e-6)))
     va -= vb
     da -= db
     rho = _sigmoid32(np.abs(da), MU_1, TAU_1)
