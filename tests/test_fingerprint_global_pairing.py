@@ -243,3 +243,53 @@ def test_the_inside_test_over_the_used_hull_planes_equals_the_padded_one():
     assert inside[3].all()  # two points: the plane that holds everything
     empty_n, empty_o = gp.used_planes(np.zeros((2, 5), np.complex64), np.zeros((2, 5), np.float32))
     assert empty_n.shape == (2, 1) and gp._inside(x[:2], y[:2], empty_n, empty_o).all()
+
+
+def _inside_reference(x: np.ndarray, y: np.ndarray, normals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The inside test as first written: (T, P, E) excesses reduced along the edges, per-template hulls."""
+    excess = x[:, :, None] * normals.real.astype(np.float32)[:, None, :]
+    excess += y[:, :, None] * normals.imag.astype(np.float32)[:, None, :]
+    excess -= offsets[:, None, :]
+    return excess.max(axis=2) <= 0.0
+
+
+def test_the_edge_major_inside_test_equals_the_reference_for_own_and_shared_hulls():
+    """Points inside and around the hulls: the edge-major layout and a hull shared by every
+    template (the probe's, not broadcast) give exactly the answers of the reference layout."""
+    rng = np.random.default_rng(12)
+    planes = [gp.hull_planes(rng.uniform(0, 300, m), rng.uniform(0, 300, m)) for m in (5, 20, 48, 2, 9)]
+    normals, offsets = gp.used_planes(*gp.pad_planes(planes, 48))
+    x = rng.uniform(-20, 320, (5, 300)).astype(np.float32)
+    y = rng.uniform(-20, 320, (5, 300)).astype(np.float32)
+    inside = gp._inside(x, y, normals, offsets)
+    np.testing.assert_array_equal(inside, _inside_reference(x, y, normals, offsets))
+    assert inside.any() and not inside.all()
+    shared_n, shared_o = planes[2]
+    shared = gp._inside(x, y, shared_n, shared_o)
+    wide = (np.broadcast_to(shared_n, (5, len(shared_n))), np.broadcast_to(shared_o, (5, len(shared_o))))
+    np.testing.assert_array_equal(shared, _inside_reference(x, y, *wide))
+    np.testing.assert_array_equal(shared, gp._inside(x, y, *wide))
+
+
+def test_pairing_costs_equal_the_einsum_formulation_and_the_exact_distance():
+    """The pairing costs, squared lengths summed without einsum, are bit for bit the einsum-based ones
+    they replaced, and within float32 rounding of the exact scaled squared distance."""
+    rng = np.random.default_rng(13)
+    t, n, k = 30, 45, 48
+    moved = (rng.uniform(0, 60, (t, n)) + 1j * rng.uniform(0, 60, (t, n))).astype(np.complex64)  # crowded
+    turned = np.exp(1j * rng.uniform(0, 2 * np.pi, (t, n))).astype(np.complex64)
+    pos = (rng.uniform(0, 60, (t, k)) + 1j * rng.uniform(0, 60, (t, k))).astype(np.complex64)
+    unit = np.exp(1j * rng.uniform(0, 2 * np.pi, (t, k))).astype(np.complex64)
+    real = np.arange(k)[None, :] < rng.integers(1, k + 1, t)[:, None]
+    cost = gp._costs(moved, turned, pos, unit, real)
+    sd, sa = np.float32(1.0 / gp.D_PAIR), np.float32(1.0 / gp._CHORD_PAIR)
+    a = np.stack([moved.real * sd, moved.imag * sd, turned.real * sa, turned.imag * sa], axis=2)
+    b = np.stack([np.where(real, pos.real * sd, np.float32(1e3)), pos.imag * sd, unit.real * sa, unit.imag * sa], 1)
+    einsum = np.matmul(a, b) * np.float32(-2.0)
+    einsum += np.einsum("tnc,tnc->tn", a, a)[:, :, None]
+    einsum += np.einsum("tck,tck->tk", b, b)[:, None, :]
+    np.testing.assert_array_equal(cost, einsum)
+    exact = ((a[:, :, None, :].astype(np.float64) - b.transpose(0, 2, 1)[:, None, :, :]) ** 2).sum(axis=3)
+    live = np.broadcast_to(real[:, None, :], cost.shape)
+    np.testing.assert_allclose(cost[live], exact[live], atol=2e-4)
+    assert (cost[live] < 1.0).sum() > 100  # crowded: many pairs inside the ellipse

@@ -561,3 +561,90 @@ def test_prefilter_block_best_is_each_probe_rows_best_match_across_sub_block_edg
     )
     np.testing.assert_array_equal(changed[:, prefilter.SUB_BLOCK], 0.0)
     assert prefilter.block_best(probe_t, rows[:, :0]).shape == (7, 0)
+
+
+def _local_similarity_reference(probe, gallery) -> np.ndarray:
+    """Local similarities as first written: probe-first products, (n, K, T) regridded rank by rank."""
+    from biometrics.fingerprint import mcc_match
+    from biometrics.fingerprint.cylinders import N_SPATIAL
+
+    t, k, n = gallery.templates, gallery.width, len(probe)
+    energy = np.einsum("nsd,nsd->ns", *(2 * [probe.values.reshape(n, N_SPATIAL, -1)])).astype(np.float32)
+    cross = probe.values @ gallery.values.T
+    norm_a, common = np.split(np.vstack([energy, probe.valid]) @ gallery.valid.T, 2)
+    norm_b = probe.valid @ gallery.energy.T
+    direction = np.stack([np.cos(probe.angle), np.sin(probe.angle)], axis=1).astype(np.float32)
+    ok = (common >= mcc_match.MIN_COMMON * N_SPATIAL) & (direction @ gallery.direction.T >= mcc_match._COS_MAX)
+    cross *= -2.0
+    cross += norm_a
+    cross += norm_b
+    cross = 1.0 - np.sqrt(np.maximum(cross, 0.0)) / np.maximum(np.sqrt(norm_a) + np.sqrt(norm_b), 1e-12)
+    cross *= ok
+    out = np.zeros((n, k, t), np.float32)
+    for p in range(k):
+        lo, hi = int(gallery.offsets[p]), int(gallery.offsets[p + 1])
+        out[:, p, : hi - lo] = cross[:, lo:hi]
+    return out
+
+
+@pytest.mark.parametrize("sizes", [(48, 12, 0, 30, 48, 8, 47, 3), (40, 40, 40, 40)])
+def test_local_similarity_gallery_first_products_equal_the_probe_first_ones(sizes):
+    """The products taken gallery rows first give bit for bit the similarities of the probe-first
+    formulation, for crowded sets of mixed sizes (rank-by-rank regrid) and of equal sizes (one reshape)."""
+    from biometrics.fingerprint import mcc_match
+
+    rng = np.random.default_rng(sum(sizes))
+    sets = [cylinders_of(_random_finger(rng, m)) for m in sizes]
+    for probe in (cylinders_of(_random_finger(rng, 45)), sets[0]):
+        packed = mcc_match.pack(sets)
+        got = mcc_match.local_similarity(probe, packed)
+        assert got.shape == (len(probe), packed.width, len(sets)) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, _local_similarity_reference(probe, packed))
+        assert (got > 0).sum() > 100
+
+
+def test_prefilter_pooling_by_addition_equals_the_pooling_product():
+    """Summing each cell's adjacent direction bins gives exactly the product with the pooling matrix."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(31)
+    c = cylinders_of(_random_finger(rng, 48))
+    np.testing.assert_array_equal(prefilter._pool(c.values), c.values @ prefilter.POOL)
+    noisy = rng.random((40, prefilter.POOL.shape[0])).astype(np.float32)
+    np.testing.assert_array_equal(prefilter._pool(noisy), noisy @ prefilter.POOL)
+
+
+def test_prefilter_read_ahead_touches_every_cache_line_and_changes_no_best_match():
+    """block_best's read-ahead view holds one float of every 64-byte line of a block's rows (also for a
+    partly filled block), layouts it cannot view are read without it, and the best matches are the same."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(32)
+    g, d = prefilter.GALLERY_ROWS, 114
+    block = rng.normal(size=(g, 3 * prefilter.SUB_BLOCK + 7, d)).astype(np.float32)
+    for rows in (block, block[:, : 2 * prefilter.SUB_BLOCK + 3]):
+        lines = prefilter._lines(rows)
+        t = rows.shape[1]
+        assert lines is not None and np.shares_memory(lines, block)
+        assert lines.shape == (g, -(-t * d // prefilter.LINE_FLOATS))
+        assert lines.strides == (rows.strides[0], prefilter.LINE_FLOATS * rows.itemsize)
+        np.testing.assert_array_equal(lines, rows.reshape(g, -1)[:, :: prefilter.LINE_FLOATS])
+    assert prefilter._lines(block.transpose(0, 2, 1)) is None
+    probe_t = np.ascontiguousarray(rng.normal(size=(d, 32)).astype(np.float32))
+    rows = block[:, : 2 * prefilter.SUB_BLOCK + 3]
+    plain = np.empty((rows.shape[1], 32), np.float32)
+    for lo in range(0, rows.shape[1], prefilter.SUB_BLOCK):
+        hi = lo + prefilter.SUB_BLOCK
+        np.max(np.matmul(rows[:, lo:hi], probe_t), axis=0, out=plain[lo:hi])
+    np.testing.assert_array_equal(prefilter.block_best(probe_t, rows), plain.T)
+
+
+def test_relaxation_geometry_reciprocal_equals_complex_division_by_a_real():
+    """consolidate multiplies by the float32 reciprocal where it divided complex64 numbers by a real:
+    numpy's complex division by (x + 0j) gives exactly that product."""
+    rng = np.random.default_rng(33)
+    v = ((rng.normal(size=(64, 16, 16)) + 1j * rng.normal(size=(64, 16, 16))) * 80).astype(np.complex64)
+    d = np.abs(rng.normal(size=(64, 16, 16)) * 50).astype(np.float32)
+    d[0, 0, :4] = 0.0
+    d = np.maximum(d, np.float32(1e-6))
+    np.testing.assert_array_equal(v * np.reciprocal(d), v / d)
