@@ -85,10 +85,13 @@ in numpy, XOR plus ``bitwise_count`` over every cylinder pair moves more memory
 than the float product it replaces, and a Hamming distance of 0/1 vectors computed
 as a matrix product costs the same as the float one. The saving has to come from
 fewer, smaller rows, which is what pooling and the projection give. The float product
-itself runs near the core's peak (measured: the pre-filter's cost follows its
-multiply-adds, not its memory traffic or its block size; since the third round the
+itself runs near the core's peak when its rows are in cache (measured: the pre-filter's
+cost follows its multiply-adds, not its block size; since the third round the
 same products are taken as small batches, up to 30 % faster per block on one core:
-:func:`block_best`), so what is left to trade is rows and dimensions, as above.
+:func:`block_best`), so what is left to trade is rows and dimensions, as above. (A
+gallery of 2,000 templates is 36 MB of projected rows, more than this VM's share of
+the last-level cache: there the products ran at half their in-cache rate until the
+fourth round's read-ahead, see below.)
 
 Probe-row normalisation (second round). The top-rows mean above lets a probe's
 generic rows (dense cylinders of common ridge flow, which find a close row in
@@ -153,6 +156,34 @@ recall at seed 0 is one or two mates above the 99 % line (9 misses of 1,088):
 these are small moves on few pairs. At the calibration's final refit (1e-4 at
 0.142, a stricter threshold: fewer hard pairs count) the benchmark measured
 99.19 % synthetic and 99.62 / 100 / 99.79 / 100 % on DB1-4.
+
+Fourth round: the same rankings and full scores, bit for bit, for less CPU time (the
+synthetic population's 1:N search sat at 97 to 99k comparisons per second per core,
+at the 100k line). Profiled per search of the 2,000-template synthetic gallery: the
+pre-filter's products 9 ms of 21, the candidates' local similarities 4.5, their
+consolidation 4 (half of it the global pairing), the gather of their rows 1.7.
+:func:`block_best` was bound by memory, not by its multiply-adds: its small batched
+products read their operands in place and reach 150 GFLOP/s on one core with a batch
+in cache, 73 with the gallery streamed from memory; a strided pass that touches one
+float per cache line of a batch just before its products (a sequential read, which
+the hardware prefetches) brings that back to about 8.2 ms from 8.7 (SUB_BLOCK = 48:
+a batch in the 2 MB L2; 32 to 96 were within noise of it, reading every other line
+was slower than not reading ahead). The rest: the local similarities' products
+taken gallery rows first (:func:`mcc_match.local_similarity`), the hull test laid
+out edge-major, the pairing costs' squared lengths and the relaxation's geometry
+without einsum or complex division, the probe's pooled sketch by one addition
+(:func:`_pool`). Measured interleaved with the previous code on the same 2,000
+templates (one worker, single-threaded BLAS, rounds of 10 probes as
+``bench.fingerprint`` times them, 16 rounds each): median 101k -> 112k comparisons
+per second (best round 104k -> 115k), the same candidates and scores on every
+probe; the prescores and the full scans of the four FVC2002 folders are unchanged
+too. ``bench.fingerprint --synthetic 200`` then reported 112.6k comparisons per
+second per core (median round 104k, other jobs sharing the machine) and the same
+recall, 99.19 %. Tried and dropped: float16 gallery rows (numpy's and OpenCV's conversions cost
+more than the memory they save), reading the candidates' rows ahead of their gather
+or gathering them in cache-sized chunks (the gather is bound by memory either way),
+(t, n) layouts for :func:`row_stats` and :func:`aggregate` (no faster), one product
+for the valid-cell counts and both energies (twice the multiply-adds, slower).
 
 The pre-score only chooses which templates get the full score; the scores
 reported and thresholded are always the full ones (:func:`mcc_match.scores`).
