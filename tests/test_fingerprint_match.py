@@ -637,6 +637,7 @@ def test_prefilter_read_ahead_touches_every_cache_line_and_changes_no_best_match
         hi = lo + prefilter.SUB_BLOCK
         np.max(np.matmul(rows[:, lo:hi], probe_t), axis=0, out=plain[lo:hi])
     np.testing.assert_array_equal(prefilter.block_best(probe_t, rows), plain.T)
+    np.testing.assert_array_equal(prefilter.block_best(probe_t, rows, read_ahead=False), plain.T)
 
 
 def test_relaxation_geometry_reciprocal_equals_complex_division_by_a_real():

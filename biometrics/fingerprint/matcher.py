@@ -278,9 +278,11 @@ class GalleryIndex:
         out = np.zeros((len(sp), sum(b.shape[1] for b in blocks)), np.float32)
         probe_t = np.ascontiguousarray(sp.T)
         step = prefilter.BLOCK_TEMPLATES
+        # Reading each batch ahead pays when one thread has the memory to itself (prefilter.block_best).
+        alone = self._workers == 1 or len(blocks) == 1
 
         def run(b: int) -> None:
-            out[:, b * step : b * step + blocks[b].shape[1]] = prefilter.block_best(probe_t, blocks[b])
+            out[:, b * step : b * step + blocks[b].shape[1]] = prefilter.block_best(probe_t, blocks[b], alone)
 
         self._map(list(range(len(blocks))), run)
         return out

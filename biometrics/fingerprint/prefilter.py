@@ -168,15 +168,17 @@ in cache, 73 with the gallery streamed from memory; a strided pass that touches 
 float per cache line of a batch just before its products (a sequential read, which
 the hardware prefetches) brings that back to about 8.2 ms from 8.7 (SUB_BLOCK = 48:
 a batch in the 2 MB L2; 32 to 96 were within noise of it, reading every other line
-was slower than not reading ahead). The rest: the local similarities' products
+was slower than not reading ahead). It pays only for one thread scanning alone: with
+two threads scanning blocks at once it made searches slower than without it, so a
+gallery searched on several worker threads does without it. The rest: the local similarities' products
 taken gallery rows first (:func:`mcc_match.local_similarity`), the hull test laid
 out edge-major, the pairing costs' squared lengths and the relaxation's geometry
 without einsum or complex division, the probe's pooled sketch by one addition
 (:func:`_pool`). Measured interleaved with the previous code on the same 2,000
 templates (one worker, single-threaded BLAS, rounds of 10 probes as
-``bench.fingerprint`` times them, 16 rounds each): median 101k -> 112k comparisons
-per second (best round 104k -> 115k), the same candidates and scores on every
-probe; the prescores and the full scans of the four FVC2002 folders are unchanged
+``bench.fingerprint`` times them, 12 to 16 rounds each): median 101k -> 112k comparisons
+per second (best round 104k -> 115k; without the read-ahead 97k -> 103k), on two
+worker threads 126k -> 135k; the same candidates and scores on every probe; the prescores and the full scans of the four FVC2002 folders are unchanged
 too. ``bench.fingerprint --synthetic 200`` then reported 112.6k comparisons per
 second per core (median round 104k, other jobs sharing the machine) and the same
 recall, 99.19 %. Tried and dropped: float16 gallery rows (numpy's and OpenCV's conversions cost
@@ -365,7 +367,7 @@ def _lines(rows: np.ndarray) -> np.ndarray | None:
     return flat[:, ::LINE_FLOATS]
 
 
-def block_best(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def block_best(probe_t: np.ndarray, rows: np.ndarray, read_ahead: bool = True) -> np.ndarray:
     """Each probe row's best match in each template, (n, t), for a projected probe transposed ((D, n)).
 
     ``rows`` are (GALLERY_ROWS, t, D) (a block, or a view of its filled columns).
@@ -387,13 +389,18 @@ def block_best(probe_t: np.ndarray, rows: np.ndarray) -> np.ndarray:
     one float per cache line (a strided maximum: a sequential stream that the
     hardware prefetches at full bandwidth), and the product then finds it in the
     core's cache. Same products, same values; SUB_BLOCK = 48 keeps a batch (0.9 MB)
-    in the 2 MB L2. Measured on its own, block_best took about 5 % less CPU time.
+    in the 2 MB L2. Measured on its own, block_best took about 5 % less CPU time,
+    and a whole search one worker about 5 % less. Only for one thread scanning
+    alone (``read_ahead``, :class:`biometrics.fingerprint.matcher.GalleryIndex`
+    sets it): with two threads scanning blocks at once on the 2-core VM, searches
+    were 4 to 15 % slower with it than without (and 11 % faster than before this
+    round without it).
     """
     t, n = rows.shape[1], probe_t.shape[1]
     if n == 0 or t == 0:
         return np.zeros((n, t), np.float32)
     out = np.empty((t, n), np.float32)
-    lines = _lines(rows)
+    lines = _lines(rows) if read_ahead else None
     d = rows.shape[2]
     for lo in range(0, t, SUB_BLOCK):
         hi = min(lo + SUB_BLOCK, t)
