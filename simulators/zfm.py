@@ -49,6 +49,10 @@ from drivers.zfm.constants import (
 
 MATCH_THRESHOLD = 150  # of 300; scores at or above mean "same finger"
 FEATURE_GRID = 16
+# The longest packet a module takes: a data packet of the largest size, plus its checksum.
+# A header claiming more is noise that happens to contain EF 01; waiting for its body
+# would swallow every real packet after it, so the parser skips it instead.
+MAX_PACKET_LENGTH = max(PACKET_SIZES.values()) + 2
 
 
 class Fault(enum.Enum):
@@ -123,6 +127,10 @@ class SimulatedModule:
         self.chars: list[bytes | None] = [None] * self.profile.char_buffers
         self.image: np.ndarray | None = None
         self.commands: list[int] = []  # command codes received, for tests
+        self.errors: list[str] = []  # handler crashes (a simulator bug): the fixture fails the test on any
+        self.packets_since_plug = 0  # valid packets parsed on the current pty, for failure messages
+        self.ignored_for_speed = 0  # of those, dropped because the client's line speed was wrong
+        self._generation = 0  # bumped by every new pty: the serving thread starts a fresh buffer
         self._finger: np.ndarray | None = None
         self._faults: list[Fault] = []
         self._silent = False
@@ -196,13 +204,24 @@ class SimulatedModule:
             self._write(bytes([POWER_UP_BYTE]))
 
     # ------------------------------------------------------------ pty
+    def state(self) -> str:
+        """One line on what the module has seen since it was (re)plugged, for a failing test's message."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return (
+            f"simulator serving={alive} plugged={self._master >= 0} baud={self.baud} "
+            f"packets_since_plug={self.packets_since_plug} ignored_for_speed={self.ignored_for_speed} "
+            f"errors={self.errors}"
+        )
+
     def _open_pty(self) -> None:
         master, slave = os.openpty()
         tty.setraw(slave)
         attrs = termios.tcgetattr(slave)
         attrs[3] &= ~termios.ECHO
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        self.packets_since_plug = self.ignored_for_speed = 0
         self._master, self._slave = master, slave
+        self._generation += 1
         self._slave_name = os.ttyname(slave)
         if self.link is not None:
             tmp = self.link.with_name(self.link.name + ".tmp")
@@ -238,12 +257,17 @@ class SimulatedModule:
     # ------------------------------------------------------------ serving
     def _serve(self) -> None:
         buffer = bytearray()
+        generation = -1
         while not self._stop.is_set():
             fd = self._master
             if fd < 0:
                 time.sleep(0.02)
-                buffer.clear()
                 continue
+            if generation != self._generation:
+                # A fresh pty is a module just powered up: nothing half-received survives it,
+                # even when unplug and replug both fell between two turns of this loop.
+                generation = self._generation
+                buffer.clear()
             try:
                 ready, _, _ = select.select([fd], [], [], 0.05)
                 if not ready:
@@ -253,30 +277,42 @@ class SimulatedModule:
                 time.sleep(0.02)
                 continue
             buffer += chunk
-            while True:
-                start = buffer.find(b"\xef\x01")
-                if start < 0:
-                    # Noise: drop it, but keep a trailing EF, which may be the first half of a
-                    # header whose 01 is still on the line (a client writing byte by byte).
-                    keep = buffer.endswith(b"\xef")
-                    buffer.clear()
-                    if keep:
-                        buffer.append(0xEF)
-                    break
-                del buffer[:start]
-                if len(buffer) < 9:
-                    break
-                kind, length = struct.unpack(">BH", buffer[6:9])
-                if len(buffer) < 9 + length:
-                    break
-                body = bytes(buffer[6 : 9 + length - 2])
-                (received,) = struct.unpack(">H", buffer[9 + length - 2 : 9 + length])
-                del buffer[: 9 + length]
-                if received != sum(body) & 0xFFFF:
-                    if not self._silent:
-                        self._reply(0x01)  # error receiving the packet
-                    continue
+            self._parse(buffer)
+
+    def _parse(self, buffer: bytearray) -> None:
+        """Take every whole packet off the front of ``buffer``; noise is dropped, a partial packet waits."""
+        while True:
+            start = buffer.find(b"\xef\x01")
+            if start < 0:
+                # Noise: drop it, but keep a trailing EF, which may be the first half of a
+                # header whose 01 is still on the line (a client writing byte by byte).
+                keep = buffer.endswith(b"\xef")
+                buffer.clear()
+                if keep:
+                    buffer.append(0xEF)
+                return
+            del buffer[:start]
+            if len(buffer) < 9:
+                return
+            kind, length = struct.unpack(">BH", buffer[6:9])
+            if not 2 <= length <= MAX_PACKET_LENGTH:
+                del buffer[:2]  # not a header: look for the next EF 01
+                continue
+            if len(buffer) < 9 + length:
+                return
+            body = bytes(buffer[6 : 9 + length - 2])
+            (received,) = struct.unpack(">H", buffer[9 + length - 2 : 9 + length])
+            del buffer[: 9 + length]
+            if received != sum(body) & 0xFFFF:
+                if not self._silent:
+                    self._reply(0x01)  # error receiving the packet
+                continue
+            self.packets_since_plug += 1
+            try:
                 self._packet(kind, body[3:])
+            except Exception as exc:  # a simulator bug: keep serving, and let the test fail on it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._reply(0x01)
 
     def _reply(self, code: int, data: bytes = b"", stream: bytes | None = None) -> None:
         out = _frame(PacketType.ACK, bytes([code]) + data, self.address)
@@ -314,7 +350,10 @@ class SimulatedModule:
         return speed == getattr(termios, f"B{self.baud}", speed)
 
     def _packet(self, kind: int, payload: bytes) -> None:
-        if self._silent or not self._line_speed_matches():
+        if self._silent:
+            return
+        if not self._line_speed_matches():
+            self.ignored_for_speed += 1
             return
         if kind in (PacketType.DATA, PacketType.END_DATA):
             self._data(kind, payload)

@@ -279,6 +279,7 @@ def zfm_sim(request, tmp_path: Path) -> Iterator:
     sim = SimulatedModule(request.param, link=tmp_path / "ttyZFM0", finger_source=FingerGenerator(11).image)
     with sim:
         yield sim
+        assert not sim.errors, f"the simulated module crashed while serving: {sim.state()}"
 
 
 # ---------------------------------------------------------------- USB readers (libfprint)

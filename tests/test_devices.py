@@ -105,10 +105,11 @@ def _events(recorded: list[tuple[str, dict]], device: str) -> list[str]:
     return [kind for kind, data in recorded if data.get("device") == device]
 
 
-async def _until(predicate, timeout_s: float = 10.0) -> None:
+async def _until(predicate, timeout_s: float = 10.0, describe=lambda: "") -> None:
+    """Poll ``predicate``; on timeout fail with ``describe()`` (a simulator's state, say), to tell why."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        assert time.monotonic() < deadline, f"condition not reached in time; {describe()}"
         await asyncio.sleep(0.05)
 
 
@@ -141,7 +142,7 @@ def test_serial_module_and_camera_in_one_supervisor(zfm_sim, camera_sim) -> None
             await _until(lambda: not finger.connected)
             assert face.connected and face.wait_frame(after=frames_before, timeout_s=5).seq > frames_before
             zfm_sim.replug()
-            await _until(lambda: finger.connected)
+            await _until(lambda: finger.connected, 20, describe=zfm_sim.state)
             zfm_sim.place(finger=2)
             await asyncio.to_thread(finger.wait_for_finger, 5)
             image = await asyncio.to_thread(finger.download_image)

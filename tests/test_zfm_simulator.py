@@ -63,3 +63,38 @@ def test_lone_header_byte_after_noise_is_kept(zfm_sim) -> None:
         time.sleep(0.1)  # the simulator reads the noise and the lone EF on their own
         port.write(packet[1:])
         assert _read_ack(port)[0] == 0x00
+
+
+def test_noise_that_looks_like_a_header_does_not_swallow_the_next_packets(zfm_sim) -> None:
+    """EF 01 in line noise with a length no module takes (61,185 bytes): the packets after it still answer.
+
+    Waiting for that body would eat every real command for the next several seconds,
+    so the module would look dead to a client scanning for its baud rate.
+    """
+    noise = b"\xef\x01\xff\xff\xff\xff\x01\xef\x01"  # kind 01, then a length of 0xEF01
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(noise)
+        port.flush()
+        time.sleep(0.1)
+        port.write(_command(0x40))
+        assert _read_ack(port)[0] == 0x00
+    assert zfm_sim.commands == [0x40]
+
+
+def test_a_half_packet_does_not_survive_an_unplug(zfm_sim) -> None:
+    """The first half of a command, then the cable is pulled: after the replug the module starts afresh.
+
+    Left in the simulator's buffer, the stale half would join the next client's first
+    command into one corrupt packet, so the reopened port's first command would fail.
+    """
+    packet = _command(0x40)
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(packet[:7])  # the header and the kind, not the length
+        port.flush()
+        time.sleep(0.1)
+        zfm_sim.unplug()
+        zfm_sim.replug()
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(packet)
+        assert _read_ack(port)[0] == 0x00
+    assert zfm_sim.commands == [0x40]
