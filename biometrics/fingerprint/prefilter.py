@@ -170,22 +170,25 @@ the hardware prefetches) brings that back to about 8.2 ms from 8.7 (SUB_BLOCK = 
 a batch in the 2 MB L2; 32 to 96 were within noise of it, reading every other line
 was slower than not reading ahead). It pays only for one thread scanning alone: with
 two threads scanning blocks at once it made searches slower than without it, so a
-gallery searched on several worker threads does without it. The rest: the local similarities' products
-taken gallery rows first (:func:`mcc_match.local_similarity`), the hull test laid
-out edge-major, the pairing costs' squared lengths and the relaxation's geometry
-without einsum or complex division, the probe's pooled sketch by one addition
-(:func:`_pool`). Measured interleaved with the previous code on the same 2,000
-templates (one worker, single-threaded BLAS, rounds of 10 probes as
-``bench.fingerprint`` times them, 12 to 16 rounds each): median 101k -> 112k comparisons
-per second (best round 104k -> 115k; without the read-ahead 97k -> 103k), on two
-worker threads 126k -> 135k; the same candidates and scores on every probe; the prescores and the full scans of the four FVC2002 folders are unchanged
-too. ``bench.fingerprint --synthetic 200`` then reported 112.6k comparisons per
-second per core (median round 104k, other jobs sharing the machine) and the same
-recall, 99.19 %. Tried and dropped: float16 gallery rows (numpy's and OpenCV's conversions cost
-more than the memory they save), reading the candidates' rows ahead of their gather
-or gathering them in cache-sized chunks (the gather is bound by memory either way),
-(t, n) layouts for :func:`row_stats` and :func:`aggregate` (no faster), one product
-for the valid-cell counts and both energies (twice the multiply-adds, slower).
+gallery searched on several worker threads does without it. The rest: the local
+similarities' products taken gallery rows first (:func:`mcc_match.local_similarity`),
+the hull test laid out edge-major, the pairing costs' squared lengths and the
+relaxation's geometry without einsum or complex division, the probe's pooled sketch
+by one addition (:func:`_pool`). Measured interleaved with the previous code on the
+same 2,000 templates (single-threaded BLAS, rounds of 10 probes as ``bench.fingerprint``
+times them, 12 to 16 rounds each): on one worker, median 101k -> 112k comparisons per
+second (best round 104k -> 115k; without the read-ahead 97k -> 103k), on two worker
+threads 126k -> 135k; the same candidates and scores on every probe, and the
+prescores and the full scans of the four FVC2002 folders unchanged too.
+``bench.fingerprint --synthetic 200 --workers 2`` then reported 112.6k, 106.0k and
+103.0k comparisons per second per core in three runs (median rounds 104k, 100k and
+96k; other jobs shared the machine), with the same recall, 99.19 %; FVC2002 DB1-4
+125k / 117k / 132k / 107k, recall 99.62 / 100 / 99.79 / 100 %, EER and FNMR
+unchanged. Tried and dropped: float16 gallery rows (numpy's and OpenCV's conversions
+cost more than the memory they save), reading the candidates' rows ahead of their
+gather or gathering them in cache-sized chunks (the gather is bound by memory either
+way), (t, n) layouts for :func:`row_stats` and :func:`aggregate` (no faster), one
+product for the valid-cell counts and both energies (twice the multiply-adds, slower).
 
 The pre-score only chooses which templates get the full score; the scores
 reported and thresholded are always the full ones (:func:`mcc_match.scores`).
