@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import cv2
@@ -589,8 +590,10 @@ def _local_similarity_reference(probe, gallery) -> np.ndarray:
 
 @pytest.mark.parametrize("sizes", [(48, 12, 0, 30, 48, 8, 47, 3), (40, 40, 40, 40)])
 def test_local_similarity_gallery_first_products_equal_the_probe_first_ones(sizes):
-    """The products taken gallery rows first give bit for bit the similarities of the probe-first
-    formulation, for crowded sets of mixed sizes (rank-by-rank regrid) and of equal sizes (one reshape)."""
+    """The products taken gallery rows first give the similarities of the probe-first formulation, for
+    crowded sets of mixed sizes (rank-by-rank regrid) and of equal sizes (one reshape): bit for bit on the
+    build measured, within float32 rounding on any BLAS; a one-cylinder probe (a matrix-vector product,
+    summed in another order) within the square root's cancellation."""
     from biometrics.fingerprint import mcc_match
 
     rng = np.random.default_rng(sum(sizes))
@@ -599,8 +602,13 @@ def test_local_similarity_gallery_first_products_equal_the_probe_first_ones(size
         packed = mcc_match.pack(sets)
         got = mcc_match.local_similarity(probe, packed)
         assert got.shape == (len(probe), packed.width, len(sets)) and got.dtype == np.float32
-        np.testing.assert_array_equal(got, _local_similarity_reference(probe, packed))
+        np.testing.assert_allclose(got, _local_similarity_reference(probe, packed), rtol=0, atol=2e-6)
         assert (got > 0).sum() > 100
+    lone = cylinders_of(_random_finger(rng, 45))
+    lone = type(lone)(**{f: getattr(lone, f)[:1] for f in lone.__dataclass_fields__})
+    got = mcc_match.local_similarity(lone, packed)
+    assert got.shape == (1, packed.width, len(sets))
+    np.testing.assert_allclose(got, _local_similarity_reference(lone, packed), rtol=0, atol=5e-4)
 
 
 def test_prefilter_pooling_by_addition_equals_the_pooling_product():
@@ -632,12 +640,24 @@ def test_prefilter_read_ahead_touches_every_cache_line_and_changes_no_best_match
     assert prefilter._lines(block.transpose(0, 2, 1)) is None
     probe_t = np.ascontiguousarray(rng.normal(size=(d, 32)).astype(np.float32))
     rows = block[:, : 2 * prefilter.SUB_BLOCK + 3]
-    plain = np.empty((rows.shape[1], 32), np.float32)
-    for lo in range(0, rows.shape[1], prefilter.SUB_BLOCK):
-        hi = lo + prefilter.SUB_BLOCK
-        np.max(np.matmul(rows[:, lo:hi], probe_t), axis=0, out=plain[lo:hi])
-    np.testing.assert_array_equal(prefilter.block_best(probe_t, rows), plain.T)
-    np.testing.assert_array_equal(prefilter.block_best(probe_t, rows, read_ahead=False), plain.T)
+    plain = np.matmul(rows, probe_t).max(axis=0).T  # one product per gallery row: no batches at all
+    ahead = prefilter.block_best(probe_t, rows)
+    np.testing.assert_allclose(ahead, plain, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(prefilter.block_best(probe_t, rows, read_ahead=False), ahead)
+
+
+@pytest.mark.parametrize("t", [1, 2, 47, 48, 49, 50, 96, 97, 145, 512])
+def test_prefilter_batches_cover_every_template_once_and_never_one_alone(t):
+    """block_best's batches tile the templates in order, at most SUB_BLOCK + 1 wide, and none holds a
+    single template (a matrix-vector product, summed in another order) unless the block has only one."""
+    from biometrics.fingerprint import prefilter
+
+    bounds = prefilter.batches(t)
+    assert bounds[0][0] == 0 and bounds[-1][1] == t
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    widths = [hi - lo for lo, hi in bounds]
+    assert max(widths) <= prefilter.SUB_BLOCK + 1
+    assert min(widths) >= 2 or t == 1
 
 
 def test_relaxation_geometry_reciprocal_equals_complex_division_by_a_real():

@@ -279,7 +279,7 @@ class GalleryIndex:
         probe_t = np.ascontiguousarray(sp.T)
         step = prefilter.BLOCK_TEMPLATES
         # Reading each batch ahead pays when one thread has the memory to itself (prefilter.block_best).
-        alone = self._workers == 1 or len(blocks) == 1
+        alone = not (len(blocks) > 1 and self._workers > 1)  # as _map decides: one thread scans
 
         def run(b: int) -> None:
             out[:, b * step : b * step + blocks[b].shape[1]] = prefilter.block_best(probe_t, blocks[b], alone)
