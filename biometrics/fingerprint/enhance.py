@@ -319,8 +319,6 @@ def _fine_period(g: np.ndarray, s: np.ndarray) -> float:
 # Rounded orientation index to label: N_ORIENTATIONS is orientation 0 again (and so on, for
 # any non-negative angle, as np.rint(...) % n).
 _WRAP_LUT = (np.arange(256) % N_ORIENTATIONS).astype(np.uint8)
-# Label j to a 0/255 mask (a table rather than cv2.compare, which takes a 1x1 image for a scalar).
-_SELECT_LUTS = 255 * np.eye(N_ORIENTATIONS, 256, dtype=np.uint8)
 
 
 # Filter planning (see _filter_jobs): strips of STRIP rows, and the fixed costs of one
@@ -446,6 +444,18 @@ def _filter_jobs(index: np.ndarray, n: int, half: int) -> list[tuple[int, Box, l
     return jobs
 
 
+def _label_mask(labels: np.ndarray, j: int) -> np.ndarray:
+    """0/255 uint8 mask of the pixels labelled ``j``.
+
+    cv2.compare with a scalar is the cheapest way (a third less than cv2.inRange,
+    half a table lookup), but takes a 1x1 image's scalar for a 1x1 array of
+    another type and refuses it; inRange gives the same mask there.
+    """
+    if labels.size == 1:
+        return cv2.inRange(labels, j, j)
+    return cv2.compare(labels, float(j), cv2.CMP_EQ)
+
+
 def gabor_enhance(
     norm: np.ndarray, theta: np.ndarray, period: float, where: np.ndarray | None = None, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -501,14 +511,18 @@ def gabor_enhance(
         labels = index[y0:y1, x0:x1]
         target = out[y0:y1, x0:x1]
         for j in served:
-            # One masked pass: the response is written only where orientation j is wanted.
-            # OpenCV's masked arithmetic writes into the view of ``out`` (same shape and
-            # type), the same float32 sums, at a tenth of the time of numpy's ``where=``.
-            wanted = cv2.LUT(labels, _SELECT_LUTS[j])
+            # The response is written only where orientation j is wanted: OpenCV's masked
+            # copy into the view of ``out`` (same shape and type), at a tenth of the time of
+            # numpy's ``where=``. The sum or difference is taken over the whole box first,
+            # then copied through the mask: the same float32 sums as OpenCV's masked
+            # arithmetic, at about half its cost; and cv2.compare makes the 0/255 mask in
+            # about half the time of a table lookup.
+            wanted = _label_mask(labels, j)
             if b is None:
-                cv2.copyTo(a, wanted, target)
+                response = a
             else:
-                (cv2.subtract if j == k else cv2.add)(a, b, dst=target, mask=wanted)
+                response = cv2.subtract(a, b) if j == k else cv2.add(a, b)
+            cv2.copyTo(response, wanted, target)
     return out
 
 
