@@ -56,3 +56,13 @@ def test_gabor_output_buffer_of_the_wrong_type_is_refused_not_left_zero():
     for bad in (np.zeros((40, 50), np.float64), np.zeros((40, 49), np.float32)):
         with pytest.raises(ValueError, match="float32 array of shape"):
             enhance.gabor_enhance(norm, theta, 9.0, out=bad)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (33, 47)])
+def test_label_mask_is_255_exactly_where_the_label_is(shape):
+    # The 1x1 box takes another OpenCV call than the others (compare refuses it).
+    labels = np.random.default_rng(shape[1]).integers(0, enhance.N_ORIENTATIONS + 1, shape).astype(np.uint8)
+    for j in range(enhance.N_ORIENTATIONS):
+        got = enhance._label_mask(labels, j)
+        assert got.dtype == np.uint8 and got.shape == shape
+        assert np.array_equal(got, np.where(labels == j, 255, 0))
