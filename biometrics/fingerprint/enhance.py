@@ -520,8 +520,10 @@ def gabor_enhance(
             wanted = _label_mask(labels, j)
             if b is None:
                 response = a
+            elif j == k:
+                response = cv2.subtract(a, b)
             else:
-                response = cv2.subtract(a, b) if j == k else cv2.add(a, b)
+                response = cv2.add(a, b)
             cv2.copyTo(response, wanted, target)
     return out
 
