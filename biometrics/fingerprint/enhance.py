@@ -520,10 +520,10 @@ def gabor_enhance(
             wanted = _label_mask(labels, j)
             if b is None:
                 response = a
-            elif j == k:
-                response = cv2.subtract(a, b)
             else:
-                response = cv2.add(a, b)
+                # The last label served needs b no more: its result goes into b's buffer.
+                into = b if j == served[-1] else None
+                response = cv2.subtract(a, b, dst=into) if j == k else cv2.add(a, b, dst=into)
             cv2.copyTo(response, wanted, target)
     return out
 
