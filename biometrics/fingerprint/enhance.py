@@ -191,11 +191,7 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     # float32 arctan2 here (which took an eighth of the whole extraction).
     theta = cv2.phase(c2s, s2s)
     theta *= 0.5
-    # Half of phase's [0, 2 pi] reaches pi only where phase gives 2 pi itself (rarely): a max (one
-    # read) finds whether any angle needs the wrap, cheaper than the masked pass it then skips.
-    # Both compare in float32, so they pick the same pixels.
-    if theta.max() >= np.pi:
-        np.subtract(theta, np.pi, out=theta, where=theta >= np.pi)  # in place, no gather and scatter
+    np.subtract(theta, np.pi, out=theta, where=theta >= np.pi)  # in place, no gather and scatter
     # coherence = mag / energy is never negative (nor is its linear interpolation): only the
     # upper bound can bite, and np.minimum applies it at a fraction of np.clip's cost.
     return theta, np.minimum(coherence, 1.0, out=coherence)
