@@ -669,3 +669,39 @@ def test_relaxation_geometry_reciprocal_equals_complex_division_by_a_real():
     d[0, 0, :4] = 0.0
     d = np.maximum(d, np.float32(1e-6))
     np.testing.assert_array_equal(v * np.reciprocal(d), v / d)
+
+
+def test_pre_filter_reads_ahead_only_when_its_scan_has_the_memory_to_itself(monkeypatch):
+    """One search on one thread reads ahead; a search whose blocks run on two threads, or one that starts
+    while another search scans (the verifier's match workers), does not: they would share the bandwidth."""
+    from biometrics.fingerprint import matcher, prefilter
+
+    rng = np.random.default_rng(40)
+    sets = [_random_finger(rng, 30) for _ in range(prefilter.BLOCK_TEMPLATES + 40)]  # two blocks
+    flags: list[bool] = []
+    real = prefilter.block_best
+
+    def spy(probe_t, rows, read_ahead=True):
+        flags.append(read_ahead)
+        return real(probe_t, rows, read_ahead)
+
+    monkeypatch.setattr(prefilter, "block_best", spy)
+    single, spread = GalleryIndex(workers=1), GalleryIndex(workers=2)
+    for index in (single, spread):
+        for n, m in enumerate(sets):
+            index.add(n, m)
+        index.search(sets[0], top_k=1)  # packs the blocks (and refits: its own scans)
+    flags.clear()
+    single.prescores(sets[1])
+    assert flags == [True, True]
+    flags.clear()
+    try:
+        spread.prescores(sets[1])
+    finally:
+        spread.close()
+    assert flags == [False, False]
+    flags.clear()
+    with matcher._scan_slot():  # another search scanning meanwhile
+        single.prescores(sets[1])
+    assert flags == [False, False]
+    assert matcher._scans == 0, "every scan gives its slot back"

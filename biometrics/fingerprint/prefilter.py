@@ -411,7 +411,9 @@ def block_best(probe_t: np.ndarray, rows: np.ndarray, read_ahead: bool = True) -
     alone (``read_ahead``, :class:`biometrics.fingerprint.matcher.GalleryIndex`
     sets it): with two threads scanning blocks at once on the 2-core VM, searches
     were 4 to 15 % slower with it than without (and about 7 % faster than before this
-    round without it).
+    round without it); two searches at once on one thread each, as the verifier's
+    match workers run them, about 7 % slower (so a search started while another
+    scans does not read ahead either).
     """
     t, n = rows.shape[1], probe_t.shape[1]
     if n == 0 or t == 0:
