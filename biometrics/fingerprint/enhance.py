@@ -496,14 +496,18 @@ def gabor_enhance(
         # OpenCV would silently allocate its own output and leave ``out`` all zeros.
         raise ValueError(f"out must be a float32 array of shape {norm.shape}; got {out.dtype} {out.shape}")
     h, w = norm.shape
+    # The filters' outputs go into two buffers allocated once (views of a crop's size).
+    even_out, odd_out = np.empty_like(norm), np.empty_like(norm)
     for k, (y0, y1, x0, x1), served in _filter_jobs(index, n, half):
         ya, yb, xa, xb = max(0, y0 - half), min(h, y1 + half), max(0, x0 - half), min(w, x1 + half)
         crop = norm[ya:yb, xa:xb]
         inner = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
-        a = cv2.sepFilter2D(crop, cv2.CV_32F, even_x[k], even_y[k])[inner]
+        a = cv2.sepFilter2D(crop, cv2.CV_32F, even_x[k], even_y[k], dst=even_out[: yb - ya, : xb - xa])[inner]
         # The second filter is zero at 0 (sin 0 = 0 along y) and at 90 degrees (cos = 0
         # along x, to within float rounding: 4e-8, a response a million times below the first).
-        b = cv2.sepFilter2D(crop, cv2.CV_32F, odd_x[k], odd_y[k])[inner] if k % (n // 2) else None
+        b = None
+        if k % (n // 2):
+            b = cv2.sepFilter2D(crop, cv2.CV_32F, odd_x[k], odd_y[k], dst=odd_out[: yb - ya, : xb - xa])[inner]
         labels = index[y0:y1, x0:x1]
         target = out[y0:y1, x0:x1]
         for j in served:
