@@ -34,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import structlog
 
 from drivers.zfm.constants import (
     BAUD_UNIT,
@@ -46,6 +47,8 @@ from drivers.zfm.constants import (
     ModelProfile,
     PacketType,
 )
+
+log = structlog.get_logger()
 
 MATCH_THRESHOLD = 150  # of 300; scores at or above mean "same finger"
 FEATURE_GRID = 16
@@ -310,8 +313,9 @@ class SimulatedModule:
             self.packets_since_plug += 1
             try:
                 self._packet(kind, body[3:])
-            except Exception as exc:  # a simulator bug: keep serving, and let the test fail on it
+            except Exception as exc:  # a simulator bug: keep serving, say so, and let the test fail on it
                 self.errors.append(f"{type(exc).__name__}: {exc}")
+                log.error("simulator_handler_failed", command=body[3] if len(body) > 3 else None, error=self.errors[-1])
                 self._reply(0x01)
 
     def _reply(self, code: int, data: bytes = b"", stream: bytes | None = None) -> None:

@@ -98,3 +98,23 @@ def test_a_half_packet_does_not_survive_an_unplug(zfm_sim) -> None:
         port.write(packet)
         assert _read_ack(port)[0] == 0x00
     assert zfm_sim.commands == [0x40]
+
+
+def test_a_crashing_handler_is_recorded_and_the_module_keeps_serving(tmp_path) -> None:
+    """A bug in one command's handler answers that command with an error and is kept for the test
+    to fail on (the zfm_sim fixture does); it does not silently kill the serving thread."""
+    from simulators.zfm import SimulatedModule
+
+    with SimulatedModule("r307", link=tmp_path / "tty") as sim:
+
+        def broken(args: bytes) -> None:
+            raise ZeroDivisionError("a bug")
+
+        sim._gen_img = broken
+        with serial.Serial(sim.port, 57600, timeout=2) as port:
+            port.write(_command(0x01))  # GenImg
+            assert _read_ack(port)[0] == 0x01
+            port.write(_command(0x40))  # Handshake: still answered
+            assert _read_ack(port)[0] == 0x00
+        assert sim.errors == ["ZeroDivisionError: a bug"]
+        assert "errors=['ZeroDivisionError: a bug']" in sim.state()
