@@ -660,16 +660,6 @@ def test_prefilter_batches_cover_every_template_once_and_never_one_alone(t):
     assert min(widths) >= 2 or t == 1
 
 
-def test_relaxation_geometry_reciprocal_equals_complex_division_by_a_real():
-    """consolidate multiplies by the float32 reciprocal where it divided complex64 numbers by a real:
-    numpy's complex division by (x + 0j) gives exactly that product."""
-    rng = np.random.default_rng(33)
-    v = ((rng.normal(size=(64, 16, 16)) + 1j * rng.normal(size=(64, 16, 16))) * 80).astype(np.complex64)
-    d = np.abs(rng.normal(size=(64, 16, 16)) * 50).astype(np.float32)
-    d[0, 0, :4] = 0.0
-    d = np.maximum(d, np.float32(1e-6))
-    np.testing.assert_array_equal(v * np.reciprocal(d), v / d)
-
 
 def test_pre_filter_reads_ahead_only_when_its_scan_has_the_memory_to_itself(monkeypatch):
     """One search on one thread reads ahead; a search whose blocks run on two threads, or one that starts

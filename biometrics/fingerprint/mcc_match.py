@@ -372,8 +372,9 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     # Radial angle: minutia direction against the direction to the other minutia
     # (with y pointing down, e^{i*theta} * v/|v| carries theta minus v's angle).
     va *= ua[:, :, None]
-    # Times the float32 reciprocal: what numpy's complex division by a real divisor computes
-    # (Smith's rule with a zero imaginary part), without its complex arithmetic.
+    # Times the float32 reciprocal: what numpy's complex division by a real divisor computed
+    # on the build measured (Smith's rule with a zero imaginary part), without its complex
+    # arithmetic; another build may differ in the last bit, which no score depends on.
     va *= np.reciprocal(np.maximum(da, np.float32(1e-6)))
     vb *= ub[:, :, None]
     vb *= np.reciprocal(np.maximum(db, np.float32(1e-6)))
