@@ -95,8 +95,9 @@ def clarity(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, slice]) 
     so a faint but regular print keeps its minutiae; only the parts much less
     clear than the rest of the same finger are excluded. The windows are taken on
     cells of CLARITY_STEP x CLARITY_STEP pixels (clarity varies slowly: the
-    window's sigma is about two cells), which keeps the cost near a fifth of a
-    millisecond; only minutiae look it up (:func:`cell_of`).
+    window's sigma is about two cells): about 0.3 ms per FVC2002 DB1 image,
+    against 0.6 on half-resolution windows with a full-size clarity map; only
+    minutiae look it up (:func:`cell_of`).
 
     Also returns the filtered image's local energy (mean square, the same
     windows), from which :func:`reliability` takes the ridge amplitude at each
