@@ -455,3 +455,26 @@ def test_quality_is_the_chance_of_recurring_so_a_capped_template_keeps_the_clear
     monkeypatch.setattr(cylinders, "MAX_CYLINDERS", int(clear.sum()))
     built = cylinders.build(found)
     assert len(built) >= 3 and not (built.x < half - 10).any()
+
+
+def test_edge_distance_on_blocks_follows_opencvs_full_resolution_distance_and_sees_the_image_edge():
+    """Minutiae ask for the distance to the foreground edge; the 2x2-block version must stay within a pixel or two."""
+    from biometrics.fingerprint.minutiae import edge_distance
+
+    rng = np.random.default_rng(3)
+    for h, w in [(374, 388), (301, 257), (120, 97)]:
+        mask = np.zeros((h, w), np.uint8)
+        cv2.ellipse(mask, (w // 2, h // 2), (w // 3, h // 3), 20, 0, 360, 1, -1)
+        mask[: h // 5, : w // 4] = 1  # foreground touching the image's corner: the edge of the image is an edge
+        cv2.circle(mask, (w // 2, h // 2), min(h, w) // 12, 0, -1)  # a hole
+        ringed = np.zeros((h + 2, w + 2), np.uint8)
+        ringed[1:-1, 1:-1] = mask
+        full = cv2.distanceTransform(ringed, cv2.DIST_L2, 5)[1:-1, 1:-1]
+        ys, xs = np.nonzero(mask)
+        pick = rng.choice(len(ys), 3000)
+        ys, xs = ys[pick], xs[pick]
+        err = edge_distance(mask.view(bool))(ys, xs) - full[ys, xs]
+        assert abs(float(err.mean())) < 0.3
+        assert float(np.abs(err).max()) <= 2.0
+    # A point in the image's first column is a pixel from the outside, however large the foreground.
+    assert edge_distance(np.ones((100, 100), bool))(np.array([50]), np.array([0]))[0] <= 2.0

@@ -8,6 +8,7 @@ shorter than about one period, whatever the sensor.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -31,6 +32,7 @@ MIN_COHERENCE = 0.15
 # and such minutiae recur in other impressions no more often than chance.
 MIN_CLARITY = 0.3
 CLARITY_WINDOW = 1.0  # Gaussian window of the clarity, in ridge periods (about two periods across)
+CLARITY_STEP = 4  # pixels per side of the cells the clarity is computed on
 # Minutiae whose estimated chance of recurring in another impression (see reliability()) is
 # below this are dropped: chance level (a point of the same flow a few ridges away) is about
 # 0.25; on FVC2002 DB3 the minutiae dropped (one in eight) recur 0.3 of the time, the rest 0.75.
@@ -84,36 +86,49 @@ def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
 
 
 def clarity(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of the box (box coordinates) where the contextual filter explains the image, and its energy.
+    """Cells of the box where the contextual filter explains the image, and its energy, on a CLARITY_STEP grid.
 
     Clarity is the local energy of the filtered image over that of the normalised
     image, in windows of about two ridge periods: near 1 where ridges follow the
     estimated orientation and period, near 0 where the filter finds nothing it is
     tuned to. It is taken relative to the image's own median over the foreground,
     so a faint but regular print keeps its minutiae; only the parts much less
-    clear than the rest of the same finger are excluded. The windows are taken at
-    half resolution (clarity varies slowly), which keeps the cost well under a
-    millisecond.
+    clear than the rest of the same finger are excluded. The windows are taken on
+    cells of CLARITY_STEP x CLARITY_STEP pixels (clarity varies slowly: the
+    window's sigma is about two cells): about 0.3 ms per FVC2002 DB1 image,
+    against 0.6 on half-resolution windows with a full-size clarity map; only
+    minutiae look it up (:func:`cell_of`).
 
     Also returns the filtered image's local energy (mean square, the same
-    half-resolution windows), from which :func:`reliability` takes the ridge
-    amplitude at each minutia.
+    windows), from which :func:`reliability` takes the ridge amplitude at each
+    minutia. Both arrays are indexed by box coordinates // CLARITY_STEP
+    (the last partial cells of the box, in its background margin, belong to
+    the last whole ones).
     """
-    en = enhanced[box]
-    h, w = en.shape
-    half = (max(1, w // 2), max(1, h // 2))
-    sigma = CLARITY_WINDOW * analysis.period / 2.0  # in half-resolution pixels
-    energy = cv2.GaussianBlur(shrink(np.square(en), half), (0, 0), sigma)
-    norm = analysis.normalised[box]
-    signal = cv2.GaussianBlur(shrink(np.square(norm), half), (0, 0), sigma)
+    step = CLARITY_STEP
+    h, w = enhanced[box].shape
+    ch, cw = max(1, h // step), max(1, w // step)
+    # Whole cells only: OpenCV averages whole blocks on its fast path.
+    y0, x0 = box[0].start, box[1].start
+    crop = (slice(y0, y0 + min(h, ch * step)), slice(x0, x0 + min(w, cw * step)))
+    sigma = CLARITY_WINDOW * analysis.period / step  # in cells
+    energy = cv2.GaussianBlur(shrink(np.square(enhanced[crop]), (cw, ch)), (0, 0), sigma)
+    signal = cv2.GaussianBlur(shrink(np.square(analysis.normalised[crop]), (cw, ch)), (0, 0), sigma)
     signal += 1e-6
     filtered = energy / signal
-    inside = cv2.resize(analysis.mask[box].view(np.uint8), half, interpolation=cv2.INTER_NEAREST).view(bool)
+    inside = cv2.resize(analysis.mask[crop].view(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST).view(bool)
     if not inside.any():
-        return np.ones((h, w), bool), energy
+        return np.ones((ch, cw), bool), energy
     typical = _median(filtered[inside])
-    clear = (filtered > MIN_CLARITY * typical).view(np.uint8)
-    return cv2.resize(clear, (w, h), interpolation=cv2.INTER_NEAREST).view(bool), energy
+    return filtered > MIN_CLARITY * typical, energy
+
+
+def cell_of(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of :func:`clarity`'s grid (``shape``) holding the points (box coordinates)."""
+    return (
+        np.minimum(ys // CLARITY_STEP, shape[0] - 1),
+        np.minimum(xs // CLARITY_STEP, shape[1] - 1),
+    )
 
 
 def _gabor_gain(period: float) -> float:
@@ -283,6 +298,36 @@ def _cluster_centroids(flat: np.ndarray, width: int, y0: int = 0, x0: int = 0) -
     return np.rint(cy + y0).astype(np.int32), np.rint(cx + x0).astype(np.int32)
 
 
+def edge_distance(mask: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Distance (pixels) from points of the boolean ``mask`` to the nearest background, outside the image included.
+
+    Returns a function of the points' (ys, xs). Computed on 2x2 blocks (a block
+    is background if any of its pixels is): only minutiae ask, the rules
+    that use it compare it with a ridge period or more, and the foreground
+    mask is itself made of 4x4 blocks (:func:`enhance.segment`). Against
+    OpenCV's 5x5 chamfer distance at full resolution, on FVC2002 DB1 masks, the
+    result is off by 0.07 pixel on average (standard deviation 0.6, within 1.5
+    pixels in 99 % of the points) for a quarter of the cost.
+    """
+    h, w = mask.shape
+    # Block (i, j) covers pixels 2i-1..2i, 2j-1..2j; the first and last blocks hold
+    # pixels outside the image, hence background: the distance sees the image's edge.
+    bh, bw = (h + 3) // 2, (w + 3) // 2
+    pad = np.zeros((2 * bh, 2 * bw), np.uint8)
+    pad[1 : h + 1, 1 : w + 1] = mask.view(np.uint8)
+    blocks = pad[0::2, 0::2] & pad[1::2, 0::2]
+    blocks &= pad[0::2, 1::2]
+    blocks &= pad[1::2, 1::2]
+    half = cv2.distanceTransform(blocks, cv2.DIST_L2, 5)
+
+    def at(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        # A block's centre is half a pixel off the pixel's, and it turns background
+        # with its first background pixel: half a pixel back on average.
+        return 2.0 * half[(ys + 1) // 2, (xs + 1) // 2] + 0.5
+
+    return at
+
+
 @functools.cache
 def _disc(r: int) -> tuple[np.ndarray, np.ndarray]:
     """(dy, dx) of the pixels at distance sqrt(2) to r from a centre, float32, in raster order."""
@@ -400,7 +445,7 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     # Crossing numbers, distances to the background and centroids are computed inside
     # the foreground box only (box coordinates, offset by y0, x0): outside it there is
     # no skeleton, and the box's 2-pixel margin of background holds every pixel's
-    # nearest background point (a 5x5 chamfer step cannot jump a 2-pixel ring).
+    # nearest background point (the 2x2 blocks of edge_distance cannot jump a 2-pixel ring).
     # The box starts on even coordinates: OpenCV labels components by 2x2 blocks, and
     # the same block alignment as the whole image keeps their order (which breaks
     # quality ties later), hence the very same minutiae.
@@ -414,14 +459,12 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     kind_of = kind_map.ravel()[flat]
     width = sk.shape[1]
     py, px = np.divmod(flat, width)
-    ringed = np.zeros((sk.shape[0] + 2, sk.shape[1] + 2), np.uint8)  # background all round
-    ringed[1:-1, 1:-1] = analysis.mask[work].view(np.uint8)
-    border = cv2.distanceTransform(ringed, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    border_at = edge_distance(analysis.mask[work])
     clear, energy = clarity(analysis, enhanced, box)
     inside = (
-        (border[py, px] > BORDER_PERIODS * period)
+        (border_at(py, px) > BORDER_PERIODS * period)
         & (analysis.coherence[py + y0, px + x0] > MIN_COHERENCE)
-        & clear[py + y0 - box[0].start, px + x0 - box[1].start]
+        & clear[cell_of(py + y0 - box[0].start, px + x0 - box[1].start, clear.shape)]
     )
     is_end, is_bif = kind_of == KIND_ENDING, kind_of == KIND_BIFURCATION
     stages: dict[str, Minutiae] = {}
@@ -453,14 +496,13 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     angles = _directions(sk, ys - y0, xs - x0, psi, kinds, period)
     xf, yf = xs.astype(np.float32), ys.astype(np.float32)
     good = ~_false_pairs(xf, yf, angles, kinds, period)
-    # The clarity's half-resolution energy at each minutia (box coordinates halved).
-    hy = np.minimum((ys - box[0].start) // 2, energy.shape[0] - 1)
-    hx = np.minimum((xs - box[1].start) // 2, energy.shape[1] - 1)
+    # The clarity's energy at each minutia (its cell of the box).
+    cell = cell_of(ys - box[0].start, xs - box[1].start, energy.shape)
     # Only the minutiae still kept can be cut by it; those already cut as false pairs get 0
     # (so the ``inside`` stage of a trace shows their chance without this term).
     variation = np.zeros(len(ys))
     variation[good] = flow_variation(analysis.orientation, ys[good], xs[good], period)
-    chance = reliability(energy[hy, hx], border[ys - y0, xs - x0], xf, yf, good, period, variation)
+    chance = reliability(energy[cell], border_at(ys - y0, xs - x0), xf, yf, good, period, variation)
     good &= chance >= MIN_RELIABILITY
     # Quality is the chance of recurring, in whole percent rounded down (at least
     # MIN_RELIABILITY's 35 in a template): what decides which minutiae a capped
