@@ -730,3 +730,22 @@ def test_local_similarity_passes_over_uncopied_rows_equal_the_gathered_rows():
         finally:
             mcc_match.PASS_PRODUCTS = saved
     assert len(mcc_match.passes(10, n)) == 2 and mcc_match.passes(0, n).tolist() == [0, 0]
+
+
+def test_relaxation_without_subnormal_compatibilities_gives_the_same_scores(monkeypatch):
+    """Compatibilities under float32's smallest normal number (subnormal products of three sigmoids, slow in
+    every relaxation product) are dropped: the scores are those of the relaxation that keeps them, bit for bit;
+    a floor that drops real compatibilities would change them."""
+    from biometrics.fingerprint import mcc_match
+
+    rng = np.random.default_rng(31)
+    sets = [cylinders_of(_random_finger(rng, m)) for m in (45, 48, 30, 40, 47, 44, 38, 48)]
+    probes = [sets[0], cylinders_of(_random_finger(rng, 46))]
+    packed = mcc_match.pack(sets)
+    floored = [mcc_match.scores(p, packed) for p in probes]
+    assert max(s.max() for s in floored) > 0.1
+    monkeypatch.setattr(mcc_match, "RHO_FLOOR", 0.0)
+    for p, got in zip(probes, floored, strict=True):
+        np.testing.assert_array_equal(got, mcc_match.scores(p, packed))
+    monkeypatch.setattr(mcc_match, "RHO_FLOOR", 0.99)
+    assert any(not np.array_equal(got, mcc_match.scores(p, packed)) for p, got in zip(probes, floored, strict=True))

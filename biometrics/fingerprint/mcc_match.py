@@ -95,6 +95,8 @@ MU_3, TAU_3 = np.pi / 12, -15.0
 # Median raw impostor score (FVC2002 four folders pooled), measured with tau -30 and kept:
 # tau -15 moved it by 2e-4 (see the module docstring).
 NULL_CENTRE = 0.0156
+# Compatibilities below this (float32's smallest normal number) are taken as 0: see consolidate.
+RHO_FLOOR = float(np.finfo(np.float32).tiny)
 
 
 def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
@@ -466,7 +468,7 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     # entries in a synthetic search) made every relaxation product several times slower
     # (each arithmetic operation on one takes a microcode assist), and what they add to a
     # relaxed similarity (under 16 x 1.2e-38) is far below its last bit.
-    keep = rho >= np.finfo(np.float32).tiny
+    keep = rho >= np.float32(RHO_FLOOR)
     keep &= live[:, :, None]
     keep &= live[:, None, :]
     rho = np.where(keep, rho, np.float32(0.0))
