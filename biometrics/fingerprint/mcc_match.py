@@ -242,11 +242,11 @@ def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = No
 
     With ``buffer`` (float32, (rows, WIDTH), C-contiguous), the rows are copied into
     its first rows when they fit, and the Packed set is a view of it: valid until the
-    buffer is reused. A 1:N search gathers megabytes of rows per call; fresh arrays
-    that size come from new memory mappings, and their page faults cost as much as
-    the copy itself (see :func:`gather_buffer`). With ``copy=False`` no row is
-    copied here: the set refers to the stack's rows (valid until the stack changes)
-    and :func:`local_similarity` copies them a pass at a time, while they are used.
+    buffer is reused: megabytes of rows copied into fresh arrays come from new memory
+    mappings, whose page faults cost as much as the copy itself. With ``copy=False``
+    (a 1:N search's candidates) no row is copied here: the set refers to the stack's
+    rows (valid until the stack changes) and :func:`local_similarity` copies them a
+    pass at a time, while they are used.
     """
     templates = np.asarray(templates, np.int64)
     order = np.argsort(-stacked.count[templates], kind="stable")
