@@ -2,7 +2,7 @@
 
     python -m bench.fingerprint --data DIR [--dpi 500] [--workers N] [--pad-to 448x478]
     python -m bench.fingerprint --synthetic 200 [--impressions 3] [--seed 0] [--profile realistic]
-    python -m bench.fingerprint --calibrate DIR[:DPI]... [--synthetic 200]
+    python -m bench.fingerprint --calibrate DIR[:DPI]... [--synthetic 200] [--leave-one-out]
 
 Every unordered pair of images is compared once: same F is a genuine pair,
 different F an impostor pair (FVC "all pairs" protocol; 280 genuine and 2,880
@@ -18,6 +18,9 @@ verifier's thresholds for target FMRs of 1e-3 and 1e-4 (calibration.threshold_fo
 ``false_matches`` counts the impostor pairs at or above each threshold and
 ``false_match_limit_95`` is the most a threshold keeping its promise would let
 through 95 % of the time (the 95 % quantile of Binomial(impostor pairs, target)).
+``--calibrate ... --leave-one-out`` adds, for each folder, the thresholds refitted
+without it (and without its pairs across folders) and the same counts on it: how
+the calibration does on a sensor it has never seen.
 
 ``comparisons_per_s`` is measured on the 1:N path: probes searched against a
 gallery of ``--gallery`` templates (the folder's templates repeated under distinct
@@ -350,48 +353,129 @@ def run(
     }
 
 
-def calibrate(
+Sample = tuple[str, np.ndarray, np.ndarray | None]  # a calibration group: name, impostor scores, units
+
+
+def calibration_samples(
     specs: list[str], synthetic: int, impressions: int, seed: int, workers: int, profile: str = "realistic"
-) -> dict[str, object]:
-    """Fit biometrics.fingerprint.calibration's per-group impostor models on impostor pairs only.
+) -> tuple[list[Sample], list[np.ndarray], Sample | None, Sample | None, np.ndarray]:
+    """Every calibration group's impostor pairs, and what a held-out check needs besides.
 
-    Groups: each folder's own impostor pairs (one sensor each), the pairs across
-    folders (every template of every folder against those of the others), and the
-    synthetic population if ``synthetic`` > 0.
+    Returns (one group per folder, each folder's genuine scores, the pairs across
+    folders, the synthetic population, and the two folders of each pair across
+    folders as an (pairs, 2) array); the across and synthetic groups are None
+    when there is one folder or no synthetic population.
     """
-    from biometrics.fingerprint.calibration import MIN_SHAPE_UNITS, fit_group, fit_groups
-
     all_templates: list[FingerprintTemplate] = []
     labels: list[str] = []
     folder_of: list[int] = []
-    samples: list[tuple[str, np.ndarray, np.ndarray]] = []
+    folders: list[Sample] = []
+    genuine: list[np.ndarray] = []
     for n, spec in enumerate(specs):
         path, _, dpi_text = spec.partition(":")
         folder, dpi = Path(path), int(dpi_text or 500)
         _progress(f"calibration: {folder} at {dpi} dpi")
         templates, fingers, _ = extract_folder(folder, dpi, workers)
         pair_scores, same, _ = all_pairs(templates, fingers)
-        samples.append((folder.name, pair_scores[~same], pair_units(fingers)[~same]))
+        folders.append((folder.name, pair_scores[~same], pair_units(fingers)[~same]))
+        genuine.append(pair_scores[same])
         all_templates += templates
         labels += [f"{n}:{f}" for f in fingers]
         folder_of += [n] * len(templates)
+    across: Sample | None = None
+    across_folders = np.zeros((0, 2), np.int64)
     if len(specs) > 1:
         _progress("calibration: pairs across folders")
         pair_scores, same, _ = all_pairs(all_templates, np.array(labels))
         f = np.array(folder_of)
         iu, ju = np.triu_indices(len(f), k=1)
-        across = f[iu] != f[ju]
-        samples.append(("across folders", pair_scores[across], pair_units(np.array(labels))[across]))
+        keep = f[iu] != f[ju]
+        across = ("across folders", pair_scores[keep], pair_units(np.array(labels))[keep])
+        across_folders = np.stack([f[iu][keep], f[ju][keep]], axis=1)
+    population: Sample | None = None
     if synthetic:
         templates, fingers, _ = extract_synthetic(synthetic, impressions, seed, workers, profile)
         pair_scores, same, _ = all_pairs(templates, fingers)
-        samples.append((f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same], pair_units(fingers)[~same]))
+        population = (f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same], pair_units(fingers)[~same])
+    return folders, genuine, across, population, across_folders
+
+
+def held_out_check(groups: list[Sample], impostor: np.ndarray, genuine: np.ndarray) -> dict[str, object]:
+    """Thresholds fitted on ``groups`` alone, and what they let through on a sensor they never saw.
+
+    The promise is about sensors the calibration has not seen (a kiosk's reader
+    is rarely one of the calibration's): the held-out folder's impostor pairs at
+    each target's threshold, against the most a threshold keeping its promise
+    would let through 95 % of the time, and its genuine pairs' refusals.
+    """
+    from biometrics.fingerprint.calibration import fit_groups
+
+    fits = fit_groups(groups)
+    out: dict[str, dict[str, object]] = {
+        k: {} for k in ("thresholds", "set_by", "false_matches", "false_match_limit_95", "fnmr_at_threshold")
+    }
+    for target in TARGETS:
+        key = f"{target:.0e}"
+        worst = max(fits, key=lambda g: g.threshold(target))
+        t = worst.threshold(target)
+        out["thresholds"][key] = round(t, 5)
+        out["set_by"][key] = worst.name
+        out["false_matches"][key] = int((impostor >= t).sum())
+        out["false_match_limit_95"][key] = binomial_limit_95(len(impostor), target)
+        out["fnmr_at_threshold"][key] = round(100.0 * float((genuine < t).mean()) if len(genuine) else 0.0, 3)
+    return dict(out)
+
+
+def leave_one_out(
+    folders: list[Sample],
+    genuine: list[np.ndarray],
+    across: Sample | None,
+    population: Sample | None,
+    across_folders: np.ndarray,
+) -> list[dict[str, object]]:
+    """Each folder held out in turn: the calibration refitted without it (and without its pairs across folders)."""
+    checks = []
+    for k, (name, impostor, _) in enumerate(folders):
+        groups = [g for i, g in enumerate(folders) if i != k]
+        if across is not None and len(folders) > 2:  # two others still have pairs across them
+            keep = (across_folders != k).all(axis=1)
+            groups.append((across[0], across[1][keep], None if across[2] is None else across[2][keep]))
+        if population is not None:
+            groups.append(population)
+        if not groups:
+            raise SystemExit("--leave-one-out needs a second folder or --synthetic N to fit without the held-out one")
+        checks.append({"held_out": name, **held_out_check(groups, impostor, genuine[k])})
+    return checks
+
+
+def calibrate(
+    specs: list[str],
+    synthetic: int,
+    impressions: int,
+    seed: int,
+    workers: int,
+    profile: str = "realistic",
+    hold_out: bool = False,
+) -> dict[str, object]:
+    """Fit biometrics.fingerprint.calibration's per-group impostor models on impostor pairs only.
+
+    Groups: each folder's own impostor pairs (one sensor each), the pairs across
+    folders (every template of every folder against those of the others), and the
+    synthetic population if ``synthetic`` > 0. ``hold_out`` adds the
+    leave-one-sensor-out check (:func:`leave_one_out`).
+    """
+    from biometrics.fingerprint.calibration import MIN_SHAPE_UNITS, fit_group, fit_groups
+
+    folders, genuine, across, population, across_folders = calibration_samples(
+        specs, synthetic, impressions, seed, workers, profile
+    )
+    samples = folders + [g for g in (across, population) if g is not None]
     fits = fit_groups(samples)
     own = [  # what a small group's own bound would be, beside what it borrowed
         g if g.tail.units >= MIN_SHAPE_UNITS else fit_group(name, scores, units, g.tail.xi)
         for g, (name, scores, units) in zip(fits, samples, strict=True)
     ]
-    return {
+    result: dict[str, object] = {
         "groups": [
             {
                 "name": g.name,
@@ -416,6 +500,9 @@ def calibrate(
             for g in fits
         ),
     }
+    if hold_out:
+        result["leave_one_out"] = leave_one_out(folders, genuine, across, population, across_folders)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR[:DPI]",
         help="fit the impostor model on these folders (and --synthetic N fingers) instead of benchmarking",
     )
+    ap.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="with --calibrate: refit without each folder in turn and count what it lets through on that folder",
+    )
     ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="a population of N synthetic fingers")
     ap.add_argument("--impressions", type=int, default=3, help="impressions per synthetic finger")
     ap.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
@@ -452,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="folder for --explain's PNGs")
     args = ap.parse_args(argv)
     keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
+    if args.leave_one_out and not args.calibrate:
+        ap.error("--leave-one-out checks a calibration: give it with --calibrate DIR...")
     if args.explain is not None:
         if args.out is None:
             ap.error("--explain IMAGE needs --out DIR")
@@ -460,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(explain_to_folder(args.explain, args.out, args.dpi)))
         return 0
     if args.calibrate:
-        fit = calibrate(args.calibrate, args.synthetic, args.impressions, args.seed, args.workers, args.profile)
+        fit = calibrate(
+            args.calibrate, args.synthetic, args.impressions, args.seed, args.workers, args.profile, args.leave_one_out
+        )
         print(json.dumps(fit))
         return 0
     if args.synthetic:

@@ -58,3 +58,11 @@ def test_pad_to_centres_the_print_on_its_own_background():
     assert (out[0] == 200).all() and (out[:, 0] == 200).all()
     with pytest.raises(SystemExit, match="smaller"):
         pad_to(img, (5, 8))
+
+
+def test_leave_one_out_needs_a_calibration(capsys):
+    from bench.fingerprint import main
+
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "3", "--leave-one-out"])
+    assert "--calibrate" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.fingerprint import at_thresholds, binomial_limit_95
+from bench.fingerprint import at_thresholds, binomial_limit_95, held_out_check, leave_one_out
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
 from biometrics.fingerprint.calibration import GROUPS, MIN_SHAPE_UNITS, fit_group, fit_groups
 from biometrics.fingerprint.errors import FingerprintError
@@ -232,3 +232,36 @@ def test_bench_reports_rates_at_the_calibrated_thresholds():
     assert r["fmr_at_threshold"]["1e-03"] == pytest.approx(0.3)
     assert r["fnmr_at_threshold"]["1e-04"] == pytest.approx(30.0)  # the three at t3 < t4
     assert r["fnmr_at_threshold"]["1e-03"] == 0.0
+
+
+def _gamma(seed: int, scale: float, n: int = 20_000) -> np.ndarray:
+    return np.random.default_rng(seed).gamma(2.0, scale, n)
+
+
+def test_a_held_out_sensor_is_counted_at_thresholds_fitted_without_it():
+    groups = [("light", _gamma(1, 0.006), None), ("heavy", _gamma(2, 0.009), None)]
+    genuine = np.r_[np.zeros(50), np.ones(50)]
+    like = held_out_check(groups, _gamma(3, 0.006, 3000), genuine)
+    assert like["set_by"] == {"1e-03": "heavy", "1e-04": "heavy"}  # the worst group sets each threshold
+    assert like["thresholds"]["1e-04"] > like["thresholds"]["1e-03"]
+    assert like["false_match_limit_95"] == {"1e-03": binomial_limit_95(3000, 1e-3), "1e-04": 1}
+    for key in ("1e-03", "1e-04"):  # a sensor like the calibration's keeps the promise
+        assert like["false_matches"][key] <= like["false_match_limit_95"][key]
+    assert like["fnmr_at_threshold"] == {"1e-03": 50.0, "1e-04": 50.0}
+    # A sensor whose impostors score far higher breaks it, and the check says so.
+    unlike = held_out_check(groups, _gamma(3, 0.006, 3000) + like["thresholds"]["1e-04"], genuine)
+    assert unlike["false_matches"]["1e-04"] == 3000 > unlike["false_match_limit_95"]["1e-04"]
+
+
+def test_leave_one_out_drops_the_held_out_folders_pairs_across_folders():
+    folders = [(f"DB{k}", _gamma(10 + k, 0.006, 3000), None) for k in range(3)]
+    genuine = [np.ones(10)] * 3
+    pairs = np.array([(a, b) for a in range(3) for b in range(a + 1, 3)] * 2000)  # 6,000 pairs across folders
+    across_scores = np.where((pairs == 0).any(axis=1), 0.5, 0.0) + _gamma(20, 0.006, len(pairs))
+    checks = leave_one_out(folders, genuine, ("across folders", across_scores, None), None, pairs)
+    assert [c["held_out"] for c in checks] == ["DB0", "DB1", "DB2"]
+    # Only DB0's pairs across folders score high: held out, it takes them along, and the thresholds drop.
+    assert checks[0]["thresholds"]["1e-04"] < 0.2 < checks[1]["thresholds"]["1e-04"]
+    assert checks[1]["set_by"]["1e-04"] == "across folders"
+    with pytest.raises(SystemExit, match="second folder"):
+        leave_one_out(folders[:1], genuine[:1], None, None, np.zeros((0, 2), np.int64))
