@@ -695,3 +695,57 @@ def test_pre_filter_reads_ahead_only_when_its_scan_has_the_memory_to_itself(monk
         single.prescores(sets[1])
     assert flags == [False, False]
     assert matcher._scans == 0, "every scan gives its slot back"
+
+
+def test_local_similarity_passes_over_uncopied_rows_equal_the_gathered_rows():
+    """A set gathered without copying its rows (the search's candidates) gets the same similarities and scores
+    as one gathered by copy, its rows copied pass by pass into a reused scratch buffer; several passes give the
+    similarities of one pass over all rows within float32 rounding (bit for bit on the build measured); every
+    pass is at least PASS_PRODUCTS / n rows, and together they cover the rows once."""
+    from biometrics.fingerprint import mcc_match
+
+    rng = np.random.default_rng(29)
+    sets = [cylinders_of(_random_finger(rng, m)) for m in (48, 12, 0, 30, 48, 8, 47, 3, 40, 41, 44)]
+    stacked = mcc_match.stack(sets)
+    probe = cylinders_of(_random_finger(rng, 45))
+    pick = np.array([9, 4, 1, 7, 0, 6, 10, 3])
+    copied, uncopied = mcc_match.gather(stacked, pick), mcc_match.gather(stacked, pick, copy=False)
+    assert uncopied.rows is stacked.rows and uncopied.real_rows == copied.real_rows == len(copied.rows)
+    np.testing.assert_array_equal(uncopied.values, copied.values)
+    whole = mcc_match.local_similarity(probe, copied)
+    assert (whole > 0).sum() > 100
+    n = len(probe)
+    for products, count in ((mcc_match.PASS_PRODUCTS, 1), (40 * n, 6), (7 * n, 37)):
+        mcc_match.PASS_PRODUCTS, saved = products, mcc_match.PASS_PRODUCTS
+        try:
+            got = mcc_match.passes(copied.real_rows, n)
+            assert len(got) == count + 1 and got[0] == 0 and got[-1] == copied.real_rows
+            assert (np.diff(got) >= min(copied.real_rows, -(-products // n))).all()
+            scratch = mcc_match.scratch_for(uncopied, n)
+            assert len(scratch) == np.diff(got).max()
+            from_stack = mcc_match.local_similarity(probe, uncopied, scratch)
+            np.testing.assert_array_equal(from_stack, mcc_match.local_similarity(probe, copied))
+            np.testing.assert_allclose(from_stack, whole, rtol=0, atol=2e-6)
+            np.testing.assert_array_equal(mcc_match.scores(probe, uncopied), mcc_match.scores(probe, copied))
+        finally:
+            mcc_match.PASS_PRODUCTS = saved
+    assert len(mcc_match.passes(10, n)) == 2 and mcc_match.passes(0, n).tolist() == [0, 0]
+
+
+def test_relaxation_without_subnormal_compatibilities_gives_the_same_scores(monkeypatch):
+    """Compatibilities under float32's smallest normal number (subnormal products of three sigmoids, slow in
+    every relaxation product) are dropped: the scores are those of the relaxation that keeps them, bit for bit;
+    a floor that drops real compatibilities would change them."""
+    from biometrics.fingerprint import mcc_match
+
+    rng = np.random.default_rng(31)
+    sets = [cylinders_of(_random_finger(rng, m)) for m in (45, 48, 30, 40, 47, 44, 38, 48)]
+    probes = [sets[0], cylinders_of(_random_finger(rng, 46))]
+    packed = mcc_match.pack(sets)
+    floored = [mcc_match.scores(p, packed) for p in probes]
+    assert max(s.max() for s in floored) > 0.1
+    monkeypatch.setattr(mcc_match, "RHO_FLOOR", 0.0)
+    for p, got in zip(probes, floored, strict=True):
+        np.testing.assert_array_equal(got, mcc_match.scores(p, packed))
+    monkeypatch.setattr(mcc_match, "RHO_FLOOR", 0.99)
+    assert any(not np.array_equal(got, mcc_match.scores(p, packed)) for p, got in zip(probes, floored, strict=True))

@@ -193,7 +193,8 @@ class GalleryIndex:
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
     projection: 57 KB), at most 180 KB (48 cylinders), plus up to half the stack
     again as growth room and removed rows not yet compacted, and each search
-    thread's gather buffer (GROUP templates' rows, up to 8 MB). Not thread-safe:
+    thread's pass buffer (mcc_match.local_similarity: about 1 MB for a probe of
+    48 cylinders, at most GROUP templates' rows, 8 MB, for small probes). Not thread-safe:
     guard add/remove/search with one lock if threads share it.
     """
 
@@ -206,7 +207,7 @@ class GalleryIndex:
         self._stack = _GrowingStack()
         self._pending: list[Cylinders] = []  # added since the last search: not yet stacked
         self._sketches = prefilter.SketchIndex()
-        self._local = threading.local()  # each worker thread's gather buffer (mcc_match.gather)
+        self._local = threading.local()  # each worker thread's pass buffer (mcc_match.local_similarity)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -274,16 +275,18 @@ class GalleryIndex:
         self._map(starts, run)
         return out
 
-    def _gather(self, packed: mcc_match.Stack, templates: np.ndarray) -> mcc_match.Packed:
-        """The templates gathered for scoring into this thread's reused buffer (no fresh pages per search).
+    def _score_among(self, cp: Cylinders, packed: mcc_match.Stack, templates: np.ndarray) -> np.ndarray:
+        """Full scores of the given templates, their rows read from the stack pass by pass (no gathered copy).
 
-        A search's candidates are megabytes of rows; a fresh array that size is a new
-        memory mapping whose page faults cost as much as the copy (about 1 ms of 2 per
-        synthetic search of 2,000). Full scans (:meth:`scores`) allocate as before.
+        A search's candidates are megabytes of rows: copied out into a buffer and read
+        back by the products, they were read twice from memory and written once
+        (mcc_match.local_similarity copies a pass at a time instead, while it is used);
+        this thread's pass buffer is reused (a fresh array is fresh pages to fault in).
         """
-        buffer = mcc_match.gather_buffer(int(packed.count[templates].sum()), getattr(self._local, "buffer", None))
-        self._local.buffer = buffer
-        return mcc_match.gather(packed, templates, buffer)
+        chosen = mcc_match.gather(packed, templates, copy=False)
+        scratch = mcc_match.scratch_for(chosen, len(cp), getattr(self._local, "scratch", None))
+        self._local.scratch = scratch
+        return mcc_match.scores(cp, chosen, scratch)
 
     def _map(self, work: list[T], fn: Callable[[T], None]) -> None:
         """Apply ``fn`` to each work item, on the worker threads when there are several."""
@@ -351,7 +354,7 @@ class GalleryIndex:
         work = [sel for sel in np.array_split(np.arange(len(pool)), groups) if len(sel)]
 
         def run(sel: np.ndarray) -> None:
-            out[sel] = mcc_match.scores(cp, self._gather(packed, pool[sel]))
+            out[sel] = self._score_among(cp, packed, pool[sel])
 
         self._map(work, run)
         return pool, out

@@ -95,6 +95,8 @@ MU_3, TAU_3 = np.pi / 12, -15.0
 # Median raw impostor score (FVC2002 four folders pooled), measured with tau -30 and kept:
 # tau -15 moved it by 2e-4 (see the module docstring).
 NULL_CENTRE = 0.0156
+# Compatibilities below this (float32's smallest normal number) are taken as 0: see consolidate.
+RHO_FLOOR = float(np.finfo(np.float32).tiny)
 
 
 def _sigmoid(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
@@ -151,6 +153,9 @@ class Packed:
     order: np.ndarray  # int64 (T,): caller's index of each sorted template
     hull_normals: np.ndarray  # complex64 (T, K), sorted templates
     hull_offsets: np.ndarray  # float32 (T, K)
+    # Rows not copied (gather(..., copy=False)): ``rows`` is the stack's storage and
+    # packed row r is rows[row_index[r]]; local_similarity copies them pass by pass.
+    row_index: np.ndarray | None = None
 
     @property
     def templates(self) -> int:
@@ -161,20 +166,28 @@ class Packed:
         return self.pos.shape[1]
 
     @property
+    def real_rows(self) -> int:
+        """Rows of real cylinders in this set (R)."""
+        return int(self.offsets[-1])
+
+    def _packed_rows(self) -> np.ndarray:
+        return self.rows if self.row_index is None else self.rows[self.row_index]
+
+    @property
     def values(self) -> np.ndarray:
-        return self.rows[:, _VALUES]
+        return self._packed_rows()[:, _VALUES]
 
     @property
     def valid(self) -> np.ndarray:
-        return self.rows[:, _VALID]
+        return self._packed_rows()[:, _VALID]
 
     @property
     def energy(self) -> np.ndarray:
-        return self.rows[:, _ENERGY]
+        return self._packed_rows()[:, _ENERGY]
 
     @property
     def direction(self) -> np.ndarray:
-        return self.rows[:, _DIRECTION]
+        return self._packed_rows()[:, _DIRECTION]
 
 
 def _energy(c: Cylinders) -> np.ndarray:
@@ -224,14 +237,16 @@ def stack(cylinders: list[Cylinders]) -> Stack:
     )
 
 
-def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = None) -> Packed:
+def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = None, copy: bool = True) -> Packed:
     """The templates at the given positions of a stack, packed for scoring (one row gather).
 
     With ``buffer`` (float32, (rows, WIDTH), C-contiguous), the rows are copied into
     its first rows when they fit, and the Packed set is a view of it: valid until the
-    buffer is reused. A 1:N search gathers megabytes of rows per call; fresh arrays
-    that size come from new memory mappings, and their page faults cost as much as
-    the copy itself (see :func:`gather_buffer`).
+    buffer is reused: megabytes of rows copied into fresh arrays come from new memory
+    mappings, whose page faults cost as much as the copy itself. With ``copy=False``
+    (a 1:N search's candidates) no row is copied here: the set refers to the stack's
+    rows (valid until the stack changes) and :func:`local_similarity` copies them a
+    pass at a time, while they are used.
     """
     templates = np.asarray(templates, np.int64)
     order = np.argsort(-stacked.count[templates], kind="stable")
@@ -241,7 +256,10 @@ def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = No
     rank, which = np.nonzero(np.arange(k)[:, None] < count[None, :])  # cylinder-major, templates in order
     rows = stacked.start[chosen][which] + rank
     per_rank = (count[None, :] > np.arange(k)[:, None]).sum(axis=1)
-    if buffer is not None and len(buffer) >= len(rows):
+    index = None
+    if not copy:
+        gathered, index = stacked.rows, rows
+    elif buffer is not None and len(buffer) >= len(rows):
         # mode="clip": no bounds-check copy (the rows are valid by construction).
         gathered = np.take(stacked.rows, rows, axis=0, out=buffer[: len(rows)], mode="clip")
     else:
@@ -255,6 +273,7 @@ def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = No
         order,
         stacked.hull_normals[chosen, :k],
         stacked.hull_offsets[chosen, :k],
+        index,
     )
 
 
@@ -265,6 +284,11 @@ def gather_buffer(rows: int, old: np.ndarray | None = None) -> np.ndarray:
     return np.empty((rows, WIDTH), np.float32)
 
 
+def scratch_for(gallery: Packed, n: int, old: np.ndarray | None = None) -> np.ndarray:
+    """A buffer for the widest pass of :func:`local_similarity` over ``gallery`` with an ``n``-cylinder probe."""
+    return gather_buffer(int(np.diff(passes(gallery.real_rows, n)).max(initial=0)), old)
+
+
 def pack(cylinders: list[Cylinders]) -> Packed:
     """Cylinder sets (one per template) packed for scoring."""
     return gather(stack(cylinders), np.arange(len(cylinders)))
@@ -273,7 +297,26 @@ def pack(cylinders: list[Cylinders]) -> Packed:
 _COS_MAX = float(np.cos(MAX_ANGLE)) - 1e-6
 
 
-def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
+PASS_PRODUCTS = 16384  # gallery rows x probe cylinders per pass of local_similarity, at least
+
+
+def passes(rows: int, n: int) -> np.ndarray:
+    """Row bounds of :func:`local_similarity`'s passes over ``rows`` gallery rows for a probe of ``n`` cylinders.
+
+    Equal passes of at least PASS_PRODUCTS / n rows each (one pass when there are
+    fewer): enough for every product to stay a full-size BLAS call. Each entry of a
+    product is then the same sum as in one product over all the rows: on the build
+    measured OpenBLAS takes another code path, summing in another order, only for
+    products of under about a million multiply-adds (a pass of 14 rows against a
+    48-cylinder probe changed some similarities by 4e-5 before the square root), and
+    a pass of PASS_PRODUCTS x 80 (the valid-cell products) is above that.
+    """
+    size = max(1, -(-PASS_PRODUCTS // max(n, 1)))
+    count = max(1, rows // size)
+    return (np.arange(count + 1, dtype=np.int64) * rows) // count
+
+
+def local_similarity(probe: Cylinders, gallery: Packed, scratch: np.ndarray | None = None) -> np.ndarray:
     """Cylinder similarities, shape (n_probe, K, T); 0 where not comparable (and past a template's count).
 
     Template-minor: the consolidation's best-partner searches then reduce over
@@ -292,18 +335,64 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     in another order: its similarities may differ in the last bits (up to 1.7e-4
     after the square root's cancellation, measured), and its score is 0 either
     way (one pair is below FREE_PAIRS).
+
+    Pass by pass (fifth round): the rows are taken a few hundred at a time
+    (:func:`passes`), and each pass's four products and its similarity arithmetic
+    run while its rows and results are in the core's cache. A set gathered with
+    ``copy=False`` has its rows copied here, pass by pass, into ``scratch`` (float32
+    (rows, WIDTH), reused when big enough): a search's candidates are then read from
+    the gallery once, not copied out and read back (megabytes that outgrow the
+    cache). Same products, same values as one pass over all rows (see :func:`passes`).
     """
     t, k = gallery.templates, gallery.width
     n = len(probe)
-    if n == 0 or t == 0 or len(gallery.rows) == 0:
+    total = gallery.real_rows
+    if n == 0 or t == 0 or total == 0:
         return np.zeros((n, k, t), np.float32)
     # -2 a.b directly: scaling one factor by -2 scales every partial sum exactly.
-    cross = gallery.values @ (np.float32(-2.0) * probe.values).T  # (R, n): real rows only
+    values_t = (np.float32(-2.0) * probe.values).T
     # |a| squared on the common cells and the common cell counts: one product.
-    both = gallery.valid @ np.hstack([_energy(probe).T, probe.valid.T])
+    energy_valid = np.hstack([_energy(probe).T, probe.valid.T])
+    valid_t = probe.valid.T
+    direction_t = _direction(probe.angle).T
+    sim = np.empty((total, n), np.float32)
+    bounds = passes(total, n)
+    if gallery.row_index is not None:
+        widest = int(np.diff(bounds).max())
+        if scratch is None or len(scratch) < widest:
+            scratch = np.empty((widest, WIDTH), np.float32)
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        if gallery.row_index is None:
+            rows = gallery.rows[lo:hi]
+        else:  # mode="clip": no bounds-check copy (the rows are valid by construction)
+            rows = np.take(gallery.rows, gallery.row_index[lo:hi], axis=0, out=scratch[: hi - lo], mode="clip")
+        _similarities(rows, values_t, energy_valid, valid_t, direction_t, sim[lo:hi])
+    out = np.empty((n, k, t), np.float32)
+    if total == k * t:  # every template has k cylinders: the rows are the grid
+        out[...] = sim.reshape(k, t, n).transpose(2, 0, 1)
+        return out
+    out.fill(0.0)
+    for p in range(k):  # templates are sorted by count: rank p's rows are the first few templates
+        lo, hi = int(gallery.offsets[p]), int(gallery.offsets[p + 1])
+        out[:, p, : hi - lo] = sim[lo:hi].T
+    return out
+
+
+def _similarities(
+    rows: np.ndarray,
+    values_t: np.ndarray,
+    energy_valid: np.ndarray,
+    valid_t: np.ndarray,
+    direction_t: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """One pass of :func:`local_similarity`: the similarities (rows, n) of stored rows to the probe, into ``out``."""
+    n = out.shape[1]
+    cross = np.matmul(rows[:, _VALUES], values_t, out=out)  # -2 a.b
+    both = rows[:, _VALID] @ energy_valid
     norm_a, common = both[:, :n], both[:, n:]
-    norm_b = gallery.energy @ probe.valid.T
-    facing = gallery.direction @ _direction(probe.angle).T  # cos of the direction difference
+    norm_b = rows[:, _ENERGY] @ valid_t
+    facing = rows[:, _DIRECTION] @ direction_t  # cos of the direction difference
     ok = (common >= MIN_COMMON * N_SPATIAL) & (facing >= _COS_MAX)
     # 1 - |a - b| / (|a| + |b|), computed in place to keep the arrays in cache.
     cross += norm_a
@@ -316,15 +405,6 @@ def local_similarity(probe: Cylinders, gallery: Packed) -> np.ndarray:
     cross /= denominator
     np.subtract(1.0, cross, out=cross)
     cross *= ok
-    out = np.empty((n, k, t), np.float32)
-    if len(cross) == k * t:  # every template has k cylinders: the rows are the grid
-        out[...] = cross.reshape(k, t, n).transpose(2, 0, 1)
-        return out
-    out.fill(0.0)
-    for p in range(k):  # templates are sorted by count: rank p's rows are the first few templates
-        lo, hi = int(gallery.offsets[p]), int(gallery.offsets[p + 1])
-        out[:, p, : hi - lo] = cross[lo:hi].T
-    return out
 
 
 def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
@@ -383,7 +463,15 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     rho = _sigmoid32(np.abs(da), MU_1, TAU_1)
     rho *= _sigmoid32(np.abs(rel), MU_2, TAU_2)
     rho *= _sigmoid32(np.abs(va), MU_3, TAU_3)
-    rho *= live[:, :, None] & live[:, None, :]
+    # Compatibilities under float32's smallest normal number are set to 0 with the pairs
+    # that are not live: such subnormals (a product of three sigmoids, 6 % of the
+    # entries in a synthetic search) made every relaxation product several times slower
+    # (each arithmetic operation on one takes a microcode assist), and what they add to a
+    # relaxed similarity (under 16 x 1.2e-38) is far below its last bit.
+    keep = rho >= np.float32(RHO_FLOOR)
+    keep &= live[:, :, None]
+    keep &= live[:, None, :]
+    rho = np.where(keep, rho, np.float32(0.0))
     rho[:, np.arange(r), np.arange(r)] = 0.0
     live_count = live.sum(axis=1)
     norm = np.maximum(live_count - 1, 1)[:, None].astype(np.float32)
@@ -457,11 +545,12 @@ def _sigmoid32(v: np.ndarray, mu: float, tau: float) -> np.ndarray:
     return z
 
 
-def scores(probe: Cylinders, gallery: Packed) -> np.ndarray:
+def scores(probe: Cylinders, gallery: Packed, scratch: np.ndarray | None = None) -> np.ndarray:
     """Scores (0..1) of the probe against every template: LSS-R evidence and global pairing combined (module docstring).
 
     These are the scores :func:`biometrics.fingerprint.calibration.threshold_for_fmr` is fitted on.
+    ``scratch``: see :func:`local_similarity` (:func:`scratch_for` sizes it).
     """
     out = np.empty(gallery.templates, np.float64)
-    out[gallery.order] = consolidate(local_similarity(probe, gallery), probe, gallery)
+    out[gallery.order] = consolidate(local_similarity(probe, gallery, scratch), probe, gallery)
     return out

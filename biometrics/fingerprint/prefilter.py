@@ -190,6 +190,29 @@ gather or gathering them in cache-sized chunks (the gather is bound by memory ei
 way), (t, n) layouts for :func:`row_stats` and :func:`aggregate` (no faster), one
 product for the valid-cell counts and both energies (twice the multiply-adds, slower).
 
+Fifth round: again the same rankings and scores, bit for bit. The pre-filter's
+products are near their floor on this VM (per search, about 1.6 ms to stream its 36 MB
+of rows and 4.2 ms of products with a batch in cache, 7.5 to 8.3 ms together; batches
+laid out contiguously or of 24 to 64 templates, or a reused product buffer: no faster;
+float16 rows would cost about 12 ms of numpy conversions per search, and int8 rows
+would change the rankings). So the candidates' side went: their rows are no longer
+gathered into a buffer and read back, they are copied and used a few hundred at a time
+(:func:`mcc_match.local_similarity`; in one profile under load, gather plus local
+similarities 8.8 -> 7.0 ms per search), and the relaxation no longer multiplies
+subnormal compatibilities (:data:`mcc_match.RHO_FLOOR`). Interleaved with the fourth
+round's code on the same gallery (one worker, single-threaded BLAS, rounds of 10
+searches, other jobs on the 2-core machine), median paired ratios: the passes alone
+1.026 and 1.109 by wall time, 1.025 and 1.066 by CPU time; with the relaxation's floor
+too, 1.114, 1.070 and (on a calm machine, 20 rounds: medians 111k -> 122k) 1.099 by
+wall time, 1.092, 1.067 and 1.096 by CPU time (sessions of 12 to 24 rounds); on two
+worker threads 1.076; the same prescores, candidates and full scores on all 600
+synthetic and 80 DB2 probes. ``bench.fingerprint --synthetic 200 --workers 2`` reported
+125.2k comparisons per second per core (median round 123.0k) against 112.8k (108.9k)
+for the fourth round's code run just after it, FVC2002 DB2 125.8k (123.7k) against
+115.1k (114.2k), every accuracy figure identical (recall 99.19 and 100 %).
+Tried and dropped: the candidates' rows read template by template (runs of consecutive
+rows) instead of rank by rank (no faster).
+
 The pre-score only chooses which templates get the full score; the scores
 reported and thresholded are always the full ones (:func:`mcc_match.scores`).
 How many candidates survive is :func:`candidates`' rule; what fraction of the
