@@ -546,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
     if args.leave_one_out and not args.calibrate:
         ap.error("--leave-one-out checks a calibration: give it with --calibrate DIR...")
+    if args.leave_one_out and len(args.calibrate) < 2 and not args.synthetic:
+        ap.error("--leave-one-out refits without each folder: give a second folder or --synthetic N")
     if args.explain is not None:
         if args.out is None:
             ap.error("--explain IMAGE needs --out DIR")

@@ -66,3 +66,6 @@ def test_leave_one_out_needs_a_calibration(capsys):
     with pytest.raises(SystemExit):
         main(["--synthetic", "3", "--leave-one-out"])
     assert "--calibrate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused before any extraction: nothing would be left to fit on
+        main(["--calibrate", "no-such-folder", "--leave-one-out"])
+    assert "second folder or --synthetic" in capsys.readouterr().err

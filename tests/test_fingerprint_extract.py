@@ -476,5 +476,9 @@ def test_edge_distance_on_blocks_follows_opencvs_full_resolution_distance_and_se
         err = edge_distance(mask.view(bool))(ys, xs) - full[ys, xs]
         assert abs(float(err.mean())) < 0.3
         assert float(np.abs(err).max()) <= 2.0
-    # A point in the image's first column is a pixel from the outside, however large the foreground.
-    assert edge_distance(np.ones((100, 100), bool))(np.array([50]), np.array([0]))[0] <= 2.0
+    # A point on any of the image's four edges is a pixel from the outside, however large the
+    # foreground, and the four edges are seen alike whether a side is odd or even.
+    for h, w in [(100, 100), (101, 101), (101, 100), (7, 9)]:
+        ys, xs = np.array([h // 2, h // 2, 0, h - 1]), np.array([0, w - 1, w // 2, w // 2])
+        at_edges = edge_distance(np.ones((h, w), bool))(ys, xs)
+        assert float(at_edges.max()) <= 1.0 and float(at_edges.max() - at_edges.min()) < 0.5, (h, w, at_edges)

@@ -194,11 +194,13 @@ def test_a_small_overlap_counts_at_least_min_overlap_minutiae_beyond_the_free_pa
 
 
 def _dense_mutual(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairing rule over the dense costs: each row's first minimum, kept below 1 if its column's minimum too."""
+    """The pairing rule over the dense costs: i and j each other's first minimum (row's first column, column's
+    first row), kept below 1."""
     near = cost.argmin(axis=2)
     best = np.take_along_axis(cost, near[:, :, None], axis=2)[:, :, 0]
-    column = cost.min(axis=1)
-    paired_a = (best < 1.0) & (best <= np.take_along_axis(column, near, axis=1))
+    column_first = cost.argmin(axis=1)  # (T, K): each column's first row at its minimum
+    rows = np.arange(cost.shape[1])[None, :]
+    paired_a = (best < 1.0) & (np.take_along_axis(column_first, near, axis=1) == rows)
     paired_b = np.zeros((cost.shape[0], cost.shape[2]), bool)
     t_idx, i_idx = np.nonzero(paired_a)
     paired_b[t_idx, near[t_idx, i_idx]] = True
@@ -220,6 +222,24 @@ def test_pairing_over_the_costs_below_one_equals_the_dense_rule(seed):
     below = (cost < 1.0).any(axis=2)
     np.testing.assert_array_equal(near[below], dense_near[below])
     assert not paired_a[0].any() and paired_a.any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pairing_with_exact_ties_is_one_to_one_and_the_same_from_either_side(seed):
+    """Duplicate minutiae make exact ties: no minutia is paired twice, and the transposed costs
+    (the other print as the probe) pair the same minutiae."""
+    rng = np.random.default_rng(100 + seed)
+    t, n, k = 5, 12, 9
+    cost = (np.round(rng.uniform(0.0, 2.0, (t, n, k)) * 4.0) / 4.0).astype(np.float32)
+    cost[:, 1] = cost[:, 0]  # a duplicate probe minutia: a tie in every column
+    cost[:, :, 3] = cost[:, :, 2]  # a duplicate template minutia: a tie in every row
+    paired_a, paired_b, _ = gp._mutual_below_one(cost)
+    back_b, back_a, _ = gp._mutual_below_one(np.ascontiguousarray(cost.transpose(0, 2, 1)))
+    np.testing.assert_array_equal(paired_a, back_a)
+    np.testing.assert_array_equal(paired_b, back_b)
+    assert (paired_a.sum(axis=1) == paired_b.sum(axis=1)).all()  # one-to-one
+    assert not (paired_a[:, 0] & paired_a[:, 1]).any() and not (paired_b[:, 2] & paired_b[:, 3]).any()
+    assert paired_a.any()
 
 
 def test_pairing_with_no_cost_below_one_pairs_nothing():

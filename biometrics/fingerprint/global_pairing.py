@@ -250,7 +250,9 @@ def _mutual_below_one(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     alone, a few hundred values, instead of reducing the dense (T, n, K) array
     along its short axes (numpy's slowest reductions: most of this function's time
     before). Identical to the dense rule: same pairs, each row's first minimum on a
-    tie. The nearest template minutia is only reported for rows with a cost below
+    tie, and each column's first row on a tie (so exact ties, from duplicate
+    minutiae, never pair one minutia twice, and a comparison pairs the same
+    minutiae whichever print is the probe). The nearest template minutia is only reported for rows with a cost below
     1 (0 elsewhere): every caller weighs it by ``paired``.
     """
     t, n, k = cost.shape
@@ -267,7 +269,16 @@ def _mutual_below_one(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         first = first[np.concatenate([[True], row[first[1:]] != row[first[:-1]]])]  # the first per row
     near_b = np.zeros(t * n, np.int64)
     near_b[row[first]] = col[first] % k
+    # A column's minimum reached by several rows (exact ties: duplicate minutiae) goes to
+    # its first row only, as a row's goes to its first column: the pairs stay one-to-one,
+    # and the same whichever print is the probe.
     mutual = first[val[first] <= col_min[col[first]]]
+    at_min = np.flatnonzero(val == col_min[col])  # in row order
+    if len(at_min) and np.bincount(col[at_min]).max() > 1:  # rare: a pair needs i to be its column's first row
+        cols, first_at = np.unique(col[at_min], return_index=True)
+        col_row = np.full(t * k, -1, np.int64)
+        col_row[cols] = row[at_min[first_at]]
+        mutual = mutual[col_row[col[mutual]] == row[mutual]]
     paired_a = np.zeros(t * n, bool)
     paired_a[row[mutual]] = True
     paired_b = np.zeros(t * k, bool)

@@ -193,7 +193,7 @@ class GalleryIndex:
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
     projection: 57 KB), at most 180 KB (48 cylinders), plus up to half the stack
     again as growth room and removed rows not yet compacted, and each search
-    thread's pass buffer (mcc_match.local_similarity: about 1 MB for a probe of
+    thread's pass buffer (mcc_match.local_similarity: 1 to 2 MB for a probe of
     48 cylinders, at most GROUP templates' rows, 8 MB, for small probes). Not thread-safe:
     guard add/remove/search with one lock if threads share it.
     """

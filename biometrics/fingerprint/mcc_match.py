@@ -145,7 +145,7 @@ class Packed:
     templates back to the caller's order (:func:`scores` answers in that order).
     """
 
-    rows: np.ndarray  # float32 (R, WIDTH): see _Columns
+    rows: np.ndarray  # float32 (R, WIDTH): see _Columns; with row_index, the whole gallery's rows
     pos: np.ndarray  # complex64 (T, K), sorted templates
     unit: np.ndarray  # complex64 (T, K)
     count: np.ndarray  # int64 (T,), sorted templates (decreasing)
@@ -246,7 +246,7 @@ def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = No
     mappings, whose page faults cost as much as the copy itself. With ``copy=False``
     (a 1:N search's candidates) no row is copied here: the set refers to the stack's
     rows (valid until the stack changes) and :func:`local_similarity` copies them a
-    pass at a time, while they are used.
+    pass at a time, while they are used; ``buffer`` is not used then.
     """
     templates = np.asarray(templates, np.int64)
     order = np.argsort(-stacked.count[templates], kind="stable")

@@ -190,7 +190,9 @@ gather or gathering them in cache-sized chunks (the gather is bound by memory ei
 way), (t, n) layouts for :func:`row_stats` and :func:`aggregate` (no faster), one
 product for the valid-cell counts and both energies (twice the multiply-adds, slower).
 
-Fifth round: again the same rankings and scores, bit for bit. The pre-filter's
+Fifth round: again the same rankings and scores, bit for bit on the OpenBLAS kernel
+measured (SkylakeX; other kernels, such as Haswell's or Zen's, differ in the last bits,
+up to about 1e-7 in a score, as one product already did between group sizes). The pre-filter's
 products are near their floor on this VM (per search, about 1.6 ms to stream its 36 MB
 of rows and 4.2 ms of products with a batch in cache, 7.5 to 8.3 ms together; batches
 laid out contiguously or of 24 to 64 templates, or a reused product buffer: no faster;
