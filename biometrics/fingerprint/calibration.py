@@ -65,8 +65,9 @@ The large groups alone would give 0.079 / 0.110 (synthetic) and 0.062 / 0.096
 (across folders). Held out in turn (``--leave-one-out``), no folder has a false
 match at the 1e-4 threshold refitted without it (0.115 to 0.147), and at most
 one (limit 6) at the 1e-3 one: a check for gross breaks only, since a folder's
-2,880 pairs show no false match 6 % of the time at a rate of 1e-3. More fingers per sensor (FVC's sets A have 100) would let each
-sensor bound its own tail. Refit when the matcher, the extractor or the
+2,880 pairs show no false match 6 % of the time at a rate of 1e-3. More
+fingers per sensor (FVC's sets A have 100) would let each sensor bound its own
+tail. Refit when the matcher, the extractor or the
 synthetic generator changes.
 """
 
