@@ -407,7 +407,9 @@ def _similarities(
     cross *= ok
 
 
-def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarray:
+def consolidate(
+    sim: np.ndarray, probe: Cylinders, gallery: Packed, transform: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """Score per template, shape (T,), from similarities shaped (n, K, T): LSS-R, then the global pairing."""
     n, k, t = sim.shape
     if t == 0 or n == 0 or k == 0:
@@ -493,6 +495,7 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
     # half of the impostor comparisons, the bulk of a 1:N search's candidates).
     fraction = np.zeros(t, np.float64)
     some = np.flatnonzero(excess > 0)
+    found: dict[str, np.ndarray] = {}
     if len(some):
         rotation, anchor_a, anchor_b = global_pairing.align(
             pa[some], ua[some], pb[some], ub[some], np.where(live, lam, 0.0)[some]
@@ -509,7 +512,16 @@ def consolidate(sim: np.ndarray, probe: Cylinders, gallery: Packed) -> np.ndarra
             rotation,
             anchor_a,
             anchor_b,
+            found,
         )
+    if transform is not None:  # experiment hook: (T,) alignments, sorted order, nan where none
+        nan = np.full(t, np.nan, np.complex128)
+        transform.update(some=some, excess=excess, fraction=fraction.copy())
+        for key in ("rotation", "probe_anchor", "gallery_anchor"):
+            full = nan.copy()
+            if len(some):
+                full[some] = found[key]
+            transform[key] = full
     return combine(excess, fraction).astype(np.float64)
 
 
