@@ -1,4 +1,4 @@
-"""The orientation field a template carries: its wire format, its agreement under an alignment, its part in the score."""
+"""The orientation field a template carries: wire format, agreement under an alignment, part in the score."""
 
 from __future__ import annotations
 

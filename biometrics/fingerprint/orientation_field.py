@@ -14,8 +14,9 @@ What. Each template carries a coarse field (:class:`OrientationField`: blocks of
 blocks are moved by the transform onto the template's grid; a block that lands
 on the template's foreground *agrees* when the two orientations (the probe's
 turned by the transform's rotation) are within ``AGREE_DEGREES`` (10 degrees).
-The agreement is the share of agreeing blocks, each weighted by the product of
-the two coherences (:func:`agreement`), and the minutiae score is multiplied by
+The agreement is the share of agreeing blocks (both prints' blocks, so that it
+is symmetric), each weighted by the product of the two coherences
+(:func:`agreement`), and the minutiae score is multiplied by
 ``(EPS / (1 - agreement + EPS)) ** GAMMA`` (:func:`factor`): 1 for full
 agreement, 0.25 for none, bounded so that a pair's score never rises above its
 minutiae score and the impostor tail stays light.
@@ -99,6 +100,25 @@ def pad(fields: list[np.ndarray | None], rows: int = 0, cols: int = 0) -> tuple[
     return out, has
 
 
+def _sample(field: np.ndarray, base: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Vectors of the blocks under ``points`` (complex 500-dpi positions, (T, P)) in fields stacked as (N, R, C).
+
+    ``base`` (T,): which field each row of points reads. Outside the grid: 0 (background).
+    """
+    _, rows, cols = field.shape
+    bx = np.floor(points.real / BLOCK).astype(np.int64)
+    by = np.floor(points.imag / BLOCK).astype(np.int64)
+    inside = (bx >= 0) & (bx < cols) & (by >= 0) & (by < rows)
+    flat = np.where(inside, by * cols + bx, 0) + (base * (rows * cols))[:, None]
+    return np.where(inside, field.reshape(-1)[flat], 0)
+
+
+def _centres(rows: int, cols: int) -> np.ndarray:
+    """Complex 500-dpi positions of the block centres of a (rows, cols) grid, row-major."""
+    yy, xx = np.mgrid[:rows, :cols]
+    return ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).reshape(-1)
+
+
 def agreement(
     probe: np.ndarray,
     gallery: np.ndarray,
@@ -109,33 +129,39 @@ def agreement(
 ) -> np.ndarray:
     """Coherence-weighted share of the common foreground blocks whose orientations agree, (T,) in [0, 1].
 
-    probe: (R, C) vectors; gallery: (T, R', C') vectors (zero-padded); the
+    probe: (R, C) vectors; gallery: (N, R', C') vectors (zero-padded); the
     transforms (T,) as :func:`biometrics.fingerprint.global_pairing.align` gives
     them, for the templates ``gallery[which]`` (all of them when None: the
-    fields are read in place, not gathered; a probe point z maps to ``rotation * (z - probe_anchor) + gallery_anchor``,
-    500-dpi pixels, y down). A direction theta in the probe becomes theta + arg(rotation)
-    in the template (positions and gradient vectors turn alike), so the doubled
-    angle turns by rotation squared. 0 where the two foregrounds do not overlap.
+    fields are read in place, not gathered; a probe point z maps to
+    ``rotation * (z - probe_anchor) + gallery_anchor``, 500-dpi pixels, y down).
+    A direction theta in the probe becomes theta + arg(rotation) in the template
+    (positions and gradient vectors turn alike), so the doubled angle turns by
+    rotation squared. Both prints' foreground blocks are sampled, each at the
+    block it lands on in the other (the template's mapped back by the inverse
+    transform): the share is the same whichever print is the probe, as the
+    minutiae score is. 0 where the two foregrounds do not overlap.
     """
     t = len(rotation)
     yy, xx = np.nonzero(probe)
     if t == 0 or len(yy) == 0:
         return np.zeros(t, np.float64)
-    _, rows, cols = gallery.shape
-    z = (xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)
-    rot = rotation / np.maximum(np.abs(rotation), 1e-12)
-    moved = rot[:, None] * (z[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]  # (T, P)
-    bx = np.floor(moved.real / BLOCK).astype(np.int64)
-    by = np.floor(moved.imag / BLOCK).astype(np.int64)
-    inside = (bx >= 0) & (bx < cols) & (by >= 0) & (by < rows)
     which = np.arange(t) if which is None else np.asarray(which, np.int64)
-    flat = np.where(inside, by * cols + bx, 0) + (which * (rows * cols))[:, None]
-    other = np.where(inside, gallery.reshape(-1)[flat], 0)  # background and outside: 0
-    product = probe[yy, xx][None, :] * (rot * rot)[:, None] * np.conj(other)
-    weight = np.abs(product)
-    agree = product.real > _COS_AGREE * weight  # cos(2 dtheta) above the limit, where weight > 0
-    total = weight.sum(axis=1)
-    return np.where(total > 0, (weight * agree).sum(axis=1) / np.maximum(total, 1e-12), 0.0)
+    rot = rotation / np.maximum(np.abs(rotation), 1e-12)
+    turn = (rot * rot)[:, None]
+    # The probe's foreground blocks, moved onto each template.
+    z = (xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)
+    moved = rot[:, None] * (z[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]  # (T, P)
+    forward = probe[yy, xx][None, :] * turn * np.conj(_sample(gallery, which, moved))
+    # Each template's blocks (its whole padded grid: background blocks weigh 0), moved back onto the probe.
+    _, rows, cols = gallery.shape
+    back = np.conj(rot)[:, None] * (_centres(rows, cols)[None, :] - gallery_anchor[:, None]) + probe_anchor[:, None]
+    backward = _sample(probe[None], np.zeros(t, np.int64), back) * turn * np.conj(gallery[which].reshape(t, -1))
+    agreeing, total = np.zeros(t, np.float64), np.zeros(t, np.float64)
+    for product in (forward, backward):
+        weight = np.abs(product)  # product of the two coherences; 0 where either block is background
+        agreeing += (weight * (product.real > _COS_AGREE * weight)).sum(axis=1)
+        total += weight.sum(axis=1)
+    return np.where(total > 0, agreeing / np.maximum(total, 1e-12), 0.0)
 
 
 def factor(share: np.ndarray) -> np.ndarray:
