@@ -116,7 +116,7 @@ def _sample(field: np.ndarray, base: np.ndarray, points: np.ndarray) -> np.ndarr
 def _centres(rows: int, cols: int) -> np.ndarray:
     """Complex 500-dpi positions of the block centres of a (rows, cols) grid, row-major."""
     yy, xx = np.mgrid[:rows, :cols]
-    return ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).reshape(-1)
+    return ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).reshape(-1).astype(np.complex64)
 
 
 def agreement(
@@ -146,10 +146,13 @@ def agreement(
     if t == 0 or len(yy) == 0:
         return np.zeros(t, np.float64)
     which = np.arange(t) if which is None else np.asarray(which, np.int64)
-    rot = rotation / np.maximum(np.abs(rotation), 1e-12)
+    # complex64 throughout (positions to within 1e-3 pixel, angles far finer than the 10-degree test).
+    rot = (rotation / np.maximum(np.abs(rotation), 1e-12)).astype(np.complex64)
+    probe_anchor = probe_anchor.astype(np.complex64)
+    gallery_anchor = gallery_anchor.astype(np.complex64)
     turn = (rot * rot)[:, None]
     # The probe's foreground blocks, moved onto each template.
-    z = (xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)
+    z = ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).astype(np.complex64)
     moved = rot[:, None] * (z[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]  # (T, P)
     forward = probe[yy, xx][None, :] * turn * np.conj(_sample(gallery, which, moved))
     # Each template's blocks (its whole padded grid: background blocks weigh 0), moved back onto the probe.
@@ -159,7 +162,7 @@ def agreement(
     agreeing, total = np.zeros(t, np.float64), np.zeros(t, np.float64)
     for product in (forward, backward):
         weight = np.abs(product)  # product of the two coherences; 0 where either block is background
-        agreeing += (weight * (product.real > _COS_AGREE * weight)).sum(axis=1)
+        agreeing += np.where(product.real > np.float32(_COS_AGREE) * weight, weight, np.float32(0.0)).sum(axis=1)
         total += weight.sum(axis=1)
     return np.where(total > 0, agreeing / np.maximum(total, 1e-12), 0.0)
 
