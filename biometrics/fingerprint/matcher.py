@@ -2,7 +2,8 @@
 
 Scores are in [0, 1] (higher = more similar): MCC LSS-R evidence, normalised for
 its strength, combined with the fraction of the common region's minutiae paired
-under one global alignment (see :mod:`biometrics.fingerprint.mcc_match`);
+under one global alignment, and weighed by how well the two orientation fields
+agree under that alignment (see :mod:`biometrics.fingerprint.mcc_match`);
 see :mod:`biometrics.fingerprint.calibration` for choosing a threshold from a
 target false match rate.
 """
