@@ -58,6 +58,9 @@ class Cylinders:
     x: np.ndarray  # float32 (n,) coordinates of the central minutiae, 500-dpi pixels
     y: np.ndarray
     angle: np.ndarray  # float32 (n,) radians, counter-clockwise
+    # The template's coarse orientation field as vectors (orientation_field.vectors), None without one:
+    # it travels with the cylinders because the matcher compares it under the minutiae alignment.
+    field: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
