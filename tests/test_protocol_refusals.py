@@ -116,7 +116,7 @@ def test_a_view_stripped_of_its_orientation_field_is_refused_at_enrollment_and_v
     assert at_enrollment.status == at_verification.status == 422
     assert "templates[0] view 0 carries no orientation field" in at_enrollment.message
     assert "agent of this release" in at_verification.message
-    # The refusal used up nothing: the same finger with its field is matched (a step-up is only asked above the threshold).
+    # The refusal used up nothing: the same finger with its field is matched (step-ups come above the threshold).
     assert isinstance(accepted, StepUp) or accepted.decision == "accept", accepted
     no_traceback(verifier)
 
