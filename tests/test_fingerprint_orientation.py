@@ -90,7 +90,10 @@ def _with_area(t, data: bytes, header_counted: bool = False) -> bytes:
     [
         (b"\x01\x10", "shorter than its 4-byte header"),
         (bytes([2, 16, 1, 1, 0, 0]), "format version 2"),
-        (bytes([1, 0, 1, 1, 0, 0]), "block side of 0"),
+        (bytes([1, 0, 1, 1, 0, 0]), "blocks of 0 pixels"),
+        (bytes([1, 8, 1, 1, 0, 0]), "blocks of 8 pixels, this reader compares 16"),
+        # A grid far larger than the image (which would inflate every gallery field to it) is refused.
+        (bytes([1, 16, 100, 100]) + bytes(2 * 100 * 100), "100x100 blocks, more than"),
         (bytes([1, 16, 2, 2, 0, 0, 0]), "need 12"),
     ],
 )
@@ -140,3 +143,15 @@ def test_gallery_with_and_without_fields_scores_like_pairwise_matching(finger_ge
     kept = [items[0], items[2], big]
     for probe in (small[0], big, replace(small[2], orientation=None)):
         np.testing.assert_allclose(index.scores(probe), [match(probe, t) for t in kept], rtol=1e-5, atol=1e-7)
+
+
+def test_a_field_larger_than_its_image_is_not_encoded(fingers):
+    t = extract(fingers[0], 500)
+    rows, cols = t.height // of.BLOCK + 3, t.width // of.BLOCK
+    grid = np.ones((rows, cols), np.uint8)
+    with pytest.raises(TemplateFormatError, match="does not fit"):
+        encode(replace(t, orientation=OrientationField(of.BLOCK, grid, grid)))
+    # One block of slack for the resolution's rounding: a grid up to the image's own size plus one still travels.
+    fits = np.ones((t.height // of.BLOCK + 1, cols), np.uint8)
+    [back] = decode(encode(replace(t, orientation=OrientationField(of.BLOCK, fits, fits))))
+    assert back.orientation.angle.shape == fits.shape

@@ -53,7 +53,10 @@ vendor-defined area (type codes 0x0100 to 0xFFFF are the vendors'), type
 ``ORIENTATION_AREA_TYPE`` = 0x4F46 ("OF"): 1 byte format version (1), 1 byte
 block side in pixels at 500 dpi, 1 byte rows, 1 byte columns, then rows x
 columns bytes of doubled angle (units of 2pi/256) and as many of coherence
-(0 = background), row-major. Other readers skip it by its length; a template
+(0 = background), row-major. The block side must be the matcher's (16), and the
+grid no larger than the record's image at its resolution allows (at most 64
+blocks a side, :func:`field_limits`): the matcher pads a gallery's fields to the
+largest grid, so one oversized field would inflate them all. Other readers skip it by its length; a template
 without a field is written byte for byte as before (no extended data), and a
 record without the area decodes to a template without a field, which still
 matches (:mod:`biometrics.fingerprint.orientation_field`). An area of this
@@ -72,6 +75,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from biometrics.fingerprint.errors import TemplateError
+from biometrics.fingerprint.orientation_field import BLOCK as FIELD_BLOCK
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae, OrientationField
 
 FORMAT_ID = b"FMR\x00"
@@ -93,6 +97,8 @@ MAX_RECORD_BYTES = 128 * 1024
 ORIENTATION_AREA_TYPE = 0x4F46  # vendor-defined extended data area: the coarse orientation field ("OF")
 ORIENTATION_AREA_VERSION = 1
 ORIENTATION_AREA_HEADER = 4  # version, block side, rows, columns
+MAX_FIELD_BLOCKS = 64  # rows or columns: 1,024 pixels at 500 dpi, above any finger sensor's image
+REFERENCE_DPI = 500.0
 
 ANGLE_UNIT = 2.0 * math.pi / 256.0  # radians per ISO angle unit (1.40625 degrees)
 CM_PER_INCH = 2.54
@@ -232,10 +238,12 @@ def _extended_block(t: FingerprintTemplate) -> bytes:
     if field is None:
         return b"\x00\x00"  # no extended data
     rows, cols = field.angle.shape
-    if rows > 255 or cols > 255 or not 0 < field.block <= 255:
+    most_rows, most_cols = field_limits(t.width, t.height, t.resolution_dpi)
+    if rows > most_rows or cols > most_cols or field.block != FIELD_BLOCK:
         raise TemplateFormatError(
-            f"orientation field of {rows}x{cols} blocks of {field.block} pixels does not fit its area "
-            "(at most 255 each): drop the field (orientation=None) for so large an image"
+            f"orientation field of {rows}x{cols} blocks of {field.block} pixels does not fit a {t.width}x{t.height} "
+            f"image at {t.resolution_dpi} dpi ({most_rows}x{most_cols} blocks of {FIELD_BLOCK} at most): "
+            "extract the field from this template's own image, or drop it (orientation=None)"
         )
     data = (
         bytes([ORIENTATION_AREA_VERSION, field.block, rows, cols])
@@ -279,7 +287,21 @@ def _areas(block: bytes, header_counted: bool) -> list[tuple[int, bytes]]:
     return out
 
 
-def _decode_orientation(data: bytes, view: int) -> OrientationField:
+def field_limits(width: int, height: int, dpi: int) -> tuple[int, int]:
+    """The most block rows and columns a field of an image this size may have (:data:`MAX_FIELD_BLOCKS` at most).
+
+    The matcher pads every gallery field to the largest one's grid, so a record
+    claiming a grid larger than its own image (255 x 255 blocks on a small print)
+    would make every template of the gallery that large: an enrollment could fill
+    the verifier's memory. One block of slack covers rounding at the resolution.
+    """
+    scale = REFERENCE_DPI / max(dpi, 1)
+    rows = math.ceil(height * scale / FIELD_BLOCK) + 1
+    cols = math.ceil(width * scale / FIELD_BLOCK) + 1
+    return min(rows, MAX_FIELD_BLOCKS), min(cols, MAX_FIELD_BLOCKS)
+
+
+def _decode_orientation(data: bytes, view: int, width: int, height: int, dpi: int) -> OrientationField:
     """The orientation field of an ORIENTATION_AREA_TYPE area, checked field by field."""
     where = f"view {view}: orientation field area"
     if len(data) < ORIENTATION_AREA_HEADER:
@@ -289,8 +311,17 @@ def _decode_orientation(data: bytes, view: int) -> OrientationField:
         raise TemplateFormatError(
             f"{where} has format version {version}, this reader knows {ORIENTATION_AREA_VERSION}: update the reader"
         )
-    if block == 0:
-        raise TemplateFormatError(f"{where} has a block side of 0 pixels: re-extract the template")
+    if block != FIELD_BLOCK:
+        raise TemplateFormatError(
+            f"{where} has blocks of {block} pixels, this reader compares {FIELD_BLOCK}-pixel blocks: "
+            "re-extract the template with this release"
+        )
+    most_rows, most_cols = field_limits(width, height, dpi)
+    if rows > most_rows or cols > most_cols:
+        raise TemplateFormatError(
+            f"{where} has {rows}x{cols} blocks, more than a {width}x{height} image at {dpi} dpi can have "
+            f"({most_rows}x{most_cols} at most): re-extract the template"
+        )
     need = ORIENTATION_AREA_HEADER + 2 * rows * cols
     if len(data) != need:
         raise TemplateFormatError(
@@ -417,7 +448,7 @@ def decode(data: bytes) -> list[FingerprintTemplate]:
                 )
             for type_code, area in _areas(block, header_counted=not data_only):
                 if type_code == ORIENTATION_AREA_TYPE:
-                    field = _decode_orientation(area, view)
+                    field = _decode_orientation(area, view, width, height, dpi)
         pos += ext_len
         templates.append(
             FingerprintTemplate(
