@@ -44,8 +44,9 @@ from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
 from biometrics.fingerprint import extract
-from biometrics.fingerprint.iso19794_2 import encode
-from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+from biometrics.fingerprint.iso19794_2 import encode, field_limits
+from biometrics.fingerprint.orientation_field import BLOCK
+from biometrics.fingerprint.types import FingerprintTemplate, Minutiae, OrientationField
 from protocol.signing import sign_request
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, wire_template
 from simulators.fingers import FingerGenerator
@@ -61,8 +62,12 @@ def wire(template: FingerprintTemplate) -> dict[str, str]:
 DENSE = MAX_MINUTIAE_PER_VIEW  # the most minutiae per view the verifier accepts
 
 
+DENSE_SIDE = 1024  # image side (pixels at 500 dpi) whose orientation field is the largest a record may carry
+
+
 def dense_view(seed: int, count: int = DENSE) -> dict[str, str]:
-    """A view as heavy as the verifier accepts: the most minutiae per view."""
+    """A view as heavy as the verifier accepts: the most minutiae per view, and the largest orientation field
+    (every block foreground, so the field agreement samples all of them)."""
     rng = np.random.default_rng(seed)
     minutiae = Minutiae(
         x=rng.uniform(20, 480, count).astype(np.float32),
@@ -71,7 +76,11 @@ def dense_view(seed: int, count: int = DENSE) -> dict[str, str]:
         kind=np.ones(count, np.uint8),
         quality=np.full(count, 80, np.uint8),
     )
-    return wire(FingerprintTemplate(500, 500, 500, minutiae, 80))
+    rows, cols = field_limits(DENSE_SIDE, DENSE_SIDE, 500)
+    field = OrientationField(
+        BLOCK, rng.integers(0, 256, (rows, cols), dtype=np.uint8), rng.integers(1, 256, (rows, cols), dtype=np.uint8)
+    )
+    return wire(FingerprintTemplate(DENSE_SIDE, DENSE_SIDE, 500, minutiae, 80, orientation=field))
 
 
 def pct(values: list[float], q: float) -> float | None:
