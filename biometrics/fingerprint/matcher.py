@@ -55,6 +55,7 @@ _PER_SLOT = (
     ("_unit", np.complex64),
     ("_hull_normals", np.complex64),
     ("_hull_offsets", np.float32),
+    ("_reliability", np.float32),
 )
 
 
@@ -76,6 +77,7 @@ class _GrowingStack:
         self._unit = np.zeros((0, MAX_CYLINDERS), np.complex64)
         self._hull_normals = np.zeros((0, MAX_CYLINDERS), np.complex64)  # zero-padded like positions
         self._hull_offsets = np.zeros((0, MAX_CYLINDERS), np.float32)
+        self._reliability = np.zeros((0, MAX_CYLINDERS), np.float32)
         self._count = np.zeros(0, np.int64)
         self._start = np.zeros(0, np.int64)
         self._t = 0
@@ -107,6 +109,7 @@ class _GrowingStack:
             getattr(self, name)[sl] = 0
         self._pos[sl, :k], self._unit[sl, :k] = s.pos, s.unit
         self._hull_normals[sl, :k], self._hull_offsets[sl, :k] = s.hull_normals, s.hull_offsets
+        self._reliability[sl, :k] = s.reliability
         self._count[sl], self._start[sl] = s.count, s.start + self._used
         self._used += r
         self._t += t
@@ -115,7 +118,7 @@ class _GrowingStack:
         """Keep the templates where ``keep`` is true, in order."""
         idx = np.nonzero(keep)[0]
         self._garbage += int(self._count[: self._t][~keep].sum())
-        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_count", "_start"):
+        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_reliability", "_count", "_start"):
             arr = getattr(self, name)
             arr[: len(idx)] = arr[idx]
         self._t = len(idx)
@@ -136,6 +139,7 @@ class _GrowingStack:
             self._start[:t],
             self._hull_normals[:t],
             self._hull_offsets[:t],
+            self._reliability[:t],
         )
 
 
