@@ -32,6 +32,28 @@ in the two prints (on the FVC2002 folders mean EER 2.6 % -> 2.2 %). Third, at mo
 16 of them enter (the paper takes min(n_A, n_B)): the relaxation costs the square
 of that number, and 16 already exceeds the 12 pairs the score is taken from.
 
+Reliability of the pairs. Each minutia carries its chance of recurring in
+another impression (its quality, :func:`biometrics.fingerprint.minutiae.reliability`),
+which the cylinders carry along (``Cylinders.reliability``, per row of a
+:class:`Stack` and :class:`Packed` set). The initial similarity of each relaxed
+pair is weighted by ``(r_a r_b)^3`` over that weight's mean on the comparison's
+relaxed pairs (:func:`reliability_weights`): on dry and faint prints the spurious
+minutiae's look-alike pairs no longer lead the relaxation, and the average, hence
+the evidence's scale against NULL_CENTRE, is kept. Measured with the cached
+FVC2002 templates and the real calibration refit (four folders, pairs across
+them, 200 synthetic fingers seed 1000): the refitted 1e-4 threshold went from
+0.1387 to 0.1342 (1e-3: 0.0947 -> 0.0922), the EER from 1.07 / 1.09 / 1.81 /
+1.43 % to 1.07 / 0.40 / 1.85 / 1.43 % (mean 1.35 -> 1.19), the FNMR at the 1e-3
+threshold from 2.50 / 3.93 / 10.36 / 7.14 % to 2.14 / 3.57 / 8.57 / 3.93 % (mean
+5.98 -> 4.55) and at the 1e-4 threshold from 4.64 / 7.50 / 14.29 / 12.14 % to
+3.93 / 6.07 / 13.93 / 9.29 % (mean 9.64 -> 8.30; fingers 101-105 5.00 -> 4.29,
+106-110 14.29 -> 12.32). On the synthetic population no rule was tuned on (200
+fingers, seed 0) the EER went from 1.32 to 1.03 %, the FNMR at the 1e-4
+threshold from 6.33 to 4.83 %, with 3 false matches of 179,100 at it (2 before)
+and pre-filter recall 99.30 % (99.29). The dry fingers that fail most (DB3 105 and
+110: their true pairs' cylinders are hardly more alike than an impostor's) are
+not rescued: no weighting of the paired fraction by reliability helped either.
+
 Evidence normalisation (for calibration across sensors). The LSS-R score is a
 mean of n_P relaxed similarities, and n_P shrinks with the minutiae count (4 pairs
 for a print of 11 minutiae, 12 from about 30). Under the impostor hypothesis the
@@ -543,7 +565,7 @@ def reliability_weights(reliability_a: np.ndarray, reliability_b: np.ndarray, li
     Non-live pairs weigh 0.
     """
     w = reliability_a * reliability_b
-    w = w ** RELIABILITY_POWER
+    w = w**RELIABILITY_POWER
     w = np.where(live, w, np.float32(0.0)).astype(np.float32)
     mean = w.sum(axis=1, keepdims=True) / np.maximum(live.sum(axis=1, keepdims=True), 1).astype(np.float32)
     return np.where(mean > 0, w / np.maximum(mean, np.float32(1e-30)), live.astype(np.float32))
