@@ -58,6 +58,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -356,16 +357,31 @@ def run(
 Sample = tuple[str, np.ndarray, np.ndarray | None]  # a calibration group: name, impostor scores, units
 
 
-def calibration_samples(
-    specs: list[str], synthetic: int, impressions: int, seed: int, workers: int, profile: str = "realistic"
-) -> tuple[list[Sample], list[np.ndarray], Sample | None, Sample | None, np.ndarray]:
+@dataclass(frozen=True)
+class CalibrationData:
     """Every calibration group's impostor pairs, and what a held-out check needs besides.
 
-    Returns (one group per folder, each folder's genuine scores, the pairs across
-    folders, the synthetic population, and the two folders of each pair across
-    folders as an (pairs, 2) array); the across and synthetic groups are None
-    when there is one folder or no synthetic population.
+    ``across`` and ``population`` are None when there is one folder or no
+    synthetic population; ``across_folders`` gives the two folders of each pair
+    across folders, shape (pairs, 2), so a held-out folder's pairs can be dropped.
     """
+
+    folders: list[Sample]  # one group per folder (one sensor each)
+    genuine: list[np.ndarray]  # each folder's genuine scores
+    across: Sample | None
+    population: Sample | None
+    across_folders: np.ndarray
+
+    @property
+    def groups(self) -> list[Sample]:
+        """The groups the calibration is fitted on, in the order fit_groups reports them."""
+        return self.folders + [g for g in (self.across, self.population) if g is not None]
+
+
+def calibration_samples(
+    specs: list[str], synthetic: int, impressions: int, seed: int, workers: int, profile: str = "realistic"
+) -> CalibrationData:
+    """Extract and score every folder (and the synthetic population): the calibration's data."""
     all_templates: list[FingerprintTemplate] = []
     labels: list[str] = []
     folder_of: list[int] = []
@@ -397,7 +413,7 @@ def calibration_samples(
         templates, fingers, _ = extract_synthetic(synthetic, impressions, seed, workers, profile)
         pair_scores, same, _ = all_pairs(templates, fingers)
         population = (f"synthetic {synthetic} fingers seed {seed}", pair_scores[~same], pair_units(fingers)[~same])
-    return folders, genuine, across, population, across_folders
+    return CalibrationData(folders, genuine, across, population, across_folders)
 
 
 def held_out_check(groups: list[Sample], impostor: np.ndarray, genuine: np.ndarray) -> dict[str, object]:
@@ -426,25 +442,20 @@ def held_out_check(groups: list[Sample], impostor: np.ndarray, genuine: np.ndarr
     return dict(out)
 
 
-def leave_one_out(
-    folders: list[Sample],
-    genuine: list[np.ndarray],
-    across: Sample | None,
-    population: Sample | None,
-    across_folders: np.ndarray,
-) -> list[dict[str, object]]:
+def leave_one_out(data: CalibrationData) -> list[dict[str, object]]:
     """Each folder held out in turn: the calibration refitted without it (and without its pairs across folders)."""
+    folders, across, population = data.folders, data.across, data.population
     checks = []
     for k, (name, impostor, _) in enumerate(folders):
         groups = [g for i, g in enumerate(folders) if i != k]
         if across is not None and len(folders) > 2:  # two others still have pairs across them
-            keep = (across_folders != k).all(axis=1)
+            keep = (data.across_folders != k).all(axis=1)
             groups.append((across[0], across[1][keep], None if across[2] is None else across[2][keep]))
         if population is not None:
             groups.append(population)
         if not groups:
             raise SystemExit("--leave-one-out needs a second folder or --synthetic N to fit without the held-out one")
-        checks.append({"held_out": name, **held_out_check(groups, impostor, genuine[k])})
+        checks.append({"held_out": name, **held_out_check(groups, impostor, data.genuine[k])})
     return checks
 
 
@@ -466,10 +477,8 @@ def calibrate(
     """
     from biometrics.fingerprint.calibration import MIN_SHAPE_UNITS, fit_group, fit_groups
 
-    folders, genuine, across, population, across_folders = calibration_samples(
-        specs, synthetic, impressions, seed, workers, profile
-    )
-    samples = folders + [g for g in (across, population) if g is not None]
+    data = calibration_samples(specs, synthetic, impressions, seed, workers, profile)
+    samples = data.groups
     fits = fit_groups(samples)
     own = [  # what a small group's own bound would be, beside what it borrowed
         g if g.tail.units >= MIN_SHAPE_UNITS else fit_group(name, scores, units, g.tail.xi)
@@ -501,7 +510,7 @@ def calibrate(
         ),
     }
     if hold_out:
-        result["leave_one_out"] = leave_one_out(folders, genuine, across, population, across_folders)
+        result["leave_one_out"] = leave_one_out(data)
     return result
 
 

@@ -64,3 +64,20 @@ def minutiae_problem(index: int, view: int, count: int) -> str | None:
     if count > MAX_MINUTIAE_PER_VIEW:
         return f"templates[{index}] view {view} has {count} minutiae; at most {MAX_MINUTIAE_PER_VIEW} are accepted"
     return None
+
+
+def field_problem(index: int, view: int, has_field: bool) -> str | None:
+    """Why a view without its orientation field is refused, or None when it has one.
+
+    The score a verifier calibrates multiplies the minutiae evidence by how well
+    the two prints' orientation fields agree; a view sent without its field would
+    be scored with an assumed agreement that is not its own, which a device could
+    use to lift an impostor's score (or lower a duplicate's). Stored enrollments
+    made before the field existed are the only views scored that way.
+    """
+    if has_field:
+        return None
+    return (
+        f"templates[{index}] view {view} carries no orientation field (the record's vendor extended data); "
+        "capture again with an agent of this release, which writes it"
+    )

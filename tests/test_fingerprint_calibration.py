@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.fingerprint import at_thresholds, binomial_limit_95, held_out_check, leave_one_out
+from bench.fingerprint import CalibrationData, at_thresholds, binomial_limit_95, held_out_check, leave_one_out
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
 from biometrics.fingerprint.calibration import GROUPS, MIN_SHAPE_UNITS, fit_group, fit_groups
 from biometrics.fingerprint.errors import FingerprintError
@@ -258,10 +258,10 @@ def test_leave_one_out_drops_the_held_out_folders_pairs_across_folders():
     genuine = [np.ones(10)] * 3
     pairs = np.array([(a, b) for a in range(3) for b in range(a + 1, 3)] * 2000)  # 6,000 pairs across folders
     across_scores = np.where((pairs == 0).any(axis=1), 0.5, 0.0) + _gamma(20, 0.006, len(pairs))
-    checks = leave_one_out(folders, genuine, ("across folders", across_scores, None), None, pairs)
+    checks = leave_one_out(CalibrationData(folders, genuine, ("across folders", across_scores, None), None, pairs))
     assert [c["held_out"] for c in checks] == ["DB0", "DB1", "DB2"]
     # Only DB0's pairs across folders score high: held out, it takes them along, and the thresholds drop.
     assert checks[0]["thresholds"]["1e-04"] < 0.2 < checks[1]["thresholds"]["1e-04"]
     assert checks[1]["set_by"]["1e-04"] == "across folders"
     with pytest.raises(SystemExit, match="second folder"):
-        leave_one_out(folders[:1], genuine[:1], None, None, np.zeros((0, 2), np.int64))
+        leave_one_out(CalibrationData(folders[:1], genuine[:1], None, None, np.zeros((0, 2), np.int64)))

@@ -38,7 +38,7 @@ from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode
 from protocol import endpoints
 from protocol.audit import event_hash
-from protocol.messages import Decision
+from protocol.messages import Decision, StepUp
 from protocol.signing import sign_request
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW, wire_template
 
@@ -89,6 +89,35 @@ def test_a_template_without_enough_minutiae_or_with_too_many_is_refused_at_enrol
     assert "has 0 minutiae; at least 8 are needed" in refused[0].message
     assert f"has {MAX_MINUTIAE_PER_VIEW + 1} minutiae; at most {MAX_MINUTIAE_PER_VIEW}" in refused[2].message
     assert enrolled.templates == 2
+    no_traceback(verifier)
+
+
+def test_a_view_stripped_of_its_orientation_field_is_refused_at_enrollment_and_verification(
+    verifier, provisioned, synthetic_templates
+) -> None:
+    """The score multiplies the minutiae evidence by the fields' agreement; a device that left the field
+    out would be scored with an assumed agreement (higher than most impostors'), so it is refused."""
+    t = synthetic_templates[1]
+    assert t[0].orientation is not None
+    stripped = dataclasses.replace(t[0], orientation=None)
+
+    async def steps(api, client):
+        with pytest.raises(BadTemplateError) as at_enrollment:
+            await api.enroll("fieldless", [encode(stripped), encode(t[1])])
+        with pytest.raises(UnknownSubjectError):  # nothing was stored
+            await api.challenge("verify", "fieldless")
+        await api.enroll("fieldless", [encode(x) for x in t[:2]])
+        with pytest.raises(BadTemplateError) as at_verification:
+            await api.verify("fieldless", [encode(dataclasses.replace(t[2], orientation=None))])
+        accepted = await api.verify("fieldless", [encode(t[2])])
+        return at_enrollment.value, at_verification.value, accepted
+
+    at_enrollment, at_verification, accepted = run(provisioned, steps)
+    assert at_enrollment.status == at_verification.status == 422
+    assert "templates[0] view 0 carries no orientation field" in at_enrollment.message
+    assert "agent of this release" in at_verification.message
+    # The refusal used up nothing: the same finger with its field is matched (step-ups come above the threshold).
+    assert isinstance(accepted, StepUp) or accepted.decision == "accept", accepted
     no_traceback(verifier)
 
 

@@ -57,7 +57,7 @@ from protocol import endpoints
 from protocol.face_template import ACR_FACE, FACE, FINGER
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
-from protocol.templates import minutiae_problem
+from protocol.templates import field_problem, minutiae_problem
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.content import Carried, Malformed, carried_of
@@ -344,6 +344,9 @@ class BiometricRoutes:
                 reason = minutiae_problem(index, view, len(template.minutiae))
                 if reason is not None:
                     raise self.refused(request, Problem("bad-template", reason), "minutiae out of bounds")
+                reason = field_problem(index, view, template.orientation is not None)
+                if reason is not None:
+                    raise self.refused(request, Problem("bad-template", reason), "no orientation field")
         return views
 
     def charge(self, request: Request, comparisons: int) -> None:

@@ -61,6 +61,9 @@ class Cylinders:
     # float32 (n,) the central minutia's chance of recurring in another impression: its quality / 100,
     # 1 where the quality is 0 (ISO/IEC 19794-2: not reported). Weighs its pairs in the matcher.
     reliability: np.ndarray
+    # The template's coarse orientation field as vectors (orientation_field.vectors), None without one:
+    # it travels with the cylinders because the matcher compares it under the minutiae alignment.
+    field: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)

@@ -14,6 +14,7 @@ import numpy as np
 from biometrics.fingerprint.enhance import Analysis, analyse_reference
 from biometrics.fingerprint.image import check_image, to_reference_resolution
 from biometrics.fingerprint.minutiae import detect
+from biometrics.fingerprint.orientation_field import from_maps
 from biometrics.fingerprint.quality import QualityReport, assess
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
 
@@ -56,6 +57,7 @@ def template_from_minutiae(
         resolution_dpi=analysis.source_dpi,
         minutiae=minutiae,
         quality=q.score,
+        orientation=from_maps(analysis.orientation, analysis.coherence, analysis.mask),
     )
 
 

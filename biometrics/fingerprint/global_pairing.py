@@ -318,6 +318,7 @@ def paired_fraction(
     rotation: np.ndarray,
     probe_anchor: np.ndarray,
     gallery_anchor: np.ndarray,
+    transform: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``(m - 2)^2 / (max(n_A' - 2, 6) * max(n_B' - 2, 6))`` per template under its transform, in [0, 1].
 
@@ -344,6 +345,8 @@ def paired_fraction(
     turned = probe_unit[None, :] * np.conj(rotation)[:, None]
     paired_a, paired_b, _ = _pair(moved, turned, pos, unit, real)
     pairs = paired_a.sum(axis=1)
+    if transform is not None:  # the refitted alignment, for a caller that compares more than minutiae under it
+        transform.update(rotation=rotation, probe_anchor=probe_anchor, gallery_anchor=gallery_anchor)
     # The common region: probe minutiae inside the template's hull, template minutiae
     # inside the probe's hull (mapped back to the probe's frame), or paired.
     inside_a = _inside(

@@ -41,10 +41,26 @@ back ``angle = iso * 2pi / 256`` (quantisation error at most 0.70 degrees).
 
 Extended data areas: the 2005 text counts only the area's data in its length
 field (FingerprintIO reads it so), while NIST's NBIS code counts the 4 header
-bytes too (the rule of the 2011 edition). We write no extended data; when
+bytes too (the rule of the 2011 edition). We write one area, and only for a
+template that carries an orientation field (the 2005 rule); when
 decoding we accept a block whose areas tile it exactly under either rule, and
 reject one that tiles under neither. The block as a whole is always skipped by
 its own 2-byte length, so a view's end never depends on that choice.
+
+The orientation field (:class:`~biometrics.fingerprint.types.OrientationField`,
+which the matcher compares under its minutiae alignment) travels in a
+vendor-defined area (type codes 0x0100 to 0xFFFF are the vendors'), type
+``ORIENTATION_AREA_TYPE`` = 0x4F46 ("OF"): 1 byte format version (1), 1 byte
+block side in pixels at 500 dpi, 1 byte rows, 1 byte columns, then rows x
+columns bytes of doubled angle (units of 2pi/256) and as many of coherence
+(0 = background), row-major. The block side must be the matcher's (16), and the
+grid no larger than the record's image at its resolution allows (at most 64
+blocks a side, :func:`field_limits`): the matcher pads a gallery's fields to the
+largest grid, so one oversized field would inflate them all. Other readers skip it by its length; a template
+without a field is written byte for byte as before (no extended data), and a
+record without the area decodes to a template without a field, which still
+matches (:mod:`biometrics.fingerprint.orientation_field`). An area of this
+type whose length or header is wrong is refused with TemplateFormatError.
 
 Resolution: ISO stores pixels per centimetre, templates carry dots per inch;
 500 dpi is written as 197 px/cm and 197 px/cm reads back as 500 dpi.
@@ -59,7 +75,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from biometrics.fingerprint.errors import TemplateError
-from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+from biometrics.fingerprint.orientation_field import BLOCK as FIELD_BLOCK
+from biometrics.fingerprint.types import FingerprintTemplate, Minutiae, OrientationField
 
 FORMAT_ID = b"FMR\x00"
 VERSION = b" 20\x00"
@@ -77,6 +94,11 @@ MAX_VIEW_NUMBER = 15
 # Enough for 10 fingers x 4 views x 255 minutiae plus some extended data; larger
 # input is refused before it is parsed (a record that big is an attack or a bug).
 MAX_RECORD_BYTES = 128 * 1024
+ORIENTATION_AREA_TYPE = 0x4F46  # vendor-defined extended data area: the coarse orientation field ("OF")
+ORIENTATION_AREA_VERSION = 1
+ORIENTATION_AREA_HEADER = 4  # version, block side, rows, columns
+MAX_FIELD_BLOCKS = 64  # rows or columns: 1,024 pixels at 500 dpi, above any finger sensor's image
+REFERENCE_DPI = 500.0
 
 ANGLE_UNIT = 2.0 * math.pi / 256.0  # radians per ISO angle unit (1.40625 degrees)
 CM_PER_INCH = 2.54
@@ -201,13 +223,35 @@ def encode(templates: Sequence[FingerprintTemplate] | FingerprintTemplate, *, im
         views.append(
             _VIEW.pack(t.finger_position, (view_number << 4) | impression_type, t.quality, len(t.minutiae))
             + body
-            + b"\x00\x00"  # no extended data
+            + _extended_block(t)
         )
     length = HEADER_LENGTH + sum(len(v) for v in views)
     if length > MAX_RECORD_BYTES:
         raise TemplateFormatError(f"record of {length} bytes exceeds {MAX_RECORD_BYTES}: send fewer views")
     header = _HEADER.pack(FORMAT_ID, VERSION, length, 0, first.width, first.height, ppcm, ppcm, len(views), 0)
     return header + b"".join(views)
+
+
+def _extended_block(t: FingerprintTemplate) -> bytes:
+    """The view's extended data block with its 2-byte length: empty without an orientation field."""
+    field = t.orientation
+    if field is None:
+        return b"\x00\x00"  # no extended data
+    rows, cols = field.angle.shape
+    most_rows, most_cols = field_limits(t.width, t.height, t.resolution_dpi)
+    if rows > most_rows or cols > most_cols or field.block != FIELD_BLOCK:
+        raise TemplateFormatError(
+            f"orientation field of {rows}x{cols} blocks of {field.block} pixels does not fit a {t.width}x{t.height} "
+            f"image at {t.resolution_dpi} dpi ({most_rows}x{most_cols} blocks of {FIELD_BLOCK} at most): "
+            "extract the field from this template's own image, or drop it (orientation=None)"
+        )
+    data = (
+        bytes([ORIENTATION_AREA_VERSION, field.block, rows, cols])
+        + np.ascontiguousarray(field.angle, np.uint8).tobytes()
+        + np.ascontiguousarray(field.coherence, np.uint8).tobytes()
+    )
+    area = struct.pack(">HH", ORIENTATION_AREA_TYPE, len(data)) + data  # the 2005 rule: data bytes only
+    return struct.pack(">H", len(area)) + area
 
 
 # ---------------------------------------------------------------- decoding
@@ -229,6 +273,63 @@ def _areas_tile(block: bytes, header_counted: bool) -> bool:
         else:
             pos += EXTENDED_AREA_HEADER + length
     return pos == end
+
+
+def _areas(block: bytes, header_counted: bool) -> list[tuple[int, bytes]]:
+    """(type code, data) of each area of a block that tiles under the given length rule."""
+    out, pos = [], 0
+    while pos < len(block):
+        type_code, length = struct.unpack_from(">HH", block, pos)
+        data_length = length - EXTENDED_AREA_HEADER if header_counted else length
+        start = pos + EXTENDED_AREA_HEADER
+        out.append((type_code, block[start : start + data_length]))
+        pos = start + data_length
+    return out
+
+
+def field_limits(width: int, height: int, dpi: int) -> tuple[int, int]:
+    """The most block rows and columns a field of an image this size may have (:data:`MAX_FIELD_BLOCKS` at most).
+
+    The matcher pads every gallery field to the largest one's grid, so a record
+    claiming a grid larger than its own image (255 x 255 blocks on a small print)
+    would make every template of the gallery that large: an enrollment could fill
+    the verifier's memory. One block of slack covers rounding at the resolution.
+    """
+    scale = REFERENCE_DPI / max(dpi, 1)
+    rows = math.ceil(height * scale / FIELD_BLOCK) + 1
+    cols = math.ceil(width * scale / FIELD_BLOCK) + 1
+    return min(rows, MAX_FIELD_BLOCKS), min(cols, MAX_FIELD_BLOCKS)
+
+
+def _decode_orientation(data: bytes, view: int, width: int, height: int, dpi: int) -> OrientationField:
+    """The orientation field of an ORIENTATION_AREA_TYPE area, checked field by field."""
+    where = f"view {view}: orientation field area"
+    if len(data) < ORIENTATION_AREA_HEADER:
+        raise TemplateFormatError(f"{where} of {len(data)} bytes is shorter than its 4-byte header: re-extract")
+    version, block, rows, cols = data[:ORIENTATION_AREA_HEADER]
+    if version != ORIENTATION_AREA_VERSION:
+        raise TemplateFormatError(
+            f"{where} has format version {version}, this reader knows {ORIENTATION_AREA_VERSION}: update the reader"
+        )
+    if block != FIELD_BLOCK:
+        raise TemplateFormatError(
+            f"{where} has blocks of {block} pixels, this reader compares {FIELD_BLOCK}-pixel blocks: "
+            "re-extract the template with this release"
+        )
+    most_rows, most_cols = field_limits(width, height, dpi)
+    if rows > most_rows or cols > most_cols:
+        raise TemplateFormatError(
+            f"{where} has {rows}x{cols} blocks, more than a {width}x{height} image at {dpi} dpi can have "
+            f"({most_rows}x{most_cols} at most): re-extract the template"
+        )
+    need = ORIENTATION_AREA_HEADER + 2 * rows * cols
+    if len(data) != need:
+        raise TemplateFormatError(
+            f"{where} holds {len(data)} bytes, its {rows}x{cols} blocks need {need}: re-extract the template"
+        )
+    cells = rows * cols
+    raw = np.frombuffer(data, np.uint8, offset=ORIENTATION_AREA_HEADER)
+    return OrientationField(int(block), raw[:cells].reshape(rows, cols).copy(), raw[cells:].reshape(rows, cols).copy())
 
 
 def _decode_minutiae(raw: bytes, width: int, height: int, view: int) -> Minutiae:
@@ -338,10 +439,16 @@ def decode(data: bytes) -> list[FingerprintTemplate]:
         if size - pos < ext_len:
             raise TemplateFormatError(f"view {view}: extended data length {ext_len} runs past the end of the record")
         block = data[pos : pos + ext_len]
-        if ext_len and not (_areas_tile(block, header_counted=False) or _areas_tile(block, header_counted=True)):
-            raise TemplateFormatError(
-                f"view {view}: the extended data areas' own lengths do not add up to the block's {ext_len} bytes"
-            )
+        field = None
+        if ext_len:
+            data_only = _areas_tile(block, header_counted=False)  # the 2005 rule, which we write, first
+            if not (data_only or _areas_tile(block, header_counted=True)):
+                raise TemplateFormatError(
+                    f"view {view}: the extended data areas' own lengths do not add up to the block's {ext_len} bytes"
+                )
+            for type_code, area in _areas(block, header_counted=not data_only):
+                if type_code == ORIENTATION_AREA_TYPE:
+                    field = _decode_orientation(area, view, width, height, dpi)
         pos += ext_len
         templates.append(
             FingerprintTemplate(
@@ -351,6 +458,7 @@ def decode(data: bytes) -> list[FingerprintTemplate]:
                 minutiae=minutiae,
                 quality=quality,
                 finger_position=position,
+                orientation=field,
             )
         )
     if pos != size:

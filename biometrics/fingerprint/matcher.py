@@ -2,7 +2,8 @@
 
 Scores are in [0, 1] (higher = more similar): MCC LSS-R evidence, normalised for
 its strength, combined with the fraction of the common region's minutiae paired
-under one global alignment (see :mod:`biometrics.fingerprint.mcc_match`);
+under one global alignment, and weighed by how well the two orientation fields
+agree under that alignment (see :mod:`biometrics.fingerprint.mcc_match`);
 see :mod:`biometrics.fingerprint.calibration` for choosing a threshold from a
 target false match rate.
 """
@@ -13,11 +14,12 @@ import contextlib
 import threading
 from collections.abc import Callable, Container, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
 
-from biometrics.fingerprint import mcc_match, prefilter
+from biometrics.fingerprint import mcc_match, orientation_field, prefilter
 from biometrics.fingerprint.cylinders import MAX_CYLINDERS, Cylinders, build
 from biometrics.fingerprint.errors import TemplateError
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
@@ -35,7 +37,10 @@ def cylinders_of(item: FingerprintTemplate | Minutiae | Cylinders) -> Cylinders:
     if isinstance(item, FingerprintTemplate):
         if item.resolution_dpi <= 0:
             raise TemplateError(f"template resolution_dpi={item.resolution_dpi}: set the capture's resolution")
-        return build(item.minutiae, REFERENCE_DPI / float(item.resolution_dpi))
+        built = build(item.minutiae, REFERENCE_DPI / float(item.resolution_dpi))
+        if item.orientation is None:
+            return built
+        return replace(built, field=orientation_field.vectors(item.orientation))
     if isinstance(item, Minutiae):
         return build(item, 1.0)
     raise TemplateError(f"cannot match a {type(item).__name__}: pass a FingerprintTemplate or Minutiae")
@@ -80,6 +85,8 @@ class _GrowingStack:
         self._reliability = np.zeros((0, MAX_CYLINDERS), np.float32)
         self._count = np.zeros(0, np.int64)
         self._start = np.zeros(0, np.int64)
+        self._fields = np.zeros((0, 1, 1), np.complex64)  # orientation fields, zero-padded (mcc_match.Stack)
+        self._has_field = np.zeros(0, bool)
         self._t = 0
 
     def append(self, cylinders: list[Cylinders]) -> None:
@@ -104,7 +111,21 @@ class _GrowingStack:
                 vec = np.zeros(cap, np.int64)
                 vec[: self._t] = getattr(self, name)[: self._t]
                 setattr(self, name, vec)
+            has = np.zeros(cap, bool)
+            has[: self._t] = self._has_field[: self._t]
+            self._has_field = has
+        rows, cols = s.fields.shape[1:]
+        if len(self._fields) < len(self._count) or rows > self._fields.shape[1] or cols > self._fields.shape[2]:
+            grid = np.zeros(
+                (len(self._count), max(rows, self._fields.shape[1]), max(cols, self._fields.shape[2])), np.complex64
+            )
+            old = self._fields[: self._t]
+            grid[: self._t, : old.shape[1], : old.shape[2]] = old
+            self._fields = grid
         sl = slice(self._t, self._t + t)
+        self._fields[sl] = 0
+        self._fields[sl, :rows, :cols] = s.fields
+        self._has_field[sl] = s.has_field
         for name, _ in _PER_SLOT:  # slots may hold removed templates' values
             getattr(self, name)[sl] = 0
         self._pos[sl, :k], self._unit[sl, :k] = s.pos, s.unit
@@ -118,7 +139,8 @@ class _GrowingStack:
         """Keep the templates where ``keep`` is true, in order."""
         idx = np.nonzero(keep)[0]
         self._garbage += int(self._count[: self._t][~keep].sum())
-        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_reliability", "_count", "_start"):
+        per_template = ("_count", "_start", "_fields", "_has_field")
+        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_reliability", *per_template):
             arr = getattr(self, name)
             arr[: len(idx)] = arr[idx]
         self._t = len(idx)
@@ -140,6 +162,8 @@ class _GrowingStack:
             self._hull_normals[:t],
             self._hull_offsets[:t],
             self._reliability[:t],
+            self._fields[:t],
+            self._has_field[:t],
         )
 
 

@@ -59,6 +59,35 @@ class Minutiae:
 
 
 @dataclass(frozen=True, slots=True)
+class OrientationField:
+    """The print's coarse ridge orientation: one doubled angle and coherence per block of 500-dpi pixels.
+
+    Minutiae alone cannot tell a genuine mate with few reliable minutiae (a dry,
+    speckled or small print) from an impostor whose few look-alike minutiae fooled
+    the alignment; the orientation field over the overlap can (genuine prints agree
+    nearly everywhere under the right alignment, impostors do not):
+    :mod:`biometrics.fingerprint.orientation_field`. Kept coarse and quantised
+    (2 bytes per block of ``block`` x ``block`` pixels, about 650 bytes for a
+    300 x 300 image) because it travels with every template.
+
+    * ``angle``: uint8 (rows, columns), the doubled gradient direction 2*theta in
+      units of 2*pi/256 (theta in [0, pi) measured in image coordinates, y down).
+    * ``coherence``: uint8 (rows, columns), 0 on background blocks, else 1..255
+      for the coherence-weighted mean over the block's foreground pixels.
+    """
+
+    block: int  # block side, pixels at 500 dpi
+    angle: np.ndarray  # uint8 (rows, columns)
+    coherence: np.ndarray  # uint8 (rows, columns); 0 = background
+
+    def __post_init__(self) -> None:
+        if self.angle.shape != self.coherence.shape or self.angle.ndim != 2:
+            raise ValueError("orientation angle and coherence must be 2-D arrays of the same shape")
+        if self.block <= 0:
+            raise ValueError("orientation block size must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class FingerprintTemplate:
     """What leaves the device for one finger: minutiae plus the image geometry."""
 
@@ -68,3 +97,4 @@ class FingerprintTemplate:
     minutiae: Minutiae
     quality: int = 0  # 0..100, the impression's overall quality
     finger_position: int = 0  # ISO/IEC 19794-2 finger position code, 0 = unknown
+    orientation: OrientationField | None = None  # None in templates made before it (they still match)

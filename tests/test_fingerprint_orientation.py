@@ -1,0 +1,157 @@
+"""The orientation field a template carries: wire format, agreement under an alignment, part in the score."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from biometrics.fingerprint import GalleryIndex, extract, match
+from biometrics.fingerprint import orientation_field as of
+from biometrics.fingerprint.extract import analyse
+from biometrics.fingerprint.iso19794_2 import ORIENTATION_AREA_TYPE, TemplateFormatError, decode, encode
+from biometrics.fingerprint.types import OrientationField
+
+
+def _rotated(image: np.ndarray, degrees: float) -> np.ndarray:
+    """The image turned counter-clockwise (as seen) about its centre, same size."""
+    h, w = image.shape
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=235)
+
+
+def _field(image: np.ndarray) -> OrientationField:
+    a = analyse(image, 500)
+    return of.from_maps(a.orientation, a.coherence, a.mask)
+
+
+@pytest.fixture(scope="module")
+def fingers(finger_generator):
+    """Clean impressions of two fingers of different pattern classes (simulators.fingers)."""
+    return [finger_generator.finger(i).clean_impression().image for i in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def field(fingers):
+    return _field(fingers[0])
+
+
+def _agreement_under_rotation(probe: OrientationField, other: OrientationField, degrees: float, shape) -> float:
+    """Agreement with the transform that a counter-clockwise turn by ``degrees`` about the image centre is."""
+    h, w = shape
+    centre = complex((w - 1) / 2, (h - 1) / 2)
+    rotation = np.array([np.exp(-1j * np.radians(degrees))])  # y down: counter-clockwise as seen is exp(-i phi)
+    gallery, _ = of.pad([of.vectors(other)])
+    return float(of.agreement(of.vectors(probe), gallery, rotation, np.array([centre]), np.array([centre]))[0])
+
+
+def test_a_print_agrees_with_a_rotated_copy_of_itself_and_not_with_another_pattern(fingers, field):
+    image = fingers[0]
+    turned = _field(_rotated(image, 30.0))
+    assert _agreement_under_rotation(field, turned, 30.0, image.shape) > 0.8
+    # The same copy under a transform 30 degrees off (the field's angles then disagree everywhere).
+    assert _agreement_under_rotation(field, turned, 0.0, image.shape) < 0.3
+    other = _field(_rotated(fingers[1], 30.0))
+    assert _agreement_under_rotation(field, other, 30.0, image.shape) < 0.5
+
+
+def test_the_factor_is_bounded_and_rewards_agreement():
+    share = np.linspace(0.0, 1.0, 11)
+    f = of.factor(share)
+    assert np.all(np.diff(f) > 0)
+    assert f[-1] == pytest.approx(1.0)
+    assert 0.2 < f[0] < 0.3  # a pair's score never rises above its minutiae score, nor falls below a quarter of it
+
+
+def test_the_field_round_trips_through_the_iso_record(fingers):
+    t = extract(fingers[0], 500)
+    assert t.orientation is not None and (t.orientation.coherence > 0).mean() > 0.3
+    [back] = decode(encode(t))
+    np.testing.assert_array_equal(back.orientation.angle, t.orientation.angle)
+    np.testing.assert_array_equal(back.orientation.coherence, t.orientation.coherence)
+    assert back.orientation.block == t.orientation.block == of.BLOCK
+    np.testing.assert_array_equal(back.minutiae.x, np.floor(t.minutiae.x + 0.5).clip(0, t.width - 1))
+
+
+def _with_area(t, data: bytes, header_counted: bool = False) -> bytes:
+    """The record of ``t`` (no field) with one orientation area of the given bytes."""
+    record = encode(replace(t, orientation=None))
+    length = len(data) + (4 if header_counted else 0)
+    ext = struct.pack(">HH", ORIENTATION_AREA_TYPE, length) + data
+    body = record[:-2] + struct.pack(">H", len(ext)) + ext
+    return body[:8] + struct.pack(">I", len(body)) + body[12:]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x01\x10", "shorter than its 4-byte header"),
+        (bytes([2, 16, 1, 1, 0, 0]), "format version 2"),
+        (bytes([1, 0, 1, 1, 0, 0]), "blocks of 0 pixels"),
+        (bytes([1, 8, 1, 1, 0, 0]), "blocks of 8 pixels, this reader compares 16"),
+        # A grid far larger than the image (which would inflate every gallery field to it) is refused.
+        (bytes([1, 16, 100, 100]) + bytes(2 * 100 * 100), "100x100 blocks, more than"),
+        (bytes([1, 16, 2, 2, 0, 0, 0]), "need 12"),
+    ],
+)
+def test_a_malformed_orientation_area_is_refused_with_a_typed_error(fingers, data: bytes, message: str):
+    t = extract(fingers[0], 500)
+    with pytest.raises(TemplateFormatError, match=message):
+        decode(_with_area(t, data))
+
+
+@pytest.mark.parametrize("header_counted", [False, True])
+def test_an_orientation_area_is_read_under_either_length_rule(fingers, header_counted: bool):
+    t = extract(fingers[0], 500)
+    data = bytes([1, 16, 1, 2, 7, 9, 255, 0])
+    [back] = decode(_with_area(t, data, header_counted))
+    np.testing.assert_array_equal(back.orientation.angle, [[7, 9]])
+    np.testing.assert_array_equal(back.orientation.coherence, [[255, 0]])
+
+
+def test_a_template_without_a_field_is_encoded_as_before_and_still_matches(finger_generator):
+    finger = finger_generator.finger(2)
+    a, b = (extract(finger.impression(i).image, 500) for i in range(2))
+    old_a, old_b = replace(a, orientation=None), replace(b, orientation=None)
+    record = encode(old_a)
+    assert record.endswith(b"\x00\x00")  # no extended data, as before the field existed
+    assert decode(record)[0].orientation is None
+    with_field = match(a, b)
+    old = match(old_a, old_b)
+    assert old > 0 and with_field > 0
+    # Without a field the pair is taken to agree like a high impostor: never scored above the fused genuine pair.
+    assert old <= with_field
+    assert match(a, old_b) == pytest.approx(old)
+
+
+def test_gallery_with_and_without_fields_scores_like_pairwise_matching(finger_generator):
+    """Stack, growth of the field grid (a larger image later), removal: the same scores as 1:1 matching."""
+    finger = finger_generator.finger(3)
+    small = [extract(finger.impression(i).image, 500) for i in range(3)]
+    big_image = cv2.copyMakeBorder(finger.impression(3).image, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=235)
+    big = extract(big_image, 500)
+    items = [small[0], replace(small[1], orientation=None), small[2]]
+    index = GalleryIndex()
+    for n, t in enumerate(items):
+        index.add(n, t)
+    index.scores(small[0])  # packs the first three
+    index.add(3, big)  # a larger field grid than any stacked so far
+    index.remove(1)
+    kept = [items[0], items[2], big]
+    for probe in (small[0], big, replace(small[2], orientation=None)):
+        np.testing.assert_allclose(index.scores(probe), [match(probe, t) for t in kept], rtol=1e-5, atol=1e-7)
+
+
+def test_a_field_larger_than_its_image_is_not_encoded(fingers):
+    t = extract(fingers[0], 500)
+    rows, cols = t.height // of.BLOCK + 3, t.width // of.BLOCK
+    grid = np.ones((rows, cols), np.uint8)
+    with pytest.raises(TemplateFormatError, match="does not fit"):
+        encode(replace(t, orientation=OrientationField(of.BLOCK, grid, grid)))
+    # One block of slack for the resolution's rounding: a grid up to the image's own size plus one still travels.
+    fits = np.ones((t.height // of.BLOCK + 1, cols), np.uint8)
+    [back] = decode(encode(replace(t, orientation=OrientationField(of.BLOCK, fits, fits))))
+    assert back.orientation.angle.shape == fits.shape
