@@ -761,3 +761,84 @@ def test_relaxation_without_subnormal_compatibilities_gives_the_same_scores(monk
         np.testing.assert_array_equal(got, mcc_match.scores(p, packed))
     monkeypatch.setattr(mcc_match, "RHO_FLOOR", 0.99)
     assert any(not np.array_equal(got, mcc_match.scores(p, packed)) for p, got in zip(probes, floored, strict=True))
+
+
+def _with_qualities(m: Minutiae, quality: np.ndarray) -> Minutiae:
+    return Minutiae(m.x, m.y, m.angle, m.kind, np.asarray(quality, np.uint8))
+
+
+def test_cylinders_carry_their_minutias_reliability_and_unreported_quality_weighs_one():
+    rng = np.random.default_rng(3)
+    finger = _random_finger(rng, 30)
+    quality = rng.permutation(np.arange(40, 100, 2)).astype(np.uint8)  # distinct: identifies each minutia
+    c = cylinders_of(_with_qualities(finger, quality))
+    assert 0 < len(c) <= len(finger)
+    for x, y, r in zip(c.x, c.y, c.reliability, strict=True):
+        at = np.flatnonzero((finger.x == x) & (finger.y == y))
+        assert len(at) == 1 and r == pytest.approx(quality[at[0]] / 100.0)
+    unknown = cylinders_of(_with_qualities(finger, np.zeros(len(finger))))  # ISO/IEC 19794-2: not reported
+    np.testing.assert_array_equal(unknown.reliability, np.ones(len(unknown), np.float32))
+
+
+def test_reliability_weights_average_one_over_the_live_pairs_and_favour_reliable_pairs():
+    from biometrics.fingerprint import mcc_match
+
+    ra = np.array([[0.9, 0.5, 0.9, 0.7], [0.6, 0.6, 0.6, 0.6]], np.float32)
+    rb = np.array([[0.9, 0.5, 0.4, 0.7], [0.8, 0.8, 0.8, 0.8]], np.float32)
+    live = np.array([[True, True, True, False], [True, True, False, False]])
+    w = mcc_match.reliability_weights(ra, rb, live)
+    assert w[0, 3] == 0.0 and w[1, 2] == w[1, 3] == 0.0
+    np.testing.assert_allclose(w.sum(axis=1) / live.sum(axis=1), 1.0, rtol=1e-6)
+    assert w[0, 0] > w[0, 2] > w[0, 1]  # ordered by r_a * r_b: 0.81 > 0.36 > 0.25
+    assert w[0, 0] / w[0, 1] == pytest.approx((0.81 / 0.25) ** mcc_match.RELIABILITY_POWER, rel=1e-5)
+    np.testing.assert_allclose(w[1, :2], 1.0, rtol=1e-6)  # equal reliabilities weigh alike
+
+
+def test_informative_qualities_lift_a_genuine_score_spoiled_by_spurious_minutiae():
+    """Spurious minutiae (quality 40) added to an impression of a finger (true minutiae 90): weighting
+    the relaxed pairs by reliability never lowers the genuine score here, and raises it where look-alike
+    spurious pairs had entered the relaxation (12 of 40 touches); any uniform quality leaves every score
+    as it was."""
+    raised = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        fx, fy, ft = rng.uniform(40, 360, 30), rng.uniform(40, 460, 30), rng.uniform(0, 2 * np.pi, 30)
+        finger = _with_qualities(_minutiae(list(zip(fx, fy, ft, strict=True))), np.full(30, 90))
+        a = np.radians(15.0)  # touched again: rotated, shifted, jittered by 3 px, a fifth missed
+        x = np.cos(a) * fx - np.sin(a) * fy + 10.0 + rng.normal(0, 3.0, 30)
+        y = np.sin(a) * fx + np.cos(a) * fy - 5.0 + rng.normal(0, 3.0, 30)
+        keep = rng.random(30) > 0.2
+        k = 25
+        spurious = [(rng.uniform(40, 380), rng.uniform(40, 480), rng.uniform(0, 6.28)) for _ in range(k)]
+        probe = _minutiae(list(zip(x[keep], y[keep], ft[keep] - a, strict=True)) + spurious)
+        informative = match(finger, _with_qualities(probe, [90] * int(keep.sum()) + [40] * k))
+        uniform = match(finger, _with_qualities(probe, np.full(len(probe), 70)))
+        assert match(_with_qualities(finger, np.full(30, 40)), _with_qualities(probe, np.full(len(probe), 55))) == (
+            pytest.approx(uniform, rel=1e-5, abs=1e-7)
+        )
+        assert informative >= uniform - 1e-6
+        raised += informative > uniform + 1e-3
+    assert raised >= 6  # 12 of the 40 measured
+
+
+def test_gallery_carries_reliabilities_through_adds_and_compacting_removals():
+    """The per-cylinder reliabilities travel with the 1:N stack: full scores equal the 1:1 ones, and
+    stay equal to a fresh gallery's after removals compact the rows."""
+    rng = np.random.default_rng(11)
+    fingers = [_with_qualities(m, rng.integers(36, 100, len(m))) for m in (_random_finger(rng) for _ in range(24))]
+    touch = _impression(fingers[20], rng, 10.0, (5.0, 4.0))
+    probe = _with_qualities(touch, rng.integers(36, 100, len(touch)))
+    grown = GalleryIndex()
+    for n, m in enumerate(fingers):
+        grown.add(n, m)
+    np.testing.assert_allclose(grown.scores(probe), [match(probe, m) for m in fingers], rtol=1e-3, atol=1e-5)
+    for n in range(10):  # over a quarter of the rows unreferenced: the stack compacts them
+        assert grown.remove(n) == 1
+    rest = GalleryIndex()
+    for n in range(10, 24):
+        rest.add(n, fingers[n])
+    np.testing.assert_array_equal(grown.scores(probe), rest.scores(probe))
+    uniform = GalleryIndex()
+    for n in range(10, 24):
+        uniform.add(n, _with_qualities(fingers[n], np.full(len(fingers[n]), 80)))
+    assert not np.allclose(uniform.scores(probe), rest.scores(probe))  # the qualities were used

@@ -58,6 +58,9 @@ class Cylinders:
     x: np.ndarray  # float32 (n,) coordinates of the central minutiae, 500-dpi pixels
     y: np.ndarray
     angle: np.ndarray  # float32 (n,) radians, counter-clockwise
+    # float32 (n,) the central minutia's chance of recurring in another impression: its quality / 100,
+    # 1 where the quality is 0 (ISO/IEC 19794-2: not reported). Weighs its pairs in the matcher.
+    reliability: np.ndarray
     # The template's coarse orientation field as vectors (orientation_field.vectors), None without one:
     # it travels with the cylinders because the matcher compares it under the minutiae alignment.
     field: np.ndarray | None = None
@@ -128,6 +131,16 @@ def _erf_fast(x: np.ndarray) -> np.ndarray:
     return sign * (1.0 - poly * np.exp(-a * a))
 
 
+def _reliability(quality: np.ndarray) -> np.ndarray:
+    """Chance of recurring (0..1) from minutia qualities (0..100); 0, "not reported" in ISO/IEC 19794-2, gives 1.
+
+    A template with unreported qualities then weighs all its pairs alike in the
+    matcher, as before qualities were used there (mcc_match.reliability_weights).
+    """
+    q = quality.astype(np.float32)
+    return np.where(q > 0, q / np.float32(100.0), np.float32(1.0)).astype(np.float32)
+
+
 def _without_duplicates(m: Minutiae) -> Minutiae:
     """Drop repeated minutiae (same pixel, same direction to a degree), keeping the best quality.
 
@@ -176,7 +189,7 @@ def build(minutiae: Minutiae, scale: float = 1.0) -> Cylinders:
     n = len(minutiae)
     if n == 0:
         z = np.zeros(0, np.float32)
-        return Cylinders(np.zeros((0, N_FEATURES), np.float32), np.zeros((0, N_SPATIAL), np.float32), z, z, z)
+        return Cylinders(np.zeros((0, N_FEATURES), np.float32), np.zeros((0, N_SPATIAL), np.float32), z, z, z, z)
     x = (minutiae.x.astype(np.float64) * scale).astype(np.float32)
     y = (minutiae.y.astype(np.float64) * scale).astype(np.float32)
     th = minutiae.angle.astype(np.float32)
@@ -213,4 +226,5 @@ def build(minutiae: Minutiae, scale: float = 1.0) -> Cylinders:
         x=x[keep],
         y=y[keep],
         angle=th[keep],
+        reliability=_reliability(minutiae.quality[keep]),
     )

@@ -60,6 +60,7 @@ _PER_SLOT = (
     ("_unit", np.complex64),
     ("_hull_normals", np.complex64),
     ("_hull_offsets", np.float32),
+    ("_reliability", np.float32),
 )
 
 
@@ -81,6 +82,7 @@ class _GrowingStack:
         self._unit = np.zeros((0, MAX_CYLINDERS), np.complex64)
         self._hull_normals = np.zeros((0, MAX_CYLINDERS), np.complex64)  # zero-padded like positions
         self._hull_offsets = np.zeros((0, MAX_CYLINDERS), np.float32)
+        self._reliability = np.zeros((0, MAX_CYLINDERS), np.float32)
         self._count = np.zeros(0, np.int64)
         self._start = np.zeros(0, np.int64)
         self._fields = np.zeros((0, 1, 1), np.complex64)  # orientation fields, zero-padded (mcc_match.Stack)
@@ -128,6 +130,7 @@ class _GrowingStack:
             getattr(self, name)[sl] = 0
         self._pos[sl, :k], self._unit[sl, :k] = s.pos, s.unit
         self._hull_normals[sl, :k], self._hull_offsets[sl, :k] = s.hull_normals, s.hull_offsets
+        self._reliability[sl, :k] = s.reliability
         self._count[sl], self._start[sl] = s.count, s.start + self._used
         self._used += r
         self._t += t
@@ -136,7 +139,8 @@ class _GrowingStack:
         """Keep the templates where ``keep`` is true, in order."""
         idx = np.nonzero(keep)[0]
         self._garbage += int(self._count[: self._t][~keep].sum())
-        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_count", "_start", "_fields", "_has_field"):
+        per_template = ("_count", "_start", "_fields", "_has_field")
+        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_reliability", *per_template):
             arr = getattr(self, name)
             arr[: len(idx)] = arr[idx]
         self._t = len(idx)
@@ -157,6 +161,7 @@ class _GrowingStack:
             self._start[:t],
             self._hull_normals[:t],
             self._hull_offsets[:t],
+            self._reliability[:t],
             self._fields[:t],
             self._has_field[:t],
         )
