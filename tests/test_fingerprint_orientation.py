@@ -166,3 +166,27 @@ def test_an_extracted_field_covers_its_minutiae_and_a_one_block_field_does_not(f
     tiny = replace(t, orientation=OrientationField(of.BLOCK, t.orientation.angle, one_block))
     assert of.minutiae_coverage(tiny) < of.MIN_COVERAGE
     assert of.minutiae_coverage(replace(t, orientation=None)) == 1.0  # nothing to check without a field
+
+
+def test_a_field_cut_down_to_a_few_blocks_cannot_claim_full_agreement(fingers, field):
+    """Against itself a whole field agrees fully; the same field kept to one block would too, by chance,
+    so a share from fewer than MIN_EFFECTIVE_BLOCKS compared blocks is capped at a typical impostor's."""
+    shape = fingers[0].shape
+    assert _agreement_under_rotation(field, field, 0.0, shape) > 0.95
+    one_block = np.zeros_like(field.coherence)
+    one_block[tuple(np.argwhere(field.coherence > 0)[len(np.argwhere(field.coherence > 0)) // 2])] = 255
+    tiny = OrientationField(of.BLOCK, field.angle, one_block)
+    assert _agreement_under_rotation(tiny, field, 0.0, shape) == pytest.approx(of.FEW_BLOCKS_SHARE)
+
+
+def test_device_supplied_qualities_cannot_single_out_a_few_pairs():
+    from biometrics.fingerprint.cylinders import RELIABILITY_FLOOR, _reliability
+    from biometrics.fingerprint.mcc_match import MAX_RELIABILITY_WEIGHT, reliability_weights
+
+    assert _reliability(np.array([1, 35, 80, 100, 0], np.uint8)).tolist() == pytest.approx(
+        [RELIABILITY_FLOOR, 0.35, 0.8, 1.0, 1.0]
+    )
+    r = np.full((1, 12), RELIABILITY_FLOOR, np.float32)
+    r[0, 0] = 1.0  # one minutia claimed certain, the rest at the floor
+    w = reliability_weights(r, np.ones_like(r), np.ones((1, 12), bool))
+    assert w.max() == pytest.approx(MAX_RELIABILITY_WEIGHT)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from biometrics.fingerprint.minutiae import MIN_RELIABILITY as RELIABILITY_FLOOR
 from biometrics.fingerprint.types import Minutiae
 
 RADIUS = 70.0
@@ -138,7 +139,10 @@ def _reliability(quality: np.ndarray) -> np.ndarray:
     matcher, as before qualities were used there (mcc_match.reliability_weights).
     """
     q = quality.astype(np.float32)
-    return np.where(q > 0, q / np.float32(100.0), np.float32(1.0)).astype(np.float32)
+    # Never below the extractor's own cut (it keeps a minutia only from a chance of RELIABILITY_FLOOR up):
+    # qualities come from the device, and a crafted 1 beside a 100 would weigh a pair a million times another.
+    q = np.clip(q / np.float32(100.0), np.float32(RELIABILITY_FLOOR), np.float32(1.0))
+    return np.where(quality > 0, q, np.float32(1.0)).astype(np.float32)
 
 
 def _without_duplicates(m: Minutiae) -> Minutiae:

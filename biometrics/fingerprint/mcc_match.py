@@ -136,6 +136,7 @@ NULL_CENTRE = 0.0156
 # minutiae's chances of recurring (their qualities), over the mean weight of the comparison's
 # relaxed pairs: see reliability_weights.
 RELIABILITY_POWER = 3
+MAX_RELIABILITY_WEIGHT = 4.0  # a pair weighs at most this many times a comparison's mean (reliability_weights)
 # Compatibilities below this (float32's smallest normal number) are taken as 0: see consolidate.
 RHO_FLOOR = float(np.finfo(np.float32).tiny)
 
@@ -618,7 +619,10 @@ def reliability_weights(reliability_a: np.ndarray, reliability_b: np.ndarray, li
     w = w**RELIABILITY_POWER
     w = np.where(live, w, np.float32(0.0)).astype(np.float32)
     mean = w.sum(axis=1, keepdims=True) / np.maximum(live.sum(axis=1, keepdims=True), 1).astype(np.float32)
-    return np.where(mean > 0, w / np.maximum(mean, np.float32(1e-30)), live.astype(np.float32))
+    # Capped: qualities come from the device, and a template whose qualities single out a few minutiae
+    # would otherwise let those few carry the evidence (a heavier impostor tail, measured by the review).
+    weights = np.where(mean > 0, w / np.maximum(mean, np.float32(1e-30)), live.astype(np.float32))
+    return np.minimum(weights, np.float32(MAX_RELIABILITY_WEIGHT))
 
 
 def combine(excess: np.ndarray, fraction: np.ndarray) -> np.ndarray:

@@ -55,6 +55,8 @@ AGREE_DEGREES = 10.0  # two blocks agree within this orientation difference
 EPS, GAMMA = 0.01, 0.3  # factor = (EPS / (1 - agreement + EPS)) ** GAMMA
 MISSING_AGREEMENT = 0.85  # agreement taken for a pair where either side has no field (see module docstring)
 MIN_COVERAGE = 0.8  # share of a template's minutiae its own field must cover (minutiae_coverage)
+MIN_EFFECTIVE_BLOCKS = 40.0  # compared blocks (by weight, both directions) below which a share proves nothing
+FEW_BLOCKS_SHARE = 0.32  # the share such a comparison is capped at: FVC2002 impostors' median
 
 _COS_AGREE = float(np.cos(2.0 * np.radians(AGREE_DEGREES)))  # cos of the doubled-angle difference
 
@@ -192,12 +194,19 @@ def agreement(
     _, rows, cols = gallery.shape
     back = np.conj(rot)[:, None] * (_centres(rows, cols)[None, :] - gallery_anchor[:, None]) + probe_anchor[:, None]
     backward = _sample(probe[None], np.zeros(t, np.int64), back) * turn * np.conj(gallery[which].reshape(t, -1))
-    agreeing, total = np.zeros(t, np.float64), np.zeros(t, np.float64)
+    agreeing, total, squares = np.zeros(t, np.float64), np.zeros(t, np.float64), np.zeros(t, np.float64)
     for product in (forward, backward):
         weight = np.abs(product)  # product of the two coherences; 0 where either block is background
         agreeing += np.where(product.real > np.float32(_COS_AGREE) * weight, weight, np.float32(0.0)).sum(axis=1)
         total += weight.sum(axis=1)
-    return np.where(total > 0, agreeing / np.maximum(total, 1e-12), 0.0)
+        squares += np.square(weight, dtype=np.float64).sum(axis=1)
+    share = np.where(total > 0, agreeing / np.maximum(total, 1e-12), 0.0)
+    # Few compared blocks prove nothing: a share from a handful is 0 or 1 by chance, and a device could
+    # send a field cut down to one block to get 1 one time in a few. Below MIN_EFFECTIVE_BLOCKS (counted by
+    # weight, (sum w)^2 / sum w^2, so that coherence games do not inflate the count) the share is capped
+    # at a typical impostor's.
+    effective = np.square(total) / np.maximum(squares, 1e-24)
+    return np.where(effective < MIN_EFFECTIVE_BLOCKS, np.minimum(share, FEW_BLOCKS_SHARE), share)
 
 
 def factor(share: np.ndarray) -> np.ndarray:
