@@ -63,7 +63,8 @@ def test_the_factor_is_bounded_and_rewards_agreement():
     f = of.factor(share)
     assert np.all(np.diff(f) >= 0)
     assert f[-1] == 1.0
-    assert f[0] == pytest.approx(0.25)  # a pair's score never rises above its minutiae score, nor falls below a quarter of it
+    # A pair's score never rises above its minutiae score, nor falls below a quarter of it.
+    assert f[0] == pytest.approx(0.25)
     assert np.all(f[share <= 0.77] == pytest.approx(0.25))  # the impostor bulk (99th percentile 0.78) all at the floor
 
 
