@@ -51,11 +51,11 @@ floor kept at the first factor's 0.25); picked on fingers 101-105 alone and on
 (106-110: 10.89 -> 8.75 %, 101-105: 2.32 -> 1.61 %). Neighbours (0.94 to 0.96,
 SLOPE 8 to 10) give 5.3 to 5.8 %; with the floor free as well (0.2 to 0.4),
 the halves pick (0.92, 10, 0.25) and (0.98, 8, 0.2), held-out 8.93 and 1.61 %.
-Rejected on the same harness: a logistic in the share (as good, at best 5.1 to 5.3 %, one more constant), the first
-factor's family at any exponent (6.5 % at best), and sum rules that add
-evidence for agreement itself (``S * factor + w * ramp(share)``, 6.1 % at
-best; a log-likelihood-ratio style ``S + w (share - a)``, 6.6 % at best: the
-rare impostors with agreeing fields then sit in the tail).
+Rejected on the same harness: a logistic in the share (as good, at best 5.1
+to 5.3 %, one more constant), the first factor's family at any exponent
+(6.5 % at best), and sum rules that add evidence for agreement itself
+(``S * factor + w * ramp(share)``, 6.1 % at best; a log-likelihood-ratio style
+``S + w (share - a)``, 6.6 % at best).
 
 A template without a field (made before it) is taken to agree with the share
 ``MISSING_AGREEMENT``: the 99th percentile of FVC2002 impostors whose minutiae
