@@ -166,3 +166,14 @@ def test_a_field_larger_than_its_image_is_not_encoded(fingers):
     fits = np.ones((t.height // of.BLOCK + 1, cols), np.uint8)
     [back] = decode(encode(replace(t, orientation=OrientationField(of.BLOCK, fits, fits))))
     assert back.orientation.angle.shape == fits.shape
+
+
+def test_an_extracted_field_covers_its_minutiae_and_a_one_block_field_does_not(fingers):
+    t = extract(fingers[0], 500)
+    assert of.minutiae_coverage(t) >= of.MIN_COVERAGE
+    grid = t.orientation.coherence
+    one_block = np.zeros_like(grid)
+    one_block[tuple(np.argwhere(grid > 0)[0])] = 200
+    tiny = replace(t, orientation=OrientationField(of.BLOCK, t.orientation.angle, one_block))
+    assert of.minutiae_coverage(tiny) < of.MIN_COVERAGE
+    assert of.minutiae_coverage(replace(t, orientation=None)) == 1.0  # nothing to check without a field

@@ -106,13 +106,21 @@ def test_a_view_stripped_of_its_orientation_field_is_refused_at_enrollment_and_v
             await api.enroll("fieldless", [encode(stripped), encode(t[1])])
         with pytest.raises(UnknownSubjectError):  # nothing was stored
             await api.challenge("verify", "fieldless")
+        # A field whose foreground is one block (it would agree completely by chance one time in a few).
+        grid = t[0].orientation.coherence
+        one_block = np.zeros_like(grid)
+        one_block[tuple(np.argwhere(grid > 0)[0])] = 200
+        tiny = dataclasses.replace(t[0], orientation=dataclasses.replace(t[0].orientation, coherence=one_block))
+        with pytest.raises(BadTemplateError) as uncovered:
+            await api.enroll("fieldless", [encode(tiny), encode(t[1])])
         await api.enroll("fieldless", [encode(x) for x in t[:2]])
         with pytest.raises(BadTemplateError) as at_verification:
             await api.verify("fieldless", [encode(dataclasses.replace(t[2], orientation=None))])
         accepted = await api.verify("fieldless", [encode(t[2])])
-        return at_enrollment.value, at_verification.value, accepted
+        return at_enrollment.value, at_verification.value, accepted, uncovered.value
 
-    at_enrollment, at_verification, accepted = run(provisioned, steps)
+    at_enrollment, at_verification, accepted, uncovered = run(provisioned, steps)
+    assert uncovered.status == 422 and "orientation field covers" in uncovered.message, uncovered.message
     assert at_enrollment.status == at_verification.status == 422
     assert "templates[0] view 0 carries no orientation field" in at_enrollment.message
     assert "agent of this release" in at_verification.message

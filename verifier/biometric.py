@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, mcc_match, threshold_for_fmr
+from biometrics.fingerprint import FingerprintTemplate, GalleryIndex, mcc_match, orientation_field, threshold_for_fmr
 from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
@@ -347,6 +347,14 @@ class BiometricRoutes:
                 reason = field_problem(index, view, template.orientation is not None)
                 if reason is not None:
                     raise self.refused(request, Problem("bad-template", reason), "no orientation field")
+                coverage = orientation_field.minutiae_coverage(template)
+                if coverage < orientation_field.MIN_COVERAGE:
+                    reason = (
+                        f"templates[{index}] view {view}: its orientation field covers {coverage:.0%} of its minutiae, "
+                        f"under the {orientation_field.MIN_COVERAGE:.0%} a field extracted from the same image does; "
+                        "extract the minutiae and the field from one image"
+                    )
+                    raise self.refused(request, Problem("bad-template", reason), "orientation field does not cover")
         return views
 
     def charge(self, request: Request, comparisons: int) -> None:
