@@ -201,3 +201,12 @@ def test_device_supplied_qualities_cannot_single_out_a_few_pairs():
     r[0, 0] = 1.0  # one minutia claimed certain, the rest at the floor
     w = reliability_weights(r, np.ones_like(r), np.ones((1, 12), bool))
     assert w.max() == pytest.approx(MAX_RELIABILITY_WEIGHT)
+
+
+def test_a_template_made_in_process_with_other_blocks_is_refused_by_the_matcher(fingers):
+    from biometrics.fingerprint.errors import TemplateError
+
+    t = extract(fingers[0], 500)
+    eight = replace(t, orientation=OrientationField(8, t.orientation.angle, t.orientation.coherence))
+    with pytest.raises(TemplateError, match="16-pixel blocks"):
+        match(eight, t)

@@ -91,8 +91,9 @@ MAX_MINUTIAE_PER_VIEW = 255
 MAX_FINGER_POSITION = 10
 MAX_IMPRESSION_TYPE = 8
 MAX_VIEW_NUMBER = 15
-# Enough for 10 fingers x 4 views x 255 minutiae plus some extended data; larger
-# input is refused before it is parsed (a record that big is an attack or a bug).
+# Larger input is refused before it is parsed (a record that big is an attack or a bug): the
+# verifier's largest request view (150 minutiae, a 640x480 sensor's orientation field) is
+# about 3.3 KB, so ten views take about 33 KB.
 MAX_RECORD_BYTES = 128 * 1024
 ORIENTATION_AREA_TYPE = 0x4F46  # vendor-defined extended data area: the coarse orientation field ("OF")
 ORIENTATION_AREA_VERSION = 1
@@ -243,7 +244,7 @@ def _extended_block(t: FingerprintTemplate) -> bytes:
         raise TemplateFormatError(
             f"orientation field of {rows}x{cols} blocks of {field.block} pixels does not fit a {t.width}x{t.height} "
             f"image at {t.resolution_dpi} dpi ({most_rows}x{most_cols} blocks of {FIELD_BLOCK} at most): "
-            "extract the field from this template's own image, or drop it (orientation=None)"
+            "extract the field from this template's own image (the verifier refuses a view without one)"
         )
     data = (
         bytes([ORIENTATION_AREA_VERSION, field.block, rows, cols])

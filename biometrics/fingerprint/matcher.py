@@ -40,6 +40,11 @@ def cylinders_of(item: FingerprintTemplate | Minutiae | Cylinders) -> Cylinders:
         built = build(item.minutiae, REFERENCE_DPI / float(item.resolution_dpi))
         if item.orientation is None:
             return built
+        if item.orientation.block != orientation_field.BLOCK:
+            raise TemplateError(
+                f"orientation field of {item.orientation.block}-pixel blocks: the matcher compares "
+                f"{orientation_field.BLOCK}-pixel blocks; extract the template with this release"
+            )
         return replace(built, field=orientation_field.vectors(item.orientation))
     if isinstance(item, Minutiae):
         return build(item, 1.0)
@@ -219,7 +224,9 @@ class GalleryIndex:
     cores: blocks are then scored in parallel threads. Memory: about 147 KB per
     template of 35 cylinders (stacked for scoring with their validity and energy
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
-    projection: 57 KB), at most 180 KB (48 cylinders), plus up to half the stack
+    projection: 57 KB), at most 180 KB (48 cylinders), plus the orientation field
+    (8 bytes a block, padded to the gallery's largest grid: about 5 KB for FVC2002
+    prints) and the minutiae's reliabilities, plus up to half the stack
     again as growth room and removed rows not yet compacted, and each search
     thread's pass buffer (mcc_match.local_similarity: 1 to 2 MB for a probe of
     48 cylinders, at most GROUP templates' rows, 8 MB, for small probes). Not thread-safe:
