@@ -210,3 +210,18 @@ def test_a_template_made_in_process_with_other_blocks_is_refused_by_the_matcher(
     eight = replace(t, orientation=OrientationField(8, t.orientation.angle, t.orientation.coherence))
     with pytest.raises(TemplateError, match="16-pixel blocks"):
         match(eight, t)
+
+
+def test_the_comparison_can_be_inspected_alignment_and_field_share(finger_generator):
+    """consolidate hands a caller the alignment and the field share it scored with (as explain does for extraction)."""
+    from biometrics.fingerprint import mcc_match
+    from biometrics.fingerprint.matcher import cylinders_of
+
+    finger = finger_generator.finger(2)
+    a, b = (cylinders_of(extract(finger.impression(i).image, 500)) for i in (0, 1))
+    gallery = mcc_match.pack([b])
+    seen: dict = {}
+    score = mcc_match.consolidate(mcc_match.local_similarity(a, gallery), a, gallery, seen)[0]
+    assert score == pytest.approx(match(a, b))
+    assert set(seen) >= {"some", "share", "rotation", "probe_anchor", "gallery_anchor"}
+    assert seen["share"][0] > 0.8, "the same finger's fields agree under the alignment"
