@@ -81,3 +81,18 @@ def field_problem(index: int, view: int, has_field: bool) -> str | None:
         f"templates[{index}] view {view} carries no orientation field (the record's vendor extended data); "
         "capture again with an agent of this release, which writes it"
     )
+
+
+def coverage_problem(index: int, view: int, coverage: float, minimum: float) -> str | None:
+    """Why a view whose field covers only ``coverage`` of its minutiae is refused, or None when it covers enough.
+
+    A field cut down to a block or two would agree fully by chance; one extracted
+    from the same image as the minutiae covers nearly all of them.
+    """
+    if coverage >= minimum:
+        return None
+    return (
+        f"templates[{index}] view {view}: its orientation field covers {coverage:.0%} of its minutiae, "
+        f"under the {minimum:.0%} a field extracted from the same image does; "
+        "extract the minutiae and the field from one image"
+    )

@@ -57,7 +57,7 @@ from protocol import endpoints
 from protocol.face_template import ACR_FACE, FACE, FINGER
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
-from protocol.templates import field_problem, minutiae_problem
+from protocol.templates import coverage_problem, field_problem, minutiae_problem
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.content import Carried, Malformed, carried_of
@@ -325,7 +325,8 @@ class BiometricRoutes:
     # ---------------------------------------------------------------- work
     def _views(self, request: Request, carried: Carried) -> list[FingerprintTemplate]:
         """The request's finger views, all records together: at most ``max_views_per_request``, each
-        within the protocol's minutiae bounds (a view with none would enroll a subject nobody matches)."""
+        within the protocol's minutiae bounds (a view with none would enroll a subject nobody matches) and
+        carrying an orientation field that covers its minutiae (:func:`view_problem`)."""
         per_record = carried.views
         views = [t for record_views in per_record for t in record_views]
         if len(views) > self.max_views:
@@ -341,20 +342,9 @@ class BiometricRoutes:
             )
         for index, record_views in enumerate(per_record):
             for view, template in enumerate(record_views):
-                reason = minutiae_problem(index, view, len(template.minutiae))
-                if reason is not None:
-                    raise self.refused(request, Problem("bad-template", reason), "minutiae out of bounds")
-                reason = field_problem(index, view, template.orientation is not None)
-                if reason is not None:
-                    raise self.refused(request, Problem("bad-template", reason), "no orientation field")
-                coverage = orientation_field.minutiae_coverage(template)
-                if coverage < orientation_field.MIN_COVERAGE:
-                    reason = (
-                        f"templates[{index}] view {view}: its orientation field covers {coverage:.0%} of its minutiae, "
-                        f"under the {orientation_field.MIN_COVERAGE:.0%} a field extracted from the same image does; "
-                        "extract the minutiae and the field from one image"
-                    )
-                    raise self.refused(request, Problem("bad-template", reason), "orientation field does not cover")
+                refusal = view_problem(index, view, template)
+                if refusal is not None:
+                    raise self.refused(request, Problem("bad-template", refusal[0]), refusal[1])
         return views
 
     def charge(self, request: Request, comparisons: int) -> None:
@@ -873,6 +863,24 @@ class _EnrollChecks:
     not_theirs: int  # added templates that do not match the enrolled subject
     duplicate: bool  # a template matches another subject
     match_ms: float
+
+
+def view_problem(index: int, view: int, template: FingerprintTemplate) -> tuple[str, str] | None:
+    """Why one finger view is refused (the problem's detail, the audit reason), or None when it is acceptable.
+
+    The protocol's minutiae bounds, then the orientation field the score needs:
+    present, and covering the view's own minutiae (protocol.templates names each fix).
+    """
+    checks = (
+        (minutiae_problem(index, view, len(template.minutiae)), "minutiae out of bounds"),
+        (field_problem(index, view, template.orientation is not None), "no orientation field"),
+    )
+    for detail, reason in checks:
+        if detail is not None:
+            return detail, reason
+    coverage = orientation_field.minutiae_coverage(template)
+    detail = coverage_problem(index, view, coverage, orientation_field.MIN_COVERAGE)
+    return None if detail is None else (detail, "orientation field does not cover")
 
 
 def _unknown_subject(subject: str) -> Problem:
