@@ -44,7 +44,7 @@ def _agreement_under_rotation(probe: OrientationField, other: OrientationField, 
     h, w = shape
     centre = complex((w - 1) / 2, (h - 1) / 2)
     rotation = np.array([np.exp(-1j * np.radians(degrees))])  # y down: counter-clockwise as seen is exp(-i phi)
-    gallery, _ = of.pad([of.vectors(other)])
+    gallery = of.pack([of.vectors(other)])
     return float(of.agreement(of.vectors(probe), gallery, rotation, np.array([centre]), np.array([centre]))[0])
 
 
