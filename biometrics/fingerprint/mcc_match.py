@@ -161,6 +161,8 @@ class Stack:
 
     The storage of a gallery: a subset of it becomes a :class:`Packed` set for
     scoring with one row gather (:func:`gather`), with no padding rows copied.
+    The orientation fields are stored likewise, each at its own size
+    (:class:`biometrics.fingerprint.orientation_field.Fields`), and read in place.
     """
 
     rows: np.ndarray  # float32 (R, WIDTH), R = count.sum(): see _Columns
