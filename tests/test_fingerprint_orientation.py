@@ -291,6 +291,7 @@ def test_gallery_fields_stay_unpadded_through_adds_and_compacting_removals(synth
         got = index.scores(probe)
         np.testing.assert_allclose(got, [match(probe, t) for t in kept], rtol=1e-5, atol=1e-7)
     assert index.scores(big)[8] > 0.3 and index.scores(templates[0])[8] > 0.3  # the large field is compared
+
     def own_sizes(ts):  # cells of their grids, foreground blocks
         fs = [t.orientation for t in ts if t.orientation is not None]
         return 1 + sum(f.angle.size for f in fs), sum(int((f.coherence > 0).sum()) for f in fs)
