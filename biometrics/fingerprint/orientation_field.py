@@ -213,7 +213,8 @@ def _sample(grid: np.ndarray, points: np.ndarray) -> np.ndarray:
     bx = np.floor(points.real / BLOCK).astype(np.int64)
     by = np.floor(points.imag / BLOCK).astype(np.int64)
     inside = (bx >= 0) & (bx < cols) & (by >= 0) & (by < rows)
-    return np.where(inside, grid.reshape(-1)[np.where(inside, by * cols + bx, 0)], 0)
+    cells = np.append(grid.reshape(-1), np.complex64(0))  # the last cell, 0, is read for points outside
+    return np.take(cells, np.where(inside, by * cols + bx, rows * cols))
 
 
 def _centres(xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -295,21 +296,22 @@ def agreement(
     by = np.floor(moved.imag / BLOCK).astype(np.int64)
     inside = (bx >= 0) & (bx < cols) & (by >= 0) & (by < rows)
     cell = np.where(inside, by * cols + bx + gallery.start[which][:, None], 0)  # cells[0] is 0: background
-    weight, agreeing = _compare(probe[yy, xx][None, :], turn[:, None], gallery.cells[cell])
+    weight, agreeing = _compare(probe[yy, xx][None, :], turn[:, None], np.take(gallery.cells, cell))
     total = weight.sum(axis=1).astype(np.float64)
     agree = agreeing.sum(axis=1).astype(np.float64)
     squares = np.square(weight, dtype=np.float64).sum(axis=1)
     # Each template's foreground blocks (rows, template after template), moved back onto the probe.
     count = gallery.block_count[which]
-    owner = np.repeat(np.arange(t), count)
-    first = gallery.block_start[which] - (np.cumsum(count) - count)
-    blocks = gallery.blocks[np.repeat(first, count) + np.arange(len(owner))]
+    offset = np.cumsum(count) - count  # each template's first row among the gathered ones
+    blocks = np.take(gallery.blocks, np.repeat(gallery.block_start[which] - offset, count) + np.arange(count.sum()), 0)
     back = np.repeat(np.conj(rot), count) * (blocks[:, 0] - np.repeat(gallery_anchor, count))
     back += np.repeat(probe_anchor, count)
     weight, agreeing = _compare(_sample(probe, back), np.repeat(turn, count), blocks[:, 1])
-    total += np.bincount(owner, weight, minlength=t)
-    agree += np.bincount(owner, agreeing, minlength=t)
-    squares += np.bincount(owner, np.square(weight, dtype=np.float64), minlength=t)
+    some = count > 0  # per template, in float64 (reduceat: a template without blocks would read its neighbour's)
+    if some.any():
+        total[some] += np.add.reduceat(weight, offset[some], dtype=np.float64)
+        agree[some] += np.add.reduceat(agreeing, offset[some], dtype=np.float64)
+        squares[some] += np.add.reduceat(np.square(weight, dtype=np.float64), offset[some])
     return _share(agree, total, squares)
 
 
