@@ -273,7 +273,7 @@ class GalleryIndex:
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
     projection: 57 KB), at most 180 KB (48 cylinders), plus the orientation field
     at its own size (8 bytes a block of its grid and 16 more per foreground
-    block: about 7 KB for FVC2002 prints; 98 KB for the largest, 64 x 64 blocks,
+    block: 6 to 9 KB for FVC2002 prints; 96 KB for the largest, 64 x 64 blocks,
     which no other template pays for) and the minutiae's reliabilities, plus up
     to half of each storage again as growth room and removed rows not yet compacted, and each search
     thread's pass buffer (mcc_match.local_similarity: 1 to 2 MB for a probe of
