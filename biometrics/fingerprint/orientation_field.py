@@ -96,7 +96,8 @@ these lift impostors' shares as much as mates'.
 
 A template without a field (made before it) is taken to agree with the share
 ``MISSING_AGREEMENT``: the 99th percentile of FVC2002 impostors whose minutiae
-score exceeds 0.03, so that old templates do not let impostors through above
+score exceeds 0.03 (both directions' mean, per pair: 0.873 with the coherence
+power, 0.853 without), so that old templates do not let impostors through above
 the calibrated rate; their genuine scores are lower than with a field (re-enrol
 to benefit).
 """
@@ -115,7 +116,7 @@ COHERENCE_POWER = 2.5  # a block weighs its coherence to this power (module docs
 FULL_AGREEMENT = 0.96  # from this share up the factor is 1 (genuine mates' shares gather at 0.9 to 1)
 SLOPE = 12.0  # below it the factor falls as exp(-SLOPE * (FULL_AGREEMENT - share))...
 FLOOR = 0.25  # ...to this, reached at a share of 0.845
-MISSING_AGREEMENT = 0.85  # agreement taken for a pair where either side has no field (see module docstring)
+MISSING_AGREEMENT = 0.87  # agreement taken for a pair where either side has no field (see module docstring)
 MIN_COVERAGE = 0.8  # share of a template's minutiae its own field must cover (minutiae_coverage)
 MIN_EFFECTIVE_BLOCKS = 40.0  # compared blocks (by weight, both directions) below which a share proves nothing
 FEW_BLOCKS_SHARE = 0.32  # the share such a comparison is capped at: FVC2002 impostors' median
