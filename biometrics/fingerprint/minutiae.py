@@ -68,11 +68,15 @@ def ridge_map(analysis: Analysis) -> np.ndarray:
     return _enhanced_and_ridges(analysis)[1]
 
 
-def _enhanced_and_ridges(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
-    """The contextually filtered image (0 outside the foreground) and its binary ridges."""
+def _enhanced_and_ridges(analysis: Analysis, box: tuple[slice, slice] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The contextually filtered image (0 outside the foreground) and its binary ridges.
+
+    ``box``: ``foreground_box(analysis.mask, 2)`` if the caller has it.
+    """
     out = np.zeros(analysis.mask.shape, np.uint8)
     full = np.zeros(analysis.mask.shape, np.float32)
-    box = foreground_box(analysis.mask, 2)
+    if box is None:
+        box = foreground_box(analysis.mask, 2)
     if analysis.mask[box].size == 0:
         return full, out
     # The filter writes straight into the full-size image, the ridges go straight into theirs.
@@ -442,8 +446,8 @@ def detect(analysis: Analysis) -> Minutiae:
 def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     """Minutiae and (with ``trace``) every intermediate result; :func:`detect` is this without the trace."""
     period = analysis.period
-    enhanced, ridges = _enhanced_and_ridges(analysis)
     box = foreground_box(analysis.mask, 2)
+    enhanced, ridges = _enhanced_and_ridges(analysis, box)
     skeleton = np.zeros_like(ridges)
     if skeleton[box].size == 0:  # no foreground (a smudge, a blank sensor): nothing to thin or detect
         empty = {name: Minutiae.empty() for name in ("candidates", "inside", "cleaned", "final")}
