@@ -83,9 +83,9 @@ def _enhanced_and_ridges(analysis: Analysis, box: tuple[slice, slice] | None = N
     enhanced = gabor_enhance(
         analysis.normalised[box], analysis.orientation[box], analysis.period, analysis.mask[box], out=full[box]
     )
-    ridges = out[box].view(bool)
-    np.less(enhanced, 0, out=ridges)
-    ridges &= analysis.mask[box]
+    # The filter leaves the background at 0 (it writes only the foreground's pixels), so the
+    # negative pixels are already inside the foreground: no pass with the mask.
+    np.less(enhanced, 0, out=out[box].view(bool))
     return full, out
 
 
