@@ -380,7 +380,12 @@ def _directions(
 
 
 def _false_pairs(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarray, period: float) -> np.ndarray:
-    """Boolean mask of minutiae that form a spur, bridge, broken ridge or noise cluster."""
+    """Boolean mask of minutiae that form a spur, bridge, broken ridge or noise cluster.
+
+    The angle and offset tests of a broken ridge run only on the pairs of
+    endings close enough for one (a few per print), not on every pair: the same
+    float32 operations on the same values, a third of the time.
+    """
     n = len(x)
     if n < 2:
         return np.zeros(n, bool)
@@ -390,17 +395,18 @@ def _false_pairs(x: np.ndarray, y: np.ndarray, angle: np.ndarray, kind: np.ndarr
     np.fill_diagonal(d, np.inf)
     end = kind == KIND_ENDING
     both_end = end[:, None] & end[None, :]
-    any_bif = ~both_end
-    dang = np.abs(np.mod(angle[:, None] - angle[None, :] + np.pi, 2 * np.pi) - np.pi)
+    one_end = end[:, None] ^ end[None, :]  # an ending and a bifurcation: a spur if close
+    both_bif = ~(both_end | one_end)
+    bad = d < CLUSTER_PERIODS * period
+    bad |= one_end & (d < SPUR_PERIODS * period)
+    bad |= both_bif & (d < BRIDGE_PERIODS * period)
+    i, j = np.nonzero(both_end & (d < BROKEN_PERIODS * period))
+    dang = np.abs(np.mod(angle[i] - angle[j] + np.pi, 2 * np.pi) - np.pi)
     # Perpendicular offset of j from the ridge line through i (direction vector (cos, -sin)).
-    ux, uy = np.cos(angle)[:, None], -np.sin(angle)[:, None]
-    across = np.abs(dx * uy - dy * ux)
-    cluster = d < CLUSTER_PERIODS * period
-    both_bif = (~end)[:, None] & (~end)[None, :]
-    spur = any_bif & ~both_bif & (d < SPUR_PERIODS * period)
-    bridge = both_bif & (d < BRIDGE_PERIODS * period)
-    broken = both_end & (d < BROKEN_PERIODS * period) & (dang > 0.75 * np.pi) & (across < 0.5 * period)
-    bad = cluster | spur | broken | bridge
+    ux, uy = np.cos(angle)[i], -np.sin(angle)[i]
+    across = np.abs(dx[i, j] * uy - dy[i, j] * ux)
+    broken = (dang > 0.75 * np.pi) & (across < 0.5 * period)
+    bad[i[broken], j[broken]] = True
     return bad.any(axis=1)
 
 
