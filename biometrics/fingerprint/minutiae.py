@@ -252,6 +252,9 @@ def _centroids(points: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[np.ndarray
     return _cluster_centroids(np.flatnonzero(points), points.shape[1], y0, x0)
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)  # np.iinfo costs microseconds per call
+
+
 def _cluster_centroids(flat: np.ndarray, width: int, y0: int = 0, x0: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Centroids of the 8-connected clusters of sparse pixels (sorted flat indices in an image ``width`` wide).
 
@@ -290,7 +293,7 @@ def _cluster_centroids(flat: np.ndarray, width: int, y0: int = 0, x0: int = 0) -
     cluster = (np.cumsum(is_root) - 1)[label]
     count = int(np.count_nonzero(is_root))
     block = (ys // 2) * ((width + 1) // 2) + xs // 2
-    first_block = np.full(count, np.iinfo(np.int64).max)
+    first_block = np.full(count, _INT64_MAX)
     np.minimum.at(first_block, cluster, block)
     rank = np.empty(count, np.int64)
     rank[np.argsort(first_block)] = np.arange(count)
