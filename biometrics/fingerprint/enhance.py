@@ -193,15 +193,15 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
     theta = cv2.phase(c2s, s2s)
     theta *= 0.5
     # Halving [0, 2 pi) lands on pi only where the phase rounded up to 2 pi: rare, so the
-    # wrap is applied only when cv2.minMaxLoc (one read-only pass) finds such a value, instead of
-    # a comparison pass and a masked subtraction over the whole image every time.
-    if cv2.minMaxLoc(theta)[1] >= np.pi:
+    # wrap is applied only when the maximum (one read-only pass) is such a value, instead of a
+    # comparison pass and a masked subtraction over the whole image every time.
+    if theta.max() >= np.pi:
         np.subtract(theta, np.pi, out=theta, where=theta >= np.pi)
     # coherence = mag / energy is never negative (nor is its linear interpolation): only the
     # upper bound can bite, and only where the half-resolution coherence comes near 1 (an
     # interpolated value exceeds the larger of its neighbours by a few float32 roundings at
     # most). Below 0.999 there the full-size clamp would change nothing and is skipped.
-    if cv2.minMaxLoc(coherence_half)[1] >= 0.999:
+    if coherence_half.max() >= 0.999:
         np.minimum(coherence, 1.0, out=coherence)
     return theta, coherence
 
