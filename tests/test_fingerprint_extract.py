@@ -186,6 +186,52 @@ def test_thinning_visits_only_changed_boxes_yet_equals_whole_image_passes(synthe
         assert np.array_equal(thin(binary), _plain_zhang_suen(binary))
 
 
+def _false_pairs_every_pair(x, y, angle, kind, period):
+    """Every test on every pair of minutiae, as the rules read (reference for minutiae._false_pairs)."""
+    from biometrics.fingerprint import minutiae as m
+
+    n = len(x)
+    if n < 2:
+        return np.zeros(n, bool)
+    dx = x[None, :] - x[:, None]
+    dy = y[None, :] - y[:, None]
+    d = np.hypot(dx, dy)
+    np.fill_diagonal(d, np.inf)
+    end = kind == KIND_ENDING
+    both_end = end[:, None] & end[None, :]
+    both_bif = (~end)[:, None] & (~end)[None, :]
+    dang = np.abs(np.mod(angle[:, None] - angle[None, :] + np.pi, 2 * np.pi) - np.pi)
+    across = np.abs(dx * -np.sin(angle)[:, None] - dy * np.cos(angle)[:, None])
+    cluster = d < m.CLUSTER_PERIODS * period
+    spur = ~both_end & ~both_bif & (d < m.SPUR_PERIODS * period)
+    bridge = both_bif & (d < m.BRIDGE_PERIODS * period)
+    broken = both_end & (d < m.BROKEN_PERIODS * period) & (dang > 0.75 * np.pi) & (across < 0.5 * period)
+    return (cluster | spur | broken | bridge).any(axis=1)
+
+
+def test_false_pairs_testing_only_close_endings_for_broken_ridges_equals_every_pair_tested():
+    from biometrics.fingerprint.minutiae import _false_pairs
+
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(0, 120))
+        period = float(rng.uniform(6.0, 13.0))
+        side = float(rng.uniform(15.0, 250.0))
+        x = rng.uniform(0, side, n).astype(np.float32)
+        y = rng.uniform(0, side, n).astype(np.float32)
+        angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+        kind = rng.choice([KIND_ENDING, KIND_BIFURCATION], n).astype(np.uint8)
+        if n >= 4:  # a duplicate point and two facing endings on one line (broken ridges must be found)
+            x[1], y[1] = x[0], y[0]
+            kind[2:4] = KIND_ENDING
+            x[3], y[3] = x[2] + np.float32(period), y[2]
+            angle[2], angle[3] = np.float32(0.0), np.float32(np.pi)
+        expected = _false_pairs_every_pair(x, y, angle, kind, period)
+        assert np.array_equal(_false_pairs(x, y, angle, kind, period), expected), trial
+        if n >= 4:
+            assert expected[2] and expected[3]
+
+
 def test_gabor_bank_sharing_filters_between_mirror_orientations_equals_one_filter_per_orientation():
     from biometrics.fingerprint.enhance import GABOR_SIGMA, N_ORIENTATIONS, gabor_enhance
 

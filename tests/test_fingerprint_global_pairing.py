@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from biometrics.fingerprint import global_pairing as gp
-from biometrics.fingerprint import match, mcc_match
+from biometrics.fingerprint import match, mcc_match, orientation_field
 from biometrics.fingerprint.matcher import cylinders_of
 from biometrics.fingerprint.types import Minutiae
 
@@ -122,7 +122,10 @@ def test_alignment_follows_the_consensus_not_the_single_best_pair():
 def test_scores_combine_local_evidence_with_the_paired_fraction():
     rng = np.random.default_rng(6)
     finger = _finger(rng)
-    assert match(finger, _touch(finger, rng, 10.0, 5 + 5j)) > 0.3
+    # Minutiae without a field: the score is the combined minutiae score times the field factor of a pair
+    # taken to agree at MISSING_AGREEMENT (orientation_field); the minutiae score of the touch is high.
+    missing = orientation_field.factor(np.array([orientation_field.MISSING_AGREEMENT]))[0]
+    assert match(finger, _touch(finger, rng, 10.0, 5 + 5j)) / missing > 0.3
     # combine(): the geometric mean, 0 without LSS-R evidence, bounded by 1.
     np.testing.assert_allclose(
         mcc_match.combine(np.array([0.0, 0.04, 0.04, 0.5]), np.array([1.0, 0.25, 1.0, 3.0])),

@@ -198,18 +198,25 @@ def orientation_field(norm: np.ndarray, smooth: np.ndarray | None = None) -> tup
 
 
 def _energies(norm: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Squared gradient and squared signal of the band-passed image (``smooth``: as for the orientation)."""
+    """64 times the squared gradient, and the squared signal, of the band-passed image.
+
+    ``smooth``: as for the orientation.
+
+    The 3x3 Sobel operator is 8 times the derivative. The callers divide by 64
+    only what they keep of the squared gradient (a sum, or the windows at the
+    foreground's pixels): a power of two scales every float32 sum and product
+    exactly, so the result is the same as dividing each pixel first, without a
+    pass over the full-size image (about 0.04 ms on a 388x374 image).
+    """
     if smooth is None:
         smooth = cv2.GaussianBlur(norm, (0, 0), 1.0)
     band = cv2.GaussianBlur(norm, (0, 0), 4.0)
     smooth = np.subtract(smooth, band, out=band)  # into the blur's buffer: one full-size array fewer
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
-    # (gx / 8)^2 + (gy / 8)^2 as (gx^2 + gy^2) / 64: powers of two scale exactly, one pass fewer.
     gx *= gx
     gy *= gy
     gx += gy
-    gx *= 1.0 / 64.0
     smooth *= smooth
     return gx, smooth
 
@@ -221,7 +228,7 @@ def _gradient_period(norm: np.ndarray, weight: np.ndarray) -> float:
     squared signal, whatever the orientation; the ratio of sums is a robust mean.
     """
     grad, sig = _energies(norm)
-    g = float((grad * weight).sum())
+    g = float((grad * weight).sum()) / 64.0
     s = float((sig * weight).sum())
     if g <= 1e-9 or s <= 1e-9:
         return DEFAULT_PERIOD
@@ -273,15 +280,16 @@ def ridge_measures(norm: np.ndarray, mask: np.ndarray, smooth: np.ndarray | None
     if cv2.countNonZero(mask8) < 1024:
         return DEFAULT_PERIOD, 0.0
     grad, sig = _energies(norm, smooth)
-    # Sums over the foreground as dot products with the mask: no gather of the pixels.
-    weight = mask8.ravel().astype(np.float32)
-    total = float(np.dot(np.square(norm).ravel(), weight))
-    share = float(np.dot(sig.ravel(), weight)) / total if total > 1e-6 else 0.0
+    # Sums over the foreground by cv2.norm with the mask (double sums, one read-only pass each): a
+    # quarter of the time of float32 dot products with the mask as weights (about 0.06 ms).
+    total = cv2.norm(norm, cv2.NORM_L2SQR, mask=mask8)
+    share = cv2.norm(sig, cv2.NORM_L1, mask=mask8) / total if total > 1e-6 else 0.0
     # Window sums at half resolution: the local period varies slowly.
     h, w = mask.shape
     half = (max(1, w // 2), max(1, h // 2))
     inside = cv2.resize(mask8, half, interpolation=cv2.INTER_NEAREST).view(bool)
     g = cv2.GaussianBlur(shrink(grad, half), (0, 0), 4.0)[inside]
+    g *= 1.0 / 64.0  # the squared gradient itself (see _energies)
     s = cv2.GaussianBlur(shrink(sig, half), (0, 0), 4.0)[inside]
     if len(g) == 0:
         return DEFAULT_PERIOD, share
