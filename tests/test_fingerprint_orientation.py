@@ -44,7 +44,7 @@ def _agreement_under_rotation(probe: OrientationField, other: OrientationField, 
     h, w = shape
     centre = complex((w - 1) / 2, (h - 1) / 2)
     rotation = np.array([np.exp(-1j * np.radians(degrees))])  # y down: counter-clockwise as seen is exp(-i phi)
-    gallery, _ = of.pad([of.vectors(other)])
+    gallery = of.pack([of.vectors(other)])
     return float(of.agreement(of.vectors(probe), gallery, rotation, np.array([centre]), np.array([centre]))[0])
 
 
@@ -84,7 +84,7 @@ def _blocks(angle: np.ndarray, coherence: np.ndarray) -> OrientationField:
 
 
 def _identity_share(a: OrientationField, b: OrientationField) -> float:
-    gallery, _ = of.pad([of.vectors(b)])
+    gallery = of.pack([of.vectors(b)])
     one, zero = np.array([1.0 + 0j]), np.array([0j])
     return float(of.agreement(of.vectors(a), gallery, one, zero, zero)[0])
 
@@ -133,7 +133,7 @@ def _with_area(t, data: bytes, header_counted: bool = False) -> bytes:
         (bytes([2, 16, 1, 1, 0, 0]), "format version 2"),
         (bytes([1, 0, 1, 1, 0, 0]), "blocks of 0 pixels"),
         (bytes([1, 8, 1, 1, 0, 0]), "blocks of 8 pixels, this reader compares 16"),
-        # A grid far larger than the image (which would inflate every gallery field to it) is refused.
+        # A grid far larger than the image (memory and comparison time out of proportion to the print) is refused.
         (bytes([1, 16, 100, 100]) + bytes(2 * 100 * 100), "100x100 blocks, more than"),
         (bytes([1, 16, 2, 2, 0, 0, 0]), "need 12"),
     ],
@@ -255,3 +255,123 @@ def test_the_comparison_can_be_inspected_alignment_and_field_share(finger_genera
     assert score == pytest.approx(match(a, b))
     assert set(seen) >= {"some", "share", "rotation", "probe_anchor", "gallery_anchor"}
     assert seen["share"][0] > 0.8, "the same finger's fields agree under the alignment"
+
+
+def _with_large_field(t, seed: int = 0):
+    """``t`` claiming a 1024 x 1024 image with a full 64 x 64 field, the largest the decoder accepts
+    (iso19794_2.field_limits): its own field in the top-left corner, random orientations on every other block."""
+    from biometrics.fingerprint.iso19794_2 import field_limits
+
+    rows, cols = field_limits(1024, 1024, t.resolution_dpi)
+    rng = np.random.default_rng(seed)
+    angle = rng.integers(0, 256, (rows, cols)).astype(np.uint8)
+    coherence = np.full((rows, cols), 200, np.uint8)
+    r, c = t.orientation.angle.shape
+    angle[:r, :c] = t.orientation.angle
+    coherence[:r, :c] = np.where(t.orientation.coherence > 0, t.orientation.coherence, 200)
+    field = OrientationField(of.BLOCK, angle, coherence)
+    [big] = decode(encode(replace(t, width=1024, height=1024, orientation=field)))
+    assert big.orientation.angle.shape == (rows, cols) and rows * cols >= 60 * 60
+    return big
+
+
+def test_a_stack_stores_each_field_at_its_own_size_whatever_the_largest(synthetic_templates):
+    """A template with the largest field the decoder accepts costs the stack its own grid and blocks only:
+    the others are stored exactly as their own fields, not padded to its grid (which made every 1:N search
+    about 60 % slower and every template's field memory tenfold)."""
+    from biometrics.fingerprint import mcc_match
+    from biometrics.fingerprint.matcher import cylinders_of
+
+    templates = [t for ts in synthetic_templates.values() for t in ts]
+    items = [*templates, _with_large_field(templates[0]), replace(templates[1], orientation=None)]
+    fields = mcc_match.stack([cylinders_of(t) for t in items]).fields
+    own = [t.orientation for t in items[:-1]]
+    assert len(fields.cells) == 1 + sum(f.angle.size for f in own)  # one shared 0 block: outside every grid
+    assert fields.cells[0] == 0
+    assert len(fields.blocks) == sum(int((f.coherence > 0).sum()) for f in own)
+    assert fields.has.tolist() == [True] * len(own) + [False]
+    assert fields.block_count[-1] == fields.rows[-1] * fields.cols[-1] == 0
+    for n, f in enumerate(own):
+        assert (fields.rows[n], fields.cols[n]) == f.angle.shape
+        grid = fields.cells[fields.start[n] : fields.start[n] + f.angle.size].reshape(f.angle.shape)
+        np.testing.assert_array_equal(grid, of.vectors(f))
+        blocks = fields.blocks[fields.block_start[n] : fields.block_start[n] + fields.block_count[n]]
+        yy, xx = np.nonzero(f.coherence)
+        np.testing.assert_array_equal(blocks[:, 1], of.vectors(f)[yy, xx])
+        np.testing.assert_array_equal(blocks[:, 0], (xx * of.BLOCK + 7.5) + 1j * (yy * of.BLOCK + 7.5))
+
+
+def test_gallery_fields_stay_unpadded_through_adds_and_compacting_removals(synthetic_templates):
+    """Growth, a large field added to a packed gallery and removals that compact the field storage: scores
+    equal 1:1 matching and, bit for bit, a gallery built afresh; the storage holds the live templates' own
+    cells only once compacted."""
+    templates = [t for ts in synthetic_templates.values() for t in ts]
+    big = _with_large_field(templates[0])
+    index = GalleryIndex()
+    for n, t in enumerate(templates[:8]):
+        index.add(n, t)
+    index.scores(templates[0])  # stacks the first eight
+    index.add("big", big)
+    index.add(8, replace(templates[8], orientation=None))
+    for n, t in enumerate(templates[9:], start=9):
+        index.add(n, t)
+    probes = (templates[0], big, templates[4], replace(templates[5], orientation=None))
+    kept = [*templates[:8], big, replace(templates[8], orientation=None), *templates[9:]]
+    for probe in probes:
+        got = index.scores(probe)
+        np.testing.assert_allclose(got, [match(probe, t) for t in kept], rtol=1e-5, atol=1e-7)
+    assert index.scores(big)[8] > 0.3 and index.scores(templates[0])[8] > 0.3  # the large field is compared
+
+    def own_sizes(ts):  # cells of their grids, foreground blocks
+        fs = [t.orientation for t in ts if t.orientation is not None]
+        return 1 + sum(f.angle.size for f in fs), sum(int((f.coherence > 0).sum()) for f in fs)
+
+    assert index.remove("big") == 1  # over a quarter of the cells and blocks: they are compacted
+    fields = index._stack.view().fields
+    assert (len(fields.cells), len(fields.blocks)) == own_sizes(kept[:8] + kept[9:])
+    for n in (1, 2):  # under a quarter: left unreferenced until later removals
+        assert index.remove(n) == 1
+    live = [t for n, t in enumerate(kept) if n not in (1, 2, 8)]
+    fresh = GalleryIndex()
+    for n, t in enumerate(live):
+        fresh.add(n, t)
+    for probe in probes:
+        np.testing.assert_array_equal(index.scores(probe), fresh.scores(probe))
+        np.testing.assert_allclose(index.scores(probe), [match(probe, t) for t in live], rtol=1e-5, atol=1e-7)
+    for n in (3, 4, 5):
+        assert index.remove(n) == 1
+    live = [t for n, t in enumerate(kept) if n not in (1, 2, 3, 4, 5, 8)]
+    fields = index._stack.view().fields
+    cells, blocks = own_sizes(live)
+    assert 0 <= len(fields.cells) - cells <= len(fields.cells) // 4  # unreferenced: at most a quarter
+    assert 0 <= len(fields.blocks) - blocks <= len(fields.blocks) // 4
+    np.testing.assert_allclose(index.scores(probes[0]), [match(probes[0], t) for t in live], rtol=1e-5, atol=1e-7)
+
+
+def test_one_large_field_grows_a_gallerys_memory_by_its_own_size_only(synthetic_templates):
+    """Enrolling the largest field the decoder accepts costs the gallery that field (its 64 x 64 blocks, grid
+    and foreground rows: 96 KB) and not a copy of it per enrolled template (padded: 2 MB for this gallery's
+    64 template slots)."""
+    import tracemalloc
+
+    templates = [t for ts in synthetic_templates.values() for t in ts]
+    big = _with_large_field(templates[0])
+
+    def growth(extra) -> int:
+        tracemalloc.start()  # before the gallery is built: the storage that growth frees is counted too
+        try:
+            index = GalleryIndex()
+            for n, t in enumerate(templates):
+                index.add(n, t)
+            index.scores(templates[1])  # stacks them
+            before = tracemalloc.get_traced_memory()[0]
+            index.add("extra", extra)
+            index.scores(templates[1])  # stacks the new one
+            return tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+
+    own = big.orientation.angle.size * (8 + 16)  # complex64 cell per block, (centre, vector) row per foreground block
+    # The same template without a field grows the cylinder storage alike: the difference is the field's (and
+    # the field storages' growth room: at most half of the twelve small fields' 100 KB).
+    assert growth(big) - growth(replace(big, orientation=None)) < 2 * own

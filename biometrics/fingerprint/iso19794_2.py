@@ -55,8 +55,9 @@ block side in pixels at 500 dpi, 1 byte rows, 1 byte columns, then rows x
 columns bytes of doubled angle (units of 2pi/256) and as many of coherence
 (0 = background), row-major. The block side must be the matcher's (16), and the
 grid no larger than the record's image at its resolution allows (at most 64
-blocks a side, :func:`field_limits`): the matcher pads a gallery's fields to the
-largest grid, so one oversized field would inflate them all. Other readers skip it by its length; a template
+blocks a side, :func:`field_limits`): a gallery stores and compares each
+template's field at its own size, so the limit bounds what one record costs
+(memory and comparison time of its own). Other readers skip it by its length; a template
 without a field is written byte for byte as before (no extended data), and a
 record without the area decodes to a template without a field, which still
 matches (:mod:`biometrics.fingerprint.orientation_field`). An area of this
@@ -291,10 +292,11 @@ def _areas(block: bytes, header_counted: bool) -> list[tuple[int, bytes]]:
 def field_limits(width: int, height: int, dpi: int) -> tuple[int, int]:
     """The most block rows and columns a field of an image this size may have (:data:`MAX_FIELD_BLOCKS` at most).
 
-    The matcher pads every gallery field to the largest one's grid, so a record
-    claiming a grid larger than its own image (255 x 255 blocks on a small print)
-    would make every template of the gallery that large: an enrollment could fill
-    the verifier's memory. One block of slack covers rounding at the resolution.
+    A gallery stores each template's field at its own size (it no longer pads
+    every field to the largest grid), but a record claiming a grid larger than
+    its own image (255 x 255 blocks on a small print) would still cost memory and
+    comparison time out of proportion to the print: a field is no larger than its
+    image. One block of slack covers rounding at the resolution.
     """
     scale = REFERENCE_DPI / max(dpi, 1)
     rows = math.ceil(height * scale / FIELD_BLOCK) + 1

@@ -67,43 +67,89 @@ _PER_SLOT = (
     ("_hull_offsets", np.float32),
     ("_reliability", np.float32),
 )
+# Per-template scalars of a growing stack: cylinder rows, then the orientation field's cells and blocks.
+_PER_TEMPLATE = (
+    ("_count", np.int64),
+    ("_start", np.int64),
+    ("_field_start", np.int64),
+    ("_field_rows", np.int64),
+    ("_field_cols", np.int64),
+    ("_block_start", np.int64),
+    ("_block_count", np.int64),
+    ("_has_field", np.bool_),
+)
+
+
+class _Segments:
+    """Rows of variable-length segments (one per template) that grow in place: the stack's ragged storages.
+
+    Storage grows by half when full (an append copies only its own rows, and the
+    occasional growth copies the storage once); a removal leaves its rows
+    unreferenced until they make up a quarter of the storage, when the live
+    segments are compacted in one copy. The first ``reserved`` rows are kept as
+    they are (the field cells' zero block).
+    """
+
+    def __init__(self, tail: tuple[int, ...], dtype: type, reserved: int = 0) -> None:
+        self.data = np.zeros((reserved, *tail), dtype)
+        self.used = reserved  # rows written (reserved, live and garbage)
+        self.garbage = 0
+        self._reserved = reserved
+
+    def append(self, rows: np.ndarray) -> int:
+        """Write ``rows`` after the used ones; return where they start."""
+        at, r = self.used, len(rows)
+        if at + r > len(self.data):
+            grown = np.zeros((max(len(self.data) * 3 // 2, at + r, 1024), *self.data.shape[1:]), self.data.dtype)
+            grown[:at] = self.data[:at]
+            self.data = grown
+        self.data[at : at + r] = rows
+        self.used += r
+        return at
+
+    def compact(self, start: np.ndarray, count: np.ndarray) -> np.ndarray | None:
+        """After removals (``garbage`` counted by the caller): the live segments' new starts, or None if kept.
+
+        Compacts (one copy) when the unreferenced rows exceed a quarter of the storage.
+        """
+        if self.garbage <= self.used // 4:
+            return None
+        first = self._reserved + np.cumsum(count) - count
+        rows = np.repeat(start - first, count) + np.arange(self._reserved, self._reserved + int(count.sum()))
+        self.data = self.data[np.concatenate([np.arange(self._reserved), rows])]
+        self.used, self.garbage = len(self.data), 0
+        return first.astype(np.int64)
 
 
 class _GrowingStack:
     """A :class:`mcc_match.Stack` that grows in place: adds append rows, removals leave garbage rows.
 
-    Row storage grows by half when full (an add copies only its own rows, and
-    the occasional growth copies the stack once);
-    a removal drops the template from the per-template arrays and leaves its rows
-    unreferenced until they make up a quarter of the storage, when the live rows
-    are compacted in one copy.
+    Three ragged storages (:class:`_Segments`), each template's own share only:
+    the cylinder rows, the orientation fields' grid cells and their foreground
+    blocks (:class:`orientation_field.Fields`). A removal drops the template from
+    the per-template arrays and leaves its rows unreferenced until they make up a
+    quarter of a storage, when that storage's live rows are compacted in one copy.
     """
 
     def __init__(self) -> None:
-        self._rows = np.zeros((0, mcc_match.WIDTH), np.float32)
-        self._used = 0  # rows written (live and garbage)
-        self._garbage = 0
+        self._rows = _Segments((mcc_match.WIDTH,), np.float32)
+        self._cells = _Segments((), np.complex64, reserved=1)  # cells[0] is the 0 block (orientation_field.Fields)
+        self._blocks = _Segments((2,), np.complex64)
         self._pos = np.zeros((0, MAX_CYLINDERS), np.complex64)
         self._unit = np.zeros((0, MAX_CYLINDERS), np.complex64)
         self._hull_normals = np.zeros((0, MAX_CYLINDERS), np.complex64)  # zero-padded like positions
         self._hull_offsets = np.zeros((0, MAX_CYLINDERS), np.float32)
         self._reliability = np.zeros((0, MAX_CYLINDERS), np.float32)
-        self._count = np.zeros(0, np.int64)
-        self._start = np.zeros(0, np.int64)
-        self._fields = np.zeros((0, 1, 1), np.complex64)  # orientation fields, zero-padded (mcc_match.Stack)
-        self._has_field = np.zeros(0, bool)
+        for name, dtype in _PER_TEMPLATE:
+            setattr(self, name, np.zeros(0, dtype))
         self._t = 0
 
     def append(self, cylinders: list[Cylinders]) -> None:
         if not cylinders:
             return
         s = mcc_match.stack(cylinders)
-        r, t, k = len(s.rows), s.templates, s.pos.shape[1]
-        if self._used + r > len(self._rows):
-            grown = np.zeros((max(len(self._rows) * 3 // 2, self._used + r, 1024), mcc_match.WIDTH), np.float32)
-            grown[: self._used] = self._rows[: self._used]
-            self._rows = grown
-        self._rows[self._used : self._used + r] = s.rows
+        f = s.fields
+        t, k = s.templates, s.pos.shape[1]
         if self._t + t > len(self._count) or k > self._pos.shape[1]:
             cap = max(2 * len(self._count), self._t + t, 64)
             width = max(self._pos.shape[1], k)
@@ -112,54 +158,56 @@ class _GrowingStack:
                 old = getattr(self, name)
                 grid[: self._t, : old.shape[1]] = old[: self._t]
                 setattr(self, name, grid)
-            for name in ("_count", "_start"):
-                vec = np.zeros(cap, np.int64)
+            for name, dtype in _PER_TEMPLATE:
+                vec = np.zeros(cap, dtype)
                 vec[: self._t] = getattr(self, name)[: self._t]
                 setattr(self, name, vec)
-            has = np.zeros(cap, bool)
-            has[: self._t] = self._has_field[: self._t]
-            self._has_field = has
-        rows, cols = s.fields.shape[1:]
-        if len(self._fields) < len(self._count) or rows > self._fields.shape[1] or cols > self._fields.shape[2]:
-            grid = np.zeros(
-                (len(self._count), max(rows, self._fields.shape[1]), max(cols, self._fields.shape[2])), np.complex64
-            )
-            old = self._fields[: self._t]
-            grid[: self._t, : old.shape[1], : old.shape[2]] = old
-            self._fields = grid
         sl = slice(self._t, self._t + t)
-        self._fields[sl] = 0
-        self._fields[sl, :rows, :cols] = s.fields
-        self._has_field[sl] = s.has_field
         for name, _ in _PER_SLOT:  # slots may hold removed templates' values
             getattr(self, name)[sl] = 0
         self._pos[sl, :k], self._unit[sl, :k] = s.pos, s.unit
         self._hull_normals[sl, :k], self._hull_offsets[sl, :k] = s.hull_normals, s.hull_offsets
         self._reliability[sl, :k] = s.reliability
-        self._count[sl], self._start[sl] = s.count, s.start + self._used
-        self._used += r
+        self._count[sl], self._start[sl] = s.count, s.start + self._rows.append(s.rows)
+        self._field_start[sl] = f.start - 1 + self._cells.append(f.cells[1:])  # the stack's own cells[0] is not
+        self._field_rows[sl], self._field_cols[sl], self._has_field[sl] = f.rows, f.cols, f.has
+        self._block_start[sl], self._block_count[sl] = f.block_start + self._blocks.append(f.blocks), f.block_count
         self._t += t
 
     def remove(self, keep: np.ndarray) -> None:
         """Keep the templates where ``keep`` is true, in order."""
         idx = np.nonzero(keep)[0]
-        self._garbage += int(self._count[: self._t][~keep].sum())
-        per_template = ("_count", "_start", "_fields", "_has_field")
-        for name in ("_pos", "_unit", "_hull_normals", "_hull_offsets", "_reliability", *per_template):
+        gone = ~keep
+        self._rows.garbage += int(self._count[: self._t][gone].sum())
+        self._cells.garbage += int((self._field_rows[: self._t] * self._field_cols[: self._t])[gone].sum())
+        self._blocks.garbage += int(self._block_count[: self._t][gone].sum())
+        for name in [n for n, _ in _PER_SLOT] + [n for n, _ in _PER_TEMPLATE]:
             arr = getattr(self, name)
             arr[: len(idx)] = arr[idx]
-        self._t = len(idx)
-        if self._garbage > self._used // 4:  # compact the live rows in one copy
-            count, start = self._count[: self._t], self._start[: self._t]
-            rows = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
-            self._rows = self._rows[rows]
-            self._start[: self._t] = np.cumsum(count) - count
-            self._used, self._garbage = len(rows), 0
+        self._t = t = len(idx)
+        for storage, start, count in (
+            (self._rows, self._start, self._count[:t]),
+            (self._cells, self._field_start, self._field_rows[:t] * self._field_cols[:t]),
+            (self._blocks, self._block_start, self._block_count[:t]),
+        ):
+            moved = storage.compact(start[:t], count)
+            if moved is not None:
+                start[:t] = moved
 
     def view(self) -> mcc_match.Stack:
         t = self._t
+        fields = orientation_field.Fields(
+            self._cells.data[: self._cells.used],
+            self._field_start[:t],
+            self._field_rows[:t],
+            self._field_cols[:t],
+            self._blocks.data[: self._blocks.used],
+            self._block_start[:t],
+            self._block_count[:t],
+            self._has_field[:t],
+        )
         return mcc_match.Stack(
-            self._rows[: self._used],
+            self._rows.data[: self._rows.used],
             self._pos[:t],
             self._unit[:t],
             self._count[:t],
@@ -167,8 +215,7 @@ class _GrowingStack:
             self._hull_normals[:t],
             self._hull_offsets[:t],
             self._reliability[:t],
-            self._fields[:t],
-            self._has_field[:t],
+            fields,
         )
 
 
@@ -225,9 +272,10 @@ class GalleryIndex:
     template of 35 cylinders (stacked for scoring with their validity and energy
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
     projection: 57 KB), at most 180 KB (48 cylinders), plus the orientation field
-    (8 bytes a block, padded to the gallery's largest grid: about 5 KB for FVC2002
-    prints) and the minutiae's reliabilities, plus up to half the stack
-    again as growth room and removed rows not yet compacted, and each search
+    at its own size (8 bytes a block of its grid and 16 more per foreground
+    block: 6 to 9 KB for FVC2002 prints; 96 KB for the largest, 64 x 64 blocks,
+    which no other template pays for) and the minutiae's reliabilities, plus up
+    to half of each storage again as growth room and removed rows not yet compacted, and each search
     thread's pass buffer (mcc_match.local_similarity: 1 to 2 MB for a probe of
     48 cylinders, at most GROUP templates' rows, 8 MB, for small probes). Not thread-safe:
     guard add/remove/search with one lock if threads share it.

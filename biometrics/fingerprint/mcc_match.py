@@ -161,6 +161,8 @@ class Stack:
 
     The storage of a gallery: a subset of it becomes a :class:`Packed` set for
     scoring with one row gather (:func:`gather`), with no padding rows copied.
+    The orientation fields are stored likewise, each at its own size
+    (:class:`biometrics.fingerprint.orientation_field.Fields`), and read in place.
     """
 
     rows: np.ndarray  # float32 (R, WIDTH), R = count.sum(): see _Columns
@@ -171,8 +173,7 @@ class Stack:
     hull_normals: np.ndarray  # complex64 (T, K): hull of the cylinder centres, zero-padded (global_pairing.pad_planes)
     hull_offsets: np.ndarray  # float32 (T, K)
     reliability: np.ndarray  # float32 (T, K): each cylinder's minutia's chance of recurring; 0 past the count
-    fields: np.ndarray  # complex64 (T, R, C): orientation fields (orientation_field.vectors), zero-padded
-    has_field: np.ndarray  # bool (T,): which templates carry one
+    fields: orientation_field.Fields  # orientation fields, each at its own size (ragged, not padded)
 
     @property
     def templates(self) -> int:
@@ -199,7 +200,7 @@ class Packed:
     hull_normals: np.ndarray  # complex64 (T, K), sorted templates
     hull_offsets: np.ndarray  # float32 (T, K)
     reliability: np.ndarray  # float32 (T, K), sorted templates
-    fields: np.ndarray  # complex64 (T', R, C): the stack's fields, not gathered (see field_index)
+    fields: orientation_field.Fields  # the stack's fields (T' templates), not gathered (see field_index)
     has_field: np.ndarray  # bool (T,), sorted templates
     field_index: np.ndarray  # int64 (T,): each sorted template's field is fields[field_index]
     # Rows not copied (gather(..., copy=False)): ``rows`` is the stack's storage and
@@ -264,13 +265,11 @@ def stack(cylinders: list[Cylinders]) -> Stack:
     live = [c for c in cylinders if len(c)]
     width = int(max(count.max(initial=0), 1))  # the width of _grid's arrays
     normals, offsets = global_pairing.pad_planes([global_pairing.hull_planes(c.x, c.y) for c in cylinders], width)
-    fields, has_field = orientation_field.pad([c.field for c in cylinders])
+    fields = orientation_field.pack([c.field for c in cylinders])
     if not live:
         grid = np.zeros((len(count), 1), np.complex64)
         none = np.zeros(grid.shape, np.float32)
-        return Stack(
-            np.zeros((0, WIDTH), np.float32), grid, grid, count, start, normals, offsets, none, fields, has_field
-        )
+        return Stack(np.zeros((0, WIDTH), np.float32), grid, grid, count, start, normals, offsets, none, fields)
     angle = np.concatenate([c.angle for c in live])
     xy = np.concatenate([c.x for c in live]) + 1j * np.concatenate([c.y for c in live])
     rows = np.empty((len(angle), WIDTH), np.float32)
@@ -289,7 +288,6 @@ def stack(cylinders: list[Cylinders]) -> Stack:
         offsets,
         _grid(count, np.concatenate([c.reliability for c in live]).astype(np.float32)),
         fields,
-        has_field,
     )
 
 
@@ -331,7 +329,7 @@ def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = No
         stacked.hull_offsets[chosen, :k],
         stacked.reliability[chosen, :k],
         stacked.fields,
-        stacked.has_field[chosen],
+        stacked.fields.has[chosen],
         chosen,
         index,
     )

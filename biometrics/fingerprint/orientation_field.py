@@ -104,6 +104,8 @@ to benefit).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -190,41 +192,113 @@ def minutiae_coverage(template: FingerprintTemplate) -> float:
     return float(covered.mean())
 
 
-def pad(fields: list[np.ndarray | None], rows: int = 0, cols: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Vector fields (:func:`vectors`, or None) as one zero-padded (T, R, C) complex64 array, and which are set (T,)."""
-    rows = max([rows] + [f.shape[0] for f in fields if f is not None])
-    cols = max([cols] + [f.shape[1] for f in fields if f is not None])
-    out = np.zeros((len(fields), max(rows, 1), max(cols, 1)), np.complex64)
-    has = np.zeros(len(fields), bool)
-    for t, f in enumerate(fields):
-        if f is not None:
-            out[t, : f.shape[0], : f.shape[1]] = f
-            has[t] = True
-    return out, has
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """Vector fields (:func:`vectors`) of T templates, each stored at its own size: no template pays for another's.
 
+    A gallery's fields are of every size (a print's own image decides its grid),
+    so they are stored ragged, as the cylinders are: one flat array of every
+    template's grid, and the foreground blocks as rows. Padded to the largest
+    grid, one enrolled record claiming a large image (a 64 x 64 field) made every
+    template that large and every 1:N search about 60 % slower; stored so, a
+    template costs memory and comparison time in proportion to its own field.
 
-def _sample(field: np.ndarray, base: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Vectors of the blocks under ``points`` (complex 500-dpi positions, (T, P)) in fields stacked as (N, R, C).
-
-    ``base`` (T,): which field each row of points reads. Outside the grid: 0 (background).
+    * ``cells``: complex64 (N,): every template's grid, row-major, template after
+      template; ``cells[0]`` is 0, the block every point outside its template's grid reads.
+    * ``start``, ``rows``, ``cols``: int64 (T,): template t's grid is
+      ``cells[start[t]:start[t] + rows[t] * cols[t]]`` shaped (rows[t], cols[t]).
+    * ``blocks``: complex64 (B, 2): the foreground blocks as rows, template after
+      template: the block centre (500-dpi position, x + iy) and its vector.
+    * ``block_start``, ``block_count``: int64 (T,): template t's blocks are
+      ``blocks[block_start[t]:block_start[t] + block_count[t]]``.
+    * ``has``: bool (T,): which templates carry a field.
     """
-    _, rows, cols = field.shape
+
+    cells: np.ndarray
+    start: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    blocks: np.ndarray
+    block_start: np.ndarray
+    block_count: np.ndarray
+    has: np.ndarray
+
+    @property
+    def templates(self) -> int:
+        return len(self.has)
+
+
+def pack(fields: list[np.ndarray | None]) -> Fields:
+    """Vector fields (:func:`vectors`, or None for a template without one) stored ragged (:class:`Fields`)."""
+    t = len(fields)
+    has = np.array([f is not None for f in fields], bool)
+    rows = np.array([f.shape[0] if f is not None else 0 for f in fields], np.int64)
+    cols = np.array([f.shape[1] if f is not None else 0 for f in fields], np.int64)
+    size = rows * cols
+    start = (1 + np.cumsum(size) - size).astype(np.int64)
+    cells = np.concatenate(
+        [np.zeros(1, np.complex64)] + [f.astype(np.complex64).reshape(-1) for f in fields if f is not None]
+    )
+    owner = np.repeat(np.arange(t), size)
+    local = np.arange(len(cells) - 1) - np.repeat(start - 1, size)  # each cell's index in its own grid
+    fg = np.flatnonzero(cells[1:] != 0)  # foreground: coherence > 0, so the vector is not 0 (at least 1e-6)
+    owner, local = owner[fg], local[fg]
+    blocks = np.empty((len(fg), 2), np.complex64)
+    blocks[:, 0] = _centres(local % cols[owner], local // cols[owner])
+    blocks[:, 1] = cells[1:][fg]
+    block_count = np.bincount(owner, minlength=t).astype(np.int64)
+    block_start = (np.cumsum(block_count) - block_count).astype(np.int64)
+    return Fields(cells, start, rows, cols, blocks, block_start, block_count, has)
+
+
+def _sample(grid: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Vectors of the blocks of one (R, C) grid under ``points`` (complex 500-dpi positions). Outside it: 0."""
+    rows, cols = grid.shape
     bx = np.floor(points.real / BLOCK).astype(np.int64)
     by = np.floor(points.imag / BLOCK).astype(np.int64)
     inside = (bx >= 0) & (bx < cols) & (by >= 0) & (by < rows)
-    flat = np.where(inside, by * cols + bx, 0) + (base * (rows * cols))[:, None]
-    return np.where(inside, field.reshape(-1)[flat], 0)
+    cells = np.append(grid.reshape(-1), np.complex64(0))  # the last cell, 0, is read for points outside
+    return np.take(cells, np.where(inside, by * cols + bx, rows * cols))
 
 
-def _centres(rows: int, cols: int) -> np.ndarray:
-    """Complex 500-dpi positions of the block centres of a (rows, cols) grid, row-major."""
-    yy, xx = np.mgrid[:rows, :cols]
-    return ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).reshape(-1).astype(np.complex64)
+def _centres(xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Complex 500-dpi positions of the centres of the blocks at columns ``xx``, rows ``yy``."""
+    return ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).astype(np.complex64)
+
+
+# The comparison rule: _compare per pair of blocks, _share per comparison. agreement only moves the blocks
+# onto each other and sums.
+def _compare(probe: np.ndarray, turn: np.ndarray, template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, agreeing weight) of pairs of blocks' vectors (complex64, broadcast), float32.
+
+    ``turn``: the transform's rotation squared (doubled angles turn by it). The
+    product ``probe * turn * conj(template)`` has the product of the two blocks'
+    weights as modulus (their coherences raised to COHERENCE_POWER by
+    :func:`vectors`; 0 where either block is background: such pairs weigh 0) and
+    the doubled orientation difference as angle: a pair agrees within AGREE_DEGREES.
+    """
+    product = probe * turn * np.conj(template)
+    weight = np.abs(product)
+    return weight, np.where(product.real > np.float32(_COS_AGREE) * weight, weight, np.float32(0.0))
+
+
+def _share(agreeing: np.ndarray, total: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """Per comparison, from the sums of the agreeing weights, the weights and their squares: the share, capped.
+
+    Few compared blocks prove nothing: a share from a handful is 0 or 1 by
+    chance, and a device could send a field cut down to one block to get 1 one
+    time in a few. Below MIN_EFFECTIVE_BLOCKS (counted by weight, (sum w)^2 /
+    sum w^2, so that coherence games do not inflate the count) the share is
+    capped at a typical impostor's.
+    """
+    share = np.where(total > 0, agreeing / np.maximum(total, 1e-12), 0.0)
+    effective = np.square(total) / np.maximum(squares, 1e-24)
+    return np.where(effective < MIN_EFFECTIVE_BLOCKS, np.minimum(share, FEW_BLOCKS_SHARE), share)
 
 
 def agreement(
     probe: np.ndarray,
-    gallery: np.ndarray,
+    gallery: Fields,
     rotation: np.ndarray,
     probe_anchor: np.ndarray,
     gallery_anchor: np.ndarray,
@@ -232,9 +306,9 @@ def agreement(
 ) -> np.ndarray:
     """Weighted share of the common foreground blocks whose orientations agree, (T,) in [0, 1].
 
-    probe: (R, C) vectors; gallery: (N, R', C') vectors (zero-padded); the
+    probe: (R, C) vectors; gallery: the templates' fields (:class:`Fields`); the
     transforms (T,) as :func:`biometrics.fingerprint.global_pairing.align` gives
-    them, for the templates ``gallery[which]`` (all of them when None: the
+    them, for the templates ``which`` of the gallery (all of them when None; the
     fields are read in place, not gathered; a probe point z maps to
     ``rotation * (z - probe_anchor) + gallery_anchor``, 500-dpi pixels, y down).
     A direction theta in the probe becomes theta + arg(rotation) in the template
@@ -245,6 +319,11 @@ def agreement(
     minutiae score is. 0 where the two foregrounds do not overlap. A block pair
     weighs the product of the two vectors' magnitudes (coherences raised to
     ``COHERENCE_POWER`` by :func:`vectors`).
+
+    Each template costs in proportion to its own field: the probe's blocks are
+    looked up in the template's own grid (bounds of its own size), and only the
+    template's foreground blocks are moved back onto the probe, summed per
+    template (no padded grid, no loop over templates).
     """
     t = len(rotation)
     yy, xx = np.nonzero(probe)
@@ -255,28 +334,32 @@ def agreement(
     rot = (rotation / np.maximum(np.abs(rotation), 1e-12)).astype(np.complex64)
     probe_anchor = probe_anchor.astype(np.complex64)
     gallery_anchor = gallery_anchor.astype(np.complex64)
-    turn = (rot * rot)[:, None]
-    # The probe's foreground blocks, moved onto each template.
-    z = ((xx * BLOCK + (BLOCK - 1) / 2.0) + 1j * (yy * BLOCK + (BLOCK - 1) / 2.0)).astype(np.complex64)
-    moved = rot[:, None] * (z[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]  # (T, P)
-    forward = probe[yy, xx][None, :] * turn * np.conj(_sample(gallery, which, moved))
-    # Each template's blocks (its whole padded grid: background blocks weigh 0), moved back onto the probe.
-    _, rows, cols = gallery.shape
-    back = np.conj(rot)[:, None] * (_centres(rows, cols)[None, :] - gallery_anchor[:, None]) + probe_anchor[:, None]
-    backward = _sample(probe[None], np.zeros(t, np.int64), back) * turn * np.conj(gallery[which].reshape(t, -1))
-    agreeing, total, squares = np.zeros(t, np.float64), np.zeros(t, np.float64), np.zeros(t, np.float64)
-    for product in (forward, backward):
-        weight = np.abs(product)  # product of the two weights (vectors); 0 where either block is background
-        agreeing += np.where(product.real > np.float32(_COS_AGREE) * weight, weight, np.float32(0.0)).sum(axis=1)
-        total += weight.sum(axis=1)
-        squares += np.square(weight, dtype=np.float64).sum(axis=1)
-    share = np.where(total > 0, agreeing / np.maximum(total, 1e-12), 0.0)
-    # Few compared blocks prove nothing: a share from a handful is 0 or 1 by chance, and a device could
-    # send a field cut down to one block to get 1 one time in a few. Below MIN_EFFECTIVE_BLOCKS (counted by
-    # weight, (sum w)^2 / sum w^2, so that coherence games do not inflate the count) the share is capped
-    # at a typical impostor's.
-    effective = np.square(total) / np.maximum(squares, 1e-24)
-    return np.where(effective < MIN_EFFECTIVE_BLOCKS, np.minimum(share, FEW_BLOCKS_SHARE), share)
+    turn = rot * rot
+    # The probe's foreground blocks, moved onto each template's own grid: (T, P) lookups in the flat cells.
+    z = _centres(xx, yy)
+    moved = rot[:, None] * (z[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]
+    rows, cols = gallery.rows[which][:, None], gallery.cols[which][:, None]
+    bx = np.floor(moved.real / BLOCK).astype(np.int64)
+    by = np.floor(moved.imag / BLOCK).astype(np.int64)
+    inside = (bx >= 0) & (bx < cols) & (by >= 0) & (by < rows)
+    cell = np.where(inside, by * cols + bx + gallery.start[which][:, None], 0)  # cells[0] is 0: background
+    weight, agreeing = _compare(probe[yy, xx][None, :], turn[:, None], np.take(gallery.cells, cell))
+    total = weight.sum(axis=1).astype(np.float64)
+    agree = agreeing.sum(axis=1).astype(np.float64)
+    squares = np.square(weight, dtype=np.float64).sum(axis=1)
+    # Each template's foreground blocks (rows, template after template), moved back onto the probe.
+    count = gallery.block_count[which]
+    offset = np.cumsum(count) - count  # each template's first row among the gathered ones
+    blocks = np.take(gallery.blocks, np.repeat(gallery.block_start[which] - offset, count) + np.arange(count.sum()), 0)
+    back = np.repeat(np.conj(rot), count) * (blocks[:, 0] - np.repeat(gallery_anchor, count))
+    back += np.repeat(probe_anchor, count)
+    weight, agreeing = _compare(_sample(probe, back), np.repeat(turn, count), blocks[:, 1])
+    some = count > 0  # per template, in float64 (reduceat: a template without blocks would read its neighbour's)
+    if some.any():
+        total[some] += np.add.reduceat(weight, offset[some], dtype=np.float64)
+        agree[some] += np.add.reduceat(agreeing, offset[some], dtype=np.float64)
+        squares[some] += np.add.reduceat(np.square(weight, dtype=np.float64), offset[some])
+    return _share(agree, total, squares)
 
 
 def factor(share: np.ndarray) -> np.ndarray:
