@@ -96,3 +96,19 @@ def coverage_problem(index: int, view: int, coverage: float, minimum: float) -> 
         f"under the {minimum:.0%} a field extracted from the same image does; "
         "extract the minutiae and the field from one image"
     )
+
+
+def spread_problem(index: int, view: int, spread: float, minimum: float) -> str | None:
+    """Why a view whose field puts its weight on few blocks is refused, or None when it spreads enough.
+
+    A block's weight grows with its coherence; a field whose foreground weighs
+    almost nothing outside a few blocks next to its minutiae would agree by
+    construction wherever those minutiae are aligned.
+    """
+    if spread >= minimum:
+        return None
+    return (
+        f"templates[{index}] view {view}: its orientation field carries its weight on {spread:.0%} of its "
+        f"foreground, under the {minimum:.0%} an extracted field does; extract the field from the image, "
+        "with an agent of this release"
+    )

@@ -209,6 +209,47 @@ def test_an_extracted_field_covers_its_minutiae_and_a_one_block_field_does_not(f
     assert of.minutiae_coverage(replace(t, orientation=None)) == 1.0  # nothing to check without a field
 
 
+def weight_hidden_near_minutiae(template, heavy: int = 30):
+    """The template's own field, its foreground kept but weighing ~1e-6 except the blocks nearest its minutiae."""
+    f = template.orientation
+    coherence = f.coherence.copy()
+    yy, xx = np.nonzero(coherence)
+    scale = 500.0 / template.resolution_dpi / of.BLOCK
+    centre_y, centre_x = np.median(template.minutiae.y) * scale, np.median(template.minutiae.x) * scale
+    nearest = np.argsort(np.hypot(yy - centre_y, xx - centre_x))[:heavy]
+    coherence[yy, xx] = 1
+    coherence[yy[nearest], xx[nearest]] = 255
+    return replace(template, orientation=OrientationField(of.BLOCK, f.angle, coherence))
+
+
+def test_a_field_hiding_its_weight_around_its_minutiae_spreads_it_less_than_an_extracted_one(fingers):
+    """Coverage counts any foreground block, so a field sent with coherence 1 everywhere but next to its
+    minutiae passes it while weighing almost nothing elsewhere (a review lifted impostors' field factor
+    so); its weight spread gives it away."""
+    for image in fingers[:3]:
+        t = extract(image, 500)
+        assert of.weight_spread(t.orientation) >= of.MIN_WEIGHT_SPREAD
+        crafted = weight_hidden_near_minutiae(t)
+        assert of.minutiae_coverage(crafted) >= of.MIN_COVERAGE  # the coverage rule alone lets it through
+        assert of.weight_spread(crafted.orientation) < of.MIN_WEIGHT_SPREAD
+    uniform = OrientationField(of.BLOCK, np.zeros((4, 4), np.uint8), np.full((4, 4), 90, np.uint8))
+    assert of.weight_spread(uniform) == pytest.approx(1.0)
+
+
+def test_a_grid_shrunk_away_from_the_minutiae_does_not_cover_them(fingers):
+    """Minutiae past the grid counted as covered (from_maps drops partial edge blocks); only the partial
+    block just past the last row or column may, and an empty grid covers nothing."""
+    t = extract(fingers[0], 500)
+    for rows, cols in ((0, 0), (0, 5), (1, 3)):
+        grid = np.full((rows, cols), 200, np.uint8)
+        shrunk = replace(t, orientation=OrientationField(of.BLOCK, grid, grid))
+        assert of.minutiae_coverage(shrunk) < of.MIN_COVERAGE, (rows, cols)
+    # The grid without its last row and column: minutiae in the dropped partial blocks still count.
+    f = t.orientation
+    trimmed = OrientationField(of.BLOCK, f.angle[:-1, :-1].copy(), f.coherence[:-1, :-1].copy())
+    assert of.minutiae_coverage(replace(t, orientation=trimmed)) >= of.minutiae_coverage(t) - 0.05
+
+
 def test_a_field_cut_down_to_a_few_blocks_cannot_claim_full_agreement(fingers, field):
     """Against itself a whole field agrees fully; the same field kept to one block would too, by chance,
     so a share from fewer than MIN_EFFECTIVE_BLOCKS compared blocks is capped at a typical impostor's."""
@@ -278,7 +319,7 @@ def _with_large_field(t, seed: int = 0):
 def test_a_stack_stores_each_field_at_its_own_size_whatever_the_largest(synthetic_templates):
     """A template with the largest field the decoder accepts costs the stack its own grid and blocks only:
     the others are stored exactly as their own fields, not padded to its grid (which made every 1:N search
-    about 60 % slower and every template's field memory tenfold)."""
+    22 to 60 % slower and every template's field memory tenfold)."""
     from biometrics.fingerprint import mcc_match
     from biometrics.fingerprint.matcher import cylinders_of
 

@@ -113,14 +113,28 @@ def test_a_view_stripped_of_its_orientation_field_is_refused_at_enrollment_and_v
         tiny = dataclasses.replace(t[0], orientation=dataclasses.replace(t[0].orientation, coherence=one_block))
         with pytest.raises(BadTemplateError) as uncovered:
             await api.enroll("fieldless", [encode(tiny), encode(t[1])])
+        # The whole foreground kept but weighing ~1e-6 (coherence 1) except one block on each of its minutiae.
+        hidden_weight = t[0].orientation.coherence.copy()
+        hidden_weight[hidden_weight > 0] = 1
+        scale = 500.0 / t[0].resolution_dpi / 16
+        rows, cols = hidden_weight.shape
+        by = np.minimum((t[0].minutiae.y * scale).astype(int), rows - 1)
+        bx = np.minimum((t[0].minutiae.x * scale).astype(int), cols - 1)
+        hidden_weight[by, bx] = 255
+        concentrated = dataclasses.replace(
+            t[0], orientation=dataclasses.replace(t[0].orientation, coherence=hidden_weight)
+        )
+        with pytest.raises(BadTemplateError) as weight_hidden:
+            await api.enroll("fieldless", [encode(concentrated), encode(t[1])])
         await api.enroll("fieldless", [encode(x) for x in t[:2]])
         with pytest.raises(BadTemplateError) as at_verification:
             await api.verify("fieldless", [encode(dataclasses.replace(t[2], orientation=None))])
         accepted = await api.verify("fieldless", [encode(t[2])])
-        return at_enrollment.value, at_verification.value, accepted, uncovered.value
+        return at_enrollment.value, at_verification.value, accepted, uncovered.value, weight_hidden.value
 
-    at_enrollment, at_verification, accepted, uncovered = run(provisioned, steps)
+    at_enrollment, at_verification, accepted, uncovered, weight_hidden = run(provisioned, steps)
     assert uncovered.status == 422 and "orientation field covers" in uncovered.message, uncovered.message
+    assert weight_hidden.status == 422 and "carries its weight on" in weight_hidden.message, weight_hidden.message
     assert at_enrollment.status == at_verification.status == 422
     assert "templates[0] view 0 carries no orientation field" in at_enrollment.message
     assert "agent of this release" in at_verification.message

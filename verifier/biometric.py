@@ -57,7 +57,7 @@ from protocol import endpoints
 from protocol.face_template import ACR_FACE, FACE, FINGER
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
-from protocol.templates import coverage_problem, field_problem, minutiae_problem
+from protocol.templates import coverage_problem, field_problem, minutiae_problem, spread_problem
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.content import Carried, Malformed, carried_of
@@ -869,7 +869,8 @@ def view_problem(index: int, view: int, template: FingerprintTemplate) -> tuple[
     """Why one finger view is refused (the problem's detail, the audit reason), or None when it is acceptable.
 
     The protocol's minutiae bounds, then the orientation field the score needs:
-    present, and covering the view's own minutiae (protocol.templates names each fix).
+    present, covering the view's own minutiae, and spreading its weight over its
+    foreground as an extracted field does (protocol.templates names each fix).
     """
     checks = (
         (minutiae_problem(index, view, len(template.minutiae)), "minutiae out of bounds"),
@@ -880,7 +881,11 @@ def view_problem(index: int, view: int, template: FingerprintTemplate) -> tuple[
             return detail, reason
     coverage = orientation_field.minutiae_coverage(template)
     detail = coverage_problem(index, view, coverage, orientation_field.MIN_COVERAGE)
-    return None if detail is None else (detail, "orientation field does not cover")
+    if detail is not None:
+        return detail, "orientation field does not cover"
+    spread = orientation_field.weight_spread(template.orientation)
+    detail = spread_problem(index, view, spread, orientation_field.MIN_WEIGHT_SPREAD)
+    return None if detail is None else (detail, "orientation field weight concentrated")
 
 
 def _unknown_subject(subject: str) -> Problem:

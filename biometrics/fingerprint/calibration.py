@@ -62,7 +62,8 @@ drawn with a seed (1000) other than the benchmark's (0), so the benchmark's
 synthetic figures are measured on fingers the fit never saw, and with the
 generator's ``realistic`` capture profile (FVC-like distortion, contact and dry
 skin). FVC2002 DB4, whose bulk is the widest, sets the thresholds: 1e-3 at 0.0246
-and 1e-4 at 0.0392 (1e-6 at 0.0926; DB2 would give 0.0390 at 1e-4), with the shape
+and 1e-4 at 0.0392 (DB2 would give 0.0389; at 1e-6 the pairs across folders set
+0.0926, DB4 alone would give 0.085), with the shape
 0.126 measured on the synthetic population and the pairs across folders (1,026 and
 76 effective units). The large groups alone would give 0.021 / 0.031 (synthetic)
 and 0.018 / 0.032 (across folders). (Scores are on the scale of the

@@ -299,7 +299,8 @@ def gather(stacked: Stack, templates: np.ndarray, buffer: np.ndarray | None = No
     buffer is reused: megabytes of rows copied into fresh arrays come from new memory
     mappings, whose page faults cost as much as the copy itself. With ``copy=False``
     (a 1:N search's candidates) no row is copied here: the set refers to the stack's
-    rows (valid until the stack changes) and :func:`local_similarity` copies them a
+    rows and fields (valid until the stack changes: a removal compacts both in place) and
+    :func:`local_similarity` copies the rows a
     pass at a time, while they are used; ``buffer`` is not used then.
     """
     templates = np.asarray(templates, np.int64)
