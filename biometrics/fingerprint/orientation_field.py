@@ -163,8 +163,12 @@ def vectors(field: OrientationField) -> np.ndarray:
     two prints' magnitudes): raised once here, so a comparison pays nothing for it.
     """
     phase = field.angle.astype(np.float32) * np.float32(2.0 * np.pi / 256.0)
-    weight = np.power(field.coherence.astype(np.float32) / np.float32(255.0), np.float32(COHERENCE_POWER))
-    return (weight * np.exp(1j * phase)).astype(np.complex64)
+    return (block_weights(field.coherence) * np.exp(1j * phase)).astype(np.complex64)
+
+
+def block_weights(coherence: np.ndarray) -> np.ndarray:
+    """float32 weights of blocks of stored coherences (uint8, 0 = background): (coherence / 255) ** COHERENCE_POWER."""
+    return np.power(coherence.astype(np.float32) / np.float32(255.0), np.float32(COHERENCE_POWER))
 
 
 def minutiae_coverage(template: FingerprintTemplate) -> float:
@@ -211,10 +215,9 @@ def weight_spread(field: OrientationField) -> float:
     populations, 1,520 templates), the trial's 0.12, and the verifier refuses a
     view under ``MIN_WEIGHT_SPREAD``.
     """
-    c = field.coherence[field.coherence > 0].astype(np.float64)
-    if len(c) == 0:
+    w = block_weights(field.coherence[field.coherence > 0]).astype(np.float64)
+    if len(w) == 0:
         return 1.0
-    w = np.power(c / 255.0, COHERENCE_POWER)
     return float(np.square(w.sum()) / (len(w) * np.square(w).sum()))
 
 
