@@ -3,6 +3,20 @@
 Distances in the cleanup rules are in ridge periods (measured per image), not in
 pixels tuned to a data set: a spur, a bridge or a broken ridge is an artefact
 shorter than about one period, whatever the sensor.
+
+Stability, measured: an FVC2002 image and the same image rotated by 0.5 degree
+(or shifted by half a pixel) keep 90 to 94 % of their final minutiae within 10
+pixels (5 degrees: 82 to 90 %), while their skeleton candidates keep 96 to 97 %.
+Most of the loss is the false-pair rules (about 55 %: a noise candidate half a
+period from a real minutia, as sure of itself as the real one, appears on one
+side only, or a pair sits at 0.9 of a rule's distance on one side and 1.1 on
+the other), then the border margin (15 %) and the reliability floor (10 %).
+Making these rules softer or tighter, merging split bifurcations, or 24 Gabor
+orientations instead of 16 lowered the EER (to 0.74 % at best, from 1.06 %)
+but lifted the impostor tails as much as the genuine scores: with the
+calibration refitted exactly, the FNMR at 1e-4 stayed or rose (mean over the
+four folders 4.82 to 21 %, from 4.91 %), and 24 orientations cost 1.5 ms per
+image. The noise reshuffles borderline scores on both sides.
 """
 
 from __future__ import annotations
