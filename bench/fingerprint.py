@@ -1,7 +1,7 @@
 """Fingerprint benchmark: all-pairs verification on a folder of ``F_I`` images.
 
-    python -m bench.fingerprint --data DIR [--dpi 500] [--workers N] [--pad-to 448x478]
-    python -m bench.fingerprint --synthetic 200 [--impressions 3] [--seed 0] [--profile realistic]
+    python -m bench.fingerprint --data DIR [--dpi 500] [--workers N] [--pad-to 448x478] [--hardest K]
+    python -m bench.fingerprint --synthetic 200 [--impressions 3] [--seed 0] [--profile realistic] [--hardest K]
     python -m bench.fingerprint --calibrate DIR[:DPI]... [--synthetic 200] [--leave-one-out]
 
 Every unordered pair of images is compared once: same F is a genuine pair,
@@ -40,6 +40,8 @@ in ``--search-workers`` threads (default: one per core) with single-threaded
 BLAS, the deployment that GalleryIndex documents for throughput: run as a
 program, this module sets OPENBLAS_NUM_THREADS=1 before numpy loads unless the
 environment already sets it (the JSON reports both settings).
+``--hardest K`` adds ``hardest``: the K weakest genuine and K strongest impostor
+pairs, each with every factor of its score (bench.fingerprint_pairs).
 """
 
 from __future__ import annotations
@@ -309,9 +311,19 @@ def run(
     dpi: int,
     gallery_size: int,
     search_workers: int = 1,
+    names: list[str] | None = None,
+    hardest: int = 0,
 ) -> dict[str, object]:
+    """The benchmark's figures (module docstring); ``hardest`` > 0 adds the hardest pairs, named by ``names``."""
     _progress("matching all pairs")
     pair_scores, same, recall = all_pairs(templates, fingers)
+    hard: dict[str, object] = {}
+    if hardest > 0:
+        from bench.fingerprint_pairs import hardest_pairs
+
+        _progress(f"explaining the {hardest} hardest genuine and impostor pairs")
+        labels = names or [str(n) for n in range(len(templates))]
+        hard["hardest"] = hardest_pairs(templates, labels, pair_scores, same, hardest)
     genuine, impostor = pair_scores[same], pair_scores[~same]
     rates = error_rates(genuine, impostor)
 
@@ -351,6 +363,7 @@ def run(
         "gallery_size": gallery_size,
         "search_workers": search_workers,
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", ""),
+        **hard,
     }
 
 
@@ -549,9 +562,18 @@ def main(argv: list[str] | None = None) -> int:
         choices=("realistic", "cooperative"),
         help="synthetic capture profile: FVC-like spread of impressions, or careful placement",
     )
+    ap.add_argument(
+        "--hardest",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also explain the K weakest genuine and K strongest impostor pairs (each factor of their scores)",
+    )
     ap.add_argument("--explain", type=Path, metavar="IMAGE", help="write the extraction stages of IMAGE as PNGs")
     ap.add_argument("--out", type=Path, help="folder for --explain's PNGs")
     args = ap.parse_args(argv)
+    if args.hardest < 0:
+        ap.error("--hardest takes a count of pairs (0 or more)")
     keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
     if args.leave_one_out and not args.calibrate:
         ap.error("--leave-one-out checks a calibration: give it with --calibrate DIR...")
@@ -576,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         templates, fingers, times = extract_synthetic(
             args.synthetic, args.impressions, args.seed, args.workers, args.profile
         )
-        result = run(templates, fingers, times, 500, args.gallery, args.search_workers)
+        names = [f"{f}_{n % args.impressions + 1}" for n, f in enumerate(fingers)]
+        result = run(templates, fingers, times, 500, args.gallery, args.search_workers, names, args.hardest)
         result.update(
             {
                 "synthetic_fingers": args.synthetic,
@@ -593,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error("--pad-to takes WIDTHxHEIGHT, e.g. 448x478")
             size = (int(m.group(1)), int(m.group(2)))
         templates, fingers, times = extract_folder(args.data, args.dpi, args.workers, size)
-        result = run(templates, fingers, times, args.dpi, args.gallery, args.search_workers)
+        names = [p.stem for _, _, p in list_images(args.data)]
+        result = run(templates, fingers, times, args.dpi, args.gallery, args.search_workers, names, args.hardest)
     else:
         ap.error("give --data DIR, --synthetic N, --calibrate DIR... or --explain IMAGE --out DIR")
     print(json.dumps(result))

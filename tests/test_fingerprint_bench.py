@@ -35,7 +35,7 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     from bench.fingerprint import main
     from biometrics.fingerprint import threshold_for_fmr
 
-    assert main(["--synthetic", "3", "--impressions", "2", "--seed", "1", "--gallery", "12"]) == 0
+    assert main(["--synthetic", "3", "--impressions", "2", "--seed", "1", "--gallery", "12", "--hardest", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["genuine"], out["impostor"], out["images"]) == (3, 12, 6)
     assert out["thresholds"]["1e-04"] == pytest.approx(threshold_for_fmr(1e-4), abs=1e-5)
@@ -47,6 +47,16 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     assert 0.0 < out["add_search_ms_best"] <= out["add_search_ms"]
     assert out["profile"] == "realistic"  # FVC-like impressions unless --profile says otherwise
     assert 0.0 <= out["impostor_median"] <= out["impostor_p99"] <= out["impostor_max"] < out["genuine_median"]
+    # --hardest 2: the weakest genuine pairs (same finger, lowest first) and the strongest impostors, explained.
+    genuine, impostor = out["hardest"]["genuine"], out["hardest"]["impostor"]
+    assert len(genuine) == len(impostor) == 2
+    assert [g["score"] for g in genuine] == sorted(g["score"] for g in genuine)
+    assert [i["score"] for i in impostor] == sorted((i["score"] for i in impostor), reverse=True)
+    assert all(g["a"].split("_")[0] == g["b"].split("_")[0] for g in genuine)
+    assert all(i["a"].split("_")[0] != i["b"].split("_")[0] for i in impostor)
+    assert impostor[0]["score"] == pytest.approx(out["impostor_max"], abs=1e-5)
+    for pair in genuine + impostor:
+        assert 0 <= pair["paired"] <= min(pair["minutiae"]) and 0.0 <= pair["paired_fraction"] <= 1.0
 
 
 def test_pad_to_centres_the_print_on_its_own_background():
@@ -58,6 +68,13 @@ def test_pad_to_centres_the_print_on_its_own_background():
     assert (out[0] == 200).all() and (out[:, 0] == 200).all()
     with pytest.raises(SystemExit, match="smaller"):
         pad_to(img, (5, 8))
+
+
+def test_hardest_takes_a_count():
+    from bench.fingerprint import main
+
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "3", "--hardest", "-1"])
 
 
 def test_leave_one_out_needs_a_calibration(capsys):

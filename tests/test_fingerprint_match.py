@@ -71,6 +71,40 @@ def test_templates_at_other_resolutions_are_compared_at_500_dpi(prints, template
     assert match(templates[3], t750) > threshold_for_fmr(1e-4)
 
 
+@pytest.mark.parametrize("degrees", [25.0, -40.0])
+def test_an_explained_comparison_is_the_score_and_each_of_its_factors(prints, templates, degrees):
+    """debug.explain_comparison: match()'s score, rebuilt from its factors, with the alignment that was found."""
+    from biometrics.fingerprint import global_pairing
+    from biometrics.fingerprint.debug import explain_comparison
+
+    moved = extract(_moved(prints[0].image, degrees, 12.0, -9.0))
+    e = explain_comparison(templates[0], moved)
+    assert e.score == match(templates[0], moved) > threshold_for_fmr(1e-4)
+    assert e.score == pytest.approx(math.sqrt(e.lss_excess * e.paired_fraction) * e.field_factor, rel=1e-9)
+    assert e.rotation_degrees == pytest.approx(degrees, abs=3.0)  # counter-clockwise as seen, as cv2 turned it
+    assert e.field_measured and e.field_share > 0.9 and e.field_factor == 1.0
+    assert 3 <= len(e.paired) <= min(e.overlap) and e.overlap <= e.minutiae
+    # Each paired probe minutia, moved by the alignment reported, lies within the pairing distance of its partner.
+    turn, shift = np.exp(-1j * np.radians(e.rotation_degrees)), complex(*e.translation)
+    probe, partner = e.paired[:, 0] + 1j * e.paired[:, 1], e.paired[:, 2] + 1j * e.paired[:, 3]
+    assert np.abs(turn * probe + shift - partner).max() < global_pairing.D_PAIR
+
+
+def test_an_explained_impostor_comparison_shows_why_it_stays_low(templates):
+    from biometrics.fingerprint.debug import explain_comparison
+
+    for other in templates[1:]:
+        e = explain_comparison(templates[0], other)
+        assert e.score == match(templates[0], other) < threshold_for_fmr(1e-2)
+        if e.lss_excess == 0.0:  # no LSS-R evidence: nothing aligned, paired or compared
+            assert e.score == 0.0 and e.rotation_degrees is None and len(e.paired) == 0 and e.field_share is None
+        else:
+            assert e.score == pytest.approx(math.sqrt(e.lss_excess * e.paired_fraction) * e.field_factor, rel=1e-9)
+            assert e.paired_fraction < 0.5 or e.field_share < 0.9  # the minutiae or the field give it away
+    empty = explain_comparison(Minutiae.empty(), templates[0].minutiae)
+    assert empty.score == 0.0 and empty.minutiae[0] == 0 and empty.rotation_degrees is None
+
+
 def test_gallery_search_ranks_the_right_subject_first(prints, templates):
     index = GalleryIndex()
     for n, tpl in enumerate(templates):

@@ -339,6 +339,12 @@ def paired_fraction(
 ) -> np.ndarray:
     """``(m - 2)^2 / (max(n_A' - 2, 6) * max(n_B' - 2, 6))`` per template under its transform, in [0, 1].
 
+    ``transform``, when given, receives the refitted alignment (``rotation``,
+    ``probe_anchor``, ``gallery_anchor``, each (T,)), the pairing
+    (``paired_probe`` (T, n) bool, ``partner`` (T, n): the paired template
+    minutia, meaningful where paired) and the counts (``pairs``,
+    ``overlap_probe``, ``overlap_gallery``, each (T,)).
+
     (Item 4 of the module docstring: the two pairs any alignment makes count for nothing.)
 
     probe_pos, probe_unit: (n,) the probe's minutiae; probe_hull: its half-planes
@@ -360,7 +366,7 @@ def paired_fraction(
         gallery_anchor = np.where(usable, cb, gallery_anchor)
     moved = rotation[:, None] * (probe_pos[None, :] - probe_anchor[:, None]) + gallery_anchor[:, None]  # (T, n)
     turned = probe_unit[None, :] * np.conj(rotation)[:, None]
-    paired_a, paired_b, _ = _pair(moved, turned, pos, unit, real)
+    paired_a, paired_b, near_b = _pair(moved, turned, pos, unit, real)
     pairs = paired_a.sum(axis=1)
     if transform is not None:  # the refitted alignment, for a caller that compares more than minutiae under it
         transform.update(rotation=rotation, probe_anchor=probe_anchor, gallery_anchor=gallery_anchor)
@@ -374,6 +380,8 @@ def paired_fraction(
     normals, offsets = probe_hull
     inside_b = _inside(back.real.astype(np.float32), back.imag.astype(np.float32), normals, offsets)
     in_b = ((inside_b & real) | paired_b).sum(axis=1)
+    if transform is not None:  # what was paired, in how large a common region (references only: no work in a search)
+        transform.update(paired_probe=paired_a, partner=near_b, pairs=pairs, overlap_probe=in_a, overlap_gallery=in_b)
     # The free pairs leave every count; the overlaps beyond them count at least MIN_OVERLAP.
     over = np.maximum(in_a - FREE_PAIRS, MIN_OVERLAP).astype(np.float64) * np.maximum(in_b - FREE_PAIRS, MIN_OVERLAP)
     return np.maximum(pairs - FREE_PAIRS, 0).astype(np.float64) ** 2 / over

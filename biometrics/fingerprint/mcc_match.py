@@ -609,8 +609,10 @@ def consolidate(
                     gallery.field_index[some[both]],
                 )
         score[some] *= orientation_field.factor(share)
-        if transform is not None:  # for a caller studying the comparison (tools), not used in scoring
+        if transform is not None:  # for a caller studying the comparison (debug.explain_comparison): not in scoring
             transform.update(some=some, share=share, **found)
+    if transform is not None:
+        transform.update(excess=excess, fraction=fraction)
     return score.astype(np.float64)
 
 
