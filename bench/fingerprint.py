@@ -574,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.hardest < 0:
         ap.error("--hardest takes a count of pairs (0 or more)")
+    if args.hardest and (args.calibrate or args.explain is not None):
+        ap.error("--hardest explains a benchmark's pairs: give it with --data DIR or --synthetic N")
     keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
     if args.leave_one_out and not args.calibrate:
         ap.error("--leave-one-out checks a calibration: give it with --calibrate DIR...")

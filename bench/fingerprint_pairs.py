@@ -3,7 +3,9 @@
 For a person tuning the matcher: each pair with every factor of its score
 (biometrics.fingerprint.debug.explain_comparison, the first image as the
 probe): the LSS-R evidence, the minutiae paired under the alignment and the
-common region, the rotation, the orientation-field share and its factor. A
+common region, the rotation, the orientation-field share and its factor
+(``explained_score`` is that direction's score; ``score`` is the benchmark's,
+the mean of both directions, which differ only in rare near ties). A
 failing genuine pair whose field share is low but whose minutiae pair well, or
 an impostor that pairs many minutiae on weak evidence, points at the stage to
 work on. Only image names and numbers: no image, template or minutia position.
@@ -23,6 +25,7 @@ def _entry(templates: list[FingerprintTemplate], names: list[str], i: int, j: in
         "a": names[i],
         "b": names[j],
         "score": round(score, 5),
+        "explained_score": round(e.score, 5),
         "lss_excess": round(e.lss_excess, 5),
         "paired_fraction": round(e.paired_fraction, 4),
         "paired": len(e.paired),

@@ -57,6 +57,9 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     assert impostor[0]["score"] == pytest.approx(out["impostor_max"], abs=1e-5)
     for pair in genuine + impostor:
         assert 0 <= pair["paired"] <= min(pair["minutiae"]) and 0.0 <= pair["paired_fraction"] <= 1.0
+        # the factors explain the first image against the second: they rebuild that direction's score
+        rebuilt = (pair["lss_excess"] * pair["paired_fraction"]) ** 0.5 * pair["field_factor"]
+        assert rebuilt == pytest.approx(pair["explained_score"], rel=1e-3, abs=1e-5)
 
 
 def test_pad_to_centres_the_print_on_its_own_background():
@@ -70,11 +73,15 @@ def test_pad_to_centres_the_print_on_its_own_background():
         pad_to(img, (5, 8))
 
 
-def test_hardest_takes_a_count():
+def test_hardest_takes_a_count_of_a_benchmarks_pairs(capsys):
     from bench.fingerprint import main
 
     with pytest.raises(SystemExit):
         main(["--synthetic", "3", "--hardest", "-1"])
+    assert "--hardest takes a count" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--explain", "print.png", "--out", "stages", "--hardest", "2"])
+    assert "--hardest explains a benchmark's pairs" in capsys.readouterr().err
 
 
 def test_leave_one_out_needs_a_calibration(capsys):

@@ -83,7 +83,8 @@ def test_an_explained_comparison_is_the_score_and_each_of_its_factors(prints, te
     assert e.score == pytest.approx(math.sqrt(e.lss_excess * e.paired_fraction) * e.field_factor, rel=1e-9)
     assert e.rotation_degrees == pytest.approx(degrees, abs=3.0)  # counter-clockwise as seen, as cv2 turned it
     assert e.field_measured and e.field_share > 0.9 and e.field_factor == 1.0
-    assert 3 <= len(e.paired) <= min(e.overlap) and e.overlap <= e.minutiae
+    assert 3 <= len(e.paired) <= min(e.overlap)
+    assert all(common <= compared for common, compared in zip(e.overlap, e.minutiae, strict=True))
     # Each paired probe minutia, moved by the alignment reported, lies within the pairing distance of its partner.
     turn, shift = np.exp(-1j * np.radians(e.rotation_degrees)), complex(*e.translation)
     probe, partner = e.paired[:, 0] + 1j * e.paired[:, 1], e.paired[:, 2] + 1j * e.paired[:, 3]

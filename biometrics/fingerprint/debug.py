@@ -89,7 +89,9 @@ class ComparisonExplanation:
     overlap: tuple[int, int]  # minutiae of the probe and of the gallery print in the common region
     rotation_degrees: float | None  # the alignment turns the probe by this, counter-clockwise as seen; None if none
     translation: tuple[float, float] | None  # where the probe's origin lands in the gallery print
-    field_share: float | None  # weighted share of agreeing orientation-field blocks; None when not compared
+    # Weighted share of agreeing orientation-field blocks; None when LSS-R found no evidence (nothing compared),
+    # orientation_field.MISSING_AGREEMENT when either print has no field (see field_measured).
+    field_share: float | None
     field_factor: float  # the score's multiplier for it (orientation_field.factor; 1 when not compared)
     field_measured: bool  # both prints carry a field (otherwise MISSING_AGREEMENT stood in for the share)
 
