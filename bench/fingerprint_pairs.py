@@ -5,7 +5,8 @@ For a person tuning the matcher: each pair with every factor of its score
 probe): the LSS-R evidence, the minutiae paired under the alignment and the
 common region, the rotation, the orientation-field share and its factor
 (``explained_score`` is that direction's score; ``score`` is the benchmark's,
-the mean of both directions, which differ only in rare near ties). A
+the mean of both directions, which can differ a little: see
+biometrics.fingerprint.match). A
 failing genuine pair whose field share is low but whose minutiae pair well, or
 an impostor that pairs many minutiae on weak evidence, points at the stage to
 work on. Only image names and numbers: no image, template or minutia position.

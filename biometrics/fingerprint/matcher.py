@@ -52,7 +52,12 @@ def cylinders_of(item: FingerprintTemplate | Minutiae | Cylinders) -> Cylinders:
 
 
 def match(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate | Minutiae) -> float:
-    """Similarity of two fingerprints in [0, 1]; symmetric up to rounding."""
+    """Similarity of two fingerprints in [0, 1], ``a`` as the probe.
+
+    Symmetric to within rounding on all but a handful of pairs: of the 51,040
+    pairs of the four FVC2002 B folders pooled, 6 differ by more than 1e-6 between
+    the two directions, by at most 0.014. Benchmarks take the mean of both.
+    """
     ca, cb = cylinders_of(a), cylinders_of(b)
     if len(ca) == 0 or len(cb) == 0:
         return 0.0
