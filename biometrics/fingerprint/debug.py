@@ -18,7 +18,7 @@ Nothing here logs or stores anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -110,7 +110,7 @@ def explain_comparison(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate
     score = float(mcc_match.consolidate(mcc_match.local_similarity(ca, gallery), ca, gallery, found)[0])
     excess = float(found["excess"][0])
     if excess <= 0.0:  # no LSS-R evidence: no alignment, no pairing, no field (score 0)
-        return ComparisonExplanation(score, counts, 0.0, 0.0, nothing.paired, (0, 0), None, None, None, 1.0, False)
+        return replace(nothing, score=score)
     rotation = complex(found["rotation"][0])
     rotation /= abs(rotation)
     # A probe point z lands on rotation * (z - probe_anchor) + gallery_anchor; with y down, a rotation

@@ -124,8 +124,9 @@ form); a logistic regression over the logs of the excess, the fraction, the
 counts and the field share (EER 1.06 -> 0.88 %, but FNMR at 1e-4 9.0 %: it fits
 the bulk, and the heavier impostor tail raises the threshold to 0.054); and
 cohort score normalisation (each print's scores against other fingers of its
-folder, of other folders or of synthetic ones, subtracted or z-scored: the FNMR
-at the folders' largest impostor scores rose on every cohort). What limits the
+folder, of other folders or of synthetic ones: with the cohort's mean subtracted
+the FNMR at the folders' largest impostor scores stayed as it was, z-scored or
+divided by the cohort's level it rose, on every cohort). What limits the
 FNMR at 1e-4 is the few hardest mates of a folder (FVC2002 DB2 finger 109 alone
 holds 13 of its 14 failures at 0.0392), whose minutiae and fields both look
 like an impostor's.
