@@ -27,7 +27,7 @@ def _entry(templates: list[FingerprintTemplate], names: list[str], i: int, j: in
         "b": names[j],
         "score": round(score, 5),
         "explained_score": round(e.score, 5),
-        "lss_excess": round(e.lss_excess, 5),
+        "lss_excess": round(e.lss_excess, 6),
         "paired_fraction": round(e.paired_fraction, 4),
         "paired": len(e.paired),
         "overlap": list(e.overlap),
