@@ -3,6 +3,7 @@
     python -m bench.fingerprint --data DIR [--dpi 500] [--workers N] [--pad-to 448x478] [--hardest K]
     python -m bench.fingerprint --synthetic 200 [--impressions 3] [--seed 0] [--profile realistic] [--hardest K]
     python -m bench.fingerprint --calibrate DIR[:DPI]... [--synthetic 200] [--leave-one-out]
+    python -m bench.fingerprint --explain IMAGE [--against OTHER] --out DIR
 
 Every unordered pair of images is compared once: same F is a genuine pair,
 different F an impostor pair (FVC "all pairs" protocol; 280 genuine and 2,880
@@ -570,10 +571,15 @@ def main(argv: list[str] | None = None) -> int:
         help="also explain the K weakest genuine and K strongest impostor pairs (each factor of their scores)",
     )
     ap.add_argument("--explain", type=Path, metavar="IMAGE", help="write the extraction stages of IMAGE as PNGs")
+    ap.add_argument(
+        "--against", type=Path, metavar="OTHER", help="with --explain: also compare IMAGE with OTHER (comparison.png)"
+    )
     ap.add_argument("--out", type=Path, help="folder for --explain's PNGs")
     args = ap.parse_args(argv)
     if args.hardest < 0:
         ap.error("--hardest takes a count of pairs (0 or more)")
+    if args.against is not None and args.explain is None:
+        ap.error("--against OTHER compares with the image of --explain IMAGE --out DIR: give both")
     if args.hardest and (args.calibrate or args.explain is not None):
         ap.error("--hardest explains a benchmark's pairs: give it with --data DIR or --synthetic N")
     keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
@@ -586,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--explain IMAGE needs --out DIR")
         from bench.fingerprint_explain import explain_to_folder
 
-        print(json.dumps(explain_to_folder(args.explain, args.out, args.dpi)))
+        print(json.dumps(explain_to_folder(args.explain, args.out, args.dpi, args.against)))
         return 0
     if args.calibrate:
         fit = calibrate(

@@ -4,6 +4,11 @@ For a person tuning the pipeline (see biometrics.fingerprint.debug): one PNG per
 stage, all at 500 dpi, written only into the folder given. Minutiae are drawn on
 the skeleton, endings in red and bifurcations in blue, a tick along the direction.
 Prints (as JSON) the files written and the minutiae count after each stage.
+
+``--explain IMAGE --against OTHER --out DIR`` also compares the two prints
+(debug.explain_comparison, IMAGE as the probe) and writes ``comparison.png``:
+both final skeletons side by side, a green line joining each pair of minutiae
+the matcher paired under its alignment; the JSON gets the score's factors.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from biometrics.fingerprint.debug import STAGES, Explanation, explain
+from bench.fingerprint_pairs import factors
+from biometrics.fingerprint.debug import STAGES, ComparisonExplanation, Explanation, explain, explain_comparison
 from biometrics.fingerprint.types import KIND_ENDING, Minutiae
 
 
@@ -68,18 +74,47 @@ def render(e: Explanation) -> dict[str, np.ndarray]:
     return images
 
 
-def explain_to_folder(image_path: Path, out: Path, dpi: int = 500) -> dict[str, object]:
+PAIR_GAP = 16  # pixels between the two prints of comparison.png
+PAIRED = (0, 160, 0)  # BGR green: a line per paired minutia
+
+
+def render_comparison(probe: Explanation, gallery: Explanation, c: ComparisonExplanation) -> np.ndarray:
+    """Both prints' final minutiae on their skeletons, side by side, each paired couple joined by a line."""
+    left, right = _minutiae(probe, probe.minutiae["final"]), _minutiae(gallery, gallery.minutiae["final"])
+    height = max(left.shape[0], right.shape[0])
+    canvas = np.full((height, left.shape[1] + PAIR_GAP + right.shape[1], 3), 255, np.uint8)
+    canvas[: left.shape[0], : left.shape[1]] = left
+    offset = left.shape[1] + PAIR_GAP
+    canvas[: right.shape[0], offset:] = right
+    for xa, ya, xb, yb in c.paired:
+        cv2.line(canvas, (round(float(xa)), round(float(ya))), (offset + round(float(xb)), round(float(yb))), PAIRED, 1)
+    return canvas
+
+
+def _read(image_path: Path) -> np.ndarray:
     img = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise SystemExit(f"cannot read {image_path}: give a greyscale image file (tif, png, bmp, pgm)")
-    e = explain(img, dpi)
+    return img
+
+
+def _write(path: Path, picture: np.ndarray) -> str:
+    if not cv2.imwrite(str(path), picture):
+        raise SystemExit(f"cannot write {path}: check that {path.parent} is writable")
+    return path.name
+
+
+def explain_to_folder(image_path: Path, out: Path, dpi: int = 500, against: Path | None = None) -> dict[str, object]:
+    """Write the stages of ``image_path`` (and, with ``against``, their comparison) into ``out``; the JSON summary."""
+    e = explain(_read(image_path), dpi)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, picture in render(e).items():
-        path = out / f"{name}.png"
-        if not cv2.imwrite(str(path), picture):
-            raise SystemExit(f"cannot write {path}: check that {out} is writable")
-        written.append(path.name)
+    written = [_write(out / f"{name}.png", picture) for name, picture in render(e).items()]
+    compared: dict[str, object] = {}
+    if against is not None:
+        other = explain(_read(against), dpi)
+        c = explain_comparison(e.template, other.template)
+        written.append(_write(out / "comparison.png", render_comparison(e, other, c)))
+        compared = {"against": against.name, "comparison": factors(c)}
     return {
         "image": image_path.name,
         "dpi": dpi,
@@ -88,4 +123,5 @@ def explain_to_folder(image_path: Path, out: Path, dpi: int = 500) -> dict[str, 
         "minutiae": {stage: len(e.minutiae[stage]) for stage in STAGES},
         "files": written,
         "out": str(out),
+        **compared,
     }

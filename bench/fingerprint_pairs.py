@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from biometrics.fingerprint.debug import explain_comparison
+from biometrics.fingerprint.debug import ComparisonExplanation, explain_comparison
 from biometrics.fingerprint.types import FingerprintTemplate
 
 
-def _entry(templates: list[FingerprintTemplate], names: list[str], i: int, j: int, score: float) -> dict[str, object]:
-    e = explain_comparison(templates[i], templates[j])
+def factors(e: ComparisonExplanation) -> dict[str, object]:
+    """A comparison's factors as JSON-ready numbers (counts and rounded values, no positions)."""
     return {
-        "a": names[i],
-        "b": names[j],
-        "score": round(score, 5),
         "explained_score": round(e.score, 5),
         "lss_excess": round(e.lss_excess, 6),
         "paired_fraction": round(e.paired_fraction, 4),
@@ -36,6 +33,15 @@ def _entry(templates: list[FingerprintTemplate], names: list[str], i: int, j: in
         "field_share": None if e.field_share is None else round(e.field_share, 4),
         "field_factor": round(e.field_factor, 4),
         "field_measured": e.field_measured,
+    }
+
+
+def _entry(templates: list[FingerprintTemplate], names: list[str], i: int, j: int, score: float) -> dict[str, object]:
+    return {
+        "a": names[i],
+        "b": names[j],
+        "score": round(score, 5),
+        **factors(explain_comparison(templates[i], templates[j])),
     }
 
 

@@ -13,6 +13,7 @@ from biometrics.fingerprint import (
     extract_with_quality,
     quality_of,
     template_of,
+    threshold_for_fmr,
 )
 from biometrics.fingerprint.minutiae import MIN_RELIABILITY
 from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING
@@ -147,6 +148,41 @@ def test_explain_command_writes_one_png_per_stage(synthetic_print, tmp_path):
     ]
     skeleton = cv2.imread(str(tmp_path / "stages" / "08_skeleton.png"), cv2.IMREAD_GRAYSCALE)
     assert skeleton.shape == sp.image.shape and (skeleton == 0).any()
+
+
+def test_explain_against_another_image_draws_the_paired_minutiae_and_reports_the_factors(
+    synthetic_print, tmp_path, capsys
+):
+    import json
+
+    from bench.fingerprint import main
+
+    sp = synthetic_print(1)
+    h, w = sp.image.shape
+    turned = cv2.warpAffine(
+        sp.image, cv2.getRotationMatrix2D((w / 2, h / 2), 20.0, 1.0), (w, h), flags=cv2.INTER_LINEAR, borderValue=235
+    )
+    cv2.imwrite(str(tmp_path / "a.png"), sp.image)
+    cv2.imwrite(str(tmp_path / "b.png"), turned)
+    out = tmp_path / "stages"
+    assert main(["--explain", str(tmp_path / "a.png"), "--against", str(tmp_path / "b.png"), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    factors = summary["comparison"]
+    assert summary["against"] == "b.png" and "comparison.png" in summary["files"]
+    assert factors["explained_score"] > threshold_for_fmr(1e-4)
+    assert factors["rotation_degrees"] == pytest.approx(20, abs=3)  # cv2 turned b counter-clockwise
+    picture = cv2.imread(str(out / "comparison.png"), cv2.IMREAD_COLOR)
+    assert picture.shape[:2] == (h, 2 * w + 16)  # both prints side by side
+    green = (picture[:, :, 1] == 160) & (picture[:, :, 0] == 0) & (picture[:, :, 2] == 0)
+    assert green[:, w : w + 16].sum() >= factors["paired"] >= 3  # each paired couple's line crosses the gap
+
+
+def test_against_needs_an_image_to_explain(capsys):
+    from bench.fingerprint import main
+
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "3", "--against", "b.png"])
+    assert "--against OTHER compares with the image of --explain" in capsys.readouterr().err
 
 
 def _plain_zhang_suen(binary: np.ndarray) -> np.ndarray:
