@@ -132,6 +132,8 @@ class SimulatedModule:
         self.commands: list[int] = []  # command codes received, for tests
         self.errors: list[str] = []  # handler crashes (a simulator bug): the fixture fails the test on any
         self.packets_since_plug = 0  # valid packets parsed on the current pty, for failure messages
+        self.bytes_since_plug = 0  # bytes read off the current pty (bytes but no packets: framing; none: the line)
+        self.pending = 0  # bytes waiting in the parser for the rest of a packet
         self.ignored_for_speed = 0  # of those, dropped because the client's line speed was wrong
         self._generation = 0  # bumped by every new pty: the serving thread starts a fresh buffer
         self._finger: np.ndarray | None = None
@@ -210,10 +212,14 @@ class SimulatedModule:
     def state(self) -> str:
         """One line on what the module has seen since it was (re)plugged, for a failing test's message."""
         alive = self._thread is not None and self._thread.is_alive()
+        linked = "-"
+        if self.link is not None:
+            linked = str(os.path.realpath(self.link) == self._slave_name if self._master >= 0 else "unplugged")
         return (
             f"simulator serving={alive} plugged={self._master >= 0} baud={self.baud} "
+            f"bytes_since_plug={self.bytes_since_plug} pending={self.pending} "
             f"packets_since_plug={self.packets_since_plug} ignored_for_speed={self.ignored_for_speed} "
-            f"errors={self.errors}"
+            f"link_to_this_pty={linked} errors={self.errors}"
         )
 
     def _open_pty(self) -> None:
@@ -222,7 +228,7 @@ class SimulatedModule:
         attrs = termios.tcgetattr(slave)
         attrs[3] &= ~termios.ECHO
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        self.packets_since_plug = self.ignored_for_speed = 0
+        self.packets_since_plug = self.ignored_for_speed = self.bytes_since_plug = self.pending = 0
         self._master, self._slave = master, slave
         self._generation += 1
         self._slave_name = os.ttyname(slave)
@@ -271,6 +277,7 @@ class SimulatedModule:
                 # even when unplug and replug both fell between two turns of this loop.
                 generation = self._generation
                 buffer.clear()
+                self.pending = 0
             try:
                 ready, _, _ = select.select([fd], [], [], 0.05)
                 if not ready:
@@ -279,8 +286,10 @@ class SimulatedModule:
             except OSError:
                 time.sleep(0.02)
                 continue
+            self.bytes_since_plug += len(chunk)
             buffer += chunk
             self._parse(buffer)
+            self.pending = len(buffer)
 
     def _parse(self, buffer: bytearray) -> None:
         """Take every whole packet off the front of ``buffer``; noise is dropped, a partial packet waits."""

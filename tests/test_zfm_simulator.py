@@ -100,6 +100,26 @@ def test_a_half_packet_does_not_survive_an_unplug(zfm_sim) -> None:
     assert zfm_sim.commands == [0x40]
 
 
+def test_state_tells_whether_bytes_reached_the_module_since_the_replug(zfm_sim) -> None:
+    """A test that times out on a replugged module says which side failed: the line (no bytes),
+    the framing (bytes waiting, no packet) or the link (pointing at another pty)."""
+    packet = _command(0x40)
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(packet[:7])
+        port.flush()
+        time.sleep(0.2)
+        assert "bytes_since_plug=7 pending=7 packets_since_plug=0" in zfm_sim.state()
+        assert "link_to_this_pty=True" in zfm_sim.state()
+        zfm_sim.unplug()
+        assert "link_to_this_pty=unplugged" in zfm_sim.state()
+        zfm_sim.replug()
+    assert "bytes_since_plug=0 pending=0 packets_since_plug=0" in zfm_sim.state()
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(packet)
+        assert _read_ack(port)[0] == 0x00
+    assert f"bytes_since_plug={len(packet)} pending=0 packets_since_plug=1" in zfm_sim.state()
+
+
 def test_a_crashing_handler_is_recorded_and_the_module_keeps_serving(tmp_path) -> None:
     """A bug in one command's handler answers that command with an error and is kept for the test
     to fail on (the zfm_sim fixture does); it does not silently kill the serving thread."""
