@@ -143,6 +143,7 @@ class SimulatedModule:
         self._master = -1
         self._slave = -1
         self._slave_name = ""
+        self._retired: list[int] = []  # an unplugged pty's fds, closed by the serving thread (_close_pty)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -166,6 +167,7 @@ class SimulatedModule:
             self._thread.join(5)
             self._thread = None
         self._close_pty()
+        self._close_retired()
         if self.link is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.link.unlink()
@@ -240,11 +242,28 @@ class SimulatedModule:
             os.replace(tmp, self.link)
 
     def _close_pty(self) -> None:
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = -1
+        """Unplug the pty: forget it at once, and let the serving thread close its fds.
+
+        The serving thread may be between its select() and its read() on the master
+        at this moment. Closed from here, the master's number could go to the next
+        file the process opens (the replugged pty's own slave, a socket) before that
+        read, which would then wait on that file for good: a module deaf after its
+        replug, however often the client retries. So the numbers stay taken until the
+        serving thread, their only reader, closes them at the start of its next turn
+        (within one select timeout); with no serving thread they are closed here.
+        """
+        with self._lock:
+            self._retired += [fd for fd in (self._master, self._slave) if fd >= 0]
+            self._master = self._slave = -1
+        if self._thread is None or not self._thread.is_alive():
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for fd in retired:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _write(self, data: bytes) -> None:
         if self._master < 0:
@@ -268,6 +287,8 @@ class SimulatedModule:
         buffer = bytearray()
         generation = -1
         while not self._stop.is_set():
+            if self._retired:
+                self._close_retired()  # this thread no longer holds their numbers: see _close_pty
             fd = self._master
             if fd < 0:
                 time.sleep(0.02)

@@ -9,6 +9,7 @@ the simulator or our driver.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 
@@ -98,6 +99,29 @@ def test_a_half_packet_does_not_survive_an_unplug(zfm_sim) -> None:
         port.write(packet)
         assert _read_ack(port)[0] == 0x00
     assert zfm_sim.commands == [0x40]
+
+
+def test_an_unplugged_ptys_numbers_stay_taken_until_the_serving_thread_lets_them_go(zfm_sim) -> None:
+    """Unplug closes the pty in the serving thread, not under it: the thread may be about to read the
+    master, and a number freed here could go to the next file opened (the replugged pty's slave, a
+    socket), on which that read would then wait for good. While the thread cannot take its lock, a file
+    opened after the unplug gets neither number; once it can, it closes them and the module replugs."""
+    old = {zfm_sim._master, zfm_sim._slave}
+    zfm_sim.unplug()
+    with zfm_sim._lock:  # the serving thread's next turn waits here before closing them
+        opened = os.open(os.devnull, os.O_RDONLY)
+        try:
+            assert opened not in old
+        finally:
+            os.close(opened)
+    deadline = time.monotonic() + 2
+    while zfm_sim._retired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not zfm_sim._retired
+    zfm_sim.replug()
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        port.write(_command(0x40))
+        assert _read_ack(port)[0] == 0x00
 
 
 def test_state_tells_whether_bytes_reached_the_module_since_the_replug(zfm_sim) -> None:
