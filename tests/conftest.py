@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -401,3 +402,24 @@ def synthetic_face(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0, eye_
 def make_face():
     """Factory of synthetic landmark sets: make_face(yaw=, pitch=, roll=, eye_distance=, center=, flat_squeeze=)."""
     return synthetic_face
+
+
+# One comparison scored over galleries laid out differently (a search's gathered candidates, a grown or
+# compacted stack, a fresh one, 1:1 matching) is the same sums of the same products, but OpenBLAS picks
+# its kernel, and so the order of the partial sums, per CPU and per operand shape. On the AVX-512 VMs of the
+# earlier sessions (OpenBLAS's SkylakeX kernels) the scores came out bit for bit; on an AMD EPYC VM with AVX2
+# but no AVX-512 (its Haswell kernels) they differ by up to 8e-4 relative where a print meets its own copy,
+# under 1e-4 elsewhere: 1 - |a - b| / (|a| + |b|) takes the square root of |a|^2 + |b|^2 - 2 a.b, a
+# difference of nearly equal sums when a cylinder meets its own copy, which amplifies their rounding. A
+# layout bug (another template's rows, a stale field) moves a score by far more than this.
+SCORE_RTOL, SCORE_ATOL = 2e-3, 2e-7
+
+
+@pytest.fixture
+def assert_same_scores() -> Callable[[object, object], None]:
+    """Assert that two score vectors are the same comparisons' scores, within the BLAS rounding above."""
+
+    def check(actual: object, desired: object) -> None:
+        np.testing.assert_allclose(actual, desired, rtol=SCORE_RTOL, atol=SCORE_ATOL)
+
+    return check
