@@ -413,7 +413,14 @@ def local_similarity(probe: Cylinders, gallery: Packed, scratch: np.ndarray | No
     formulation). A one-cylinder probe's product is a matrix-vector one, summed
     in another order: its similarities may differ in the last bits (up to 1.7e-4
     after the square root's cancellation, measured), and its score is 0 either
-    way (one pair is below FREE_PAIRS).
+    way (one pair is below FREE_PAIRS). Other BLAS kernels sum in other orders,
+    and the order may depend on an entry's place in the product: with
+    OpenBLAS's Haswell kernels (an AMD EPYC VM with AVX2 but no AVX-512; the
+    build measured ran its SkylakeX ones) a cylinder against its own copy came
+    out 1.0 in one layout and 0.9990 in another, and a print's score against its
+    own copy differs by up to 8e-4 relative between a search and 1:1 matching
+    (other pairs under 1e-4). No decision rests on such digits; the tests
+    compare layouts within them (tests/conftest.py).
 
     Pass by pass (fifth round): the rows are taken a few hundred at a time
     (:func:`passes`), and each pass's four products and its similarity arithmetic
