@@ -68,6 +68,7 @@ import cv2
 import numpy as np
 import structlog
 
+from bench.machine import vector_units_here
 from biometrics.fingerprint import GalleryIndex, extract, prefilter, threshold_for_fmr
 from biometrics.fingerprint.allocator import keep_freed_memory
 from biometrics.fingerprint.matcher import cylinders_of
@@ -364,6 +365,7 @@ def run(
         "gallery_size": gallery_size,
         "search_workers": search_workers,
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", ""),
+        "cpu_vector_units": vector_units_here(),  # the throughput follows them (bench.machine)
         **hard,
     }
 

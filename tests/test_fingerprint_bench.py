@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bench.fingerprint import error_rates, list_images, pad_to
+from bench.machine import vector_units_here
 
 
 def test_separated_scores_have_no_errors():
@@ -43,6 +44,7 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     assert set(out["fmr_at_threshold"]) == set(out["fnmr_at_threshold"]) == {"1e-03", "1e-04"}
     assert out["false_matches"]["1e-04"] == 0  # three distinct synthetic fingers
     assert out["comparisons_per_s_per_core"] > 0 and out["comparisons_per_cpu_s_per_core"] > 0
+    assert out["cpu_vector_units"] == vector_units_here()  # what the throughput was measured with
     assert 0.0 <= out["prefilter_recall"] <= 100.0
     assert 0.0 < out["add_search_ms_best"] <= out["add_search_ms"]
     assert out["profile"] == "realistic"  # FVC-like impressions unless --profile says otherwise
@@ -93,3 +95,16 @@ def test_leave_one_out_needs_a_calibration(capsys):
     with pytest.raises(SystemExit):  # refused before any extraction: nothing would be left to fit on
         main(["--calibrate", "no-such-folder", "--leave-one-out"])
     assert "second folder or --synthetic" in capsys.readouterr().err
+
+
+def test_the_machine_is_described_by_its_vector_units(tmp_path):
+    """x86 flags and Arm features are read, widest first; a machine without /proc/cpuinfo reports none."""
+    from bench.machine import vector_units
+
+    avx_only = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c\n"
+    assert vector_units(avx_only) == ["fma", "avx", "sse4_2"]
+    wide = "flags\t: sse4_2 avx avx2 fma avx512f avx512bw\nflags\t: sse2\n"  # the first CPU's line
+    assert vector_units(wide) == ["avx512f", "avx2", "fma", "avx", "sse4_2"]
+    assert vector_units("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\n") == ["asimd"]
+    assert vector_units("processor\t: 0\n") == []
+    assert vector_units_here(tmp_path / "no-cpuinfo") == []
