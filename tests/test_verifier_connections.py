@@ -294,3 +294,26 @@ def test_an_authenticated_connection_stays_while_used_and_closes_when_idle(tmp_p
         tls.close()
     assert statuses == [200] * 5
     assert closed_after < 1.5 + 1.0, closed_after  # 0.8 s of it had passed already
+
+
+def test_a_client_that_vanishes_mid_request_leaves_no_connection_behind(tmp_path) -> None:
+    """A device killed or unpowered in the middle of a request (headers sent, or part of its body) frees its
+    connection at once: before, the answer the app still sent waited for good in hypercorn's send buffer, so
+    the connection's task, its slot and its memory stayed, and a shutdown waited its whole graceful timeout."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        for part_of_the_body in (b"MIIB", b""):
+            tls, conn = open_h2(verifier)
+            headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
+            conn.send_headers(1, [*headers, ("idempotency-key", "k")])
+            if part_of_the_body:
+                conn.send_data(1, part_of_the_body)
+            tls.sendall(conn.data_to_send())
+            time.sleep(0.5)  # the request reaches the app
+            socket.socket(fileno=tls.detach()).close()  # as a killed process's: FIN, no TLS close_notify
+        time.sleep(1.5)  # the verifier reads the end (its TLS shutdown waits SSL_SHUTDOWN_TIMEOUT_S at most)
+        started = time.monotonic()
+        verifier.stop()
+        stopped_after = time.monotonic() - started
+    stopping = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if "verifier_stopping" in line]
+    assert stopping[-1]["open_connections"] == 0, stopping[-1]
+    assert stopped_after < 5.0, stopped_after  # not the graceful timeout (10 s) spent waiting for them

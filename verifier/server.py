@@ -127,7 +127,8 @@ class GuardedTCPServer(TCPServer):
 
     Two methods of hypercorn's ``TCPServer`` are replaced: ``_read_data`` stops the
     idle timer once the peer is gone (else the connection's task group waits for
-    it: the whole keep-alive time, with the connection's memory held), and
+    it: the whole keep-alive time, with the connection's memory held) and releases
+    the streams' send buffers (:meth:`_release_send_buffers`), and
     ``_idle_timeout`` takes its limit from the connection (authenticated or not,
     answered or not) instead of one config value.
     """
@@ -146,6 +147,24 @@ class GuardedTCPServer(TCPServer):
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+        await self._release_send_buffers()
+
+    async def _release_send_buffers(self) -> None:
+        """Close the HTTP/2 streams' send buffers of a connection whose peer is gone.
+
+        hypercorn (0.18) leaves them open when the connection closes. An answer the
+        app sends afterwards (a device that lost power or was killed in the middle
+        of a request: the app still answers) ends in ``EndBody``, which waits for
+        its buffer to be emptied by a send loop that has stopped. The request's task
+        never ends, and with it the connection's task, its guard slot and its
+        memory: measured, still held 25 s later, and a shutdown waited the whole
+        graceful timeout for it. Closed, the buffer refuses the rest at once
+        (``BufferCompleteError``, which hypercorn's ``stream_send`` swallows) and its
+        drain returns.
+        """
+        h2 = getattr(self.protocol, "protocol", None)  # ProtocolWrapper holds H2Protocol (or H11Protocol)
+        for buffer in list(getattr(h2, "stream_buffers", {}).values()):
+            await buffer.close()
 
     async def _idle_timeout(self) -> None:
         with suppress(asyncio.TimeoutError):
