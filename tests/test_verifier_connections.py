@@ -314,6 +314,6 @@ def test_a_client_that_vanishes_mid_request_leaves_no_connection_behind(tmp_path
         started = time.monotonic()
         verifier.stop()
         stopped_after = time.monotonic() - started
-    stopping = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if "verifier_stopping" in line]
+    stopping = [e for e in log_events(verifier) if e["event"] == "verifier_stopping"]
     assert stopping[-1]["open_connections"] == 0, stopping[-1]
     assert stopped_after < 5.0, stopped_after  # not the graceful timeout (10 s) spent waiting for them
