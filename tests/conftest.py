@@ -415,9 +415,12 @@ def make_face():
 SCORE_RTOL, SCORE_ATOL = 2e-3, 2e-7
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def assert_same_scores() -> Callable[[object, object], None]:
-    """Assert that two score vectors are the same comparisons' scores, within the BLAS rounding above."""
+    """Assert that two score vectors are the same comparisons' scores, within the BLAS rounding above.
+
+    Session-scoped (it holds no state) so that Hypothesis properties can take it.
+    """
 
     def check(actual: object, desired: object) -> None:
         np.testing.assert_allclose(actual, desired, rtol=SCORE_RTOL, atol=SCORE_ATOL)

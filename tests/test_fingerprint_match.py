@@ -162,11 +162,16 @@ _points = st.lists(st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 
 
 
 @given(_points, _points)
-def test_any_minutiae_sets_give_a_finite_symmetric_score(a, b):
+def test_any_minutiae_sets_give_a_finite_symmetric_score(assert_same_scores, a, b):
+    """Either print may be the probe. The two directions put each cylinder on the other side of the
+    products, which some BLAS kernels sum in another order: on the Haswell kernels, two sets sharing
+    near-identical minutiae scored 0.071353 one way and 0.071364 the other (1.6e-4 relative, found by
+    this property), within the layouts' tolerance (tests/conftest.py). A pairing that depends on the
+    direction moves a score far more (see the next test: 0.064 against 0.032)."""
     ma, mb = _minutiae(a), _minutiae(b)
     s = match(ma, mb)
     assert 0.0 <= s <= 1.0
-    assert s == pytest.approx(match(mb, ma), abs=1e-5)
+    assert_same_scores(s, match(mb, ma))
 
 
 def test_duplicate_minutiae_pair_the_same_whichever_print_is_the_probe():
@@ -181,14 +186,14 @@ def test_duplicate_minutiae_pair_the_same_whichever_print_is_the_probe():
 
 @settings(deadline=None)  # builds cylinders for four sets: over 200 ms on a loaded 2-core machine
 @given(_points)
-def test_gallery_scores_agree_with_pairwise_scores(a):
+def test_gallery_scores_agree_with_pairwise_scores(assert_same_scores, a):
     probe = _minutiae(a)
     index = GalleryIndex()
     others = [_minutiae([(x + 3 * k, y, t) for x, y, t in a]) for k in range(3)]
     for n, m in enumerate(others):
         index.add(n, m)
-    # Float32 products of different shapes round differently; scores agree to 0.1 %.
-    np.testing.assert_allclose(index.scores(probe), [match(probe, m) for m in others], rtol=1e-3, atol=1e-5)
+    # Float32 products of different shapes round differently (tests/conftest.py).
+    assert_same_scores(index.scores(probe), [match(probe, m) for m in others])
 
 
 def test_parallel_gallery_blocks_give_the_same_scores(templates):
