@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from biometrics.fingerprint import (
@@ -162,6 +162,10 @@ _points = st.lists(st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 
 
 
 @given(_points, _points)
+@example(
+    a=[(0, 0, 0), (0, 0, 1), (0, 12, 0), (45, 0, 0), (90, 3, 0), (93, 0, 0)],
+    b=[(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 4, 0), (0, 55, 0), (45, 0, 0), (90, 3, 0), (93, 0, 0)],
+)
 def test_any_minutiae_sets_give_a_finite_symmetric_score(assert_same_scores, a, b):
     """Either print may be the probe. The two directions put each cylinder on the other side of the
     products, which some BLAS kernels sum in another order: on the Haswell kernels, two sets sharing
