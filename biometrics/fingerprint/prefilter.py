@@ -441,7 +441,7 @@ def block_best(probe_t: np.ndarray, rows: np.ndarray, read_ahead: bool = True) -
     scans does not read ahead either).
 
     On OpenBLAS's Haswell kernels (an AMD EPYC VM with AVX2 but no AVX-512) these
-    products have no such path: 27 to 33 GFLOP/s with the rows read from memory,
+    small products run far from the core's peak: 27 to 33 GFLOP/s with the rows read from memory,
     against 66 to 72 for a large square product on the same core, and a search of
     2,000 templates spent 15 to 19 of its 28 ms here. Each batch laid out as one
     contiguous (GALLERY_ROWS, SUB_BLOCK, D) slab and taken as one tall product
