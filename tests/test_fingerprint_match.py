@@ -161,6 +161,7 @@ def _minutiae(draw_points: list[tuple[float, float, float]]) -> Minutiae:
 _points = st.lists(st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 6.28)), min_size=0, max_size=60)
 
 
+@settings(deadline=None)  # two matches of up to 60 minutiae each: 63 ms median, 123 ms at most on an idle 2-core VM
 @given(_points, _points)
 @example(
     a=[(0, 0, 0), (0, 0, 1), (0, 12, 0), (45, 0, 0), (90, 3, 0), (93, 0, 0)],
