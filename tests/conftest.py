@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import settings
 
 from agent.config import AgentConfig
 from agent.devstack import LocalVerifier, provision_device
@@ -36,6 +37,13 @@ from agent.identity import DeviceIdentity, IdentityStore
 # servers, OpenBLAS's spinning worker threads made a 0.7 s matcher test take 49 s.
 for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas, "1")
+
+# Hypothesis properties here run real numeric code (matching, codecs, template checks), on
+# machines of two cores shared by two test workers and the suite's servers: one example can
+# take several times its usual time, and Hypothesis's 200 ms per-example deadline would then
+# fail a correct property as flaky. Time is measured in bench/, not asserted here.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 # ---------------------------------------------------------------- verifier / PKI
 

@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from biometrics.fingerprint import (
@@ -161,7 +161,6 @@ def _minutiae(draw_points: list[tuple[float, float, float]]) -> Minutiae:
 _points = st.lists(st.tuples(st.floats(0, 400), st.floats(0, 400), st.floats(0, 6.28)), min_size=0, max_size=60)
 
 
-@settings(deadline=None)  # two matches of up to 60 minutiae each: 63 ms median, 123 ms at most on an idle 2-core VM
 @given(_points, _points)
 @example(
     a=[(0, 0, 0), (0, 0, 1), (0, 12, 0), (45, 0, 0), (90, 3, 0), (93, 0, 0)],
@@ -189,7 +188,6 @@ def test_duplicate_minutiae_pair_the_same_whichever_print_is_the_probe():
     assert forward > 0.0 and forward == pytest.approx(backward, abs=1e-6)
 
 
-@settings(deadline=None)  # builds cylinders for four sets: over 200 ms on a loaded 2-core machine
 @given(_points)
 def test_gallery_scores_agree_with_pairwise_scores(assert_same_scores, a):
     probe = _minutiae(a)
