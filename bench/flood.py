@@ -263,7 +263,9 @@ async def _measure(kiosk: tuple, probe: list[dict[str, str]], seconds: float) ->
                 if answer.get("decision") != "accept":
                     errors[f"decision_{answer.get('decision')}"] += 1
             except Exception as exc:  # a figure, not a failure of the benchmark
-                errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+                # Whole enough to keep the cause: a TransportError names it at the end of its message
+                # ("... could not be reached after 3 attempts: ReadError: ..."), which 80 characters cut off.
+                errors[f"{type(exc).__name__}: {str(exc)[:300]}"] += 1
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.02)
     return {"health_ms": figures(health_ms), "verify_ms": figures(verify_ms), "errors": dict(errors)}
