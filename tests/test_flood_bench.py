@@ -10,6 +10,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the kiosk must see no error under attack: not while other tests load the machine too
 def test_bench_flood_prints_the_kiosks_figures_beside_the_attack() -> None:
     command = [sys.executable, "-m", "bench.flood", "--seconds", "1", "--attack", "slow_handshakes"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
