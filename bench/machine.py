@@ -6,7 +6,7 @@ more than the clock. OpenBLAS and numpy pick their kernels by them at run time:
 the same code ran 119k to 136k comparisons per second per core on 2-core VMs
 with AVX-512 (OpenBLAS's SkylakeX kernels), and 67k to 87k on a 2-core AMD EPYC
 VM with AVX2 and FMA but no AVX-512 (its Haswell kernels; the pre-filter's
-products at about 26 GFLOP/s in a search; FVC2002 folders and 200 synthetic
+products at 26 to 33 GFLOP/s in a search, see prefilter.block_best; FVC2002 folders and 200 synthetic
 fingers alike). A figure without this is hard to compare with
 another machine's.
 """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.fingerprint import error_rates, list_images, pad_to
-from bench.machine import vector_units_here
+from bench.machine import vector_units, vector_units_here
 
 
 def test_separated_scores_have_no_errors():
@@ -99,8 +99,6 @@ def test_leave_one_out_needs_a_calibration(capsys):
 
 def test_the_machine_is_described_by_its_vector_units(tmp_path):
     """x86 flags and Arm features are read, widest first; a machine without /proc/cpuinfo reports none."""
-    from bench.machine import vector_units
-
     no_avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c\n"
     assert vector_units(no_avx2) == ["fma", "avx", "sse4_2"]
     wide = "flags\t: sse4_2 avx avx2 fma avx512f avx512bw\nflags\t: sse2\n"  # the first CPU's line
