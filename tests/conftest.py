@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
+import socket
 import ssl
 import subprocess
 import sys
@@ -68,6 +69,18 @@ def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None
     if cert is not None:
         ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+@pytest.fixture
+def accepted_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A TCP connection on 127.0.0.1: (the client's blocking socket, the server's non-blocking one)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    server.setblocking(False)
+    yield client, server
+    client.close()
+    server.close()
 
 
 # ---------------------------------------------------------------- agent

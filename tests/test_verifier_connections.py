@@ -8,11 +8,13 @@ connections against a low descriptor limit, half-sent handshakes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
+from bench.flood import HALF_CLIENT_HELLO
 from tests.conftest import raw_client_context
 
 pytestmark = pytest.mark.slow
@@ -260,6 +263,179 @@ def test_the_guard_evicts_the_oldest_unauthenticated_connection_never_an_authent
     assert refused is None and "device" not in closed
     guard.release(device)
     assert admit("10.0.0.4", "late")[0] is not None
+
+
+def test_the_guard_evicts_connections_stalled_before_their_hello_ahead_of_a_handshake_under_way() -> None:
+    from verifier.connections import ConnectionGuard
+
+    closed: list[str] = []
+    guard = ConnectionGuard(max_connections=100, max_unauthenticated=4, max_per_address=3)
+
+    def admit(address: str, label: str, *, stalled: bool = True):
+        conn, _ = guard.admit(address)
+        assert conn is not None
+        conn.close = lambda: closed.append(label)
+        if stalled:  # its task looked, and its ClientHello was not there whole
+            guard.hello_pending(conn)
+        return conn
+
+    admit("10.0.0.1", "device", stalled=False)  # the oldest, but its handshake is under way
+    for i in range(6):  # half-sent hellos from the device's address
+        admit("10.0.0.1", f"half-{i}")
+    assert closed == ["half-0", "half-1", "half-2", "half-3"]  # the per-address cap took them, not the device
+    admit("10.0.1.1", "fresh", stalled=False)  # just accepted, not yet looked at: not stalled
+    late = [admit(f"10.0.2.{i}", f"late-{i}") for i in range(2)]  # the unauthenticated cap (4): same ranks
+    assert closed[4:] == ["half-4", "half-5"] and "fresh" not in closed
+    for conn in late:
+        guard.hello_received(conn)  # their hellos came in the end
+    admit("10.0.3.1", "next", stalled=False)  # nobody is stalled: the oldest goes, as before the ranks
+    assert closed[-1] == "device"
+    admit("10.0.3.2", "after", stalled=False)
+    assert closed[-1] == "fresh"
+
+
+def test_the_verifier_accepts_a_connection_once_its_first_bytes_are_in() -> None:
+    """TCP_DEFER_ACCEPT: a device's ClientHello is there when it is admitted, so it is never seen stalled."""
+    from verifier.server import bind_socket
+
+    listener = bind_socket("127.0.0.1", 0)
+    listener.settimeout(0.5)
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        with pytest.raises(TimeoutError):
+            listener.accept()  # connected, nothing sent: not handed over
+        client.sendall(HALF_CLIENT_HELLO[:1])
+        accepted, _ = listener.accept()
+        accepted.close()
+
+
+def test_a_connection_evicted_before_its_task_ran_is_closed_at_once() -> None:
+    """A burst is admitted without a yield: its early members are evicted before their tasks start.
+
+    Cancelling such a task does not run its body, so the server must close the
+    socket itself; otherwise the client waits on a connection nobody serves.
+    """
+    from hypercorn.asyncio.worker_context import WorkerContext
+
+    from verifier.server import ConnectionServer, bind_socket
+    from verifier.settings import VerifierSettings
+
+    settings = VerifierSettings(max_connections_per_address=1, handshake_timeout_s=5.0)
+    listener = bind_socket("127.0.0.1", 0)
+    burst = []
+    for _ in range(3):  # queued before the accept loop runs: it takes all three in one go
+        client = socket.create_connection(listener.getsockname(), timeout=2)
+        client.sendall(HALF_CLIENT_HELLO)  # the first bytes: TCP_DEFER_ACCEPT hands the connection over
+        burst.append(client)
+
+    async def accept_for_a_while() -> None:
+        server = ConnectionServer(object(), settings, ssl.create_default_context(), WorkerContext(None))
+        accepting = asyncio.create_task(server.accept_loop(listener))
+        await asyncio.sleep(0.5)
+        accepting.cancel()
+        for task in list(server.tasks):
+            task.cancel()
+        await asyncio.gather(accepting, *server.tasks, return_exceptions=True)
+
+    try:
+        done = threading.Thread(target=asyncio.run, args=(accept_for_a_while(),))
+        done.start()
+        closed = []
+        for client in burst[:2]:  # evicted by the next one, before their tasks ran
+            started = time.monotonic()
+            with contextlib.suppress(OSError):
+                client.recv(1)  # end of file (or a reset) when closed; a timeout after 2 s if not
+            closed.append(time.monotonic() - started < 1.0)
+        done.join()
+    finally:
+        listener.close()
+        for client in burst:
+            client.close()
+    assert closed == [True, True]
+
+
+def slow_device_health(verifier: LocalVerifier, ctx: ssl.SSLContext, pause_s: float) -> int:
+    """GET /v1/health over a handshake whose second flight (certificate, Finished) leaves ``pause_s`` late.
+
+    A device on a slow link or a loaded board, played with OpenSSL through memory
+    BIOs: the status answered, or 0 if the verifier closed the connection first.
+    """
+    sock = socket.create_connection((verifier.host, verifier.port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=verifier.host)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+
+    def receive() -> bool:
+        data = sock.recv(65536)
+        incoming.write(data)
+        return bool(data)
+
+    with sock, contextlib.suppress(OSError):
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                if not receive():
+                    return 0
+        time.sleep(pause_s)
+        conn.initiate_connection()
+        conn.send_headers(1, request_headers("GET", "/v1/health"), end_stream=True)
+        tls.write(conn.data_to_send())
+        sock.sendall(outgoing.read())
+        while receive():
+            for event in conn.receive_data(read_records(tls)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return int(dict(event.headers)[b":status"])
+    return 0
+
+
+def read_records(tls: ssl.SSLObject) -> bytes:
+    """Every whole record's plaintext in ``tls``'s incoming buffer (one ``read`` stops at a record's end)."""
+    plaintext = []
+    with contextlib.suppress(ssl.SSLWantReadError):
+        while chunk := tls.read(65536):
+            plaintext.append(chunk)
+    return b"".join(plaintext)
+
+
+def test_a_slow_handshake_outlives_a_churn_of_half_sent_hellos_from_its_address(tmp_path) -> None:
+    """Before the ranks, every handshake slower than 8 of the flood's arrivals was evicted from under the device."""
+    from tests.test_verifier import device_files
+
+    extra = settings_file(tmp_path, max_connections_per_address=8)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        _, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+        ctx = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+        stop = threading.Event()
+        opened = 0
+
+        def flood() -> None:  # 127.0.0.1 too: the device's address, as behind one NAT
+            nonlocal opened
+            held: collections.deque[socket.socket] = collections.deque()
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    held.append(socket.create_connection((verifier.host, verifier.port), timeout=1))
+                    held[-1].sendall(HALF_CLIENT_HELLO)
+                    opened += 1
+                if len(held) > 64:
+                    held.popleft().close()
+                time.sleep(0.002)
+            for sock in held:
+                sock.close()
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        try:
+            time.sleep(0.5)
+            statuses = [slow_device_health(verifier, ctx, 0.4) for _ in range(3)]
+        finally:
+            stop.set()
+            flooder.join()
+        events = log_events(verifier)
+    assert opened > 100, opened  # the flood did churn the address's 8 places many times over
+    assert any(e["event"] == "connection_evicted" for e in events)
+    assert statuses == [200, 200, 200], statuses
 
 
 def test_an_authenticated_connection_stays_while_used_and_closes_when_idle(tmp_path) -> None:

@@ -17,6 +17,18 @@ refused: a flood of idle connections from the same address as a real device
 device's handshake takes milliseconds and the flood's connections are older.
 Only when every connection in the way is authenticated is the new one refused.
 
+Connections *stalled* before their ClientHello go first, oldest first: those
+whose serving task looked for a whole hello and found none yet
+(:mod:`verifier.client_hello`). Otherwise a flood that churns half-sent hellos
+fast enough (a few bytes each) makes any handshake slower than the cap's worth
+of its arrivals the oldest: 64 connections from one address at about 1,000 a
+second evicted every handshake of 100 ms or more. A connection just accepted is
+not stalled until it has been looked at (one turn of the event loop): a burst of
+newcomers, which the accept loop admits without yielding, would otherwise evict
+a device accepted a moment before it. With the ranks, evicting a handshake under
+way takes whole ClientHellos, which the verifier must parse and answer: a dearer
+attack, not an impossible one.
+
 :class:`EventSummary` keeps the log bounded under a flood: the first few events
 of each kind in a window are logged one by one (audit events, invariant 5); the
 rest are counted and logged as one summary line per window.
@@ -71,6 +83,8 @@ class ConnectionGuard:
         self._per_address: Counter[str] = Counter()
         self._unauthenticated: OrderedDict[Connection, None] = OrderedDict()  # oldest first
         self._unauth_by_address: dict[str, OrderedDict[Connection, None]] = {}
+        self._stalled: OrderedDict[Connection, None] = OrderedDict()  # the first to go, oldest first
+        self._stalled_by_address: dict[str, OrderedDict[Connection, None]] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -83,15 +97,15 @@ class ConnectionGuard:
         """A new connection from ``address`` (None: refused), and the reasons of any evictions made for it."""
         evicted: list[str] = []
         if self._per_address[address] >= self.max_per_address:
-            if not self._evict(self._unauth_by_address.get(address)):
+            if not self._evict(self._stalled_by_address.get(address), self._unauth_by_address.get(address)):
                 return None, evicted
             evicted.append("per-address cap")
         if self._count >= self.max_connections:
-            if not self._evict(self._unauthenticated):
+            if not self._evict(self._stalled, self._unauthenticated):
                 return None, evicted
             evicted.append("connection cap")
         if len(self._unauthenticated) >= self.max_unauthenticated:
-            self._evict(self._unauthenticated)
+            self._evict(self._stalled, self._unauthenticated)
             evicted.append("unauthenticated cap")
         conn = Connection(address)
         self._count += 1
@@ -99,6 +113,16 @@ class ConnectionGuard:
         self._unauthenticated[conn] = None
         self._unauth_by_address.setdefault(address, OrderedDict())[conn] = None
         return conn, evicted
+
+    def hello_pending(self, conn: Connection) -> None:
+        """Its ClientHello was looked for and is not there whole: evicted before any other, until it is."""
+        if conn in self._unauthenticated:
+            self._stalled[conn] = None
+            self._stalled_by_address.setdefault(conn.address, OrderedDict())[conn] = None
+
+    def hello_received(self, conn: Connection) -> None:
+        """Its ClientHello arrived whole: back among the others, evicted oldest first."""
+        self._forget_stalled(conn)
 
     def authenticated(self, conn: Connection) -> None:
         """The connection carries a verified client certificate: it is no longer evictable."""
@@ -117,22 +141,34 @@ class ConnectionGuard:
             del self._per_address[conn.address]
 
     def _forget_unauthenticated(self, conn: Connection) -> None:
-        self._unauthenticated.pop(conn, None)
-        by_address = self._unauth_by_address.get(conn.address)
-        if by_address is not None:
-            by_address.pop(conn, None)
-            if not by_address:
-                del self._unauth_by_address[conn.address]
+        self._forget_stalled(conn)
+        _pop(self._unauthenticated, self._unauth_by_address, conn)
 
-    def _evict(self, candidates: OrderedDict[Connection, None] | None) -> bool:
-        """Close the oldest unauthenticated connection among ``candidates``; False if there is none."""
-        if not candidates:
+    def _forget_stalled(self, conn: Connection) -> None:
+        _pop(self._stalled, self._stalled_by_address, conn)
+
+    def _evict(self, *ranks: OrderedDict[Connection, None] | None) -> bool:
+        """Close the oldest connection of the first non-empty rank; False if every rank is empty."""
+        candidates = next((rank for rank in ranks if rank), None)
+        if candidates is None:
             return False
         victim = next(iter(candidates))
         self._forget_unauthenticated(victim)
         self.release(victim)
         victim.close()
         return True
+
+
+def _pop(
+    everyone: OrderedDict[Connection, None], by_address: dict[str, OrderedDict[Connection, None]], conn: Connection
+) -> None:
+    """Take ``conn`` out of a rank kept both whole and per address (an address's empty entry goes too)."""
+    everyone.pop(conn, None)
+    of_address = by_address.get(conn.address)
+    if of_address is not None:
+        of_address.pop(conn, None)
+        if not of_address:
+            del by_address[conn.address]
 
 
 class EventSummary:

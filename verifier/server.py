@@ -10,8 +10,10 @@ so it cannot come from anything a client sends inside HTTP.
 
 Owning the accept loop is also what bounds an unauthenticated flood
 (:mod:`verifier.connections`): each accepted socket is admitted under the global,
-unauthenticated and per-address caps before any TLS work; the handshake has a
-deadline (``handshake_timeout_s``); a connection without a client certificate
+unauthenticated and per-address caps before any TLS work (on Linux, once its
+first bytes are in: ``TCP_DEFER_ACCEPT``); the handshake, the rest of the
+ClientHello included (:mod:`verifier.client_hello`), has a deadline
+(``handshake_timeout_s``); a connection without a client certificate
 may idle ``unauthenticated_idle_s`` before a request and is closed as soon as
 its EST answer is out; an authenticated one idles ``keep_alive_s`` between
 requests (the timer restarts with every request). When the peer closes, the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import signal
 import socket
 import ssl
@@ -40,6 +43,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 
+from verifier.client_hello import await_client_hello, hello_queued
 from verifier.connections import Connection, ConnectionGuard, EventSummary, descriptor_cap
 from verifier.tls import ALPN_H2, server_context, tls_scope_extension
 
@@ -52,6 +56,8 @@ ACCEPT_BACKOFF_S = 0.1  # after an accept error (descriptors, memory): wait, do 
 READ_LIMIT = 2**16
 REFUSED_CLOSE_S = 1.0  # a refused connection's close_notify exchange, at most
 SSL_SHUTDOWN_TIMEOUT_S = 1.0  # any closing connection's wait for the peer's close_notify
+DEFER_ACCEPT_S = 5  # TCP_DEFER_ACCEPT: how long the kernel may hold a connection that has sent nothing yet
+MIN_HANDSHAKE_S = 0.05  # what is left of the handshake deadline once the ClientHello is in, at the least
 
 
 class CoalescingWriter:
@@ -187,10 +193,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
     # says TCP; without it Nagle and delayed ACKs add ~40 ms to every HTTP/2 answer.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: accepted once the first bytes (the ClientHello) are in
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
     sock.bind((host, port))
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+def _drop_unstarted(task: asyncio.Task[Any], client: socket.socket) -> None:
+    """Evict a connection whose task has not run yet (its first step replaces this with its own cancel).
+
+    A task cancelled before its first step never enters its body, so its
+    ``finally`` would not close the socket: the peer would wait on a connection
+    nobody serves until the garbage collector found it. Nothing of the event
+    loop holds the socket yet, so it is closed here.
+    """
+    task.cancel()
+    client.close()
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -250,22 +270,29 @@ class ConnectionServer:
                 client.close()
                 continue
             task = asyncio.create_task(self._serve(client, conn))
-            conn.close = task.cancel  # during the handshake: cancelling closes the socket
+            conn.close = functools.partial(_drop_unstarted, task, client)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _serve(self, client: socket.socket, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         transport: asyncio.BaseTransport | None = None
+        conn.close = asyncio.current_task().cancel  # type: ignore[union-attr]  # from now on the task closes the socket
         try:
+            deadline = loop.time() + self.settings.handshake_timeout_s
             reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             try:
+                if not hello_queued(client):  # evicted before the others until its hello is in
+                    self.guard.hello_pending(conn)
+                    async with asyncio.timeout_at(deadline):
+                        if await await_client_hello(client):
+                            self.guard.hello_received(conn)
                 transport, _ = await loop.connect_accepted_socket(
                     lambda: protocol,
                     client,
                     ssl=self.ssl_context,
-                    ssl_handshake_timeout=self.settings.handshake_timeout_s,
+                    ssl_handshake_timeout=max(deadline - loop.time(), MIN_HANDSHAKE_S),
                     # A closing TLS connection waits for the peer's close_notify at most this long
                     # (asyncio's default, 30 s, kept each one's 256 KiB buffer alive under a flood).
                     ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT_S,
