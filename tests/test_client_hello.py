@@ -34,10 +34,13 @@ def test_a_real_client_hello_ends_where_its_headers_say() -> None:
         lambda h: h[:5] + b"\x02" + h[6:],  # a ServerHello's type
         lambda h: h[:3] + (MAX_PLAINTEXT + 1).to_bytes(2, "big") + h[5:],  # past the record limit
         lambda h: h[:3] + (4 + 10).to_bytes(2, "big") + h[5:],  # a record holding only a fragment of the hello
+        lambda h: h[:3] + (int.from_bytes(h[3:5], "big") + 1).to_bytes(2, "big") + h[5:],  # longer than its hello
+        lambda h: bytes.fromhex("160301400001000000"),  # 16 KiB announced, an empty hello: OpenSSL would wait
         lambda h: h[: HEADERS - 1],  # too short to judge
         lambda h: b"GET / HTTP/1.1\r\n",  # not TLS at all
     ],
-    ids=["not-handshake", "not-client-hello", "record-too-long", "fragment", "short", "plain-http"],
+    ids=["not-handshake", "not-client-hello", "record-too-long", "fragment", "record-past-hello", "empty", "short",
+         "plain-http"],
 )
 def test_anything_but_a_whole_hello_in_the_first_record_gets_no_rank(mangle) -> None:
     assert client_hello_end(mangle(real_client_hello())[:HEADERS]) is None

@@ -6,16 +6,16 @@ sends half a ClientHello costs the attacker a few bytes each, and churned fast
 enough it makes a real device's handshake the oldest: a device whose second
 flight took 100 ms (a slow link, a loaded Pi) was evicted every time by such a
 flood from its own address (measured: 5 of 5 handshakes at 100 to 400 ms, none
-at 0 ms). A connection found without its whole ClientHello is therefore told to
-the guard, which evicts such connections first, until the hello is in. To push a
-handshake under way out, a flood must then send whole ClientHellos, which the
-verifier parses and answers; that raises the price of the attack, it does not
-make one impossible (the answer may be a cheap HelloRetryRequest).
+at 0 ms). A connection admitted without its whole ClientHello is therefore
+*stalled* to the guard, which evicts such connections first, until the hello is
+in. What that leaves open is in :mod:`verifier.connections`.
 
-"Whole" means the first record holds the entire ClientHello message: a first
-record carrying only a fragment of one (allowed by TLS, sent by no client we
-know of below 16 KiB) would otherwise buy the better rank for six bytes. Such a
-client keeps the lower rank and is served all the same.
+"Whole" means the first record is the entire ClientHello message, nothing less
+and nothing more (a client's first record carries its hello alone). A record
+announced longer than its hello would otherwise buy the
+better rank for nine bytes while OpenSSL waits for the rest of the record; a
+hello fragmented over several records (allowed by TLS, sent by no client we
+know of below 16 KiB) keeps the lower rank and is served all the same.
 
 How, without reading the bytes (OpenSSL must read them): Linux's ``SO_RCVLOWAT``
 makes epoll report the socket readable only once that many bytes are queued, so
@@ -40,17 +40,18 @@ MAX_PLAINTEXT = 2**14  # RFC 8446 5.1: a record's plaintext length is at most 2^
 def client_hello_end(headers: bytes) -> int | None:
     """Bytes from the start of the stream to the end of the ClientHello, from its first 9 bytes.
 
-    None when they do not open a record that holds a whole ClientHello: not TLS,
-    a length past the record limit, or a hello fragmented over several records.
+    None when they do not open a record that is exactly one whole ClientHello:
+    not TLS, a length past the record limit, a record longer than its hello, or a
+    hello fragmented over several records.
     Such a client gets no wait (and no better rank); the handshake judges it.
     """
     if len(headers) < HEADERS or headers[0] != HANDSHAKE_RECORD or headers[5] != CLIENT_HELLO:
         return None
     record = int.from_bytes(headers[3:5], "big")
     hello = int.from_bytes(headers[6:9], "big")
-    if record > MAX_PLAINTEXT or HANDSHAKE_HEADER + hello > record:
+    if record > MAX_PLAINTEXT or record != HANDSHAKE_HEADER + hello:
         return None
-    return HEADERS + hello
+    return RECORD_HEADER + record
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

@@ -18,16 +18,24 @@ device's handshake takes milliseconds and the flood's connections are older.
 Only when every connection in the way is authenticated is the new one refused.
 
 Connections *stalled* before their ClientHello go first, oldest first: those
-whose serving task looked for a whole hello and found none yet
-(:mod:`verifier.client_hello`). Otherwise a flood that churns half-sent hellos
-fast enough (a few bytes each) makes any handshake slower than the cap's worth
-of its arrivals the oldest: 64 connections from one address at about 1,000 a
-second evicted every handshake of 100 ms or more. A connection just accepted is
-not stalled until it has been looked at (one turn of the event loop): a burst of
-newcomers, which the accept loop admits without yielding, would otherwise evict
-a device accepted a moment before it. With the ranks, evicting a handshake under
-way takes whole ClientHellos, which the verifier must parse and answer: a dearer
-attack, not an impossible one.
+admitted before their hello was in whole (:mod:`verifier.client_hello`), until
+it is. Otherwise a flood that churns half-sent hellos fast enough (a few bytes
+each) makes any handshake slower than the cap's worth of its arrivals the
+oldest: 64 connections from one address at about 1,000 a second evicted every
+handshake of 100 ms or more. A stalled newcomer may push out only another
+stalled connection, never a handshake under way (else a burst of half-sent
+hellos, which the accept loop admits in one go, would do it). The verifier
+accepts a connection once its first bytes are in (``TCP_DEFER_ACCEPT``), so a
+device's hello, one TCP segment, is whole at admission; one split over several
+segments that come apart is admitted stalled, and at a cap with no stalled
+connection to push out it is refused (its retry usually comes whole).
+
+What is left: a flood that replays a recorded ClientHello and stalls after the
+verifier's answer is not stalled, so it still pushes out handshakes under way
+oldest first, as before these ranks; it costs the attacker little more and the
+verifier a handshake flight each (or less, if the hello asks for a
+HelloRetryRequest). Only a device whose handshake outlasts the cap's worth of
+such arrivals is at risk.
 
 :class:`EventSummary` keeps the log bounded under a flood: the first few events
 of each kind in a window are logged one by one (audit events, invariant 5); the
@@ -59,6 +67,7 @@ class Connection:
     address: str
     opened: float = field(default_factory=time.monotonic)
     authenticated: bool = False
+    serving: bool = False  # its task has started, and closes the socket itself when cancelled
     requests: int = 0
     released: bool = False
     close: Callable[[], None] = lambda: None  # frees the connection at once (set by the server)
@@ -93,35 +102,46 @@ class ConnectionGuard:
     def unauthenticated(self) -> int:
         return len(self._unauthenticated)
 
-    def admit(self, address: str) -> tuple[Connection | None, list[str]]:
-        """A new connection from ``address`` (None: refused), and the reasons of any evictions made for it."""
+    def admit(self, address: str, *, stalled: bool = False) -> tuple[Connection | None, list[str]]:
+        """A new connection from ``address`` (None: refused), and the reasons of any evictions made for it.
+
+        ``stalled``: its ClientHello is not in whole. Such a newcomer may push out
+        only another stalled connection: a burst of half-sent hellos, admitted in
+        one turn of the event loop, must not evict a handshake under way.
+        """
         evicted: list[str] = []
         if self._per_address[address] >= self.max_per_address:
-            if not self._evict(self._stalled_by_address.get(address), self._unauth_by_address.get(address)):
+            if not self._evict(*self._ranks(address, stalled)):
                 return None, evicted
             evicted.append("per-address cap")
         if self._count >= self.max_connections:
-            if not self._evict(self._stalled, self._unauthenticated):
+            if not self._evict(*self._ranks(None, stalled)):
                 return None, evicted
             evicted.append("connection cap")
         if len(self._unauthenticated) >= self.max_unauthenticated:
-            self._evict(self._stalled, self._unauthenticated)
+            if not self._evict(*self._ranks(None, stalled)):
+                return None, evicted
             evicted.append("unauthenticated cap")
         conn = Connection(address)
         self._count += 1
         self._per_address[address] += 1
         self._unauthenticated[conn] = None
         self._unauth_by_address.setdefault(address, OrderedDict())[conn] = None
+        if stalled:
+            self._stalled[conn] = None
+            self._stalled_by_address.setdefault(address, OrderedDict())[conn] = None
         return conn, evicted
 
-    def hello_pending(self, conn: Connection) -> None:
-        """Its ClientHello was looked for and is not there whole: evicted before any other, until it is."""
-        if conn in self._unauthenticated:
-            self._stalled[conn] = None
-            self._stalled_by_address.setdefault(conn.address, OrderedDict())[conn] = None
+    def _ranks(self, address: str | None, stalled: bool) -> tuple[OrderedDict[Connection, None] | None, ...]:
+        """Who may go for a newcomer (of ``address``'s connections, or of all), in order."""
+        if address is None:
+            first, rest = self._stalled, self._unauthenticated
+        else:
+            first, rest = self._stalled_by_address.get(address), self._unauth_by_address.get(address)
+        return (first,) if stalled else (first, rest)
 
     def hello_received(self, conn: Connection) -> None:
-        """Its ClientHello arrived whole: back among the others, evicted oldest first."""
+        """Its ClientHello has come in whole: among the others now, evicted oldest first."""
         self._forget_stalled(conn)
 
     def authenticated(self, conn: Connection) -> None:

@@ -262,29 +262,31 @@ class ConnectionServer:
                 await asyncio.sleep(ACCEPT_BACKOFF_S)
                 continue
             host = str(address[0])
-            conn, evicted = self.guard.admit(host)
+            hello_in = hello_queued(client)
+            conn, evicted = self.guard.admit(host, stalled=not hello_in)
             for reason in evicted:
                 self.summary.note("connection_evicted", reason, address=host)
             if conn is None:
                 self.summary.note("connection_refused", "connection caps reached", address=host)
                 client.close()
                 continue
-            task = asyncio.create_task(self._serve(client, conn))
-            conn.close = functools.partial(_drop_unstarted, task, client)
+            task = asyncio.create_task(self._serve(client, conn, hello_in))
+            if not conn.serving:  # (an eager task factory would have started it already)
+                conn.close = functools.partial(_drop_unstarted, task, client)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _serve(self, client: socket.socket, conn: Connection) -> None:
+    async def _serve(self, client: socket.socket, conn: Connection, hello_in: bool) -> None:
         loop = asyncio.get_running_loop()
         transport: asyncio.BaseTransport | None = None
+        conn.serving = True
         conn.close = asyncio.current_task().cancel  # type: ignore[union-attr]  # from now on the task closes the socket
         try:
             deadline = loop.time() + self.settings.handshake_timeout_s
             reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             try:
-                if not hello_queued(client):  # evicted before the others until its hello is in
-                    self.guard.hello_pending(conn)
+                if not hello_in:  # stalled: evicted before the others until its hello is in
                     async with asyncio.timeout_at(deadline):
                         if await await_client_hello(client):
                             self.guard.hello_received(conn)
