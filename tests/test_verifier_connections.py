@@ -461,28 +461,55 @@ def h2_frame(kind: int, stream: int, payload: bytes, flags: int = 0) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
 
-def test_a_header_block_of_many_continuation_frames_is_refused_at_once(tmp_path) -> None:
-    """h2 alone would buffer 64 CONTINUATION frames (1 MiB) per connection, certificate or not; 9 are refused."""
+def seconds_until_closed(verifier: LocalVerifier, ctx: ssl.SSLContext, frames: bytes) -> float:
+    """Seconds until the verifier closes a connection that sent the preface and ``frames``; 0: still open at 1.5 s."""
+    raw = socket.create_connection((verifier.host, verifier.port))
+    with ctx.wrap_socket(raw, server_hostname=verifier.host) as tls:
+        tls.sendall(H2_PREFACE + h2_frame(0x4, 0, b"") + frames)  # the preface, an empty SETTINGS, the frames
+        started = time.monotonic()
+        tls.settimeout(1.5)
+        with contextlib.suppress(TimeoutError):
+            while tls.recv(65536):
+                pass
+            return time.monotonic() - started
+    return 0.0
 
-    def open_block(verifier: LocalVerifier, continuations: int) -> float:
-        """Seconds until the verifier closes a connection (no certificate) left inside a header block; 0: open."""
-        raw = socket.create_connection((verifier.host, verifier.port))
-        with raw_client_context(verifier.pki_dir).wrap_socket(raw, server_hostname=verifier.host) as tls:
-            tls.sendall(H2_PREFACE + h2_frame(0x4, 0, b""))  # the preface and an empty SETTINGS
-            block = h2_frame(0x1, 1, b"\x82")  # HEADERS (:method GET) without END_HEADERS
-            tls.sendall(block + b"".join(h2_frame(0x9, 1, b"\x00" * 16384) for _ in range(continuations)))
-            started = time.monotonic()
-            tls.settimeout(1.5)
-            with contextlib.suppress(TimeoutError):
-                while tls.recv(65536):
-                    pass
-                return time.monotonic() - started
-        return 0.0
 
-    extra = settings_file(tmp_path, unauthenticated_idle_s=10.0)
+def unknown_frames(kib: int) -> bytes:
+    """Frames of an unknown type (0xfa), 1 KiB each: RFC 9113 5.5 says ignore them, so h2 does."""
+    return b"".join(h2_frame(0xFA, 0, bytes(1024)) for _ in range(kib))
+
+
+def test_a_connection_without_a_certificate_is_dropped_past_its_byte_budget(tmp_path) -> None:
+    """EST needs about 2 KiB: past unauthenticated_bytes of HTTP/2, anonymous traffic is cut; a device's is not."""
+    from tests.test_verifier import device_files
+
+    extra = settings_file(tmp_path, unauthenticated_bytes=32768, unauthenticated_idle_s=10.0)
     with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
-        short_block = open_block(verifier, 3)
-        long_block = open_block(verifier, 9)
+        anonymous = raw_client_context(verifier.pki_dir)
+        within = seconds_until_closed(verifier, anonymous, unknown_frames(24))
+        past = seconds_until_closed(verifier, anonymous, unknown_frames(40))
+        _, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+        device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+        device_past = seconds_until_closed(verifier, device, unknown_frames(200))
+        log = verifier.log_path.read_text(errors="replace")
+    assert within == 0.0 and device_past == 0.0, (within, device_past)
+    assert 0.0 < past < 1.0, past
+    assert "unauthenticated byte budget spent" in log  # the drop is logged with its reason
+
+
+def test_a_header_block_of_many_continuation_frames_is_refused_at_once(tmp_path) -> None:
+    """h2 alone would buffer 64 CONTINUATION frames (1 MiB) of one block; 9 are refused (a device's connection)."""
+    from tests.test_verifier import device_files
+
+    def block(continuations: int) -> bytes:  # HEADERS (:method GET) without END_HEADERS, then CONTINUATIONs
+        return h2_frame(0x1, 1, b"\x82") + b"".join(h2_frame(0x9, 1, bytes(16384)) for _ in range(continuations))
+
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        _, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+        device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+        short_block = seconds_until_closed(verifier, device, block(3))
+        long_block = seconds_until_closed(verifier, device, block(9))
         large, conn = open_h2(verifier)  # a long but honest block still passes: 40 KB of header values
         headers = request_headers("GET", "/.well-known/est/cacerts", **{f"x-pad-{i}": "a1B/" * 1250 for i in range(8)})
         conn.send_headers(1, headers, end_stream=True)

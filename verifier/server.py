@@ -114,6 +114,35 @@ class CoalescingWriter:
         return self._writer.get_extra_info(name, default)
 
 
+class BudgetedReader(asyncio.StreamReader):
+    """A connection's reader that ends a connection without a client certificate past its byte budget.
+
+    Why: such a connection exists for one EST request (a CSR: about 2 KiB), yet it
+    could stream HTTP/2 frames at line rate, which the verifier decrypts and h2
+    buffers (an endless header block, frames of unknown types): 60 of them from
+    one address took the verifier to 439 MB and a kiosk's health round trip from
+    8 to 171 ms (``bench.flood --attack header_blocks``). Past ``budget`` bytes,
+    ``on_spent`` drops the connection and the read fails, which ends hypercorn's
+    read loop. A device's connection (client certificate) is not counted.
+    """
+
+    def __init__(self, conn: Connection, budget: int, on_spent: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._conn = conn
+        self._budget = budget
+        self._on_spent = on_spent
+        self._received = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        if not self._conn.authenticated:
+            self._received += len(data)
+            if self._received > self._budget:
+                self._on_spent()
+                raise ConnectionAbortedError("the unauthenticated byte budget is spent")
+        return data
+
+
 class ConnectionTLSApp:
     """hypercorn's app-wrapper interface, adding one connection's TLS facts to each scope."""
 
@@ -302,7 +331,9 @@ class ConnectionServer:
         conn.close = asyncio.current_task().cancel  # type: ignore[union-attr]  # from now on the task closes the socket
         try:
             deadline = loop.time() + self.settings.handshake_timeout_s
-            reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+            reader = BudgetedReader(
+                conn, self.settings.unauthenticated_bytes, lambda: self._budget_spent(conn), limit=READ_LIMIT, loop=loop
+            )
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             try:
                 if not hello_in:  # stalled: evicted before the others until its hello is in
@@ -352,6 +383,10 @@ class ConnectionServer:
                 client.close()
         finally:
             self.guard.release(conn)
+
+    def _budget_spent(self, conn: Connection) -> None:
+        self.summary.note("connection_refused", "unauthenticated byte budget spent", address=conn.address)
+        conn.close()
 
     async def summarise(self) -> None:
         while True:

@@ -49,6 +49,7 @@ class VerifierSettings:
     # Connections (verifier/connections.py): what an unauthenticated flood can hold.
     handshake_timeout_s: float = 5.0  # a TLS handshake must finish within this
     unauthenticated_idle_s: float = 5.0  # a connection without a client certificate: idle this long before a request
+    unauthenticated_bytes: int = 65536  # HTTP/2 bytes a connection without a client certificate may send (EST: ~2 KiB)
     body_timeout_s: float = 10.0  # a request body must arrive within this
     max_connections: int = 4096  # all connections (lowered to the descriptor limit minus a reserve)
     max_unauthenticated: int = 256  # connections still in their handshake or without a client certificate
@@ -100,6 +101,7 @@ _POSITIVE = (
     "renewals_per_hour",
     "handshake_timeout_s",
     "unauthenticated_idle_s",
+    "unauthenticated_bytes",
     "body_timeout_s",
     "max_connections",
     "max_unauthenticated",
