@@ -58,7 +58,7 @@ READ_LIMIT = 2**16
 REFUSED_CLOSE_S = 1.0  # a refused connection's close_notify exchange, at most
 SSL_SHUTDOWN_TIMEOUT_S = 1.0  # any closing connection's wait for the peer's close_notify
 DEFER_ACCEPT_S = 5  # TCP_DEFER_ACCEPT: how long the kernel may hold a connection that has sent nothing yet
-HEADER_BLOCK_CONTINUATIONS = 8  # CONTINUATION frames one header block may take (h2's own limit: 64)
+HEADER_BLOCK_FRAMES = 8  # frames one header block may take, its HEADERS frame included (h2's own limit: 64)
 MIN_HANDSHAKE_S = 0.05  # what is left of the handshake deadline once the ClientHello is in, at the least
 
 
@@ -210,20 +210,19 @@ class GuardedTCPServer(TCPServer):
 
 
 def limit_header_blocks() -> None:
-    """Refuse a header block of more than HEADER_BLOCK_CONTINUATIONS CONTINUATION frames.
+    """Refuse a header block of more than HEADER_BLOCK_FRAMES frames (a HEADERS frame, then CONTINUATION frames).
 
     h2 holds up to 64 of them (1 MiB, about 2 MB of memory with its copies) before
-    it refuses the block, and any client may send them, one without a certificate
-    included: 60 such connections, each sending one block at once, took the
-    verifier from 77 to 205 MB (136 MB with this limit), and the unauthenticated
-    cap allows 256. No request we serve
-    needs a long block: the agent's headers are a few hundred bytes, and the header
-    list we advertise is at most hypercorn's ``h2_max_header_list_size`` (64 KiB),
-    which a HEADERS frame and 8 CONTINUATION frames (144 KiB) carry even with
-    Huffman codes of 11 bits per character (base64's longest). h2 reads the limit
-    from its module at each frame, so setting it there is enough.
+    it refuses the block, and any client may send them: 60 connections, each
+    sending one such block at once, took the verifier from 77 to 205 MB (136 MB
+    with this limit). No request we serve needs a long block: the agent's headers
+    are a few hundred bytes, and the header list we advertise is at most
+    hypercorn's ``h2_max_header_list_size`` (64 KiB), which 8 frames of 16 KiB
+    (128 KiB) carry even with Huffman codes of 11 bits per character (base64's
+    longest). h2 counts the HEADERS frame in its ``CONTINUATION_BACKLOG`` and
+    reads it from its module at each frame, so setting it there is enough.
     """
-    h2.frame_buffer.CONTINUATION_BACKLOG = HEADER_BLOCK_CONTINUATIONS
+    h2.frame_buffer.CONTINUATION_BACKLOG = HEADER_BLOCK_FRAMES
 
 
 def hypercorn_config(keep_alive_s: float) -> Config:
