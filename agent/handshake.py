@@ -51,11 +51,19 @@ class NoSharedCipher(TLSPolicyError):
     """The verifier (or a proxy in front of it) and the agent have no cipher suite in common."""
 
 
+# OpenSSL's "not yet, more bytes needed" signals: flow control, never a TLS verdict. One of them under a
+# reset handshake once made a kiosk report "TLS handshake ... failed: The operation did not complete (read)"
+# with the fix "check the verifier's TLS configuration", and no retry (bench.flood, idle_connections, on a
+# verifier that evicted handshakes under way). An EOF is left to the classification: a server that speaks
+# only older TLS versions just closes, and that is a policy failure.
+FLOW_CONTROL = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 def ssl_error_in(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error under an httpx exception, if the failure was TLS."""
+    """The TLS error under an httpx exception, if the failure was TLS (OpenSSL's flow-control signals are not)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLError):
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, FLOW_CONTROL):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

@@ -12,6 +12,7 @@ import socket
 import ssl
 import warnings
 
+import httpx
 import pytest
 
 from agent.client import VerifierClient
@@ -136,3 +137,33 @@ def test_server_speaking_only_http11_is_refused(ca, identity, alpn) -> None:
         error = refused(identity, server.url)
     assert "HTTP/2" in str(error)
     assert server.log.app_bytes == 0
+
+
+def handshake_failure(under: BaseException) -> httpx.ConnectError:
+    """An httpx ConnectError over a reset whose cause is ``under`` (httpx, httpcore and anyio chain theirs alike)."""
+    try:
+        try:
+            raise under
+        except BaseException as exc:
+            raise ConnectionResetError(104, "Connection reset by peer") from exc
+    except ConnectionResetError as reset:
+        error = httpx.ConnectError("")
+        error.__cause__ = reset
+        return error
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [ssl.SSLWantReadError(2, "The operation did not complete (read)"), ssl.SSLWantWriteError(3, "(write)")],
+    ids=["want-read", "want-write"],
+)
+def test_a_handshake_reset_while_openssl_waits_is_a_network_failure_not_a_tls_policy(identity, broken) -> None:
+    """Retried as the network's fault; a TLS policy error would stop the retries and blame the TLS setup."""
+    from agent.client import tls_policy_error
+    from agent.handshake import refusal_of_device_certificate
+
+    url = "https://127.0.0.1:8443"
+    assert tls_policy_error(handshake_failure(broken), url) is None
+    assert refusal_of_device_certificate(handshake_failure(broken), identity, url) is None
+    verdict = ssl.SSLError(1, "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version")
+    assert isinstance(tls_policy_error(handshake_failure(verdict), url), TLSPolicyError)  # a verdict still is one
