@@ -196,14 +196,15 @@ HEADER_BLOCK_CONNECTIONS = 60  # under the verifier's 64 per address: each strea
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def _h2_frame(kind: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + stream.to_bytes(4, "big") + payload
+def h2_frame(kind: int, stream: int, payload: bytes, flags: int = 0) -> bytes:
+    """One raw HTTP/2 frame (RFC 9113 4.1), for what the h2 library would never send."""
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
 
 async def _header_blocks(host: str, port: int, ca_file: str, deadline: float, counts: Counter[str]) -> None:
     ctx = _tls_context(ca_file)
-    opening = H2_PREFACE + _h2_frame(0x4, 0, b"") + _h2_frame(0x1, 1, b"\x82")  # HEADERS without END_HEADERS
-    continuation = _h2_frame(0x9, 1, bytes(16384))
+    opening = H2_PREFACE + h2_frame(0x4, 0, b"") + h2_frame(0x1, 1, b"\x82")  # HEADERS without END_HEADERS
+    continuation = h2_frame(0x9, 1, bytes(16384))
 
     async def one() -> None:
         ends = asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())

@@ -25,7 +25,7 @@ import pytest
 
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
-from bench.flood import HALF_CLIENT_HELLO
+from bench.flood import H2_PREFACE, HALF_CLIENT_HELLO, h2_frame
 from tests.conftest import raw_client_context
 
 pytestmark = pytest.mark.slow
@@ -451,14 +451,6 @@ def test_a_connection_evicted_before_its_task_ran_is_closed_at_once() -> None:
         for client in burst:
             client.close()
     assert closed == [True, True]
-
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def h2_frame(kind: int, stream: int, payload: bytes, flags: int = 0) -> bytes:
-    """One raw HTTP/2 frame (RFC 9113 4.1), for what the h2 library would never send."""
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
 
 def seconds_until_closed(verifier: LocalVerifier, ctx: ssl.SSLContext, frames: bytes) -> float:
