@@ -192,7 +192,7 @@ async def _slow(host: str, port: int, ca_file: str, deadline: float, counts: Cou
     await _hold(host, port, deadline, counts, 300, opener)
 
 
-HEADER_BLOCK_CONNECTIONS = 60  # under the verifier's 64 per address: each streams until h2 refuses its block
+HEADER_BLOCK_CONNECTIONS = 60  # under the verifier's 64 per address: none is evicted, each streams until cut
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 

@@ -105,7 +105,7 @@ async def await_client_hello(sock: socket.socket) -> bool:
             return False
         _set_low_water(sock, end)
         await _readable(loop, sock)
-        return len(_peek(sock, end)) >= end
+        return hello_queued(sock)  # or woken by end of file
     finally:
         _set_low_water(sock, 1)
 
