@@ -18,8 +18,14 @@ Trusting less: an answer is read as a stream and refused once it passes
 ``[network] answer_max_bytes`` (nothing larger is buffered); a call, retries
 included, ends at ``[network] call_deadline_s`` however slowly the bytes come;
 an answer is parsed strictly (:func:`protocol.wire.loads`: no duplicate keys,
-bounded depth). Each is a typed :class:`~agent.errors.VerifierError` naming the
-fix; a refusal becomes the class its problem type names (protocol.problems).
+bounded depth, finite numbers); a JSON answer must say ``application/json`` and
+be a 2xx (the verifier never redirects); and the client asks for answers
+uncompressed and refuses any other (a ``Content-Encoding`` is decoded before
+the size cap can see it, so a few hundred compressed bytes could fill a Pi's
+memory). Each is a typed :class:`~agent.errors.VerifierError` naming the fix; a
+refusal becomes the class its problem type names (protocol.problems). What
+httpx itself raises on a broken answer (a bad chunk, a length that lies) is
+translated here too: nothing of httpx reaches the callers.
 
 Before each request the client follows the state directory's ``identity`` link
 (:meth:`VerifierClient.follow_identity`), so a renewal or re-provisioning made
@@ -68,6 +74,7 @@ RETRYABLE = (
     httpx.TimeoutException,
 )
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+JSON_TYPE = "application/json"
 
 
 def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
@@ -115,6 +122,12 @@ def server_timing(response: httpx.Response) -> dict[str, float]:
     return timings
 
 
+FOREIGN_REFUSAL_FIX = (
+    "the refusal is not a problem type of the capture protocol: check [verifier] url points to a "
+    "capture-verifier with nothing in between (a proxy, a firewall), and see the verifier's log"
+)
+
+
 def problem_error(response: httpx.Response) -> VerifierError:
     """An RFC 9457 problem answer as the error class its problem type names; garbage as a typed error too."""
     status = response.status_code
@@ -132,7 +145,8 @@ def problem_error(response: httpx.Response) -> VerifierError:
     entry = REGISTRY.get(slug)
     title = str(problem.get("title", "error"))
     detail = str(problem.get("detail", ""))
-    fix = str(problem.get("fix", "")) or (entry.fix if entry is not None else detail)
+    # A type of ours carries its fix; anything else came from something that is not our verifier.
+    fix = str(problem.get("fix", "")) or (entry.fix if entry is not None else FOREIGN_REFUSAL_FIX)
     error = problem_error_class(slug)(
         f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem
     )
@@ -198,6 +212,7 @@ class VerifierClient:
             http2=True,
             verify=ctx,
             trust_env=False,  # no proxy or CA bundle from the environment
+            headers={"Accept-Encoding": "identity"},  # see the module docstring: answers are never decoded
             timeout=httpx.Timeout(
                 connect=net.connect_timeout_s,
                 read=net.read_timeout_s,
@@ -327,6 +342,8 @@ class VerifierClient:
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 continue
+            except httpx.HTTPError as exc:  # not a lost connection: the answer itself broke the protocol
+                raise answer_error(path, f"{type(exc).__name__}: {exc}") from None
             finally:
                 self._release(gen)
             self._note_tls(response)
@@ -354,9 +371,15 @@ class VerifierClient:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:
                 raise self._too_large(path, response.status_code, f"it declares {declared} bytes")
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise answer_error(
+                    path, f"the answer is compressed (Content-Encoding: {encoding[:40]}), which was not asked for",
+                    response.status_code,
+                )
             chunks: list[bytes] = []
             size = 0
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():  # raw: nothing is decoded (checked above)
                 size += len(chunk)
                 if size > cap:
                     raise self._too_large(path, response.status_code, "it kept coming")
@@ -389,8 +412,14 @@ class VerifierClient:
         response = await self.request(method, path, **kwargs)
         if timing is not None:
             timing.update(server_timing(response))
-        if response.status_code >= 400:
+        status = response.status_code
+        if status >= 400:
             raise problem_error(response)
+        if not 200 <= status < 300:
+            raise answer_error(path, f"HTTP {status} is no answer of the protocol (a proxy or captive portal?)", status)
+        media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != JSON_TYPE:
+            raise answer_error(path, f"the answer is {media_type[:60] or 'untyped'}, not {JSON_TYPE}", status)
         try:
             return loads(response.content)
         except WireError as exc:

@@ -2,9 +2,15 @@
 
 Batches go oldest first. A batch's Idempotency-Key is derived from its event ids,
 and the verifier stores events by id, so a batch resent after a lost answer is
-not stored twice. Rows leave the outbox only after the verifier said 2xx. While
-the verifier is unreachable the task backs off; when the outbox is empty it
-sleeps until a new event wakes it (no polling).
+not stored twice. Rows leave the outbox only on the verifier's receipt
+(:class:`protocol.messages.EventsReceipt`) accounting for every event of the
+batch: a redirect, a proxy's page or another service's JSON is an
+:class:`~agent.errors.AnswerError`, and the rows stay. While the verifier is
+unreachable or answers garbage the task backs off; when the outbox is empty it
+sleeps until a new event wakes it (no polling). The task never ends on an
+error: a failure of its own (a bug, a full disk) is logged and retried like an
+unreachable verifier, since a delivery task that died would leave the daemon
+"ready" while its audit trail piles up unseen.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ import random
 
 import structlog
 
-from agent.client import VerifierClient
+from agent.client import VerifierClient, answer_error
 from agent.errors import AgentError
 from agent.outbox import Outbox
+from protocol.endpoints import EVENTS
+from protocol.messages import EventsReceipt
+from protocol.wire import WireError
 
 log = structlog.get_logger()
 
@@ -47,11 +56,12 @@ class EventDelivery:
         if not events:
             return 0
         ids = [e["id"] for e in events]
-        answer = await self.client.call("POST", "/v1/events", json={"events": events}, idempotency_key=batch_key(ids))
+        answer = await self.client.call("POST", EVENTS, json={"events": events}, idempotency_key=batch_key(ids))
+        receipt = receipt_of(answer, len(ids))
         self.outbox.delivered(ids)
         self.delivered_total += len(ids)
-        if answer.get("anomalies"):
-            log.warning("verifier_reported_anomalies", count=len(answer["anomalies"]))
+        if receipt.anomalies:
+            log.warning("verifier_reported_anomalies", count=len(receipt.anomalies))
         return len(ids)
 
     async def run(self) -> None:
@@ -60,8 +70,12 @@ class EventDelivery:
             self.wake.clear()
             try:
                 sent = await self.deliver_once()
-            except AgentError as exc:
-                log.warning("event_delivery_failed", error=exc.message, retry_in_s=round(backoff, 2))
+            except Exception as exc:  # whatever failed, the rows are still queued: wait, then try again
+                if isinstance(exc, AgentError):  # the verifier or the network
+                    log.warning("event_delivery_failed", error=exc.message, retry_in_s=round(backoff, 2))
+                else:  # ours or the disk's
+                    log.error("event_delivery_error", error_type=type(exc).__name__, error=str(exc),
+                              retry_in_s=round(backoff, 2))
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
@@ -75,7 +89,24 @@ class EventDelivery:
             async with asyncio.timeout(timeout_s):
                 while await self.deliver_once():
                     pass
-        except (TimeoutError, AgentError) as exc:
+        except Exception as exc:  # a deadline, the verifier's refusal or garbage: what is left stays queued
             log.warning("outbox_flush_incomplete", pending=self.outbox.size(), error=type(exc).__name__)
             return False
         return True
+
+
+def receipt_of(answer: object, sent: int) -> EventsReceipt:
+    """The verifier's receipt for ``sent`` events; :class:`AnswerError` unless it accounts for all of them."""
+    if not isinstance(answer, dict):
+        raise answer_error(EVENTS, "the events receipt is not a JSON object")
+    try:
+        receipt = EventsReceipt.from_json(answer)
+    except WireError as exc:
+        raise answer_error(EVENTS, str(exc)) from None
+    if not receipt.accounts_for(sent):
+        raise answer_error(
+            EVENTS,
+            f"the receipt counts {receipt.accepted} stored, {receipt.duplicates} duplicates and "
+            f"{len(receipt.anomalies)} anomalies for {sent} events sent",
+        )
+    return receipt

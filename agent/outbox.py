@@ -11,7 +11,11 @@
 * bounded by rows and bytes: when full, the oldest tenth is dropped at once and
   the drop becomes an audit event itself, carrying the cumulative count and
   sequence range from a ledger, so the newest report always tells the whole loss
-  even if older reports were dropped in turn.
+  even if older reports were dropped in turn;
+* a row that does not decrypt (the file altered, a disk error, another KEK) is
+  moved aside into the ``quarantine`` table, sealed as it was, and the move
+  becomes an audit event: one bad row must not stop the rows behind it from
+  being delivered, and it is kept, not deleted, for whoever can still open it.
 
 The outbox is synchronous on purpose: each write is one small transaction, far
 below a millisecond on a Pi's SD card with WAL; the daemon calls it from its
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +59,14 @@ CREATE TABLE IF NOT EXISTS chain (
 );
 -- The drop ledger: cumulative, so the newest drop report always tells the whole loss
 -- even when older reports were dropped in turn.
+-- Rows that did not decrypt, moved aside as they were (Outbox.pending).
+CREATE TABLE IF NOT EXISTS quarantine (
+    event_id   TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    nonce      BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    moved_at   REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS drops (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     total     INTEGER NOT NULL,
@@ -62,6 +75,11 @@ CREATE TABLE IF NOT EXISTS drops (
 );
 """
 HKDF_INFO = b"capture-agent outbox v1"
+QUARANTINE_FIX = (
+    "rows of the outbox did not decrypt (the file was altered, the disk failed, or the key-encryption key "
+    "changed since they were written): they are kept sealed in its quarantine table; check the disk and "
+    "that the agent's credential is the one it was provisioned with"
+)
 
 
 def data_key(kek: str) -> bytes:
@@ -73,10 +91,6 @@ def data_key(kek: str) -> bytes:
 class OutboxLimits:
     max_rows: int = 10_000
     max_bytes: int = 16 * 1024 * 1024
-
-
-class OutboxCorrupt(Exception):
-    """A row does not decrypt: the file was altered or the KEK changed."""
 
 
 class Outbox:
@@ -164,19 +178,44 @@ class Outbox:
 
     # ---------------------------------------------------------------- delivery
     def pending(self, limit: int) -> list[dict[str, Any]]:
-        """The oldest events not yet delivered, decrypted, in chain order."""
+        """The oldest events not yet delivered, decrypted, in chain order; rows that do not decrypt go aside."""
         rows = self.conn.execute(
-            "SELECT event_id, nonce, ciphertext FROM outbox ORDER BY rowid LIMIT ?", (limit,)
+            "SELECT rowid, event_id, seq, nonce, ciphertext FROM outbox ORDER BY rowid LIMIT ?", (limit,)
         ).fetchall()
-        events = []
-        for event_id, nonce, sealed in rows:
+        events, corrupt = [], []
+        for rowid, event_id, seq, nonce, sealed in rows:
             try:
                 events.append(json.loads(self._aead.decrypt(nonce, sealed, event_id.encode())))
-            except Exception:
-                raise OutboxCorrupt(
-                    f"outbox row {event_id} does not decrypt: the file was altered or the key-encryption key changed"
-                ) from None
+            except Exception:  # InvalidTag, or bytes that are not the JSON we sealed
+                corrupt.append((rowid, seq))
+        if corrupt:
+            self._quarantine(corrupt)
         return events
+
+    def _quarantine(self, rows: list[tuple[int, int]]) -> None:
+        """Move rows that do not decrypt into the quarantine table, and say so in the audit chain."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for rowid, _ in rows:
+                self.conn.execute(
+                    "INSERT INTO quarantine (event_id, seq, nonce, ciphertext, moved_at) "
+                    "SELECT event_id, seq, nonce, ciphertext, ? FROM outbox WHERE rowid = ?",
+                    (time.time(), rowid),
+                )
+                self.conn.execute("DELETE FROM outbox WHERE rowid = ?", (rowid,))
+            seqs = [seq for _, seq in rows]
+            report = {"count": len(rows), "first_seq": min(seqs), "last_seq": max(seqs),
+                      "total": self.quarantined(), "fix": QUARANTINE_FIX}
+            self._append("outbox_quarantined", report)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        log.warning("outbox_quarantined", audit=True, **report)
+
+    def quarantined(self) -> int:
+        """Rows set aside because they did not decrypt (kept sealed in the ``quarantine`` table)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
 
     def delivered(self, event_ids: list[str]) -> None:
         self.conn.executemany("DELETE FROM outbox WHERE event_id = ?", [(i,) for i in event_ids])

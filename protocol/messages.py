@@ -279,3 +279,41 @@ class Enrollment:
 
     def json(self) -> dict[str, Any]:
         return {"subject": self.subject, "group": self.group, "templates": self.templates}
+
+
+@dataclass(frozen=True)
+class EventsReceipt:
+    """The verifier's receipt for a batch of audit events: what it stored, already held, or set aside.
+
+    The agent deletes a batch from its outbox only on a receipt that accounts for
+    every event it sent (:meth:`accounts_for`): an answer that merely parses as
+    JSON (a proxy's page, a redirect's body, another service's reply) must not
+    make the device forget events no verifier holds.
+    """
+
+    accepted: int
+    duplicates: int
+    anomalies: list[dict[str, Any]]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EventsReceipt:
+        what = "the events receipt"
+        anomalies = _field(data, "anomalies", list, what)
+        if not all(isinstance(a, dict) for a in anomalies):
+            raise WireError(f"{what}: an anomaly is not an object")
+        receipt = cls(_field(data, "accepted", int, what), _field(data, "duplicates", int, what), anomalies)
+        if receipt.accepted < 0 or receipt.duplicates < 0:
+            raise WireError(f"{what}: negative counts")
+        return receipt
+
+    def accounts_for(self, sent: int) -> bool:
+        """Every event sent is stored, a duplicate, or held as an anomaly (a bad hash, a fork).
+
+        An event stored after a gap is both accepted and the cause of a "gap"
+        anomaly, so the anomalies may outnumber what is left over.
+        """
+        held = self.accepted + self.duplicates
+        return held <= sent <= held + len(self.anomalies)
+
+    def json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "anomalies": self.anomalies}

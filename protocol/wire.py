@@ -5,14 +5,18 @@ one byte string for one value, whoever makes it.
 
 Strict parsing is what both sides apply to what the other sends: a duplicate
 key is refused (two parsers could otherwise read two different values from the
-signed bytes: "last one wins" is not a rule every JSON library follows), and
+signed bytes: "last one wins" is not a rule every JSON library follows),
 nesting deeper than :data:`MAX_DEPTH` is refused with a typed error rather than
-a ``RecursionError`` from deep inside a parser.
+a ``RecursionError`` from deep inside a parser, and so is a number that is not
+finite: ``NaN`` and ``Infinity`` are not JSON (RFC 8259), and ``1e400`` reads as
+infinity, which turns into an ``OverflowError`` or a comparison that is never
+true wherever the value is used (a lifetime, a score, a retry delay).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 MAX_DEPTH = 32  # the deepest request or answer of v1 is 4 levels; room for extensions
@@ -56,13 +60,26 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _no_constant(name: str) -> float:
+    raise WireError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WireError(f"the number {text[:40]} is too large")
+    return value
+
+
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels; :class:`WireError` otherwise."""
+    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels, finite numbers; else :class:`WireError`."""
     raw = data.encode() if isinstance(data, str) else data
     # Fast path: fewer brackets than the limit cannot nest deeper than it.
     shallow = raw.count(b"[") + raw.count(b"{") <= max_depth
     try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+        value = json.loads(
+            raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+        )
     except RecursionError:
         raise WireError(f"the JSON is nested deeper than {max_depth} levels") from None
     except UnicodeDecodeError:

@@ -8,7 +8,7 @@ import pytest
 
 from agent.audit import ChainHead, verify_chain
 from agent.keystore import new_kek
-from agent.outbox import Outbox, OutboxCorrupt, OutboxLimits
+from agent.outbox import Outbox, OutboxLimits
 
 
 @pytest.fixture
@@ -49,16 +49,34 @@ def test_the_chain_verifier_catches_tampering(tmp_path, kek) -> None:
     assert any("expected sequence" in p for p in verify_chain([events[0], events[2]]))
 
 
-def test_a_row_altered_on_disk_or_a_wrong_kek_is_a_typed_error(tmp_path, kek) -> None:
+def test_a_row_that_does_not_decrypt_is_set_aside_and_the_rest_still_comes(tmp_path, kek) -> None:
+    box = Outbox(tmp_path / "o.sqlite", kek)
+    for n in range(5):
+        box.record("attempt", {"n": n})
+    with sqlite3.connect(tmp_path / "o.sqlite") as db:  # one byte of the third row flipped on disk
+        db.execute("UPDATE outbox SET ciphertext = CAST(ciphertext || x'00' AS BLOB) WHERE seq = 3")
+    events = box.pending(10)
+    assert [e["data"].get("n") for e in events] == [0, 1, 3, 4]  # the rows behind the bad one are not held up
+    assert box.quarantined() == 1
+    with sqlite3.connect(tmp_path / "o.sqlite") as db:
+        assert db.execute("SELECT seq FROM quarantine").fetchall() == [(3,)]  # kept, sealed, not deleted
+    report = box.pending(10)[-1]  # the move is itself an audit event, in the chain
+    assert report["type"] == "outbox_quarantined"
+    assert (report["data"]["count"], report["data"]["first_seq"], report["data"]["total"]) == (1, 3, 1)
+    assert "key-encryption key" in report["data"]["fix"]
+    box.close()
+
+
+def test_rows_sealed_under_another_kek_are_all_set_aside(tmp_path, kek) -> None:
     box = Outbox(tmp_path / "o.sqlite", kek)
     box.record("attempt")
+    box.record("attempt")
     box.close()
-    with pytest.raises(OutboxCorrupt, match="key-encryption key"):
-        Outbox(tmp_path / "o.sqlite", new_kek()).pending(10)
-    with sqlite3.connect(tmp_path / "o.sqlite") as db:
-        db.execute("UPDATE outbox SET ciphertext = CAST(ciphertext || x'00' AS BLOB)")
-    with pytest.raises(OutboxCorrupt):
-        Outbox(tmp_path / "o.sqlite", kek).pending(10)
+    other = Outbox(tmp_path / "o.sqlite", new_kek())
+    assert other.pending(10) == []
+    assert other.quarantined() == 2
+    assert [e["type"] for e in other.pending(10)] == ["outbox_quarantined"]
+    other.close()
 
 
 def test_a_full_outbox_drops_the_oldest_and_says_so(tmp_path, kek) -> None:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from protocol import endpoints
+from protocol.messages import EventsReceipt
 from verifier import __version__
 from verifier.assertions import SensorRoutes
 from verifier.audit_log import AuditLog, EventFormatError
@@ -482,8 +483,8 @@ class VerifierApp:
                 str(exc),
                 "send events as the agent's outbox makes them (DESIGN.md, audit trail)",
             ) from None
-        counts = {"accepted": result.accepted, "duplicates": result.duplicates, "anomalies": result.anomalies}
-        return json_answer(200, counts)
+        receipt = EventsReceipt(result.accepted, result.duplicates, result.anomalies)
+        return json_answer(200, receipt.json())
 
 
 def spki_sha256_of_csr(csr_der: bytes) -> str:
