@@ -95,6 +95,7 @@ class AgentDaemon:
         self.api: LocalAPI | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.failure: AgentError | None = None  # a task of the daemon ended on its own: run() raises it
 
     def status(self, text: str) -> None:
         self.notifier.send(STATUS=text)
@@ -143,10 +144,10 @@ class AgentDaemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         interval = watchdog_interval_s()
         if interval:
-            self._spawn(self._watchdog(interval), "watchdog")
-        self._spawn(self.delivery.run(), "delivery")
-        self._spawn(self._heartbeat(), "heartbeat")
-        self._spawn(self._renewal_loop(), "renewal")
+            self.spawn(self._watchdog(interval), "watchdog")
+        self.spawn(self.delivery.run(), "delivery")
+        self.spawn(self._heartbeat(), "heartbeat")
+        self.spawn(self._renewal_loop(), "renewal")
         if self.devices is not None:
             self.devices.start()
             devices, client = self.devices, self.client
@@ -194,8 +195,34 @@ class AgentDaemon:
             facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
         return facts
 
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coroutine, name=name))
+    def spawn(self, coroutine: Any, name: str) -> None:
+        """Run ``coroutine`` for the daemon's life, as task ``name``: its ending on its own stops the daemon."""
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(self._task_ended)
+        self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A task that ends before the daemon stops takes the daemon down, so that systemd restarts it.
+
+        Each task loops for the daemon's life (delivery, heartbeat, renewal,
+        watchdog) and handles its own errors; one that ended anyway is a bug. Left
+        alone the daemon would go on "ready" without it: an audit trail nobody
+        delivers, a certificate nobody renews. Stopping (exit status 1, and
+        ``Restart=on-failure``) is the honest state, and the journal says why.
+        """
+        if task.cancelled() or self._stop.is_set():
+            return
+        error = task.exception()
+        reason = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+        log.error("daemon_task_failed", task=task.get_name(), error=reason)
+        with suppress(Exception):  # the audit trail may be what failed
+            self.record("agent_task_failed", {"task": task.get_name(), "error": reason})
+        self.failure = AgentError(
+            f"the daemon's {task.get_name()} task stopped: {reason}",
+            fix="systemd restarts the agent (Restart=on-failure); if it repeats, see `journalctl -u "
+            "capture-agent` and report it",
+        )
+        self._stop.set()
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -247,6 +274,8 @@ class AgentDaemon:
         await self.start()
         await self._stop.wait()
         await self.stop()
+        if self.failure is not None:
+            raise self.failure
 
     async def stop(self) -> None:
         self.notifier.send(STOPPING=1, STATUS="stopping: flushing the outbox")
@@ -255,7 +284,7 @@ class AgentDaemon:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with suppress(asyncio.CancelledError):
+            with suppress(Exception, asyncio.CancelledError):  # a task that failed was reported when it did
                 await task
         if self.outbox is not None and self.delivery is not None:
             self.record("agent_stopping")

@@ -85,7 +85,8 @@ def normalise_fingerprint(text: str) -> str:
     return "".join(ch for ch in text if ch not in ": \t").lower()
 
 
-def _common_name(cert: x509.Certificate) -> str:
+def common_name(cert: x509.Certificate) -> str:
+    """The certificate subject's CN: the device id the verifier issued it for ("" without one)."""
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 
@@ -115,7 +116,7 @@ class DeviceIdentity:
 
     @property
     def device_id(self) -> str:
-        return _common_name(self.certificate)
+        return common_name(self.certificate)
 
     @property
     def serial_hex(self) -> str:

@@ -7,10 +7,13 @@ Strict parsing is what both sides apply to what the other sends: a duplicate
 key is refused (two parsers could otherwise read two different values from the
 signed bytes: "last one wins" is not a rule every JSON library follows),
 nesting deeper than :data:`MAX_DEPTH` is refused with a typed error rather than
-a ``RecursionError`` from deep inside a parser, and so is a number that is not
-finite: ``NaN`` and ``Infinity`` are not JSON (RFC 8259), and ``1e400`` reads as
-infinity, which turns into an ``OverflowError`` or a comparison that is never
-true wherever the value is used (a lifetime, a score, a retry delay).
+a ``RecursionError`` from deep inside a parser, and so is a number out of
+range: ``NaN`` and ``Infinity`` are not JSON (RFC 8259), ``1e400`` reads as
+infinity, and an integer of 400 digits overflows a float or an sqlite column:
+each would turn into an ``OverflowError`` or a comparison that is never true
+wherever the value is used (a lifetime, a score, a sequence number). Integers
+must fit in 64 bits (:data:`MAX_INT`), as sqlite and every other JSON
+implementation that matters can hold them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from typing import Any
 
 MAX_DEPTH = 32  # the deepest request or answer of v1 is 4 levels; room for extensions
+MAX_INT = 2**63 - 1  # the largest integer of the protocol: sqlite's INTEGER
 
 
 class WireError(ValueError):
@@ -67,18 +71,32 @@ def _no_constant(name: str) -> float:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise WireError(f"the number {text[:40]} is too large")
+        raise WireError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_INT:
+        raise WireError(f"the integer {text[:40]}{'...' if len(text) > 40 else ''} is out of range")
     return value
 
 
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels, finite numbers; else :class:`WireError`."""
+    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels, numbers in range.
+
+    Anything else is a :class:`WireError`.
+    """
     raw = data.encode() if isinstance(data, str) else data
     # Fast path: fewer brackets than the limit cannot nest deeper than it.
     shallow = raw.count(b"[") + raw.count(b"{") <= max_depth
     try:
         value = json.loads(
-            raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+            raw,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_int64,
         )
     except RecursionError:
         raise WireError(f"the JSON is nested deeper than {max_depth} levels") from None

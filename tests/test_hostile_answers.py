@@ -1,0 +1,251 @@
+"""A verifier (or whatever stands in its place) answering garbage: typed errors, and nothing queued lost.
+
+Invariant 6 of DESIGN.md, on the agent's side, against a real TLS + HTTP/2
+server on loopback that answers what a broken proxy, a captive portal or a
+misconfigured verifier would: redirects, pages that are not JSON, compressed
+or truncated bodies, receipts that account for nothing, certificates the
+device could not use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from agent.client import FOREIGN_REFUSAL_FIX, VerifierClient
+from agent.config import parse_config
+from agent.delivery import EventDelivery
+from agent.errors import AnswerError, VerifierError
+from agent.identity import DeviceIdentity, IdentityStore
+from agent.keystore import new_kek
+from agent.outbox import Outbox
+from agent.renewal import check_renewed, renew
+from agent.verifier_api import VerifierAPI
+from tests.h2harness import H2TestServer
+
+JSON = (b"content-type", b"application/json")
+
+
+def answering(status: int, body: bytes, *headers: tuple[bytes, bytes]):
+    """An ASGI app answering every request with this status, body and headers."""
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def client_for(identity: DeviceIdentity, url: str) -> VerifierClient:
+    config = parse_config(
+        {
+            "agent": {"state_dir": str(identity.directory.parent)},
+            "verifier": {"url": url},
+            "network": {"retries": 1, "backoff_base_s": 0.01, "connect_timeout_s": 2.0},
+        }
+    )
+    return VerifierClient(config, identity)
+
+
+@pytest.fixture
+def ca(make_test_ca):
+    return make_test_ca("device-ca")
+
+
+@pytest.fixture
+def identity(ca, device_identity_from) -> DeviceIdentity:
+    return device_identity_from(ca, "kiosk-1")
+
+
+@pytest.fixture
+def server_ctx(ca):
+    return ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)
+
+
+def call_against(server_ctx, identity: DeviceIdentity, app, path: str = "/v1/health") -> object:
+    async def go() -> object:
+        async with client_for(identity, server.url) as client:
+            return await client.call("POST", path, json={})
+
+    with H2TestServer(server_ctx, app) as server:
+        return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("app", "reason"),
+    [
+        (answering(307, b'{"accepted": 3}', JSON, (b"location", b"https://elsewhere.invalid/")), "HTTP 307"),
+        (answering(200, b'{"accepted": 3}', (b"content-type", b"text/html")), "text/html"),
+        (answering(200, b'{"accepted": 3}'), "untyped"),
+        (answering(200, b'{"accepted": 3}', JSON, (b"content-encoding", b"gzip")), "compressed"),
+        (answering(200, b'{"a": 1}', JSON, (b"content-length", b"100")), "LocalProtocolError"),
+        (answering(200, b'{"ttl_s": 1e400}', JSON), "out of range"),
+        (answering(200, b'{"ttl_s": NaN}', JSON), "not a JSON number"),
+    ],
+    ids=["redirect", "html", "no-content-type", "gzip", "length-lies", "huge-float", "nan"],
+)
+def test_an_answer_that_is_not_the_protocol_is_a_typed_error(server_ctx, identity, app, reason) -> None:
+    with pytest.raises(AnswerError) as info:
+        call_against(server_ctx, identity, app)
+    assert reason in info.value.message
+    assert "capture-verifier" in info.value.fix
+
+
+def test_a_challenge_with_a_lifetime_of_400_digits_is_a_typed_error(server_ctx, identity) -> None:
+    body = b'{"nonce": "n", "expires_at": "x", "ttl_s": 1' + b"0" * 400 + b"}"
+
+    async def go() -> None:
+        async with client_for(identity, server.url) as client:
+            await VerifierAPI(client).challenge("verify", "alice")
+
+    with H2TestServer(server_ctx, answering(200, body, JSON)) as server, pytest.raises(AnswerError, match="range"):
+        asyncio.run(go())
+
+
+def test_the_client_asks_for_answers_uncompressed(server_ctx, identity) -> None:
+    seen: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.extend(value for name, value in scope["headers"] if name == b"accept-encoding")
+        await answering(200, b"{}", JSON)(scope, receive, send)
+
+    assert call_against(server_ctx, identity, app) == {}
+    assert seen == [b"identity"]
+
+
+def test_a_refusal_of_another_service_gets_a_fix_of_ours(server_ctx, identity) -> None:
+    problem = json.dumps({"type": "about:blank", "title": "Forbidden", "detail": "denied by WAF rule 942100"})
+    with pytest.raises(VerifierError) as info:
+        call_against(server_ctx, identity, answering(403, problem.encode(), (b"content-type", b"application/json")))
+    assert info.value.fix == FOREIGN_REFUSAL_FIX  # not the foreign service's detail passed off as the fix
+    assert "WAF" in info.value.message
+
+
+# ---------------------------------------------------------------- the outbox under garbage
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        answering(307, b'{"accepted": 3, "duplicates": 0, "anomalies": []}', JSON, (b"location", b"https://x/")),
+        answering(200, b"[]", JSON),
+        answering(200, b'{"status": "ok"}', JSON),
+        answering(200, b'{"accepted": 0, "duplicates": 0, "anomalies": []}', JSON),  # accounts for none of 3
+        answering(200, b'{"accepted": 1}', JSON, (b"content-encoding", b"gzip")),
+    ],
+    ids=["redirect", "list", "health-like", "accounts-for-none", "gzip"],
+)
+def test_events_stay_queued_until_a_receipt_accounts_for_them(server_ctx, identity, tmp_path, app) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite", new_kek())
+    for n in range(3):
+        box.record("heartbeat", {"n": n})
+
+    async def go() -> tuple[bool, int]:
+        async with client_for(identity, server.url) as client:
+            delivery = EventDelivery(box, client)
+            task = asyncio.create_task(delivery.run())
+            async with asyncio.timeout(20):  # a delivery that took the garbage for a receipt never retries
+                while len(server.log.requests) < 2:  # tried, backed off, tried again: the task lives on
+                    await asyncio.sleep(0.05)
+            alive = not task.done()
+            task.cancel()
+            return alive, delivery.delivered_total
+
+    with H2TestServer(server_ctx, app) as server:
+        alive, delivered = asyncio.run(go())
+    assert alive and delivered == 0
+    assert box.size() == 3
+    box.close()
+
+
+def test_a_receipt_that_accounts_for_the_batch_empties_the_outbox(server_ctx, identity, tmp_path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite", new_kek())
+    for n in range(3):
+        box.record("heartbeat", {"n": n})
+    receipt = b'{"accepted": 2, "duplicates": 0, "anomalies": [{"kind": "bad_hash"}]}'  # one held aside
+
+    async def go() -> int:
+        async with client_for(identity, server.url) as client:
+            return await EventDelivery(box, client).deliver_once()
+
+    with H2TestServer(server_ctx, answering(200, receipt, JSON)) as server:
+        assert asyncio.run(go()) == 3
+    assert box.size() == 0
+    box.close()
+
+
+# ---------------------------------------------------------------- renewal
+
+
+def _foreign_ca_signing(make_test_ca, device_id: str):
+    """An EST simplereenroll answering with a certificate for the CSR's key, from a CA the device never trusted."""
+    foreign = make_test_ca("foreign-ca")
+
+    async def app(scope, receive, send) -> None:
+        message = await receive()
+        csr = x509.load_der_x509_csr(base64.b64decode(message["body"]))
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, device_id)]))
+            .issuer_name(foreign.cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .sign(foreign.key, hashes.SHA256())
+        )
+        body = base64.b64encode(pkcs7.serialize_certificates([cert], serialization.Encoding.DER))
+        await answering(200, body, (b"content-type", b"application/pkcs7-mime"))(scope, _replay(message), send)
+
+    return app
+
+
+def _replay(message: dict):
+    async def receive() -> dict:
+        return message
+
+    return receive
+
+
+def test_a_renewed_certificate_from_another_ca_is_refused_and_the_working_one_kept(
+    server_ctx, identity, make_test_ca
+) -> None:
+    folder = identity.directory
+
+    async def go() -> None:
+        async with client_for(identity, server.url) as client:
+            await renew(client.config, client)
+
+    with (
+        H2TestServer(server_ctx, _foreign_ca_signing(make_test_ca, "kiosk-1")) as server,
+        pytest.raises(VerifierError, match="not signed by the device's CA") as info,
+    ):
+        asyncio.run(go())
+    assert "kept" in info.value.message
+    assert folder.exists()
+    kept = IdentityStore(folder.parent).load(identity.passphrase)
+    assert kept.serial_hex == identity.serial_hex  # the link still names the certificate that works
+
+
+def test_check_renewed_refuses_another_device_id_and_a_certificate_not_valid_now(ca, identity) -> None:
+    _, other = ca.issue_key_and_cert(["kiosk-2"], client=True)
+    with pytest.raises(VerifierError, match="another device id"):
+        check_renewed(other, identity)
+    _, same = ca.issue_key_and_cert(["kiosk-1"], client=True)
+    check_renewed(same, identity)  # the same CA, the same id, valid now: taken
+    starts = same.not_valid_before_utc
+    with pytest.raises(VerifierError, match="clock") as info:  # the device's clock a day behind the verifier's
+        check_renewed(same, identity, now=starts - dt.timedelta(days=1))
+    assert "timedatectl" in info.value.fix
+    with pytest.raises(VerifierError, match="not now"):
+        check_renewed(same, identity, now=same.not_valid_after_utc + dt.timedelta(seconds=1))
+
