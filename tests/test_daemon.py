@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import parse_config
+from agent.config import load_config, parse_config
+from agent.daemon import OUTBOX_FILE, AgentDaemon
+from agent.errors import AgentError
 from agent.identity import IdentityStore
 from agent.keystore import load_kek
+from agent.outbox import Outbox
 
 
 @pytest.fixture
@@ -252,3 +256,27 @@ def test_a_reader_without_a_port_is_a_config_error(tmp_path: Path) -> None:
     path.write_text('[reader]\nkind = "zfm"\n')
     with pytest.raises(ConfigError, match="needs a port"):
         load_config(path)
+
+
+def test_a_task_that_ends_on_its_own_stops_the_daemon_and_says_why(provisioned_config_file: Path) -> None:
+    """Left alone, the daemon would stay "ready" with nobody delivering or renewing: it stops, for systemd."""
+    config = load_config(str(provisioned_config_file))
+    daemon = AgentDaemon(config, str(provisioned_config_file))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in a loop that should never end")
+
+    async def go() -> None:
+        running = asyncio.create_task(daemon.run())
+        while daemon.delivery is None:  # started far enough to have its tasks
+            await asyncio.sleep(0.01)
+        daemon.spawn(broken(), "broken")
+        await asyncio.wait_for(running, 30)
+
+    with pytest.raises(AgentError, match="broken task stopped: RuntimeError") as info:
+        asyncio.run(go())
+    assert "Restart=on-failure" in info.value.fix
+    box = Outbox(config.agent.state_dir / OUTBOX_FILE, load_kek(config))
+    failed = [e["data"] for e in box.pending(100) if e["type"] == "agent_task_failed"]  # verifier down: still queued
+    box.close()
+    assert failed == [{"task": "broken", "error": "RuntimeError: a bug in a loop that should never end"}]
