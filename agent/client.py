@@ -264,6 +264,20 @@ class VerifierClient:
         net = self.config.network
         return random.uniform(0, min(net.backoff_max_s, net.backoff_base_s * 2**attempt))
 
+    def _retry_delay(self, attempt: int, response: httpx.Response) -> float:
+        """The wait before retrying a 502/503/504: the verifier's ``Retry-After`` if it sent one.
+
+        A busy verifier (a full matching pool) says when it expects room; retrying
+        sooner only adds to the load that refused us. Capped at ``backoff_max_s``
+        so that a wrong header cannot park a session, and the call's deadline
+        still bounds the whole call.
+        """
+        backoff = self._backoff(attempt)
+        asked = response.headers.get("retry-after", "").strip()
+        if not asked.isdigit():  # absent, or an HTTP date (the verifier sends seconds)
+            return backoff
+        return min(self.config.network.backoff_max_s, max(backoff, float(asked)))
+
     async def request(
         self,
         method: str,
@@ -348,8 +362,10 @@ class VerifierClient:
                 self._release(gen)
             self._note_tls(response)
             if response.status_code in RETRYABLE_STATUS and attempt < retries:
-                log.info("request_retry", path=path, attempt=attempt + 1, status=response.status_code)
-                await asyncio.sleep(self._backoff(attempt))
+                delay = self._retry_delay(attempt, response)
+                log.info("request_retry", path=path, attempt=attempt + 1, status=response.status_code,
+                         delay_s=round(delay, 2))
+                await asyncio.sleep(delay)
                 attempt += 1
                 continue
             return response

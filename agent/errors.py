@@ -163,7 +163,7 @@ class VerifierInternalError(VerifierError):
 
 
 class VerifierBusyError(VerifierError):
-    """The verifier's matching is saturated or over its time budget (503): retried after Retry-After."""
+    """The verifier's matching is saturated or over its time budget (503): retried after its Retry-After."""
 
 
 def problem_error_class(slug: str) -> type[VerifierError]:

@@ -151,3 +151,28 @@ def test_server_timing_is_read_and_malformed_entries_are_ignored() -> None:
     )
     assert server_timing(response) == {"match": 3.25, "app": 4.5}
     assert server_timing(httpx.Response(200)) == {}
+
+
+def test_a_busy_verifier_is_retried_after_its_retry_after(ca, server_ctx, device_identity_from) -> None:
+    identity = device_identity_from(ca, "kiosk-1")
+    arrivals: list[float] = []
+    busy = json.dumps({"type": "about:blank", "title": "busy", "status": 503}).encode()
+
+    async def app(scope, receive, send) -> None:
+        arrivals.append(asyncio.get_running_loop().time())
+        if len(arrivals) == 1:
+            await receive()
+            headers = [(b"content-type", b"application/problem+json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": busy})
+            return
+        await hello_app(scope, receive, send)
+
+    async def go() -> dict:
+        async with make_client(identity, server.url) as client:  # its own backoff: 10 ms
+            return await client.call("GET", "/v1/health")
+
+    with H2TestServer(server_ctx, app) as server:
+        assert asyncio.run(go()) == {"status": "ok"}
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 0.9  # waited as asked, not 10 ms
