@@ -5,10 +5,12 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.zfm.codec import (
+    Ack,
     CorruptPacket,
     DataStream,
     Decoder,
@@ -21,7 +23,10 @@ from drivers.zfm.codec import (
     pack_image,
     parse_ack,
     parse_index_table,
+    parse_search,
     parse_system_parameters,
+    parse_u16,
+    parse_u32,
     unpack_image,
 )
 from drivers.zfm.constants import Command, PacketType
@@ -121,3 +126,58 @@ def test_wrong_replies_raise_the_codec_error() -> None:
         except ZfmProtocolError:
             continue
         raise AssertionError(f"{packet} was accepted")
+
+
+@pytest.mark.parametrize(
+    ("parse", "size"),
+    [(parse_system_parameters, 16), (parse_search, 4), (parse_u16, 2), (parse_u32, 4)],
+)
+def test_a_short_acknowledgement_is_the_codec_error_not_a_struct_error(parse, size: int) -> None:
+    for short in range(size):
+        with pytest.raises(ZfmProtocolError, match=f"expected {size}"):
+            parse(Ack(0, bytes(short)))
+
+
+def test_a_short_index_page_is_an_error_not_a_shorter_list() -> None:
+    with pytest.raises(ZfmProtocolError, match="expected 32"):
+        parse_index_table(Ack(0, b"\xff" * 31), 0)
+
+
+def test_a_damaged_length_does_not_swallow_the_next_packet() -> None:
+    """A length byte flipped to a larger (possible) value claims the good packet behind it: once the
+    claimed bytes are there, the checksum fails and the decoder resynchronises on the next EF 01."""
+    good = encode_packet(PacketType.ACK, b"\x00\x00\x05")
+    damaged = bytearray(good)
+    damaged[8] = 0x40  # length 64 instead of 5
+    for tail in (bytes(60), b"\x55" * 60):  # whatever follows (the next reply, noise) completes the claim
+        events = Decoder().feed(bytes(damaged) + good + tail)
+        assert isinstance(events[0], CorruptPacket)
+        assert [e for e in events if isinstance(e, Packet)] == [Packet(0xFFFFFFFF, PacketType.ACK, b"\x00\x00\x05")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets, st.integers(0, 8), st.integers(0, 0xFF), st.lists(packets, min_size=1, max_size=3))
+def test_any_corrupted_packet_leaves_the_ones_after_it_intact(bad: bytes, index: int, flip: int, after) -> None:
+    """One byte of a packet damaged (header, length, payload or checksum): every later packet still decodes."""
+    damaged = bytearray(bad)
+    damaged[2 + index % (len(bad) - 2)] ^= flip or 1
+    tail = b"".join(after)
+    decoded = decode_all([bytes(damaged) + tail + bytes(MAX_CLAIM)])
+    wanted = [Packet(p.address, p.type, p.payload) for p in decode_all([tail])]
+    assert decoded[-len(wanted):] == wanted
+
+
+MAX_CLAIM = 0xFFFF  # the largest length a header can claim: enough bytes after the tail to settle any claim
+
+
+def test_a_stream_longer_than_its_limit_is_refused() -> None:
+    stream = DataStream(limit=256)
+    decoder = Decoder()
+    for event in decoder.feed(encode_packet(PacketType.DATA, bytes(128)) * 2):
+        stream.add(event)
+    with pytest.raises(ZfmProtocolError, match="more than 256 bytes"):
+        stream.add(Packet(0, PacketType.DATA, bytes(1)))
+    exact = DataStream(limit=256)
+    for event in Decoder().feed(data_packets(bytes(256), 128)):
+        exact.add(event)
+    assert exact.done and exact.size == 256

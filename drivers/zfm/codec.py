@@ -8,7 +8,10 @@ Events:
 
 * :class:`Packet` — a complete packet whose checksum verified;
 * :class:`CorruptPacket` — a packet-shaped run whose checksum or length is
-  wrong (the decoder resynchronises on the next ``EF 01``);
+  wrong. The decoder then drops only its two header bytes and resynchronises
+  on the next ``EF 01``: a damaged length field claims bytes that belong to
+  the packets after it, and dropping the whole claimed length would swallow
+  them (the bytes of the corrupt packet itself come out as :class:`Garbage`);
 * :class:`Garbage` — bytes skipped before a header (line noise, a power-up
   ``55``, a half packet from before the port was opened).
 
@@ -143,8 +146,9 @@ class Decoder:
             payload = bytes(self._buffer[HEADER_LEN : total - 2])
             (received,) = struct.unpack(">H", self._buffer[total - 2 : total])
             if received != checksum(packet_type, payload):
-                events.append(CorruptPacket("checksum mismatch", total))
-                del self._buffer[:total]
+                # The length may be the damaged field: what it claims may hold the next packets.
+                events.append(CorruptPacket("checksum mismatch", 2))
+                del self._buffer[:2]  # resynchronise on the next EF 01
                 continue
             events.append(Packet(address, packet_type, payload))
             del self._buffer[:total]
@@ -196,37 +200,66 @@ def parse_ack(packet: Packet, data_len: int = 0) -> Ack:
     return ack
 
 
+def _data(ack: Ack, size: int, what: str) -> bytes:
+    """The first ``size`` data bytes of an acknowledgement, or the codec's error (never struct.error)."""
+    if len(ack.data) < size:
+        raise ZfmProtocolError(f"{what}: acknowledgement of {len(ack.data)} data bytes, expected {size}")
+    return ack.data[:size]
+
+
 def parse_system_parameters(ack: Ack) -> SystemParameters:
-    status, system_id, library, security, address, size_code, baud_n = struct.unpack(">HHHHIHH", ack.data[:16])
+    status, system_id, library, security, address, size_code, baud_n = struct.unpack(
+        ">HHHHIHH", _data(ack, 16, "system parameters")
+    )
     if size_code not in PACKET_SIZES:
         raise ZfmProtocolError(f"unknown data packet size code {size_code}")
     return SystemParameters(status, system_id, library, security, address, PACKET_SIZES[size_code], baud_n * BAUD_UNIT)
 
 
 def parse_search(ack: Ack) -> SearchResult:
-    page, score = struct.unpack(">HH", ack.data[:4])
+    page, score = struct.unpack(">HH", _data(ack, 4, "search result"))
     return SearchResult(page, score)
 
 
 def parse_u16(ack: Ack) -> int:
-    return struct.unpack(">H", ack.data[:2])[0]
+    return int(struct.unpack(">H", _data(ack, 2, "16-bit value"))[0])
 
 
 def parse_u32(ack: Ack) -> int:
-    return struct.unpack(">I", ack.data[:4])[0]
+    return int(struct.unpack(">I", _data(ack, 4, "32-bit value"))[0])
 
 
 def parse_index_table(ack: Ack, page: int) -> list[int]:
-    """Template slots in use from one 32-byte index page (LSB first in each byte)."""
-    bits = np.unpackbits(np.frombuffer(ack.data[:32], np.uint8), bitorder="little")
+    """Template slots in use from one 32-byte index page (LSB first in each byte).
+
+    A short page is an error, not a shorter list: slots past its end would read as free.
+    """
+    bits = np.unpackbits(np.frombuffer(_data(ack, 32, "index table page"), np.uint8), bitorder="little")
     return [int(i) + page * 256 for i in np.flatnonzero(bits)]
 
 
-class DataStream:
-    """Collects DATA packets until END_DATA; the payloads joined."""
+class StreamOverflowError(ZfmProtocolError):
+    """A data stream longer than the reply it answers can be (still the codec's error type)."""
 
-    def __init__(self) -> None:
+    def __init__(self, received: int, limit: int) -> None:
+        super().__init__(f"data stream of more than {limit} bytes (at least {received} received) without its end")
+        self.received = received
+        self.limit = limit
+
+
+class DataStream:
+    """Collects DATA packets until END_DATA; the payloads joined.
+
+    ``limit``: the most bytes the stream may hold (an image's or a template's
+    size). Past it the stream is refused at once: a line repeating DATA packets
+    and never sending END_DATA would otherwise grow the buffer for as long as
+    it lasts, and the size alone says the reply is not the one asked for.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
         self._parts: list[bytes] = []
+        self._size = 0
+        self.limit = limit
         self.done = False
 
     def add(self, packet: Packet) -> None:
@@ -234,8 +267,15 @@ class DataStream:
             raise ZfmProtocolError(f"expected a data packet, got type {packet.type:#04x}")
         if self.done:
             raise ZfmProtocolError("data after the end-of-data packet")
+        self._size += len(packet.payload)
+        if self.limit is not None and self._size > self.limit:
+            raise StreamOverflowError(self._size, self.limit)
         self._parts.append(packet.payload)
         self.done = packet.type == PacketType.END_DATA
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     @property
     def data(self) -> bytes:
