@@ -6,7 +6,8 @@ It has its own packet parsing and encoding, deliberately sharing nothing with th
 driver's codec but the public constants, so a bug in one cannot hide in the other.
 
 What the test controls: which finger is on the sensor (``place`` / ``lift``),
-faults on the next replies (wrong checksum, dropped, split, garbage first),
+faults on the next replies (wrong checksum, dropped, split, garbage first, a
+failed imaging, a data stream that never ends, a line that turns to noise),
 silence, unplug and replug (the port path is a symlink that survives it), the
 power-up ``55`` byte of R50x modules, and real line speed (output paced at
 baud/10 bytes per second, since a pty itself is instant).
@@ -63,7 +64,27 @@ class Fault(enum.Enum):
     DROP = "drop"  # the next reply is not sent
     SPLIT = "split"  # the next reply arrives in two parts, 50 ms apart
     GARBAGE = "garbage"  # noise bytes before the next reply
+    # From the next reply on the module answers nothing and the line carries a steady stream of
+    # bytes that are no packet (another device on the port, a floating RX wire), until quiet().
+    # A reply with a data stream still sends its acknowledgement: the stream turns to noise.
+    NOISE = "noise"
+    # The next reply's data stream never ends: its acknowledgement, then DATA packets and no END_DATA,
+    # until quiet().
+    ENDLESS_STREAM = "endless_stream"
+    # The next GenImg finds a finger but fails to image it (code 0x03: a wet or smudged finger).
+    IMAGING_FAILED = "imaging_failed"
 
+
+class Babble(enum.Enum):
+    """What the line carries by itself, whatever the client sends (see Fault.NOISE, Fault.ENDLESS_STREAM)."""
+
+    NONE = "none"
+    NOISE = "noise"
+    DATA = "data"
+
+
+IMAGING_FAILED = 0x03  # GenImg: a finger is there, its image could not be taken (R30x / ZFM manuals)
+BABBLE_TURN_S = 0.01  # how often the serving thread adds babble to the line
 
 def _frame(kind: int, payload: bytes, address: int) -> bytes:
     body = struct.pack(">BH", kind, len(payload) + 2) + payload
@@ -139,6 +160,7 @@ class SimulatedModule:
         self._finger: np.ndarray | None = None
         self._faults: list[Fault] = []
         self._silent = False
+        self._babble = Babble.NONE
         self._verified = password == 0
         self._master = -1
         self._slave = -1
@@ -197,6 +219,14 @@ class SimulatedModule:
     def silence(self, on: bool = True) -> None:
         self._silent = on
 
+    def quiet(self) -> None:
+        """End a babble (Fault.NOISE, Fault.ENDLESS_STREAM): the line is quiet and the module answers again."""
+        self._babble = Babble.NONE
+
+    @property
+    def babbling(self) -> bool:
+        return self._babble is not Babble.NONE
+
     def unplug(self) -> None:
         """The USB-serial adapter pulled out: the port disappears, clients get I/O errors."""
         self._close_pty()
@@ -206,6 +236,7 @@ class SimulatedModule:
 
     def replug(self) -> None:
         """Plugged back: a new pty behind the same link; R50x modules announce themselves with 55."""
+        self._babble = Babble.NONE  # a module just powered up: whatever it was stuck in is over
         self._open_pty()
         if self.profile.power_up_byte:
             self._write(bytes([POWER_UP_BYTE]))
@@ -299,8 +330,11 @@ class SimulatedModule:
                 generation = self._generation
                 buffer.clear()
                 self.pending = 0
+            babble = self._babble
             try:
-                ready, _, _ = select.select([fd], [], [], 0.05)
+                ready, _, _ = select.select([fd], [], [], BABBLE_TURN_S if babble is not Babble.NONE else 0.05)
+                if babble is not Babble.NONE:
+                    self._babble_turn(fd, babble)
                 if not ready:
                     continue
                 chunk = os.read(fd, 4096)
@@ -311,6 +345,28 @@ class SimulatedModule:
             buffer += chunk
             self._parse(buffer)
             self.pending = len(buffer)
+
+    def _babble_turn(self, fd: int, babble: Babble) -> None:
+        """One turn's worth of babble, at about the line's rate (baud/10 bytes a second).
+
+        Written without blocking: once the client stops reading, the pty fills and
+        the rest is dropped, as a line drops what nobody listens to; a blocked
+        serving thread could not be stopped.
+        """
+        budget = max(1, int(self.baud / 10 * BABBLE_TURN_S))
+        if babble is Babble.NOISE:
+            data = secrets.token_bytes(budget).replace(b"\xef", b"\x00")  # never a header
+        else:
+            size = PACKET_SIZES[self.packet_size_code]
+            data = _frame(PacketType.DATA, bytes(size), self.address) * max(1, budget // (size + 11))
+        try:
+            os.set_blocking(fd, False)
+            os.write(fd, data)
+        except OSError:
+            pass  # the line is full (nobody reads) or gone
+        finally:
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)
 
     def _parse(self, buffer: bytearray) -> None:
         """Take every whole packet off the front of ``buffer``; noise is dropped, a partial packet waits."""
@@ -337,7 +393,7 @@ class SimulatedModule:
             (received,) = struct.unpack(">H", buffer[9 + length - 2 : 9 + length])
             del buffer[: 9 + length]
             if received != sum(body) & 0xFFFF:
-                if not self._silent:
+                if not self._mute:
                     self._reply(0x01)  # error receiving the packet
                 continue
             self.packets_since_plug += 1
@@ -348,16 +404,32 @@ class SimulatedModule:
                 log.error("simulator_handler_failed", command=body[3] if len(body) > 3 else None, error=self.errors[-1])
                 self._reply(0x01)
 
+    @property
+    def _mute(self) -> bool:
+        """Answers nothing: silenced, or its line carries noise."""
+        return self._silent or self._babble is Babble.NOISE
+
     def _reply(self, code: int, data: bytes = b"", stream: bytes | None = None) -> None:
         out = _frame(PacketType.ACK, bytes([code]) + data, self.address)
+        with self._lock:
+            # IMAGING_FAILED waits for a GenImg that finds a finger (_gen_img takes it); the others are this reply's.
+            head = self._faults[0] if self._faults else None
+            fault = self._faults.pop(0) if head is not None and head is not Fault.IMAGING_FAILED else None
+        if fault is Fault.NOISE:
+            if stream is not None:
+                self._write(out)  # the acknowledgement; the stream turns to noise
+            self._babble = Babble.NOISE
+            return
+        if fault is Fault.ENDLESS_STREAM:
+            self._write(out)  # the acknowledgement; then DATA packets that never end
+            self._babble = Babble.DATA
+            return
         if stream is not None:
             size = PACKET_SIZES[self.packet_size_code]
             parts = [stream[i : i + size] for i in range(0, len(stream), size)]
             for index, part in enumerate(parts):
                 kind = PacketType.END_DATA if index == len(parts) - 1 else PacketType.DATA
                 out += _frame(kind, part, self.address)
-        with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
         if fault is Fault.DROP:
             return
         if fault is Fault.BAD_CHECKSUM:
@@ -384,7 +456,7 @@ class SimulatedModule:
         return speed == getattr(termios, f"B{self.baud}", speed)
 
     def _packet(self, kind: int, payload: bytes) -> None:
-        if self._silent:
+        if self._mute:
             return
         if not self._line_speed_matches():
             self.ignored_for_speed += 1
@@ -497,6 +569,13 @@ class SimulatedModule:
     def _gen_img(self, args: bytes) -> None:
         if self._finger is None:
             self._reply(0x02)
+            return
+        with self._lock:
+            failed = bool(self._faults) and self._faults[0] is Fault.IMAGING_FAILED
+            if failed:
+                self._faults.pop(0)
+        if failed:
+            self._reply(IMAGING_FAILED)  # the finger is there; its image could not be taken
             return
         self.image = self._finger.copy()
         self._reply(0x00)

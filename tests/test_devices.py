@@ -353,3 +353,34 @@ def test_local_api_with_only_a_camera_refuses_a_fingerprint_session_naming_the_f
     assert answer.status_code == 503
     assert "no configured device can do fingerprint-image" in answer.json()["error"]
     assert "face (camera)" in answer.json()["error"] and 'kind = "zfm" or "fprint"' in answer.json()["error"]
+
+
+def test_a_serial_port_carrying_noise_is_a_fault_not_a_hang(zfm_sim) -> None:
+    """Something else on the module's port (a GPS, a console) sends bytes all the time: opening it ends
+    with an audited fault, and closing the supervisor stops the device's owner thread."""
+    from simulators.zfm import Fault
+
+    recorded: list[tuple[str, dict]] = []
+    zfm_sim.inject(Fault.NOISE)  # no reply to the first command, and noise for good
+
+    async def scenario() -> tuple[bool, threading.Thread]:
+        supervisor = DeviceSupervisor(
+            [("reader", DeviceSection(kind="zfm", port=zfm_sim.port, check_interval_s=0.1))],
+            lambda kind, data: recorded.append((kind, data)),
+        )
+        owner = supervisor.devices[0].owner._thread
+        try:
+            await asyncio.wait_for(supervisor.open_all(), 40)  # the baud search: about 8 s
+            returned = True
+        except TimeoutError:
+            returned = False
+            zfm_sim.quiet()  # a hang: end it, so the owner thread can be stopped
+            zfm_sim.silence()
+        await supervisor.close()
+        return returned, owner
+
+    returned, owner = asyncio.run(scenario())
+    assert returned, "open_all was still running on a noisy line"
+    faults = [data for kind, data in recorded if kind == "device_fault"]
+    assert faults and "no packet" in str(faults[0]), recorded
+    assert not owner.is_alive()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import threading
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from drivers.zfm.errors import (
     CorruptReplyError,
     FingerTimeoutError,
     NoReplyError,
+    OversizedReplyError,
     PortMissingError,
     PortPermissionError,
     UnpluggedError,
@@ -183,3 +185,80 @@ def test_baud_rate_raised_and_templates_moved(module, zfm_sim) -> None:
     module.wait_for_finger(2)
     module.image_to_template(1)
     assert module.search(1) is None
+
+
+# ---------------------------------------------------------------- a line that never goes quiet
+
+
+def _outcome_within(seconds: float, call: Callable[[], object], sim: SimulatedModule) -> BaseException | object:
+    """What ``call`` returned or raised, failing the test if it is still running after ``seconds``.
+
+    A hang is ended before failing (the line goes quiet, so even a driver that waits for
+    a quiet line returns) and its thread joined: no test leaves a thread behind.
+    """
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["value"] = exc
+
+    thread = threading.Thread(target=run, name="driver call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        sim.quiet()
+        sim.silence()
+        thread.join(30)
+        pytest.fail(f"the driver was still waiting after {seconds} s on a line that never went quiet")
+    return outcome["value"]
+
+
+def test_a_noisy_line_is_no_reply_naming_the_noise(module, zfm_sim) -> None:
+    zfm_sim.inject(Fault.NOISE)
+    error = _outcome_within(5, module.template_count, zfm_sim)  # two attempts of 0.3 s
+    assert isinstance(error, NoReplyError), error
+    assert "no packet" in str(error) and "console" in error.fix
+    zfm_sim.quiet()
+    assert module.template_count() == 0, "the module answers again once the line is quiet"
+
+
+def test_open_on_a_line_of_noise_returns(zfm_sim) -> None:
+    """A port with something else on it (a GPS, a console): open and the baud search end, typed."""
+    zfm_sim.inject(Fault.NOISE)  # the first reply (the password check) never comes, noise does
+    driver = ZfmModule(zfm_sim.port, reply_timeout_s=0.3)
+    try:
+        assert isinstance(_outcome_within(5, driver.open, zfm_sim), NoReplyError)
+        searched = _outcome_within(30, lambda: driver.open_at_any_baud(probe_timeout_s=0.2), zfm_sim)
+        assert isinstance(searched, NoReplyError), searched
+    finally:
+        driver.close()
+
+
+def test_waiting_for_a_finger_on_a_noisy_line_returns(module, zfm_sim) -> None:
+    zfm_sim.inject(Fault.NOISE)
+    assert isinstance(_outcome_within(5, lambda: module.wait_for_finger(1.0), zfm_sim), NoReplyError)
+
+
+def test_a_stream_that_turns_to_noise_ends_at_its_deadline(module, zfm_sim) -> None:
+    zfm_sim.place(finger=0)
+    module.wait_for_finger(2)
+    module.image_to_template(1)
+    zfm_sim.inject(Fault.NOISE)  # UpChar is acknowledged, its data never comes: noise instead
+    error = _outcome_within(15, module.upload_template, zfm_sim)  # the stream's deadline: about 2.3 s
+    assert isinstance(error, NoReplyError), error
+
+
+@pytest.mark.parametrize("what", ["image", "template"])
+def test_an_endless_stream_is_refused_past_the_expected_size(module, zfm_sim, what: str) -> None:
+    zfm_sim.place(finger=0)
+    module.wait_for_finger(2)
+    module.image_to_template(1)
+    zfm_sim.inject(Fault.ENDLESS_STREAM)  # DATA packets, never END_DATA
+    call = module.download_image if what == "image" else module.upload_template
+    error = _outcome_within(20, call, zfm_sim)
+    assert isinstance(error, OversizedReplyError), error
+    assert "model" in error.fix
+    zfm_sim.quiet()
+    assert module.template_count() == 0, "the next command is answered once the stream stops"

@@ -30,8 +30,10 @@ from drivers.zfm.codec import (
     DataStream,
     Decoder,
     Event,
+    Garbage,
     Packet,
     SearchResult,
+    StreamOverflowError,
     SystemParameters,
     ZfmProtocolError,
     command,
@@ -66,6 +68,7 @@ from drivers.zfm.errors import (
     FingerTimeoutError,
     ModuleRefusedError,
     NoReplyError,
+    OversizedReplyError,
     PortMissingError,
     PortPermissionError,
     UnpluggedError,
@@ -138,17 +141,19 @@ class ZfmModule:
         """
         patient = self.reply_timeout_s
         tried: list[int] = []
+        noise = 0  # bytes that were no packet at any speed: says "something else is on this port"
         for baud in dict.fromkeys([self.baud, *candidates]):
             self.baud, self.reply_timeout_s = baud, probe_timeout_s
             tried.append(baud)
             try:
                 return self.open()
-            except (NoReplyError, CorruptReplyError):
+            except (NoReplyError, CorruptReplyError) as exc:
+                noise += getattr(exc, "noise_bytes", 0)
                 log.info("reader_no_answer_at_baud", port=self.port, baud=baud)
             finally:
                 self.reply_timeout_s = patient
         self.close()
-        raise NoReplyError(self.port, f"a handshake at any of {', '.join(map(str, tried))} baud")
+        raise NoReplyError(self.port, f"a handshake at any of {', '.join(map(str, tried))} baud", noise)
 
     def _open_port(self) -> None:
         self.close()
@@ -207,7 +212,14 @@ class ZfmModule:
             raise UnpluggedError(self.port) from None
 
     def _next_packet(self, deadline: float, what: str) -> Packet:
-        """The next valid packet before ``deadline``; CorruptReplyError on a corrupt one."""
+        """The next valid packet before ``deadline``; CorruptReplyError on a corrupt one.
+
+        The deadline is checked on every turn, whatever the read gave: a line that
+        never stops carrying bytes (another device on the port, a floating RX wire,
+        a module streaming data without an end) must time out like a silent one.
+        Packets already decoded are still handed out: they came before the deadline.
+        """
+        noise = 0
         while True:
             while self._events:
                 event = self._events.popleft()
@@ -215,6 +227,10 @@ class ZfmModule:
                     return event
                 if isinstance(event, CorruptPacket):
                     raise CorruptReplyError(self.port, event.reason)
+                if isinstance(event, Garbage):
+                    noise += len(event.data)
+            if time.monotonic() > deadline:
+                raise NoReplyError(self.port, what, noise)
             if self._serial is None:
                 raise UnpluggedError(self.port)
             try:
@@ -223,8 +239,6 @@ class ZfmModule:
                 self.close()
                 raise UnpluggedError(self.port) from None
             self._events.extend(self._decoder.feed(chunk))
-            if not self._events and time.monotonic() > deadline:
-                raise NoReplyError(self.port, what)
 
     def _call(self, code: Command, *args: int | bytes, what: str, data_len: int = 0, retry: bool = True) -> Ack:
         """Send a command and read its acknowledgement; a corrupt or lost reply is retried once."""
@@ -266,11 +280,23 @@ class ZfmModule:
     def _checked(self, code: Command, *args: int | bytes, what: str, data_len: int = 0) -> Ack:
         return self._check(self._call(code, *args, what=what, data_len=data_len), what)
 
-    def _read_stream(self, what: str, timeout_s: float) -> bytes:
-        stream = DataStream()
-        deadline = time.monotonic() + timeout_s
-        while not stream.done:
-            stream.add(self._next_packet(deadline, what))
+    def _read_stream(self, what: str, size: int) -> bytes:
+        """A data stream of at most ``size`` bytes, within the time its bytes take on the line.
+
+        Both bounds end a reply that never sends END_DATA: the size as soon as it is
+        exceeded, the deadline when the packets come too slowly to reach it.
+        """
+        stream = DataStream(limit=size)
+        deadline = time.monotonic() + self._stream_timeout(size)
+        try:
+            while not stream.done:
+                stream.add(self._next_packet(deadline, what))
+        except StreamOverflowError:
+            log.warning("reader_stream_overflow", port=self.port, what=what, limit=size)
+            model = self.info.profile.name if self.info else "module of this family"
+            raise OversizedReplyError(self.port, what, size, model) from None
+        except ZfmProtocolError as exc:
+            raise CorruptReplyError(self.port, str(exc)) from None
         return stream.data
 
     def _stream_timeout(self, size: int) -> float:
@@ -328,7 +354,7 @@ class ZfmModule:
         """UpImage: the captured image as a uint8 array of the model's size (stays in memory)."""
         profile = self.profile
         self._checked(Command.UP_IMAGE, what="uploading the image")
-        data = self._read_stream("the image", self._stream_timeout(profile.image_bytes))
+        data = self._read_stream("the image", profile.image_bytes)
         try:
             return unpack_image(data, profile.image_width, profile.image_height)
         except ZfmProtocolError as exc:
@@ -379,7 +405,7 @@ class ZfmModule:
     def upload_template(self, buffer: int = 1) -> bytes:
         """UpChar: the template in a buffer (for modules used as storage)."""
         self._checked(Command.UP_CHAR, buffer, what="uploading a template")
-        return self._read_stream("the template", self._stream_timeout(self.profile.template_bytes))
+        return self._read_stream("the template", self.profile.template_bytes)
 
     def download_template(self, data: bytes, buffer: int = 1) -> None:
         self._checked(Command.DOWN_CHAR, buffer, what="downloading a template")

@@ -10,15 +10,23 @@ class ModuleError(DeviceError):
 
 
 class NoReplyError(ModuleError):
-    """The module said nothing within the timeout."""
+    """The module said nothing within the timeout (``noise_bytes``: what the line carried instead)."""
 
-    def __init__(self, port: str, what: str) -> None:
-        super().__init__(
-            f"no reply from the fingerprint module on {port} to {what}",
-            "check the wiring (module TX to adapter RX and back, 3.3 V), the baud rate (57600 by default), and "
-            "on a Raspberry Pi that the serial console is off the UART (raspi-config > Interface > Serial: "
-            "no login shell; remove console=serial0 from /boot/firmware/cmdline.txt)",
+    def __init__(self, port: str, what: str, noise_bytes: int = 0) -> None:
+        heard = (
+            f"; the line carried {noise_bytes} bytes that were no packet of the module (another device such as "
+            "a GPS or a console on this port, a wrong baud rate, or an RX wire left floating)"
+            if noise_bytes
+            else ""
         )
+        super().__init__(
+            f"no reply from the fingerprint module on {port} to {what}{heard}",
+            "check the port is the module's, the wiring (module TX to adapter RX and back, 3.3 V), the baud "
+            "rate (57600 by default), and on a Raspberry Pi that the serial console is off the UART "
+            "(raspi-config > Interface > Serial: no login shell; remove console=serial0 from "
+            "/boot/firmware/cmdline.txt)",
+        )
+        self.noise_bytes = noise_bytes
 
 
 class PortPermissionError(ModuleError):
@@ -45,6 +53,18 @@ class CorruptReplyError(ModuleError):
         super().__init__(
             f"corrupt replies from the module on {port} after a retry: {reason}",
             "check the cable and its length, the ground wire, and the baud rate; noise on the line corrupts packets",
+        )
+
+
+class OversizedReplyError(ModuleError):
+    """A data stream ran past the size of what was asked for (an image, a template) without ending."""
+
+    def __init__(self, port: str, what: str, limit: int, model: str) -> None:
+        super().__init__(
+            f"the module on {port} sent more than the {limit} bytes of {what} of a {model} without ending the "
+            "stream",
+            f"check the module is a {model} (another model of the family has another image size: set the model, "
+            "or report its system parameters), and the cable and ground wire (noise repeats packets)",
         )
 
 
