@@ -30,6 +30,7 @@ import structlog
 from agent.client import VerifierClient
 from agent.errors import AgentError
 from agent.verifier_api import VerifierAPI
+from drivers.errors import RetryCapture
 from protocol.face_template import ACR_FACE
 from protocol.messages import Challenge, Decision, StepUp
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW
@@ -140,17 +141,37 @@ class CaptureSession:
 
         return encode(await self._capture_template(place_message))
 
+    async def _take_image(self) -> Any:
+        """Wait for a finger and fetch its image; None when the reader asks for another try.
+
+        A reader's retry (libfprint's "swipe too short", a serial module that could
+        not image a wet finger) is no failure of the session: its feedback code is
+        prompted, as a match-on-sensor session does, and the attempt counts. The
+        finger must come off before the next attempt (a serial module would image
+        the same unwiped finger again at once; libfprint's readers are lifted already).
+        """
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
+            # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
+            self._prompt("lift_finger")
+            return await asyncio.to_thread(self.reader.download_image)
+        except RetryCapture as retry:
+            log.info("capture_retry", feedback=retry.feedback)
+            self._prompt(retry.feedback, str(retry.args[0]) if retry.args else "")
+            await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            return None
+        finally:
+            self.timings.capture_ms += (time.perf_counter() - started) * 1000
+
     async def _capture_template(self, place_message: str = "") -> FingerprintTemplate:
         from biometrics.fingerprint import FingerprintImageError, extract_with_quality
 
         for attempt in range(1, self.max_attempts + 1):
             self._prompt("place_finger", place_message)
-            started = time.perf_counter()
-            await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
-            # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
-            self._prompt("lift_finger")
-            image = await asyncio.to_thread(self.reader.download_image)
-            self.timings.capture_ms += (time.perf_counter() - started) * 1000
+            image = await self._take_image()
+            if image is None:
+                continue
             started = time.perf_counter()
             try:
                 template, quality = extract_with_quality(image, self.resolution_dpi)

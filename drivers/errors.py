@@ -17,3 +17,17 @@ class DeviceError(Exception):
     def __str__(self) -> str:
         base = super().__str__()
         return f"{base} (fix: {self.fix})" if self.fix else base
+
+
+class RetryCapture(DeviceError):
+    """The reader took no usable image this time and asks for another try; not a fault of the device.
+
+    Every family's retry answers (libfprint's "swipe too short", a serial module's
+    failed imaging) share this type so a capture session handles them alike:
+    ``feedback`` is a code of DESIGN.md's feedback vocabulary to prompt, the
+    message is for the person at the sensor, and the session takes its next attempt.
+    """
+
+    def __init__(self, feedback: str, message: str, fix: str = "try again") -> None:
+        super().__init__(message, fix)
+        self.feedback = feedback

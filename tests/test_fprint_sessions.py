@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from agent.client import VerifierClient
 from agent.sessions import CaptureSession
@@ -90,3 +91,55 @@ def test_enroll_and_verify_with_a_usb_image_reader(provisioned, virtual_image_re
     impostor = PersonAtUsbReader(reader, feeder, [(7, 0), (8, 0)])
     answer, _ = _session(provisioned, reader, impostor, "verify", "carol")
     assert answer["decision"] == "reject"
+
+
+class RetryingPerson(PersonAtUsbReader):
+    """A person whose first swipes are too short: the reader answers those with libfprint's retry."""
+
+    def __init__(self, reader, feeder, retries: int, placements: list[tuple[int, int]]) -> None:
+        super().__init__(reader, feeder, placements)
+        self.retries = retries
+
+    def __call__(self, event: dict) -> None:
+        if self.retries and event.get("code") == "place_finger":
+            self.retries -= 1
+            self.events.append(event)
+            self.prompts.append(event["code"])
+            threading.Thread(target=self._swipe_too_short, daemon=True).start()
+            return
+        super().__call__(event)
+
+    def _swipe_too_short(self) -> None:
+        from simulators.fprint import RETRY_TOO_SHORT
+
+        deadline = time.monotonic() + 10
+        while not self.reader.finger_needed() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.feeder.retry(RETRY_TOO_SHORT)
+
+
+def _capture(reader, person, max_attempts: int = 4) -> bytes:
+    """One capture only: it reaches no verifier, so the session needs no client."""
+    session = CaptureSession(reader, None, emit=person, resolution_dpi=reader.info.dpi, max_attempts=max_attempts,
+                             finger_timeout_s=10)
+    return asyncio.run(session.capture())
+
+
+def test_a_retry_of_a_usb_image_reader_is_a_prompt_and_the_next_attempt(virtual_image_reader) -> None:
+    reader, feeder = virtual_image_reader
+    person = RetryingPerson(reader, feeder, 1, [(0, 0)])
+    record = _capture(reader, person)
+    assert record and len(person.sent) == 1
+    assert person.prompts[:4] == ["place_finger", "too_fast", "place_finger", "lift_finger"]
+    said = next(e for e in person.events if e.get("code") == "too_fast")
+    assert said["message"].startswith("The swipe was too short")
+
+
+def test_retries_count_as_attempts(virtual_image_reader) -> None:
+    from agent.sessions import SessionError
+
+    reader, feeder = virtual_image_reader
+    person = RetryingPerson(reader, feeder, 2, [])
+    with pytest.raises(SessionError, match="after 2 attempts"):
+        _capture(reader, person, max_attempts=2)
+    assert person.prompts == ["place_finger", "too_fast", "place_finger", "too_fast"]

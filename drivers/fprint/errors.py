@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, RetryCapture
 
 FPRINTD_FIX = (
     "fprintd (the desktop's fingerprint service) holds the reader: stop it and keep it from starting again "
@@ -47,12 +47,15 @@ class CaptureCancelled(FprintError):
         super().__init__("the capture was cancelled")
 
 
-class RetryScan(FprintError):
-    """The reader asks for another try; ``feedback`` is a code of DESIGN.md's vocabulary."""
+class RetryScan(FprintError, RetryCapture):
+    """The reader asks for another try; ``feedback`` is a code of DESIGN.md's vocabulary.
+
+    A :class:`~drivers.errors.RetryCapture` too, so capture sessions treat it like
+    any family's retry (a prompt and the next attempt), not as a failure.
+    """
 
     def __init__(self, feedback: str, message: str) -> None:
-        super().__init__(message, "try again")
-        self.feedback = feedback
+        RetryCapture.__init__(self, feedback, message)
 
 
 # FpDeviceRetry nick -> (feedback code, message for the person)
