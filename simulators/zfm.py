@@ -41,6 +41,7 @@ from drivers.zfm.constants import (
     BAUD_UNIT,
     DEFAULT_ADDRESS,
     DEFAULT_BAUD,
+    IMAGING_FAILED,
     PACKET_SIZES,
     POWER_UP_BYTE,
     PROFILES,
@@ -83,7 +84,6 @@ class Babble(enum.Enum):
     DATA = "data"
 
 
-IMAGING_FAILED = 0x03  # GenImg: a finger is there, its image could not be taken (R30x / ZFM manuals)
 BABBLE_TURN_S = 0.01  # how often the serving thread adds babble to the line
 
 def _frame(kind: int, payload: bytes, address: int) -> bytes:

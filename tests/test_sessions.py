@@ -233,3 +233,26 @@ def test_an_unknown_subject_is_said_before_anyone_touches_the_sensor(provisioned
         run_session(provisioned, zfm_sim, 0, [0], "verify", "nobody")
     assert refused.value.fix == "enroll the subject first: capture-agent enroll --subject nobody"
     assert 0x01 not in zfm_sim.commands, "no image was asked of the sensor"
+
+
+def test_a_finger_the_module_cannot_image_is_a_prompt_and_the_next_attempt(zfm_sim) -> None:
+    """GenImg's 0x03 (a wet or smudged finger): "wipe the sensor", the finger off and on, the next attempt."""
+    from simulators.zfm import Fault
+
+    class WipingFinger(ScriptedFinger):
+        def __call__(self, event: dict) -> None:
+            super().__call__(event)
+            if event.get("code") == "clean_sensor":
+                self.sim.lift()  # lifts, wipes, and places again when asked
+
+    user = WipingFinger(zfm_sim, 0, [0, 1])
+    zfm_sim.inject(Fault.IMAGING_FAILED)
+
+    async def go() -> bytes:
+        with ZfmModule(zfm_sim.port, reply_timeout_s=0.5) as reader:
+            # capture() reaches no verifier: no client needed
+            return await CaptureSession(reader, None, emit=user, finger_timeout_s=5).capture()
+
+    assert asyncio.run(go())
+    assert user.prompts[:4] == ["place_finger", "clean_sensor", "place_finger", "lift_finger"]
+    assert user.placements == [], "the second placement was the one imaged"

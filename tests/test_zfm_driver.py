@@ -11,11 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from drivers.errors import RetryCapture
 from drivers.zfm.constants import LedColor
 from drivers.zfm.driver import ZfmModule
 from drivers.zfm.errors import (
     CorruptReplyError,
     FingerTimeoutError,
+    ImagingFailedError,
     NoReplyError,
     OversizedReplyError,
     PortMissingError,
@@ -262,3 +264,27 @@ def test_an_endless_stream_is_refused_past_the_expected_size(module, zfm_sim, wh
     assert "model" in error.fix
     zfm_sim.quiet()
     assert module.template_count() == 0, "the next command is answered once the stream stops"
+
+
+# ---------------------------------------------------------------- a finger the module cannot image
+
+
+def test_a_finger_that_cannot_be_imaged_is_a_retry_with_a_feedback_code(module, zfm_sim) -> None:
+    from agent.sessions import MESSAGES
+
+    zfm_sim.place(finger=0)
+    zfm_sim.inject(Fault.IMAGING_FAILED)  # GenImg answers 0x03 once
+    with pytest.raises(ImagingFailedError) as info:
+        module.wait_for_finger(2)
+    assert isinstance(info.value, RetryCapture) and info.value.feedback == "clean_sensor"
+    assert info.value.feedback in MESSAGES and "wipe" in info.value.fix
+    module.wait_for_finger(2)  # the next GenImg images it
+    assert module.download_image().shape == (zfm_sim.profile.image_height, zfm_sim.profile.image_width)
+
+
+def test_a_finger_that_cannot_be_imaged_is_still_on_the_sensor(module, zfm_sim) -> None:
+    zfm_sim.place(finger=0)
+    zfm_sim.inject(Fault.IMAGING_FAILED)
+    assert module.wait_for_lift(0.3) is False, "an unimaged finger is still a finger: no lift"
+    zfm_sim.lift()
+    assert module.wait_for_lift(2) is True

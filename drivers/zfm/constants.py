@@ -75,7 +75,7 @@ CONFIRMATION = {
     0x00: "ok",
     0x01: "error receiving the packet",
     0x02: "no finger on the sensor",
-    0x03: "failed to enroll the finger image",
+    0x03: "failed to take the finger's image",  # GenImg: a finger is there (wet, smudged, or a dirty window)
     0x06: "image too disorderly to make a template",
     0x07: "too few feature points to make a template",
     0x08: "fingers do not match",
@@ -97,6 +97,7 @@ CONFIRMATION = {
 }
 OK = 0x00
 NO_FINGER = 0x02
+IMAGING_FAILED = 0x03  # GenImg's "fail to collect finger": routine with wet or smudged fingers
 NOT_FOUND = 0x09
 NO_MATCH = 0x08
 

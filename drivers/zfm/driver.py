@@ -52,6 +52,7 @@ from drivers.zfm.constants import (
     BAUD_UNIT,
     DEFAULT_ADDRESS,
     DEFAULT_BAUD,
+    IMAGING_FAILED,
     NO_FINGER,
     NOT_FOUND,
     PACKET_SIZES,
@@ -66,6 +67,7 @@ from drivers.zfm.errors import (
     CaptureCancelled,
     CorruptReplyError,
     FingerTimeoutError,
+    ImagingFailedError,
     ModuleRefusedError,
     NoReplyError,
     OversizedReplyError,
@@ -317,12 +319,25 @@ class ZfmModule:
 
     # ---------------------------------------------------------------- capture
     def capture(self) -> bool:
-        """GenImg once: True when a finger was imaged, False when there is none."""
+        """GenImg once: True when a finger was imaged, False when there is none.
+
+        ImagingFailedError (a retry with a feedback code, not a fault) when a finger
+        is there but could not be imaged: the session prompts and tries again.
+        """
         ack = self._call(Command.GEN_IMG, what="capturing an image")
         if ack.code == NO_FINGER:
             return False
+        if ack.code == IMAGING_FAILED:
+            raise ImagingFailedError(self.port)
         self._check(ack, "capturing an image")
         return True
+
+    def _finger_present(self) -> bool:
+        """GenImg as a presence test: a finger that could not be imaged is still a finger on the sensor."""
+        try:
+            return self.capture()
+        except ImagingFailedError:
+            return True
 
     def wait_for_finger(
         self, timeout_s: float, poll_s: float = POLL_INTERVAL_S, cancel: threading.Event | None = None
@@ -341,7 +356,7 @@ class ZfmModule:
         self, timeout_s: float, poll_s: float = POLL_INTERVAL_S, cancel: threading.Event | None = None
     ) -> bool:
         deadline = time.monotonic() + timeout_s
-        while self.capture():
+        while self._finger_present():
             if cancel is not None and cancel.wait(poll_s):
                 raise CaptureCancelled()
             if time.monotonic() > deadline:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, RetryCapture
 
 
 class ModuleError(DeviceError):
@@ -74,6 +74,26 @@ class ModuleRefusedError(ModuleError):
     def __init__(self, what: str, code: int, message: str) -> None:
         super().__init__(f"the module refused {what}: {message} (code {code:#04x})")
         self.code = code
+
+
+class ImagingFailedError(ModuleError, RetryCapture):
+    """GenImg's confirmation code 0x03: a finger is on the sensor but no image could be taken of it.
+
+    A routine answer, not a fault: the manuals give it for a finger the optical
+    window cannot image, in practice a wet or greasy finger or the smudge such
+    fingers leave on the window. Its feedback code is ``clean_sensor`` ("Please
+    wipe the sensor"), whose message names the fix for both: ``place_finger``
+    would only repeat what the person has just done, and ``finger_too_dry`` is the
+    opposite of the common cause.
+    """
+
+    def __init__(self, port: str) -> None:
+        RetryCapture.__init__(
+            self,
+            "clean_sensor",
+            "The sensor could not take an image of your finger: wipe the sensor and your finger, then try again",
+            f"wipe the sensor window of the module on {port} and dry the finger",
+        )
 
 
 class WrongPasswordError(ModuleError):
