@@ -42,6 +42,7 @@ from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import StepUpRequiredError
 from agent.sessions import MESSAGES, SessionError, SessionToken
 from agent.verifier_api import VerifierAPI, parsed_answer
+from drivers.errors import RetryCapture
 from protocol.face_template import ACR_FACE
 from protocol.messages import Decision, StepUp
 from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollment, SensorEnrollmentRequest, print_hash
@@ -50,8 +51,8 @@ log = structlog.get_logger()
 
 
 def _retry_feedback(exc: BaseException) -> str | None:
-    """The feedback code of a reader's "try again" (drivers.fprint.errors.RetryScan), else None."""
-    return getattr(exc, "feedback", None) if type(exc).__name__ == "RetryScan" else None
+    """The feedback code of a reader's "try again" (:class:`drivers.errors.RetryCapture`), else None."""
+    return exc.feedback if isinstance(exc, RetryCapture) else None
 
 
 @dataclass
