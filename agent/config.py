@@ -37,6 +37,7 @@ def _positive(value: float) -> bool:
 
 
 def _https_url(value: str) -> bool:
+    refuse_user_info(value)  # before any message that would repeat the value with its password
     parts = urlsplit(value)
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
@@ -59,6 +60,25 @@ def normalise_spki_pin(value: str) -> str | None:
     except binascii.Error:
         return None
     return base64.b64encode(digest).decode("ascii") if len(digest) == 32 else None
+
+
+def refuse_user_info(url: str) -> None:
+    """Refuse ``https://user:password@host``, naming the URL without its user info.
+
+    Why: the verifier authenticates a device by its certificate (and provisioning by
+    the one-time token), never by a password in the URL; one typed there anyway would
+    be printed by every log line and by `doctor` that names the verifier. The error
+    itself must not repeat it, so the URL is shown with the user info cut out.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return
+    shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    raise ConfigError(
+        f"bad value [verifier] url: {shown} has a user name or password before the host",
+        fix="remove the `user:password@` part (the device authenticates with its certificate and the "
+        "provisioning token, never a password in the URL); if it was a real password, change it",
+    )
 
 
 def with_default_port(url: str) -> str:
@@ -99,6 +119,7 @@ class VerifierSection:
     )
 
     def __post_init__(self) -> None:
+        refuse_user_info(self.url)
         # The protocol's port is 8443 (DESIGN.md), not https's 443: a URL typed without a
         # port means the verifier's port, never a silent 443 that fails with a bare ConnectError.
         object.__setattr__(self, "url", with_default_port(self.url))
@@ -370,7 +391,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
         return AgentConfig()
     file = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             f"config file {file} does not exist",
@@ -380,6 +401,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
         raise ConfigError(
             f"config file {file} cannot be read: {exc.strerror}",
             fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
+        ) from None
+    try:
+        # TOML is UTF-8 by definition; a byte-order mark (Notepad's "UTF-8 with BOM") is still UTF-8.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # A Latin-1 comment ("café") or a file saved as UTF-16 must not be a traceback on every command.
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {file} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})",
+            fix="save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`, or your editor's \"UTF-8\" encoding)",
         ) from None
     try:
         data = tomllib.loads(text)

@@ -82,3 +82,38 @@ def test_config_is_frozen() -> None:
     config = AgentConfig()
     with pytest.raises(AttributeError):
         config.network.retries = 7  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "# Kiosk at the café\n[agent]\nstate_dir = \"/srv/agent\"\n".encode("latin-1"),
+        "[agent]\nstate_dir = \"/srv/agent\"\n".encode("utf-16"),
+    ],
+    ids=["latin-1 comment", "utf-16"],
+)
+def test_config_that_is_not_utf8_is_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        load_config(path)
+    assert "save it as UTF-8" in info.value.fix
+
+
+def test_config_with_a_utf8_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + '# café\n[agent]\nstate_dir = "/srv/agent"\n'.encode())
+    assert load_config(path).agent.state_dir == Path("/srv/agent")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://admin:s3cret@127.0.0.1:8443", "https://admin:s3cret@h:notaport", "https://s3cret@h"]
+)
+def test_user_info_in_the_verifier_url_is_refused_without_repeating_it(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f'[verifier]\nurl = "{url}"\n'))
+    assert "user name or password" in info.value.message and "user:password@" in info.value.fix
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError) as override:
+        AgentConfig().with_overrides(verifier={"url": url})
+    assert "s3cret" not in str(override.value)
