@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import random
 import ssl
 import uuid
@@ -77,6 +78,15 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 JSON_TYPE = "application/json"
 
 
+# OpenSSL's reasons when the first bytes back are not a TLS record (a plain HTTP "HTTP/1.1 400",
+# an SSH banner): the port is wrong, not the verifier's TLS settings.
+NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG")
+CLOCK_FIX = (
+    "check this device's clock: `timedatectl` shows it and whether NTP is on, "
+    "`timedatectl set-ntp true` turns it on (a Pi has no RTC battery)"
+)
+
+
 def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     """Turn a failed handshake into a message naming the fix, or None if not TLS."""
     failure = ssl_error_in(exc)
@@ -91,6 +101,19 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     if isinstance(failure, ssl.SSLCertVerificationError):
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
             fix = "use the host name the verifier's certificate was issued for in [verifier] url"
+        elif "not yet valid" in reason.lower() or "expired" in reason.lower():
+            # OpenSSL judged the dates by this device's clock; a Pi without an RTC battery or NTP
+            # is the usual cause, and re-provisioning would only spend a token.
+            now = dt.datetime.now(dt.UTC)
+            if "not yet" in reason.lower():
+                otherwise = "is not valid yet: see its dates on the verifier"
+            else:
+                otherwise = "has expired: renew it on the verifier"
+            return TLSPolicyError(
+                f"the verifier's certificate was refused at {url}: {reason} by this device's clock, "
+                f"which says {now:%Y-%m-%d %H:%M} UTC",
+                fix=f"{CLOCK_FIX}; if the clock is right, the verifier's certificate {otherwise}",
+            )
         else:
             fix = (
                 "the verifier's certificate is not issued by the device's CA: check the URL points "
@@ -98,6 +121,12 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
             )
         return TLSPolicyError(f"the verifier's certificate was refused at {url}: {reason}", fix=fix)
     text = str(failure)
+    if any(not_tls in text.upper() for not_tls in NOT_TLS_REASONS):
+        return TLSPolicyError(
+            f"{url} does not speak TLS: that port answered in plain HTTP (or another protocol) ({reason})",
+            fix="check the port in [verifier] url (or --verifier): the verifier serves TLS on its own port, "
+            "8443 unless `capture-verifier serve --port` says otherwise; an http:// port is not it",
+        )
     if "VERSION" in text.upper() or "PROTOCOL" in text.upper():
         fix = "the verifier must offer TLS 1.2 or 1.3 with ECDHE and AEAD ciphers"
     elif "ALERT" in text.upper():

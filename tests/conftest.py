@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http.server
 import ipaddress
 import os
 import secrets
@@ -15,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,20 @@ def accepted_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     server.close()
 
 
+@pytest.fixture
+def plain_http_port() -> Iterator[int]:
+    """A plain HTTP/1.0 server on a free port of 127.0.0.1 (a wrong port in the URL); stopped after."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 # ---------------------------------------------------------------- agent
 
 
@@ -123,21 +139,28 @@ class TestCA:
         return self.folder / f"{self.name}-ca.pem"
 
     @staticmethod
-    def _builder(subject: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
+    def _builder(
+        subject: x509.Name, public_key, days: int, valid: tuple[dt.datetime, dt.datetime] | None = None
+    ) -> x509.CertificateBuilder:
         now = dt.datetime.now(dt.UTC)
+        start, end = valid or (now - dt.timedelta(minutes=5), now + dt.timedelta(days=days))
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(start)
+            .not_valid_after(end)
         )
 
     def issue_key_and_cert(
-        self, names: list[str], *, client: bool = False
+        self, names: list[str], *, client: bool = False, valid: tuple[dt.datetime, dt.datetime] | None = None
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        """A leaf certificate for DNS names or IPs (the first name is also the CN)."""
+        """A leaf certificate for DNS names or IPs (the first name is also the CN).
+
+        ``valid`` (not before, not after) gives a certificate that is not yet valid or
+        already expired: what a device with its clock off sees, without faking the clock.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
         for name in names:
@@ -148,7 +171,7 @@ class TestCA:
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
         cert = (
-            self._builder(subject, key.public_key(), days=5)
+            self._builder(subject, key.public_key(), days=5, valid=valid)
             .issuer_name(self.cert.subject)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -157,9 +180,16 @@ class TestCA:
         )
         return key, cert
 
-    def issue(self, label: str, names: list[str], *, client: bool = False) -> tuple[Path, Path]:
+    def issue(
+        self,
+        label: str,
+        names: list[str],
+        *,
+        client: bool = False,
+        valid: tuple[dt.datetime, dt.datetime] | None = None,
+    ) -> tuple[Path, Path]:
         """Like :meth:`issue_key_and_cert`, written as (cert file, unencrypted key file)."""
-        key, cert = self.issue_key_and_cert(names, client=client)
+        key, cert = self.issue_key_and_cert(names, client=client, valid=valid)
         cert_file, key_file = self.folder / f"{label}.pem", self.folder / f"{label}.key"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_file.write_bytes(
@@ -170,10 +200,15 @@ class TestCA:
         return cert_file, key_file
 
     def server_context(
-        self, names: list[str], *, alpn: tuple[str, ...] = ("h2",), client_ca: Path | None = None
+        self,
+        names: list[str],
+        *,
+        alpn: tuple[str, ...] = ("h2",),
+        client_ca: Path | None = None,
+        valid: tuple[dt.datetime, dt.datetime] | None = None,
     ) -> ssl.SSLContext:
-        """A server-side context with a fresh certificate for ``names``."""
-        cert_file, key_file = self.issue(f"server-{secrets.token_hex(4)}", names)
+        """A server-side context with a fresh certificate for ``names`` (valid from/to ``valid`` if given)."""
+        cert_file, key_file = self.issue(f"server-{secrets.token_hex(4)}", names, valid=valid)
         self.last_server_cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert_file, key_file)

@@ -54,3 +54,28 @@ def test_a_password_in_the_verifier_url_is_refused_and_never_printed(verifier, t
         assert "user name or password" in done.stderr and "user:password@" in done.stderr
     assert not (tmp_path / "state").exists(), "nothing was provisioned"
     assert "s3cret" not in verifier.log_path.read_text()
+
+
+# ---------------------------------------------------------------- a wrong port that answers plain HTTP
+
+
+def test_provisioning_against_a_plain_http_port_says_to_check_the_port(
+    verifier, tmp_path: Path, plain_http_port
+) -> None:
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url))
+    done = agent_cli(
+        "provision",
+        "--config",
+        str(config_file),
+        "--verifier",
+        f"https://127.0.0.1:{plain_http_port}",
+        "--token",
+        "unused",
+        "--ca-fingerprint",
+        verifier.ca_fingerprint,
+    )
+    no_traceback(done)
+    assert done.returncode == 2
+    error, fix = done.stderr.split("fix:", 1)
+    assert "does not speak TLS" in error and "plain HTTP" in error, done.stderr
+    assert "check the port" in fix and "TLS 1.2 or 1.3" not in fix

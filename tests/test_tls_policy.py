@@ -8,6 +8,7 @@ pass because nothing works at all.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import ssl
 import warnings
@@ -167,3 +168,27 @@ def test_a_handshake_reset_while_openssl_waits_is_a_network_failure_not_a_tls_po
     assert refusal_of_device_certificate(handshake_failure(broken), identity, url) is None
     verdict = ssl.SSLError(1, "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version")
     assert isinstance(tls_policy_error(handshake_failure(verdict), url), TLSPolicyError)  # a verdict still is one
+
+
+# A device whose clock is off sees the verifier's certificate as not yet valid or expired. Rather than
+# fake the clock, the server gets a certificate whose dates are off: OpenSSL gives the same verdict.
+@pytest.mark.parametrize(
+    ("days", "verdict"),
+    [((400, 800), "not yet valid"), ((-800, -400), "expired")],
+    ids=["clock-behind", "clock-ahead"],
+)
+def test_a_server_certificate_out_of_its_dates_names_the_clock_not_the_ca(ca, identity, days, verdict) -> None:
+    now = dt.datetime.now(dt.UTC)
+    valid = (now + dt.timedelta(days=days[0]), now + dt.timedelta(days=days[1]))
+    with H2TestServer(ca.server_context(["127.0.0.1"], client_ca=ca.ca_file, valid=valid)) as server:
+        error = refused(identity, server.url)
+    assert verdict in error.message and f"which says {now:%Y-%m-%d}" in error.message
+    assert "timedatectl" in error.fix and "clock" in error.fix
+    assert "not issued by the device's CA" not in error.fix and "re-provision" not in error.fix
+    assert server.log.requests == []
+
+
+def test_a_port_answering_plain_http_is_named_as_not_tls(identity, plain_http_port) -> None:
+    error = refused(identity, f"https://127.0.0.1:{plain_http_port}")
+    assert "does not speak TLS" in error.message and "plain HTTP" in error.message
+    assert "check the port" in error.fix and "TLS 1.2 or 1.3" not in error.fix
