@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import pwd
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.client import VerifierClient
@@ -50,24 +52,105 @@ def _mode(path: os.PathLike[str]) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+CHOWN_FIX = (
+    "give it to the agent's user: `sudo chown -R capture-agent: {path}` (provisioning as root without User= "
+    "leaves it root's), then run commands as that user (README: `systemd-run ... -p User=capture-agent`)"
+)
+
+
 def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
+    """The state directory as the agent's user needs it: a directory, its own, 0700, every file readable.
+
+    Why ownership and access, not only the mode: a directory provisioned as root
+    has a perfect 0700 and is useless to the agent's user; the fix is `chown`, and
+    saying so here stops a re-provisioning that would spend a token for nothing.
+    """
+    name = "state directory"
     path = config.agent.state_dir
-    if not path.exists():
+    uid = os.getuid()
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return report.add(name, False, f"{path} does not exist", "provision the device (`capture-agent provision`)")
+    except NotADirectoryError:
         return report.add(
-            "state directory",
+            name, False, f"a part of {path} is a file, not a directory", "point [agent] state_dir at a directory"
+        )
+    except PermissionError:
+        return report.add(
+            name,
             False,
-            f"{path} does not exist",
-            "provision the device (`capture-agent provision`)",
+            f"{path} cannot be looked at by {_user(uid)}: a parent directory is closed to this user",
+            f"`ls -ld` each parent of {path}; the state directory's parents must be searchable (x) by the "
+            "agent's user",
         )
-    mode = _mode(path)
-    if mode & 0o077:
-        return report.add("state directory", False, f"{path} has mode {mode:o}", f"chmod 0700 {path}")
-    loose = [str(p) for p in path.rglob("*") if p.is_file() and not p.is_symlink() and _mode(p) & 0o077]
-    if loose:
+    if not stat.S_ISDIR(info.st_mode):
         return report.add(
-            "state directory", False, f"files readable by others: {', '.join(loose)}", "chmod 0600 on them"
+            name,
+            False,
+            f"[agent] state_dir {path} is a file, not a directory",
+            "point [agent] state_dir at a directory (default /var/lib/capture-agent), or move the file away",
         )
-    return report.add("state directory", True, f"{path} (0700, files 0600)")
+    if info.st_uid != uid:
+        if uid == 0:
+            return report.add(
+                name,
+                False,
+                f"{path} belongs to {_user(info.st_uid)} but doctor runs as root: it must check as the agent's user",
+                "run doctor as the agent's user, as the unit runs it (README: `systemd-run --pipe --wait "
+                "-p User=capture-agent -p LoadCredentialEncrypted=capture-agent-kek ... capture-agent doctor`)",
+            )
+        return report.add(
+            name, False, f"{path} belongs to {_user(info.st_uid)}, not to {_user(uid)}", CHOWN_FIX.format(path=path)
+        )
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return report.add(
+            name, False, f"{path} has mode {_mode(path):o}: {_user(uid)} cannot enter it", f"chmod 0700 {path}"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return report.add(name, False, f"{path} has mode {mode:o}", f"chmod 0700 {path}")
+    foreign: list[str] = []
+    closed: list[str] = []
+    loose: list[str] = []
+
+    def unreadable(exc: OSError) -> None:
+        closed.append(str(exc.filename))
+
+    for folder, dirs, files in os.walk(path, onerror=unreadable):
+        for entry in (*dirs, *files):
+            item = Path(folder) / entry
+            try:
+                entry_info = item.lstat()
+            except OSError:
+                closed.append(str(item))
+                continue
+            if stat.S_ISLNK(entry_info.st_mode):
+                continue
+            if entry_info.st_uid != uid:
+                foreign.append(f"{item} ({_user(entry_info.st_uid)})")
+            elif not os.access(item, os.R_OK):
+                closed.append(str(item))
+            elif stat.S_ISREG(entry_info.st_mode) and stat.S_IMODE(entry_info.st_mode) & 0o077:
+                loose.append(str(item))
+    if foreign:
+        return report.add(
+            name, False, f"files not owned by {_user(uid)}: {', '.join(foreign)}", CHOWN_FIX.format(path=path)
+        )
+    if closed:
+        return report.add(
+            name, False, f"unreadable by {_user(uid)}: {', '.join(closed)}", f"chmod -R u+rwX {path}"
+        )
+    if loose:
+        return report.add(name, False, f"files readable by others: {', '.join(loose)}", "chmod 0600 on them")
+    return report.add(name, True, f"{path} (0700, owned by {_user(uid)}, files 0600)")
 
 
 def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity | None:

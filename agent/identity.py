@@ -33,6 +33,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import os
+import pwd
 import shutil
 import stat
 from collections.abc import AsyncIterator, Sequence
@@ -83,6 +84,26 @@ def certificate_fingerprint(cert: x509.Certificate) -> str:
 def normalise_fingerprint(text: str) -> str:
     """Accept ``AB:CD:..``, ``abcd..`` or with spaces; give lowercase hex."""
     return "".join(ch for ch in text if ch not in ": \t").lower()
+
+
+def _user(uid: int | None = None) -> str:
+    """``name (uid N)`` of a user id (this process's by default), for messages an installer acts on."""
+    uid = os.getuid() if uid is None else uid
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _owner_of(path: Path) -> str:
+    """Who owns ``path``, or the nearest part of it this user may look at."""
+    for candidate in (path, *path.parents):
+        try:
+            uid = candidate.lstat().st_uid
+        except OSError:  # inside a directory this user cannot enter: say who owns that one
+            continue
+        return f"{'' if candidate == path else f'{candidate} '}owned by {_user(uid)}"
+    return "owner unknown"
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -166,16 +187,61 @@ class IdentityStore:
     def current(self) -> Path:
         return self.state_dir / CURRENT_LINK
 
+    def access_error(self, exc: OSError, doing: str) -> IdentityError:
+        """An OS error on the state directory as the installer's fix, never a traceback.
+
+        Why each case has its own fix: a state directory provisioned as root (a unit
+        without User=, a `sudo provision`) is unreadable to the agent's user, and the
+        fix is `chown`, not a re-provisioning that would spend a token; a parent the
+        agent's user cannot write is made by root with `install -d`; a state_dir that
+        names a file is a config mistake.
+        """
+        where = exc.filename or self.state_dir
+        if isinstance(exc, NotADirectoryError | FileExistsError):
+            return IdentityError(
+                f"cannot {doing}: [agent] state_dir {self.state_dir} is a file, not a directory ({where})",
+                fix="point [agent] state_dir at a directory (default /var/lib/capture-agent), or move the file away",
+            )
+        if isinstance(exc, PermissionError):
+            if not self.state_dir.exists() and not self.state_dir.is_symlink():
+                return IdentityError(
+                    f"cannot {doing}: {self.state_dir} does not exist and its parent is not writable by "
+                    f"{_user()} ({exc.strerror})",
+                    fix=f"create it as root: `install -d -o capture-agent -g capture-agent -m 0700 {self.state_dir}` "
+                    "(the unit's StateDirectory= does this for /var/lib/capture-agent)",
+                )
+            return IdentityError(
+                f"cannot {doing}: permission denied on {where} ({_owner_of(Path(where))}; this command runs as "
+                f"{_user()})",
+                fix=f"give the state directory to the agent's user: `chown -R capture-agent: {self.state_dir}` "
+                "(provisioning as root, without User=, leaves it root's); run commands as that user "
+                "(README: `systemd-run ... -p User=capture-agent`)",
+            )
+        return IdentityError(
+            f"cannot {doing}: {where}: {exc.strerror or exc}",
+            fix=f"check the disk and {self.state_dir} (`ls -la {self.state_dir}`, `df`, `dmesg`)",
+        )
+
     def exists(self) -> bool:
-        return (self.current / CERT_FILE).exists() and (self.current / KEY_FILE).exists()
+        """Whether an identity is there; a state directory this user cannot read is an error, not "no"."""
+        try:
+            return (self.current / CERT_FILE).exists() and (self.current / KEY_FILE).exists()
+        except OSError as exc:
+            raise self.access_error(exc, "read the device identity") from None
 
     def ensure_state_dir(self) -> None:
         """Create the state directory 0700, or tighten it; refuse one owned by another user."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = self.state_dir.stat()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            info = self.state_dir.stat()
+        except OSError as exc:
+            raise self.access_error(exc, "create the state directory") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise self.access_error(FileExistsError(17, "File exists", str(self.state_dir)), "use the state directory")
         if info.st_uid != os.getuid():
             raise IdentityError(
-                f"state directory {self.state_dir} belongs to uid {info.st_uid}, not to this user",
+                f"state directory {self.state_dir} belongs to {_owner_of(self.state_dir)}, not to this user "
+                f"({_user()})",
                 fix=f"run as the agent's user, or `chown -R capture-agent: {self.state_dir}`",
             )
         if stat.S_IMODE(info.st_mode) & 0o077:
@@ -235,6 +301,8 @@ class IdentityStore:
         try:
             cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
             cas = tuple(x509.load_pem_x509_certificates((folder / CA_FILE).read_bytes()))
+        except PermissionError as exc:
+            raise self.access_error(exc, "read the device certificate") from None
         except (ValueError, OSError) as exc:
             raise IdentityError(
                 f"the device certificate files in {folder} are unreadable: {exc}",
@@ -243,6 +311,8 @@ class IdentityStore:
         identity = DeviceIdentity(folder, cert, cas, passphrase)
         try:
             identity = DeviceIdentity(folder, cert, cas, passphrase, identity.private_key())
+        except PermissionError as exc:
+            raise self.access_error(exc, "read the device key") from None
         except OSError as exc:
             raise IdentityError(
                 f"the device key in {folder} is unreadable: {exc}",
@@ -281,7 +351,10 @@ class IdentityStore:
 
     def _lock_for_writing(self) -> int:
         self.ensure_state_dir()
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self.access_error(exc, f"open {LOCK_FILE}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process renews or provisions
         except BaseException:

@@ -46,6 +46,8 @@ def describe_existing(store: IdentityStore) -> str:
         return ""
     try:
         cert = store.load_certificate()
+    except PermissionError as exc:  # root's files, read by the agent's user: a chown, not a replacement
+        raise store.access_error(exc, "read the device certificate") from None
     except (OSError, ValueError):
         return "an unreadable identity"
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

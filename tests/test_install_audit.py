@@ -8,10 +8,21 @@ the command runs as uid 65534 when the tests run as root, and is skipped otherwi
 
 from __future__ import annotations
 
+import base64
+import functools
+import os
+import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from agent.devstack import device_config, write_config_file
+from agent.doctor import run_doctor
+from tests.test_doctor import by_name
 from tests.test_installer_cli import agent_cli
 
 
@@ -79,3 +90,198 @@ def test_provisioning_against_a_plain_http_port_says_to_check_the_port(
     error, fix = done.stderr.split("fix:", 1)
     assert "does not speak TLS" in error and "plain HTTP" in error, done.stderr
     assert "check the port" in fix and "TLS 1.2 or 1.3" not in fix
+
+
+# ---------------------------------------------------------------- the state directory's owner and permissions
+
+AGENT_UID = 65534  # nobody: stands for the agent's user, which is not the installer's root
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def as_agent_user_prefix() -> tuple[str, ...] | str:
+    """The command prefix that runs a process as uid 65534, or why that cannot be done here.
+
+    setpriv (util-linux) rather than a preexec_fn calling os.setuid: it resolves the
+    interpreter's path before its capabilities go, so a Python installed under root's
+    0700 home (pyenv) still starts; what the agent itself opens is then checked as uid 65534.
+    """
+    if os.getuid() != 0:
+        return "runs a command as another user (uid 65534): needs root to drop to it"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return "setpriv (util-linux) is not installed: cannot run a command as uid 65534"
+    prefix = (setpriv, f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups")
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import agent.cli"], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    if probe.returncode != 0:
+        return f"uid {AGENT_UID} cannot run this Python and the agent: {probe.stderr.strip()[-300:]}"
+    return prefix
+
+
+def needs_root() -> None:
+    prefix = as_agent_user_prefix()
+    if isinstance(prefix, str):
+        pytest.skip(prefix)
+
+
+def agent_cli_as_agent_user(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`capture-agent` run as uid 65534: the daemon's user meeting what root left behind."""
+    prefix = as_agent_user_prefix()
+    assert not isinstance(prefix, str), prefix
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder the agent's user may enter (pytest's tmp_path is root's 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="capture-audit-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def systemd_credentials(folder: Path) -> dict[str, str]:
+    """An environment with a readable key-encryption-key credential, as the unit's LoadCredentialEncrypted= gives."""
+    creds = folder / "creds"
+    creds.mkdir(mode=0o755)
+    (creds / "capture-agent-kek").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    (creds / "capture-agent-kek").chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if k != "CAPTURE_AGENT_CONFIG"}
+    env["CREDENTIALS_DIRECTORY"] = str(creds)
+    return env
+
+
+def credentials_config(folder: Path, state: Path, url: str) -> Path:
+    config_file = folder / "agent.toml"
+    config_file.write_text(
+        f'[agent]\nstate_dir = "{state}"\n[verifier]\nurl = "{url}"\n[keyring]\nbackend = "systemd-credentials"\n'
+        '[logging]\nlevel = "error"\n'
+    )
+    config_file.chmod(0o644)
+    return config_file
+
+
+def test_a_state_directory_provisioned_as_root_tells_the_agent_user_to_chown_it(verifier, open_tmp) -> None:
+    needs_root()
+    state = open_tmp / "state"
+    env = systemd_credentials(open_tmp)
+    config_file = credentials_config(open_tmp, state, verifier.url)
+    token = verifier.new_token("kiosk-root")
+    as_root = agent_cli(
+        "provision",
+        "--config",
+        str(config_file),
+        "--token",
+        token,
+        "--ca-fingerprint",
+        verifier.ca_fingerprint,
+        env=env,
+    )
+    assert as_root.returncode == 0, as_root.stderr
+    chown = f"chown -R capture-agent: {state}"
+    for opened in (False, True):  # root's 0700 folders; then folders opened 0755 with the files still root's 0600
+        if opened:
+            for folder in (state, *state.glob("identity-*")):
+                folder.chmod(0o755)
+        doctor = agent_cli_as_agent_user("doctor", "--config", str(config_file), env=env)
+        no_traceback(doctor)
+        assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+        state_line = next(line for line in doctor.stdout.splitlines() if "state directory:" in line)
+        assert "[FAIL]" in state_line and "belongs to root (uid 0)" in state_line, doctor.stdout
+        assert chown in doctor.stdout
+        identity_block = doctor.stdout.split("device identity:", 1)[1].split("\n[", 1)[0]
+        assert "permission denied" in identity_block and chown in identity_block, doctor.stdout
+        assert "re-provision" not in identity_block, "a token would be spent for a chown"
+        for command in (("health",), ("provision", "--token", "unused", "--ca-fingerprint", verifier.ca_fingerprint)):
+            done = agent_cli_as_agent_user(*command, "--config", str(config_file), env=env)
+            no_traceback(done)
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert chown in done.stderr.split("fix:", 1)[1], done.stderr
+    # The fix that is named works: chowned, the same commands pass as the agent's user.
+    for item in (state, *state.rglob("*")):  # what `chown -R` does (the identity link itself too)
+        os.lchown(item, AGENT_UID, AGENT_UID)
+    for folder in (state, *state.glob("identity-*")):
+        folder.chmod(0o700)
+    doctor = agent_cli_as_agent_user("doctor", "--config", str(config_file), env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+def test_a_state_directory_whose_parent_the_agent_user_cannot_write_says_to_create_it_as_root(
+    verifier, open_tmp
+) -> None:
+    needs_root()
+    state = open_tmp / "root-owned" / "state"
+    state.parent.mkdir(mode=0o755)
+    env = systemd_credentials(open_tmp)
+    config_file = credentials_config(open_tmp, state, verifier.url)
+    done = agent_cli_as_agent_user(
+        "provision",
+        "--config",
+        str(config_file),
+        "--token",
+        "unused",
+        "--ca-fingerprint",
+        verifier.ca_fingerprint,
+        env=env,
+    )
+    no_traceback(done)
+    assert done.returncode == 2
+    error, fix = done.stderr.split("fix:", 1)
+    assert f"{state} does not exist" in error and "parent is not writable" in error, done.stderr
+    assert f"install -d -o capture-agent -g capture-agent -m 0700 {state}" in fix
+
+
+def test_a_state_dir_that_is_a_file_is_named_as_one(verifier, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_text("not a directory\n")
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(state, verifier.url))
+    done = agent_cli(
+        "provision", "--config", str(config_file), "--token", "unused", "--ca-fingerprint", verifier.ca_fingerprint
+    )
+    no_traceback(done)
+    assert done.returncode == 2 and "is a file, not a directory" in done.stderr, done.stderr
+    doctor = agent_cli("doctor", "--config", str(config_file))
+    no_traceback(doctor)
+    assert "[FAIL] state directory:" in doctor.stdout and "is a file, not a directory" in doctor.stdout, doctor.stdout
+
+
+def test_doctor_checks_the_state_directory_owner(provisioned) -> None:
+    """Root runs this test: a state directory owned by another uid is not the one the daemon's user has."""
+    needs_root()
+    config, _ = provisioned
+    state = config.agent.state_dir
+    assert by_name(run_doctor(config))["state directory"].ok is True
+    os.chown(state, AGENT_UID, AGENT_UID)
+    check = by_name(run_doctor(config))["state directory"]
+    assert check.ok is False and f"belongs to nobody (uid {AGENT_UID})" in check.detail
+    assert "doctor runs as root" in check.detail and "-p User=capture-agent" in check.fix, check
+
+
+def test_doctor_fails_a_state_directory_the_agent_user_cannot_enter(open_tmp) -> None:
+    needs_root()
+    state = open_tmp / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, AGENT_UID, AGENT_UID)
+    state.chmod(0o000)  # its own, but closed even to its owner
+    env = {k: v for k, v in os.environ.items() if k != "CAPTURE_AGENT_CONFIG"}
+    config_file = open_tmp / "agent.toml"
+    config_file.write_text(f'[agent]\nstate_dir = "{state}"\n[keyring]\nbackend = "file-insecure-dev"\n')
+    config_file.chmod(0o644)
+    doctor = agent_cli_as_agent_user("doctor", "--config", str(config_file), env=env)
+    no_traceback(doctor)
+    state_line = next(line for line in doctor.stdout.splitlines() if "state directory:" in line)
+    assert "[FAIL]" in state_line and "cannot enter it" in state_line, doctor.stdout
+    assert f"chmod 0700 {state}" in doctor.stdout
