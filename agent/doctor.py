@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 import os
 import pwd
 import stat
@@ -17,13 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.client import VerifierClient
+import httpx
+
+from agent.client import CLOCK_FIX, VerifierClient
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.identity import DeviceIdentity, IdentityStore, spki_sha256
 from agent.keystore import load_kek
 
 EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+# How far this clock may be from the verifier's before doctor blames it (the verifier's certificates
+# are backdated 5 minutes; the Date header has a resolution of one second).
+CLOCK_TOLERANCE = dt.timedelta(minutes=2)
 
 
 @dataclass
@@ -173,7 +179,19 @@ def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity
     return identity
 
 
-def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetime, config: AgentConfig) -> bool:
+def _check_chain(
+    report: DoctorReport,
+    identity: DeviceIdentity,
+    now: dt.datetime,
+    config: AgentConfig,
+    server_now: dt.datetime | None = None,
+) -> bool:
+    """Chain to the stored CA, then days to expiry by this device's clock.
+
+    ``server_now`` is the verifier's clock when it just accepted this certificate
+    over mutual TLS: then a certificate "expired" by the local clock is a clock
+    that runs ahead, and the fix is the clock, not a token spent on re-provisioning.
+    """
     cert = identity.certificate
     issuers = [ca for ca in identity.ca_certificates if ca.subject == cert.issuer]
     try:
@@ -190,6 +208,15 @@ def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetim
     report.add("certificate chain", True, f"issued by {issuers[0].subject.rfc4514_string()}")
     days = (identity.not_after - now).total_seconds() / 86400
     report.facts["certificate_days_left"] = round(days, 2)
+    if days <= 0 and server_now is not None:
+        return report.add(
+            "certificate expiry",
+            False,
+            f"expired on {identity.not_after:%Y-%m-%d %H:%M} UTC by this device's clock ({now:%Y-%m-%d %H:%M} UTC), "
+            f"but the verifier accepted it just now: its clock says {server_now:%Y-%m-%d %H:%M} UTC, "
+            f"{_skew_words(now - server_now)}; the daemon refuses to sign with a certificate it thinks expired",
+            f"set this device's clock right, do not re-provision: {CLOCK_FIX}",
+        )
     if days <= 0:
         return report.add(
             "certificate expiry",
@@ -209,16 +236,61 @@ def _check_chain(report: DoctorReport, identity: DeviceIdentity, now: dt.datetim
     return report.add("certificate expiry", True, f"{days:.1f} days left ({identity.not_after:%Y-%m-%d} UTC)")
 
 
-def _check_clock(report: DoctorReport, identity: DeviceIdentity | None, now: dt.datetime) -> bool:
-    fix = "enable time synchronisation: `timedatectl set-ntp true` (a Pi has no RTC battery)"
+def _skew_words(skew: dt.timedelta) -> str:
+    """``3.0 days ahead of the verifier's`` / ``12 min behind the verifier's``: a skew an installer reads."""
+    seconds = abs(skew.total_seconds())
+    if seconds >= 86400:
+        amount = f"{seconds / 86400:.1f} days"
+    elif seconds >= 3600:
+        amount = f"{seconds / 3600:.1f} hours"
+    elif seconds >= 60:
+        amount = f"{seconds / 60:.0f} min"
+    else:
+        amount = f"{seconds:.0f} s"
+    return f"{amount} {'ahead of' if skew.total_seconds() > 0 else 'behind'} the verifier's"
+
+
+def _check_clock(
+    report: DoctorReport, identity: DeviceIdentity | None, now: dt.datetime, server_now: dt.datetime | None = None
+) -> bool:
+    """The local clock: sane, after the certificate's start, and (when the verifier said) near the verifier's.
+
+    Why the verifier's Date header: certificate validity is judged by both clocks,
+    and a device clock days off gives TLS errors that look like a wrong CA or an
+    expired certificate; the skew names the real cause.
+    """
+    if server_now is not None:
+        skew = now - server_now
+        report.facts["clock_skew_s"] = round(skew.total_seconds(), 1)
+        if abs(skew) > CLOCK_TOLERANCE:
+            return report.add(
+                "clock",
+                False,
+                f"the clock says {now:%Y-%m-%d %H:%M:%S} UTC, {_skew_words(skew)} "
+                f"(its Date header: {server_now:%Y-%m-%d %H:%M:%S} UTC)",
+                CLOCK_FIX,
+            )
     if now < EARLIEST_SANE_CLOCK:
-        return report.add("clock", False, f"the clock says {now:%Y-%m-%d}", fix)
+        return report.add("clock", False, f"the clock says {now:%Y-%m-%d}", CLOCK_FIX)
     if identity is not None and now < identity.not_before - dt.timedelta(minutes=5):
-        return report.add("clock", False, f"the clock ({now:%Y-%m-%d %H:%M}) is before the certificate's start", fix)
-    return report.add("clock", True, f"{now:%Y-%m-%d %H:%M:%S} UTC")
+        return report.add(
+            "clock", False, f"the clock ({now:%Y-%m-%d %H:%M}) is before the certificate's start", CLOCK_FIX
+        )
+    agrees = f", within {CLOCK_TOLERANCE.total_seconds() / 60:.0f} min of the verifier's" if server_now else ""
+    return report.add("clock", True, f"{now:%Y-%m-%d %H:%M:%S} UTC{agrees}")
 
 
-async def _check_live(report: DoctorReport, config: AgentConfig, identity: DeviceIdentity) -> bool:
+def _server_date(response: httpx.Response) -> dt.datetime | None:
+    """The verifier's clock from its Date header (RFC 9110 section 6.6.1), or None without a usable one."""
+    try:
+        date = email.utils.parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return date.astimezone(dt.UTC) if date.tzinfo is not None else date.replace(tzinfo=dt.UTC)
+
+
+async def _check_live(report: DoctorReport, config: AgentConfig, identity: DeviceIdentity) -> dt.datetime | None:
+    """One mutual-TLS call to /v1/health; the verifier's clock from its answer when it accepted the device."""
     try:
         async with VerifierClient(config, identity) as client:
             response = await client.request("GET", "/v1/health")
@@ -232,22 +304,25 @@ async def _check_live(report: DoctorReport, config: AgentConfig, identity: Devic
                 tls["server_cert_not_after"] = server.not_valid_after_utc.isoformat()
                 tls["server_spki_sha256"] = spki_sha256(server)
     except AgentError as exc:
-        return report.add("verifier (live mTLS call)", False, exc.message, exc.fix)
+        report.add("verifier (live mTLS call)", False, exc.message, exc.fix)
+        return None
     report.facts["tls"] = tls
     if response.status_code != 200:
-        return report.add(
+        report.add(
             "verifier (live mTLS call)",
             False,
             f"/v1/health answered {response.status_code}",
             "see the verifier's log; a 403 means this device is unknown or revoked: re-provision",
         )
-    return report.add(
+        return None
+    report.add(
         "verifier (live mTLS call)",
         True,
         f"{config.verifier.url}: {tls.get('tls_version')}, {tls.get('cipher')}, ALPN {tls.get('alpn')}, "
         f"server certificate valid until {tls.get('server_cert_not_after', '?')}; "
         f"server SPKI pin {tls.get('server_spki_sha256', '?')} (for [verifier] spki_pin)",
     )
+    return _server_date(response)
 
 
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
@@ -256,10 +331,16 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
     identity = _check_identity(report, config)
-    _check_clock(report, identity, clock)
     if identity is None:
+        _check_clock(report, identity, clock)
         report.add("verifier (live mTLS call)", None, "skipped: no usable identity")
         return report
-    _check_chain(report, identity, clock, config)
-    asyncio.run(_check_live(report, config, identity))
+    # The live call runs first (its check is listed last): the verifier's answer tells the clock
+    # check how far this clock is off, and the expiry check whether the verifier still accepts us.
+    live = DoctorReport()
+    server_now = asyncio.run(_check_live(live, config, identity))
+    _check_clock(report, identity, clock, server_now)
+    _check_chain(report, identity, clock, config, server_now)
+    report.checks.extend(live.checks)
+    report.facts.update(live.facts)
     return report

@@ -401,6 +401,8 @@ def identity_problem(identity: DeviceIdentity, pending: IdentityError | None = N
     if now >= identity.not_after:
         return IdentityError(
             f"the device certificate expired on {identity.not_after:%Y-%m-%d %H:%M} UTC",
-            fix="re-provision with a new token (`capture-verifier token new`, then `capture-agent provision --force`)",
+            fix="re-provision with a new token (`capture-verifier token new`, then `capture-agent provision --force`); "
+            "first check the clock (`timedatectl`): one that runs ahead makes a valid certificate look expired, "
+            "and `capture-agent doctor` compares it with the verifier's",
         )
     return None

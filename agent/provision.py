@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from agent.client import CLOCK_FIX
 from agent.config import AgentConfig
 from agent.errors import ProvisioningError
 from agent.est import fetch_ca_certificates, simple_enroll
@@ -38,6 +40,27 @@ class ProvisionResult:
     identity: DeviceIdentity
     ca_fingerprint: str
     replaced: str = ""  # what a forced re-provisioning replaced, in words; "" for a first identity
+    clock_warning: ProvisioningError | None = None  # the new certificate is not valid by this device's clock
+
+
+def validity_by_local_clock(identity: DeviceIdentity, now: dt.datetime | None = None) -> ProvisioningError | None:
+    """Why the certificate just issued is not valid by this device's clock, or None.
+
+    Why warn at once: the verifier judged the dates by its clock when it issued the
+    certificate; if this device's clock disagrees, every later call fails with errors
+    that look like a broken identity, and the installer would spend another token.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    if identity.not_before <= now < identity.not_after:
+        return None
+    verdict = "not valid yet" if now < identity.not_before else "already expired"
+    return ProvisioningError(
+        f"the certificate the verifier issued is {verdict} by this device's clock: valid from "
+        f"{identity.not_before:%Y-%m-%d %H:%M:%S} to {identity.not_after:%Y-%m-%d %H:%M:%S} UTC, "
+        f"the clock says {now:%Y-%m-%d %H:%M:%S} UTC",
+        fix=f"{CLOCK_FIX}, then run `capture-agent doctor`; do not re-provision: the identity is stored, "
+        "and a new token would get the same dates (if the clock is right, check the verifier's clock and cert_days)",
+    )
 
 
 def describe_existing(store: IdentityStore) -> str:
@@ -114,4 +137,7 @@ async def provision(config: AgentConfig, token: str, ca_fingerprint: str, *, for
     )
     if replaced:
         log.info("identity_replaced", audit=True, replaced=replaced, device_id=identity.device_id)
-    return ProvisionResult(identity, certificate_fingerprint(ca), replaced)
+    clock_warning = validity_by_local_clock(identity)
+    if clock_warning is not None:
+        log.warning("certificate_invalid_by_local_clock", error=clock_warning.message, fix=clock_warning.fix)
+    return ProvisionResult(identity, certificate_fingerprint(ca), replaced, clock_warning)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 
@@ -35,6 +36,14 @@ def provisioned(tmp_path, make_test_ca):
         *ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], kek.encode()
     )
     return ca, tmp_path / "state"
+
+
+@pytest.fixture
+def provisioned_by_verifier(verifier, tmp_path):
+    """A device provisioned against the reference verifier (conftest's ``provisioned``, which this module shadows)."""
+    from agent.devstack import provision_device
+
+    return asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
 
 
 def by_name(report):
@@ -90,3 +99,58 @@ def test_a_server_of_another_ca_fails_the_live_check(provisioned, make_test_ca) 
         report = run_doctor(config_for(state, server.url))
     live = by_name(report)["verifier (live mTLS call)"]
     assert live.ok is False and "CA" in live.fix
+
+
+def dated_app(server_now: dt.datetime):
+    """A /v1/health that answers with a Date header from ``server_now``: the verifier's clock."""
+    from email.utils import format_datetime
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        body = b'{"status": "ok"}'
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"date", format_datetime(server_now, usegmt=True).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def test_a_certificate_expired_by_a_clock_the_verifier_disagrees_with_blames_the_clock(tmp_path, make_test_ca) -> None:
+    """This device's clock runs 35 days ahead: its certificate looks expired here, the verifier still accepts it.
+
+    No faked clock: the certificate is really issued with past dates, and the server (which, like a
+    verifier with the right time, does not find it expired) says its time in the Date header.
+    """
+    ca = make_test_ca("device-ca")
+    now = dt.datetime.now(dt.UTC)
+    config = config_for(tmp_path / "state")
+    kek = load_kek(config, create=True)
+    valid = (now - dt.timedelta(days=60), now - dt.timedelta(days=30))
+    IdentityStore(config.agent.state_dir).write(
+        *ca.issue_key_and_cert(["kiosk-1"], client=True, valid=valid), [ca.cert], kek.encode()
+    )
+    verifier_now = now - dt.timedelta(days=35)
+    with H2TestServer(ca.server_context(["127.0.0.1"]), app=dated_app(verifier_now)) as server:
+        report = run_doctor(config_for(tmp_path / "state", server.url))
+    checks = by_name(report)
+    assert checks["verifier (live mTLS call)"].ok is True
+    expiry = checks["certificate expiry"]
+    assert expiry.ok is False and "but the verifier accepted it" in expiry.detail
+    assert "35.0 days ahead of the verifier's" in expiry.detail
+    assert "timedatectl" in expiry.fix and "do not re-provision" in expiry.fix
+    clock = checks["clock"]
+    assert clock.ok is False and "35.0 days ahead of the verifier's" in clock.detail, clock
+    assert "timedatectl" in clock.fix
+    assert abs(report.facts["clock_skew_s"] - 35 * 86400) < 120
+
+
+def test_doctor_compares_the_clock_with_the_real_verifiers(provisioned_by_verifier) -> None:
+    config, _ = provisioned_by_verifier
+    report = run_doctor(config)
+    assert report.ok, [(c.name, c.detail, c.fix) for c in report.checks if c.ok is False]
+    assert "of the verifier's" in by_name(report)["clock"].detail  # the verifier (hypercorn) sends Date
+    assert abs(report.facts["clock_skew_s"]) < 60

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devstack import device_config, write_config_file
+from agent.devstack import LocalVerifier, device_config, write_config_file
 from agent.doctor import run_doctor
 from tests.test_doctor import by_name
 from tests.test_installer_cli import agent_cli
@@ -191,6 +191,7 @@ def test_a_state_directory_provisioned_as_root_tells_the_agent_user_to_chown_it(
         env=env,
     )
     assert as_root.returncode == 0, as_root.stderr
+    assert "warning:" not in as_root.stderr, "a certificate valid by this clock gets no clock warning"
     chown = f"chown -R capture-agent: {state}"
     for opened in (False, True):  # root's 0700 folders; then folders opened 0755 with the files still root's 0600
         if opened:
@@ -285,3 +286,27 @@ def test_doctor_fails_a_state_directory_the_agent_user_cannot_enter(open_tmp) ->
     state_line = next(line for line in doctor.stdout.splitlines() if "state directory:" in line)
     assert "[FAIL]" in state_line and "cannot enter it" in state_line, doctor.stdout
     assert f"chmod 0700 {state}" in doctor.stdout
+
+
+# ---------------------------------------------------------------- a clock that is off
+
+
+def test_provisioning_warns_when_the_issued_certificate_is_not_valid_by_the_local_clock(tmp_path: Path) -> None:
+    """The verifier issues a certificate whose dates this device's clock is outside of.
+
+    Rather than fake the clock, the verifier issues a certificate already over when it
+    arrives (a lifetime of 86 microseconds; X.509 dates are whole seconds, rounded down).
+    """
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("cert_days = 0.000000001\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as verifier:
+        config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url))
+        token = verifier.new_token("kiosk-clock")
+        done = agent_cli(
+            "provision", "--config", str(config_file), "--token", token, "--ca-fingerprint", verifier.ca_fingerprint
+        )
+    no_traceback(done)
+    assert done.returncode == 0 and "provisioned device kiosk-clock" in done.stdout, done.stderr
+    warning = done.stderr.split("warning:", 1)[1]
+    assert "already expired by this device's clock" in warning and "the clock says" in warning, done.stderr
+    assert "timedatectl" in warning.split("fix:", 1)[1] and "do not re-provision" in warning

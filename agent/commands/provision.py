@@ -48,4 +48,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  certificate serial {ident.serial_hex}, valid until {ident.not_after:%Y-%m-%d %H:%M} UTC")
     print(f"  CA fingerprint     {result.ca_fingerprint}")
     print(f"  state directory    {config.agent.state_dir}")
+    if result.clock_warning is not None:
+        print(f"warning: {result.clock_warning.message}", file=sys.stderr)
+        print(f"fix: {result.clock_warning.fix}", file=sys.stderr)
     return 0
