@@ -81,10 +81,30 @@ def describe_existing(store: IdentityStore) -> str:
     )
 
 
+def _expired_on(store: IdentityStore) -> dt.datetime | None:
+    """When the stored certificate expired, by this clock; None when it has not (or cannot be read)."""
+    try:
+        not_after = store.load_certificate().not_valid_after_utc
+    except (OSError, ValueError):
+        return None
+    return not_after if dt.datetime.now(dt.UTC) >= not_after else None
+
+
 def refuse_silent_replacement(store: IdentityStore, force: bool) -> str:
     """Re-provisioning replaces the device's identity: only when asked, and saying what goes."""
     existing = describe_existing(store)
     if existing and not force:
+        expired_on = _expired_on(store)
+        if expired_on is not None:
+            # `renew` needs a valid certificate (simplereenroll runs over mutual TLS with it):
+            # an expired one can only be replaced, with a new token.
+            raise ProvisioningError(
+                f"this device already has an identity in {store.state_dir} ({existing}), but it expired on "
+                f"{expired_on:%Y-%m-%d %H:%M} UTC; provisioning again would replace it",
+                fix="an expired certificate cannot be renewed: run the same command with --force and a new token "
+                "(`capture-verifier token new --device ID`); first check the clock (`timedatectl`), since one "
+                "that runs ahead makes a valid certificate look expired",
+            )
         raise ProvisioningError(
             f"this device already has an identity in {store.state_dir} ({existing}); provisioning again "
             "would replace it",

@@ -384,3 +384,31 @@ def test_a_serial_port_carrying_noise_is_a_fault_not_a_hang(zfm_sim) -> None:
     faults = [data for kind, data in recorded if kind == "device_fault"]
     assert faults and "no packet" in str(faults[0]), recorded
     assert not owner.is_alive()
+
+
+def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_path) -> None:
+    """A missing port of a [[device]] is not fixed in [reader]; the old [reader] keeps its own name."""
+    config = parse_config(
+        {
+            "reader": {"kind": "zfm", "port": str(tmp_path / "ttyOLD")},
+            "device": [
+                {"kind": "zfm", "name": "door-finger", "port": str(tmp_path / "ttyDOOR")},
+                {"kind": "zfm", "port": str(tmp_path / "ttyANON")},
+            ],
+        }
+    )
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(configured_devices(config), lambda kind, data: recorded.append((kind, data)))
+        try:
+            await supervisor.open_all()
+        finally:
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    fixes = {data["device"]: data["fix"] for kind, data in recorded if kind == "device_fault"}
+    assert fixes.keys() == {"reader", "door-finger", "zfm2"}, recorded
+    assert "[reader] port" in fixes["reader"]
+    assert 'port in [[device]] name = "door-finger"' in fixes["door-finger"] and "[reader]" not in fixes["door-finger"]
+    assert 'port in the [[device]] with kind = "zfm" (known as zfm2)' in fixes["zfm2"]

@@ -9,6 +9,7 @@ the command runs as uid 65534 when the tests run as root, and is skipped otherwi
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import functools
 import os
 import shutil
@@ -22,6 +23,7 @@ import pytest
 
 from agent.devstack import LocalVerifier, device_config, write_config_file
 from agent.doctor import run_doctor
+from agent.identity import IdentityStore
 from tests.test_doctor import by_name
 from tests.test_installer_cli import agent_cli
 
@@ -310,3 +312,28 @@ def test_provisioning_warns_when_the_issued_certificate_is_not_valid_by_the_loca
     warning = done.stderr.split("warning:", 1)[1]
     assert "already expired by this device's clock" in warning and "the clock says" in warning, done.stderr
     assert "timedatectl" in warning.split("fix:", 1)[1] and "do not re-provision" in warning
+
+
+# ---------------------------------------------------------------- provisioning over an expired identity
+
+
+def test_provisioning_over_an_expired_identity_points_to_force_and_a_new_token(tmp_path: Path, make_test_ca) -> None:
+    """`renew` cannot renew an expired certificate, so the refusal must not send the installer there."""
+    from agent.keystore import load_kek
+
+    ca = make_test_ca("device-ca")
+    now = dt.datetime.now(dt.UTC)
+    config = device_config(tmp_path / "state", "https://127.0.0.1:9")
+    kek = load_kek(config, create=True)
+    valid = (now - dt.timedelta(days=40), now - dt.timedelta(days=10))  # a real certificate, really expired
+    IdentityStore(config.agent.state_dir).write(
+        *ca.issue_key_and_cert(["kiosk-exp"], client=True, valid=valid), [ca.cert], kek.encode()
+    )
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    done = agent_cli("provision", "--config", str(config_file), "--token", "new", "--ca-fingerprint", "00" * 32)
+    no_traceback(done)
+    assert done.returncode == 2
+    error, fix = done.stderr.split("fix:", 1)
+    assert "already has an identity" in error and f"expired on {valid[1]:%Y-%m-%d %H:%M} UTC" in error, done.stderr
+    assert "--force" in fix and "new token" in fix and "capture-verifier token new" in fix
+    assert "renew" not in fix.replace("cannot be renewed", ""), "renew fails on an expired certificate"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -26,6 +27,7 @@ from agent.devices.kinds import Device, make_device
 log = structlog.get_logger()
 
 BACKOFF_MAX_S = 60.0
+LEGACY_READER = "reader"  # what the old [reader] section's module is called among the devices
 
 
 def configured_devices(config: AgentConfig) -> list[tuple[str, DeviceSection]]:
@@ -33,21 +35,38 @@ def configured_devices(config: AgentConfig) -> list[tuple[str, DeviceSection]]:
     sections = list(config.device)
     reader = config.reader
     if reader.kind == "zfm" and not any(d.kind == "zfm" and d.port == reader.port for d in sections):
-        sections.insert(
-            0,
-            DeviceSection(
-                kind="zfm",
-                name="reader",
-                port=reader.port,
-                password=reader.password,
-                check_interval_s=reader.check_interval_s,
-            ),
+        legacy = DeviceSection(  # no name of its own: that is how config_place tells it from a [[device]]
+            kind="zfm", port=reader.port, password=reader.password, check_interval_s=reader.check_interval_s
         )
-    named, counts = [], {}
+    else:
+        legacy = None
+    named: list[tuple[str, DeviceSection]] = [(LEGACY_READER, legacy)] if legacy is not None else []
+    counts: dict[str, int] = {"zfm": 1} if legacy is not None else {}  # unnamed modules keep the names they had
     for section in sections:
         counts[section.kind] = counts.get(section.kind, 0) + 1
         named.append((section.name or f"{section.kind}{counts[section.kind] - 1}", section))
     return named
+
+
+def config_place(name: str, section: DeviceSection) -> str:
+    """Where in the config file this device is set: ``[reader]`` or its ``[[device]]`` entry."""
+    if name == LEGACY_READER and not section.name:
+        return "[reader]"
+    if section.name:
+        return f'[[device]] name = "{section.name}"'
+    return f'the [[device]] with kind = "{section.kind}" (known as {name})'
+
+
+def fix_in_place(fix: str, name: str, section: DeviceSection) -> str:
+    """A driver's fix that names ``[reader] KEY``, pointed at where this device is really configured.
+
+    Why: the serial driver predates ``[[device]]`` and its fixes say "check [reader] port";
+    an installer whose module is a ``[[device]]`` would look for a section that is not there.
+    """
+    place = config_place(name, section)
+    if place == "[reader]":
+        return fix
+    return re.sub(r"\[reader\] (\w+)", lambda m: f"{m.group(1)} in {place}", fix)
 
 
 class DeviceSupervisor:
@@ -66,7 +85,7 @@ class DeviceSupervisor:
             try:
                 self.devices.append(factory(section, name))
             except Exception as exc:  # e.g. FprintUnavailable: the other devices still run
-                fix = getattr(exc, "fix", "")
+                fix = fix_in_place(getattr(exc, "fix", ""), name, section)
                 self.faults[name] = str(exc)
                 record("device_fault", {"device": name, "kind": section.kind, "error": str(exc.args[0]), "fix": fix})
         self._backoff = {d.name: d.section.check_interval_s for d in self.devices}
@@ -75,7 +94,8 @@ class DeviceSupervisor:
     def _audit_fault(self, device: Device, exc: Exception) -> None:
         error = str(exc.args[0] if exc.args else exc)
         fault = {"device": device.name, "kind": device.kind, **device.where(), "error": error}
-        self.record("device_fault", {**fault, "fix": getattr(exc, "fix", "")})
+        fix = fix_in_place(getattr(exc, "fix", ""), device.name, device.section)
+        self.record("device_fault", {**fault, "fix": fix})
 
     async def open_all(self) -> None:
         await asyncio.gather(*(self._open(d, first=True) for d in self.devices))
@@ -86,7 +106,12 @@ class DeviceSupervisor:
         except Exception as exc:
             if first:
                 self._audit_fault(device, exc)
-            log.info("device_open_failed", device=device.name, error=str(exc))
+            log.info(
+                "device_open_failed",
+                device=device.name,
+                error=str(exc.args[0] if exc.args else exc),
+                fix=fix_in_place(getattr(exc, "fix", ""), device.name, device.section),
+            )
             return False
         self._backoff[device.name] = device.section.check_interval_s
         self.record("device_plugged", {"device": device.name, "kind": device.kind, **device.where(), **details})
