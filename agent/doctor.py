@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from agent.client import CLOCK_FIX, VerifierClient
-from agent.config import AgentConfig
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from agent.errors import AgentError
 from agent.identity import DeviceIdentity, IdentityStore, spki_sha256
 from agent.keystore import load_kek
@@ -159,11 +159,57 @@ def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
     return report.add(name, True, f"{path} (0700, owned by {_user(uid)}, files 0600)")
 
 
+# Where systemd's LoadCredentialEncrypted= looks for a credential (systemd.exec(5), "Credentials").
+CREDSTORE_DIRS = (
+    Path("/etc/credstore.encrypted"),
+    Path("/run/credstore.encrypted"),
+    Path("/usr/local/lib/credstore.encrypted"),
+    Path("/usr/lib/credstore.encrypted"),
+)
+
+
+def doctor_under_systemd(config: AgentConfig) -> str:
+    """The command that runs doctor as the unit runs the daemon: its user, state directory and credential."""
+    command = (
+        "systemd-run --pipe --wait -p User=capture-agent -p StateDirectory=capture-agent "
+        f"-p LoadCredentialEncrypted={config.keyring.credential_name} capture-agent doctor"
+    )
+    if config.source not in ("defaults", "devstack", str(DEFAULT_CONFIG_PATH)):
+        command += f" --config {os.path.abspath(config.source)}"  # systemd-run starts in /
+    return command
+
+
+def _kek_outside_systemd(config: AgentConfig, error: AgentError) -> tuple[str, str]:
+    """The key-encryption-key failure of a doctor run from a plain shell, and how to run it instead.
+
+    Why: the credential is handed to a process by systemd only; from a shell there is
+    never a $CREDENTIALS_DIRECTORY, so "create the credential" would send the installer
+    to make a second one (and a device key it cannot open) when the first one is fine.
+    """
+    name = config.keyring.credential_name
+    found = [str(folder / name) for folder in CREDSTORE_DIRS if (folder / name).exists()]
+    run_it = f"run doctor under systemd, as the daemon runs: `{doctor_under_systemd(config)}`"
+    if found:
+        return (
+            f"doctor runs outside systemd (no CREDENTIALS_DIRECTORY), so it cannot read the credential "
+            f"{name!r} that exists in {found[0]}",
+            run_it,
+        )
+    return (
+        f"{error.message}; doctor runs outside systemd, and no encrypted credential {name!r} is in "
+        f"{', '.join(map(str, CREDSTORE_DIRS[:1]))} either",
+        f"{error.fix}; then {run_it}",
+    )
+
+
 def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity | None:
     try:
         kek = load_kek(config)
     except AgentError as exc:
-        report.add("key-encryption key", False, exc.message, exc.fix)
+        if config.keyring.backend == "systemd-credentials" and not os.environ.get("CREDENTIALS_DIRECTORY"):
+            report.add("key-encryption key", False, *_kek_outside_systemd(config, exc))
+        else:
+            report.add("key-encryption key", False, exc.message, exc.fix)
         return None
     report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring")
     try:

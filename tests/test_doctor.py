@@ -154,3 +154,52 @@ def test_doctor_compares_the_clock_with_the_real_verifiers(provisioned_by_verifi
     assert report.ok, [(c.name, c.detail, c.fix) for c in report.checks if c.ok is False]
     assert "of the verifier's" in by_name(report)["clock"].detail  # the verifier (hypercorn) sends Date
     assert abs(report.facts["clock_skew_s"]) < 60
+
+
+def systemd_config(tmp_path, source: str = "devstack"):
+    config = parse_config(
+        {"agent": {"state_dir": str(tmp_path / "state")}, "keyring": {"backend": "systemd-credentials"}},
+        source=source,
+    )
+    return config
+
+
+def test_doctor_outside_systemd_says_how_to_run_it_when_the_credential_exists(tmp_path, monkeypatch) -> None:
+    """From a plain shell there is no $CREDENTIALS_DIRECTORY: the credential is fine, the way doctor runs is not."""
+    import agent.doctor
+
+    credstore = tmp_path / "credstore.encrypted"
+    credstore.mkdir()
+    (credstore / "capture-agent-kek").write_bytes(b"encrypted by systemd-creds")
+    monkeypatch.setattr(agent.doctor, "CREDSTORE_DIRS", (credstore,))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    config_file = tmp_path / "agent.toml"
+    check = by_name(run_doctor(systemd_config(tmp_path, source=str(config_file))))["key-encryption key"]
+    assert check.ok is False and "doctor runs outside systemd" in check.detail
+    assert str(credstore / "capture-agent-kek") in check.detail
+    assert "systemd-creds encrypt" not in check.fix, "the credential exists: do not make another"
+    assert (
+        "`systemd-run --pipe --wait -p User=capture-agent -p StateDirectory=capture-agent "
+        f"-p LoadCredentialEncrypted=capture-agent-kek capture-agent doctor --config {config_file}`" in check.fix
+    )
+
+
+def test_doctor_outside_systemd_without_the_credential_says_to_make_it_and_how_to_run(tmp_path, monkeypatch) -> None:
+    import agent.doctor
+
+    monkeypatch.setattr(agent.doctor, "CREDSTORE_DIRS", (tmp_path / "credstore.encrypted",))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    check = by_name(run_doctor(systemd_config(tmp_path)))["key-encryption key"]
+    assert check.ok is False and "no encrypted credential 'capture-agent-kek'" in check.detail
+    assert "systemd-creds encrypt" in check.fix and "systemd-run --pipe --wait -p User=capture-agent" in check.fix
+
+
+def test_the_agent_unit_matches_what_doctor_tells_to_run() -> None:
+    """doctor's systemd-run line carries the unit's user, state directory and credential."""
+    from pathlib import Path
+
+    from agent.doctor import doctor_under_systemd
+
+    unit = (Path(__file__).resolve().parents[1] / "systemd" / "capture-agent.service").read_text().splitlines()
+    for prop in doctor_under_systemd(systemd_config(Path("/nonexistent"))).split(" -p ")[1:]:
+        assert prop.split()[0] in unit, prop

@@ -65,3 +65,35 @@ def test_udev_rules_use_a_group_not_uaccess() -> None:
     for line in rules:
         assert 'GROUP="capture-readers"' in line and 'MODE="0660"' in line, line
         assert "uaccess" not in line
+
+
+def _commands(block: str) -> list[str]:
+    """The shell commands of a README block, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", "", block)
+    return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_readme_install_uses_a_venv_linked_where_the_unit_runs_it() -> None:
+    """`pip install .` into Debian 12's Python is refused (PEP 668): a venv, and ExecStart= finds it."""
+    from tests.test_installer_cli import readme_block
+
+    commands = _commands(readme_block("## Installing on a device (systemd)"))
+    assert not any(c.startswith(("pip install", "pip3 install")) for c in commands), commands
+    venv = next(c for c in commands if c.startswith("python3 -m venv "))
+    prefix = venv.split()[-1]
+    assert f"{prefix}/bin/pip install ." in commands
+    exec_start = re.search(r"^ExecStart=(\S+)", (UNITS / "capture-agent.service").read_text(), re.MULTILINE)
+    assert exec_start is not None
+    assert f"ln -sf {prefix}/bin/capture-agent {exec_start.group(1)}" in commands
+
+
+@pytest.mark.parametrize("section", ["## Installing on a device (systemd)", "**On a device (systemd credentials"])
+def test_the_readme_runs_doctor_as_the_unit_runs_the_agent(section: str) -> None:
+    """A plain `capture-agent doctor` has no credential outside systemd: the README runs the line doctor prints."""
+    from agent.config import AgentConfig
+    from agent.doctor import doctor_under_systemd
+    from tests.test_installer_cli import readme_block
+
+    commands = _commands(readme_block(section))
+    assert "capture-agent doctor" not in commands
+    assert commands[-1] == doctor_under_systemd(AgentConfig()), commands[-1]
