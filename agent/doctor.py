@@ -66,7 +66,7 @@ def _user(uid: int) -> str:
 
 
 CHOWN_FIX = (
-    "give it to the agent's user: `sudo chown -R capture-agent: {path}` (provisioning as root without User= "
+    "give it to the agent's user: `chown -R capture-agent: {path}` (provisioning as root without User= "
     "leaves it root's), then run commands as that user (README: `systemd-run ... -p User=capture-agent`)"
 )
 
@@ -261,7 +261,7 @@ def _check_chain(
             f"expired on {identity.not_after:%Y-%m-%d %H:%M} UTC by this device's clock ({now:%Y-%m-%d %H:%M} UTC), "
             f"but the verifier accepted it just now: its clock says {server_now:%Y-%m-%d %H:%M} UTC, "
             f"{_skew_words(now - server_now)}; the daemon refuses to sign with a certificate it thinks expired",
-            f"set this device's clock right, do not re-provision: {CLOCK_FIX}",
+            f"do not re-provision (the verifier accepts this certificate); {CLOCK_FIX}",
         )
     if days <= 0:
         return report.add(
