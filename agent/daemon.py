@@ -207,7 +207,7 @@ class AgentDaemon:
         Each task loops for the daemon's life (delivery, heartbeat, renewal,
         watchdog) and handles its own errors; one that ended anyway is a bug. Left
         alone the daemon would go on "ready" without it: an audit trail nobody
-        delivers, a certificate nobody renews. Stopping (exit status 1, and
+        delivers, a certificate nobody renews. Stopping (exit status 2, as for every AgentError, and
         ``Restart=on-failure``) is the honest state, and the journal says why.
         """
         if task.cancelled() or self._stop.is_set():

@@ -140,6 +140,13 @@ def load_kek(config: AgentConfig, *, create: bool = False) -> str:
     name = config.keyring.credential_name
     try:
         kek = backend.get_password(KEK_SERVICE, name)
+    except OSError as exc:  # a file-backed store this user may not read (provisioned as root?)
+        where = f" {exc.filename}" if exc.filename else ""
+        raise KeyringError(
+            f"the keyring backend {config.keyring.backend!r} cannot read{where}: {exc.strerror or exc}",
+            fix="run the agent as the user it was provisioned for; its files must belong to that user "
+            f"(`chown -R capture-agent: {config.agent.state_dir}`)",
+        ) from None
     except Exception as exc:  # keyring backends raise many kinds
         raise KeyringError(
             f"the keyring backend {config.keyring.backend!r} failed: {type(exc).__name__}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,20 @@ def test_doctor_on_an_unprovisioned_device_fails_with_fixes(tmp_path) -> None:
     result = agent_cli("--config", str(config_file), "doctor")
     assert result.returncode == 1
     assert "FAIL" in result.stdout and "capture-agent provision" in result.stdout
+
+
+def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None:
+    """`capture-agent doctor | head -1`: the reader has gone before doctor writes its report."""
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "none", "https://127.0.0.1:9"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write is EPIPE
+    with os.fdopen(write_end, "wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "--config", str(config_file), "doctor"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 141

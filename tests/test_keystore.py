@@ -54,3 +54,18 @@ def test_dev_file_backend_creates_a_private_file(tmp_path: Path) -> None:
     path = tmp_path / "state" / "INSECURE-dev-keyring.json"
     assert "INSECURE" in path.name
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_dev_keyring_the_agent_cannot_read_names_the_file_and_the_owner_fix(tmp_path: Path) -> None:
+    unreadable = tmp_path / "keyring-is-a-directory"
+    unreadable.mkdir()  # root reads any file, so a directory stands for "cannot be read" here
+    config = parse_config(
+        {
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "keyring": {"backend": "file-insecure-dev", "dev_file": str(unreadable)},
+        }
+    )
+    with pytest.raises(KeyringError) as info:
+        load_kek(config)
+    assert str(unreadable) in info.value.message
+    assert "chown -R capture-agent:" in info.value.fix
