@@ -51,10 +51,27 @@ settings.load_profile("suite")
 # ---------------------------------------------------------------- verifier / PKI
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "verifier_settings(*lines): TOML lines the `verifier` fixture starts with (a test of something else than "
+        "the setting's own behaviour, e.g. an agent's face session on a device whose first use is not its subject)",
+    )
+
+
 @pytest.fixture
-def verifier(tmp_path: Path) -> Iterator[LocalVerifier]:
-    """The reference verifier as a real process on a free port of 127.0.0.1, fresh PKI."""
-    with LocalVerifier.running(tmp_path / "pki") as local:
+def verifier(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalVerifier]:
+    """The reference verifier as a real process on a free port of 127.0.0.1, fresh PKI.
+
+    A ``verifier_settings`` mark gives it a settings file (``--config``) of the mark's lines.
+    """
+    extra: tuple[str, ...] = ()
+    marker = request.node.get_closest_marker("verifier_settings")
+    if marker is not None:
+        settings = tmp_path / "verifier-settings.toml"
+        settings.write_text("".join(f"{line}\n" for line in marker.args))
+        extra = ("--config", str(settings))
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as local:
         yield local
 
 
@@ -62,6 +79,12 @@ def verifier(tmp_path: Path) -> Iterator[LocalVerifier]:
 def provisioned(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """A device provisioned against ``verifier`` with a one-time token: (config, identity)."""
     return asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+
+
+@pytest.fixture
+def second_device(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
+    """Another device ("kiosk-2") provisioned against ``verifier``: one whose first use is still to come."""
+    return asyncio.run(provision_device(verifier, tmp_path / "device-2", "kiosk-2"))
 
 
 def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:

@@ -166,15 +166,20 @@ def test_finger_on_the_sensor_then_the_face_the_rule_asks_for(device, verifier) 
     assert [r["outcome"] for r in faces] == ["accept", "reject", "accept"]
 
 
-def test_face_first_then_the_finger_on_the_sensor(device, verifier, tmp_path) -> None:
+def test_face_first_then_the_finger_on_the_sensor(device, verifier, tmp_path, synthetic_templates) -> None:
     """A face's finger step-up answered by the sensor: once, by this device, never by a face, never under refuse."""
     device_id = device.identity.device_id
     verifier.allow(device_id, sensor="accept")
     other = Device(*asyncio.run(provision_device(verifier, tmp_path / "device2", "kiosk-2")))
     verifier.allow(other.identity.device_id, sensor="accept")
+    t = synthetic_templates
 
     async def kiosk_2_enrolls_dave(client):  # its own print of dave, after dave's face verified there
         api = VerifierAPI(client)
+        # Its first use first (two fingers of someone else): a face alone does not end a device's first use.
+        await api.enroll("kim", [encode_finger(x) for x in t[0][:2] + t[1][:2]])
+        first = await api.verify("kim", [encode_finger(t[0][2])])
+        await api.verify("kim", [encode_finger(t[1][2])], step_up=first.step_up)
         token = (await face_verify(api, "dave", 4)).token
         await api.signed(SensorEnrollmentRequest("dave", READER, PRINT, session_token=token), None, None)
 
@@ -235,7 +240,8 @@ def test_face_first_then_the_finger_on_the_sensor(device, verifier, tmp_path) ->
 
     sensor = [r for r in audit(verifier) if r.get("assurance") == "match-on-sensor" and r["device_id"] == "kiosk-1"]
     answered = [(r["outcome"], r.get("step_up")) for r in sensor if r.get("step_up")]
-    assert answered == [("accept", "policy_requires_finger"), ("accept", "policy_requires_finger"),
+    # The first also asked for kiosk-1's first use (its sensor's direct accepts did not end it).
+    assert answered == [("accept", "policy_requires_finger,first_use_of_device"), ("accept", "policy_requires_finger"),
                         ("reject", "policy_requires_finger")]
     assert [r["step_up_answered"] for r in sensor if r["outcome"] == "refused"] == [True, False]
     assert [r["outcome"] for r in audit(verifier) if r["device_id"] == "kiosk-2"][-1] == "step_up_unknown"
@@ -336,7 +342,9 @@ def test_a_kiosk_with_a_camera_and_only_a_sensor_completes_both_factors(
     assert [e["acr_values"] for e in out["events"] if e["type"] == "step_up"] == ["finger"]
     sensor = [r for r in audit(verifier) if r.get("assurance") == "match-on-sensor"]
     decided = [(r["outcome"], r.get("step_up", "")) for r in sensor]
-    assert decided == [("accept", ""), ("accept", "policy_requires_finger")]
+    # The face asked the finger for the rule and for the device's first use (the sensor's direct accept did not
+    # end it); the sensor's finger answered both, after the face the verifier matched itself.
+    assert decided == [("accept", ""), ("accept", "policy_requires_finger,first_use_of_device")]
 
 
 def test_a_malformed_sensor_message_is_a_400_and_is_audited(device, verifier) -> None:

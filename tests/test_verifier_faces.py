@@ -78,7 +78,9 @@ def test_face_enroll_verify_identify(device, verifier) -> None:
 
     enrolled, genuine, impostor, found, stranger = device.run(steps)
     assert enrolled.templates == 2
-    assert isinstance(genuine, Decision) and genuine.accepted and genuine.token and genuine.score > genuine.threshold
+    # The device's first verification: the face matched, and the step-up policy asks a finger on top.
+    assert isinstance(genuine, StepUp) and genuine.acr_values == ACR_FINGER
+    assert genuine.reasons == ["first_use_of_device"]
     assert isinstance(impostor, Decision) and impostor.decision == "reject" and impostor.token is None
     assert [c.subject for c in found.candidates] == ["bob"]
     assert stranger.candidates == []
@@ -86,7 +88,7 @@ def test_face_enroll_verify_identify(device, verifier) -> None:
     asked = [e for e in events if e.get("event") == "face_liveness"]
     assert len(asked) == 6 and all(e["audit"] and e["liveness_asked"].count("look_at_camera") == 2 for e in asked)
     attempts = [e for e in events if e.get("event") == "verification_attempt" and e.get("modality") == "face"]
-    assert [e["outcome"] for e in attempts] == ["accept", "reject"]
+    assert [e["outcome"] for e in attempts] == ["step_up", "reject"]
     assert not any("data" in e or "faces" in e for e in events)  # no template in the audit
 
 
@@ -224,6 +226,63 @@ def test_face_step_up_then_face_first(device, verifier, synthetic_templates) -> 
     assert (wrong_face.modality, face.modality, then_finger.modality) == ("face", "face", "finger")
     assert then_finger.public()["modality"] == "finger"
     assert unknown.slug == "unknown-subject"
+
+
+def first_use_done(verifier, device_id: str) -> bool:
+    conn = sqlite3.connect(verifier.pki_dir / "verifier.sqlite")
+    try:
+        return conn.execute("SELECT 1 FROM device_first_use WHERE device_id = ?", (device_id,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+def test_a_face_meets_the_step_up_policy_a_finger_does(device, second_device, verifier, synthetic_templates) -> None:
+    """A matched face is no way around the step-up policy: first use, failures and high risk each ask a finger.
+
+    Until the finger answers, no session token is issued and the new device's first use is not done.
+    """
+    t = synthetic_templates
+    kiosk = Device(*second_device)
+
+    async def enroll_both(client):  # on kiosk-1: fingers, its first use's second finger, then faces with the token
+        api = VerifierAPI(client)
+        await api.enroll("alice", [encode_finger(x) for x in t[0][:2] + t[1][:2]])
+        first = await api.verify("alice", [encode_finger(t[0][2])])
+        token = (await api.verify("alice", [encode_finger(t[1][2])], step_up=first.step_up)).token
+        challenge = await api.challenge("enroll", "alice")
+        await api.enroll("alice", [], faces=[capture(1, 0), capture(1, 1)], session_token=token,
+                         challenge=challenge, liveness=steps_for(challenge))
+
+    async def first_use(client):
+        api = VerifierAPI(client)
+        face = await face_verify(api, "alice", 1)
+        done_before = first_use_done(verifier, "kiosk-2")
+        finger = await api.verify("alice", [encode_finger(t[0][2])], step_up=face.step_up)
+        return face, done_before, finger, await face_verify(api, "alice", 1, shot=6)
+
+    async def risk(client):
+        api = VerifierAPI(client)
+        impostor = await face_verify(api, "alice", 9)
+        after_failure = await face_verify(api, "alice", 1, shot=7)
+        verifier.mark_high_risk("alice")
+        finger = await api.verify("alice", [encode_finger(t[1][2])], step_up=after_failure.step_up)
+        return impostor, after_failure, finger, await face_verify(api, "alice", 1, shot=8)
+
+    device.run(enroll_both)
+    face, done_before, finger, again = kiosk.run(first_use)
+    assert isinstance(face, StepUp) and face.acr_values == ACR_FINGER and face.reasons == ["first_use_of_device"]
+    assert not done_before  # the face alone did not end the device's first use
+    assert isinstance(finger, Decision) and finger.accepted and finger.token and finger.modality == "finger"
+    assert first_use_done(verifier, "kiosk-2")
+    assert isinstance(again, Decision) and again.accepted and again.token  # nothing left to ask: the face decides
+    impostor, after_failure, finger, high_risk = kiosk.run(risk)
+    assert isinstance(impostor, Decision) and impostor.decision == "reject"
+    assert isinstance(after_failure, StepUp) and after_failure.reasons == ["recent_failures"]
+    assert isinstance(finger, Decision) and finger.accepted
+    assert isinstance(high_risk, StepUp) and high_risk.reasons == ["high_risk_subject"]
+    asked = [e for e in audit(verifier) if e.get("event") == "verification_attempt" and e.get("outcome") == "step_up"
+             and e.get("modality") == "face"]
+    assert [e["reasons"] for e in asked] == ["first_use_of_device", "recent_failures", "high_risk_subject"]
 
 
 def test_a_group_rule_and_a_bad_factor_on_the_command_line(verifier) -> None:

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import structlog
 
 from protocol import endpoints
-from protocol.face_template import ACR_FACE, FACE, FINGER
+from protocol.face_template import ACR_FACE, ACR_FINGER, FACE, FINGER
 from protocol.sensor import (
     ACR_AFTER_SENSOR,
     ASSURANCE,
@@ -56,7 +56,7 @@ from protocol.sensor import (
 )
 from verifier.biometric import BiometricRoutes, locked_out
 from verifier.content import message_of
-from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED
+from verifier.faces import FACE_REQUIRED
 from verifier.http import Answer, Request, Route, json_answer
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
@@ -209,7 +209,7 @@ class SensorRoutes:
         """The finger a face verification's step-up asks for (``acr_values="finger"``), asserted by the sensor."""
         subject, step_id = assertion.subject, str(assertion.step_up)
         pending = self.bio.stepup.take(step_id, device_id, subject)
-        if pending is None or FINGER_REQUIRED not in pending.reasons:
+        if pending is None or pending.acr != ACR_FINGER:  # only a face's step-up asks a finger
             if pending is not None:  # the step-up asks for something else (a face, a template): it stays for that
                 self.bio.stepup.give_back(step_id, pending)
             self._audit(device_id, assertion, "step_up_unknown", "no pending step-up asking this device for a finger",
@@ -242,7 +242,8 @@ class SensorRoutes:
     def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str,
                      acr: str) -> Answer:
         """RFC 9470 401: a template (``fingerprint_template``) or a face (``face``) the verifier matches itself."""
-        step = self.bio.stepup.open(device_id, assertion.subject, [], reasons)  # no first template to differ from
+        # No first template to differ from.
+        step = self.bio.stepup.open(device_id, assertion.subject, [], reasons, acr)
         self._audit(device_id, assertion, "step_up", ",".join(reasons), policy=policy, acr_values=acr)
         if acr == ACR_FACE:
             what, fix = "a face", "capture the same person's face and send it with this step_up id"

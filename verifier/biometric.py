@@ -54,7 +54,7 @@ from biometrics.fingerprint.cylinders import Cylinders
 from biometrics.fingerprint.iso19794_2 import decode
 from biometrics.fingerprint.matcher import cylinders_of
 from protocol import endpoints
-from protocol.face_template import ACR_FACE, FACE, FINGER
+from protocol.face_template import ACR_FACE, ACR_FINGER, FACE, FINGER
 from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
 from protocol.templates import coverage_problem, field_problem, minutiae_problem, spread_problem
@@ -62,7 +62,7 @@ from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.content import Carried, Malformed, carried_of
 from verifier.enrollments import EnrollmentStore, load_or_create_key
-from verifier.faces import FACE_REQUIRED, FINGER_REQUIRED, FaceRoutes
+from verifier.faces import FACE_REQUIRED, FaceRoutes
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
@@ -695,9 +695,9 @@ class BiometricRoutes:
             if pending is not None:
                 decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
                 reason = "step-up with the same finger" if scored.same_finger else ""
-                if (decision == "accept" and FINGER_REQUIRED not in pending.reasons
-                        and FACE in self.faces.required(subject)):
+                if decision == "accept" and pending.acr != ACR_FINGER and FACE in self.faces.required(subject):
                     # Two fingers (or a sensor's and a template) are not a face: the rule still needs one.
+                    # A step-up asking a finger (ACR_FINGER) was opened by a face: that face was matched.
                     return self.faces.ask(device_id, subject, [], [FACE_REQUIRED], scored.score, ACR_FACE)
                 return self._decided(device_id, subject, decision, scored, step_up=pending.reasons, reason=reason)
             if scored.score >= self.threshold and FACE in self.faces.required(subject):
@@ -745,7 +745,7 @@ class BiometricRoutes:
         self, device_id: str, subject: str, records: list[bytes], reasons: list[str], score: float
     ) -> Answer:
         """RFC 9470: 401 insufficient_user_authentication, naming the factor still needed."""
-        step = self.stepup.open(device_id, subject, records, reasons)
+        step = self.stepup.open(device_id, subject, records, reasons, ACR_SECOND_FINGER)
         log.info(
             "verification_attempt",
             audit=True,

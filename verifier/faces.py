@@ -26,6 +26,11 @@ same signed request behind the same gate
   / ``group require``) names the factors a verification needs, e.g. finger and
   face. A match of one factor when the rule needs the other is answered with an
   RFC 9470 step-up whose ``acr_values`` names the missing factor.
+- Step-up policy: a matched face meets the same reasons as a matched finger
+  (:class:`verifier.stepup.StepUpPolicy`: weak margin, recent failures, a
+  high-risk subject, the device's first use) and is answered with a step-up
+  asking a finger (``acr_values="finger"``); the face alone neither decides nor
+  ends the device's first use then.
 """
 
 from __future__ import annotations
@@ -316,8 +321,9 @@ class FaceRoutes:
             accepted = scored.score >= self.threshold
             if pending is not None:
                 return self._decided(device_id, subject, accepted, scored, step_up=pending.reasons)
-            if accepted and FINGER in self.required(subject):
-                return self.ask(device_id, subject, [], [FINGER_REQUIRED], scored.score, ACR_FINGER)
+            reasons = self.still_needed(device_id, subject, scored.score) if accepted else []
+            if reasons:
+                return self.ask(device_id, subject, [], reasons, scored.score, ACR_FINGER)
             return self._decided(device_id, subject, accepted, scored)
 
         def undo() -> None:
@@ -327,11 +333,24 @@ class FaceRoutes:
 
         return Deferred(device_id, work, finish, undo)
 
+    def still_needed(self, device_id: str, subject: str, score: float) -> list[str]:
+        """Why a matched face alone does not decide: the factor rule's finger, then the finger path's step-up policy.
+
+        The same reasons as a matched finger (weak margin, recent failures, a high-risk
+        subject, the device's first use), so a claim made with a face is no way around
+        them. The factor asked is a finger the verifier matches (or, after this face, a
+        sensor's): a second face would be the device's word again, not a second factor.
+        """
+        rule = [FINGER_REQUIRED] if FINGER in self.required(subject) else []
+        failures = self.bio.lockouts.failures(subject)
+        return rule + self.bio.stepup.reasons(device_id, subject, score, self.threshold, failures)
+
     def ask(self, device_id: str, subject: str, records: list[bytes], reasons: list[str], score: float,
             acr: str) -> Answer:
         """RFC 9470: 401 insufficient_user_authentication whose acr_values names the factor still needed."""
-        step = self.bio.stepup.open(device_id, subject, records, reasons)
+        step = self.bio.stepup.open(device_id, subject, records, reasons, acr)
         log.info("verification_attempt", audit=True, device_id=device_id, subject=subject, outcome="step_up",
+                 modality=FACE if acr == ACR_FINGER else FINGER,  # what matched: a finger's step-up asks a face
                  reasons=",".join(reasons), acr_values=acr, score=round(score, 4))
         what = "a face" if acr == ACR_FACE else "a finger"
         problem = Problem(

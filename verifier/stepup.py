@@ -43,6 +43,7 @@ class Pending:
     first_records: list[bytes]
     reasons: list[str]
     expires_at: float
+    acr: str = ""  # the acr_values asked: which factor answers it (a face's step-up asks a finger)
 
 
 @dataclass
@@ -77,11 +78,12 @@ class StepUpPolicy:
             found.append("first_use_of_device")
         return found
 
-    def open(self, device_id: str, subject_id: str, records: list[bytes], reasons: list[str]) -> str:
+    def open(self, device_id: str, subject_id: str, records: list[bytes], reasons: list[str], acr: str) -> str:
+        """A pending step-up asking ``acr``: kept so the answer is checked against what was asked, not guessed."""
         now = time.time()
         self.pending = {k: v for k, v in self.pending.items() if v.expires_at > now}
         step_id = secrets.token_urlsafe(16)
-        self.pending[step_id] = Pending(device_id, subject_id, records, reasons, now + PENDING_TTL_S)
+        self.pending[step_id] = Pending(device_id, subject_id, records, reasons, now + PENDING_TTL_S, acr)
         return step_id
 
     def take(self, step_id: str, device_id: str, subject_id: str) -> Pending | None:
