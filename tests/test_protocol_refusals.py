@@ -31,6 +31,7 @@ from agent.errors import (
     BadTemplateError,
     GroupNotAllowedError,
     OperationNotAllowedError,
+    RateLimitedError,
     SubjectLockedError,
     UnknownSubjectError,
 )
@@ -361,3 +362,59 @@ def test_what_needs_no_finger_is_refused_at_the_challenge(verifier, provisioned,
         (endpoints.CHALLENGES, "subject group not allowed for this device"),
     }
     assert any(r.get("group") == "visitors" for r in refusals), "the audit log names the group, for the operator"
+
+
+def test_a_device_locked_out_of_a_subject_learns_nothing_of_it_through_identification(
+    tmp_path, synthetic_templates
+) -> None:
+    """1:N drops the subjects a device is locked out of (fingers and faces), and counts a device's identifications.
+
+    Without it a device locked out of alice after guessing keeps testing probes
+    against her through /v1/identifications: no lockout, no failure, her name and score.
+    """
+    from tests.test_verifier_faces import capture, steps_for
+
+    t = synthetic_templates
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("max_failures = 2\nstep_up_first_use = false\nlockout_base_s = 60\n"
+                        "device_identifications_per_min = 4\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        junk = asyncio.run(provision_device(local, tmp_path / "junk", "kiosk-junk"))
+        lobby = asyncio.run(provision_device(local, tmp_path / "lobby", "kiosk-lobby"))
+
+        async def identify(api, finger=None, face=None):
+            challenge = await api.challenge("identify")
+            if face is None:
+                found = await api.identify([encode(finger)], challenge=challenge)
+            else:
+                found = await api.identify([], faces=[face], challenge=challenge, liveness=steps_for(challenge))
+            return [c.subject for c in found.candidates]
+
+        async def guess_then_identify(api, client):
+            await api.enroll("alice", [encode(x) for x in t[0][:2]])
+            challenge = await api.challenge("enroll", "bob")
+            await api.enroll("bob", [], faces=[capture(2, 0), capture(2, 1)], challenge=challenge,
+                             liveness=steps_for(challenge))
+            for _ in range(2):  # wrong fingers for alice, wrong faces for bob: locked out of both
+                await api.verify("alice", [encode(t[1][0])])
+                challenge = await api.challenge("verify", "bob")
+                await api.verify("bob", [], faces=[capture(9, 0)], challenge=challenge, liveness=steps_for(challenge))
+            found = [await identify(api, finger=t[0][2]), await identify(api, face=capture(2, 5))]
+            found += [await identify(api, finger=t[0][1]), await identify(api, face=capture(2, 6))]
+            with pytest.raises(RateLimitedError) as limited:  # the 5th identification of the minute
+                await identify(api, finger=t[0][2])
+            return found, limited.value
+
+        async def elsewhere(api, client):
+            return [await identify(api, finger=t[0][2]), await identify(api, face=capture(2, 5))]
+
+        found, limited = run(junk, guess_then_identify)
+        found_elsewhere = run(lobby, elsewhere)
+        no_traceback(local)
+        events = [json.loads(line) for line in local.log_path.read_text().splitlines() if line.startswith("{")]
+    assert found == [[], [], [], []], "a locked-out device learns nothing of alice or bob through 1:N"
+    assert found_elsewhere == [["alice"], ["bob"]], "another device still identifies them"
+    assert limited.status == 429 and limited.slug == "device-rate-limited" and limited.retry_after_s > 0
+    attempts = [e for e in events if e.get("event") == "identification_attempt"]
+    assert [(e["device_id"], e["locked_out"]) for e in attempts] == [("kiosk-junk", 1)] * 4 + [("kiosk-lobby", 0)] * 2
+    assert any(e.get("reason") == "identification rate limit" for e in events)

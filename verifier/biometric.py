@@ -96,6 +96,8 @@ class BiometricRoutes:
         self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s, settings.lockout_devices)
         self.device_rate = RateLimit(settings.device_requests_per_min, settings.lockout_base_s)
         self.challenge_rate = RateLimit(settings.device_challenges_per_min, settings.lockout_base_s)
+        # 1:N tests a probe against every subject at once: a device's identifications get their own, lower rate.
+        self.identify_rate = RateLimit(settings.device_identifications_per_min, settings.lockout_base_s)
         # Claims of a subject: per (device, subject), and across devices a bound one device cannot reach alone.
         self.subject_rate = RateLimit(settings.subject_requests_per_min, settings.lockout_base_s)
         self.subject_rate_all = RateLimit(
@@ -800,11 +802,39 @@ class BiometricRoutes:
         timing = f"match;dur={scored.match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
         return json_answer(200, answer, ((b"server-timing", timing),))
 
+    def check_identify_rate(self, request: Request) -> None:
+        """429 (audited) when the device asks too many identifications a minute: each one tests every subject."""
+        assert request.device is not None
+        device_id = request.device.device_id
+        wait = self.identify_rate.check(device_id)
+        if wait > 0:
+            raise self.refused(
+                request,
+                Problem(
+                    "device-rate-limited",
+                    f"device {device_id} asked too many identifications; wait {wait:.0f} s",
+                    "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                "identification rate limit",
+                wait_s=round(wait, 1),
+            )
+
+    def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
+        """On the loop, at the decision: ``best`` without the subjects this device is locked out of, and how many.
+
+        A locked-out device must not learn from 1:N what 1:1 refuses to tell it:
+        whether a probe matches that subject.
+        """
+        locked = self.lockouts.locked_subjects(device_id) & best.keys()
+        return {s: score for s, score in best.items() if s not in locked}, len(locked)
+
     def identify(self, request: Request) -> Deferred:
-        """1:N among the subjects of the groups this device may act on, best first."""
+        """1:N among the subjects of the groups this device may act on and is not locked out of, best first."""
         assert request.device is not None
         device_id = request.device.device_id
         body, carried = self._checked(request, "identify")
+        self.check_identify_rate(request)
         views = self._views(request, carried)
         allowed = self.rules.groups(device_id)
         if carried.has_faces:
@@ -827,6 +857,7 @@ class BiometricRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
+            best, locked = self.unlocked(device_id, best)
             candidates = ranked(best, self.threshold)
             log.info(
                 "identification_attempt",
@@ -834,6 +865,7 @@ class BiometricRoutes:
                 device_id=device_id,
                 outcome="candidates" if candidates else "no_candidate",
                 candidates=len(candidates),
+                locked_out=locked,
                 groups=",".join(sorted(allowed)) if allowed is not None else "*",
             )
             timing = f"match;dur={match_ms:.3f}".encode()

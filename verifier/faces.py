@@ -407,9 +407,11 @@ class FaceRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
+            best, locked = self.bio.unlocked(device_id, best)  # a lockout is no oracle through 1:N
             candidates = ranked(best, self.threshold)
             log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,
-                     outcome="candidates" if candidates else "no_candidate", candidates=len(candidates), groups=groups)
+                     outcome="candidates" if candidates else "no_candidate", candidates=len(candidates),
+                     locked_out=locked, groups=groups)
             answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
             return json_answer(200, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
 

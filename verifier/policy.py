@@ -137,6 +137,24 @@ class Lockouts:
         everyone = rows[self.devices_to_lock_all - 1][1] - now if len(rows) >= self.devices_to_lock_all else 0.0
         return max(0.0, own, everyone)
 
+    def locked_subjects(self, device_id: str, now: float | None = None) -> set[str]:
+        """Every subject this device is locked out of now (its own lockouts, and subjects locked for all).
+
+        One query for an identification's candidates: a 1:N answer naming a subject
+        the device may not claim would give it back the oracle its lockout took away.
+        """
+        now = now or time.time()
+        rows = self.conn.execute(
+            "SELECT subject_id, device_id FROM lockouts WHERE device_id != '*' AND locked_until > ?", (now,)
+        ).fetchall()
+        locked_devices: dict[str, int] = {}
+        own = set()
+        for subject, device in rows:
+            locked_devices[subject] = locked_devices.get(subject, 0) + 1
+            if device == device_id:
+                own.add(subject)
+        return own | {s for s, n in locked_devices.items() if n >= self.devices_to_lock_all}
+
     def failures(self, subject_id: str) -> int:
         """The subject's rejections in a row, on any device (for step-up, not for locking)."""
         row = self.conn.execute(

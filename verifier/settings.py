@@ -40,6 +40,7 @@ class VerifierSettings:
     subject_requests_per_min: int = 12  # verifications of one subject per minute from one device
     # (from all devices together: lockout_devices times as many, a bound one device cannot reach)
     device_challenges_per_min: int = 120  # challenges (nonces) a device may ask for per minute
+    device_identifications_per_min: int = 20  # 1:N identifications a device may ask per minute (each tests everyone)
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -89,6 +90,7 @@ class VerifierSettings:
 _POSITIVE = (
     "device_requests_per_min",
     "device_challenges_per_min",
+    "device_identifications_per_min",
     "lockout_devices",
     "max_failures",
     "subject_requests_per_min",
