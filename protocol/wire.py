@@ -13,17 +13,25 @@ infinity, and an integer of 400 digits overflows a float or an sqlite column:
 each would turn into an ``OverflowError`` or a comparison that is never true
 wherever the value is used (a lifetime, a score, a sequence number). Integers
 must fit in 64 bits (:data:`MAX_INT`), as sqlite and every other JSON
-implementation that matters can hold them.
+implementation that matters can hold them. A string holding a lone UTF-16
+surrogate (``"\\ud800"``: valid JSON, not Unicode text) is refused too: it
+cannot be encoded as UTF-8, so it would fail later, wherever the value is
+stored, hashed or logged, instead of here with a typed error.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 32  # the deepest request or answer of v1 is 4 levels; room for extensions
 MAX_INT = 2**63 - 1  # the largest integer of the protocol: sqlite's INTEGER
+
+
+# A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF); only bodies holding one are searched for a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class WireError(ValueError):
@@ -82,12 +90,33 @@ def _int64(text: str) -> int:
     return value
 
 
+def _not_utf8(value: Any) -> bool:
+    """Whether a key or a string anywhere in ``value`` holds a lone surrogate (walked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels, numbers in range.
+    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels, numbers in range, UTF-8 text.
 
     Anything else is a :class:`WireError`.
     """
-    raw = data.encode() if isinstance(data, str) else data
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:
+        raise WireError("the JSON is not UTF-8 text (a lone surrogate)") from None
     # Fast path: fewer brackets than the limit cannot nest deeper than it.
     shallow = raw.count(b"[") + raw.count(b"{") <= max_depth
     try:
@@ -108,6 +137,9 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
         raise WireError(f"not JSON: {exc}") from None
     if not shallow and _depth(value) > max_depth:
         raise WireError(f"the JSON is nested deeper than {max_depth} levels")
+    # Walked only when an escape of a surrogate is in the bytes (a pair, e.g. an emoji, is text and passes).
+    if _SURROGATE_ESCAPE.search(raw) and _not_utf8(value):
+        raise WireError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape): not Unicode text")
     return value
 
 

@@ -94,6 +94,19 @@ def test_strict_json_refuses_duplicates_and_depth_without_recursion_error() -> N
         loads(b"{'single': 'quotes'}")
 
 
+@pytest.mark.parametrize("body", [b'{"nonce": "\\ud800"}', b'["ok", {"k": ["\\uDFFF"]}]', b'{"\\udc00": 1}',
+                                  b'"\\ud83d"', '{"a": "\ud800"}'])
+def test_strict_json_refuses_a_lone_surrogate_that_no_store_or_hash_could_encode(body: bytes | str) -> None:
+    """Valid JSON, not Unicode text: refused here, typed, rather than a UnicodeEncodeError wherever it is used."""
+    with pytest.raises(WireError, match="surrogate"):
+        loads(body)
+
+
+def test_strict_json_keeps_surrogate_pairs_and_escaped_backslashes() -> None:
+    assert loads(b'{"smile": "\\ud83d\\ude00"}') == {"smile": "\U0001f600"}  # a pair is one character
+    assert loads(b'"\\\\ud800"') == "\\ud800"  # a backslash, then the letters: text, not an escape
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [

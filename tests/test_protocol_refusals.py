@@ -42,6 +42,7 @@ from protocol.audit import event_hash
 from protocol.messages import Decision, StepUp
 from protocol.signing import sign_request
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW, wire_template
+from protocol.wire import canonical_json
 
 
 def run(provisioned, steps):
@@ -168,6 +169,38 @@ def test_deep_json_and_duplicate_keys_get_a_400_problem(verifier, provisioned, p
         assert response.status_code == 400 and problem["type"].endswith("/bad-json"), problem
         assert said in problem["detail"]
     no_traceback(verifier)
+
+
+def test_a_lone_surrogate_in_a_signed_body_or_an_event_is_a_400_not_a_500(verifier, provisioned) -> None:
+    """Valid JSON that is not UTF-8 text ("\\ud800"): a typed, audited 400 bad-json, before any store or hash."""
+    _, identity = provisioned
+    key = identity.private_key()
+
+    async def nonce(api, client):
+        return (await api.challenge("identify")).nonce
+
+    def signed(path: str, **fields) -> bytes:  # signed as the agent signs, sent as its canonical bytes
+        return canonical_json(sign_request(key, "POST", path, {"nonce": run(provisioned, nonce), **fields}))
+
+    event = {"id": "\ud83d", "seq": 1, "prev": "0" * 64, "type": "x", "time": "t", "data": {}}
+    event["hash"] = event_hash(event)
+    answers = [
+        raw_post(verifier, identity, endpoints.VERIFICATIONS,
+                 canonical_json(sign_request(key, "POST", endpoints.VERIFICATIONS,
+                                             {"nonce": "\ud800", "subject": "alice"}))),
+        raw_post(verifier, identity, "/v1/subjects/alice/enrollments",
+                 signed("/v1/subjects/alice/enrollments", templates=[], session_token="\udfff")),
+        raw_post(verifier, identity, endpoints.EVENTS, canonical_json({"events": [event]})),
+    ]
+    for answer in answers:
+        problem = answer.json()
+        assert answer.status_code == 400 and problem["type"].endswith("/bad-json"), problem
+        assert "surrogate" in problem["detail"] and "UTF-8" in problem["fix"]
+    no_traceback(verifier)
+    events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
+    refused = [e for e in events if e.get("event") in ("biometric_request_refused", "events_refused")]
+    assert [(e["event"], e["status"]) for e in refused] == [("biometric_request_refused", 400)] * 2 + [
+        ("events_refused", 400)]
 
 
 def test_a_challenge_flood_is_rate_limited_and_no_challenge_row_outlives_its_nonce(tmp_path) -> None:

@@ -475,9 +475,14 @@ class VerifierApp:
     def events(self, request: Request) -> Answer:
         """A batch of audit events from the device's outbox (idempotent by event id)."""
         assert request.device is not None
+        device_id = request.device.device_id
         try:
-            result = self.audit.ingest(request.device.device_id, json_body(request))
+            result = self.audit.ingest(device_id, json_body(request))
+        except Problem as problem:  # not protocol JSON: refused, and audited like any refused request
+            log.warning("events_refused", audit=True, device_id=device_id, status=problem.status, reason=problem.slug)
+            raise
         except EventFormatError as exc:
+            log.warning("events_refused", audit=True, device_id=device_id, status=422, reason=str(exc))
             raise Problem(
                 "bad-events",
                 str(exc),

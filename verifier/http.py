@@ -75,12 +75,17 @@ def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes
     return Answer(status, JSON_TYPE, json.dumps(payload).encode(), headers)
 
 
+# The registry's fix, with the rules it leaves out: each refusal's detail says which one the body broke.
+BAD_JSON_FIX = ("send one JSON object of UTF-8 text (no lone \\ud800-\\udfff escape), no duplicate keys, "
+                "finite numbers, nested at most 32 levels")
+
+
 def json_body(request: Request) -> Any:
-    """The body as strict protocol JSON (no duplicate keys, bounded depth), or a 400 problem."""
+    """The body as strict protocol JSON (no duplicate keys, bounded depth, UTF-8 text), or a 400 problem."""
     try:
         return loads(request.body)
     except WireError as exc:
-        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}", BAD_JSON_FIX) from None
 
 
 def json_object(request: Request) -> dict[str, Any]:
@@ -88,4 +93,4 @@ def json_object(request: Request) -> dict[str, Any]:
     try:
         return loads_object(request.body, "the request body")
     except WireError as exc:
-        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}") from None
+        raise Problem("bad-json", f"the request body is not protocol JSON: {exc}", BAD_JSON_FIX) from None
