@@ -16,6 +16,8 @@ from protocol.wire import canonical_json
 
 GENESIS = "0" * 64
 MAX_BATCH = 500  # events per POST /v1/events
+# The largest seq: I-JSON's (RFC 7493) exact integers, far below SQLite's 2**63 - 1, so the next one still fits.
+MAX_SEQ = 2**53 - 1
 EVENT_FIELDS: dict[str, type] = {
     "id": str,
     "seq": int,

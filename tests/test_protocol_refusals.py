@@ -38,7 +38,7 @@ from agent.errors import (
 from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode
 from protocol import endpoints
-from protocol.audit import event_hash
+from protocol.audit import GENESIS, MAX_SEQ, event_hash
 from protocol.messages import Decision, StepUp
 from protocol.signing import sign_request
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW, wire_template
@@ -201,6 +201,31 @@ def test_a_lone_surrogate_in_a_signed_body_or_an_event_is_a_400_not_a_500(verifi
     refused = [e for e in events if e.get("event") in ("biometric_request_refused", "events_refused")]
     assert [(e["event"], e["status"]) for e in refused] == [("biometric_request_refused", 400)] * 2 + [
         ("events_refused", 400)]
+
+
+def test_an_event_seq_beyond_the_protocols_bound_is_a_422_and_leaves_the_chain_head_alone(
+    verifier, provisioned
+) -> None:
+    """A seq SQLite cannot hold was a 500; 2**63 - 1 was stored, and the chain's next seq then could not be."""
+    _, identity = provisioned
+
+    def event(seq: int, prev: str = GENESIS) -> dict:
+        made = {"id": f"e-{seq}", "seq": seq, "prev": prev, "type": "x", "time": "2026-01-01T00:00:00Z", "data": {}}
+        return {**made, "hash": event_hash(made)}
+
+    def post(*events: dict) -> httpx.Response:
+        return raw_post(verifier, identity, endpoints.EVENTS, canonical_json({"events": list(events)}))
+
+    refused = [post(event(seq)) for seq in (MAX_SEQ + 1, 2**63 - 1, 2**63, 10**30)]
+    first = event(1)
+    chained = post(first, event(2, first["hash"]))
+    for answer in refused:
+        problem = answer.json()
+        assert answer.status_code == 422 and problem["type"].endswith("/bad-events"), problem
+        assert f"seq must be from 1 to {MAX_SEQ}" in problem["detail"]
+    assert chained.status_code == 200 and chained.json() == {"accepted": 2, "duplicates": 0, "anomalies": []}
+    assert post(event(MAX_SEQ)).status_code == 200  # the bound itself is a seq (a gap, reported as such)
+    no_traceback(verifier)
 
 
 def test_a_challenge_flood_is_rate_limited_and_no_challenge_row_outlives_its_nonce(tmp_path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from protocol.audit import EVENT_FIELDS, GENESIS, MAX_BATCH, event_hash
+from protocol.audit import EVENT_FIELDS, GENESIS, MAX_BATCH, MAX_SEQ, event_hash
 
 log = structlog.get_logger()
 
@@ -67,8 +67,8 @@ def check_event(event: Any, index: int) -> dict[str, Any]:
         value = event.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise EventFormatError(f"{where}.{name} is missing or not a {kind.__name__}")
-    if event["seq"] < 1:
-        raise EventFormatError(f"{where}.seq must be at least 1")
+    if not 1 <= event["seq"] <= MAX_SEQ:  # a seq SQLite cannot hold, or whose successor it cannot: not a device's
+        raise EventFormatError(f"{where}.seq must be from 1 to {MAX_SEQ}")
     if not HEX64.match(event["hash"]) or not HEX64.match(event["prev"]):
         raise EventFormatError(f"{where}: hash and prev must be 64 lowercase hex digits")
     return event
