@@ -129,3 +129,38 @@ def test_a_superseded_certificate_cannot_renew_and_renewals_are_rate_limited(tmp
     assert limited.status_code == 429 and limited.json()["type"].endswith("renewal-rate-limited"), limited.text
     assert int(limited.headers["retry-after"]) > 3000
     assert '"reason": "certificate superseded"' in log and '"reason": "renewal rate"' in log
+
+
+def off_curve_csr(device_id: str) -> bytes:
+    """A P-256 request relabelled as P-192: the load succeeds, the point is not on the curve it names."""
+    der = build_csr(generate_key(), device_id)
+    prime256v1, prime192v1 = bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a8648ce3d030101")
+    assert der.count(prime256v1) == 1
+    return der.replace(prime256v1, prime192v1)
+
+
+def test_a_request_whose_key_is_not_on_its_curve_is_a_400_bad_csr_at_enroll_and_renewal(
+    verifier, provisioned, tmp_path
+) -> None:
+    """The key is decoded after the load: its ValueError('Invalid key') was a 500 on both EST routes."""
+    _, identity = provisioned
+    device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+    token = verifier.new_token("kiosk-2")
+
+    async def post(ctx: ssl.SSLContext, path: str, csr: bytes, headers: dict[str, str]) -> httpx.Response:
+        async with httpx.AsyncClient(http2=True, http1=False, verify=ctx) as client:
+            body = base64.b64encode(csr)
+            return await client.post(verifier.url + path, content=body, headers={**post_headers(), **headers})
+
+    anonymous, bearer = raw_client_context(verifier.pki_dir), {"Authorization": f"Bearer {token}"}
+    renewal = asyncio.run(post(device, "/.well-known/est/simplereenroll", off_curve_csr("kiosk-1"), {}))
+    enrollment = asyncio.run(post(anonymous, "/.well-known/est/simpleenroll", off_curve_csr("kiosk-2"), bearer))
+    for answer in (renewal, enrollment):
+        problem = answer.json()
+        assert answer.status_code == 400 and problem["type"].endswith("/bad-csr"), problem
+        assert "not a valid key" in problem["detail"]
+    log = verifier.log_path.read_text()
+    assert "Traceback" not in log and '"request_failed"' not in log
+    # The refused request spent no token: a good request still enrolls with it.
+    good = asyncio.run(post(anonymous, "/.well-known/est/simpleenroll", build_csr(generate_key(), "kiosk-2"), bearer))
+    assert good.status_code == 200, good.text

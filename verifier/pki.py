@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -192,9 +193,16 @@ def parse_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
         csr = x509.load_der_x509_csr(csr_der)
     except ValueError:
         raise CSRError("the body is not a DER PKCS#10 certificate request (base64 of DER expected)") from None
-    if not csr.is_signature_valid:
+    # The key is only decoded here (the load above does not): a point off its curve, or a key or signature
+    # algorithm the library does not know, raises from these, and is the request's fault like a bad load.
+    try:
+        key = csr.public_key()
+        signed = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        raise CSRError("the certificate request's public key is not a valid key: generate a new EC P-256 key "
+                       "and make a new request") from None
+    if not signed:
         raise CSRError("the certificate request's signature does not verify: make a new request")
-    key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise CSRError("only EC P-256 keys are accepted: generate the device key on curve P-256")
     return csr
