@@ -13,6 +13,7 @@ import datetime as dt
 import secrets
 import socket
 import ssl
+import time
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from agent.devstack import LocalVerifier, provision_device
 from agent.est import PKCS10_HEADERS
 from agent.identity import build_csr, generate_key
 from tests.conftest import raw_client_context
-from tests.test_verifier import device_files
+from tests.test_verifier import device_files, get
 from tests.test_verifier_connections import settings_file
 
 LIFETIME_S = 4.0
@@ -164,3 +165,24 @@ def test_a_request_whose_key_is_not_on_its_curve_is_a_400_bad_csr_at_enroll_and_
     # The refused request spent no token: a good request still enrolls with it.
     good = asyncio.run(post(anonymous, "/.well-known/est/simpleenroll", build_csr(generate_key(), "kiosk-2"), bearer))
     assert good.status_code == 200, good.text
+
+
+def test_a_revoked_device_and_a_certificate_past_its_grace_are_told_the_fix_that_works(tmp_path) -> None:
+    """Not one 'device-not-authorised, re-provision with a new token' for all: a token for a revoked id is refused
+    (device-revoked), and a renewed device needs its newest certificate (certificate-superseded)."""
+    with LocalVerifier.running(tmp_path / "pki", extra_args=settings_file(tmp_path, grace_s=1.0)) as verifier:
+        _, renewing = asyncio.run(provision_device(verifier, tmp_path / "renewing", "kiosk-1"))
+        _, revoked = asyncio.run(provision_device(verifier, tmp_path / "revoked", "kiosk-2"))
+        old = raw_client_context(verifier.pki_dir, *device_files(renewing, tmp_path / "renewing"))
+        renewed = get(old, verifier.url, "/.well-known/est/simplereenroll", method="POST",
+                      content=reenroll_body("kiosk-1"), headers=post_headers())
+        assert renewed.status_code == 200, renewed.text
+        time.sleep(1.5)  # past the old certificate's grace
+        superseded = get(old, verifier.url, "/v1/health").json()
+        verifier.revoke("kiosk-2")
+        gone = get(raw_client_context(verifier.pki_dir, *device_files(revoked, tmp_path / "revoked")),
+                   verifier.url, "/v1/health").json()
+    assert superseded["status"] == 403 and superseded["type"].endswith("/certificate-superseded"), superseded
+    assert "newest certificate" in superseded["fix"] and "new token" not in superseded["fix"]
+    assert gone["status"] == 403 and gone["type"].endswith("/device-revoked"), gone
+    assert "new device id" in gone["fix"] and "token new --device NEW-ID" in gone["fix"]

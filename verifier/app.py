@@ -264,11 +264,7 @@ class VerifierApp:
                 serial=format(cert.serial_number, "x"),
                 reason=str(exc),
             )
-            raise Problem(
-                "device-not-authorised",
-                str(exc),
-                "re-provision the device with a new token; ask the operator if it was revoked",
-            ) from None
+            raise Problem(exc.slug, str(exc), exc.fix) from None
 
     @staticmethod
     def _check_validity(cert: x509.Certificate, path: str) -> None:

@@ -21,7 +21,18 @@ DEFAULT_GRACE_S = 600.0
 
 
 class AuthorisationError(Exception):
-    """The client certificate does not belong to an active device."""
+    """The client certificate does not belong to an active device.
+
+    ``slug`` (a protocol.problems type) and ``fix`` say why in a form the answer
+    uses as it is: a revoked device and a renewed certificate need other fixes
+    than an unknown one, and the English message is never parsed for them.
+    """
+
+    def __init__(self, message: str, slug: str = "device-not-authorised",
+                 fix: str = "re-provision the device with a new token (`capture-agent provision --force`)") -> None:
+        super().__init__(message)
+        self.slug = slug
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -76,12 +87,23 @@ class DeviceRegistry:
         if row is None:
             raise AuthorisationError("this client certificate is not registered with the verifier")
         device_id, status, superseded_at, spki = row
-        if status != "active":
-            raise AuthorisationError(f"device {device_id} is revoked")
+        if status != "active":  # a new token for this id is refused too (simpleenroll): only a new id helps
+            raise AuthorisationError(
+                f"device {device_id} is revoked",
+                "device-revoked",
+                f"the operator revoked {device_id}, and a token for it is refused too: ask for a token for a new "
+                "device id (capture-verifier token new --device NEW-ID), then capture-agent provision --force "
+                "--token TOKEN",
+            )
         if spki != spki_sha256(cert.public_key()):
             raise AuthorisationError("the certificate's key does not match the registered key")
         if superseded_at is not None and time.time() > superseded_at + self.grace_s:
-            raise AuthorisationError("this certificate was replaced by a renewal; use the new one")
+            raise AuthorisationError(
+                "this certificate was replaced by a renewal and its grace period is over; use the new one",
+                "certificate-superseded",
+                "use the device's newest certificate (the agent switches to it after a renewal; restart it if it "
+                "still sends the old one)",
+            )
         return Device(device_id, status, serial)
 
     def is_current(self, serial: str) -> bool:
