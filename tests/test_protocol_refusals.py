@@ -476,3 +476,39 @@ def test_a_device_locked_out_of_a_subject_learns_nothing_of_it_through_identific
     attempts = [e for e in events if e.get("event") == "identification_attempt"]
     assert [(e["device_id"], e["locked_out"]) for e in attempts] == [("kiosk-junk", 1)] * 4 + [("kiosk-lobby", 0)] * 2
     assert any(e.get("reason") == "identification rate limit" for e in events)
+
+
+def test_an_enrollment_naming_a_subject_of_a_group_the_device_may_not_see_is_the_verify_paths_403(
+    verifier, provisioned, second_device
+) -> None:
+    """A lobby restricted to visitors gets the 403 the verify path gives for a staff subject, not a 409 telling it
+    the id exists "in another group" (and suggesting it enroll without --group)."""
+    from protocol.messages import Challenge
+    from tests.test_verifier_faces import capture, face_enroll, steps_for
+
+    async def hr_enrolls_ceo(api, client):
+        await face_enroll(api, "ceo", 1, group="staff")
+
+    run(provisioned, hr_enrolls_ceo)
+    verifier.allow("kiosk-2", groups="visitors")
+
+    async def lobby(api, client):
+        refused = []
+        for operation, group in (("verify", None), ("enroll", "visitors"), ("enroll", None)):
+            with pytest.raises(GroupNotAllowedError) as info:
+                await api.challenge(operation, "ceo", group)
+            refused.append(info.value)
+        # The signed enrollment itself, on a plain nonce (no precheck at the challenge).
+        plain = Challenge.from_json(await client.call("POST", endpoints.CHALLENGES, json={}))
+        with pytest.raises(GroupNotAllowedError) as signed:
+            await api.enroll("ceo", [], faces=[capture(2, 0)], group="visitors", challenge=plain,
+                             liveness=steps_for(plain))
+        visitor = await api.challenge("enroll", "guest", "visitors")  # a new visitor still enrolls
+        return refused, signed.value, visitor
+
+    refused, signed, visitor = run(second_device, lobby)
+    for error in (*refused, signed):
+        assert error.status == 403 and error.slug == "group-not-allowed", error.problem
+        assert "staff" not in json.dumps(error.problem) and "another group" not in json.dumps(error.problem)
+    assert visitor.nonce
+    no_traceback(verifier)

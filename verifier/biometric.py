@@ -488,10 +488,17 @@ class BiometricRoutes:
             raise self.refused(request, locked_out(subject, locked), "locked out", subject=subject)
 
     def enrollment_group(self, request: Request, subject: str, requested: object) -> str:
-        """The group an enrollment puts the subject in; 409 (audited) when it names another one."""
+        """The group an enrollment puts the subject in; 409 (audited) when it names another one.
+
+        A subject in a group the device may not act on is refused first, with the
+        verify path's 403: the 409 ("in another group than yours", and its fix
+        "enroll without --group") is only for a device that may see the subject.
+        """
         if requested is not None and (not isinstance(requested, str) or not endpoints.GROUP_NAME.fullmatch(requested)):
             raise self.refused(request, Problem("bad-group", f"{requested!r} is not a group name"), "malformed group")
         recorded = self.subjects.recorded(subject)
+        if recorded is not None:
+            self.check_group(request, subject, recorded)
         if recorded is not None and requested is not None and requested != recorded:
             raise self.refused(
                 request,
