@@ -384,9 +384,13 @@ async def _setup(verifier: LocalVerifier, work: Path) -> tuple[tuple, tuple[str,
 def run(seconds: float, attacks: tuple[str, ...]) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         work = Path(tmp)
-        settings = work / "verifier.toml"  # the kiosk verifies many times a minute: lift the per-minute limits
+        # The kiosk verifies many times a minute: lift the per-minute limits. The oversized_work
+        # attacker identifies far more often than a device may (device_identifications_per_min): lifted
+        # too, so that phase measures the matching pool, the defence that holds when many devices attack.
+        settings = work / "verifier.toml"
         settings.write_text(
             "device_requests_per_min = 1000000\nsubject_requests_per_min = 1000000\n"
+            "device_identifications_per_min = 1000000\n"
             f"device_challenges_per_min = {KIOSK_CHALLENGES_PER_MIN}\n"
         )
         with LocalVerifier.running(work / "pki", extra_args=("--config", str(settings))) as verifier:
