@@ -120,7 +120,11 @@ def as_agent_user_prefix() -> tuple[str, ...] | str:
         [*prefix, sys.executable, "-c", "import agent.cli"], capture_output=True, text=True, timeout=60, cwd=REPO
     )
     if probe.returncode != 0:
-        return f"uid {AGENT_UID} cannot run this Python and the agent: {probe.stderr.strip()[-300:]}"
+        return (
+            f"uid {AGENT_UID} cannot import the agent from this checkout (in a folder only its owner may enter, "
+            f"such as a private home folder; these tests run from a checkout other users can read): "
+            f"{probe.stderr.strip().splitlines()[-1][-200:] if probe.stderr.strip() else probe.returncode}"
+        )
     return prefix
 
 
