@@ -193,6 +193,44 @@ def answer_error(path: str, reason: str, status: int = 0) -> AnswerError:
     )
 
 
+async def read_answer(http: httpx.AsyncClient, request: httpx.Request, cap: int, cap_name: str) -> httpx.Response:
+    """Send ``request`` and read its answer whole, but never more than ``cap`` bytes and never decoded.
+
+    Every answer the agent reads comes through here (the mTLS client and the EST
+    calls made before the device has an identity): a ``Content-Encoding`` is
+    refused rather than decoded, since decoding happens before any size check
+    could see the result. ``cap_name`` names the setting in the error.
+    """
+    path = request.url.path
+    response = await http.send(request, stream=True)
+    try:
+        status = response.status_code
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise answer_error(path, f"the answer is larger than {cap_name} = {cap} (it declares {declared} bytes)",
+                               status)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise answer_error(
+                path, f"the answer is compressed (Content-Encoding: {encoding[:40]}), which was not asked for", status
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_raw():  # raw: nothing is decoded (checked above)
+            size += len(chunk)
+            if size > cap:
+                raise answer_error(path, f"the answer is larger than {cap_name} = {cap} (it kept coming)", status)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        status, headers=response.headers, content=b"".join(chunks), request=request, extensions=response.extensions
+    )
+
+
+NO_ENCODING = {"Accept-Encoding": "identity"}  # see read_answer: answers are never decoded
+
+
 @dataclass
 class _Generation:
     """One httpx client and the requests running on it."""
@@ -241,7 +279,7 @@ class VerifierClient:
             http2=True,
             verify=ctx,
             trust_env=False,  # no proxy or CA bundle from the environment
-            headers={"Accept-Encoding": "identity"},  # see the module docstring: answers are never decoded
+            headers=NO_ENCODING,
             timeout=httpx.Timeout(
                 connect=net.connect_timeout_s,
                 read=net.read_timeout_s,
@@ -409,39 +447,8 @@ class VerifierClient:
         headers: dict[str, str],
     ) -> httpx.Response:
         """One attempt: the answer streamed in and cut at ``answer_max_bytes`` (never buffered whole)."""
-        cap = self.config.network.answer_max_bytes
         request = http.build_request(method, path, json=json, content=content, headers=headers)
-        response = await http.send(request, stream=True)
-        try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > cap:
-                raise self._too_large(path, response.status_code, f"it declares {declared} bytes")
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise answer_error(
-                    path, f"the answer is compressed (Content-Encoding: {encoding[:40]}), which was not asked for",
-                    response.status_code,
-                )
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_raw():  # raw: nothing is decoded (checked above)
-                size += len(chunk)
-                if size > cap:
-                    raise self._too_large(path, response.status_code, "it kept coming")
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            content=b"".join(chunks),
-            request=request,
-            extensions=response.extensions,
-        )
-
-    def _too_large(self, path: str, status: int, how: str) -> AnswerError:
-        cap = self.config.network.answer_max_bytes
-        return answer_error(path, f"the answer is larger than [network] answer_max_bytes = {cap} ({how})", status)
+        return await read_answer(http, request, self.config.network.answer_max_bytes, "[network] answer_max_bytes")
 
     def _note_tls(self, response: httpx.Response) -> None:
         stream = response.extensions.get("network_stream")

@@ -17,14 +17,16 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from agent.client import VerifierClient, problem_error, tls_policy_error
-from agent.errors import ProvisioningError, VerifierError
+from agent.client import NO_ENCODING, VerifierClient, problem_error, read_answer, tls_policy_error
+from agent.errors import AnswerError, ProvisioningError, VerifierError
 from agent.handshake import refusal_of_device_certificate
 from agent.tls import bootstrap_context, client_context
 
 CACERTS = "/.well-known/est/cacerts"
 SIMPLEENROLL = "/.well-known/est/simpleenroll"
 SIMPLEREENROLL = "/.well-known/est/simplereenroll"
+EST_ANSWER_MAX_BYTES = 256 * 1024  # a CA bundle or one certificate, PKCS#7 in base64: a few KiB
+EST_ANSWER_FIX = "check the --verifier URL points to a capture-verifier (EST, RFC 7030) with nothing in between"
 PKCS10_HEADERS = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"}
 
 
@@ -54,12 +56,18 @@ def _est_error(response: httpx.Response, what: str) -> ProvisioningError:
 async def _bootstrap_call(
     base_url: str, ctx: ssl.SSLContext, timeout_s: float, what: str, method: str, path: str, **kwargs: Any
 ) -> list[x509.Certificate]:
-    """One EST call before the device has an identity: a certs-only PKCS#7 answer, or a typed error."""
+    """One EST call before the device has an identity: a certs-only PKCS#7 answer, or a typed error.
+
+    The answer is read as the mTLS client reads any (:func:`agent.client.read_answer`:
+    capped, never decoded): ``cacerts`` comes over TLS that cannot be verified
+    yet, so whoever answers it may be anyone on the path.
+    """
     async with httpx.AsyncClient(
-        base_url=base_url, http1=False, http2=True, verify=ctx, trust_env=False, timeout=timeout_s
+        base_url=base_url, http1=False, http2=True, verify=ctx, trust_env=False, timeout=timeout_s, headers=NO_ENCODING
     ) as http:
         try:
-            response = await http.request(method, path, **kwargs)
+            response = await read_answer(http, http.build_request(method, path, **kwargs), EST_ANSWER_MAX_BYTES,
+                                         "the EST answer limit")
         except httpx.TransportError as exc:
             policy = refusal_of_device_certificate(exc, None, base_url) or tls_policy_error(exc, base_url)
             if policy is not None:
@@ -69,6 +77,12 @@ async def _bootstrap_call(
                 fix="check the --verifier URL, the network, and that the verifier runs; "
                 "a token is used only on success, so retry with the same one",
             ) from None
+        except httpx.HTTPError as exc:  # not a lost connection: the answer broke the protocol
+            raise ProvisioningError(
+                f"the verifier's EST {what} answer is broken: {type(exc).__name__}: {exc}", fix=EST_ANSWER_FIX
+            ) from None
+        except AnswerError as exc:
+            raise ProvisioningError(f"EST {what}: {exc.message}", fix=EST_ANSWER_FIX) from None
     if response.status_code != 200:
         raise _est_error(response, what)
     return parse_pkcs7_certs(response.content, what)

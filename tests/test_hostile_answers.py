@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import gzip
 import json
 
 import pytest
@@ -22,7 +23,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from agent.client import FOREIGN_REFUSAL_FIX, VerifierClient
 from agent.config import parse_config
 from agent.delivery import EventDelivery
-from agent.errors import AnswerError, VerifierError
+from agent.errors import AnswerError, ProvisioningError, VerifierError
+from agent.est import fetch_ca_certificates
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.keystore import new_kek
 from agent.outbox import Outbox
@@ -139,7 +141,7 @@ def test_a_refusal_of_another_service_gets_a_fix_of_ours(server_ctx, identity) -
         answering(200, b"[]", JSON),
         answering(200, b'{"status": "ok"}', JSON),
         answering(200, b'{"accepted": 0, "duplicates": 0, "anomalies": []}', JSON),  # accounts for none of 3
-        answering(200, b'{"accepted": 1}', JSON, (b"content-encoding", b"gzip")),
+        answering(200, b'{"accepted": 3, "duplicates": 0, "anomalies": []}', JSON, (b"content-encoding", b"gzip")),
     ],
     ids=["redirect", "list", "health-like", "accounts-for-none", "gzip"],
 )
@@ -249,3 +251,23 @@ def test_check_renewed_refuses_another_device_id_and_a_certificate_not_valid_now
     with pytest.raises(VerifierError, match="not now"):
         check_renewed(same, identity, now=same.not_valid_after_utc + dt.timedelta(seconds=1))
 
+
+
+# ---------------------------------------------------------------- first contact (EST, before any identity)
+
+
+@pytest.mark.parametrize(
+    ("app", "reason"),
+    [
+        (answering(200, gzip.compress(b"A" * 4_000_000), (b"content-type", b"application/pkcs7-mime"),
+                   (b"content-encoding", b"gzip")), "compressed"),  # 4 MB from 4 KB, had it been decoded
+        (answering(200, b"not gzip at all", (b"content-encoding", b"deflate")), "compressed"),
+    ],
+    ids=["gzip-bomb", "bad-deflate"],
+)
+def test_the_unverified_first_contact_reads_no_more_than_a_ca_bundle(server_ctx, app, reason) -> None:
+    """cacerts comes over TLS that cannot be verified yet: whoever answers may be anyone on the path."""
+    with H2TestServer(server_ctx, app) as server, pytest.raises(ProvisioningError) as info:
+        asyncio.run(fetch_ca_certificates(server.url))
+    assert reason in info.value.message
+    assert "--verifier" in info.value.fix
