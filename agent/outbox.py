@@ -178,19 +178,26 @@ class Outbox:
 
     # ---------------------------------------------------------------- delivery
     def pending(self, limit: int) -> list[dict[str, Any]]:
-        """The oldest events not yet delivered, decrypted, in chain order; rows that do not decrypt go aside."""
-        rows = self.conn.execute(
-            "SELECT rowid, event_id, seq, nonce, ciphertext FROM outbox ORDER BY rowid LIMIT ?", (limit,)
-        ).fetchall()
-        events, corrupt = [], []
-        for rowid, event_id, seq, nonce, sealed in rows:
-            try:
-                events.append(json.loads(self._aead.decrypt(nonce, sealed, event_id.encode())))
-            except Exception:  # InvalidTag, or bytes that are not the JSON we sealed
-                corrupt.append((rowid, seq))
-        if corrupt:
-            self._quarantine(corrupt)
-        return events
+        """The oldest events not yet delivered, decrypted, in chain order; rows that do not decrypt go aside.
+
+        Empty only when the outbox is: a batch whose every row went aside is
+        followed by the next one (the report of the move, at least), so that
+        delivery never takes a quarantined batch for an empty outbox.
+        """
+        while True:
+            rows = self.conn.execute(
+                "SELECT rowid, event_id, seq, nonce, ciphertext FROM outbox ORDER BY rowid LIMIT ?", (limit,)
+            ).fetchall()
+            events, corrupt = [], []
+            for rowid, event_id, seq, nonce, sealed in rows:
+                try:
+                    events.append(json.loads(self._aead.decrypt(nonce, sealed, event_id.encode())))
+                except Exception:  # InvalidTag, or bytes that are not the JSON we sealed
+                    corrupt.append((rowid, seq))
+            if corrupt:
+                self._quarantine(corrupt)
+            if events or not corrupt:
+                return events
 
     def _quarantine(self, rows: list[tuple[int, int]]) -> None:
         """Move rows that do not decrypt into the quarantine table, and say so in the audit chain."""

@@ -73,10 +73,22 @@ def test_rows_sealed_under_another_kek_are_all_set_aside(tmp_path, kek) -> None:
     box.record("attempt")
     box.close()
     other = Outbox(tmp_path / "o.sqlite", new_kek())
-    assert other.pending(10) == []
-    assert other.quarantined() == 2
+    # Never an empty batch while rows remain: delivery would take it for an empty outbox and sleep.
     assert [e["type"] for e in other.pending(10)] == ["outbox_quarantined"]
+    assert other.quarantined() == 2
     other.close()
+
+
+def test_a_whole_batch_set_aside_is_followed_by_the_rows_behind_it(tmp_path, kek) -> None:
+    box = Outbox(tmp_path / "o.sqlite", kek)
+    for n in range(5):
+        box.record("attempt", {"n": n})
+    with sqlite3.connect(tmp_path / "o.sqlite") as db:  # the first batch of 3 altered on disk
+        db.execute("UPDATE outbox SET ciphertext = CAST(ciphertext || x'00' AS BLOB) WHERE seq <= 3")
+    batch = box.pending(3)
+    assert [e["data"].get("n") for e in batch[:2]] == [3, 4]  # not an empty batch: the rows behind come
+    assert batch[2]["type"] == "outbox_quarantined" and batch[2]["data"]["count"] == 3
+    box.close()
 
 
 def test_a_full_outbox_drops_the_oldest_and_says_so(tmp_path, kek) -> None:
