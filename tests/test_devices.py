@@ -363,12 +363,12 @@ def test_a_serial_port_carrying_noise_is_a_fault_not_a_hang(zfm_sim) -> None:
     recorded: list[tuple[str, dict]] = []
     zfm_sim.inject(Fault.NOISE)  # no reply to the first command, and noise for good
 
-    async def scenario() -> tuple[bool, threading.Thread]:
+    async def scenario() -> tuple[bool, Any]:
         supervisor = DeviceSupervisor(
             [("reader", DeviceSection(kind="zfm", port=zfm_sim.port, check_interval_s=0.1))],
             lambda kind, data: recorded.append((kind, data)),
         )
-        owner = supervisor.devices[0].owner._thread
+        owner = supervisor.devices[0].owner
         try:
             await asyncio.wait_for(supervisor.open_all(), 40)  # the baud search: about 8 s
             returned = True
@@ -383,7 +383,7 @@ def test_a_serial_port_carrying_noise_is_a_fault_not_a_hang(zfm_sim) -> None:
     assert returned, "open_all was still running on a noisy line"
     faults = [data for kind, data in recorded if kind == "device_fault"]
     assert faults and "no packet" in str(faults[0]), recorded
-    assert not owner.is_alive()
+    assert not owner.alive
 
 
 def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_path) -> None:
@@ -412,3 +412,32 @@ def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_pat
     assert "[reader] port" in fixes["reader"]
     assert 'port in [[device]] name = "door-finger"' in fixes["door-finger"] and "[reader]" not in fixes["door-finger"]
     assert 'port in the [[device]] with kind = "zfm" (known as zfm2)' in fixes["zfm2"]
+
+
+def test_a_watch_whose_look_fails_keeps_watching(zfm_sim) -> None:
+    """The audit trail refuses the unplug report once (a full disk): the device is still seen coming back."""
+    recorded: list[tuple[str, dict]] = []
+    refusals = [RuntimeError("disk full")]
+
+    def record(kind: str, data: dict) -> None:
+        if kind == "device_unplugged" and refusals:
+            raise refusals.pop()
+        recorded.append((kind, data))
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(
+            [("finger", DeviceSection(kind="zfm", port=zfm_sim.port, check_interval_s=0.1))], record
+        )
+        finger = supervisor.devices[0]
+        await supervisor.open_all()
+        supervisor.start()
+        try:
+            zfm_sim.unplug()
+            await _until(lambda: not refusals and not finger.connected)
+            zfm_sim.replug()
+            await _until(lambda: finger.connected, 20, describe=zfm_sim.state)
+        finally:
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    assert _events(recorded, "finger") == ["device_plugged", "device_plugged"]  # the refused report is the gap

@@ -31,6 +31,11 @@ class DeviceOwner:
     def ident(self) -> int | None:
         return self._thread.ident
 
+    @property
+    def alive(self) -> bool:
+        """Whether the owner thread still runs (it ends once the device is stopped)."""
+        return self._thread.is_alive()
+
     def _work(self) -> None:
         while True:
             job = self._jobs.get()

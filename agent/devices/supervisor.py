@@ -121,16 +121,30 @@ class DeviceSupervisor:
         self._tasks = [asyncio.create_task(self._watch(d), name=f"watch {d.name}") for d in self.devices]
 
     async def _watch(self, device: Device) -> None:
+        """Watch one device for the daemon's life: a failure of one look is logged, never the end of the watch.
+
+        A watch that died would leave its device unplugged for good while the
+        daemon reports ready; one bad look (a driver bug, the audit trail's disk
+        full) costs one interval, with the backoff of a failed reopen.
+        """
         interval = device.section.check_interval_s
         while True:
             await asyncio.sleep(interval if device.connected else self._backoff[device.name])
-            if device.connected and not device.present():
-                device.went_away()
-                self.record("device_unplugged", {"device": device.name, "kind": device.kind, **device.where()})
-                self._backoff[device.name] = interval
-                continue
-            if not device.connected and device.may_reopen() and not await self._open(device):
+            try:
+                await self._look(device, interval)
+            except Exception as exc:
+                log.error("device_watch_error", device=device.name, error_type=type(exc).__name__, error=str(exc))
                 self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2)
+
+    async def _look(self, device: Device, interval: float) -> None:
+        """One look at a device: report it gone, or try to reopen it."""
+        if device.connected and not device.present():
+            device.went_away()
+            self.record("device_unplugged", {"device": device.name, "kind": device.kind, **device.where()})
+            self._backoff[device.name] = interval
+            return
+        if not device.connected and device.may_reopen() and not await self._open(device):
+            self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2)
 
     def pick(self, capability: str, name: str = "") -> Device:
         """A device that can do ``capability`` (a connected one first; by name when given)."""
@@ -146,6 +160,6 @@ class DeviceSupervisor:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with suppress(asyncio.CancelledError):
+            with suppress(Exception, asyncio.CancelledError):  # closing must reach every device
                 await task
         await asyncio.gather(*(asyncio.to_thread(d.stop) for d in self.devices))
