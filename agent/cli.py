@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -56,10 +57,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `capture-agent doctor | head`: the reader left, which is no error of ours
-        # Python would print a second traceback flushing stdout at exit: point it at /dev/null first.
+    except BrokenPipeError:
+        if not _stdout_gone():  # a socket's or a child's pipe: a real failure, not `| head`
+            raise
+        # `capture-agent doctor | head`: the reader left, which is no error of ours. Python would print a
+        # second traceback flushing stdout at exit: point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell pipeline expects
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe or socket whose reader has left (poll reports an error on it)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

@@ -268,7 +268,7 @@ def test_a_task_that_ends_on_its_own_stops_the_daemon_and_says_why(provisioned_c
 
     async def go() -> None:
         running = asyncio.create_task(daemon.run())
-        while daemon.delivery is None:  # started far enough to have its tasks
+        while daemon.delivery is None and not running.done():  # started far enough to have its tasks
             await asyncio.sleep(0.01)
         daemon.spawn(broken(), "broken")
         await asyncio.wait_for(running, 30)
