@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import email.utils
 import os
-import pwd
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import httpx
 from agent.client import CLOCK_FIX, VerifierClient
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from agent.errors import AgentError
-from agent.identity import DeviceIdentity, IdentityStore, spki_sha256
+from agent.identity import DeviceIdentity, IdentityStore, spki_sha256, user_name
 from agent.keystore import load_kek
 
 EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -58,13 +57,6 @@ def _mode(path: os.PathLike[str]) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 CHOWN_FIX = (
     "give it to the agent's user: `chown -R capture-agent: {path}` (provisioning as root without User= "
     "leaves it root's), then run commands as that user (README: `systemd-run ... -p User=capture-agent`)"
@@ -93,7 +85,7 @@ def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
         return report.add(
             name,
             False,
-            f"{path} cannot be looked at by {_user(uid)}: a parent directory is closed to this user",
+            f"{path} cannot be looked at by {user_name(uid)}: a parent directory is closed to this user",
             f"`ls -ld` each parent of {path}; the state directory's parents must be searchable (x) by the "
             "agent's user",
         )
@@ -109,16 +101,20 @@ def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
             return report.add(
                 name,
                 False,
-                f"{path} belongs to {_user(info.st_uid)} but doctor runs as root: it must check as the agent's user",
+                f"{path} belongs to {user_name(info.st_uid)} but doctor runs as root: it must check as the "
+                "agent's user",
                 "run doctor as the agent's user, as the unit runs it (README: `systemd-run --pipe --wait "
                 "-p User=capture-agent -p LoadCredentialEncrypted=capture-agent-kek ... capture-agent doctor`)",
             )
         return report.add(
-            name, False, f"{path} belongs to {_user(info.st_uid)}, not to {_user(uid)}", CHOWN_FIX.format(path=path)
+            name,
+            False,
+            f"{path} belongs to {user_name(info.st_uid)}, not to {user_name(uid)}",
+            CHOWN_FIX.format(path=path),
         )
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         return report.add(
-            name, False, f"{path} has mode {_mode(path):o}: {_user(uid)} cannot enter it", f"chmod 0700 {path}"
+            name, False, f"{path} has mode {_mode(path):o}: {user_name(uid)} cannot enter it", f"chmod 0700 {path}"
         )
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
@@ -141,22 +137,22 @@ def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
             if stat.S_ISLNK(entry_info.st_mode):
                 continue
             if entry_info.st_uid != uid:
-                foreign.append(f"{item} ({_user(entry_info.st_uid)})")
+                foreign.append(f"{item} ({user_name(entry_info.st_uid)})")
             elif not os.access(item, os.R_OK):
                 closed.append(str(item))
             elif stat.S_ISREG(entry_info.st_mode) and stat.S_IMODE(entry_info.st_mode) & 0o077:
                 loose.append(str(item))
     if foreign:
         return report.add(
-            name, False, f"files not owned by {_user(uid)}: {', '.join(foreign)}", CHOWN_FIX.format(path=path)
+            name, False, f"files not owned by {user_name(uid)}: {', '.join(foreign)}", CHOWN_FIX.format(path=path)
         )
     if closed:
         return report.add(
-            name, False, f"unreadable by {_user(uid)}: {', '.join(closed)}", f"chmod -R u+rwX {path}"
+            name, False, f"unreadable by {user_name(uid)}: {', '.join(closed)}", f"chmod -R u+rwX {path}"
         )
     if loose:
         return report.add(name, False, f"files readable by others: {', '.join(loose)}", "chmod 0600 on them")
-    return report.add(name, True, f"{path} (0700, owned by {_user(uid)}, files 0600)")
+    return report.add(name, True, f"{path} (0700, owned by {user_name(uid)}, files 0600)")
 
 
 # Where systemd's LoadCredentialEncrypted= looks for a credential (systemd.exec(5), "Credentials").

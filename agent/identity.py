@@ -86,7 +86,7 @@ def normalise_fingerprint(text: str) -> str:
     return "".join(ch for ch in text if ch not in ": \t").lower()
 
 
-def _user(uid: int | None = None) -> str:
+def user_name(uid: int | None = None) -> str:
     """``name (uid N)`` of a user id (this process's by default), for messages an installer acts on."""
     uid = os.getuid() if uid is None else uid
     try:
@@ -102,7 +102,7 @@ def _owner_of(path: Path) -> str:
             uid = candidate.lstat().st_uid
         except OSError:  # inside a directory this user cannot enter: say who owns that one
             continue
-        return f"{'' if candidate == path else f'{candidate} '}owned by {_user(uid)}"
+        return f"{'' if candidate == path else f'{candidate} '}owned by {user_name(uid)}"
     return "owner unknown"
 
 
@@ -206,13 +206,13 @@ class IdentityStore:
             if not self.state_dir.exists() and not self.state_dir.is_symlink():
                 return IdentityError(
                     f"cannot {doing}: {self.state_dir} does not exist and its parent is not writable by "
-                    f"{_user()} ({exc.strerror})",
+                    f"{user_name()} ({exc.strerror})",
                     fix=f"create it as root: `install -d -o capture-agent -g capture-agent -m 0700 {self.state_dir}` "
                     "(the unit's StateDirectory= does this for /var/lib/capture-agent)",
                 )
             return IdentityError(
                 f"cannot {doing}: permission denied on {where} ({_owner_of(Path(where))}; this command runs as "
-                f"{_user()})",
+                f"{user_name()})",
                 fix=f"give the state directory to the agent's user: `chown -R capture-agent: {self.state_dir}` "
                 "(provisioning as root, without User=, leaves it root's); run commands as that user "
                 "(README: `systemd-run ... -p User=capture-agent`)",
@@ -241,7 +241,7 @@ class IdentityStore:
         if info.st_uid != os.getuid():
             raise IdentityError(
                 f"state directory {self.state_dir} belongs to {_owner_of(self.state_dir)}, not to this user "
-                f"({_user()})",
+                f"({user_name()})",
                 fix=f"run as the agent's user, or `chown -R capture-agent: {self.state_dir}`",
             )
         if stat.S_IMODE(info.st_mode) & 0o077:

@@ -288,7 +288,7 @@ class FaceRoutes:
         step_id = body.get("step_up")
         if step_id is not None:
             pending = self.bio.stepup.take(str(step_id), device_id, subject)
-            if pending is None or FACE_REQUIRED not in pending.reasons:
+            if pending is None or pending.acr != ACR_FACE:  # only a step-up that asked a face
                 if pending is not None:
                     self.bio.stepup.give_back(str(step_id), pending)
                 raise self.bio.attempt_refused(
