@@ -12,10 +12,12 @@ import http.server
 import ipaddress
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -247,6 +249,35 @@ class TestCA:
 def make_test_ca(tmp_path: Path) -> Callable[[str], TestCA]:
     """Factory of throwaway CAs in this test's tmp_path."""
     return lambda name: TestCA(name, tmp_path / "test-cas")
+
+
+@pytest.fixture
+def ca(make_test_ca: Callable[[str], TestCA]) -> TestCA:
+    """The throwaway CA a test's device and server certificates come from."""
+    return make_test_ca("device-ca")
+
+
+@pytest.fixture
+def server_ctx(ca: TestCA) -> ssl.SSLContext:
+    """A TLS server context on 127.0.0.1 asking for client certificates of ``ca`` (for H2TestServer)."""
+    return ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)
+
+
+@pytest.fixture
+def identity(ca: TestCA, device_identity_from: Callable[[TestCA, str], DeviceIdentity]) -> DeviceIdentity:
+    """Device kiosk-1's identity, issued by ``ca`` and written with the real IdentityStore."""
+    return device_identity_from(ca, "kiosk-1")
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder the agent's user may enter (pytest's tmp_path is root's 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="capture-audit-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -26,16 +26,6 @@ def make_client(identity: DeviceIdentity, url: str, retries: int = 2) -> Verifie
     return VerifierClient(config, identity)
 
 
-@pytest.fixture
-def ca(make_test_ca):
-    return make_test_ca("device-ca")
-
-
-@pytest.fixture
-def server_ctx(ca):
-    return ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)
-
-
 def json_app(status: int, body: bytes, content_type: bytes = b"application/problem+json"):
     async def app(scope, receive, send) -> None:
         await receive()

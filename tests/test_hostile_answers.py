@@ -57,21 +57,6 @@ def client_for(identity: DeviceIdentity, url: str) -> VerifierClient:
     return VerifierClient(config, identity)
 
 
-@pytest.fixture
-def ca(make_test_ca):
-    return make_test_ca("device-ca")
-
-
-@pytest.fixture
-def identity(ca, device_identity_from) -> DeviceIdentity:
-    return device_identity_from(ca, "kiosk-1")
-
-
-@pytest.fixture
-def server_ctx(ca):
-    return ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)
-
-
 def call_against(server_ctx, identity: DeviceIdentity, app, path: str = "/v1/health") -> object:
     async def go() -> object:
         async with client_for(identity, server.url) as client:

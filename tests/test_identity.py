@@ -16,11 +16,6 @@ from agent.renewal import renewal_time
 PASS = b"a-key-encryption-key-of-enough-length"
 
 
-@pytest.fixture
-def ca(make_test_ca):
-    return make_test_ca("device-ca")
-
-
 def test_identity_files_are_private_and_the_key_encrypted(tmp_path, ca) -> None:
     key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)
     store = IdentityStore(tmp_path / "state")

@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -146,17 +144,6 @@ def agent_cli_as_agent_user(*args: str, env: dict[str, str]) -> subprocess.Compl
         env=env,
         cwd=REPO,
     )
-
-
-@pytest.fixture
-def open_tmp() -> Iterator[Path]:
-    """A temporary folder the agent's user may enter (pytest's tmp_path is root's 0700 folder)."""
-    folder = Path(tempfile.mkdtemp(prefix="capture-audit-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def systemd_credentials(folder: Path) -> dict[str, str]:

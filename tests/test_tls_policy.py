@@ -50,16 +50,6 @@ def refused(identity: DeviceIdentity, url: str, pin: str = "") -> TLSPolicyError
     return info.value
 
 
-@pytest.fixture
-def ca(make_test_ca):
-    return make_test_ca("device-ca")
-
-
-@pytest.fixture
-def identity(ca, device_identity_from) -> DeviceIdentity:
-    return device_identity_from(ca, "kiosk-1")
-
-
 def test_a_conforming_server_gets_tls13_and_h2(ca, identity) -> None:
     with H2TestServer(ca.server_context(["localhost", "127.0.0.1"], client_ca=ca.ca_file)) as server:
         tls = health(identity, server.url)
