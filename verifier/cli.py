@@ -1,10 +1,11 @@
 """`capture-verifier`: the reference verifier's command line.
 
 capture-verifier pki init DIR
-capture-verifier token new --pki DIR [--device ID] [--ttl 24h]
+capture-verifier token new --pki DIR [--device ID] [--ttl 24h]   (1 minute to 30 days)
 capture-verifier device list --pki DIR
 capture-verifier device revoke --pki DIR ID
 capture-verifier device allow --pki DIR ID [--operations verify,identify] [--groups staff,visitors]
+capture-verifier subject list --pki DIR
 capture-verifier subject group --pki DIR SUBJECT GROUP
 capture-verifier subject high-risk --pki DIR SUBJECT [--off]
 capture-verifier subject require --pki DIR (SUBJECT | --group GROUP) --factors finger,face
@@ -19,14 +20,20 @@ import datetime as dt
 import errno
 import json
 import re
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from verifier.pki import CA_CERT, fingerprint, init_pki
 from verifier.settings import SettingsError, VerifierSettings, load_settings
+
+if TYPE_CHECKING:
+    from verifier.registry import DeviceRegistry
+    from verifier.tokens import BootstrapTokens
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -41,7 +48,13 @@ class CLIError(Exception):
 
 
 def parse_duration(text: str) -> float:
-    match = DURATION.match(text.strip())
+    """Seconds in "90s", "30m", "24h", "7d"; whether a token may live that long is `tokens.check_ttl`'s call.
+
+    Only the syntax is judged here, so that a lifetime out of bounds gets the
+    command line's `error:`/`fix:` pair naming the bounds. A number too large for
+    a float is infinity, which that check refuses like any other too-long one.
+    """
+    match = DURATION.fullmatch(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r}: use a number with s, m, h or d, e.g. 24h")
     return float(match.group(1)) * UNIT_S[match.group(2)]
@@ -91,7 +104,7 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _app_store(settings: VerifierSettings):
+def _app_store(settings: VerifierSettings) -> tuple[sqlite3.Connection, BootstrapTokens, DeviceRegistry]:
     from verifier.registry import DeviceRegistry
     from verifier.store import open_database
     from verifier.tokens import BootstrapTokens
@@ -101,20 +114,43 @@ def _app_store(settings: VerifierSettings):
     return conn, BootstrapTokens(conn), DeviceRegistry(conn, grace_s=settings.grace_s)
 
 
+def _iso(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="seconds")
+
+
 def cmd_token_new(args: argparse.Namespace) -> int:
+    """A one-time token, refused up front when provisioning with it could never succeed."""
     from cryptography import x509
 
-    settings = settings_from(args)
-    _, tokens, _ = _app_store(settings)
+    from verifier.tokens import TokenLifetimeError, check_device_id, check_ttl, format_duration
+
     try:
-        token, device_id = tokens.new(args.device, args.ttl)
+        ttl = check_ttl(args.ttl)
+    except TokenLifetimeError as exc:
+        raise CLIError(str(exc), fix=exc.fix) from None
+    settings = settings_from(args)
+    _, tokens, registry = _app_store(settings)
+    try:
+        if args.device is not None:
+            check_device_id(args.device)
     except ValueError as exc:
         raise CLIError(str(exc), fix="give --device a name of letters, digits, '.', '_' or '-'") from None
+    known = registry.status(args.device) if args.device is not None else None
+    if known is not None and known[0] == "revoked":
+        # simpleenroll refuses every token of a revoked id (403 device-revoked): a token would only waste a visit.
+        raise CLIError(
+            f"device {args.device} is revoked: provisioning with a token for it is always refused",
+            fix="issue the token for a new device id (`capture-verifier token new --pki DIR --device NEW-ID`); "
+            "a revoked id stays revoked",
+        )
+    token, device_id = tokens.new(args.device, ttl)
+    expires = _iso(dt.datetime.now(dt.UTC).timestamp() + ttl)
+    structlog.get_logger().info("token_issued", audit=True, device_id=device_id, expires_at=expires)
     ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
     print(f"token: {token}")
     print(f"device: {device_id}")
     print(f"ca-fingerprint: {fingerprint(ca)}")
-    print(f"valid for {args.ttl / 3600:g} h, once. On the device:")
+    print(f"valid for {format_duration(ttl)} (until {expires}), once. On the device:")
     print(
         f"  capture-agent provision --verifier https://HOST:{settings.port} --token {token} "
         f"--ca-fingerprint {fingerprint(ca)}"
@@ -123,12 +159,28 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def cmd_device_list(args: argparse.Namespace) -> int:
+    """Registered devices, then ids that only a token or a rule names, so no rule is ever invisible.
+
+    ``status`` is ``active`` or ``revoked`` for a registered device, ``pending``
+    for an id with an unused token (``token_expires``), and ``not-provisioned``
+    for an id some access rule names but no device or live token has.
+    """
     from verifier.assertions import SensorPolicy
     from verifier.policy import AccessRules
 
-    conn, _, registry = _app_store(settings_from(args))
+    conn, tokens, registry = _app_store(settings_from(args))
     rules = AccessRules(conn)
-    for device in registry.list():
+    devices = registry.list()
+    registered = {d["device_id"] for d in devices}
+    pending = tokens.pending()
+    for device_id in sorted((set(pending) | rules.device_ids()) - registered):
+        row: dict = {"device_id": device_id, "status": "pending" if device_id in pending else "not-provisioned",
+                     "certificates": 0, "not_after": None}
+        if device_id in pending:
+            row["token_expires"] = _iso(pending[device_id])
+        devices.append(row)
+    devices.sort(key=lambda d: d["device_id"])
+    for device in devices:
         groups = rules.groups(device["device_id"])
         device["operations"] = rules.operations(device["device_id"])
         device["groups"] = "*" if groups is None else sorted(groups)
@@ -140,7 +192,14 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 
 
 def cmd_device_revoke(args: argparse.Namespace) -> int:
+    """Revoke a device; revoking it again changes nothing and says so (exit 0: the device is revoked, as asked)."""
     _, _, registry = _app_store(settings_from(args))
+    known = registry.status(args.device_id)
+    if known is not None and known[0] == "revoked":
+        since = f" since {_iso(known[1])}" if known[1] is not None else ""
+        structlog.get_logger().info("device_already_revoked", device_id=args.device_id)
+        print(f"{args.device_id} is already revoked{since}; nothing changed")
+        return 0
     if not registry.revoke(args.device_id):
         raise CLIError(f"no active device {args.device_id!r}", fix="see `capture-verifier device list --pki DIR`")
     structlog.get_logger().info("device_revoked", audit=True, device_id=args.device_id)
@@ -163,7 +222,8 @@ def cmd_device_allow(args: argparse.Namespace) -> int:
             fix="add --operations enroll,verify,identify and/or --groups staff,... "
             "and/or --sensor-assertions accept|step-up|refuse",
         )
-    conn, _, _ = _app_store(settings_from(args))
+    conn, tokens, registry = _app_store(settings_from(args))
+    note = _device_to_rule(args.device_id, registry, tokens)
     rules = AccessRules(conn)
     try:
         if sensor is not None:
@@ -188,16 +248,91 @@ def cmd_device_allow(args: argparse.Namespace) -> int:
         f"{args.device_id} may: {', '.join(operations) or 'nothing'}; on subjects of: {group_text}; "
         f"sensor assertions: {SensorPolicy(conn).of(args.device_id).replace('_', '-')}"
     )
+    if note:
+        print(note)
+    return 0
+
+
+def _device_to_rule(device_id: str, registry: DeviceRegistry, tokens: BootstrapTokens) -> str:
+    """Check that a rule names a device that exists or is about to; a note to print, or CLIError.
+
+    A rule may be set between `token new` and the device's provisioning (so a new
+    device never runs without its rule); for any other unknown id it is a typo that
+    would leave the real device on the default, everything allowed.
+    """
+    from verifier.tokens import DEVICE_ID
+
+    if not DEVICE_ID.fullmatch(device_id):
+        raise CLIError(
+            f"{device_id!r} is not a device id",
+            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    known = registry.status(device_id)
+    if known is not None:
+        return f"note: {device_id} is revoked; the rule applies to nothing" if known[0] == "revoked" else ""
+    pending = tokens.pending()
+    if device_id in pending:
+        return (f"note: {device_id} has not provisioned yet (its token is valid until {_iso(pending[device_id])}); "
+                "the rule applies from its first request")
+    raise CLIError(
+        f"no device {device_id!r}: none provisioned under that id and no unused token names it",
+        fix="check the id with `capture-verifier device list --pki DIR`; to set the rule of a new device before it "
+        "provisions, issue its token first (`capture-verifier token new --pki DIR --device ID`)",
+    )
+
+
+def _group_name(group: str) -> str:
+    from protocol.endpoints import GROUP_NAME
+
+    if not GROUP_NAME.fullmatch(group):
+        raise CLIError(
+            f"{group!r} is not a group name",
+            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return group
+
+
+def _subject_id(subject_id: str) -> str:
+    from protocol.endpoints import SUBJECT_ID
+
+    if not SUBJECT_ID.fullmatch(subject_id):
+        raise CLIError(
+            f"{subject_id!r} is not a subject id",
+            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return subject_id
+
+
+def _enrolled_subject(conn: sqlite3.Connection, subject_id: str) -> str:
+    """The subject id, when someone is enrolled under it; else CLIError (a typo would protect nobody)."""
+    from verifier.subjects import is_enrolled
+
+    if not is_enrolled(conn, _subject_id(subject_id)):
+        raise CLIError(
+            f"no subject {subject_id!r} is enrolled (ids are case-sensitive)",
+            fix="check the id with `capture-verifier subject list --pki DIR`, or enroll the subject first "
+            "(`capture-agent enroll --subject ID`), then set the rule",
+        )
+    return subject_id
+
+
+def cmd_subject_list(args: argparse.Namespace) -> int:
+    """Enrolled subjects, one JSON line each: what the operator's subject commands accept."""
+    from verifier.subjects import SubjectGroups, enrolled_subjects
+
+    conn, _, _ = _app_store(settings_from(args))
+    groups = SubjectGroups(conn)
+    for subject_id, kinds in sorted(enrolled_subjects(conn).items()):
+        print(json.dumps({"subject_id": subject_id, "group": groups.group_of(subject_id), "enrolled": kinds}))
     return 0
 
 
 def cmd_subject_group(args: argparse.Namespace) -> int:
-    from verifier.policy import GROUP_NAME
     from verifier.subjects import SubjectGroups
 
-    if not GROUP_NAME.fullmatch(args.group):
-        raise CLIError(f"{args.group!r} is not a group name", fix="use 1 to 64 letters, digits, '.', '_' or '-'")
+    _group_name(args.group)
     conn, _, _ = _app_store(settings_from(args))
+    _enrolled_subject(conn, args.subject_id)
     groups = SubjectGroups(conn)
     before = groups.group_of(args.subject_id)
     groups.assign(args.subject_id, args.group)
@@ -212,6 +347,10 @@ def cmd_subject_risk(args: argparse.Namespace) -> int:
     from verifier.stepup import StepUpPolicy
 
     conn, _, _ = _app_store(settings_from(args))
+    if args.off:  # clearing a mark is never a hazard, even one an older version left on a mistyped id
+        _subject_id(args.subject_id)
+    else:
+        _enrolled_subject(conn, args.subject_id)
     StepUpPolicy(conn).mark_high_risk(args.subject_id, not args.off)
     structlog.get_logger().info("subject_risk_set", audit=True, subject=args.subject_id, high_risk=not args.off)
     state = "no longer high-risk" if args.off else "high-risk: every verification asks for a second finger"
@@ -226,14 +365,30 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
     if (args.subject_id is None) == (args.group is None):
         raise CLIError("name a subject or a --group, not both", fix="capture-verifier subject require alice --factors "
                        "finger,face, or: capture-verifier subject require --group staff --factors finger,face")
+    from protocol.face_template import FACTORS
+    from verifier.subjects import SubjectGroups
+
     scope, name = ("subject", args.subject_id) if args.group is None else ("group", args.group)
+    factors = _comma_list(args.factors)
+    if not factors or set(factors) - set(FACTORS):  # before the id: a bad --factors is wrong whoever it is for
+        raise CLIError(f"factors are a comma list of {', '.join(FACTORS)}; got {args.factors!r}",
+                       fix="use --factors finger, --factors face or --factors finger,face")
     conn, _, _ = _app_store(settings_from(args))
+    warning = ""
+    if scope == "subject":
+        _enrolled_subject(conn, name)
+    elif _group_name(name) not in SubjectGroups(conn).names():
+        # Documented use: a group's rule may come before its first member (it applies as they join).
+        warning = (f"warning: no subject is in group {name} yet; the rule applies to those who join it "
+                   "(check the spelling against `capture-verifier subject list --pki DIR`)")
     try:
-        FactorRules(conn).set(scope, name, _comma_list(args.factors))
+        FactorRules(conn).set(scope, name, factors)
     except ValueError as exc:
         raise CLIError(str(exc), fix="use --factors finger, --factors face or --factors finger,face") from None
     structlog.get_logger().info("factors_required", audit=True, scope=scope, name=name, factors=args.factors)
     print(f"{scope} {name}: a verification needs {args.factors.replace(',', ' and ')}")
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -296,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     new = with_pki(token.add_parser("new", help="a one-time token for one device"))
     new.add_argument("--device", help="device id (default: a random dev-XXXXXXXX)")
-    new.add_argument("--ttl", type=parse_duration, default=24 * 3600.0, help="lifetime, e.g. 30m, 24h (default 24h)")
+    new.add_argument(
+        "--ttl", type=parse_duration, default=24 * 3600.0, help="lifetime from 1m to 30d, e.g. 30m, 24h (default 24h)"
+    )
     new.set_defaults(run=cmd_token_new)
 
     device = sub.add_parser("device", help="the device registry").add_subparsers(dest="device_command", required=True)
@@ -318,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     allow.set_defaults(run=cmd_device_allow)
 
     subject = sub.add_parser("subject", help="subjects").add_subparsers(dest="subject_command", required=True)
+    with_pki(subject.add_parser("list", help="list enrolled subjects (id, group, what they enrolled)")).set_defaults(
+        run=cmd_subject_list
+    )
     risk = with_pki(subject.add_parser("high-risk", help="mark a subject high-risk (always step-up)"))
     risk.add_argument("subject_id")
     risk.add_argument("--off", action="store_true", help="clear the mark")

@@ -93,6 +93,11 @@ class AccessRules:
         row = self.conn.execute("SELECT groups FROM device_groups WHERE device_id = ?", (device_id,)).fetchone()
         return None if row is None else frozenset(g for g in row[0].split(",") if g)
 
+    def device_ids(self) -> set[str]:
+        """Every device id some rule names: `device list` shows them even when no such device provisioned."""
+        rows = self.conn.execute("SELECT device_id FROM device_rules UNION SELECT device_id FROM device_groups")
+        return {str(r[0]) for r in rows}
+
     def allows_group(self, device_id: str, group: str) -> bool:
         allowed = self.groups(device_id)
         return allowed is None or group in allowed

@@ -123,6 +123,15 @@ class DeviceRegistry:
         rows = self.conn.execute("SELECT spki_sha256 FROM certificates WHERE device_id = ?", (device_id,)).fetchall()
         return {r[0] for r in rows}
 
+    def status(self, device_id: str) -> tuple[str, float | None] | None:
+        """(status, revoked_at) of a registered device, None for an id that never provisioned.
+
+        The operator's commands ask before acting: a token for a revoked id is refused
+        at enrollment whatever it is, and a rule for an id that does not exist is a typo.
+        """
+        row = self.conn.execute("SELECT status, revoked_at FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else (str(row[0]), None if row[1] is None else float(row[1]))
+
     def revoke(self, device_id: str) -> bool:
         return (
             self.conn.execute(

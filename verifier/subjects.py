@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 DEFAULT_GROUP = "default"
 
+# Where each kind of enrollment is kept (verifier.enrollments, verifier.faces, verifier.sensor_prints).
+# Read here by name: the operator's command line has no enrollment key, which those stores need
+# to be built, and must never make one just to ask whether a subject exists.
+ENROLLMENT_TABLES = {"finger": "enrollments", "face": "face_enrollments", "sensor": "sensor_enrollments"}
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subject_groups (
     subject_id TEXT PRIMARY KEY,
@@ -44,7 +49,37 @@ class SubjectGroups:
             (subject_id, group),
         )
 
+    def names(self) -> set[str]:
+        """The groups some subject is in, and ``default`` (which every subject without a recorded group is in)."""
+        rows = self.conn.execute("SELECT DISTINCT group_name FROM subject_groups")
+        return {DEFAULT_GROUP} | {str(r[0]) for r in rows}
+
     def members(self, subject_ids: Iterable[str], groups: frozenset[str]) -> set[str]:
         """Those of ``subject_ids`` that are in one of ``groups`` (one query for the lot)."""
         recorded = dict(self.conn.execute("SELECT subject_id, group_name FROM subject_groups").fetchall())
         return {s for s in subject_ids if recorded.get(s, DEFAULT_GROUP) in groups}
+
+
+def enrolled_subjects(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Every enrolled subject and what it is enrolled with (finger, face, sensor).
+
+    What the operator's commands check a subject id against: a rule set for an id
+    nobody is enrolled under (a typo) protects nobody and says nothing.
+    """
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    found: dict[str, list[str]] = {}
+    for kind, table in ENROLLMENT_TABLES.items():
+        if table in tables:
+            for (subject_id,) in conn.execute(f"SELECT DISTINCT subject_id FROM {table}"):  # noqa: S608 (constant)
+                found.setdefault(str(subject_id), []).append(kind)
+    return found
+
+
+def is_enrolled(conn: sqlite3.Connection, subject_id: str) -> bool:
+    """The subject has a finger, a face or a sensor print enrolled (the verifier's own test, without its key)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return any(
+        conn.execute(f"SELECT 1 FROM {table} WHERE subject_id = ? LIMIT 1", (subject_id,)).fetchone()  # noqa: S608
+        for table in ENROLLMENT_TABLES.values()
+        if table in tables
+    )

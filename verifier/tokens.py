@@ -9,6 +9,7 @@ certificate.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import sqlite3
@@ -16,19 +17,64 @@ import time
 from dataclasses import dataclass
 
 DEFAULT_TTL_S = 24 * 3600
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A token lives long enough to be typed on the device (a minute) and no longer than an installer's
+# visit is likely to be planned ahead (30 days): a token is a credential lying around until used.
+MIN_TTL_S = 60.0
+MAX_TTL_S = 30 * 86400.0
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: `$` would let a newline through
 
 
 class TokenError(Exception):
     """The token is unknown, used or expired."""
 
 
+class TokenLifetimeError(ValueError):
+    """A token lifetime outside [MIN_TTL_S, MAX_TTL_S], or not a finite number.
+
+    Raised where tokens are made, not only by the command line: a token expired at
+    birth is refused by provisioning with an unhelpful "expired", and one whose
+    expiry is stored as infinity never expires, which breaks the one-time token's
+    promise. ``fix`` names the bounds.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.fix = f"give a lifetime from {format_duration(MIN_TTL_S)} to {format_duration(MAX_TTL_S)}, e.g. 24h"
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def format_duration(seconds: float) -> str:
+    """A lifetime as people read it ("1 d 2 h", "30 min", "90 s" is "1 min 30 s"), to the second."""
+    left = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count} {unit}")
+    return " ".join(parts) or "0 s"
+
+
+def check_ttl(ttl_s: float) -> float:
+    """``ttl_s`` when a token may live that long, else TokenLifetimeError."""
+    if not isinstance(ttl_s, int | float) or isinstance(ttl_s, bool) or not math.isfinite(ttl_s):
+        raise TokenLifetimeError(f"token lifetime {ttl_s!r} is not a finite number of seconds")
+    if ttl_s < MIN_TTL_S:
+        raise TokenLifetimeError(
+            f"a token lifetime of {ttl_s:g} s is too short: the token would expire before anyone could type it"
+        )
+    if ttl_s > MAX_TTL_S:
+        raise TokenLifetimeError(
+            f"a token lifetime of {ttl_s:g} s is longer than {format_duration(MAX_TTL_S)}: an unused one-time "
+            "token is a credential lying around"
+        )
+    return float(ttl_s)
+
+
 def check_device_id(device_id: str) -> str:
-    if not DEVICE_ID.match(device_id):
+    if not DEVICE_ID.fullmatch(device_id):
         raise ValueError(
             f"device id {device_id!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
@@ -52,14 +98,28 @@ class BootstrapTokens:
     conn: sqlite3.Connection
 
     def new(self, device_id: str | None = None, ttl_s: float = DEFAULT_TTL_S) -> tuple[str, str]:
-        """A fresh token for a device (a random id when none is given): (token, device id)."""
+        """A fresh token for a device (a random id when none is given): (token, device id).
+
+        The lifetime is checked here too (TokenLifetimeError), not only by the command
+        line: whatever makes tokens must not make one expired at birth or immortal.
+        """
         device = check_device_id(device_id or f"dev-{secrets.token_hex(4)}")
+        ttl = check_ttl(ttl_s)
         token = typeable_token()
         self.conn.execute(
             "INSERT INTO tokens (token_hash, device_id, expires_at) VALUES (?, ?, ?)",
-            (token_hash(token), device, time.time() + ttl_s),
+            (token_hash(token), device, time.time() + ttl),
         )
         return token, device
+
+    def pending(self) -> dict[str, float]:
+        """Device ids with an unused, unexpired token: the latest expiry of each (devices yet to provision)."""
+        rows = self.conn.execute(
+            "SELECT device_id, MAX(expires_at) FROM tokens WHERE used_at IS NULL AND expires_at > ? "
+            "GROUP BY device_id",
+            (time.time(),),
+        ).fetchall()
+        return {str(device): float(expires) for device, expires in rows}
 
     def peek(self, token: str) -> str:
         """The device id a valid, unused token is for (does not consume it)."""
