@@ -78,6 +78,17 @@ def verifier(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalVe
 
 
 @pytest.fixture
+def verifier_state(tmp_path: Path) -> Path:
+    """A verifier's state folder as `capture-verifier pki init` makes it, with no server running.
+
+    For the operator's commands that only read and write the state (tokens, rules):
+    no process is left to stop.
+    """
+    LocalVerifier(tmp_path / "pki").init_pki()
+    return tmp_path / "pki"
+
+
+@pytest.fixture
 def provisioned(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """A device provisioned against ``verifier`` with a one-time token: (config, identity)."""
     return asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
