@@ -172,11 +172,15 @@ def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_fa
     device, verifier, synthetic_templates
 ) -> None:
     t = synthetic_templates
+
+    async def enroll(client):
+        await VerifierAPI(client).enroll("alice", [encode_finger(x) for x in t[0][:2]])
+
+    device.run(enroll)  # first: `subject require` refuses an id nobody is enrolled under (a typo protects nobody)
     verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
 
     async def steps(client):
         api = VerifierAPI(client)
-        await api.enroll("alice", [encode_finger(x) for x in t[0][:2]])
         finger_first = await api.verify("alice", [encode_finger(t[0][2])])
         challenge = await api.challenge("verify", "alice")
         # Faces are added to an enrolled subject with a session token only.
