@@ -33,7 +33,7 @@ import structlog
 
 from agent.client import VerifierClient
 from agent.errors import UnknownSubjectError
-from agent.sessions import MESSAGES, SessionError, SessionToken, Timings
+from agent.sessions import MESSAGES, SessionError, SessionToken, Timings, cancel_scope, in_worker, inherited_cancel
 from agent.verifier_api import VerifierAPI
 from protocol.face_template import ACR_FINGER, FACE, FINGER, encode
 from protocol.messages import Challenge, Decision, StepUp
@@ -78,7 +78,8 @@ class FaceSession:
     tracker_options: dict[str, float] = field(default_factory=dict)  # LivenessTracker's thresholds
     timings: Timings = field(default_factory=Timings)
     session_token: SessionToken | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    # set by cancel(): ends the camera worker; shared with the session this one is a step-up of (cancel_scope)
+    cancelled: threading.Event = field(default_factory=inherited_cancel)
     decision_s: float | None = None  # from the face appearing to the verifier's answer, of the last call
     # enroll --add for a subject with no face yet: verify by finger instead (subject -> the finger session's
     # result and its session token); the daemon sets it when it has a fingerprint reader.
@@ -175,7 +176,7 @@ class FaceSession:
 
         started = time.perf_counter()
         try:
-            return await asyncio.to_thread(self._run, steps, want, post)
+            return await in_worker(self._run, steps, want, post)  # cancelled: returns once the worker stopped
         finally:
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
 
@@ -202,7 +203,8 @@ class FaceSession:
             except UnknownSubjectError as exc:  # no face yet: the person verifies by finger to add one
                 if exc.slug != "face-not-enrolled" or self.finger_verify is None:
                     raise
-                verified, self.session_token = await self.finger_verify(subject)
+                with cancel_scope(self.cancelled):  # the finger session made for it stops with this one
+                    verified, self.session_token = await self.finger_verify(subject)
             if verified.get("decision") != "accept":
                 raise SessionError(f"{subject} was not verified, so no face is added",
                                    fix="verify with a face (or a finger session) of this subject first")
@@ -236,7 +238,8 @@ class FaceSession:
             event = {"type": "step_up", "acr_values": answer.acr_values, "reasons": answer.reasons}
             self.emit(event)
             if answer.acr_values == ACR_FINGER and self.finger_step_up is not None:
-                fingered = await self.finger_step_up(subject, answer.step_up)
+                with cancel_scope(self.cancelled):  # the finger session made for it stops with this one
+                    fingered = await self.finger_step_up(subject, answer.step_up)
                 if isinstance(fingered, StepUp):
                     raise SessionError("the verifier asked for yet another factor after the finger",
                                        fix="start the verification again; if it persists, see the verifier's "
@@ -296,7 +299,14 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
             return SensorSession(devices.pick(MATCH_ON_SENSOR), client, prints, emit=emit)
 
     if finger is not None:
-        make_finger = finger
+        new_finger = finger
+
+        def make_finger() -> Any:
+            """The finger session, sharing the cancel event of the session it serves (a match-on-sensor session
+            does not take it from the cancel scope by itself)."""
+            nested = new_finger()
+            nested.cancelled = inherited_cancel()
+            return nested
 
         async def finger_verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
             verifying = make_finger()
@@ -320,6 +330,7 @@ def face_step_up(
         return None
 
     async def step_up(subject: str, step_id: str) -> Decision | StepUp:
+        # Made inside the finger session's cancel scope: cancelling that session ends this one's camera worker.
         return await face_session(devices, client, emit).verify_face(subject, step_id)
 
     return step_up

@@ -18,7 +18,23 @@ module is the thin shell and the routes:
     GET    /health                 reader, session and identity state ("degraded" when the
                                    device identity cannot sign or has expired)
 
-One sensor, one session at a time: a second POST while one runs is a 409.
+One sensor, one session at a time: a second POST while one runs is a 409, and a
+cancelled session holds the sensor until its worker threads have ended (a thread
+cannot be interrupted: it ends on the session's cancel event, which nested step-up
+sessions share), so no two sessions ever read one reader or camera.
+
+Every reader of a session's events gets all of it: the events so far (the last
+``MAX_HISTORY``), then the live ones, then the end; a second reader at the same
+time, or one that comes after the session ended, gets the same. A session whose
+events stream had a reader and lost it (the kiosk app closed or crashed) is
+cancelled when no reader comes back within ``reader_grace_s``.
+
+What a member of the socket's group could do to the daemon is bounded: the
+request head and body must arrive within ``request_deadline_s`` (else 408), the
+head is at most ``MAX_HEAD`` bytes (else 431), the body ``MAX_BODY`` (else 413),
+an unparsable request is a 400, and past ``max_connections`` open connections a
+new one is answered 503 at once. Each refusal is a short JSON ``{"error": ...}``;
+floods are logged once per episode, not once per connection.
 """
 
 from __future__ import annotations
@@ -29,21 +45,35 @@ import grp
 import inspect
 import json
 import os
+import pwd
 import secrets
+import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import h11
 import structlog
 
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
+from agent.sessions import cancel_scope
 from protocol.face_template import FACTORS, FINGER
 
 log = structlog.get_logger()
 
 MAX_BODY = 64 * 1024
+MAX_HEAD = 16 * 1024  # request line and headers: a kiosk app sends a few hundred bytes
+REQUEST_DEADLINE_S = 5.0  # for the whole request (head and body): an idle connection is closed after it
+WRITE_DEADLINE_S = 10.0  # a client that stops reading an answer is dropped after it
+MAX_CONNECTIONS = 32  # a kiosk app needs two or three (a session's events, a cancel, /health)
+MAX_HISTORY = 256  # events kept per session, replayed to every reader
+KEEP_FINISHED = 8  # finished sessions whose events a late reader may still fetch
+READER_GRACE_S = 5.0  # a session whose events reader left is cancelled when none comes back within it
+STOP_WAIT_S = 10.0  # on stop, how long cancelled sessions get to end their worker threads
 OPERATIONS = ("enroll", "verify", "identify")
 MODALITIES = FACTORS  # "finger" (the default) or "face"
 MAX_CAPTURES = 10
@@ -54,14 +84,90 @@ def _whole(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def api_group_gid(group: str) -> int | None:
+    """The gid to give the socket to, or None for the agent's own group; a group that cannot be used is a
+    :class:`ConfigError` naming the fix, before anything is created (a config check may call it too).
+
+    Giving a file to a group takes membership of it (the shipped unit grants no CAP_CHOWN), so a group the
+    agent's user is not in fails as surely as one that does not exist.
+    """
+    if not group:
+        return None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f'[api] group "{group}" does not exist on this system',
+            fix=f"create it (groupadd {group}) and add the kiosk app's user to it, or set [api] group to the "
+            'kiosk app\'s existing group ("" leaves the socket to the agent\'s own group)',
+        ) from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        user = _user_name()
+        raise ConfigError(
+            f'the agent\'s user {user} is not in [api] group "{group}", so it cannot give the socket to it',
+            fix=f"add it (usermod -aG {group} {user}); under systemd also give the unit "
+            f"SupplementaryGroups={group} (systemctl edit capture-agent), then restart the agent",
+        )
+    return gid
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+class _Throttled:
+    """A warning logged at most once per ``interval_s``, with how many times it happened since: a flood of
+    bad connections must not become a flood of log lines."""
+
+    def __init__(self, event: str, interval_s: float = 60.0) -> None:
+        self.event, self.interval_s = event, interval_s
+        self.count, self.last = 0, float("-inf")
+
+    def __call__(self, **fields: Any) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            log.warning(self.event, count=self.count, **fields)
+            self.count, self.last = 0, now
+
+
 @dataclass
 class RunningSession:
+    """A session and its events: kept (bounded) so that every reader, late or concurrent, gets all of them."""
+
     id: str
     operation: str
-    session: Any  # CaptureSession
+    session: Any  # CaptureSession, FaceSession or SensorSession
     task: asyncio.Task[Any] | None = None
-    events: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-    done: bool = False
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
+    readers: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
+    done: bool = False  # the operation and every worker thread of it have ended
+    had_reader: bool = False
+    cancel_reason: str = ""
+    abandon: asyncio.TimerHandle | None = None
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.history.append(event)
+        for queue in self.readers:
+            queue.put_nowait(event)
+
+    def finish(self) -> None:
+        self.done = True
+        if self.abandon is not None:
+            self.abandon.cancel()
+        for queue in self.readers:
+            queue.put_nowait(None)
+
+
+class _Refusal(Exception):
+    """A request refused before it reached a route (too large, too slow, unparsable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 class LocalAPI:
@@ -73,6 +179,10 @@ class LocalAPI:
         make_face_session: Callable[[Callable[[dict[str, Any]], None]], Any] | None = None,
         health: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         record: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
+        reader_grace_s: float = READER_GRACE_S,
     ) -> None:
         self.socket_path = socket_path
         self.make_session = make_session  # emit -> CaptureSession
@@ -80,26 +190,58 @@ class LocalAPI:
         self.group = group
         self.health = health or (lambda: {})
         self.record = record or (lambda kind, data: None)  # the daemon's audit trail
+        self.max_connections = max_connections
+        self.request_deadline_s = request_deadline_s
+        self.reader_grace_s = reader_grace_s
         self.sessions: dict[str, RunningSession] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
+        self._capped = False  # past max_connections since the last warning
+        self._refused = 0
+        self._slow = _Throttled("local_api_requests_too_slow")
+        self._malformed = _Throttled("local_api_requests_refused")
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        """Listen on the socket, 0660 and given to ``[api] group``; a group that cannot be used is a
+        ConfigError naming the fix, and leaves no socket behind."""
+        gid = api_group_gid(self.group)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path))
-        os.chmod(self.socket_path, 0o660)
-        if self.group:
-            os.chown(self.socket_path, -1, grp.getgrnam(self.group).gr_gid)
-        log.info("local_api_listening", socket=str(self.socket_path))
+        try:
+            os.chmod(self.socket_path, 0o660)
+            if gid is not None:
+                os.chown(self.socket_path, -1, gid)
+        except OSError as exc:
+            await self.stop()
+            user = _user_name()
+            raise ConfigError(
+                f'cannot give the local API socket {self.socket_path} to [api] group "{self.group}" '
+                f"({exc.strerror})",
+                fix=f"make {user} a member of {self.group} (usermod -aG {self.group} {user}; under systemd "
+                f"SupplementaryGroups={self.group}), or set [api] group to a group it is in",
+            ) from None
+        log.info("local_api_listening", socket=str(self.socket_path), group=self.group or None)
 
     async def stop(self) -> None:
+        """Cancel the sessions and wait (bounded) for their workers, close every connection, remove the socket."""
         for running in list(self.sessions.values()):
-            self._cancel(running)
+            self._cancel(running, "the agent is stopping")
+        tasks = [r.task for r in self.sessions.values() if r.task is not None and not r.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT_S)
         if self._server is not None:
             self._server.close()
+        for writer in list(self._connections):
+            writer.close()
+        handlers = [t for t in self._connections.values() if t is not None and t is not asyncio.current_task()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=STOP_WAIT_S)
+        if self._server is not None:
             await self._server.wait_closed()
+            self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
@@ -137,64 +279,133 @@ class LocalAPI:
         if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
             raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
         if self._busy():
-            raise ApiError(409, "a session is running on the sensor: wait for it or cancel it")
+            raise ApiError(409, "a session is running on the sensor (or still stopping after a cancel): "
+                           "wait for it or cancel it")
         running = RunningSession(secrets.token_urlsafe(12), operation, None)
+        emit = self._emitter(running)
         try:
             chosen = {"reader": reader} if reader else {}
-            running.session = (
-                self.make_session(running.events.put_nowait, **chosen) if modality == FINGER
-                else make(running.events.put_nowait)
-            )
+            running.session = self.make_session(emit, **chosen) if modality == FINGER else make(emit)
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
             raise ApiError(503, f"{exc.message} (fix: {exc.fix})") from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))
-        self.sessions = {k: v for k, v in self.sessions.items() if not v.done}
+        finished = [k for k, v in self.sessions.items() if v.done]
+        for key in finished[: max(0, len(finished) - KEEP_FINISHED + 1)]:
+            del self.sessions[key]
         self.sessions[running.id] = running
         return running
 
+    @staticmethod
+    def _emitter(running: RunningSession) -> Callable[[dict[str, Any]], None]:
+        """The session's ``emit``: into its history and to its readers, from the loop's thread or any other."""
+        loop, owner = asyncio.get_running_loop(), threading.get_ident()
+
+        def emit(event: dict[str, Any]) -> None:
+            if threading.get_ident() == owner:
+                running.publish(event)
+            else:
+                loop.call_soon_threadsafe(running.publish, event)
+
+        return emit
+
     async def _run(self, running: RunningSession, args: tuple[Any, ...]) -> None:
         outcome, reason = "error", ""
+        cancelled = getattr(running.session, "cancelled", None)
+        scope = cancel_scope(cancelled) if isinstance(cancelled, threading.Event) else contextlib.nullcontext()
         try:
-            outcome = outcome_of(await getattr(running.session, running.operation)(*args))
+            with scope:  # a step-up's nested session shares this session's cancel event
+                outcome = outcome_of(await getattr(running.session, running.operation)(*args))
         except asyncio.CancelledError:
-            outcome, reason = "cancelled", "cancelled by the kiosk app"
-            running.events.put_nowait({"type": "cancelled"})
+            outcome, reason = "cancelled", running.cancel_reason or "cancelled by the kiosk app"
+            running.publish({"type": "cancelled", "reason": reason})
         except AgentError as exc:
             reason = exc.message
-            running.events.put_nowait({"type": "error", "message": exc.message, "fix": exc.fix})
+            if running.cancel_reason:  # the worker saw the cancel before the task did
+                outcome, reason = "cancelled", running.cancel_reason
+                running.publish({"type": "cancelled", "reason": reason})
+            else:
+                running.publish({"type": "error", "message": exc.message, "fix": exc.fix})
         except Exception as exc:  # a reader fault the driver typed (ModuleError) or worse
             reason = str(exc)
-            running.events.put_nowait({"type": "error", "message": str(exc), "fix": getattr(exc, "fix", "")})
+            running.publish({"type": "error", "message": str(exc), "fix": getattr(exc, "fix", "")})
         finally:
-            running.done = True
-            running.events.put_nowait(None)
+            running.finish()  # only now: every worker thread of the session has ended (sessions.in_worker)
             # Every attempt in the audit trail: operation, outcome, reason; never a template or image.
             data = {"session_id": running.id, "operation": running.operation, "outcome": outcome, "reason": reason}
             if args and running.operation != "identify":
                 data["subject"] = args[0]
             self.record("session_finished", data)
 
-    def _cancel(self, running: RunningSession) -> None:
-        running.session.cancel()
+    def _cancel(self, running: RunningSession, reason: str = "cancelled by the kiosk app") -> None:
+        if running.done:
+            return
+        running.cancel_reason = running.cancel_reason or reason
+        running.session.cancel()  # the worker threads watch this event (nested sessions share it)
         if running.task is not None:
-            running.task.cancel()
+            running.task.cancel()  # ... and the task waits for them before it ends
+
+    def _reader_left(self, running: RunningSession) -> None:
+        """The last reader of a running session went: cancel it unless one comes back within the grace."""
+        if running.done or running.readers or not running.had_reader or running.abandon is not None:
+            return
+
+        def abandon() -> None:
+            running.abandon = None
+            if not running.done and not running.readers:
+                log.info("local_api_session_abandoned", session_id=running.id, grace_s=self.reader_grace_s)
+                self._cancel(running, "the kiosk app stopped reading the session's events")
+
+        running.abandon = asyncio.get_running_loop().call_later(self.reader_grace_s, abandon)
 
     # ---------------------------------------------------------------- HTTP
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
+        if len(self._connections) >= self.max_connections:
+            self._over_cap()
+            with contextlib.suppress(ConnectionError, TimeoutError, h11.LocalProtocolError):
+                await self._json(h11.Connection(h11.SERVER), writer, 503,
+                                 {"error": f"the local API serves {self.max_connections} connections at a time: "
+                                  "close idle ones and try again"})
+            writer.close()
+            return
+        self._connections[writer] = asyncio.current_task()
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
-            request, body = await self._read_request(conn, reader)
+            try:
+                async with asyncio.timeout(self.request_deadline_s):
+                    request, body = await self._read_request(conn, reader)
+            except TimeoutError:
+                self._slow(deadline_s=self.request_deadline_s)
+                raise _Refusal(408, f"the request did not arrive within {self.request_deadline_s:g} s") from None
+            except h11.RemoteProtocolError as exc:
+                self._malformed(status=exc.error_status_hint)
+                raise _Refusal(exc.error_status_hint, _protocol_message(exc.error_status_hint)) from None
             if request is not None:
-                await self._route(conn, writer, request, body)
-        except (h11.ProtocolError, ConnectionError):
+                await self._route(conn, reader, writer, request, body)
+        except _Refusal as refusal:
+            with contextlib.suppress(ConnectionError, TimeoutError, h11.LocalProtocolError):
+                await self._json(conn, writer, refusal.status, {"error": refusal.message})
+        except (h11.ProtocolError, ConnectionError, TimeoutError):
             pass
         finally:
+            self._connections.pop(writer, None)
             writer.close()
+            if self._capped and len(self._connections) < self.max_connections // 2:
+                log.info("local_api_connections_below_cap", refused=self._refused, limit=self.max_connections)
+                self._capped, self._refused = False, 0
+
+    def _over_cap(self) -> None:
+        """Logged once per episode (until the connections fall back below half the cap), never per connection."""
+        self._refused += 1
+        if not self._capped:
+            self._capped = True
+            log.warning("local_api_connections_capped", limit=self.max_connections,
+                        fix="a kiosk app keeps connections open, or something floods the socket: look among "
+                        "the processes of [api] group's members")
 
     async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[Any, bytes]:
         request, body = None, b""
         while True:
-            event = conn.next_event()
+            event = conn.next_event()  # an incomplete head past MAX_HEAD is h11's RemoteProtocolError (431)
             if event is h11.NEED_DATA:
                 data = await reader.read(65536)
                 conn.receive_data(data)
@@ -202,15 +413,27 @@ class LocalAPI:
                     return None, b""
             elif isinstance(event, h11.Request):
                 request = event
+                length = dict(event.headers).get(b"content-length")
+                # ... and a complete one that came in one read is measured here
+                if sum(len(n) + len(v) for n, v in event.headers) + len(event.target) > MAX_HEAD:
+                    self._malformed(status=431)
+                    raise _Refusal(431, _protocol_message(431))
+                if length is not None and int(length) > MAX_BODY:
+                    self._malformed(status=413)
+                    raise _Refusal(413, _protocol_message(413))
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_BODY:
-                    raise h11.RemoteProtocolError("body too large")
+                    self._malformed(status=413)
+                    raise _Refusal(413, _protocol_message(413))
             elif isinstance(event, h11.EndOfMessage):
                 return request, body
 
-    async def _route(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Any, body: bytes) -> None:
-        method, path = request.method.decode(), request.target.decode().split("?")[0]
+    async def _route(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Any,
+        body: bytes,
+    ) -> None:
+        method, path = request.method.decode(), request.target.decode(errors="replace").split("?")[0]
         parts = [p for p in path.split("/") if p]
         try:
             if method == "GET" and parts == ["health"]:
@@ -226,7 +449,7 @@ class LocalAPI:
                 running = self._start_session(payload if isinstance(payload, dict) else {})
                 await self._json(conn, writer, 201, {"id": running.id, "events": f"/sessions/{running.id}/events"})
             elif len(parts) == 3 and parts[0] == "sessions" and parts[2] == "events" and method == "GET":
-                await self._stream(conn, writer, self._session(parts[1]))
+                await self._stream(conn, reader, writer, self._session(parts[1]))
             elif len(parts) == 2 and parts[0] == "sessions" and method == "DELETE":
                 self._cancel(self._session(parts[1]))
                 await self._json(conn, writer, 202, {"cancelled": parts[1]})
@@ -239,29 +462,83 @@ class LocalAPI:
         try:
             return self.sessions[session_id]
         except KeyError:
-            raise ApiError(404, "no such session") from None
+            raise ApiError(404, f"no such session (the last {KEEP_FINISHED} finished ones are kept)") from None
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), WRITE_DEADLINE_S)  # a client that stops reading is dropped
 
     async def _json(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, data: dict) -> None:
         payload = json.dumps(data).encode()
         # One request per connection: say so, or a client reuses a socket this side closes.
         headers = [("content-type", "application/json"), ("content-length", str(len(payload))), ("connection", "close")]
-        writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+        writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))))
         writer.write(conn.send(h11.Data(data=payload)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+        await self._send(writer, conn.send(h11.EndOfMessage()))
 
-    async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, running: RunningSession) -> None:
-        headers = [("content-type", "text/event-stream"), ("cache-control", "no-store"), ("connection", "close")]
-        writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
-        while True:
-            event = await running.events.get()
-            if event is None:
-                break
-            line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-            writer.write(conn.send(h11.Data(data=line)))
-            await writer.drain()
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+    async def _stream(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        running: RunningSession,
+    ) -> None:
+        """The session's events so far, then the live ones until it ends; the reader leaving is noticed at once
+        (end of its input) so that a session nobody follows any more is cancelled (``_reader_left``)."""
+        # Snapshot and subscription in one step of the loop: no event is missed or sent twice.
+        backlog, queue = list(running.history), asyncio.Queue[dict[str, Any] | None]()
+        live = not running.done
+        if live:
+            running.readers.add(queue)
+            running.had_reader = True
+            if running.abandon is not None:
+                running.abandon.cancel()
+                running.abandon = None
+        gone = asyncio.ensure_future(_until_closed(reader))
+        try:
+            headers = [("content-type", "text/event-stream"), ("cache-control", "no-store"), ("connection", "close")]
+            await self._send(writer, conn.send(h11.Response(status_code=200, headers=headers)))
+            for event in backlog:
+                await self._send(writer, conn.send(h11.Data(data=_sse(event))))
+            while live:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    return  # the reader went
+                event = get.result()
+                if event is None:
+                    break
+                await self._send(writer, conn.send(h11.Data(data=_sse(event))))
+            await self._send(writer, conn.send(h11.EndOfMessage()))
+        finally:
+            gone.cancel()
+            running.readers.discard(queue)
+            self._reader_left(running)
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    """Returns when the client closes its side (anything it sends after its request is ignored)."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _protocol_message(status: int) -> str:
+    return {
+        400: "the request is not HTTP/1.1 this API can read",
+        408: "the request did not arrive in time",
+        413: f"the body is larger than {MAX_BODY // 1024} KiB",
+        431: f"the request line and headers are larger than {MAX_HEAD // 1024} KiB",
+    }.get(status, "the request was refused")
 
 
 def outcome_of(result: dict[str, Any]) -> str:

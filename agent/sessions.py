@@ -18,12 +18,14 @@ as soon as the template is made, and never logged, written or sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from biometrics.fingerprint import FingerprintTemplate
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 SAME_FINGER_FMR = 1e-3  # on the device, only to catch a wrong finger during enrollment (the verifier decides)
 MESSAGES = {
@@ -67,6 +70,45 @@ MESSAGES = {
     "liveness_timeout": "Too slow: start again and turn your head when asked",
     "liveness_face_lost": "Stay in front of the camera: start again",
 }
+
+
+# The cancel event of the session whose step-up is running: a nested session (the face a finger session's
+# verifier asks for, the finger a face session's asks for) made inside it shares it, so cancelling the outer
+# session stops the inner one's reader or camera worker too. A context variable, because the nested session is
+# made by a factory of the daemon's (agent/face_sessions.py) that knows nothing of the session it serves.
+_CANCEL_SCOPE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cancel_scope", default=None)
+
+
+def inherited_cancel() -> threading.Event:
+    """The cancel event of the session this one is made inside (see :func:`cancel_scope`), else a new one."""
+    return _CANCEL_SCOPE.get() or threading.Event()
+
+
+@contextlib.contextmanager
+def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
+    """Sessions made inside this block share ``cancelled``: one ``cancel()`` reaches every nested session."""
+    token = _CANCEL_SCOPE.set(cancelled)
+    try:
+        yield
+    finally:
+        _CANCEL_SCOPE.reset(token)
+
+
+async def in_worker(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function`` in a worker thread; a cancelled caller still waits for the thread to end.
+
+    A thread cannot be interrupted: it ends when the session's cancel event, which its
+    waits watch, is set. Returning at once (as a bare ``asyncio.to_thread`` does) would
+    let the local API count the session done and start another on the same reader or
+    camera while the old worker still reads it.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):  # its own error is moot: the session was cancelled
+            await work
+        raise
 
 
 @functools.cache
@@ -122,7 +164,8 @@ class CaptureSession:
     timings: Timings = field(default_factory=Timings)
 
     session_token: SessionToken | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)  # set by cancel(): stops reader waits
+    # set by cancel(): stops reader waits; shared with the session this one is a step-up of (cancel_scope)
+    cancelled: threading.Event = field(default_factory=inherited_cancel)
     # A step-up asking for a face (acr_values "face"): (subject, step_up id) -> the face's answer.
     face_step_up: Callable[[str, str], Awaitable[Decision | StepUp]] | None = None
 
@@ -152,14 +195,14 @@ class CaptureSession:
         """
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
+            await in_worker(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
             # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
             self._prompt("lift_finger")
-            return await asyncio.to_thread(self.reader.download_image)
+            return await in_worker(self.reader.download_image)
         except RetryCapture as retry:
             log.info("capture_retry", feedback=retry.feedback)
             self._prompt(retry.feedback, str(retry.args[0]) if retry.args else "")
-            await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
             return None
         finally:
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
@@ -180,7 +223,7 @@ class CaptureSession:
             finally:
                 del image  # the raw image ends here
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
-            await asyncio.to_thread(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
             usable = template is not None and MIN_MINUTIAE_PER_VIEW <= len(template.minutiae) <= MAX_MINUTIAE_PER_VIEW
             if usable and quality is not None and quality.score >= self.min_quality:
                 return template
@@ -315,7 +358,8 @@ class CaptureSession:
         if self.face_step_up is None:
             raise SessionError("the verifier asks for a face and this device has no camera",
                                fix="configure a [devices.camera] section, or verify this subject at a kiosk with one")
-        answer = await self.face_step_up(subject, asked.step_up)
+        with cancel_scope(self.cancelled):  # the face session made for it stops with this one
+            answer = await self.face_step_up(subject, asked.step_up)
         if isinstance(answer, StepUp):
             raise SessionError("the verifier asked for yet another factor after the face",
                                fix="start the verification again; if it persists, see the verifier's factor rules")
