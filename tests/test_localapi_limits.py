@@ -27,6 +27,10 @@ from agent.sessions import CaptureSession
 from drivers.zfm.driver import ZfmModule
 
 ROOT = Path(__file__).resolve().parent.parent
+# The API's defaults, spelled out so that these tests also run (and fail for what they test) against an API
+# without them: agent.localapi.MAX_CONNECTIONS and READER_GRACE_S.
+CONNECTIONS = 32
+GRACE_S = 5.0
 
 
 async def exchange(socket_path: Path, data: bytes, timeout_s: float = 10.0) -> bytes:
@@ -88,8 +92,9 @@ def test_an_api_group_the_agent_is_not_in_is_a_config_error_naming_the_fix() -> 
             [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
             capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        kind, message, fix = (ran.stdout.strip().splitlines() or ["| |"])[-1].split(" | ")
-        assert kind == "ConfigError", ran.stdout + ran.stderr
+        lines = ran.stdout.strip().splitlines()
+        assert lines and lines[-1].startswith("ConfigError | "), ran.stdout + ran.stderr[-2000:]
+        _, message, fix = lines[-1].split(" | ")
         assert '"root"' in message and "usermod -aG root" in fix and "SupplementaryGroups=root" in fix
         assert not socket_path.exists(), "no socket is left behind"
     finally:
@@ -97,6 +102,12 @@ def test_an_api_group_the_agent_is_not_in_is_a_config_error_naming_the_fix() -> 
 
 
 # ---------------------------------------------------------------- malformed and oversized requests
+
+
+def test_the_defaults_spelled_out_here_are_the_apis() -> None:
+    from agent import localapi
+
+    assert (localapi.MAX_CONNECTIONS, localapi.READER_GRACE_S) == (CONNECTIONS, GRACE_S)
 
 
 def test_malformed_and_oversized_requests_get_a_status_and_a_json_error(tmp_path) -> None:
@@ -127,8 +138,6 @@ def test_malformed_and_oversized_requests_get_a_status_and_a_json_error(tmp_path
 
 
 def test_idle_connections_are_capped_and_timed_out_and_the_cap_is_logged_once(tmp_path) -> None:
-    from agent.localapi import MAX_CONNECTIONS
-
     socket_path = tmp_path / "api.sock"
 
     async def go() -> tuple[list[int], list[int], int, list[dict]]:
@@ -137,7 +146,7 @@ def test_idle_connections_are_capped_and_timed_out_and_the_cap_is_logged_once(tm
         held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         try:
             with capture_logs() as logs:
-                for _ in range(MAX_CONNECTIONS):
+                for _ in range(CONNECTIONS):
                     reader, writer = await asyncio.open_unix_connection(str(socket_path))
                     writer.write(b"GET /hea")  # half a request, never finished
                     held.append((reader, writer))
@@ -274,7 +283,7 @@ def test_a_session_whose_reader_went_away_is_cancelled_after_the_grace(provision
     async def go() -> tuple[bool, list[dict], float]:
         async with VerifierClient(config, identity) as client:
             with ZfmModule(zfm_sim.port) as module:
-                api = LocalAPI(socket_path, waiting_session(module, client), reader_grace_s=1.0)
+                api = LocalAPI(socket_path, waiting_session(module, client))  # the default grace, 5 s
                 await api.start()
                 try:
                     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
@@ -283,7 +292,7 @@ def test_a_session_whose_reader_went_away_is_cancelled_after_the_grace(provision
                         await read_events(kiosk, created["events"], until="prompt")  # then hangs up
                         # ... and comes back within the grace: the session goes on.
                         back = asyncio.ensure_future(read_events(kiosk, created["events"]))
-                        await asyncio.sleep(2.5)
+                        await asyncio.sleep(GRACE_S + 1.5)
                         still_running = (await kiosk.get("/health")).json()["busy"]
                         back.cancel()  # the app goes for good
                         with contextlib.suppress(asyncio.CancelledError):
@@ -292,7 +301,7 @@ def test_a_session_whose_reader_went_away_is_cancelled_after_the_grace(provision
                         while (await kiosk.get("/health")).json()["busy"] and time.monotonic() - left < 30:
                             await asyncio.sleep(0.2)
                         freed_after = time.monotonic() - left
-                        events = await asyncio.wait_for(read_events(kiosk, created["events"]), 30)
+                        events = [] if freed_after >= 30 else await read_events(kiosk, created["events"])
                 finally:
                     await api.stop()
                 return still_running, events, freed_after
