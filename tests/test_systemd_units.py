@@ -97,3 +97,64 @@ def test_the_readme_runs_doctor_as_the_unit_runs_the_agent(section: str) -> None
     commands = _commands(readme_block(section))
     assert "capture-agent doctor" not in commands
     assert commands[-1] == doctor_under_systemd(AgentConfig()), commands[-1]
+
+
+def _unit_setting(name: str) -> str:
+    found = re.search(rf"^{name}=(\S+)", (UNITS / "capture-agent.service").read_text(), re.MULTILINE)
+    assert found, f"{name}= missing from capture-agent.service"
+    return found.group(1)
+
+
+def test_the_kiosk_group_can_reach_the_api_socket_and_the_agent_can_give_it_to_them() -> None:
+    """The runtime folder lets others through (not list it); the agent is in the kiosk apps' group, which
+    sysusers creates, so that it may give the socket to that group without CAP_CHOWN."""
+    mode = int(_unit_setting("RuntimeDirectoryMode"), 8)
+    assert mode & 0o001 and not mode & 0o006, oct(mode)
+    group = _unit_setting("SupplementaryGroups")
+    sysusers = (UNITS / "capture-agent.sysusers.conf").read_text().splitlines()
+    assert any(line.split()[:2] == ["g", group] for line in sysusers if line.strip()), group
+
+
+def test_a_kiosk_app_in_the_api_group_reaches_the_socket_in_a_runtime_folder_made_as_the_unit_makes_it() -> None:
+    """The folder has the unit's mode and is owned by another user and group (the agent's); the kiosk app runs
+    as a user whose only group is [api] group, and asks /health over the socket."""
+    import asyncio
+    import os
+    import tempfile
+
+    from agent.localapi import LocalAPI
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to act as the agent's user and as the kiosk app's")
+    top = Path(tempfile.mkdtemp(prefix="rundir-"))
+    try:
+        os.chmod(top, 0o711)  # noqa: S103 (as /run: anyone may pass through, which is what is tested)
+        runtime = top / "capture-agent"
+        runtime.mkdir()
+        os.chmod(runtime, int(_unit_setting("RuntimeDirectoryMode"), 8))  # root:root, as capture-agent's would be
+        socket_path = runtime / "api.sock"
+        client = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(socket_path)!r})\n"
+            "s.sendall(b'GET /health HTTP/1.1\\r\\nhost: agent\\r\\n\\r\\n')\n"
+            "print(s.recv(65536).split(b' ')[1].decode())\n"
+        )
+
+        async def go() -> subprocess.CompletedProcess[str]:
+            api = LocalAPI(socket_path, lambda emit: None, group="nogroup")
+            await api.start()
+            try:
+                return await asyncio.to_thread(
+                    subprocess.run,
+                    [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-I", "-c", client],
+                    capture_output=True, text=True, timeout=60,
+                )
+            finally:
+                await api.stop()
+
+        ran = asyncio.run(go())
+        assert ran.stdout.strip() == "200", ran.stdout + ran.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
