@@ -8,10 +8,11 @@ import json
 import time
 
 import httpx
+import pytest
 
 from agent.client import VerifierClient
 from agent.config import DeviceSection
-from agent.devices.capabilities import CAMERA
+from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE
 from agent.devices.supervisor import DeviceSupervisor
 from agent.face_sessions import FaceSession, face_session
 from agent.localapi import LocalAPI
@@ -81,3 +82,84 @@ def test_cancelling_a_face_session_stops_its_finger_step_up_before_the_sensor_is
     assert busy is False
     assert polls_later == polls_at_end, "the finger session's reader thread went on after the session ended"
     assert time.monotonic() - started < 150
+
+
+@pytest.mark.verifier_settings("step_up_first_use = false")
+def test_cancelling_a_finger_session_stops_its_face_step_up_before_the_camera_is_free(
+    provisioned, verifier, face_camera, att_faces, zfm_sim, tmp_path  # noqa: F811
+) -> None:
+    """The audit's case: a subject whose factor rule needs a finger and a face; the finger session (the daemon's
+    factory: an image reader, the face step-up on the camera) gets the verifier's step-up to the face and runs
+    the face challenge. Cancelled through the API, no frame is read by it once the API calls it finished."""
+    from agent.daemon import _session
+    from agent.devstack import verifier_cli
+    from agent.sessions import CaptureSession
+    from tests.test_sessions import ScriptedFinger
+
+    config, identity = provisioned
+    socket_path = tmp_path / "run" / "api.sock"
+
+    async def go() -> tuple[list[dict], int, int]:
+        supervisor = DeviceSupervisor(
+            [("camera", DeviceSection(kind="camera", source=face_camera.url)),
+             ("reader", DeviceSection(kind="zfm", port=zfm_sim.port))],
+            lambda kind, data: None,
+        )
+        await supervisor.open_all()
+        camera = supervisor.pick(CAMERA)
+        reads: list[float] = []
+        real_wait_frame = camera.wait_frame
+
+        def counted(*args, **kwargs):  # the real call, counted: who still reads the camera
+            frame = real_wait_frame(*args, **kwargs)
+            reads.append(time.monotonic())
+            return frame
+
+        try:
+            async with VerifierClient(config, identity) as client, asyncio.timeout(150):
+                person = FacePerson(face_camera, att_faces)
+                face = FaceSession(camera, client, emit=person, tracker_options=TRACKER)
+                await face.enroll("alice")
+                await face.verify("alice")  # its session token lets the finger join the face
+                module = supervisor.pick(FINGERPRINT_IMAGE)
+                fingers = ScriptedFinger(zfm_sim, 0, [(0, 0), (0, 1)])
+                await CaptureSession(module, client, emit=fingers, session_token=face.session_token,
+                                     resolution_dpi=module.resolution_dpi).enroll("alice", 2, fingers=1)
+                verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
+                camera.wait_frame = counted
+                finger = ScriptedFinger(zfm_sim, 0, [(0, 2)])
+                still = FacePerson(face_camera, att_faces, follows=False)  # looks at the camera, never turns
+
+                def make(emit, reader=""):
+                    return _session(supervisor, client, None, lambda e: (finger(e), still(e), emit(e)), reader)
+
+                api = LocalAPI(socket_path, make)
+                await api.start()
+                try:
+                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=60) as kiosk:
+                        created = (await kiosk.post("/sessions", json={"operation": "verify",
+                                                                       "subject": "alice"})).json()
+                        events: list[dict] = []
+                        async with kiosk.stream("GET", created["events"]) as stream:
+                            async for line in stream.aiter_lines():
+                                if not line.startswith("data: "):
+                                    continue
+                                events.append(json.loads(line[6:]))
+                                if events[-1]["type"] == "challenge":  # the face step-up reads the camera
+                                    await asyncio.sleep(1.0)
+                                    assert (await kiosk.delete(f"/sessions/{created['id']}")).status_code == 202
+                        reads_at_end = len(reads)
+                        await asyncio.sleep(2.0)
+                        return events, reads_at_end, len(reads)
+                finally:
+                    await api.stop()
+        finally:
+            camera.wait_frame = real_wait_frame
+            await supervisor.close()
+
+    events, reads_at_end, reads_later = asyncio.run(go())
+    assert [e["acr_values"] for e in events if e["type"] == "step_up"] == ["face"]
+    assert events[-1]["type"] == "cancelled", events[-1]
+    assert reads_at_end > 0, "the face step-up was reading the camera"
+    assert reads_later == reads_at_end, "the face step-up's camera worker went on after the session ended"
