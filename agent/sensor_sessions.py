@@ -40,7 +40,7 @@ import structlog
 from agent.client import VerifierClient
 from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import StepUpRequiredError
-from agent.sessions import MESSAGES, SessionError, SessionToken
+from agent.sessions import MESSAGES, SessionError, SessionToken, in_worker
 from agent.verifier_api import VerifierAPI, parsed_answer
 from drivers.errors import RetryCapture
 from protocol.face_template import ACR_FACE
@@ -114,7 +114,7 @@ class SensorSession:
             loop.call_soon_threadsafe(self._enroll_progress, stage, retry)
 
         self._prompt("place_finger")
-        serialized = await asyncio.to_thread(
+        serialized = await in_worker(
             self.device.enroll, self.enroll_timeout_s, cancel=self.cancelled, progress=progress
         )
         previous = self.prints.snapshot(self.device.name, subject)
@@ -150,7 +150,7 @@ class SensorSession:
         for _attempt in range(self.max_attempts):
             self._prompt("place_finger")
             try:
-                return await asyncio.to_thread(call)
+                return await in_worker(call)
             except Exception as exc:
                 feedback = _retry_feedback(exc)
                 if feedback is None:
