@@ -271,7 +271,13 @@ class AgentDaemon:
         self.notifier.send(READY=1, STATUS="ready: config reloaded")
 
     async def run(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # What started is closed before the error goes up: a camera's reader thread left
+            # running would abort the interpreter at exit instead of the CLI printing error and fix.
+            await self.stop()
+            raise
         await self._stop.wait()
         await self.stop()
         if self.failure is not None:

@@ -280,3 +280,24 @@ def test_a_task_that_ends_on_its_own_stops_the_daemon_and_says_why(provisioned_c
     failed = [e["data"] for e in box.pending(100) if e["type"] == "agent_task_failed"]  # verifier down: still queued
     box.close()
     assert failed == [{"task": "broken", "error": "RuntimeError: a bug in a loop that should never end"}]
+
+
+def test_a_daemon_that_fails_to_start_closes_its_devices_and_says_why(
+    provisioned_config_file: Path, camera_sim, tmp_path: Path
+) -> None:
+    """The camera is open when the local API's group turns out not to exist: the error and its fix, exit 2."""
+    config = provisioned_config_file.read_text()
+    provisioned_config_file.write_text(
+        config + f'[api]\nsocket = "{tmp_path / "api.sock"}"\ngroup = "no-such-group-for-this-test"\n'
+        f'[[device]]\nkind = "camera"\nsource = "{camera_sim.url}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "no-such-group-for-this-test" in done.stderr and "fix:" in done.stderr
+    assert "Traceback" not in done.stderr and "FATAL" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "api.sock").exists()
