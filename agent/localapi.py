@@ -70,6 +70,7 @@ MAX_HEAD = 16 * 1024  # request line and headers: a kiosk app sends a few hundre
 REQUEST_DEADLINE_S = 5.0  # for the whole request (head and body): an idle connection is closed after it
 WRITE_DEADLINE_S = 10.0  # a client that stops reading an answer is dropped after it
 MAX_CONNECTIONS = 32  # a kiosk app needs two or three (a session's events, a cancel, /health)
+ACCEPT_BACKLOG = 16  # connections waiting to be accepted, and accepted per wake-up (see LocalAPI.start)
 MAX_HISTORY = 256  # events kept per session, replayed to every reader
 KEEP_FINISHED = 8  # finished sessions whose events a late reader may still fetch
 READER_GRACE_S = 5.0  # a session whose events reader left is cancelled when none comes back within it
@@ -209,7 +210,11 @@ class LocalAPI:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path))
+        # A short listen queue: asyncio accepts up to `backlog` sockets per wake-up before any handler runs,
+        # and a burst of refused ones must not hold the process's descriptors (a Pi's soft limit is 1024).
+        self._server = await asyncio.start_unix_server(
+            self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
+        )
         try:
             os.chmod(self.socket_path, 0o660)
             if gid is not None:

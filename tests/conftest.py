@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import http.server
 import ipaddress
 import os
@@ -254,6 +255,41 @@ class TestCA:
             ctx.load_verify_locations(client_ca)
             ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
+
+
+# ---------------------------------------------------------------- another user
+
+
+AGENT_UID = 65534  # nobody: stands for the agent's user, which is not the installer's root
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def as_agent_user_prefix() -> tuple[str, ...] | str:
+    """The command prefix that runs a process as uid 65534, or why that cannot be done here.
+
+    setpriv (util-linux) rather than a preexec_fn calling os.setuid: it resolves the
+    interpreter's path before its capabilities go, so a Python installed under root's
+    0700 home (pyenv) still starts; what the agent itself opens is then checked as uid 65534.
+    """
+    if os.getuid() != 0:
+        return "runs a command as another user (uid 65534): needs root to drop to it"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return "setpriv (util-linux) is not installed: cannot run a command as uid 65534"
+    prefix = (setpriv, f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups")
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import agent.cli"], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    if probe.returncode != 0:
+        return (
+            f"uid {AGENT_UID} cannot import the agent from this checkout (in a folder only its owner may enter, "
+            f"such as a private home folder; these tests run from a checkout other users can read): "
+            f"{probe.stderr.strip().splitlines()[-1][-200:] if probe.stderr.strip() else probe.returncode}"
+        )
+    return prefix
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 from agent.devstack import LocalVerifier, device_config, write_config_file
 from agent.doctor import run_doctor
 from agent.identity import IdentityStore
+from tests.conftest import AGENT_UID, REPO, as_agent_user_prefix
 from tests.test_doctor import by_name
 from tests.test_installer_cli import agent_cli
 
@@ -93,38 +92,6 @@ def test_provisioning_against_a_plain_http_port_says_to_check_the_port(
 
 
 # ---------------------------------------------------------------- the state directory's owner and permissions
-
-AGENT_UID = 65534  # nobody: stands for the agent's user, which is not the installer's root
-
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@functools.cache
-def as_agent_user_prefix() -> tuple[str, ...] | str:
-    """The command prefix that runs a process as uid 65534, or why that cannot be done here.
-
-    setpriv (util-linux) rather than a preexec_fn calling os.setuid: it resolves the
-    interpreter's path before its capabilities go, so a Python installed under root's
-    0700 home (pyenv) still starts; what the agent itself opens is then checked as uid 65534.
-    """
-    if os.getuid() != 0:
-        return "runs a command as another user (uid 65534): needs root to drop to it"
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return "setpriv (util-linux) is not installed: cannot run a command as uid 65534"
-    prefix = (setpriv, f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups")
-    probe = subprocess.run(
-        [*prefix, sys.executable, "-c", "import agent.cli"], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
-    if probe.returncode != 0:
-        return (
-            f"uid {AGENT_UID} cannot import the agent from this checkout (in a folder only its owner may enter, "
-            f"such as a private home folder; these tests run from a checkout other users can read): "
-            f"{probe.stderr.strip().splitlines()[-1][-200:] if probe.stderr.strip() else probe.returncode}"
-        )
-    return prefix
-
 
 def needs_root() -> None:
     prefix = as_agent_user_prefix()

@@ -25,6 +25,7 @@ from agent.errors import ConfigError
 from agent.localapi import LocalAPI
 from agent.sessions import CaptureSession
 from drivers.zfm.driver import ZfmModule
+from tests.conftest import as_agent_user_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 # The API's defaults, spelled out so that these tests also run (and fail for what they test) against an API
@@ -71,9 +72,9 @@ def test_an_unknown_api_group_is_a_config_error_naming_the_fix_and_leaves_no_soc
 
 def test_an_api_group_the_agent_is_not_in_is_a_config_error_naming_the_fix() -> None:
     """The shipped unit: an unprivileged user without CAP_CHOWN may only give a file to a group it is in."""
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv to run the agent's side as an unprivileged user")
+    prefix = as_agent_user_prefix()
+    if isinstance(prefix, str):
+        pytest.skip(prefix)
     folder = Path(tempfile.mkdtemp(prefix="apigroup-"))
     try:
         os.chown(folder, 65534, 65534)  # the agent's side runs as nobody, in no group but nogroup
@@ -89,7 +90,7 @@ def test_an_api_group_the_agent_is_not_in_is_a_config_error_naming_the_fix() -> 
             "    print(type(exc).__name__, '|', exc.message, '|', exc.fix)\n"
         )
         ran = subprocess.run(
-            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
+            [*prefix, sys.executable, "-c", script],
             capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         lines = ran.stdout.strip().splitlines()
