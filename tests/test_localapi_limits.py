@@ -170,9 +170,19 @@ def test_idle_connections_are_capped_and_timed_out_and_the_cap_is_logged_once(tm
     assert [e["event"] for e in logs].count("local_api_connections_capped") == 1
 
 
+async def health_or_shed(socket_path: Path) -> int | str:
+    """/health's status, or "shed": a server at its cap answers 503 and closes at once, and on a loaded
+    machine that close may beat the request's write (the client then sees a reset, not the 503)."""
+    try:
+        return answer(await exchange(socket_path, b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n"))[0]
+    except (ConnectionResetError, BrokenPipeError):
+        return "shed"
+
+
 def test_hundreds_of_idle_connections_never_exhaust_the_daemons_descriptors(tmp_path) -> None:
     """The audit's scenario: a process with 256 descriptors, 300 half-requests held open. /health answers all
-    along (503 while the cap is reached, 200 once the deadline closed the idle ones) and accept never fails."""
+    along (503, or shed, while the cap is reached; 200 once the deadline closed the idle ones) and accept never
+    fails."""
     socket_path = tmp_path / "api.sock"
     server = subprocess.Popen(
         [sys.executable, "-c", (
@@ -199,8 +209,7 @@ def test_hundreds_of_idle_connections_never_exhaust_the_daemons_descriptors(tmp_
                 writer.write(b"GET /hea")
                 held.append(writer)
             await asyncio.sleep(1)
-            flooded = [answer(await exchange(socket_path, b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n"))[0]
-                       for _ in range(3)]
+            flooded = [await health_or_shed(socket_path) for _ in range(3)]
         finally:
             for writer in held:
                 writer.close()
@@ -212,7 +221,7 @@ def test_hundreds_of_idle_connections_never_exhaust_the_daemons_descriptors(tmp_
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0].decode(errors="replace")
-    assert set(flooded) <= {200, 503} and after == 200
+    assert set(flooded) <= {200, 503, "shed"} and after == 200
     assert "Too many open files" not in output
     assert output.count("local_api_connections_capped") <= 1, output[-2000:]
 
