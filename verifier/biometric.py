@@ -447,17 +447,7 @@ class BiometricRoutes:
         """
         assert request.device is not None
         device_id = request.device.device_id
-        wait = self.challenge_rate.check(device_id)
-        if wait > 0:
-            raise self.refused(
-                request,
-                Problem(
-                    "device-rate-limited",
-                    f"device {device_id} asked for too many challenges; wait {wait:.0f} s",
-                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
-                ),
-                "challenge rate limit",
-            )
+        self.check_rate(request, self.challenge_rate, "challenges", "challenge rate limit")
         try:
             asked = ChallengeRequest.from_body(self._json_object(request))
         except WireError as exc:
@@ -809,21 +799,23 @@ class BiometricRoutes:
         timing = f"match;dur={scored.match_ms:.3f}".encode()  # Server-Timing: what the device cannot see
         return json_answer(200, answer, ((b"server-timing", timing),))
 
-    def check_identify_rate(self, request: Request) -> None:
-        """429 (audited) when the device asks too many identifications a minute: each one tests every subject."""
+    def check_rate(
+        self, request: Request, limit: RateLimit, asked: str, reason: str, fix: str = ""
+    ) -> None:
+        """429 (audited, with Retry-After) when the device has asked too many ``asked`` this minute."""
         assert request.device is not None
         device_id = request.device.device_id
-        wait = self.identify_rate.check(device_id)
+        wait = limit.check(device_id)
         if wait > 0:
             raise self.refused(
                 request,
                 Problem(
                     "device-rate-limited",
-                    f"device {device_id} asked too many identifications; wait {wait:.0f} s",
-                    "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
+                    f"device {device_id} asked for too many {asked}; wait {wait:.0f} s",
+                    fix,
                     headers=((b"retry-after", str(int(wait) + 1).encode()),),
                 ),
-                "identification rate limit",
+                reason,
                 wait_s=round(wait, 1),
             )
 
@@ -841,7 +833,10 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         body, carried = self._checked(request, "identify")
-        self.check_identify_rate(request)
+        self.check_rate(  # each identification tests every subject
+            request, self.identify_rate, "identifications", "identification rate limit",
+            "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
+        )
         views = self._views(request, carried)
         allowed = self.rules.groups(device_id)
         if carried.has_faces:

@@ -281,26 +281,25 @@ def _device_to_rule(device_id: str, registry: DeviceRegistry, tokens: BootstrapT
     )
 
 
-def _group_name(group: str) -> str:
-    from protocol.endpoints import GROUP_NAME
+def _well_formed(value: str, what: str) -> str:
+    """``value`` if it matches the protocol's pattern for ``what`` ("group name" or "subject id")."""
+    from protocol.endpoints import GROUP_NAME, SUBJECT_ID
 
-    if not GROUP_NAME.fullmatch(group):
+    pattern = GROUP_NAME if what == "group name" else SUBJECT_ID
+    if not pattern.fullmatch(value):
         raise CLIError(
-            f"{group!r} is not a group name",
+            f"{value!r} is not a {what}",
             fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
-    return group
+    return value
+
+
+def _group_name(group: str) -> str:
+    return _well_formed(group, "group name")
 
 
 def _subject_id(subject_id: str) -> str:
-    from protocol.endpoints import SUBJECT_ID
-
-    if not SUBJECT_ID.fullmatch(subject_id):
-        raise CLIError(
-            f"{subject_id!r} is not a subject id",
-            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-    return subject_id
+    return _well_formed(subject_id, "subject id")
 
 
 def _enrolled_subject(conn: sqlite3.Connection, subject_id: str) -> str:
