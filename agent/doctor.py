@@ -367,11 +367,27 @@ async def _check_live(report: DoctorReport, config: AgentConfig, identity: Devic
     return _server_date(response)
 
 
+def _check_api_group(report: DoctorReport, config: AgentConfig) -> None:
+    """The local API's group exists (the daemon would stop at start otherwise); not checked when unset."""
+    group = config.api.group
+    if not group:
+        return
+    from agent.localapi import existing_group_gid
+
+    try:
+        gid = existing_group_gid(group)
+    except AgentError as exc:
+        report.add("local API group", False, exc.message, exc.fix)
+        return
+    report.add("local API group", True, f'"{group}" (gid {gid}): its members reach {config.api.socket}')
+
+
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
     report.add("config", True, f"loaded from {config.source}; verifier {config.verifier.url}")
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
+    _check_api_group(report, config)
     identity = _check_identity(report, config)
     if identity is None:
         _check_clock(report, identity, clock)

@@ -85,6 +85,22 @@ def _whole(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def existing_group_gid(group: str) -> int:
+    """The gid of ``[api] group``, or a :class:`ConfigError` naming the fix when no such group exists.
+
+    What doctor can check too: membership depends on the unit's ``SupplementaryGroups=``,
+    which a doctor run (``systemd-run -p User=...``) does not have.
+    """
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f'[api] group "{group}" does not exist on this system',
+            fix=f"create it (groupadd {group}) and add the kiosk app's user to it, or set [api] group to the "
+            'kiosk app\'s existing group ("" leaves the socket to the agent\'s own group)',
+        ) from None
+
+
 def api_group_gid(group: str) -> int | None:
     """The gid to give the socket to, or None for the agent's own group; a group that cannot be used is a
     :class:`ConfigError` naming the fix, before anything is created (a config check may call it too).
@@ -94,14 +110,7 @@ def api_group_gid(group: str) -> int | None:
     """
     if not group:
         return None
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(
-            f'[api] group "{group}" does not exist on this system',
-            fix=f"create it (groupadd {group}) and add the kiosk app's user to it, or set [api] group to the "
-            'kiosk app\'s existing group ("" leaves the socket to the agent\'s own group)',
-        ) from None
+    gid = existing_group_gid(group)
     if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
         user = _user_name()
         raise ConfigError(

@@ -203,3 +203,26 @@ def test_the_agent_unit_matches_what_doctor_tells_to_run() -> None:
     unit = (Path(__file__).resolve().parents[1] / "systemd" / "capture-agent.service").read_text().splitlines()
     for prop in doctor_under_systemd(systemd_config(Path("/nonexistent"))).split(" -p ")[1:]:
         assert prop.split()[0] in unit, prop
+
+
+def test_doctor_checks_that_the_local_api_group_exists(tmp_path) -> None:
+    """The daemon would stop at start on a group that does not exist: doctor says so first."""
+    import grp
+
+    def api_check(group: str):
+        config = parse_config(
+            {
+                "agent": {"state_dir": str(tmp_path / "empty")},
+                "keyring": {"backend": "file-insecure-dev"},
+                "api": {"socket": str(tmp_path / "api.sock"), "group": group},
+            }
+        )
+        return by_name(run_doctor(config)).get("local API group")
+
+    missing = api_check("no-such-group-for-doctor")
+    assert missing is not None and missing.ok is False
+    assert "does not exist" in missing.detail and "groupadd no-such-group-for-doctor" in missing.fix
+    existing = grp.getgrgid(os.getgid()).gr_name
+    found = api_check(existing)
+    assert found is not None and found.ok is True and f"gid {os.getgid()}" in found.detail
+    assert api_check("") is None  # unset: the socket stays the agent's own group's
