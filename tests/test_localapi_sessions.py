@@ -21,6 +21,24 @@ from tests.test_face_sessions import TRACKER, FacePerson, face_camera  # noqa: F
 GEN_IMG = 0x01  # the serial module's "take an image" command: what a session waiting for a finger sends
 
 
+async def cancelled_when(kiosk: httpx.AsyncClient, request: dict, when, after_s: float) -> list[dict]:
+    """Start a session, read its events, and cancel it ``after_s`` after the first event ``when`` accepts.
+
+    Returns every event the stream carried, to its end (the API's "cancelled").
+    """
+    created = (await kiosk.post("/sessions", json=request)).json()
+    events: list[dict] = []
+    async with kiosk.stream("GET", created["events"]) as stream:
+        async for line in stream.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(json.loads(line[6:]))
+            if when(events[-1]):
+                await asyncio.sleep(after_s)
+                assert (await kiosk.delete(f"/sessions/{created['id']}")).status_code == 202
+    return events
+
+
 def test_cancelling_a_face_session_stops_its_finger_step_up_before_the_sensor_is_free(
     provisioned, face_camera, att_faces, zfm_sim, tmp_path  # noqa: F811
 ) -> None:
@@ -52,17 +70,10 @@ def test_cancelling_a_face_session_stops_its_finger_step_up_before_the_sensor_is
                 try:
                     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
                     async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=60) as kiosk:
-                        created = (await kiosk.post("/sessions", json={"operation": "verify", "subject": "gus",
-                                                                       "modality": "face"})).json()
-                        events: list[dict] = []
-                        async with kiosk.stream("GET", created["events"]) as stream:
-                            async for line in stream.aiter_lines():
-                                if not line.startswith("data: "):
-                                    continue
-                                events.append(json.loads(line[6:]))
-                                if events[-1].get("code") == "place_finger":  # the nested finger session waits
-                                    await asyncio.sleep(0.5)
-                                    assert (await kiosk.delete(f"/sessions/{created['id']}")).status_code == 202
+                        events = await cancelled_when(  # the nested finger session waits for a finger
+                            kiosk, {"operation": "verify", "subject": "gus", "modality": "face"},
+                            lambda event: event.get("code") == "place_finger", after_s=0.5,
+                        )
                         polls_at_end = zfm_sim.commands.count(GEN_IMG)
                         busy = (await kiosk.get("/health")).json()["busy"]
                         await asyncio.sleep(2.0)  # an orphaned reader thread would poll the module all along
@@ -138,17 +149,10 @@ def test_cancelling_a_finger_session_stops_its_face_step_up_before_the_camera_is
                 try:
                     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
                     async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=60) as kiosk:
-                        created = (await kiosk.post("/sessions", json={"operation": "verify",
-                                                                       "subject": "alice"})).json()
-                        events: list[dict] = []
-                        async with kiosk.stream("GET", created["events"]) as stream:
-                            async for line in stream.aiter_lines():
-                                if not line.startswith("data: "):
-                                    continue
-                                events.append(json.loads(line[6:]))
-                                if events[-1]["type"] == "challenge":  # the face step-up reads the camera
-                                    await asyncio.sleep(1.0)
-                                    assert (await kiosk.delete(f"/sessions/{created['id']}")).status_code == 202
+                        events = await cancelled_when(  # the face step-up reads the camera
+                            kiosk, {"operation": "verify", "subject": "alice"},
+                            lambda event: event["type"] == "challenge", after_s=1.0,
+                        )
                         reads_at_end = len(reads)
                         await asyncio.sleep(2.0)
                         return events, reads_at_end, len(reads)

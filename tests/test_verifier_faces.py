@@ -197,18 +197,22 @@ def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_fa
     assert no_token.slug == "verification-required"
 
 
+async def enroll_fingers_then_face(api: VerifierAPI, t) -> None:
+    """alice's two fingers; the device's first use (a second finger) gives the session token that adds her face."""
+    await api.enroll("alice", [encode_finger(x) for x in t[0][:2] + t[1][:2]])
+    first = await api.verify("alice", [encode_finger(t[0][2])])
+    token = (await api.verify("alice", [encode_finger(t[1][2])], step_up=first.step_up)).token
+    challenge = await api.challenge("enroll", "alice")
+    await api.enroll("alice", [], faces=[capture(1, 0), capture(1, 1)], session_token=token,
+                     challenge=challenge, liveness=steps_for(challenge))
+
+
 def test_face_step_up_then_face_first(device, verifier, synthetic_templates) -> None:
     t = synthetic_templates
 
     async def steps(client):
         api = VerifierAPI(client)
-        await api.enroll("alice", [encode_finger(x) for x in t[0][:2] + t[1][:2]])
-        # first use of the device: a second finger, then the session token adds the face
-        first = await api.verify("alice", [encode_finger(t[0][2])])
-        token = (await api.verify("alice", [encode_finger(t[1][2])], step_up=first.step_up)).token
-        challenge = await api.challenge("enroll", "alice")
-        await api.enroll("alice", [], faces=[capture(1, 0), capture(1, 1)], session_token=token,
-                         challenge=challenge, liveness=steps_for(challenge))
+        await enroll_fingers_then_face(api, t)
         verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
         finger = await api.verify("alice", [encode_finger(t[0][1])])
         wrong_face = await face_verify(api, "alice", 9, step_up=finger.step_up)
@@ -249,13 +253,7 @@ def test_a_face_meets_the_step_up_policy_a_finger_does(device, second_device, ve
     kiosk = Device(*second_device)
 
     async def enroll_both(client):  # on kiosk-1: fingers, its first use's second finger, then faces with the token
-        api = VerifierAPI(client)
-        await api.enroll("alice", [encode_finger(x) for x in t[0][:2] + t[1][:2]])
-        first = await api.verify("alice", [encode_finger(t[0][2])])
-        token = (await api.verify("alice", [encode_finger(t[1][2])], step_up=first.step_up)).token
-        challenge = await api.challenge("enroll", "alice")
-        await api.enroll("alice", [], faces=[capture(1, 0), capture(1, 1)], session_token=token,
-                         challenge=challenge, liveness=steps_for(challenge))
+        await enroll_fingers_then_face(VerifierAPI(client), t)
 
     async def first_use(client):
         api = VerifierAPI(client)
