@@ -80,6 +80,20 @@ JSON_TYPE = "application/json"
 
 # OpenSSL's reasons when the first bytes back are not a TLS record (a plain HTTP "HTTP/1.1 400",
 # an SSH banner): the port is wrong, not the verifier's TLS settings.
+# OpenSSL's verify codes (X509_V_ERR_*) whose fix is not "another CA": each names what to change.
+NOT_CHAINED_FIX = (
+    "the verifier's certificate is not issued by the device's CA (the one whose fingerprint was typed at "
+    "provisioning): check the URL points to the right verifier, or re-provision against it; with a site PKI, "
+    "issue the verifier's certificate under that CA, or provision with the fingerprint of the root above both "
+    "(`cacerts` answers with it)"
+)
+CERTIFICATE_FIXES = {
+    2: NOT_CHAINED_FIX,  # unable to get issuer certificate
+    19: NOT_CHAINED_FIX,  # self-signed certificate in the chain
+    20: NOT_CHAINED_FIX,  # unable to get local issuer certificate
+    26: "the verifier's certificate is not for a TLS server: issue it with extended key usage serverAuth "
+    "(and CA:FALSE)",  # invalid purpose
+}
 NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG")
 CLOCK_FIX = (
     "check this device's clock: `timedatectl` shows it and whether NTP is on, "
@@ -115,9 +129,10 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
                 fix=f"{CLOCK_FIX}; if the clock is right, the verifier's certificate {otherwise}",
             )
         else:
-            fix = (
+            fix = CERTIFICATE_FIXES.get(
+                failure.verify_code,
                 "the verifier's certificate is not issued by the device's CA: check the URL points "
-                "to the right verifier, or re-provision against it"
+                "to the right verifier, or re-provision against it",
             )
         return TLSPolicyError(f"the verifier's certificate was refused at {url}: {reason}", fix=fix)
     text = str(failure)
@@ -397,10 +412,7 @@ class VerifierClient:
                 # The device refused (expired, revoked, unknown CA) or no shared cipher: no retry helps.
                 policy = refusal_of_device_certificate(exc, gen.identity, url) or tls_policy_error(exc, url)
                 if policy is not None:
-                    log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=policy.message)
-                    if self.on_tls_failure is not None:
-                        self.on_tls_failure(policy.message)
-                    raise policy from None
+                    raise self._tls_refused(policy) from None
                 if attempt >= retries:
                     if not isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
                         # Connected, then closed under us each time: is it this device's certificate?
@@ -413,7 +425,7 @@ class VerifierClient:
                             self.config.network.connect_timeout_s,
                         )
                         if refused is not None:
-                            raise refused from None
+                            raise self._tls_refused(refused) from None
                     raise TransportError(
                         f"the verifier at {self.config.verifier.url} could not be reached after "
                         f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",
@@ -436,6 +448,13 @@ class VerifierClient:
                 attempt += 1
                 continue
             return response
+
+    def _tls_refused(self, error: TLSPolicyError) -> TLSPolicyError:
+        """Audit a handshake the verifier or this device refused (invariant 5), and tell the daemon; give it back."""
+        log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=error.message)
+        if self.on_tls_failure is not None:
+            self.on_tls_failure(error.message)
+        return error
 
     async def _send(
         self,

@@ -14,6 +14,7 @@ import ssl
 from typing import Any
 
 import httpx
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
@@ -21,6 +22,8 @@ from agent.client import NO_ENCODING, VerifierClient, problem_error, read_answer
 from agent.errors import AnswerError, ProvisioningError, VerifierError
 from agent.handshake import refusal_of_device_certificate
 from agent.tls import bootstrap_context, client_context
+
+log = structlog.get_logger()
 
 CACERTS = "/.well-known/est/cacerts"
 SIMPLEENROLL = "/.well-known/est/simpleenroll"
@@ -70,7 +73,8 @@ async def _bootstrap_call(
                                          "the EST answer limit")
         except httpx.TransportError as exc:
             policy = refusal_of_device_certificate(exc, None, base_url) or tls_policy_error(exc, base_url)
-            if policy is not None:
+            if policy is not None:  # a handshake refused is audited wherever it happens (invariant 5)
+                log.warning("tls_handshake_failed", audit=True, url=base_url, reason=policy.message, est=what)
                 raise ProvisioningError(policy.message, fix=policy.fix) from None
             raise ProvisioningError(
                 f"cannot reach the verifier at {base_url}: {type(exc).__name__}: {exc}",

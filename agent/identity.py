@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -79,6 +80,44 @@ def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate) -> str
 def certificate_fingerprint(cert: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the certificate's DER: what an installer types."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``certificate`` (names and signature; dates are the TLS stack's to judge)."""
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def trusted_under(anchor: x509.Certificate, certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA the installer confirmed, then every CA of the ``cacerts`` answer that it vouches for.
+
+    Why more than the anchor: with a site's own PKI the verifier signs device
+    certificates with a subordinate CA and answers ``cacerts`` with it and its
+    issuers (certs/README.md). The installer may confirm the root; the device must
+    then also hold the subordinate that signs its own certificate (renewal and
+    doctor check that). Only certificates whose signatures lead to the confirmed
+    one are kept: whoever answered ``cacerts`` (unverified TLS) cannot slip in a
+    CA of its own beside the real one.
+    """
+    trusted = [anchor]
+    grew = True
+    while grew:
+        grew = False
+        for cert in certs:
+            if cert not in trusted and _is_ca(cert) and any(issued_by(cert, ca) for ca in trusted):
+                trusted.append(cert)
+                grew = True
+    return trusted
 
 
 def normalise_fingerprint(text: str) -> str:

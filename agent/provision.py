@@ -6,7 +6,9 @@
 2. A new EC P-256 key is generated here; a CSR goes to EST simpleenroll with the
    one-time token, over TLS now verified against that CA and host name.
 3. Key (encrypted PKCS#8 under the KEK from the keyring), certificate and CA are
-   written atomically into the state directory.
+   written atomically into the state directory. "CA" is the confirmed certificate
+   and any CA of the answer it signed (a site root and the verifier's subordinate:
+   :func:`agent.identity.trusted_under`); each is a trust anchor of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent.identity import (
     certificate_fingerprint,
     generate_key,
     normalise_fingerprint,
+    trusted_under,
 )
 from agent.keystore import load_kek
 
@@ -133,21 +136,47 @@ def select_ca(certs: list, expected_fingerprint: str):  # type: ignore[type-arg]
     )
 
 
+PASTE_FIX = (
+    "paste the token exactly as `capture-verifier token new` printed it, without quotes or spaces "
+    "(or give --token - and paste it on standard input)"
+)
+
+
+def check_token_text(token: str) -> None:
+    """Refuse a token an HTTP header cannot carry (visible ASCII only), naming the character, never the token.
+
+    Why here: a token pasted with typographic quotes or a space otherwise ends as
+    an encoder's traceback deep in the HTTP client, after the CA was fetched.
+    """
+    if not token:
+        raise ProvisioningError("the token is empty", fix=PASTE_FIX)
+    for position, char in enumerate(token, start=1):
+        if not "!" <= char <= "~":
+            raise ProvisioningError(
+                f"the token has a character no token has: U+{ord(char):04X} at position {position} of {len(token)} "
+                "(quotes or a space picked up when it was copied?)",
+                fix=PASTE_FIX,
+            )
+
+
 async def provision(config: AgentConfig, token: str, ca_fingerprint: str, *, force: bool = False) -> ProvisionResult:
     """Provision; an identity already there is replaced only with ``force`` (checked before the token is sent)."""
+    check_token_text(token)
     url = config.verifier.url
     store = IdentityStore(config.agent.state_dir)
     replaced = refuse_silent_replacement(store, force)
     store.ensure_state_dir()
     kek = load_kek(config, create=True)
     log.info("provision_started", verifier=url)
-    ca = select_ca(await fetch_ca_certificates(url, config.network.connect_timeout_s), ca_fingerprint)
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca))
+    answered = await fetch_ca_certificates(url, config.network.connect_timeout_s)
+    ca = select_ca(answered, ca_fingerprint)
+    trusted = trusted_under(ca, answered)
+    ca_pem = "".join(cert.public_bytes(serialization.Encoding.PEM).decode("ascii") for cert in trusted)
+    log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca), trusted_cas=len(trusted))
     key = generate_key()
     certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
     async with store.writing():  # never half-way through a renewal by the daemon
-        identity = store.write(key, certificate, [ca], kek.encode())
+        identity = store.write(key, certificate, trusted, kek.encode())
     log.info(
         "certificate_issued",
         audit=True,

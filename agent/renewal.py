@@ -26,13 +26,12 @@ import random
 
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from agent.client import VerifierClient
 from agent.config import AgentConfig
 from agent.errors import VerifierError
 from agent.est import simple_reenroll
-from agent.identity import DeviceIdentity, IdentityStore, build_csr, common_name, generate_key
+from agent.identity import DeviceIdentity, IdentityStore, build_csr, common_name, generate_key, issued_by
 
 log = structlog.get_logger()
 
@@ -58,7 +57,7 @@ def check_renewed(certificate: x509.Certificate, old: DeviceIdentity) -> None:
             fix=f"the verifier is misconfigured or is not this device's verifier: check [verifier] url and its "
             f"log; {SUPERSEDED}",
         )
-    if not any(_issued_by(certificate, ca) for ca in old.ca_certificates):
+    if not any(issued_by(certificate, ca) for ca in old.ca_certificates):
         raise VerifierError(
             f"the renewed certificate is not signed by the device's CA; {KEPT}",
             fix="the verifier signs with another CA than the one the device was provisioned with: check "
@@ -77,14 +76,6 @@ def validity_warning(certificate: x509.Certificate, now: dt.datetime | None = No
         f"({current.isoformat()} by the device's clock): check the clocks of the device and of the verifier "
         "(`timedatectl`: NTP synchronised?)"
     )
-
-
-def _issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def renewal_time(

@@ -140,6 +140,10 @@ def client_context(
     if ca_file is None and ca_data is None:
         raise ValueError("a CA is required: the agent trusts only the configured CA")
     ctx.load_verify_locations(cafile=str(ca_file) if ca_file else None, cadata=ca_data)
+    # Every stored CA is an anchor of its own, a subordinate too: the installer confirmed it by
+    # fingerprint, so its issuers (which the device may never have seen) add nothing to that trust.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.hostname_checks_common_name = False  # the host name is matched against the SAN alone (RFC 6125)
     if cert_file is not None:
         ctx.load_cert_chain(str(cert_file), str(key_file), password=key_password)
     return ctx

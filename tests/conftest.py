@@ -191,12 +191,18 @@ class TestCA:
         )
 
     def issue_key_and_cert(
-        self, names: list[str], *, client: bool = False, valid: tuple[dt.datetime, dt.datetime] | None = None
+        self,
+        names: list[str],
+        *,
+        client: bool = False,
+        valid: tuple[dt.datetime, dt.datetime] | None = None,
+        with_san: bool = True,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         """A leaf certificate for DNS names or IPs (the first name is also the CN).
 
         ``valid`` (not before, not after) gives a certificate that is not yet valid or
         already expired: what a device with its clock off sees, without faking the clock.
+        ``with_san=False`` names the host in the CN alone, as pre-RFC 6125 certificates did.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
@@ -207,15 +213,15 @@ class TestCA:
                 sans.append(x509.DNSName(name))
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-        cert = (
+        builder = (
             self._builder(subject, key.public_key(), days=5, valid=valid)
             .issuer_name(self.cert.subject)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
-        return key, cert
+        if with_san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return key, builder.sign(self.key, hashes.SHA256())
 
     def issue(
         self,
@@ -224,9 +230,10 @@ class TestCA:
         *,
         client: bool = False,
         valid: tuple[dt.datetime, dt.datetime] | None = None,
+        with_san: bool = True,
     ) -> tuple[Path, Path]:
         """Like :meth:`issue_key_and_cert`, written as (cert file, unencrypted key file)."""
-        key, cert = self.issue_key_and_cert(names, client=client, valid=valid)
+        key, cert = self.issue_key_and_cert(names, client=client, valid=valid, with_san=with_san)
         cert_file, key_file = self.folder / f"{label}.pem", self.folder / f"{label}.key"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_file.write_bytes(

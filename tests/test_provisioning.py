@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import stat
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
 
 from agent.client import VerifierClient
-from agent.devstack import device_config
+from agent.devstack import LocalVerifier, device_config
 from agent.doctor import run_doctor
-from agent.errors import ProvisioningError, VerifierError
+from agent.errors import ProvisioningError, TLSPolicyError, VerifierError
 from agent.est import simple_reenroll
+from agent.handshake import DeviceCertificateRefused
 from agent.identity import build_csr
 from agent.provision import provision
 from agent.renewal import renew
+from verifier.pki import CertificateAuthority
 
 
 def test_provisioning_end_to_end(provisioned, verifier) -> None:
@@ -90,3 +95,56 @@ def test_a_revoked_device_is_refused_on_its_next_request(provisioned, verifier) 
     with pytest.raises(VerifierError) as info:
         asyncio.run(go())
     assert info.value.status == 403 and "revoked" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pasted", "named"),
+    [("\u201c{token}\u201d", "U+201C at position 1"), ("{token} ", "U+0020 at position 44"), ("", "empty")],
+    ids=["typographic-quotes", "trailing-space", "empty"],
+)
+def test_a_token_pasted_with_quotes_or_spaces_is_refused_naming_the_character_not_the_token(
+    verifier, tmp_path, pasted, named
+) -> None:
+    token = verifier.new_token("kiosk-4")
+    with pytest.raises(ProvisioningError) as info:
+        asyncio.run(provision(device_config(tmp_path / "a", verifier.url), pasted.format(token=token),
+                              verifier.ca_fingerprint))
+    assert token not in info.value.message and token not in info.value.fix
+    assert "without quotes or spaces" in info.value.fix
+    assert named in info.value.message
+    # Refused before anything was sent: the token still provisions the device.
+    result = asyncio.run(provision(device_config(tmp_path / "b", verifier.url), token, verifier.ca_fingerprint))
+    assert result.identity.device_id == "kiosk-4"
+
+
+def test_a_device_certificate_the_verifier_refuses_in_the_handshake_is_audited(provisioned, verifier, tmp_path) -> None:
+    """The verifier's device CA was replaced (its server certificate kept): it closes this device's connections.
+
+    The client's probe names the device certificate as the cause; that is a TLS handshake
+    failure like any other (invariant 5): audited, and the daemon's hook told.
+    """
+    config, identity = provisioned
+    verifier.stop()
+    rotated_pki = tmp_path / "rotated"
+    rotated_pki.mkdir(mode=0o700)
+    rotated = CertificateAuthority.create("rotated device CA")
+    (rotated_pki / "ca.pem").write_bytes(rotated.cert.public_bytes(serialization.Encoding.PEM))
+    (rotated_pki / "ca.key").write_bytes(rotated.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for name in ("server.pem", "server.key"):
+        shutil.copy(verifier.pki_dir / name, rotated_pki / name)
+    told: list[str] = []
+    with LocalVerifier(rotated_pki) as moved:
+        moved.start()
+        local = config.with_overrides(verifier={"url": moved.url}, network={"retries": 1, "backoff_base_s": 0.05})
+
+        async def call() -> None:
+            async with VerifierClient(local, identity, on_tls_failure=told.append) as client:
+                await client.call("GET", "/v1/health")
+
+        with capture_logs() as logs, pytest.raises(TLSPolicyError) as info:
+            asyncio.run(call())
+    assert isinstance(info.value, DeviceCertificateRefused)
+    assert told == [info.value.message]
+    audited = [e for e in logs if e["event"] == "tls_handshake_failed"]
+    assert audited and audited[0]["audit"] is True and audited[0]["reason"] == info.value.message

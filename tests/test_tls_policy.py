@@ -66,6 +66,32 @@ def test_server_certificate_from_another_ca_is_refused(make_test_ca, identity) -
     assert server.log.requests == []
 
 
+def server_context_for(cert_and_key: tuple) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*cert_and_key)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def test_a_server_certificate_of_the_right_ca_but_for_tls_clients_names_its_key_usage(ca, identity) -> None:
+    with H2TestServer(server_context_for(ca.issue("client-only", ["127.0.0.1"], client=True))) as server:
+        error = refused(identity, server.url)
+    assert "serverAuth" in error.fix and "not issued by the device's CA" not in error.fix
+    assert server.log.requests == []
+
+
+def test_a_host_name_in_the_common_name_alone_is_not_matched(ca, identity) -> None:
+    """RFC 6125: the SAN names the host; a CN-only certificate (no SAN) is refused, its SAN twin accepted.
+
+    A DNS name (``localhost``, still the loopback): OpenSSL never matches an IP address against the CN.
+    """
+    with H2TestServer(server_context_for(ca.issue("cn-only", ["localhost"], with_san=False))) as server:
+        error = refused(identity, server.url.replace("127.0.0.1", "localhost"))
+    assert "host name" in error.fix and server.log.requests == []
+    with H2TestServer(server_context_for(ca.issue("with-san", ["localhost"]))) as server:
+        assert health(identity, server.url.replace("127.0.0.1", "localhost"))["alpn"] == "h2"
+
+
 def test_host_name_mismatch_is_refused(ca, identity) -> None:
     with H2TestServer(ca.server_context(["verifier.example"])) as server:
         error = refused(identity, server.url)

@@ -105,7 +105,7 @@ class VerifierApp:
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
         self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
         self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
-        self._cacerts = _certs_body([self.ca.cert])
+        self._cacerts = _certs_body([self.ca.cert, *self.ca.chain])  # RFC 7030 4.1.3: the CA and its chain
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
             ("POST", endpoints.SIMPLEENROLL): Route(self.simpleenroll, needs_client_cert=False),

@@ -77,20 +77,33 @@ def _general_names(names: Sequence[str]) -> list[x509.GeneralName]:
     return out
 
 
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
-    """A CA that can sign: its certificate and key."""
+    """A CA that can sign: its certificate and key, and the certificates above it (a site's own PKI)."""
 
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...] = ()  # its issuers, as ca.pem lists them after it; () for the dev CA
 
     @classmethod
     def load(cls, pki_dir: Path) -> CertificateAuthority:
-        cert = x509.load_pem_x509_certificate((pki_dir / CA_CERT).read_bytes())
+        """``ca.pem``: the signing CA first (the one ``ca.key`` belongs to), then its chain up to a root, if any."""
+        cert, *chain = x509.load_pem_x509_certificates((pki_dir / CA_CERT).read_bytes())
         key = serialization.load_pem_private_key((pki_dir / CA_KEY).read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("the CA key is not an EC key")
-        return cls(cert, key)
+        if _spki(key.public_key()) != _spki(cert.public_key()):
+            raise ValueError(
+                f"{CA_KEY} is not the key of the first certificate in {CA_CERT}: put the signing CA first, "
+                "then its issuers"
+            )
+        return cls(cert, key, tuple(chain))
 
     @classmethod
     def create(cls, common_name: str = "capture-agent development CA") -> CertificateAuthority:

@@ -13,6 +13,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from protocol.tls import ALPN_H2, MINIMUM_VERSION, TLS12_CIPHERS
 
 
@@ -26,7 +29,11 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl
     ctx.options |= ssl.OP_NO_TICKET
     ctx.num_tickets = 0
     ctx.load_cert_chain(str(cert_file), str(key_file))
-    ctx.load_verify_locations(cafile=str(client_ca_file))  # the device CA only, no system store
+    # The device CA only, no system store: the first certificate of ca.pem, the one that signs devices,
+    # as an anchor of its own (a site's root after it in ca.pem vouches for nothing here).
+    device_ca = x509.load_pem_x509_certificates(client_ca_file.read_bytes())[0]
+    ctx.load_verify_locations(cadata=device_ca.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols([ALPN_H2])
     return ctx
