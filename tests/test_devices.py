@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import threading
 import time
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from agent.config import DeviceSection, parse_config
 from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import DeviceUnplugged, NoDeviceFor
-from agent.devices.supervisor import DeviceSupervisor, configured_devices
+from agent.devices.supervisor import FLAP_INTERVALS, DeviceSupervisor, configured_devices
 from agent.errors import ConfigError
 
 DRIVER_CALLS = ("open", "close", "capture", "wait_for_finger", "wait_for_lift", "download_image")
@@ -172,6 +173,41 @@ def test_serial_module_and_camera_in_one_supervisor(zfm_sim, camera_sim) -> None
     assert len(detector.threads) == 1, "every serial driver call ran on the device's one owner thread"
     assert _events(recorded, "finger") == ["device_plugged", "device_unplugged", "device_plugged"]
     assert _events(recorded, "face") == ["device_plugged", "device_unplugged", "device_plugged"]
+
+
+def test_a_flapping_device_is_reopened_ever_later_and_a_stable_one_at_once(zfm_sim) -> None:
+    """A module pulled out right after each reopen waits twice as long each time; one that stayed, one interval.
+
+    Each flap is two audit events: undamped, a link that breaks every few seconds fills the outbox.
+    """
+    interval = 0.1
+    recorded: list[tuple[str, dict]] = []
+    section = DeviceSection(kind="zfm", port=zfm_sim.port, check_interval_s=interval)
+
+    def unplugged() -> list[dict]:
+        return [data for kind, data in recorded if kind == "device_unplugged"]
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor([("finger", section)], lambda k, d: recorded.append((k, d)))
+        (finger,) = supervisor.devices
+        await supervisor.open_all()
+        supervisor.start()
+        try:
+            for flap in range(4):  # pulled out as soon as it is back
+                zfm_sim.unplug()
+                await _until(lambda n=flap: len(unplugged()) == n + 1)
+                zfm_sim.replug()
+                await _until(lambda: finger.connected, 20, describe=zfm_sim.state)
+            await asyncio.sleep(FLAP_INTERVALS * interval * 1.5)  # then it stays
+            zfm_sim.unplug()
+            await _until(lambda: len(unplugged()) == 5)
+        finally:
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    waits = [data["reopen_in_s"] for data in unplugged()]
+    assert all(later >= 2 * earlier for earlier, later in itertools.pairwise(waits[:4])), waits
+    assert waits[0] >= 2 * interval and waits[4] == interval, waits
 
 
 MISSING_LIBFPRINT_SCRIPT = """

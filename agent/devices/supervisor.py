@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -27,6 +28,11 @@ from agent.devices.kinds import Device, make_device
 log = structlog.get_logger()
 
 BACKOFF_MAX_S = 60.0
+# A device that goes away within this many check intervals of being opened is flapping (a camera
+# whose stream breaks mid-frame, a loose connector): its next reopen waits twice as long as the last,
+# up to BACKOFF_MAX_S, instead of one interval. Each flap is two audit events; undamped, a link that
+# breaks every few seconds writes 12 a minute (at the default 5 s) and fills an offline outbox in hours.
+FLAP_INTERVALS = 6
 LEGACY_READER = "reader"  # what the old [reader] section's module is called among the devices
 
 
@@ -89,6 +95,7 @@ class DeviceSupervisor:
                 self.faults[name] = str(exc)
                 record("device_fault", {"device": name, "kind": section.kind, "error": str(exc.args[0]), "fix": fix})
         self._backoff = {d.name: d.section.check_interval_s for d in self.devices}
+        self._opened_at: dict[str, float] = {}  # monotonic time of each device's last successful open
         self._tasks: list[asyncio.Task[None]] = []
 
     def _audit_fault(self, device: Device, exc: Exception) -> None:
@@ -113,7 +120,7 @@ class DeviceSupervisor:
                 fix=fix_in_place(getattr(exc, "fix", ""), device.name, device.section),
             )
             return False
-        self._backoff[device.name] = device.section.check_interval_s
+        self._opened_at[device.name] = time.monotonic()
         self.record("device_plugged", {"device": device.name, "kind": device.kind, **device.where(), **details})
         return True
 
@@ -140,8 +147,14 @@ class DeviceSupervisor:
         """One look at a device: report it gone, or try to reopen it."""
         if device.connected and not device.present():
             device.went_away()
-            self.record("device_unplugged", {"device": device.name, "kind": device.kind, **device.where()})
-            self._backoff[device.name] = interval
+            stayed_s = time.monotonic() - self._opened_at.get(device.name, float("-inf"))
+            flapping = stayed_s < FLAP_INTERVALS * interval
+            self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2) if flapping else interval
+            self.record(
+                "device_unplugged",
+                {"device": device.name, "kind": device.kind, **device.where(),
+                 "reopen_in_s": round(self._backoff[device.name], 3)},
+            )
             return
         if not device.connected and device.may_reopen() and not await self._open(device):
             self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2)
