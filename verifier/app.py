@@ -49,7 +49,7 @@ from verifier.idempotency import (
     sealing_key,
 )
 from verifier.matching import MatchingBusy, MatchPool, OverBudget
-from verifier.pki import CertificateAuthority, CSRError, parse_csr
+from verifier.pki import MAX_CSR_DER, CertificateAuthority, CSRError, parse_csr
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
@@ -65,6 +65,7 @@ PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
 DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
 DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
+MAX_CSR_BODY = 2 * MAX_CSR_DER  # an EST body: base64 of at most MAX_CSR_DER bytes, with line breaks to spare
 
 
 @functools.lru_cache(maxsize=256)
@@ -83,6 +84,12 @@ def _certs_body(certs: list[x509.Certificate]) -> bytes:
 
 
 def _csr_from_body(body: bytes) -> bytes:
+    if len(body) > MAX_CSR_BODY:  # judged before decoding: the whole body was read under max_body_bytes only
+        raise Problem(
+            "bad-csr",
+            f"the body is larger than {MAX_CSR_BODY} bytes: base64 of a P-256 request is a few hundred",
+            "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2); make a new request",
+        )
     try:
         return base64.b64decode(b"".join(body.split()), validate=True)
     except binascii.Error:
