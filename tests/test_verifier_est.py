@@ -1,10 +1,13 @@
-"""EST refusals: cheap before costly.
+"""EST refusals: cheap before costly, counted, audited.
 
 A certificate request is judged by its size and by the key algorithm its
 SubjectPublicKeyInfo names before its key is decoded or its signature checked,
 so a request for a key nobody would generate (RSA with a huge exponent, DSA with
 a large modulus) costs no public-key operation; which check refused it is in the
-answer's detail. Real verifier processes on 127.0.0.1.
+answer's detail. Refused requests spend an allowance per token (enrollment) and
+per device (renewal), past which the next request is refused before it is looked
+at. Every refusal is an audit event naming the device when it is known. Real
+verifier processes on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,14 +18,20 @@ import secrets
 import ssl
 
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from agent.devstack import LocalVerifier
 from agent.est import PKCS10_HEADERS
 from agent.identity import build_csr, generate_key
 from tests.conftest import raw_client_context
 from tests.test_verifier import device_files
+from tests.test_verifier_connections import log_events
+from tests.test_verifier_operator_cli import cli, rows
+from verifier.store import open_database
+from verifier.tokens import BootstrapTokens
 
 ENROLL, RENEW = "/.well-known/est/simpleenroll", "/.well-known/est/simplereenroll"
 ONLY_P256 = "only EC P-256 keys are accepted: generate the device key on curve P-256"
@@ -145,9 +154,19 @@ def problem_of(answer: httpx.Response) -> dict:
     return {**problem, "_status": answer.status_code, "_slug": problem["type"].rsplit("/", 1)[-1]}
 
 
+def audit_events(verifier: LocalVerifier, event: str) -> list[dict]:
+    return [e for e in log_events(verifier) if e.get("event") == event]
+
+
+def summarised(verifier: LocalVerifier, key: str) -> int:
+    """How many events the flood summaries counted under ``key`` ("event: reason") without a line each."""
+    return sum(e["counts"].get(key, 0) for e in audit_events(verifier, "connection_events_summary"))
+
+
 # ---------------------------------------------------------------- finding 1: cheap checks first
 
 
+@pytest.mark.verifier_settings("est_refusals_per_min = 100")
 def test_a_request_for_another_key_than_p256_is_refused_before_its_key_is_decoded_or_signature_checked(
     verifier, provisioned, tmp_path
 ) -> None:
@@ -180,3 +199,103 @@ def test_a_request_for_another_key_than_p256_is_refused_before_its_key_is_decode
     # Nothing was spent: the token still enrolls, the device still renews.
     assert post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=token).status_code == 200
     assert post(device, verifier.url, RENEW, build_csr(generate_key(), "kiosk-1")).status_code == 200
+
+
+@pytest.mark.verifier_settings("renewals_per_hour = 1")
+def test_a_device_past_its_renewal_rate_is_refused_before_its_request_is_parsed(verifier, provisioned, tmp_path):
+    """Its first certificate spent the hour's one issue: any renewal request, however bad, is a 429 now (the old
+    order parsed it first, signature check included, and answered 400 bad-csr)."""
+    _, identity = provisioned
+    device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+    problem = problem_of(post(device, verifier.url, RENEW, rsa_huge_exponent_request()))
+    assert (problem["_status"], problem["_slug"]) == (429, "renewal-rate-limited"), problem
+
+
+# ---------------------------------------------------------------- finding 1: refusals are counted
+
+
+@pytest.mark.verifier_settings("est_refusals_per_min = 3")
+def test_refused_requests_spend_an_allowance_per_token_and_per_device_then_wait(verifier, provisioned, tmp_path):
+    """Three refusals a minute; the fourth request, a good one, is refused before it is looked at (429 with
+    Retry-After), spends nothing and issues nothing. Another token's holder is not held up."""
+    _, identity = provisioned
+    device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+    anonymous = raw_client_context(verifier.pki_dir)
+    token, other = verifier.new_token("kiosk-2"), verifier.new_token("kiosk-3")
+    enrolments = [post(anonymous, verifier.url, ENROLL, der, token=token)
+                  for der in (bad_csr(), rsa_huge_exponent_request(), b"not DER")]
+    renewals = [post(device, verifier.url, RENEW, der)
+                for der in (bad_csr(), build_csr(identity.private_key(), "kiosk-1"), dsa_request())]
+    assert [a.status_code for a in enrolments + renewals] == [400] * 6, [a.text for a in enrolments + renewals]
+    assert problem_of(renewals[1])["_slug"] == "key-reused"
+
+    held = post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=token)
+    held_renewal = post(device, verifier.url, RENEW, build_csr(generate_key(), "kiosk-1"))
+    enrolled_other = post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=other)
+    verifier.stop()
+
+    problem = problem_of(held)
+    assert (problem["_status"], problem["_slug"]) == (429, "device-rate-limited"), problem
+    assert "kiosk-2" in problem["detail"] and "capture-agent provision" in problem["fix"]
+    assert int(held.headers["retry-after"]) >= 1
+    problem = problem_of(held_renewal)
+    assert (problem["_status"], problem["_slug"]) == (429, "renewal-rate-limited"), problem
+    assert int(held_renewal.headers["retry-after"]) >= 1
+    assert enrolled_other.status_code == 200, enrolled_other.text
+    spent = "SELECT device_id FROM tokens WHERE used_at IS NOT NULL AND device_id != 'kiosk-1' ORDER BY device_id"
+    assert rows(verifier.pki_dir, spent) == [("kiosk-3",)]  # kiosk-2's token is still good
+    assert rows(verifier.pki_dir, "SELECT COUNT(*) FROM certificates WHERE device_id = 'kiosk-1'") == [(1,)]
+    for event, device_id in (("enrollment_refused", "kiosk-2"), ("renewal_refused", "kiosk-1")):
+        reasons = [e["reason"] for e in audit_events(verifier, event) if e.get("device_id") == device_id]
+        assert len(reasons) == 4 and reasons[-1] == "too many refused requests", (event, reasons)
+
+
+# ---------------------------------------------------------------- finding 2: every refusal is audited
+
+
+def test_every_est_refusal_is_an_audit_event_naming_the_device_and_the_reason(verifier, provisioned, tmp_path):
+    _, identity = provisioned
+    device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+    anonymous, token = raw_client_context(verifier.pki_dir), verifier.new_token("kiosk-3")
+    answers = {
+        "token-required": post(anonymous, verifier.url, ENROLL, build_csr(generate_key())),
+        "bad-csr at enrollment": post(anonymous, verifier.url, ENROLL, b"not DER", token=token),
+        "enrolled": post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=token),
+        "token used": post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=token),
+        "bad-csr at renewal": post(device, verifier.url, RENEW, bad_csr()),
+        "key-reused": post(device, verifier.url, RENEW, build_csr(identity.private_key(), "kiosk-1")),
+    }
+    # A token issued before the id was revoked (`token new` refuses a revoked id; an older verifier did not).
+    assert cli("device", "revoke", "--pki", str(verifier.pki_dir), "kiosk-1").returncode == 0
+    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    try:
+        older, _ = BootstrapTokens(conn).new("kiosk-1")
+    finally:
+        conn.close()
+    answers["device-revoked"] = post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=older)
+    flood = [post(anonymous, verifier.url, ENROLL, build_csr(generate_key())) for _ in range(12)]
+    verifier.stop()
+
+    statuses = {label: answer.status_code for label, answer in answers.items()}
+    assert statuses == {"token-required": 401, "bad-csr at enrollment": 400, "enrolled": 200, "token used": 401,
+                        "bad-csr at renewal": 400, "key-reused": 400, "device-revoked": 403}, statuses
+    assert {a.status_code for a in flood} == {401}
+
+    def one(event: str, **fields: str) -> dict:
+        found = [e for e in audit_events(verifier, event) if fields.items() <= e.items()]
+        assert len(found) == 1, (event, fields, audit_events(verifier, event))
+        assert found[0]["audit"] is True
+        return found[0]
+
+    one("enrollment_refused", device_id="kiosk-3", problem="bad-csr",
+        reason="the body is not a DER PKCS#10 certificate request (base64 of DER expected)")
+    one("enrollment_refused", device_id="kiosk-3", problem="bad-token", reason="this bootstrap token was already used")
+    one("enrollment_refused", device_id="kiosk-1", problem="device-revoked", reason="device revoked")
+    renewal = one("renewal_refused", device_id="kiosk-1", problem="bad-csr")
+    assert renewal["reason"] == "the certificate request's signature does not verify: make a new request"
+    one("renewal_refused", device_id="kiosk-1", problem="key-reused", reason="key reused")
+    # Requests without a token (anyone can send them): each counted, a few logged one by one, the rest summarised.
+    lines = [e for e in audit_events(verifier, "enrollment_refused") if e["reason"] == "token required"]
+    assert all(e["audit"] is True and e["problem"] == "token-required" and "device_id" not in e for e in lines)
+    assert 1 <= len(lines) < 13
+    assert len(lines) + summarised(verifier, "enrollment_refused: token required") == 13

@@ -25,7 +25,11 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: 
 
 
 class TokenError(Exception):
-    """The token is unknown, used or expired."""
+    """The token is unknown, used or expired; ``device_id`` is the id it was for, when it is known."""
+
+    def __init__(self, message: str, device_id: str = "") -> None:
+        super().__init__(message)
+        self.device_id = device_id
 
 
 class TokenLifetimeError(ValueError):
@@ -130,9 +134,9 @@ class BootstrapTokens:
             raise TokenError("unknown bootstrap token")
         device_id, expires_at, used_at = row
         if used_at is not None:
-            raise TokenError("this bootstrap token was already used")
+            raise TokenError("this bootstrap token was already used", str(device_id))
         if expires_at < time.time():
-            raise TokenError("this bootstrap token has expired")
+            raise TokenError("this bootstrap token has expired", str(device_id))
         return str(device_id)
 
     def consume(self, token: str) -> None:
