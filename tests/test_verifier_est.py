@@ -1,4 +1,4 @@
-"""EST refusals: cheap before costly, counted, audited.
+"""EST refusals: cheap before costly, counted, audited; and a token the operator can take back.
 
 A certificate request is judged by its size and by the key algorithm its
 SubjectPublicKeyInfo names before its key is decoded or its signature checked,
@@ -7,13 +7,14 @@ a large modulus) costs no public-key operation; which check refused it is in the
 answer's detail. Refused requests spend an allowance per token (enrollment) and
 per device (renewal), past which the next request is refused before it is looked
 at. Every refusal is an audit event naming the device when it is known. Real
-verifier processes on 127.0.0.1.
+verifier processes on 127.0.0.1, real `capture-verifier` commands.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 import ssl
 
@@ -29,7 +30,7 @@ from agent.identity import build_csr, generate_key
 from tests.conftest import raw_client_context
 from tests.test_verifier import device_files
 from tests.test_verifier_connections import log_events
-from tests.test_verifier_operator_cli import cli, rows
+from tests.test_verifier_operator_cli import cli, listed, refused, rows
 from verifier.store import open_database
 from verifier.tokens import BootstrapTokens
 
@@ -265,7 +266,7 @@ def test_every_est_refusal_is_an_audit_event_naming_the_device_and_the_reason(ve
         "bad-csr at renewal": post(device, verifier.url, RENEW, bad_csr()),
         "key-reused": post(device, verifier.url, RENEW, build_csr(identity.private_key(), "kiosk-1")),
     }
-    # A token issued before the id was revoked (`token new` refuses a revoked id; an older verifier did not).
+    # A token an older verifier issued before the id was revoked (`device revoke` now revokes tokens too).
     assert cli("device", "revoke", "--pki", str(verifier.pki_dir), "kiosk-1").returncode == 0
     conn = open_database(verifier.pki_dir / "verifier.sqlite")
     try:
@@ -299,3 +300,63 @@ def test_every_est_refusal_is_an_audit_event_naming_the_device_and_the_reason(ve
     assert all(e["audit"] is True and e["problem"] == "token-required" and "device_id" not in e for e in lines)
     assert 1 <= len(lines) < 13
     assert len(lines) + summarised(verifier, "enrollment_refused: token required") == 13
+
+
+# ---------------------------------------------------------------- finding 3: taking a token back
+
+
+def test_token_revoke_cancels_a_leaked_token_and_the_id_may_get_a_new_one(verifier) -> None:
+    pki = str(verifier.pki_dir)
+    anonymous, leaked = raw_client_context(verifier.pki_dir), verifier.new_token("kiosk-leak")
+    assert listed(verifier.pki_dir)["kiosk-leak"]["status"] == "pending"
+
+    done = cli("token", "revoke", "--pki", pki, "kiosk-leak")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("revoked 1 unused token of kiosk-leak"), done.stdout
+    audit = [json.loads(line) for line in done.stderr.splitlines() if '"token_revoked"' in line]
+    assert audit == [audit[0]] and audit[0]["audit"] is True and audit[0]["device_id"] == "kiosk-leak", done.stderr
+    assert "kiosk-leak" not in listed(verifier.pki_dir), "a revoked token leaves nothing pending"
+
+    problem = problem_of(post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=leaked))
+    assert (problem["_status"], problem["_slug"]) == (401, "bad-token"), problem
+    assert problem["detail"] == "this bootstrap token was revoked by the operator"
+
+    again = cli("token", "revoke", "--pki", pki, "kiosk-leak")
+    assert again.returncode == 0 and "nothing changed" in again.stdout, (again.stdout, again.stderr)
+    error, fix = refused(cli("token", "revoke", "--pki", pki, "kiosk-nobody"))
+    assert error == "error: no unused token names 'kiosk-nobody'"
+    assert "device list" in fix and "device revoke" in fix
+    error, _ = refused(cli("token", "revoke", "--pki", pki, "../kiosk"))
+    assert "is not a device id" in error
+
+    fresh = verifier.new_token("kiosk-leak")  # the id itself is still good
+    assert post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=fresh).status_code == 200
+    verifier.stop()
+    one = [e for e in audit_events(verifier, "enrollment_refused") if e.get("device_id") == "kiosk-leak"]
+    assert [e["reason"] for e in one] == ["this bootstrap token was revoked by the operator"], one
+
+
+def test_device_revoke_on_an_id_that_has_not_provisioned_revokes_its_tokens_and_the_id(verifier, provisioned):
+    pki = str(verifier.pki_dir)
+    anonymous = raw_client_context(verifier.pki_dir)
+    pending, reprovision = verifier.new_token("kiosk-pend"), verifier.new_token("kiosk-1")
+
+    done = cli("device", "revoke", "--pki", pki, "kiosk-pend")
+    assert done.returncode == 0, done.stderr  # it was "error: no active device 'kiosk-pend'"
+    assert "had not provisioned" in done.stdout and "1 unused token" in done.stdout, done.stdout
+    audit = [json.loads(line) for line in done.stderr.splitlines() if '"device_revoked"' in line]
+    assert len(audit) == 1 and audit[0]["audit"] is True and audit[0]["device_id"] == "kiosk-pend", done.stderr
+    assert audit[0]["tokens_revoked"] == 1 and audit[0]["provisioned"] is False
+    assert listed(verifier.pki_dir)["kiosk-pend"]["status"] == "revoked"
+    problem = problem_of(post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=pending))
+    assert (problem["_status"], problem["_slug"]) == (401, "bad-token"), problem
+    error, _ = refused(cli("token", "new", "--pki", pki, "--device", "kiosk-pend"))
+    assert "kiosk-pend is revoked" in error
+
+    # A provisioned device's unused re-provisioning token goes with it.
+    done = cli("device", "revoke", "--pki", pki, "kiosk-1")
+    assert done.returncode == 0 and done.stdout.strip() == "revoked kiosk-1 and its 1 unused token", done.stdout
+    problem = problem_of(post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=reprovision))
+    assert (problem["_status"], problem["_slug"]) == (401, "bad-token"), problem
+    # An id with neither a device nor a token is still a typo.
+    assert refused(cli("device", "revoke", "--pki", pki, "kiosk-nobody"))[0] == "error: no active device 'kiosk-nobody'"
