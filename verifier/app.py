@@ -109,13 +109,13 @@ class VerifierApp:
         self.ca = CertificateAuthority.load(settings.pki_dir)
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
+        # Refused EST requests per token and per device: past the allowance, refused before they are looked at.
+        self.est_refusals = RefusalLimit(settings.est_refusals_per_min, settings.lockout_base_s)
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
         self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
         self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
-        # Refused EST requests per token and per device: past the allowance, refused before they are looked at.
-        self.est_refusals = RefusalLimit(settings.est_refusals_per_min, settings.lockout_base_s)
         self._cacerts = _certs_body([self.ca.cert])
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
