@@ -133,11 +133,15 @@ def test_a_superseded_certificate_cannot_renew_and_renewals_are_rate_limited(tmp
 
 
 def off_curve_csr(device_id: str) -> bytes:
-    """A P-256 request relabelled as P-192: the load succeeds, the point is not on the curve it names."""
+    """A P-256 request whose point is moved off the curve (its y changed): the load succeeds, the key does not.
+
+    (Relabelled as another curve, it would now be refused before its key is decoded: only P-256 is.)
+    """
     der = build_csr(generate_key(), device_id)
-    prime256v1, prime192v1 = bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a8648ce3d030101")
-    assert der.count(prime256v1) == 1
-    return der.replace(prime256v1, prime192v1)
+    point = bytes.fromhex("06082a8648ce3d030107") + bytes.fromhex("03420004")  # prime256v1, then the point
+    assert der.count(point) == 1
+    y_last = der.index(point) + len(point) + 63
+    return der[:y_last] + bytes([der[y_last] ^ 1]) + der[y_last + 1 :]
 
 
 def test_a_request_whose_key_is_not_on_its_curve_is_a_400_bad_csr_at_enroll_and_renewal(

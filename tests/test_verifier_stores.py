@@ -41,6 +41,27 @@ def test_tokens_are_stored_hashed_single_use_and_expiring(conn) -> None:
         tokens.new("../etc")
 
 
+def test_a_database_from_before_tokens_were_revocable_gets_the_column_and_keeps_its_tokens(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:  # the tokens table as verifiers before `token revoke` made it
+        old.execute("CREATE TABLE tokens (token_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
+                    "expires_at REAL NOT NULL, used_at REAL)")
+        old.execute("INSERT INTO tokens VALUES (?, 'kiosk-1', ?, NULL)", (token_hash("t0ken"), time.time() + 600))
+    old.close()
+    conn = open_database(path)
+    try:
+        tokens = BootstrapTokens(conn)
+        assert tokens.peek("t0ken") == "kiosk-1" and list(tokens.pending()) == ["kiosk-1"]
+        assert tokens.revoke("kiosk-1") == 1 and tokens.pending() == {}
+        with pytest.raises(TokenError, match="revoked by the operator") as refused:
+            tokens.peek("t0ken")
+        assert refused.value.device_id == "kiosk-1"
+    finally:
+        conn.close()
+
+
 def test_bootstrap_tokens_never_start_with_a_dash(conn) -> None:
     """`provision --token TOKEN` would read a leading '-' as an option (1 token in 64 without the rule)."""
     tokens = [typeable_token() for _ in range(2000)]

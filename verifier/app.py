@@ -49,7 +49,8 @@ from verifier.idempotency import (
     sealing_key,
 )
 from verifier.matching import MatchingBusy, MatchPool, OverBudget
-from verifier.pki import CertificateAuthority, CSRError, parse_csr
+from verifier.pki import MAX_CSR_DER, CertificateAuthority, CSRError, parse_csr
+from verifier.policy import RefusalLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
@@ -65,6 +66,8 @@ PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
 DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
 DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
+MAX_CSR_BODY = 2 * MAX_CSR_DER  # an EST body: base64 of at most MAX_CSR_DER bytes, with line breaks to spare
+ENROLLMENT_REFUSED, RENEWAL_REFUSED = "enrollment_refused", "renewal_refused"  # the audit events of EST refusals
 
 
 @functools.lru_cache(maxsize=256)
@@ -83,6 +86,12 @@ def _certs_body(certs: list[x509.Certificate]) -> bytes:
 
 
 def _csr_from_body(body: bytes) -> bytes:
+    if len(body) > MAX_CSR_BODY:  # judged before decoding: the whole body was read under max_body_bytes only
+        raise Problem(
+            "bad-csr",
+            f"the body is larger than {MAX_CSR_BODY} bytes: base64 of a P-256 request is a few hundred",
+            "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2); make a new request",
+        )
     try:
         return base64.b64decode(b"".join(body.split()), validate=True)
     except binascii.Error:
@@ -100,6 +109,8 @@ class VerifierApp:
         self.ca = CertificateAuthority.load(settings.pki_dir)
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
+        # Refused EST requests per token and per device: past the allowance, refused before they are looked at.
+        self.est_refusals = RefusalLimit(settings.est_refusals_per_min, settings.lockout_base_s)
         self.audit = AuditLog(self.conn)
         self.biometric = BiometricRoutes(self.conn, settings)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
@@ -299,7 +310,7 @@ class VerifierApp:
         if request.device is not None:
             principal = request.device.device_id
         else:
-            principal = "token:" + token_hash(_bearer(request.headers))
+            principal = "token:" + token_hash(self._enrollment_token(request))
         req_hash = request_hash(request.method, request.path, request.body)
         self._housekeeping()
         self.conn.execute("BEGIN IMMEDIATE")
@@ -392,62 +403,109 @@ class VerifierApp:
         return Answer(200, "application/pkcs7-mime", self._cacerts)
 
     def simpleenroll(self, request: Request) -> Answer:
-        token = _bearer(request.headers)
+        """EST enrollment with a one-time token; a refused request never spends the token.
+
+        The token is looked up first (a hash and an indexed row), then the token's
+        allowance of refusals, then the id's status, then the request (cheapest
+        checks first: see :func:`verifier.pki.parse_csr`).
+        """
+        token = self._enrollment_token(request)
         try:
             device_id = self.tokens.peek(token)
         except TokenError as exc:
-            log.warning("enrollment_refused", audit=True, reason=str(exc))
-            raise Problem(
-                "bad-token",
+            raise self._est_refused(
+                ENROLLMENT_REFUSED,
+                Problem(
+                    "bad-token",
+                    str(exc),
+                    "ask for a new token (`capture-verifier token new`)",
+                    headers=((b"www-authenticate", b'Bearer error="invalid_token"'),),
+                ),
+                exc.device_id,
                 str(exc),
-                "ask for a new token (`capture-verifier token new`)",
-                headers=((b"www-authenticate", b'Bearer error="invalid_token"'),),
             ) from None
-        if device_id in {d["device_id"] for d in self.registry.list() if d["status"] == "revoked"}:
-            raise Problem(
-                "device-revoked",
-                f"device {device_id} is revoked",
-                "issue a token for a new device id",
+        # Per token, not per device id: the holder of one token cannot lock out the holder of another.
+        allowance = "token:" + token_hash(token)
+        self._est_allowance(
+            allowance,
+            ENROLLMENT_REFUSED,
+            device_id,
+            "device-rate-limited",
+            "too many refused enrollment requests with this token",
+            "wait, then provision once with the agent (`capture-agent provision`: a new EC P-256 key and its "
+            "request); a refused request is not repeated in a loop",
+        )
+        known = self.registry.status(device_id)
+        if known is not None and known[0] == "revoked":
+            raise self._est_refused(
+                ENROLLMENT_REFUSED,
+                Problem("device-revoked", f"device {device_id} is revoked", "issue a token for a new device id"),
+                device_id,
+                "device revoked",
+                spends=allowance,
             )
-        cert = self._sign(request.body, device_id)
+        csr = self._checked_csr(request.body, ENROLLMENT_REFUSED, device_id, allowance)
+        cert = self.ca.certify_device_key(csr.public_key(), device_id, self.settings.cert_days)
         self.tokens.consume(token)
         self.registry.record_certificate(device_id, cert, supersede=True)
         log.info("certificate_issued", audit=True, device_id=device_id, serial=format(cert.serial_number, "x"))
         return Answer(200, PKCS7_TYPE, _certs_body([cert]))
 
     def simplereenroll(self, request: Request) -> Answer:
+        """EST renewal: the device's allowance of refusals, its newest certificate and its renewal rate are checked
+        before its request is parsed, and the request is parsed once."""
         assert request.device is not None
         device_id = request.device.device_id
-        csr_der = _csr_from_body(request.body)
-        try:
-            new_key = spki_sha256_of_csr(csr_der)
-        except CSRError as exc:
-            raise Problem("bad-csr", str(exc), "make a new request") from None
-        if new_key in self.registry.current_spki(device_id):
-            raise Problem(
-                "key-reused",
-                "renewal must come with a new key pair",
-                "generate a new EC P-256 key for the renewal",
-            )
+        allowance = "device:" + device_id
+        self._est_allowance(
+            allowance,
+            RENEWAL_REFUSED,
+            device_id,
+            "renewal-rate-limited",
+            "too many refused renewal requests",
+            "renew with a new EC P-256 key at about two thirds of the certificate's life, not in a loop",
+        )
         if not self.registry.is_current(request.device.serial):
-            log.warning("renewal_refused", audit=True, device_id=device_id, reason="certificate superseded")
-            raise Problem(
-                "certificate-superseded",
-                "this certificate was replaced by a renewal; only the newest certificate may renew",
-                "renew with the device's newest certificate (the agent uses it after a renewal)",
+            raise self._est_refused(
+                RENEWAL_REFUSED,
+                Problem(
+                    "certificate-superseded",
+                    "this certificate was replaced by a renewal; only the newest certificate may renew",
+                    "renew with the device's newest certificate (the agent uses it after a renewal)",
+                ),
+                device_id,
+                "certificate superseded",
             )
         now = time.time()
         issued = self.registry.issued_since(device_id, now - 3600.0)
         if len(issued) >= self.settings.renewals_per_hour:
             wait = issued[0] + 3600.0 - now
-            log.warning("renewal_refused", audit=True, device_id=device_id, reason="renewal rate")
-            raise Problem(
-                "renewal-rate-limited",
-                f"device {device_id} had {len(issued)} certificates issued in the last hour; wait {wait:.0f} s",
-                "renew at about two thirds of the certificate's life, not in a loop",
-                headers=((b"retry-after", str(int(wait) + 1).encode()),),
+            raise self._est_refused(
+                RENEWAL_REFUSED,
+                Problem(
+                    "renewal-rate-limited",
+                    f"device {device_id} had {len(issued)} certificates issued in the last hour; wait {wait:.0f} s",
+                    "renew at about two thirds of the certificate's life, not in a loop",
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                device_id,
+                "renewal rate",
             )
-        cert = self._sign(request.body, device_id)
+        csr = self._checked_csr(request.body, RENEWAL_REFUSED, device_id, allowance)
+        public_key = csr.public_key()
+        if spki_sha256(public_key) in self.registry.current_spki(device_id):
+            raise self._est_refused(
+                RENEWAL_REFUSED,
+                Problem(
+                    "key-reused",
+                    "renewal must come with a new key pair",
+                    "generate a new EC P-256 key for the renewal",
+                ),
+                device_id,
+                "key reused",
+                spends=allowance,
+            )
+        cert = self.ca.certify_device_key(public_key, device_id, self.settings.cert_days)
         self.registry.record_certificate(device_id, cert, supersede=True)
         log.info(
             "certificate_renewed",
@@ -458,11 +516,63 @@ class VerifierApp:
         )
         return Answer(200, PKCS7_TYPE, _certs_body([cert]))
 
-    def _sign(self, body: bytes, device_id: str) -> x509.Certificate:
+    def _enrollment_token(self, request: Request) -> str:
+        """The one-time token of an enrollment; a request without one is refused (audited, flood-bounded)."""
         try:
-            return self.ca.issue_device_certificate(_csr_from_body(body), device_id, self.settings.cert_days)
+            return _bearer(request.headers)
+        except Problem as problem:
+            raise self._est_refused(ENROLLMENT_REFUSED, problem, "", "token required") from None
+
+    def _checked_csr(
+        self, body: bytes, event: str, device_id: str, allowance: str
+    ) -> x509.CertificateSigningRequest:
+        """The request the body carries, as the CA accepts it; a refusal is audited and spends the allowance."""
+        try:
+            return parse_csr(_csr_from_body(body))
         except CSRError as exc:
-            raise Problem("bad-csr", str(exc), "make a new request") from None
+            problem, reason = Problem("bad-csr", str(exc), "make a new request"), str(exc)
+        except Problem as exc:
+            problem, reason = exc, exc.detail
+        raise self._est_refused(event, problem, device_id, reason, spends=allowance)
+
+    def _est_allowance(self, allowance: str, event: str, device_id: str, slug: str, detail: str, fix: str) -> None:
+        """429 with Retry-After, before the request is looked at, while ``allowance`` has spent its refusals."""
+        wait = self.est_refusals.wait(allowance)
+        if wait > 0:
+            raise self._est_refused(
+                event,
+                Problem(
+                    slug,
+                    f"device {device_id}: {detail}; wait {wait:.0f} s",
+                    fix,
+                    headers=((b"retry-after", str(int(wait) + 1).encode()),),
+                ),
+                device_id,
+                "too many refused requests",
+                wait_s=round(wait, 1),
+            )
+
+    def _est_refused(
+        self, event: str, problem: Problem, device_id: str, reason: str, *, spends: str = "", **fields: Any
+    ) -> Problem:
+        """A refused EST request: an audit event (invariant 5) naming the device when it is known, and the reason.
+
+        ``spends``: the allowance (a token's, a device's) the refusal is counted
+        against. Those refusals are logged one by one: past the allowance the next
+        requests are refused before they are looked at. The others can be repeated
+        without bound (no token at all, an unknown or spent token, a superseded
+        certificate, a renewal past its rate, a request past its allowance) and go
+        through the flood summary, so that under a flood the log stays bounded
+        while every refusal is still counted.
+        """
+        if device_id:
+            fields["device_id"] = device_id
+        if spends:
+            self.est_refusals.refused(spends)
+            log.warning(event, audit=True, reason=reason, status=problem.status, problem=problem.slug, **fields)
+        else:
+            self.flood_events.note(event, reason, status=problem.status, problem=problem.slug, **fields)
+        return problem
 
     def health(self, request: Request) -> Answer:
         assert request.device is not None
@@ -486,10 +596,6 @@ class VerifierApp:
             ) from None
         receipt = EventsReceipt(result.accepted, result.duplicates, result.anomalies)
         return json_answer(200, receipt.json())
-
-
-def spki_sha256_of_csr(csr_der: bytes) -> str:
-    return spki_sha256(parse_csr(csr_der).public_key())
 
 
 def _bearer(headers: dict[str, str]) -> str:

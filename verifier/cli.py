@@ -2,6 +2,7 @@
 
 capture-verifier pki init DIR
 capture-verifier token new --pki DIR [--device ID] [--ttl 24h]   (1 minute to 30 days)
+capture-verifier token revoke --pki DIR ID
 capture-verifier device list --pki DIR
 capture-verifier device revoke --pki DIR ID
 capture-verifier device allow --pki DIR ID [--operations verify,identify] [--groups staff,visitors]
@@ -191,19 +192,72 @@ def cmd_device_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke a device id's unused tokens (one leaked, a visit cancelled); the id may get a new token afterwards."""
+    _device_id_argument(args.device_id)
+    _, tokens, registry = _app_store(settings_from(args))
+    revoked = tokens.revoke(args.device_id)
+    if revoked:
+        structlog.get_logger().info("token_revoked", audit=True, device_id=args.device_id, tokens=revoked)
+        print(f"revoked {_count(revoked, 'unused token')} of {args.device_id}: provisioning with "
+              f"{'it' if revoked == 1 else 'them'} is refused from now on")
+        return 0
+    if tokens.revoked(args.device_id):
+        print(f"{args.device_id} has no unused token left to revoke (revoked before); nothing changed")
+        return 0
+    known = registry.status(args.device_id)
+    raise CLIError(
+        f"no unused token names {args.device_id!r}"
+        + (f" ({args.device_id} is a provisioned device, {known[0]})" if known is not None else ""),
+        fix="check the id with `capture-verifier device list --pki DIR` (an id with an unused token is `pending`); "
+        "to stop a provisioned device, `capture-verifier device revoke --pki DIR ID`",
+    )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _device_id_argument(device_id: str) -> str:
+    from verifier.tokens import DEVICE_ID
+
+    if not DEVICE_ID.fullmatch(device_id):
+        raise CLIError(
+            f"{device_id!r} is not a device id",
+            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return device_id
+
+
 def cmd_device_revoke(args: argparse.Namespace) -> int:
-    """Revoke a device; revoking it again changes nothing and says so (exit 0: the device is revoked, as asked)."""
-    _, _, registry = _app_store(settings_from(args))
+    """Revoke a device and its unused tokens; revoking it again changes nothing and says so (exit 0).
+
+    An id that has not provisioned yet but has a token (`pending`) is revoked too:
+    its tokens are refused from now on and the id stays revoked, like any revoked
+    device's (`token revoke` cancels the tokens alone and keeps the id usable).
+    """
+    _, tokens, registry = _app_store(settings_from(args))
     known = registry.status(args.device_id)
     if known is not None and known[0] == "revoked":
         since = f" since {_iso(known[1])}" if known[1] is not None else ""
         structlog.get_logger().info("device_already_revoked", device_id=args.device_id)
         print(f"{args.device_id} is already revoked{since}; nothing changed")
         return 0
+    if known is None and args.device_id in tokens.pending():
+        _device_id_argument(args.device_id)
+        registry.revoke_unprovisioned(args.device_id)
+        revoked = tokens.revoke(args.device_id)
+        structlog.get_logger().info(
+            "device_revoked", audit=True, device_id=args.device_id, provisioned=False, tokens_revoked=revoked
+        )
+        print(f"revoked {args.device_id}, which had not provisioned: its {_count(revoked, 'unused token')} "
+              f"{'is' if revoked == 1 else 'are'} refused from now on, and the id stays revoked")
+        return 0
     if not registry.revoke(args.device_id):
         raise CLIError(f"no active device {args.device_id!r}", fix="see `capture-verifier device list --pki DIR`")
-    structlog.get_logger().info("device_revoked", audit=True, device_id=args.device_id)
-    print(f"revoked {args.device_id}")
+    revoked = tokens.revoke(args.device_id)  # a re-provisioning token issued before: refused from now on too
+    structlog.get_logger().info("device_revoked", audit=True, device_id=args.device_id, tokens_revoked=revoked)
+    print(f"revoked {args.device_id}" + (f" and its {_count(revoked, 'unused token')}" if revoked else ""))
     return 0
 
 
@@ -260,13 +314,7 @@ def _device_to_rule(device_id: str, registry: DeviceRegistry, tokens: BootstrapT
     device never runs without its rule); for any other unknown id it is a typo that
     would leave the real device on the default, everything allowed.
     """
-    from verifier.tokens import DEVICE_ID
-
-    if not DEVICE_ID.fullmatch(device_id):
-        raise CLIError(
-            f"{device_id!r} is not a device id",
-            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
+    _device_id_argument(device_id)
     known = registry.status(device_id)
     if known is not None:
         return f"note: {device_id} is revoked; the rule applies to nothing" if known[0] == "revoked" else ""
@@ -454,10 +502,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=parse_duration, default=24 * 3600.0, help="lifetime from 1m to 30d, e.g. 30m, 24h (default 24h)"
     )
     new.set_defaults(run=cmd_token_new)
+    token_revoke = with_pki(
+        token.add_parser(
+            "revoke",
+            help="revoke a device id's unused tokens (one that leaked, a visit cancelled); the id may get a new one",
+        )
+    )
+    token_revoke.add_argument("device_id")
+    token_revoke.set_defaults(run=cmd_token_revoke)
 
     device = sub.add_parser("device", help="the device registry").add_subparsers(dest="device_command", required=True)
     with_pki(device.add_parser("list", help="list devices")).set_defaults(run=cmd_device_list)
-    revoke = with_pki(device.add_parser("revoke", help="revoke a device: its certificates stop working"))
+    revoke = with_pki(
+        device.add_parser(
+            "revoke",
+            help="revoke a device: its certificates stop working and its unused tokens too (a device that has "
+            "not provisioned yet: its tokens); the id stays revoked",
+        )
+    )
     revoke.add_argument("device_id")
     revoke.set_defaults(run=cmd_device_revoke)
     allow = with_pki(

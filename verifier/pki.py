@@ -193,31 +193,90 @@ class CertificateAuthority:
 
     def issue_device_certificate(self, csr_der: bytes, device_id: str, days: float) -> x509.Certificate:
         """Sign a device's CSR. The subject is the device id the verifier chose, not the CSR's."""
-        csr = parse_csr(csr_der)
+        return self.certify_device_key(parse_csr(csr_der).public_key(), device_id, days)
+
+    def certify_device_key(self, public_key: object, device_id: str, days: float) -> x509.Certificate:
+        """A device certificate for the key of a request :func:`parse_csr` accepted (parsed once, signed once)."""
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+            raise CSRError(_NOT_P256)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-        public_key = csr.public_key()
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)  # checked by parse_csr
         return self._leaf(subject, public_key, days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(self.key, hashes.SHA256())
 
 
+# What the CA signs: an EC key on P-256 (named curve). The SubjectPublicKeyInfo's AlgorithmIdentifier is then
+# exactly these bytes (RFC 5480: id-ecPublicKey, namedCurve prime256v1), so a request is judged by a comparison
+# before its key is decoded or its signature checked: a key of another kind (RSA with a huge exponent, DSA with a
+# 10,000-bit modulus) would cost a public-key operation of its own size on the event loop.
+P256_ALGORITHM = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")
+# A P-256 request is a few hundred bytes (the agent's: about 230, its 64-character device id at most included);
+# anything much larger is not one.
+MAX_CSR_DER = 2048
+
+_NOT_DER = "the body is not a DER PKCS#10 certificate request (base64 of DER expected)"
+_NOT_P256 = "only EC P-256 keys are accepted: generate the device key on curve P-256"
+TOO_LARGE = f"the certificate request is larger than {MAX_CSR_DER} bytes: a P-256 request is a few hundred"
+
+
+def _element(der: bytes, at: int, end: int) -> tuple[int, int, int]:
+    """(tag, start of the contents, end) of the DER element at ``at`` within ``der[:end]``; ValueError if cut."""
+    if at + 2 > end:
+        raise ValueError("cut")
+    tag, first, at = der[at], der[at + 1], at + 2
+    if first & 0x80:
+        count = first & 0x7F
+        if not 0 < count <= 4 or at + count > end:
+            raise ValueError("bad length")
+        length, at = int.from_bytes(der[at : at + count], "big"), at + count
+    else:
+        length = first
+    if at + length > end:
+        raise ValueError("cut")
+    return tag, at, at + length
+
+
+def spki_algorithm(csr: x509.CertificateSigningRequest) -> bytes:
+    """The DER AlgorithmIdentifier of the request's SubjectPublicKeyInfo, read without decoding the key.
+
+    CertificationRequestInfo ::= SEQUENCE { version INTEGER, subject Name,
+    subjectPKInfo SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }, ... } (RFC 2986).
+    """
+    info = csr.tbs_certrequest_bytes
+    _, at, end = _element(info, 0, len(info))
+    _, _, at = _element(info, at, end)  # version
+    _, _, at = _element(info, at, end)  # subject
+    _, spki, spki_end = _element(info, at, end)
+    _, _, algorithm_end = _element(info, spki, spki_end)
+    return info[spki:algorithm_end]
+
+
 def parse_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
-    """A PKCS#10 request the CA accepts: well-formed, self-signed, EC P-256."""
+    """A PKCS#10 request the CA accepts: small, EC P-256, well-formed, self-signed.
+
+    Cheapest first: the size, the structure, the key's algorithm and curve as the
+    SubjectPublicKeyInfo names them; only a P-256 key is then decoded and its
+    signature checked (both cost a fraction of a millisecond for P-256).
+    """
+    if len(csr_der) > MAX_CSR_DER:
+        raise CSRError(TOO_LARGE)
     try:
         csr = x509.load_der_x509_csr(csr_der)
+        algorithm = spki_algorithm(csr)
     except ValueError:
-        raise CSRError("the body is not a DER PKCS#10 certificate request (base64 of DER expected)") from None
-    # The key is only decoded here (the load above does not): a point off its curve, or a key or signature
-    # algorithm the library does not know, raises from these, and is the request's fault like a bad load.
+        raise CSRError(_NOT_DER) from None
+    if algorithm != P256_ALGORITHM:
+        raise CSRError(_NOT_P256)
+    # The key is only decoded here (the load above does not): a point off its curve, or a signature algorithm
+    # the library does not know, raises from these, and is the request's fault like a bad load.
     try:
         key = csr.public_key()
         signed = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm):
         raise CSRError("the certificate request's public key is not a valid key: generate a new EC P-256 key "
                        "and make a new request") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CSRError(_NOT_P256)  # cannot happen after the comparison above; kept as the CA's own check
     if not signed:
         raise CSRError("the certificate request's signature does not verify: make a new request")
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise CSRError("only EC P-256 keys are accepted: generate the device key on curve P-256")
     return csr
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from protocol.endpoints import GROUP_NAME, OPERATIONS
 
-__all__ = ["GROUP_NAME", "OPERATIONS", "AccessRules", "Lockouts", "RateLimit"]
+__all__ = ["GROUP_NAME", "OPERATIONS", "AccessRules", "Lockouts", "RateLimit", "RefusalLimit"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_rules (
@@ -233,6 +233,48 @@ class RateLimit:
         recent.append(now)
         self._recent[key] = recent
         return 0.0
+
+
+@dataclass
+class RefusalLimit:
+    """At most ``per_minute`` refused requests per key; then the key waits ``base_s``, doubling with each breach.
+
+    For requests whose refusal is the cheap outcome and whose repetition is the
+    cost (EST: a device or a token's holder sending bad certificate requests):
+    :meth:`wait` is asked before the request is looked at, :meth:`refused` told
+    after it was refused, so the request after the allowance is turned away
+    before any of its work. Accepted requests are not counted. In memory, like
+    :class:`RateLimit`.
+    """
+
+    per_minute: int = 10
+    base_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        self._recent: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._breaches: dict[str, int] = {}
+
+    def wait(self, key: str, now: float | None = None) -> float:
+        """Seconds the key must wait before a request of it is looked at (0: go ahead)."""
+        now = now or time.time()
+        wait = self._locked_until.get(key, 0.0) - now
+        if wait > 0:
+            return wait
+        recent = self._recent.get(key)
+        while recent and recent[0] <= now - 60.0:
+            recent.popleft()
+        if recent is None or len(recent) < self.per_minute:
+            return 0.0
+        breaches = self._breaches.get(key, 0)
+        self._breaches[key] = breaches + 1
+        self._locked_until[key] = now + self.base_s * 2**breaches
+        recent.clear()
+        return self.base_s * 2**breaches
+
+    def refused(self, key: str, now: float | None = None) -> None:
+        """Count a refused request of the key."""
+        self._recent.setdefault(key, deque()).append(now or time.time())
 
 
 @dataclass

@@ -141,6 +141,14 @@ class DeviceRegistry:
             == 1
         )
 
+    def revoke_unprovisioned(self, device_id: str) -> None:
+        """Record an id that never provisioned as revoked (its token leaked): no certificate is ever issued to it."""
+        now = time.time()
+        self.conn.execute(
+            "INSERT INTO devices (device_id, status, created_at, revoked_at) VALUES (?, 'revoked', ?, ?)",
+            (device_id, now, now),
+        )
+
     def list(self) -> list[dict]:
         rows = self.conn.execute(
             "SELECT d.device_id, d.status, COUNT(c.serial), MAX(c.not_after) FROM devices d "

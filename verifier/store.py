@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     token_hash  TEXT PRIMARY KEY,          -- SHA-256 of the token; the token itself is never stored
     device_id   TEXT NOT NULL,
     expires_at  REAL NOT NULL,
-    used_at     REAL
+    used_at     REAL,
+    revoked_at  REAL                       -- the operator revoked it unused (`token revoke`, `device revoke`)
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id   TEXT PRIMARY KEY,
@@ -58,5 +59,7 @@ def open_database(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
+    if "revoked_at" not in {row[1] for row in conn.execute("PRAGMA table_info(tokens)")}:
+        conn.execute("ALTER TABLE tokens ADD COLUMN revoked_at REAL")  # databases from before tokens were revocable
     path.chmod(0o600)
     return conn

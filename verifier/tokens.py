@@ -3,7 +3,8 @@
 A token is 256 random bits shown once to the installer; only its SHA-256 is
 stored, so a copy of the database does not hold usable tokens. It is bound to one
 device id, expires, and is consumed in the same transaction that issues the
-certificate.
+certificate. The operator may revoke a device id's unused tokens (a token that
+leaked, a visit cancelled): they are refused from then on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: 
 
 
 class TokenError(Exception):
-    """The token is unknown, used or expired."""
+    """The token is unknown, used, revoked or expired; ``device_id`` is the id it was for, when it is known."""
+
+    def __init__(self, message: str, device_id: str = "") -> None:
+        super().__init__(message)
+        self.device_id = device_id
 
 
 class TokenLifetimeError(ValueError):
@@ -115,8 +120,8 @@ class BootstrapTokens:
     def pending(self) -> dict[str, float]:
         """Device ids with an unused, unexpired token: the latest expiry of each (devices yet to provision)."""
         rows = self.conn.execute(
-            "SELECT device_id, MAX(expires_at) FROM tokens WHERE used_at IS NULL AND expires_at > ? "
-            "GROUP BY device_id",
+            "SELECT device_id, MAX(expires_at) FROM tokens WHERE used_at IS NULL AND revoked_at IS NULL "
+            "AND expires_at > ? GROUP BY device_id",
             (time.time(),),
         ).fetchall()
         return {str(device): float(expires) for device, expires in rows}
@@ -124,22 +129,40 @@ class BootstrapTokens:
     def peek(self, token: str) -> str:
         """The device id a valid, unused token is for (does not consume it)."""
         row = self.conn.execute(
-            "SELECT device_id, expires_at, used_at FROM tokens WHERE token_hash = ?", (token_hash(token),)
+            "SELECT device_id, expires_at, used_at, revoked_at FROM tokens WHERE token_hash = ?", (token_hash(token),)
         ).fetchone()
         if row is None:
             raise TokenError("unknown bootstrap token")
-        device_id, expires_at, used_at = row
+        device_id, expires_at, used_at, revoked_at = row
         if used_at is not None:
-            raise TokenError("this bootstrap token was already used")
+            raise TokenError("this bootstrap token was already used", str(device_id))
+        if revoked_at is not None:
+            raise TokenError("this bootstrap token was revoked by the operator", str(device_id))
         if expires_at < time.time():
-            raise TokenError("this bootstrap token has expired")
+            raise TokenError("this bootstrap token has expired", str(device_id))
         return str(device_id)
 
     def consume(self, token: str) -> None:
         """Mark used; call inside the transaction that records the issued certificate."""
         updated = self.conn.execute(
-            "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+            "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL",
             (time.time(), token_hash(token)),
         ).rowcount
         if updated != 1:
             raise TokenError("this bootstrap token was already used")
+
+    def revoke(self, device_id: str) -> int:
+        """Revoke every unused token of a device id (expired ones too); how many were revoked."""
+        return int(
+            self.conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE device_id = ? AND used_at IS NULL AND revoked_at IS NULL",
+                (time.time(), device_id),
+            ).rowcount
+        )
+
+    def revoked(self, device_id: str) -> int:
+        """How many of a device id's tokens the operator revoked before they were used."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM tokens WHERE device_id = ? AND revoked_at IS NOT NULL", (device_id,)
+        ).fetchone()
+        return int(row[0])
