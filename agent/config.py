@@ -9,7 +9,6 @@ every bad value stops the agent at start, with the key, the value and the fix.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import os
 import tomllib
@@ -21,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from protocol.wire import NotBase64Error, b64decode_strict
 
 DEFAULT_CONFIG_PATH = Path("/etc/capture-agent/agent.toml")
 CONFIG_ENV = "CAPTURE_AGENT_CONFIG"
@@ -56,8 +56,8 @@ def normalise_spki_pin(value: str) -> str | None:
     if not text:
         return ""
     try:
-        digest = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
+        digest = b64decode_strict(text + "=" * (-len(text) % 4))
+    except NotBase64Error:
         return None
     return base64.b64encode(digest).decode("ascii") if len(digest) == 32 else None
 

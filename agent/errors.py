@@ -10,6 +10,11 @@ the agent decides on the class, never on the verifier's English text.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protocol.messages import EnrollmentGrant
+
 
 class AgentError(Exception):
     """Base of every error the agent reports to a person."""
@@ -148,6 +153,26 @@ class VerificationRequiredError(SubjectError):
 
 class SessionTokenRefusedError(SubjectError):
     """The session token is not a live token of this subject from this device."""
+
+
+class FactorNotEnrolledError(SubjectError):
+    """The subject's factor rule needs a factor they never enrolled; the one sent matched.
+
+    Not a decision: the problem carries an enrollment token for the missing factor
+    only (:meth:`grant`), which an ``enroll --add`` of that factor sends as its
+    session token; nothing else accepts it.
+    """
+
+    def grant(self) -> EnrollmentGrant:
+        """The enrollment token the answer carries; :class:`AnswerError` when it is malformed."""
+        from protocol.messages import EnrollmentGrant
+        from protocol.wire import WireError
+
+        try:
+            return EnrollmentGrant.from_problem(self.problem)
+        except WireError as exc:
+            raise AnswerError(f"the verifier's factor-not-enrolled answer is not the protocol's: {exc}",
+                              fix="use a verifier of the same protocol version") from None
 
 
 class StepUpRequiredError(VerifierError):

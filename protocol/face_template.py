@@ -23,12 +23,13 @@ the same checks, so no malformed record is ever made. Pure: struct and math.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from protocol.wire import NotBase64Error, b64decode_strict
 
 FORMAT = "face-embedding"
 MAGIC = b"FEMB"
@@ -190,8 +191,8 @@ def face_records_of(items: object) -> list[bytes]:
         if not isinstance(item, dict) or item.get("format") != FORMAT or not isinstance(item.get("data"), str):
             raise FaceTemplateError(f"faces[{index}] is not a {FORMAT} template", f"faces[{index}]")
         try:
-            record = base64.b64decode(item["data"], validate=True)
-        except binascii.Error:
+            record = b64decode_strict(item["data"])
+        except NotBase64Error:
             raise FaceTemplateError(f"faces[{index}]: the data is not base64", f"faces[{index}]") from None
         try:
             decode(record)

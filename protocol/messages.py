@@ -237,6 +237,28 @@ class StepUp:
 
 
 @dataclass(frozen=True)
+class EnrollmentGrant:
+    """A ``factor-not-enrolled`` answer's token: it enrolls ``factor`` for the subject, once, and nothing else.
+
+    Sent as an enrollment's ``session_token`` (the verifier tells the two apart by
+    what it stored); it is no decision and no session.
+    """
+
+    factor: str
+    token: str = field(repr=False)
+    expires_in: float
+
+    @classmethod
+    def from_problem(cls, problem: dict[str, Any]) -> EnrollmentGrant:
+        what = "the factor-not-enrolled answer"
+        factor = _field(problem, "factor", str, what)
+        if factor not in FACTORS:
+            raise WireError(f"{what}: factor {factor!r} is not one of {', '.join(FACTORS)}")
+        expires_in = float(_field(problem, "expires_in", (int, float), what))
+        return cls(factor, _field(problem, "enrollment_token", str, what), expires_in)
+
+
+@dataclass(frozen=True)
 class Candidate:
     subject: str
     score: float

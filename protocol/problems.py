@@ -119,6 +119,9 @@ _ENTRIES = (
                 "a new finger needs a new enrollment by the operator"),
     ProblemType("duplicate-identity", 409, "Already enrolled as another subject", "SubjectError",
                 "verify the person under their existing id; ask the operator if the match is wrong"),
+    ProblemType("factor-not-enrolled", 403, "A factor the rule needs is not enrolled", "FactorNotEnrolledError",
+                "enroll the missing factor with the answer's enrollment_token: "
+                "capture-agent enroll [--face] --subject ID --add"),
     ProblemType("face-not-enrolled", 404, "No face enrolled for the subject", "UnknownSubjectError",
                 "enroll a face after the person verifies: capture-agent enroll --face --subject ID --add"),
     ProblemType("liveness-mismatch", 400, "Liveness challenge is not the nonce's", "BadRequestError",

@@ -14,14 +14,13 @@ replayed finds its nonce spent.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from protocol.wire import canonical_json
+from protocol.wire import NotBase64Error, b64decode_strict, canonical_json
 
 SIGNATURE_FIELD = "signature"
 
@@ -47,8 +46,8 @@ def check_signature(public_key: Any, method: str, path: str, body: dict[str, Any
     if not isinstance(text, str):
         raise SignatureError("the body has no device signature")
     try:
-        signature = base64.b64decode(text, validate=True)
-    except binascii.Error:
+        signature = b64decode_strict(text)
+    except NotBase64Error:
         raise SignatureError("the signature is not base64") from None
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise SignatureError("the client certificate's key is not an EC key")

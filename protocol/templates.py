@@ -10,8 +10,9 @@ keep to be accepted.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
+
+from protocol.wire import NotBase64Error, b64decode_strict
 
 ISO19794_2 = "iso19794-2:2005"  # ISO/IEC 19794-2:2005 finger minutiae record
 MAX_TEMPLATES = 10  # records per request
@@ -48,8 +49,8 @@ def records_of(items: Any, fmt: str = ISO19794_2) -> list[bytes]:
         if not isinstance(item, dict) or item.get("format") != fmt:
             raise TemplateWireError(f"templates[{index}] is not a {fmt} template", f"templates[{index}]")
         try:
-            records.append(base64.b64decode(str(item.get("data", "")), validate=True))
-        except binascii.Error:
+            records.append(b64decode_strict(str(item.get("data", ""))))
+        except NotBase64Error:
             raise TemplateWireError(f"templates[{index}]: the data is not base64", f"templates[{index}]") from None
     return records
 

@@ -21,6 +21,8 @@ stored, hashed or logged, instead of here with a typed error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -36,6 +38,27 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 class WireError(ValueError):
     """Bytes that are not the protocol's JSON; the message says what is wrong."""
+
+
+class NotBase64Error(ValueError):
+    """Text that is not strict standard base64; the message says why (never repeats the text)."""
+
+
+def b64decode_strict(text: str | bytes) -> bytes:
+    """Standard base64 (padding required, no other character) to bytes; anything else is a :class:`NotBase64Error`.
+
+    The one strict decoder of both sides. Why: ``base64.b64decode(validate=True)``
+    raises ``binascii.Error`` for a wrong alphabet or padding, but a plain
+    ``ValueError`` for a ``str`` holding a non-ASCII character ("é", "–"): a caller
+    catching only ``binascii.Error`` lets it through as an untyped failure (a 500
+    on the verifier, a raw traceback from the agent's config).
+    """
+    if isinstance(text, str) and not text.isascii():
+        raise NotBase64Error("not base64: a character outside ASCII")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise NotBase64Error(f"not base64: {exc}") from None
 
 
 def canonical_json(value: Any) -> bytes:

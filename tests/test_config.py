@@ -12,7 +12,7 @@ from agent.errors import ConfigError
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "agent.toml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -51,6 +51,9 @@ def test_file_values_are_loaded_and_typed(tmp_path: Path) -> None:
         ('[agent]\nstate_dir = "relative/dir"\n', "bad value [agent] state_dir"),
         ("[network]\nretries = true\n", "bad value [network] retries = True"),
         ("network = 3\n", "[network] must be a table"),
+        # Non-ASCII in the pin (a dash turned into "–" by a word processor): base64 raised a plain ValueError.
+        ('[verifier]\nspki_pin = "\u2013abcdefghijklmnopqrstuvwxyz0123456789ABCD="\n', "bad value [verifier] spki_pin"),
+        ('[verifier]\nspki_pin = "\u00e9"\n', "bad value [verifier] spki_pin"),
     ],
 )
 def test_bad_config_names_key_value_and_fix(tmp_path: Path, text: str, needle: str) -> None:
@@ -76,6 +79,8 @@ def test_overrides_are_validated_like_the_file() -> None:
     assert config.with_overrides(verifier={"url": "https://h:1"}).verifier.url == "https://h:1"
     with pytest.raises(ConfigError):
         config.with_overrides(verifier={"url": "ftp://h"})
+    with pytest.raises(ConfigError, match="spki_pin"):  # non-ASCII: a typed error, not base64's bare ValueError
+        config.with_overrides(verifier={"spki_pin": "AAAA\u2013AAA="})
 
 
 def test_config_is_frozen() -> None:

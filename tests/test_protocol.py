@@ -14,7 +14,7 @@ from protocol import endpoints
 from protocol.messages import ChallengeRequest, Decision
 from protocol.problems import REGISTRY
 from protocol.signing import SignatureError, canonical_request, check_signature, sign_request
-from protocol.wire import MAX_DEPTH, WireError, canonical_json, loads
+from protocol.wire import MAX_DEPTH, NotBase64Error, WireError, b64decode_strict, canonical_json, loads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,21 @@ def test_a_signature_covers_path_and_body() -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(SignatureError):
         check_signature(other.public_key(), "POST", "/v1/verifications", signed)
+
+
+@pytest.mark.parametrize("text", ["AA\u00e9A", "\u2013", "AAAA\u2013AAA=", "not base64!", "AAA", b"AA\xe9A"])
+def test_strict_base64_refuses_non_ascii_with_its_typed_error(text: str | bytes) -> None:
+    """base64.b64decode(validate=True) raises a bare ValueError (not binascii.Error) for a non-ASCII str."""
+    with pytest.raises(NotBase64Error, match="not base64"):
+        b64decode_strict(text)
+    assert b64decode_strict("AAEC") == b64decode_strict(b"AAEC") == b"\x00\x01\x02"
+
+
+def test_a_non_ascii_signature_is_a_signature_error() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {"nonce": "n", "signature": "MEUC\u2013IQ=="}
+    with pytest.raises(SignatureError, match="not base64"):
+        check_signature(key.public_key(), "POST", endpoints.VERIFICATIONS, body)
 
 
 def test_strict_json_refuses_duplicates_and_depth_without_recursion_error() -> None:

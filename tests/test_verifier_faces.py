@@ -173,8 +173,8 @@ def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_fa
 ) -> None:
     t = synthetic_templates
 
-    async def enroll(client):
-        await VerifierAPI(client).enroll("alice", [encode_finger(x) for x in t[0][:2]])
+    async def enroll(client):  # fingers and a face: a subject with no face gets no step-up asking one
+        await enroll_fingers_then_face(VerifierAPI(client), t)  # (tests/test_verifier_missing_factor.py)
 
     device.run(enroll)  # first: `subject require` refuses an id nobody is enrolled under (a typo protects nobody)
     verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")

@@ -114,6 +114,14 @@ def test_malformed_templates_on_every_route_are_audited_refusals_naming_the_fix(
             Case("enroll: embedding of the wrong length", enrollments("carol"),
                  {"faces": wire_faces([short])},
                  "bad-template", face_fix, "malformed face template", "faces[0]", short),
+            # Non-ASCII inside base64 ("é", "–"): base64.b64decode raises a plain ValueError for such a str,
+            # not binascii.Error; it was a 500, unaudited.
+            Case("verify: non-ASCII in a template's base64", endpoints.VERIFICATIONS,
+                 {"subject": "alice", "templates": [{"format": "iso19794-2:2005", "data": "AA\u00e9A"}]},
+                 "bad-template", finger_fix, "malformed fingerprint template", "templates[0]"),
+            Case("enroll: non-ASCII in a face's base64", enrollments("erin"),
+                 {"faces": [{"format": "face-embedding", "data": "RkVN\u2013Qg=="}]},
+                 "bad-template", face_fix, "malformed face template", "faces[0]"),
             Case("identify: fingers and faces together", endpoints.IDENTIFICATIONS,
                  {"templates": [wire_template(good)], "faces": wire_faces([capture(1, 1)])},
                  "bad-template", "its own request", "fingers and faces in one request", ""),
@@ -184,3 +192,27 @@ def test_bodies_that_do_not_parse_spend_the_device_rate_and_are_audited(tmp_path
         events = [e for e in audit(local) if e.get("event") == "biometric_request_refused"]
     assert answers == [(400, "bad-json")] * 3 + [(429, "device-rate-limited")], answers
     assert [e["reason"] for e in events] == ["body not protocol JSON"] * 3 + ["device rate limit"]
+
+
+def test_a_signature_that_is_not_ascii_is_an_audited_bad_signature(provisioned, verifier) -> None:
+    """A signature field holding "é" or "–" is checked before the signature itself, so any device with a valid
+    certificate could send it: a 401 ``bad-signature`` audited as a refused request (it was a 500, unaudited)."""
+    device = Device(*provisioned)
+
+    async def steps(client):
+        answers = []
+        for signature in ("\u00e9", "MEUC\u2013IQ=="):
+            nonce = (await client.call("POST", endpoints.CHALLENGES, json={}))["nonce"]
+            body = {"nonce": nonce, "subject": "alice", "faces": wire_faces([capture(1, 0)]), "signature": signature}
+            response = await client.request("POST", endpoints.VERIFICATIONS, json=body)
+            answers.append((response.status_code, response.json()["type"].rsplit("/", 1)[-1], response.json()))
+        return answers
+
+    answers = device.run(steps)
+    assert [(status, slug) for status, slug, _ in answers] == [(401, "bad-signature")] * 2, answers
+    assert all("not base64" in problem["detail"] for _, _, problem in answers), answers
+    refused = [e for e in audit(verifier) if e.get("event") == "biometric_request_refused"
+               and e["path"] == endpoints.VERIFICATIONS and e["audit"] is True]
+    assert [e["status"] for e in refused] == [401, 401], refused
+    assert all("not base64" in e["reason"] and e["device_id"] == device.identity.device_id for e in refused), refused
+    assert "request_failed" not in verifier.log_path.read_text()

@@ -196,6 +196,33 @@ def test_session_tokens_are_hashed_bound_to_device_and_short_lived(conn) -> None
     assert tokens.check(short["token"], "kiosk-1") is None  # past its lifetime
 
 
+def test_an_enrollment_token_is_no_session_token(conn) -> None:
+    """A token scoped to enrolling one factor is found, taken and given back only under its scope; a database from
+    before scopes gets the column, its tokens being sessions'."""
+    import sqlite3
+
+    from verifier.sessions import SESSION, SessionTokens, enroll_scope
+
+    old = sqlite3.connect(":memory:", isolation_level=None)
+    old.execute("CREATE TABLE session_tokens (token_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
+                "subject_id TEXT NOT NULL, expires_at REAL NOT NULL)")
+    old.execute("INSERT INTO session_tokens VALUES ('h', 'kiosk-1', 'alice', 1e12)")
+    SessionTokens(old)
+    assert old.execute("SELECT scope FROM session_tokens").fetchall() == [("",)]
+
+    tokens = SessionTokens(conn, ttl_s=60.0)
+    face = tokens.issue("kiosk-1", "alice", enroll_scope("face"))["token"]
+    assert tokens.check(face, "kiosk-1") is None  # not a session
+    assert tokens.check(face, "kiosk-1", enroll_scope("finger")) is None  # nor another factor's
+    assert tokens.check(face, "kiosk-1", enroll_scope("face")) == "alice"
+    assert tokens.take(face, "kiosk-1", "alice") is None and tokens.take(face, "kiosk-1", "alice", SESSION) is None
+    spent = tokens.take(face, "kiosk-1", "alice", enroll_scope("face"))
+    assert spent is not None and spent.scope == "enroll:face"
+    assert tokens.take(face, "kiosk-1", "alice", enroll_scope("face")) is None  # single use
+    tokens.give_back(spent)  # the verifier could not decide: back, with its scope
+    assert tokens.check(face, "kiosk-1") is None and tokens.check(face, "kiosk-1", enroll_scope("face")) == "alice"
+
+
 def test_step_up_reasons(conn) -> None:
     from verifier.stepup import MARGIN, StepUpPolicy
 

@@ -30,7 +30,9 @@ behind one lock, fed new templates through a queue.
 Enrollment: every new template is searched 1:N against the other subjects
 (one person, one identity: a 409 that names nobody), and templates added to an
 enrolled subject with a session token (single use) must each match that
-subject's enrolled templates (one identity, one person).
+subject's enrolled templates (one identity, one person). A subject whose factor
+rule needs a factor they never enrolled gets, from a match of the one they have,
+an enrollment token for the missing factor only (:meth:`BiometricRoutes.grant_missing_factor`).
 
 ``Server-Timing: match`` reports the time spent building the probe and scoring,
 the part of the decision the device cannot see.
@@ -70,7 +72,7 @@ from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.ranking import IDENTIFY_TOP_K, ranked
 from verifier.sensor_prints import SensorPrints
-from verifier.sessions import SessionTokens
+from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
 from verifier.subjects import DEFAULT_GROUP, SubjectGroups
@@ -267,12 +269,21 @@ class BiometricRoutes:
                 group=group,
             )
 
-    def _check_session_token(self, request: Request, subject: str, token: object) -> None:
+    def has_factor(self, subject: str, factor: str) -> bool:
+        """The subject has ``factor`` enrolled: a face, or a finger (templates, or a print on a match-on-sensor
+        reader, whose assertion answers a finger step-up)."""
+        if factor == FACE:
+            return self.faces.enrolled(subject)
+        return self.enrollments.exists(subject) or self.sensor_prints.exists(subject)
+
+    def _check_session_token(self, request: Request, subject: str, token: object, factor: str | None = None) -> str:
         """Templates are added to an enrolled subject only by the person: a live token from their verification.
 
         Without this, any enrolling device could attach someone else's finger to a
         subject and then pass as them. The token must come from a verification of
-        this subject on this device, within its lifetime.
+        this subject on this device, within its lifetime. Returns the token's scope:
+        a session token's, or (``factor`` named) an enrollment token of that factor
+        for a subject who has none of it yet (:meth:`grant_missing_factor`).
         """
         assert request.device is not None
         device_id = request.device.device_id
@@ -288,30 +299,51 @@ class BiometricRoutes:
                 "enrollment of an enrolled subject without a session token",
                 subject=subject,
             )
-        if self.sessions.check(token, device_id) != subject:
-            raise self.refused(
-                request,
-                Problem(
-                    "session-token-refused",
-                    f"the session token is not a live token of subject {subject!r} issued to device {device_id}",
-                    "verify the subject again on this device: a token lasts minutes and is bound to its device",
-                ),
-                "session token expired, or of another subject or device",
-                subject=subject,
-            )
+        if self.sessions.check(token, device_id) == subject:
+            return SESSION
+        scope = enroll_scope(factor) if factor is not None else None
+        if scope is not None and self.sessions.check(token, device_id, scope) == subject:
+            if self.has_factor(subject, str(factor)):  # only ever the missing factor: never a graft onto one
+                raise self.refused(
+                    request,
+                    Problem(
+                        "session-token-refused",
+                        f"an enrollment token adds a {factor} only to a subject with none; {subject!r} has one",
+                        "verify the subject with every factor its rule needs, then add with that session token",
+                    ),
+                    "enrollment token for a factor the subject has",
+                    subject=subject,
+                    token_scope=scope,
+                )
+            return scope
+        raise self.refused(
+            request,
+            Problem(
+                "session-token-refused",
+                f"the session token is not a live token of subject {subject!r} issued to device {device_id}",
+                "verify the subject again on this device: a token lasts minutes and is bound to its device",
+            ),
+            "session token expired, or of another subject or device",
+            subject=subject,
+        )
 
-    def spend_session_token(self, request: Request, subject: str, token: object) -> float:
-        """An enrollment adding to an enrolled subject spends the subject's session token; its expiry, or 401 (audited).
+    def spend_session_token(
+        self, request: Request, subject: str, token: object, factor: str | None = None
+    ) -> SpentToken:
+        """An enrollment adding to an enrolled subject spends the subject's token; what was spent, or 401 (audited).
 
-        Spent by this attempt whatever it gives (a refused finger does not leave it
-        for another try). When the verifier does not decide, the token is back: a
-        refusal before matching (a 429) rolls the request's transaction back with it,
-        and a busy pool or spent budget after it calls ``sessions.give_back`` with the expiry.
+        ``factor`` is what the enrollment adds: an enrollment token of that factor is
+        taken too (not only a session token) while the subject has none of it. None
+        (a sensor print) takes session tokens only. Spent by this attempt whatever it
+        gives (a refused finger does not leave it for another try). When the verifier
+        does not decide, the token is back: a refusal before matching (a 429) rolls the
+        request's transaction back with it, and a busy pool or spent budget after it
+        calls ``sessions.give_back`` with what was spent.
         """
         assert request.device is not None
-        self._check_session_token(request, subject, token)
-        expiry = self.sessions.take(str(token), request.device.device_id, subject)
-        if expiry is None:
+        scope = self._check_session_token(request, subject, token, factor)
+        spent = self.sessions.take(str(token), request.device.device_id, subject, scope)
+        if spent is None:
             raise self.refused(  # used meanwhile by a concurrent request (single use)
                 request,
                 Problem(
@@ -322,7 +354,7 @@ class BiometricRoutes:
                 "session token used or expired",
                 subject=subject,
             )
-        return expiry
+        return spent
 
     # ---------------------------------------------------------------- work
     def _views(self, request: Request, carried: Carried) -> list[FingerprintTemplate]:
@@ -520,11 +552,11 @@ class BiometricRoutes:
         self.check_group(request, subject, group)
         enrolled = self.enrollments.exists(subject)
         token = body.get("session_token")
-        token_expiry: float | None = None
+        spent: SpentToken | None = None
         if self.is_enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
-            token_expiry = self.spend_session_token(request, subject, token)
+            spent = self.spend_session_token(request, subject, token, FACE if carried.has_faces else FINGER)
         if carried.has_faces:
-            return self.faces.enroll(request, body, carried, subject, group, recorded, token_expiry)
+            return self.faces.enroll(request, body, carried, subject, group, recorded, spent)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self.charge(request, len(views) * (self._gallery_size + count))
@@ -550,8 +582,10 @@ class BiometricRoutes:
             return _EnrollChecks(not_theirs, duplicate, (time.perf_counter() - started) * 1000)
 
         def finish(checks: _EnrollChecks) -> Answer:
-            if token_expiry is None:
+            if spent is None:
                 self.check_still_first(request, subject)
+            else:
+                self.check_still_missing(request, subject, FINGER, spent)
             if checks.not_theirs:
                 raise self.refused(
                     request,
@@ -590,6 +624,7 @@ class BiometricRoutes:
                 group=group,
                 templates=len(records),
                 with_session_token=enrolled,
+                token_scope=spent.scope if spent is not None else None,
             )
             timing = f"match;dur={checks.match_ms:.3f}".encode()
             answer = {"subject": subject, "group": group, "templates": len(records)}
@@ -597,11 +632,31 @@ class BiometricRoutes:
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.challenges.release(device_id, str(body["nonce"]))
-            if token_expiry is not None:
-                self.sessions.give_back(str(token), device_id, subject, token_expiry)
+            if spent is not None:
+                self.sessions.give_back(spent)
 
         # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
+
+    def check_still_missing(self, request: Request, subject: str, factor: str, spent: SpentToken) -> None:
+        """At an insert made with an enrollment token (on the loop): the factor is still missing.
+
+        Another request (another enrollment token of the same subject) may have added
+        it while this one was matched; the templates of this one were never compared
+        with those, so an enrollment token never adds to a factor already there.
+        """
+        if spent.scope != SESSION and self.has_factor(subject, factor):
+            raise self.refused(
+                request,
+                Problem(
+                    "session-token-refused",
+                    f"subject {subject!r} was given a {factor} by another request while this one was checked",
+                    "verify the subject with every factor its rule needs, then add with that session token",
+                ),
+                "enrollment token for a factor added meanwhile",
+                subject=subject,
+                token_scope=spent.scope,
+            )
 
     def check_still_first(self, request: Request, subject: str) -> None:
         """At an enrollment's insert (on the loop, in its transaction): a first enrollment is still the first.
@@ -697,15 +752,21 @@ class BiometricRoutes:
                 if decision == "accept" and pending.acr != ACR_FINGER and FACE in self.faces.required(subject):
                     # Two fingers (or a sensor's and a template) are not a face: the rule still needs one.
                     # A step-up asking a finger (ACR_FINGER) was opened by a face: that face was matched.
+                    if not self.faces.enrolled(subject):  # ... which she has none of: she may add one, no more
+                        return self.grant_missing_factor(device_id, subject, FINGER, FACE, scored.score)
                     return self.faces.ask(device_id, subject, [], [FACE_REQUIRED], scored.score, ACR_FACE)
                 return self._decided(device_id, subject, decision, scored, step_up=pending.reasons, reason=reason)
-            if scored.score >= self.threshold and FACE in self.faces.required(subject):
+            face_required = FACE in self.faces.required(subject)
+            if scored.score >= self.threshold and face_required and self.faces.enrolled(subject):
                 return self.faces.ask(device_id, subject, records, [FACE_REQUIRED], scored.score, ACR_FACE)
             if scored.score >= self.threshold:
+                # The finger path's own step-up first (a second finger), with or without a face to add after it.
                 failures = self.lockouts.failures(subject)
                 reasons = self.stepup.reasons(device_id, subject, scored.score, self.threshold, failures)
                 if reasons:
                     return self._ask_step_up(device_id, subject, records, reasons, scored.score)
+                if face_required:  # the rule's face is not enrolled: it cannot be asked, only added
+                    return self.grant_missing_factor(device_id, subject, FINGER, FACE, scored.score)
             return self._decided(device_id, subject, "accept" if scored.score >= self.threshold else "reject", scored)
 
         def undo() -> None:
@@ -730,6 +791,51 @@ class BiometricRoutes:
         if first_use_done:
             self.stepup.completed(device_id)
         return self.sessions.issue(device_id, subject)
+
+    def grant_missing_factor(self, device_id: str, subject: str, matched: str, missing: str, score: float) -> Answer:
+        """A factor rule needs ``missing``, which the subject has never enrolled: 403 ``factor-not-enrolled``
+        carrying an enrollment token for that factor only (audited).
+
+        Why: adding a factor to an enrolled subject needs a token, a token needs an
+        accepted decision, and under the rule no decision is accepted without the
+        missing factor; without this no new member of a group whose rule came first
+        could ever enroll both factors without the operator. Called only where a
+        full session token would have been issued but for the rule (``matched``
+        matched, the step-up policy's own reasons answered), so it authorises no more
+        than that token would: less. It is no decision: no accept is counted (the
+        lockout count, the device's first use and the answer stay as they were), the
+        answer is a refusal, and the token (scope ``enroll:<missing>``) is refused by
+        every route but an enrollment of ``missing`` for this subject while it still
+        has none (never a graft onto a factor it has, never a sensor print, never a
+        session); the subject's next verification needs both factors.
+        """
+        scope = enroll_scope(missing)
+        granted = self.sessions.issue(device_id, subject, scope)
+        log.info(
+            "verification_attempt",
+            audit=True,
+            device_id=device_id,
+            subject=subject,
+            outcome="factor_not_enrolled",
+            modality=matched,
+            missing_factor=missing,
+            score=round(score, 4),
+            enrollment_token_issued=scope,
+        )
+        adding = "--face " if missing == FACE else ""
+        problem = Problem(
+            "factor-not-enrolled",
+            f"subject {subject!r} must verify with a {matched} and a {missing}, and has no {missing} enrolled; "
+            f"the {matched} matched: enrollment_token adds a {missing}, and nothing else",
+            f"enroll a {missing} with this enrollment_token: capture-agent enroll {adding}--subject {subject} --add",
+            extra=(
+                ("factor", missing),
+                ("enrollment_token", granted["token"]),
+                ("expires_at", granted["expires_at"]),
+                ("expires_in", granted["expires_in"]),
+            ),
+        )
+        return Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body(), problem.headers)
 
     def _unknown_subject(self, device_id: str, subject: str) -> Problem:
         return self.attempt_refused(device_id, subject, "unknown_subject", _unknown_subject(subject))

@@ -25,7 +25,11 @@ same signed request behind the same gate
 - Factors: a rule per subject or per group (``capture-verifier subject require``
   / ``group require``) names the factors a verification needs, e.g. finger and
   face. A match of one factor when the rule needs the other is answered with an
-  RFC 9470 step-up whose ``acr_values`` names the missing factor.
+  RFC 9470 step-up whose ``acr_values`` names the missing factor. When the
+  subject has never enrolled that factor, no step-up could be answered: a match
+  that would otherwise have decided is answered 403 ``factor-not-enrolled`` with
+  a token that enrolls the missing factor only
+  (:meth:`verifier.biometric.BiometricRoutes.grant_missing_factor`).
 - Step-up policy: a matched face meets the same reasons as a matched finger
   (:class:`verifier.stepup.StepUpPolicy`: weak margin, recent failures, a
   high-risk subject, the device's first use) and is answered with a step-up
@@ -56,6 +60,7 @@ from verifier.ranking import ranked
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
     from verifier.content import Carried
+    from verifier.sessions import SpentToken
 
 log = structlog.get_logger()
 
@@ -216,13 +221,14 @@ class FaceRoutes:
 
     # ---------------------------------------------------------------- enroll
     def enroll(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, group: str,
-               recorded: str | None, token_expiry: float | None) -> Deferred:
+               recorded: str | None, spent: SpentToken | None) -> Deferred:
         """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
 
-        ``token_expiry`` is that of the session token BiometricRoutes took (spent by this attempt whatever it
-        gives) for a subject already enrolled; it is given back only when the verifier could not decide.
+        ``spent`` is the token BiometricRoutes took (spent by this attempt whatever it gives) for a subject
+        already enrolled: a session token, or an enrollment token for a face (the subject has none); it is
+        given back only when the verifier could not decide.
         """
-        has_token = token_expiry is not None
+        has_token = spent is not None
         assert request.device is not None
         device_id = request.device.device_id
         records = self.records(request, body, carried, "enroll", subject)
@@ -244,8 +250,10 @@ class FaceRoutes:
 
         def finish(result: tuple[int, bool, float]) -> Answer:
             not_theirs, duplicate, match_ms = result
-            if not has_token:
+            if spent is None:
                 self.bio.check_still_first(request, subject)
+            else:
+                self.bio.check_still_missing(request, subject, FACE, spent)
             if not_theirs:
                 raise self.bio.refused(
                     request,
@@ -266,14 +274,15 @@ class FaceRoutes:
             subjects, gallery = self._gallery_now()
             self._gallery = ([*subjects, *[subject] * len(probes)], np.vstack([gallery, probes]))
             log.info("enrollment", audit=True, device_id=device_id, subject=subject, group=group, modality=FACE,
-                     templates=len(records), with_session_token=has_token)
+                     templates=len(records), with_session_token=has_token,
+                     token_scope=spent.scope if spent is not None else None)
             answer = {"subject": subject, "group": group, "templates": len(records)}
             return json_answer(201, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.bio.challenges.release(device_id, str(body["nonce"]))
-            if token_expiry is not None:
-                self.bio.sessions.give_back(str(body.get("session_token")), device_id, subject, token_expiry)
+            if spent is not None:
+                self.bio.sessions.give_back(spent)
 
         # One face enrollment at a time from its search to its insert: the search saw every face stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FACES)
@@ -322,6 +331,9 @@ class FaceRoutes:
             if pending is not None:
                 return self._decided(device_id, subject, accepted, scored, step_up=pending.reasons)
             reasons = self.still_needed(device_id, subject, scored.score) if accepted else []
+            if reasons == [FINGER_REQUIRED] and not self.bio.has_factor(subject, FINGER):
+                # The rule's finger is all that is missing, and the subject has none to ask: it may be added.
+                return self.bio.grant_missing_factor(device_id, subject, FACE, FINGER, scored.score)
             if reasons:
                 return self.ask(device_id, subject, [], reasons, scored.score, ACR_FINGER)
             return self._decided(device_id, subject, accepted, scored)
