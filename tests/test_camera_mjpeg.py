@@ -275,3 +275,80 @@ def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
         newest = camera.wait_frame(after=first.seq, timeout_s=10)
         assert read_stamp(newest.pixels) == count  # the newest part, never one out of a backlog
         assert camera.decoded == 2
+
+
+# ---------------------------------------------------------------- the agent: a typed, audited device fault
+def test_frames_out_of_range_are_an_audited_device_fault_with_a_fix_that_works(hostile) -> None:
+    import asyncio
+
+    from agent.config import DeviceSection, parse_config
+    from agent.devices.errors import DeviceFault
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.errors import AgentError, ConfigError
+    from biometrics.face.image import MAX_SIDE
+
+    good, big = part(jpeg(320, 240)), part(jpeg(5000, 4000))
+    switch = threading.Event()
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, big if switch.is_set() else good)
+            server.stop.wait(0.04)
+
+    server = hostile(body)
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(
+            [("door", DeviceSection(kind="camera", source=server.url, width=640, height=480))],
+            lambda kind, data: recorded.append((kind, data)),
+        )
+        (camera,) = supervisor.devices
+        await supervisor.open_all()
+        try:
+            assert camera.connected
+            first = await asyncio.to_thread(camera.wait_frame, 0, 10.0)
+            switch.set()  # the camera is set to 5000x4000 mid-session
+            with pytest.raises(DeviceFault) as caught:
+                seq = first.seq
+                for _ in range(100):
+                    seq = (await asyncio.to_thread(camera.wait_frame, seq, 2.0)).seq
+            await asyncio.sleep(0.1)  # the audit event is recorded on the loop
+        finally:
+            await supervisor.close()
+        fault = caught.value
+        assert isinstance(fault, AgentError) and "5000x4000" in fault.message
+        assert "camera's own resolution" in fault.fix and "do not resize a stream" in fault.fix
+        assert [k for k, d in recorded if k == "device_fault" and "5000x4000" in d["error"]]
+
+    asyncio.run(scenario())
+    assert parse_config({"device": [{"kind": "camera", "source": "0", "width": MAX_SIDE, "height": 480}]})
+    with pytest.raises(ConfigError, match=f"to {MAX_SIDE}"):
+        parse_config({"device": [{"kind": "camera", "source": "0", "width": MAX_SIDE + 1, "height": 480}]})
+
+
+def test_a_camera_that_never_gives_a_frame_in_range_is_audited_at_open(hostile) -> None:
+    import asyncio
+
+    from agent.config import DeviceSection
+    from agent.devices.supervisor import DeviceSupervisor
+
+    tiny = part(jpeg(16, 16))
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, tiny)
+            server.stop.wait(0.04)
+
+    server = hostile(body)
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=server.url))],
+                                      lambda kind, data: recorded.append((kind, data)))
+        await supervisor.open_all()
+        await supervisor.close()
+
+    asyncio.run(scenario())
+    (fault,) = [d for k, d in recorded if k == "device_fault"]
+    assert "16x16" in fault["error"] and "camera's own resolution" in fault["fix"]
