@@ -261,20 +261,30 @@ def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
     parts = [part(jpeg(320, 240, seq)) for seq in range(1, count + 1)]
 
     def body(server: HostileCamera, conn: socket.socket) -> None:
-        for data in parts:  # as fast as the socket takes them
+        server.send(conn, parts[0])
+        server.go.wait(10)
+        for data in parts[1:]:  # as fast as the socket takes them, with nobody asking for a frame
             server.send(conn, data)
         server.done.set()
 
     server = hostile(body)
-    with Camera(server.url, reconnect=False) as camera:
-        first = camera.wait_frame(timeout_s=10)
+    camera = Camera(server.url, reconnect=False)
+    assert camera.open_once(timeout_s=10)  # the first part is decoded: the camera's size, a real JPEG
+    try:
+        server.go.set()
         assert server.done.wait(10)
-        while camera.reader is not None and camera.reader.buffered:  # the last bytes sent are read
+        last = parts[-1].split(b"\r\n\r\n", 1)[1][:-2]
+        for _ in range(200):  # until the driver has read the last part (it keeps it, undecoded)
+            pending = camera._pending
+            if pending is not None and pending[0].body == last:
+                break
             threading.Event().wait(0.05)
-        assert camera.decoded == 1  # the first part only (the camera's size): nobody took the others
-        newest = camera.wait_frame(after=first.seq, timeout_s=10)
+        assert camera.decoded == 1  # nobody took the 299 others: none was decoded
+        newest = camera.wait_frame(after=camera.latest().seq, timeout_s=10)
         assert read_stamp(newest.pixels) == count  # the newest part, never one out of a backlog
         assert camera.decoded == 2
+    finally:
+        camera.stop()
 
 
 # ---------------------------------------------------------------- the agent: a typed, audited device fault

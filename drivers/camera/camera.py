@@ -13,8 +13,10 @@ buffers whatever a camera declares (a 2 GB part, a 16000x16000 frame) and
 splices a part cut short into the next frame: the driver reads the stream
 itself through a bounded multipart codec (:mod:`drivers.camera.stream`),
 refuses a frame whose JPEG header gives a size outside ``min_side..max_side``
-before decoding it, and decodes with ``cv2.imdecode`` only the parts a
-consumer takes (none while nobody reads; at most ``fps`` a second when set).
+before decoding it, and decodes with ``cv2.imdecode`` only for a consumer:
+while one asked within ``idle_after_s`` the owner decodes the newest part
+ahead (at most ``fps`` a second when set), else parts wait undecoded and the
+next ``wait_frame`` decodes the newest (nobody reading: no decoding at all).
 V4L2 devices, RTSP and files still go through ``cv2.VideoCapture``; their
 frames are size-checked after decoding.
 """
@@ -47,6 +49,7 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 MIN_SIDE = 1
 MAX_SIDE = 4096  # as biometrics.face.image.MAX_SIDE: a 4K frame; larger is a misconfigured source
+IDLE_AFTER_S = 1.0  # a consumer that asked within this is served by the owner decoding ahead (no added latency)
 BAD_PARTS_MAX = 10  # parts in a row that are no decodable JPEG: the stream is not MJPEG
 
 __all__ = ["Camera", "CameraError", "CameraFault", "CameraInfo", "CameraUnavailable", "Frame"]
@@ -96,6 +99,8 @@ class Camera:
         self._latest: Frame | None = None
         self._pending: tuple[mjpeg_stream.JpegPart, int, float] | None = None  # (part, seq, received): undecoded
         self._last_decode = 0.0
+        self._last_wanted = float("-inf")  # when a consumer last asked for a frame
+        self.idle_after_s = IDLE_AFTER_S
         self._bad_decodes = 0
         self._seq = 0
         self.decoded = 0  # frames decoded: with an MJPEG stream, only those a consumer took
@@ -160,6 +165,7 @@ class Camera:
     def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Frame:
         """The newest frame whose number is above ``after`` (so never one the caller has seen)."""
         deadline = time.monotonic() + timeout_s
+        self._last_wanted = time.monotonic()
         while True:
             with self._cond:
                 while not (
@@ -367,3 +373,12 @@ class Camera:
                     self.fault = None
                 self._pending = (part, self._seq, now)  # replaces an older part nobody took: it is never decoded
                 self._cond.notify_all()
+                # A consumer at work (a capture session): decode ahead here, as it analyses the frame before, at
+                # most ``fps`` a second. Nobody asking for a while: the part waits, undecoded, for one who does.
+                ahead = now - self._last_wanted < self.idle_after_s
+                due = not self.want_fps or now - self._last_decode >= 1 / self.want_fps
+                if not (ahead and due):
+                    continue
+                pending, self._pending = self._pending, None
+                self._last_decode = now
+            self._decode(*pending)
