@@ -213,6 +213,10 @@ DEVICE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+CAMERA_MIN_SIDE = 32  # = biometrics.face.image.MIN_SIDE (not imported: the config loads without OpenCV)
+CAMERA_MAX_SIDE = 4096  # = biometrics.face.image.MAX_SIDE
+
+
 @dataclass(frozen=True)
 class DeviceSection:
     """One ``[[device]]``: a serial module, a libfprint reader or a camera (see README, "Devices")."""
@@ -229,8 +233,13 @@ class DeviceSection:
     password: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 0xFFFFFFFF, "use 0 to 4294967295"))
     selector: str = ""  # fprint: a libfprint driver name, device id, or driver:id; "" = the first reader
     source: str = ""  # camera: /dev/videoN, rtsp://..., http://.../stream.mjpg, or a file
-    width: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 8192, "use 0 (the camera's own) to 8192"))
-    height: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 8192, "use 0 (the camera's own) to 8192"))
+    # camera: the face pipeline's bounds (biometrics.face.image.MIN_SIDE..MAX_SIDE); larger frames are refused
+    width: int = field(default=0, metadata=_check(
+        lambda v: v == 0 or CAMERA_MIN_SIDE <= v <= CAMERA_MAX_SIDE,
+        f"use 0 (the camera's own) or {CAMERA_MIN_SIDE} to {CAMERA_MAX_SIDE}"))
+    height: int = field(default=0, metadata=_check(
+        lambda v: v == 0 or CAMERA_MIN_SIDE <= v <= CAMERA_MAX_SIDE,
+        f"use 0 (the camera's own) or {CAMERA_MIN_SIDE} to {CAMERA_MAX_SIDE}"))
     fps: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 240, "use 0 (the camera's own) to 240"))
 
 

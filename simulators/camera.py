@@ -1,8 +1,10 @@
 """A network camera for test rigs: MJPEG over HTTP on 127.0.0.1, which OpenCV reads itself.
 
 ``GET /stream.mjpg`` answers ``multipart/x-mixed-replace`` with one JPEG part
-per frame, the protocol of most IP cameras' MJPEG streams; ``cv2.VideoCapture``
-opens the URL with its FFmpeg backend, so tests drive the real capture path.
+per frame, the protocol of most IP cameras' MJPEG streams. The camera driver
+reads it over that real protocol with its own bounded multipart reader
+(:mod:`drivers.camera.stream`) and decodes each frame with ``cv2.imdecode``;
+``cv2.VideoCapture`` (FFmpeg) opens the same URL too, for a comparison.
 
 What the rig controls: the scene (a folder of images shown in turn, a still,
 nothing in front of the camera, darkness, glare), the frame rate, and unplug /

@@ -27,7 +27,10 @@ from protocol.face_template import FORMAT
 from simulators.faces import poses
 
 SIZE = (320, 240)
-TRACKER = {"max_jump": 2.0}  # the simulated head turns in one frame
+# The simulated head turns in one frame. The impostor's left turn (ORL s5/7 mirrored) measures a yaw of 19.9-20.0
+# degrees depending on the JPEG decoder (libjpeg through cv2.imdecode, or FFmpeg's), on the default 20-degree line:
+# these sessions test the flow, not that threshold (tests/test_face_liveness.py does), so turns count from 18.
+TRACKER = {"max_jump": 2.0, "turn_yaw": 18.0}
 REACTION_S = 0.3
 
 

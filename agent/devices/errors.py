@@ -28,3 +28,11 @@ class NoDeviceFor(DeviceError):
             f"no configured device can do {capability} (devices: {', '.join(configured) or 'none'})",
             'add a [[device]] that can (kind = "zfm" or "fprint" for fingerprints, "camera" for faces)',
         )
+
+
+class DeviceFault(DeviceError):
+    """A device that answers but whose output cannot be used (a camera's frames of a size out of range,
+    a stream that is not MJPEG): the driver's message and fix, under the device's name."""
+
+    def __init__(self, name: str, message: str, fix: str) -> None:
+        super().__init__(f"device {name}: {message}", fix)

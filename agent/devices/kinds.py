@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.config import DeviceSection
 from agent.devices import capabilities as cap
-from agent.devices.errors import DeviceError, DeviceUnavailable, DeviceUnplugged
+from agent.devices.errors import DeviceError, DeviceFault, DeviceUnavailable, DeviceUnplugged
 from agent.devices.owner import DeviceOwner
 
 
@@ -51,6 +51,7 @@ class Device:
         self.abort = threading.Event()  # set by the supervisor when the device goes away
         self.connected = False
         self.details: dict[str, Any] = {}
+        self.on_fault: Any = None  # the supervisor audits a fault a session met (a device_fault event)
 
     # Run on the owner thread only.
     def _open(self) -> dict[str, Any]:
@@ -255,16 +256,21 @@ class CameraDevice(Device):
 
     def __init__(self, section: DeviceSection, name: str) -> None:
         super().__init__(section, name)
+        from biometrics.face.image import MAX_SIDE, MIN_SIDE
         from drivers.camera.camera import Camera
 
         size = (section.width, section.height) if section.width and section.height else None
-        self.camera = Camera(section.source, size=size, fps=section.fps or None, reconnect=False)
+        self.camera = Camera(
+            section.source, size=size, fps=section.fps or None, reconnect=False, min_side=MIN_SIDE, max_side=MAX_SIDE
+        )  # frames the face pipeline would refuse are refused by the driver, before decoding when it can
         self.capabilities = frozenset({cap.CAMERA})
 
     def _open(self) -> dict[str, Any]:
         if not self.camera.open_once(timeout_s=max(5.0, self.section.check_interval_s)):
             from drivers.camera.camera import CameraUnavailable
 
+            if self.camera.fault is not None:  # it answers, but with what cannot be used: say what and the fix
+                raise self.camera.fault
             raise CameraUnavailable(
                 f"the camera {self.camera.source.redacted} gives no frame", "check it is plugged in or reachable"
             )
@@ -287,8 +293,15 @@ class CameraDevice(Device):
         analysing a frame when the camera vanished gets the same error as one waiting for the next."""
         if not self.connected:
             raise DeviceUnplugged(self.name) if after else DeviceUnavailable(self.name)
+        from drivers.camera.errors import CameraFault
+
         try:
             return self.camera.wait_frame(after, timeout_s, EitherEvent(cancel, self.abort))  # type: ignore[arg-type]
+        except CameraFault as exc:  # frames of a size out of range, a broken stream: a device fault, audited
+            fault = DeviceFault(self.name, str(exc.args[0]), exc.fix)
+            if self.on_fault is not None:
+                self.on_fault(fault)
+            raise fault from None
         except Exception as exc:
             if self.abort.is_set() or not self.camera.connected:
                 raise DeviceUnplugged(self.name) from exc

@@ -94,6 +94,9 @@ class DeviceSupervisor:
                 fix = fix_in_place(getattr(exc, "fix", ""), name, section)
                 self.faults[name] = str(exc)
                 record("device_fault", {"device": name, "kind": section.kind, "error": str(exc.args[0]), "fix": fix})
+        for device in self.devices:  # a fault a session meets is audited as the supervisor's own are
+            device.on_fault = functools.partial(self._session_fault, device)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._backoff = {d.name: d.section.check_interval_s for d in self.devices}
         self._opened_at: dict[str, float] = {}  # monotonic time of each device's last successful open
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,7 +107,15 @@ class DeviceSupervisor:
         fix = fix_in_place(getattr(exc, "fix", ""), device.name, device.section)
         self.record("device_fault", {**fault, "fix": fix})
 
+    def _session_fault(self, device: Device, exc: Exception) -> None:
+        """A fault met by a session in its worker thread: audited on the event loop, which owns the audit trail."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._audit_fault, device, exc)
+        else:
+            self._audit_fault(device, exc)
+
     async def open_all(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await asyncio.gather(*(self._open(d, first=True) for d in self.devices))
 
     async def _open(self, device: Device, first: bool = False) -> bool:

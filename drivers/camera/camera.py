@@ -7,10 +7,23 @@ capture; it keeps the newest frame (with its number and arrival time) and
 drops the rest; consumers wait for a frame newer than the one they had. When
 the camera vanishes (read fails, the stream ends) the owner releases it and
 reopens it with backoff, reporting each change through ``on_event``.
+
+An http(s) MJPEG source is not handed to OpenCV's FFmpeg backend, which
+buffers whatever a camera declares (a 2 GB part, a 16000x16000 frame) and
+splices a part cut short into the next frame: the driver reads the stream
+itself through a bounded multipart codec (:mod:`drivers.camera.stream`),
+refuses a frame whose JPEG header gives a size outside ``min_side..max_side``
+before decoding it, and decodes with ``cv2.imdecode`` only for a consumer:
+while one asked within ``idle_after_s`` the owner decodes the newest part
+ahead (at most ``fps`` a second when set), else parts wait undecoded and the
+next ``wait_frame`` decodes the newest (nobody reading: no decoding at all).
+V4L2 devices, RTSP and files still go through ``cv2.VideoCapture``; their
+frames are size-checked after decoding.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,19 +32,27 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from drivers.camera.source import CameraSource
-from drivers.errors import DeviceError
+from drivers.camera import stream as mjpeg_stream
+from drivers.camera.errors import (
+    CameraError,
+    CameraFault,
+    CameraFrameSize,
+    CameraNotMjpeg,
+    CameraUnavailable,
+)
+from drivers.camera.mjpeg import MAX_PART_BYTES
+from drivers.camera.source import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, CameraSource
+
+log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
+MIN_SIDE = 1
+MAX_SIDE = 4096  # as biometrics.face.image.MAX_SIDE: a 4K frame; larger is a misconfigured source
+IDLE_AFTER_S = 1.0  # a consumer that asked within this is served by the owner decoding ahead (no added latency)
+BAD_PARTS_MAX = 10  # parts in a row that are no decodable JPEG: the stream is not MJPEG
 
-
-class CameraError(DeviceError):
-    """Base of every error the camera driver raises."""
-
-
-class CameraUnavailable(CameraError):
-    """No frame from the camera in time: it is unplugged, or its stream stalled."""
+__all__ = ["Camera", "CameraError", "CameraFault", "CameraInfo", "CameraUnavailable", "Frame"]
 
 
 @dataclass(frozen=True)
@@ -61,25 +82,42 @@ class Camera:
         size: tuple[int, int] | None = None,
         fps: float | None = None,
         reconnect: bool = True,
+        min_side: int = MIN_SIDE,
+        max_side: int = MAX_SIDE,
+        max_part_bytes: int = MAX_PART_BYTES,
     ) -> None:
         self.source = source if isinstance(source, CameraSource) else CameraSource.parse(source)
         self.on_event = on_event or (lambda kind, data: None)
         self.want_size = size
         self.want_fps = fps
         self.reconnect = reconnect  # False: a supervisor reopens it (open_once), not the owner thread
+        self.min_side, self.max_side = min_side, max_side
+        self.max_part_bytes = max_part_bytes
         self._opened = threading.Event()
         self.info: CameraInfo | None = None
         self._cond = threading.Condition()
         self._latest: Frame | None = None
+        self._pending: tuple[mjpeg_stream.JpegPart, int, float] | None = None  # (part, seq, received): undecoded
+        self._last_decode = 0.0
+        self._last_wanted = float("-inf")  # when a consumer last asked for a frame
+        self.idle_after_s = IDLE_AFTER_S
+        self._bad_decodes = 0
         self._seq = 0
+        self.decoded = 0  # frames decoded: with an MJPEG stream, only those a consumer took
+        self.fault: CameraFault | None = None  # why the camera's frames cannot be used, until a good one comes
         self._connected = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.owner_ident: int | None = None  # the thread that alone touches cv2.VideoCapture
+        self.owner_ident: int | None = None  # the thread that alone touches cv2.VideoCapture / the socket
+        self.reader: mjpeg_stream.MjpegReader | None = None  # the open MJPEG connection (tests read its bounds)
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def is_mjpeg(self) -> bool:
+        return self.source.kind == "stream" and mjpeg_stream.is_http(self.source.text)
 
     def start(self) -> Camera:
         if self._thread is None:
@@ -89,13 +127,17 @@ class Camera:
         return self
 
     def open_once(self, timeout_s: float = 5.0) -> bool:
-        """Start the owner thread and wait for the first frame: True when the camera gives frames."""
+        """Start the owner thread and wait for the first frame: True when the camera gives frames.
+
+        False at once when the camera's frames cannot be used (``fault`` says why)."""
         self.stop()
         self._opened.clear()
+        self.fault = None
         self.start()
         deadline = time.monotonic() + timeout_s
         while not self._opened.wait(0.05):
-            if self._thread is None or not self._thread.is_alive() or time.monotonic() > deadline:
+            thread_gone = self._thread is None or not self._thread.is_alive()
+            if thread_gone or self.fault is not None or time.monotonic() > deadline:
                 self.stop()
                 return False
         return True
@@ -116,24 +158,60 @@ class Camera:
 
     # ---------------------------------------------------------------- consumers
     def latest(self) -> Frame | None:
+        """The newest decoded frame (an MJPEG stream may hold a newer part, decoded by the next ``wait_frame``)."""
         with self._cond:
             return self._latest
 
     def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Frame:
         """The newest frame whose number is above ``after`` (so never one the caller has seen)."""
         deadline = time.monotonic() + timeout_s
+        self._last_wanted = time.monotonic()
+        while True:
+            with self._cond:
+                while not (
+                    (self._latest is not None and self._latest.seq > after)
+                    or (self._pending is not None and self._pending[1] > after)
+                ):
+                    if cancel is not None and cancel.is_set():
+                        raise CameraError("the capture was cancelled")
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._stop.is_set():
+                        if self.fault is not None:
+                            raise self.fault
+                        raise CameraUnavailable(
+                            f"no frame from the camera {self.source.redacted} within {timeout_s:g} s",
+                            "check the camera is plugged in (or its stream reachable); the agent reopens it",
+                        )
+                    self._cond.wait(min(left, 0.1))
+                pending, self._pending = self._pending, None
+                if pending is None or (self._latest is not None and self._latest.seq >= pending[1]):
+                    assert self._latest is not None
+                    return self._latest
+                if self.want_fps and time.monotonic() - self._last_decode < 1 / self.want_fps:
+                    self._pending = pending  # decoded no faster than the configured rate
+                    self._cond.wait(1 / self.want_fps - (time.monotonic() - self._last_decode))
+                    continue
+                self._last_decode = time.monotonic()
+            frame = self._decode(*pending)  # outside the lock: the owner thread keeps reading the stream
+            if frame is not None and frame.seq > after:
+                return frame
+
+    def _decode(self, part: mjpeg_stream.JpegPart, seq: int, received: float) -> Frame | None:
+        pixels = mjpeg_stream.decode(part)
         with self._cond:
-            while self._latest is None or self._latest.seq <= after:
-                if cancel is not None and cancel.is_set():
-                    raise CameraError("the capture was cancelled")
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    raise CameraUnavailable(
-                        f"no frame from the camera {self.source.redacted} within {timeout_s:g} s",
-                        "check the camera is plugged in (or its stream reachable); the agent reopens it",
-                    )
-                self._cond.wait(min(left, 0.1))
-            return self._latest
+            self.decoded += 1
+            if pixels is None:
+                self._bad_decodes += 1
+                if self._bad_decodes >= BAD_PARTS_MAX:
+                    self.fault = CameraNotMjpeg(self.source.redacted, f"{self._bad_decodes} JPEG parts in a row "
+                                                "OpenCV cannot decode")
+                return None
+            self._bad_decodes = 0
+            self.fault = None
+            frame = Frame(pixels, seq, received)
+            if self._latest is None or seq > self._latest.seq:
+                self._latest = frame
+            return frame
 
     # ---------------------------------------------------------------- owner thread
     def _open(self) -> cv2.VideoCapture | None:
@@ -142,34 +220,97 @@ class Camera:
             capture.release()
             return None
         if self.want_size is not None:
-            capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.want_size[0])
-            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.want_size[1])
-        if self.want_fps is not None:
-            capture.set(cv2.CAP_PROP_FPS, self.want_fps)
+            ok_w = capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.want_size[0])
+            ok_h = capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.want_size[1])
+            if not (ok_w and ok_h):
+                log.warning(
+                    "the camera %s did not take the size %dx%d: it gives its own",
+                    self.source.redacted, *self.want_size,
+                )
+        if self.want_fps is not None and not capture.set(cv2.CAP_PROP_FPS, self.want_fps):
+            log.warning("the camera %s did not take the rate %g fps: it gives its own",
+                        self.source.redacted, self.want_fps)
         return capture
+
+    def _open_mjpeg(self) -> mjpeg_stream.MjpegReader | None:
+        if self.want_size is not None:
+            log.warning(
+                "the camera %s is a stream: its size is the camera's own, not the %dx%d asked",
+                self.source.redacted, *self.want_size,
+            )
+        reader = mjpeg_stream.MjpegReader(
+            self.source.text, self.source.redacted, open_timeout_s=OPEN_TIMEOUT_MS / 1000,
+            read_timeout_s=READ_TIMEOUT_MS / 1000, max_part_bytes=self.max_part_bytes,
+        )
+        try:
+            reader.open()
+        except CameraFault as exc:
+            reader.release()
+            self._set_fault(exc)
+            return None
+        except CameraUnavailable:
+            reader.release()
+            return None
+        return reader
+
+    def _set_fault(self, fault: CameraFault) -> None:
+        with self._cond:
+            new = self.fault is None or str(self.fault) != str(fault)
+            self.fault = fault
+            self._cond.notify_all()
+        if new:
+            self.on_event("camera_fault", {"source": self.source.redacted, "error": str(fault.args[0]),
+                                           "fix": fault.fix})
+
+    def _size_ok(self, width: int, height: int) -> bool:
+        if self.min_side <= min(width, height) and max(width, height) <= self.max_side:
+            return True
+        self._set_fault(CameraFrameSize(self.source.redacted, self.source.kind, width, height,
+                                        self.min_side, self.max_side))
+        return False
 
     def _own(self) -> None:
         self.owner_ident = threading.get_ident()
         backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
-            capture = self._open()
+            capture: cv2.VideoCapture | mjpeg_stream.MjpegReader | None
+            capture = self._open_mjpeg() if self.is_mjpeg else self._open()
             if capture is None:
                 if not self.reconnect:
                     return
                 self._stop.wait(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
+            faulted = False
             try:
-                self._stream(capture)
+                if isinstance(capture, mjpeg_stream.MjpegReader):
+                    self.reader = capture
+                    self._stream_mjpeg(capture)
+                else:
+                    self._stream(capture)
+            except CameraFault as exc:
+                self._set_fault(exc)
+                faulted = True
             finally:
                 capture.release()
+                self.reader = None
             if self._connected:
                 self._connected = False
                 self.on_event("camera_unplugged", {"source": self.source.redacted})
             if not self.source.is_live or not self.reconnect:
                 break  # a file ends; or the supervisor reopens
+            if faulted:  # the camera answers but sends what cannot be used: back off as for one that is gone
+                self._stop.wait(backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                continue
             backoff = BACKOFF_MIN_S
             self._stop.wait(backoff)
+
+    def _plugged(self, width: int, height: int, fps: float, backend: str) -> None:
+        self.info = CameraInfo(self.source.redacted, width, height, fps, backend)
+        self._connected = True
+        self.on_event("camera_plugged", {"source": self.source.redacted, "width": width, "height": height, "fps": fps})
+        self._opened.set()
 
     def _stream(self, capture: cv2.VideoCapture) -> None:
         first = True
@@ -178,17 +319,66 @@ class Camera:
             if not ok or pixels is None:
                 return
             now = time.monotonic()
+            height, width = pixels.shape[:2]
+            if not self._size_ok(width, height):
+                del pixels  # never kept: a consumer gets the fault instead
+                continue
             if first:
-                height, width = pixels.shape[:2]
-                fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-                self.info = CameraInfo(self.source.redacted, width, height, fps, capture.getBackendName())
-                self._connected = True
-                self.on_event(
-                    "camera_plugged", {"source": self.source.redacted, "width": width, "height": height, "fps": fps}
-                )
+                self._plugged(width, height, float(capture.get(cv2.CAP_PROP_FPS) or 0.0), capture.getBackendName())
                 first = False
-                self._opened.set()
             with self._cond:
                 self._seq += 1
+                self.decoded += 1
+                self.fault = None
                 self._latest = Frame(pixels, self._seq, now)  # the newest only: older frames are dropped
                 self._cond.notify_all()
+
+    def _stream_mjpeg(self, reader: mjpeg_stream.MjpegReader) -> None:
+        """Parts in, the newest kept undecoded; the first one is decoded here (the camera's size, a real JPEG)."""
+        first, bad = True, 0
+        while not self._stop.is_set():
+            try:
+                part = reader.next_part(self._stop)
+            except mjpeg_stream.NotJpeg as exc:
+                bad += 1
+                if bad >= BAD_PARTS_MAX:
+                    raise CameraNotMjpeg(self.source.redacted, f"{bad} parts in a row are no JPEG ({exc})") from None
+                continue
+            if part is None:
+                return
+            now = time.monotonic()
+            if not self._size_ok(part.width, part.height):
+                continue  # refused before decoding: a 16000x16000 JPEG never becomes 768 MB of pixels
+            if first:
+                pixels = mjpeg_stream.decode(part)
+                if pixels is None:
+                    bad += 1
+                    if bad >= BAD_PARTS_MAX:
+                        raise CameraNotMjpeg(self.source.redacted, f"{bad} JPEG parts in a row OpenCV cannot decode")
+                    continue
+                self._plugged(part.width, part.height, float(self.want_fps or 0.0), reader.backend)
+                first = False
+                with self._cond:
+                    self._seq += 1
+                    self.decoded += 1
+                    self.fault = None
+                    self._latest = Frame(pixels, self._seq, now)
+                    self._cond.notify_all()
+                del pixels
+                continue
+            bad = 0
+            with self._cond:
+                self._seq += 1
+                if isinstance(self.fault, CameraFrameSize):  # a part in range again (undecoded faults stay)
+                    self.fault = None
+                self._pending = (part, self._seq, now)  # replaces an older part nobody took: it is never decoded
+                self._cond.notify_all()
+                # A consumer at work (a capture session): decode ahead here, as it analyses the frame before, at
+                # most ``fps`` a second. Nobody asking for a while: the part waits, undecoded, for one who does.
+                ahead = now - self._last_wanted < self.idle_after_s
+                due = not self.want_fps or now - self._last_decode >= 1 / self.want_fps
+                if not (ahead and due):
+                    continue
+                pending, self._pending = self._pending, None
+                self._last_decode = now
+            self._decode(*pending)

@@ -1,0 +1,67 @@
+"""Typed errors of the camera driver. Each names the likely cause and the fix."""
+
+from __future__ import annotations
+
+from drivers.errors import DeviceError
+
+
+class CameraError(DeviceError):
+    """Base of every error the camera driver raises."""
+
+
+class CameraUnavailable(CameraError):
+    """No frame from the camera in time: it is unplugged, or its stream stalled."""
+
+
+class CameraFault(CameraError):
+    """The camera answers, but what it sends cannot be used: no waiting or replugging fixes it."""
+
+
+class CameraNotMjpeg(CameraFault):
+    """An http(s) source whose stream is not MJPEG (multipart/x-mixed-replace of JPEG parts)."""
+
+    def __init__(self, source: str, why: str) -> None:
+        super().__init__(
+            f"the stream of the camera {source} is not MJPEG: {why}",
+            "point source at the camera's MJPEG stream URL (often /video.mjpg, /mjpg/video.mjpg or "
+            "/stream.mjpg; see its manual), or at its rtsp:// URL for an H.264 stream",
+        )
+
+
+class CameraFrameTooLarge(CameraFault):
+    """An MJPEG part larger than the driver reads (a hostile or misconfigured camera)."""
+
+    def __init__(self, source: str, why: str) -> None:
+        super().__init__(
+            f"the camera {source} sends frames the agent refuses to read: {why}",
+            "lower the camera's resolution or JPEG quality in its own settings (its web page), or use a stream "
+            "URL of a smaller size",
+        )
+
+
+class CameraStreamBroken(CameraFault):
+    """An MJPEG stream whose framing is broken (parts cut short of their Content-Length, again and again)."""
+
+    def __init__(self, source: str, why: str) -> None:
+        super().__init__(
+            f"the MJPEG stream of the camera {source} is broken: {why}",
+            "check the camera's network link (Wi-Fi signal, cable) and its firmware; lowering its resolution or "
+            "frame rate in its own settings lightens the link",
+        )
+
+
+class CameraFrameSize(CameraFault):
+    """Frames outside the sizes the agent accepts; the fix depends on what can set the camera's size."""
+
+    def __init__(self, source: str, kind: str, width: int, height: int, low: int, high: int) -> None:
+        if kind == "v4l2":
+            fix = f"set width and height of this camera's [[device]] to a size it supports within {low}..{high}"
+        elif kind == "file":
+            fix = f"use a video whose frames are {low}..{high} pixels per side"
+        else:  # a stream's size is the camera's: width and height in the config cannot change it
+            fix = (
+                f"set the camera's own resolution (its web page or settings) to {low}..{high} pixels per side, "
+                "or use a stream URL of such a size; width and height in the config do not resize a stream"
+            )
+        super().__init__(f"the camera {source} gives frames of {width}x{height} pixels, outside {low}..{high}", fix)
+        self.width, self.height = width, height

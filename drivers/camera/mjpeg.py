@@ -1,0 +1,264 @@
+"""Sans-I/O codec of an MJPEG stream over HTTP (``multipart/x-mixed-replace``): bytes in, events out.
+
+Like the ZFM codec (:mod:`drivers.zfm.codec`), it owns no socket and no clock:
+the camera driver feeds it whatever the connection returned, split anywhere,
+and acts on the events. What it adds over handing the URL to FFmpeg is bounds
+a hostile or broken camera cannot push past:
+
+* a part's headers are at most ``max_header_bytes``;
+* a part's body is at most ``max_part_bytes``: a larger ``Content-Length`` is
+  refused before any of it is read, and a body with no length is refused as
+  soon as that many bytes went by with no boundary;
+* bytes before the first boundary are at most ``max_part_bytes`` too (a
+  stream that is not multipart at all is refused, not buffered).
+
+So the codec never holds more than about ``max_part_bytes`` plus one fed
+chunk. A part cut short (its ``Content-Length`` says more than came before
+the next boundary) comes out as :class:`DroppedPart`, never spliced with the
+next part's bytes: FFmpeg's MJPEG demuxer does splice them into one frame.
+
+:func:`jpeg_size` reads a JPEG's dimensions from its SOF header, so the driver
+refuses a 16000x16000 frame before ``cv2.imdecode`` allocates 768 MB for it.
+
+Events:
+
+* :class:`Part` — one complete part (headers with lower-case names, body);
+* :class:`DroppedPart` — a part whose body did not match its framing (why).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+
+MAX_PART_BYTES = 8 << 20  # a 4096x4096 JPEG at high quality is ~5 MB; a camera's usual frame is 20-500 kB
+MAX_HEADER_BYTES = 8192
+
+
+class MjpegError(Exception):
+    """A stream that is not MJPEG over multipart, or breaks its bounds (the codec's only exception type)."""
+
+
+class NotMultipart(MjpegError):
+    """The response is not ``multipart/x-mixed-replace`` with a boundary, or has no boundary in its bytes."""
+
+
+class PartTooLarge(MjpegError):
+    """A part declares or carries more bytes than the codec takes."""
+
+    def __init__(self, size: int, limit: int, declared: bool) -> None:
+        how = "declares" if declared else "carries at least"
+        super().__init__(f"an MJPEG part {how} {size} bytes, more than the {limit} accepted")
+        self.size = size
+        self.limit = limit
+
+
+class HeadersTooLarge(MjpegError):
+    """A part's headers run past the limit with no blank line."""
+
+
+class NotJpeg(MjpegError):
+    """A part's body is not a JPEG whose size can be read (no SOI, or no frame header before the scan)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    headers: dict[str, str]
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DroppedPart:
+    reason: str
+    size: int  # the bytes dropped
+
+
+Event = Part | DroppedPart
+
+
+def boundary_of(content_type: str) -> bytes:
+    """The boundary of a ``multipart/x-mixed-replace`` Content-Type, or :class:`NotMultipart`."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if not kind.startswith("multipart/"):
+        raise NotMultipart(f"the response is {kind or 'of no Content-Type'}, not multipart/x-mixed-replace (MJPEG)")
+    match = re.search(r"""boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))""", content_type, re.IGNORECASE)
+    if match is None:
+        raise NotMultipart(f"the response's Content-Type {content_type[:100]!r} names no boundary")
+    boundary = (match.group(1) or match.group(2)).encode("latin-1")
+    # Some cameras write "boundary=--frame" and then "--frame" between parts: the leading "--" is then theirs.
+    return boundary
+
+
+class MultipartDecoder:
+    """Parts of a ``multipart/x-mixed-replace`` body, within byte bounds. Feed bytes; get events."""
+
+    def __init__(
+        self, boundary: bytes, max_part_bytes: int = MAX_PART_BYTES, max_header_bytes: int = MAX_HEADER_BYTES
+    ) -> None:
+        if not boundary:
+            raise ValueError("a multipart boundary must not be empty")
+        self.max_part_bytes = max_part_bytes
+        self.max_header_bytes = max_header_bytes
+        # "boundary=--frame" written by the camera, "----frame" or "--frame" on the wire: match what is sent
+        self._delimiters = [b"--" + boundary]
+        if boundary.startswith(b"--"):
+            self._delimiters.append(boundary)
+        self._buf = bytearray()
+        self._state = "preamble"  # preamble -> headers -> body -> preamble ...
+        self._skipped = 0  # bytes dropped while looking for a boundary
+        self._headers: dict[str, str] = {}
+        self._length: int | None = None
+        self._scan = 0  # where the next boundary search in the body starts
+
+    @property
+    def buffered(self) -> int:
+        """Bytes the codec holds now (a test's measure of its memory)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Event]:
+        self._buf += data
+        events: list[Event] = []
+        while True:
+            if self._state == "preamble":
+                if not self._seek_boundary():
+                    return events
+            elif self._state == "headers":
+                if not self._read_headers():
+                    return events
+            elif not self._read_body(events):
+                return events
+
+    # ---------------------------------------------------------------- states
+    def _find_delimiter(self, start: int, end: int | None = None) -> tuple[int, int]:
+        """The first delimiter in the buffer from ``start``: (index, length), or (-1, 0)."""
+        best, size = -1, 0
+        stop = len(self._buf) if end is None else end
+        for delimiter in self._delimiters:
+            at = self._buf.find(delimiter, start, stop)
+            if at >= 0 and (best < 0 or at < best):
+                best, size = at, len(delimiter)
+        return best, size
+
+    def _seek_boundary(self) -> bool:
+        at, size = self._find_delimiter(0)
+        if at < 0:
+            keep = max(len(d) for d in self._delimiters) - 1
+            drop = max(0, len(self._buf) - keep)
+            self._skipped += drop
+            del self._buf[:drop]
+            if self._skipped > self.max_part_bytes:
+                raise NotMultipart(f"{self._skipped} bytes of the stream carry no part boundary")
+            return False
+        line_end = self._buf.find(b"\n", at + size)
+        if line_end < 0:  # the rest of the boundary line has not come yet
+            if len(self._buf) - at > self.max_header_bytes:
+                raise HeadersTooLarge(f"an MJPEG boundary line runs past {self.max_header_bytes} bytes")
+            self._skipped += at
+            del self._buf[:at]
+            return False
+        self._skipped = 0
+        del self._buf[: line_end + 1]
+        self._state = "headers"
+        return True
+
+    def _read_headers(self) -> bool:
+        if self._buf[:2] == b"\r\n" or self._buf[:1] == b"\n":  # a part with no headers
+            block, rest = b"", (2 if self._buf[:1] == b"\r" else 1)
+        else:
+            ends = [(i, n) for i, n in ((self._buf.find(b"\r\n\r\n"), 4), (self._buf.find(b"\n\n"), 2)) if i >= 0]
+            if not ends:
+                if len(self._buf) > self.max_header_bytes:
+                    raise HeadersTooLarge(f"an MJPEG part's headers run past {self.max_header_bytes} bytes")
+                return False
+            at, size = min(ends)
+            if at > self.max_header_bytes:
+                raise HeadersTooLarge(f"an MJPEG part's headers run past {self.max_header_bytes} bytes")
+            block, rest = bytes(self._buf[:at]), at + size
+        del self._buf[:rest]
+        headers: dict[str, str] = {}
+        for line in block.decode("latin-1").splitlines():
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        length: int | None = None
+        text = headers.get("content-length", "")
+        if text.isdigit():  # no sign, no spaces: anything else is as good as no length
+            length = int(text)
+            if length > self.max_part_bytes:
+                raise PartTooLarge(length, self.max_part_bytes, declared=True)
+        self._headers, self._length, self._scan = headers, length, 0
+        self._state = "body"
+        return True
+
+    def _read_body(self, events: list[Event]) -> bool:
+        longest = max(len(d) for d in self._delimiters)
+        if self._length is not None:
+            # The declared length: the part is whole once that many bytes are in, unless a boundary came first
+            # (the part was cut short and the next one began inside what it declared).
+            end = min(len(self._buf), self._length)
+            at, _ = self._find_delimiter(max(0, self._scan - longest + 1), end)
+            if at >= 0:
+                body = bytes(self._buf[:at]).rstrip(b"\r\n")
+                events.append(DroppedPart(f"cut short: {len(body)} of the {self._length} bytes declared", len(body)))
+                del self._buf[:at]
+                self._state = "preamble"
+                return True
+            if len(self._buf) < self._length:
+                self._scan = len(self._buf)
+                return False
+            events.append(Part(self._headers, bytes(self._buf[: self._length])))
+            del self._buf[: self._length]
+            self._state = "preamble"
+            return True
+        at, _ = self._find_delimiter(max(0, self._scan - longest + 1))
+        if at < 0:
+            if len(self._buf) > self.max_part_bytes:
+                raise PartTooLarge(len(self._buf), self.max_part_bytes, declared=False)
+            self._scan = len(self._buf)
+            return False
+        body = bytes(self._buf[:at])
+        if body.endswith(b"\r\n"):
+            body = body[:-2]
+        elif body.endswith(b"\n"):
+            body = body[:-1]
+        if len(body) > self.max_part_bytes:
+            raise PartTooLarge(len(body), self.max_part_bytes, declared=False)
+        events.append(Part(self._headers, body))
+        del self._buf[:at]
+        self._state = "preamble"
+        return True
+
+
+# ---------------------------------------------------------------- JPEG frame header
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's SOF header, read without decoding; :class:`NotJpeg` if there is none."""
+    if data[:2] != b"\xff\xd8":
+        raise NotJpeg("the part is not a JPEG (it does not start with the JPEG SOI marker)")
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise NotJpeg(f"the JPEG has no marker at byte {i} before its frame header")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):
+            break  # end of image, or the scan: no frame header came before it
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if length < 2:
+            raise NotJpeg(f"the JPEG has a segment of length {length} at byte {i}")
+        if marker in _SOF:
+            if i + 9 > n:
+                break
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height
+        i += 2 + length
+    raise NotJpeg("the JPEG has no frame header (SOF) before its scan")

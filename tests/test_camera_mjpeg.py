@@ -1,0 +1,364 @@
+"""The camera driver against hostile and broken MJPEG cameras: bounded bytes, refused sizes, no splicing.
+
+The codec is fed every split of its streams; the driver reads a hostile HTTP
+camera on 127.0.0.1 (a free port, stopped by each test). Memory is measured as
+bytes the codec holds and sizes it refused, never by time.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from drivers.camera.camera import Camera
+from drivers.camera.errors import CameraFrameSize, CameraFrameTooLarge, CameraNotMjpeg, CameraStreamBroken
+from drivers.camera.mjpeg import (
+    DroppedPart,
+    HeadersTooLarge,
+    MultipartDecoder,
+    NotJpeg,
+    NotMultipart,
+    Part,
+    PartTooLarge,
+    boundary_of,
+    jpeg_size,
+)
+from simulators.camera import read_stamp, stamp
+
+
+def jpeg(w: int, h: int, seq: int = 0) -> bytes:
+    image = stamp(np.full((h, w, 3), 100, np.uint8), seq) if w >= 128 else np.full((h, w, 3), 100, np.uint8)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert ok
+    return data.tobytes()
+
+
+def part(body: bytes, length: int | None = None) -> bytes:
+    n = len(body) if length is None else length
+    return b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % n + body + b"\r\n"
+
+
+def feed_split(decoder: MultipartDecoder, data: bytes, step: int) -> list:
+    events = []
+    for i in range(0, len(data), step):
+        events += decoder.feed(data[i : i + step])
+    return events
+
+
+# ---------------------------------------------------------------- the codec
+@pytest.mark.parametrize("step", [1, 3, 64, 1000, 10**6])
+def test_parts_come_out_whole_at_every_split_and_a_part_cut_short_is_dropped_not_spliced(step) -> None:
+    a, b, c = jpeg(320, 240, 1), jpeg(320, 240, 2), jpeg(320, 240, 3)
+    stream = b"preamble\r\n" + part(a) + part(b[: len(b) // 2], length=len(b)) + part(c) + b"--frame\r\n\r\n" + a
+    stream += b"\r\n--frame--\r\n"
+    decoder = MultipartDecoder(b"frame")
+    events = feed_split(decoder, stream, step)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["Part", "DroppedPart", "Part", "Part"]
+    assert [e.body for e in events if isinstance(e, Part)] == [a, c, a]  # c is whole: not glued to half of b
+    assert isinstance(events[1], DroppedPart) and f"{len(b) // 2} of the {len(b)}" in events[1].reason
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_its_bytes() -> None:
+    decoder = MultipartDecoder(b"frame", max_part_bytes=1 << 20)
+    with pytest.raises(PartTooLarge) as refused:
+        decoder.feed(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: 2147483000\r\n\r\n" + b"\x55" * 1000)
+    assert refused.value.size == 2147483000 and refused.value.limit == 1 << 20
+
+
+def test_a_part_with_no_length_and_no_end_is_refused_at_the_cap() -> None:
+    cap = 1 << 20
+    decoder = MultipartDecoder(b"frame", max_part_bytes=cap)
+    decoder.feed(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n")
+    held = []
+    with pytest.raises(PartTooLarge) as refused:
+        for _ in range(100):  # 100 x 64 kB offered: 6.4 MB
+            decoder.feed(b"\x55" * 65536)
+            held.append(decoder.buffered)
+    assert max(held) <= cap and refused.value.size <= cap + 65536
+
+
+def test_headers_and_preambles_are_bounded() -> None:
+    with pytest.raises(HeadersTooLarge):
+        MultipartDecoder(b"frame").feed(b"--frame\r\nX-Junk: " + b"a" * 20000)
+    decoder = MultipartDecoder(b"frame", max_part_bytes=100_000)
+    with pytest.raises(NotMultipart):
+        for _ in range(10):
+            decoder.feed(b"\x00" * 20000)
+    assert decoder.buffered < 100
+    with pytest.raises(NotMultipart, match="text/html"):
+        boundary_of("text/html; charset=utf-8")
+    assert boundary_of('multipart/x-mixed-replace; boundary="frame"') == b"frame"
+
+
+def test_jpeg_size_is_read_from_the_header_without_decoding() -> None:
+    assert jpeg_size(jpeg(320, 240)) == (320, 240)
+    small = jpeg(16, 16)
+    at = small.index(b"\xff\xc0")
+    bomb = small[: at + 5] + struct.pack(">HH", 16000, 16000) + small[at + 9 :]
+    assert jpeg_size(bomb) == (16000, 16000)
+    with pytest.raises(NotJpeg):
+        jpeg_size(b"\x00" * 100)
+
+
+# ---------------------------------------------------------------- the driver on a hostile camera
+class HostileCamera:
+    """An HTTP server on a free port of 127.0.0.1 that writes ``head`` then whatever ``body(conn)`` sends."""
+
+    def __init__(self, body, content_type: bytes = b"multipart/x-mixed-replace; boundary=frame") -> None:
+        self.body, self.content_type = body, content_type
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/stream.mjpg"
+        self.stop = threading.Event()
+        self.sent = 0
+        self.done = threading.Event()
+        self.go = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def send(self, conn: socket.socket, data: bytes) -> None:
+        conn.sendall(data)
+        self.sent += len(data)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(4096)
+                self.send(conn, b"HTTP/1.0 200 OK\r\nContent-Type: " + self.content_type + b"\r\n\r\n")
+                self.body(self, conn)
+            except OSError:
+                pass
+            self.stop.wait(30)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def hostile():
+    servers: list[HostileCamera] = []
+
+    def make(body, **kw) -> HostileCamera:
+        servers.append(HostileCamera(body, **kw))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def endless(server: HostileCamera, conn: socket.socket, head: bytes) -> None:
+    server.send(conn, head)
+    blob = b"\x55" * 65536
+    while not server.stop.is_set():
+        server.send(conn, blob)
+
+
+def test_a_two_gigabyte_part_is_refused_from_its_header(hostile) -> None:
+    server = hostile(lambda s, c: endless(s, c, b"--frame\r\nContent-Length: 2147483000\r\n\r\n"))
+    camera = Camera(server.url, reconnect=False, max_part_bytes=1 << 20)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraFrameTooLarge) and "2147483000 bytes" in str(camera.fault)
+    assert camera.latest() is None and camera.decoded == 0
+
+
+def test_a_part_with_no_length_is_cut_off_at_the_cap(hostile) -> None:
+    server = hostile(lambda s, c: endless(s, c, b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg(320, 240)[:200]))
+    cap = 1 << 20
+    camera = Camera(server.url, reconnect=False, max_part_bytes=cap)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraFrameTooLarge)
+    held = int(str(camera.fault).split("at least ")[1].split(" bytes")[0])
+    assert cap < held <= cap + 64 * 1024  # what the driver held when it refused: the cap and one read
+
+
+def test_a_frame_too_large_is_refused_before_decoding(hostile) -> None:
+    big = part(jpeg(5000, 4000))  # a real JPEG, small on the wire; 60 MB of pixels once decoded
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, big)
+            server.stop.wait(0.05)
+
+    server = hostile(body)
+    camera = Camera(server.url, reconnect=False, max_side=4096)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraFrameSize)
+    assert (camera.fault.width, camera.fault.height) == (5000, 4000)
+    assert "camera's own resolution" in camera.fault.fix  # a stream's size is set on the camera, not in the config
+    assert camera.decoded == 0 and camera.latest() is None
+
+
+def test_parts_cut_short_are_never_spliced_into_a_frame(hostile) -> None:
+    frames = [jpeg(320, 240, seq) for seq in range(1, 4)]
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        server.send(conn, part(frames[0]))
+        server.go.wait(10)  # the first frame is taken before the next parts come
+        server.send(conn, part(frames[1][: len(frames[1]) // 2], length=len(frames[1])))
+        server.send(conn, part(frames[2]))
+        server.done.set()
+
+    server = hostile(body)
+    with Camera(server.url, reconnect=False) as camera:
+        first = camera.wait_frame(timeout_s=10)
+        server.go.set()
+        assert server.done.wait(10)
+        second = camera.wait_frame(after=first.seq, timeout_s=10)
+        assert [read_stamp(first.pixels), read_stamp(second.pixels)] == [1, 3]
+        assert np.abs(second.pixels.astype(int) - cv2.imdecode(np.frombuffer(frames[2], np.uint8), 1)).max() == 0
+        assert camera.reader is not None and camera.reader.dropped == 1
+
+
+def test_a_stream_of_parts_always_cut_short_is_a_fault(hostile) -> None:
+    data = jpeg(320, 240)
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, part(data[: len(data) // 2], length=len(data)))
+            server.stop.wait(0.01)
+
+    camera = Camera(hostile(body).url, reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraStreamBroken) and camera.decoded == 0
+
+
+def test_a_stream_that_is_not_mjpeg_says_so(hostile) -> None:
+    noise = part(bytes(range(256)) * 40)
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, noise)
+            server.stop.wait(0.01)
+
+    camera = Camera(hostile(body).url, reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraNotMjpeg) and "not MJPEG" in str(camera.fault)
+    page = hostile(lambda s, c: s.send(c, b"<html>camera login</html>"), content_type=b"text/html")
+    camera = Camera(page.url, reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraNotMjpeg) and "text/html" in str(camera.fault)
+
+
+def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
+    count = 300
+    parts = [part(jpeg(320, 240, seq)) for seq in range(1, count + 1)]
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        server.send(conn, parts[0])
+        server.go.wait(10)
+        for data in parts[1:]:  # as fast as the socket takes them, with nobody asking for a frame
+            server.send(conn, data)
+        server.done.set()
+
+    server = hostile(body)
+    camera = Camera(server.url, reconnect=False)
+    assert camera.open_once(timeout_s=10)  # the first part is decoded: the camera's size, a real JPEG
+    try:
+        server.go.set()
+        assert server.done.wait(10)
+        last = parts[-1].split(b"\r\n\r\n", 1)[1][:-2]
+        for _ in range(200):  # until the driver has read the last part (it keeps it, undecoded)
+            pending = camera._pending
+            if pending is not None and pending[0].body == last:
+                break
+            threading.Event().wait(0.05)
+        assert camera.decoded == 1  # nobody took the 299 others: none was decoded
+        newest = camera.wait_frame(after=camera.latest().seq, timeout_s=10)
+        assert read_stamp(newest.pixels) == count  # the newest part, never one out of a backlog
+        assert camera.decoded == 2
+    finally:
+        camera.stop()
+
+
+# ---------------------------------------------------------------- the agent: a typed, audited device fault
+def test_frames_out_of_range_are_an_audited_device_fault_with_a_fix_that_works(hostile) -> None:
+    import asyncio
+
+    from agent.config import DeviceSection, parse_config
+    from agent.devices.errors import DeviceFault
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.errors import AgentError, ConfigError
+    from biometrics.face.image import MAX_SIDE
+
+    good, big = part(jpeg(320, 240)), part(jpeg(5000, 4000))
+    switch = threading.Event()
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, big if switch.is_set() else good)
+            server.stop.wait(0.04)
+
+    server = hostile(body)
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(
+            [("door", DeviceSection(kind="camera", source=server.url, width=640, height=480))],
+            lambda kind, data: recorded.append((kind, data)),
+        )
+        (camera,) = supervisor.devices
+        await supervisor.open_all()
+        try:
+            assert camera.connected
+            first = await asyncio.to_thread(camera.wait_frame, 0, 10.0)
+            switch.set()  # the camera is set to 5000x4000 mid-session
+            with pytest.raises(DeviceFault) as caught:
+                seq = first.seq
+                for _ in range(100):
+                    seq = (await asyncio.to_thread(camera.wait_frame, seq, 2.0)).seq
+            await asyncio.sleep(0.1)  # the audit event is recorded on the loop
+        finally:
+            await supervisor.close()
+        fault = caught.value
+        assert isinstance(fault, AgentError) and "5000x4000" in fault.message
+        assert "camera's own resolution" in fault.fix and "do not resize a stream" in fault.fix
+        assert [k for k, d in recorded if k == "device_fault" and "5000x4000" in d["error"]]
+
+    asyncio.run(scenario())
+    assert parse_config({"device": [{"kind": "camera", "source": "0", "width": MAX_SIDE, "height": 480}]})
+    with pytest.raises(ConfigError, match=f"to {MAX_SIDE}"):
+        parse_config({"device": [{"kind": "camera", "source": "0", "width": MAX_SIDE + 1, "height": 480}]})
+
+
+def test_a_camera_that_never_gives_a_frame_in_range_is_audited_at_open(hostile) -> None:
+    import asyncio
+
+    from agent.config import DeviceSection
+    from agent.devices.supervisor import DeviceSupervisor
+
+    tiny = part(jpeg(16, 16))
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, tiny)
+            server.stop.wait(0.04)
+
+    server = hostile(body)
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=server.url))],
+                                      lambda kind, data: recorded.append((kind, data)))
+        await supervisor.open_all()
+        await supervisor.close()
+
+    asyncio.run(scenario())
+    (fault,) = [d for k, d in recorded if k == "device_fault"]
+    assert "16x16" in fault["error"] and "camera's own resolution" in fault["fix"]
