@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from agent.client import VerifierClient
-from agent.errors import UnknownSubjectError
+from agent.errors import FactorNotEnrolledError, UnknownSubjectError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings, cancel_scope, in_worker, inherited_cancel
 from agent.verifier_api import VerifierAPI
 from protocol.face_template import ACR_FINGER, FACE, FINGER, encode
@@ -203,9 +203,8 @@ class FaceSession:
             except UnknownSubjectError as exc:  # no face yet: the person verifies by finger to add one
                 if exc.slug != "face-not-enrolled" or self.finger_verify is None:
                     raise
-                with cancel_scope(self.cancelled):  # the finger session made for it stops with this one
-                    verified, self.session_token = await self.finger_verify(subject)
-            if verified.get("decision") != "accept":
+                verified = await self._finger_verify_to_add_a_face(subject)
+            if verified.get("decision") not in ("accept", "factor_not_enrolled"):
                 raise SessionError(f"{subject} was not verified, so no face is added",
                                    fix="verify with a face (or a finger session) of this subject first")
         challenge = await self.api.challenge("enroll", subject, group)
@@ -219,6 +218,26 @@ class FaceSession:
         result = {"type": "result", "operation": "enroll", "modality": FACE, **answer.json()}
         self.emit(result)
         return result
+
+    async def _finger_verify_to_add_a_face(self, subject: str) -> dict[str, Any]:
+        """A finger verification whose session token lets this session add the subject's first face.
+
+        Under a finger,face rule the finger's match earns no session (the rule wants the face
+        too) but an enrollment token for the face alone (403 factor-not-enrolled): that token
+        is what the enrollment then sends. A grant for another factor is not this session's.
+        """
+        assert self.finger_verify is not None
+        try:
+            with cancel_scope(self.cancelled):  # the finger session made for it stops with this one
+                verified, self.session_token = await self.finger_verify(subject)
+        except FactorNotEnrolledError as missing:
+            grant = missing.grant()
+            if grant.factor != FACE:
+                raise
+            self.session_token = SessionToken(grant.token, time.monotonic() + grant.expires_in)
+            log.info("face_enrollment_granted", subject=subject)
+            return {"decision": "factor_not_enrolled"}
+        return verified
 
     async def verify_face(self, subject: str, step_up: str | None = None) -> Decision | StepUp:
         """One face verification (a step-up's when ``step_up`` names it): the verifier's answer as it is."""

@@ -262,11 +262,14 @@ def test_the_local_api_runs_face_sessions(provisioned, face_camera, att_faces, t
     assert getattr(refused, "status", None) == 503 and "camera" in str(refused)
 
 
+@pytest.mark.parametrize("rule", ["", "finger,face"], ids=["no-rule", "finger-and-face-rule"])
 def test_a_face_is_added_to_a_finger_enrolled_subject_after_a_finger_verification(
-    provisioned, face_camera, att_faces, zfm_sim
+    verifier, provisioned, face_camera, att_faces, zfm_sim, rule
 ) -> None:
+    """Under a finger,face rule the finger earns no session but a token to enroll the face alone (README)."""
+    from agent.devstack import verifier_cli
     from agent.errors import UnknownSubjectError
-    from agent.sessions import CaptureSession
+    from agent.sessions import CaptureSession, SessionError
     from drivers.zfm.driver import ZfmModule
     from tests.test_sessions import ScriptedFinger
 
@@ -279,8 +282,10 @@ def test_a_face_is_added_to_a_finger_enrolled_subject_after_a_finger_verificatio
             async with VerifierClient(config, identity) as client, asyncio.timeout(120):
                 with ZfmModule(zfm_sim.port) as reader:
                     fingers = ScriptedFinger(zfm_sim, 0, [(0, 0), (0, 1), (0, 2), (4, 0), (4, 1), (4, 2), (0, 3),
-                                                          (4, 3)])
+                                                          (4, 3), (0, 4), (4, 4)])
                     await CaptureSession(reader, client, emit=fingers).enroll("alice", 3)
+                    if rule:
+                        verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", rule)
 
                     async def finger_verify(subject):
                         session = CaptureSession(reader, client, emit=fingers)
@@ -292,10 +297,17 @@ def test_a_face_is_added_to_a_finger_enrolled_subject_after_a_finger_verificatio
                         await alone.enroll("alice", verify_first=True)
                     session = FaceSession(device, client, emit=person, tracker_options=TRACKER,
                                           finger_verify=finger_verify)
-                    return await session.enroll("alice", verify_first=True), no_face.value
+                    added = await session.enroll("alice", verify_first=True)
+                    finger_alone = None
+                    if rule:  # now she has both, a finger alone is answered by the face step-up
+                        with pytest.raises(SessionError) as finger_alone:
+                            await CaptureSession(reader, client, emit=fingers).verify("alice")
+                    return added, no_face.value, finger_alone
         finally:
             device.stop()
 
-    added, no_face = asyncio.run(go())
+    added, no_face, finger_alone = asyncio.run(go())
     assert no_face.slug == "face-not-enrolled"
     assert added["templates"] == 3 and added["modality"] == "face"
+    if rule:
+        assert "asks for a face" in str(finger_alone.value)
