@@ -33,6 +33,37 @@ def test_sources_are_parsed_and_credentials_hidden() -> None:
         CameraSource.parse("/dev/ttyUSB0")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # FFmpeg takes the userinfo up to the last @ of the host part: the password here is p@ssCAMSECRET
+        ("http://camuser:p@ssCAMSECRET@127.0.0.1:8080/stream.mjpg", "http://***@127.0.0.1:8080/stream.mjpg"),
+        ("rtsp://admin:pw@ssRTSPSECRET@[fd00::5]:554/live", "rtsp://***@[fd00::5]:554/live"),
+        ("rtsps://admin@10.0.0.5/h264", "rtsps://***@10.0.0.5/h264"),
+        # cheap IP cameras take the credentials in the query; DVRs in the path
+        (
+            "http://10.0.0.7/videostream.cgi?user=admin&pwd=QUERYSECRET",
+            "http://10.0.0.7/videostream.cgi?user=***&pwd=***",
+        ),
+        ("http://10.0.0.7/snapshot.cgi?QUERYSECRET", "http://10.0.0.7/snapshot.cgi?***"),
+        (
+            "rtsp://10.0.0.8:554/user=admin&password=PATHSECRET&channel=1",
+            "rtsp://10.0.0.8:554/user=***&password=***&channel=***",
+        ),
+        ("http://u:FRAGSECRET@10.0.0.9/s.mjpg#FRAGSECRET", "http://***@10.0.0.9/s.mjpg#***"),
+        # no credentials: shown as written
+        ("http://10.0.0.7:8080/stream.mjpg", "http://10.0.0.7:8080/stream.mjpg"),
+        ("/dev/video0", "/dev/video0"),
+        ("/srv/clips/door@night.mp4", "/srv/clips/door@night.mp4"),
+    ],
+)
+def test_redacted_hides_every_credential_of_a_stream_url(url: str, shown: str) -> None:
+    """Audit 16 F1: an @ in the password left its tail shown; query credentials were shown whole."""
+    source = CameraSource.parse(url)
+    assert source.redacted == shown
+    assert "SECRET" not in repr(source)
+
+
 def test_frames_size_and_only_the_latest(camera_sim) -> None:
     events: list[tuple[str, dict]] = []
     with Camera(camera_sim.url, on_event=lambda kind, data: events.append((kind, data))) as camera:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
@@ -25,6 +26,30 @@ class CameraSourceError(ValueError):
             f"camera source {source!r} is neither a V4L2 device, a stream URL nor a file "
             "(use /dev/videoN, rtsp://..., http://.../stream.mjpg, or a video file path)"
         )
+
+
+def redact_url(text: str) -> str:
+    """``text`` with a URL's credentials masked: fit for logs, audit events and ``/health``.
+
+    The whole userinfo becomes ``***``: everything up to the *last* ``@`` before the path,
+    as FFmpeg splits it (a password may hold ``@``: ``http://u:p@ss@host/`` logs in as
+    ``u`` with ``p@ss``). Every query value becomes ``***`` and keeps its key (cheap IP
+    cameras take ``?user=admin&pwd=...``), and so does every ``name=value`` in the path
+    (DVRs take ``rtsp://host/user=admin&password=...&channel=1``); a fragment is masked.
+    Scheme, host, port and the rest of the path stay. Text that is not a URL (a device
+    node, a file path) is returned unchanged.
+    """
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unbalanced [ in the host: show the scheme only
+        return text.split("://", 1)[0] + "://***"
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    path = re.sub(r"=[^&;/]*", "=***", parts.path)
+    query = "&".join(f"{piece.partition('=')[0]}=***" if "=" in piece else "***" for piece in parts.query.split("&"))
+    return urlunsplit((parts.scheme, netloc, path, query if parts.query else "", "***" if parts.fragment else ""))
 
 
 @dataclass(frozen=True)
@@ -61,5 +86,8 @@ class CameraSource:
 
     @property
     def redacted(self) -> str:
-        """The source for logs: credentials in a stream URL are never shown."""
-        return re.sub(r"//[^/@]*@", "//***@", self.text)
+        """The source for logs, audit events and ``/health``: no credential of a stream URL (see redact_url)."""
+        return redact_url(self.text)
+
+    def __repr__(self) -> str:  # an object logged by accident shows no credential either
+        return f"CameraSource({self.redacted!r}, kind={self.kind!r})"
