@@ -101,11 +101,16 @@ class Outbox:
         self.limits = limits or OutboxLimits()
         self._aead = AESGCM(data_key(kek))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 0600 before sqlite opens it, whatever the umask: sqlite gives the -wal and -shm files
+        # the database file's mode (a chmod after WAL was on left them 0644 under umask 022).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+            if file.exists():  # and the companions an older version left behind
+                file.chmod(0o600)
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=10)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
-        os.chmod(path, 0o600)
 
     def close(self) -> None:
         self.conn.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
 import time
 
 import pytest
@@ -19,6 +22,31 @@ def conn(tmp_path):
     connection = open_database(tmp_path / "v.sqlite")
     yield connection
     connection.close()
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["new", "left-0644-by-an-older-version"])
+def test_the_database_and_its_wal_and_shm_are_0600_under_umask_022(tmp_path, older) -> None:
+    """Audit 16 F2: WAL was switched on before the chmod, so -wal and -shm were made 0644."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    folder.chmod(0o755)  # a db_path outside the PKI folder
+    path = folder / "verifier.sqlite"
+    mask = os.umask(0o022)
+    old_conn = None
+    try:
+        if older:  # the files as the old code left them, still open (so -wal and -shm exist)
+            old_conn = sqlite3.connect(path)
+            old_conn.execute("PRAGMA journal_mode=WAL")
+            old_conn.execute("CREATE TABLE t (x)")
+        conn = open_database(path)
+        conn.execute("INSERT INTO tokens (token_hash, device_id, expires_at) VALUES ('h', 'd', 0)")
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
+        conn.close()
+    finally:
+        os.umask(mask)
+        if old_conn is not None:
+            old_conn.close()
+    assert modes == {"verifier.sqlite": "0o600", "verifier.sqlite-wal": "0o600", "verifier.sqlite-shm": "0o600"}
 
 
 def test_tokens_are_stored_hashed_single_use_and_expiring(conn) -> None:

@@ -7,6 +7,7 @@ challenges) are in their own modules.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS nonces (
 def open_database(path: Path) -> sqlite3.Connection:
     """Open (and create) the database; autocommit mode, explicit transactions where needed."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _create_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -61,5 +63,17 @@ def open_database(path: Path) -> sqlite3.Connection:
     conn.executescript(SCHEMA)
     if "revoked_at" not in {row[1] for row in conn.execute("PRAGMA table_info(tokens)")}:
         conn.execute("ALTER TABLE tokens ADD COLUMN revoked_at REAL")  # databases from before tokens were revocable
-    path.chmod(0o600)
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Make the database file 0600 before sqlite opens it, whatever the umask.
+
+    sqlite creates the ``-wal`` and ``-shm`` files with the database file's mode, so
+    they are 0600 too (a chmod after the WAL was switched on left them 0644 under
+    umask 022). Companions an older version left behind are made 0600 as well.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        if file.exists():
+            file.chmod(0o600)
