@@ -333,8 +333,8 @@ class IdentityStore:
         if not self.exists():
             raise IdentityError(
                 f"no device identity in {self.state_dir}",
-                fix="provision the device: `capture-agent provision --verifier URL --token TOKEN "
-                "--ca-fingerprint SHA256`",
+                fix="provision the device: `printf '%s\\n' TOKEN | capture-agent provision --verifier URL --token - "
+                "--ca-fingerprint SHA256` (the token on stdin, out of every command line)",
             )
         folder = self.current.resolve()
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -149,6 +150,51 @@ def test_the_readme_provisioning_section_runs_as_written_without_systemd(verifie
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "provisioned device kiosk-07" in done.stdout and "FAIL" not in done.stdout, done.stdout
+
+
+def test_no_readme_recipe_puts_the_bootstrap_token_in_a_command_line() -> None:
+    """Audit 16 F3: `--token TOKEN` is readable in /proc by every local user, and systemd-run logs it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [
+        line.strip()
+        for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+        for line in re.sub(r"\\\n\s*", "", block).splitlines()
+        if "--token" in line
+    ]
+    assert len(commands) == 3, commands  # "On a device", "Development and test rigs", "Installing on a device"
+    for command in commands:
+        assert command.startswith("printf '%s\\n' TOKEN | "), command
+        assert re.search(r"--token -( |$)", command), command
+
+
+def test_the_line_token_new_prints_keeps_the_token_out_of_every_command_line_and_provisions(
+    verifier, tmp_path
+) -> None:
+    """Audit 16 F3: the token goes to `--token -` through the shell's builtin printf, and the line works."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # capture-agent
+    issued = subprocess.run(
+        [sys.executable, "-m", "verifier.cli", "token", "new", "--pki", str(verifier.pki_dir), "--device", "kiosk-in"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert issued.returncode == 0, issued.stderr
+    lines = issued.stdout.splitlines()
+    token = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("token:"))
+    command = lines[next(i for i, line in enumerate(lines) if line.endswith("On the device:")) + 1].strip()
+    feeder, provision = command.split(" | ", 1)
+    assert feeder == f"printf '%s\\n' {token}"
+    assert token not in provision and " --token - " in provision, provision
+    # printf is the shell's own: no process is started with the token among its arguments.
+    assert subprocess.run([BASH, "-c", "type -t printf"], capture_output=True, text=True).stdout.strip() == "builtin"
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url))
+    env["CAPTURE_AGENT_CONFIG"] = str(config_file)
+    assert "--verifier https://HOST:8443 " in provision  # the verifier's port; the operator puts the host
+    done = subprocess.run(
+        [BASH, "-e", "-c", command.replace("https://HOST:8443", verifier.url)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "provisioned device kiosk-in" in done.stdout, done.stdout
 
 
 def test_provisioning_outside_systemd_names_the_setting_that_fixes_it(verifier, tmp_path) -> None:

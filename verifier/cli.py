@@ -152,8 +152,10 @@ def cmd_token_new(args: argparse.Namespace) -> int:
     print(f"device: {device_id}")
     print(f"ca-fingerprint: {fingerprint(ca)}")
     print(f"valid for {format_duration(ttl)} (until {expires}), once. On the device:")
+    # The token on stdin (printf is a shell builtin): a command line is readable by every local user in /proc,
+    # and systemd-run logs it as the unit's description.
     print(
-        f"  capture-agent provision --verifier https://HOST:{settings.port} --token {token} "
+        f"  printf '%s\\n' {token} | capture-agent provision --verifier https://HOST:{settings.port} --token - "
         f"--ca-fingerprint {fingerprint(ca)}"
     )
     return 0

@@ -93,7 +93,7 @@ class DeviceRegistry:
                 "device-revoked",
                 f"the operator revoked {device_id}, and a token for it is refused too: ask for a token for a new "
                 "device id (capture-verifier token new --device NEW-ID), then capture-agent provision --force "
-                "--token TOKEN",
+                "--token - with the token on stdin",
             )
         if spki != spki_sha256(cert.public_key()):
             raise AuthorisationError("the certificate's key does not match the registered key")
