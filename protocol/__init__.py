@@ -17,6 +17,7 @@ Modules:
 * :mod:`protocol.tls`: what both ends of TLS must agree on (cipher string, ALPN).
 * :mod:`protocol.problems`: the registry of problem types (slug, status, error class, fix).
 * :mod:`protocol.messages`: typed requests and answers.
+* :mod:`protocol.redaction`: the logs' last line of defence, one rule for both sides' log processors.
 """
 
 VERSION = "v1"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
+import struct
+import uuid
 
 import numpy as np
+import pytest
 import structlog
 
 from agent.logs import REDACTED, configure_logging
@@ -51,3 +56,99 @@ def test_secret_values_are_redacted_whatever_their_key() -> None:
         assert record[key] == REDACTED, key
     assert record["serial"] == "abc123"  # ordinary values pass
     assert "s3cr3t" not in json.dumps(record)
+
+
+# Fixed, so the test is the same every run (the base64 rule is a net with holes: see protocol/redaction.py).
+TOKEN = "7Gd-Mg6XH4rAS8fRi3ZDXUren9KkcQSBEfWAy-c7sC4"  # secrets.token_urlsafe(32), as the verifier makes tokens
+KEK = "6pj6DQNACM3BpCDFLGinlMRnEiq+W1cKfABD/OR5CVM="  # base64 of 32 random bytes, as the keystore makes a KEK
+EMBEDDING = [float(v) for v in np.random.default_rng(1).standard_normal(128).astype(np.float32)]
+FACE_RECORD = base64.b64encode(struct.pack("<128f", *EMBEDDING)).decode()
+
+
+def leaky_events(log) -> None:
+    """What audit 16 (F4) found passing the old filter: nested, in text, in lists, in an exception."""
+    log.info("a", reason=f"Authorization: Bearer {TOKEN}")
+    log.info("b", answer={"token": TOKEN, "decision": "accept", "steps": [{"session_token": TOKEN}]})
+    log.info("c", embedding=EMBEDDING[:8], values=EMBEDDING, pair=(1, EMBEDDING))
+    log.info("d", data=FACE_RECORD, note=f"the record was {FACE_RECORD}", kek_line=f"kek={KEK}")
+    log.info(f"answer carried {TOKEN}")
+    try:
+        raise ValueError(f"bad answer {TOKEN}: {KEK}")
+    except ValueError:
+        log.error("e", exc_info=True)
+
+
+def check_no_secret(out: str) -> None:
+    lines = out.splitlines()
+    assert len(lines) == 6 and all(json.loads(line) for line in lines), out
+    secrets_in = {"token": TOKEN, "kek": KEK, "record": FACE_RECORD, "embedding value": repr(EMBEDDING[3])}
+    assert [name for name, value in secrets_in.items() if value in out] == []
+    exception = json.loads(lines[-1])["exception"]
+    assert "ValueError: bad answer [redacted]: [redacted]" in exception and "Traceback" in exception
+    answer = json.loads(lines[1])["answer"]
+    assert answer == {"token": REDACTED, "decision": "accept", "steps": [{"session_token": REDACTED}]}
+    assert json.loads(lines[0])["reason"] == "Authorization: [redacted]"
+
+
+def test_the_filter_looks_inside_nested_values_text_lists_and_exceptions() -> None:
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    leaky_events(structlog.get_logger())
+    check_no_secret(stream.getvalue())
+
+
+def test_the_verifier_logs_through_the_same_filter(capsys) -> None:
+    """Audit 16 F4: the verifier's log had no filter at all."""
+    from verifier.cli import configure_logging as configure_verifier_logging
+
+    before = structlog.get_config()
+    try:
+        configure_verifier_logging()  # JSON lines on stderr
+        leaky_events(structlog.get_logger())
+    finally:
+        structlog.configure(**before)  # not left writing to this test's captured stderr
+    check_no_secret(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        hashlib.sha256(b"certificate").hexdigest(),  # a certificate or CA fingerprint
+        hashlib.sha256(b"certificate").hexdigest().upper(),
+        "5f3a9c0e2b7d41a8c6e0f9b3d2a1c4e5f6a7b8c9",  # a certificate serial
+        str(uuid.uuid4()),  # event ids, idempotency keys
+        "kiosk-07",
+        "dev-1a2b3c4d",
+        "https://verifier.example:8443/v1/subjects/Ana2024/enrollments",
+        "http://***@10.0.0.7/videostream.cgi?user=***&pwd=***",  # a camera source as shown
+        "/var/lib/capture-agent/identity/current/device.crt",
+        "/tmp/pytest-of-root/pytest-279/test_a_reader_fault_in_the_dae0/ttyZFM-unplugged",  # a serial port
+        "Kiosk-Lobby-North-Wing-2024",
+        "2026-12-01T03:42:28.671687Z",
+        'Bearer error="insufficient_user_authentication", acr_values="face"',  # a step-up challenge
+        "the camera asks for Basic authentication",
+        "the token is empty",
+        "sface-2021dec",
+    ],
+)
+def test_legitimately_long_or_wordy_values_pass(value: str) -> None:
+    record = json.loads(emit("json", value=value, nested={"items": [value]}))
+    assert record["value"] == value and record["nested"] == {"items": [value]}
+    assert json.loads(emit("json", **{"event_value": value}))["event_value"] == value
+
+
+def test_names_that_only_describe_a_secret_keep_their_values() -> None:
+    record = json.loads(
+        emit("json", token_scope="enroll:face", enrollment_token_issued="enroll:finger", key_type="ec-p256",
+             template_count=3, session_token="abc", kek_file="/etc/credstore.encrypted/capture-agent-kek")
+    )
+    assert record["token_scope"] == "enroll:face" and record["enrollment_token_issued"] == "enroll:finger"
+    assert record["key_type"] == "ec-p256" and record["template_count"] == 3
+    assert record["kek_file"] == "/etc/credstore.encrypted/capture-agent-kek"
+    assert record["session_token"] == REDACTED
+
+
+def test_yes_no_answers_under_a_secret_key_name_stay() -> None:
+    record = json.loads(emit("json", with_session_token=False, token=None, password=1234))
+    assert record["with_session_token"] is False and record["token"] is None
+    assert record["password"] == REDACTED  # a number may be a secret (a sensor's password is one)

@@ -62,11 +62,14 @@ def parse_duration(text: str) -> float:
 
 
 def configure_logging() -> None:
+    from protocol.redaction import redact_secrets
+
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,  # the agent's last line of defence too, exception text included
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
