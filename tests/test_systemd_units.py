@@ -40,6 +40,13 @@ def test_units_verify_clean(unit: str, tmp_path: Path) -> None:
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
+@pytest.mark.parametrize("unit", ["capture-agent.service", "capture-verifier.service"])
+def test_no_core_file_is_ever_written(unit: str) -> None:
+    """Audit 16 F5: a crash under systemd-coredump would store frames, templates and decrypted keys on disk."""
+    service = (UNITS / unit).read_text().split("[Service]", 1)[1].split("\n[", 1)[0]
+    assert "LimitCORE=0" in service.splitlines()
+
+
 def test_agent_unit_contract() -> None:
     """What the daemon relies on, so that editing the unit cannot drop it silently."""
     text = (UNITS / "capture-agent.service").read_text()
