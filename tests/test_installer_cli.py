@@ -236,6 +236,33 @@ def test_reprovisioning_is_refused_without_force_and_says_what_it_replaces(verif
     assert "replaced           device kiosk-old, certificate serial" in forced.stdout
 
 
+def test_the_daemon_writes_no_core_file_whatever_the_ulimit_it_was_started_with(verifier, tmp_path) -> None:
+    """Audit 16 F5: started outside its unit (no LimitCORE=0), a crash would dump frames and the decrypted key."""
+    import resource
+
+    config_file = provisioned_config_file(verifier, tmp_path)
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if hard == 0:
+        pytest.skip("this process may not allow core files at all (hard limit 0): nothing for the daemon to lower")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (hard, hard)),  # `ulimit -c unlimited`
+    )
+    try:
+        lock = tmp_path / "state" / "agent.lock"
+        deadline = time.monotonic() + 20
+        while not (lock.exists() and lock.read_text().strip() == str(daemon.pid)):
+            assert daemon.poll() is None and time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.05)
+        limits = Path(f"/proc/{daemon.pid}/limits").read_text().splitlines()
+        core = next(line for line in limits if line.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"], core  # soft and hard: nothing in the process can raise it again
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+
+
 # ---------------------------------------------------------------- item 8: one daemon per state directory
 
 

@@ -22,9 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import resource
+
     from agent.daemon import AgentDaemon
     from agent.statelock import hold_state_dir
 
+    # No core file, whatever the shell's `ulimit -c`: a native crash would write frames, templates and the
+    # decrypted device key to disk. The unit sets LimitCORE=0; this covers a daemon started another way.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     config = config_from_args(args)
     with hold_state_dir(config.agent.state_dir):  # one daemon per state directory
         asyncio.run(AgentDaemon(config, args.config).run())
