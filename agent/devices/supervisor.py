@@ -29,9 +29,10 @@ log = structlog.get_logger()
 
 BACKOFF_MAX_S = 60.0
 # A device that goes away within this many check intervals of being opened is flapping (a camera
-# whose stream breaks mid-frame, a loose connector): its next reopen waits twice as long as the last,
-# up to BACKOFF_MAX_S, instead of one interval. Each flap is two audit events; undamped, a link that
-# breaks every few seconds writes 12 a minute (at the default 5 s) and fills an offline outbox in hours.
+# whose stream breaks mid-frame, a loose connector): after its n-th flap in a row its reopen waits
+# 2**n intervals, up to BACKOFF_MAX_S, instead of one. Each flap is two audit events; undamped, a link
+# that breaks every few seconds writes 12 a minute (at the default 5 s) and fills an offline outbox in
+# hours. A device that stayed longer starts again at one interval, whatever came before.
 FLAP_INTERVALS = 6
 LEGACY_READER = "reader"  # what the old [reader] section's module is called among the devices
 
@@ -99,6 +100,7 @@ class DeviceSupervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backoff = {d.name: d.section.check_interval_s for d in self.devices}
         self._opened_at: dict[str, float] = {}  # monotonic time of each device's last successful open
+        self._flaps: dict[str, int] = {}  # flaps in a row (see FLAP_INTERVALS)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _audit_fault(self, device: Device, exc: Exception) -> None:
@@ -132,6 +134,7 @@ class DeviceSupervisor:
             )
             return False
         self._opened_at[device.name] = time.monotonic()
+        self._backoff[device.name] = device.section.check_interval_s  # failed reopens are over
         self.record("device_plugged", {"device": device.name, "kind": device.kind, **device.where(), **details})
         return True
 
@@ -159,8 +162,9 @@ class DeviceSupervisor:
         if device.connected and not device.present():
             device.went_away()
             stayed_s = time.monotonic() - self._opened_at.get(device.name, float("-inf"))
-            flapping = stayed_s < FLAP_INTERVALS * interval
-            self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2) if flapping else interval
+            flaps = self._flaps.get(device.name, 0) + 1 if stayed_s < FLAP_INTERVALS * interval else 0
+            self._flaps[device.name] = flaps
+            self._backoff[device.name] = min(BACKOFF_MAX_S, interval * 2**flaps)
             self.record(
                 "device_unplugged",
                 {"device": device.name, "kind": device.kind, **device.where(),
