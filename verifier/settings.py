@@ -47,8 +47,9 @@ class VerifierSettings:
     duplicate_fmr: float = 1e-6  # enrollment's 1:N search against other subjects: stricter (N comparisons each)
     enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
     renewals_per_hour: int = 4  # certificates a device may be issued per hour (its first one included)
-    # Refused EST requests (bad CSR, reused key, revoked id) per device, or per device id of a token, per minute;
-    # then that device's EST requests wait lockout_base_s, doubling, before they are looked at.
+    # Refused EST requests (bad CSR, reused key, revoked id) per minute: per device at renewal, per bootstrap
+    # token at enrollment; past it, that device's (or token's) EST requests wait lockout_base_s, doubling,
+    # before they are looked at.
     est_refusals_per_min: int = 10
     # Connections (verifier/connections.py): what an unauthenticated flood can hold.
     handshake_timeout_s: float = 5.0  # a TLS handshake must finish within this
