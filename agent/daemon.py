@@ -29,7 +29,7 @@ from agent.devices.errors import NoDeviceFor
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError
-from agent.face_sessions import face_session, face_step_up
+from agent.face_sessions import face_session, face_step_up, face_verification
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
@@ -53,8 +53,16 @@ OUTBOX_FILE = "outbox.sqlite"
 def _fingerprint_session(devices: DeviceSupervisor, client: VerifierClient, emit: Any) -> CaptureSession:
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
-    session = CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
-    session.face_step_up = face_step_up(devices, client, emit)  # a policy may ask for the face too
+    return _with_the_camera(CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi),  # type: ignore[arg-type]
+                            devices, client, emit)
+
+
+def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client: VerifierClient, emit: Any
+                     ) -> CaptureSession:
+    """A finger session that reaches this device's camera: a policy may ask for the face too (step-up), and a
+    face-first subject adds fingers after a face verification."""
+    session.face_step_up = face_step_up(devices, client, emit)
+    session.face_verify = face_verification(devices, client, emit)
     return session
 
 
@@ -67,9 +75,9 @@ def _session(
     if capability != MATCH_ON_SENSOR:
         try:
             device = devices.pick(FINGERPRINT_IMAGE, name)
-            session = CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi)  # type: ignore[arg-type]
-            session.face_step_up = face_step_up(devices, client, emit)  # a policy may ask for the face too
-            return session
+            return _with_the_camera(
+                CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi),  # type: ignore[arg-type]
+                devices, client, emit)
         except NoDeviceFor:
             if capability == FINGERPRINT_IMAGE or not any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
                 raise

@@ -339,6 +339,39 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
     return session
 
 
+def face_verification(
+    devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
+    tracker_options: dict[str, float] | None = None,
+) -> Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None:
+    """For a finger session's ``enroll --add``: a face verification on this device's camera, or None without one.
+
+    A face-first subject has no finger to verify with. Under a finger,face rule the
+    face's match earns no session but an enrollment token for fingers only (403
+    factor-not-enrolled): it comes back as the session token, which the fingers'
+    enrollment sends. A grant for another factor is not for this. ``tracker_options``:
+    the liveness tracker's thresholds, when not the defaults.
+    """
+    from agent.devices.capabilities import CAMERA
+
+    if not any(CAMERA in d.capabilities for d in devices.devices):
+        return None
+
+    async def verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
+        session = face_session(devices, client, emit)
+        session.tracker_options = dict(tracker_options or {})
+        try:
+            verified = await session.verify(subject)
+        except FactorNotEnrolledError as missing:
+            grant = missing.grant()
+            if grant.factor != FINGER:
+                raise
+            log.info("finger_enrollment_granted", subject=subject)
+            return {"decision": "factor_not_enrolled"}, SessionToken(grant.token, time.monotonic() + grant.expires_in)
+        return verified, session.session_token
+
+    return verify
+
+
 def face_step_up(
     devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]
 ) -> Callable[[str, str], Any] | None:

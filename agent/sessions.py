@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from agent.client import VerifierClient
-from agent.errors import AgentError
+from agent.errors import AgentError, UnknownSubjectError
 from agent.verifier_api import VerifierAPI
 from drivers.errors import RetryCapture
 from protocol.face_template import ACR_FACE
@@ -168,6 +168,9 @@ class CaptureSession:
     cancelled: threading.Event = field(default_factory=inherited_cancel)
     # A step-up asking for a face (acr_values "face"): (subject, step_up id) -> the face's answer.
     face_step_up: Callable[[str, str], Awaitable[Decision | StepUp]] | None = None
+    # enroll --add of a subject with no finger (face first): subject -> (the face verification's result, the
+    # session token it earned: a session's, or under a finger,face rule an enrollment token for fingers only).
+    face_verify: Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None = None
 
     def __post_init__(self) -> None:
         self.api = VerifierAPI(self.client)
@@ -266,8 +269,8 @@ class CaptureSession:
         """
         challenge = None
         if verify_first:
-            verified = await self.verify(subject)
-            if verified.get("decision") != "accept":
+            verified = await self._verify_to_add(subject)
+            if verified.get("decision") not in ("accept", "factor_not_enrolled"):
                 raise SessionError(
                     f"{subject} was not verified, so no templates are added",
                     fix="verify with a finger already enrolled for this subject, then enroll again",
@@ -293,6 +296,22 @@ class CaptureSession:
         result = {"type": "result", "operation": "enroll", **answer.json()}
         self.emit(result)
         return result
+
+    async def _verify_to_add(self, subject: str) -> dict[str, Any]:
+        """The verification an ``--add`` needs: by finger, or by face for a subject who has no finger yet.
+
+        A face-first subject (no finger enrolled: the verifier answers unknown-subject to a
+        finger) verifies on this device's camera; its session token, or under a finger,face
+        rule the enrollment token for fingers its face earned, authorises the fingers.
+        """
+        try:
+            return await self.verify(subject)
+        except UnknownSubjectError:
+            if self.face_verify is None:
+                raise
+            with cancel_scope(self.cancelled):  # the face session made for it stops with this one
+                verified, self.session_token = await self.face_verify(subject)
+            return verified
 
     async def _enroll_finger(
         self, captures: int, message: str, earlier: list[list[FingerprintTemplate]], total: int

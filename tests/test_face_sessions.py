@@ -311,3 +311,62 @@ def test_a_face_is_added_to_a_finger_enrolled_subject_after_a_finger_verificatio
     assert added["templates"] == 3 and added["modality"] == "face"
     if rule:
         assert "asks for a face" in str(finger_alone.value)
+
+
+@NO_FIRST_USE
+@pytest.mark.parametrize("rule", ["", "finger,face"], ids=["no-rule", "finger-and-face-rule"])
+def test_fingers_are_added_to_a_face_enrolled_subject_after_a_face_verification(
+    verifier, provisioned, face_camera, att_faces, zfm_sim, rule
+) -> None:
+    """A face-first subject has no finger to verify with: `enroll --add` verifies the face on the device's camera.
+
+    Without a rule the face's session token adds the fingers; under finger,face the face earns an enrollment
+    token for fingers only (403 factor-not-enrolled), and that adds them. The daemon's wiring is used as is
+    (agent.face_sessions.face_verification on a supervisor with both devices).
+    """
+    from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.devstack import verifier_cli
+    from agent.face_sessions import face_verification
+    from agent.sessions import CaptureSession
+    from tests.test_sessions import ScriptedFinger
+
+    config, identity = provisioned
+
+    async def go():
+        supervisor = DeviceSupervisor(
+            [("camera", DeviceSection(kind="camera", source=face_camera.url)),
+             ("finger", DeviceSection(kind="zfm", port=zfm_sim.port))], lambda kind, data: None)
+        await supervisor.open_all()
+        try:
+            async with VerifierClient(config, identity) as client, asyncio.timeout(150):
+                enrolled = await FaceSession(supervisor.pick(CAMERA), client, emit=FacePerson(face_camera, att_faces),
+                                             tracker_options=TRACKER).enroll("bob")
+                if rule:
+                    verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "bob", "--factors", rule)
+                person = FacePerson(face_camera, att_faces, frontal="2")
+                # The finger verification is tried first (the verifier learns there is no finger from its
+                # templates): one capture, then the face, then 3 x 2 to enroll, then one to verify.
+                fingers = ScriptedFinger(zfm_sim, 0, [(0, 5), (0, 0), (0, 1), (0, 2), (4, 0), (4, 1), (4, 2),
+                                                      (0, 3)])
+
+                def both(event):
+                    person(event)
+                    fingers(event)
+
+                session = CaptureSession(supervisor.pick(FINGERPRINT_IMAGE), client, emit=both)
+                session.face_verify = face_verification(supervisor, client, both, tracker_options=TRACKER)
+                added = await session.enroll("bob", 3, verify_first=True)
+                finger_alone = None
+                if rule:  # now bob has both: a finger alone is answered by the face step-up
+                    with pytest.raises(SessionError) as finger_alone:
+                        await CaptureSession(supervisor.pick(FINGERPRINT_IMAGE), client, emit=fingers).verify("bob")
+                return enrolled, added, finger_alone
+        finally:
+            await supervisor.close()
+
+    enrolled, added, finger_alone = asyncio.run(go())
+    assert enrolled["modality"] == "face"
+    assert added["templates"] == 6 and added.get("modality", "finger") == "finger", added
+    if rule:
+        assert "asks for a face" in str(finger_alone.value)
