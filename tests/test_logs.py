@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import pathlib
 import struct
 
 import numpy as np
@@ -139,8 +140,13 @@ def test_legitimately_long_or_wordy_values_pass(value: str) -> None:
 def test_names_that_only_describe_a_secret_keep_their_values() -> None:
     record = json.loads(
         emit("json", token_scope="enroll:face", enrollment_token_issued="enroll:finger", key_type="ec-p256",
-             template_count=3, session_token="abc", kek_file="/etc/credstore.encrypted/capture-agent-kek")
+             template_count=3, session_token="abc", kek_file="/etc/credstore.encrypted/capture-agent-kek",
+             key_path=pathlib.Path("/var/lib/capture-agent/identity/current/device.key"), image_shape=(480, 640),
+             template_bytes=512, token_issued_at="2026-12-01T03:42:28+00:00")
     )
+    assert "/var/lib/capture-agent/identity/current/device.key" in record["key_path"]  # the renderer's repr of a Path
+    assert record["image_shape"] == [480, 640] and record["template_bytes"] == 512
+    assert record["token_issued_at"] == "2026-12-01T03:42:28+00:00"
     assert record["token_scope"] == "enroll:face" and record["enrollment_token_issued"] == "enroll:finger"
     assert record["key_type"] == "ec-p256" and record["template_count"] == 3
     assert record["kek_file"] == "/etc/credstore.encrypted/capture-agent-kek"
@@ -151,3 +157,94 @@ def test_yes_no_answers_under_a_secret_key_name_stay() -> None:
     record = json.loads(emit("json", with_session_token=False, token=None, password=1234))
     assert record["with_session_token"] is False and record["token"] is None
     assert record["password"] == REDACTED  # a number may be a secret (a sensor's password is one)
+
+
+# Audit 16 review (r6, r10): values an operator searches by, and secrets the filter let through. Each row is
+# checked through the agent's and the verifier's processor chains, at the top level and nested in a dict.
+SUBJECT_UID = "Xk3J9aQ2mZpL7rT1vB8nC4dE6fG0"  # 28 characters, a Firebase-style uid: a valid subject id
+
+
+def verifier_record(capsys, **fields: object) -> dict:
+    """One line through the verifier's own chain (verifier.cli.configure_logging, JSON on stderr)."""
+    from verifier.cli import configure_logging as configure_verifier_logging
+
+    before = structlog.get_config()
+    capsys.readouterr()
+    try:
+        configure_verifier_logging()
+        structlog.get_logger().info("something_happened", audit=True, **fields)
+    finally:
+        structlog.configure(**before)
+    return json.loads(capsys.readouterr().err)
+
+
+def both_records(capsys, key: str, value: object) -> dict[str, dict]:
+    fields = {key: value, "nested": {"steps": [{key: value}]}}
+    return {"agent": json.loads(emit("json", **fields)), "verifier": verifier_record(capsys, **fields)}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("device_id", "Site-AMS-Kiosk-Entrance-01"),  # valid device ids (verifier.tokens.DEVICE_ID)
+        ("device_id", "LOBBY-North-Kiosk-2024-A"),
+        ("device", "LOBBY-North-Kiosk-2024-A"),
+        ("subject", SUBJECT_UID),  # random-looking, but a subject id under a subject key
+        ("subject_id", SUBJECT_UID),
+        ("group", "Site-AMS-Entrance-Staff-01"),
+        ("fix", "capture-verifier device allow Site-AMS-Kiosk-Entrance-01 --groups staff"),
+        ("path", "/var/lib/capture-agent/identities/LOBBY-North-Kiosk-2024-A/cert.pem"),
+        ("url", f"https://verifier.example:8443/v1/subjects/{SUBJECT_UID}/enrollments"),
+        ("reason", "device Site-AMS-Kiosk-Entrance-01 is not allowed"),  # free text: an id made of words
+        ("error", "no identity for LOBBY-North-Kiosk-2024-A: run provision"),
+    ],
+)
+def test_identifiers_an_operator_searches_by_pass_both_sides(capsys, key: str, value: str) -> None:
+    for side, record in both_records(capsys, key, value).items():
+        assert record[key] == value, side
+        assert record["nested"] == {"steps": [{key: value}]}, side
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "logged"),
+    [
+        ("url", "http://admin:Hunter2@cam.local/video.mjpg", "http://admin:[redacted]@cam.local/video.mjpg"),
+        ("source", "rtsp://admin:p@ss@10.0.0.5/Streaming/Channels/101",  # a password may hold "@"
+         "rtsp://admin:[redacted]@10.0.0.5/Streaming/Channels/101"),
+        ("error", "camera door: http://admin:Hunter2@10.0.0.5/video.mjpg refused",
+         "camera door: http://admin:[redacted]@10.0.0.5/video.mjpg refused"),
+        ("error", "GET http://cam/cgi-bin/mjpg?user=admin&pass=Hunter2 failed",
+         "GET http://cam/cgi-bin/mjpg?user=admin&pass=[redacted] failed"),
+        # Names ending in a word that used to mean "only describes it", with a value that is no description.
+        ("password_file", "Hunter2", REDACTED),  # a file's name would be a path
+        ("kek_path", "Hunter2", REDACTED),
+        ("token_used", "s3cr3t-token-value", REDACTED),  # the token used
+        ("token_revoked", "s3cr3t-token-value", REDACTED),
+        ("key_at", "Hunter2", REDACTED),  # a time would be a number or a timestamp
+        ("template_bytes", "Rk1SACAyMAAAAADk", REDACTED),  # a size would be a number
+    ],
+)
+def test_secrets_the_filter_let_through_are_redacted_both_sides(capsys, key: str, value: str, logged: str) -> None:
+    for side, record in both_records(capsys, key, value).items():
+        assert record[key] == logged, side
+        assert record["nested"] == {"steps": [{key: logged}]}, side
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "logged"),
+    [
+        ("fix", f"send Authorization: Bearer {TOKEN}", "send Authorization: [redacted]"),
+        ("device_id", f"token={TOKEN}", "token=[redacted]"),
+        ("subject", KEK, REDACTED),  # base64: "+", "/", "="
+        ("source", FACE_RECORD, REDACTED),
+        ("url", "http://cam/videostream.cgi?user=admin&pwd=Hunter2",
+         "http://cam/videostream.cgi?user=admin&pwd=[redacted]"),
+        ("url", "http://cam/cgi?passwd=Hunter2", "http://cam/cgi?passwd=[redacted]"),
+        ("secret_name", SUBJECT_UID, REDACTED),  # an identifier's suffix does not shield a secret's name
+        ("reason", f"answer carried {TOKEN}", "answer carried [redacted]"),  # a bare token in free text
+    ],
+)
+def test_identifier_keys_and_ids_do_not_shield_credentials(capsys, key: str, value: str, logged: str) -> None:
+    """Bounds of the exemptions above; these were caught before the change too, and must stay caught."""
+    for side, record in both_records(capsys, key, value).items():
+        assert record[key] == logged, side
