@@ -19,8 +19,11 @@ SENSOR_VERIFICATIONS = "/v1/sensor/verifications"
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 200
 
+# Subject ids, group names and device ids (a certificate's CN) share one shape; always fullmatch
+# (`$` would let a trailing newline through).
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+GROUP_NAME = SUBJECT_ID
+DEVICE_ID = SUBJECT_ID
 _ENROLLMENTS = re.compile(r"/v1/subjects/([^/]+)/enrollments")
 
 OPERATIONS = ("enroll", "verify", "identify")

@@ -186,7 +186,7 @@ def both_records(capsys, key: str, value: object) -> dict[str, dict]:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("device_id", "Site-AMS-Kiosk-Entrance-01"),  # valid device ids (verifier.tokens.DEVICE_ID)
+        ("device_id", "Site-AMS-Kiosk-Entrance-01"),  # valid device ids (protocol.endpoints.DEVICE_ID)
         ("device_id", "LOBBY-North-Kiosk-2024-A"),
         ("device", "LOBBY-North-Kiosk-2024-A"),
         ("subject", SUBJECT_UID),  # random-looking, but a subject id under a subject key

@@ -224,7 +224,7 @@ def _count(n: int, what: str) -> str:
 
 
 def _device_id_argument(device_id: str) -> str:
-    from verifier.tokens import DEVICE_ID
+    from protocol.endpoints import DEVICE_ID
 
     if not DEVICE_ID.fullmatch(device_id):
         raise CLIError(

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+
+from protocol.endpoints import DEVICE_ID
 
 DEFAULT_TTL_S = 24 * 3600
 # A token lives long enough to be typed on the device (a minute) and no longer than an installer's
 # visit is likely to be planned ahead (30 days): a token is a credential lying around until used.
 MIN_TTL_S = 60.0
 MAX_TTL_S = 30 * 86400.0
-DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: `$` would let a newline through
 
 
 class TokenError(Exception):
