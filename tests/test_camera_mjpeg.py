@@ -362,3 +362,92 @@ def test_a_camera_that_never_gives_a_frame_in_range_is_audited_at_open(hostile) 
     asyncio.run(scenario())
     (fault,) = [d for k, d in recorded if k == "device_fault"]
     assert "16x16" in fault["error"] and "camera's own resolution" in fault["fix"]
+
+
+# ---------------------------------------------------------------- a bad Content-Length, a driver bug
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb9", b"\xd9\xa3", b"-5", b"+5", b" 5 5", b"0x10", b"5\x00"])
+def test_a_content_length_that_is_no_ascii_number_is_no_length_and_never_an_untyped_error(value) -> None:
+    body = jpeg(32, 32)
+    decoder = MultipartDecoder(b"frame")
+    events = decoder.feed(b"--frame\r\nContent-Length: " + value + b"\r\n\r\n" + body + b"\r\n--frame\r\n")
+    assert [e.body for e in events if isinstance(e, Part)] == [body]  # framed by the boundary instead
+
+
+@pytest.mark.parametrize("digits", [11, 5000])
+def test_a_content_length_of_many_digits_is_refused_as_too_large(digits) -> None:
+    decoder = MultipartDecoder(b"frame", max_part_bytes=1 << 20)
+    with pytest.raises(PartTooLarge) as refused:
+        decoder.feed(b"--frame\r\nContent-Length: " + b"9" * digits + b"\r\n\r\n\xff\xd8")
+    assert refused.value.declared and refused.value.size > refused.value.limit
+
+
+def test_repeated_content_lengths_must_agree() -> None:
+    from drivers.camera.mjpeg import ConflictingLength
+
+    body = jpeg(32, 32)
+    n = b"%d" % len(body)
+    same = MultipartDecoder(b"frame").feed(
+        b"--frame\r\nContent-Length: " + n + b"\r\nContent-Length: " + n + b", " + n + b"\r\n\r\n" + body + b"\r\n"
+    )
+    assert [e.body for e in same if isinstance(e, Part)] == [body]
+    for head in (b"Content-Length: 10\r\nContent-Length: 12", b"Content-Length: 10, 12"):
+        with pytest.raises(ConflictingLength):
+            MultipartDecoder(b"frame").feed(b"--frame\r\n" + head + b"\r\n\r\n" + body + b"\r\n--frame\r\n")
+
+
+def test_a_bad_port_is_a_fault_naming_the_fix_and_the_owner_thread_ends_cleanly() -> None:
+    from drivers.camera.errors import CameraFault
+
+    with socket.create_server(("127.0.0.1", 0)) as free:
+        bad = f"http://127.0.0.1:{free.getsockname()[1] + 70000}/video.mjpg"  # over 65535
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    try:
+        camera = Camera(bad, reconnect=False)
+        assert not camera.open_once(timeout_s=10)
+    finally:
+        threading.excepthook = hook
+    assert died == []
+    assert isinstance(camera.fault, CameraFault) and "port" in str(camera.fault) and "65535" in camera.fault.fix
+
+
+def test_an_unexpected_error_in_the_owner_is_a_fault_the_camera_is_unplugged_and_reopened(hostile, monkeypatch) -> None:
+    from drivers.camera import stream as mjpeg_stream
+
+    frame = part(jpeg(320, 240, 1))
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, frame)
+            server.stop.wait(0.02)
+
+    real, calls = mjpeg_stream.jpeg_size, []
+
+    def flaky(data: bytes) -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) == 3:  # once, after the camera gave frames: a bug, not a fault of the camera
+            raise ValueError("a bug in the driver")
+        return real(data)
+
+    monkeypatch.setattr(mjpeg_stream, "jpeg_size", flaky)
+    events: list[str] = []
+    replugged = threading.Event()
+
+    def on_event(kind: str, data: dict) -> None:
+        events.append(kind)
+        if events.count("camera_plugged") == 2:
+            replugged.set()
+
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    camera = Camera(hostile(body).url, on_event=on_event)
+    try:
+        camera.start()
+        assert replugged.wait(20)
+        assert camera.connected
+        assert events[:4] == ["camera_plugged", "camera_fault", "camera_unplugged", "camera_plugged"]
+        assert died == [] and [t for t in threading.enumerate() if t.name.startswith("camera ")]
+    finally:
+        camera.stop()
+        threading.excepthook = hook
+    assert not camera.connected

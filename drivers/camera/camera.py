@@ -273,30 +273,38 @@ class Camera:
         self.owner_ident = threading.get_ident()
         backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
-            capture: cv2.VideoCapture | mjpeg_stream.MjpegReader | None
-            capture = self._open_mjpeg() if self.is_mjpeg else self._open()
-            if capture is None:
+            capture: cv2.VideoCapture | mjpeg_stream.MjpegReader | None = None
+            faulted = False
+            try:
+                capture = self._open_mjpeg() if self.is_mjpeg else self._open()
+                if isinstance(capture, mjpeg_stream.MjpegReader):
+                    self.reader = capture
+                    self._stream_mjpeg(capture)
+                elif capture is not None:
+                    self._stream(capture)
+            except CameraFault as exc:
+                self._set_fault(exc)
+                faulted = True
+            except Exception as exc:  # a driver bug must not kill the owner and leave the camera "connected"
+                log.error("the camera %s failed in its driver: %s", self.source.redacted, type(exc).__name__)
+                self._set_fault(CameraFault(
+                    f"the camera {self.source.redacted} failed in the agent's driver ({type(exc).__name__})",
+                    "report it with the camera's make and model; the agent reopens the camera",
+                ))
+                faulted = True
+            finally:
+                if capture is not None:
+                    capture.release()
+                self.reader = None
+                if self._connected:  # whatever ended it: the camera is gone until reopened
+                    self._connected = False
+                    self.on_event("camera_unplugged", {"source": self.source.redacted})
+            if capture is None and not faulted:  # it did not open
                 if not self.reconnect:
                     return
                 self._stop.wait(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
-            faulted = False
-            try:
-                if isinstance(capture, mjpeg_stream.MjpegReader):
-                    self.reader = capture
-                    self._stream_mjpeg(capture)
-                else:
-                    self._stream(capture)
-            except CameraFault as exc:
-                self._set_fault(exc)
-                faulted = True
-            finally:
-                capture.release()
-                self.reader = None
-            if self._connected:
-                self._connected = False
-                self.on_event("camera_unplugged", {"source": self.source.redacted})
             if not self.source.is_live or not self.reconnect:
                 break  # a file ends; or the supervisor reopens
             if faulted:  # the camera answers but sends what cannot be used: back off as for one that is gone

@@ -21,9 +21,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from drivers.camera.errors import CameraFrameTooLarge, CameraNotMjpeg, CameraStreamBroken, CameraUnavailable
+from drivers.camera.errors import (
+    CameraFault,
+    CameraFrameTooLarge,
+    CameraNotMjpeg,
+    CameraStreamBroken,
+    CameraUnavailable,
+)
 from drivers.camera.mjpeg import (
     MAX_PART_BYTES,
+    ConflictingLength,
     HeadersTooLarge,
     MultipartDecoder,
     NotJpeg,
@@ -75,7 +82,14 @@ class MjpegReader:
     def open(self) -> None:
         """Connect and read the response head: CameraUnavailable if unreachable, CameraNotMjpeg if not MJPEG."""
         parts = urllib.parse.urlsplit(self.url)
-        host, port = parts.hostname or "", parts.port
+        try:
+            port = parts.port
+        except ValueError:  # "host:http", "host:99999": urlsplit splits it, .port refuses it
+            raise CameraFault(
+                f"the camera URL {self.shown} has no valid port",
+                "write the port in the source URL as a number 1..65535 (http://host:8080/...), or leave it out",
+            ) from None
+        host = parts.hostname or ""
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"Accept": "multipart/x-mixed-replace, image/jpeg", "Connection": "close"}
         if parts.username is not None:
@@ -132,7 +146,9 @@ class MjpegReader:
             try:
                 events = self._decoder.feed(data)
             except PartTooLarge as exc:
-                raise CameraFrameTooLarge(self.shown, str(exc)) from None
+                raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
+            except ConflictingLength as exc:
+                raise CameraStreamBroken(self.shown, str(exc)) from None
             except (NotMultipart, HeadersTooLarge) as exc:
                 raise CameraNotMjpeg(self.shown, str(exc)) from None
             for event in events:
