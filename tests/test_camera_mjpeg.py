@@ -451,3 +451,29 @@ def test_an_unexpected_error_in_the_owner_is_a_fault_the_camera_is_unplugged_and
         camera.stop()
         threading.excepthook = hook
     assert not camera.connected
+
+
+def test_a_jpeg_with_an_exif_orientation_is_decoded_at_its_header_size(hostile) -> None:
+    from drivers.camera.stream import JpegPart, decode
+
+    plain = jpeg(320, 240, 7)
+    # EXIF APP1 with one IFD0 entry: Orientation (0x0112), SHORT, 6 = rotate 90 degrees
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+    app1 = b"Exif\x00\x00" + tiff + struct.pack("<I", 0)
+    turned = plain[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + plain[2:]
+    assert jpeg_size(turned) == (320, 240)
+    pixels = decode(JpegPart(turned, 320, 240))
+    assert pixels is not None and pixels.shape == (240, 320, 3) and read_stamp(pixels) == 7
+    data = part(turned)
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        while not server.stop.is_set():
+            server.send(conn, data)
+            server.stop.wait(0.02)
+
+    with Camera(hostile(body).url, reconnect=False) as camera:
+        first = camera.wait_frame(timeout_s=10)
+        frames = [first]
+        for _ in range(2 * 10):  # more than the undecodable parts in a row that make a fault (10)
+            frames.append(camera.wait_frame(after=frames[-1].seq, timeout_s=10))
+        assert camera.fault is None and {read_stamp(f.pixels) for f in frames} == {7}

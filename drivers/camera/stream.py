@@ -176,7 +176,8 @@ class MjpegReader:
 
 def decode(part: JpegPart) -> np.ndarray | None:
     """The part's pixels (BGR), or None when OpenCV cannot decode it or it is not the size its header says."""
-    pixels = cv2.imdecode(np.frombuffer(part.body, np.uint8), cv2.IMREAD_COLOR)
+    # EXIF orientation is not applied: the pixels keep the size the SOF header gave (and the size check read)
+    pixels = cv2.imdecode(np.frombuffer(part.body, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.shape[:2] != (part.height, part.width):
         return None
     return pixels
