@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 MAX_PART_BYTES = 8 << 20  # a 4096x4096 JPEG at high quality is ~5 MB; a camera's usual frame is 20-500 kB
 MAX_HEADER_BYTES = 8192
+_PARAM = re.compile(r"""\s*;\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s"]*)""")
 _LENGTH_DIGITS = 10  # a Content-Length of up to 9,999,999,999 is read; longer is over any cap
 _DIGITS = re.compile(rf"[0-9]{{1,{_LENGTH_DIGITS}}}")
 _LONG_DIGITS = re.compile(rf"[0-9]{{{_LENGTH_DIGITS + 1},}}")
@@ -90,10 +91,15 @@ def boundary_of(content_type: str) -> bytes:
     kind = content_type.split(";", 1)[0].strip().lower()
     if not kind.startswith("multipart/"):
         raise NotMultipart(f"the response is {kind or 'of no Content-Type'}, not multipart/x-mixed-replace (MJPEG)")
-    match = re.search(r"""boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))""", content_type, re.IGNORECASE)
-    if match is None:
+    found = None
+    for match in _PARAM.finditer(content_type, len(content_type.split(";", 1)[0])):  # whole parameters only
+        if match.group(1).lower() == "boundary":
+            value = match.group(2)
+            found = re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+            break
+    if not found or len(found) > 70:
         raise NotMultipart(f"the response's Content-Type {content_type[:100]!r} names no boundary")
-    boundary = (match.group(1) or match.group(2)).encode("latin-1")
+    boundary = found.encode("latin-1")
     # Some cameras write "boundary=--frame" and then "--frame" between parts: the leading "--" is then theirs.
     return boundary
 
