@@ -271,6 +271,8 @@ class CameraDevice(Device):
 
             if self.camera.fault is not None:  # it answers, but with what cannot be used: say what and the fix
                 raise self.camera.fault
+            if self.camera.open_error is not None:  # it refused (a password, a path, a certificate): the fix
+                raise self.camera.open_error
             raise CameraUnavailable(
                 f"the camera {self.camera.source.redacted} gives no frame", "check it is plugged in or reachable"
             )

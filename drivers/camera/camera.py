@@ -106,7 +106,8 @@ class Camera:
         self.decoded = 0  # frames decoded: with an MJPEG stream, only those a consumer took
         self.fault: CameraFault | None = None  # why the camera's frames cannot be used, until a good one comes
         self._connected = False
-        self._stop = threading.Event()
+        self.open_error: CameraUnavailable | None = None  # why the last open failed, when it says (a 401, a 404...)
+        self._stop = threading.Event()  # a new one per owner thread: a stopped owner never sees it cleared
         self._thread: threading.Thread | None = None
         self.owner_ident: int | None = None  # the thread that alone touches cv2.VideoCapture / the socket
         self.reader: mjpeg_stream.MjpegReader | None = None  # the open MJPEG connection (tests read its bounds)
@@ -120,8 +121,12 @@ class Camera:
         return self.source.kind == "stream" and mjpeg_stream.is_http(self.source.text)
 
     def start(self) -> Camera:
+        """Start the owner thread, unless one runs; one still ending after ``stop()`` is never joined by a second
+        (``owner_alive`` says so, and ``open_once`` fails)."""
+        if self._thread is not None and not self._thread.is_alive():
+            self._thread = None
         if self._thread is None:
-            self._stop.clear()
+            self._stop = threading.Event()
             self._thread = threading.Thread(target=self._own, name=f"camera {self.source.redacted}", daemon=True)
             self._thread.start()
         return self
@@ -132,7 +137,13 @@ class Camera:
         False at once when the camera's frames cannot be used (``fault`` says why)."""
         self.stop()
         self._opened.clear()
-        self.fault = None
+        self.fault = self.open_error = None
+        if self.owner_alive:  # the last owner has not ended yet: never two on one camera
+            self.open_error = CameraUnavailable(
+                f"the camera {self.source.redacted} is still being closed",
+                "none: the agent opens it again once its last connection has ended",
+            )
+            return False
         self.start()
         deadline = time.monotonic() + timeout_s
         while not self._opened.wait(0.05):
@@ -148,7 +159,13 @@ class Camera:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(10)
-            self._thread = None
+            if not self._thread.is_alive():
+                self._thread = None  # else kept: start() will not run a second owner beside it
+
+    @property
+    def owner_alive(self) -> bool:
+        """True while an owner thread runs (also one stopped but not yet ended)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def __enter__(self) -> Camera:
         return self.start()
@@ -243,14 +260,18 @@ class Camera:
             read_timeout_s=READ_TIMEOUT_MS / 1000, max_part_bytes=self.max_part_bytes,
         )
         try:
-            reader.open()
+            reader.open(self._stop)
         except CameraFault as exc:
             reader.release()
             self._set_fault(exc)
             return None
-        except CameraUnavailable:
+        except CameraUnavailable as exc:  # kept: its fix (a password, a path, a certificate) reaches the audit
             reader.release()
+            self.open_error = exc
             return None
+        except BaseException:
+            reader.release()
+            raise
         return reader
 
     def _set_fault(self, fault: CameraFault) -> None:
@@ -273,30 +294,38 @@ class Camera:
         self.owner_ident = threading.get_ident()
         backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
-            capture: cv2.VideoCapture | mjpeg_stream.MjpegReader | None
-            capture = self._open_mjpeg() if self.is_mjpeg else self._open()
-            if capture is None:
+            capture: cv2.VideoCapture | mjpeg_stream.MjpegReader | None = None
+            faulted = False
+            try:
+                capture = self._open_mjpeg() if self.is_mjpeg else self._open()
+                if isinstance(capture, mjpeg_stream.MjpegReader):
+                    self.reader = capture
+                    self._stream_mjpeg(capture)
+                elif capture is not None:
+                    self._stream(capture)
+            except CameraFault as exc:
+                self._set_fault(exc)
+                faulted = True
+            except Exception as exc:  # a driver bug must not kill the owner and leave the camera "connected"
+                log.error("the camera %s failed in its driver: %s", self.source.redacted, type(exc).__name__)
+                self._set_fault(CameraFault(
+                    f"the camera {self.source.redacted} failed in the agent's driver ({type(exc).__name__})",
+                    "report it with the camera's make and model; the agent reopens the camera",
+                ))
+                faulted = True
+            finally:
+                if capture is not None:
+                    capture.release()
+                self.reader = None
+                if self._connected:  # whatever ended it: the camera is gone until reopened
+                    self._connected = False
+                    self.on_event("camera_unplugged", {"source": self.source.redacted})
+            if capture is None and not faulted:  # it did not open
                 if not self.reconnect:
                     return
                 self._stop.wait(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
-            faulted = False
-            try:
-                if isinstance(capture, mjpeg_stream.MjpegReader):
-                    self.reader = capture
-                    self._stream_mjpeg(capture)
-                else:
-                    self._stream(capture)
-            except CameraFault as exc:
-                self._set_fault(exc)
-                faulted = True
-            finally:
-                capture.release()
-                self.reader = None
-            if self._connected:
-                self._connected = False
-                self.on_event("camera_unplugged", {"source": self.source.redacted})
             if not self.source.is_live or not self.reconnect:
                 break  # a file ends; or the supervisor reopens
             if faulted:  # the camera answers but sends what cannot be used: back off as for one that is gone
@@ -307,6 +336,7 @@ class Camera:
             self._stop.wait(backoff)
 
     def _plugged(self, width: int, height: int, fps: float, backend: str) -> None:
+        self.open_error = None
         self.info = CameraInfo(self.source.redacted, width, height, fps, backend)
         self._connected = True
         self.on_event("camera_plugged", {"source": self.source.redacted, "width": width, "height": height, "fps": fps})
@@ -335,7 +365,7 @@ class Camera:
 
     def _stream_mjpeg(self, reader: mjpeg_stream.MjpegReader) -> None:
         """Parts in, the newest kept undecoded; the first one is decoded here (the camera's size, a real JPEG)."""
-        first, bad = True, 0
+        first, bad, seen = True, 0, reader.skipped
         while not self._stop.is_set():
             try:
                 part = reader.next_part(self._stop)
@@ -347,6 +377,8 @@ class Camera:
             if part is None:
                 return
             now = time.monotonic()
+            skipped, seen = reader.skipped - seen, reader.skipped  # parts passed over for a newer one
+            self._seq += skipped  # so frame numbers count the camera's parts: a gap shows what was skipped
             if not self._size_ok(part.width, part.height):
                 continue  # refused before decoding: a 16000x16000 JPEG never becomes 768 MB of pixels
             if first:

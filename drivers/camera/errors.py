@@ -31,12 +31,13 @@ class CameraNotMjpeg(CameraFault):
 class CameraFrameTooLarge(CameraFault):
     """An MJPEG part larger than the driver reads (a hostile or misconfigured camera)."""
 
-    def __init__(self, source: str, why: str) -> None:
+    def __init__(self, source: str, why: str, *, size: int | None = None) -> None:
         super().__init__(
             f"the camera {source} sends frames the agent refuses to read: {why}",
             "lower the camera's resolution or JPEG quality in its own settings (its web page), or use a stream "
             "URL of a smaller size",
         )
+        self.size = size  # bytes the part declared, or the bytes held when it was refused (None: not known)
 
 
 class CameraStreamBroken(CameraFault):

@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 
 MAX_PART_BYTES = 8 << 20  # a 4096x4096 JPEG at high quality is ~5 MB; a camera's usual frame is 20-500 kB
 MAX_HEADER_BYTES = 8192
+_PARAM = re.compile(r"""\s*;\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s"]*)""")
+_LENGTH_DIGITS = 10  # a Content-Length of up to 9,999,999,999 is read; longer is over any cap
+_DIGITS = re.compile(rf"[0-9]{{1,{_LENGTH_DIGITS}}}")
+_LONG_DIGITS = re.compile(rf"[0-9]{{{_LENGTH_DIGITS + 1},}}")
 
 
 class MjpegError(Exception):
@@ -47,11 +51,16 @@ class NotMultipart(MjpegError):
 class PartTooLarge(MjpegError):
     """A part declares or carries more bytes than the codec takes."""
 
-    def __init__(self, size: int, limit: int, declared: bool) -> None:
-        how = "declares" if declared else "carries at least"
+    def __init__(self, size: int, limit: int, declared: bool, *, at_least: bool = False) -> None:
+        how = ("declares at least" if at_least else "declares") if declared else "carries at least"
         super().__init__(f"an MJPEG part {how} {size} bytes, more than the {limit} accepted")
-        self.size = size
+        self.size = size  # what it declared, or what the codec held when it refused it
         self.limit = limit
+        self.declared = declared
+
+
+class ConflictingLength(MjpegError):
+    """A part that declares differing ``Content-Length`` values: which one frames it cannot be told."""
 
 
 class HeadersTooLarge(MjpegError):
@@ -82,10 +91,15 @@ def boundary_of(content_type: str) -> bytes:
     kind = content_type.split(";", 1)[0].strip().lower()
     if not kind.startswith("multipart/"):
         raise NotMultipart(f"the response is {kind or 'of no Content-Type'}, not multipart/x-mixed-replace (MJPEG)")
-    match = re.search(r"""boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;"]{1,70}))""", content_type, re.IGNORECASE)
-    if match is None:
+    found = None
+    for match in _PARAM.finditer(content_type, len(content_type.split(";", 1)[0])):  # whole parameters only
+        if match.group(1).lower() == "boundary":
+            value = match.group(2)
+            found = re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+            break
+    if not found or len(found) > 70:
         raise NotMultipart(f"the response's Content-Type {content_type[:100]!r} names no boundary")
-    boundary = (match.group(1) or match.group(2)).encode("latin-1")
+    boundary = found.encode("latin-1")
     # Some cameras write "boundary=--frame" and then "--frame" between parts: the leading "--" is then theirs.
     return boundary
 
@@ -177,19 +191,35 @@ class MultipartDecoder:
             block, rest = bytes(self._buf[:at]), at + size
         del self._buf[:rest]
         headers: dict[str, str] = {}
+        lengths: list[str] = []
         for line in block.decode("latin-1").splitlines():
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        length: int | None = None
-        text = headers.get("content-length", "")
-        if text.isdigit():  # no sign, no spaces: anything else is as good as no length
-            length = int(text)
-            if length > self.max_part_bytes:
-                raise PartTooLarge(length, self.max_part_bytes, declared=True)
+                if name.strip().lower() == "content-length":
+                    lengths += [piece.strip() for piece in value.split(",")]
+        length = self._content_length(lengths)
         self._headers, self._length, self._scan = headers, length, 0
         self._state = "body"
         return True
+
+    def _content_length(self, values: list[str]) -> int | None:
+        """The part's declared length: ASCII digits only (``str.isdigit`` takes '²'); None when there is none.
+
+        A value that is no number (a sign, a space, a letter) is as good as no length: the body then ends at the
+        next boundary. Repeated values (two headers, or "10, 10") must agree; differing ones are refused."""
+        numbers = {int(v) for v in values if _DIGITS.fullmatch(v)}  # at most 10 digits: int() stays cheap
+        if any(_LONG_DIGITS.fullmatch(v) for v in values):  # 11 digits and more: over any cap
+            raise PartTooLarge(10**_LENGTH_DIGITS, self.max_part_bytes, declared=True, at_least=True)
+        if len(numbers) > 1:
+            shown = ", ".join(str(n) for n in sorted(numbers)[:4])
+            raise ConflictingLength(f"an MJPEG part declares differing Content-Length values ({shown})")
+        if not numbers:
+            return None
+        (length,) = numbers
+        if length > self.max_part_bytes:
+            raise PartTooLarge(length, self.max_part_bytes, declared=True)
+        return length
 
     def _read_body(self, events: list[Event]) -> bool:
         longest = max(len(d) for d in self._delimiters)

@@ -6,24 +6,35 @@ a 16000x16000 JPEG to 2.6 GB. Here the bytes go through
 :class:`~drivers.camera.mjpeg.MultipartDecoder` (a part of at most
 ``max_part_bytes``) and each JPEG's size is read from its SOF header before
 ``cv2.imdecode`` runs; OpenCV still decodes every frame the agent takes.
-Credentials in the URL are sent as HTTP Basic authentication.
+Credentials in the URL are sent only when the camera asks, with Digest when it
+offers it (:mod:`drivers.camera.httpauth`).
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
+import re
+import select
+import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from drivers.camera.errors import CameraFrameTooLarge, CameraNotMjpeg, CameraStreamBroken, CameraUnavailable
+from drivers.camera import httpauth
+from drivers.camera.errors import (
+    CameraFault,
+    CameraFrameTooLarge,
+    CameraNotMjpeg,
+    CameraStreamBroken,
+    CameraUnavailable,
+)
 from drivers.camera.mjpeg import (
     MAX_PART_BYTES,
+    ConflictingLength,
     HeadersTooLarge,
     MultipartDecoder,
     NotJpeg,
@@ -33,8 +44,13 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
+from drivers.camera.source import redact_url
 
 CHUNK = 64 * 1024
+POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
+HEAD_MAX = 16 * 1024  # a response head's bytes
+REDIRECTS_MAX = 3  # followed to the same scheme, host and port only
+DRAIN_READS_MAX = 256  # reads without waiting before a part is handed over: 16 MB at most
 CUT_PARTS_MAX = 10  # parts in a row cut short of their Content-Length: the stream is broken
 
 
@@ -50,7 +66,12 @@ class JpegPart:
 
 
 class MjpegReader:
-    """One connection to an MJPEG camera: ``next_part()`` gives its JPEG parts, sizes read, undecoded."""
+    """One connection to an MJPEG camera: ``next_part()`` gives its JPEG parts, sizes read, undecoded.
+
+    The HTTP exchange is the reader's own (a socket, HTTP/1.0, so no chunked body): the whole of ``open()`` has
+    one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending its head a byte at a
+    time holds the owner no longer than the open timeout. Credentials in the URL are sent only when the camera
+    asks (a 401 challenge): Digest when offered, Basic else."""
 
     backend = "MJPEG"
 
@@ -61,106 +82,293 @@ class MjpegReader:
         self.url, self.shown = url, shown
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.max_part_bytes = max_part_bytes
-        self._conn: http.client.HTTPConnection | None = None
-        self._response: http.client.HTTPResponse | None = None
+        self._sock: socket.socket | None = None
         self._decoder: MultipartDecoder | None = None
+        self._early = b""  # body bytes that came with the response head
         self._parts: list[Part] = []
         self.dropped = 0  # parts cut short, dropped rather than spliced
+        self.skipped = 0  # whole parts never handed over: a newer one had come by the time the reader drained
+        self.auth_scheme: str | None = None  # what the camera asked for, when it did
         self._cut_in_a_row = 0
 
     @property
     def buffered(self) -> int:
         return self._decoder.buffered if self._decoder is not None else 0
 
-    def open(self) -> None:
-        """Connect and read the response head: CameraUnavailable if unreachable, CameraNotMjpeg if not MJPEG."""
-        parts = urllib.parse.urlsplit(self.url)
-        host, port = parts.hostname or "", parts.port
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = {"Accept": "multipart/x-mixed-replace, image/jpeg", "Connection": "close"}
-        if parts.username is not None:
-            userinfo = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
-        if parts.scheme.lower() == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=self.open_timeout_s, context=ssl.create_default_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.open_timeout_s)
-        self._conn = conn
+    # ---------------------------------------------------------------- the response head
+    def open(self, stop: threading.Event | None = None) -> None:
+        """Connect and read the response head: CameraUnavailable if unreachable or refused (its fix names what
+        to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
+        url = urllib.parse.urlsplit(self.url)
         try:
-            conn.request("GET", path, headers=headers)
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            raise CameraUnavailable(
-                f"the camera {self.shown} did not answer: {type(exc).__name__}: {exc}",
-                "check it is plugged in and reachable from this device, and the URL's host and port",
+            port = url.port
+        except ValueError:  # "host:http", "host:99999": urlsplit splits it, .port refuses it
+            raise CameraFault(
+                f"the camera URL {self.shown} has no valid port",
+                "write the port in the source URL as a number 1..65535 (http://host:8080/...), or leave it out",
             ) from None
-        self._response = response
-        if response.status != 200:
-            fix = (
-                "put the camera's user and password in the URL (http://user:password@host/...)"
-                if response.status in (401, 403)
-                else "check the URL's path against the camera's manual"
-            )
-            raise CameraUnavailable(f"the camera {self.shown} answered HTTP {response.status} {response.reason}", fix)
+        host, tls = url.hostname or "", url.scheme.lower() == "https"
+        if not host:
+            raise CameraFault(f"the camera URL {self.shown} has no host", "write the camera's address in the URL")
+        port = port or (443 if tls else 80)
+        user = urllib.parse.unquote(url.username) if url.username is not None else None
+        password = urllib.parse.unquote(url.password or "")
+        target = _target(url.path, url.query)
+        deadline = time.monotonic() + self.open_timeout_s
+        authorization: str | None = None
+        for _ in range(REDIRECTS_MAX + 2):  # a challenge and a few redirects
+            status, reason, headers = self._exchange(host, port, tls, target, authorization, deadline, stop)
+            if status == 401 and user is not None and authorization is None:
+                try:
+                    self.auth_scheme, authorization = httpauth.answer(
+                        headers.get("www-authenticate", []), user, password, "GET", target
+                    )
+                except httpauth.AuthUnsupported as exc:
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} asks for an authentication the agent does not speak ({exc})",
+                        "set the camera to accept Digest (or Basic, over https) authentication in its user or "
+                        "security settings, or use its rtsp:// URL",
+                    ) from None
+                self._close()
+                continue
+            if status in (301, 302, 303, 307, 308):
+                location = urllib.parse.urljoin(f"{url.scheme}://{url.netloc}{target}",
+                                                (headers.get("location") or [""])[0])
+                moved = urllib.parse.urlsplit(location)
+                try:
+                    default = 443 if moved.scheme.lower() == "https" else 80
+                    there = (moved.scheme.lower(), moved.hostname, moved.port or default)
+                    same = there == (url.scheme.lower(), host, port)
+                except ValueError:
+                    same = False
+                if same and not moved.username:
+                    target, authorization = _target(moved.path, moved.query), None
+                    self._close()
+                    continue
+                raise CameraUnavailable(
+                    f"the camera {self.shown} answered HTTP {status}: its stream is at {redact_url(location)}",
+                    f"set source to {redact_url(location)} (with the camera's user and password in it if it needs "
+                    "them)",
+                )
+            break
+        else:
+            raise CameraUnavailable(f"the camera {self.shown} redirected too many times",
+                                    "set source to the stream URL the camera's manual gives")
+        if status != 200:
+            raise CameraUnavailable(f"the camera {self.shown} answered HTTP {status} {reason}",
+                                    _status_fix(status, user is not None, authorization is not None))
         try:
-            boundary = boundary_of(response.getheader("Content-Type", ""))
+            boundary = boundary_of((headers.get("content-type") or [""])[0])
         except NotMultipart as exc:
             raise CameraNotMjpeg(self.shown, str(exc)) from None
+        if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
+            raise CameraNotMjpeg(self.shown, "the camera sends its stream chunked (Transfer-Encoding) to HTTP/1.0")
         self._decoder = MultipartDecoder(boundary, max_part_bytes=self.max_part_bytes)
-        if conn.sock is not None:
-            conn.sock.settimeout(self.read_timeout_s)
 
+    def _exchange(
+        self, host: str, port: int, tls: bool, target: str, authorization: str | None, deadline: float,
+        stop: threading.Event | None,
+    ) -> tuple[int, str, dict[str, list[str]]]:
+        """One request and its response head, all before ``deadline``: (status, reason, headers by name)."""
+
+        def left() -> float:
+            if stop is not None and stop.is_set():
+                raise CameraUnavailable(f"the camera {self.shown} was closed while opening", "none needed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CameraUnavailable(
+                    f"the camera {self.shown} did not answer within {self.open_timeout_s:g} s",
+                    "check it is plugged in and reachable from this device, and the URL's host and port",
+                )
+            return min(remaining, POLL_S)
+
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
+            self._sock = sock
+            if tls:
+                context = ssl.create_default_context()  # the system's trust store, and the host name checked
+                sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                self._sock = sock
+                while True:
+                    sock.settimeout(left())
+                    try:
+                        sock.do_handshake()
+                        break
+                    except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        continue
+            request = [f"GET {target} HTTP/1.0", f"Host: {_host_header(host, port, tls)}",
+                       "Accept: multipart/x-mixed-replace, image/jpeg", "User-Agent: capture-agent"]
+            if authorization is not None:
+                request.append(f"Authorization: {authorization}")
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode("latin-1"))
+            head = b""
+            while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                if len(head) > HEAD_MAX:
+                    raise CameraNotMjpeg(self.shown, f"the response head runs past {HEAD_MAX} bytes")
+                sock.settimeout(left())
+                try:
+                    data = sock.recv(CHUNK)
+                except TimeoutError:
+                    continue
+                if not data:
+                    raise CameraUnavailable(f"the camera {self.shown} closed the connection before answering",
+                                            "check the URL's port is the camera's web port (http or https)")
+                head += data
+        except ssl.SSLCertVerificationError as exc:
+            raise CameraUnavailable(
+                f"the camera {self.shown} has a TLS certificate this device does not trust ({exc.verify_message})",
+                "a camera's own certificate is often self-signed: put a certificate for its host name, signed by a "
+                "CA this device trusts, on the camera (its web page), or add the camera's CA certificate to this "
+                "device's trust store (/usr/local/share/ca-certificates, then update-ca-certificates); the host "
+                "name in the URL must be one the certificate names",
+            ) from None
+        except ssl.SSLError as exc:
+            raise CameraUnavailable(
+                f"the camera {self.shown} failed the TLS handshake ({exc.reason or type(exc).__name__})",
+                "check the URL's scheme and port: https:// must point at the camera's https port",
+            ) from None
+        except OSError as exc:  # refused, unreachable, a name that does not resolve
+            raise CameraUnavailable(
+                f"the camera {self.shown} did not answer: {type(exc).__name__}: {exc.strerror or exc}",
+                "check it is plugged in and reachable from this device, and the URL's host and port",
+            ) from None
+        cut = min(i + n for i, n in ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2)) if i >= 0)
+        self._early = head[cut:]
+        lines = head[:cut].decode("latin-1").splitlines()
+        match = re.fullmatch(r"HTTP/1\.[01] +([0-9]{3})(?: +(.*))?", lines[0].strip()) if lines else None
+        if match is None:
+            raise CameraNotMjpeg(self.shown, "the answer is not HTTP/1.x")
+        headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers.setdefault(name.strip().lower(), []).append(value.strip())
+        return int(match.group(1)), (match.group(2) or "").strip()[:80], headers
+
+    # ---------------------------------------------------------------- the parts
     def next_part(self, stop: threading.Event | None = None) -> JpegPart | None:
-        """The next JPEG part with its size (not decoded); None when the stream ends, stalls past the timeout,
+        """The newest JPEG part with its size (not decoded); None when the stream ends, stalls past the timeout,
         or ``stop`` is set.
 
+        Every byte already arrived is read before a part is handed over, so the part is the newest the camera
+        sent, never one out of a backlog in the socket buffer (``skipped`` counts those passed over).
         A part that is no JPEG raises NotJpeg (the caller counts them); a stream that breaks the codec's bounds,
         or whose parts are all cut short, raises a CameraFault.
         """
-        assert self._response is not None and self._decoder is not None
+        assert self._sock is not None and self._decoder is not None
+        if self._early:
+            data, self._early = self._early, b""
+            self._feed(data)
+        idle = 0.0
         while not self._parts:
             if stop is not None and stop.is_set():
                 return None
+            self._sock.settimeout(min(POLL_S, self.read_timeout_s))
             try:
-                data = self._response.read1(CHUNK)
-            except (OSError, http.client.HTTPException):  # a timeout is an OSError
+                data = self._sock.recv(CHUNK)
+            except TimeoutError:
+                idle += min(POLL_S, self.read_timeout_s)
+                if idle >= self.read_timeout_s:
+                    return None  # a stall: the stream is gone
+                continue
+            except OSError:
                 return None
             if not data:
                 return None
-            try:
-                events = self._decoder.feed(data)
-            except PartTooLarge as exc:
-                raise CameraFrameTooLarge(self.shown, str(exc)) from None
-            except (NotMultipart, HeadersTooLarge) as exc:
-                raise CameraNotMjpeg(self.shown, str(exc)) from None
-            for event in events:
-                if isinstance(event, Part):
-                    self._parts.append(event)
-                    self._cut_in_a_row = 0
-                else:
-                    self.dropped += 1
-                    self._cut_in_a_row += 1
-                    if self._cut_in_a_row >= CUT_PARTS_MAX:
-                        raise CameraStreamBroken(
-                            self.shown, f"{self._cut_in_a_row} parts in a row were {event.reason}"
-                        )
-            del self._parts[:-1]  # only the newest part of one read is worth anything: the rest are never decoded
-        part = self._parts.pop(0)
+            idle = 0.0
+            self._feed(data)
+            self._drain()
+        part = self._parts.pop()
         width, height = jpeg_size(part.body)  # NotJpeg for a part that is not one
         return JpegPart(part.body, width, height)
 
+    def _drain(self) -> None:
+        """Read what has arrived already, without waiting (bounded: the codec keeps at most a part's bytes)."""
+        assert self._sock is not None
+        for _ in range(DRAIN_READS_MAX):
+            pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+            if not pending and not select.select([self._sock], [], [], 0)[0]:
+                return
+            self._sock.settimeout(0)
+            try:
+                data = self._sock.recv(CHUNK)
+            except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        assert self._decoder is not None
+        try:
+            events = self._decoder.feed(data)
+        except PartTooLarge as exc:
+            raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
+        except ConflictingLength as exc:
+            raise CameraStreamBroken(self.shown, str(exc)) from None
+        except (NotMultipart, HeadersTooLarge) as exc:
+            raise CameraNotMjpeg(self.shown, str(exc)) from None
+        for event in events:
+            if isinstance(event, Part):
+                self.skipped += len(self._parts)  # a newer part came before the older was handed over
+                self._parts[:] = [event]  # the newest only: the older are never decoded
+                self._cut_in_a_row = 0
+            else:
+                self.dropped += 1
+                self._cut_in_a_row += 1
+                if self._cut_in_a_row >= CUT_PARTS_MAX:
+                    raise CameraStreamBroken(
+                        self.shown, f"{self._cut_in_a_row} parts in a row were {event.reason}"
+                    )
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+
     def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = self._response = self._decoder = None
+        self._close()
+        self._decoder = None
+        self._early = b""
         self._parts.clear()
+
+
+def _target(path: str, query: str) -> str:
+    """The request target: what the URL holds, with bytes no request line may carry percent-encoded (a space,
+    a control character: they would split the request or its headers)."""
+    target = (path or "/") + (f"?{query}" if query else "")
+    return urllib.parse.quote(target, safe="/?&=%:@!$'()*+,;~-._[]")
+
+
+def _host_header(host: str, port: int, tls: bool) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == (443 if tls else 80) else f"{shown}:{port}"
+
+
+def _status_fix(status: int, had_user: bool, answered: bool) -> str:
+    if status == 401 and answered:
+        return ("check the user and password in the source URL (http://user:password@host/...; percent-encode "
+                "@ : / in them): the camera refused them")
+    if status == 401:
+        return "put the camera's user and password in the source URL (http://user:password@host/...)"
+    if status == 403:
+        return ("the camera's user may not view its stream: give that user the viewer (live view) right in the "
+                "camera's user settings, or put another user in the URL" if had_user else
+                "put a user allowed to view the stream in the source URL (http://user:password@host/...)")
+    if status == 404:
+        return "check the URL's path against the camera's manual (often /video.mjpg, /mjpg/video.mjpg, /stream.mjpg)"
+    if status == 503:
+        return "the camera serves too many viewers at once: close another viewer, or raise its limit in its settings"
+    return "check the URL against the camera's manual"
 
 
 def decode(part: JpegPart) -> np.ndarray | None:
     """The part's pixels (BGR), or None when OpenCV cannot decode it or it is not the size its header says."""
-    pixels = cv2.imdecode(np.frombuffer(part.body, np.uint8), cv2.IMREAD_COLOR)
+    # EXIF orientation is not applied: the pixels keep the size the SOF header gave (and the size check read)
+    pixels = cv2.imdecode(np.frombuffer(part.body, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.shape[:2] != (part.height, part.width):
         return None
     return pixels
