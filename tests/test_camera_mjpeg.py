@@ -64,6 +64,17 @@ def test_parts_come_out_whole_at_every_split_and_a_part_cut_short_is_dropped_not
     assert isinstance(events[1], DroppedPart) and f"{len(b) // 2} of the {len(b)}" in events[1].reason
 
 
+@pytest.mark.parametrize("step", [1, 7, 10**6])
+def test_the_delimiter_in_the_middle_of_a_line_is_data_not_the_end_of_a_part(step) -> None:
+    """RFC 2046: a delimiter starts a line. A body holding "--frame" mid-line (JPEG bytes may) stays whole."""
+    tricky = b"\xff\xd8 data--frame more\r\nx--frame\r\n end \xff\xd9"
+    unsized = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + tricky + b"\r\n"
+    stream = part(tricky) + unsized + part(b"next") + b"--frame--\r\n"
+    events = feed_split(MultipartDecoder(b"frame"), stream, step)
+    assert [e.body for e in events if isinstance(e, Part)] == [tricky, tricky, b"next"]
+    assert not [e for e in events if isinstance(e, DroppedPart)]
+
+
 def test_a_declared_length_over_the_cap_is_refused_before_its_bytes() -> None:
     decoder = MultipartDecoder(b"frame", max_part_bytes=1 << 20)
     with pytest.raises(PartTooLarge) as refused:

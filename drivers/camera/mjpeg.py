@@ -145,11 +145,18 @@ class MultipartDecoder:
 
     # ---------------------------------------------------------------- states
     def _find_delimiter(self, start: int, end: int | None = None) -> tuple[int, int]:
-        """The first delimiter in the buffer from ``start``: (index, length), or (-1, 0)."""
+        """The first delimiter in the buffer from ``start`` that begins a line: (index, length), or (-1, 0).
+
+        RFC 2046 puts a delimiter at the start of a line (after CRLF); the same bytes in the middle of a
+        line are a part's data (a JPEG may hold them), not the end of the part. The buffer's first byte
+        counts as a line start: what came before it was a whole part of declared length, or nothing.
+        """
         best, size = -1, 0
         stop = len(self._buf) if end is None else end
         for delimiter in self._delimiters:
             at = self._buf.find(delimiter, start, stop)
+            while at > 0 and self._buf[at - 1] != 0x0A:  # mid-line: look further
+                at = self._buf.find(delimiter, at + 1, stop)
             if at >= 0 and (best < 0 or at < best):
                 best, size = at, len(delimiter)
         return best, size
