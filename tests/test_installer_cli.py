@@ -263,6 +263,25 @@ def test_the_daemon_writes_no_core_file_whatever_the_ulimit_it_was_started_with(
         daemon.wait(20)
 
 
+def test_the_verifier_writes_no_core_file_either(tmp_path) -> None:
+    """Its memory holds the CA key and decrypted templates: started from a shell with cores allowed, it lowers
+    its own limit to 0 (soft and hard), as the unit's LimitCORE=0 does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if hard == 0:
+        pytest.skip("this process may not allow core files at all (hard limit 0): nothing for the verifier to lower")
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))  # what the verifier inherits: `ulimit -c unlimited`
+    try:
+        with LocalVerifier.running(tmp_path / "pki") as verifier:
+            assert verifier.process is not None
+            limits = Path(f"/proc/{verifier.process.pid}/limits").read_text().splitlines()
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))  # this test process as it was
+    core = next(line for line in limits if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
+
+
 # ---------------------------------------------------------------- item 8: one daemon per state directory
 
 

@@ -445,9 +445,14 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import resource
+
     from verifier.app import create_app
     from verifier.server import serve
 
+    # No core file, whatever the shell's `ulimit -c`: a native crash would write the CA and server keys,
+    # the enrollment key and decrypted templates to disk. The unit sets LimitCORE=0; this covers the rest.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     settings = settings_from(args)
     _need_pki(settings)
     app = create_app(settings)
