@@ -150,11 +150,14 @@ def start_agent_daemon(config_file: Path) -> subprocess.Popen[bytes]:
 class TestCA:
     """A throwaway CA for tests that need certificates the dev PKI would never make.
 
-    (Wildcards, wrong host names, foreign CAs.) Files are written under ``folder``.
+    (Wildcards, wrong host names, foreign CAs, a site's subordinate CA.) Files are written under
+    ``folder``. Self-signed, or signed by ``issuer`` (a subordinate of that CA).
     """
 
+    __test__ = False  # a helper, not a test class (a test module may import it)
     name: str
     folder: Path
+    issuer: TestCA | None = None
     key: ec.EllipticCurvePrivateKey = field(init=False)
     cert: x509.Certificate = field(init=False)
     last_server_cert: x509.Certificate | None = field(init=False, default=None)
@@ -163,11 +166,12 @@ class TestCA:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.name)])
+        signer = self.issuer or self
         self.cert = (
             self._builder(subject, self.key.public_key(), days=30)
-            .issuer_name(subject)
+            .issuer_name(self.issuer.cert.subject if self.issuer else subject)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+            .sign(signer.key, hashes.SHA256())
         )
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 

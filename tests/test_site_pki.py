@@ -9,17 +9,14 @@ installer types the fingerprint of one certificate that ``cacerts`` answers with
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import socket
 import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from structlog.testing import capture_logs
 
 from agent.client import VerifierClient
@@ -29,6 +26,7 @@ from agent.errors import ProvisioningError
 from agent.identity import certificate_fingerprint, trusted_under
 from agent.provision import provision
 from agent.renewal import renew
+from tests.conftest import TestCA
 from verifier.pki import CertificateAuthority
 
 
@@ -42,49 +40,20 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-    server_ip: str | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer is not None else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server_ip is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server_ip))]), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 class SitePKI:
     """A root, a subordinate that signs devices, and the verifier's server certificate from one of them."""
 
     def __init__(self, folder: Path, server_from: str) -> None:
-        self.root_key = ec.generate_private_key(ec.SECP256R1())
-        self.root = _certificate("Site Root CA", self.root_key, None, self.root_key, ca=True)
-        self.sub_key = ec.generate_private_key(ec.SECP256R1())
-        self.sub = _certificate("capture-verifier devices (site)", self.sub_key, self.root, self.root_key, ca=True)
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        issuer, issuer_key = (self.sub, self.sub_key) if server_from == "subordinate" else (self.root, self.root_key)
-        server = _certificate("127.0.0.1", server_key, issuer, issuer_key, ca=False, server_ip="127.0.0.1")
+        self.root_ca = TestCA("Site Root CA", folder.parent / "site-cas")
+        self.sub_ca = TestCA("capture-verifier devices (site)", folder.parent / "site-cas", issuer=self.root_ca)
+        self.root, self.sub = self.root_ca.cert, self.sub_ca.cert
+        server_key, server = (self.sub_ca if server_from == "subordinate" else self.root_ca).issue_key_and_cert(
+            ["127.0.0.1"]
+        )
         self.verifier = LocalVerifier(folder)
         self.verifier.init_pki()  # the rest of the state (keys of the stores), then the site's certificates
         (folder / "ca.pem").write_bytes(_pem(self.sub, self.root))
-        (folder / "ca.key").write_bytes(_key_pem(self.sub_key))
+        (folder / "ca.key").write_bytes(_key_pem(self.sub_ca.key))
         (folder / "server.pem").write_bytes(_pem(server, *([self.sub] if server_from == "subordinate" else [])))
         (folder / "server.key").write_bytes(_key_pem(server_key))
 
@@ -147,12 +116,9 @@ def test_confirming_the_subordinate_when_the_server_certificate_comes_from_the_r
 @pytest.mark.parametrize("site_pki", ["subordinate"], indirect=True)
 def test_a_client_certificate_from_the_site_root_is_not_a_device_certificate(site_pki, tmp_path) -> None:
     """The verifier's TLS layer anchors on the subordinate alone: the root in ca.pem vouches for no client."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _certificate("kiosk-9", key, site_pki.root, site_pki.root_key, ca=False)
-    (tmp_path / "c.pem").write_bytes(_pem(cert))
-    (tmp_path / "c.key").write_bytes(_key_pem(key))
+    cert_file, key_file = site_pki.root_ca.issue("kiosk-9", ["kiosk-9"], client=True)
     ctx = ssl.create_default_context(cadata=_pem(site_pki.sub, site_pki.root).decode())
-    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "c.key")
+    ctx.load_cert_chain(cert_file, key_file)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the verdict on the client certificate comes in the handshake
     ctx.set_alpn_protocols(["h2"])
     with (
@@ -163,14 +129,13 @@ def test_a_client_certificate_from_the_site_root_is_not_a_device_certificate(sit
         tls.recv(1)
 
 
-def test_only_the_cas_the_confirmed_one_signed_are_kept_from_the_cacerts_answer() -> None:
+def test_only_the_cas_the_confirmed_one_signed_are_kept_from_the_cacerts_answer(tmp_path) -> None:
     """Whoever answers cacerts (unverified TLS) cannot add a CA of its own beside the real one."""
-    root_key, rogue_key, sub_key, rogue_sub_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
-    root = _certificate("Site Root CA", root_key, None, root_key, ca=True)
-    sub = _certificate("devices", sub_key, root, root_key, ca=True)
-    rogue = _certificate("Site Root CA", rogue_key, None, rogue_key, ca=True)  # same name, another key
-    rogue_sub = _certificate("devices", rogue_sub_key, rogue, rogue_key, ca=True)
-    leaf = _certificate("kiosk-1", ec.generate_private_key(ec.SECP256R1()), root, root_key, ca=False)
+    root_ca = TestCA("Site Root CA", tmp_path / "site")
+    rogue_ca = TestCA("Site Root CA", tmp_path / "rogue")  # the same name, another key
+    root, sub = root_ca.cert, TestCA("devices", tmp_path / "site", issuer=root_ca).cert
+    rogue, rogue_sub = rogue_ca.cert, TestCA("devices", tmp_path / "rogue", issuer=rogue_ca).cert
+    _, leaf = root_ca.issue_key_and_cert(["kiosk-1"], client=True)
     answer = [rogue_sub, sub, rogue, leaf, root]
     assert trusted_under(root, answer) == [root, sub]
     assert trusted_under(sub, answer) == [sub]
