@@ -656,21 +656,50 @@ def test_credentials_go_only_after_a_challenge_and_by_digest_when_offered(script
     assert all(b"s3cret" not in r and b"Basic" not in r for r in server.requests)  # never the password in clear
 
 
-def test_a_basic_only_camera_gets_basic_after_its_challenge_and_an_unknown_scheme_is_named(scripted) -> None:
+def basic_only(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
     import base64
 
-    def basic(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
-        token = base64.b64encode(b"admin:pw").decode()
-        if f"Authorization: Basic {token}".encode() not in request:
-            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm="cam"\r\n\r\n')
-            return
-        frames_until_stopped(server, conn)
+    token = base64.b64encode(b"admin:pw").decode()
+    if f"Authorization: Basic {token}".encode() not in request:
+        conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm="cam"\r\n\r\n')
+        return
+    frames_until_stopped(server, conn)
 
-    server = scripted(basic)
-    with Camera(server.url(userinfo="admin:pw@"), reconnect=False) as camera:
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        b'WWW-Authenticate: Basic realm="cam"\r\n',
+        b'WWW-Authenticate: Digest realm="cam", nonce="n", algorithm=SHA-512-256, qop="auth"\r\n'
+        b'WWW-Authenticate: Basic realm="cam"\r\n',
+        b'WWW-Authenticate: Digest realm="cam", nonce="n", qop="auth-conf", Basic realm="cam"\r\n',
+    ],
+)
+def test_basic_is_never_sent_over_plain_http_and_the_fault_names_digest_or_https(scripted, challenge) -> None:
+    from drivers.camera.errors import CameraBasicInClear
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.0 401 Unauthorized\r\n" + challenge + b"\r\n")
+
+    server = scripted(serve)
+    events: list = []
+    camera = Camera(server.url(userinfo="admin:s3cret-PW@"), reconnect=False, on_event=lambda k, d: events.append(d))
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraBasicInClear)
+    assert "enable Digest on the camera, or use https" in camera.fault.fix
+    assert "allow_basic_over_http" in camera.fault.fix
+    assert len(server.requests) == 1 and b"authorization" not in server.requests[0].lower()
+    assert "s3cret" not in repr(events)
+
+
+def test_a_basic_only_camera_gets_basic_after_its_challenge_when_its_config_allows_it(scripted) -> None:
+    server = scripted(basic_only)
+    with Camera(server.url(userinfo="admin:pw@"), reconnect=False, allow_basic_over_http=True) as camera:
         assert camera.wait_frame(timeout_s=10).seq >= 1
     assert b"authorization" not in server.requests[0].lower()
 
+
+def test_an_unknown_scheme_is_named(scripted) -> None:
     def negotiate(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
         conn.sendall(b"HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\n\r\n")
 

@@ -85,6 +85,7 @@ class Camera:
         min_side: int = MIN_SIDE,
         max_side: int = MAX_SIDE,
         max_part_bytes: int = MAX_PART_BYTES,
+        allow_basic_over_http: bool = False,
     ) -> None:
         self.source = source if isinstance(source, CameraSource) else CameraSource.parse(source)
         self.on_event = on_event or (lambda kind, data: None)
@@ -93,6 +94,7 @@ class Camera:
         self.reconnect = reconnect  # False: a supervisor reopens it (open_once), not the owner thread
         self.min_side, self.max_side = min_side, max_side
         self.max_part_bytes = max_part_bytes
+        self.allow_basic_over_http = allow_basic_over_http  # an http:// camera may get Basic (its config says so)
         self._opened = threading.Event()
         self.info: CameraInfo | None = None
         self._cond = threading.Condition()
@@ -258,6 +260,7 @@ class Camera:
         reader = mjpeg_stream.MjpegReader(
             self.source.text, self.source.redacted, open_timeout_s=OPEN_TIMEOUT_MS / 1000,
             read_timeout_s=READ_TIMEOUT_MS / 1000, max_part_bytes=self.max_part_bytes,
+            allow_basic_over_http=self.allow_basic_over_http,
         )
         try:
             reader.open(self._stop)

@@ -20,6 +20,11 @@ _ITEM = re.compile(rf"""[\s,]*({_TCHARS})(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 
+class BasicInClear(Exception):
+    """The camera offers only Basic (or nothing else the agent speaks) on a plain http:// connection: answering
+    would put the user and password on the wire in clear, to whoever answered the request."""
+
+
 class AuthUnsupported(Exception):
     """The camera asks for an authentication the agent does not speak (the schemes it named are in the message)."""
 
@@ -108,10 +113,14 @@ def digest(challenge: Challenge, user: str, password: str, method: str, uri: str
     return "Digest " + ", ".join(fields)
 
 
-def answer(values: list[str], user: str, password: str, method: str, uri: str) -> tuple[str, str]:
+def answer(
+    values: list[str], user: str, password: str, method: str, uri: str, *, tls: bool = False,
+    allow_basic_over_http: bool = False,
+) -> tuple[str, str]:
     """(scheme, ``Authorization`` value) for the best challenge offered: Digest SHA-256, Digest MD5, then Basic.
 
-    :class:`AuthUnsupported` when none of them can be answered."""
+    Basic only over TLS, or when the camera's config opts in (``allow_basic_over_http``): :class:`BasicInClear`
+    else. :class:`AuthUnsupported` when none of them can be answered."""
     offered = challenges(values)
     digests = [c for c in offered if c.scheme == "digest"]
 
@@ -126,6 +135,8 @@ def answer(values: list[str], user: str, password: str, method: str, uri: str) -
         except AuthUnsupported as exc:
             unsupported += exc.schemes
     if any(c.scheme == "basic" for c in offered):
+        if not tls and not allow_basic_over_http:
+            raise BasicInClear(", ".join([*unsupported, "Basic"]))
         return "Basic", basic(user, password)
     names = unsupported + [c.scheme.capitalize() for c in offered if c.scheme not in ("digest", "basic")]
     raise AuthUnsupported(names)

@@ -26,6 +26,7 @@ import numpy as np
 
 from drivers.camera import httpauth
 from drivers.camera.errors import (
+    CameraBasicInClear,
     CameraFault,
     CameraFrameTooLarge,
     CameraNotMjpeg,
@@ -71,15 +72,17 @@ class MjpegReader:
     The HTTP exchange is the reader's own (a socket, HTTP/1.0, so no chunked body): the whole of ``open()`` has
     one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending its head a byte at a
     time holds the owner no longer than the open timeout. Credentials in the URL are sent only when the camera
-    asks (a 401 challenge): Digest when offered, Basic else."""
+    asks (a 401 challenge): Digest when offered, Basic else (over https, or http when the camera's config sets
+    ``allow_basic_over_http``)."""
 
     backend = "MJPEG"
 
     def __init__(
         self, url: str, shown: str, *, open_timeout_s: float, read_timeout_s: float,
-        max_part_bytes: int = MAX_PART_BYTES,
+        max_part_bytes: int = MAX_PART_BYTES, allow_basic_over_http: bool = False,
     ) -> None:
         self.url, self.shown = url, shown
+        self.allow_basic_over_http = allow_basic_over_http  # the camera's config opts in: Basic over http://
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.max_part_bytes = max_part_bytes
         self._sock: socket.socket | None = None
@@ -121,8 +124,11 @@ class MjpegReader:
             if status == 401 and user is not None and authorization is None:
                 try:
                     self.auth_scheme, authorization = httpauth.answer(
-                        headers.get("www-authenticate", []), user, password, "GET", target
+                        headers.get("www-authenticate", []), user, password, "GET", target, tls=tls,
+                        allow_basic_over_http=self.allow_basic_over_http,
                     )
+                except httpauth.BasicInClear as exc:
+                    raise CameraBasicInClear(self.shown, str(exc)) from None
                 except httpauth.AuthUnsupported as exc:
                     raise CameraUnavailable(
                         f"the camera {self.shown} asks for an authentication the agent does not speak ({exc})",
