@@ -107,6 +107,15 @@ def test_headers_and_preambles_are_bounded() -> None:
     assert boundary_of('multipart/x-mixed-replace; boundary="frame"') == b"frame"
 
 
+def test_a_jpeg_part_repr_holds_no_frame_bytes() -> None:
+    from drivers.camera.stream import JpegPart
+
+    body = jpeg(64, 48)
+    shown = repr(JpegPart(body, 64, 48))
+    assert "64" in shown and "48" in shown
+    assert "body" not in shown and repr(body[:8])[2:-1] not in shown and "\\x" not in shown
+
+
 def test_jpeg_size_is_read_from_the_header_without_decoding() -> None:
     assert jpeg_size(jpeg(320, 240)) == (320, 240)
     small = jpeg(16, 16)

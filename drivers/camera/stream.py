@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -61,7 +61,7 @@ def is_http(url: str) -> bool:
 
 @dataclass(frozen=True)
 class JpegPart:
-    body: bytes
+    body: bytes = field(repr=False)  # a frame: never in a repr, a log line or a traceback's locals (invariant 1)
     width: int
     height: int
 
