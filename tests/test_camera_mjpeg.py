@@ -718,6 +718,57 @@ def test_an_unknown_scheme_is_named(scripted) -> None:
     assert "Digest" in camera.open_error.fix
 
 
+@pytest.mark.parametrize(
+    "userinfo",
+    ["adm%0D%0AX-Injected:%20yes:pw@", "admin:pw%0D%0AX-Injected:%20yes@", "adm%00in:pw@", "admin:p%7Fw@"],
+)
+def test_a_control_character_in_the_user_or_password_is_a_typed_fault_before_any_request(scripted, userinfo) -> None:
+    server = scripted(lambda s, i, c, r: c.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest '
+                                                   b'realm="cam", nonce="n", qop="auth"\r\n\r\n'))
+    camera = Camera(server.url(userinfo=userinfo), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.fault is not None and "control character" in camera.fault.fix
+    assert ("user" if userinfo.startswith("adm%") else "password") in camera.fault.fix
+    shown = str(camera.fault)
+    assert "Injected" not in shown and "pw" not in shown and "\x00" not in shown
+    assert all(b"Injected" not in r for r in server.requests)
+
+
+def test_a_user_name_beyond_latin_1_goes_as_username_star_and_its_digest_is_right(scripted) -> None:
+    import hashlib
+    import re as re_
+    import urllib.parse
+
+    user, password = "Иван", "pw"
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        head = request.decode("latin-1")
+        line = [x for x in head.split("\r\n") if x.lower().startswith("authorization:")]
+        if not line:
+            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam", nonce="n0", '
+                         b'qop="auth", algorithm=SHA-256\r\n\r\n')
+            return
+        fields = dict(re_.findall(r'([\w*]+)="?([^",]*)"?', line[0].split(" ", 2)[2]))
+
+        def hx(text: str) -> str:
+            return hashlib.sha256(text.encode()).hexdigest()
+
+        uri = head.split(" ")[1]
+        expected = hx(f"{hx(f'{user}:cam:{password}')}:n0:{fields.get('nc')}:{fields.get('cnonce')}:auth:"
+                      f"{hx(f'GET:{uri}')}")
+        named = fields.get("username*") == "UTF-8''" + urllib.parse.quote(user, safe="")
+        if named and "username" not in fields and fields.get("response") == expected:
+            frames_until_stopped(server, conn)
+        else:
+            conn.sendall(b"HTTP/1.0 403 Forbidden\r\n\r\n")
+
+    server = scripted(serve)
+    userinfo = urllib.parse.quote(user, safe="") + ":pw@"
+    with Camera(server.url(userinfo=userinfo), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    assert all(r.isascii() for r in server.requests)
+
+
 def refusing(status: bytes, extra: bytes = b""):
     def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
         conn.sendall(b"HTTP/1.0 " + status + b"\r\n" + extra + b"Content-Length: 0\r\n\r\n")

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # an RFC 9110 token
@@ -96,8 +97,14 @@ def digest(challenge: Challenge, user: str, password: str, method: str, uri: str
     ha2 = h(f"{method}:{uri}") if qop != "auth-int" else h(f"{method}:{uri}:{h('')}")  # a GET has no body
     response = h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}") if qop else h(f"{ha1}:{nonce}:{ha2}")
     userhash = params.get("userhash", "").lower() == "true"
+    if userhash:
+        name = f"username={_quote(h(f'{user}:{realm}'))}"
+    elif user.isascii():
+        name = f"username={_quote(user)}"
+    else:  # RFC 7616 section 3.4.4: a name a quoted string cannot carry
+        name = "username*=UTF-8''" + urllib.parse.quote(user, safe="")
     fields = [
-        f"username={_quote(h(f'{user}:{realm}') if userhash else user)}",
+        name,
         f"realm={_quote(realm)}",
         f"nonce={_quote(nonce)}",
         f"uri={_quote(uri)}",

@@ -53,6 +53,7 @@ HEAD_MAX = 16 * 1024  # a response head's bytes
 REDIRECTS_MAX = 3  # followed to the same scheme, host and port only
 DRAIN_READS_MAX = 256  # reads without waiting before a part is handed over: 16 MB at most
 CUT_PARTS_MAX = 10  # parts in a row cut short of their Content-Length: the stream is broken
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_http(url: str) -> bool:
@@ -116,6 +117,13 @@ class MjpegReader:
         port = port or (443 if tls else 80)
         user = urllib.parse.unquote(url.username) if url.username is not None else None
         password = urllib.parse.unquote(url.password or "")
+        for what, value in (("user", user or ""), ("password", password)):
+            if _CONTROL.search(value):  # a percent-encoded CR LF would add header lines to the request
+                raise CameraFault(
+                    f"the camera URL {self.shown} has a control character in its {what}",
+                    f"remove the control character (a percent-encoded CR, LF, tab or NUL: %0D %0A %09 %00...) from "
+                    f"the {what} in the source URL",
+                )
         target = _target(url.path, url.query)
         deadline = time.monotonic() + self.open_timeout_s
         authorization: str | None = None
@@ -207,7 +215,7 @@ class MjpegReader:
             if authorization is not None:
                 request.append(f"Authorization: {authorization}")
             sock.settimeout(max(0.05, deadline - time.monotonic()))
-            sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode("latin-1"))
+            sock.sendall(self._request_bytes(request))
             head = b""
             while b"\r\n\r\n" not in head and b"\n\n" not in head:
                 if len(head) > HEAD_MAX:
@@ -251,6 +259,25 @@ class MjpegReader:
             if sep:
                 headers.setdefault(name.strip().lower(), []).append(value.strip())
         return int(match.group(1)), (match.group(2) or "").strip()[:80], headers
+
+    def _request_bytes(self, lines: list[str]) -> bytes:
+        """The request head: ASCII, but an ``Authorization`` value echoing a challenge's Latin-1 bytes (a realm);
+        no control character anywhere. A typed error else, never one holding the request text."""
+        out = []
+        for line in lines:
+            if _CONTROL.search(line):
+                raise CameraFault(
+                    f"the request to the camera {self.shown} would carry a control character",
+                    "check the source URL's host, and the camera's authentication settings (its realm or nonce)",
+                )
+            try:
+                out.append(line.encode("latin-1" if line.startswith("Authorization: ") else "ascii"))
+            except UnicodeEncodeError:
+                raise CameraFault(
+                    f"the camera URL {self.shown} has characters other than ASCII in its host",
+                    "write the camera's host as an IP address or its ASCII (xn--) name",
+                ) from None
+        return b"\r\n".join(out) + b"\r\n\r\n"
 
     # ---------------------------------------------------------------- the parts
     def next_part(self, stop: threading.Event | None = None) -> JpegPart | None:
