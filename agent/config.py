@@ -209,7 +209,7 @@ DeviceKind = Literal["zfm", "fprint", "camera"]
 DEVICE_KEYS: dict[str, tuple[str, ...]] = {
     "zfm": ("port", "baud", "password"),
     "fprint": ("selector",),
-    "camera": ("source", "width", "height", "fps", "allow_basic_over_http"),
+    "camera": ("source", "width", "height", "fps", "allow_basic_over_http", "ca_file"),
 }
 
 
@@ -243,6 +243,8 @@ class DeviceSection:
     fps: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 240, "use 0 (the camera's own) to 240"))
     # camera: answer a Basic challenge of an http:// camera (its password in clear on the network): off by default
     allow_basic_over_http: bool = False
+    # camera: an https camera's CA certificate (PEM), trusted alone; "" = the system's trust store
+    ca_file: str = field(default="", metadata=_check(lambda v: v == "" or v.startswith("/"), "use an absolute path"))
 
 
 def _build_devices(raw: Any) -> tuple[DeviceSection, ...]:

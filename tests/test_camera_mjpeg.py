@@ -825,8 +825,11 @@ def test_a_redirect_elsewhere_names_the_location_and_one_to_the_same_camera_is_f
     assert "http://cam.example:8080/mjpg/video.mjpg?pwd=***" in camera.open_error.fix
 
 
-def self_signed_tls():
+def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
+    """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
     import datetime
+    import ipaddress
+    import ssl
     import tempfile
 
     from cryptography import x509
@@ -837,33 +840,82 @@ def self_signed_tls():
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "camera")])
     now = datetime.datetime.now(datetime.UTC)
+    sans = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     folder = tempfile.mkdtemp()
-    with open(f"{folder}/c.pem", "wb") as out:
+    with open(f"{folder}/cert.pem", "wb") as out:
         out.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(f"{folder}/key.pem", "wb") as out:
         out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()))
-    import ssl
-
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(f"{folder}/c.pem")
-    return lambda conn: context.wrap_socket(conn, server_side=True)
+    context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
+    if ciphers is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(ciphers)
+    return (lambda conn: context.wrap_socket(conn, server_side=True)), f"{folder}/cert.pem"
 
 
-def test_a_self_signed_https_camera_is_refused_with_a_fix_for_its_certificate(scripted) -> None:
-    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=self_signed_tls())
+def test_a_self_signed_https_camera_is_refused_with_a_fix_naming_ca_file(scripted) -> None:
+    wrap, _ = self_signed_tls()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     camera = Camera(server.url(scheme="https"), reconnect=False)
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "does not trust" in camera.open_error.args[0]
-    assert "self-signed" in camera.open_error.fix and "update-ca-certificates" in camera.open_error.fix
+    assert "self-signed" in camera.open_error.fix and "ca_file" in camera.open_error.fix
+    assert "update-ca-certificates" not in camera.open_error.fix  # not the whole device's trust store
     assert server.requests == []  # no request byte (nor a credential) went to a camera not trusted
+
+
+def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted) -> None:
+    import ssl
+
+    from drivers.camera.stream import tls_context
+
+    wrap, ca = self_signed_tls()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    with Camera(server.url(scheme="https"), reconnect=False, ca_file=ca) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    context = tls_context(ca, "shown")
+    assert context.cert_store_stats()["x509_ca"] == 1  # only the camera's CA, not the system's store
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    suites = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert suites and all(c["aead"] and c["kea"] == "kx-ecdhe" for c in suites)
+    system = tls_context("", "shown")  # no ca_file: the system's store, but the same versions and suites
+    assert system.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert all(c["aead"] for c in system.get_ciphers() if c["protocol"] == "TLSv1.2")
+
+
+def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_request(scripted) -> None:
+    wrap, ca = self_signed_tls(dns_names=("*.cams.example",))
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    camera = Camera(server.url(scheme="https", userinfo="admin:pw@"), reconnect=False, ca_file=ca)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "wildcard" in camera.open_error.args[0]
+    assert server.requests == []
+
+    wrap, ca = self_signed_tls(ciphers="ECDHE-ECDSA-AES128-SHA256")  # CBC: no AEAD
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=ca)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "TLS handshake" in camera.open_error.args[0]
+    assert server.requests == []
+
+
+def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:
+    wrap, _ = self_signed_tls()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=str(tmp_path / "missing.pem"))
+    assert not camera.open_once(timeout_s=10)
+    assert camera.fault is not None and "ca_file" in camera.fault.fix
 
 
 def test_a_backlog_in_the_socket_is_skipped_not_decoded_frame_by_frame(hostile, monkeypatch) -> None:

@@ -116,6 +116,16 @@ def test_allow_basic_over_http_is_a_camera_option_off_by_default_and_reaches_the
         parse_config({"device": [{"kind": "camera", "source": url, "allow_basic_over_http": "yes"}]})
 
 
+def test_ca_file_is_a_camera_option_an_absolute_path_that_reaches_the_driver() -> None:
+    from agent.devices.kinds import CameraDevice
+
+    url = "https://cam.lan/stream.mjpg"
+    (section,) = parse_config({"device": [{"kind": "camera", "source": url, "ca_file": "/etc/cam-ca.pem"}]}).device
+    assert CameraDevice(section, "cam").camera.ca_file == "/etc/cam-ca.pem"
+    with pytest.raises(ConfigError, match="ca_file"):
+        parse_config({"device": [{"kind": "camera", "source": url, "ca_file": "cam-ca.pem"}]})
+
+
 def _events(recorded: list[tuple[str, dict]], device: str) -> list[str]:
     return [kind for kind, data in recorded if data.get("device") == device]
 

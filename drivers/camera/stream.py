@@ -46,6 +46,7 @@ from drivers.camera.mjpeg import (
     jpeg_size,
 )
 from drivers.camera.source import redact_url
+from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
@@ -80,9 +81,10 @@ class MjpegReader:
 
     def __init__(
         self, url: str, shown: str, *, open_timeout_s: float, read_timeout_s: float,
-        max_part_bytes: int = MAX_PART_BYTES, allow_basic_over_http: bool = False,
+        max_part_bytes: int = MAX_PART_BYTES, allow_basic_over_http: bool = False, ca_file: str = "",
     ) -> None:
         self.url, self.shown = url, shown
+        self.ca_file = ca_file  # an https camera's CA: trusted alone (else the system's store)
         self.allow_basic_over_http = allow_basic_over_http  # the camera's config opts in: Basic over http://
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.max_part_bytes = max_part_bytes
@@ -200,7 +202,7 @@ class MjpegReader:
             sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
             self._sock = sock
             if tls:
-                context = ssl.create_default_context()  # the system's trust store, and the host name checked
+                context = tls_context(self.ca_file, self.shown)
                 sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 self._sock = sock
                 while True:
@@ -210,6 +212,13 @@ class MjpegReader:
                         break
                     except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                         continue
+                wild = [name for name in _cert_names(sock.getpeercert() or {}) if "*" in name]
+                if wild:  # before any request byte (and any credential)
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} has a wildcard TLS certificate ({', '.join(dict.fromkeys(wild))})",
+                        "put a certificate issued for the camera's own host name on the camera (its web page): the "
+                        "agent never accepts a wildcard",
+                    )
             request = [f"GET {target} HTTP/1.0", f"Host: {_host_header(host, port, tls)}",
                        "Accept: multipart/x-mixed-replace, image/jpeg", "User-Agent: capture-agent"]
             if authorization is not None:
@@ -232,15 +241,16 @@ class MjpegReader:
         except ssl.SSLCertVerificationError as exc:
             raise CameraUnavailable(
                 f"the camera {self.shown} has a TLS certificate this device does not trust ({exc.verify_message})",
-                "a camera's own certificate is often self-signed: put a certificate for its host name, signed by a "
-                "CA this device trusts, on the camera (its web page), or add the camera's CA certificate to this "
-                "device's trust store (/usr/local/share/ca-certificates, then update-ca-certificates); the host "
-                "name in the URL must be one the certificate names",
+                "a camera's own certificate is often self-signed: set ca_file in the camera's [[device]] entry to "
+                "the CA certificate (PEM) that signed the camera's certificate (or to the camera's self-signed "
+                "certificate itself); the host name in the URL must be one the certificate names",
             ) from None
         except ssl.SSLError as exc:
             raise CameraUnavailable(
                 f"the camera {self.shown} failed the TLS handshake ({exc.reason or type(exc).__name__})",
-                "check the URL's scheme and port: https:// must point at the camera's https port",
+                "check the URL's scheme and port: https:// must point at the camera's https port; the agent speaks "
+                "TLS 1.2 or 1.3 with ECDHE and AEAD suites (AES-GCM, ChaCha20) only: enable them on the camera, or "
+                "update its firmware",
             ) from None
         except OSError as exc:  # refused, unreachable, a name that does not resolve
             raise CameraUnavailable(
@@ -367,6 +377,33 @@ class MjpegReader:
         self._decoder = None
         self._early = b""
         self._parts.clear()
+
+
+def tls_context(ca_file: str, shown: str) -> ssl.SSLContext:
+    """The TLS client context of an https camera: TLS 1.2 minimum, ECDHE with AEAD suites only (protocol/tls.py),
+    the host name checked; ``ca_file`` trusted alone when given, the system's store else."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    context.minimum_version = MINIMUM_VERSION
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise CameraFault(
+                f"the CA file {ca_file} of the camera {shown} cannot be read ({type(exc).__name__})",
+                "set ca_file in the camera's [[device]] entry to a readable PEM file of the CA certificate that "
+                "signed the camera's certificate",
+            ) from None
+    else:
+        context.load_default_certs()
+    return context
+
+
+def _cert_names(peer: dict) -> list[str]:
+    names = [value for kind, value in peer.get("subjectAltName", ()) if kind == "DNS"]
+    names += [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names
 
 
 def _target(path: str, query: str) -> str:
