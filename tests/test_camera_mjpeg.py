@@ -825,6 +825,44 @@ def test_a_redirect_elsewhere_names_the_location_and_one_to_the_same_camera_is_f
     assert "http://cam.example:8080/mjpg/video.mjpg?pwd=***" in camera.open_error.fix
 
 
+def test_a_relative_redirect_is_followed_with_credentials_in_the_url_and_a_3xx_without_location_is_refused(
+    scripted,
+) -> None:
+    def moved(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        if request.startswith(b"GET /old "):
+            conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: /video.mjpg\r\n\r\n")
+        elif request.startswith(b"GET /nowhere "):
+            conn.sendall(b"HTTP/1.0 302 Found\r\nContent-Length: 0\r\n\r\n")
+        elif request.startswith(b"GET /creds "):
+            conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: //eve:LOCSECRET@127.0.0.1:%d/video.mjpg\r\n\r\n"
+                         % server.port)
+        else:
+            frames_until_stopped(server, conn)
+
+    server = scripted(moved)
+    with Camera(server.url("/old", userinfo="admin:pw@"), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    assert server.requests[1].startswith(b"GET /video.mjpg ")
+
+    server = scripted(moved)
+    camera = Camera(server.url("/nowhere"), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "no Location" in camera.open_error.args[0]
+    assert len(server.requests) == 1  # refused at once, not asked again
+
+    server = scripted(moved)
+    camera = Camera(server.url("/creds"), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "credentials" in camera.open_error.args[0]
+    assert "LOCSECRET" not in str(camera.open_error) and len(server.requests) == 1
+
+
+def test_port_zero_is_no_valid_port_not_port_80() -> None:
+    camera = Camera("http://127.0.0.1:0/video.mjpg", reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.fault is not None and "no valid port" in camera.fault.args[0]
+
+
 def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
     """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
     import datetime

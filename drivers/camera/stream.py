@@ -116,7 +116,12 @@ class MjpegReader:
         host, tls = url.hostname or "", url.scheme.lower() == "https"
         if not host:
             raise CameraFault(f"the camera URL {self.shown} has no host", "write the camera's address in the URL")
-        port = port or (443 if tls else 80)
+        if port == 0:
+            raise CameraFault(
+                f"the camera URL {self.shown} has no valid port",
+                "write the port in the source URL as a number 1..65535 (http://host:8080/...), or leave it out",
+            )
+        port = (443 if tls else 80) if port is None else port
         user = urllib.parse.unquote(url.username) if url.username is not None else None
         password = urllib.parse.unquote(url.password or "")
         for what, value in (("user", user or ""), ("password", password)):
@@ -148,12 +153,27 @@ class MjpegReader:
                 self._close()
                 continue
             if status in (301, 302, 303, 307, 308):
-                location = urllib.parse.urljoin(f"{url.scheme}://{url.netloc}{target}",
-                                                (headers.get("location") or [""])[0])
+                raw = (headers.get("location") or [""])[0].strip()
+                if not raw:
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} answered HTTP {status} with no Location",
+                        "set source to the stream URL the camera's manual gives",
+                    )
+                try:
+                    credentials = urllib.parse.urlsplit(raw).username is not None  # on the Location as sent
+                except ValueError:
+                    credentials = True
+                if credentials:  # not shown: a scheme-relative //user:pw@host would not be redacted
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} answered HTTP {status} to a URL holding credentials",
+                        "set source to the stream URL the camera's manual gives",
+                    )
+                origin = f"{url.scheme.lower()}://{_host_header(host, port, tls)}"  # no userinfo to copy
+                location = urllib.parse.urljoin(origin + target, raw)
                 moved = urllib.parse.urlsplit(location)
                 try:
                     default = 443 if moved.scheme.lower() == "https" else 80
-                    there = (moved.scheme.lower(), moved.hostname, moved.port or default)
+                    there = (moved.scheme.lower(), moved.hostname, default if moved.port is None else moved.port)
                     same = there == (url.scheme.lower(), host, port)
                 except ValueError:
                     same = False
