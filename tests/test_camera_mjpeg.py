@@ -863,6 +863,70 @@ def test_port_zero_is_no_valid_port_not_port_80() -> None:
     assert camera.fault is not None and "no valid port" in camera.fault.args[0]
 
 
+def test_stop_ends_an_open_stuck_in_a_slow_name_lookup(monkeypatch) -> None:
+    from drivers.camera.errors import CameraUnavailable
+    from drivers.camera.stream import MjpegReader
+
+    release = threading.Event()
+
+    def slow_lookup(*args, **kwargs):
+        release.wait(20)  # a resolver retrying: released by the test once open() is back
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    stop = threading.Event()
+    stop.set()  # the owner is being stopped while the name is looked up
+    reader = MjpegReader("http://camera.invalid/video.mjpg", "shown", open_timeout_s=30, read_timeout_s=1)
+    try:
+        with pytest.raises(CameraUnavailable, match="closed while opening"):
+            reader.open(stop)
+        assert not release.is_set()  # open() came back while the lookup was still blocked
+    finally:
+        release.set()
+        reader.release()
+
+
+def test_the_open_deadline_covers_every_address_not_each_one(monkeypatch) -> None:
+    from drivers.camera.errors import CameraUnavailable
+    from drivers.camera.stream import MjpegReader
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []  # fill its accept queue: a further connect is never answered (the SYN is dropped)
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    real = socket.getaddrinfo
+    tried: list = []
+
+    def three(host, *args, **kwargs):
+        return real("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)[:1] * 3
+
+    real_socket = socket.socket
+
+    class Counting(real_socket):
+        def connect_ex(self, address):
+            tried.append(address)
+            return super().connect_ex(address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", three)
+    monkeypatch.setattr(socket, "socket", Counting)
+    reader = MjpegReader(f"http://camera.local:{port}/v", "shown", open_timeout_s=0.5, read_timeout_s=1)
+    try:
+        with pytest.raises(CameraUnavailable, match=r"within 0\.5 s"):
+            reader.open(threading.Event())
+        assert len(tried) == 1  # the one deadline ran out on the first address: no fresh time per address
+    finally:
+        reader.release()
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
     """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
     import datetime

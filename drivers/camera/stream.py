@@ -12,6 +12,8 @@ offers it (:mod:`drivers.camera.httpauth`).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import select
 import socket
@@ -219,8 +221,7 @@ class MjpegReader:
             return min(remaining, POLL_S)
 
         try:
-            sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
-            self._sock = sock
+            sock = self._connect(host, port, left)
             if tls:
                 context = tls_context(self.ca_file, self.shown)
                 sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
@@ -308,6 +309,41 @@ class MjpegReader:
                     "write the camera's host as an IP address or its ASCII (xn--) name",
                 ) from None
         return b"\r\n".join(out) + b"\r\n\r\n"
+
+    def _connect(self, host: str, port: int, left) -> socket.socket:
+        """A connected socket, the name looked up and each address tried within the open deadline, ``stop``
+        looked at every ``POLL_S`` (``left()`` raises when either ends): a slow resolver or an address that
+        drops the SYN never holds the owner past them."""
+        found: dict[str, object] = {}
+        done = threading.Event()
+
+        def lookup() -> None:  # getaddrinfo cannot be interrupted: it runs apart, and is left to end alone
+            try:
+                found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                found["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=lookup, name="camera name lookup", daemon=True).start()
+        while not done.wait(left()):
+            pass
+        if "error" in found:
+            raise found["error"]  # type: ignore[misc]
+        last: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, address in found["addresses"]:  # type: ignore[attr-defined]
+            sock = socket.socket(family, kind, proto)
+            self._sock = sock  # closed by release() whatever happens here
+            sock.setblocking(False)
+            error = sock.connect_ex(address)
+            while error in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                if select.select([], [sock], [], left())[1]:
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not error:
+                return sock
+            self._close()
+            last = OSError(error, os.strerror(error))
+        raise last
 
     # ---------------------------------------------------------------- the parts
     def next_part(self, stop: threading.Event | None = None) -> JpegPart | None:
