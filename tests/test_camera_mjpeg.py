@@ -927,6 +927,64 @@ def test_the_open_deadline_covers_every_address_not_each_one(monkeypatch) -> Non
         listener.close()
 
 
+def test_digest_session_without_qop_a_utf8_realm_and_an_unterminated_quote() -> None:
+    import hashlib
+
+    from drivers.camera import httpauth
+
+    (sess,) = httpauth.challenges(['Digest realm="r", nonce="n", algorithm=MD5-sess'])
+    with pytest.raises(httpauth.AuthUnsupported, match="without qop"):  # its cnonce would never be sent
+        httpauth.digest(sess, "u", "p", "GET", "/")
+    # a realm the camera sends in UTF-8 (the head is read as Latin-1): hashed as the bytes it sent
+    (utf8,) = httpauth.challenges(
+        ['Digest realm="K\u00e4se", nonce="n", qop=auth, algorithm=SHA-256'.encode().decode("latin-1")]
+    )
+    answer = httpauth.digest(utf8, "u", "p", "GET", "/", cnonce="x")
+    ha1 = hashlib.sha256("u:K\u00e4se:p".encode()).hexdigest()
+    ha2 = hashlib.sha256(b"GET:/").hexdigest()
+    assert hashlib.sha256(f"{ha1}:n:00000001:x:auth:{ha2}".encode()).hexdigest() in answer
+    # an unterminated quoted value drops its challenge, never a value cut short
+    assert httpauth.challenges(['Digest realm="cam", nonce="abc']) == []
+    assert [c.scheme for c in httpauth.challenges(['Basic realm="b", Digest realm="d, nonce=n'])] == ["basic"]
+
+
+def test_a_folded_challenge_is_read_and_a_stale_nonce_is_answered_again(scripted) -> None:
+    import re as re_
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        nonce = re_.search(rb'nonce="([^"]*)"', request)
+        if nonce is None:  # the challenge, folded over two lines (obs-fold)
+            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam",\r\n nonce="n1", '
+                         b'qop="auth"\r\n\r\n')
+        elif nonce.group(1) == b"n1":  # that nonce has expired meanwhile
+            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam", nonce="n2", '
+                         b'qop="auth", stale=true\r\n\r\n')
+        else:
+            frames_until_stopped(server, conn)
+
+    server = scripted(serve)
+    with Camera(server.url(userinfo="admin:pw@"), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    assert [b'nonce="n2"' in r for r in server.requests[:3]] == [False, False, True]
+
+
+def test_heads_are_split_on_line_feeds_only_never_on_other_unicode_line_breaks(scripted) -> None:
+    decoder = MultipartDecoder(b"frame")
+    body = jpeg(64, 48)
+    data = (b"--frame\r\nX-Note: a\x85Content-Length: 3\r\nContent-Length: %d\r\n\r\n" % len(body)) + body + b"\r\n"
+    events = decoder.feed(data + b"--frame\r\n")
+    assert [type(e) for e in events] == [Part] and events[0].body == body
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n"
+                     b"X-Note: a\x0bTransfer-Encoding: chunked\r\n\r\n")
+        frames_until_stopped(server, conn)
+
+    server = scripted(serve)
+    with Camera(server.url(), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+
+
 def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
     """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
     import datetime

@@ -57,6 +57,10 @@ def challenges(values: list[str]) -> list[Challenge]:
                 found.append(current)
                 continue
             if raw.startswith('"'):
+                if not re.fullmatch(r'"(?:[^"\\]|\\.)*"', raw):  # an unterminated quoted value: not cut short
+                    if current is not None:
+                        found.remove(current)
+                    break
                 raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
             if current is not None:
                 current.params.setdefault(name.lower(), raw)
@@ -84,21 +88,34 @@ def digest(challenge: Challenge, user: str, password: str, method: str, uri: str
     def h(text: str) -> str:
         return new(text.encode()).hexdigest()
 
+    def wire(text: str) -> bytes:  # a challenge's value as its bytes on the wire (the head is read as Latin-1)
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            return text.encode()
+
+    def hb(*pieces: bytes) -> str:
+        return new(b":".join(pieces)).hexdigest()
+
     realm, nonce = params.get("realm", ""), params["nonce"]
     offered = [q.strip().lower() for q in params.get("qop", "").split(",") if q.strip()]
     if offered and "auth" not in offered and "auth-int" not in offered:
         raise AuthUnsupported([f"Digest qop={params['qop']}"])
     qop = "auth" if "auth" in offered else ("auth-int" if offered else None)
+    if sess and qop is None:  # its cnonce would be hashed but never sent (it goes with a qop only)
+        raise AuthUnsupported([f"Digest algorithm={params.get('algorithm')} without qop"])
     cnonce = cnonce or secrets.token_hex(16)
     nc = "00000001"
-    ha1 = h(f"{user}:{realm}:{password}")
+    ha1 = hb(user.encode(), wire(realm), password.encode())  # the realm's own bytes, UTF-8 or Latin-1
     if sess:
-        ha1 = h(f"{ha1}:{nonce}:{cnonce}")
+        ha1 = hb(ha1.encode(), wire(nonce), cnonce.encode())
     ha2 = h(f"{method}:{uri}") if qop != "auth-int" else h(f"{method}:{uri}:{h('')}")  # a GET has no body
-    response = h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}") if qop else h(f"{ha1}:{nonce}:{ha2}")
+    n = wire(nonce)
+    response = (hb(ha1.encode(), n, nc.encode(), cnonce.encode(), qop.encode(), ha2.encode()) if qop
+                else hb(ha1.encode(), n, ha2.encode()))
     userhash = params.get("userhash", "").lower() == "true"
     if userhash:
-        name = f"username={_quote(h(f'{user}:{realm}'))}"
+        name = f"username={_quote(hb(user.encode(), wire(realm)))}"
     elif user.isascii():
         name = f"username={_quote(user)}"
     else:  # RFC 7616 section 3.4.4: a name a quoted string cannot carry

@@ -136,9 +136,15 @@ class MjpegReader:
         target = _target(url.path, url.query)
         deadline = time.monotonic() + self.open_timeout_s
         authorization: str | None = None
-        for _ in range(REDIRECTS_MAX + 2):  # a challenge and a few redirects
+        restaled = False
+        for _ in range(REDIRECTS_MAX + 3):  # a challenge, a stale nonce's and a few redirects
             status, reason, headers = self._exchange(host, port, tls, target, authorization, deadline, stop)
-            if status == 401 and user is not None and authorization is None:
+            stale = authorization is not None and not restaled and any(  # the nonce expired: answer once more
+                c.scheme == "digest" and c.params.get("stale", "").lower() == "true"
+                for c in httpauth.challenges(headers.get("www-authenticate", []))
+            )
+            if status == 401 and user is not None and (authorization is None or stale):
+                restaled = restaled or stale
                 try:
                     self.auth_scheme, authorization = httpauth.answer(
                         headers.get("www-authenticate", []), user, password, "GET", target, tls=tls,
@@ -280,15 +286,22 @@ class MjpegReader:
             ) from None
         cut = min(i + n for i, n in ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2)) if i >= 0)
         self._early = head[cut:]
-        lines = head[:cut].decode("latin-1").splitlines()
+        lines = [line.rstrip(b"\r").decode("latin-1") for line in head[:cut].split(b"\n")]  # not str.splitlines
         match = re.fullmatch(r"HTTP/1\.[01] +([0-9]{3})(?: +(.*))?", lines[0].strip()) if lines else None
         if match is None:
             raise CameraNotMjpeg(self.shown, "the answer is not HTTP/1.x")
         headers: dict[str, list[str]] = {}
+        last: list[str] | None = None
         for line in lines[1:]:
+            if line[:1] in (" ", "\t") and last:  # an obsolete folded line: the previous value goes on
+                last[-1] = f"{last[-1]} {line.strip()}".strip()
+                continue
             name, sep, value = line.partition(":")
             if sep:
-                headers.setdefault(name.strip().lower(), []).append(value.strip())
+                last = headers.setdefault(name.strip().lower(), [])
+                last.append(value.strip())
+            else:
+                last = None
         return int(match.group(1)), (match.group(2) or "").strip()[:80], headers
 
     def _request_bytes(self, lines: list[str]) -> bytes:
