@@ -985,6 +985,26 @@ def test_heads_are_split_on_line_feeds_only_never_on_other_unicode_line_breaks(s
         assert camera.wait_frame(timeout_s=10).seq >= 1
 
 
+def test_a_long_response_head_in_one_read_is_refused_and_a_reader_refuses_an_unencoded_password(scripted) -> None:
+    from drivers.camera.source import CameraSourceCredentials
+    from drivers.camera.stream import MjpegReader
+
+    server = scripted(lambda s, i, c, r: c.sendall(b"HTTP/1.0 200 OK\r\nX-Pad: " + b"a" * 40000 + b"\r\n"
+                                                   b"Content-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n"))
+    reader = MjpegReader(server.url(), "shown", open_timeout_s=10, read_timeout_s=1)
+    try:
+        with pytest.raises(CameraNotMjpeg, match="runs past"):
+            reader.open(threading.Event())
+    finally:
+        reader.release()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    reader = MjpegReader(f"http://admin:pa/ss@127.0.0.1:{server.port}/v", "shown", open_timeout_s=10, read_timeout_s=1)
+    with pytest.raises(CameraSourceCredentials):
+        reader.open(threading.Event())
+    reader.release()
+    assert server.requests == []
+
+
 def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
     """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
     import datetime

@@ -47,7 +47,7 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import redact_url
+from drivers.camera.source import CameraSourceCredentials, _split_at_userinfo, redact_url
 from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
 CHUNK = 64 * 1024
@@ -107,6 +107,9 @@ class MjpegReader:
     def open(self, stop: threading.Event | None = None) -> None:
         """Connect and read the response head: CameraUnavailable if unreachable or refused (its fix names what
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
+        split = _split_at_userinfo(self.url)
+        if split is not None and re.search(r"[/?#]", split[1]):  # as CameraSource.parse: where the host begins
+            raise CameraSourceCredentials(self.shown)  # cannot be told (an unencoded / ? # in the password)
         url = urllib.parse.urlsplit(self.url)
         try:
             port = url.port
@@ -285,6 +288,8 @@ class MjpegReader:
                 "check it is plugged in and reachable from this device, and the URL's host and port",
             ) from None
         cut = min(i + n for i, n in ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2)) if i >= 0)
+        if cut > HEAD_MAX:  # one read can bring a whole long head: the bound holds for it too
+            raise CameraNotMjpeg(self.shown, f"the response head runs past {HEAD_MAX} bytes")
         self._early = head[cut:]
         lines = [line.rstrip(b"\r").decode("latin-1") for line in head[:cut].split(b"\n")]  # not str.splitlines
         match = re.fullmatch(r"HTTP/1\.[01] +([0-9]{3})(?: +(.*))?", lines[0].strip()) if lines else None
