@@ -506,6 +506,7 @@ class ScriptedCamera:
     def __init__(self, serve, wrap=None) -> None:
         self.serve, self.wrap = serve, wrap
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)  # here, not in the thread: close() may come before the thread runs
         self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
         self.requests: list[bytes] = []
@@ -515,7 +516,6 @@ class ScriptedCamera:
         return f"{scheme}://{userinfo}127.0.0.1:{self.port}{path}"
 
     def _accept(self) -> None:
-        self.sock.settimeout(0.2)
         index = 0
         while not self.stop.is_set():
             try:
