@@ -209,7 +209,7 @@ DeviceKind = Literal["zfm", "fprint", "camera"]
 DEVICE_KEYS: dict[str, tuple[str, ...]] = {
     "zfm": ("port", "baud", "password"),
     "fprint": ("selector",),
-    "camera": ("source", "width", "height", "fps"),
+    "camera": ("source", "width", "height", "fps", "allow_basic_over_http", "ca_file"),
 }
 
 
@@ -241,6 +241,10 @@ class DeviceSection:
         lambda v: v == 0 or CAMERA_MIN_SIDE <= v <= CAMERA_MAX_SIDE,
         f"use 0 (the camera's own) or {CAMERA_MIN_SIDE} to {CAMERA_MAX_SIDE}"))
     fps: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 240, "use 0 (the camera's own) to 240"))
+    # camera: answer a Basic challenge of an http:// camera (its password in clear on the network): off by default
+    allow_basic_over_http: bool = False
+    # camera: an https camera's CA certificate (PEM), trusted alone; "" = the system's trust store
+    ca_file: str = field(default="", metadata=_check(lambda v: v == "" or v.startswith("/"), "use an absolute path"))
 
 
 def _build_devices(raw: Any) -> tuple[DeviceSection, ...]:

@@ -64,6 +64,56 @@ def test_redacted_hides_every_credential_of_a_stream_url(url: str, shown: str) -
     assert "SECRET" not in repr(source)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # a password with an unencoded / ? #: urlsplit ends the netloc at it, so its tail was a path, a query...
+        ("http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg", "http://***@127.0.0.1:9/video.mjpg"),
+        ("http://admin:Pa55#w0rdSECRET@127.0.0.1:9/video.mjpg", "http://***"),
+        ("http://admin:Pa55?w0rdSECRET@127.0.0.1:9/video.mjpg", "http://***"),
+        ("http://adminSECRET/x:Pa55SECRET@127.0.0.1:9/video.mjpg", "http://***@127.0.0.1:9/video.mjpg"),
+        # an @ in a query value: nothing of it is shown, not even what follows the @
+        ("http://cam/v.cgi?user=admin&pwd=abSECRET@cdSECRET", "http://***"),
+        ("rtsp://10.0.0.8/user=admin&password=aSECRET@bSECRET&channel=1", "rtsp://***"),
+    ],
+)
+def test_a_password_with_an_unencoded_slash_question_mark_or_hash_is_masked_whole(url: str, shown: str) -> None:
+    from drivers.camera.source import redact_url
+
+    assert redact_url(url) == shown
+    assert "SECRET" not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg", "http://127.0.0.1:9"),
+        ("http://admin:Pa55#w0rdSECRET@127.0.0.1:9/video.mjpg", "http://***"),
+        ("https://admin:Pa55?w0rdSECRET@cam.lan/video.mjpg", "https://***"),
+        ("http://cam/v.cgi?user=admin&pwd=abSECRET@cdSECRET", "http://***"),
+    ],
+)
+def test_a_source_whose_credentials_cannot_be_told_from_its_host_is_refused_naming_the_fix(url, origin) -> None:
+    from drivers.camera.errors import CameraFault
+    from drivers.camera.source import CameraSourceCredentials
+
+    with pytest.raises(CameraSourceCredentials) as caught:
+        Camera(url)  # refused before any thread (named after the source) or connection
+    assert isinstance(caught.value, CameraFault) and isinstance(caught.value, CameraSourceError)
+    assert f"the camera source {origin} " in caught.value.args[0]
+    assert "percent-encode / ? # @ : in the camera password" in caught.value.fix
+    assert "SECRET" not in str(caught.value) and "admin" not in str(caught.value)
+    # the supervisor audits it as a device fault with the fix, and no credential
+    from agent.config import DeviceSection
+    from agent.devices.supervisor import DeviceSupervisor
+
+    recorded: list = []
+    section = DeviceSection(kind="camera", source=url)
+    supervisor = DeviceSupervisor([("door", section)], lambda k, d: recorded.append((k, d)))
+    assert supervisor.devices == [] and [k for k, _ in recorded] == ["device_fault"]
+    assert "percent-encode" in recorded[0][1]["fix"] and "SECRET" not in repr(recorded)
+
+
 def test_frames_size_and_only_the_latest(camera_sim) -> None:
     events: list[tuple[str, dict]] = []
     with Camera(camera_sim.url, on_event=lambda kind, data: events.append((kind, data))) as camera:

@@ -107,6 +107,15 @@ def test_headers_and_preambles_are_bounded() -> None:
     assert boundary_of('multipart/x-mixed-replace; boundary="frame"') == b"frame"
 
 
+def test_a_jpeg_part_repr_holds_no_frame_bytes() -> None:
+    from drivers.camera.stream import JpegPart
+
+    body = jpeg(64, 48)
+    shown = repr(JpegPart(body, 64, 48))
+    assert "64" in shown and "48" in shown
+    assert "body" not in shown and repr(body[:8])[2:-1] not in shown and "\\x" not in shown
+
+
 def test_jpeg_size_is_read_from_the_header_without_decoding() -> None:
     assert jpeg_size(jpeg(320, 240)) == (320, 240)
     small = jpeg(16, 16)
@@ -497,6 +506,7 @@ class ScriptedCamera:
     def __init__(self, serve, wrap=None) -> None:
         self.serve, self.wrap = serve, wrap
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)  # here, not in the thread: close() may come before the thread runs
         self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
         self.requests: list[bytes] = []
@@ -506,7 +516,6 @@ class ScriptedCamera:
         return f"{scheme}://{userinfo}127.0.0.1:{self.port}{path}"
 
     def _accept(self) -> None:
-        self.sock.settimeout(0.2)
         index = 0
         while not self.stop.is_set():
             try:
@@ -656,21 +665,50 @@ def test_credentials_go_only_after_a_challenge_and_by_digest_when_offered(script
     assert all(b"s3cret" not in r and b"Basic" not in r for r in server.requests)  # never the password in clear
 
 
-def test_a_basic_only_camera_gets_basic_after_its_challenge_and_an_unknown_scheme_is_named(scripted) -> None:
+def basic_only(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
     import base64
 
-    def basic(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
-        token = base64.b64encode(b"admin:pw").decode()
-        if f"Authorization: Basic {token}".encode() not in request:
-            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm="cam"\r\n\r\n')
-            return
-        frames_until_stopped(server, conn)
+    token = base64.b64encode(b"admin:pw").decode()
+    if f"Authorization: Basic {token}".encode() not in request:
+        conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm="cam"\r\n\r\n')
+        return
+    frames_until_stopped(server, conn)
 
-    server = scripted(basic)
-    with Camera(server.url(userinfo="admin:pw@"), reconnect=False) as camera:
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        b'WWW-Authenticate: Basic realm="cam"\r\n',
+        b'WWW-Authenticate: Digest realm="cam", nonce="n", algorithm=SHA-512-256, qop="auth"\r\n'
+        b'WWW-Authenticate: Basic realm="cam"\r\n',
+        b'WWW-Authenticate: Digest realm="cam", nonce="n", qop="auth-conf", Basic realm="cam"\r\n',
+    ],
+)
+def test_basic_is_never_sent_over_plain_http_and_the_fault_names_digest_or_https(scripted, challenge) -> None:
+    from drivers.camera.errors import CameraBasicInClear
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.0 401 Unauthorized\r\n" + challenge + b"\r\n")
+
+    server = scripted(serve)
+    events: list = []
+    camera = Camera(server.url(userinfo="admin:s3cret-PW@"), reconnect=False, on_event=lambda k, d: events.append(d))
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraBasicInClear)
+    assert "enable Digest on the camera, or use https" in camera.fault.fix
+    assert "allow_basic_over_http" in camera.fault.fix
+    assert len(server.requests) == 1 and b"authorization" not in server.requests[0].lower()
+    assert "s3cret" not in repr(events)
+
+
+def test_a_basic_only_camera_gets_basic_after_its_challenge_when_its_config_allows_it(scripted) -> None:
+    server = scripted(basic_only)
+    with Camera(server.url(userinfo="admin:pw@"), reconnect=False, allow_basic_over_http=True) as camera:
         assert camera.wait_frame(timeout_s=10).seq >= 1
     assert b"authorization" not in server.requests[0].lower()
 
+
+def test_an_unknown_scheme_is_named(scripted) -> None:
     def negotiate(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
         conn.sendall(b"HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\n\r\n")
 
@@ -678,6 +716,57 @@ def test_a_basic_only_camera_gets_basic_after_its_challenge_and_an_unknown_schem
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "Negotiate" in str(camera.open_error.args[0])
     assert "Digest" in camera.open_error.fix
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    ["adm%0D%0AX-Injected:%20yes:pw@", "admin:pw%0D%0AX-Injected:%20yes@", "adm%00in:pw@", "admin:p%7Fw@"],
+)
+def test_a_control_character_in_the_user_or_password_is_a_typed_fault_before_any_request(scripted, userinfo) -> None:
+    server = scripted(lambda s, i, c, r: c.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest '
+                                                   b'realm="cam", nonce="n", qop="auth"\r\n\r\n'))
+    camera = Camera(server.url(userinfo=userinfo), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.fault is not None and "control character" in camera.fault.fix
+    assert ("user" if userinfo.startswith("adm%") else "password") in camera.fault.fix
+    shown = str(camera.fault)
+    assert "Injected" not in shown and "pw" not in shown and "\x00" not in shown
+    assert all(b"Injected" not in r for r in server.requests)
+
+
+def test_a_user_name_beyond_latin_1_goes_as_username_star_and_its_digest_is_right(scripted) -> None:
+    import hashlib
+    import re as re_
+    import urllib.parse
+
+    user, password = "Иван", "pw"
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        head = request.decode("latin-1")
+        line = [x for x in head.split("\r\n") if x.lower().startswith("authorization:")]
+        if not line:
+            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam", nonce="n0", '
+                         b'qop="auth", algorithm=SHA-256\r\n\r\n')
+            return
+        fields = dict(re_.findall(r'([\w*]+)="?([^",]*)"?', line[0].split(" ", 2)[2]))
+
+        def hx(text: str) -> str:
+            return hashlib.sha256(text.encode()).hexdigest()
+
+        uri = head.split(" ")[1]
+        expected = hx(f"{hx(f'{user}:cam:{password}')}:n0:{fields.get('nc')}:{fields.get('cnonce')}:auth:"
+                      f"{hx(f'GET:{uri}')}")
+        named = fields.get("username*") == "UTF-8''" + urllib.parse.quote(user, safe="")
+        if named and "username" not in fields and fields.get("response") == expected:
+            frames_until_stopped(server, conn)
+        else:
+            conn.sendall(b"HTTP/1.0 403 Forbidden\r\n\r\n")
+
+    server = scripted(serve)
+    userinfo = urllib.parse.quote(user, safe="") + ":pw@"
+    with Camera(server.url(userinfo=userinfo), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    assert all(r.isascii() for r in server.requests)
 
 
 def refusing(status: bytes, extra: bytes = b""):
@@ -736,8 +825,191 @@ def test_a_redirect_elsewhere_names_the_location_and_one_to_the_same_camera_is_f
     assert "http://cam.example:8080/mjpg/video.mjpg?pwd=***" in camera.open_error.fix
 
 
-def self_signed_tls():
+def test_a_relative_redirect_is_followed_with_credentials_in_the_url_and_a_3xx_without_location_is_refused(
+    scripted,
+) -> None:
+    def moved(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        if request.startswith(b"GET /old "):
+            conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: /video.mjpg\r\n\r\n")
+        elif request.startswith(b"GET /nowhere "):
+            conn.sendall(b"HTTP/1.0 302 Found\r\nContent-Length: 0\r\n\r\n")
+        elif request.startswith(b"GET /creds "):
+            conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: //eve:LOCSECRET@127.0.0.1:%d/video.mjpg\r\n\r\n"
+                         % server.port)
+        else:
+            frames_until_stopped(server, conn)
+
+    server = scripted(moved)
+    with Camera(server.url("/old", userinfo="admin:pw@"), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    assert server.requests[1].startswith(b"GET /video.mjpg ")
+
+    server = scripted(moved)
+    camera = Camera(server.url("/nowhere"), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "no Location" in camera.open_error.args[0]
+    assert len(server.requests) == 1  # refused at once, not asked again
+
+    server = scripted(moved)
+    camera = Camera(server.url("/creds"), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "credentials" in camera.open_error.args[0]
+    assert "LOCSECRET" not in str(camera.open_error) and len(server.requests) == 1
+
+
+def test_port_zero_is_no_valid_port_not_port_80() -> None:
+    camera = Camera("http://127.0.0.1:0/video.mjpg", reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.fault is not None and "no valid port" in camera.fault.args[0]
+
+
+def test_stop_ends_an_open_stuck_in_a_slow_name_lookup(monkeypatch) -> None:
+    from drivers.camera.errors import CameraUnavailable
+    from drivers.camera.stream import MjpegReader
+
+    release = threading.Event()
+
+    def slow_lookup(*args, **kwargs):
+        release.wait(20)  # a resolver retrying: released by the test once open() is back
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    stop = threading.Event()
+    stop.set()  # the owner is being stopped while the name is looked up
+    reader = MjpegReader("http://camera.invalid/video.mjpg", "shown", open_timeout_s=30, read_timeout_s=1)
+    try:
+        with pytest.raises(CameraUnavailable, match="closed while opening"):
+            reader.open(stop)
+        assert not release.is_set()  # open() came back while the lookup was still blocked
+    finally:
+        release.set()
+        reader.release()
+
+
+def test_the_open_deadline_covers_every_address_not_each_one(monkeypatch) -> None:
+    from drivers.camera.errors import CameraUnavailable
+    from drivers.camera.stream import MjpegReader
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []  # fill its accept queue: a further connect is never answered (the SYN is dropped)
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    real = socket.getaddrinfo
+    tried: list = []
+
+    def three(host, *args, **kwargs):
+        return real("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)[:1] * 3
+
+    real_socket = socket.socket
+
+    class Counting(real_socket):
+        def connect_ex(self, address):
+            tried.append(address)
+            return super().connect_ex(address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", three)
+    monkeypatch.setattr(socket, "socket", Counting)
+    reader = MjpegReader(f"http://camera.local:{port}/v", "shown", open_timeout_s=0.5, read_timeout_s=1)
+    try:
+        with pytest.raises(CameraUnavailable, match=r"within 0\.5 s"):
+            reader.open(threading.Event())
+        assert len(tried) == 1  # the one deadline ran out on the first address: no fresh time per address
+    finally:
+        reader.release()
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_digest_session_without_qop_a_utf8_realm_and_an_unterminated_quote() -> None:
+    import hashlib
+
+    from drivers.camera import httpauth
+
+    (sess,) = httpauth.challenges(['Digest realm="r", nonce="n", algorithm=MD5-sess'])
+    with pytest.raises(httpauth.AuthUnsupported, match="without qop"):  # its cnonce would never be sent
+        httpauth.digest(sess, "u", "p", "GET", "/")
+    # a realm the camera sends in UTF-8 (the head is read as Latin-1): hashed as the bytes it sent
+    (utf8,) = httpauth.challenges(
+        ['Digest realm="K\u00e4se", nonce="n", qop=auth, algorithm=SHA-256'.encode().decode("latin-1")]
+    )
+    answer = httpauth.digest(utf8, "u", "p", "GET", "/", cnonce="x")
+    ha1 = hashlib.sha256("u:K\u00e4se:p".encode()).hexdigest()
+    ha2 = hashlib.sha256(b"GET:/").hexdigest()
+    assert hashlib.sha256(f"{ha1}:n:00000001:x:auth:{ha2}".encode()).hexdigest() in answer
+    # an unterminated quoted value drops its challenge, never a value cut short
+    assert httpauth.challenges(['Digest realm="cam", nonce="abc']) == []
+    assert [c.scheme for c in httpauth.challenges(['Basic realm="b", Digest realm="d, nonce=n'])] == ["basic"]
+
+
+def test_a_folded_challenge_is_read_and_a_stale_nonce_is_answered_again(scripted) -> None:
+    import re as re_
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        nonce = re_.search(rb'nonce="([^"]*)"', request)
+        if nonce is None:  # the challenge, folded over two lines (obs-fold)
+            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam",\r\n nonce="n1", '
+                         b'qop="auth"\r\n\r\n')
+        elif nonce.group(1) == b"n1":  # that nonce has expired meanwhile
+            conn.sendall(b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam", nonce="n2", '
+                         b'qop="auth", stale=true\r\n\r\n')
+        else:
+            frames_until_stopped(server, conn)
+
+    server = scripted(serve)
+    with Camera(server.url(userinfo="admin:pw@"), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    assert [b'nonce="n2"' in r for r in server.requests[:3]] == [False, False, True]
+
+
+def test_heads_are_split_on_line_feeds_only_never_on_other_unicode_line_breaks(scripted) -> None:
+    decoder = MultipartDecoder(b"frame")
+    body = jpeg(64, 48)
+    data = (b"--frame\r\nX-Note: a\x85Content-Length: 3\r\nContent-Length: %d\r\n\r\n" % len(body)) + body + b"\r\n"
+    events = decoder.feed(data + b"--frame\r\n")
+    assert [type(e) for e in events] == [Part] and events[0].body == body
+
+    def serve(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n"
+                     b"X-Note: a\x0bTransfer-Encoding: chunked\r\n\r\n")
+        frames_until_stopped(server, conn)
+
+    server = scripted(serve)
+    with Camera(server.url(), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+
+
+def test_a_long_response_head_in_one_read_is_refused_and_a_reader_refuses_an_unencoded_password(scripted) -> None:
+    from drivers.camera.source import CameraSourceCredentials
+    from drivers.camera.stream import MjpegReader
+
+    server = scripted(lambda s, i, c, r: c.sendall(b"HTTP/1.0 200 OK\r\nX-Pad: " + b"a" * 40000 + b"\r\n"
+                                                   b"Content-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n"))
+    reader = MjpegReader(server.url(), "shown", open_timeout_s=10, read_timeout_s=1)
+    try:
+        with pytest.raises(CameraNotMjpeg, match="runs past"):
+            reader.open(threading.Event())
+    finally:
+        reader.release()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    reader = MjpegReader(f"http://admin:pa/ss@127.0.0.1:{server.port}/v", "shown", open_timeout_s=10, read_timeout_s=1)
+    with pytest.raises(CameraSourceCredentials):
+        reader.open(threading.Event())
+    reader.release()
+    assert server.requests == []
+
+
+def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
+    """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
     import datetime
+    import ipaddress
+    import ssl
     import tempfile
 
     from cryptography import x509
@@ -748,33 +1020,82 @@ def self_signed_tls():
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "camera")])
     now = datetime.datetime.now(datetime.UTC)
+    sans = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     folder = tempfile.mkdtemp()
-    with open(f"{folder}/c.pem", "wb") as out:
+    with open(f"{folder}/cert.pem", "wb") as out:
         out.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(f"{folder}/key.pem", "wb") as out:
         out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()))
-    import ssl
-
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(f"{folder}/c.pem")
-    return lambda conn: context.wrap_socket(conn, server_side=True)
+    context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
+    if ciphers is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(ciphers)
+    return (lambda conn: context.wrap_socket(conn, server_side=True)), f"{folder}/cert.pem"
 
 
-def test_a_self_signed_https_camera_is_refused_with_a_fix_for_its_certificate(scripted) -> None:
-    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=self_signed_tls())
+def test_a_self_signed_https_camera_is_refused_with_a_fix_naming_ca_file(scripted) -> None:
+    wrap, _ = self_signed_tls()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     camera = Camera(server.url(scheme="https"), reconnect=False)
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "does not trust" in camera.open_error.args[0]
-    assert "self-signed" in camera.open_error.fix and "update-ca-certificates" in camera.open_error.fix
+    assert "self-signed" in camera.open_error.fix and "ca_file" in camera.open_error.fix
+    assert "update-ca-certificates" not in camera.open_error.fix  # not the whole device's trust store
     assert server.requests == []  # no request byte (nor a credential) went to a camera not trusted
+
+
+def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted) -> None:
+    import ssl
+
+    from drivers.camera.stream import tls_context
+
+    wrap, ca = self_signed_tls()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    with Camera(server.url(scheme="https"), reconnect=False, ca_file=ca) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+    context = tls_context(ca, "shown")
+    assert context.cert_store_stats()["x509_ca"] == 1  # only the camera's CA, not the system's store
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    suites = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert suites and all(c["aead"] and c["kea"] == "kx-ecdhe" for c in suites)
+    system = tls_context("", "shown")  # no ca_file: the system's store, but the same versions and suites
+    assert system.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert all(c["aead"] for c in system.get_ciphers() if c["protocol"] == "TLSv1.2")
+
+
+def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_request(scripted) -> None:
+    wrap, ca = self_signed_tls(dns_names=("*.cams.example",))
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    camera = Camera(server.url(scheme="https", userinfo="admin:pw@"), reconnect=False, ca_file=ca)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "wildcard" in camera.open_error.args[0]
+    assert server.requests == []
+
+    wrap, ca = self_signed_tls(ciphers="ECDHE-ECDSA-AES128-SHA256")  # CBC: no AEAD
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=ca)
+    assert not camera.open_once(timeout_s=10)
+    assert camera.open_error is not None and "TLS handshake" in camera.open_error.args[0]
+    assert server.requests == []
+
+
+def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:
+    wrap, _ = self_signed_tls()
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=str(tmp_path / "missing.pem"))
+    assert not camera.open_once(timeout_s=10)
+    assert camera.fault is not None and "ca_file" in camera.fault.fix
 
 
 def test_a_backlog_in_the_socket_is_skipped_not_decoded_frame_by_frame(hostile, monkeypatch) -> None:

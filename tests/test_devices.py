@@ -101,6 +101,31 @@ def test_device_list_config_and_the_old_reader_section() -> None:
         parse_config({"device": [{"kind": "webcam"}]})
 
 
+def test_allow_basic_over_http_is_a_camera_option_off_by_default_and_reaches_the_driver() -> None:
+    from agent.devices.kinds import CameraDevice
+
+    url = "http://127.0.0.1:8080/stream.mjpg"
+    (plain,) = parse_config({"device": [{"kind": "camera", "source": url}]}).device
+    (opted,) = parse_config({"device": [{"kind": "camera", "source": url, "allow_basic_over_http": True}]}).device
+    assert not plain.allow_basic_over_http and opted.allow_basic_over_http
+    assert CameraDevice(opted, "cam").camera.allow_basic_over_http
+    assert not CameraDevice(plain, "cam").camera.allow_basic_over_http
+    with pytest.raises(ConfigError, match="keys of another kind: allow_basic_over_http"):
+        parse_config({"device": [{"kind": "zfm", "port": "/dev/ttyUSB0", "allow_basic_over_http": True}]})
+    with pytest.raises(ConfigError):
+        parse_config({"device": [{"kind": "camera", "source": url, "allow_basic_over_http": "yes"}]})
+
+
+def test_ca_file_is_a_camera_option_an_absolute_path_that_reaches_the_driver() -> None:
+    from agent.devices.kinds import CameraDevice
+
+    url = "https://cam.lan/stream.mjpg"
+    (section,) = parse_config({"device": [{"kind": "camera", "source": url, "ca_file": "/etc/cam-ca.pem"}]}).device
+    assert CameraDevice(section, "cam").camera.ca_file == "/etc/cam-ca.pem"
+    with pytest.raises(ConfigError, match="ca_file"):
+        parse_config({"device": [{"kind": "camera", "source": url, "ca_file": "cam-ca.pem"}]})
+
+
 def _events(recorded: list[tuple[str, dict]], device: str) -> list[str]:
     return [kind for kind, data in recorded if data.get("device") == device]
 

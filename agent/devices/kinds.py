@@ -261,7 +261,8 @@ class CameraDevice(Device):
 
         size = (section.width, section.height) if section.width and section.height else None
         self.camera = Camera(
-            section.source, size=size, fps=section.fps or None, reconnect=False, min_side=MIN_SIDE, max_side=MAX_SIDE
+            section.source, size=size, fps=section.fps or None, reconnect=False, min_side=MIN_SIDE, max_side=MAX_SIDE,
+            allow_basic_over_http=section.allow_basic_over_http, ca_file=section.ca_file,
         )  # frames the face pipeline would refuse are refused by the driver, before decoding when it can
         self.capabilities = frozenset({cap.CAMERA})
 

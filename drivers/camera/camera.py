@@ -85,6 +85,8 @@ class Camera:
         min_side: int = MIN_SIDE,
         max_side: int = MAX_SIDE,
         max_part_bytes: int = MAX_PART_BYTES,
+        allow_basic_over_http: bool = False,
+        ca_file: str = "",
     ) -> None:
         self.source = source if isinstance(source, CameraSource) else CameraSource.parse(source)
         self.on_event = on_event or (lambda kind, data: None)
@@ -93,6 +95,8 @@ class Camera:
         self.reconnect = reconnect  # False: a supervisor reopens it (open_once), not the owner thread
         self.min_side, self.max_side = min_side, max_side
         self.max_part_bytes = max_part_bytes
+        self.allow_basic_over_http = allow_basic_over_http  # an http:// camera may get Basic (its config says so)
+        self.ca_file = ca_file  # an https camera's CA, trusted alone ("" : the system's store)
         self._opened = threading.Event()
         self.info: CameraInfo | None = None
         self._cond = threading.Condition()
@@ -258,6 +262,7 @@ class Camera:
         reader = mjpeg_stream.MjpegReader(
             self.source.text, self.source.redacted, open_timeout_s=OPEN_TIMEOUT_MS / 1000,
             read_timeout_s=READ_TIMEOUT_MS / 1000, max_part_bytes=self.max_part_bytes,
+            allow_basic_over_http=self.allow_basic_over_http, ca_file=self.ca_file,
         )
         try:
             reader.open(self._stop)

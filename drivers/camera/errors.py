@@ -17,6 +17,18 @@ class CameraFault(CameraError):
     """The camera answers, but what it sends cannot be used: no waiting or replugging fixes it."""
 
 
+class CameraBasicInClear(CameraFault):
+    """An http:// camera asks for Basic authentication: the agent will not send its password in clear."""
+
+    def __init__(self, source: str, offered: str) -> None:
+        super().__init__(
+            f"the camera {source} asks for Basic authentication ({offered}) over plain http://: the agent does "
+            "not send its password in clear",
+            "enable Digest on the camera, or use https (its user or security settings); for a camera that has "
+            "nothing else, set allow_basic_over_http = true in its [[device]] entry",
+        )
+
+
 class CameraNotMjpeg(CameraFault):
     """An http(s) source whose stream is not MJPEG (multipart/x-mixed-replace of JPEG parts)."""
 

@@ -13,11 +13,17 @@ import base64
 import hashlib
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # an RFC 9110 token
 _ITEM = re.compile(rf"""[\s,]*({_TCHARS})(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?[\s,]*""")
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+
+
+class BasicInClear(Exception):
+    """The camera offers only Basic (or nothing else the agent speaks) on a plain http:// connection: answering
+    would put the user and password on the wire in clear, to whoever answered the request."""
 
 
 class AuthUnsupported(Exception):
@@ -51,6 +57,10 @@ def challenges(values: list[str]) -> list[Challenge]:
                 found.append(current)
                 continue
             if raw.startswith('"'):
+                if not re.fullmatch(r'"(?:[^"\\]|\\.)*"', raw):  # an unterminated quoted value: not cut short
+                    if current is not None:
+                        found.remove(current)
+                    break
                 raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
             if current is not None:
                 current.params.setdefault(name.lower(), raw)
@@ -78,21 +88,40 @@ def digest(challenge: Challenge, user: str, password: str, method: str, uri: str
     def h(text: str) -> str:
         return new(text.encode()).hexdigest()
 
+    def wire(text: str) -> bytes:  # a challenge's value as its bytes on the wire (the head is read as Latin-1)
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            return text.encode()
+
+    def hb(*pieces: bytes) -> str:
+        return new(b":".join(pieces)).hexdigest()
+
     realm, nonce = params.get("realm", ""), params["nonce"]
     offered = [q.strip().lower() for q in params.get("qop", "").split(",") if q.strip()]
     if offered and "auth" not in offered and "auth-int" not in offered:
         raise AuthUnsupported([f"Digest qop={params['qop']}"])
     qop = "auth" if "auth" in offered else ("auth-int" if offered else None)
+    if sess and qop is None:  # its cnonce would be hashed but never sent (it goes with a qop only)
+        raise AuthUnsupported([f"Digest algorithm={params.get('algorithm')} without qop"])
     cnonce = cnonce or secrets.token_hex(16)
     nc = "00000001"
-    ha1 = h(f"{user}:{realm}:{password}")
+    ha1 = hb(user.encode(), wire(realm), password.encode())  # the realm's own bytes, UTF-8 or Latin-1
     if sess:
-        ha1 = h(f"{ha1}:{nonce}:{cnonce}")
+        ha1 = hb(ha1.encode(), wire(nonce), cnonce.encode())
     ha2 = h(f"{method}:{uri}") if qop != "auth-int" else h(f"{method}:{uri}:{h('')}")  # a GET has no body
-    response = h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}") if qop else h(f"{ha1}:{nonce}:{ha2}")
+    n = wire(nonce)
+    response = (hb(ha1.encode(), n, nc.encode(), cnonce.encode(), qop.encode(), ha2.encode()) if qop
+                else hb(ha1.encode(), n, ha2.encode()))
     userhash = params.get("userhash", "").lower() == "true"
+    if userhash:
+        name = f"username={_quote(hb(user.encode(), wire(realm)))}"
+    elif user.isascii():
+        name = f"username={_quote(user)}"
+    else:  # RFC 7616 section 3.4.4: a name a quoted string cannot carry
+        name = "username*=UTF-8''" + urllib.parse.quote(user, safe="")
     fields = [
-        f"username={_quote(h(f'{user}:{realm}') if userhash else user)}",
+        name,
         f"realm={_quote(realm)}",
         f"nonce={_quote(nonce)}",
         f"uri={_quote(uri)}",
@@ -108,10 +137,14 @@ def digest(challenge: Challenge, user: str, password: str, method: str, uri: str
     return "Digest " + ", ".join(fields)
 
 
-def answer(values: list[str], user: str, password: str, method: str, uri: str) -> tuple[str, str]:
+def answer(
+    values: list[str], user: str, password: str, method: str, uri: str, *, tls: bool = False,
+    allow_basic_over_http: bool = False,
+) -> tuple[str, str]:
     """(scheme, ``Authorization`` value) for the best challenge offered: Digest SHA-256, Digest MD5, then Basic.
 
-    :class:`AuthUnsupported` when none of them can be answered."""
+    Basic only over TLS, or when the camera's config opts in (``allow_basic_over_http``): :class:`BasicInClear`
+    else. :class:`AuthUnsupported` when none of them can be answered."""
     offered = challenges(values)
     digests = [c for c in offered if c.scheme == "digest"]
 
@@ -126,6 +159,8 @@ def answer(values: list[str], user: str, password: str, method: str, uri: str) -
         except AuthUnsupported as exc:
             unsupported += exc.schemes
     if any(c.scheme == "basic" for c in offered):
+        if not tls and not allow_basic_over_http:
+            raise BasicInClear(", ".join([*unsupported, "Basic"]))
         return "Basic", basic(user, password)
     names = unsupported + [c.scheme.capitalize() for c in offered if c.scheme not in ("digest", "basic")]
     raise AuthUnsupported(names)

@@ -199,7 +199,7 @@ class MultipartDecoder:
         del self._buf[:rest]
         headers: dict[str, str] = {}
         lengths: list[str] = []
-        for line in block.decode("latin-1").splitlines():
+        for line in (raw.rstrip(b"\r").decode("latin-1") for raw in block.split(b"\n")):  # not str.splitlines
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()

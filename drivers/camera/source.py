@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
+from drivers.camera.errors import CameraFault
+
 OPEN_TIMEOUT_MS = 3000
 READ_TIMEOUT_MS = 2000
 
@@ -28,6 +30,43 @@ class CameraSourceError(ValueError):
         )
 
 
+class CameraSourceCredentials(CameraSourceError, CameraFault):
+    """A stream URL whose user or password holds an unencoded / ? # (or an @ after the host): where the
+    credentials end cannot be told, so they could be sent to, or shown as, a host."""
+
+    def __init__(self, shown: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {shown} has an unencoded / ? # or @ in its user, password, path or query",
+            "percent-encode / ? # @ : in the camera password (and user): / as %2F, ? as %3F, # as %23, @ as %40, "
+            ": as %3A; an @ in the path or query as %40",
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+
+
+def _split_at_userinfo(text: str) -> tuple[str, str, str] | None:
+    """(scheme, what goes up to the last @, the rest) of a URL holding an @ anywhere after ``://``."""
+    scheme, _, rest = text.partition("://")
+    if "@" not in rest:
+        return None
+    before, _, after = rest.rpartition("@")
+    return scheme, before, after
+
+
+def _origin(text: str) -> str:
+    """Scheme, host and port of a URL, nothing else: what redact_url shows of them (``scheme://***`` when the
+    host cannot be told from a credential)."""
+    shown = redact_url(text)
+    scheme, _, rest = shown.partition("://")
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}"
+
+
 def redact_url(text: str) -> str:
     """``text`` with a URL's credentials masked: fit for logs, audit events and ``/health``.
 
@@ -38,15 +77,28 @@ def redact_url(text: str) -> str:
     (DVRs take ``rtsp://host/user=admin&password=...&channel=1``); a fragment is masked.
     Scheme, host, port and the rest of the path stay. Text that is not a URL (a device
     node, a file path) is returned unchanged.
+
+    An @ anywhere after ``://`` masks everything up to the last one, wherever it is (a password holding
+    an unencoded / ? or # ends urlsplit's netloc early, so its tail would be a path, a query, a fragment):
+    masking too much is harmless, a leak is not. When what comes before that @ holds ? # = & ; (it may be
+    a query's value, not a userinfo) or what follows is no host, only the scheme is shown.
     """
     if "://" not in text:
         return text
+    masked = False
+    split = _split_at_userinfo(text)
+    if split is not None:
+        scheme, before, after = split
+        host = re.split(r"[/?#]", after, maxsplit=1)[0]
+        if any(c in before for c in "?#=&;") or not _HOST_PORT.fullmatch(host):
+            return f"{scheme}://***"
+        text, masked = f"{scheme}://{after}", True
     try:
         parts = urlsplit(text)
     except ValueError:  # e.g. an unbalanced [ in the host: show the scheme only
         return text.split("://", 1)[0] + "://***"
     host = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{host}" if "@" in parts.netloc else host
+    netloc = f"***@{host}" if masked or "@" in parts.netloc else host
     path = re.sub(r"=[^&;/]*", "=***", parts.path)
     query = "&".join(f"{piece.partition('=')[0]}=***" if "=" in piece else "***" for piece in parts.query.split("&"))
     return urlunsplit((parts.scheme, netloc, path, query if parts.query else "", "***" if parts.fragment else ""))
@@ -66,6 +118,9 @@ class CameraSource:
         if re.fullmatch(r"/dev/video\d+", text):
             return cls(text, "v4l2", text)
         if re.match(r"(rtsp|rtsps|http|https)://", text):
+            split = _split_at_userinfo(text)
+            if split is not None and re.search(r"[/?#]", split[1]):  # an @ after where urlsplit ends the host
+                raise CameraSourceCredentials(_origin(text))
             return cls(text, "stream", text)
         if text and not text.startswith("/dev/"):
             return cls(text, "file", str(Path(text)))

@@ -12,6 +12,8 @@ offers it (:mod:`drivers.camera.httpauth`).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import select
 import socket
@@ -19,13 +21,14 @@ import ssl
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from drivers.camera import httpauth
 from drivers.camera.errors import (
+    CameraBasicInClear,
     CameraFault,
     CameraFrameTooLarge,
     CameraNotMjpeg,
@@ -44,7 +47,8 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import redact_url
+from drivers.camera.source import CameraSourceCredentials, _split_at_userinfo, redact_url
+from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
@@ -52,6 +56,7 @@ HEAD_MAX = 16 * 1024  # a response head's bytes
 REDIRECTS_MAX = 3  # followed to the same scheme, host and port only
 DRAIN_READS_MAX = 256  # reads without waiting before a part is handed over: 16 MB at most
 CUT_PARTS_MAX = 10  # parts in a row cut short of their Content-Length: the stream is broken
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_http(url: str) -> bool:
@@ -60,7 +65,7 @@ def is_http(url: str) -> bool:
 
 @dataclass(frozen=True)
 class JpegPart:
-    body: bytes
+    body: bytes = field(repr=False)  # a frame: never in a repr, a log line or a traceback's locals (invariant 1)
     width: int
     height: int
 
@@ -71,15 +76,18 @@ class MjpegReader:
     The HTTP exchange is the reader's own (a socket, HTTP/1.0, so no chunked body): the whole of ``open()`` has
     one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending its head a byte at a
     time holds the owner no longer than the open timeout. Credentials in the URL are sent only when the camera
-    asks (a 401 challenge): Digest when offered, Basic else."""
+    asks (a 401 challenge): Digest when offered, Basic else (over https, or http when the camera's config sets
+    ``allow_basic_over_http``)."""
 
     backend = "MJPEG"
 
     def __init__(
         self, url: str, shown: str, *, open_timeout_s: float, read_timeout_s: float,
-        max_part_bytes: int = MAX_PART_BYTES,
+        max_part_bytes: int = MAX_PART_BYTES, allow_basic_over_http: bool = False, ca_file: str = "",
     ) -> None:
         self.url, self.shown = url, shown
+        self.ca_file = ca_file  # an https camera's CA: trusted alone (else the system's store)
+        self.allow_basic_over_http = allow_basic_over_http  # the camera's config opts in: Basic over http://
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.max_part_bytes = max_part_bytes
         self._sock: socket.socket | None = None
@@ -99,6 +107,9 @@ class MjpegReader:
     def open(self, stop: threading.Event | None = None) -> None:
         """Connect and read the response head: CameraUnavailable if unreachable or refused (its fix names what
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
+        split = _split_at_userinfo(self.url)
+        if split is not None and re.search(r"[/?#]", split[1]):  # as CameraSource.parse: where the host begins
+            raise CameraSourceCredentials(self.shown)  # cannot be told (an unencoded / ? # in the password)
         url = urllib.parse.urlsplit(self.url)
         try:
             port = url.port
@@ -110,19 +121,40 @@ class MjpegReader:
         host, tls = url.hostname or "", url.scheme.lower() == "https"
         if not host:
             raise CameraFault(f"the camera URL {self.shown} has no host", "write the camera's address in the URL")
-        port = port or (443 if tls else 80)
+        if port == 0:
+            raise CameraFault(
+                f"the camera URL {self.shown} has no valid port",
+                "write the port in the source URL as a number 1..65535 (http://host:8080/...), or leave it out",
+            )
+        port = (443 if tls else 80) if port is None else port
         user = urllib.parse.unquote(url.username) if url.username is not None else None
         password = urllib.parse.unquote(url.password or "")
+        for what, value in (("user", user or ""), ("password", password)):
+            if _CONTROL.search(value):  # a percent-encoded CR LF would add header lines to the request
+                raise CameraFault(
+                    f"the camera URL {self.shown} has a control character in its {what}",
+                    f"remove the control character (a percent-encoded CR, LF, tab or NUL: %0D %0A %09 %00...) from "
+                    f"the {what} in the source URL",
+                )
         target = _target(url.path, url.query)
         deadline = time.monotonic() + self.open_timeout_s
         authorization: str | None = None
-        for _ in range(REDIRECTS_MAX + 2):  # a challenge and a few redirects
+        restaled = False
+        for _ in range(REDIRECTS_MAX + 3):  # a challenge, a stale nonce's and a few redirects
             status, reason, headers = self._exchange(host, port, tls, target, authorization, deadline, stop)
-            if status == 401 and user is not None and authorization is None:
+            stale = authorization is not None and not restaled and any(  # the nonce expired: answer once more
+                c.scheme == "digest" and c.params.get("stale", "").lower() == "true"
+                for c in httpauth.challenges(headers.get("www-authenticate", []))
+            )
+            if status == 401 and user is not None and (authorization is None or stale):
+                restaled = restaled or stale
                 try:
                     self.auth_scheme, authorization = httpauth.answer(
-                        headers.get("www-authenticate", []), user, password, "GET", target
+                        headers.get("www-authenticate", []), user, password, "GET", target, tls=tls,
+                        allow_basic_over_http=self.allow_basic_over_http,
                     )
+                except httpauth.BasicInClear as exc:
+                    raise CameraBasicInClear(self.shown, str(exc)) from None
                 except httpauth.AuthUnsupported as exc:
                     raise CameraUnavailable(
                         f"the camera {self.shown} asks for an authentication the agent does not speak ({exc})",
@@ -132,12 +164,27 @@ class MjpegReader:
                 self._close()
                 continue
             if status in (301, 302, 303, 307, 308):
-                location = urllib.parse.urljoin(f"{url.scheme}://{url.netloc}{target}",
-                                                (headers.get("location") or [""])[0])
+                raw = (headers.get("location") or [""])[0].strip()
+                if not raw:
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} answered HTTP {status} with no Location",
+                        "set source to the stream URL the camera's manual gives",
+                    )
+                try:
+                    credentials = urllib.parse.urlsplit(raw).username is not None  # on the Location as sent
+                except ValueError:
+                    credentials = True
+                if credentials:  # not shown: a scheme-relative //user:pw@host would not be redacted
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} answered HTTP {status} to a URL holding credentials",
+                        "set source to the stream URL the camera's manual gives",
+                    )
+                origin = f"{url.scheme.lower()}://{_host_header(host, port, tls)}"  # no userinfo to copy
+                location = urllib.parse.urljoin(origin + target, raw)
                 moved = urllib.parse.urlsplit(location)
                 try:
                     default = 443 if moved.scheme.lower() == "https" else 80
-                    there = (moved.scheme.lower(), moved.hostname, moved.port or default)
+                    there = (moved.scheme.lower(), moved.hostname, default if moved.port is None else moved.port)
                     same = there == (url.scheme.lower(), host, port)
                 except ValueError:
                     same = False
@@ -183,10 +230,9 @@ class MjpegReader:
             return min(remaining, POLL_S)
 
         try:
-            sock = socket.create_connection((host, port), timeout=max(0.05, deadline - time.monotonic()))
-            self._sock = sock
+            sock = self._connect(host, port, left)
             if tls:
-                context = ssl.create_default_context()  # the system's trust store, and the host name checked
+                context = tls_context(self.ca_file, self.shown)
                 sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 self._sock = sock
                 while True:
@@ -196,12 +242,19 @@ class MjpegReader:
                         break
                     except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                         continue
+                wild = [name for name in _cert_names(sock.getpeercert() or {}) if "*" in name]
+                if wild:  # before any request byte (and any credential)
+                    raise CameraUnavailable(
+                        f"the camera {self.shown} has a wildcard TLS certificate ({', '.join(dict.fromkeys(wild))})",
+                        "put a certificate issued for the camera's own host name on the camera (its web page): the "
+                        "agent never accepts a wildcard",
+                    )
             request = [f"GET {target} HTTP/1.0", f"Host: {_host_header(host, port, tls)}",
                        "Accept: multipart/x-mixed-replace, image/jpeg", "User-Agent: capture-agent"]
             if authorization is not None:
                 request.append(f"Authorization: {authorization}")
             sock.settimeout(max(0.05, deadline - time.monotonic()))
-            sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode("latin-1"))
+            sock.sendall(self._request_bytes(request))
             head = b""
             while b"\r\n\r\n" not in head and b"\n\n" not in head:
                 if len(head) > HEAD_MAX:
@@ -218,15 +271,16 @@ class MjpegReader:
         except ssl.SSLCertVerificationError as exc:
             raise CameraUnavailable(
                 f"the camera {self.shown} has a TLS certificate this device does not trust ({exc.verify_message})",
-                "a camera's own certificate is often self-signed: put a certificate for its host name, signed by a "
-                "CA this device trusts, on the camera (its web page), or add the camera's CA certificate to this "
-                "device's trust store (/usr/local/share/ca-certificates, then update-ca-certificates); the host "
-                "name in the URL must be one the certificate names",
+                "a camera's own certificate is often self-signed: set ca_file in the camera's [[device]] entry to "
+                "the CA certificate (PEM) that signed the camera's certificate (or to the camera's self-signed "
+                "certificate itself); the host name in the URL must be one the certificate names",
             ) from None
         except ssl.SSLError as exc:
             raise CameraUnavailable(
                 f"the camera {self.shown} failed the TLS handshake ({exc.reason or type(exc).__name__})",
-                "check the URL's scheme and port: https:// must point at the camera's https port",
+                "check the URL's scheme and port: https:// must point at the camera's https port; the agent speaks "
+                "TLS 1.2 or 1.3 with ECDHE and AEAD suites (AES-GCM, ChaCha20) only: enable them on the camera, or "
+                "update its firmware",
             ) from None
         except OSError as exc:  # refused, unreachable, a name that does not resolve
             raise CameraUnavailable(
@@ -234,17 +288,80 @@ class MjpegReader:
                 "check it is plugged in and reachable from this device, and the URL's host and port",
             ) from None
         cut = min(i + n for i, n in ((head.find(b"\r\n\r\n"), 4), (head.find(b"\n\n"), 2)) if i >= 0)
+        if cut > HEAD_MAX:  # one read can bring a whole long head: the bound holds for it too
+            raise CameraNotMjpeg(self.shown, f"the response head runs past {HEAD_MAX} bytes")
         self._early = head[cut:]
-        lines = head[:cut].decode("latin-1").splitlines()
+        lines = [line.rstrip(b"\r").decode("latin-1") for line in head[:cut].split(b"\n")]  # not str.splitlines
         match = re.fullmatch(r"HTTP/1\.[01] +([0-9]{3})(?: +(.*))?", lines[0].strip()) if lines else None
         if match is None:
             raise CameraNotMjpeg(self.shown, "the answer is not HTTP/1.x")
         headers: dict[str, list[str]] = {}
+        last: list[str] | None = None
         for line in lines[1:]:
+            if line[:1] in (" ", "\t") and last:  # an obsolete folded line: the previous value goes on
+                last[-1] = f"{last[-1]} {line.strip()}".strip()
+                continue
             name, sep, value = line.partition(":")
             if sep:
-                headers.setdefault(name.strip().lower(), []).append(value.strip())
+                last = headers.setdefault(name.strip().lower(), [])
+                last.append(value.strip())
+            else:
+                last = None
         return int(match.group(1)), (match.group(2) or "").strip()[:80], headers
+
+    def _request_bytes(self, lines: list[str]) -> bytes:
+        """The request head: ASCII, but an ``Authorization`` value echoing a challenge's Latin-1 bytes (a realm);
+        no control character anywhere. A typed error else, never one holding the request text."""
+        out = []
+        for line in lines:
+            if _CONTROL.search(line):
+                raise CameraFault(
+                    f"the request to the camera {self.shown} would carry a control character",
+                    "check the source URL's host, and the camera's authentication settings (its realm or nonce)",
+                )
+            try:
+                out.append(line.encode("latin-1" if line.startswith("Authorization: ") else "ascii"))
+            except UnicodeEncodeError:
+                raise CameraFault(
+                    f"the camera URL {self.shown} has characters other than ASCII in its host",
+                    "write the camera's host as an IP address or its ASCII (xn--) name",
+                ) from None
+        return b"\r\n".join(out) + b"\r\n\r\n"
+
+    def _connect(self, host: str, port: int, left) -> socket.socket:
+        """A connected socket, the name looked up and each address tried within the open deadline, ``stop``
+        looked at every ``POLL_S`` (``left()`` raises when either ends): a slow resolver or an address that
+        drops the SYN never holds the owner past them."""
+        found: dict[str, object] = {}
+        done = threading.Event()
+
+        def lookup() -> None:  # getaddrinfo cannot be interrupted: it runs apart, and is left to end alone
+            try:
+                found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                found["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=lookup, name="camera name lookup", daemon=True).start()
+        while not done.wait(left()):
+            pass
+        if "error" in found:
+            raise found["error"]  # type: ignore[misc]
+        last: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, address in found["addresses"]:  # type: ignore[attr-defined]
+            sock = socket.socket(family, kind, proto)
+            self._sock = sock  # closed by release() whatever happens here
+            sock.setblocking(False)
+            error = sock.connect_ex(address)
+            while error in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                if select.select([], [sock], [], left())[1]:
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if not error:
+                return sock
+            self._close()
+            last = OSError(error, os.strerror(error))
+        raise last
 
     # ---------------------------------------------------------------- the parts
     def next_part(self, stop: threading.Event | None = None) -> JpegPart | None:
@@ -334,6 +451,33 @@ class MjpegReader:
         self._decoder = None
         self._early = b""
         self._parts.clear()
+
+
+def tls_context(ca_file: str, shown: str) -> ssl.SSLContext:
+    """The TLS client context of an https camera: TLS 1.2 minimum, ECDHE with AEAD suites only (protocol/tls.py),
+    the host name checked; ``ca_file`` trusted alone when given, the system's store else."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    context.minimum_version = MINIMUM_VERSION
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise CameraFault(
+                f"the CA file {ca_file} of the camera {shown} cannot be read ({type(exc).__name__})",
+                "set ca_file in the camera's [[device]] entry to a readable PEM file of the CA certificate that "
+                "signed the camera's certificate",
+            ) from None
+    else:
+        context.load_default_certs()
+    return context
+
+
+def _cert_names(peer: dict) -> list[str]:
+    names = [value for kind, value in peer.get("subjectAltName", ()) if kind == "DNS"]
+    names += [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names
 
 
 def _target(path: str, query: str) -> str:
