@@ -49,7 +49,7 @@ class CameraSourceCredentials(CameraSourceError, CameraFault):
 _HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 
 
-def _split_at_userinfo(text: str) -> tuple[str, str, str] | None:
+def split_at_userinfo(text: str) -> tuple[str, str, str] | None:
     """(scheme, what goes up to the last @, the rest) of a URL holding an @ anywhere after ``://``."""
     scheme, _, rest = text.partition("://")
     if "@" not in rest:
@@ -86,7 +86,7 @@ def redact_url(text: str) -> str:
     if "://" not in text:
         return text
     masked = False
-    split = _split_at_userinfo(text)
+    split = split_at_userinfo(text)
     if split is not None:
         scheme, before, after = split
         host = re.split(r"[/?#]", after, maxsplit=1)[0]
@@ -118,7 +118,7 @@ class CameraSource:
         if re.fullmatch(r"/dev/video\d+", text):
             return cls(text, "v4l2", text)
         if re.match(r"(rtsp|rtsps|http|https)://", text):
-            split = _split_at_userinfo(text)
+            split = split_at_userinfo(text)
             if split is not None and re.search(r"[/?#]", split[1]):  # an @ after where urlsplit ends the host
                 raise CameraSourceCredentials(_origin(text))
             return cls(text, "stream", text)

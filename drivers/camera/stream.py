@@ -47,7 +47,7 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import CameraSourceCredentials, _split_at_userinfo, redact_url
+from drivers.camera.source import CameraSourceCredentials, redact_url, split_at_userinfo
 from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
 CHUNK = 64 * 1024
@@ -107,7 +107,7 @@ class MjpegReader:
     def open(self, stop: threading.Event | None = None) -> None:
         """Connect and read the response head: CameraUnavailable if unreachable or refused (its fix names what
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
-        split = _split_at_userinfo(self.url)
+        split = split_at_userinfo(self.url)
         if split is not None and re.search(r"[/?#]", split[1]):  # as CameraSource.parse: where the host begins
             raise CameraSourceCredentials(self.shown)  # cannot be told (an unencoded / ? # in the password)
         url = urllib.parse.urlsplit(self.url)
