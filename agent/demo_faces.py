@@ -69,7 +69,7 @@ async def face_story(
 ) -> None:
     """Ana's face: added after a finger verification, a step-up by face, and a photo refused."""
     folder = faces_folder()
-    step("Faces: a simulated camera (MJPEG over HTTP, read by OpenCV), a head-turn challenge per nonce")
+    step("Faces: a simulated camera (MJPEG over HTTP, decoded by OpenCV), a head-turn challenge per nonce")
     if folder is None:
         say(f"skipped: the ORL faces are not at ../shared/data/att_faces (or ${FACES_ENV}); see README, Faces")
         return

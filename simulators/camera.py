@@ -1,4 +1,4 @@
-"""A network camera for test rigs: MJPEG over HTTP on 127.0.0.1, which OpenCV reads itself.
+"""A network camera for test rigs: MJPEG over HTTP on 127.0.0.1, the protocol real IP cameras speak.
 
 ``GET /stream.mjpg`` answers ``multipart/x-mixed-replace`` with one JPEG part
 per frame, the protocol of most IP cameras' MJPEG streams. The camera driver

@@ -509,7 +509,7 @@ def virtual_device_reader(fprint_socket_dir: Path) -> Iterator[tuple]:
 
 @pytest.fixture
 def camera_sim() -> Iterator:
-    """The MJPEG camera simulator on a free port of 127.0.0.1 (OpenCV reads it itself); stopped after."""
+    """The MJPEG camera simulator on a free port of 127.0.0.1 (the camera driver reads it over HTTP); stopped after."""
     from simulators.camera import SimulatedCamera
 
     with SimulatedCamera((320, 240), fps=25) as camera:

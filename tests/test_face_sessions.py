@@ -1,4 +1,4 @@
-"""Face sessions end to end: the MJPEG camera simulator, read by OpenCV through the camera device, a person
+"""Face sessions end to end: the MJPEG camera simulator, read through the camera device, a person
 following the prompts, the liveness challenge from the verifier's nonce, and the verifier's decision over mTLS.
 
 The person is ORL's s1: 1.pgm looks at the camera, 3.pgm turns to her right;

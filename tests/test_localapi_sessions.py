@@ -1,4 +1,4 @@
-"""Local API sessions end to end with real parts: the verifier, the camera simulator read by OpenCV, a serial
+"""Local API sessions end to end with real parts: the verifier, the camera simulator read by the camera driver, a serial
 module simulator on a pty, the daemon's own session factories, and the API on its unix socket."""
 
 from __future__ import annotations
