@@ -28,6 +28,8 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
+from drivers.camera.stream import TLSFloor
+from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 from simulators.camera import read_stamp, stamp
 
 
@@ -1054,6 +1056,18 @@ def test_a_self_signed_https_camera_is_refused_with_a_fix_naming_ca_file(scripte
     assert server.requests == []  # no request byte (nor a credential) went to a camera not trusted
 
 
+# What the agent gives its cameras (agent/devices/kinds.py): the verifier channel's TLS floor.
+PROJECT_FLOOR = TLSFloor(MINIMUM_VERSION, TLS12_CIPHERS)
+
+
+def test_the_agents_camera_device_gives_the_driver_the_projects_tls_floor() -> None:
+    from agent.config import DeviceSection
+    from agent.devices.kinds import CameraDevice
+
+    device = CameraDevice(DeviceSection(kind="camera", source="https://127.0.0.1:1/stream.mjpg"), "face")
+    assert device.camera.tls_floor == PROJECT_FLOOR
+
+
 def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted) -> None:
     import ssl
 
@@ -1063,15 +1077,16 @@ def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     with Camera(server.url(scheme="https"), reconnect=False, ca_file=ca) as camera:
         assert camera.wait_frame(timeout_s=10).seq >= 1
-    context = tls_context(ca, "shown")
+    context = tls_context(ca, "shown", PROJECT_FLOOR)
     assert context.cert_store_stats()["x509_ca"] == 1  # only the camera's CA, not the system's store
     assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     suites = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
     assert suites and all(c["aead"] and c["kea"] == "kx-ecdhe" for c in suites)
-    system = tls_context("", "shown")  # no ca_file: the system's store, but the same versions and suites
+    system = tls_context("", "shown", PROJECT_FLOOR)  # no ca_file: the system's store, the same suites
     assert system.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert all(c["aead"] for c in system.get_ciphers() if c["protocol"] == "TLSv1.2")
+    assert tls_context("", "shown").minimum_version >= ssl.TLSVersion.TLSv1_2  # the driver's own floor
 
 
 def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_request(scripted) -> None:
@@ -1084,7 +1099,7 @@ def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_re
 
     wrap, ca = self_signed_tls(ciphers="ECDHE-ECDSA-AES128-SHA256")  # CBC: no AEAD
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
-    camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=ca)
+    camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=ca, tls_floor=PROJECT_FLOOR)
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "TLS handshake" in camera.open_error.args[0]
     assert server.requests == []

@@ -258,11 +258,14 @@ class CameraDevice(Device):
         super().__init__(section, name)
         from biometrics.face.image import MAX_SIDE, MIN_SIDE
         from drivers.camera.camera import Camera
+        from drivers.camera.stream import TLSFloor
+        from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
         size = (section.width, section.height) if section.width and section.height else None
         self.camera = Camera(
             section.source, size=size, fps=section.fps or None, reconnect=False, min_side=MIN_SIDE, max_side=MAX_SIDE,
             allow_basic_over_http=section.allow_basic_over_http, ca_file=section.ca_file,
+            tls_floor=TLSFloor(MINIMUM_VERSION, TLS12_CIPHERS),  # the verifier channel's floor: ECDHE, AEAD
         )  # frames the face pipeline would refuse are refused by the driver, before decoding when it can
         self.capabilities = frozenset({cap.CAMERA})
 

@@ -87,6 +87,7 @@ class Camera:
         max_part_bytes: int = MAX_PART_BYTES,
         allow_basic_over_http: bool = False,
         ca_file: str = "",
+        tls_floor: mjpeg_stream.TLSFloor = mjpeg_stream.DEFAULT_TLS_FLOOR,
     ) -> None:
         self.source = source if isinstance(source, CameraSource) else CameraSource.parse(source)
         self.on_event = on_event or (lambda kind, data: None)
@@ -97,6 +98,7 @@ class Camera:
         self.max_part_bytes = max_part_bytes
         self.allow_basic_over_http = allow_basic_over_http  # an http:// camera may get Basic (its config says so)
         self.ca_file = ca_file  # an https camera's CA, trusted alone ("" : the system's store)
+        self.tls_floor = tls_floor  # an https camera's TLS versions and suites (the agent gives the project's)
         self._opened = threading.Event()
         self.info: CameraInfo | None = None
         self._cond = threading.Condition()
@@ -262,7 +264,7 @@ class Camera:
         reader = mjpeg_stream.MjpegReader(
             self.source.text, self.source.redacted, open_timeout_s=OPEN_TIMEOUT_MS / 1000,
             read_timeout_s=READ_TIMEOUT_MS / 1000, max_part_bytes=self.max_part_bytes,
-            allow_basic_over_http=self.allow_basic_over_http, ca_file=self.ca_file,
+            allow_basic_over_http=self.allow_basic_over_http, ca_file=self.ca_file, tls_floor=self.tls_floor,
         )
         try:
             reader.open(self._stop)

@@ -48,7 +48,6 @@ from drivers.camera.mjpeg import (
     jpeg_size,
 )
 from drivers.camera.source import CameraSourceCredentials, redact_url, split_at_userinfo
-from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
@@ -70,6 +69,22 @@ class JpegPart:
     height: int
 
 
+@dataclass(frozen=True)
+class TLSFloor:
+    """What an https camera's TLS must meet: a minimum version and an OpenSSL cipher string.
+
+    Drivers are hardware only and import nothing of the protocol's: the agent passes the project's
+    own floor (protocol.tls, the verifier channel's: ECDHE with AEAD) when it makes the camera.
+    Without one: TLS 1.2 and OpenSSL's default suites.
+    """
+
+    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    ciphers: str = ""  # "": OpenSSL's defaults
+
+
+DEFAULT_TLS_FLOOR = TLSFloor()
+
+
 class MjpegReader:
     """One connection to an MJPEG camera: ``next_part()`` gives its JPEG parts, sizes read, undecoded.
 
@@ -84,9 +99,11 @@ class MjpegReader:
     def __init__(
         self, url: str, shown: str, *, open_timeout_s: float, read_timeout_s: float,
         max_part_bytes: int = MAX_PART_BYTES, allow_basic_over_http: bool = False, ca_file: str = "",
+        tls_floor: TLSFloor = DEFAULT_TLS_FLOOR,
     ) -> None:
         self.url, self.shown = url, shown
         self.ca_file = ca_file  # an https camera's CA: trusted alone (else the system's store)
+        self.tls_floor = tls_floor
         self.allow_basic_over_http = allow_basic_over_http  # the camera's config opts in: Basic over http://
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         self.max_part_bytes = max_part_bytes
@@ -232,7 +249,7 @@ class MjpegReader:
         try:
             sock = self._connect(host, port, left)
             if tls:
-                context = tls_context(self.ca_file, self.shown)
+                context = tls_context(self.ca_file, self.shown, self.tls_floor)
                 sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 self._sock = sock
                 while True:
@@ -453,12 +470,14 @@ class MjpegReader:
         self._parts.clear()
 
 
-def tls_context(ca_file: str, shown: str) -> ssl.SSLContext:
-    """The TLS client context of an https camera: TLS 1.2 minimum, ECDHE with AEAD suites only (protocol/tls.py),
-    the host name checked; ``ca_file`` trusted alone when given, the system's store else."""
+def tls_context(ca_file: str, shown: str, floor: TLSFloor = DEFAULT_TLS_FLOOR) -> ssl.SSLContext:
+    """The TLS client context of an https camera: ``floor``'s versions and suites (the agent gives the
+    project's: ECDHE with AEAD only), the host name checked; ``ca_file`` trusted alone when given, the
+    system's store else."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
-    context.minimum_version = MINIMUM_VERSION
-    context.set_ciphers(TLS12_CIPHERS)
+    context.minimum_version = max(floor.minimum, ssl.TLSVersion.TLSv1_2)
+    if floor.ciphers:
+        context.set_ciphers(floor.ciphers)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     if ca_file:
         try:
