@@ -15,7 +15,9 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -266,6 +268,32 @@ class TestCA:
             ctx.load_verify_locations(client_ca)
             ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
+
+
+def sqlite_modes_under_umask_022(path: Path, use: Callable[[Path], Callable[[], None]], *, older: bool
+                                 ) -> dict[str, str]:
+    """The modes of a sqlite file and its -wal and -shm while ``use(path)`` holds it open (what it returns closes it).
+
+    Made under umask 022 in a 0755 folder (a state folder made by hand, a db_path outside the PKI folder).
+    ``older``: the three files first left 0644 by a plain connection still open, as an older version made them.
+    """
+    path.parent.mkdir()
+    path.parent.chmod(0o755)
+    mask = os.umask(0o022)
+    old_conn = None
+    try:
+        if older:
+            old_conn = sqlite3.connect(path)
+            old_conn.execute("PRAGMA journal_mode=WAL")
+            old_conn.execute("CREATE TABLE t (x)")
+        close = use(path)
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in path.parent.iterdir()}
+        close()
+    finally:
+        os.umask(mask)
+        if old_conn is not None:
+            old_conn.close()
+    return modes
 
 
 # ---------------------------------------------------------------- another user

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import stat
 
 import pytest
 
 from agent.audit import ChainHead, verify_chain
 from agent.keystore import new_kek
 from agent.outbox import Outbox, OutboxLimits
+from tests.conftest import sqlite_modes_under_umask_022
 
 
 @pytest.fixture
@@ -34,25 +33,13 @@ def test_events_chain_and_survive_a_reopen(tmp_path, kek) -> None:
 @pytest.mark.parametrize("older", [False, True], ids=["new", "left-0644-by-an-older-version"])
 def test_the_database_and_its_wal_and_shm_are_0600_under_umask_022(tmp_path, kek, older) -> None:
     """Audit 16 F2: WAL was switched on before the chmod, so -wal and -shm were made 0644."""
-    folder = tmp_path / "state"
-    folder.mkdir()
-    folder.chmod(0o755)  # a state folder made by hand
-    path = folder / "outbox.sqlite"
-    mask = os.umask(0o022)
-    old_conn = None
-    try:
-        if older:  # the files as the old code left them, still open (so -wal and -shm exist)
-            old_conn = sqlite3.connect(path)
-            old_conn.execute("PRAGMA journal_mode=WAL")
-            old_conn.execute("CREATE TABLE t (x)")
+
+    def use(path):
         box = Outbox(path, kek)
         box.record("heartbeat")  # the WAL holds a transaction: all three files exist while it runs
-        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
-        box.close()
-    finally:
-        os.umask(mask)
-        if old_conn is not None:
-            old_conn.close()
+        return box.close
+
+    modes = sqlite_modes_under_umask_022(tmp_path / "state" / "outbox.sqlite", use, older=older)
     assert modes == {"outbox.sqlite": "0o600", "outbox.sqlite-wal": "0o600", "outbox.sqlite-shm": "0o600"}
 
 

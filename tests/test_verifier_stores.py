@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import stat
 import time
 
 import pytest
 
+from tests.conftest import sqlite_modes_under_umask_022
 from verifier.challenges import Challenges, NonceError
 from verifier.idempotency import IdempotencyStore, KeyReuseError, StoredAnswer, sealing_key
 from verifier.pki import CertificateAuthority, CSRError, parse_csr
@@ -27,25 +26,13 @@ def conn(tmp_path):
 @pytest.mark.parametrize("older", [False, True], ids=["new", "left-0644-by-an-older-version"])
 def test_the_database_and_its_wal_and_shm_are_0600_under_umask_022(tmp_path, older) -> None:
     """Audit 16 F2: WAL was switched on before the chmod, so -wal and -shm were made 0644."""
-    folder = tmp_path / "db"
-    folder.mkdir()
-    folder.chmod(0o755)  # a db_path outside the PKI folder
-    path = folder / "verifier.sqlite"
-    mask = os.umask(0o022)
-    old_conn = None
-    try:
-        if older:  # the files as the old code left them, still open (so -wal and -shm exist)
-            old_conn = sqlite3.connect(path)
-            old_conn.execute("PRAGMA journal_mode=WAL")
-            old_conn.execute("CREATE TABLE t (x)")
+
+    def use(path):
         conn = open_database(path)
         conn.execute("INSERT INTO tokens (token_hash, device_id, expires_at) VALUES ('h', 'd', 0)")
-        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
-        conn.close()
-    finally:
-        os.umask(mask)
-        if old_conn is not None:
-            old_conn.close()
+        return conn.close
+
+    modes = sqlite_modes_under_umask_022(tmp_path / "db" / "verifier.sqlite", use, older=older)
     assert modes == {"verifier.sqlite": "0o600", "verifier.sqlite-wal": "0o600", "verifier.sqlite-shm": "0o600"}
 
 
@@ -70,7 +57,6 @@ def test_tokens_are_stored_hashed_single_use_and_expiring(conn) -> None:
 
 
 def test_a_database_from_before_tokens_were_revocable_gets_the_column_and_keeps_its_tokens(tmp_path) -> None:
-    import sqlite3
 
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as old:  # the tokens table as verifiers before `token revoke` made it
@@ -227,7 +213,6 @@ def test_session_tokens_are_hashed_bound_to_device_and_short_lived(conn) -> None
 def test_an_enrollment_token_is_no_session_token(conn) -> None:
     """A token scoped to enrolling one factor is found, taken and given back only under its scope; a database from
     before scopes gets the column, its tokens being sessions'."""
-    import sqlite3
 
     from verifier.sessions import SESSION, SessionTokens, enroll_scope
 
