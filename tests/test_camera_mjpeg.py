@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,6 +32,7 @@ from drivers.camera.mjpeg import (
 from drivers.camera.stream import TLSFloor
 from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 from simulators.camera import read_stamp, stamp
+from tests.conftest import TestCA
 
 
 def jpeg(w: int, h: int, seq: int = 0) -> bytes:
@@ -1007,46 +1009,23 @@ def test_a_long_response_head_in_one_read_is_refused_and_a_reader_refuses_an_une
     assert server.requests == []
 
 
-def self_signed_tls(dns_names: tuple[str, ...] = (), ciphers: str | None = None):
-    """(wrap, path of the certificate): a server side TLS wrapper with a self-signed certificate for 127.0.0.1."""
-    import datetime
-    import ipaddress
+def self_signed_tls(folder: Path, dns_names: tuple[str, ...] = (), ciphers: str | None = None):
+    """An https camera's server side: a certificate for 127.0.0.1 (and ``dns_names``) from a CA of its own,
+    whose file is what a camera's ``ca_file`` names; ``ciphers`` limits the server to TLS 1.2 suites."""
     import ssl
-    import tempfile
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "camera")])
-    now = datetime.datetime.now(datetime.UTC)
-    sans = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tempfile.mkdtemp()
-    with open(f"{folder}/cert.pem", "wb") as out:
-        out.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(f"{folder}/key.pem", "wb") as out:
-        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    authority = TestCA("camera", folder)
+    cert_file, key_file = authority.issue("camera", ["127.0.0.1", *dns_names])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
+    context.load_cert_chain(cert_file, key_file)
     if ciphers is not None:
         context.maximum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(ciphers)
-    return (lambda conn: context.wrap_socket(conn, server_side=True)), f"{folder}/cert.pem"
+    return (lambda conn: context.wrap_socket(conn, server_side=True)), str(authority.ca_file)
 
 
-def test_a_self_signed_https_camera_is_refused_with_a_fix_naming_ca_file(scripted) -> None:
-    wrap, _ = self_signed_tls()
+def test_an_https_camera_of_a_ca_it_was_not_given_is_refused_with_a_fix_naming_ca_file(scripted, tmp_path) -> None:
+    wrap, _ = self_signed_tls(tmp_path)
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     camera = Camera(server.url(scheme="https"), reconnect=False)
     assert not camera.open_once(timeout_s=10)
@@ -1068,12 +1047,12 @@ def test_the_agents_camera_device_gives_the_driver_the_projects_tls_floor() -> N
     assert device.camera.tls_floor == PROJECT_FLOOR
 
 
-def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted) -> None:
+def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted, tmp_path) -> None:
     import ssl
 
     from drivers.camera.stream import tls_context
 
-    wrap, ca = self_signed_tls()
+    wrap, ca = self_signed_tls(tmp_path)
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     with Camera(server.url(scheme="https"), reconnect=False, ca_file=ca) as camera:
         assert camera.wait_frame(timeout_s=10).seq >= 1
@@ -1089,15 +1068,15 @@ def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted
     assert tls_context("", "shown").minimum_version >= ssl.TLSVersion.TLSv1_2  # the driver's own floor
 
 
-def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_request(scripted) -> None:
-    wrap, ca = self_signed_tls(dns_names=("*.cams.example",))
+def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_request(scripted, tmp_path) -> None:
+    wrap, ca = self_signed_tls(tmp_path, dns_names=("*.cams.example",))
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     camera = Camera(server.url(scheme="https", userinfo="admin:pw@"), reconnect=False, ca_file=ca)
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "wildcard" in camera.open_error.args[0]
     assert server.requests == []
 
-    wrap, ca = self_signed_tls(ciphers="ECDHE-ECDSA-AES128-SHA256")  # CBC: no AEAD
+    wrap, ca = self_signed_tls(tmp_path, ciphers="ECDHE-ECDSA-AES128-SHA256")  # CBC: no AEAD
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=ca, tls_floor=PROJECT_FLOOR)
     assert not camera.open_once(timeout_s=10)
@@ -1106,7 +1085,7 @@ def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_re
 
 
 def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:
-    wrap, _ = self_signed_tls()
+    wrap, _ = self_signed_tls(tmp_path)
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
     camera = Camera(server.url(scheme="https"), reconnect=False, ca_file=str(tmp_path / "missing.pem"))
     assert not camera.open_once(timeout_s=10)
