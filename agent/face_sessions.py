@@ -203,7 +203,7 @@ class FaceSession:
             except UnknownSubjectError as exc:  # no face yet: the person verifies by finger to add one
                 if exc.slug != "face-not-enrolled" or self.finger_verify is None:
                     raise
-                verified = await self._finger_verify_to_add_a_face(subject)
+                verified = await self._finger_verify_to_add_a_face(subject, self.finger_verify)
             if verified.get("decision") not in ("accept", "factor_not_enrolled"):
                 raise SessionError(f"{subject} was not verified, so no face is added",
                                    fix="verify with a face (or a finger session) of this subject first")
@@ -219,17 +219,18 @@ class FaceSession:
         self.emit(result)
         return result
 
-    async def _finger_verify_to_add_a_face(self, subject: str) -> dict[str, Any]:
+    async def _finger_verify_to_add_a_face(
+        self, subject: str, finger_verify: Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]]
+    ) -> dict[str, Any]:
         """A finger verification whose session token lets this session add the subject's first face.
 
         Under a finger,face rule the finger's match earns no session (the rule wants the face
         too) but an enrollment token for the face alone (403 factor-not-enrolled): that token
         is what the enrollment then sends. A grant for another factor is not this session's.
         """
-        assert self.finger_verify is not None
         try:
             with cancel_scope(self.cancelled):  # the finger session made for it stops with this one
-                verified, self.session_token = await self.finger_verify(subject)
+                verified, self.session_token = await finger_verify(subject)
         except FactorNotEnrolledError as missing:
             grant = missing.grant()
             if grant.factor != FACE:
