@@ -131,21 +131,18 @@ def test_jpeg_size_is_read_from_the_header_without_decoding() -> None:
 
 
 # ---------------------------------------------------------------- the driver on a hostile camera
-class HostileCamera:
-    """An HTTP server on a free port of 127.0.0.1 that writes ``head`` then whatever ``body(conn)`` sends."""
+class LoopbackServer:
+    """A TCP server on a free port of 127.0.0.1: each connection goes to ``handle(index, conn)`` on its own thread."""
 
-    def __init__(self, body, content_type: bytes = b"multipart/x-mixed-replace; boundary=frame") -> None:
-        self.body, self.content_type = body, content_type
+    def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/stream.mjpg"
+        self.sock.settimeout(0.2)  # here, not in the thread: close() may come before the thread runs
+        self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
-        self.sent = 0
-        self.done = threading.Event()
-        self.go = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        self.sock.settimeout(0.2)
+        index = 0
         while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
@@ -153,13 +150,33 @@ class HostileCamera:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.handle, args=(index, conn), daemon=True).start()
+            index += 1
+
+    def handle(self, index: int, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+class HostileCamera(LoopbackServer):
+    """Writes an MJPEG response head, then whatever ``body(server, conn)`` sends."""
+
+    def __init__(self, body, content_type: bytes = b"multipart/x-mixed-replace; boundary=frame") -> None:
+        self.body, self.content_type = body, content_type
+        self.sent = 0
+        self.done = threading.Event()
+        self.go = threading.Event()
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
 
     def send(self, conn: socket.socket, data: bytes) -> None:
         conn.sendall(data)
         self.sent += len(data)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def handle(self, index: int, conn: socket.socket) -> None:
         with conn:
             try:
                 conn.recv(4096)
@@ -168,10 +185,6 @@ class HostileCamera:
             except OSError:
                 pass
             self.stop.wait(30)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 @pytest.fixture
@@ -504,34 +517,18 @@ def test_a_jpeg_with_an_exif_orientation_is_decoded_at_its_header_size(hostile) 
 
 
 # ---------------------------------------------------------------- the HTTP exchange: deadlines, authentication
-class ScriptedCamera:
-    """A server on a free port of 127.0.0.1 that hands each connection to ``serve(index, conn, request)``."""
+class ScriptedCamera(LoopbackServer):
+    """Hands each connection's request to ``serve(server, index, conn, request)`` (after ``wrap``: TLS)."""
 
     def __init__(self, serve, wrap=None) -> None:
         self.serve, self.wrap = serve, wrap
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)  # here, not in the thread: close() may come before the thread runs
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
         self.requests: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
     def url(self, path: str = "/video.mjpg", userinfo: str = "", scheme: str = "http") -> str:
         return f"{scheme}://{userinfo}127.0.0.1:{self.port}{path}"
 
-    def _accept(self) -> None:
-        index = 0
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(index, conn), daemon=True).start()
-            index += 1
-
-    def _one(self, index: int, conn: socket.socket) -> None:
+    def handle(self, index: int, conn: socket.socket) -> None:
         try:
             if self.wrap is not None:
                 conn = self.wrap(conn)
@@ -546,10 +543,6 @@ class ScriptedCamera:
                 self.serve(self, index, conn, request)
         except OSError:
             pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 @pytest.fixture
