@@ -201,7 +201,41 @@ class Lockouts:
 
 
 @dataclass
-class RateLimit:
+class _MinuteWindow:
+    """Events per key in the last minute, and the doubling lock a key earns when it goes past ``per_minute``.
+
+    The one mechanism under :class:`RateLimit` (every request counts) and :class:`RefusalLimit`
+    (only refusals count). In memory: a restart forgets it.
+    """
+
+    per_minute: int
+    base_s: float
+
+    def __post_init__(self) -> None:
+        self._recent: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._breaches: dict[str, int] = {}
+
+    def _locked(self, key: str, now: float) -> float:
+        return self._locked_until.get(key, 0.0) - now
+
+    def _window(self, key: str, now: float) -> deque[float]:
+        recent = self._recent.setdefault(key, deque())
+        while recent and recent[0] <= now - 60.0:
+            recent.popleft()
+        return recent
+
+    def _breach(self, key: str, now: float) -> float:
+        """Lock the key for base_s, doubling with each breach; its window starts again. The wait."""
+        breaches = self._breaches.get(key, 0)
+        self._breaches[key] = breaches + 1
+        self._locked_until[key] = now + self.base_s * 2**breaches
+        self._recent[key].clear()
+        return self.base_s * 2**breaches
+
+
+@dataclass
+class RateLimit(_MinuteWindow):
     """At most ``per_minute`` requests per key (a device, a subject); each breach locks the key for a doubling time.
 
     In memory (a restart forgets it): it guards the verifier's CPU and a subject's
@@ -212,65 +246,42 @@ class RateLimit:
     per_minute: int = 60
     base_s: float = 30.0
 
-    def __post_init__(self) -> None:
-        self._recent: dict[str, list[float]] = {}
-        self._locked_until: dict[str, float] = {}
-        self._breaches: dict[str, int] = {}
-
     def check(self, key: str, now: float | None = None) -> float:
         """Seconds the key must wait (0: go ahead, and the request is counted)."""
         now = now or time.time()
-        wait = self._locked_until.get(key, 0.0) - now
+        wait = self._locked(key, now)
         if wait > 0:
             return wait
-        recent = [t for t in self._recent.get(key, []) if t > now - 60.0]
+        recent = self._window(key, now)
         if len(recent) >= self.per_minute:
-            breaches = self._breaches.get(key, 0)
-            self._breaches[key] = breaches + 1
-            self._locked_until[key] = now + self.base_s * 2**breaches
-            self._recent[key] = []
-            return self.base_s * 2**breaches
+            return self._breach(key, now)
         recent.append(now)
-        self._recent[key] = recent
         return 0.0
 
 
 @dataclass
-class RefusalLimit:
+class RefusalLimit(_MinuteWindow):
     """At most ``per_minute`` refused requests per key; then the key waits ``base_s``, doubling with each breach.
 
     For requests whose refusal is the cheap outcome and whose repetition is the
     cost (EST: a device or a token's holder sending bad certificate requests):
     :meth:`wait` is asked before the request is looked at, :meth:`refused` told
     after it was refused, so the request after the allowance is turned away
-    before any of its work. Accepted requests are not counted. In memory, like
-    :class:`RateLimit`.
+    before any of its work. Accepted requests are not counted.
     """
 
     per_minute: int = 10
     base_s: float = 30.0
 
-    def __post_init__(self) -> None:
-        self._recent: dict[str, deque[float]] = {}
-        self._locked_until: dict[str, float] = {}
-        self._breaches: dict[str, int] = {}
-
     def wait(self, key: str, now: float | None = None) -> float:
         """Seconds the key must wait before a request of it is looked at (0: go ahead)."""
         now = now or time.time()
-        wait = self._locked_until.get(key, 0.0) - now
+        wait = self._locked(key, now)
         if wait > 0:
             return wait
-        recent = self._recent.get(key)
-        while recent and recent[0] <= now - 60.0:
-            recent.popleft()
-        if recent is None or len(recent) < self.per_minute:
+        if len(self._window(key, now)) < self.per_minute:
             return 0.0
-        breaches = self._breaches.get(key, 0)
-        self._breaches[key] = breaches + 1
-        self._locked_until[key] = now + self.base_s * 2**breaches
-        recent.clear()
-        return self.base_s * 2**breaches
+        return self._breach(key, now)
 
     def refused(self, key: str, now: float | None = None) -> None:
         """Count a refused request of the key."""
