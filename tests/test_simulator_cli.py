@@ -1,7 +1,8 @@
 """`capture-simulator` as a test rig runs it: a bad option is one error line naming the fix, a signal a clean exit.
 
 Options are checked in-process through ``main()`` (it returns before serving);
-signals and standard-input scripts need the real process.
+signals and standard-input scripts need the real process. Also the simulators'
+classes as a developer uses them in a test: a mistake is a SimulatorError naming the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from simulators.camera import SimulatedCamera
 from simulators.cli import main
 from simulators.errors import SimulatorError
+from simulators.fprint import VirtualDeviceFeeder, VirtualImageFeeder
 from simulators.zfm import SimulatedModule
 
 pytestmark = pytest.mark.usefixtures("keep_process_settings")
@@ -174,3 +176,10 @@ def test_a_signal_while_listing_fingers_exits_without_a_traceback(stop: str) -> 
             proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "capture-simulator: interrupted", err
+
+
+def test_a_feeder_without_its_virtual_reader_says_to_open_the_reader_first(tmp_path: Path) -> None:
+    with pytest.raises(SimulatorError, match="open the reader first"):
+        VirtualDeviceFeeder(tmp_path / "device.sock", timeout_s=0.05).scan("ana")
+    with pytest.raises(SimulatorError, match="short folder"):
+        VirtualImageFeeder(tmp_path / ("x" * 120), timeout_s=0.05).finger(True)
