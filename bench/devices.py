@@ -7,9 +7,10 @@
 - ``fprint``: libfprint's ``virtual_image`` reader: pixels sent → capture()
   returned through the libfprint thread (skipped, with the reason, without
   libfprint).
-- ``camera``: the MJPEG simulator read by cv2.VideoCapture: a new scene shown →
-  the first frame showing it in the owner's latest-frame slot; and frame
-  latency, each frame's send time (its bar-code number) to its arrival.
+- ``camera``: the MJPEG simulator read by the agent's camera driver (its own
+  multipart reader, frames decoded by OpenCV): a new scene shown → the first
+  frame showing it in the owner's latest-frame slot; and frame latency, each
+  frame's send time (its bar-code number) to its arrival.
 
 Figures are milliseconds (p50, p99) on this machine, under whatever load it has.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.logs import configure_logging
+from bench.cli import BenchError, at_least, bench_main, progress
 
 
 def _stats(values_s: list[float]) -> dict[str, float]:
@@ -47,17 +49,21 @@ def bench_zfm(rounds: int, baud: int, work: Path) -> dict:
         presented, transfer = [], []
         for i in range(rounds):
             waiting = threading.Event()
-            done: dict[str, float] = {}
+            done: dict[str, object] = {}
 
-            def capture(waiting: threading.Event = waiting, done: dict[str, float] = done) -> None:
+            def capture(waiting: threading.Event = waiting, done: dict[str, object] = done) -> None:
                 waiting.set()
-                driver.wait_for_finger(30)
-                done["genimg"] = time.perf_counter()
-                image = driver.download_image()
-                done["image"] = time.perf_counter()
-                del image  # only its arrival time matters
+                try:
+                    driver.wait_for_finger(30)
+                    done["genimg"] = time.perf_counter()
+                    image = driver.download_image()
+                    done["image"] = time.perf_counter()
+                    del image  # only its arrival time matters
+                except Exception as exc:  # said by the main thread; or the benchmark was stopped and closed the port
+                    done["error"] = exc
 
-            thread = threading.Thread(target=capture)
+            # A daemon: interrupted, the benchmark closes the port under it and exits without waiting for it.
+            thread = threading.Thread(target=capture, daemon=True)
             thread.start()
             finger = sim.finger_source(i % 4, 0, (sim.profile.image_width, sim.profile.image_height))
             waiting.wait()
@@ -66,8 +72,13 @@ def bench_zfm(rounds: int, baud: int, work: Path) -> dict:
             sim.place(finger)
             thread.join(60)
             sim.lift()
-            presented.append(done["image"] - started)
-            transfer.append(done["image"] - done["genimg"])
+            if "image" not in done:
+                raise BenchError(
+                    f"the simulated module gave no image at {baud} baud: {done.get('error', 'nothing within 60 s')}",
+                    "run tests/test_zfm_driver.py: the driver and the simulator disagree",
+                )
+            presented.append(done["image"] - started)  # type: ignore[operator]
+            transfer.append(done["image"] - done["genimg"])  # type: ignore[operator]
             print(f"zfm at {baud}: {presented[-1]:.2f} s", file=sys.stderr)
     return {"model": "r307", "baud": baud, "finger_to_image_ms": _stats(presented), "transfer_ms": _stats(transfer)}
 
@@ -92,13 +103,18 @@ def bench_fprint(rounds: int) -> dict:
             for i in range(rounds):
                 image = fingers.image(i % 4, i % 3, (256, 288))
                 done: dict[str, float] = {}
-                thread = threading.Thread(target=lambda d=done: (reader.capture(10), d.update(t=time.perf_counter())))
+                thread = threading.Thread(
+                    target=lambda d=done: (reader.capture(10), d.update(t=time.perf_counter())), daemon=True
+                )
                 thread.start()
                 while not reader.finger_needed():
                     time.sleep(0.005)
                 started = time.perf_counter()
                 feeder.image(image)
                 thread.join(15)
+                if "t" not in done:
+                    raise BenchError("libfprint's virtual_image reader gave no image within 15 s",
+                                     "run tests/test_fprint.py: the reader and the feeder disagree")
                 times.append(done["t"] - started)
         finally:
             feeder.close()
@@ -137,16 +153,23 @@ def bench_camera(rounds: int, frames: int) -> dict:
     }
 
 
+@bench_main("python -m bench.devices")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.devices", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3, help="serial captures per speed (each ~3.5-7 s)")
     parser.add_argument("--quick", action="store_true", help="115200 only for the serial module")
     args = parser.parse_args(argv)
+    at_least(args.rounds, 1, "--rounds", "a percentile needs a capture")
     configure_logging("warning", "json", stream=sys.stderr)  # stdout carries only the JSON figures
     with tempfile.TemporaryDirectory(prefix="bench-devices-") as tmp:
         bauds = (115200,) if args.quick else (115200, 57600)
         zfm = [bench_zfm(args.rounds, baud, Path(tmp)) for baud in bauds]
-    result = {"zfm": zfm, "fprint": bench_fprint(30), "camera": bench_camera(20, 150)}
+    progress("fprint: 30 captures from libfprint's virtual_image reader")
+    fprint = bench_fprint(30)
+    progress("camera: 150 frames, then 20 scene changes")
+    result = {"zfm": zfm, "fprint": fprint, "camera": bench_camera(20, 150)}
     print(json.dumps(result))
     return 0
 

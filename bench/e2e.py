@@ -27,6 +27,7 @@ from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
 from agent.verifier_api import VerifierAPI
+from bench.cli import at_least, bench_main, progress
 from biometrics.fingerprint import extract
 from biometrics.fingerprint.iso19794_2 import encode
 from protocol.messages import StepUp
@@ -52,6 +53,8 @@ async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
         if isinstance(first, StepUp):  # the device's first use: complete the step-up once
             await api.verify("alice", enrolled[1:], step_up=first.step_up)
         for i in range(count):
+            if i and i % max(1, count // 10) == 0:
+                progress(f"  verifications: {i}/{count}")
             image = images[i % len(images)]
             # As in a session, the challenge was asked for before the finger was placed.
             challenge = await api.challenge("verify", "alice")
@@ -84,11 +87,14 @@ async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
     }
 
 
+@bench_main("python -m bench.e2e")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--verifications", type=int, default=200)
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
+    parser.add_argument("--verifications", type=int, default=200, help="verifications timed (default 200)")
     args = parser.parse_args(argv)
+    at_least(args.verifications, 1, "--verifications", "a percentile needs a verification")
     configure_logging("warning", "json", stream=sys.stderr)
+    progress("starting a local verifier, provisioning a device, enrolling a subject")
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         work = Path(tmp)
         settings = work / "verifier.toml"  # a benchmark is a flood: lift the per-device rate limit

@@ -51,11 +51,13 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from bench.cli import BenchError, bench_main
 from biometrics.face.align import align
 from biometrics.face.calibration import fit_impostor_model, threshold_for_fmr
 from biometrics.face.detect import Detector, geometry_for
@@ -79,6 +81,35 @@ def list_images(folder: Path) -> list[tuple[str, Path]]:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         items.extend((sub.name, p) for p in sorted(sub.iterdir()) if p.suffix.lower() in EXTENSIONS)
     return items
+
+
+def images_of(folder: Path) -> list[tuple[str, Path]]:
+    """The images of ``folder``'s people, or a BenchError naming what to give: genuine and impostor pairs need
+    two people, one of them with two images (else the rates are NaN, which is no JSON)."""
+    if not folder.is_dir():
+        raise BenchError(f"{folder} is not a folder", "give a folder of per-person subfolders of images (sN/*.pgm)")
+    items = list_images(folder)
+    per_person = Counter(person for person, _ in items)
+    if len(per_person) < 2:
+        raise BenchError(
+            f"need images of at least two people in subfolders of {folder}",
+            "give a folder of per-person subfolders of images (sN/*.pgm), e.g. att_faces",
+        )
+    if max(per_person.values()) < 2:
+        raise BenchError(
+            f"each person in {folder} has one image: no genuine pairs", "give two images of a person or more"
+        )
+    return items
+
+
+def check_pairs(people: np.ndarray, found: int, total: int) -> None:
+    """After detection: the images a face was found in must still make a genuine and an impostor pair."""
+    counts = np.unique(people, return_counts=True)[1]
+    if len(counts) < 2 or counts.max() < 2:
+        raise BenchError(
+            f"a face was found in {found} of {total} images: too few for a genuine and an impostor pair",
+            "give images with one face each, at least two of one person and one of another",
+        )
 
 
 def _timed(fn, *args):
@@ -107,16 +138,14 @@ def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
 
 def embed_folder(folder: Path) -> dict[str, object]:
     """Run every image through detection, alignment and embedding; collect embeddings and timings."""
-    items = list_images(folder)
-    if len(items) < 2 or len({p for p, _ in items}) < 2:
-        raise SystemExit(f"need images of at least two people in subfolders of {folder} (sN/*.pgm)")
+    items = images_of(folder)
     detector, embedder = Detector(), Embedder()
     people, vectors, failed, frontal = [], [], [], []
     det_ms, det_cpu, emb_ms, emb_cpu, sizes = [], [], [], [], set()
     for n, (person, path) in enumerate(items):
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is None:
-            raise SystemExit(f"cannot read {path}")
+            raise BenchError(f"cannot read {path}", "replace it with an image, or remove it from the folder")
         sizes.add((frame.shape[1], frame.shape[0]))
         faces, wall, cpu = _timed(detector.detect, frame)
         det_ms.append(wall)
@@ -133,6 +162,7 @@ def embed_folder(folder: Path) -> dict[str, object]:
         frontal.append(abs(p.yaw) <= MAX_YAW and abs(p.pitch) <= MAX_PITCH and abs(p.roll) <= MAX_ROLL)
         if n % 50 == 0:
             _progress(f"{n}/{len(items)} images")
+    check_pairs(np.array(people), len(people), len(items))
     return {
         "items": items, "people": np.array(people), "vectors": np.array(vectors, np.float32), "failed": failed,
         "frontal": np.array(frontal, bool), "det_ms": det_ms, "det_cpu": det_cpu, "emb_ms": emb_ms,
@@ -282,16 +312,19 @@ def calibrate(folder: Path) -> dict[str, object]:
     }
 
 
+@bench_main("python -m bench.face")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.face", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="folder of per-person subfolders of images (sN/*.pgm)")
-    ap.add_argument("--fmr", type=float, default=0.001, help="target FMR for the reported threshold")
+    ap.add_argument("--fmr", type=float, default=0.001, help="target FMR for the reported threshold, in (0, 1)")
     ap.add_argument("--calibrate", type=Path, metavar="DIR", help="fit the impostor model on DIR instead")
     args = ap.parse_args(argv)
+    if not 0.0 < args.fmr < 1.0:
+        raise BenchError(f"--fmr {args.fmr:g} is not a rate", "give a false match rate between 0 and 1, e.g. 0.001")
     if args.calibrate is not None:
         print(json.dumps(calibrate(args.calibrate)))
         return 0
-    if args.data is None or not args.data.is_dir():
+    if args.data is None:
         ap.error("--data DIR (a folder of sN/ subfolders of images) is required")
     print(json.dumps(run(args.data, args.fmr)))
     return 0

@@ -56,21 +56,20 @@ if __name__ == "__main__":
 
 import argparse
 import json
-import logging
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import structlog
 
+from bench.cli import BenchError, at_least, bench_main, parallel_map
 from bench.machine import vector_units_here
 from biometrics.fingerprint import GalleryIndex, extract, prefilter, threshold_for_fmr
 from biometrics.fingerprint.allocator import keep_freed_memory
+from biometrics.fingerprint.image import MAX_DPI, MIN_DPI
 from biometrics.fingerprint.matcher import cylinders_of
 from biometrics.fingerprint.types import FingerprintTemplate
 from biometrics.tail import pair_units
@@ -118,6 +117,53 @@ def list_images(folder: Path) -> list[tuple[str, int, Path]]:
     return items
 
 
+def images_of(folder: Path) -> list[tuple[str, int, Path]]:
+    """The F_I images of ``folder``, at least two, or a BenchError naming what to give instead."""
+    if not folder.is_dir():
+        raise BenchError(f"{folder} is not a folder", "give a folder of F_I.tif images, e.g. fvc2002/DB1_B")
+    items = list_images(folder)
+    if len(items) < 2:
+        raise BenchError(
+            f"{len(items)} F_I images in {folder}",
+            "give a folder of two or more images named finger_impression.tif (1_1.tif, 1_2.tif, ...)",
+        )
+    return items
+
+
+def check_pairs(fingers: list[str] | np.ndarray, where: str) -> None:
+    """All-pairs rates need a genuine pair (a finger seen twice) and an impostor pair (two fingers).
+
+    Without either, the EER is NaN, which json.dumps writes as a bare NaN that
+    no JSON reader accepts.
+    """
+    counts = np.unique(np.asarray(fingers), return_counts=True)[1]
+    if len(counts) < 2:
+        raise BenchError(
+            f"{where} has images of one finger only: no impostor pairs", "give images of two fingers or more"
+        )
+    if counts.max() < 2:
+        raise BenchError(
+            f"{where} has one image of each finger: no genuine pairs", "give two impressions of a finger or more"
+        )
+
+
+def calibration_folder(spec: str) -> tuple[Path, int]:
+    """``DIR[:DPI]`` of --calibrate: the folder and its resolution (500 when not given)."""
+    path, _, dpi_text = spec.partition(":")
+    if dpi_text and not dpi_text.isdigit():
+        raise BenchError(f"--calibrate {spec}: {dpi_text!r} is no resolution", "write DIR or DIR:DPI, e.g. DB2_B:569")
+    dpi = int(dpi_text or 500)
+    check_dpi(dpi, f"--calibrate {spec}")
+    return Path(path), dpi
+
+
+def check_dpi(dpi: int, option: str = "--dpi") -> None:
+    if not MIN_DPI <= dpi <= MAX_DPI:
+        raise BenchError(
+            f"{option}: {dpi} dpi is no fingerprint sensor's", f"give the sensor's resolution, {MIN_DPI} to {MAX_DPI}"
+        )
+
+
 def pad_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The image centred on a (width, height) canvas of its own background (median border grey).
 
@@ -127,7 +173,9 @@ def pad_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     ih, iw = img.shape
     if iw > w or ih > h:
-        raise SystemExit(f"--pad-to {w}x{h} is smaller than a {iw}x{ih} image")
+        raise BenchError(
+            f"--pad-to {w}x{h} is smaller than a {iw}x{ih} image", "give a canvas at least the images' size"
+        )
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     out = np.full((h, w), int(np.median(border)), np.uint8)
     y, x = (h - ih) // 2, (w - iw) // 2
@@ -139,7 +187,7 @@ def _extract_one(args: tuple[str, int, tuple[int, int] | None]) -> tuple[Fingerp
     path, dpi, size = args
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if img is None:
-        raise SystemExit(f"cannot read {path}")
+        raise BenchError(f"cannot read {path}", "replace it with a greyscale image, or remove it from the folder")
     if size is not None:
         img = pad_to(img, size)
     t0 = time.perf_counter()
@@ -259,16 +307,10 @@ def extract_folder(
     folder: Path, dpi: int, workers: int, size: tuple[int, int] | None = None
 ) -> tuple[list[FingerprintTemplate], np.ndarray, np.ndarray]:
     """Templates, finger labels and extraction times (s) of a folder of F_I images (padded to ``size``)."""
-    items = list_images(folder)
-    if len(items) < 2:
-        raise SystemExit(f"no F_I images in {folder}")
+    items = images_of(folder)
     _progress(f"extracting {len(items)} images at {dpi} dpi")
     jobs = [(str(p), dpi, size) for _, _, p in items]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=keep_freed_memory) as pool:
-            results = list(pool.map(_extract_one, jobs))
-    else:
-        results = [_extract_one(j) for j in jobs]
+    results = parallel_map(_extract_one, jobs, workers, initializer=keep_freed_memory, label="images")
     return [r[0] for r in results], np.array([f for f, _, _ in items]), np.array([r[1] for r in results])
 
 
@@ -296,11 +338,7 @@ def extract_synthetic(
     """
     _progress(f"synthetic population: {count} fingers x {impressions} {profile} impressions (seed {seed})")
     jobs = [(seed, f, impressions, profile) for f in range(count)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=keep_freed_memory) as pool:
-            results = list(pool.map(_synthetic_one, jobs, chunksize=4))
-    else:
-        results = [_synthetic_one(j) for j in jobs]
+    results = parallel_map(_synthetic_one, jobs, workers, initializer=keep_freed_memory, chunksize=4, label="fingers")
     flat = [r for per_finger in results for r in per_finger]
     fingers = np.repeat(np.arange(count), impressions).astype(str)
     return [r[0] for r in flat], fingers, np.array([r[1] for r in flat])
@@ -404,8 +442,7 @@ def calibration_samples(
     folders: list[Sample] = []
     genuine: list[np.ndarray] = []
     for n, spec in enumerate(specs):
-        path, _, dpi_text = spec.partition(":")
-        folder, dpi = Path(path), int(dpi_text or 500)
+        folder, dpi = calibration_folder(spec)
         _progress(f"calibration: {folder} at {dpi} dpi")
         templates, fingers, _ = extract_folder(folder, dpi, workers)
         pair_scores, same, _ = all_pairs(templates, fingers)
@@ -470,7 +507,8 @@ def leave_one_out(data: CalibrationData) -> list[dict[str, object]]:
         if population is not None:
             groups.append(population)
         if not groups:
-            raise SystemExit("--leave-one-out needs a second folder or --synthetic N to fit without the held-out one")
+            raise BenchError("--leave-one-out has nothing to fit without the held-out folder",
+                             "give a second folder or --synthetic N")
         checks.append({"held_out": name, **held_out_check(groups, impostor, data.genuine[k])})
     return checks
 
@@ -530,6 +568,20 @@ def calibrate(
     return result
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """Counts and resolutions that give no figure (or a negative one) are refused before any work."""
+    at_least(args.workers, 1, "--workers")
+    at_least(args.search_workers, 1, "--search-workers")
+    at_least(args.gallery, 1, "--gallery", "the 1:N throughput searches a gallery")
+    at_least(args.impressions, 1, "--impressions")
+    if args.synthetic:
+        at_least(args.synthetic, 2, "--synthetic", "impostor pairs need two fingers")
+    check_dpi(args.dpi)
+    for spec in args.calibrate or ():
+        calibration_folder(spec)
+
+
+@bench_main("python -m bench.fingerprint")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="folder of F_I.tif images")
@@ -584,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--against OTHER compares with the image of --explain IMAGE --out DIR: give both")
     if args.hardest and (args.calibrate or args.explain is not None):
         ap.error("--hardest explains a benchmark's pairs: give it with --data DIR or --synthetic N")
+    check_counts(args)
     keep_freed_memory()  # what a daemon extracting capture after capture does (biometrics.fingerprint.allocator)
     if args.leave_one_out and not args.calibrate:
         ap.error("--leave-one-out checks a calibration: give it with --calibrate DIR...")
@@ -625,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             if not m:
                 ap.error("--pad-to takes WIDTHxHEIGHT, e.g. 448x478")
             size = (int(m.group(1)), int(m.group(2)))
+        check_pairs([f for f, _, _ in images_of(args.data)], str(args.data))  # before minutes of extraction
         templates, fingers, times = extract_folder(args.data, args.dpi, args.workers, size)
         names = [p.stem for _, _, p in list_images(args.data)]
         result = run(templates, fingers, times, args.dpi, args.gallery, args.search_workers, names, args.hardest)
@@ -635,6 +689,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The synthetic generator logs each finger at debug level: progress lines are enough here.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    raise SystemExit(main())
+    raise SystemExit(main())  # the synthetic generator's debug lines are filtered out by bench_main

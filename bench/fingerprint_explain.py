@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.cli import BenchError
 from bench.fingerprint_pairs import factors
 from biometrics.fingerprint.debug import STAGES, ComparisonExplanation, Explanation, explain, explain_comparison
 from biometrics.fingerprint.types import KIND_ENDING, Minutiae
@@ -94,20 +95,24 @@ def render_comparison(probe: Explanation, gallery: Explanation, c: ComparisonExp
 def _read(image_path: Path) -> np.ndarray:
     img = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
     if img is None:
-        raise SystemExit(f"cannot read {image_path}: give a greyscale image file (tif, png, bmp, pgm)")
+        raise BenchError(f"cannot read {image_path}", "give a greyscale image file (tif, png, bmp, pgm)")
     return img
 
 
 def _write(path: Path, picture: np.ndarray) -> str:
     if not cv2.imwrite(str(path), picture):
-        raise SystemExit(f"cannot write {path}: check that {path.parent} is writable")
+        raise BenchError(f"cannot write {path}", f"check that {path.parent} is writable, or give another --out")
     return path.name
 
 
 def explain_to_folder(image_path: Path, out: Path, dpi: int = 500, against: Path | None = None) -> dict[str, object]:
     """Write the stages of ``image_path`` (and, with ``against``, their comparison) into ``out``; the JSON summary."""
+    try:  # before the work: a folder that cannot be made is said at once
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise BenchError(f"cannot make the folder {out}: {reason}", "give --out a folder you may write") from None
     e = explain(_read(image_path), dpi)
-    out.mkdir(parents=True, exist_ok=True)
     written = [_write(out / f"{name}.png", picture) for name, picture in render(e).items()]
     compared: dict[str, object] = {}
     if against is not None:

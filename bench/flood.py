@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import ssl
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
+from bench.cli import BenchError, bench_main, progress
 from biometrics.fingerprint import extract
 from biometrics.fingerprint.iso19794_2 import encode, field_limits
 from biometrics.fingerprint.orientation_field import BLOCK
@@ -283,6 +285,7 @@ async def _device_attack(
 
 
 def _attack_main(kind: str, host: str, port: int, files: tuple[str, str, str], url: str, seconds: float, out) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the benchmark ends this process
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attacker holds many sockets
     deadline = time.monotonic() + seconds
@@ -397,10 +400,12 @@ def run(seconds: float, attacks: tuple[str, ...]) -> dict:
             assert verifier.process is not None
             pid = verifier.process.pid
             kiosk, attacker_files, probe = asyncio.run(_setup(verifier, work))
+            progress(f"phase no_attack: {seconds:g} s")
             results: dict[str, dict] = {"no_attack": asyncio.run(_measure(kiosk, probe, seconds))}
             results["no_attack"].update(verifier_state(pid))
             context = multiprocessing.get_context("spawn")
             for kind in attacks:
+                progress(f"phase {kind}: {seconds:g} s")
                 out = context.Queue()
                 process = context.Process(
                     target=_attack_main,
@@ -415,16 +420,18 @@ def run(seconds: float, attacks: tuple[str, ...]) -> dict:
                     ),
                 )
                 process.start()
-                time.sleep(1.0)  # the attack under way before the kiosk measures
-                measured = asyncio.run(_measure(kiosk, probe, seconds))
                 try:
-                    attack = out.get(timeout=seconds + 15)
-                except Exception:
-                    attack = {"error": "the attack process gave no counts"}
-                process.join(5)
-                if process.is_alive():
-                    process.terminate()
+                    time.sleep(1.0)  # the attack under way before the kiosk measures
+                    measured = asyncio.run(_measure(kiosk, probe, seconds))
+                    try:
+                        attack = out.get(timeout=seconds + 15)
+                    except Exception:
+                        attack = {"error": "the attack process gave no counts"}
                     process.join(5)
+                finally:  # interrupted too: no attacker left running on
+                    if process.is_alive():
+                        process.terminate()
+                        process.join(5)
                 time.sleep(1.0)  # let the verifier settle before reading its state
                 results[kind] = {**measured, "attack": attack, **verifier_state(pid)}
             log_lines = len(verifier.log_path.read_text(errors="replace").splitlines())
@@ -436,14 +443,18 @@ def run(seconds: float, attacks: tuple[str, ...]) -> dict:
     }
 
 
+@bench_main("python -m bench.flood")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase (default 4, at most 30)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.flood", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase (default 4, 1 to 30)")
     parser.add_argument("--attack", action="append", choices=ATTACKS, help="run only these attacks (repeatable)")
     args = parser.parse_args(argv)
-    seconds = min(max(args.seconds, 1.0), 30.0)
+    if not 1.0 <= args.seconds <= 30.0:  # was clamped silently: 0 measured 1 s, 100 measured 30 s, NaN nothing
+        raise BenchError(f"--seconds {args.seconds:g} is outside a phase's bounds", "give 1 to 30 seconds")
     configure_logging("warning", "json", stream=sys.stderr)
-    print(json.dumps(run(seconds, tuple(args.attack or ATTACKS))))
+    print(json.dumps(run(args.seconds, tuple(args.attack or ATTACKS))))
     return 0
 
 

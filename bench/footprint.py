@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agent.devstack import LocalVerifier, provision_device, write_config_file
 from agent.logs import configure_logging
+from bench.cli import BenchError, bench_main, progress
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,11 +38,17 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+@bench_main("python -m bench.footprint")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__)
+    parser.add_argument("--idle-seconds", type=float, default=30.0, help="the idle window measured (default 30)")
     args = parser.parse_args(argv)
+    if not 0 < args.idle_seconds <= 3600:
+        raise BenchError(
+            f"--idle-seconds {args.idle_seconds:g} is no idle window", "give seconds above 0, at most 3600"
+        )
     configure_logging("error", "json", stream=sys.stderr)
+    progress("starting a local verifier and provisioning a device")
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         work = Path(tmp)
         with LocalVerifier.running(work / "pki") as verifier:
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             notify.bind(str(work / "notify.sock"))
             notify.settimeout(30)
             env = {**os.environ, "NOTIFY_SOCKET": str(work / "notify.sock"), "WATCHDOG_USEC": "30000000"}
+            progress("starting `capture-agent run` and waiting for READY=1")
             started = time.monotonic()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
@@ -59,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )
             try:
-                while b"READY=1" not in notify.recv(4096):
-                    pass
+                try:
+                    while b"READY=1" not in notify.recv(4096):
+                        pass
+                except TimeoutError:
+                    raise BenchError(
+                        f"the agent daemon sent no READY=1 within 30 s (exit code {proc.poll()})",
+                        "run `capture-agent run` with the same config by hand to see why it does not start",
+                    ) from None
                 ready_s = time.monotonic() - started
                 time.sleep(1.0)  # let the first delivery finish
                 rss = rss_mib(proc.pid)

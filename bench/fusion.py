@@ -42,12 +42,12 @@ import argparse
 import json
 import math
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from bench.cli import BenchError, at_least, bench_main, parallel_map
 from bench.face import error_rates
 from bench.face import list_images as face_images
 from bench.fingerprint import all_pairs as finger_pairs
@@ -108,7 +108,7 @@ def face_scores(paths: list[Path]) -> np.ndarray:
     for n, path in enumerate(paths):
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is None:
-            raise SystemExit(f"cannot read {path}")
+            raise BenchError(f"cannot read {path}", "replace it with an image, or remove it from the folder")
         faces = detector.detect(frame)
         if faces:
             vector = np.asarray(embedder.embed(align(frame, faces[0])), np.float32)
@@ -123,7 +123,7 @@ def _finger_template(job: tuple[str, int]):
     path, dpi = job
     image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise SystemExit(f"cannot read {path}")
+        raise BenchError(f"cannot read {path}", "replace it with a greyscale image, or remove it from the folder")
     return extract(image, dpi)
 
 
@@ -147,29 +147,30 @@ def chimeric_pairs(fingers: Path, faces: Path, per_db: int, impressions: int,
         for finger, _, path in finger_images(folder):
             shots.setdefault(finger, []).append(path)
         chosen = sorted(shots)[:per_db]
+        few = min(len(shots[finger]) for finger in chosen)
+        if few < impressions:  # taken silently, the figures would be of fewer samples than asked
+            raise BenchError(f"a finger of {folder} has {few} impressions; --impressions {impressions} needs as many",
+                             f"give --impressions {few} or fewer")
         samples = [(finger, shot, path) for finger in chosen
                    for shot, path in enumerate(_by_number(shots[finger])[:impressions])]
         paths = []
         for finger, shot, _ in samples:
             images = _by_number(by_person[people[count + chosen.index(finger)]])
             if shot >= len(images):
-                raise SystemExit(f"{people[count + chosen.index(finger)]} has {len(images)} face images; "
-                                 f"--impressions {impressions} needs as many")
+                raise BenchError(f"{people[count + chosen.index(finger)]} has {len(images)} face images; "
+                                 f"--impressions {impressions} needs as many", f"give --impressions {len(images)}")
             paths.append(images[shot])
         _progress(f"{db}: {len(samples)} samples of {len(chosen)} chimeric people")
         jobs = [(str(path), dpi) for _, _, path in samples]
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                templates = list(pool.map(_finger_template, jobs))
-        else:
-            templates = [_finger_template(job) for job in jobs]
+        templates = parallel_map(_finger_template, jobs, workers, label=f"{db} fingers")
         scores, same, _ = finger_pairs(templates, np.array([finger for finger, _, _ in samples]))
         finger_all.append(scores)
         face_all.append(face_scores(paths))
         same_all.append(same)
         count += len(chosen)
     if not finger_all:
-        raise SystemExit(f"no FVC2002 database (DB1_B ... DB4_B) in {fingers}")
+        raise BenchError(f"no FVC2002 database (DB1_B ... DB4_B) in {fingers}",
+                         "give --fingers the folder holding DB1_B ... DB4_B (fvc2002 of the data sets)")
     return np.concatenate(finger_all), np.concatenate(face_all), np.concatenate(same_all), count
 
 
@@ -191,6 +192,7 @@ def run(fingers: Path, faces: Path, per_db: int, impressions: int, fmr: float, w
     return result
 
 
+@bench_main("python -m bench.fusion")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.splitlines()[0])
     ap.add_argument("--fingers", type=Path, default=Path("../shared/data/fvc2002"), help="folder of DB1_B ... DB4_B")
@@ -202,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.impressions < 2 or args.per_db < 2:
         ap.error("--impressions and --per-db must be at least 2 (genuine and impostor pairs)")
+    at_least(args.workers, 1, "--workers")
+    if not 0.0 < args.fmr < 1.0:
+        raise BenchError(f"--fmr {args.fmr:g} is not a rate", "give a false match rate between 0 and 1, e.g. 0.001")
+    for option, folder in (("--fingers", args.fingers), ("--faces", args.faces)):
+        if not folder.is_dir():  # the defaults are relative: ../shared/data beside the checkout, run from its root
+            raise BenchError(
+                f"{option} {folder} is not a folder",
+                f"give {option} the data set's folder (a default is relative to the current folder)",
+            )
     print(json.dumps(run(args.fingers, args.faces, args.per_db, args.impressions, args.fmr, args.workers)))
     return 0
 

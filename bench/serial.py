@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from agent.logs import configure_logging
+from bench.cli import at_least, bench_main
 from drivers.zfm.constants import PROFILES
 from drivers.zfm.driver import ZfmModule
 from simulators.fingers import FingerGenerator
@@ -56,11 +57,13 @@ def measure(model: str, baud: int, rounds: int, work: Path) -> dict:
     }
 
 
+@bench_main("python -m bench.serial")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.serial", description=__doc__)
     parser.add_argument("--model", default="r307", choices=sorted(PROFILES))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="image downloads per speed (default 3)")
     args = parser.parse_args(argv)
+    at_least(args.rounds, 1, "--rounds", "a median needs a download")
     configure_logging("warning", "json", stream=sys.stderr)  # stdout carries only the JSON figures
     with tempfile.TemporaryDirectory(prefix="bench-serial-") as tmp:
         results = [measure(args.model, baud, args.rounds, Path(tmp)) for baud in (57600, 115200)]

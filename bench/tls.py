@@ -21,6 +21,7 @@ from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity
 from agent.logs import configure_logging
+from bench.cli import at_least, bench_main, progress
 
 
 async def _timed_requests(config, identity: DeviceIdentity, count: int, fresh: bool) -> tuple[list[float], dict]:
@@ -30,7 +31,9 @@ async def _timed_requests(config, identity: DeviceIdentity, count: int, fresh: b
     if client is not None:
         await client.call("GET", "/v1/health")  # warm: the handshake is not what we time here
     try:
-        for _ in range(count):
+        for n in range(count):
+            if n and n % max(1, count // 10) == 0:
+                progress(f"  {'fresh connections' if fresh else 'reused connection'}: {n}/{count} requests")
             if fresh:
                 t0 = time.perf_counter()
                 async with VerifierClient(config, identity) as once:
@@ -70,10 +73,12 @@ async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
     }
 
 
+@bench_main("python -m bench.tls")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=200)
+    parser = argparse.ArgumentParser(prog="python -m bench.tls", description=__doc__)
+    parser.add_argument("--requests", type=int, default=200, help="requests in each of the two phases (default 200)")
     args = parser.parse_args(argv)
+    at_least(args.requests, 1, "--requests", "a median needs a request")
     configure_logging("warning", "json", stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         work = Path(tmp)

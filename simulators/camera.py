@@ -17,6 +17,7 @@ that is how the camera's frame latency is measured.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import threading
 import time
@@ -27,11 +28,37 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from drivers.camera.camera import MAX_SIDE
+from simulators.errors import SimulatorError
+
 BOUNDARY = "frame"
 CODE_BITS = 20  # frame numbers in the bar code (wraps after 1 M frames)
 CODE_CELL = 6  # pixels a bit: survives JPEG (the code is 120 pixels wide)
 CODE_ROWS = 8
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".tif", ".tiff"}
+# The smallest frame: as wide as the frame-number bar code, and tall enough for a face the detector finds.
+MIN_WIDTH, MIN_HEIGHT = CODE_BITS * CODE_CELL, 32
+MAX_FPS = 120.0  # the fastest real cameras; a rate is what paces the stream, so it must be a real one
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a frame the camera can serve and the agent's camera driver accepts."""
+    width, height = size
+    if not (MIN_WIDTH <= width <= MAX_SIDE and MIN_HEIGHT <= height <= MAX_SIDE):
+        raise SimulatorError(
+            f"a {width}x{height} frame is outside what the camera serves",
+            f"give a size from {MIN_WIDTH}x{MIN_HEIGHT} to {MAX_SIDE}x{MAX_SIDE}, e.g. 640x480",
+        )
+    return int(width), int(height)
+
+
+def check_fps(fps: float) -> float:
+    """A frame rate that paces a stream: above 0 and at most :data:`MAX_FPS` (0 would divide, NaN never wait)."""
+    if not (isinstance(fps, int | float) and math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise SimulatorError(
+            f"{fps!r} frames a second is no camera's rate", f"give a number above 0 and at most {MAX_FPS:g}, e.g. 15"
+        )
+    return float(fps)
 
 
 def stamp(frame: np.ndarray, seq: int) -> np.ndarray:
@@ -54,7 +81,7 @@ def read_stamp(frame: np.ndarray) -> int:
 def _load(path: Path, size: tuple[int, int]) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{path} is not an image OpenCV can read")
+        raise SimulatorError(f"{path} is not an image OpenCV can read", "replace it with a JPEG or PNG, or remove it")
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
@@ -62,7 +89,7 @@ class SimulatedCamera:
     """An MJPEG camera on a free port of 127.0.0.1. Use as a context manager, or start() / stop()."""
 
     def __init__(self, size: tuple[int, int] = (640, 480), fps: float = 15.0, quality: int = 85) -> None:
-        self.size = size
+        self.size = check_size(size)
         self.fps = fps
         self.quality = quality
         self.port = 0
@@ -75,6 +102,15 @@ class SimulatedCamera:
         self._seq = 0
         self._sent: OrderedDict[int, float] = OrderedDict()
         self.plugged = False
+
+    @property
+    def fps(self) -> float:
+        """Frames a second; a rig may change it while streams run (checked: see :func:`check_fps`)."""
+        return self._fps
+
+    @fps.setter
+    def fps(self, value: float) -> None:
+        self._fps = check_fps(value)
 
     @property
     def url(self) -> str:
@@ -103,9 +139,13 @@ class SimulatedCamera:
             self._frames = frames
 
     def show_folder(self, folder: Path) -> int:
+        if not Path(folder).is_dir():
+            raise SimulatorError(f"{folder} is not a folder", "give a folder of images (JPEG, PNG, PGM, BMP, TIFF)")
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise ValueError(f"no images in {folder}")
+            raise SimulatorError(
+                f"no images in {folder}", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another"
+            )
         self._set([_load(p, self.size) for p in paths])
         return len(paths)
 

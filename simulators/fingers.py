@@ -67,6 +67,7 @@ import numpy as np
 import structlog
 
 from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
+from simulators.errors import SimulatorError
 
 log = structlog.get_logger()
 
@@ -893,7 +894,9 @@ class FolderFingerSource:
             raise KeyError(f"no image {finger_id}_{impression} in {self.path}") from None
         img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if img is None:
-            raise ValueError(f"{path} is not a readable image")
+            raise SimulatorError(
+                f"{path} is not a readable image", "replace it with a greyscale TIFF, PNG or BMP, or remove it"
+            )
         return img
 
     def image(self, finger_id: int, impression: int, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ the socket exists once the reader is opened.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -26,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from simulators.errors import SimulatorError
+
+UNIX_PATH_MAX = 108  # sun_path of struct sockaddr_un on Linux, the terminating NUL included
 RETRY, ERROR, AUTO_FINGER, FINGER, UNPLUG = -1, -2, -3, -4, -5
 # FpDeviceRetry codes
 RETRY_GENERAL, RETRY_TOO_SHORT, RETRY_CENTER_FINGER, RETRY_REMOVE_FINGER = 0, 1, 2, 3
@@ -34,6 +38,13 @@ ERROR_GENERAL, ERROR_BUSY, ERROR_PROTO, ERROR_REMOVED = 0, 4, 5, 0x100
 
 
 def _connect(path: Path, timeout_s: float) -> socket.socket:
+    """Connect to libfprint's socket, which appears only once the reader is opened (waiting up to ``timeout_s``)."""
+    size = len(os.fsencode(path))
+    if size >= UNIX_PATH_MAX:
+        raise SimulatorError(
+            f"the socket path {path} is {size} bytes, longer than a unix socket's {UNIX_PATH_MAX - 1}",
+            "put the virtual reader's socket in a short folder (tempfile.mkdtemp(prefix='fp-'))",
+        )
     deadline = time.monotonic() + timeout_s
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -43,7 +54,11 @@ def _connect(path: Path, timeout_s: float) -> socket.socket:
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             if time.monotonic() > deadline:
-                raise
+                raise SimulatorError(
+                    f"no libfprint virtual reader listens on {path} after {timeout_s:g} s",
+                    "set FP_VIRTUAL_IMAGE (or FP_VIRTUAL_DEVICE) to this path before libfprint starts, "
+                    "and open the reader first: its socket exists once it is opened",
+                ) from None
             time.sleep(0.02)
 
 

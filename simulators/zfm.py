@@ -49,6 +49,7 @@ from drivers.zfm.constants import (
     ModelProfile,
     PacketType,
 )
+from simulators.errors import SimulatorError
 
 log = structlog.get_logger()
 
@@ -120,6 +121,51 @@ def _score(a: bytes, b: bytes) -> int:
     return int(max(0.0, float(fa @ fb) / denom) * 300)
 
 
+def check_baud(baud: int) -> None:
+    """A module runs at 9600 x N baud, N from 1 to 12 (its system parameter); any other speed is none it has."""
+    if not (isinstance(baud, int) and baud % BAUD_UNIT == 0 and 1 <= baud // BAUD_UNIT <= 12):
+        raise SimulatorError(
+            f"baud {baud!r} is not a speed a module runs at",
+            f"give a multiple of {BAUD_UNIT} from {BAUD_UNIT} to {12 * BAUD_UNIT} ({DEFAULT_BAUD} is the default)",
+        )
+
+
+def check_password(password: int) -> None:
+    """The module's password is 32 bits (VfyPwd sends 4 bytes): another value no client could ever send."""
+    if not (isinstance(password, int) and 0 <= password <= 0xFFFFFFFF):
+        raise SimulatorError(
+            f"password {password!r} does not fit the module's 32 bits",
+            "give a number from 0 to 0xFFFFFFFF (0, the default, means none)",
+        )
+
+
+def _check_link(link: Path) -> None:
+    """Refuse a link path that is not the simulator's to take: its folder missing, a file, another's live port.
+
+    Making the link replaces whatever is at the path: a user's file would be lost,
+    and a second simulator given the same path would steal the first's port (and
+    the first, stopping, would then remove the second's link). A dangling link is
+    what a killed simulator leaves: that one is replaced.
+    """
+    if not link.parent.is_dir():
+        raise SimulatorError(
+            f"the folder of the port link {link} does not exist", f"create {link.parent} or give --link another path"
+        )
+    if not os.path.lexists(link):
+        return
+    if not link.is_symlink():
+        raise SimulatorError(
+            f"{link} exists and is not a port link: the simulator would replace it",
+            "give --link a path that does not exist yet (the simulator creates the link and removes it on exit)",
+        )
+    target = os.readlink(link)
+    if os.path.exists(link):
+        raise SimulatorError(
+            f"{link} already links to {target}, a port in use (another simulator serving it?)",
+            "stop that simulator, or give this one another --link; remove the link if nothing serves it",
+        )
+
+
 class SimulatedModule:
     """One module on a pty. Use as a context manager, or ``start()`` / ``stop()``."""
 
@@ -135,7 +181,9 @@ class SimulatedModule:
         check_line_speed: bool = True,
     ) -> None:
         if model not in PROFILES:
-            raise ValueError(f"unknown model {model!r}: use one of {', '.join(PROFILES)}")
+            raise SimulatorError(f"unknown model {model!r}", f"use one of {', '.join(PROFILES)}")
+        check_baud(baud)
+        check_password(password)
         self.profile: ModelProfile = PROFILES[model]
         self.link = link
         self.password = password
@@ -177,6 +225,8 @@ class SimulatedModule:
         return str(self.link) if self.link else self._slave_name
 
     def start(self) -> SimulatedModule:
+        if self.link is not None:
+            _check_link(self.link)
         self._open_pty()
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"zfm-{self.profile.name}", daemon=True)
@@ -190,9 +240,7 @@ class SimulatedModule:
             self._thread = None
         self._close_pty()
         self._close_retired()
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
+        self._unlink()
 
     def __enter__(self) -> SimulatedModule:
         return self.start()
@@ -230,12 +278,24 @@ class SimulatedModule:
     def unplug(self) -> None:
         """The USB-serial adapter pulled out: the port disappears, clients get I/O errors."""
         self._close_pty()
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Remove the link if it is still this module's: another simulator may have taken the path since."""
+        if self.link is None or not self._slave_name:
+            return
+        with contextlib.suppress(OSError):
+            if os.readlink(self.link) == self._slave_name:
                 self.link.unlink()
 
     def replug(self) -> None:
-        """Plugged back: a new pty behind the same link; R50x modules announce themselves with 55."""
+        """Plugged back: a new pty behind the same link; R50x modules announce themselves with 55.
+
+        A module already plugged in cannot be plugged again: nothing happens (a
+        second pty would hide the first, whose client would hang on it, and leak it).
+        """
+        if self._master >= 0:
+            return
         self._babble = Babble.NONE  # a module just powered up: whatever it was stuck in is over
         self._open_pty()
         if self.profile.power_up_byte:
@@ -269,8 +329,17 @@ class SimulatedModule:
             tmp = self.link.with_name(self.link.name + ".tmp")
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            os.symlink(self._slave_name, tmp)
-            os.replace(tmp, self.link)
+            try:
+                os.symlink(self._slave_name, tmp)
+                os.replace(tmp, self.link)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                self._close_pty()
+                raise SimulatorError(
+                    f"cannot make the port link {self.link}: {exc.strerror or exc}",
+                    "give --link a path in a folder this user may write to",
+                ) from None
 
     def _close_pty(self) -> None:
         """Unplug the pty: forget it at once, and let the serving thread close its fds.

@@ -464,6 +464,31 @@ def synthetic_templates(finger_generator):
     return out
 
 
+# ---------------------------------------------------------------- command lines run in-process
+
+
+@pytest.fixture
+def keep_process_settings() -> Iterator[None]:
+    """For a test that calls a CLI's main() in this process: its structlog setup and signal handlers undone after.
+
+    Those mains point structlog at stderr and take SIGINT / SIGTERM for their own
+    clean exit, as a program does; left so, the next test in this worker would log
+    into a closed capture or stop differently on a signal.
+    """
+    import signal
+
+    import structlog
+
+    config = structlog.get_config()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 # ---------------------------------------------------------------- serial modules
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.cli import BenchError
 from bench.fingerprint import error_rates, list_images, pad_to
 from bench.machine import vector_units, vector_units_here
 
@@ -71,7 +72,7 @@ def test_pad_to_centres_the_print_on_its_own_background():
     assert out.shape == (8, 10)
     np.testing.assert_array_equal(out[2:6, 2:8], img)
     assert (out[0] == 200).all() and (out[:, 0] == 200).all()
-    with pytest.raises(SystemExit, match="smaller"):
+    with pytest.raises(BenchError, match="smaller"):
         pad_to(img, (5, 8))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.cli import BenchError
 from bench.fingerprint import CalibrationData, at_thresholds, binomial_limit_95, held_out_check, leave_one_out
 from biometrics.fingerprint import mcc_match, threshold_for_fmr
 from biometrics.fingerprint.calibration import GROUPS, MIN_SHAPE_UNITS, fit_group, fit_groups
@@ -263,5 +264,5 @@ def test_leave_one_out_drops_the_held_out_folders_pairs_across_folders():
     # Only DB0's pairs across folders score high: held out, it takes them along, and the thresholds drop.
     assert checks[0]["thresholds"]["1e-04"] < 0.2 < checks[1]["thresholds"]["1e-04"]
     assert checks[1]["set_by"]["1e-04"] == "across folders"
-    with pytest.raises(SystemExit, match="second folder"):
+    with pytest.raises(BenchError, match="second folder"):
         leave_one_out(CalibrationData(folders[:1], genuine[:1], None, None, np.zeros((0, 2), np.int64)))

@@ -1,0 +1,185 @@
+"""`capture-simulator` as a test rig runs it: a bad option is one error line naming the fix, a signal a clean exit.
+
+Options are checked in-process through ``main()`` (it returns before serving);
+signals and standard-input scripts need the real process. Also the simulators'
+classes as a developer uses them in a test: a mistake is a SimulatorError naming the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulators.camera import SimulatedCamera
+from simulators.cli import main
+from simulators.errors import SimulatorError
+from simulators.fprint import VirtualDeviceFeeder, VirtualImageFeeder
+from simulators.zfm import SimulatedModule
+
+pytestmark = pytest.mark.usefixtures("keep_process_settings")
+
+
+def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The one line `main(args)` printed on stderr, asserting it refused (exit 2) with a fix and no traceback."""
+    assert main(list(args)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("capture-simulator: error: ") and "(fix: " in lines[0], lines[0]
+    assert captured.out == "", "nothing announced: it never served"
+    return lines[0]
+
+
+def test_a_link_path_holding_a_file_is_refused_and_the_file_kept(tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a rig's own file")
+    assert "exists and is not a port link" in refused(capsys, "zfm", "--link", str(notes))
+    assert notes.read_text() == "a rig's own file"
+    assert not notes.with_name("notes.txt.tmp").exists()
+
+
+def test_a_link_in_a_missing_folder_is_refused(tmp_path: Path, capsys) -> None:
+    line = refused(capsys, "zfm", "--link", str(tmp_path / "no-such-dir" / "ttyZFM0"))
+    assert "does not exist" in line and f"create {tmp_path / 'no-such-dir'}" in line
+
+
+def test_a_second_simulator_on_a_served_link_is_refused_and_the_first_keeps_it(tmp_path: Path, capsys) -> None:
+    link = tmp_path / "ttyZFM0"
+    with SimulatedModule("r307", link=link) as first:
+        assert "a port in use" in refused(capsys, "zfm", "--link", str(link))
+        assert os.readlink(link) == os.ttyname(first._slave)
+    assert not os.path.lexists(link), "removed by the simulator that made it"
+
+
+def test_a_stopping_module_leaves_a_link_another_has_taken(tmp_path: Path) -> None:
+    link = tmp_path / "ttyZFM0"
+    with SimulatedModule("r307") as other:
+        with SimulatedModule("r307", link=link):
+            os.remove(link)
+            os.symlink(other.port, link)  # taken over, as by a rig that restarted a module there
+        assert os.readlink(link) == other.port
+
+
+def test_a_dangling_link_left_by_a_killed_simulator_is_taken(tmp_path: Path) -> None:
+    link = tmp_path / "ttyZFM0"
+    os.symlink(tmp_path / "pts-gone", link)
+    with SimulatedModule("r307", link=link) as sim:
+        assert os.path.realpath(link) == sim._slave_name
+
+
+REFUSED_OPTIONS = {
+    "baud-not-a-multiple-of-9600": (["zfm", "--baud", "12345"], "not a speed a module runs at"),
+    "baud-0": (["zfm", "--baud", "0"], "not a speed a module runs at"),
+    "baud-above-115200": (["zfm", "--baud", "230400"], "not a speed a module runs at"),
+    "password-negative": (["zfm", "--password", "-1"], "32 bits"),
+    "password-33-bits": (["zfm", "--password", "0x1FFFFFFFF"], "32 bits"),
+    "count-0": (["zfm", "--list-fingers", "--count", "0"], "no count of fingers"),
+    "count-negative": (["zfm", "--list-fingers", "--count", "-3"], "no count of fingers"),
+    "finger-negative": (["zfm", "--finger", "-1"], "negative"),
+    "impression-negative": (["zfm", "--finger", "0", "--impression", "-2"], "negative"),
+    "images-missing": (["zfm", "--images", "no-such-folder"], "not a folder"),
+    "size-not-WxH": (["camera", "--size", "640"], "not WIDTHxHEIGHT"),
+    "size-too-small-for-the-bar-code": (["camera", "--size", "10x10"], "outside what the camera serves"),
+    "size-zero": (["camera", "--size", "0x0"], "outside what the camera serves"),
+    "size-too-large": (["camera", "--size", "100000x100000"], "outside what the camera serves"),
+    "fps-0": (["camera", "--fps", "0"], "no camera's rate"),
+    "fps-negative": (["camera", "--fps", "-1"], "no camera's rate"),
+    "fps-nan": (["camera", "--fps", "nan"], "no camera's rate"),
+    "fps-too-high": (["camera", "--fps", "1e9"], "no camera's rate"),
+    "camera-images-missing": (["camera", "--images", "no-such-folder"], "not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_OPTIONS))
+def test_options_no_module_or_camera_has_are_refused(case: str, capsys) -> None:
+    args, said = REFUSED_OPTIONS[case]
+    assert said in refused(capsys, *args)
+
+
+def test_folders_without_what_the_simulator_shows_are_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "readme.txt").write_text("no images here")
+    assert "no F_I.tif images" in refused(capsys, "zfm", "--images", str(tmp_path))
+    assert "no images in" in refused(capsys, "camera", "--images", str(tmp_path))
+
+
+def test_an_unreadable_image_left_on_the_sensor_is_refused_and_the_port_closed(tmp_path: Path, capsys) -> None:
+    (tmp_path / "1_1.tif").write_bytes(b"not an image")
+    link = tmp_path / "ttyZFM0"
+    args = ("zfm", "--images", str(tmp_path), "--finger", "1", "--link", str(link))
+    assert "not a readable image" in refused(capsys, *args)
+    assert not os.path.lexists(link)
+
+
+def test_replug_of_a_plugged_module_changes_nothing() -> None:
+    with SimulatedModule("r307") as sim:
+        port, fds = sim.port, len(os.listdir("/proc/self/fd"))
+        sim.replug()
+        now = (sim.port, len(os.listdir("/proc/self/fd")))
+        assert now == (port, fds), "no second pty hiding (and leaking) the first"
+
+
+def test_a_camera_refuses_a_rate_that_would_not_pace_its_stream() -> None:
+    camera = SimulatedCamera((160, 120), fps=20)
+    for rate in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(SimulatorError, match="no camera's rate"):
+            camera.fps = rate
+    assert camera.fps == 20
+
+
+def simulator(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_script_lines_it_cannot_do_are_answered_and_sigterm_ends_it_cleanly(tmp_path: Path) -> None:
+    link = tmp_path / "ttyZFM0"
+    proc = simulator("zfm", "--link", str(link))
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        proc.stdin.write("list 0\nlist -1\nplace -1\nplace 0 x\nlist 1\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["finger"] == 0, "the lines before it were handled, in order"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    answers = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [a["event"] for a in answers] == ["bad_command", "bad_command", "bad_place", "bad_place"], err
+    assert all("fix:" in a["error"] for a in answers), answers
+    assert not os.path.lexists(link), "the port link is removed on SIGTERM"
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_listing_fingers_exits_without_a_traceback(stop: str) -> None:
+    proc = simulator("zfm", "--list-fingers", "--count", "1000")
+    try:
+        assert json.loads(proc.stdout.readline())["finger"] == 0
+        proc.send_signal(getattr(signal, stop))
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "capture-simulator: interrupted", err
+
+
+def test_a_feeder_without_its_virtual_reader_says_to_open_the_reader_first(tmp_path: Path) -> None:
+    with pytest.raises(SimulatorError, match="open the reader first"):
+        VirtualDeviceFeeder(tmp_path / "device.sock", timeout_s=0.05).scan("ana")
+    with pytest.raises(SimulatorError, match="short folder"):
+        VirtualImageFeeder(tmp_path / ("x" * 120), timeout_s=0.05).finger(True)
