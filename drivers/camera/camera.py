@@ -327,20 +327,12 @@ class Camera:
                 if self._connected:  # whatever ended it: the camera is gone until reopened
                     self._connected = False
                     self.on_event("camera_unplugged", {"source": self.source.redacted})
-            if capture is None and not faulted:  # it did not open
-                if not self.reconnect:
-                    return
-                self._stop.wait(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                continue
-            if not self.source.is_live or not self.reconnect:
-                break  # a file ends; or the supervisor reopens
-            if faulted:  # the camera answers but sends what cannot be used: back off as for one that is gone
-                self._stop.wait(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                continue
-            backoff = BACKOFF_MIN_S
-            self._stop.wait(backoff)
+            failed = capture is None or faulted  # it did not open, or sends what cannot be used
+            if not self.reconnect or (not self.source.is_live and (capture is not None or faulted)):
+                break  # the supervisor reopens it; or a file has ended (one that did not open is tried again)
+            # Failing: wait longer each time, as for a camera that is gone. It gave frames, then ended: soon again.
+            delay, backoff = (backoff, min(BACKOFF_MAX_S, backoff * 2)) if failed else (BACKOFF_MIN_S, BACKOFF_MIN_S)
+            self._stop.wait(delay)
 
     def _plugged(self, width: int, height: int, fps: float, backend: str) -> None:
         self.open_error = None
