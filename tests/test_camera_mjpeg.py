@@ -854,6 +854,15 @@ def test_a_relative_redirect_is_followed_with_credentials_in_the_url_and_a_3xx_w
     assert "LOCSECRET" not in str(camera.open_error) and len(server.requests) == 1
 
 
+def test_a_query_holding_an_at_sign_reaches_the_camera_as_written(scripted) -> None:
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    with Camera(server.url("/videostream.cgi?user=admin&pwd=ab@cd"), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+        assert camera.source.redacted.endswith("/videostream.cgi?user=***&pwd=***")
+    assert server.requests[0].startswith(b"GET /videostream.cgi?user=admin&pwd=ab@cd HTTP/1.0\r\n")
+    assert b"authorization" not in server.requests[0].lower()
+
+
 def test_port_zero_is_no_valid_port_not_port_80() -> None:
     camera = Camera("http://127.0.0.1:0/video.mjpg", reconnect=False)
     assert not camera.open_once(timeout_s=10)

@@ -47,7 +47,7 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import CameraSourceCredentials, redact_url, split_at_userinfo
+from drivers.camera.source import CameraSourceCredentials, credentials_unclear, redact_url
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
@@ -124,9 +124,8 @@ class MjpegReader:
     def open(self, stop: threading.Event | None = None) -> None:
         """Connect and read the response head: CameraUnavailable if unreachable or refused (its fix names what
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
-        split = split_at_userinfo(self.url)
-        if split is not None and re.search(r"[/?#]", split[1]):  # as CameraSource.parse: where the host begins
-            raise CameraSourceCredentials(self.shown)  # cannot be told (an unencoded / ? # in the password)
+        if credentials_unclear(self.url):  # as CameraSource.parse: an unencoded / ? # in the user or password
+            raise CameraSourceCredentials(self.shown)
         url = urllib.parse.urlsplit(self.url)
         try:
             port = url.port
