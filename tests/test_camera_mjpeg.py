@@ -869,27 +869,47 @@ def test_port_zero_is_no_valid_port_not_port_80() -> None:
     assert camera.fault is not None and "no valid port" in camera.fault.args[0]
 
 
-def test_stop_ends_an_open_stuck_in_a_slow_name_lookup(monkeypatch) -> None:
+def test_stop_ends_an_open_stuck_in_a_slow_name_lookup_and_the_lookup_with_it(hanging_resolver) -> None:
     from drivers.camera.errors import CameraUnavailable
     from drivers.camera.stream import MjpegReader
 
-    release = threading.Event()
-
-    def slow_lookup(*args, **kwargs):
-        release.wait(20)  # a resolver retrying: released by the test once open() is back
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
     stop = threading.Event()
-    stop.set()  # the owner is being stopped while the name is looked up
     reader = MjpegReader("http://camera.invalid/video.mjpg", "shown", open_timeout_s=30, read_timeout_s=1)
+    threading.Thread(target=lambda: hanging_resolver.wait_asked() and stop.set(), daemon=True).start()  # mid-lookup
     try:
         with pytest.raises(CameraUnavailable, match="closed while opening"):
             reader.open(stop)
-        assert not release.is_set()  # open() came back while the lookup was still blocked
+        assert not hanging_resolver.release.is_set()  # open() came back while the resolver still hangs
+        assert hanging_resolver.lookups() == []  # its lookup was ended and reaped, not left to run
     finally:
-        release.set()
         reader.release()
+
+
+def test_a_stopped_camera_leaves_no_thread_and_no_lookup_behind(hanging_resolver) -> None:
+    """A lookup thread outlived ``stop`` (getaddrinfo cannot be interrupted), one more at every reopen."""
+    camera = Camera("http://camera.invalid:8080/video.mjpg")
+    ours = {f"camera {camera.source.redacted}", "camera name lookup"}
+    camera.start()
+    try:
+        assert hanging_resolver.wait_asked()
+    finally:
+        camera.stop()
+    assert [t.name for t in threading.enumerate() if t.name in ours] == []
+    assert hanging_resolver.lookups() == [] and not camera.owner_alive
+
+
+def test_a_name_is_looked_up_in_a_child_and_an_address_literal_in_process(scripted) -> None:
+    from drivers.camera import resolve
+
+    def never() -> float:
+        raise AssertionError("an address literal was looked up by a child")
+
+    addresses = resolve.lookup("localhost", 8080, lambda: 0.1)  # /etc/hosts, through the child
+    assert ("127.0.0.1", 8080) in [a[4][:2] for a in addresses] or ("::1", 8080) in [a[4][:2] for a in addresses]
+    assert resolve.lookup("127.0.0.1", 9, never)[0][4] == ("127.0.0.1", 9)
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    with Camera(f"http://localhost:{server.port}/video.mjpg", reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
 
 
 def test_the_open_deadline_covers_every_address_not_each_one(monkeypatch) -> None:

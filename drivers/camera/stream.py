@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from drivers.camera import httpauth
+from drivers.camera import httpauth, resolve
 from drivers.camera.errors import (
     CameraBasicInClear,
     CameraFault,
@@ -347,25 +347,10 @@ class MjpegReader:
     def _connect(self, host: str, port: int, left) -> socket.socket:
         """A connected socket, the name looked up and each address tried within the open deadline, ``stop``
         looked at every ``POLL_S`` (``left()`` raises when either ends): a slow resolver or an address that
-        drops the SYN never holds the owner past them."""
-        found: dict[str, object] = {}
-        done = threading.Event()
-
-        def lookup() -> None:  # getaddrinfo cannot be interrupted: it runs apart, and is left to end alone
-            try:
-                found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                found["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=lookup, name="camera name lookup", daemon=True).start()
-        while not done.wait(left()):
-            pass
-        if "error" in found:
-            raise found["error"]  # type: ignore[misc]
+        drops the SYN never holds the owner past them, and the lookup ends with the open (:mod:`resolve`)."""
+        addresses = resolve.lookup(host, port, left)
         last: OSError = OSError(f"no address for {host}")
-        for family, kind, proto, _, address in found["addresses"]:  # type: ignore[attr-defined]
+        for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
             self._sock = sock  # closed by release() whatever happens here
             sock.setblocking(False)
