@@ -1106,6 +1106,30 @@ def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_re
     assert server.requests == []
 
 
+def test_basic_goes_over_https_after_its_challenge_and_never_over_plain_http(scripted, tmp_path) -> None:
+    """A Basic-only camera over TLS (a CA of its own on 127.0.0.1): asked first, answered with Basic, frames come.
+    The same camera over plain http is refused without the config's opt-in, with no Authorization sent."""
+    import base64
+
+    from drivers.camera.errors import CameraBasicInClear
+
+    wrap, ca = self_signed_tls(tmp_path)
+    server = scripted(basic_only, wrap=wrap)
+    with Camera(server.url(scheme="https", userinfo="admin:pw@"), reconnect=False, ca_file=ca,
+                tls_floor=PROJECT_FLOOR) as camera:
+        frame = camera.wait_frame(timeout_s=10)
+        assert frame.pixels.shape == (240, 320, 3) and read_stamp(frame.pixels) == 1
+    first, answered = server.requests[0], server.requests[1]
+    assert b"authorization" not in first.lower()  # nothing sent before the camera asked
+    assert b"Authorization: Basic " + base64.b64encode(b"admin:pw") + b"\r\n" in answered
+
+    plain = scripted(basic_only)
+    camera = Camera(plain.url(userinfo="admin:pw@"), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraBasicInClear)
+    assert len(plain.requests) == 1 and b"authorization" not in plain.requests[0].lower()
+
+
 def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:
     wrap, _ = self_signed_tls(tmp_path)
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
