@@ -130,6 +130,45 @@ def test_jpeg_size_is_read_from_the_header_without_decoding() -> None:
         jpeg_size(b"\x00" * 100)
 
 
+def chunked(pieces: list[bytes], extension: bytes = b"") -> bytes:
+    """``pieces`` in the chunked transfer coding, each a chunk, then the last chunk and no trailer."""
+    return b"".join(b"%x%s\r\n" % (len(p), extension) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000, 10**6])
+def test_a_chunked_stream_is_undone_at_every_split_holding_no_chunk_data(step) -> None:
+    from drivers.camera.chunked import ChunkedDecoder
+
+    a, b = jpeg(320, 240, 1), jpeg(320, 240, 2)
+    payload = part(a) + part(b)
+    wire = chunked([payload[:50], payload[50:5000], payload[5000:]], b";ext=1") + b"after the end: ignored"
+    dechunk, decoder = ChunkedDecoder(), MultipartDecoder(b"frame")
+    events, held = [], []
+    for i in range(0, len(wire), step):
+        for piece in dechunk.feed(wire[i : i + step]):
+            events += decoder.feed(piece)
+        held.append(dechunk.buffered)
+    assert [e.body for e in events if isinstance(e, Part)] == [a, b]
+    assert dechunk.ended and max(held) < 16  # a chunk-size line at most: chunk data is handed on, never held
+
+
+@pytest.mark.parametrize(
+    ("wire", "why"),
+    [
+        (b"zz\r\nabc", "no hex number"),
+        (b"-5\r\nabcde\r\n", "no hex number"),
+        (b"3\r\nabcX\r\n", "did not end where its size said"),
+        (b"1" * 2000, "runs past 1024 bytes"),
+        (b"0\r\n" + b"X-Pad: aaaa\r\n" * 1000, "trailer runs past"),
+    ],
+)
+def test_broken_chunk_framing_is_a_typed_error(wire, why) -> None:
+    from drivers.camera.chunked import ChunkedDecoder, ChunkError
+
+    with pytest.raises(ChunkError, match=why):
+        ChunkedDecoder().feed(wire)
+
+
 # ---------------------------------------------------------------- the driver on a hostile camera
 class LoopbackServer:
     """A TCP server on a free port of 127.0.0.1: each connection goes to ``handle(index, conn)`` on its own thread."""
@@ -852,6 +891,50 @@ def test_a_relative_redirect_is_followed_with_credentials_in_the_url_and_a_3xx_w
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "credentials" in camera.open_error.args[0]
     assert "LOCSECRET" not in str(camera.open_error) and len(server.requests) == 1
+
+
+ESP_BOUNDARY = b"123456789000000000000987654321"
+ESP_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=" + ESP_BOUNDARY
+            + b"\r\nTransfer-Encoding: chunked\r\nAccess-Control-Allow-Origin: *\r\n\r\n")
+
+
+def esp32_camera(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+    """As ESP-IDF's HTTP server streams (the ESP32-CAM firmware): HTTP/1.1 and chunks whatever the request's
+    version; each frame's boundary, part head and JPEG a chunk of their own."""
+    conn.sendall(ESP_HEAD)
+    seq = 1
+    while not server.stop.is_set():
+        body = jpeg(320, 240, seq)
+        head = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+        conn.sendall(chunked([b"\r\n--" + ESP_BOUNDARY + b"\r\n", head, body])[: -len(b"0\r\n\r\n")])
+        seq += 1
+        server.stop.wait(0.03)
+
+
+def test_a_camera_that_chunks_its_stream_all_the_same_gives_its_frames(scripted) -> None:
+    """Refused before as "not MJPEG": a chunked body is not for an HTTP/1.0 request, yet ESP32-CAMs send one."""
+    server = scripted(esp32_camera)
+    with Camera(server.url(), reconnect=False) as camera:
+        first = camera.wait_frame(timeout_s=10)
+        second = camera.wait_frame(after=first.seq, timeout_s=10)
+        assert first.pixels.shape == (240, 320, 3)
+        assert read_stamp(second.pixels) > read_stamp(first.pixels) >= 1
+        assert camera.fault is None and camera.reader is not None and camera.reader.dropped == 0
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "fault", "said"),
+    [
+        (ESP_HEAD, b"5\r\n--123\r\nzz\r\n", CameraStreamBroken, "no hex number"),
+        (ESP_HEAD.replace(b"chunked", b"gzip, chunked"), b"", CameraNotMjpeg, "gzip, chunked"),
+    ],
+    ids=["chunk-size-no-hex", "gzip-then-chunked"],
+)
+def test_a_transfer_coding_that_cannot_be_undone_is_a_fault_naming_it(scripted, head, body, fault, said) -> None:
+    server = scripted(lambda s, i, c, r: c.sendall(head + body) or s.stop.wait(30))
+    camera = Camera(server.url(), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, fault) and said in str(camera.fault) and camera.fault.fix
 
 
 def test_a_query_holding_an_at_sign_reaches_the_camera_as_written(scripted) -> None:

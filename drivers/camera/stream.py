@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from drivers.camera import httpauth, resolve
+from drivers.camera.chunked import ChunkedDecoder, ChunkError
 from drivers.camera.errors import (
     CameraBasicInClear,
     CameraFault,
@@ -88,11 +89,11 @@ DEFAULT_TLS_FLOOR = TLSFloor()
 class MjpegReader:
     """One connection to an MJPEG camera: ``next_part()`` gives its JPEG parts, sizes read, undecoded.
 
-    The HTTP exchange is the reader's own (a socket, HTTP/1.0, so no chunked body): the whole of ``open()`` has
-    one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending its head a byte at a
-    time holds the owner no longer than the open timeout. Credentials in the URL are sent only when the camera
-    asks (a 401 challenge): Digest when offered, Basic else (over https, or http when the camera's config sets
-    ``allow_basic_over_http``)."""
+    The HTTP exchange is the reader's own (a socket, HTTP/1.0; a body chunked all the same is undone): the
+    whole of ``open()`` has one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending
+    its head a byte at a time holds the owner no longer than the open timeout. Credentials in the URL are sent
+    only when the camera asks (a 401 challenge): Digest when offered, Basic else (over https, or http when the
+    camera's config sets ``allow_basic_over_http``)."""
 
     backend = "MJPEG"
 
@@ -110,6 +111,7 @@ class MjpegReader:
         self._sock: socket.socket | None = None
         self._decoder: MultipartDecoder | None = None
         self._early = b""  # body bytes that came with the response head
+        self._chunks: ChunkedDecoder | None = None  # a camera that chunks its stream (it should not, to HTTP/1.0)
         self._parts: list[Part] = []
         self.dropped = 0  # parts cut short, dropped rather than spliced
         self.skipped = 0  # whole parts never handed over: a newer one had come by the time the reader drained
@@ -224,8 +226,13 @@ class MjpegReader:
             boundary = boundary_of((headers.get("content-type") or [""])[0])
         except NotMultipart as exc:
             raise CameraNotMjpeg(self.shown, str(exc)) from None
-        if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
-            raise CameraNotMjpeg(self.shown, "the camera sends its stream chunked (Transfer-Encoding) to HTTP/1.0")
+        codings = [c.strip().lower() for v in headers.get("transfer-encoding", []) for c in v.split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if codings == ["chunked"]:  # not for HTTP/1.0, yet some cameras do (ESP-IDF's server): undone here
+            self._chunks = ChunkedDecoder()
+        elif codings:
+            raise CameraNotMjpeg(self.shown, f"the camera encodes its stream ({', '.join(codings)}; "
+                                 "Transfer-Encoding), so its parts cannot be read")
         self._decoder = MultipartDecoder(boundary, max_part_bytes=self.max_part_bytes)
 
     def _exchange(
@@ -397,6 +404,8 @@ class MjpegReader:
             idle = 0.0
             self._feed(data)
             self._drain()
+            if not self._parts and self._chunks is not None and self._chunks.ended:
+                return None  # the last chunk came: the stream has ended
         part = self._parts.pop()
         width, height = jpeg_size(part.body)  # NotJpeg for a part that is not one
         return JpegPart(part.body, width, height)
@@ -422,10 +431,12 @@ class MjpegReader:
     def _feed(self, data: bytes) -> None:
         assert self._decoder is not None
         try:
-            events = self._decoder.feed(data)
+            events = []
+            for piece in self._chunks.feed(data) if self._chunks is not None else [data]:
+                events += self._decoder.feed(piece)
         except PartTooLarge as exc:
             raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
-        except ConflictingLength as exc:
+        except (ConflictingLength, ChunkError) as exc:
             raise CameraStreamBroken(self.shown, str(exc)) from None
         except (NotMultipart, HeadersTooLarge) as exc:
             raise CameraNotMjpeg(self.shown, str(exc)) from None
@@ -449,7 +460,7 @@ class MjpegReader:
 
     def release(self) -> None:
         self._close()
-        self._decoder = None
+        self._decoder = self._chunks = None
         self._early = b""
         self._parts.clear()
 
