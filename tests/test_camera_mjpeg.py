@@ -7,6 +7,7 @@ bytes the codec holds and sizes it refused, never by time.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera.camera import Camera
+from drivers.camera.camera import Camera, CameraError
 from drivers.camera.errors import CameraFrameSize, CameraFrameTooLarge, CameraNotMjpeg, CameraStreamBroken
 from drivers.camera.mjpeg import (
     DroppedPart,
@@ -66,6 +67,28 @@ def test_parts_come_out_whole_at_every_split_and_a_part_cut_short_is_dropped_not
     assert kinds == ["Part", "DroppedPart", "Part", "Part"]
     assert [e.body for e in events if isinstance(e, Part)] == [a, c, a]  # c is whole: not glued to half of b
     assert isinstance(events[1], DroppedPart) and f"{len(b) // 2} of the {len(b)}" in events[1].reason
+
+
+@pytest.mark.parametrize("step", [1, 3, 64, 1000, 10**6])
+def test_parts_nobody_would_take_are_counted_never_held_and_one_cut_short_still_shows(step) -> None:
+    """``keep = False``: a part with a Content-Length is passed over as it is fed (no copy, no scan); the next
+    boundary's place tells one that ended where it said from one cut short."""
+
+    a, b, c = jpeg(320, 240, 1), jpeg(320, 240, 2), jpeg(320, 240, 3)
+    stream = part(a) + part(b) + part(c[: len(c) // 2], length=len(c)) + part(a) + part(b) + part(c)
+    decoder = MultipartDecoder(b"frame")
+    decoder.keep = False
+    events, held = [], []
+    for i in range(0, len(stream), step):
+        events += decoder.feed(stream[i : i + step])
+        held.append(decoder.buffered)
+    assert [type(e).__name__ for e in events[:3]] == ["SkippedPart", "SkippedPart", "DroppedPart"]
+    assert [e.size for e in events[:2]] == [len(a), len(b)]
+    assert "did not end where its Content-Length" in events[2].reason
+    assert max(held) < 200  # a part's head and a boundary's bytes at most: never a body
+    decoder.keep = True  # someone asks: the next part whose head comes is kept whole
+    events = decoder.feed(part(a) + b"--frame\r\n")
+    assert [e.body for e in events if isinstance(e, Part)] == [a]
 
 
 @pytest.mark.parametrize("step", [1, 7, 10**6])
@@ -332,7 +355,7 @@ def test_a_stream_that_is_not_mjpeg_says_so(hostile) -> None:
     assert isinstance(camera.fault, CameraNotMjpeg) and "text/html" in str(camera.fault)
 
 
-def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
+def test_parts_nobody_asks_for_are_passed_over_undecoded_and_the_next_consumer_gets_a_newer_one(hostile) -> None:
     count = 300
     parts = [part(jpeg(320, 240, seq)) for seq in range(1, count + 1)]
 
@@ -342,23 +365,30 @@ def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
         for data in parts[1:]:  # as fast as the socket takes them, with nobody asking for a frame
             server.send(conn, data)
         server.done.set()
+        seq = count
+        while not server.stop.is_set():  # the camera goes on, slower: a consumer comes meanwhile
+            seq += 1
+            server.send(conn, part(jpeg(320, 240, seq)))
+            server.stop.wait(0.02)
 
     server = hostile(body)
     camera = Camera(server.url, reconnect=False)
     assert camera.open_once(timeout_s=10)  # the first part is decoded: the camera's size, a real JPEG
     try:
+        opened = camera.latest()
+        assert opened is not None and read_stamp(opened.pixels) == 1
         server.go.set()
         assert server.done.wait(10)
-        last = parts[-1].split(b"\r\n\r\n", 1)[1][:-2]
-        for _ in range(200):  # until the driver has read the last part (it keeps it, undecoded)
-            pending = camera._pending
-            if pending is not None and pending[0].body == last:
+        for _ in range(200):  # until the driver has read past the burst (each part counted as it went by)
+            if camera.reader is not None and camera.reader.skipped >= count - 1:
                 break
             threading.Event().wait(0.05)
+        assert camera.reader is not None and camera.reader.skipped >= count - 1
         assert camera.decoded == 1  # nobody took the 299 others: none was decoded
-        newest = camera.wait_frame(after=camera.latest().seq, timeout_s=10)
-        assert read_stamp(newest.pixels) == count  # the newest part, never one out of a backlog
-        assert camera.decoded == 2
+        newest = camera.wait_frame(after=opened.seq, timeout_s=10)
+        assert read_stamp(newest.pixels) > count  # one the camera sent once asked: never one out of the burst
+        assert newest.seq == read_stamp(newest.pixels)  # frame numbers still count every part the camera sent
+        assert camera.wait_frame(timeout_s=10).seq >= newest.seq  # asked again at once: never an older frame
     finally:
         camera.stop()
 
@@ -519,6 +549,12 @@ def test_an_unexpected_error_in_the_owner_is_a_fault_the_camera_is_unplugged_and
     camera = Camera(hostile(body).url, on_event=on_event)
     try:
         camera.start()
+        seq = 0
+        for _ in range(100):  # a consumer at work: every part's header is read as it comes
+            if replugged.is_set():
+                break
+            with contextlib.suppress(CameraError):
+                seq = camera.wait_frame(after=seq, timeout_s=1).seq
         assert replugged.wait(20)
         assert camera.connected
         assert events[:4] == ["camera_plugged", "camera_fault", "camera_unplugged", "camera_plugged"]

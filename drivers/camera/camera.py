@@ -15,8 +15,12 @@ itself through a bounded multipart codec (:mod:`drivers.camera.stream`),
 refuses a frame whose JPEG header gives a size outside ``min_side..max_side``
 before decoding it, and decodes with ``cv2.imdecode`` only for a consumer:
 while one asked within ``idle_after_s`` the owner decodes the newest part
-ahead (at most ``fps`` a second when set), else parts wait undecoded and the
-next ``wait_frame`` decodes the newest (nobody reading: no decoding at all).
+ahead (at most ``fps`` a second when set), or ``wait_frame`` decodes the one
+it takes. Nobody asking for longer: parts are passed over unread as they come
+(no copy, no boundary scan, no decoding: a fast camera nobody watches costs
+little more than the socket's reads), and the next ``wait_frame`` waits for
+the first part whose head comes after it asked (a frame or two at most),
+never a frame held from before.
 V4L2 devices, RTSP and files still go through ``cv2.VideoCapture``; their
 frames are size-checked after decoding.
 """
@@ -106,6 +110,8 @@ class Camera:
         self._pending: tuple[mjpeg_stream.JpegPart, int, float] | None = None  # (part, seq, received): undecoded
         self._last_decode = 0.0
         self._last_wanted = float("-inf")  # when a consumer last asked for a frame
+        self._awaiting_first = False  # a new MJPEG connection: its first part is kept (and decoded) to open it
+        self._idle = False  # nobody asked for a while: parts pass unread; the frames kept are not the newest
         self.idle_after_s = IDLE_AFTER_S
         self._bad_decodes = 0
         self._seq = 0
@@ -192,7 +198,7 @@ class Camera:
         while True:
             with self._cond:
                 while not (
-                    (self._latest is not None and self._latest.seq > after)
+                    (self._latest is not None and self._latest.seq > after and not self._idle)
                     or (self._pending is not None and self._pending[1] > after)
                 ):
                     if cancel is not None and cancel.is_set():
@@ -362,12 +368,25 @@ class Camera:
                 self._latest = Frame(pixels, self._seq, now)  # the newest only: older frames are dropped
                 self._cond.notify_all()
 
+    def _keep_parts(self) -> bool:
+        """Asked by the reader at each read: keep parts (copied, checked, handed over) to open the connection or
+        while a consumer asked within ``idle_after_s``. Else they pass unread, and a part or frame kept from
+        before stops counting as the newest (it will not be, by the time someone asks)."""
+        if self._awaiting_first or time.monotonic() - self._last_wanted < self.idle_after_s:
+            return True
+        if not self._idle:
+            with self._cond:
+                self._idle = True
+                self._pending = None
+        return False
+
     def _stream_mjpeg(self, reader: mjpeg_stream.MjpegReader) -> None:
         """Parts in, the newest kept undecoded; the first one is decoded here (the camera's size, a real JPEG)."""
         first, bad, seen = True, 0, reader.skipped
+        self._awaiting_first = True
         while not self._stop.is_set():
             try:
-                part = reader.next_part(self._stop)
+                part = reader.next_part(self._stop, self._keep_parts)
             except mjpeg_stream.NotJpeg as exc:
                 bad += 1
                 if bad >= BAD_PARTS_MAX:
@@ -388,11 +407,12 @@ class Camera:
                         raise CameraNotMjpeg(self.source.redacted, f"{bad} JPEG parts in a row OpenCV cannot decode")
                     continue
                 self._plugged(part.width, part.height, float(self.want_fps or 0.0), reader.backend)
-                first = False
+                first = self._awaiting_first = False
                 with self._cond:
                     self._seq += 1
                     self.decoded += 1
                     self.fault = None
+                    self._idle = False
                     self._latest = Frame(pixels, self._seq, now)
                     self._cond.notify_all()
                 del pixels
@@ -402,6 +422,7 @@ class Camera:
                 self._seq += 1
                 if isinstance(self.fault, CameraFrameSize):  # a part in range again (undecoded faults stay)
                     self.fault = None
+                self._idle = False
                 self._pending = (part, self._seq, now)  # replaces an older part nobody took: it is never decoded
                 self._cond.notify_all()
                 # A consumer at work (a capture session): decode ahead here, as it analyses the frame before, at

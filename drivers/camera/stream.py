@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -45,6 +46,7 @@ from drivers.camera.mjpeg import (
     NotMultipart,
     Part,
     PartTooLarge,
+    SkippedPart,
     boundary_of,
     jpeg_size,
 )
@@ -54,7 +56,7 @@ CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
 HEAD_MAX = 16 * 1024  # a response head's bytes
 REDIRECTS_MAX = 3  # followed to the same scheme, host and port only
-DRAIN_READS_MAX = 256  # reads without waiting before a part is handed over: 16 MB at most
+DRAIN_READS_MAX = 256  # reads once a part is whole before it is handed over: 16 MB at most
 CUT_PARTS_MAX = 10  # parts in a row cut short of their Content-Length: the stream is broken
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -112,9 +114,11 @@ class MjpegReader:
         self._decoder: MultipartDecoder | None = None
         self._early = b""  # body bytes that came with the response head
         self._chunks: ChunkedDecoder | None = None  # a camera that chunks its stream (it should not, to HTTP/1.0)
+        self._scratch = bytearray(CHUNK)  # every read of the stream lands here first
+        self._view = memoryview(self._scratch)
         self._parts: list[Part] = []
         self.dropped = 0  # parts cut short, dropped rather than spliced
-        self.skipped = 0  # whole parts never handed over: a newer one had come by the time the reader drained
+        self.skipped = 0  # whole parts never handed over: a newer one came before, or nobody would take them
         self.auth_scheme: str | None = None  # what the camera asked for, when it did
         self._cut_in_a_row = 0
 
@@ -372,63 +376,65 @@ class MjpegReader:
         raise last
 
     # ---------------------------------------------------------------- the parts
-    def next_part(self, stop: threading.Event | None = None) -> JpegPart | None:
+    def next_part(
+        self, stop: threading.Event | None = None, wanted: Callable[[], bool] | None = None
+    ) -> JpegPart | None:
         """The newest JPEG part with its size (not decoded); None when the stream ends, stalls past the timeout,
         or ``stop`` is set.
 
         Every byte already arrived is read before a part is handed over, so the part is the newest the camera
         sent, never one out of a backlog in the socket buffer (``skipped`` counts those passed over).
+        ``wanted()``, asked at every read, says whether a part would be taken: while it is False, parts with a
+        Content-Length are passed over as they come (``skipped``), their bytes read into one scratch buffer and
+        no further (no copy, no boundary scan, no JPEG header), and this call goes on reading; the first part
+        whose head comes once it is True again is kept. The socket is read without a timeout of its own: the
+        reader blocks in ``select`` only when nothing has arrived, at most ``POLL_S`` (to look at ``stop``).
         A part that is no JPEG raises NotJpeg (the caller counts them); a stream that breaks the codec's bounds,
         or whose parts are all cut short, raises a CameraFault.
         """
         assert self._sock is not None and self._decoder is not None
+        sock, decoder = self._sock, self._decoder
+        sock.settimeout(0)  # each read returns at once: what has arrived, or nothing
         if self._early:
             data, self._early = self._early, b""
+            decoder.keep = wanted is None or wanted()
             self._feed(data)
-        idle = 0.0
-        while not self._parts:
+        heard = time.monotonic()  # when the camera last sent a byte: quiet for read_timeout_s is a stall
+        drained = 0  # reads since a part was whole: bounded, so a camera sending without pause is handed over
+        while drained < DRAIN_READS_MAX and not self._ended():
             if stop is not None and stop.is_set():
                 return None
-            self._sock.settimeout(min(POLL_S, self.read_timeout_s))
             try:
-                data = self._sock.recv(CHUNK)
-            except TimeoutError:
-                idle += min(POLL_S, self.read_timeout_s)
-                if idle >= self.read_timeout_s:
+                count = sock.recv_into(self._scratch)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                if self._parts:
+                    break  # all that had arrived is read: the newest part goes
+                quiet = time.monotonic() - heard
+                if quiet >= self.read_timeout_s:
                     return None  # a stall: the stream is gone
+                wait = min(POLL_S, self.read_timeout_s - quiet)
+                writing = isinstance(exc, ssl.SSLWantWriteError)  # TLS has to answer first (a key update)
+                select.select([] if writing else [sock], [sock] if writing else [], [], wait)
                 continue
-            except OSError:
-                return None
-            if not data:
-                return None
-            idle = 0.0
-            self._feed(data)
-            self._drain()
-            if not self._parts and self._chunks is not None and self._chunks.ended:
-                return None  # the last chunk came: the stream has ended
+            except OSError:  # reset, or TLS closed: as the stream's end
+                break
+            if not count:
+                break  # the camera closed the stream: a part whole before that still goes, then None
+            heard = time.monotonic()
+            decoder.keep = wanted is None or wanted()
+            self._feed(self._view[:count])
+            drained += bool(self._parts)
+        if not self._parts:
+            return None
         part = self._parts.pop()
         width, height = jpeg_size(part.body)  # NotJpeg for a part that is not one
         return JpegPart(part.body, width, height)
 
-    def _drain(self) -> None:
-        """Read what has arrived already, without waiting (bounded: the codec keeps at most a part's bytes)."""
-        assert self._sock is not None
-        for _ in range(DRAIN_READS_MAX):
-            pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-            if not pending and not select.select([self._sock], [], [], 0)[0]:
-                return
-            self._sock.settimeout(0)
-            try:
-                data = self._sock.recv(CHUNK)
-            except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
-                return
-            except OSError:
-                return
-            if not data:
-                return
-            self._feed(data)
+    def _ended(self) -> bool:
+        """A chunked stream whose last chunk came has ended, as one whose connection closed."""
+        return self._chunks is not None and self._chunks.ended
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         assert self._decoder is not None
         try:
             events = []
@@ -444,6 +450,9 @@ class MjpegReader:
             if isinstance(event, Part):
                 self.skipped += len(self._parts)  # a newer part came before the older was handed over
                 self._parts[:] = [event]  # the newest only: the older are never decoded
+                self._cut_in_a_row = 0
+            elif isinstance(event, SkippedPart):  # passed over unread: nobody would have taken it
+                self.skipped += 1
                 self._cut_in_a_row = 0
             else:
                 self.dropped += 1
