@@ -393,6 +393,67 @@ def test_parts_nobody_asks_for_are_passed_over_undecoded_and_the_next_consumer_g
         camera.stop()
 
 
+def test_a_consumer_back_after_idle_never_gets_the_frame_from_before_while_the_owner_decodes(hostile,
+                                                                                              monkeypatch) -> None:
+    """The owner decodes the first part kept for a returning consumer outside the lock: meanwhile the consumer
+    was handed the frame decoded before the idle time (a face session saw a 3.7 s gap: "face lost")."""
+    from drivers.camera import stream as mjpeg_stream
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        seq = 0
+        while not server.stop.is_set():
+            seq += 1
+            server.send(conn, part(jpeg(320, 240, seq)))
+            server.stop.wait(0.02)
+
+    real, owner_decodes = mjpeg_stream.decode, threading.Event()
+
+    def decode(p):  # the owner's decoding ahead is slow once the camera is open: the window stays open
+        if camera.owner_ident == threading.get_ident() and camera.latest() is not None:
+            owner_decodes.set()
+            threading.Event().wait(0.3)
+        return real(p)
+
+    monkeypatch.setattr(mjpeg_stream, "decode", decode)
+    camera = Camera(hostile(body).url, reconnect=False)
+    camera.idle_after_s = 0.05  # idle soon after the last ask
+    assert camera.open_once(timeout_s=10)
+    try:
+        before = camera.wait_frame(timeout_s=10)  # asks: the owner decodes ahead for a while
+        skipped = camera.reader.skipped if camera.reader is not None else 0
+        for _ in range(200):  # until nobody asking has made the owner pass parts over
+            if camera.reader is not None and camera.reader.skipped > skipped + 3:
+                break
+            threading.Event().wait(0.02)
+        back = camera.wait_frame(timeout_s=10)  # after=0: the newest frame, whatever was seen
+        assert owner_decodes.is_set()  # the owner was decoding the new part when the consumer came back
+        assert read_stamp(back.pixels) > read_stamp(before.pixels) + 3 and back.seq > before.seq + 3
+    finally:
+        camera.stop()
+
+
+def test_a_consumer_waiting_longer_than_the_idle_time_is_still_served(hostile) -> None:
+    """Waiting counts as asking: parts are kept while a consumer waits, however slow the camera."""
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        seq = 0
+        while not server.stop.is_set():
+            seq += 1
+            server.send(conn, part(jpeg(320, 240, seq)))
+            server.stop.wait(0.15)  # slower than the idle time below: each wait outlasts it
+
+    camera = Camera(hostile(body).url, reconnect=False)
+    camera.idle_after_s = 0.01
+    assert camera.open_once(timeout_s=10)
+    try:
+        seen = [camera.wait_frame(timeout_s=5)]
+        for _ in range(2):
+            seen.append(camera.wait_frame(after=seen[-1].seq, timeout_s=5))
+        assert [read_stamp(f.pixels) for f in seen] == sorted({read_stamp(f.pixels) for f in seen})
+    finally:
+        camera.stop()
+
+
 # ---------------------------------------------------------------- the agent: a typed, audited device fault
 def test_frames_out_of_range_are_an_audited_device_fault_with_a_fix_that_works(hostile) -> None:
     import asyncio

@@ -109,9 +109,11 @@ class Camera:
         self._latest: Frame | None = None
         self._pending: tuple[mjpeg_stream.JpegPart, int, float] | None = None  # (part, seq, received): undecoded
         self._last_decode = 0.0
-        self._last_wanted = float("-inf")  # when a consumer last asked for a frame
+        self._last_wanted = float("-inf")  # when a consumer last asked for a frame (or stopped waiting for one)
+        self._waiters = 0  # consumers in wait_frame now
         self._awaiting_first = False  # a new MJPEG connection: its first part is kept (and decoded) to open it
-        self._idle = False  # nobody asked for a while: parts pass unread; the frames kept are not the newest
+        self._idle = False  # nobody asked for a while: parts pass unread (the owner's own mark)
+        self._fresh_from = 0  # frames numbered below came before the owner last went idle: never handed out as new
         self.idle_after_s = IDLE_AFTER_S
         self._bad_decodes = 0
         self._seq = 0
@@ -193,12 +195,22 @@ class Camera:
 
     def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Frame:
         """The newest frame whose number is above ``after`` (so never one the caller has seen)."""
+        with self._cond:
+            self._waiters += 1  # a consumer waiting is asking, however long it waits: parts are kept for it
+            self._last_wanted = time.monotonic()
+        try:
+            return self._wait_frame(after, timeout_s, cancel)
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._last_wanted = time.monotonic()
+
+    def _wait_frame(self, after: int, timeout_s: float, cancel: threading.Event | None) -> Frame:
         deadline = time.monotonic() + timeout_s
-        self._last_wanted = time.monotonic()
         while True:
             with self._cond:
                 while not (
-                    (self._latest is not None and self._latest.seq > after and not self._idle)
+                    (self._latest is not None and self._latest.seq > max(after, self._fresh_from - 1))
                     or (self._pending is not None and self._pending[1] > after)
                 ):
                     if cancel is not None and cancel.is_set():
@@ -369,15 +381,17 @@ class Camera:
                 self._cond.notify_all()
 
     def _keep_parts(self) -> bool:
-        """Asked by the reader at each read: keep parts (copied, checked, handed over) to open the connection or
-        while a consumer asked within ``idle_after_s``. Else they pass unread, and a part or frame kept from
-        before stops counting as the newest (it will not be, by the time someone asks)."""
-        if self._awaiting_first or time.monotonic() - self._last_wanted < self.idle_after_s:
+        """Asked by the reader at each read: keep parts (copied, checked, handed over) to open the connection,
+        while a consumer waits, or when one asked within ``idle_after_s``. Else they pass unread, and the part
+        and frame kept from before stop counting as new (they will not be the newest by the time someone asks):
+        ``wait_frame`` waits for a part numbered from ``_fresh_from``, even while the owner is decoding it."""
+        if self._awaiting_first or self._waiters or time.monotonic() - self._last_wanted < self.idle_after_s:
             return True
         if not self._idle:
+            self._idle = True
             with self._cond:
-                self._idle = True
                 self._pending = None
+                self._fresh_from = self._seq + 1  # the parts passed over will be numbered on from here
         return False
 
     def _stream_mjpeg(self, reader: mjpeg_stream.MjpegReader) -> None:
@@ -395,6 +409,7 @@ class Camera:
             if part is None:
                 return
             now = time.monotonic()
+            self._idle = False  # a part kept: the next time nobody asks marks what is kept as old again
             skipped, seen = reader.skipped - seen, reader.skipped  # parts passed over for a newer one
             self._seq += skipped  # so frame numbers count the camera's parts: a gap shows what was skipped
             if not self._size_ok(part.width, part.height):
@@ -412,7 +427,6 @@ class Camera:
                     self._seq += 1
                     self.decoded += 1
                     self.fault = None
-                    self._idle = False
                     self._latest = Frame(pixels, self._seq, now)
                     self._cond.notify_all()
                 del pixels
@@ -422,7 +436,6 @@ class Camera:
                 self._seq += 1
                 if isinstance(self.fault, CameraFrameSize):  # a part in range again (undecoded faults stay)
                     self.fault = None
-                self._idle = False
                 self._pending = (part, self._seq, now)  # replaces an older part nobody took: it is never decoded
                 self._cond.notify_all()
                 # A consumer at work (a capture session): decode ahead here, as it analyses the frame before, at
