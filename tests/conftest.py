@@ -7,6 +7,7 @@ fixture that started it; every port is on 127.0.0.1 and chosen free at run time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import http.server
@@ -567,6 +568,66 @@ def camera_sim() -> Iterator:
 
     with SimulatedCamera((320, 240), fps=25) as camera:
         yield camera
+
+
+class HangingResolver:
+    """Every resolver the camera driver may use hangs, as one retrying a DNS server that is gone."""
+
+    MARKER = "camera-lookup-stand-in"  # in the stand-in's command line: how its processes are found
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()  # getaddrinfo was called in process for a name
+        self.release = threading.Event()
+
+    def lookups(self) -> list[int]:
+        """This process's children running the stand-in resolver (a zombie counts: it was never reaped)."""
+        found = []
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat_file.read_text().rpartition(")")[2].split()[1])
+                command = (stat_file.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+            if ppid == os.getpid() and self.MARKER.encode() in command:
+                found.append(int(stat_file.parent.name))
+        return found
+
+    def wait_asked(self, timeout_s: float = 10.0) -> bool:
+        """True once a lookup is under way (in process, or a stand-in running)."""
+        for _ in range(int(timeout_s / 0.02)):
+            if self.asked.is_set() or self.lookups():
+                return True
+            self.release.wait(0.02)
+        return False
+
+
+@pytest.fixture
+def hanging_resolver(monkeypatch) -> Iterator[HangingResolver]:
+    """The name lookups of drivers.camera hang: the child process it starts is a real one that sleeps, and
+    getaddrinfo called in process for a name blocks until the test ends (an address literal still resolves).
+    Any stand-in left running is killed after the test."""
+    from drivers.camera import resolve
+
+    hanging = HangingResolver()
+    real = socket.getaddrinfo
+
+    def slow(host, port, family=0, type=0, proto=0, flags=0):
+        if flags & socket.AI_NUMERICHOST:
+            return real(host, port, family, type, proto, flags)
+        hanging.asked.set()
+        hanging.release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    monkeypatch.setattr(resolve, "RESOLVER", (sys.executable, "-c", "import time; time.sleep(60)", hanging.MARKER))
+    try:
+        yield hanging
+    finally:
+        hanging.release.set()
+        for pid in hanging.lookups():
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
 
 
 # ---------------------------------------------------------------- faces

@@ -7,6 +7,7 @@ bytes the codec holds and sizes it refused, never by time.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera.camera import Camera
+from drivers.camera.camera import Camera, CameraError
 from drivers.camera.errors import CameraFrameSize, CameraFrameTooLarge, CameraNotMjpeg, CameraStreamBroken
 from drivers.camera.mjpeg import (
     DroppedPart,
@@ -66,6 +67,28 @@ def test_parts_come_out_whole_at_every_split_and_a_part_cut_short_is_dropped_not
     assert kinds == ["Part", "DroppedPart", "Part", "Part"]
     assert [e.body for e in events if isinstance(e, Part)] == [a, c, a]  # c is whole: not glued to half of b
     assert isinstance(events[1], DroppedPart) and f"{len(b) // 2} of the {len(b)}" in events[1].reason
+
+
+@pytest.mark.parametrize("step", [1, 3, 64, 1000, 10**6])
+def test_parts_nobody_would_take_are_counted_never_held_and_one_cut_short_still_shows(step) -> None:
+    """``keep = False``: a part with a Content-Length is passed over as it is fed (no copy, no scan); the next
+    boundary's place tells one that ended where it said from one cut short."""
+
+    a, b, c = jpeg(320, 240, 1), jpeg(320, 240, 2), jpeg(320, 240, 3)
+    stream = part(a) + part(b) + part(c[: len(c) // 2], length=len(c)) + part(a) + part(b) + part(c)
+    decoder = MultipartDecoder(b"frame")
+    decoder.keep = False
+    events, held = [], []
+    for i in range(0, len(stream), step):
+        events += decoder.feed(stream[i : i + step])
+        held.append(decoder.buffered)
+    assert [type(e).__name__ for e in events[:3]] == ["SkippedPart", "SkippedPart", "DroppedPart"]
+    assert [e.size for e in events[:2]] == [len(a), len(b)]
+    assert "did not end where its Content-Length" in events[2].reason
+    assert max(held) < 200  # a part's head and a boundary's bytes at most: never a body
+    decoder.keep = True  # someone asks: the next part whose head comes is kept whole
+    events = decoder.feed(part(a) + b"--frame\r\n")
+    assert [e.body for e in events if isinstance(e, Part)] == [a]
 
 
 @pytest.mark.parametrize("step", [1, 7, 10**6])
@@ -128,6 +151,45 @@ def test_jpeg_size_is_read_from_the_header_without_decoding() -> None:
     assert jpeg_size(bomb) == (16000, 16000)
     with pytest.raises(NotJpeg):
         jpeg_size(b"\x00" * 100)
+
+
+def chunked(pieces: list[bytes], extension: bytes = b"") -> bytes:
+    """``pieces`` in the chunked transfer coding, each a chunk, then the last chunk and no trailer."""
+    return b"".join(b"%x%s\r\n" % (len(p), extension) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000, 10**6])
+def test_a_chunked_stream_is_undone_at_every_split_holding_no_chunk_data(step) -> None:
+    from drivers.camera.chunked import ChunkedDecoder
+
+    a, b = jpeg(320, 240, 1), jpeg(320, 240, 2)
+    payload = part(a) + part(b)
+    wire = chunked([payload[:50], payload[50:5000], payload[5000:]], b";ext=1") + b"after the end: ignored"
+    dechunk, decoder = ChunkedDecoder(), MultipartDecoder(b"frame")
+    events, held = [], []
+    for i in range(0, len(wire), step):
+        for piece in dechunk.feed(wire[i : i + step]):
+            events += decoder.feed(piece)
+        held.append(dechunk.buffered)
+    assert [e.body for e in events if isinstance(e, Part)] == [a, b]
+    assert dechunk.ended and max(held) < 16  # a chunk-size line at most: chunk data is handed on, never held
+
+
+@pytest.mark.parametrize(
+    ("wire", "why"),
+    [
+        (b"zz\r\nabc", "no hex number"),
+        (b"-5\r\nabcde\r\n", "no hex number"),
+        (b"3\r\nabcX\r\n", "did not end where its size said"),
+        (b"1" * 2000, "runs past 1024 bytes"),
+        (b"0\r\n" + b"X-Pad: aaaa\r\n" * 1000, "trailer runs past"),
+    ],
+)
+def test_broken_chunk_framing_is_a_typed_error(wire, why) -> None:
+    from drivers.camera.chunked import ChunkedDecoder, ChunkError
+
+    with pytest.raises(ChunkError, match=why):
+        ChunkedDecoder().feed(wire)
 
 
 # ---------------------------------------------------------------- the driver on a hostile camera
@@ -293,7 +355,7 @@ def test_a_stream_that_is_not_mjpeg_says_so(hostile) -> None:
     assert isinstance(camera.fault, CameraNotMjpeg) and "text/html" in str(camera.fault)
 
 
-def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
+def test_parts_nobody_asks_for_are_passed_over_undecoded_and_the_next_consumer_gets_a_newer_one(hostile) -> None:
     count = 300
     parts = [part(jpeg(320, 240, seq)) for seq in range(1, count + 1)]
 
@@ -303,23 +365,91 @@ def test_only_the_parts_a_consumer_takes_are_decoded(hostile) -> None:
         for data in parts[1:]:  # as fast as the socket takes them, with nobody asking for a frame
             server.send(conn, data)
         server.done.set()
+        seq = count
+        while not server.stop.is_set():  # the camera goes on, slower: a consumer comes meanwhile
+            seq += 1
+            server.send(conn, part(jpeg(320, 240, seq)))
+            server.stop.wait(0.02)
 
     server = hostile(body)
     camera = Camera(server.url, reconnect=False)
     assert camera.open_once(timeout_s=10)  # the first part is decoded: the camera's size, a real JPEG
     try:
+        opened = camera.latest()
+        assert opened is not None and read_stamp(opened.pixels) == 1
         server.go.set()
         assert server.done.wait(10)
-        last = parts[-1].split(b"\r\n\r\n", 1)[1][:-2]
-        for _ in range(200):  # until the driver has read the last part (it keeps it, undecoded)
-            pending = camera._pending
-            if pending is not None and pending[0].body == last:
+        for _ in range(200):  # until the driver has read past the burst (each part counted as it went by)
+            if camera.reader is not None and camera.reader.skipped >= count - 1:
                 break
             threading.Event().wait(0.05)
+        assert camera.reader is not None and camera.reader.skipped >= count - 1
         assert camera.decoded == 1  # nobody took the 299 others: none was decoded
-        newest = camera.wait_frame(after=camera.latest().seq, timeout_s=10)
-        assert read_stamp(newest.pixels) == count  # the newest part, never one out of a backlog
-        assert camera.decoded == 2
+        newest = camera.wait_frame(after=opened.seq, timeout_s=10)
+        assert read_stamp(newest.pixels) > count  # one the camera sent once asked: never one out of the burst
+        assert newest.seq == read_stamp(newest.pixels)  # frame numbers still count every part the camera sent
+        assert camera.wait_frame(timeout_s=10).seq >= newest.seq  # asked again at once: never an older frame
+    finally:
+        camera.stop()
+
+
+def test_a_consumer_back_after_idle_never_gets_the_frame_from_before_while_the_owner_decodes(hostile,
+                                                                                              monkeypatch) -> None:
+    """The owner decodes the first part kept for a returning consumer outside the lock: meanwhile the consumer
+    was handed the frame decoded before the idle time (a face session saw a 3.7 s gap: "face lost")."""
+    from drivers.camera import stream as mjpeg_stream
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        seq = 0
+        while not server.stop.is_set():
+            seq += 1
+            server.send(conn, part(jpeg(320, 240, seq)))
+            server.stop.wait(0.02)
+
+    real, owner_decodes = mjpeg_stream.decode, threading.Event()
+
+    def decode(p):  # the owner's decoding ahead is slow once the camera is open: the window stays open
+        if camera.owner_ident == threading.get_ident() and camera.latest() is not None:
+            owner_decodes.set()
+            threading.Event().wait(0.3)
+        return real(p)
+
+    monkeypatch.setattr(mjpeg_stream, "decode", decode)
+    camera = Camera(hostile(body).url, reconnect=False)
+    camera.idle_after_s = 0.05  # idle soon after the last ask
+    assert camera.open_once(timeout_s=10)
+    try:
+        before = camera.wait_frame(timeout_s=10)  # asks: the owner decodes ahead for a while
+        skipped = camera.reader.skipped if camera.reader is not None else 0
+        for _ in range(200):  # until nobody asking has made the owner pass parts over
+            if camera.reader is not None and camera.reader.skipped > skipped + 3:
+                break
+            threading.Event().wait(0.02)
+        back = camera.wait_frame(timeout_s=10)  # after=0: the newest frame, whatever was seen
+        assert owner_decodes.is_set()  # the owner was decoding the new part when the consumer came back
+        assert read_stamp(back.pixels) > read_stamp(before.pixels) + 3 and back.seq > before.seq + 3
+    finally:
+        camera.stop()
+
+
+def test_a_consumer_waiting_longer_than_the_idle_time_is_still_served(hostile) -> None:
+    """Waiting counts as asking: parts are kept while a consumer waits, however slow the camera."""
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        seq = 0
+        while not server.stop.is_set():
+            seq += 1
+            server.send(conn, part(jpeg(320, 240, seq)))
+            server.stop.wait(0.15)  # slower than the idle time below: each wait outlasts it
+
+    camera = Camera(hostile(body).url, reconnect=False)
+    camera.idle_after_s = 0.01
+    assert camera.open_once(timeout_s=10)
+    try:
+        seen = [camera.wait_frame(timeout_s=5)]
+        for _ in range(2):
+            seen.append(camera.wait_frame(after=seen[-1].seq, timeout_s=5))
+        assert [read_stamp(f.pixels) for f in seen] == sorted({read_stamp(f.pixels) for f in seen})
     finally:
         camera.stop()
 
@@ -480,6 +610,12 @@ def test_an_unexpected_error_in_the_owner_is_a_fault_the_camera_is_unplugged_and
     camera = Camera(hostile(body).url, on_event=on_event)
     try:
         camera.start()
+        seq = 0
+        for _ in range(100):  # a consumer at work: every part's header is read as it comes
+            if replugged.is_set():
+                break
+            with contextlib.suppress(CameraError):
+                seq = camera.wait_frame(after=seq, timeout_s=1).seq
         assert replugged.wait(20)
         assert camera.connected
         assert events[:4] == ["camera_plugged", "camera_fault", "camera_unplugged", "camera_plugged"]
@@ -854,33 +990,106 @@ def test_a_relative_redirect_is_followed_with_credentials_in_the_url_and_a_3xx_w
     assert "LOCSECRET" not in str(camera.open_error) and len(server.requests) == 1
 
 
+ESP_BOUNDARY = b"123456789000000000000987654321"
+ESP_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=" + ESP_BOUNDARY
+            + b"\r\nTransfer-Encoding: chunked\r\nAccess-Control-Allow-Origin: *\r\n\r\n")
+
+
+def esp32_camera(server: ScriptedCamera, index: int, conn: socket.socket, request: bytes) -> None:
+    """As ESP-IDF's HTTP server streams (the ESP32-CAM firmware): HTTP/1.1 and chunks whatever the request's
+    version; each frame's boundary, part head and JPEG a chunk of their own."""
+    conn.sendall(ESP_HEAD)
+    seq = 1
+    while not server.stop.is_set():
+        body = jpeg(320, 240, seq)
+        head = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+        conn.sendall(chunked([b"\r\n--" + ESP_BOUNDARY + b"\r\n", head, body])[: -len(b"0\r\n\r\n")])
+        seq += 1
+        server.stop.wait(0.03)
+
+
+def test_a_camera_that_chunks_its_stream_all_the_same_gives_its_frames(scripted) -> None:
+    """Refused before as "not MJPEG": a chunked body is not for an HTTP/1.0 request, yet ESP32-CAMs send one."""
+    server = scripted(esp32_camera)
+    with Camera(server.url(), reconnect=False) as camera:
+        first = camera.wait_frame(timeout_s=10)
+        second = camera.wait_frame(after=first.seq, timeout_s=10)
+        assert first.pixels.shape == (240, 320, 3)
+        assert read_stamp(second.pixels) > read_stamp(first.pixels) >= 1
+        assert camera.fault is None and camera.reader is not None and camera.reader.dropped == 0
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "fault", "said"),
+    [
+        (ESP_HEAD, b"5\r\n--123\r\nzz\r\n", CameraStreamBroken, "no hex number"),
+        (ESP_HEAD.replace(b"chunked", b"gzip, chunked"), b"", CameraNotMjpeg, "gzip, chunked"),
+    ],
+    ids=["chunk-size-no-hex", "gzip-then-chunked"],
+)
+def test_a_transfer_coding_that_cannot_be_undone_is_a_fault_naming_it(scripted, head, body, fault, said) -> None:
+    server = scripted(lambda s, i, c, r: c.sendall(head + body) or s.stop.wait(30))
+    camera = Camera(server.url(), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, fault) and said in str(camera.fault) and camera.fault.fix
+
+
+def test_a_query_holding_an_at_sign_reaches_the_camera_as_written(scripted) -> None:
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    with Camera(server.url("/videostream.cgi?user=admin&pwd=ab@cd"), reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+        assert camera.source.redacted.endswith("/videostream.cgi?user=***&pwd=***")
+    assert server.requests[0].startswith(b"GET /videostream.cgi?user=admin&pwd=ab@cd HTTP/1.0\r\n")
+    assert b"authorization" not in server.requests[0].lower()
+
+
 def test_port_zero_is_no_valid_port_not_port_80() -> None:
     camera = Camera("http://127.0.0.1:0/video.mjpg", reconnect=False)
     assert not camera.open_once(timeout_s=10)
     assert camera.fault is not None and "no valid port" in camera.fault.args[0]
 
 
-def test_stop_ends_an_open_stuck_in_a_slow_name_lookup(monkeypatch) -> None:
+def test_stop_ends_an_open_stuck_in_a_slow_name_lookup_and_the_lookup_with_it(hanging_resolver) -> None:
     from drivers.camera.errors import CameraUnavailable
     from drivers.camera.stream import MjpegReader
 
-    release = threading.Event()
-
-    def slow_lookup(*args, **kwargs):
-        release.wait(20)  # a resolver retrying: released by the test once open() is back
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
     stop = threading.Event()
-    stop.set()  # the owner is being stopped while the name is looked up
     reader = MjpegReader("http://camera.invalid/video.mjpg", "shown", open_timeout_s=30, read_timeout_s=1)
+    threading.Thread(target=lambda: hanging_resolver.wait_asked() and stop.set(), daemon=True).start()  # mid-lookup
     try:
         with pytest.raises(CameraUnavailable, match="closed while opening"):
             reader.open(stop)
-        assert not release.is_set()  # open() came back while the lookup was still blocked
+        assert not hanging_resolver.release.is_set()  # open() came back while the resolver still hangs
+        assert hanging_resolver.lookups() == []  # its lookup was ended and reaped, not left to run
     finally:
-        release.set()
         reader.release()
+
+
+def test_a_stopped_camera_leaves_no_thread_and_no_lookup_behind(hanging_resolver) -> None:
+    """A lookup thread outlived ``stop`` (getaddrinfo cannot be interrupted), one more at every reopen."""
+    camera = Camera("http://camera.invalid:8080/video.mjpg")
+    ours = {f"camera {camera.source.redacted}", "camera name lookup"}
+    camera.start()
+    try:
+        assert hanging_resolver.wait_asked()
+    finally:
+        camera.stop()
+    assert [t.name for t in threading.enumerate() if t.name in ours] == []
+    assert hanging_resolver.lookups() == [] and not camera.owner_alive
+
+
+def test_a_name_is_looked_up_in_a_child_and_an_address_literal_in_process(scripted) -> None:
+    from drivers.camera import resolve
+
+    def never() -> float:
+        raise AssertionError("an address literal was looked up by a child")
+
+    addresses = resolve.lookup("localhost", 8080, lambda: 0.1)  # /etc/hosts, through the child
+    assert ("127.0.0.1", 8080) in [a[4][:2] for a in addresses] or ("::1", 8080) in [a[4][:2] for a in addresses]
+    assert resolve.lookup("127.0.0.1", 9, never)[0][4] == ("127.0.0.1", 9)
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    with Camera(f"http://localhost:{server.port}/video.mjpg", reconnect=False) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
 
 
 def test_the_open_deadline_covers_every_address_not_each_one(monkeypatch) -> None:
@@ -1075,6 +1284,30 @@ def test_a_wildcard_certificate_or_a_suite_without_aead_is_refused_before_any_re
     assert not camera.open_once(timeout_s=10)
     assert camera.open_error is not None and "TLS handshake" in camera.open_error.args[0]
     assert server.requests == []
+
+
+def test_basic_goes_over_https_after_its_challenge_and_never_over_plain_http(scripted, tmp_path) -> None:
+    """A Basic-only camera over TLS (a CA of its own on 127.0.0.1): asked first, answered with Basic, frames come.
+    The same camera over plain http is refused without the config's opt-in, with no Authorization sent."""
+    import base64
+
+    from drivers.camera.errors import CameraBasicInClear
+
+    wrap, ca = self_signed_tls(tmp_path)
+    server = scripted(basic_only, wrap=wrap)
+    with Camera(server.url(scheme="https", userinfo="admin:pw@"), reconnect=False, ca_file=ca,
+                tls_floor=PROJECT_FLOOR) as camera:
+        frame = camera.wait_frame(timeout_s=10)
+        assert frame.pixels.shape == (240, 320, 3) and read_stamp(frame.pixels) == 1
+    first, answered = server.requests[0], server.requests[1]
+    assert b"authorization" not in first.lower()  # nothing sent before the camera asked
+    assert b"Authorization: Basic " + base64.b64encode(b"admin:pw") + b"\r\n" in answered
+
+    plain = scripted(basic_only)
+    camera = Camera(plain.url(userinfo="admin:pw@"), reconnect=False)
+    assert not camera.open_once(timeout_s=10)
+    assert isinstance(camera.fault, CameraBasicInClear)
+    assert len(plain.requests) == 1 and b"authorization" not in plain.requests[0].lower()
 
 
 def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:

@@ -15,8 +15,12 @@ itself through a bounded multipart codec (:mod:`drivers.camera.stream`),
 refuses a frame whose JPEG header gives a size outside ``min_side..max_side``
 before decoding it, and decodes with ``cv2.imdecode`` only for a consumer:
 while one asked within ``idle_after_s`` the owner decodes the newest part
-ahead (at most ``fps`` a second when set), else parts wait undecoded and the
-next ``wait_frame`` decodes the newest (nobody reading: no decoding at all).
+ahead (at most ``fps`` a second when set), or ``wait_frame`` decodes the one
+it takes. Nobody asking for longer: parts are passed over unread as they come
+(no copy, no boundary scan, no decoding: a fast camera nobody watches costs
+little more than the socket's reads), and the next ``wait_frame`` waits for
+the first part whose head comes after it asked (a frame or two at most),
+never a frame held from before.
 V4L2 devices, RTSP and files still go through ``cv2.VideoCapture``; their
 frames are size-checked after decoding.
 """
@@ -105,7 +109,11 @@ class Camera:
         self._latest: Frame | None = None
         self._pending: tuple[mjpeg_stream.JpegPart, int, float] | None = None  # (part, seq, received): undecoded
         self._last_decode = 0.0
-        self._last_wanted = float("-inf")  # when a consumer last asked for a frame
+        self._last_wanted = float("-inf")  # when a consumer last asked for a frame (or stopped waiting for one)
+        self._waiters = 0  # consumers in wait_frame now
+        self._awaiting_first = False  # a new MJPEG connection: its first part is kept (and decoded) to open it
+        self._idle = False  # nobody asked for a while: parts pass unread (the owner's own mark)
+        self._fresh_from = 0  # frames numbered below came before the owner last went idle: never handed out as new
         self.idle_after_s = IDLE_AFTER_S
         self._bad_decodes = 0
         self._seq = 0
@@ -187,12 +195,22 @@ class Camera:
 
     def wait_frame(self, after: int = 0, timeout_s: float = 5.0, cancel: threading.Event | None = None) -> Frame:
         """The newest frame whose number is above ``after`` (so never one the caller has seen)."""
+        with self._cond:
+            self._waiters += 1  # a consumer waiting is asking, however long it waits: parts are kept for it
+            self._last_wanted = time.monotonic()
+        try:
+            return self._wait_frame(after, timeout_s, cancel)
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._last_wanted = time.monotonic()
+
+    def _wait_frame(self, after: int, timeout_s: float, cancel: threading.Event | None) -> Frame:
         deadline = time.monotonic() + timeout_s
-        self._last_wanted = time.monotonic()
         while True:
             with self._cond:
                 while not (
-                    (self._latest is not None and self._latest.seq > after)
+                    (self._latest is not None and self._latest.seq > max(after, self._fresh_from - 1))
                     or (self._pending is not None and self._pending[1] > after)
                 ):
                     if cancel is not None and cancel.is_set():
@@ -327,20 +345,12 @@ class Camera:
                 if self._connected:  # whatever ended it: the camera is gone until reopened
                     self._connected = False
                     self.on_event("camera_unplugged", {"source": self.source.redacted})
-            if capture is None and not faulted:  # it did not open
-                if not self.reconnect:
-                    return
-                self._stop.wait(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                continue
-            if not self.source.is_live or not self.reconnect:
-                break  # a file ends; or the supervisor reopens
-            if faulted:  # the camera answers but sends what cannot be used: back off as for one that is gone
-                self._stop.wait(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                continue
-            backoff = BACKOFF_MIN_S
-            self._stop.wait(backoff)
+            failed = capture is None or faulted  # it did not open, or sends what cannot be used
+            if not self.reconnect or (not self.source.is_live and (capture is not None or faulted)):
+                break  # the supervisor reopens it; or a file has ended (one that did not open is tried again)
+            # Failing: wait longer each time, as for a camera that is gone. It gave frames, then ended: soon again.
+            delay, backoff = (backoff, min(BACKOFF_MAX_S, backoff * 2)) if failed else (BACKOFF_MIN_S, BACKOFF_MIN_S)
+            self._stop.wait(delay)
 
     def _plugged(self, width: int, height: int, fps: float, backend: str) -> None:
         self.open_error = None
@@ -370,12 +380,27 @@ class Camera:
                 self._latest = Frame(pixels, self._seq, now)  # the newest only: older frames are dropped
                 self._cond.notify_all()
 
+    def _keep_parts(self) -> bool:
+        """Asked by the reader at each read: keep parts (copied, checked, handed over) to open the connection,
+        while a consumer waits, or when one asked within ``idle_after_s``. Else they pass unread, and the part
+        and frame kept from before stop counting as new (they will not be the newest by the time someone asks):
+        ``wait_frame`` waits for a part numbered from ``_fresh_from``, even while the owner is decoding it."""
+        if self._awaiting_first or self._waiters or time.monotonic() - self._last_wanted < self.idle_after_s:
+            return True
+        if not self._idle:
+            self._idle = True
+            with self._cond:
+                self._pending = None
+                self._fresh_from = self._seq + 1  # the parts passed over will be numbered on from here
+        return False
+
     def _stream_mjpeg(self, reader: mjpeg_stream.MjpegReader) -> None:
         """Parts in, the newest kept undecoded; the first one is decoded here (the camera's size, a real JPEG)."""
         first, bad, seen = True, 0, reader.skipped
+        self._awaiting_first = True
         while not self._stop.is_set():
             try:
-                part = reader.next_part(self._stop)
+                part = reader.next_part(self._stop, self._keep_parts)
             except mjpeg_stream.NotJpeg as exc:
                 bad += 1
                 if bad >= BAD_PARTS_MAX:
@@ -384,6 +409,7 @@ class Camera:
             if part is None:
                 return
             now = time.monotonic()
+            self._idle = False  # a part kept: the next time nobody asks marks what is kept as old again
             skipped, seen = reader.skipped - seen, reader.skipped  # parts passed over for a newer one
             self._seq += skipped  # so frame numbers count the camera's parts: a gap shows what was skipped
             if not self._size_ok(part.width, part.height):
@@ -396,7 +422,7 @@ class Camera:
                         raise CameraNotMjpeg(self.source.redacted, f"{bad} JPEG parts in a row OpenCV cannot decode")
                     continue
                 self._plugged(part.width, part.height, float(self.want_fps or 0.0), reader.backend)
-                first = False
+                first = self._awaiting_first = False
                 with self._cond:
                     self._seq += 1
                     self.decoded += 1

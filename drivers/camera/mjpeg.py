@@ -13,7 +13,10 @@ a hostile or broken camera cannot push past:
   stream that is not multipart at all is refused, not buffered).
 
 So the codec never holds more than about ``max_part_bytes`` plus one fed
-chunk. A part cut short (its ``Content-Length`` says more than came before
+chunk. While ``keep`` is False (nobody would take a part), a part with a
+``Content-Length`` is counted, not kept: its body is passed over as it is
+fed, never copied nor scanned, and the next boundary's place shows whether
+it ended where it said. A part cut short (its ``Content-Length`` says more than came before
 the next boundary) comes out as :class:`DroppedPart`, never spliced with the
 next part's bytes: FFmpeg's MJPEG demuxer does splice them into one frame.
 
@@ -23,7 +26,8 @@ refuses a 16000x16000 frame before ``cv2.imdecode`` allocates 768 MB for it.
 Events:
 
 * :class:`Part` — one complete part (headers with lower-case names, body);
-* :class:`DroppedPart` — a part whose body did not match its framing (why).
+* :class:`DroppedPart` — a part whose body did not match its framing (why);
+* :class:`SkippedPart` — a part passed over while ``keep`` was False (its size).
 """
 
 from __future__ import annotations
@@ -83,7 +87,12 @@ class DroppedPart:
     size: int  # the bytes dropped
 
 
-Event = Part | DroppedPart
+@dataclass(frozen=True)
+class SkippedPart:
+    size: int  # the bytes passed over: counted, never held
+
+
+Event = Part | DroppedPart | SkippedPart
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -124,21 +133,35 @@ class MultipartDecoder:
         self._headers: dict[str, str] = {}
         self._length: int | None = None
         self._scan = 0  # where the next boundary search in the body starts
+        self.keep = True  # False: a part whose head comes meanwhile is passed over, not kept (SkippedPart)
+        self._left = 0  # body bytes of a part passed over still to come
+        self._unchecked: int | None = None  # a part passed over, until the next boundary shows it ended there
+        self._junk = False  # bytes other than CR LF came between that part's end and the next boundary
 
     @property
     def buffered(self) -> int:
         """Bytes the codec holds now (a test's measure of its memory)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Event]:
-        self._buf += data
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        view = memoryview(data)
+        if self._state == "skip" and not self._buf:  # a body passed over: its bytes are counted, never copied
+            take = min(self._left, len(view))
+            self._left -= take
+            view = view[take:]
+            if not self._left:
+                self._state = "preamble"
+        self._buf += view
         events: list[Event] = []
         while True:
             if self._state == "preamble":
-                if not self._seek_boundary():
+                if not self._seek_boundary(events):
                     return events
             elif self._state == "headers":
                 if not self._read_headers():
+                    return events
+            elif self._state == "skip":
+                if not self._skip():
                     return events
             elif not self._read_body(events):
                 return events
@@ -161,16 +184,18 @@ class MultipartDecoder:
                 best, size = at, len(delimiter)
         return best, size
 
-    def _seek_boundary(self) -> bool:
+    def _seek_boundary(self, events: list[Event]) -> bool:
         at, size = self._find_delimiter(0)
         if at < 0:
             keep = max(len(d) for d in self._delimiters) - 1
             drop = max(0, len(self._buf) - keep)
+            self._note_junk(drop)
             self._skipped += drop
             del self._buf[:drop]
             if self._skipped > self.max_part_bytes:
                 raise NotMultipart(f"{self._skipped} bytes of the stream carry no part boundary")
             return False
+        self._note_junk(at)
         line_end = self._buf.find(b"\n", at + size)
         if line_end < 0:  # the rest of the boundary line has not come yet
             if len(self._buf) - at > self.max_header_bytes:
@@ -178,9 +203,27 @@ class MultipartDecoder:
             self._skipped += at
             del self._buf[:at]
             return False
+        if self._unchecked is not None:  # a part passed over: it ended where it said, or it was cut short
+            length, self._unchecked = self._unchecked, None
+            events.append(DroppedPart(f"it did not end where its Content-Length of {length} bytes said", length)
+                          if self._junk else SkippedPart(length))
         self._skipped = 0
         del self._buf[: line_end + 1]
         self._state = "headers"
+        return True
+
+    def _note_junk(self, end: int) -> None:
+        """After a part passed over, the bytes up to ``end`` (about to be dropped) should be line breaks only."""
+        if self._unchecked is not None and not self._junk and end:
+            self._junk = bool(bytes(self._buf[:end]).strip(b"\r\n"))
+
+    def _skip(self) -> bool:
+        take = min(self._left, len(self._buf))
+        del self._buf[:take]
+        self._left -= take
+        if self._left:
+            return False
+        self._state = "preamble"
         return True
 
     def _read_headers(self) -> bool:
@@ -206,6 +249,10 @@ class MultipartDecoder:
                 if name.strip().lower() == "content-length":
                     lengths += [piece.strip() for piece in value.split(",")]
         length = self._content_length(lengths)
+        if not self.keep and length is not None:  # nobody would take it: its body is passed over unread
+            self._left, self._unchecked, self._junk = length, length, False
+            self._state = "skip"
+            return True
         self._headers, self._length, self._scan = headers, length, 0
         self._state = "body"
         return True
@@ -244,7 +291,7 @@ class MultipartDecoder:
             if len(self._buf) < self._length:
                 self._scan = len(self._buf)
                 return False
-            events.append(Part(self._headers, bytes(self._buf[: self._length])))
+            events.append(Part(self._headers, self._copy(self._length)))
             del self._buf[: self._length]
             self._state = "preamble"
             return True
@@ -254,17 +301,18 @@ class MultipartDecoder:
                 raise PartTooLarge(len(self._buf), self.max_part_bytes, declared=False)
             self._scan = len(self._buf)
             return False
-        body = bytes(self._buf[:at])
-        if body.endswith(b"\r\n"):
-            body = body[:-2]
-        elif body.endswith(b"\n"):
-            body = body[:-1]
-        if len(body) > self.max_part_bytes:
-            raise PartTooLarge(len(body), self.max_part_bytes, declared=False)
-        events.append(Part(self._headers, body))
+        end = at - (2 if self._buf[max(0, at - 2) : at] == b"\r\n" else 1 if self._buf[at - 1 : at] == b"\n" else 0)
+        if end > self.max_part_bytes:
+            raise PartTooLarge(end, self.max_part_bytes, declared=False)
+        events.append(Part(self._headers, self._copy(end)) if self.keep else SkippedPart(end))
         del self._buf[:at]
         self._state = "preamble"
         return True
+
+    def _copy(self, end: int) -> bytes:
+        """The buffer's first ``end`` bytes, copied once (a bytearray slice would copy them twice)."""
+        with memoryview(self._buf) as view:
+            return bytes(view[:end])
 
 
 # ---------------------------------------------------------------- JPEG frame header

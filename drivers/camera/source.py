@@ -31,31 +31,56 @@ class CameraSourceError(ValueError):
 
 
 class CameraSourceCredentials(CameraSourceError, CameraFault):
-    """A stream URL whose user or password holds an unencoded / ? # (or an @ after the host): where the
-    credentials end cannot be told, so they could be sent to, or shown as, a host."""
+    """A stream URL whose user or password holds an unencoded / ? or #: the authority (RFC 3986) ends at it,
+    so what is left of it is no host, and an @ further on shows where the credentials were meant to end."""
 
     def __init__(self, shown: str) -> None:
         CameraFault.__init__(
             self,
-            f"the camera source {shown} has an unencoded / ? # or @ in its user, password, path or query",
+            f"the camera source {shown} has an unencoded / ? or # in its user or password",
             "percent-encode / ? # @ : in the camera password (and user): / as %2F, ? as %3F, # as %23, @ as %40, "
-            ": as %3A; an @ in the path or query as %40",
+            ": as %3A",
         )
 
     def __str__(self) -> str:
         return CameraFault.__str__(self)
 
 
-_HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+# host[:port] of an authority: a name (letters, digits, . - _ ~ and %-escapes), an IPv4 address or a [bracketed]
+# IPv6 one (a zone as %25...); the port digits only (empty is allowed, as RFC 3986 allows it)
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9._~%-]+|\[[0-9A-Za-z:.%_~-]+\])(?::[0-9]*)?")
 
 
-def split_at_userinfo(text: str) -> tuple[str, str, str] | None:
-    """(scheme, what goes up to the last @, the rest) of a URL holding an @ anywhere after ``://``."""
-    scheme, _, rest = text.partition("://")
-    if "@" not in rest:
+def split_authority(text: str) -> tuple[str, str, str] | None:
+    """(scheme, authority, the rest) of a URL, or None without ``://``. The authority ends at the first / ? or #
+    (RFC 3986 section 3.2, as urllib and FFmpeg split it): an @ after that is the path's, query's or fragment's."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
         return None
-    before, _, after = rest.rpartition("@")
-    return scheme, before, after
+    end = re.search(r"[/?#]", rest)
+    at = end.start() if end else len(rest)
+    return scheme, rest[:at], rest[at:]
+
+
+def credentials_unclear(text: str) -> bool:
+    """True when where a URL's credentials end cannot be told: they could be sent to, or shown as, a host.
+
+    That is when an @ follows the authority and either the authority is no ``[userinfo@]host[:port]`` (a
+    password holding an unencoded / ? or # ended it early: ``http://admin:pa/ss@cam/``), or it holds no
+    userinfo while what follows the last @ reads as a host (then / ? # or the end) and what comes before that
+    @ is no list of ``name=value`` pairs (``http://admin/x:pw@cam/``: a user holding a /). Any other @ after
+    the authority is data, as RFC 3986 reads it: a query's (``?user=admin&pwd=a@b``), a path's."""
+    split = split_authority(text)
+    if split is None:
+        return False
+    _, authority, rest = split
+    if "@" not in rest:
+        return False
+    if not _HOST_PORT.fullmatch(authority.rpartition("@")[2]):
+        return True
+    between, _, after = rest.rpartition("@")
+    host = re.split(r"[/?#]", after, maxsplit=1)[0]
+    return "@" not in authority and bool(_HOST_PORT.fullmatch(host)) and not re.search(r"[=&;]", between)
 
 
 def _origin(text: str) -> str:
@@ -70,25 +95,25 @@ def _origin(text: str) -> str:
 def redact_url(text: str) -> str:
     """``text`` with a URL's credentials masked: fit for logs, audit events and ``/health``.
 
-    The whole userinfo becomes ``***``: everything up to the *last* ``@`` before the path,
-    as FFmpeg splits it (a password may hold ``@``: ``http://u:p@ss@host/`` logs in as
-    ``u`` with ``p@ss``). Every query value becomes ``***`` and keeps its key (cheap IP
-    cameras take ``?user=admin&pwd=...``), and so does every ``name=value`` in the path
-    (DVRs take ``rtsp://host/user=admin&password=...&channel=1``); a fragment is masked.
-    Scheme, host, port and the rest of the path stay. Text that is not a URL (a device
-    node, a file path) is returned unchanged.
+    The authority is what comes before the first / ? or # (RFC 3986, as FFmpeg and urllib split it); its
+    userinfo, everything up to its *last* ``@``, becomes ``***`` (a password may hold ``@``:
+    ``http://u:p@ss@host/`` logs in as ``u`` with ``p@ss``). Every query value becomes ``***`` and keeps its
+    key (cheap IP cameras take ``?user=admin&pwd=...``), and so does every ``name=value`` in the path (DVRs
+    take ``rtsp://host/user=admin&password=...&channel=1``); a path segment still holding an ``@`` is masked
+    whole, and so is a fragment, a query piece with no ``=`` or an ``@`` in its key. Scheme, host, port and
+    the rest of the path stay. Text that is not a URL (a device node, a file path) is returned unchanged.
 
-    An @ anywhere after ``://`` masks everything up to the last one, wherever it is (a password holding
-    an unencoded / ? or # ends urlsplit's netloc early, so its tail would be a path, a query, a fragment):
-    masking too much is harmless, a leak is not. When what comes before that @ holds ? # = & ; (it may be
-    a query's value, not a userinfo) or what follows is no host, only the scheme is shown.
+    When where the credentials end cannot be told (:func:`credentials_unclear`: a user or password holding an
+    unencoded / ? or #), everything up to the last ``@`` is masked, wherever it is: masking too much is
+    harmless, a leak is not. When what comes before that @ holds ? # = & ; (it may be a query's value, not a
+    userinfo) or what follows is no host, only the scheme is shown.
     """
     if "://" not in text:
         return text
     masked = False
-    split = split_at_userinfo(text)
-    if split is not None:
-        scheme, before, after = split
+    if credentials_unclear(text):
+        scheme, _, rest = text.partition("://")
+        before, _, after = rest.rpartition("@")
         host = re.split(r"[/?#]", after, maxsplit=1)[0]
         if any(c in before for c in "?#=&;") or not _HOST_PORT.fullmatch(host):
             return f"{scheme}://***"
@@ -99,8 +124,10 @@ def redact_url(text: str) -> str:
         return text.split("://", 1)[0] + "://***"
     host = parts.netloc.rpartition("@")[2]
     netloc = f"***@{host}" if masked or "@" in parts.netloc else host
-    path = re.sub(r"=[^&;/]*", "=***", parts.path)
-    query = "&".join(f"{piece.partition('=')[0]}=***" if "=" in piece else "***" for piece in parts.query.split("&"))
+    segments = re.sub(r"=[^&;/]*", "=***", parts.path).split("/")
+    path = "/".join("***" if "@" in segment else segment for segment in segments)
+    keys = [piece.partition("=")[0] if "=" in piece else "@" for piece in parts.query.split("&")]
+    query = "&".join("***" if "@" in key else f"{key}=***" for key in keys)  # a bare piece or an odd key: masked
     return urlunsplit((parts.scheme, netloc, path, query if parts.query else "", "***" if parts.fragment else ""))
 
 
@@ -118,8 +145,7 @@ class CameraSource:
         if re.fullmatch(r"/dev/video\d+", text):
             return cls(text, "v4l2", text)
         if re.match(r"(rtsp|rtsps|http|https)://", text):
-            split = split_at_userinfo(text)
-            if split is not None and re.search(r"[/?#]", split[1]):  # an @ after where urlsplit ends the host
+            if credentials_unclear(text):  # where the credentials end cannot be told
                 raise CameraSourceCredentials(_origin(text))
             return cls(text, "stream", text)
         if text and not text.startswith("/dev/"):

@@ -21,12 +21,14 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from drivers.camera import httpauth
+from drivers.camera import httpauth, resolve
+from drivers.camera.chunked import ChunkedDecoder, ChunkError
 from drivers.camera.errors import (
     CameraBasicInClear,
     CameraFault,
@@ -44,16 +46,17 @@ from drivers.camera.mjpeg import (
     NotMultipart,
     Part,
     PartTooLarge,
+    SkippedPart,
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import CameraSourceCredentials, redact_url, split_at_userinfo
+from drivers.camera.source import CameraSourceCredentials, credentials_unclear, redact_url
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
 HEAD_MAX = 16 * 1024  # a response head's bytes
 REDIRECTS_MAX = 3  # followed to the same scheme, host and port only
-DRAIN_READS_MAX = 256  # reads without waiting before a part is handed over: 16 MB at most
+DRAIN_READS_MAX = 256  # reads once a part is whole before it is handed over: 16 MB at most
 CUT_PARTS_MAX = 10  # parts in a row cut short of their Content-Length: the stream is broken
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -88,11 +91,11 @@ DEFAULT_TLS_FLOOR = TLSFloor()
 class MjpegReader:
     """One connection to an MJPEG camera: ``next_part()`` gives its JPEG parts, sizes read, undecoded.
 
-    The HTTP exchange is the reader's own (a socket, HTTP/1.0, so no chunked body): the whole of ``open()`` has
-    one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending its head a byte at a
-    time holds the owner no longer than the open timeout. Credentials in the URL are sent only when the camera
-    asks (a 401 challenge): Digest when offered, Basic else (over https, or http when the camera's config sets
-    ``allow_basic_over_http``)."""
+    The HTTP exchange is the reader's own (a socket, HTTP/1.0; a body chunked all the same is undone): the
+    whole of ``open()`` has one deadline, and ``stop`` is checked at least every ``POLL_S``, so a camera sending
+    its head a byte at a time holds the owner no longer than the open timeout. Credentials in the URL are sent
+    only when the camera asks (a 401 challenge): Digest when offered, Basic else (over https, or http when the
+    camera's config sets ``allow_basic_over_http``)."""
 
     backend = "MJPEG"
 
@@ -110,9 +113,12 @@ class MjpegReader:
         self._sock: socket.socket | None = None
         self._decoder: MultipartDecoder | None = None
         self._early = b""  # body bytes that came with the response head
+        self._chunks: ChunkedDecoder | None = None  # a camera that chunks its stream (it should not, to HTTP/1.0)
+        self._scratch = bytearray(CHUNK)  # every read of the stream lands here first
+        self._view = memoryview(self._scratch)
         self._parts: list[Part] = []
         self.dropped = 0  # parts cut short, dropped rather than spliced
-        self.skipped = 0  # whole parts never handed over: a newer one had come by the time the reader drained
+        self.skipped = 0  # whole parts never handed over: a newer one came before, or nobody would take them
         self.auth_scheme: str | None = None  # what the camera asked for, when it did
         self._cut_in_a_row = 0
 
@@ -124,9 +130,8 @@ class MjpegReader:
     def open(self, stop: threading.Event | None = None) -> None:
         """Connect and read the response head: CameraUnavailable if unreachable or refused (its fix names what
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
-        split = split_at_userinfo(self.url)
-        if split is not None and re.search(r"[/?#]", split[1]):  # as CameraSource.parse: where the host begins
-            raise CameraSourceCredentials(self.shown)  # cannot be told (an unencoded / ? # in the password)
+        if credentials_unclear(self.url):  # as CameraSource.parse: an unencoded / ? # in the user or password
+            raise CameraSourceCredentials(self.shown)
         url = urllib.parse.urlsplit(self.url)
         try:
             port = url.port
@@ -225,8 +230,13 @@ class MjpegReader:
             boundary = boundary_of((headers.get("content-type") or [""])[0])
         except NotMultipart as exc:
             raise CameraNotMjpeg(self.shown, str(exc)) from None
-        if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
-            raise CameraNotMjpeg(self.shown, "the camera sends its stream chunked (Transfer-Encoding) to HTTP/1.0")
+        codings = [c.strip().lower() for v in headers.get("transfer-encoding", []) for c in v.split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if codings == ["chunked"]:  # not for HTTP/1.0, yet some cameras do (ESP-IDF's server): undone here
+            self._chunks = ChunkedDecoder()
+        elif codings:
+            raise CameraNotMjpeg(self.shown, f"the camera encodes its stream ({', '.join(codings)}; "
+                                 "Transfer-Encoding), so its parts cannot be read")
         self._decoder = MultipartDecoder(boundary, max_part_bytes=self.max_part_bytes)
 
     def _exchange(
@@ -348,25 +358,10 @@ class MjpegReader:
     def _connect(self, host: str, port: int, left) -> socket.socket:
         """A connected socket, the name looked up and each address tried within the open deadline, ``stop``
         looked at every ``POLL_S`` (``left()`` raises when either ends): a slow resolver or an address that
-        drops the SYN never holds the owner past them."""
-        found: dict[str, object] = {}
-        done = threading.Event()
-
-        def lookup() -> None:  # getaddrinfo cannot be interrupted: it runs apart, and is left to end alone
-            try:
-                found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                found["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=lookup, name="camera name lookup", daemon=True).start()
-        while not done.wait(left()):
-            pass
-        if "error" in found:
-            raise found["error"]  # type: ignore[misc]
+        drops the SYN never holds the owner past them, and the lookup ends with the open (:mod:`resolve`)."""
+        addresses = resolve.lookup(host, port, left)
         last: OSError = OSError(f"no address for {host}")
-        for family, kind, proto, _, address in found["addresses"]:  # type: ignore[attr-defined]
+        for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
             self._sock = sock  # closed by release() whatever happens here
             sock.setblocking(False)
@@ -381,67 +376,73 @@ class MjpegReader:
         raise last
 
     # ---------------------------------------------------------------- the parts
-    def next_part(self, stop: threading.Event | None = None) -> JpegPart | None:
+    def next_part(
+        self, stop: threading.Event | None = None, wanted: Callable[[], bool] | None = None
+    ) -> JpegPart | None:
         """The newest JPEG part with its size (not decoded); None when the stream ends, stalls past the timeout,
         or ``stop`` is set.
 
         Every byte already arrived is read before a part is handed over, so the part is the newest the camera
         sent, never one out of a backlog in the socket buffer (``skipped`` counts those passed over).
+        ``wanted()``, asked at every read, says whether a part would be taken: while it is False, parts with a
+        Content-Length are passed over as they come (``skipped``), their bytes read into one scratch buffer and
+        no further (no copy, no boundary scan, no JPEG header), and this call goes on reading; the first part
+        whose head comes once it is True again is kept. The socket is read without a timeout of its own: the
+        reader blocks in ``select`` only when nothing has arrived, at most ``POLL_S`` (to look at ``stop``).
         A part that is no JPEG raises NotJpeg (the caller counts them); a stream that breaks the codec's bounds,
         or whose parts are all cut short, raises a CameraFault.
         """
         assert self._sock is not None and self._decoder is not None
+        sock, decoder = self._sock, self._decoder
+        sock.settimeout(0)  # each read returns at once: what has arrived, or nothing
         if self._early:
             data, self._early = self._early, b""
+            decoder.keep = wanted is None or wanted()
             self._feed(data)
-        idle = 0.0
-        while not self._parts:
+        heard = time.monotonic()  # when the camera last sent a byte: quiet for read_timeout_s is a stall
+        drained = 0  # reads since a part was whole: bounded, so a camera sending without pause is handed over
+        while drained < DRAIN_READS_MAX and not self._ended():
             if stop is not None and stop.is_set():
                 return None
-            self._sock.settimeout(min(POLL_S, self.read_timeout_s))
             try:
-                data = self._sock.recv(CHUNK)
-            except TimeoutError:
-                idle += min(POLL_S, self.read_timeout_s)
-                if idle >= self.read_timeout_s:
+                count = sock.recv_into(self._scratch)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                if self._parts:
+                    break  # all that had arrived is read: the newest part goes
+                quiet = time.monotonic() - heard
+                if quiet >= self.read_timeout_s:
                     return None  # a stall: the stream is gone
+                wait = min(POLL_S, self.read_timeout_s - quiet)
+                writing = isinstance(exc, ssl.SSLWantWriteError)  # TLS has to answer first (a key update)
+                select.select([] if writing else [sock], [sock] if writing else [], [], wait)
                 continue
-            except OSError:
-                return None
-            if not data:
-                return None
-            idle = 0.0
-            self._feed(data)
-            self._drain()
+            except OSError:  # reset, or TLS closed: as the stream's end
+                break
+            if not count:
+                break  # the camera closed the stream: a part whole before that still goes, then None
+            heard = time.monotonic()
+            decoder.keep = wanted is None or wanted()
+            self._feed(self._view[:count])
+            drained += bool(self._parts)
+        if not self._parts:
+            return None
         part = self._parts.pop()
         width, height = jpeg_size(part.body)  # NotJpeg for a part that is not one
         return JpegPart(part.body, width, height)
 
-    def _drain(self) -> None:
-        """Read what has arrived already, without waiting (bounded: the codec keeps at most a part's bytes)."""
-        assert self._sock is not None
-        for _ in range(DRAIN_READS_MAX):
-            pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-            if not pending and not select.select([self._sock], [], [], 0)[0]:
-                return
-            self._sock.settimeout(0)
-            try:
-                data = self._sock.recv(CHUNK)
-            except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
-                return
-            except OSError:
-                return
-            if not data:
-                return
-            self._feed(data)
+    def _ended(self) -> bool:
+        """A chunked stream whose last chunk came has ended, as one whose connection closed."""
+        return self._chunks is not None and self._chunks.ended
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         assert self._decoder is not None
         try:
-            events = self._decoder.feed(data)
+            events = []
+            for piece in self._chunks.feed(data) if self._chunks is not None else [data]:
+                events += self._decoder.feed(piece)
         except PartTooLarge as exc:
             raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
-        except ConflictingLength as exc:
+        except (ConflictingLength, ChunkError) as exc:
             raise CameraStreamBroken(self.shown, str(exc)) from None
         except (NotMultipart, HeadersTooLarge) as exc:
             raise CameraNotMjpeg(self.shown, str(exc)) from None
@@ -449,6 +450,9 @@ class MjpegReader:
             if isinstance(event, Part):
                 self.skipped += len(self._parts)  # a newer part came before the older was handed over
                 self._parts[:] = [event]  # the newest only: the older are never decoded
+                self._cut_in_a_row = 0
+            elif isinstance(event, SkippedPart):  # passed over unread: nobody would have taken it
+                self.skipped += 1
                 self._cut_in_a_row = 0
             else:
                 self.dropped += 1
@@ -465,7 +469,7 @@ class MjpegReader:
 
     def release(self) -> None:
         self._close()
-        self._decoder = None
+        self._decoder = self._chunks = None
         self._early = b""
         self._parts.clear()
 
