@@ -38,11 +38,11 @@ def watchdog_interval_s() -> float | None:
     """Half the watchdog period systemd asked for, or None when there is none."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+    # ASCII digits only: str.isdigit() also admits "²" and other digits int() refuses.
+    if not usec or (pid and pid.isascii() and pid.isdigit() and int(pid) != os.getpid()):
         return None
-    try:
-        period = int(usec) / 1_000_000
-    except ValueError:
-        log.error("watchdog_usec_invalid", value=usec)
+    if not (usec.isascii() and usec.isdigit()):
+        log.error("watchdog_usec_invalid", value=usec[:32])
         return None
+    period = int(usec) / 1_000_000
     return period / 2 if period > 0 else None

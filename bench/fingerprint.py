@@ -150,7 +150,7 @@ def check_pairs(fingers: list[str] | np.ndarray, where: str) -> None:
 def calibration_folder(spec: str) -> tuple[Path, int]:
     """``DIR[:DPI]`` of --calibrate: the folder and its resolution (500 when not given)."""
     path, _, dpi_text = spec.partition(":")
-    if dpi_text and not dpi_text.isdigit():
+    if dpi_text and not (dpi_text.isascii() and dpi_text.isdigit()):
         raise BenchError(f"--calibrate {spec}: {dpi_text!r} is no resolution", "write DIR or DIR:DPI, e.g. DB2_B:569")
     dpi = int(dpi_text or 500)
     check_dpi(dpi, f"--calibrate {spec}")

@@ -42,6 +42,7 @@ REFUSED = {
     "fingerprint-data-one-finger": ("fingerprint", ["--data", "{one_finger}"], "no impostor pairs"),
     "fingerprint-dpi-0": ("fingerprint", ["--synthetic", "3", "--dpi", "0"], "dpi is no fingerprint sensor's"),
     "fingerprint-calibrate-dpi-not-a-number": ("fingerprint", ["--calibrate", "{tmp}:abc"], "no resolution"),
+    "fingerprint-calibrate-dpi-superscript": ("fingerprint", ["--calibrate", "{tmp}:5\u00b2"], "no resolution"),
     "fingerprint-synthetic-1": ("fingerprint", ["--synthetic", "1"], "impostor pairs need two fingers"),
     "fingerprint-synthetic-negative": ("fingerprint", ["--synthetic", "-3"], "impostor pairs need two fingers"),
     "fingerprint-gallery-0": ("fingerprint", ["--synthetic", "3", "--gallery", "0"], "--gallery 0 is below 1"),

@@ -19,6 +19,7 @@ from agent.errors import AgentError
 from agent.identity import IdentityStore
 from agent.keystore import load_kek
 from agent.outbox import Outbox
+from agent.sdnotify import watchdog_interval_s
 
 
 @pytest.fixture
@@ -301,3 +302,24 @@ def test_a_daemon_that_fails_to_start_closes_its_devices_and_says_why(
     assert "no-such-group-for-this-test" in done.stderr and "fix:" in done.stderr
     assert "Traceback" not in done.stderr and "FATAL" not in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "api.sock").exists()
+
+
+@pytest.mark.parametrize(
+    ("usec", "pid", "expected"),
+    [
+        ("200000", None, 0.1),
+        ("200000", "{own}", 0.1),
+        ("200000", "1", None),  # another process's watchdog
+        ("2\u00b2", None, None),  # "²" passes str.isdigit() but not int()
+        ("-5", None, None),
+        ("0", None, None),
+        ("200000", "\u00b9", 0.1),  # an unreadable pid names no other process
+    ],
+)
+def test_the_watchdog_period_is_read_from_ascii_digits_only(monkeypatch, usec, pid, expected) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid is None:
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "{own}" else pid)
+    assert watchdog_interval_s() == expected
