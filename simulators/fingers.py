@@ -43,8 +43,11 @@ the default for simulated readers) or "realistic" (FVC2002's spread of
 impressions, with its share of genuine pairs that fail, for population
 benchmarks).
 
-Minutiae follow :mod:`biometrics.fingerprint.types`: pixel coordinates with y
-down, angle in radians counter-clockwise as seen, an ending's direction pointing
+Ground-truth minutiae (:class:`TrueMinutiae`) have the fields and conventions
+of the extractor's (``biometrics.fingerprint.types.Minutiae``), so a test or a
+benchmark compares the two directly; the simulators import nothing of the
+algorithms they are there to test (DESIGN.md: drivers' public constants only).
+Pixel coordinates with y down, angle in radians counter-clockwise as seen, an ending's direction pointing
 into its ridge, a bifurcation's pointing into the valley between its branches.
 
 Everything is deterministic from the seeds. Masters are cached (``lru_cache``),
@@ -66,7 +69,6 @@ import cv2
 import numpy as np
 import structlog
 
-from biometrics.fingerprint.types import KIND_BIFURCATION, KIND_ENDING, Minutiae
 from simulators.errors import SimulatorError
 
 log = structlog.get_logger()
@@ -86,6 +88,27 @@ _PERIOD = (7.4, 10.2)  # pixels at 500 dpi, range of the per-finger mean ridge p
 _ITERATIONS = (16, 20)  # growth iterations per master
 _PAIRS = (25, 45)  # dislocation pairs (short ridges, interruptions, enclosures) per master
 _PAIR_LENGTH = (3.5, 7.5)  # periods
+
+KIND_ENDING = 1  # ISO/IEC 19794-2 minutia types, the extractor's codes
+KIND_BIFURCATION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TrueMinutiae:
+    """The minutiae a synthetic finger was grown with, as parallel arrays of equal length.
+
+    Ground truth for tests and benchmarks of the extractor: the same fields,
+    dtypes and conventions as its own minutiae, with every quality 100.
+    """
+
+    x: np.ndarray  # float32
+    y: np.ndarray  # float32
+    angle: np.ndarray  # float32, radians
+    kind: np.ndarray  # uint8: KIND_ENDING or KIND_BIFURCATION
+    quality: np.ndarray  # uint8
+
+    def __len__(self) -> int:
+        return len(self.x)
 
 
 # ---------------------------------------------------------------- small geometry helpers
@@ -381,7 +404,7 @@ def _local_direction(skeleton: np.ndarray, x: np.ndarray, y: np.ndarray, theta: 
     return np.where(energy > 1e-4, local, theta).astype(np.float64)
 
 
-def skeleton_minutiae(ridges: np.ndarray, inside: np.ndarray, theta: np.ndarray, period: float) -> Minutiae:
+def skeleton_minutiae(ridges: np.ndarray, inside: np.ndarray, theta: np.ndarray, period: float) -> TrueMinutiae:
     """Endings and bifurcations of a clean binary ridge map, within ``inside``."""
     skeleton = thin(ridges)
     cn = _CROSSING[_neighbour_code(skeleton)]
@@ -400,7 +423,7 @@ def skeleton_minutiae(ridges: np.ndarray, inside: np.ndarray, theta: np.ndarray,
     y = ys.astype(np.float64)
     t = _local_direction(skeleton, x, y, theta[ys, xs].astype(np.float64))
     angle = _direction_sign(ridges, x, y, t, kinds == KIND_ENDING)
-    return Minutiae(
+    return TrueMinutiae(
         x=x.astype(np.float32),
         y=y.astype(np.float32),
         angle=angle.astype(np.float32),
@@ -464,7 +487,7 @@ class Master:
     singular_points: SingularPoints
     ridges: np.ndarray  # uint8 0/1, master canvas
     finger_mask: np.ndarray  # uint8 0/1
-    minutiae: Minutiae
+    minutiae: TrueMinutiae
     mean_period: float
 
 
@@ -595,7 +618,7 @@ class Impression:
     """One synthetic capture: the image and its ground-truth minutiae."""
 
     image: np.ndarray  # uint8, (height, width)
-    minutiae: Minutiae
+    minutiae: TrueMinutiae
     dpi: int = DPI
     params: ImpressionParams = dataclasses.field(default_factory=ImpressionParams)
     warp: Warp | None = None
@@ -766,7 +789,7 @@ def make_impression(
     on_image = (ix >= 0) & (iy >= 0) & (ix < w) & (iy < h)
     keep = on_image.copy()
     keep[on_image] = contact[iy[on_image], ix[on_image]] > 0
-    minutiae = Minutiae(
+    minutiae = TrueMinutiae(
         x=px[keep].astype(np.float32),
         y=py[keep].astype(np.float32),
         angle=angle[keep].astype(np.float32),
@@ -805,7 +828,7 @@ class VirtualFinger:
         return _render_master(self.master)
 
     @property
-    def minutiae(self) -> Minutiae:
+    def minutiae(self) -> TrueMinutiae:
         """Ground-truth minutiae in master coordinates."""
         return self.master.minutiae
 
