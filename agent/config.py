@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import math
 import os
+import sys
 import tomllib
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from agent.errors import ConfigError
 from protocol.wire import NotBase64Error, b64decode_strict
@@ -25,6 +26,33 @@ from protocol.wire import NotBase64Error, b64decode_strict
 DEFAULT_CONFIG_PATH = Path("/etc/capture-agent/agent.toml")
 CONFIG_ENV = "CAPTURE_AGENT_CONFIG"
 DEFAULT_VERIFIER_PORT = 8443  # the protocol's port (DESIGN.md); a URL without a port means this one
+# A config is a page of keys; a file larger than this is a wrong path (a log, an image, /dev/zero)
+# and is refused before it is read whole or parsed.
+MAX_CONFIG_BYTES = 1 << 20
+# No key of ours nests deeper than [[device]] -> table -> value (3); 8 leaves room and stops a
+# hostile `x = [[[[...` long before the parser's or repr()'s recursion limit.
+MAX_CONFIG_DEPTH = 8
+# TOML integers are 64-bit signed (toml.io, "Integer"); larger ones are refused as TOML errors,
+# which also keeps them clear of float() overflow and of Python's 4300-digit str(int) limit.
+TOML_INT_MIN, TOML_INT_MAX = -(1 << 63), (1 << 63) - 1
+SHOWN_VALUE_CHARS = 120  # how much of a bad value an error repeats
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to :data:`SHOWN_VALUE_CHARS`: a 1 MiB string must not become the message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past str()'s 4300-digit limit (only from code: a file's ints are 64-bit)
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 1] + "…"
+
+
+def _split(url: str) -> SplitResult | None:
+    """``urlsplit(url)``, or None for a URL it rejects (``https://[``, a netloc broken by NFKC)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def _check(predicate: Callable[[Any], bool], fix: str) -> dict[str, Any]:
@@ -38,7 +66,9 @@ def _positive(value: float) -> bool:
 
 def _https_url(value: str) -> bool:
     refuse_user_info(value)  # before any message that would repeat the value with its password
-    parts = urlsplit(value)
+    parts = _split(value)
+    if parts is None:
+        return False
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
     except ValueError:
@@ -68,12 +98,19 @@ def refuse_user_info(url: str) -> None:
     Why: the verifier authenticates a device by its certificate (and provisioning by
     the one-time token), never by a password in the URL; one typed there anyway would
     be printed by every log line and by `doctor` that names the verifier. The error
-    itself must not repeat it, so the URL is shown with the user info cut out.
+    itself must not repeat it, so the URL is shown with the user info cut out (a URL
+    urlsplit rejects is judged on its text: ``https://user:pw@[`` is refused the same).
     """
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    parts = _split(url)
+    if parts is None:
+        authority = url.partition("://")[2].split("/", 1)[0]
+        if "@" not in authority:
+            return
+        shown = url.partition("://")[0] + "://***@" + authority.rpartition("@")[2]
+    elif "@" not in parts.netloc:
         return
-    shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    else:
+        shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
     raise ConfigError(
         f"bad value [verifier] url: {shown} has a user name or password before the host",
         fix="remove the `user:password@` part (the device authenticates with its certificate and the "
@@ -83,7 +120,9 @@ def refuse_user_info(url: str) -> None:
 
 def with_default_port(url: str) -> str:
     """``https://host`` -> ``https://host:8443``; a URL with a port (or not a URL) is unchanged."""
-    parts = urlsplit(url)
+    parts = _split(url)
+    if parts is None:
+        return url
     try:
         port = parts.port
     except ValueError:
@@ -318,7 +357,7 @@ def _as_dict(section: Any) -> dict[str, Any]:
 
 def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
     """Turn a TOML value into the field's type, or fail naming key, value and fix."""
-    where = f"[{section}] {key} = {value!r}"
+    where = f"[{section}] {key} = {_shown(value)}"
     origin = get_origin(hint)
     if origin is Literal:
         allowed = get_args(hint)
@@ -338,7 +377,10 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"bad value {where}", fix="use a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int past 1e308, from an override that skipped the file's 64-bit check
+            raise ConfigError(f"bad value {where}", fix="use a number below 1e308") from None
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"bad value {where}", fix="use a quoted string")
@@ -352,20 +394,20 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
 
 def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"[{section}] must be a table, got {raw!r}", fix=f"write it as a [{section}] section")
+        raise ConfigError(f"[{section}] must be a table, got {_shown(raw)}", fix=f"write it as a [{section}] section")
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(
-                f"unknown key [{section}] {key} = {value!r}",
+                f"unknown key [{section}] {key} = {_shown(value)}",
                 fix=f"remove it or correct its spelling; keys of [{section}]: {', '.join(known)}",
             )
         coerced = _coerce(section, key, value, hints[key])
         check = known[key].metadata.get("check")
         if check is not None and not check(coerced):
-            raise ConfigError(f"bad value [{section}] {key} = {value!r}", fix=known[key].metadata["fix"])
+            raise ConfigError(f"bad value [{section}] {key} = {_shown(value)}", fix=known[key].metadata["fix"])
         values[key] = coerced
     for name, f in known.items():
         if name not in values and f.default is MISSING and f.default_factory is MISSING:
@@ -393,6 +435,88 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConf
     return AgentConfig(**built, source=source)
 
 
+def _refuse_hostile_values(value: Any, source: str, where: str = "", depth: int = 0) -> None:
+    """Refuse what TOML lets through but no key of ours can take, before any check sees it.
+
+    Why here and not per key: a value nested hundreds deep, an integer of thousands of
+    digits or a NUL inside a string breaks the checks themselves (``repr`` recursion,
+    ``float()`` overflow, ``str(int)``'s digit limit, ``Path`` with a NUL); refused up
+    front, every later message can repeat the value safely.
+    """
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(
+            f"config file {source} nests tables or arrays more than {MAX_CONFIG_DEPTH} deep at {where or 'the top'}",
+            fix="no key of the agent takes nested values: write each value as a plain number, string or boolean",
+        )
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ConfigError(f"config file {source} has a NUL character in a key name",
+                                  fix="remove the \\u0000 escape from the key")
+            _refuse_hostile_values(item, source, f"{where}.{key}" if where else key, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_hostile_values(item, source, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, str) and "\x00" in value:
+        raise ConfigError(f"config file {source} has a NUL character in the value of {where}",
+                          fix="remove the \\u0000 escape (no path, name or URL contains NUL)")
+    elif isinstance(value, int) and not isinstance(value, bool) and not TOML_INT_MIN <= value <= TOML_INT_MAX:
+        raise ConfigError(
+            f"config file {source} has an integer beyond TOML's 64 bits at {where}",
+            fix=f"use a number from {TOML_INT_MIN} to {TOML_INT_MAX} "
+            "(each key's own range: README, 'Configuration')",
+        )
+
+
+def config_from_bytes(data: bytes, source: str) -> AgentConfig:
+    """Decode, parse and check config bytes: the one door every config file comes through.
+
+    Why one door: every way a file can be wrong (not UTF-8, NUL bytes, broken TOML, a
+    value no parser limit survives) must end as a :class:`ConfigError` naming the fix,
+    never a traceback of tomllib, urllib or int() on a kiosk's every start.
+    """
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {source} is larger than {MAX_CONFIG_BYTES} bytes (1 MiB)",
+            fix="point the agent at its agent.toml (a config is a page of keys; this is another file)",
+        )
+    try:
+        # TOML is UTF-8 by definition; a byte-order mark (Notepad's "UTF-8 with BOM") is still UTF-8.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # A Latin-1 comment ("café") or a file saved as UTF-16 must not be a traceback on every command.
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {source} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
+            fix="save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`, or your editor's \"UTF-8\" encoding)",
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ConfigError(
+            f"config file {source} has a NUL character on line {line}",
+            fix="remove the NUL bytes (`tr -d '\\000'`); "
+            "a file that is mostly NULs was cut by a power loss: restore it",
+        )
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {source} is not valid TOML: {exc}", fix="correct the syntax at that line"
+        ) from None
+    except ValueError:  # int() past Python's 4300-digit limit (sys.get_int_max_str_digits), raised unwrapped
+        raise ConfigError(
+            f"config file {source} has an integer of more than {sys.get_int_max_str_digits()} digits",
+            fix=f"TOML integers are 64-bit: use a number from {TOML_INT_MIN} to {TOML_INT_MAX}",
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"config file {source} nests inline tables or arrays too deep to parse",
+            fix="no key of the agent takes nested values: write each value as a plain number, string or boolean",
+        ) from None
+    _refuse_hostile_values(parsed, source)
+    return parse_config(parsed, source=source)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
     """Load the config file: the given path, else $CAPTURE_AGENT_CONFIG, else /etc.
 
@@ -404,7 +528,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
         return AgentConfig()
     file = Path(explicit) if explicit is not None else DEFAULT_CONFIG_PATH
     try:
-        raw = file.read_bytes()
+        with file.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)  # one byte over the cap is enough to refuse
     except FileNotFoundError:
         raise ConfigError(
             f"config file {file} does not exist",
@@ -415,20 +540,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
             f"config file {file} cannot be read: {exc.strerror}",
             fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
         ) from None
-    try:
-        # TOML is UTF-8 by definition; a byte-order mark (Notepad's "UTF-8 with BOM") is still UTF-8.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # A Latin-1 comment ("café") or a file saved as UTF-16 must not be a traceback on every command.
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"config file {file} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})",
-            fix="save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`, or your editor's \"UTF-8\" encoding)",
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"config file {file} is not valid TOML: {exc}", fix="correct the syntax at that line"
-        ) from None
-    return parse_config(data, source=str(file))
+    return config_from_bytes(raw, str(file))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from agent.config import AgentConfig, load_config, parse_config
+from agent.config import MAX_CONFIG_BYTES, AgentConfig, config_from_bytes, load_config, parse_config
 from agent.errors import ConfigError
 
 
@@ -122,3 +124,99 @@ def test_user_info_in_the_verifier_url_is_refused_without_repeating_it(tmp_path:
     with pytest.raises(ConfigError) as override:
         AgentConfig().with_overrides(verifier={"url": url})
     assert "s3cret" not in str(override.value)
+
+
+# -- hostile files (a fuzzing audit): each one a ConfigError naming the fix, never a raw exception
+
+HOSTILE_CONFIGS = {
+    # urlsplit raises ValueError on an unclosed IPv6 bracket; a broken NFKC netloc likewise
+    "unclosed bracket": (b'[verifier]\nurl = "https://["\n', "bad value [verifier] url = 'https://['"),
+    "unclosed ipv6": (b'[verifier]\nurl = "https://[::1:8443"\n', "bad value [verifier] url"),
+    "nfkc netloc": ('[verifier]\nurl = "https://a\u2100b.example"\n'.encode(), "bad value [verifier] url"),
+    "port not a number": (b'[verifier]\nurl = "https://h:x"\n', "bad value [verifier] url"),
+    "port out of range": (b'[verifier]\nurl = "https://h:99999"\n', "bad value [verifier] url"),
+    # int() refuses more than 4300 decimal digits with a plain ValueError out of tomllib
+    "4301 digits": (b"[network]\nretries = " + b"1" * 4301 + b"\n", "more than 4300 digits"),
+    # hex has no digit limit: the int is built, then repr() in a message would raise
+    "hex beyond 64 bits": (b"[network]\nretries = 0x" + b"f" * 5000 + b"\n", "beyond TOML's 64 bits"),
+    # float(int) raises OverflowError past 1e308
+    "huge int for a float key": (b"[network]\nkeepalive_s = 1" + b"0" * 400 + b"\n", "beyond TOML's 64 bits"),
+    "deep arrays": (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "too deep to parse"),
+    "deep inline tables": (b"x = " + b"{a=" * 5000 + b"1" + b"}" * 5000 + b"\n", "too deep to parse"),
+    "nested within the parser's reach": (b"[network]\nretries = " + b"[" * 20 + b"]" * 20 + b"\n",
+                                         "more than 8 deep"),
+    "NUL byte": (b'[agent]\nstate_dir = "/srv"\x00\n', "NUL character on line 2"),
+    "NUL escape in a path": (b'[api]\nsocket = "/run/a\\u0000b"\n', "NUL character in the value of api.socket"),
+    "NUL escape in a key": (b'[network]\n"a\\u0000" = 1\n', "NUL character in a key name"),
+    "too large": (b"#" * (MAX_CONFIG_BYTES + 1), "larger than 1048576 bytes"),
+    "password in a URL urlsplit rejects": (b'[verifier]\nurl = "https://u:s3cret@["\n', "user name or password"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
+def test_hostile_config_bytes_are_config_errors_naming_the_fix(name: str) -> None:
+    data, needle = HOSTILE_CONFIGS[name]
+    with pytest.raises(ConfigError) as info:
+        config_from_bytes(data, "agent.toml")
+    assert needle in info.value.message
+    assert info.value.fix
+    assert "s3cret" not in str(info.value)
+    assert len(str(info.value)) < 600, "a message must not repeat a huge value whole"
+
+
+def test_load_config_refuses_a_file_over_the_cap_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b"# " + b"x" * (MAX_CONFIG_BYTES * 3) + b"\n")
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes") as info:
+        load_config(path)
+    assert "agent.toml" in info.value.fix
+
+
+def test_config_exactly_at_the_cap_loads() -> None:
+    text = b'[agent]\nstate_dir = "/srv/agent"\n'
+    data = text + b"#" * (MAX_CONFIG_BYTES - len(text))
+    assert config_from_bytes(data, "agent.toml").agent.state_dir == Path("/srv/agent")
+
+
+def test_override_with_a_huge_int_for_a_float_key_is_a_config_error() -> None:
+    # the file path stops these at 64 bits; a caller of with_overrides must get the same refusal
+    for value in (10**400, 1 << 20000):
+        with pytest.raises(ConfigError, match="keepalive_s") as info:
+            AgentConfig().with_overrides(network={"keepalive_s": value})
+        assert "1e308" in info.value.fix
+
+
+_KEYS = st.sampled_from(["url", "retries", "keepalive_s", "state_dir", "socket", "kind", "source", "baud",
+                         "spki_pin", "backend", "at_fraction", "x", '"a b"'])
+_SECTIONS = st.sampled_from(["[agent]", "[verifier]", "[network]", "[keyring]", "[renewal]", "[audit]",
+                             "[reader]", "[[device]]", "[api]", "[logging]", "[x]", "[network.y]"])
+_VALUES = st.one_of(
+    st.integers().map(str),
+    st.integers(min_value=4290, max_value=4310).map(lambda n: "9" * n),
+    st.integers(min_value=0, max_value=600).map(lambda n: "0x" + "f" * n),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).lower()),
+    st.sampled_from(["nan", "-inf", "true", "1979-05-27", "1979-02-30", "{}", "[]", '"\\u0000"',
+                     '"https://["', '"https://h:x"', '"https://u:p@[::1"', '"https://a\u2100b"', '"zfm"',
+                     '"camera"', '"/dev/ttyUSB0"', '"https://h"']),
+    st.integers(min_value=1, max_value=1200).map(lambda n: "[" * n + "]" * n),
+    st.integers(min_value=1, max_value=1200).map(lambda n: "{a=" * n + "1" + "}" * n),
+    st.text(max_size=20).map(lambda t: '"' + t.replace("\\", "").replace('"', "") + '"'),
+)
+_TOMLISH = st.lists(st.one_of(_SECTIONS, st.tuples(_KEYS, _VALUES).map(" = ".join), st.text(max_size=30)),
+                    max_size=12).map("\n".join)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(st.binary(max_size=400), _TOMLISH.map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@example(b'[verifier]\nurl = "https://["\n')
+@example(b"[network]\nkeepalive_s = " + b"9" * 4301 + b"\n")
+@example(b"x = " + b"[" * 3000 + b"]" * 3000)
+def test_config_from_arbitrary_bytes_is_a_config_or_a_config_error(data: bytes) -> None:
+    """Whatever the bytes, only a config or a ConfigError comes out (invariant 6)."""
+    try:
+        config = config_from_bytes(data, "fuzz.toml")
+    except ConfigError as exc:
+        assert exc.fix, f"a ConfigError without a fix: {exc.message}"
+        str(exc)  # printing it must not raise either
+    else:
+        assert isinstance(config, AgentConfig)
