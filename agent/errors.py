@@ -202,3 +202,15 @@ def problem_error_class(slug: str) -> type[VerifierError]:
 
 class TransportError(AgentError):
     """The verifier could not be reached, or the connection broke and retries ran out."""
+
+
+class LocalAPIError(AgentError):
+    """A kiosk app's request to the local API is refused: ``status`` is the HTTP status it is answered with.
+
+    Answered as JSON ``{"error": message, "fix": fix}`` (``fix`` when there is one): the kiosk app's
+    developer reads the fix, the person at the kiosk never does.
+    """
+
+    def __init__(self, status: int, message: str, fix: str = "") -> None:
+        super().__init__(message, fix)
+        self.status = status

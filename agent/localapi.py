@@ -35,6 +35,14 @@ head is at most ``MAX_HEAD`` bytes (else 431), the body ``MAX_BODY`` (else 413),
 an unparsable request is a 400, and past ``max_connections`` open connections a
 new one is answered 503 at once. Each refusal is a short JSON ``{"error": ...}``;
 floods are logged once per episode, not once per connection.
+
+A request body is read strictly (:func:`parse_request_json`): UTF-8 only, at most
+``MAX_JSON_DEPTH`` nested, no duplicate keys, no NaN or Infinity, no lone surrogate,
+an object at the top; each refusal a 400 ``{"error": ..., "fix": ...}``. Whatever a
+route raises that is not a refusal becomes a 500 with a JSON body and one log
+event, ``local_api_request_failed``, naming the exception's type and where it was
+raised, never the request's body: a kiosk app never sees a dropped connection or
+a traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import contextlib
 import grp
 import inspect
 import json
+import math
 import os
 import pwd
 import secrets
@@ -59,7 +68,7 @@ from typing import Any
 import h11
 import structlog
 
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
 from protocol.face_template import FACTORS, FINGER
 
@@ -79,6 +88,13 @@ OPERATIONS = ("enroll", "verify", "identify")
 MODALITIES = FACTORS  # "finger" (the default) or "face"
 MAX_CAPTURES = 10
 MAX_FINGERS = 4
+# No request of this API nests (a session request is one flat object); 8 leaves room and keeps a 64 KiB body of
+# brackets from the parser's recursion (a RecursionError, not a ValueError, escaped the 400 path).
+MAX_JSON_DEPTH = 8
+JSON_FIX = ('send one UTF-8 JSON object, e.g. {"operation": "verify", "subject": "ana"}: each key once, '
+            f"numbers finite, nesting at most {MAX_JSON_DEPTH} deep")
+
+ApiError = LocalAPIError  # the name the routes (and callers of _start_session) use
 
 
 def _whole(value: Any, low: int, high: int) -> bool:
@@ -400,6 +416,9 @@ class LocalAPI:
                 await self._json(conn, writer, refusal.status, {"error": refusal.message})
         except (h11.ProtocolError, ConnectionError, TimeoutError):
             pass
+        except Exception as exc:  # reading the request failed in a way h11 did not type
+            with contextlib.suppress(ConnectionError, TimeoutError, h11.ProtocolError):
+                await self._failed(conn, writer, "", [], exc)
         finally:
             self._connections.pop(writer, None)
             writer.close()
@@ -456,11 +475,7 @@ class LocalAPI:
                     extra = await extra
                 await self._json(conn, writer, 200, {"status": "ok", "busy": self._busy(), **extra})
             elif method == "POST" and parts == ["sessions"]:
-                try:
-                    payload = json.loads(body or b"{}")
-                except ValueError:
-                    raise ApiError(400, "the body must be JSON") from None
-                running = self._start_session(payload if isinstance(payload, dict) else {})
+                running = self._start_session(parse_request_json(body or b"{}"))
                 await self._json(conn, writer, 201, {"id": running.id, "events": f"/sessions/{running.id}/events"})
             elif len(parts) == 3 and parts[0] == "sessions" and parts[2] == "events" and method == "GET":
                 await self._stream(conn, reader, writer, self._session(parts[1]))
@@ -470,7 +485,31 @@ class LocalAPI:
             else:
                 raise ApiError(404, f"no route {method} {path}")
         except ApiError as exc:
-            await self._json(conn, writer, exc.status, {"error": exc.message})
+            await self._json(conn, writer, exc.status, {"error": exc.message, **({"fix": exc.fix} if exc.fix else {})})
+        except (h11.ProtocolError, ConnectionError, TimeoutError):
+            raise  # the client went, or broke HTTP: nobody to answer
+        except Exception as exc:  # a bug or a broken part must be a 500, never a dropped connection
+            await self._failed(conn, writer, method, parts, exc)
+
+    async def _failed(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, method: str, parts: list[str], exc: Exception
+    ) -> None:
+        """Log a route's unexpected exception (its type and place, never its text: that may quote the body) and
+        answer 500 with a JSON body when no answer has begun; after a stream began, only end the connection."""
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = f"{Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}" if frame is not None else ""
+        # The route as a pattern: a session id is the kiosk app's, but anything else in the path could be anything.
+        route = "/".join("{id}" if i == 1 and parts[0] == "sessions" else p for i, p in enumerate(parts[:3]))
+        log.error("local_api_request_failed", method=method[:16], route="/" + route, error_type=type(exc).__name__,
+                  raised_at=where)
+        if conn.our_state is h11.SEND_RESPONSE:
+            await self._json(conn, writer, 500, {
+                "error": f"the agent failed on this request ({type(exc).__name__})",
+                "fix": "retry; if it fails again, send the agent's log (event local_api_request_failed) to its "
+                       "maintainers",
+            })
 
     def _session(self, session_id: str) -> RunningSession:
         try:
@@ -535,6 +574,93 @@ async def _until_closed(reader: asyncio.StreamReader) -> None:
             pass
 
 
+def _json_depth_over(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit``: measured before parsing, so that no depth of
+    nesting ever reaches the parser's recursion."""
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ApiError(400, f"the body has {name}, which is not a JSON number", fix=JSON_FIX)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: JSON allows the text, Python makes it inf
+        raise ApiError(400, f"the body has a number too large to be finite ({text[:24]})", fix=JSON_FIX)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise ApiError(400, f"the body has the key {json.dumps(twice)[:64]} more than once", fix=JSON_FIX)
+    return dict(pairs)
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """A ``\\ud800`` escape parses to a str no UTF-8 encoder takes: it would fail later, deep in a session."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_lone_surrogates(key)
+            _refuse_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_lone_surrogates(item)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "the body has a string with a lone surrogate escape (\\ud800 to \\udfff)",
+                           fix=JSON_FIX) from None
+
+
+def parse_request_json(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, read strictly; anything else is a 400 :class:`ApiError` naming the fix.
+
+    Why strict: ``json.loads`` guesses UTF-16 and UTF-32 from the bytes, keeps the last of duplicate keys (two
+    readers of one body could disagree on the operation), accepts NaN and Infinity (and makes 1e999 infinite),
+    and recurses once per bracket; the kiosk app's developer should hear of each at once, not as an odd session.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})",
+                       fix="encode the JSON body as UTF-8 (RFC 8259), without a byte-order mark") from None
+    if _json_depth_over(text, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the body nests arrays or objects more than {MAX_JSON_DEPTH} deep", fix=JSON_FIX)
+    try:
+        payload = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant,
+                             parse_float=_finite_float)
+    except ApiError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, or int() past its 4300-digit limit
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number too long"
+        raise ApiError(400, f"the body is not JSON ({reason})", fix=JSON_FIX) from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(payload).__name__}", fix=JSON_FIX)
+    _refuse_lone_surrogates(payload)
+    return payload
+
+
 def _sse(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
@@ -562,10 +688,3 @@ def outcome_of(result: dict[str, Any]) -> str:
     if "candidates" in result:
         return "identified" if result["candidates"] else "no_candidate"
     return "enrolled"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message

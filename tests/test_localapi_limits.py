@@ -135,6 +135,104 @@ def test_malformed_and_oversized_requests_get_a_status_and_a_json_error(tmp_path
     assert header == 431 and "headers" in header_error["error"]
 
 
+def post_sessions(body: bytes) -> bytes:
+    return b"POST /sessions HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+# Bodies a fuzzing audit sent, and what each answer's "error" must say. Before: a RecursionError (a dropped
+# connection and a traceback in the daemon's log), UTF-16 guessed and accepted, the last duplicate key silently
+# kept, NaN / Infinity / 1e999 taken as numbers, a lone surrogate accepted until it failed deep in a session.
+HOSTILE_BODIES = {
+    "brackets nested to the body cap": (b"[" * 30_000 + b"]" * 30_000, "more than 8 deep"),
+    "objects nested 9 deep": (b'{"a":' * 9 + b"1" + b"}" * 9, "more than 8 deep"),
+    "duplicate key": (b'{"operation": "verify", "operation": "enroll", "subject": "ana"}',
+                      'the key "operation" more than once'),
+    "NaN": (b'{"operation": "identify", "captures": NaN}', "NaN, which is not a JSON number"),
+    "Infinity": (b'{"operation": "identify", "captures": Infinity}', "Infinity, which is not"),
+    "-Infinity": (b'{"operation": "identify", "captures": -Infinity}', "-Infinity, which is not"),
+    "1e999": (b'{"operation": "identify", "captures": 1e999}', "too large to be finite"),
+    "UTF-16": ('{"operation": "identify"}'.encode("utf-16"), "not UTF-8"),
+    "UTF-32": ('{"operation": "identify"}'.encode("utf-32-be"), "is not JSON"),
+    "Latin-1": (b'{"operation": "verify", "subject": "Jos\xe9"}', "not UTF-8 (byte 0xe9 at offset 39)"),
+    "byte-order mark": (b'\xef\xbb\xbf{"operation": "identify"}', "is not JSON"),
+    "5000 digits": (b'{"operation": "enroll", "subject": "a", "captures": ' + b"9" * 5000 + b"}", "is not JSON"),
+    "lone surrogate": (b'{"operation": "verify", "subject": "\\ud800"}', "lone surrogate"),
+    "a list": (b'[{"operation": "identify"}]', "must be a JSON object, not list"),
+    "a string": (b'"identify"', "must be a JSON object, not str"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+def test_request_json_is_read_strictly_a_400_naming_the_fix(tmp_path, name: str) -> None:
+    body, needle = HOSTILE_BODIES[name]
+    socket_path = tmp_path / "api.sock"
+
+    async def go() -> tuple[int, dict]:
+        api = health_only(socket_path)
+        await api.start()
+        try:
+            return answer(await exchange(socket_path, post_sessions(body)))
+        finally:
+            await api.stop()
+
+    status, error = asyncio.run(go())
+    assert status == 400, error
+    assert needle in error["error"], error
+    assert "UTF-8" in error["fix"], "every refusal of the body names the fix"
+
+
+def test_nesting_up_to_the_depth_limit_is_read(tmp_path) -> None:
+    """8 deep reaches the routes (refused there for its operation, not by the parser): the limit is not lower."""
+    from agent.localapi import MAX_JSON_DEPTH
+
+    assert MAX_JSON_DEPTH == 8
+    socket_path = tmp_path / "api.sock"
+    body = b'{"operation": "dance", "x": ' + b"[" * 7 + b"1" + b"]" * 7 + b"}"
+
+    async def go() -> tuple[int, dict]:
+        api = health_only(socket_path)
+        await api.start()
+        try:
+            return answer(await exchange(socket_path, post_sessions(body)))
+        finally:
+            await api.stop()
+
+    status, error = asyncio.run(go())
+    assert status == 400 and "operation must be one of" in error["error"], error
+
+
+def test_a_route_that_fails_is_a_500_with_json_and_one_log_event_without_the_body(tmp_path) -> None:
+    socket_path = tmp_path / "api.sock"
+
+    def broken_health() -> dict:
+        raise RuntimeError("s3cret-in-the-exception")
+
+    def broken_session(emit, **kw):
+        raise KeyError("s3cret-subject")  # e.g. a part that quotes what it was given
+
+    async def go() -> tuple[tuple[int, dict], tuple[int, dict], tuple[int, dict], list[dict]]:
+        api = LocalAPI(socket_path, broken_session, health=broken_health)
+        await api.start()
+        try:
+            with capture_logs() as logs:
+                health = answer(await exchange(socket_path, b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n"))
+                session = answer(await exchange(socket_path, post_sessions(
+                    b'{"operation": "verify", "subject": "s3cret-subject"}')))
+            after = answer(await exchange(socket_path, post_sessions(b'{"operation": "nothing"}')))
+        finally:
+            await api.stop()
+        return health, session, after, logs
+
+    (health_status, health), (session_status, session), (after_status, _), logs = asyncio.run(go())
+    assert health_status == 500 and "RuntimeError" in health["error"] and "local_api_request_failed" in health["fix"]
+    assert session_status == 500 and "KeyError" in session["error"]
+    assert after_status == 400, "the API still serves after a route failed"
+    failed = [e for e in logs if e["event"] == "local_api_request_failed"]
+    assert [(e["route"], e["error_type"]) for e in failed] == [("/health", "RuntimeError"), ("/sessions", "KeyError")]
+    assert all(e["raised_at"].startswith("test_localapi_limits.py:") for e in failed)
+    assert "s3cret" not in repr(logs) and "s3cret" not in repr((health, session))
+
+
 # ---------------------------------------------------------------- idle connections
 
 

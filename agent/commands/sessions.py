@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         with httpx.Client(transport=transport, base_url="http://agent", timeout=timeout) as api:
             created = api.post("/sessions", json=request)
             if created.status_code != 201:
-                print(f"error: {created.json().get('error')}", file=sys.stderr)
+                refusal = created.json()
+                print(f"error: {refusal.get('error')}", file=sys.stderr)
+                if refusal.get("fix"):
+                    print(f"fix: {refusal['fix']}", file=sys.stderr)
                 return 2
             outcome = 2
             with api.stream("GET", created.json()["events"]) as stream:
