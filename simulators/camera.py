@@ -39,6 +39,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".tif", ".tiff"}
 # The smallest frame: as wide as the frame-number bar code, and tall enough for a face the detector finds.
 MIN_WIDTH, MIN_HEIGHT = CODE_BITS * CODE_CELL, 32
 MAX_FPS = 120.0  # the fastest real cameras; a rate is what paces the stream, so it must be a real one
+MIN_FPS = 0.1  # a frame every 10 s: slower leaves a reader's read timeout waiting on a live camera
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -53,10 +54,10 @@ def check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def check_fps(fps: float) -> float:
-    """A frame rate that paces a stream: above 0 and at most :data:`MAX_FPS` (0 would divide, NaN never wait)."""
-    if not (isinstance(fps, int | float) and math.isfinite(fps) and 0 < fps <= MAX_FPS):
+    """A frame rate that paces a stream: :data:`MIN_FPS` to :data:`MAX_FPS` (0 would divide, NaN never wait)."""
+    if isinstance(fps, bool) or not (isinstance(fps, int | float) and math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
         raise SimulatorError(
-            f"{fps!r} frames a second is no camera's rate", f"give a number above 0 and at most {MAX_FPS:g}, e.g. 15"
+            f"{fps!r} frames a second is no camera's rate", f"give a number from {MIN_FPS:g} to {MAX_FPS:g}, e.g. 15"
         )
     return float(fps)
 
