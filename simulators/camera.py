@@ -30,6 +30,7 @@ import numpy as np
 
 from drivers.camera.camera import MAX_SIDE
 from simulators.errors import SimulatorError
+from simulators.images import read_image, shown
 
 BOUNDARY = "frame"
 CODE_BITS = 20  # frame numbers in the bar code (wraps after 1 M frames)
@@ -80,9 +81,7 @@ def read_stamp(frame: np.ndarray) -> int:
 
 
 def _load(path: Path, size: tuple[int, int]) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SimulatorError(f"{path} is not an image OpenCV can read", "replace it with a JPEG or PNG, or remove it")
+    image = read_image(path, color=True, fix="replace it with a JPEG or PNG, or remove it from the folder")
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
@@ -140,12 +139,13 @@ class SimulatedCamera:
             self._frames = frames
 
     def show_folder(self, folder: Path) -> int:
+        name = shown(folder)
         if not Path(folder).is_dir():
-            raise SimulatorError(f"{folder} is not a folder", "give a folder of images (JPEG, PNG, PGM, BMP, TIFF)")
+            raise SimulatorError(f"{name} is not a folder", "give a folder of images (JPEG, PNG, PGM, BMP, TIFF)")
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise SimulatorError(
-                f"no images in {folder}", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another"
+                f"no images in {name}", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another"
             )
         self._set([_load(p, self.size) for p in paths])
         return len(paths)

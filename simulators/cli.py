@@ -233,12 +233,9 @@ def camera_command(camera, line: str) -> dict[str, object] | None:
         if command == "show":
             camera.show_folder(Path(rest))
         else:
-            import cv2
+            from simulators.images import read_image
 
-            image = cv2.imread(rest, cv2.IMREAD_COLOR)
-            if image is None:
-                raise SimulatorError(f"{rest} is not an image OpenCV can read", "give a JPEG or PNG file")
-            camera.show(image)
+            camera.show(read_image(Path(rest), color=True, fix="give a JPEG or PNG file"))
     elif command in ("nothing", "dark", "glare", "unplug", "replug"):
         if rest:
             raise SimulatorError(f"{command} takes nothing after it", f"write {command} alone")
