@@ -30,6 +30,7 @@ import numpy as np
 
 from drivers.camera.camera import MAX_SIDE
 from simulators.errors import SimulatorError
+from simulators.images import read_image, shown
 
 BOUNDARY = "frame"
 CODE_BITS = 20  # frame numbers in the bar code (wraps after 1 M frames)
@@ -39,6 +40,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".tif", ".tiff"}
 # The smallest frame: as wide as the frame-number bar code, and tall enough for a face the detector finds.
 MIN_WIDTH, MIN_HEIGHT = CODE_BITS * CODE_CELL, 32
 MAX_FPS = 120.0  # the fastest real cameras; a rate is what paces the stream, so it must be a real one
+MIN_FPS = 0.1  # a frame every 10 s: slower leaves a reader's read timeout waiting on a live camera
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -53,10 +55,10 @@ def check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def check_fps(fps: float) -> float:
-    """A frame rate that paces a stream: above 0 and at most :data:`MAX_FPS` (0 would divide, NaN never wait)."""
-    if not (isinstance(fps, int | float) and math.isfinite(fps) and 0 < fps <= MAX_FPS):
+    """A frame rate that paces a stream: :data:`MIN_FPS` to :data:`MAX_FPS` (0 would divide, NaN never wait)."""
+    if isinstance(fps, bool) or not (isinstance(fps, int | float) and math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
         raise SimulatorError(
-            f"{fps!r} frames a second is no camera's rate", f"give a number above 0 and at most {MAX_FPS:g}, e.g. 15"
+            f"{fps!r} frames a second is no camera's rate", f"give a number from {MIN_FPS:g} to {MAX_FPS:g}, e.g. 15"
         )
     return float(fps)
 
@@ -79,9 +81,7 @@ def read_stamp(frame: np.ndarray) -> int:
 
 
 def _load(path: Path, size: tuple[int, int]) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SimulatorError(f"{path} is not an image OpenCV can read", "replace it with a JPEG or PNG, or remove it")
+    image = read_image(path, color=True, fix="replace it with a JPEG or PNG, or remove it from the folder")
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
@@ -139,12 +139,13 @@ class SimulatedCamera:
             self._frames = frames
 
     def show_folder(self, folder: Path) -> int:
+        name = shown(folder)
         if not Path(folder).is_dir():
-            raise SimulatorError(f"{folder} is not a folder", "give a folder of images (JPEG, PNG, PGM, BMP, TIFF)")
+            raise SimulatorError(f"{name} is not a folder", "give a folder of images (JPEG, PNG, PGM, BMP, TIFF)")
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise SimulatorError(
-                f"no images in {folder}", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another"
+                f"no images in {name}", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another"
             )
         self._set([_load(p, self.size) for p in paths])
         return len(paths)

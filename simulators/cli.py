@@ -9,7 +9,9 @@ at the sensor by writing lines to standard input:
     lift                          take it off
     pace on | off                 send at the real line speed, or instantly
     unplug | replug               pull the module out, plug it back (a plugged one: nothing)
-    list [COUNT]                  print the fingers there are, one JSON line each, on stdout
+    list [COUNT]                  print the fingers there are, one JSON line each, on stdout (1-1000)
+
+Finger, impression and count are ASCII digits, at most 9 of them.
 
 People and fingers: the simulator knows fingers, not people. Every finger
 number is a different finger (with --images: the F of F_I.tif); its
@@ -25,14 +27,15 @@ the printed URL) and reads these lines:
 
     show DIR | still FILE         images of a folder in turn, or one image
     nothing | dark | glare        an empty scene, the scene darkened, the scene in glare
-    fps N                         frames a second
+    fps N                         frames a second, 0.1 to 120
     unplug | replug               drop every stream and close the port, listen again
 
 and answers each on stdout ({"event": COMMAND, "url": ..., "plugged": ...}).
 
 A script line it cannot do is answered on stderr with one JSON line
 ({"event": "bad_place" | "bad_command" | "unknown_command", "line": ..., "error": ...})
-and the simulator keeps serving. A bad option is one line on stderr,
+and the simulator keeps serving (standard input is read as bytes: one that is
+not UTF-8 makes a bad line, never the end of the script). A bad option is one line on stderr,
 `capture-simulator: error: ... (fix: ...)`, exit 2. SIGTERM or Ctrl-C close
 the port (the pty and its --link, or the camera's socket) and exit 0; before
 it serves (listing fingers, making the first one), exit 130.
@@ -42,39 +45,113 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
 
 from drivers.zfm.constants import PROFILES
-from simulators.errors import SimulatorError
+from simulators.errors import SimulatorError, UnknownCommand
+
+MAX_DIGITS = 9  # a finger, impression or count: more digits are no rig's number (2**64 aliased finger 0)
+MAX_LIST_COUNT = 1000  # synthetic fingers take about a second each: a longer list is no rig's
+MAX_LINE_BYTES = 64 * 1024  # a script line longer than this is refused, not held
+_DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")  # ASCII only: str.isdigit() and int() take '²' and '٣'
+_NEGATIVE = re.compile(r"-[0-9]+")
+_RATE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")  # fps: plain decimals, no nan/inf/1e9/_
+MODULE_COMMANDS = "place FINGER [IMPRESSION], lift, pace on|off, unplug, replug, list [COUNT]"
+CAMERA_COMMANDS = "show DIR, still FILE, nothing, dark, glare, fps N, unplug, replug"
 
 
 def _number(text: str, what: str) -> int:
-    """A finger, impression or count as a rig writes it: a whole number from 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise SimulatorError(f"{what} {text!r} is not a number", f"give {what} as a whole number from 0") from None
-    if value < 0:
-        raise SimulatorError(f"{what} {value} is negative", f"give {what} as a whole number from 0")
-    return value
+    """A finger, impression or count as a rig writes it: ASCII digits, at most :data:`MAX_DIGITS` of them.
+
+    ``int()`` alone takes '٣', '1_0' and ' 7 ', and any size: the synthetic generator seeds from the
+    number's low 64 bits, so finger 2**64 would silently be finger 0, another person's.
+    """
+    if _NEGATIVE.fullmatch(text):
+        raise SimulatorError(f"{what} {text} is negative", f"give {what} as a whole number from 0")
+    if not _DIGITS.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise SimulatorError(
+            f"{what} {shown!r} is not a number of at most {MAX_DIGITS} ASCII digits",
+            f"give {what} as a whole number from 0 to {10**MAX_DIGITS - 1}, in the digits 0-9",
+        )
+    return int(text)
 
 
 def _count(text: str) -> int:
-    """How many fingers to list: at least one (a count of 0 would answer nothing at all)."""
-    count = int(text) if text.strip().isdigit() else 0
-    if count < 1:
-        raise SimulatorError(f"{text!r} is no count of fingers to list", "give a count of 1 or more (the default is 8)")
+    """How many fingers to list: 1 to :data:`MAX_LIST_COUNT` (0 would answer nothing, a million never end)."""
+    count = int(text) if _DIGITS.fullmatch(text.strip()) else 0
+    if not 1 <= count <= MAX_LIST_COUNT:
+        raise SimulatorError(
+            f"{text!r} is no count of fingers to list",
+            f"give a count from 1 to {MAX_LIST_COUNT} (the default is {DEFAULT_LIST_COUNT})",
+        )
     return count
+
+
+def _rate(text: str) -> float:
+    """A frame rate as a rig writes it (``fps 15``, ``fps 0.5``): a plain decimal, then checked by check_fps."""
+    from simulators.camera import MAX_FPS, MIN_FPS, check_fps
+
+    if not _RATE.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise SimulatorError(
+            f"{shown!r} frames a second is not a number",
+            f"give a plain decimal from {MIN_FPS:g} to {MAX_FPS:g}, e.g. fps 15",
+        )
+    return check_fps(float(text))
+
+
+def _json_line(answer: dict[str, object]) -> None:
+    print(json.dumps(answer), flush=True)
 
 
 def _say(event: str, line: str, error: object) -> None:
     print(json.dumps({"event": event, "line": line.strip(), "error": str(error)}), file=sys.stderr, flush=True)
+
+
+def _stdin_lines() -> Iterator[str]:
+    """Standard input's lines, read as bytes off its file descriptor and decoded as file names are.
+
+    A text-mode ``sys.stdin`` raises UnicodeDecodeError on a non-UTF-8 byte, which ended
+    the control thread: the rig could no longer script the device. Decoded with
+    ``os.fsdecode`` (surrogateescape), any byte passes, and a path the rig gives to
+    ``show`` or ``still`` reaches the file system as the bytes it wrote. A line over
+    :data:`MAX_LINE_BYTES` is answered as a bad command and its bytes are dropped.
+    """
+    try:
+        fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    except (OSError, ValueError):  # no standard input at all (closed, or a stream with no descriptor)
+        return
+    if fd < 0:
+        return
+    with open(fd, "rb", closefd=False) as stream:
+        while True:
+            try:
+                raw = stream.readline(MAX_LINE_BYTES + 1)
+            except OSError:
+                return
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # the rest of the overlong line
+                    raw = stream.readline(MAX_LINE_BYTES)
+                _say(
+                    "bad_command",
+                    "",
+                    SimulatorError(
+                        f"a script line runs past {MAX_LINE_BYTES} bytes", "write one command a line, each shorter"
+                    ),
+                )
+                continue
+            yield os.fsdecode(raw)
 
 
 def _commands(sim, source: object) -> None:
@@ -83,69 +160,105 @@ def _commands(sim, source: object) -> None:
     A line that cannot be done is reported on stderr as one JSON line and the
     simulator keeps serving: a rig's typo must not take the module away.
     """
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
+    for line in _stdin_lines():
+        if not line.split():
             continue
         try:
-            _command(sim, source, words)
+            module_command(sim, source, line)
+        except UnknownCommand as exc:
+            _say("unknown_command", line, exc)
         except KeyError as exc:  # no such image in the folder
             _say("bad_place", line, exc.args[0] if exc.args else exc)
         except (SimulatorError, ValueError, OSError) as exc:
-            _say("bad_place" if words[0] == "place" else "bad_command", line, exc)
+            _say("bad_place" if line.split()[0] == "place" else "bad_command", line, exc)
 
 
-def _command(sim, source: object, words: list[str]) -> None:
-    command, line = words[0], " ".join(words)
-    if command == "place" and len(words) in (2, 3):
-        finger = _number(words[1], "the finger")
-        impression = _number(words[2], "the impression") if len(words) > 2 else _first_impression(source, finger)
+def module_command(
+    sim, source: object, line: str, *, emit: Callable[[dict[str, object]], None] = _json_line
+) -> None:
+    """Do one script line for a simulated serial module (what the CLI does with each line of standard input).
+
+    ``source`` is the module's finger source (a FingerGenerator or a FolderFingerSource): ``place`` and
+    ``list`` look fingers up in it. ``list`` hands each finger to ``emit`` as it is made (by default one
+    JSON line on stdout). UnknownCommand for a line whose first word is no command; SimulatorError for a
+    known command with arguments it cannot take (each names the fix); KeyError for a finger missing
+    from a folder.
+    """
+    words = line.split()
+    if not words:
+        return
+    command, args = words[0], words[1:]
+    if command == "place":
+        if len(args) not in (1, 2):
+            raise SimulatorError(f"place takes 1 or 2 numbers, not {len(args)}", "write place FINGER [IMPRESSION]")
+        finger = _number(args[0], "the finger")
+        impression = _number(args[1], "the impression") if len(args) > 1 else _first_impression(source, finger)
         sim.place(finger=finger, impression=impression)
-    elif command == "lift" and len(words) == 1:
-        sim.lift()
-    elif command == "pace" and len(words) == 2 and words[1] in ("on", "off"):
-        sim.real_speed = words[1] == "on"  # output at the real line speed (baud/10 bytes a second) or instant
-    elif command == "unplug" and len(words) == 1:
-        sim.unplug()
-    elif command == "replug" and len(words) == 1:
-        sim.replug()
-    elif command == "list" and len(words) in (1, 2):
-        count = _count(words[1]) if len(words) > 1 else DEFAULT_LIST_COUNT
+    elif command == "pace":
+        if args not in (["on"], ["off"]):
+            raise SimulatorError(f"pace takes on or off, not {' '.join(args)!r}", "write pace on, or pace off")
+        sim.real_speed = args[0] == "on"  # output at the real line speed (baud/10 bytes a second) or instant
+    elif command == "list":
+        if len(args) > 1:
+            raise SimulatorError(f"list takes at most one count, not {len(args)}", "write list, or list COUNT")
+        count = _count(args[0]) if args else DEFAULT_LIST_COUNT
         for entry in finger_list(source, count):
-            print(json.dumps({"event": "finger", **entry}), flush=True)
+            emit({"event": "finger", **entry})
+    elif command in ("lift", "unplug", "replug"):
+        if args:
+            raise SimulatorError(f"{command} takes nothing after it", f"write {command} alone")
+        getattr(sim, command)()
     else:
-        print(json.dumps({"event": "unknown_command", "line": line}), file=sys.stderr, flush=True)
+        raise UnknownCommand(f"{_shown(command)!r} is no command of the module", f"use one of: {MODULE_COMMANDS}")
+
+
+def _shown(word: str) -> str:
+    return word if len(word) <= 40 else word[:40] + "..."
+
+
+def camera_command(camera, line: str) -> dict[str, object] | None:
+    """Do one script line for a simulated camera; the answer to print ({"event", "url", "plugged"}), None if blank.
+
+    UnknownCommand for a line whose first word is no command; SimulatorError (a ValueError) for a command
+    it cannot do, naming the fix; OSError from the file system as it comes.
+    """
+    words = line.split(maxsplit=1)
+    if not words:
+        return None
+    command, rest = words[0], (words[1].strip() if len(words) > 1 else "")
+    if command in ("show", "still"):
+        if not rest:
+            what = "DIR" if command == "show" else "FILE"
+            raise SimulatorError(f"{command} needs a {what.lower()}", f"write {command} {what}")
+        if command == "show":
+            camera.show_folder(Path(rest))
+        else:
+            from simulators.images import read_image
+
+            camera.show(read_image(Path(rest), color=True, fix="give a JPEG or PNG file"))
+    elif command in ("nothing", "dark", "glare", "unplug", "replug"):
+        if rest:
+            raise SimulatorError(f"{command} takes nothing after it", f"write {command} alone")
+        getattr(camera, command)()
+    elif command == "fps":
+        camera.fps = _rate(rest)
+    else:
+        raise UnknownCommand(f"{_shown(command)!r} is no command of the camera", f"use one of: {CAMERA_COMMANDS}")
+    return {"event": command, "url": camera.url, "plugged": camera.plugged}
 
 
 def _camera_commands(camera) -> None:
-    for line in sys.stdin:
-        words = line.split(maxsplit=1)
-        if not words:
-            continue
-        command, rest = words[0], (words[1].strip() if len(words) > 1 else "")
+    for line in _stdin_lines():
         try:
-            if command == "show":
-                camera.show_folder(Path(rest))
-            elif command == "still":
-                import cv2
-
-                image = cv2.imread(rest, cv2.IMREAD_COLOR)
-                if image is None:
-                    raise ValueError(f"{rest} is not an image OpenCV can read")
-                camera.show(image)
-            elif command in ("nothing", "dark", "glare", "unplug", "replug"):
-                getattr(camera, command)()
-            elif command == "fps":
-                try:
-                    camera.fps = float(rest)
-                except ValueError as exc:  # not a number at all: the same advice as for a number out of range
-                    raise SimulatorError(f"{rest!r} frames a second is not a number", "give e.g. fps 15") from exc
-            else:
-                raise ValueError("unknown command")
+            answer = camera_command(camera, line)
+        except UnknownCommand as exc:
+            _say("unknown_command", line, exc)
+            continue
         except (ValueError, OSError) as exc:
             _say("bad_command", line, exc)
             continue
-        print(json.dumps({"event": command, "url": camera.url, "plugged": camera.plugged}), flush=True)
+        if answer is not None:
+            _json_line(answer)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -252,8 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     zfm.add_argument("--seed", type=int, default=0, help="synthetic finger generator seed")
     zfm.add_argument("--images", type=Path, help="folder of F_I.tif images to use instead of synthetic fingers")
-    zfm.add_argument("--finger", type=int, help="leave this finger on the sensor")
-    zfm.add_argument("--impression", type=int, help="which impression of --finger (default: the first)")
+    zfm.add_argument("--finger", help="leave this finger on the sensor")  # checked as script lines are
+    zfm.add_argument("--impression", help="which impression of --finger (default: the first)")
     zfm.add_argument("--real-speed", action="store_true", help="pace output at the real baud rate")
     zfm.add_argument(
         "--list-fingers",
@@ -261,14 +374,14 @@ def _parser() -> argparse.ArgumentParser:
         help="print the fingers there are (one JSON line each) and exit, without serving",
     )
     zfm.add_argument(
-        "--count", type=int, default=DEFAULT_LIST_COUNT, help="how many synthetic fingers --list-fingers shows"
+        "--count", default=str(DEFAULT_LIST_COUNT), help="how many synthetic fingers --list-fingers shows"
     )
     zfm.add_argument(
         "--baud", type=int, default=57600, help="the module's line speed, 9600 x 1..12 (it answers only at it)"
     )
     cam = sub.add_parser("camera", help="a camera serving MJPEG over HTTP on 127.0.0.1")
     cam.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT, 120x32 to 4096x4096")
-    cam.add_argument("--fps", type=float, default=15.0, help="frames a second, above 0 and at most 120")
+    cam.add_argument("--fps", type=float, default=15.0, help="frames a second, 0.1 to 120")
     cam.add_argument("--images", type=Path, help="show the images of this folder in turn")
     return parser
 
@@ -279,11 +392,9 @@ def _zfm(args: argparse.Namespace) -> int:
 
     check_baud(args.baud)  # before any slow work: a typo is said at once
     check_password(args.password)
-    if args.list_fingers:
-        _count(str(args.count))
-    finger = _number(str(args.finger), "--finger") if args.finger is not None else None
-    if args.impression is not None:
-        _number(str(args.impression), "--impression")
+    count = _count(args.count) if args.list_fingers else DEFAULT_LIST_COUNT
+    finger = _number(args.finger, "--finger") if args.finger is not None else None
+    chosen = _number(args.impression, "--impression") if args.impression is not None else None
     if args.images is not None and not args.images.is_dir():
         raise SimulatorError(f"--images {args.images} is not a folder", "give a folder of F_I.tif images")
     try:
@@ -294,7 +405,7 @@ def _zfm(args: argparse.Namespace) -> int:
             "name them finger_impression.tif (1_1.tif, 1_2.tif, ...) as in the FVC sets, or give another folder",
         ) from None
     if args.list_fingers:
-        for entry in finger_list(source, args.count):
+        for entry in finger_list(source, count):
             print(json.dumps(entry), flush=True)
             _stop_requested()
         return 0
@@ -309,7 +420,7 @@ def _zfm(args: argparse.Namespace) -> int:
     with sim:
         if finger is not None:
             try:
-                impression = args.impression if args.impression is not None else _first_impression(source, finger)
+                impression = chosen if chosen is not None else _first_impression(source, finger)
                 sim.place(finger=finger, impression=impression)
             except KeyError as exc:
                 raise SimulatorError(str(exc.args[0])) from None  # it says which to pick

@@ -21,3 +21,19 @@ class SimulatorError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+
+
+class UnknownCommand(SimulatorError):
+    """A script line whose first word is no command of the simulator: ``fix`` lists the commands there are.
+
+    Its own type, apart from a known command given bad arguments, so a rig tells a typo in the
+    command (or a line meant for another simulator) from a value out of range.
+    """
+
+
+class UnreadableImage(SimulatorError):
+    """An image file a simulator was given cannot be read or decoded (``path``: which one)."""
+
+    def __init__(self, message: str, fix: str, path: str = "") -> None:
+        super().__init__(message, fix)
+        self.path = path

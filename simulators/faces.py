@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from simulators.images import read_image
+
 WALL = 120  # the grey of the wall behind the person
 
 
@@ -35,10 +37,8 @@ def on_canvas(face: np.ndarray, size: tuple[int, int] = (320, 240)) -> np.ndarra
 def poses(folder: Path, frontal: str, turned_right: str, size: tuple[int, int] = (320, 240)) -> dict[str, np.ndarray]:
     """The frames of a person for each prompt code: ``look_at_camera``, ``turn_head_right``, ``turn_head_left``."""
     def read(name: str) -> np.ndarray:
-        image = cv2.imread(str(Path(folder) / f"{name}.pgm"), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"no face image {name}.pgm in {folder}")
-        return image
+        fix = "give a folder of the ORL / AT&T faces (s1 ... s40, each holding 1.pgm ... 10.pgm)"
+        return read_image(Path(folder) / f"{name}.pgm", color=True, fix=fix)
 
     right = read(turned_right)
     return {

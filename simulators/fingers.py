@@ -69,7 +69,7 @@ import cv2
 import numpy as np
 import structlog
 
-from simulators.errors import SimulatorError
+from simulators.images import read_image
 
 log = structlog.get_logger()
 
@@ -915,12 +915,7 @@ class FolderFingerSource:
             path = self._files[(finger_id, impression)]
         except KeyError:
             raise KeyError(f"no image {finger_id}_{impression} in {self.path}") from None
-        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            raise SimulatorError(
-                f"{path} is not a readable image", "replace it with a greyscale TIFF, PNG or BMP, or remove it"
-            )
-        return img
+        return read_image(path, fix="replace it with a greyscale TIFF, PNG or BMP, or remove it")
 
     def image(self, finger_id: int, impression: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """:class:`FingerSource` interface; with ``size`` (width, height) the image is centre-cropped

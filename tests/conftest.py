@@ -570,6 +570,21 @@ def camera_sim() -> Iterator:
         yield camera
 
 
+@pytest.fixture
+def finger_folder(tmp_path: Path) -> Path:
+    """A folder of FVC-named finger images (1_1, 1_2, 2_1; grey PNGs, a tenth of a second to make): the
+    simulators' folder source without the synthetic generator's second a finger."""
+    import cv2
+
+    folder = tmp_path / "fingers"
+    folder.mkdir()
+    for finger, impression in ((1, 1), (1, 2), (2, 1)):
+        image = np.full((300, 260), 200, np.uint8)
+        image[::8 * finger, :] = 40 * impression  # ridges of their own: each image differs
+        assert cv2.imwrite(str(folder / f"{finger}_{impression}.png"), image)
+    return folder
+
+
 class HangingResolver:
     """Every resolver the camera driver may use hangs, as one retrying a DNS server that is gone."""
 

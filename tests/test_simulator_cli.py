@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from simulators.camera import SimulatedCamera
-from simulators.cli import main
-from simulators.errors import SimulatorError
+from simulators.cli import camera_command, main, module_command
+from simulators.errors import SimulatorError, UnknownCommand
+from simulators.fingers import FolderFingerSource
 from simulators.fprint import VirtualDeviceFeeder, VirtualImageFeeder
 from simulators.zfm import SimulatedModule
 
@@ -183,3 +184,115 @@ def test_a_feeder_without_its_virtual_reader_says_to_open_the_reader_first(tmp_p
         VirtualDeviceFeeder(tmp_path / "device.sock", timeout_s=0.05).scan("ana")
     with pytest.raises(SimulatorError, match="short folder"):
         VirtualImageFeeder(tmp_path / ("x" * 120), timeout_s=0.05).finger(True)
+
+
+# ---------------------------------------------------------------- script lines, in process and on standard input
+@pytest.fixture
+def folder_module(finger_folder: Path) -> tuple[SimulatedModule, FolderFingerSource]:
+    """A module (not serving: the script lines only set its state) with the finger folder as its source."""
+    source = FolderFingerSource(finger_folder)
+    return SimulatedModule("r307", finger_source=source.image), source
+
+
+REFUSED_MODULE_LINES = {
+    "finger-2**64-aliased-finger-0": ("place 18446744073709551616", "at most 9 ASCII digits"),
+    "finger-ten-digits": ("place 1234567890", "at most 9 ASCII digits"),
+    "impression-ten-digits": ("place 1 1000000001", "at most 9 ASCII digits"),
+    "finger-superscript-two": ("place \u00b2", "ASCII digits"),
+    "finger-arabic-indic-three": ("place \u0663", "ASCII digits"),
+    "finger-underscore": ("place 1_0", "ASCII digits"),
+    "finger-negative": ("place -1", "negative"),
+    "place-three-numbers": ("place 1 1 1", "place FINGER [IMPRESSION]"),
+    "list-0": ("list 0", "from 1 to 1000"),
+    "list-1001": ("list 1001", "from 1 to 1000"),
+    "list-superscript": ("list \u00b2", "from 1 to 1000"),
+    "list-two-counts": ("list 1 2", "list COUNT"),
+    "pace-maybe": ("pace maybe", "pace on, or pace off"),
+    "lift-with-words": ("lift now", "lift alone"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_MODULE_LINES))
+def test_module_lines_with_numbers_it_cannot_take_are_refused_naming_the_fix(folder_module, case: str) -> None:
+    sim, source = folder_module
+    line, said = REFUSED_MODULE_LINES[case]
+    with pytest.raises(SimulatorError) as refused:
+        module_command(sim, source, line)
+    assert not isinstance(refused.value, UnknownCommand)
+    assert said in str(refused.value) and refused.value.fix, str(refused.value)
+    assert sim._finger is None and not sim.real_speed, "a refused line changes nothing"
+
+
+def test_module_lines_place_list_and_pace_do_what_they_say(folder_module) -> None:
+    sim, source = folder_module
+    module_command(sim, source, "place 2")  # its first impression there: 2_1
+    assert sim._finger is not None and sim._finger.shape == (288, 256)
+    module_command(sim, source, "lift")
+    assert sim._finger is None
+    module_command(sim, source, "pace on")
+    assert sim.real_speed
+    listed: list[dict[str, object]] = []
+    module_command(sim, source, "list 1", emit=listed.append)
+    assert listed == [{"event": "finger", "finger": 1, "impressions": [1, 2]},
+                      {"event": "finger", "finger": 2, "impressions": [1]}]
+    with pytest.raises(KeyError, match="pick a finger"):
+        module_command(sim, source, "place 3")
+
+
+def test_unknown_commands_are_their_own_typed_error_listing_the_commands(folder_module) -> None:
+    sim, source = folder_module
+    with pytest.raises(UnknownCommand) as module_refused:
+        module_command(sim, source, "plaec 1")
+    assert "plaec" in str(module_refused.value) and "place FINGER [IMPRESSION]" in module_refused.value.fix
+    camera = SimulatedCamera((160, 120), fps=20)
+    with pytest.raises(UnknownCommand) as camera_refused:
+        camera_command(camera, "zoom 2")
+    assert "zoom" in str(camera_refused.value) and "fps N" in camera_refused.value.fix
+    with pytest.raises(UnknownCommand):
+        module_command(sim, source, "fps 10")  # a camera's line sent to a module
+
+
+@pytest.mark.parametrize("rate", ["nan", "inf", "-inf", "0", "-1", "0.05", "120.5", "1e2", "1_0", "\u0661\u0665", ""])
+def test_camera_rates_outside_a_tenth_to_120_or_not_plain_decimals_are_refused(rate: str) -> None:
+    camera = SimulatedCamera((160, 120), fps=20)
+    with pytest.raises(SimulatorError) as refused:
+        camera_command(camera, f"fps {rate}")
+    assert "0.1 to 120" in refused.value.fix, str(refused.value)
+    assert camera.fps == 20
+
+
+def test_camera_rates_from_a_tenth_to_120_are_taken_and_answered() -> None:
+    camera = SimulatedCamera((160, 120), fps=20)
+    for rate, expected in (("0.1", 0.1), ("120", 120.0), (".5", 0.5), ("15", 15.0)):
+        answer = camera_command(camera, f"fps {rate}")
+        assert answer == {"event": "fps", "url": camera.url, "plugged": False} and camera.fps == expected
+    assert camera_command(camera, "   ") is None
+
+
+def test_standard_input_bytes_that_are_not_utf8_are_a_bad_line_not_the_end_of_the_script() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", "camera", "--size", "160x120"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        proc.stdin.write(b"fps \xff\xfe\nzoom \xc3\n\xff\nfps 30\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["event"] == "fps", "the lines after the bad bytes are still read"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 0 and "Traceback" not in text, text
+    answers = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert [a["event"] for a in answers] == ["bad_command", "unknown_command", "unknown_command"], text
+    assert all("fix:" in a["error"] for a in answers), answers
+
+
+def test_finger_impression_and_count_options_take_ascii_digits_only(capsys) -> None:
+    assert "at most 9 ASCII digits" in refused(capsys, "zfm", "--finger", "18446744073709551616")
+    assert "ASCII digits" in refused(capsys, "zfm", "--finger", "0", "--impression", "\u0663")
+    assert "from 1 to 1000" in refused(capsys, "zfm", "--list-fingers", "--count", "1001")
