@@ -17,6 +17,13 @@ implementation that matters can hold them. A string holding a lone UTF-16
 surrogate (``"\\ud800"``: valid JSON, not Unicode text) is refused too: it
 cannot be encoded as UTF-8, so it would fail later, wherever the value is
 stored, hashed or logged, instead of here with a typed error.
+
+Bytes are decoded as UTF-8, strictly, before any JSON is parsed (RFC 8259
+section 8.1: JSON exchanged between systems is UTF-8). ``json.loads`` given
+bytes would guess instead: UTF-16 and UTF-32 with or without a byte order
+mark, a UTF-8 byte order mark, and a surrogate written as raw bytes (``ED A0
+80``, CESU-8: not UTF-8) all parse there, so two readers of the same signed
+bytes could disagree on what they say. Each is a :class:`WireError` here.
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ MAX_INT = 2**63 - 1  # the largest integer of the protocol: sqlite's INTEGER
 
 
 # A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF); only bodies holding one are searched for a lone one.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+# Byte order marks, UTF-32 first (its little-endian mark begins with UTF-16's).
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+         (b"\xfe\xff", "UTF-16"), (b"\xef\xbb\xbf", "UTF-8"))
+_SEND_UTF8 = "send the JSON as UTF-8 text without a byte order mark"
 
 
 class WireError(ValueError):
@@ -131,20 +143,45 @@ def _not_utf8(value: Any) -> bool:
     return False
 
 
+def _utf8_text(data: bytes | str) -> str:
+    """The JSON text of ``data``: bytes decoded as strict UTF-8, or a string that UTF-8 can hold.
+
+    Why not let ``json.loads`` decode: it guesses UTF-16/32 from the NUL bytes
+    and decodes with ``surrogatepass``, so bytes that are not UTF-8 would parse.
+    """
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise WireError(f"the JSON is not UTF-8 text (a lone surrogate); {_SEND_UTF8}") from None
+        if data.startswith("\ufeff"):
+            raise WireError(f"the JSON starts with a byte order mark; {_SEND_UTF8}")
+        return data
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            raise WireError(f"the JSON starts with a {encoding} byte order mark; {_SEND_UTF8}")
+    if b"\x00" in data:  # never in JSON text (a control character must be escaped), always in UTF-16/32 of ASCII
+        raise WireError(f"the JSON holds NUL bytes (UTF-16 or UTF-32 text?); {_SEND_UTF8}")
+    try:
+        return data.decode("utf-8")  # strict: refuses CESU-8 surrogates, overlong forms, stray bytes
+    except UnicodeDecodeError as exc:
+        if data[exc.start] == 0xED and data[exc.start + 1:exc.start + 2] >= b"\xa0":
+            raise WireError(f"the JSON holds a UTF-16 surrogate as raw bytes at byte {exc.start} (CESU-8, "
+                            f"not UTF-8); {_SEND_UTF8}, a character above U+FFFF as one 4-byte sequence") from None
+        raise WireError(f"the JSON is not UTF-8 (byte {exc.start}: {exc.reason}); {_SEND_UTF8}") from None
+
+
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON strictly: no duplicate keys, at most ``max_depth`` levels, numbers in range, UTF-8 text.
+    """Parse JSON strictly: UTF-8 text, no duplicate keys, at most ``max_depth`` levels, numbers in range.
 
     Anything else is a :class:`WireError`.
     """
-    try:
-        raw = data.encode() if isinstance(data, str) else data
-    except UnicodeEncodeError:
-        raise WireError("the JSON is not UTF-8 text (a lone surrogate)") from None
+    text = _utf8_text(data)
     # Fast path: fewer brackets than the limit cannot nest deeper than it.
-    shallow = raw.count(b"[") + raw.count(b"{") <= max_depth
+    shallow = text.count("[") + text.count("{") <= max_depth
     try:
         value = json.loads(
-            raw,
+            text,
             object_pairs_hook=_no_duplicates,
             parse_constant=_no_constant,
             parse_float=_finite_float,
@@ -152,17 +189,16 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
         )
     except RecursionError:
         raise WireError(f"the JSON is nested deeper than {max_depth} levels") from None
-    except UnicodeDecodeError:
-        raise WireError("the JSON is not UTF-8") from None
     except WireError:
         raise
     except ValueError as exc:
         raise WireError(f"not JSON: {exc}") from None
     if not shallow and _depth(value) > max_depth:
         raise WireError(f"the JSON is nested deeper than {max_depth} levels")
-    # Walked only when an escape of a surrogate is in the bytes (a pair, e.g. an emoji, is text and passes).
-    if _SURROGATE_ESCAPE.search(raw) and _not_utf8(value):
-        raise WireError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape): not Unicode text")
+    # Walked only when an escape of a surrogate is in the text (a pair, e.g. an emoji, is text and passes).
+    if _SURROGATE_ESCAPE.search(text) and _not_utf8(value):
+        raise WireError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape): not Unicode text; "
+                        "escape a character above U+FFFF as a surrogate pair, or send it as UTF-8")
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -115,6 +116,37 @@ def test_strict_json_refuses_a_lone_surrogate_that_no_store_or_hash_could_encode
     """Valid JSON, not Unicode text: refused here, typed, rather than a UnicodeEncodeError wherever it is used."""
     with pytest.raises(WireError, match="surrogate"):
         loads(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('{"a": 1}'.encode("utf-16-le"), "NUL bytes"),  # json.loads(bytes) would guess UTF-16 and parse it
+        ('{"a": 1}'.encode("utf-16-be"), "NUL bytes"),
+        ('{"a": 1}'.encode("utf-32-le"), "NUL bytes"),
+        ('{"a": 1}'.encode("utf-16"), "UTF-16 byte order mark"),
+        ('{"a": 1}'.encode("utf-32"), "UTF-32 byte order mark"),
+        (b'\xef\xbb\xbf{"a": 1}', "UTF-8 byte order mark"),
+        ('\ufeff{"a": 1}', "byte order mark"),
+        (b'{"a": "\xed\xa0\x80"}', "surrogate as raw bytes"),  # CESU-8 U+D800: json.loads passes it through
+        (b'{"a": "\xed\xa0\xbd\xed\xb8\x80"}', "surrogate as raw bytes"),  # CESU-8 pair: still not UTF-8
+        (b'{"a": "\xff"}', "not UTF-8"),
+        (b'{"a": "\xc0\xaf"}', "not UTF-8"),  # overlong "/"
+        (b'{"a": "caf\xe9"}', "not UTF-8"),  # Latin-1
+    ],
+)
+def test_strict_json_reads_bytes_as_utf8_only(body: bytes | str, said: str) -> None:
+    """Two readers of one signed body must read one text: no guessing of UTF-16/32, no BOM, no CESU-8."""
+    with pytest.raises(WireError, match=said) as refused:
+        loads(body)
+    assert "send the JSON as UTF-8" in str(refused.value)
+
+
+def test_strict_json_reads_every_utf8_character() -> None:
+    """The refusals above are not of non-ASCII text: 2-, 3- and 4-byte UTF-8 and U+D7FF / U+E000 around the gap."""
+    text = {"k": "caf\u00e9 \u2013 \U0001f600 \ud7ff\ue000"}
+    assert loads(json.dumps(text, ensure_ascii=False).encode("utf-8")) == text
+    assert loads(canonical_json(text)) == text
 
 
 def test_strict_json_keeps_surrogate_pairs_and_escaped_backslashes() -> None:

@@ -203,6 +203,38 @@ def test_a_lone_surrogate_in_a_signed_body_or_an_event_is_a_400_not_a_500(verifi
         ("events_refused", 400)]
 
 
+def test_a_body_that_is_not_utf8_is_a_400_bad_json_not_a_500_nor_read_as_utf16(verifier, provisioned) -> None:
+    """Bytes json.loads would guess at (UTF-16/32, a BOM) or pass through (a surrogate as raw bytes): 400 bad-json."""
+    _, identity = provisioned
+    key = identity.private_key()
+
+    async def nonce(api, client):
+        return (await api.challenge("identify")).nonce
+
+    # Signed as the agent signs, over "\ud800"; sent with the surrogate as raw (CESU-8) bytes instead of the escape.
+    signed = canonical_json(sign_request(key, "POST", endpoints.VERIFICATIONS, {"nonce": "\ud800", "subject": "a"}))
+    raw_surrogate = signed.replace(b"\\ud800", b"\xed\xa0\x80")
+    assert raw_surrogate != signed
+    event = {"id": "e-1", "seq": 1, "prev": GENESIS, "type": "x", "time": "t", "data": {}}
+    event["hash"] = event_hash(event)
+    events = canonical_json({"events": [event]})
+    verification = canonical_json(sign_request(key, "POST", endpoints.VERIFICATIONS,
+                                               {"nonce": run(provisioned, nonce), "subject": "alice"}))
+    sent = [
+        (endpoints.VERIFICATIONS, raw_surrogate, "surrogate as raw bytes"),
+        (endpoints.CHALLENGES, canonical_json({"operation": "identify"}).decode().encode("utf-16-le"), "NUL bytes"),
+        (endpoints.VERIFICATIONS, verification.decode().encode("utf-32"), "UTF-32 byte order mark"),
+        (endpoints.EVENTS, b"\xef\xbb\xbf" + events, "UTF-8 byte order mark"),
+        (endpoints.EVENTS, events.replace(b"e-1", b"e-\xe9"), "not UTF-8"),
+    ]
+    for path, body, said in sent:
+        answer = raw_post(verifier, identity, path, body)
+        problem = answer.json()
+        assert answer.status_code == 400 and problem["type"].endswith("/bad-json"), (path, said, problem)
+        assert said in problem["detail"] and "byte order mark" in problem["fix"], problem
+    no_traceback(verifier)
+
+
 def test_an_event_seq_beyond_the_protocols_bound_is_a_422_and_leaves_the_chain_head_alone(
     verifier, provisioned
 ) -> None:

@@ -22,7 +22,8 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import AttributeOID, NameOID
 
 from agent.devstack import LocalVerifier
 from agent.est import PKCS10_HEADERS
@@ -132,6 +133,53 @@ def bad_csr() -> bytes:
     return der[:-1] + bytes([der[-1] ^ 1])
 
 
+def _children(der: bytes) -> list[bytes]:
+    """The elements (each whole, tag and length included) inside one DER SEQUENCE or SET."""
+    size, at = der[1], 2
+    if size & 0x80:
+        at, size = 2 + (size & 0x7F), int.from_bytes(der[2:2 + (size & 0x7F)], "big")
+    body, out = der[at:at + size], []
+    while body:
+        length, head = body[1], 2
+        if length & 0x80:
+            head, length = 2 + (length & 0x7F), int.from_bytes(body[2:2 + (length & 0x7F)], "big")
+        out.append(body[:head + length])
+        body = body[head + length:]
+    return out
+
+
+def edited_request(version: bytes | None = None, subject: bytes | None = None,
+                   attributes: bytes | None = None) -> bytes:
+    """A request cryptography built (P-256, a SAN and a challenge password), one part of its
+    CertificationRequestInfo replaced by DER, signed again by its key: only the edited part is wrong."""
+    key = generate_key()
+    built = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "capture-agent")]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("kiosk.example")]), critical=False)
+        .add_attribute(AttributeOID.CHALLENGE_PASSWORD, b"pw")
+        .sign(key, hashes.SHA256())
+    )
+    was_version, was_subject, spki, was_attributes = _children(built.tbs_certrequest_bytes)
+    info = _seq(version or was_version, subject or was_subject, spki,
+                _tlv(0xA0, attributes) if attributes is not None else was_attributes)
+    signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
+    return _seq(info, _seq(_oid("1.2.840.10045.4.3.2")), _bits(signature))
+
+
+def _common_name(value: bytes) -> bytes:
+    """A Name of one RDN: commonName = ``value`` (a whole DER element, of any type)."""
+    return _seq(_tlv(0x31, _seq(_oid("2.5.4.3"), value)))
+
+
+def _extension_request(*extensions: bytes) -> bytes:
+    return _seq(_oid("1.2.840.113549.1.9.14"), _tlv(0x31, _seq(*extensions)))
+
+
+SAN_OID = "2.5.29.17"
+A_SAN = _seq(_oid(SAN_OID), _tlv(0x04, _seq(_tlv(0x82, b"kiosk.example"))))
+
+
 # ---------------------------------------------------------------- requests
 
 
@@ -200,6 +248,44 @@ def test_a_request_for_another_key_than_p256_is_refused_before_its_key_is_decode
     # Nothing was spent: the token still enrolls, the device still renews.
     assert post(anonymous, verifier.url, ENROLL, build_csr(generate_key()), token=token).status_code == 200
     assert post(device, verifier.url, RENEW, build_csr(generate_key(), "kiosk-1")).status_code == 200
+
+
+@pytest.mark.verifier_settings("est_refusals_per_min = 100")
+def test_a_request_of_another_version_or_with_an_unreadable_part_is_a_400_bad_csr_not_a_500_nor_signed(
+    verifier, provisioned, tmp_path
+) -> None:
+    """Each request is well signed by a P-256 key; one part of it was edited. Version 1 was a 500 (cryptography's
+    InvalidVersion is no ValueError); the others were signed, their bad part left for whoever read it next."""
+    _, identity = provisioned
+    device = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path))
+    anonymous, token = raw_client_context(verifier.pki_dir), verifier.new_token("kiosk-2")
+    password = _oid("1.2.840.113549.1.9.7")
+    cases = {
+        "version 1": (edited_request(version=_int(1)), "the certificate request's version is 1, not 0"),
+        "version 5": (edited_request(version=_int(5)), "the certificate request's version is 5, not 0"),
+        "a UTF8String CN that is not UTF-8": (edited_request(subject=_common_name(_tlv(0x0C, b"\xff\xfe"))),
+                                              "the certificate request's subject cannot be read"),
+        "an INTEGER CN": (edited_request(subject=_common_name(_int(2))),
+                          "the certificate request's subject cannot be read"),
+        "a password of two values": (edited_request(attributes=_seq(password, _tlv(0x31, _tlv(0x0C, b"a")
+                                                                               + _tlv(0x0C, b"b")))),
+                                     "the certificate request's attributes cannot be read"),
+        "the SAN twice": (edited_request(attributes=_extension_request(A_SAN, A_SAN)),
+                          "the certificate request's extension request cannot be read (DuplicateExtension"),
+        "a SAN of an INTEGER": (edited_request(attributes=_extension_request(
+            _seq(_oid(SAN_OID), _tlv(0x04, _int(5))))), "the certificate request's extension request cannot be read"),
+    }
+    assert x509.load_der_x509_csr(cases["an INTEGER CN"][0]).is_signature_valid  # the edit is all that is wrong
+    for label, (der, detail) in cases.items():
+        for route, answer in (("enroll", post(anonymous, verifier.url, ENROLL, der, token=token)),
+                              ("renew", post(device, verifier.url, RENEW, der))):
+            problem = problem_of(answer)
+            assert (problem["_status"], problem["_slug"]) == (400, "bad-csr"), (label, route, problem)
+            assert problem["detail"].startswith(detail), (label, route, problem["detail"])
+            assert problem["fix"] == "make a new request", (label, route, problem["fix"])
+    # The unedited request goes through: the refusals were of the edits.
+    assert post(anonymous, verifier.url, ENROLL, edited_request(), token=token).status_code == 200
+    assert "Traceback" not in verifier.log_path.read_text()
 
 
 @pytest.mark.verifier_settings("renewals_per_hour = 1")

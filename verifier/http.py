@@ -76,8 +76,8 @@ def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes
 
 
 # The registry's fix, with the rules it leaves out: each refusal's detail says which one the body broke.
-BAD_JSON_FIX = ("send one JSON object of UTF-8 text (no lone \\ud800-\\udfff escape), no duplicate keys, "
-                "finite numbers, nested at most 32 levels")
+BAD_JSON_FIX = ("send one JSON object of UTF-8 text (no byte order mark, no lone \\ud800-\\udfff surrogate), "
+                "no duplicate keys, finite numbers, nested at most 32 levels")
 
 
 def json_body(request: Request) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,22 +249,51 @@ def spki_algorithm(csr: x509.CertificateSigningRequest) -> bytes:
     return info[spki:algorithm_end]
 
 
+def _check_readable(csr: x509.CertificateSigningRequest) -> None:
+    """Every part of the request decodes, or a :class:`CSRError` names the part.
+
+    Why: ``load_der_x509_csr`` checks the structure only; a subject value that is
+    not its string type (a UTF8String of bytes that are not UTF-8, an INTEGER
+    where a string belongs), an attribute with several values, a duplicate or
+    malformed extension raise only when the part is read (``ValueError``,
+    ``KeyError``, ``DuplicateExtension``), wherever that is: in a log line, a
+    renewal, an operator's listing. The CA signs what it can read, here, once.
+    """
+    parts: tuple[tuple[str, Callable[[], object]], ...] = (
+        ("subject", lambda: csr.subject),
+        ("attributes", lambda: list(csr.attributes)),
+        ("extension request", lambda: csr.extensions),
+    )
+    for part, read in parts:
+        try:
+            read()
+        except (ValueError, KeyError, TypeError, x509.DuplicateExtension) as exc:
+            reason = str(exc)[:120] or type(exc).__name__
+            raise CSRError(f"the certificate request's {part} cannot be read ({type(exc).__name__}: {reason}): "
+                           "make a new request") from None
+
+
 def parse_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
-    """A PKCS#10 request the CA accepts: small, EC P-256, well-formed, self-signed.
+    """A PKCS#10 request the CA accepts: small, version 0, EC P-256, every part readable, self-signed.
 
     Cheapest first: the size, the structure, the key's algorithm and curve as the
-    SubjectPublicKeyInfo names them; only a P-256 key is then decoded and its
-    signature checked (both cost a fraction of a millisecond for P-256).
+    SubjectPublicKeyInfo names them, the subject, attributes and extension request
+    decoded; only a P-256 key is then decoded and its signature checked (both
+    cost a fraction of a millisecond for P-256).
     """
     if len(csr_der) > MAX_CSR_DER:
         raise CSRError(TOO_LARGE)
     try:
         csr = x509.load_der_x509_csr(csr_der)
         algorithm = spki_algorithm(csr)
+    except x509.InvalidVersion as exc:  # not a ValueError: it was a 500
+        raise CSRError(f"the certificate request's version is {exc.parsed_version}, not 0 (v1, the only PKCS#10 "
+                       "version): make a new request") from None
     except ValueError:
         raise CSRError(_NOT_DER) from None
     if algorithm != P256_ALGORITHM:
         raise CSRError(_NOT_P256)
+    _check_readable(csr)
     # The key is only decoded here (the load above does not): a point off its curve, or a signature algorithm
     # the library does not know, raises from these, and is the request's fault like a bad load.
     try:
