@@ -1,0 +1,120 @@
+"""What every harness shares: splitting fuzz bytes, the atheris entry point, FUZZ_KEEP_GOING's findings.
+
+atheris is imported only inside :func:`main`, so the harnesses and the corpus
+replay run without it (``pip install .[fuzz]`` brings it for real fuzzing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FUZZ_DIR = ROOT / "fuzz"
+CORPUS = FUZZ_DIR / "corpus"
+# The project's own packages: the innermost frame in one of them is where a finding happened.
+PROJECT_PACKAGES = ("agent", "biometrics", "drivers", "protocol", "simulators", "verifier")
+
+
+class SplitDependence(AssertionError):
+    """A sans-I/O codec gave other events for the same bytes fed in other pieces: a finding of its own."""
+
+
+def splits(data: bytes, sizes: bytes) -> Iterator[bytes]:
+    """``data`` in pieces whose lengths cycle through ``sizes`` (each byte a length 1..256): any split at all."""
+    lengths = [b + 1 for b in sizes] or [len(data) or 1]
+    at, i = 0, 0
+    while at < len(data):
+        step = lengths[i % len(lengths)]
+        yield data[at : at + step]
+        at, i = at + step, i + 1
+
+
+def innermost_project_frame(exc: BaseException) -> str:
+    """``package/module.py:line in function`` of the deepest traceback frame in the project's code."""
+    where = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        try:
+            rel = Path(frame.filename).resolve().relative_to(ROOT)
+        except ValueError:
+            continue
+        if rel.parts and rel.parts[0] in PROJECT_PACKAGES:
+            where = f"{rel.as_posix()}:{frame.lineno} in {frame.name}"
+    if where == "?":  # nothing of ours below the harness: the harness's own check (SplitDependence) or stdlib
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            last = frames[-1]
+            where = f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+    return where
+
+
+def signature(exc: BaseException) -> str:
+    """One finding: the exception type and its innermost project frame (the line, not the message)."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__} @ {innermost_project_frame(exc)}"
+
+
+class FindingRecorder:
+    """FUZZ_KEEP_GOING=1: each distinct finding is written once (input, traceback), and fuzzing goes on."""
+
+    def __init__(self, harness: str, directory: Path) -> None:
+        self.harness = harness
+        self.directory = directory
+        self.seen: set[str] = set()
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("*.txt"):  # a rerun does not write the same finding again
+            first = old.read_text(errors="replace").splitlines()[:1]
+            if first:
+                self.seen.add(first[0])
+
+    def record(self, data: bytes, exc: BaseException) -> bool:
+        """Write the finding if it is new; whether it was."""
+        sig = signature(exc)
+        if sig in self.seen:
+            return False
+        self.seen.add(sig)
+        name = hashlib.sha256(sig.encode()).hexdigest()[:12]
+        (self.directory / f"{name}.bin").write_bytes(data)
+        text = "".join(traceback.format_exception(exc))
+        (self.directory / f"{name}.txt").write_text(f"{sig}\n\n{text}")
+        print(f"FINDING {self.harness}: {sig} -> {self.directory / name}.bin", file=sys.stderr, flush=True)
+        return True
+
+
+def keep_going(harness: str, test_one_input: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """``test_one_input`` that records findings instead of stopping, when FUZZ_KEEP_GOING=1."""
+    if os.environ.get("FUZZ_KEEP_GOING") != "1":
+        return test_one_input
+    directory = Path(os.environ.get("FUZZ_FINDINGS_DIR", FUZZ_DIR / "findings")) / harness
+    recorder = FindingRecorder(harness, directory)
+
+    def wrapped(data: bytes) -> None:
+        try:
+            test_one_input(data)
+        except Exception as exc:  # everything a harness lets through is a finding
+            recorder.record(data, exc)
+
+    return wrapped
+
+
+def main(harness: str, test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:
+    """Fuzz ``test_one_input`` with atheris; libFuzzer's flags pass through (``-max_total_time=300``).
+
+    Without a corpus directory in the arguments, new inputs go to ``fuzz/work/<harness>/`` (not committed) and the
+    committed seeds of ``fuzz/corpus/<harness>/`` are read beside them.
+    """
+    import atheris  # the [fuzz] extra
+
+    args = list(sys.argv if argv is None else argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        work = FUZZ_DIR / "work" / harness
+        work.mkdir(parents=True, exist_ok=True)
+        seeds = CORPUS / harness
+        seeds.mkdir(parents=True, exist_ok=True)
+        args += [str(work), str(seeds)]
+    atheris.instrument_all()  # the project's modules are imported by now: coverage of their bytecode
+    atheris.Setup(args, keep_going(harness, test_one_input))
+    atheris.Fuzz()
