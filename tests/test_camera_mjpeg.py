@@ -1364,3 +1364,17 @@ def test_the_boundary_is_read_from_the_boundary_parameter_only() -> None:
     assert boundary_of('multipart/x-mixed-replace;boundary="my \\"frame\\""') == b'my "frame"'
     with pytest.raises(NotMultipart):
         boundary_of("multipart/x-mixed-replace; x-boundary=frame")
+
+
+def test_a_part_whole_in_the_read_that_breaks_the_stream_is_counted_as_passed_over(hostile) -> None:
+    """A whole part, then one declaring more than the cap, in one write: the fault goes up, and the whole part
+    parsed before it in the same read (carried on the codec's error) is counted, not lost from the counters."""
+    from drivers.camera.stream import MjpegReader
+
+    server = hostile(lambda s, c: s.send(c, part(b"a" * 20) + b"--frame\r\nContent-Length: 2147483000\r\n\r\n"))
+    reader = MjpegReader(server.url, server.url, open_timeout_s=5, read_timeout_s=5, max_part_bytes=1 << 10)
+    reader.open()
+    with pytest.raises(CameraFrameTooLarge, match="2147483000"):
+        reader.next_part()
+    reader.release()
+    assert (reader.skipped, reader.dropped) == (1, 0)

@@ -40,7 +40,8 @@ from drivers.camera.errors import (
 from drivers.camera.mjpeg import (
     MAX_PART_BYTES,
     ConflictingLength,
-    HeadersTooLarge,
+    Event,
+    MjpegError,
     MultipartDecoder,
     NotJpeg,
     NotMultipart,
@@ -436,16 +437,36 @@ class MjpegReader:
 
     def _feed(self, data: bytes | memoryview) -> None:
         assert self._decoder is not None
+        events: list[Event] = []
         try:
-            events = []
             for piece in self._chunks.feed(data) if self._chunks is not None else [data]:
                 events += self._decoder.feed(piece)
-        except PartTooLarge as exc:
-            raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
-        except (ConflictingLength, ChunkError) as exc:
-            raise CameraStreamBroken(self.shown, str(exc)) from None
-        except (NotMultipart, HeadersTooLarge) as exc:
-            raise CameraNotMjpeg(self.shown, str(exc)) from None
+        except MjpegError as exc:
+            # The parts parsed before the error in the same read count as if they had come in reads of
+            # their own: the counters do not depend on how the camera's bytes were split.
+            self._count(events + exc.events)
+            if isinstance(exc, PartTooLarge):
+                raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
+            if isinstance(exc, ConflictingLength | ChunkError):
+                raise CameraStreamBroken(self.shown, str(exc)) from None
+            raise CameraNotMjpeg(self.shown, str(exc)) from None  # NotMultipart, HeadersTooLarge
+        self._take(events)
+
+    def _count(self, events: list[Event]) -> None:
+        """The events before an error: counted (skipped, dropped), no part kept, no fault of their own raised.
+
+        A part whole from an earlier read and not yet handed over is passed over the same way: the fault
+        goes up instead of it, whether it came in the read that failed or in one before.
+        """
+        self.skipped += len(self._parts)
+        self._parts.clear()
+        for event in events:
+            if isinstance(event, Part | SkippedPart):
+                self.skipped += 1  # whole, but never handed over: the stream failed right after it
+            else:
+                self.dropped += 1
+
+    def _take(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Part):
                 self.skipped += len(self._parts)  # a newer part came before the older was handed over
