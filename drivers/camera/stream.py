@@ -51,7 +51,7 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import CameraSourceCredentials, credentials_unclear, redact_url
+from drivers.camera.source import CameraSourceCredentials, CameraSourceUrl, credentials_unclear, redact_url
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
@@ -133,7 +133,12 @@ class MjpegReader:
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
         if credentials_unclear(self.url):  # as CameraSource.parse: an unencoded / ? # in the user or password
             raise CameraSourceCredentials(self.shown)
-        url = urllib.parse.urlsplit(self.url)
+        try:  # "http://[" and "http://[]": urlsplit (or .hostname) raises ValueError; as CameraSource.parse
+            url = urllib.parse.urlsplit(self.url)
+            host, tls = url.hostname or "", url.scheme.lower() == "https"
+            url.username  # noqa: B018 (read for the ValueError it may raise)
+        except ValueError as exc:
+            raise CameraSourceUrl(self.shown, str(exc)) from None
         try:
             port = url.port
         except ValueError:  # "host:http", "host:99999": urlsplit splits it, .port refuses it
@@ -141,7 +146,6 @@ class MjpegReader:
                 f"the camera URL {self.shown} has no valid port",
                 "write the port in the source URL as a number 1..65535 (http://host:8080/...), or leave it out",
             ) from None
-        host, tls = url.hostname or "", url.scheme.lower() == "https"
         if not host:
             raise CameraFault(f"the camera URL {self.shown} has no host", "write the camera's address in the URL")
         if port == 0:
@@ -203,8 +207,14 @@ class MjpegReader:
                         "set source to the stream URL the camera's manual gives",
                     )
                 origin = f"{url.scheme.lower()}://{_host_header(host, port, tls)}"  # no userinfo to copy
-                location = urllib.parse.urljoin(origin + target, raw)
-                moved = urllib.parse.urlsplit(location)
+                try:
+                    location = urllib.parse.urljoin(origin + target, raw)
+                    moved = urllib.parse.urlsplit(location)
+                except ValueError:  # a Location urllib cannot split (an unbalanced [): no URL to follow or name
+                    raise CameraFault(
+                        f"the camera {self.shown} answered HTTP {status} with a Location that is no URL",
+                        "set source to the stream URL the camera's manual gives",
+                    ) from None
                 try:
                     default = 443 if moved.scheme.lower() == "https" else 80
                     there = (moved.scheme.lower(), moved.hostname, default if moved.port is None else moved.port)
