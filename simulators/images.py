@@ -12,6 +12,7 @@ says which file and what to do.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -28,6 +29,24 @@ def shown(path: str | os.PathLike[str]) -> str:
     return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _unreadable(exc: OSError | ValueError, name: str, fix: str) -> UnreadableImage:
+    """The typed error for a file that could not be opened or read, by what the OS said."""
+    if isinstance(exc, FileNotFoundError):
+        missing_fix = fix if fix != DEFAULT_FIX else "give the path of an image file"  # the caller's says which
+        return UnreadableImage(f"{name} does not exist", missing_fix, name)
+    if isinstance(exc, PermissionError):
+        return UnreadableImage(
+            f"{name} may not be read by this user", "make it readable (chmod a+r) or give another", name
+        )
+    if isinstance(exc, ValueError):  # a NUL byte in the name: no file can have it
+        return UnreadableImage(
+            f"{name!r} is no file name (it holds a NUL byte)", "give the path of an image file", name
+        )
+    # a name too long, a loop of links, an I/O error
+    reason = exc.strerror or exc
+    return UnreadableImage(f"{name} cannot be read: {reason}", "give the path of a readable image file", name)
+
+
 def read_image(path: str | os.PathLike[str], *, color: bool = False, fix: str = DEFAULT_FIX) -> np.ndarray:
     """The image in ``path``: uint8 grey (``color`` False) or BGR; UnreadableImage naming ``fix`` if it is none.
 
@@ -37,25 +56,19 @@ def read_image(path: str | os.PathLike[str], *, color: bool = False, fix: str = 
     where = Path(path)
     name = shown(where)
     try:
-        size = where.stat().st_size
-        if where.is_dir():
-            raise UnreadableImage(f"{name} is a folder, not an image", "give an image file", name)
-        if size > MAX_IMAGE_FILE_BYTES:
-            raise UnreadableImage(
-                f"{name} holds {size} bytes, more than the {MAX_IMAGE_FILE_BYTES} of any test image", fix, name
-            )
+        status = where.stat()
+    except (OSError, ValueError) as exc:
+        raise _unreadable(exc, name, fix) from None
+    if stat.S_ISDIR(status.st_mode):
+        raise UnreadableImage(f"{name} is a folder, not an image", "give an image file", name)
+    if status.st_size > MAX_IMAGE_FILE_BYTES:
+        raise UnreadableImage(
+            f"{name} holds {status.st_size} bytes, more than the {MAX_IMAGE_FILE_BYTES} of any test image", fix, name
+        )
+    try:
         data = where.read_bytes()
-    except FileNotFoundError:
-        missing_fix = fix if fix != DEFAULT_FIX else "give the path of an image file"  # the caller's says which
-        raise UnreadableImage(f"{name} does not exist", missing_fix, name) from None
-    except PermissionError:
-        raise UnreadableImage(
-            f"{name} may not be read by this user", "make it readable (chmod a+r) or give another", name
-        ) from None
-    except OSError as exc:  # a name too long, a loop of links, an I/O error
-        raise UnreadableImage(
-            f"{name} cannot be read: {exc.strerror or exc}", "give the path of a readable image file", name
-        ) from None
+    except (OSError, ValueError) as exc:
+        raise _unreadable(exc, name, fix) from None
     image = None
     if data:
         try:

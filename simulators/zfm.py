@@ -551,21 +551,37 @@ class SimulatedModule:
             self._reply(0x01)
 
     def _data(self, kind: int, payload: bytes) -> None:
+        """A DownChar / DownImage data stream: kept only when it is exactly a template's (an image's) size.
+
+        A stream of any other size is answered with confirmation code 0x01 (error receiving the
+        packet) and nothing is stored: a short template would sit in the buffer and be stored
+        to the library, a long one grew the buffer for as long as the client sent. One past the
+        size is refused at once; the rest of its packets are then ignored, as any data packet
+        that comes unasked.
+        """
         if self._receiving is None:
             return
         what, slot, data = self._receiving
+        expected = self.profile.template_bytes if what == "char" else self.profile.image_bytes
         data += payload
-        if kind == PacketType.END_DATA:
+        if len(data) > expected:
             self._receiving = None
-            if what == "char":
-                self.chars[slot] = bytes(data)
-            else:
-                unpacked = np.frombuffer(bytes(data), np.uint8)
-                pixels = np.empty(unpacked.size * 2, np.uint8)
-                pixels[0::2] = unpacked & 0xF0
-                pixels[1::2] = (unpacked & 0x0F) << 4
-                if pixels.size == self.profile.image_width * self.profile.image_height:
-                    self.image = pixels.reshape(self.profile.image_height, self.profile.image_width)
+            self._reply(0x01)
+            return
+        if kind != PacketType.END_DATA:
+            return
+        self._receiving = None
+        if len(data) != expected:
+            self._reply(0x01)
+            return
+        if what == "char":
+            self.chars[slot] = bytes(data)
+        else:
+            unpacked = np.frombuffer(bytes(data), np.uint8)
+            pixels = np.empty(unpacked.size * 2, np.uint8)
+            pixels[0::2] = unpacked & 0xF0
+            pixels[1::2] = (unpacked & 0x0F) << 4
+            self.image = pixels.reshape(self.profile.image_height, self.profile.image_width)
 
     # ------------------------------------------------------------ commands
     def _handlers(self) -> dict[int, Callable[[bytes], None]]:

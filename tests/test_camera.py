@@ -234,3 +234,56 @@ def test_devices_command_lists_the_camera(camera_sim) -> None:
     found = [f for f in json.loads(out) if f["kind"] == "camera" and f["path"] == camera_sim.url]
     assert found and found[0]["capabilities"] == ["camera"]
     assert (found[0]["details"]["width"], found[0]["details"]["height"]) == (320, 240)
+
+
+UNSPLITTABLE_URLS = {
+    "open-bracket": "http://[",
+    "empty-brackets": "http://[]",
+    "empty-brackets-and-path": "http://[]/video.mjpg",
+    "unclosed-ipv6": "rtsp://[::1/stream1",
+    "close-bracket-alone": "http://cam]era/video.mjpg",
+    "brackets-around-a-name": "http://[camera]/video.mjpg",
+    "bracket-in-a-password": "http://admin:pa[ssSECRET@127.0.0.1/video.mjpg",
+    "no-host": "https:///video.mjpg",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSPLITTABLE_URLS))
+def test_a_url_urllib_cannot_split_is_refused_by_the_source_naming_the_fix(case: str) -> None:
+    from drivers.camera.errors import CameraFault
+    from drivers.camera.source import CameraSourceUrl
+
+    url = UNSPLITTABLE_URLS[case]
+    with pytest.raises(CameraSourceUrl) as refused:
+        CameraSource.parse(url)
+    assert isinstance(refused.value, CameraSourceError) and isinstance(refused.value, CameraFault)
+    assert "IPv6 address in brackets" in refused.value.fix and "(fix: " in str(refused.value)
+    assert "SECRET" not in str(refused.value)
+    with pytest.raises(CameraSourceUrl):
+        Camera(url)  # refused before any thread or connection
+    from agent.config import DeviceSection
+    from agent.devices.supervisor import DeviceSupervisor
+
+    recorded: list = []
+    supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=url))],
+                                  lambda k, d: recorded.append((k, d)))
+    assert supervisor.devices == [] and [k for k, _ in recorded] == ["device_fault"]
+    assert "IPv6 address in brackets" in recorded[0][1]["fix"] and "SECRET" not in repr(recorded)
+
+
+def test_bracketed_ipv6_sources_are_still_taken() -> None:
+    for url in ("http://[::1]:8080/video.mjpg", "rtsp://[fe80::1%25eth0]/stream1", "http://u:p@[::1]/v.mjpg"):
+        assert CameraSource.parse(url).kind == "stream"
+
+
+@pytest.mark.parametrize("url", ["http://[", "http://[]", "http://[]/video.mjpg", "https://[x]/"])
+def test_the_mjpeg_reader_turns_a_url_urllib_cannot_split_into_a_camera_fault(url: str) -> None:
+    """The reader is handed a URL as it is (a CameraSource made directly skips parse): urlsplit's ValueError
+    in open() is a CameraFault naming the fix, not an untyped error in the owner thread."""
+    from drivers.camera.errors import CameraFault
+    from drivers.camera.stream import MjpegReader
+
+    reader = MjpegReader(url, "http://***", open_timeout_s=1, read_timeout_s=1)
+    with pytest.raises(CameraFault) as refused:
+        reader.open()
+    assert refused.value.fix and "no URL that can be read" in str(refused.value)

@@ -70,6 +70,12 @@ def test_files_that_are_no_image_are_a_typed_error_naming_the_file_and_the_fix(t
     assert isinstance(refused.value, SimulatorError), "a script line raising it is reported, the simulator serves on"
 
 
+def test_a_file_name_holding_a_nul_byte_is_an_unreadable_image_not_a_bare_value_error(tmp_path: Path) -> None:
+    with pytest.raises(UnreadableImage, match="NUL byte") as refused:
+        read_image(str(tmp_path / "a\x00b.png"))
+    assert refused.value.fix
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_an_image_this_user_may_not_read_says_so(tmp_path: Path) -> None:
     path = png(tmp_path / "locked.png", np.zeros((8, 8), np.uint8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import serial
 
 from drivers.errors import RetryCapture
 from drivers.zfm.constants import LedColor
@@ -18,10 +20,13 @@ from drivers.zfm.errors import (
     CorruptReplyError,
     FingerTimeoutError,
     ImagingFailedError,
+    InvalidArgumentError,
     NoReplyError,
     OversizedReplyError,
+    PortClosedError,
     PortMissingError,
     PortPermissionError,
+    PortSettingsError,
     UnpluggedError,
     WrongPasswordError,
 )
@@ -288,3 +293,88 @@ def test_a_finger_that_cannot_be_imaged_is_still_on_the_sensor(module, zfm_sim) 
     assert module.wait_for_lift(0.3) is False, "an unimaged finger is still a finger: no lift"
     zfm_sim.lift()
     assert module.wait_for_lift(2) is True
+
+
+def test_a_closed_port_is_port_closed_and_an_unplugged_one_stays_unplugged(zfm_sim) -> None:
+    """Closed by its owner (or never opened): PortClosedError, an UnpluggedError that says so instead of blaming
+    the cable. Gone under the driver: UnpluggedError itself, on every call until it is reopened."""
+    never = ZfmModule(zfm_sim.port, reply_timeout_s=0.3)
+    for call in (never.template_count, lambda: never.profile):
+        with pytest.raises(PortClosedError, match="not open") as closed:
+            call()
+        assert isinstance(closed.value, UnpluggedError) and "open the module first" in closed.value.fix
+    ports: list[serial.Serial] = []
+    driver = ZfmModule(zfm_sim.port, reply_timeout_s=0.3, serial_factory=lambda *a, **k: ports.append(
+        serial.Serial(*a, **k)) or ports[-1])
+    driver.open()
+    ports[-1].close()  # the pyserial port closed under the driver: PortNotOpenError inside
+    with pytest.raises(PortClosedError):
+        driver.template_count()
+    driver.open()
+    driver.close()
+    with pytest.raises(PortClosedError):
+        driver.capture()
+    driver.open()
+    zfm_sim.unplug()
+    for _ in range(2):
+        with pytest.raises((UnpluggedError, NoReplyError)) as gone:
+            driver.template_count()
+        assert not isinstance(gone.value, PortClosedError)
+    zfm_sim.replug()
+    driver.close()
+
+
+def test_port_settings_no_module_or_port_takes_are_port_settings_errors(zfm_sim) -> None:
+    for baud in (12345, 0, -9600, 230400, "fast", True):
+        with pytest.raises(PortSettingsError, match="no speed a module runs at") as refused:
+            ZfmModule(zfm_sim.port, baud=baud).open()
+        assert "multiple of 9600" in refused.value.fix
+    with pytest.raises(PortSettingsError, match="byte size"):  # pyserial's own ValueError for a setting
+        ZfmModule(zfm_sim.port, serial_factory=functools.partial(serial.Serial, bytesize=9)).open()
+    with pytest.raises(PortSettingsError, match="refused 57600 baud") as not_a_tty:
+        ZfmModule("/dev/null").open()
+    assert "not a file or another kind of device" in not_a_tty.value.fix
+    driver = ZfmModule(zfm_sim.port, baud=12345, reply_timeout_s=0.3)
+    assert driver.open_at_any_baud().profile.name == "r307" and driver.baud == 57600, "no probe at 12345"
+    driver.close()
+
+
+def test_arguments_no_module_takes_are_invalid_argument_errors_and_nothing_is_sent(module, zfm_sim) -> None:
+    size = zfm_sim.profile.template_bytes
+    calls = {
+        "store-page-negative": lambda: module.store(-1),
+        "store-page-past-capacity": lambda: module.store(1000),
+        "store-buffer-3": lambda: module.store(0, buffer=3),
+        "load-page-2**16": lambda: module.load(2**16),
+        "load-page-str": lambda: module.load("7"),
+        "delete-none": lambda: module.delete(0, 0),
+        "delete-past-the-end": lambda: module.delete(999, 2),
+        "search-buffer-0": lambda: module.search(buffer=0),
+        "upload-template-buffer-bool": lambda: module.upload_template(buffer=True),
+        "template-to-buffer-256": lambda: module.image_to_template(256),
+        "download-template-short": lambda: module.download_template(b"\x01" * 10),
+        "download-template-long": lambda: module.download_template(b"\x01" * (size + 1)),
+        "download-template-str": lambda: module.download_template("x" * size),
+        "upload-image-wrong-shape": lambda: module.upload_image(np.zeros((10, 10), np.uint8)),
+        "upload-image-float": lambda: module.upload_image(np.zeros((288, 256), np.float32)),
+        "set-baud-12345": lambda: module.set_baud(12345),
+        "finger-timeout-nan": lambda: module.wait_for_finger(float("nan")),
+        "finger-poll-0": lambda: module.wait_for_finger(1, poll_s=0),
+        "lift-timeout-negative": lambda: module.wait_for_lift(-1),
+        "reopen-within-inf": lambda: module.reopen(within_s=float("inf")),
+    }
+    sent = list(zfm_sim.commands)
+    for case, call in calls.items():
+        with pytest.raises(InvalidArgumentError) as refused:
+            call()
+        assert isinstance(refused.value, ValueError) and refused.value.fix.startswith("pass "), case
+        assert zfm_sim.commands == sent, f"{case}: nothing reaches the module"
+    assert module.template_count() == 0, "the port is still open and the module answers"
+
+
+def test_a_driver_made_with_a_timeout_or_password_no_module_takes_says_so(zfm_sim) -> None:
+    with pytest.raises(InvalidArgumentError, match="reply timeout"):
+        ZfmModule(zfm_sim.port, reply_timeout_s=float("nan"))
+    with pytest.raises(InvalidArgumentError, match="module password"):
+        ZfmModule(zfm_sim.port, password=2**32).open()
+    assert zfm_sim.commands == []

@@ -162,3 +162,44 @@ def test_a_crashing_handler_is_recorded_and_the_module_keeps_serving(tmp_path) -
             assert _read_ack(port)[0] == 0x00
         assert sim.errors == ["ZeroDivisionError: a bug"]
         assert "errors=['ZeroDivisionError: a bug']" in sim.state()
+
+
+def _data(kind: int, payload: bytes) -> bytes:
+    """A DATA (0x02) or END_DATA (0x08) packet, as a host writes a DownChar stream."""
+    body = struct.pack(">BH", kind, len(payload) + 2) + payload
+    return b"\xef\x01\xff\xff\xff\xff" + body + struct.pack(">H", sum(body) & 0xFFFF)
+
+
+def _stream(data: bytes, size: int = 128) -> bytes:
+    parts = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(_data(0x08 if i == len(parts) - 1 else 0x02, part) for i, part in enumerate(parts))
+
+
+def test_a_downloaded_template_of_the_wrong_size_is_answered_0x01_and_never_stored(zfm_sim) -> None:
+    """DownChar with a short or an overlong template: confirmation 0x01 (packet error), the buffer left as it was;
+    one of the right size is kept and comes back whole on UpChar."""
+    size = zfm_sim.profile.template_bytes
+    with serial.Serial(zfm_sim.port, 57600, timeout=2) as port:
+        for wrong in (b"\x11" * 100, b"\x22" * (size + 1), b""):
+            port.write(_command(0x09, b"\x01"))  # DownChar into buffer 1
+            assert _read_ack(port)[0] == 0x00
+            port.write(_stream(wrong) if wrong else _data(0x08, b""))
+            assert _read_ack(port)[0] == 0x01, f"a template of {len(wrong)} bytes"
+            port.write(_command(0x08, b"\x01"))  # UpChar: the buffer is still empty
+            assert _read_ack(port)[0] == 0x0D
+        endless = _data(0x02, b"\x33" * 128) * (size // 128 + 1)  # DATA past the size, no END_DATA yet
+        port.write(_command(0x09, b"\x01"))
+        assert _read_ack(port)[0] == 0x00
+        port.write(endless)
+        assert _read_ack(port)[0] == 0x01, "refused once it runs past the size, not held until it ends"
+        good = bytes(range(256)) * (size // 256)
+        port.write(_command(0x09, b"\x01") + _stream(good) + _command(0x08, b"\x01"))
+        assert _read_ack(port)[0] == 0x00  # DownChar
+        assert _read_ack(port)[0] == 0x00  # UpChar, its data stream after it
+        received = b""
+        while len(received) < size:
+            head = port.read(9)
+            (length,) = struct.unpack(">H", head[7:9])
+            received += port.read(length)[:-2]
+        assert received == good
+    assert zfm_sim.chars[0] == good and not zfm_sim.errors

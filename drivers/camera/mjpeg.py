@@ -13,7 +13,13 @@ a hostile or broken camera cannot push past:
   stream that is not multipart at all is refused, not buffered).
 
 So the codec never holds more than about ``max_part_bytes`` plus one fed
-chunk. While ``keep`` is False (nobody would take a part), a part with a
+chunk. Its events and its errors do not depend on how the stream is split into
+chunks: a bound is met at the same byte, with the same message, whether the
+bytes come in one read or one at a time (a limit is checked on what is certain
+of the stream so far, never on the size of the buffer at a read's end), and a
+delimiter's place at the start of a line is remembered across what the codec
+has dropped. An error carries the events parsed before it in the same
+``feed`` (:attr:`MjpegError.events`). While ``keep`` is False (nobody would take a part), a part with a
 ``Content-Length`` is counted, not kept: its body is passed over as it is
 fed, never copied nor scanned, and the next boundary's place shows whether
 it ended where it said. A part cut short (its ``Content-Length`` says more than came before
@@ -45,7 +51,17 @@ _LONG_DIGITS = re.compile(rf"[0-9]{{{_LENGTH_DIGITS + 1},}}")
 
 
 class MjpegError(Exception):
-    """A stream that is not MJPEG over multipart, or breaks its bounds (the codec's only exception type)."""
+    """A stream that is not MJPEG over multipart, or breaks its bounds (the codec's only exception type).
+
+    ``events``: what the ``feed`` that raised it parsed before the error (parts whole before the bad
+    bytes came in the same chunk), so a caller counts them as if the stream had come byte by byte.
+    """
+
+    events: list[Event]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.events = []
 
 
 class NotMultipart(MjpegError):
@@ -58,7 +74,7 @@ class PartTooLarge(MjpegError):
     def __init__(self, size: int, limit: int, declared: bool, *, at_least: bool = False) -> None:
         how = ("declares at least" if at_least else "declares") if declared else "carries at least"
         super().__init__(f"an MJPEG part {how} {size} bytes, more than the {limit} accepted")
-        self.size = size  # what it declared, or what the codec held when it refused it
+        self.size = size  # what it declared, or (carried) limit + 1: how far it read is the split's, not the part's
         self.limit = limit
         self.declared = declared
 
@@ -137,6 +153,7 @@ class MultipartDecoder:
         self._left = 0  # body bytes of a part passed over still to come
         self._unchecked: int | None = None  # a part passed over, until the next boundary shows it ended there
         self._junk = False  # bytes other than CR LF came between that part's end and the next boundary
+        self._line_start = True  # the buffer's first byte begins a line (what was dropped before it ended one)
 
     @property
     def buffered(self) -> int:
@@ -153,18 +170,22 @@ class MultipartDecoder:
                 self._state = "preamble"
         self._buf += view
         events: list[Event] = []
-        while True:
-            if self._state == "preamble":
-                if not self._seek_boundary(events):
+        try:
+            while True:
+                if self._state == "preamble":
+                    if not self._seek_boundary(events):
+                        return events
+                elif self._state == "headers":
+                    if not self._read_headers():
+                        return events
+                elif self._state == "skip":
+                    if not self._skip():
+                        return events
+                elif not self._read_body(events):
                     return events
-            elif self._state == "headers":
-                if not self._read_headers():
-                    return events
-            elif self._state == "skip":
-                if not self._skip():
-                    return events
-            elif not self._read_body(events):
-                return events
+        except MjpegError as exc:
+            exc.events = events  # what came before the error in this chunk: as if fed byte by byte
+            raise
 
     # ---------------------------------------------------------------- states
     def _find_delimiter(self, start: int, end: int | None = None) -> tuple[int, int]:
@@ -172,13 +193,15 @@ class MultipartDecoder:
 
         RFC 2046 puts a delimiter at the start of a line (after CRLF); the same bytes in the middle of a
         line are a part's data (a JPEG may hold them), not the end of the part. The buffer's first byte
-        counts as a line start: what came before it was a whole part of declared length, or nothing.
+        counts as a line start when what came before it was a whole part of declared length, a line's
+        end, or nothing (``_line_start``): not when it follows junk dropped mid-line, which a stream fed
+        in one chunk would still hold before it.
         """
         best, size = -1, 0
         stop = len(self._buf) if end is None else end
         for delimiter in self._delimiters:
             at = self._buf.find(delimiter, start, stop)
-            while at > 0 and self._buf[at - 1] != 0x0A:  # mid-line: look further
+            while at >= 0 and not (self._buf[at - 1] == 0x0A if at > 0 else self._line_start):  # mid-line
                 at = self._buf.find(delimiter, at + 1, stop)
             if at >= 0 and (best < 0 or at < best):
                 best, size = at, len(delimiter)
@@ -187,30 +210,44 @@ class MultipartDecoder:
     def _seek_boundary(self, events: list[Event]) -> bool:
         at, size = self._find_delimiter(0)
         if at < 0:
-            keep = max(len(d) for d in self._delimiters) - 1
+            keep = max(len(d) for d in self._delimiters) - 1  # a delimiter may begin in these: kept
             drop = max(0, len(self._buf) - keep)
-            self._note_junk(drop)
-            self._skipped += drop
-            del self._buf[:drop]
-            if self._skipped > self.max_part_bytes:
-                raise NotMultipart(f"{self._skipped} bytes of the stream carry no part boundary")
+            if drop:
+                self._note_junk(drop)
+                self._line_start = self._buf[drop - 1] == 0x0A
+                self._skipped += drop
+                del self._buf[:drop]
+            if self._skipped > self.max_part_bytes:  # junk for certain: no delimiter can begin in what went
+                raise self._no_boundary()
             return False
+        if self._skipped + at > self.max_part_bytes:  # the same bound, met with the delimiter in sight
+            raise self._no_boundary()
         self._note_junk(at)
         line_end = self._buf.find(b"\n", at + size)
         if line_end < 0:  # the rest of the boundary line has not come yet
-            if len(self._buf) - at > self.max_header_bytes:
-                raise HeadersTooLarge(f"an MJPEG boundary line runs past {self.max_header_bytes} bytes")
+            if len(self._buf) - at > self.max_header_bytes:  # its line feed can come no sooner than the next byte
+                raise self._long_boundary_line()
             self._skipped += at
             del self._buf[:at]
+            self._line_start = True  # a delimiter found at a line's start is now the buffer's first byte
             return False
+        if line_end - at > self.max_header_bytes:  # the bound above, for a line that came in one chunk
+            raise self._long_boundary_line()
         if self._unchecked is not None:  # a part passed over: it ended where it said, or it was cut short
             length, self._unchecked = self._unchecked, None
             events.append(DroppedPart(f"it did not end where its Content-Length of {length} bytes said", length)
                           if self._junk else SkippedPart(length))
         self._skipped = 0
         del self._buf[: line_end + 1]
+        self._line_start = True
         self._state = "headers"
         return True
+
+    def _no_boundary(self) -> NotMultipart:
+        return NotMultipart(f"more than {self.max_part_bytes} bytes of the stream carry no part boundary")
+
+    def _long_boundary_line(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"an MJPEG boundary line runs past {self.max_header_bytes} bytes")
 
     def _note_junk(self, end: int) -> None:
         """After a part passed over, the bytes up to ``end`` (about to be dropped) should be line breaks only."""
@@ -223,6 +260,7 @@ class MultipartDecoder:
         self._left -= take
         if self._left:
             return False
+        self._line_start = True  # as after a part kept whole: its declared end may be followed by the delimiter
         self._state = "preamble"
         return True
 
@@ -232,7 +270,9 @@ class MultipartDecoder:
         else:
             ends = [(i, n) for i, n in ((self._buf.find(b"\r\n\r\n"), 4), (self._buf.find(b"\n\n"), 2)) if i >= 0]
             if not ends:
-                if len(self._buf) > self.max_header_bytes:
+                # An end still to come begins at len - 3 at the earliest (its CR LF CR may be here already):
+                # the headers are too long once even that is past the bound, as they are when fed whole.
+                if len(self._buf) - 3 > self.max_header_bytes:
                     raise HeadersTooLarge(f"an MJPEG part's headers run past {self.max_header_bytes} bytes")
                 return False
             at, size = min(ends)
@@ -286,6 +326,7 @@ class MultipartDecoder:
                 body = bytes(self._buf[:at]).rstrip(b"\r\n")
                 events.append(DroppedPart(f"cut short: {len(body)} of the {self._length} bytes declared", len(body)))
                 del self._buf[:at]
+                self._line_start = True
                 self._state = "preamble"
                 return True
             if len(self._buf) < self._length:
@@ -293,21 +334,29 @@ class MultipartDecoder:
                 return False
             events.append(Part(self._headers, self._copy(self._length)))
             del self._buf[: self._length]
+            self._line_start = True  # the declared end: a delimiter right after it counts, as documented
             self._state = "preamble"
             return True
         at, _ = self._find_delimiter(max(0, self._scan - longest + 1))
         if at < 0:
-            if len(self._buf) > self.max_part_bytes:
-                raise PartTooLarge(len(self._buf), self.max_part_bytes, declared=False)
+            # A delimiter still to come begins at len - longest + 1 at the earliest, after a CR LF: the body is
+            # too long for certain once even that end is past the bound (the bound of a body fed whole).
+            if len(self._buf) - longest - 1 > self.max_part_bytes:
+                raise self._too_long()
             self._scan = len(self._buf)
             return False
         end = at - (2 if self._buf[max(0, at - 2) : at] == b"\r\n" else 1 if self._buf[at - 1 : at] == b"\n" else 0)
         if end > self.max_part_bytes:
-            raise PartTooLarge(end, self.max_part_bytes, declared=False)
+            raise self._too_long()
         events.append(Part(self._headers, self._copy(end)) if self.keep else SkippedPart(end))
         del self._buf[:at]
+        self._line_start = True
         self._state = "preamble"
         return True
+
+    def _too_long(self) -> PartTooLarge:
+        """A body with no length past the bound: "at least limit + 1" (how much more came is the split's)."""
+        return PartTooLarge(self.max_part_bytes + 1, self.max_part_bytes, declared=False)
 
     def _copy(self, end: int) -> bytes:
         """The buffer's first ``end`` bytes, copied once (a bytearray slice would copy them twice)."""

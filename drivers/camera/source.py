@@ -23,6 +23,8 @@ READ_TIMEOUT_MS = 2000
 
 
 class CameraSourceError(ValueError):
+    """A camera source the driver cannot use as written; the message says what to write instead."""
+
     def __init__(self, source: str) -> None:
         super().__init__(
             f"camera source {source!r} is neither a V4L2 device, a stream URL nor a file "
@@ -44,6 +46,49 @@ class CameraSourceCredentials(CameraSourceError, CameraFault):
 
     def __str__(self) -> str:
         return CameraFault.__str__(self)
+
+
+class CameraSourceUrl(CameraSourceError, CameraFault):
+    """A stream URL urllib cannot split: an unbalanced ``[`` or ``]``, or brackets around no IP address
+    (``http://[``, ``http://[]``). urlsplit raised ValueError for it, inside the reader's open()."""
+
+    def __init__(self, shown: str, reason: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {shown} is no URL that can be read: {reason}",
+            "write the camera's address in the URL as a name or an IPv4 address (http://192.168.1.20/video.mjpg), "
+            "or an IPv6 address in brackets (http://[fe80::1]/video.mjpg); percent-encode [ and ] in a user or "
+            "password (%5B, %5D)",
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+def _authority_shown(text: str) -> str:
+    """Scheme and host as written, a userinfo masked: for a URL that urllib cannot split (redact_url would show
+    the scheme only, which names nothing to fix). Cut at 80 characters."""
+    split = split_authority(text)
+    if split is None:
+        return "***"
+    scheme, authority, _ = split
+    _, at, host = authority.rpartition("@")
+    shown = f"{scheme}://{'***@' if at else ''}{host}"
+    return shown if len(shown) <= 80 else shown[:80] + "..."
+
+
+def check_url(text: str) -> None:
+    """CameraSourceUrl unless urllib splits ``text`` and reads its host (what the MJPEG reader and the
+    redirect logic do): ``http://[`` made urlsplit raise ValueError, ``http://[]`` its ``.hostname`` on some
+    Pythons; a URL with no host at all is refused the same way."""
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        parts.username  # noqa: B018 (read for the ValueError it may raise)
+    except ValueError as exc:
+        raise CameraSourceUrl(_authority_shown(text), str(exc)) from None
+    if not host:
+        raise CameraSourceUrl(_authority_shown(text), "it has no host")
 
 
 # host[:port] of an authority: a name (letters, digits, . - _ ~ and %-escapes), an IPv4 address or a [bracketed]
@@ -147,6 +192,7 @@ class CameraSource:
         if re.match(r"(rtsp|rtsps|http|https)://", text):
             if credentials_unclear(text):  # where the credentials end cannot be told
                 raise CameraSourceCredentials(_origin(text))
+            check_url(text)
             return cls(text, "stream", text)
         if text and not text.startswith("/dev/"):
             return cls(text, "file", str(Path(text)))

@@ -40,7 +40,8 @@ from drivers.camera.errors import (
 from drivers.camera.mjpeg import (
     MAX_PART_BYTES,
     ConflictingLength,
-    HeadersTooLarge,
+    Event,
+    MjpegError,
     MultipartDecoder,
     NotJpeg,
     NotMultipart,
@@ -50,7 +51,7 @@ from drivers.camera.mjpeg import (
     boundary_of,
     jpeg_size,
 )
-from drivers.camera.source import CameraSourceCredentials, credentials_unclear, redact_url
+from drivers.camera.source import CameraSourceCredentials, CameraSourceUrl, credentials_unclear, redact_url
 
 CHUNK = 64 * 1024
 POLL_S = 0.1  # how often a blocked read looks at the stop event and the deadline
@@ -132,7 +133,12 @@ class MjpegReader:
         to change), CameraNotMjpeg if not MJPEG. Returns within ``open_timeout_s`` (or soon after ``stop``)."""
         if credentials_unclear(self.url):  # as CameraSource.parse: an unencoded / ? # in the user or password
             raise CameraSourceCredentials(self.shown)
-        url = urllib.parse.urlsplit(self.url)
+        try:  # "http://[" and "http://[]": urlsplit (or .hostname) raises ValueError; as CameraSource.parse
+            url = urllib.parse.urlsplit(self.url)
+            host, tls = url.hostname or "", url.scheme.lower() == "https"
+            url.username  # noqa: B018 (read for the ValueError it may raise)
+        except ValueError as exc:
+            raise CameraSourceUrl(self.shown, str(exc)) from None
         try:
             port = url.port
         except ValueError:  # "host:http", "host:99999": urlsplit splits it, .port refuses it
@@ -140,7 +146,6 @@ class MjpegReader:
                 f"the camera URL {self.shown} has no valid port",
                 "write the port in the source URL as a number 1..65535 (http://host:8080/...), or leave it out",
             ) from None
-        host, tls = url.hostname or "", url.scheme.lower() == "https"
         if not host:
             raise CameraFault(f"the camera URL {self.shown} has no host", "write the camera's address in the URL")
         if port == 0:
@@ -202,8 +207,14 @@ class MjpegReader:
                         "set source to the stream URL the camera's manual gives",
                     )
                 origin = f"{url.scheme.lower()}://{_host_header(host, port, tls)}"  # no userinfo to copy
-                location = urllib.parse.urljoin(origin + target, raw)
-                moved = urllib.parse.urlsplit(location)
+                try:
+                    location = urllib.parse.urljoin(origin + target, raw)
+                    moved = urllib.parse.urlsplit(location)
+                except ValueError:  # a Location urllib cannot split (an unbalanced [): no URL to follow or name
+                    raise CameraFault(
+                        f"the camera {self.shown} answered HTTP {status} with a Location that is no URL",
+                        "set source to the stream URL the camera's manual gives",
+                    ) from None
                 try:
                     default = 443 if moved.scheme.lower() == "https" else 80
                     there = (moved.scheme.lower(), moved.hostname, default if moved.port is None else moved.port)
@@ -436,16 +447,36 @@ class MjpegReader:
 
     def _feed(self, data: bytes | memoryview) -> None:
         assert self._decoder is not None
+        events: list[Event] = []
         try:
-            events = []
             for piece in self._chunks.feed(data) if self._chunks is not None else [data]:
                 events += self._decoder.feed(piece)
-        except PartTooLarge as exc:
-            raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
-        except (ConflictingLength, ChunkError) as exc:
-            raise CameraStreamBroken(self.shown, str(exc)) from None
-        except (NotMultipart, HeadersTooLarge) as exc:
-            raise CameraNotMjpeg(self.shown, str(exc)) from None
+        except MjpegError as exc:
+            # The parts parsed before the error in the same read count as if they had come in reads of
+            # their own: the counters do not depend on how the camera's bytes were split.
+            self._count(events + exc.events)
+            if isinstance(exc, PartTooLarge):
+                raise CameraFrameTooLarge(self.shown, str(exc), size=exc.size) from None
+            if isinstance(exc, ConflictingLength | ChunkError):
+                raise CameraStreamBroken(self.shown, str(exc)) from None
+            raise CameraNotMjpeg(self.shown, str(exc)) from None  # NotMultipart, HeadersTooLarge
+        self._take(events)
+
+    def _count(self, events: list[Event]) -> None:
+        """The events before an error: counted (skipped, dropped), no part kept, no fault of their own raised.
+
+        A part whole from an earlier read and not yet handed over is passed over the same way: the fault
+        goes up instead of it, whether it came in the read that failed or in one before.
+        """
+        self.skipped += len(self._parts)
+        self._parts.clear()
+        for event in events:
+            if isinstance(event, Part | SkippedPart):
+                self.skipped += 1  # whole, but never handed over: the stream failed right after it
+            else:
+                self.dropped += 1
+
+    def _take(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Part):
                 self.skipped += len(self._parts)  # a newer part came before the older was handed over

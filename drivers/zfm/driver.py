@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import termios
 import threading
@@ -68,11 +69,14 @@ from drivers.zfm.errors import (
     CorruptReplyError,
     FingerTimeoutError,
     ImagingFailedError,
+    InvalidArgumentError,
     ModuleRefusedError,
     NoReplyError,
     OversizedReplyError,
+    PortClosedError,
     PortMissingError,
     PortPermissionError,
+    PortSettingsError,
     UnpluggedError,
     WrongPasswordError,
 )
@@ -86,6 +90,39 @@ WRONG_PASSWORD = 0x13
 # What a vanished line raises: pyserial wraps most, but flush() and reset_input_buffer()
 # call termios directly, whose error is not an OSError (EIO once a pty's other end closes).
 LINE_ERRORS = (OSError, serial.SerialException, termios.error)
+MODULE_BAUDS = tuple(BAUD_UNIT * n for n in range(1, 13))  # the speeds a module runs at (its system parameter)
+
+
+def _whole(what: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int from ``low`` to ``high``, or InvalidArgumentError (a bool, a float, a str are none).
+
+    Checked before anything is sent: out of range, struct.pack and bytes() raised their own untyped
+    errors (or, within a byte, sent a buffer or page number the module refuses with a bare code).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+        raise InvalidArgumentError(what, value, f"a whole number from {low} to {high}")
+    return int(value)
+
+
+def _seconds(what: str, value: object, *, zero: bool = True) -> float:
+    """A duration in seconds: finite, and not negative (above 0 unless ``zero``). NaN never passes a deadline."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (not zero and value == 0):
+        raise InvalidArgumentError(what, value, "a finite number of seconds " + ("from 0" if zero else "above 0"))
+    return float(value)
+
+
+def _errno(exc: BaseException) -> int | None:
+    """The OS error number behind a pyserial error: its own, or its cause's (termios.error keeps it in args)."""
+    for candidate in (exc, exc.__context__, exc.__cause__):
+        if candidate is None:
+            continue
+        number = getattr(candidate, "errno", None)
+        if number is None and candidate.args and isinstance(candidate.args[0], int):
+            number = candidate.args[0]
+        if number is not None:
+            return int(number)
+    return None
 
 
 @dataclass(frozen=True)
@@ -109,19 +146,21 @@ class ZfmModule:
         serial_factory: Callable[..., serial.Serial] = serial.Serial,
     ) -> None:
         self.port = port
-        self.baud = baud
-        self.password = password
-        self.address = address
-        self.reply_timeout_s = reply_timeout_s
+        self.baud = baud  # checked at every open (the agent sets it between opens): PortSettingsError
+        self.password = password  # checked at every open: InvalidArgumentError
+        self.address = _whole("the module address", address, 0, 0xFFFFFFFF)
+        self.reply_timeout_s = _seconds("the reply timeout", reply_timeout_s, zero=False)
         self._serial_factory = serial_factory
         self._serial: serial.Serial | None = None
         self._decoder = Decoder()
         self._events: deque[Event] = deque()
+        self._lost = False  # the port went away under the driver (UnpluggedError), not closed by its owner
         self.info: ModuleInfo | None = None
 
     # ---------------------------------------------------------------- open/close
     def open(self) -> ModuleInfo:
         """Open the port, check the module answers (VerifyPwd), read its parameters."""
+        _whole("the module password", self.password, 0, 0xFFFFFFFF)
         self._open_port()
         ack = self._call(Command.VERIFY_PWD, u32(self.password), what="the password check")
         if ack.code == WRONG_PASSWORD:
@@ -141,10 +180,14 @@ class ZfmModule:
         by another tool) answers only at that speed; at any other it hears noise
         and stays silent.
         """
+        probe_timeout_s = _seconds("the probe timeout", probe_timeout_s, zero=False)
         patient = self.reply_timeout_s
         tried: list[int] = []
         noise = 0  # bytes that were no packet at any speed: says "something else is on this port"
-        for baud in dict.fromkeys([self.baud, *candidates]):
+        speeds = [b for b in dict.fromkeys([self.baud, *candidates]) if b in MODULE_BAUDS]
+        if not speeds:  # none a module runs at: no probe could ever be answered
+            self._check_baud()
+        for baud in speeds:
             self.baud, self.reply_timeout_s = baud, probe_timeout_s
             tried.append(baud)
             try:
@@ -157,17 +200,27 @@ class ZfmModule:
         self.close()
         raise NoReplyError(self.port, f"a handshake at any of {', '.join(map(str, tried))} baud", noise)
 
+    def _check_baud(self) -> None:
+        if isinstance(self.baud, bool) or self.baud not in MODULE_BAUDS:
+            raise PortSettingsError(self.port, f"{self.baud!r} baud is no speed a module runs at")
+
     def _open_port(self) -> None:
-        self.close()
+        self._close_port()
+        self._check_baud()
         try:
             self._serial = self._serial_factory(self.port, self.baud, timeout=0.05, write_timeout=2.0)
+        except ValueError as exc:  # pyserial refuses a setting before it opens anything
+            raise PortSettingsError(self.port, str(exc)) from None
         except serial.SerialException as exc:
-            cause = getattr(exc, "errno", None) or getattr(exc.__context__, "errno", None)
+            cause = _errno(exc)
             if cause in (errno.EACCES, errno.EPERM):
                 raise PortPermissionError(self.port) from None
             if cause == errno.ENOENT or not os.path.exists(self.port):
                 raise PortMissingError(self.port) from None
+            if cause in (errno.ENOTTY, errno.EINVAL):  # a file or another device, or a speed the port refuses
+                raise PortSettingsError(self.port, f"it refused {self.baud} baud 8N1 ({exc})") from None
             raise UnpluggedError(self.port) from None
+        self._lost = False
         self._reset_decoder()
 
     def _reset_decoder(self) -> None:
@@ -175,10 +228,31 @@ class ZfmModule:
         self._events.clear()
 
     def close(self) -> None:
+        """Close the port; using the module afterwards is a PortClosedError until it is opened again."""
+        self._close_port()
+        self._lost = False
+
+    def _close_port(self) -> None:
         if self._serial is not None:
             with contextlib.suppress(*LINE_ERRORS):
                 self._serial.close()
             self._serial = None
+
+    def _line(self) -> serial.Serial:
+        """The open port: UnpluggedError when it went away under the driver, PortClosedError when it was closed."""
+        if self._serial is None:
+            raise UnpluggedError(self.port) if self._lost else PortClosedError(self.port)
+        return self._serial
+
+    def _line_failed(self, exc: BaseException) -> UnpluggedError:
+        """The error for a read or write that failed: the port closed under the driver's own object
+        (pyserial's PortNotOpenError), or the line gone (an unplug)."""
+        self._close_port()
+        if isinstance(exc, serial.PortNotOpenError):
+            self._lost = False
+            return PortClosedError(self.port)
+        self._lost = True
+        return UnpluggedError(self.port)
 
     def __enter__(self) -> ZfmModule:
         self.open()
@@ -189,6 +263,8 @@ class ZfmModule:
 
     def reopen(self, within_s: float = 30.0, first_delay_s: float = 0.1) -> ModuleInfo:
         """After an unplug: try again with backoff until ``within_s`` has passed."""
+        within_s = _seconds("the reopen time", within_s)
+        first_delay_s = _seconds("the first reopen delay", first_delay_s, zero=False)
         deadline = time.monotonic() + within_s
         delay = first_delay_s
         while True:
@@ -204,14 +280,12 @@ class ZfmModule:
 
     # ---------------------------------------------------------------- transport
     def _send(self, data: bytes) -> None:
-        if self._serial is None:
-            raise UnpluggedError(self.port)
+        port = self._line()
         try:
-            self._serial.write(data)
-            self._serial.flush()
-        except LINE_ERRORS:
-            self.close()
-            raise UnpluggedError(self.port) from None
+            port.write(data)
+            port.flush()
+        except LINE_ERRORS as exc:
+            raise self._line_failed(exc) from None
 
     def _next_packet(self, deadline: float, what: str) -> Packet:
         """The next valid packet before ``deadline``; CorruptReplyError on a corrupt one.
@@ -233,13 +307,11 @@ class ZfmModule:
                     noise += len(event.data)
             if time.monotonic() > deadline:
                 raise NoReplyError(self.port, what, noise)
-            if self._serial is None:
-                raise UnpluggedError(self.port)
+            port = self._line()
             try:
-                chunk = self._serial.read(self._serial.in_waiting or 1)
-            except LINE_ERRORS:
-                self.close()
-                raise UnpluggedError(self.port) from None
+                chunk = port.read(port.in_waiting or 1)
+            except LINE_ERRORS as exc:
+                raise self._line_failed(exc) from None
             self._events.extend(self._decoder.feed(chunk))
 
     def _call(self, code: Command, *args: int | bytes, what: str, data_len: int = 0, retry: bool = True) -> Ack:
@@ -314,8 +386,14 @@ class ZfmModule:
     @property
     def profile(self) -> ModelProfile:
         if self.info is None:
-            raise UnpluggedError(self.port)
+            raise PortClosedError(self.port)
         return self.info.profile
+
+    def _buffer(self, buffer: object) -> int:
+        return _whole("the char buffer", buffer, 1, self.profile.char_buffers)
+
+    def _page(self, page: object) -> int:
+        return _whole("the template page", page, 0, self.profile.capacity - 1)
 
     # ---------------------------------------------------------------- capture
     def capture(self) -> bool:
@@ -343,6 +421,8 @@ class ZfmModule:
         self, timeout_s: float, poll_s: float = POLL_INTERVAL_S, cancel: threading.Event | None = None
     ) -> None:
         """Capture as soon as a finger is on the sensor; FingerTimeoutError, or CaptureCancelled when asked."""
+        timeout_s = _seconds("the finger timeout", timeout_s)
+        poll_s = _seconds("the poll interval", poll_s, zero=False)
         deadline = time.monotonic() + timeout_s
         while not self.capture():
             if cancel is not None and cancel.wait(poll_s):
@@ -355,6 +435,8 @@ class ZfmModule:
     def wait_for_lift(
         self, timeout_s: float, poll_s: float = POLL_INTERVAL_S, cancel: threading.Event | None = None
     ) -> bool:
+        timeout_s = _seconds("the lift timeout", timeout_s)
+        poll_s = _seconds("the poll interval", poll_s, zero=False)
         deadline = time.monotonic() + timeout_s
         while self._finger_present():
             if cancel is not None and cancel.wait(poll_s):
@@ -376,23 +458,33 @@ class ZfmModule:
             raise CorruptReplyError(self.port, str(exc)) from None
 
     def upload_image(self, image: np.ndarray) -> None:
+        """DownImage: a uint8 image of the model's size (another size would be refused by the module)."""
+        profile = self.profile
+        shape = (profile.image_height, profile.image_width)
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == shape):
+            got = f"a {image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image)
+            raise InvalidArgumentError("the image", got, f"a uint8 array of shape {shape} (height, width)")
         self._checked(Command.DOWN_IMAGE, what="downloading an image")
         self._send(data_packets(pack_image(image), self.packet_size, self.address))
 
     # ---------------------------------------------------------------- on-module templates
     def image_to_template(self, buffer: int = 1) -> None:
-        self._checked(Command.IMG2TZ, buffer, what="making a template")
+        self._checked(Command.IMG2TZ, self._buffer(buffer), what="making a template")
 
     def create_model(self) -> None:
         self._checked(Command.REG_MODEL, what="combining the templates")
 
     def store(self, page: int, buffer: int = 1) -> None:
+        buffer, page = self._buffer(buffer), self._page(page)
         self._checked(Command.STORE, buffer, u16(page), what=f"storing template {page}")
 
     def load(self, page: int, buffer: int = 1) -> None:
+        buffer, page = self._buffer(buffer), self._page(page)
         self._checked(Command.LOAD_CHAR, buffer, u16(page), what=f"loading template {page}")
 
     def delete(self, page: int, count: int = 1) -> None:
+        page = self._page(page)
+        count = _whole("the count of templates", count, 1, self.profile.capacity - page)
         self._checked(Command.DELETE_CHAR, u16(page), u16(count), what=f"deleting template {page}")
 
     def empty(self) -> None:
@@ -406,7 +498,7 @@ class ZfmModule:
 
     def search(self, buffer: int = 1) -> SearchResult | None:
         """The best stored template for the buffer's template, or None when none matches."""
-        capacity = self.profile.capacity
+        capacity, buffer = self.profile.capacity, self._buffer(buffer)
         ack = self._call(Command.SEARCH, buffer, u16(0), u16(capacity), what="searching", data_len=4)
         if ack.code == NOT_FOUND:
             return None
@@ -419,18 +511,25 @@ class ZfmModule:
 
     def upload_template(self, buffer: int = 1) -> bytes:
         """UpChar: the template in a buffer (for modules used as storage)."""
-        self._checked(Command.UP_CHAR, buffer, what="uploading a template")
+        self._checked(Command.UP_CHAR, self._buffer(buffer), what="uploading a template")
         return self._read_stream("the template", self.profile.template_bytes)
 
     def download_template(self, data: bytes, buffer: int = 1) -> None:
+        """DownChar: a template of exactly the model's size (the module answers another size with 0x01)."""
+        size = self.profile.template_bytes
+        if not isinstance(data, bytes | bytearray | memoryview) or len(data) != size:
+            got = f"{len(data)} bytes" if isinstance(data, bytes | bytearray | memoryview) else type(data)
+            raise InvalidArgumentError("the template", got, f"{size} bytes (a {self.profile.name} template)")
+        buffer = self._buffer(buffer)
+        data = bytes(data)
         self._checked(Command.DOWN_CHAR, buffer, what="downloading a template")
         self._send(data_packets(data, self.packet_size, self.address))
 
     # ---------------------------------------------------------------- settings
     def set_baud(self, baud: int) -> None:
         """Raise (or lower) the line speed: SetSysPara, then reopen at the new rate."""
-        if baud % BAUD_UNIT or not 1 <= baud // BAUD_UNIT <= 12:
-            raise ValueError(f"{baud}: the module takes multiples of 9600 up to 115200")
+        if isinstance(baud, bool) or baud not in MODULE_BAUDS:
+            raise InvalidArgumentError("the baud rate", baud, "a multiple of 9600 from 9600 to 115200")
         self._checked(Command.SET_SYS_PARA, SysParam.BAUD, baud // BAUD_UNIT, what="setting the baud rate")
         time.sleep(0.05)
         self.baud = baud
@@ -440,7 +539,12 @@ class ZfmModule:
         """Aura LED on R50x modules (feedback to the user); False on modules without one."""
         if not self.profile.has_led:
             return False
-        self._checked(Command.AURA_LED, mode, speed, color, cycles, what="setting the LED")
+        if color not in set(LedColor):
+            raise InvalidArgumentError("the LED colour", color, f"one of {', '.join(c.name for c in LedColor)}")
+        if mode not in set(LedMode):
+            raise InvalidArgumentError("the LED mode", mode, f"one of {', '.join(m.name for m in LedMode)}")
+        speed, cycles = _whole("the LED speed", speed, 0, 255), _whole("the LED cycles", cycles, 0, 255)
+        self._checked(Command.AURA_LED, int(mode), speed, int(color), cycles, what="setting the LED")
         return True
 
     def handshake(self) -> bool:

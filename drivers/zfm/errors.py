@@ -48,6 +48,46 @@ class UnpluggedError(ModuleError):
         super().__init__(f"the module on {port} went away (unplugged?)", "plug it back in; the agent reopens it")
 
 
+class PortClosedError(UnpluggedError):
+    """The driver's port is not open: never opened, or closed by its owner (not lost to an unplug).
+
+    An UnpluggedError all the same, so whoever reopens a module that went away reopens this one too;
+    its message says the port is closed rather than blaming the cable.
+    """
+
+    def __init__(self, port: str) -> None:
+        ModuleError.__init__(
+            self,
+            f"the serial port {port} of the fingerprint module is not open (never opened, or closed)",
+            "open the module first (ZfmModule.open(), open_at_any_baud(), or a with block) and use it before "
+            "close(); the agent's supervisor reopens it by itself",
+        )
+
+
+class PortSettingsError(ModuleError):
+    """The port refuses the settings the driver opens it with (a speed no module runs at, or no serial port)."""
+
+    def __init__(self, port: str, reason: str) -> None:
+        super().__init__(
+            f"the serial port {port} cannot be opened as the module's line: {reason}",
+            "set baud in the module's [[device]] entry to a multiple of 9600 from 9600 to 115200 (57600 is the "
+            "modules' default), and port to the module's serial device (/dev/ttyUSB0, /dev/ttyAMA0, /dev/serial0), "
+            "not a file or another kind of device",
+        )
+
+
+class InvalidArgumentError(ModuleError, ValueError):
+    """A caller's argument no module takes (a buffer, page, size, speed, timeout out of range): nothing was sent.
+
+    A ValueError too, as before this type existed, so a caller catching that still does.
+    """
+
+    def __init__(self, what: str, value: object, expected: str) -> None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+        super().__init__(f"{what} {shown} is not {expected}", f"pass {what} as {expected}")
+        self.what = what
+
+
 class CorruptReplyError(ModuleError):
     def __init__(self, port: str, reason: str) -> None:
         super().__init__(
