@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import SplitResult, urlsplit
 
+import httpx
+
 from agent.errors import ConfigError
 from protocol.wire import NotBase64Error, b64decode_strict
 
@@ -71,7 +73,8 @@ def _https_url(value: str) -> bool:
         return False
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
-    except ValueError:
+        httpx.URL(value)  # the client's own parser: urlsplit takes hosts IDNA 2008 refuses ("https://Ａ")
+    except (ValueError, httpx.InvalidURL):
         return False
     return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
 

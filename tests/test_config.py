@@ -135,6 +135,8 @@ HOSTILE_CONFIGS = {
     "nfkc netloc": ('[verifier]\nurl = "https://a\u2100b.example"\n'.encode(), "bad value [verifier] url"),
     "port not a number": (b'[verifier]\nurl = "https://h:x"\n', "bad value [verifier] url"),
     "port out of range": (b'[verifier]\nurl = "https://h:99999"\n', "bad value [verifier] url"),
+    # urlsplit takes it, the HTTP client's IDNA 2008 does not: an InvalidURL when the client was built
+    "fullwidth host": ('[verifier]\nurl = "https://\uff21:8443"\n'.encode(), "bad value [verifier] url"),
     # int() refuses more than 4300 decimal digits with a plain ValueError out of tomllib
     "4301 digits": (b"[network]\nretries = " + b"1" * 4301 + b"\n", "more than 4300 digits"),
     # hex has no digit limit: the int is built, then repr() in a message would raise
