@@ -504,7 +504,7 @@ class LocalAPI:
         route = "/".join("{id}" if i == 1 and parts[0] == "sessions" else p for i, p in enumerate(parts[:3]))
         log.error("local_api_request_failed", method=method[:16], route="/" + route, error_type=type(exc).__name__,
                   raised_at=where)
-        if conn.our_state is h11.SEND_RESPONSE:
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer begun (IDLE: the request never ended)
             await self._json(conn, writer, 500, {
                 "error": f"the agent failed on this request ({type(exc).__name__})",
                 "fix": "retry; if it fails again, send the agent's log (event local_api_request_failed) to its "
