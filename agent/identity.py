@@ -108,9 +108,12 @@ def spki_der(certificate: x509.Certificate | bytes) -> bytes:
     return tbs[pos : _der_element(tbs, pos)[1]]
 
 
-def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate) -> str:
-    """Base64 SHA-256 of a SubjectPublicKeyInfo: the form of an SPKI pin (RFC 7469)."""
-    if isinstance(public_key, x509.Certificate):
+def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate | bytes) -> str:
+    """Base64 SHA-256 of a SubjectPublicKeyInfo: the form of an SPKI pin (RFC 7469).
+
+    Of a key, a certificate, or a certificate's DER (a handshake's: not parsed by cryptography at all).
+    """
+    if isinstance(public_key, x509.Certificate | bytes):
         der = spki_der(public_key)
     else:
         der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -279,7 +279,7 @@ P256_OID_DER = bytes.fromhex("06082a8648ce3d030107")
 UNSUPPORTED_CURVE_OID_DER = bytes.fromhex("06082a8648ce3d030163")
 
 
-def _der_head(length: int) -> bytes:
+def der_head(length: int) -> bytes:
     if length < 0x80:
         return bytes([length])
     raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
@@ -305,9 +305,9 @@ def resigned(cert: x509.Certificate, edit: Callable[[bytes], bytes], key: ec.Ell
     tbs_end = _der_element(der, _der_element(der, 0)[0])[1]  # Certificate: TBSCertificate, algorithm, signature
     algorithm = der[tbs_end:_der_element(der, tbs_end)[1]]
     signature = key.sign(edited, ec.ECDSA(hashes.SHA256()))
-    bits = b"\x03" + _der_head(len(signature) + 1) + b"\x00" + signature
+    bits = b"\x03" + der_head(len(signature) + 1) + b"\x00" + signature
     body = edited + algorithm + bits
-    return b"\x30" + _der_head(len(body)) + body
+    return b"\x30" + der_head(len(body)) + body
 
 
 def hostile_certificate(
@@ -348,7 +348,7 @@ def _oid_der(dotted: str) -> bytes:
             arc >>= 7
             chunk.append(0x80 | (arc & 0x7F))
         body += bytes(reversed(chunk))
-    return b"\x06" + _der_head(len(body)) + body
+    return b"\x06" + der_head(len(body)) + body
 
 
 def sqlite_modes_under_umask_022(path: Path, use: Callable[[Path], Callable[[], None]], *, older: bool
