@@ -151,6 +151,8 @@ HOSTILE_CONFIGS = {
     "NUL escape in a path": (b'[api]\nsocket = "/run/a\\u0000b"\n', "NUL character in the value of api.socket"),
     "NUL escape in a key": (b'[network]\n"a\\u0000" = 1\n', "NUL character in a key name"),
     "too large": (b"#" * (MAX_CONFIG_BYTES + 1), "larger than 1048576 bytes"),
+    "a key of 100000 characters": (b"[network]\n" + b"k" * 100_000 + b" = 1\n", "unknown key [network] kkk"),
+    "a section of 100000 characters": (b"[" + b"s" * 100_000 + b"]\n", "unknown section [sss"),
     "password in a URL urlsplit rejects": (b'[verifier]\nurl = "https://u:s3cret@["\n', "user name or password"),
 }
 
