@@ -38,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email.utils
+import math
 import random
 import ssl
 import uuid
@@ -75,6 +77,9 @@ RETRYABLE = (
     httpx.TimeoutException,
 )
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+# The longest Retry-After taken as said: a verifier's real waits are seconds to minutes (a subject locked for a
+# while is the longest); a header asking for days is a bug or a hostile box in between, and is cut to this.
+MAX_RETRY_AFTER_S = 3600
 JSON_TYPE = "application/json"
 
 
@@ -154,16 +159,50 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
 
 
 def server_timing(response: httpx.Response) -> dict[str, float]:
-    """The verifier's ``Server-Timing`` entries as name -> milliseconds (``app``, ``match``)."""
+    """The verifier's ``Server-Timing`` entries as name -> milliseconds (``app``, ``match``).
+
+    Only a measurement: a malformed entry (a proxy's?) is skipped, and so is a duration that is
+    not a finite, non-negative ASCII number (float() takes "nan", "inf", "1e999" and "١٢").
+    """
     timings: dict[str, float] = {}
     for entry in response.headers.get_list("server-timing", split_commas=True):
         name, _, params = entry.strip().partition(";")
         for param in params.split(";"):
             key, _, value = param.strip().partition("=")
-            if key == "dur":
-                with contextlib.suppress(ValueError):  # a malformed entry (a proxy's?): only a measurement
-                    timings[name.strip()] = float(value)
+            if key == "dur" and value.isascii():
+                with contextlib.suppress(ValueError):
+                    duration = float(value)
+                    if math.isfinite(duration) and duration >= 0:
+                        timings[name.strip()] = duration
     return timings
+
+
+def retry_after_s(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """A ``Retry-After`` (RFC 9110 section 10.2.3) in seconds, at most :data:`MAX_RETRY_AFTER_S`; None when absent.
+
+    Only the two forms the RFC has: delay-seconds (ASCII digits: ``str.isdigit`` also takes
+    "²", which int() then refuses) or an HTTP-date (a date past is 0). Anything else (a
+    negative, a fraction, garbage, non-ASCII) is treated as absent, with one log event
+    ``retry_after_ignored``: a wrong header must neither crash a call nor park a session.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text and text.isascii() and text.isdigit():
+        # More than 9 digits is past the cap anyway (and past 4300, int() itself would refuse).
+        return float(min(int(text), MAX_RETRY_AFTER_S)) if len(text) <= 9 else float(MAX_RETRY_AFTER_S)
+    if text.isascii() and any(ch.isalpha() for ch in text):
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+        if when is not None:
+            when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+            wait = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+            return min(max(wait, 0.0), float(MAX_RETRY_AFTER_S))
+    log.warning("retry_after_ignored", value=text[:40], length=len(text),
+                reason="neither whole seconds in ASCII digits nor an HTTP-date")
+    return None
 
 
 FOREIGN_REFUSAL_FIX = (
@@ -194,8 +233,7 @@ def problem_error(response: httpx.Response) -> VerifierError:
     error = problem_error_class(slug)(
         f"verifier refused: {status} {title}: {detail}", fix=fix, status=status, problem=problem
     )
-    with contextlib.suppress(ValueError):
-        error.retry_after_s = float(response.headers.get("retry-after", "0"))
+    error.retry_after_s = retry_after_s(response.headers.get("retry-after")) or 0.0
     return error
 
 
@@ -355,10 +393,10 @@ class VerifierClient:
         still bounds the whole call.
         """
         backoff = self._backoff(attempt)
-        asked = response.headers.get("retry-after", "").strip()
-        if not asked.isdigit():  # absent, or an HTTP date (the verifier sends seconds)
+        asked = retry_after_s(response.headers.get("retry-after"))
+        if asked is None:  # absent, or nothing a Retry-After may be (logged as retry_after_ignored)
             return backoff
-        return min(self.config.network.backoff_max_s, max(backoff, float(asked)))
+        return min(self.config.network.backoff_max_s, max(backoff, asked))
 
     async def request(
         self,

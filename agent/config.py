@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import SplitResult, urlsplit
 
+import httpx
+
 from agent.errors import ConfigError
 from protocol.wire import NotBase64Error, b64decode_strict
 
@@ -47,6 +49,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 1] + "…"
 
 
+def _cut(name: str) -> str:
+    """A key or a key path as an error names it, cut to :data:`SHOWN_VALUE_CHARS` (TOML keys have no length limit)."""
+    return name if len(name) <= SHOWN_VALUE_CHARS else name[: SHOWN_VALUE_CHARS - 1] + "…"
+
+
 def _split(url: str) -> SplitResult | None:
     """``urlsplit(url)``, or None for a URL it rejects (``https://[``, a netloc broken by NFKC)."""
     try:
@@ -71,7 +78,8 @@ def _https_url(value: str) -> bool:
         return False
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
-    except ValueError:
+        httpx.URL(value)  # the client's own parser: urlsplit takes hosts IDNA 2008 refuses ("https://Ａ")
+    except (ValueError, httpx.InvalidURL):
         return False
     return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
 
@@ -401,7 +409,7 @@ def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(
-                f"unknown key [{section}] {key} = {_shown(value)}",
+                f"unknown key [{section}] {_cut(key)} = {_shown(value)}",
                 fix=f"remove it or correct its spelling; keys of [{section}]: {', '.join(known)}",
             )
         coerced = _coerce(section, key, value, hints[key])
@@ -423,7 +431,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConf
     for name, value in data.items():
         if name not in sections:
             raise ConfigError(
-                f"unknown section [{name}] in {source}",
+                f"unknown section [{_cut(name)}] in {source}",
                 fix=f"remove it or correct its spelling; sections: {', '.join(sections)}",
             )
         built[name] = _build_devices(value) if name == "device" else _build(hints[name], name, value)
@@ -445,7 +453,7 @@ def _refuse_hostile_values(value: Any, source: str, where: str = "", depth: int 
     """
     if depth > MAX_CONFIG_DEPTH:
         raise ConfigError(
-            f"config file {source} nests tables or arrays more than {MAX_CONFIG_DEPTH} deep at {where or 'the top'}",
+            f"config file {source} nests tables or arrays more than {MAX_CONFIG_DEPTH} deep at {_cut(where)}",
             fix="no key of the agent takes nested values: write each value as a plain number, string or boolean",
         )
     if isinstance(value, Mapping):
@@ -458,11 +466,11 @@ def _refuse_hostile_values(value: Any, source: str, where: str = "", depth: int 
         for index, item in enumerate(value):
             _refuse_hostile_values(item, source, f"{where}[{index}]", depth + 1)
     elif isinstance(value, str) and "\x00" in value:
-        raise ConfigError(f"config file {source} has a NUL character in the value of {where}",
+        raise ConfigError(f"config file {source} has a NUL character in the value of {_cut(where)}",
                           fix="remove the \\u0000 escape (no path, name or URL contains NUL)")
     elif isinstance(value, int) and not isinstance(value, bool) and not TOML_INT_MIN <= value <= TOML_INT_MAX:
         raise ConfigError(
-            f"config file {source} has an integer beyond TOML's 64 bits at {where}",
+            f"config file {source} has an integer beyond TOML's 64 bits at {_cut(where)}",
             fix=f"use a number from {TOML_INT_MIN} to {TOML_INT_MAX} "
             "(each key's own range: README, 'Configuration')",
         )

@@ -22,7 +22,7 @@ import httpx
 from agent.client import CLOCK_FIX, VerifierClient
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from agent.errors import AgentError
-from agent.identity import DeviceIdentity, IdentityStore, spki_sha256, user_name
+from agent.identity import CERTIFICATE_FAULTS, DeviceIdentity, IdentityStore, spki_sha256, user_name
 from agent.keystore import load_kek
 
 EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -331,6 +331,24 @@ def _server_date(response: httpx.Response) -> dt.datetime | None:
     return date.astimezone(dt.UTC) if date.tzinfo is not None else date.replace(tzinfo=dt.UTC)
 
 
+def server_certificate_facts(der: bytes) -> dict[str, str]:
+    """The server certificate's expiry and SPKI pin, as doctor prints them, from the handshake's DER.
+
+    Why apart from cryptography's parse: OpenSSL accepted the certificate, but the
+    cryptography library may not read all of it (a key on a curve it lacks raises from
+    public_key(); a field it refuses raises at load). The pin is over the SPKI bytes
+    as sent (:func:`agent.identity.spki_sha256` of the DER); an expiry that cannot be read says so.
+    """
+    facts = {"server_spki_sha256": spki_sha256(der)}
+    try:
+        from cryptography import x509
+
+        facts["server_cert_not_after"] = x509.load_der_x509_certificate(der).not_valid_after_utc.isoformat()
+    except CERTIFICATE_FAULTS as exc:
+        facts["server_cert_not_after"] = f"unreadable by the cryptography library ({type(exc).__name__})"
+    return facts
+
+
 async def _check_live(report: DoctorReport, config: AgentConfig, identity: DeviceIdentity) -> dt.datetime | None:
     """One mutual-TLS call to /v1/health; the verifier's clock from its answer when it accepted the device."""
     try:
@@ -340,11 +358,7 @@ async def _check_live(report: DoctorReport, config: AgentConfig, identity: Devic
             stream = response.extensions.get("network_stream")
             ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
             if ssl_object is not None:
-                from cryptography import x509
-
-                server = x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True))
-                tls["server_cert_not_after"] = server.not_valid_after_utc.isoformat()
-                tls["server_spki_sha256"] = spki_sha256(server)
+                tls.update(server_certificate_facts(ssl_object.getpeercert(binary_form=True)))
     except AgentError as exc:
         report.add("verifier (live mTLS call)", False, exc.message, exc.fix)
         return None

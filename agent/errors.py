@@ -214,3 +214,12 @@ class LocalAPIError(AgentError):
     def __init__(self, status: int, message: str, fix: str = "") -> None:
         super().__init__(message, fix)
         self.status = status
+
+
+class CertificateDefect(IdentityError):
+    """A certificate (from the verifier, or on disk) cannot be read in full: a field the agent uses raises.
+
+    Raised by :func:`agent.identity.read_in_full` when it loads, never later: an extension twice, a key on a
+    curve the cryptography library lacks, a malformed field. Where it arrives in an EST answer it is reported as
+    that answer's error (:class:`ProvisioningError`), naming the verifier's PKI as the place to fix.
+    """

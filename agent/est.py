@@ -19,8 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from agent.client import NO_ENCODING, VerifierClient, problem_error, read_answer, tls_policy_error
-from agent.errors import AnswerError, ProvisioningError, VerifierError
+from agent.errors import AnswerError, CertificateDefect, ProvisioningError, VerifierError
 from agent.handshake import refusal_of_device_certificate
+from agent.identity import read_in_full
 from agent.tls import bootstrap_context, client_context
 
 log = structlog.get_logger()
@@ -31,10 +32,18 @@ SIMPLEREENROLL = "/.well-known/est/simplereenroll"
 EST_ANSWER_MAX_BYTES = 256 * 1024  # a CA bundle or one certificate, PKCS#7 in base64: a few KiB
 EST_ANSWER_FIX = "check the --verifier URL points to a capture-verifier (EST, RFC 7030) with nothing in between"
 PKCS10_HEADERS = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"}
+EST_CERT_FIX = (
+    "the verifier's PKI made a certificate this agent cannot read: re-issue its CA or device certificates with "
+    "`capture-verifier` (certs/README.md); if the --verifier URL is not your capture-verifier, correct it"
+)
 
 
 def parse_pkcs7_certs(body: bytes, what: str) -> list[x509.Certificate]:
-    """Certificates from a base64 certs-only PKCS#7 body."""
+    """Certificates from a base64 certs-only PKCS#7 body, each read in full (:func:`agent.identity.read_in_full`).
+
+    Why every one, here: a certificate cryptography loads can still raise later (an extension
+    twice, a key on a curve it lacks), in the trust check, the identity write or `doctor`.
+    """
     try:
         der = base64.b64decode(b"".join(body.split()), validate=True)
         certs = pkcs7.load_der_pkcs7_certificates(der)
@@ -45,6 +54,11 @@ def parse_pkcs7_certs(body: bytes, what: str) -> list[x509.Certificate]:
         ) from None
     if not certs:
         raise ProvisioningError(f"the verifier's {what} answer holds no certificate", fix="see the verifier's log")
+    try:
+        for index, cert in enumerate(certs, start=1):
+            read_in_full(cert, f"certificate #{index} of the verifier's {what} answer", EST_CERT_FIX)
+    except CertificateDefect as defect:
+        raise ProvisioningError(defect.message, fix=defect.fix) from None
     return certs
 
 

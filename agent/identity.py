@@ -41,18 +41,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.errors import IdentityError
+from agent.errors import CertificateDefect, IdentityError
 
 CURRENT_LINK = "identity"
 KEY_FILE = "device.key"
 CERT_FILE = "device.pem"
 CA_FILE = "ca.pem"
 LOCK_FILE = "identity.lock"
+REPROVISION_FIX = "re-provision the device with a new token"
+
+# What cryptography raises, some of it lazily (long after loading), from a certificate it loaded: a malformed
+# field (ValueError), an extension twice (x509.DuplicateExtension, which is NOT a ValueError), a key on a curve
+# or of an algorithm it lacks (UnsupportedAlgorithm, from public_key()), a value it cannot represent (TypeError).
+CERTIFICATE_FAULTS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm,
+)
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -70,11 +78,101 @@ def build_csr(key: ec.EllipticCurvePrivateKey, common_name: str = "capture-agent
     return csr.public_bytes(serialization.Encoding.DER)
 
 
-def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate) -> str:
-    """Base64 SHA-256 of a SubjectPublicKeyInfo: the form of an SPKI pin (RFC 7469)."""
-    key = public_key.public_key() if isinstance(public_key, x509.Certificate) else public_key
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+def _der_element(data: bytes, pos: int) -> tuple[int, int]:
+    """(start of the contents, end) of the DER element at ``pos`` (definite lengths only, as DER has)."""
+    length, pos = data[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, pos = int.from_bytes(data[pos : pos + count], "big"), pos + count
+    return pos, pos + length
+
+
+def spki_der(certificate: x509.Certificate | bytes) -> bytes:
+    """The SubjectPublicKeyInfo of a certificate (or of its DER) exactly as encoded, without parsing the key.
+
+    Why not ``public_key().public_bytes()``: a key on a curve the cryptography library
+    lacks raises UnsupportedAlgorithm there, though OpenSSL accepted it in the handshake;
+    the pin is defined over these bytes (RFC 7469) and needs no key object. An
+    IndexError means DER cut short (OpenSSL and cryptography would have refused it).
+    """
+    if isinstance(certificate, x509.Certificate):
+        tbs = certificate.tbs_certificate_bytes
+    else:
+        start = _der_element(certificate, 0)[0]  # into Certificate: TBSCertificate comes first
+        tbs = certificate[start : _der_element(certificate, start)[1]]
+    pos = _der_element(tbs, 0)[0]  # into TBSCertificate
+    if tbs[pos] == 0xA0:  # [0] version
+        pos = _der_element(tbs, pos)[1]
+    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
+        pos = _der_element(tbs, pos)[1]
+    return tbs[pos : _der_element(tbs, pos)[1]]
+
+
+def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate | bytes) -> str:
+    """Base64 SHA-256 of a SubjectPublicKeyInfo: the form of an SPKI pin (RFC 7469).
+
+    Of a key, a certificate, or a certificate's DER (a handshake's: not parsed by cryptography at all).
+    """
+    if isinstance(public_key, x509.Certificate | bytes):
+        der = spki_der(public_key)
+    else:
+        der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+def read_in_full(certificate: x509.Certificate, what: str, fix: str) -> x509.Certificate:
+    """The certificate, once every field the agent later uses has been read; else a :class:`CertificateDefect`.
+
+    Why at once: cryptography parses some fields only when asked (extensions, the
+    public key), so a certificate with an extension twice or a key on a curve it lacks
+    loads fine and raises later, deep in provisioning, renewal, ``doctor`` or a trust
+    check, as an exception nobody types. Read here, where it arrives, the defect is
+    one error naming ``what`` it is and the ``fix``.
+    """
+    try:
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        common_name(certificate)
+        _ = certificate.serial_number, certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        for extension in certificate.extensions:
+            _ = extension.value
+        key = certificate.public_key()
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.public_numbers()  # what IdentityStore.write compares with the device key
+        certificate.fingerprint(hashes.SHA256())
+        spki_der(certificate)
+    except (*CERTIFICATE_FAULTS, IndexError) as exc:  # IndexError: spki_der on a TBS cut short
+        raise CertificateDefect(f"{what} cannot be read in full: {_fault_words(exc)}", fix=fix) from None
+    return certificate
+
+
+def _fault_words(exc: Exception) -> str:
+    """What cryptography said, short and typed (its messages are a line, but nothing says they stay one)."""
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_certificate_in_full(pem: bytes, what: str, fix: str) -> x509.Certificate:
+    """One PEM certificate, read in full (:func:`read_in_full`); a :class:`CertificateDefect` if it is not one."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except CERTIFICATE_FAULTS as exc:
+        raise CertificateDefect(f"{what} is not a PEM certificate: {_fault_words(exc)}", fix=fix) from None
+    return read_in_full(certificate, what, fix)
+
+
+def load_certificates_in_full(pem: bytes, what: str, fix: str) -> tuple[x509.Certificate, ...]:
+    """Every PEM certificate of a bundle, each read in full; a :class:`CertificateDefect` naming the one that
+    is not."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except CERTIFICATE_FAULTS as exc:
+        raise CertificateDefect(f"{what} is not a PEM certificate bundle: {_fault_words(exc)}", fix=fix) from None
+    return tuple(
+        read_in_full(cert, f"certificate #{index} of {what}" if len(certificates) > 1 else what, fix)
+        for index, cert in enumerate(certificates, start=1)
+    )
 
 
 def certificate_fingerprint(cert: x509.Certificate) -> str:
@@ -86,15 +184,21 @@ def issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
     """Whether ``ca`` signed ``certificate`` (names and signature; dates are the TLS stack's to judge)."""
     try:
         certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except (*CERTIFICATE_FAULTS, InvalidSignature):  # a CA's key on a curve cryptography lacks: it vouches for none
         return False
     return True
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    """Whether the certificate is a CA the device could hold: it says so, and it reads in full.
+
+    One that does not read in full (an extension twice, a key on a curve cryptography
+    lacks) is no CA of ours: written to ca.pem it would make the identity fail to load.
+    """
     try:
+        read_in_full(cert, "a CA certificate", REPROVISION_FIX)
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, CertificateDefect):
         return False
 
 
@@ -293,7 +397,16 @@ class IdentityStore:
         ca_certificates: Sequence[x509.Certificate],
         passphrase: bytes,
     ) -> DeviceIdentity:
-        """Write a new identity folder and switch the ``identity`` link to it atomically."""
+        """Write a new identity folder and switch the ``identity`` link to it atomically.
+
+        Every certificate is read in full first (:func:`read_in_full`): one that would
+        fail to load afterwards must never replace an identity that works.
+        """
+        issued_fix = ("the verifier's PKI issued a certificate this agent cannot read: re-issue its CA or device "
+                      "certificates with `capture-verifier` (certs/README.md), then provision again")
+        read_in_full(certificate, "the certificate the verifier issued", issued_fix)
+        for index, ca in enumerate(ca_certificates, start=1):
+            read_in_full(ca, f"CA certificate #{index} the verifier answered", issued_fix)
         if certificate.public_key().public_numbers() != key.public_key().public_numbers():
             raise IdentityError(
                 "the certificate the verifier issued does not match the device key",
@@ -338,15 +451,16 @@ class IdentityStore:
             )
         folder = self.current.resolve()
         try:
-            cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
-            cas = tuple(x509.load_pem_x509_certificates((folder / CA_FILE).read_bytes()))
+            cert_pem, ca_pem = (folder / CERT_FILE).read_bytes(), (folder / CA_FILE).read_bytes()
         except PermissionError as exc:
             raise self.access_error(exc, "read the device certificate") from None
-        except (ValueError, OSError) as exc:
+        except OSError as exc:
             raise IdentityError(
                 f"the device certificate files in {folder} are unreadable: {exc}",
-                fix="re-provision the device with a new token",
+                fix=REPROVISION_FIX,
             ) from None
+        cert = load_certificate_in_full(cert_pem, f"the device certificate {folder / CERT_FILE}", REPROVISION_FIX)
+        cas = load_certificates_in_full(ca_pem, f"the CA certificates {folder / CA_FILE}", REPROVISION_FIX)
         identity = DeviceIdentity(folder, cert, cas, passphrase)
         try:
             identity = DeviceIdentity(folder, cert, cas, passphrase, identity.private_key())
@@ -414,11 +528,15 @@ class IdentityStore:
             os.close(fd)  # closing releases the lock
 
     def load_ca_certificates(self) -> tuple[x509.Certificate, ...]:
-        """The trusted CA certificates, without needing the KEK (for doctor)."""
-        return tuple(x509.load_pem_x509_certificates((self.current / CA_FILE).read_bytes()))
+        """The trusted CA certificates, without needing the KEK (for doctor); read in full, else a
+        :class:`CertificateDefect` (an OSError passes as it is, for the caller's own words)."""
+        path = self.current / CA_FILE
+        return load_certificates_in_full(path.read_bytes(), f"the CA certificates {path}", REPROVISION_FIX)
 
     def load_certificate(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate((self.current / CERT_FILE).read_bytes())
+        """The device certificate, without needing the KEK; read in full, else a :class:`CertificateDefect`."""
+        path = self.current / CERT_FILE
+        return load_certificate_in_full(path.read_bytes(), f"the device certificate {path}", REPROVISION_FIX)
 
 
 def identity_problem(identity: DeviceIdentity, pending: IdentityError | None = None) -> IdentityError | None:

@@ -36,9 +36,10 @@ an unparsable request is a 400, and past ``max_connections`` open connections a
 new one is answered 503 at once. Each refusal is a short JSON ``{"error": ...}``;
 floods are logged once per episode, not once per connection.
 
-A request body is read strictly (:func:`parse_request_json`): UTF-8 only, at most
-``MAX_JSON_DEPTH`` nested, no duplicate keys, no NaN or Infinity, no lone surrogate,
-an object at the top; each refusal a 400 ``{"error": ..., "fix": ...}``. Whatever a
+A request body is read strictly (:func:`parse_request_json`): UTF-8 only (no
+byte-order mark, no NUL), at most ``MAX_JSON_DEPTH`` nested, no duplicate keys, no
+NaN or Infinity, integers within 64 bits, no lone surrogate, an object at the top;
+each refusal a 400 ``{"error": ..., "fix": ...}``. Whatever a
 route raises that is not a refusal becomes a 500 with a JSON body and one log
 event, ``local_api_request_failed``, naming the exception's type and where it was
 raised, never the request's body: a kiosk app never sees a dropped connection or
@@ -52,7 +53,6 @@ import contextlib
 import grp
 import inspect
 import json
-import math
 import os
 import pwd
 import secrets
@@ -71,6 +71,7 @@ import structlog
 from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
 from protocol.face_template import FACTORS, FINGER
+from protocol.wire import WireError, loads
 
 log = structlog.get_logger()
 
@@ -93,6 +94,7 @@ MAX_FINGERS = 4
 MAX_JSON_DEPTH = 8
 JSON_FIX = ('send one UTF-8 JSON object, e.g. {"operation": "verify", "subject": "ana"}: each key once, '
             f"numbers finite, nesting at most {MAX_JSON_DEPTH} deep")
+UTF8_FIX = "encode the JSON body as UTF-8 (RFC 8259), without a byte-order mark"
 
 ApiError = LocalAPIError  # the name the routes (and callers of _start_session) use
 
@@ -504,7 +506,7 @@ class LocalAPI:
         route = "/".join("{id}" if i == 1 and parts[0] == "sessions" else p for i, p in enumerate(parts[:3]))
         log.error("local_api_request_failed", method=method[:16], route="/" + route, error_type=type(exc).__name__,
                   raised_at=where)
-        if conn.our_state is h11.SEND_RESPONSE:
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer begun (IDLE: the request never ended)
             await self._json(conn, writer, 500, {
                 "error": f"the agent failed on this request ({type(exc).__name__})",
                 "fix": "retry; if it fails again, send the agent's log (event local_api_request_failed) to its "
@@ -574,90 +576,31 @@ async def _until_closed(reader: asyncio.StreamReader) -> None:
             pass
 
 
-def _json_depth_over(text: str, limit: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``limit``: measured before parsing, so that no depth of
-    nesting ever reaches the parser's recursion."""
-    depth, in_string, escaped = 0, False, False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ApiError(400, f"the body has {name}, which is not a JSON number", fix=JSON_FIX)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: JSON allows the text, Python makes it inf
-        raise ApiError(400, f"the body has a number too large to be finite ({text[:24]})", fix=JSON_FIX)
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
-        raise ApiError(400, f"the body has the key {json.dumps(twice)[:64]} more than once", fix=JSON_FIX)
-    return dict(pairs)
-
-
-def _refuse_lone_surrogates(value: Any) -> None:
-    """A ``\\ud800`` escape parses to a str no UTF-8 encoder takes: it would fail later, deep in a session."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_lone_surrogates(key)
-            _refuse_lone_surrogates(item)
-    elif isinstance(value, list):
-        for item in value:
-            _refuse_lone_surrogates(item)
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, "the body has a string with a lone surrogate escape (\\ud800 to \\udfff)",
-                           fix=JSON_FIX) from None
-
-
 def parse_request_json(body: bytes) -> dict[str, Any]:
     """A request body as a JSON object, read strictly; anything else is a 400 :class:`ApiError` naming the fix.
 
     Why strict: ``json.loads`` guesses UTF-16 and UTF-32 from the bytes, keeps the last of duplicate keys (two
     readers of one body could disagree on the operation), accepts NaN and Infinity (and makes 1e999 infinite),
     and recurses once per bracket; the kiosk app's developer should hear of each at once, not as an odd session.
+    The protocol's strict parser (:func:`protocol.wire.loads`: duplicate keys, depth, numbers, lone surrogates)
+    does the JSON; the text is checked first, because that parser is given bytes and guesses their encoding.
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})",
-                       fix="encode the JSON body as UTF-8 (RFC 8259), without a byte-order mark") from None
-    if _json_depth_over(text, MAX_JSON_DEPTH):
-        raise ApiError(400, f"the body nests arrays or objects more than {MAX_JSON_DEPTH} deep", fix=JSON_FIX)
+                       fix=UTF8_FIX) from None
+    if text.startswith("\ufeff"):
+        raise ApiError(400, "the body starts with a byte-order mark", fix=UTF8_FIX)
+    if "\x00" in text:  # never in JSON text; in UTF-16 or UTF-32 of anything ASCII, always
+        raise ApiError(400, f"the body has a NUL byte (at offset {text.index(chr(0))}): UTF-16 or UTF-32?",
+                       fix=UTF8_FIX)
     try:
-        payload = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant,
-                             parse_float=_finite_float)
-    except ApiError:
-        raise
-    except ValueError as exc:  # JSONDecodeError, or int() past its 4300-digit limit
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number too long"
-        raise ApiError(400, f"the body is not JSON ({reason})", fix=JSON_FIX) from None
+        payload = loads(text, max_depth=MAX_JSON_DEPTH)
+    except WireError as exc:
+        raise ApiError(400, f"the body is refused: {exc}", fix=JSON_FIX) from None
     if not isinstance(payload, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(payload).__name__}", fix=JSON_FIX)
-    _refuse_lone_surrogates(payload)
     return payload
 
 

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.client import CLOCK_FIX
 from agent.config import AgentConfig
-from agent.errors import ProvisioningError
+from agent.errors import CertificateDefect, ProvisioningError
 from agent.est import fetch_ca_certificates, simple_enroll
 from agent.identity import (
     DeviceIdentity,
@@ -74,7 +74,7 @@ def describe_existing(store: IdentityStore) -> str:
         cert = store.load_certificate()
     except PermissionError as exc:  # root's files, read by the agent's user: a chown, not a replacement
         raise store.access_error(exc, "read the device certificate") from None
-    except (OSError, ValueError):
+    except (OSError, CertificateDefect):
         return "an unreadable identity"
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     device_id = str(names[0].value) if names else "?"
@@ -88,7 +88,7 @@ def _expired_on(store: IdentityStore) -> dt.datetime | None:
     """When the stored certificate expired, by this clock; None when it has not (or cannot be read)."""
     try:
         not_after = store.load_certificate().not_valid_after_utc
-    except (OSError, ValueError):
+    except (OSError, CertificateDefect):
         return None
     return not_after if dt.datetime.now(dt.UTC) >= not_after else None
 

@@ -45,11 +45,15 @@ class ServerPolicy:
 
 
 def _spki_pin_of(der_certificate: bytes) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    """The server certificate's pin, over its SPKI bytes as sent: a key on a curve the cryptography library
+    lacks (OpenSSL took it in the handshake) is pinned like any other, not an UnsupportedAlgorithm."""
+    from agent.identity import spki_der
 
-    cert = x509.load_der_x509_certificate(der_certificate)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        spki = spki_der(der_certificate)
+    except IndexError:
+        raise PolicyViolation("the verifier's certificate is cut short: its public key cannot be pinned",
+                              fix="check what answers at [verifier] url: this may not be your verifier") from None
     return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
 
 

@@ -271,6 +271,86 @@ class TestCA:
         return ctx
 
 
+# Hostile certificates: what cryptography loads but raises on later (found by a fuzzing audit). The builder
+# refuses to make them, so they are made by editing a good certificate's DER and signing it again.
+
+UNSUPPORTED_CURVE_OID = "1.2.840.10045.3.1.99"  # P-256's OID (1.2.840.10045.3.1.7) with its last arc changed
+P256_OID_DER = bytes.fromhex("06082a8648ce3d030107")
+UNSUPPORTED_CURVE_OID_DER = bytes.fromhex("06082a8648ce3d030163")
+
+
+def der_head(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _der_element(data: bytes, pos: int) -> tuple[int, int]:
+    """(start of the contents, end) of the DER element at ``pos``."""
+    length, pos = data[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, pos = int.from_bytes(data[pos:pos + count], "big"), pos + count
+    return pos, pos + length
+
+
+def resigned(cert: x509.Certificate, edit: Callable[[bytes], bytes], key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The DER of ``cert`` with its TBSCertificate edited and signed again by ``key`` (ECDSA with SHA-256, as
+    ``cert`` was): only the edit is wrong with it, not its signature."""
+    tbs = cert.tbs_certificate_bytes
+    edited = edit(tbs)
+    assert edited != tbs, "the edit changed nothing"
+    der = cert.public_bytes(serialization.Encoding.DER)
+    tbs_end = _der_element(der, _der_element(der, 0)[0])[1]  # Certificate: TBSCertificate, algorithm, signature
+    algorithm = der[tbs_end:_der_element(der, tbs_end)[1]]
+    signature = key.sign(edited, ec.ECDSA(hashes.SHA256()))
+    bits = b"\x03" + der_head(len(signature) + 1) + b"\x00" + signature
+    body = edited + algorithm + bits
+    return b"\x30" + der_head(len(body)) + body
+
+
+def hostile_certificate(
+    signer: TestCA, common_name: str, defect: str, public_key: ec.EllipticCurvePublicKey | None = None,
+    *, ca: bool = False,
+) -> x509.Certificate:
+    """A certificate signed by ``signer`` that loads but raises when read in full.
+
+    ``defect``: "duplicate-extension" (x509.DuplicateExtension from .extensions: two copies of one private
+    extension) or "unsupported-curve" (UnsupportedAlgorithm from .public_key(): the key's curve OID is one no
+    library knows).
+    """
+    public_key = public_key or ec.generate_private_key(ec.SECP256R1()).public_key()
+    builder = (
+        TestCA._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), public_key, days=5)
+        .issuer_name(signer.cert.subject)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00"), False)
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.2"), b"\x05\x00"), False)
+    )
+    good = builder.sign(signer.key, hashes.SHA256())
+    if defect == "duplicate-extension":  # the second private OID becomes the first (same length, last arc)
+        edit = lambda tbs: tbs.replace(_oid_der("1.3.6.1.4.1.55555.2"), _oid_der("1.3.6.1.4.1.55555.1"))  # noqa: E731
+    elif defect == "unsupported-curve":
+        edit = lambda tbs: tbs.replace(P256_OID_DER, UNSUPPORTED_CURVE_OID_DER)  # noqa: E731
+    else:
+        raise ValueError(f"no such defect {defect!r}")
+    return x509.load_der_x509_certificate(resigned(good, edit, signer.key))
+
+
+def _oid_der(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER's DER (tag, length, arcs)."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    body = bytes([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | (arc & 0x7F))
+        body += bytes(reversed(chunk))
+    return b"\x06" + der_head(len(body)) + body
+
+
 def sqlite_modes_under_umask_022(path: Path, use: Callable[[Path], Callable[[], None]], *, older: bool
                                  ) -> dict[str, str]:
     """The modes of a sqlite file and its -wal and -shm while ``use(path)`` holds it open (what it returns closes it).

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import socket
 
+import httpx
 import pytest
+from structlog.testing import capture_logs
 
-from agent.client import VerifierClient
+from agent.client import MAX_RETRY_AFTER_S, VerifierClient, retry_after_s, server_timing
 from agent.config import parse_config
 from agent.errors import TransportError, VerifierError
 from agent.identity import DeviceIdentity
@@ -128,10 +131,6 @@ def test_identity_swap_keeps_requests_in_flight(ca, server_ctx, device_identity_
 
 
 def test_server_timing_is_read_and_malformed_entries_are_ignored() -> None:
-    import httpx
-
-    from agent.client import server_timing
-
     response = httpx.Response(
         200,
         headers=[
@@ -141,6 +140,84 @@ def test_server_timing_is_read_and_malformed_entries_are_ignored() -> None:
     )
     assert server_timing(response) == {"match": 3.25, "app": 4.5}
     assert server_timing(httpx.Response(200)) == {}
+
+
+def test_server_timing_durations_that_are_not_finite_are_skipped() -> None:
+    """float() takes all of these; a NaN or infinite "match" time reached the session's figures."""
+    entries = "a;dur=nan, b;dur=inf, c;dur=-inf, d;dur=1e999, e;dur=-3, f;dur=\u0661\u0662, match;dur=2.5"
+    response = httpx.Response(200, headers=[("server-timing", entries.encode())])
+    assert server_timing(response) == {"match": 2.5}
+
+
+NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+RETRY_AFTERS = {
+    "seconds": ("5", 5.0),
+    "seconds with spaces": (" 7 ", 7.0),
+    "zero": ("0", 0.0),
+    "over the cap": ("86400", MAX_RETRY_AFTER_S),
+    "5000 digits": ("9" * 5000, MAX_RETRY_AFTER_S),  # int() refuses past 4300 digits
+    "HTTP-date in a minute": ("Wed, 02 Dec 2026 12:01:00 GMT", 60.0),
+    "HTTP-date past": ("Tue, 01 Dec 2026 12:00:00 GMT", 0.0),
+    "HTTP-date next week": ("Wed, 09 Dec 2026 12:00:00 GMT", MAX_RETRY_AFTER_S),
+    "absent": (None, None),
+    "superscript two": ("\u00b2", None),  # str.isdigit() says yes, int() and float() say no
+    "arabic-indic three": ("\u0663", None),  # int() would take it: still not RFC 9110
+    "negative": ("-5", None),
+    "fraction": ("1.5", None),
+    "nan": ("nan", None),
+    "inf": ("inf", None),
+    "garbage": ("soon", None),
+    "no such day": ("Wed, 32 Dec 2026 12:00:00 GMT", None),
+    "year 99999": ("Mon, 01 Jan 99999 00:00:00 GMT", None),
+    "empty": ("", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RETRY_AFTERS))
+def test_retry_after_is_ascii_seconds_or_an_http_date_capped_else_absent(name: str) -> None:
+    value, expected = RETRY_AFTERS[name]
+    with capture_logs() as logs:
+        assert retry_after_s(value, now=NOW) == expected
+    ignored = [e for e in logs if e["event"] == "retry_after_ignored"]
+    assert len(ignored) == (1 if value is not None and expected is None else 0)
+    assert all(len(e["value"]) <= 40 for e in ignored)
+
+
+@pytest.mark.parametrize("header", [b"\xc2\xb2", b"nan", b"-1"], ids=["superscript-two", "nan", "negative"])
+def test_a_retry_after_that_is_not_one_is_ignored_by_the_retry_and_the_error(
+    ca, server_ctx, device_identity_from, header: bytes
+) -> None:
+    """Before: a 503's "Retry-After: ²" passed str.isdigit() and float() raised out of the call; a 429's
+    "nan" or "-1" became the error's retry_after_s."""
+    identity = device_identity_from(ca, "kiosk-1")
+    arrivals: list[str] = []
+    busy = json.dumps({"type": "about:blank", "title": "busy", "status": 503}).encode()
+    limited = json.dumps({"type": "about:blank", "title": "slow down", "status": 429}).encode()
+
+    async def app(scope, receive, send) -> None:
+        arrivals.append(scope["path"])
+        if scope["path"] == "/v1/health" and arrivals.count("/v1/health") > 1:  # the retry of the 503
+            await hello_app(scope, receive, send)
+            return
+        await receive()
+        status, body = (503, busy) if scope["path"] == "/v1/health" else (429, limited)
+        headers = [(b"content-type", b"application/problem+json"), (b"retry-after", header)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def go() -> tuple[dict, VerifierError]:
+        async with make_client(identity, server.url) as client:
+            healthy = await client.call("GET", "/v1/health")
+            with pytest.raises(VerifierError) as refused:
+                await client.call("POST", "/v1/challenges", json={})
+            return healthy, refused.value
+
+    with H2TestServer(server_ctx, app) as server, capture_logs() as logs:
+        healthy, refused = asyncio.run(go())
+    assert healthy == {"status": "ok"}  # the 503 was retried after the client's own backoff
+    assert refused.status == 429 and refused.retry_after_s == 0.0
+    assert arrivals == ["/v1/health", "/v1/health", "/v1/challenges"]
+    assert [e["event"] for e in logs].count("retry_after_ignored") == 2
 
 
 def test_a_busy_verifier_is_retried_after_its_retry_after(ca, server_ctx, device_identity_from) -> None:

@@ -135,6 +135,8 @@ HOSTILE_CONFIGS = {
     "nfkc netloc": ('[verifier]\nurl = "https://a\u2100b.example"\n'.encode(), "bad value [verifier] url"),
     "port not a number": (b'[verifier]\nurl = "https://h:x"\n', "bad value [verifier] url"),
     "port out of range": (b'[verifier]\nurl = "https://h:99999"\n', "bad value [verifier] url"),
+    # urlsplit takes it, the HTTP client's IDNA 2008 does not: an InvalidURL when the client was built
+    "fullwidth host": ('[verifier]\nurl = "https://\uff21:8443"\n'.encode(), "bad value [verifier] url"),
     # int() refuses more than 4300 decimal digits with a plain ValueError out of tomllib
     "4301 digits": (b"[network]\nretries = " + b"1" * 4301 + b"\n", "more than 4300 digits"),
     # hex has no digit limit: the int is built, then repr() in a message would raise
@@ -149,6 +151,8 @@ HOSTILE_CONFIGS = {
     "NUL escape in a path": (b'[api]\nsocket = "/run/a\\u0000b"\n', "NUL character in the value of api.socket"),
     "NUL escape in a key": (b'[network]\n"a\\u0000" = 1\n', "NUL character in a key name"),
     "too large": (b"#" * (MAX_CONFIG_BYTES + 1), "larger than 1048576 bytes"),
+    "a key of 100000 characters": (b"[network]\n" + b"k" * 100_000 + b" = 1\n", "unknown key [network] kkk"),
+    "a section of 100000 characters": (b"[" + b"s" * 100_000 + b"]\n", "unknown section [sss"),
     "password in a URL urlsplit rejects": (b'[verifier]\nurl = "https://u:s3cret@["\n', "user name or password"),
 }
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hashlib
 import os
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from agent.config import parse_config
-from agent.doctor import run_doctor
-from agent.identity import IdentityStore
+from agent.doctor import run_doctor, server_certificate_facts
+from agent.identity import IdentityStore, generate_key, spki_sha256
 from agent.keystore import load_kek
+from tests.conftest import P256_OID_DER, UNSUPPORTED_CURVE_OID_DER, der_head, hostile_certificate
 from tests.h2harness import H2TestServer
 
 
@@ -226,3 +230,19 @@ def test_doctor_checks_that_the_local_api_group_exists(tmp_path) -> None:
     found = api_check(existing)
     assert found is not None and found.ok is True and f"gid {os.getgid()}" in found.detail
     assert api_check("") is None  # unset: the socket stays the agent's own group's
+
+
+def test_server_certificate_facts_survive_what_cryptography_cannot_read(ca) -> None:
+    """OpenSSL took the server's certificate; doctor's facts must not end in UnsupportedAlgorithm or ValueError."""
+    key = generate_key()
+    odd = hostile_certificate(ca, "verifier", "unsupported-curve", key.public_key())
+    facts = server_certificate_facts(odd.public_bytes(serialization.Encoding.DER))
+    assert facts["server_cert_not_after"] == odd.not_valid_after_utc.isoformat()
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    sent = spki.replace(P256_OID_DER, UNSUPPORTED_CURVE_OID_DER)  # the pin is over the bytes as sent
+    assert facts["server_spki_sha256"] == base64.b64encode(hashlib.sha256(sent).digest()).decode()
+    # one cryptography refuses to load at all (its signature fields cut away): the pin all the same
+    tbs = ca.cert.tbs_certificate_bytes
+    facts = server_certificate_facts(b"\x30" + der_head(len(tbs)) + tbs)
+    assert facts["server_cert_not_after"].startswith("unreadable by the cryptography library (ValueError")
+    assert facts["server_spki_sha256"] == spki_sha256(ca.cert)

@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from agent.client import FOREIGN_REFUSAL_FIX, VerifierClient
 from agent.config import parse_config
 from agent.delivery import EventDelivery
-from agent.errors import AnswerError, ProvisioningError, VerifierError
+from agent.errors import AgentError, AnswerError, ProvisioningError, VerifierError
 from agent.est import fetch_ca_certificates
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.keystore import new_kek
 from agent.outbox import Outbox
 from agent.renewal import check_renewed, renew, validity_warning
 from agent.verifier_api import VerifierAPI
+from tests.conftest import hostile_certificate
 from tests.h2harness import H2TestServer
 
 JSON = (b"content-type", b"application/json")
@@ -261,3 +262,56 @@ def test_the_unverified_first_contact_reads_no_more_than_a_ca_bundle(server_ctx,
         asyncio.run(fetch_ca_certificates(server.url))
     assert reason in info.value.message
     assert "--verifier" in info.value.fix
+
+
+# ---------------------------------------------------------------- certificates that load, then raise when read
+
+PKCS7 = (b"content-type", b"application/pkcs7-mime")
+
+
+def _pkcs7(*certs: x509.Certificate) -> bytes:
+    return base64.b64encode(pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize("defect", ["duplicate-extension", "unsupported-curve"])
+def test_a_cacerts_answer_with_a_certificate_that_cannot_be_read_in_full_is_a_provisioning_error(
+    server_ctx, ca, defect: str
+) -> None:
+    """Before: the bundle was taken, and DuplicateExtension or UnsupportedAlgorithm came out of the trust check
+    or the identity write, untyped."""
+    body = _pkcs7(ca.cert, hostile_certificate(ca, "sub-ca", defect, ca=True))
+    with H2TestServer(server_ctx, answering(200, body, PKCS7)) as server, pytest.raises(ProvisioningError) as info:
+        asyncio.run(fetch_ca_certificates(server.url))
+    assert "certificate #2 of the verifier's cacerts answer cannot be read in full" in info.value.message
+    assert "capture-verifier" in info.value.fix
+
+
+def _reenroll_answering(ca, defect: str):
+    """An EST simplereenroll signing the CSR's key for kiosk-1 with the device's own CA, with a defect."""
+
+    async def app(scope, receive, send) -> None:
+        message = await receive()
+        csr = x509.load_der_x509_csr(base64.b64decode(message["body"]))
+        body = _pkcs7(hostile_certificate(ca, "kiosk-1", defect, csr.public_key()))
+        await answering(200, body, PKCS7)(scope, _replay(message), send)
+
+    return app
+
+
+@pytest.mark.parametrize("defect", ["duplicate-extension", "unsupported-curve"])
+def test_a_renewed_certificate_that_cannot_be_read_in_full_is_refused_and_the_working_one_kept(
+    server_ctx, ca, identity, defect: str
+) -> None:
+    """Before: a duplicate extension was written as the new identity (to fail at the next trust check), and an
+    unsupported curve was an UnsupportedAlgorithm traceback out of the identity write."""
+
+    async def go() -> None:
+        async with client_for(identity, server.url) as client:
+            await renew(client.config, client)
+
+    with H2TestServer(server_ctx, _reenroll_answering(ca, defect)) as server, pytest.raises(AgentError) as info:
+        asyncio.run(go())
+    assert isinstance(info.value, ProvisioningError), type(info.value)
+    assert "simplereenroll answer cannot be read in full" in info.value.message
+    kept = IdentityStore(identity.directory.parent).load(identity.passphrase)
+    assert kept.serial_hex == identity.serial_hex

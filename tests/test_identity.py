@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import os
 import random
 import stat
 
 import pytest
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
-from agent.errors import IdentityError
-from agent.identity import IdentityStore, build_csr, generate_key, normalise_fingerprint
+from agent.errors import CertificateDefect, IdentityError
+from agent.identity import (
+    IdentityStore,
+    build_csr,
+    generate_key,
+    issued_by,
+    normalise_fingerprint,
+    read_in_full,
+    spki_der,
+    spki_sha256,
+    trusted_under,
+)
+from agent.provision import describe_existing
 from agent.renewal import renewal_time
+from tests.conftest import P256_OID_DER, UNSUPPORTED_CURVE_OID_DER, TestCA, hostile_certificate
 
 PASS = b"a-key-encryption-key-of-enough-length"
 
@@ -87,3 +104,95 @@ def test_renewal_falls_at_two_thirds_with_bounded_jitter(tmp_path, ca) -> None:
 
 def test_fingerprints_are_accepted_with_colons_or_spaces() -> None:
     assert normalise_fingerprint("AB:cd ef") == "abcdef"
+
+
+# -- hostile certificates (a fuzzing audit): cryptography loads them, then raises lazily, and not ValueError
+
+# What each defect raised, untyped, before read_in_full: neither is a ValueError.
+LAZY_FAULTS = {
+    "duplicate-extension": (x509.DuplicateExtension, lambda cert: cert.extensions),
+    "unsupported-curve": (UnsupportedAlgorithm, lambda cert: cert.public_key()),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(LAZY_FAULTS))
+def test_read_in_full_types_what_cryptography_raises_later(ca: TestCA, defect: str) -> None:
+    cert = hostile_certificate(ca, "kiosk-1", defect)
+    raised, touch = LAZY_FAULTS[defect]
+    assert not issubclass(raised, ValueError)
+    with pytest.raises(raised):
+        touch(cert)  # the precondition: loaded fine, fails when read
+    with pytest.raises(CertificateDefect) as info:
+        read_in_full(cert, "the test's certificate", "the test's fix")
+    assert info.value.message.startswith("the test's certificate cannot be read in full: " + raised.__name__)
+    assert info.value.fix == "the test's fix"
+    assert isinstance(info.value, IdentityError)
+    assert read_in_full(ca.cert, "a good one", "none") is ca.cert
+
+
+@pytest.mark.parametrize("defect", sorted(LAZY_FAULTS))
+def test_a_stored_certificate_that_cannot_be_read_in_full_fails_at_load(tmp_path, ca: TestCA, defect: str) -> None:
+    key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)
+    store = IdentityStore(tmp_path / "state")
+    identity = store.write(key, cert, [ca.cert], PASS)
+    pem = hostile_certificate(ca, "kiosk-1", defect, key.public_key()).public_bytes(serialization.Encoding.PEM)
+    identity.cert_path.write_bytes(pem)  # a device.pem damaged, or written by an older agent that never read it
+    for load in (lambda: store.load(PASS), store.load_certificate):
+        with pytest.raises(CertificateDefect) as info:
+            load()
+        assert "device.pem cannot be read in full" in info.value.message
+        assert "re-provision" in info.value.fix
+    assert describe_existing(store) == "an unreadable identity"  # provision --force can still replace it
+
+
+def test_a_stored_ca_that_cannot_be_read_in_full_fails_at_load_naming_it(tmp_path, ca: TestCA) -> None:
+    key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)
+    store = IdentityStore(tmp_path / "state")
+    identity = store.write(key, cert, [ca.cert], PASS)
+    bad = hostile_certificate(ca, "sub-ca", "duplicate-extension", ca=True)
+    identity.ca_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (ca.cert, bad)))
+    for load in (lambda: store.load(PASS), store.load_ca_certificates):
+        with pytest.raises(CertificateDefect, match=r"certificate #2 of the CA certificates .*ca\.pem"):
+            load()
+
+
+@pytest.mark.parametrize("defect", sorted(LAZY_FAULTS))
+def test_writing_a_certificate_that_cannot_be_read_in_full_keeps_the_identity_that_works(
+    tmp_path, ca: TestCA, defect: str
+) -> None:
+    key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)
+    store = IdentityStore(tmp_path / "state")
+    working = store.write(key, cert, [ca.cert], PASS)
+    new_key = generate_key()
+    with pytest.raises(CertificateDefect) as info:
+        store.write(new_key, hostile_certificate(ca, "kiosk-1", defect, new_key.public_key()), [ca.cert], PASS)
+    assert "capture-verifier" in info.value.fix
+    with pytest.raises(CertificateDefect, match="CA certificate #2"):
+        store.write(new_key, ca.issue_key_and_cert(["kiosk-1"], client=True)[1],
+                    [ca.cert, hostile_certificate(ca, "sub", defect, ca=True)], PASS)
+    assert store.load(PASS).serial_hex == working.serial_hex
+
+
+def test_trust_checks_pass_over_certificates_they_cannot_read(ca: TestCA, make_test_ca) -> None:
+    """A cacerts answer with CAs whose extensions or key cannot be read: no exception, and none of them trusted."""
+    sub = make_test_ca("sub")
+    sub_by_ca = TestCA("sub-by-ca", ca.folder, issuer=ca)
+    twice = hostile_certificate(ca, "twice", "duplicate-extension", ca=True)
+    odd_curve = hostile_certificate(ca, "odd-curve", "unsupported-curve", ca=True)
+    assert trusted_under(ca.cert, [twice, odd_curve, sub.cert, sub_by_ca.cert]) == [ca.cert, sub_by_ca.cert]
+    assert issued_by(sub_by_ca.cert, odd_curve) is False  # its key cannot be read: it vouches for nothing
+    assert issued_by(sub_by_ca.cert, ca.cert) is True
+
+
+def test_the_pin_of_a_key_on_an_unsupported_curve_is_over_its_bytes(ca: TestCA) -> None:
+    key = generate_key()
+    cert = hostile_certificate(ca, "verifier", "unsupported-curve", key.public_key())
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    expected = base64.b64encode(hashlib.sha256(spki.replace(P256_OID_DER, UNSUPPORTED_CURVE_OID_DER)).digest())
+    assert spki_sha256(cert) == expected.decode()
+    # what the TLS policy pins: the DER of the handshake's certificate, never parsed by cryptography
+    assert spki_der(cert.public_bytes(serialization.Encoding.DER)) == spki_der(cert)
+    _, good = ca.issue_key_and_cert(["verifier"])
+    assert spki_sha256(good) == spki_sha256(good.public_key())  # the same pin as before for every usable key
+    assert spki_der(good.public_bytes(serialization.Encoding.DER)) == good.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
