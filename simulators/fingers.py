@@ -69,6 +69,7 @@ import cv2
 import numpy as np
 import structlog
 
+from simulators.errors import SimulatorError
 from simulators.images import read_image
 
 log = structlog.get_logger()
@@ -120,8 +121,27 @@ def _rotate(dx: np.ndarray, dy: np.ndarray, phi: float) -> tuple[np.ndarray, np.
     return dx * c + dy * s, -dx * s + dy * c
 
 
+SEED_RANGE = (-(2**63), 2**63)
+"""Seeds, finger ids and impression numbers a generator takes: those that fit a signed 64-bit word.
+
+Each is folded into 64 bits of seed material, so wider ones would alias: finger 2**64 was
+finger 0, and -1 was 2**64 - 1. Refusing them keeps one number, one finger."""
+
+
+def check_seed_number(value: int, what: str) -> int:
+    """``value`` as an int if it is within :data:`SEED_RANGE`, else a SimulatorError naming the range."""
+    number = int(value)
+    low, high = SEED_RANGE
+    if not low <= number < high:
+        raise SimulatorError(
+            f"{what} {str(number)[:24]}{'...' if len(str(number)) > 24 else ''} is outside the generator's range",
+            f"give a {what} from -2**63 to 2**63 - 1 (wider numbers would name the same finger as a smaller one)",
+        )
+    return number
+
+
 def _entropy(*values: int) -> list[int]:
-    """Seed material for numpy from any ints (negative ones included)."""
+    """Seed material for numpy from any ints within :data:`SEED_RANGE` (negative ones included)."""
     return [int(v) & 0xFFFFFFFFFFFFFFFF for v in values]
 
 
@@ -844,7 +864,8 @@ class VirtualFinger:
         "cooperative", or "realistic" for FVC-like spread and failures).
         ``clean_impression`` gives an undistorted one.
         """
-        return make_impression(self.master, (self.seed, self.finger_id, int(seed)), size, profile, **params)
+        number = check_seed_number(seed, "impression number")
+        return make_impression(self.master, (self.seed, self.finger_id, number), size, profile, **params)
 
     def clean_impression(self, size: tuple[int, int] = DEFAULT_SIZE, **params: object) -> Impression:
         """The finger centred, unrotated, undistorted, normal pressure, little noise, full contact."""
@@ -869,11 +890,12 @@ class FingerGenerator:
     def __init__(self, seed: int = 0, profile: str = "cooperative") -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown capture profile {profile!r}: use one of {', '.join(PROFILES)}")
-        self.seed = int(seed)
+        self.seed = check_seed_number(seed, "generator seed")
         self.profile = profile
 
     def finger(self, finger_id: int) -> VirtualFinger:
-        return VirtualFinger(self.seed, int(finger_id), _master(self.seed, int(finger_id)))
+        number = check_seed_number(finger_id, "finger id")
+        return VirtualFinger(self.seed, number, _master(self.seed, number))
 
     def image(self, finger_id: int, impression: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """:class:`FingerSource` interface: the image of one impression (:data:`DEFAULT_SIZE` when None)."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from simulators import fingers
+from simulators.errors import SimulatorError
 from simulators.fingers import FINGER_CLASSES, FingerGenerator, FolderFingerSource, fit_to_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,30 @@ def test_different_seeds_give_different_fingers_and_impressions(finger_generator
 def test_negative_and_large_seeds_are_accepted() -> None:
     imp = FingerGenerator(-3).finger(2**40).impression(-1, size=(64, 64))
     assert imp.image.shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FingerGenerator(2**63),
+        lambda: FingerGenerator(-(2**63) - 1),
+        lambda: FingerGenerator(0).finger(2**64),
+        lambda: FingerGenerator(0).finger(-(2**63) - 1),
+        lambda: FingerGenerator(0).finger(1).impression(2**64 + 1),
+    ],
+    ids=["seed-2**63", "seed-below-range", "finger-2**64", "finger-below-range", "impression-2**64+1"],
+)
+def test_numbers_that_would_alias_a_smaller_finger_are_refused_naming_the_range(make) -> None:
+    """Seed material is 64 bits wide: finger 2**64 was finger 0 before this was refused."""
+    with pytest.raises(SimulatorError, match="outside the generator's range") as caught:
+        make()
+    assert "2**63" in caught.value.fix
+
+
+def test_the_ends_of_the_range_are_distinct_fingers() -> None:
+    low = FingerGenerator(0).finger(-(2**63)).impression(0, size=(64, 64)).image
+    high = FingerGenerator(0).finger(2**63 - 1).impression(0, size=(64, 64)).image
+    assert not np.array_equal(low, high)
 
 
 # ---------------------------------------------------------------- orientation model
