@@ -1378,3 +1378,19 @@ def test_a_part_whole_in_the_read_that_breaks_the_stream_is_counted_as_passed_ov
         reader.next_part()
     reader.release()
     assert (reader.skipped, reader.dropped) == (1, 0)
+
+
+def test_a_part_whole_in_the_read_that_breaks_the_chunk_framing_is_counted_as_passed_over(hostile) -> None:
+    """The same with the break in the chunked framing: the payload undone before it reaches the parts' decoder
+    (it was lost with the chunk decoder's error, so the counters depended on how the bytes were split)."""
+    from drivers.camera.stream import MjpegReader
+
+    chunked_head = b"multipart/x-mixed-replace; boundary=frame\r\nTransfer-Encoding: chunked"
+    broken = chunked([part(b"a" * 20)])[: -len(b"0\r\n\r\n")] + b"zz\r\n"
+    server = hostile(lambda s, c: s.send(c, broken), content_type=chunked_head)
+    reader = MjpegReader(server.url, server.url, open_timeout_s=5, read_timeout_s=5, max_part_bytes=1 << 10)
+    reader.open()
+    with pytest.raises(CameraStreamBroken, match="no hex number"):
+        reader.next_part()
+    reader.release()
+    assert (reader.skipped, reader.dropped) == (1, 0)

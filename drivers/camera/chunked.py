@@ -25,7 +25,17 @@ _SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
 
 
 class ChunkError(MjpegError):
-    """The chunked framing of a response is broken: where its data ends cannot be told."""
+    """The chunked framing of a response is broken: where its data ends cannot be told.
+
+    ``payload``: the payload pieces the failing ``feed`` undid before the break (views of its data), so a
+    caller hands them on as if the stream had come byte by byte and the break in a read of its own.
+    """
+
+    payload: list[memoryview]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.payload = []
 
 
 class ChunkedDecoder:
@@ -46,8 +56,16 @@ class ChunkedDecoder:
         return len(self._line)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
-        view = memoryview(data).cast("B")
         out: list[memoryview] = []
+        try:
+            self._undo(memoryview(data).cast("B"), out)
+        except ChunkError as exc:
+            exc.payload = out
+            raise
+        return out
+
+    def _undo(self, view: memoryview, out: list[memoryview]) -> None:
+        """Append to ``out`` the payload pieces of ``view``, keeping a line begun at its end for the next feed."""
         i, n = 0, len(view)
         while i < n and not self.ended:
             if self._state == "data":
@@ -71,7 +89,6 @@ class ChunkedDecoder:
             self._line.clear()
             i += end + 1
             self._line_done(line)
-        return out
 
     def _line_done(self, line: bytes) -> None:
         if self._state == "data_end":

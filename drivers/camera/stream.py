@@ -448,9 +448,16 @@ class MjpegReader:
     def _feed(self, data: bytes | memoryview) -> None:
         assert self._decoder is not None
         events: list[Event] = []
+        broken: ChunkError | None = None
         try:
-            for piece in self._chunks.feed(data) if self._chunks is not None else [data]:
+            pieces = self._chunks.feed(data) if self._chunks is not None else [data]
+        except ChunkError as exc:  # the payload undone before the break still goes to the parts' decoder
+            pieces, broken = exc.payload, exc
+        try:
+            for piece in pieces:
                 events += self._decoder.feed(piece)
+            if broken is not None:
+                raise broken
         except MjpegError as exc:
             # The parts parsed before the error in the same read count as if they had come in reads of
             # their own: the counters do not depend on how the camera's bytes were split.
