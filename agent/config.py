@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
 import sys
 import tomllib
 import types
@@ -81,7 +82,13 @@ def _https_url(value: str) -> bool:
         httpx.URL(value)  # the client's own parser: urlsplit takes hosts IDNA 2008 refuses ("https://Ａ")
     except (ValueError, httpx.InvalidURL):
         return False
-    return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
+    host = parts.hostname or ""
+    return parts.scheme == "https" and bool(host) and parts.path in ("", "/") and not _NOT_IN_A_HOST.search(host)
+
+
+# What no host name or address holds, yet urlsplit and the HTTP client take (percent-encoding a space): a host
+# typed as "a b" or with a quote pasted in is a typo, not a name to look up.
+_NOT_IN_A_HOST = re.compile(r"""[\s\x00-\x1f\x7f"%'<>\\^`{|}]""")
 
 
 def normalise_spki_pin(value: str) -> str | None:

@@ -137,6 +137,10 @@ HOSTILE_CONFIGS = {
     "port out of range": (b'[verifier]\nurl = "https://h:99999"\n', "bad value [verifier] url"),
     # urlsplit takes it, the HTTP client's IDNA 2008 does not: an InvalidURL when the client was built
     "fullwidth host": ('[verifier]\nurl = "https://\uff21:8443"\n'.encode(), "bad value [verifier] url"),
+    # urlsplit and the HTTP client take them (percent-encoding the space): a typo, never a host to look up
+    "space in the host": (b'[verifier]\nurl = "https://a b:8443"\n', "bad value [verifier] url"),
+    "quote in the host": (b'[verifier]\nurl = "https://verifier\'.example:8443"\n', "bad value [verifier] url"),
+    "tab in the host": (b'[verifier]\nurl = "https://a\\tb"\n', "bad value [verifier] url"),
     # int() refuses more than 4300 decimal digits with a plain ValueError out of tomllib
     "4301 digits": (b"[network]\nretries = " + b"1" * 4301 + b"\n", "more than 4300 digits"),
     # hex has no digit limit: the int is built, then repr() in a message would raise
