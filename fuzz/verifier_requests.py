@@ -436,6 +436,7 @@ class Fuzzer:
         self.log_offset = verifier.log_path.stat().st_size
         self.last_case: dict[str, Any] = {}
         self.last_body = b""
+        self.used_keys: list[str] = []
 
     async def setup(self) -> None:
         v = self.verifier
@@ -488,12 +489,13 @@ class Fuzzer:
             raise SystemExit(f"no nonce: {answer.status_code} {answer.text[:300]}")
         raise SystemExit("no nonce after three tries: see the transport errors")
 
-    def transport_error(self, kind: str, exc: Exception) -> None:
-        """A failed exchange: counted, with the request sent just before it (which may have broken the connection)."""
+    def transport_error(self, kind: str, exc: Exception, case: dict[str, Any] | None = None) -> None:
+        """A failed exchange: counted, with the request (``case``) and the one sent just before it (which may
+        have broken the connection)."""
         self.tally.transport_errors[f"{kind}: {type(exc).__name__}: {str(exc)[:100]}"] += 1
         if len(self.tally.transport_samples) < 20:
             self.tally.transport_samples.append({"during": kind, "error": f"{type(exc).__name__}: {str(exc)[:300]}",
-                                                 "previous": self.last_case})
+                                                 "request": case, "previous": self.last_case})
         if self.verifier.process is not None and self.verifier.process.poll() is not None:
             raise SystemExit(f"the verifier exited ({self.verifier.process.returncode}) during a {kind} request")
 
@@ -639,6 +641,26 @@ class Fuzzer:
                 self.tally.counts["est enrollments that succeeded"] += 1
                 self.token = self.verifier.new_token(f"fuzz-new-{self.tally.counts['est enrollments that succeeded']}")
 
+    def mutated_headers(self, headers: dict[str, Any], done: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """Now and then an Idempotency-Key used before (with another body), or one of an odd shape."""
+        rng = self.rng
+        key = headers.get("idempotency-key")
+        if key is not None and self.used_keys and rng.random() < 0.05:
+            headers = {**headers, "idempotency-key": rng.choice(self.used_keys)}
+            done = [*done, "idempotency key reused"]
+        elif key is not None and rng.random() < 0.03:
+            odd: Any = rng.choice(["", " ", "k" * 201, "k" * 200, "k\tk", "\u00e9".encode("latin-1"),
+                                   b"\xff\xfe", "../x", "k" * 100_000])
+            headers = {**headers, "idempotency-key": odd}
+            done = [*done, "idempotency key odd"]
+        elif rng.random() < 0.03:
+            headers = {**headers, "content-type": rng.choice(["text/plain", "application/json; charset=utf-16",
+                                                              "", "application/x-www-form-urlencoded"])}
+            done = [*done, "content type"]
+        if isinstance(headers.get("idempotency-key"), str) and len(self.used_keys) < 64:
+            self.used_keys.append(headers["idempotency-key"])
+        return headers, done
+
     async def use_renewed(self, key: ec.EllipticCurvePrivateKey) -> None:
         """The EST device's new certificate (from the last answer) and key, for its next renewals."""
         cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(self.last_body))[0]
@@ -656,20 +678,20 @@ class Fuzzer:
         tally = self.tally
         tally.sent[kind] += 1
         headers = headers or {"idempotency-key": secrets.token_hex(8), "content-type": "application/json"}
+        headers, done = self.mutated_headers(headers, done)
         try:
             try:
                 answer = await client.request(method, self.url(path), content=body, headers=headers)
-            except httpx.RemoteProtocolError as exc:
-                if "ConnectionTerminated" not in str(exc):
-                    raise
-                # A GOAWAY (hypercorn ends a connection after 1000 requests): a stream it names as not
-                # processed; sent again on a new connection, as the agent does.
+            except httpx.RemoteProtocolError:
+                # A GOAWAY (hypercorn ends a connection after its 1000th request) or the connection closing
+                # under it: sent again on a new connection, once, as the agent does.
                 tally.counts["requests sent again after a GOAWAY"] += 1
                 answer = await client.request(method, self.url(path), content=body, headers=headers)
         except httpx.HTTPError as exc:
             tally.statuses[kind]["transport error"] += 1
-            self.transport_error(kind, exc)
-            self.last_case = {"kind": kind, "mutations": done, "body_len": len(body), "status": None}
+            case = {"kind": kind, "mutations": done, "body_len": len(body), "status": None}
+            self.transport_error(kind, exc, case)
+            self.last_case = case
             return None
         tally.statuses[kind][str(answer.status_code)] += 1
         if answer.headers.get("content-type", "").startswith("application/problem+json"):
