@@ -734,12 +734,24 @@ class Fuzzer:
                 found.append(line)
         return found
 
+    async def get_case(self) -> None:
+        """The endpoints without a body (health, cacerts): with a query string, or a body nobody asked for."""
+        rng = self.rng
+        path = rng.choice([endpoints.HEALTH, endpoints.CACERTS])
+        query = rng.choice(["", "?a=1", "?" + "x" * 5000, "?%ff%fe", "?nonce=\u00e9"])
+        body = to_bytes(dump(_random_value(rng), True)) if rng.random() < 0.3 else b""
+        done = [f"query {len(query)}"] + (["body"] if body else [])
+        client = self.client if path == endpoints.HEALTH else self.est_client
+        await self.send(client, "GET", path + query, "get", body, done)
+
     async def run(self, seconds: float) -> None:
         kinds = ["enroll", "verify", "identify", "sensor-enroll", "sensor-verify"]
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             pick = self.rng.randrange(10)
-            if pick < 5:
+            if self.rng.random() < 0.03:
+                await self.get_case()
+            elif pick < 5:
                 await self.signed_case(self.rng.choice(kinds))
             elif pick < 6:
                 await self.challenge_case()
