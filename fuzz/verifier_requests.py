@@ -30,8 +30,9 @@ three minutes each)::
     python fuzz/verifier_requests.py --seed 2 --seconds 180 --report /tmp/fuzz-2.json
 
 Without ``--report`` the report goes to a new temporary folder, whose path is
-printed at the end (the verifier's state and log are kept next to it).
-``--keep`` keeps that folder even when nothing was found.
+printed at the end; the verifier's log is copied next to it
+(``report.verifier.log``). The verifier's state folder (a development PKI, keys
+included) is removed at the end, or on Ctrl-C or SIGTERM, unless ``--keep``.
 
 Why a script and not a test: it is random and runs for minutes, the suite must
 be fast and repeatable. Every bug it finds becomes a test of its own.
@@ -51,6 +52,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
@@ -783,7 +785,6 @@ def report_of(fuzzer: Fuzzer, seed: int, seconds: float, started: float) -> dict
             {"signature": signature, "count": tally.counts[signature], "samples": [vars(s) for s in samples]}
             for signature, samples in tally.findings.items()
         ],
-        "verifier_log": str(fuzzer.verifier.log_path),
     }
 
 
@@ -803,23 +804,42 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         return report_of(fuzzer, args.seed, args.seconds, started)
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run as Ctrl-C does: the verifier is stopped and the state folder removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1, help="the random seed of the mutations (default 1)")
     parser.add_argument("--seconds", type=float, default=180.0, help="how long to fuzz (default 180)")
     parser.add_argument("--report", type=Path, help="where to write the JSON report (default: a temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the verifier's state folder even when clean")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the verifier's state folder (its development PKI's keys included)")
     args = parser.parse_args(argv)
+    if args.seconds <= 0:
+        parser.error("--seconds must be more than 0")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    work = Path(tempfile.mkdtemp(prefix=f"fuzz-verifier-{args.seed}-"))
-    report = asyncio.run(main_async(args, work))
-    path = args.report or work / "report.json"
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    path = args.report or Path(tempfile.mkdtemp(prefix=f"fuzz-verifier-report-{args.seed}-")) / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The verifier's state (a development PKI with its keys): removed at the end unless --keep; its log is
+    # copied next to the report, since a finding is explained there.
+    work = Path(tempfile.mkdtemp(prefix=f"fuzz-verifier-state-{args.seed}-"))
+    try:
+        report = asyncio.run(main_async(args, work))
+    except KeyboardInterrupt:
+        print("stopped: no report", file=sys.stderr)
+        return 130
+    finally:
+        log = work / "pki" / "verifier.log"
+        if log.exists():
+            shutil.copyfile(log, path.with_name(path.stem + ".verifier.log"))
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report["verifier_log"] = str(path.with_name(path.stem + ".verifier.log"))
     path.write_text(json.dumps(report, indent=2, ensure_ascii=True))
     found = len(report["findings"])
-    if not found and not args.keep and args.report is not None:
-        shutil.rmtree(work, ignore_errors=True)
-        report["verifier_log"] = "(removed: nothing found)"
-        path.write_text(json.dumps(report, indent=2, ensure_ascii=True))
     print(json.dumps({"report": str(path), "fuzzed_requests": report["fuzzed_requests"],
                       "helper_requests": report["helper_requests"], "findings": found}))
     return 1 if found else 0
