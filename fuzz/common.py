@@ -103,6 +103,7 @@ def keep_going(harness: str, test_one_input: Callable[[bytes], None]) -> Callabl
 def main(harness: str, test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:
     """Fuzz ``test_one_input`` with atheris; libFuzzer's flags pass through (``-max_total_time=300``).
 
+    The harness's dictionary (``fuzz/dicts/<harness>.dict``: tokens of its format) is used when there is one.
     Without a corpus directory in the arguments, new inputs go to ``fuzz/work/<harness>/`` (not committed) and the
     committed seeds of ``fuzz/corpus/<harness>/`` are read beside them.
     """
@@ -115,6 +116,9 @@ def main(harness: str, test_one_input: Callable[[bytes], None], argv: list[str] 
         seeds = CORPUS / harness
         seeds.mkdir(parents=True, exist_ok=True)
         args += [str(work), str(seeds)]
+    dictionary = FUZZ_DIR / "dicts" / f"{harness}.dict"
+    if dictionary.exists() and not any(a.startswith("-dict=") for a in args):
+        args.append(f"-dict={dictionary}")
     atheris.instrument_all()  # the project's modules are imported by now: coverage of their bytecode
     atheris.Setup(args, keep_going(harness, test_one_input))
     atheris.Fuzz()
