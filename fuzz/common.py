@@ -67,7 +67,7 @@ def signature(exc: BaseException) -> str:
     """
     cause = exc.__cause__
     if _project_frame(exc) is None and cause is not None:
-        kind = f"{type(exc).__qualname__}<-{type(cause).__module__}.{type(cause).__qualname__}"
+        kind = f"{type(exc).__name__}<-{type(cause).__module__}.{type(cause).__qualname__}"
         return f"{kind} @ {innermost_project_frame(cause)}"
     return f"{type(exc).__module__}.{type(exc).__qualname__} @ {innermost_project_frame(exc)}"
 
