@@ -34,9 +34,9 @@ def splits(data: bytes, sizes: bytes) -> Iterator[bytes]:
         at, i = at + step, i + 1
 
 
-def innermost_project_frame(exc: BaseException) -> str:
-    """``package/module.py:line in function`` of the deepest traceback frame in the project's code."""
-    where = "?"
+def _project_frame(exc: BaseException) -> str | None:
+    """``package/module.py:line in function`` of the deepest traceback frame in the project's code, if any."""
+    where = None
     for frame in traceback.extract_tb(exc.__traceback__):
         try:
             rel = Path(frame.filename).resolve().relative_to(ROOT)
@@ -44,16 +44,31 @@ def innermost_project_frame(exc: BaseException) -> str:
             continue
         if rel.parts and rel.parts[0] in PROJECT_PACKAGES:
             where = f"{rel.as_posix()}:{frame.lineno} in {frame.name}"
-    if where == "?":  # nothing of ours below the harness: the harness's own check (SplitDependence) or stdlib
-        frames = traceback.extract_tb(exc.__traceback__)
-        if frames:
-            last = frames[-1]
-            where = f"{Path(last.filename).name}:{last.lineno} in {last.name}"
     return where
 
 
+def innermost_project_frame(exc: BaseException) -> str:
+    """Where ``exc`` happened in the project's code; else the last frame of its traceback (a harness's own check)."""
+    where = _project_frame(exc)
+    if where is not None:
+        return where
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
 def signature(exc: BaseException) -> str:
-    """One finding: the exception type and its innermost project frame (the line, not the message)."""
+    """One finding: the exception type and its innermost project frame (the line, not the message).
+
+    A harness that re-raises what escaped in another thread (the local API's handler) raises its own
+    exception from the original: then the original's type and frame are the finding's.
+    """
+    cause = exc.__cause__
+    if _project_frame(exc) is None and cause is not None:
+        kind = f"{type(exc).__name__}<-{type(cause).__module__}.{type(cause).__qualname__}"
+        return f"{kind} @ {innermost_project_frame(cause)}"
     return f"{type(exc).__module__}.{type(exc).__qualname__} @ {innermost_project_frame(exc)}"
 
 
@@ -103,6 +118,7 @@ def keep_going(harness: str, test_one_input: Callable[[bytes], None]) -> Callabl
 def main(harness: str, test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:
     """Fuzz ``test_one_input`` with atheris; libFuzzer's flags pass through (``-max_total_time=300``).
 
+    The harness's dictionary (``fuzz/dicts/<harness>.dict``: tokens of its format) is used when there is one.
     Without a corpus directory in the arguments, new inputs go to ``fuzz/work/<harness>/`` (not committed) and the
     committed seeds of ``fuzz/corpus/<harness>/`` are read beside them.
     """
@@ -115,6 +131,9 @@ def main(harness: str, test_one_input: Callable[[bytes], None], argv: list[str] 
         seeds = CORPUS / harness
         seeds.mkdir(parents=True, exist_ok=True)
         args += [str(work), str(seeds)]
+    dictionary = FUZZ_DIR / "dicts" / f"{harness}.dict"
+    if dictionary.exists() and not any(a.startswith("-dict=") for a in args):
+        args.append(f"-dict={dictionary}")
     atheris.instrument_all()  # the project's modules are imported by now: coverage of their bytecode
     atheris.Setup(args, keep_going(harness, test_one_input))
     atheris.Fuzz()

@@ -167,7 +167,7 @@ def agent_answers() -> dict[str, bytes]:
     decision = {"subject": "alice", "decision": "accept", "score": 0.9, "threshold": 0.5, "token": "dG9r",
                 "expires_in": 300, "modality": "finger"}
     sensor = {"subject": "alice", "group": "default", "reader": {"driver": "virtual_device", "device": "usb0"}}
-    step_up = {"type": "https://capture.example/problems/insufficient-user-authentication", "status": 401,
+    step_up = {"type": "https://capture-agent.invalid/problems/insufficient-user-authentication", "status": 401,
                "title": "Another factor needed", "step_up": "s1", "acr_values": "face", "reasons": ["first-use"]}
     return {
         "decision": b"\x01" + canonical_json(decision),

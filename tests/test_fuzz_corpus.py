@@ -53,3 +53,20 @@ def test_keep_going_records_each_distinct_finding_once_where_the_project_raised_
 def _written(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_a_finding_re_raised_from_another_thread_is_named_by_its_original(tmp_path: Path) -> None:
+    """The local API harness re-raises what escaped in the server's thread from it: the original names the finding."""
+
+    class Escaped(Exception):
+        pass
+
+    def escaped(data: bytes) -> None:
+        try:
+            problem_type(data.decode())
+        except KeyError as exc:
+            raise Escaped("escaped the handler") from exc
+
+    exc = replay(escaped, _written(tmp_path / "in", b"no-such-slug"))
+    assert exc is not None
+    assert signature(exc).startswith("Escaped<-builtins.KeyError @ protocol/problems.py:")
