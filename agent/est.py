@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from agent.client import NO_ENCODING, VerifierClient, problem_error, read_answer, tls_policy_error
 from agent.errors import AnswerError, CertificateDefect, ProvisioningError, VerifierError
 from agent.handshake import refusal_of_device_certificate
-from agent.identity import read_in_full
+from agent.identity import CERTIFICATE_FAULTS, read_in_full
 from agent.tls import bootstrap_context, client_context
 
 log = structlog.get_logger()
@@ -47,7 +47,7 @@ def parse_pkcs7_certs(body: bytes, what: str) -> list[x509.Certificate]:
     try:
         der = base64.b64decode(b"".join(body.split()), validate=True)
         certs = pkcs7.load_der_pkcs7_certificates(der)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, *CERTIFICATE_FAULTS):  # UnsupportedAlgorithm: another PKCS#7 type than a bundle
         raise ProvisioningError(
             f"the verifier's {what} answer is not a base64 PKCS#7 certificate bundle",
             fix="check the --verifier URL points to a capture-verifier (EST, RFC 7030)",

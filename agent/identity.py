@@ -60,6 +60,7 @@ REPROVISION_FIX = "re-provision the device with a new token"
 # or of an algorithm it lacks (UnsupportedAlgorithm, from public_key()), a value it cannot represent (TypeError).
 CERTIFICATE_FAULTS: tuple[type[Exception], ...] = (
     ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm,
+    x509.InvalidVersion,
 )
 
 
@@ -142,7 +143,8 @@ def read_in_full(certificate: x509.Certificate, what: str, fix: str) -> x509.Cer
             key.public_numbers()  # what IdentityStore.write compares with the device key
         certificate.fingerprint(hashes.SHA256())
         spki_der(certificate)
-    except (*CERTIFICATE_FAULTS, IndexError) as exc:  # IndexError: spki_der on a TBS cut short
+    # IndexError: spki_der on a TBS cut short; KeyError: a name attribute of an ASN.1 type no string has (tag 13)
+    except (*CERTIFICATE_FAULTS, IndexError, KeyError) as exc:
         raise CertificateDefect(f"{what} cannot be read in full: {_fault_words(exc)}", fix=fix) from None
     return certificate
 

@@ -286,6 +286,44 @@ def test_a_cacerts_answer_with_a_certificate_that_cannot_be_read_in_full_is_a_pr
     assert "capture-verifier" in info.value.fix
 
 
+def _edited_bundle(ca, edit) -> bytes:
+    """A cacerts answer whose DER was edited after the bundle was made (a certificate's signature is not what
+    the agent's reading of the bundle checks first)."""
+    der = pkcs7.serialize_certificates([ca.cert], serialization.Encoding.DER)
+    edited = edit(der)
+    assert edited != der, "the edit changed nothing"
+    return base64.b64encode(edited)
+
+
+UTF8_COMMON_NAME = bytes.fromhex("0603550403") + b"\x0c"  # the CN attribute's OID, then a UTF8String tag
+X509_V3 = bytes.fromhex("a003020102")  # [0] version INTEGER 2 (v3)
+DATA_CONTENT = bytes.fromhex("06092a864886f70d010701")  # PKCS#7 "data": not the signed bundle EST sends
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        # tag 13 (RELATIVE-OID) where a string belongs: cryptography loads the name, then a KeyError from reading it
+        (lambda ca: _edited_bundle(ca, lambda der: der.replace(UTF8_COMMON_NAME, UTF8_COMMON_NAME[:-1] + b"\x0d", 1)),
+         "cannot be read in full: KeyError"),
+        # X.509 version 42: cryptography's InvalidVersion, no ValueError, out of loading the bundle
+        (lambda ca: _edited_bundle(ca, lambda der: der.replace(X509_V3, X509_V3[:-1] + b"\x2a", 1)),
+         "not a base64 PKCS#7 certificate bundle"),
+        # a PKCS#7 of another content type: UnsupportedAlgorithm out of loading it
+        (lambda ca: base64.b64encode(b"\x30\x12" + DATA_CONTENT + b"\xa0\x05\x04\x03abc"),
+         "not a base64 PKCS#7 certificate bundle"),
+    ],
+    ids=["string-tag-13", "version-42", "pkcs7-data"],
+)
+def test_a_cacerts_answer_cryptography_refuses_in_its_own_words_is_a_provisioning_error(
+    server_ctx, ca, body, said: str
+) -> None:
+    """Found by fuzzing (fuzz/est.py): KeyError, InvalidVersion and UnsupportedAlgorithm came out untyped."""
+    with H2TestServer(server_ctx, answering(200, body(ca), PKCS7)) as server, pytest.raises(ProvisioningError) as info:
+        asyncio.run(fetch_ca_certificates(server.url))
+    assert said in info.value.message and info.value.fix
+
+
 def _reenroll_answering(ca, defect: str):
     """An EST simplereenroll signing the CSR's key for kiosk-1 with the device's own CA, with a defect."""
 
