@@ -2,7 +2,8 @@
 
 First byte even: the ZFM module's lines (place, lift, pace, unplug, replug,
 list), odd: the camera's (show, still, nothing, dark, glare, fps, unplug). The
-rest is standard input, read as UTF-8 as in a UTF-8 locale. The simulators are
+rest is standard input, given on a real file descriptor as a rig's pipe gives
+it (the command loops read bytes off the descriptor, not a text ``sys.stdin``). The simulators are
 the real ones, not started (no serving thread): the ZFM module takes its fingers
 from a folder of four small F_I.tif images (one unreadable), the camera is a
 SimulatedCamera; the camera's ``replug`` line is left out (it starts an HTTP
@@ -13,9 +14,9 @@ What a line may do: be done, or be reported on stderr as a JSON line while the
 simulator goes on. Anything escaping the command loop is a finding: it would end
 the rig's control of the simulator.
 
-TODO: these are the private loops simulators.cli._commands / _camera_commands, fed
-through a replaced sys.stdin; switch to the public ``module_command(sim, source, line)``
-and ``camera_command(camera, line)`` once simulators/cli.py has them (another change adds them).
+The loops are the CLI's own (``simulators.cli._commands`` / ``_camera_commands``, private):
+what is fuzzed is what the CLI lets escape, the reading of standard input included,
+around the public ``module_command`` / ``camera_command`` they call.
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def TestOneInput(data: bytes) -> None:
     text = data[1:]
     if data[0] % 2:
         text = b"".join(line for line in text.splitlines(keepends=True) if line.split()[:1] != [b"replug"])
+    stdin = Path(_dir.name) / "stdin"
+    stdin.write_bytes(text)
     saved = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(text), encoding="utf-8", errors="strict")
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with open(stdin, encoding="utf-8") as sys.stdin, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             if data[0] % 2 == 0:
                 module, source = _module()
                 cli._commands(module, source)
