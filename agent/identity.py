@@ -41,12 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.errors import CertificateDefect, IdentityError
+from protocol.certificates import X509_READ_FAULTS
 
 CURRENT_LINK = "identity"
 KEY_FILE = "device.key"
@@ -55,13 +56,9 @@ CA_FILE = "ca.pem"
 LOCK_FILE = "identity.lock"
 REPROVISION_FIX = "re-provision the device with a new token"
 
-# What cryptography raises, some of it lazily (long after loading), from a certificate it loaded: a malformed
-# field (ValueError), an extension twice (x509.DuplicateExtension, which is NOT a ValueError), a key on a curve
-# or of an algorithm it lacks (UnsupportedAlgorithm, from public_key()), a value it cannot represent (TypeError).
-CERTIFICATE_FAULTS: tuple[type[Exception], ...] = (
-    ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm,
-    x509.InvalidVersion,
-)
+# What cryptography raises, some of it lazily (long after loading), from a certificate it loaded: the list both
+# ends share (protocol.certificates), under the name the agent's modules use.
+CERTIFICATE_FAULTS = X509_READ_FAULTS
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -143,8 +140,7 @@ def read_in_full(certificate: x509.Certificate, what: str, fix: str) -> x509.Cer
             key.public_numbers()  # what IdentityStore.write compares with the device key
         certificate.fingerprint(hashes.SHA256())
         spki_der(certificate)
-    # IndexError: spki_der on a TBS cut short; KeyError: a name attribute of an ASN.1 type no string has (tag 13)
-    except (*CERTIFICATE_FAULTS, IndexError, KeyError) as exc:
+    except (*CERTIFICATE_FAULTS, IndexError) as exc:  # IndexError: spki_der on a TBS cut short
         raise CertificateDefect(f"{what} cannot be read in full: {_fault_words(exc)}", fix=fix) from None
     return certificate
 

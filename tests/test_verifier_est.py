@@ -274,6 +274,10 @@ def test_a_request_of_another_version_or_with_an_unreadable_part_is_a_400_bad_cs
                           "the certificate request's extension request cannot be read (DuplicateExtension"),
         "a SAN of an INTEGER": (edited_request(attributes=_extension_request(
             _seq(_oid(SAN_OID), _tlv(0x04, _int(5))))), "the certificate request's extension request cannot be read"),
+        # an x400Address ([3]): cryptography's UnsupportedGeneralNameType, no ValueError, was a 500 (a review)
+        "a SAN of an x400Address": (edited_request(attributes=_extension_request(
+            _seq(_oid(SAN_OID), _tlv(0x04, _seq(_tlv(0xA3, b"")))))),
+            "the certificate request's extension request cannot be read (UnsupportedGeneralNameType"),
     }
     assert x509.load_der_x509_csr(cases["an INTEGER CN"][0]).is_signature_valid  # the edit is all that is wrong
     for label, (der, detail) in cases.items():

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol.certificates import X509_READ_FAULTS
+
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 SERVER_CERT = "server.pem"
@@ -255,8 +257,8 @@ def _check_readable(csr: x509.CertificateSigningRequest) -> None:
     Why: ``load_der_x509_csr`` checks the structure only; a subject value that is
     not its string type (a UTF8String of bytes that are not UTF-8, an INTEGER
     where a string belongs), an attribute with several values, a duplicate or
-    malformed extension raise only when the part is read (``ValueError``,
-    ``KeyError``, ``DuplicateExtension``), wherever that is: in a log line, a
+    malformed extension, a general name type the library lacks raise only when the
+    part is read (:data:`protocol.certificates.X509_READ_FAULTS`), wherever that is: in a log line, a
     renewal, an operator's listing. The CA signs what it can read, here, once.
     """
     parts: tuple[tuple[str, Callable[[], object]], ...] = (
@@ -267,7 +269,7 @@ def _check_readable(csr: x509.CertificateSigningRequest) -> None:
     for part, read in parts:
         try:
             read()
-        except (ValueError, KeyError, TypeError, x509.DuplicateExtension) as exc:
+        except X509_READ_FAULTS as exc:
             reason = str(exc)[:120] or type(exc).__name__
             raise CSRError(f"the certificate request's {part} cannot be read ({type(exc).__name__}: {reason}): "
                            "make a new request") from None
