@@ -50,8 +50,9 @@ def _unreadable(exc: OSError | ValueError, name: str, fix: str) -> UnreadableIma
 def read_image(path: str | os.PathLike[str], *, color: bool = False, fix: str = DEFAULT_FIX) -> np.ndarray:
     """The image in ``path``: uint8 grey (``color`` False) or BGR; UnreadableImage naming ``fix`` if it is none.
 
-    The file is read whole first (bounded by :data:`MAX_IMAGE_FILE_BYTES`), so a missing file, a folder,
-    a file this user may not read, an empty one and one OpenCV cannot decode each get their own message.
+    Only a regular file is read, whole and at most :data:`MAX_IMAGE_FILE_BYTES` of it, so a missing file, a
+    folder, a device or pipe, a file this user may not read, an empty one and one OpenCV cannot decode each get
+    their own message.
     """
     where = Path(path)
     name = shown(where)
@@ -61,14 +62,19 @@ def read_image(path: str | os.PathLike[str], *, color: bool = False, fix: str = 
         raise _unreadable(exc, name, fix) from None
     if stat.S_ISDIR(status.st_mode):
         raise UnreadableImage(f"{name} is a folder, not an image", "give an image file", name)
-    if status.st_size > MAX_IMAGE_FILE_BYTES:
+    if not stat.S_ISREG(status.st_mode):  # /dev/zero says 0 bytes and never ends; a FIFO blocks the reader
         raise UnreadableImage(
-            f"{name} holds {status.st_size} bytes, more than the {MAX_IMAGE_FILE_BYTES} of any test image", fix, name
+            f"{name} is not a regular file (a device, a pipe or a socket)", "give the path of an image file", name
         )
     try:
-        data = where.read_bytes()
+        with where.open("rb") as file:
+            data = file.read(MAX_IMAGE_FILE_BYTES + 1)  # bounded even if the file grew since stat
     except (OSError, ValueError) as exc:
         raise _unreadable(exc, name, fix) from None
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise UnreadableImage(
+            f"{name} holds more than the {MAX_IMAGE_FILE_BYTES} bytes of any test image", fix, name
+        )
     image = None
     if data:
         try:

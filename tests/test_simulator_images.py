@@ -70,6 +70,18 @@ def test_files_that_are_no_image_are_a_typed_error_naming_the_file_and_the_fix(t
     assert isinstance(refused.value, SimulatorError), "a script line raising it is reported, the simulator serves on"
 
 
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_device_or_a_pipe_is_refused_before_it_is_read(tmp_path: Path, special: str) -> None:
+    """/dev/zero reports 0 bytes and was read until memory ran out; a FIFO with no writer blocked the reader."""
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "frames.png"
+        os.mkfifo(path)
+    with pytest.raises(UnreadableImage, match="is not a regular file") as refused:
+        read_image(path)
+    assert refused.value.fix
+
+
 def test_a_file_name_holding_a_nul_byte_is_an_unreadable_image_not_a_bare_value_error(tmp_path: Path) -> None:
     with pytest.raises(UnreadableImage, match="NUL byte") as refused:
         read_image(str(tmp_path / "a\x00b.png"))
