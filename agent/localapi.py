@@ -94,7 +94,6 @@ MAX_FINGERS = 4
 MAX_JSON_DEPTH = 8
 JSON_FIX = ('send one UTF-8 JSON object, e.g. {"operation": "verify", "subject": "ana"}: each key once, '
             f"numbers finite, nesting at most {MAX_JSON_DEPTH} deep")
-UTF8_FIX = "encode the JSON body as UTF-8 (RFC 8259), without a byte-order mark"
 
 ApiError = LocalAPIError  # the name the routes (and callers of _start_session) use
 
@@ -306,7 +305,7 @@ class LocalAPI:
             raise ApiError(400, f'"modality" must be one of {", ".join(MODALITIES)}')
         make = self.make_session if modality == FINGER else self.make_face_session
         if make is None:
-            raise ApiError(503, "this agent runs no face sessions (fix: configure a camera device)")
+            raise ApiError(503, "this agent runs no face sessions", fix="configure a camera device")
         reader = request.get("reader")  # a capability (match-on-sensor, fingerprint-image) or a device name
         if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
             raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
@@ -319,7 +318,7 @@ class LocalAPI:
             chosen = {"reader": reader} if reader else {}
             running.session = self.make_session(emit, **chosen) if modality == FINGER else make(emit)
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
-            raise ApiError(503, f"{exc.message} (fix: {exc.fix})") from None
+            raise ApiError(503, exc.message, fix=exc.fix) from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))
         finished = [k for k, v in self.sessions.items() if v.done]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED + 1)]:
@@ -582,21 +581,11 @@ def parse_request_json(body: bytes) -> dict[str, Any]:
     Why strict: ``json.loads`` guesses UTF-16 and UTF-32 from the bytes, keeps the last of duplicate keys (two
     readers of one body could disagree on the operation), accepts NaN and Infinity (and makes 1e999 infinite),
     and recurses once per bracket; the kiosk app's developer should hear of each at once, not as an odd session.
-    The protocol's strict parser (:func:`protocol.wire.loads`: duplicate keys, depth, numbers, lone surrogates)
-    does the JSON; the text is checked first, because that parser is given bytes and guesses their encoding.
+    The protocol's strict parser (:func:`protocol.wire.loads`: UTF-8 only, duplicate keys, depth, numbers,
+    lone surrogates) reads it, as the verifier reads the agent's requests.
     """
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})",
-                       fix=UTF8_FIX) from None
-    if text.startswith("\ufeff"):
-        raise ApiError(400, "the body starts with a byte-order mark", fix=UTF8_FIX)
-    if "\x00" in text:  # never in JSON text; in UTF-16 or UTF-32 of anything ASCII, always
-        raise ApiError(400, f"the body has a NUL byte (at offset {text.index(chr(0))}): UTF-16 or UTF-32?",
-                       fix=UTF8_FIX)
-    try:
-        payload = loads(text, max_depth=MAX_JSON_DEPTH)
+        payload = loads(body, max_depth=MAX_JSON_DEPTH)
     except WireError as exc:
         raise ApiError(400, f"the body is refused: {exc}", fix=JSON_FIX) from None
     if not isinstance(payload, dict):

@@ -9,7 +9,10 @@ session needs a reader and a verifier; what is fuzzed here is the request, not
 the capture).
 
 Findings: an exception escaping the connection handler (asyncio's exception
-handler sees it), or an answer that is not HTTP.
+handler sees it), an answer that is not HTTP, or a 500: the API turns any
+exception a route raises into a 500 (and a ``local_api_request_failed`` log
+event), and with a stand-in session that cannot fail, a 500 is a request the
+API did not expect, not a refusal it typed.
 """
 
 from __future__ import annotations
@@ -101,6 +104,9 @@ def TestOneInput(data: bytes) -> None:
     # (_read_request: end of input reads as the client gone), so only an answer that is not HTTP is a finding.
     if answer and not answer.startswith(b"HTTP/1.1 "):
         raise LocalAPIEscape(f"the answer is not HTTP/1.1 ({answer[:40]!r})")
+    if b"HTTP/1.1 500 " in answer:
+        head = answer[answer.index(b"HTTP/1.1 500 ") :][:200]
+        raise LocalAPIEscape(f"the API answered 500: a route raised what it does not type ({head!r})")
 
 
 if __name__ == "__main__":

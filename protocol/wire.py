@@ -84,7 +84,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise WireError(f"the key {key!r} appears twice in one object")
+                shown = repr(key[:40]) + ("..." if len(key) > 40 else "")  # a 60 KB key is not the message
+                raise WireError(f"the key {shown} appears twice in one object")
             seen.add(key)
     return result
 

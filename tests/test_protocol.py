@@ -100,6 +100,10 @@ def test_a_non_ascii_signature_is_a_signature_error() -> None:
 def test_strict_json_refuses_duplicates_and_depth_without_recursion_error() -> None:
     with pytest.raises(WireError, match="appears twice"):
         loads(b'{"a": 1, "b": {"c": 1, "c": 2}}')
+    long_key = "k" * 60_000
+    with pytest.raises(WireError, match="appears twice") as twice:
+        loads(f'{{"{long_key}": 1, "{long_key}": 2}}'.encode())
+    assert len(str(twice.value)) < 200, "a message (a 400's detail) does not repeat a 60 KB key"
     with pytest.raises(WireError, match="nested deeper"):
         loads(b"[" * 200_000 + b"]" * 200_000)
     with pytest.raises(WireError, match="nested deeper"):
