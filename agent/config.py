@@ -83,7 +83,9 @@ def _https_url(value: str) -> bool:
     except (ValueError, httpx.InvalidURL):
         return False
     host = parts.hostname or ""
-    return parts.scheme == "https" and bool(host) and parts.path in ("", "/") and not _NOT_IN_A_HOST.search(host)
+    scoped = ":" in host and host.count("%") == 1  # an IPv6 address with its zone (fe80::1%eth0) as before
+    odd = _NOT_IN_A_HOST.search(host.replace("%", "") if scoped else host)
+    return parts.scheme == "https" and bool(host) and parts.path in ("", "/") and not odd
 
 
 # What no host name or address holds, yet urlsplit and the HTTP client take (percent-encoding a space): a host
@@ -116,16 +118,15 @@ def refuse_user_info(url: str) -> None:
     itself must not repeat it, so the URL is shown with the user info cut out (a URL
     urlsplit rejects is judged on its text: ``https://user:pw@[`` is refused the same).
     """
-    parts = _split(url)
-    if parts is None:
-        authority = url.partition("://")[2].split("/", 1)[0]
-        if "@" not in authority:
-            return
-        shown = url.partition("://")[0] + "://***@" + authority.rpartition("@")[2]
-    elif "@" not in parts.netloc:
+    scheme, separator, rest = url.partition("://")
+    if not separator:  # "admin:pw@host:8443", the scheme left out: still not to be repeated
+        scheme, rest = "", url
+    if "@" not in rest:
         return
-    else:
-        shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    # Judged on the text, not on urlsplit's netloc: a password holding "/", "?" or "#" ends the netloc early
+    # ("https://u:p/w@host" has netloc "u:p"), and the URL would be repeated with it by the next check. The
+    # verifier's URL has no path or query, so any "@" after the scheme is taken for user info.
+    shown = _shown(f"{scheme}{separator}***@{rest.rpartition('@')[2]}")
     raise ConfigError(
         f"bad value [verifier] url: {shown} has a user name or password before the host",
         fix="remove the `user:password@` part (the device authenticates with its certificate and the "

@@ -114,7 +114,17 @@ def test_config_with_a_utf8_byte_order_mark_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://admin:s3cret@127.0.0.1:8443", "https://admin:s3cret@h:notaport", "https://s3cret@h"]
+    "url",
+    [
+        "https://admin:s3cret@127.0.0.1:8443",
+        "https://admin:s3cret@h:notaport",
+        "https://s3cret@h",
+        # a password holding "/", "?" or "#" ends urlsplit's netloc before the "@" (a review found it repeated)
+        "https://admin:s3/cret@h:8443",
+        "https://admin:s3cret?@h:8443",
+        "https://admin:s3#cret@h",
+        "admin:s3cret@h:8443",  # the scheme left out
+    ],
 )
 def test_user_info_in_the_verifier_url_is_refused_without_repeating_it(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -124,6 +134,17 @@ def test_user_info_in_the_verifier_url_is_refused_without_repeating_it(tmp_path:
     with pytest.raises(ConfigError) as override:
         AgentConfig().with_overrides(verifier={"url": url})
     assert "s3cret" not in str(override.value)
+
+
+def test_a_huge_host_after_user_info_is_not_repeated_whole() -> None:
+    with pytest.raises(ConfigError) as info:
+        AgentConfig().with_overrides(verifier={"url": "https://u:s3cret@" + "h" * 100_000})
+    assert "user name or password" in info.value.message and len(str(info.value)) < 600
+
+
+def test_an_ipv6_verifier_address_with_its_zone_is_still_taken() -> None:
+    config = AgentConfig().with_overrides(verifier={"url": "https://[fe80::1%25eth0]:8443"})
+    assert config.verifier.port == 8443
 
 
 # -- hostile files (a fuzzing audit): each one a ConfigError naming the fix, never a raw exception
