@@ -82,6 +82,8 @@ def _der_element(data: bytes, pos: int) -> tuple[int, int]:
     if length & 0x80:
         count = length & 0x7F
         length, pos = int.from_bytes(data[pos : pos + count], "big"), pos + count
+    if pos + length > len(data):  # a slice past the end would give a short element silently
+        raise IndexError(f"a DER element of {length} bytes at {pos} runs past the {len(data)} bytes there are")
     return pos, pos + length
 
 

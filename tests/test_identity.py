@@ -196,3 +196,13 @@ def test_the_pin_of_a_key_on_an_unsupported_curve_is_over_its_bytes(ca: TestCA) 
     assert spki_sha256(good) == spki_sha256(good.public_key())  # the same pin as before for every usable key
     assert spki_der(good.public_bytes(serialization.Encoding.DER)) == good.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_a_certificate_cut_short_is_an_index_error_not_a_short_pin(ca: TestCA) -> None:
+    """Slicing past the end gave a short SubjectPublicKeyInfo (91 bytes became 40) and a pin of it (a review)."""
+    _, good = ca.issue_key_and_cert(["verifier"])
+    der = good.public_bytes(serialization.Encoding.DER)
+    spki = spki_der(der)
+    cut = der[: der.index(spki) + 40]
+    with pytest.raises(IndexError, match="runs past"):
+        spki_der(cut)
