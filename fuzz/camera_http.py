@@ -5,12 +5,16 @@ A server thread on 127.0.0.1 answers every connection with the input's bytes
 (after a 401 the reader connects again and gets them again); the reader opens
 ``http://user:pw@127.0.0.1:PORT/stream.mjpg``, so a 401 exercises the Digest and
 Basic answers, and then takes up to three parts. An input starting with ``URL:``
-is a camera source instead (CameraSource.parse, redact_url, and the reader's own
-URL checks, which run before any connection: only for a URL whose host is
-127.0.0.1, or that urllib cannot split, is ``open()`` called at all).
+is a camera source instead (``{port}`` in it stands for the server's port):
+CameraSource.parse, redact_url, and the reader's own URL checks, which run
+before any connection: only for a URL naming this harness's own server
+(127.0.0.1 on its port) or one urllib cannot split is ``open()`` called at all:
+nothing else on the machine is ever connected to.
 
 Typed errors: DeviceError (CameraFault, CameraUnavailable, CameraNotMjpeg, ...),
-MjpegError (NotJpeg from ``next_part``), CameraSourceError.
+NotJpeg from ``next_part`` (a part that is no JPEG, which the camera counts),
+CameraSourceError. Any other MjpegError escaping the reader is a finding: the
+reader translates the codec's errors into camera faults.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 import threading
 import urllib.parse
 
-from drivers.camera.mjpeg import MjpegError
+from drivers.camera.mjpeg import NotJpeg
 from drivers.camera.source import CameraSource, CameraSourceError, redact_url
 from drivers.camera.stream import MjpegReader
 from drivers.errors import DeviceError
@@ -59,15 +63,22 @@ class _Server:
 _server: _Server | None = None
 
 
+def _ours(text: str) -> bool:
+    """Whether the reader may open ``text``: a URL naming the harness's server, or one urllib cannot split."""
+    if not text.lower().startswith(("http://", "https://")):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(text)
+        return parts.hostname == "127.0.0.1" and _server is not None and parts.port == _server.port
+    except ValueError:
+        return True  # what the reader makes of a URL urllib cannot split is the question (it refuses it)
+
+
 def _source(text: str) -> None:
     with contextlib.suppress(CameraSourceError):
         CameraSource.parse(text)
     redact_url(text)
-    try:
-        host = urllib.parse.urlsplit(text).hostname
-    except ValueError:
-        host = "127.0.0.1"  # what the reader makes of a URL urllib cannot split is the question
-    if host != "127.0.0.1" or not text.lower().startswith(("http://", "https://")):
+    if not _ours(text):
         return  # never a connection anywhere else
     reader = MjpegReader(text, redact_url(text), open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S)
     try:
@@ -80,11 +91,12 @@ def _source(text: str) -> None:
 
 def TestOneInput(data: bytes) -> None:
     global _server
-    if data.startswith(b"URL:"):
-        _source(data[4:].decode("utf-8", "replace"))
-        return
     if _server is None:
         _server = _Server()
+    if data.startswith(b"URL:"):
+        _server.answer = b""  # what an earlier input left would make a replay depend on the order
+        _source(data[4:].decode("utf-8", "replace").replace("{port}", str(_server.port)))
+        return
     _server.answer = data
     url = f"http://user:pw@127.0.0.1:{_server.port}/stream.mjpg"
     reader = MjpegReader(url, "the fuzzed camera", open_timeout_s=OPEN_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S,
@@ -94,7 +106,7 @@ def TestOneInput(data: bytes) -> None:
         for _ in range(3):
             if reader.next_part() is None:
                 break
-    except (DeviceError, MjpegError):
+    except (DeviceError, NotJpeg):
         pass
     finally:
         reader.release()

@@ -126,7 +126,7 @@ def camera_http() -> dict[str, bytes]:
         "ok": ok + b"\r\n" + _parts(b"frame"),
         "digest": b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm="cam", nonce="abc123", '
         b'qop="auth", algorithm=SHA-256\r\nWWW-Authenticate: Basic realm="cam"\r\n\r\n',
-        "url-stream": b"URL:http://user:p%40ss@127.0.0.1:1/stream.mjpg?user=a&pwd=b",
+        "url-stream": b"URL:http://user:p%40ss@127.0.0.1:{port}/stream.mjpg?user=a&pwd=b",
     }
 
 
