@@ -344,6 +344,7 @@ def test_arguments_no_module_takes_are_invalid_argument_errors_and_nothing_is_se
     calls = {
         "store-page-negative": lambda: module.store(-1),
         "store-page-past-capacity": lambda: module.store(1000),
+        "store-page-of-5000-digits": lambda: module.store(10**5000),  # repr() itself raised ValueError
         "store-buffer-3": lambda: module.store(0, buffer=3),
         "load-page-2**16": lambda: module.load(2**16),
         "load-page-str": lambda: module.load("7"),
