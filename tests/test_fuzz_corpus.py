@@ -25,6 +25,10 @@ def test_every_harness_has_seeds_and_every_corpus_folder_a_harness() -> None:
     assert all(any((CORPUS / name).iterdir()) for name in HARNESSES)
 
 
+# The EST findings are certificates a fuzzer mangled: cryptography warns, loading them, of what a later release
+# will refuse (a serial number that is not positive, PKCS#7 in BER); the agent refuses them either way.
+@pytest.mark.filterwarnings("ignore:Parsed a serial number which wasn't positive")
+@pytest.mark.filterwarnings("ignore:PKCS#7 certificates could not be parsed as DER")
 @pytest.mark.parametrize(("name", "path"), CASES, ids=[f"{n}/{p.name}" for n, p in CASES])
 def test_corpus_input_gives_no_finding(name: str, path: Path) -> None:
     exc = replay(harness(name), path)
