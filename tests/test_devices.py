@@ -426,7 +426,7 @@ def test_local_api_with_only_a_camera_refuses_a_fingerprint_session_naming_the_f
     answer = asyncio.run(scenario())
     assert answer.status_code == 503
     assert "no configured device can do fingerprint-image" in answer.json()["error"]
-    assert "face (camera)" in answer.json()["error"] and 'kind = "zfm" or "fprint"' in answer.json()["error"]
+    assert "face (camera)" in answer.json()["error"] and 'kind = "zfm" or "fprint"' in answer.json()["fix"]
 
 
 def test_a_serial_port_carrying_noise_is_a_fault_not_a_hang(zfm_sim) -> None:
