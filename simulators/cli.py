@@ -281,17 +281,24 @@ def _stop_requested() -> None:
         raise KeyboardInterrupt
 
 
-def _serve() -> None:
-    """Wait for SIGTERM or Ctrl-C (both raise KeyboardInterrupt here), then ignore any further one.
+# Set once the simulator says where it listens: from then on a signal only sets _STOP. Raised as a
+# KeyboardInterrupt it could land between that line (which a rig reads, then may stop the simulator at
+# once) and the wait for the stop, in the command thread's start, and end as "interrupted", exit 130:
+# a clean stop reported as a failure (seen under load, about 2 runs in 12).
+_SERVING = threading.Event()
+
+
+def _serve(listening: dict[str, object], commands: Callable[[], None]) -> None:
+    """Say where it listens, take script lines in a thread, and serve until SIGTERM or Ctrl-C; then ignore any
+    further signal.
 
     A second signal during the clean-up would otherwise cut it short: a pty or
     a port link left behind, a traceback instead of a clean exit.
     """
-    try:
-        _stop_requested()
-        while not _STOP.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    _SERVING.set()
+    print(json.dumps(listening), flush=True)
+    threading.Thread(target=commands, daemon=True).start()
+    while not _STOP.wait(1.0):
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -304,9 +311,7 @@ def _camera(args: argparse.Namespace) -> int:
     if args.images is not None:
         camera.show_folder(args.images)
     with camera:
-        print(json.dumps({"event": "listening", "url": camera.url}), flush=True)
-        threading.Thread(target=_camera_commands, args=(camera,), daemon=True).start()
-        _serve()
+        _serve({"event": "listening", "url": camera.url}, lambda: _camera_commands(camera))
     return 0
 
 
@@ -424,16 +429,19 @@ def _zfm(args: argparse.Namespace) -> int:
                 sim.place(finger=finger, impression=impression)
             except KeyError as exc:
                 raise SimulatorError(str(exc.args[0])) from None  # it says which to pick
-        print(json.dumps({"event": "listening", "port": sim.port, "model": args.model}), flush=True)
-        threading.Thread(target=_commands, args=(sim, source), daemon=True).start()
-        _serve()
+        _serve({"event": "listening", "port": sim.port, "model": args.model}, lambda: _commands(sim, source))
     return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM and SIGINT alike: whatever runs stops the same way, with-blocks closing the pty and the port."""
+    """SIGTERM and SIGINT alike: whatever runs stops the same way, with-blocks closing the pty and the port.
+
+    Before serving, work in progress (making fingers) is cut short by a KeyboardInterrupt; once serving,
+    :func:`_serve` sees the stop and returns.
+    """
     _STOP.set()
-    raise KeyboardInterrupt
+    if not _SERVING.is_set():
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     main_thread = threading.current_thread() is threading.main_thread()
     _STOP.clear()
+    _SERVING.clear()
     previous = None
     if main_thread:  # explicitly: a rig started from a shell's background job inherits SIGINT ignored
         previous = (signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt))

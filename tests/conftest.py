@@ -803,3 +803,41 @@ def assert_same_scores() -> Callable[[object, object], None]:
         np.testing.assert_allclose(actual, desired, rtol=SCORE_RTOL, atol=SCORE_ATOL)
 
     return check
+
+
+@dataclass
+class SimulatorScript:
+    """What a simulator CLI did with a script on its standard input: ``first`` is the first JSON line it printed
+    after the script (the sign the lines before were handled), ``answers`` the JSON lines on its stderr (one per
+    line it could not do)."""
+
+    first: dict
+    returncode: int
+    stderr: str
+    answers: list[dict]
+
+
+def run_simulator_script(args: list[str], script: bytes) -> SimulatorScript:
+    """``python -m simulators.cli ARGS``: wait for it to listen, write ``script``, read one stdout line, SIGTERM it.
+
+    The process is stopped (killed if SIGTERM did not end it) whatever the test asserts.
+    """
+    import json
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "simulators.cli", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        proc.stdin.write(script)
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = err.decode("utf-8", "backslashreplace")
+    answers = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return SimulatorScript(first, proc.returncode, text, answers)

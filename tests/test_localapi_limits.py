@@ -139,6 +139,20 @@ def post_sessions(body: bytes) -> bytes:
     return b"POST /sessions HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n" % len(body) + body
 
 
+def posted_to_health_only(socket_path: Path, body: bytes) -> tuple[int, dict]:
+    """The status and JSON of a health-only local API's answer to ``body`` POSTed to /sessions."""
+
+    async def go() -> tuple[int, dict]:
+        api = health_only(socket_path)
+        await api.start()
+        try:
+            return answer(await exchange(socket_path, post_sessions(body)))
+        finally:
+            await api.stop()
+
+    return asyncio.run(go())
+
+
 # Bodies a fuzzing audit sent, and what each answer's "error" must say. Before: a RecursionError (a dropped
 # connection and a traceback in the daemon's log), UTF-16 guessed and accepted, the last duplicate key silently
 # kept, NaN / Infinity / 1e999 taken as numbers, a lone surrogate accepted until it failed deep in a session.
@@ -169,15 +183,7 @@ def test_request_json_is_read_strictly_a_400_naming_the_fix(tmp_path, name: str)
     body, needle = HOSTILE_BODIES[name]
     socket_path = tmp_path / "api.sock"
 
-    async def go() -> tuple[int, dict]:
-        api = health_only(socket_path)
-        await api.start()
-        try:
-            return answer(await exchange(socket_path, post_sessions(body)))
-        finally:
-            await api.stop()
-
-    status, error = asyncio.run(go())
+    status, error = posted_to_health_only(socket_path, body)
     assert status == 400, error
     assert needle in error["error"], error
     assert "UTF-8" in error["fix"], "every refusal of the body names the fix"
@@ -191,15 +197,7 @@ def test_nesting_up_to_the_depth_limit_is_read(tmp_path) -> None:
     socket_path = tmp_path / "api.sock"
     body = b'{"operation": "dance", "x": ' + b"[" * 7 + b"1" + b"]" * 7 + b"}"
 
-    async def go() -> tuple[int, dict]:
-        api = health_only(socket_path)
-        await api.start()
-        try:
-            return answer(await exchange(socket_path, post_sessions(body)))
-        finally:
-            await api.stop()
-
-    status, error = asyncio.run(go())
+    status, error = posted_to_health_only(socket_path, body)
     assert status == 400 and "operation must be one of" in error["error"], error
 
 

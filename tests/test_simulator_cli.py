@@ -22,6 +22,7 @@ from simulators.errors import SimulatorError, UnknownCommand
 from simulators.fingers import FolderFingerSource
 from simulators.fprint import VirtualDeviceFeeder, VirtualImageFeeder
 from simulators.zfm import SimulatedModule
+from tests.conftest import run_simulator_script
 
 pytestmark = pytest.mark.usefixtures("keep_process_settings")
 
@@ -145,22 +146,11 @@ def simulator(*args: str) -> subprocess.Popen[str]:
 
 def test_script_lines_it_cannot_do_are_answered_and_sigterm_ends_it_cleanly(tmp_path: Path) -> None:
     link = tmp_path / "ttyZFM0"
-    proc = simulator("zfm", "--link", str(link))
-    try:
-        assert json.loads(proc.stdout.readline())["event"] == "listening"
-        proc.stdin.write("list 0\nlist -1\nplace -1\nplace 0 x\nlist 1\n")
-        proc.stdin.flush()
-        assert json.loads(proc.stdout.readline())["finger"] == 0, "the lines before it were handled, in order"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0 and "Traceback" not in err, err
-    answers = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert [a["event"] for a in answers] == ["bad_command", "bad_command", "bad_place", "bad_place"], err
-    assert all("fix:" in a["error"] for a in answers), answers
+    done = run_simulator_script(["zfm", "--link", str(link)], b"list 0\nlist -1\nplace -1\nplace 0 x\nlist 1\n")
+    assert done.first["finger"] == 0, "the lines before it were handled, in order"
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert [a["event"] for a in done.answers] == ["bad_command", "bad_command", "bad_place", "bad_place"], done.stderr
+    assert all("fix:" in a["error"] for a in done.answers), done.answers
     assert not os.path.lexists(link), "the port link is removed on SIGTERM"
 
 
@@ -270,26 +260,11 @@ def test_camera_rates_from_a_tenth_to_120_are_taken_and_answered() -> None:
 
 
 def test_standard_input_bytes_that_are_not_utf8_are_a_bad_line_not_the_end_of_the_script() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.cli", "camera", "--size", "160x120"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        assert json.loads(proc.stdout.readline())["event"] == "listening"
-        proc.stdin.write(b"fps \xff\xfe\nzoom \xc3\n\xff\nfps 30\n")
-        proc.stdin.flush()
-        assert json.loads(proc.stdout.readline())["event"] == "fps", "the lines after the bad bytes are still read"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    text = err.decode()
-    assert proc.returncode == 0 and "Traceback" not in text, text
-    answers = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    assert [a["event"] for a in answers] == ["bad_command", "unknown_command", "unknown_command"], text
-    assert all("fix:" in a["error"] for a in answers), answers
+    done = run_simulator_script(["camera", "--size", "160x120"], b"fps \xff\xfe\nzoom \xc3\n\xff\nfps 30\n")
+    assert done.first["event"] == "fps", "the lines after the bad bytes are still read"
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert [a["event"] for a in done.answers] == ["bad_command", "unknown_command", "unknown_command"], done.stderr
+    assert all("fix:" in a["error"] for a in done.answers), done.answers
 
 
 def test_finger_impression_and_count_options_take_ascii_digits_only(capsys) -> None:

@@ -6,11 +6,7 @@ failed inside OpenCV), and any failure was an anonymous None.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +18,7 @@ from simulators.errors import SimulatorError, UnreadableImage
 from simulators.faces import poses
 from simulators.fingers import FolderFingerSource
 from simulators.images import MAX_IMAGE_FILE_BYTES, read_image
+from tests.conftest import run_simulator_script
 
 
 def non_utf8(folder: Path, name: bytes) -> Path:
@@ -118,24 +115,10 @@ def test_a_missing_face_image_names_the_faces_folder_to_give(tmp_path: Path) -> 
 
 def test_still_takes_a_file_name_that_is_not_utf8_from_standard_input(tmp_path: Path) -> None:
     still = png(non_utf8(tmp_path, b"still-\xff.png"), np.full((120, 160, 3), 60, np.uint8))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.cli", "camera", "--size", "160x120"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        assert json.loads(proc.stdout.readline())["event"] == "listening"
-        proc.stdin.write(b"still " + os.fsencode(tmp_path / "missing.png") + b"\n")
-        proc.stdin.write(b"still " + os.fsencode(still) + b"\n")
-        proc.stdin.flush()
-        assert json.loads(proc.stdout.readline())["event"] == "still"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    text = err.decode()
-    assert proc.returncode == 0 and "Traceback" not in text, text
-    (answer,) = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    script = b"still " + os.fsencode(tmp_path / "missing.png") + b"\n" + b"still " + os.fsencode(still) + b"\n"
+    done = run_simulator_script(["camera", "--size", "160x120"], script)
+    assert done.first["event"] == "still"
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    (answer,) = done.answers
     assert answer["event"] == "bad_command" and "does not exist" in answer["error"], answer
     assert "fix: give a JPEG or PNG file" in answer["error"], answer
