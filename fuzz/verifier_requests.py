@@ -83,6 +83,8 @@ from protocol.face_template import encode as encode_face  # noqa: E402
 from protocol.signing import SIGNATURE_FIELD, sign_request  # noqa: E402
 from protocol.templates import wire_template  # noqa: E402
 from protocol.wire import WireError, loads  # noqa: E402
+from tests.der import children as _children  # noqa: E402
+from tests.der import tlv as _tlv  # noqa: E402
 
 # Loose enough that no limit answers instead of the code under test; a lockout ends at once.
 SETTINGS = """\
@@ -345,28 +347,6 @@ def csr_der(key: ec.EllipticCurvePrivateKey) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.DER)
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    size = len(body)
-    if size < 0x80:
-        return bytes([tag, size]) + body
-    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(raw)]) + raw + body
-
-
-def _children(der: bytes) -> list[bytes]:
-    size, at = der[1], 2
-    if size & 0x80:
-        at, size = 2 + (size & 0x7F), int.from_bytes(der[2:2 + (size & 0x7F)], "big")
-    body, out = der[at:at + size], []
-    while body:
-        length, head = body[1], 2
-        if length & 0x80:
-            head, length = 2 + (length & 0x7F), int.from_bytes(body[2:2 + (length & 0x7F)], "big")
-        out.append(body[:head + length])
-        body = body[head + length:]
-    return out
 
 
 def mutated_csr(rng: random.Random) -> tuple[bytes, ec.EllipticCurvePrivateKey, list[str]]:

@@ -38,6 +38,9 @@ from hypothesis import settings
 from agent.config import AgentConfig
 from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity, IdentityStore
+from tests.der import element as der_element
+from tests.der import head as der_head
+from tests.der import oid as der_oid
 
 # ---------------------------------------------------------------- general
 
@@ -279,22 +282,6 @@ P256_OID_DER = bytes.fromhex("06082a8648ce3d030107")
 UNSUPPORTED_CURVE_OID_DER = bytes.fromhex("06082a8648ce3d030163")
 
 
-def der_head(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def _der_element(data: bytes, pos: int) -> tuple[int, int]:
-    """(start of the contents, end) of the DER element at ``pos``."""
-    length, pos = data[pos + 1], pos + 2
-    if length & 0x80:
-        count = length & 0x7F
-        length, pos = int.from_bytes(data[pos:pos + count], "big"), pos + count
-    return pos, pos + length
-
-
 def resigned(cert: x509.Certificate, edit: Callable[[bytes], bytes], key: ec.EllipticCurvePrivateKey) -> bytes:
     """The DER of ``cert`` with its TBSCertificate edited and signed again by ``key`` (ECDSA with SHA-256, as
     ``cert`` was): only the edit is wrong with it, not its signature."""
@@ -302,8 +289,8 @@ def resigned(cert: x509.Certificate, edit: Callable[[bytes], bytes], key: ec.Ell
     edited = edit(tbs)
     assert edited != tbs, "the edit changed nothing"
     der = cert.public_bytes(serialization.Encoding.DER)
-    tbs_end = _der_element(der, _der_element(der, 0)[0])[1]  # Certificate: TBSCertificate, algorithm, signature
-    algorithm = der[tbs_end:_der_element(der, tbs_end)[1]]
+    tbs_end = der_element(der, der_element(der, 0)[0])[1]  # Certificate: TBSCertificate, algorithm, signature
+    algorithm = der[tbs_end:der_element(der, tbs_end)[1]]
     signature = key.sign(edited, ec.ECDSA(hashes.SHA256()))
     bits = b"\x03" + der_head(len(signature) + 1) + b"\x00" + signature
     body = edited + algorithm + bits
@@ -330,25 +317,12 @@ def hostile_certificate(
     )
     good = builder.sign(signer.key, hashes.SHA256())
     if defect == "duplicate-extension":  # the second private OID becomes the first (same length, last arc)
-        edit = lambda tbs: tbs.replace(_oid_der("1.3.6.1.4.1.55555.2"), _oid_der("1.3.6.1.4.1.55555.1"))  # noqa: E731
+        edit = lambda tbs: tbs.replace(der_oid("1.3.6.1.4.1.55555.2"), der_oid("1.3.6.1.4.1.55555.1"))  # noqa: E731
     elif defect == "unsupported-curve":
         edit = lambda tbs: tbs.replace(P256_OID_DER, UNSUPPORTED_CURVE_OID_DER)  # noqa: E731
     else:
         raise ValueError(f"no such defect {defect!r}")
     return x509.load_der_x509_certificate(resigned(good, edit, signer.key))
-
-
-def _oid_der(dotted: str) -> bytes:
-    """An OBJECT IDENTIFIER's DER (tag, length, arcs)."""
-    arcs = [int(arc) for arc in dotted.split(".")]
-    body = bytes([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        while arc > 0x7F:
-            arc >>= 7
-            chunk.append(0x80 | (arc & 0x7F))
-        body += bytes(reversed(chunk))
-    return b"\x06" + der_head(len(body)) + body
 
 
 def sqlite_modes_under_umask_022(path: Path, use: Callable[[Path], Callable[[], None]], *, older: bool

@@ -29,6 +29,12 @@ from agent.devstack import LocalVerifier
 from agent.est import PKCS10_HEADERS
 from agent.identity import build_csr, generate_key
 from tests.conftest import raw_client_context
+from tests.der import bits as _bits
+from tests.der import children as _children
+from tests.der import integer as _int
+from tests.der import oid as _oid
+from tests.der import seq as _seq
+from tests.der import tlv as _tlv
 from tests.test_verifier import device_files
 from tests.test_verifier_connections import log_events
 from tests.test_verifier_operator_cli import cli, listed, refused, rows
@@ -40,39 +46,6 @@ ONLY_P256 = "only EC P-256 keys are accepted: generate the device key on curve P
 
 # ---------------------------------------------------------------- hand-made requests (DER by hand: no library
 # would make these keys, and the signature need not verify: the point is what the verifier looks at first)
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    size = len(body)
-    length = bytes([size]) if size < 0x80 else bytes([0x80 | ((size.bit_length() + 7) // 8)]) + size.to_bytes(
-        (size.bit_length() + 7) // 8, "big"
-    )
-    return bytes([tag]) + length + body
-
-
-def _seq(*parts: bytes) -> bytes:
-    return _tlv(0x30, b"".join(parts))
-
-
-def _int(value: int) -> bytes:
-    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _oid(dotted: str) -> bytes:
-    first, second, *rest = (int(part) for part in dotted.split("."))
-    out = bytes([first * 40 + second])
-    for number in rest:
-        chunk = [number & 0x7F]
-        number >>= 7
-        while number:
-            chunk.append(0x80 | (number & 0x7F))
-            number >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(0x06, out)
-
-
-def _bits(body: bytes) -> bytes:
-    return _tlv(0x03, b"\x00" + body)
 
 
 def request_with(spki: bytes, signature_algorithm: bytes, signature: bytes) -> bytes:
@@ -131,21 +104,6 @@ def bad_csr() -> bytes:
     """A P-256 request whose signature does not verify (its last byte changed)."""
     der = build_csr(generate_key())
     return der[:-1] + bytes([der[-1] ^ 1])
-
-
-def _children(der: bytes) -> list[bytes]:
-    """The elements (each whole, tag and length included) inside one DER SEQUENCE or SET."""
-    size, at = der[1], 2
-    if size & 0x80:
-        at, size = 2 + (size & 0x7F), int.from_bytes(der[2:2 + (size & 0x7F)], "big")
-    body, out = der[at:at + size], []
-    while body:
-        length, head = body[1], 2
-        if length & 0x80:
-            head, length = 2 + (length & 0x7F), int.from_bytes(body[2:2 + (length & 0x7F)], "big")
-        out.append(body[:head + length])
-        body = body[head + length:]
-    return out
 
 
 def edited_request(version: bytes | None = None, subject: bytes | None = None,
