@@ -161,6 +161,18 @@ def problem_of(answer: httpx.Response) -> dict:
     return {**problem, "_status": answer.status_code, "_slug": problem["type"].rsplit("/", 1)[-1]}
 
 
+def assert_bad_csr_on_both_routes(cases: dict[str, tuple[bytes, str]], url: str, anonymous: ssl.SSLContext,
+                                  token: str, device: ssl.SSLContext) -> None:
+    """Each request (label: (DER, start of the detail)) is a 400 bad-csr naming the fix at enroll and at renew."""
+    for label, (der, detail) in cases.items():
+        for route, answer in (("enroll", post(anonymous, url, ENROLL, der, token=token)),
+                              ("renew", post(device, url, RENEW, der))):
+            problem = problem_of(answer)
+            assert (problem["_status"], problem["_slug"]) == (400, "bad-csr"), (label, route, problem)
+            assert problem["detail"].startswith(detail), (label, route, problem["detail"])
+            assert problem["fix"] == "make a new request", (label, route, problem["fix"])
+
+
 def audit_events(verifier: LocalVerifier, event: str) -> list[dict]:
     return [e for e in log_events(verifier) if e.get("event") == event]
 
@@ -189,13 +201,7 @@ def test_a_request_for_another_key_than_p256_is_refused_before_its_key_is_decode
         "P-256 point labelled P-192": (p256_relabelled_p192_request(), ONLY_P256),
         "P-256, 2 KiB of names": (oversized_p256_request(), "the certificate request is larger than 2048 bytes"),
     }
-    for label, (der, detail) in cases.items():
-        for route, answer in (("enroll", post(anonymous, verifier.url, ENROLL, der, token=token)),
-                              ("renew", post(device, verifier.url, RENEW, der))):
-            problem = problem_of(answer)
-            assert (problem["_status"], problem["_slug"]) == (400, "bad-csr"), (label, route, problem)
-            assert problem["detail"].startswith(detail), (label, route, problem["detail"])
-            assert problem["fix"] == "make a new request", (label, route, problem["fix"])
+    assert_bad_csr_on_both_routes(cases, verifier.url, anonymous, token, device)
     # A body too large to be base64 of a request is refused before it is decoded.
     for answer in (post(anonymous, verifier.url, ENROLL, body=b"A" * 5000, token=token),
                    post(device, verifier.url, RENEW, body=b"A" * 5000)):
@@ -238,13 +244,7 @@ def test_a_request_of_another_version_or_with_an_unreadable_part_is_a_400_bad_cs
             "the certificate request's extension request cannot be read (UnsupportedGeneralNameType"),
     }
     assert x509.load_der_x509_csr(cases["an INTEGER CN"][0]).is_signature_valid  # the edit is all that is wrong
-    for label, (der, detail) in cases.items():
-        for route, answer in (("enroll", post(anonymous, verifier.url, ENROLL, der, token=token)),
-                              ("renew", post(device, verifier.url, RENEW, der))):
-            problem = problem_of(answer)
-            assert (problem["_status"], problem["_slug"]) == (400, "bad-csr"), (label, route, problem)
-            assert problem["detail"].startswith(detail), (label, route, problem["detail"])
-            assert problem["fix"] == "make a new request", (label, route, problem["fix"])
+    assert_bad_csr_on_both_routes(cases, verifier.url, anonymous, token, device)
     # The unedited request goes through: the refusals were of the edits.
     assert post(anonymous, verifier.url, ENROLL, edited_request(), token=token).status_code == 200
     assert "Traceback" not in verifier.log_path.read_text()
