@@ -6,7 +6,9 @@ surrogate escapes) is not found, or fails inside OpenCV, and a file it cannot
 decode is an anonymous None. Here Python opens the file (``Path.read_bytes``
 takes any name the file system has) and ``cv2.imdecode`` decodes the bytes;
 every way it can fail is an :class:`~simulators.errors.UnreadableImage` that
-says which file and what to do.
+says which file and what to do. Before OpenCV allocates anything, the size the
+file's header declares is read (:mod:`simulators.image_headers`) and bounded by
+:data:`MAX_IMAGE_PIXELS`: a small file can declare a huge image.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import cv2
 import numpy as np
 
 from simulators.errors import UnreadableImage
+from simulators.image_headers import FORMATS, ImageHeaderError, declared_size
 
 MAX_IMAGE_FILE_BYTES = 64 << 20  # a 4096x4096 PNG is well under this; larger is no test image
-DEFAULT_FIX = "replace it with a JPEG, PNG, PGM, BMP or TIFF image, or remove it"
+MAX_IMAGE_PIXELS = 8192 * 8192  # a 48-megapixel photo fits (8000x6000: 144 MB in colour); a bomb's 1e9 does not
+DEFAULT_FIX = f"replace it with a {FORMATS} image, or remove it"
 
 
 def shown(path: str | os.PathLike[str]) -> str:
@@ -47,11 +51,31 @@ def _unreadable(exc: OSError | ValueError, name: str, fix: str) -> UnreadableIma
     return UnreadableImage(f"{name} cannot be read: {reason}", "give the path of a readable image file", name)
 
 
+def _check_declared_size(data: bytes, name: str, fix: str) -> None:
+    """Refuse a file whose header is no known image's, or declares an empty or oversized one, before decoding."""
+    try:
+        declared = declared_size(data)
+    except ImageHeaderError as exc:
+        raise UnreadableImage(f"{name} is not a readable image: {exc}", fix, name) from None
+    size = f"{declared.width}x{declared.height}"
+    if declared.width == 0 or declared.height == 0:
+        raise UnreadableImage(f"{name} is not a readable image: its {declared.format} header says {size}", fix, name)
+    if declared.width * declared.height > MAX_IMAGE_PIXELS:
+        raise UnreadableImage(
+            f"{name} declares a {size} {declared.format} image, more than the {MAX_IMAGE_PIXELS:,} pixels "
+            "(8192x8192) a simulator decodes",
+            "scale it down: a camera scene is shown at the camera's size (at most 4096x4096) and a fingerprint "
+            "is a few hundred pixels a side",
+            name,
+        )
+
+
 def read_image(path: str | os.PathLike[str], *, color: bool = False, fix: str = DEFAULT_FIX) -> np.ndarray:
     """The image in ``path``: uint8 grey (``color`` False) or BGR; UnreadableImage naming ``fix`` if it is none.
 
     Only a regular file is read, whole and at most :data:`MAX_IMAGE_FILE_BYTES` of it, so a missing file, a
-    folder, a device or pipe, a file this user may not read, an empty one and one OpenCV cannot decode each get
+    folder, a device or pipe, a file this user may not read, an empty one, one of no format named in
+    ``FORMATS``, one declaring more than :data:`MAX_IMAGE_PIXELS` and one OpenCV cannot decode each get
     their own message.
     """
     where = Path(path)
@@ -75,6 +99,8 @@ def read_image(path: str | os.PathLike[str], *, color: bool = False, fix: str = 
         raise UnreadableImage(
             f"{name} holds more than the {MAX_IMAGE_FILE_BYTES} bytes of any test image", fix, name
         )
+    if data:
+        _check_declared_size(data, name, fix)
     image = None
     if data:
         try:
