@@ -24,6 +24,7 @@ from urllib.parse import SplitResult, urlsplit
 import httpx
 
 from agent.errors import ConfigError
+from protocol.shown import shortened, shown_repr
 from protocol.wire import NotBase64Error, b64decode_strict
 
 DEFAULT_CONFIG_PATH = Path("/etc/capture-agent/agent.toml")
@@ -43,16 +44,12 @@ SHOWN_VALUE_CHARS = 120  # how much of a bad value an error repeats
 
 def _shown(value: Any) -> str:
     """``repr(value)`` cut to :data:`SHOWN_VALUE_CHARS`: a 1 MiB string must not become the message."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int past str()'s 4300-digit limit (only from code: a file's ints are 64-bit)
-        return f"<an integer of {value.bit_length()} bits>"
-    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 1] + "…"
+    return shown_repr(value, SHOWN_VALUE_CHARS)
 
 
 def _cut(name: str) -> str:
     """A key or a key path as an error names it, cut to :data:`SHOWN_VALUE_CHARS` (TOML keys have no length limit)."""
-    return name if len(name) <= SHOWN_VALUE_CHARS else name[: SHOWN_VALUE_CHARS - 1] + "…"
+    return shortened(name, SHOWN_VALUE_CHARS)
 
 
 def _split(url: str) -> SplitResult | None:

@@ -35,6 +35,8 @@ import math
 import re
 from typing import Any
 
+from protocol.shown import shortened
+
 MAX_DEPTH = 32  # the deepest request or answer of v1 is 4 levels; room for extensions
 MAX_INT = 2**63 - 1  # the largest integer of the protocol: sqlite's INTEGER
 
@@ -84,8 +86,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                shown = repr(key[:40]) + ("..." if len(key) > 40 else "")  # a 60 KB key is not the message
-                raise WireError(f"the key {shown} appears twice in one object")
+                raise WireError(f"the key {shortened(key)!r} appears twice in one object")  # not 60 KB of key
             seen.add(key)
     return result
 
@@ -115,14 +116,14 @@ def _no_constant(name: str) -> float:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise WireError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is out of range")
+        raise WireError(f"the number {shortened(text)} is out of range")
     return value
 
 
 def _int64(text: str) -> int:
     value = int(text)
     if abs(value) > MAX_INT:
-        raise WireError(f"the integer {text[:40]}{'...' if len(text) > 40 else ''} is out of range")
+        raise WireError(f"the integer {shortened(text)} is out of range")
     return value
 
 
