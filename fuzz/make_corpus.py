@@ -117,7 +117,19 @@ def _chunk(data: bytes, size: int = 40) -> bytes:
 
 
 def chunked() -> dict[str, bytes]:
-    return {"stream": SPLITS + _chunk(b"abcd" * 20) + b"4;ext=1\r\nabcd\r\n0\r\nX-A: b\r\n\r\n"}
+    # fuzz/chunked.py's layout: split lengths, a mode byte (low bit 0: the raw stream; 1: chunks it frames itself;
+    # the high bits a smaller max_line), then the stream or the chunks as flags, length, data.
+    raw, built = b"\x00", b"\x01"
+    body = _chunk(b"abcd" * 20)[: -len(b"0\r\n\r\n")]  # the data chunks; each seed ends the stream its own way
+    return {
+        "stream": SPLITS + raw + body + b'4;ext=1\r\nabcd\r\nA ; a="b;c"\r\n0123456789\r\n0\r\nX-A: b\r\n\r\n',
+        "bare-lf": SPLITS + raw + b"3\nabc\n0000000000000003\t\nxyz\n0;last\nT: 1\nU: 2\n\n",
+        "bad-size": SPLITS + raw + body + b"5\r\nabcdefgh\r\n0\r\n\r\n",
+        "no-hex": SPLITS + raw + b"4\r\nabcd\r\n0x4\r\nabcd\r\n0\r\n\r\n",
+        "long-line": SPLITS + b"\x10" + b"4;" + b"e" * 40 + b"\r\nabcd\r\n0\r\n\r\n",  # max_line 32
+        "built": SPLITS + built + b"\x00\x04abcd\x14\x03xyz\x98\x05hello\x0c\x02hi\x00\x00X-A: b\r\n",
+        "built-bad-sizes": SPLITS + built + b"\x02\x04abcd\x03\x04abcd\x48\x01z\x00\x00",
+    }
 
 
 def camera_http() -> dict[str, bytes]:
