@@ -212,15 +212,18 @@ def trusted_under(anchor: x509.Certificate, certs: Sequence[x509.Certificate]) -
     doctor check that). Only certificates whose signatures lead to the confirmed
     one are kept: whoever answered ``cacerts`` (unverified TLS) cannot slip in a
     CA of its own beside the real one.
+
+    The answer is walked once from the anchor down (each CA found is asked once
+    which of the rest it signed), and whether a certificate is a CA is read once:
+    an answer of n certificates costs at most n x n signature checks, whatever
+    order it lists a chain in (re-scanning the list until nothing grew cost n^3).
     """
     trusted = [anchor]
-    grew = True
-    while grew:
-        grew = False
-        for cert in certs:
-            if cert not in trusted and _is_ca(cert) and any(issued_by(cert, ca) for ca in trusted):
-                trusted.append(cert)
-                grew = True
+    unplaced = [cert for cert in dict.fromkeys(certs) if cert != anchor and _is_ca(cert)]
+    for ca in trusted:  # grows as it goes: each CA found is asked for the ones it signed in turn
+        signed = [cert for cert in unplaced if issued_by(cert, ca)]
+        trusted += signed
+        unplaced = [cert for cert in unplaced if cert not in signed]
     return trusted
 
 

@@ -141,6 +141,23 @@ def test_only_the_cas_the_confirmed_one_signed_are_kept_from_the_cacerts_answer(
     assert trusted_under(sub, answer) == [sub]
 
 
+def test_a_chain_listed_backwards_is_found_whole_with_each_signature_checked_once(tmp_path, monkeypatch) -> None:
+    """A chain of CAs in any order, repeats included: every link found, at most n x n signature checks."""
+    from agent import identity
+
+    chain = [TestCA("Site Root CA", tmp_path / "site")]
+    for depth in range(7):
+        chain.append(TestCA(f"tier {depth}", tmp_path / "site", issuer=chain[-1]))
+    stranger = TestCA("tier 3", tmp_path / "rogue").cert  # a name in the chain, another key
+    answer = [ca.cert for ca in reversed(chain)] + [stranger, chain[4].cert]
+    checks: list[int] = []
+    real = identity.issued_by
+    monkeypatch.setattr(identity, "issued_by", lambda cert, ca: checks.append(1) or real(cert, ca))
+    assert trusted_under(chain[0].cert, answer) == [ca.cert for ca in chain]
+    distinct = len(answer) - 1  # the repeat counts once
+    assert len(checks) <= distinct * distinct, len(checks)
+
+
 def test_a_ca_key_that_is_not_the_first_certificates_is_refused_naming_the_order(tmp_path) -> None:
     pki = SitePKI(tmp_path / "pki", "subordinate")
     (tmp_path / "pki" / "ca.pem").write_bytes(_pem(pki.root, pki.sub))  # root first: ca.key is the subordinate's
