@@ -398,7 +398,14 @@ def _check_api_group(report: DoctorReport, config: AgentConfig) -> None:
 
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
-    report.add("config", True, f"loaded from {config.source}; verifier {config.verifier.url}")
+    provisioned = IdentityStore(config.agent.state_dir).provisioned_verifier_url()
+    other = provisioned if provisioned not in (None, config.verifier.url) else None
+    report.add(
+        "config",
+        True,
+        f"loaded from {config.source}; verifier {config.verifier.url} ({config.verifier_url_origin})"
+        + (f"; the device was provisioned with {other}" if other else ""),
+    )
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
     _check_api_group(report, config)
@@ -411,6 +418,12 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
     # check how far this clock is off, and the expiry check whether the verifier still accepts us.
     live = DoctorReport()
     server_now = asyncio.run(_check_live(live, config, identity))
+    if other and live.checks and live.checks[-1].ok is False:  # the URL may be the cause: name both
+        failed = live.checks[-1]
+        failed.fix = (
+            f"{failed.fix}; this device was provisioned with the verifier at {other}, but "
+            f"{config.verifier_url_origin} says {config.verifier.url}: if the verifier did not move, correct it"
+        )
     _check_clock(report, identity, clock, server_now)
     _check_chain(report, identity, clock, config, server_now)
     report.checks.extend(live.checks)
