@@ -238,14 +238,20 @@ def _check_chain(
     issuers = [ca for ca in identity.ca_certificates if ca.subject == cert.issuer]
     try:
         if not issuers:
-            raise ValueError("no CA certificate matches the issuer")
+            raise ValueError(f"{identity.ca_path} holds no CA named {cert.issuer.rfc4514_string()}")
         cert.verify_directly_issued_by(issuers[0])
     except (ValueError, TypeError, Exception) as exc:  # InvalidSignature is not a ValueError
+        # InvalidSignature has no words of its own: a CA of the issuer's name whose key did not sign device.pem.
+        reason = str(exc) or (
+            f"{identity.ca_path} holds a CA named {cert.issuer.rfc4514_string()}, but not the one that signed "
+            f"{identity.cert_path} ({type(exc).__name__}): another verifier's CA, or a file copied over it"
+        )
         return report.add(
             "certificate chain",
             False,
-            f"the certificate does not chain to the stored CA: {exc}",
-            "re-provision the device with a new token",
+            f"the certificate does not chain to the stored CA: {reason}",
+            "never edit or copy files into the identity folder; re-provision with a new token "
+            "(`capture-verifier token new`, then `capture-agent provision --force`)",
         )
     report.add("certificate chain", True, f"issued by {issuers[0].subject.rfc4514_string()}")
     days = (identity.not_after - now).total_seconds() / 86400

@@ -280,3 +280,14 @@ def test_doctor_names_a_configured_device_that_is_not_there_and_where_it_is_set(
     assert gate.ok is False and "holds no PEM certificate" in gate.detail and "ca_file" in gate.fix
     none = by_name(run_doctor(config_for(tmp_path / "empty")))["devices"]
     assert none.ok is None and "[[device]]" in none.fix
+
+
+def test_a_ca_file_of_another_ca_of_the_same_name_is_named_not_left_blank(provisioned, make_test_ca) -> None:
+    """InvalidSignature has an empty str(): the chain check said "does not chain to the stored CA: " and stopped."""
+    _, state = provisioned
+    impostor = make_test_ca("device-ca")  # the same name, another key: a second dev PKI's CA
+    (state / "identity" / "ca.pem").write_bytes(impostor.cert.public_bytes(serialization.Encoding.PEM))
+    chain = by_name(run_doctor(config_for(state)))["certificate chain"]
+    assert chain.ok is False and not chain.detail.endswith(": ")
+    assert "not the one that signed" in chain.detail and "ca.pem" in chain.detail
+    assert "provision --force" in chain.fix
