@@ -159,7 +159,11 @@ class AgentSection:
 class VerifierSection:
     url: str = field(
         default="https://127.0.0.1:8443",
-        metadata=_check(_https_url, 'give the verifier base URL, e.g. "https://verifier.example:8443"'),
+        metadata=_check(
+            _https_url,
+            "give the verifier base URL: https://, the host, optionally :PORT (1-65535; none means 8443), and no "
+            'path, e.g. "https://verifier.example:8443"',
+        ),
     )
     spki_pin: str = field(
         default="",
@@ -356,12 +360,19 @@ class AgentConfig:
     api: ApiSection = field(default_factory=ApiSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "defaults"  # where it was loaded from, for doctor and logs
+    # Where [verifier] url came from, in words for doctor: the built-in default, the file, --verifier, or the
+    # URL the device was provisioned with (agent.runtime.with_provisioned_verifier).
+    verifier_url_origin: str = "built-in default"
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> AgentConfig:
         """A copy with some keys changed (CLI flags), validated like the file."""
         merged = {name: {**_as_dict(getattr(self, name)), **values} for name, values in sections.items()}
         updated = {name: _build(type(getattr(self, name)), name, raw) for name, raw in merged.items()}
         return replace(self, **updated)
+
+
+# Fields of AgentConfig that say where the config came from; no TOML section has their names.
+NOT_SECTIONS = ("source", "verifier_url_origin")
 
 
 def _as_dict(section: Any) -> dict[str, Any]:
@@ -430,7 +441,7 @@ def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
 
 def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConfig:
     """Build an :class:`AgentConfig` from already-parsed TOML data."""
-    sections = {f.name: f for f in fields(AgentConfig) if f.name != "source"}
+    sections = {f.name: f for f in fields(AgentConfig) if f.name not in NOT_SECTIONS}
     hints = get_type_hints(AgentConfig)
     built: dict[str, Any] = {}
     for name, value in data.items():
@@ -445,7 +456,9 @@ def parse_config(data: Mapping[str, Any], source: str = "<memory>") -> AgentConf
         raise ConfigError(
             f"[reader] kind = {reader.kind!r} needs a port", fix='add port = "/dev/ttyUSB0" (or your port)'
         )
-    return AgentConfig(**built, source=source)
+    given = isinstance(data.get("verifier"), Mapping) and "url" in data["verifier"]
+    origin = f"[verifier] url in {source}" if given else AgentConfig.verifier_url_origin
+    return AgentConfig(**built, source=source, verifier_url_origin=origin)
 
 
 def _refuse_hostile_values(value: Any, source: str, where: str = "", depth: int = 0) -> None:

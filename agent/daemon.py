@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -36,6 +37,7 @@ from agent.keystore import load_kek
 from agent.localapi import LocalAPI
 from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
+from agent.runtime import with_provisioned_verifier
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.sensor_sessions import SensorSession
 from agent.sessions import CaptureSession
@@ -91,9 +93,16 @@ def _session(
 
 
 class AgentDaemon:
-    def __init__(self, config: AgentConfig, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        config_path: str | None = None,
+        loader: Callable[[], AgentConfig] | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        # What SIGHUP runs: the CLI's own resolution (its --state-dir and --verifier kept), else the file.
+        self.loader = loader or (lambda: with_provisioned_verifier(load_config(self.config_path)))
         self.notifier = Notifier()
         self.journal = JournalSender()
         self.client: VerifierClient | None = None
@@ -268,7 +277,7 @@ class AgentDaemon:
     def reload(self) -> None:
         """SIGHUP: load the config again; keep the running one if the new one is broken."""
         try:
-            new = load_config(self.config_path)
+            new = self.loader()
         except AgentError as exc:
             self.record("config_reload_refused", {"error": exc.message})
             self.status(f"config reload refused: {exc}")

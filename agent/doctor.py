@@ -238,14 +238,20 @@ def _check_chain(
     issuers = [ca for ca in identity.ca_certificates if ca.subject == cert.issuer]
     try:
         if not issuers:
-            raise ValueError("no CA certificate matches the issuer")
+            raise ValueError(f"{identity.ca_path} holds no CA named {cert.issuer.rfc4514_string()}")
         cert.verify_directly_issued_by(issuers[0])
     except (ValueError, TypeError, Exception) as exc:  # InvalidSignature is not a ValueError
+        # InvalidSignature has no words of its own: a CA of the issuer's name whose key did not sign device.pem.
+        reason = str(exc) or (
+            f"{identity.ca_path} holds a CA named {cert.issuer.rfc4514_string()}, but not the one that signed "
+            f"{identity.cert_path} ({type(exc).__name__}): another verifier's CA, or a file copied over it"
+        )
         return report.add(
             "certificate chain",
             False,
-            f"the certificate does not chain to the stored CA: {exc}",
-            "re-provision the device with a new token",
+            f"the certificate does not chain to the stored CA: {reason}",
+            "never edit or copy files into the identity folder; re-provision with a new token "
+            "(`capture-verifier token new`, then `capture-agent provision --force`)",
         )
     report.add("certificate chain", True, f"issued by {issuers[0].subject.rfc4514_string()}")
     days = (identity.not_after - now).total_seconds() / 86400
@@ -396,12 +402,95 @@ def _check_api_group(report: DoctorReport, config: AgentConfig) -> None:
     report.add("local API group", True, f'"{group}" (gid {gid}): its members reach {config.api.socket}')
 
 
+def _device_path_problem(path: str, what: str, list_them: str, write: bool = True) -> tuple[str, str] | None:
+    """Why this user cannot use the device node or file ``path`` (what was found, the fix), or None.
+
+    Only looked at, never opened: the running daemon may hold the device, and a serial
+    handshake from here would cut into its traffic (`capture-agent devices` probes).
+    """
+    if not os.path.exists(path):
+        return f"{path} does not exist", f"plug {what} in, or correct the path ({list_them} lists what there is)"
+    if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
+        from drivers.discovery import ACCESS_FIX
+
+        return f"{path} exists but {user_name()} may not open it", ACCESS_FIX
+    return None
+
+
+def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
+    """Each configured device's node (serial port, /dev/video, a file) and a camera's ca_file, as this user.
+
+    Why: the daemon starts without a device that is not there (it waits for it to be
+    plugged in), so a mistyped port left the installer with an all-green doctor and a
+    kiosk that never asked for a finger.
+    """
+    from agent.devices.supervisor import config_place, configured_devices
+
+    devices = configured_devices(config)
+    if not devices:
+        report.add(
+            "devices",
+            None,
+            f"none configured in {config.source}: the daemon serves no capture sessions",
+            "add a [[device]] table per reader or camera (README, 'Configuration'); `capture-agent devices` lists "
+            "what this machine has",
+        )
+        return
+    for name, section in devices:
+        where = f"{config_place(name, section)} in {config.source}"
+        problem: tuple[str, str] | None = None
+        if section.kind == "zfm":
+            path, shown = section.port, f"serial port {section.port}"
+            problem = _device_path_problem(
+                path, "the module (its USB adapter)", "`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*`"
+            )
+        elif section.kind == "camera" and "://" not in section.source:
+            path, shown = section.source, f"camera {section.source}"
+            problem = _device_path_problem(path, "the camera", "`ls /dev/video*`", write=path.startswith("/dev/"))
+        elif section.kind == "camera":
+            shown = "camera stream (not reached from here; `capture-agent devices --camera URL` reads it once)"
+        else:
+            shown = f"libfprint reader {section.selector or '(the first)'} (`capture-agent devices` lists them)"
+        if problem is None and section.kind == "camera" and section.ca_file:
+            problem = _ca_file_problem(section.ca_file)
+        if problem is not None:
+            found, fix = problem
+            report.add(f"device {name}", False, f"{section.kind}: {found}", f"{fix}; it is set by {where}")
+        else:
+            report.add(f"device {name}", True, f"{section.kind}: {shown}")
+
+
+def _ca_file_problem(path: str) -> tuple[str, str] | None:
+    """Why a camera's ``ca_file`` cannot be its trust anchor (what was found, the fix), or None."""
+    from cryptography import x509
+
+    fix = "give ca_file the PEM certificate of the CA that issued the camera's certificate"
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(1 << 20)
+    except OSError as exc:
+        return f"ca_file {path} cannot be read: {exc.strerror}", fix
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return f"ca_file {path} holds no PEM certificate", fix
+    return None
+
+
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
-    report.add("config", True, f"loaded from {config.source}; verifier {config.verifier.url}")
+    provisioned = IdentityStore(config.agent.state_dir).provisioned_verifier_url()
+    other = provisioned if provisioned not in (None, config.verifier.url) else None
+    report.add(
+        "config",
+        True,
+        f"loaded from {config.source}; verifier {config.verifier.url} ({config.verifier_url_origin})"
+        + (f"; the device was provisioned with {other}" if other else ""),
+    )
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
     _check_api_group(report, config)
+    _check_devices(report, config)
     identity = _check_identity(report, config)
     if identity is None:
         _check_clock(report, identity, clock)
@@ -411,6 +500,12 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
     # check how far this clock is off, and the expiry check whether the verifier still accepts us.
     live = DoctorReport()
     server_now = asyncio.run(_check_live(live, config, identity))
+    if other and live.checks and live.checks[-1].ok is False:  # the URL may be the cause: name both
+        failed = live.checks[-1]
+        failed.fix = (
+            f"{failed.fix}; this device was provisioned with the verifier at {other}, but "
+            f"{config.verifier_url_origin} says {config.verifier.url}: if the verifier did not move, correct it"
+        )
     _check_clock(report, identity, clock, server_now)
     _check_chain(report, identity, clock, config, server_now)
     report.checks.extend(live.checks)

@@ -53,6 +53,9 @@ CURRENT_LINK = "identity"
 KEY_FILE = "device.key"
 CERT_FILE = "device.pem"
 CA_FILE = "ca.pem"
+# The verifier URL the identity was provisioned with (one line): the device's verifier when the config names none.
+VERIFIER_FILE = "verifier.url"
+MAX_VERIFIER_FILE_BYTES = 4096
 LOCK_FILE = "identity.lock"
 REPROVISION_FIX = "re-provision the device with a new token"
 
@@ -399,11 +402,14 @@ class IdentityStore:
         certificate: x509.Certificate,
         ca_certificates: Sequence[x509.Certificate],
         passphrase: bytes,
+        verifier_url: str | None = None,
     ) -> DeviceIdentity:
         """Write a new identity folder and switch the ``identity`` link to it atomically.
 
         Every certificate is read in full first (:func:`read_in_full`): one that would
         fail to load afterwards must never replace an identity that works.
+        ``verifier_url`` (provisioning) is kept in the folder beside the certificate it
+        issued; a renewal (None) carries the current folder's over.
         """
         issued_fix = ("the verifier's PKI issued a certificate this agent cannot read: re-issue its CA or device "
                       "certificates with `capture-verifier` (certs/README.md), then provision again")
@@ -416,6 +422,8 @@ class IdentityStore:
                 fix="retry; if it persists, the verifier is misconfigured",
             )
         self.ensure_state_dir()
+        if verifier_url is None:
+            verifier_url = self.provisioned_verifier_url()
         folder = self.state_dir / f"identity-{certificate.serial_number:x}"
         staging = self.state_dir / f".staging-{certificate.serial_number:x}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -431,6 +439,8 @@ class IdentityStore:
             staging / CA_FILE,
             b"".join(c.public_bytes(serialization.Encoding.PEM) for c in ca_certificates),
         )
+        if verifier_url:
+            _write_private(staging / VERIFIER_FILE, f"{verifier_url}\n".encode())
         _fsync_dir(staging)
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(staging, folder)
@@ -529,6 +539,24 @@ class IdentityStore:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def provisioned_verifier_url(self) -> str | None:
+        """The verifier URL this identity was provisioned with, or None (none stored, or not readable here).
+
+        Why it is kept: an installer provisions with ``--verifier URL`` on the command line
+        (the README's recipe) and starts the daemon, whose config may name no verifier; the
+        device must keep talking to the verifier that issued its certificate, not a default.
+        """
+        try:
+            with (self.current / VERIFIER_FILE).open("rb") as stream:
+                text = stream.read(MAX_VERIFIER_FILE_BYTES)
+        except OSError:
+            return None
+        try:
+            url = text.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return None
+        return url or None
 
     def load_ca_certificates(self) -> tuple[x509.Certificate, ...]:
         """The trusted CA certificates, without needing the KEK (for doctor); read in full, else a

@@ -176,7 +176,7 @@ async def provision(config: AgentConfig, token: str, ca_fingerprint: str, *, for
     key = generate_key()
     certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
     async with store.writing():  # never half-way through a renewal by the daemon
-        identity = store.write(key, certificate, trusted, kek.encode())
+        identity = store.write(key, certificate, trusted, kek.encode(), verifier_url=url)
     log.info(
         "certificate_issued",
         audit=True,

@@ -3,28 +3,74 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import replace
 
 from agent.client import VerifierClient
 from agent.config import AgentConfig, load_config
-from agent.identity import DeviceIdentity, IdentityStore
+from agent.errors import ConfigError
+from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore
 from agent.keystore import load_kek
 from agent.logs import configure_logging
 from agent.options import add_common_arguments
 
-__all__ = ["add_common_arguments", "config_from_args", "load_identity", "open_client"]
+__all__ = [
+    "add_common_arguments",
+    "config_from_args",
+    "load_identity",
+    "open_client",
+    "resolve_config",
+    "with_provisioned_verifier",
+]
+
+
+def resolve_config(args: argparse.Namespace) -> AgentConfig:
+    """The config file, the CLI overrides (validated like the file), then the provisioned verifier URL.
+
+    Also what the daemon's SIGHUP reload runs, so a reload keeps ``--state-dir`` and ``--verifier``.
+    """
+    config = load_config(args.config)
+    if getattr(args, "state_dir", None):
+        config = config.with_overrides(agent={"state_dir": args.state_dir})
+    if getattr(args, "verifier", None):
+        try:
+            config = config.with_overrides(verifier={"url": args.verifier})
+        except ConfigError as exc:  # the installer typed it on the command line: say so, not "[verifier] url"
+            raise ConfigError(
+                exc.message.replace("[verifier] url", "--verifier", 1),
+                fix=exc.fix.replace("the verifier base URL", "--verifier the verifier's base URL", 1),
+            ) from None
+        config = replace(config, verifier_url_origin="--verifier")
+    return with_provisioned_verifier(config)
+
+
+def with_provisioned_verifier(config: AgentConfig) -> AgentConfig:
+    """``config`` with the verifier URL the device was provisioned with, when neither file nor CLI names one.
+
+    Why: the README's recipe provisions with ``--verifier URL`` on the command line and then
+    starts the daemon, whose config may have no ``[verifier] url``; without this the daemon
+    would call the built-in default (127.0.0.1:8443) and never reach the verifier that issued
+    its certificate. A URL in the file or on the command line still wins (a verifier that moved).
+    """
+    if config.verifier_url_origin != AgentConfig.verifier_url_origin:
+        return config
+    store = IdentityStore(config.agent.state_dir)
+    url = store.provisioned_verifier_url()
+    if url is None:
+        return config
+    stored = store.current / VERIFIER_FILE
+    try:
+        config = config.with_overrides(verifier={"url": url})
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{stored}, the verifier URL kept at provisioning, holds a bad value: {exc.message}",
+            fix=f"set [verifier] url in the config file (it wins over {stored}), or re-provision with --force",
+        ) from None
+    return replace(config, verifier_url_origin=f"as provisioned, kept in {stored}")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """Load the config, apply CLI overrides (validated like the file), set up logs."""
-    config = load_config(args.config)
-    overrides: dict[str, dict[str, Any]] = {}
-    if getattr(args, "state_dir", None):
-        overrides["agent"] = {"state_dir": args.state_dir}
-    if getattr(args, "verifier", None):
-        overrides["verifier"] = {"url": args.verifier}
-    if overrides:
-        config = config.with_overrides(**overrides)
+    """Load the config (:func:`resolve_config`) and set up logs."""
+    config = resolve_config(args)
     configure_logging(config.logging.level, config.logging.format)
     return config
 

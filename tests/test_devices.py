@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import threading
 import time
 from typing import Any
@@ -316,6 +317,32 @@ def test_serial_module_found_at_its_baud_raised_and_remembered(tmp_path) -> None
         again = asyncio.run(run_once())
         assert (again["found_at"], again["baud"]) == (115200, 115200)
         assert sim.commands[commands_before] == 0x13, "the remembered speed answered the first VerifyPwd"
+
+
+def test_the_remembered_speed_is_kept_0600_in_a_0700_folder_under_umask_022(tmp_path) -> None:
+    """A daemon started by hand (umask 022, no unit's UMask=0077) wrote devices/NAME.json 0644 in a 0755
+    folder, and `doctor` then failed the state directory on the daemon's own file."""
+    import stat
+
+    from simulators.zfm import SimulatedModule
+
+    mask = os.umask(0o022)
+    try:
+        with SimulatedModule("r307", link=tmp_path / "ttyZFM0", baud=9600) as sim:
+            supervisor = DeviceSupervisor(
+                [("finger", DeviceSection(kind="zfm", port=sim.port))], lambda k, d: None, state_dir=tmp_path / "state"
+            )
+
+            async def run_once() -> None:
+                await supervisor.open_all()
+                await supervisor.close()
+
+            asyncio.run(run_once())
+    finally:
+        os.umask(mask)
+    memory = tmp_path / "state" / "devices" / "finger.json"
+    assert stat.S_IMODE(memory.stat().st_mode) == 0o600
+    assert stat.S_IMODE(memory.parent.stat().st_mode) == 0o700
 
 
 def test_lift_is_asked_before_the_image_crosses_the_line(tmp_path) -> None:

@@ -246,3 +246,48 @@ def test_server_certificate_facts_survive_what_cryptography_cannot_read(ca) -> N
     facts = server_certificate_facts(b"\x30" + der_head(len(tbs)) + tbs)
     assert facts["server_cert_not_after"].startswith("unreadable by the cryptography library (ValueError")
     assert facts["server_spki_sha256"] == spki_sha256(ca.cert)
+
+
+def test_doctor_names_a_configured_device_that_is_not_there_and_where_it_is_set(tmp_path) -> None:
+    """The daemon starts without a device (it waits for it), so a mistyped port used to pass doctor."""
+    there = tmp_path / "ttyUSB0"
+    there.touch()
+    not_pem = tmp_path / "camera-ca.pem"
+    not_pem.write_text("not a certificate\n")
+    config = parse_config(
+        {
+            "agent": {"state_dir": str(tmp_path / "empty")},
+            "keyring": {"backend": "file-insecure-dev"},
+            "device": [
+                {"kind": "zfm", "name": "finger", "port": str(tmp_path / "ttyUSB9")},
+                {"kind": "zfm", "name": "plugged", "port": str(there)},
+                {"kind": "camera", "name": "door", "source": str(tmp_path / "video7")},
+                {"kind": "camera", "name": "gate", "source": "https://127.0.0.1:9/s.mjpg", "ca_file": str(not_pem)},
+            ],
+        },
+        source="agent.toml",
+    )
+    report = run_doctor(config)
+    checks = by_name(report)
+    assert not report.ok
+    finger = checks["device finger"]
+    assert finger.ok is False and f"{tmp_path / 'ttyUSB9'} does not exist" in finger.detail
+    assert '[[device]] name = "finger" in agent.toml' in finger.fix and "ls /dev/ttyUSB*" in finger.fix
+    assert checks["device plugged"].ok is True
+    door = checks["device door"]
+    assert door.ok is False and "does not exist" in door.detail and "ls /dev/video*" in door.fix
+    gate = checks["device gate"]
+    assert gate.ok is False and "holds no PEM certificate" in gate.detail and "ca_file" in gate.fix
+    none = by_name(run_doctor(config_for(tmp_path / "empty")))["devices"]
+    assert none.ok is None and "[[device]]" in none.fix
+
+
+def test_a_ca_file_of_another_ca_of_the_same_name_is_named_not_left_blank(provisioned, make_test_ca) -> None:
+    """InvalidSignature has an empty str(): the chain check said "does not chain to the stored CA: " and stopped."""
+    _, state = provisioned
+    impostor = make_test_ca("device-ca")  # the same name, another key: a second dev PKI's CA
+    (state / "identity" / "ca.pem").write_bytes(impostor.cert.public_bytes(serialization.Encoding.PEM))
+    chain = by_name(run_doctor(config_for(state)))["certificate chain"]
+    assert chain.ok is False and not chain.detail.endswith(": ")
+    assert "not the one that signed" in chain.detail and "ca.pem" in chain.detail
+    assert "provision --force" in chain.fix

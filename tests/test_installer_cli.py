@@ -236,6 +236,42 @@ def test_reprovisioning_is_refused_without_force_and_says_what_it_replaces(verif
     assert "replaced           device kiosk-old, certificate serial" in forced.stdout
 
 
+def test_a_device_provisioned_with_verifier_on_the_command_line_keeps_that_verifier(verifier, tmp_path) -> None:
+    """The README's recipe gives `--verifier URL` to `provision` only; a config without [verifier] url then
+    used the built-in 127.0.0.1:8443, and the daemon never reached the verifier that issued its certificate."""
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n[keyring]\nbackend = "file-insecure-dev"\n'
+        '[network]\nretries = 0\n[logging]\nlevel = "error"\n'
+    )
+    done = agent_cli(
+        "provision", "--config", str(config_file), "--verifier", verifier.url, "--token", "-",
+        "--ca-fingerprint", verifier.ca_fingerprint, stdin=verifier.new_token("kiosk-url") + "\n",
+    )
+    assert done.returncode == 0, done.stderr
+    health = agent_cli("health", "--config", str(config_file))
+    assert health.returncode == 0 and '"kiosk-url"' in health.stdout, health.stderr
+    doctor = agent_cli("doctor", "--config", str(config_file))
+    assert doctor.returncode == 0, doctor.stdout
+    assert f"verifier {verifier.url} (as provisioned, kept in " in doctor.stdout
+    # A renewal keeps it (a new identity folder), and the daemon's SIGHUP reload finds it too.
+    renewed = agent_cli("renew", "--config", str(config_file))
+    assert renewed.returncode == 0, renewed.stderr
+    assert agent_cli("health", "--config", str(config_file)).returncode == 0
+    from agent.config import load_config
+    from agent.daemon import AgentDaemon
+
+    reloaded = AgentDaemon(load_config(config_file), str(config_file)).loader()
+    assert reloaded.verifier.url == verifier.url
+    # A URL typed on the command line (or in the file) still wins, and doctor names both when it fails.
+    moved = agent_cli("doctor", "--config", str(config_file), "--verifier", "https://127.0.0.1:9")
+    assert moved.returncode == 1
+    assert f"provisioned with the verifier at {verifier.url}, but --verifier says https://127.0.0.1:9" in moved.stdout
+    # A bad --verifier is named as what was typed, not as a key of a file.
+    typo = agent_cli("doctor", "--config", str(config_file), "--verifier", "http://127.0.0.1:9")
+    assert typo.returncode == 2 and "error: bad value --verifier = 'http://127.0.0.1:9'" in typo.stderr, typo.stderr
+
+
 def test_the_daemon_writes_no_core_file_whatever_the_ulimit_it_was_started_with(verifier, tmp_path) -> None:
     """Audit 16 F5: started outside its unit (no LimitCORE=0), a crash would dump frames and the decrypted key."""
     import resource

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from agent.runtime import add_common_arguments, config_from_args
+from agent.runtime import add_common_arguments, config_from_args, resolve_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     config = config_from_args(args)
     with hold_state_dir(config.agent.state_dir):  # one daemon per state directory
-        asyncio.run(AgentDaemon(config, args.config).run())
+        asyncio.run(AgentDaemon(config, args.config, loader=lambda: resolve_config(args)).run())
     return 0

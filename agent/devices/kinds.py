@@ -142,9 +142,15 @@ class ZfmDevice(Device):
     def _remember(self, baud: int) -> None:
         if self.memory is None or self._remembered_baud() == baud:
             return
-        self.memory.parent.mkdir(parents=True, exist_ok=True)
+        # The state directory's own modes (0700 folder, 0600 files), whatever the umask of a daemon started
+        # outside its unit: `doctor` fails a state directory with a file others may read.
+        self.memory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.memory.parent, 0o700)
         tmp = self.memory.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": self.section.port, "baud": baud}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(json.dumps({"port": self.section.port, "baud": baud}))
         os.replace(tmp, self.memory)
 
     def _open(self) -> dict[str, Any]:
