@@ -258,7 +258,8 @@ class VerifierApp:
 
     def _authorise(self, cert: x509.Certificate | None, path: str) -> Device:
         if cert is None:
-            log.warning("request_refused", audit=True, path=path, reason="no client certificate")
+            # Anybody can send these, as fast as a connection carries them: counted in the flood summary.
+            self.flood_events.note("request_refused", "no client certificate", path=path)
             raise Problem(
                 "client-certificate-required",
                 f"{path} needs the device's client certificate (mutual TLS)",

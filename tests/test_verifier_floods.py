@@ -1,0 +1,61 @@
+"""Floods of cheap requests: what one connection without a certificate, or one stolen device, can make the verifier
+do and write to its audit log.
+
+Each test runs the real verifier on 127.0.0.1 over real TLS and HTTP/2. An HTTP/2
+connection carries any number of streams, and a stream reset at once (RST_STREAM,
+the "rapid reset" of CVE-2023-44487) no longer counts against the concurrent
+streams the server allows, while its request still reaches the application. So
+the bounds are per request and per connection, not per stream.
+"""
+
+from __future__ import annotations
+
+import h2.errors
+import pytest
+
+from agent.devstack import LocalVerifier
+from tests.test_verifier_connections import log_events, open_h2, read_until_closed, request_headers
+from verifier.connections import SUMMARY_BURST
+from verifier.server import UNAUTHENTICATED_REQUESTS
+
+pytestmark = pytest.mark.slow
+
+
+def counted(events: list[dict], event: str) -> tuple[int, int]:
+    """(events logged one by one, events only counted in the flood summaries) of one kind."""
+    one_by_one = sum(e["event"] == event for e in events)
+    summarised = sum(
+        n
+        for e in events
+        if e["event"] == "connection_events_summary"
+        for kind, n in e["counts"].items()
+        if kind.startswith(f"{event}: ")
+    )
+    return one_by_one, summarised
+
+
+def test_a_connection_without_a_certificate_gets_no_more_requests_than_est_needs(tmp_path) -> None:
+    """Hundreds of streams opened and reset at once on one anonymous connection: before, each reached the app
+    and wrote its own `request_refused` audit line (about 450 per TLS handshake, up to the byte budget)."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        tls, conn = open_h2(verifier)
+        for stream in range(1, 601, 2):  # 300 requests, each reset as soon as it is sent
+            conn.send_headers(stream, request_headers("GET", "/v1/health"), end_stream=True)
+            conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        tls.sendall(conn.data_to_send())
+        closed_after, _, _ = read_until_closed(tls, conn, 5.0)
+        tls.close()
+        est, est_conn = open_h2(verifier)  # EST on a new connection is served as before
+        est_conn.send_headers(1, request_headers("GET", "/.well-known/est/cacerts"), end_stream=True)
+        est.sendall(est_conn.data_to_send())
+        _, est_status, _ = read_until_closed(est, est_conn, 5.0)
+        est.close()
+        verifier.stop()  # the flood summary of the last window is written at the stop
+    events = log_events(verifier)
+    one_by_one, summarised = counted(events, "request_refused")
+    assert closed_after < 2.0, closed_after
+    assert one_by_one <= SUMMARY_BURST, one_by_one
+    assert one_by_one + summarised <= UNAUTHENTICATED_REQUESTS, (one_by_one, summarised)
+    assert est_status == 200
+    refused = [e for e in events if e["event"] == "connection_refused"]
+    assert any("requests without a client certificate" in e["reason"] for e in refused), refused
