@@ -10,10 +10,15 @@ the bounds are per request and per connection, not per stream.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 import h2.errors
 import pytest
 
-from agent.devstack import LocalVerifier
+from agent.client import VerifierClient
+from agent.devstack import LocalVerifier, provision_device
+from protocol import endpoints
 from tests.test_verifier_connections import log_events, open_h2, read_until_closed, request_headers
 from verifier.connections import SUMMARY_BURST
 from verifier.server import UNAUTHENTICATED_REQUESTS
@@ -59,3 +64,32 @@ def test_a_connection_without_a_certificate_gets_no_more_requests_than_est_needs
     assert est_status == 200
     refused = [e for e in events if e["event"] == "connection_refused"]
     assert any("requests without a client certificate" in e["reason"] for e in refused), refused
+
+
+def test_a_stolen_device_flooding_past_its_rate_or_revoked_writes_a_bounded_audit_log(tmp_path) -> None:
+    """600 challenges at once (120 a minute are allowed), then, revoked, 300 health checks on its open connection:
+    each refusal is counted, the first few of a window logged one by one, the rest in the flood summary. Before,
+    every one of them was its own audit line (480, then 300), about a thousand per HTTP/2 connection."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        config, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+
+        async def flood() -> tuple[Counter[int], Counter[int]]:
+            async with VerifierClient(config, identity) as client:
+                asked = [client.request("POST", endpoints.CHALLENGES, json={}) for _ in range(600)]
+                challenges = Counter(r.status_code for r in await asyncio.gather(*asked))
+                await asyncio.to_thread(verifier.revoke, identity.device_id)
+                checks = [client.request("GET", endpoints.HEALTH) for _ in range(300)]
+                health = Counter(r.status_code for r in await asyncio.gather(*checks))
+                return challenges, health
+
+        challenges, health = asyncio.run(flood())
+        verifier.stop()  # the flood summary of the last window is written at the stop
+    events = log_events(verifier)
+    assert challenges == {201: 120, 429: 480}, challenges
+    assert health == {403: 300}, health
+    refused, refused_summarised = counted(events, "biometric_request_refused")
+    assert refused <= SUMMARY_BURST and refused + refused_summarised == 480, (refused, refused_summarised)
+    revoked, revoked_summarised = counted(events, "request_refused")
+    assert revoked <= SUMMARY_BURST and revoked + revoked_summarised == 300, (revoked, revoked_summarised)
+    first = next(e for e in events if e["event"] == "biometric_request_refused")
+    assert (first["device_id"], first["reason"], first["status"]) == ("kiosk-1", "challenge rate limit", 429)
