@@ -112,10 +112,10 @@ class VerifierApp:
         # Refused EST requests per token and per device: past the allowance, refused before they are looked at.
         self.est_refusals = RefusalLimit(settings.est_refusals_per_min, settings.lockout_base_s)
         self.audit = AuditLog(self.conn)
-        self.biometric = BiometricRoutes(self.conn, settings)
+        self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
+        self.biometric = BiometricRoutes(self.conn, settings, self.flood_events)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
         self.pool = MatchPool(settings.match_workers, settings.match_queue, settings.match_budget_s)
-        self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self._cacerts = _certs_body([self.ca.cert, *self.ca.chain])  # RFC 7030 4.1.3: the CA and its chain
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", endpoints.CACERTS): Route(self.cacerts, needs_client_cert=False),
@@ -258,7 +258,8 @@ class VerifierApp:
 
     def _authorise(self, cert: x509.Certificate | None, path: str) -> Device:
         if cert is None:
-            log.warning("request_refused", audit=True, path=path, reason="no client certificate")
+            # Anybody can send these, as fast as a connection carries them: counted in the flood summary.
+            self.flood_events.note("request_refused", "no client certificate", path=path)
             raise Problem(
                 "client-certificate-required",
                 f"{path} needs the device's client certificate (mutual TLS)",
@@ -268,17 +269,12 @@ class VerifierApp:
         try:
             return self.registry.authorise(cert)
         except AuthorisationError as exc:
-            log.warning(
-                "request_refused",
-                audit=True,
-                path=path,
-                serial=format(cert.serial_number, "x"),
-                reason=str(exc),
-            )
+            # A revoked or unregistered certificate still passes the TLS handshake (the CA signed it), and its
+            # connection may carry a request per stream: counted in the flood summary, never one line each.
+            self.flood_events.note("request_refused", str(exc), path=path, serial=format(cert.serial_number, "x"))
             raise Problem(exc.slug, str(exc), exc.fix) from None
 
-    @staticmethod
-    def _check_validity(cert: x509.Certificate, path: str) -> None:
+    def _check_validity(self, cert: x509.Certificate, path: str) -> None:
         """The certificate's validity, on every request: OpenSSL checked it only at the handshake.
 
         A connection (or a resumed session) opened while the certificate was valid
@@ -289,7 +285,7 @@ class VerifierApp:
             return
         expired = now > cert.not_valid_after_utc
         reason = "certificate expired" if expired else "certificate not yet valid"
-        log.warning("request_refused", audit=True, path=path, serial=format(cert.serial_number, "x"), reason=reason)
+        self.flood_events.note("request_refused", reason, path=path, serial=format(cert.serial_number, "x"))
         raise Problem(
             "certificate-expired" if expired else "certificate-not-yet-valid",
             f"the device certificate is valid from {cert.not_valid_before_utc.isoformat()} "

@@ -62,6 +62,7 @@ from protocol.signing import SignatureError, check_signature
 from protocol.templates import coverage_problem, field_problem, minutiae_problem, spread_problem
 from protocol.wire import WireError
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
+from verifier.connections import EventSummary
 from verifier.content import Carried, Malformed, carried_of
 from verifier.enrollments import EnrollmentStore, load_or_create_key
 from verifier.faces import FACE_REQUIRED, FaceRoutes
@@ -86,7 +87,11 @@ ENROLLMENTS_PATH = endpoints.ENROLLMENTS
 
 
 class BiometricRoutes:
-    def __init__(self, conn: sqlite3.Connection, settings: VerifierSettings) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, settings: VerifierSettings, flood_events: EventSummary | None = None
+    ) -> None:
+        # Refusals a device can repeat as fast as it sends (verifier.connections.EventSummary, the app's).
+        self.flood_events = flood_events if flood_events is not None else EventSummary()
         self.challenges = Challenges(conn, ttl_s=settings.nonce_ttl_s)
         key = load_or_create_key(settings.enrollment_key)
         self.enrollments = EnrollmentStore(conn, key)
@@ -148,12 +153,32 @@ class BiometricRoutes:
         )
         return problem
 
+    def flooded(self, request: Request, problem: Problem, reason: str, **fields: Any) -> Problem:
+        """A refusal a device can repeat as fast as it sends: audited through the flood summary, then answered.
+
+        For refusals that spend nothing a device is limited by (an operation it may
+        not call, checked before its rate; a request over its rate): the first few
+        of each window are logged one by one like :meth:`refused`, the rest counted
+        in one ``connection_events_summary`` line. Before, a stolen device wrote one
+        audit line per refused request, about a thousand per HTTP/2 connection.
+        """
+        assert request.device is not None
+        self.flood_events.note(
+            "biometric_request_refused",
+            reason,
+            device_id=request.device.device_id,
+            path=request.path,
+            status=problem.status,
+            **fields,
+        )
+        return problem
+
     def _check_operation(self, request: Request, operation: str) -> None:
         """403 (audited) unless the device's access rule allows ``operation``."""
         assert request.device is not None
         device_id = request.device.device_id
         if not self.rules.allows(device_id, operation):
-            raise self.refused(
+            raise self.flooded(  # checked before the device's rate: a refusal that costs the device nothing
                 request,
                 Problem(
                     "operation-not-allowed",
@@ -193,7 +218,7 @@ class BiometricRoutes:
         self._check_operation(request, operation)
         wait = self.device_rate.check(device_id)
         if wait > 0:
-            raise self.refused(
+            raise self.flooded(
                 request,
                 Problem(
                     "device-rate-limited",
@@ -913,7 +938,7 @@ class BiometricRoutes:
         device_id = request.device.device_id
         wait = limit.check(device_id)
         if wait > 0:
-            raise self.refused(
+            raise self.flooded(
                 request,
                 Problem(
                     "device-rate-limited",

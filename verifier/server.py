@@ -60,6 +60,9 @@ SSL_SHUTDOWN_TIMEOUT_S = 1.0  # any closing connection's wait for the peer's clo
 DEFER_ACCEPT_S = 5  # TCP_DEFER_ACCEPT: how long the kernel may hold a connection that has sent nothing yet
 HEADER_BLOCK_FRAMES = 8  # frames one header block may take, its HEADERS frame included (h2's own limit: 64)
 MIN_HANDSHAKE_S = 0.05  # what is left of the handshake deadline once the ClientHello is in, at the least
+# Requests a connection without a client certificate may make: EST is one (cacerts or simpleenroll), and the
+# agent opens a connection per EST call; room for a client that asks both, and a retry each, on one connection.
+UNAUTHENTICATED_REQUESTS = 4
 
 
 class CoalescingWriter:
@@ -146,14 +149,26 @@ class BudgetedReader(asyncio.StreamReader):
 class ConnectionTLSApp:
     """hypercorn's app-wrapper interface, adding one connection's TLS facts to each scope."""
 
-    def __init__(self, app: Any, tls: dict[str, Any], conn: Connection | None = None) -> None:
+    def __init__(
+        self, app: Any, tls: dict[str, Any], conn: Connection | None = None, summary: EventSummary | None = None
+    ) -> None:
         self.app = app
         self.tls = tls
         self.conn = conn
+        self.summary = summary
 
     async def __call__(self, scope: dict, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
         if self.conn is not None and scope.get("type") == "http":
             self.conn.requests += 1
+            if not self.conn.authenticated and self.conn.requests > UNAUTHENTICATED_REQUESTS:
+                # Streams reset as soon as they are opened do not count against the concurrent streams
+                # h2 allows, yet each request would reach the app: without this, one handshake bought
+                # hundreds of requests (and audit lines) up to the byte budget. Dropped, never answered.
+                if self.summary is not None:
+                    reason = "too many requests without a client certificate"
+                    self.summary.note("connection_refused", reason, address=self.conn.address)
+                self.conn.close()
+                return
         extensions = scope.setdefault("extensions", {})
         extensions["tls"] = self.tls  # replaces anything else: the TLS layer is the only source
         await self.app(scope, receive, send)
@@ -362,7 +377,7 @@ class ConnectionServer:
             if ssl_object.getpeercert(binary_form=True):
                 self.guard.authenticated(conn)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
-            wrapped = ConnectionTLSApp(self.app, tls_scope_extension(ssl_object), conn)
+            wrapped = ConnectionTLSApp(self.app, tls_scope_extension(ssl_object), conn, self.summary)
             await GuardedTCPServer(
                 wrapped,
                 loop,

@@ -1,0 +1,95 @@
+"""Floods of cheap requests: what one connection without a certificate, or one stolen device, can make the verifier
+do and write to its audit log.
+
+Each test runs the real verifier on 127.0.0.1 over real TLS and HTTP/2. An HTTP/2
+connection carries any number of streams, and a stream reset at once (RST_STREAM,
+the "rapid reset" of CVE-2023-44487) no longer counts against the concurrent
+streams the server allows, while its request still reaches the application. So
+the bounds are per request and per connection, not per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import h2.errors
+import pytest
+
+from agent.client import VerifierClient
+from agent.devstack import LocalVerifier, provision_device
+from protocol import endpoints
+from tests.test_verifier_connections import log_events, open_h2, read_until_closed, request_headers
+from verifier.connections import SUMMARY_BURST
+from verifier.server import UNAUTHENTICATED_REQUESTS
+
+pytestmark = pytest.mark.slow
+
+
+def counted(events: list[dict], event: str) -> tuple[int, int]:
+    """(events logged one by one, events only counted in the flood summaries) of one kind."""
+    one_by_one = sum(e["event"] == event for e in events)
+    summarised = sum(
+        n
+        for e in events
+        if e["event"] == "connection_events_summary"
+        for kind, n in e["counts"].items()
+        if kind.startswith(f"{event}: ")
+    )
+    return one_by_one, summarised
+
+
+def test_a_connection_without_a_certificate_gets_no_more_requests_than_est_needs(tmp_path) -> None:
+    """Hundreds of streams opened and reset at once on one anonymous connection: before, each reached the app
+    and wrote its own `request_refused` audit line (about 450 per TLS handshake, up to the byte budget)."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        tls, conn = open_h2(verifier)
+        for stream in range(1, 601, 2):  # 300 requests, each reset as soon as it is sent
+            conn.send_headers(stream, request_headers("GET", "/v1/health"), end_stream=True)
+            conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        tls.sendall(conn.data_to_send())
+        closed_after, _, _ = read_until_closed(tls, conn, 5.0)
+        tls.close()
+        est, est_conn = open_h2(verifier)  # EST on a new connection is served as before
+        est_conn.send_headers(1, request_headers("GET", "/.well-known/est/cacerts"), end_stream=True)
+        est.sendall(est_conn.data_to_send())
+        _, est_status, _ = read_until_closed(est, est_conn, 5.0)
+        est.close()
+        verifier.stop()  # the flood summary of the last window is written at the stop
+    events = log_events(verifier)
+    one_by_one, summarised = counted(events, "request_refused")
+    assert closed_after < 2.0, closed_after
+    assert one_by_one <= SUMMARY_BURST, one_by_one
+    assert one_by_one + summarised <= UNAUTHENTICATED_REQUESTS, (one_by_one, summarised)
+    assert est_status == 200
+    refused = [e for e in events if e["event"] == "connection_refused"]
+    assert any("requests without a client certificate" in e["reason"] for e in refused), refused
+
+
+def test_a_stolen_device_flooding_past_its_rate_or_revoked_writes_a_bounded_audit_log(tmp_path) -> None:
+    """600 challenges at once (120 a minute are allowed), then, revoked, 300 health checks on its open connection:
+    each refusal is counted, the first few of a window logged one by one, the rest in the flood summary. Before,
+    every one of them was its own audit line (480, then 300), about a thousand per HTTP/2 connection."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        config, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+
+        async def flood() -> tuple[Counter[int], Counter[int]]:
+            async with VerifierClient(config, identity) as client:
+                asked = [client.request("POST", endpoints.CHALLENGES, json={}) for _ in range(600)]
+                challenges = Counter(r.status_code for r in await asyncio.gather(*asked))
+                await asyncio.to_thread(verifier.revoke, identity.device_id)
+                checks = [client.request("GET", endpoints.HEALTH) for _ in range(300)]
+                health = Counter(r.status_code for r in await asyncio.gather(*checks))
+                return challenges, health
+
+        challenges, health = asyncio.run(flood())
+        verifier.stop()  # the flood summary of the last window is written at the stop
+    events = log_events(verifier)
+    assert challenges == {201: 120, 429: 480}, challenges
+    assert health == {403: 300}, health
+    refused, refused_summarised = counted(events, "biometric_request_refused")
+    assert refused <= SUMMARY_BURST and refused + refused_summarised == 480, (refused, refused_summarised)
+    revoked, revoked_summarised = counted(events, "request_refused")
+    assert revoked <= SUMMARY_BURST and revoked + revoked_summarised == 300, (revoked, revoked_summarised)
+    first = next(e for e in events if e["event"] == "biometric_request_refused")
+    assert (first["device_id"], first["reason"], first["status"]) == ("kiosk-1", "challenge rate limit", 429)
