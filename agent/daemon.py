@@ -130,7 +130,19 @@ class AgentDaemon:
         keep_freed_memory()  # capture after capture reuses the heap (biometrics.fingerprint.allocator)
         self.status("loading device identity")
         kek = load_kek(self.config)
-        identity = IdentityStore(self.config.agent.state_dir).load(kek.encode())
+        store = IdentityStore(self.config.agent.state_dir)
+        identity = store.load(kek.encode())
+        # After the load, so a daemon started before provisioning creates no state directory. A folder others may
+        # enter (`chmod`, `mkdir` by hand, a unit without StateDirectoryMode=) is closed, as provisioning does.
+        loose = store.ensure_state_dir()
+        if loose is not None:
+            log.warning(
+                "state_dir_mode_tightened",
+                path=str(store.state_dir),
+                was=f"{loose:o}",
+                now="700",
+                fix="keep it 0700 (the unit's StateDirectoryMode=0700); `capture-agent doctor` checks the files in it",
+            )
         audit = self.config.audit
         self.outbox = Outbox(
             self.config.agent.state_dir / OUTBOX_FILE,

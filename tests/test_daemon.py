@@ -323,3 +323,27 @@ def test_the_watchdog_period_is_read_from_ascii_digits_only(monkeypatch, usec, p
     else:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "{own}" else pid)
     assert watchdog_interval_s() == expected
+
+
+def test_a_state_directory_others_may_enter_is_closed_at_start_and_said(provisioned_config_file: Path) -> None:
+    """`doctor` failed a 0755 state directory, but the daemon ran on it without a word."""
+    import stat
+
+    from structlog.testing import capture_logs
+
+    config = load_config(str(provisioned_config_file))
+    state = config.agent.state_dir
+    os.chmod(state, 0o755)  # noqa: S103 - the fault under test
+
+    async def start_and_stop() -> None:
+        daemon = AgentDaemon(config, str(provisioned_config_file))
+        try:
+            await daemon.start()
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(start_and_stop())
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    said = [entry for entry in logs if entry["event"] == "state_dir_mode_tightened"]
+    assert len(said) == 1 and said[0]["was"] == "755" and said[0]["log_level"] == "warning", logs
