@@ -42,6 +42,10 @@ def test_a_bootstrap_token_works_once(verifier, tmp_path) -> None:
         asyncio.run(provision(device_config(tmp_path / "b", verifier.url), token, verifier.ca_fingerprint))
     assert "already used" in str(info.value)
     assert "token new" in info.value.fix
+    # A token this verifier never printed (mistyped, or another verifier's): the fix names the verifier asked.
+    with pytest.raises(ProvisioningError, match="unknown bootstrap token") as info:
+        asyncio.run(provision(device_config(tmp_path / "c", verifier.url), "x" * 43, verifier.ca_fingerprint))
+    assert f"only on the verifier that printed it: check --verifier ({verifier.url})" in info.value.fix
 
 
 def test_a_wrong_ca_fingerprint_stops_before_the_token_is_sent(verifier, tmp_path) -> None:
