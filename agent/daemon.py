@@ -291,12 +291,12 @@ class AgentDaemon:
         try:
             new = self.loader()
         except AgentError as exc:
-            self.record("config_reload_refused", {"error": exc.message})
+            self.record("config_reload_refused", {"error": exc.message, "fix": exc.fix})
             self.status(f"config reload refused: {exc}")
             return
         self.notifier.send(RELOADING=1)
         self.config = new
-        self.record("config_reloaded", {"source": new.source})
+        self.record("config_reloaded", {"source": new.source, "verifier": new.verifier.url})
         self.notifier.send(READY=1, STATUS="ready: config reloaded")
 
     async def run(self) -> None:

@@ -175,8 +175,9 @@ def test_sighup_reloads_and_a_broken_config_is_refused(provisioned_config_file: 
     from agent.outbox import Outbox
 
     sock, path = notify_socket
+    moved = "https://127.0.0.1:10"  # typed on the command line: a reload must keep it, not the file's :9
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run"],
+        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run", "--verifier", moved],
         env={**os.environ, "NOTIFY_SOCKET": str(path)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -201,9 +202,14 @@ def test_sighup_reloads_and_a_broken_config_is_refused(provisioned_config_file: 
     provisioned_config_file.write_text(good)
     config = load_config(provisioned_config_file)
     outbox = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config))
-    kinds = [e["type"] for e in outbox.pending(100)]
+    events = outbox.pending(100)
+    kinds = [e["type"] for e in events]
     assert kinds[0] == "agent_started" and kinds[-1] == "agent_stopping"
     assert kinds.index("config_reloaded") < kinds.index("config_reload_refused")
+    reloaded = next(e["data"] for e in events if e["type"] == "config_reloaded")
+    assert reloaded["verifier"] == moved, "SIGHUP dropped the command line's --verifier"
+    refused = next(e["data"] for e in events if e["type"] == "config_reload_refused")
+    assert "heartbeat" in refused["error"] and "heartbeat_s" in refused["fix"]
 
 
 def test_a_reader_unplugged_and_plugged_back_is_reopened_and_reported(
