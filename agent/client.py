@@ -467,7 +467,9 @@ class VerifierClient:
                     raise TransportError(
                         f"the verifier at {self.config.verifier.url} could not be reached after "
                         f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",
-                        fix="check the network and that the verifier runs; nothing is lost, the agent retries later",
+                        fix="check the network and that the verifier runs (`capture-agent doctor`); queued audit "
+                        "events are kept and delivered once it answers, but a verification or enrollment that "
+                        "failed here is not retried: start it again",
                     ) from None
                 log.info("request_retry", path=path, attempt=attempt + 1, error=type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))

@@ -130,7 +130,19 @@ class AgentDaemon:
         keep_freed_memory()  # capture after capture reuses the heap (biometrics.fingerprint.allocator)
         self.status("loading device identity")
         kek = load_kek(self.config)
-        identity = IdentityStore(self.config.agent.state_dir).load(kek.encode())
+        store = IdentityStore(self.config.agent.state_dir)
+        identity = store.load(kek.encode())
+        # After the load, so a daemon started before provisioning creates no state directory. A folder others may
+        # enter (`chmod`, `mkdir` by hand, a unit without StateDirectoryMode=) is closed, as provisioning does.
+        loose = store.ensure_state_dir()
+        if loose is not None:
+            log.warning(
+                "state_dir_mode_tightened",
+                path=str(store.state_dir),
+                was=f"{loose:o}",
+                now="700",
+                fix="keep it 0700 (the unit's StateDirectoryMode=0700); `capture-agent doctor` checks the files in it",
+            )
         audit = self.config.audit
         self.outbox = Outbox(
             self.config.agent.state_dir / OUTBOX_FILE,
@@ -279,12 +291,12 @@ class AgentDaemon:
         try:
             new = self.loader()
         except AgentError as exc:
-            self.record("config_reload_refused", {"error": exc.message})
+            self.record("config_reload_refused", {"error": exc.message, "fix": exc.fix})
             self.status(f"config reload refused: {exc}")
             return
         self.notifier.send(RELOADING=1)
         self.config = new
-        self.record("config_reloaded", {"source": new.source})
+        self.record("config_reloaded", {"source": new.source, "verifier": new.verifier.url})
         self.notifier.send(READY=1, STATUS="ready: config reloaded")
 
     async def run(self) -> None:

@@ -66,7 +66,14 @@ def _est_error(response: httpx.Response, what: str) -> ProvisioningError:
     problem = problem_error(response)
     fix = problem.fix
     if response.status_code == 401 and what == "simpleenroll":
-        fix = "the bootstrap token is wrong, used or expired: ask for a new one (`capture-verifier token new`)"
+        # One fix for every refusal of the token (the verifier's words say which): the agent decides on the
+        # status, never on the English text. "Unknown" is also a token another verifier printed.
+        verifier = str(response.request.url.copy_with(path="/", query=None)).rstrip("/")
+        fix = (
+            "a token works once, until it ends, and only on the verifier that printed it: check --verifier "
+            f"({verifier}) is that verifier, then ask it for a new token (`capture-verifier token new --device "
+            "ID`); if this device was already provisioned with the token, `capture-agent doctor` checks it"
+        )
     return ProvisioningError(f"EST {what} failed: {problem.message}", fix=fix)
 
 

@@ -378,8 +378,11 @@ class IdentityStore:
         except OSError as exc:
             raise self.access_error(exc, "read the device identity") from None
 
-    def ensure_state_dir(self) -> None:
-        """Create the state directory 0700, or tighten it; refuse one owned by another user."""
+    def ensure_state_dir(self) -> int | None:
+        """Create the state directory 0700, or tighten it; refuse one owned by another user.
+
+        Returns the mode it had when it had to be tightened (for the caller to say so), else None.
+        """
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             info = self.state_dir.stat()
@@ -395,6 +398,8 @@ class IdentityStore:
             )
         if stat.S_IMODE(info.st_mode) & 0o077:
             os.chmod(self.state_dir, 0o700)
+            return stat.S_IMODE(info.st_mode)
+        return None
 
     def write(
         self,

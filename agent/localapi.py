@@ -56,6 +56,9 @@ import json
 import os
 import pwd
 import secrets
+import socket
+import stat
+import struct
 import threading
 import time
 from collections import deque
@@ -197,6 +200,41 @@ class _Refusal(Exception):
         self.status, self.message = status, message
 
 
+def refuse_a_socket_in_use(path: Path) -> None:
+    """Refuse ``[api] socket`` when a live process serves it, or when it names something that is no socket.
+
+    Why: the API used to unlink whatever was at the path. A second daemon (another
+    state directory, the same default socket) took the first one's socket away from
+    its kiosk app, and removed it on exit; a path mistyped onto a file deleted the file.
+    A socket nobody answers on (a daemon that was killed) is stale and may be replaced.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(
+            f"[api] socket {path} exists and is not a socket (left as it is)",
+            fix="point [api] socket at a path of its own (default /run/capture-agent/api.sock)",
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:  # ECONNREFUSED: nobody listens; EACCES: not ours to judge, the bind will say
+        return
+    else:
+        pid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"the local API socket {path} is served by another process (PID {pid}): a second capture-agent with "
+        "another state directory and the same [api] socket?",
+        fix=f"give this daemon its own [api] socket in its config, or stop the other one (`kill {pid}`, or "
+        "`systemctl stop capture-agent`); its kiosk app keeps its socket meanwhile",
+    )
+
+
 class LocalAPI:
     def __init__(
         self,
@@ -222,6 +260,7 @@ class LocalAPI:
         self.reader_grace_s = reader_grace_s
         self.sessions: dict[str, RunningSession] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._bound: tuple[int, int] | None = None  # (device, inode) of the socket file this API made
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
         self._capped = False  # past max_connections since the last warning
         self._refused = 0
@@ -231,9 +270,11 @@ class LocalAPI:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Listen on the socket, 0660 and given to ``[api] group``; a group that cannot be used is a
-        ConfigError naming the fix, and leaves no socket behind."""
+        ConfigError naming the fix, and leaves no socket behind. A socket another process still serves,
+        or a path that is no socket, is refused and left as it is; a dead daemon's socket is replaced."""
         gid = api_group_gid(self.group)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_a_socket_in_use(self.socket_path)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         # A short listen queue: asyncio accepts up to `backlog` sockets per wake-up before any handler runs,
@@ -241,6 +282,8 @@ class LocalAPI:
         self._server = await asyncio.start_unix_server(
             self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
         )
+        bound = self.socket_path.stat()
+        self._bound = (bound.st_dev, bound.st_ino)
         try:
             os.chmod(self.socket_path, 0o660)
             if gid is not None:
@@ -273,8 +316,13 @@ class LocalAPI:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        # Only our own socket: one another daemon bound at the path since (after ours was taken as stale by
+        # mistake, or by hand) is its kiosk app's door, not ours to remove.
         with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+            now = self.socket_path.stat()
+            if self._bound is not None and (now.st_dev, now.st_ino) == self._bound:
+                self.socket_path.unlink()
+        self._bound = None
 
     # ---------------------------------------------------------------- sessions
     def _busy(self) -> bool:

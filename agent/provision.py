@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from dataclasses import dataclass
 
 import structlog
@@ -165,18 +166,30 @@ async def provision(config: AgentConfig, token: str, ca_fingerprint: str, *, for
     url = config.verifier.url
     store = IdentityStore(config.agent.state_dir)
     replaced = refuse_silent_replacement(store, force)
-    store.ensure_state_dir()
-    kek = load_kek(config, create=True)
+    if config.keyring.backend == "systemd-credentials":
+        load_kek(config, create=True)  # only reads: a missing credential is said before any network call
     log.info("provision_started", verifier=url)
     answered = await fetch_ca_certificates(url, config.network.connect_timeout_s)
     ca = select_ca(answered, ca_fingerprint)
-    trusted = trusted_under(ca, answered)
-    ca_pem = "".join(cert.public_bytes(serialization.Encoding.PEM).decode("ascii") for cert in trusted)
-    log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca), trusted_cas=len(trusted))
-    key = generate_key()
-    certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
-    async with store.writing():  # never half-way through a renewal by the daemon
-        identity = store.write(key, certificate, trusted, kek.encode(), verifier_url=url)
+    # Only now, with the verifier reached and its CA confirmed, is anything written: a mistyped URL, port or
+    # fingerprint leaves no state directory and no key-encryption key behind. Still before the token is sent,
+    # so a state directory or keyring that fails here spends no token. A state directory this run made is
+    # removed again if it ends without an identity (a refused token): nothing half-written is left.
+    fresh = not store.state_dir.exists() and not store.state_dir.is_symlink()
+    store.ensure_state_dir()
+    try:
+        kek = load_kek(config, create=True)
+        trusted = trusted_under(ca, answered)
+        ca_pem = "".join(cert.public_bytes(serialization.Encoding.PEM).decode("ascii") for cert in trusted)
+        log.info("ca_fingerprint_confirmed", fingerprint=certificate_fingerprint(ca), trusted_cas=len(trusted))
+        key = generate_key()
+        certificate = await simple_enroll(url, ca_pem, build_csr(key), token, config.network.read_timeout_s)
+        async with store.writing():  # never half-way through a renewal by the daemon
+            identity = store.write(key, certificate, trusted, kek.encode(), verifier_url=url)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(store.state_dir, ignore_errors=True)
+        raise
     log.info(
         "certificate_issued",
         audit=True,

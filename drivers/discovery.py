@@ -15,7 +15,7 @@ import structlog
 
 from drivers.usb_ids import USB_SERIAL_ADAPTERS, identify
 from drivers.zfm.driver import ZfmModule
-from drivers.zfm.errors import ModuleError
+from drivers.zfm.errors import ModuleError, PortBusyError
 
 log = structlog.get_logger()
 
@@ -79,7 +79,8 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
             }
         except ModuleError as exc:
             adapter_name = finding.description if finding.description not in ("", "n/a") else ""
-            finding.description = ", ".join(filter(None, [adapter_name, "no fingerprint module answered"]))
+            said = "in use by another process" if isinstance(exc, PortBusyError) else "no fingerprint module answered"
+            finding.description = ", ".join(filter(None, [adapter_name, said]))
             finding.details = {"handshake": str(exc.args[0])}
             finding.fix = exc.fix
         finally:

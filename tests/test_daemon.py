@@ -175,8 +175,9 @@ def test_sighup_reloads_and_a_broken_config_is_refused(provisioned_config_file: 
     from agent.outbox import Outbox
 
     sock, path = notify_socket
+    moved = "https://127.0.0.1:10"  # typed on the command line: a reload must keep it, not the file's :9
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run"],
+        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run", "--verifier", moved],
         env={**os.environ, "NOTIFY_SOCKET": str(path)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -201,9 +202,14 @@ def test_sighup_reloads_and_a_broken_config_is_refused(provisioned_config_file: 
     provisioned_config_file.write_text(good)
     config = load_config(provisioned_config_file)
     outbox = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config))
-    kinds = [e["type"] for e in outbox.pending(100)]
+    events = outbox.pending(100)
+    kinds = [e["type"] for e in events]
     assert kinds[0] == "agent_started" and kinds[-1] == "agent_stopping"
     assert kinds.index("config_reloaded") < kinds.index("config_reload_refused")
+    reloaded = next(e["data"] for e in events if e["type"] == "config_reloaded")
+    assert reloaded["verifier"] == moved, "SIGHUP dropped the command line's --verifier"
+    refused = next(e["data"] for e in events if e["type"] == "config_reload_refused")
+    assert "heartbeat" in refused["error"] and "heartbeat_s" in refused["fix"]
 
 
 def test_a_reader_unplugged_and_plugged_back_is_reopened_and_reported(
@@ -323,3 +329,27 @@ def test_the_watchdog_period_is_read_from_ascii_digits_only(monkeypatch, usec, p
     else:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "{own}" else pid)
     assert watchdog_interval_s() == expected
+
+
+def test_a_state_directory_others_may_enter_is_closed_at_start_and_said(provisioned_config_file: Path) -> None:
+    """`doctor` failed a 0755 state directory, but the daemon ran on it without a word."""
+    import stat
+
+    from structlog.testing import capture_logs
+
+    config = load_config(str(provisioned_config_file))
+    state = config.agent.state_dir
+    os.chmod(state, 0o755)  # noqa: S103 - the fault under test
+
+    async def start_and_stop() -> None:
+        daemon = AgentDaemon(config, str(provisioned_config_file))
+        try:
+            await daemon.start()
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(start_and_stop())
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    said = [entry for entry in logs if entry["event"] == "state_dir_mode_tightened"]
+    assert len(said) == 1 and said[0]["was"] == "755" and said[0]["log_level"] == "warning", logs

@@ -95,6 +95,8 @@ def test_a_stopped_verifier_is_a_failed_live_check_with_a_fix(provisioned) -> No
     report = run_doctor(config_for(state, "https://127.0.0.1:9"))
     live = by_name(report)["verifier (live mTLS call)"]
     assert live.ok is False and live.fix
+    # Said to a person whose `verify` just failed too: the agent does not retry that one for them.
+    assert "start it again" in live.fix and "nothing is lost" not in live.fix
 
 
 def test_a_server_of_another_ca_fails_the_live_check(provisioned, make_test_ca) -> None:

@@ -272,6 +272,17 @@ def test_a_device_provisioned_with_verifier_on_the_command_line_keeps_that_verif
     assert typo.returncode == 2 and "error: bad value --verifier = 'http://127.0.0.1:9'" in typo.stderr, typo.stderr
 
 
+def test_token_dash_with_nothing_on_standard_input_says_how_to_pipe_it(tmp_path) -> None:
+    """`--token -` typed without the `printf ... |` before it: "the token is empty" did not say where it was read."""
+    done = agent_cli(
+        "provision", "--state-dir", str(tmp_path / "state"), "--token", "-", "--ca-fingerprint", "ab" * 32, stdin=""
+    )
+    assert done.returncode == 2
+    assert "reads the token from standard input" in done.stderr
+    assert "printf '%s\\n' TOKEN | capture-agent provision" in done.stderr.split("fix:", 1)[1]
+    assert not (tmp_path / "state").exists()
+
+
 def test_the_daemon_writes_no_core_file_whatever_the_ulimit_it_was_started_with(verifier, tmp_path) -> None:
     """Audit 16 F5: started outside its unit (no LimitCORE=0), a crash would dump frames and the decrypted key."""
     import resource

@@ -6,6 +6,7 @@ import asyncio
 import grp
 import json
 import os
+import socket
 import stat
 
 import httpx
@@ -171,3 +172,43 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
         ("verify", "hana", "reject"),
     ]
     assert all(set(s) == {"session_id", "operation", "outcome", "reason", "subject"} for s in sessions)
+
+
+def test_a_socket_another_daemon_serves_is_refused_and_left_to_it(tmp_path) -> None:
+    """A second daemon (another state directory, the same [api] socket) unlinked the first one's socket,
+    bound its own, and removed it on exit: the first daemon's kiosk app lost its door for good."""
+    from agent.errors import ConfigError
+
+    path = tmp_path / "api.sock"
+
+    def make(emit):
+        raise AssertionError("no session in this test")
+
+    async def scenario() -> None:
+        first = LocalAPI(path, make)
+        await first.start()
+        try:
+            second = LocalAPI(path, make)
+            with pytest.raises(ConfigError) as info:
+                await second.start()
+            await second.stop()  # what the daemon does after a failed start: must not take the socket
+            assert f"served by another process (PID {os.getpid()})" in info.value.message
+            assert "its own [api] socket" in info.value.fix
+            _, writer = await asyncio.open_unix_connection(str(path))  # the first one still answers
+            writer.close()
+        finally:
+            await first.stop()
+        assert not path.exists(), "the first one removes its own socket"
+        # A dead daemon's socket (nobody listens) is replaced; a path that is no socket is refused and kept.
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(path))
+        stale.close()
+        third = LocalAPI(path, make)
+        await third.start()
+        await third.stop()
+        path.write_text("not a socket")
+        with pytest.raises(ConfigError, match="is not a socket"):
+            await LocalAPI(path, make).start()
+        assert path.read_text() == "not a socket"
+
+    asyncio.run(scenario())

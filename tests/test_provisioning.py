@@ -42,6 +42,10 @@ def test_a_bootstrap_token_works_once(verifier, tmp_path) -> None:
         asyncio.run(provision(device_config(tmp_path / "b", verifier.url), token, verifier.ca_fingerprint))
     assert "already used" in str(info.value)
     assert "token new" in info.value.fix
+    # A token this verifier never printed (mistyped, or another verifier's): the fix names the verifier asked.
+    with pytest.raises(ProvisioningError, match="unknown bootstrap token") as info:
+        asyncio.run(provision(device_config(tmp_path / "c", verifier.url), "x" * 43, verifier.ca_fingerprint))
+    assert f"only on the verifier that printed it: check --verifier ({verifier.url})" in info.value.fix
 
 
 def test_a_wrong_ca_fingerprint_stops_before_the_token_is_sent(verifier, tmp_path) -> None:
@@ -51,6 +55,32 @@ def test_a_wrong_ca_fingerprint_stops_before_the_token_is_sent(verifier, tmp_pat
     # The token was never used, so the right fingerprint still works with it.
     result = asyncio.run(provision(device_config(tmp_path / "b", verifier.url), token, verifier.ca_fingerprint))
     assert result.identity.device_id == "kiosk-3"
+
+
+def test_a_mistyped_url_port_or_fingerprint_leaves_nothing_behind(verifier, plain_http_port, tmp_path) -> None:
+    """An installer's typo used to leave a state directory and an INSECURE-dev-keyring.json for a device that
+    had no identity: the next look at the folder suggested a half-done provisioning."""
+    token = verifier.new_token("kiosk-typo")
+    mistakes = {
+        "port": (f"https://127.0.0.1:{plain_http_port}", verifier.ca_fingerprint),
+        "fingerprint": (verifier.url, "ab" * 32),
+    }
+    for name, (url, fingerprint) in mistakes.items():
+        state = tmp_path / name
+        with pytest.raises(ProvisioningError):
+            asyncio.run(provision(device_config(state, url), token, fingerprint))
+        assert not state.exists(), f"a wrong {name} left {sorted(p.name for p in state.iterdir())}"
+    result = asyncio.run(provision(device_config(tmp_path / "right", verifier.url), token, verifier.ca_fingerprint))
+    assert result.identity.device_id == "kiosk-typo", "the token was not spent by the mistakes"
+    # The token, now used, is refused after the CA was confirmed: the folder made for it goes again.
+    with pytest.raises(ProvisioningError, match="already used"):
+        asyncio.run(provision(device_config(tmp_path / "again", verifier.url), token, verifier.ca_fingerprint))
+    assert not (tmp_path / "again").exists()
+    # A state directory that was there before (made by tmpfiles, say) is never removed.
+    (tmp_path / "kept").mkdir(mode=0o700)
+    with pytest.raises(ProvisioningError, match="already used"):
+        asyncio.run(provision(device_config(tmp_path / "kept", verifier.url), token, verifier.ca_fingerprint))
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_renewal_gives_a_new_key_and_serial(provisioned) -> None:

@@ -23,6 +23,7 @@ from drivers.zfm.errors import (
     InvalidArgumentError,
     NoReplyError,
     OversizedReplyError,
+    PortBusyError,
     PortClosedError,
     PortMissingError,
     PortPermissionError,
@@ -379,3 +380,21 @@ def test_a_driver_made_with_a_timeout_or_password_no_module_takes_says_so(zfm_si
     with pytest.raises(InvalidArgumentError, match="module password"):
         ZfmModule(zfm_sim.port, password=2**32).open()
     assert zfm_sim.commands == []
+
+
+def test_a_second_driver_on_the_same_port_is_refused_naming_the_holder(zfm_sim) -> None:
+    """Two daemons (other state directories, the same [[device]] port) both opened the module and interleaved
+    their packets; `capture-agent devices` probing while the daemon ran did the same."""
+    first = ZfmModule(zfm_sim.port, reply_timeout_s=0.3)
+    first.open()
+    try:
+        with pytest.raises(PortBusyError) as info:
+            ZfmModule(zfm_sim.port, reply_timeout_s=0.3).open()
+        assert f"in use by process {os.getpid()}" in info.value.args[0]
+        assert f"kill {os.getpid()}" in info.value.fix and f"fuser -v {zfm_sim.port}" in info.value.fix
+        assert first.template_count() >= 0, "the holder keeps driving the module"
+    finally:
+        first.close()
+    second = ZfmModule(zfm_sim.port, reply_timeout_s=0.3)
+    assert second.open().profile.name == zfm_sim.profile.name, "free once the holder closed it"
+    second.close()

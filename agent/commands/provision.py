@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     token = sys.stdin.readline().strip() if args.token == "-" else args.token  # noqa: S105
+    if not token and args.token == "-":  # noqa: S105
+        raise ProvisioningError(
+            "--token - reads the token from standard input, and it gave none (an empty line, or nothing piped)",
+            fix="pipe it in: `printf '%s\\n' TOKEN | capture-agent provision ... --token -`, with the TOKEN "
+            "`capture-verifier token new` printed (it prints this line)",
+        )
     if not token:
         raise ProvisioningError("the token is empty", fix="pass the token printed by `capture-verifier token new`")
     result = asyncio.run(provision(config, token, args.ca_fingerprint, force=args.force))

@@ -73,6 +73,7 @@ from drivers.zfm.errors import (
     ModuleRefusedError,
     NoReplyError,
     OversizedReplyError,
+    PortBusyError,
     PortClosedError,
     PortMissingError,
     PortPermissionError,
@@ -110,6 +111,24 @@ def _seconds(what: str, value: object, *, zero: bool = True) -> float:
     if not ok or value < 0 or (not zero and value == 0):
         raise InvalidArgumentError(what, value, "a finite number of seconds " + ("from 0" if zero else "above 0"))
     return float(value)
+
+
+def _lock_holder(port: str) -> int | None:
+    """The PID holding a flock on ``port`` (from /proc/locks), or None when it cannot be told."""
+    try:
+        info = os.stat(port)
+        with open("/proc/locks") as locks:
+            lines = locks.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 def _errno(exc: BaseException) -> int | None:
@@ -208,11 +227,17 @@ class ZfmModule:
         self._close_port()
         self._check_baud()
         try:
-            self._serial = self._serial_factory(self.port, self.baud, timeout=0.05, write_timeout=2.0)
+            # exclusive: pyserial's flock on the port, so a second process driving the same module (another
+            # daemon, `capture-agent devices` probing while the daemon runs) is refused, not interleaved.
+            self._serial = self._serial_factory(
+                self.port, self.baud, timeout=0.05, write_timeout=2.0, exclusive=True
+            )
         except ValueError as exc:  # pyserial refuses a setting before it opens anything
             raise PortSettingsError(self.port, str(exc)) from None
         except serial.SerialException as exc:
             cause = _errno(exc)
+            if cause in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise PortBusyError(self.port, _lock_holder(self.port)) from None
             if cause in (errno.EACCES, errno.EPERM):
                 raise PortPermissionError(self.port) from None
             if cause == errno.ENOENT or not os.path.exists(self.port):

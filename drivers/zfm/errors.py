@@ -44,6 +44,21 @@ class PortMissingError(ModuleError):
         super().__init__(f"serial port {port} does not exist", "plug the module in, or check [reader] port")
 
 
+class PortBusyError(ModuleError):
+    """Another process holds the port's exclusive lock (pyserial's ``exclusive``: flock): two drivers on one module
+    would interleave their packets and read each other's replies."""
+
+    def __init__(self, port: str, holder: int | None = None) -> None:
+        who = f"process {holder}" if holder is not None else "another process"
+        super().__init__(
+            f"the serial port {port} is in use by {who} (a second capture-agent on the same module?)",
+            f"only one process may drive a module: stop the other one ({f'`kill {holder}`, ' if holder else ''}"
+            "`systemctl stop capture-agent`), or give this daemon its own module and port; "
+            f"`fuser -v {port}` shows who holds it",
+        )
+        self.holder = holder
+
+
 class UnpluggedError(ModuleError):
     def __init__(self, port: str) -> None:
         super().__init__(f"the module on {port} went away (unplugged?)", "plug it back in; the agent reopens it")
