@@ -274,6 +274,18 @@ class VerifierApp:
             self.flood_events.note("request_refused", str(exc), path=path, serial=format(cert.serial_number, "x"))
             raise Problem(exc.slug, str(exc), exc.fix) from None
 
+    def active_device(self, certificate: bytes) -> str | None:
+        """The id of the active device a certificate the TLS layer verified belongs to, or None (for the server's
+        connection caps: a revoked, superseded or unregistered certificate counts as no certificate there)."""
+        cert = x509.load_der_x509_certificate(certificate)
+        now = dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None
+        try:
+            return self.registry.authorise(cert).device_id
+        except AuthorisationError:
+            return None
+
     def _check_validity(self, cert: x509.Certificate, path: str) -> None:
         """The certificate's validity, on every request: OpenSSL checked it only at the handshake.
 

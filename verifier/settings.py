@@ -59,6 +59,7 @@ class VerifierSettings:
     max_connections: int = 4096  # all connections (lowered to the descriptor limit minus a reserve)
     max_unauthenticated: int = 256  # connections still in their handshake or without a client certificate
     max_connections_per_address: int = 64  # connections from one address (unauthenticated ones are evicted first)
+    max_connections_per_device: int = 8  # connections of one device's certificate (its oldest go first)
     # Work (verifier/matching.py): what one request and one device may cost.
     max_views_per_request: int = 10  # finger views in one request, all templates together
     device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
@@ -113,6 +114,7 @@ _POSITIVE = (
     "max_connections",
     "max_unauthenticated",
     "max_connections_per_address",
+    "max_connections_per_device",
     "max_views_per_request",
     "device_comparisons_per_min",
     "match_workers",
