@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 from collections import Counter
 
 import h2.config
@@ -166,3 +167,35 @@ def test_one_devices_certificate_holds_a_few_connections_and_a_revoked_one_none_
     assert other == [200], "a second device got no connection: the stolen certificate held them all"
     assert oldest == [] and newest == [200], (oldest, newest)  # the device's oldest connections made room
     assert revoked == [403] * UNAUTHENTICATED_REQUESTS, revoked  # a revoked certificate is anybody's: 4 requests
+
+
+def forged_event(seq: int) -> dict:
+    """An audit event in the protocol's shape whose hash is not its content's: stored as an anomaly."""
+    return {"id": f"forged-{seq}", "seq": seq, "prev": "0" * 64, "type": "x", "time": "t", "data": {}, "hash": "1" * 64}
+
+
+def test_a_stolen_device_sending_forged_event_batches_is_slowed_and_logged_once_a_batch(tmp_path) -> None:
+    """100 batches of 100 forged events, as fast as the device can: before, all were taken and each event was
+    its own audit line (10,000 lines and anomaly rows in a few seconds; a 1 MiB batch holds 500)."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        config, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+
+        async def flood() -> Counter[int]:
+            async with VerifierClient(config, identity) as client:
+                statuses: Counter[int] = Counter()
+                for batch in range(100):
+                    events = [forged_event(batch * 100 + i + 1) for i in range(100)]
+                    statuses[(await client.request("POST", endpoints.EVENTS, json={"events": events})).status_code] += 1
+                return statuses
+
+        statuses = asyncio.run(flood())
+        verifier.stop()
+    events = log_events(verifier)
+    with sqlite3.connect(tmp_path / "pki" / "verifier.sqlite") as db:
+        rows = db.execute("SELECT COUNT(*) FROM audit_anomalies").fetchone()[0]
+    assert statuses == {200: 60, 429: 40}, statuses  # device_events_per_min: 6,000
+    assert rows == 60 * 100
+    anomalies = [e for e in events if e["event"] == "audit_chain_anomaly"]
+    assert len(anomalies) == 60 and {e["kinds"] for e in anomalies} == {"bad_hash:100"}, anomalies[:2]
+    refused, summarised = counted(events, "events_refused")
+    assert refused <= SUMMARY_BURST and refused + summarised == 40, (refused, summarised)

@@ -41,6 +41,8 @@ class VerifierSettings:
     # (from all devices together: lockout_devices times as many, a bound one device cannot reach)
     device_challenges_per_min: int = 120  # challenges (nonces) a device may ask for per minute
     device_identifications_per_min: int = 20  # 1:N identifications a device may ask per minute (each tests everyone)
+    device_event_batches_per_min: int = 600  # POST /v1/events a device may send per minute (counted before reading)
+    device_events_per_min: int = 6000  # audit events a device may send per minute (a batch holds 500 at most)
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -96,6 +98,8 @@ _POSITIVE = (
     "device_requests_per_min",
     "device_challenges_per_min",
     "device_identifications_per_min",
+    "device_event_batches_per_min",
+    "device_events_per_min",
     "lockout_devices",
     "max_failures",
     "subject_requests_per_min",
