@@ -79,3 +79,46 @@ def test_the_wait_for_a_key_is_spent_from_the_budget() -> None:
             pool.close()
 
     asyncio.run(run())
+
+
+def test_a_device_holds_its_one_job_until_its_then_has_written_the_decision() -> None:
+    """The device's slot is freed once its ``then`` ran (the decision, a lockout's failure, written), not when its
+    thread ended: a request of the same device taken in between passed its lockout check before the failure of the
+    job before it was counted, one more guess per lockout for a stolen device hammering with parallel streams
+    (a refused one costs it nothing). A job whose client went away keeps the slot until its thread is done."""
+
+    async def run() -> list[str]:
+        pool = MatchPool(workers=2, queue=2, budget_s=5)
+        seen: list[str] = []
+
+        def then(result: str) -> str:
+            try:
+                pool.admit("kiosk-a")
+                seen.append("admitted")
+            except MatchingBusy:
+                seen.append("busy")
+            return result
+
+        started, go = threading.Event(), threading.Event()
+        try:
+            await pool.run("kiosk-a", lambda budget: "a", then)
+            pool.admit("kiosk-a")  # its then has run: free again
+            cancelled = asyncio.create_task(pool.run("kiosk-a", blocking(started, go, "b"), then))
+            await until(started)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            with pytest.raises(MatchingBusy):  # the thread still runs: still the device's one job
+                pool.admit("kiosk-a")
+            go.set()
+            for _ in range(200):
+                await asyncio.sleep(0.005)
+                if pool.inflight == 0:
+                    break
+            pool.admit("kiosk-a")  # the thread is done
+        finally:
+            go.set()
+            pool.close()
+        return seen
+
+    assert asyncio.run(run()) == ["busy"]

@@ -11,14 +11,22 @@ the bounds are per request and per connection, not per stream.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import sqlite3
 from collections import Counter
 
+import h2.config
+import h2.connection
 import h2.errors
+import h2.events
 import pytest
 
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from protocol import endpoints
+from tests.conftest import raw_client_context
+from tests.test_verifier import device_files
 from tests.test_verifier_connections import log_events, open_h2, read_until_closed, request_headers
 from verifier.connections import SUMMARY_BURST
 from verifier.server import UNAUTHENTICATED_REQUESTS
@@ -93,3 +101,101 @@ def test_a_stolen_device_flooding_past_its_rate_or_revoked_writes_a_bounded_audi
     assert revoked <= SUMMARY_BURST and revoked + revoked_summarised == 300, (revoked, revoked_summarised)
     first = next(e for e in events if e["event"] == "biometric_request_refused")
     assert (first["device_id"], first["reason"], first["status"]) == ("kiosk-1", "challenge rate limit", 429)
+
+
+def device_connection(verifier: LocalVerifier, ctx) -> tuple[socket.socket | None, h2.connection.H2Connection]:
+    """A raw HTTP/2 connection with a device's certificate; None when the verifier refused it."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    try:
+        tls = ctx.wrap_socket(socket.create_connection((verifier.host, verifier.port)), server_hostname=verifier.host)
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+    except OSError:
+        return None, conn
+    return tls, conn
+
+
+def health_statuses(tls: socket.socket | None, conn: h2.connection.H2Connection, streams: list[int]) -> list[int]:
+    """GET /v1/health on each of ``streams`` at once: the statuses answered before the verifier closed or 2 s."""
+    if tls is None:
+        return []
+    statuses: list[int] = []
+    try:
+        for stream in streams:
+            conn.send_headers(stream, request_headers("GET", endpoints.HEALTH), end_stream=True)
+        tls.sendall(conn.data_to_send())
+        tls.settimeout(2.0)
+        while len(statuses) < len(streams) and (data := tls.recv(65536)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses.append(int(dict(event.headers)[b":status"]))
+            tls.sendall(conn.data_to_send())
+    except (OSError, h2.exceptions.ProtocolError):
+        pass
+    return statuses
+
+
+def test_one_devices_certificate_holds_a_few_connections_and_a_revoked_one_none_a_device_keeps(tmp_path) -> None:
+    """A stolen certificate opening connection after connection: before, each was "authenticated", never evicted,
+    so one device (from enough addresses) could take every slot of max_connections and lock every other device
+    out; and a revoked certificate, which still passes the handshake, was just as good for it."""
+    settings = tmp_path / "verifier.toml"
+    settings.write_text(f"max_connections = {json.dumps(12)}\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as verifier:
+        ctx = {}
+        for name in ("kiosk-1", "kiosk-2"):
+            _, identity = asyncio.run(provision_device(verifier, tmp_path / name, name))
+            (tmp_path / name / "raw").mkdir()
+            ctx[name] = raw_client_context(verifier.pki_dir, *device_files(identity, tmp_path / name / "raw"))
+        stolen, opened = [], []
+        for _ in range(12):  # one after the other, each with a request answered
+            stolen.append(device_connection(verifier, ctx["kiosk-1"]))
+            opened.append(health_statuses(*stolen[-1], [1]))
+        other = health_statuses(*device_connection(verifier, ctx["kiosk-2"]), [1])
+        oldest, newest = health_statuses(*stolen[0], [3]), health_statuses(*stolen[-1], [3])
+        verifier.revoke("kiosk-1")
+        again, revoked = device_connection(verifier, ctx["kiosk-1"]), []
+        for stream in range(1, 21, 2):  # ten requests, one after the other, until the verifier closes
+            answered = health_statuses(*again, [stream])
+            if not answered:
+                break
+            revoked += answered
+        for tls, _ in stolen:
+            if tls is not None:
+                tls.close()
+    assert opened == [[200]] * 12, opened
+    assert other == [200], "a second device got no connection: the stolen certificate held them all"
+    assert oldest == [] and newest == [200], (oldest, newest)  # the device's oldest connections made room
+    assert revoked == [403] * UNAUTHENTICATED_REQUESTS, revoked  # a revoked certificate is anybody's: 4 requests
+
+
+def forged_event(seq: int) -> dict:
+    """An audit event in the protocol's shape whose hash is not its content's: stored as an anomaly."""
+    return {"id": f"forged-{seq}", "seq": seq, "prev": "0" * 64, "type": "x", "time": "t", "data": {}, "hash": "1" * 64}
+
+
+def test_a_stolen_device_sending_forged_event_batches_is_slowed_and_logged_once_a_batch(tmp_path) -> None:
+    """100 batches of 100 forged events, as fast as the device can: before, all were taken and each event was
+    its own audit line (10,000 lines and anomaly rows in a few seconds; a 1 MiB batch holds 500)."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        config, identity = asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+
+        async def flood() -> Counter[int]:
+            async with VerifierClient(config, identity) as client:
+                statuses: Counter[int] = Counter()
+                for batch in range(100):
+                    events = [forged_event(batch * 100 + i + 1) for i in range(100)]
+                    statuses[(await client.request("POST", endpoints.EVENTS, json={"events": events})).status_code] += 1
+                return statuses
+
+        statuses = asyncio.run(flood())
+        verifier.stop()
+    events = log_events(verifier)
+    with sqlite3.connect(tmp_path / "pki" / "verifier.sqlite") as db:
+        rows = db.execute("SELECT COUNT(*) FROM audit_anomalies").fetchone()[0]
+    assert statuses == {200: 60, 429: 40}, statuses  # device_events_per_min: 6,000
+    assert rows == 60 * 100
+    anomalies = [e for e in events if e["event"] == "audit_chain_anomaly"]
+    assert len(anomalies) == 60 and {e["kinds"] for e in anomalies} == {"bad_hash:100"}, anomalies[:2]
+    refused, summarised = counted(events, "events_refused")
+    assert refused <= SUMMARY_BURST and refused + summarised == 40, (refused, summarised)

@@ -50,7 +50,7 @@ from verifier.idempotency import (
 )
 from verifier.matching import MatchingBusy, MatchPool, OverBudget
 from verifier.pki import MAX_CSR_DER, CertificateAuthority, CSRError, parse_csr
-from verifier.policy import RefusalLimit
+from verifier.policy import RefusalLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
@@ -112,6 +112,10 @@ class VerifierApp:
         # Refused EST requests per token and per device: past the allowance, refused before they are looked at.
         self.est_refusals = RefusalLimit(settings.est_refusals_per_min, settings.lockout_base_s)
         self.audit = AuditLog(self.conn)
+        # Event batches (counted before they are read) and events per device and minute: a sliding minute, no
+        # doubling, so a kiosk's backlog after a day offline drains at this pace rather than being locked out.
+        self.event_batches = WorkLimit(settings.device_event_batches_per_min)
+        self.event_count = WorkLimit(settings.device_events_per_min)
         self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self.biometric = BiometricRoutes(self.conn, settings, self.flood_events)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
@@ -273,6 +277,18 @@ class VerifierApp:
             # connection may carry a request per stream: counted in the flood summary, never one line each.
             self.flood_events.note("request_refused", str(exc), path=path, serial=format(cert.serial_number, "x"))
             raise Problem(exc.slug, str(exc), exc.fix) from None
+
+    def active_device(self, certificate: bytes) -> str | None:
+        """The id of the active device a certificate the TLS layer verified belongs to, or None (for the server's
+        connection caps: a revoked, superseded or unregistered certificate counts as no certificate there)."""
+        cert = x509.load_der_x509_certificate(certificate)
+        now = dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None
+        try:
+            return self.registry.authorise(cert).device_id
+        except AuthorisationError:
+            return None
 
     def _check_validity(self, cert: x509.Certificate, path: str) -> None:
         """The certificate's validity, on every request: OpenSSL checked it only at the handshake.
@@ -578,11 +594,16 @@ class VerifierApp:
         """A batch of audit events from the device's outbox (idempotent by event id)."""
         assert request.device is not None
         device_id = request.device.device_id
+        self._event_rate(device_id, self.event_batches, 1, "event batches")  # before the body is read
         try:
-            result = self.audit.ingest(device_id, json_body(request))
+            batch = json_body(request)
         except Problem as problem:  # not protocol JSON: refused, and audited like any refused request
             log.warning("events_refused", audit=True, device_id=device_id, status=problem.status, reason=problem.slug)
             raise
+        if isinstance(batch, dict) and isinstance(batch.get("events"), list):  # else ingest says what is wrong
+            self._event_rate(device_id, self.event_count, len(batch["events"]), "events")
+        try:
+            result = self.audit.ingest(device_id, batch)
         except EventFormatError as exc:
             log.warning("events_refused", audit=True, device_id=device_id, status=422, reason=str(exc))
             raise Problem(
@@ -592,6 +613,22 @@ class VerifierApp:
             ) from None
         receipt = EventsReceipt(result.accepted, result.duplicates, result.anomalies)
         return json_answer(200, receipt.json())
+
+    def _event_rate(self, device_id: str, limit: WorkLimit, count: int, what: str) -> None:
+        """429 ``device-rate-limited`` when the device sent more ``what`` this minute than ``limit`` allows.
+
+        Refused in the flood summary: a refusal a device can repeat at will. Without it a
+        stolen device stored (and logged) batches of forged events as fast as it sent them.
+        """
+        wait = limit.spend(device_id, count)
+        if wait > 0:
+            self.flood_events.note("events_refused", f"{what} rate", device_id=device_id, status=429)
+            raise Problem(
+                "device-rate-limited",
+                f"device {device_id} sent more than {limit.per_minute} {what} this minute; wait {wait:.0f} s",
+                "wait; the agent's outbox keeps the events and sends them on its next try",
+                headers=((b"retry-after", str(int(wait) + 1).encode()),),
+            )
 
 
 def _bearer(headers: dict[str, str]) -> str:

@@ -16,6 +16,7 @@ import json
 import re
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,7 +118,6 @@ class AuditLog:
             (device_id, kind, first, last, detail, time.time()),
         )
         result.anomalies.append({"kind": kind, "first_seq": first, "last_seq": last, "detail": detail})
-        log.warning("audit_chain_anomaly", audit=True, device_id=device_id, kind=kind, first_seq=first, last_seq=last)
 
     def ingest(self, device_id: str, batch: Any) -> IngestResult:
         """Store a batch (call inside a transaction). Idempotent by event id."""
@@ -157,6 +157,18 @@ class AuditLog:
             if event["type"] == "outbox_dropped":
                 self._explain_drop(device_id, event["data"])
             result.accepted += 1
+        if result.anomalies:
+            # One line per batch, not per event: a batch of 500 forged events was 500 audit lines (each is a row).
+            kinds = Counter(a["kind"] for a in result.anomalies)
+            log.warning(
+                "audit_chain_anomaly",
+                audit=True,
+                device_id=device_id,
+                anomalies=len(result.anomalies),
+                kinds=",".join(f"{kind}:{n}" for kind, n in sorted(kinds.items())),
+                first_seq=min(a["first_seq"] for a in result.anomalies),
+                last_seq=max(a["last_seq"] for a in result.anomalies),
+            )
         return result
 
     def _explain_drop(self, device_id: str, data: dict[str, Any]) -> None:

@@ -10,6 +10,14 @@ before a single TLS byte is processed:
 - unauthenticated ones together (``max_unauthenticated``);
 - connections from one address (``max_connections_per_address``).
 
+A connection is *authenticated* once its certificate belongs to an active device
+(the app's registry says so, not only the CA's signature: a revoked or superseded
+certificate still passes the handshake, and its connection stays unauthenticated).
+One device holds at most ``max_connections_per_device`` of them: its newest
+connection pushes out its oldest (a kiosk whose link flapped left dead ones
+behind), so a stolen certificate, from as many addresses as it likes, cannot
+take the slots every other device needs.
+
 When a cap is reached, the oldest unauthenticated connection (of that address,
 for the per-address cap) is closed to make room, rather than the new one being
 refused: a flood of idle connections from the same address as a real device
@@ -70,6 +78,7 @@ class Connection:
     serving: bool = False  # its task has started, and closes the socket itself when cancelled
     requests: int = 0
     released: bool = False
+    device: str = ""  # the active device whose certificate the connection carries, once authenticated
     close: Callable[[], None] = lambda: None  # frees the connection at once (set by the server)
 
 
@@ -84,10 +93,14 @@ def descriptor_cap(wanted: int, reserve: int = DESCRIPTOR_RESERVE) -> int:
 class ConnectionGuard:
     """Admits, tracks and evicts connections under the global, unauthenticated and per-address caps."""
 
-    def __init__(self, max_connections: int, max_unauthenticated: int, max_per_address: int) -> None:
+    def __init__(
+        self, max_connections: int, max_unauthenticated: int, max_per_address: int, max_per_device: int = 8
+    ) -> None:
         self.max_connections = max_connections
         self.max_unauthenticated = min(max_unauthenticated, max_connections)
         self.max_per_address = max_per_address
+        self.max_per_device = max_per_device
+        self._by_device: dict[str, OrderedDict[Connection, None]] = {}  # authenticated ones, oldest first
         self._count = 0
         self._per_address: Counter[str] = Counter()
         self._unauthenticated: OrderedDict[Connection, None] = OrderedDict()  # oldest first
@@ -144,10 +157,26 @@ class ConnectionGuard:
         """Its ClientHello has come in whole: among the others now, evicted oldest first."""
         self._forget_stalled(conn)
 
-    def authenticated(self, conn: Connection) -> None:
-        """The connection carries a verified client certificate: it is no longer evictable."""
+    def authenticated(self, conn: Connection, device: str = "") -> list[str]:
+        """The connection carries the certificate of the active device ``device``: evictable only by that device.
+
+        Past ``max_per_device`` connections of one device, its oldest are closed; the
+        reasons of those evictions are returned.
+        """
         conn.authenticated = True
+        conn.device = device
         self._forget_unauthenticated(conn)
+        if not device:
+            return []
+        held = self._by_device.setdefault(device, OrderedDict())
+        held[conn] = None
+        evicted = []
+        while len(held) > self.max_per_device:
+            victim = next(iter(held))
+            self.release(victim)
+            victim.close()
+            evicted.append("per-device cap")
+        return evicted
 
     def release(self, conn: Connection) -> None:
         """The connection is gone (idempotent)."""
@@ -155,6 +184,11 @@ class ConnectionGuard:
             return
         conn.released = True
         self._forget_unauthenticated(conn)
+        held = self._by_device.get(conn.device)
+        if held is not None:
+            held.pop(conn, None)
+            if not held:
+                del self._by_device[conn.device]
         self._count -= 1
         self._per_address[conn.address] -= 1
         if self._per_address[conn.address] <= 0:

@@ -10,7 +10,8 @@ The pool is bounded three ways, each answered with a 503 and ``Retry-After``
 rather than a queue that grows:
 
 - ``workers`` threads plus ``queue`` waiting jobs at most;
-- one job per device at a time (a device's burst waits its turn, not everybody's);
+- one job per device at a time, from its checks to its decision written (a device's burst waits its turn,
+  not everybody's);
 - a time budget per job, counted from its submission: a job checks
   :meth:`Budget.check` between probes and gives up once it is spent.
 
@@ -91,10 +92,16 @@ class MatchPool:
         self._inflight += 1
         self._devices.add(device_id)
         running = False
+        # The device's one job ends when both are over: its thread, and its request (``then`` run, or given up).
+        # Freed at the thread's end alone, the device's next request could be taken before ``then`` wrote this
+        # one's decision, and pass its lockout check before this failure was counted.
+        over = {"thread": False, "request": False}
 
-        def release(_: object = None) -> None:  # when the thread is done, even if the request was cancelled
+        def thread_done(_: object = None) -> None:  # even if the request was cancelled
             self._inflight -= 1
-            self._devices.discard(device_id)
+            over["thread"] = True
+            if over["request"]:
+                self._devices.discard(device_id)
 
         def checked() -> T:
             budget.check()  # the time spent queueing counts
@@ -104,12 +111,15 @@ class MatchPool:
             async with self._turn(serial, budget):
                 future = asyncio.get_running_loop().run_in_executor(self._executor, checked)
                 running = True
-                future.add_done_callback(release)
+                future.add_done_callback(thread_done)
                 # Cancelled meanwhile (the client went away): the turn is given up, the result never used.
                 return then(await asyncio.shield(future))
         finally:
+            over["request"] = True
             if not running:
-                release()
+                thread_done()
+            elif over["thread"]:
+                self._devices.discard(device_id)
 
     @asynccontextmanager
     async def _turn(self, serial: str | None, budget: Budget) -> AsyncIterator[None]:

@@ -311,6 +311,7 @@ class ConnectionServer:
             descriptor_cap(settings.max_connections),
             settings.max_unauthenticated,
             settings.max_connections_per_address,
+            settings.max_connections_per_device,
         )
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -374,8 +375,11 @@ class ConnectionServer:
                 transport.close()  # close_notify first: the client learns it was refused, not cut
                 loop.call_later(REFUSED_CLOSE_S, transport.abort)  # a client that never answers holds nothing
                 return
-            if ssl_object.getpeercert(binary_form=True):
-                self.guard.authenticated(conn)
+            certificate = ssl_object.getpeercert(binary_form=True)
+            device = self._active_device(certificate) if certificate else None
+            if device is not None:  # a revoked or superseded certificate stays as unauthenticated as none
+                for reason in self.guard.authenticated(conn, device):
+                    self.summary.note("connection_evicted", reason, address=conn.address, device_id=device)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
             wrapped = ConnectionTLSApp(self.app, tls_scope_extension(ssl_object), conn, self.summary)
             await GuardedTCPServer(
@@ -397,6 +401,12 @@ class ConnectionServer:
                 client.close()
         finally:
             self.guard.release(conn)
+
+    def _active_device(self, certificate: bytes) -> str | None:
+        """The active device a verified certificate belongs to (the app's registry), None when it is no active
+        device's: the CA signed it, but it may be revoked, superseded or never registered."""
+        lookup = getattr(self.app, "active_device", None)
+        return lookup(certificate) if lookup is not None else None
 
     def _budget_spent(self, conn: Connection) -> None:
         self.summary.note("connection_refused", "unauthenticated byte budget spent", address=conn.address)

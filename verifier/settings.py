@@ -41,6 +41,8 @@ class VerifierSettings:
     # (from all devices together: lockout_devices times as many, a bound one device cannot reach)
     device_challenges_per_min: int = 120  # challenges (nonces) a device may ask for per minute
     device_identifications_per_min: int = 20  # 1:N identifications a device may ask per minute (each tests everyone)
+    device_event_batches_per_min: int = 600  # POST /v1/events a device may send per minute (counted before reading)
+    device_events_per_min: int = 6000  # audit events a device may send per minute (a batch holds 500 at most)
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -59,6 +61,7 @@ class VerifierSettings:
     max_connections: int = 4096  # all connections (lowered to the descriptor limit minus a reserve)
     max_unauthenticated: int = 256  # connections still in their handshake or without a client certificate
     max_connections_per_address: int = 64  # connections from one address (unauthenticated ones are evicted first)
+    max_connections_per_device: int = 8  # connections of one device's certificate (its oldest go first)
     # Work (verifier/matching.py): what one request and one device may cost.
     max_views_per_request: int = 10  # finger views in one request, all templates together
     device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
@@ -95,6 +98,8 @@ _POSITIVE = (
     "device_requests_per_min",
     "device_challenges_per_min",
     "device_identifications_per_min",
+    "device_event_batches_per_min",
+    "device_events_per_min",
     "lockout_devices",
     "max_failures",
     "subject_requests_per_min",
@@ -113,6 +118,7 @@ _POSITIVE = (
     "max_connections",
     "max_unauthenticated",
     "max_connections_per_address",
+    "max_connections_per_device",
     "max_views_per_request",
     "device_comparisons_per_min",
     "match_workers",
