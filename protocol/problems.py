@@ -119,6 +119,9 @@ _ENTRIES = (
                 "a new finger needs a new enrollment by the operator"),
     ProblemType("duplicate-identity", 409, "Already enrolled as another subject", "SubjectError",
                 "verify the person under their existing id; ask the operator if the match is wrong"),
+    ProblemType("subject-id-taken", 409, "Subject id taken but for letter case", "SubjectError",
+                "enroll under another id, or under the enrolled one with the person's verification: "
+                "ids that differ only in letter case read as one person"),
     ProblemType("factor-not-enrolled", 403, "A factor the rule needs is not enrolled", "FactorNotEnrolledError",
                 "enroll the missing factor with the answer's enrollment_token: "
                 "capture-agent enroll [--face] --subject ID --add"),

@@ -128,6 +128,8 @@ class SensorRoutes:
         enrolled = self.bio.is_enrolled(subject)
         if enrolled:
             self.bio.spend_session_token(request, subject, asked.session_token)
+        else:
+            self.bio.check_id_free(request, subject)
         if recorded is None:
             self.bio.subjects.assign(subject, group)
         self.bio.sensor_prints.record(subject, device_id, asked.reader.driver, asked.reader.device, asked.print_hash)

@@ -76,7 +76,7 @@ from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
-from verifier.subjects import DEFAULT_GROUP, SubjectGroups
+from verifier.subjects import DEFAULT_GROUP, SubjectGroups, same_but_for_case
 
 log = structlog.get_logger()
 
@@ -526,6 +526,8 @@ class BiometricRoutes:
         if asked.operation == "enroll":
             group = self.enrollment_group(request, subject, asked.group)
             self.check_group(request, subject, group)
+            if not self.is_enrolled(subject):
+                self.check_id_free(request, subject)
             return
         self.check_group(request, subject, self.subjects.group_of(subject))
         if not self.is_enrolled(subject):
@@ -580,6 +582,8 @@ class BiometricRoutes:
         spent: SpentToken | None = None
         if self.is_enrolled(subject):  # a finger, a face or a sensor print: only the verified person adds more
             spent = self.spend_session_token(request, subject, token, FACE if carried.has_faces else FINGER)
+        else:
+            self.check_id_free(request, subject)
         if carried.has_faces:
             return self.faces.enroll(request, body, carried, subject, group, recorded, spent)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
@@ -683,6 +687,26 @@ class BiometricRoutes:
                 token_scope=spent.scope,
             )
 
+    def check_id_free(self, request: Request, subject: str) -> None:
+        """409 ``subject-id-taken`` (audited) when a first enrollment's id is another subject's but for letter case.
+
+        Without it a device could enroll its holder as "Alice" beside the enrolled
+        "alice": one id to the verifier, the same person to whoever reads its
+        accepts. The answer names no other id.
+        """
+        if same_but_for_case(self.subjects.conn, subject):
+            raise self.refused(
+                request,
+                Problem(
+                    "subject-id-taken",
+                    f"a subject is enrolled under an id that differs from {subject!r} only in letter case",
+                    "enroll under another id, or under the enrolled one with the person's verification "
+                    "(capture-agent enroll --subject ID --add): ids that differ only in case read as one person",
+                ),
+                "subject id taken but for letter case",
+                subject=subject,
+            )
+
     def check_still_first(self, request: Request, subject: str) -> None:
         """At an enrollment's insert (on the loop, in its transaction): a first enrollment is still the first.
 
@@ -692,6 +716,7 @@ class BiometricRoutes:
         this one too would add a second person's templates to that subject
         without their verification.
         """
+        self.check_id_free(request, subject)  # a case variant stored meanwhile, by another modality's enrollment
         if self.is_enrolled(subject):
             raise self.refused(
                 request,

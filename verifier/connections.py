@@ -91,7 +91,7 @@ def descriptor_cap(wanted: int, reserve: int = DESCRIPTOR_RESERVE) -> int:
 
 
 class ConnectionGuard:
-    """Admits, tracks and evicts connections under the global, unauthenticated and per-address caps."""
+    """Admits, tracks and evicts connections under the global, unauthenticated, per-address and per-device caps."""
 
     def __init__(
         self, max_connections: int, max_unauthenticated: int, max_per_address: int, max_per_device: int = 8

@@ -83,3 +83,22 @@ def is_enrolled(conn: sqlite3.Connection, subject_id: str) -> bool:
         for table in ENROLLMENT_TABLES.values()
         if table in tables
     )
+
+
+def same_but_for_case(conn: sqlite3.Connection, subject_id: str) -> bool:
+    """Another subject (enrolled, or with a group recorded) has this id but for letter case ("Alice", "alice").
+
+    The verifier keeps ids exact, but people, door controllers and directories
+    reading its answers often do not: a second subject under a case variant of an
+    enrolled id would read as that person. Ids are ASCII (protocol.endpoints.SUBJECT_ID),
+    so NOCASE is the whole folding. A scan, on a first enrollment only.
+    """
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return any(
+        conn.execute(
+            f"SELECT 1 FROM {table} WHERE subject_id = ? COLLATE NOCASE AND subject_id != ? LIMIT 1",  # noqa: S608
+            (subject_id, subject_id),
+        ).fetchone()
+        for table in ("subject_groups", *ENROLLMENT_TABLES.values())
+        if table in tables
+    )
