@@ -15,7 +15,9 @@ rest is read:
   hex; upper-case; zero-padded to 16 digits, or 17 when bit 6 is set too; a
   space and a tab after it), bit 4 a chunk extension (bits 5-6 pick which),
   bit 7 bare LF line ends. A chunk with L = 0 is the last one: the bytes after
-  it are its trailer section as written, then CRLF unless bit 6 is set.
+  it are its trailer section as written, then CRLF unless bit 6 is set; with no
+  extension its bits 5-6 repeat that section 1, 8, 64 or 512 times (the trailer
+  bound, 8 KiB, is then within reach of a short input).
 
 Typed error: ChunkError (an MjpegError). Also checked: the payload, the end and
 the refusal do not depend on the split; and a built stream whose every size is
@@ -74,7 +76,8 @@ def build(spec: bytes) -> tuple[bytes, bytes, bool]:
             line += EXTENSIONS[flags >> 5 & 3]
         out += line + eol
         if not length:  # the last chunk: the rest is its trailer section
-            out += spec[at:]
+            repeat = 1 if flags & 0x10 else 1 << 3 * (flags >> 5 & 3)
+            out += spec[at:] * repeat
             if not flags & 0x40:
                 out += b"\r\n"
             return bytes(out), bytes(payload), right

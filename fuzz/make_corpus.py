@@ -129,6 +129,7 @@ def chunked() -> dict[str, bytes]:
         "long-line": SPLITS + b"\x10" + b"4;" + b"e" * 40 + b"\r\nabcd\r\n0\r\n\r\n",  # max_line 32
         "built": SPLITS + built + b"\x00\x04abcd\x14\x03xyz\x98\x05hello\x0c\x02hi\x00\x00X-A: b\r\n",
         "built-bad-sizes": SPLITS + built + b"\x02\x04abcd\x03\x04abcd\x48\x01z\x00\x00",
+        "built-long-trailer": SPLITS + built + b"\x00\x02ab\x60\x00X-Long-Trailer-Field: 0123456789\r\n",  # x512
     }
 
 
