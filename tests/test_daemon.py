@@ -118,6 +118,16 @@ def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
     assert proc.returncode == 2
     assert "fix:" in proc.stderr
     assert not any(m.get("READY") == "1" for m in read_messages(sock, 0.3))
+    # Started before provisioning: it says so, and makes no state directory (it used to leave one with agent.lock).
+    assert f"no device identity in {tmp_path / 'empty'}" in proc.stderr and "capture-agent provision" in proc.stderr
+    assert not (tmp_path / "empty").exists()
+    # A state_dir under a file: the store's typed error, not a NotADirectoryError traceback.
+    config.write_text(f'[agent]\nstate_dir = "{config}/state"\n[keyring]\nbackend = "file-insecure-dev"\n')
+    under_a_file = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(config), "run"], capture_output=True, text=True, timeout=30
+    )
+    assert under_a_file.returncode == 2 and "Traceback" not in under_a_file.stderr, under_a_file.stderr
+    assert "is a file, not a directory" in under_a_file.stderr
 
 
 def test_a_blocked_main_loop_stops_the_watchdog_pings(
