@@ -46,6 +46,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -119,7 +120,13 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     reason = getattr(failure, "verify_message", "") or getattr(failure, "reason", "") or str(failure)
     if isinstance(failure, ssl.SSLCertVerificationError):
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
-            fix = "use the host name the verifier's certificate was issued for in [verifier] url"
+            host = urlsplit(url).hostname or "HOST"
+            port = urlsplit(url).port or 8443
+            fix = (
+                "use a host name the verifier's certificate was issued for in [verifier] url (or --verifier): "
+                f"`openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | openssl x509 -noout -ext "
+                f"subjectAltName` lists them; or give the verifier a certificate for {host}"
+            )
         elif "not yet valid" in reason.lower() or "expired" in reason.lower():
             # OpenSSL judged the dates by this device's clock; a Pi without an RTC battery or NTP
             # is the usual cause, and re-provisioning would only spend a token.
