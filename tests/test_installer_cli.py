@@ -637,10 +637,11 @@ def test_a_reader_fault_in_the_daemon_log_names_the_port_and_the_cause(verifier,
 def test_devices_says_a_port_that_does_not_exist_does_not_exist(tmp_path) -> None:
     missing = tmp_path / "ttyUSB9"
     done = agent_cli("devices", "--port", str(missing))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, "a port asked for by name and not there fails a script's `devices --port P && ...`"
     block = done.stdout.split(str(missing), 1)[1].split("\n[", 1)[0]
     assert "does not exist" in block and "ls /dev/ttyUSB*" in block, done.stdout
     assert "dialout" not in block and "capture-readers" not in block, "not a permission problem"
+    assert agent_cli("devices", "--camera", str(tmp_path / "video9")).returncode == 1
 
 
 # ---------------------------------------------------------------- items 12, 14: the simulator says how to pick people
