@@ -189,6 +189,12 @@ def test_the_line_token_new_prints_keeps_the_token_out_of_every_command_line_and
     config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url))
     env["CAPTURE_AGENT_CONFIG"] = str(config_file)
     assert "--verifier https://HOST:8443 " in provision  # the verifier's port; the operator puts the host
+    # Run as printed, HOST left in: the placeholder is named as such (not "Name or service not known"), no token
+    # is spent and nothing is written.
+    verbatim = subprocess.run([BASH, "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert verbatim.returncode == 2
+    assert "HOST is the placeholder" in verbatim.stderr and "in place of HOST" in verbatim.stderr, verbatim.stderr
+    assert not (tmp_path / "state").exists()
     done = subprocess.run(
         [BASH, "-e", "-c", command.replace("https://HOST:8443", verifier.url)],
         capture_output=True, text=True, env=env, timeout=120,
