@@ -153,7 +153,10 @@ class AgentDaemon:
         self.client = VerifierClient(
             self.config,
             identity,
-            on_tls_failure=lambda reason: self.record("tls_handshake_failed", {"url": url, "reason": reason}),
+            on_tls_failure=lambda reason: self.record(
+                "tls_handshake_failed",
+                {"url": self.client.config.verifier.url if self.client else url, "reason": reason},
+            ),
             on_identity_change=self._identity_switched,
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
