@@ -363,3 +363,40 @@ def test_a_state_directory_others_may_enter_is_closed_at_start_and_said(provisio
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     said = [entry for entry in logs if entry["event"] == "state_dir_mode_tightened"]
     assert len(said) == 1 and said[0]["was"] == "755" and said[0]["log_level"] == "warning", logs
+
+
+def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisioned, tmp_path: Path) -> None:
+    """A device clock 40 days ahead (a Pi with no RTC battery, before NTP) found every fresh certificate due at
+    once: the daemon renewed in a loop until the verifier's renewals_per_hour answered 429, then every 30 s."""
+    import datetime as dt
+
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    daemon = AgentDaemon(load_config(config_file), str(config_file))
+    ahead = dt.timedelta(days=40)
+    daemon.clock = lambda: dt.datetime.now(dt.UTC) + ahead
+
+    from structlog.testing import capture_logs
+
+    def kinds() -> list[str]:  # the audit events recorded (delivery empties the outbox as it goes)
+        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if {"certificate_renewal_held", "certificate_renewal_failed"} & set(kinds()):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a loop would renew again within this
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    kinds = kinds()
+    assert kinds.count("certificate_renewed") == 1, kinds
+    assert "certificate_renewal_held" in kinds and "certificate_renewal_failed" not in kinds, kinds
