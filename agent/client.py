@@ -46,11 +46,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
 
-from agent.config import AgentConfig
+from agent.config import PROVISIONED_ORIGIN, AgentConfig
 from agent.errors import (
     AgentError,
     AnswerError,
@@ -119,7 +120,13 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
     reason = getattr(failure, "verify_message", "") or getattr(failure, "reason", "") or str(failure)
     if isinstance(failure, ssl.SSLCertVerificationError):
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
-            fix = "use the host name the verifier's certificate was issued for in [verifier] url"
+            host = urlsplit(url).hostname or "HOST"
+            port = urlsplit(url).port or 8443
+            fix = (
+                "use a host name the verifier's certificate was issued for in [verifier] url (or --verifier): "
+                f"`openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | openssl x509 -noout -ext "
+                f"subjectAltName` lists them; or give the verifier a certificate for {host}"
+            )
         elif "not yet valid" in reason.lower() or "expired" in reason.lower():
             # OpenSSL judged the dates by this device's clock; a Pi without an RTC battery or NTP
             # is the usual cause, and re-provisioning would only spend a token.
@@ -359,10 +366,26 @@ class VerifierClient:
             return held
         self.identity_problem = None
         if fresh is not None:
+            self._follow_provisioned_verifier()
             await self.replace_identity(fresh)
             if self.on_identity_change is not None:
                 self.on_identity_change(held, fresh)
         return self._current.identity
+
+    def _follow_provisioned_verifier(self) -> None:
+        """A device whose verifier URL is the provisioned one follows it into a new identity (`provision --force
+        --verifier` against a verifier that moved); a URL from the config file or the command line stays."""
+        if not self.config.verifier_url_origin.startswith(PROVISIONED_ORIGIN):
+            return
+        url = self._store.provisioned_verifier_url()
+        if url is None or url == self.config.verifier.url:
+            return
+        try:
+            self.config = self.config.with_overrides(verifier={"url": url})
+        except AgentError as exc:  # a file edited by hand: keep the URL that works
+            log.warning("provisioned_verifier_url_refused", error=exc.message)
+            return
+        log.info("verifier_url_followed", verifier=url)
 
     async def replace_identity(self, identity: DeviceIdentity) -> None:
         """Switch to a renewed certificate; running requests finish on the old client."""

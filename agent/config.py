@@ -371,6 +371,8 @@ class AgentConfig:
         return replace(self, **updated)
 
 
+# How AgentConfig.verifier_url_origin begins when the URL is the one kept at provisioning (agent.runtime).
+PROVISIONED_ORIGIN = "as provisioned"
 # Fields of AgentConfig that say where the config came from; no TOML section has their names.
 NOT_SECTIONS = ("source", "verifier_url_origin")
 

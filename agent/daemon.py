@@ -15,6 +15,7 @@ kept. Every step that matters is an audit event in the outbox's hash chain.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 from collections.abc import Callable
 from contextlib import suppress
@@ -22,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from agent.client import VerifierClient
+from agent.client import CLOCK_FIX, VerifierClient
 from agent.config import AgentConfig, load_config
 from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE, MATCH_ON_SENSOR
@@ -48,6 +49,7 @@ log = structlog.get_logger()
 RENEWAL_RETRY_MIN_S = 30.0
 RENEWAL_RETRY_MAX_S = 3600.0
 LONG_SLEEP_CAP_S = 3600.0  # re-check the schedule at least hourly (the clock may jump)
+CLOCK_HOLD_S = 600.0  # a renewal held for a clock that runs ahead: how often the clock is looked at again
 FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
 
@@ -101,6 +103,7 @@ class AgentDaemon:
     ) -> None:
         self.config = config
         self.config_path = config_path
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # the renewal schedule's clock
         # What SIGHUP runs: the CLI's own resolution (its --state-dir and --verifier kept), else the file.
         self.loader = loader or (lambda: with_provisioned_verifier(load_config(self.config_path)))
         self.notifier = Notifier()
@@ -153,7 +156,10 @@ class AgentDaemon:
         self.client = VerifierClient(
             self.config,
             identity,
-            on_tls_failure=lambda reason: self.record("tls_handshake_failed", {"url": url, "reason": reason}),
+            on_tls_failure=lambda reason: self.record(
+                "tls_handshake_failed",
+                {"url": self.client.config.verifier.url if self.client else url, "reason": reason},
+            ),
             on_identity_change=self._identity_switched,
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
@@ -265,17 +271,34 @@ class AgentDaemon:
 
     async def _renewal_loop(self) -> None:
         failures = 0
+        renewed: str | None = None  # the serial this loop was issued last
+        held: str | None = None  # the serial whose renewal is held for the clock (said once)
         while True:
             assert self.client is not None
             await self.client.follow_identity()  # renewed by `capture-agent renew` meanwhile? a new schedule
-            wait = seconds_until_renewal(self.client.identity, self.config)
+            identity = self.client.identity
+            wait = seconds_until_renewal(identity, self.config, now=self.clock())
             if wait > 0:
                 await asyncio.sleep(min(wait, LONG_SLEEP_CAP_S))
                 continue
+            if identity.serial_hex == renewed:
+                # Issued a moment ago and already due by this clock: the clock runs ahead (a Pi without an RTC
+                # battery, NTP not up yet). Another renewal would get the same dates from the verifier, spend its
+                # renewals_per_hour (then 429s), and go round again; the verifier's clock is the one it checks.
+                if held != renewed:
+                    held = renewed
+                    self.record("certificate_renewal_held", {
+                        "serial": renewed, "not_before": identity.not_before.isoformat(),
+                        "clock": self.clock().isoformat(), "fix": CLOCK_FIX,
+                    })
+                self.status(f"certificate renewal held: this device's clock runs ahead of the verifier's: {CLOCK_FIX}")
+                await asyncio.sleep(CLOCK_HOLD_S)
+                continue
             try:
                 self.status("renewing the device certificate")
-                old = self.client.identity.serial_hex
+                old = identity.serial_hex
                 new = await renew(self.config, self.client)
+                renewed = new.serial_hex
                 failures = 0
                 self.record("certificate_renewed", {"old_serial": old, "serial": new.serial_hex})
                 self.status(f"ready: certificate renewed, serial {new.serial_hex}")

@@ -97,6 +97,13 @@ async def _bootstrap_call(
             if policy is not None:  # a handshake refused is audited wherever it happens (invariant 5)
                 log.warning("tls_handshake_failed", audit=True, url=base_url, reason=policy.message, est=what)
                 raise ProvisioningError(policy.message, fix=policy.fix) from None
+            if base_url.startswith("https://HOST:"):  # the line `token new` prints, run before HOST was replaced
+                raise ProvisioningError(
+                    f"cannot reach the verifier at {base_url}: HOST is the placeholder in the line "
+                    "`capture-verifier token new` printed, not a host name",
+                    fix="put the verifier's host name or address in place of HOST (the name its certificate was "
+                    "issued for), and run the line again: the token was not sent, so it still works",
+                ) from None
             raise ProvisioningError(
                 f"cannot reach the verifier at {base_url}: {type(exc).__name__}: {exc}",
                 fix="check the --verifier URL, the network, and that the verifier runs; "

@@ -371,6 +371,14 @@ class IdentityStore:
             fix=f"check the disk and {self.state_dir} (`ls -la {self.state_dir}`, `df`, `dmesg`)",
         )
 
+    def no_identity(self, detail: str = "") -> IdentityError:
+        """The error for a state directory without an identity (``detail``: why, in a few words)."""
+        return IdentityError(
+            f"no device identity in {self.state_dir}{f' ({detail})' if detail else ''}",
+            fix="provision the device: `printf '%s\\n' TOKEN | capture-agent provision --verifier URL --token - "
+            "--ca-fingerprint SHA256` (the token on stdin, out of every command line)",
+        )
+
     def exists(self) -> bool:
         """Whether an identity is there; a state directory this user cannot read is an error, not "no"."""
         try:
@@ -462,11 +470,7 @@ class IdentityStore:
     def load(self, passphrase: bytes) -> DeviceIdentity:
         """Load the current identity and check that the key opens with the KEK."""
         if not self.exists():
-            raise IdentityError(
-                f"no device identity in {self.state_dir}",
-                fix="provision the device: `printf '%s\\n' TOKEN | capture-agent provision --verifier URL --token - "
-                "--ca-fingerprint SHA256` (the token on stdin, out of every command line)",
-            )
+            raise self.no_identity()
         folder = self.current.resolve()
         try:
             cert_pem, ca_pem = (folder / CERT_FILE).read_bytes(), (folder / CA_FILE).read_bytes()

@@ -200,6 +200,40 @@ class _Refusal(Exception):
         self.status, self.message = status, message
 
 
+MAX_UNIX_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, the last one its NUL
+
+
+def socket_path_error(path: Path, exc: OSError) -> ConfigError:
+    """Why the local API cannot listen at ``[api] socket``, and the fix, from the OS error (never a traceback).
+
+    Seen by an installer running `capture-agent run` by hand: the default /run/capture-agent is made by the
+    unit's RuntimeDirectory=, and a plain user cannot make it; a long path passes sun_path's 108 bytes.
+    """
+    where = f"[api] socket = {str(path)!r}"
+    if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        return ConfigError(
+            f"cannot listen on the local API socket: {where} is {len(os.fsencode(path))} bytes long, and a unix "
+            f"socket's path is at most {MAX_UNIX_PATH_BYTES}",
+            fix="give [api] socket a shorter path (default /run/capture-agent/api.sock)",
+        )
+    if isinstance(exc, NotADirectoryError | FileExistsError):  # FileExistsError: mkdir of a folder that is a file
+        return ConfigError(
+            f"cannot listen on the local API socket: a part of {where} is a file, not a folder",
+            fix="point [api] socket into a folder (default /run/capture-agent/api.sock)",
+        )
+    if isinstance(exc, PermissionError):
+        return ConfigError(
+            f"cannot listen on the local API socket: {_user_name()} may not create {where} ({exc.strerror})",
+            fix=f"under systemd the unit's RuntimeDirectory=capture-agent makes /run/capture-agent for it; run by "
+            f"hand, point [api] socket into a folder {_user_name()} may write, or create "
+            f"{path.parent} for it (`install -d -o {_user_name()} -m 0751 {path.parent}`)",
+        )
+    return ConfigError(
+        f"cannot listen on the local API socket: {where}: {exc.strerror or exc}",
+        fix="point [api] socket at a path of its own in a folder the agent's user may write",
+    )
+
+
 def refuse_a_socket_in_use(path: Path) -> None:
     """Refuse ``[api] socket`` when a live process serves it, or when it names something that is no socket.
 
@@ -273,15 +307,18 @@ class LocalAPI:
         ConfigError naming the fix, and leaves no socket behind. A socket another process still serves,
         or a path that is no socket, is refused and left as it is; a dead daemon's socket is replaced."""
         gid = api_group_gid(self.group)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        refuse_a_socket_in_use(self.socket_path)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        # A short listen queue: asyncio accepts up to `backlog` sockets per wake-up before any handler runs,
-        # and a burst of refused ones must not hold the process's descriptors (a Pi's soft limit is 1024).
-        self._server = await asyncio.start_unix_server(
-            self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
-        )
+        try:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            refuse_a_socket_in_use(self.socket_path)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            # A short listen queue: asyncio accepts up to `backlog` sockets per wake-up before any handler runs,
+            # and a burst of refused ones must not hold the process's descriptors (a Pi's soft limit is 1024).
+            self._server = await asyncio.start_unix_server(
+                self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
+            )
+        except OSError as exc:
+            raise socket_path_error(self.socket_path, exc) from None
         bound = self.socket_path.stat()
         self._bound = (bound.st_dev, bound.st_ino)
         try:
@@ -318,10 +355,11 @@ class LocalAPI:
             self._server = None
         # Only our own socket: one another daemon bound at the path since (after ours was taken as stale by
         # mistake, or by hand) is its kiosk app's door, not ours to remove.
-        with contextlib.suppress(FileNotFoundError):
-            now = self.socket_path.stat()
-            if self._bound is not None and (now.st_dev, now.st_ino) == self._bound:
-                self.socket_path.unlink()
+        if self._bound is not None:  # never bound (a failed start): nothing of ours is at the path
+            with contextlib.suppress(OSError):
+                now = self.socket_path.stat()
+                if (now.st_dev, now.st_ino) == self._bound:
+                    self.socket_path.unlink()
         self._bound = None
 
     # ---------------------------------------------------------------- sessions

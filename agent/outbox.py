@@ -42,7 +42,7 @@ from agent.audit import ChainHead, make_event
 log = structlog.get_logger()
 
 RESERVED_LOG_KEYS = frozenset({"event", "level", "timestamp", "audit", "seq", "type", "logger"})
-PROBLEM_WORDS = ("fault", "failed", "refused", "unplugged", "dropped")
+PROBLEM_WORDS = ("fault", "failed", "refused", "unplugged", "dropped", "held")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

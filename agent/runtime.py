@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from agent.client import VerifierClient
-from agent.config import AgentConfig, load_config
+from agent.config import PROVISIONED_ORIGIN, AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore
 from agent.keystore import load_kek
@@ -65,7 +65,7 @@ def with_provisioned_verifier(config: AgentConfig) -> AgentConfig:
             f"{stored}, the verifier URL kept at provisioning, holds a bad value: {exc.message}",
             fix=f"set [verifier] url in the config file (it wins over {stored}), or re-provision with --force",
         ) from None
-    return replace(config, verifier_url_origin=f"as provisioned, kept in {stored}")
+    return replace(config, verifier_url_origin=f"{PROVISIONED_ORIGIN}, kept in {stored}")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

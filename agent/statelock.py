@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import AgentError
+from agent.identity import IdentityStore
 
 LOCK_FILE = "agent.lock"
 
@@ -37,8 +38,15 @@ def holder_pid(path: Path) -> int | None:
 def hold_state_dir(state_dir: Path) -> Iterator[Path]:
     """Hold the state directory for this process while the block runs, or refuse naming the holder."""
     path = state_dir / LOCK_FILE
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Never made here: the state directory is provisioning's (or the unit's StateDirectory=). A daemon started
+    # before provisioning, or on a mistyped state_dir, says so and leaves nothing behind; a folder it may not
+    # use is the store's own error (a file, root's folder: the chown), never a traceback.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise IdentityStore(state_dir).no_identity("the folder does not exist") from None
+    except OSError as exc:
+        raise IdentityStore(state_dir).access_error(exc, f"lock the state directory ({LOCK_FILE})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -164,6 +164,18 @@ def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type
             _probe_camera(finding, node)
         findings.append(finding)
     for source in extra:
+        if "://" not in source and not os.path.exists(source):  # asked for by name and not there, as a serial port
+            findings.append(
+                Finding(
+                    "camera",
+                    source,
+                    False,
+                    "does not exist",
+                    fix="check the name (`ls /dev/video*` lists the cameras there are); a USB camera that is "
+                    "unplugged has no node: plug it in",
+                )
+            )
+            continue
         finding = Finding("camera", CameraSource.parse(source).redacted if "://" in source else source, True)
         _probe_camera(finding, source)
         findings.append(finding)

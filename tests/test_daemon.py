@@ -118,6 +118,16 @@ def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
     assert proc.returncode == 2
     assert "fix:" in proc.stderr
     assert not any(m.get("READY") == "1" for m in read_messages(sock, 0.3))
+    # Started before provisioning: it says so, and makes no state directory (it used to leave one with agent.lock).
+    assert f"no device identity in {tmp_path / 'empty'}" in proc.stderr and "capture-agent provision" in proc.stderr
+    assert not (tmp_path / "empty").exists()
+    # A state_dir under a file: the store's typed error, not a NotADirectoryError traceback.
+    config.write_text(f'[agent]\nstate_dir = "{config}/state"\n[keyring]\nbackend = "file-insecure-dev"\n')
+    under_a_file = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(config), "run"], capture_output=True, text=True, timeout=30
+    )
+    assert under_a_file.returncode == 2 and "Traceback" not in under_a_file.stderr, under_a_file.stderr
+    assert "is a file, not a directory" in under_a_file.stderr
 
 
 def test_a_blocked_main_loop_stops_the_watchdog_pings(
@@ -353,3 +363,40 @@ def test_a_state_directory_others_may_enter_is_closed_at_start_and_said(provisio
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     said = [entry for entry in logs if entry["event"] == "state_dir_mode_tightened"]
     assert len(said) == 1 and said[0]["was"] == "755" and said[0]["log_level"] == "warning", logs
+
+
+def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisioned, tmp_path: Path) -> None:
+    """A device clock 40 days ahead (a Pi with no RTC battery, before NTP) found every fresh certificate due at
+    once: the daemon renewed in a loop until the verifier's renewals_per_hour answered 429, then every 30 s."""
+    import datetime as dt
+
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    daemon = AgentDaemon(load_config(config_file), str(config_file))
+    ahead = dt.timedelta(days=40)
+    daemon.clock = lambda: dt.datetime.now(dt.UTC) + ahead
+
+    from structlog.testing import capture_logs
+
+    def kinds() -> list[str]:  # the audit events recorded (delivery empties the outbox as it goes)
+        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if {"certificate_renewal_held", "certificate_renewal_failed"} & set(kinds()):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a loop would renew again within this
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    kinds = kinds()
+    assert kinds.count("certificate_renewed") == 1, kinds
+    assert "certificate_renewal_held" in kinds and "certificate_renewal_failed" not in kinds, kinds

@@ -515,6 +515,30 @@ def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_pat
     assert 'port in the [[device]] with kind = "zfm" (known as zfm2)' in fixes["zfm2"]
 
 
+def test_a_camera_node_that_does_not_exist_says_so_and_where_it_is_set(tmp_path) -> None:
+    """A mistyped /dev/videoN was "gives no frame", "check it is plugged in or reachable", naming no entry; and
+    `capture-agent devices --camera` listed it as [ok  ]."""
+    from drivers.discovery import cameras
+
+    missing = str(tmp_path / "video9")
+    config = parse_config({"device": [{"kind": "camera", "name": "door", "source": missing}]})
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(configured_devices(config), lambda kind, data: recorded.append((kind, data)))
+        try:
+            await supervisor.open_all()
+        finally:
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    fault = next(data for kind, data in recorded if kind == "device_fault")
+    assert fault["error"] == f"the camera {missing} does not exist"
+    assert 'source in [[device]] name = "door"' in fault["fix"] and "ls /dev/video*" in fault["fix"]
+    found = next(f for f in cameras([missing], max_index=0) if f.path == missing)
+    assert not found.accessible and found.description == "does not exist" and "ls /dev/video*" in found.fix
+
+
 def test_a_watch_whose_look_fails_keeps_watching(zfm_sim) -> None:
     """The audit trail refuses the unplug report once (a full disk): the device is still seen coming back."""
     recorded: list[tuple[str, dict]] = []

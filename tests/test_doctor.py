@@ -293,3 +293,15 @@ def test_a_ca_file_of_another_ca_of_the_same_name_is_named_not_left_blank(provis
     assert chain.ok is False and not chain.detail.endswith(": ")
     assert "not the one that signed" in chain.detail and "ca.pem" in chain.detail
     assert "provision --force" in chain.fix
+
+
+def test_a_verifier_certificate_for_another_name_says_how_to_see_its_names(provisioned) -> None:
+    """An installer who typed the verifier's address by IP (or another name) was told to use "the host name the
+    certificate was issued for", with no way shown to find it, and only [verifier] url where they typed --verifier."""
+    ca, state = provisioned
+    with H2TestServer(ca.server_context(["verifier.elsewhere.example"], client_ca=ca.ca_file)) as server:
+        report = run_doctor(config_for(state, server.url))
+    live = by_name(report)["verifier (live mTLS call)"]
+    assert live.ok is False and "mismatch" in live.detail.lower()
+    port = server.url.rsplit(":", 1)[1].strip("/")
+    assert f"openssl s_client -connect 127.0.0.1:{port}" in live.fix and "(or --verifier)" in live.fix

@@ -189,6 +189,12 @@ def test_the_line_token_new_prints_keeps_the_token_out_of_every_command_line_and
     config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url))
     env["CAPTURE_AGENT_CONFIG"] = str(config_file)
     assert "--verifier https://HOST:8443 " in provision  # the verifier's port; the operator puts the host
+    # Run as printed, HOST left in: the placeholder is named as such (not "Name or service not known"), no token
+    # is spent and nothing is written.
+    verbatim = subprocess.run([BASH, "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert verbatim.returncode == 2
+    assert "HOST is the placeholder" in verbatim.stderr and "in place of HOST" in verbatim.stderr, verbatim.stderr
+    assert not (tmp_path / "state").exists()
     done = subprocess.run(
         [BASH, "-e", "-c", command.replace("https://HOST:8443", verifier.url)],
         capture_output=True, text=True, env=env, timeout=120,
@@ -637,10 +643,11 @@ def test_a_reader_fault_in_the_daemon_log_names_the_port_and_the_cause(verifier,
 def test_devices_says_a_port_that_does_not_exist_does_not_exist(tmp_path) -> None:
     missing = tmp_path / "ttyUSB9"
     done = agent_cli("devices", "--port", str(missing))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, "a port asked for by name and not there fails a script's `devices --port P && ...`"
     block = done.stdout.split(str(missing), 1)[1].split("\n[", 1)[0]
     assert "does not exist" in block and "ls /dev/ttyUSB*" in block, done.stdout
     assert "dialout" not in block and "capture-readers" not in block, "not a permission problem"
+    assert agent_cli("devices", "--camera", str(tmp_path / "video9")).returncode == 1
 
 
 # ---------------------------------------------------------------- items 12, 14: the simulator says how to pick people

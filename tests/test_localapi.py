@@ -212,3 +212,21 @@ def test_a_socket_another_daemon_serves_is_refused_and_left_to_it(tmp_path) -> N
         assert path.read_text() == "not a socket"
 
     asyncio.run(scenario())
+
+
+def test_a_socket_path_it_cannot_listen_at_is_the_config_error_with_its_fix(tmp_path) -> None:
+    """`capture-agent run` by hand with [api] socket under a file, or longer than sun_path, ended in a traceback."""
+    from agent.errors import ConfigError
+
+    def make(emit):
+        raise AssertionError("no session in this test")
+
+    a_file = tmp_path / "agent.toml"
+    a_file.write_text("")
+    too_long = tmp_path / ("d" * 60) / ("s" * 60 + ".sock")
+    for path, said in ((a_file / "api.sock", "is a file, not a folder"), (too_long, "a unix socket's path is at most")):
+        api = LocalAPI(path, make)
+        with pytest.raises(ConfigError, match=said) as info:
+            asyncio.run(api.start())
+        assert "[api] socket" in info.value.fix
+        asyncio.run(api.stop())  # what the daemon does after a failed start: quiet, whatever is at the path

@@ -16,7 +16,8 @@ from agent.doctor import run_doctor
 from agent.errors import ProvisioningError, TLSPolicyError, VerifierError
 from agent.est import simple_reenroll
 from agent.handshake import DeviceCertificateRefused
-from agent.identity import build_csr
+from agent.identity import IdentityStore, build_csr
+from agent.keystore import load_kek
 from agent.provision import provision
 from agent.renewal import renew
 from verifier.pki import CertificateAuthority
@@ -178,3 +179,30 @@ def test_a_device_certificate_the_verifier_refuses_in_the_handshake_is_audited(p
     assert told == [info.value.message]
     audited = [e for e in logs if e["event"] == "tls_handshake_failed"]
     assert audited and audited[0]["audit"] is True and audited[0]["reason"] == info.value.message
+
+
+def test_a_device_on_its_provisioned_url_follows_a_reprovisioning_to_another_url(verifier, tmp_path) -> None:
+    """The verifier moved (another name): `provision --force --verifier NEW` while the daemon runs switches the
+    identity, and a daemon whose URL is the provisioned one must call NEW from then on, not the old name."""
+    from agent.config import parse_config
+    from agent.runtime import with_provisioned_verifier
+
+    port = verifier.url.rsplit(":", 1)[1]
+    old_url, new_url = f"https://127.0.0.1:{port}", f"https://localhost:{port}"
+    bare = {"agent": {"state_dir": str(tmp_path / "state")}, "keyring": {"backend": "file-insecure-dev"}}
+    asyncio.run(provision(parse_config({**bare, "verifier": {"url": old_url}}), verifier.new_token("k-moved"),
+                          verifier.ca_fingerprint))
+    config = with_provisioned_verifier(parse_config(bare))
+    assert config.verifier.url == old_url and config.verifier_url_origin.startswith("as provisioned")
+
+    async def scenario() -> tuple[str, str]:
+        identity = IdentityStore(config.agent.state_dir).load(load_kek(config).encode())
+        async with VerifierClient(config, identity) as client:
+            assert (await client.request("GET", "/v1/health")).status_code == 200
+            await provision(parse_config({**bare, "verifier": {"url": new_url}}), verifier.new_token("k-moved"),
+                            verifier.ca_fingerprint, force=True)
+            answer = await client.request("GET", "/v1/health")
+            return client.config.verifier.url, str(answer.url)
+
+    followed, called = asyncio.run(scenario())
+    assert followed == new_url and called.startswith(new_url)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     findings = discover(args.port, extra_cameras=args.camera)
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
-        return 0
+        return 1 if asked_for_and_unusable(args, findings) else 0
     for f in findings:
         mark = "ok  " if f.accessible and not f.fix else "FIX "
         print(f"[{mark}] {f.kind:<6} {f.path}  {f.description}")
@@ -42,4 +42,19 @@ def run(args: argparse.Namespace) -> int:
     for kind, what in (("serial", "serial ports"), ("usb", "known USB fingerprint readers"), ("camera", "cameras")):
         if kind not in kinds:
             print(f"[none] {kind:<6} no {what} found")
-    return 0
+    return 1 if asked_for_and_unusable(args, findings) else 0
+
+
+def asked_for_and_unusable(args: argparse.Namespace, findings: list) -> bool:  # type: ignore[type-arg]
+    """Whether a --port or --camera named on the command line is not usable (absent, closed, no module, no frame).
+
+    Why an exit code: `capture-agent devices --port /dev/serial0 && ...` in an installer's script must stop
+    there; what discovery finds on its own (a console UART that answers nothing) is only listed.
+    """
+    from drivers.camera.source import CameraSource
+
+    asked = {("serial", port) for port in args.port}
+    asked |= {("camera", CameraSource.parse(src).redacted if "://" in src else src) for src in args.camera}
+    return any(
+        (f.kind, f.path) in asked and not (f.accessible and not f.fix and f.capabilities) for f in findings
+    )
