@@ -3,7 +3,9 @@
 Every parser here names the bad value in its message (a key, a number, a word of
 a script line), and the value is whatever arrived: a 60 KB key, a 1 MB line, an
 integer past ``str()``'s 4300-digit limit. One rule for all of them, so a message
-stays a line and writing it cannot raise.
+stays a line and writing it cannot raise. The agent and the verifier use it;
+``drivers`` and ``simulators`` depend on no other package of ours (DESIGN.md,
+tests/test_architecture.py), so their few messages keep their own one-line cuts.
 """
 
 from __future__ import annotations

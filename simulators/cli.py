@@ -56,7 +56,6 @@ from pathlib import Path
 import structlog
 
 from drivers.zfm.constants import PROFILES
-from protocol.shown import shortened
 from simulators.errors import SimulatorError, UnknownCommand
 
 MAX_DIGITS = 9  # a finger, impression or count: more digits are no rig's number (2**64 aliased finger 0)
@@ -78,8 +77,9 @@ def _number(text: str, what: str) -> int:
     if _NEGATIVE.fullmatch(text):
         raise SimulatorError(f"{what} {text} is negative", f"give {what} as a whole number from 0")
     if not _DIGITS.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
         raise SimulatorError(
-            f"{what} {shortened(text)!r} is not a number of at most {MAX_DIGITS} ASCII digits",
+            f"{what} {shown!r} is not a number of at most {MAX_DIGITS} ASCII digits",
             f"give {what} as a whole number from 0 to {10**MAX_DIGITS - 1}, in the digits 0-9",
         )
     return int(text)
@@ -101,8 +101,9 @@ def _rate(text: str) -> float:
     from simulators.camera import MAX_FPS, MIN_FPS, check_fps
 
     if not _RATE.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
         raise SimulatorError(
-            f"{shortened(text)!r} frames a second is not a number",
+            f"{shown!r} frames a second is not a number",
             f"give a plain decimal from {MIN_FPS:g} to {MAX_FPS:g}, e.g. fps 15",
         )
     return check_fps(float(text))
@@ -208,7 +209,11 @@ def module_command(
             raise SimulatorError(f"{command} takes nothing after it", f"write {command} alone")
         getattr(sim, command)()
     else:
-        raise UnknownCommand(f"{shortened(command)!r} is no command of the module", f"use one of: {MODULE_COMMANDS}")
+        raise UnknownCommand(f"{_shown(command)!r} is no command of the module", f"use one of: {MODULE_COMMANDS}")
+
+
+def _shown(word: str) -> str:
+    return word if len(word) <= 40 else word[:40] + "..."
 
 
 def camera_command(camera, line: str) -> dict[str, object] | None:
@@ -238,7 +243,7 @@ def camera_command(camera, line: str) -> dict[str, object] | None:
     elif command == "fps":
         camera.fps = _rate(rest)
     else:
-        raise UnknownCommand(f"{shortened(command)!r} is no command of the camera", f"use one of: {CAMERA_COMMANDS}")
+        raise UnknownCommand(f"{_shown(command)!r} is no command of the camera", f"use one of: {CAMERA_COMMANDS}")
     return {"event": command, "url": camera.url, "plugged": camera.plugged}
 
 

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 
 from drivers.camera.errors import CameraFault
-from protocol.shown import shortened
 
 OPEN_TIMEOUT_MS = 3000
 READ_TIMEOUT_MS = 2000
@@ -75,7 +74,7 @@ def _authority_shown(text: str) -> str:
     scheme, authority, _ = split
     _, at, host = authority.rpartition("@")
     shown = f"{scheme}://{'***@' if at else ''}{host}"
-    return shortened(shown, 80)
+    return shown if len(shown) <= 80 else shown[:80] + "..."
 
 
 def check_url(text: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from drivers.errors import DeviceError, RetryCapture
-from protocol.shown import shown_repr
 
 
 class ModuleError(DeviceError):
@@ -99,7 +98,12 @@ class InvalidArgumentError(ModuleError, ValueError):
     """
 
     def __init__(self, what: str, value: object, expected: str) -> None:
-        super().__init__(f"{what} {shown_repr(value)} is not {expected}", f"pass {what} as {expected}")
+        try:
+            text = repr(value)
+        except ValueError:  # an int past str()'s 4300-digit limit: its size is what there is to say
+            text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        super().__init__(f"{what} {shown} is not {expected}", f"pass {what} as {expected}")
         self.what = what
 
 
