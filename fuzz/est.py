@@ -1,7 +1,9 @@
 """Fuzz the agent's reading of EST answers (agent.est, agent.identity, agent.provision) and of refusals.
 
 First byte even: the bytes after it are a ``cacerts`` / ``simpleenroll`` answer
-body (base64 of a certs-only PKCS#7); what parses goes through what provisioning
+body (base64 of a certs-only PKCS#7), or, when the first byte is 2 modulo 4,
+the DER of that PKCS#7 (the harness writes its base64: a mutation then changes
+the certificates, not the base64 layer over them); what parses goes through what provisioning
 does with it: the CA picked by its fingerprint (agent.provision.select_ca), the CAs
 it vouches for (agent.identity.trusted_under), their PEM, the device id
 (common_name), fingerprints and SPKI pins, and a renewed certificate's clock check
@@ -14,6 +16,7 @@ Typed errors: ProvisioningError and every AgentError.
 
 from __future__ import annotations
 
+import base64
 import sys
 
 import httpx
@@ -55,7 +58,9 @@ def TestOneInput(data: bytes) -> None:
     if not data:
         return
     try:
-        if data[0] % 2 == 0:
+        if data[0] % 4 == 2:
+            _certs(base64.b64encode(data[1:]))
+        elif data[0] % 2 == 0:
             _certs(data[1:])
         else:
             _refusal(data[1:])

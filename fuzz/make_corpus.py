@@ -169,6 +169,7 @@ def est() -> dict[str, bytes]:
     return {
         "cacerts": b"\x00" + base64.b64encode(bundle([ca.cert])),
         "enrolled": b"\x00" + base64.encodebytes(bundle([device, ca.cert])),
+        "enrolled-der": b"\x02" + bundle([device, ca.cert]),  # the DER itself: fuzz/est.py writes its base64
         "refusal": b"\x01\x00" + b"30\n" + problem,
     }
 
