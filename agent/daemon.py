@@ -271,7 +271,7 @@ class AgentDaemon:
 
     async def _renewal_loop(self) -> None:
         failures = 0
-        renewed: str | None = None  # the serial this loop was issued last
+        renewed: str | None = None  # the serial this loop was issued last, until it is seen not yet due
         held: str | None = None  # the serial whose renewal is held for the clock (said once)
         while True:
             assert self.client is not None
@@ -279,6 +279,9 @@ class AgentDaemon:
             identity = self.client.identity
             wait = seconds_until_renewal(identity, self.config, now=self.clock())
             if wait > 0:
+                # Not due by this clock: whatever this loop issued last was not due at once, so when it falls
+                # due (two thirds of its lifetime on) it is renewed, not taken for a clock that runs ahead.
+                renewed = held = None
                 await asyncio.sleep(min(wait, LONG_SLEEP_CAP_S))
                 continue
             if identity.serial_hex == renewed:

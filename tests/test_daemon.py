@@ -400,3 +400,59 @@ def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisi
     kinds = kinds()
     assert kinds.count("certificate_renewed") == 1, kinds
     assert "certificate_renewal_held" in kinds and "certificate_renewal_failed" not in kinds, kinds
+
+
+def test_a_certificate_this_loop_renewed_is_renewed_again_when_it_falls_due(
+    provisioned, tmp_path: Path, monkeypatch
+) -> None:
+    """The clock-ahead hold must only catch a certificate due the moment it was issued: one that was first seen
+    not yet due (a sane clock) and falls due later is renewed, or the daemon renewed once per run and then let
+    its certificate expire behind a "clock runs ahead" hold."""
+    import datetime as dt
+
+    from structlog.testing import capture_logs
+
+    import agent.daemon as daemon_module
+    from agent.devstack import write_config_file
+
+    config, first = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    daemon = AgentDaemon(load_config(config_file), str(config_file))
+    monkeypatch.setattr(daemon_module, "LONG_SLEEP_CAP_S", 0.05)  # the schedule is looked at again at once
+    ahead = dt.timedelta(days=40)  # past two thirds of any lifetime the dev verifier issues
+    looks: dict[str, int] = {}
+
+    def clock() -> dt.datetime:
+        """Due for the provisioned certificate; for the first renewed one, not due at first, then due (time passed)."""
+        assert daemon.client is not None
+        serial = daemon.client.identity.serial_hex
+        looks[serial] = looks.get(serial, 0) + 1
+        if serial == first.serial_hex:
+            return dt.datetime.now(dt.UTC) + ahead
+        if len(looks) == 2 and looks[serial] > 1:  # the first renewed one, looked at a second time
+            return dt.datetime.now(dt.UTC) + ahead
+        return dt.datetime.now(dt.UTC)
+
+    daemon.clock = clock
+
+    def kinds() -> list[str]:
+        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                seen = kinds()
+                ended = {"certificate_renewal_held", "certificate_renewal_failed"} & set(seen)
+                if seen.count("certificate_renewed") >= 2 or ended:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    seen = kinds()
+    assert "certificate_renewal_held" not in seen, seen
+    assert seen.count("certificate_renewed") == 2, seen
