@@ -322,7 +322,14 @@ class AgentDaemon:
             return
         self.notifier.send(RELOADING=1)
         self.config = new
-        self.record("config_reloaded", {"source": new.source, "verifier": new.verifier.url})
+        # The client keeps the verifier it was started with (its connection, its identity): the event names the
+        # one in use, and a new URL as waiting for a restart, never as if the daemon had moved to it.
+        in_use = self.client.config.verifier.url if self.client is not None else new.verifier.url
+        data: dict[str, Any] = {"source": new.source, "verifier": in_use}
+        if new.verifier.url != in_use:
+            data["verifier_after_restart"] = new.verifier.url
+            data["fix"] = "restart the daemon to use it (`systemctl restart capture-agent`); a reload keeps it"
+        self.record("config_reloaded", data)
         self.notifier.send(READY=1, STATUS="ready: config reloaded")
 
     async def run(self) -> None:

@@ -456,3 +456,31 @@ def test_a_certificate_this_loop_renewed_is_renewed_again_when_it_falls_due(
     seen = kinds()
     assert "certificate_renewal_held" not in seen, seen
     assert seen.count("certificate_renewed") == 2, seen
+
+
+def test_a_reload_to_another_verifier_url_names_the_one_in_use_and_the_restart(provisioned, tmp_path: Path) -> None:
+    """SIGHUP does not move the running client to a new verifier URL, yet `config_reloaded` named the new URL as
+    the verifier: an audit trail saying the device talks to a verifier it does not talk to."""
+    from structlog.testing import capture_logs
+
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    started = load_config(config_file)
+    moved = "https://127.0.0.1:10"
+    daemon = AgentDaemon(started, str(config_file), loader=lambda: started.with_overrides(verifier={"url": moved}))
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            daemon.reload()
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    reloaded = [e for e in logs if e["event"] == "audit_event" and e["type"] == "config_reloaded"]
+    assert len(reloaded) == 1, logs
+    assert reloaded[0]["verifier"] == started.verifier.url != moved
+    assert reloaded[0]["verifier_after_restart"] == moved and "restart" in reloaded[0]["fix"]
