@@ -365,6 +365,33 @@ def test_a_state_directory_others_may_enter_is_closed_at_start_and_said(provisio
     assert len(said) == 1 and said[0]["was"] == "755" and said[0]["log_level"] == "warning", logs
 
 
+def _audit_kinds_while_running(daemon: AgentDaemon, enough, settle_s: float = 0.0) -> list[str]:
+    """Start ``daemon``, wait (30 s at most) until ``enough(kinds)`` of the audit events it recorded, then
+    ``settle_s`` more, stop it; the kinds (read from its log: delivery empties the outbox as it goes)."""
+    from structlog.testing import capture_logs
+
+    def kinds() -> list[str]:
+        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not enough(kinds()):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(settle_s)
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    return kinds()
+
+
+def _renewal_ended(kinds: list[str]) -> bool:
+    return bool({"certificate_renewal_held", "certificate_renewal_failed"} & set(kinds))
+
+
 def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisioned, tmp_path: Path) -> None:
     """A device clock 40 days ahead (a Pi with no RTC battery, before NTP) found every fresh certificate due at
     once: the daemon renewed in a loop until the verifier's renewals_per_hour answered 429, then every 30 s."""
@@ -378,26 +405,7 @@ def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisi
     ahead = dt.timedelta(days=40)
     daemon.clock = lambda: dt.datetime.now(dt.UTC) + ahead
 
-    from structlog.testing import capture_logs
-
-    def kinds() -> list[str]:  # the audit events recorded (delivery empties the outbox as it goes)
-        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
-
-    async def scenario() -> None:
-        await daemon.start()
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if {"certificate_renewal_held", "certificate_renewal_failed"} & set(kinds()):
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # a loop would renew again within this
-        finally:
-            await daemon.stop()
-
-    with capture_logs() as logs:
-        asyncio.run(scenario())
-    kinds = kinds()
+    kinds = _audit_kinds_while_running(daemon, _renewal_ended, settle_s=1.0)  # a loop would renew again within 1 s
     assert kinds.count("certificate_renewed") == 1, kinds
     assert "certificate_renewal_held" in kinds and "certificate_renewal_failed" not in kinds, kinds
 
@@ -409,8 +417,6 @@ def test_a_certificate_this_loop_renewed_is_renewed_again_when_it_falls_due(
     not yet due (a sane clock) and falls due later is renewed, or the daemon renewed once per run and then let
     its certificate expire behind a "clock runs ahead" hold."""
     import datetime as dt
-
-    from structlog.testing import capture_logs
 
     import agent.daemon as daemon_module
     from agent.devstack import write_config_file
@@ -434,28 +440,9 @@ def test_a_certificate_this_loop_renewed_is_renewed_again_when_it_falls_due(
         return dt.datetime.now(dt.UTC)
 
     daemon.clock = clock
-
-    def kinds() -> list[str]:
-        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
-
-    async def scenario() -> None:
-        await daemon.start()
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                seen = kinds()
-                ended = {"certificate_renewal_held", "certificate_renewal_failed"} & set(seen)
-                if seen.count("certificate_renewed") >= 2 or ended:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await daemon.stop()
-
-    with capture_logs() as logs:
-        asyncio.run(scenario())
-    seen = kinds()
-    assert "certificate_renewal_held" not in seen, seen
-    assert seen.count("certificate_renewed") == 2, seen
+    kinds = _audit_kinds_while_running(daemon, lambda k: k.count("certificate_renewed") >= 2 or _renewal_ended(k))
+    assert "certificate_renewal_held" not in kinds, kinds
+    assert kinds.count("certificate_renewed") == 2, kinds
 
 
 def test_a_reload_to_another_verifier_url_names_the_one_in_use_and_the_restart(provisioned, tmp_path: Path) -> None:
