@@ -271,7 +271,7 @@ class AgentDaemon:
 
     async def _renewal_loop(self) -> None:
         failures = 0
-        renewed: str | None = None  # the serial this loop was issued last
+        renewed: str | None = None  # the serial this loop was issued last, until it is seen not yet due
         held: str | None = None  # the serial whose renewal is held for the clock (said once)
         while True:
             assert self.client is not None
@@ -279,6 +279,9 @@ class AgentDaemon:
             identity = self.client.identity
             wait = seconds_until_renewal(identity, self.config, now=self.clock())
             if wait > 0:
+                # Not due by this clock: whatever this loop issued last was not due at once, so when it falls
+                # due (two thirds of its lifetime on) it is renewed, not taken for a clock that runs ahead.
+                renewed = held = None
                 await asyncio.sleep(min(wait, LONG_SLEEP_CAP_S))
                 continue
             if identity.serial_hex == renewed:
@@ -319,7 +322,14 @@ class AgentDaemon:
             return
         self.notifier.send(RELOADING=1)
         self.config = new
-        self.record("config_reloaded", {"source": new.source, "verifier": new.verifier.url})
+        # The client keeps the verifier it was started with (its connection, its identity): the event names the
+        # one in use, and a new URL as waiting for a restart, never as if the daemon had moved to it.
+        in_use = self.client.config.verifier.url if self.client is not None else new.verifier.url
+        data: dict[str, Any] = {"source": new.source, "verifier": in_use}
+        if new.verifier.url != in_use:
+            data["verifier_after_restart"] = new.verifier.url
+            data["fix"] = "restart the daemon to use it (`systemctl restart capture-agent`); a reload keeps it"
+        self.record("config_reloaded", data)
         self.notifier.send(READY=1, STATUS="ready: config reloaded")
 
     async def run(self) -> None:

@@ -22,7 +22,14 @@ import httpx
 from agent.client import CLOCK_FIX, VerifierClient
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from agent.errors import AgentError
-from agent.identity import CERTIFICATE_FAULTS, DeviceIdentity, IdentityStore, spki_sha256, user_name
+from agent.identity import (
+    CERTIFICATE_FAULTS,
+    VERIFIER_FILE,
+    DeviceIdentity,
+    IdentityStore,
+    spki_sha256,
+    user_name,
+)
 from agent.keystore import load_kek
 
 EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -477,10 +484,26 @@ def _ca_file_problem(path: str) -> tuple[str, str] | None:
     return None
 
 
+def _provisioned_elsewhere(config: AgentConfig) -> str | None:
+    """The verifier URL the device was provisioned with when it is not the one in use, as doctor may print it.
+
+    The kept file is only read when a URL from the file or the command line wins, so it is checked here like a
+    config value before it is repeated: one edited by hand may hold a password (``https://user:pw@host``) or
+    control characters, and doctor's output is pasted into tickets.
+    """
+    store = IdentityStore(config.agent.state_dir)
+    provisioned = store.provisioned_verifier_url()
+    if provisioned in (None, config.verifier.url):
+        return None
+    try:
+        return config.with_overrides(verifier={"url": provisioned}).verifier.url
+    except AgentError:
+        return f"a URL that is no valid verifier URL (in {store.current / VERIFIER_FILE}; re-provision to replace it)"
+
+
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
-    provisioned = IdentityStore(config.agent.state_dir).provisioned_verifier_url()
-    other = provisioned if provisioned not in (None, config.verifier.url) else None
+    other = _provisioned_elsewhere(config)
     report.add(
         "config",
         True,

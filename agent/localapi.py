@@ -255,8 +255,17 @@ def refuse_a_socket_in_use(path: Path) -> None:
     probe.settimeout(1.0)
     try:
         probe.connect(str(path))
-    except OSError:  # ECONNREFUSED: nobody listens; EACCES: not ours to judge, the bind will say
+    except (ConnectionRefusedError, FileNotFoundError):  # nobody listens (a killed daemon's), or gone meanwhile
         return
+    except OSError as exc:
+        # A timeout is a listener whose queue is full (a busy daemon), EACCES one we may not talk to: either may
+        # be alive, so its socket is not ours to unlink (only a refused connection proves nobody listens).
+        raise ConfigError(
+            f"[api] socket {path} may be served by another process: connecting to it failed with "
+            f"{type(exc).__name__} ({exc.strerror or 'timed out'}), not a refusal (left as it is)",
+            fix=f"`ss -xlp | grep {path}` shows who listens; give this daemon its own [api] socket in its config, "
+            "or stop the other one (`systemctl stop capture-agent`); if nothing listens, remove the file",
+        ) from None
     else:
         pid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
     finally:

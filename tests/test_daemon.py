@@ -365,6 +365,33 @@ def test_a_state_directory_others_may_enter_is_closed_at_start_and_said(provisio
     assert len(said) == 1 and said[0]["was"] == "755" and said[0]["log_level"] == "warning", logs
 
 
+def _audit_kinds_while_running(daemon: AgentDaemon, enough, settle_s: float = 0.0) -> list[str]:
+    """Start ``daemon``, wait (30 s at most) until ``enough(kinds)`` of the audit events it recorded, then
+    ``settle_s`` more, stop it; the kinds (read from its log: delivery empties the outbox as it goes)."""
+    from structlog.testing import capture_logs
+
+    def kinds() -> list[str]:
+        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not enough(kinds()):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(settle_s)
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    return kinds()
+
+
+def _renewal_ended(kinds: list[str]) -> bool:
+    return bool({"certificate_renewal_held", "certificate_renewal_failed"} & set(kinds))
+
+
 def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisioned, tmp_path: Path) -> None:
     """A device clock 40 days ahead (a Pi with no RTC battery, before NTP) found every fresh certificate due at
     once: the daemon renewed in a loop until the verifier's renewals_per_hour answered 429, then every 30 s."""
@@ -378,25 +405,69 @@ def test_a_clock_that_runs_ahead_gets_one_renewal_then_a_hold_not_a_loop(provisi
     ahead = dt.timedelta(days=40)
     daemon.clock = lambda: dt.datetime.now(dt.UTC) + ahead
 
+    kinds = _audit_kinds_while_running(daemon, _renewal_ended, settle_s=1.0)  # a loop would renew again within 1 s
+    assert kinds.count("certificate_renewed") == 1, kinds
+    assert "certificate_renewal_held" in kinds and "certificate_renewal_failed" not in kinds, kinds
+
+
+def test_a_certificate_this_loop_renewed_is_renewed_again_when_it_falls_due(
+    provisioned, tmp_path: Path, monkeypatch
+) -> None:
+    """The clock-ahead hold must only catch a certificate due the moment it was issued: one that was first seen
+    not yet due (a sane clock) and falls due later is renewed, or the daemon renewed once per run and then let
+    its certificate expire behind a "clock runs ahead" hold."""
+    import datetime as dt
+
+    import agent.daemon as daemon_module
+    from agent.devstack import write_config_file
+
+    config, first = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    daemon = AgentDaemon(load_config(config_file), str(config_file))
+    monkeypatch.setattr(daemon_module, "LONG_SLEEP_CAP_S", 0.05)  # the schedule is looked at again at once
+    ahead = dt.timedelta(days=40)  # past two thirds of any lifetime the dev verifier issues
+    looks: dict[str, int] = {}
+
+    def clock() -> dt.datetime:
+        """Due for the provisioned certificate; for the first renewed one, not due at first, then due (time passed)."""
+        assert daemon.client is not None
+        serial = daemon.client.identity.serial_hex
+        looks[serial] = looks.get(serial, 0) + 1
+        if serial == first.serial_hex:
+            return dt.datetime.now(dt.UTC) + ahead
+        if len(looks) == 2 and looks[serial] > 1:  # the first renewed one, looked at a second time
+            return dt.datetime.now(dt.UTC) + ahead
+        return dt.datetime.now(dt.UTC)
+
+    daemon.clock = clock
+    kinds = _audit_kinds_while_running(daemon, lambda k: k.count("certificate_renewed") >= 2 or _renewal_ended(k))
+    assert "certificate_renewal_held" not in kinds, kinds
+    assert kinds.count("certificate_renewed") == 2, kinds
+
+
+def test_a_reload_to_another_verifier_url_names_the_one_in_use_and_the_restart(provisioned, tmp_path: Path) -> None:
+    """SIGHUP does not move the running client to a new verifier URL, yet `config_reloaded` named the new URL as
+    the verifier: an audit trail saying the device talks to a verifier it does not talk to."""
     from structlog.testing import capture_logs
 
-    def kinds() -> list[str]:  # the audit events recorded (delivery empties the outbox as it goes)
-        return [entry["type"] for entry in logs if entry["event"] == "audit_event"]
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    started = load_config(config_file)
+    moved = "https://127.0.0.1:10"
+    daemon = AgentDaemon(started, str(config_file), loader=lambda: started.with_overrides(verifier={"url": moved}))
 
     async def scenario() -> None:
         await daemon.start()
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if {"certificate_renewal_held", "certificate_renewal_failed"} & set(kinds()):
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # a loop would renew again within this
+            daemon.reload()
         finally:
             await daemon.stop()
 
     with capture_logs() as logs:
         asyncio.run(scenario())
-    kinds = kinds()
-    assert kinds.count("certificate_renewed") == 1, kinds
-    assert "certificate_renewal_held" in kinds and "certificate_renewal_failed" not in kinds, kinds
+    reloaded = [e for e in logs if e["event"] == "audit_event" and e["type"] == "config_reloaded"]
+    assert len(reloaded) == 1, logs
+    assert reloaded[0]["verifier"] == started.verifier.url != moved
+    assert reloaded[0]["verifier_after_restart"] == moved and "restart" in reloaded[0]["fix"]

@@ -487,6 +487,21 @@ def test_a_serial_port_carrying_noise_is_a_fault_not_a_hang(zfm_sim) -> None:
     assert not owner.alive
 
 
+def _opened_once(config) -> list[tuple[str, dict]]:
+    """The audit events (kind, data) a supervisor records opening ``config``'s devices once, then closing them."""
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(configured_devices(config), lambda kind, data: recorded.append((kind, data)))
+        try:
+            await supervisor.open_all()
+        finally:
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    return recorded
+
+
 def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_path) -> None:
     """A missing port of a [[device]] is not fixed in [reader]; the old [reader] keeps its own name."""
     config = parse_config(
@@ -498,16 +513,7 @@ def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_pat
             ],
         }
     )
-    recorded: list[tuple[str, dict]] = []
-
-    async def scenario() -> None:
-        supervisor = DeviceSupervisor(configured_devices(config), lambda kind, data: recorded.append((kind, data)))
-        try:
-            await supervisor.open_all()
-        finally:
-            await supervisor.close()
-
-    asyncio.run(scenario())
+    recorded = _opened_once(config)
     fixes = {data["device"]: data["fix"] for kind, data in recorded if kind == "device_fault"}
     assert fixes.keys() == {"reader", "door-finger", "zfm2"}, recorded
     assert "[reader] port" in fixes["reader"]
@@ -522,16 +528,7 @@ def test_a_camera_node_that_does_not_exist_says_so_and_where_it_is_set(tmp_path)
 
     missing = str(tmp_path / "video9")
     config = parse_config({"device": [{"kind": "camera", "name": "door", "source": missing}]})
-    recorded: list[tuple[str, dict]] = []
-
-    async def scenario() -> None:
-        supervisor = DeviceSupervisor(configured_devices(config), lambda kind, data: recorded.append((kind, data)))
-        try:
-            await supervisor.open_all()
-        finally:
-            await supervisor.close()
-
-    asyncio.run(scenario())
+    recorded = _opened_once(config)
     fault = next(data for kind, data in recorded if kind == "device_fault")
     assert fault["error"] == f"the camera {missing} does not exist"
     assert 'source in [[device]] name = "door"' in fault["fix"] and "ls /dev/video*" in fault["fix"]

@@ -305,3 +305,14 @@ def test_a_verifier_certificate_for_another_name_says_how_to_see_its_names(provi
     assert live.ok is False and "mismatch" in live.detail.lower()
     port = server.url.rsplit(":", 1)[1].strip("/")
     assert f"openssl s_client -connect 127.0.0.1:{port}" in live.fix and "(or --verifier)" in live.fix
+
+
+def test_a_kept_verifier_url_edited_to_hold_a_password_is_never_repeated(provisioned) -> None:
+    """The URL kept at provisioning is only read when the config's URL wins; doctor then printed it as it was,
+    so a hand-edited `https://user:password@host` went into the output pasted into tickets."""
+    _, state = provisioned
+    (state / "identity" / "verifier.url").write_text("https://admin:s3cret@127.0.0.1:9\n")
+    report = run_doctor(config_for(state))
+    said = [(check.detail, check.fix) for check in report.checks]
+    assert not any("s3cret" in (text or "") for pair in said for text in pair), said
+    assert "no valid verifier URL" in by_name(report)["config"].detail

@@ -230,3 +230,39 @@ def test_a_socket_path_it_cannot_listen_at_is_the_config_error_with_its_fix(tmp_
             asyncio.run(api.start())
         assert "[api] socket" in info.value.fix
         asyncio.run(api.stop())  # what the daemon does after a failed start: quiet, whatever is at the path
+
+
+def test_a_live_socket_whose_queue_is_full_is_not_taken_for_a_dead_one(tmp_path) -> None:
+    """Only a refused connection proves nobody serves a socket: a daemon busy enough that its listen queue is full
+    made the probe time out, and the second daemon unlinked the live socket and bound its own over it."""
+    from agent.errors import ConfigError
+
+    path = tmp_path / "api.sock"
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(str(path))
+    busy.listen(0)  # never accepts: its queue fills at once
+    fillers = []
+    try:
+        while True:  # connect until the queue is full (a non-blocking connect then says EAGAIN)
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            try:
+                filler.connect(str(path))
+            except BlockingIOError:
+                break
+        inode = path.stat().st_ino
+
+        def make(emit):
+            raise AssertionError("no session in this test")
+
+        api = LocalAPI(path, make)
+        with pytest.raises(ConfigError, match="may be served by another process") as info:
+            asyncio.run(api.start())
+        asyncio.run(api.stop())
+        assert "its own [api] socket" in info.value.fix
+        assert path.stat().st_ino == inode, "the live socket was replaced"
+    finally:
+        for filler in fillers:
+            filler.close()
+        busy.close()

@@ -568,3 +568,28 @@ def test_a_client_that_vanishes_mid_request_leaves_no_connection_behind(tmp_path
     stopping = [e for e in log_events(verifier) if e["event"] == "verifier_stopping"]
     assert stopping[-1]["open_connections"] == 0, stopping[-1]
     assert stopped_after < 5.0, stopped_after  # not the graceful timeout (10 s) spent waiting for them
+
+
+def test_an_anonymous_flood_neither_silences_nor_unnames_a_devices_refusals() -> None:
+    """The flood summary's lines per window were per event name: requests without a certificate (anyone can send
+    them) used up `request_refused`'s lines, so a revoked or expired device's refusals were only counted, under a
+    reason that names no device (an expired certificate's serial was gone from the audit trail)."""
+    from structlog.testing import capture_logs
+
+    from verifier.connections import SUMMARY_BURST, EventSummary
+
+    summary = EventSummary(window_s=3600.0)
+    with capture_logs() as logs:
+        for _ in range(50):
+            summary.note("request_refused", "no client certificate", path="/v1/health")
+        for _ in range(SUMMARY_BURST + 3):
+            summary.note("request_refused", "certificate expired", path="/v1/health", serial="5eed")
+        summary.flush()
+    named = [e for e in logs if e["event"] == "request_refused" and e.get("serial") == "5eed"]
+    assert len(named) == SUMMARY_BURST, logs  # its own lines, whatever the anonymous flood spent
+    (flushed,) = [e for e in logs if e["event"] == "connection_events_summary"]
+    assert flushed["counts"] == {
+        "request_refused: certificate expired": 3,
+        "request_refused: no client certificate": 50 - SUMMARY_BURST,
+    }
+    assert flushed["by_device"] == {"request_refused: certificate expired": {"5eed": 3}}

@@ -65,7 +65,7 @@ log = structlog.get_logger()
 
 DESCRIPTOR_RESERVE = 64  # descriptors kept for the database, logs, the listening socket
 SUMMARY_WINDOW_S = 10.0
-SUMMARY_BURST = 5  # events of one kind logged one by one per window before they are only counted
+SUMMARY_BURST = 5  # events of one kind (and one device) logged one by one per window before they are only counted
 
 
 @dataclass(eq=False)
@@ -237,8 +237,12 @@ class EventSummary:
         self.window_s = window_s
         self.burst = burst
         self._window_start = time.monotonic()
-        self._logged: Counter[str] = Counter()
+        # Counted per event and per device (its id, or its certificate's serial; "" for the anonymous): a flood of
+        # anonymous refusals must not use up the lines a device's own refusals get, nor leave them unnamed. The
+        # keys a device adds are bounded by the devices (and certificates) the CA issued.
+        self._logged: Counter[tuple[str, str]] = Counter()
         self._suppressed: Counter[tuple[str, str]] = Counter()
+        self._suppressed_by: dict[tuple[str, str], Counter[str]] = {}
         self.totals: Counter[str] = Counter()
 
     def note(self, event: str, reason: str, **fields: Any) -> None:
@@ -246,24 +250,33 @@ class EventSummary:
         if now - self._window_start >= self.window_s:
             self.flush(now)
         self.totals[event] += 1
-        if self._logged[event] < self.burst:
-            self._logged[event] += 1
+        who = str(fields.get("device_id") or fields.get("serial") or "")
+        if self._logged[(event, who)] < self.burst:
+            self._logged[(event, who)] += 1
             log.warning(event, audit=True, reason=reason, **fields)
         else:
             self._suppressed[(event, reason)] += 1
+            if who:
+                self._suppressed_by.setdefault((event, reason), Counter())[who] += 1
 
     def flush(self, now: float | None = None) -> None:
         """Log what was only counted in the window that ends, and start a new window."""
         now = time.monotonic() if now is None else now
         if self._suppressed:
             counts = {f"{event}: {reason}": n for (event, reason), n in sorted(self._suppressed.items())}
+            by_device = {
+                f"{event}: {reason}": dict(sorted(whose.items()))
+                for (event, reason), whose in sorted(self._suppressed_by.items())
+            }
             log.warning(
                 "connection_events_summary",
                 audit=True,
                 window_s=round(now - self._window_start, 1),
                 suppressed=sum(self._suppressed.values()),
                 counts=counts,
+                **({"by_device": by_device} if by_device else {}),
             )
         self._window_start = now
         self._logged.clear()
         self._suppressed.clear()
+        self._suppressed_by.clear()
