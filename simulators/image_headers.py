@@ -130,7 +130,12 @@ def _tiff(data: bytes) -> DeclaredSize:
     sizes: dict[int, int] = {}
     for at in range(first, first + entries * entry_size, entry_size):  # a directory has a few dozen entries
         tag, kind = struct.unpack_from(order + "HH", data, at)
-        if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and kind in types:
+        # libtiff reads a tag's first entry and ignores its repeats, and takes sizes of more types than these
+        # (BYTE, the signed ones): the first entry is the one read, and one of another type is refused, never
+        # skipped for a later entry that declares less than libtiff will allocate.
+        if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and tag not in sizes:
+            if kind not in types:
+                raise ImageHeaderError("the TIFF gives its ImageWidth or ImageLength in a type but SHORT or LONG")
             value_at = at + entry_size - value_size  # a single value sits in the entry itself, first
             (sizes[tag],) = struct.unpack_from(order + types[kind], data, value_at)
     if set(sizes) != {_TIFF_WIDTH, _TIFF_LENGTH}:

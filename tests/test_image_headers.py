@@ -161,3 +161,31 @@ def test_a_file_of_a_format_the_simulators_do_not_read_names_those_they_do(tmp_p
     with pytest.raises(UnreadableImage, match="not a JPEG, PNG, BMP, PGM/PPM/PNM, TIFF, WebP or GIF image") as refused:
         read_image(path)
     assert "JPEG, PNG, BMP" in refused.value.fix
+
+
+def grey_tiff(entries: list[tuple[int, int, int | None]], width: int, height: int) -> bytes:
+    """An uncompressed 8-bit grey TIFF libtiff decodes, its directory given as (tag, type, value) entries in order
+    (value None: the strip's offset), followed by ``width`` x ``height`` bytes of pixels."""
+    first = 8 + 2 + 12 * len(entries) + 4  # where the pixels start, after the one directory
+    directory = b"".join(
+        struct.pack("<HHIHxx", tag, kind, 1, value) if kind == 3 else struct.pack("<HHIi", tag, kind, 1, value)
+        for tag, kind, value in ((t, k, first if v is None else v) for t, k, v in entries)
+    )
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + struct.pack("<I", 0) + bytes(width * height)
+
+
+def test_a_tiff_size_given_twice_is_read_as_libtiff_reads_it_the_first(tmp_path: Path) -> None:
+    """libtiff takes a tag's first entry and ignores its repeats; the reader took the last, so a TIFF declaring
+    1 x 200 in a second ImageWidth decoded to the 300 x 200 of its first (a gigapixel the same way)."""
+    width, height = 300, 200
+    rest = [(258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, None), (277, 3, 1), (278, 4, height)]
+    rest.append((279, 4, width * height))
+    twice = grey_tiff([(256, 4, width), (256, 3, 1), (257, 4, height), *rest], width, height)
+    decoded = cv2.imdecode(np.frombuffer(twice, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None and decoded.shape == (height, width)  # what OpenCV (libtiff) makes of it
+    declared = declared_size(twice)
+    assert (declared.width, declared.height) == (width, height)
+    # A size of a type libtiff takes but this reader does not (SLONG) is refused, not skipped for a later entry.
+    signed = grey_tiff([(256, 9, width), (256, 3, 1), (257, 4, height), *rest], width, height)
+    with pytest.raises(ImageHeaderError, match="ImageWidth or ImageLength in a type"):
+        declared_size(signed)
