@@ -187,5 +187,27 @@ def test_a_tiff_size_given_twice_is_read_as_libtiff_reads_it_the_first(tmp_path:
     assert (declared.width, declared.height) == (width, height)
     # A size of a type libtiff takes but this reader does not (SLONG) is refused, not skipped for a later entry.
     signed = grey_tiff([(256, 9, width), (256, 3, 1), (257, 4, height), *rest], width, height)
-    with pytest.raises(ImageHeaderError, match="ImageWidth or ImageLength in a type"):
+    with pytest.raises(ImageHeaderError, match="ImageWidth, ImageLength or tile size in a type"):
         declared_size(signed)
+
+
+def test_a_tiled_tiff_whose_tiles_outgrow_its_image_is_refused(tmp_path: Path) -> None:
+    """OpenCV allocates one tile's buffer as the header declares it: a 4 kB TIFF of 16 x 16 pixels declaring
+    16368 x 16368 tiles took a gigabyte of memory, past the pixel bound that was checked on 16 x 16 alone."""
+    def tiled(width: int, height: int, tile: int) -> bytes:
+        entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (277, 3, 1)]
+        entries += [(322, 4, tile), (323, 4, tile), (324, 4, None), (325, 4, tile * tile)]
+        return grey_tiff(entries, tile, tile)
+
+    with pytest.raises(ImageHeaderError, match=r"tiles \(16368x16368\) are larger than its image \(16x16\)"):
+        declared_size(tiled(16, 16, 16368)[:4096])
+    path = tmp_path / "tiles.tif"
+    path.write_bytes(tiled(16, 16, 16368)[:4096])
+    with pytest.raises(UnreadableImage, match="larger than its image"):
+        read_image(path)
+    # A tile rounded up to the multiple of 16 TIFF asks for is no bomb, and OpenCV reads such a file.
+    ordinary = tiled(20, 20, 32)
+    declared = declared_size(ordinary)
+    assert (declared.width, declared.height) == (32, 32)
+    decoded = cv2.imdecode(np.frombuffer(ordinary, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None and decoded.shape == (20, 20)
