@@ -107,6 +107,8 @@ def _pam(data: bytes) -> DeclaredSize:
 
 
 _TIFF_WIDTH, _TIFF_LENGTH = 256, 257
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323  # a tiled TIFF: OpenCV allocates one tile's buffer as declared
+_TIFF_SIZES = (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH)
 _TIFF_UNSIGNED = {3: "H", 4: "I"}  # SHORT and LONG: the types a size may have (BigTIFF adds LONG8)
 _BIGTIFF_UNSIGNED = {**_TIFF_UNSIGNED, 16: "Q"}
 
@@ -130,12 +132,27 @@ def _tiff(data: bytes) -> DeclaredSize:
     sizes: dict[int, int] = {}
     for at in range(first, first + entries * entry_size, entry_size):  # a directory has a few dozen entries
         tag, kind = struct.unpack_from(order + "HH", data, at)
-        if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and kind in types:
+        # libtiff reads a tag's first entry and ignores its repeats, and takes sizes of more types than these
+        # (BYTE, the signed ones): the first entry is the one read, and one of another type is refused, never
+        # skipped for a later entry that declares less than libtiff will allocate.
+        if tag in _TIFF_SIZES and tag not in sizes:
+            if kind not in types:
+                raise ImageHeaderError("the TIFF gives its ImageWidth, ImageLength or tile size in a type but "
+                                       "SHORT or LONG")
             value_at = at + entry_size - value_size  # a single value sits in the entry itself, first
             (sizes[tag],) = struct.unpack_from(order + types[kind], data, value_at)
-    if set(sizes) != {_TIFF_WIDTH, _TIFF_LENGTH}:
+    if not {_TIFF_WIDTH, _TIFF_LENGTH} <= set(sizes):
         raise ImageHeaderError("the TIFF's first directory does not give its ImageWidth and ImageLength")
-    return DeclaredSize("TIFF", sizes[_TIFF_WIDTH], sizes[_TIFF_LENGTH])
+    width, height = sizes[_TIFF_WIDTH], sizes[_TIFF_LENGTH]
+    # A tile is at most the image rounded up to TIFF's multiple of 16: a 16 x 16 image declaring 16368 x 16368
+    # tiles made OpenCV allocate (and libtiff fill) a 268 MB tile buffer from a 4 kB file. The size said is
+    # what is allocated, so the caller's pixel bound holds for the tile too.
+    tile_width, tile_length = sizes.get(_TIFF_TILE_WIDTH, 0), sizes.get(_TIFF_TILE_LENGTH, 0)
+    if tile_width > -(-width // 16) * 16 or tile_length > -(-height // 16) * 16:
+        raise ImageHeaderError(
+            f"the TIFF's tiles ({tile_width}x{tile_length}) are larger than its image ({width}x{height})"
+        )
+    return DeclaredSize("TIFF", max(width, tile_width), max(height, tile_length))
 
 
 def _webp(data: bytes) -> DeclaredSize:

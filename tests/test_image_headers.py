@@ -161,3 +161,53 @@ def test_a_file_of_a_format_the_simulators_do_not_read_names_those_they_do(tmp_p
     with pytest.raises(UnreadableImage, match="not a JPEG, PNG, BMP, PGM/PPM/PNM, TIFF, WebP or GIF image") as refused:
         read_image(path)
     assert "JPEG, PNG, BMP" in refused.value.fix
+
+
+def grey_tiff(entries: list[tuple[int, int, int | None]], width: int, height: int) -> bytes:
+    """An uncompressed 8-bit grey TIFF libtiff decodes, its directory given as (tag, type, value) entries in order
+    (value None: the strip's offset), followed by ``width`` x ``height`` bytes of pixels."""
+    first = 8 + 2 + 12 * len(entries) + 4  # where the pixels start, after the one directory
+    directory = b"".join(
+        struct.pack("<HHIHxx", tag, kind, 1, value) if kind == 3 else struct.pack("<HHIi", tag, kind, 1, value)
+        for tag, kind, value in ((t, k, first if v is None else v) for t, k, v in entries)
+    )
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + struct.pack("<I", 0) + bytes(width * height)
+
+
+def test_a_tiff_size_given_twice_is_read_as_libtiff_reads_it_the_first(tmp_path: Path) -> None:
+    """libtiff takes a tag's first entry and ignores its repeats; the reader took the last, so a TIFF declaring
+    1 x 200 in a second ImageWidth decoded to the 300 x 200 of its first (a gigapixel the same way)."""
+    width, height = 300, 200
+    rest = [(258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, None), (277, 3, 1), (278, 4, height)]
+    rest.append((279, 4, width * height))
+    twice = grey_tiff([(256, 4, width), (256, 3, 1), (257, 4, height), *rest], width, height)
+    decoded = cv2.imdecode(np.frombuffer(twice, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None and decoded.shape == (height, width)  # what OpenCV (libtiff) makes of it
+    declared = declared_size(twice)
+    assert (declared.width, declared.height) == (width, height)
+    # A size of a type libtiff takes but this reader does not (SLONG) is refused, not skipped for a later entry.
+    signed = grey_tiff([(256, 9, width), (256, 3, 1), (257, 4, height), *rest], width, height)
+    with pytest.raises(ImageHeaderError, match="ImageWidth, ImageLength or tile size in a type"):
+        declared_size(signed)
+
+
+def test_a_tiled_tiff_whose_tiles_outgrow_its_image_is_refused(tmp_path: Path) -> None:
+    """OpenCV allocates one tile's buffer as the header declares it: a 4 kB TIFF of 16 x 16 pixels declaring
+    16368 x 16368 tiles took a gigabyte of memory, past the pixel bound that was checked on 16 x 16 alone."""
+    def tiled(width: int, height: int, tile: int) -> bytes:
+        entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (277, 3, 1)]
+        entries += [(322, 4, tile), (323, 4, tile), (324, 4, None), (325, 4, tile * tile)]
+        return grey_tiff(entries, tile, tile)
+
+    with pytest.raises(ImageHeaderError, match=r"tiles \(16368x16368\) are larger than its image \(16x16\)"):
+        declared_size(tiled(16, 16, 16368)[:4096])
+    path = tmp_path / "tiles.tif"
+    path.write_bytes(tiled(16, 16, 16368)[:4096])
+    with pytest.raises(UnreadableImage, match="larger than its image"):
+        read_image(path)
+    # A tile rounded up to the multiple of 16 TIFF asks for is no bomb, and OpenCV reads such a file.
+    ordinary = tiled(20, 20, 32)
+    declared = declared_size(ordinary)
+    assert (declared.width, declared.height) == (32, 32)
+    decoded = cv2.imdecode(np.frombuffer(ordinary, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None and decoded.shape == (20, 20)

@@ -388,13 +388,43 @@ def test_a_second_driver_on_the_same_port_is_refused_naming_the_holder(zfm_sim) 
     first = ZfmModule(zfm_sim.port, reply_timeout_s=0.3)
     first.open()
     try:
-        with pytest.raises(PortBusyError) as info:
+        with pytest.raises(PortBusyError) as info:  # the same process (two [[device]] entries on one port)
             ZfmModule(zfm_sim.port, reply_timeout_s=0.3).open()
-        assert f"in use by process {os.getpid()}" in info.value.args[0]
-        assert f"kill {os.getpid()}" in info.value.fix and f"fuser -v {zfm_sim.port}" in info.value.fix
+        assert "already open in this process" in info.value.args[0] and "[reader] port" in info.value.fix
+        assert "kill" not in info.value.fix, "the fix must not tell the daemon's user to kill the daemon itself"
         assert first.template_count() >= 0, "the holder keeps driving the module"
     finally:
         first.close()
     second = ZfmModule(zfm_sim.port, reply_timeout_s=0.3)
     assert second.open().profile.name == zfm_sim.profile.name, "free once the holder closed it"
     second.close()
+
+
+def test_a_port_another_process_holds_is_refused_naming_that_process(zfm_sim) -> None:
+    """Another process (a second daemon, `capture-agent devices`) holding the module: named, with how to stop it."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+            zfm_sim.port,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(PortBusyError) as info:
+            ZfmModule(zfm_sim.port, reply_timeout_s=0.3).open()
+        assert f"in use by process {holder.pid}" in info.value.args[0]
+        assert f"kill {holder.pid}" in info.value.fix and f"fuser -v {zfm_sim.port}" in info.value.fix
+    finally:
+        holder.communicate("", timeout=30)

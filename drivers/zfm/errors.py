@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from drivers.errors import DeviceError, RetryCapture
 
 
@@ -48,6 +50,14 @@ class PortBusyError(ModuleError):
     would interleave their packets and read each other's replies."""
 
     def __init__(self, port: str, holder: int | None = None) -> None:
+        if holder == os.getpid():  # flock is per open file: this process opened the port twice
+            super().__init__(
+                f"the serial port {port} is already open in this process: two device entries name the same port",
+                "name each module's port once: one [reader] port per module (two entries on one port would "
+                "interleave their packets)",
+            )
+            self.holder = holder
+            return
         who = f"process {holder}" if holder is not None else "another process"
         super().__init__(
             f"the serial port {port} is in use by {who} (a second capture-agent on the same module?)",
