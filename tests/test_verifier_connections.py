@@ -593,3 +593,69 @@ def test_an_anonymous_flood_neither_silences_nor_unnames_a_devices_refusals() ->
         "request_refused: no client certificate": 50 - SUMMARY_BURST,
     }
     assert flushed["by_device"] == {"request_refused: certificate expired": {"5eed": 3}}
+
+
+def test_a_fault_of_ours_after_the_handshake_closes_that_connection_and_is_logged(tmp_path) -> None:
+    """The registry's database locked while a device connects: that device's connection is closed at once.
+
+    The fault used to end the connection's task with its TLS transport still open, so the device waited on a
+    connection nobody served (until garbage collection closed it) and the log said nothing useful.
+    """
+    import sqlite3
+
+    from hypercorn.asyncio.worker_context import WorkerContext
+    from structlog.testing import capture_logs
+
+    from tests.conftest import TestCA
+    from verifier.server import ConnectionServer, bind_socket
+    from verifier.settings import VerifierSettings
+    from verifier.tls import server_context
+
+    class LockedRegistryApp:
+        def active_device(self, certificate: bytes) -> str | None:
+            raise sqlite3.OperationalError("database is locked")
+
+    ca = TestCA("devices", tmp_path)
+    server_cert, server_key = ca.issue("server", ["127.0.0.1"])
+    device_cert, device_key = ca.issue("device", ["kiosk-1"], client=True)
+    listener = bind_socket("127.0.0.1", 0)
+    stop = threading.Event()
+
+    async def serve_until_stopped() -> None:
+        server = ConnectionServer(
+            LockedRegistryApp(), VerifierSettings(), server_context(server_cert, server_key, ca.ca_file),
+            WorkerContext(None),
+        )
+        accepting = asyncio.create_task(server.accept_loop(listener))
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        accepting.cancel()
+        for task in list(server.tasks):
+            task.cancel()
+        await asyncio.gather(accepting, *server.tasks, return_exceptions=True)
+
+    ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+    ctx.load_cert_chain(device_cert, device_key)
+    ctx.set_alpn_protocols(["h2"])
+    with capture_logs() as logs:
+        thread = threading.Thread(target=asyncio.run, args=(serve_until_stopped(),))
+        thread.start()
+        try:
+            with (
+                socket.create_connection(listener.getsockname(), timeout=3) as raw,
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(H2_PREFACE)
+                try:
+                    closed = tls.recv(1) == b""  # end of file: closed; a timeout (3 s) if left open
+                except (ConnectionError, ssl.SSLError):
+                    closed = True  # aborted: a reset is a close too
+                except TimeoutError:
+                    closed = False
+        finally:
+            stop.set()
+            thread.join()
+            listener.close()
+    assert closed, "the device's connection was left open after the server's fault"
+    failed = [event for event in logs if event["event"] == "connection_failed"]
+    assert failed and failed[0]["error"] == "OperationalError", logs

@@ -399,6 +399,14 @@ class ConnectionServer:
                 transport.abort()
             else:
                 client.close()
+        except Exception as exc:  # a fault of ours (the registry's database locked...): said, and the socket freed
+            # Without this the task ended with the transport still open: the device waited on a connection nobody
+            # served until garbage collection closed it, and the fault was only "Task exception never retrieved".
+            log.error("connection_failed", error=type(exc).__name__, address=conn.address, exc_info=True)
+            if transport is not None:
+                transport.abort()
+            else:
+                client.close()
         finally:
             self.guard.release(conn)
 
