@@ -122,9 +122,10 @@ def tls_policy_error(exc: BaseException, url: str) -> TLSPolicyError | None:
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
             host = urlsplit(url).hostname or "HOST"
             port = urlsplit(url).port or 8443
+            address = f"[{host}]" if ":" in host else host  # s_client reads host:port, an IPv6 address bracketed
             fix = (
                 "use a host name the verifier's certificate was issued for in [verifier] url (or --verifier): "
-                f"`openssl s_client -connect {host}:{port} </dev/null 2>/dev/null | openssl x509 -noout -ext "
+                f"`openssl s_client -connect {address}:{port} </dev/null 2>/dev/null | openssl x509 -noout -ext "
                 f"subjectAltName` lists them; or give the verifier a certificate for {host}"
             )
         elif "not yet valid" in reason.lower() or "expired" in reason.lower():

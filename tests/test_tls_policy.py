@@ -208,3 +208,17 @@ def test_a_port_answering_plain_http_is_named_as_not_tls(identity, plain_http_po
     error = refused(identity, f"https://127.0.0.1:{plain_http_port}")
     assert "does not speak TLS" in error.message and "plain HTTP" in error.message
     assert "check the port" in error.fix and "TLS 1.2 or 1.3" not in error.fix
+
+
+@pytest.mark.parametrize(
+    ("url", "connect"),
+    [("https://[fd00::5]:9443", "[fd00::5]:9443"), ("https://verifier.example", "verifier.example:8443")],
+)
+def test_the_host_mismatch_fix_gives_an_openssl_line_that_runs_for_the_url(url: str, connect: str) -> None:
+    """s_client reads HOST:PORT: an IPv6 address must be bracketed, or its colons are taken for the port's."""
+    from agent.client import tls_policy_error
+
+    mismatch = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    mismatch.verify_message = "IP address mismatch, certificate is not valid for the address"
+    error = tls_policy_error(mismatch, url)
+    assert error is not None and f"openssl s_client -connect {connect} " in error.fix, error
