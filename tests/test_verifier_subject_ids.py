@@ -54,3 +54,26 @@ def test_a_first_enrollment_under_an_enrolled_id_but_for_case_is_refused(device,
     assert fresh.templates == 2
     reasons = [e["reason"] for e in audit_lines(verifier) if e.get("subject") in ("ALICE", "Alice", "aLiCe")]
     assert reasons.count("subject id taken but for letter case") == 3, reasons
+
+
+def test_the_case_check_seeks_an_index_in_every_table_never_scans_it(tmp_path) -> None:
+    """A first enrollment asks every enrollment table for a case variant: with tens of thousands of subjects a
+    scan of each would hold the request path; each table has an index under NOCASE for it."""
+    import sqlite3
+
+    from verifier import enrollments, faces, sensor_prints, subjects
+
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    for module in (subjects, enrollments, faces, sensor_prints):
+        conn.executescript(module.SCHEMA)
+    for table in ("subject_groups", *subjects.ENROLLMENT_TABLES.values()):
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT 1 FROM {table} "  # noqa: S608 (table names of our own)
+                "WHERE subject_id = ? COLLATE NOCASE AND subject_id != ? LIMIT 1",
+                ("alice", "alice"),
+            )
+        )
+        assert f"USING INDEX {table}_nocase" in plan or f"USING COVERING INDEX {table}_nocase" in plan, plan
+    conn.close()

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS enrollments (
     ciphertext BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS enrollments_subject ON enrollments (subject_id);
+CREATE INDEX IF NOT EXISTS enrollments_nocase ON enrollments (subject_id COLLATE NOCASE);
 """
 
 

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS face_enrollments (
     ciphertext BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS face_enrollments_subject ON face_enrollments (subject_id);
+CREATE INDEX IF NOT EXISTS face_enrollments_nocase ON face_enrollments (subject_id COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS required_factors (
     scope   TEXT NOT NULL,   -- 'subject' or 'group'
     name    TEXT NOT NULL,

@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS sensor_enrollments (
     enrolled_at   REAL NOT NULL,
     PRIMARY KEY (subject_id, device_id, driver, reader)
 );
+CREATE INDEX IF NOT EXISTS sensor_enrollments_nocase ON sensor_enrollments (subject_id COLLATE NOCASE);
 """
 
 
