@@ -595,11 +595,18 @@ def test_an_anonymous_flood_neither_silences_nor_unnames_a_devices_refusals() ->
     assert flushed["by_device"] == {"request_refused: certificate expired": {"5eed": 3}}
 
 
-def test_a_fault_of_ours_after_the_handshake_closes_that_connection_and_is_logged(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("fault", "event"),
+    [("locked", "connection_failed"), ("reset", "connection_broken")],
+    ids=["a-fault-of-ours", "the-peer-broke-it"],
+)
+def test_a_failure_after_the_handshake_closes_that_connection_and_says_whose(tmp_path, fault, event) -> None:
     """The registry's database locked while a device connects: that device's connection is closed at once.
 
     The fault used to end the connection's task with its TLS transport still open, so the device waited on a
-    connection nobody served (until garbage collection closed it) and the log said nothing useful.
+    connection nobody served (until garbage collection closed it) and the log said nothing useful. A broken
+    connection (an OSError: a reset, a peer's data after its close_notify) is the peer's doing: counted in the
+    flood summary as connection_broken, never an error with a traceback.
     """
     import sqlite3
 
@@ -613,6 +620,8 @@ def test_a_fault_of_ours_after_the_handshake_closes_that_connection_and_is_logge
 
     class LockedRegistryApp:
         def active_device(self, certificate: bytes) -> str | None:
+            if fault == "reset":
+                raise ConnectionResetError(104, "Connection reset by peer")
             raise sqlite3.OperationalError("database is locked")
 
     ca = TestCA("devices", tmp_path)
@@ -657,5 +666,9 @@ def test_a_fault_of_ours_after_the_handshake_closes_that_connection_and_is_logge
             thread.join()
             listener.close()
     assert closed, "the device's connection was left open after the server's fault"
-    failed = [event for event in logs if event["event"] == "connection_failed"]
-    assert failed and failed[0]["error"] == "OperationalError", logs
+    said = [entry for entry in logs if entry["event"] in ("connection_failed", "connection_broken")]
+    assert [entry["event"] for entry in said] == [event], logs
+    if fault == "locked":
+        assert said[0]["error"] == "OperationalError" and said[0]["log_level"] == "error", said
+    else:
+        assert said[0]["reason"] == "ConnectionResetError" and "exc_info" not in said[0], said

@@ -399,6 +399,12 @@ class ConnectionServer:
                 transport.abort()
             else:
                 client.close()
+        except OSError as exc:  # the peer broke TLS or TCP (data after its close_notify, a reset): the end, counted
+            self.summary.note("connection_broken", _failure_reason(exc), address=conn.address)
+            if transport is not None:
+                transport.abort()
+            else:
+                client.close()
         except Exception as exc:  # a fault of ours (the registry's database locked...): said, and the socket freed
             # Without this the task ended with the transport still open: the device waited on a connection nobody
             # served until garbage collection closed it, and the fault was only "Task exception never retrieved".
