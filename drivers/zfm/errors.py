@@ -51,20 +51,20 @@ class PortBusyError(ModuleError):
 
     def __init__(self, port: str, holder: int | None = None) -> None:
         if holder == os.getpid():  # flock is per open file: this process opened the port twice
-            super().__init__(
-                f"the serial port {port} is already open in this process: two device entries name the same port",
+            message = f"the serial port {port} is already open in this process: two device entries name the same port"
+            fix = (
                 "name each module's port once: one [reader] port per module (two entries on one port would "
-                "interleave their packets)",
+                "interleave their packets)"
             )
-            self.holder = holder
-            return
-        who = f"process {holder}" if holder is not None else "another process"
-        super().__init__(
-            f"the serial port {port} is in use by {who} (a second capture-agent on the same module?)",
-            f"only one process may drive a module: stop the other one ({f'`kill {holder}`, ' if holder else ''}"
-            "`systemctl stop capture-agent`), or give this daemon its own module and port; "
-            f"`fuser -v {port}` shows who holds it",
-        )
+        else:
+            who = f"process {holder}" if holder is not None else "another process"
+            message = f"the serial port {port} is in use by {who} (a second capture-agent on the same module?)"
+            fix = (
+                f"only one process may drive a module: stop the other one ({f'`kill {holder}`, ' if holder else ''}"
+                "`systemctl stop capture-agent`), or give this daemon its own module and port; "
+                f"`fuser -v {port}` shows who holds it"
+            )
+        super().__init__(message, fix)
         self.holder = holder
 
 
