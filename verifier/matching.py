@@ -92,16 +92,20 @@ class MatchPool:
         self._inflight += 1
         self._devices.add(device_id)
         running = False
-        # The device's one job ends when both are over: its thread, and its request (``then`` run, or given up).
-        # Freed at the thread's end alone, the device's next request could be taken before ``then`` wrote this
-        # one's decision, and pass its lockout check before this failure was counted.
-        over = {"thread": False, "request": False}
+        # The device's one job ends when both holders of its slot let go: its thread, and its request (``then``
+        # run, or given up). Freed at the thread's end alone, the device's next request could be taken before
+        # ``then`` wrote this one's decision, and pass its lockout check before this failure was counted.
+        holders = 2
+
+        def release() -> None:  # on the loop: asyncio runs a future's done callbacks there
+            nonlocal holders
+            holders -= 1
+            if holders == 0:
+                self._devices.discard(device_id)
 
         def thread_done(_: object = None) -> None:  # even if the request was cancelled
             self._inflight -= 1
-            over["thread"] = True
-            if over["request"]:
-                self._devices.discard(device_id)
+            release()
 
         def checked() -> T:
             budget.check()  # the time spent queueing counts
@@ -115,11 +119,9 @@ class MatchPool:
                 # Cancelled meanwhile (the client went away): the turn is given up, the result never used.
                 return then(await asyncio.shield(future))
         finally:
-            over["request"] = True
             if not running:
                 thread_done()
-            elif over["thread"]:
-                self._devices.discard(device_id)
+            release()
 
     @asynccontextmanager
     async def _turn(self, serial: str | None, budget: Budget) -> AsyncIterator[None]:
