@@ -129,3 +129,48 @@ def test_the_byte_bound_holds_too(tmp_path, kek) -> None:
     total = box.conn.execute("SELECT SUM(LENGTH(ciphertext)) FROM outbox").fetchone()[0]
     assert total <= 20_000 + 2_000
     assert any(e["type"] == "outbox_dropped" for e in box.pending(1000))
+
+
+def scanned(box: Outbox) -> tuple[int, int]:
+    """What the outbox holds, counted the slow way."""
+    rows, size = box.conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM outbox").fetchone()
+    return int(rows), int(size)
+
+
+def test_the_kept_count_follows_every_change_to_the_outbox(tmp_path, kek) -> None:
+    """The bounds read a count the triggers keep (not a scan per event): it must match the rows through
+    writes, deliveries, drops, a row altered on disk by another process, and its quarantine."""
+    box = Outbox(tmp_path / "o.sqlite", kek, OutboxLimits(max_rows=25, max_bytes=10**9))
+    for i in range(40):  # past the row bound: drops
+        box.record("attempt", {"n": i, "pad": "x" * (i % 7)})
+        assert box.usage() == scanned(box)
+    box.delivered([e["id"] for e in box.pending(5)])
+    assert box.usage() == scanned(box)
+    with sqlite3.connect(tmp_path / "o.sqlite") as db:
+        db.execute("UPDATE outbox SET ciphertext = CAST(ciphertext || x'0000' AS BLOB) WHERE rowid % 4 = 0")
+    assert box.usage() == scanned(box)
+    box.pending(100)  # the altered rows go aside
+    assert box.quarantined() > 0
+    assert box.usage() == scanned(box)
+    assert box.size() == scanned(box)[0]
+    box.close()
+
+
+def test_an_outbox_an_older_version_wrote_is_counted_when_opened(tmp_path, kek) -> None:
+    """A file without the kept count (written before it existed) is counted once on opening, and its bounds
+    hold from the first event."""
+    box = Outbox(tmp_path / "o.sqlite", kek)
+    for i in range(30):
+        box.record("attempt", {"n": i})
+    box.close()
+    with sqlite3.connect(tmp_path / "o.sqlite") as db:  # as an older version left it
+        for trigger in ("usage_insert", "usage_delete", "usage_update"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute("DROP TABLE usage")
+    box = Outbox(tmp_path / "o.sqlite", kek, OutboxLimits(max_rows=20, max_bytes=10**9))
+    assert box.usage() == scanned(box) and box.usage()[0] == 30
+    box.record("attempt", {"n": 30})
+    assert box.usage() == scanned(box)
+    assert box.usage()[0] <= 20  # the excess dropped at once, not a tenth per event
+    assert any(e["type"] == "outbox_dropped" for e in box.pending(100))
+    box.close()
