@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -451,8 +452,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     come before it serves (listing fingers, making the first one), exit 130.
     """
     args = _parser().parse_args(argv)
-    # stdout carries the JSON lines a rig reads; logs go to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    # stdout carries the JSON lines a rig reads; logs go to stderr, from info up (a finger's making is debug:
+    # --list-fingers already prints it on stdout).
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     main_thread = threading.current_thread() is threading.main_thread()
     _STOP.clear()
     _SERVING.clear()

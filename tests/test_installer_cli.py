@@ -677,6 +677,7 @@ def test_the_simulator_lists_its_fingers(tmp_path) -> None:
     assert listed.returncode == 0, listed.stderr
     fingers = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [f["finger"] for f in fingers] == [0, 1] and all(f["class"] and f["minutiae"] > 0 for f in fingers)
+    assert "synthetic_finger" not in listed.stderr  # each finger once, on stdout: no debug line repeating it
     folder = tmp_path / "images"
     folder.mkdir()
     for name in ("1_1.tif", "1_2.tif", "4_1.tif"):
