@@ -8,6 +8,7 @@ fail within seconds instead of hanging the owner thread.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
-from drivers.camera.errors import CameraFault
+from drivers.camera.errors import CameraFault, CameraNodeMissingError
 
 OPEN_TIMEOUT_MS = 3000
 READ_TIMEOUT_MS = 2000
@@ -202,8 +203,26 @@ class CameraSource:
     def is_live(self) -> bool:
         return self.kind != "file"
 
+    @property
+    def node(self) -> str | None:
+        """The local path this source opens (``0`` is ``/dev/video0``), or None for a stream URL."""
+        if self.kind == "stream":
+            return None
+        return f"/dev/video{self.target}" if isinstance(self.target, int) else str(self.target)
+
+    def check_present(self) -> None:
+        """CameraNodeMissingError when the local node or file this source opens is not there.
+
+        Why here: the one check of a missing camera, made by ``open`` and by whoever must not open it (doctor,
+        beside a running daemon), so each caller says the same thing and names the same fix."""
+        node = self.node
+        if node is not None and not os.path.exists(node):
+            raise CameraNodeMissingError(node if self.kind == "v4l2" else self.text)
+
     def open(self) -> cv2.VideoCapture:
-        """A cv2.VideoCapture on this source (check ``isOpened()``)."""
+        """A cv2.VideoCapture on this source (check ``isOpened()``); CameraNodeMissingError for a local camera
+        that is not there (OpenCV would only say it did not open)."""
+        self.check_present()
         if self.kind == "v4l2":
             return cv2.VideoCapture(self.target, cv2.CAP_V4L2)
         if self.kind == "stream":
