@@ -424,6 +424,25 @@ def _device_path_problem(path: str, what: str, list_them: str, write: bool = Tru
     return None
 
 
+def _camera_path_problem(source: str) -> tuple[str, str] | None:
+    """Why this user cannot use the local camera ``source`` (a /dev/videoN, an index, a file), or None.
+
+    A camera that is not there is the driver's own check (CameraNodeMissingError, the one every caller
+    shows), made without opening it; only whether this user may open it is looked at here."""
+    from drivers.camera.errors import CameraNodeMissingError
+    from drivers.camera.source import CameraSource, CameraSourceError
+
+    try:
+        camera = CameraSource.parse(source)
+        camera.check_present()
+    except CameraSourceError as exc:
+        return str(exc), "correct source"
+    except CameraNodeMissingError as exc:
+        return str(exc.args[0]), exc.fix
+    node = camera.node or source
+    return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=node.startswith("/dev/"))
+
+
 def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
     """Each configured device's node (serial port, /dev/video, a file) and a camera's ca_file, as this user.
 
@@ -452,8 +471,8 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
                 path, "the module (its USB adapter)", "`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*`"
             )
         elif section.kind == "camera" and "://" not in section.source:
-            path, shown = section.source, f"camera {section.source}"
-            problem = _device_path_problem(path, "the camera", "`ls /dev/video*`", write=path.startswith("/dev/"))
+            shown = f"camera {section.source}"
+            problem = _camera_path_problem(section.source)
         elif section.kind == "camera":
             shown = "camera stream (not reached from here; `capture-agent devices --camera URL` reads it once)"
         else:

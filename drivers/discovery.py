@@ -127,12 +127,16 @@ def usb_readers(backend: object | None = None) -> list[Finding]:
 def _probe_camera(finding: Finding, source: str) -> None:
     import cv2
 
+    from drivers.camera.errors import CameraNodeMissingError
     from drivers.camera.source import CameraSource, CameraSourceError
 
     try:
         capture = CameraSource.parse(source).open()
     except CameraSourceError as exc:
         finding.description, finding.fix = "not a camera source", str(exc)
+        return
+    except CameraNodeMissingError as exc:  # asked for by name and not there, as a serial port: no permission matter
+        finding.accessible, finding.description, finding.fix = False, "does not exist", exc.fix
         return
     try:
         ok, frame = capture.read() if capture.isOpened() else (False, None)
@@ -164,18 +168,6 @@ def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type
             _probe_camera(finding, node)
         findings.append(finding)
     for source in extra:
-        if "://" not in source and not os.path.exists(source):  # asked for by name and not there, as a serial port
-            findings.append(
-                Finding(
-                    "camera",
-                    source,
-                    False,
-                    "does not exist",
-                    fix="check the name (`ls /dev/video*` lists the cameras there are); a USB camera that is "
-                    "unplugged has no node: plug it in",
-                )
-            )
-            continue
         finding = Finding("camera", CameraSource.parse(source).redacted if "://" in source else source, True)
         _probe_camera(finding, source)
         findings.append(finding)

@@ -132,6 +132,50 @@ def test_an_at_sign_in_a_query_is_data_and_its_value_stays_redacted(url: str, sh
     assert "SECRET" not in repr(source)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1:8080/snap@2x.jpg", "http://127.0.0.1:8080/***"),
+        ("http://cam.lan/a/b@c", "http://cam.lan/***/***"),
+        ("http://10.0.0.7:8080/a/b@c", "http://10.0.0.7:8080/***/***"),
+        ("rtsp://[fd00::5]/live@main/ch1", "rtsp://[fd00::5]/***/ch1"),
+        ("http://cam/snapshot.cgi?size@2x", "http://cam/snapshot.cgi?***"),
+        ("http://u:pSECRET@cam/snap@2x.jpg", "http://***@cam/***"),
+    ],
+)
+def test_an_at_sign_in_the_path_is_the_paths(url: str, shown: str) -> None:
+    """RFC 3986: the authority ends at the first / ? #, so a later @ is data, not the end of a userinfo;
+    these were refused as a password holding an unencoded /."""
+    source = CameraSource.parse(url)
+    assert source.kind == "stream" and source.target == url
+    assert source.redacted == shown and "SECRET" not in repr(source)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        # a digits-only password holding a /: as RFC 3986 reads it, host user, port 1234, path /5678@host/...
+        ("http://userSECRET:1234/5678@cam.lan/video.mjpg", "http://cam.lan"),
+        ("http://userSECRET:1234/5678@cam.lan", "http://cam.lan"),
+        ("rtsp://userSECRET:12/34/56@10.0.0.5:554/live", "rtsp://10.0.0.5:554"),
+        # a password of digits then letters: the host after the @ has a path, or the "host" is a user's name
+        ("http://userSECRET:1234/abSECRET@cam.lan/video.mjpg", "http://cam.lan"),
+        ("http://userSECRET:12/abSECRET/cdSECRET@cam.lan", "http://cam.lan"),
+        ("http://userSECRET:/pwSECRET@cam.lan", "http://cam.lan"),
+    ],
+)
+def test_a_password_with_a_slash_read_as_a_port_is_refused_naming_2f(url: str, origin: str) -> None:
+    from drivers.camera.source import CameraSourceCredentials, redact_url
+
+    with pytest.raises(CameraSourceCredentials) as caught:
+        CameraSource.parse(url)
+    assert f"the camera source {origin} " in caught.value.args[0]
+    fix = caught.value.fix
+    assert "/ as %2F" in fix and "an @ that belongs to the camera's path is written %40" in fix
+    for text in (str(caught.value), redact_url(url)):
+        assert "SECRET" not in text and "1234" not in text and "/34" not in text, text
+
+
 def test_frames_size_and_only_the_latest(camera_sim) -> None:
     events: list[tuple[str, dict]] = []
     with Camera(camera_sim.url, on_event=lambda kind, data: events.append((kind, data))) as camera:

@@ -1043,6 +1043,47 @@ def test_a_query_holding_an_at_sign_reaches_the_camera_as_written(scripted) -> N
     assert b"authorization" not in server.requests[0].lower()
 
 
+@pytest.mark.parametrize("path", ["/snap@2x.jpg", "/a/b@c"])
+def test_an_at_sign_in_the_path_reaches_the_camera_as_written(scripted, path) -> None:
+    """An @ after the authority is the path's (RFC 3986): it was refused as a password holding a /."""
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    events: list = []
+    with Camera(server.url(path), reconnect=False, on_event=lambda k, d: events.append((k, d))) as camera:
+        assert camera.wait_frame(timeout_s=10).seq >= 1
+        shown = camera.source.redacted
+    assert server.requests[0].startswith(f"GET {path} HTTP/1.0\r\n".encode())
+    # what precedes a path's @ could be a password's tail: the path is not shown up to it, the camera is
+    assert shown == f"http://127.0.0.1:{server.port}/" + "/".join("***" for _ in path.strip("/").split("/"))
+    assert ("camera_plugged", {"source": shown, "width": 320, "height": 240, "fps": 0.0}) in events
+
+
+def test_a_digits_only_password_with_a_slash_reaches_no_host(scripted) -> None:
+    """``localhost:PORT/5678@cam`` is, as RFC 3986 reads it, host localhost, port PORT, path /5678@cam: a
+    password 'PORT/5678' would be sent in a request path to whatever answers there. Refused before any
+    connection, naming %2F, with none of it in the message or the audit."""
+    from agent.config import DeviceSection
+    from agent.devices.supervisor import DeviceSupervisor
+    from drivers.camera.source import CameraSourceCredentials
+    from drivers.camera.stream import MjpegReader
+
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c))
+    url = f"http://localhost:{server.port}/5678@cam/video.mjpg"
+    with pytest.raises(CameraSourceCredentials) as caught:
+        Camera(url, reconnect=False)
+    assert "/ as %2F" in caught.value.fix
+    assert "5678" not in str(caught.value) and str(server.port) not in str(caught.value)
+    reader = MjpegReader(f"http://localhost:{server.port}/5678@cam", "shown", open_timeout_s=10, read_timeout_s=1)
+    with pytest.raises(CameraSourceCredentials):
+        reader.open(threading.Event())
+    reader.release()
+    recorded: list = []
+    supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=url))],
+                                  lambda k, d: recorded.append((k, d)))
+    assert supervisor.devices == [] and [k for k, _ in recorded] == ["device_fault"]
+    assert "%2F" in recorded[0][1]["fix"] and "5678" not in repr(recorded)
+    assert server.requests == []
+
+
 def test_port_zero_is_no_valid_port_not_port_80() -> None:
     camera = Camera("http://127.0.0.1:0/video.mjpg", reconnect=False)
     assert not camera.open_once(timeout_s=10)

@@ -536,6 +536,67 @@ def test_a_camera_node_that_does_not_exist_says_so_and_where_it_is_set(tmp_path)
     assert not found.accessible and found.description == "does not exist" and "ls /dev/video*" in found.fix
 
 
+def _absent_video_index() -> int:
+    """An index N whose /dev/videoN this machine does not have, chosen at run time."""
+    return next(n for n in range(64, 4096) if not os.path.exists(f"/dev/video{n}"))
+
+
+def test_a_missing_camera_is_one_typed_error_that_discovery_the_device_and_doctor_show(tmp_path) -> None:
+    """Discovery, the agent's camera device and doctor each checked for a missing node themselves, with three
+    messages and fixes. Now CameraSource.open raises CameraNodeMissingError and each caller shows it: the same
+    message and the same fix (the cable, `ls /dev/video*`, udev), the device's pointed at its own entry."""
+    from agent.doctor import run_doctor
+    from drivers.camera.camera import Camera
+    from drivers.camera.errors import CameraNodeMissingError, CameraUnavailable
+    from drivers.camera.source import CameraSource
+    from drivers.discovery import cameras
+
+    missing = str(tmp_path / "video9")
+    with pytest.raises(CameraNodeMissingError) as caught:
+        CameraSource.parse(missing).open()
+    error = caught.value
+    assert isinstance(error, CameraUnavailable) and error.path == missing
+    assert error.args[0] == f"the camera {missing} does not exist"
+    assert "USB cable" in error.fix and "ls /dev/video*" in error.fix and "udevadm monitor" in error.fix
+    # the driver's owner thread keeps it as the reason the open failed
+    camera = Camera(missing, reconnect=False)
+    assert not camera.open_once(timeout_s=5) and isinstance(camera.open_error, CameraNodeMissingError)
+    # discovery (`capture-agent devices --camera`)
+    found = next(f for f in cameras([missing], max_index=0) if f.path == missing)
+    assert (found.accessible, found.description, found.fix) == (False, "does not exist", error.fix)
+    # the agent's device, audited by the supervisor
+    config = parse_config({"device": [{"kind": "camera", "name": "door", "source": missing}]})
+    fault = next(data for kind, data in _opened_once(config) if kind == "device_fault")
+    assert fault["error"] == error.args[0]
+    assert fault["fix"] == error.fix.replace("correct the path", 'correct source in [[device]] name = "door"')
+    # doctor, which only looks (the daemon may hold the camera)
+    door = next(c for c in run_doctor(config).checks if c.name == "device door")
+    assert door.ok is False and door.detail == f"camera: {error.args[0]}" and door.fix.startswith(error.fix + ";")
+
+
+def test_a_missing_camera_given_as_an_index_is_named_by_its_node(tmp_path) -> None:
+    """``source = "N"`` opens /dev/videoN: doctor looked for a file named N in its working directory, and
+    discovery and the device said "N does not exist" however many /dev/video nodes there were."""
+    from agent.doctor import run_doctor
+    from drivers.camera.errors import CameraNodeMissingError
+    from drivers.camera.source import CameraSource
+    from drivers.discovery import cameras
+
+    index = _absent_video_index()
+    node = f"/dev/video{index}"
+    (tmp_path / str(index)).touch()  # a file of that name where doctor runs: not the camera
+    with contextlib.chdir(tmp_path):
+        with pytest.raises(CameraNodeMissingError, match=f"the camera {node} does not exist"):
+            CameraSource.parse(str(index)).open()
+        config = parse_config({"device": [{"kind": "camera", "name": "door", "source": str(index)}]})
+        door = next(c for c in run_doctor(config).checks if c.name == "device door")
+        assert door.ok is False and f"{node} does not exist" in door.detail, door
+        found = next(f for f in cameras([str(index)], max_index=0) if f.path == str(index))
+        assert not found.accessible and found.description == "does not exist", found
+        fault = next(data for kind, data in _opened_once(config) if kind == "device_fault")
+        assert fault["error"] == f"the camera {node} does not exist", fault
+
+
 def test_a_watch_whose_look_fails_keeps_watching(zfm_sim) -> None:
     """The audit trail refuses the unplug report once (a full disk): the device is still seen coming back."""
     recorded: list[tuple[str, dict]] = []

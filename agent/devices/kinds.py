@@ -277,17 +277,12 @@ class CameraDevice(Device):
 
     def _open(self) -> dict[str, Any]:
         from drivers.camera.camera import CameraUnavailable
+        from drivers.camera.errors import CameraNodeMissingError
 
-        source = self.section.source
-        if "://" not in source and not os.path.exists(source):  # a /dev/videoN or a file that is not there
-            # "[reader] source" is the driver fixes' spelling, pointed at this device's entry by fix_in_place.
-            raise CameraUnavailable(
-                f"the camera {source} does not exist",
-                "plug the camera in, or check [reader] source (`ls /dev/video*` lists the cameras there are; "
-                "`capture-agent devices` reads each once)",
-            )
         if not self.camera.open_once(timeout_s=max(5.0, self.section.check_interval_s)):
-
+            if isinstance(self.camera.open_error, CameraNodeMissingError):  # a /dev/videoN or file not there
+                # "[reader] source" is the driver fixes' spelling, pointed at this device's entry by fix_in_place.
+                raise self.camera.open_error.set_in("[reader] source")
             if self.camera.fault is not None:  # it answers, but with what cannot be used: say what and the fix
                 raise self.camera.fault
             if self.camera.open_error is not None:  # it refused (a password, a path, a certificate): the fix

@@ -256,7 +256,11 @@ class Camera:
 
     # ---------------------------------------------------------------- owner thread
     def _open(self) -> cv2.VideoCapture | None:
-        capture = self.source.open()
+        try:
+            capture = self.source.open()
+        except CameraUnavailable as exc:  # a node or file that is not there: kept, its fix reaches the audit
+            self.open_error = exc
+            return None
         if not capture.isOpened():
             capture.release()
             return None

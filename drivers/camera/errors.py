@@ -13,6 +13,29 @@ class CameraUnavailable(CameraError):
     """No frame from the camera in time: it is unplugged, or its stream stalled."""
 
 
+class CameraNodeMissingError(CameraUnavailable):
+    """A local camera (a /dev/videoN node, a V4L2 index, a video file) that is not there.
+
+    Raised by ``CameraSource.open`` (and ``CameraSource.check_present``, which doctor calls without opening),
+    the one place that looks: OpenCV given a missing node only says it did not open, which read as "gives no
+    frame" and named nothing to fix. A subclass of CameraUnavailable: plugging the camera in fixes it.
+    ``setting`` is where the path is configured, as the caller knows it (the agent's device says
+    ``[reader] source``, pointed at its own entry by ``fix_in_place``)."""
+
+    def __init__(self, path: str, setting: str = "the path") -> None:
+        super().__init__(
+            f"the camera {path} does not exist",
+            f"plug the camera in and check its USB cable (an unplugged camera has no node), or correct {setting} "
+            "(`ls /dev/video*` lists the cameras there are; `capture-agent devices` reads each once); a camera "
+            "plugged in whose node never appears: watch `udevadm monitor --udev` while replugging it",
+        )
+        self.path = path
+
+    def set_in(self, setting: str) -> CameraNodeMissingError:
+        """The same error, its fix naming where the caller configures the path."""
+        return CameraNodeMissingError(self.path, setting)
+
+
 class CameraFault(CameraError):
     """The camera answers, but what it sends cannot be used: no waiting or replugging fixes it."""
 

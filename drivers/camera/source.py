@@ -8,6 +8,7 @@ fail within seconds instead of hanging the owner thread.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
-from drivers.camera.errors import CameraFault
+from drivers.camera.errors import CameraFault, CameraNodeMissingError
 
 OPEN_TIMEOUT_MS = 3000
 READ_TIMEOUT_MS = 2000
@@ -34,14 +35,16 @@ class CameraSourceError(ValueError):
 
 class CameraSourceCredentials(CameraSourceError, CameraFault):
     """A stream URL whose user or password holds an unencoded / ? or #: the authority (RFC 3986) ends at it,
-    so what is left of it is no host, and an @ further on shows where the credentials were meant to end."""
+    so what is left of it is no host (or a port: ``user:1234/5678@host``), and an @ further on shows where the
+    credentials were meant to end (see :func:`credentials_unclear`). Refused rather than read as RFC 3986 reads
+    it: the password would be sent, in the path, to a host named after the user."""
 
     def __init__(self, shown: str) -> None:
         CameraFault.__init__(
             self,
             f"the camera source {shown} has an unencoded / ? or # in its user or password",
             "percent-encode / ? # @ : in the camera password (and user): / as %2F, ? as %3F, # as %23, @ as %40, "
-            ": as %3A",
+            ": as %3A; an @ that belongs to the camera's path is written %40 there too",
         )
 
     def __str__(self) -> str:
@@ -107,14 +110,31 @@ def split_authority(text: str) -> tuple[str, str, str] | None:
     return scheme, rest[:at], rest[at:]
 
 
-def credentials_unclear(text: str) -> bool:
-    """True when where a URL's credentials end cannot be told: they could be sent to, or shown as, a host.
+# an address after an @, not a name: an IPv4 or [IPv6] literal, or anything with a port
+_ADDRESS = re.compile(r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[^\]]*\]|[^:]*:[0-9]*)(?::[0-9]*)?")
 
-    That is when an @ follows the authority and either the authority is no ``[userinfo@]host[:port]`` (a
-    password holding an unencoded / ? or # ended it early: ``http://admin:pa/ss@cam/``), or it holds no
-    userinfo while what follows the last @ reads as a host (then / ? # or the end) and what comes before that
-    @ is no list of ``name=value`` pairs (``http://admin/x:pw@cam/``: a user holding a /). Any other @ after
-    the authority is data, as RFC 3986 reads it: a query's (``?user=admin&pwd=a@b``), a path's."""
+
+def credentials_unclear(text: str) -> bool:
+    """True when an @ after a URL's authority reads as the end of a userinfo written with an unencoded / ? or #:
+    read as RFC 3986 says, part of a credential would be sent in the path to the wrong host, or logged as one.
+
+    Two shapes are the same text: ``http://cam:8080/snap@2x.jpg`` (a path, RFC 3986's reading) and
+    ``http://user:1234/5678@host`` (a password with a /, its digits read as a port). This tells them apart by
+    what a mistaken userinfo leaves, and refuses only those (an @ meant for the path can be written %40):
+
+    - the authority is no ``[userinfo@]host[:port]``: a password's / ? # ended it early (``admin:pa/ss@cam``);
+    - else, when the authority holds no userinfo, what comes after the last @ reads as ``host[:port]`` (then
+      / ? # or the end), and what comes before it is no list of ``name=value`` (a query's, a DVR path's), any of:
+
+      - a ``:`` before that @ (``admin/x:pw@cam``: a user with a /, then its password);
+      - an authority with a port, and: a path after the host that follows the @
+        (``user:1234/ab@host/video.mjpg``), or only digits and / ? # up to the @ (``user:1234/5678@host``: a
+        digits-only password), or an empty port (``user:/pw@host``), or a host of one label, no address and
+        not localhost (``admin:12/ab@cam``: a user name's shape; a camera is an address or a dotted name);
+      - an address after the @ (``.../x@10.0.0.5``, ``...@cam:554``), not a name.
+
+    Any other @ after the authority is data, as RFC 3986 reads it: a path's (``/snap@2x.jpg``, ``/a/b@c``,
+    ``127.0.0.1:8080/a/b@c``), a query's (``?user=admin&pwd=a@b``)."""
     split = split_authority(text)
     if split is None:
         return False
@@ -124,8 +144,19 @@ def credentials_unclear(text: str) -> bool:
     if not _HOST_PORT.fullmatch(authority.rpartition("@")[2]):
         return True
     between, _, after = rest.rpartition("@")
-    host = re.split(r"[/?#]", after, maxsplit=1)[0]
-    return "@" not in authority and bool(_HOST_PORT.fullmatch(host)) and not re.search(r"[=&;]", between)
+    if "@" in authority or re.search(r"[=&;]", between):
+        return False
+    host, tail = re.match(r"([^/?#]*)(.*)", after, re.DOTALL).groups()  # type: ignore[union-attr]
+    if not _HOST_PORT.fullmatch(host):
+        return False
+    name, colon, port = authority.rpartition("]")[2].partition(":")  # an IPv6 literal's own colons are no port
+    digits_only = re.fullmatch(r"[/?#][0-9/?#]*", between) is not None
+    user_like = "." not in name and not authority.startswith("[") and name.lower() != "localhost"
+    return (
+        ":" in between
+        or (colon == ":" and (not port or tail.startswith("/") or digits_only or user_like))
+        or _ADDRESS.fullmatch(host) is not None
+    )
 
 
 def _origin(text: str) -> str:
@@ -144,9 +175,10 @@ def redact_url(text: str) -> str:
     userinfo, everything up to its *last* ``@``, becomes ``***`` (a password may hold ``@``:
     ``http://u:p@ss@host/`` logs in as ``u`` with ``p@ss``). Every query value becomes ``***`` and keeps its
     key (cheap IP cameras take ``?user=admin&pwd=...``), and so does every ``name=value`` in the path (DVRs
-    take ``rtsp://host/user=admin&password=...&channel=1``); a path segment still holding an ``@`` is masked
-    whole, and so is a fragment, a query piece with no ``=`` or an ``@`` in its key. Scheme, host, port and
-    the rest of the path stay. Text that is not a URL (a device node, a file path) is returned unchanged.
+    take ``rtsp://host/user=admin&password=...&channel=1``); a path segment still holding an ``@``, and every
+    segment before it, is masked whole (what precedes a path's @ may be the tail of a password that held an
+    unencoded /), and so is a fragment, a query piece with no ``=`` or an ``@`` in its key. Scheme, host, port
+    and the rest of the path stay. Text that is not a URL (a device node, a file path) is returned unchanged.
 
     When where the credentials end cannot be told (:func:`credentials_unclear`: a user or password holding an
     unencoded / ? or #), everything up to the last ``@`` is masked, wherever it is: masking too much is
@@ -170,7 +202,9 @@ def redact_url(text: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     netloc = f"***@{host}" if masked or "@" in parts.netloc else host
     segments = re.sub(r"=[^&;/]*", "=***", parts.path).split("/")
-    path = "/".join("***" if "@" in segment else segment for segment in segments)
+    last_at = max((i for i, segment in enumerate(segments) if "@" in segment), default=-1)
+    # up to the last segment holding an @, every segment: what precedes that @ may be a password's tail
+    path = "/".join("***" if segment and i <= last_at else segment for i, segment in enumerate(segments))
     keys = [piece.partition("=")[0] if "=" in piece else "@" for piece in parts.query.split("&")]
     query = "&".join("***" if "@" in key else f"{key}=***" for key in keys)  # a bare piece or an odd key: masked
     return urlunsplit((parts.scheme, netloc, path, query if parts.query else "", "***" if parts.fragment else ""))
@@ -202,8 +236,26 @@ class CameraSource:
     def is_live(self) -> bool:
         return self.kind != "file"
 
+    @property
+    def node(self) -> str | None:
+        """The local path this source opens (``0`` is ``/dev/video0``), or None for a stream URL."""
+        if self.kind == "stream":
+            return None
+        return f"/dev/video{self.target}" if isinstance(self.target, int) else str(self.target)
+
+    def check_present(self) -> None:
+        """CameraNodeMissingError when the local node or file this source opens is not there.
+
+        Why here: the one check of a missing camera, made by ``open`` and by whoever must not open it (doctor,
+        beside a running daemon), so each caller says the same thing and names the same fix."""
+        node = self.node
+        if node is not None and not os.path.exists(node):
+            raise CameraNodeMissingError(node if self.kind == "v4l2" else self.text)
+
     def open(self) -> cv2.VideoCapture:
-        """A cv2.VideoCapture on this source (check ``isOpened()``)."""
+        """A cv2.VideoCapture on this source (check ``isOpened()``); CameraNodeMissingError for a local camera
+        that is not there (OpenCV would only say it did not open)."""
+        self.check_present()
         if self.kind == "v4l2":
             return cv2.VideoCapture(self.target, cv2.CAP_V4L2)
         if self.kind == "stream":
