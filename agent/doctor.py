@@ -503,13 +503,19 @@ def _provisioned_elsewhere(config: AgentConfig) -> str | None:
 
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
-    other = _provisioned_elsewhere(config)
+    kept: AgentError | None = None
+    try:
+        other = _provisioned_elsewhere(config)
+    except AgentError as exc:  # the kept file is a FIFO, a link, a directory, too large: a line, not a stop
+        other, kept = None, exc
     report.add(
         "config",
         True,
         f"loaded from {config.source}; verifier {config.verifier.url} ({config.verifier_url_origin})"
         + (f"; the device was provisioned with {other}" if other else ""),
     )
+    if kept is not None:
+        report.add("provisioned verifier URL", False, kept.message, kept.fix)
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
     _check_api_group(report, config)

@@ -316,3 +316,14 @@ def test_a_kept_verifier_url_edited_to_hold_a_password_is_never_repeated(provisi
     said = [(check.detail, check.fix) for check in report.checks]
     assert not any("s3cret" in (text or "") for pair in said for text in pair), said
     assert "no valid verifier URL" in by_name(report)["config"].detail
+
+
+def test_a_kept_verifier_url_that_is_a_fifo_is_a_failed_line_not_a_hang(provisioned) -> None:
+    """The config's URL wins, so doctor reads the kept one only to compare: a FIFO there blocked it for good."""
+    _, state = provisioned
+    kept = state / "identity" / "verifier.url"
+    os.mkfifo(kept, 0o600)
+    report = run_doctor(config_for(state))
+    line = by_name(report)["provisioned verifier URL"]
+    assert line.ok is False and "is a FIFO (named pipe), not a regular file" in line.detail
+    assert f"rm -r {kept}" in line.fix and report.ok is False
