@@ -23,6 +23,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from agent.access import closed_parent, user_name
 from agent.errors import ConfigError
 from protocol.shown import shortened, shown_repr
 from protocol.wire import NotBase64Error, b64decode_strict
@@ -590,9 +591,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
             f"config file {file} does not exist",
             fix="create it (see README, 'Configuration') or fix the path",
         ) from None
+    except PermissionError as exc:
+        raise _unreadable_config(file, exc) from None
     except OSError as exc:
         raise ConfigError(
             f"config file {file} cannot be read: {exc.strerror}",
             fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
         ) from None
     return config_from_bytes(raw, str(file))
+
+
+def _unreadable_config(file: Path, exc: PermissionError) -> ConfigError:
+    """The config file this user may not read, naming whose it is, or the folder above it that shuts it out."""
+    closed = closed_parent(file)
+    if closed is not None:  # the file's own mode is not the matter: chmod 0640 on it would change nothing
+        return ConfigError(
+            f"config file {file} cannot be read: it is inside {closed}, a folder {user_name()} may not pass "
+            f"through ({exc.strerror})",
+            fix=f"let the agent's user through it (`chmod o+x {closed}`, or give it to that user's group; "
+            "/etc/capture-agent is the unit's ConfigurationDirectory=, mode 0750), or put the config elsewhere",
+        )
+    try:
+        owner = user_name(file.stat().st_uid)
+    except OSError:
+        owner = "an owner this user cannot see"
+    return ConfigError(
+        f"config file {file} cannot be read by {user_name()}: {exc.strerror} (it belongs to {owner})",
+        fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
+    )

@@ -34,7 +34,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import pwd
 import shutil
 import stat
 from collections.abc import AsyncIterator, Sequence
@@ -47,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.access import closed_parent, user_name
 from agent.errors import CertificateDefect, IdentityError
 from protocol.certificates import X509_READ_FAULTS
 
@@ -236,15 +236,6 @@ def normalise_fingerprint(text: str) -> str:
     return "".join(ch for ch in text if ch not in ": \t").lower()
 
 
-def user_name(uid: int | None = None) -> str:
-    """``name (uid N)`` of a user id (this process's by default), for messages an installer acts on."""
-    uid = os.getuid() if uid is None else uid
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _owner_of(path: Path) -> str:
     """Who owns ``path``, or the nearest part of it this user may look at."""
     for candidate in (path, *path.parents):
@@ -407,7 +398,16 @@ class IdentityStore:
                 fix="point [agent] state_dir at a directory (default /var/lib/capture-agent), or move the file away",
             )
         if isinstance(exc, PermissionError):
-            if not self.state_dir.exists() and not self.state_dir.is_symlink():
+            closed = closed_parent(self.state_dir)
+            if closed is not None:  # Path.exists() itself raises here: the state directory cannot even be looked at
+                return IdentityError(
+                    f"cannot {doing}: {self.state_dir} is inside {closed} ({_owner_of(closed)}, mode "
+                    f"{stat.S_IMODE(closed.stat().st_mode):o}), a folder {user_name()} may not pass through",
+                    fix=f"let the agent's user through it (`chmod o+x {closed}`, or give it to that user), or point "
+                    f"[agent] state_dir at a directory outside it (default /var/lib/capture-agent); `ls -ld` each "
+                    f"parent of {self.state_dir} shows which may not be entered",
+                )
+            if not os.path.lexists(self.state_dir):
                 return IdentityError(
                     f"cannot {doing}: {self.state_dir} does not exist and its parent is not writable by "
                     f"{user_name()} ({exc.strerror})",
