@@ -11,6 +11,7 @@ these tests are skipped and say so (``make test`` lists skips with their reasons
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from pathlib import Path
 
@@ -113,6 +114,24 @@ def test_provisioning_into_a_folder_the_agent_user_may_not_write_says_to_create_
     assert f"{state} does not exist and its parent is not writable" in error, error
     assert f"install -d -o capture-agent -g capture-agent -m 0700 {state}" in fix
     assert not state.exists()
+
+
+def test_the_daemon_names_the_chown_for_an_outbox_a_root_run_left_behind(
+    verifier, agent_user_cli, open_tmp, shut
+) -> None:
+    """`sudo capture-agent run` once, to try, leaves outbox.sqlite root's 0600 in the agent's state directory;
+    the daemon as the agent's user then ended in Outbox's PermissionError traceback."""
+    state = open_tmp / "state"
+    asyncio.run(provision_device(verifier, state, "kiosk-root-run"))
+    give_to_agent_user(state)
+    outbox = state / "outbox.sqlite"
+    outbox.touch(mode=0o600)
+    shut(outbox, 0o600 if os.getuid() == 0 else 0o000)  # root's 0600, as a root run leaves it; else shut to its owner
+    config = write_config_file(open_tmp / "agent.toml", device_config(state, verifier.url),
+                               '[logging]\nlevel = "error"\n')
+    error, fix = refused(agent_user_cli("run", "--config", str(config)))
+    assert error.startswith(f"cannot open the audit outbox: permission denied on {outbox} ("), error
+    assert f"chown -R capture-agent: {state}" in fix
 
 
 # ---------------------------------------------------------------- the local API socket's folder
