@@ -378,12 +378,12 @@ class VerifierClient:
         --verifier` against a verifier that moved); a URL from the config file or the command line stays."""
         if not self.config.verifier_url_origin.startswith(PROVISIONED_ORIGIN):
             return
-        url = self._store.provisioned_verifier_url()
-        if url is None or url == self.config.verifier.url:
-            return
         try:
+            url = self._store.provisioned_verifier_url()
+            if url is None or url == self.config.verifier.url:
+                return
             self.config = self.config.with_overrides(verifier={"url": url})
-        except AgentError as exc:  # a file edited by hand: keep the URL that works
+        except AgentError as exc:  # a file edited by hand (or no file at all: a FIFO): keep the URL that works
             log.warning("provisioned_verifier_url_refused", error=exc.message)
             return
         log.info("verifier_url_followed", verifier=url)

@@ -23,6 +23,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from agent.access import closed_parent, user_name
 from agent.errors import ConfigError
 from protocol.shown import shortened, shown_repr
 from protocol.wire import NotBase64Error, b64decode_strict
@@ -40,6 +41,9 @@ MAX_CONFIG_DEPTH = 8
 # which also keeps them clear of float() overflow and of Python's 4300-digit str(int) limit.
 TOML_INT_MIN, TOML_INT_MAX = -(1 << 63), (1 << 63) - 1
 SHOWN_VALUE_CHARS = 120  # how much of a bad value an error repeats
+# How an error names the verifier's URL when it came from the config file; a caller that took it from elsewhere
+# (the command line's --verifier, the file kept at provisioning) passes its own name (AgentConfig.with_overrides).
+VERIFIER_URL_KEY = "[verifier] url"
 
 
 def _shown(value: Any) -> str:
@@ -60,9 +64,15 @@ def _split(url: str) -> SplitResult | None:
         return None
 
 
-def _check(predicate: Callable[[Any], bool], fix: str) -> dict[str, Any]:
-    """Field metadata: a validity check and the fix to print when it fails."""
-    return {"check": predicate, "fix": fix}
+def _check(
+    predicate: Callable[[Any], bool], fix: str, refuse: Callable[[Any, str], None] | None = None
+) -> dict[str, Any]:
+    """Field metadata: a validity check and the fix to print when it fails.
+
+    ``refuse(value, name)``, when given, runs first and raises its own :class:`ConfigError` naming the value
+    as ``name`` (the key, or the flag it was typed as): for a refusal whose message must not repeat the value.
+    """
+    return {"check": predicate, "fix": fix, "refuse": refuse}
 
 
 def _positive(value: float) -> bool:
@@ -70,7 +80,7 @@ def _positive(value: float) -> bool:
 
 
 def _https_url(value: str) -> bool:
-    refuse_user_info(value)  # before any message that would repeat the value with its password
+    """Whether ``value`` is a verifier base URL; user info is refused before (``refuse=refuse_user_info``)."""
     parts = _split(value)
     if parts is None:
         return False
@@ -106,14 +116,16 @@ def normalise_spki_pin(value: str) -> str | None:
     return base64.b64encode(digest).decode("ascii") if len(digest) == 32 else None
 
 
-def refuse_user_info(url: str) -> None:
-    """Refuse ``https://user:password@host``, naming the URL without its user info.
+def refuse_user_info(url: str, name: str = VERIFIER_URL_KEY) -> None:
+    """Refuse ``https://user:password@host``, naming the URL without its user info, as ``name``.
 
     Why: the verifier authenticates a device by its certificate (and provisioning by
     the one-time token), never by a password in the URL; one typed there anyway would
     be printed by every log line and by `doctor` that names the verifier. The error
     itself must not repeat it, so the URL is shown with the user info cut out (a URL
     urlsplit rejects is judged on its text: ``https://user:pw@[`` is refused the same).
+    ``name`` is where the value came from, as the person typed it: ``[verifier] url`` in the
+    file, ``--verifier`` on the command line.
     """
     scheme, separator, rest = url.partition("://")
     if not separator:  # "admin:pw@host:8443", the scheme left out: still not to be repeated
@@ -125,7 +137,7 @@ def refuse_user_info(url: str) -> None:
     # verifier's URL has no path or query, so any "@" after the scheme is taken for user info.
     shown = _shown(f"{scheme}{separator}***@{rest.rpartition('@')[2]}")
     raise ConfigError(
-        f"bad value [verifier] url: {shown} has a user name or password before the host",
+        f"bad value {name}: {shown} has a user name or password before the host",
         fix="remove the `user:password@` part (the device authenticates with its certificate and the "
         "provisioning token, never a password in the URL); if it was a real password, change it",
     )
@@ -161,8 +173,9 @@ class VerifierSection:
         default="https://127.0.0.1:8443",
         metadata=_check(
             _https_url,
-            "give the verifier base URL: https://, the host, optionally :PORT (1-65535; none means 8443), and no "
+            "give the verifier's base URL: https://, the host, optionally :PORT (1-65535; none means 8443), and no "
             'path, e.g. "https://verifier.example:8443"',
+            refuse=refuse_user_info,  # before any message that would repeat the value with its password
         ),
     )
     spki_pin: str = field(
@@ -364,10 +377,20 @@ class AgentConfig:
     # URL the device was provisioned with (agent.runtime.with_provisioned_verifier).
     verifier_url_origin: str = "built-in default"
 
-    def with_overrides(self, **sections: Mapping[str, Any]) -> AgentConfig:
-        """A copy with some keys changed (CLI flags), validated like the file."""
+    def with_overrides(self, given_as: Mapping[str, str] | None = None, **sections: Mapping[str, Any]) -> AgentConfig:
+        """A copy with some keys changed (CLI flags), validated like the file.
+
+        ``given_as`` names where a value came from, by ``"section.key"``: ``{"verifier.url": "--verifier"}``
+        makes a bad value's error say ``bad value --verifier = ...``, as the person typed it, instead of
+        ``[verifier] url``, a key of a file they never wrote. Keys it does not name are named as in the file.
+        """
         merged = {name: {**_as_dict(getattr(self, name)), **values} for name, values in sections.items()}
-        updated = {name: _build(type(getattr(self, name)), name, raw) for name, raw in merged.items()}
+        updated = {}
+        for name, raw in merged.items():
+            prefix = f"{name}."
+            names = {dotted.removeprefix(prefix): shown for dotted, shown in (given_as or {}).items()
+                     if dotted.startswith(prefix)}
+            updated[name] = _build(type(getattr(self, name)), name, raw, names)
         return replace(self, **updated)
 
 
@@ -381,9 +404,9 @@ def _as_dict(section: Any) -> dict[str, Any]:
     return {f.name: getattr(section, f.name) for f in fields(section)}
 
 
-def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
-    """Turn a TOML value into the field's type, or fail naming key, value and fix."""
-    where = f"[{section}] {key} = {_shown(value)}"
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn a TOML value into the field's type, or fail naming key (as ``name``), value and fix."""
+    where = f"{name} = {_shown(value)}"
     origin = get_origin(hint)
     if origin is Literal:
         allowed = get_args(hint)
@@ -418,7 +441,8 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported config type {hint}")
 
 
-def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
+def _build(cls: type, section: str, raw: Mapping[str, Any], given_as: Mapping[str, str] | None = None) -> Any:
+    """One section's dataclass from its raw table; ``given_as`` names a key as it was given (a CLI flag)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"[{section}] must be a table, got {_shown(raw)}", fix=f"write it as a [{section}] section")
     hints = get_type_hints(cls)
@@ -430,10 +454,14 @@ def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
                 f"unknown key [{section}] {_cut(key)} = {_shown(value)}",
                 fix=f"remove it or correct its spelling; keys of [{section}]: {', '.join(known)}",
             )
-        coerced = _coerce(section, key, value, hints[key])
+        name = (given_as or {}).get(key) or f"[{section}] {key}"
+        refuse = known[key].metadata.get("refuse")
+        if refuse is not None and isinstance(value, str):
+            refuse(value, name)
+        coerced = _coerce(name, value, hints[key])
         check = known[key].metadata.get("check")
         if check is not None and not check(coerced):
-            raise ConfigError(f"bad value [{section}] {key} = {_shown(value)}", fix=known[key].metadata["fix"])
+            raise ConfigError(f"bad value {name} = {_shown(value)}", fix=known[key].metadata["fix"])
         values[key] = coerced
     for name, f in known.items():
         if name not in values and f.default is MISSING and f.default_factory is MISSING:
@@ -563,9 +591,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
             f"config file {file} does not exist",
             fix="create it (see README, 'Configuration') or fix the path",
         ) from None
+    except PermissionError as exc:
+        raise _unreadable_config(file, exc) from None
     except OSError as exc:
         raise ConfigError(
             f"config file {file} cannot be read: {exc.strerror}",
             fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
         ) from None
     return config_from_bytes(raw, str(file))
+
+
+def _unreadable_config(file: Path, exc: PermissionError) -> ConfigError:
+    """The config file this user may not read, naming whose it is, or the folder above it that shuts it out."""
+    closed = closed_parent(file)
+    if closed is not None:  # the file's own mode is not the matter: chmod 0640 on it would change nothing
+        return ConfigError(
+            f"config file {file} cannot be read: it is inside {closed}, a folder {user_name()} may not pass "
+            f"through ({exc.strerror})",
+            fix=f"let the agent's user through it (`chmod o+x {closed}`, or give it to that user's group; "
+            "/etc/capture-agent is the unit's ConfigurationDirectory=, mode 0750), or put the config elsewhere",
+        )
+    try:
+        owner = user_name(file.stat().st_uid)
+    except OSError:
+        owner = "an owner this user cannot see"
+    return ConfigError(
+        f"config file {file} cannot be read by {user_name()}: {exc.strerror} (it belongs to {owner})",
+        fix="make it readable by the agent's user (chmod 0640, group capture-agent)",
+    )

@@ -147,11 +147,14 @@ class AgentDaemon:
                 fix="keep it 0700 (the unit's StateDirectoryMode=0700); `capture-agent doctor` checks the files in it",
             )
         audit = self.config.audit
-        self.outbox = Outbox(
-            self.config.agent.state_dir / OUTBOX_FILE,
-            kek,
-            OutboxLimits(audit.outbox_max_rows, audit.outbox_max_bytes),
-        )
+        try:
+            self.outbox = Outbox(
+                self.config.agent.state_dir / OUTBOX_FILE,
+                kek,
+                OutboxLimits(audit.outbox_max_rows, audit.outbox_max_bytes),
+            )
+        except PermissionError as exc:  # root's outbox, left by a `sudo capture-agent run`: the chown, said
+            raise store.access_error(exc, "open the audit outbox") from None
         url = self.config.verifier.url
         self.client = VerifierClient(
             self.config,

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import os
+import pwd
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -409,6 +410,137 @@ def _check_api_group(report: DoctorReport, config: AgentConfig) -> None:
     report.add("local API group", True, f'"{group}" (gid {gid}): its members reach {config.api.socket}')
 
 
+# The folder the shipped unit makes for the socket at each start (RuntimeDirectory=capture-agent, mode 0751).
+UNIT_RUNTIME_DIR = Path("/run/capture-agent")
+API_FOLDER_FIX = (
+    "point [api] socket into a folder of the agent's own (default /run/capture-agent/api.sock, made 0751 by the "
+    "unit's RuntimeDirectory=)"
+)
+
+
+def _check_api_socket(report: DoctorReport, config: AgentConfig) -> bool | None:
+    """The local API socket's folder as the daemon meets it at start: there or creatable, a directory this user
+    may create the socket in, and that no other user may replace the socket in.
+
+    Why: the daemon checks the path only when it starts serving (:class:`agent.localapi.LocalAPI`), after the
+    devices are open, so a folder it cannot write stopped `run` after an all-green doctor. And a folder others
+    may write (a world-writable one without the sticky bit, or one another user owns) lets them remove the
+    socket and bind their own at its path: the kiosk app would then hand its sessions to them.
+    """
+    from agent.devices.supervisor import configured_devices
+    from agent.localapi import MAX_UNIX_PATH_BYTES, socket_path_error
+
+    name = "local API socket"
+    path = config.api.socket
+    folder = path.parent
+    if not configured_devices(config):
+        return report.add(name, None, f"{path} not used: no device configured, so the daemon serves no local API")
+    if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        refused = socket_path_error(path, OSError(0, "too long"))
+        return report.add(name, False, refused.message, refused.fix)
+    uid = os.getuid()
+    try:
+        info = folder.stat()
+    except FileNotFoundError:
+        return _api_folder_to_make(report, name, path)
+    except NotADirectoryError as exc:
+        refused = socket_path_error(path, exc)
+        return report.add(name, False, refused.message, refused.fix)
+    except PermissionError:
+        return report.add(
+            name,
+            False,
+            f"{folder}, the [api] socket's folder, cannot be looked at by {user_name(uid)}: a parent directory is "
+            "closed to this user",
+            f"`ls -ld` each parent of {folder}: they must be searchable (x) by the agent's user; or {API_FOLDER_FIX}",
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        refused = socket_path_error(path, NotADirectoryError(20, "Not a directory", str(folder)))
+        return report.add(name, False, refused.message, refused.fix)
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        return report.add(
+            name,
+            False,
+            f"{folder}, the [api] socket's folder, has mode {mode:o}: any user may write it (no sticky bit), so any "
+            "user may remove the socket and put their own at its path",
+            f"`chmod o-w {folder}` (or `chmod +t {folder}`), or {API_FOLDER_FIX}",
+        )
+    if info.st_uid not in (uid, 0):
+        if uid == 0:
+            return report.add(
+                name,
+                False,
+                f"{folder}, the [api] socket's folder, belongs to {user_name(info.st_uid)} but doctor runs as root: "
+                "it must check as the agent's user",
+                f"run doctor as the agent's user, as the unit runs it: `{doctor_under_systemd(config)}`",
+            )
+        return report.add(
+            name,
+            False,
+            f"{folder}, the [api] socket's folder, belongs to {user_name(info.st_uid)}, not to {user_name(uid)} or "
+            "root: its owner may remove the socket and put their own at its path",
+            f"`chown {_login(uid)} {folder}`, or {API_FOLDER_FIX}",
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        refused = socket_path_error(path, PermissionError(13, "Permission denied", str(folder)))
+        return report.add(
+            name, False, f"{refused.message}: {folder} has mode {mode:o}, owned by {user_name(info.st_uid)}",
+            refused.fix,
+        )
+    try:
+        there = path.lstat()
+    except OSError:  # nothing there yet (or gone meanwhile): the daemon makes it
+        there = None
+    if there is not None and not stat.S_ISSOCK(there.st_mode):
+        return report.add(
+            name,
+            False,
+            f"{path} exists and is not a socket: the daemon leaves it as it is and stops at start",
+            f"move it away if it is not needed, or point [api] socket at a path of its own ({API_FOLDER_FIX})",
+        )
+    return report.add(
+        name, True, f"{path}: its folder {folder} ({mode:o}, owned by {user_name(info.st_uid)}) takes the socket"
+    )
+
+
+def _login(uid: int) -> str:
+    """The login name of ``uid`` as `chown` takes it (the number when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _api_folder_to_make(report: DoctorReport, name: str, path: Path) -> bool:
+    """The socket's folder is not there: whether the daemon (or its unit) makes it, else how to."""
+    from agent.localapi import socket_path_error
+
+    folder = path.parent
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if folder == UNIT_RUNTIME_DIR:
+        return report.add(
+            name,
+            True,
+            f"{folder} does not exist now: the unit's RuntimeDirectory=capture-agent makes it (0751) when the daemon "
+            f"starts (run by hand, `capture-agent run` needs it made first: `install -d -m 0751 {folder}`)",
+        )
+    if not base.is_dir():
+        refused = socket_path_error(path, NotADirectoryError(20, "Not a directory", str(base)))
+        return report.add(name, False, refused.message, refused.fix)
+    if os.access(base, os.W_OK | os.X_OK):
+        return report.add(
+            name, True, f"{folder} does not exist yet: the daemon makes it in {base}, which {user_name()} may write"
+        )
+    refused = socket_path_error(path, PermissionError(13, "Permission denied", str(folder)))
+    return report.add(
+        name, False, f"{folder} does not exist and {user_name()} may not create it in {base}: {refused.message}",
+        refused.fix,
+    )
+
+
 def _device_path_problem(path: str, what: str, list_them: str, write: bool = True) -> tuple[str, str] | None:
     """Why this user cannot use the device node or file ``path`` (what was found, the fix), or None.
 
@@ -522,16 +654,23 @@ def _provisioned_elsewhere(config: AgentConfig) -> str | None:
 
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
     report = DoctorReport()
-    other = _provisioned_elsewhere(config)
+    kept: AgentError | None = None
+    try:
+        other = _provisioned_elsewhere(config)
+    except AgentError as exc:  # the kept file is a FIFO, a link, a directory, too large: a line, not a stop
+        other, kept = None, exc
     report.add(
         "config",
         True,
         f"loaded from {config.source}; verifier {config.verifier.url} ({config.verifier_url_origin})"
         + (f"; the device was provisioned with {other}" if other else ""),
     )
+    if kept is not None:
+        report.add("provisioned verifier URL", False, kept.message, kept.fix)
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
     _check_api_group(report, config)
+    _check_api_socket(report, config)
     _check_devices(report, config)
     identity = _check_identity(report, config)
     if identity is None:

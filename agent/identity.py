@@ -30,10 +30,10 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import os
-import pwd
 import shutil
 import stat
 from collections.abc import AsyncIterator, Sequence
@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.access import closed_parent, user_name
 from agent.errors import CertificateDefect, IdentityError
 from protocol.certificates import X509_READ_FAULTS
 
@@ -235,15 +236,6 @@ def normalise_fingerprint(text: str) -> str:
     return "".join(ch for ch in text if ch not in ": \t").lower()
 
 
-def user_name(uid: int | None = None) -> str:
-    """``name (uid N)`` of a user id (this process's by default), for messages an installer acts on."""
-    uid = os.getuid() if uid is None else uid
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _owner_of(path: Path) -> str:
     """Who owns ``path``, or the nearest part of it this user may look at."""
     for candidate in (path, *path.parents):
@@ -318,6 +310,60 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _kind_of(mode: int) -> str:
+    """What a file that is no regular file is, in words an installer knows from ``ls -l``."""
+    for test, words in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def _read_private(path: Path, limit: int, fix: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes (the reading twin of
+    :func:`_write_private`); anything else is an :class:`IdentityError` naming ``fix``.
+
+    Why not ``open()``: it follows a symbolic link (to wherever it points, a file of another
+    user's), waits on a FIFO until a writer comes (a daemon hung at start, no error, no log),
+    and reads a device such as /dev/zero without end. The file is looked at first (``lstat``:
+    nothing but a regular file is ever opened, so no device sees an open), then opened with
+    O_NOFOLLOW|O_NONBLOCK, and what was opened is judged again (``fstat``): a file swapped in
+    between is refused too. An OSError of the open itself (absent, permission) passes as it is,
+    for the caller's own words.
+    """
+    what = f"{path} is {{}}, not a regular file"
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise IdentityError(what.format(_kind_of(info.st_mode)), fix=fix)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symbolic link since the lstat
+            raise IdentityError(what.format("a symbolic link"), fix=fix) from None
+        raise
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise IdentityError(what.format(_kind_of(opened.st_mode)), fix=fix)
+        data = b""
+        while len(data) <= limit:  # one byte past the limit is enough to refuse
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise IdentityError(f"{path} holds more than {limit} bytes: it is not the file the agent wrote", fix=fix)
+    return data
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -352,7 +398,16 @@ class IdentityStore:
                 fix="point [agent] state_dir at a directory (default /var/lib/capture-agent), or move the file away",
             )
         if isinstance(exc, PermissionError):
-            if not self.state_dir.exists() and not self.state_dir.is_symlink():
+            closed = closed_parent(self.state_dir)
+            if closed is not None:  # Path.exists() itself raises here: the state directory cannot even be looked at
+                return IdentityError(
+                    f"cannot {doing}: {self.state_dir} is inside {closed} ({_owner_of(closed)}, mode "
+                    f"{stat.S_IMODE(closed.stat().st_mode):o}), a folder {user_name()} may not pass through",
+                    fix=f"let the agent's user through it (`chmod o+x {closed}`, or give it to that user), or point "
+                    f"[agent] state_dir at a directory outside it (default /var/lib/capture-agent); `ls -ld` each "
+                    f"parent of {self.state_dir} shows which may not be entered",
+                )
+            if not os.path.lexists(self.state_dir):
                 return IdentityError(
                     f"cannot {doing}: {self.state_dir} does not exist and its parent is not writable by "
                     f"{user_name()} ({exc.strerror})",
@@ -555,10 +610,14 @@ class IdentityStore:
         Why it is kept: an installer provisions with ``--verifier URL`` on the command line
         (the README's recipe) and starts the daemon, whose config may name no verifier; the
         device must keep talking to the verifier that issued its certificate, not a default.
+
+        What is there instead of the one-line file the agent wrote (a symbolic link, a FIFO
+        that would block the daemon's start, a directory, a file larger than any URL) is an
+        :class:`IdentityError` naming the fix, read neither through nor without bound.
         """
+        path = self.current / VERIFIER_FILE
         try:
-            with (self.current / VERIFIER_FILE).open("rb") as stream:
-                text = stream.read(MAX_VERIFIER_FILE_BYTES)
+            text = _read_private(path, MAX_VERIFIER_FILE_BYTES, verifier_file_fix(path))
         except OSError:
             return None
         try:
@@ -577,6 +636,15 @@ class IdentityStore:
         """The device certificate, without needing the KEK; read in full, else a :class:`CertificateDefect`."""
         path = self.current / CERT_FILE
         return load_certificate_in_full(path.read_bytes(), f"the device certificate {path}", REPROVISION_FIX)
+
+
+def verifier_file_fix(path: Path) -> str:
+    """How to repair the kept verifier URL file: remove it, or have provisioning write it again."""
+    return (
+        f"remove it (`rm -r {path}`; the agent then uses [verifier] url of its config file, so set that to the "
+        "verifier's URL), or re-provision (`capture-agent provision --force --verifier URL ...`), which writes "
+        "it again"
+    )
 
 
 def identity_problem(identity: DeviceIdentity, pending: IdentityError | None = None) -> IdentityError | None:

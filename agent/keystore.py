@@ -25,6 +25,7 @@ import structlog
 from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError, PasswordSetError
 
+from agent.access import closed_parent, user_name
 from agent.config import AgentConfig
 from agent.errors import KeyringError
 
@@ -142,6 +143,14 @@ def load_kek(config: AgentConfig, *, create: bool = False) -> str:
         kek = backend.get_password(KEK_SERVICE, name)
     except OSError as exc:  # a file-backed store this user may not read (provisioned as root?)
         where = f" {exc.filename}" if exc.filename else ""
+        closed = closed_parent(Path(exc.filename)) if isinstance(exc, PermissionError) and exc.filename else None
+        if closed is not None:  # not the file's owner: a folder above it shuts this user out, chown would not do
+            raise KeyringError(
+                f"the keyring backend {config.keyring.backend!r} cannot read{where}: it is inside {closed}, a "
+                f"folder {user_name()} may not pass through",
+                fix=f"let the agent's user through it (`chmod o+x {closed}`, or give it to that user), or move "
+                "the state directory (or [keyring] dev_file) out of it",
+            ) from None
         raise KeyringError(
             f"the keyring backend {config.keyring.backend!r} cannot read{where}: {exc.strerror or exc}",
             fix="run the agent as the user it was provisioned for; its files must belong to that user "

@@ -29,16 +29,11 @@ def resolve_config(args: argparse.Namespace) -> AgentConfig:
     Also what the daemon's SIGHUP reload runs, so a reload keeps ``--state-dir`` and ``--verifier``.
     """
     config = load_config(args.config)
+    # A bad value typed on the command line is named as typed (--verifier), not as a key of a file.
     if getattr(args, "state_dir", None):
-        config = config.with_overrides(agent={"state_dir": args.state_dir})
+        config = config.with_overrides({"agent.state_dir": "--state-dir"}, agent={"state_dir": args.state_dir})
     if getattr(args, "verifier", None):
-        try:
-            config = config.with_overrides(verifier={"url": args.verifier})
-        except ConfigError as exc:  # the installer typed it on the command line: say so, not "[verifier] url"
-            raise ConfigError(
-                exc.message.replace("[verifier] url", "--verifier", 1),
-                fix=exc.fix.replace("the verifier base URL", "--verifier the verifier's base URL", 1),
-            ) from None
+        config = config.with_overrides({"verifier.url": "--verifier"}, verifier={"url": args.verifier})
         config = replace(config, verifier_url_origin="--verifier")
     return with_provisioned_verifier(config)
 
@@ -59,10 +54,10 @@ def with_provisioned_verifier(config: AgentConfig) -> AgentConfig:
         return config
     stored = store.current / VERIFIER_FILE
     try:
-        config = config.with_overrides(verifier={"url": url})
+        config = config.with_overrides({"verifier.url": str(stored)}, verifier={"url": url})
     except ConfigError as exc:
         raise ConfigError(
-            f"{stored}, the verifier URL kept at provisioning, holds a bad value: {exc.message}",
+            f"the verifier URL kept at provisioning is refused: {exc.message}",
             fix=f"set [verifier] url in the config file (it wins over {stored}), or re-provision with --force",
         ) from None
     return replace(config, verifier_url_origin=f"{PROVISIONED_ORIGIN}, kept in {stored}")

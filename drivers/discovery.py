@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 from dataclasses import dataclass, field
 
 import structlog
@@ -41,6 +42,50 @@ def _may_open(path: str) -> bool:
     return os.access(path, os.R_OK | os.W_OK)
 
 
+def _user() -> str:
+    """``name (uid N)`` of this process's user: whose access a finding judges."""
+    uid = os.getuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _named_path_problem(kind: str, path: str, missing_fix: str) -> Finding | None:
+    """The finding for a path asked for by name that is not there, or that this user cannot even look at; None
+    when it is there to be judged.
+
+    Why not ``os.path.exists``: it says False for a path inside a folder this user may not pass through
+    (EACCES), and "does not exist" then sent the installer looking for an unplugged adapter when the fix
+    was that folder's mode.
+    """
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return Finding(kind, path, False, "does not exist", fix=missing_fix)
+    except OSError:
+        return _closed_to_user(kind, path)
+    return None
+
+
+def _closed_to_user(kind: str, path: str) -> Finding | None:
+    """The finding for a path this user cannot even look at (a folder above it closed), else None."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return Finding(
+            kind,
+            path,
+            False,
+            f"cannot be looked at by {_user()}: a folder above it is closed to this user",
+            fix=f"`ls -ld` each folder above {path}: the agent's user must be able to pass through (x) every one "
+            "(`chmod o+x FOLDER`, or give it to that user's group), or move the file where it can",
+        )
+    except OSError:  # not there, a name too long, a loop of links: the open that follows says what it says
+        return None
+    return None
+
+
 def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding]:
     from serial.tools import list_ports
 
@@ -48,17 +93,14 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
     findings = []
     for path in sorted(set(ports) | set(extra)):
         info = ports.get(path)
-        if not os.path.exists(path):  # a port asked for by name that is not there: not a permission matter
-            findings.append(
-                Finding(
-                    "serial",
-                    path,
-                    False,
-                    "does not exist",
-                    fix="check the name (`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*` lists the ports there are); "
-                    "a USB adapter that is unplugged has no port: plug it in",
-                )
-            )
+        absent = _named_path_problem(  # a port asked for by name that is not there: not a matter of its group
+            "serial",
+            path,
+            "check the name (`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*` lists the ports there are); "
+            "a USB adapter that is unplugged has no port: plug it in",
+        )
+        if absent is not None:
+            findings.append(absent)
             continue
         adapter = USB_SERIAL_ADAPTERS.get((info.vid, info.pid)) if info and info.vid else None
         finding = Finding("serial", path, _may_open(path), adapter or (info.description if info else ""))
@@ -168,6 +210,23 @@ def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type
             _probe_camera(finding, node)
         findings.append(finding)
     for source in extra:
+        local = "://" not in source
+        # Not there: the driver's own check says so in _probe_camera (CameraNodeMissingError). There but closed
+        # to this user: said here, since OpenCV would only say "no frame", as for a file of no video.
+        closed = _closed_to_user("camera", source) if local else None
+        if closed is None and local and os.path.exists(source) and not os.access(source, os.R_OK):
+            closed = Finding(
+                "camera",
+                source,
+                False,
+                f"exists but {_user()} may not read it",
+                fix="add the agent's user to the video group" if source.startswith("/dev/") else
+                f"make it readable by the agent's user (`ls -l {source}`; `chmod o+r`, or give it to that "
+                "user's group)",
+            )
+        if closed is not None:
+            findings.append(closed)
+            continue
         finding = Finding("camera", CameraSource.parse(source).redacted if "://" in source else source, True)
         _probe_camera(finding, source)
         findings.append(finding)

@@ -374,16 +374,86 @@ def as_agent_user_prefix() -> tuple[str, ...] | str:
     if setpriv is None:
         return "setpriv (util-linux) is not installed: cannot run a command as uid 65534"
     prefix = (setpriv, f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups")
+    # As `python -m agent.cli` imports: from the checkout's absolute path (sys.path[0] is the full cwd for -m).
+    # Where uid 65534 may not pass a folder above it, that import falls through to whatever other copy of the
+    # agent sys.path holds (an editable install of another clone) and the tests would judge that copy's code:
+    # so the probe also checks which file was imported.
     probe = subprocess.run(
-        [*prefix, sys.executable, "-c", "import agent.cli"], capture_output=True, text=True, timeout=60, cwd=REPO
+        [*prefix, sys.executable, "-c", "import os, sys; sys.path[0] = os.getcwd(); import agent.cli; "
+         "print(os.path.realpath(agent.cli.__file__))"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
     )
-    if probe.returncode != 0:
+    imported = probe.stdout.strip()
+    if probe.returncode != 0 or imported != str((REPO / "agent" / "cli.py").resolve()):
+        said = probe.stderr.strip().splitlines()[-1][-200:] if probe.stderr.strip() else f"it imported {imported}"
         return (
-            f"uid {AGENT_UID} cannot import the agent from this checkout (in a folder only its owner may enter, "
-            f"such as a private home folder; these tests run from a checkout other users can read): "
-            f"{probe.stderr.strip().splitlines()[-1][-200:] if probe.stderr.strip() else probe.returncode}"
+            f"uid {AGENT_UID} cannot import the agent from this checkout {REPO} (in a folder only its owner may "
+            f"enter, such as a private home folder; these tests run from a checkout other users can read): {said}"
         )
     return prefix
+
+
+@functools.cache
+def unprivileged_prefix() -> tuple[str, ...] | str:
+    """The command prefix that runs a process without root's powers, or why that cannot be done here (a skip).
+
+    As root (this sandbox, many CI images) chmod never denies root, so the command runs as
+    uid 65534 (:func:`as_agent_user_prefix`, which also finds a checkout uid 65534 cannot
+    read: a private home folder); as another user the tests' own processes lack them already.
+    """
+    if os.getuid() != 0:
+        return ()
+    return as_agent_user_prefix()
+
+
+def give_to_agent_user(path: Path) -> None:
+    """Hand ``path`` (and what is in it) to the user :func:`unprivileged_prefix` runs as: uid 65534 under root,
+    nobody else to give it to otherwise (the tests' own files are that user's already)."""
+    if os.getuid() != 0:
+        return
+    for item in (path, *path.rglob("*")):
+        os.lchown(item, AGENT_UID, AGENT_UID)
+
+
+@pytest.fixture
+def agent_user_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`capture-agent ARGS` as the unprivileged agent user (:func:`unprivileged_prefix`); skipped where it
+    cannot run. Its environment names no config (``CAPTURE_AGENT_CONFIG`` removed) unless ``env`` does."""
+    prefix = unprivileged_prefix()
+    if isinstance(prefix, str):
+        pytest.skip(prefix)
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        if env is None:
+            env = {k: v for k, v in os.environ.items() if k != "CAPTURE_AGENT_CONFIG"}
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "agent.cli", *args],
+            capture_output=True, text=True, timeout=90, env=env, cwd=REPO, input=stdin,
+        )
+
+    return run
+
+
+@pytest.fixture
+def shut() -> Iterator[Callable[[Path, int], Path]]:
+    """``shut(path, mode)``: chmod a file or folder for the test, and open it again at the end.
+
+    Why the reopening: a folder shut 0o000 by a test run as an ordinary user cannot be
+    removed by that user afterwards (root can; the modes deny everyone else either way).
+    """
+    changed: list[tuple[Path, int]] = []
+
+    def close(path: Path, mode: int) -> Path:
+        changed.append((path, stat.S_IMODE(path.stat().st_mode)))
+        path.chmod(mode)
+        return path
+
+    yield close
+    for path, mode in reversed(changed):
+        with contextlib.suppress(OSError):
+            path.chmod(mode)
 
 
 @pytest.fixture

@@ -215,6 +215,56 @@ def test_override_with_a_huge_int_for_a_float_key_is_a_config_error() -> None:
         assert "1e308" in info.value.fix
 
 
+
+# -- a bad value is named where it was given: the file's key, or the command line's flag
+
+
+def resolved(tmp_path: Path, file_text: str, *flags: str) -> AgentConfig:
+    """The config `capture-agent doctor` would run with: the real parser, then resolve_config."""
+    from agent.cli import build_parser
+    from agent.runtime import resolve_config
+
+    path = write(tmp_path, f'[agent]\nstate_dir = "{tmp_path / "state"}"\n{file_text}')
+    return resolve_config(build_parser().parse_args(["doctor", "--config", str(path), *flags]))
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:9", "bad value {name} = 'http://127.0.0.1:9'"),
+        ("https://admin:s3cret@127.0.0.1:9", "bad value {name}: 'https://***@127.0.0.1:9' has a user name"),
+    ],
+    ids=["not https", "user info"],
+)
+def test_a_bad_verifier_url_is_named_as_the_flag_or_the_key_it_was_given_as(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    with pytest.raises(ConfigError) as flag:
+        resolved(tmp_path, "", "--verifier", url)
+    assert said.format(name="--verifier") in flag.value.message, flag.value.message
+    assert "[verifier] url" not in str(flag.value) and "s3cret" not in str(flag.value)
+    with pytest.raises(ConfigError) as key:
+        resolved(tmp_path, f'[verifier]\nurl = "{url}"\n')
+    assert said.format(name="[verifier] url") in key.value.message, key.value.message
+    assert "--verifier" not in str(key.value) and "s3cret" not in str(key.value)
+
+
+def test_a_bad_state_dir_flag_is_named_as_the_flag(tmp_path: Path) -> None:
+    """The string replacement this replaced knew only --verifier: a relative --state-dir was "[agent] state_dir"."""
+    with pytest.raises(ConfigError) as flag:
+        resolved(tmp_path, "", "--state-dir", "relative/state")
+    assert flag.value.message == "bad value --state-dir = 'relative/state'" and "absolute" in flag.value.fix
+
+
+def test_with_overrides_names_a_key_as_the_caller_says_it_was_given() -> None:
+    with pytest.raises(ConfigError) as info:
+        AgentConfig().with_overrides({"verifier.url": "--verifier"}, verifier={"url": "https://h:99999"})
+    assert info.value.message == "bad value --verifier = 'https://h:99999'"
+    with pytest.raises(ConfigError) as other:  # a name given for one key leaves the others as the file names them
+        AgentConfig().with_overrides({"verifier.url": "--verifier"}, network={"retries": 99})
+    assert other.value.message == "bad value [network] retries = 99"
+
+
 _KEYS = st.sampled_from(["url", "retries", "keepalive_s", "state_dir", "socket", "kind", "source", "baud",
                          "spki_pin", "backend", "at_fraction", "x", '"a b"'])
 _SECTIONS = st.sampled_from(["[agent]", "[verifier]", "[network]", "[keyring]", "[renewal]", "[audit]",

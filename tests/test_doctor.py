@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import hashlib
 import os
+import socket
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -15,7 +16,7 @@ from agent.config import parse_config
 from agent.doctor import run_doctor, server_certificate_facts
 from agent.identity import IdentityStore, generate_key, spki_sha256
 from agent.keystore import load_kek
-from tests.conftest import P256_OID_DER, UNSUPPORTED_CURVE_OID_DER, der_head, hostile_certificate
+from tests.conftest import AGENT_UID, P256_OID_DER, UNSUPPORTED_CURVE_OID_DER, der_head, hostile_certificate
 from tests.h2harness import H2TestServer
 
 
@@ -316,3 +317,93 @@ def test_a_kept_verifier_url_edited_to_hold_a_password_is_never_repeated(provisi
     said = [(check.detail, check.fix) for check in report.checks]
     assert not any("s3cret" in (text or "") for pair in said for text in pair), said
     assert "no valid verifier URL" in by_name(report)["config"].detail
+
+
+def test_a_kept_verifier_url_that_is_a_fifo_is_a_failed_line_not_a_hang(provisioned) -> None:
+    """The config's URL wins, so doctor reads the kept one only to compare: a FIFO there blocked it for good."""
+    _, state = provisioned
+    kept = state / "identity" / "verifier.url"
+    os.mkfifo(kept, 0o600)
+    report = run_doctor(config_for(state))
+    line = by_name(report)["provisioned verifier URL"]
+    assert line.ok is False and "is a FIFO (named pipe), not a regular file" in line.detail
+    assert f"rm -r {kept}" in line.fix and report.ok is False
+
+
+# -- the local API socket's folder, as the daemon meets it when it starts serving
+
+
+def api_config(tmp_path, socket, devices=True):
+    """A config with a camera (a file: the daemon then serves the local API) and ``[api] socket``."""
+    source = tmp_path / "face.jpg"
+    source.write_bytes(b"")
+    data = {"agent": {"state_dir": str(tmp_path / "state")}, "api": {"socket": str(socket)},
+            "keyring": {"backend": "file-insecure-dev"}}
+    if devices:
+        data["device"] = [{"kind": "camera", "source": str(source)}]
+    return parse_config(data)
+
+
+def api_line(tmp_path, socket, devices=True):
+    return by_name(run_doctor(api_config(tmp_path, socket, devices)))["local API socket"]
+
+
+def test_the_api_socket_folder_is_not_judged_when_no_device_makes_the_daemon_serve_it(tmp_path) -> None:
+    line = api_line(tmp_path, tmp_path / "no-such" / "api.sock", devices=False)
+    assert line.ok is None and "no device configured" in line.detail
+
+
+def test_an_api_socket_folder_of_this_user_passes(tmp_path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o751)
+    line = api_line(tmp_path, folder / "api.sock")
+    assert line.ok is True and f"its folder {folder} (751, owned by" in line.detail, line
+    assert api_line(tmp_path, tmp_path / "made-at-start" / "api.sock").ok is True  # a folder the daemon makes
+    with socket.socket(socket.AF_UNIX) as bound:  # a socket there already (the daemon's own, or a stale one)
+        bound.bind(str(folder / "api.sock"))
+        assert api_line(tmp_path, folder / "api.sock").ok is True
+
+
+def test_an_api_socket_folder_anyone_may_write_is_a_failed_line_naming_the_fix(tmp_path) -> None:
+    """Without the sticky bit any user may unlink the socket and bind their own: the kiosk app talks to them."""
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    line = api_line(tmp_path, folder / "api.sock")
+    assert line.ok is False and "has mode 777: any user may write it" in line.detail, line
+    assert f"chmod o-w {folder}" in line.fix
+    folder.chmod(0o1777)  # /tmp's way: others may write, but not remove what is not theirs
+    assert api_line(tmp_path, folder / "api.sock").ok is True
+
+
+def test_an_api_socket_folder_that_is_a_file_is_a_failed_line(tmp_path) -> None:
+    (tmp_path / "run").write_text("a file\n")
+    for where in (tmp_path / "run" / "api.sock", tmp_path / "run" / "deeper" / "api.sock"):
+        line = api_line(tmp_path, where)
+        assert line.ok is False and "is a file, not a folder" in line.detail, line
+        assert "point [api] socket into a folder" in line.fix
+
+
+def test_an_api_socket_path_that_is_no_socket_is_a_failed_line(tmp_path) -> None:
+    """The daemon refuses it at start and leaves it alone: doctor says so before."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "api.sock").write_text("not a socket\n")
+    line = api_line(tmp_path, folder / "api.sock")
+    assert line.ok is False and "exists and is not a socket" in line.detail, line
+
+
+def test_an_api_socket_path_too_long_for_a_unix_socket_is_a_failed_line(tmp_path) -> None:
+    line = api_line(tmp_path, tmp_path / ("x" * 120) / "api.sock")
+    assert line.ok is False and "a unix socket's path is at most 107" in line.detail, line
+
+
+def test_an_api_socket_folder_another_user_owns_is_a_failed_line(tmp_path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("giving a folder to another user (chown) needs root")
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, AGENT_UID, AGENT_UID)
+    line = api_line(tmp_path, folder / "api.sock")
+    assert line.ok is False and f"belongs to nobody (uid {AGENT_UID}) but doctor runs as root" in line.detail, line
+    assert "-p User=capture-agent" in line.fix

@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.errors import CertificateDefect, IdentityError
 from agent.identity import (
+    MAX_VERIFIER_FILE_BYTES,
+    VERIFIER_FILE,
     IdentityStore,
     build_csr,
     generate_key,
@@ -79,6 +82,78 @@ def test_missing_identity_says_to_provision(tmp_path) -> None:
     with pytest.raises(IdentityError) as info:
         IdentityStore(tmp_path / "nothing").load(PASS)
     assert "capture-agent provision" in info.value.fix
+
+
+# -- the verifier URL kept at provisioning: only ever the small regular file the agent wrote
+
+
+def kept_url_store(tmp_path, ca) -> tuple[IdentityStore, Path]:
+    """An identity provisioned with a verifier URL, and the path of the file that keeps it."""
+    store = IdentityStore(tmp_path / "state")
+    store.write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], PASS, verifier_url="https://v:8443")
+    path = store.current / VERIFIER_FILE
+    assert store.provisioned_verifier_url() == "https://v:8443"
+    path.unlink()
+    return store, path
+
+
+def test_a_fifo_at_the_kept_verifier_url_is_refused_without_opening_it(tmp_path, ca) -> None:
+    """open() on a FIFO with no writer waits for one: every command, the daemon's start included, hung silently."""
+    store, path = kept_url_store(tmp_path, ca)
+    os.mkfifo(path, 0o600)
+    with pytest.raises(IdentityError) as info:
+        store.provisioned_verifier_url()  # no writer ever comes: this returns only because the FIFO is refused
+    assert f"{path} is a FIFO (named pipe), not a regular file" == info.value.message
+    assert f"rm -r {path}" in info.value.fix and "provision --force" in info.value.fix
+
+
+def test_a_symlink_at_the_kept_verifier_url_is_refused_not_followed(tmp_path, ca) -> None:
+    store, path = kept_url_store(tmp_path, ca)
+    elsewhere = tmp_path / "elsewhere.url"
+    elsewhere.write_text("https://someone-else:8443\n")
+    path.symlink_to(elsewhere)
+    with pytest.raises(IdentityError) as info:
+        store.provisioned_verifier_url()
+    assert "is a symbolic link, not a regular file" in info.value.message
+    assert "someone-else" not in str(info.value)
+
+
+def test_a_directory_at_the_kept_verifier_url_is_refused(tmp_path, ca) -> None:
+    store, path = kept_url_store(tmp_path, ca)
+    path.mkdir()
+    with pytest.raises(IdentityError, match="is a directory, not a regular file"):
+        store.provisioned_verifier_url()
+
+
+def test_an_oversized_kept_verifier_url_is_refused_not_cut(tmp_path, ca) -> None:
+    """A URL followed by more than the file may hold used to be cut at 4096 bytes and taken."""
+    store, path = kept_url_store(tmp_path, ca)
+    path.write_bytes(b"https://v:8443" + b"\n" * MAX_VERIFIER_FILE_BYTES)
+    with pytest.raises(IdentityError) as info:
+        store.provisioned_verifier_url()
+    assert f"holds more than {MAX_VERIFIER_FILE_BYTES} bytes" in info.value.message
+    path.write_bytes(b"https://v:8443".ljust(MAX_VERIFIER_FILE_BYTES - 1) + b"\n")  # at the limit: still taken
+    assert store.provisioned_verifier_url() == "https://v:8443"
+
+
+def test_no_kept_verifier_url_is_none(tmp_path, ca) -> None:
+    store, _ = kept_url_store(tmp_path, ca)
+    assert store.provisioned_verifier_url() is None
+    assert IdentityStore(tmp_path / "never-provisioned").provisioned_verifier_url() is None
+
+
+def test_a_command_whose_config_names_no_verifier_stops_on_a_fifo_with_the_fix(tmp_path, ca) -> None:
+    """The real CLI, as an installer runs it: a typed error and its fix, exit 2, no traceback and no hang."""
+    from tests.test_installer_cli import agent_cli
+
+    store, path = kept_url_store(tmp_path, ca)
+    os.mkfifo(path, 0o600)
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f'[agent]\nstate_dir = "{store.state_dir}"\n[keyring]\nbackend = "file-insecure-dev"\n')
+    done = agent_cli("health", "--config", str(config_file))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    error, fix = done.stderr.split("fix:", 1)
+    assert "is a FIFO (named pipe), not a regular file" in error and f"rm -r {path}" in fix, done.stderr
 
 
 def test_csr_is_signed_by_the_new_key() -> None:
