@@ -50,7 +50,7 @@ from agent.identity import (
 from agent.provision import select_ca, validity_by_local_clock
 from agent.renewal import validity_warning
 from fuzz.common import Draw
-from fuzz.x509_parts import KEY_KINDS, PrivateKey, hash_for, name_attribute, private_key, pss
+from fuzz.x509_parts import KEY_KINDS, PrivateKey, der, hash_for, name_attribute, private_key, pss
 from verifier.pki import CertificateAuthority
 
 MAX_CERTS = 8
@@ -68,6 +68,10 @@ TIMES = (
     dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
 )
 BUILD_FAULTS = (ValueError, TypeError, UnicodeError, OverflowError)
+# A certs-only PKCS#7 holding no certificate (cryptography writes none: it wants at least one).
+_SIGNED_DATA = der(0x30, b"\x02\x01\x01\x31\x00" + der(0x30, der(0x06, bytes.fromhex("2a864886f70d010701")))
+                   + b"\xa0\x00\x31\x00")
+EMPTY_PKCS7 = der(0x30, der(0x06, bytes.fromhex("2a864886f70d010702")) + der(0xA0, _SIGNED_DATA))
 
 _ca: CertificateAuthority | None = None
 
@@ -195,8 +199,8 @@ def _pkcs7(bundle: list[x509.Certificate], listed: bool) -> bytes:
     return der.replace(block, b"".join(cert.public_bytes(serialization.Encoding.DER) for cert in bundle), 1)
 
 
-def build(spec: bytes) -> tuple[bytes, int] | None:
-    """The EST answer body ``spec`` describes and the index of the certificate to confirm; None if none builds.
+def build(spec: bytes) -> tuple[bytes, int]:
+    """The EST answer body ``spec`` describes and the index of the certificate to confirm.
 
     Layout (read with fuzz.common.Draw):
 
@@ -218,7 +222,8 @@ def build(spec: bytes) -> tuple[bytes, int] | None:
       signing, else digital signature; bit 5 subject key id; bit 6 authority key id;
       bit 7 client-auth extended key usage), a serial byte (0 random, 1 the previous
       certificate's, 2 the largest, else itself), then up to 3 subject attributes
-      (a count byte, then :func:`fuzz.x509_parts.name_attribute`).
+      (a count byte, then :func:`fuzz.x509_parts.name_attribute`). None at all, or
+      none that cryptography builds: the answer is a bundle without a certificate.
     """
     draw = Draw(spec)
     width, breaks, anchor = draw.byte(), draw.byte(), draw.byte()
@@ -229,10 +234,8 @@ def build(spec: bytes) -> tuple[bytes, int] | None:
             built.append(_certificate(draw, built))
         except BUILD_FAULTS:
             continue
-    if not built:
-        return None
-    bundle = [built[i % len(built)][0] for i in order] if order else [cert for cert, _ in built]
-    text = base64.b64encode(_pkcs7(bundle, listed=bool(breaks & 0x20)))
+    bundle = [built[i % len(built)][0] for i in order if built] if order else [cert for cert, _ in built]
+    text = base64.b64encode(_pkcs7(bundle, listed=bool(breaks & 0x20)) if bundle else EMPTY_PKCS7)
     line_break = BREAKS[breaks % len(BREAKS)]
     if width:
         text = line_break.join(text[at : at + width] for at in range(0, len(text), width))
@@ -247,9 +250,7 @@ def TestOneInput(data: bytes) -> None:
         if data[0] % 4 == 2:
             _certs(base64.b64encode(data[1:]))
         elif data[0] % 8 == 4:
-            answer = build(data[1:])
-            if answer is not None:
-                _certs(*answer)
+            _certs(*build(data[1:]))
         elif data[0] % 2 == 0:
             _certs(data[1:])
         else:

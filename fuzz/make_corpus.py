@@ -204,6 +204,7 @@ def est() -> dict[str, bytes]:
         "built-foreign-anchor": built + bytes([0, 0, 2, 0])
         + _est_cert(1, 0x03, 1, 9, 0xD1, 0, _name(0, "k\u00e9osk", form=1))
         + _est_cert(2, 0x05, 1, 9, 0x01, 1, _name(0, "\u30ad\u30aa\u30b9\u30af", form=2)),
+        "built-empty": built + bytes([0, 8, 0, 0]),  # no certificate: an empty bundle, base64 then a line break
         # a root (RSA), a subordinate (Ed25519) signed by nobody's key, listed so; the UTCTime/GeneralizedTime edge
         "built-bad-signature": built + bytes([0, 0x32, 0, 0])
         + _est_cert(0, 0x04, 0, 13, 0x3B, 2, _name(0, "rsa root"))
