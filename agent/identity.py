@@ -112,6 +112,20 @@ def spki_der(certificate: x509.Certificate | bytes) -> bytes:
     return tbs[pos : _der_element(tbs, pos)[1]]
 
 
+def certifies_key(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    """Whether ``certificate`` is for ``key`` (the device's EC key): the same curve and point.
+
+    Why the kind first: a certificate for a key of another kind (Ed25519, X25519,
+    Ed448: a verifier's PKI misconfigured, a file copied over device.pem) has no
+    ``public_numbers()``, and comparing them raised AttributeError where the answer
+    is simply no. Numbers, not SPKI bytes: a CA may write the same point compressed.
+    """
+    public = certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        return False
+    return public.public_numbers() == key.public_key().public_numbers()
+
+
 def spki_sha256(public_key: ec.EllipticCurvePublicKey | x509.Certificate | bytes) -> str:
     """Base64 SHA-256 of a SubjectPublicKeyInfo: the form of an SPKI pin (RFC 7469).
 
@@ -484,7 +498,7 @@ class IdentityStore:
         read_in_full(certificate, "the certificate the verifier issued", issued_fix)
         for index, ca in enumerate(ca_certificates, start=1):
             read_in_full(ca, f"CA certificate #{index} the verifier answered", issued_fix)
-        if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        if not certifies_key(certificate, key):
             raise IdentityError(
                 "the certificate the verifier issued does not match the device key",
                 fix="retry; if it persists, the verifier is misconfigured",
@@ -658,7 +672,7 @@ def identity_problem(identity: DeviceIdentity, pending: IdentityError | None = N
     try:
         key = identity.private_key()
         key.sign(b"capture-agent health", ec.ECDSA(hashes.SHA256()))
-        if key.public_key().public_numbers() != identity.certificate.public_key().public_numbers():
+        if not certifies_key(identity.certificate, key):
             raise ValueError("the key does not match the certificate")
     except (OSError, ValueError, TypeError, IdentityError) as exc:
         return IdentityError(f"the device key cannot sign: {exc}", fix="re-provision the device with a new token")

@@ -10,14 +10,18 @@ import hashlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ_DIR = ROOT / "fuzz"
 CORPUS = FUZZ_DIR / "corpus"
 # The project's own packages: the innermost frame in one of them is where a finding happened.
 PROJECT_PACKAGES = ("agent", "biometrics", "drivers", "protocol", "simulators", "verifier")
+
+
+T = TypeVar("T")
 
 
 class SplitDependence(AssertionError):
@@ -32,6 +36,65 @@ def splits(data: bytes, sizes: bytes) -> Iterator[bytes]:
         step = lengths[i % len(lengths)]
         yield data[at : at + step]
         at, i = at + step, i + 1
+
+
+class Draw:
+    """Fuzz bytes read front to back as choices, lengths and strings: what a harness's build mode builds from.
+
+    The same idea as atheris.FuzzedDataProvider, in pure Python: the harness modules
+    import no atheris (the corpus replay runs without it), and the layout is fixed
+    and documented, so fuzz/make_corpus.py can write a seed that builds what it names.
+    Past the end every read is 0 or empty: a short input still builds something.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def more(self) -> bool:
+        """Whether any byte is left."""
+        return self.at < len(self.data)
+
+    def byte(self) -> int:
+        """The next byte (0 past the end)."""
+        if self.at >= len(self.data):
+            return 0
+        self.at += 1
+        return self.data[self.at - 1]
+
+    def pick(self, options: Sequence[T]) -> T:
+        """One of ``options``, by the next byte modulo their number."""
+        return options[self.byte() % len(options)]
+
+    def take(self, count: int) -> bytes:
+        """Up to ``count`` next bytes."""
+        out = self.data[self.at : self.at + count]
+        self.at += len(out)
+        return out
+
+    def blob(self) -> bytes:
+        """A length byte, then that many bytes."""
+        return self.take(self.byte())
+
+    def text(self) -> str:
+        """A string: a form byte, a length byte, that many bytes.
+
+        Form bits 0-1 say how the bytes become characters: ASCII (each byte's low 7
+        bits), UTF-8, UTF-16-LE (any BMP character: CJK, RTL, combining marks), Latin-1
+        (undecodable bytes become U+FFFD); bits 4-5 repeat the string 1, 1, 16 or 128
+        times, so a short input reaches a very long value.
+        """
+        form, raw = self.byte(), self.blob()
+        kind = form & 3
+        if kind == 0:
+            text = bytes(b & 0x7F for b in raw).decode("ascii")
+        elif kind == 1:
+            text = raw.decode("utf-8", "replace")
+        elif kind == 2:
+            text = raw.decode("utf-16-le", "replace")
+        else:
+            text = raw.decode("latin-1")
+        return text * (1, 1, 16, 128)[form >> 4 & 3]
 
 
 def _project_frame(exc: BaseException) -> str | None:

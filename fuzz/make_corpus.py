@@ -163,14 +163,52 @@ def _pki():
     return ca, csr, device, lambda certs: pkcs7.serialize_certificates(certs, Encoding.DER)
 
 
+def _text(value: str, form: int = 0) -> bytes:
+    """fuzz.common.Draw.text's bytes for ``value``: form 0 ASCII, 1 UTF-8, 2 UTF-16-LE (bits 4-5: repeated)."""
+    raw = value.encode(("ascii", "utf-8", "utf-16-le")[form & 3])
+    return bytes([form, len(raw)]) + raw
+
+
+def _name(oid: int, value: str, form: int = 0, string_type: int = 0) -> bytes:
+    """fuzz.x509_parts.name_attribute's bytes: NAME_OIDS index (0 CN, 1 O, 3 C), STRING_TYPES index, the text."""
+    return bytes([oid, string_type]) + _text(value, form)
+
+
+def _est_cert(issuer: int, key: int, starts: int, ends: int, flags: int, serial: int, *names: bytes) -> bytes:
+    """One certificate of fuzz/est.py's build mode (its docstring): issuer, key, hash (SHA-256), TIMES indexes, ..."""
+    return bytes([issuer, key, 0, starts, ends, flags, serial, len(names)]) + b"".join(names)
+
+
 def est() -> dict[str, bytes]:
     ca, _, device, bundle = _pki()
     problem = b'{"type":"about:blank#bad-token","title":"Bootstrap token refused","status":401,"detail":"x"}'
+    # The build mode (first byte 4): width, breaks, anchor, order, then certificates. TIMES indexes: 0 ten years
+    # ago, 1 a day ago, 4 five minutes ago, 9 in a day, 10 in ten years, 12 the last UTCTime, 13 the first
+    # GeneralizedTime. Flags: 0x3b a CA (critical basic constraints, key usage, subject key id), 0x7b one with an
+    # authority key id too, 0xd1 a device's (not a CA, key usage, authority key id, client auth).
+    built = b"\x04"
+    root = _est_cert(0, 0x10, 1, 10, 0x3B, 7, _name(0, "site root"), _name(1, "Site"), _name(3, "DE"))
+    sub = _est_cert(2, 0x01, 1, 10, 0x7B, 8, _name(0, "verifier CA"))
+    leaf = _est_cert(2, 0x00, 4, 9, 0xD1, 9, _name(0, "kiosk-1"))
     return {
         "cacerts": b"\x00" + base64.b64encode(bundle([ca.cert])),
         "enrolled": b"\x00" + base64.encodebytes(bundle([device, ca.cert])),
         "enrolled-der": b"\x02" + bundle([device, ca.cert]),  # the DER itself: fuzz/est.py writes its base64
         "refusal": b"\x01\x00" + b"30\n" + problem,
+        # a site root, its subordinate, a device certificate, listed leaf first (bit 5), confirming the root
+        "built-chain": built + bytes([64, 0x28, 2, 3, 2, 1, 0]) + root + sub + leaf,
+        # an expired self-signed CA and an unrelated current one, each twice, CRLF every 76, sorted as DER's SET OF
+        "built-expired-duplicates": built + bytes([76, 1, 0, 4, 0, 0, 1, 1])
+        + _est_cert(0, 0x20, 0, 1, 0x3B, 3, _name(0, "old CA")) + _est_cert(0, 0x00, 4, 10, 0x3B, 4, _name(0, "CA")),
+        # the test CA confirmed but not in the answer; a certificate it issued, and one of a non-CA issuer
+        "built-foreign-anchor": built + bytes([0, 0, 2, 0])
+        + _est_cert(1, 0x03, 1, 9, 0xD1, 0, _name(0, "k\u00e9osk", form=1))
+        + _est_cert(2, 0x05, 1, 9, 0x01, 1, _name(0, "\u30ad\u30aa\u30b9\u30af", form=2)),
+        "built-empty": built + bytes([0, 8, 0, 0]),  # no certificate: an empty bundle, base64 then a line break
+        # a root (RSA), a subordinate (Ed25519) signed by nobody's key, listed so; the UTCTime/GeneralizedTime edge
+        "built-bad-signature": built + bytes([0, 0x32, 0, 0])
+        + _est_cert(0, 0x04, 0, 13, 0x3B, 2, _name(0, "rsa root"))
+        + _est_cert(0x82, 0x03, 12, 13, 0x7B, 5, _name(0, "ed25519 sub"), _name(0, "again")),
     }
 
 
@@ -200,9 +238,40 @@ def localapi() -> dict[str, bytes]:
     }
 
 
+def _csr_spec(key: int, *parts: bytes, signer: int = 0, tweak: int = 0, position: int = 0, value: int = 0,
+              hashing: int = 0) -> bytes:
+    """fuzz/csr.py's build mode (first byte odd): the six header bytes (its docstring), then the parts."""
+    return b"\x01" + bytes([key, hashing, signer, tweak, position, value]) + b"".join(parts)
+
+
 def csr() -> dict[str, bytes]:
     _, request, _, _ = _pki()
-    return {"p256": request}
+    # Parts: a selector byte (bits 0-2 the kind, bit 3 critical), then its bytes; KEY_KINDS: 0 P-256, 1 P-384,
+    # 3 Ed25519, 5 RSA-2048.
+    cn = b"\x00" + _name(0, "kiosk-1")
+    san = b"\x01\x04" + b"\x00" + _text("kiosk.example") + b"\x01" + _text("https://kiosk.example/") + (
+        b"\x02\x04\x7f\x00\x00\x01" + b"\x03" + _text("ops@example.org"))
+    device = (b"\x0a\x00", b"\x0b\x00\x01", b"\x04\x01\x00")  # basic constraints (not a CA), key usage, client auth
+    unknown = b"\x05\x00\x01\x02\x05\x00"  # an unknown extension, not critical, its value a NULL
+    return {
+        "p256": request,  # raw: the DER itself (it starts with 0x30, an even byte)
+        "built-p256": _csr_spec(0, cn, san, *device, unknown),  # accepted, and issued
+        "built-p256-ca-critical-unknown": _csr_spec(0, cn, b"\x0a\x30\x03", b"\x0d\x00\x07\x05\x00"),
+        "built-p256-other-signer": _csr_spec(0, cn, signer=2),  # another P-256 key signs: no valid signature
+        "built-p256-ed25519-signer": _csr_spec(0, cn, signer=3, hashing=1),
+        "built-p256-version-3": _csr_spec(0, cn, tweak=8, value=3),
+        "built-p256-cut": _csr_spec(0, cn, tweak=11, value=100),  # its first 100 bytes
+        "built-p256-unknown-signature-algorithm": _csr_spec(0, cn, tweak=9, value=1),
+        "built-p256-point-off-curve": _csr_spec(0, cn, tweak=10, position=3, value=0x40),
+        "built-p256-unreadable-san": _csr_spec(0, cn, b"\x05\x02\x02\x01\x02"),  # a SAN of bytes it cannot read
+        "built-p256-subject-tag-13": _csr_spec(0, cn, tweak=12, position=36, value=13),  # the CN's string tag: 13
+        "built-p256-attributes": _csr_spec(
+            0, b"\x20" + _name(0, "\u05e9\u05dc\u05d5\u05dd", form=2), b"\x10" + _name(1, "", string_type=5),
+            b"\x06\x00\x02\x02\xff\xfe", b"\x06\x02\x0c\x04\x00\x01\x00\x02"),
+        "built-p384": _csr_spec(1, cn, hashing=1),
+        "built-ed25519": _csr_spec(3, b"\x00" + _name(0, "\u00e9", form=1)),
+        "built-rsa2048-long-subject": _csr_spec(5, b"\x00" + _name(0, "0123456789abcdef", form=0x30), hashing=4),
+    }
 
 
 def simulator_lines() -> dict[str, bytes]:

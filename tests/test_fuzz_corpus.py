@@ -10,11 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from agent.errors import ProvisioningError
+from agent.est import parse_pkcs7_certs
+from agent.identity import certificate_fingerprint, trusted_under
+from agent.provision import select_ca
 from fuzz import HARNESSES
+from fuzz import csr as fuzz_csr
+from fuzz import est as fuzz_est
 from fuzz.common import CORPUS, FindingRecorder, signature
 from fuzz.replay import harness, inputs, replay
 from protocol.problems import problem_type
+from verifier.pki import MAX_CSR_DER, CSRError, parse_csr
 
 CASES = [(name, path) for name in HARNESSES for path in inputs([CORPUS / name])]
 
@@ -74,3 +82,63 @@ def test_a_finding_re_raised_from_another_thread_is_named_by_its_original(tmp_pa
     exc = replay(escaped, _written(tmp_path / "in", b"no-such-slug"))
     assert exc is not None
     assert signature(exc).startswith("Escaped<-builtins.KeyError @ protocol/problems.py:")
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length must be")
+def test_the_csr_build_seeds_build_and_reach_each_of_parse_csrs_checks() -> None:
+    """fuzz/make_corpus.py writes the build mode's layout as fuzz/csr.py reads it: each seed builds, and together
+    they reach every check of parse_csr and the issuing after it (a drift of the layout would end at one)."""
+    reached = set()
+    for path in inputs([CORPUS / "csr"]):
+        data = path.read_bytes()
+        if not data[0] & 1:
+            continue
+        request = fuzz_csr.build(data[1:])
+        assert request is not None, f"{path.name} does not build"
+        try:
+            parse_csr(request)
+        except CSRError as exc:
+            reached.add(str(exc).split(":")[0].split(" (")[0])
+        else:
+            reached.add("accepted")
+    assert reached == {
+        "accepted",
+        "the body is not a DER PKCS#10 certificate request",
+        f"the certificate request is larger than {MAX_CSR_DER} bytes",
+        "the certificate request's version is 3, not 0",
+        "only EC P-256 keys are accepted",
+        "the certificate request's subject cannot be read",
+        "the certificate request's extension request cannot be read",
+        "the certificate request's public key is not a valid key",
+        "the certificate request's signature does not verify",
+    }
+
+
+@pytest.mark.filterwarnings("ignore:PKCS#7 certificates could not be parsed as DER")
+def test_the_est_build_seeds_build_a_chain_a_foreign_anchor_and_a_forged_subordinate() -> None:
+    """The est build seeds make answers the agent reads: a chain trusted below the confirmed root, a CA confirmed
+    that the answer lacks, a subordinate whose signature is not its issuer's (left out), an empty bundle."""
+    trusted_counts, refused = [], []
+    for path in inputs([CORPUS / "est"]):
+        data = path.read_bytes()
+        if data[0] % 8 != 4:
+            continue
+        body, anchor = fuzz_est.build(data[1:])
+        try:
+            certs = parse_pkcs7_certs(body, "cacerts")
+        except ProvisioningError as exc:
+            refused.append(exc.message)
+            continue
+        confirmed = certs[anchor] if anchor < len(certs) else fuzz_est._test_ca().cert
+        try:
+            ca = select_ca(certs, certificate_fingerprint(confirmed))
+        except ProvisioningError as exc:
+            refused.append(exc.message)
+            continue
+        cas = [cert for cert in certs if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca]
+        trusted_counts.append((len(trusted_under(ca, certs)), len(set(cas))))
+    assert len(refused) == 2
+    assert any("holds no certificate" in message for message in refused)
+    assert any("does not have the fingerprint you gave" in message for message in refused)
+    assert (2, 2) in trusted_counts, "a root and its subordinate: both trusted"
+    assert (1, 2) in trusted_counts, "a root and a subordinate it did not sign: the root alone"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 
 from agent.errors import CertificateDefect, IdentityError
 from agent.identity import (
@@ -22,6 +24,7 @@ from agent.identity import (
     IdentityStore,
     build_csr,
     generate_key,
+    identity_problem,
     issued_by,
     normalise_fingerprint,
     read_in_full,
@@ -64,6 +67,32 @@ def test_a_certificate_for_another_key_is_refused(tmp_path, ca) -> None:
     with pytest.raises(IdentityError, match="does not match the device key"):
         IdentityStore(tmp_path / "state").write(generate_key(), cert, [ca.cert], PASS)
     assert not IdentityStore(tmp_path / "state").exists()
+
+
+def _ed25519_certificate(ca: TestCA) -> x509.Certificate:
+    """A certificate of ``ca`` for an Ed25519 key: what a misconfigured PKI could answer simpleenroll with."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kiosk-1")])
+    return (
+        TestCA._builder(subject, ed25519.Ed25519PrivateKey.generate().public_key(), days=30)
+        .issuer_name(ca.cert.subject)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def test_a_certificate_for_a_key_of_another_kind_is_refused_as_another_key(tmp_path, ca) -> None:
+    """Found building EST answers for fuzz/est.py: an Ed25519 certificate raised AttributeError (no public numbers)."""
+    with pytest.raises(IdentityError, match="does not match the device key"):
+        IdentityStore(tmp_path / "state").write(generate_key(), _ed25519_certificate(ca), [ca.cert], PASS)
+    assert not IdentityStore(tmp_path / "state").exists()
+
+
+def test_a_stored_certificate_for_a_key_of_another_kind_is_an_identity_problem(tmp_path, ca) -> None:
+    """device.pem replaced by a certificate for an Ed25519 key: the health check names it, it does not raise."""
+    store = IdentityStore(tmp_path / "state")
+    identity = store.write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], PASS)
+    identity.cert_path.write_bytes(_ed25519_certificate(ca).public_bytes(serialization.Encoding.PEM))
+    problem = identity_problem(store.load(PASS))
+    assert problem is not None and "does not match the certificate" in problem.message
 
 
 def test_replacement_is_a_switch_of_one_link(tmp_path, ca) -> None:
