@@ -443,6 +443,22 @@ def _camera_path_problem(source: str) -> tuple[str, str] | None:
     return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=node.startswith("/dev/"))
 
 
+def _camera_url_problem(source: str) -> tuple[str, str] | None:
+    """Why the daemon will refuse the stream URL ``source`` as written (what was found, the fix), or None.
+
+    Why: the URL is not reached from here, but one the driver refuses before any connection (a password with an
+    unencoded /) left doctor green beside a daemon that never opens the camera. The message shows the source
+    without its credentials."""
+    from drivers.camera.source import CameraSource, CameraSourceError
+
+    try:
+        CameraSource.parse(source)
+    except CameraSourceError as exc:
+        fix = getattr(exc, "fix", "")
+        return (str(exc.args[0]), fix) if fix else (str(exc), "correct source")
+    return None
+
+
 def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
     """Each configured device's node (serial port, /dev/video, a file) and a camera's ca_file, as this user.
 
@@ -475,6 +491,7 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
             problem = _camera_path_problem(section.source)
         elif section.kind == "camera":
             shown = "camera stream (not reached from here; `capture-agent devices --camera URL` reads it once)"
+            problem = _camera_url_problem(section.source)
         else:
             shown = f"libfprint reader {section.selector or '(the first)'} (`capture-agent devices` lists them)"
         if problem is None and section.kind == "camera" and section.ca_file:

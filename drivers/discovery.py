@@ -132,8 +132,10 @@ def _probe_camera(finding: Finding, source: str) -> None:
 
     try:
         capture = CameraSource.parse(source).open()
-    except CameraSourceError as exc:
-        finding.description, finding.fix = "not a camera source", str(exc)
+    except CameraSourceError as exc:  # its message shows the source without credentials (CameraSourceCredentials)
+        fix = getattr(exc, "fix", "")  # the typed ones (a credential, an unreadable URL) say why, then the fix
+        finding.description = f"not a camera source: {exc.args[0]}" if fix else "not a camera source"
+        finding.fix = fix or str(exc)
         return
     except CameraNodeMissingError as exc:  # asked for by name and not there, as a serial port: no permission matter
         finding.accessible, finding.description, finding.fix = False, "does not exist", exc.fix
@@ -154,10 +156,18 @@ def _probe_camera(finding: Finding, source: str) -> None:
         capture.release()
 
 
+def camera_shown(source: str) -> str:
+    """A camera source as a finding names it: a stream URL without its credentials, else as written.
+
+    Why not ``CameraSource.parse(source).redacted``: parsing refuses a source it cannot use (a password with an
+    unencoded /), and that refusal is a finding of its own, shown under this name, not a traceback."""
+    from drivers.camera.source import redact_url
+
+    return redact_url(source)
+
+
 def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type: ignore[assignment]
     """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once."""
-    from drivers.camera.source import CameraSource
-
     findings = []
     for node in sorted(glob.glob("/dev/video*"))[:max_index]:
         accessible = _may_open(node)
@@ -168,7 +178,7 @@ def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type
             _probe_camera(finding, node)
         findings.append(finding)
     for source in extra:
-        finding = Finding("camera", CameraSource.parse(source).redacted if "://" in source else source, True)
+        finding = Finding("camera", camera_shown(source), True)
         _probe_camera(finding, source)
         findings.append(finding)
     return findings

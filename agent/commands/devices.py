@@ -51,10 +51,10 @@ def asked_for_and_unusable(args: argparse.Namespace, findings: list) -> bool:  #
     Why an exit code: `capture-agent devices --port /dev/serial0 && ...` in an installer's script must stop
     there; what discovery finds on its own (a console UART that answers nothing) is only listed.
     """
-    from drivers.camera.source import CameraSource
+    from drivers.discovery import camera_shown
 
     asked = {("serial", port) for port in args.port}
-    asked |= {("camera", CameraSource.parse(src).redacted if "://" in src else src) for src in args.camera}
+    asked |= {("camera", camera_shown(src)) for src in args.camera}
     return any(
         (f.kind, f.path) in asked and not (f.accessible and not f.fix and f.capabilities) for f in findings
     )
