@@ -440,7 +440,7 @@ def _camera_path_problem(source: str) -> tuple[str, str] | None:
     except CameraNodeMissingError as exc:
         return str(exc.args[0]), exc.fix
     node = camera.node or source
-    return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=node.startswith("/dev/"))
+    return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=camera.kind == "v4l2")
 
 
 def _camera_url_problem(source: str) -> tuple[str, str] | None:

@@ -168,14 +168,21 @@ def camera_shown(source: str) -> str:
 
 def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type: ignore[assignment]
     """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once."""
+    from drivers.camera import source as camera_source
+
     findings = []
-    for node in sorted(glob.glob("/dev/video*"))[:max_index]:
+    names = camera_source.stable_names()  # udev's by-id (and by-path) names: what the config should say
+    for node in sorted(glob.glob(f"{camera_source.DEV_ROOT}/video*"))[:max_index]:
         accessible = _may_open(node)
         finding = Finding(
             "camera", node, accessible, fix="" if accessible else "add the agent's user to the video group"
         )
         if accessible:
             _probe_camera(finding, node)
+        stable: dict[str, str] = {}
+        for name in names.get(node, []):  # "by-id": ..., "by-path": ... (the first of each)
+            stable.setdefault(name.split("/")[-2], name)
+        finding.details = {**stable, **finding.details}  # shown first: what an installer copies, not the number
         findings.append(finding)
     for source in extra:
         finding = Finding("camera", camera_shown(source), True)

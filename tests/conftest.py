@@ -624,6 +624,37 @@ def camera_sim() -> Iterator:
         yield camera
 
 
+@dataclass
+class FakeDevRoot:
+    """A folder standing in for /dev (``drivers.camera.source.DEV_ROOT``): V4L2 nodes as plain files (OpenCV
+    opens none of them), udev's by-id and by-path names as relative symlinks to them, as udev makes them."""
+
+    root: Path
+
+    def node(self, name: str) -> str:
+        path = self.root / name
+        path.touch()
+        return str(path)
+
+    def link(self, folder: str, name: str, target: str) -> str:
+        """``folder`` (``by-id``, ``by-path``) / ``name`` -> ``target``, written relative to the link's folder."""
+        links = self.root / "v4l" / folder
+        links.mkdir(parents=True, exist_ok=True)
+        (links / name).symlink_to(os.path.relpath(self.root / target, links))
+        return str(links / name)
+
+
+@pytest.fixture
+def fake_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDevRoot:
+    """A folder the camera driver and discovery take for /dev, for this test only."""
+    from drivers.camera import source
+
+    root = tmp_path / "dev"
+    root.mkdir()
+    monkeypatch.setattr(source, "DEV_ROOT", str(root))
+    return FakeDevRoot(root)
+
+
 @pytest.fixture
 def finger_folder(tmp_path: Path) -> Path:
     """A folder of FVC-named finger images (1_1, 1_2, 2_1; grey PNGs, a tenth of a second to make): the

@@ -33,6 +33,57 @@ def test_sources_are_parsed_and_credentials_hidden() -> None:
         CameraSource.parse("/dev/ttyUSB0")
 
 
+def test_udev_names_of_a_v4l2_node_are_sources_and_other_links_under_dev_are_refused(fake_dev) -> None:
+    """Only /dev/videoN was taken under /dev: udev's /dev/v4l/by-id/... (the name that stays with a camera across
+    reboots and replugs, where its number may not) was refused as "neither a V4L2 device...". A link is followed to
+    check it leads to a V4L2 node; one that leads elsewhere (a disk, outside /dev) is refused as before."""
+    from drivers.camera.errors import CameraNodeMissingError
+
+    fake_dev.node("video2")
+    fake_dev.node("sda")
+    by_id = fake_dev.link("by-id", "usb-Acme_Door_Cam_SN123-video-index0", "video2")
+    by_path = fake_dev.link("by-path", "platform-xhci-hcd.0-usb-0:1:1.0-video-index0", "video2")
+    for name in (by_id, by_path):
+        source = CameraSource.parse(name)
+        assert (source.kind, source.node) == ("v4l2", name)
+        source.check_present()  # there: the link leads to the node
+    to_disk = fake_dev.link("by-id", "usb-Not_A_Camera", "sda")
+    outside = fake_dev.link("by-id", "usb-Elsewhere-video-index0", "../elsewhere/video0")
+    for refused in (to_disk, outside, f"{fake_dev.root}/v4l/by-id/..", f"{fake_dev.root}/sda"):
+        with pytest.raises(CameraSourceError, match="/dev/v4l/by-id"):
+            CameraSource.parse(refused)
+    # unplugged, its link is gone: a camera that is not there, as a missing /dev/videoN is
+    gone = f"{fake_dev.root}/v4l/by-id/usb-Acme_Door_Cam_SN999-video-index0"
+    with pytest.raises(CameraNodeMissingError, match=f"the camera {gone} does not exist"):
+        CameraSource.parse(gone).open()
+
+
+def test_a_by_id_name_under_the_real_dev_is_taken_and_said_missing_when_absent() -> None:
+    """The same, without the stand-in folder: a name no camera here has is a missing camera, not a refused source."""
+    from drivers.camera.errors import CameraNodeMissingError
+
+    name = "/dev/v4l/by-id/usb-No_Such_Camera_0000-video-index0"
+    assert CameraSource.parse(name).kind == "v4l2"
+    with pytest.raises(CameraNodeMissingError):
+        CameraSource.parse(name).check_present()
+
+
+def test_discovery_shows_each_nodes_by_id_name_beside_it(fake_dev) -> None:
+    """What an installer copies into the config: the by-id name beside the /dev/videoN node it leads to."""
+    from drivers.discovery import cameras
+
+    video0 = fake_dev.node("video0")
+    video1 = fake_dev.node("video1")
+    by_id = fake_dev.link("by-id", "usb-Acme_Door_Cam_SN123-video-index0", "video0")
+    by_path = fake_dev.link("by-path", "pci-0000:00:14.0-usb-0:2:1.0-video-index0", "video0")
+    found = {f.path: f for f in cameras(max_index=4)}
+    assert set(found) == {video0, video1}
+    assert list(found[video0].details.items())[:2] == [("by-id", by_id), ("by-path", by_path)]
+    assert "by-id" not in found[video1].details  # a node udev names not (a metadata node): nothing to copy
+    (asked,) = [f for f in cameras([by_id], max_index=0)]
+    assert asked.path == by_id and asked.description != "not a camera source", asked
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
