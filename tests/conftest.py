@@ -656,6 +656,21 @@ def fake_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDevRoot:
 
 
 @pytest.fixture
+def video_file(tmp_path: Path) -> Path:
+    """A short MJPEG AVI of 64x48 grey frames at 5 fps: a camera source OpenCV reads as a file (its size and rate
+    cannot be set, as a camera's that refuses them)."""
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    assert writer.isOpened(), "this OpenCV cannot write an MJPEG AVI"
+    for shade in range(0, 250, 25):
+        writer.write(np.full((48, 64, 3), shade, np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.fixture
 def finger_folder(tmp_path: Path) -> Path:
     """A folder of FVC-named finger images (1_1, 1_2, 2_1; grey PNGs, a tenth of a second to make): the
     simulators' folder source without the synthetic generator's second a finger."""

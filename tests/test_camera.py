@@ -244,6 +244,30 @@ def test_frames_size_and_only_the_latest(camera_sim) -> None:
         assert newest_sent - got <= 6, "the consumer got a stale frame out of a backlog"
 
 
+def test_the_camera_logs_key_value_events_with_its_source_redacted(camera_sim, video_file) -> None:
+    """drivers/camera/camera.py logged through the standard library with %-formatted sentences, which the agent's
+    structlog pipeline (JSON for journald, secrets redacted) never saw. Now structlog events, as every module's."""
+    from structlog.testing import capture_logs
+
+    with_credentials = camera_sim.url.replace("http://", "http://camuser:CAMSECRET@")  # the simulator serves it
+    with capture_logs() as logs:
+        stream = Camera(with_credentials, size=(640, 480), reconnect=False)
+        assert stream.open_once(timeout_s=10)
+        stream.stop()
+        clip = Camera(str(video_file), size=(640, 480), fps=10, reconnect=False)
+        assert clip.open_once(timeout_s=10)
+        clip.stop()
+    shown = camera_sim.url.replace("http://", "http://***@")
+    assert {
+        "event": "camera_size_not_settable", "source": shown, "asked": "640x480", "log_level": "warning",
+        "fix": "set the size on the camera itself (its web page or settings)",
+    } in logs, logs
+    clip_source = {"source": str(video_file), "log_level": "warning"}
+    assert {"event": "camera_size_refused", "asked": "640x480", **clip_source} in logs, logs
+    assert {"event": "camera_fps_refused", "asked": 10, **clip_source} in logs, logs
+    assert "CAMSECRET" not in repr(logs)
+
+
 def test_scenes_dark_and_glare(camera_sim, synthetic_print) -> None:
     camera_sim.show(synthetic_print(1).image)
     with Camera(camera_sim.url) as camera:
