@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from drivers.usb_ids import USB_SERIAL_ADAPTERS, identify
 from drivers.zfm.driver import ZfmModule
 from drivers.zfm.errors import ModuleError, PortBusyError
+
+if TYPE_CHECKING:
+    from drivers.camera.source import CameraSource
 
 log = structlog.get_logger()
 
@@ -124,14 +130,38 @@ def usb_readers(backend: object | None = None) -> list[Finding]:
     return findings
 
 
-def _probe_camera(finding: Finding, source: str) -> None:
+def _probe_stream(finding: Finding, source: CameraSource, options: Mapping[str, Any]) -> None:
+    """An http(s) MJPEG camera read as the daemon reads it (drivers.camera.probe), not through FFmpeg."""
+    from drivers.camera.errors import CameraError
+    from drivers.camera.probe import look_at_stream
+
+    try:
+        look = look_at_stream(source, **options)
+    except CameraError as exc:
+        finding.description = f"gives no frame the agent can use: {exc.args[0]}"
+        finding.fix = getattr(exc, "fix", "")
+        return
+    finding.description = f"camera ({look.backend})"
+    finding.capabilities = ["camera"]
+    finding.details = {"width": look.width, "height": look.height}
+    if look.fps is not None:
+        finding.details["fps"] = look.fps  # measured between the frames read
+
+
+def _probe_camera(finding: Finding, source: str, options: Mapping[str, Any] = MappingProxyType({})) -> None:
+    """Read ``source`` once, as the agent would open it; ``options``: what the agent gives an MJPEG Camera."""
     import cv2
 
     from drivers.camera.errors import CameraNodeMissingError
     from drivers.camera.source import CameraSource, CameraSourceError
+    from drivers.camera.stream import is_http
 
     try:
-        capture = CameraSource.parse(source).open()
+        camera = CameraSource.parse(source)
+        if camera.kind == "stream" and is_http(camera.text):
+            _probe_stream(finding, camera, options)
+            return
+        capture = camera.open()
     except CameraSourceError as exc:  # its message shows the source without credentials (CameraSourceCredentials)
         fix = getattr(exc, "fix", "")  # the typed ones (a credential, an unreadable URL) say why, then the fix
         finding.description = f"not a camera source: {exc.args[0]}" if fix else "not a camera source"
@@ -166,8 +196,15 @@ def camera_shown(source: str) -> str:
     return redact_url(source)
 
 
-def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type: ignore[assignment]
-    """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once."""
+def cameras(
+    extra: list[str] = (),  # type: ignore[assignment]
+    max_index: int = 4,
+    stream_options: Mapping[str, Any] = MappingProxyType({}),
+) -> list[Finding]:
+    """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once.
+
+    ``stream_options``: what the agent gives the Camera of an http(s) stream besides its URL (the size bounds,
+    the TLS floor), so the stream is read here as the daemon will read it."""
     from drivers.camera import source as camera_source
 
     findings = []
@@ -186,7 +223,7 @@ def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type
         findings.append(finding)
     for source in extra:
         finding = Finding("camera", camera_shown(source), True)
-        _probe_camera(finding, source)
+        _probe_camera(finding, source, stream_options)
         findings.append(finding)
     return findings
 
@@ -222,6 +259,14 @@ def fprint_readers() -> list[Finding]:
 
 
 def discover(
-    extra_serial: list[str], usb_backend: object | None = None, extra_cameras: list[str] = ()  # type: ignore[assignment]
+    extra_serial: list[str],
+    usb_backend: object | None = None,
+    extra_cameras: list[str] = (),  # type: ignore[assignment]
+    stream_options: Mapping[str, Any] = MappingProxyType({}),
 ) -> list[Finding]:
-    return [*serial_ports(extra_serial), *usb_readers(usb_backend), *fprint_readers(), *cameras(list(extra_cameras))]
+    return [
+        *serial_ports(extra_serial),
+        *usb_readers(usb_backend),
+        *fprint_readers(),
+        *cameras(list(extra_cameras), stream_options=stream_options),
+    ]

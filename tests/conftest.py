@@ -655,6 +655,39 @@ def fake_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDevRoot:
     return FakeDevRoot(root)
 
 
+class _SnapshotHandler(http.server.BaseHTTPRequestHandler):
+    """Every GET: one 320x240 JPEG as ``image/jpeg``, as a camera's snapshot URL answers."""
+
+    def do_GET(self) -> None:
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 120, np.uint8))
+        assert ok
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(jpeg)))
+        self.end_headers()
+        self.wfile.write(jpeg.tobytes())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def snapshot_camera() -> Iterator[str]:
+    """The URL of a camera's snapshot (one JPEG a request, no MJPEG stream) on a free port of 127.0.0.1: what an
+    installer may copy from a camera's web page instead of its stream URL. FFmpeg reads it as a camera."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SnapshotHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @pytest.fixture
 def video_file(tmp_path: Path) -> Path:
     """A short MJPEG AVI of 64x48 grey frames at 5 fps: a camera source OpenCV reads as a file (its size and rate

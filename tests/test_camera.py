@@ -353,6 +353,42 @@ def test_devices_command_lists_the_camera(camera_sim) -> None:
     found = [f for f in json.loads(out) if f["kind"] == "camera" and f["path"] == camera_sim.url]
     assert found and found[0]["capabilities"] == ["camera"]
     assert (found[0]["details"]["width"], found[0]["details"]["height"]) == (320, 240)
+    # read by the agent's own MJPEG reader, as the daemon reads it: not FFmpeg (and its guess of 25 fps)
+    assert found[0]["description"] == "camera (MJPEG)", found[0]
+
+
+def test_a_stream_looked_at_reports_a_rate_only_between_frames(camera_sim) -> None:
+    """The rate is measured between the frames read: none from one frame (FFmpeg's 25 was a guess)."""
+    from drivers.camera.probe import look_at_stream
+
+    source = CameraSource.parse(camera_sim.url)
+    one = look_at_stream(source, frames=1)
+    assert (one.backend, one.width, one.height, one.fps) == ("MJPEG", 320, 240, None)
+    three = look_at_stream(source, frames=3)
+    assert three.fps is not None and three.fps > 0
+
+
+def test_devices_reads_a_stream_as_the_daemon_does_and_says_what_it_would_refuse(snapshot_camera) -> None:
+    """A camera's snapshot URL (one JPEG, no stream) instead of its MJPEG stream: `devices --camera` read it
+    through FFmpeg, which takes it, and listed "[ok  ] camera (FFMPEG)", "fps: 25.0"; the daemon's reader refuses
+    it as not MJPEG. `devices` now reads it with that reader: the daemon's fault and its fix, and exit 1."""
+    from drivers.camera.errors import CameraNotMjpeg
+
+    capture = CameraSource.parse(snapshot_camera).open()  # what the probe used: FFmpeg reads a frame from it
+    try:
+        assert capture.read()[0]
+    finally:
+        capture.release()
+    daemon = Camera(snapshot_camera, reconnect=False)  # what the daemon meets
+    assert not daemon.open_once(timeout_s=10) and isinstance(daemon.fault, CameraNotMjpeg)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", snapshot_camera],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    (found,) = [f for f in json.loads(done.stdout) if f["path"] == snapshot_camera]
+    assert found["description"] == f"gives no frame the agent can use: {daemon.fault.args[0]}", found
+    assert found["fix"] == daemon.fault.fix and found["capabilities"] == [] and "fps" not in found["details"]
 
 
 UNSPLITTABLE_URLS = {

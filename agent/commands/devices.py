@@ -21,11 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.devices.kinds import camera_bounds
     from agent.logs import configure_logging
     from drivers.discovery import discover
 
     configure_logging("error", "console")
-    findings = discover(args.port, extra_cameras=args.camera)
+    findings = discover(args.port, extra_cameras=args.camera, stream_options=camera_bounds())  # as the daemon's
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
         return 1 if asked_for_and_unusable(args, findings) else 0
