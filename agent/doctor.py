@@ -572,7 +572,23 @@ def _camera_path_problem(source: str) -> tuple[str, str] | None:
     except CameraNodeMissingError as exc:
         return str(exc.args[0]), exc.fix
     node = camera.node or source
-    return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=node.startswith("/dev/"))
+    return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=camera.kind == "v4l2")
+
+
+def _camera_url_problem(source: str) -> tuple[str, str] | None:
+    """Why the daemon will refuse the stream URL ``source`` as written (what was found, the fix), or None.
+
+    Why: the URL is not reached from here, but one the driver refuses before any connection (a password with an
+    unencoded /) left doctor green beside a daemon that never opens the camera. The message shows the source
+    without its credentials."""
+    from drivers.camera.source import CameraSource, CameraSourceError
+
+    try:
+        CameraSource.parse(source)
+    except CameraSourceError as exc:
+        fix = getattr(exc, "fix", "")
+        return (str(exc.args[0]), fix) if fix else (str(exc), "correct source")
+    return None
 
 
 def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
@@ -607,6 +623,7 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
             problem = _camera_path_problem(section.source)
         elif section.kind == "camera":
             shown = "camera stream (not reached from here; `capture-agent devices --camera URL` reads it once)"
+            problem = _camera_url_problem(section.source)
         else:
             shown = f"libfprint reader {section.selector or '(the first)'} (`capture-agent devices` lists them)"
         if problem is None and section.kind == "camera" and section.ca_file:

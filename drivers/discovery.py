@@ -10,13 +10,19 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from drivers.usb_ids import USB_SERIAL_ADAPTERS, identify
 from drivers.zfm.driver import ZfmModule
 from drivers.zfm.errors import ModuleError, PortBusyError
+
+if TYPE_CHECKING:
+    from drivers.camera.source import CameraSource
 
 log = structlog.get_logger()
 
@@ -166,16 +172,42 @@ def usb_readers(backend: object | None = None) -> list[Finding]:
     return findings
 
 
-def _probe_camera(finding: Finding, source: str) -> None:
+def _probe_stream(finding: Finding, source: CameraSource, options: Mapping[str, Any]) -> None:
+    """An http(s) MJPEG camera read as the daemon reads it (drivers.camera.probe), not through FFmpeg."""
+    from drivers.camera.errors import CameraError
+    from drivers.camera.probe import look_at_stream
+
+    try:
+        look = look_at_stream(source, **options)
+    except CameraError as exc:
+        finding.description = f"gives no frame the agent can use: {exc.args[0]}"
+        finding.fix = getattr(exc, "fix", "")
+        return
+    finding.description = f"camera ({look.backend})"
+    finding.capabilities = ["camera"]
+    finding.details = {"width": look.width, "height": look.height}
+    if look.fps is not None:
+        finding.details["fps"] = look.fps  # measured between the frames read
+
+
+def _probe_camera(finding: Finding, source: str, options: Mapping[str, Any] = MappingProxyType({})) -> None:
+    """Read ``source`` once, as the agent would open it; ``options``: what the agent gives an MJPEG Camera."""
     import cv2
 
     from drivers.camera.errors import CameraNodeMissingError
     from drivers.camera.source import CameraSource, CameraSourceError
+    from drivers.camera.stream import is_http
 
     try:
-        capture = CameraSource.parse(source).open()
-    except CameraSourceError as exc:
-        finding.description, finding.fix = "not a camera source", str(exc)
+        camera = CameraSource.parse(source)
+        if camera.kind == "stream" and is_http(camera.text):
+            _probe_stream(finding, camera, options)
+            return
+        capture = camera.open()
+    except CameraSourceError as exc:  # its message shows the source without credentials (CameraSourceCredentials)
+        fix = getattr(exc, "fix", "")  # the typed ones (a credential, an unreadable URL) say why, then the fix
+        finding.description = f"not a camera source: {exc.args[0]}" if fix else "not a camera source"
+        finding.fix = fix or str(exc)
         return
     except CameraNodeMissingError as exc:  # asked for by name and not there, as a serial port: no permission matter
         finding.accessible, finding.description, finding.fix = False, "does not exist", exc.fix
@@ -196,18 +228,40 @@ def _probe_camera(finding: Finding, source: str) -> None:
         capture.release()
 
 
-def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type: ignore[assignment]
-    """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once."""
-    from drivers.camera.source import CameraSource
+def camera_shown(source: str) -> str:
+    """A camera source as a finding names it: a stream URL without its credentials, else as written.
+
+    Why not ``CameraSource.parse(source).redacted``: parsing refuses a source it cannot use (a password with an
+    unencoded /), and that refusal is a finding of its own, shown under this name, not a traceback."""
+    from drivers.camera.source import redact_url
+
+    return redact_url(source)
+
+
+def cameras(
+    extra: list[str] = (),  # type: ignore[assignment]
+    max_index: int = 4,
+    stream_options: Mapping[str, Any] = MappingProxyType({}),
+) -> list[Finding]:
+    """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once.
+
+    ``stream_options``: what the agent gives the Camera of an http(s) stream besides its URL (the size bounds,
+    the TLS floor), so the stream is read here as the daemon will read it."""
+    from drivers.camera import source as camera_source
 
     findings = []
-    for node in sorted(glob.glob("/dev/video*"))[:max_index]:
+    names = camera_source.stable_names()  # udev's by-id (and by-path) names: what the config should say
+    for node in sorted(glob.glob(f"{camera_source.DEV_ROOT}/video*"))[:max_index]:
         accessible = _may_open(node)
         finding = Finding(
             "camera", node, accessible, fix="" if accessible else "add the agent's user to the video group"
         )
         if accessible:
             _probe_camera(finding, node)
+        stable: dict[str, str] = {}
+        for name in names.get(node, []):  # "by-id": ..., "by-path": ... (the first of each)
+            stable.setdefault(name.split("/")[-2], name)
+        finding.details = {**stable, **finding.details}  # shown first: what an installer copies, not the number
         findings.append(finding)
     for source in extra:
         local = "://" not in source
@@ -227,8 +281,8 @@ def cameras(extra: list[str] = (), max_index: int = 4) -> list[Finding]:  # type
         if closed is not None:
             findings.append(closed)
             continue
-        finding = Finding("camera", CameraSource.parse(source).redacted if "://" in source else source, True)
-        _probe_camera(finding, source)
+        finding = Finding("camera", camera_shown(source), True)
+        _probe_camera(finding, source, stream_options)
         findings.append(finding)
     return findings
 
@@ -264,6 +318,14 @@ def fprint_readers() -> list[Finding]:
 
 
 def discover(
-    extra_serial: list[str], usb_backend: object | None = None, extra_cameras: list[str] = ()  # type: ignore[assignment]
+    extra_serial: list[str],
+    usb_backend: object | None = None,
+    extra_cameras: list[str] = (),  # type: ignore[assignment]
+    stream_options: Mapping[str, Any] = MappingProxyType({}),
 ) -> list[Finding]:
-    return [*serial_ports(extra_serial), *usb_readers(usb_backend), *fprint_readers(), *cameras(list(extra_cameras))]
+    return [
+        *serial_ports(extra_serial),
+        *usb_readers(usb_backend),
+        *fprint_readers(),
+        *cameras(list(extra_cameras), stream_options=stream_options),
+    ]

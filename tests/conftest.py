@@ -694,6 +694,85 @@ def camera_sim() -> Iterator:
         yield camera
 
 
+@dataclass
+class FakeDevRoot:
+    """A folder standing in for /dev (``drivers.camera.source.DEV_ROOT``): V4L2 nodes as plain files (OpenCV
+    opens none of them), udev's by-id and by-path names as relative symlinks to them, as udev makes them."""
+
+    root: Path
+
+    def node(self, name: str) -> str:
+        path = self.root / name
+        path.touch()
+        return str(path)
+
+    def link(self, folder: str, name: str, target: str) -> str:
+        """``folder`` (``by-id``, ``by-path``) / ``name`` -> ``target``, written relative to the link's folder."""
+        links = self.root / "v4l" / folder
+        links.mkdir(parents=True, exist_ok=True)
+        (links / name).symlink_to(os.path.relpath(self.root / target, links))
+        return str(links / name)
+
+
+@pytest.fixture
+def fake_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDevRoot:
+    """A folder the camera driver and discovery take for /dev, for this test only."""
+    from drivers.camera import source
+
+    root = tmp_path / "dev"
+    root.mkdir()
+    monkeypatch.setattr(source, "DEV_ROOT", str(root))
+    return FakeDevRoot(root)
+
+
+class _SnapshotHandler(http.server.BaseHTTPRequestHandler):
+    """Every GET: one 320x240 JPEG as ``image/jpeg``, as a camera's snapshot URL answers."""
+
+    def do_GET(self) -> None:
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 120, np.uint8))
+        assert ok
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(jpeg)))
+        self.end_headers()
+        self.wfile.write(jpeg.tobytes())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def snapshot_camera() -> Iterator[str]:
+    """The URL of a camera's snapshot (one JPEG a request, no MJPEG stream) on a free port of 127.0.0.1: what an
+    installer may copy from a camera's web page instead of its stream URL. FFmpeg reads it as a camera."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SnapshotHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def video_file(tmp_path: Path) -> Path:
+    """A short MJPEG AVI of 64x48 grey frames at 5 fps: a camera source OpenCV reads as a file (its size and rate
+    cannot be set, as a camera's that refuses them)."""
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    assert writer.isOpened(), "this OpenCV cannot write an MJPEG AVI"
+    for shade in range(0, 250, 25):
+        writer.write(np.full((48, 64, 3), shade, np.uint8))
+    writer.release()
+    return path
+
+
 @pytest.fixture
 def finger_folder(tmp_path: Path) -> Path:
     """A folder of FVC-named finger images (1_1, 1_2, 2_1; grey PNGs, a tenth of a second to make): the

@@ -33,6 +33,57 @@ def test_sources_are_parsed_and_credentials_hidden() -> None:
         CameraSource.parse("/dev/ttyUSB0")
 
 
+def test_udev_names_of_a_v4l2_node_are_sources_and_other_links_under_dev_are_refused(fake_dev) -> None:
+    """Only /dev/videoN was taken under /dev: udev's /dev/v4l/by-id/... (the name that stays with a camera across
+    reboots and replugs, where its number may not) was refused as "neither a V4L2 device...". A link is followed to
+    check it leads to a V4L2 node; one that leads elsewhere (a disk, outside /dev) is refused as before."""
+    from drivers.camera.errors import CameraNodeMissingError
+
+    fake_dev.node("video2")
+    fake_dev.node("sda")
+    by_id = fake_dev.link("by-id", "usb-Acme_Door_Cam_SN123-video-index0", "video2")
+    by_path = fake_dev.link("by-path", "platform-xhci-hcd.0-usb-0:1:1.0-video-index0", "video2")
+    for name in (by_id, by_path):
+        source = CameraSource.parse(name)
+        assert (source.kind, source.node) == ("v4l2", name)
+        source.check_present()  # there: the link leads to the node
+    to_disk = fake_dev.link("by-id", "usb-Not_A_Camera", "sda")
+    outside = fake_dev.link("by-id", "usb-Elsewhere-video-index0", "../elsewhere/video0")
+    for refused in (to_disk, outside, f"{fake_dev.root}/v4l/by-id/..", f"{fake_dev.root}/sda"):
+        with pytest.raises(CameraSourceError, match="/dev/v4l/by-id"):
+            CameraSource.parse(refused)
+    # unplugged, its link is gone: a camera that is not there, as a missing /dev/videoN is
+    gone = f"{fake_dev.root}/v4l/by-id/usb-Acme_Door_Cam_SN999-video-index0"
+    with pytest.raises(CameraNodeMissingError, match=f"the camera {gone} does not exist"):
+        CameraSource.parse(gone).open()
+
+
+def test_a_by_id_name_under_the_real_dev_is_taken_and_said_missing_when_absent() -> None:
+    """The same, without the stand-in folder: a name no camera here has is a missing camera, not a refused source."""
+    from drivers.camera.errors import CameraNodeMissingError
+
+    name = "/dev/v4l/by-id/usb-No_Such_Camera_0000-video-index0"
+    assert CameraSource.parse(name).kind == "v4l2"
+    with pytest.raises(CameraNodeMissingError):
+        CameraSource.parse(name).check_present()
+
+
+def test_discovery_shows_each_nodes_by_id_name_beside_it(fake_dev) -> None:
+    """What an installer copies into the config: the by-id name beside the /dev/videoN node it leads to."""
+    from drivers.discovery import cameras
+
+    video0 = fake_dev.node("video0")
+    video1 = fake_dev.node("video1")
+    by_id = fake_dev.link("by-id", "usb-Acme_Door_Cam_SN123-video-index0", "video0")
+    by_path = fake_dev.link("by-path", "pci-0000:00:14.0-usb-0:2:1.0-video-index0", "video0")
+    found = {f.path: f for f in cameras(max_index=4)}
+    assert set(found) == {video0, video1}
+    assert list(found[video0].details.items())[:2] == [("by-id", by_id), ("by-path", by_path)]
+    assert "by-id" not in found[video1].details  # a node udev names not (a metadata node): nothing to copy
+    (asked,) = [f for f in cameras([by_id], max_index=0)]
+    assert asked.path == by_id and asked.description != "not a camera source", asked
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
@@ -193,6 +244,30 @@ def test_frames_size_and_only_the_latest(camera_sim) -> None:
         assert newest_sent - got <= 6, "the consumer got a stale frame out of a backlog"
 
 
+def test_the_camera_logs_key_value_events_with_its_source_redacted(camera_sim, video_file) -> None:
+    """drivers/camera/camera.py logged through the standard library with %-formatted sentences, which the agent's
+    structlog pipeline (JSON for journald, secrets redacted) never saw. Now structlog events, as every module's."""
+    from structlog.testing import capture_logs
+
+    with_credentials = camera_sim.url.replace("http://", "http://camuser:CAMSECRET@")  # the simulator serves it
+    with capture_logs() as logs:
+        stream = Camera(with_credentials, size=(640, 480), reconnect=False)
+        assert stream.open_once(timeout_s=10)
+        stream.stop()
+        clip = Camera(str(video_file), size=(640, 480), fps=10, reconnect=False)
+        assert clip.open_once(timeout_s=10)
+        clip.stop()
+    shown = camera_sim.url.replace("http://", "http://***@")
+    assert {
+        "event": "camera_size_not_settable", "source": shown, "asked": "640x480", "log_level": "warning",
+        "fix": "set the size on the camera itself (its web page or settings)",
+    } in logs, logs
+    clip_source = {"source": str(video_file), "log_level": "warning"}
+    assert {"event": "camera_size_refused", "asked": "640x480", **clip_source} in logs, logs
+    assert {"event": "camera_fps_refused", "asked": 10, **clip_source} in logs, logs
+    assert "CAMSECRET" not in repr(logs)
+
+
 def test_scenes_dark_and_glare(camera_sim, synthetic_print) -> None:
     camera_sim.show(synthetic_print(1).image)
     with Camera(camera_sim.url) as camera:
@@ -278,6 +353,42 @@ def test_devices_command_lists_the_camera(camera_sim) -> None:
     found = [f for f in json.loads(out) if f["kind"] == "camera" and f["path"] == camera_sim.url]
     assert found and found[0]["capabilities"] == ["camera"]
     assert (found[0]["details"]["width"], found[0]["details"]["height"]) == (320, 240)
+    # read by the agent's own MJPEG reader, as the daemon reads it: not FFmpeg (and its guess of 25 fps)
+    assert found[0]["description"] == "camera (MJPEG)", found[0]
+
+
+def test_a_stream_looked_at_reports_a_rate_only_between_frames(camera_sim) -> None:
+    """The rate is measured between the frames read: none from one frame (FFmpeg's 25 was a guess)."""
+    from drivers.camera.probe import look_at_stream
+
+    source = CameraSource.parse(camera_sim.url)
+    one = look_at_stream(source, frames=1)
+    assert (one.backend, one.width, one.height, one.fps) == ("MJPEG", 320, 240, None)
+    three = look_at_stream(source, frames=3)
+    assert three.fps is not None and three.fps > 0
+
+
+def test_devices_reads_a_stream_as_the_daemon_does_and_says_what_it_would_refuse(snapshot_camera) -> None:
+    """A camera's snapshot URL (one JPEG, no stream) instead of its MJPEG stream: `devices --camera` read it
+    through FFmpeg, which takes it, and listed "[ok  ] camera (FFMPEG)", "fps: 25.0"; the daemon's reader refuses
+    it as not MJPEG. `devices` now reads it with that reader: the daemon's fault and its fix, and exit 1."""
+    from drivers.camera.errors import CameraNotMjpeg
+
+    capture = CameraSource.parse(snapshot_camera).open()  # what the probe used: FFmpeg reads a frame from it
+    try:
+        assert capture.read()[0]
+    finally:
+        capture.release()
+    daemon = Camera(snapshot_camera, reconnect=False)  # what the daemon meets
+    assert not daemon.open_once(timeout_s=10) and isinstance(daemon.fault, CameraNotMjpeg)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", snapshot_camera],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    (found,) = [f for f in json.loads(done.stdout) if f["path"] == snapshot_camera]
+    assert found["description"] == f"gives no frame the agent can use: {daemon.fault.args[0]}", found
+    assert found["fix"] == daemon.fault.fix and found["capabilities"] == [] and "fps" not in found["details"]
 
 
 UNSPLITTABLE_URLS = {

@@ -597,6 +597,35 @@ def test_a_missing_camera_given_as_an_index_is_named_by_its_node(tmp_path) -> No
         assert fault["error"] == f"the camera {node} does not exist", fault
 
 
+UNCLEAR_CREDENTIALS_URL = "http://user:1234/5678@127.0.0.1/x"  # a password with an unencoded /: 1234/5678
+
+
+def test_a_camera_url_with_unclear_credentials_is_a_finding_a_fault_and_a_doctor_failure() -> None:
+    """``cameras()`` named a URL finding with ``CameraSource.parse(source).redacted``, unguarded: the URL the
+    driver refuses (CameraSourceCredentials) was a traceback from `capture-agent devices --camera`; and doctor,
+    which does not reach a stream, passed it while the daemon refused it. Each shows the refusal and its fix,
+    never the password."""
+    from agent.doctor import run_doctor
+    from drivers.camera.source import CameraSource, CameraSourceCredentials
+    from drivers.discovery import cameras
+
+    with pytest.raises(CameraSourceCredentials) as caught:
+        CameraSource.parse(UNCLEAR_CREDENTIALS_URL)
+    error = caught.value
+    (found,) = cameras([UNCLEAR_CREDENTIALS_URL], max_index=0)
+    assert found.path == "http://***@127.0.0.1/x"
+    assert found.description == f"not a camera source: {error.args[0]}" and found.fix == error.fix
+    assert not found.capabilities
+    config = parse_config({"device": [{"kind": "camera", "name": "door", "source": UNCLEAR_CREDENTIALS_URL}]})
+    recorded = _opened_once(config)
+    fault = next(data for kind, data in recorded if kind == "device_fault")
+    assert (fault["error"], fault["fix"]) == (error.args[0], error.fix)
+    door = next(c for c in run_doctor(config).checks if c.name == "device door")
+    assert door.ok is False and door.detail == f"camera: {error.args[0]}" and door.fix.startswith(error.fix + ";")
+    shown = repr([found, recorded, door])
+    assert "5678" not in shown and "1234" not in shown, shown
+
+
 def test_a_watch_whose_look_fails_keeps_watching(zfm_sim) -> None:
     """The audit trail refuses the unplug report once (a full disk): the device is still seen coming back."""
     recorded: list[tuple[str, dict]] = []

@@ -650,6 +650,17 @@ def test_devices_says_a_port_that_does_not_exist_does_not_exist(tmp_path) -> Non
     assert agent_cli("devices", "--camera", str(tmp_path / "video9")).returncode == 1
 
 
+def test_devices_shows_a_camera_url_it_refuses_without_a_traceback_or_its_password() -> None:
+    """A password with an unencoded / (``user:1234/5678@``): `devices --camera` printed a traceback (naming the
+    URL was a CameraSource.parse that raised); now a finding with the fix, and exit 1 as for any unusable camera."""
+    url = "http://user:1234/5678@127.0.0.1/x"
+    for extra in ((), ("--json",)):
+        done = agent_cli("devices", "--camera", url, *extra)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and "5678" not in done.stdout + done.stderr, done.stderr
+        assert "http://***@127.0.0.1/x" in done.stdout and "percent-encode" in done.stdout, done.stdout
+
+
 # ---------------------------------------------------------------- items 12, 14: the simulator says how to pick people
 
 

@@ -21,11 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.devices.kinds import camera_bounds
     from agent.logs import configure_logging
     from drivers.discovery import discover
 
     configure_logging("error", "console")
-    findings = discover(args.port, extra_cameras=args.camera)
+    findings = discover(args.port, extra_cameras=args.camera, stream_options=camera_bounds())  # as the daemon's
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
         return 1 if asked_for_and_unusable(args, findings) else 0
@@ -51,10 +52,10 @@ def asked_for_and_unusable(args: argparse.Namespace, findings: list) -> bool:  #
     Why an exit code: `capture-agent devices --port /dev/serial0 && ...` in an installer's script must stop
     there; what discovery finds on its own (a console UART that answers nothing) is only listed.
     """
-    from drivers.camera.source import CameraSource
+    from drivers.discovery import camera_shown
 
     asked = {("serial", port) for port in args.port}
-    asked |= {("camera", CameraSource.parse(src).redacted if "://" in src else src) for src in args.camera}
+    asked |= {("camera", camera_shown(src)) for src in args.camera}
     return any(
         (f.kind, f.path) in asked and not (f.accessible and not f.fix and f.capabilities) for f in findings
     )

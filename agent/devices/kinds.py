@@ -254,6 +254,17 @@ class FprintDevice(Device):
         return self._guarded(self.reader.verify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
 
 
+def camera_bounds() -> dict[str, Any]:
+    """What the agent gives every Camera besides its config entry: the face pipeline's frame sizes (frames it
+    would refuse are refused by the driver, before decoding when it can) and the verifier channel's TLS floor
+    (ECDHE, AEAD). One place, so `capture-agent devices --camera URL` reads a stream under the daemon's bounds."""
+    from biometrics.face.image import MAX_SIDE, MIN_SIDE
+    from drivers.camera.stream import TLSFloor
+    from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
+
+    return {"min_side": MIN_SIDE, "max_side": MAX_SIDE, "tls_floor": TLSFloor(MINIMUM_VERSION, TLS12_CIPHERS)}
+
+
 class CameraDevice(Device):
     """A camera through OpenCV. Its owner is the camera's own reader thread (the only one touching
     cv2.VideoCapture); consumers read the latest frame it keeps, so they never touch the driver."""
@@ -262,17 +273,13 @@ class CameraDevice(Device):
 
     def __init__(self, section: DeviceSection, name: str) -> None:
         super().__init__(section, name)
-        from biometrics.face.image import MAX_SIDE, MIN_SIDE
         from drivers.camera.camera import Camera
-        from drivers.camera.stream import TLSFloor
-        from protocol.tls import MINIMUM_VERSION, TLS12_CIPHERS
 
         size = (section.width, section.height) if section.width and section.height else None
         self.camera = Camera(
-            section.source, size=size, fps=section.fps or None, reconnect=False, min_side=MIN_SIDE, max_side=MAX_SIDE,
-            allow_basic_over_http=section.allow_basic_over_http, ca_file=section.ca_file,
-            tls_floor=TLSFloor(MINIMUM_VERSION, TLS12_CIPHERS),  # the verifier channel's floor: ECDHE, AEAD
-        )  # frames the face pipeline would refuse are refused by the driver, before decoding when it can
+            section.source, size=size, fps=section.fps or None, reconnect=False,
+            allow_basic_over_http=section.allow_basic_over_http, ca_file=section.ca_file, **camera_bounds(),
+        )
         self.capabilities = frozenset({cap.CAMERA})
 
     def _open(self) -> dict[str, Any]:

@@ -27,7 +27,6 @@ frames are size-checked after decoding.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import structlog
 
 from drivers.camera import stream as mjpeg_stream
 from drivers.camera.errors import (
@@ -47,7 +47,7 @@ from drivers.camera.errors import (
 from drivers.camera.mjpeg import MAX_PART_BYTES
 from drivers.camera.source import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, CameraSource
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger()  # key-value events; a source only as ``source.redacted``, never a frame
 
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
@@ -57,6 +57,11 @@ IDLE_AFTER_S = 1.0  # a consumer that asked within this is served by the owner d
 BAD_PARTS_MAX = 10  # parts in a row that are no decodable JPEG: the stream is not MJPEG
 
 __all__ = ["Camera", "CameraError", "CameraFault", "CameraInfo", "CameraUnavailable", "Frame"]
+
+
+def _size(size: tuple[int, int]) -> str:
+    """A size as an installer writes it in a log field: ``640x480``."""
+    return f"{size[0]}x{size[1]}"
 
 
 @dataclass(frozen=True)
@@ -268,21 +273,15 @@ class Camera:
             ok_w = capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.want_size[0])
             ok_h = capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.want_size[1])
             if not (ok_w and ok_h):
-                log.warning(
-                    "the camera %s did not take the size %dx%d: it gives its own",
-                    self.source.redacted, *self.want_size,
-                )
+                log.warning("camera_size_refused", source=self.source.redacted, asked=_size(self.want_size))
         if self.want_fps is not None and not capture.set(cv2.CAP_PROP_FPS, self.want_fps):
-            log.warning("the camera %s did not take the rate %g fps: it gives its own",
-                        self.source.redacted, self.want_fps)
+            log.warning("camera_fps_refused", source=self.source.redacted, asked=self.want_fps)
         return capture
 
     def _open_mjpeg(self) -> mjpeg_stream.MjpegReader | None:
         if self.want_size is not None:
-            log.warning(
-                "the camera %s is a stream: its size is the camera's own, not the %dx%d asked",
-                self.source.redacted, *self.want_size,
-            )
+            log.warning("camera_size_not_settable", source=self.source.redacted, asked=_size(self.want_size),
+                        fix="set the size on the camera itself (its web page or settings)")
         reader = mjpeg_stream.MjpegReader(
             self.source.text, self.source.redacted, open_timeout_s=OPEN_TIMEOUT_MS / 1000,
             read_timeout_s=READ_TIMEOUT_MS / 1000, max_part_bytes=self.max_part_bytes,
@@ -336,7 +335,7 @@ class Camera:
                 self._set_fault(exc)
                 faulted = True
             except Exception as exc:  # a driver bug must not kill the owner and leave the camera "connected"
-                log.error("the camera %s failed in its driver: %s", self.source.redacted, type(exc).__name__)
+                log.error("camera_driver_failed", source=self.source.redacted, error=type(exc).__name__)
                 self._set_fault(CameraFault(
                     f"the camera {self.source.redacted} failed in the agent's driver ({type(exc).__name__})",
                     "report it with the camera's make and model; the agent reopens the camera",

@@ -1,9 +1,11 @@
 """Where a camera's frames come from, and how OpenCV is asked to open it.
 
-A source is written the way an installer would: ``/dev/video0`` (or just
-``0``), ``rtsp://...``, ``http://.../stream.mjpg``, or a video file. Network
-streams get open and read timeouts, so a camera that vanishes makes ``read()``
-fail within seconds instead of hanging the owner thread.
+A source is written the way an installer would: ``/dev/v4l/by-id/...`` (udev's
+name for one camera, kept across reboots and replugs), ``/dev/video0`` (or just
+``0``: a number the kernel may give another camera next boot), ``rtsp://...``,
+``http://.../stream.mjpg``, or a video file. Network streams get open and read
+timeouts, so a camera that vanishes makes ``read()`` fail within seconds instead
+of hanging the owner thread.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from drivers.camera.errors import CameraFault, CameraNodeMissingError
 
 OPEN_TIMEOUT_MS = 3000
 READ_TIMEOUT_MS = 2000
+# Where device nodes are: read at each call (never copied), so a test can stand a folder of its own in for /dev
+# (V4L2 nodes as plain files, udev's by-id links as symlinks to them); the agent never changes it.
+DEV_ROOT = "/dev"
+STABLE_NAME_FOLDERS = ("v4l/by-id", "v4l/by-path")  # udev's links to each V4L2 node, under DEV_ROOT
 
 
 class CameraSourceError(ValueError):
@@ -29,7 +35,7 @@ class CameraSourceError(ValueError):
     def __init__(self, source: str) -> None:
         super().__init__(
             f"camera source {source!r} is neither a V4L2 device, a stream URL nor a file "
-            "(use /dev/videoN, rtsp://..., http://.../stream.mjpg, or a video file path)"
+            "(use /dev/v4l/by-id/... or /dev/videoN, rtsp://..., http://.../stream.mjpg, or a video file path)"
         )
 
 
@@ -210,6 +216,32 @@ def redact_url(text: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query if parts.query else "", "***" if parts.fragment else ""))
 
 
+def video_node(path: str) -> bool:
+    """Whether ``path`` is written as a V4L2 node: DEV_ROOT/videoN."""
+    return re.fullmatch(re.escape(DEV_ROOT) + r"/video\d+", path) is not None
+
+
+def stable_name(path: str) -> bool:
+    """Whether ``path`` is written as one of udev's names for a V4L2 node: DEV_ROOT/v4l/by-id/NAME or by-path."""
+    folder, _, name = path.rpartition("/")
+    stable = {f"{DEV_ROOT}/{sub}" for sub in STABLE_NAME_FOLDERS}
+    return folder in stable and name not in ("", ".", "..")
+
+
+def stable_names() -> dict[str, list[str]]:
+    """Each V4L2 node that udev names, and its names (by-id first, then by-path): what an installer copies into
+    the config, as a /dev/videoN number can change across reboots and replugs."""
+    import glob
+
+    names: dict[str, list[str]] = {}
+    for sub in STABLE_NAME_FOLDERS:
+        for link in sorted(glob.glob(f"{DEV_ROOT}/{sub}/*")):
+            target = os.path.realpath(link)
+            if video_node(target):
+                names.setdefault(target, []).append(link)
+    return names
+
+
 @dataclass(frozen=True)
 class CameraSource:
     text: str
@@ -221,14 +253,21 @@ class CameraSource:
         text = text.strip()
         if re.fullmatch(r"\d+", text):
             return cls(text, "v4l2", int(text))
-        if re.fullmatch(r"/dev/video\d+", text):
+        if video_node(text):
+            return cls(text, "v4l2", text)
+        if stable_name(text):
+            # A link to a V4L2 node, opened by this name so a replug that renumbers the node is followed. Not there
+            # (the camera unplugged): a missing camera, said by check_present. There: it must lead to a V4L2 node
+            # (a link made by hand to a disk or a serial port is refused, as that node written plainly is).
+            if os.path.lexists(text) and not video_node(os.path.realpath(text)):
+                raise CameraSourceError(text)
             return cls(text, "v4l2", text)
         if re.match(r"(rtsp|rtsps|http|https)://", text):
             if credentials_unclear(text):  # where the credentials end cannot be told
                 raise CameraSourceCredentials(_origin(text))
             check_url(text)
             return cls(text, "stream", text)
-        if text and not text.startswith("/dev/"):
+        if text and not text.startswith(DEV_ROOT + "/"):
             return cls(text, "file", str(Path(text)))
         raise CameraSourceError(text)
 
@@ -241,7 +280,7 @@ class CameraSource:
         """The local path this source opens (``0`` is ``/dev/video0``), or None for a stream URL."""
         if self.kind == "stream":
             return None
-        return f"/dev/video{self.target}" if isinstance(self.target, int) else str(self.target)
+        return f"{DEV_ROOT}/video{self.target}" if isinstance(self.target, int) else str(self.target)
 
     def check_present(self) -> None:
         """CameraNodeMissingError when the local node or file this source opens is not there.
@@ -256,8 +295,9 @@ class CameraSource:
         """A cv2.VideoCapture on this source (check ``isOpened()``); CameraNodeMissingError for a local camera
         that is not there (OpenCV would only say it did not open)."""
         self.check_present()
-        if self.kind == "v4l2":
-            return cv2.VideoCapture(self.target, cv2.CAP_V4L2)
+        if self.kind == "v4l2":  # a by-id link is followed at each open: to the node the camera has now
+            node = os.path.realpath(self.target) if isinstance(self.target, str) else self.target
+            return cv2.VideoCapture(node, cv2.CAP_V4L2)
         if self.kind == "stream":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
