@@ -710,6 +710,29 @@ def test_prefilter_read_ahead_touches_every_cache_line_and_changes_no_best_match
     np.testing.assert_array_equal(prefilter.block_best(probe_t, rows, read_ahead=False), ahead)
 
 
+@pytest.mark.parametrize("t", [1, 2, 47, 48, 49, 50, 97, 145, 481, 512, 513, 561])
+def test_prefilter_slabs_give_block_best_bit_for_bit(t):
+    """The stored slabs (each batch contiguous) are scanned with block_best's batches: the same products of
+    the same widths, so the same best matches bit for bit, also where a lone last template joins the batch
+    before it across two slabs (t = 49, 97, 145, 481, 561) and in a second block (t > BLOCK_TEMPLATES)."""
+    from biometrics.fingerprint import prefilter
+
+    rng = np.random.default_rng(t)
+    index = prefilter.SketchIndex()
+    for _ in range(t):
+        index.add(rng.standard_normal((prefilter.SKETCH_ROWS, prefilter.SKETCH_WIDTH)).astype(np.float32))
+    index.sync(_raw_of(index))
+    probe_t = np.ascontiguousarray(index.probe(rng.standard_normal((32, prefilter.SKETCH_WIDTH)).astype(np.float32)).T)
+    assert [n for _, n in index.slabs()] == [b.shape[1] for b in index.blocks()]
+    assert sum(n for _, n in index.slabs()) == t
+    for (slabs, n), rows in zip(index.slabs(), index.blocks(), strict=True):
+        assert slabs.shape[:3] == (prefilter.SLABS, prefilter.GALLERY_ROWS, prefilter.SUB_BLOCK)
+        for ahead in (True, False):
+            np.testing.assert_array_equal(
+                prefilter.slab_best(probe_t, slabs, n, ahead), prefilter.block_best(probe_t, rows)
+            )
+
+
 @pytest.mark.parametrize("t", [1, 2, 47, 48, 49, 50, 96, 97, 145, 512])
 def test_prefilter_batches_cover_every_template_once_and_never_one_alone(t):
     """block_best's batches tile the templates in order, at most SUB_BLOCK + 1 wide, and none holds a
@@ -724,7 +747,6 @@ def test_prefilter_batches_cover_every_template_once_and_never_one_alone(t):
     assert min(widths) >= 2 or t == 1
 
 
-
 def test_pre_filter_reads_ahead_only_when_its_scan_has_the_memory_to_itself(monkeypatch):
     """One search on one thread reads ahead; a search whose blocks run on two threads, or one that starts
     while another search scans (the verifier's match workers), does not: they would share the bandwidth."""
@@ -733,13 +755,13 @@ def test_pre_filter_reads_ahead_only_when_its_scan_has_the_memory_to_itself(monk
     rng = np.random.default_rng(40)
     sets = [_random_finger(rng, 30) for _ in range(prefilter.BLOCK_TEMPLATES + 40)]  # two blocks
     flags: list[bool] = []
-    real = prefilter.block_best
+    real = prefilter.slab_best
 
-    def spy(probe_t, rows, read_ahead=True):
+    def spy(probe_t, slabs, t, read_ahead=True):
         flags.append(read_ahead)
-        return real(probe_t, rows, read_ahead)
+        return real(probe_t, slabs, t, read_ahead)
 
-    monkeypatch.setattr(prefilter, "block_best", spy)
+    monkeypatch.setattr(prefilter, "slab_best", spy)
     single, spread = GalleryIndex(workers=1), GalleryIndex(workers=2)
     for index in (single, spread):
         for n, m in enumerate(sets):

@@ -389,9 +389,9 @@ class GalleryIndex:
         return self._sketches.probe(prefilter.sketch(cp, prefilter.PROBE_ROWS))  # the probe side's rows only
 
     def _best_rows(self, sp: np.ndarray) -> np.ndarray:
-        """Each row of a (projected) probe sketch's best match in every packed template, (n, T): block_best."""
-        blocks = self._sketches.blocks()
-        out = np.zeros((len(sp), sum(b.shape[1] for b in blocks)), np.float32)
+        """Each row of a (projected) probe sketch's best match in every packed template, (n, T): slab_best."""
+        blocks = self._sketches.slabs()
+        out = np.zeros((len(sp), sum(t for _, t in blocks)), np.float32)
         probe_t = np.ascontiguousarray(sp.T)
         step = prefilter.BLOCK_TEMPLATES
         with _scan_slot() as others:
@@ -401,7 +401,8 @@ class GalleryIndex:
             alone = others == 0 and not (len(blocks) > 1 and self._workers > 1)
 
             def run(b: int) -> None:
-                out[:, b * step : b * step + blocks[b].shape[1]] = prefilter.block_best(probe_t, blocks[b], alone)
+                slabs, t = blocks[b]
+                out[:, b * step : b * step + t] = prefilter.slab_best(probe_t, slabs, t, alone)
 
             self._map(list(range(len(blocks))), run)
         return out

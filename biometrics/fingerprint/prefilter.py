@@ -215,6 +215,22 @@ for the fourth round's code run just after it, FVC2002 DB2 125.8k (123.7k) again
 Tried and dropped: the candidates' rows read template by template (runs of consecutive
 rows) instead of rank by rank (no faster).
 
+Sixth round (same prescores, candidates and full scores bit for bit, checked on every
+probe of FVC2002 DB1 and DB2 against a gallery of 2,000 and in all pairs): each block is
+stored as SLABS slabs, one per :func:`block_best` batch, each batch's GALLERY_ROWS x
+SUB_BLOCK rows one contiguous 0.9 MB run (:func:`slab_best`), where a batch used to be
+40 runs of 22 kB at a stride of 228 kB (57 pages) across the block. The read-ahead then
+streams one sequential run. The fifth round found contiguous batches no faster; measured
+again with whole searches alternated round by round in one process against the old
+layout (one worker, single-threaded BLAS, DB1 gallery of 2,000 as ``bench.fingerprint``
+builds it, 30 rounds of 10 searches, CPU time): paired median ratios 1.079, 1.070 and
+1.028 on DB1, 1.035 and 1.038 on DB2, with the block scans alone 9.9 -> 8.9 ms per search
+(median of 8 rounds; 11.4 -> 9.7 in 16 rounds). The batches themselves must not move:
+OpenBLAS's small-matrix kernel sums an entry in an order that depends on the batch's
+width and the entry's place in it (most widths from 2 to 47 give other last bits than
+48, measured on random rows), so a slab holds exactly one batch of :func:`batches`. The
+price is the last slab's unused columns (528 slots per block of 512: 3 % more memory).
+
 The pre-score only chooses which templates get the full score; the scores
 reported and thresholded are always the full ones (:func:`mcc_match.scores`).
 How many candidates survive is :func:`candidates`' rule; what fraction of the
@@ -244,6 +260,8 @@ BASIS_SAMPLE = 8192  # gallery sketch rows the principal directions are estimate
 BLOCK_TEMPLATES = 512  # templates per pre-scoring block (one thread's work item)
 SUB_BLOCK = 48  # templates per batch of products inside a block (see block_best)
 LINE_FLOATS = 16  # float32 per 64-byte cache line: block_best's read-ahead touches one of each
+SLABS = -(-BLOCK_TEMPLATES // SUB_BLOCK)  # batches per stored block, each its own contiguous slab (slab_best)
+ROW_CHUNK = 20  # gallery rows per product call in slab_best: a chunk's rows and products fit a 1 MB L2
 HUB_SAMPLE = 64  # gallery templates probed at each fit to centre each template's pre-scores (32 lost mates)
 MIN_SPREAD = 1e-3  # floor of a probe row's spread over the gallery (a gallery of one or identical templates)
 
@@ -461,6 +479,56 @@ def block_best(probe_t: np.ndarray, rows: np.ndarray, read_ahead: bool = True) -
     return np.ascontiguousarray(out.T)
 
 
+def slab_best(probe_t: np.ndarray, slabs: np.ndarray, t: int, read_ahead: bool = True) -> np.ndarray:
+    """:func:`block_best` of a block stored as slabs, (SLABS, GALLERY_ROWS, SUB_BLOCK, D), of which ``t`` are filled.
+
+    Slab s holds the templates of block_best's batch s (:func:`batches`), each batch
+    one contiguous 0.9 MB stretch of memory instead of GALLERY_ROWS stretches of 22 kB
+    spread over the block (9 MB apart): the read-ahead then streams one sequential
+    run, and the products read their rows from it (sixth round: :func:`block_best`'s
+    products are memory-bound in a search). Same batches, same products of the same
+    shapes, so the same values bit for bit: OpenBLAS's small-matrix kernel sums an
+    entry in an order that depends on the batch's width and the entry's place in it
+    (measured: most widths from 2 to 47 give other last bits than 48), so the
+    batches must stay :func:`batches`' ones. A last batch of SUB_BLOCK + 1 (a lone
+    template joined to the batch before it) is copied into one (GALLERY_ROWS,
+    SUB_BLOCK + 1, D) array first: it spans two slabs.
+
+    A batch's products are taken ROW_CHUNK gallery rows at a time, each chunk read
+    ahead just before its products: the same products (one per gallery row, as
+    numpy's batched matmul calls them), and a maximum is exact in any order. A whole
+    batch (0.9 MB of rows and 0.25 MB of products) overflows this VM's 1 MB L2 per
+    core; half of it does not. A small gain, where the products are widest: whole
+    searches alternated round by round with the whole batch at once (one worker, 30
+    rounds of 10), paired median ratios 1.013 to 1.037 on FVC2002 DB2 (three sessions,
+    probes of 32 rows) and 0.992 to 1.027 on DB1 (five); chunks of 10 or 14 rows: 0.997
+    and 1.003 on DB1.
+    """
+    n = probe_t.shape[1]
+    if n == 0 or t == 0:
+        return np.zeros((n, t), np.float32)
+    out = np.empty((t, n), np.float32)
+    flat = slabs.reshape(slabs.shape[0], slabs.shape[1], -1)  # (SLABS, GALLERY_ROWS, SUB_BLOCK * D), a view
+    d = slabs.shape[3]
+    g = slabs.shape[1]
+    for lo, hi in batches(t):
+        s, width = lo // SUB_BLOCK, hi - lo
+        best = out[lo:hi]
+        if width > SUB_BLOCK:  # the lone last template joins this batch (see batches): the copy reads both slabs
+            rows = np.concatenate([slabs[s], slabs[s + 1, :, : width - SUB_BLOCK]], axis=1)
+            np.maximum.reduce(np.matmul(rows, probe_t), axis=0, out=best)
+            continue
+        for r in range(0, g, ROW_CHUNK):
+            if read_ahead:  # see block_best: one sequential run
+                flat[s, r : r + ROW_CHUNK, : width * d : LINE_FLOATS].max()
+            chunk = np.maximum.reduce(np.matmul(slabs[s, r : r + ROW_CHUNK, :width], probe_t), axis=0)
+            if r == 0:
+                best[...] = chunk
+            else:
+                np.maximum(best, chunk, out=best)
+    return np.ascontiguousarray(out.T)
+
+
 def row_stats(best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each probe row's mean best match over a gallery and its spread, (n, 1) each (see :func:`aggregate`).
 
@@ -526,7 +594,7 @@ class SketchIndex:
     def __init__(self) -> None:
         self._sketches: list[np.ndarray] = []  # every template's SKETCH_ROWS sketch, insertion order
         self._projection: np.ndarray | None = None
-        self._blocks: list[np.ndarray] = []  # (GALLERY_ROWS, BLOCK_TEMPLATES, D), projected
+        self._blocks: list[np.ndarray] = []  # (SLABS, GALLERY_ROWS, SUB_BLOCK, D) each, projected (slab_best)
         self._packed = 0  # templates laid out in the blocks (the rest are pending)
         self._centres = np.zeros(0, np.float32)
         self._probes: list[np.ndarray] = []  # the hub sample's projected probe sketches
@@ -561,15 +629,19 @@ class SketchIndex:
             self._centres = self._centres[packed_keep]
 
     def _append_blocks(self, rows: np.ndarray) -> None:
-        """Lay (GALLERY_ROWS, t, D) projected rows after the packed templates (self._packed counts them already)."""
+        """Lay (GALLERY_ROWS, t, D) projected rows after the packed templates (self._packed counts them already).
+
+        Template i of a block sits in slab i // SUB_BLOCK, column i % SUB_BLOCK (see :func:`slab_best`).
+        """
         done = self._packed - rows.shape[1]
         pos = 0
         while pos < rows.shape[1]:
             slot = done % BLOCK_TEMPLATES
             if slot == 0:
-                self._blocks.append(np.zeros((GALLERY_ROWS, BLOCK_TEMPLATES, rows.shape[2]), np.float32))
-            take = min(BLOCK_TEMPLATES - slot, rows.shape[1] - pos)
-            self._blocks[-1][:, slot : slot + take] = rows[:, pos : pos + take]
+                self._blocks.append(np.zeros((SLABS, GALLERY_ROWS, SUB_BLOCK, rows.shape[2]), np.float32))
+            s, col = divmod(slot, SUB_BLOCK)
+            take = min(SUB_BLOCK - col, BLOCK_TEMPLATES - slot, rows.shape[1] - pos)
+            self._blocks[-1][s, :, col : col + take] = rows[:, pos : pos + take]
             pos += take
             done += take
 
@@ -629,12 +701,24 @@ class SketchIndex:
         rows = probe_sketch[:PROBE_ROWS]
         return rows if self._projection is None else rows @ self._projection
 
+    def slabs(self) -> list[tuple[np.ndarray, int]]:
+        """Each block of packed templates as stored, (SLABS, GALLERY_ROWS, SUB_BLOCK, D), and how many it holds.
+
+        Call :meth:`sync` first. What :func:`slab_best` scans, in gallery order.
+        """
+        return [(b, min(self._packed - i * BLOCK_TEMPLATES, BLOCK_TEMPLATES)) for i, b in enumerate(self._blocks)]
+
     def blocks(self) -> list[np.ndarray]:
         """Projected sketch rows (GALLERY_ROWS, t, D) of the packed templates, block by block, in gallery order.
 
-        Call :meth:`sync` first. A full block is contiguous (see :func:`block_best`).
+        Call :meth:`sync` first. Copies, in :func:`block_best`'s layout (the same best
+        matches as :func:`slab_best` on the stored slabs): for removal and for checks.
         """
-        return [b[:, : min(self._packed - i * BLOCK_TEMPLATES, BLOCK_TEMPLATES)] for i, b in enumerate(self._blocks)]
+        out = []
+        for b, t in self.slabs():
+            rows = b.transpose(1, 0, 2, 3).reshape(GALLERY_ROWS, SLABS * SUB_BLOCK, b.shape[3])
+            out.append(np.ascontiguousarray(rows[:, :t]))
+        return out
 
     @property
     def centres(self) -> np.ndarray:
