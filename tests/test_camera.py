@@ -33,6 +33,25 @@ def test_sources_are_parsed_and_credentials_hidden() -> None:
         CameraSource.parse("/dev/ttyUSB0")
 
 
+@pytest.mark.parametrize(
+    ("text", "scheme"),
+    [("HTTP://admin:hunter2@127.0.0.1:8080/s.mjpg", "http"), ("Rtsp://admin:hunter2@10.0.0.5/stream1", "rtsp")],
+)
+def test_a_scheme_in_capitals_is_a_stream_not_a_file_path_showing_its_password(text: str, scheme: str) -> None:
+    """Schemes are case-insensitive (RFC 3986): HTTP://... was taken for a file path, and "does not exist"
+    then showed it whole, password included."""
+    source = CameraSource.parse(text)
+    assert (source.kind, source.text.split("://")[0]) == ("stream", scheme)
+    assert "hunter2" not in source.redacted and "hunter2" not in repr(source)
+
+
+@pytest.mark.parametrize("text", ["ftp://admin:hunter2@10.0.0.5/cam", "FILE://admin:hunter2@host/x", "file:///etc/x"])
+def test_a_url_of_another_scheme_is_refused_without_its_credentials(text: str) -> None:
+    with pytest.raises(CameraSourceError, match="neither a V4L2 device, a stream URL nor a file") as refused:
+        CameraSource.parse(text)
+    assert "hunter2" not in str(refused.value)
+
+
 def test_udev_names_of_a_v4l2_node_are_sources_and_other_links_under_dev_are_refused(fake_dev) -> None:
     """Only /dev/videoN was taken under /dev: udev's /dev/v4l/by-id/... (the name that stays with a camera across
     reboots and replugs, where its number may not) was refused as "neither a V4L2 device...". A link is followed to

@@ -26,7 +26,8 @@ class CameraNodeMissingError(CameraUnavailable):
         super().__init__(
             f"the camera {path} does not exist",
             f"plug the camera in and check its USB cable (an unplugged camera has no node), or correct {setting} "
-            "(`ls /dev/video*` lists the cameras there are; `capture-agent devices` reads each once); a camera "
+            "(`ls -l /dev/v4l/by-id` lists the cameras there are by the names that stay theirs across replugs, "
+            "`ls /dev/video*` by number; `capture-agent devices` reads each once); a camera "
             "plugged in whose node never appears: watch `udevadm monitor --udev` while replugging it",
         )
         self.path = path

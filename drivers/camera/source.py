@@ -21,6 +21,10 @@ import cv2
 
 from drivers.camera.errors import CameraFault, CameraNodeMissingError
 
+# A URL's scheme (RFC 3986 3.1), and the ones a camera stream may have.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
+
 OPEN_TIMEOUT_MS = 3000
 READ_TIMEOUT_MS = 2000
 # Where device nodes are: read at each call (never copied), so a test can stand a folder of its own in for /dev
@@ -262,7 +266,14 @@ class CameraSource:
             if os.path.lexists(text) and not video_node(os.path.realpath(text)):
                 raise CameraSourceError(text)
             return cls(text, "v4l2", text)
-        if re.match(r"(rtsp|rtsps|http|https)://", text):
+        url = _SCHEME.match(text)
+        if url:
+            # Schemes are case-insensitive (RFC 3986 3.1): HTTP://user:pw@cam/ is a stream, not a file path that
+            # "does not exist" with its password in the message. Another scheme is refused, shown redacted.
+            scheme = url.group(1).lower()
+            if scheme not in STREAM_SCHEMES:
+                raise CameraSourceError(redact_url(text))
+            text = scheme + text[url.end(1):]
             if credentials_unclear(text):  # where the credentials end cannot be told
                 raise CameraSourceCredentials(_origin(text))
             check_url(text)
