@@ -62,7 +62,7 @@ from agent.errors import (
     problem_error_class,
 )
 from agent.handshake import probe_device_certificate, refusal_of_device_certificate, ssl_error_in
-from agent.identity import DeviceIdentity, IdentityStore
+from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 from protocol.endpoints import IDEMPOTENCY_KEY
 from protocol.problems import REGISTRY, slug_of
@@ -382,7 +382,8 @@ class VerifierClient:
             url = self._store.provisioned_verifier_url()
             if url is None or url == self.config.verifier.url:
                 return
-            self.config = self.config.with_overrides(verifier={"url": url})
+            kept = str(self._store.current / VERIFIER_FILE)  # a bad value is named as that file, not [verifier] url
+            self.config = self.config.with_overrides({"verifier.url": kept}, verifier={"url": url})
         except AgentError as exc:  # a file edited by hand (or no file at all: a FIFO): keep the URL that works
             log.warning("provisioned_verifier_url_refused", error=exc.message)
             return

@@ -57,6 +57,8 @@ CA_FILE = "ca.pem"
 # The verifier URL the identity was provisioned with (one line): the device's verifier when the config names none.
 VERIFIER_FILE = "verifier.url"
 MAX_VERIFIER_FILE_BYTES = 4096
+# The key, the certificate and the CA bundle are a few KiB; a file of more is not one the agent wrote.
+MAX_IDENTITY_FILE_BYTES = 1 << 20
 LOCK_FILE = "identity.lock"
 REPROVISION_FIX = "re-provision the device with a new token"
 
@@ -310,7 +312,8 @@ class DeviceIdentity:
         """The key for signing request bodies: the one loaded with this identity, else decrypted now."""
         if self.key is not None:
             return self.key
-        key = serialization.load_pem_private_key(self.key_path.read_bytes(), self.passphrase)
+        pem = _read_private(self.key_path, MAX_IDENTITY_FILE_BYTES, REPROVISION_FIX)
+        key = serialization.load_pem_private_key(pem, self.passphrase)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise IdentityError("the device key is not an EC key", fix="re-provision the device")
         return key
@@ -542,7 +545,8 @@ class IdentityStore:
             raise self.no_identity()
         folder = self.current.resolve()
         try:
-            cert_pem, ca_pem = (folder / CERT_FILE).read_bytes(), (folder / CA_FILE).read_bytes()
+            cert_pem = _read_private(folder / CERT_FILE, MAX_IDENTITY_FILE_BYTES, REPROVISION_FIX)
+            ca_pem = _read_private(folder / CA_FILE, MAX_IDENTITY_FILE_BYTES, REPROVISION_FIX)
         except PermissionError as exc:
             raise self.access_error(exc, "read the device certificate") from None
         except OSError as exc:
@@ -644,12 +648,14 @@ class IdentityStore:
         """The trusted CA certificates, without needing the KEK (for doctor); read in full, else a
         :class:`CertificateDefect` (an OSError passes as it is, for the caller's own words)."""
         path = self.current / CA_FILE
-        return load_certificates_in_full(path.read_bytes(), f"the CA certificates {path}", REPROVISION_FIX)
+        pem = _read_private(path, MAX_IDENTITY_FILE_BYTES, REPROVISION_FIX)
+        return load_certificates_in_full(pem, f"the CA certificates {path}", REPROVISION_FIX)
 
     def load_certificate(self) -> x509.Certificate:
         """The device certificate, without needing the KEK; read in full, else a :class:`CertificateDefect`."""
         path = self.current / CERT_FILE
-        return load_certificate_in_full(path.read_bytes(), f"the device certificate {path}", REPROVISION_FIX)
+        pem = _read_private(path, MAX_IDENTITY_FILE_BYTES, REPROVISION_FIX)
+        return load_certificate_in_full(pem, f"the device certificate {path}", REPROVISION_FIX)
 
 
 def verifier_file_fix(path: Path) -> str:

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.client import CLOCK_FIX
 from agent.config import AgentConfig
-from agent.errors import CertificateDefect, ProvisioningError
+from agent.errors import IdentityError, ProvisioningError
 from agent.est import fetch_ca_certificates, simple_enroll
 from agent.identity import (
     DeviceIdentity,
@@ -75,7 +75,7 @@ def describe_existing(store: IdentityStore) -> str:
         cert = store.load_certificate()
     except PermissionError as exc:  # root's files, read by the agent's user: a chown, not a replacement
         raise store.access_error(exc, "read the device certificate") from None
-    except (OSError, CertificateDefect):
+    except (OSError, IdentityError):  # a defect, or no regular file (a FIFO, a link): what --force replaces
         return "an unreadable identity"
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     device_id = str(names[0].value) if names else "?"
@@ -89,7 +89,7 @@ def _expired_on(store: IdentityStore) -> dt.datetime | None:
     """When the stored certificate expired, by this clock; None when it has not (or cannot be read)."""
     try:
         not_after = store.load_certificate().not_valid_after_utc
-    except (OSError, CertificateDefect):
+    except (OSError, IdentityError):
         return None
     return not_after if dt.datetime.now(dt.UTC) >= not_after else None
 

@@ -19,6 +19,10 @@ from cryptography.x509.oid import NameOID
 
 from agent.errors import CertificateDefect, IdentityError
 from agent.identity import (
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    MAX_IDENTITY_FILE_BYTES,
     MAX_VERIFIER_FILE_BYTES,
     VERIFIER_FILE,
     IdentityStore,
@@ -183,6 +187,32 @@ def test_a_command_whose_config_names_no_verifier_stops_on_a_fifo_with_the_fix(t
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     error, fix = done.stderr.split("fix:", 1)
     assert "is a FIFO (named pipe), not a regular file" in error and f"rm -r {path}" in fix, done.stderr
+
+
+@pytest.mark.parametrize("name", [CERT_FILE, CA_FILE, KEY_FILE])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "oversized"])
+def test_identity_files_that_are_no_regular_file_of_sane_size_are_refused_and_replaceable(
+    tmp_path, ca, name: str, kind: str
+) -> None:
+    """The same reading as verifier.url's for the key and certificates: a FIFO blocked the load (every command,
+    the daemon's start), a link was followed; `provision --force` must still see something to replace."""
+    store = IdentityStore(tmp_path / "state")
+    good = store.write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], PASS)
+    path = good.directory / name
+    kept = path.read_bytes()
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").write_bytes(kept)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        path.write_bytes(kept + b"\n" * MAX_IDENTITY_FILE_BYTES)
+    with pytest.raises(IdentityError) as info:
+        store.load(PASS)
+    assert str(path) in info.value.message and "re-provision" in info.value.fix, info.value
+    existing = describe_existing(store)  # what `provision` says --force replaces: it reads device.pem only
+    assert existing == "an unreadable identity" if name == CERT_FILE else existing.startswith("device kiosk-1")
 
 
 def test_csr_is_signed_by_the_new_key() -> None:

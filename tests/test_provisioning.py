@@ -181,6 +181,46 @@ def test_a_device_certificate_the_verifier_refuses_in_the_handshake_is_audited(p
     assert audited and audited[0]["audit"] is True and audited[0]["reason"] == info.value.message
 
 
+@pytest.mark.parametrize("kept", ["fifo", "not https"])
+def test_a_device_on_its_provisioned_url_keeps_it_when_the_new_kept_url_is_refused(verifier, tmp_path, kept) -> None:
+    """The identity is switched under the running client and its kept verifier.url is a FIFO or no verifier
+    URL: the client keeps the URL that works and logs why, naming the file (not "[verifier] url", a key of a
+    config file the person never wrote), instead of failing the request (or hanging on the FIFO)."""
+    import os
+
+    from agent.config import parse_config
+    from agent.identity import VERIFIER_FILE
+    from agent.runtime import with_provisioned_verifier
+
+    bare = {"agent": {"state_dir": str(tmp_path / "state")}, "keyring": {"backend": "file-insecure-dev"}}
+    asyncio.run(provision(parse_config({**bare, "verifier": {"url": verifier.url}}), verifier.new_token("k-kept"),
+                          verifier.ca_fingerprint))
+    config = with_provisioned_verifier(parse_config(bare))
+    store = IdentityStore(config.agent.state_dir)
+
+    async def scenario() -> str:
+        identity = store.load(load_kek(config).encode())
+        async with VerifierClient(config, identity) as client:
+            await provision(parse_config({**bare, "verifier": {"url": verifier.url}}),
+                            verifier.new_token("k-kept"), verifier.ca_fingerprint, force=True)
+            path = store.current / VERIFIER_FILE
+            path.unlink()
+            if kept == "fifo":
+                os.mkfifo(path, 0o600)
+            else:
+                path.write_text("ftp://elsewhere\n")
+            assert (await client.request("GET", "/v1/health")).status_code == 200
+            return client.config.verifier.url
+
+    with capture_logs() as logs:
+        assert asyncio.run(scenario()) == verifier.url
+    refused = [e for e in logs if e["event"] == "provisioned_verifier_url_refused"]
+    assert refused, logs
+    path = store.current / VERIFIER_FILE
+    said = "is a FIFO (named pipe)" if kept == "fifo" else f"bad value {path} = 'ftp://elsewhere'"
+    assert said in refused[0]["error"] and "[verifier] url" not in refused[0]["error"], refused
+
+
 def test_a_device_on_its_provisioned_url_follows_a_reprovisioning_to_another_url(verifier, tmp_path) -> None:
     """The verifier moved (another name): `provision --force --verifier NEW` while the daemon runs switches the
     identity, and a daemon whose URL is the provisioned one must call NEW from then on, not the old name."""
