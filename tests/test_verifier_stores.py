@@ -151,6 +151,33 @@ def test_csr_checks() -> None:
         parse_csr(csr)
 
 
+@pytest.mark.parametrize(("oid", "value"), [("COMMON_NAME", ""), ("COMMON_NAME", "k" * 65), ("COUNTRY_NAME", "FRA")])
+def test_a_subject_value_out_of_its_bounds_is_refused_not_a_warning_in_the_log(oid: str, value: str) -> None:
+    """fuzz/verifier_requests (seed 21) found an EST request whose CN was empty issued with a UserWarning on the
+    verifier's stderr: cryptography only warns about a name value out of its X.520 bounds read from DER."""
+    import warnings
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    with warnings.catch_warnings():  # the test's own out-of-bounds value, made on purpose
+        warnings.simplefilter("ignore")
+        attribute = x509.NameAttribute(getattr(NameOID, oid), value, _validate=False)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([attribute]))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(CSRError, match=r"subject cannot be read .*length must be"):
+            parse_csr(csr)
+    assert not shown, [str(w.message) for w in shown]
+
+
 def test_device_rate_limit_locks_for_a_doubling_time() -> None:
     from verifier.policy import RateLimit
 
