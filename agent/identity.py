@@ -48,7 +48,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.access import closed_parent, user_name
 from agent.errors import CertificateDefect, IdentityError
-from protocol.certificates import X509_READ_FAULTS
+from protocol.certificates import X509_READ_FAULTS, bounds_enforced
 
 CURRENT_LINK = "identity"
 KEY_FILE = "device.key"
@@ -150,9 +150,10 @@ def read_in_full(certificate: x509.Certificate, what: str, fix: str) -> x509.Cer
     one error naming ``what`` it is and the ``fix``.
     """
     try:
-        certificate.subject.rfc4514_string()
-        certificate.issuer.rfc4514_string()
-        common_name(certificate)
+        with bounds_enforced():  # a name value out of its bounds: a defect, not a warning at every later read
+            certificate.subject.rfc4514_string()
+            certificate.issuer.rfc4514_string()
+            common_name(certificate)
         _ = certificate.serial_number, certificate.not_valid_before_utc, certificate.not_valid_after_utc
         for extension in certificate.extensions:
             _ = extension.value

@@ -9,9 +9,17 @@ them escape untyped where the other catches it (the verifier missed
 ``UnsupportedGeneralNameType`` in a request's subject alternative name: a 500).
 Catch it only around cryptography's calls: KeyError is on it (a name attribute
 of an ASN.1 type no string has, tag 13, raises one when read).
+
+A name value out of its X.520 bounds (an empty or 65-byte CN, a three-letter
+country) is only a UserWarning when read from DER, printed at every read: read
+under :func:`bounds_enforced`, it is raised, and UserWarning is on the list.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -24,6 +32,22 @@ X509_READ_FAULTS: tuple[type[Exception], ...] = (
     x509.UnsupportedGeneralNameType,
     x509.InvalidVersion,
     UnsupportedAlgorithm,
+    UserWarning,  # raised only under bounds_enforced
 )
 
-__all__ = ["X509_READ_FAULTS"]
+# How cryptography words a name attribute out of its length bounds.
+BOUNDS_WARNING = "Attribute's length must be"
+
+
+@contextmanager
+def bounds_enforced() -> Iterator[None]:
+    """Reads of X.509 names in this block raise a value out of its bounds (a UserWarning) instead of printing it.
+
+    Only that message is made an error, so another thread's warning in the block is shown as usual. The filters
+    are the process's: use it from one thread (each end's event loop, or a command's main thread)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=BOUNDS_WARNING, category=UserWarning)
+        yield
+
+
+__all__ = ["BOUNDS_WARNING", "X509_READ_FAULTS", "bounds_enforced"]

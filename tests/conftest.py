@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,11 +306,16 @@ def hostile_certificate(
 
     ``defect``: "duplicate-extension" (x509.DuplicateExtension from .extensions: two copies of one private
     extension) or "unsupported-curve" (UnsupportedAlgorithm from .public_key(): the key's curve OID is one no
-    library knows).
+    library knows), or "empty-common-name" (a CN out of its X.520 bounds: only a UserWarning, at every read of
+    the subject, unless read under protocol.certificates.bounds_enforced).
     """
     public_key = public_key or ec.generate_private_key(ec.SECP256R1()).public_key()
+    with warnings.catch_warnings():  # "empty-common-name": made out of its bounds on purpose
+        warnings.simplefilter("ignore")
+        cn = x509.NameAttribute(NameOID.COMMON_NAME, "" if defect == "empty-common-name" else common_name,
+                                _validate=False)
     builder = (
-        TestCA._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), public_key, days=5)
+        TestCA._builder(x509.Name([cn]), public_key, days=5)
         .issuer_name(signer.cert.subject)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00"), False)
@@ -320,6 +326,8 @@ def hostile_certificate(
         edit = lambda tbs: tbs.replace(der_oid("1.3.6.1.4.1.55555.2"), der_oid("1.3.6.1.4.1.55555.1"))  # noqa: E731
     elif defect == "unsupported-curve":
         edit = lambda tbs: tbs.replace(P256_OID_DER, UNSUPPORTED_CURVE_OID_DER)  # noqa: E731
+    elif defect == "empty-common-name":
+        return good
     else:
         raise ValueError(f"no such defect {defect!r}")
     return x509.load_der_x509_certificate(resigned(good, edit, signer.key))

@@ -264,6 +264,20 @@ def test_read_in_full_types_what_cryptography_raises_later(ca: TestCA, defect: s
     assert read_in_full(ca.cert, "a good one", "none") is ca.cert
 
 
+def test_a_name_value_out_of_its_bounds_is_a_defect_not_a_warning_at_every_read(ca: TestCA) -> None:
+    """An empty CN only made cryptography print a UserWarning, at each read of the subject (doctor, renewal, every
+    trust check): read in full, it is one CertificateDefect where the certificate arrives."""
+    import warnings
+
+    cert = hostile_certificate(ca, "kiosk-1", "empty-common-name")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(CertificateDefect) as info:
+            read_in_full(cert, "the test's certificate", "the test's fix")
+    assert "UserWarning: Attribute's length must be >= 1" in info.value.message
+    assert not shown, [str(w.message) for w in shown]
+
+
 @pytest.mark.parametrize("defect", sorted(LAZY_FAULTS))
 def test_a_stored_certificate_that_cannot_be_read_in_full_fails_at_load(tmp_path, ca: TestCA, defect: str) -> None:
     key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)

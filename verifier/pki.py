@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protocol.certificates import X509_READ_FAULTS
+from protocol.certificates import X509_READ_FAULTS, bounds_enforced
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -252,10 +251,6 @@ def spki_algorithm(csr: x509.CertificateSigningRequest) -> bytes:
     return info[spki:algorithm_end]
 
 
-# How cryptography words a name attribute out of its length bounds (read from DER: a warning, not an error).
-BOUNDS_WARNING = "Attribute's length must be"
-
-
 def _check_readable(csr: x509.CertificateSigningRequest) -> None:
     """Every part of the request decodes, or a :class:`CSRError` names the part.
 
@@ -273,14 +268,9 @@ def _check_readable(csr: x509.CertificateSigningRequest) -> None:
     )
     for part, read in parts:
         try:
-            with warnings.catch_warnings():
-                # A subject value out of its X.520 bounds (an empty or 65-byte CN, a 3-letter country) is only a
-                # UserWarning on stderr when read from DER, at every read: refused here instead, once. Only that
-                # message is made an error, so another thread's warning in this window is shown as usual (and
-                # the event loop is the only thread that swaps the filters).
-                warnings.filterwarnings("error", message=BOUNDS_WARNING, category=UserWarning)
+            with bounds_enforced():  # a subject value out of its bounds: refused, not a warning on stderr
                 read()
-        except (*X509_READ_FAULTS, UserWarning) as exc:
+        except X509_READ_FAULTS as exc:
             reason = str(exc)[:120] or type(exc).__name__
             raise CSRError(f"the certificate request's {part} cannot be read ({type(exc).__name__}: {reason}): "
                            "make a new request") from None
