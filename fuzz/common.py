@@ -76,13 +76,13 @@ class Draw:
         """A length byte, then that many bytes."""
         return self.take(self.byte())
 
-    def text(self) -> str:
+    def text(self, repeats: tuple[int, int, int, int] = (1, 1, 16, 128)) -> str:
         """A string: a form byte, a length byte, that many bytes.
 
         Form bits 0-1 say how the bytes become characters: ASCII (each byte's low 7
         bits), UTF-8, UTF-16-LE (any BMP character: CJK, RTL, combining marks), Latin-1
-        (undecodable bytes become U+FFFD); bits 4-5 repeat the string 1, 1, 16 or 128
-        times, so a short input reaches a very long value.
+        (undecodable bytes become U+FFFD); bits 4-5 pick how many times the string is
+        repeated from ``repeats``, so a short input reaches a very long value.
         """
         form, raw = self.byte(), self.blob()
         kind = form & 3
@@ -94,7 +94,7 @@ class Draw:
             text = raw.decode("utf-16-le", "replace")
         else:
             text = raw.decode("latin-1")
-        return text * (1, 1, 16, 128)[form >> 4 & 3]
+        return text * repeats[form >> 4 & 3]
 
 
 def _project_frame(exc: BaseException) -> str | None:

@@ -6,7 +6,8 @@ of that PKCS#7 (the harness writes its base64: a mutation then changes the
 certificates, not the base64 layer over them). 4 modulo 8, built: the bytes
 describe certificates the harness builds, signs and bundles itself (a mutated DER
 almost always ends in cryptography's native parser, so the agent's own checks get
-no variation from it); the layout is :func:`build`'s. What parses goes through what
+no variation from it); the layout is :func:`build`'s, and a built answer over the
+agent's limit (EST_ANSWER_MAX_BYTES) is not fed. What parses goes through what
 provisioning does with it: the CA picked by its fingerprint
 (agent.provision.select_ca; the first certificate's, or in the built mode the one
 the description names), the CAs it vouches for (agent.identity.trusted_under),
@@ -37,7 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.client import problem_error
 from agent.errors import AgentError
-from agent.est import parse_pkcs7_certs
+from agent.est import EST_ANSWER_MAX_BYTES, parse_pkcs7_certs
 from agent.identity import (
     DeviceIdentity,
     certificate_fingerprint,
@@ -54,6 +55,9 @@ from fuzz.x509_parts import KEY_KINDS, PrivateKey, der, hash_for, name_attribute
 from verifier.pki import CertificateAuthority
 
 MAX_CERTS = 8
+# A subject value repeated up to 16 times (4,080 characters): longer than any bound on a name, while eight
+# certificates of three such names stay near the agent's answer limit (x128 made inputs of seconds, not milliseconds).
+NAME_REPEATS = (1, 1, 4, 16)
 MAX_ORDER = 12
 BREAKS = (b"\n", b"\r\n", b" ", b"\t", b"\r\n ", b"\n\n")
 _NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -137,7 +141,7 @@ def _certificate(draw: Draw, built: list[tuple[x509.Certificate, PrivateKey]]) -
     """One certificate as :func:`build` describes it."""
     issuer_byte, key_byte, hashing = draw.byte(), draw.byte(), draw.byte()
     starts, ends, flags, serial = draw.pick(TIMES), draw.pick(TIMES), draw.byte(), draw.byte()
-    subject = x509.Name([name_attribute(draw) for _ in range(draw.byte() % 4)])
+    subject = x509.Name([name_attribute(draw, NAME_REPEATS) for _ in range(draw.byte() % 4)])
     if ends <= starts:  # cryptography writes no window that ends before it starts: the two swapped, or 1 s long
         starts, ends = (ends, starts) if ends < starts else (starts, starts + dt.timedelta(seconds=1))
     key = private_key(KEY_KINDS[key_byte % len(KEY_KINDS)], key_byte >> 4 & 3)
@@ -222,7 +226,8 @@ def build(spec: bytes) -> tuple[bytes, int]:
       signing, else digital signature; bit 5 subject key id; bit 6 authority key id;
       bit 7 client-auth extended key usage), a serial byte (0 random, 1 the previous
       certificate's, 2 the largest, else itself), then up to 3 subject attributes
-      (a count byte, then :func:`fuzz.x509_parts.name_attribute`). None at all, or
+      (a count byte, then :func:`fuzz.x509_parts.name_attribute`, repeated at most
+      16 times: NAME_REPEATS). None at all, or
       none that cryptography builds: the answer is a bundle without a certificate.
     """
     draw = Draw(spec)
@@ -250,7 +255,9 @@ def TestOneInput(data: bytes) -> None:
         if data[0] % 4 == 2:
             _certs(base64.b64encode(data[1:]))
         elif data[0] % 8 == 4:
-            _certs(*build(data[1:]))
+            body, anchor = build(data[1:])
+            if len(body) <= EST_ANSWER_MAX_BYTES:  # a longer answer is refused before it is parsed (read_answer)
+                _certs(body, anchor)
         elif data[0] % 2 == 0:
             _certs(data[1:])
         else:

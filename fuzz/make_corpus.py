@@ -205,10 +205,12 @@ def est() -> dict[str, bytes]:
         + _est_cert(1, 0x03, 1, 9, 0xD1, 0, _name(0, "k\u00e9osk", form=1))
         + _est_cert(2, 0x05, 1, 9, 0x01, 1, _name(0, "\u30ad\u30aa\u30b9\u30af", form=2)),
         "built-empty": built + bytes([0, 8, 0, 0]),  # no certificate: an empty bundle, base64 then a line break
-        # a root (RSA), a subordinate (Ed25519) signed by nobody's key, listed so; the UTCTime/GeneralizedTime edge
-        "built-bad-signature": built + bytes([0, 0x32, 0, 0])
+        # a root (RSA), a subordinate (Ed25519) signed by nobody's key, the UTCTime/GeneralizedTime edge; listed after
+        # a certificate of the root's without basic constraints that is valid only from tomorrow (the enrolled one)
+        "built-bad-signature": built + bytes([0, 0x32, 1, 3, 2, 0, 1])
         + _est_cert(0, 0x04, 0, 13, 0x3B, 2, _name(0, "rsa root"))
-        + _est_cert(0x82, 0x03, 12, 13, 0x7B, 5, _name(0, "ed25519 sub"), _name(0, "again")),
+        + _est_cert(0x82, 0x03, 12, 13, 0x7B, 5, _name(0, "ed25519 sub"), _name(0, "again"))
+        + _est_cert(3, 0x02, 9, 10, 0x00, 6, _name(0, "from tomorrow")),
     }
 
 

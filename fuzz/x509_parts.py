@@ -134,9 +134,9 @@ STRING_TYPES: tuple[_ASN1Type | None, ...] = (
 )
 
 
-def name_attribute(draw: Draw) -> x509.NameAttribute:
+def name_attribute(draw: Draw, repeats: tuple[int, int, int, int] = (1, 1, 16, 128)) -> x509.NameAttribute:
     """An attribute: OID byte, string-type byte, then :meth:`Draw.text` (empty and over-long values included)."""
-    oid, string_type, value = draw.pick(NAME_OIDS), draw.pick(STRING_TYPES), draw.text()
+    oid, string_type, value = draw.pick(NAME_OIDS), draw.pick(STRING_TYPES), draw.text(repeats)
     with warnings.catch_warnings():  # an empty or over-long value warns: that is the point here
         warnings.simplefilter("ignore")
         if string_type is None:
