@@ -500,7 +500,7 @@ def slab_best(probe_t: np.ndarray, slabs: np.ndarray, t: int, read_ahead: bool =
 
     Slab s holds the templates of block_best's batch s (:func:`batches`), each batch
     one contiguous 0.9 MB stretch of memory instead of GALLERY_ROWS stretches of 22 kB
-    spread over the block (9 MB apart): the read-ahead then streams one sequential
+    spread over the block (228 kB apart): the read-ahead then streams one sequential
     run, and the products read their rows from it (sixth round: :func:`block_best`'s
     products are memory-bound in a search). Same batches, same products of the same
     shapes, so the same values bit for bit: OpenBLAS's small-matrix kernel sums an
