@@ -273,10 +273,11 @@ class GalleryIndex:
     :mod:`biometrics.fingerprint.prefilter`): see ``bench.fingerprint``'s
     ``comparisons_per_s_per_core`` for measured figures. For throughput, run with
     single-threaded BLAS (OPENBLAS_NUM_THREADS=1) and ``workers`` = the number of
-    cores: blocks are then scored in parallel threads. Memory: about 147 KB per
+    cores: blocks are then scored in parallel threads. Memory: about 148 KB per
     template of 35 cylinders (stacked for scoring with their validity and energy
     per cell, 642 float32 per cylinder: 90 KB; the pre-filter's sketch and its
-    projection: 57 KB), at most 180 KB (48 cylinders), plus the orientation field
+    projection, in slabs 3 % larger than the templates they hold: 58 KB), at most
+    181 KB (48 cylinders), plus the orientation field
     at its own size (8 bytes a block of its grid and 16 more per foreground
     block: 6 to 9 KB for FVC2002 prints; 96 KB for the largest, 64 x 64 blocks,
     which no other template pays for) and the minutiae's reliabilities, plus up

@@ -230,6 +230,22 @@ OpenBLAS's small-matrix kernel sums an entry in an order that depends on the bat
 width and the entry's place in it (most widths from 2 to 47 give other last bits than
 48, measured on random rows), so a slab holds exactly one batch of :func:`batches`. The
 price is the last slab's unused columns (528 slots per block of 512: 3 % more memory).
+Then each batch's products went ROW_CHUNK gallery rows at a time (:func:`slab_best`: a
+whole batch and its products overflow this VM's 1 MB L2 per core), a gain of 0 to 4 %.
+Both together, against the fifth round's code in one process (the same gallery of 2,000,
+rounds of 10 searches alternated, 30 each, CPU time; identical candidates, scores and
+prescores on all 80 probes checked first): paired median ratios 1.065 and 1.043 on DB1,
+1.035 and 1.031 on DB2. ``bench.fingerprint --data DIR --workers 1 --search-workers 1``
+pinned to one core, runs alternated with the fifth round's code while other tenants
+loaded the host: DB1 ``comparisons_per_s_per_core`` 113.8k -> 150.1k (median of five
+runs), its median round 96.6k -> 142.1k, ``comparisons_per_cpu_s_per_core`` 131.6k ->
+150.2k (an earlier batch of four runs: CPU 144k -> 150k); DB2 121.8k -> 114.5k, 114.7k
+-> 91.1k and 135.3k -> 127.2k in the same five runs, 129k -> 133k by CPU time in the
+batch of four: runs in separate processes moved by more than this round's gain, the
+paired rounds above did not. EER, FNMR and pre-filter recall identical in every run
+(DB1 0.987 %, 1.429 / 2.143 %, 99.09 %; DB2 0.714 %, 4.643 / 6.429 %, 99.62 %). Not
+measured: searches spread over two worker threads (the blocks are then scanned without
+read-ahead, in the same slabs).
 
 The pre-score only chooses which templates get the full score; the scores
 reported and thresholded are always the full ones (:func:`mcc_match.scores`).
@@ -484,7 +500,7 @@ def slab_best(probe_t: np.ndarray, slabs: np.ndarray, t: int, read_ahead: bool =
 
     Slab s holds the templates of block_best's batch s (:func:`batches`), each batch
     one contiguous 0.9 MB stretch of memory instead of GALLERY_ROWS stretches of 22 kB
-    spread over the block (9 MB apart): the read-ahead then streams one sequential
+    spread over the block (228 kB apart): the read-ahead then streams one sequential
     run, and the products read their rows from it (sixth round: :func:`block_best`'s
     products are memory-bound in a search). Same batches, same products of the same
     shapes, so the same values bit for bit: OpenBLAS's small-matrix kernel sums an
