@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,3 +138,37 @@ def test_a_module_pulled_out_and_plugged_back_within_a_check_interval_is_reopene
     events = audit_until(verifier, "agent_stopping")
     reader = [e["type"] for e in events if e["type"].startswith("device_") and e["data"]["device"] == "reader"]
     assert reader == ["device_plugged", "device_unplugged", "device_plugged"], reader
+
+
+def cli(daemon: Daemon, *args: str, **popen) -> subprocess.Popen[str]:
+    """`capture-agent ARGS` at a terminal (its output unbuffered, as a person reads it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **popen,
+    )
+
+
+def enroll_ana(daemon: Daemon) -> None:
+    async def enroll() -> None:
+        async with daemon.client() as kiosk:
+            daemon.placements = [(0, 0), (0, 1), (4, 0), (4, 1)]
+            enrolled = await daemon.session(kiosk, operation="enroll", subject="ana", captures=2, fingers=2)
+            assert enrolled[-1]["type"] == "result", enrolled[-1]
+
+    asyncio.run(enroll())
+
+
+def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(daemon_with_module) -> None:
+    """The wait for a finger ended with the driver's "no finger on the sensor within 15 s (fix: place a finger on
+    the sensor)", its fix printed twice, and a fix that no longer works: the session is over by then."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")  # ... who walks away without touching the sensor
+    out, _ = person.communicate(timeout=60)
+    assert person.returncode == 2, out
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        "error: no finger was placed on the sensor within 15 s, so the session ended",
+        "fix: start again, and place a finger on the sensor when asked",
+    ], out
