@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.devstack import write_config_file
+from agent.devstack import verifier_cli, write_config_file
 from tests.conftest import start_agent_daemon
 from tests.test_daemon_devices import Simulator, audit_until
 
@@ -172,3 +172,36 @@ def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(da
         "error: no finger was placed on the sensor within 15 s, so the session ended",
         "fix: start again, and place a finger on the sensor when asked",
     ], out
+
+
+def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exits(
+    daemon_with_module, verifier
+) -> None:
+    """Ctrl-C used to just drop the connection: exit 130 and nothing said, the daemon holding the sensor for its
+    5 s grace, so the next person (or kiosk app) was refused "a session is running on the sensor"."""
+    daemon = daemon_with_module()
+    person = cli(daemon, "enroll", "--subject", "carl")
+    lines = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        lines.append(line)
+        if "Place" in line:
+            daemon.zfm.send("place 2 0")
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+        elif "1/6" in line:  # one capture taken: the person gives up
+            person.send_signal(signal.SIGINT)
+    assert person.wait(30) == 130, "".join(lines)
+    said = "".join(lines)
+    assert "cancelling the session" in said and "cancelled; the sensor is free for the next person" in said, said
+
+    async def next_person() -> int:
+        async with daemon.client() as kiosk:
+            created = await kiosk.post("/sessions", json={"operation": "identify"})
+            if created.status_code == 201:
+                await kiosk.delete(f"/sessions/{created.json()['id']}")
+            return created.status_code
+
+    assert asyncio.run(next_person()) == 201, "the sensor is free as soon as the cancelled command has exited"
+    subjects = verifier_cli("subject", "list", "--pki", str(verifier.pki_dir)).stdout
+    assert "carl" not in subjects, "nothing half-enrolled on the verifier"
