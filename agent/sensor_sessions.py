@@ -107,7 +107,7 @@ class SensorSession:
                                    fix="verify with the finger already enrolled for this subject, then enroll again")
             token = self.session_token.current() if self.session_token is not None else None
         # Refusals that need no finger (operation, group) come before the sensor lights up.
-        challenge = await self.api.challenge("enroll", subject, group)
+        challenge = await self.api.challenge("enroll", subject, group, first=token is None)
         loop = asyncio.get_running_loop()
 
         def progress(stage: int, retry: Any) -> None:  # libfprint's thread: hand over to the loop

@@ -294,7 +294,9 @@ class CaptureSession:
                     fix="verify with a finger already enrolled for this subject, then enroll again",
                 )
         else:
-            challenge = await self.api.challenge("enroll", subject, group)  # refusals before the first capture
+            # Refusals before the first capture; with no session token to come, an id already enrolled among them.
+            live = self.session_token.current() if self.session_token is not None else None
+            challenge = await self.api.challenge("enroll", subject, group, first=live is None)
         total = captures * fingers
         taken: list[list[FingerprintTemplate]] = []
         for finger in range(fingers):

@@ -205,3 +205,29 @@ def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exi
     assert asyncio.run(next_person()) == 201, "the sensor is free as soon as the cancelled command has exited"
     subjects = verifier_cli("subject", "list", "--pki", str(verifier.pki_dir)).stdout
     assert "carl" not in subjects, "nothing half-enrolled on the verifier"
+
+
+def test_enrolling_an_id_already_enrolled_is_refused_before_the_first_capture(daemon_with_module) -> None:
+    """The person gave all six captures and only then heard "401 Subject already enrolled": the enrollment's
+    challenge did not say it was a first enrollment, so the verifier could not refuse it before the sensor."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "enroll", "--subject", "ana")
+    out, _ = person.communicate(timeout=60)  # nobody is at the sensor: a prompt would wait 15 s, then fail
+    assert person.returncode == 2, out
+    assert "Place" not in out, f"refused before anyone touches the sensor: {out}"
+    assert "subject 'ana' is already enrolled" in out, out
+    assert "fix: to add to this person's enrollment, they verify first (capture-agent enroll --subject ana --add" in out
+
+
+def test_a_challenge_request_says_first_only_for_an_enrollment() -> None:
+    from protocol.messages import ChallengeRequest
+    from protocol.wire import WireError
+
+    asked = ChallengeRequest("enroll", "ana", None, True)
+    assert ChallengeRequest.from_body(asked.body()) == asked
+    assert "first" not in ChallengeRequest("enroll", "ana").body(), "an --add sends no first: no early refusal"
+    for body in ({"operation": "verify", "subject": "ana", "first": True},
+                 {"operation": "enroll", "subject": "ana", "first": "yes"}):
+        with pytest.raises(WireError, match="first"):
+            ChallengeRequest.from_body(body)
