@@ -207,9 +207,10 @@ class FaceSession:
             if verified.get("decision") not in ("accept", "factor_not_enrolled"):
                 raise SessionError(f"{subject} was not verified, so no face is added",
                                    fix="verify with a face (or a finger session) of this subject first")
-        challenge = await self.api.challenge("enroll", subject, group)
-        captured = await self.capture(challenge, max(1, min(captures, 5)))
         token = self.session_token.current() if self.session_token is not None else None
+        # With no token to send, an id already enrolled is refused before the camera (a first enrollment).
+        challenge = await self.api.challenge("enroll", subject, group, first=token is None)
+        captured = await self.capture(challenge, max(1, min(captures, 5)))
         answer = await self._timed(
             lambda timing: self.api.enroll(subject, [], group=group, session_token=token, challenge=challenge,
                                            timing=timing, faces=captured.records, liveness=captured.steps),

@@ -452,8 +452,10 @@ class LocalAPI:
             else:
                 running.publish({"type": "error", "message": exc.message, "fix": exc.fix})
         except Exception as exc:  # a reader fault the driver typed (ModuleError) or worse
-            reason = str(exc)
-            running.publish({"type": "error", "message": str(exc), "fix": getattr(exc, "fix", "")})
+            # A driver's error prints as "message (fix: ...)": the event carries the two apart, as an AgentError's.
+            fix = str(getattr(exc, "fix", "") or "")
+            reason = str(exc.args[0]) if fix and exc.args else str(exc)
+            running.publish({"type": "error", "message": reason, "fix": fix})
         finally:
             running.finish()  # only now: every worker thread of the session has ended (sessions.in_worker)
             # Every attempt in the audit trail: operation, outcome, reason; never a template or image.

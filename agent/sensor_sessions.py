@@ -40,9 +40,9 @@ import structlog
 from agent.client import VerifierClient
 from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import StepUpRequiredError
-from agent.sessions import MESSAGES, SessionError, SessionToken, in_worker
+from agent.sessions import MESSAGES, NoFingerError, SessionError, SessionToken, in_worker
 from agent.verifier_api import VerifierAPI, parsed_answer
-from drivers.errors import RetryCapture
+from drivers.errors import FingerTimeout, RetryCapture
 from protocol.face_template import ACR_FACE
 from protocol.messages import Decision, StepUp
 from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollment, SensorEnrollmentRequest, print_hash
@@ -107,16 +107,19 @@ class SensorSession:
                                    fix="verify with the finger already enrolled for this subject, then enroll again")
             token = self.session_token.current() if self.session_token is not None else None
         # Refusals that need no finger (operation, group) come before the sensor lights up.
-        challenge = await self.api.challenge("enroll", subject, group)
+        challenge = await self.api.challenge("enroll", subject, group, first=token is None)
         loop = asyncio.get_running_loop()
 
         def progress(stage: int, retry: Any) -> None:  # libfprint's thread: hand over to the loop
             loop.call_soon_threadsafe(self._enroll_progress, stage, retry)
 
         self._prompt("place_finger")
-        serialized = await in_worker(
-            self.device.enroll, self.enroll_timeout_s, cancel=self.cancelled, progress=progress
-        )
+        try:
+            serialized = await in_worker(
+                self.device.enroll, self.enroll_timeout_s, cancel=self.cancelled, progress=progress
+            )
+        except FingerTimeout as timeout:
+            raise NoFingerError(timeout) from None
         previous = self.prints.snapshot(self.device.name, subject)
         print_id = self.prints.save(self.device.name, subject, serialized)
         del serialized
@@ -151,6 +154,8 @@ class SensorSession:
             self._prompt("place_finger")
             try:
                 return await in_worker(call)
+            except FingerTimeout as timeout:
+                raise NoFingerError(timeout) from None
             except Exception as exc:
                 feedback = _retry_feedback(exc)
                 if feedback is None:

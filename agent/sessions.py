@@ -32,7 +32,7 @@ import structlog
 from agent.client import VerifierClient
 from agent.errors import AgentError, UnknownSubjectError
 from agent.verifier_api import VerifierAPI
-from drivers.errors import RetryCapture
+from drivers.errors import FingerTimeout, RetryCapture
 from protocol.face_template import ACR_FACE
 from protocol.messages import Challenge, Decision, StepUp
 from protocol.templates import MAX_MINUTIAE_PER_VIEW, MIN_MINUTIAE_PER_VIEW
@@ -141,6 +141,21 @@ class SessionError(AgentError):
     """A session could not complete (no usable capture, cancelled, refused)."""
 
 
+class NoFingerError(SessionError):
+    """Nobody put a finger on the sensor in time: the session ended, and the person must start again.
+
+    Why not the driver's error as it is: it said "no finger on the sensor within 15 s (fix: place a
+    finger on the sensor)", a fix that no longer works once the session is over (placing the finger
+    then does nothing), and printed the fix twice on a terminal.
+    """
+
+    def __init__(self, timeout: FingerTimeout) -> None:
+        super().__init__(
+            f"no finger was placed on the sensor within {timeout.seconds:g} s, so the session ended",
+            fix="start again, and place a finger on the sensor when asked",
+        )
+
+
 @dataclass
 class Timings:
     """Where the time of one decision went, in milliseconds."""
@@ -198,7 +213,10 @@ class CaptureSession:
         """
         started = time.perf_counter()
         try:
-            await in_worker(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
+            try:
+                await in_worker(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
+            except FingerTimeout as timeout:
+                raise NoFingerError(timeout) from None
             # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
             self._prompt("lift_finger")
             return await in_worker(self.reader.download_image)
@@ -276,7 +294,9 @@ class CaptureSession:
                     fix="verify with a finger already enrolled for this subject, then enroll again",
                 )
         else:
-            challenge = await self.api.challenge("enroll", subject, group)  # refusals before the first capture
+            # Refusals before the first capture; with no session token to come, an id already enrolled among them.
+            live = self.session_token.current() if self.session_token is not None else None
+            challenge = await self.api.challenge("enroll", subject, group, first=live is None)
         total = captures * fingers
         taken: list[list[FingerprintTemplate]] = []
         for finger in range(fingers):

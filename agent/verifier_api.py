@@ -65,9 +65,14 @@ class VerifierAPI:
             self._key = (identity, identity.private_key())
         return self._key[1]
 
-    async def challenge(self, operation: str, subject: str | None = None, group: str | None = None) -> Challenge:
-        """A single-use nonce for ``operation`` on ``subject``, after the checks that need no finger."""
-        return await self._challenge(ChallengeRequest(operation, subject, group))
+    async def challenge(
+        self, operation: str, subject: str | None = None, group: str | None = None, *, first: bool = False
+    ) -> Challenge:
+        """A single-use nonce for ``operation`` on ``subject``, after the checks that need no finger.
+
+        ``first``: an enrollment with no session token to come, so an id already enrolled is refused now.
+        """
+        return await self._challenge(ChallengeRequest(operation, subject, group, first))
 
     async def _challenge(self, asked: ChallengeRequest) -> Challenge:
         data = await self.client.call("POST", asked.path, json=asked.body())

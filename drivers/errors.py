@@ -31,3 +31,12 @@ class RetryCapture(DeviceError):
     def __init__(self, feedback: str, message: str, fix: str = "try again") -> None:
         super().__init__(message, fix)
         self.feedback = feedback
+
+
+class FingerTimeout(DeviceError):
+    """No finger came within the wait: every family's (a serial module's, a libfprint reader's) is one type,
+    so a session tells the person the same thing whatever the reader."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no finger on the sensor within {seconds:g} s", "place a finger on the sensor")
+        self.seconds = seconds

@@ -53,6 +53,9 @@ class ChallengeRequest:
     operation: str
     subject: str | None = None
     group: str | None = None  # enroll only: the group asked for
+    # enroll only: a first enrollment (no session token will come), so an id already enrolled is refused now,
+    # before the person gives every capture, rather than after them. Absent: no such check (an --add).
+    first: bool = False
 
     path = endpoints.CHALLENGES
 
@@ -62,6 +65,8 @@ class ChallengeRequest:
             out["subject"] = self.subject
         if self.group is not None:
             out["group"] = self.group
+        if self.first:
+            out["first"] = True
         return out
 
     @classmethod
@@ -70,11 +75,14 @@ class ChallengeRequest:
         operation = body.get("operation")
         subject = body.get("subject")
         group = body.get("group")
-        unknown = set(body) - {"operation", "subject", "group"}
+        first = body.get("first", False)
+        unknown = set(body) - {"operation", "subject", "group", "first"}
         if unknown:
             raise WireError(f"unknown fields {sorted(unknown)} in a challenge request")
-        if operation is None and subject is None and group is None:
+        if operation is None and subject is None and group is None and "first" not in body:
             return cls("")
+        if not isinstance(first, bool) or (first and operation != "enroll"):
+            raise WireError("first is true or false, and only for enroll")
         if operation not in endpoints.OPERATIONS:
             raise WireError(f"operation must be one of {', '.join(endpoints.OPERATIONS)}")
         if operation == "identify" and subject is not None:
@@ -85,7 +93,7 @@ class ChallengeRequest:
             operation != "enroll" or not isinstance(group, str) or not endpoints.GROUP_NAME.fullmatch(group)
         ):
             raise WireError("group is a group name, and only for enroll")
-        return cls(operation, subject, group)
+        return cls(operation, subject, group, first)
 
 
 @dataclass(frozen=True)

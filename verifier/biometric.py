@@ -528,6 +528,18 @@ class BiometricRoutes:
             self.check_group(request, subject, group)
             if not self.is_enrolled(subject):
                 self.check_id_free(request, subject)
+            elif asked.first:  # a first enrollment of an enrolled id: refused after every capture otherwise
+                raise self.refused(
+                    request,
+                    Problem(
+                        "verification-required",
+                        f"subject {subject!r} is already enrolled",
+                        f"to add to this person's enrollment, they verify first (capture-agent enroll --subject "
+                        f'{subject} --add; a kiosk app: "verify_first": true); to enroll someone else, use another id',
+                    ),
+                    "first enrollment of an enrolled subject",
+                    subject=subject,
+                )
             return
         self.check_group(request, subject, self.subjects.group_of(subject))
         if not self.is_enrolled(subject):

@@ -79,19 +79,53 @@ def run(args: argparse.Namespace) -> int:
                 if refusal.get("fix"):
                     print(f"fix: {refusal['fix']}", file=sys.stderr)
                 return 2
+            session = created.json()
             outcome = 2
-            with api.stream("GET", created.json()["events"]) as stream:
-                for line in stream.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    event = json.loads(line[6:])
-                    outcome = _show(event, outcome)
+            try:
+                with api.stream("GET", session["events"]) as stream:
+                    for line in stream.iter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        event = json.loads(line[6:])
+                        outcome = _show(event, outcome)
+            except KeyboardInterrupt:
+                return _cancel(api, session)
             return outcome
     except httpx.TransportError as exc:
         raise TransportError(
             f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
             fix="start the daemon (systemctl start capture-agent) and make sure this user is in the [api] group",
         ) from None
+
+
+CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices (a poll, well under a second)
+
+
+def _cancel(api, session: dict) -> int:
+    """Ctrl-C: cancel the session on the daemon and wait until it has ended, so the sensor is free when we exit.
+
+    Why: the terminal used to just close its connection. The daemon then held the
+    sensor for its 5 s grace (a kiosk app may reconnect), and the next person's
+    `capture-agent verify` was refused "a session is running on the sensor";
+    nothing on screen said the enrollment had been abandoned.
+    """
+    print("\ncancelling the session...", file=sys.stderr, flush=True)
+    last: dict = {}
+    try:
+        api.delete(f"/sessions/{session['id']}", timeout=5.0)
+        with api.stream("GET", session["events"], timeout=CANCEL_WAIT_S) as stream:
+            for line in stream.iter_lines():  # the session's events again, to its end
+                if line.startswith("data: "):
+                    last = json.loads(line[6:])
+    except KeyboardInterrupt:  # a second Ctrl-C: leave now (the daemon still cancels within its grace)
+        return 130
+    except Exception:  # the daemon went meanwhile, or took too long: nothing more to do from here
+        print("the agent did not confirm the cancel; the sensor is free once it has", file=sys.stderr)
+        return 130
+    if last.get("type") == "result":  # it had finished before the cancel reached it: say how
+        return _show(last, 2)
+    print("cancelled; the sensor is free for the next person", file=sys.stderr, flush=True)
+    return 130
 
 
 def identification_lines(event: dict) -> list[str]:

@@ -52,6 +52,11 @@ class Device:
         self.connected = False
         self.details: dict[str, Any] = {}
         self.on_fault: Any = None  # the supervisor audits a fault a session met (a device_fault event)
+        # Set when a session met the device's line gone (a serial module unplugged and plugged back between two
+        # of the supervisor's looks leaves its path there, so present() alone would never tell): the supervisor
+        # then closes and reopens it. ``on_lost`` wakes the supervisor's watch at once (from any thread).
+        self.lost = threading.Event()
+        self.on_lost: Any = None
 
     # Run on the owner thread only.
     def _open(self) -> dict[str, Any]:
@@ -75,12 +80,19 @@ class Device:
     async def open(self) -> dict[str, Any]:
         self.details = await self.owner.run(self._open)
         self.abort.clear()
+        self.lost.clear()
         self.connected = True
         return self.details
 
     async def close(self) -> None:
         self.connected = False
         await self.owner.run(self._close)
+
+    def line_lost(self) -> None:
+        """A session met the device gone under the driver: the supervisor must close and reopen it."""
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def went_away(self) -> None:
         """The supervisor saw it vanish: stop what runs, refuse new work, close in turn."""
@@ -170,6 +182,25 @@ class ZfmDevice(Device):
 
     def present(self) -> bool:
         return os.path.exists(self.section.port)
+
+    def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """As every device's, and a port the driver lost (its UnpluggedError) marks the device lost.
+
+        Why: pulled out and plugged back within one check interval, the port's path is
+        there again when the supervisor looks, so it never closed the dead descriptor the
+        driver holds; every later session failed "went away", telling the person to plug
+        back in a module that was plugged in, until the daemon restarted.
+        """
+        from drivers.zfm.errors import UnpluggedError
+
+        try:
+            return super()._guarded(fn, *args, **kwargs)
+        except DeviceUnplugged:  # the path was gone when the call failed: the port is lost all the same
+            self.line_lost()
+            raise
+        except UnpluggedError as exc:  # ... or already back (plugged in again at once)
+            self.line_lost()
+            raise DeviceUnplugged(self.name) from exc
 
     def may_reopen(self) -> bool:
         return os.path.exists(self.section.port)

@@ -97,6 +97,8 @@ class DeviceSupervisor:
                 record("device_fault", {"device": name, "kind": section.kind, "error": str(exc.args[0]), "fix": fix})
         for device in self.devices:  # a fault a session meets is audited as the supervisor's own are
             device.on_fault = functools.partial(self._session_fault, device)
+            device.on_lost = functools.partial(self._wake_soon, device)
+        self._wake: dict[str, asyncio.Event] = {}  # per device: look now (a session met it gone)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backoff = {d.name: d.section.check_interval_s for d in self.devices}
         self._opened_at: dict[str, float] = {}  # monotonic time of each device's last successful open
@@ -116,8 +118,15 @@ class DeviceSupervisor:
         else:
             self._audit_fault(device, exc)
 
+    def _wake_soon(self, device: Device) -> None:
+        """From a session's worker thread: the device's watch looks now rather than at its next interval."""
+        wake = self._wake.get(device.name)
+        if wake is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(wake.set)
+
     async def open_all(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._wake = {d.name: asyncio.Event() for d in self.devices}
         await asyncio.gather(*(self._open(d, first=True) for d in self.devices))
 
     async def _open(self, device: Device, first: bool = False) -> bool:
@@ -149,8 +158,11 @@ class DeviceSupervisor:
         full) costs one interval, with the backoff of a failed reopen.
         """
         interval = device.section.check_interval_s
+        wake = self._wake.setdefault(device.name, asyncio.Event())
         while True:
-            await asyncio.sleep(interval if device.connected else self._backoff[device.name])
+            with suppress(TimeoutError):  # a session that met the device gone wakes it early (Device.line_lost)
+                await asyncio.wait_for(wake.wait(), interval if device.connected else self._backoff[device.name])
+            wake.clear()
             try:
                 await self._look(device, interval)
             except Exception as exc:
@@ -159,7 +171,7 @@ class DeviceSupervisor:
 
     async def _look(self, device: Device, interval: float) -> None:
         """One look at a device: report it gone, or try to reopen it."""
-        if device.connected and not device.present():
+        if device.connected and (device.lost.is_set() or not device.present()):
             device.went_away()
             stayed_s = time.monotonic() - self._opened_at.get(device.name, float("-inf"))
             flaps = self._flaps.get(device.name, 0) + 1 if stayed_s < FLAP_INTERVALS * interval else 0

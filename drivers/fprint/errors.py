@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.errors import DeviceError, RetryCapture
+from drivers.errors import DeviceError, FingerTimeout, RetryCapture
 
 FPRINTD_FIX = (
     "fprintd (the desktop's fingerprint service) holds the reader: stop it and keep it from starting again "
@@ -37,9 +37,9 @@ class DeviceRemoved(FprintError):
         super().__init__(f"the reader {name} went away (unplugged?)", "plug it back in; the agent reopens it")
 
 
-class CaptureTimeout(FprintError):
+class CaptureTimeout(FprintError, FingerTimeout):
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"no finger on the sensor within {seconds:g} s", "place a finger on the sensor")
+        FingerTimeout.__init__(self, seconds)
 
 
 class CaptureCancelled(FprintError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from drivers.errors import DeviceError, RetryCapture
+from drivers.errors import DeviceError, FingerTimeout, RetryCapture
 
 
 class ModuleError(DeviceError):
@@ -170,9 +170,9 @@ class WrongPasswordError(ModuleError):
         super().__init__(f"the module on {port} refused the password", "set [reader] password to the module's password")
 
 
-class FingerTimeoutError(ModuleError):
+class FingerTimeoutError(ModuleError, FingerTimeout):
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"no finger on the sensor within {seconds:g} s", "place a finger on the sensor")
+        FingerTimeout.__init__(self, seconds)
 
 
 class CaptureCancelled(ModuleError):

@@ -1,0 +1,233 @@
+"""What people at a kiosk and kiosk apps run into, walked with a real daemon, real simulators and the local API.
+
+Each test starts `capture-agent run` against the local verifier with a simulated
+serial module (`capture-simulator zfm`, its own process, scripted on stdin), and
+talks to the daemon's unix socket as a kiosk app does, or runs `capture-agent
+enroll|verify|identify` as a person at a terminal does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.devstack import verifier_cli, write_config_file
+from tests.conftest import start_agent_daemon
+from tests.test_daemon_devices import Simulator, audit_until
+
+
+class Daemon:
+    """A running daemon with one simulated serial module, and a kiosk app's view of its local API."""
+
+    def __init__(self, config, tmp_path: Path, check_interval_s: float = 1.0) -> None:
+        self.zfm = Simulator("zfm", "--link", str(tmp_path / "ttyZFM0"))
+        self.socket = tmp_path / "run" / "api.sock"
+        self.config_file = write_config_file(
+            tmp_path / "agent.toml", config,
+            f'[api]\nsocket = "{self.socket}"\n[logging]\nlevel = "error"\n'
+            f'[[device]]\nkind = "zfm"\nname = "reader"\nport = "{tmp_path / "ttyZFM0"}"\n'
+            f"check_interval_s = {check_interval_s}\n",
+        )
+        self.process = start_agent_daemon(self.config_file)
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            assert self.process.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, "the daemon's local API never came up"
+            time.sleep(0.1)
+        self.placements: list[tuple[int, int]] = []
+        self.on_event = None  # the test's hand on the simulator mid-session
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.socket)), base_url="http://kiosk",
+                                 timeout=60)
+
+    def person(self, event: dict) -> None:
+        if event["type"] == "prompt" and event["code"] == "place_finger" and self.placements:
+            self.zfm.send("place {} {}".format(*self.placements.pop(0)))
+        elif event["type"] == "prompt" and event["code"] == "lift_finger":
+            self.zfm.send("lift")
+        if self.on_event is not None:
+            self.on_event(event)
+
+    async def session(self, client: httpx.AsyncClient, **body) -> list[dict]:
+        created = await client.post("/sessions", json=body)
+        assert created.status_code == 201, created.text
+        events = []
+        async with client.stream("GET", created.json()["events"]) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    self.person(events[-1])
+        return events
+
+    async def reader_connected(self, client: httpx.AsyncClient, expected: bool, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            health = (await client.get("/health")).json()
+            seen = {d["name"]: d["connected"] for d in health["devices"]}
+            if seen == {"reader": expected}:
+                return
+            assert time.monotonic() < deadline, f"the reader stays {seen} in /health, expected connected={expected}"
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # it flushes its outbox to the verifier before it exits
+            self.process.wait(20)
+        self.zfm.stop()
+
+
+@pytest.fixture
+def daemon_with_module(provisioned, tmp_path) -> Iterator:
+    """Make a daemon (check interval as the test asks) on the provisioned device; stopped after."""
+    started: list[Daemon] = []
+
+    def start(check_interval_s: float = 1.0) -> Daemon:
+        started.append(Daemon(provisioned[0], tmp_path, check_interval_s))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def test_a_module_pulled_out_and_plugged_back_within_a_check_interval_is_reopened(
+    daemon_with_module, verifier
+) -> None:
+    """Pulled out during a capture and plugged straight back, before the supervisor's next look: the port's path
+    was there again when it looked, so the daemon kept the dead descriptor and every later session failed "went
+    away (plug it back in)" on a module that was plugged in, until a restart."""
+    daemon = daemon_with_module(check_interval_s=3.0)
+
+    async def story() -> None:
+        async with daemon.client() as kiosk:
+            daemon.placements = [(0, 0), (0, 1), (4, 0), (4, 1)]
+            enrolled = await daemon.session(kiosk, operation="enroll", subject="ana", captures=2, fingers=2)
+            assert enrolled[-1]["type"] == "result", enrolled[-1]
+
+            def unplug_then_replug(event: dict) -> None:
+                if event["type"] == "prompt" and event["code"] == "place_finger":
+                    daemon.zfm.send("unplug")
+                elif event["type"] == "error":
+                    daemon.zfm.send("replug")  # at once: the daemon's next look finds the port there
+
+            daemon.on_event = unplug_then_replug
+            pulled = await daemon.session(kiosk, operation="verify", subject="ana")
+            daemon.on_event = None
+            assert pulled[-1]["type"] == "error", pulled[-1]
+            assert pulled[-1]["message"] == "device reader went away during the capture (unplugged?)", pulled[-1]
+            assert pulled[-1]["fix"] == "plug it back in: the agent reopens it, then try again", pulled[-1]
+            await daemon.reader_connected(kiosk, False, 10)  # the session's loss is the supervisor's
+            await daemon.reader_connected(kiosk, True, 30)  # ... which reopens it
+            daemon.placements = [(0, 2), (4, 2)]  # the device's first verification steps up to the second finger
+            again = await daemon.session(kiosk, operation="verify", subject="ana")
+            assert again[-1].get("decision") == "accept", again
+
+    asyncio.run(story())
+    daemon.stop()
+    events = audit_until(verifier, "agent_stopping")
+    reader = [e["type"] for e in events if e["type"].startswith("device_") and e["data"]["device"] == "reader"]
+    assert reader == ["device_plugged", "device_unplugged", "device_plugged"], reader
+
+
+def cli(daemon: Daemon, *args: str, **popen) -> subprocess.Popen[str]:
+    """`capture-agent ARGS` at a terminal (its output unbuffered, as a person reads it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **popen,
+    )
+
+
+def enroll_ana(daemon: Daemon) -> None:
+    async def enroll() -> None:
+        async with daemon.client() as kiosk:
+            daemon.placements = [(0, 0), (0, 1), (4, 0), (4, 1)]
+            enrolled = await daemon.session(kiosk, operation="enroll", subject="ana", captures=2, fingers=2)
+            assert enrolled[-1]["type"] == "result", enrolled[-1]
+
+    asyncio.run(enroll())
+
+
+def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(daemon_with_module) -> None:
+    """The wait for a finger ended with the driver's "no finger on the sensor within 15 s (fix: place a finger on
+    the sensor)", its fix printed twice, and a fix that no longer works: the session is over by then."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")  # ... who walks away without touching the sensor
+    out, _ = person.communicate(timeout=60)
+    assert person.returncode == 2, out
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        "error: no finger was placed on the sensor within 15 s, so the session ended",
+        "fix: start again, and place a finger on the sensor when asked",
+    ], out
+
+
+def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exits(
+    daemon_with_module, verifier
+) -> None:
+    """Ctrl-C used to just drop the connection: exit 130 and nothing said, the daemon holding the sensor for its
+    5 s grace, so the next person (or kiosk app) was refused "a session is running on the sensor"."""
+    daemon = daemon_with_module()
+    person = cli(daemon, "enroll", "--subject", "carl")
+    lines = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        lines.append(line)
+        if "Place" in line:
+            daemon.zfm.send("place 2 0")
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+        elif "1/6" in line:  # one capture taken: the person gives up
+            person.send_signal(signal.SIGINT)
+    assert person.wait(30) == 130, "".join(lines)
+    said = "".join(lines)
+    assert "cancelling the session" in said and "cancelled; the sensor is free for the next person" in said, said
+
+    async def next_person() -> int:
+        async with daemon.client() as kiosk:
+            created = await kiosk.post("/sessions", json={"operation": "identify"})
+            if created.status_code == 201:
+                await kiosk.delete(f"/sessions/{created.json()['id']}")
+            return created.status_code
+
+    assert asyncio.run(next_person()) == 201, "the sensor is free as soon as the cancelled command has exited"
+    subjects = verifier_cli("subject", "list", "--pki", str(verifier.pki_dir)).stdout
+    assert "carl" not in subjects, "nothing half-enrolled on the verifier"
+
+
+def test_enrolling_an_id_already_enrolled_is_refused_before_the_first_capture(daemon_with_module) -> None:
+    """The person gave all six captures and only then heard "401 Subject already enrolled": the enrollment's
+    challenge did not say it was a first enrollment, so the verifier could not refuse it before the sensor."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "enroll", "--subject", "ana")
+    out, _ = person.communicate(timeout=60)  # nobody is at the sensor: a prompt would wait 15 s, then fail
+    assert person.returncode == 2, out
+    assert "Place" not in out, f"refused before anyone touches the sensor: {out}"
+    assert "subject 'ana' is already enrolled" in out, out
+    assert "fix: to add to this person's enrollment, they verify first (capture-agent enroll --subject ana --add" in out
+
+
+def test_a_challenge_request_says_first_only_for_an_enrollment() -> None:
+    from protocol.messages import ChallengeRequest
+    from protocol.wire import WireError
+
+    asked = ChallengeRequest("enroll", "ana", None, True)
+    assert ChallengeRequest.from_body(asked.body()) == asked
+    assert "first" not in ChallengeRequest("enroll", "ana").body(), "an --add sends no first: no early refusal"
+    for body in ({"operation": "verify", "subject": "ana", "first": True},
+                 {"operation": "enroll", "subject": "ana", "first": "yes"}):
+        with pytest.raises(WireError, match="first"):
+            ChallengeRequest.from_body(body)
