@@ -235,7 +235,7 @@ whole batch and its products overflow this VM's 1 MB L2 per core), a gain of 0 t
 Both together, against the fifth round's code in one process (the same gallery of 2,000,
 rounds of 10 searches alternated, 30 each, CPU time; identical candidates, scores and
 prescores on all 80 probes checked first): paired median ratios 1.065 and 1.043 on DB1,
-1.035 and 1.031 on DB2. ``bench.fingerprint --data DIR --workers 1 --search-workers 1``
+1.035 and 1.031 on DB2, 1.071 on DB3, 1.060 on DB4. ``bench.fingerprint --data DIR --workers 1 --search-workers 1``
 pinned to one core, runs alternated with the fifth round's code while other tenants
 loaded the host: DB1 ``comparisons_per_s_per_core`` 113.8k -> 150.1k (median of five
 runs), its median round 96.6k -> 142.1k, ``comparisons_per_cpu_s_per_core`` 131.6k ->
