@@ -60,9 +60,15 @@ def _typed_errors() -> tuple[type[Exception], ...]:
     return BenchError, FaceError, FingerprintError
 
 
+# Set while this process forks workers: an exception raised in an at-fork hook (logging's lock release) is
+# printed with a traceback and dropped, so a signal then only sets _STOP, raised once the forks are done.
+_FORKING = threading.Event()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     _STOP.set()
-    raise KeyboardInterrupt
+    if not _FORKING.is_set():
+        raise KeyboardInterrupt
 
 
 def stop_requested() -> None:
@@ -158,8 +164,13 @@ def parallel_map(
         for job in jobs:
             done(fn(job))
         return out
-    pool = multiprocessing.get_context().Pool(workers, initializer=_worker_start, initargs=(initializer,))
+    _FORKING.set()
     try:
+        pool = multiprocessing.get_context().Pool(workers, initializer=_worker_start, initargs=(initializer,))
+    finally:
+        _FORKING.clear()
+    try:
+        stop_requested()  # a signal while the workers were forked
         for result in pool.imap(fn, jobs, chunksize):
             done(result)
         pool.close()

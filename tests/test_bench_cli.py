@@ -170,6 +170,25 @@ def test_sigterm_stops_the_verifier_and_removes_the_keys_it_made() -> None:
     assert done.stdout == ""
 
 
+def test_a_signal_while_the_workers_are_forked_stops_cleanly_without_a_dropped_traceback() -> None:
+    """SIGTERM landing in logging's at-fork hook raised KeyboardInterrupt there: Python printed it as "Exception
+    ignored" with a traceback, and dropped it (seen once in CI). The hook here sends it at each fork."""
+    script = (
+        "import os, signal\n"
+        "from bench.cli import bench_main, parallel_map\n"
+        "os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+        "@bench_main('python -m bench.x')\n"
+        "def main(argv):\n"
+        "    parallel_map(abs, range(40), 2)\n"
+        "    return 0\n"
+        "raise SystemExit(main([]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert "interrupted, no figures printed" in done.stderr
+
+
 def test_sigterm_ends_the_worker_processes() -> None:
     command = ["bench.fingerprint", "--synthetic", "40", "--workers", "2", "--gallery", "10"]
     done, started, _ = stop_midway(command, "synthetic population", signal.SIGTERM, kids=2)
