@@ -72,6 +72,10 @@ MESSAGES = {
 }
 
 
+# The place_finger prompt after a capture the quality gate refused (its hints, if any, come just before it).
+RETAKE_MESSAGE = "That print could not be read well enough: place the same finger again, flat and still"
+
+
 # The cancel event of the session whose step-up is running: a nested session (the face a finger session's
 # verifier asks for, the finger a face session's asks for) made inside it shares it, so cancelling the outer
 # session stops the inner one's reader or camera worker too. A context variable, because the nested session is
@@ -231,8 +235,9 @@ class CaptureSession:
     async def _capture_template(self, place_message: str = "") -> FingerprintTemplate:
         from biometrics.fingerprint import FingerprintImageError, extract_with_quality
 
+        retake = ""  # after a capture the gate refused: the next prompt says so (else it reads as the first)
         for attempt in range(1, self.max_attempts + 1):
-            self._prompt("place_finger", place_message)
+            self._prompt("place_finger", retake or place_message)
             image = await self._take_image()
             if image is None:
                 continue
@@ -250,8 +255,12 @@ class CaptureSession:
                 return template
             codes = quality.feedback if quality is not None else ("place_finger",)
             log.info("capture_rejected", attempt=attempt, quality=quality.score if quality else 0, feedback=list(codes))
-            for code in codes[:2]:
+            # The gate's hints (press harder, move left, too dry...); its bare "place_finger" (nothing readable
+            # there) is no hint: prompted as it was, the person saw "Place your finger on the sensor" twice
+            # and nothing saying the capture they had just given was refused.
+            for code in [c for c in codes if c != "place_finger"][:2]:
                 self._prompt(code)
+            retake = RETAKE_MESSAGE
         raise SessionError(
             f"no capture good enough after {self.max_attempts} attempts",
             fix="clean the sensor and the finger, press flat and hold still",

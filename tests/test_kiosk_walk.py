@@ -231,3 +231,28 @@ def test_a_challenge_request_says_first_only_for_an_enrollment() -> None:
                  {"operation": "enroll", "subject": "ana", "first": "yes"}):
         with pytest.raises(WireError, match="first"):
             ChallengeRequest.from_body(body)
+
+
+def test_a_capture_the_quality_gate_refuses_is_said_to_be_refused_once(daemon_with_module) -> None:
+    """A smudged print (no ridges: the gate's bare "place_finger") was prompted as "Place your finger on the
+    sensor" twice in a row, the second being the next attempt's: nothing said the capture had been refused."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    placements = ["smudge", "place 0 2", "place 4 2"]  # the device's first verification steps up: a second finger
+    prompts = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        if line.startswith("  > "):
+            prompts.append(line[4:].strip())
+        if "Place" in line or "place the same finger" in line:
+            daemon.zfm.send(placements.pop(0) if placements else "place 4 3")
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 0, prompts
+    assert prompts[:4] == [
+        "Place your finger on the sensor",
+        "Lift your finger",
+        "That print could not be read well enough: place the same finger again, flat and still",
+        "Lift your finger",
+    ], prompts
