@@ -72,6 +72,9 @@ MESSAGES = {
 }
 
 
+# The lift_finger prompt repeated to a finger still on the sensor (see CaptureSession._await_lift).
+LIFT_AGAIN_MESSAGE = "Your finger is still on the sensor: lift it now"
+
 # The place_finger prompt after a capture the quality gate refused (its hints, if any, come just before it).
 RETAKE_MESSAGE = "That print could not be read well enough: place the same finger again, flat and still"
 
@@ -179,6 +182,7 @@ class CaptureSession:
     min_quality: int = 30
     max_attempts: int = 4
     finger_timeout_s: float = 15.0
+    lift_reminder_s: float = 5.0  # a finger still on the sensor after this is reminded to lift (then finger_timeout_s)
     resolution_dpi: int = 500
     timings: Timings = field(default_factory=Timings)
 
@@ -227,10 +231,26 @@ class CaptureSession:
         except RetryCapture as retry:
             log.info("capture_retry", feedback=retry.feedback)
             self._prompt(retry.feedback, str(retry.args[0]) if retry.args else "")
-            await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            await self._await_lift()
             return None
         finally:
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
+
+    async def _await_lift(self) -> None:
+        """The finger off the sensor before anything else: reminded once, and the session ends if it stays.
+
+        Why: a wait that timed out was ignored. A person who kept the finger on heard
+        nothing for 15 s, then was asked to place it and the module imaged the same
+        placement again, so an enrollment's "three captures" could be one.
+        """
+        if await in_worker(self.reader.wait_for_lift, self.lift_reminder_s, cancel=self.cancelled):
+            return
+        self._prompt("lift_finger", LIFT_AGAIN_MESSAGE)
+        if not await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled):
+            raise SessionError(
+                "the finger stayed on the sensor, so the session ended",
+                fix="start again, and lift your finger each time you are asked",
+            )
 
     async def _capture_template(self, place_message: str = "") -> FingerprintTemplate:
         from biometrics.fingerprint import FingerprintImageError, extract_with_quality
@@ -249,7 +269,7 @@ class CaptureSession:
             finally:
                 del image  # the raw image ends here
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
-            await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            await self._await_lift()
             usable = template is not None and MIN_MINUTIAE_PER_VIEW <= len(template.minutiae) <= MAX_MINUTIAE_PER_VIEW
             if usable and quality is not None and quality.score >= self.min_quality:
                 return template

@@ -256,3 +256,38 @@ def test_a_capture_the_quality_gate_refuses_is_said_to_be_refused_once(daemon_wi
         "That print could not be read well enough: place the same finger again, flat and still",
         "Lift your finger",
     ], prompts
+
+
+def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if_it_stays(
+    daemon_with_module, verifier
+) -> None:
+    """A lift that timed out was ignored: the person heard nothing for 15 s, then "Place your finger", and the
+    module imaged the same placement again (an enrollment's captures could all be one placement)."""
+    daemon = daemon_with_module()
+    person = cli(daemon, "enroll", "--subject", "bob", "--fingers", "1", "--captures", "2")
+    placements = ["place 6 0", "place 6 1"]
+    prompts, said = [], []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if line.startswith("  > "):
+            prompts.append(line[4:].strip())
+        if "Place" in line and placements:
+            daemon.zfm.send(placements.pop(0))
+        elif "still on the sensor" in line and len(placements) == 1:  # the first time: lifts when reminded
+            daemon.zfm.send("lift")
+        # ... and never lifts at a plain "Lift your finger", nor the second time at all
+    out = "\n".join(prompts)
+    assert person.wait(60) == 2, out
+    assert prompts == [
+        "Place your finger on the sensor",
+        "Lift your finger",
+        "Your finger is still on the sensor: lift it now",
+        "Place your finger on the sensor",
+        "Lift your finger",
+        "Your finger is still on the sensor: lift it now",
+    ], out
+    assert said[-2:] == ["error: the finger stayed on the sensor, so the session ended",
+                         "fix: start again, and lift your finger each time you are asked"], said
+    subjects = verifier_cli("subject", "list", "--pki", str(verifier.pki_dir)).stdout
+    assert "bob" not in subjects, "an enrollment whose finger never came off sends nothing"
