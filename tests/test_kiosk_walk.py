@@ -291,3 +291,29 @@ def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if
                          "fix: start again, and lift your finger each time you are asked"], said
     subjects = verifier_cli("subject", "list", "--pki", str(verifier.pki_dir)).stdout
     assert "bob" not in subjects, "an enrollment whose finger never came off sends nothing"
+
+
+def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_module) -> None:
+    """Two clients at once: the second was told "wait for it or cancel it" with no fix line, and a person at a
+    terminal has no command that cancels a session another client started."""
+    daemon = daemon_with_module()
+
+    async def kiosk_holds_the_sensor() -> tuple[int, str]:
+        async with daemon.client() as kiosk:
+            first = await kiosk.post("/sessions", json={"operation": "identify"})  # waits for a finger
+            assert first.status_code == 201, first.text
+            person = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await person.communicate()
+            await kiosk.delete(f"/sessions/{first.json()['id']}")
+            return person.returncode or 0, out.decode()
+
+    code, out = asyncio.run(kiosk_holds_the_sensor())
+    assert code == 2, out
+    assert out.splitlines() == [
+        "error: a session is running on the sensor (or still stopping after a cancel)",
+        'fix: try again when it has ended (GET /health says "busy": false); the client that started it may '
+        "cancel it (DELETE /sessions/ID)",
+    ], out
