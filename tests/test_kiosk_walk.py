@@ -317,3 +317,23 @@ def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_m
         'fix: try again when it has ended (GET /health says "busy": false); the client that started it may '
         "cancel it (DELETE /sessions/ID)",
     ], out
+
+
+def test_a_refused_verification_tells_the_person_what_to_do_next(daemon_with_module) -> None:
+    """The wrong finger ended in "reject (score 0.0028)" alone: a verdict, nothing the person could do."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    placements = ["place 6 0", "place 7 0"]  # fingers that are not ana's (a step-up may ask for a second)
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line and placements:
+            daemon.zfm.send(placements.pop(0))
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 1, said
+    assert said[-2].startswith("reject (score "), said
+    assert said[-1] == ("not recognised as ana: try again with a finger enrolled for ana (repeated failures lock "
+                        "the id out for a while)"), said
