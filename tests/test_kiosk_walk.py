@@ -337,3 +337,32 @@ def test_a_refused_verification_tells_the_person_what_to_do_next(daemon_with_mod
     assert said[-2].startswith("reject (score "), said
     assert said[-1] == ("not recognised as ana: try again with a finger enrolled for ana (repeated failures lock "
                         "the id out for a while)"), said
+
+
+def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon_with_module, verifier) -> None:
+    """With the verifier down /health said "status": "ok": a kiosk app could not show "out of service", and each
+    person gave a finger (or was told of a network error) before anyone knew."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+
+    async def story() -> None:
+        async with daemon.client() as kiosk:
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "ok" and health["verifier"] == "reachable", health
+            verifier.stop()
+            failed = await daemon.session(kiosk, operation="verify", subject="ana")
+            assert failed[-1]["type"] == "error" and "could not be reached" in failed[-1]["message"], failed
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "degraded" and health["verifier"] == "unreachable", health
+            assert "could not be reached" in health["verifier_error"] and "start it again" in health["verifier_fix"]
+            verifier.start()  # the same port: the daemon's outbox delivery finds it back by itself
+            deadline = time.monotonic() + 60
+            while (health := (await kiosk.get("/health")).json())["verifier"] != "reachable":
+                assert time.monotonic() < deadline, health
+                await asyncio.sleep(0.2)
+            assert health["status"] == "ok" and "verifier_error" not in health, health
+            daemon.placements = [(0, 2), (4, 2)]
+            again = await daemon.session(kiosk, operation="verify", subject="ana")
+            assert again[-1].get("decision") == "accept", again
+
+    asyncio.run(story())
