@@ -320,6 +320,9 @@ class VerifierClient:
         self._current = _Generation(self._build_http(identity), identity)
         self._closing: set[asyncio.Task[None]] = set()
         self.last_tls: dict[str, Any] = {}
+        # The last call's outcome toward the verifier: None until one is made, else (reached, error when not).
+        # For the local API's /health: a kiosk app sees the verifier is down before a person gives a finger.
+        self.reachability: tuple[bool, TransportError | None] | None = None
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -489,13 +492,15 @@ class VerifierClient:
                         )
                         if refused is not None:
                             raise self._tls_refused(refused) from None
-                    raise TransportError(
+                    unreachable = TransportError(
                         f"the verifier at {self.config.verifier.url} could not be reached after "
                         f"{attempt + 1} attempts: {type(exc).__name__}: {exc}",
                         fix="check the network and that the verifier runs (`capture-agent doctor`); queued audit "
                         "events are kept and delivered once it answers, but a verification or enrollment that "
                         "failed here is not retried: start it again",
-                    ) from None
+                    )
+                    self.reachability = (False, unreachable)
+                    raise unreachable from None
                 log.info("request_retry", path=path, attempt=attempt + 1, error=type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
@@ -505,6 +510,7 @@ class VerifierClient:
             finally:
                 self._release(gen)
             self._note_tls(response)
+            self.reachability = (True, None)  # it answered (whatever it said)
             if response.status_code in RETRYABLE_STATUS and attempt < retries:
                 delay = self._retry_delay(attempt, response)
                 log.info("request_retry", path=path, attempt=attempt + 1, status=response.status_code,

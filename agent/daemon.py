@@ -231,6 +231,13 @@ class AgentDaemon:
         facts["identity"] = "ok" if problem is None else "cannot_sign"
         if problem is not None:
             facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
+        # The verifier as the last call found it (no call made for /health): a kiosk app can say "out of
+        # service" before a person gives a finger that no verifier will check. The outbox's delivery retries
+        # in the background, so it turns "reachable" again soon after the verifier is back.
+        reach = self.client.reachability
+        facts["verifier"] = "unknown" if reach is None else "reachable" if reach[0] else "unreachable"
+        if reach is not None and reach[1] is not None:
+            facts.update(status="degraded", verifier_error=reach[1].message, verifier_fix=reach[1].fix)
         return facts
 
     def spawn(self, coroutine: Any, name: str) -> None:

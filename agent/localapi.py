@@ -405,8 +405,11 @@ class LocalAPI:
         if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
             raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
         if self._busy():
-            raise ApiError(409, "a session is running on the sensor (or still stopping after a cancel): "
-                           "wait for it or cancel it")
+            # The fix says what a second client can do: a person at a terminal saw only "wait for it or cancel
+            # it", and no command cancels a session another client started.
+            raise ApiError(409, "a session is running on the sensor (or still stopping after a cancel)",
+                           fix='try again when it has ended (GET /health says "busy": false); the client that '
+                           "started it may cancel it (DELETE /sessions/ID)")
         running = RunningSession(secrets.token_urlsafe(12), operation, None)
         emit = self._emitter(running)
         try:

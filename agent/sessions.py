@@ -72,6 +72,13 @@ MESSAGES = {
 }
 
 
+# The lift_finger prompt repeated to a finger still on the sensor (see CaptureSession._await_lift).
+LIFT_AGAIN_MESSAGE = "Your finger is still on the sensor: lift it now"
+
+# The place_finger prompt after a capture the quality gate refused (its hints, if any, come just before it).
+RETAKE_MESSAGE = "That print could not be read well enough: place the same finger again, flat and still"
+
+
 # The cancel event of the session whose step-up is running: a nested session (the face a finger session's
 # verifier asks for, the finger a face session's asks for) made inside it shares it, so cancelling the outer
 # session stops the inner one's reader or camera worker too. A context variable, because the nested session is
@@ -175,6 +182,7 @@ class CaptureSession:
     min_quality: int = 30
     max_attempts: int = 4
     finger_timeout_s: float = 15.0
+    lift_reminder_s: float = 5.0  # a finger still on the sensor after this is reminded to lift (then finger_timeout_s)
     resolution_dpi: int = 500
     timings: Timings = field(default_factory=Timings)
 
@@ -223,16 +231,33 @@ class CaptureSession:
         except RetryCapture as retry:
             log.info("capture_retry", feedback=retry.feedback)
             self._prompt(retry.feedback, str(retry.args[0]) if retry.args else "")
-            await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            await self._await_lift()
             return None
         finally:
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
 
+    async def _await_lift(self) -> None:
+        """The finger off the sensor before anything else: reminded once, and the session ends if it stays.
+
+        Why: a wait that timed out was ignored. A person who kept the finger on heard
+        nothing for 15 s, then was asked to place it and the module imaged the same
+        placement again, so an enrollment's "three captures" could be one.
+        """
+        if await in_worker(self.reader.wait_for_lift, self.lift_reminder_s, cancel=self.cancelled):
+            return
+        self._prompt("lift_finger", LIFT_AGAIN_MESSAGE)
+        if not await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled):
+            raise SessionError(
+                "the finger stayed on the sensor, so the session ended",
+                fix="start again, and lift your finger each time you are asked",
+            )
+
     async def _capture_template(self, place_message: str = "") -> FingerprintTemplate:
         from biometrics.fingerprint import FingerprintImageError, extract_with_quality
 
+        retake = ""  # after a capture the gate refused: the next prompt says so (else it reads as the first)
         for attempt in range(1, self.max_attempts + 1):
-            self._prompt("place_finger", place_message)
+            self._prompt("place_finger", retake or place_message)
             image = await self._take_image()
             if image is None:
                 continue
@@ -244,14 +269,18 @@ class CaptureSession:
             finally:
                 del image  # the raw image ends here
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
-            await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled)
+            await self._await_lift()
             usable = template is not None and MIN_MINUTIAE_PER_VIEW <= len(template.minutiae) <= MAX_MINUTIAE_PER_VIEW
             if usable and quality is not None and quality.score >= self.min_quality:
                 return template
             codes = quality.feedback if quality is not None else ("place_finger",)
             log.info("capture_rejected", attempt=attempt, quality=quality.score if quality else 0, feedback=list(codes))
-            for code in codes[:2]:
+            # The gate's hints (press harder, move left, too dry...); its bare "place_finger" (nothing readable
+            # there) is no hint: prompted as it was, the person saw "Place your finger on the sensor" twice
+            # and nothing saying the capture they had just given was refused.
+            for code in [c for c in codes if c != "place_finger"][:2]:
                 self._prompt(code)
+            retake = RETAKE_MESSAGE
         raise SessionError(
             f"no capture good enough after {self.max_attempts} attempts",
             fix="clean the sensor and the finger, press flat and hold still",

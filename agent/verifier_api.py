@@ -26,7 +26,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.client import VerifierClient, answer_error
-from agent.errors import NonceExpiredError, StepUpRequiredError
+from agent.errors import BadRequestError, NonceExpiredError, StepUpRequiredError
 from protocol.messages import (
     Challenge,
     ChallengeRequest,
@@ -71,8 +71,17 @@ class VerifierAPI:
         """A single-use nonce for ``operation`` on ``subject``, after the checks that need no finger.
 
         ``first``: an enrollment with no session token to come, so an id already enrolled is refused now.
+        A verifier from before that field refuses it (400 ``bad-challenge``, "unknown fields"): asked
+        again without it, as before (the enrollment itself is still refused if the id is taken), so an
+        agent upgraded before its verifier still enrolls.
         """
-        return await self._challenge(ChallengeRequest(operation, subject, group, first))
+        try:
+            return await self._challenge(ChallengeRequest(operation, subject, group, first))
+        except BadRequestError as exc:
+            if not first or exc.slug != "bad-challenge" or "first" not in str(exc.problem.get("detail", "")):
+                raise
+            log.info("challenge_first_not_understood", fix="update the verifier: it refuses an enrolled id early")
+            return await self._challenge(ChallengeRequest(operation, subject, group))
 
     async def _challenge(self, asked: ChallengeRequest) -> Challenge:
         data = await self.client.call("POST", asked.path, json=asked.body())

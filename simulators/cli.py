@@ -7,6 +7,8 @@ at the sensor by writing lines to standard input:
 
     place FINGER [IMPRESSION]     put a finger on the sensor (default: its first impression)
     lift                          take it off
+    smudge                        a print with no ridges on the sensor (a smudged or very dry finger): the
+                                  agent's quality gate refuses it, as it would a real one
     pace on | off                 send at the real line speed, or instantly
     unplug | replug               pull the module out, plug it back (a plugged one: nothing)
     list [COUNT]                  print the fingers there are, one JSON line each, on stdout (1-1000)
@@ -65,7 +67,8 @@ MAX_LINE_BYTES = 64 * 1024  # a script line longer than this is refused, not hel
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")  # ASCII only: str.isdigit() and int() take '²' and '٣'
 _NEGATIVE = re.compile(r"-[0-9]+")
 _RATE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")  # fps: plain decimals, no nan/inf/1e9/_
-MODULE_COMMANDS = "place FINGER [IMPRESSION], lift, pace on|off, unplug, replug, list [COUNT]"
+MODULE_COMMANDS = "place FINGER [IMPRESSION], smudge, lift, pace on|off, unplug, replug, list [COUNT]"
+SMUDGE_GREY = 200  # a light, even print with no ridges: what a smudge or a very dry finger leaves
 CAMERA_COMMANDS = "show DIR, still FILE, nothing, dark, glare, fps N, unplug, replug"
 
 
@@ -205,6 +208,12 @@ def module_command(
         count = _count(args[0]) if args else DEFAULT_LIST_COUNT
         for entry in finger_list(source, count):
             emit({"event": "finger", **entry})
+    elif command == "smudge":
+        if args:
+            raise SimulatorError("smudge takes nothing after it", "write smudge alone")
+        import numpy as np
+
+        sim.place(np.full((sim.profile.image_height, sim.profile.image_width), SMUDGE_GREY, np.uint8))
     elif command in ("lift", "unplug", "replug"):
         if args:
             raise SimulatorError(f"{command} takes nothing after it", f"write {command} alone")

@@ -9,7 +9,9 @@ of ``--mode``:
 * ``declared``: a 200 declaring a 100 MB body;
 * ``trickle``: a 200 that sends one space every 0.5 s (valid JSON padding, forever);
 * ``deep``: a 200 whose body is a JSON array nested 100,000 deep;
-* ``duplicate``: a 200 whose object has the key ``nonce`` twice.
+* ``duplicate``: a 200 whose object has the key ``nonce`` twice;
+* ``older``: a verifier from before a challenge could say ``"first"``: a body with it is a 400
+  ``bad-challenge`` ("unknown fields"), any other gets a nonce (201).
 
 The listening port is printed as JSON on stdout.
 """
@@ -32,8 +34,15 @@ def app_for(mode: str):
     async def app(scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        while (await receive()).get("more_body", False):
-            pass
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if mode == "older":
+            await _older_challenge(send, body)
+            return
         headers = [(b"content-type", b"application/json")]
         if mode == "declared":
             headers.append((b"content-length", str(100 << 20).encode()))
@@ -55,10 +64,25 @@ def app_for(mode: str):
     return app
 
 
+async def _older_challenge(send, body: bytes) -> None:
+    if b'"first"' in body:
+        status, answer, kind = 400, {
+            "type": "https://capture-agent.invalid/problems/bad-challenge", "title": "Bad challenge request",
+            "status": 400, "detail": "unknown fields ['first'] in a challenge request",
+        }, b"application/problem+json"
+    else:
+        nonce = "bm9uY2Utb2YtYW4tb2xkZXItdmVyaWZpZXI"
+        status, kind = 201, b"application/json"
+        answer = {"nonce": nonce, "expires_at": "2099-01-01T00:00:00Z", "ttl_s": 60}
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]})
+    await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pki-dir", type=Path, required=True)
-    parser.add_argument("--mode", choices=("endless", "declared", "trickle", "deep", "duplicate"), required=True)
+    modes = ("endless", "declared", "trickle", "deep", "duplicate", "older")
+    parser.add_argument("--mode", choices=modes, required=True)
     args = parser.parse_args()
     settings = VerifierSettings(pki_dir=args.pki_dir, port=0)
 

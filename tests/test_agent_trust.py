@@ -119,3 +119,18 @@ def test_an_expired_nonce_is_retried_by_its_problem_type_and_a_used_one_is_not(t
         "this challenge nonce was already used (a replayed request?)",
     ]
     assert used.slug == "nonce-used" and used.status == 409
+
+
+def test_an_enrollment_challenge_still_works_with_a_verifier_from_before_first(verifier, provisioned) -> None:
+    """An agent updated before its verifier: the older verifier refuses the challenge's "first" field
+    (400 bad-challenge, unknown fields), and every enrollment failed before the first capture."""
+    config, identity = provisioned
+    with misbehaving(verifier.pki_dir, "older") as url:
+        local = config.with_overrides(verifier={"url": url}, network={"retries": 0})
+
+        async def go():
+            async with VerifierClient(local, identity) as client:
+                return await VerifierAPI(client).challenge("enroll", "ana", first=True)
+
+        challenge = asyncio.run(go())
+    assert challenge.nonce and challenge.ttl_s == 60

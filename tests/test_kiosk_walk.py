@@ -231,3 +231,138 @@ def test_a_challenge_request_says_first_only_for_an_enrollment() -> None:
                  {"operation": "enroll", "subject": "ana", "first": "yes"}):
         with pytest.raises(WireError, match="first"):
             ChallengeRequest.from_body(body)
+
+
+def test_a_capture_the_quality_gate_refuses_is_said_to_be_refused_once(daemon_with_module) -> None:
+    """A smudged print (no ridges: the gate's bare "place_finger") was prompted as "Place your finger on the
+    sensor" twice in a row, the second being the next attempt's: nothing said the capture had been refused."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    placements = ["smudge", "place 0 2", "place 4 2"]  # the device's first verification steps up: a second finger
+    prompts = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        if line.startswith("  > "):
+            prompts.append(line[4:].strip())
+        if "Place" in line or "place the same finger" in line:
+            daemon.zfm.send(placements.pop(0) if placements else "place 4 3")
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 0, prompts
+    assert prompts[:4] == [
+        "Place your finger on the sensor",
+        "Lift your finger",
+        "That print could not be read well enough: place the same finger again, flat and still",
+        "Lift your finger",
+    ], prompts
+
+
+def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if_it_stays(
+    daemon_with_module, verifier
+) -> None:
+    """A lift that timed out was ignored: the person heard nothing for 15 s, then "Place your finger", and the
+    module imaged the same placement again (an enrollment's captures could all be one placement)."""
+    daemon = daemon_with_module()
+    person = cli(daemon, "enroll", "--subject", "bob", "--fingers", "1", "--captures", "2")
+    placements = ["place 6 0", "place 6 1"]
+    prompts, said = [], []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if line.startswith("  > "):
+            prompts.append(line[4:].strip())
+        if "Place" in line and placements:
+            daemon.zfm.send(placements.pop(0))
+        elif "still on the sensor" in line and len(placements) == 1:  # the first time: lifts when reminded
+            daemon.zfm.send("lift")
+        # ... and never lifts at a plain "Lift your finger", nor the second time at all
+    out = "\n".join(prompts)
+    assert person.wait(60) == 2, out
+    assert prompts == [
+        "Place your finger on the sensor",
+        "Lift your finger",
+        "Your finger is still on the sensor: lift it now",
+        "Place your finger on the sensor",
+        "Lift your finger",
+        "Your finger is still on the sensor: lift it now",
+    ], out
+    assert said[-2:] == ["error: the finger stayed on the sensor, so the session ended",
+                         "fix: start again, and lift your finger each time you are asked"], said
+    subjects = verifier_cli("subject", "list", "--pki", str(verifier.pki_dir)).stdout
+    assert "bob" not in subjects, "an enrollment whose finger never came off sends nothing"
+
+
+def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_module) -> None:
+    """Two clients at once: the second was told "wait for it or cancel it" with no fix line, and a person at a
+    terminal has no command that cancels a session another client started."""
+    daemon = daemon_with_module()
+
+    async def kiosk_holds_the_sensor() -> tuple[int, str]:
+        async with daemon.client() as kiosk:
+            first = await kiosk.post("/sessions", json={"operation": "identify"})  # waits for a finger
+            assert first.status_code == 201, first.text
+            person = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await person.communicate()
+            await kiosk.delete(f"/sessions/{first.json()['id']}")
+            return person.returncode or 0, out.decode()
+
+    code, out = asyncio.run(kiosk_holds_the_sensor())
+    assert code == 2, out
+    assert out.splitlines() == [
+        "error: a session is running on the sensor (or still stopping after a cancel)",
+        'fix: try again when it has ended (GET /health says "busy": false); the client that started it may '
+        "cancel it (DELETE /sessions/ID)",
+    ], out
+
+
+def test_a_refused_verification_tells_the_person_what_to_do_next(daemon_with_module) -> None:
+    """The wrong finger ended in "reject (score 0.0028)" alone: a verdict, nothing the person could do."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    placements = ["place 6 0", "place 7 0"]  # fingers that are not ana's (a step-up may ask for a second)
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line and placements:
+            daemon.zfm.send(placements.pop(0))
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 1, said
+    assert said[-2].startswith("reject (score "), said
+    assert said[-1] == ("not recognised as ana: try again with a finger enrolled for ana (repeated failures lock "
+                        "the id out for a while)"), said
+
+
+def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon_with_module, verifier) -> None:
+    """With the verifier down /health said "status": "ok": a kiosk app could not show "out of service", and each
+    person gave a finger (or was told of a network error) before anyone knew."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+
+    async def story() -> None:
+        async with daemon.client() as kiosk:
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "ok" and health["verifier"] == "reachable", health
+            verifier.stop()
+            failed = await daemon.session(kiosk, operation="verify", subject="ana")
+            assert failed[-1]["type"] == "error" and "could not be reached" in failed[-1]["message"], failed
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "degraded" and health["verifier"] == "unreachable", health
+            assert "could not be reached" in health["verifier_error"] and "start it again" in health["verifier_fix"]
+            verifier.start()  # the same port: the daemon's outbox delivery finds it back by itself
+            deadline = time.monotonic() + 60
+            while (health := (await kiosk.get("/health")).json())["verifier"] != "reachable":
+                assert time.monotonic() < deadline, health
+                await asyncio.sleep(0.2)
+            assert health["status"] == "ok" and "verifier_error" not in health, health
+            daemon.placements = [(0, 2), (4, 2)]
+            again = await daemon.session(kiosk, operation="verify", subject="ana")
+            assert again[-1].get("decision") == "accept", again
+
+    asyncio.run(story())

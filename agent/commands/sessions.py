@@ -163,6 +163,11 @@ def _show(event: dict, outcome: int) -> int:
                 print("a finger is needed too: run capture-agent verify with a finger", flush=True)
                 return 1
             print(f"{event['decision']} (score {event['score']})", flush=True)
+            if event["decision"] != "accept":  # what the person can do next, not only the verdict
+                who = event.get("subject") or "this id"
+                factor = "face" if event.get("modality") == FACE else "finger"
+                print(f"not recognised as {who}: try again with a {factor} enrolled for {who} "
+                      "(repeated failures lock the id out for a while)", flush=True)
             return 0 if event["decision"] == "accept" else 1
         if "candidates" in event:
             print("\n".join(identification_lines(event)), flush=True)
