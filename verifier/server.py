@@ -235,9 +235,11 @@ class GuardedTCPServer(TCPServer):
         after our close_notify, and the group cancelled its streams' tasks) refuses
         with a RuntimeError, and the coroutine is never awaited: measured with the
         fuzzer (``fuzz/verifier_requests.py --seed 22``) and
-        ``tests/test_verifier_closing.py``. A closing connection needs no idle timer,
-        so it is ending from hypercorn's ``Closed``, our idle close, the end of the
-        read loop, or a send that failed.
+        ``tests/test_verifier_closing.py``. The same restart after the read loop had
+        ended (the peer gone, its request answered afterwards) held a device's
+        connection for its whole keep-alive time. A closing connection needs no idle
+        timer, so it is ending from hypercorn's ``Closed``, our idle close, the end of
+        the read loop, or a send that failed.
         """
         if isinstance(event, Updated) and event.idle and self.ending:
             return
