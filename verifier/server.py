@@ -43,6 +43,7 @@ import structlog
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, Updated
 
 from verifier.client_hello import await_client_hello, hello_queued
 from verifier.connections import Connection, ConnectionGuard, EventSummary, descriptor_cap
@@ -177,12 +178,13 @@ class ConnectionTLSApp:
 class GuardedTCPServer(TCPServer):
     """hypercorn's connection driver, with our idle limits and freed at once when the peer closes.
 
-    Two methods of hypercorn's ``TCPServer`` are replaced: ``_read_data`` stops the
+    Three methods of hypercorn's ``TCPServer`` are replaced: ``_read_data`` stops the
     idle timer once the peer is gone (else the connection's task group waits for
     it: the whole keep-alive time, with the connection's memory held) and releases
-    the streams' send buffers (:meth:`_release_send_buffers`), and
-    ``_idle_timeout`` takes its limit from the connection (authenticated or not,
-    answered or not) instead of one config value.
+    the streams' send buffers (:meth:`_release_send_buffers`); ``_idle_timeout``
+    takes its limit from the connection (authenticated or not, answered or not)
+    instead of one config value; ``protocol_send`` starts no idle timer once the
+    connection is ending (:meth:`protocol_send`).
     """
 
     def __init__(self, *args: Any, conn: Connection, keep_alive_s: float, unauthenticated_idle_s: float) -> None:
@@ -190,6 +192,7 @@ class GuardedTCPServer(TCPServer):
         self.conn = conn
         self.keep_alive_s = keep_alive_s
         self.unauthenticated_idle_s = unauthenticated_idle_s
+        self.ending = False  # set once the connection is being closed: see protocol_send
 
     def idle_limit(self) -> float:
         if self.conn.authenticated:
@@ -197,7 +200,10 @@ class GuardedTCPServer(TCPServer):
         return ANSWERED_IDLE_S if self.conn.requests else self.unauthenticated_idle_s
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        try:
+            await super()._read_data()
+        finally:  # returned (the peer is gone) or raised (the task group is about to cancel its tasks)
+            self.ending = True
         await self.idle_task.stop()
         await self._release_send_buffers()
 
@@ -218,9 +224,37 @@ class GuardedTCPServer(TCPServer):
         for buffer in list(getattr(h2, "stream_buffers", {}).values()):
             await buffer.close()
 
+    async def protocol_send(self, event: Event) -> None:
+        """hypercorn's sending of one event, except that an ending connection starts no new idle timer.
+
+        hypercorn restarts the idle timer on every ``Updated(idle=True)``, which each
+        stream sends as it ends, even while the connection is closing. The restart
+        makes the timer's coroutine first, then asks the connection's task group for
+        a task; a task group that is shutting down (an error left hypercorn's read
+        loop, e.g. a close that failed with an SSLError because the peer sent data
+        after our close_notify, and the group cancelled its streams' tasks) refuses
+        with a RuntimeError, and the coroutine is never awaited: measured with the
+        fuzzer (``fuzz/verifier_requests.py --seed 22``) and
+        ``tests/test_verifier_closing.py``. The same restart after the read loop had
+        ended (the peer gone, its request answered afterwards) held a device's
+        connection for its whole keep-alive time. A closing connection needs no idle
+        timer, so it is ending from hypercorn's ``Closed``, our idle close, the end of
+        the read loop, or a send that failed.
+        """
+        if isinstance(event, Updated) and event.idle and self.ending:
+            return
+        if isinstance(event, Closed):
+            self.ending = True
+        try:
+            await super().protocol_send(event)
+        except Exception:
+            self.ending = True
+            raise
+
     async def _idle_timeout(self) -> None:
         with suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.context.terminated.wait(), self.idle_limit())
+        self.ending = True
         await asyncio.shield(self._initiate_server_close())
 
 
