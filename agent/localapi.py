@@ -453,12 +453,12 @@ class LocalAPI:
                 outcome, reason = "cancelled", running.cancel_reason
                 running.publish({"type": "cancelled", "reason": reason})
             else:
-                running.publish({"type": "error", "message": exc.message, "fix": exc.fix})
+                running.publish({"type": "error", **error_codes(exc), "message": exc.message, "fix": exc.fix})
         except Exception as exc:  # a reader fault the driver typed (ModuleError) or worse
             # A driver's error prints as "message (fix: ...)": the event carries the two apart, as an AgentError's.
             fix = str(getattr(exc, "fix", "") or "")
             reason = str(exc.args[0]) if fix and exc.args else str(exc)
-            running.publish({"type": "error", "message": reason, "fix": fix})
+            running.publish({"type": "error", "code": "device_error", "message": reason, "fix": fix})
         finally:
             running.finish()  # only now: every worker thread of the session has ended (sessions.in_worker)
             # Every attempt in the audit trail: operation, outcome, reason; never a template or image.
@@ -711,6 +711,27 @@ def _protocol_message(status: int) -> str:
         413: f"the body is larger than {MAX_BODY // 1024} KiB",
         431: f"the request line and headers are larger than {MAX_HEAD // 1024} KiB",
     }.get(status, "the request was refused")
+
+
+def error_codes(exc: AgentError) -> dict[str, str]:
+    """An error event's ``code`` (and a verifier refusal's ``problem``, its problem type's slug).
+
+    Why: a kiosk app showed the person something for each error by matching the English ``message``;
+    "no finger in time", "reader unplugged" and "verifier down" need different screens, and the text may change.
+    """
+    from agent.devices.errors import DeviceUnavailable, DeviceUnplugged
+    from agent.errors import DeadlineError, TransportError, VerifierError
+    from agent.sessions import NoFingerError, SessionError
+
+    if isinstance(exc, VerifierError) and exc.slug:
+        return {"code": "verifier_refused", "problem": exc.slug}
+    for kind, code in ((NoFingerError, "no_finger"), (DeviceUnplugged, "device_unplugged"),
+                       (DeviceUnavailable, "device_not_connected"), (TransportError, "verifier_unreachable"),
+                       (DeadlineError, "verifier_unreachable"), (VerifierError, "verifier_error"),
+                       (SessionError, "session_failed")):
+        if isinstance(exc, kind):
+            return {"code": code}
+    return {"code": "agent_error"}
 
 
 def outcome_of(result: dict[str, Any]) -> str:

@@ -127,6 +127,7 @@ def test_a_module_pulled_out_and_plugged_back_within_a_check_interval_is_reopene
             assert pulled[-1]["type"] == "error", pulled[-1]
             assert pulled[-1]["message"] == "device reader went away during the capture (unplugged?)", pulled[-1]
             assert pulled[-1]["fix"] == "plug it back in: the agent reopens it, then try again", pulled[-1]
+            assert pulled[-1]["code"] == "device_unplugged", pulled[-1]
             await daemon.reader_connected(kiosk, False, 10)  # the session's loss is the supervisor's
             await daemon.reader_connected(kiosk, True, 30)  # ... which reopens it
             daemon.placements = [(0, 2), (4, 2)]  # the device's first verification steps up to the second finger
@@ -349,9 +350,12 @@ def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon
         async with daemon.client() as kiosk:
             health = (await kiosk.get("/health")).json()
             assert health["status"] == "ok" and health["verifier"] == "reachable", health
+            unknown = await daemon.session(kiosk, operation="verify", subject="zed")
+            assert unknown[-1]["code"] == "verifier_refused" and unknown[-1]["problem"] == "unknown-subject", unknown
             verifier.stop()
             failed = await daemon.session(kiosk, operation="verify", subject="ana")
             assert failed[-1]["type"] == "error" and "could not be reached" in failed[-1]["message"], failed
+            assert failed[-1]["code"] == "verifier_unreachable", failed
             health = (await kiosk.get("/health")).json()
             assert health["status"] == "degraded" and health["verifier"] == "unreachable", health
             assert "could not be reached" in health["verifier_error"] and "start it again" in health["verifier_fix"]
@@ -366,3 +370,17 @@ def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon
             assert again[-1].get("decision") == "accept", again
 
     asyncio.run(story())
+
+
+def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with_module) -> None:
+    """The error event carried only English (message, fix): "no finger in time" and "reader unplugged" need
+    different screens, and a kiosk app had to match the text to choose."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+
+    async def nobody_comes() -> dict:
+        async with daemon.client() as kiosk:
+            return (await daemon.session(kiosk, operation="verify", subject="ana"))[-1]
+
+    ended = asyncio.run(nobody_comes())
+    assert ended["type"] == "error" and ended["code"] == "no_finger", ended
