@@ -88,6 +88,9 @@ MAX_HISTORY = 256  # events kept per session, replayed to every reader
 KEEP_FINISHED = 8  # finished sessions whose events a late reader may still fetch
 READER_GRACE_S = 5.0  # a session whose events reader left is cancelled when none comes back within it
 STOP_WAIT_S = 10.0  # on stop, how long cancelled sessions get to end their worker threads
+# ... and then how long their event streams get to send the end (`cancelled`, "the agent is stopping"): without
+# it the connections were closed first, and a kiosk app or terminal never heard why its session ended.
+STREAM_FLUSH_S = 2.0
 OPERATIONS = ("enroll", "verify", "identify")
 MODALITIES = FACTORS  # "finger" (the default) or "face"
 MAX_CAPTURES = 10
@@ -305,6 +308,7 @@ class LocalAPI:
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[int, int] | None = None  # (device, inode) of the socket file this API made
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
+        self._streams: set[asyncio.Task[Any]] = set()  # connections streaming a session's events
         self._capped = False  # past max_connections since the last warning
         self._refused = 0
         self._slow = _Throttled("local_api_requests_too_slow")
@@ -352,6 +356,8 @@ class LocalAPI:
         tasks = [r.task for r in self.sessions.values() if r.task is not None and not r.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        if self._streams:  # their sessions have ended: let them send it (`cancelled`, its reason) before closing
+            await asyncio.wait(set(self._streams), timeout=STREAM_FLUSH_S)
         if self._server is not None:
             self._server.close()
         for writer in list(self._connections):
@@ -579,7 +585,14 @@ class LocalAPI:
                 running = self._start_session(parse_request_json(body or b"{}"))
                 await self._json(conn, writer, 201, {"id": running.id, "events": f"/sessions/{running.id}/events"})
             elif len(parts) == 3 and parts[0] == "sessions" and parts[2] == "events" and method == "GET":
-                await self._stream(conn, reader, writer, self._session(parts[1]))
+                running = self._session(parts[1])
+                task = asyncio.current_task()
+                if task is not None:
+                    self._streams.add(task)
+                try:
+                    await self._stream(conn, reader, writer, running)
+                finally:
+                    self._streams.discard(task)  # type: ignore[arg-type]
             elif len(parts) == 2 and parts[0] == "sessions" and method == "DELETE":
                 self._cancel(self._session(parts[1]))
                 await self._json(conn, writer, 202, {"cancelled": parts[1]})

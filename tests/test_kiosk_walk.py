@@ -384,3 +384,36 @@ def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with
 
     ended = asyncio.run(nobody_comes())
     assert ended["type"] == "error" and ended["code"] == "no_finger", ended
+
+
+def test_the_agent_stopping_during_a_session_is_said_with_its_reason(daemon_with_module) -> None:
+    """The daemon stopped (SIGTERM: an update, a reboot) while a person waited at the sensor: the terminal
+    printed "error: cancelled", the reason in the event ("the agent is stopping") left out."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.process.send_signal(signal.SIGTERM)
+    assert person.wait(30) == 2, said
+    assert said[-2:] == ["error: the session was cancelled: the agent is stopping", "fix: start it again"], said
+
+
+def test_the_agent_killed_during_a_session_is_said_not_left_silent(daemon_with_module) -> None:
+    """The daemon killed (a crash, the OOM killer) mid-session: the events stream just ended, and the terminal
+    printed nothing at all before exiting 2."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.process.kill()
+    assert person.wait(30) == 2, said
+    assert said[-2:] == ["error: the agent stopped before the session ended",
+                         "fix: start it again once the agent runs (systemctl status capture-agent)"], said
