@@ -417,3 +417,23 @@ def test_the_agent_killed_during_a_session_is_said_not_left_silent(daemon_with_m
     assert person.wait(30) == 2, said
     assert said[-2:] == ["error: the agent stopped before the session ended",
                          "fix: start it again once the agent runs (systemctl status capture-agent)"], said
+
+
+def test_health_is_degraded_while_the_reader_is_unplugged(daemon_with_module) -> None:
+    """/health said "status": "ok" with the kiosk's only reader unplugged (only devices[].connected told)."""
+    daemon = daemon_with_module()
+
+    async def story() -> None:
+        async with daemon.client() as kiosk:
+            await daemon.reader_connected(kiosk, True, 10)
+            assert (await kiosk.get("/health")).json()["status"] == "ok"
+            daemon.zfm.send("unplug")
+            await daemon.reader_connected(kiosk, False, 10)
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "degraded" and health["device_error"] == "not connected: reader", health
+            daemon.zfm.send("replug")
+            await daemon.reader_connected(kiosk, True, 30)
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "ok" and "device_error" not in health, health
+
+    asyncio.run(story())
