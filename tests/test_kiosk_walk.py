@@ -171,7 +171,7 @@ def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(da
     lines = out.splitlines()
     assert lines[-2:] == [
         "error: no finger was placed on the sensor within 15 s, so the session ended",
-        "fix: start again, and place a finger on the sensor when asked",
+        "fix: start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
     ], out
 
 
