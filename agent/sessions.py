@@ -159,7 +159,8 @@ class NoFingerError(SessionError):
 
     def __init__(self, timeout: FingerTimeout) -> None:
         super().__init__(
-            f"no finger was placed on the sensor within {timeout.seconds:g} s, so the session ended",
+            # Rounded: a driver may give the wait's remainder after its set-up (0.999898 s for 1 s).
+            f"no finger was placed on the sensor within {round(timeout.seconds, 1):g} s, so the session ended",
             fix="start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
         )
 
