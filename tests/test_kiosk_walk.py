@@ -437,3 +437,21 @@ def test_health_is_degraded_while_the_reader_is_unplugged(daemon_with_module) ->
             assert health["status"] == "ok" and "device_error" not in health, health
 
     asyncio.run(story())
+
+
+def test_identify_of_someone_not_enrolled_says_what_to_do(daemon_with_module) -> None:
+    """A person nobody enrolled was told "nobody recognised: ..." and nothing about what to do."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "identify")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.zfm.send("place 8 0")  # nobody's finger
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 1, said
+    assert said[-2:] == ["nobody recognised: no enrolled subject of this device's groups matches",
+                         "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]

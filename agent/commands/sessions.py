@@ -145,7 +145,8 @@ def identification_lines(event: dict) -> list[str]:
     candidates = event.get("candidates") or []
     threshold = event.get("threshold")
     if not candidates:
-        return ["nobody recognised: no enrolled subject of this device's groups matches"]
+        return ["nobody recognised: no enrolled subject of this device's groups matches",
+                "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]
     best, *others = candidates
     bar = f", threshold {threshold}" if threshold is not None else ""
     lines = [f"identified {best['subject']} (score {best['score']}{bar})"]
