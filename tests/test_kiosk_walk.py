@@ -29,14 +29,17 @@ from tests.test_daemon_devices import Simulator, audit_until
 class Daemon:
     """A running daemon with one simulated serial module, and a kiosk app's view of its local API."""
 
-    def __init__(self, config, tmp_path: Path, check_interval_s: float = 1.0) -> None:
+    def __init__(self, config, tmp_path: Path, check_interval_s: float = 1.0, camera: bool = False) -> None:
         self.zfm = Simulator("zfm", "--link", str(tmp_path / "ttyZFM0"))
+        self.camera = Simulator("camera", "--size", "320x240", "--fps", "15") if camera else None
         self.socket = tmp_path / "run" / "api.sock"
+        camera_section = (f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{self.camera.hello["url"]}"\n'
+                          if self.camera is not None else "")
         self.config_file = write_config_file(
             tmp_path / "agent.toml", config,
             f'[api]\nsocket = "{self.socket}"\n[logging]\nlevel = "error"\n'
             f'[[device]]\nkind = "zfm"\nname = "reader"\nport = "{tmp_path / "ttyZFM0"}"\n'
-            f"check_interval_s = {check_interval_s}\n",
+            f"check_interval_s = {check_interval_s}\n{camera_section}",
         )
         self.process = start_agent_daemon(self.config_file)
         deadline = time.monotonic() + 20
@@ -85,6 +88,8 @@ class Daemon:
             self.process.send_signal(signal.SIGTERM)  # it flushes its outbox to the verifier before it exits
             self.process.wait(20)
         self.zfm.stop()
+        if self.camera is not None:
+            self.camera.stop()
 
 
 @pytest.fixture
@@ -92,8 +97,8 @@ def daemon_with_module(provisioned, tmp_path) -> Iterator:
     """Make a daemon (check interval as the test asks) on the provisioned device; stopped after."""
     started: list[Daemon] = []
 
-    def start(check_interval_s: float = 1.0) -> Daemon:
-        started.append(Daemon(provisioned[0], tmp_path, check_interval_s))
+    def start(check_interval_s: float = 1.0, camera: bool = False) -> Daemon:
+        started.append(Daemon(provisioned[0], tmp_path, check_interval_s, camera))
         return started[-1]
 
     yield start
@@ -455,3 +460,32 @@ def test_identify_of_someone_not_enrolled_says_what_to_do(daemon_with_module) ->
     assert person.wait(30) == 1, said
     assert said[-2:] == ["nobody recognised: no enrolled subject of this device's groups matches",
                          "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]
+
+
+def test_verifying_by_face_a_subject_with_no_face_is_refused_before_the_head_turns(daemon_with_module) -> None:
+    """The challenge only checked that the subject was enrolled (a finger will do): a person with no face enrolled
+    went through the whole head-turn challenge (or 20 s of "Stand in front of the camera") to hear it after."""
+    daemon = daemon_with_module(camera=True)
+    enroll_ana(daemon)  # by finger only
+    assert daemon.camera is not None
+    daemon.camera.send("nothing")
+    person = cli(daemon, "verify", "--face", "--subject", "ana")
+    out, _ = person.communicate(timeout=60)
+    assert person.returncode == 2, out
+    assert "  > " not in out, f"refused before any prompt: {out}"
+    assert out.splitlines() == [
+        "error: verifier refused: 404 No face enrolled for the subject: subject 'ana' has no face enrolled",
+        "fix: verify with a finger, or enroll a face first: capture-agent enroll --face --subject ana --add",
+    ], out
+
+
+def test_a_challenge_request_names_a_modality_only_for_a_verification() -> None:
+    from protocol.messages import ChallengeRequest
+    from protocol.wire import WireError
+
+    asked = ChallengeRequest("verify", "ana", modality="face")
+    assert ChallengeRequest.from_body(asked.body()) == asked
+    for body in ({"operation": "identify", "modality": "face"},
+                 {"operation": "verify", "subject": "ana", "modality": "iris"}):
+        with pytest.raises(WireError, match="modality"):
+            ChallengeRequest.from_body(body)
