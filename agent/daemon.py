@@ -231,6 +231,13 @@ class AgentDaemon:
         facts["identity"] = "ok" if problem is None else "cannot_sign"
         if problem is not None:
             facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
+        # A configured device that is not connected: "status" said "ok" while the kiosk's only reader was
+        # unplugged, and a kiosk app that looked at "status" invited people to a sensor that could not work.
+        away = [d.name for d in self.devices.devices if not d.connected] if self.devices is not None else []
+        if away:
+            facts.update(status="degraded", device_error=f"not connected: {', '.join(away)}",
+                         device_fix="plug it in (the agent reopens it by itself); `capture-agent devices` "
+                         "shows what is found")
         # The verifier as the last call found it (no call made for /health): a kiosk app can say "out of
         # service" before a person gives a finger that no verifier will check. The outbox's delivery retries
         # in the background, so it turns "reachable" again soon after the verifier is back.

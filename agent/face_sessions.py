@@ -243,7 +243,8 @@ class FaceSession:
 
     async def verify_face(self, subject: str, step_up: str | None = None) -> Decision | StepUp:
         """One face verification (a step-up's when ``step_up`` names it): the verifier's answer as it is."""
-        challenge = await self.api.challenge("verify", subject)
+        # "face": a subject with no face is refused before the head-turn challenge, not after it.
+        challenge = await self.api.challenge("verify", subject, modality=FACE)
         captured = await self.capture(challenge, VERIFY_FRAMES)
         return await self._timed(
             lambda timing: self.api.verify(subject, [], step_up=step_up, challenge=challenge, timing=timing,

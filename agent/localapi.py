@@ -88,6 +88,9 @@ MAX_HISTORY = 256  # events kept per session, replayed to every reader
 KEEP_FINISHED = 8  # finished sessions whose events a late reader may still fetch
 READER_GRACE_S = 5.0  # a session whose events reader left is cancelled when none comes back within it
 STOP_WAIT_S = 10.0  # on stop, how long cancelled sessions get to end their worker threads
+# ... and then how long their event streams get to send the end (`cancelled`, "the agent is stopping"): without
+# it the connections were closed first, and a kiosk app or terminal never heard why its session ended.
+STREAM_FLUSH_S = 2.0
 OPERATIONS = ("enroll", "verify", "identify")
 MODALITIES = FACTORS  # "finger" (the default) or "face"
 MAX_CAPTURES = 10
@@ -305,6 +308,7 @@ class LocalAPI:
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[int, int] | None = None  # (device, inode) of the socket file this API made
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
+        self._streams: set[asyncio.Task[Any]] = set()  # connections streaming a session's events
         self._capped = False  # past max_connections since the last warning
         self._refused = 0
         self._slow = _Throttled("local_api_requests_too_slow")
@@ -352,6 +356,8 @@ class LocalAPI:
         tasks = [r.task for r in self.sessions.values() if r.task is not None and not r.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        if self._streams:  # their sessions have ended: let them send it (`cancelled`, its reason) before closing
+            await asyncio.wait(set(self._streams), timeout=STREAM_FLUSH_S)
         if self._server is not None:
             self._server.close()
         for writer in list(self._connections):
@@ -453,12 +459,12 @@ class LocalAPI:
                 outcome, reason = "cancelled", running.cancel_reason
                 running.publish({"type": "cancelled", "reason": reason})
             else:
-                running.publish({"type": "error", "message": exc.message, "fix": exc.fix})
+                running.publish({"type": "error", **error_codes(exc), "message": exc.message, "fix": exc.fix})
         except Exception as exc:  # a reader fault the driver typed (ModuleError) or worse
             # A driver's error prints as "message (fix: ...)": the event carries the two apart, as an AgentError's.
             fix = str(getattr(exc, "fix", "") or "")
             reason = str(exc.args[0]) if fix and exc.args else str(exc)
-            running.publish({"type": "error", "message": reason, "fix": fix})
+            running.publish({"type": "error", "code": "device_error", "message": reason, "fix": fix})
         finally:
             running.finish()  # only now: every worker thread of the session has ended (sessions.in_worker)
             # Every attempt in the audit trail: operation, outcome, reason; never a template or image.
@@ -579,7 +585,14 @@ class LocalAPI:
                 running = self._start_session(parse_request_json(body or b"{}"))
                 await self._json(conn, writer, 201, {"id": running.id, "events": f"/sessions/{running.id}/events"})
             elif len(parts) == 3 and parts[0] == "sessions" and parts[2] == "events" and method == "GET":
-                await self._stream(conn, reader, writer, self._session(parts[1]))
+                running = self._session(parts[1])
+                task = asyncio.current_task()
+                if task is not None:
+                    self._streams.add(task)
+                try:
+                    await self._stream(conn, reader, writer, running)
+                finally:
+                    self._streams.discard(task)  # type: ignore[arg-type]
             elif len(parts) == 2 and parts[0] == "sessions" and method == "DELETE":
                 self._cancel(self._session(parts[1]))
                 await self._json(conn, writer, 202, {"cancelled": parts[1]})
@@ -711,6 +724,27 @@ def _protocol_message(status: int) -> str:
         413: f"the body is larger than {MAX_BODY // 1024} KiB",
         431: f"the request line and headers are larger than {MAX_HEAD // 1024} KiB",
     }.get(status, "the request was refused")
+
+
+def error_codes(exc: AgentError) -> dict[str, str]:
+    """An error event's ``code`` (and a verifier refusal's ``problem``, its problem type's slug).
+
+    Why: a kiosk app showed the person something for each error by matching the English ``message``;
+    "no finger in time", "reader unplugged" and "verifier down" need different screens, and the text may change.
+    """
+    from agent.devices.errors import DeviceUnavailable, DeviceUnplugged
+    from agent.errors import DeadlineError, TransportError, VerifierError
+    from agent.sessions import NoFingerError, SessionError
+
+    if isinstance(exc, VerifierError) and exc.slug:
+        return {"code": "verifier_refused", "problem": exc.slug}
+    for kind, code in ((NoFingerError, "no_finger"), (DeviceUnplugged, "device_unplugged"),
+                       (DeviceUnavailable, "device_not_connected"), (TransportError, "verifier_unreachable"),
+                       (DeadlineError, "verifier_unreachable"), (VerifierError, "verifier_error"),
+                       (SessionError, "session_failed")):
+        if isinstance(exc, kind):
+            return {"code": code}
+    return {"code": "agent_error"}
 
 
 def outcome_of(result: dict[str, Any]) -> str:

@@ -153,13 +153,15 @@ class NoFingerError(SessionError):
 
     Why not the driver's error as it is: it said "no finger on the sensor within 15 s (fix: place a
     finger on the sensor)", a fix that no longer works once the session is over (placing the finger
-    then does nothing), and printed the fix twice on a terminal.
+    then does nothing), and printed the fix twice on a terminal. A touch lifted before the sensor took
+    it looks the same to the sensor: the fix says to hold the finger there.
     """
 
     def __init__(self, timeout: FingerTimeout) -> None:
         super().__init__(
-            f"no finger was placed on the sensor within {timeout.seconds:g} s, so the session ended",
-            fix="start again, and place a finger on the sensor when asked",
+            # Rounded: a driver may give the wait's remainder after its set-up (0.999898 s for 1 s).
+            f"no finger was placed on the sensor within {round(timeout.seconds, 1):g} s, so the session ended",
+            fix="start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
         )
 
 

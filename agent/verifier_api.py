@@ -66,21 +66,26 @@ class VerifierAPI:
         return self._key[1]
 
     async def challenge(
-        self, operation: str, subject: str | None = None, group: str | None = None, *, first: bool = False
+        self, operation: str, subject: str | None = None, group: str | None = None, *, first: bool = False,
+        modality: str | None = None,
     ) -> Challenge:
         """A single-use nonce for ``operation`` on ``subject``, after the checks that need no finger.
 
         ``first``: an enrollment with no session token to come, so an id already enrolled is refused now.
-        A verifier from before that field refuses it (400 ``bad-challenge``, "unknown fields"): asked
-        again without it, as before (the enrollment itself is still refused if the id is taken), so an
-        agent upgraded before its verifier still enrolls.
+        ``modality``: "face" for a verification by face, so a subject with no face is refused now.
+        A verifier from before those fields refuses them (400 ``bad-challenge``, "unknown fields"): asked
+        again without them, as before (the request itself is still refused after the capture), so an
+        agent upgraded before its verifier still works.
         """
         try:
-            return await self._challenge(ChallengeRequest(operation, subject, group, first))
+            return await self._challenge(ChallengeRequest(operation, subject, group, first, modality))
         except BadRequestError as exc:
-            if not first or exc.slug != "bad-challenge" or "first" not in str(exc.problem.get("detail", "")):
+            detail = str(exc.problem.get("detail", ""))
+            newer = [name for name, used in (("first", first), ("modality", modality)) if used and name in detail]
+            if exc.slug != "bad-challenge" or not newer:
                 raise
-            log.info("challenge_first_not_understood", fix="update the verifier: it refuses an enrolled id early")
+            log.info("challenge_fields_not_understood", fields=newer,
+                     fix="update the verifier: it refuses before the capture what it would refuse after")
             return await self._challenge(ChallengeRequest(operation, subject, group))
 
     async def _challenge(self, asked: ChallengeRequest) -> Challenge:

@@ -56,6 +56,9 @@ class ChallengeRequest:
     # enroll only: a first enrollment (no session token will come), so an id already enrolled is refused now,
     # before the person gives every capture, rather than after them. Absent: no such check (an --add).
     first: bool = False
+    # verify only: "face" when the verification is by face, so a subject with no face enrolled is refused now,
+    # before the head-turn challenge, rather than after it. Absent: a finger, or no such check.
+    modality: str | None = None
 
     path = endpoints.CHALLENGES
 
@@ -67,6 +70,8 @@ class ChallengeRequest:
             out["group"] = self.group
         if self.first:
             out["first"] = True
+        if self.modality is not None:
+            out["modality"] = self.modality
         return out
 
     @classmethod
@@ -76,13 +81,16 @@ class ChallengeRequest:
         subject = body.get("subject")
         group = body.get("group")
         first = body.get("first", False)
-        unknown = set(body) - {"operation", "subject", "group", "first"}
+        modality = body.get("modality")
+        unknown = set(body) - {"operation", "subject", "group", "first", "modality"}
         if unknown:
             raise WireError(f"unknown fields {sorted(unknown)} in a challenge request")
-        if operation is None and subject is None and group is None and "first" not in body:
+        if operation is None and subject is None and group is None and "first" not in body and modality is None:
             return cls("")
         if not isinstance(first, bool) or (first and operation != "enroll"):
             raise WireError("first is true or false, and only for enroll")
+        if modality is not None and (operation != "verify" or modality not in ("finger", "face")):
+            raise WireError('modality is "finger" or "face", and only for verify')
         if operation not in endpoints.OPERATIONS:
             raise WireError(f"operation must be one of {', '.join(endpoints.OPERATIONS)}")
         if operation == "identify" and subject is not None:
@@ -93,7 +101,7 @@ class ChallengeRequest:
             operation != "enroll" or not isinstance(group, str) or not endpoints.GROUP_NAME.fullmatch(group)
         ):
             raise WireError("group is a group name, and only for enroll")
-        return cls(operation, subject, group, first)
+        return cls(operation, subject, group, first, modality)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ of ``--mode``:
 * ``trickle``: a 200 that sends one space every 0.5 s (valid JSON padding, forever);
 * ``deep``: a 200 whose body is a JSON array nested 100,000 deep;
 * ``duplicate``: a 200 whose object has the key ``nonce`` twice;
-* ``older``: a verifier from before a challenge could say ``"first"``: a body with it is a 400
+* ``older``: a verifier from before a challenge could say ``"first"`` or ``"modality"``: a body with either is a 400
   ``bad-challenge`` ("unknown fields"), any other gets a nonce (201).
 
 The listening port is printed as JSON on stdout.
@@ -65,10 +65,11 @@ def app_for(mode: str):
 
 
 async def _older_challenge(send, body: bytes) -> None:
-    if b'"first"' in body:
+    newer = sorted(name for name in ("first", "modality") if f'"{name}"'.encode() in body)
+    if newer:
         status, answer, kind = 400, {
             "type": "https://capture-agent.invalid/problems/bad-challenge", "title": "Bad challenge request",
-            "status": 400, "detail": "unknown fields ['first'] in a challenge request",
+            "status": 400, "detail": f"unknown fields {newer} in a challenge request",
         }, b"application/problem+json"
     else:
         nonce = "bm9uY2Utb2YtYW4tb2xkZXItdmVyaWZpZXI"

@@ -122,15 +122,17 @@ def test_an_expired_nonce_is_retried_by_its_problem_type_and_a_used_one_is_not(t
 
 
 def test_an_enrollment_challenge_still_works_with_a_verifier_from_before_first(verifier, provisioned) -> None:
-    """An agent updated before its verifier: the older verifier refuses the challenge's "first" field
-    (400 bad-challenge, unknown fields), and every enrollment failed before the first capture."""
+    """An agent updated before its verifier: the older verifier refuses the challenge's "first" field (or
+    "modality"; 400 bad-challenge, unknown fields), and every enrollment (face verification) failed at once."""
     config, identity = provisioned
     with misbehaving(verifier.pki_dir, "older") as url:
         local = config.with_overrides(verifier={"url": url}, network={"retries": 0})
 
         async def go():
             async with VerifierClient(local, identity) as client:
-                return await VerifierAPI(client).challenge("enroll", "ana", first=True)
+                api = VerifierAPI(client)
+                return [await api.challenge("enroll", "ana", first=True),
+                        await api.challenge("verify", "ana", modality="face")]
 
-        challenge = asyncio.run(go())
-    assert challenge.nonce and challenge.ttl_s == 60
+        challenges = asyncio.run(go())
+    assert all(c.nonce and c.ttl_s == 60 for c in challenges)

@@ -29,14 +29,17 @@ from tests.test_daemon_devices import Simulator, audit_until
 class Daemon:
     """A running daemon with one simulated serial module, and a kiosk app's view of its local API."""
 
-    def __init__(self, config, tmp_path: Path, check_interval_s: float = 1.0) -> None:
+    def __init__(self, config, tmp_path: Path, check_interval_s: float = 1.0, camera: bool = False) -> None:
         self.zfm = Simulator("zfm", "--link", str(tmp_path / "ttyZFM0"))
+        self.camera = Simulator("camera", "--size", "320x240", "--fps", "15") if camera else None
         self.socket = tmp_path / "run" / "api.sock"
+        camera_section = (f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{self.camera.hello["url"]}"\n'
+                          if self.camera is not None else "")
         self.config_file = write_config_file(
             tmp_path / "agent.toml", config,
             f'[api]\nsocket = "{self.socket}"\n[logging]\nlevel = "error"\n'
             f'[[device]]\nkind = "zfm"\nname = "reader"\nport = "{tmp_path / "ttyZFM0"}"\n'
-            f"check_interval_s = {check_interval_s}\n",
+            f"check_interval_s = {check_interval_s}\n{camera_section}",
         )
         self.process = start_agent_daemon(self.config_file)
         deadline = time.monotonic() + 20
@@ -85,6 +88,8 @@ class Daemon:
             self.process.send_signal(signal.SIGTERM)  # it flushes its outbox to the verifier before it exits
             self.process.wait(20)
         self.zfm.stop()
+        if self.camera is not None:
+            self.camera.stop()
 
 
 @pytest.fixture
@@ -92,8 +97,8 @@ def daemon_with_module(provisioned, tmp_path) -> Iterator:
     """Make a daemon (check interval as the test asks) on the provisioned device; stopped after."""
     started: list[Daemon] = []
 
-    def start(check_interval_s: float = 1.0) -> Daemon:
-        started.append(Daemon(provisioned[0], tmp_path, check_interval_s))
+    def start(check_interval_s: float = 1.0, camera: bool = False) -> Daemon:
+        started.append(Daemon(provisioned[0], tmp_path, check_interval_s, camera))
         return started[-1]
 
     yield start
@@ -127,6 +132,7 @@ def test_a_module_pulled_out_and_plugged_back_within_a_check_interval_is_reopene
             assert pulled[-1]["type"] == "error", pulled[-1]
             assert pulled[-1]["message"] == "device reader went away during the capture (unplugged?)", pulled[-1]
             assert pulled[-1]["fix"] == "plug it back in: the agent reopens it, then try again", pulled[-1]
+            assert pulled[-1]["code"] == "device_unplugged", pulled[-1]
             await daemon.reader_connected(kiosk, False, 10)  # the session's loss is the supervisor's
             await daemon.reader_connected(kiosk, True, 30)  # ... which reopens it
             daemon.placements = [(0, 2), (4, 2)]  # the device's first verification steps up to the second finger
@@ -170,7 +176,7 @@ def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(da
     lines = out.splitlines()
     assert lines[-2:] == [
         "error: no finger was placed on the sensor within 15 s, so the session ended",
-        "fix: start again, and place a finger on the sensor when asked",
+        "fix: start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
     ], out
 
 
@@ -349,9 +355,12 @@ def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon
         async with daemon.client() as kiosk:
             health = (await kiosk.get("/health")).json()
             assert health["status"] == "ok" and health["verifier"] == "reachable", health
+            unknown = await daemon.session(kiosk, operation="verify", subject="zed")
+            assert unknown[-1]["code"] == "verifier_refused" and unknown[-1]["problem"] == "unknown-subject", unknown
             verifier.stop()
             failed = await daemon.session(kiosk, operation="verify", subject="ana")
             assert failed[-1]["type"] == "error" and "could not be reached" in failed[-1]["message"], failed
+            assert failed[-1]["code"] == "verifier_unreachable", failed
             health = (await kiosk.get("/health")).json()
             assert health["status"] == "degraded" and health["verifier"] == "unreachable", health
             assert "could not be reached" in health["verifier_error"] and "start it again" in health["verifier_fix"]
@@ -366,3 +375,117 @@ def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon
             assert again[-1].get("decision") == "accept", again
 
     asyncio.run(story())
+
+
+def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with_module) -> None:
+    """The error event carried only English (message, fix): "no finger in time" and "reader unplugged" need
+    different screens, and a kiosk app had to match the text to choose."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+
+    async def nobody_comes() -> dict:
+        async with daemon.client() as kiosk:
+            return (await daemon.session(kiosk, operation="verify", subject="ana"))[-1]
+
+    ended = asyncio.run(nobody_comes())
+    assert ended["type"] == "error" and ended["code"] == "no_finger", ended
+
+
+def test_the_agent_stopping_during_a_session_is_said_with_its_reason(daemon_with_module) -> None:
+    """The daemon stopped (SIGTERM: an update, a reboot) while a person waited at the sensor: the terminal
+    printed "error: cancelled", the reason in the event ("the agent is stopping") left out."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.process.send_signal(signal.SIGTERM)
+    assert person.wait(30) == 2, said
+    assert said[-2:] == ["error: the session was cancelled: the agent is stopping", "fix: start it again"], said
+
+
+def test_the_agent_killed_during_a_session_is_said_not_left_silent(daemon_with_module) -> None:
+    """The daemon killed (a crash, the OOM killer) mid-session: the events stream just ended, and the terminal
+    printed nothing at all before exiting 2."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.process.kill()
+    assert person.wait(30) == 2, said
+    assert said[-2:] == ["error: the agent stopped before the session ended",
+                         "fix: start it again once the agent runs (systemctl status capture-agent)"], said
+
+
+def test_health_is_degraded_while_the_reader_is_unplugged(daemon_with_module) -> None:
+    """/health said "status": "ok" with the kiosk's only reader unplugged (only devices[].connected told)."""
+    daemon = daemon_with_module()
+
+    async def story() -> None:
+        async with daemon.client() as kiosk:
+            await daemon.reader_connected(kiosk, True, 10)
+            assert (await kiosk.get("/health")).json()["status"] == "ok"
+            daemon.zfm.send("unplug")
+            await daemon.reader_connected(kiosk, False, 10)
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "degraded" and health["device_error"] == "not connected: reader", health
+            daemon.zfm.send("replug")
+            await daemon.reader_connected(kiosk, True, 30)
+            health = (await kiosk.get("/health")).json()
+            assert health["status"] == "ok" and "device_error" not in health, health
+
+    asyncio.run(story())
+
+
+def test_identify_of_someone_not_enrolled_says_what_to_do(daemon_with_module) -> None:
+    """A person nobody enrolled was told "nobody recognised: ..." and nothing about what to do."""
+    daemon = daemon_with_module()
+    enroll_ana(daemon)
+    person = cli(daemon, "identify")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.zfm.send("place 8 0")  # nobody's finger
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 1, said
+    assert said[-2:] == ["nobody recognised: no enrolled subject of this device's groups matches",
+                         "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]
+
+
+def test_verifying_by_face_a_subject_with_no_face_is_refused_before_the_head_turns(daemon_with_module) -> None:
+    """The challenge only checked that the subject was enrolled (a finger will do): a person with no face enrolled
+    went through the whole head-turn challenge (or 20 s of "Stand in front of the camera") to hear it after."""
+    daemon = daemon_with_module(camera=True)
+    enroll_ana(daemon)  # by finger only
+    assert daemon.camera is not None
+    daemon.camera.send("nothing")
+    person = cli(daemon, "verify", "--face", "--subject", "ana")
+    out, _ = person.communicate(timeout=60)
+    assert person.returncode == 2, out
+    assert "  > " not in out, f"refused before any prompt: {out}"
+    assert out.splitlines() == [
+        "error: verifier refused: 404 No face enrolled for the subject: subject 'ana' has no face enrolled",
+        "fix: verify with a finger, or enroll a face first: capture-agent enroll --face --subject ana --add",
+    ], out
+
+
+def test_a_challenge_request_names_a_modality_only_for_a_verification() -> None:
+    from protocol.messages import ChallengeRequest
+    from protocol.wire import WireError
+
+    asked = ChallengeRequest("verify", "ana", modality="face")
+    assert ChallengeRequest.from_body(asked.body()) == asked
+    for body in ({"operation": "identify", "modality": "face"},
+                 {"operation": "verify", "subject": "ana", "modality": "iris"}):
+        with pytest.raises(WireError, match="modality"):
+            ChallengeRequest.from_body(body)

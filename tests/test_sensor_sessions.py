@@ -460,3 +460,31 @@ def test_a_sensor_session_and_the_face_a_factor_rule_asks_for(provisioned, verif
     assert "camera" in out["no_camera"].fix
     answered = [r for r in _audit(verifier, "verification_attempt") if r.get("step_up") == "policy_requires_finger"]
     assert [r["outcome"] for r in answered] == ["accept"] and answered[0]["assurance"] == "match-on-sensor"
+
+
+def test_nobody_at_a_match_on_sensor_reader_is_the_sessions_no_finger_error(
+    provisioned, verifier, fprint_socket_dir, tmp_path
+) -> None:
+    """The driver's CaptureTimeout reached the person as is: "no finger on the sensor within 1 s (fix: place a
+    finger on the sensor)", a fix that no longer works once the session has ended."""
+    from agent.sessions import NoFingerError
+
+    config, identity = provisioned
+    socket = fprint_socket_dir / "device.sock"
+
+    async def scenario() -> NoFingerError:
+        device = _sensor_device(socket)
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client:
+                session = SensorSession(device, client, SensorPrintStore(tmp_path / "prints", KEK),
+                                        enroll_timeout_s=1.0)
+                with pytest.raises(NoFingerError) as nobody:
+                    await session.enroll("nina")  # nobody scans a finger
+                return nobody.value
+        finally:
+            await device.close()
+
+    error = asyncio.run(scenario())
+    assert error.message == "no finger was placed on the sensor within 1 s, so the session ended"
+    assert "hold it there until asked to lift it" in error.fix

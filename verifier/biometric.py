@@ -544,6 +544,14 @@ class BiometricRoutes:
         self.check_group(request, subject, self.subjects.group_of(subject))
         if not self.is_enrolled(subject):
             raise self.refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
+        if asked.modality == FACE and not self.faces.enrolled(subject):  # said before the head-turn challenge
+            raise self.refused(
+                request,
+                Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
+                        f"verify with a finger, or enroll a face first: capture-agent enroll --face --subject "
+                        f"{subject} --add"),
+                "no face enrolled", subject=subject,
+            )
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
             raise self.refused(request, locked_out(subject, locked), "locked out", subject=subject)

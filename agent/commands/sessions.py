@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"fix: {refusal['fix']}", file=sys.stderr)
                 return 2
             session = created.json()
-            outcome = 2
+            outcome, ended = 2, False
             try:
                 with api.stream("GET", session["events"]) as stream:
                     for line in stream.iter_lines():
@@ -88,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
                             continue
                         event = json.loads(line[6:])
                         outcome = _show(event, outcome)
+                        ended = ended or event["type"] in END_EVENTS
             except KeyboardInterrupt:
                 return _cancel(api, session)
+            except httpx.TransportError:
+                pass  # the daemon went mid-stream: said below, as a stream that ended early
+            if not ended:  # the daemon was killed, or restarted: nothing said how the session ended
+                print("error: the agent stopped before the session ended", file=sys.stderr)
+                print("fix: start it again once the agent runs (systemctl status capture-agent)", file=sys.stderr)
             return outcome
     except httpx.TransportError as exc:
         raise TransportError(
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
 
 
+END_EVENTS = ("result", "error", "cancelled")  # what ends a session's events stream
 CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices (a poll, well under a second)
 
 
@@ -138,7 +145,8 @@ def identification_lines(event: dict) -> list[str]:
     candidates = event.get("candidates") or []
     threshold = event.get("threshold")
     if not candidates:
-        return ["nobody recognised: no enrolled subject of this device's groups matches"]
+        return ["nobody recognised: no enrolled subject of this device's groups matches",
+                "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]
     best, *others = candidates
     bar = f", threshold {threshold}" if threshold is not None else ""
     lines = [f"identified {best['subject']} (score {best['score']}{bar})"]
@@ -174,9 +182,13 @@ def _show(event: dict, outcome: int) -> int:
             return 0 if event["candidates"] else 1
         print(f"enrolled {event.get('subject')} in group {event.get('group')} ({event.get('templates')} templates)")
         return 0
-    elif kind in ("error", "cancelled"):
+    elif kind == "error":
         print(f"error: {event.get('message', kind)}", file=sys.stderr)
         if event.get("fix"):
             print(f"fix: {event['fix']}", file=sys.stderr)
+        return 2
+    elif kind == "cancelled":  # its why is "reason" (the agent stopping, a kiosk app's cancel): it printed "cancelled"
+        print(f"error: the session was cancelled: {event.get('reason') or 'by another client'}", file=sys.stderr)
+        print("fix: start it again", file=sys.stderr)
         return 2
     return outcome

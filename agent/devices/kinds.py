@@ -91,7 +91,7 @@ class Device:
     def line_lost(self) -> None:
         """A session met the device gone under the driver: the supervisor must close and reopen it."""
         self.lost.set()
-        if self.on_lost is not None:
+        if self.connected and self.on_lost is not None:  # one the supervisor saw go is on its backoff already
             self.on_lost()
 
     def went_away(self) -> None:
