@@ -350,6 +350,18 @@ class ApiSection:
     group: str = ""
 
 
+@dataclass(frozen=True)
+class SessionsSection:
+    # How long a capture session waits for the person at the sensor: a kiosk for the elderly may want longer.
+    finger_timeout_s: float = field(
+        default=15.0, metadata=_check(lambda s: 3 <= s <= 300, "use 3 to 300 seconds (the default is 15)")
+    )
+    # A finger still on the sensor after this is told to lift; finger_timeout_s later the session ends.
+    lift_reminder_s: float = field(
+        default=5.0, metadata=_check(lambda s: 1 <= s <= 60, "use 1 to 60 seconds (the default is 5)")
+    )
+
+
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -371,6 +383,7 @@ class AgentConfig:
     reader: ReaderSection = field(default_factory=ReaderSection)
     device: tuple[DeviceSection, ...] = ()  # [[device]]: every device the daemon drives
     api: ApiSection = field(default_factory=ApiSection)
+    sessions: SessionsSection = field(default_factory=SessionsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "defaults"  # where it was loaded from, for doctor and logs
     # Where [verifier] url came from, in words for doctor: the built-in default, the file, --verifier, or the

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from agent.client import CLOCK_FIX, VerifierClient
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, SessionsSection, load_config
 from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import NoDeviceFor
@@ -54,11 +54,20 @@ FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
 
 
-def _fingerprint_session(devices: DeviceSupervisor, client: VerifierClient, emit: Any) -> CaptureSession:
+def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
+    """A capture session on ``device``, waiting for the person as ``[sessions]`` says."""
+    return CaptureSession(
+        device, client, emit=emit, resolution_dpi=device.resolution_dpi,
+        finger_timeout_s=timing.finger_timeout_s, lift_reminder_s=timing.lift_reminder_s,
+    )
+
+
+def _fingerprint_session(
+    devices: DeviceSupervisor, client: VerifierClient, emit: Any, timing: SessionsSection
+) -> CaptureSession:
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
-    return _with_the_camera(CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi),  # type: ignore[arg-type]
-                            devices, client, emit)
+    return _with_the_camera(_image_session(device, client, emit, timing), devices, client, emit)
 
 
 def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client: VerifierClient, emit: Any
@@ -71,7 +80,8 @@ def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client:
 
 
 def _session(
-    devices: DeviceSupervisor, client: VerifierClient, prints: SensorPrintStore, emit: Any, reader: str = ""
+    devices: DeviceSupervisor, client: VerifierClient, prints: SensorPrintStore, emit: Any, timing: SessionsSection,
+    reader: str = "",
 ) -> Any:
     """A session on the device asked for (a capability or a name): an image reader first, else a sensor."""
     capability = reader if reader in (FINGERPRINT_IMAGE, MATCH_ON_SENSOR) else ""
@@ -79,17 +89,15 @@ def _session(
     if capability != MATCH_ON_SENSOR:
         try:
             device = devices.pick(FINGERPRINT_IMAGE, name)
-            return _with_the_camera(
-                CaptureSession(device, client, emit=emit, resolution_dpi=device.resolution_dpi),  # type: ignore[arg-type]
-                devices, client, emit)
+            return _with_the_camera(_image_session(device, client, emit, timing), devices, client, emit)
         except NoDeviceFor:
             if capability == FINGERPRINT_IMAGE or not any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
                 raise
     sensor = devices.pick(MATCH_ON_SENSOR, name)
     has_images = any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices)
     return SensorSession(
-        sensor, client, prints, emit=emit,
-        image_session=(lambda: _fingerprint_session(devices, client, emit)) if has_images else None,
+        sensor, client, prints, emit=emit, finger_timeout_s=timing.finger_timeout_s,
+        image_session=(lambda: _fingerprint_session(devices, client, emit, timing)) if has_images else None,
         face_step_up=face_step_up(devices, client, emit),  # a factor rule may ask for the face too
     )
 
@@ -192,7 +200,8 @@ class AgentDaemon:
             prints = SensorPrintStore(self.config.agent.state_dir / "prints", kek)  # match-on-sensor prints, sealed
             self.api = LocalAPI(
                 self.config.api.socket,
-                lambda emit, reader="": _session(devices, client, prints, emit, reader),
+                # the config of the moment: a SIGHUP's new [sessions] applies from the next session
+                lambda emit, reader="": _session(devices, client, prints, emit, self.config.sessions, reader),
                 make_face_session=lambda emit: face_session(devices, client, emit, prints),
                 group=self.config.api.group,
                 health=self._health,

@@ -85,6 +85,18 @@ def test_overrides_are_validated_like_the_file() -> None:
         config.with_overrides(verifier={"spki_pin": "AAAA\u2013AAA="})
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "fix"),
+    [("finger_timeout_s", 1, "3 to 300"), ("finger_timeout_s", 3600, "3 to 300"), ("lift_reminder_s", 0, "1 to 60")],
+)
+def test_the_waits_for_the_person_are_bounded(key: str, value: float, fix: str) -> None:
+    """[sessions]: a wait of 1 s leaves nobody time to put a finger down; an hour holds the sensor from the next."""
+    assert parse_config({"sessions": {"finger_timeout_s": 30}}).sessions.finger_timeout_s == 30
+    with pytest.raises(ConfigError, match=f"sessions.*{key}") as info:
+        parse_config({"sessions": {key: value}})
+    assert fix in info.value.fix
+
+
 def test_config_is_frozen() -> None:
     config = AgentConfig()
     with pytest.raises(AttributeError):

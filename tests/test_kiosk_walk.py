@@ -29,7 +29,9 @@ from tests.test_daemon_devices import Simulator, audit_until
 class Daemon:
     """A running daemon with one simulated serial module, and a kiosk app's view of its local API."""
 
-    def __init__(self, config, tmp_path: Path, check_interval_s: float = 1.0, camera: bool = False) -> None:
+    def __init__(
+        self, config, tmp_path: Path, check_interval_s: float = 1.0, camera: bool = False, sessions: str = ""
+    ) -> None:
         self.zfm = Simulator("zfm", "--link", str(tmp_path / "ttyZFM0"))
         self.camera = Simulator("camera", "--size", "320x240", "--fps", "15") if camera else None
         self.socket = tmp_path / "run" / "api.sock"
@@ -39,7 +41,8 @@ class Daemon:
             tmp_path / "agent.toml", config,
             f'[api]\nsocket = "{self.socket}"\n[logging]\nlevel = "error"\n'
             f'[[device]]\nkind = "zfm"\nname = "reader"\nport = "{tmp_path / "ttyZFM0"}"\n'
-            f"check_interval_s = {check_interval_s}\n{camera_section}",
+            f"check_interval_s = {check_interval_s}\n{camera_section}"
+            f"[sessions]\n{sessions}\n",
         )
         self.process = start_agent_daemon(self.config_file)
         deadline = time.monotonic() + 20
@@ -97,8 +100,8 @@ def daemon_with_module(provisioned, tmp_path) -> Iterator:
     """Make a daemon (check interval as the test asks) on the provisioned device; stopped after."""
     started: list[Daemon] = []
 
-    def start(check_interval_s: float = 1.0, camera: bool = False) -> Daemon:
-        started.append(Daemon(provisioned[0], tmp_path, check_interval_s, camera))
+    def start(check_interval_s: float = 1.0, camera: bool = False, sessions: str = "") -> Daemon:
+        started.append(Daemon(provisioned[0], tmp_path, check_interval_s, camera, sessions))
         return started[-1]
 
     yield start
@@ -167,15 +170,16 @@ def enroll_ana(daemon: Daemon) -> None:
 
 def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(daemon_with_module) -> None:
     """The wait for a finger ended with the driver's "no finger on the sensor within 15 s (fix: place a finger on
-    the sensor)", its fix printed twice, and a fix that no longer works: the session is over by then."""
-    daemon = daemon_with_module()
+    the sensor)", its fix printed twice, and a fix that no longer works: the session is over by then. The wait is
+    [sessions] finger_timeout_s (3 s here; 15 by default)."""
+    daemon = daemon_with_module(sessions="finger_timeout_s = 3")
     enroll_ana(daemon)
     person = cli(daemon, "verify", "--subject", "ana")  # ... who walks away without touching the sensor
     out, _ = person.communicate(timeout=60)
     assert person.returncode == 2, out
     lines = out.splitlines()
     assert lines[-2:] == [
-        "error: no finger was placed on the sensor within 15 s, so the session ended",
+        "error: no finger was placed on the sensor within 3 s, so the session ended",
         "fix: start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
     ], out
 
@@ -268,8 +272,9 @@ def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if
     daemon_with_module, verifier
 ) -> None:
     """A lift that timed out was ignored: the person heard nothing for 15 s, then "Place your finger", and the
-    module imaged the same placement again (an enrollment's captures could all be one placement)."""
-    daemon = daemon_with_module()
+    module imaged the same placement again (an enrollment's captures could all be one placement). The waits are
+    [sessions] lift_reminder_s and finger_timeout_s (shortened here)."""
+    daemon = daemon_with_module(sessions="finger_timeout_s = 3\nlift_reminder_s = 1")
     person = cli(daemon, "enroll", "--subject", "bob", "--fingers", "1", "--captures", "2")
     placements = ["place 6 0", "place 6 1"]
     prompts, said = [], []
@@ -380,7 +385,7 @@ def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon
 def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with_module) -> None:
     """The error event carried only English (message, fix): "no finger in time" and "reader unplugged" need
     different screens, and a kiosk app had to match the text to choose."""
-    daemon = daemon_with_module()
+    daemon = daemon_with_module(sessions="finger_timeout_s = 3")
     enroll_ana(daemon)
 
     async def nobody_comes() -> dict:
