@@ -447,3 +447,27 @@ def test_a_genuine_match_after_a_failure_asks_for_a_second_finger(device, synthe
     assert impostor[1]["decision"] == "reject"
     assert genuine[0] == 401 and genuine[1]["reasons"] == ["recent_failures"]
     assert satisfied[0] == 200 and satisfied[1]["decision"] == "accept"
+
+
+def test_a_locked_out_subject_s_factors_are_not_told_by_a_challenge(tmp_path, synthetic_templates) -> None:
+    """A challenge naming the face (asked so that a subject without one is told before the head turns) checked the
+    face before the lockout: whoever asked learned whether a locked-out subject had a face enrolled."""
+    from agent.devstack import LocalVerifier, provision_device
+
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("max_failures = 1\nlockout_base_s = 60.0\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as local:
+        dev = Device(*asyncio.run(provision_device(local, tmp_path / "device", "kiosk-l")))
+        enroll(dev, synthetic_templates, {"alice": 0})  # a finger, no face
+
+        async def steps(client):
+            asked = {"operation": "verify", "subject": "alice", "modality": "face"}
+            before = await client.request("POST", CHALLENGES, json=asked)
+            status, _ = await verify_call(dev, client, "alice", synthetic_templates[1][0])  # an impostor: locked
+            after = await client.request("POST", CHALLENGES, json=asked)
+            return before.json(), status, after.status_code, after.json()
+
+        before, status, after_status, after = dev.run(steps)
+    assert before["type"].endswith("/face-not-enrolled"), before  # unlocked: said before the head turns
+    assert status == 200
+    assert after_status == 429 and after["type"].endswith("/subject-locked"), after

@@ -544,7 +544,12 @@ class BiometricRoutes:
         self.check_group(request, subject, self.subjects.group_of(subject))
         if not self.is_enrolled(subject):
             raise self.refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
-        if asked.modality == FACE and not self.faces.enrolled(subject):  # said before the head-turn challenge
+        locked = self.lockouts.locked_for(device_id, subject)
+        if locked > 0:
+            raise self.refused(request, locked_out(subject, locked), "locked out", subject=subject)
+        # Said before the head-turn challenge; after the lockout, in verify()'s order, so that a locked-out
+        # subject's factors are not told to whoever asks for a challenge.
+        if asked.modality == FACE and not self.faces.enrolled(subject):
             raise self.refused(
                 request,
                 Problem("face-not-enrolled", f"subject {subject!r} has no face enrolled",
@@ -552,9 +557,6 @@ class BiometricRoutes:
                         f"{subject} --add"),
                 "no face enrolled", subject=subject,
             )
-        locked = self.lockouts.locked_for(device_id, subject)
-        if locked > 0:
-            raise self.refused(request, locked_out(subject, locked), "locked out", subject=subject)
 
     def enrollment_group(self, request: Request, subject: str, requested: object) -> str:
         """The group an enrollment puts the subject in; 409 (audited) when it names another one.
