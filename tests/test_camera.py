@@ -461,3 +461,63 @@ def test_the_mjpeg_reader_turns_a_url_urllib_cannot_split_into_a_camera_fault(ur
     with pytest.raises(CameraFault) as refused:
         reader.open()
     assert refused.value.fix and "no URL that can be read" in str(refused.value)
+
+
+SCHEME_LESS = ["admin:s3cret@192.168.1.5:554/stream", "rtsp:/admin:s3cret@cam/x", "rtsp//admin:s3cret@cam/x"]
+
+
+@pytest.mark.parametrize("text", SCHEME_LESS)
+def test_a_stream_url_without_its_scheme_is_refused_masked_not_a_missing_file(text: str) -> None:
+    """Read as a file path, ``admin:s3cret@cam/x`` "did not exist": its password went into the message (and so
+    the audit, ``devices`` and doctor) with a fix about USB cables."""
+    from drivers.camera.source import CameraSourceNoScheme, redact_url
+
+    with pytest.raises(CameraSourceNoScheme) as caught:
+        CameraSource.parse(text)
+    assert isinstance(caught.value, CameraSourceError)
+    assert "rtsp://" in caught.value.fix and "http" in caught.value.fix and "%40" in caught.value.fix
+    assert "USB" not in str(caught.value)
+    for shown in (str(caught.value), repr(caught.value), caught.value.fix, redact_url(text)):
+        assert "s3cret" not in shown and "admin" not in shown, shown
+    assert "@cam/" in redact_url(text) or "@192.168.1.5:554/" in redact_url(text)
+
+
+@pytest.mark.parametrize("text", ["./clips/a@b.mp4", "/var/lib/x/rec@2.mkv", "video.mp4", "clips/door@night.mp4"])
+def test_a_file_name_with_an_at_sign_is_still_a_file(text: str) -> None:
+    source = CameraSource.parse(text)
+    assert source.kind == "file" and source.redacted == text
+
+
+def test_a_stream_url_without_its_scheme_reaches_no_audit_devices_or_doctor_with_its_password(tmp_path) -> None:
+    """The three places the "does not exist" message went: the daemon's device_fault audit record (sent to the
+    verifier), ``capture-agent devices --camera`` findings, doctor."""
+    from agent.config import DeviceSection, parse_config
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.doctor import run_doctor
+
+    for text in SCHEME_LESS:
+        recorded: list = []
+        supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=text))],
+                                      lambda k, d, add=recorded.append: add((k, d)))
+        assert supervisor.devices == [] and [k for k, _ in recorded] == ["device_fault"], recorded
+        assert "rtsp://" in recorded[0][1]["fix"] and "s3cret" not in repr(recorded), recorded
+        for extra in ((), ("--json",)):
+            done = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "devices", "--camera", text, *extra],
+                capture_output=True, text=True, timeout=90,
+            )
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "Traceback" not in done.stderr and "s3cret" not in done.stdout + done.stderr, done.stdout
+            assert "rtsp://" in done.stdout and "***@" in done.stdout and "USB cable" not in done.stdout, done.stdout
+        config = parse_config(
+            {
+                "agent": {"state_dir": str(tmp_path / "empty")},
+                "keyring": {"backend": "file-insecure-dev"},
+                "device": [{"kind": "camera", "name": "door", "source": text}],
+            },
+            source="agent.toml",
+        )
+        report = run_doctor(config)
+        door = next(check for check in report.checks if check.name == "device door")
+        assert door.ok is False and "rtsp://" in door.fix and "USB" not in door.fix, door
+        assert "s3cret" not in repr(report), door

@@ -78,6 +78,47 @@ class CameraSourceUrl(CameraSourceError, CameraFault):
         return CameraFault.__str__(self)
 
 
+class CameraSourceNoScheme(CameraSourceError, CameraFault):
+    """A source that reads as a stream URL's ``user:password@host...`` with its ``scheme://`` missing or
+    mistyped (``admin:pw@192.168.1.5:554/stream``, ``rtsp:/admin:pw@cam/x``, ``rtsp//admin:pw@cam/x``). Read as a
+    file path it "did not exist", and that message, password and all, went to the audit, ``devices`` and
+    doctor, with a fix about USB cables. Shown redacted (:func:`redact_scheme_less`)."""
+
+    def __init__(self, shown: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {shown} reads as a stream URL with a user and password but no rtsp:// or "
+            "http(s):// in front",
+            "write the full URL: rtsp://USER:PASSWORD@HOST:PORT/PATH, or http://... or https://... for an MJPEG "
+            "stream, the password (and user) percent-encoded: @ as %40, : as %3A, / as %2F, ? as %3F, # as %23; "
+            "a video file whose name holds : and @ is written as ./NAME or by its absolute path",
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+def scheme_less_credentials(text: str) -> bool:
+    """Whether ``text`` (no ``scheme://`` at its start) has the shape ``[scheme-ish]user:password@host...``: a
+    ``:`` before an ``@``, and not written as a path (``/...``, ``./...``, ``../...``).
+
+    Why a ``:`` and not any ``@``: an @ alone is common in file names (``clips/a@b.mp4``, ``rec@2.mkv``) and
+    shows no password; a ``:`` before it is the user:password separator (a file named with a time,
+    ``12:00@door.mp4``, is written ``./12:00@door.mp4``)."""
+    if _SCHEME.match(text) or text.startswith(("/", "./", "../")):
+        return False
+    before, at, _ = text.rpartition("@")
+    return bool(at) and ":" in before
+
+
+def redact_scheme_less(text: str) -> str:
+    """A :func:`scheme_less_credentials` source with all up to its last ``@`` masked and only the host after it
+    kept (``***@192.168.1.5:554/***``): where its user and password end cannot be told."""
+    _, _, after = text.rpartition("@")
+    host, rest = re.match(r"([^/?#]*)(.*)", after, re.DOTALL).groups()  # type: ignore[union-attr]
+    return f"***@{host}" + ("/***" if rest else "")
+
+
 def _authority_shown(text: str) -> str:
     """Scheme and host as written, a userinfo masked: for a URL that urllib cannot split (redact_url would show
     the scheme only, which names nothing to fix). Cut at 80 characters."""
@@ -193,8 +234,11 @@ def redact_url(text: str) -> str:
     When where the credentials end cannot be told (:func:`credentials_unclear`: a user or password holding an
     unencoded / ? or #), everything up to the last ``@`` is masked, wherever it is: masking too much is
     harmless, a leak is not. When what comes before that @ holds ? # = & ; (it may be a query's value, not a
-    userinfo) or what follows is no host, only the scheme is shown.
+    userinfo) or what follows is no host, only the scheme is shown. A URL written without its scheme
+    (:func:`scheme_less_credentials`: ``admin:pw@cam/x``) is masked as :func:`redact_scheme_less` does.
     """
+    if scheme_less_credentials(text):
+        return redact_scheme_less(text)
     if "://" not in text:
         return text
     masked = False
@@ -278,6 +322,8 @@ class CameraSource:
                 raise CameraSourceCredentials(_origin(text))
             check_url(text)
             return cls(text, "stream", text)
+        if scheme_less_credentials(text):  # user:password@host with no scheme: not a file that "does not exist"
+            raise CameraSourceNoScheme(redact_scheme_less(text))
         if text and not text.startswith(DEV_ROOT + "/"):
             return cls(text, "file", str(Path(text)))
         raise CameraSourceError(text)
