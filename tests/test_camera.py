@@ -211,6 +211,8 @@ def test_an_at_sign_in_a_query_is_data_and_its_value_stays_redacted(url: str, sh
         ("rtsp://[fd00::5]/live@main/ch1", "rtsp://[fd00::5]/***/ch1"),
         ("http://cam/snapshot.cgi?size@2x", "http://cam/snapshot.cgi?***"),
         ("http://u:pSECRET@cam/snap@2x.jpg", "http://***@cam/***"),
+        ("http://localhost:8080/snap@2x.jpg", "http://localhost:8080/***"),
+        ("http://[fd00::5]:8080/snap@2x.jpg", "http://[fd00::5]:8080/***"),
     ],
 )
 def test_an_at_sign_in_the_path_is_the_paths(url: str, shown: str) -> None:
@@ -232,6 +234,12 @@ def test_an_at_sign_in_the_path_is_the_paths(url: str, shown: str) -> None:
         ("http://userSECRET:1234/abSECRET@cam.lan/video.mjpg", "http://cam.lan"),
         ("http://userSECRET:12/abSECRET/cdSECRET@cam.lan", "http://cam.lan"),
         ("http://userSECRET:/pwSECRET@cam.lan", "http://cam.lan"),
+        # a dotted user name before the "port": RFC 3986 reads host john.doe; the same text as a dotted camera
+        # name, a port and a path @ (cam.lan:8080/snap@2x.jpg), which is refused with it (write that @ as %40)
+        ("http://john.doe:12/ab@cam.local", "http://cam.local"),
+        ("http://cam.lan:8080/snap@2x.jpg", "http://2x.jpg"),
+        # a password holding @ and /: the authority ends at its first @, host "ss"
+        ("rtsp://admin:p@ss/w0rd@192.168.1.5:554/live", "rtsp://192.168.1.5:554"),
     ],
 )
 def test_a_password_with_a_slash_read_as_a_port_is_refused_naming_2f(url: str, origin: str) -> None:
@@ -244,6 +252,28 @@ def test_a_password_with_a_slash_read_as_a_port_is_refused_naming_2f(url: str, o
     assert "/ as %2F" in fix and "an @ that belongs to the camera's path is written %40" in fix
     for text in (str(caught.value), redact_url(url)):
         assert "SECRET" not in text and "1234" not in text and "/34" not in text, text
+
+
+@pytest.mark.parametrize(
+    ("url", "pieces"),
+    [
+        # user john.doe, password 12/ab: was read as host john.doe, port 12, and logged http://john.doe:12/***
+        ("http://john.doe:12/ab@cam.local", ["john", "doe", ":12", "12/", "ab@", "/ab"]),
+        # password p@ss/w0rd: was read as userinfo admin:p, host ss, and sent there
+        ("rtsp://admin:p@ss/w0rd@192.168.1.5:554/live", ["admin", "p@", "@ss", "ss/", "w0rd"]),
+    ],
+)
+def test_a_credential_read_as_a_host_is_refused_and_never_shown(url: str, pieces: list[str]) -> None:
+    """Two URLs credentials_unclear let through: a dotted user name (accepted since a single-label user was
+    required), and a password with both @ and / (the authority already holding a userinfo, no later @ looked at)."""
+    from drivers.camera.source import CameraSourceCredentials, redact_url
+
+    with pytest.raises(CameraSourceCredentials) as caught:
+        CameraSource.parse(url)
+    assert "/ as %2F" in caught.value.fix and "@ as %40" in caught.value.fix
+    for text in (caught.value.args[0], repr(caught.value), redact_url(url)):
+        for piece in pieces:
+            assert piece not in text, (piece, text)
 
 
 def test_frames_size_and_only_the_latest(camera_sim) -> None:
