@@ -567,8 +567,9 @@ def _camera_path_problem(source: str) -> tuple[str, str] | None:
     try:
         camera = CameraSource.parse(source)
         camera.check_present()
-    except CameraSourceError as exc:
-        return str(exc), "correct source"
+    except CameraSourceError as exc:  # the typed ones (a URL written without its scheme) say why, then the fix
+        fix = getattr(exc, "fix", "")
+        return (str(exc.args[0]), fix) if fix else (str(exc), "correct source")
     except CameraNodeMissingError as exc:
         return str(exc.args[0]), exc.fix
     node = camera.node or source
@@ -599,6 +600,7 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
     kiosk that never asked for a finger.
     """
     from agent.devices.supervisor import config_place, configured_devices
+    from drivers.camera.source import redact_url
 
     devices = configured_devices(config)
     if not devices:
@@ -619,7 +621,7 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
                 path, "the module (its USB adapter)", "`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*`"
             )
         elif section.kind == "camera" and "://" not in section.source:
-            shown = f"camera {section.source}"
+            shown = f"camera {redact_url(section.source)}"  # a stream URL written without its scheme: masked
             problem = _camera_path_problem(section.source)
         elif section.kind == "camera":
             shown = "camera stream (not reached from here; `capture-agent devices --camera URL` reads it once)"

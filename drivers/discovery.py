@@ -264,7 +264,8 @@ def cameras(
         finding.details = {**stable, **finding.details}  # shown first: what an installer copies, not the number
         findings.append(finding)
     for source in extra:
-        local = "://" not in source
+        # a stream URL written without its scheme (user:password@host) is no path: named masked, refused by parse
+        local = "://" not in source and not camera_source.scheme_less_credentials(source)
         # Not there: the driver's own check says so in _probe_camera (CameraNodeMissingError). There but closed
         # to this user: said here, since OpenCV would only say "no frame", as for a file of no video.
         closed = _closed_to_user("camera", source) if local else None

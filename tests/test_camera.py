@@ -211,6 +211,8 @@ def test_an_at_sign_in_a_query_is_data_and_its_value_stays_redacted(url: str, sh
         ("rtsp://[fd00::5]/live@main/ch1", "rtsp://[fd00::5]/***/ch1"),
         ("http://cam/snapshot.cgi?size@2x", "http://cam/snapshot.cgi?***"),
         ("http://u:pSECRET@cam/snap@2x.jpg", "http://***@cam/***"),
+        ("http://localhost:8080/snap@2x.jpg", "http://localhost:8080/***"),
+        ("http://[fd00::5]:8080/snap@2x.jpg", "http://[fd00::5]:8080/***"),
     ],
 )
 def test_an_at_sign_in_the_path_is_the_paths(url: str, shown: str) -> None:
@@ -232,6 +234,12 @@ def test_an_at_sign_in_the_path_is_the_paths(url: str, shown: str) -> None:
         ("http://userSECRET:1234/abSECRET@cam.lan/video.mjpg", "http://cam.lan"),
         ("http://userSECRET:12/abSECRET/cdSECRET@cam.lan", "http://cam.lan"),
         ("http://userSECRET:/pwSECRET@cam.lan", "http://cam.lan"),
+        # a dotted user name before the "port": RFC 3986 reads host john.doe; the same text as a dotted camera
+        # name, a port and a path @ (cam.lan:8080/snap@2x.jpg), which is refused with it (write that @ as %40)
+        ("http://john.doe:12/ab@cam.local", "http://cam.local"),
+        ("http://cam.lan:8080/snap@2x.jpg", "http://2x.jpg"),
+        # a password holding @ and /: the authority ends at its first @, host "ss"
+        ("rtsp://admin:p@ss/w0rd@192.168.1.5:554/live", "rtsp://192.168.1.5:554"),
     ],
 )
 def test_a_password_with_a_slash_read_as_a_port_is_refused_naming_2f(url: str, origin: str) -> None:
@@ -244,6 +252,28 @@ def test_a_password_with_a_slash_read_as_a_port_is_refused_naming_2f(url: str, o
     assert "/ as %2F" in fix and "an @ that belongs to the camera's path is written %40" in fix
     for text in (str(caught.value), redact_url(url)):
         assert "SECRET" not in text and "1234" not in text and "/34" not in text, text
+
+
+@pytest.mark.parametrize(
+    ("url", "pieces"),
+    [
+        # user john.doe, password 12/ab: was read as host john.doe, port 12, and logged http://john.doe:12/***
+        ("http://john.doe:12/ab@cam.local", ["john", "doe", ":12", "12/", "ab@", "/ab"]),
+        # password p@ss/w0rd: was read as userinfo admin:p, host ss, and sent there
+        ("rtsp://admin:p@ss/w0rd@192.168.1.5:554/live", ["admin", "p@", "@ss", "ss/", "w0rd"]),
+    ],
+)
+def test_a_credential_read_as_a_host_is_refused_and_never_shown(url: str, pieces: list[str]) -> None:
+    """Two URLs credentials_unclear let through: a dotted user name (accepted since a single-label user was
+    required), and a password with both @ and / (the authority already holding a userinfo, no later @ looked at)."""
+    from drivers.camera.source import CameraSourceCredentials, redact_url
+
+    with pytest.raises(CameraSourceCredentials) as caught:
+        CameraSource.parse(url)
+    assert "/ as %2F" in caught.value.fix and "@ as %40" in caught.value.fix
+    for text in (caught.value.args[0], repr(caught.value), redact_url(url)):
+        for piece in pieces:
+            assert piece not in text, (piece, text)
 
 
 def test_frames_size_and_only_the_latest(camera_sim) -> None:
@@ -461,3 +491,63 @@ def test_the_mjpeg_reader_turns_a_url_urllib_cannot_split_into_a_camera_fault(ur
     with pytest.raises(CameraFault) as refused:
         reader.open()
     assert refused.value.fix and "no URL that can be read" in str(refused.value)
+
+
+SCHEME_LESS = ["admin:s3cret@192.168.1.5:554/stream", "rtsp:/admin:s3cret@cam/x", "rtsp//admin:s3cret@cam/x"]
+
+
+@pytest.mark.parametrize("text", SCHEME_LESS)
+def test_a_stream_url_without_its_scheme_is_refused_masked_not_a_missing_file(text: str) -> None:
+    """Read as a file path, ``admin:s3cret@cam/x`` "did not exist": its password went into the message (and so
+    the audit, ``devices`` and doctor) with a fix about USB cables."""
+    from drivers.camera.source import CameraSourceNoScheme, redact_url
+
+    with pytest.raises(CameraSourceNoScheme) as caught:
+        CameraSource.parse(text)
+    assert isinstance(caught.value, CameraSourceError)
+    assert "rtsp://" in caught.value.fix and "http" in caught.value.fix and "%40" in caught.value.fix
+    assert "USB" not in str(caught.value)
+    for shown in (str(caught.value), repr(caught.value), caught.value.fix, redact_url(text)):
+        assert "s3cret" not in shown and "admin" not in shown, shown
+    assert "@cam/" in redact_url(text) or "@192.168.1.5:554/" in redact_url(text)
+
+
+@pytest.mark.parametrize("text", ["./clips/a@b.mp4", "/var/lib/x/rec@2.mkv", "video.mp4", "clips/door@night.mp4"])
+def test_a_file_name_with_an_at_sign_is_still_a_file(text: str) -> None:
+    source = CameraSource.parse(text)
+    assert source.kind == "file" and source.redacted == text
+
+
+def test_a_stream_url_without_its_scheme_reaches_no_audit_devices_or_doctor_with_its_password(tmp_path) -> None:
+    """The three places the "does not exist" message went: the daemon's device_fault audit record (sent to the
+    verifier), ``capture-agent devices --camera`` findings, doctor."""
+    from agent.config import DeviceSection, parse_config
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.doctor import run_doctor
+
+    for text in SCHEME_LESS:
+        recorded: list = []
+        supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=text))],
+                                      lambda k, d, add=recorded.append: add((k, d)))
+        assert supervisor.devices == [] and [k for k, _ in recorded] == ["device_fault"], recorded
+        assert "rtsp://" in recorded[0][1]["fix"] and "s3cret" not in repr(recorded), recorded
+        for extra in ((), ("--json",)):
+            done = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "devices", "--camera", text, *extra],
+                capture_output=True, text=True, timeout=90,
+            )
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "Traceback" not in done.stderr and "s3cret" not in done.stdout + done.stderr, done.stdout
+            assert "rtsp://" in done.stdout and "***@" in done.stdout and "USB cable" not in done.stdout, done.stdout
+        config = parse_config(
+            {
+                "agent": {"state_dir": str(tmp_path / "empty")},
+                "keyring": {"backend": "file-insecure-dev"},
+                "device": [{"kind": "camera", "name": "door", "source": text}],
+            },
+            source="agent.toml",
+        )
+        report = run_doctor(config)
+        door = next(check for check in report.checks if check.name == "device door")
+        assert door.ok is False and "rtsp://" in door.fix and "USB" not in door.fix, door
+        assert "s3cret" not in repr(report), door

@@ -78,6 +78,47 @@ class CameraSourceUrl(CameraSourceError, CameraFault):
         return CameraFault.__str__(self)
 
 
+class CameraSourceNoScheme(CameraSourceError, CameraFault):
+    """A source that reads as a stream URL's ``user:password@host...`` with its ``scheme://`` missing or
+    mistyped (``admin:pw@192.168.1.5:554/stream``, ``rtsp:/admin:pw@cam/x``, ``rtsp//admin:pw@cam/x``). Read as a
+    file path it "did not exist", and that message, password and all, went to the audit, ``devices`` and
+    doctor, with a fix about USB cables. Shown redacted (:func:`redact_scheme_less`)."""
+
+    def __init__(self, shown: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {shown} reads as a stream URL with a user and password but no rtsp:// or "
+            "http(s):// in front",
+            "write the full URL: rtsp://USER:PASSWORD@HOST:PORT/PATH, or http://... or https://... for an MJPEG "
+            "stream, the password (and user) percent-encoded: @ as %40, : as %3A, / as %2F, ? as %3F, # as %23; "
+            "a video file whose name holds : and @ is written as ./NAME or by its absolute path",
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+def scheme_less_credentials(text: str) -> bool:
+    """Whether ``text`` (no ``scheme://`` at its start) has the shape ``[scheme-ish]user:password@host...``: a
+    ``:`` before an ``@``, and not written as a path (``/...``, ``./...``, ``../...``).
+
+    Why a ``:`` and not any ``@``: an @ alone is common in file names (``clips/a@b.mp4``, ``rec@2.mkv``) and
+    shows no password; a ``:`` before it is the user:password separator (a file named with a time,
+    ``12:00@door.mp4``, is written ``./12:00@door.mp4``)."""
+    if _SCHEME.match(text) or text.startswith(("/", "./", "../")):
+        return False
+    before, at, _ = text.rpartition("@")
+    return bool(at) and ":" in before
+
+
+def redact_scheme_less(text: str) -> str:
+    """A :func:`scheme_less_credentials` source with all up to its last ``@`` masked and only the host after it
+    kept (``***@192.168.1.5:554/***``): where its user and password end cannot be told."""
+    _, _, after = text.rpartition("@")
+    host, rest = re.match(r"([^/?#]*)(.*)", after, re.DOTALL).groups()  # type: ignore[union-attr]
+    return f"***@{host}" + ("/***" if rest else "")
+
+
 def _authority_shown(text: str) -> str:
     """Scheme and host as written, a userinfo masked: for a URL that urllib cannot split (redact_url would show
     the scheme only, which names nothing to fix). Cut at 80 characters."""
@@ -120,6 +161,7 @@ def split_authority(text: str) -> tuple[str, str, str] | None:
     return scheme, rest[:at], rest[at:]
 
 
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 # an address after an @, not a name: an IPv4 or [IPv6] literal, or anything with a port
 _ADDRESS = re.compile(r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[^\]]*\]|[^:]*:[0-9]*)(?::[0-9]*)?")
 
@@ -130,41 +172,47 @@ def credentials_unclear(text: str) -> bool:
 
     Two shapes are the same text: ``http://cam:8080/snap@2x.jpg`` (a path, RFC 3986's reading) and
     ``http://user:1234/5678@host`` (a password with a /, its digits read as a port). This tells them apart by
-    what a mistaken userinfo leaves, and refuses only those (an @ meant for the path can be written %40):
+    what a mistaken userinfo leaves, and refuses those, and the ones that cannot be told apart (an @ meant for
+    the path can be written %40):
 
     - the authority is no ``[userinfo@]host[:port]``: a password's / ? # ended it early (``admin:pa/ss@cam``);
-    - else, when the authority holds no userinfo, what comes after the last @ reads as ``host[:port]`` (then
-      / ? # or the end), and what comes before it is no list of ``name=value`` (a query's, a DVR path's), any of:
+    - else, when what comes after the last @ reads as ``host[:port]`` (then / ? # or the end), and what comes
+      before it is no list of ``name=value`` (a query's, a DVR path's), any of:
 
       - a ``:`` before that @ (``admin/x:pw@cam``: a user with a /, then its password);
       - an authority with a port, and: a path after the host that follows the @
         (``user:1234/ab@host/video.mjpg``), or only digits and / ? # up to the @ (``user:1234/5678@host``: a
-        digits-only password), or an empty port (``user:/pw@host``), or a host of one label, no address and
-        not localhost (``admin:12/ab@cam``: a user name's shape; a camera is an address or a dotted name);
+        digits-only password), or an empty port (``user:/pw@host``), or a "host" before that port that is no
+        IP address and not localhost (``admin:12/ab@cam``, ``john.doe:12/ab@cam.local``: a user name's shape,
+        dotted or not; ``cam.lan:8080/snap@2x.jpg`` is the same text, and refused with it);
       - an address after the @ (``.../x@10.0.0.5``, ``...@cam:554``), not a name.
 
+      The authority may hold a userinfo already: a password with both @ and / (``admin:p@ss/w0rd@10.0.0.5``)
+      ends it at its first @, and the same signs tell that from a path's @ (``u:p@cam/snap@2x.jpg``).
+
     Any other @ after the authority is data, as RFC 3986 reads it: a path's (``/snap@2x.jpg``, ``/a/b@c``,
-    ``127.0.0.1:8080/a/b@c``), a query's (``?user=admin&pwd=a@b``)."""
+    ``127.0.0.1:8080/a/b@c``, ``127.0.0.1:8080/snap@2x.jpg``), a query's (``?user=admin&pwd=a@b``)."""
     split = split_authority(text)
     if split is None:
         return False
     _, authority, rest = split
     if "@" not in rest:
         return False
-    if not _HOST_PORT.fullmatch(authority.rpartition("@")[2]):
+    host_port = authority.rpartition("@")[2]
+    if not _HOST_PORT.fullmatch(host_port):
         return True
     between, _, after = rest.rpartition("@")
-    if "@" in authority or re.search(r"[=&;]", between):
+    if re.search(r"[=&;]", between):
         return False
     host, tail = re.match(r"([^/?#]*)(.*)", after, re.DOTALL).groups()  # type: ignore[union-attr]
     if not _HOST_PORT.fullmatch(host):
         return False
-    name, colon, port = authority.rpartition("]")[2].partition(":")  # an IPv6 literal's own colons are no port
+    name, colon, port = host_port.rpartition("]")[2].partition(":")  # an IPv6 literal's own colons are no port
     digits_only = re.fullmatch(r"[/?#][0-9/?#]*", between) is not None
-    user_like = "." not in name and not authority.startswith("[") and name.lower() != "localhost"
+    address = host_port.startswith("[") or _IPV4.fullmatch(name) is not None or name.lower() == "localhost"
     return (
         ":" in between
-        or (colon == ":" and (not port or tail.startswith("/") or digits_only or user_like))
+        or (colon == ":" and (not port or tail.startswith("/") or digits_only or not address))
         or _ADDRESS.fullmatch(host) is not None
     )
 
@@ -193,8 +241,11 @@ def redact_url(text: str) -> str:
     When where the credentials end cannot be told (:func:`credentials_unclear`: a user or password holding an
     unencoded / ? or #), everything up to the last ``@`` is masked, wherever it is: masking too much is
     harmless, a leak is not. When what comes before that @ holds ? # = & ; (it may be a query's value, not a
-    userinfo) or what follows is no host, only the scheme is shown.
+    userinfo) or what follows is no host, only the scheme is shown. A URL written without its scheme
+    (:func:`scheme_less_credentials`: ``admin:pw@cam/x``) is masked as :func:`redact_scheme_less` does.
     """
+    if scheme_less_credentials(text):
+        return redact_scheme_less(text)
     if "://" not in text:
         return text
     masked = False
@@ -278,6 +329,8 @@ class CameraSource:
                 raise CameraSourceCredentials(_origin(text))
             check_url(text)
             return cls(text, "stream", text)
+        if scheme_less_credentials(text):  # user:password@host with no scheme: not a file that "does not exist"
+            raise CameraSourceNoScheme(redact_scheme_less(text))
         if text and not text.startswith(DEV_ROOT + "/"):
             return cls(text, "file", str(Path(text)))
         raise CameraSourceError(text)
