@@ -9,17 +9,11 @@ config (loaded before anything else) can use it too.
 from __future__ import annotations
 
 import os
-import pwd
 from pathlib import Path
 
+from drivers.accounts import user_name
 
-def user_name(uid: int | None = None) -> str:
-    """``name (uid N)`` of a user id (this process's by default), for messages an installer acts on."""
-    uid = os.getuid() if uid is None else uid
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
+__all__ = ["closed_parent", "user_name"]
 
 
 def closed_parent(path: Path) -> Path | None:

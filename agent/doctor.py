@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import email.utils
 import os
-import pwd
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from agent.identity import (
     user_name,
 )
 from agent.keystore import load_kek
+from drivers.accounts import login
 
 EARLIEST_SANE_CLOCK = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 # How far this clock may be from the verifier's before doctor blames it (the verifier's certificates
@@ -480,7 +480,7 @@ def _check_api_socket(report: DoctorReport, config: AgentConfig) -> bool | None:
             False,
             f"{folder}, the [api] socket's folder, belongs to {user_name(info.st_uid)}, not to {user_name(uid)} or "
             "root: its owner may remove the socket and put their own at its path",
-            f"`chown {_login(uid)} {folder}`, or {API_FOLDER_FIX}",
+            f"`chown {login(uid)} {folder}`, or {API_FOLDER_FIX}",
         )
     if not os.access(folder, os.W_OK | os.X_OK):
         refused = socket_path_error(path, PermissionError(13, "Permission denied", str(folder)))
@@ -502,14 +502,6 @@ def _check_api_socket(report: DoctorReport, config: AgentConfig) -> bool | None:
     return report.add(
         name, True, f"{path}: its folder {folder} ({mode:o}, owned by {user_name(info.st_uid)}) takes the socket"
     )
-
-
-def _login(uid: int) -> str:
-    """The login name of ``uid`` as `chown` takes it (the number when it has none)."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def _api_folder_to_make(report: DoctorReport, name: str, path: Path) -> bool:

@@ -54,7 +54,6 @@ import grp
 import inspect
 import json
 import os
-import pwd
 import secrets
 import socket
 import stat
@@ -73,6 +72,7 @@ import structlog
 
 from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
+from drivers.accounts import login
 from protocol.face_template import FACTORS, FINGER
 from protocol.wire import WireError, loads
 
@@ -135,20 +135,13 @@ def api_group_gid(group: str) -> int | None:
         return None
     gid = existing_group_gid(group)
     if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
-        user = _user_name()
+        user = login()
         raise ConfigError(
             f'the agent\'s user {user} is not in [api] group "{group}", so it cannot give the socket to it',
             fix=f"add it (usermod -aG {group} {user}); under systemd also give the unit "
             f"SupplementaryGroups={group} (systemctl edit capture-agent), then restart the agent",
         )
     return gid
-
-
-def _user_name() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return f"uid {os.geteuid()}"
 
 
 class _Throttled:
@@ -226,10 +219,10 @@ def socket_path_error(path: Path, exc: OSError) -> ConfigError:
         )
     if isinstance(exc, PermissionError):
         return ConfigError(
-            f"cannot listen on the local API socket: {_user_name()} may not create {where} ({exc.strerror})",
+            f"cannot listen on the local API socket: {login()} may not create {where} ({exc.strerror})",
             fix=f"under systemd the unit's RuntimeDirectory=capture-agent makes /run/capture-agent for it; run by "
-            f"hand, point [api] socket into a folder {_user_name()} may write, or create "
-            f"{path.parent} for it (`install -d -o {_user_name()} -m 0751 {path.parent}`)",
+            f"hand, point [api] socket into a folder {login()} may write, or create "
+            f"{path.parent} for it (`install -d -o {login()} -m 0751 {path.parent}`)",
         )
     return ConfigError(
         f"cannot listen on the local API socket: {where}: {exc.strerror or exc}",
@@ -340,7 +333,7 @@ class LocalAPI:
                 os.chown(self.socket_path, -1, gid)
         except OSError as exc:
             await self.stop()
-            user = _user_name()
+            user = login()
             raise ConfigError(
                 f'cannot give the local API socket {self.socket_path} to [api] group "{self.group}" '
                 f"({exc.strerror})",

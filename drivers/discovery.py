@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from drivers.accounts import user_name
 from drivers.usb_ids import USB_SERIAL_ADAPTERS, identify
 from drivers.zfm.driver import ZfmModule
 from drivers.zfm.errors import ModuleError, PortBusyError
@@ -48,15 +48,6 @@ def _may_open(path: str) -> bool:
     return os.access(path, os.R_OK | os.W_OK)
 
 
-def _user() -> str:
-    """``name (uid N)`` of this process's user: whose access a finding judges."""
-    uid = os.getuid()
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _named_path_problem(kind: str, path: str, missing_fix: str) -> Finding | None:
     """The finding for a path asked for by name that is not there, or that this user cannot even look at; None
     when it is there to be judged.
@@ -83,7 +74,7 @@ def _closed_to_user(kind: str, path: str) -> Finding | None:
             kind,
             path,
             False,
-            f"cannot be looked at by {_user()}: a folder above it is closed to this user",
+            f"cannot be looked at by {user_name()}: a folder above it is closed to this user",
             fix=f"`ls -ld` each folder above {path}: the agent's user must be able to pass through (x) every one "
             "(`chmod o+x FOLDER`, or give it to that user's group), or move the file where it can",
         )
@@ -274,7 +265,7 @@ def cameras(
                 "camera",
                 source,
                 False,
-                f"exists but {_user()} may not read it",
+                f"exists but {user_name()} may not read it",
                 fix="add the agent's user to the video group" if source.startswith("/dev/") else
                 f"make it readable by the agent's user (`ls -l {source}`; `chmod o+r`, or give it to that "
                 "user's group)",
