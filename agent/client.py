@@ -325,6 +325,10 @@ class VerifierClient:
         # Every failure that ends a call before an answer sets it: retries spent, the deadline (a verifier that
         # drops packets always ends there: 4 connect timeouts of 5 s outlast the 20 s deadline), a TLS refusal.
         self.reachability: tuple[bool, AgentError | None] | None = None
+        # Challenge fields a verifier (by URL) refused as unknown, one from before them (agent/verifier_api.py):
+        # left out of its later challenges, so each costs one request and its audit no "malformed challenge request".
+        # Here, not on VerifierAPI, which each session makes anew. An upgraded verifier gets them after a restart.
+        self.refused_challenge_fields: dict[str, frozenset[str]] = {}
 
     @property
     def identity(self) -> DeviceIdentity:
