@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
                         outcome = _show(event, outcome)
                         ended = ended or event["type"] in END_EVENTS
             except KeyboardInterrupt:
+                if ended:  # its end is on screen already: nothing to cancel, nothing to say again
+                    return outcome
                 return _cancel(api, session)
             except httpx.ReadTimeout:  # not "the agent stopped": it runs, and said nothing for longer than it waits
                 print(f"error: the agent said nothing of the session for {quiet_s:g} s, longer than any of its "
@@ -140,7 +142,8 @@ CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices 
 
 
 def _cancel(api, session: dict) -> int:
-    """Ctrl-C: cancel the session on the daemon and wait until it has ended, so the sensor is free when we exit.
+    """Ctrl-C before the session's end was shown: cancel it on the daemon and wait until it has ended, so the
+    sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead.
 
     Why: the terminal used to just close its connection. The daemon then held the
     sensor for its 5 s grace (a kiosk app may reconnect), and the next person's
@@ -160,7 +163,9 @@ def _cancel(api, session: dict) -> int:
     except Exception:  # the daemon went meanwhile, or took too long: nothing more to do from here
         print("the agent did not confirm the cancel; the sensor is free once it has", file=sys.stderr)
         return 130
-    if last.get("type") == "result":  # it had finished before the cancel reached it: say how
+    # It had ended before the cancel reached it (a result, or an error such as no finger in time): say how, not
+    # "cancelled", which it was not.
+    if last.get("type") in ("result", "error"):
         return _show(last, 2)
     print("cancelled; the sensor is free for the next person", file=sys.stderr, flush=True)
     return 130
