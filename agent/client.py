@@ -322,7 +322,13 @@ class VerifierClient:
         self.last_tls: dict[str, Any] = {}
         # The last call's outcome toward the verifier: None until one is made, else (reached, error when not).
         # For the local API's /health: a kiosk app sees the verifier is down before a person gives a finger.
-        self.reachability: tuple[bool, TransportError | None] | None = None
+        # Every failure that ends a call before an answer sets it: retries spent, the deadline (a verifier that
+        # drops packets always ends there: 4 connect timeouts of 5 s outlast the 20 s deadline), a TLS refusal.
+        self.reachability: tuple[bool, AgentError | None] | None = None
+        # Challenge fields a verifier (by URL) refused as unknown, one from before them (agent/verifier_api.py):
+        # left out of its later challenges, so each costs one request and its audit no "malformed challenge request".
+        # Here, not on VerifierAPI, which each session makes anew. An upgraded verifier gets them after a restart.
+        self.refused_challenge_fields: dict[str, frozenset[str]] = {}
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -447,11 +453,13 @@ class VerifierClient:
             async with asyncio.timeout(deadline):
                 return await self._request(method, path, json, content, headers, idempotency_key)
         except TimeoutError:
-            raise DeadlineError(
+            late = DeadlineError(
                 f"the verifier did not answer {method} {path} within {deadline:g} s",
                 fix="the verifier or the network is too slow: check the verifier's load and the link; "
                 "raise [network] call_deadline_s only if the link is known to be slow",
-            ) from None
+            )
+            self.reachability = (False, late)  # the local API calls this verifier_unreachable: /health agrees
+            raise late from None
 
     async def _request(
         self,
@@ -523,6 +531,7 @@ class VerifierClient:
     def _tls_refused(self, error: TLSPolicyError) -> TLSPolicyError:
         """Audit a handshake the verifier or this device refused (invariant 5), and tell the daemon; give it back."""
         log.warning("tls_handshake_failed", audit=True, url=self.config.verifier.url, reason=error.message)
+        self.reachability = (False, error)  # not usable until someone fixes it: /health says so, with the fix
         if self.on_tls_failure is not None:
             self.on_tls_failure(error.message)
         return error

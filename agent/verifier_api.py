@@ -20,6 +20,7 @@ is an :class:`~agent.errors.AnswerError`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 import structlog
@@ -73,20 +74,29 @@ class VerifierAPI:
 
         ``first``: an enrollment with no session token to come, so an id already enrolled is refused now.
         ``modality``: "face" for a verification by face, so a subject with no face is refused now.
-        A verifier from before those fields refuses them (400 ``bad-challenge``, "unknown fields"): asked
+        A verifier from before those fields refuses them (400 ``bad-challenge``, "unknown fields [...]"): asked
         again without them, as before (the request itself is still refused after the capture), so an
-        agent upgraded before its verifier still works.
+        agent upgraded before its verifier still works; the client remembers, so this verifier is not asked
+        with them again. Any other refusal (a newer verifier's own check of the fields) is not retried.
         """
+        refused = self.client.refused_challenge_fields.get(self.client.config.verifier.url, frozenset())
+        asked = ChallengeRequest(operation, subject, group, first and "first" not in refused,
+                                 None if "modality" in refused else modality)
         try:
-            return await self._challenge(ChallengeRequest(operation, subject, group, first, modality))
+            return await self._challenge(asked)
         except BadRequestError as exc:
-            detail = str(exc.problem.get("detail", ""))
-            newer = [name for name, used in (("first", first), ("modality", modality)) if used and name in detail]
-            if exc.slug != "bad-challenge" or not newer:
+            sent = {name for name, used in (("first", asked.first), ("modality", asked.modality)) if used}
+            unknown = unknown_challenge_fields(exc)
+            if not unknown or not unknown <= sent:
                 raise
-            log.info("challenge_fields_not_understood", fields=newer,
+            url = self.client.config.verifier.url
+            self.client.refused_challenge_fields[url] = refused | unknown
+            log.info("challenge_fields_not_understood", fields=sorted(unknown), verifier=url,
                      fix="update the verifier: it refuses before the capture what it would refuse after")
-            return await self._challenge(ChallengeRequest(operation, subject, group))
+            return await self._challenge(ChallengeRequest(
+                operation, subject, group, asked.first and "first" not in unknown,
+                None if "modality" in unknown else asked.modality,
+            ))
 
     async def _challenge(self, asked: ChallengeRequest) -> Challenge:
         data = await self.client.call("POST", asked.path, json=asked.body())
@@ -165,6 +175,19 @@ class VerifierAPI:
     ) -> Enrollment:
         request = EnrollmentRequest(subject, records, group, session_token, list(faces or []), liveness)
         return parsed_answer(request.path, Enrollment.from_json, await self.signed(request, challenge, timing))
+
+
+# What a verifier says of fields its ChallengeRequest.from_body does not know (protocol/messages.py's WireError,
+# the problem's detail as verifier/biometric.py sends it): the same words since challenges had a body.
+UNKNOWN_FIELDS = re.compile(r"unknown fields \[((?:'[a-z_]+'(?:, )?)+)\] in a challenge request")
+
+
+def unknown_challenge_fields(exc: BadRequestError) -> frozenset[str]:
+    """The fields a ``bad-challenge`` refusal calls unknown (an older verifier's), else none."""
+    if exc.slug != "bad-challenge":
+        return frozenset()
+    said = UNKNOWN_FIELDS.fullmatch(str(exc.problem.get("detail", "")))
+    return frozenset(re.findall(r"'([a-z_]+)'", said.group(1))) if said is not None else frozenset()
 
 
 def parsed_answer(path: str, parse: Any, data: Any) -> Any:

@@ -11,7 +11,8 @@ of ``--mode``:
 * ``deep``: a 200 whose body is a JSON array nested 100,000 deep;
 * ``duplicate``: a 200 whose object has the key ``nonce`` twice;
 * ``older``: a verifier from before a challenge could say ``"first"`` or ``"modality"``: a body with either is a 400
-  ``bad-challenge`` ("unknown fields"), any other gets a nonce (201).
+  ``bad-challenge`` ("unknown fields"), any other gets a nonce (201); each request's body is printed on stdout as
+  ``{"request": {...}}``, for a test to count what reached it.
 
 The listening port is printed as JSON on stdout.
 """
@@ -65,6 +66,7 @@ def app_for(mode: str):
 
 
 async def _older_challenge(send, body: bytes) -> None:
+    print(json.dumps({"request": json.loads(body or b"{}")}), flush=True)
     newer = sorted(name for name in ("first", "modality") if f'"{name}"'.encode() in body)
     if newer:
         status, answer, kind = 400, {

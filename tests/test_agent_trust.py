@@ -19,15 +19,18 @@ import pytest
 
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
-from agent.errors import AnswerError, DeadlineError, NonceUsedError, VerifierError
+from agent.errors import AnswerError, BadRequestError, DeadlineError, NonceUsedError, VerifierError
 from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode
 from protocol.messages import Decision
 
 
 @contextmanager
-def misbehaving(pki_dir, mode: str) -> Iterator[str]:
-    """A server answering every request as ``mode`` says, on the verifier's PKI; its URL."""
+def misbehaving(pki_dir, mode: str, said: list[dict] | None = None) -> Iterator[str]:
+    """A server answering every request as ``mode`` says, on the verifier's PKI; its URL.
+
+    ``said``, when given, receives what the server printed after its port once it stopped (``older``: the requests).
+    """
     command = [sys.executable, "-m", "tests.misbehaving_verifier", "--pki-dir", str(pki_dir), "--mode", mode]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -42,6 +45,8 @@ def misbehaving(pki_dir, mode: str) -> Iterator[str]:
         proc.kill()  # it is built to misbehave: no graceful stop wanted
         proc.wait(10)
         if proc.stdout is not None:
+            if said is not None:
+                said.extend(json.loads(line) for line in proc.stdout if line.startswith("{"))
             proc.stdout.close()
 
 
@@ -136,3 +141,40 @@ def test_an_enrollment_challenge_still_works_with_a_verifier_from_before_first(v
 
         challenges = asyncio.run(go())
     assert all(c.nonce and c.ttl_s == 60 for c in challenges)
+
+
+def test_an_older_verifier_is_sent_the_fields_it_refused_once_per_client(verifier, provisioned) -> None:
+    """Each challenge to an older verifier cost two requests (one refused, one without the new fields), and its audit
+    got a "malformed challenge request" every time: the client now remembers what this verifier refused."""
+    config, identity = provisioned
+    said: list[dict] = []
+    with misbehaving(verifier.pki_dir, "older", said) as url:
+        local = config.with_overrides(verifier={"url": url}, network={"retries": 0})
+
+        async def go():
+            async with VerifierClient(local, identity) as client:  # a session makes its own VerifierAPI each time
+                return [await VerifierAPI(client).challenge("enroll", subject, first=True) for subject in ("ana", "bo")]
+
+        challenges = asyncio.run(go())
+    assert all(c.nonce for c in challenges)
+    assert [r["request"] for r in said] == [
+        {"operation": "enroll", "subject": "ana", "first": True},  # refused: unknown fields ['first']
+        {"operation": "enroll", "subject": "ana"},
+        {"operation": "enroll", "subject": "bo"},  # not asked with "first" again
+    ]
+
+
+def test_a_verifiers_own_refusal_of_a_new_field_is_not_retried_without_it(verifier, provisioned) -> None:
+    """The retry matched "first" anywhere in a bad-challenge's detail, so a newer verifier's own check of the field
+    ("first is true or false, and only for enroll") was asked again without it, and the refusal was lost."""
+    config, identity = provisioned
+
+    async def go() -> None:
+        async with VerifierClient(config, identity) as client:
+            await VerifierAPI(client).challenge("identify", first=True)
+
+    with pytest.raises(BadRequestError) as refused:
+        asyncio.run(go())
+    assert refused.value.slug == "bad-challenge" and "only for enroll" in refused.value.message
+    malformed = [line for line in verifier.log_path.read_text().splitlines() if "malformed challenge request" in line]
+    assert len(malformed) == 1, malformed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -13,17 +14,17 @@ from structlog.testing import capture_logs
 
 from agent.client import MAX_RETRY_AFTER_S, VerifierClient, retry_after_s, server_timing
 from agent.config import parse_config
-from agent.errors import TransportError, VerifierError
+from agent.errors import DeadlineError, TransportError, VerifierError
 from agent.identity import DeviceIdentity
 from tests.h2harness import H2TestServer, hello_app
 
 
-def make_client(identity: DeviceIdentity, url: str, retries: int = 2) -> VerifierClient:
+def make_client(identity: DeviceIdentity, url: str, retries: int = 2, **network: float) -> VerifierClient:
     config = parse_config(
         {
             "agent": {"state_dir": str(identity.directory.parent)},
             "verifier": {"url": url},
-            "network": {"retries": retries, "backoff_base_s": 0.01, "connect_timeout_s": 2.0},
+            "network": {"retries": retries, "backoff_base_s": 0.01, "connect_timeout_s": 2.0, **network},
         }
     )
     return VerifierClient(config, identity)
@@ -104,6 +105,43 @@ def test_unreachable_verifier_gives_up_after_the_retries(ca, device_identity_fro
 
     with pytest.raises(TransportError, match="after 3 attempts"):
         asyncio.run(go())
+
+
+def test_a_verifier_that_never_answers_the_handshake_is_unreachable_when_the_deadline_ends_the_call(
+    ca, device_identity_from
+) -> None:
+    """A verifier behind a firewall that drops packets always ended in DeadlineError (the connect timeouts of every
+    attempt outlast the call's deadline), and reachability was left as it was: /health said "unknown" (or
+    "reachable" after an earlier answer) while every session failed with verifier_unreachable."""
+    identity = device_identity_from(ca, "kiosk-1")
+    accepted: list[socket.socket] = []
+    with socket.socket() as listener:  # accepts the TCP connection, then never says a word of TLS
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+
+        async def go() -> VerifierClient:
+            client = make_client(
+                identity, f"https://127.0.0.1:{port}", retries=3, connect_timeout_s=2.0, call_deadline_s=1.0
+            )
+            async with client:
+                with pytest.raises(DeadlineError):
+                    await client.call("GET", "/v1/health")
+            return client
+
+        client = asyncio.run(go())
+        listener.settimeout(0)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                accepted.append(listener.accept()[0])
+    for sock in accepted:
+        sock.close()
+    assert accepted, "the client never connected: the test did not test a silent verifier"
+    assert client.reachability is not None, "nothing recorded: /health would say unknown"
+    reached, error = client.reachability
+    assert reached is False and isinstance(error, DeadlineError)
+    assert "did not answer GET /v1/health within 1 s" in error.message
+    assert "check the verifier's load and the link" in error.fix
 
 
 def test_identity_swap_keeps_requests_in_flight(ca, server_ctx, device_identity_from) -> None:

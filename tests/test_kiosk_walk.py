@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.cli import main as agent_main
+from agent.commands import sessions as sessions_command
+from agent.config import parse_config
 from agent.devstack import verifier_cli, write_config_file
 from tests.conftest import start_agent_daemon
 from tests.test_daemon_devices import Simulator, audit_until
@@ -494,3 +499,154 @@ def test_a_challenge_request_names_a_modality_only_for_a_verification() -> None:
                  {"operation": "verify", "subject": "ana", "modality": "iris"}):
         with pytest.raises(WireError, match="modality"):
             ChallengeRequest.from_body(body)
+
+
+class StandInAPI:
+    """A local API socket that answers like the daemon but says only ``events``, then holds the stream open
+    (ended only for a replay after a DELETE).
+
+    For what a real daemon does only by a race or after minutes: a stream that goes quiet, a Ctrl-C that comes
+    after the end was shown. One request per connection, as the daemon's; ``requests`` lists them.
+    """
+
+    def __init__(self, path: Path, events: list[dict]) -> None:
+        self.path, self.events = path, events
+        self.requests: list[tuple[str, str]] = []
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        method, target = head.split(b" ")[:2]
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += conn.recv(65536)
+        self.requests.append((method.decode(), target.decode()))
+        if method == b"GET":
+            stream = "".join(f"data: {json.dumps(event)}\n\n" for event in self.events).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + stream)
+            if ("DELETE", "/sessions/s1") in self.requests:  # a replay after a cancel: it ends, as the daemon's
+                conn.close()
+            else:
+                self.held.append(conn)  # ... and then nothing, never the end
+            return
+        status, answer = (b"201 Created", {"id": "s1", "events": "/sessions/s1/events"}) if method == b"POST" else (
+            b"202 Accepted", {"cancelled": "s1"})
+        payload = json.dumps(answer).encode()
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     + f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
+        conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+def stand_in_config(tmp_path: Path) -> Path:
+    """A config file for a command that talks to a stand-in socket only."""
+    path = tmp_path / "cli.toml"
+    path.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n[logging]\nlevel = "error"\n')
+    return path
+
+
+def test_the_cli_waits_for_events_past_every_wait_of_the_daemon() -> None:
+    """The read timeout was 300 s, the largest [sessions] finger_timeout_s: at that setting the daemon's "no finger"
+    raced it, and the loser was said as "the agent stopped before the session ended"."""
+    slowest = parse_config({"sessions": {"finger_timeout_s": 300, "lift_reminder_s": 60}})
+    waits = 300 + 60 + 4 * slowest.network.call_deadline_s
+    assert sessions_command.events_read_timeout_s(slowest) > waits
+    assert sessions_command.events_read_timeout_s(parse_config({})) >= 300  # never shorter than it was
+
+
+def test_a_quiet_events_stream_is_said_as_such_not_as_the_agent_stopping(tmp_path, monkeypatch, capsys) -> None:
+    """A read timeout was caught as any transport error: "the agent stopped before the session ended", while the
+    agent ran on (and the real reason, the no-finger timeout it raced, was lost)."""
+    api = StandInAPI(tmp_path / "api.sock", [{"type": "prompt", "code": "place_finger", "message": "Place it"}])
+    monkeypatch.setattr(sessions_command, "events_read_timeout_s", lambda config: 0.5)
+    try:
+        code = agent_main(["--config", str(stand_in_config(tmp_path)), "verify", "--subject", "ana",
+                           "--socket", str(api.path)])
+    finally:
+        api.close()
+    said = capsys.readouterr()
+    assert code == 2, said
+    assert "the agent stopped" not in said.err, said.err
+    assert "error: the agent said nothing of the session for 0.5 s" in said.err, said.err
+    assert "journalctl -u capture-agent" in said.err and "[sessions]" in said.err, said.err
+
+
+def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemon_with_module) -> None:
+    """Ctrl-C just after the session ended with an error (no finger in time) said "cancelled; the sensor is free":
+    only a result was looked for in the events replayed after the cancel."""
+    daemon = daemon_with_module(sessions="finger_timeout_s = 3")
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    said = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            break
+    person.send_signal(signal.SIGSTOP)  # the terminal is held while the daemon ends the session (no finger)
+
+    async def session_ended() -> None:
+        async with daemon.client() as kiosk:
+            deadline = time.monotonic() + 30
+            while (await kiosk.get("/health")).json()["busy"]:
+                assert time.monotonic() < deadline, "the session never ended"
+                await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(session_ended())
+    finally:
+        person.send_signal(signal.SIGINT)  # pressed before the terminal read the error: it comes first
+        person.send_signal(signal.SIGCONT)
+    said += [line.rstrip() for line in person.stdout]
+    assert person.wait(30) == 2, said
+    assert "cancelled; the sensor is free for the next person" not in said, said
+    assert said[-2:] == [
+        "error: no finger was placed on the sensor within 3 s, so the session ended",
+        "fix: start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
+    ], said
+
+
+def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tmp_path) -> None:
+    """Ctrl-C after the result was printed (the stream not yet closed) cancelled a session that had ended and
+    printed its result a second time from the replay."""
+    api = StandInAPI(tmp_path / "api.sock", [{"type": "prompt", "code": "place_finger", "message": "Place it"},
+                                             {"type": "result", "decision": "accept", "score": 0.9, "subject": "ana"}])
+    try:
+        person = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), "verify", "--subject",
+             "ana", "--socket", str(api.path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        said = []
+        assert person.stdout is not None
+        for line in person.stdout:
+            said.append(line.rstrip())
+            if line.startswith("accept"):
+                person.send_signal(signal.SIGINT)  # the stream is held open: the command is still reading it
+        code = person.wait(30)
+    finally:
+        api.close()
+    assert said.count("accept (score 0.9)") == 1, said
+    assert not any("cancel" in line for line in said), said
+    assert code == 0, said
+    assert [method for method, _ in api.requests] == ["POST", "GET"], api.requests

@@ -66,6 +66,25 @@ def test_server_certificate_from_another_ca_is_refused(make_test_ca, identity) -
     assert server.log.requests == []
 
 
+def test_a_refused_verifier_is_unreachable_for_health_with_the_refusals_fix(make_test_ca, identity) -> None:
+    """A TLS refusal ends every call, and no retry helps; /health went on saying "unknown" (or "reachable" from an
+    answer before the verifier's certificate changed) while each session failed."""
+    other = make_test_ca("someone-else")
+
+    async def go() -> VerifierClient:
+        async with client_for(identity, server.url) as client:
+            with pytest.raises(TLSPolicyError):
+                await client.call("GET", "/v1/health")
+            return client
+
+    with H2TestServer(other.server_context(["127.0.0.1"])) as server:
+        client = asyncio.run(go())
+    assert client.reachability is not None, "nothing recorded: /health would say unknown"
+    reached, error = client.reachability
+    assert reached is False and isinstance(error, TLSPolicyError)
+    assert "not issued by the device's CA" in error.fix
+
+
 def server_context_for(cert_and_key: tuple) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(*cert_and_key)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from agent.options import add_common_arguments
 from protocol.face_template import FACE, FINGER
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "reader", None):
         request["reader"] = args.reader
     transport = httpx.HTTPTransport(uds=socket_path)
+    quiet_s = events_read_timeout_s(config)
     try:
-        # Reading waits for the person at the sensor: minutes, not seconds.
-        timeout = httpx.Timeout(10.0, read=300.0)
+        # Reading waits for the person at the sensor: minutes, not seconds (and past every wait of the daemon's).
+        timeout = httpx.Timeout(10.0, read=quiet_s)
         with httpx.Client(transport=transport, base_url="http://agent", timeout=timeout) as api:
             created = api.post("/sessions", json=request)
             if created.status_code != 201:
@@ -90,7 +95,16 @@ def run(args: argparse.Namespace) -> int:
                         outcome = _show(event, outcome)
                         ended = ended or event["type"] in END_EVENTS
             except KeyboardInterrupt:
+                if ended:  # its end is on screen already: nothing to cancel, nothing to say again
+                    return outcome
                 return _cancel(api, session)
+            except httpx.ReadTimeout:  # not "the agent stopped": it runs, and said nothing for longer than it waits
+                print(f"error: the agent said nothing of the session for {quiet_s:g} s, longer than any of its "
+                      "waits, so this command stopped waiting", file=sys.stderr)
+                print("fix: check the agent is not stuck (journalctl -u capture-agent; capture-agent doctor) and that "
+                      "this command reads the agent's config (--config; its [sessions] and [network] settings); "
+                      "then start again", file=sys.stderr)
+                return 2
             except httpx.TransportError:
                 pass  # the daemon went mid-stream: said below, as a stream that ended early
             if not ended:  # the daemon was killed, or restarted: nothing said how the session ended
@@ -104,12 +118,32 @@ def run(args: argparse.Namespace) -> int:
         ) from None
 
 
+# What the CLI adds to the longest silence of a session's events stream before it gives up waiting.
+EVENTS_SLACK_S = 60.0
+EVENTS_READ_FLOOR_S = 300.0  # never less than the wait it had before it was derived from the config
+
+
+def events_read_timeout_s(config: AgentConfig) -> float:
+    """How long the CLI waits for the next event of a session: past every wait the daemon makes without one.
+
+    Why: it was 300 s, the largest ``[sessions] finger_timeout_s``, so at that setting the daemon's "no finger"
+    raced the read timeout, which was reported as "the agent stopped before the session ended". The daemon ends
+    every session itself: a finger waited ``finger_timeout_s``, a lift ``lift_reminder_s`` then ``finger_timeout_s``
+    (with a prompt between), and a signed request at most two challenges and two calls of ``call_deadline_s``
+    each (a nonce that expired is retried once). The silences are summed (generous) and the slack added.
+    """
+    sessions, network = config.sessions, config.network
+    longest = sessions.finger_timeout_s + sessions.lift_reminder_s + 4 * network.call_deadline_s
+    return max(EVENTS_READ_FLOOR_S, longest + EVENTS_SLACK_S)
+
+
 END_EVENTS = ("result", "error", "cancelled")  # what ends a session's events stream
 CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices (a poll, well under a second)
 
 
 def _cancel(api, session: dict) -> int:
-    """Ctrl-C: cancel the session on the daemon and wait until it has ended, so the sensor is free when we exit.
+    """Ctrl-C before the session's end was shown: cancel it on the daemon and wait until it has ended, so the
+    sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead.
 
     Why: the terminal used to just close its connection. The daemon then held the
     sensor for its 5 s grace (a kiosk app may reconnect), and the next person's
@@ -129,7 +163,9 @@ def _cancel(api, session: dict) -> int:
     except Exception:  # the daemon went meanwhile, or took too long: nothing more to do from here
         print("the agent did not confirm the cancel; the sensor is free once it has", file=sys.stderr)
         return 130
-    if last.get("type") == "result":  # it had finished before the cancel reached it: say how
+    # It had ended before the cancel reached it (a result, or an error such as no finger in time): say how, not
+    # "cancelled", which it was not.
+    if last.get("type") in ("result", "error"):
         return _show(last, 2)
     print("cancelled; the sensor is free for the next person", file=sys.stderr, flush=True)
     return 130
