@@ -440,7 +440,10 @@ def test_local_api_with_only_a_camera_refuses_a_fingerprint_session_naming_the_f
         face = DeviceSection(kind="camera", source=camera_sim.url)
         supervisor = DeviceSupervisor([("face", face)], lambda k, d: None)
         await supervisor.open_all()
-        api = LocalAPI(socket_path, lambda emit: _fingerprint_session(supervisor, None, emit, SessionsSection()), record=lambda k, d: None)
+        api = LocalAPI(
+            socket_path, lambda emit: _fingerprint_session(supervisor, None, emit, SessionsSection()),
+            record=lambda k, d: None,
+        )
         await api.start()
         try:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
