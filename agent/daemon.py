@@ -52,6 +52,7 @@ LONG_SLEEP_CAP_S = 3600.0  # re-check the schedule at least hourly (the clock ma
 CLOCK_HOLD_S = 600.0  # a renewal held for a clock that runs ahead: how often the clock is looked at again
 FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
+DEFAULT_TIMING = SessionsSection()  # [sessions] as the file would give it when it says nothing
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
@@ -63,7 +64,7 @@ def _image_session(device: Any, client: VerifierClient, emit: Any, timing: Sessi
 
 
 def _fingerprint_session(
-    devices: DeviceSupervisor, client: VerifierClient, emit: Any, timing: SessionsSection
+    devices: DeviceSupervisor, client: VerifierClient, emit: Any, *, timing: SessionsSection = DEFAULT_TIMING
 ) -> CaptureSession:
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
@@ -80,8 +81,8 @@ def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client:
 
 
 def _session(
-    devices: DeviceSupervisor, client: VerifierClient, prints: SensorPrintStore, emit: Any, timing: SessionsSection,
-    reader: str = "",
+    devices: DeviceSupervisor, client: VerifierClient, prints: SensorPrintStore, emit: Any, reader: str = "",
+    *, timing: SessionsSection = DEFAULT_TIMING,
 ) -> Any:
     """A session on the device asked for (a capability or a name): an image reader first, else a sensor."""
     capability = reader if reader in (FINGERPRINT_IMAGE, MATCH_ON_SENSOR) else ""
@@ -97,7 +98,7 @@ def _session(
     has_images = any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices)
     return SensorSession(
         sensor, client, prints, emit=emit, finger_timeout_s=timing.finger_timeout_s,
-        image_session=(lambda: _fingerprint_session(devices, client, emit, timing)) if has_images else None,
+        image_session=(lambda: _fingerprint_session(devices, client, emit, timing=timing)) if has_images else None,
         face_step_up=face_step_up(devices, client, emit),  # a factor rule may ask for the face too
     )
 
@@ -201,7 +202,7 @@ class AgentDaemon:
             self.api = LocalAPI(
                 self.config.api.socket,
                 # the config of the moment: a SIGHUP's new [sessions] applies from the next session
-                lambda emit, reader="": _session(devices, client, prints, emit, self.config.sessions, reader),
+                lambda emit, reader="": _session(devices, client, prints, emit, reader, timing=self.config.sessions),
                 make_face_session=lambda emit: face_session(devices, client, emit, prints),
                 group=self.config.api.group,
                 health=self._health,

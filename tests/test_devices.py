@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import DeviceSection, SessionsSection, parse_config
+from agent.config import DeviceSection, parse_config
 from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import DeviceUnplugged, NoDeviceFor
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
@@ -440,10 +440,7 @@ def test_local_api_with_only_a_camera_refuses_a_fingerprint_session_naming_the_f
         face = DeviceSection(kind="camera", source=camera_sim.url)
         supervisor = DeviceSupervisor([("face", face)], lambda k, d: None)
         await supervisor.open_all()
-        api = LocalAPI(
-            socket_path, lambda emit: _fingerprint_session(supervisor, None, emit, SessionsSection()),
-            record=lambda k, d: None,
-        )
+        api = LocalAPI(socket_path, lambda emit: _fingerprint_session(supervisor, None, emit), record=lambda k, d: None)
         await api.start()
         try:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))

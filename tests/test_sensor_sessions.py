@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.client import VerifierClient
-from agent.config import DeviceSection, SessionsSection
+from agent.config import DeviceSection
 from agent.devices.errors import DeviceUnplugged
 from agent.devices.prints import SensorPrintStore
 from agent.errors import NotAllowedError, VerificationRequiredError
@@ -351,8 +351,7 @@ def test_local_api_sessions_on_a_sensor_chosen_by_capability(provisioned, verifi
         feeder = VirtualDeviceFeeder(socket)
         out: dict = {}
         async with VerifierClient(config, identity) as client:
-            t = SessionsSection()
-            api = LocalAPI(api_socket, lambda emit, reader="": _session(supervisor, client, store, emit, t, reader),
+            api = LocalAPI(api_socket, lambda emit, reader="": _session(supervisor, client, store, emit, reader),
                            record=lambda k, d: recorded.append((k, d)))
             await api.start()
             try:
