@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from verifier.pki import CA_CERT, fingerprint, init_pki
+from verifier.pki_folder import PKIFolderError, check_folder, database_error
 from verifier.settings import SettingsError, VerifierSettings, load_settings
 
 if TYPE_CHECKING:
@@ -86,12 +87,19 @@ def settings_from(args: argparse.Namespace) -> VerifierSettings:
     )
 
 
-def _need_pki(settings: VerifierSettings) -> None:
-    if not settings.ca_file.exists():
-        raise CLIError(
-            f"no CA in {settings.pki_dir}",
-            fix=f"run `capture-verifier pki init {settings.pki_dir}` first, or point --pki at your PKI folder",
-        )
+def _need_pki(settings: VerifierSettings, *, serving: bool = False) -> None:
+    """Refuse, before anything is stored, a PKI folder that is missing, a file, another tool's, or unreadable."""
+    check_folder(settings.pki_dir, serving=serving)
+
+
+def _open_store(settings: VerifierSettings) -> sqlite3.Connection:
+    """The verifier's database, or PKIFolderError naming why it cannot be opened (never a traceback)."""
+    from verifier.store import open_database
+
+    try:
+        return open_database(settings.database)
+    except (sqlite3.Error, OSError) as exc:
+        raise database_error(settings.database, exc) from None
 
 
 def cmd_pki_init(args: argparse.Namespace) -> int:
@@ -102,6 +110,11 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), fix="use another folder, or delete it to start over") from None
     except ValueError as exc:
         raise CLIError(str(exc), fix="give --server-name a host name or an IP address") from None
+    except OSError as exc:  # a file on the way, a folder of another user, a read-only file system
+        raise CLIError(
+            f"cannot make the PKI in {directory}: {exc.strerror}",
+            fix="give a folder path this user may create (not under a file), e.g. a new folder in its home",
+        ) from None
     print(f"development PKI created in {directory}")
     print(f"CA fingerprint (SHA-256): {fingerprint(ca.cert)}")
     print("private keys (ca.key, server.key) are 0600: never commit or copy them off this host")
@@ -110,11 +123,10 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
 
 def _app_store(settings: VerifierSettings) -> tuple[sqlite3.Connection, BootstrapTokens, DeviceRegistry]:
     from verifier.registry import DeviceRegistry
-    from verifier.store import open_database
     from verifier.tokens import BootstrapTokens
 
     _need_pki(settings)
-    conn = open_database(settings.database)
+    conn = _open_store(settings)
     return conn, BootstrapTokens(conn), DeviceRegistry(conn, grace_s=settings.grace_s)
 
 
@@ -147,10 +159,11 @@ def cmd_token_new(args: argparse.Namespace) -> int:
             fix="issue the token for a new device id (`capture-verifier token new --pki DIR --device NEW-ID`); "
             "a revoked id stays revoked",
         )
+    # The CA is read before the token is stored: a token that is never printed is one nobody can use or revoke.
+    ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
     token, device_id = tokens.new(args.device, ttl)
     expires = _iso(dt.datetime.now(dt.UTC).timestamp() + ttl)
     structlog.get_logger().info("token_issued", audit=True, device_id=device_id, expires_at=expires)
-    ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
     print(f"token: {token}")
     print(f"device: {device_id}")
     print(f"ca-fingerprint: {fingerprint(ca)}")
@@ -454,7 +467,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the enrollment key and decrypted templates to disk. The unit sets LimitCORE=0; this covers the rest.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     settings = settings_from(args)
-    _need_pki(settings)
+    _need_pki(settings, serving=True)
+    _open_store(settings).close()  # a database that cannot be opened is named here, not in a traceback
     app = create_app(settings)
 
     def listening(host: str, port: int) -> None:
@@ -577,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         return int(args.run(args) or 0)
-    except (CLIError, SettingsError) as exc:
+    except (CLIError, SettingsError, PKIFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.fix:
             print(f"fix: {exc.fix}", file=sys.stderr)
