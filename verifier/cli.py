@@ -461,6 +461,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import resource
 
     from verifier.app import create_app
+    from verifier.serve_lock import hold_database
     from verifier.server import serve
 
     # No core file, whatever the shell's `ulimit -c`: a native crash would write the CA and server keys,
@@ -469,7 +470,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _need_pki(settings, serving=True)
     _open_store(settings).close()  # a database that cannot be opened is named here, not in a traceback
-    app = create_app(settings)
 
     def listening(host: str, port: int) -> None:
         line = json.dumps({"event": "listening", "host": host, "port": port})
@@ -480,7 +480,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             tmp.replace(args.ready_file)
 
     try:
-        asyncio.run(serve(app, settings, on_listening=listening))
+        with hold_database(settings.database):  # before the app: it makes the enrollment key on first start
+            asyncio.run(serve(create_app(settings), settings, on_listening=listening))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise CLIError(
