@@ -44,3 +44,11 @@ def test_a_server_stopped_leaves_no_lock_behind(tmp_path: Path) -> None:
         finally:
             second.stop()
         assert second.process.returncode == 0
+
+
+def test_a_ready_file_in_a_folder_that_does_not_exist_is_refused_before_listening(verifier_state: Path) -> None:
+    """It was a traceback once the port was open: the server stopped after saying it listened."""
+    ready = verifier_state / "no-such-folder" / "ready.json"
+    error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--ready-file", str(ready)))
+    assert error == f"error: --ready-file {ready}: its folder does not exist"
+    assert "--ready-file" in fix

@@ -471,13 +471,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _need_pki(settings, serving=True)
     _open_store(settings).close()  # a database that cannot be opened is named here, not in a traceback
 
+    ready_fix = "give --ready-file a path in a folder this user may write (systemd: RuntimeDirectory=)"
+    if args.ready_file and not Path(args.ready_file).parent.is_dir():
+        # Checked before listening: once the port is open, a failed write would stop a server that works.
+        raise CLIError(f"--ready-file {args.ready_file}: its folder does not exist", fix=ready_fix)
+
     def listening(host: str, port: int) -> None:
         line = json.dumps({"event": "listening", "host": host, "port": port})
         print(line, flush=True)
         if args.ready_file:
             tmp = Path(args.ready_file).with_suffix(".tmp")
-            tmp.write_text(line)
-            tmp.replace(args.ready_file)
+            try:
+                tmp.write_text(line)
+                tmp.replace(args.ready_file)
+            except OSError as exc:  # a folder of another user, a full disk: named, and the server stops
+                raise CLIError(f"cannot write --ready-file {args.ready_file}: {exc.strerror}", fix=ready_fix) from None
 
     try:
         with hold_database(settings.database):  # before the app: it makes the enrollment key on first start
