@@ -118,3 +118,31 @@ def test_a_folder_copied_whole_from_another_machine_works(tmp_path: Path, verifi
     assert '"kiosk-1"' in done.stdout
     with sqlite3.connect(copy / "verifier.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM tokens").fetchone() == (1,)
+
+
+def test_a_database_locked_past_the_wait_is_named_with_its_fix(verifier_state: Path) -> None:
+    """Another process left in a write transaction (an sqlite3 shell, a backup): after the wait, not a traceback."""
+    holder = sqlite3.connect(verifier_state / "verifier.sqlite", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        done = cli("token", "new", "--pki", str(verifier_state), "--device", "kiosk-1")
+    finally:
+        holder.close()
+    error, fix = refused(done)
+    assert "stayed locked" in error
+    assert "run the command again" in fix
+    assert "token:" not in done.stdout
+
+
+def test_a_full_disk_is_named_as_one_and_no_token_is_printed(tiny_filesystem: Path) -> None:
+    from tests.conftest import fill_filesystem
+
+    pki = tiny_filesystem / "pki"
+    assert cli("pki", "init", str(pki)).returncode == 0
+    fill_filesystem(tiny_filesystem)
+    error, fix = refused(cli("token", "new", "--pki", str(pki), "--device", "kiosk-1"))
+    assert "cannot be written" in error
+    assert "free space" in fix and "restore" not in fix, "a full disk is not a damaged database"
+    error, fix = refused(cli("pki", "init", str(tiny_filesystem / "another")))
+    assert "No space left on device" in error
+    assert "free space" in fix

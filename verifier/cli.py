@@ -110,7 +110,12 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), fix="use another folder, or delete it to start over") from None
     except ValueError as exc:
         raise CLIError(str(exc), fix="give --server-name a host name or an IP address") from None
-    except OSError as exc:  # a file on the way, a folder of another user, a read-only file system
+    except OSError as exc:  # a file on the way, a folder of another user, a read-only file system, a full disk
+        if exc.errno == errno.ENOSPC:
+            raise CLIError(
+                f"cannot make the PKI in {directory}: {exc.strerror}",
+                fix=f"free space (`df -h {directory.parent}`), then remove {directory} and run `pki init` again",
+            ) from None
         raise CLIError(
             f"cannot make the PKI in {directory}: {exc.strerror}",
             fix="give a folder path this user may create (not under a file), e.g. a new folder in its home",
@@ -595,11 +600,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_of(args: argparse.Namespace) -> Path:
+    """The database a command used, for its error (the settings were read once already, so they read again)."""
+    try:
+        return settings_from(args).database
+    except SettingsError:
+        return VerifierSettings().updated(pki_dir=Path(args.pki) if getattr(args, "pki", None) else None).database
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
         return int(args.run(args) or 0)
+    except sqlite3.Error as exc:  # a write after the database opened: locked past the timeout, disk full
+        exc = database_error(_database_of(args), exc)
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"fix: {exc.fix}", file=sys.stderr)
+        return 2
     except (CLIError, SettingsError, PKIFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.fix:

@@ -10,6 +10,7 @@ Nothing here prints or logs key material: only paths and what is wrong with them
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import stat
 from pathlib import Path
@@ -100,23 +101,32 @@ def _access_fix(pki_dir: Path) -> str:
 
 
 def database_error(database: Path, exc: sqlite3.Error | OSError) -> PKIFolderError:
-    """The error for a database that cannot be opened, naming why and what to do."""
+    """The error for a database that cannot be opened or written, naming why and what to do.
+
+    Only a file sqlite says is not a database (or is malformed) is called one: a full
+    disk shows as "disk I/O error" too (the WAL's shared memory cannot grow), and
+    "restore it from its backup" would be the wrong advice for that.
+    """
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    if isinstance(exc, OSError):
+    space = f"free space on the file system of {database.parent} (`df -h {database.parent}`)"
+    if isinstance(exc, OSError) or "readonly" in reason or "read-only" in reason or "unable to open" in reason:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return PKIFolderError(f"cannot write the database {database}: {reason}", fix=space)
         return PKIFolderError(f"cannot open the database {database}: {reason}", fix=_access_fix(database.parent))
     if "locked" in reason or "busy" in reason:
         return PKIFolderError(
-            f"the database {database} stayed locked ({reason})",
-            fix="another process holds a long write on it; run the command again in a moment",
+            f"the database {database} stayed locked for 10 s ({reason})",
+            fix="another process holds a long write on it (a backup, an sqlite3 shell left in a transaction); "
+            "end it, then run the command again",
         )
-    if "full" in reason:
+    if "full" in reason or "I/O" in reason:
         return PKIFolderError(
             f"the database {database} cannot be written: {reason}",
-            fix=f"free space on the file system of {database.parent} (`df -h {database.parent}`)",
+            fix=f"{space}; then check the disk (`dmesg`)",
         )
-    if "readonly" in reason or "read-only" in reason or "unable to open" in reason:
-        return PKIFolderError(f"cannot open the database {database}: {reason}", fix=_access_fix(database.parent))
-    return PKIFolderError(
-        f"{database} is not a verifier database ({reason})",
-        fix="point --pki at the verifier's own folder; a damaged database: restore it from its backup",
-    )
+    if "not a database" in reason or "malformed" in reason:
+        return PKIFolderError(
+            f"{database} is not a verifier database ({reason})",
+            fix="point --pki at the verifier's own folder; a damaged database: restore it from its backup",
+        )
+    return PKIFolderError(f"cannot use the database {database}: {reason}", fix=f"{space}, and check its permissions")
