@@ -146,3 +146,22 @@ def test_a_full_disk_is_named_as_one_and_no_token_is_printed(tiny_filesystem: Pa
     error, fix = refused(cli("pki", "init", str(tiny_filesystem / "another")))
     assert "No space left on device" in error
     assert "free space" in fix
+
+
+@pytest.mark.parametrize(("name", "mode", "said"), [
+    (".", 0o777, "may be written by other users"),
+    (".", 0o770, "may be written by its group"),
+    ("ca.key", 0o644, "may be read by other users"),  # `cp -r` under umask 022: any local user signs devices
+    ("server.key", 0o640, "may be read by its group"),
+    ("ca.pem", 0o664, "may be written by its group"),  # the trust anchor, replaceable
+])
+@pytest.mark.parametrize("command", [("device", "list"), ("serve", "--port", "0")])
+def test_a_folder_or_key_others_may_use_is_refused_with_the_chmod(
+    verifier_state: Path, name: str, mode: int, said: str, command: tuple[str, ...]
+) -> None:
+    target = verifier_state / name
+    target.chmod(mode)
+    error, fix = refused(cli(*command, "--pki", str(verifier_state)))
+    assert said in error and f"mode {mode:04o}" in error
+    assert fix == f"fix: chmod {'700' if name == '.' else '600'} {target if name != '.' else verifier_state} " \
+        "(pki init makes " + ("it so)" if name == "." else "every file of the folder 0600)")

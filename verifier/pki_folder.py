@@ -43,6 +43,7 @@ def check_folder(pki_dir: Path, *, serving: bool) -> None:
         )
     if not pki_dir.is_dir():
         raise PKIFolderError(f"{pki_dir} is not a folder", fix=MADE_BY)
+    _check_modes(pki_dir)
     ca_pem = _read(pki_dir / CA_CERT)
     try:
         x509.load_pem_x509_certificates(ca_pem)
@@ -73,6 +74,41 @@ def check_folder(pki_dir: Path, *, serving: bool) -> None:
             f"{pki_dir / SERVER_KEY} is not the key of {SERVER_CERT}",
             fix="put the server certificate and its own key side by side (both from the same issuance)",
         )
+
+
+def _check_modes(pki_dir: Path) -> None:
+    """Refuse a folder others may write, a CA certificate others may replace, a key others may read.
+
+    A copy made without keeping the modes (`cp -r` or an archive unpacked under
+    umask 022, another machine's backup) leaves the keys 0644: every local user
+    could then sign device certificates with ca.key. A folder or ca.pem that others
+    may write lets them choose which devices this verifier trusts.
+    """
+    folder_mode = pki_dir.stat().st_mode
+    if folder_mode & 0o022:
+        raise PKIFolderError(
+            f"{pki_dir} may be written by {_who(folder_mode & 0o022)} (mode {stat.S_IMODE(folder_mode):04o}): "
+            "they could replace ca.pem and choose which devices this verifier trusts",
+            fix=f"chmod 700 {pki_dir} (pki init makes it so)",
+        )
+    for name, allowed in ((CA_CERT, 0o022), (CA_KEY, 0o077), (SERVER_KEY, 0o077)):
+        path = pki_dir / name
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            continue  # missing or unreadable: named where the file is read
+        if stat.S_ISREG(mode) and mode & allowed:
+            what = "written" if allowed == 0o022 else "read"
+            raise PKIFolderError(
+                f"{path} may be {what} by {_who(mode & allowed)} (mode {stat.S_IMODE(mode):04o})"
+                + ("" if allowed == 0o022 else ": a copy that did not keep the modes?"),
+                fix=f"chmod 600 {path} (pki init makes every file of the folder 0600)",
+            )
+
+
+def _who(bits: int) -> str:
+    """Who the offending permission bits let in."""
+    return "other users" if bits & 0o007 else "its group"
 
 
 def _read(path: Path) -> bytes:
