@@ -199,3 +199,12 @@ def test_a_group_rule_before_the_groups_first_member_is_kept_with_a_warning(veri
     done = cli("subject", "require", "--pki", str(verifier_state), "--group", "contractors", "--factors", "face")
     assert done.returncode == 0 and "group contractors: a verification needs face" in done.stdout
     assert "warning: no subject is in group contractors yet" in done.stderr
+
+
+@pytest.mark.parametrize("device_id", ["bad id", "", "-kiosk", "kiosk/1"])
+def test_revoking_a_malformed_device_id_says_it_is_not_a_device_id(verifier_state, device_id) -> None:
+    """`device revoke` said "no active device" where `token revoke` said what is wrong with the id."""
+    for command in (("device", "revoke"), ("token", "revoke")):
+        error, fix = refused(cli(*command, "--pki", str(verifier_state), "--", device_id))
+        assert error == f"error: {device_id!r} is not a device id", command
+        assert "letters, digits" in fix

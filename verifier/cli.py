@@ -259,6 +259,7 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     its tokens are refused from now on and the id stays revoked, like any revoked
     device's (`token revoke` cancels the tokens alone and keeps the id usable).
     """
+    _device_id_argument(args.device_id)  # a malformed id is named as one, like `token revoke` does
     _, tokens, registry = _app_store(settings_from(args))
     known = registry.status(args.device_id)
     if known is not None and known[0] == "revoked":
@@ -267,7 +268,6 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
         print(f"{args.device_id} is already revoked{since}; nothing changed")
         return 0
     if known is None and args.device_id in tokens.pending():
-        _device_id_argument(args.device_id)
         registry.revoke_unprovisioned(args.device_id)
         revoked = tokens.revoke(args.device_id)
         structlog.get_logger().info(
