@@ -208,3 +208,25 @@ def test_revoking_a_malformed_device_id_says_it_is_not_a_device_id(verifier_stat
         error, fix = refused(cli(*command, "--pki", str(verifier_state), "--", device_id))
         assert error == f"error: {device_id!r} is not a device id", command
         assert "letters, digits" in fix
+
+
+def test_every_device_list_line_has_the_same_keys(verifier, provisioned) -> None:
+    """An active, a revoked, a pending and a rule-only id: a script reads each line the same way."""
+    from verifier.policy import AccessRules
+
+    pki = str(verifier.pki_dir)
+    assert cli("token", "new", "--pki", pki, "--device", "kiosk-2").returncode == 0
+    assert cli("token", "new", "--pki", pki, "--device", "kiosk-3").returncode == 0
+    assert cli("device", "revoke", "--pki", pki, "kiosk-3").returncode == 0
+    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    try:
+        AccessRules(conn).set("kiosk-typo", ["verify"])  # a rule an older version let through
+    finally:
+        conn.close()
+    rows_by_id = listed(verifier.pki_dir)
+    assert {d: r["status"] for d, r in rows_by_id.items()} == {
+        "kiosk-1": "active", "kiosk-2": "pending", "kiosk-3": "revoked", "kiosk-typo": "not-provisioned"
+    }
+    assert len({tuple(sorted(row)) for row in rows_by_id.values()}) == 1, rows_by_id
+    assert rows_by_id["kiosk-1"]["token_expires"] is None
+    assert dt.datetime.fromisoformat(rows_by_id["kiosk-2"]["token_expires"]) > dt.datetime.now(dt.UTC)

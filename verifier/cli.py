@@ -198,13 +198,13 @@ def cmd_device_list(args: argparse.Namespace) -> int:
     registered = {d["device_id"] for d in devices}
     pending = tokens.pending()
     for device_id in sorted((set(pending) | rules.device_ids()) - registered):
-        row: dict = {"device_id": device_id, "status": "pending" if device_id in pending else "not-provisioned",
-                     "certificates": 0, "not_after": None}
-        if device_id in pending:
-            row["token_expires"] = _iso(pending[device_id])
-        devices.append(row)
+        devices.append({"device_id": device_id, "status": "pending" if device_id in pending else "not-provisioned",
+                        "certificates": 0, "not_after": None})
     devices.sort(key=lambda d: d["device_id"])
     for device in devices:
+        # Every line has the same keys, so a script reads them all one way: null where there is no unused token
+        # (a provisioned device may have one too, to re-provision with).
+        device["token_expires"] = _iso(pending[device["device_id"]]) if device["device_id"] in pending else None
         groups = rules.groups(device["device_id"])
         device["operations"] = rules.operations(device["device_id"])
         device["groups"] = "*" if groups is None else sorted(groups)
