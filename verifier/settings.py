@@ -184,7 +184,7 @@ def _typed(key: str, declared: object, value: object) -> object:
     if kind == "float":
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise SettingsError(f"bad value {key} = {value!r}", fix="use a number (no quotes)")
-        return float(value)
+        return value  # as written (an error names `cert_days = 0`, not 0.0); ints compute as floats do
     if not isinstance(value, str) or not value.strip():
         raise SettingsError(f"bad value {key} = {value!r}", fix="use a quoted, non-empty " +
                             ("path" if kind == "Path" else "text"))
