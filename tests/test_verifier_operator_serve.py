@@ -52,3 +52,11 @@ def test_a_ready_file_in_a_folder_that_does_not_exist_is_refused_before_listenin
     error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--ready-file", str(ready)))
     assert error == f"error: --ready-file {ready}: its folder does not exist"
     assert "--ready-file" in fix
+
+
+def test_a_host_that_is_no_address_is_refused_with_the_fix(verifier_state: Path) -> None:
+    """A mistyped --host (a name that does not resolve, an address out of range) was a socket.gaierror traceback."""
+    for host in ("999.1.1.1", "no-such-host.invalid"):
+        error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--host", host))
+        assert error.startswith(f"error: cannot listen on {host}:0: {host!r} is no address of this host"), error
+        assert "--host" in fix

@@ -21,6 +21,7 @@ import datetime as dt
 import errno
 import json
 import re
+import socket
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -496,6 +497,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with hold_database(settings.database):  # before the app: it makes the enrollment key on first start
             asyncio.run(serve(create_app(settings), settings, on_listening=listening))
     except OSError as exc:
+        if isinstance(exc, socket.gaierror):  # a name that does not resolve, "999.1.1.1": was a traceback
+            raise CLIError(
+                f"cannot listen on {settings.host}:{settings.port}: {settings.host!r} is no address of this host "
+                f"({exc.strerror})",
+                fix="give --host an address of this machine (127.0.0.1, 0.0.0.0, ::, or one of `ip addr`)",
+            ) from None
         if exc.errno == errno.EADDRINUSE:
             raise CLIError(
                 f"cannot listen on {settings.host}:{settings.port}: the port is in use (another verifier?)",
