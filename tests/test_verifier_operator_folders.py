@@ -165,3 +165,24 @@ def test_a_folder_or_key_others_may_use_is_refused_with_the_chmod(
     assert said in error and f"mode {mode:04o}" in error
     assert fix == f"fix: chmod {'700' if name == '.' else '600'} {target if name != '.' else verifier_state} " \
         "(pki init makes " + ("it so)" if name == "." else "every file of the folder 0600)")
+
+
+@pytest.mark.parametrize("name", ["", "a b", "\u00fc.example", "x" * 64 + ".example", "*.example"])
+def test_a_server_name_no_agent_could_match_is_refused_and_leaves_no_folder(tmp_path: Path, name: str) -> None:
+    """An empty or over-long name failed after the CA was written: a folder `pki init` then refused to make again."""
+    pki = tmp_path / "pki"
+    error, fix = refused(cli("pki", "init", str(pki), "--server-name", "localhost", "--server-name", name))
+    assert repr(name) in error
+    assert "--server-name" in fix
+    assert not pki.exists()
+
+
+def test_a_long_valid_server_name_makes_a_certificate_that_names_it(tmp_path: Path) -> None:
+    """A host name longer than a common name may be (64) is still a good SAN."""
+    name = ".".join(["a" * 40, "b" * 40, "example"])
+    pki = tmp_path / "pki"
+    done = cli("pki", "init", str(pki), "--server-name", name)
+    assert done.returncode == 0, done.stderr
+    server = x509.load_pem_x509_certificate((pki / "server.pem").read_bytes())
+    assert server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == [name]
