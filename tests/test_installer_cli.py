@@ -586,8 +586,11 @@ def test_verifier_cli_prints_dates_and_error_and_fix_lines(verifier, tmp_path) -
     assert settings.stderr.splitlines() == ["error: bad value cert_days = 0", "fix: use a number greater than 0"]
 
 
-def test_serve_on_a_busy_port_says_so_without_a_traceback(verifier) -> None:
-    busy = verifier_cli("serve", "--pki", str(verifier.pki_dir), "--port", str(verifier.port))
+def test_serve_on_a_busy_port_says_so_without_a_traceback(verifier, tmp_path) -> None:
+    # A PKI of its own: a second server on the running one's folder is refused before it binds (one per database).
+    other = tmp_path / "other-pki"
+    assert verifier_cli("pki", "init", str(other)).returncode == 0
+    busy = verifier_cli("serve", "--pki", str(other), "--port", str(verifier.port))
     assert busy.returncode == 2
     assert "Traceback" not in busy.stderr, busy.stderr
     lines = [line for line in busy.stderr.splitlines() if line.startswith(("error:", "fix:"))]

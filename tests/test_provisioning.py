@@ -162,6 +162,7 @@ def test_a_device_certificate_the_verifier_refuses_in_the_handshake_is_audited(p
     (rotated_pki / "ca.pem").write_bytes(rotated.cert.public_bytes(serialization.Encoding.PEM))
     (rotated_pki / "ca.key").write_bytes(rotated.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (rotated_pki / "ca.key").chmod(0o600)  # the verifier refuses a CA key others may read
     for name in ("server.pem", "server.key"):
         shutil.copy(verifier.pki_dir / name, rotated_pki / name)
     told: list[str] = []

@@ -199,3 +199,34 @@ def test_a_group_rule_before_the_groups_first_member_is_kept_with_a_warning(veri
     done = cli("subject", "require", "--pki", str(verifier_state), "--group", "contractors", "--factors", "face")
     assert done.returncode == 0 and "group contractors: a verification needs face" in done.stdout
     assert "warning: no subject is in group contractors yet" in done.stderr
+
+
+@pytest.mark.parametrize("device_id", ["bad id", "", "-kiosk", "kiosk/1"])
+def test_revoking_a_malformed_device_id_says_it_is_not_a_device_id(verifier_state, device_id) -> None:
+    """`device revoke` said "no active device" where `token revoke` said what is wrong with the id."""
+    for command in (("device", "revoke"), ("token", "revoke")):
+        error, fix = refused(cli(*command, "--pki", str(verifier_state), "--", device_id))
+        assert error == f"error: {device_id!r} is not a device id", command
+        assert "letters, digits" in fix
+
+
+def test_every_device_list_line_has_the_same_keys(verifier, provisioned) -> None:
+    """An active, a revoked, a pending and a rule-only id: a script reads each line the same way."""
+    from verifier.policy import AccessRules
+
+    pki = str(verifier.pki_dir)
+    assert cli("token", "new", "--pki", pki, "--device", "kiosk-2").returncode == 0
+    assert cli("token", "new", "--pki", pki, "--device", "kiosk-3").returncode == 0
+    assert cli("device", "revoke", "--pki", pki, "kiosk-3").returncode == 0
+    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    try:
+        AccessRules(conn).set("kiosk-typo", ["verify"])  # a rule an older version let through
+    finally:
+        conn.close()
+    rows_by_id = listed(verifier.pki_dir)
+    assert {d: r["status"] for d, r in rows_by_id.items()} == {
+        "kiosk-1": "active", "kiosk-2": "pending", "kiosk-3": "revoked", "kiosk-typo": "not-provisioned"
+    }
+    assert len({tuple(sorted(row)) for row in rows_by_id.values()}) == 1, rows_by_id
+    assert rows_by_id["kiosk-1"]["token_expires"] is None
+    assert dt.datetime.fromisoformat(rows_by_id["kiosk-2"]["token_expires"]) > dt.datetime.now(dt.UTC)

@@ -21,6 +21,7 @@ import datetime as dt
 import errno
 import json
 import re
+import socket
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from verifier.pki import CA_CERT, fingerprint, init_pki
+from verifier.pki_folder import PKIFolderError, check_folder, database_error
 from verifier.settings import SettingsError, VerifierSettings, load_settings
 
 if TYPE_CHECKING:
@@ -86,12 +88,19 @@ def settings_from(args: argparse.Namespace) -> VerifierSettings:
     )
 
 
-def _need_pki(settings: VerifierSettings) -> None:
-    if not settings.ca_file.exists():
-        raise CLIError(
-            f"no CA in {settings.pki_dir}",
-            fix=f"run `capture-verifier pki init {settings.pki_dir}` first, or point --pki at your PKI folder",
-        )
+def _need_pki(settings: VerifierSettings, *, serving: bool = False) -> None:
+    """Refuse, before anything is stored, a PKI folder that is missing, a file, another tool's, or unreadable."""
+    check_folder(settings.pki_dir, serving=serving)
+
+
+def _open_store(settings: VerifierSettings) -> sqlite3.Connection:
+    """The verifier's database, or PKIFolderError naming why it cannot be opened (never a traceback)."""
+    from verifier.store import open_database
+
+    try:
+        return open_database(settings.database)
+    except (sqlite3.Error, OSError) as exc:
+        raise database_error(settings.database, exc) from None
 
 
 def cmd_pki_init(args: argparse.Namespace) -> int:
@@ -102,6 +111,16 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), fix="use another folder, or delete it to start over") from None
     except ValueError as exc:
         raise CLIError(str(exc), fix="give --server-name a host name or an IP address") from None
+    except OSError as exc:  # a file on the way, a folder of another user, a read-only file system, a full disk
+        if exc.errno == errno.ENOSPC:
+            raise CLIError(
+                f"cannot make the PKI in {directory}: {exc.strerror}",
+                fix=f"free space (`df -h {directory.parent}`), then remove {directory} and run `pki init` again",
+            ) from None
+        raise CLIError(
+            f"cannot make the PKI in {directory}: {exc.strerror}",
+            fix="give a folder path this user may create (not under a file), e.g. a new folder in its home",
+        ) from None
     print(f"development PKI created in {directory}")
     print(f"CA fingerprint (SHA-256): {fingerprint(ca.cert)}")
     print("private keys (ca.key, server.key) are 0600: never commit or copy them off this host")
@@ -110,11 +129,10 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
 
 def _app_store(settings: VerifierSettings) -> tuple[sqlite3.Connection, BootstrapTokens, DeviceRegistry]:
     from verifier.registry import DeviceRegistry
-    from verifier.store import open_database
     from verifier.tokens import BootstrapTokens
 
     _need_pki(settings)
-    conn = open_database(settings.database)
+    conn = _open_store(settings)
     return conn, BootstrapTokens(conn), DeviceRegistry(conn, grace_s=settings.grace_s)
 
 
@@ -147,10 +165,11 @@ def cmd_token_new(args: argparse.Namespace) -> int:
             fix="issue the token for a new device id (`capture-verifier token new --pki DIR --device NEW-ID`); "
             "a revoked id stays revoked",
         )
+    # The CA is read before the token is stored: a token that is never printed is one nobody can use or revoke.
+    ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
     token, device_id = tokens.new(args.device, ttl)
     expires = _iso(dt.datetime.now(dt.UTC).timestamp() + ttl)
     structlog.get_logger().info("token_issued", audit=True, device_id=device_id, expires_at=expires)
-    ca = x509.load_pem_x509_certificate((settings.pki_dir / CA_CERT).read_bytes())
     print(f"token: {token}")
     print(f"device: {device_id}")
     print(f"ca-fingerprint: {fingerprint(ca)}")
@@ -180,13 +199,13 @@ def cmd_device_list(args: argparse.Namespace) -> int:
     registered = {d["device_id"] for d in devices}
     pending = tokens.pending()
     for device_id in sorted((set(pending) | rules.device_ids()) - registered):
-        row: dict = {"device_id": device_id, "status": "pending" if device_id in pending else "not-provisioned",
-                     "certificates": 0, "not_after": None}
-        if device_id in pending:
-            row["token_expires"] = _iso(pending[device_id])
-        devices.append(row)
+        devices.append({"device_id": device_id, "status": "pending" if device_id in pending else "not-provisioned",
+                        "certificates": 0, "not_after": None})
     devices.sort(key=lambda d: d["device_id"])
     for device in devices:
+        # Every line has the same keys, so a script reads them all one way: null where there is no unused token
+        # (a provisioned device may have one too, to re-provision with).
+        device["token_expires"] = _iso(pending[device["device_id"]]) if device["device_id"] in pending else None
         groups = rules.groups(device["device_id"])
         device["operations"] = rules.operations(device["device_id"])
         device["groups"] = "*" if groups is None else sorted(groups)
@@ -241,6 +260,7 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     its tokens are refused from now on and the id stays revoked, like any revoked
     device's (`token revoke` cancels the tokens alone and keeps the id usable).
     """
+    _device_id_argument(args.device_id)  # a malformed id is named as one, like `token revoke` does
     _, tokens, registry = _app_store(settings_from(args))
     known = registry.status(args.device_id)
     if known is not None and known[0] == "revoked":
@@ -249,7 +269,6 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
         print(f"{args.device_id} is already revoked{since}; nothing changed")
         return 0
     if known is None and args.device_id in tokens.pending():
-        _device_id_argument(args.device_id)
         registry.revoke_unprovisioned(args.device_id)
         revoked = tokens.revoke(args.device_id)
         structlog.get_logger().info(
@@ -448,26 +467,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import resource
 
     from verifier.app import create_app
+    from verifier.serve_lock import hold_database
     from verifier.server import serve
 
     # No core file, whatever the shell's `ulimit -c`: a native crash would write the CA and server keys,
     # the enrollment key and decrypted templates to disk. The unit sets LimitCORE=0; this covers the rest.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     settings = settings_from(args)
-    _need_pki(settings)
-    app = create_app(settings)
+    _need_pki(settings, serving=True)
+    _open_store(settings).close()  # a database that cannot be opened is named here, not in a traceback
+
+    ready_fix = "give --ready-file a path in a folder this user may write (systemd: RuntimeDirectory=)"
+    if args.ready_file and not Path(args.ready_file).parent.is_dir():
+        # Checked before listening: once the port is open, a failed write would stop a server that works.
+        raise CLIError(f"--ready-file {args.ready_file}: its folder does not exist", fix=ready_fix)
 
     def listening(host: str, port: int) -> None:
         line = json.dumps({"event": "listening", "host": host, "port": port})
         print(line, flush=True)
         if args.ready_file:
             tmp = Path(args.ready_file).with_suffix(".tmp")
-            tmp.write_text(line)
-            tmp.replace(args.ready_file)
+            try:
+                tmp.write_text(line)
+                tmp.replace(args.ready_file)
+            except OSError as exc:  # a folder of another user, a full disk: named, and the server stops
+                raise CLIError(f"cannot write --ready-file {args.ready_file}: {exc.strerror}", fix=ready_fix) from None
 
     try:
-        asyncio.run(serve(app, settings, on_listening=listening))
+        with hold_database(settings.database):  # before the app: it makes the enrollment key on first start
+            asyncio.run(serve(create_app(settings), settings, on_listening=listening))
     except OSError as exc:
+        if isinstance(exc, socket.gaierror):  # a name that does not resolve, "999.1.1.1": was a traceback
+            raise CLIError(
+                f"cannot listen on {settings.host}:{settings.port}: {settings.host!r} is no address of this host "
+                f"({exc.strerror})",
+                fix="give --host an address of this machine (127.0.0.1, 0.0.0.0, ::, or one of `ip addr`)",
+            ) from None
         if exc.errno == errno.EADDRINUSE:
             raise CLIError(
                 f"cannot listen on {settings.host}:{settings.port}: the port is in use (another verifier?)",
@@ -572,12 +607,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_of(args: argparse.Namespace) -> Path:
+    """The database a command used, for its error (the settings were read once already, so they read again)."""
+    try:
+        return settings_from(args).database
+    except SettingsError:
+        return VerifierSettings().updated(pki_dir=Path(args.pki) if getattr(args, "pki", None) else None).database
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     try:
         return int(args.run(args) or 0)
-    except (CLIError, SettingsError) as exc:
+    except sqlite3.Error as exc:  # a write after the database opened: locked past the timeout, disk full
+        exc = database_error(_database_of(args), exc)
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"fix: {exc.fix}", file=sys.stderr)
+        return 2
+    except (CLIError, SettingsError, PKIFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.fix:
             print(f"fix: {exc.fix}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,33 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the certificate's DER, lowercase hex: what an installer types."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def check_server_names(names: Sequence[str]) -> None:
+    """Refuse, before any file is written, a name no agent could ever match (ValueError naming it).
+
+    A name with a space, a Unicode name (certificates hold the A-label,
+    ``xn--...``), an empty one or a label over 63 characters made a certificate
+    no agent accepts, or failed halfway through `pki init` and left a CA without
+    a server certificate, a folder it then refused to make again.
+    """
+    if not names:
+        raise ValueError("no server name given")
+    for name in names:
+        if "*" in name:
+            raise ValueError(f"{name!r}: wildcard certificates are refused by the agents")
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not HOST_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a host name or an IP address (letters, digits and '-' in dot-separated labels "
+                    "of up to 63; a Unicode name as its xn-- form)"
+                ) from None
 
 
 def _general_names(names: Sequence[str]) -> list[x509.GeneralName]:
@@ -185,7 +213,8 @@ class CertificateAuthority:
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A TLS server certificate naming each host exactly (never a wildcard)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        # The common name holds 64 characters at most; the agents match the SAN names below, never it.
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
         cert = (
             self._leaf(subject, key.public_key(), days, ExtendedKeyUsageOID.SERVER_AUTH)
             .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
@@ -314,6 +343,7 @@ def parse_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
 
 def init_pki(pki_dir: Path, server_names: Sequence[str] = DEFAULT_SERVER_NAMES) -> CertificateAuthority:
     """Make a fresh development PKI in ``pki_dir`` (refuses to overwrite an existing CA)."""
+    check_server_names(server_names)
     pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(pki_dir, 0o700)
     if (pki_dir / CA_KEY).exists():

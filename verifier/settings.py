@@ -6,6 +6,7 @@ and the fix, as for the agent.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -127,6 +128,11 @@ _POSITIVE = (
 
 
 def _checked(settings: VerifierSettings) -> VerifierSettings:
+    for field in fields(VerifierSettings):
+        value = getattr(settings, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            # inf passed every "greater than 0": certificates that never expire, lockouts that never end.
+            raise SettingsError(f"bad value {field.name} = {value!r}", fix="use a finite number")
     if not 0 < settings.target_fmr < 0.1:
         raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}", fix="use a rate such as 0.0001")
     if not 0 < settings.duplicate_fmr < 0.1:
@@ -155,9 +161,31 @@ def load_settings(path: Path) -> VerifierSettings:
             raise SettingsError(
                 f"unknown key {key} = {value!r} in {path}", fix=f"remove it; known keys: {', '.join(known)}"
             )
-        if key in ("pki_dir", "db_path", "enrollment_key_file"):
-            value = Path(value)
-        elif key == "port" and (not isinstance(value, int) or isinstance(value, bool)):
-            raise SettingsError(f"bad value port = {value!r}", fix="use a whole number")
-        values[key] = value
+        values[key] = _typed(key, known[key].type, value)
     return _checked(VerifierSettings(**values))
+
+
+def _typed(key: str, declared: object, value: object) -> object:
+    """A file's value as its field's type, or SettingsError naming the key, the value and what to write.
+
+    TOML has types, and the checks after this compare numbers: a string there was a
+    traceback, and a wrong type passed silently (``step_up_first_use = "no"`` is a
+    true string; ``max_failures = true`` is the integer 1; ``max_failures = 2.5``).
+    """
+    kind = str(declared).split(" |")[0]  # "Path | None": a path when given
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"bad value {key} = {value!r}", fix="use true or false (no quotes)")
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SettingsError(f"bad value {key} = {value!r}", fix="use a whole number (no quotes, no decimals)")
+        return value
+    if kind == "float":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise SettingsError(f"bad value {key} = {value!r}", fix="use a number (no quotes)")
+        return value  # as written (an error names `cert_days = 0`, not 0.0); ints compute as floats do
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(f"bad value {key} = {value!r}", fix="use a quoted, non-empty " +
+                            ("path" if kind == "Path" else "text"))
+    return Path(value) if kind == "Path" else value

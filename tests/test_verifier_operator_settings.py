@@ -1,0 +1,47 @@
+"""`capture-verifier --config FILE`: a value of the wrong type stops it with the key and the fix.
+
+Real `capture-verifier` processes reading a settings file an operator wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_verifier_operator_cli import cli, refused
+
+
+@pytest.mark.parametrize(("line", "fix"), [
+    ('target_fmr = "0.0001"', "use a number"),  # was a traceback: a string compared with numbers
+    ('match_queue = "8"', "use a whole number"),  # the same
+    ("pki_dir = 5", "path"),  # the same, in Path()
+    ("max_failures = 2.5", "use a whole number"),  # was taken: 2.5 failures in a row
+    ("max_failures = true", "use a whole number"),  # was taken as 1
+    ('step_up_first_use = "no"', "true or false"),  # was taken: a non-empty string is true
+    ("cert_days = inf", "finite"),  # was taken: certificates that never expire
+    ("lockout_base_s = 1e400", "finite"),  # infinity by another name
+    ('enrollment_key_file = ""', "path"),  # was the current folder
+])
+@pytest.mark.parametrize("command", [("device", "list"), ("serve", "--port", "0")])
+def test_a_settings_value_of_the_wrong_type_is_refused_naming_the_key(
+    tmp_path: Path, verifier_state: Path, line: str, fix: str, command: tuple[str, ...]
+) -> None:
+    settings = tmp_path / "verifier.toml"
+    settings.write_text(line + "\n")
+    error, fix_line = refused(cli(*command, "--pki", str(verifier_state), "--config", str(settings)))
+    assert error.startswith(f"error: bad value {line.split(' =')[0]} = "), error
+    assert fix in fix_line
+
+
+def test_cert_days_of_infinity_on_the_command_line_is_refused(verifier_state: Path) -> None:
+    error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--cert-days", "inf"))
+    assert error == "error: bad value cert_days = inf"
+    assert "finite" in fix
+
+
+def test_values_of_the_right_type_are_taken(tmp_path: Path, verifier_state: Path) -> None:
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("cert_days = 30\ntarget_fmr = 0.001\nstep_up_first_use = false\nmax_failures = 3\n")
+    done = cli("device", "list", "--pki", str(verifier_state), "--config", str(settings))
+    assert done.returncode == 0, done.stderr
