@@ -15,6 +15,7 @@ import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import ssl
@@ -1002,3 +1003,10 @@ def run_simulator_script(args: list[str], script: bytes) -> SimulatorScript:
     text = err.decode("utf-8", "backslashreplace")
     answers = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return SimulatorScript(first, proc.returncode, text, answers)
+
+
+def as_at_a_terminal() -> None:
+    """``preexec_fn`` for a command a test interrupts with SIGINT, as a person's Ctrl-C: SIGINT back to its
+    default. A test run from a background job (``make test &``, a CI runner's) inherits it ignored, and Python
+    then installs no KeyboardInterrupt handler, so the command never saw the Ctrl-C the test sent."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -27,7 +27,7 @@ from agent.cli import main as agent_main
 from agent.commands import sessions as sessions_command
 from agent.config import parse_config
 from agent.devstack import verifier_cli, write_config_file
-from tests.conftest import start_agent_daemon
+from tests.conftest import as_at_a_terminal, start_agent_daemon
 from tests.test_daemon_devices import Simulator, audit_until
 
 
@@ -159,7 +159,7 @@ def cli(daemon: Daemon, *args: str, **popen) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        **popen,
+        preexec_fn=as_at_a_terminal, **popen,
     )
 
 
@@ -636,6 +636,7 @@ def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tm
             [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), "verify", "--subject",
              "ana", "--socket", str(api.path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=as_at_a_terminal,
         )
         said = []
         assert person.stdout is not None
