@@ -401,9 +401,18 @@ def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with
     assert ended["type"] == "error" and ended["code"] == "no_finger", ended
 
 
-def test_the_agent_stopping_during_a_session_is_said_with_its_reason(daemon_with_module) -> None:
-    """The daemon stopped (SIGTERM: an update, a reboot) while a person waited at the sensor: the terminal
-    printed "error: cancelled", the reason in the event ("the agent is stopping") left out."""
+@pytest.mark.parametrize(
+    ("stop", "told"),
+    [
+        # SIGTERM (an update, a reboot): the terminal printed "error: cancelled", the event's reason left out.
+        ("stopped", ["error: the session was cancelled: the agent is stopping", "fix: start it again"]),
+        # SIGKILL (a crash, the OOM killer): the events stream just ended, and nothing was printed before exit 2.
+        ("killed", ["error: the agent stopped before the session ended",
+                    "fix: start it again once the agent runs (systemctl status capture-agent)"]),
+    ],
+)
+def test_the_agent_ending_during_a_session_is_said_to_the_person(daemon_with_module, stop: str, told: list) -> None:
+    """The daemon ended while a person waited at the sensor: the terminal says why, not nothing or "cancelled"."""
     daemon = daemon_with_module()
     enroll_ana(daemon)
     person = cli(daemon, "verify", "--subject", "ana")
@@ -412,26 +421,9 @@ def test_the_agent_stopping_during_a_session_is_said_with_its_reason(daemon_with
     for line in person.stdout:
         said.append(line.rstrip())
         if "Place" in line:
-            daemon.process.send_signal(signal.SIGTERM)
+            daemon.process.send_signal(signal.SIGTERM) if stop == "stopped" else daemon.process.kill()
     assert person.wait(30) == 2, said
-    assert said[-2:] == ["error: the session was cancelled: the agent is stopping", "fix: start it again"], said
-
-
-def test_the_agent_killed_during_a_session_is_said_not_left_silent(daemon_with_module) -> None:
-    """The daemon killed (a crash, the OOM killer) mid-session: the events stream just ended, and the terminal
-    printed nothing at all before exiting 2."""
-    daemon = daemon_with_module()
-    enroll_ana(daemon)
-    person = cli(daemon, "verify", "--subject", "ana")
-    said = []
-    assert person.stdout is not None
-    for line in person.stdout:
-        said.append(line.rstrip())
-        if "Place" in line:
-            daemon.process.kill()
-    assert person.wait(30) == 2, said
-    assert said[-2:] == ["error: the agent stopped before the session ended",
-                         "fix: start it again once the agent runs (systemctl status capture-agent)"], said
+    assert said[-2:] == told, said
 
 
 def test_health_is_degraded_while_the_reader_is_unplugged(daemon_with_module) -> None:
@@ -574,7 +566,9 @@ def test_the_cli_waits_for_events_past_every_wait_of_the_daemon() -> None:
     assert sessions_command.events_read_timeout_s(parse_config({})) >= 300  # never shorter than it was
 
 
-def test_a_quiet_events_stream_is_said_as_such_not_as_the_agent_stopping(tmp_path, monkeypatch, capsys) -> None:
+def test_a_quiet_events_stream_is_said_as_such_not_as_the_agent_stopping(
+    tmp_path, monkeypatch, capsys, keep_process_settings
+) -> None:
     """A read timeout was caught as any transport error: "the agent stopped before the session ended", while the
     agent ran on (and the real reason, the no-finger timeout it raced, was lost)."""
     api = StandInAPI(tmp_path / "api.sock", [{"type": "prompt", "code": "place_finger", "message": "Place it"}])
