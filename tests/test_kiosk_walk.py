@@ -189,11 +189,13 @@ def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(da
     ], out
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exits(
-    daemon_with_module, verifier
+    daemon_with_module, verifier, stop
 ) -> None:
     """Ctrl-C used to just drop the connection: exit 130 and nothing said, the daemon holding the sensor for its
-    5 s grace, so the next person (or kiosk app) was refused "a session is running on the sensor"."""
+    5 s grace, so the next person (or kiosk app) was refused "a session is running on the sensor". SIGTERM (a
+    kiosk wrapper or a unit stopping the command) ended it at once, with the same 5 s held."""
     daemon = daemon_with_module()
     person = cli(daemon, "enroll", "--subject", "carl")
     lines = []
@@ -205,7 +207,7 @@ def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exi
         elif "Lift" in line:
             daemon.zfm.send("lift")
         elif "1/6" in line:  # one capture taken: the person gives up
-            person.send_signal(signal.SIGINT)
+            person.send_signal(stop)
     assert person.wait(30) == 130, "".join(lines)
     said = "".join(lines)
     assert "cancelling the session" in said and "cancelled; the sensor is free for the next person" in said, said

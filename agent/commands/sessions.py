@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from agent.options import add_common_arguments
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Reading waits for the person at the sensor: minutes, not seconds (and past every wait of the daemon's).
         timeout = httpx.Timeout(10.0, read=quiet_s)
-        with httpx.Client(transport=transport, base_url="http://agent", timeout=timeout) as api:
+        with _terminate_as_ctrl_c(), httpx.Client(transport=transport, base_url="http://agent", timeout=timeout) as api:
             created = api.post("/sessions", json=request)
             if created.status_code != 201:
                 refusal = created.json()
@@ -116,6 +120,27 @@ def run(args: argparse.Namespace) -> int:
             f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
             fix="start the daemon (systemctl start capture-agent) and make sure this user is in the [api] group",
         ) from None
+
+
+@contextmanager
+def _terminate_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM does what Ctrl-C does while a session runs: it is cancelled, and the sensor free, before exit.
+
+    Why: a kiosk wrapper or a unit stopping this command sends SIGTERM, which ended it at once; the daemon then
+    held the sensor for its 5 s grace and refused the next person "a session is running on the sensor".
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # What the CLI adds to the longest silence of a session's events stream before it gives up waiting.
