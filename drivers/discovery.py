@@ -60,8 +60,10 @@ def _named_path_problem(kind: str, path: str, missing_fix: str) -> Finding | Non
         os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return Finding(kind, path, False, "does not exist", fix=missing_fix)
-    except OSError:
-        return _closed_to_user(kind, path)
+    except PermissionError:
+        return _closed_finding(kind, path)
+    except OSError:  # a name too long, a loop of links: the open that follows says what it says
+        return None
     return None
 
 
@@ -70,17 +72,22 @@ def _closed_to_user(kind: str, path: str) -> Finding | None:
     try:
         os.stat(path)
     except PermissionError:
-        return Finding(
-            kind,
-            path,
-            False,
-            f"cannot be looked at by {user_name()}: a folder above it is closed to this user",
-            fix=f"`ls -ld` each folder above {path}: the agent's user must be able to pass through (x) every one "
-            "(`chmod o+x FOLDER`, or give it to that user's group), or move the file where it can",
-        )
+        return _closed_finding(kind, path)
     except OSError:  # not there, a name too long, a loop of links: the open that follows says what it says
         return None
     return None
+
+
+def _closed_finding(kind: str, path: str) -> Finding:
+    """A path inside a folder this user may not pass through (EACCES): the fix is that folder's mode."""
+    return Finding(
+        kind,
+        path,
+        False,
+        f"cannot be looked at by {user_name()}: a folder above it is closed to this user",
+        fix=f"`ls -ld` each folder above {path}: the agent's user must be able to pass through (x) every one "
+        "(`chmod o+x FOLDER`, or give it to that user's group), or move the file where it can",
+    )
 
 
 def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding]:
