@@ -262,8 +262,10 @@ def cameras(
         finding.details = {**stable, **finding.details}  # shown first: what an installer copies, not the number
         findings.append(finding)
     for source in extra:
-        # a stream URL written without its scheme (user:password@host) is no path: named masked, refused by parse
-        local = "://" not in source and not camera_source.scheme_less_credentials(source)
+        # a stream URL written without its scheme (user:password@host, or user@host naming no file) is no path:
+        # named masked, refused by parse
+        scheme_less = camera_source.scheme_less_credentials(source) or camera_source.scheme_less_user(source)
+        local = "://" not in source and not scheme_less
         # Not there: the driver's own check says so in _probe_camera (CameraNodeMissingError). There but closed
         # to this user: said here, since OpenCV would only say "no frame", as for a file of no video.
         closed = _closed_to_user("camera", source) if local else None

@@ -77,6 +77,64 @@ def test_udev_names_of_a_v4l2_node_are_sources_and_other_links_under_dev_are_ref
         CameraSource.parse(gone).open()
 
 
+def test_a_by_id_link_is_followed_anew_at_each_open_and_rechecked_there(fake_dev) -> None:
+    """The link was checked when the config was read, not at open: a camera replugged into another port has its
+    link moved by udev (followed), a link that came to lead elsewhere was opened with the V4L2 backend as if it
+    were the camera (OpenCV only said it did not open), and one gone is the by-id name missing, not its old node."""
+    import os
+
+    from drivers.camera.errors import CameraFault, CameraNodeMissingError
+    from drivers.camera.source import CameraLinkElsewhere
+
+    name = "usb-Acme_Door_Cam_SN123-video-index0"
+    video2 = fake_dev.node("video2")
+    by_id = fake_dev.link("by-id", name, "video2")
+    source = CameraSource.parse(by_id)
+    assert source.current_node() == video2
+    source.open().release()  # a plain file for a node: OpenCV opens none, but it is asked for that node
+
+    def replug(target: str) -> None:  # udev moves the link to the node the camera has now
+        os.remove(by_id)
+        fake_dev.link("by-id", name, target)
+
+    os.remove(video2)
+    video3 = fake_dev.node("video3")
+    replug("video3")
+    assert source.current_node() == video3  # the same CameraSource, parsed once: the link read at this open
+    source.check_present()
+    fake_dev.node("sda")
+    replug("sda")
+    with pytest.raises(CameraLinkElsewhere) as elsewhere:
+        source.open()
+    assert isinstance(elsewhere.value, CameraFault) and isinstance(elsewhere.value, CameraSourceError)
+    assert by_id in str(elsewhere.value) and "ls -l /dev/v4l/by-id" in elsewhere.value.fix
+    with pytest.raises(CameraLinkElsewhere):
+        source.check_present()  # doctor's look, which does not open
+    replug("video7")  # a link left to a node that is gone
+    with pytest.raises(CameraNodeMissingError, match=f"the camera {by_id} does not exist"):
+        source.open()
+    os.remove(by_id)  # unplugged: udev removed the link
+    with pytest.raises(CameraNodeMissingError, match=f"the camera {by_id} does not exist") as gone:
+        source.open()
+    assert gone.value.path == by_id
+
+
+def test_a_camera_whose_by_id_link_came_to_lead_elsewhere_has_a_fault_naming_it(fake_dev) -> None:
+    """What the daemon's camera meets at its next open: a fault with the fix (audited), not "gives no frame"."""
+    import os
+
+    from drivers.camera.source import CameraLinkElsewhere
+
+    fake_dev.node("video2")
+    fake_dev.node("ttyUSB0")
+    by_id = fake_dev.link("by-id", "usb-Acme_Door_Cam_SN123-video-index0", "video2")
+    camera = Camera(by_id, reconnect=False)
+    os.remove(by_id)
+    fake_dev.link("by-id", "usb-Acme_Door_Cam_SN123-video-index0", "ttyUSB0")
+    assert not camera.open_once(timeout_s=5)
+    assert isinstance(camera.fault, CameraLinkElsewhere) and by_id in camera.fault.args[0], camera.fault
+
+
 def test_a_by_id_name_under_the_real_dev_is_taken_and_said_missing_when_absent() -> None:
     """The same, without the stand-in folder: a name no camera here has is a missing camera, not a refused source."""
     from drivers.camera.errors import CameraNodeMissingError
@@ -518,14 +576,52 @@ def test_a_file_name_with_an_at_sign_is_still_a_file(text: str) -> None:
     assert source.kind == "file" and source.redacted == text
 
 
+# user@host with no scheme (the user is the credential here), mistyped schemes included
+SCHEME_LESS_USER = ["s3cret@cam/x", "s3cret@cam.lan/stream", "s3cret@192.168.1.5:554/stream1", "rtsp//s3cret@cam/x",
+                    "HTTP//s3cret@10.0.0.5/video.mjpg", "s3cret@cam"]
+
+
+@pytest.mark.parametrize("text", SCHEME_LESS_USER)
+def test_a_stream_url_with_a_user_and_no_scheme_naming_no_file_is_refused_masked(text: str, tmp_path,
+                                                                                 monkeypatch) -> None:
+    """``admin@cam.lan/stream`` (a user, no password, no scheme) was read as a file path: "the camera
+    s3cret@cam/x does not exist", the user in the audit, ``devices`` and doctor, with a fix about USB cables."""
+    from drivers.camera.source import CameraSourceNoScheme, redact_url
+
+    monkeypatch.chdir(tmp_path)  # where a relative file path would be looked for: nothing here
+    with pytest.raises(CameraSourceNoScheme) as caught:
+        CameraSource.parse(text)
+    assert "no file of that name exists" in str(caught.value) and "rtsp://" in caught.value.fix
+    assert "USB" not in str(caught.value)
+    for shown in (str(caught.value), repr(caught.value), redact_url(text)):
+        assert "s3cret" not in shown and "***@" in shown, shown
+
+
+@pytest.mark.parametrize("name", ["door@cam.lan/x.avi", "rec@2.avi", "admin@cam"])
+def test_an_existing_file_named_like_a_user_at_a_host_still_opens(name: str, video_file, tmp_path,
+                                                                   monkeypatch) -> None:
+    """The shape is a file name's too: a file that is there is opened as one, shown as written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    video_file.rename(tmp_path / name)
+    source = CameraSource.parse(name)
+    assert (source.kind, source.redacted) == ("file", name)
+    capture = source.open()
+    try:
+        ok, frame = capture.read()
+        assert ok and frame.shape[:2] == (48, 64)
+    finally:
+        capture.release()
+
+
 def test_a_stream_url_without_its_scheme_reaches_no_audit_devices_or_doctor_with_its_password(tmp_path) -> None:
     """The three places the "does not exist" message went: the daemon's device_fault audit record (sent to the
-    verifier), ``capture-agent devices --camera`` findings, doctor."""
+    verifier), ``capture-agent devices --camera`` findings, doctor. A user with no password is a credential too."""
     from agent.config import DeviceSection, parse_config
     from agent.devices.supervisor import DeviceSupervisor
     from agent.doctor import run_doctor
 
-    for text in SCHEME_LESS:
+    for text in [*SCHEME_LESS, "s3cret@cam.lan/stream"]:
         recorded: list = []
         supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=text))],
                                       lambda k, d, add=recorded.append: add((k, d)))

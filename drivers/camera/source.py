@@ -80,18 +80,44 @@ class CameraSourceUrl(CameraSourceError, CameraFault):
 
 class CameraSourceNoScheme(CameraSourceError, CameraFault):
     """A source that reads as a stream URL's ``user:password@host...`` with its ``scheme://`` missing or
-    mistyped (``admin:pw@192.168.1.5:554/stream``, ``rtsp:/admin:pw@cam/x``, ``rtsp//admin:pw@cam/x``). Read as a
-    file path it "did not exist", and that message, password and all, went to the audit, ``devices`` and
-    doctor, with a fix about USB cables. Shown redacted (:func:`redact_scheme_less`)."""
+    mistyped (``admin:pw@192.168.1.5:554/stream``, ``rtsp:/admin:pw@cam/x``, ``rtsp//admin:pw@cam/x``), or as its
+    ``user@host...`` (no password) naming no file there is (``admin@cam.lan/stream``). Read as a file path it
+    "did not exist", and that message, user, password and all, went to the audit, ``devices`` and doctor, with a
+    fix about USB cables. Shown redacted (:func:`redact_scheme_less`)."""
 
-    def __init__(self, shown: str) -> None:
+    def __init__(self, shown: str, *, password: bool = True) -> None:
+        what = "a user and password" if password else "a user"
+        file_note = (
+            "a video file whose name holds : and @ is written as ./NAME or by its absolute path"
+            if password
+            else "a video file named so is not there: check its path (written as ./NAME or absolute, it is read "
+            "as a file whatever its name)"
+        )
         CameraFault.__init__(
             self,
-            f"the camera source {shown} reads as a stream URL with a user and password but no rtsp:// or "
-            "http(s):// in front",
+            f"the camera source {shown} reads as a stream URL with {what} but no rtsp:// or http(s):// in front"
+            + ("" if password else ", and no file of that name exists"),
             "write the full URL: rtsp://USER:PASSWORD@HOST:PORT/PATH, or http://... or https://... for an MJPEG "
             "stream, the password (and user) percent-encoded: @ as %40, : as %3A, / as %2F, ? as %3F, # as %23; "
-            "a video file whose name holds : and @ is written as ./NAME or by its absolute path",
+            + file_note,
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+class CameraLinkElsewhere(CameraSourceError, CameraFault):
+    """A udev name of a camera (``/dev/v4l/by-id/...``, ``by-path/...``) that leads to no V4L2 node: to a disk, a
+    serial port, outside /dev. Found when the source is parsed, and again at each open, since the link is followed
+    anew then (a replug moves it): OpenCV given what it leads to would only say it did not open."""
+
+    def __init__(self, name: str, target: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera {name} leads to {target}, which is no V4L2 node (/dev/videoN)",
+            "udev links each camera by its name in /dev/v4l/by-id and /dev/v4l/by-path: "
+            "`ls -l /dev/v4l/by-id` shows where each leads; correct the camera's source to its name there, and "
+            "remove a link made by hand (or by a local udev rule) that leads elsewhere",
         )
 
     def __str__(self) -> str:
@@ -111,9 +137,30 @@ def scheme_less_credentials(text: str) -> bool:
     return bool(at) and ":" in before
 
 
+# [a stream scheme mistyped: rtsp:/ rtsp// http:]user@host[:port][/ ? # ...]: a userinfo with no password and no
+# / ? # : (each would end it or make it user:password), then what reads as host[:port] (checked by _HOST_PORT)
+_USER_AT_HOST = re.compile(
+    r"(?:(?:rtsps?|https?)(?::/?|//))?[^/?#:@\s]+@(?P<host>[^/?#]*)(?:[/?#].*)?", re.IGNORECASE | re.DOTALL
+)
+
+
+def scheme_less_user(text: str) -> bool:
+    """Whether ``text`` (no ``scheme://`` at its start) reads as a stream URL's ``user@host[:port]/...`` with its
+    scheme missing or mistyped (``admin@cam.lan/stream``, ``rtsp//admin@10.0.0.5/x``) and names no file there is.
+
+    Why existence decides: the shape is a file name's too (``rec@2.mkv``, ``door@cam.lan/x.avi``), and a file
+    that is there is opened as one; one that is not there was said to "not exist" with the user in the message.
+    Not written as a path (``/...``, ``./...``, ``../...``): those are files, whatever their name."""
+    if _SCHEME.match(text) or text.startswith(("/", "./", "../")):
+        return False
+    shape = _USER_AT_HOST.fullmatch(text)
+    return shape is not None and _HOST_PORT.fullmatch(shape["host"]) is not None and not os.path.lexists(text)
+
+
 def redact_scheme_less(text: str) -> str:
-    """A :func:`scheme_less_credentials` source with all up to its last ``@`` masked and only the host after it
-    kept (``***@192.168.1.5:554/***``): where its user and password end cannot be told."""
+    """A :func:`scheme_less_credentials` (or :func:`scheme_less_user`) source with all up to its last ``@``
+    masked and only the host after it kept (``***@192.168.1.5:554/***``): where its user and password end cannot
+    be told."""
     _, _, after = text.rpartition("@")
     host, rest = re.match(r"([^/?#]*)(.*)", after, re.DOTALL).groups()  # type: ignore[union-attr]
     return f"***@{host}" + ("/***" if rest else "")
@@ -242,9 +289,10 @@ def redact_url(text: str) -> str:
     unencoded / ? or #), everything up to the last ``@`` is masked, wherever it is: masking too much is
     harmless, a leak is not. When what comes before that @ holds ? # = & ; (it may be a query's value, not a
     userinfo) or what follows is no host, only the scheme is shown. A URL written without its scheme
-    (:func:`scheme_less_credentials`: ``admin:pw@cam/x``) is masked as :func:`redact_scheme_less` does.
+    (:func:`scheme_less_credentials`: ``admin:pw@cam/x``; :func:`scheme_less_user`: ``admin@cam/x`` naming no
+    file there is) is masked as :func:`redact_scheme_less` does.
     """
-    if scheme_less_credentials(text):
+    if scheme_less_credentials(text) or scheme_less_user(text):
         return redact_scheme_less(text)
     if "://" not in text:
         return text
@@ -315,7 +363,7 @@ class CameraSource:
             # (the camera unplugged): a missing camera, said by check_present. There: it must lead to a V4L2 node
             # (a link made by hand to a disk or a serial port is refused, as that node written plainly is).
             if os.path.lexists(text) and not video_node(os.path.realpath(text)):
-                raise CameraSourceError(text)
+                raise CameraLinkElsewhere(text, os.path.realpath(text))
             return cls(text, "v4l2", text)
         url = _SCHEME.match(text)
         if url:
@@ -331,6 +379,8 @@ class CameraSource:
             return cls(text, "stream", text)
         if scheme_less_credentials(text):  # user:password@host with no scheme: not a file that "does not exist"
             raise CameraSourceNoScheme(redact_scheme_less(text))
+        if scheme_less_user(text):  # user@host with no scheme, and no such file: not one that "does not exist"
+            raise CameraSourceNoScheme(redact_scheme_less(text), password=False)
         if text and not text.startswith(DEV_ROOT + "/"):
             return cls(text, "file", str(Path(text)))
         raise CameraSourceError(text)
@@ -346,21 +396,40 @@ class CameraSource:
             return None
         return f"{DEV_ROOT}/video{self.target}" if isinstance(self.target, int) else str(self.target)
 
+    def current_node(self) -> str | int:
+        """What OpenCV is given to open this source now: a udev name (by-id, by-path) followed to the V4L2 node it
+        leads to at this moment, else the target as parsed.
+
+        Why at each call: a camera replugged into another port gets another /dev/videoN, and udev moves its
+        by-id link there (or removes it, unplugged); the link read when the config was, opened later, would be
+        another camera's node or none. CameraNodeMissingError naming the udev name when the link, or the node it
+        leads to, is gone; CameraLinkElsewhere when it leads to no V4L2 node."""
+        if self.kind == "v4l2" and isinstance(self.target, str) and stable_name(self.target):
+            try:  # one resolution, checked and opened: no window between a check and a second look
+                node = os.path.realpath(self.target, strict=True)
+            except OSError:  # no link, a link to nothing, a loop: the camera is not there
+                raise CameraNodeMissingError(self.text) from None
+            if not video_node(node):
+                raise CameraLinkElsewhere(self.text, node)
+            return node
+        path = self.node
+        if path is not None and not os.path.exists(path):
+            raise CameraNodeMissingError(path if self.kind == "v4l2" else self.text)
+        return self.target
+
     def check_present(self) -> None:
-        """CameraNodeMissingError when the local node or file this source opens is not there.
+        """CameraNodeMissingError when the local node or file this source opens is not there (CameraLinkElsewhere
+        for a udev name that leads to no V4L2 node).
 
         Why here: the one check of a missing camera, made by ``open`` and by whoever must not open it (doctor,
         beside a running daemon), so each caller says the same thing and names the same fix."""
-        node = self.node
-        if node is not None and not os.path.exists(node):
-            raise CameraNodeMissingError(node if self.kind == "v4l2" else self.text)
+        self.current_node()
 
     def open(self) -> cv2.VideoCapture:
         """A cv2.VideoCapture on this source (check ``isOpened()``); CameraNodeMissingError for a local camera
         that is not there (OpenCV would only say it did not open)."""
-        self.check_present()
-        if self.kind == "v4l2":  # a by-id link is followed at each open: to the node the camera has now
-            node = os.path.realpath(self.target) if isinstance(self.target, str) else self.target
+        node = self.current_node()  # a by-id link is followed at each open: to the node the camera has now
+        if self.kind == "v4l2":
             return cv2.VideoCapture(node, cv2.CAP_V4L2)
         if self.kind == "stream":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
