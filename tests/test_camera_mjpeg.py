@@ -1351,6 +1351,40 @@ def test_basic_goes_over_https_after_its_challenge_and_never_over_plain_http(scr
     assert len(plain.requests) == 1 and b"authorization" not in plain.requests[0].lower()
 
 
+def devices_json(*args: str) -> tuple[int, list[dict]]:
+    """`capture-agent devices --json ARGS` in a process of its own: its exit status and its findings."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", *args],
+                          capture_output=True, text=True, timeout=90)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_devices_reads_an_https_camera_of_a_private_ca_given_with_camera_ca(scripted, tmp_path) -> None:
+    """The daemon trusts an https camera's own CA by its ca_file; `devices --camera URL` had no way to: a camera
+    with a private CA was "not trusted" there, and the fix named only the config. ``--camera-ca FILE`` is that
+    ca_file for the command, under the daemon's TLS floor."""
+    wrap, ca = self_signed_tls(tmp_path)
+    server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)
+    url = server.url(scheme="https")
+    status, findings = devices_json("--camera", url)
+    (untrusted,) = [f for f in findings if f["path"] == url]
+    assert status == 1 and "does not trust" in untrusted["description"], untrusted
+    assert "--camera-ca" in untrusted["fix"] and "ca_file" in untrusted["fix"], untrusted
+    assert server.requests == []  # nothing sent to a camera not trusted
+    status, findings = devices_json("--camera", url, "--camera-ca", ca)
+    (trusted,) = [f for f in findings if f["path"] == url]
+    assert status == 0 and trusted["capabilities"] == ["camera"], trusted
+    assert (trusted["description"], trusted["details"]["width"], trusted["details"]["height"]) == (
+        "camera (MJPEG)", 320, 240)
+    status, findings = devices_json("--camera", url, "--camera-ca", str(tmp_path / "missing.pem"))
+    (unread,) = [f for f in findings if f["path"] == url]
+    assert status == 1 and "cannot be read" in unread["description"] and "--camera-ca" in unread["fix"], unread
+
+
 def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:
     wrap, _ = self_signed_tls(tmp_path)
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)

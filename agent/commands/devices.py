@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 
 from agent.options import add_common_arguments
 
@@ -16,6 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--camera", action="append", default=[], help="also probe this camera: URL, /dev/videoN or file (repeatable)"
     )
+    parser.add_argument(
+        "--camera-ca",
+        metavar="FILE",
+        default="",
+        help="trust this CA certificate (PEM) alone for each https --camera, as a camera's ca_file does in the "
+        "daemon's [[device]] entry (a camera with a private CA or its own self-signed certificate)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -26,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from drivers.discovery import discover
 
     configure_logging("error", "console")
-    findings = discover(args.port, extra_cameras=args.camera, stream_options=camera_bounds())  # as the daemon's
+    options = camera_bounds()  # as the daemon's: its bounds, its TLS floor, and the camera's ca_file if given
+    if args.camera_ca:  # absolute, as ca_file must be: the reader is handed it as it would be from the config
+        options["ca_file"] = os.path.abspath(args.camera_ca)
+    findings = discover(args.port, extra_cameras=args.camera, stream_options=options)
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
         return 1 if asked_for_and_unusable(args, findings) else 0

@@ -311,7 +311,8 @@ class MjpegReader:
                 f"the camera {self.shown} has a TLS certificate this device does not trust ({exc.verify_message})",
                 "a camera's own certificate is often self-signed: set ca_file in the camera's [[device]] entry to "
                 "the CA certificate (PEM) that signed the camera's certificate (or to the camera's self-signed "
-                "certificate itself); the host name in the URL must be one the certificate names",
+                "certificate itself; `capture-agent devices --camera URL --camera-ca FILE` reads it so); the host "
+                "name in the URL must be one the certificate names",
             ) from None
         except ssl.SSLError as exc:
             raise CameraUnavailable(
@@ -527,8 +528,8 @@ def tls_context(ca_file: str, shown: str, floor: TLSFloor = DEFAULT_TLS_FLOOR) -
         except (OSError, ssl.SSLError) as exc:
             raise CameraFault(
                 f"the CA file {ca_file} of the camera {shown} cannot be read ({type(exc).__name__})",
-                "set ca_file in the camera's [[device]] entry to a readable PEM file of the CA certificate that "
-                "signed the camera's certificate",
+                "set ca_file in the camera's [[device]] entry (or `capture-agent devices --camera-ca`) to a "
+                "readable PEM file of the CA certificate that signed the camera's certificate",
             ) from None
     else:
         context.load_default_certs()
