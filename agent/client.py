@@ -62,7 +62,7 @@ from agent.errors import (
     problem_error_class,
 )
 from agent.handshake import probe_device_certificate, refusal_of_device_certificate, ssl_error_in
-from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore
+from agent.identity import DeviceIdentity, IdentityStore, provisioned_verifier
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 from protocol.endpoints import IDEMPOTENCY_KEY
 from protocol.problems import REGISTRY, slug_of
@@ -388,15 +388,14 @@ class VerifierClient:
         if not self.config.verifier_url_origin.startswith(PROVISIONED_ORIGIN):
             return
         try:
-            url = self._store.provisioned_verifier_url()
-            if url is None or url == self.config.verifier.url:
-                return
-            kept = str(self._store.current / VERIFIER_FILE)  # a bad value is named as that file, not [verifier] url
-            self.config = self.config.with_overrides({"verifier.url": kept}, verifier={"url": url})
+            kept = provisioned_verifier(self.config, self._store)
         except AgentError as exc:  # a file edited by hand (or no file at all: a FIFO): keep the URL that works
             log.warning("provisioned_verifier_url_refused", error=exc.message)
             return
-        log.info("verifier_url_followed", verifier=url)
+        if kept is None or not kept.elsewhere:
+            return
+        self.config = kept.config
+        log.info("verifier_url_followed", verifier=kept.url)
 
     async def replace_identity(self, identity: DeviceIdentity) -> None:
         """Switch to a renewed certificate; running requests finish on the old client."""
