@@ -42,6 +42,7 @@ import email.utils
 import math
 import random
 import ssl
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from agent.errors import (
     problem_error_class,
 )
 from agent.handshake import probe_device_certificate, refusal_of_device_certificate, ssl_error_in
-from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore
+from agent.identity import DeviceIdentity, IdentityStore, provisioned_verifier
 from agent.tls import PolicyViolation, ServerPolicy, client_context, describe
 from protocol.endpoints import IDEMPOTENCY_KEY
 from protocol.problems import REGISTRY, slug_of
@@ -292,6 +293,39 @@ async def read_answer(http: httpx.AsyncClient, request: httpx.Request, cap: int,
 NO_ENCODING = {"Accept-Encoding": "identity"}  # see read_answer: answers are never decoded
 
 
+# How long the challenge fields a verifier refused as unknown are left out of its challenges: then they are sent
+# again, once. Why not for the process's life: a verifier upgraded meanwhile understands them, and a long-running
+# daemon would never say "first" or "modality" to it until restarted. What it costs an older verifier: one refused
+# challenge (and its audit's "malformed challenge request") per verifier this often.
+REFUSED_FIELDS_TTL_S = 600.0
+
+
+class RefusedChallengeFields:
+    """The challenge fields each verifier (by URL) refused as unknown, remembered for ``ttl_s`` after the refusal.
+
+    Kept by the :class:`VerifierClient`, not by the VerifierAPI each session makes anew, so that an older verifier
+    costs one refused request per ``ttl_s``, not one per challenge. ``clock`` is a monotonic clock in seconds.
+    """
+
+    def __init__(self, ttl_s: float = REFUSED_FIELDS_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._refused: dict[str, tuple[frozenset[str], float]] = {}  # url: (fields, monotonic time to forget)
+
+    def of(self, url: str) -> frozenset[str]:
+        """What the verifier at ``url`` refused less than ``ttl_s`` ago: the fields to leave out of its challenge."""
+        fields, until = self._refused.get(url, (frozenset(), math.inf))
+        if fields and self._clock() >= until:
+            del self._refused[url]
+            log.info("challenge_fields_asked_again", fields=sorted(fields), verifier=url)
+            return frozenset()
+        return fields
+
+    def add(self, url: str, fields: frozenset[str]) -> None:
+        """The verifier at ``url`` refused ``fields`` now: left out for the next ``ttl_s``."""
+        self._refused[url] = (self.of(url) | fields, self._clock() + self.ttl_s)
+
+
 @dataclass
 class _Generation:
     """One httpx client and the requests running on it."""
@@ -326,9 +360,9 @@ class VerifierClient:
         # drops packets always ends there: 4 connect timeouts of 5 s outlast the 20 s deadline), a TLS refusal.
         self.reachability: tuple[bool, AgentError | None] | None = None
         # Challenge fields a verifier (by URL) refused as unknown, one from before them (agent/verifier_api.py):
-        # left out of its later challenges, so each costs one request and its audit no "malformed challenge request".
-        # Here, not on VerifierAPI, which each session makes anew. An upgraded verifier gets them after a restart.
-        self.refused_challenge_fields: dict[str, frozenset[str]] = {}
+        # left out of its later challenges for a while, so each costs one request and its audit no "malformed
+        # challenge request"; then asked again, so an upgraded verifier gets them without the agent's restart.
+        self.refused_challenge_fields = RefusedChallengeFields()
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -388,15 +422,14 @@ class VerifierClient:
         if not self.config.verifier_url_origin.startswith(PROVISIONED_ORIGIN):
             return
         try:
-            url = self._store.provisioned_verifier_url()
-            if url is None or url == self.config.verifier.url:
-                return
-            kept = str(self._store.current / VERIFIER_FILE)  # a bad value is named as that file, not [verifier] url
-            self.config = self.config.with_overrides({"verifier.url": kept}, verifier={"url": url})
+            kept = provisioned_verifier(self.config, self._store)
         except AgentError as exc:  # a file edited by hand (or no file at all: a FIFO): keep the URL that works
             log.warning("provisioned_verifier_url_refused", error=exc.message)
             return
-        log.info("verifier_url_followed", verifier=url)
+        if kept is None or not kept.elsewhere:
+            return
+        self.config = kept.config
+        log.info("verifier_url_followed", verifier=kept.url)
 
     async def replace_identity(self, identity: DeviceIdentity) -> None:
         """Switch to a renewed certificate; running requests finish on the old client."""

@@ -241,13 +241,7 @@ class AgentDaemon:
         facts["identity"] = "ok" if problem is None else "cannot_sign"
         if problem is not None:
             facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
-        # A configured device that is not connected: "status" said "ok" while the kiosk's only reader was
-        # unplugged, and a kiosk app that looked at "status" invited people to a sensor that could not work.
-        away = [d.name for d in self.devices.devices if not d.connected] if self.devices is not None else []
-        if away:
-            facts.update(status="degraded", device_error=f"not connected: {', '.join(away)}",
-                         device_fix="plug it in (the agent reopens it by itself); `capture-agent devices` "
-                         "shows what is found")
+        self._device_health(facts)
         # The verifier as the last call found it (no call made for /health): a kiosk app can say "out of
         # service" before a person gives a finger that no verifier will check. The outbox's delivery retries
         # in the background, so it turns "reachable" again soon after the verifier is back.
@@ -256,6 +250,25 @@ class AgentDaemon:
         if reach is not None and reach[1] is not None:
             facts.update(status="degraded", verifier_error=reach[1].message, verifier_fix=reach[1].fix)
         return facts
+
+    def _device_health(self, facts: dict[str, Any]) -> None:
+        """/health's word on the devices not connected, into ``facts``.
+
+        A required device away (DeviceSupervisor.required: a finger reader, or the camera of a kiosk with no
+        reader) makes "status" "degraded": it said "ok" while the kiosk's only reader was unplugged, and a kiosk
+        app that looked at "status" invited people to a sensor that could not work. An optional one (a camera
+        beside a reader) is named in ``device_warning`` and ``devices[].connected``, the status left as it is:
+        "degraded" for a camera the default sessions do not use had a kiosk app show "out of service".
+        """
+        required, optional = self.devices.away() if self.devices is not None else ([], [])
+        if required:
+            facts.update(status="degraded", device_error=f"not connected: {', '.join(required)}")
+        if optional:
+            facts["device_warning"] = f"not connected (optional): {', '.join(optional)}"
+        if required or optional:
+            facts["device_fix"] = (
+                "plug it in (the agent reopens it by itself); `capture-agent devices` shows what is found"
+            )
 
     def spawn(self, coroutine: Any, name: str) -> None:
         """Run ``coroutine`` for the daemon's life, as task ``name``: its ending on its own stops the daemon."""

@@ -21,12 +21,13 @@ import httpx
 
 from agent.client import CLOCK_FIX, VerifierClient
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.identity import (
     CERTIFICATE_FAULTS,
     VERIFIER_FILE,
     DeviceIdentity,
     IdentityStore,
+    provisioned_verifier,
     spki_sha256,
     user_name,
 )
@@ -653,14 +654,12 @@ def _provisioned_elsewhere(config: AgentConfig) -> str | None:
     config value before it is repeated: one edited by hand may hold a password (``https://user:pw@host``) or
     control characters, and doctor's output is pasted into tickets.
     """
-    store = IdentityStore(config.agent.state_dir)
-    provisioned = store.provisioned_verifier_url()
-    if provisioned in (None, config.verifier.url):
-        return None
     try:
-        return config.with_overrides(verifier={"url": provisioned}).verifier.url
-    except AgentError:
-        return f"a URL that is no valid verifier URL (in {store.current / VERIFIER_FILE}; re-provision to replace it)"
+        kept = provisioned_verifier(config)
+    except ConfigError:
+        kept_in = IdentityStore(config.agent.state_dir).current / VERIFIER_FILE
+        return f"a URL that is no valid verifier URL (in {kept_in}; re-provision to replace it)"
+    return kept.url if kept is not None and kept.elsewhere else None
 
 
 def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:

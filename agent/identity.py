@@ -39,6 +39,7 @@ import stat
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -49,6 +50,9 @@ from cryptography.x509.oid import NameOID
 from agent.access import closed_parent, user_name
 from agent.errors import CertificateDefect, IdentityError
 from protocol.certificates import X509_READ_FAULTS, bounds_enforced
+
+if TYPE_CHECKING:  # only its methods are called: identity needs no import of the config module at run time
+    from agent.config import AgentConfig
 
 CURRENT_LINK = "identity"
 KEY_FILE = "device.key"
@@ -666,6 +670,41 @@ def verifier_file_fix(path: Path) -> str:
         "verifier's URL), or re-provision (`capture-agent provision --force --verifier URL ...`), which writes "
         "it again"
     )
+
+
+@dataclass(frozen=True)
+class ProvisionedVerifier:
+    """The verifier URL kept at provisioning, checked and spelt as ``[verifier] url`` is, and where it is kept."""
+
+    config: AgentConfig  # the config it was compared with, its [verifier] url now the kept one
+    kept_in: Path
+    elsewhere: bool  # the kept URL names another verifier than the config it was compared with
+
+    @property
+    def url(self) -> str:
+        return self.config.verifier.url
+
+
+def provisioned_verifier(config: AgentConfig, store: IdentityStore | None = None) -> ProvisionedVerifier | None:
+    """The verifier URL this device was provisioned with, compared with the one ``config`` names; None if none kept.
+
+    The one check behind the runtime (a config naming no verifier takes the kept URL), the client (a device on
+    its provisioned URL follows a re-provisioning) and doctor (it names a kept URL the config overrides). Why
+    compared after validation, not as text: the config spells a URL typed without a port with the verifier's
+    port 8443, so a kept ``https://host`` (written by hand, or before that default) is the verifier of
+    ``https://host:8443``, not another one to follow or to report.
+
+    Raises :class:`~agent.errors.ConfigError` for a kept value that is no verifier URL (named as the file, not
+    as ``[verifier] url``: the person never wrote it in a config), and :class:`IdentityError` for a kept file
+    that is not the regular file the agent writes (:meth:`IdentityStore.provisioned_verifier_url`).
+    """
+    store = store or IdentityStore(config.agent.state_dir)
+    url = store.provisioned_verifier_url()
+    if url is None:
+        return None
+    kept_in = store.current / VERIFIER_FILE
+    kept = config.with_overrides({"verifier.url": str(kept_in)}, verifier={"url": url})
+    return ProvisionedVerifier(kept, kept_in, kept.verifier.url != config.verifier.url)
 
 
 def identity_problem(identity: DeviceIdentity, pending: IdentityError | None = None) -> IdentityError | None:

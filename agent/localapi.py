@@ -16,7 +16,9 @@ module is the thin shell and the routes:
     GET    /sessions/{id}/events   text/event-stream: prompt, progress, step_up, result | error
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
     GET    /health                 reader, session and identity state ("degraded" when the
-                                   device identity cannot sign or has expired)
+                                   device identity cannot sign or has expired, the verifier is
+                                   unreachable, or a required device is not connected: an
+                                   optional camera is only named, in "device_warning")
 
 One sensor, one session at a time: a second POST while one runs is a 409, and a
 cancelled session holds the sensor until its worker threads have ended (a thread

@@ -8,7 +8,7 @@ from dataclasses import replace
 from agent.client import VerifierClient
 from agent.config import PROVISIONED_ORIGIN, AgentConfig, load_config
 from agent.errors import ConfigError
-from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore
+from agent.identity import VERIFIER_FILE, DeviceIdentity, IdentityStore, provisioned_verifier
 from agent.keystore import load_kek
 from agent.logs import configure_logging
 from agent.options import add_common_arguments
@@ -48,19 +48,17 @@ def with_provisioned_verifier(config: AgentConfig) -> AgentConfig:
     """
     if config.verifier_url_origin != AgentConfig.verifier_url_origin:
         return config
-    store = IdentityStore(config.agent.state_dir)
-    url = store.provisioned_verifier_url()
-    if url is None:
-        return config
-    stored = store.current / VERIFIER_FILE
     try:
-        config = config.with_overrides({"verifier.url": str(stored)}, verifier={"url": url})
+        kept = provisioned_verifier(config)
     except ConfigError as exc:
+        stored = IdentityStore(config.agent.state_dir).current / VERIFIER_FILE
         raise ConfigError(
             f"the verifier URL kept at provisioning is refused: {exc.message}",
             fix=f"set [verifier] url in the config file (it wins over {stored}), or re-provision with --force",
         ) from None
-    return replace(config, verifier_url_origin=f"{PROVISIONED_ORIGIN}, kept in {stored}")
+    if kept is None:
+        return config
+    return replace(kept.config, verifier_url_origin=f"{PROVISIONED_ORIGIN}, kept in {kept.kept_in}")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

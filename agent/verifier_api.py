@@ -77,9 +77,10 @@ class VerifierAPI:
         A verifier from before those fields refuses them (400 ``bad-challenge``, "unknown fields [...]"): asked
         again without them, as before (the request itself is still refused after the capture), so an
         agent upgraded before its verifier still works; the client remembers, so this verifier is not asked
-        with them again. Any other refusal (a newer verifier's own check of the fields) is not retried.
+        with them again for a while (:class:`~agent.client.RefusedChallengeFields`: then once more, in case it
+        was upgraded). Any other refusal (a newer verifier's own check of the fields) is not retried.
         """
-        refused = self.client.refused_challenge_fields.get(self.client.config.verifier.url, frozenset())
+        refused = self.client.refused_challenge_fields.of(self.client.config.verifier.url)
         asked = ChallengeRequest(operation, subject, group, first and "first" not in refused,
                                  None if "modality" in refused else modality)
         try:
@@ -90,7 +91,7 @@ class VerifierAPI:
             if not unknown or not unknown <= sent:
                 raise
             url = self.client.config.verifier.url
-            self.client.refused_challenge_fields[url] = refused | unknown
+            self.client.refused_challenge_fields.add(url, unknown)
             log.info("challenge_fields_not_understood", fields=sorted(unknown), verifier=url,
                      fix="update the verifier: it refuses before the capture what it would refuse after")
             return await self._challenge(ChallengeRequest(

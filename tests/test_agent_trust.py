@@ -164,6 +164,38 @@ def test_an_older_verifier_is_sent_the_fields_it_refused_once_per_client(verifie
     ]
 
 
+def test_the_fields_an_older_verifier_refused_are_sent_again_after_a_while(verifier, provisioned) -> None:
+    """The client remembered a refusal for the process's life: a verifier upgraded meanwhile was never sent "first"
+    or "modality" until the daemon's restart. After ``ttl_s`` (a clock the test turns) they are sent once more;
+    an older verifier that still refuses them is remembered again, and asked without them."""
+    from agent.client import RefusedChallengeFields
+
+    config, identity = provisioned
+    said: list[dict] = []
+    now = [1000.0]
+    with misbehaving(verifier.pki_dir, "older", said) as url:
+        # One retry: this server never marks a connection authenticated, so the server layer drops each one after
+        # its few unauthenticated requests, before the app sees the next (so it is not in ``said``).
+        local = config.with_overrides(verifier={"url": url}, network={"retries": 1, "backoff_base_s": 0.05})
+
+        async def go():
+            async with VerifierClient(local, identity) as client:
+                client.refused_challenge_fields = RefusedChallengeFields(ttl_s=600, clock=lambda: now[0])
+                for subject, later in (("ana", 0), ("bo", 599), ("cy", 1), ("di", 1)):
+                    now[0] += later
+                    await VerifierAPI(client).challenge("enroll", subject, first=True)
+
+        asyncio.run(go())
+    assert [r["request"] for r in said] == [
+        {"operation": "enroll", "subject": "ana", "first": True},  # refused: unknown fields ['first']
+        {"operation": "enroll", "subject": "ana"},
+        {"operation": "enroll", "subject": "bo"},  # 599 s after the refusal: still left out
+        {"operation": "enroll", "subject": "cy", "first": True},  # 600 s: asked again (an upgrade?), refused again
+        {"operation": "enroll", "subject": "cy"},
+        {"operation": "enroll", "subject": "di"},  # remembered from the new refusal
+    ]
+
+
 def test_a_verifiers_own_refusal_of_a_new_field_is_not_retried_without_it(verifier, provisioned) -> None:
     """The retry matched "first" anywhere in a bad-challenge's detail, so a newer verifier's own check of the field
     ("first is true or false, and only for enroll") was asked again without it, and the refusal was lost."""

@@ -278,3 +278,43 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
     assert daemon.returncode == 0
     if skipped:
         pytest.skip("; ".join(skipped))
+
+
+def test_the_camera_of_a_kiosk_without_a_reader_is_required_by_health(provisioned, tmp_path) -> None:
+    """A camera is optional beside a reader (tests/test_kiosk_walk.py), but on a face-only kiosk it is all the
+    sessions have: unplugged, /health must say "degraded", as for a reader."""
+    config, _ = provisioned
+    camera = Simulator("camera", "--size", "320x240", "--fps", "15")
+    socket_path = tmp_path / "run" / "api.sock"
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
+        f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{camera.hello["url"]}"\ncheck_interval_s = 0.2\n',
+    )
+    daemon = start_agent_daemon(config_file)
+
+    async def story() -> dict:
+        deadline = time.monotonic() + 20
+        while not socket_path.exists():
+            assert daemon.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, "the daemon's local API never came up"
+            await asyncio.sleep(0.1)
+        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as client:
+            deadline = time.monotonic() + 20
+            for connected in (True, False):
+                if not connected:
+                    camera.send("unplug")
+                while (health := (await client.get("/health")).json())["devices"][0]["connected"] != connected:
+                    assert time.monotonic() < deadline, f"the camera never became connected={connected}"
+                    await asyncio.sleep(0.1)
+            return health
+
+    try:
+        health = asyncio.run(story())
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+        camera.stop()
+    assert health["status"] == "degraded" and health["device_error"] == "not connected: camera", health
+    assert [d["required"] for d in health["devices"]] == [True] and "device_warning" not in health, health

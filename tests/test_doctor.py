@@ -319,6 +319,17 @@ def test_a_kept_verifier_url_edited_to_hold_a_password_is_never_repeated(provisi
     assert "no valid verifier URL" in by_name(report)["config"].detail
 
 
+def test_a_kept_verifier_url_without_its_port_is_the_verifier_in_use_not_another(provisioned) -> None:
+    """A kept ``https://host`` (by hand, or written before URLs got the default port) is the verifier the config
+    spells ``https://host:8443``: doctor compared the texts and said the device "was provisioned with" the very
+    URL it uses, and appended to a failed live call's fix that the verifier had moved."""
+    _, state = provisioned
+    (state / "identity" / "verifier.url").write_text("https://127.0.0.1\n")
+    report = run_doctor(config_for(state, "https://127.0.0.1:8443"))
+    assert "provisioned with" not in by_name(report)["config"].detail
+    assert not any("provisioned with" in (check.fix or "") for check in report.checks)
+
+
 def test_a_kept_verifier_url_that_is_a_fifo_is_a_failed_line_not_a_hang(provisioned) -> None:
     """The config's URL wins, so doctor reads the kept one only to compare: a FIFO there blocked it for good."""
     _, state = provisioned

@@ -41,7 +41,7 @@ class Daemon:
         self.camera = Simulator("camera", "--size", "320x240", "--fps", "15") if camera else None
         self.socket = tmp_path / "run" / "api.sock"
         camera_section = (f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{self.camera.hello["url"]}"\n'
-                          if self.camera is not None else "")
+                          f"check_interval_s = {check_interval_s}\n" if self.camera is not None else "")
         self.config_file = write_config_file(
             tmp_path / "agent.toml", config,
             f'[api]\nsocket = "{self.socket}"\n[logging]\nlevel = "error"\n'
@@ -82,13 +82,17 @@ class Daemon:
         return events
 
     async def reader_connected(self, client: httpx.AsyncClient, expected: bool, timeout_s: float) -> None:
+        await self.devices_connected(client, {"reader": expected}, timeout_s)
+
+    async def devices_connected(self, client: httpx.AsyncClient, expected: dict[str, bool], timeout_s: float) -> dict:
+        """Wait until /health's devices are connected as ``expected`` (by name); that /health."""
         deadline = time.monotonic() + timeout_s
         while True:
             health = (await client.get("/health")).json()
             seen = {d["name"]: d["connected"] for d in health["devices"]}
-            if seen == {"reader": expected}:
-                return
-            assert time.monotonic() < deadline, f"the reader stays {seen} in /health, expected connected={expected}"
+            if seen == expected:
+                return health
+            assert time.monotonic() < deadline, f"the devices stay {seen} in /health, expected {expected}"
             await asyncio.sleep(0.1)
 
     def stop(self) -> None:
@@ -444,6 +448,28 @@ def test_health_is_degraded_while_the_reader_is_unplugged(daemon_with_module) ->
             await daemon.reader_connected(kiosk, True, 30)
             health = (await kiosk.get("/health")).json()
             assert health["status"] == "ok" and "device_error" not in health, health
+
+    asyncio.run(story())
+
+
+def test_health_stays_ok_while_an_optional_camera_is_unplugged(daemon_with_module) -> None:
+    """A camera beside the reader went away: /health said "degraded" (a kiosk app showed "out of service") while
+    the default, finger sessions ran as ever. It is named as optional, and only the reader degrades the status."""
+    daemon = daemon_with_module(camera=True)
+    assert daemon.camera is not None
+
+    async def story() -> None:
+        async with daemon.client() as kiosk:
+            health = await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
+            assert health["status"] == "ok", health
+            daemon.camera.send("unplug")
+            health = await daemon.devices_connected(kiosk, {"reader": True, "camera": False}, 20)
+            assert health["status"] == "ok" and "device_error" not in health, health
+            assert {d["name"]: d["required"] for d in health["devices"]} == {"reader": True, "camera": False}
+            assert health["device_warning"] == "not connected (optional): camera" and health["device_fix"], health
+            daemon.zfm.send("unplug")
+            health = await daemon.devices_connected(kiosk, {"reader": False, "camera": False}, 20)
+            assert health["status"] == "degraded" and health["device_error"] == "not connected: reader", health
 
     asyncio.run(story())
 

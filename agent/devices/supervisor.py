@@ -35,6 +35,8 @@ BACKOFF_MAX_S = 60.0
 # hours. A device that stayed longer starts again at one interval, whatever came before.
 FLAP_INTERVALS = 6
 LEGACY_READER = "reader"  # what the old [reader] section's module is called among the devices
+# The kinds that read fingers: the local API's default modality, and the step-up of a face verification.
+FINGER_KINDS = frozenset({"zfm", "fprint"})
 
 
 def configured_devices(config: AgentConfig) -> list[tuple[str, DeviceSection]]:
@@ -88,6 +90,8 @@ class DeviceSupervisor:
         self.record = record
         self.devices: list[Device] = []
         self.faults: dict[str, str] = {}  # devices that could not even be made (libfprint missing...)
+        # From the config, not from the devices made: a reader that could not be made is still the kiosk's reader.
+        self.reads_fingers = any(section.kind in FINGER_KINDS for _, section in devices)
         for name, section in devices:
             try:
                 self.devices.append(factory(section, name))
@@ -193,8 +197,27 @@ class DeviceSupervisor:
             raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices])
         return next((d for d in able if d.connected), able[0])
 
+    def required(self, device: Device) -> bool:
+        """Whether sessions need ``device``, so that its absence makes the daemon's /health "degraded".
+
+        The config has no "optional" key, so it is decided from the modalities the devices serve. A finger
+        reader is always required: "finger" is the local API's default modality, and a face verification
+        whose factor rule needs a finger steps up on the reader. A camera is required only on a kiosk with
+        no finger reader configured (faces are all it serves); beside a reader it is optional: the default
+        sessions run without it, and only a face session waits for it to come back.
+        """
+        return device.kind in FINGER_KINDS or not self.reads_fingers
+
+    def away(self) -> tuple[list[str], list[str]]:
+        """The names of the devices not connected now: the required ones, then the optional ones."""
+        gone = [d for d in self.devices if not d.connected]
+        return [d.name for d in gone if self.required(d)], [d.name for d in gone if not self.required(d)]
+
     def health(self) -> dict[str, Any]:
-        return {"devices": [d.status() for d in self.devices], "device_faults": self.faults}
+        return {
+            "devices": [{**d.status(), "required": self.required(d)} for d in self.devices],
+            "device_faults": self.faults,
+        }
 
     async def close(self) -> None:
         for task in self._tasks:
