@@ -10,6 +10,8 @@ import contextlib
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,3 +143,40 @@ def refuses_connections(verifier: LocalVerifier) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+# `capture-verifier serve` with an audit hook that says each sqlite3.connect (Python's own audit event).
+SERVE_SAYING_CONNECTS = """
+import sys
+from verifier.cli import main
+
+def say_connects(event, args):
+    if event == "sqlite3.connect":
+        print(f"sqlite3.connect {args[0]}", file=sys.stderr, flush=True)
+
+sys.addaudithook(say_connects)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_opens_its_database_once(verifier_state: Path) -> None:
+    """It opened it twice at start: once to check it (then closed), once more for the app, each time running the
+    schema script and the migration. The app now serves on the connection the check opened."""
+    ready, log = verifier_state / "ready.json", verifier_state / "serve.log"
+    command = [sys.executable, "-c", SERVE_SAYING_CONNECTS, "serve", "--pki", str(verifier_state), "--port", "0"]
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen([*command, "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        assert wait_for(lambda: ready.exists() or process.poll() is not None, 60.0) and process.poll() is None, (
+            log.read_text(errors="replace")[-2000:]
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            returncode = process.wait(5)
+    connects = [line for line in log.read_text().splitlines() if line.startswith("sqlite3.connect ")]
+    assert connects == [f"sqlite3.connect {verifier_state / 'verifier.sqlite'}"], connects
+    assert returncode == 0

@@ -490,18 +490,30 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import resource
+    """Serve on the database opened once, here, where one that cannot be opened is named (not a traceback).
 
-    from verifier.app import create_app
-    from verifier.serve_lock import hold_database
-    from verifier.server import serve
+    It was opened twice: here to be checked and closed, then again by the app,
+    each time with its schema script and migration. The app takes this connection.
+    """
+    import resource
 
     # No core file, whatever the shell's `ulimit -c`: a native crash would write the CA and server keys,
     # the enrollment key and decrypted templates to disk. The unit sets LimitCORE=0; this covers the rest.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     settings = settings_from(args)
     _need_pki(settings, serving=True)
-    _open_store(settings).close()  # a database that cannot be opened is named here, not in a traceback
+    conn = _open_store(settings)
+    try:
+        return _serve_on(args, settings, conn)
+    finally:
+        conn.close()
+
+
+def _serve_on(args: argparse.Namespace, settings: VerifierSettings, conn: sqlite3.Connection) -> int:
+    """Check the ready file, hold the database, serve until stopped; listening failures named with their fix."""
+    from verifier.app import create_app
+    from verifier.serve_lock import hold_database
+    from verifier.server import serve
 
     ready_fix = "give --ready-file a path in a folder this user may write (systemd: RuntimeDirectory=)"
     if args.ready_file and not Path(args.ready_file).parent.is_dir():
@@ -521,7 +533,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         with hold_database(settings.database):  # before the app: it makes the enrollment key on first start
-            asyncio.run(serve(create_app(settings), settings, on_listening=listening))
+            asyncio.run(serve(create_app(settings, conn), settings, on_listening=listening))
     except OSError as exc:
         if isinstance(exc, socket.gaierror):  # a name that does not resolve, "999.1.1.1": was a traceback
             raise CLIError(
