@@ -325,6 +325,21 @@ def _failure_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _broken_reason(exc: OSError) -> str:
+    """Why a connection past its handshake broke, for ``connection_broken``.
+
+    A TimeoutError here is asyncio's wait for the peer's close_notify after ours
+    (``SSL_SHUTDOWN_TIMEOUT_S``; raised out of hypercorn's close, which catches
+    neither it nor an SSLError): a client that keeps its socket open and sends
+    nothing. It was named "handshake deadline passed", as a handshake's timeout is,
+    long after the handshake had succeeded. An SSLError (data after our
+    close_notify: APPLICATION_DATA_AFTER_CLOSE_NOTIFY; a bad record) names itself.
+    """
+    if isinstance(exc, TimeoutError):
+        return "no close_notify from the peer in time"
+    return _failure_reason(exc)
+
+
 def _quiet_exception_handler(summary: EventSummary) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
     """asyncio's own reports of broken connections are counted, not logged with a traceback each."""
 
@@ -441,7 +456,7 @@ class ConnectionServer:
             else:
                 client.close()
         except OSError as exc:  # the peer broke TLS or TCP (data after its close_notify, a reset): the end, counted
-            self.summary.note("connection_broken", _failure_reason(exc), address=conn.address)
+            self.summary.note("connection_broken", _broken_reason(exc), address=conn.address)
             if transport is not None:
                 transport.abort()
             else:
