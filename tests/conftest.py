@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import functools
 import http.server
 import ipaddress
+import json
 import os
+import pty
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -23,7 +27,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -95,6 +101,56 @@ def verifier_state(tmp_path: Path) -> Path:
     """
     LocalVerifier(tmp_path / "pki").init_pki()
     return tmp_path / "pki"
+
+
+@dataclass
+class TerminalVerifier:
+    """`capture-verifier serve` run from a terminal (a pseudo-terminal), and that terminal's other end."""
+
+    verifier: LocalVerifier  # its pki_dir, port and process
+    master: int | None  # the terminal's side; None once closed
+
+    def hang_up(self) -> None:
+        """Close the terminal, as a closed window or a dropped ssh session does: the kernel sends SIGHUP."""
+        if self.master is not None:
+            with contextlib.suppress(OSError):
+                while select.select([self.master], [], [], 0)[0] and os.read(self.master, 65536):
+                    pass  # what it printed so far, read as a terminal would
+            os.close(self.master)
+            self.master = None
+
+
+def _session_on_the_terminal() -> None:
+    """``preexec_fn``: a session of its own whose controlling terminal is standard input (the pseudo-terminal)."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.fixture
+def verifier_at_a_terminal(tmp_path: Path) -> Iterator[TerminalVerifier]:
+    """The reference verifier with a pseudo-terminal as its controlling terminal, standard input, output and
+    error; on a free port of 127.0.0.1, fresh PKI. Stopped (killed if SIGTERM does not end it) after the test."""
+    local = LocalVerifier(tmp_path / "pki")
+    local.init_pki()
+    ready = tmp_path / "ready.json"
+    master, slave = pty.openpty()
+    command = [sys.executable, "-m", "verifier.cli", "serve", "--pki", str(local.pki_dir), "--port", "0"]
+    local.process = subprocess.Popen([*command, "--ready-file", str(ready)], stdin=slave, stdout=slave,
+                                     stderr=slave, preexec_fn=_session_on_the_terminal)
+    os.close(slave)
+    terminal = TerminalVerifier(local, master)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and local.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):  # read what it prints, so that it never blocks on a full terminal
+                if select.select([master], [], [], 0.05)[0]:
+                    os.read(master, 65536)
+        assert ready.exists(), f"the verifier did not become ready (exit code {local.process.poll()})"
+        local.port = int(json.loads(ready.read_text())["port"])
+        yield terminal
+    finally:
+        local.stop()
+        terminal.hang_up()
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ error of that connection).
 
 The same restart, after a read loop that ended normally (the peer gone, its request
 answered afterwards), kept the connection for the whole keep-alive time: the second
-test.
+test. The third: a close whose close_notify the peer never answers is counted under
+its own reason, not the handshake's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import socket
 import ssl
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -35,8 +37,10 @@ import h2.events
 import h2.settings
 from hypercorn.asyncio.worker_context import WorkerContext
 
+from agent.devstack import LocalVerifier
 from bench.flood import h2_frame
 from tests.conftest import TestCA
+from tests.test_verifier_connections import log_events, open_h2, request_headers, wait_for
 from verifier.server import ConnectionServer, bind_socket
 from verifier.settings import VerifierSettings
 from verifier.tls import server_context
@@ -178,3 +182,26 @@ def test_an_answer_after_the_device_vanished_leaves_no_connection_behind(ca: Tes
         server.join(CONNECTIONS_END_S + 5)
         listener.close()
     assert server.left_open == 0, "the connection outlived its device"
+
+
+def test_a_close_notify_the_peer_never_answers_is_named_as_such_not_as_the_handshake(tmp_path: Path) -> None:
+    """A client that keeps its socket open after the verifier's close_notify and sends nothing, not even its own:
+    asyncio's wait for the close_notify ends at SSL_SHUTDOWN_TIMEOUT_S with a TimeoutError raised out of
+    hypercorn's close, and the verifier counted it as `connection_broken` with the reason "handshake deadline
+    passed", long after the handshake had succeeded: an operator reading the log looked for slow handshakes."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        tls, conn = open_h2(verifier)
+        conn.send_headers(1, request_headers("GET", "/.well-known/est/cacerts"), end_stream=True)
+        tls.sendall(conn.data_to_send())
+        with contextlib.suppress(ssl.SSLError):
+            while tls.recv(65536):  # the answer, then b"" at the verifier's close_notify (answered: closed)
+                pass
+        try:  # and nothing more from this side while the verifier waits
+            assert wait_for(lambda: broken(verifier), 10.0), "the close failed: counted as a broken connection"
+        finally:
+            tls.close()
+    assert [event["reason"] for event in broken(verifier)] == ["no close_notify from the peer in time"]
+
+
+def broken(verifier: LocalVerifier) -> list[dict]:
+    return [event for event in log_events(verifier) if event["event"] == "connection_broken"]

@@ -230,3 +230,31 @@ def test_every_device_list_line_has_the_same_keys(verifier, provisioned) -> None
     assert len({tuple(sorted(row)) for row in rows_by_id.values()}) == 1, rows_by_id
     assert rows_by_id["kiosk-1"]["token_expires"] is None
     assert dt.datetime.fromisoformat(rows_by_id["kiosk-2"]["token_expires"]) > dt.datetime.now(dt.UTC)
+
+
+# ---------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(("args", "said", "help_command"), [
+    (("token", "new", "--bogus"), "unrecognized arguments: --bogus", "capture-verifier token new --help"),
+    (("device", "revoke", "--pki", "PKI", "kiosk-1", "kiosk-2"), "unrecognized arguments: kiosk-2",
+     "capture-verifier device revoke --help"),
+    (("token", "new", "--pki"), "argument --pki: expected one argument", "capture-verifier token new --help"),
+    (("serve", "--port", "abc"), "argument --port: invalid int value: 'abc'", "capture-verifier serve --help"),
+    (("token", "new", "--ttl", "soon"), "argument --ttl: 'soon'", "capture-verifier token new --help"),
+    (("device", "allow", "kiosk-1", "--sensor-assertions", "maybe"), "argument --sensor-assertions: invalid choice",
+     "capture-verifier device allow --help"),
+    (("subject", "require", "alice"), "the following arguments are required: --factors",
+     "capture-verifier subject require --help"),
+    (("device",), "the following arguments are required: COMMAND", "capture-verifier device --help"),
+    (("frob",), "argument COMMAND: invalid choice: 'frob'", "capture-verifier --help"),
+    ((), "the following arguments are required: COMMAND", "capture-verifier --help"),
+])
+def test_a_usage_error_is_an_error_and_a_fix_naming_the_commands_help(args, said, help_command) -> None:
+    """An unknown option, a missing argument or a bad value was argparse's bare usage block and
+    `capture-verifier ...: error:` line, unlike every other error of this CLI: no `fix:` line."""
+    error, fix = refused(cli(*args))
+    assert error.startswith(f"error: {said}"), error
+    assert f"`{help_command}`" in fix, fix
+    help_done = cli(*help_command.split()[1:])
+    assert help_done.returncode == 0 and help_done.stdout.startswith("usage: "), "the fix's command works"

@@ -6,11 +6,36 @@ by the fixture or here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from agent.devstack import LocalVerifier
+from tests.conftest import TerminalVerifier
+from tests.test_verifier_connections import log_events, open_h2, read_until_closed, request_headers, wait_for
 from tests.test_verifier_operator_cli import cli, refused
+
+
+def wait_for_event(verifier: LocalVerifier, event: str, timeout_s: float = 10.0) -> dict | None:
+    """The verifier's first log event named ``event``, once it is written; None if it never is
+    (or the process ended without it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [e for e in log_events(verifier) if e.get("event") == event]
+        if found:
+            return found[0]
+        if verifier.process is not None and verifier.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    found = [e for e in log_events(verifier) if e.get("event") == event]
+    return found[0] if found else None
 
 
 def test_a_second_server_on_the_same_database_is_refused_naming_the_first(verifier: LocalVerifier) -> None:
@@ -60,3 +85,98 @@ def test_a_host_that_is_no_address_is_refused_with_the_fix(verifier_state: Path)
         error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--host", host))
         assert error.startswith(f"error: cannot listen on {host}:0: {host!r} is no address of this host"), error
         assert "--host" in fix
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_lets_the_request_in_flight_finish_then_exits_0(tmp_path: Path, stop_signal: int) -> None:
+    """SIGHUP (the terminal `serve` ran in was closed, an ssh session dropped) killed the verifier at once:
+    Python's default for it, with no drain, no `verifier_stopping`, the request in flight cut. It stops as
+    SIGTERM does: no new connection, the request in flight answered, exit 0."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        assert verifier.process is not None
+        tls, conn = open_h2(verifier)
+        headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
+        conn.send_headers(1, [*headers, ("idempotency-key", "k"), ("content-type", "application/pkcs10")])
+        conn.send_data(1, b"MIIB")
+        tls.sendall(conn.data_to_send())
+        time.sleep(0.5)  # the request reaches the app, which waits for the rest of its body
+        verifier.process.send_signal(stop_signal)
+        stopping = wait_for_event(verifier, "verifier_stopping")
+        conn.send_data(1, b"AAAA", end_stream=True)
+        with contextlib.suppress(OSError):  # without the drain the verifier is gone: a reset
+            tls.sendall(conn.data_to_send())
+        _, status, _ = read_until_closed(tls, conn, 10.0)
+        tls.close()
+        returncode = verifier.process.wait(15)
+    assert stopping is not None and stopping["open_connections"] == 1, stopping
+    assert stopping["signal"] == stop_signal.name
+    assert status == 401, "the request in flight was answered (its token is no token)"
+    assert returncode == 0
+
+
+def test_a_closed_terminal_stops_serve_as_sigterm_does(verifier_at_a_terminal: TerminalVerifier) -> None:
+    """`serve` started from a terminal that is then closed: the kernel's SIGHUP, and every write to the terminal
+    failing (EIO). With SIGHUP handled alone, the drain's first log line raised: a traceback nobody saw (exit 1)
+    and the request in flight answered 500. Its output now goes nowhere, and it stops as SIGTERM does."""
+    verifier = verifier_at_a_terminal.verifier
+    assert verifier.process is not None
+    tls, conn = open_h2(verifier)
+    headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
+    conn.send_headers(1, [*headers, ("idempotency-key", "k"), ("content-type", "application/pkcs10")])
+    conn.send_data(1, b"MIIB")
+    tls.sendall(conn.data_to_send())
+    time.sleep(0.5)  # the request reaches the app, which waits for the rest of its body
+    verifier_at_a_terminal.hang_up()
+    assert wait_for(lambda: refuses_connections(verifier), 10.0), "it stopped listening: the SIGHUP came"
+    conn.send_data(1, b"AAAA", end_stream=True)
+    with contextlib.suppress(OSError):  # a verifier that died is gone: a reset
+        tls.sendall(conn.data_to_send())
+    _, status, _ = read_until_closed(tls, conn, 10.0)
+    tls.close()
+    assert status == 401, "the request in flight was answered (its token is no token)"
+    assert verifier.process.wait(15) == 0
+
+
+def refuses_connections(verifier: LocalVerifier) -> bool:
+    try:
+        socket.create_connection((verifier.host, verifier.port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+# `capture-verifier serve` with an audit hook that says each sqlite3.connect (Python's own audit event).
+SERVE_SAYING_CONNECTS = """
+import sys
+from verifier.cli import main
+
+def say_connects(event, args):
+    if event == "sqlite3.connect":
+        print(f"sqlite3.connect {args[0]}", file=sys.stderr, flush=True)
+
+sys.addaudithook(say_connects)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_opens_its_database_once(verifier_state: Path) -> None:
+    """It opened it twice at start: once to check it (then closed), once more for the app, each time running the
+    schema script and the migration. The app now serves on the connection the check opened."""
+    ready, log = verifier_state / "ready.json", verifier_state / "serve.log"
+    command = [sys.executable, "-c", SERVE_SAYING_CONNECTS, "serve", "--pki", str(verifier_state), "--port", "0"]
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen([*command, "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        assert wait_for(lambda: ready.exists() or process.poll() is not None, 60.0) and process.poll() is None, (
+            log.read_text(errors="replace")[-2000:]
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            returncode = process.wait(5)
+    connects = [line for line in log.read_text().splitlines() if line.startswith("sqlite3.connect ")]
+    assert connects == [f"sqlite3.connect {verifier_state / 'verifier.sqlite'}"], connects
+    assert returncode == 0

@@ -103,9 +103,10 @@ def _csr_from_body(body: bytes) -> bytes:
 
 
 class VerifierApp:
-    def __init__(self, settings: VerifierSettings) -> None:
+    def __init__(self, settings: VerifierSettings, conn: sqlite3.Connection | None = None) -> None:
+        """The app on ``conn`` (`serve` opened the database once, to name a failure) or on one of its own."""
         self.settings = settings
-        self.conn: sqlite3.Connection = open_database(settings.database)
+        self.conn: sqlite3.Connection = conn if conn is not None else open_database(settings.database)
         self.ca = CertificateAuthority.load(settings.pki_dir)
         self.tokens = BootstrapTokens(self.conn)
         self.registry = DeviceRegistry(self.conn, grace_s=settings.grace_s)
@@ -643,5 +644,5 @@ def _bearer(headers: dict[str, str]) -> str:
     return value.strip()
 
 
-def create_app(settings: VerifierSettings) -> VerifierApp:
-    return VerifierApp(settings)
+def create_app(settings: VerifierSettings, conn: sqlite3.Connection | None = None) -> VerifierApp:
+    return VerifierApp(settings, conn)

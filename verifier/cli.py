@@ -26,7 +26,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -48,6 +48,32 @@ class CLIError(Exception):
     def __init__(self, message: str, fix: str = "") -> None:
         super().__init__(message)
         self.fix = fix
+
+
+class OperatorParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as every other error of this CLI: an `error:` line and a `fix:` line.
+
+    argparse's own report is its usage block and `PROG: error: ...`, which named
+    no fix and read unlike everything else the operator sees (README: every error
+    names its fix). Subparsers are made of the parser's own class, so every
+    command's errors come here, naming that command's `--help`. Exit code 2, as
+    argparse's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_prog=self.prog)  # the deepest command given wins: see parse_arguments
+
+    def error(self, message: str) -> NoReturn:
+        usage_error(self.prog, message, lists_commands=self._subparsers is not None)
+
+
+def usage_error(prog: str, message: str, *, lists_commands: bool = False) -> NoReturn:
+    """Print a command line's mistake and the help that shows it right; exit 2."""
+    shows = "lists its commands" if lists_commands else "shows its options and arguments"
+    print(f"error: {message}", file=sys.stderr)
+    print(f"fix: `{prog} --help` {shows}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_duration(text: str) -> float:
@@ -464,18 +490,30 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import resource
+    """Serve on the database opened once, here, where one that cannot be opened is named (not a traceback).
 
-    from verifier.app import create_app
-    from verifier.serve_lock import hold_database
-    from verifier.server import serve
+    It was opened twice: here to be checked and closed, then again by the app,
+    each time with its schema script and migration. The app takes this connection.
+    """
+    import resource
 
     # No core file, whatever the shell's `ulimit -c`: a native crash would write the CA and server keys,
     # the enrollment key and decrypted templates to disk. The unit sets LimitCORE=0; this covers the rest.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     settings = settings_from(args)
     _need_pki(settings, serving=True)
-    _open_store(settings).close()  # a database that cannot be opened is named here, not in a traceback
+    conn = _open_store(settings)
+    try:
+        return _serve_on(args, settings, conn)
+    finally:
+        conn.close()
+
+
+def _serve_on(args: argparse.Namespace, settings: VerifierSettings, conn: sqlite3.Connection) -> int:
+    """Check the ready file, hold the database, serve until stopped; listening failures named with their fix."""
+    from verifier.app import create_app
+    from verifier.serve_lock import hold_database
+    from verifier.server import serve
 
     ready_fix = "give --ready-file a path in a folder this user may write (systemd: RuntimeDirectory=)"
     if args.ready_file and not Path(args.ready_file).parent.is_dir():
@@ -495,7 +533,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         with hold_database(settings.database):  # before the app: it makes the enrollment key on first start
-            asyncio.run(serve(create_app(settings), settings, on_listening=listening))
+            asyncio.run(serve(create_app(settings, conn), settings, on_listening=listening))
     except OSError as exc:
         if isinstance(exc, socket.gaierror):  # a name that does not resolve, "999.1.1.1": was a traceback
             raise CLIError(
@@ -524,7 +562,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capture-verifier", description="The reference verifier.")
+    parser = OperatorParser(prog="capture-verifier", description="The reference verifier.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_pki(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -532,14 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML settings file")
         return p
 
-    pki = sub.add_parser("pki", help="development PKI").add_subparsers(dest="pki_command", required=True)
+    pki = sub.add_parser("pki", help="development PKI").add_subparsers(
+        dest="pki_command", required=True, metavar="COMMAND"
+    )
     init = pki.add_parser("init", help="make a CA and the verifier's server certificate in DIR")
     init.add_argument("dir")
     init.add_argument("--server-name", action="append", help="host name or IP of the verifier (repeatable)")
     init.set_defaults(run=cmd_pki_init)
 
     token = sub.add_parser("token", help="one-time bootstrap tokens").add_subparsers(
-        dest="token_command", required=True
+        dest="token_command", required=True, metavar="COMMAND"
     )
     new = with_pki(token.add_parser("new", help="a one-time token for one device"))
     new.add_argument("--device", help="device id (default: a random dev-XXXXXXXX)")
@@ -556,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_revoke.add_argument("device_id")
     token_revoke.set_defaults(run=cmd_token_revoke)
 
-    device = sub.add_parser("device", help="the device registry").add_subparsers(dest="device_command", required=True)
+    device = sub.add_parser("device", help="the device registry").add_subparsers(
+        dest="device_command", required=True, metavar="COMMAND"
+    )
     with_pki(device.add_parser("list", help="list devices")).set_defaults(run=cmd_device_list)
     revoke = with_pki(
         device.add_parser(
@@ -580,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     allow.set_defaults(run=cmd_device_allow)
 
-    subject = sub.add_parser("subject", help="subjects").add_subparsers(dest="subject_command", required=True)
+    subject = sub.add_parser("subject", help="subjects").add_subparsers(
+        dest="subject_command", required=True, metavar="COMMAND"
+    )
     with_pki(subject.add_parser("list", help="list enrolled subjects (id, group, what they enrolled)")).set_defaults(
         run=cmd_subject_list
     )
@@ -615,8 +659,21 @@ def _database_of(args: argparse.Namespace) -> Path:
         return VerifierSettings().updated(pki_dir=Path(args.pki) if getattr(args, "pki", None) else None).database
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line parsed; words no command takes are a usage error of the command that was given.
+
+    argparse reports them from the top parser (`capture-verifier: error:
+    unrecognized arguments`), whose help does not show the command's options: the
+    fix names the command's own `--help` (its parser left its prog in the namespace).
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        usage_error(getattr(args, "command_prog", parser.prog), f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     configure_logging()
     try:
         return int(args.run(args) or 0)

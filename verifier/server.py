@@ -23,7 +23,7 @@ logged one traceback each.
 
 A connection that did not negotiate ``h2`` by ALPN is closed at once: HTTP/2
 is required. SIGTERM/SIGINT stop accepting, let requests finish (hypercorn sends
-GOAWAY), and close.
+GOAWAY), and close; so does SIGHUP (:data:`STOP_SIGNALS`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import os
+import select
 import signal
 import socket
 import ssl
@@ -64,6 +66,11 @@ MIN_HANDSHAKE_S = 0.05  # what is left of the handshake deadline once the Client
 # Requests a connection without a client certificate may make: EST is one (cacerts or simpleenroll), and the
 # agent opens a connection per EST call; room for a client that asks both, and a retry each, on one connection.
 UNAUTHENTICATED_REQUESTS = 4
+# What stops the server, each with the drain (no new connection, requests in flight answered, GOAWAY). SIGHUP
+# too: the verifier has no reload (its settings are read at start; the unit defines no ExecReload), so a SIGHUP
+# is a closed terminal or a dropped ssh session it was started from, and Python's default for it was death at
+# once, the requests in flight cut. systemd counts SIGHUP as a clean stop signal too (Restart=on-failure).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class CoalescingWriter:
@@ -318,6 +325,21 @@ def _failure_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _broken_reason(exc: OSError) -> str:
+    """Why a connection past its handshake broke, for ``connection_broken``.
+
+    A TimeoutError here is asyncio's wait for the peer's close_notify after ours
+    (``SSL_SHUTDOWN_TIMEOUT_S``; raised out of hypercorn's close, which catches
+    neither it nor an SSLError): a client that keeps its socket open and sends
+    nothing. It was named "handshake deadline passed", as a handshake's timeout is,
+    long after the handshake had succeeded. An SSLError (data after our
+    close_notify: APPLICATION_DATA_AFTER_CLOSE_NOTIFY; a bad record) names itself.
+    """
+    if isinstance(exc, TimeoutError):
+        return "no close_notify from the peer in time"
+    return _failure_reason(exc)
+
+
 def _quiet_exception_handler(summary: EventSummary) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
     """asyncio's own reports of broken connections are counted, not logged with a traceback each."""
 
@@ -434,7 +456,7 @@ class ConnectionServer:
             else:
                 client.close()
         except OSError as exc:  # the peer broke TLS or TCP (data after its close_notify, a reset): the end, counted
-            self.summary.note("connection_broken", _failure_reason(exc), address=conn.address)
+            self.summary.note("connection_broken", _broken_reason(exc), address=conn.address)
             if transport is not None:
                 transport.abort()
             else:
@@ -466,6 +488,38 @@ class ConnectionServer:
             self.summary.flush()
 
 
+def _stop_on(sig: signal.Signals, stop: asyncio.Event, stopped_by: list[str]) -> None:
+    """A stop signal's handler: the first one's name is kept for ``verifier_stopping``."""
+    if sig == signal.SIGHUP:
+        _leave_hung_up_terminal()
+    stopped_by.append(sig.name)
+    stop.set()
+
+
+def _leave_hung_up_terminal() -> None:
+    """Point standard output and error at /dev/null when they are a terminal that hung up (or a gone pipe).
+
+    A closed terminal is what sends SIGHUP, and every write to it then fails with
+    EIO: the drain's first log line (``verifier_stopping``) raised, the server
+    stopped with a traceback nobody saw (exit 1), and a request in flight was
+    answered 500 (measured with ``serve`` on a pseudo-terminal whose other end was
+    closed). The lines had no reader left; what ``nohup`` would have done, done here.
+    A terminal still open (a ``kill -HUP`` by hand) keeps the lines.
+    """
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, select.POLLOUT)
+    gone = [fd for fd, events in poller.poll(0) if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL)]
+    if not gone:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in gone:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 async def serve(
     app: Any,
     settings: Any,
@@ -473,11 +527,12 @@ async def serve(
     on_listening: Callable[[str, int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Serve until SIGTERM, SIGINT or SIGHUP (or ``stop`` is set), then drain: see STOP_SIGNALS."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stopped_by: list[str] = []
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, _stop_on, sig, stop, stopped_by)
     ssl_context = server_context(settings.server_cert, settings.server_key, settings.ca_file)
     limit_header_blocks()
     context = WorkerContext(None)
@@ -500,7 +555,7 @@ async def serve(
         await stop.wait()
     finally:
         connections = set(server.tasks)
-        log.info("verifier_stopping", open_connections=len(connections))
+        log.info("verifier_stopping", open_connections=len(connections), signal=stopped_by[0] if stopped_by else None)
         accepting.cancel()
         sock.close()
         await context.terminated.set()  # hypercorn closes idle connections and sends GOAWAY
