@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
                         if not line.startswith("data: "):
                             continue
                         event = json.loads(line[6:])
-                        outcome = _show(event, outcome)
-                        ended = ended or event["type"] in END_EVENTS
+                        with _interrupts_held():  # shown and recorded as one step (see _interrupts_held)
+                            outcome = _show(event, outcome)
+                            ended = ended or event["type"] in END_EVENTS
             except KeyboardInterrupt:
                 if ended:  # its end is on screen already: nothing to cancel, nothing to say again
                     return outcome
@@ -141,6 +142,27 @@ def _terminate_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C (and SIGTERM) wait until an event has been both shown and recorded, then take effect.
+
+    Why: a Ctrl-C landing between printing a result and noting that the session had ended cancelled a session
+    that was over and printed its result a second time from the replay (seen under load, most runs). Held as
+    pending signals, they are delivered when the block is left, with the state matching the screen.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # What the CLI adds to the longest silence of a session's events stream before it gives up waiting.
