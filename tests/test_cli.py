@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from agent.devstack import device_config, write_config_file
 
 
@@ -70,3 +72,35 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None
         )
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
     assert result.returncode == 141
+
+
+# ---------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(("args", "said", "help_command"), [
+    (("doctor", "--bogus"), "unrecognized arguments: --bogus", "capture-agent doctor --help"),
+    (("health", "extra"), "unrecognized arguments: extra", "capture-agent health --help"),
+    (("provision", "--token"), "argument --token: expected one argument", "capture-agent provision --help"),
+    (("provision",), "the following arguments are required: --token", "capture-agent provision --help"),
+    (("enroll", "--subject", "ana", "--captures", "three"), "argument --captures: invalid int value: 'three'",
+     "capture-agent enroll --help"),
+    (("verify",), "the following arguments are required: --subject", "capture-agent verify --help"),
+    (("--config",), "argument --config/-c: expected one argument", "capture-agent --help"),
+    (("frob",), "argument COMMAND: invalid choice: 'frob'", "capture-agent --help"),
+    ((), "the following arguments are required: COMMAND", "capture-agent --help"),
+])
+def test_a_usage_error_is_an_error_and_a_fix_naming_the_commands_help(args, said, help_command) -> None:
+    """An unknown option or command, a missing argument or a bad value was argparse's bare usage block
+    and `capture-agent ...: error:` line, unlike every other error of this CLI: no `fix:` line."""
+    done = agent_cli(*args)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and done.stdout == "", done.stderr
+    assert not done.stderr.startswith("usage:"), done.stderr
+    lines = done.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    fixes = [line for line in lines if line.startswith("fix: ")]
+    assert len(errors) == 1 and len(fixes) == 1, done.stderr
+    assert errors[0].startswith(f"error: {said}"), errors[0]
+    assert f"`{help_command}`" in fixes[0], fixes[0]
+    help_done = agent_cli(*help_command.split()[1:])
+    assert help_done.returncode == 0 and help_done.stdout.startswith("usage: "), "the fix's command works"
