@@ -29,7 +29,7 @@ from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import NoDeviceFor
 from agent.devices.prints import SensorPrintStore
-from agent.devices.supervisor import DeviceSupervisor, configured_devices
+from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
 from agent.errors import AgentError
 from agent.face_sessions import face_session, face_step_up, face_verification
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
@@ -101,6 +101,14 @@ def _session(
         image_session=(lambda: _fingerprint_session(devices, client, emit, timing=timing)) if has_images else None,
         face_step_up=face_step_up(devices, client, emit),  # a factor rule may ask for the face too
     )
+
+
+def _device_problems(away: list[str], unmade: list[Unmade], qualifier: str) -> str:
+    """One /health line for devices not connected and devices never made: "" when there are none."""
+    parts = [f"not connected{qualifier}: {', '.join(away)}"] if away else []
+    if unmade:
+        parts.append(f"could not be set up{qualifier}: {'; '.join(f'{u.name} ({u.error})' for u in unmade)}")
+    return "; ".join(parts)
 
 
 class AgentDaemon:
@@ -252,23 +260,34 @@ class AgentDaemon:
         return facts
 
     def _device_health(self, facts: dict[str, Any]) -> None:
-        """/health's word on the devices not connected, into ``facts``.
+        """/health's word on the devices not connected, or never made at start, into ``facts``.
 
         A required device away (DeviceSupervisor.required: a finger reader, or the camera of a kiosk with no
         reader) makes "status" "degraded": it said "ok" while the kiosk's only reader was unplugged, and a kiosk
         app that looked at "status" invited people to a sensor that could not work. An optional one (a camera
         beside a reader) is named in ``device_warning`` and ``devices[].connected``, the status left as it is:
         "degraded" for a camera the default sessions do not use had a kiosk app show "out of service".
+        A device that could not even be made (libfprint missing, a camera source its driver refuses) counts
+        the same way, with its own fix: it was only in ``device_faults``, and a kiosk whose only reader was
+        one of them said "ok".
         """
-        required, optional = self.devices.away() if self.devices is not None else ([], [])
-        if required:
-            facts.update(status="degraded", device_error=f"not connected: {', '.join(required)}")
-        if optional:
-            facts["device_warning"] = f"not connected (optional): {', '.join(optional)}"
+        if self.devices is None:
+            return
+        required, optional = self.devices.away()
+        unmade_required, unmade_optional = self.devices.never_made()
+        error = _device_problems(required, unmade_required, "")
+        if error:
+            facts.update(status="degraded", device_error=error)
+        warning = _device_problems(optional, unmade_optional, " (optional)")
+        if warning:
+            facts["device_warning"] = warning
+        fixes = [f"{u.name}: {u.fix or 'check its [[device]] entry'}" for u in unmade_required + unmade_optional]
+        if fixes:
+            fixes[-1] += ", then restart the agent (a device that could not be set up is not retried)"
         if required or optional:
-            facts["device_fix"] = (
-                "plug it in (the agent reopens it by itself); `capture-agent devices` shows what is found"
-            )
+            fixes.append("plug it in (the agent reopens it by itself); `capture-agent devices` shows what is found")
+        if fixes:
+            facts["device_fix"] = "; ".join(fixes)
 
     def spawn(self, coroutine: Any, name: str) -> None:
         """Run ``coroutine`` for the daemon's life, as task ``name``: its ending on its own stops the daemon."""

@@ -233,10 +233,10 @@ def plain_http_port() -> Iterator[int]:
 # ---------------------------------------------------------------- agent
 
 
-def start_agent_daemon(config_file: Path) -> subprocess.Popen[bytes]:
-    """`capture-agent run` as its own process, output discarded; the caller stops it."""
+def start_agent_daemon(config_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`capture-agent run` as its own process (in ``env`` when given), output discarded; the caller stops it."""
     command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -318,3 +319,45 @@ def test_the_camera_of_a_kiosk_without_a_reader_is_required_by_health(provisione
         camera.stop()
     assert health["status"] == "degraded" and health["device_error"] == "not connected: camera", health
     assert [d["required"] for d in health["devices"]] == [True] and "device_warning" not in health, health
+
+
+def test_devices_that_could_not_be_set_up_count_in_health_like_devices_not_connected(provisioned, tmp_path) -> None:
+    """A USB reader whose libfprint is missing (PyGObject hidden from the daemon) and a camera whose source its
+    driver refuses were only listed in "device_faults": /health said "ok" on a kiosk with no reader that could
+    work. The reader is required: "degraded", with its fix; the camera beside it is optional: a warning."""
+    config, _ = provisioned
+    (tmp_path / "hidden" / "gi").mkdir(parents=True)
+    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
+    socket_path = tmp_path / "run" / "api.sock"
+    source = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"  # an unencoded / in the password
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
+        '[[device]]\nkind = "fprint"\nname = "usb"\n'
+        f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{source}"\n',
+    )
+    daemon = start_agent_daemon(config_file, env=env)
+
+    async def story() -> dict:
+        deadline = time.monotonic() + 20
+        while not socket_path.exists():
+            assert daemon.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, "the daemon's local API never came up"
+            await asyncio.sleep(0.1)
+        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as client:
+            return (await client.get("/health")).json()
+
+    try:
+        health = asyncio.run(story())
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+    assert set(health["device_faults"]) == {"usb", "door"}, health
+    assert health["status"] == "degraded", health
+    assert health["device_error"].startswith("could not be set up: usb ("), health
+    assert health["device_warning"].startswith("could not be set up (optional): door ("), health
+    assert "apt-get install libfprint-2-2" in health["device_fix"], health
+    assert "percent-encode" in health["device_fix"] and "restart the agent" in health["device_fix"], health
+    assert "SECRET" not in json.dumps(health)

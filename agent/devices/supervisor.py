@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,20 @@ def fix_in_place(fix: str, name: str, section: DeviceSection) -> str:
     return re.sub(r"\[reader\] (\w+)", lambda m: f"{m.group(1)} in {place}", fix)
 
 
+@dataclass(frozen=True)
+class Unmade:
+    """A configured device that could not even be made at start (libfprint missing, a source its driver refuses).
+
+    Kept beside the devices made so that /health counts it like a device not connected: it is as unusable,
+    and more lasting, since nothing retries it (the config or the host must change, then the agent restart).
+    """
+
+    name: str
+    kind: str
+    error: str
+    fix: str
+
+
 class DeviceSupervisor:
     def __init__(
         self,
@@ -90,6 +105,7 @@ class DeviceSupervisor:
         self.record = record
         self.devices: list[Device] = []
         self.faults: dict[str, str] = {}  # devices that could not even be made (libfprint missing...)
+        self.unmade: list[Unmade] = []  # the same, for /health's status and fix
         # From the config, not from the devices made: a reader that could not be made is still the kiosk's reader.
         self.reads_fingers = any(section.kind in FINGER_KINDS for _, section in devices)
         for name, section in devices:
@@ -98,7 +114,9 @@ class DeviceSupervisor:
             except Exception as exc:  # e.g. FprintUnavailable: the other devices still run
                 fix = fix_in_place(getattr(exc, "fix", ""), name, section)
                 self.faults[name] = str(exc)
-                record("device_fault", {"device": name, "kind": section.kind, "error": str(exc.args[0]), "fix": fix})
+                error = str(exc.args[0] if exc.args else exc)
+                self.unmade.append(Unmade(name, section.kind, error, fix))
+                record("device_fault", {"device": name, "kind": section.kind, "error": error, "fix": fix})
         for device in self.devices:  # a fault a session meets is audited as the supervisor's own are
             device.on_fault = functools.partial(self._session_fault, device)
             device.on_lost = functools.partial(self._wake_soon, device)
@@ -206,12 +224,23 @@ class DeviceSupervisor:
         no finger reader configured (faces are all it serves); beside a reader it is optional: the default
         sessions run without it, and only a face session waits for it to come back.
         """
-        return device.kind in FINGER_KINDS or not self.reads_fingers
+        return self.required_kind(device.kind)
+
+    def required_kind(self, kind: str) -> bool:
+        """:meth:`required` by kind alone: a device that could not be made is judged as it would have been."""
+        return kind in FINGER_KINDS or not self.reads_fingers
 
     def away(self) -> tuple[list[str], list[str]]:
         """The names of the devices not connected now: the required ones, then the optional ones."""
         gone = [d for d in self.devices if not d.connected]
         return [d.name for d in gone if self.required(d)], [d.name for d in gone if not self.required(d)]
+
+    def never_made(self) -> tuple[list[Unmade], list[Unmade]]:
+        """The devices that could not be made at start: the required ones, then the optional ones."""
+        return (
+            [u for u in self.unmade if self.required_kind(u.kind)],
+            [u for u in self.unmade if not self.required_kind(u.kind)],
+        )
 
     def health(self) -> dict[str, Any]:
         return {
