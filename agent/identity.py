@@ -373,6 +373,7 @@ def _read_private(path: Path, limit: int, fix: str) -> bytes:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
             raise IdentityError(what.format(_kind_of(opened.st_mode)), fix=fix)
+        _refuse_other_names(path, opened, fix)
         data = b""
         while len(data) <= limit:  # one byte past the limit is enough to refuse
             chunk = os.read(fd, limit + 1 - len(data))
@@ -384,6 +385,22 @@ def _read_private(path: Path, limit: int, fix: str) -> bytes:
     if len(data) > limit:
         raise IdentityError(f"{path} holds more than {limit} bytes: it is not the file the agent wrote", fix=fix)
     return data
+
+
+def _refuse_other_names(path: Path, opened: os.stat_result, fix: str) -> None:
+    """Refuse a file with more than one name (hard link): the usual rule for a secret file.
+
+    The agent writes each identity file once, under one name (``_write_private``,
+    O_EXCL; nothing here makes a hard link), so another name was made by someone
+    else: whoever can reach it reads the key, or writes the certificate the agent
+    then trusts, whatever the identity folder's own permissions say; and removing
+    or re-provisioning this name leaves that copy behind.
+    """
+    if opened.st_nlink > 1:
+        raise IdentityError(
+            f"{path} has {opened.st_nlink} names (hard links): another name can read or replace it",
+            fix=f"remove its other names (`find / -xdev -samefile {path}` lists them), or {fix}",
+        )
 
 
 def _fsync_dir(path: Path) -> None:

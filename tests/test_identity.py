@@ -190,7 +190,7 @@ def test_a_command_whose_config_names_no_verifier_stops_on_a_fifo_with_the_fix(t
 
 
 @pytest.mark.parametrize("name", [CERT_FILE, CA_FILE, KEY_FILE])
-@pytest.mark.parametrize("kind", ["fifo", "symlink", "oversized"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "oversized", "hardlink"])
 def test_identity_files_that_are_no_regular_file_of_sane_size_are_refused_and_replaceable(
     tmp_path, ca, name: str, kind: str
 ) -> None:
@@ -206,6 +206,9 @@ def test_identity_files_that_are_no_regular_file_of_sane_size_are_refused_and_re
     elif kind == "symlink":
         (tmp_path / "elsewhere").write_bytes(kept)
         path.symlink_to(tmp_path / "elsewhere")
+    elif kind == "hardlink":  # the very bytes the agent wrote, under a second name outside the identity folder
+        (tmp_path / "elsewhere").write_bytes(kept)
+        os.link(tmp_path / "elsewhere", path)
     else:
         path.write_bytes(kept + b"\n" * MAX_IDENTITY_FILE_BYTES)
     with pytest.raises(IdentityError) as info:
@@ -213,6 +216,22 @@ def test_identity_files_that_are_no_regular_file_of_sane_size_are_refused_and_re
     assert str(path) in info.value.message and "re-provision" in info.value.fix, info.value
     existing = describe_existing(store)  # what `provision` says --force replaces: it reads device.pem only
     assert existing == "an unreadable identity" if name == CERT_FILE else existing.startswith("device kiosk-1")
+
+
+def test_a_device_key_with_a_second_name_is_refused_naming_how_to_find_it(tmp_path, ca) -> None:
+    """A hard link made to the key the agent wrote (a name in a folder others can read) was read as if it were
+    the agent's own file: a second name reads the key and replaces it, whatever the identity folder allows."""
+    store = IdentityStore(tmp_path / "state")
+    good = store.write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], PASS)
+    path = good.directory / KEY_FILE
+    assert store.load(PASS).serial_hex == good.serial_hex  # one name: read
+    os.link(path, tmp_path / "copy-of-the-key")
+    with pytest.raises(IdentityError) as info:
+        store.load(PASS)
+    assert info.value.message == f"{path} has 2 names (hard links): another name can read or replace it"
+    assert f"`find / -xdev -samefile {path}`" in info.value.fix and "re-provision" in info.value.fix
+    (tmp_path / "copy-of-the-key").unlink()  # the fix it names: the other name removed, the key is read again
+    assert store.load(PASS).serial_hex == good.serial_hex
 
 
 def test_csr_is_signed_by_the_new_key() -> None:
