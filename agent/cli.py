@@ -14,10 +14,10 @@ import os
 import select
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from agent.errors import AgentError
 from agent.options import add_common_arguments
+from protocol.usage import UsageMistake, UsageParser, parse_arguments
 
 # Modules under agent.commands, each with `register(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -32,36 +32,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class AgentParser(argparse.ArgumentParser):
-    """argparse, with a usage error printed as every other error of this CLI: an `error:` line and a `fix:` line.
-
-    argparse's own report is its usage block and `capture-agent ...: error: ...`,
-    which names no fix and reads unlike everything else an installer sees (README:
-    every error names its fix). ``add_parser`` makes subparsers of the parser's
-    own class, so every command's mistakes come here and the fix names that
-    command's `--help`. Exit code 2, as argparse's. (The verifier has its own
-    copy: agent/ and verifier/ may not import each other, and protocol/ is the
-    wire protocol's, not a place for command lines.)
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.set_defaults(command_prog=self.prog)  # the deepest command given wins: see parse_arguments
-
-    def error(self, message: str) -> NoReturn:
-        usage_error(self.prog, message, lists_commands=self._subparsers is not None)
-
-
-def usage_error(prog: str, message: str, *, lists_commands: bool = False) -> NoReturn:
-    """Print a command line's mistake and the help that shows it right; exit 2."""
-    shows = "shows its options and commands" if lists_commands else "shows its options and arguments"
-    print(f"error: {message}", file=sys.stderr)
-    print(f"fix: `{prog} --help` {shows}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = AgentParser(
+    parser = UsageParser(
         prog="capture-agent",
         description="Edge capture agent: biometric templates made on the device, "
         "sent to the verifier over mutual-TLS HTTP/2.",
@@ -74,21 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line parsed; words no command takes are a usage error of the command that was given.
-
-    argparse reports them from the top parser (`capture-agent: error:
-    unrecognized arguments`), whose help does not show the command's options: the
-    fix names the command's own `--help` (its parser left its prog in the namespace).
-    """
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        usage_error(getattr(args, "command_prog", parser.prog), f"unrecognized arguments: {' '.join(extra)}")
-    return args
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_arguments(build_parser(), argv)
+    try:
+        args = parse_arguments(build_parser(), argv)
+    except UsageMistake as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"fix: {exc.fix}", file=sys.stderr)
+        return 2
     try:
         return int(args.run(args) or 0)
     except AgentError as exc:

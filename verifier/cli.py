@@ -26,10 +26,11 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 import structlog
 
+from protocol.usage import UsageMistake, UsageParser, parse_arguments
 from verifier.pki import CA_CERT, fingerprint, init_pki
 from verifier.pki_folder import PKIFolderError, check_folder, database_error
 from verifier.settings import SettingsError, VerifierSettings, load_settings
@@ -48,32 +49,6 @@ class CLIError(Exception):
     def __init__(self, message: str, fix: str = "") -> None:
         super().__init__(message)
         self.fix = fix
-
-
-class OperatorParser(argparse.ArgumentParser):
-    """argparse, with a usage error printed as every other error of this CLI: an `error:` line and a `fix:` line.
-
-    argparse's own report is its usage block and `PROG: error: ...`, which named
-    no fix and read unlike everything else the operator sees (README: every error
-    names its fix). Subparsers are made of the parser's own class, so every
-    command's errors come here, naming that command's `--help`. Exit code 2, as
-    argparse's.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.set_defaults(command_prog=self.prog)  # the deepest command given wins: see parse_arguments
-
-    def error(self, message: str) -> NoReturn:
-        usage_error(self.prog, message, lists_commands=self._subparsers is not None)
-
-
-def usage_error(prog: str, message: str, *, lists_commands: bool = False) -> NoReturn:
-    """Print a command line's mistake and the help that shows it right; exit 2."""
-    shows = "lists its commands" if lists_commands else "shows its options and arguments"
-    print(f"error: {message}", file=sys.stderr)
-    print(f"fix: `{prog} --help` {shows}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def parse_duration(text: str) -> float:
@@ -562,7 +537,7 @@ def _serve_on(args: argparse.Namespace, settings: VerifierSettings, conn: sqlite
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OperatorParser(prog="capture-verifier", description="The reference verifier.")
+    parser = UsageParser(prog="capture-verifier", description="The reference verifier.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_pki(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -659,21 +634,13 @@ def _database_of(args: argparse.Namespace) -> Path:
         return VerifierSettings().updated(pki_dir=Path(args.pki) if getattr(args, "pki", None) else None).database
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line parsed; words no command takes are a usage error of the command that was given.
-
-    argparse reports them from the top parser (`capture-verifier: error:
-    unrecognized arguments`), whose help does not show the command's options: the
-    fix names the command's own `--help` (its parser left its prog in the namespace).
-    """
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        usage_error(getattr(args, "command_prog", parser.prog), f"unrecognized arguments: {' '.join(extra)}")
-    return args
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_arguments(build_parser(), argv)
+    try:
+        args = parse_arguments(build_parser(), argv)
+    except UsageMistake as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"fix: {exc.fix}", file=sys.stderr)
+        return 2
     configure_logging()
     try:
         return int(args.run(args) or 0)

@@ -1,0 +1,59 @@
+"""How both command lines take a usage mistake: a typed error naming the command's own ``--help`` as its fix.
+
+argparse's own report is its usage block and ``PROG: error: ...``, printed and
+exited from inside the parser: no fix, and unlike everything else an installer
+or an operator reads from ``capture-agent`` and ``capture-verifier`` (README:
+every error names its fix). Here the parser raises :class:`UsageMistake`
+instead, and each CLI prints it as it prints its other errors (exit code 2, as
+argparse's). One rule for both, so the two cannot drift; here because the agent
+and the verifier may not import each other (DESIGN.md). Pure: it prints nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+class UsageMistake(Exception):
+    """A command line argparse refused: ``message`` is argparse's, ``fix`` names the help that shows it right."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse, raising :class:`UsageMistake` for a usage error instead of printing its usage block and exiting.
+
+    ``add_parser`` makes subparsers of the parser's own class, so every command's
+    mistakes come here, and the fix names that command's ``--help``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_prog=self.prog)  # the deepest command given wins: see parse_arguments
+
+    def error(self, message: str) -> NoReturn:
+        raise mistake(self.prog, message, lists_commands=self._subparsers is not None)
+
+
+def mistake(prog: str, message: str, *, lists_commands: bool = False) -> UsageMistake:
+    """The usage error of command ``prog``, its fix the help that shows it right."""
+    shows = "lists its commands" if lists_commands else "shows its options and arguments"
+    return UsageMistake(message, f"`{prog} --help` {shows}")
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line parsed; words no command takes are a usage error of the command that was given.
+
+    argparse reports them from the top parser (``unrecognized arguments``), whose
+    help does not show the command's options: the fix names the command's own
+    ``--help`` (its parser left its prog in the namespace).
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise mistake(getattr(args, "command_prog", parser.prog), f"unrecognized arguments: {' '.join(extra)}")
+    return args
