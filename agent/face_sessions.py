@@ -44,6 +44,51 @@ log = structlog.get_logger()
 def message_for(code: str) -> str:
     return MESSAGES.get(code, code)
 
+
+class NoFaceError(SessionError):
+    """The camera saw no face during the whole session: it ended, and the person must start again.
+
+    Why its own error: the session ended with the prompt "Too slow: start again and turn your head when
+    asked" to an empty room (nobody had been asked to turn), and a kiosk app could not tell it from any
+    other failure (``session_failed``); its event ``code`` is ``no_face``, as the finger path's ``no_finger``.
+    A face too small, too dark or too far for the detector is no face to it: the fix names those too.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no face was seen by the camera within {round(seconds, 1):g} s, so the session ended",
+            fix="start again: stand in front of the camera at arm's length, facing it, in good light",
+        )
+
+
+class FaceNotReadyError(SessionError):
+    """A face was seen, but never well enough (frontal, close, lit) for the head-turn challenge to start.
+
+    Why: the person, told "Look straight at the camera" (or "Come a little closer"), then heard "Too slow:
+    start again and turn your head when asked" when the session's time was up, about a turn never asked.
+    The message names the last prompt, which is what was wrong; the event ``code`` is ``face_not_ready``.
+    """
+
+    def __init__(self, seconds: float, last_prompt: str) -> None:
+        super().__init__(
+            f"the camera never had a clear, frontal view of the face within {round(seconds, 1):g} s "
+            f"(last prompt: {last_prompt}), so the session ended",
+            fix="start again: do what the prompt says, and look straight at the camera until asked to turn your head",
+        )
+
+
+class LivenessFailedError(SessionError):
+    """The head-turn challenge failed (a photo, the wrong way, too slow, the face lost): nothing was sent.
+
+    Its ``reason`` is the liveness code (``liveness_still``...), also the last prompt's; a kiosk app tells
+    this from other failures by the event's ``code``, ``liveness_failed``, and shows ``reason``'s screen.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the liveness challenge failed ({reason})",
+                         fix="start again, look at the camera and turn your head as asked")
+        self.reason = reason
+
 ENROLL_FRAMES = 3  # embeddings of one enrollment (each a good frontal frame inside the challenge)
 VERIFY_FRAMES = 2  # ... of a verification or identification (the verifier takes the best)
 _local = threading.local()
@@ -110,9 +155,7 @@ class FaceSession:
             if self.cancelled.is_set():
                 raise SessionError("the face session was cancelled", fix="start it again")
             if time.monotonic() > deadline:
-                post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
-                raise SessionError("no face followed the challenge in time",
-                                   fix="stand in front of the camera, look at it and follow the prompts")
+                self._out_of_time(tracker.state.status, appeared, last_code, post)
             frame = self.camera.wait_frame(seq, self.frame_timeout_s, self.cancelled)
             seq, t = frame.seq, frame.received
             started = time.perf_counter()
@@ -141,8 +184,7 @@ class FaceSession:
                 code = str(state.reason)
                 post({"type": "prompt", "code": code, "message": message_for(code)})
                 log.warning("face_liveness_failed", audit=True, reason=code, steps=",".join(steps))
-                raise SessionError(f"the liveness challenge failed ({code})",
-                                   fix="start again, look at the camera and turn your head as asked")
+                raise LivenessFailedError(code)
             if state.status == "passed":
                 break
             code = state.prompt if state.status == "running" else (analysis.code or state.prompt)
@@ -162,6 +204,17 @@ class FaceSession:
         records = [encode(model, e.astype(float).tolist()) for e in chosen[::step][:want]]
         assert appeared is not None
         return FaceCapture(records, steps, appeared)
+
+    def _out_of_time(self, status: str, appeared: float | None, last_code: str | None,
+                     post: Callable[[dict[str, Any]], None]) -> None:
+        """The session's time is up: said as what was wrong then (nobody there, a face never usable, or a
+        challenge not followed), each its own error; the ``liveness_timeout`` prompt only for the last."""
+        if appeared is None:
+            raise NoFaceError(self.timeout_s)
+        if status == "waiting":
+            raise FaceNotReadyError(self.timeout_s, message_for(str(last_code or "look_at_camera")))
+        post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
+        raise LivenessFailedError("liveness_timeout")
 
     async def capture(self, challenge: Challenge, want: int) -> FaceCapture:
         """Run the challenge of ``challenge``'s nonce on the camera; prompts arrive through ``emit``."""

@@ -124,9 +124,13 @@ def test_a_still_photo_is_refused_by_the_liveness_challenge_and_nothing_is_sent(
 ) -> None:
     run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "alice")
     photo = FacePerson(face_camera, att_faces, frontal="9", follows=False)  # a printed photo held still
-    with pytest.raises(SessionError, match="liveness_still"):
+    with pytest.raises(SessionError, match="liveness_still") as refused:
         run_face(provisioned, face_camera, photo, "verify", "alice")
     assert photo.prompts[-1] == "liveness_still"
+    # A kiosk app tells a liveness failure from others by the error event's code, and which one by its reason.
+    from agent.localapi import error_codes
+
+    assert error_codes(refused.value) == {"code": "liveness_failed", "reason": "liveness_still"}
     attempts = [e for e in audit(verifier) if e.get("event") == "verification_attempt"]
     assert attempts == []  # the photo's frames never left the device, nor a template made of them
 
@@ -370,3 +374,50 @@ def test_fingers_are_added_to_a_face_enrolled_subject_after_a_face_verification(
     assert added["templates"] == 6 and added.get("modality", "finger") == "finger", added
     if rule:
         assert "asks for a face" in str(finger_alone.value)
+
+
+def end_of_face_session(provisioned, camera_sim, person: FacePerson | None, timeout_s: float):
+    """An identification by face whose time is ``timeout_s``: the error it ended with, and its prompts."""
+    from agent.localapi import error_codes
+
+    events: list[dict] = []
+    emit = person if person is not None else events.append
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER, timeout_s=timeout_s)
+                with pytest.raises(SessionError) as ended:
+                    await session.identify()
+                return ended.value
+        finally:
+            device.stop()
+
+    error = asyncio.run(go())
+    seen = person.events if person is not None else events
+    return error, error_codes(error), [e["code"] for e in seen if e["type"] == "prompt"]
+
+
+def test_nobody_in_front_of_the_camera_is_said_as_no_face_not_as_a_turn_too_slow(provisioned, face_camera) -> None:
+    """An empty room heard "Too slow: start again and turn your head when asked" when the session's time was up
+    (nobody had been asked to turn), and a kiosk app got ``session_failed``, as for any other failure."""
+    face_camera.nothing()
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, None, timeout_s=2)
+    assert prompts == ["face_not_found"], prompts  # "Stand in front of the camera", once, and no turn prompt
+    assert codes == {"code": "no_face"}, codes
+    assert error.message == "no face was seen by the camera within 2 s, so the session ended"
+    assert "stand in front of the camera" in error.fix
+
+
+def test_a_face_never_frontal_is_told_what_was_wrong_not_to_turn_faster(provisioned, face_camera, att_faces) -> None:
+    """Someone looking away the whole time was prompted "Look straight at the camera", then ended with "Too slow:
+    start again and turn your head when asked", about a turn never asked (the challenge starts frontal)."""
+    person = FacePerson(face_camera, att_faces, follows=False)
+    face_camera.show(person.poses["turn_head_right"])
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, person, timeout_s=2)
+    assert "liveness_timeout" not in prompts and prompts[-1] == "look_at_camera", prompts
+    assert codes == {"code": "face_not_ready"}, codes
+    assert "(last prompt: Look straight at the camera)" in error.message, error.message
+    assert "look straight at the camera" in error.fix
