@@ -421,3 +421,19 @@ def test_a_face_never_frontal_is_told_what_was_wrong_not_to_turn_faster(provisio
     assert codes == {"code": "face_not_ready"}, codes
     assert "(last prompt: Look straight at the camera)" in error.message, error.message
     assert "look straight at the camera" in error.fix
+
+
+@NO_FIRST_USE
+def test_nobody_recognised_by_face_is_told_to_try_again_with_the_face_not_a_finger(
+    provisioned, face_camera, att_faces
+) -> None:
+    """`capture-agent identify --face` for someone not enrolled said "try again with a finger you enrolled", at a
+    camera, to a person who may have no finger enrolled (or no reader to give one)."""
+    from agent.commands.sessions import identification_lines
+
+    found, _ = run_face(provisioned, face_camera, FacePerson(face_camera, att_faces, "s5", "2", "7"), "identify")
+    assert found["candidates"] == [], found  # nobody is enrolled
+    lines = identification_lines(found)
+    assert lines[0].startswith("nobody recognised") and "finger" not in lines[1], lines
+    assert lines[1] == ("try again facing the camera and following its prompts; if your face is not enrolled here, "
+                        "ask to be enrolled"), lines

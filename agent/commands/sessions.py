@@ -227,9 +227,11 @@ def identification_lines(event: dict) -> list[str]:
     """
     candidates = event.get("candidates") or []
     threshold = event.get("threshold")
-    if not candidates:
+    if not candidates:  # what to try again with is the factor just used: a face session's is the face
+        again = ("facing the camera and following its prompts; if your face is not enrolled here"
+                 if event.get("modality") == FACE else "with a finger you enrolled; if you have not enrolled here")
         return ["nobody recognised: no enrolled subject of this device's groups matches",
-                "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]
+                f"try again {again}, ask to be enrolled"]
     best, *others = candidates
     bar = f", threshold {threshold}" if threshold is not None else ""
     lines = [f"identified {best['subject']} (score {best['score']}{bar})"]
