@@ -297,7 +297,13 @@ class FaceSession:
     async def verify_face(self, subject: str, step_up: str | None = None) -> Decision | StepUp:
         """One face verification (a step-up's when ``step_up`` names it): the verifier's answer as it is."""
         # "face": a subject with no face is refused before the head-turn challenge, not after it.
-        challenge = await self.api.challenge("verify", subject, modality=FACE)
+        try:
+            challenge = await self.api.challenge("verify", subject, modality=FACE)
+        except UnknownSubjectError as exc:
+            if exc.slug == "unknown-subject":  # the verifier's fix enrolls a finger: this person is at a camera
+                exc.fix = (f"enroll the subject first: capture-agent enroll --face --subject {subject} "
+                           f"(or with a finger: capture-agent enroll --subject {subject})")
+            raise
         captured = await self.capture(challenge, VERIFY_FRAMES)
         return await self._timed(
             lambda timing: self.api.verify(subject, [], step_up=step_up, challenge=challenge, timing=timing,

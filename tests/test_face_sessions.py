@@ -437,3 +437,25 @@ def test_nobody_recognised_by_face_is_told_to_try_again_with_the_face_not_a_fing
     assert lines[0].startswith("nobody recognised") and "finger" not in lines[1], lines
     assert lines[1] == ("try again facing the camera and following its prompts; if your face is not enrolled here, "
                         "ask to be enrolled"), lines
+
+
+def test_verifying_by_face_an_id_nobody_enrolled_names_the_face_enrollment(provisioned, face_camera) -> None:
+    """`capture-agent verify --face --subject bob`, bob enrolled nowhere, was told "fix: enroll the subject first:
+    capture-agent enroll --subject bob", a finger enrollment, to a person at a camera (maybe with no reader)."""
+    from agent.errors import UnknownSubjectError
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                with pytest.raises(UnknownSubjectError) as refused:
+                    await FaceSession(device, client).verify("bob")
+                return refused.value
+        finally:
+            device.stop()
+
+    refused = asyncio.run(go())
+    assert refused.slug == "unknown-subject"
+    assert refused.fix == ("enroll the subject first: capture-agent enroll --face --subject bob "
+                           "(or with a finger: capture-agent enroll --subject bob)"), refused.fix
