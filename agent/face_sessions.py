@@ -25,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from agent.client import VerifierClient
-from agent.errors import FactorNotEnrolledError, UnknownSubjectError
+from agent.errors import FactorNotEnrolledError, UnknownSubjectError, VerifierError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings, cancel_scope, in_worker, inherited_cancel
 from agent.verifier_api import VerifierAPI
 from protocol.face_template import ACR_FINGER, FACE, FINGER, encode
@@ -102,6 +103,27 @@ def _pipeline() -> Any:
 
         pipeline = _local.pipeline = FacePipeline()
     return pipeline
+
+
+@contextmanager
+def _fixes_for_the_camera(subject: str) -> Iterator[None]:
+    """A refusal before the camera whose fix names a command: the face's command (``--face``) is named.
+
+    Why: the verifier's fixes name the finger's commands (``capture-agent enroll --subject ana``), which at a
+    camera enrolls a finger (or fails on a kiosk with no reader): `verify --face` of an id nobody enrolled, and
+    `enroll --face` of an id already enrolled (whose fix is ``--add``), said so.
+    """
+    try:
+        yield
+    except VerifierError as exc:
+        if exc.slug == "unknown-subject":
+            exc.fix = (f"enroll the subject first: capture-agent enroll --face --subject {subject} "
+                       f"(or with a finger: capture-agent enroll --subject {subject})")
+        elif exc.slug == "verification-required":
+            exc.fix = (f"to add a face to this person's enrollment, they verify first (capture-agent enroll --face "
+                       f'--subject {subject} --add; a kiosk app: "verify_first": true); to enroll someone else, use '
+                       "another id")
+        raise
 
 
 @dataclass
@@ -262,7 +284,8 @@ class FaceSession:
                                    fix="verify with a face (or a finger session) of this subject first")
         token = self.session_token.current() if self.session_token is not None else None
         # With no token to send, an id already enrolled is refused before the camera (a first enrollment).
-        challenge = await self.api.challenge("enroll", subject, group, first=token is None)
+        with _fixes_for_the_camera(subject):
+            challenge = await self.api.challenge("enroll", subject, group, first=token is None)
         captured = await self.capture(challenge, max(1, min(captures, 5)))
         answer = await self._timed(
             lambda timing: self.api.enroll(subject, [], group=group, session_token=token, challenge=challenge,
@@ -297,13 +320,8 @@ class FaceSession:
     async def verify_face(self, subject: str, step_up: str | None = None) -> Decision | StepUp:
         """One face verification (a step-up's when ``step_up`` names it): the verifier's answer as it is."""
         # "face": a subject with no face is refused before the head-turn challenge, not after it.
-        try:
+        with _fixes_for_the_camera(subject):
             challenge = await self.api.challenge("verify", subject, modality=FACE)
-        except UnknownSubjectError as exc:
-            if exc.slug == "unknown-subject":  # the verifier's fix enrolls a finger: this person is at a camera
-                exc.fix = (f"enroll the subject first: capture-agent enroll --face --subject {subject} "
-                           f"(or with a finger: capture-agent enroll --subject {subject})")
-            raise
         captured = await self.capture(challenge, VERIFY_FRAMES)
         return await self._timed(
             lambda timing: self.api.verify(subject, [], step_up=step_up, challenge=challenge, timing=timing,

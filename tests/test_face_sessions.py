@@ -459,3 +459,15 @@ def test_verifying_by_face_an_id_nobody_enrolled_names_the_face_enrollment(provi
     assert refused.slug == "unknown-subject"
     assert refused.fix == ("enroll the subject first: capture-agent enroll --face --subject bob "
                            "(or with a finger: capture-agent enroll --subject bob)"), refused.fix
+
+
+@NO_FIRST_USE
+def test_enrolling_by_face_an_id_already_enrolled_names_the_face_add(provisioned, face_camera, att_faces) -> None:
+    """`capture-agent enroll --face --subject ana` of an enrolled ana was refused before the camera (good) with
+    "fix: ... (capture-agent enroll --subject ana --add ...)", which adds fingers, not a face."""
+    from agent.errors import VerificationRequiredError
+
+    run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "ana")
+    with pytest.raises(VerificationRequiredError) as refused:
+        run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "ana")
+    assert "capture-agent enroll --face --subject ana --add" in refused.value.fix, refused.value.fix
