@@ -471,3 +471,28 @@ def test_enrolling_by_face_an_id_already_enrolled_names_the_face_add(provisioned
     with pytest.raises(VerificationRequiredError) as refused:
         run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "ana")
     assert "capture-agent enroll --face --subject ana --add" in refused.value.fix, refused.value.fix
+
+
+@NO_FIRST_USE
+def test_a_head_turned_too_fast_is_told_to_turn_slowly(provisioned, face_camera, att_faces) -> None:
+    """The face's landmarks jumping between two frames fails the challenge as a face lost (a swap looks the same);
+    a person who had turned fast, and never left, was told "Stay in front of the camera: start again"."""
+    from agent.sessions import MESSAGES
+
+    person = FacePerson(face_camera, att_faces)  # turns in one frame: too fast for the default jump bound
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                with pytest.raises(SessionError):
+                    await FaceSession(device, client, emit=person, tracker_options={"turn_yaw": 18.0}).identify()
+        finally:
+            device.stop()
+
+    asyncio.run(go())
+    assert person.prompts[-1] == "liveness_face_lost", person.prompts
+    assert "turn slowly" in MESSAGES["liveness_face_lost"] and "start again" in MESSAGES["liveness_face_lost"]
+    shown = [e["message"] for e in person.events if e["type"] == "prompt"]
+    assert shown[-1] == MESSAGES["liveness_face_lost"]
