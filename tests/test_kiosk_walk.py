@@ -700,3 +700,26 @@ def test_ctrl_c_in_a_face_session_frees_the_camera_and_says_so(daemon_with_modul
             return created.status_code
 
     assert asyncio.run(next_person()) == 201, "the camera is free as soon as the cancelled command has exited"
+
+
+def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_with_module) -> None:
+    """A camera pulled out between sessions: `verify --face` said "fix: plug it in", also to a person who had just
+    plugged it back in, while the agent reopens it by itself a few seconds later; nothing said to try again."""
+    daemon = daemon_with_module(camera=True)
+    assert daemon.camera is not None
+
+    async def unplugged() -> None:
+        async with daemon.client() as kiosk:
+            await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
+            daemon.camera.send("unplug")
+            await daemon.devices_connected(kiosk, {"reader": True, "camera": False}, 20)
+
+    asyncio.run(unplugged())
+    person = cli(daemon, "identify", "--face")
+    out, _ = person.communicate(timeout=60)
+    assert person.returncode == 2, out
+    assert out.splitlines()[-2:] == [
+        "error: device camera is not connected",
+        "fix: plug it in (the agent reopens it by itself within a few seconds), then try again; "
+        "`capture-agent devices` shows what is found",
+    ], out
