@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -228,7 +228,7 @@ class FaceSession:
         return FaceCapture(records, steps, appeared)
 
     def _out_of_time(self, status: str, appeared: float | None, last_code: str | None,
-                     post: Callable[[dict[str, Any]], None]) -> None:
+                     post: Callable[[dict[str, Any]], None]) -> NoReturn:
         """The session's time is up: said as what was wrong then (nobody there, a face never usable, or a
         challenge not followed), each its own error; the ``liveness_timeout`` prompt only for the last."""
         if appeared is None:
