@@ -186,7 +186,10 @@ class FaceSession:
             del frame  # the frame ends here: only its analysis goes on
             analysis = pipeline.analyse(bgr, previous=previous, interval=interval or 1 / 30, embed=False)
             face = analysis.face
-            state = tracker.observe(t, face)
+            # The challenge starts on a good frame only: a face too small, dark or blurred for the template was
+            # asked to turn at once, never told "Come a little closer", and failed "Too slow" at the end.
+            starts = tracker.state.status != "waiting" or analysis.quality.ok
+            state = tracker.observe(t, face if starts else None)
             index += 1
             previous, last_t = face, t
             if face is not None and appeared is None:

@@ -16,6 +16,7 @@ import json
 import tempfile
 
 import cv2
+import numpy as np
 import pytest
 
 from agent.client import VerifierClient
@@ -24,7 +25,7 @@ from agent.devices.kinds import CameraDevice
 from agent.face_sessions import FaceSession
 from agent.sessions import SessionError
 from protocol.face_template import FORMAT
-from simulators.faces import poses
+from simulators.faces import WALL, poses
 
 SIZE = (320, 240)
 # The simulated head turns in one frame. The impostor's left turn (ORL s5/7 mirrored) measures a yaw of 19.9-20.0
@@ -496,3 +497,21 @@ def test_a_head_turned_too_fast_is_told_to_turn_slowly(provisioned, face_camera,
     assert "turn slowly" in MESSAGES["liveness_face_lost"] and "start again" in MESSAGES["liveness_face_lost"]
     shown = [e["message"] for e in person.events if e["type"] == "prompt"]
     assert shown[-1] == MESSAGES["liveness_face_lost"]
+
+
+def test_a_face_too_far_is_told_to_come_closer_before_the_challenge_starts(
+    provisioned, face_camera, att_faces
+) -> None:
+    """A face detected but too small for a template (eyes 17 px apart) started the head-turn challenge at once:
+    the person was asked to turn, never told "Come a little closer", and ended "Too slow" (``liveness_timeout``).
+    The challenge now waits for a good frame; the session ends saying what was wrong."""
+    person = FacePerson(face_camera, att_faces, "s5", "2", "7", follows=False)
+    far = cv2.resize(cv2.imread(str(att_faces / "s5" / "2.pgm")), None, fx=0.5, fy=0.5)  # 46x56: twice as far
+    wall = np.full((SIZE[1], SIZE[0], 3), WALL, np.uint8)
+    top, left = (SIZE[1] - far.shape[0]) // 2, (SIZE[0] - far.shape[1]) // 2
+    wall[top : top + far.shape[0], left : left + far.shape[1]] = far
+    face_camera.show(wall)
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, person, timeout_s=3)
+    assert prompts == ["move_closer"], prompts  # once, and no turn asked of a face the template cannot use
+    assert codes == {"code": "face_not_ready"}, codes
+    assert "(last prompt: Come a little closer to the camera)" in error.message, error.message
