@@ -25,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from agent.client import VerifierClient
-from agent.errors import FactorNotEnrolledError, UnknownSubjectError
+from agent.errors import FactorNotEnrolledError, UnknownSubjectError, VerifierError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings, cancel_scope, in_worker, inherited_cancel
 from agent.verifier_api import VerifierAPI
 from protocol.face_template import ACR_FINGER, FACE, FINGER, encode
@@ -43,6 +44,51 @@ log = structlog.get_logger()
 
 def message_for(code: str) -> str:
     return MESSAGES.get(code, code)
+
+
+class NoFaceError(SessionError):
+    """The camera saw no face during the whole session: it ended, and the person must start again.
+
+    Why its own error: the session ended with the prompt "Too slow: start again and turn your head when
+    asked" to an empty room (nobody had been asked to turn), and a kiosk app could not tell it from any
+    other failure (``session_failed``); its event ``code`` is ``no_face``, as the finger path's ``no_finger``.
+    A face too small, too dark or too far for the detector is no face to it: the fix names those too.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no face was seen by the camera within {round(seconds, 1):g} s, so the session ended",
+            fix="start again: stand in front of the camera at arm's length, facing it, in good light",
+        )
+
+
+class FaceNotReadyError(SessionError):
+    """A face was seen, but never well enough (frontal, close, lit) for the head-turn challenge to start.
+
+    Why: the person, told "Look straight at the camera" (or "Come a little closer"), then heard "Too slow:
+    start again and turn your head when asked" when the session's time was up, about a turn never asked.
+    The message names the last prompt, which is what was wrong; the event ``code`` is ``face_not_ready``.
+    """
+
+    def __init__(self, seconds: float, last_prompt: str) -> None:
+        super().__init__(
+            f"the camera never had a clear, frontal view of the face within {round(seconds, 1):g} s "
+            f"(last prompt: {last_prompt}), so the session ended",
+            fix="start again: do what the prompt says, and look straight at the camera until asked to turn your head",
+        )
+
+
+class LivenessFailedError(SessionError):
+    """The head-turn challenge failed (a photo, the wrong way, too slow, the face lost): nothing was sent.
+
+    Its ``reason`` is the liveness code (``liveness_still``...), also the last prompt's; a kiosk app tells
+    this from other failures by the event's ``code``, ``liveness_failed``, and shows ``reason``'s screen.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the liveness challenge failed ({reason})",
+                         fix="start again, look at the camera and turn your head as asked")
+        self.reason = reason
 
 ENROLL_FRAMES = 3  # embeddings of one enrollment (each a good frontal frame inside the challenge)
 VERIFY_FRAMES = 2  # ... of a verification or identification (the verifier takes the best)
@@ -57,6 +103,27 @@ def _pipeline() -> Any:
 
         pipeline = _local.pipeline = FacePipeline()
     return pipeline
+
+
+@contextmanager
+def _fixes_for_the_camera(subject: str) -> Iterator[None]:
+    """A refusal before the camera whose fix names a command: the face's command (``--face``) is named.
+
+    Why: the verifier's fixes name the finger's commands (``capture-agent enroll --subject ana``), which at a
+    camera enrolls a finger (or fails on a kiosk with no reader): `verify --face` of an id nobody enrolled, and
+    `enroll --face` of an id already enrolled (whose fix is ``--add``), said so.
+    """
+    try:
+        yield
+    except VerifierError as exc:
+        if exc.slug == "unknown-subject":
+            exc.fix = (f"enroll the subject first: capture-agent enroll --face --subject {subject} "
+                       f"(or with a finger: capture-agent enroll --subject {subject})")
+        elif exc.slug == "verification-required":
+            exc.fix = (f"to add a face to this person's enrollment, they verify first (capture-agent enroll --face "
+                       f'--subject {subject} --add; a kiosk app: "verify_first": true); to enroll someone else, use '
+                       "another id")
+        raise
 
 
 @dataclass
@@ -110,9 +177,7 @@ class FaceSession:
             if self.cancelled.is_set():
                 raise SessionError("the face session was cancelled", fix="start it again")
             if time.monotonic() > deadline:
-                post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
-                raise SessionError("no face followed the challenge in time",
-                                   fix="stand in front of the camera, look at it and follow the prompts")
+                self._out_of_time(tracker.state.status, appeared, last_code, post)
             frame = self.camera.wait_frame(seq, self.frame_timeout_s, self.cancelled)
             seq, t = frame.seq, frame.received
             started = time.perf_counter()
@@ -121,7 +186,10 @@ class FaceSession:
             del frame  # the frame ends here: only its analysis goes on
             analysis = pipeline.analyse(bgr, previous=previous, interval=interval or 1 / 30, embed=False)
             face = analysis.face
-            state = tracker.observe(t, face)
+            # The challenge starts on a good frame only: a face too small, dark or blurred for the template was
+            # asked to turn at once, never told "Come a little closer", and failed "Too slow" at the end.
+            starts = tracker.state.status != "waiting" or analysis.quality.ok
+            state = tracker.observe(t, face if starts else None)
             index += 1
             previous, last_t = face, t
             if face is not None and appeared is None:
@@ -141,8 +209,7 @@ class FaceSession:
                 code = str(state.reason)
                 post({"type": "prompt", "code": code, "message": message_for(code)})
                 log.warning("face_liveness_failed", audit=True, reason=code, steps=",".join(steps))
-                raise SessionError(f"the liveness challenge failed ({code})",
-                                   fix="start again, look at the camera and turn your head as asked")
+                raise LivenessFailedError(code)
             if state.status == "passed":
                 break
             code = state.prompt if state.status == "running" else (analysis.code or state.prompt)
@@ -162,6 +229,17 @@ class FaceSession:
         records = [encode(model, e.astype(float).tolist()) for e in chosen[::step][:want]]
         assert appeared is not None
         return FaceCapture(records, steps, appeared)
+
+    def _out_of_time(self, status: str, appeared: float | None, last_code: str | None,
+                     post: Callable[[dict[str, Any]], None]) -> NoReturn:
+        """The session's time is up: said as what was wrong then (nobody there, a face never usable, or a
+        challenge not followed), each its own error; the ``liveness_timeout`` prompt only for the last."""
+        if appeared is None:
+            raise NoFaceError(self.timeout_s)
+        if status == "waiting":
+            raise FaceNotReadyError(self.timeout_s, message_for(str(last_code or "look_at_camera")))
+        post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
+        raise LivenessFailedError("liveness_timeout")
 
     async def capture(self, challenge: Challenge, want: int) -> FaceCapture:
         """Run the challenge of ``challenge``'s nonce on the camera; prompts arrive through ``emit``."""
@@ -209,7 +287,8 @@ class FaceSession:
                                    fix="verify with a face (or a finger session) of this subject first")
         token = self.session_token.current() if self.session_token is not None else None
         # With no token to send, an id already enrolled is refused before the camera (a first enrollment).
-        challenge = await self.api.challenge("enroll", subject, group, first=token is None)
+        with _fixes_for_the_camera(subject):
+            challenge = await self.api.challenge("enroll", subject, group, first=token is None)
         captured = await self.capture(challenge, max(1, min(captures, 5)))
         answer = await self._timed(
             lambda timing: self.api.enroll(subject, [], group=group, session_token=token, challenge=challenge,
@@ -244,7 +323,8 @@ class FaceSession:
     async def verify_face(self, subject: str, step_up: str | None = None) -> Decision | StepUp:
         """One face verification (a step-up's when ``step_up`` names it): the verifier's answer as it is."""
         # "face": a subject with no face is refused before the head-turn challenge, not after it.
-        challenge = await self.api.challenge("verify", subject, modality=FACE)
+        with _fixes_for_the_camera(subject):
+            challenge = await self.api.challenge("verify", subject, modality=FACE)
         captured = await self.capture(challenge, VERIFY_FRAMES)
         return await self._timed(
             lambda timing: self.api.verify(subject, [], step_up=step_up, challenge=challenge, timing=timing,

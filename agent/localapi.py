@@ -729,11 +729,15 @@ def error_codes(exc: AgentError) -> dict[str, str]:
     """
     from agent.devices.errors import DeviceUnavailable, DeviceUnplugged
     from agent.errors import DeadlineError, TransportError, VerifierError
+    from agent.face_sessions import FaceNotReadyError, LivenessFailedError, NoFaceError
     from agent.sessions import NoFingerError, SessionError
 
     if isinstance(exc, VerifierError) and exc.slug:
         return {"code": "verifier_refused", "problem": exc.slug}
-    for kind, code in ((NoFingerError, "no_finger"), (DeviceUnplugged, "device_unplugged"),
+    if isinstance(exc, LivenessFailedError):  # which failure (a photo, the wrong way...): its prompt's code
+        return {"code": "liveness_failed", "reason": exc.reason}
+    for kind, code in ((NoFingerError, "no_finger"), (NoFaceError, "no_face"), (FaceNotReadyError, "face_not_ready"),
+                       (DeviceUnplugged, "device_unplugged"),
                        (DeviceUnavailable, "device_not_connected"), (TransportError, "verifier_unreachable"),
                        (DeadlineError, "verifier_unreachable"), (VerifierError, "verifier_error"),
                        (SessionError, "session_failed")):

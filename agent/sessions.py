@@ -68,7 +68,8 @@ MESSAGES = {
     "liveness_still": "No movement seen: a photo is not accepted; turn your head when asked",
     "liveness_wrong_sequence": "That was the other way: start again and follow the prompts",
     "liveness_timeout": "Too slow: start again and turn your head when asked",
-    "liveness_face_lost": "Stay in front of the camera: start again",
+    # lost also when the face moved too far between frames: a head turned fast, not only one that left
+    "liveness_face_lost": "Lost sight of your face: stay in front of the camera, turn slowly, and start again",
 }
 
 

@@ -16,6 +16,7 @@ import json
 import tempfile
 
 import cv2
+import numpy as np
 import pytest
 
 from agent.client import VerifierClient
@@ -24,7 +25,7 @@ from agent.devices.kinds import CameraDevice
 from agent.face_sessions import FaceSession
 from agent.sessions import SessionError
 from protocol.face_template import FORMAT
-from simulators.faces import poses
+from simulators.faces import WALL, poses
 
 SIZE = (320, 240)
 # The simulated head turns in one frame. The impostor's left turn (ORL s5/7 mirrored) measures a yaw of 19.9-20.0
@@ -124,9 +125,13 @@ def test_a_still_photo_is_refused_by_the_liveness_challenge_and_nothing_is_sent(
 ) -> None:
     run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "alice")
     photo = FacePerson(face_camera, att_faces, frontal="9", follows=False)  # a printed photo held still
-    with pytest.raises(SessionError, match="liveness_still"):
+    with pytest.raises(SessionError, match="liveness_still") as refused:
         run_face(provisioned, face_camera, photo, "verify", "alice")
     assert photo.prompts[-1] == "liveness_still"
+    # A kiosk app tells a liveness failure from others by the error event's code, and which one by its reason.
+    from agent.localapi import error_codes
+
+    assert error_codes(refused.value) == {"code": "liveness_failed", "reason": "liveness_still"}
     attempts = [e for e in audit(verifier) if e.get("event") == "verification_attempt"]
     assert attempts == []  # the photo's frames never left the device, nor a template made of them
 
@@ -370,3 +375,143 @@ def test_fingers_are_added_to_a_face_enrolled_subject_after_a_face_verification(
     assert added["templates"] == 6 and added.get("modality", "finger") == "finger", added
     if rule:
         assert "asks for a face" in str(finger_alone.value)
+
+
+def end_of_face_session(provisioned, camera_sim, person: FacePerson | None, timeout_s: float):
+    """An identification by face whose time is ``timeout_s``: the error it ended with, and its prompts."""
+    from agent.localapi import error_codes
+
+    events: list[dict] = []
+    emit = person if person is not None else events.append
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER, timeout_s=timeout_s)
+                with pytest.raises(SessionError) as ended:
+                    await session.identify()
+                return ended.value
+        finally:
+            device.stop()
+
+    error = asyncio.run(go())
+    seen = person.events if person is not None else events
+    return error, error_codes(error), [e["code"] for e in seen if e["type"] == "prompt"]
+
+
+def test_nobody_in_front_of_the_camera_is_said_as_no_face_not_as_a_turn_too_slow(provisioned, face_camera) -> None:
+    """An empty room heard "Too slow: start again and turn your head when asked" when the session's time was up
+    (nobody had been asked to turn), and a kiosk app got ``session_failed``, as for any other failure."""
+    face_camera.nothing()
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, None, timeout_s=2)
+    assert prompts == ["face_not_found"], prompts  # "Stand in front of the camera", once, and no turn prompt
+    assert codes == {"code": "no_face"}, codes
+    assert error.message == "no face was seen by the camera within 2 s, so the session ended"
+    assert "stand in front of the camera" in error.fix
+
+
+def test_a_face_never_frontal_is_told_what_was_wrong_not_to_turn_faster(provisioned, face_camera, att_faces) -> None:
+    """Someone looking away the whole time was prompted "Look straight at the camera", then ended with "Too slow:
+    start again and turn your head when asked", about a turn never asked (the challenge starts frontal)."""
+    person = FacePerson(face_camera, att_faces, follows=False)
+    face_camera.show(person.poses["turn_head_right"])
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, person, timeout_s=2)
+    assert "liveness_timeout" not in prompts and prompts[-1] == "look_at_camera", prompts
+    assert codes == {"code": "face_not_ready"}, codes
+    assert "(last prompt: Look straight at the camera)" in error.message, error.message
+    assert "look straight at the camera" in error.fix
+
+
+@NO_FIRST_USE
+def test_nobody_recognised_by_face_is_told_to_try_again_with_the_face_not_a_finger(
+    provisioned, face_camera, att_faces
+) -> None:
+    """`capture-agent identify --face` for someone not enrolled said "try again with a finger you enrolled", at a
+    camera, to a person who may have no finger enrolled (or no reader to give one)."""
+    from agent.commands.sessions import identification_lines
+
+    found, _ = run_face(provisioned, face_camera, FacePerson(face_camera, att_faces, "s5", "2", "7"), "identify")
+    assert found["candidates"] == [], found  # nobody is enrolled
+    lines = identification_lines(found)
+    assert lines[0].startswith("nobody recognised") and "finger" not in lines[1], lines
+    assert lines[1] == ("try again facing the camera and following its prompts; if your face is not enrolled here, "
+                        "ask to be enrolled"), lines
+
+
+def test_verifying_by_face_an_id_nobody_enrolled_names_the_face_enrollment(provisioned, face_camera) -> None:
+    """`capture-agent verify --face --subject bob`, bob enrolled nowhere, was told "fix: enroll the subject first:
+    capture-agent enroll --subject bob", a finger enrollment, to a person at a camera (maybe with no reader)."""
+    from agent.errors import UnknownSubjectError
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                with pytest.raises(UnknownSubjectError) as refused:
+                    await FaceSession(device, client).verify("bob")
+                return refused.value
+        finally:
+            device.stop()
+
+    refused = asyncio.run(go())
+    assert refused.slug == "unknown-subject"
+    assert refused.fix == ("enroll the subject first: capture-agent enroll --face --subject bob "
+                           "(or with a finger: capture-agent enroll --subject bob)"), refused.fix
+
+
+@NO_FIRST_USE
+def test_enrolling_by_face_an_id_already_enrolled_names_the_face_add(provisioned, face_camera, att_faces) -> None:
+    """`capture-agent enroll --face --subject ana` of an enrolled ana was refused before the camera (good) with
+    "fix: ... (capture-agent enroll --subject ana --add ...)", which adds fingers, not a face."""
+    from agent.errors import VerificationRequiredError
+
+    run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "ana")
+    with pytest.raises(VerificationRequiredError) as refused:
+        run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "ana")
+    assert "capture-agent enroll --face --subject ana --add" in refused.value.fix, refused.value.fix
+
+
+@NO_FIRST_USE
+def test_a_head_turned_too_fast_is_told_to_turn_slowly(provisioned, face_camera, att_faces) -> None:
+    """The face's landmarks jumping between two frames fails the challenge as a face lost (a swap looks the same);
+    a person who had turned fast, and never left, was told "Stay in front of the camera: start again"."""
+    from agent.sessions import MESSAGES
+
+    person = FacePerson(face_camera, att_faces)  # turns in one frame: too fast for the default jump bound
+
+    async def go():
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                with pytest.raises(SessionError):
+                    await FaceSession(device, client, emit=person, tracker_options={"turn_yaw": 18.0}).identify()
+        finally:
+            device.stop()
+
+    asyncio.run(go())
+    assert person.prompts[-1] == "liveness_face_lost", person.prompts
+    assert "turn slowly" in MESSAGES["liveness_face_lost"] and "start again" in MESSAGES["liveness_face_lost"]
+    shown = [e["message"] for e in person.events if e["type"] == "prompt"]
+    assert shown[-1] == MESSAGES["liveness_face_lost"]
+
+
+def test_a_face_too_far_is_told_to_come_closer_before_the_challenge_starts(
+    provisioned, face_camera, att_faces
+) -> None:
+    """A face detected but too small for a template (eyes 17 px apart) started the head-turn challenge at once:
+    the person was asked to turn, never told "Come a little closer", and ended "Too slow" (``liveness_timeout``).
+    The challenge now waits for a good frame; the session ends saying what was wrong."""
+    person = FacePerson(face_camera, att_faces, "s5", "2", "7", follows=False)
+    far = cv2.resize(cv2.imread(str(att_faces / "s5" / "2.pgm")), None, fx=0.5, fy=0.5)  # 46x56: twice as far
+    wall = np.full((SIZE[1], SIZE[0], 3), WALL, np.uint8)
+    top, left = (SIZE[1] - far.shape[0]) // 2, (SIZE[0] - far.shape[1]) // 2
+    wall[top : top + far.shape[0], left : left + far.shape[1]] = far
+    face_camera.show(wall)
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, person, timeout_s=3)
+    assert prompts == ["move_closer"], prompts  # once, and no turn asked of a face the template cannot use
+    assert codes == {"code": "face_not_ready"}, codes
+    assert "(last prompt: Come a little closer to the camera)" in error.message, error.message

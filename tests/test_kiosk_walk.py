@@ -673,3 +673,53 @@ def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tm
     assert not any("cancel" in line for line in said), said
     assert code == 0, said
     assert [method for method, _ in api.requests] == ["POST", "GET"], api.requests
+
+
+def test_ctrl_c_in_a_face_session_frees_the_camera_and_says_so(daemon_with_module) -> None:
+    """Ctrl-C during `identify --face` said "cancelled; the sensor is free for the next person" to a person at a
+    camera who never touched a sensor. Nobody is in front of the camera here: the first prompt is the cue."""
+    daemon = daemon_with_module(camera=True)
+    assert daemon.camera is not None
+    daemon.camera.send("nothing")
+    person = cli(daemon, "identify", "--face")
+    lines = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        lines.append(line)
+        if "Stand in front of the camera" in line:
+            person.send_signal(signal.SIGINT)
+    assert person.wait(30) == 130, "".join(lines)
+    said = "".join(lines)
+    assert "cancelled; the camera is free for the next person" in said and "sensor" not in said, said
+
+    async def next_person() -> int:
+        async with daemon.client() as kiosk:
+            created = await kiosk.post("/sessions", json={"operation": "identify", "modality": "face"})
+            if created.status_code == 201:
+                await kiosk.delete(f"/sessions/{created.json()['id']}")
+            return created.status_code
+
+    assert asyncio.run(next_person()) == 201, "the camera is free as soon as the cancelled command has exited"
+
+
+def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_with_module) -> None:
+    """A camera pulled out between sessions: `verify --face` said "fix: plug it in", also to a person who had just
+    plugged it back in, while the agent reopens it by itself a few seconds later; nothing said to try again."""
+    daemon = daemon_with_module(camera=True)
+    assert daemon.camera is not None
+
+    async def unplugged() -> None:
+        async with daemon.client() as kiosk:
+            await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
+            daemon.camera.send("unplug")
+            await daemon.devices_connected(kiosk, {"reader": True, "camera": False}, 20)
+
+    asyncio.run(unplugged())
+    person = cli(daemon, "identify", "--face")
+    out, _ = person.communicate(timeout=60)
+    assert person.returncode == 2, out
+    assert out.splitlines()[-2:] == [
+        "error: device camera is not connected",
+        "fix: plug it in (the agent reopens it by itself within a few seconds), then try again; "
+        "`capture-agent devices` shows what is found",
+    ], out

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 if ended:  # its end is on screen already: nothing to cancel, nothing to say again
                     return outcome
-                return _cancel(api, session)
+                return _cancel(api, session, "the camera" if args.face else "the sensor")
             except httpx.ReadTimeout:  # not "the agent stopped": it runs, and said nothing for longer than it waits
                 print(f"error: the agent said nothing of the session for {quiet_s:g} s, longer than any of its "
                       "waits, so this command stopped waiting", file=sys.stderr)
@@ -188,9 +188,10 @@ END_EVENTS = ("result", "error", "cancelled")  # what ends a session's events st
 CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices (a poll, well under a second)
 
 
-def _cancel(api, session: dict) -> int:
+def _cancel(api, session: dict, device: str = "the sensor") -> int:
     """Ctrl-C before the session's end was shown: cancel it on the daemon and wait until it has ended, so the
-    sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead.
+    sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead. ``device`` is
+    what the person used, named as freed: "the camera" for a face session (not "the sensor" they never touched).
 
     Why: the terminal used to just close its connection. The daemon then held the
     sensor for its 5 s grace (a kiosk app may reconnect), and the next person's
@@ -208,13 +209,13 @@ def _cancel(api, session: dict) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the daemon still cancels within its grace)
         return 130
     except Exception:  # the daemon went meanwhile, or took too long: nothing more to do from here
-        print("the agent did not confirm the cancel; the sensor is free once it has", file=sys.stderr)
+        print(f"the agent did not confirm the cancel; {device} is free once it has", file=sys.stderr)
         return 130
     # It had ended before the cancel reached it (a result, or an error such as no finger in time): say how, not
     # "cancelled", which it was not.
     if last.get("type") in ("result", "error"):
         return _show(last, 2)
-    print("cancelled; the sensor is free for the next person", file=sys.stderr, flush=True)
+    print(f"cancelled; {device} is free for the next person", file=sys.stderr, flush=True)
     return 130
 
 
@@ -227,9 +228,11 @@ def identification_lines(event: dict) -> list[str]:
     """
     candidates = event.get("candidates") or []
     threshold = event.get("threshold")
-    if not candidates:
+    if not candidates:  # what to try again with is the factor just used: a face session's is the face
+        again = ("facing the camera and following its prompts; if your face is not enrolled here"
+                 if event.get("modality") == FACE else "with a finger you enrolled; if you have not enrolled here")
         return ["nobody recognised: no enrolled subject of this device's groups matches",
-                "try again with a finger you enrolled; if you have not enrolled here, ask to be enrolled"]
+                f"try again {again}, ask to be enrolled"]
     best, *others = candidates
     bar = f", threshold {threshold}" if threshold is not None else ""
     lines = [f"identified {best['subject']} (score {best['score']}{bar})"]

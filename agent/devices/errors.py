@@ -18,8 +18,15 @@ class DeviceUnplugged(DeviceError):
 
 
 class DeviceUnavailable(DeviceError):
+    """Not connected when a session wanted it. The fix says the agent reopens it by itself: a person who had just
+    plugged a camera back in was told only "plug it in", while the agent's next look was a few seconds away."""
+
     def __init__(self, name: str) -> None:
-        super().__init__(f"device {name} is not connected", "plug it in; `capture-agent devices` shows what is found")
+        super().__init__(
+            f"device {name} is not connected",
+            "plug it in (the agent reopens it by itself within a few seconds), then try again; "
+            "`capture-agent devices` shows what is found",
+        )
 
 
 class NoDeviceFor(DeviceError):
