@@ -16,9 +16,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import structlog
 
 from drivers.camera.camera import Camera, CameraError
-from drivers.camera.errors import CameraFrameSize, CameraFrameTooLarge, CameraNotMjpeg, CameraStreamBroken
+from drivers.camera.errors import (
+    CameraFrameSize,
+    CameraFramesUndecodable,
+    CameraFrameTooLarge,
+    CameraNotMjpeg,
+    CameraStreamBroken,
+)
 from drivers.camera.mjpeg import (
     DroppedPart,
     HeadersTooLarge,
@@ -353,6 +360,121 @@ def test_a_stream_that_is_not_mjpeg_says_so(hostile) -> None:
     camera = Camera(page.url, reconnect=False)
     assert not camera.open_once(timeout_s=10)
     assert isinstance(camera.fault, CameraNotMjpeg) and "text/html" in str(camera.fault)
+
+
+def undecodable() -> bytes:
+    """A progressive JPEG of 2048x2048 whose last scan is one no progressive JPEG has (DC and AC at once).
+
+    Its size reads from its header, and OpenCV works through the scans before it (tens of ms) and then fails:
+    slower to fail than the camera sends it, so a part is always pending for a wait that just failed one.
+    """
+    pixels = np.random.default_rng(1).integers(0, 255, (2048, 2048, 3), np.uint8)
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    data = bytearray(encoded.tobytes())
+    last_scan = data.rfind(b"\xff\xda")
+    at = last_scan + 5 + 2 * data[last_scan + 4]  # past the scan's components: Ss, Se, Ah/Al
+    data[at : at + 3] = b"\x00\x3f\x00"
+    return bytes(data)
+
+
+def good_then_garbage(garbage: bytes):
+    """A camera that gives one good frame, then (once told to go) ``garbage`` parts as fast as it can, forever."""
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        server.send(conn, part(jpeg(320, 240, 1)))
+        server.go.wait(10)
+        while not server.stop.is_set():
+            server.send(conn, garbage)
+
+    return body
+
+
+def wait_in_thread(camera: Camera, after: int, timeout_s: float, cancel: threading.Event | None = None):
+    """``camera.wait_frame`` on a thread of its own: (the thread, what it returned or raised)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(camera.wait_frame(after, timeout_s, cancel))
+        except Exception as exc:  # what the wait raised is the outcome under test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_wait_on_parts_that_never_decode_ends_with_a_fault_naming_the_camera_not_a_hang(hostile) -> None:
+    """The wait took part after undecodable part (one was always pending) and never looked at its deadline."""
+    server = hostile(good_then_garbage(part(undecodable())))
+    events: list[tuple[str, dict]] = []
+    camera = Camera(server.url, reconnect=False, on_event=lambda kind, data: events.append((kind, data)))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert camera.open_once(timeout_s=10)
+            first = camera.latest()
+            assert first is not None
+            server.go.set()
+            thread, outcome = wait_in_thread(camera, first.seq, timeout_s=2)
+            thread.join(60)  # a bound on a hang only: the wait gives up long before
+            assert not thread.is_alive(), "the wait on undecodable parts never returned"
+        (raised,) = outcome
+        assert isinstance(raised, CameraFramesUndecodable)
+        assert "cannot be decoded" in str(raised) and "check the camera" in raised.fix
+        faults = [e for e in logs if e["event"] == "camera_fault"]
+        assert faults and faults[0]["error"] == "CameraFramesUndecodable" and "check the camera" in faults[0]["fix"]
+        assert all(isinstance(v, str | int | float | None) for e in faults for v in e.values())  # no frame bytes
+        assert [kind for kind, _ in events].count("camera_fault") == 1  # reported once, not per part
+    finally:
+        camera.stop()
+
+
+def test_a_wait_on_parts_that_never_decode_ends_when_cancelled(hostile, monkeypatch) -> None:
+    from drivers.camera import camera as camera_module
+
+    monkeypatch.setattr(camera_module, "BAD_PARTS_MAX", 1 << 30)  # no fault ends the wait: only the cancel can
+    server = hostile(good_then_garbage(part(undecodable())))
+    camera = Camera(server.url, reconnect=False)
+    camera.idle_after_s = 0.0  # the owner never decodes ahead: the wait alone takes the parts, one always pending
+    try:
+        assert camera.open_once(timeout_s=10)
+        first = camera.latest()
+        assert first is not None
+        cancel = threading.Event()
+        server.go.set()
+        thread, outcome = wait_in_thread(camera, first.seq, timeout_s=3600, cancel=cancel)
+        for _ in range(600):  # until the wait is taking undecodable parts
+            if camera.decoded > 5:
+                break
+            threading.Event().wait(0.05)
+        assert camera.decoded > 5
+        cancel.set()
+        thread.join(60)  # a bound on a hang only
+        assert not thread.is_alive(), "a cancelled wait on undecodable parts never returned"
+        (raised,) = outcome
+        assert isinstance(raised, CameraError) and "cancelled" in str(raised)
+    finally:
+        camera.stop()
+
+
+def test_a_wait_on_parts_that_are_no_jpeg_ends_at_its_deadline_with_the_fault(hostile) -> None:
+    """Parts that are no JPEG at all fail in the reader: the owner ends the connection with the fault, and the
+    wait gives it up at its deadline (this path always did; pinned beside the one that did not)."""
+    server = hostile(good_then_garbage(part(bytes(range(256)) * 40)))
+    camera = Camera(server.url, reconnect=False)
+    try:
+        assert camera.open_once(timeout_s=10)
+        first = camera.latest()
+        assert first is not None
+        server.go.set()
+        thread, outcome = wait_in_thread(camera, first.seq, timeout_s=2)
+        thread.join(60)
+        assert not thread.is_alive()
+        (raised,) = outcome
+        assert isinstance(raised, CameraNotMjpeg) and "not MJPEG" in str(raised)
+    finally:
+        camera.stop()
 
 
 def test_parts_nobody_asks_for_are_passed_over_undecoded_and_the_next_consumer_gets_a_newer_one(hostile) -> None:

@@ -41,6 +41,7 @@ from drivers.camera.errors import (
     CameraError,
     CameraFault,
     CameraFrameSize,
+    CameraFramesUndecodable,
     CameraNotMjpeg,
     CameraUnavailable,
 )
@@ -54,7 +55,7 @@ BACKOFF_MAX_S = 10.0
 MIN_SIDE = 1
 MAX_SIDE = 4096  # as biometrics.face.image.MAX_SIDE: a 4K frame; larger is a misconfigured source
 IDLE_AFTER_S = 1.0  # a consumer that asked within this is served by the owner decoding ahead (no added latency)
-BAD_PARTS_MAX = 10  # parts in a row that are no decodable JPEG: the stream is not MJPEG
+BAD_PARTS_MAX = 10  # parts in a row that are no JPEG (the stream is not MJPEG), or that do not decode (a broken camera)
 
 __all__ = ["Camera", "CameraError", "CameraFault", "CameraInfo", "CameraUnavailable", "Frame"]
 
@@ -241,23 +242,44 @@ class Camera:
             frame = self._decode(*pending)  # outside the lock: the owner thread keeps reading the stream
             if frame is not None and frame.seq > after:
                 return frame
+            if frame is None:
+                self._after_bad_decode(deadline, timeout_s, cancel)
+
+    def _after_bad_decode(self, deadline: float, timeout_s: float, cancel: threading.Event | None) -> None:
+        """A part this wait took did not decode: stop here when cancelled, out of time, or the camera's parts
+        keep failing, before taking the next.
+
+        Why: a camera sending undecodable parts faster than they fail always had a part pending, so the wait
+        took the next one without ever looking at its deadline or the cancel event: it never returned.
+        """
+        if cancel is not None and cancel.is_set():
+            raise CameraError("the capture was cancelled")
+        with self._cond:
+            fault = self.fault
+        if isinstance(fault, CameraFramesUndecodable):
+            raise fault
+        if time.monotonic() >= deadline or self._stop.is_set():
+            raise fault or CameraUnavailable(
+                f"no frame the agent could decode from the camera {self.source.redacted} within {timeout_s:g} s",
+                "check the camera: set its stream format to MJPEG in its settings, or restart it",
+            )
 
     def _decode(self, part: mjpeg_stream.JpegPart, seq: int, received: float) -> Frame | None:
         pixels = mjpeg_stream.decode(part)
         with self._cond:
             self.decoded += 1
-            if pixels is None:
-                self._bad_decodes += 1
-                if self._bad_decodes >= BAD_PARTS_MAX:
-                    self.fault = CameraNotMjpeg(self.source.redacted, f"{self._bad_decodes} JPEG parts in a row "
-                                                "OpenCV cannot decode")
-                return None
-            self._bad_decodes = 0
-            self.fault = None
-            frame = Frame(pixels, seq, received)
-            if self._latest is None or seq > self._latest.seq:
-                self._latest = frame
-            return frame
+            if pixels is not None:
+                self._bad_decodes = 0
+                self.fault = None
+                frame = Frame(pixels, seq, received)
+                if self._latest is None or seq > self._latest.seq:
+                    self._latest = frame
+                return frame
+            self._bad_decodes += 1
+            failing = self._bad_decodes >= BAD_PARTS_MAX
+        if failing:  # reported once (the same message), whether the owner or a consumer decoded it
+            self._set_fault(CameraFramesUndecodable(self.source.redacted, BAD_PARTS_MAX))
+        return None
 
     # ---------------------------------------------------------------- owner thread
     def _open(self) -> cv2.VideoCapture | None:
@@ -308,6 +330,7 @@ class Camera:
             self.fault = fault
             self._cond.notify_all()
         if new:
+            log.warning("camera_fault", source=self.source.redacted, error=type(fault).__name__, fix=fault.fix)
             self.on_event("camera_fault", {"source": self.source.redacted, "error": str(fault.args[0]),
                                            "fix": fault.fix})
 
@@ -422,7 +445,7 @@ class Camera:
                 if pixels is None:
                     bad += 1
                     if bad >= BAD_PARTS_MAX:
-                        raise CameraNotMjpeg(self.source.redacted, f"{bad} JPEG parts in a row OpenCV cannot decode")
+                        raise CameraFramesUndecodable(self.source.redacted, bad)
                     continue
                 self._plugged(part.width, part.height, float(self.want_fps or 0.0), reader.backend)
                 first = self._awaiting_first = False

@@ -64,6 +64,22 @@ class CameraNotMjpeg(CameraFault):
         )
 
 
+class CameraFramesUndecodable(CameraFault):
+    """JPEG parts that OpenCV cannot decode, many in a row: a broken (or hostile) camera, not a stream URL mistake.
+
+    Why its own fault: their headers read as JPEG of a sane size, so the stream is MJPEG; what is wrong is the
+    camera's encoding (a firmware fault, a format the decoder does not take), and the fix is on the camera.
+    """
+
+    def __init__(self, source: str, parts: int) -> None:
+        super().__init__(
+            f"the camera {source} sends JPEG frames that cannot be decoded ({parts} in a row)",
+            "check the camera: set its stream format to MJPEG (baseline JPEG) in its settings, restart it, and "
+            "update its firmware; if it goes on, replace it",
+        )
+        self.parts = parts
+
+
 class CameraFrameTooLarge(CameraFault):
     """An MJPEG part larger than the driver reads (a hostile or misconfigured camera)."""
 
