@@ -360,6 +360,11 @@ class SessionsSection:
     lift_reminder_s: float = field(
         default=5.0, metadata=_check(lambda s: 1 <= s <= 60, "use 1 to 60 seconds (the default is 5)")
     )
+    # A face session's time, from its first frame to the end of the head-turn challenge. At most 120: nobody in
+    # front of the camera is a silence of that long on the CLI's events stream, which waits 300 s at least.
+    face_timeout_s: float = field(
+        default=20.0, metadata=_check(lambda s: 5 <= s <= 120, "use 5 to 120 seconds (the default is 20)")
+    )
 
 
 LogFormat = Literal["auto", "json", "console"]

@@ -68,15 +68,15 @@ def _fingerprint_session(
 ) -> CaptureSession:
     """A capture session on a device that gives fingerprint images (a serial module or a libfprint reader)."""
     device = devices.pick(FINGERPRINT_IMAGE)
-    return _with_the_camera(_image_session(device, client, emit, timing), devices, client, emit)
+    return _with_the_camera(_image_session(device, client, emit, timing), devices, client, emit, timing)
 
 
-def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client: VerifierClient, emit: Any
-                     ) -> CaptureSession:
+def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client: VerifierClient, emit: Any,
+                     timing: SessionsSection) -> CaptureSession:
     """A finger session that reaches this device's camera: a policy may ask for the face too (step-up), and a
     face-first subject adds fingers after a face verification."""
-    session.face_step_up = face_step_up(devices, client, emit)
-    session.face_verify = face_verification(devices, client, emit)
+    session.face_step_up = face_step_up(devices, client, emit, timeout_s=timing.face_timeout_s)
+    session.face_verify = face_verification(devices, client, emit, timeout_s=timing.face_timeout_s)
     return session
 
 
@@ -90,7 +90,7 @@ def _session(
     if capability != MATCH_ON_SENSOR:
         try:
             device = devices.pick(FINGERPRINT_IMAGE, name)
-            return _with_the_camera(_image_session(device, client, emit, timing), devices, client, emit)
+            return _with_the_camera(_image_session(device, client, emit, timing), devices, client, emit, timing)
         except NoDeviceFor:
             if capability == FINGERPRINT_IMAGE or not any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
                 raise
@@ -99,7 +99,7 @@ def _session(
     return SensorSession(
         sensor, client, prints, emit=emit, finger_timeout_s=timing.finger_timeout_s,
         image_session=(lambda: _fingerprint_session(devices, client, emit, timing=timing)) if has_images else None,
-        face_step_up=face_step_up(devices, client, emit),  # a factor rule may ask for the face too
+        face_step_up=face_step_up(devices, client, emit, timeout_s=timing.face_timeout_s),  # a rule may ask for it
     )
 
 
@@ -211,7 +211,8 @@ class AgentDaemon:
                 self.config.api.socket,
                 # the config of the moment: a SIGHUP's new [sessions] applies from the next session
                 lambda emit, reader="": _session(devices, client, prints, emit, reader, timing=self.config.sessions),
-                make_face_session=lambda emit: face_session(devices, client, emit, prints),
+                make_face_session=lambda emit: face_session(
+                    devices, client, emit, prints, timeout_s=self.config.sessions.face_timeout_s),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 import structlog
 
 from agent.client import VerifierClient
+from agent.config import SessionsSection
 from agent.errors import FactorNotEnrolledError, UnknownSubjectError, VerifierError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings, cancel_scope, in_worker, inherited_cancel
 from agent.verifier_api import VerifierAPI
@@ -78,18 +79,31 @@ class FaceNotReadyError(SessionError):
         )
 
 
+# What each liveness code means, said to a person: the error's message. Why: it showed the raw code ("the
+# liveness challenge failed (liveness_still)") under a prompt that had said what happened in words.
+LIVENESS_FAILURES = {
+    "liveness_still": "no movement was seen (a photo is not accepted)",
+    "liveness_wrong_sequence": "the head turned the other way than asked",
+    "liveness_timeout": "the head did not turn as asked in time",
+    "liveness_face_lost": "the face left the camera's view during the challenge",
+}
+
+
 class LivenessFailedError(SessionError):
     """The head-turn challenge failed (a photo, the wrong way, too slow, the face lost): nothing was sent.
 
     Its ``reason`` is the liveness code (``liveness_still``...), also the last prompt's; a kiosk app tells
     this from other failures by the event's ``code``, ``liveness_failed``, and shows ``reason``'s screen.
+    The message says the code in words (:data:`LIVENESS_FAILURES`); the code itself is ``reason`` only.
     """
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"the liveness challenge failed ({reason})",
+        said = LIVENESS_FAILURES.get(reason, "the head did not move as asked")
+        super().__init__(f"the liveness challenge failed: {said}",
                          fix="start again, look at the camera and turn your head as asked")
         self.reason = reason
 
+FACE_TIMEOUT_S = SessionsSection().face_timeout_s  # a session made with no config: the config's default
 ENROLL_FRAMES = 3  # embeddings of one enrollment (each a good frontal frame inside the challenge)
 VERIFY_FRAMES = 2  # ... of a verification or identification (the verifier takes the best)
 _local = threading.local()
@@ -140,7 +154,7 @@ class FaceSession:
     camera: Any  # agent.devices.capabilities.CameraFrames
     client: VerifierClient
     emit: Callable[[dict[str, Any]], None] = lambda event: None
-    timeout_s: float = 20.0  # from the first frame to the end of the challenge
+    timeout_s: float = FACE_TIMEOUT_S  # from the first frame to the end of the challenge ([sessions] face_timeout_s)
     frame_timeout_s: float = 5.0
     tracker_options: dict[str, float] = field(default_factory=dict)  # LivenessTracker's thresholds
     timings: Timings = field(default_factory=Timings)
@@ -376,8 +390,9 @@ class FaceSession:
 
 
 def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
-                 prints: Any = None) -> FaceSession:
-    """A face session on a device that gives camera frames (picked by capability, a connected one first).
+                 prints: Any = None, *, timeout_s: float = FACE_TIMEOUT_S) -> FaceSession:
+    """A face session on a device that gives camera frames (picked by capability, a connected one first), with
+    ``timeout_s`` for its challenge (``[sessions] face_timeout_s``).
 
     Its finger, when one is needed (a face added to a subject with no face yet, or a factor rule that needs a
     finger too), comes from an image reader when the device has one, else from a match-on-sensor reader
@@ -387,7 +402,7 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
     from agent.sensor_sessions import SensorSession
     from agent.sessions import CaptureSession
 
-    session = FaceSession(devices.pick(CAMERA), client, emit=emit)
+    session = FaceSession(devices.pick(CAMERA), client, emit=emit, timeout_s=timeout_s)
     finger: Callable[[], Any] | None = None
     if any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices):
 
@@ -424,7 +439,7 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
 
 def face_verification(
     devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
-    tracker_options: dict[str, float] | None = None,
+    tracker_options: dict[str, float] | None = None, *, timeout_s: float = FACE_TIMEOUT_S,
 ) -> Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None:
     """For a finger session's ``enroll --add``: a face verification on this device's camera, or None without one.
 
@@ -440,7 +455,7 @@ def face_verification(
         return None
 
     async def verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
-        session = face_session(devices, client, emit)
+        session = face_session(devices, client, emit, timeout_s=timeout_s)
         session.tracker_options = dict(tracker_options or {})
         try:
             verified = await session.verify(subject)
@@ -456,7 +471,8 @@ def face_verification(
 
 
 def face_step_up(
-    devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None]
+    devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None], *,
+    timeout_s: float = FACE_TIMEOUT_S,
 ) -> Callable[[str, str], Any] | None:
     """For a finger session: the face step-up on this device's camera, or None when it has no camera."""
     from agent.devices.capabilities import CAMERA
@@ -466,6 +482,6 @@ def face_step_up(
 
     async def step_up(subject: str, step_id: str) -> Decision | StepUp:
         # Made inside the finger session's cancel scope: cancelling that session ends this one's camera worker.
-        return await face_session(devices, client, emit).verify_face(subject, step_id)
+        return await face_session(devices, client, emit, timeout_s=timeout_s).verify_face(subject, step_id)
 
     return step_up

@@ -87,11 +87,15 @@ def test_overrides_are_validated_like_the_file() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value", "fix"),
-    [("finger_timeout_s", 1, "3 to 300"), ("finger_timeout_s", 3600, "3 to 300"), ("lift_reminder_s", 0, "1 to 60")],
+    [("finger_timeout_s", 1, "3 to 300"), ("finger_timeout_s", 3600, "3 to 300"), ("lift_reminder_s", 0, "1 to 60"),
+     ("face_timeout_s", 4, "5 to 120"), ("face_timeout_s", 121, "5 to 120")],
 )
 def test_the_waits_for_the_person_are_bounded(key: str, value: float, fix: str) -> None:
-    """[sessions]: a wait of 1 s leaves nobody time to put a finger down; an hour holds the sensor from the next."""
+    """[sessions]: a wait of 1 s leaves nobody time to put a finger down; an hour holds the sensor from the next.
+    A face session over 120 s of an empty room would be silent past the CLI's 300 s wait for the next event."""
     assert parse_config({"sessions": {"finger_timeout_s": 30}}).sessions.finger_timeout_s == 30
+    assert parse_config({"sessions": {"face_timeout_s": 45}}).sessions.face_timeout_s == 45
+    assert parse_config({}).sessions.face_timeout_s == 20  # the time the face session had before it was a setting
     with pytest.raises(ConfigError, match=f"sessions.*{key}") as info:
         parse_config({"sessions": {key: value}})
     assert fix in info.value.fix

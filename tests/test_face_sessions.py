@@ -125,9 +125,10 @@ def test_a_still_photo_is_refused_by_the_liveness_challenge_and_nothing_is_sent(
 ) -> None:
     run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "alice")
     photo = FacePerson(face_camera, att_faces, frontal="9", follows=False)  # a printed photo held still
-    with pytest.raises(SessionError, match="liveness_still") as refused:
+    with pytest.raises(SessionError, match="the liveness challenge failed: no movement was seen") as refused:
         run_face(provisioned, face_camera, photo, "verify", "alice")
     assert photo.prompts[-1] == "liveness_still"
+    assert "liveness_" not in refused.value.message  # the code is the event's reason, not the person's words
     # A kiosk app tells a liveness failure from others by the error event's code, and which one by its reason.
     from agent.localapi import error_codes
 
@@ -410,6 +411,46 @@ def test_nobody_in_front_of_the_camera_is_said_as_no_face_not_as_a_turn_too_slow
     assert codes == {"code": "no_face"}, codes
     assert error.message == "no face was seen by the camera within 2 s, so the session ended"
     assert "stand in front of the camera" in error.fix
+
+
+def test_the_face_sessions_time_is_the_configured_face_timeout_s(provisioned, face_camera) -> None:
+    """It was 20 s in code; ``[sessions] face_timeout_s`` reaches the session the daemon's factory makes."""
+    from agent.config import parse_config
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.face_sessions import face_session
+
+    face_camera.nothing()
+    timing = parse_config({"sessions": {"face_timeout_s": 5}}).sessions
+
+    async def go() -> SessionError:
+        supervisor = DeviceSupervisor([("camera", DeviceSection(kind="camera", source=face_camera.url))],
+                                      lambda kind, data: None)
+        await supervisor.open_all()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = face_session(supervisor, client, lambda event: None, timeout_s=timing.face_timeout_s)
+                with pytest.raises(SessionError) as ended:
+                    await session.identify()
+                return ended.value
+        finally:
+            await supervisor.close()
+
+    error = asyncio.run(go())
+    assert error.message == "no face was seen by the camera within 5 s, so the session ended", error.message
+
+
+@pytest.mark.parametrize("code", ["liveness_still", "liveness_wrong_sequence", "liveness_timeout",
+                                  "liveness_face_lost"])
+def test_a_failed_challenge_is_said_in_words_and_its_code_stays_the_reason(code: str) -> None:
+    """The error line read "the liveness challenge failed (liveness_still)" under a prompt saying it in words."""
+    from agent.face_sessions import LivenessFailedError
+    from agent.localapi import error_codes
+    from biometrics.face import liveness
+
+    assert code in vars(liveness).values()  # every code the tracker fails with
+    error = LivenessFailedError(code)
+    assert error.message.startswith("the liveness challenge failed: ") and "liveness_" not in error.message
+    assert error_codes(error) == {"code": "liveness_failed", "reason": code}
 
 
 def test_a_face_never_frontal_is_told_what_was_wrong_not_to_turn_faster(provisioned, face_camera, att_faces) -> None:
