@@ -439,6 +439,40 @@ def test_the_face_sessions_time_is_the_configured_face_timeout_s(provisioned, fa
     assert error.message == "no face was seen by the camera within 5 s, so the session ended", error.message
 
 
+def test_the_daemons_face_step_up_takes_face_timeout_s_from_its_sessions_config(
+    provisioned, face_camera, att_faces, zfm_sim
+) -> None:
+    """The daemon's finger session (an image reader beside the camera) steps up to a face session of
+    ``[sessions] face_timeout_s``, not of the 20 s it had in code."""
+    from agent.config import parse_config
+    from agent.daemon import _session
+    from agent.devices.supervisor import DeviceSupervisor
+
+    run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "alice")
+    face_camera.nothing()  # then nobody is in front of the camera when the step-up asks for the face
+    timing = parse_config({"sessions": {"face_timeout_s": 5}}).sessions
+
+    async def go() -> Exception:
+        supervisor = DeviceSupervisor(
+            [("camera", DeviceSection(kind="camera", source=face_camera.url)),
+             ("reader", DeviceSection(kind="zfm", port=zfm_sim.port))],
+            lambda kind, data: None,
+        )
+        await supervisor.open_all()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = _session(supervisor, client, None, lambda event: None, timing=timing)
+                assert session.face_step_up is not None
+                with pytest.raises(SessionError) as ended:
+                    await session.face_step_up("alice", "a-step-up")
+                return ended.value
+        finally:
+            await supervisor.close()
+
+    error = asyncio.run(go())
+    assert str(error.args[0]) == "no face was seen by the camera within 5 s, so the session ended", error
+
+
 @pytest.mark.parametrize("code", ["liveness_still", "liveness_wrong_sequence", "liveness_timeout",
                                   "liveness_face_lost"])
 def test_a_failed_challenge_is_said_in_words_and_its_code_stays_the_reason(code: str) -> None:
