@@ -42,7 +42,7 @@ def test_the_demo_tells_the_whole_story() -> None:
             "s from her face appearing",
             "verifier asks for more: face (policy_requires_face)",
             "): a finger and her face",
-            "refused on the device, nothing sent: the liveness challenge failed (liveness_still)",
+            "refused on the device, nothing sent: the liveness challenge failed: no movement was seen",
         ):
             assert needle in out, needle
     # Every heading has its own lines under it, in the story's order (issue 11, item 14).
