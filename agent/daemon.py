@@ -212,7 +212,9 @@ class AgentDaemon:
                 # the config of the moment: a SIGHUP's new [sessions] applies from the next session
                 lambda emit, reader="": _session(devices, client, prints, emit, reader, timing=self.config.sessions),
                 make_face_session=lambda emit: face_session(
-                    devices, client, emit, prints, timeout_s=self.config.sessions.face_timeout_s),
+                    devices, client, emit, prints, timeout_s=self.config.sessions.face_timeout_s,
+                    finger_timeout_s=self.config.sessions.finger_timeout_s,
+                    lift_reminder_s=self.config.sessions.lift_reminder_s),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

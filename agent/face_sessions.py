@@ -168,6 +168,8 @@ class FaceSession:
     # A step-up asking for a finger (the factor rule needs both): (subject, step_up id) -> the finger's answer,
     # from an image reader's template or a match-on-sensor reader's assertion (the daemon picks by capability).
     finger_step_up: Callable[[str, str], Awaitable[Decision | StepUp]] | None = None
+    # What both of those run: a new finger session, waiting for the person as [sessions] says (None: no reader).
+    finger_session: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         self.api = VerifierAPI(self.client)
@@ -390,9 +392,12 @@ class FaceSession:
 
 
 def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
-                 prints: Any = None, *, timeout_s: float = FACE_TIMEOUT_S) -> FaceSession:
+                 prints: Any = None, *, timeout_s: float = FACE_TIMEOUT_S,
+                 finger_timeout_s: float | None = None, lift_reminder_s: float | None = None) -> FaceSession:
     """A face session on a device that gives camera frames (picked by capability, a connected one first), with
-    ``timeout_s`` for its challenge (``[sessions] face_timeout_s``).
+    ``timeout_s`` for its challenge (``[sessions] face_timeout_s``), and its finger's waits
+    (``finger_timeout_s``, ``lift_reminder_s``: ``[sessions]``'s; the finger sessions' own defaults when None).
+    Why passed on: the finger asked for after a face waited 15 s whatever ``[sessions] finger_timeout_s`` said.
 
     Its finger, when one is needed (a face added to a subject with no face yet, or a factor rule that needs a
     finger too), comes from an image reader when the device has one, else from a match-on-sensor reader
@@ -403,17 +408,20 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
     from agent.sessions import CaptureSession
 
     session = FaceSession(devices.pick(CAMERA), client, emit=emit, timeout_s=timeout_s)
+    waits = {k: v for k, v in (("finger_timeout_s", finger_timeout_s), ("lift_reminder_s", lift_reminder_s))
+             if v is not None}
     finger: Callable[[], Any] | None = None
     if any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices):
 
         def finger() -> Any:
             reader = devices.pick(FINGERPRINT_IMAGE)
-            return CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi)
+            return CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi, **waits)
 
     elif prints is not None and any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
 
         def finger() -> Any:
-            return SensorSession(devices.pick(MATCH_ON_SENSOR), client, prints, emit=emit)
+            return SensorSession(devices.pick(MATCH_ON_SENSOR), client, prints, emit=emit,
+                                 **{k: v for k, v in waits.items() if k == "finger_timeout_s"})
 
     if finger is not None:
         new_finger = finger
@@ -434,6 +442,7 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
 
         session.finger_verify = finger_verify
         session.finger_step_up = finger_step_up
+        session.finger_session = make_finger
     return session
 
 

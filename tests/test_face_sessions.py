@@ -590,3 +590,32 @@ def test_a_face_too_far_is_told_to_come_closer_before_the_challenge_starts(
     assert prompts == ["move_closer"], prompts  # once, and no turn asked of a face the template cannot use
     assert codes == {"code": "face_not_ready"}, codes
     assert "(last prompt: Come a little closer to the camera)" in error.message, error.message
+
+
+def test_the_finger_a_face_session_asks_for_waits_as_sessions_says(provisioned, camera_sim, zfm_sim) -> None:
+    """The finger asked for after a face (a face added to a finger-only subject, a rule needing both) waited
+    15 s and reminded to lift after 5 s, whatever ``[sessions] finger_timeout_s`` and ``lift_reminder_s`` said."""
+    from agent.config import parse_config
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.face_sessions import face_session
+
+    timing = parse_config({"sessions": {"finger_timeout_s": 42, "lift_reminder_s": 7}}).sessions
+    sections = [("camera", DeviceSection(kind="camera", source=camera_sim.url)),
+                ("finger", DeviceSection(kind="zfm", port=zfm_sim.port))]
+
+    async def go() -> tuple[object, object]:
+        supervisor = DeviceSupervisor(sections, lambda kind, data: None)
+        await supervisor.open_all()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                told = face_session(supervisor, client, lambda event: None, finger_timeout_s=timing.finger_timeout_s,
+                                    lift_reminder_s=timing.lift_reminder_s)
+                untold = face_session(supervisor, client, lambda event: None)
+                assert told.finger_session is not None and untold.finger_session is not None
+                return told.finger_session(), untold.finger_session()
+        finally:
+            await supervisor.close()
+
+    finger, default = asyncio.run(go())
+    assert (finger.finger_timeout_s, finger.lift_reminder_s) == (42, 7)
+    assert (default.finger_timeout_s, default.lift_reminder_s) == (15.0, 5.0)  # the sessions' own, when not given
