@@ -20,12 +20,14 @@ need a real face to succeed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +164,19 @@ def audit_until(verifier, kind: str, timeout_s: float = 10.0) -> list[dict]:
         time.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def kiosk_client(daemon: subprocess.Popen, socket_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A kiosk app's client of the daemon's local API, once the daemon has made its socket (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while not socket_path.exists():
+        assert daemon.poll() is None, "the daemon exited"
+        assert time.monotonic() < deadline, "the daemon's local API never came up"
+        await asyncio.sleep(0.1)
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as client:
+        yield client
+
+
 def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
     verifier, provisioned, tmp_path
 ) -> None:
@@ -190,13 +205,7 @@ def test_one_daemon_serial_module_and_camera_each_unplugged_during_a_capture(
     skipped: list[str] = []
 
     async def story() -> None:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists():
-            assert daemon.poll() is None, "the daemon exited"
-            assert time.monotonic() < deadline, "the daemon's local API never came up"
-            await asyncio.sleep(0.1)
-        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-        async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as client:
+        async with kiosk_client(daemon, socket_path) as client:
             kiosk = Kiosk(client, zfm, camera, poses)
             await kiosk.until_connected({"reader": True, "camera": True})
             if faces is None:
@@ -295,13 +304,7 @@ def test_the_camera_of_a_kiosk_without_a_reader_is_required_by_health(provisione
     daemon = start_agent_daemon(config_file)
 
     async def story() -> dict:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists():
-            assert daemon.poll() is None, "the daemon exited"
-            assert time.monotonic() < deadline, "the daemon's local API never came up"
-            await asyncio.sleep(0.1)
-        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-        async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as client:
+        async with kiosk_client(daemon, socket_path) as client:
             deadline = time.monotonic() + 20
             for connected in (True, False):
                 if not connected:
@@ -340,13 +343,7 @@ def test_devices_that_could_not_be_set_up_count_in_health_like_devices_not_conne
     daemon = start_agent_daemon(config_file, env=env)
 
     async def story() -> dict:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists():
-            assert daemon.poll() is None, "the daemon exited"
-            assert time.monotonic() < deadline, "the daemon's local API never came up"
-            await asyncio.sleep(0.1)
-        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-        async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as client:
+        async with kiosk_client(daemon, socket_path) as client:
             return (await client.get("/health")).json()
 
     try:

@@ -87,6 +87,17 @@ def test_a_host_that_is_no_address_is_refused_with_the_fix(verifier_state: Path)
         assert "--host" in fix
 
 
+def request_in_flight(verifier: LocalVerifier) -> tuple:
+    """An EST request whose body is half sent, so the app waits for the rest: (TLS socket, h2 connection)."""
+    tls, conn = open_h2(verifier)
+    headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
+    conn.send_headers(1, [*headers, ("idempotency-key", "k"), ("content-type", "application/pkcs10")])
+    conn.send_data(1, b"MIIB")
+    tls.sendall(conn.data_to_send())
+    time.sleep(0.5)  # the request reaches the app, which waits for the rest of its body
+    return tls, conn
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_lets_the_request_in_flight_finish_then_exits_0(tmp_path: Path, stop_signal: int) -> None:
     """SIGHUP (the terminal `serve` ran in was closed, an ssh session dropped) killed the verifier at once:
@@ -94,12 +105,7 @@ def test_a_stop_signal_lets_the_request_in_flight_finish_then_exits_0(tmp_path: 
     SIGTERM does: no new connection, the request in flight answered, exit 0."""
     with LocalVerifier.running(tmp_path / "pki") as verifier:
         assert verifier.process is not None
-        tls, conn = open_h2(verifier)
-        headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
-        conn.send_headers(1, [*headers, ("idempotency-key", "k"), ("content-type", "application/pkcs10")])
-        conn.send_data(1, b"MIIB")
-        tls.sendall(conn.data_to_send())
-        time.sleep(0.5)  # the request reaches the app, which waits for the rest of its body
+        tls, conn = request_in_flight(verifier)
         verifier.process.send_signal(stop_signal)
         stopping = wait_for_event(verifier, "verifier_stopping")
         conn.send_data(1, b"AAAA", end_stream=True)
@@ -120,12 +126,7 @@ def test_a_closed_terminal_stops_serve_as_sigterm_does(verifier_at_a_terminal: T
     and the request in flight answered 500. Its output now goes nowhere, and it stops as SIGTERM does."""
     verifier = verifier_at_a_terminal.verifier
     assert verifier.process is not None
-    tls, conn = open_h2(verifier)
-    headers = request_headers("POST", "/.well-known/est/simpleenroll", authorization="Bearer x")
-    conn.send_headers(1, [*headers, ("idempotency-key", "k"), ("content-type", "application/pkcs10")])
-    conn.send_data(1, b"MIIB")
-    tls.sendall(conn.data_to_send())
-    time.sleep(0.5)  # the request reaches the app, which waits for the rest of its body
+    tls, conn = request_in_flight(verifier)
     verifier_at_a_terminal.hang_up()
     assert wait_for(lambda: refuses_connections(verifier), 10.0), "it stopped listening: the SIGHUP came"
     conn.send_data(1, b"AAAA", end_stream=True)
