@@ -49,13 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_arguments(build_parser(), argv)
-    except UsageMistake as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        print(f"fix: {exc.fix}", file=sys.stderr)
-        return 2
-    try:
         return int(args.run(args) or 0)
-    except AgentError as exc:
+    except (AgentError, UsageMistake) as exc:  # a usage mistake is said as every other error: message and fix
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.fix:
             print(f"fix: {exc.fix}", file=sys.stderr)

@@ -637,19 +637,14 @@ def _database_of(args: argparse.Namespace) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_arguments(build_parser(), argv)
-    except UsageMistake as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        print(f"fix: {exc.fix}", file=sys.stderr)
-        return 2
-    configure_logging()
-    try:
+        configure_logging()
         return int(args.run(args) or 0)
     except sqlite3.Error as exc:  # a write after the database opened: locked past the timeout, disk full
         exc = database_error(_database_of(args), exc)
         print(f"error: {exc}", file=sys.stderr)
         print(f"fix: {exc.fix}", file=sys.stderr)
         return 2
-    except (CLIError, SettingsError, PKIFolderError) as exc:
+    except (CLIError, SettingsError, PKIFolderError, UsageMistake) as exc:  # a usage mistake too: message and fix
         print(f"error: {exc}", file=sys.stderr)
         if exc.fix:
             print(f"fix: {exc.fix}", file=sys.stderr)
