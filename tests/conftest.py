@@ -31,11 +31,10 @@ import termios
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import settings
 
 from agent.config import AgentConfig
+from agent.devices.supervisor import DeviceSupervisor
 from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity, IdentityStore
 from tests.der import element as der_element
@@ -57,6 +57,9 @@ from tests.der import oid as der_oid
 # servers, OpenBLAS's spinning worker threads made a 0.7 s matcher test take 49 s.
 for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas, "1")
+# OpenBLAS reads the setting once, when numpy loads: numpy imported among the imports above (as it was from
+# 2026-11-30) left the test process its own worker threads (measured: 2 threads on a 2-core machine, 1 after).
+import numpy as np  # noqa: E402
 
 # Hypothesis properties here run real numeric code (matching, codecs, template checks), on
 # machines of two cores shared by two test workers and the suite's servers: one example can
@@ -1066,3 +1069,20 @@ def as_at_a_terminal() -> None:
     default. A test run from a background job (``make test &``, a CI runner's) inherits it ignored, and Python
     then installs no KeyboardInterrupt handler, so the command never saw the Ctrl-C the test sent."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.asynccontextmanager
+async def camera_and_reader(camera_url: str, reader_port: str) -> AsyncIterator[DeviceSupervisor]:
+    """A device supervisor with a camera and a serial fingerprint module, opened, and closed after."""
+    from agent.config import DeviceSection
+
+    supervisor = DeviceSupervisor(
+        [("camera", DeviceSection(kind="camera", source=camera_url)),
+         ("reader", DeviceSection(kind="zfm", port=reader_port))],
+        lambda kind, data: None,
+    )
+    await supervisor.open_all()
+    try:
+        yield supervisor
+    finally:
+        await supervisor.close()

@@ -26,6 +26,7 @@ from agent.face_sessions import FaceSession
 from agent.sessions import SessionError
 from protocol.face_template import FORMAT
 from simulators.faces import WALL, poses
+from tests.conftest import camera_and_reader
 
 SIZE = (320, 240)
 # The simulated head turns in one frame. The impostor's left turn (ORL s5/7 mirrored) measures a yaw of 19.9-20.0
@@ -446,28 +447,20 @@ def test_the_daemons_face_step_up_takes_face_timeout_s_from_its_sessions_config(
     ``[sessions] face_timeout_s``, not of the 20 s it had in code."""
     from agent.config import parse_config
     from agent.daemon import _session
-    from agent.devices.supervisor import DeviceSupervisor
 
     run_face(provisioned, face_camera, FacePerson(face_camera, att_faces), "enroll", "alice")
     face_camera.nothing()  # then nobody is in front of the camera when the step-up asks for the face
     timing = parse_config({"sessions": {"face_timeout_s": 5}}).sessions
 
     async def go() -> Exception:
-        supervisor = DeviceSupervisor(
-            [("camera", DeviceSection(kind="camera", source=face_camera.url)),
-             ("reader", DeviceSection(kind="zfm", port=zfm_sim.port))],
-            lambda kind, data: None,
-        )
-        await supervisor.open_all()
-        try:
-            async with VerifierClient(*provisioned) as client:
-                session = _session(supervisor, client, None, lambda event: None, timing=timing)
-                assert session.face_step_up is not None
-                with pytest.raises(SessionError) as ended:
-                    await session.face_step_up("alice", "a-step-up")
-                return ended.value
-        finally:
-            await supervisor.close()
+        async with camera_and_reader(face_camera.url, zfm_sim.port) as supervisor, VerifierClient(
+            *provisioned
+        ) as client:
+            session = _session(supervisor, client, None, lambda event: None, timing=timing)
+            assert session.face_step_up is not None
+            with pytest.raises(SessionError) as ended:
+                await session.face_step_up("alice", "a-step-up")
+            return ended.value
 
     error = asyncio.run(go())
     assert str(error.args[0]) == "no face was seen by the camera within 5 s, so the session ended", error
@@ -596,25 +589,19 @@ def test_the_finger_a_face_session_asks_for_waits_as_sessions_says(provisioned, 
     """The finger asked for after a face (a face added to a finger-only subject, a rule needing both) waited
     15 s and reminded to lift after 5 s, whatever ``[sessions] finger_timeout_s`` and ``lift_reminder_s`` said."""
     from agent.config import parse_config
-    from agent.devices.supervisor import DeviceSupervisor
     from agent.face_sessions import face_session
 
     timing = parse_config({"sessions": {"finger_timeout_s": 42, "lift_reminder_s": 7}}).sessions
-    sections = [("camera", DeviceSection(kind="camera", source=camera_sim.url)),
-                ("finger", DeviceSection(kind="zfm", port=zfm_sim.port))]
 
     async def go() -> tuple[object, object]:
-        supervisor = DeviceSupervisor(sections, lambda kind, data: None)
-        await supervisor.open_all()
-        try:
-            async with VerifierClient(*provisioned) as client:
-                told = face_session(supervisor, client, lambda event: None, finger_timeout_s=timing.finger_timeout_s,
-                                    lift_reminder_s=timing.lift_reminder_s)
-                untold = face_session(supervisor, client, lambda event: None)
-                assert told.finger_session is not None and untold.finger_session is not None
-                return told.finger_session(), untold.finger_session()
-        finally:
-            await supervisor.close()
+        async with camera_and_reader(camera_sim.url, zfm_sim.port) as supervisor, VerifierClient(
+            *provisioned
+        ) as client:
+            told = face_session(supervisor, client, lambda event: None, finger_timeout_s=timing.finger_timeout_s,
+                                lift_reminder_s=timing.lift_reminder_s)
+            untold = face_session(supervisor, client, lambda event: None)
+            assert told.finger_session is not None and untold.finger_session is not None
+            return told.finger_session(), untold.finger_session()
 
     finger, default = asyncio.run(go())
     assert (finger.finger_timeout_s, finger.lift_reminder_s) == (42, 7)
