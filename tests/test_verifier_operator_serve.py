@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -180,3 +181,29 @@ def test_serve_opens_its_database_once(verifier_state: Path) -> None:
     connects = [line for line in log.read_text().splitlines() if line.startswith("sqlite3.connect ")]
     assert connects == [f"sqlite3.connect {verifier_state / 'verifier.sqlite'}"], connects
     assert returncode == 0
+
+
+def test_serve_under_nohup_outlives_the_hang_up(tmp_path: Path) -> None:
+    """`nohup capture-verifier serve &` (SIGHUP ignored from the start) is how an operator keeps it running past
+    the ssh session; handling SIGHUP as a stop replaced that ignore, and the logout stopped the verifier. An
+    ignored SIGHUP stays ignored (as the kernel sees it: no handler to race with), and the server goes on."""
+    with contextlib.ExitStack() as stack:
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child, as nohup makes it
+        try:
+            verifier = stack.enter_context(LocalVerifier.running(tmp_path / "pki"))
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+        assert verifier.process is not None
+        assert ignored_signals(verifier.process.pid) & (1 << (signal.SIGHUP - 1)), "SIGHUP no longer ignored"
+        verifier.process.send_signal(signal.SIGHUP)
+        assert not refuses_connections(verifier)
+        assert verifier.process.poll() is None
+        verifier.stop()
+        assert verifier.process.returncode == 0
+    assert wait_for_event(verifier, "verifier_stopping")["signal"] == "SIGTERM"
+
+
+def ignored_signals(pid: int) -> int:
+    """The mask of the signals process ``pid`` ignores (SigIgn in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)  # type: ignore[union-attr]
