@@ -76,7 +76,9 @@ def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client:
     """A finger session that reaches this device's camera: a policy may ask for the face too (step-up), and a
     face-first subject adds fingers after a face verification."""
     session.face_step_up = face_step_up(devices, client, emit, timeout_s=timing.face_timeout_s)
-    session.face_verify = face_verification(devices, client, emit, timeout_s=timing.face_timeout_s)
+    session.face_verify = face_verification(devices, client, emit, timeout_s=timing.face_timeout_s,
+                                            finger_timeout_s=timing.finger_timeout_s,
+                                            lift_reminder_s=timing.lift_reminder_s)
     return session
 
 

@@ -449,6 +449,7 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
 def face_verification(
     devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
     tracker_options: dict[str, float] | None = None, *, timeout_s: float = FACE_TIMEOUT_S,
+    finger_timeout_s: float | None = None, lift_reminder_s: float | None = None,
 ) -> Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None:
     """For a finger session's ``enroll --add``: a face verification on this device's camera, or None without one.
 
@@ -464,7 +465,9 @@ def face_verification(
         return None
 
     async def verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
-        session = face_session(devices, client, emit, timeout_s=timeout_s)
+        # A rule needing a finger too steps this face up to one: it waits as [sessions] says (see face_session).
+        session = face_session(devices, client, emit, timeout_s=timeout_s, finger_timeout_s=finger_timeout_s,
+                               lift_reminder_s=lift_reminder_s)
         session.tracker_options = dict(tracker_options or {})
         try:
             verified = await session.verify(subject)

@@ -399,8 +399,20 @@ def _refuse_other_names(path: Path, opened: os.stat_result, fix: str) -> None:
     if opened.st_nlink > 1:
         raise IdentityError(
             f"{path} has {opened.st_nlink} names (hard links): another name can read or replace it",
-            fix=f"remove its other names (`find / -xdev -samefile {path}` lists them), or {fix}",
+            fix=f"remove its other names (`find {_mount_point(path)} -xdev -samefile {path}` lists them), or {fix}",
         )
+
+
+def _mount_point(path: Path) -> Path:
+    """Where the file system holding ``path`` is mounted: where a ``find -xdev`` for its other names starts.
+
+    Why not ``/``: every name of a file is on its file system, and ``-xdev`` keeps find off the others; with the
+    state directory on a file system of its own (``/var``, a data partition), ``find / -xdev`` listed nothing.
+    """
+    here = Path(os.path.realpath(path)).parent
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    return here
 
 
 def _fsync_dir(path: Path) -> None:

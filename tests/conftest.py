@@ -124,7 +124,9 @@ class TerminalVerifier:
 
 
 def _session_on_the_terminal() -> None:
-    """``preexec_fn``: a session of its own whose controlling terminal is standard input (the pseudo-terminal)."""
+    """``preexec_fn``: a session of its own whose controlling terminal is standard input (the pseudo-terminal),
+    with SIGHUP at its default, as a login shell starts it (not ignored, when the tests run under nohup)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 

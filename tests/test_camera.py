@@ -597,6 +597,20 @@ def test_a_stream_url_with_a_user_and_no_scheme_naming_no_file_is_refused_masked
         assert "s3cret" not in shown and "***@" in shown, shown
 
 
+@pytest.mark.parametrize("text", [" s3cret@cam/x", "s3cret@cam.lan/stream\n", "\ts3cret@cam"])
+def test_a_user_at_a_host_with_spaces_around_is_masked_where_the_raw_source_is_shown(text: str, tmp_path,
+                                                                                      monkeypatch) -> None:
+    """Parsing strips the source, and refuses `` s3cret@cam/x`` masked; `devices --camera` names a finding by the
+    text as given (``camera_shown``), which showed it whole, the user in the clear."""
+    from drivers.camera.source import CameraSourceNoScheme
+    from drivers.discovery import camera_shown
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CameraSourceNoScheme):
+        CameraSource.parse(text)
+    assert "s3cret" not in camera_shown(text) and "***@cam" in camera_shown(text), camera_shown(text)
+
+
 @pytest.mark.parametrize("name", ["door@cam.lan/x.avi", "rec@2.avi", "admin@cam"])
 def test_an_existing_file_named_like_a_user_at_a_host_still_opens(name: str, video_file, tmp_path,
                                                                    monkeypatch) -> None:

@@ -606,3 +606,49 @@ def test_the_finger_a_face_session_asks_for_waits_as_sessions_says(provisioned, 
     finger, default = asyncio.run(go())
     assert (finger.finger_timeout_s, finger.lift_reminder_s) == (42, 7)
     assert (default.finger_timeout_s, default.lift_reminder_s) == (15.0, 5.0)  # the sessions' own, when not given
+
+
+@NO_FIRST_USE
+def test_the_finger_after_a_finger_sessions_face_verification_waits_as_sessions_says(
+    provisioned, verifier, face_camera, att_faces, zfm_sim
+) -> None:
+    """A finger session's face verification (`enroll --add` of a face-first subject) whose rule needs a finger
+    too asks for one: it waited 15 s whatever ``[sessions] finger_timeout_s`` said, as the face session's own
+    finger did before (the daemon passed the waits to that one, not to this; it passes them to both now)."""
+    from agent.config import parse_config
+    from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE
+    from agent.devices.supervisor import DeviceSupervisor
+    from agent.devstack import verifier_cli
+    from agent.face_sessions import face_verification
+    from agent.sessions import CaptureSession, NoFingerError
+    from tests.test_sessions import ScriptedFinger
+
+    timing = parse_config({"sessions": {"finger_timeout_s": 3}}).sessions
+
+    async def go() -> NoFingerError:
+        supervisor = DeviceSupervisor(
+            [("camera", DeviceSection(kind="camera", source=face_camera.url)),
+             ("reader", DeviceSection(kind="zfm", port=zfm_sim.port))], lambda kind, data: None)
+        await supervisor.open_all()
+        try:
+            async with VerifierClient(*provisioned) as client, asyncio.timeout(150):
+                face = FaceSession(supervisor.pick(CAMERA), client, emit=FacePerson(face_camera, att_faces),
+                                   tracker_options=TRACKER)
+                await face.enroll("alice")
+                await face.verify("alice")  # its session token lets the fingers join the face
+                fingers = ScriptedFinger(zfm_sim, 0, [(0, 0), (0, 1), (0, 2), (4, 0), (4, 1), (4, 2)])
+                await CaptureSession(supervisor.pick(FINGERPRINT_IMAGE), client, emit=fingers,
+                                     session_token=face.session_token).enroll("alice", 3)
+                verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
+                verify = face_verification(supervisor, client, FacePerson(face_camera, att_faces, frontal="2"),
+                                           tracker_options=TRACKER, finger_timeout_s=timing.finger_timeout_s,
+                                           lift_reminder_s=timing.lift_reminder_s)
+                assert verify is not None
+                with pytest.raises(NoFingerError) as ended:  # the face passes; nobody gives the finger then
+                    await verify("alice")
+                return ended.value
+        finally:
+            await supervisor.close()
+
+    error = asyncio.run(go())
+    assert str(error.args[0]).startswith("no finger was placed on the sensor within 3 s"), error

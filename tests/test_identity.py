@@ -7,7 +7,10 @@ import datetime as dt
 import hashlib
 import os
 import random
+import re
+import shlex
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -229,9 +232,24 @@ def test_a_device_key_with_a_second_name_is_refused_naming_how_to_find_it(tmp_pa
     with pytest.raises(IdentityError) as info:
         store.load(PASS)
     assert info.value.message == f"{path} has 2 names (hard links): another name can read or replace it"
-    assert f"`find / -xdev -samefile {path}`" in info.value.fix and "re-provision" in info.value.fix
+    assert f"-xdev -samefile {path}`" in info.value.fix and "re-provision" in info.value.fix
     (tmp_path / "copy-of-the-key").unlink()  # the fix it names: the other name removed, the key is read again
     assert store.load(PASS).serial_hex == good.serial_hex
+
+
+def test_the_command_that_finds_a_keys_other_name_finds_it_on_a_file_system_of_its_own(tiny_filesystem, ca) -> None:
+    """The fix said `find / -xdev -samefile KEY`: with the state directory on a file system of its own (/var, a
+    data partition), -xdev kept find out of it, and it listed nothing. The command the fix names finds the name."""
+    store = IdentityStore(tiny_filesystem / "state")
+    good = store.write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], PASS)
+    other = tiny_filesystem / "copy-of-the-key"
+    os.link(good.directory / KEY_FILE, other)
+    with pytest.raises(IdentityError) as info:
+        store.load(PASS)
+    command = re.search(r"`(find [^`]+)`", info.value.fix)
+    assert command is not None, info.value.fix
+    listed = subprocess.run(shlex.split(command.group(1)), capture_output=True, text=True, timeout=120)
+    assert str(other) in listed.stdout.splitlines(), (command.group(1), listed.stdout, listed.stderr)
 
 
 def test_csr_is_signed_by_the_new_key() -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,7 @@ def test_a_stop_signal_lets_the_request_in_flight_finish_then_exits_0(tmp_path: 
     """SIGHUP (the terminal `serve` ran in was closed, an ssh session dropped) killed the verifier at once:
     Python's default for it, with no drain, no `verifier_stopping`, the request in flight cut. It stops as
     SIGTERM does: no new connection, the request in flight answered, exit 0."""
-    with LocalVerifier.running(tmp_path / "pki") as verifier:
+    with started_with_sighup(signal.SIG_DFL, tmp_path) as verifier:  # as from a shell, whatever ran the tests
         assert verifier.process is not None
         tls, conn = request_in_flight(verifier)
         verifier.process.send_signal(stop_signal)
@@ -181,3 +183,37 @@ def test_serve_opens_its_database_once(verifier_state: Path) -> None:
     connects = [line for line in log.read_text().splitlines() if line.startswith("sqlite3.connect ")]
     assert connects == [f"sqlite3.connect {verifier_state / 'verifier.sqlite'}"], connects
     assert returncode == 0
+
+
+def test_serve_under_nohup_outlives_the_hang_up(tmp_path: Path) -> None:
+    """`nohup capture-verifier serve &` (SIGHUP ignored from the start) is how an operator keeps it running past
+    the ssh session; handling SIGHUP as a stop replaced that ignore, and the logout stopped the verifier. An
+    ignored SIGHUP stays ignored (as the kernel sees it: no handler to race with), and the server goes on."""
+    with started_with_sighup(signal.SIG_IGN, tmp_path) as verifier:  # as nohup starts it
+        assert verifier.process is not None
+        assert ignored_signals(verifier.process.pid) & (1 << (signal.SIGHUP - 1)), "SIGHUP no longer ignored"
+        verifier.process.send_signal(signal.SIGHUP)
+        assert not refuses_connections(verifier)
+        assert verifier.process.poll() is None
+        verifier.stop()
+        assert verifier.process.returncode == 0
+    assert wait_for_event(verifier, "verifier_stopping")["signal"] == "SIGTERM"
+
+
+@contextlib.contextmanager
+def started_with_sighup(disposition: signal.Handlers, tmp_path: Path) -> Iterator[LocalVerifier]:
+    """A verifier started with SIGHUP at ``disposition`` (inherited across exec, as from nohup or a shell),
+    whatever this test process has; stopped after."""
+    with contextlib.ExitStack() as stack:
+        previous = signal.signal(signal.SIGHUP, disposition)
+        try:
+            verifier = stack.enter_context(LocalVerifier.running(tmp_path / "pki"))
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+        yield verifier
+
+
+def ignored_signals(pid: int) -> int:
+    """The mask of the signals process ``pid`` ignores (SigIgn in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)  # type: ignore[union-attr]

@@ -73,6 +73,16 @@ UNAUTHENTICATED_REQUESTS = 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """STOP_SIGNALS less a SIGHUP this process was started ignoring (``nohup``, a supervisor that ignores it).
+
+    Why: an operator keeps ``serve`` running past the ssh session with ``nohup ... &``; a handler installed
+    over that ignore made the logout's SIGHUP stop the verifier the operator had asked to outlive it.
+    """
+    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    return tuple(sig for sig in STOP_SIGNALS if not (ignored and sig == signal.SIGHUP))
+
+
 class CoalescingWriter:
     """A StreamWriter front that sends what hypercorn writes within two loop turns as one TLS record.
 
@@ -531,7 +541,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     stopped_by: list[str] = []
-    for sig in STOP_SIGNALS:
+    for sig in _stop_signals():
         loop.add_signal_handler(sig, _stop_on, sig, stop, stopped_by)
     ssl_context = server_context(settings.server_cert, settings.server_key, settings.ca_file)
     limit_header_blocks()

@@ -150,7 +150,10 @@ def scheme_less_user(text: str) -> bool:
 
     Why existence decides: the shape is a file name's too (``rec@2.mkv``, ``door@cam.lan/x.avi``), and a file
     that is there is opened as one; one that is not there was said to "not exist" with the user in the message.
-    Not written as a path (``/...``, ``./...``, ``../...``): those are files, whatever their name."""
+    Not written as a path (``/...``, ``./...``, ``../...``): those are files, whatever their name. Taken as
+    :meth:`CameraSource.parse` takes it, stripped: `` admin@cam/x`` (a space pasted in front) is refused there,
+    and was shown as written, its user in the clear, where the raw text is shown (``devices --camera``)."""
+    text = text.strip()
     if _SCHEME.match(text) or text.startswith(("/", "./", "../")):
         return False
     shape = _USER_AT_HOST.fullmatch(text)
