@@ -1591,3 +1591,47 @@ def test_a_part_whole_in_the_read_that_breaks_the_chunk_framing_is_counted_as_pa
         reader.next_part()
     reader.release()
     assert (reader.skipped, reader.dropped) == (1, 0)
+
+
+def test_a_reconnected_camera_counts_its_undecodable_parts_afresh(hostile) -> None:
+    """The count of parts in a row that did not decode outlived a reconnect (the first frame of the new
+    connection did not reset it): one bad part after nine on the old connection ended a wait with
+    CameraFramesUndecodable, a fault the new connection never had."""
+    from drivers.camera.camera import BAD_PARTS_MAX
+
+    bad = part(undecodable())
+    connections: list[int] = []
+    second_go = threading.Event()
+
+    def body(server: HostileCamera, conn: socket.socket) -> None:
+        connections.append(len(connections))
+        server.send(conn, part(jpeg(320, 240, 1)))
+        if len(connections) == 1:  # nine bad parts, taken one by one by the wait, then the line drops
+            server.go.wait(10)
+            for _ in range(BAD_PARTS_MAX - 1):
+                server.send(conn, bad)
+                server.stop.wait(0.3)
+            conn.shutdown(socket.SHUT_RDWR)
+            return
+        second_go.wait(10)  # reconnected: one bad part, then good frames
+        server.send(conn, bad)
+        server.stop.wait(0.5)
+        while not server.stop.is_set():
+            server.send(conn, part(jpeg(320, 240, 2)))
+            server.stop.wait(0.05)
+
+    server = hostile(body)
+    camera = Camera(server.url, reconnect=True)
+    camera.idle_after_s = 0.0  # the wait alone decodes the parts: each bad one is counted once, in order
+    try:
+        assert camera.open_once(timeout_s=10)
+        first = camera.latest()
+        assert first is not None
+        server.go.set()
+        again = camera.wait_frame(first.seq, timeout_s=30)  # past the nine bad parts: the new connection's frame
+        assert len(connections) == 2 and camera.decoded >= BAD_PARTS_MAX, (connections, camera.decoded)
+        second_go.set()
+        frame = camera.wait_frame(again.seq, timeout_s=30)
+        assert frame.seq > again.seq and camera.fault is None
+    finally:
+        camera.stop()

@@ -29,6 +29,7 @@ GOAWAY), and close; so does SIGHUP (:data:`STOP_SIGNALS`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
@@ -500,10 +501,11 @@ class ConnectionServer:
 
 def _stop_on(sig: signal.Signals, stop: asyncio.Event, stopped_by: list[str]) -> None:
     """A stop signal's handler: the first one's name is kept for ``verifier_stopping``."""
-    if sig == signal.SIGHUP:
-        _leave_hung_up_terminal()
     stopped_by.append(sig.name)
-    stop.set()
+    stop.set()  # first: the stop must not depend on the redirect below (which needs a free descriptor)
+    if sig == signal.SIGHUP:
+        with contextlib.suppress(OSError):  # out of descriptors: the drain's lines may then fail, the stop not
+            _leave_hung_up_terminal()
 
 
 def _leave_hung_up_terminal() -> None:

@@ -453,6 +453,7 @@ class Camera:
                     self._seq += 1
                     self.decoded += 1
                     self.fault = None
+                    self._bad_decodes = 0  # a new connection's count: the old one's nine must not end its waits
                     self._latest = Frame(pixels, self._seq, now)
                     self._cond.notify_all()
                 del pixels
