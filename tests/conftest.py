@@ -88,8 +88,23 @@ def verifier(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalVe
         settings = tmp_path / "verifier-settings.toml"
         settings.write_text("".join(f"{line}\n" for line in marker.args))
         extra = ("--config", str(settings))
-    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as local:
+    with dev_pki(tmp_path / "pki", extra_args=extra) as local:
+        local.start()
         yield local
+
+
+def dev_pki(pki_dir: Path, extra_args: tuple[str, ...] = ()) -> LocalVerifier:
+    """A fresh development PKI in ``pki_dir``, made in this process by what `capture-verifier pki init` runs.
+
+    Why not the command itself (``LocalVerifier.init_pki``): a Python process started for it costs a
+    sixth of a second, and hundreds of tests start a verifier; the command's own behaviour (its output,
+    refusals, modes) is tested where it is run (test_verifier_operator_*, test_installer_cli).
+    """
+    from verifier.pki import fingerprint, init_pki
+
+    local = LocalVerifier(pki_dir, extra_args=extra_args)
+    local.ca_fingerprint = fingerprint(init_pki(pki_dir).cert)
+    return local
 
 
 @pytest.fixture
@@ -99,7 +114,7 @@ def verifier_state(tmp_path: Path) -> Path:
     For the operator's commands that only read and write the state (tokens, rules):
     no process is left to stop.
     """
-    LocalVerifier(tmp_path / "pki").init_pki()
+    dev_pki(tmp_path / "pki")
     return tmp_path / "pki"
 
 
@@ -130,8 +145,7 @@ def _session_on_the_terminal() -> None:
 def verifier_at_a_terminal(tmp_path: Path) -> Iterator[TerminalVerifier]:
     """The reference verifier with a pseudo-terminal as its controlling terminal, standard input, output and
     error; on a free port of 127.0.0.1, fresh PKI. Stopped (killed if SIGTERM does not end it) after the test."""
-    local = LocalVerifier(tmp_path / "pki")
-    local.init_pki()
+    local = dev_pki(tmp_path / "pki")
     ready = tmp_path / "ready.json"
     master, slave = pty.openpty()
     command = [sys.executable, "-m", "verifier.cli", "serve", "--pki", str(local.pki_dir), "--port", "0"]
