@@ -234,7 +234,7 @@ def accepted_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 def plain_http_port() -> Iterator[int]:
     """A plain HTTP/1.0 server on a free port of 127.0.0.1 (a wrong port in the URL); stopped after."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # stop in 0.05 s, not 0.5
     thread.start()
     try:
         yield server.server_address[1]
@@ -857,7 +857,7 @@ def snapshot_camera() -> Iterator[str]:
     """The URL of a camera's snapshot (one JPEG a request, no MJPEG stream) on a free port of 127.0.0.1: what an
     installer may copy from a camera's web page instead of its stream URL. FFmpeg reads it as a camera."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SnapshotHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # stop in 0.05 s, not 0.5
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
