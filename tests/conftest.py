@@ -44,8 +44,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import settings
 
 from agent.config import AgentConfig
-from agent.devstack import LocalVerifier, provision_device
+from agent.devstack import LocalVerifier, device_config
 from agent.identity import DeviceIdentity, IdentityStore
+from agent.provision import provision
 from tests.der import element as der_element
 from tests.der import head as der_head
 from tests.der import oid as der_oid
@@ -197,16 +198,38 @@ def fill_filesystem(path: Path) -> None:
         os.close(fd)
 
 
+def provision_with_fresh_token(
+    verifier: LocalVerifier, state_dir: Path, device_id: str
+) -> tuple[AgentConfig, DeviceIdentity]:
+    """``devstack.provision_device``, its one-time token stored in this process as `capture-verifier token new`
+    stores it (in the default database, which no ``verifier_settings`` moves).
+
+    Why not the command: a Python process started for it costs a sixth of a second, and a hundred and fifty
+    tests provision a device; the command itself is tested in test_verifier_operator_cli and test_provisioning.
+    The provisioning (EST over mTLS against the running verifier) is the agent's own, unchanged.
+    """
+    from verifier.store import open_database
+    from verifier.tokens import BootstrapTokens
+
+    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    try:
+        token, _ = BootstrapTokens(conn).new(device_id)
+    finally:
+        conn.close()
+    config = device_config(state_dir, verifier.url)
+    return config, asyncio.run(provision(config, token, verifier.ca_fingerprint)).identity
+
+
 @pytest.fixture
 def provisioned(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """A device provisioned against ``verifier`` with a one-time token: (config, identity)."""
-    return asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+    return provision_with_fresh_token(verifier, tmp_path / "device", "kiosk-1")
 
 
 @pytest.fixture
 def second_device(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """Another device ("kiosk-2") provisioned against ``verifier``: one whose first use is still to come."""
-    return asyncio.run(provision_device(verifier, tmp_path / "device-2", "kiosk-2"))
+    return provision_with_fresh_token(verifier, tmp_path / "device-2", "kiosk-2")
 
 
 def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
