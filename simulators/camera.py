@@ -41,6 +41,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".tif", ".tiff"}
 MIN_WIDTH, MIN_HEIGHT = CODE_BITS * CODE_CELL, 32
 MAX_FPS = 120.0  # the fastest real cameras; a rate is what paces the stream, so it must be a real one
 MIN_FPS = 0.1  # a frame every 10 s: slower leaves a reader's read timeout waiting on a live camera
+SHUTDOWN_POLL_S = 0.05  # how often the HTTP server looks for a stop (unplug, stop): see replug
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -210,7 +211,10 @@ class SimulatedCamera:
 
         self._server = Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="camera-sim", daemon=True)
+        # serve_forever looks for shutdown() every poll interval (0.5 s by default): each unplug and stop waited
+        # that long, for nothing. Twenty looks a second cost nothing next to the frames it serves.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(SHUTDOWN_POLL_S,),
+                                        name="camera-sim", daemon=True)
         self._thread.start()
         self.plugged = True
 

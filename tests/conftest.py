@@ -44,8 +44,9 @@ from hypothesis import settings
 
 from agent.config import AgentConfig
 from agent.devices.supervisor import DeviceSupervisor
-from agent.devstack import LocalVerifier, provision_device
+from agent.devstack import LocalVerifier, device_config
 from agent.identity import DeviceIdentity, IdentityStore
+from agent.provision import provision
 from tests.der import element as der_element
 from tests.der import head as der_head
 from tests.der import oid as der_oid
@@ -91,8 +92,23 @@ def verifier(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalVe
         settings = tmp_path / "verifier-settings.toml"
         settings.write_text("".join(f"{line}\n" for line in marker.args))
         extra = ("--config", str(settings))
-    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as local:
+    with dev_pki(tmp_path / "pki", extra_args=extra) as local:
+        local.start()
         yield local
+
+
+def dev_pki(pki_dir: Path, extra_args: tuple[str, ...] = ()) -> LocalVerifier:
+    """A fresh development PKI in ``pki_dir``, made in this process by what `capture-verifier pki init` runs.
+
+    Why not the command itself (``LocalVerifier.init_pki``): a Python process started for it costs a
+    sixth of a second, and hundreds of tests start a verifier; the command's own behaviour (its output,
+    refusals, modes) is tested where it is run (test_verifier_operator_*, test_installer_cli).
+    """
+    from verifier.pki import fingerprint, init_pki
+
+    local = LocalVerifier(pki_dir, extra_args=extra_args)
+    local.ca_fingerprint = fingerprint(init_pki(pki_dir).cert)
+    return local
 
 
 @pytest.fixture
@@ -102,7 +118,7 @@ def verifier_state(tmp_path: Path) -> Path:
     For the operator's commands that only read and write the state (tokens, rules):
     no process is left to stop.
     """
-    LocalVerifier(tmp_path / "pki").init_pki()
+    dev_pki(tmp_path / "pki")
     return tmp_path / "pki"
 
 
@@ -135,8 +151,7 @@ def _session_on_the_terminal() -> None:
 def verifier_at_a_terminal(tmp_path: Path) -> Iterator[TerminalVerifier]:
     """The reference verifier with a pseudo-terminal as its controlling terminal, standard input, output and
     error; on a free port of 127.0.0.1, fresh PKI. Stopped (killed if SIGTERM does not end it) after the test."""
-    local = LocalVerifier(tmp_path / "pki")
-    local.init_pki()
+    local = dev_pki(tmp_path / "pki")
     ready = tmp_path / "ready.json"
     master, slave = pty.openpty()
     command = [sys.executable, "-m", "verifier.cli", "serve", "--pki", str(local.pki_dir), "--port", "0"]
@@ -188,16 +203,38 @@ def fill_filesystem(path: Path) -> None:
         os.close(fd)
 
 
+def provision_with_fresh_token(
+    verifier: LocalVerifier, state_dir: Path, device_id: str
+) -> tuple[AgentConfig, DeviceIdentity]:
+    """``devstack.provision_device``, its one-time token stored in this process as `capture-verifier token new`
+    stores it (in the default database, which no ``verifier_settings`` moves).
+
+    Why not the command: a Python process started for it costs a sixth of a second, and a hundred and fifty
+    tests provision a device; the command itself is tested in test_verifier_operator_cli and test_provisioning.
+    The provisioning (EST over mTLS against the running verifier) is the agent's own, unchanged.
+    """
+    from verifier.store import open_database
+    from verifier.tokens import BootstrapTokens
+
+    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    try:
+        token, _ = BootstrapTokens(conn).new(device_id)
+    finally:
+        conn.close()
+    config = device_config(state_dir, verifier.url)
+    return config, asyncio.run(provision(config, token, verifier.ca_fingerprint)).identity
+
+
 @pytest.fixture
 def provisioned(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """A device provisioned against ``verifier`` with a one-time token: (config, identity)."""
-    return asyncio.run(provision_device(verifier, tmp_path / "device", "kiosk-1"))
+    return provision_with_fresh_token(verifier, tmp_path / "device", "kiosk-1")
 
 
 @pytest.fixture
 def second_device(verifier: LocalVerifier, tmp_path: Path) -> tuple[AgentConfig, DeviceIdentity]:
     """Another device ("kiosk-2") provisioned against ``verifier``: one whose first use is still to come."""
-    return asyncio.run(provision_device(verifier, tmp_path / "device-2", "kiosk-2"))
+    return provision_with_fresh_token(verifier, tmp_path / "device-2", "kiosk-2")
 
 
 def raw_client_context(pki_dir: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -225,7 +262,7 @@ def accepted_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 def plain_http_port() -> Iterator[int]:
     """A plain HTTP/1.0 server on a free port of 127.0.0.1 (a wrong port in the URL); stopped after."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # stop in 0.05 s, not 0.5
     thread.start()
     try:
         yield server.server_address[1]
@@ -848,7 +885,7 @@ def snapshot_camera() -> Iterator[str]:
     """The URL of a camera's snapshot (one JPEG a request, no MJPEG stream) on a free port of 127.0.0.1: what an
     installer may copy from a camera's web page instead of its stream URL. FFmpeg reads it as a camera."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SnapshotHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # stop in 0.05 s, not 0.5
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg"
