@@ -138,18 +138,46 @@ def scheme_less_credentials(text: str) -> bool:
 
 
 # [a stream scheme mistyped: rtsp:/ rtsp// http:]user@host[:port][/ ? # ...]: a userinfo with no password and no
-# / ? # : (each would end it or make it user:password), then what reads as host[:port] (checked by _HOST_PORT)
+# / ? # : (each would end it or make it user:password), then what reads as host[:port] (checked by _HOST_PORT).
+# The user may hold an unencoded @ (an e-mail address: ``john@example.com@cam/x``): it ends at the last @ before
+# the first / ? #, as urllib and FFmpeg end a userinfo.
 _USER_AT_HOST = re.compile(
-    r"(?:(?:rtsps?|https?)(?::/?|//))?[^/?#:@\s]+@(?P<host>[^/?#]*)(?:[/?#].*)?", re.IGNORECASE | re.DOTALL
+    r"(?P<scheme>(?:rtsps?|https?)(?::/?|//))?[^/?#:\s]+@(?P<host>[^/?#]*)(?P<path>[/?#].*)?",
+    re.IGNORECASE | re.DOTALL,
 )
+# What a video file's name ends with (case-insensitive): OpenCV's FFmpeg backend reads each.
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".avi", ".mkv", ".mov", ".webm", ".mjpg", ".mjpeg", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+     ".ogv", ".h264", ".264", ".h265", ".265"}
+)
+
+
+def _video_file_name(shape: re.Match[str]) -> bool:
+    """Whether a :data:`_USER_AT_HOST` match reads as a video file's name: what follows its last ``@`` ends with a
+    video extension (:data:`VIDEO_EXTENSIONS`), with no / ? # after it and no mistyped scheme before."""
+    if shape["scheme"] or shape["path"]:
+        return False
+    return os.path.splitext(shape["host"])[1].lower() in VIDEO_EXTENSIONS
 
 
 def scheme_less_user(text: str) -> bool:
     """Whether ``text`` (no ``scheme://`` at its start) reads as a stream URL's ``user@host[:port]/...`` with its
     scheme missing or mistyped (``admin@cam.lan/stream``, ``rtsp//admin@10.0.0.5/x``) and names no file there is.
 
-    Why existence decides: the shape is a file name's too (``rec@2.mkv``, ``door@cam.lan/x.avi``), and a file
-    that is there is opened as one; one that is not there was said to "not exist" with the user in the message.
+    Why existence decides: the shape is a file name's too (``door@cam.lan/x.avi``), and a file that is there is
+    opened as one; one that is not there was said to "not exist" with the user in the message. The user may hold
+    an unencoded @ (``john@example.com@cam/x``, ``ops@corp.example@10.0.0.5/stream``): all up to the last @ is
+    the user, masked whole.
+
+    Why a video file's name is no URL, there or not (``video@1080p.mp4``, ``rec@2.avi``, ``a@b@c.mkv``): what
+    follows its last @ ends with a video extension (:data:`VIDEO_EXTENSIONS`), and nothing (no / ? #) follows
+    that. A camera's URL names a host there, and a host is followed by the stream's path (``cam.lan/stream``); a
+    name ending in .mp4 with no path is a recording's, and a recording on a share not yet mounted must stay a file
+    that is missing for now, retried by the camera's reopen loop as any missing file is, not be refused when the
+    config is read. A host followed by a path (``admin@cam.mp4/stream``, ``admin@10.0.0.5/x.mp4``) or a mistyped
+    scheme in front (``rtsp//admin@clip.mp4``) still reads as a URL missing its scheme. Written with a folder
+    (``clips/door@2x.avi``) it is no ``user@host`` at all: a user holds no /.
+
     Not written as a path (``/...``, ``./...``, ``../...``): those are files, whatever their name. Taken as
     :meth:`CameraSource.parse` takes it, stripped: `` admin@cam/x`` (a space pasted in front) is refused there,
     and was shown as written, its user in the clear, where the raw text is shown (``devices --camera``)."""
@@ -157,7 +185,9 @@ def scheme_less_user(text: str) -> bool:
     if _SCHEME.match(text) or text.startswith(("/", "./", "../")):
         return False
     shape = _USER_AT_HOST.fullmatch(text)
-    return shape is not None and _HOST_PORT.fullmatch(shape["host"]) is not None and not os.path.lexists(text)
+    if shape is None or _HOST_PORT.fullmatch(shape["host"]) is None or _video_file_name(shape):
+        return False
+    return not os.path.lexists(text)
 
 
 def redact_scheme_less(text: str) -> str:
