@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -611,7 +612,7 @@ def test_a_user_at_a_host_with_spaces_around_is_masked_where_the_raw_source_is_s
     assert "s3cret" not in camera_shown(text) and "***@cam" in camera_shown(text), camera_shown(text)
 
 
-@pytest.mark.parametrize("name", ["door@cam.lan/x.avi", "rec@2.avi", "admin@cam"])
+@pytest.mark.parametrize("name", ["door@cam.lan/x.avi", "rec@2.avi", "admin@cam", "ops@corp.example@cam/x.avi"])
 def test_an_existing_file_named_like_a_user_at_a_host_still_opens(name: str, video_file, tmp_path,
                                                                    monkeypatch) -> None:
     """The shape is a file name's too: a file that is there is opened as one, shown as written."""
@@ -635,7 +636,7 @@ def test_a_stream_url_without_its_scheme_reaches_no_audit_devices_or_doctor_with
     from agent.devices.supervisor import DeviceSupervisor
     from agent.doctor import run_doctor
 
-    for text in [*SCHEME_LESS, "s3cret@cam.lan/stream"]:
+    for text in [*SCHEME_LESS, "s3cret@cam.lan/stream", "ops@s3cret.example@10.0.0.5/stream"]:
         recorded: list = []
         supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=text))],
                                       lambda k, d, add=recorded.append: add((k, d)))
@@ -661,3 +662,110 @@ def test_a_stream_url_without_its_scheme_reaches_no_audit_devices_or_doctor_with
         door = next(check for check in report.checks if check.name == "device door")
         assert door.ok is False and "rtsp://" in door.fix and "USB" not in door.fix, door
         assert "s3cret" not in repr(report), door
+
+
+# a user holding an unencoded @ (an e-mail address), no password, no scheme
+SCHEME_LESS_AT_USER = ["s3cret@example.com@cam/x", "ops@s3cret.example@10.0.0.5/stream",
+                       "s3cret@example.com@cam.lan:554/stream", "rtsp//s3cret@example.com@cam/x", "s3cret@corp@cam"]
+
+
+@pytest.mark.parametrize("text", SCHEME_LESS_AT_USER)
+def test_a_user_holding_an_at_sign_with_no_scheme_is_refused_masked_not_a_missing_file(text: str, tmp_path,
+                                                                                       monkeypatch) -> None:
+    """``john@example.com@cam/x``: the user@host check took a user with no @ only, so this was a file that "does
+    not exist", the user name in the message (audit, ``devices``, doctor). Refused as ``admin@cam/x`` is."""
+    from drivers.camera.source import CameraSourceNoScheme, redact_url
+    from drivers.discovery import camera_shown
+
+    monkeypatch.chdir(tmp_path)  # where a relative file path would be looked for: nothing here
+    with pytest.raises(CameraSourceNoScheme) as caught:
+        CameraSource.parse(text)
+    assert "no file of that name exists" in str(caught.value) and "rtsp://" in caught.value.fix
+    host = text.rpartition("@")[2].split("/")[0]
+    for shown in (str(caught.value), repr(caught.value), redact_url(text), camera_shown(text)):
+        assert "s3cret" not in shown and f"***@{host}" in shown, shown
+
+
+def test_a_file_named_like_a_user_holding_an_at_sign_at_a_host_is_a_file_when_there(tmp_path, monkeypatch) -> None:
+    """Existence decides, as for ``admin@cam/x``: a file of that name there is opened as one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ops@corp.example@cam").mkdir()
+    (tmp_path / "ops@corp.example@cam" / "x").write_bytes(b"")
+    source = CameraSource.parse("ops@corp.example@cam/x")
+    assert (source.kind, source.redacted) == ("file", "ops@corp.example@cam/x")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https", "rtsp", "rtsps", "HTTP"])
+def test_a_user_holding_an_at_sign_in_a_stream_url_is_masked_everywhere_it_is_shown(scheme: str) -> None:
+    """``http://john@example.com@cam/x`` logs in as ``john@example.com`` (the userinfo ends at the last @ before
+    the path): all of it is masked, not only what precedes its first @."""
+    from drivers.camera.source import redact_url
+    from drivers.discovery import camera_shown
+
+    text = f"{scheme}://s3cret@example.com@cam:554/x"
+    source = CameraSource.parse(text)
+    assert source.kind == "stream" and source.redacted == f"{scheme.lower()}://***@cam:554/x"
+    for shown in (source.redacted, repr(source), redact_url(text), camera_shown(text)):
+        assert "s3cret" not in shown and "example.com" not in shown, shown
+
+
+def test_a_stream_whose_user_holds_an_at_sign_is_logged_and_listed_without_it(camera_sim) -> None:
+    """The daemon's events and ``devices --camera`` show a real stream read with such a user masked."""
+    from structlog.testing import capture_logs
+
+    text = camera_sim.url.replace("http://", "http://s3cret@example.com@")  # the simulator serves it
+    with capture_logs() as logs:
+        stream = Camera(text, size=(640, 480), reconnect=False)
+        assert stream.open_once(timeout_s=10)
+        stream.stop()
+    shown = camera_sim.url.replace("http://", "http://***@")
+    assert any(log.get("source") == shown for log in logs), logs
+    assert "s3cret" not in repr(logs) and "example.com" not in repr(logs), logs
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", text],
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr and shown in done.stdout, done.stdout + done.stderr
+    assert "s3cret" not in done.stdout + done.stderr and "example.com" not in done.stdout + done.stderr
+
+
+# a video file's name with an @ and no folder: what follows the last @ ends with a video extension, no path after
+VIDEO_NAMES_WITH_AT = ["video@1080p.mp4", "rec@2.avi", "door@night.MKV", "clip@x.mov", "cam@2x.mjpg", "a@b@c.mjpeg",
+                       "clips/door@2x.avi"]
+
+
+@pytest.mark.parametrize("name", VIDEO_NAMES_WITH_AT)
+def test_a_missing_video_file_named_with_an_at_sign_is_a_file_retried_not_refused(name: str, video_file, tmp_path,
+                                                                                    monkeypatch) -> None:
+    """``video@1080p.mp4`` named no file there was, so it was refused when the config was read, as a
+    ``user@host`` missing its scheme; before, a missing file was taken and retried by the camera's reopen loop
+    (a recording on a share mounted later). A file again: said missing as any file, then opened once there."""
+    from drivers.camera.errors import CameraNodeMissingError
+
+    monkeypatch.chdir(tmp_path)
+    source = CameraSource.parse(name)
+    assert (source.kind, source.redacted) == ("file", name)
+    with pytest.raises(CameraNodeMissingError, match=f"the camera {re.escape(name)} does not exist"):
+        source.check_present()
+    camera = Camera(name, reconnect=False)  # the reader's open, as each retry of the reopen loop does it
+    assert not camera.open_once(timeout_s=5) and isinstance(camera.open_error, CameraNodeMissingError)
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    video_file.rename(tmp_path / name)  # the share is mounted
+    capture = source.open()
+    try:
+        assert capture.read()[0]
+    finally:
+        capture.release()
+
+
+@pytest.mark.parametrize("text", ["s3cret@cam.mp4/stream", "s3cret@10.0.0.5/x.mp4", "rtsp//s3cret@clip.mp4",
+                                  "s3cret@cam.mp4:554", "s3cret@example.com@cam.lan/video.avi",
+                                  "s3cret@cam.mp4?channel=1"])
+def test_a_host_followed_by_a_path_stays_a_url_missing_its_scheme_whatever_its_extension(text: str, tmp_path,
+                                                                                         monkeypatch) -> None:
+    """The video-file reading is for a name with nothing after its extension: a host followed by a path (or a
+    port, a query, a mistyped scheme in front) is a camera's URL, refused masked when no such file is there."""
+    from drivers.camera.source import CameraSourceNoScheme
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CameraSourceNoScheme) as caught:
+        CameraSource.parse(text)
+    assert "s3cret" not in str(caught.value) and "***@" in str(caught.value), caught.value

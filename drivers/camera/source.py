@@ -81,7 +81,9 @@ class CameraSourceUrl(CameraSourceError, CameraFault):
 class CameraSourceNoScheme(CameraSourceError, CameraFault):
     """A source that reads as a stream URL's ``user:password@host...`` with its ``scheme://`` missing or
     mistyped (``admin:pw@192.168.1.5:554/stream``, ``rtsp:/admin:pw@cam/x``, ``rtsp//admin:pw@cam/x``), or as its
-    ``user@host...`` (no password) naming no file there is (``admin@cam.lan/stream``). Read as a file path it
+    ``user@host...`` (no password, the user perhaps an e-mail address with its @) naming no file there is
+    (``admin@cam.lan/stream``, ``john@example.com@cam/x``), a video file's name excepted (``video@1080p.mp4``, see
+    :func:`scheme_less_user`). Read as a file path it
     "did not exist", and that message, user, password and all, went to the audit, ``devices`` and doctor, with a
     fix about USB cables. Shown redacted (:func:`redact_scheme_less`)."""
 
