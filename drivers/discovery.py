@@ -1,6 +1,6 @@
 """What readers and cameras this machine has, and whether this user may open them.
 
-Bounded everywhere: a serial port gets one short handshake, cameras are probed
+Bounded everywhere: a serial port gets one short handshake (ports side by side), cameras are probed
 only where a /dev/video node exists, USB is enumerated once. Each finding says
 what would fix access when it is denied.
 """
