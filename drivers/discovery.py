@@ -1,6 +1,6 @@
 """What readers and cameras this machine has, and whether this user may open them.
 
-Bounded everywhere: a serial port gets one short handshake, cameras are probed
+Bounded everywhere: a serial port gets one short handshake (ports side by side), cameras are probed
 only where a /dev/video node exists, USB is enumerated once. Each finding says
 what would fix access when it is denied.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,14 @@ from drivers.zfm.driver import ZfmModule
 from drivers.zfm.errors import ModuleError, PortBusyError
 
 if TYPE_CHECKING:
+    from serial.tools.list_ports_common import ListPortInfo
+
     from drivers.camera.source import CameraSource
 
 log = structlog.get_logger()
 
 DISCOVERY_BAUDS = (57600, 115200)  # the factory default, and the speed the agent raises modules to
+SERIAL_PROBES_AT_ONCE = 8  # ports probed at the same time: each is one thread waiting on its line, bounded
 ACCESS_FIX = (
     "add the agent's user to the capture-readers group and install systemd/60-capture-agent.rules "
     "(udevadm control --reload && udevadm trigger); for serial ports the dialout group also works"
@@ -91,48 +95,66 @@ def _closed_finding(kind: str, path: str) -> Finding:
 
 
 def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding]:
+    """Every serial port listed, and those asked for by name, each probed for a module; sorted by path.
+
+    Why concurrently: a port where nothing answers costs the full reply timeout at
+    each discovery baud, and probed one after another those waits added up (a PC
+    lists /dev/ttyS0..S3: seconds spent on nothing). Each port is still probed by
+    its own ZfmModule, in its own worker; at most SERIAL_PROBES_AT_ONCE at a time.
+    """
     from serial.tools import list_ports
 
-    ports = {p.device: p for p in list_ports.comports()}
-    findings = []
-    for path in sorted(set(ports) | set(extra)):
-        info = ports.get(path)
-        absent = _named_path_problem(  # a port asked for by name that is not there: not a matter of its group
-            "serial",
-            path,
-            "check the name (`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*` lists the ports there are); "
-            "a USB adapter that is unplugged has no port: plug it in",
-        )
-        if absent is not None:
-            findings.append(absent)
-            continue
-        adapter = USB_SERIAL_ADAPTERS.get((info.vid, info.pid)) if info and info.vid else None
-        finding = Finding("serial", path, _may_open(path), adapter or (info.description if info else ""))
-        if not finding.accessible:
-            finding.fix = ACCESS_FIX
-            findings.append(finding)
-            continue
-        module = ZfmModule(path, reply_timeout_s=reply_timeout_s)
-        try:
-            opened = module.open_at_any_baud(DISCOVERY_BAUDS, probe_timeout_s=reply_timeout_s)
-            finding.description = f"ZFM-family module, model profile {opened.profile.name}"
-            finding.capabilities = ["fingerprint-image"]
-            finding.details = {
-                "capacity": opened.params.library_size,
-                "packet_size": opened.params.packet_size,
-                "baud": opened.params.baud,
-                "security_level": opened.params.security_level,
-            }
-        except ModuleError as exc:
-            adapter_name = finding.description if finding.description not in ("", "n/a") else ""
-            said = "in use by another process" if isinstance(exc, PortBusyError) else "no fingerprint module answered"
-            finding.description = ", ".join(filter(None, [adapter_name, said]))
-            finding.details = {"handshake": str(exc.args[0])}
-            finding.fix = exc.fix
-        finally:
-            module.close()
-        findings.append(finding)
-    return findings
+    listed = {p.device: p for p in list_ports.comports()}
+    paths = sorted(set(listed) | set(extra))
+    if not paths:
+        return []
+    with ThreadPoolExecutor(min(SERIAL_PROBES_AT_ONCE, len(paths)), thread_name_prefix="serial-probe") as pool:
+        return list(pool.map(lambda path: _serial_port(path, listed.get(path), reply_timeout_s), paths))
+
+
+def _serial_port(path: str, info: ListPortInfo | None, reply_timeout_s: float) -> Finding:
+    """One port's finding: not there, closed to this user, or what answered its handshake (or why nothing did)."""
+    absent = _named_path_problem(  # a port asked for by name that is not there: not a matter of its group
+        "serial",
+        path,
+        "check the name (`ls /dev/ttyUSB* /dev/ttyACM* /dev/serial*` lists the ports there are); "
+        "a USB adapter that is unplugged has no port: plug it in",
+    )
+    if absent is not None:
+        return absent
+    adapter = USB_SERIAL_ADAPTERS.get((info.vid, info.pid)) if info and info.vid else None
+    finding = Finding("serial", path, _may_open(path), adapter or (info.description if info else ""))
+    if not finding.accessible:
+        finding.fix = ACCESS_FIX
+        return finding
+    _handshake(finding, ZfmModule(path, reply_timeout_s=reply_timeout_s), reply_timeout_s)
+    return finding
+
+
+def _handshake(finding: Finding, module: ZfmModule, reply_timeout_s: float) -> None:
+    """Fill ``finding`` with the module that answers at a discovery baud, or with why none did and its fix.
+
+    A ModuleError stays this port's finding: raised out of its worker, it would
+    end the whole discovery and lose every other port's finding with it.
+    """
+    try:
+        opened = module.open_at_any_baud(DISCOVERY_BAUDS, probe_timeout_s=reply_timeout_s)
+        finding.description = f"ZFM-family module, model profile {opened.profile.name}"
+        finding.capabilities = ["fingerprint-image"]
+        finding.details = {
+            "capacity": opened.params.library_size,
+            "packet_size": opened.params.packet_size,
+            "baud": opened.params.baud,
+            "security_level": opened.params.security_level,
+        }
+    except ModuleError as exc:
+        adapter_name = finding.description if finding.description not in ("", "n/a") else ""
+        said = "in use by another process" if isinstance(exc, PortBusyError) else "no fingerprint module answered"
+        finding.description = ", ".join(filter(None, [adapter_name, said]))
+        finding.details = {"handshake": str(exc.args[0])}
+        finding.fix = exc.fix
+    finally:
+        module.close()
 
 
 def usb_readers(backend: object | None = None) -> list[Finding]:

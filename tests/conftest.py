@@ -34,6 +34,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -764,6 +765,81 @@ def zfm_sim(request, tmp_path: Path) -> Iterator:
     with sim:
         yield sim
         assert not sim.errors, f"the simulated module crashed while serving: {sim.state()}"
+
+
+
+@pytest.fixture
+def zfm_sims(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Make simulated modules (``make(link_name, model, baud=...)``), each on its own pty behind a link in
+    tmp_path: several serial ports with a module on each. All stopped after."""
+    from simulators.fingers import FingerGenerator
+    from simulators.zfm import SimulatedModule
+
+    with contextlib.ExitStack() as stack:
+        sims: list[SimulatedModule] = []
+
+        def make(link_name: str, model: str = "r307", **options: Any) -> SimulatedModule:
+            sim = SimulatedModule(model, link=tmp_path / link_name, finger_source=FingerGenerator(11).image,
+                                  **options)
+            sims.append(stack.enter_context(sim))
+            return sim
+
+        yield make
+        for sim in sims:
+            assert not sim.errors, f"a simulated module crashed while serving: {sim.state()}"
+
+
+@pytest.fixture
+def silent_ports(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Make serial ports where nothing answers (``make(link_name)``): a pty whose other end is held open and never
+    written, behind a link in tmp_path, as a UART with no module wired to it. Closed after."""
+    ends: list[int] = []
+
+    def make(link_name: str) -> Path:
+        master, slave = pty.openpty()
+        ends.extend((master, slave))
+        link = tmp_path / link_name
+        link.symlink_to(os.ttyname(slave))
+        return link
+
+    try:
+        yield make
+    finally:
+        for end in ends:
+            os.close(end)
+
+
+PORT_HOLDER_SCRIPT = """
+import sys, serial
+port = serial.Serial(sys.argv[1], 57600, exclusive=True)
+print("held", flush=True)
+sys.stdin.read()
+port.close()
+"""
+
+
+@pytest.fixture
+def port_holder() -> Iterator[Callable[[Path], int]]:
+    """Hold serial ports from another process (``hold(port)`` returns its pid), with pyserial's exclusive lock as
+    a running agent holds its module's; that process is ended after the test."""
+    holders: list[subprocess.Popen] = []
+
+    def hold(port: Path) -> int:
+        holder = subprocess.Popen([sys.executable, "-c", PORT_HOLDER_SCRIPT, str(port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n", f"{port} could not be held"
+        return holder.pid
+
+    try:
+        yield hold
+    finally:
+        for holder in holders:
+            try:
+                holder.communicate(timeout=10)  # stdin closed: it lets go of the port and ends
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.communicate()
 
 
 # ---------------------------------------------------------------- USB readers (libfprint)
