@@ -193,6 +193,19 @@ def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(da
     ], out
 
 
+def ana_asked_for_her_finger(daemon: Daemon) -> tuple[subprocess.Popen, list[str]]:
+    """Ana enrolled, then `verify --subject ana` running until it asks for her finger: the command, what it said."""
+    enroll_ana(daemon)
+    person = cli(daemon, "verify", "--subject", "ana")
+    said: list[str] = []
+    assert person.stdout is not None
+    for line in person.stdout:
+        said.append(line.rstrip())
+        if "Place" in line:
+            break
+    return person, said
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exits(
     daemon_with_module, verifier, stop
@@ -420,14 +433,9 @@ def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with
 def test_the_agent_ending_during_a_session_is_said_to_the_person(daemon_with_module, stop: str, told: list) -> None:
     """The daemon ended while a person waited at the sensor: the terminal says why, not nothing or "cancelled"."""
     daemon = daemon_with_module()
-    enroll_ana(daemon)
-    person = cli(daemon, "verify", "--subject", "ana")
-    said = []
-    assert person.stdout is not None
-    for line in person.stdout:
-        said.append(line.rstrip())
-        if "Place" in line:
-            daemon.process.send_signal(signal.SIGTERM) if stop == "stopped" else daemon.process.kill()
+    person, said = ana_asked_for_her_finger(daemon)
+    daemon.process.send_signal(signal.SIGTERM) if stop == "stopped" else daemon.process.kill()
+    said += [line.rstrip() for line in person.stdout]
     assert person.wait(30) == 2, said
     assert said[-2:] == told, said
 
@@ -617,14 +625,7 @@ def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemo
     """Ctrl-C just after the session ended with an error (no finger in time) said "cancelled; the sensor is free":
     only a result was looked for in the events replayed after the cancel."""
     daemon = daemon_with_module(sessions="finger_timeout_s = 3")
-    enroll_ana(daemon)
-    person = cli(daemon, "verify", "--subject", "ana")
-    said = []
-    assert person.stdout is not None
-    for line in person.stdout:
-        said.append(line.rstrip())
-        if "Place" in line:
-            break
+    person, said = ana_asked_for_her_finger(daemon)
     person.send_signal(signal.SIGSTOP)  # the terminal is held while the daemon ends the session (no finger)
 
     async def session_ended() -> None:
