@@ -323,7 +323,9 @@ class RefusedChallengeFields:
 
     def add(self, url: str, fields: frozenset[str]) -> None:
         """The verifier at ``url`` refused ``fields`` now: left out for the next ``ttl_s``."""
-        self._refused[url] = (self.of(url) | fields, self._clock() + self.ttl_s)
+        kept, until = self._refused.get(url, (frozenset(), 0.0))
+        now = self._clock()
+        self._refused[url] = ((kept if now < until else frozenset()) | fields, now + self.ttl_s)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from agent.devices.errors import NoDeviceFor
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
 from agent.errors import AgentError
-from agent.face_sessions import face_session, face_step_up, face_verification
+from agent.face_sessions import DEFAULT_TIMING, face_session, face_step_up, face_verification
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
@@ -52,7 +52,6 @@ LONG_SLEEP_CAP_S = 3600.0  # re-check the schedule at least hourly (the clock ma
 CLOCK_HOLD_S = 600.0  # a renewal held for a clock that runs ahead: how often the clock is looked at again
 FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
-DEFAULT_TIMING = SessionsSection()  # [sessions] as the file would give it when it says nothing
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
@@ -75,10 +74,8 @@ def _with_the_camera(session: CaptureSession, devices: DeviceSupervisor, client:
                      timing: SessionsSection) -> CaptureSession:
     """A finger session that reaches this device's camera: a policy may ask for the face too (step-up), and a
     face-first subject adds fingers after a face verification."""
-    session.face_step_up = face_step_up(devices, client, emit, timeout_s=timing.face_timeout_s)
-    session.face_verify = face_verification(devices, client, emit, timeout_s=timing.face_timeout_s,
-                                            finger_timeout_s=timing.finger_timeout_s,
-                                            lift_reminder_s=timing.lift_reminder_s)
+    session.face_step_up = face_step_up(devices, client, emit, timing=timing)
+    session.face_verify = face_verification(devices, client, emit, timing=timing)
     return session
 
 
@@ -101,7 +98,7 @@ def _session(
     return SensorSession(
         sensor, client, prints, emit=emit, finger_timeout_s=timing.finger_timeout_s,
         image_session=(lambda: _fingerprint_session(devices, client, emit, timing=timing)) if has_images else None,
-        face_step_up=face_step_up(devices, client, emit, timeout_s=timing.face_timeout_s),  # a rule may ask for it
+        face_step_up=face_step_up(devices, client, emit, timing=timing),  # a factor rule may ask for the face too
     )
 
 
@@ -213,10 +210,7 @@ class AgentDaemon:
                 self.config.api.socket,
                 # the config of the moment: a SIGHUP's new [sessions] applies from the next session
                 lambda emit, reader="": _session(devices, client, prints, emit, reader, timing=self.config.sessions),
-                make_face_session=lambda emit: face_session(
-                    devices, client, emit, prints, timeout_s=self.config.sessions.face_timeout_s,
-                    finger_timeout_s=self.config.sessions.finger_timeout_s,
-                    lift_reminder_s=self.config.sessions.lift_reminder_s),
+                make_face_session=lambda emit: face_session(devices, client, emit, prints, timing=self.config.sessions),
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,

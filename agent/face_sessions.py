@@ -103,7 +103,7 @@ class LivenessFailedError(SessionError):
                          fix="start again, look at the camera and turn your head as asked")
         self.reason = reason
 
-FACE_TIMEOUT_S = SessionsSection().face_timeout_s  # a session made with no config: the config's default
+DEFAULT_TIMING = SessionsSection()  # [sessions] as a file saying nothing gives it: a session made with no config
 ENROLL_FRAMES = 3  # embeddings of one enrollment (each a good frontal frame inside the challenge)
 VERIFY_FRAMES = 2  # ... of a verification or identification (the verifier takes the best)
 _local = threading.local()
@@ -154,7 +154,7 @@ class FaceSession:
     camera: Any  # agent.devices.capabilities.CameraFrames
     client: VerifierClient
     emit: Callable[[dict[str, Any]], None] = lambda event: None
-    timeout_s: float = FACE_TIMEOUT_S  # from the first frame to the end of the challenge ([sessions] face_timeout_s)
+    timeout_s: float = DEFAULT_TIMING.face_timeout_s  # first frame to the challenge's end ([sessions] face_timeout_s)
     frame_timeout_s: float = 5.0
     tracker_options: dict[str, float] = field(default_factory=dict)  # LivenessTracker's thresholds
     timings: Timings = field(default_factory=Timings)
@@ -392,12 +392,10 @@ class FaceSession:
 
 
 def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
-                 prints: Any = None, *, timeout_s: float = FACE_TIMEOUT_S,
-                 finger_timeout_s: float | None = None, lift_reminder_s: float | None = None) -> FaceSession:
-    """A face session on a device that gives camera frames (picked by capability, a connected one first), with
-    ``timeout_s`` for its challenge (``[sessions] face_timeout_s``), and its finger's waits
-    (``finger_timeout_s``, ``lift_reminder_s``: ``[sessions]``'s; the finger sessions' own defaults when None).
-    Why passed on: the finger asked for after a face waited 15 s whatever ``[sessions] finger_timeout_s`` said.
+                 prints: Any = None, *, timing: SessionsSection = DEFAULT_TIMING) -> FaceSession:
+    """A face session on a device that gives camera frames (picked by capability, a connected one first), waiting
+    for the person as ``timing`` (``[sessions]``) says: its challenge's time, and its finger's waits. Why the
+    finger's too: the finger asked for after a face waited 15 s whatever ``[sessions] finger_timeout_s`` said.
 
     Its finger, when one is needed (a face added to a subject with no face yet, or a factor rule that needs a
     finger too), comes from an image reader when the device has one, else from a match-on-sensor reader
@@ -407,21 +405,20 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
     from agent.sensor_sessions import SensorSession
     from agent.sessions import CaptureSession
 
-    session = FaceSession(devices.pick(CAMERA), client, emit=emit, timeout_s=timeout_s)
-    waits = {k: v for k, v in (("finger_timeout_s", finger_timeout_s), ("lift_reminder_s", lift_reminder_s))
-             if v is not None}
+    session = FaceSession(devices.pick(CAMERA), client, emit=emit, timeout_s=timing.face_timeout_s)
     finger: Callable[[], Any] | None = None
     if any(FINGERPRINT_IMAGE in d.capabilities for d in devices.devices):
 
         def finger() -> Any:
             reader = devices.pick(FINGERPRINT_IMAGE)
-            return CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi, **waits)
+            return CaptureSession(reader, client, emit=emit, resolution_dpi=reader.resolution_dpi,
+                                  finger_timeout_s=timing.finger_timeout_s, lift_reminder_s=timing.lift_reminder_s)
 
     elif prints is not None and any(MATCH_ON_SENSOR in d.capabilities for d in devices.devices):
 
         def finger() -> Any:
             return SensorSession(devices.pick(MATCH_ON_SENSOR), client, prints, emit=emit,
-                                 **{k: v for k, v in waits.items() if k == "finger_timeout_s"})
+                                 finger_timeout_s=timing.finger_timeout_s)
 
     if finger is not None:
         new_finger = finger
@@ -448,8 +445,7 @@ def face_session(devices: Any, client: VerifierClient, emit: Callable[[dict[str,
 
 def face_verification(
     devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None],
-    tracker_options: dict[str, float] | None = None, *, timeout_s: float = FACE_TIMEOUT_S,
-    finger_timeout_s: float | None = None, lift_reminder_s: float | None = None,
+    tracker_options: dict[str, float] | None = None, *, timing: SessionsSection = DEFAULT_TIMING,
 ) -> Callable[[str], Awaitable[tuple[dict[str, Any], SessionToken | None]]] | None:
     """For a finger session's ``enroll --add``: a face verification on this device's camera, or None without one.
 
@@ -466,8 +462,7 @@ def face_verification(
 
     async def verify(subject: str) -> tuple[dict[str, Any], SessionToken | None]:
         # A rule needing a finger too steps this face up to one: it waits as [sessions] says (see face_session).
-        session = face_session(devices, client, emit, timeout_s=timeout_s, finger_timeout_s=finger_timeout_s,
-                               lift_reminder_s=lift_reminder_s)
+        session = face_session(devices, client, emit, timing=timing)
         session.tracker_options = dict(tracker_options or {})
         try:
             verified = await session.verify(subject)
@@ -484,7 +479,7 @@ def face_verification(
 
 def face_step_up(
     devices: Any, client: VerifierClient, emit: Callable[[dict[str, Any]], None], *,
-    timeout_s: float = FACE_TIMEOUT_S,
+    timing: SessionsSection = DEFAULT_TIMING,
 ) -> Callable[[str, str], Any] | None:
     """For a finger session: the face step-up on this device's camera, or None when it has no camera."""
     from agent.devices.capabilities import CAMERA
@@ -494,6 +489,6 @@ def face_step_up(
 
     async def step_up(subject: str, step_id: str) -> Decision | StepUp:
         # Made inside the finger session's cancel scope: cancelling that session ends this one's camera worker.
-        return await face_session(devices, client, emit, timeout_s=timeout_s).verify_face(subject, step_id)
+        return await face_session(devices, client, emit, timing=timing).verify_face(subject, step_id)
 
     return step_up

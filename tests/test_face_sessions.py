@@ -429,7 +429,7 @@ def test_the_face_sessions_time_is_the_configured_face_timeout_s(provisioned, fa
         await supervisor.open_all()
         try:
             async with VerifierClient(*provisioned) as client:
-                session = face_session(supervisor, client, lambda event: None, timeout_s=timing.face_timeout_s)
+                session = face_session(supervisor, client, lambda event: None, timing=timing)
                 with pytest.raises(SessionError) as ended:
                     await session.identify()
                 return ended.value
@@ -597,8 +597,7 @@ def test_the_finger_a_face_session_asks_for_waits_as_sessions_says(provisioned, 
         async with camera_and_reader(camera_sim.url, zfm_sim.port) as supervisor, VerifierClient(
             *provisioned
         ) as client:
-            told = face_session(supervisor, client, lambda event: None, finger_timeout_s=timing.finger_timeout_s,
-                                lift_reminder_s=timing.lift_reminder_s)
+            told = face_session(supervisor, client, lambda event: None, timing=timing)
             untold = face_session(supervisor, client, lambda event: None)
             assert told.finger_session is not None and untold.finger_session is not None
             return told.finger_session(), untold.finger_session()
@@ -641,8 +640,7 @@ def test_the_finger_after_a_finger_sessions_face_verification_waits_as_sessions_
                                      session_token=face.session_token).enroll("alice", 3)
                 verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--factors", "finger,face")
                 verify = face_verification(supervisor, client, FacePerson(face_camera, att_faces, frontal="2"),
-                                           tracker_options=TRACKER, finger_timeout_s=timing.finger_timeout_s,
-                                           lift_reminder_s=timing.lift_reminder_s)
+                                           tracker_options=TRACKER, timing=timing)
                 assert verify is not None
                 with pytest.raises(NoFingerError) as ended:  # the face passes; nobody gives the finger then
                     await verify("alice")
