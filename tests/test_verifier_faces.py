@@ -106,7 +106,7 @@ def test_face_enrollment_is_encrypted_at_rest_and_bound_to_its_subject(device, v
     # A row moved to another subject no longer decrypts: the subject id is the associated data.
     conn.execute("UPDATE face_enrollments SET subject_id = 'bob' WHERE subject_id = 'alice'")
     conn.commit()
-    from verifier.enrollments import load_or_create_key
+    from verifier.at_rest_key import load_or_create_key
     from verifier.faces import FaceEnrollments
 
     store = FaceEnrollments(conn, load_or_create_key(verifier.pki_dir / "enrollment.key"))

@@ -61,10 +61,11 @@ from protocol.messages import ChallengeRequest
 from protocol.signing import SignatureError, check_signature
 from protocol.templates import coverage_problem, field_problem, minutiae_problem, spread_problem
 from protocol.wire import WireError
+from verifier.at_rest_key import load_or_create_key
 from verifier.challenges import NONCE_MARGIN_S, Challenges, NonceError
 from verifier.connections import EventSummary
 from verifier.content import Carried, Malformed, carried_of
-from verifier.enrollments import EnrollmentStore, load_or_create_key
+from verifier.enrollments import EnrollmentStore
 from verifier.faces import FACE_REQUIRED, FaceRoutes
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_object
 from verifier.matching import Budget
@@ -93,7 +94,7 @@ class BiometricRoutes:
         # Refusals a device can repeat as fast as it sends (verifier.connections.EventSummary, the app's).
         self.flood_events = flood_events if flood_events is not None else EventSummary()
         self.challenges = Challenges(conn, ttl_s=settings.nonce_ttl_s)
-        key = load_or_create_key(settings.enrollment_key)
+        key = load_or_create_key(settings.enrollment_key, conn)
         self.enrollments = EnrollmentStore(conn, key)
         self.threshold = threshold_for_fmr(settings.target_fmr)
         # One search per new template against every other subject: N comparisons, so a stricter rate.

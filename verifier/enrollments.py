@@ -9,13 +9,11 @@ never in the database.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -36,18 +34,9 @@ CREATE INDEX IF NOT EXISTS enrollments_nocase ON enrollments (subject_id COLLATE
 """
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """The 256-bit enrollment key; made (0600) on first use."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-    if len(key) != 32:
-        raise ValueError(f"{path} must hold exactly 32 bytes (an AES-256 key)")
-    return key
+def associated_data(subject_id: str) -> bytes:
+    """What a template row is sealed with besides its plaintext: its subject (a row moved to another does not open)."""
+    return subject_id.encode()
 
 
 @dataclass
@@ -62,7 +51,7 @@ class EnrollmentStore:
     def add(self, subject_id: str, device_id: str, records: list[bytes]) -> None:
         for record in records:
             nonce = secrets.token_bytes(12)
-            sealed = self._aead.encrypt(nonce, record, subject_id.encode())
+            sealed = self._aead.encrypt(nonce, record, associated_data(subject_id))
             self.conn.execute(
                 "INSERT INTO enrollments (subject_id, device_id, created_at, nonce, ciphertext) VALUES (?, ?, ?, ?, ?)",
                 (subject_id, device_id, time.time(), nonce, sealed),
@@ -81,10 +70,10 @@ class EnrollmentStore:
         ).fetchall()
         out: list[FingerprintTemplate] = []
         for nonce, sealed in rows:
-            out.extend(decode(self._aead.decrypt(nonce, sealed, subject_id.encode())))
+            out.extend(decode(self._aead.decrypt(nonce, sealed, associated_data(subject_id))))
         return out
 
     def all(self) -> Iterator[tuple[str, FingerprintTemplate]]:
         for subject_id, nonce, sealed in self.conn.execute("SELECT subject_id, nonce, ciphertext FROM enrollments"):
-            for template in decode(self._aead.decrypt(nonce, sealed, subject_id.encode())):
+            for template in decode(self._aead.decrypt(nonce, sealed, associated_data(subject_id))):
                 yield subject_id, template

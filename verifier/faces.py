@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS required_factors (
 """
 
 
-def _aad(subject_id: str) -> bytes:
+def associated_data(subject_id: str) -> bytes:
+    """What a face row is sealed with besides its plaintext: its subject (a row moved to another does not open)."""
     return b"face\x00" + subject_id.encode()
 
 
@@ -103,10 +104,11 @@ class FaceEnrollments:
     def add(self, subject_id: str, device_id: str, records: list[bytes]) -> None:
         for record in records:
             nonce = secrets.token_bytes(12)
+            sealed = self._aead.encrypt(nonce, record, associated_data(subject_id))
             self.conn.execute(
                 "INSERT INTO face_enrollments (subject_id, device_id, created_at, nonce, ciphertext) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (subject_id, device_id, time.time(), nonce, self._aead.encrypt(nonce, record, _aad(subject_id))),
+                (subject_id, device_id, time.time(), nonce, sealed),
             )
 
     def exists(self, subject_id: str) -> bool:
@@ -118,7 +120,7 @@ class FaceEnrollments:
         rows = self.conn.execute(
             "SELECT nonce, ciphertext FROM face_enrollments WHERE subject_id = ? ORDER BY id", (subject_id,)
         ).fetchall()
-        return _matrix([self._aead.decrypt(n, c, _aad(subject_id)) for n, c in rows])
+        return _matrix([self._aead.decrypt(n, c, associated_data(subject_id)) for n, c in rows])
 
     def gallery(self) -> tuple[list[str], np.ndarray]:
         """Every enrolled embedding: the subject of each row, and the (N, dim) matrix."""
@@ -127,7 +129,7 @@ class FaceEnrollments:
             "SELECT subject_id, nonce, ciphertext FROM face_enrollments ORDER BY id"
         ):
             subjects.append(subject_id)
-            records.append(self._aead.decrypt(nonce, sealed, _aad(subject_id)))
+            records.append(self._aead.decrypt(nonce, sealed, associated_data(subject_id)))
         return subjects, _matrix(records)
 
 

@@ -1,0 +1,182 @@
+"""The enrollment key (the templates' key at rest): made once, durably, and never silently replaced.
+
+Why a module of its own: everything the verifier stores sealed (fingerprint and
+face templates, stored answers) is sealed under this one 32-byte file, kept apart
+from the database so that a copy of ``verifier.sqlite`` alone reveals nothing. That
+makes the file the one thing whose loss loses every enrollment, and the ways it
+was lost or damaged were all silent or a traceback:
+
+- Made with ``O_EXCL`` and then written, a power cut or a SIGTERM between the two
+  (a Raspberry Pi losing power on its first start) left an empty file, and every
+  later start a ``ValueError`` traceback. It is now written to a temporary file,
+  flushed to disk, and linked into place, so the name holds 32 bytes or nothing,
+  and the folder is flushed so the name itself survives the power cut.
+- A missing file was made anew even when the database held enrollments sealed
+  under the old one (a database restored without its key, ``enrollment_key_file``
+  pointed elsewhere): every verification then failed to decrypt. A new key is
+  made only for a database that holds nothing sealed.
+- A key that is not the one the rows were sealed with (another verifier's) is
+  found at start by opening one sealed row, not at the first verification.
+- A key others may read (a ``cp -r`` under umask 022) is refused, as ca.key is.
+
+Each fault is a :class:`EnrollmentKeyError` (a :class:`PKIFolderError`, so the
+command line prints it as ``error:`` and ``fix:``). Nothing here logs the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from verifier import enrollments, faces
+from verifier.pki_folder import PKIFolderError
+
+KEY_BYTES = 32  # AES-256
+
+# The tables whose rows are sealed under the key, each with its store's associated data (made from the subject id).
+SEALED_TABLES: tuple[tuple[str, Callable[[str], bytes]], ...] = (
+    ("enrollments", enrollments.associated_data),
+    ("face_enrollments", faces.associated_data),
+)
+
+
+class EnrollmentKeyError(PKIFolderError):
+    """The enrollment key cannot be used as it is; ``fix`` says what to do (never a new key over sealed rows)."""
+
+
+def load_or_create_key(path: Path, conn: sqlite3.Connection | None = None) -> bytes:
+    """The 32-byte enrollment key at ``path``; made (0600, durably) only when ``conn`` holds nothing sealed.
+
+    ``conn`` is the verifier's database; without it (a test's own store) the key is made whenever it is missing.
+    """
+    sealed = sealed_rows(conn) if conn is not None else 0
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if sealed:
+            raise EnrollmentKeyError(
+                f"{path} is missing, but the database holds {sealed} enrollment(s) sealed under it: a new key "
+                "would leave every one unreadable",
+                fix=f"restore {path.name} from this verifier's backup (or set enrollment_key_file to where it is "
+                "kept); to start over without those enrollments, move verifier.sqlite aside",
+            ) from None
+        return _create(path)
+    except OSError as exc:
+        raise EnrollmentKeyError(f"cannot read {path}: {exc.strerror}", fix=_owner_fix(path)) from None
+    key = _read_checked(path, mode, sealed)
+    if conn is not None:
+        _check_opens_a_row(path, key, conn)
+    return key
+
+
+def sealed_rows(conn: sqlite3.Connection) -> int:
+    """How many rows of the database are sealed under the enrollment key (0 for a new database)."""
+    total = 0
+    for table, _ in SEALED_TABLES:
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        if exists:
+            total += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 (names of ours)
+    return total
+
+
+def _read_checked(path: Path, mode: int, sealed: int) -> bytes:
+    """The file's bytes, refused when it is not a private regular file of exactly 32 bytes."""
+    if not stat.S_ISREG(mode):
+        raise EnrollmentKeyError(
+            f"{path} is not a regular file", fix=f"put this verifier's {path.name} there (a 32-byte file, mode 0600)"
+        )
+    if mode & 0o077:
+        raise EnrollmentKeyError(
+            f"{path} may be read by {'other users' if mode & 0o007 else 'its group'} "
+            f"(mode {stat.S_IMODE(mode):04o}): they could decrypt every enrolled template",
+            fix=f"chmod 600 {path} (the verifier makes it so)",
+        )
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise EnrollmentKeyError(f"cannot read {path}: {exc.strerror}", fix=_owner_fix(path)) from None
+    if len(key) != KEY_BYTES:
+        start_over = (
+            "with no enrollment stored yet, delete it and the verifier makes a new one at start"
+            if not sealed
+            else f"the database holds {sealed} enrollment(s) sealed under the right one"
+        )
+        raise EnrollmentKeyError(
+            f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte key: damaged, or not an enrollment key",
+            fix=f"restore {path.name} from this verifier's backup; {start_over}",
+        )
+    return key
+
+
+def _check_opens_a_row(path: Path, key: bytes, conn: sqlite3.Connection) -> None:
+    """Refuse a key that does not open the first sealed row: another verifier's, or a damaged copy of 32 bytes."""
+    aead = AESGCM(key)
+    for table, aad in SEALED_TABLES:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            continue
+        query = f"SELECT subject_id, nonce, ciphertext FROM {table} ORDER BY id LIMIT 1"  # noqa: S608 (names of ours)
+        row = conn.execute(query).fetchone()
+        if row is None:
+            continue
+        subject_id, nonce, sealed = row
+        try:
+            aead.decrypt(nonce, sealed, aad(subject_id))
+        except InvalidTag:
+            raise EnrollmentKeyError(
+                f"{path} does not open the enrollments stored in the database: it is not the key they were "
+                "sealed under (another verifier's, or a damaged copy)",
+                fix=f"restore this verifier's own {path.name} (its backup, or enrollment_key_file's former path)",
+            ) from None
+
+
+def _create(path: Path) -> bytes:
+    """A new key, written whole to a temporary file, flushed, then linked to ``path`` (never over an existing one).
+
+    ``os.link`` fails when ``path`` appeared meanwhile (two starts at once): that one is read instead.
+    """
+    key = secrets.token_bytes(KEY_BYTES)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise EnrollmentKeyError(f"cannot make {path}: {exc.strerror}", fix=_owner_fix(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return path.read_bytes()
+        _flush_folder(path.parent)
+    except OSError as exc:
+        raise EnrollmentKeyError(f"cannot make {path}: {exc.strerror}", fix=_owner_fix(path)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    return key
+
+
+def _flush_folder(folder: Path) -> None:
+    """fsync the folder, so that the new name survives a power cut as the file's bytes do."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _owner_fix(path: Path) -> str:
+    return (
+        f"run the verifier as its own user (the owner of {path.parent}), and give that user the folder; "
+        "a full disk: free space (`df -h`)"
+    )
