@@ -36,6 +36,13 @@ def test_the_database_and_its_wal_and_shm_are_0600_under_umask_022(tmp_path, old
     assert modes == {"verifier.sqlite": "0o600", "verifier.sqlite-wal": "0o600", "verifier.sqlite-shm": "0o600"}
 
 
+def test_a_commit_is_on_disk_before_it_is_answered(conn) -> None:
+    """synchronous=FULL: under NORMAL a power cut could take back audit events the agent was told were stored
+    (and then deleted from its outbox), consumed nonces and one-time tokens."""
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # 2 = FULL (1 = NORMAL)
+
+
 def test_tokens_are_stored_hashed_single_use_and_expiring(conn) -> None:
     tokens = BootstrapTokens(conn)
     token, device = tokens.new("kiosk-1")

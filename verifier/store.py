@@ -53,12 +53,19 @@ CREATE TABLE IF NOT EXISTS nonces (
 
 
 def open_database(path: Path) -> sqlite3.Connection:
-    """Open (and create) the database; autocommit mode, explicit transactions where needed."""
+    """Open (and create) the database; autocommit mode, explicit transactions where needed.
+
+    ``synchronous=FULL``, as the agent's outbox: a commit is on disk before the answer that reports it
+    leaves. With NORMAL (WAL's usual trade) a power cut could take back the last commits after they
+    were answered: audit events the agent was told were stored (it then deletes them from its outbox,
+    so they were lost on both sides), an enrollment the person saw succeed, a consumed nonce or
+    one-time token (usable again), the failures that count toward a lockout.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _create_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
     if "revoked_at" not in {row[1] for row in conn.execute("PRAGMA table_info(tokens)")}:
