@@ -146,6 +146,9 @@ _ENTRIES = (
     # -- the verifier itself
     ProblemType("internal", 500, "Internal error", "VerifierInternalError",
                 "retry; if it persists, see the verifier's log"),
+    ProblemType("storage-unavailable", 503, "Verifier cannot store", "VerifierBusyError",
+                "retry after the Retry-After seconds (the agent does so by itself); if it persists, the "
+                "verifier's operator must free its disk (its log says why: storage_refused)"),
     ProblemType("matching-busy", 503, "Verifier busy", "VerifierBusyError",
                 "retry after the Retry-After seconds (the agent does so by itself)"),
     ProblemType("matching-over-budget", 503, "Matching over budget", "VerifierBusyError",

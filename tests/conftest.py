@@ -177,12 +177,25 @@ def verifier_at_a_terminal(tmp_path: Path) -> Iterator[TerminalVerifier]:
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, for what happens when the disk is full; skipped where this user may not mount."""
+    with _tmpfs(tmp_path / "tiny", "256k") as mount_point:
+        yield mount_point
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: room for a verifier's database (schema and WAL), to be filled by the test."""
+    with _tmpfs(tmp_path / "small", "4m") as mount_point:
+        yield mount_point
+
+
+@contextlib.contextmanager
+def _tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``mount_point``, unmounted after; skips the test where this user may not mount."""
     mount, umount = shutil.which("mount"), shutil.which("umount")
     if mount is None or umount is None:
         pytest.skip("no mount command here")
-    mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    mounted = subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)],
+    mounted = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
                              capture_output=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
@@ -205,10 +218,10 @@ def fill_filesystem(path: Path) -> None:
 
 
 def provision_with_fresh_token(
-    verifier: LocalVerifier, state_dir: Path, device_id: str
+    verifier: LocalVerifier, state_dir: Path, device_id: str, *, database: Path | None = None
 ) -> tuple[AgentConfig, DeviceIdentity]:
     """``devstack.provision_device``, its one-time token stored in this process as `capture-verifier token new`
-    stores it (in the default database, which no ``verifier_settings`` moves).
+    stores it (in the default database, or ``database`` for a verifier whose settings move it).
 
     Why not the command: a Python process started for it costs a sixth of a second, and a hundred and fifty
     tests provision a device; the command itself is tested in test_verifier_operator_cli and test_provisioning.
@@ -217,7 +230,7 @@ def provision_with_fresh_token(
     from verifier.store import open_database
     from verifier.tokens import BootstrapTokens
 
-    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    conn = open_database(database or verifier.pki_dir / "verifier.sqlite")
     try:
         token, _ = BootstrapTokens(conn).new(device_id)
     finally:

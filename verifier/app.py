@@ -55,6 +55,7 @@ from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.registry import AuthorisationError, Device, DeviceRegistry, spki_sha256
 from verifier.settings import VerifierSettings
+from verifier.storage_faults import is_storage_fault, storage_problem
 from verifier.store import open_database
 from verifier.tokens import BootstrapTokens, TokenError, token_hash
 
@@ -135,6 +136,15 @@ class VerifierApp:
         self._next_housekeeping = 0.0
 
     # ---------------------------------------------------------------- ASGI
+    @staticmethod
+    def _internal_error(scope: dict[str, Any]) -> tuple[Answer, tuple[tuple[bytes, bytes], ...]]:
+        """A fault of the verifier's own (a bug): logged with its traceback, answered 500 ``internal``."""
+        log.exception("request_failed", path=scope.get("path"))
+        problem = Problem(
+            "internal", "the verifier failed on this request", "retry; if it persists, see the verifier's log"
+        )
+        return Answer(500, PROBLEM_CONTENT_TYPE, problem.body()), ()
+
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -154,15 +164,14 @@ class VerifierApp:
                 await self._drain(receive)
             answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
             headers = problem.headers
-        except Exception:
-            log.exception("request_failed", path=scope.get("path"))
-            problem = Problem(
-                "internal",
-                "the verifier failed on this request",
-                "retry; if it persists, see the verifier's log",
-            )
-            answer = Answer(500, PROBLEM_CONTENT_TYPE, problem.body())
-            headers = ()
+        except Exception as exc:
+            if is_storage_fault(exc):
+                problem, reason, fix = storage_problem(self.settings.database, exc)
+                self.flood_events.note("storage_refused", reason, path=scope.get("path"), fix=fix)
+                answer = Answer(problem.status, PROBLEM_CONTENT_TYPE, problem.body())
+                headers = problem.headers
+            else:
+                answer, headers = self._internal_error(scope)
         response_headers = [
             (b"content-type", answer.content_type.encode()),
             (b"content-length", str(len(answer.body)).encode()),
