@@ -703,6 +703,51 @@ def test_ctrl_c_in_a_face_session_frees_the_camera_and_says_so(daemon_with_modul
     assert asyncio.run(next_person()) == 201, "the camera is free as soon as the cancelled command has exited"
 
 
+FACE_THEN_FINGER = [
+    {"type": "challenge", "steps": ["turn_head_left"]},
+    {"type": "prompt", "code": "turn_head_left", "message": "Slowly turn your head to your left"},
+    {"type": "step_up", "acr_values": "finger", "reasons": ["factor_rule"]},
+    {"type": "prompt", "code": "place_finger", "message": "Place your finger on the sensor"},
+]
+FINGER_THEN_FACE = [
+    {"type": "prompt", "code": "place_finger", "message": "Place your finger on the sensor"},
+    {"type": "prompt", "code": "lift_finger", "message": "Lift your finger"},
+    {"type": "step_up", "acr_values": "face", "reasons": ["factor_rule"]},
+    {"type": "challenge", "steps": ["turn_head_left"]},
+    {"type": "prompt", "code": "face_not_found", "message": "Stand in front of the camera"},
+]
+
+
+@pytest.mark.parametrize(("face", "events", "freed"), [
+    (True, FACE_THEN_FINGER, "the camera and the sensor are"),
+    (False, FINGER_THEN_FACE, "the sensor and the camera are"),
+], ids=["face-stepped-up-to-a-finger", "finger-stepped-up-to-a-face"])
+def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, face, events, freed) -> None:
+    """Ctrl-C in `verify --face` after the verifier asked for a finger too said "the camera is free" while the
+    person had been asked onto the sensor as well (and a finger verification stepped up to a face never named the
+    camera): the message named the device of the command's modality, not the devices the session had used."""
+    api = StandInAPI(tmp_path / "api.sock", events)
+    try:
+        person = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), "verify", "--subject",
+             "ana", *(["--face"] if face else []), "--socket", str(api.path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=as_at_a_terminal,
+        )
+        said = []
+        assert person.stdout is not None
+        for line in person.stdout:
+            said.append(line.rstrip())
+            if line.strip() == f"> {events[-1]['message']}":  # the last event shown: the person gives up
+                person.send_signal(signal.SIGINT)
+        code = person.wait(30)
+    finally:
+        api.close()
+    assert code == 130, said
+    assert said[-1] == f"cancelled; {freed} free for the next person", said
+    assert [method for method, _ in api.requests] == ["POST", "GET", "DELETE", "GET"], api.requests
+
+
 def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_with_module) -> None:
     """A camera pulled out between sessions: `verify --face` said "fix: plug it in", also to a person who had just
     plugged it back in, while the agent reopens it by itself a few seconds later; nothing said to try again."""
