@@ -531,14 +531,15 @@ def test_a_challenge_request_names_a_modality_only_for_a_verification() -> None:
 
 class StandInAPI:
     """A local API socket that answers like the daemon but says only ``events``, then holds the stream open
-    (ended only for a replay after a DELETE).
+    (ended only for a replay after a DELETE, or when ``ends``).
 
     For what a real daemon does only by a race or after minutes: a stream that goes quiet, a Ctrl-C that comes
     after the end was shown. One request per connection, as the daemon's; ``requests`` lists them.
     """
 
-    def __init__(self, path: Path, events: list[dict]) -> None:
+    def __init__(self, path: Path, events: list[dict], ends: bool = False) -> None:
         self.path, self.events = path, events
+        self.ends = ends  # the stream ends after ``events``, as the daemon's does once the session has ended
         self.requests: list[tuple[str, str]] = []
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(str(path))
@@ -568,7 +569,7 @@ class StandInAPI:
         if method == b"GET":
             stream = "".join(f"data: {json.dumps(event)}\n\n" for event in self.events).encode()
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + stream)
-            if ("DELETE", "/sessions/s1") in self.requests:  # a replay after a cancel: it ends, as the daemon's
+            if self.ends or ("DELETE", "/sessions/s1") in self.requests:  # a replay after a cancel ends too
                 conn.close()
             else:
                 self.held.append(conn)  # ... and then nothing, never the end
@@ -746,6 +747,29 @@ def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, fa
     assert code == 130, said
     assert said[-1] == f"cancelled; {freed} free for the next person", said
     assert [method for method, _ in api.requests] == ["POST", "GET", "DELETE", "GET"], api.requests
+
+
+def test_a_face_verification_that_needs_a_finger_on_an_agent_with_no_reader_says_where_to_go(
+    tmp_path, capsys, keep_process_settings
+) -> None:
+    """A face verification whose verifier also wanted a finger, on an agent with no fingerprint reader, ended with
+    "run capture-agent verify with a finger": on that agent the command fails the same way (no reader)."""
+    api = StandInAPI(tmp_path / "api.sock", [
+        {"type": "challenge", "steps": ["turn_head_left"]},
+        {"type": "step_up", "acr_values": "finger", "reasons": ["factor_rule"]},
+        {"type": "result", "operation": "verify", "modality": "face", "subject": "ana", "decision": "step_up",
+         "acr_values": "finger"},
+    ], ends=True)
+    try:
+        code = agent_main(["--config", str(stand_in_config(tmp_path)), "verify", "--subject", "ana", "--face",
+                           "--socket", str(api.path)])
+    finally:
+        api.close()
+    said = capsys.readouterr().out.splitlines()
+    assert code == 1, said
+    assert said[-2] == "a finger is needed too, and this agent has no fingerprint reader ready to take it", said
+    assert said[-1].startswith("fix: verify with a finger at a kiosk that has a reader"), said
+    assert not any("run capture-agent verify" in line for line in said), said
 
 
 def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_with_module) -> None:

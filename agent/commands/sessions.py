@@ -278,6 +278,16 @@ def identification_lines(event: dict) -> list[str]:
     return lines
 
 
+# A face verification ends with the decision "step_up" only when the agent had no fingerprint reader to take the
+# finger its verifier asked for (with one, the finger is asked for in the same session). It said "run capture-agent
+# verify with a finger", which on this agent fails the same way: the person must go where there is a reader.
+NO_READER_FOR_THE_STEP_UP = (
+    "a finger is needed too, and this agent has no fingerprint reader ready to take it\n"
+    "fix: verify with a finger at a kiosk that has a reader; an installer adds one here as a [[device]] "
+    "(`capture-agent devices` lists what is found, `capture-agent doctor` checks it)"
+)
+
+
 def _show(event: dict, outcome: int) -> int:
     kind = event["type"]
     if kind == "prompt":
@@ -290,7 +300,7 @@ def _show(event: dict, outcome: int) -> int:
     elif kind == "result":
         if "decision" in event:
             if event["decision"] == "step_up":  # a face session whose policy needs a finger too
-                print("a finger is needed too: run capture-agent verify with a finger", flush=True)
+                print(NO_READER_FOR_THE_STEP_UP, flush=True)
                 return 1
             print(f"{event['decision']} (score {event['score']})", flush=True)
             if event["decision"] != "accept":  # what the person can do next, not only the verdict
