@@ -354,6 +354,31 @@ def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_m
     ], out
 
 
+def test_a_second_client_is_told_a_face_session_holds_the_camera_not_the_sensor(daemon_with_module) -> None:
+    """While a kiosk app's face session ran, a person starting a finger session was told "a session is running on
+    the sensor", and saw nobody at the sensor."""
+    daemon = daemon_with_module(camera=True)
+    assert daemon.camera is not None
+    daemon.camera.send("nothing")  # nobody in front of the camera: the face session waits
+
+    async def kiosk_holds_the_camera() -> tuple[int, str]:
+        async with daemon.client() as kiosk:
+            await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
+            first = await kiosk.post("/sessions", json={"operation": "identify", "modality": "face"})
+            assert first.status_code == 201, first.text
+            person = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await person.communicate()
+            await kiosk.delete(f"/sessions/{first.json()['id']}")
+            return person.returncode or 0, out.decode()
+
+    code, out = asyncio.run(kiosk_holds_the_camera())
+    assert code == 2, out
+    assert out.splitlines()[0] == "error: a session is running on the camera (or still stopping after a cancel)", out
+
+
 def test_a_refused_verification_tells_the_person_what_to_do_next(daemon_with_module) -> None:
     """The wrong finger ended in "reject (score 0.0028)" alone: a verdict, nothing the person could do."""
     daemon = daemon_with_module()
