@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from agent.config import AgentConfig, DeviceSection
+from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import NoDeviceFor
 from agent.devices.kinds import Device, make_device
 
@@ -38,6 +39,13 @@ FLAP_INTERVALS = 6
 LEGACY_READER = "reader"  # what the old [reader] section's module is called among the devices
 # The kinds that read fingers: the local API's default modality, and the step-up of a face verification.
 FINGER_KINDS = frozenset({"zfm", "fprint"})
+# What each kind can do once made (a libfprint reader says which of its two only when opened): what a device that
+# could not be set up would have offered.
+KIND_CAPABILITIES = {
+    "zfm": frozenset({FINGERPRINT_IMAGE}),
+    "fprint": frozenset({FINGERPRINT_IMAGE, MATCH_ON_SENSOR}),
+    "camera": frozenset({CAMERA}),
+}
 # A device's "state" in /health: open now, made but not open (unplugged; reopened by itself), or never made at
 # start (the config or the host must change, then the agent restart).
 CONNECTED, NOT_CONNECTED, NOT_SET_UP = "connected", "not_connected", "not_set_up"
@@ -232,7 +240,8 @@ class DeviceSupervisor:
         """A device that can do ``capability`` (a connected one first; by name when given)."""
         able = [d for d in self.devices if capability in d.capabilities and (not name or d.name == name)]
         if not able:
-            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices])
+            could = [(u.name, u.error, u.fix) for u in self.unmade if capability in KIND_CAPABILITIES.get(u.kind, ())]
+            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], could)
         return next((d for d in able if d.connected), able[0])
 
     def required(self, device: Device) -> bool:
