@@ -28,6 +28,7 @@ from agent.config import AgentConfig, SessionsSection, load_config
 from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import NoDeviceFor
+from agent.devices.kinds import Device
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
 from agent.errors import AgentError
@@ -100,6 +101,14 @@ def _session(
         image_session=(lambda: _fingerprint_session(devices, client, emit, timing=timing)) if has_images else None,
         face_step_up=face_step_up(devices, client, emit, timing=timing),  # a factor rule may ask for the face too
     )
+
+
+def _started_as(device: Device | Unmade) -> str:
+    """A device in the READY status line (``systemctl status``): every configured one, a device that could not be
+    set up included (it was left out, and a kiosk whose only reader was one of them said "no device usable")."""
+    if isinstance(device, Unmade):
+        return f"{device.name} not set up (/health says why and the fix)"
+    return f"{device.name} {'connected' if device.connected else 'missing'}"
 
 
 def _device_problems(away: list[str], unmade: list[Unmade], qualifier: str) -> str:
@@ -189,9 +198,7 @@ class AgentDaemon:
                 configured_devices(self.config), self.record, state_dir=self.config.agent.state_dir
             )
             await self.devices.open_all()
-            device_status = ", ".join(
-                f"{d.name} {'connected' if d.connected else 'missing'}" for d in self.devices.devices
-            ) or "no device usable"
+            device_status = ", ".join(_started_as(d) for d in self.devices.configured)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)

@@ -104,6 +104,34 @@ def test_ready_watchdog_and_stopping(provisioned_config_file: Path, notify_socke
         proc.stderr.close()
 
 
+def test_the_ready_status_names_a_device_that_could_not_be_set_up(
+    provisioned_config_file: Path, notify_socket, tmp_path: Path
+) -> None:
+    """The READY status (what `systemctl status` shows) listed only the devices made at start: a kiosk whose only
+    reader was a USB one with libfprint missing said "no device usable", its reader named nowhere."""
+    sock, path = notify_socket
+    (tmp_path / "hidden" / "gi").mkdir(parents=True)
+    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    with provisioned_config_file.open("a") as config:
+        config.write('[[device]]\nkind = "fprint"\nname = "usb"\n')
+    env = {**os.environ, "NOTIFY_SOCKET": str(path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(provisioned_config_file), "run"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        messages = read_until(sock, _has("READY"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    status = next(m["STATUS"] for m in messages if m.get("READY") == "1")
+    assert status.endswith("usb not set up (/health says why and the fix)"), status
+
+
 def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
     sock, path = notify_socket
     config = tmp_path / "agent.toml"

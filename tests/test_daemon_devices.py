@@ -358,3 +358,92 @@ def test_devices_that_could_not_be_set_up_count_in_health_like_devices_not_conne
     assert "apt-get install libfprint-2-2" in health["device_fix"], health
     assert "percent-encode" in health["device_fix"] and "restart the agent" in health["device_fix"], health
     assert "SECRET" not in json.dumps(health)
+
+
+def test_health_lists_every_configured_device_those_not_set_up_with_their_error_and_fix(
+    provisioned, tmp_path
+) -> None:
+    """``devices`` listed only the devices made at start: a USB reader whose libfprint is missing, or a camera
+    whose source its driver refuses, was missing from it without a trace (named only in device_error,
+    device_warning and device_faults), so a kiosk app or installer reading ``devices`` never saw it.
+    Every configured device is listed, in the config's order, each with its state."""
+    config, _ = provisioned
+    (tmp_path / "hidden" / "gi").mkdir(parents=True)
+    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
+    camera = Simulator("camera", "--size", "320x240", "--fps", "15")
+    socket_path = tmp_path / "run" / "api.sock"
+    source = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"  # an unencoded / in the password
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
+        '[[device]]\nkind = "fprint"\nname = "usb"\n'
+        f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{camera.hello["url"]}"\n'
+        f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{source}"\n',
+    )
+    daemon = start_agent_daemon(config_file, env=env)
+
+    async def story() -> dict:
+        async with kiosk_client(daemon, socket_path) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                health = (await client.get("/health")).json()
+                if any(d["connected"] for d in health["devices"]):
+                    return health
+                assert time.monotonic() < deadline, f"the camera never connected: {health}"
+                await asyncio.sleep(0.1)
+
+    try:
+        health = asyncio.run(story())
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+        camera.stop()
+    devices = {d["name"]: d for d in health["devices"]}
+    assert list(devices) == ["usb", "camera", "door"], health
+    assert [(d["state"], d["required"]) for d in devices.values()] == [
+        ("not_set_up", True), ("connected", False), ("not_set_up", False)
+    ], health
+    assert devices["usb"]["kind"] == "fprint" and devices["usb"]["connected"] is False, health
+    assert "libfprint" in devices["usb"]["error"] and "apt-get install libfprint-2-2" in devices["usb"]["fix"], health
+    assert "percent-encode" in devices["door"]["fix"] and devices["door"]["capabilities"] == [], health
+    assert "error" not in devices["camera"] and devices["camera"]["capabilities"] == ["camera"], health
+    assert "SECRET" not in json.dumps(health)
+
+
+def test_a_session_on_devices_that_could_not_be_set_up_names_them_and_their_fix(provisioned, tmp_path) -> None:
+    """A finger session on a kiosk whose USB reader could not be set up (libfprint missing), and a face session
+    on one whose camera source was refused, were told "no configured device can do ...: add a [[device]] that
+    can", about devices that are in the config: the real trouble and its fix went unsaid."""
+    config, _ = provisioned
+    (tmp_path / "hidden" / "gi").mkdir(parents=True)
+    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
+    socket_path = tmp_path / "run" / "api.sock"
+    source = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"  # an unencoded / in the password
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
+        '[[device]]\nkind = "fprint"\nname = "usb"\n'
+        f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{source}"\n',
+    )
+    daemon = start_agent_daemon(config_file, env=env)
+
+    async def story() -> list[httpx.Response]:
+        async with kiosk_client(daemon, socket_path) as client:
+            return [await client.post("/sessions", json={"operation": "identify", **modality})
+                    for modality in ({}, {"modality": "face"})]
+
+    try:
+        finger, face = asyncio.run(story())
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+    assert finger.status_code == 503 and face.status_code == 503, (finger.text, face.text)
+    said = finger.json()["error"]
+    assert said.startswith("no device can do fingerprint-image: usb could not be set up ("), finger.text
+    assert "apt-get install libfprint-2-2" in finger.json()["fix"], finger.text
+    assert face.json()["error"].startswith("no device can do camera: door could not be set up ("), face.text
+    assert "percent-encode" in face.json()["fix"] and "restart the agent" in face.json()["fix"], face.text
+    assert "add a [[device]]" not in finger.text + face.text
+    assert "SECRET" not in finger.text + face.text

@@ -284,7 +284,9 @@ def test_a_missing_libfprint_leaves_the_other_devices_running(zfm_sim, tmp_path)
     ).stdout
     result = json.loads(out.splitlines()[-1])
     devices = result["health"]["devices"]
-    assert [(d["name"], d["connected"]) for d in devices] == [("finger", True)]
+    assert [(d["name"], d["connected"], d["state"]) for d in devices] == [
+        ("usb", False, "not_set_up"), ("finger", True, "connected")
+    ]
     fault = next(data for kind, data in result["recorded"] if kind == "device_fault")
     assert fault["device"] == "usb" and "apt-get install libfprint-2-2" in fault["fix"]
 

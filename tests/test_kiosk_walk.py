@@ -354,6 +354,31 @@ def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_m
     ], out
 
 
+def test_a_second_client_is_told_a_face_session_holds_the_camera_not_the_sensor(daemon_with_module) -> None:
+    """While a kiosk app's face session ran, a person starting a finger session was told "a session is running on
+    the sensor", and saw nobody at the sensor."""
+    daemon = daemon_with_module(camera=True)
+    assert daemon.camera is not None
+    daemon.camera.send("nothing")  # nobody in front of the camera: the face session waits
+
+    async def kiosk_holds_the_camera() -> tuple[int, str]:
+        async with daemon.client() as kiosk:
+            await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
+            first = await kiosk.post("/sessions", json={"operation": "identify", "modality": "face"})
+            assert first.status_code == 201, first.text
+            person = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await person.communicate()
+            await kiosk.delete(f"/sessions/{first.json()['id']}")
+            return person.returncode or 0, out.decode()
+
+    code, out = asyncio.run(kiosk_holds_the_camera())
+    assert code == 2, out
+    assert out.splitlines()[0] == "error: a session is running on the camera (or still stopping after a cancel)", out
+
+
 def test_a_refused_verification_tells_the_person_what_to_do_next(daemon_with_module) -> None:
     """The wrong finger ended in "reject (score 0.0028)" alone: a verdict, nothing the person could do."""
     daemon = daemon_with_module()
@@ -531,14 +556,15 @@ def test_a_challenge_request_names_a_modality_only_for_a_verification() -> None:
 
 class StandInAPI:
     """A local API socket that answers like the daemon but says only ``events``, then holds the stream open
-    (ended only for a replay after a DELETE).
+    (ended only for a replay after a DELETE, or when ``ends``).
 
     For what a real daemon does only by a race or after minutes: a stream that goes quiet, a Ctrl-C that comes
     after the end was shown. One request per connection, as the daemon's; ``requests`` lists them.
     """
 
-    def __init__(self, path: Path, events: list[dict]) -> None:
+    def __init__(self, path: Path, events: list[dict], ends: bool = False) -> None:
         self.path, self.events = path, events
+        self.ends = ends  # the stream ends after ``events``, as the daemon's does once the session has ended
         self.requests: list[tuple[str, str]] = []
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(str(path))
@@ -568,7 +594,7 @@ class StandInAPI:
         if method == b"GET":
             stream = "".join(f"data: {json.dumps(event)}\n\n" for event in self.events).encode()
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + stream)
-            if ("DELETE", "/sessions/s1") in self.requests:  # a replay after a cancel: it ends, as the daemon's
+            if self.ends or ("DELETE", "/sessions/s1") in self.requests:  # a replay after a cancel ends too
                 conn.close()
             else:
                 self.held.append(conn)  # ... and then nothing, never the end
@@ -701,6 +727,74 @@ def test_ctrl_c_in_a_face_session_frees_the_camera_and_says_so(daemon_with_modul
             return created.status_code
 
     assert asyncio.run(next_person()) == 201, "the camera is free as soon as the cancelled command has exited"
+
+
+FACE_THEN_FINGER = [
+    {"type": "challenge", "steps": ["turn_head_left"]},
+    {"type": "prompt", "code": "turn_head_left", "message": "Slowly turn your head to your left"},
+    {"type": "step_up", "acr_values": "finger", "reasons": ["factor_rule"]},
+    {"type": "prompt", "code": "place_finger", "message": "Place your finger on the sensor"},
+]
+FINGER_THEN_FACE = [
+    {"type": "prompt", "code": "place_finger", "message": "Place your finger on the sensor"},
+    {"type": "prompt", "code": "lift_finger", "message": "Lift your finger"},
+    {"type": "step_up", "acr_values": "face", "reasons": ["factor_rule"]},
+    {"type": "challenge", "steps": ["turn_head_left"]},
+    {"type": "prompt", "code": "face_not_found", "message": "Stand in front of the camera"},
+]
+
+
+@pytest.mark.parametrize(("face", "events", "freed"), [
+    (True, FACE_THEN_FINGER, "the camera and the sensor are"),
+    (False, FINGER_THEN_FACE, "the sensor and the camera are"),
+], ids=["face-stepped-up-to-a-finger", "finger-stepped-up-to-a-face"])
+def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, face, events, freed) -> None:
+    """Ctrl-C in `verify --face` after the verifier asked for a finger too said "the camera is free" while the
+    person had been asked onto the sensor as well (and a finger verification stepped up to a face never named the
+    camera): the message named the device of the command's modality, not the devices the session had used."""
+    api = StandInAPI(tmp_path / "api.sock", events)
+    try:
+        person = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), "verify", "--subject",
+             "ana", *(["--face"] if face else []), "--socket", str(api.path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=as_at_a_terminal,
+        )
+        said = []
+        assert person.stdout is not None
+        for line in person.stdout:
+            said.append(line.rstrip())
+            if line.strip() == f"> {events[-1]['message']}":  # the last event shown: the person gives up
+                person.send_signal(signal.SIGINT)
+        code = person.wait(30)
+    finally:
+        api.close()
+    assert code == 130, said
+    assert said[-1] == f"cancelled; {freed} free for the next person", said
+    assert [method for method, _ in api.requests] == ["POST", "GET", "DELETE", "GET"], api.requests
+
+
+def test_a_face_verification_that_needs_a_finger_on_an_agent_with_no_reader_says_where_to_go(
+    tmp_path, capsys, keep_process_settings
+) -> None:
+    """A face verification whose verifier also wanted a finger, on an agent with no fingerprint reader, ended with
+    "run capture-agent verify with a finger": on that agent the command fails the same way (no reader)."""
+    api = StandInAPI(tmp_path / "api.sock", [
+        {"type": "challenge", "steps": ["turn_head_left"]},
+        {"type": "step_up", "acr_values": "finger", "reasons": ["factor_rule"]},
+        {"type": "result", "operation": "verify", "modality": "face", "subject": "ana", "decision": "step_up",
+         "acr_values": "finger"},
+    ], ends=True)
+    try:
+        code = agent_main(["--config", str(stand_in_config(tmp_path)), "verify", "--subject", "ana", "--face",
+                           "--socket", str(api.path)])
+    finally:
+        api.close()
+    said = capsys.readouterr().out.splitlines()
+    assert code == 1, said
+    assert said[-2] == "a finger is needed too, and this agent has no fingerprint reader ready to take it", said
+    assert said[-1].startswith("fix: verify with a finger at a kiosk that has a reader"), said
+    assert not any("run capture-agent verify" in line for line in said), said
 
 
 def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_with_module) -> None:

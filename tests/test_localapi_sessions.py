@@ -21,10 +21,13 @@ from tests.test_face_sessions import TRACKER, FacePerson, face_camera  # noqa: F
 GEN_IMG = 0x01  # the serial module's "take an image" command: what a session waiting for a finger sends
 
 
-async def cancelled_when(kiosk: httpx.AsyncClient, request: dict, when, after_s: float) -> list[dict]:
+async def cancelled_when(
+    kiosk: httpx.AsyncClient, request: dict, when, after_s: float, meanwhile: list[httpx.Response] | None = None
+) -> list[dict]:
     """Start a session, read its events, and cancel it ``after_s`` after the first event ``when`` accepts.
 
-    Returns every event the stream carried, to its end (the API's "cancelled").
+    Returns every event the stream carried, to its end (the API's "cancelled"). With ``meanwhile``, a second
+    client's identify is tried just before the cancel, and the API's answer to it appended there.
     """
     created = (await kiosk.post("/sessions", json=request)).json()
     events: list[dict] = []
@@ -35,6 +38,8 @@ async def cancelled_when(kiosk: httpx.AsyncClient, request: dict, when, after_s:
             events.append(json.loads(line[6:]))
             if when(events[-1]):
                 await asyncio.sleep(after_s)
+                if meanwhile is not None:
+                    meanwhile.append(await kiosk.post("/sessions", json={"operation": "identify"}))
                 assert (await kiosk.delete(f"/sessions/{created['id']}")).status_code == 202
     return events
 
@@ -44,9 +49,12 @@ def test_cancelling_a_face_session_stops_its_finger_step_up_before_the_sensor_is
 ) -> None:
     """A face verification on a new device steps up to a finger (first use); the finger session it makes waits
     on the serial module. Cancelling the face session through the API must end that nested session's reader
-    thread too, and the API must call the session finished (and the sensor free) only once it has ended."""
+    thread too, and the API must call the session finished (and the sensor free) only once it has ended. A second
+    client meanwhile is told the session holds both the camera and the sensor."""
     config, identity = provisioned
     socket_path = tmp_path / "run" / "api.sock"
+
+    second: list[httpx.Response] = []  # another client's session, tried while the finger is asked for
 
     async def go() -> tuple[list[dict], int, int, bool]:
         supervisor = DeviceSupervisor(
@@ -72,7 +80,7 @@ def test_cancelling_a_face_session_stops_its_finger_step_up_before_the_sensor_is
                     async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=60) as kiosk:
                         events = await cancelled_when(  # the nested finger session waits for a finger
                             kiosk, {"operation": "verify", "subject": "gus", "modality": "face"},
-                            lambda event: event.get("code") == "place_finger", after_s=0.5,
+                            lambda event: event.get("code") == "place_finger", after_s=0.5, meanwhile=second,
                         )
                         polls_at_end = zfm_sim.commands.count(GEN_IMG)
                         busy = (await kiosk.get("/health")).json()["busy"]
@@ -89,6 +97,9 @@ def test_cancelling_a_face_session_stops_its_finger_step_up_before_the_sensor_is
     kinds = [e["type"] for e in events]
     assert [e["acr_values"] for e in events if e["type"] == "step_up"] == ["finger"]
     assert kinds[-1] == "cancelled", kinds
+    # It said "running on the sensor" of any session: a face session holds the camera, and here the sensor too.
+    assert second[0].status_code == 409, second[0].text
+    assert second[0].json()["error"].startswith("a session is running on the camera and the sensor ("), second[0].text
     assert polls_at_end > 0, "the nested finger session was waiting on the module"
     assert busy is False
     assert polls_later == polls_at_end, "the finger session's reader thread went on after the session ended"

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from agent.options import add_common_arguments
-from protocol.face_template import FACE, FINGER
+from protocol.face_template import ACR_FACE, FACE, FINGER
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             session = created.json()
             outcome, ended = 2, False
+            held = DevicesInUse(face=args.face)
             try:
                 with api.stream("GET", session["events"]) as stream:
                     for line in stream.iter_lines():
@@ -98,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
                         event = json.loads(line[6:])
                         with _interrupts_held():  # shown and recorded as one step (see _interrupts_held)
                             outcome = _show(event, outcome)
+                            held.see(event)
                             ended = ended or event["type"] in END_EVENTS
             except KeyboardInterrupt:
                 if ended:  # its end is on screen already: nothing to cancel, nothing to say again
                     return outcome
-                return _cancel(api, session, "the camera" if args.face else "the sensor")
+                return _cancel(api, session, held.named())
             except httpx.ReadTimeout:  # not "the agent stopped": it runs, and said nothing for longer than it waits
                 print(f"error: the agent said nothing of the session for {quiet_s:g} s, longer than any of its "
                       "waits, so this command stopped waiting", file=sys.stderr)
@@ -185,13 +187,47 @@ def events_read_timeout_s(config: AgentConfig) -> float:
 
 
 END_EVENTS = ("result", "error", "cancelled")  # what ends a session's events stream
+CAMERA, SENSOR = "the camera", "the sensor"
+FINGER_PROMPTS = frozenset({"place_finger", "lift_finger"})  # a finger session's own prompts (agent/sessions.py)
+
+
+class DevicesInUse:
+    """The devices a session has asked the person to use so far, as its events tell: what a Ctrl-C frees.
+
+    Why: after Ctrl-C the command named only the device of the modality it was started with, so a face
+    verification whose verifier asked for a finger too said "the camera is free" while the sensor had been in
+    use as well (and a finger session stepped up to a face never named the camera). A ``step_up`` event names
+    the factor asked for next; a face capture starts with its ``challenge`` event, a finger one with the finger
+    prompts (a face added with ``--add`` is preceded by a finger verification).
+    """
+
+    def __init__(self, face: bool) -> None:
+        self.devices: list[str] = [CAMERA if face else SENSOR]
+
+    def see(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "step_up":
+            self._add(CAMERA if event.get("acr_values") == ACR_FACE else SENSOR)  # a finger, or another finger
+        elif kind == "challenge":
+            self._add(CAMERA)
+        elif kind == "prompt" and event.get("code") in FINGER_PROMPTS:
+            self._add(SENSOR)
+
+    def _add(self, device: str) -> None:
+        if device not in self.devices:
+            self.devices.append(device)
+
+    def named(self) -> str:
+        """As a sentence's subject: "the camera is", "the camera and the sensor are"."""
+        return f"{' and '.join(self.devices)} {'is' if len(self.devices) == 1 else 'are'}"
 CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices (a poll, well under a second)
 
 
-def _cancel(api, session: dict, device: str = "the sensor") -> int:
+def _cancel(api, session: dict, devices: str = f"{SENSOR} is") -> int:
     """Ctrl-C before the session's end was shown: cancel it on the daemon and wait until it has ended, so the
-    sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead. ``device`` is
-    what the person used, named as freed: "the camera" for a face session (not "the sensor" they never touched).
+    sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead. ``devices`` is
+    what the person used, named as freed (:meth:`DevicesInUse.named`): "the camera is" for a face session (not
+    "the sensor" they never touched), "the camera and the sensor are" once its step-up asked for a finger.
 
     Why: the terminal used to just close its connection. The daemon then held the
     sensor for its 5 s grace (a kiosk app may reconnect), and the next person's
@@ -209,13 +245,13 @@ def _cancel(api, session: dict, device: str = "the sensor") -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the daemon still cancels within its grace)
         return 130
     except Exception:  # the daemon went meanwhile, or took too long: nothing more to do from here
-        print(f"the agent did not confirm the cancel; {device} is free once it has", file=sys.stderr)
+        print(f"the agent did not confirm the cancel; {devices} free once it has", file=sys.stderr)
         return 130
     # It had ended before the cancel reached it (a result, or an error such as no finger in time): say how, not
     # "cancelled", which it was not.
     if last.get("type") in ("result", "error"):
         return _show(last, 2)
-    print(f"cancelled; {device} is free for the next person", file=sys.stderr, flush=True)
+    print(f"cancelled; {devices} free for the next person", file=sys.stderr, flush=True)
     return 130
 
 
@@ -242,6 +278,16 @@ def identification_lines(event: dict) -> list[str]:
     return lines
 
 
+# A face verification ends with the decision "step_up" only when the agent had no fingerprint reader to take the
+# finger its verifier asked for (with one, the finger is asked for in the same session). It said "run capture-agent
+# verify with a finger", which on this agent fails the same way: the person must go where there is a reader.
+NO_READER_FOR_THE_STEP_UP = (
+    "a finger is needed too, and this agent has no fingerprint reader ready to take it\n"
+    "fix: verify with a finger at a kiosk that has a reader; an installer adds one here as a [[device]] "
+    "(`capture-agent devices` lists what is found, `capture-agent doctor` checks it)"
+)
+
+
 def _show(event: dict, outcome: int) -> int:
     kind = event["type"]
     if kind == "prompt":
@@ -254,7 +300,7 @@ def _show(event: dict, outcome: int) -> int:
     elif kind == "result":
         if "decision" in event:
             if event["decision"] == "step_up":  # a face session whose policy needs a finger too
-                print("a finger is needed too: run capture-agent verify with a finger", flush=True)
+                print(NO_READER_FOR_THE_STEP_UP, flush=True)
                 return 1
             print(f"{event['decision']} (score {event['score']})", flush=True)
             if event["decision"] != "accept":  # what the person can do next, not only the verdict

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agent.errors import AgentError
 
 
@@ -30,7 +32,21 @@ class DeviceUnavailable(DeviceError):
 
 
 class NoDeviceFor(DeviceError):
-    def __init__(self, capability: str, configured: list[str]) -> None:
+    """No device made can do what a session needs. ``not_set_up`` (name, error, fix): the configured devices that
+    would have, had they been set up at start. Why: a session then heard "add a [[device]] that can" of a reader
+    or camera that is in the config, whose real trouble (libfprint missing, a source refused) went unsaid."""
+
+    def __init__(
+        self, capability: str, configured: list[str], not_set_up: Sequence[tuple[str, str, str]] = ()
+    ) -> None:
+        if not_set_up:
+            super().__init__(
+                f"no device can do {capability}: "
+                + "; ".join(f"{name} could not be set up ({error})" for name, error, _ in not_set_up),
+                "; ".join(f"{name}: {fix or 'check its [[device]] entry'}" for name, _, fix in not_set_up)
+                + ", then restart the agent (a device that could not be set up is not retried)",
+            )
+            return
         super().__init__(
             f"no configured device can do {capability} (devices: {', '.join(configured) or 'none'})",
             'add a [[device]] that can (kind = "zfm" or "fprint" for fingerprints, "camera" for faces)',

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from agent.config import AgentConfig, DeviceSection
+from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import NoDeviceFor
 from agent.devices.kinds import Device, make_device
 
@@ -38,6 +39,16 @@ FLAP_INTERVALS = 6
 LEGACY_READER = "reader"  # what the old [reader] section's module is called among the devices
 # The kinds that read fingers: the local API's default modality, and the step-up of a face verification.
 FINGER_KINDS = frozenset({"zfm", "fprint"})
+# What each kind can do once made (a libfprint reader says which of its two only when opened): what a device that
+# could not be set up would have offered.
+KIND_CAPABILITIES = {
+    "zfm": frozenset({FINGERPRINT_IMAGE}),
+    "fprint": frozenset({FINGERPRINT_IMAGE, MATCH_ON_SENSOR}),
+    "camera": frozenset({CAMERA}),
+}
+# A device's "state" in /health: open now, made but not open (unplugged; reopened by itself), or never made at
+# start (the config or the host must change, then the agent restart).
+CONNECTED, NOT_CONNECTED, NOT_SET_UP = "connected", "not_connected", "not_set_up"
 
 
 def configured_devices(config: AgentConfig) -> list[tuple[str, DeviceSection]]:
@@ -92,6 +103,20 @@ class Unmade:
     error: str
     fix: str
 
+    def status(self, required: bool) -> dict[str, Any]:
+        """Its /health entry, shaped as a made device's: a kiosk app reading ``devices`` finds every configured
+        device there, this one with the state, error and fix that say why it cannot be used."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "state": NOT_SET_UP,
+            "connected": False,
+            "capabilities": [],  # nothing was made that could do anything
+            "required": required,
+            "error": self.error,
+            "fix": self.fix or "check its [[device]] entry",
+        }
+
 
 class DeviceSupervisor:
     def __init__(
@@ -106,16 +131,19 @@ class DeviceSupervisor:
         self.devices: list[Device] = []
         self.faults: dict[str, str] = {}  # devices that could not even be made (libfprint missing...)
         self.unmade: list[Unmade] = []  # the same, for /health's status and fix
+        self.configured: list[Device | Unmade] = []  # every configured device, made or not, in the config's order
         # From the config, not from the devices made: a reader that could not be made is still the kiosk's reader.
         self.reads_fingers = any(section.kind in FINGER_KINDS for _, section in devices)
         for name, section in devices:
             try:
                 self.devices.append(factory(section, name))
+                self.configured.append(self.devices[-1])
             except Exception as exc:  # e.g. FprintUnavailable: the other devices still run
                 fix = fix_in_place(getattr(exc, "fix", ""), name, section)
                 self.faults[name] = str(exc)
                 error = str(exc.args[0] if exc.args else exc)
                 self.unmade.append(Unmade(name, section.kind, error, fix))
+                self.configured.append(self.unmade[-1])
                 record("device_fault", {"device": name, "kind": section.kind, "error": error, "fix": fix})
         for device in self.devices:  # a fault a session meets is audited as the supervisor's own are
             device.on_fault = functools.partial(self._session_fault, device)
@@ -212,7 +240,8 @@ class DeviceSupervisor:
         """A device that can do ``capability`` (a connected one first; by name when given)."""
         able = [d for d in self.devices if capability in d.capabilities and (not name or d.name == name)]
         if not able:
-            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices])
+            could = [(u.name, u.error, u.fix) for u in self.unmade if capability in KIND_CAPABILITIES.get(u.kind, ())]
+            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], could)
         return next((d for d in able if d.connected), able[0])
 
     def required(self, device: Device) -> bool:
@@ -243,10 +272,15 @@ class DeviceSupervisor:
         )
 
     def health(self) -> dict[str, Any]:
-        return {
-            "devices": [{**d.status(), "required": self.required(d)} for d in self.devices],
-            "device_faults": self.faults,
-        }
+        """/health's ``devices``: every configured device, in the config's order, the ones never made included
+        (they were only named in ``device_faults``, so an app listing ``devices`` lost them without a trace)."""
+        return {"devices": [self._entry(d) for d in self.configured], "device_faults": self.faults}
+
+    def _entry(self, device: Device | Unmade) -> dict[str, Any]:
+        if isinstance(device, Unmade):
+            return device.status(self.required_kind(device.kind))
+        state = CONNECTED if device.connected else NOT_CONNECTED
+        return {**device.status(), "state": state, "required": self.required(device)}
 
     async def close(self) -> None:
         for task in self._tasks:
