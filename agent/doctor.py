@@ -553,8 +553,10 @@ def _camera_path_problem(source: str) -> tuple[str, str] | None:
     """Why this user cannot use the local camera ``source`` (a /dev/videoN, an index, a file), or None.
 
     A camera that is not there is the driver's own check (CameraNodeMissingError, the one every caller
-    shows), made without opening it; only whether this user may open it is looked at here."""
-    from drivers.camera.errors import CameraNodeMissingError
+    shows), made without opening it, as are a video file's (there, readable by this user, no folder, FIFO or
+    empty file: CameraFileMissingError, CameraFileUnreadable, CameraFileNotVideo, each worded for a file, not a
+    camera to plug in); only whether this user may open a node is looked at here."""
+    from drivers.camera.errors import CameraUnavailable
     from drivers.camera.source import CameraSource, CameraSourceError
 
     try:
@@ -563,7 +565,7 @@ def _camera_path_problem(source: str) -> tuple[str, str] | None:
     except CameraSourceError as exc:  # the typed ones (a URL written without its scheme) say why, then the fix
         fix = getattr(exc, "fix", "")
         return (str(exc.args[0]), fix) if fix else (str(exc), "correct source")
-    except CameraNodeMissingError as exc:
+    except CameraUnavailable as exc:
         return str(exc.args[0]), exc.fix
     node = camera.node or source
     return _device_path_problem(node, "the camera", "`ls /dev/video*`", write=camera.kind == "v4l2")

@@ -214,8 +214,13 @@ def _probe_camera(finding: Finding, source: str, options: Mapping[str, Any] = Ma
     """Read ``source`` once, as the agent would open it; ``options``: what the agent gives an MJPEG Camera."""
     import cv2
 
-    from drivers.camera.errors import CameraNodeMissingError
-    from drivers.camera.source import CameraSource, CameraSourceError
+    from drivers.camera.errors import (
+        CameraFileNotVideo,
+        CameraFileUnreadable,
+        CameraNodeMissingError,
+        CameraUnavailable,
+    )
+    from drivers.camera.source import NO_FRAME, CameraSource, CameraSourceError
     from drivers.camera.stream import is_http
 
     try:
@@ -232,8 +237,16 @@ def _probe_camera(finding: Finding, source: str, options: Mapping[str, Any] = Ma
     except CameraNodeMissingError as exc:  # asked for by name and not there, as a serial port: no permission matter
         finding.accessible, finding.description, finding.fix = False, "does not exist", exc.fix
         return
+    except CameraUnavailable as exc:  # a video file that cannot be read as one (its mode, a folder, not a video)
+        finding.accessible = not isinstance(exc, CameraFileUnreadable)
+        finding.description, finding.fix = str(exc.args[0]), exc.fix
+        return
     try:
         ok, frame = capture.read() if capture.isOpened() else (False, None)
+        if (not ok or frame is None) and camera.kind == "file":
+            empty = CameraFileNotVideo(camera.text, NO_FRAME)
+            finding.description, finding.fix = str(empty.args[0]), empty.fix
+            return
         if not ok or frame is None:
             finding.description = "gives no frame (not a camera, a metadata node, or unreachable)"
             return

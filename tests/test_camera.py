@@ -743,7 +743,7 @@ def test_a_missing_video_file_named_with_an_at_sign_is_a_file_retried_not_refuse
     monkeypatch.chdir(tmp_path)
     source = CameraSource.parse(name)
     assert (source.kind, source.redacted) == ("file", name)
-    with pytest.raises(CameraNodeMissingError, match=f"the camera {re.escape(name)} does not exist"):
+    with pytest.raises(CameraNodeMissingError, match=f"the video file {re.escape(name)} does not exist"):
         source.check_present()
     camera = Camera(name, reconnect=False)  # the reader's open, as each retry of the reopen loop does it
     assert not camera.open_once(timeout_s=5) and isinstance(camera.open_error, CameraNodeMissingError)

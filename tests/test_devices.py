@@ -523,12 +523,13 @@ def test_a_device_fault_fix_names_the_config_entry_the_device_comes_from(tmp_pat
     assert 'port in the [[device]] with kind = "zfm" (known as zfm2)' in fixes["zfm2"]
 
 
-def test_a_camera_node_that_does_not_exist_says_so_and_where_it_is_set(tmp_path) -> None:
+def test_a_camera_node_that_does_not_exist_says_so_and_where_it_is_set(fake_dev) -> None:
     """A mistyped /dev/videoN was "gives no frame", "check it is plugged in or reachable", naming no entry; and
-    `capture-agent devices --camera` listed it as [ok  ]."""
+    `capture-agent devices --camera` listed it as [ok  ]. (A node of the folder standing in for /dev: a path
+    elsewhere is a video file, said missing in a file's words.)"""
     from drivers.discovery import cameras
 
-    missing = str(tmp_path / "video9")
+    missing = str(fake_dev.root / "video9")
     config = parse_config({"device": [{"kind": "camera", "name": "door", "source": missing}]})
     recorded = _opened_once(config)
     fault = next(data for kind, data in recorded if kind == "device_fault")
@@ -543,7 +544,7 @@ def _absent_video_index() -> int:
     return next(n for n in range(64, 4096) if not os.path.exists(f"/dev/video{n}"))
 
 
-def test_a_missing_camera_is_one_typed_error_that_discovery_the_device_and_doctor_show(tmp_path) -> None:
+def test_a_missing_camera_is_one_typed_error_that_discovery_the_device_and_doctor_show(fake_dev) -> None:
     """Discovery, the agent's camera device and doctor each checked for a missing node themselves, with three
     messages and fixes. Now CameraSource.open raises CameraNodeMissingError and each caller shows it: the same
     message and the same fix (the cable, `ls /dev/video*`, udev), the device's pointed at its own entry."""
@@ -553,7 +554,7 @@ def test_a_missing_camera_is_one_typed_error_that_discovery_the_device_and_docto
     from drivers.camera.source import CameraSource
     from drivers.discovery import cameras
 
-    missing = str(tmp_path / "video9")
+    missing = str(fake_dev.root / "video9")  # a node of the folder standing in for /dev
     with pytest.raises(CameraNodeMissingError) as caught:
         CameraSource.parse(missing).open()
     error = caught.value

@@ -251,8 +251,9 @@ def test_server_certificate_facts_survive_what_cryptography_cannot_read(ca) -> N
     assert facts["server_spki_sha256"] == spki_sha256(ca.cert)
 
 
-def test_doctor_names_a_configured_device_that_is_not_there_and_where_it_is_set(tmp_path) -> None:
-    """The daemon starts without a device (it waits for it), so a mistyped port used to pass doctor."""
+def test_doctor_names_a_configured_device_that_is_not_there_and_where_it_is_set(tmp_path, fake_dev) -> None:
+    """The daemon starts without a device (it waits for it), so a mistyped port used to pass doctor. (The camera
+    is a node of the folder standing in for /dev: a path elsewhere is a video file, said missing as a file.)"""
     there = tmp_path / "ttyUSB0"
     there.touch()
     not_pem = tmp_path / "camera-ca.pem"
@@ -264,7 +265,7 @@ def test_doctor_names_a_configured_device_that_is_not_there_and_where_it_is_set(
             "device": [
                 {"kind": "zfm", "name": "finger", "port": str(tmp_path / "ttyUSB9")},
                 {"kind": "zfm", "name": "plugged", "port": str(there)},
-                {"kind": "camera", "name": "door", "source": str(tmp_path / "video7")},
+                {"kind": "camera", "name": "door", "source": str(fake_dev.root / "video7")},
                 {"kind": "camera", "name": "gate", "source": "https://127.0.0.1:9/s.mjpg", "ca_file": str(not_pem)},
             ],
         },

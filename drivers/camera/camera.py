@@ -40,13 +40,14 @@ from drivers.camera import stream as mjpeg_stream
 from drivers.camera.errors import (
     CameraError,
     CameraFault,
+    CameraFileNotVideo,
     CameraFrameSize,
     CameraFramesUndecodable,
     CameraNotMjpeg,
     CameraUnavailable,
 )
 from drivers.camera.mjpeg import MAX_PART_BYTES
-from drivers.camera.source import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, CameraSource
+from drivers.camera.source import NO_FRAME, OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, CameraSource
 
 log = structlog.get_logger()  # key-value events; a source only as ``source.redacted``, never a frame
 
@@ -390,6 +391,8 @@ class Camera:
         while not self._stop.is_set():
             ok, pixels = capture.read()
             if not ok or pixels is None:
+                if first and self.source.kind == "file":  # a file that opened and had nothing: say so, not "no frame"
+                    self.open_error = CameraFileNotVideo(self.source.redacted, NO_FRAME)
                 return
             now = time.monotonic()
             height, width = pixels.shape[:2]

@@ -33,8 +33,87 @@ class CameraNodeMissingError(CameraUnavailable):
         self.path = path
 
     def set_in(self, setting: str) -> CameraNodeMissingError:
-        """The same error, its fix naming where the caller configures the path."""
-        return CameraNodeMissingError(self.path, setting)
+        """The same error (of the same class: a missing file stays one), its fix naming where the caller
+        configures the path."""
+        return type(self)(self.path, setting)
+
+
+def _relative_note(path: str) -> str:
+    """What a fix adds for a relative file path: the daemon resolves it from its own working directory
+    (``/`` under systemd), not from where the installer typed it, so doctor and the daemon may look in two places."""
+    if path.startswith("/"):
+        return ""
+    return (
+        f"; {path} is relative: the daemon looks for it from its working directory (/ under systemd), "
+        "so write its absolute path"
+    )
+
+
+class CameraFileMissingError(CameraNodeMissingError):
+    """A video file source (the test rig's recorded clip served as a camera) that is not there.
+
+    Why its own class: the node's fix (plug the camera in, its USB cable, ``ls /dev/video*``, udevadm) is wrong
+    advice for a file. A subclass of CameraNodeMissingError, so every handler of a missing local camera (the
+    agent's device, doctor, discovery) keeps working, and the reopen loop keeps retrying it: a rig may copy the
+    file in (or mount its share) after the agent started."""
+
+    def __init__(self, path: str, setting: str = "the path") -> None:
+        CameraUnavailable.__init__(
+            self,
+            f"the video file {path} does not exist",
+            f"check the path, and that the file was copied there (`ls -l {path}`), or correct {setting}; the "
+            "agent opens it once it is there" + _relative_note(path),
+        )
+        self.path = path
+
+
+class CameraFileUnreadable(CameraUnavailable):
+    """A video file source that is there but that the agent's user may not read (its mode, or a folder above it
+    it may not pass through).
+
+    Why typed: OpenCV only says it did not open, which read as "gives no frame" (or, for a closed folder,
+    "does not exist" with a fix about USB cables). A CameraUnavailable, retried as before: a chmod fixes it
+    with the agent running."""
+
+    def __init__(self, path: str, user: str, *, folder: bool = False, setting: str = "the camera's source") -> None:
+        if folder:
+            message = f"the video file {path} cannot be reached by {user}: a folder above it is closed to this user"
+            fix = (
+                f"`ls -ld` each folder above {path}: the agent's user must be able to pass through (x) every one "
+                f"(`chmod o+x FOLDER`, or give it to that user's group), or move the file where it can and correct "
+                f"{setting}"
+            )
+        else:
+            message = f"the video file {path} exists but {user} may not read it"
+            fix = (
+                f"make it readable by the agent's user (`ls -l {path}`; `chmod o+r {path}`, or give it to that "
+                "user's group and `chmod g+r` it)"
+            )
+        super().__init__(message, fix)
+        self.path, self.setting = path, setting
+
+
+class CameraFileNotVideo(CameraUnavailable):
+    """A video file source that is there and readable, but holds no video OpenCV can read: a folder, an empty
+    file, another kind of file named .mp4, a copy cut short, a FIFO (whose open would wait forever for a writer).
+
+    Why typed: OpenCV only says it did not open (or gives no frame), which read as an unplugged camera. A
+    CameraUnavailable, retried as before: a rig copying a clip in place has a part of it there for a while."""
+
+    def __init__(self, path: str, why: str, *, setting: str = "the camera's source") -> None:
+        if why.startswith("is a FIFO"):
+            fix = (
+                f"give {setting} the recorded video file itself; a live feed is served as an MJPEG stream "
+                "(http://.../stream.mjpg, as `capture-simulator camera` serves one) or an rtsp:// URL"
+            )
+        else:
+            fix = (
+                f"point {setting} at a video file OpenCV reads (MP4, MKV or AVI; H.264 or MJPEG): `ffprobe {path}` "
+                f"shows what it holds; check the copy is whole (`ls -l {path}` against the original's size): copy "
+                f"a clip under another name, then `mv` it to {path}, so the agent never reads half of it"
+            )
+        super().__init__(f"the video file {path} {why}", fix)
+        self.path, self.why = path, why
 
 
 class CameraFault(CameraError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
-from drivers.camera.errors import CameraFault, CameraNodeMissingError
+from drivers.accounts import user_name
+from drivers.camera.errors import (
+    CameraFault,
+    CameraFileMissingError,
+    CameraFileNotVideo,
+    CameraFileUnreadable,
+    CameraNodeMissingError,
+)
 
 # A URL's scheme (RFC 3986 3.1), and the ones a camera stream may have.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -380,6 +388,37 @@ def stable_names() -> dict[str, list[str]]:
     return names
 
 
+NOT_A_VIDEO = "is no video OpenCV can open (another kind of file, a format it does not read, or a copy cut short)"
+NO_FRAME = "opens as a video but holds no frame OpenCV can decode"
+
+
+def check_video_file(path: str) -> None:
+    """Raise the typed error of a video file source this user cannot read as one, from its ``stat`` alone (nothing
+    opened: doctor calls it beside a running daemon): CameraFileMissingError when not there,
+    CameraFileUnreadable when its mode or a folder above it shuts this user out, CameraFileNotVideo for a folder,
+    an empty file, a FIFO or a socket.
+
+    Why before OpenCV: given any of these it only says it did not open (read as an unplugged camera, retried
+    forever with no reason given), and given a FIFO nobody writes to, its open never returns, holding the
+    camera's owner thread (or ``capture-agent devices``) for good."""
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        raise CameraFileUnreadable(path, user_name(), folder=True) from None
+    except OSError:  # not there, a link to nothing, a loop of links, a file where a folder should be
+        raise CameraFileMissingError(path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise CameraFileNotVideo(path, "is a folder, not a video file")
+    if stat.S_ISFIFO(info.st_mode):
+        raise CameraFileNotVideo(path, "is a FIFO (named pipe), not a video file: its open would wait for a writer")
+    if stat.S_ISSOCK(info.st_mode):
+        raise CameraFileNotVideo(path, "is a socket, not a video file")
+    if not os.access(path, os.R_OK):
+        raise CameraFileUnreadable(path, user_name())
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        raise CameraFileNotVideo(path, "is empty")
+
+
 @dataclass(frozen=True)
 class CameraSource:
     text: str
@@ -447,14 +486,17 @@ class CameraSource:
             if not video_node(node):
                 raise CameraLinkElsewhere(self.text, node)
             return node
+        if self.kind == "file":
+            check_video_file(self.text)
+            return self.target
         path = self.node
         if path is not None and not os.path.exists(path):
-            raise CameraNodeMissingError(path if self.kind == "v4l2" else self.text)
+            raise CameraNodeMissingError(path)
         return self.target
 
     def check_present(self) -> None:
         """CameraNodeMissingError when the local node or file this source opens is not there (CameraLinkElsewhere
-        for a udev name that leads to no V4L2 node).
+        for a udev name that leads to no V4L2 node; for a file, see :func:`check_video_file`).
 
         Why here: the one check of a missing camera, made by ``open`` and by whoever must not open it (doctor,
         beside a running daemon), so each caller says the same thing and names the same fix."""
@@ -462,14 +504,19 @@ class CameraSource:
 
     def open(self) -> cv2.VideoCapture:
         """A cv2.VideoCapture on this source (check ``isOpened()``); CameraNodeMissingError for a local camera
-        that is not there (OpenCV would only say it did not open)."""
+        that is not there (OpenCV would only say it did not open). A file is checked first (see
+        :func:`check_video_file`), and one OpenCV cannot open is CameraFileNotVideo: its capture is always open."""
         node = self.current_node()  # a by-id link is followed at each open: to the node the camera has now
         if self.kind == "v4l2":
             return cv2.VideoCapture(node, cv2.CAP_V4L2)
         if self.kind == "stream":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
-        return cv2.VideoCapture(self.target)
+        capture = cv2.VideoCapture(self.target)
+        if not capture.isOpened():  # a readable regular file OpenCV finds no video in: say so, not "no frame"
+            capture.release()
+            raise CameraFileNotVideo(self.text, NOT_A_VIDEO)
+        return capture
 
     @property
     def redacted(self) -> str:
