@@ -29,12 +29,36 @@ class DeviceUnavailable(DeviceError):
         )
 
 
+# What to add for each capability a session may ask for: a match-on-sensor reader is a libfprint one only.
+ADD_FIX = {
+    "fingerprint-image": 'add a [[device]] that can: kind = "zfm" or "fprint" (a serial module, a USB image reader)',
+    "match-on-sensor": 'add a [[device]] that can: kind = "fprint" with a match-on-sensor USB reader '
+    "(synaptics, goodixmoc, elanmoc, fpcmoc...)",
+    "camera": 'add a [[device]] that can: kind = "camera"',
+}
+
+
 class NoDeviceFor(DeviceError):
-    def __init__(self, capability: str, configured: list[str]) -> None:
-        super().__init__(
-            f"no configured device can do {capability} (devices: {', '.join(configured) or 'none'})",
-            'add a [[device]] that can (kind = "zfm" or "fprint" for fingerprints, "camera" for faces)',
-        )
+    """No configured device can do what a session asked: by capability, or by the ``name`` a person gave.
+
+    Why the name apart: a mistyped ``--reader`` name was told "no configured device can do
+    fingerprint-image" on a kiosk whose reader could, and to add a device it already had.
+    """
+
+    def __init__(self, capability: str, configured: list[str], name: str = "", names: tuple[str, ...] = ()) -> None:
+        there = f"devices: {', '.join(configured) or 'none'}"
+        if name and name not in names:
+            message = f"no [[device]] is named {name!r} ({there})"
+            fix = (f"name one of the configured devices ({', '.join(names) or 'none'}), or a kind of reader: "
+                   "fingerprint-image or match-on-sensor")
+        elif name:
+            message = f"device {name} cannot do {capability} ({there})"
+            fix = (f"name a device that can do {capability}, or name none (one that can is picked); or "
+                   f"{ADD_FIX.get(capability, 'add a [[device]] that can')}")
+        else:
+            message = f"no configured device can do {capability} ({there})"
+            fix = ADD_FIX.get(capability, "add a [[device]] that can")
+        super().__init__(message, fix)
 
 
 class DeviceFault(DeviceError):

@@ -212,7 +212,8 @@ class DeviceSupervisor:
         """A device that can do ``capability`` (a connected one first; by name when given)."""
         able = [d for d in self.devices if capability in d.capabilities and (not name or d.name == name)]
         if not able:
-            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices])
+            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], name,
+                              tuple(d.name for d in self.devices))
         return next((d for d in able if d.connected), able[0])
 
     def required(self, device: Device) -> bool:
