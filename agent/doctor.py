@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from agent.client import CLOCK_FIX, VerifierClient
+from agent.client import CLOCK_FIX, VerifierClient, problem_error
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from agent.errors import AgentError, ConfigError
 from agent.identity import (
@@ -379,12 +379,10 @@ async def _check_live(report: DoctorReport, config: AgentConfig, identity: Devic
         return None
     report.facts["tls"] = tls
     if response.status_code != 200:
-        report.add(
-            "verifier (live mTLS call)",
-            False,
-            f"/v1/health answered {response.status_code}",
-            "see the verifier's log; a 403 means this device is unknown or revoked: re-provision",
-        )
+        # The verifier's problem type says which refusal it is, with its own fix: a revoked device needs a
+        # token for a new id, where "re-provision" alone sent the installer to a token that is refused too.
+        refused = problem_error(response)
+        report.add("verifier (live mTLS call)", False, f"/v1/health: {refused.message}", refused.fix)
         return None
     report.add(
         "verifier (live mTLS call)",

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from bench.cli import BenchError, BenchParser, bench_main
+
 FRAMES = 16  # distinct pre-encoded frames served in turn
 
 
@@ -107,19 +109,40 @@ def measure(port: int, seconds: float, sent: Callable[[], int]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _frame_size(text: str) -> tuple[int, int]:
+    """``WxH`` as (width, height), within what a camera sends and the simulated one's bar code needs."""
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isascii() and width.isdigit() and height.isascii() and height.isdigit()):
+        raise BenchError(f"--size {text!r} is not WIDTHxHEIGHT", "give e.g. --size 1280x720")
+    size = (int(width), int(height))
+    if not (120 <= size[0] <= 4096 and 32 <= size[1] <= 4096):
+        raise BenchError(f"--size {text} is outside what the camera serves", "give 120x32 to 4096x4096")
+    return size
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, each value checked before the camera starts (a typo said at once, in one line)."""
+    parser = BenchParser(
+        prog="python -m bench.camera_idle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="1280x720", help="the camera's frame size, WxH")
     parser.add_argument("--fps", type=float, default=0.0, help="frames a second the camera sends (0: at once)")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long nobody takes a frame")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the camera's child process
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    if args.serve:
-        _serve((width, height), args.fps)
-        return 0
+    args.frame = _frame_size(args.size)
+    if not 0 <= args.fps <= 1000:  # NaN too
+        raise BenchError(f"--fps {args.fps:g} is no camera's rate", "give 0 (as fast as the socket takes) to 1000")
+    if not 0 < args.seconds <= 3600:
+        raise BenchError(f"--seconds {args.seconds:g} gives no idle window", "give more than 0, up to 3600")
+    return args
+
+
+@bench_main("python -m bench.camera_idle")
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    width, height = args.frame
     child = subprocess.Popen(
-        [sys.executable, "-m", "bench.camera_idle", "--serve", "--size", args.size, "--fps", str(args.fps)],
+        [sys.executable, "-m", "bench.camera_idle", SERVE, f"{width}x{height}", str(args.fps)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert child.stdin is not None and child.stdout is not None
@@ -139,5 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# The camera's child process (started by main, stopped by its SIGTERM): outside bench_main, whose
+# "interrupted" line and exit 130 are for a person's Ctrl-C, not for the child's usual end.
+SERVE = "--serve-camera"
+
+
+def _serve_child(argv: list[str]) -> int:
+    width, height = (int(v) for v in argv[0].split("x"))
+    _serve((width, height), float(argv[1]))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_serve_child(sys.argv[2:]) if sys.argv[1:2] == [SERVE] else main())

@@ -4,7 +4,8 @@ A benchmark prints one JSON object on stdout and its progress and logs on stderr
 so ``python -m bench.x > figures.json`` keeps the figures alone. Around each
 ``main()`` (:func:`bench_main`):
 
-- a bad argument or data folder is a :class:`BenchError`, printed as one line
+- a bad argument or data folder is a :class:`BenchError` (a usage mistake too, through
+  :class:`BenchParser`), printed as one line
   ``python -m bench.x: error: ... (fix: ...)``, exit 2, before any long work
   where it can be checked first; the biometric packages' own typed errors (a
   resolution or a rate out of range) are printed the same way;
@@ -20,6 +21,7 @@ Worker processes go through :func:`parallel_map`, which ends them on the way out
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import multiprocessing
@@ -27,7 +29,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import structlog
 
@@ -50,6 +52,17 @@ class BenchError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+
+
+class BenchParser(argparse.ArgumentParser):
+    """argparse, raising a :class:`BenchError` naming the benchmark's ``--help`` for a usage mistake.
+
+    Why: argparse printed its usage block and ``error: ...`` with no fix, unlike every
+    other refusal of a benchmark (one line, ``python -m bench.x: error: ... (fix: ...)``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise BenchError(message, f"`{self.prog} --help` shows its options")
 
 
 def _typed_errors() -> tuple[type[Exception], ...]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.logs import configure_logging
-from bench.cli import BenchError, at_least, bench_main, progress
+from bench.cli import BenchError, BenchParser, at_least, bench_main, progress
 
 
 def _stats(values_s: list[float]) -> dict[str, float]:
@@ -155,7 +155,7 @@ def bench_camera(rounds: int, frames: int) -> dict:
 
 @bench_main("python -m bench.devices")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         prog="python -m bench.devices", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3, help="serial captures per speed (each ~3.5-7 s)")

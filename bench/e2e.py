@@ -15,7 +15,6 @@ measured by ``python -m bench.serial``. JSON on stdout.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -27,7 +26,7 @@ from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
 from agent.verifier_api import VerifierAPI
-from bench.cli import at_least, bench_main, progress
+from bench.cli import BenchParser, at_least, bench_main, progress
 from biometrics.fingerprint import extract
 from biometrics.fingerprint.iso19794_2 import encode
 from protocol.messages import StepUp
@@ -89,7 +88,7 @@ async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
 
 @bench_main("python -m bench.e2e")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
+    parser = BenchParser(prog="python -m bench.e2e", description=__doc__)
     parser.add_argument("--verifications", type=int, default=200, help="verifications timed (default 200)")
     args = parser.parse_args(argv)
     at_least(args.verifications, 1, "--verifications", "a percentile needs a verification")

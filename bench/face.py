@@ -47,7 +47,6 @@ detect 6.8 ms, embed 22.6 ms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -57,7 +56,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.cli import BenchError, bench_main
+from bench.cli import BenchError, BenchParser, bench_main
 from biometrics.face.align import align
 from biometrics.face.calibration import fit_impostor_model, threshold_for_fmr
 from biometrics.face.detect import Detector, geometry_for
@@ -314,7 +313,7 @@ def calibrate(folder: Path) -> dict[str, object]:
 
 @bench_main("python -m bench.face")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.face", description=__doc__.splitlines()[0])
+    ap = BenchParser(prog="python -m bench.face", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="folder of per-person subfolders of images (sN/*.pgm)")
     ap.add_argument("--fmr", type=float, default=0.001, help="target FMR for the reported threshold, in (0, 1)")
     ap.add_argument("--calibrate", type=Path, metavar="DIR", help="fit the impostor model on DIR instead")

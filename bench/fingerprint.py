@@ -65,7 +65,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.cli import BenchError, at_least, bench_main, parallel_map
+from bench.cli import BenchError, BenchParser, at_least, bench_main, parallel_map
 from bench.machine import vector_units_here
 from biometrics.fingerprint import GalleryIndex, extract, prefilter, threshold_for_fmr
 from biometrics.fingerprint.allocator import keep_freed_memory
@@ -583,7 +583,7 @@ def check_counts(args: argparse.Namespace) -> None:
 
 @bench_main("python -m bench.fingerprint")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__.splitlines()[0])
+    ap = BenchParser(prog="python -m bench.fingerprint", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="folder of F_I.tif images")
     ap.add_argument("--dpi", type=int, default=500, help="resolution of the images (FVC2002 DB2: 569)")
     ap.add_argument("--workers", type=int, default=1, help="processes for extraction")

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.logs import configure_logging
-from bench.cli import BenchError, bench_main, progress
+from bench.cli import BenchError, BenchParser, bench_main, progress
 from biometrics.fingerprint import extract
 from biometrics.fingerprint.iso19794_2 import encode, field_limits
 from biometrics.fingerprint.orientation_field import BLOCK
@@ -445,7 +445,7 @@ def run(seconds: float, attacks: tuple[str, ...]) -> dict:
 
 @bench_main("python -m bench.flood")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         prog="python -m bench.flood", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase (default 4, 1 to 30)")

@@ -8,7 +8,6 @@ seconds over an idle window (target: under 1 % of one core).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from agent.devstack import LocalVerifier, provision_device, write_config_file
 from agent.logs import configure_logging
-from bench.cli import BenchError, bench_main, progress
+from bench.cli import BenchError, BenchParser, bench_main, progress
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,7 +39,7 @@ def rss_mib(pid: int) -> float:
 
 @bench_main("python -m bench.footprint")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__)
+    parser = BenchParser(prog="python -m bench.footprint", description=__doc__)
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="the idle window measured (default 30)")
     args = parser.parse_args(argv)
     if not 0 < args.idle_seconds <= 3600:

@@ -38,7 +38,6 @@ found scores as the lowest face score (a failure to acquire is a reject).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -47,7 +46,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.cli import BenchError, at_least, bench_main, parallel_map
+from bench.cli import BenchError, BenchParser, at_least, bench_main, parallel_map
 from bench.face import error_rates
 from bench.face import list_images as face_images
 from bench.fingerprint import all_pairs as finger_pairs
@@ -194,7 +193,7 @@ def run(fingers: Path, faces: Path, per_db: int, impressions: int, fmr: float, w
 
 @bench_main("python -m bench.fusion")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.splitlines()[0])
+    ap = BenchParser(prog="python -m bench.fusion", description=__doc__.splitlines()[0])
     ap.add_argument("--fingers", type=Path, default=Path("../shared/data/fvc2002"), help="folder of DB1_B ... DB4_B")
     ap.add_argument("--faces", type=Path, default=Path("../shared/data/att_faces"), help="folder of sN/*.pgm")
     ap.add_argument("--per-db", type=int, default=10, help="fingers (chimeric people) taken from each database")

@@ -9,7 +9,6 @@ divided by baud/10; the ratio says how close the driver gets to it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 from agent.logs import configure_logging
-from bench.cli import at_least, bench_main
+from bench.cli import BenchParser, at_least, bench_main
 from drivers.zfm.constants import PROFILES
 from drivers.zfm.driver import ZfmModule
 from simulators.fingers import FingerGenerator
@@ -59,7 +58,7 @@ def measure(model: str, baud: int, rounds: int, work: Path) -> dict:
 
 @bench_main("python -m bench.serial")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serial", description=__doc__)
+    parser = BenchParser(prog="python -m bench.serial", description=__doc__)
     parser.add_argument("--model", default="r307", choices=sorted(PROFILES))
     parser.add_argument("--rounds", type=int, default=3, help="image downloads per speed (default 3)")
     args = parser.parse_args(argv)

@@ -8,7 +8,6 @@ reference verifier running as a real process on 127.0.0.1. JSON on stdout.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -21,7 +20,7 @@ from agent.client import VerifierClient
 from agent.devstack import LocalVerifier, provision_device
 from agent.identity import DeviceIdentity
 from agent.logs import configure_logging
-from bench.cli import at_least, bench_main, progress
+from bench.cli import BenchParser, at_least, bench_main, progress
 
 
 async def _timed_requests(config, identity: DeviceIdentity, count: int, fresh: bool) -> tuple[list[float], dict]:
@@ -75,7 +74,7 @@ async def _run(verifier: LocalVerifier, work: Path, count: int) -> dict:
 
 @bench_main("python -m bench.tls")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tls", description=__doc__)
+    parser = BenchParser(prog="python -m bench.tls", description=__doc__)
     parser.add_argument("--requests", type=int, default=200, help="requests in each of the two phases (default 200)")
     args = parser.parse_args(argv)
     at_least(args.requests, 1, "--requests", "a median needs a request")

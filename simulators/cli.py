@@ -20,8 +20,10 @@ number is a different finger (with --images: the F of F_I.tif); its
 impressions 0, 1, 2... are different placements of that same finger. A rig
 makes each person from finger numbers of their own, two per person since a
 step-up asks for another finger: ana = fingers 0 and 1, dan = 2 and 3. Enroll
-with `place 0 0`, `place 0 1`, then `place 1 0`, `place 1 1`; verify with a
-fresh impression (`place 0 2`). Another --seed gives other fingers.
+(3 captures of 2 fingers, `capture-agent enroll`'s default) with `place 0 0`,
+`place 0 1`, `place 0 2`, then `place 1 0`, `place 1 1`, `place 1 2`; verify
+with a fresh impression (`place 0 3`, and `place 1 3` for a step-up). Another
+--seed gives other fingers.
 `capture-simulator zfm --list-fingers` lists them (class, minutiae).
 
 `capture-simulator camera` serves MJPEG over HTTP on 127.0.0.1 (OpenCV opens
@@ -55,6 +57,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import structlog
 
@@ -118,7 +121,20 @@ def _json_line(answer: dict[str, object]) -> None:
 
 
 def _say(event: str, line: str, error: object) -> None:
-    print(json.dumps({"event": event, "line": line.strip(), "error": str(error)}), file=sys.stderr, flush=True)
+    """One JSON line on stderr for a script line the simulator could not do (it keeps serving)."""
+    answer = {"event": event, "line": _printable(line.strip()), "error": _printable(str(error))}
+    print(json.dumps(answer), file=sys.stderr, flush=True)
+
+
+def _printable(text: str) -> str:
+    """``text`` with the bytes that were not UTF-8 written as ``\\xNN``.
+
+    Why: a line is decoded with surrogateescape (:func:`_stdin_lines`), and json.dumps wrote
+    its stray bytes as lone surrogate escapes (``"\\udcff"``), which strict JSON parsers
+    (the project's own ``protocol.wire.loads`` among them) refuse: a rig reading the
+    answers could not parse the very line that reported its mistake.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _stdin_lines() -> Iterator[str]:
@@ -185,8 +201,8 @@ def module_command(
     ``source`` is the module's finger source (a FingerGenerator or a FolderFingerSource): ``place`` and
     ``list`` look fingers up in it. ``list`` hands each finger to ``emit`` as it is made (by default one
     JSON line on stdout). UnknownCommand for a line whose first word is no command; SimulatorError for a
-    known command with arguments it cannot take (each names the fix); KeyError for a finger missing
-    from a folder.
+    known command with arguments it cannot take, or a finger or impression a folder lacks (each names
+    the fix).
     """
     words = line.split()
     if not words:
@@ -197,6 +213,7 @@ def module_command(
             raise SimulatorError(f"place takes 1 or 2 numbers, not {len(args)}", "write place FINGER [IMPRESSION]")
         finger = _number(args[0], "the finger")
         impression = _number(args[1], "the impression") if len(args) > 1 else _first_impression(source, finger)
+        _check_in_folder(source, finger, impression)
         sim.place(finger=finger, impression=impression)
     elif command == "pace":
         if args not in (["on"], ["off"]):
@@ -352,21 +369,66 @@ def finger_list(source: object, count: int = DEFAULT_LIST_COUNT) -> Iterator[dic
         }
 
 
-def _first_impression(source: object, finger: int) -> int:
-    """FVC folders number impressions from 1, the generator from 0: the first there is."""
+def _folder_impressions(source: object, finger: int) -> list[int] | None:
+    """The impressions of ``finger`` a folder source holds, sorted; None for the generator (it has them all)."""
     keys = getattr(source, "keys", None)
     if keys is None:
+        return None
+    return sorted(i for f, i in keys() if f == finger)
+
+
+def _first_impression(source: object, finger: int) -> int:
+    """FVC folders number impressions from 1, the generator from 0: the first there is."""
+    found = _folder_impressions(source, finger)
+    if found is None:
         return 0
-    found = [i for f, i in keys() if f == finger]
+    _check_in_folder(source, finger, found[0] if found else 0)
+    return found[0]
+
+
+def _check_in_folder(source: object, finger: int, impression: int) -> None:
+    """SimulatorError naming what the folder holds when it has no image of ``finger``'s ``impression``.
+
+    Why: the folder's own numbering is the rig's usual slip (FVC numbers fingers from 101 and
+    impressions from 1, the generator both from 0), and "no image 101_0" alone did not say which to use.
+    """
+    found = _folder_impressions(source, finger)
+    if found is None or impression in found:
+        return
     if not found:
-        raise KeyError(f"no image of finger {finger} in the folder: pick a finger with an F_I.tif present")
-    return min(found)
+        pairs = source.keys  # type: ignore[attr-defined]  # a folder's (finger, impression) pairs
+        fingers = sorted({f for f, _ in pairs()})
+        raise SimulatorError(
+            f"no image of finger {finger} in the folder",
+            f"place one of its fingers, {fingers[0]} to {fingers[-1]} (`list` shows each with its impressions)",
+        )
+    raise SimulatorError(
+        f"no impression {impression} of finger {finger} in the folder",
+        f"its impressions there are {', '.join(map(str, found))}: write place {finger} {found[0]}",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, raising a SimulatorError naming the command's ``--help`` for a usage mistake.
+
+    Why: argparse printed its usage block and ``error: ...`` with no fix, unlike every other
+    refusal of the simulator (one line, ``capture-simulator: error: ... (fix: ...)``, exit 2),
+    which a rig's log shows as one line. Subparsers are made of this class too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_prog=self.prog)  # the deepest command given wins: its --help is the fix
+
+    def error(self, message: str) -> NoReturn:
+        shows = "lists its devices" if self._subparsers is not None else "shows its options"
+        raise SimulatorError(message, f"`{self.prog} --help` {shows}")
 
 
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # keep the command list and paragraphs as written
-    parser = argparse.ArgumentParser(prog="capture-simulator", description=__doc__, formatter_class=raw)
-    sub = parser.add_subparsers(dest="device", required=True)
+    parser = _Parser(prog="capture-simulator", description=__doc__, formatter_class=raw)
+    sub = parser.add_subparsers(dest="device", required=True, metavar="{zfm,camera}")
     zfm = sub.add_parser(
         "zfm",
         help="a ZFM / R30x / R50x / AS608 module on a pseudo-terminal",
@@ -434,11 +496,9 @@ def _zfm(args: argparse.Namespace) -> int:
     )
     with sim:
         if finger is not None:
-            try:
-                impression = chosen if chosen is not None else _first_impression(source, finger)
-                sim.place(finger=finger, impression=impression)
-            except KeyError as exc:
-                raise SimulatorError(str(exc.args[0])) from None  # it says which to pick
+            impression = chosen if chosen is not None else _first_impression(source, finger)
+            _check_in_folder(source, finger, impression)  # says which to pick
+            sim.place(finger=finger, impression=impression)
         _serve({"event": "listening", "port": sim.port, "model": args.model}, lambda: _commands(sim, source))
     return 0
 
@@ -460,7 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM and Ctrl-C end serving with exit 0 (the usual way to stop it); if they
     come before it serves (listing fingers, making the first one), exit 130.
     """
-    args = _parser().parse_args(argv)
+    try:
+        args, extra = _parser().parse_known_args(argv)
+        if extra:  # argparse reports them from the top parser, whose help does not show the device's options
+            raise SimulatorError(f"unrecognized arguments: {' '.join(extra)}",
+                                 f"`{args.command_prog} --help` shows its options")
+    except SimulatorError as exc:
+        print(f"capture-simulator: error: {exc}", file=sys.stderr)
+        return 2
     # stdout carries the JSON lines a rig reads; logs go to stderr, from info up (a finger's making is debug:
     # --list-fingers already prints it on stdout).
     structlog.configure(

@@ -67,7 +67,13 @@ REFUSED = {
     "flood-seconds-0": ("flood", ["--seconds", "0"], "outside a phase's bounds"),
     "flood-seconds-nan": ("flood", ["--seconds", "nan"], "outside a phase's bounds"),
     "flood-seconds-100": ("flood", ["--seconds", "100"], "outside a phase's bounds"),
+    "camera_idle-size-not-WxH": ("camera_idle", ["--size", "abc"], "not WIDTHxHEIGHT"),  # was a traceback
+    "camera_idle-size-too-small": ("camera_idle", ["--size", "10x10"], "outside what the camera serves"),
+    "camera_idle-fps-nan": ("camera_idle", ["--fps", "nan"], "no camera's rate"),
+    "camera_idle-seconds-0": ("camera_idle", ["--seconds", "0"], "no idle window"),
 }
+
+BENCHMARKS = ["camera_idle", "devices", "e2e", "face", "fingerprint", "flood", "footprint", "fusion", "serial", "tls"]
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
@@ -86,6 +92,26 @@ def test_what_gives_no_figure_is_refused_in_one_line_naming_the_fix(case: str, t
     assert last.startswith(f"python -m bench.{name}: error: ") and "(fix: " in last, captured.err
     assert said in last, last
     assert "Traceback" not in captured.err and captured.out == "", "no figures, no traceback"
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize(("args", "said"), [(["--bogus"], "unrecognized arguments: --bogus"),
+                                            (["--seconds"], "expected one argument")])
+def test_a_usage_mistake_is_one_line_naming_the_benchmarks_help(name: str, args: list[str], said: str,
+                                                                capsys) -> None:
+    """argparse printed its usage block and an error without a fix (README: one line, with the fix)."""
+    if said == "expected one argument":  # an option of each benchmark, given no value
+        parser_text = importlib.import_module(f"bench.{name}").__file__
+        option = re.findall(r'add_argument\(\s*"(--[a-z-]+)"', Path(parser_text).read_text())[0]
+        args = [option]
+    main = importlib.import_module(f"bench.{name}").main
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"python -m bench.{name}: error: ") and said in lines[0], lines[0]
+    assert lines[0].endswith(f"(fix: `python -m bench.{name} --help` shows its options)"), lines[0]
+    assert captured.out == ""
 
 
 def test_a_face_folder_with_no_face_found_is_refused_not_printed_as_nan(tmp_path: Path, capsys) -> None:

@@ -656,3 +656,21 @@ def test_a_watch_whose_look_fails_keeps_watching(zfm_sim) -> None:
 
     asyncio.run(scenario())
     assert _events(recorded, "finger") == ["device_plugged", "device_plugged"]  # the refused report is the gap
+
+
+@pytest.mark.parametrize(("capability", "name", "said", "fix"), [
+    (FINGERPRINT_IMAGE, "fingr", "no [[device]] is named 'fingr'", "configured devices (finger, face)"),
+    (FINGERPRINT_IMAGE, "face", "device face cannot do fingerprint-image", 'kind = "zfm" or "fprint"'),
+    (MATCH_ON_SENSOR, "", "no configured device can do match-on-sensor", 'kind = "fprint" with a match-on-sensor'),
+])
+def test_a_reader_asked_for_that_is_not_there_is_named_as_asked(capability: str, name: str, said: str,
+                                                               fix: str) -> None:
+    """A mistyped `--reader` name was told "no configured device can do fingerprint-image" beside a reader
+    that could, and a match-on-sensor one to add a "zfm" (which never matches on the sensor)."""
+    sections = [("finger", DeviceSection(kind="zfm", port="/dev/ttyUSB0")),
+                ("face", DeviceSection(kind="camera", source="/dev/video0"))]
+    supervisor = DeviceSupervisor(sections, lambda kind, data: None)  # never opened: picking reads the config
+    with pytest.raises(NoDeviceFor) as refused:
+        supervisor.pick(capability, name)
+    assert said in refused.value.message and fix in refused.value.fix, (refused.value.message, refused.value.fix)
+    assert supervisor.pick(FINGERPRINT_IMAGE, "finger").name == "finger"

@@ -163,6 +163,17 @@ def test_doctor_compares_the_clock_with_the_real_verifiers(provisioned_by_verifi
     assert abs(report.facts["clock_skew_s"]) < 60
 
 
+def test_a_revoked_device_is_told_what_the_verifier_said_a_new_device_id(provisioned_by_verifier, verifier) -> None:
+    """Was "/v1/health answered 403 ... re-provision": a token for the same id is refused too."""
+    from agent.devstack import verifier_cli
+
+    config, _ = provisioned_by_verifier
+    verifier_cli("device", "revoke", "--pki", str(verifier.pki_dir), "kiosk-1")
+    live = by_name(run_doctor(config))["verifier (live mTLS call)"]
+    assert live.ok is False and "403 Device revoked: device kiosk-1 is revoked" in live.detail, live.detail
+    assert "token new --device NEW-ID" in live.fix, live.fix
+
+
 def systemd_config(tmp_path, source: str = "devstack"):
     config = parse_config(
         {"agent": {"state_dir": str(tmp_path / "state")}, "keyring": {"backend": "systemd-credentials"}},

@@ -125,10 +125,10 @@ def test_the_readme_provisioning_section_runs_as_written_without_systemd(verifie
     """The development path of 'Provisioning a device', typed into a shell with no systemd credentials."""
     env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # capture-agent, capture-verifier
-    verifier_cli_line = "capture-verifier token new --pki /etc/capture-verifier --device kiosk-07"
+    verifier_cli_line = "capture-verifier token new --pki /var/lib/capture-verifier --device kiosk-07"
     assert verifier_cli_line in (Path(__file__).resolve().parents[1] / "README.md").read_text()
     issued = subprocess.run(
-        [BASH, "-c", verifier_cli_line.replace("/etc/capture-verifier", str(verifier.pki_dir))],
+        [BASH, "-c", verifier_cli_line.replace("/var/lib/capture-verifier", str(verifier.pki_dir))],
         capture_output=True,
         text=True,
         env=env,

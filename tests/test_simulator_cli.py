@@ -225,8 +225,28 @@ def test_module_lines_place_list_and_pace_do_what_they_say(folder_module) -> Non
     module_command(sim, source, "list 1", emit=listed.append)
     assert listed == [{"event": "finger", "finger": 1, "impressions": [1, 2]},
                       {"event": "finger", "finger": 2, "impressions": [1]}]
-    with pytest.raises(KeyError, match="pick a finger"):
+    with pytest.raises(SimulatorError) as no_finger:
         module_command(sim, source, "place 3")
+    assert "no image of finger 3" in str(no_finger.value) and "1 to 2" in no_finger.value.fix
+
+
+@pytest.mark.parametrize(("line", "fix"), [
+    ("place 1 0", "its impressions there are 1, 2: write place 1 1"),  # the generator's numbering, on FVC's
+    ("place 2 2", "its impressions there are 1: write place 2 1"),
+    ("place 101", "place one of its fingers, 1 to 2 (`list` shows each with its impressions)"),
+])
+def test_a_placement_the_folder_lacks_names_what_it_holds(folder_module, line: str, fix: str) -> None:
+    """FVC numbers impressions from 1 (fingers from 101), the generator from 0: "no image 1_0" named no fix."""
+    sim, source = folder_module
+    with pytest.raises(SimulatorError) as refused_line:
+        module_command(sim, source, line)
+    assert refused_line.value.fix == fix, str(refused_line.value)
+    assert sim._finger is None, "a refused line changes nothing"
+
+
+def test_a_finger_left_on_the_sensor_that_the_folder_lacks_names_what_it_holds(finger_folder: Path, capsys) -> None:
+    line = refused(capsys, "zfm", "--images", str(finger_folder), "--finger", "1", "--impression", "0")
+    assert "write place 1 1" in line
 
 
 def test_unknown_commands_are_their_own_typed_error_listing_the_commands(folder_module) -> None:
@@ -265,6 +285,43 @@ def test_standard_input_bytes_that_are_not_utf8_are_a_bad_line_not_the_end_of_th
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert [a["event"] for a in done.answers] == ["bad_command", "unknown_command", "unknown_command"], done.stderr
     assert all("fix:" in a["error"] for a in done.answers), done.answers
+    from protocol.wire import loads  # strict JSON: a lone surrogate escape ("\\udcff") is refused
+
+    answers = [loads(line.encode()) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [a["line"] for a in answers] == ["fps \\xff\\xfe", "zoom \\xc3", "\\xff"], answers
+
+
+@pytest.mark.parametrize(("args", "said", "fix"), [
+    ([], "required: {zfm,camera}", "`capture-simulator --help` lists its devices"),
+    (["bogus"], "invalid choice: 'bogus'", "`capture-simulator --help` lists its devices"),
+    (["zfm", "--bogus"], "unrecognized arguments: --bogus", "`capture-simulator zfm --help` shows its options"),
+    (["zfm", "--model", "r308"], "invalid choice: 'r308'", "`capture-simulator zfm --help` shows its options"),
+    (["camera", "--fps", "x"], "invalid float value: 'x'", "`capture-simulator camera --help` shows its options"),
+])
+def test_a_usage_mistake_is_one_error_line_naming_the_commands_help(args: list[str], said: str, fix: str,
+                                                                     capsys) -> None:
+    """argparse printed its usage block and an error with no fix; the README promises one line with the fix."""
+    line = refused(capsys, *args)
+    assert said in line and line.endswith(f"(fix: {fix})"), line
+
+
+def test_the_rigs_enrollment_recipe_places_each_finger_as_often_as_enroll_captures_it() -> None:
+    """The help's (and README's) recipe must match `capture-agent enroll`'s default, or its verify impression
+    is one the enrollment already took, and the enrollment waits for a finger the recipe never places."""
+    import re
+
+    from agent.cli import build_parser
+    from simulators import cli as simulator_cli
+
+    captures = build_parser().parse_args(["enroll", "--subject", "ana"]).captures
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rig = readme[readme.index("**People and fingers in a rig.**"):]
+    for text in (" ".join(simulator_cli.__doc__.split()), " ".join(rig[: rig.index("\n\n")].split())):
+        placed = re.findall(r"`place (\d+) (\d+)`", text)
+        enrolled = [(f, i) for f, i in placed if f in ("0", "1")][: 2 * captures]
+        assert sorted(enrolled) == [(f, str(i)) for f in ("0", "1") for i in range(captures)], text
+        verify = placed[2 * captures]
+        assert verify == ("0", str(captures)), f"verifying takes a fresh impression: {text}"
 
 
 def test_finger_impression_and_count_options_take_ascii_digits_only(capsys) -> None:

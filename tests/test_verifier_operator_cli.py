@@ -66,6 +66,13 @@ def test_a_token_lifetime_outside_one_minute_to_thirty_days_is_refused_with_the_
     assert rows(verifier_state, "SELECT device_id FROM tokens") == [], "no token may be stored"
 
 
+@pytest.mark.parametrize(("ttl", "shown"), [("31d", "31 d"), ("721h", "30 d 1 h"), ("100000000000d", "100000000000 d")])
+def test_a_token_lifetime_too_long_is_said_in_days_as_typed(verifier_state, ttl: str, shown: str) -> None:
+    """Was "a token lifetime of 2.6784e+06 s": the operator typed 31d, and had to convert it back."""
+    error, _ = refused(cli("token", "new", "--pki", str(verifier_state), "--device", "kiosk-t", "--ttl", ttl))
+    assert error.startswith(f"error: a token lifetime of {shown} is longer than 30 d"), error
+
+
 @pytest.mark.parametrize(("ttl", "shown", "seconds"), [
     ("1m", "1 min", 60), ("90s", "1 min 30 s", 90), ("24h", "1 d", 86400), ("30d", "30 d", 30 * 86400),
     ("1.5h", "1 h 30 min", 5400),
@@ -199,6 +206,16 @@ def test_a_group_rule_before_the_groups_first_member_is_kept_with_a_warning(veri
     done = cli("subject", "require", "--pki", str(verifier_state), "--group", "contractors", "--factors", "face")
     assert done.returncode == 0 and "group contractors: a verification needs face" in done.stdout
     assert "warning: no subject is in group contractors yet" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    ([], "name a subject or a --group, and none was given"),  # was told "not both"
+    (["ana", "--group", "staff"], "name a subject or a --group, not both"),
+])
+def test_a_factor_rule_for_nobody_or_for_both_says_which(verifier_state, args: list[str], said: str) -> None:
+    error, fix = refused(cli("subject", "require", "--pki", str(verifier_state), *args, "--factors", "face"))
+    assert error == f"error: {said}", error
+    assert "--group staff --factors finger,face" in fix
 
 
 @pytest.mark.parametrize("device_id", ["bad id", "", "-kiosk", "kiosk/1"])

@@ -435,8 +435,10 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
     from verifier.faces import FactorRules
 
     if (args.subject_id is None) == (args.group is None):
-        raise CLIError("name a subject or a --group, not both", fix="capture-verifier subject require alice --factors "
-                       "finger,face, or: capture-verifier subject require --group staff --factors finger,face")
+        said = "not both" if args.group is not None else "and none was given"
+        raise CLIError(f"name a subject or a --group, {said}",
+                       fix="capture-verifier subject require alice --factors finger,face, or: "
+                       "capture-verifier subject require --group staff --factors finger,face")
     from protocol.face_template import FACTORS
     from verifier.subjects import SubjectGroups
 

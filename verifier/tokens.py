@@ -62,6 +62,11 @@ def format_duration(seconds: float) -> str:
     return " ".join(parts) or "0 s"
 
 
+def _shown(ttl_s: float) -> str:
+    """A lifetime refused as too long, in the units the operator typed it in ("31 d", not "2.6784e+06 s")."""
+    return format_duration(ttl_s) if ttl_s < 1e18 else f"{ttl_s:g} s"  # beyond, a count of days means nothing
+
+
 def check_ttl(ttl_s: float) -> float:
     """``ttl_s`` when a token may live that long, else TokenLifetimeError."""
     if not isinstance(ttl_s, int | float) or isinstance(ttl_s, bool) or not math.isfinite(ttl_s):
@@ -72,7 +77,7 @@ def check_ttl(ttl_s: float) -> float:
         )
     if ttl_s > MAX_TTL_S:
         raise TokenLifetimeError(
-            f"a token lifetime of {ttl_s:g} s is longer than {format_duration(MAX_TTL_S)}: an unused one-time "
+            f"a token lifetime of {_shown(ttl_s)} is longer than {format_duration(MAX_TTL_S)}: an unused one-time "
             "token is a credential lying around"
         )
     return float(ttl_s)

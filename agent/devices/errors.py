@@ -31,26 +31,54 @@ class DeviceUnavailable(DeviceError):
         )
 
 
+# What to add for each capability a session may ask for: a match-on-sensor reader is a libfprint one only.
+ADD_FIX = {
+    "fingerprint-image": 'add a [[device]] that can: kind = "zfm" or "fprint" (a serial module, a USB image reader)',
+    "match-on-sensor": 'add a [[device]] that can: kind = "fprint" with a match-on-sensor USB reader '
+    "(synaptics, goodixmoc, elanmoc, fpcmoc...)",
+    "camera": 'add a [[device]] that can: kind = "camera"',
+}
+
+
 class NoDeviceFor(DeviceError):
-    """No device made can do what a session needs. ``not_set_up`` (name, error, fix): the configured devices that
-    would have, had they been set up at start. Why: a session then heard "add a [[device]] that can" of a reader
-    or camera that is in the config, whose real trouble (libfprint missing, a source refused) went unsaid."""
+    """No configured device can do what a session asked: by capability, or by the ``name`` a person gave.
+
+    Why the name apart: a mistyped ``--reader`` name was told "no configured device can do
+    fingerprint-image" on a kiosk whose reader could, and to add a device it already had.
+    ``not_set_up`` (name, error, fix): the configured devices that would have, had they been set up at
+    start. Why: a session then heard "add a [[device]] that can" of a reader or camera that is in the
+    config, whose real trouble (libfprint missing, a source refused) went unsaid.
+    """
 
     def __init__(
-        self, capability: str, configured: list[str], not_set_up: Sequence[tuple[str, str, str]] = ()
+        self,
+        capability: str,
+        configured: list[str],
+        name: str = "",
+        names: tuple[str, ...] = (),
+        not_set_up: Sequence[tuple[str, str, str]] = (),
     ) -> None:
-        if not_set_up:
-            super().__init__(
-                f"no device can do {capability}: "
-                + "; ".join(f"{name} could not be set up ({error})" for name, error, _ in not_set_up),
-                "; ".join(f"{name}: {fix or 'check its [[device]] entry'}" for name, _, fix in not_set_up)
-                + ", then restart the agent (a device that could not be set up is not retried)",
+        there = f"devices: {', '.join(configured) or 'none'}"
+        unmade = [entry for entry in not_set_up if not name or entry[0] == name]
+        if unmade:
+            message = f"no device can do {capability}: " + "; ".join(
+                f"{who} could not be set up ({error})" for who, error, _ in unmade
             )
-            return
-        super().__init__(
-            f"no configured device can do {capability} (devices: {', '.join(configured) or 'none'})",
-            'add a [[device]] that can (kind = "zfm" or "fprint" for fingerprints, "camera" for faces)',
-        )
+            fix = "; ".join(f"{who}: {how or 'check its [[device]] entry'}" for who, _, how in unmade) + (
+                ", then restart the agent (a device that could not be set up is not retried)"
+            )
+        elif name and name not in names:
+            message = f"no [[device]] is named {name!r} ({there})"
+            fix = (f"name one of the configured devices ({', '.join(names) or 'none'}), or a kind of reader: "
+                   "fingerprint-image or match-on-sensor")
+        elif name:
+            message = f"device {name} cannot do {capability} ({there})"
+            fix = (f"name a device that can do {capability}, or name none (one that can is picked); or "
+                   f"{ADD_FIX.get(capability, 'add a [[device]] that can')}")
+        else:
+            message = f"no configured device can do {capability} ({there})"
+            fix = ADD_FIX.get(capability, "add a [[device]] that can")
+        super().__init__(message, fix)
 
 
 class DeviceFault(DeviceError):

@@ -241,7 +241,8 @@ class DeviceSupervisor:
         able = [d for d in self.devices if capability in d.capabilities and (not name or d.name == name)]
         if not able:
             could = [(u.name, u.error, u.fix) for u in self.unmade if capability in KIND_CAPABILITIES.get(u.kind, ())]
-            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], could)
+            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], name,
+                              tuple(d.name for d in self.devices) + tuple(u.name for u in self.unmade), could)
         return next((d for d in able if d.connected), able[0])
 
     def required(self, device: Device) -> bool:
