@@ -31,13 +31,13 @@ from agent.devices.errors import NoDeviceFor
 from agent.devices.kinds import Device
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
-from agent.errors import AgentError
+from agent.errors import AgentError, AuditStorageError
 from agent.face_sessions import DEFAULT_TIMING, face_session, face_step_up, face_verification
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.localapi import LocalAPI
-from agent.outbox import Outbox, OutboxLimits
+from agent.outbox import RESERVED_LOG_KEYS, Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
 from agent.runtime import with_provisioned_verifier
 from agent.sdnotify import Notifier, watchdog_interval_s
@@ -53,6 +53,7 @@ LONG_SLEEP_CAP_S = 3600.0  # re-check the schedule at least hourly (the clock ma
 CLOCK_HOLD_S = 600.0  # a renewal held for a clock that runs ahead: how often the clock is looked at again
 FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
+AUDIT_RECOVERED = "audit_storage_recovered"  # the first event the outbox takes after it refused some
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
@@ -141,17 +142,57 @@ class AgentDaemon:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.failure: AgentError | None = None  # a task of the daemon ended on its own: run() raises it
+        self.audit_fault: AuditStorageError | None = None  # the outbox refused the last event (see record)
+        self.events_not_stored = 0  # since the outbox last took one
 
     def status(self, text: str) -> None:
         self.notifier.send(STATUS=text)
 
-    def record(self, kind: str, data: dict[str, Any] | None = None) -> None:
-        """An audit event: into the hash chain and the outbox, then wake delivery."""
+    def record(self, kind: str, data: dict[str, Any] | None = None) -> bool:
+        """An audit event: into the hash chain and the outbox, then wake delivery. False when it could not be stored.
+
+        Never raises for a file that cannot be written (a full SD card, a file system gone read-only): the
+        heartbeat's failure stopped the daemon, systemd restarted it, and its start failed the same way, so a
+        kiosk whose disk filled was down for good. The event is said in the log instead
+        (``audit_event_not_stored``, its fields with it: the journal keeps it), :meth:`audit_problem` refuses
+        sessions until the outbox takes events again, and the first event stored then is
+        ``audit_storage_recovered`` with the count that was not.
+        """
         assert self.outbox is not None
-        event = self.outbox.record(kind, data)
+        try:
+            event = self.outbox.record(kind, data)
+        except AuditStorageError as exc:
+            self._not_stored(kind, data or {}, exc)
+            return False
         self.journal.send(audit_fields(event))
         if self.delivery is not None:
             self.delivery.notify()
+        if self.audit_fault is not None and kind != AUDIT_RECOVERED:
+            self.audit_problem()  # the outbox takes events again: say so (and how many were not stored) first
+        return True
+
+    def audit_problem(self) -> AuditStorageError | None:
+        """None when attempts can be audited; else why not. Tries the outbox again (with the recovery event) first.
+
+        Invariant 5: every authentication attempt produces an audit event, so the local API asks this before
+        it starts a session and answers 503 with the fix while it fails.
+        """
+        if self.audit_fault is None:
+            return None
+        if self.record(AUDIT_RECOVERED, {"events_not_stored": self.events_not_stored}):
+            log.info("audit_storage_recovered", events_not_stored=self.events_not_stored)
+            self.audit_fault, self.events_not_stored = None, 0
+        return self.audit_fault
+
+    def _not_stored(self, kind: str, data: dict[str, Any], exc: AuditStorageError) -> None:
+        """An event the outbox refused: in the log with its fields (never secrets: audit data holds none)."""
+        if kind != AUDIT_RECOVERED:
+            self.events_not_stored += 1
+        first = self.audit_fault is None
+        self.audit_fault = exc
+        fields = {k: v for k, v in data.items() if k not in RESERVED_LOG_KEYS}
+        log.error("audit_event_not_stored", audit=True, type=kind, error=exc.message,
+                  **({"fix": exc.fix} if first else {}), **fields)
 
     async def start(self) -> None:
         """Bring every part up; only then tell systemd we are ready."""
@@ -221,6 +262,7 @@ class AgentDaemon:
                 group=self.config.api.group,
                 health=self._health,
                 record=self.record,
+                audit_problem=self.audit_problem,
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
@@ -256,6 +298,10 @@ class AgentDaemon:
         if problem is not None:
             facts.update(status="degraded", identity_error=problem.message, identity_fix=problem.fix)
         self._device_health(facts)
+        fault = self.audit_problem()
+        facts["audit"] = "ok" if fault is None else "not_stored"
+        if fault is not None:  # no session is taken meanwhile (invariant 5): as out of service as a missing reader
+            facts.update(status="degraded", audit_error=fault.message, audit_fix=fault.fix)
         # The verifier as the last call found it (no call made for /health): a kiosk app can say "out of
         # service" before a person gives a finger that no verifier will check. The outbox's delivery retries
         # in the background, so it turns "reachable" again soon after the verifier is back.

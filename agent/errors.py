@@ -200,6 +200,14 @@ def problem_error_class(slug: str) -> type[VerifierError]:
     return found if isinstance(found, type) and issubclass(found, VerifierError) else VerifierError
 
 
+class AuditStorageError(AgentError):
+    """The audit outbox cannot be written (a full disk, a file system gone read-only, a lock held elsewhere).
+
+    Invariant 5 (every authentication attempt is audited): while this holds, the daemon takes no finger or
+    face (the local API answers 503 with this fix) and says each event it could not store in its log.
+    """
+
+
 class TransportError(AgentError):
     """The verifier could not be reached, or the connection broke and retries ran out."""
 

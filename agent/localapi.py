@@ -298,7 +298,8 @@ class LocalAPI:
         group: str = "",
         make_face_session: Callable[[Callable[[dict[str, Any]], None]], Any] | None = None,
         health: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
-        record: Callable[[str, dict[str, Any]], None] | None = None,
+        record: Callable[[str, dict[str, Any]], Any] | None = None,
+        audit_problem: Callable[[], AgentError | None] | None = None,
         *,
         max_connections: int = MAX_CONNECTIONS,
         request_deadline_s: float = REQUEST_DEADLINE_S,
@@ -310,6 +311,7 @@ class LocalAPI:
         self.group = group
         self.health = health or (lambda: {})
         self.record = record or (lambda kind, data: None)  # the daemon's audit trail
+        self.audit_problem = audit_problem or (lambda: None)  # why attempts cannot be audited now, if they cannot
         self.max_connections = max_connections
         self.request_deadline_s = request_deadline_s
         self.reader_grace_s = reader_grace_s
@@ -426,6 +428,9 @@ class LocalAPI:
             raise ApiError(409, f"a session is running on {busy.devices_used()} (or still stopping after a cancel)",
                            fix='try again when it has ended (GET /health says "busy": false); the client that '
                            "started it may cancel it (DELETE /sessions/ID)")
+        unaudited = self.audit_problem()
+        if unaudited is not None:  # invariant 5: no attempt the audit trail cannot record
+            raise ApiError(503, f"no session while {unaudited.message}", fix=unaudited.fix)
         running = RunningSession(secrets.token_urlsafe(12), operation, None, modality=modality)
         emit = self._emitter(running)
         try:

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.audit import ChainHead, make_event
+from agent.errors import AuditStorageError
 
 log = structlog.get_logger()
 
@@ -155,17 +156,26 @@ class Outbox:
         return ChainHead(int(row[0]), str(row[1])) if row else ChainHead()
 
     def record(self, kind: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Append an audit event to the chain and the outbox, durably, in one transaction."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """Append an audit event to the chain and the outbox, durably, in one transaction.
+
+        A file that cannot be written is :class:`AuditStorageError`, naming why and the fix. (On a full disk
+        sqlite ends the transaction itself when COMMIT fails: the ROLLBACK that followed raised "cannot
+        rollback - no transaction is active", which hid the cause.)
+        """
         try:
-            event = self._append(kind, data or {})
-            dropped = self._enforce_limits()
-            if dropped:
-                event = self._append("outbox_dropped", dropped)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                event = self._append(kind, data or {})
+                dropped = self._enforce_limits()
+                if dropped:
+                    event = self._append("outbox_dropped", dropped)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self.storage_error(exc) from None
         if dropped:
             log.warning("outbox_dropped", audit=True, **dropped)
         # The daemon's log says what happened, not only that something did: the event's own fields
@@ -175,6 +185,20 @@ class Outbox:
         level = log.warning if any(word in kind for word in PROBLEM_WORDS) else log.info
         level("audit_event", audit=True, seq=event["seq"], type=kind, **fields)
         return event
+
+    def storage_error(self, exc: sqlite3.OperationalError) -> AuditStorageError:
+        """Why the outbox file cannot be written, and what the installer does about it."""
+        reason, folder = str(exc), self.path.parent
+        if "full" in reason or "I/O" in reason:
+            fix = f"free space on the file system of {folder} (`df -h {folder}`); then check the disk (`dmesg`)"
+        elif "readonly" in reason or "read-only" in reason:
+            fix = (f"the file system of {folder} is read-only (an SD card that failed remounts so): see `dmesg` and "
+                   f"`findmnt -T {folder}`; or give the agent's user {self.path.name} (its owner)")
+        elif "locked" in reason or "busy" in reason:
+            fix = f"another process holds {self.path} in a long write (an sqlite3 shell, a backup): end it"
+        else:
+            fix = f"check {self.path} and its disk (`dmesg`); the agent retries at each event"
+        return AuditStorageError(f"the audit trail cannot be stored in {self.path}: {reason}", fix)
 
     def _append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         event = make_event(self.head(), kind, data)

@@ -201,8 +201,8 @@ def _tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
     try:
         yield mount_point
-    finally:
-        subprocess.run([umount, str(mount_point)], check=False)
+    finally:  # lazily: a failed test may leave a file open there (its process's sqlite), and the mount must go
+        subprocess.run([umount, "--lazy", str(mount_point)], check=False)
 
 
 def fill_filesystem(path: Path) -> None:

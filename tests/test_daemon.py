@@ -499,3 +499,65 @@ def test_a_reload_to_another_verifier_url_names_the_one_in_use_and_the_restart(p
     assert len(reloaded) == 1, logs
     assert reloaded[0]["verifier"] == started.verifier.url != moved
     assert reloaded[0]["verifier_after_restart"] == moved and "restart" in reloaded[0]["fix"]
+
+
+def test_a_full_disk_keeps_the_daemon_up_refusing_sessions_until_the_audit_trail_can_be_stored(
+    tmp_path: Path, small_filesystem: Path, make_test_ca, zfm_sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 5 on a full SD card: no attempt that cannot be audited, and no crash loop.
+
+    Was: the heartbeat's failed write stopped the daemon (systemd restarts it, and its start fails the same
+    way), the error hidden behind "cannot rollback - no transaction is active".
+    """
+    import httpx
+
+    from tests.conftest import fill_filesystem
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    ca = make_test_ca("device-ca")
+    state, socket_path = small_filesystem / "state", tmp_path / "run" / "api.sock"
+    text = (f'[agent]\nstate_dir = "{state}"\n[keyring]\nbackend = "file-insecure-dev"\n'
+            '[verifier]\nurl = "https://127.0.0.1:9"\n[audit]\nheartbeat_s = 0.05\n'
+            f'[api]\nsocket = "{socket_path}"\n[reader]\nkind = "zfm"\nport = "{zfm_sim.port}"\n')
+    (tmp_path / "agent.toml").write_text(text)
+    config = load_config(tmp_path / "agent.toml")
+    kek = load_kek(config, create=True)
+    IdentityStore(state).write(*ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], kek.encode())
+
+    async def health(kiosk: httpx.AsyncClient, audit: str) -> dict:
+        for _ in range(200):  # bounded: 10 s; the next heartbeat finds the disk full (or free again)
+            facts = (await kiosk.get("/health")).json()
+            if facts.get("audit") == audit:
+                return facts
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"/health never said audit {audit!r}: {facts}")
+
+    async def scenario() -> tuple[dict, httpx.Response, dict, httpx.Response]:
+        daemon = AgentDaemon(config, str(tmp_path / "agent.toml"))
+        await daemon.start()
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://kiosk", timeout=30) as kiosk:
+                fill_filesystem(small_filesystem)
+                full = await health(kiosk, "not_stored")
+                refused = await kiosk.post("/sessions", json={"operation": "identify"})
+                assert daemon.failure is None and all(not task.done() for task in daemon._tasks), "still running"
+                (small_filesystem / "filler").unlink()
+                freed = await health(kiosk, "ok")
+                started = await kiosk.post("/sessions", json={"operation": "identify"})
+                await kiosk.delete(f"/sessions/{started.json()['id']}")
+        finally:
+            await daemon.stop()
+        return full, refused, freed, started
+
+    full, refused, freed, started = asyncio.run(scenario())
+    assert full["status"] == "degraded" and "database or disk is full" in full["audit_error"]
+    assert "df -h" in full["audit_fix"]
+    assert refused.status_code == 503 and "no session while the audit trail cannot be stored" in refused.json()["error"]
+    assert "df -h" in refused.json()["fix"]
+    assert freed["status"] == "ok" and "audit_error" not in freed
+    assert started.status_code == 201
+    box = Outbox(state / OUTBOX_FILE, load_kek(config))
+    recovered = [e["data"] for e in box.pending(1000) if e["type"] == "audit_storage_recovered"]
+    box.close()
+    assert len(recovered) == 1 and recovered[0]["events_not_stored"] >= 1

@@ -174,3 +174,27 @@ def test_an_outbox_an_older_version_wrote_is_counted_when_opened(tmp_path, kek) 
     assert box.usage()[0] <= 20  # the excess dropped at once, not a tenth per event
     assert any(e["type"] == "outbox_dropped" for e in box.pending(100))
     box.close()
+
+
+def test_a_full_disk_is_a_typed_error_naming_it_and_the_chain_goes_on_once_freed(tiny_filesystem, kek) -> None:
+    """sqlite ends the transaction itself when COMMIT fails on a full disk: the ROLLBACK after it raised
+    "cannot rollback - no transaction is active", and the cause (and its fix) was lost."""
+    from agent.errors import AuditStorageError
+    from tests.conftest import fill_filesystem
+
+    box = Outbox(tiny_filesystem / "outbox.sqlite", kek)
+    try:
+        box.record("heartbeat")
+        head = box.head()
+        fill_filesystem(tiny_filesystem)
+        with pytest.raises(AuditStorageError, match="database or disk is full") as raised:
+            for _ in range(100):  # the WAL may still hold room for a few frames
+                box.record("heartbeat")
+        assert f"df -h {tiny_filesystem}" in raised.value.fix
+        stored = box.head()
+        (tiny_filesystem / "filler").unlink()
+        box.record("audit_storage_recovered", {"events_not_stored": 1})
+        assert box.head().seq == stored.seq + 1 and stored.seq >= head.seq
+        assert verify_chain(box.pending(1000), ChainHead()) == [], "nothing half-written broke the chain"
+    finally:
+        box.close()
