@@ -164,6 +164,36 @@ def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
     return report.add(name, True, f"{path} (0700, owned by {user_name(uid)}, files 0600)")
 
 
+def _check_free_space(report: DoctorReport, config: AgentConfig) -> None:
+    """Room for the audit outbox to reach its bound, on a file system that can be written.
+
+    Why: a full SD card (logs, a video clip a rig copied) or one remounted read-only after an I/O error
+    stops every session (the daemon takes no attempt it cannot audit), and the installer should hear it
+    here, before a person at the kiosk does.
+    """
+    name, path = "free space", config.agent.state_dir
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return  # no state directory yet, or one this user cannot look at: the state directory check says so
+    if fs.f_flag & os.ST_RDONLY:
+        report.add(name, False, f"the file system of {path} is read-only: the audit trail cannot be written",
+                   f"see `dmesg` (an SD card that failed remounts read-only) and `findmnt -T {path}`")
+        return
+    free, bound = fs.f_bavail * fs.f_frsize, config.audit.outbox_max_bytes
+    mib = 1024 * 1024
+    if free < bound:
+        report.add(
+            name, False,
+            f"{free / mib:.1f} MiB free on the file system of {path}, under the audit outbox's bound "
+            f"({bound / mib:.0f} MiB, [audit] outbox_max_bytes): while the verifier is away the outbox may fill "
+            "the disk, and then no session is taken",
+            f"free space (`df -h {path}`), or lower [audit] outbox_max_bytes",
+        )
+        return
+    report.add(name, True, f"{free / mib:.0f} MiB free (the outbox is bounded at {bound / mib:.0f} MiB)")
+
+
 # Where systemd's LoadCredentialEncrypted= looks for a credential (systemd.exec(5), "Credentials").
 CREDSTORE_DIRS = (
     Path("/etc/credstore.encrypted"),
@@ -679,6 +709,7 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
         report.add("provisioned verifier URL", False, kept.message, kept.fix)
     clock = (now or (lambda: dt.datetime.now(dt.UTC)))()
     _check_state_dir(report, config)
+    _check_free_space(report, config)
     _check_api_group(report, config)
     _check_api_socket(report, config)
     _check_devices(report, config)

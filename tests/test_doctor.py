@@ -7,7 +7,9 @@ import base64
 import datetime as dt
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -430,3 +432,30 @@ def test_an_api_socket_folder_another_user_owns_is_a_failed_line(tmp_path) -> No
     line = api_line(tmp_path, folder / "api.sock")
     assert line.ok is False and f"belongs to nobody (uid {AGENT_UID}) but doctor runs as root" in line.detail, line
     assert "-p User=capture-agent" in line.fix
+
+
+def test_doctor_says_when_the_state_directory_has_no_room_for_the_audit_outbox(
+    tmp_path, small_filesystem, make_test_ca
+) -> None:
+    """A full disk stops every session (no attempt the audit trail cannot record): the installer hears it first."""
+    ca = make_test_ca("device-ca")
+    config = config_for(small_filesystem / "state")  # 4 MiB, under the outbox's default bound of 16 MiB
+    kek = load_kek(config, create=True)
+    IdentityStore(config.agent.state_dir).write(
+        *ca.issue_key_and_cert(["kiosk-1"], client=True), [ca.cert], kek.encode()
+    )
+    check = by_name(run_doctor(config))["free space"]
+    assert check.ok is False and "under the audit outbox's bound (16 MiB" in check.detail
+    assert f"df -h {config.agent.state_dir}" in check.fix and "outbox_max_bytes" in check.fix
+    # as an SD card remounts after I/O errors
+    subprocess.run([shutil.which("mount") or "mount", "-o", "remount,ro", str(small_filesystem)], check=True)
+    check = by_name(run_doctor(config))["free space"]
+    assert check.ok is False and "is read-only" in check.detail and "dmesg" in check.fix
+    roomy = by_name(run_doctor(config_for(tmp_path / "empty")))
+    assert "free space" not in roomy, "no state directory yet: the state directory check alone speaks"
+
+
+def test_doctor_passes_free_space_with_room_for_the_outbox(provisioned) -> None:
+    _, state = provisioned
+    check = by_name(run_doctor(config_for(state)))["free space"]
+    assert check.ok is True and "MiB free (the outbox is bounded at 16 MiB)" in check.detail
