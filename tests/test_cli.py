@@ -104,3 +104,10 @@ def test_a_usage_error_is_an_error_and_a_fix_naming_the_commands_help(args, said
     assert f"`{help_command}`" in fixes[0], fixes[0]
     help_done = agent_cli(*help_command.split()[1:])
     assert help_done.returncode == 0 and help_done.stdout.startswith("usage: "), "the fix's command works"
+
+
+def test_the_identify_help_does_not_say_the_sensor_of_a_face_identification() -> None:
+    """`capture-agent --help` said "identify who is at the sensor", though `identify --face` runs on the camera
+    and touches no sensor."""
+    said = " ".join(agent_cli("--help").stdout.split())  # argparse wraps the line
+    assert "identify who is at the sensor" not in said and "identify who is at the kiosk" in said, said

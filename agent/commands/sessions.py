@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
         ("enroll", "enroll a subject"),
         ("verify", "verify a claimed subject"),
-        ("identify", "identify who is at the sensor"),
+        ("identify", "identify who is at the kiosk (by finger, or by face with --face)"),
     ):
         parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)")
         if name != "identify":
