@@ -769,3 +769,41 @@ def test_a_host_followed_by_a_path_stays_a_url_missing_its_scheme_whatever_its_e
     with pytest.raises(CameraSourceNoScheme) as caught:
         CameraSource.parse(text)
     assert "s3cret" not in str(caught.value) and "***@" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("written", ["", "   ", "\t"])
+def test_an_empty_source_is_refused_naming_what_to_write(written: str, tmp_path) -> None:
+    """The config takes ``source = "   "`` (it is not empty): the driver said "camera source '' is neither a V4L2
+    device, a stream URL nor a file", with no fix, and doctor's fix was "correct source"."""
+    from agent.config import parse_config
+    from agent.doctor import run_doctor
+    from drivers.camera.source import CameraSourceEmpty
+    from drivers.discovery import cameras
+
+    with pytest.raises(CameraSourceEmpty) as caught:
+        CameraSource.parse(written)
+    error = caught.value
+    assert isinstance(error, CameraSourceError) and error.args[0].startswith("the camera source is empty")
+    assert "/dev/v4l/by-id" in error.fix and "rtsp://" in error.fix and "video file" in error.fix
+    if written.strip() != written:  # config refuses an empty source itself; white space reaches the driver
+        config = parse_config({"agent": {"state_dir": str(tmp_path / "none")}, "verifier": {"url": "https://127.0.0.1:9"},
+                               "keyring": {"backend": "file-insecure-dev"}, "network": {"retries": 0},
+                               "device": [{"kind": "camera", "name": "rig", "source": written}]})
+        line = next(c for c in run_doctor(config).checks if c.name == "device rig")
+        assert line.ok is False and line.detail == f"camera: {error.args[0]}" and line.fix.startswith(error.fix)
+    found = cameras([written], max_index=0)[-1]  # `capture-agent devices --camera "  "`
+    assert error.args[0] in found.description and found.fix == error.fix, found
+
+
+@pytest.mark.parametrize("text", ["-1", " -2 "])
+def test_a_negative_index_is_refused_not_a_missing_video_file(text: str, tmp_path, monkeypatch) -> None:
+    """``-1`` (OpenCV's first camera found) was read as a video file named -1 that "does not exist", its fix
+    running `ls -l -1`."""
+    from drivers.camera.source import CameraSourceNegativeIndex
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / text.strip()).touch()  # even with such a file here: a number is no file name
+    with pytest.raises(CameraSourceNegativeIndex) as caught:
+        CameraSource.parse(text)
+    assert caught.value.args[0].startswith(f"the camera source {text.strip()} is a negative index")
+    assert "/dev/videoN or just N" in caught.value.fix and "ls -l -" not in caught.value.fix

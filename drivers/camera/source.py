@@ -134,6 +134,41 @@ class CameraLinkElsewhere(CameraSourceError, CameraFault):
         return CameraFault.__str__(self)
 
 
+_SOURCES_FIX = (
+    "set source to the camera: its udev name (`ls -l /dev/v4l/by-id`; `capture-agent devices` lists each camera "
+    "with it), /dev/videoN or just N, rtsp://..., http://.../stream.mjpg, or a video file's absolute path"
+)
+
+
+class CameraSourceEmpty(CameraSourceError, CameraFault):
+    """A source that is empty or only white space (``source = "  "``): the config takes it, as it is not empty.
+    It was said as "camera source '' is neither a V4L2 device, a stream URL nor a file", showing nothing of what
+    was written and naming no fix."""
+
+    def __init__(self, written: str) -> None:
+        shown = f" (only white space: {written!r})" if written else ""
+        CameraFault.__init__(self, f"the camera source is empty{shown}", _SOURCES_FIX)
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+class CameraSourceNegativeIndex(CameraSourceError, CameraFault):
+    """``-1`` (OpenCV's "the first camera it finds"): read as a video file named -1, it "did not exist", with a
+    fix of `ls -l -1`. Refused: the agent opens one named camera, never whichever the kernel lists first."""
+
+    def __init__(self, text: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {text} is a negative index, the number of no camera (OpenCV reads -1 as whichever "
+            "camera it finds first; the agent opens one named camera)",
+            _SOURCES_FIX,
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
 def scheme_less_credentials(text: str) -> bool:
     """Whether ``text`` (no ``scheme://`` at its start) has the shape ``[scheme-ish]user:password@host...``: a
     ``:`` before an ``@``, and not written as a path (``/...``, ``./...``, ``../...``).
@@ -427,7 +462,11 @@ class CameraSource:
 
     @classmethod
     def parse(cls, text: str) -> CameraSource:
-        text = text.strip()
+        written, text = text, text.strip()
+        if not text:
+            raise CameraSourceEmpty(written)
+        if re.fullmatch(r"-\d+", text):
+            raise CameraSourceNegativeIndex(text)
         if re.fullmatch(r"\d+", text):
             return cls(text, "v4l2", int(text))
         if video_node(text):
