@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,7 +85,7 @@ def test_a_by_id_link_is_followed_anew_at_each_open_and_rechecked_there(fake_dev
     were the camera (OpenCV only said it did not open), and one gone is the by-id name missing, not its old node."""
     import os
 
-    from drivers.camera.errors import CameraFault, CameraNodeMissingError
+    from drivers.camera.errors import CameraFault, CameraNodeMissingError, CameraNodeNotDevice
     from drivers.camera.source import CameraLinkElsewhere
 
     name = "usb-Acme_Door_Cam_SN123-video-index0"
@@ -92,7 +93,9 @@ def test_a_by_id_link_is_followed_anew_at_each_open_and_rechecked_there(fake_dev
     by_id = fake_dev.link("by-id", name, "video2")
     source = CameraSource.parse(by_id)
     assert source.current_node() == video2
-    source.open().release()  # a plain file for a node: OpenCV opens none, but it is asked for that node
+    with pytest.raises(CameraNodeNotDevice) as plain:  # a plain file for a node: OpenCV opens none; it is named
+        source.open()
+    assert plain.value.node == video2 and by_id in plain.value.args[0]  # the node the link led to at this open
 
     def replug(target: str) -> None:  # udev moves the link to the node the camera has now
         os.remove(by_id)
@@ -807,3 +810,29 @@ def test_a_negative_index_is_refused_not_a_missing_video_file(text: str, tmp_pat
         CameraSource.parse(text)
     assert caught.value.args[0].startswith(f"the camera source {text.strip()} is a negative index")
     assert "/dev/videoN or just N" in caught.value.fix and "ls -l -" not in caught.value.fix
+
+
+def test_a_file_or_a_folder_where_a_video_node_should_be_is_named_with_its_removal(fake_dev) -> None:
+    """A tool given /dev/video0 as its output (no v4l2loopback) leaves a plain file there, and the camera's node
+    can never appear: OpenCV only said it did not open, and the daemon, `devices` said "gives no frame"."""
+    from drivers.camera.errors import CameraFault, CameraNodeNotDevice
+    from drivers.discovery import cameras
+
+    video0 = fake_dev.node("video0")
+    Path(video0).write_bytes(b"\x00" * 4096)  # what an encoder wrote there
+    video1 = fake_dev.root / "video1"
+    video1.mkdir()
+    for node, what in ((video0, "a regular file of 4096 bytes"), (str(video1), "a folder")):
+        with pytest.raises(CameraNodeNotDevice) as caught:
+            CameraSource.parse(node).open()
+        assert caught.value.args[0].startswith(f"the camera node {node} is {what}, not a device node"), caught.value
+        assert f"`rm -r {node}`" in caught.value.fix and "udevadm trigger" in caught.value.fix
+        camera = Camera(node, reconnect=False)
+        try:
+            assert not camera.open_once(timeout_s=5)
+            assert isinstance(camera.fault, CameraFault) and camera.fault.args[0] == caught.value.args[0]
+        finally:
+            camera.stop()
+    found = {f.path: f for f in cameras(max_index=4)}  # `capture-agent devices` lists /dev/video*
+    assert "a regular file of 4096 bytes" in found[video0].description and "rm -r" in found[video0].fix
+    assert "a folder" in found[str(video1)].description, found[str(video1)]

@@ -27,6 +27,7 @@ from drivers.camera.errors import (
     CameraFileNotVideo,
     CameraFileUnreadable,
     CameraNodeMissingError,
+    CameraNodeNotDevice,
 )
 
 # A URL's scheme (RFC 3986 3.1), and the ones a camera stream may have.
@@ -547,7 +548,11 @@ class CameraSource:
         :func:`check_video_file`), and one OpenCV cannot open is CameraFileNotVideo: its capture is always open."""
         node = self.current_node()  # a by-id link is followed at each open: to the node the camera has now
         if self.kind == "v4l2":
-            return cv2.VideoCapture(node, cv2.CAP_V4L2)
+            capture = cv2.VideoCapture(node, cv2.CAP_V4L2)
+            if not capture.isOpened():
+                capture.release()
+                self._check_node_is_device(node)
+            return capture
         if self.kind == "stream":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
@@ -556,6 +561,22 @@ class CameraSource:
             capture.release()
             raise CameraFileNotVideo(self.text, NOT_A_VIDEO)
         return capture
+
+    def _check_node_is_device(self, node: str | int) -> None:
+        """CameraNodeNotDevice when the node OpenCV could not open is a regular file or a folder (see there);
+        else nothing, and the caller's capture says it did not open, as before (a busy or metadata node)."""
+        path = f"{DEV_ROOT}/video{node}" if isinstance(node, int) else node
+        try:
+            info = os.stat(path)
+        except OSError:  # gone since: the next open says it is missing
+            return
+        if stat.S_ISDIR(info.st_mode):
+            what = "a folder"
+        elif stat.S_ISREG(info.st_mode):
+            what = f"a regular file of {info.st_size} bytes"
+        else:
+            return
+        raise CameraNodeNotDevice(path, what, via=self.text if stable_name(self.text) else "")
 
     @property
     def redacted(self) -> str:
