@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
 
@@ -168,6 +168,31 @@ class CameraSourceNegativeIndex(CameraSourceError, CameraFault):
 
     def __str__(self) -> str:
         return CameraFault.__str__(self)
+
+
+class CameraSourceFileUrl(CameraSourceError, CameraFault):
+    """A video file written as a ``file://`` URL (copied from a browser or a file manager): it was refused as
+    "neither a V4L2 device, a stream URL nor a file", which it is, naming no fix. The agent takes the path."""
+
+    def __init__(self, shown: str, path: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {shown} is a file:// URL: the agent takes a video file by its path",
+            f"write the file's path itself: source = {path!r}" if path else "write the video file's absolute path",
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+def _file_url_path(text: str) -> str:
+    """The path of a ``file://`` URL on this machine, percent-decoded (``file:///srv/my%20clip.mp4`` is
+    ``/srv/my clip.mp4``); "" when urllib cannot split it, or it names another host (its path is not here)."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return ""
+    return unquote(parts.path) if parts.netloc.lower() in ("", "localhost") else ""
 
 
 def scheme_less_credentials(text: str) -> bool:
@@ -484,6 +509,8 @@ class CameraSource:
             # Schemes are case-insensitive (RFC 3986 3.1): HTTP://user:pw@cam/ is a stream, not a file path that
             # "does not exist" with its password in the message. Another scheme is refused, shown redacted.
             scheme = url.group(1).lower()
+            if scheme == "file":
+                raise CameraSourceFileUrl(redact_url(text), _file_url_path(text))
             if scheme not in STREAM_SCHEMES:
                 raise CameraSourceError(redact_url(text))
             text = scheme + text[url.end(1):]
