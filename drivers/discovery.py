@@ -215,10 +215,10 @@ def _probe_camera(finding: Finding, source: str, options: Mapping[str, Any] = Ma
     import cv2
 
     from drivers.camera.errors import (
+        CameraError,
         CameraFileNotVideo,
         CameraFileUnreadable,
         CameraNodeMissingError,
-        CameraUnavailable,
     )
     from drivers.camera.source import NO_FRAME, CameraSource, CameraSourceError
     from drivers.camera.stream import is_http
@@ -237,8 +237,8 @@ def _probe_camera(finding: Finding, source: str, options: Mapping[str, Any] = Ma
     except CameraNodeMissingError as exc:  # asked for by name and not there, as a serial port: no permission matter
         finding.accessible, finding.description, finding.fix = False, "does not exist", exc.fix
         return
-    except CameraUnavailable as exc:  # a video file that cannot be read as one (its mode, a folder, not a video)
-        finding.accessible = not isinstance(exc, CameraFileUnreadable)
+    except CameraError as exc:  # a video file that cannot be read as one (its mode, a folder, not a video), a file
+        finding.accessible = not isinstance(exc, CameraFileUnreadable)  # where a /dev/videoN node should be
         finding.description, finding.fix = str(exc.args[0]), exc.fix
         return
     try:

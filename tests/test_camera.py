@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -46,11 +47,11 @@ def test_a_scheme_in_capitals_is_a_stream_not_a_file_path_showing_its_password(t
     assert "hunter2" not in source.redacted and "hunter2" not in repr(source)
 
 
-@pytest.mark.parametrize("text", ["ftp://admin:hunter2@10.0.0.5/cam", "FILE://admin:hunter2@host/x", "file:///etc/x"])
+@pytest.mark.parametrize("text", ["ftp://admin:hunter2@10.0.0.5/cam", "FILE://admin:hunter2@host/x"])
 def test_a_url_of_another_scheme_is_refused_without_its_credentials(text: str) -> None:
-    with pytest.raises(CameraSourceError, match="neither a V4L2 device, a stream URL nor a file") as refused:
+    with pytest.raises(CameraSourceError, match=r"neither a V4L2 device, a stream URL nor a file|file:// URL") as no:
         CameraSource.parse(text)
-    assert "hunter2" not in str(refused.value)
+    assert "hunter2" not in str(no.value)
 
 
 def test_udev_names_of_a_v4l2_node_are_sources_and_other_links_under_dev_are_refused(fake_dev) -> None:
@@ -84,7 +85,7 @@ def test_a_by_id_link_is_followed_anew_at_each_open_and_rechecked_there(fake_dev
     were the camera (OpenCV only said it did not open), and one gone is the by-id name missing, not its old node."""
     import os
 
-    from drivers.camera.errors import CameraFault, CameraNodeMissingError
+    from drivers.camera.errors import CameraFault, CameraNodeMissingError, CameraNodeNotDevice
     from drivers.camera.source import CameraLinkElsewhere
 
     name = "usb-Acme_Door_Cam_SN123-video-index0"
@@ -92,7 +93,9 @@ def test_a_by_id_link_is_followed_anew_at_each_open_and_rechecked_there(fake_dev
     by_id = fake_dev.link("by-id", name, "video2")
     source = CameraSource.parse(by_id)
     assert source.current_node() == video2
-    source.open().release()  # a plain file for a node: OpenCV opens none, but it is asked for that node
+    with pytest.raises(CameraNodeNotDevice) as plain:  # a plain file for a node: OpenCV opens none; it is named
+        source.open()
+    assert plain.value.node == video2 and by_id in plain.value.args[0]  # the node the link led to at this open
 
     def replug(target: str) -> None:  # udev moves the link to the node the camera has now
         os.remove(by_id)
@@ -769,3 +772,89 @@ def test_a_host_followed_by_a_path_stays_a_url_missing_its_scheme_whatever_its_e
     with pytest.raises(CameraSourceNoScheme) as caught:
         CameraSource.parse(text)
     assert "s3cret" not in str(caught.value) and "***@" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("written", ["", "   ", "\t"])
+def test_an_empty_source_is_refused_naming_what_to_write(written: str, tmp_path) -> None:
+    """The config takes ``source = "   "`` (it is not empty): the driver said "camera source '' is neither a V4L2
+    device, a stream URL nor a file", with no fix, and doctor's fix was "correct source"."""
+    from agent.config import parse_config
+    from agent.doctor import run_doctor
+    from drivers.camera.source import CameraSourceEmpty
+    from drivers.discovery import cameras
+
+    with pytest.raises(CameraSourceEmpty) as caught:
+        CameraSource.parse(written)
+    error = caught.value
+    assert isinstance(error, CameraSourceError) and error.args[0].startswith("the camera source is empty")
+    assert "/dev/v4l/by-id" in error.fix and "rtsp://" in error.fix and "video file" in error.fix
+    if written.strip() != written:  # config refuses an empty source itself; white space reaches the driver
+        config = parse_config({"agent": {"state_dir": str(tmp_path / "none")}, "verifier": {"url": "https://127.0.0.1:9"},
+                               "keyring": {"backend": "file-insecure-dev"}, "network": {"retries": 0},
+                               "device": [{"kind": "camera", "name": "rig", "source": written}]})
+        line = next(c for c in run_doctor(config).checks if c.name == "device rig")
+        assert line.ok is False and line.detail == f"camera: {error.args[0]}" and line.fix.startswith(error.fix)
+    found = cameras([written], max_index=0)[-1]  # `capture-agent devices --camera "  "`
+    assert error.args[0] in found.description and found.fix == error.fix, found
+
+
+@pytest.mark.parametrize("text", ["-1", " -2 "])
+def test_a_negative_index_is_refused_not_a_missing_video_file(text: str, tmp_path, monkeypatch) -> None:
+    """``-1`` (OpenCV's first camera found) was read as a video file named -1 that "does not exist", its fix
+    running `ls -l -1`."""
+    from drivers.camera.source import CameraSourceNegativeIndex
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / text.strip()).touch()  # even with such a file here: a number is no file name
+    with pytest.raises(CameraSourceNegativeIndex) as caught:
+        CameraSource.parse(text)
+    assert caught.value.args[0].startswith(f"the camera source {text.strip()} is a negative index")
+    assert "/dev/videoN or just N" in caught.value.fix and "ls -l -" not in caught.value.fix
+
+
+def test_a_file_or_a_folder_where_a_video_node_should_be_is_named_with_its_removal(fake_dev) -> None:
+    """A tool given /dev/video0 as its output (no v4l2loopback) leaves a plain file there, and the camera's node
+    can never appear: OpenCV only said it did not open, and the daemon, `devices` said "gives no frame"."""
+    from drivers.camera.errors import CameraFault, CameraNodeNotDevice
+    from drivers.discovery import cameras
+
+    video0 = fake_dev.node("video0")
+    Path(video0).write_bytes(b"\x00" * 4096)  # what an encoder wrote there
+    video1 = fake_dev.root / "video1"
+    video1.mkdir()
+    for node, what in ((video0, "a regular file of 4096 bytes"), (str(video1), "a folder")):
+        with pytest.raises(CameraNodeNotDevice) as caught:
+            CameraSource.parse(node).open()
+        assert caught.value.args[0].startswith(f"the camera node {node} is {what}, not a device node"), caught.value
+        assert f"`rm -r {node}`" in caught.value.fix and "udevadm trigger" in caught.value.fix
+        camera = Camera(node, reconnect=False)
+        try:
+            assert not camera.open_once(timeout_s=5)
+            assert isinstance(camera.fault, CameraFault) and camera.fault.args[0] == caught.value.args[0]
+        finally:
+            camera.stop()
+    found = {f.path: f for f in cameras(max_index=4)}  # `capture-agent devices` lists /dev/video*
+    assert "a regular file of 4096 bytes" in found[video0].description and "rm -r" in found[video0].fix
+    assert "a folder" in found[str(video1)].description, found[str(video1)]
+
+
+@pytest.mark.parametrize(("text", "path"), [("file:///srv/rig/clip.mp4", "/srv/rig/clip.mp4"),
+                                            ("FILE:///srv/rig/my%20clip.avi", "/srv/rig/my clip.avi"),
+                                            ("file://localhost/srv/rig/clip.mp4", "/srv/rig/clip.mp4")])
+def test_a_video_file_written_as_a_file_url_is_refused_naming_its_path(text: str, path: str) -> None:
+    """It was "neither a V4L2 device, a stream URL nor a file", naming no fix, for what is a file."""
+    from drivers.camera.source import CameraSourceFileUrl
+
+    with pytest.raises(CameraSourceFileUrl) as caught:
+        CameraSource.parse(text)
+    assert caught.value.args[0].endswith("is a file:// URL: the agent takes a video file by its path")
+    assert caught.value.fix == f"write the file's path itself: source = {path!r}"
+
+
+def test_a_file_url_of_another_host_names_no_path_of_its_own() -> None:
+    """file://HOST/x is a file on HOST: its path here would be another file, or none."""
+    from drivers.camera.source import CameraSourceFileUrl
+
+    with pytest.raises(CameraSourceFileUrl) as caught:
+        CameraSource.parse("file://admin:hunter2@nas/x.mp4")
+    assert caught.value.fix == "write the video file's absolute path" and "hunter2" not in str(caught.value)

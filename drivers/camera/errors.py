@@ -120,6 +120,24 @@ class CameraFault(CameraError):
     """The camera answers, but what it sends cannot be used: no waiting or replugging fixes it."""
 
 
+class CameraNodeNotDevice(CameraFault):
+    """A V4L2 node path (``/dev/videoN``) that holds a regular file or a folder: something wrote a file under the
+    node's name (a tool given /dev/video0 as its output with no v4l2loopback module makes a plain file), and the
+    kernel cannot make the camera's node there while it stays.
+
+    Why a fault: OpenCV only said it did not open ("gives no frame"); no replug fixes it, removing the file does.
+    Found after a failed open only, so a camera that opens is never looked at twice."""
+
+    def __init__(self, node: str, what: str, via: str = "") -> None:
+        reached = f" (where the camera {via} leads)" if via and via != node else ""
+        super().__init__(
+            f"the camera node {node}{reached} is {what}, not a device node: no camera can appear there while it stays",
+            f"see what it is (`ls -ld {node}`), remove it (`rm -r {node}`: a file some tool wrote in place of the "
+            "node), then replug the camera (or `udevadm trigger`) so the kernel makes its node",
+        )
+        self.node = node
+
+
 class CameraBasicInClear(CameraFault):
     """An http:// camera asks for Basic authentication: the agent will not send its password in clear."""
 

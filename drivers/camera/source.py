@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
 
@@ -27,6 +27,7 @@ from drivers.camera.errors import (
     CameraFileNotVideo,
     CameraFileUnreadable,
     CameraNodeMissingError,
+    CameraNodeNotDevice,
 )
 
 # A URL's scheme (RFC 3986 3.1), and the ones a camera stream may have.
@@ -132,6 +133,66 @@ class CameraLinkElsewhere(CameraSourceError, CameraFault):
 
     def __str__(self) -> str:
         return CameraFault.__str__(self)
+
+
+_SOURCES_FIX = (
+    "set source to the camera: its udev name (`ls -l /dev/v4l/by-id`; `capture-agent devices` lists each camera "
+    "with it), /dev/videoN or just N, rtsp://..., http://.../stream.mjpg, or a video file's absolute path"
+)
+
+
+class CameraSourceEmpty(CameraSourceError, CameraFault):
+    """A source that is empty or only white space (``source = "  "``): the config takes it, as it is not empty.
+    It was said as "camera source '' is neither a V4L2 device, a stream URL nor a file", showing nothing of what
+    was written and naming no fix."""
+
+    def __init__(self, written: str) -> None:
+        shown = f" (only white space: {written!r})" if written else ""
+        CameraFault.__init__(self, f"the camera source is empty{shown}", _SOURCES_FIX)
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+class CameraSourceNegativeIndex(CameraSourceError, CameraFault):
+    """``-1`` (OpenCV's "the first camera it finds"): read as a video file named -1, it "did not exist", with a
+    fix of `ls -l -1`. Refused: the agent opens one named camera, never whichever the kernel lists first."""
+
+    def __init__(self, text: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {text} is a negative index, the number of no camera (OpenCV reads -1 as whichever "
+            "camera it finds first; the agent opens one named camera)",
+            _SOURCES_FIX,
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+class CameraSourceFileUrl(CameraSourceError, CameraFault):
+    """A video file written as a ``file://`` URL (copied from a browser or a file manager): it was refused as
+    "neither a V4L2 device, a stream URL nor a file", which it is, naming no fix. The agent takes the path."""
+
+    def __init__(self, shown: str, path: str) -> None:
+        CameraFault.__init__(
+            self,
+            f"the camera source {shown} is a file:// URL: the agent takes a video file by its path",
+            f"write the file's path itself: source = {path!r}" if path else "write the video file's absolute path",
+        )
+
+    def __str__(self) -> str:
+        return CameraFault.__str__(self)
+
+
+def _file_url_path(text: str) -> str:
+    """The path of a ``file://`` URL on this machine, percent-decoded (``file:///srv/my%20clip.mp4`` is
+    ``/srv/my clip.mp4``); "" when urllib cannot split it, or it names another host (its path is not here)."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return ""
+    return unquote(parts.path) if parts.netloc.lower() in ("", "localhost") else ""
 
 
 def scheme_less_credentials(text: str) -> bool:
@@ -427,7 +488,11 @@ class CameraSource:
 
     @classmethod
     def parse(cls, text: str) -> CameraSource:
-        text = text.strip()
+        written, text = text, text.strip()
+        if not text:
+            raise CameraSourceEmpty(written)
+        if re.fullmatch(r"-\d+", text):
+            raise CameraSourceNegativeIndex(text)
         if re.fullmatch(r"\d+", text):
             return cls(text, "v4l2", int(text))
         if video_node(text):
@@ -444,6 +509,8 @@ class CameraSource:
             # Schemes are case-insensitive (RFC 3986 3.1): HTTP://user:pw@cam/ is a stream, not a file path that
             # "does not exist" with its password in the message. Another scheme is refused, shown redacted.
             scheme = url.group(1).lower()
+            if scheme == "file":
+                raise CameraSourceFileUrl(redact_url(text), _file_url_path(text))
             if scheme not in STREAM_SCHEMES:
                 raise CameraSourceError(redact_url(text))
             text = scheme + text[url.end(1):]
@@ -508,7 +575,11 @@ class CameraSource:
         :func:`check_video_file`), and one OpenCV cannot open is CameraFileNotVideo: its capture is always open."""
         node = self.current_node()  # a by-id link is followed at each open: to the node the camera has now
         if self.kind == "v4l2":
-            return cv2.VideoCapture(node, cv2.CAP_V4L2)
+            capture = cv2.VideoCapture(node, cv2.CAP_V4L2)
+            if not capture.isOpened():
+                capture.release()
+                self._check_node_is_device(node)
+            return capture
         if self.kind == "stream":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
@@ -517,6 +588,22 @@ class CameraSource:
             capture.release()
             raise CameraFileNotVideo(self.text, NOT_A_VIDEO)
         return capture
+
+    def _check_node_is_device(self, node: str | int) -> None:
+        """CameraNodeNotDevice when the node OpenCV could not open is a regular file or a folder (see there);
+        else nothing, and the caller's capture says it did not open, as before (a busy or metadata node)."""
+        path = f"{DEV_ROOT}/video{node}" if isinstance(node, int) else node
+        try:
+            info = os.stat(path)
+        except OSError:  # gone since: the next open says it is missing
+            return
+        if stat.S_ISDIR(info.st_mode):
+            what = "a folder"
+        elif stat.S_ISREG(info.st_mode):
+            what = f"a regular file of {info.st_size} bytes"
+        else:
+            return
+        raise CameraNodeNotDevice(path, what, via=self.text if stable_name(self.text) else "")
 
     @property
     def redacted(self) -> str:
