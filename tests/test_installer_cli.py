@@ -748,3 +748,16 @@ def test_every_installer_command_describes_itself_in_help() -> None:
         assert shown.returncode == 0
         assert words in " ".join(shown.stdout.split()), (command, shown.stdout)
         assert "--config" in shown.stdout, "the global options are listed after the command too"
+
+
+def test_a_token_typed_as_an_argument_is_taken_with_a_warning_naming_standard_input(tmp_path) -> None:
+    """The README keeps the token out of command lines; one typed there was taken without a word."""
+    typed = agent_cli("provision", "--state-dir", str(tmp_path / "state"), "--verifier", "https://127.0.0.1:9",
+                      "--token", "abc", "--ca-fingerprint", "ab" * 32)
+    warning = next(line for line in typed.stderr.splitlines() if line.startswith("warning: "))
+    assert "every local user can read" in warning and "printf '%s\\n' TOKEN |" in warning, warning
+    assert warning.endswith("--token -` (printf is built into the shell)"), warning
+    assert typed.returncode == 2 and "abc" not in typed.stderr.replace(warning, ""), "the token is not repeated"
+    piped = agent_cli("provision", "--state-dir", str(tmp_path / "state"), "--verifier", "https://127.0.0.1:9",
+                      "--token", "-", "--ca-fingerprint", "ab" * 32, stdin="abc\n")
+    assert piped.returncode == 2 and "warning: the token" not in piped.stderr, piped.stderr
