@@ -742,6 +742,10 @@ def test_every_installer_command_describes_itself_in_help() -> None:
         "renew": "picks it up before its next request",
         "health": "/v1/health",
         "run": "One daemon per state directory",
+        "devices": "Exit 1 when a --port or --camera named here is not usable",  # had no description
+        "enroll": "Exit 0 enrolled",
+        "verify": "Exit 0 accepted, 1 refused",
+        "identify": "Exit 0 identified, 1 nobody recognised",
     }
     for command, words in expected.items():
         shown = agent_cli(command, "--help")

@@ -18,15 +18,27 @@ if TYPE_CHECKING:
     from agent.config import AgentConfig
 
 
+# What each command's --help says above its options: the exit statuses a kiosk wrapper scripts on (README).
+DESCRIPTIONS = {
+    "enroll": "A person enrolls at the sensor (or, with --face, the camera) through the running daemon: prompts "
+    "and a progress bar, each capture quality-gated and cross-checked. Exit 0 enrolled, 2 when the session "
+    "could not finish (the error: and fix: lines say why), 130 on Ctrl-C, which cancels it on the daemon.",
+    "verify": "1:1 against the claimed subject through the running daemon; a step-up prompts for another finger "
+    "or the face. Exit 0 accepted, 1 refused, 2 when the session could not finish, 130 on Ctrl-C.",
+    "identify": "1:N: who is at the sensor, among the groups this device may act on, through the running "
+    "daemon. Exit 0 identified, 1 nobody recognised, 2 when the session could not finish, 130 on Ctrl-C.",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
         ("enroll", "enroll a subject"),
         ("verify", "verify a claimed subject"),
         ("identify", "identify who is at the sensor"),
     ):
-        parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)")
+        parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)", description=DESCRIPTIONS[name])
         if name != "identify":
-            parser.add_argument("--subject", required=True)
+            parser.add_argument("--subject", required=True, help="the subject's id (as enrolled: case-sensitive)")
         if name == "enroll":
             parser.add_argument("--captures", type=int, default=3, help="captures to consolidate (default 3)")
             parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
