@@ -765,3 +765,19 @@ def test_a_token_typed_as_an_argument_is_taken_with_a_warning_naming_standard_in
     piped = agent_cli("provision", "--state-dir", str(tmp_path / "state"), "--verifier", "https://127.0.0.1:9",
                       "--token", "-", "--ca-fingerprint", "ab" * 32, stdin="abc\n")
     assert piped.returncode == 2 and "warning: the token" not in piped.stderr, piped.stderr
+
+
+def test_what_enroll_prints_names_what_was_stored() -> None:
+    """A match-on-sensor enrollment, whose answer counts no templates, printed "(None templates)"."""
+    from agent.commands.sessions import enrollment_line
+
+    finger = {"type": "result", "operation": "enroll", "subject": "ana", "group": "staff", "templates": 6}
+    face = {**finger, "modality": "face", "templates": 3}
+    sensor = {"type": "result", "operation": "enroll", "subject": "eve", "group": "default",
+              "reader": {"driver": "virtual_device", "device": "Virtual device for debugging"},
+              "assurance": "match-on-sensor"}
+    assert enrollment_line(finger) == "enrolled ana in group staff (6 templates)"
+    assert enrollment_line(face) == "enrolled ana in group staff (3 face templates)"
+    assert enrollment_line(sensor) == (
+        "enrolled eve in group default (a print kept on the reader's sensor: match-on-sensor)"
+    )

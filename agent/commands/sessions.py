@@ -231,6 +231,19 @@ def _cancel(api, session: dict, device: str = "the sensor") -> int:
     return 130
 
 
+def enrollment_line(event: dict) -> str:
+    """What an enrollment stored, in words: templates, face templates, or a print kept on the reader's sensor.
+
+    Why by kind: a match-on-sensor enrollment's answer names its reader, not a count of templates (the
+    print never leaves the sensor), and the line said "(None templates)".
+    """
+    who = f"enrolled {event.get('subject')} in group {event.get('group')}"
+    if isinstance(event.get("templates"), int):
+        noun = "face templates" if event.get("modality") == FACE else "templates"
+        return f"{who} ({event['templates']} {noun})"
+    return f"{who} (a print kept on the reader's sensor: match-on-sensor)"
+
+
 def identification_lines(event: dict) -> list[str]:
     """Who was identified, in words; the weaker candidates said to be what they are.
 
@@ -278,7 +291,7 @@ def _show(event: dict, outcome: int) -> int:
         if "candidates" in event:
             print("\n".join(identification_lines(event)), flush=True)
             return 0 if event["candidates"] else 1
-        print(f"enrolled {event.get('subject')} in group {event.get('group')} ({event.get('templates')} templates)")
+        print(enrollment_line(event))
         return 0
     elif kind == "error":
         print(f"error: {event.get('message', kind)}", file=sys.stderr)
