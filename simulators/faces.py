@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from simulators.errors import SimulatorError
 from simulators.images import read_image
 
 WALL = 120  # the grey of the wall behind the person
@@ -34,15 +35,28 @@ def on_canvas(face: np.ndarray, size: tuple[int, int] = (320, 240)) -> np.ndarra
     return canvas
 
 
-def poses(folder: Path, frontal: str, turned_right: str, size: tuple[int, int] = (320, 240)) -> dict[str, np.ndarray]:
-    """The frames of a person for each prompt code: ``look_at_camera``, ``turn_head_right``, ``turn_head_left``."""
+def poses(
+    folder: Path, frontal: str, turned: str, size: tuple[int, int] = (320, 240), *, turned_to: str = "right"
+) -> dict[str, np.ndarray]:
+    """The frames of a person for each prompt code: ``look_at_camera``, ``turn_head_right``, ``turn_head_left``.
+
+    ``turned`` is an image of the person turned to their ``turned_to`` side; its mirror image is the other
+    turn. Why the side: ORL's people turn either way, and the images whose landmarks move least from the
+    frontal one (so that a rig's one-frame switch passes the daemon's tracker, see README "Faces in a rig")
+    are turned to the person's left.
+    """
+    if turned_to not in ("left", "right"):
+        raise SimulatorError(f"turned_to {turned_to!r} is no side", 'give turned_to="left" or "right"')
+
     def read(name: str) -> np.ndarray:
         fix = "give a folder of the ORL / AT&T faces (s1 ... s40, each holding 1.pgm ... 10.pgm)"
         return read_image(Path(folder) / f"{name}.pgm", color=True, fix=fix)
 
-    right = read(turned_right)
+    image = read(turned)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    right, left = (image, mirrored) if turned_to == "right" else (mirrored, image)
     return {
         "look_at_camera": on_canvas(read(frontal), size),
         "turn_head_right": on_canvas(right, size),
-        "turn_head_left": on_canvas(np.ascontiguousarray(right[:, ::-1]), size),
+        "turn_head_left": on_canvas(left, size),
     }

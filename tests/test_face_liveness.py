@@ -205,3 +205,54 @@ def test_real_head_turns_of_orl_follow_a_challenge_and_its_still_photo_does_not(
     still = LivenessTracker(Challenge((TURN_RIGHT, LOOK_BACK)))
     state = [still.observe(k / 5.0, frontal) for k in range(20)][-1]
     assert (state.status, state.reason) == ("failed", STILL)
+
+
+def readme_rig_poses() -> tuple[str, str, str, str]:
+    """(person, frontal, turned, side) of the README's "Faces in a rig" recipe, as written there."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    recipe = readme[readme.index("**Faces in a rig.**"):]
+    recipe = recipe[: recipe.index("```\n", recipe.index("```sh"))]
+    call = re.search(r'poses\(Path\(sys\.argv\[1\]\), "(\d+)", "(\d+)", \(640, 480\), turned_to="(\w+)"\)', recipe)
+    person = re.search(r"att_faces/(s\d+)\n", recipe)
+    assert call and person, recipe
+    return person.group(1), call.group(1), call.group(2), call.group(3)
+
+
+@pytest.mark.parametrize("first", [TURN_LEFT, TURN_RIGHT])
+def test_the_readme_rigs_face_stills_pass_the_daemons_tracker_switched_in_one_frame(
+    face_pipeline, att_faces, first: str
+) -> None:
+    """A rig switching `capture-simulator camera` stills on the prompts: the daemon's tracker (its defaults,
+    max_jump 1.0) must take each switch. s1's 1 and 3 (the demo's, with max_jump 2.0 in-process) read as a
+    face lost, so a rig following the demo failed every face session through the daemon."""
+    from simulators.faces import poses
+
+    person, frontal, turned, side = readme_rig_poses()
+    frames = poses(att_faces / person, frontal, turned, (640, 480), turned_to=side)
+    face = {code: face_pipeline.detector.detect(frame)[0] for code, frame in frames.items()}
+    other = TURN_RIGHT if first == TURN_LEFT else TURN_LEFT
+    steps = (first, LOOK_BACK, other, LOOK_BACK)
+    tracker = LivenessTracker(Challenge(steps))
+    shown = [face[LOOK_BACK]] * 3 + [face[code] for code in steps for _ in range(3)]
+    state = [tracker.observe(k / FPS, f) for k, f in enumerate(shown)][-1]
+    assert state.status == "passed", state
+
+    demo = poses(att_faces / "s1", "1", "3", (640, 480))
+    lost = LivenessTracker(Challenge(steps))
+    shown = [face_pipeline.detector.detect(demo[code])[0] for code in (LOOK_BACK, first)]
+    assert [lost.observe(k / FPS, f) for k, f in enumerate(shown)][-1].reason == FACE_LOST
+
+
+def test_poses_take_the_side_the_turned_image_is_turned_to(att_faces) -> None:
+    from simulators.errors import SimulatorError
+    from simulators.faces import poses
+
+    right = poses(att_faces / "s4", "9", "10")
+    left = poses(att_faces / "s4", "9", "10", turned_to="left")
+    assert (left["turn_head_left"] == right["turn_head_right"]).all()
+    assert (left["turn_head_right"] == right["turn_head_left"]).all()
+    with pytest.raises(SimulatorError, match="no side"):
+        poses(att_faces / "s4", "9", "10", turned_to="up")

@@ -250,3 +250,21 @@ def test_identify_on_a_sensor_with_storage(fprint_socket_dir) -> None:
         assert reader.identify(enrolled, timeout_s=10) == 0
     finally:
         reader.close()
+
+
+def test_the_udev_generator_takes_help_and_names_a_missing_hwdb_in_one_line(tmp_path) -> None:
+    """`--help` was read as the hwdb's path, and a missing hwdb (no libfprint) was a FileNotFoundError traceback."""
+    def generator(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "drivers.fprint.udev", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    helped = generator("--help")
+    assert helped.returncode == 0 and "capture-readers" in helped.stdout, helped.stderr
+    missing = generator(str(tmp_path / "none.hwdb"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.startswith("python -m drivers.fprint.udev: error: cannot read ")
+    assert "(fix: install libfprint (apt-get install libfprint-2-2)" in missing.stderr
+    hwdb = tmp_path / "60-autosuspend-libfprint-2.hwdb"
+    hwdb.write_text("# Supported by libfprint driver uru4000\nusb:v05BAp000A*\n ID_AUTOSUSPEND=1\n")
+    made = generator(str(hwdb))
+    assert made.returncode == 0 and 'ATTR{idVendor}=="05ba", ATTR{idProduct}=="000a"' in made.stdout

@@ -742,9 +742,42 @@ def test_every_installer_command_describes_itself_in_help() -> None:
         "renew": "picks it up before its next request",
         "health": "/v1/health",
         "run": "One daemon per state directory",
+        "devices": "Exit 1 when a --port or --camera named here is not usable",  # had no description
+        "enroll": "Exit 0 enrolled",
+        "verify": "Exit 0 accepted, 1 refused",
+        "identify": "Exit 0 identified, 1 nobody recognised",
     }
     for command, words in expected.items():
         shown = agent_cli(command, "--help")
         assert shown.returncode == 0
         assert words in " ".join(shown.stdout.split()), (command, shown.stdout)
         assert "--config" in shown.stdout, "the global options are listed after the command too"
+
+
+def test_a_token_typed_as_an_argument_is_taken_with_a_warning_naming_standard_input(tmp_path) -> None:
+    """The README keeps the token out of command lines; one typed there was taken without a word."""
+    typed = agent_cli("provision", "--state-dir", str(tmp_path / "state"), "--verifier", "https://127.0.0.1:9",
+                      "--token", "abc", "--ca-fingerprint", "ab" * 32)
+    warning = next(line for line in typed.stderr.splitlines() if line.startswith("warning: "))
+    assert "every local user can read" in warning and "printf '%s\\n' TOKEN |" in warning, warning
+    assert warning.endswith("--token -` (printf is built into the shell)"), warning
+    assert typed.returncode == 2 and "abc" not in typed.stderr.replace(warning, ""), "the token is not repeated"
+    piped = agent_cli("provision", "--state-dir", str(tmp_path / "state"), "--verifier", "https://127.0.0.1:9",
+                      "--token", "-", "--ca-fingerprint", "ab" * 32, stdin="abc\n")
+    assert piped.returncode == 2 and "warning: the token" not in piped.stderr, piped.stderr
+
+
+def test_what_enroll_prints_names_what_was_stored() -> None:
+    """A match-on-sensor enrollment, whose answer counts no templates, printed "(None templates)"."""
+    from agent.commands.sessions import enrollment_line
+
+    finger = {"type": "result", "operation": "enroll", "subject": "ana", "group": "staff", "templates": 6}
+    face = {**finger, "modality": "face", "templates": 3}
+    sensor = {"type": "result", "operation": "enroll", "subject": "eve", "group": "default",
+              "reader": {"driver": "virtual_device", "device": "Virtual device for debugging"},
+              "assurance": "match-on-sensor"}
+    assert enrollment_line(finger) == "enrolled ana in group staff (6 templates)"
+    assert enrollment_line(face) == "enrolled ana in group staff (3 face templates)"
+    assert enrollment_line(sensor) == (
+        "enrolled eve in group default (a print kept on the reader's sensor: match-on-sensor)"
+    )

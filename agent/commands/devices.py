@@ -11,7 +11,14 @@ from agent.options import add_common_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("devices", help="list serial modules, USB fingerprint readers and cameras")
+    parser = sub.add_parser(
+        "devices",
+        help="list serial modules, USB fingerprint readers and cameras",
+        description="What this machine has for the daemon to drive: serial ports answering the module handshake, "
+        "known USB fingerprint readers and what libfprint can drive, cameras (/dev/video* with the by-id name "
+        "to put in the config, and each --camera read once); for each, what it can do and whether this user "
+        "may open it, with the fix. Exit 1 when a --port or --camera named here is not usable, 0 otherwise.",
+    )
     add_common_arguments(parser)  # accepted like every command's (README); discovery itself needs no config
     parser.add_argument("--port", action="append", default=[], help="also probe this serial port (repeatable)")
     parser.add_argument(

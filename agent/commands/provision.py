@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if not token:
         raise ProvisioningError("the token is empty", fix="pass the token printed by `capture-verifier token new`")
+    if args.token != "-":  # noqa: S105
+        _warn_token_in_command_line()
     result = asyncio.run(provision(config, token, args.ca_fingerprint, force=args.force))
     ident = result.identity
     print(f"provisioned device {ident.device_id}")
@@ -58,3 +60,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {result.clock_warning.message}", file=sys.stderr)
         print(f"fix: {result.clock_warning.fix}", file=sys.stderr)
     return 0
+
+
+def _warn_token_in_command_line() -> None:
+    """Say that a token typed as an argument could be read; provisioning goes on (the token is single-use).
+
+    Why: the README's recipes keep it on standard input, since a command line is readable by every
+    local user (/proc/PID/cmdline) while it runs and ``systemd-run`` writes it to the journal; a token
+    typed as an argument was taken without a word, so the installer never learnt the habit.
+    """
+    print(
+        "warning: the token is in this command line, which every local user can read while it runs "
+        "(/proc/PID/cmdline; under systemd-run, the journal too): next time give it on standard input, "
+        "`printf '%s\\n' TOKEN | capture-agent provision ... --token -` (printf is built into the shell)",
+        file=sys.stderr,
+    )

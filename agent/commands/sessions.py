@@ -18,15 +18,27 @@ if TYPE_CHECKING:
     from agent.config import AgentConfig
 
 
+# What each command's --help says above its options: the exit statuses a kiosk wrapper scripts on (README).
+DESCRIPTIONS = {
+    "enroll": "A person enrolls at the sensor (or, with --face, the camera) through the running daemon: prompts "
+    "and a progress bar, each capture quality-gated and cross-checked. Exit 0 enrolled, 2 when the session "
+    "could not finish (the error: and fix: lines say why), 130 on Ctrl-C, which cancels it on the daemon.",
+    "verify": "1:1 against the claimed subject through the running daemon; a step-up prompts for another finger "
+    "or the face. Exit 0 accepted, 1 refused, 2 when the session could not finish, 130 on Ctrl-C.",
+    "identify": "1:N: who is at the sensor, among the groups this device may act on, through the running "
+    "daemon. Exit 0 identified, 1 nobody recognised, 2 when the session could not finish, 130 on Ctrl-C.",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
         ("enroll", "enroll a subject"),
         ("verify", "verify a claimed subject"),
         ("identify", "identify who is at the kiosk (by finger, or by face with --face)"),
     ):
-        parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)")
+        parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)", description=DESCRIPTIONS[name])
         if name != "identify":
-            parser.add_argument("--subject", required=True)
+            parser.add_argument("--subject", required=True, help="the subject's id (as enrolled: case-sensitive)")
         if name == "enroll":
             parser.add_argument("--captures", type=int, default=3, help="captures to consolidate (default 3)")
             parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
@@ -255,6 +267,19 @@ def _cancel(api, session: dict, devices: str = f"{SENSOR} is") -> int:
     return 130
 
 
+def enrollment_line(event: dict) -> str:
+    """What an enrollment stored, in words: templates, face templates, or a print kept on the reader's sensor.
+
+    Why by kind: a match-on-sensor enrollment's answer names its reader, not a count of templates (the
+    print never leaves the sensor), and the line said "(None templates)".
+    """
+    who = f"enrolled {event.get('subject')} in group {event.get('group')}"
+    if isinstance(event.get("templates"), int):
+        noun = "face templates" if event.get("modality") == FACE else "templates"
+        return f"{who} ({event['templates']} {noun})"
+    return f"{who} (a print kept on the reader's sensor: match-on-sensor)"
+
+
 def identification_lines(event: dict) -> list[str]:
     """Who was identified, in words; the weaker candidates said to be what they are.
 
@@ -312,7 +337,7 @@ def _show(event: dict, outcome: int) -> int:
         if "candidates" in event:
             print("\n".join(identification_lines(event)), flush=True)
             return 0 if event["candidates"] else 1
-        print(f"enrolled {event.get('subject')} in group {event.get('group')} ({event.get('templates')} templates)")
+        print(enrollment_line(event))
         return 0
     elif kind == "error":
         print(f"error: {event.get('message', kind)}", file=sys.stderr)

@@ -49,9 +49,27 @@ def rules(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else HWDB
-    sys.stdout.write(rules(path.read_text()))
+    """Print the rules made from HWDB (or the hwdb file given); a usage or a missing file is one error line.
+
+    Why not a traceback: ``--help`` was read as the hwdb's path, and a machine without libfprint
+    (where the hwdb is absent) got FileNotFoundError's traceback instead of what to install.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m drivers.fprint.udev",
+        description="Print the udev rule lines that give the capture-readers group every USB reader libfprint "
+        "supports, from libfprint's hwdb; systemd/60-capture-agent.rules holds them between the BEGIN/END markers.",
+    )
+    parser.add_argument("hwdb", nargs="?", type=Path, default=HWDB, help=f"libfprint's hwdb file (default {HWDB})")
+    args = parser.parse_args(argv)
+    try:
+        text = args.hwdb.read_text()
+    except OSError as exc:
+        fix = "install libfprint (apt-get install libfprint-2-2), or give the path of its hwdb file"
+        print(f"{parser.prog}: error: cannot read {args.hwdb}: {exc.strerror or exc} (fix: {fix})", file=sys.stderr)
+        return 2
+    sys.stdout.write(rules(text))
     return 0
 
 
