@@ -466,6 +466,24 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the database, beside a running serve (verifier/backup.py says why not `cp`)."""
+    from verifier.backup import back_up
+
+    settings = settings_from(args)
+    _need_pki(settings)
+    conn = _open_store(settings)
+    try:
+        done = back_up(conn, Path(args.to))
+    finally:
+        conn.close()
+    print(f"backed up {settings.database} to {done.path} ({done.bytes} bytes, 0600): "
+          f"{done.devices} device(s), {done.subjects} enrolled subject(s)")
+    print(f"{settings.enrollment_key.name} is not in it: its templates are sealed under that key; keep one copy "
+          f"of {settings.enrollment_key} apart from the backups (it never changes)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve on the database opened once, here, where one that cannot be opened is named (not a traceback).
 
@@ -619,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     require.add_argument("--factors", required=True, help="comma list of finger, face")
     require.set_defaults(run=cmd_subject_require)
 
+    backup = with_pki(sub.add_parser(
+        "backup", help="a consistent copy of the database to a new file, while serve runs (not enrollment.key)"
+    ))
+    backup.add_argument("--to", required=True, help="the new file to write (never written over)")
+    backup.set_defaults(run=cmd_backup)
     serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8443; 0 picks a free one)")

@@ -1,0 +1,73 @@
+"""`capture-verifier backup`: a consistent copy of the database beside a running serve, never over a file.
+
+Real `capture-verifier` processes; the verifier the fixture runs holds the
+database open (WAL) while the backup reads it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import stat
+from pathlib import Path
+
+from tests.test_verifier_operator_cli import cli, refused
+from verifier.at_rest_key import load_or_create_key
+from verifier.enrollments import EnrollmentStore
+from verifier.store import open_database
+
+
+def test_a_backup_beside_a_running_verifier_holds_its_last_commits_checked_and_private(
+    verifier, provisioned, tmp_path: Path
+) -> None:
+    """The enrollment written last sits in the WAL while serve holds the database open: `cp` of the
+    database file alone would miss it; the backup holds it, and the device the verifier registered."""
+    conn = open_database(verifier.pki_dir / "verifier.sqlite")
+    try:
+        key = load_or_create_key(verifier.pki_dir / "enrollment.key", conn)
+        EnrollmentStore(conn, key).add("ana", "kiosk-1", [b"a sealed record"])
+    finally:
+        conn.close()
+    naive = tmp_path / "cp-of-the-file.sqlite"
+    shutil.copy(verifier.pki_dir / "verifier.sqlite", naive)
+    with sqlite3.connect(naive) as copied:  # the schema serve made is still in the WAL too
+        tables = {row[0] for row in copied.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "enrollments" not in tables or copied.execute("SELECT count(*) FROM enrollments").fetchone() == (0,)
+    target = tmp_path / "backups" / "verifier-1.sqlite"
+    target.parent.mkdir()
+    done = cli("backup", "--pki", str(verifier.pki_dir), "--to", str(target))
+    assert done.returncode == 0, done.stderr
+    assert "1 device(s), 1 enrolled subject(s)" in done.stdout
+    assert "enrollment.key is not in it" in done.stdout
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with sqlite3.connect(target) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT device_id FROM devices").fetchall() == [("kiosk-1",)]
+        (nonce, sealed), = copy.execute("SELECT nonce, ciphertext FROM enrollments").fetchall()
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    assert AESGCM(key).decrypt(nonce, sealed, b"ana") == b"a sealed record", "the copy opens with the live key"
+
+
+def test_a_backup_is_never_written_over_a_file_nor_into_a_missing_folder(verifier_state: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "yesterday.sqlite"
+    existing.write_bytes(b"yesterday's backup")
+    error, fix = refused(cli("backup", "--pki", str(verifier_state), "--to", str(existing)))
+    assert "exists: a backup is never written over a file" in error and "new file name" in fix
+    assert existing.read_bytes() == b"yesterday's backup"
+    error, fix = refused(cli("backup", "--pki", str(verifier_state), "--to", str(tmp_path / "nope" / "b.sqlite")))
+    assert "is not a folder" in error and "create the folder" in fix
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_full_destination_is_named_as_the_backups_not_the_database(verifier_state: Path, tiny_filesystem) -> None:
+    """The copy's disk filled: the error names where the backup goes, and leaves no partial file there."""
+    conn = open_database(verifier_state / "verifier.sqlite")  # a database larger than what is left there
+    conn.execute("CREATE TABLE padding (blob BLOB)")
+    conn.execute("INSERT INTO padding VALUES (zeroblob(300000))")
+    conn.close()
+    (tiny_filesystem / "filler").write_bytes(bytes(200_000))  # of 256 KiB
+    error, fix = refused(cli("backup", "--pki", str(verifier_state), "--to", str(tiny_filesystem / "b.sqlite")))
+    assert f"cannot write the backup to {tiny_filesystem / 'b.sqlite'}" in error
+    assert f"df -h {tiny_filesystem}" in fix
+    assert sorted(p.name for p in tiny_filesystem.iterdir()) == ["filler"]
