@@ -471,3 +471,30 @@ def test_a_locked_out_subject_s_factors_are_not_told_by_a_challenge(tmp_path, sy
     assert before["type"].endswith("/face-not-enrolled"), before  # unlocked: said before the head turns
     assert status == 200
     assert after_status == 429 and after["type"].endswith("/subject-locked"), after
+
+
+@pytest.mark.verifier_settings("identify_fpir = 0.00001")
+def test_the_identification_threshold_grows_with_what_it_searches(device, synthetic_templates) -> None:
+    """A stranger is compared with every template searched, once per view: the threshold keeps the chance that an
+    identification names someone at identify_fpir, so it rises with the gallery and the views (verifier/ranking)."""
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.settings import VerifierSettings
+
+    t = synthetic_templates
+    enroll_fingers(device, t, "alice", [0, 2])  # 4 templates
+    enroll(device, t, {"bob": 1})  # 2 templates
+
+    async def steps(client):
+        answers = []
+        for views in ([t[1][2]], [t[1][2], t[3][0]]):  # the second with a stranger's view beside
+            body = await device.signed(client, "/v1/identifications", templates=[wire(v) for v in views])
+            answers.append(await client.call("POST", "/v1/identifications", json=body))
+        return answers
+
+    one_view, two_views = device.run(steps)
+    verify_threshold = threshold_for_fmr(VerifierSettings().target_fmr)
+    expected = [max(verify_threshold, threshold_for_fmr(1e-5 / (views * 6))) for views in (1, 2)]
+    assert [one_view["threshold"], two_views["threshold"]] == [round(x, 4) for x in expected]
+    assert verify_threshold < expected[0] < expected[1], "stricter than 1:1, and more so for more views"
+    assert one_view["candidates"][0]["subject"] == "bob", "a genuine mate still clears it"
+    assert all(c["score"] >= two_views["threshold"] for c in two_views["candidates"])

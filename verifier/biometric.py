@@ -44,7 +44,7 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -72,7 +72,7 @@ from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import IDENTIFY_TOP_K, ranked
+from verifier.ranking import IDENTIFY_TOP_K, identification_threshold, ranked
 from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
@@ -99,6 +99,7 @@ class BiometricRoutes:
         self.threshold = threshold_for_fmr(settings.target_fmr)
         # One search per new template against every other subject: N comparisons, so a stricter rate.
         self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
+        self.identify_fpir = settings.identify_fpir  # 1:N's threshold grows with the search (verifier/ranking.py)
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
         self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s, settings.lockout_devices)
@@ -115,7 +116,9 @@ class BiometricRoutes:
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
-        self.faces = FaceRoutes(self, conn, key, settings.target_fmr, settings.duplicate_fmr)  # verifier/faces.py
+        self.faces = FaceRoutes(  # verifier/faces.py
+            self, conn, key, settings.target_fmr, settings.duplicate_fmr, settings.identify_fpir
+        )
         self.sensor_prints = SensorPrints(conn)  # subjects enrolled on a match-on-sensor reader
         # Subjects' packed templates: written by pool threads, invalidated by the loop (generation).
         self._packs: dict[str, _SubjectPack] = {}
@@ -126,6 +129,7 @@ class BiometricRoutes:
         self._gallery_queue: deque[tuple[str, FingerprintTemplate]] = deque()
         self._gallery_loaded = False
         self._gallery_size = 0  # templates in the gallery once the queue is drained
+        self._templates_of: Counter[str] = Counter()  # the same, per subject: what one identification searches
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
@@ -482,6 +486,7 @@ class BiometricRoutes:
             for subject, template in self.enrollments.all():
                 self._gallery_queue.append((subject, template))
                 self._gallery_size += 1
+                self._templates_of[subject] += 1
             self._gallery_loaded = True
 
     def _gallery_index(self, budget: Budget) -> GalleryIndex:
@@ -668,6 +673,7 @@ class BiometricRoutes:
             for view in views:
                 self._gallery_queue.append((subject, view))
                 self._gallery_size += 1
+                self._templates_of[subject] += 1
             log.info(
                 "enrollment",
                 audit=True,
@@ -1023,6 +1029,9 @@ class BiometricRoutes:
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
         self.charge(request, len(views) * self._gallery_size)
+        searched = self._gallery_size if among is None else sum(self._templates_of[s] for s in among)
+        threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(views) * searched,
+                                             self.threshold)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
@@ -1039,7 +1048,7 @@ class BiometricRoutes:
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
             best, locked = self.unlocked(device_id, best)
-            candidates = ranked(best, self.threshold)
+            candidates = ranked(best, threshold)
             log.info(
                 "identification_attempt",
                 audit=True,
@@ -1050,7 +1059,7 @@ class BiometricRoutes:
                 groups=",".join(sorted(allowed)) if allowed is not None else "*",
             )
             timing = f"match;dur={match_ms:.3f}".encode()
-            answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
+            answer = {"candidates": candidates, "threshold": round(threshold, 4)}
             return json_answer(200, answer, ((b"server-timing", timing),))
 
         return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))

@@ -55,7 +55,7 @@ from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import ranked
+from verifier.ranking import identification_threshold, ranked
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
@@ -177,12 +177,13 @@ class FaceRoutes:
     """The face side of enroll, verify and identify; the gate and the subject checks stay in BiometricRoutes."""
 
     def __init__(self, bio: BiometricRoutes, conn: sqlite3.Connection, key: bytes, target_fmr: float,
-                 duplicate_fmr: float) -> None:
+                 duplicate_fmr: float, identify_fpir: float) -> None:
         self.bio = bio
         self.store = FaceEnrollments(conn, key)
         self.rules = FactorRules(conn)
         self.threshold = threshold_for_fmr(target_fmr)
         self.duplicate_threshold = threshold_for_fmr(duplicate_fmr)
+        self.identify_fpir = identify_fpir  # 1:N's threshold grows with the search (verifier/ranking.py)
         # Every enrolled embedding: loaded once on the loop, then each enrollment's appended (a new tuple, so a
         # pool thread holding the previous one reads it unchanged).
         self._gallery: tuple[list[str], np.ndarray] | None = None
@@ -409,6 +410,8 @@ class FaceRoutes:
         names = [s for s, k in zip(subjects, keep, strict=True) if k]
         rows = gallery[keep] if len(subjects) else gallery
         self.bio.charge(request, len(probes) * len(names))
+        threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(probes) * len(rows),
+                                             self.threshold)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
@@ -423,11 +426,11 @@ class FaceRoutes:
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
             best, locked = self.bio.unlocked(device_id, best)  # a lockout is no oracle through 1:N
-            candidates = ranked(best, self.threshold)
+            candidates = ranked(best, threshold)
             log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,
                      outcome="candidates" if candidates else "no_candidate", candidates=len(candidates),
                      locked_out=locked, groups=groups)
-            answer = {"candidates": candidates, "threshold": round(self.threshold, 4)}
+            answer = {"candidates": candidates, "threshold": round(threshold, 4)}
             return json_answer(200, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
 
         return Deferred(device_id, work, finish, lambda: self.bio.challenges.release(device_id, str(body["nonce"])))

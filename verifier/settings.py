@@ -48,6 +48,7 @@ class VerifierSettings:
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
     duplicate_fmr: float = 1e-6  # enrollment's 1:N search against other subjects: stricter (N comparisons each)
+    identify_fpir: float = 1e-3  # an identification names someone for a stranger at most this often (verifier/ranking)
     enrollment_key_file: Path | None = None  # default: <pki_dir>/enrollment.key (made on first start)
     renewals_per_hour: int = 4  # certificates a device may be issued per hour (its first one included)
     # Refused EST requests (bad CSR, reused key, revoked id) per minute: per device at renewal, per bootstrap
@@ -137,6 +138,8 @@ def _checked(settings: VerifierSettings) -> VerifierSettings:
         raise SettingsError(f"bad value target_fmr = {settings.target_fmr!r}", fix="use a rate such as 0.0001")
     if not 0 < settings.duplicate_fmr < 0.1:
         raise SettingsError(f"bad value duplicate_fmr = {settings.duplicate_fmr!r}", fix="use a rate such as 0.000001")
+    if not 0 < settings.identify_fpir < 0.5:
+        raise SettingsError(f"bad value identify_fpir = {settings.identify_fpir!r}", fix="use a rate such as 0.001")
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"bad value port = {settings.port!r}", fix="use 0 (a free port) to 65535")
     if settings.match_queue < 0:
