@@ -808,7 +808,7 @@ def test_a_negative_index_is_refused_not_a_missing_video_file(text: str, tmp_pat
     (tmp_path / text.strip()).touch()  # even with such a file here: a number is no file name
     with pytest.raises(CameraSourceNegativeIndex) as caught:
         CameraSource.parse(text)
-    assert caught.value.args[0].startswith(f"the camera source {text.strip()} is a negative index")
+    assert caught.value.args[0].startswith(f"the camera source {text.strip()} is a negative number")
     assert "/dev/videoN or just N" in caught.value.fix and "ls -l -" not in caught.value.fix
 
 

@@ -175,10 +175,14 @@ def test_a_folder_an_empty_file_or_a_fifo_named_like_a_video_is_said_so_without_
     clip = tmp_path / "clip.mp4"
     {"folder": clip.mkdir, "empty": clip.touch, "fifo": lambda: os.mkfifo(clip)}[kind]()
     said = {"folder": "is a folder", "empty": "is empty", "fifo": "is a FIFO"}[kind]
-    with pytest.raises(CameraFileNotVideo, match=f"^the video file {clip} {said}"):
+    with pytest.raises(CameraFileNotVideo, match=f"^the video file {clip} {said}") as caught:
         CameraSource.parse(str(clip)).check_present()
+    wanted = "http://.../stream.mjpg" if kind == "fifo" else f"`ffprobe {clip}`"  # a pipe: the live feed's kinds
+    assert wanted in caught.value.fix, caught.value.fix
     line = _doctor_line(_camera_config(tmp_path, str(clip)), "rig")
     assert line.ok is False and said in line.detail, line
+    found = cameras([str(clip)], max_index=0)[-1]  # `capture-agent devices --camera`: a FIFO held it for good
+    assert said in found.description and found.fix == caught.value.fix, found
     camera = Camera(str(clip), reconnect=False)
     try:
         assert not camera.open_once(timeout_s=5) and isinstance(camera.open_error, CameraFileNotVideo)

@@ -90,7 +90,7 @@ class CameraFileUnreadable(CameraUnavailable):
                 "user's group and `chmod g+r` it)"
             )
         super().__init__(message, fix)
-        self.path, self.setting = path, setting
+        self.path = path
 
 
 class CameraFileNotVideo(CameraUnavailable):
@@ -100,8 +100,8 @@ class CameraFileNotVideo(CameraUnavailable):
     Why typed: OpenCV only says it did not open (or gives no frame), which read as an unplugged camera. A
     CameraUnavailable, retried as before: a rig copying a clip in place has a part of it there for a while."""
 
-    def __init__(self, path: str, why: str, *, setting: str = "the camera's source") -> None:
-        if why.startswith("is a FIFO"):
+    def __init__(self, path: str, why: str, *, pipe: bool = False, setting: str = "the camera's source") -> None:
+        if pipe:  # no file to fix: a live feed has its own kinds of source
             fix = (
                 f"give {setting} the recorded video file itself; a live feed is served as an MJPEG stream "
                 "(http://.../stream.mjpg, as `capture-simulator camera` serves one) or an rtsp:// URL"

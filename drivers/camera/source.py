@@ -161,7 +161,7 @@ class CameraSourceNegativeIndex(CameraSourceError, CameraFault):
     def __init__(self, text: str) -> None:
         CameraFault.__init__(
             self,
-            f"the camera source {text} is a negative index, the number of no camera (OpenCV reads -1 as whichever "
+            f"the camera source {text} is a negative number, which names no camera (OpenCV reads -1 as whichever "
             "camera it finds first; the agent opens one named camera)",
             _SOURCES_FIX,
         )
@@ -471,7 +471,9 @@ def check_video_file(path: str) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise CameraFileNotVideo(path, "is a folder, not a video file")
     if stat.S_ISFIFO(info.st_mode):
-        raise CameraFileNotVideo(path, "is a FIFO (named pipe), not a video file: its open would wait for a writer")
+        raise CameraFileNotVideo(
+            path, "is a FIFO (named pipe), not a video file: its open would wait for a writer", pipe=True
+        )
     if stat.S_ISSOCK(info.st_mode):
         raise CameraFileNotVideo(path, "is a socket, not a video file")
     if not os.access(path, os.R_OK):
