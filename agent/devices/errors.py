@@ -33,12 +33,21 @@ class DeviceUnavailable(DeviceError):
 
 class NoDeviceFor(DeviceError):
     """No device made can do what a session needs. ``not_set_up`` (name, error, fix): the configured devices that
-    would have, had they been set up at start. Why: a session then heard "add a [[device]] that can" of a reader
-    or camera that is in the config, whose real trouble (libfprint missing, a source refused) went unsaid."""
+    would have, had they been set up at start; ``waiting``: those made but never open yet, which may. Why: a
+    session then heard "add a [[device]] that can" of a reader or camera that is in the config, whose real
+    trouble (libfprint missing, a source refused, a reader not plugged in) went unsaid."""
 
     def __init__(
-        self, capability: str, configured: list[str], not_set_up: Sequence[tuple[str, str, str]] = ()
+        self, capability: str, configured: list[str], not_set_up: Sequence[tuple[str, str, str]] = (),
+        waiting: Sequence[str] = (),
     ) -> None:
+        if waiting:  # made, never opened yet (a libfprint reader tells what it can do only once open)
+            super().__init__(
+                f"no connected device can do {capability}: {', '.join(waiting)} not connected",
+                "plug it in (the agent reopens it by itself within a few seconds), then try again; "
+                "`capture-agent devices` shows what is found",
+            )
+            return
         if not_set_up:
             super().__init__(
                 f"no device can do {capability}: "
