@@ -72,10 +72,11 @@ from typing import Any
 import h11
 import structlog
 
+from agent.devices_in_use import DevicesInUse
 from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
 from drivers.accounts import login
-from protocol.face_template import ACR_FACE, FACE, FACTORS, FINGER
+from protocol.face_template import FACTORS, FINGER
 from protocol.wire import WireError, loads
 
 log = structlog.get_logger()
@@ -176,20 +177,7 @@ class RunningSession:
     had_reader: bool = False
     cancel_reason: str = ""
     abandon: asyncio.TimerHandle | None = None
-    modality: str = FINGER  # what it was started with; a step-up may add the other device (see devices_used)
-
-    def devices_used(self) -> str:
-        """The devices it has had the person use, as a 409 names them: "the camera", "the camera and the sensor".
-
-        Why: a second client was told "a session is running on the sensor" while a face session held the camera,
-        and a person at the sensor saw nobody there. A step-up asks for the other factor in the same session.
-        """
-        used = ["the camera" if self.modality == FACE else "the sensor"]
-        for event in self.history:
-            if event.get("type") == "step_up":
-                device = "the camera" if event.get("acr_values") == ACR_FACE else "the sensor"
-                used += [device] if device not in used else []
-        return " and ".join(used)
+    modality: str = FINGER  # what it was started with; a step-up may add the other device (DevicesInUse)
 
     def publish(self, event: dict[str, Any]) -> None:
         self.history.append(event)
@@ -425,7 +413,8 @@ class LocalAPI:
         if busy is not None:
             # The fix says what a second client can do: a person at a terminal saw only "wait for it or cancel
             # it", and no command cancels a session another client started.
-            raise ApiError(409, f"a session is running on {busy.devices_used()} (or still stopping after a cancel)",
+            used = DevicesInUse(busy.modality, busy.history).named()  # "the sensor" of a face session misled
+            raise ApiError(409, f"a session is running on {used} (or still stopping after a cancel)",
                            fix='try again when it has ended (GET /health says "busy": false); the client that '
                            "started it may cancel it (DELETE /sessions/ID)")
         unaudited = self.audit_problem()

@@ -447,3 +447,32 @@ def test_a_session_on_devices_that_could_not_be_set_up_names_them_and_their_fix(
     assert "percent-encode" in face.json()["fix"] and "restart the agent" in face.json()["fix"], face.text
     assert "add a [[device]]" not in finger.text + face.text
     assert "SECRET" not in finger.text + face.text
+
+
+def test_a_session_on_a_usb_reader_never_found_says_plug_it_in_not_add_a_device(provisioned, tmp_path) -> None:
+    """A libfprint reader in the config but not plugged in is made and waited for; it tells what it can do only
+    once open, so a session meanwhile was told "no configured device can do fingerprint-image (devices: usb
+    (fprint))" and to add a [[device]], of a reader that is in the config."""
+    config, _ = provisioned
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FP_")}  # no virtual reader: none is found
+    socket_path = tmp_path / "run" / "api.sock"
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n[[device]]\nkind = "fprint"\nname = "usb"\n',
+    )
+    daemon = start_agent_daemon(config_file, env=env)
+
+    async def story() -> tuple[dict, httpx.Response]:
+        async with kiosk_client(daemon, socket_path) as client:
+            health = (await client.get("/health")).json()
+            return health, await client.post("/sessions", json={"operation": "identify"})
+
+    try:
+        health, refused = asyncio.run(story())
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+    assert [(d["name"], d["state"]) for d in health["devices"]] == [("usb", "not_connected")], health
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "no connected device can do fingerprint-image: usb not connected", refused.text
+    assert refused.json()["fix"].startswith("plug it in (the agent reopens it by itself"), refused.text

@@ -744,19 +744,22 @@ FINGER_THEN_FACE = [
 ]
 
 
-@pytest.mark.parametrize(("face", "events", "freed"), [
-    (True, FACE_THEN_FINGER, "the camera and the sensor are"),
-    (False, FINGER_THEN_FACE, "the sensor and the camera are"),
-], ids=["face-stepped-up-to-a-finger", "finger-stepped-up-to-a-face"])
-def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, face, events, freed) -> None:
+@pytest.mark.parametrize(("command", "events", "freed"), [
+    (("verify", "--subject", "ana", "--face"), FACE_THEN_FINGER, "the camera and the sensor are"),
+    (("verify", "--subject", "ana"), FINGER_THEN_FACE, "the sensor and the camera are"),
+    # a face added to a subject with fingers only: the person verifies by finger first, then turns the head
+    (("enroll", "--subject", "ana", "--face", "--add"), FINGER_THEN_FACE[:2] + FINGER_THEN_FACE[3:],
+     "the camera and the sensor are"),
+], ids=["face-stepped-up-to-a-finger", "finger-stepped-up-to-a-face", "face-added-after-a-finger"])
+def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, command, events, freed) -> None:
     """Ctrl-C in `verify --face` after the verifier asked for a finger too said "the camera is free" while the
     person had been asked onto the sensor as well (and a finger verification stepped up to a face never named the
     camera): the message named the device of the command's modality, not the devices the session had used."""
     api = StandInAPI(tmp_path / "api.sock", events)
     try:
         person = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), "verify", "--subject",
-             "ana", *(["--face"] if face else []), "--socket", str(api.path)],
+            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), *command,
+             "--socket", str(api.path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             preexec_fn=as_at_a_terminal,
         )

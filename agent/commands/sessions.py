@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from agent.devices_in_use import SENSOR, DevicesInUse
 from agent.options import add_common_arguments
-from protocol.face_template import ACR_FACE, FACE, FINGER
+from protocol.face_template import FACE, FINGER
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             session = created.json()
             outcome, ended = 2, False
-            held = DevicesInUse(face=args.face)
+            held = DevicesInUse(FACE if args.face else FINGER)
             try:
                 with api.stream("GET", session["events"]) as stream:
                     for line in stream.iter_lines():
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 if ended:  # its end is on screen already: nothing to cancel, nothing to say again
                     return outcome
-                return _cancel(api, session, held.named())
+                return _cancel(api, session, held.named_as_subject())
             except httpx.ReadTimeout:  # not "the agent stopped": it runs, and said nothing for longer than it waits
                 print(f"error: the agent said nothing of the session for {quiet_s:g} s, longer than any of its "
                       "waits, so this command stopped waiting", file=sys.stderr)
@@ -199,47 +200,15 @@ def events_read_timeout_s(config: AgentConfig) -> float:
 
 
 END_EVENTS = ("result", "error", "cancelled")  # what ends a session's events stream
-CAMERA, SENSOR = "the camera", "the sensor"
-FINGER_PROMPTS = frozenset({"place_finger", "lift_finger"})  # a finger session's own prompts (agent/sessions.py)
-
-
-class DevicesInUse:
-    """The devices a session has asked the person to use so far, as its events tell: what a Ctrl-C frees.
-
-    Why: after Ctrl-C the command named only the device of the modality it was started with, so a face
-    verification whose verifier asked for a finger too said "the camera is free" while the sensor had been in
-    use as well (and a finger session stepped up to a face never named the camera). A ``step_up`` event names
-    the factor asked for next; a face capture starts with its ``challenge`` event, a finger one with the finger
-    prompts (a face added with ``--add`` is preceded by a finger verification).
-    """
-
-    def __init__(self, face: bool) -> None:
-        self.devices: list[str] = [CAMERA if face else SENSOR]
-
-    def see(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "step_up":
-            self._add(CAMERA if event.get("acr_values") == ACR_FACE else SENSOR)  # a finger, or another finger
-        elif kind == "challenge":
-            self._add(CAMERA)
-        elif kind == "prompt" and event.get("code") in FINGER_PROMPTS:
-            self._add(SENSOR)
-
-    def _add(self, device: str) -> None:
-        if device not in self.devices:
-            self.devices.append(device)
-
-    def named(self) -> str:
-        """As a sentence's subject: "the camera is", "the camera and the sensor are"."""
-        return f"{' and '.join(self.devices)} {'is' if len(self.devices) == 1 else 'are'}"
 CANCEL_WAIT_S = 20.0  # a cancelled session ends when its reader's wait notices (a poll, well under a second)
 
 
 def _cancel(api, session: dict, devices: str = f"{SENSOR} is") -> int:
     """Ctrl-C before the session's end was shown: cancel it on the daemon and wait until it has ended, so the
     sensor is free when we exit; if it had ended on its own meanwhile, its end is shown instead. ``devices`` is
-    what the person used, named as freed (:meth:`DevicesInUse.named`): "the camera is" for a face session (not
-    "the sensor" they never touched), "the camera and the sensor are" once its step-up asked for a finger.
+    what the person used, named as freed (:meth:`DevicesInUse.named_as_subject`): "the camera is" for a face
+    session (not "the sensor" they never touched), "the camera and the sensor are" once its step-up asked for a
+    finger.
 
     Why: the terminal used to just close its connection. The daemon then held the
     sensor for its 5 s grace (a kiosk app may reconnect), and the next person's

@@ -46,8 +46,9 @@ class NoDeviceFor(DeviceError):
     Why the name apart: a mistyped ``--reader`` name was told "no configured device can do
     fingerprint-image" on a kiosk whose reader could, and to add a device it already had.
     ``not_set_up`` (name, error, fix): the configured devices that would have, had they been set up at
-    start. Why: a session then heard "add a [[device]] that can" of a reader or camera that is in the
-    config, whose real trouble (libfprint missing, a source refused) went unsaid.
+    start; ``waiting``: those made but never open yet, which may. Why: a session then heard "add a
+    [[device]] that can" of a reader or camera that is in the config, whose real trouble (libfprint
+    missing, a source refused, a reader not plugged in) went unsaid.
     """
 
     def __init__(
@@ -57,14 +58,18 @@ class NoDeviceFor(DeviceError):
         name: str = "",
         names: tuple[str, ...] = (),
         not_set_up: Sequence[tuple[str, str, str]] = (),
+        waiting: Sequence[str] = (),
     ) -> None:
         there = f"devices: {', '.join(configured) or 'none'}"
-        unmade = [entry for entry in not_set_up if not name or entry[0] == name]
-        if unmade:
+        if waiting:  # made, never opened yet (a libfprint reader tells what it can do only once open)
+            message = f"no connected device can do {capability}: {', '.join(waiting)} not connected"
+            fix = ("plug it in (the agent reopens it by itself within a few seconds), then try again; "
+                   "`capture-agent devices` shows what is found")
+        elif not_set_up:
             message = f"no device can do {capability}: " + "; ".join(
-                f"{who} could not be set up ({error})" for who, error, _ in unmade
+                f"{who} could not be set up ({error})" for who, error, _ in not_set_up
             )
-            fix = "; ".join(f"{who}: {how or 'check its [[device]] entry'}" for who, _, how in unmade) + (
+            fix = "; ".join(f"{who}: {how or 'check its [[device]] entry'}" for who, _, how in not_set_up) + (
                 ", then restart the agent (a device that could not be set up is not retried)"
             )
         elif name and name not in names:

@@ -240,9 +240,13 @@ class DeviceSupervisor:
         """A device that can do ``capability`` (a connected one first; by name when given)."""
         able = [d for d in self.devices if capability in d.capabilities and (not name or d.name == name)]
         if not able:
-            could = [(u.name, u.error, u.fix) for u in self.unmade if capability in KIND_CAPABILITIES.get(u.kind, ())]
-            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], name,
-                              tuple(d.name for d in self.devices) + tuple(u.name for u in self.unmade), could)
+            def could(d: Device | Unmade) -> bool:
+                return capability in KIND_CAPABILITIES.get(d.kind, ()) and (not name or d.name == name)
+
+            unmade = [(u.name, u.error, u.fix) for u in self.unmade if could(u)]
+            waiting = [d.name for d in self.devices if not d.connected and not d.capabilities and could(d)]
+            names = tuple(d.name for d in self.devices) + tuple(u.name for u in self.unmade)
+            raise NoDeviceFor(capability, [f"{d.name} ({d.kind})" for d in self.devices], name, names, unmade, waiting)
         return next((d for d in able if d.connected), able[0])
 
     def required(self, device: Device) -> bool:
