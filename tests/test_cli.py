@@ -82,7 +82,12 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None
     (("health", "extra"), "unrecognized arguments: extra", "capture-agent health --help"),
     (("provision", "--token"), "argument --token: expected one argument", "capture-agent provision --help"),
     (("provision",), "the following arguments are required: --token", "capture-agent provision --help"),
-    (("enroll", "--subject", "ana", "--captures", "three"), "argument --captures: invalid int value: 'three'",
+    (("enroll", "--subject", "ana", "--captures", "three"),
+     "argument --captures: 'three' is not a whole number from 1 to 10", "capture-agent enroll --help"),
+    # out of the local API's bounds: the daemon's 400 named its JSON key ("captures") with no fix
+    (("enroll", "--subject", "ana", "--captures", "0"), "argument --captures: '0' is not a whole number from 1 to 10",
+     "capture-agent enroll --help"),
+    (("enroll", "--subject", "ana", "--fingers", "5"), "argument --fingers: '5' is not a whole number from 1 to 4",
      "capture-agent enroll --help"),
     (("verify",), "the following arguments are required: --subject", "capture-agent verify --help"),
     (("--config",), "argument --config/-c: expected one argument", "capture-agent --help"),

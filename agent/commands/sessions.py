@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,28 @@ DESCRIPTIONS = {
 }
 
 
+def _whole_up_to(bound: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to the local API's ``bound`` (agent.localapi).
+
+    Why here too: out of range, the daemon's 400 named its JSON key ("captures") with no fix, after the
+    command had reached it; said at parsing, the error names the option and the fix its --help.
+    """
+    def whole(text: str) -> int:
+        from agent import localapi
+
+        most = getattr(localapi, bound)
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {most}")
+        return value
+
+    whole.__name__ = "count"  # argparse names the type in its own messages
+    return whole
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
         ("enroll", "enroll a subject"),
@@ -40,10 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name != "identify":
             parser.add_argument("--subject", required=True, help="the subject's id (as enrolled: case-sensitive)")
         if name == "enroll":
-            parser.add_argument("--captures", type=int, default=3, help="captures to consolidate (default 3)")
+            parser.add_argument(
+                "--captures", type=_whole_up_to("MAX_CAPTURES"), default=3,
+                help="captures to consolidate, 1 to 10 (default 3)",
+            )
             parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
             parser.add_argument(
-                "--fingers", type=int, default=2, help="fingers to enroll (default 2: step-up asks for one)"
+                "--fingers", type=_whole_up_to("MAX_FINGERS"), default=2,
+                help="fingers to enroll, 1 to 4 (default 2: step-up asks for one)",
             )
             parser.add_argument(
                 "--add", action="store_true", help="add templates to an enrolled subject: the person verifies first"
