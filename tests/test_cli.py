@@ -109,3 +109,17 @@ def test_a_usage_error_is_an_error_and_a_fix_naming_the_commands_help(args, said
     assert f"`{help_command}`" in fixes[0], fixes[0]
     help_done = agent_cli(*help_command.split()[1:])
     assert help_done.returncode == 0 and help_done.stdout.startswith("usage: "), "the fix's command works"
+
+
+def test_a_session_command_that_cannot_reach_the_daemon_says_why_from_the_socket_path(tmp_path) -> None:
+    """One fix ("start the daemon, join the [api] group") for every case: a daemon run with another config
+    listens on another socket, which only --config or --socket reaches."""
+    import socket as sockets
+
+    missing = agent_cli("verify", "--subject", "ana", "--socket", str(tmp_path / "none.sock"))
+    assert missing.returncode == 2 and "--socket PATH" in missing.stderr and "--config FILE" in missing.stderr
+    stale = tmp_path / "stale.sock"
+    with sockets.socket(sockets.AF_UNIX) as listener:  # bound, then closed: a daemon killed left it behind
+        listener.bind(str(stale))
+    refused = agent_cli("identify", "--socket", str(stale))
+    assert refused.returncode == 2 and "nobody answers on it" in refused.stderr, refused.stderr

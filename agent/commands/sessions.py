@@ -157,8 +157,26 @@ def run(args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         raise TransportError(
             f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
-            fix="start the daemon (systemctl start capture-agent) and make sure this user is in the [api] group",
+            fix=_unreachable_fix(str(socket_path)),
         ) from None
+
+
+def _unreachable_fix(socket_path: str) -> str:
+    """What to do about a local API socket this command could not use, from what is at its path.
+
+    Why: one fix ("start the daemon ... the [api] group") was given for all three, while a daemon run with
+    another config (a test rig's, a second kiosk's) listens on another socket, which only --config or
+    --socket reaches.
+    """
+    import os
+
+    if not os.path.exists(socket_path):
+        return ("start the daemon (systemctl start capture-agent); if it runs, it listens elsewhere: give this "
+                "command the daemon's config (--config FILE) or its socket (--socket PATH, its [api] socket)")
+    if not os.access(socket_path, os.R_OK | os.W_OK):
+        return ("join the socket's group, the daemon's [api] group (usermod -aG GROUP USER, then log in again), "
+                "or run this command as a member")
+    return "the socket is there but nobody answers on it: start the daemon again (systemctl restart capture-agent)"
 
 
 @contextmanager
