@@ -378,7 +378,7 @@ class CaptureSession:
             self.emit({"type": "progress", "step": done + len(views), "total": total})
             template = await self._capture_template(message)
             if any(match(template, other) >= same_finger_threshold() for finger in earlier for other in finger):
-                message = "That finger is already enrolled: place another finger"
+                message = "That is a finger this enrollment already took: place another finger"
             elif views and max(match(template, view) for view in views) < same_finger_threshold():
                 message = "That does not look like the same finger: place the same finger again"
             else:

@@ -82,7 +82,12 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None
     (("health", "extra"), "unrecognized arguments: extra", "capture-agent health --help"),
     (("provision", "--token"), "argument --token: expected one argument", "capture-agent provision --help"),
     (("provision",), "the following arguments are required: --token", "capture-agent provision --help"),
-    (("enroll", "--subject", "ana", "--captures", "three"), "argument --captures: invalid int value: 'three'",
+    (("enroll", "--subject", "ana", "--captures", "three"),
+     "argument --captures: 'three' is not a whole number from 1 to 10", "capture-agent enroll --help"),
+    # out of the local API's bounds: the daemon's 400 named its JSON key ("captures") with no fix
+    (("enroll", "--subject", "ana", "--captures", "0"), "argument --captures: '0' is not a whole number from 1 to 10",
+     "capture-agent enroll --help"),
+    (("enroll", "--subject", "ana", "--fingers", "5"), "argument --fingers: '5' is not a whole number from 1 to 4",
      "capture-agent enroll --help"),
     (("verify",), "the following arguments are required: --subject", "capture-agent verify --help"),
     (("--config",), "argument --config/-c: expected one argument", "capture-agent --help"),
@@ -111,3 +116,17 @@ def test_the_identify_help_does_not_say_the_sensor_of_a_face_identification() ->
     and touches no sensor."""
     said = " ".join(agent_cli("--help").stdout.split())  # argparse wraps the line
     assert "identify who is at the sensor" not in said and "identify who is at the kiosk" in said, said
+
+
+def test_a_session_command_that_cannot_reach_the_daemon_says_why_from_the_socket_path(tmp_path) -> None:
+    """One fix ("start the daemon, join the [api] group") for every case: a daemon run with another config
+    listens on another socket, which only --config or --socket reaches."""
+    import socket as sockets
+
+    missing = agent_cli("verify", "--subject", "ana", "--socket", str(tmp_path / "none.sock"))
+    assert missing.returncode == 2 and "--socket PATH" in missing.stderr and "--config FILE" in missing.stderr
+    stale = tmp_path / "stale.sock"
+    with sockets.socket(sockets.AF_UNIX) as listener:  # bound, then closed: a daemon killed left it behind
+        listener.bind(str(stale))
+    refused = agent_cli("identify", "--socket", str(stale))
+    assert refused.returncode == 2 and "nobody answers on it" in refused.stderr, refused.stderr

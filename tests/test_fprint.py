@@ -141,6 +141,17 @@ def test_match_on_sensor_enroll_verify(virtual_device_reader) -> None:
         reader.verify(enrolled, timeout_s=10)
 
 
+def test_identify_on_a_reader_without_identification_is_refused_before_the_scan(virtual_device_reader) -> None:
+    """virtual_device verifies only: libfprint refused identify after the finger, fix "unplug and replug"."""
+    from drivers.fprint.errors import FprintError
+
+    reader, _feeder = virtual_device_reader
+    assert not reader.info.identify
+    with pytest.raises(FprintError, match="cannot identify") as refused:
+        reader.identify([b"a print"], timeout_s=5)
+    assert "capture-agent verify --subject ID" in refused.value.fix, refused.value.fix
+
+
 def test_without_libfprint_the_driver_says_how_to_add_it() -> None:
     code = (
         "import sys; sys.modules['gi'] = None\n"

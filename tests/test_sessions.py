@@ -189,7 +189,8 @@ def test_enrollment_captures_must_agree_and_fingers_must_differ(provisioned, zfm
     messages = [e["message"] for e in user.events if e["type"] == "prompt" and e["code"] == "place_finger"]
     assert result["templates"] == 6 and user.placements == []
     assert "That does not look like the same finger: place the same finger again" in messages  # (3, 0)
-    assert "That finger is already enrolled: place another finger" in messages  # (0, 3) as the second finger
+    # (0, 3) as the second finger; "already enrolled" read, under --add, as a finger enrolled before the session
+    assert "That is a finger this enrollment already took: place another finger" in messages
 
 
 def test_adding_templates_needs_the_persons_verification(provisioned, zfm_sim) -> None:

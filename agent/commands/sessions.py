@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,28 @@ DESCRIPTIONS = {
 }
 
 
+def _whole_up_to(bound: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to the local API's ``bound`` (agent.localapi).
+
+    Why here too: out of range, the daemon's 400 named its JSON key ("captures") with no fix, after the
+    command had reached it; said at parsing, the error names the option and the fix its --help.
+    """
+    def whole(text: str) -> int:
+        from agent import localapi
+
+        most = getattr(localapi, bound)
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {most}")
+        return value
+
+    whole.__name__ = "count"  # argparse names the type in its own messages
+    return whole
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
         ("enroll", "enroll a subject"),
@@ -41,10 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name != "identify":
             parser.add_argument("--subject", required=True, help="the subject's id (as enrolled: case-sensitive)")
         if name == "enroll":
-            parser.add_argument("--captures", type=int, default=3, help="captures to consolidate (default 3)")
+            parser.add_argument(
+                "--captures", type=_whole_up_to("MAX_CAPTURES"), default=3,
+                help="captures to consolidate, 1 to 10 (default 3)",
+            )
             parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
             parser.add_argument(
-                "--fingers", type=int, default=2, help="fingers to enroll (default 2: step-up asks for one)"
+                "--fingers", type=_whole_up_to("MAX_FINGERS"), default=2,
+                help="fingers to enroll, 1 to 4 (default 2: step-up asks for one)",
             )
             parser.add_argument(
                 "--add", action="store_true", help="add templates to an enrolled subject: the person verifies first"
@@ -134,8 +160,26 @@ def run(args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         raise TransportError(
             f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
-            fix="start the daemon (systemctl start capture-agent) and make sure this user is in the [api] group",
+            fix=_unreachable_fix(str(socket_path)),
         ) from None
+
+
+def _unreachable_fix(socket_path: str) -> str:
+    """What to do about a local API socket this command could not use, from what is at its path.
+
+    Why: one fix ("start the daemon ... the [api] group") was given for all three, while a daemon run with
+    another config (a test rig's, a second kiosk's) listens on another socket, which only --config or
+    --socket reaches.
+    """
+    import os
+
+    if not os.path.exists(socket_path):
+        return ("start the daemon (systemctl start capture-agent); if it runs, it listens elsewhere: give this "
+                "command the daemon's config (--config FILE) or its socket (--socket PATH, its [api] socket)")
+    if not os.access(socket_path, os.R_OK | os.W_OK):
+        return ("join the socket's group, the daemon's [api] group (usermod -aG GROUP USER, then log in again), "
+                "or run this command as a member")
+    return "the socket is there but nobody answers on it: start the daemon again (systemctl restart capture-agent)"
 
 
 @contextmanager

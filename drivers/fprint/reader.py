@@ -412,9 +412,19 @@ class FprintReader:
     def identify(
         self, serialized: list[bytes], timeout_s: float = 15.0, cancel: threading.Event | None = None
     ) -> int | None:
-        """Scan a finger and let the sensor find it among enrolled prints: its index, or None."""
+        """Scan a finger and let the sensor find it among enrolled prints: its index, or None.
+
+        A reader without identification is refused before the scan: libfprint's own refusal came after
+        the person had placed a finger, with the generic fix "unplug and replug the reader".
+        """
         from gi.repository import FPrint
 
+        if self.info is not None and not self.info.identify:
+            raise FprintError(
+                f"the reader {self.name} cannot identify (libfprint's {self.info.driver} driver has no identification)",
+                "verify a claimed id on it instead (capture-agent verify --subject ID), or identify on a reader "
+                "that can (`capture-agent devices` lists what each does)",
+            )
         prints = [FPrint.Print.deserialize(blob) for blob in serialized]
 
         def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
