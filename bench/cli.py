@@ -25,6 +25,7 @@ import argparse
 import functools
 import logging
 import multiprocessing
+import multiprocessing.pool
 import signal
 import sys
 import threading
@@ -73,15 +74,13 @@ def _typed_errors() -> tuple[type[Exception], ...]:
     return BenchError, FaceError, FingerprintError
 
 
-# Set while this process forks workers: an exception raised in an at-fork hook (logging's lock release) is
-# printed with a traceback and dropped, so a signal then only sets _STOP, raised once the forks are done.
-_FORKING = threading.Event()
+# Held (blocked) while workers are forked, and in a new worker until it has its own handlers: see parallel_map.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _interrupt(signum: int, frame: object) -> None:
     _STOP.set()
-    if not _FORKING.is_set():
-        raise KeyboardInterrupt
+    raise KeyboardInterrupt
 
 
 def stop_requested() -> None:
@@ -140,9 +139,14 @@ def progress(message: str) -> None:
 
 
 def _worker_start(initializer: Callable[[], object] | None) -> None:
-    """In a worker: the parent handles Ctrl-C and ends the workers; SIGTERM (its way of ending them) just ends one."""
+    """In a worker: the parent handles Ctrl-C and ends the workers; SIGTERM (its way of ending them) just ends one.
+
+    The worker was forked with both signals held (parallel_map): only now, with its own handlers set, are they let
+    through, so a SIGTERM that came meanwhile ends it.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if initializer is not None:
         initializer()
 
@@ -177,19 +181,37 @@ def parallel_map(
         for job in jobs:
             done(fn(job))
         return out
-    _FORKING.set()
+    # The signals are held while the pool forks its workers (and its threads, which fork the replacements, are
+    # made: they inherit the mask). Why: a new worker inherits this process's SIGTERM handler until _worker_start
+    # replaces it, and a SIGTERM from terminate() landing then was swallowed: the worker ran on and join() hung
+    # (3 runs in 60 with a SIGTERM at each fork). And in this process a signal landing in an at-fork hook
+    # (logging's lock release) was printed with a traceback and dropped. Held, it is delivered once the forks
+    # are done, inside the try below.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pool = multiprocessing.get_context().Pool(workers, initializer=_worker_start, initargs=(initializer,))
-    finally:
-        _FORKING.clear()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
     try:
-        stop_requested()  # a signal while the workers were forked
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held during the forks is raised here
         for result in pool.imap(fn, jobs, chunksize):
             done(result)
         pool.close()
     except BaseException:
-        pool.terminate()
+        _end(pool)
         raise
     finally:
         pool.join()
     return out
+
+
+def _end(pool: multiprocessing.pool.Pool) -> None:
+    """Terminate the workers with the signals held: a second Ctrl-C must not cut the terminate (and leave workers
+    running) halfway; it is raised once they have ended."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pool.terminate()
+        pool.join()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -7,6 +7,7 @@ long work); stopping one needs the real process, its children and its files.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import signal
 import subprocess
@@ -213,6 +214,35 @@ def test_a_signal_while_the_workers_are_forked_stops_cleanly_without_a_dropped_t
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
     assert "interrupted, no figures printed" in done.stderr
+
+
+def test_a_worker_signalled_before_it_set_its_handlers_ends(tmp_path) -> None:
+    """terminate()'s SIGTERM reaching a worker before its own handlers were set met the parent's handler, copied
+    at the fork, which swallowed it: the worker ran on and the parent's join() hung (3 runs in 60 of the test
+    above). Here the first worker signals itself at once after its fork: it must end without taking a job."""
+    first = tmp_path / "first-worker.pid"
+    script = (
+        "import json, os, signal, sys\n"
+        "from bench.cli import bench_main, parallel_map\n"
+        "forks = [0]\n"
+        "def child():\n"
+        "    if forks[0] == 0:  # the count this worker was forked with: the first fork\n"
+        f"        open({str(first)!r}, 'w').write(str(os.getpid()))\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.register_at_fork(after_in_parent=lambda: forks.__setitem__(0, forks[0] + 1), after_in_child=child)\n"
+        "def whose(job):\n"
+        "    return os.getpid()\n"
+        "@bench_main('python -m bench.x')\n"
+        "def main(argv):\n"
+        "    print(json.dumps(sorted(set(parallel_map(whose, range(40), 2)))))\n"
+        "    return 0\n"
+        "raise SystemExit(main([]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    workers = json.loads(done.stdout)
+    assert int(first.read_text()) not in workers, "the signalled worker took jobs: its SIGTERM was swallowed"
+    assert len(workers) >= 1 and not running(int(first.read_text()))
 
 
 def test_sigterm_ends_the_worker_processes() -> None:
