@@ -43,6 +43,13 @@ program, this module sets OPENBLAS_NUM_THREADS=1 before numpy loads unless the
 environment already sets it (the JSON reports both settings).
 ``--hardest K`` adds ``hardest``: the K weakest genuine and K strongest impostor
 pairs, each with every factor of its score (bench.fingerprint_pairs).
+``identification`` is an open-set 1:N experiment on the same prints (protocol in
+bench.fingerprint_identification): galleries of the first two impressions of
+4/5 of the fingers, searched by the other fifth (strangers) and by the enrolled
+fingers' other impressions (mates), cut at the verifier's identification
+threshold for that gallery (identify_fpir 1e-3, one view): ``fnir_at_fpir_1e-3``
+and ``fpir_measured``, and the same at the 1:1 threshold
+(``fnir_at_verify_threshold``, ``fpir_at_verify_threshold``).
 """
 
 from __future__ import annotations
