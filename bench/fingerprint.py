@@ -43,6 +43,13 @@ program, this module sets OPENBLAS_NUM_THREADS=1 before numpy loads unless the
 environment already sets it (the JSON reports both settings).
 ``--hardest K`` adds ``hardest``: the K weakest genuine and K strongest impostor
 pairs, each with every factor of its score (bench.fingerprint_pairs).
+``identification`` is an open-set 1:N experiment on the same prints (protocol in
+bench.fingerprint_identification): galleries of the first two impressions of
+4/5 of the fingers, searched by the other fifth (strangers) and by the enrolled
+fingers' other impressions (mates), cut at the verifier's identification
+threshold for that gallery (identify_fpir 1e-3, one view): ``fnir_at_fpir_1e-3``
+and ``fpir_measured``, and the same at the 1:1 threshold
+(``fnir_at_verify_threshold``, ``fpir_at_verify_threshold``).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ import cv2
 import numpy as np
 
 from bench.cli import BenchError, BenchParser, at_least, bench_main, parallel_map
+from bench.fingerprint_identification import FOLDS, identification
 from bench.machine import vector_units_here
 from biometrics.fingerprint import GalleryIndex, extract, prefilter, threshold_for_fmr
 from biometrics.fingerprint.allocator import keep_freed_memory
@@ -373,6 +381,8 @@ def run(
     per_core, per_core_median, per_core_cpu = throughput(templates, gallery_size, workers=1)
     _progress(f"enrollment add + search on a gallery of {gallery_size}")
     add_search, add_search_best = add_search_latency(templates, gallery_size)
+    _progress(f"open-set identification: {FOLDS} folds, each finger a stranger in one")
+    open_set = identification(templates, fingers, workers=search_workers)
     return {
         "eer": round(100 * rates["eer"], 3),
         "fmr100": round(100 * rates["fmr100"], 3),
@@ -404,6 +414,7 @@ def run(
         "search_workers": search_workers,
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", ""),
         "cpu_vector_units": vector_units_here(),  # the throughput follows them (bench.machine)
+        "identification": open_set,
         **hard,
     }
 

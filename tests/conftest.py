@@ -740,6 +740,17 @@ def synthetic_templates(finger_generator):
     return out
 
 
+@pytest.fixture(scope="session")
+def synthetic_population() -> tuple[list[Any], np.ndarray]:
+    """Templates of 8 synthetic fingers x 3 realistic impressions (seed 1) and their finger labels, as the
+    benchmark extracts them: enough fingers that an identification's gallery (12 or 14 templates) needs a
+    stricter threshold than 1:1, few enough to extract in seconds."""
+    from bench.fingerprint import extract_synthetic
+
+    templates, fingers, _ = extract_synthetic(8, 3, seed=1, workers=1)
+    return templates, fingers
+
+
 # ---------------------------------------------------------------- command lines run in-process
 
 

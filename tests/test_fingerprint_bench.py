@@ -49,6 +49,8 @@ def test_synthetic_population_benchmark_reports_the_calibrated_rates(capsys):
     assert 0.0 <= out["prefilter_recall"] <= 100.0
     assert 0.0 < out["add_search_ms_best"] <= out["add_search_ms"]
     assert out["profile"] == "realistic"  # FVC-like impressions unless --profile says otherwise
+    # open-set identification: each of the 6 images searched once as a stranger, each second impression as a mate
+    assert (out["identification"]["non_mated_searches"], out["identification"]["mated_searches"]) == (6, 3)
     assert 0.0 <= out["impostor_median"] <= out["impostor_p99"] <= out["impostor_max"] < out["genuine_median"]
     # --hardest 2: the weakest genuine pairs (same finger, lowest first) and the strongest impostors, explained.
     genuine, impostor = out["hardest"]["genuine"], out["hardest"]["impostor"]
@@ -79,22 +81,19 @@ def test_pad_to_centres_the_print_on_its_own_background():
 def test_hardest_takes_a_count_of_a_benchmarks_pairs(capsys):
     from bench.fingerprint import main
 
-    with pytest.raises(SystemExit):
-        main(["--synthetic", "3", "--hardest", "-1"])
+    assert main(["--synthetic", "3", "--hardest", "-1"]) == 2  # a usage error: one line (bench.cli.BenchParser)
     assert "--hardest takes a count" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--explain", "print.png", "--out", "stages", "--hardest", "2"])
+    assert main(["--explain", "print.png", "--out", "stages", "--hardest", "2"]) == 2
     assert "--hardest explains a benchmark's pairs" in capsys.readouterr().err
 
 
 def test_leave_one_out_needs_a_calibration(capsys):
     from bench.fingerprint import main
 
-    with pytest.raises(SystemExit):
-        main(["--synthetic", "3", "--leave-one-out"])
+    assert main(["--synthetic", "3", "--leave-one-out"]) == 2
     assert "--calibrate" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # refused before any extraction: nothing would be left to fit on
-        main(["--calibrate", "no-such-folder", "--leave-one-out"])
+    # refused before any extraction: nothing would be left to fit on
+    assert main(["--calibrate", "no-such-folder", "--leave-one-out"]) == 2
     assert "second folder or --synthetic" in capsys.readouterr().err
 
 
@@ -107,3 +106,46 @@ def test_the_machine_is_described_by_its_vector_units(tmp_path):
     assert vector_units("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\n") == ["asimd"]
     assert vector_units("processor\t: 0\n") == []
     assert vector_units_here(tmp_path / "no-cpuinfo") == []
+
+
+def test_identification_folds_make_every_finger_a_stranger_once_and_search_each_probe_once():
+    from bench.fingerprint_identification import enrolled_impressions, folds, impression_rank
+
+    fingers = np.array(["b", "a", "b", "c", "a", "b", "d", "c", "a", "d", "e", "e", "e"])
+    np.testing.assert_array_equal(impression_rank(fingers), [0, 0, 1, 0, 1, 2, 0, 1, 2, 1, 0, 1, 2])
+    assert enrolled_impressions(fingers) == 2 and enrolled_impressions(np.array(["a", "a", "b", "b"])) == 1
+    split = folds(fingers, count=5, enrolled=2)
+    assert len(split) == 5
+    for fold in split:
+        enrolled, strangers = set(fingers[fold.gallery]), set(fingers[fold.strangers])
+        assert not enrolled & strangers and set(fingers[fold.mated]) <= enrolled
+        assert (impression_rank(fingers)[fold.gallery] < 2).all() and not set(fold.mated) & set(fold.gallery)
+    strangers = np.concatenate([f.strangers for f in split])
+    mated = np.concatenate([f.mated for f in split])
+    np.testing.assert_array_equal(np.sort(strangers), np.arange(len(fingers)))  # every image, once
+    np.testing.assert_array_equal(np.sort(mated), np.flatnonzero(impression_rank(fingers) >= 2))
+    assert len(folds(fingers[:5], count=5, enrolled=2)) == 3  # three fingers: three folds
+
+
+def test_identification_reports_the_verifiers_threshold_and_what_it_costs(synthetic_population):
+    from bench.fingerprint_identification import identification
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import IDENTIFY_TOP_K, identification_threshold
+
+    templates, fingers = synthetic_population
+    out = identification(templates, fingers, workers=1)
+    assert (out["folds"], out["enrolled_impressions"], out["views"], out["top_k"]) == (5, 2, 1, IDENTIFY_TOP_K)
+    assert out["gallery_size"] == [12, 12, 12, 14, 14]  # 8 fingers in rotation: 2, 2, 2, 1, 1 strangers
+    assert (out["mated_searches"], out["non_mated_searches"]) == (8, 24)  # each third impression; every image
+    verify = threshold_for_fmr(1e-4)
+    assert out["verify_threshold"] == pytest.approx(verify, abs=1e-5)
+    for size, threshold in zip(out["gallery_size"], out["threshold"], strict=True):
+        assert threshold == pytest.approx(identification_threshold(threshold_for_fmr, 1e-3, size, verify), abs=1e-5)
+        assert threshold > out["verify_threshold"]  # 12 templates or more: stricter than 1:1
+    for key in ("fnir_at_fpir_1e-3", "fpir_measured", "fnir_at_verify_threshold", "fpir_at_verify_threshold"):
+        assert 0.0 <= out[key] <= 100.0
+    assert out["fnir_at_fpir_1e-3"] >= out["fnir_at_verify_threshold"]
+    assert out["fpir_measured"] <= out["fpir_at_verify_threshold"]
+    assert out["fpir_measured"] == pytest.approx(100.0 * out["false_positives"] / 24, abs=1e-3)
+    assert out["fnir_at_verify_threshold"] >= 100.0 * out["mates_not_returned"] / 8 - 1e-3  # unreturned are missed
+    assert out["fnir_at_fpir_1e-3"] < 100.0  # the mates of distinct synthetic fingers are found
