@@ -26,8 +26,9 @@ DESCRIPTIONS = {
     "could not finish (the error: and fix: lines say why), 130 on Ctrl-C, which cancels it on the daemon.",
     "verify": "1:1 against the claimed subject through the running daemon; a step-up prompts for another finger "
     "or the face. Exit 0 accepted, 1 refused, 2 when the session could not finish, 130 on Ctrl-C.",
-    "identify": "1:N: who is at the sensor, among the groups this device may act on, through the running "
-    "daemon. Exit 0 identified, 1 nobody recognised, 2 when the session could not finish, 130 on Ctrl-C.",
+    "identify": "1:N: who is at the kiosk (by finger, or by face with --face), among the groups this device may "
+    "act on, through the running daemon. Exit 0 identified, 1 nobody recognised, 2 when the session could not "
+    "finish, 130 on Ctrl-C.",
 }
 
 
