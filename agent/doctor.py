@@ -651,6 +651,7 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
             problem = _camera_url_problem(section.source)
         else:
             shown = f"libfprint reader {section.selector or '(the first)'} (`capture-agent devices` lists them)"
+            problem = _libfprint_problem()
         if problem is None and section.kind == "camera" and section.ca_file:
             problem = _ca_file_problem(section.ca_file)
         if problem is not None:
@@ -658,6 +659,20 @@ def _check_devices(report: DoctorReport, config: AgentConfig) -> None:
             report.add(f"device {name}", False, f"{section.kind}: {found}", f"{fix}; it is set by {where}")
         else:
             report.add(f"device {name}", True, f"{section.kind}: {shown}")
+
+
+def _libfprint_problem() -> tuple[str, str] | None:
+    """Why this Python cannot drive a libfprint reader (what is missing, the fix), or None.
+
+    Why here: the daemon starts without such a device (it could not be set up) and only /health says why, so
+    the installer's doctor was all green on a kiosk whose one reader could never work.
+    """
+    from drivers.fprint import INSTALL_HINT, unavailable_reason
+
+    reason = unavailable_reason()
+    if not reason:
+        return None
+    return reason.split("; ")[0], INSTALL_HINT
 
 
 def _ca_file_problem(path: str) -> tuple[str, str] | None:

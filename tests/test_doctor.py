@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -459,3 +460,25 @@ def test_doctor_passes_free_space_with_room_for_the_outbox(provisioned) -> None:
     _, state = provisioned
     check = by_name(run_doctor(config_for(state)))["free space"]
     assert check.ok is True and "MiB free (the outbox is bounded at 16 MiB)" in check.detail
+
+
+def test_doctor_says_libfprint_is_missing_for_a_configured_usb_reader(tmp_path) -> None:
+    """The daemon starts without such a reader (it cannot be set up) and only /health said why: doctor was green.
+    Python without PyGObject stands for the missing library (as tests/test_fprint.py does)."""
+    code = (
+        "import sys; sys.modules['gi'] = None\n"
+        "from agent.config import parse_config\n"
+        "from agent.doctor import run_doctor\n"
+        f"config = parse_config({{'agent': {{'state_dir': {str(tmp_path / 'state')!r}}}, "
+        "'keyring': {'backend': 'file-insecure-dev'}, 'device': [{'name': 'usb', 'kind': 'fprint'}]})\n"
+        "check = next(c for c in run_doctor(config).checks if c.name == 'device usb')\n"
+        "print(check.ok, check.detail, '|', check.fix)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    ok, _, fix = out.splitlines()[-1].partition("|")  # after the keyring's log lines
+    assert ok.startswith("False fprint: PyGObject is not installed"), out
+    assert "apt-get install libfprint-2-2 gir1.2-fprint-2.0" in fix
+    here = by_name(run_doctor(parse_config({"agent": {"state_dir": str(tmp_path / "state")},
+                                            "keyring": {"backend": "file-insecure-dev"},
+                                            "device": [{"name": "usb", "kind": "fprint"}]})))
+    assert here["device usb"].ok is True, "with libfprint installed (make test installs it), the same check passes"
