@@ -37,7 +37,7 @@ from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.localapi import LocalAPI
-from agent.outbox import RESERVED_LOG_KEYS, Outbox, OutboxLimits
+from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
 from agent.runtime import with_provisioned_verifier
 from agent.sdnotify import Notifier, watchdog_interval_s
@@ -156,9 +156,11 @@ class AgentDaemon:
         kiosk whose disk filled was down for good. The event is said in the log instead
         (``audit_event_not_stored``, its fields with it: the journal keeps it), :meth:`audit_problem` refuses
         sessions until the outbox takes events again, and the first event stored then is
-        ``audit_storage_recovered`` with the count that was not.
+        ``audit_storage_recovered`` with the count that was not (then this one).
         """
         assert self.outbox is not None
+        if self.audit_fault is not None and kind != AUDIT_RECOVERED:
+            self.audit_problem()  # the recovery first, if the outbox takes events again: the trail reads in order
         try:
             event = self.outbox.record(kind, data)
         except AuditStorageError as exc:
@@ -167,8 +169,6 @@ class AgentDaemon:
         self.journal.send(audit_fields(event))
         if self.delivery is not None:
             self.delivery.notify()
-        if self.audit_fault is not None and kind != AUDIT_RECOVERED:
-            self.audit_problem()  # the outbox takes events again: say so (and how many were not stored) first
         return True
 
     def audit_problem(self) -> AuditStorageError | None:
@@ -185,14 +185,18 @@ class AgentDaemon:
         return self.audit_fault
 
     def _not_stored(self, kind: str, data: dict[str, Any], exc: AuditStorageError) -> None:
-        """An event the outbox refused: in the log with its fields (never secrets: audit data holds none)."""
+        """An event the outbox refused: in the log, its data whole (never secrets: audit data holds none).
+
+        The data goes under one key, ``data``: spread as keywords, an event's own ``error`` or ``fix``
+        (a device fault, a failed renewal) clashed with this line's and raised, out of the very call
+        that must not.
+        """
         if kind != AUDIT_RECOVERED:
             self.events_not_stored += 1
         first = self.audit_fault is None
         self.audit_fault = exc
-        fields = {k: v for k, v in data.items() if k not in RESERVED_LOG_KEYS}
-        log.error("audit_event_not_stored", audit=True, type=kind, error=exc.message,
-                  **({"fix": exc.fix} if first else {}), **fields)
+        why = {"storage_error": exc.message, **({"storage_fix": exc.fix} if first else {})}
+        log.error("audit_event_not_stored", audit=True, type=kind, data=dict(data), **why)
 
     async def start(self) -> None:
         """Bring every part up; only then tell systemd we are ready."""

@@ -43,6 +43,20 @@ from agent.errors import AuditStorageError
 
 log = structlog.get_logger()
 
+# sqlite's result codes (their names' prefixes, extended codes included) for a file that cannot be used as it is:
+# full, failing, read-only, held by another process, damaged. Any other error is a bug of ours.
+_STORAGE_CODES = frozenset({
+    "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CORRUPT",
+    "SQLITE_NOTADB", "SQLITE_CANTOPEN",
+})
+
+
+def is_storage_fault(exc: sqlite3.DatabaseError) -> bool:
+    """The file's fault (a code of _STORAGE_CODES, extended ones such as SQLITE_IOERR_WRITE included), not ours."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return any(name == code or name.startswith(code + "_") for code in _STORAGE_CODES)
+
+
 RESERVED_LOG_KEYS = frozenset({"event", "level", "timestamp", "audit", "seq", "type", "logger"})
 PROBLEM_WORDS = ("fault", "failed", "refused", "unplugged", "dropped", "held")
 
@@ -124,10 +138,16 @@ class Outbox:
             if file.exists():  # and the companions an older version left behind
                 file.chmod(0o600)
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
-        self._keep_usage()
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+            self._keep_usage()
+        except sqlite3.DatabaseError as exc:  # a damaged or full file at start: said as a record would say it
+            self.conn.close()
+            if not is_storage_fault(exc):
+                raise
+            raise self.storage_error(exc) from None
 
     def close(self) -> None:
         self.conn.close()
@@ -174,7 +194,9 @@ class Outbox:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
+            if not is_storage_fault(exc):
+                raise  # our own SQL or API misuse: a bug, with its traceback
             raise self.storage_error(exc) from None
         if dropped:
             log.warning("outbox_dropped", audit=True, **dropped)
@@ -186,10 +208,14 @@ class Outbox:
         level("audit_event", audit=True, seq=event["seq"], type=kind, **fields)
         return event
 
-    def storage_error(self, exc: sqlite3.OperationalError) -> AuditStorageError:
+    def storage_error(self, exc: sqlite3.DatabaseError) -> AuditStorageError:
         """Why the outbox file cannot be written, and what the installer does about it."""
         reason, folder = str(exc), self.path.parent
-        if "full" in reason or "I/O" in reason:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            fix = (f"{self.path} is damaged (a failing SD card?): stop the agent, move it aside (its undelivered "
+                   f"events stay in it, for inspection), start the agent again (it makes a new one); check the "
+                   "card (`dmesg`)")
+        elif "full" in reason or "I/O" in reason:
             fix = f"free space on the file system of {folder} (`df -h {folder}`); then check the disk (`dmesg`)"
         elif "readonly" in reason or "read-only" in reason:
             fix = (f"the file system of {folder} is read-only (an SD card that failed remounts so): see `dmesg` and "

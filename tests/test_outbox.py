@@ -198,3 +198,36 @@ def test_a_full_disk_is_a_typed_error_naming_it_and_the_chain_goes_on_once_freed
         assert verify_chain(box.pending(1000), ChainHead()) == [], "nothing half-written broke the chain"
     finally:
         box.close()
+
+
+def test_a_damaged_outbox_file_is_a_typed_error_naming_it(tmp_path, kek) -> None:
+    """A failing SD card's damage ("database disk image is malformed") escaped as a raw sqlite error and stopped
+    the daemon; our own SQL mistakes stay raw (a bug, with its traceback)."""
+    from agent.errors import AuditStorageError
+
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, kek)
+    for n in range(50):
+        box.record("heartbeat", {"n": n})
+    box.close()
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xa5" * (len(data) - 4096)  # every page after the first: the tables' b-trees
+    path.write_bytes(bytes(data))
+    with pytest.raises(AuditStorageError, match=r"malformed|not a database") as raised:
+        box = Outbox(path, kek)
+        try:
+            box.record("heartbeat")
+        finally:
+            box.close()
+    assert "is damaged" in raised.value.fix and "move it aside" in raised.value.fix
+
+
+def test_an_outbox_damaged_from_its_header_is_named_at_open(tmp_path, kek) -> None:
+    from agent.errors import AuditStorageError
+
+    path = tmp_path / "outbox.sqlite"
+    Outbox(path, kek).close()
+    path.write_bytes(b"\xa5" * path.stat().st_size)  # the header too: sqlite does not know it as a database
+    with pytest.raises(AuditStorageError, match="not a database") as raised:
+        Outbox(path, kek)
+    assert "is damaged" in raised.value.fix

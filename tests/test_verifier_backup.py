@@ -50,6 +50,7 @@ def test_a_backup_beside_a_running_verifier_holds_its_last_commits_checked_and_p
 
 
 def test_a_backup_is_never_written_over_a_file_nor_into_a_missing_folder(verifier_state: Path, tmp_path: Path) -> None:
+    open_database(verifier_state / "verifier.sqlite").close()  # as serve leaves it
     existing = tmp_path / "yesterday.sqlite"
     existing.write_bytes(b"yesterday's backup")
     error, fix = refused(cli("backup", "--pki", str(verifier_state), "--to", str(existing)))
@@ -71,3 +72,14 @@ def test_a_full_destination_is_named_as_the_backups_not_the_database(verifier_st
     assert f"cannot write the backup to {tiny_filesystem / 'b.sqlite'}" in error
     assert f"df -h {tiny_filesystem}" in fix
     assert sorted(p.name for p in tiny_filesystem.iterdir()) == ["filler"]
+
+
+def test_a_folder_without_a_database_is_refused_not_backed_up_as_a_new_empty_one(
+    verifier_state: Path, tmp_path: Path
+) -> None:
+    """A wrong --pki (or a missing --config whose db_path serve uses) made and backed up an empty database."""
+    error, fix = refused(cli("backup", "--pki", str(verifier_state), "--to", str(tmp_path / "b.sqlite")))
+    assert f"no verifier database at {verifier_state / 'verifier.sqlite'}" in error
+    assert "--pki" in fix and "--config" in fix
+    assert not (verifier_state / "verifier.sqlite").exists(), "nothing was made"
+    assert not (tmp_path / "b.sqlite").exists()

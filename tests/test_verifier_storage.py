@@ -45,10 +45,95 @@ def test_a_full_disk_is_a_503_to_retry_and_the_same_request_succeeds_once_freed(
     assert not [entry for entry in log if entry["event"] == "request_failed"], "no traceback per request"
 
 
-def test_only_storage_faults_are_503_and_the_verifiers_own_bugs_stay_500() -> None:
-    """A constraint broken or an API misused is a bug of ours: it must keep its traceback and 500."""
-    assert is_storage_fault(sqlite3.OperationalError("database or disk is full"))
-    assert is_storage_fault(sqlite3.DatabaseError("database disk image is malformed"))
-    assert not is_storage_fault(sqlite3.IntegrityError("UNIQUE constraint failed"))
-    assert not is_storage_fault(sqlite3.ProgrammingError("Cannot operate on a closed database."))
+def _raised(conn: sqlite3.Connection, sql: str) -> sqlite3.Error:
+    try:
+        conn.execute(sql)
+    except sqlite3.Error as exc:
+        return exc
+    raise AssertionError(f"{sql!r} raised nothing")
+
+
+def test_only_storage_faults_are_503_and_the_verifiers_own_bugs_stay_500(tmp_path: Path) -> None:
+    """By sqlite's result code: a syntax error or a missing table is an OperationalError too, and a bug of ours
+    (it keeps its traceback and 500); a file that is not a database is the storage's fault."""
+    garbage = tmp_path / "not-a-database.sqlite"
+    garbage.write_bytes(b"garbage, not sqlite " * 100)
+    with sqlite3.connect(garbage) as damaged:
+        assert is_storage_fault(_raised(damaged, "SELECT * FROM sqlite_master"))  # SQLITE_NOTADB
+    with sqlite3.connect(":memory:") as conn:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES ('a')")
+        assert not is_storage_fault(_raised(conn, "SELEC 1"))
+        assert not is_storage_fault(_raised(conn, "SELECT * FROM no_such_table"))
+        assert not is_storage_fault(_raised(conn, "INSERT INTO t VALUES ('a')"))  # IntegrityError
     assert not is_storage_fault(ValueError("not sqlite at all"))
+
+
+def _full_disk_error(folder: Path) -> sqlite3.Error:
+    """The error sqlite raises for a write on a full disk: real, from a database on the filled tmpfs."""
+    from tests.conftest import fill_filesystem
+
+    conn = sqlite3.connect(folder / "probe.sqlite")
+    conn.execute("CREATE TABLE t (b BLOB)")
+    conn.commit()
+    fill_filesystem(folder)
+    try:
+        conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+        conn.commit()
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("the full tmpfs took the write")
+
+
+def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: Path, tiny_filesystem: Path) -> None:
+    """The nonce is spent in the checks' transaction, committed before matching; the decision's transaction then
+    failed on the disk (503 storage-unavailable, "retry"), and the retry was refused as a replayed nonce."""
+    import asyncio
+    import types
+
+    from verifier.app import VerifierApp
+    from verifier.challenges import NonceError
+    from verifier.http import Deferred, Request, Route, json_answer
+    from verifier.pki import init_pki
+    from verifier.settings import VerifierSettings
+
+    disk_full = _full_disk_error(tiny_filesystem)
+    init_pki(tmp_path / "pki")
+    app = VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
+    challenges = app.biometric.challenges
+    nonce, _ = challenges.issue("kiosk-1")
+    failures = [disk_full]  # the first decision meets the full disk, the retry a freed one
+
+    def verify(request: Request) -> Deferred:
+        challenges.consume("kiosk-1", nonce)  # as the real checks do, before matching
+
+        def finish(score: float) -> object:
+            if failures:
+                raise failures.pop()
+            return json_answer(200, {"decision": "accept", "score": score})
+
+        return Deferred("kiosk-1", lambda budget: 0.5, finish, lambda: challenges.release("kiosk-1", nonce))
+
+    route = Route(verify, needs_client_cert=True, matches=True)
+    request = Request("POST", "/v1/verifications", {"idempotency-key": "k-1"}, b"{}",
+                      types.SimpleNamespace(device_id="kiosk-1"), None)
+
+    async def twice() -> list[object]:
+        outcomes: list[object] = []
+        for _ in range(2):
+            try:
+                outcomes.append(await app._idempotent(route, request))
+            except (sqlite3.Error, NonceError) as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    try:
+        first, retried = asyncio.run(twice())
+    finally:
+        app.pool.close()
+        app.conn.close()
+    assert first is disk_full
+    assert not isinstance(retried, NonceError), "the retry was refused as a replayed nonce"
+    assert retried.status == 200

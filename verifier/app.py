@@ -335,6 +335,7 @@ class VerifierApp:
             principal = "token:" + token_hash(self._enrollment_token(request))
         req_hash = request_hash(request.method, request.path, request.body)
         self._housekeeping()
+        spent: Deferred | None = None  # a deferred request whose checks were committed (the nonce spent)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             stored = self.idempotency.lookup(principal, key, req_hash)
@@ -348,6 +349,7 @@ class VerifierApp:
             if isinstance(result, Deferred):
                 # The checks' writes (the nonce consumed) stand; matching runs outside any transaction.
                 self.conn.execute("COMMIT")
+                spent = result
                 answer = await self._match(request, result)
             else:
                 answer = result
@@ -366,10 +368,25 @@ class VerifierApp:
                 "this Idempotency-Key was used for a different request",
                 "use a fresh key for each new request",
             ) from None
-        except BaseException:
+        except BaseException as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
+            if spent is not None and is_storage_fault(exc):  # its decision was not stored: nor may its nonce be
+                self._give_back(spent)
             raise
+
+    def _give_back(self, deferred: Deferred) -> None:
+        """A decision the database could not store (its transaction rolled back): give back what the checks spent
+        (the nonce), so the device's retry of the same request works, as the 503 storage-unavailable promises.
+        Best effort: on a disk still full this write fails too, and the retry is refused as a used nonce."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            deferred.undo()
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            log.warning("nonce_not_given_back", device_id=deferred.device_id, reason=str(exc))
 
     async def _match(self, request: Request, deferred: Deferred) -> Answer:
         """The deferred matching in the pool, then its finish in a new transaction (the turn of its serial key

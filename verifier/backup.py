@@ -22,7 +22,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.pki_folder import PKIFolderError
+from verifier.pki_folder import PKIFolderError, database_error
+
+# sqlite's primary result codes that, during a backup, are the copy's side: FULL 13, READONLY 8, CANTOPEN 14.
+# The others (a damaged or locked source) are the database's, said as every command says them.
+DESTINATION_CODES = frozenset({8, 13, 14})
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,28 @@ class BackupResult:
     subjects: int
 
 
-def back_up(conn: sqlite3.Connection, destination: Path) -> BackupResult:
-    """Copy the open database ``conn`` to ``destination`` (a new file), checked and flushed; PKIFolderError if not."""
+def open_source(database: Path) -> sqlite3.Connection:
+    """The verifier's database, read-only: never made, migrated or written by a backup.
+
+    Why not the commands' own opening: it makes a missing database (and its schema), so a wrong --pki, or
+    a missing --config whose db_path serve uses, backed up a new empty database and said it had.
+    """
+    if not database.is_file():
+        raise PKIFolderError(
+            f"no verifier database at {database}",
+            fix="point --pki at the folder serve uses, and give --config its settings file if it sets db_path",
+        )
+    try:
+        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise database_error(database, exc) from None
+    return conn
+
+
+def back_up(conn: sqlite3.Connection, destination: Path, source: Path) -> BackupResult:
+    """Copy the open database ``conn`` (at ``source``) to ``destination`` (a new file), checked and flushed;
+    PKIFolderError naming the side at fault if not."""
     if destination.exists() or destination.is_symlink():
         raise PKIFolderError(
             f"{destination} exists: a backup is never written over a file",
@@ -61,9 +85,11 @@ def back_up(conn: sqlite3.Connection, destination: Path) -> BackupResult:
         finally:
             copy.close()
         _flush(destination)
-    except sqlite3.Error as exc:  # the copy's side (a full or read-only disk there): the source is fine
+    except sqlite3.Error as exc:
         with contextlib.suppress(OSError):
             destination.unlink()
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in DESTINATION_CODES:
+            raise database_error(source, exc) from None
         raise PKIFolderError(
             f"cannot write the backup to {destination}: {exc}",
             fix=f"free space where it goes (`df -h {destination.parent}`), or give --to another disk",

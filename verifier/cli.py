@@ -468,13 +468,13 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of the database, beside a running serve (verifier/backup.py says why not `cp`)."""
-    from verifier.backup import back_up
+    from verifier.backup import back_up, open_source
 
     settings = settings_from(args)
     _need_pki(settings)
-    conn = _open_store(settings)
+    conn = open_source(settings.database)
     try:
-        done = back_up(conn, Path(args.to))
+        done = back_up(conn, Path(args.to), settings.database)
     finally:
         conn.close()
     print(f"backed up {settings.database} to {done.path} ({done.bytes} bytes, 0600): "

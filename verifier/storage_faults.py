@@ -20,14 +20,20 @@ from verifier.problems import Problem
 
 RETRY_AFTER_S = 10  # a full disk is not freed in a second; a lock held by a backup may be
 
+# sqlite's primary result codes (the low byte of an extended code) of a database file that cannot be used as it
+# is: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, NOTADB 26.
+STORAGE_RESULT_CODES = frozenset({5, 6, 8, 10, 11, 13, 14, 26})
+
 
 def is_storage_fault(exc: BaseException) -> bool:
     """A fault of the database's storage (full, read-only, I/O, locked, damaged), not a bug of ours.
 
-    IntegrityError and ProgrammingError are DatabaseErrors too, but they are the verifier's own
-    mistakes: they stay 500 ``internal``, with their traceback.
+    By sqlite's result code, not by the exception's class: a syntax error, "no such table" or "no such
+    column" are OperationalErrors too, and they are the verifier's own mistakes (500 ``internal``, with
+    their traceback), as are IntegrityError and ProgrammingError.
     """
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in STORAGE_RESULT_CODES
 
 
 def storage_problem(database: Path, exc: sqlite3.DatabaseError) -> tuple[Problem, str, str]:
