@@ -26,6 +26,7 @@ command line prints it as ``error:`` and ``fix:``). Nothing here logs the key.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sqlite3
@@ -140,7 +141,9 @@ def _check_opens_a_row(path: Path, key: bytes, conn: sqlite3.Connection) -> None
 def _create(path: Path) -> bytes:
     """A new key, written whole to a temporary file, flushed, then linked to ``path`` (never over an existing one).
 
-    ``os.link`` fails when ``path`` appeared meanwhile (two starts at once): that one is read instead.
+    ``os.link`` fails when ``path`` appeared meanwhile (two starts at once): that one is read instead. Where the
+    file system has no hard links, a rename takes its place (serve holds the database's lock while it makes the
+    key, so no other start races it).
     """
     key = secrets.token_bytes(KEY_BYTES)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -155,8 +158,12 @@ def _create(path: Path) -> bytes:
             os.fsync(handle.fileno())
         try:
             os.link(temporary, path)
-        except FileExistsError:
-            return path.read_bytes()
+        except FileExistsError:  # made meanwhile: that one, checked as any key found there
+            return _read_checked(path, path.stat().st_mode, 0)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            os.rename(temporary, path)  # a file system without hard links (vfat, some FUSE): serve's lock is held
         _flush_folder(path.parent)
     except OSError as exc:
         raise EnrollmentKeyError(f"cannot make {path}: {exc.strerror}", fix=_owner_fix(path)) from None
