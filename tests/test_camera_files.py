@@ -277,3 +277,17 @@ def test_doctor_as_the_agent_user_names_chmod_for_a_video_file_it_may_not_read(a
     assert "[FAIL]" in lines[index] and f"the video file {clip} exists but " in lines[index], lines[index]
     assert f"`chmod o+r {clip}`" in lines[index + 1], lines[index + 1]
     _no_usb_advice(lines[index + 1])
+
+
+def test_a_video_file_whose_frames_are_all_of_a_refused_size_says_the_size(video_file) -> None:
+    """Every frame refused for its size left the file called one that "holds no frame OpenCV can decode"."""
+    from drivers.camera.errors import CameraFrameSize
+
+    camera = Camera(str(video_file), reconnect=False, min_side=100)  # the clip is 64x48
+    try:
+        assert not camera.open_once(timeout_s=5)
+        fault, error = camera.fault, camera.open_error
+    finally:
+        camera.stop()
+    assert isinstance(fault, CameraFrameSize), fault
+    assert not isinstance(error, CameraFileNotVideo), error

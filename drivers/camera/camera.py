@@ -391,7 +391,8 @@ class Camera:
         while not self._stop.is_set():
             ok, pixels = capture.read()
             if not ok or pixels is None:
-                if first and self.source.kind == "file":  # a file that opened and had nothing: say so, not "no frame"
+                # a file that opened and had nothing: say so, not "no frame" (frames all of a refused size: that fault)
+                if first and self.source.kind == "file" and not isinstance(self.fault, CameraFrameSize):
                     self.open_error = CameraFileNotVideo(self.source.redacted, NO_FRAME)
                 return
             now = time.monotonic()
