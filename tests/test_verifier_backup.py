@@ -83,3 +83,61 @@ def test_a_folder_without_a_database_is_refused_not_backed_up_as_a_new_empty_one
     assert "--pki" in fix and "--config" in fix
     assert not (verifier_state / "verifier.sqlite").exists(), "nothing was made"
     assert not (tmp_path / "b.sqlite").exists()
+
+
+def _enrol(pki: Path, subject: str) -> None:
+    conn = open_database(pki / "verifier.sqlite")
+    try:
+        EnrollmentStore(conn, load_or_create_key(pki / "enrollment.key", conn)).add(subject, "kiosk-1", [b"record"])
+    finally:
+        conn.close()
+
+
+def _subjects(database: Path) -> list[str]:
+    with sqlite3.connect(database) as conn:
+        return [row[0] for row in conn.execute("SELECT DISTINCT subject_id FROM enrollments ORDER BY 1")]
+
+
+def test_restore_puts_the_backup_back_keeps_the_replaced_database_aside_and_serve_starts_on_it(
+    verifier, provisioned, tmp_path: Path
+) -> None:
+    """By hand, a -wal left beside the replaced database is replayed into the restored file at the next open."""
+    _enrol(verifier.pki_dir, "ana")
+    backup = tmp_path / "b.sqlite"
+    assert cli("backup", "--pki", str(verifier.pki_dir), "--to", str(backup)).returncode == 0
+    _enrol(verifier.pki_dir, "ben")  # after the backup: the restore takes it away
+    error, fix = refused(cli("restore", "--pki", str(verifier.pki_dir), "--from", str(backup)))
+    assert "already serves the database" in error and "stop it first" in fix
+    verifier.stop()
+    database = verifier.pki_dir / "verifier.sqlite"
+    stale_wal = database.with_name("verifier.sqlite-wal")
+    if not stale_wal.exists():  # a stopped serve checkpoints it away; a killed one leaves it
+        stale_wal.write_bytes(b"a WAL the replaced database left")
+    done = cli("restore", "--pki", str(verifier.pki_dir), "--from", str(backup))
+    assert done.returncode == 0, done.stderr
+    assert "1 device(s), 1 enrolled subject(s)" in done.stdout
+    assert not stale_wal.exists(), "the replaced database's WAL went aside with it"
+    (aside,) = verifier.pki_dir.glob("verifier.sqlite.replaced-*[0-9]")
+    assert aside.with_name(aside.name + "-wal").exists()
+    assert _subjects(database) == ["ana"]
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    verifier.start()  # the key check at start opens the restored rows
+    assert verifier.process is not None and verifier.process.poll() is None
+
+
+def test_restore_refuses_a_backup_the_verifiers_key_does_not_open_and_leaves_the_database(
+    verifier_state: Path, tmp_path: Path
+) -> None:
+    _enrol(verifier_state, "ana")
+    backup = tmp_path / "b.sqlite"
+    assert cli("backup", "--pki", str(verifier_state), "--to", str(backup)).returncode == 0
+    before = (verifier_state / "verifier.sqlite").read_bytes()
+    (verifier_state / "enrollment.key").write_bytes(bytes(32))  # another verifier's key
+    error, fix = refused(cli("restore", "--pki", str(verifier_state), "--from", str(backup)))
+    assert "does not open the enrollments" in error and "restore this verifier's own enrollment.key" in fix
+    assert (verifier_state / "verifier.sqlite").read_bytes() == before
+    error, fix = refused(cli("restore", "--pki", str(verifier_state), "--from", str(tmp_path / "none.sqlite")))
+    assert "no backup at" in error
+    (tmp_path / "text.sqlite").write_text("not a database")
+    error, _ = refused(cli("restore", "--pki", str(verifier_state), "--from", str(tmp_path / "text.sqlite")))
+    assert "cannot be read as a database" in error

@@ -78,6 +78,28 @@ def load_or_create_key(path: Path, conn: sqlite3.Connection | None = None) -> by
     return key
 
 
+def check_key_opens(path: Path, conn: sqlite3.Connection) -> None:
+    """The key at ``path`` opens what ``conn`` holds sealed (a backup about to be restored); EnrollmentKeyError if not.
+
+    Never makes a key: a restore whose rows this verifier's key cannot open would put back enrollments nobody can
+    read, and the next start would refuse them anyway.
+    """
+    sealed = sealed_rows(conn)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if sealed:
+            raise EnrollmentKeyError(
+                f"{path} is missing: the backup's {sealed} enrollment(s) are sealed under the key it had",
+                fix=f"put this verifier's {path.name} back first (its copy kept apart from the backups), then "
+                "restore",
+            ) from None
+        return
+    except OSError as exc:
+        raise EnrollmentKeyError(f"cannot read {path}: {exc.strerror}", fix=_owner_fix(path)) from None
+    _check_opens_a_row(path, _read_checked(path, mode, sealed), conn)
+
+
 def sealed_rows(conn: sqlite3.Connection) -> int:
     """How many rows of the database are sealed under the enrollment key (0 for a new database)."""
     total = 0

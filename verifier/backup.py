@@ -1,4 +1,4 @@
-"""A consistent copy of the verifier's database, taken while `serve` runs.
+"""A consistent copy of the verifier's database, taken while `serve` runs, and its way back in.
 
 Why a command: the database is in WAL mode, so the most recent commits live in
 ``verifier.sqlite-wal`` until a checkpoint; a ``cp`` of ``verifier.sqlite`` alone
@@ -12,6 +12,14 @@ What it does not hold: ``enrollment.key``. The templates in the copy are sealed
 under it, and the key is kept apart from the database on purpose (a stolen
 backup then reveals no template); it never changes, so one copy of it, kept
 elsewhere, serves every backup.
+
+Restoring (:func:`restore`) is a command too, because by hand it has a trap: a
+``verifier.sqlite-wal`` left beside the database being replaced is replayed into
+the restored file at the next open, and damages it. The command holds the
+database's lock (no `serve` runs meanwhile, none starts), checks the backup is a
+verifier database whose sealed rows this verifier's key opens, copies it in
+whole, flushed, under the name, and keeps the replaced database (its WAL with
+it) aside rather than deleting it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +85,7 @@ def back_up(conn: sqlite3.Connection, destination: Path, source: Path) -> Backup
         copy = sqlite3.connect(destination)
         try:
             conn.backup(copy)  # one step: a single read snapshot of the source, writers go on meanwhile
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal to carry along
             verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
             if verdict != "ok":
                 raise PKIFolderError(f"the copy in {destination} does not check ({verdict})",
@@ -122,3 +132,88 @@ def _flush(path: Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    database: Path
+    replaced: Path | None  # where the database it replaced was kept (None: there was none)
+    devices: int
+    subjects: int
+
+
+COMPANIONS = ("-wal", "-shm")  # sqlite's files beside a WAL database, named after it
+
+
+def restore(backup: Path, database: Path, key: Path) -> RestoreResult:
+    """Put ``backup`` in place of ``database`` while no `serve` runs; the key at ``key`` must open its rows."""
+    from verifier.at_rest_key import check_key_opens
+    from verifier.serve_lock import hold_database
+
+    source = _open_backup(backup)
+    try:
+        check_key_opens(key, source)
+        with hold_database(database):  # refused while serve runs; and no serve starts halfway
+            incoming = _copy_in(source, database)
+            replaced = _keep_aside(database)
+            os.rename(incoming, database)
+            _flush(database)
+        devices = source.execute("SELECT count(*) FROM devices").fetchone()[0]
+        subjects = _subjects(source)
+    finally:
+        source.close()
+    return RestoreResult(database, replaced, devices, subjects)
+
+
+def _open_backup(backup: Path) -> sqlite3.Connection:
+    """The backup, read-only, refused unless it is a whole verifier database."""
+    if not backup.is_file():
+        raise PKIFolderError(f"no backup at {backup}", fix="give --from the file `capture-verifier backup` wrote")
+    try:
+        conn = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
+        verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise PKIFolderError(
+            f"{backup} cannot be read as a database ({exc})",
+            fix="give --from a file `capture-verifier backup` wrote (a copy of another file?)",
+        ) from None
+    if verdict != "ok" or "devices" not in tables:
+        conn.close()
+        why = f"does not check ({verdict})" if verdict != "ok" else "is not a verifier database"
+        raise PKIFolderError(f"{backup} {why}", fix="give --from another backup (an older one, if this one is damaged)")
+    return conn
+
+
+def _copy_in(source: sqlite3.Connection, database: Path) -> Path:
+    """The backup copied whole to a new file beside ``database`` (0600), checked and flushed; its path."""
+    incoming = database.with_name(f".{database.name}.restoring")
+    with contextlib.suppress(FileNotFoundError):
+        incoming.unlink()  # an interrupted restore's: ours, and never in use
+    os.close(os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        copy = sqlite3.connect(incoming)
+        try:
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # no -wal of its own to carry: one whole file
+        finally:
+            copy.close()
+        _flush(incoming)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            incoming.unlink()
+        raise
+    return incoming
+
+
+def _keep_aside(database: Path) -> Path | None:
+    """The database being replaced, renamed with its -wal and -shm (so they stay its own); None when there is none."""
+    if not database.exists():
+        return None
+    aside = database.with_name(f"{database.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in COMPANIONS:
+        companion = database.with_name(database.name + suffix)
+        if companion.exists():
+            os.rename(companion, aside.with_name(aside.name + suffix))
+    os.rename(database, aside)
+    return aside

@@ -484,6 +484,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """A backup put back in place of the database, with serve stopped (verifier/backup.py says why a command)."""
+    from verifier.backup import restore
+
+    settings = settings_from(args)
+    _need_pki(settings)
+    done = restore(Path(args.from_file), settings.database, settings.enrollment_key)
+    print(f"restored {args.from_file} as {done.database}: {done.devices} device(s), {done.subjects} enrolled "
+          "subject(s)")
+    if done.replaced is not None:
+        print(f"the database it replaced is kept as {done.replaced} (its -wal beside it): delete it once the "
+              "verifier serves as it should")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve on the database opened once, here, where one that cannot be opened is named (not a traceback).
 
@@ -642,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     ))
     backup.add_argument("--to", required=True, help="the new file to write (never written over)")
     backup.set_defaults(run=cmd_backup)
+    restore = with_pki(sub.add_parser(
+        "restore", help="put a backup back in place of the database (serve stopped; the replaced one is kept aside)"
+    ))
+    restore.add_argument("--from", dest="from_file", required=True, help="the file `backup` wrote")
+    restore.set_defaults(run=cmd_restore)
     serve = with_pki(sub.add_parser("serve", help="run the verifier (mTLS, HTTP/2)"))
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8443; 0 picks a free one)")
