@@ -45,7 +45,7 @@ from hypothesis import settings
 
 from agent.config import AgentConfig
 from agent.devices.supervisor import DeviceSupervisor
-from agent.devstack import LocalVerifier, device_config
+from agent.devstack import LocalVerifier, device_config, write_config_file
 from agent.identity import DeviceIdentity, IdentityStore
 from agent.provision import provision
 from tests.der import element as der_element
@@ -293,6 +293,35 @@ def start_agent_daemon(config_file: Path, env: dict[str, str] | None = None) -> 
     """`capture-agent run` as its own process (in ``env`` when given), output discarded; the caller stops it."""
     command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+# A camera source its driver refuses (an unencoded / in the password); a test asserts "SECRET" never shows.
+REFUSED_CAMERA_SOURCE = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"
+
+
+@contextlib.contextmanager
+def daemon_with_devices_not_set_up(
+    config: AgentConfig, tmp_path: Path, *, between: str = ""
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`capture-agent run` whose USB reader "usb" cannot be set up (PyGObject hidden from it, as where libfprint is
+    missing) and whose camera "door" has a source its driver refuses; ``between``: [[device]] tables between the
+    two. Yields (the daemon, its local API socket); stopped on exit."""
+    (tmp_path / "hidden" / "gi").mkdir(parents=True)
+    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
+    socket_path = tmp_path / "run" / "api.sock"
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
+        '[[device]]\nkind = "fprint"\nname = "usb"\n' + between
+        + f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{REFUSED_CAMERA_SOURCE}"\n',
+    )
+    daemon = start_agent_daemon(config_file, env=env)
+    try:
+        yield daemon, socket_path
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
 
 
 

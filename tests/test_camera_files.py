@@ -129,16 +129,21 @@ def test_the_agent_device_discovery_and_doctor_say_a_missing_video_file_in_file_
 # ---------------------------------------------------------------- a file that is there but no video
 
 
+def _open_error(source: Path, camera: Camera | None = None) -> CameraUnavailable | None:
+    """Why one open of ``source`` (by ``camera``, or a camera made for it) gave no frame; the camera stopped."""
+    camera = camera or Camera(str(source), reconnect=False)
+    try:
+        assert not camera.open_once(timeout_s=5)
+        return camera.open_error
+    finally:
+        camera.stop()
+
+
 def test_a_text_file_named_like_a_video_is_said_to_be_no_video_not_no_frame(tmp_path) -> None:
     """OpenCV only said it did not open: the device said "gives no frame", "check it is plugged in"."""
     clip = tmp_path / "clip.mp4"
     clip.write_text("not a video\n")
-    camera = Camera(str(clip), reconnect=False)
-    try:
-        assert not camera.open_once(timeout_s=5)
-        error = camera.open_error
-    finally:
-        camera.stop()
+    error = _open_error(clip)
     assert isinstance(error, CameraFileNotVideo), error
     assert error.args[0].startswith(f"the video file {clip} is no video OpenCV can open"), error
     assert f"`ffprobe {clip}`" in error.fix and "mv" in error.fix
@@ -157,12 +162,7 @@ def test_a_video_file_holding_no_frame_is_said_so(tmp_path) -> None:
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
     assert writer.isOpened()
     writer.release()
-    camera = Camera(str(clip), reconnect=False)
-    try:
-        assert not camera.open_once(timeout_s=5)
-        error = camera.open_error
-    finally:
-        camera.stop()
+    error = _open_error(clip)
     assert isinstance(error, CameraFileNotVideo) and "holds no frame" in error.args[0], error
     found = next(f for f in cameras([str(clip)], max_index=0) if f.path == str(clip))
     assert "holds no frame" in found.description and "ffprobe" in found.fix, found
@@ -284,10 +284,7 @@ def test_a_video_file_whose_frames_are_all_of_a_refused_size_says_the_size(video
     from drivers.camera.errors import CameraFrameSize
 
     camera = Camera(str(video_file), reconnect=False, min_side=100)  # the clip is 64x48
-    try:
-        assert not camera.open_once(timeout_s=5)
-        fault, error = camera.fault, camera.open_error
-    finally:
-        camera.stop()
+    error = _open_error(video_file, camera)
+    fault = camera.fault
     assert isinstance(fault, CameraFrameSize), fault
     assert not isinstance(error, CameraFileNotVideo), error

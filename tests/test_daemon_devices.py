@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 from agent.devstack import write_config_file
-from tests.conftest import start_agent_daemon
+from tests.conftest import daemon_with_devices_not_set_up, start_agent_daemon
 from tests.test_audit_trail import verifier_events
 
 REACTION_S = 0.3  # a person follows a prompt a few tenths of a second later
@@ -329,28 +329,13 @@ def test_devices_that_could_not_be_set_up_count_in_health_like_devices_not_conne
     driver refuses were only listed in "device_faults": /health said "ok" on a kiosk with no reader that could
     work. The reader is required: "degraded", with its fix; the camera beside it is optional: a warning."""
     config, _ = provisioned
-    (tmp_path / "hidden" / "gi").mkdir(parents=True)
-    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
-    socket_path = tmp_path / "run" / "api.sock"
-    source = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"  # an unencoded / in the password
-    config_file = write_config_file(
-        tmp_path / "agent.toml", config,
-        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
-        '[[device]]\nkind = "fprint"\nname = "usb"\n'
-        f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{source}"\n',
-    )
-    daemon = start_agent_daemon(config_file, env=env)
 
-    async def story() -> dict:
+    async def story(daemon: subprocess.Popen, socket_path: Path) -> dict:
         async with kiosk_client(daemon, socket_path) as client:
             return (await client.get("/health")).json()
 
-    try:
-        health = asyncio.run(story())
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(20)
+    with daemon_with_devices_not_set_up(config, tmp_path) as (daemon, socket_path):
+        health = asyncio.run(story(daemon, socket_path))
     assert set(health["device_faults"]) == {"usb", "door"}, health
     assert health["status"] == "degraded", health
     assert health["device_error"].startswith("could not be set up: usb ("), health
@@ -368,22 +353,9 @@ def test_health_lists_every_configured_device_those_not_set_up_with_their_error_
     device_warning and device_faults), so a kiosk app or installer reading ``devices`` never saw it.
     Every configured device is listed, in the config's order, each with its state."""
     config, _ = provisioned
-    (tmp_path / "hidden" / "gi").mkdir(parents=True)
-    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
     camera = Simulator("camera", "--size", "320x240", "--fps", "15")
-    socket_path = tmp_path / "run" / "api.sock"
-    source = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"  # an unencoded / in the password
-    config_file = write_config_file(
-        tmp_path / "agent.toml", config,
-        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
-        '[[device]]\nkind = "fprint"\nname = "usb"\n'
-        f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{camera.hello["url"]}"\n'
-        f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{source}"\n',
-    )
-    daemon = start_agent_daemon(config_file, env=env)
 
-    async def story() -> dict:
+    async def story(daemon: subprocess.Popen, socket_path: Path) -> dict:
         async with kiosk_client(daemon, socket_path) as client:
             deadline = time.monotonic() + 20
             while True:
@@ -394,10 +366,10 @@ def test_health_lists_every_configured_device_those_not_set_up_with_their_error_
                 await asyncio.sleep(0.1)
 
     try:
-        health = asyncio.run(story())
+        between = f'[[device]]\nkind = "camera"\nname = "camera"\nsource = "{camera.hello["url"]}"\n'
+        with daemon_with_devices_not_set_up(config, tmp_path, between=between) as (daemon, socket_path):
+            health = asyncio.run(story(daemon, socket_path))
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(20)
         camera.stop()
     devices = {d["name"]: d for d in health["devices"]}
     assert list(devices) == ["usb", "camera", "door"], health
@@ -416,29 +388,14 @@ def test_a_session_on_devices_that_could_not_be_set_up_names_them_and_their_fix(
     on one whose camera source was refused, were told "no configured device can do ...: add a [[device]] that
     can", about devices that are in the config: the real trouble and its fix went unsaid."""
     config, _ = provisioned
-    (tmp_path / "hidden" / "gi").mkdir(parents=True)
-    (tmp_path / "hidden" / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hidden"), os.getcwd()])}
-    socket_path = tmp_path / "run" / "api.sock"
-    source = "http://admin:Pa55/w0rdSECRET@127.0.0.1:9/video.mjpg"  # an unencoded / in the password
-    config_file = write_config_file(
-        tmp_path / "agent.toml", config,
-        f'[api]\nsocket = "{socket_path}"\n[logging]\nlevel = "error"\n'
-        '[[device]]\nkind = "fprint"\nname = "usb"\n'
-        f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{source}"\n',
-    )
-    daemon = start_agent_daemon(config_file, env=env)
 
-    async def story() -> list[httpx.Response]:
+    async def story(daemon: subprocess.Popen, socket_path: Path) -> list[httpx.Response]:
         async with kiosk_client(daemon, socket_path) as client:
             return [await client.post("/sessions", json={"operation": "identify", **modality})
                     for modality in ({}, {"modality": "face"})]
 
-    try:
-        finger, face = asyncio.run(story())
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(20)
+    with daemon_with_devices_not_set_up(config, tmp_path) as (daemon, socket_path):
+        finger, face = asyncio.run(story(daemon, socket_path))
     assert finger.status_code == 503 and face.status_code == 503, (finger.text, face.text)
     said = finger.json()["error"]
     assert said.startswith("no device can do fingerprint-image: usb could not be set up ("), finger.text

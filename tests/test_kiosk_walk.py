@@ -328,6 +328,16 @@ def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if
     assert "bob" not in subjects, "an enrollment whose finger never came off sends nothing"
 
 
+async def a_person_runs_identify(daemon) -> tuple[int, str]:
+    """`capture-agent identify` at the terminal, beside whatever the kiosk app runs: (exit status, what it said)."""
+    person = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await person.communicate()
+    return person.returncode or 0, out.decode()
+
+
 def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_module) -> None:
     """Two clients at once: the second was told "wait for it or cancel it" with no fix line, and a person at a
     terminal has no command that cancels a session another client started."""
@@ -337,13 +347,9 @@ def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_m
         async with daemon.client() as kiosk:
             first = await kiosk.post("/sessions", json={"operation": "identify"})  # waits for a finger
             assert first.status_code == 201, first.text
-            person = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )
-            out, _ = await person.communicate()
+            said = await a_person_runs_identify(daemon)
             await kiosk.delete(f"/sessions/{first.json()['id']}")
-            return person.returncode or 0, out.decode()
+            return said
 
     code, out = asyncio.run(kiosk_holds_the_sensor())
     assert code == 2, out
@@ -366,13 +372,9 @@ def test_a_second_client_is_told_a_face_session_holds_the_camera_not_the_sensor(
             await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
             first = await kiosk.post("/sessions", json={"operation": "identify", "modality": "face"})
             assert first.status_code == 201, first.text
-            person = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )
-            out, _ = await person.communicate()
+            said = await a_person_runs_identify(daemon)
             await kiosk.delete(f"/sessions/{first.json()['id']}")
-            return person.returncode or 0, out.decode()
+            return said
 
     code, out = asyncio.run(kiosk_holds_the_camera())
     assert code == 2, out
