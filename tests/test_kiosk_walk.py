@@ -328,14 +328,21 @@ def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if
     assert "bob" not in subjects, "an enrollment whose finger never came off sends nothing"
 
 
-async def a_person_runs_identify(daemon) -> tuple[int, str]:
-    """`capture-agent identify` at the terminal, beside whatever the kiosk app runs: (exit status, what it said)."""
-    person = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await person.communicate()
-    return person.returncode or 0, out.decode()
+async def a_person_runs_identify_beside(daemon, request: dict, connected: dict | None = None) -> tuple[int, str]:
+    """`capture-agent identify` at the terminal while a kiosk app's session (``request``, once ``connected`` holds)
+    runs: (its exit status, what it said); the kiosk's session cancelled after."""
+    async with daemon.client() as kiosk:
+        if connected:
+            await daemon.devices_connected(kiosk, connected, 20)
+        first = await kiosk.post("/sessions", json=request)
+        assert first.status_code == 201, first.text
+        person = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), "identify",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await person.communicate()
+        await kiosk.delete(f"/sessions/{first.json()['id']}")
+        return person.returncode or 0, out.decode()
 
 
 def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_module) -> None:
@@ -343,15 +350,7 @@ def test_a_second_client_is_told_the_sensor_is_busy_and_what_to_do(daemon_with_m
     terminal has no command that cancels a session another client started."""
     daemon = daemon_with_module()
 
-    async def kiosk_holds_the_sensor() -> tuple[int, str]:
-        async with daemon.client() as kiosk:
-            first = await kiosk.post("/sessions", json={"operation": "identify"})  # waits for a finger
-            assert first.status_code == 201, first.text
-            said = await a_person_runs_identify(daemon)
-            await kiosk.delete(f"/sessions/{first.json()['id']}")
-            return said
-
-    code, out = asyncio.run(kiosk_holds_the_sensor())
+    code, out = asyncio.run(a_person_runs_identify_beside(daemon, {"operation": "identify"}))  # waits for a finger
     assert code == 2, out
     assert out.splitlines() == [
         "error: a session is running on the sensor (or still stopping after a cancel)",
@@ -367,16 +366,8 @@ def test_a_second_client_is_told_a_face_session_holds_the_camera_not_the_sensor(
     assert daemon.camera is not None
     daemon.camera.send("nothing")  # nobody in front of the camera: the face session waits
 
-    async def kiosk_holds_the_camera() -> tuple[int, str]:
-        async with daemon.client() as kiosk:
-            await daemon.devices_connected(kiosk, {"reader": True, "camera": True}, 20)
-            first = await kiosk.post("/sessions", json={"operation": "identify", "modality": "face"})
-            assert first.status_code == 201, first.text
-            said = await a_person_runs_identify(daemon)
-            await kiosk.delete(f"/sessions/{first.json()['id']}")
-            return said
-
-    code, out = asyncio.run(kiosk_holds_the_camera())
+    face = {"operation": "identify", "modality": "face"}
+    code, out = asyncio.run(a_person_runs_identify_beside(daemon, face, {"reader": True, "camera": True}))
     assert code == 2, out
     assert out.splitlines()[0] == "error: a session is running on the camera (or still stopping after a cancel)", out
 
