@@ -191,10 +191,11 @@ class AgentDaemon:
         (a device fault, a failed renewal) clashed with this line's and raised, out of the very call
         that must not.
         """
-        if kind != AUDIT_RECOVERED:
-            self.events_not_stored += 1
         first = self.audit_fault is None
         self.audit_fault = exc
+        if kind == AUDIT_RECOVERED:  # a retry of the outbox (each /health, each session asked for): no event lost
+            return
+        self.events_not_stored += 1
         why = {"storage_error": exc.message, **({"storage_fix": exc.fix} if first else {})}
         log.error("audit_event_not_stored", audit=True, type=kind, data=dict(data), **why)
 
