@@ -137,3 +137,53 @@ def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: 
     assert first is disk_full
     assert not isinstance(retried, NonceError), "the retry was refused as a replayed nonce"
     assert retried.status == 200
+
+
+def test_what_memory_learns_from_a_request_waits_for_its_commit(tmp_path: Path, tiny_filesystem: Path) -> None:
+    """An enrollment whose commit failed (a full disk) was already in the 1:N gallery: identification named a
+    subject the database did not hold, and the retry's templates counted twice. Changes wait for the commit."""
+    import asyncio
+    import types
+
+    from verifier.app import VerifierApp
+    from verifier.http import Deferred, Request, Route, json_answer
+    from verifier.pki import init_pki
+    from verifier.settings import VerifierSettings
+
+    disk_full = _full_disk_error(tiny_filesystem)
+    init_pki(tmp_path / "pki")
+    app = VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
+    gallery: list[str] = []
+    failures = [disk_full]
+
+    def enroll(request: Request) -> Deferred:
+        def finish(_: object) -> object:
+            app.biometric.after_commit(lambda: gallery.append("ana"))  # as an enrollment's templates
+            if failures:
+                raise failures.pop()  # the transaction fails after the change was asked for
+            return json_answer(201, {"subject": "ana"})
+
+        return Deferred("kiosk-1", lambda budget: None, finish, lambda: None)
+
+    route = Route(enroll, needs_client_cert=True, matches=True)
+    request = Request("POST", "/v1/subjects/ana/enrollments", {"idempotency-key": "k-1"}, b"{}",
+                      types.SimpleNamespace(device_id="kiosk-1"), None)
+
+    async def twice() -> list[object]:
+        outcomes: list[object] = []
+        for _ in range(2):
+            try:
+                outcomes.append(await app._idempotent(route, request))
+                outcomes.append(list(gallery))
+            except sqlite3.Error as exc:
+                outcomes.append(list(gallery))
+                outcomes.append(exc)
+        return outcomes
+
+    try:
+        after_failure, failed, answer, after_retry = asyncio.run(twice())
+    finally:
+        app.pool.close()
+        app.conn.close()
+    assert failed is disk_full and after_failure == [], "nothing learnt from a request that was rolled back"
+    assert answer.status == 201 and after_retry == ["ana"], "learnt once, from the retry that committed"

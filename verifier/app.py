@@ -357,12 +357,15 @@ class VerifierApp:
                 stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body)
                 self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
             self.conn.execute("COMMIT")
+            self.biometric.committed()  # the galleries learn an enrollment only once it is stored
             return answer
         except MatchingBusy as exc:
             self.conn.execute("ROLLBACK")
+            self.biometric.rolled_back()
             raise self._busy(request, request.device.device_id if request.device else "", str(exc)) from None
         except KeyReuseError:
             self.conn.execute("ROLLBACK")
+            self.biometric.rolled_back()
             raise Problem(
                 "idempotency-key-reused",
                 "this Idempotency-Key was used for a different request",
@@ -371,6 +374,7 @@ class VerifierApp:
         except BaseException as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
+            self.biometric.rolled_back()
             if spent is not None and is_storage_fault(exc):  # its decision was not stored: nor may its nonce be
                 self._give_back(spent)
             raise

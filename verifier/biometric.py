@@ -130,6 +130,26 @@ class BiometricRoutes:
         self._gallery_loaded = False
         self._gallery_size = 0  # templates in the gallery once the queue is drained
         self._templates_of: Counter[str] = Counter()  # the same, per subject: what one identification searches
+        self._after_commit: list[Callable[[], None]] = []  # in-memory changes waiting for their transaction
+
+    def after_commit(self, change: Callable[[], None]) -> None:
+        """Make ``change`` to what is kept in memory (the 1:N galleries) once the request's transaction commits.
+
+        Why not at once: a commit that fails (a full disk: 503 storage-unavailable) rolls the enrollment back,
+        and a gallery changed before it would go on naming a subject the database does not hold, and count the
+        retry's templates twice.
+        """
+        self._after_commit.append(change)
+
+    def committed(self) -> None:
+        """The request's transaction committed: make the changes it waited for (verifier.app calls this)."""
+        changes, self._after_commit = self._after_commit, []
+        for change in changes:
+            change()
+
+    def rolled_back(self) -> None:
+        """The request's transaction was rolled back: drop the changes it waited for."""
+        self._after_commit.clear()
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
@@ -489,6 +509,13 @@ class BiometricRoutes:
                 self._templates_of[subject] += 1
             self._gallery_loaded = True
 
+    def _into_gallery(self, subject: str, views: list[FingerprintTemplate]) -> None:
+        """On the loop, once the enrollment is committed: its templates into the 1:N gallery's queue."""
+        for view in views:
+            self._gallery_queue.append((subject, view))
+            self._gallery_size += 1
+            self._templates_of[subject] += 1
+
     def _gallery_index(self, budget: Budget) -> GalleryIndex:
         """In a pool thread holding the gallery lock: the gallery with every queued template added."""
         if self._gallery is None:
@@ -670,10 +697,7 @@ class BiometricRoutes:
                 self.subjects.assign(subject, group)
             self.enrollments.add(subject, device_id, records)
             self._generation[subject] = self._generation.get(subject, 0) + 1
-            for view in views:
-                self._gallery_queue.append((subject, view))
-                self._gallery_size += 1
-                self._templates_of[subject] += 1
+            self.after_commit(lambda: self._into_gallery(subject, views))
             log.info(
                 "enrollment",
                 audit=True,

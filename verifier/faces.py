@@ -275,8 +275,7 @@ class FaceRoutes:
             if recorded is None:
                 self.bio.subjects.assign(subject, group)
             self.store.add(subject, device_id, records)
-            subjects, gallery = self._gallery_now()
-            self._gallery = ([*subjects, *[subject] * len(probes)], np.vstack([gallery, probes]))
+            self.bio.after_commit(lambda: self._into_gallery(subject, probes))  # not before it is stored
             log.info("enrollment", audit=True, device_id=device_id, subject=subject, group=group, modality=FACE,
                      templates=len(records), with_session_token=has_token,
                      token_scope=spent.scope if spent is not None else None)
@@ -391,6 +390,12 @@ class FaceRoutes:
         return json_answer(200, answer, ((b"server-timing", f"match;dur={scored.match_ms:.3f}".encode()),))
 
     # ---------------------------------------------------------------- identify
+    def _into_gallery(self, subject: str, probes: np.ndarray) -> None:
+        """Once the enrollment is committed: its embeddings into the 1:N gallery (a new tuple: a pool thread
+        holding the previous one reads it unchanged)."""
+        subjects, gallery = self._gallery_now()
+        self._gallery = ([*subjects, *[subject] * len(probes)], np.vstack([gallery, probes]))
+
     def _gallery_now(self) -> tuple[list[str], np.ndarray]:
         """On the loop: every enrolled embedding, read from the database once (then grown by each enrollment)."""
         if self._gallery is None:
