@@ -6,10 +6,13 @@ database open (WAL) while the backup reads it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import stat
 from pathlib import Path
+
+import pytest
 
 from tests.test_verifier_operator_cli import cli, refused
 from verifier.at_rest_key import load_or_create_key
@@ -98,10 +101,9 @@ def _subjects(database: Path) -> list[str]:
         return [row[0] for row in conn.execute("SELECT DISTINCT subject_id FROM enrollments ORDER BY 1")]
 
 
-def test_restore_puts_the_backup_back_keeps_the_replaced_database_aside_and_serve_starts_on_it(
+def test_restore_puts_the_backup_back_keeps_a_backup_of_the_replaced_database_and_serve_starts_on_it(
     verifier, provisioned, tmp_path: Path
 ) -> None:
-    """By hand, a -wal left beside the replaced database is replayed into the restored file at the next open."""
     _enrol(verifier.pki_dir, "ana")
     backup = tmp_path / "b.sqlite"
     assert cli("backup", "--pki", str(verifier.pki_dir), "--to", str(backup)).returncode == 0
@@ -110,19 +112,47 @@ def test_restore_puts_the_backup_back_keeps_the_replaced_database_aside_and_serv
     assert "already serves the database" in error and "stop it first" in fix
     verifier.stop()
     database = verifier.pki_dir / "verifier.sqlite"
-    stale_wal = database.with_name("verifier.sqlite-wal")
-    if not stale_wal.exists():  # a stopped serve checkpoints it away; a killed one leaves it
-        stale_wal.write_bytes(b"a WAL the replaced database left")
-    done = cli("restore", "--pki", str(verifier.pki_dir), "--from", str(backup))
-    assert done.returncode == 0, done.stderr
-    assert "1 device(s), 1 enrolled subject(s)" in done.stdout
-    assert not stale_wal.exists(), "the replaced database's WAL went aside with it"
-    (aside,) = verifier.pki_dir.glob("verifier.sqlite.replaced-*[0-9]")
-    assert aside.with_name(aside.name + "-wal").exists()
+    restores = [cli("restore", "--pki", str(verifier.pki_dir), "--from", str(backup)) for _ in range(2)]
+    assert [done.returncode for done in restores] == [0, 0], restores[-1].stderr
+    assert "1 device(s), 1 enrolled subject(s)" in restores[0].stdout
+    kept = sorted(verifier.pki_dir.glob("verifier.sqlite.replaced-*"))
+    assert len(kept) == 2, "a second restore in the same second kept its own copy, not over the first's"
+    assert sorted(_subjects(path)[-1] for path in kept) == ["ana", "ben"]  # the first kept ben's enrollment
     assert _subjects(database) == ["ana"]
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
     verifier.start()  # the key check at start opens the restored rows
     assert verifier.process is not None and verifier.process.poll() is None
+
+
+def test_restore_moves_a_wal_left_without_its_database_out_of_the_way(verifier_state: Path, tmp_path: Path) -> None:
+    """A -wal whose database was deleted by hand would be replayed into the restored file at its next open."""
+    _enrol(verifier_state, "ana")
+    backup = tmp_path / "b.sqlite"
+    assert cli("backup", "--pki", str(verifier_state), "--to", str(backup)).returncode == 0
+    database = verifier_state / "verifier.sqlite"
+    database.unlink()
+    database.with_name("verifier.sqlite-wal").write_bytes(b"another database's WAL")
+    done = cli("restore", "--pki", str(verifier_state), "--from", str(backup))
+    assert done.returncode == 0, done.stderr
+    assert (verifier_state / "verifier.sqlite-wal.stray").read_bytes() == b"another database's WAL"
+    assert _subjects(database) == ["ana"]
+
+
+def test_restore_as_another_user_than_the_folders_owner_is_refused_naming_sudo(
+    verifier_state: Path, tmp_path: Path
+) -> None:
+    """Run as root, the restored database and its lock were root's, and serve (its own user) could not open them."""
+    _enrol(verifier_state, "ana")
+    backup = tmp_path / "b.sqlite"
+    assert cli("backup", "--pki", str(verifier_state), "--to", str(backup)).returncode == 0
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the folder to another user")
+    os.chown(verifier_state, 65534, 65534)
+    try:
+        error, fix = refused(cli("restore", "--pki", str(verifier_state), "--from", str(backup)))
+    finally:
+        os.chown(verifier_state, 0, 0)
+    assert "not to the user running restore" in error and "sudo -u" in fix and "capture-verifier restore" in fix
 
 
 def test_restore_refuses_a_backup_the_verifiers_key_does_not_open_and_leaves_the_database(

@@ -13,13 +13,13 @@ under it, and the key is kept apart from the database on purpose (a stolen
 backup then reveals no template); it never changes, so one copy of it, kept
 elsewhere, serves every backup.
 
-Restoring (:func:`restore`) is a command too, because by hand it has a trap: a
+Restoring (:func:`restore`) is a command too, because by hand it has traps: a
 ``verifier.sqlite-wal`` left beside the database being replaced is replayed into
-the restored file at the next open, and damages it. The command holds the
-database's lock (no `serve` runs meanwhile, none starts), checks the backup is a
-verifier database whose sealed rows this verifier's key opens, copies it in
-whole, flushed, under the name, and keeps the replaced database (its WAL with
-it) aside rather than deleting it.
+the restored file at the next open, and damages it; a file copied in as root is
+one serve cannot open. The command holds the database's lock (no `serve` runs
+meanwhile, none starts), checks the backup is a verifier database whose sealed
+rows this verifier's key opens, keeps a backup of what it replaces, and copies
+the backup into the live database through sqlite itself (one transaction).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from verifier.pki_folder import PKIFolderError, database_error
 
-# sqlite's primary result codes that, during a backup, are the copy's side: FULL 13, READONLY 8, CANTOPEN 14.
-# The others (a damaged or locked source) are the database's, said as every command says them.
-DESTINATION_CODES = frozenset({8, 13, 14})
+# sqlite's primary result codes that, during a backup, are the source's side (opened read-only, checked before):
+# BUSY 5, LOCKED 6, CORRUPT 11, NOTADB 26. Any other (full, I/O, read-only...) is the copy's.
+SOURCE_CODES = frozenset({5, 6, 11, 26})
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,16 @@ def back_up(conn: sqlite3.Connection, destination: Path, source: Path) -> Backup
         finally:
             copy.close()
         _flush(destination)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:  # OSError: the copy's flush (EIO, ENOSPC at fsync)
         with contextlib.suppress(OSError):
             destination.unlink()
-        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in DESTINATION_CODES:
+        if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in SOURCE_CODES:
             raise database_error(source, exc) from None
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise PKIFolderError(
-            f"cannot write the backup to {destination}: {exc}",
-            fix=f"free space where it goes (`df -h {destination.parent}`), or give --to another disk",
+            f"cannot write the backup to {destination}: {reason}",
+            fix=f"check where it goes: free space (`df -h {destination.parent}`), a read-only or failing disk "
+            "(`dmesg`), a file size limit (FAT32: 4 GiB); or give --to another disk",
         ) from None
     except BaseException:
         with contextlib.suppress(OSError):
@@ -137,32 +139,101 @@ def _flush(path: Path) -> None:
 @dataclass(frozen=True)
 class RestoreResult:
     database: Path
-    replaced: Path | None  # where the database it replaced was kept (None: there was none)
+    replaced: Path | None  # a backup of the database it replaced (None: there was none)
     devices: int
     subjects: int
 
 
-COMPANIONS = ("-wal", "-shm")  # sqlite's files beside a WAL database, named after it
+COMPANIONS = ("-wal", "-shm", "-journal")  # sqlite's files beside a database, named after it
 
 
 def restore(backup: Path, database: Path, key: Path) -> RestoreResult:
-    """Put ``backup`` in place of ``database`` while no `serve` runs; the key at ``key`` must open its rows."""
+    """Put ``backup``'s content into ``database`` while no `serve` runs; the key at ``key`` must open its rows.
+
+    Through sqlite's backup API into the live database, not by renaming files: the copy is one transaction
+    (an interruption leaves the database as it was), the name never goes missing (an operator command
+    opened meanwhile would make a new database there, and its WAL would be replayed into the restored
+    file), the file keeps its owner and mode, and sqlite itself deals with the live database's WAL. What
+    it replaced is first backed up beside it (:func:`back_up`, a name of its own).
+    """
     from verifier.at_rest_key import check_key_opens
     from verifier.serve_lock import hold_database
 
+    _check_owner(database)
     source = _open_backup(backup)
     try:
         check_key_opens(key, source)
-        with hold_database(database):  # refused while serve runs; and no serve starts halfway
-            incoming = _copy_in(source, database)
-            replaced = _keep_aside(database)
-            os.rename(incoming, database)
-            _flush(database)
+        with hold_database(database):  # refused while serve runs; and no serve starts meanwhile
+            _move_strays(database)
+            live = sqlite3.connect(database, timeout=10)
+            try:
+                replaced = _kept(live, database) if _has_tables(live) else None
+                source.backup(live)
+                verdict = live.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise database_error(database, exc) from None
+            finally:
+                live.close()
+            if verdict != "ok":
+                raise PKIFolderError(f"{database} does not check after the restore ({verdict})",
+                                     fix="check the disk (`dmesg`), then restore again")
         devices = source.execute("SELECT count(*) FROM devices").fetchone()[0]
         subjects = _subjects(source)
     finally:
         source.close()
     return RestoreResult(database, replaced, devices, subjects)
+
+
+def _check_owner(database: Path) -> None:
+    """Refuse a caller who is not the owner of the database's folder: run as root (`sudo`), the restored
+    database and its lock would be root's, and serve, as its own user, could not open them."""
+    folder = database.parent
+    try:
+        owner = folder.stat().st_uid
+    except FileNotFoundError:
+        raise PKIFolderError(f"{folder} does not exist",
+                             fix="give --pki (and --config, if it sets db_path) as serve has them") from None
+    if owner != os.geteuid():
+        import pwd
+
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        raise PKIFolderError(
+            f"{folder} belongs to {name}, not to the user running restore",
+            fix=f"run it as the verifier's user: sudo -u {name} capture-verifier restore ...",
+        )
+
+
+def _move_strays(database: Path) -> None:
+    """A -wal (or -shm, -journal) with no database beside it: renamed away, or sqlite would replay it into the
+    restored database at its next open."""
+    if database.exists():
+        return  # its own: sqlite reads them with it
+    for suffix in COMPANIONS:
+        stray = database.with_name(database.name + suffix)
+        if stray.exists():
+            os.rename(stray, _free_name(database.with_name(f"{stray.name}.stray")))
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+
+
+def _kept(live: sqlite3.Connection, database: Path) -> Path:
+    """A backup of the database about to be replaced, beside it, under a name nothing holds yet."""
+    aside = _free_name(database.with_name(f"{database.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"))
+    return back_up(live, aside, database).path
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``...: the first name no file has (a second restore in the same second)."""
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _open_backup(backup: Path) -> sqlite3.Connection:
@@ -183,37 +254,3 @@ def _open_backup(backup: Path) -> sqlite3.Connection:
         why = f"does not check ({verdict})" if verdict != "ok" else "is not a verifier database"
         raise PKIFolderError(f"{backup} {why}", fix="give --from another backup (an older one, if this one is damaged)")
     return conn
-
-
-def _copy_in(source: sqlite3.Connection, database: Path) -> Path:
-    """The backup copied whole to a new file beside ``database`` (0600), checked and flushed; its path."""
-    incoming = database.with_name(f".{database.name}.restoring")
-    with contextlib.suppress(FileNotFoundError):
-        incoming.unlink()  # an interrupted restore's: ours, and never in use
-    os.close(os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    try:
-        copy = sqlite3.connect(incoming)
-        try:
-            source.backup(copy)
-            copy.execute("PRAGMA journal_mode=DELETE")  # no -wal of its own to carry: one whole file
-        finally:
-            copy.close()
-        _flush(incoming)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            incoming.unlink()
-        raise
-    return incoming
-
-
-def _keep_aside(database: Path) -> Path | None:
-    """The database being replaced, renamed with its -wal and -shm (so they stay its own); None when there is none."""
-    if not database.exists():
-        return None
-    aside = database.with_name(f"{database.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in COMPANIONS:
-        companion = database.with_name(database.name + suffix)
-        if companion.exists():
-            os.rename(companion, aside.with_name(aside.name + suffix))
-    os.rename(database, aside)
-    return aside

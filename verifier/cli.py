@@ -494,7 +494,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     print(f"restored {args.from_file} as {done.database}: {done.devices} device(s), {done.subjects} enrolled "
           "subject(s)")
     if done.replaced is not None:
-        print(f"the database it replaced is kept as {done.replaced} (its -wal beside it): delete it once the "
+        print(f"the database it replaced is kept as {done.replaced} (a backup of it): delete it once the "
               "verifier serves as it should")
     return 0
 
