@@ -130,13 +130,18 @@ class Outbox:
         self.path = path
         self.limits = limits or OutboxLimits()
         self._aead = AESGCM(data_key(kek))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # 0600 before sqlite opens it, whatever the umask: sqlite gives the -wal and -shm files
-        # the database file's mode (a chmod after WAL was on left them 0644 under umask 022).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
-            if file.exists():  # and the companions an older version left behind
-                file.chmod(0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # 0600 before sqlite opens it, whatever the umask: sqlite gives the -wal and -shm files
+            # the database file's mode (a chmod after WAL was on left them 0644 under umask 022).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+                if file.exists():  # and the companions an older version left behind
+                    file.chmod(0o600)
+        except PermissionError:
+            raise  # another user's file: the caller says which chown
+        except OSError as exc:  # a read-only or full file system: a traceback at start, before
+            raise self.storage_error(exc) from None
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=10)
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -208,16 +213,17 @@ class Outbox:
         level("audit_event", audit=True, seq=event["seq"], type=kind, **fields)
         return event
 
-    def storage_error(self, exc: sqlite3.DatabaseError) -> AuditStorageError:
+    def storage_error(self, exc: sqlite3.DatabaseError | OSError) -> AuditStorageError:
         """Why the outbox file cannot be written, and what the installer does about it."""
-        reason, folder = str(exc), self.path.parent
-        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        folder = self.path.parent
+        if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
             fix = (f"{self.path} is damaged (a failing SD card?): stop the agent, move it aside (its undelivered "
                    f"events stay in it, for inspection), start the agent again (it makes a new one); check the "
                    "card (`dmesg`)")
-        elif "full" in reason or "I/O" in reason:
+        elif "full" in reason or "I/O" in reason or "No space" in reason:
             fix = f"free space on the file system of {folder} (`df -h {folder}`); then check the disk (`dmesg`)"
-        elif "readonly" in reason or "read-only" in reason:
+        elif "readonly" in reason or "read-only" in reason or "Read-only" in reason:
             fix = (f"the file system of {folder} is read-only (an SD card that failed remounts so): see `dmesg` and "
                    f"`findmnt -T {folder}`; or give the agent's user {self.path.name} (its owner)")
         elif "locked" in reason or "busy" in reason:

@@ -231,3 +231,17 @@ def test_an_outbox_damaged_from_its_header_is_named_at_open(tmp_path, kek) -> No
     with pytest.raises(AuditStorageError, match="not a database") as raised:
         Outbox(path, kek)
     assert "is damaged" in raised.value.fix
+
+
+def test_an_outbox_on_a_read_only_file_system_is_named_at_open(tiny_filesystem, kek) -> None:
+    """An SD card remounted read-only after I/O errors: the daemon's start was a raw OSError traceback."""
+    import shutil
+    import subprocess
+
+    from agent.errors import AuditStorageError
+
+    Outbox(tiny_filesystem / "outbox.sqlite", kek).close()
+    subprocess.run([shutil.which("mount") or "mount", "-o", "remount,ro", str(tiny_filesystem)], check=True)
+    with pytest.raises(AuditStorageError, match="Read-only file system") as raised:
+        Outbox(tiny_filesystem / "outbox.sqlite", kek)
+    assert "read-only" in raised.value.fix and "dmesg" in raised.value.fix
