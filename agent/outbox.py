@@ -47,7 +47,7 @@ log = structlog.get_logger()
 # full, failing, read-only, held by another process, damaged. Any other error is a bug of ours.
 _STORAGE_CODES = frozenset({
     "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CORRUPT",
-    "SQLITE_NOTADB", "SQLITE_CANTOPEN",
+    "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL",
 })
 
 

@@ -360,21 +360,21 @@ class VerifierApp:
             self.biometric.committed()  # the galleries learn an enrollment only once it is stored
             return answer
         except MatchingBusy as exc:
+            self.biometric.rolled_back()  # first: a ROLLBACK that raises must not leave them for another request
             self.conn.execute("ROLLBACK")
-            self.biometric.rolled_back()
             raise self._busy(request, request.device.device_id if request.device else "", str(exc)) from None
         except KeyReuseError:
-            self.conn.execute("ROLLBACK")
             self.biometric.rolled_back()
+            self.conn.execute("ROLLBACK")
             raise Problem(
                 "idempotency-key-reused",
                 "this Idempotency-Key was used for a different request",
                 "use a fresh key for each new request",
             ) from None
         except BaseException as exc:
+            self.biometric.rolled_back()
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            self.biometric.rolled_back()
             if spent is not None and is_storage_fault(exc):  # its decision was not stored: nor may its nonce be
                 self._give_back(spent)
             raise

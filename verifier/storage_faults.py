@@ -21,8 +21,9 @@ from verifier.problems import Problem
 RETRY_AFTER_S = 10  # a full disk is not freed in a second; a lock held by a backup may be
 
 # sqlite's primary result codes (the low byte of an extended code) of a database file that cannot be used as it
-# is: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, NOTADB 26.
-STORAGE_RESULT_CODES = frozenset({5, 6, 8, 10, 11, 13, 14, 26})
+# is: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, PROTOCOL 15 (a WAL lock race),
+# NOTADB 26.
+STORAGE_RESULT_CODES = frozenset({5, 6, 8, 10, 11, 13, 14, 15, 26})
 
 
 def is_storage_fault(exc: BaseException) -> bool:
