@@ -668,18 +668,23 @@ def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemo
     ], said
 
 
+
+def at_a_terminal(tmp_path, api, *command: str) -> subprocess.Popen[str]:
+    """`capture-agent COMMAND` against the stand-in API, as from a terminal (Ctrl-C reaches it), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), *command,
+         "--socket", str(api.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=as_at_a_terminal,
+    )
+
 def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tmp_path) -> None:
     """Ctrl-C after the result was printed (the stream not yet closed) cancelled a session that had ended and
     printed its result a second time from the replay."""
     api = StandInAPI(tmp_path / "api.sock", [{"type": "prompt", "code": "place_finger", "message": "Place it"},
                                              {"type": "result", "decision": "accept", "score": 0.9, "subject": "ana"}])
     try:
-        person = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), "verify", "--subject",
-             "ana", "--socket", str(api.path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=as_at_a_terminal,
-        )
+        person = at_a_terminal(tmp_path, api, "verify", "--subject", "ana")
         said = []
         assert person.stdout is not None
         for line in person.stdout:
@@ -750,12 +755,7 @@ def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, co
     camera): the message named the device of the command's modality, not the devices the session had used."""
     api = StandInAPI(tmp_path / "api.sock", events)
     try:
-        person = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), *command,
-             "--socket", str(api.path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=as_at_a_terminal,
-        )
+        person = at_a_terminal(tmp_path, api, *command)
         said = []
         assert person.stdout is not None
         for line in person.stdout:

@@ -6,12 +6,19 @@ fills, as a verifier's disk fills with logs or backups.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import types
 from pathlib import Path
 
 from tests.conftest import dev_pki, fill_filesystem, provision_with_fresh_token, raw_client_context
 from tests.test_verifier import device_files, get
+from verifier.app import VerifierApp
+from verifier.challenges import NonceError
+from verifier.http import Deferred, Request, Route, json_answer
+from verifier.pki import init_pki
+from verifier.settings import VerifierSettings
 from verifier.storage_faults import is_storage_fault
 
 
@@ -87,21 +94,41 @@ def _full_disk_error(folder: Path) -> sqlite3.Error:
     raise AssertionError("the full tmpfs took the write")
 
 
+def _app(tmp_path: Path) -> VerifierApp:
+    """The verifier's app in this process, on a fresh PKI and database (the caller closes it, as _twice does)."""
+    init_pki(tmp_path / "pki")
+    return VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
+
+
+def _twice(app: VerifierApp, handler, path: str, seen=lambda: None) -> list[tuple[object, object]]:
+    """The same request (one Idempotency-Key) to ``handler`` twice, through the app's transaction handling:
+    each time (the answer, or the sqlite or nonce error it raised; what ``seen()`` says just after). App closed."""
+    route = Route(handler, needs_client_cert=True, matches=True)
+    request = Request("POST", path, {"idempotency-key": "k-1"}, b"{}", types.SimpleNamespace(device_id="kiosk-1"),
+                      None)
+
+    async def run() -> list[tuple[object, object]]:
+        outcomes: list[tuple[object, object]] = []
+        for _ in range(2):
+            try:
+                outcome: object = await app._idempotent(route, request)
+            except (sqlite3.Error, NonceError) as exc:
+                outcome = exc
+            outcomes.append((outcome, seen()))
+        return outcomes
+
+    try:
+        return asyncio.run(run())
+    finally:
+        app.pool.close()
+        app.conn.close()
+
+
 def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: Path, tiny_filesystem: Path) -> None:
     """The nonce is spent in the checks' transaction, committed before matching; the decision's transaction then
     failed on the disk (503 storage-unavailable, "retry"), and the retry was refused as a replayed nonce."""
-    import asyncio
-    import types
-
-    from verifier.app import VerifierApp
-    from verifier.challenges import NonceError
-    from verifier.http import Deferred, Request, Route, json_answer
-    from verifier.pki import init_pki
-    from verifier.settings import VerifierSettings
-
     disk_full = _full_disk_error(tiny_filesystem)
-    init_pki(tmp_path / "pki")
-    app = VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
+    app = _app(tmp_path)
     challenges = app.biometric.challenges
     nonce, _ = challenges.issue("kiosk-1")
     failures = [disk_full]  # the first decision meets the full disk, the retry a freed one
@@ -116,24 +143,7 @@ def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: 
 
         return Deferred("kiosk-1", lambda budget: 0.5, finish, lambda: challenges.release("kiosk-1", nonce))
 
-    route = Route(verify, needs_client_cert=True, matches=True)
-    request = Request("POST", "/v1/verifications", {"idempotency-key": "k-1"}, b"{}",
-                      types.SimpleNamespace(device_id="kiosk-1"), None)
-
-    async def twice() -> list[object]:
-        outcomes: list[object] = []
-        for _ in range(2):
-            try:
-                outcomes.append(await app._idempotent(route, request))
-            except (sqlite3.Error, NonceError) as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    try:
-        first, retried = asyncio.run(twice())
-    finally:
-        app.pool.close()
-        app.conn.close()
+    (first, _), (retried, _) = _twice(app, verify, "/v1/verifications")
     assert first is disk_full
     assert not isinstance(retried, NonceError), "the retry was refused as a replayed nonce"
     assert retried.status == 200
@@ -142,17 +152,8 @@ def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: 
 def test_what_memory_learns_from_a_request_waits_for_its_commit(tmp_path: Path, tiny_filesystem: Path) -> None:
     """An enrollment whose commit failed (a full disk) was already in the 1:N gallery: identification named a
     subject the database did not hold, and the retry's templates counted twice. Changes wait for the commit."""
-    import asyncio
-    import types
-
-    from verifier.app import VerifierApp
-    from verifier.http import Deferred, Request, Route, json_answer
-    from verifier.pki import init_pki
-    from verifier.settings import VerifierSettings
-
     disk_full = _full_disk_error(tiny_filesystem)
-    init_pki(tmp_path / "pki")
-    app = VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
+    app = _app(tmp_path)
     gallery: list[str] = []
     failures = [disk_full]
 
@@ -165,25 +166,7 @@ def test_what_memory_learns_from_a_request_waits_for_its_commit(tmp_path: Path, 
 
         return Deferred("kiosk-1", lambda budget: None, finish, lambda: None)
 
-    route = Route(enroll, needs_client_cert=True, matches=True)
-    request = Request("POST", "/v1/subjects/ana/enrollments", {"idempotency-key": "k-1"}, b"{}",
-                      types.SimpleNamespace(device_id="kiosk-1"), None)
-
-    async def twice() -> list[object]:
-        outcomes: list[object] = []
-        for _ in range(2):
-            try:
-                outcomes.append(await app._idempotent(route, request))
-                outcomes.append(list(gallery))
-            except sqlite3.Error as exc:
-                outcomes.append(list(gallery))
-                outcomes.append(exc)
-        return outcomes
-
-    try:
-        after_failure, failed, answer, after_retry = asyncio.run(twice())
-    finally:
-        app.pool.close()
-        app.conn.close()
+    (failed, after_failure), (answer, after_retry) = _twice(app, enroll, "/v1/subjects/ana/enrollments",
+                                                           lambda: list(gallery))
     assert failed is disk_full and after_failure == [], "nothing learnt from a request that was rolled back"
     assert answer.status == 201 and after_retry == ["ana"], "learnt once, from the retry that committed"
