@@ -377,8 +377,12 @@ class LocalAPI:
         self._bound = None
 
     # ---------------------------------------------------------------- sessions
+    def _running(self) -> RunningSession | None:
+        """The session not done yet (one at a time: one sensor), if any."""
+        return next((s for s in self.sessions.values() if not s.done), None)
+
     def _busy(self) -> bool:
-        return any(not s.done for s in self.sessions.values())
+        return self._running() is not None
 
     def _start_session(self, request: dict[str, Any]) -> RunningSession:
         operation = request.get("operation")
@@ -409,7 +413,7 @@ class LocalAPI:
         reader = request.get("reader")  # a capability (match-on-sensor, fingerprint-image) or a device name
         if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
             raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
-        busy = next((s for s in self.sessions.values() if not s.done), None)
+        busy = self._running()
         if busy is not None:
             # The fix says what a second client can do: a person at a terminal saw only "wait for it or cancel
             # it", and no command cancels a session another client started.

@@ -25,6 +25,7 @@ event loop.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -55,6 +56,22 @@ def is_storage_fault(exc: sqlite3.DatabaseError) -> bool:
     """The file's fault (a code of _STORAGE_CODES, extended ones such as SQLITE_IOERR_WRITE included), not ours."""
     name = getattr(exc, "sqlite_errorname", "")
     return any(name == code or name.startswith(code + "_") for code in _STORAGE_CODES)
+
+
+# What a file fault is, by sqlite's result name (extended names included) or the OS's errno: picks its fix.
+_CAUSE_BY_SQLITE = {"SQLITE_CORRUPT": "damaged", "SQLITE_NOTADB": "damaged", "SQLITE_FULL": "full",
+                    "SQLITE_IOERR": "full", "SQLITE_READONLY": "read-only", "SQLITE_BUSY": "held",
+                    "SQLITE_LOCKED": "held"}
+_CAUSE_BY_ERRNO = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EIO: "full", errno.EROFS: "read-only"}
+
+
+def _cause(exc: sqlite3.DatabaseError | OSError) -> str:
+    """"damaged", "full" (a full disk shows as an I/O error too: the WAL's shared memory cannot grow),
+    "read-only", "held", or "" for another fault."""
+    if isinstance(exc, OSError):
+        return _CAUSE_BY_ERRNO.get(exc.errno or 0, "")
+    name = getattr(exc, "sqlite_errorname", "")
+    return next((cause for code, cause in _CAUSE_BY_SQLITE.items() if name == code or name.startswith(code + "_")), "")
 
 
 RESERVED_LOG_KEYS = frozenset({"event", "level", "timestamp", "audit", "seq", "type", "logger"})
@@ -214,23 +231,24 @@ class Outbox:
         return event
 
     def storage_error(self, exc: sqlite3.DatabaseError | OSError) -> AuditStorageError:
-        """Why the outbox file cannot be written, and what the installer does about it."""
+        """Why the outbox file cannot be written, and what the installer does about it.
+
+        By the cause's code (sqlite's result name, or the OS's errno), not the wording of its message.
+        """
         reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        return AuditStorageError(f"the audit trail cannot be stored in {self.path}: {reason}", self._fix(_cause(exc)))
+
+    def _fix(self, cause: str) -> str:
         folder = self.path.parent
-        if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-            fix = (f"{self.path} is damaged (a failing SD card?): stop the agent, move it aside (its undelivered "
-                   f"events stay in it, for inspection), start the agent again (it makes a new one); check the "
-                   "card (`dmesg`)")
-        elif "full" in reason or "I/O" in reason or "No space" in reason:
-            fix = f"free space on the file system of {folder} (`df -h {folder}`); then check the disk (`dmesg`)"
-        elif "readonly" in reason or "read-only" in reason or "Read-only" in reason:
-            fix = (f"the file system of {folder} is read-only (an SD card that failed remounts so): see `dmesg` and "
-                   f"`findmnt -T {folder}`; or give the agent's user {self.path.name} (its owner)")
-        elif "locked" in reason or "busy" in reason:
-            fix = f"another process holds {self.path} in a long write (an sqlite3 shell, a backup): end it"
-        else:
-            fix = f"check {self.path} and its disk (`dmesg`); the agent retries at each event"
-        return AuditStorageError(f"the audit trail cannot be stored in {self.path}: {reason}", fix)
+        return {
+            "damaged": f"{self.path} is damaged (a failing SD card?): stop the agent, move it aside (its undelivered "
+            "events stay in it, for inspection), start the agent again (it makes a new one); check the card "
+            "(`dmesg`)",
+            "full": f"free space on the file system of {folder} (`df -h {folder}`); then check the disk (`dmesg`)",
+            "read-only": f"the file system of {folder} is read-only (an SD card that failed remounts so): see `dmesg` "
+            f"and `findmnt -T {folder}`; or give the agent's user {self.path.name} (its owner)",
+            "held": f"another process holds {self.path} in a long write (an sqlite3 shell, a backup): end it",
+        }.get(cause, f"check {self.path} and its disk (`dmesg`); the agent retries at each event")
 
     def _append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         event = make_event(self.head(), kind, data)

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from verifier import enrollments, faces
+from verifier.durable import flush
 from verifier.pki_folder import PKIFolderError
 
 KEY_BYTES = 32  # AES-256
@@ -102,12 +103,16 @@ def check_key_opens(path: Path, conn: sqlite3.Connection) -> None:
 
 def sealed_rows(conn: sqlite3.Connection) -> int:
     """How many rows of the database are sealed under the enrollment key (0 for a new database)."""
-    total = 0
-    for table, _ in SEALED_TABLES:
-        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-        if exists:
-            total += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 (names of ours)
-    return total
+    return sum(
+        conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 (names of ours)
+        for table, _ in _sealed_tables(conn)
+    )
+
+
+def _sealed_tables(conn: sqlite3.Connection) -> list[tuple[str, Callable[[str], bytes]]]:
+    """The SEALED_TABLES ``conn`` holds (a new database has none yet)."""
+    present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return [(table, aad) for table, aad in SEALED_TABLES if table in present]
 
 
 def _read_checked(path: Path, mode: int, sealed: int) -> bytes:
@@ -142,9 +147,7 @@ def _read_checked(path: Path, mode: int, sealed: int) -> bytes:
 def _check_opens_a_row(path: Path, key: bytes, conn: sqlite3.Connection) -> None:
     """Refuse a key that does not open the first sealed row: another verifier's, or a damaged copy of 32 bytes."""
     aead = AESGCM(key)
-    for table, aad in SEALED_TABLES:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
-            continue
+    for table, aad in _sealed_tables(conn):
         query = f"SELECT subject_id, nonce, ciphertext FROM {table} ORDER BY id LIMIT 1"  # noqa: S608 (names of ours)
         row = conn.execute(query).fetchone()
         if row is None:
@@ -186,22 +189,13 @@ def _create(path: Path) -> bytes:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
                 raise
             os.rename(temporary, path)  # a file system without hard links (vfat, some FUSE): serve's lock is held
-        _flush_folder(path.parent)
+        flush(path.parent)  # the new name survives a power cut as the file's bytes do
     except OSError as exc:
         raise EnrollmentKeyError(f"cannot make {path}: {exc.strerror}", fix=_owner_fix(path)) from None
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
     return key
-
-
-def _flush_folder(folder: Path) -> None:
-    """fsync the folder, so that the new name survives a power cut as the file's bytes do."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _owner_fix(path: Path) -> str:

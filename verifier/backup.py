@@ -31,7 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.durable import flush
 from verifier.pki_folder import PKIFolderError, database_error
+from verifier.storage_faults import primary_code
 
 # sqlite's primary result codes that, during a backup, are the source's side (opened read-only, checked before):
 # BUSY 5, LOCKED 6, CORRUPT 11, NOTADB 26. Any other (full, I/O, read-only...) is the copy's.
@@ -58,11 +60,16 @@ def open_source(database: Path) -> sqlite3.Connection:
             fix="point --pki at the folder serve uses, and give --config its settings file if it sets db_path",
         )
     try:
-        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        conn = _read_only(database)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
         raise database_error(database, exc) from None
     return conn
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened read-only: a missing file is not made, and nothing is written to it."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
 
 
 def back_up(conn: sqlite3.Connection, destination: Path, source: Path) -> BackupResult:
@@ -98,7 +105,7 @@ def back_up(conn: sqlite3.Connection, destination: Path, source: Path) -> Backup
     except (sqlite3.Error, OSError) as exc:  # OSError: the copy's flush (EIO, ENOSPC at fsync)
         with contextlib.suppress(OSError):
             destination.unlink()
-        if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in SOURCE_CODES:
+        if isinstance(exc, sqlite3.Error) and primary_code(exc) in SOURCE_CODES:
             raise database_error(source, exc) from None
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise PKIFolderError(
@@ -124,16 +131,8 @@ def _subjects(copy: sqlite3.Connection) -> int:
 
 def _flush(path: Path) -> None:
     """The copy and its folder entry on disk before "backed up" is printed (a power cut right after keeps it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    flush(path)
+    flush(path.parent)
 
 
 @dataclass(frozen=True)
@@ -241,7 +240,7 @@ def _open_backup(backup: Path) -> sqlite3.Connection:
     if not backup.is_file():
         raise PKIFolderError(f"no backup at {backup}", fix="give --from the file `capture-verifier backup` wrote")
     try:
-        conn = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
+        conn = _read_only(backup)
         verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as exc:

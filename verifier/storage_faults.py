@@ -26,6 +26,11 @@ RETRY_AFTER_S = 10  # a full disk is not freed in a second; a lock held by a bac
 STORAGE_RESULT_CODES = frozenset({5, 6, 8, 10, 11, 13, 14, 15, 26})
 
 
+def primary_code(exc: sqlite3.Error) -> int:
+    """sqlite's primary result code of ``exc`` (the low byte of its extended code); 0 when it carries none."""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
 def is_storage_fault(exc: BaseException) -> bool:
     """A fault of the database's storage (full, read-only, I/O, locked, damaged), not a bug of ours.
 
@@ -33,8 +38,7 @@ def is_storage_fault(exc: BaseException) -> bool:
     column" are OperationalErrors too, and they are the verifier's own mistakes (500 ``internal``, with
     their traceback), as are IntegrityError and ProgrammingError.
     """
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in STORAGE_RESULT_CODES
+    return isinstance(exc, sqlite3.DatabaseError) and primary_code(exc) in STORAGE_RESULT_CODES
 
 
 def storage_problem(database: Path, exc: sqlite3.DatabaseError) -> tuple[Problem, str, str]:
