@@ -42,11 +42,15 @@ class _Server:
         self.answer = b""
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, name="fuzz-camera", daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name="fuzz-camera", daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed (close): the harness is done
+                return
             with conn:
                 conn.settimeout(OPEN_TIMEOUT_S)
                 head = b""
@@ -60,7 +64,23 @@ class _Server:
                     conn.shutdown(socket.SHUT_WR)
 
 
+    def close(self) -> None:
+        """Stop serving: shut down first, which wakes the thread blocked in accept (a bare close does not)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
 _server: _Server | None = None
+
+
+def close() -> None:
+    """End the server thread (a replay in a test process must leave no server behind); the next input starts one."""
+    global _server
+    if _server is not None:
+        _server.close()
+        _server = None
 
 
 def _ours(text: str) -> bool:

@@ -60,8 +60,9 @@ class _Running:
         self.escaped: list[BaseException] = []
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._handler)
-        threading.Thread(target=self.loop.run_forever, name="fuzz-localapi", daemon=True).start()
-        api = LocalAPI(self.path, lambda emit, **kw: _AnsweringSession(),
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-localapi", daemon=True)
+        self.thread.start()
+        self.api = api = LocalAPI(self.path, lambda emit, **kw: _AnsweringSession(),
                        make_face_session=lambda emit: _AnsweringSession(), request_deadline_s=REQUEST_DEADLINE_S)
         asyncio.run_coroutine_threadsafe(api.start(), self.loop).result(10)
 
@@ -75,7 +76,25 @@ class _Running:
             asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(10)
 
 
+    def close(self) -> None:
+        """Stop the API, then its loop and thread, and remove its folder."""
+        asyncio.run_coroutine_threadsafe(self.api.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+        self.dir.cleanup()
+
+
 _running: _Running | None = None
+
+
+def close() -> None:
+    """End the API and its loop thread (a replay in a test process must leave none behind); the next input starts
+    them again."""
+    global _running
+    if _running is not None:
+        _running.close()
+        _running = None
 
 
 def TestOneInput(data: bytes) -> None:

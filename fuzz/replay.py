@@ -27,6 +27,17 @@ def harness(name: str) -> Callable[[bytes], None]:
     return importlib.import_module(f"fuzz.{name}").TestOneInput
 
 
+def close(name: str) -> None:
+    """End what harness ``name`` started for its inputs (a server, a loop thread), if it started anything.
+
+    Why: a harness keeps its server for the life of a fuzzing process (one per input would be most of the run), so
+    a replay inside a test process left them running, listening, for every later test of that process.
+    """
+    closer = getattr(importlib.import_module(f"fuzz.{name}"), "close", None)
+    if closer is not None:
+        closer()
+
+
 def inputs(paths: list[Path]) -> Iterator[Path]:
     """Every file named, and every file in each directory named (sorted: a replay is repeatable)."""
     for path in paths:
@@ -55,15 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     test_one_input = harness(args.harness)
     found = 0
-    for path in inputs(args.paths or [CORPUS / args.harness]):
-        exc = replay(test_one_input, path)
-        if exc is None:
-            if not args.quiet:
-                print(f"ok      {path}")
-            continue
-        found += 1
-        print(f"FINDING {path}: {signature(exc)}")
-        traceback.print_exception(exc, file=sys.stdout)
+    try:
+        for path in inputs(args.paths or [CORPUS / args.harness]):
+            exc = replay(test_one_input, path)
+            if exc is None:
+                if not args.quiet:
+                    print(f"ok      {path}")
+                continue
+            found += 1
+            print(f"FINDING {path}: {signature(exc)}")
+            traceback.print_exception(exc, file=sys.stdout)
+    finally:
+        close(args.harness)
     return 1 if found else 0
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
 import functools
 import http.server
 import ipaddress
 import json
 import os
 import pty
+import queue
 import secrets
 import select
 import shutil
@@ -27,14 +27,14 @@ import stat
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from cryptography import x509
@@ -51,6 +51,7 @@ from agent.provision import provision
 from tests.der import element as der_element
 from tests.der import head as der_head
 from tests.der import oid as der_oid
+from tests.exec_prepared import prepared
 
 # ---------------------------------------------------------------- general
 
@@ -140,14 +141,6 @@ class TerminalVerifier:
             self.master = None
 
 
-def _session_on_the_terminal() -> None:
-    """``preexec_fn``: a session of its own whose controlling terminal is standard input (the pseudo-terminal),
-    with SIGHUP at its default, as a login shell starts it (not ignored, when the tests run under nohup)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 @pytest.fixture
 def verifier_at_a_terminal(tmp_path: Path) -> Iterator[TerminalVerifier]:
     """The reference verifier with a pseudo-terminal as its controlling terminal, standard input, output and
@@ -156,8 +149,9 @@ def verifier_at_a_terminal(tmp_path: Path) -> Iterator[TerminalVerifier]:
     ready = tmp_path / "ready.json"
     master, slave = pty.openpty()
     command = [sys.executable, "-m", "verifier.cli", "serve", "--pki", str(local.pki_dir), "--port", "0"]
-    local.process = subprocess.Popen([*command, "--ready-file", str(ready)], stdin=slave, stdout=slave,
-                                     stderr=slave, preexec_fn=_session_on_the_terminal)
+    # a session of its own whose controlling terminal is the pseudo-terminal, as a login shell starts it
+    local.process = subprocess.Popen([*prepared("terminal"), *command, "--ready-file", str(ready)], stdin=slave,
+                                     stdout=slave, stderr=slave)
     os.close(slave)
     terminal = TerminalVerifier(local, master)
     try:
@@ -1232,11 +1226,43 @@ def run_simulator_script(args: list[str], script: bytes) -> SimulatorScript:
     return SimulatorScript(first, proc.returncode, text, answers)
 
 
-def as_at_a_terminal() -> None:
-    """``preexec_fn`` for a command a test interrupts with SIGINT, as a person's Ctrl-C: SIGINT back to its
-    default. A test run from a background job (``make test &``, a CI runner's) inherits it ignored, and Python
-    then installs no KeyboardInterrupt handler, so the command never saw the Ctrl-C the test sent."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+_OUTPUT_READERS: weakref.WeakKeyDictionary[subprocess.Popen, queue.Queue[str | None]] = weakref.WeakKeyDictionary()
+
+
+def lines_said(person: subprocess.Popen[str], *, quiet_s: float = 60.0) -> Iterator[str]:
+    """The lines a command prints (its ``stdout`` a text pipe), as they come, until it closes its output.
+
+    A command that goes quiet for ``quiet_s`` with its output still open is killed and the test fails with what it
+    had said: a bare ``for line in person.stdout`` waited for the test's timeout instead (120 s, seen once in CI),
+    and the failure showed no line of the command's. One reader thread per command, so a test may stop at a line
+    and later read on from the next.
+    """
+    if person not in _OUTPUT_READERS:
+        assert person.stdout is not None
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read(stdout: IO[str]) -> None:
+            for line in stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, args=(person.stdout,), name="lines-said", daemon=True).start()
+        _OUTPUT_READERS[person] = lines
+    lines = _OUTPUT_READERS[person]
+    said: list[str] = []
+    while True:
+        try:
+            line = lines.get(timeout=quiet_s)
+        except queue.Empty:
+            person.kill()
+            person.wait()
+            raise AssertionError(f"the command said nothing for {quiet_s:g} s with its output open; it had said "
+                                 f"{said}") from None
+        if line is None:
+            lines.put(None)  # ended: a later read ends at once too
+            return
+        said.append(line.rstrip())
+        yield line
 
 
 @contextlib.asynccontextmanager

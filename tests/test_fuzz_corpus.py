@@ -7,6 +7,7 @@ inputs of findings since fixed, so this is the regression test of each fix.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,19 @@ from fuzz import HARNESSES
 from fuzz import csr as fuzz_csr
 from fuzz import est as fuzz_est
 from fuzz.common import CORPUS, FindingRecorder, signature
-from fuzz.replay import harness, inputs, replay
+from fuzz.replay import close, harness, inputs, replay
 from protocol.problems import problem_type
 from verifier.pki import MAX_CSR_DER, CSRError, parse_csr
 
 CASES = [(name, path) for name in HARNESSES for path in inputs([CORPUS / name])]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _harnesses_closed() -> Iterator[None]:
+    """What the harnesses started for their inputs (servers, loop threads) ends with this module's tests."""
+    yield
+    for name in HARNESSES:
+        close(name)
 
 
 def test_every_harness_has_seeds_and_every_corpus_folder_a_harness() -> None:
@@ -148,3 +157,25 @@ def test_the_est_build_seeds_build_a_chain_a_foreign_anchor_and_a_forged_subordi
     assert any("does not have the fingerprint you gave" in message for message in refused)
     assert (2, 2) in trusted_counts, "a root and its subordinate: both trusted"
     assert (1, 2) in trusted_counts, "a root and a subordinate it did not sign: the root alone"
+
+
+def test_closing_a_harness_ends_the_servers_its_inputs_started() -> None:
+    """The camera and local-API harnesses kept their server threads for the life of the process, so a replay left
+    a listening socket and a running event loop behind in the test process, for every later test of that worker."""
+    import socket
+    import threading
+
+    from fuzz import camera_http, localapi
+
+    for name in ("camera_http", "localapi"):
+        assert replay(harness(name), next(inputs([CORPUS / name]))) is None
+    assert camera_http._server is not None and localapi._running is not None
+    port, api_dir = camera_http._server.port, Path(localapi._running.dir.name)
+    close("camera_http")
+    close("localapi")
+    assert not [t.name for t in threading.enumerate() if t.name in ("fuzz-camera", "fuzz-localapi")]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert not api_dir.exists()
+    assert replay(harness("camera_http"), next(inputs([CORPUS / "camera_http"]))) is None  # started again
+    close("camera_http")

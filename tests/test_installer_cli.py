@@ -28,6 +28,7 @@ from agent.config import parse_config
 from agent.devstack import LocalVerifier, device_config, write_config_file
 from agent.identity import IdentityStore
 from tests.conftest import start_agent_daemon
+from tests.exec_prepared import prepared
 
 BASH = shutil.which("bash") or "/bin/bash"  # the installer's shell
 
@@ -298,9 +299,8 @@ def test_the_daemon_writes_no_core_file_whatever_the_ulimit_it_was_started_with(
     if hard == 0:
         pytest.skip("this process may not allow core files at all (hard limit 0): nothing for the daemon to lower")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+        [*prepared("core-unlimited"), sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (hard, hard)),  # `ulimit -c unlimited`
     )
     try:
         lock = tmp_path / "state" / "agent.lock"

@@ -9,6 +9,7 @@ enroll|verify|identify` as a person at a terminal does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +28,8 @@ from agent.cli import main as agent_main
 from agent.commands import sessions as sessions_command
 from agent.config import parse_config
 from agent.devstack import verifier_cli, write_config_file
-from tests.conftest import as_at_a_terminal, start_agent_daemon
+from tests.conftest import lines_said, start_agent_daemon
+from tests.exec_prepared import prepared
 from tests.test_daemon_devices import Simulator, audit_until
 
 
@@ -161,9 +163,9 @@ def test_a_module_pulled_out_and_plugged_back_within_a_check_interval_is_reopene
 def cli(daemon: Daemon, *args: str, **popen) -> subprocess.Popen[str]:
     """`capture-agent ARGS` at a terminal (its output unbuffered, as a person reads it)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), *args],
+        [*prepared("sigint-default"), sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=as_at_a_terminal, **popen,
+        **popen,
     )
 
 
@@ -198,8 +200,7 @@ def ana_asked_for_her_finger(daemon: Daemon) -> tuple[subprocess.Popen, list[str
     enroll_ana(daemon)
     person = cli(daemon, "verify", "--subject", "ana")
     said: list[str] = []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         said.append(line.rstrip())
         if "Place" in line:
             break
@@ -216,8 +217,7 @@ def test_ctrl_c_in_enroll_cancels_the_session_and_frees_the_sensor_before_it_exi
     daemon = daemon_with_module()
     person = cli(daemon, "enroll", "--subject", "carl")
     lines = []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         lines.append(line)
         if "Place" in line:
             daemon.zfm.send("place 2 0")
@@ -275,8 +275,7 @@ def test_a_capture_the_quality_gate_refuses_is_said_to_be_refused_once(daemon_wi
     person = cli(daemon, "verify", "--subject", "ana")
     placements = ["smudge", "place 0 2", "place 4 2"]  # the device's first verification steps up: a second finger
     prompts = []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         if line.startswith("  > "):
             prompts.append(line[4:].strip())
         if "Place" in line or "place the same finger" in line:
@@ -302,8 +301,7 @@ def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if
     person = cli(daemon, "enroll", "--subject", "bob", "--fingers", "1", "--captures", "2")
     placements = ["place 6 0", "place 6 1"]
     prompts, said = [], []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         said.append(line.rstrip())
         if line.startswith("  > "):
             prompts.append(line[4:].strip())
@@ -379,8 +377,7 @@ def test_a_refused_verification_tells_the_person_what_to_do_next(daemon_with_mod
     person = cli(daemon, "verify", "--subject", "ana")
     placements = ["place 6 0", "place 7 0"]  # fingers that are not ana's (a step-up may ask for a second)
     said = []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         said.append(line.rstrip())
         if "Place" in line and placements:
             daemon.zfm.send(placements.pop(0))
@@ -453,7 +450,7 @@ def test_the_agent_ending_during_a_session_is_said_to_the_person(daemon_with_mod
     daemon = daemon_with_module()
     person, said = ana_asked_for_her_finger(daemon)
     daemon.process.send_signal(signal.SIGTERM) if stop == "stopped" else daemon.process.kill()
-    said += [line.rstrip() for line in person.stdout]
+    said += [line.rstrip() for line in lines_said(person)]
     assert person.wait(30) == 2, said
     assert said[-2:] == told, said
 
@@ -506,8 +503,7 @@ def test_identify_of_someone_not_enrolled_says_what_to_do(daemon_with_module) ->
     enroll_ana(daemon)
     person = cli(daemon, "identify")
     said = []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         said.append(line.rstrip())
         if "Place" in line:
             daemon.zfm.send("place 8 0")  # nobody's finger
@@ -563,7 +559,8 @@ class StandInAPI:
         self.listener.bind(str(path))
         self.listener.listen(8)
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name="stand-in-api", daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -600,7 +597,11 @@ class StandInAPI:
         conn.close()
 
     def close(self) -> None:
+        """Stop serving: shut the listener down first (a bare close leaves the thread blocked in accept)."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self.thread.join(10)
         for conn in self.held:
             conn.close()
 
@@ -659,7 +660,7 @@ def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemo
     finally:
         person.send_signal(signal.SIGINT)  # pressed before the terminal read the error: it comes first
         person.send_signal(signal.SIGCONT)
-    said += [line.rstrip() for line in person.stdout]
+    said += [line.rstrip() for line in lines_said(person)]
     assert person.wait(30) == 2, said
     assert "cancelled; the sensor is free for the next person" not in said, said
     assert said[-2:] == [
@@ -672,10 +673,9 @@ def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemo
 def at_a_terminal(tmp_path, api, *command: str) -> subprocess.Popen[str]:
     """`capture-agent COMMAND` against the stand-in API, as from a terminal (Ctrl-C reaches it), its output piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--config", str(stand_in_config(tmp_path)), *command,
-         "--socket", str(api.path)],
+        [*prepared("sigint-default"), sys.executable, "-m", "agent.cli", "--config",
+         str(stand_in_config(tmp_path)), *command, "--socket", str(api.path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=as_at_a_terminal,
     )
 
 def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tmp_path) -> None:
@@ -686,8 +686,7 @@ def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tm
     try:
         person = at_a_terminal(tmp_path, api, "verify", "--subject", "ana")
         said = []
-        assert person.stdout is not None
-        for line in person.stdout:
+        for line in lines_said(person):
             said.append(line.rstrip())
             if line.startswith("accept"):
                 person.send_signal(signal.SIGINT)  # the stream is held open: the command is still reading it
@@ -708,8 +707,7 @@ def test_ctrl_c_in_a_face_session_frees_the_camera_and_says_so(daemon_with_modul
     daemon.camera.send("nothing")
     person = cli(daemon, "identify", "--face")
     lines = []
-    assert person.stdout is not None
-    for line in person.stdout:
+    for line in lines_said(person):
         lines.append(line)
         if "Stand in front of the camera" in line:
             person.send_signal(signal.SIGINT)
@@ -757,8 +755,7 @@ def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, co
     try:
         person = at_a_terminal(tmp_path, api, *command)
         said = []
-        assert person.stdout is not None
-        for line in person.stdout:
+        for line in lines_said(person):
             said.append(line.rstrip())
             if line.strip() == f"> {events[-1]['message']}":  # the last event shown: the person gives up
                 person.send_signal(signal.SIGINT)
