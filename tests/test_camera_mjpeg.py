@@ -1409,7 +1409,10 @@ def test_the_agents_camera_device_gives_the_driver_the_projects_tls_floor() -> N
     from agent.devices.kinds import CameraDevice
 
     device = CameraDevice(DeviceSection(kind="camera", source="https://127.0.0.1:1/stream.mjpg"), "face")
-    assert device.camera.tls_floor == PROJECT_FLOOR
+    try:
+        assert device.camera.tls_floor == PROJECT_FLOOR
+    finally:
+        device.stop()  # made, never opened: its owner thread ends
 
 
 def test_an_https_camera_with_its_ca_file_is_trusted_by_that_file_alone(scripted, tmp_path) -> None:

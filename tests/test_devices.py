@@ -16,6 +16,7 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from agent.config import DeviceSection, parse_config
 from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import DeviceUnplugged, NoDeviceFor
+from agent.devices.kinds import Device
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import ConfigError
 
@@ -109,8 +111,10 @@ def test_allow_basic_over_http_is_a_camera_option_off_by_default_and_reaches_the
     (plain,) = parse_config({"device": [{"kind": "camera", "source": url}]}).device
     (opted,) = parse_config({"device": [{"kind": "camera", "source": url, "allow_basic_over_http": True}]}).device
     assert not plain.allow_basic_over_http and opted.allow_basic_over_http
-    assert CameraDevice(opted, "cam").camera.allow_basic_over_http
-    assert not CameraDevice(plain, "cam").camera.allow_basic_over_http
+    with made(CameraDevice(opted, "cam")) as device:
+        assert device.camera.allow_basic_over_http
+    with made(CameraDevice(plain, "cam")) as device:
+        assert not device.camera.allow_basic_over_http
     with pytest.raises(ConfigError, match="keys of another kind: allow_basic_over_http"):
         parse_config({"device": [{"kind": "zfm", "port": "/dev/ttyUSB0", "allow_basic_over_http": True}]})
     with pytest.raises(ConfigError):
@@ -122,9 +126,30 @@ def test_ca_file_is_a_camera_option_an_absolute_path_that_reaches_the_driver() -
 
     url = "https://cam.lan/stream.mjpg"
     (section,) = parse_config({"device": [{"kind": "camera", "source": url, "ca_file": "/etc/cam-ca.pem"}]}).device
-    assert CameraDevice(section, "cam").camera.ca_file == "/etc/cam-ca.pem"
+    with made(CameraDevice(section, "cam")) as device:
+        assert device.camera.ca_file == "/etc/cam-ca.pem"
     with pytest.raises(ConfigError, match="ca_file"):
         parse_config({"device": [{"kind": "camera", "source": url, "ca_file": "cam-ca.pem"}]})
+
+
+@contextlib.contextmanager
+def made(device: Device) -> Iterator[Device]:
+    """A device made (its owner thread started) and never opened, stopped after: its thread ends."""
+    try:
+        yield device
+    finally:
+        device.stop()
+
+
+def test_a_device_the_config_refuses_leaves_no_owner_thread_behind() -> None:
+    """A kind's driver refusing its section (a camera URL with an unencoded "/" in the password, here) was made
+    after the device's owner thread had started, and that thread waited for a job for the rest of the process:
+    one per refused device, each time a supervisor was made (the daemon's start, `capture-agent devices`)."""
+    refused = "http://admin:Pa55/w0rd@127.0.0.1:9/video.mjpg"
+    before = {t.ident for t in threading.enumerate()}
+    supervisor = DeviceSupervisor([("door", DeviceSection(kind="camera", source=refused))], lambda kind, data: None)
+    assert supervisor.devices == [] and [u.name for u in supervisor.unmade] == ["door"]
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == []
 
 
 def _events(recorded: list[tuple[str, dict]], device: str) -> list[str]:
@@ -670,7 +695,10 @@ def test_a_reader_asked_for_that_is_not_there_is_named_as_asked(capability: str,
     sections = [("finger", DeviceSection(kind="zfm", port="/dev/ttyUSB0")),
                 ("face", DeviceSection(kind="camera", source="/dev/video0"))]
     supervisor = DeviceSupervisor(sections, lambda kind, data: None)  # never opened: picking reads the config
-    with pytest.raises(NoDeviceFor) as refused:
-        supervisor.pick(capability, name)
-    assert said in refused.value.message and fix in refused.value.fix, (refused.value.message, refused.value.fix)
-    assert supervisor.pick(FINGERPRINT_IMAGE, "finger").name == "finger"
+    try:
+        with pytest.raises(NoDeviceFor) as refused:
+            supervisor.pick(capability, name)
+        assert said in refused.value.message and fix in refused.value.fix, (refused.value.message, refused.value.fix)
+        assert supervisor.pick(FINGERPRINT_IMAGE, "finger").name == "finger"
+    finally:
+        asyncio.run(supervisor.close())

@@ -39,7 +39,12 @@ class EitherEvent:
 
 
 class Device:
-    """Base of the kinds: name, capabilities, its owner, open/close/present."""
+    """Base of the kinds: name, capabilities, its owner, open/close/present.
+
+    A kind makes its driver object (which refuses a bad source, a missing libfprint) before calling this
+    ``__init__``, which starts the owner thread: made the other way round, every device the config refused left
+    an owner thread behind, waiting forever for a job.
+    """
 
     kind = ""
 
@@ -134,10 +139,11 @@ class ZfmDevice(Device):
     kind = "zfm"
 
     def __init__(self, section: DeviceSection, name: str, state_dir: Path | None = None) -> None:
-        super().__init__(section, name)
         from drivers.zfm.driver import ZfmModule
 
-        self.module = ZfmModule(section.port, baud=section.baud, password=section.password)
+        module = ZfmModule(section.port, baud=section.baud, password=section.password)  # before the owner thread
+        super().__init__(section, name)
+        self.module = module
         self.capabilities = frozenset({cap.FINGERPRINT_IMAGE})
         self.resolution_dpi = 500
         self.memory = state_dir / "devices" / f"{name}.json" if state_dir is not None else None
@@ -227,10 +233,11 @@ class FprintDevice(Device):
     kind = "fprint"
 
     def __init__(self, section: DeviceSection, name: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(section, name)
         from drivers.fprint.reader import FprintReader
 
-        self.reader = FprintReader(section.selector, env=env)
+        reader = FprintReader(section.selector, env=env)  # before the owner thread (see Device)
+        super().__init__(section, name)
+        self.reader = reader
         self.resolution_dpi = 500
 
     def _open(self) -> dict[str, Any]:
@@ -303,14 +310,15 @@ class CameraDevice(Device):
     kind = "camera"
 
     def __init__(self, section: DeviceSection, name: str) -> None:
-        super().__init__(section, name)
         from drivers.camera.camera import Camera
 
         size = (section.width, section.height) if section.width and section.height else None
-        self.camera = Camera(
+        camera = Camera(  # before the owner thread (see Device)
             section.source, size=size, fps=section.fps or None, reconnect=False,
             allow_basic_over_http=section.allow_basic_over_http, ca_file=section.ca_file, **camera_bounds(),
         )
+        super().__init__(section, name)
+        self.camera = camera
         self.capabilities = frozenset({cap.CAMERA})
 
     def _open(self) -> dict[str, Any]:
