@@ -5,7 +5,8 @@ if the loop gets stuck, the pings stop and systemd restarts the service. Nothing
 polls: the loop sleeps until a timer (watchdog, heartbeat, renewal), a new event
 for the outbox, or a signal wakes it.
 
-Lifecycle: config, KEK, identity, outbox, mTLS client → ``READY=1`` → serve
+Lifecycle: config, KEK, identity, outbox (or none yet: a full or read-only disk starts the daemon degraded,
+retrying), mTLS client → ``READY=1`` → serve
 (event delivery, heartbeat, renewal on schedule, watchdog) → SIGTERM:
 ``STOPPING=1``, the outbox flushed within a budget, the HTTP/2 connection closed.
 SIGHUP reloads the config; a broken new config is refused and the running one
@@ -31,7 +32,7 @@ from agent.devices.errors import NoDeviceFor
 from agent.devices.kinds import Device
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
-from agent.errors import AgentError, AuditStorageError
+from agent.errors import AgentError, AuditStorageError, IdentityError
 from agent.face_sessions import DEFAULT_TIMING, face_session, face_step_up, face_verification
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
@@ -54,6 +55,7 @@ CLOCK_HOLD_S = 600.0  # a renewal held for a clock that runs ahead: how often th
 FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
 AUDIT_RECOVERED = "audit_storage_recovered"  # the first event the outbox takes after it refused some
+AUDIT_RETRY_S = 30.0  # while the outbox refuses events: how often it is tried again with no event to prompt it
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
@@ -112,6 +114,11 @@ def _started_as(device: Device | Unmade) -> str:
     return f"{device.name} {'connected' if device.connected else 'missing'}"
 
 
+def _audit_down(fault: AuditStorageError) -> str:
+    """The STATUS= words for an audit trail that cannot be stored (the sessions refused meanwhile)."""
+    return f"degraded: the audit trail cannot be stored, no session is taken: {fault}"
+
+
 def _device_problems(away: list[str], unmade: list[Unmade], qualifier: str) -> str:
     """One /health line for devices not connected and devices never made: "" when there are none."""
     parts = [f"not connected{qualifier}: {', '.join(away)}"] if away else []
@@ -144,9 +151,15 @@ class AgentDaemon:
         self.failure: AgentError | None = None  # a task of the daemon ended on its own: run() raises it
         self.audit_fault: AuditStorageError | None = None  # the outbox refused the last event (see record)
         self.events_not_stored = 0  # since the outbox last took one
+        self._open_outbox: Callable[[], Outbox] | None = None  # set by start; record opens with it if start could not
+        self._audit_failing = asyncio.Event()  # wakes the retry of a refusing outbox (_audit_retry)
 
-    def status(self, text: str) -> None:
-        self.notifier.send(STATUS=text)
+    def status(self, text: str, **fields: str | int) -> None:
+        """STATUS= (what `systemctl status` shows), with ``fields`` (READY=1); while the audit trail cannot be
+        stored, that comes first: the daemon takes no session then, whatever else is ready."""
+        if self.audit_fault is not None:
+            text = f"{_audit_down(self.audit_fault)}; {text}"
+        self.notifier.send(**fields, STATUS=text)
 
     def record(self, kind: str, data: dict[str, Any] | None = None) -> bool:
         """An audit event: into the hash chain and the outbox, then wake delivery. False when it could not be stored.
@@ -156,13 +169,13 @@ class AgentDaemon:
         kiosk whose disk filled was down for good. The event is said in the log instead
         (``audit_event_not_stored``, its fields with it: the journal keeps it), :meth:`audit_problem` refuses
         sessions until the outbox takes events again, and the first event stored then is
-        ``audit_storage_recovered`` with the count that was not (then this one).
+        ``audit_storage_recovered`` with the count that was not (then this one). An outbox that could not be
+        opened at start (see :meth:`start`) is opened here, on the first event that finds the disk usable again.
         """
-        assert self.outbox is not None
         if self.audit_fault is not None and kind != AUDIT_RECOVERED:
             self.audit_problem()  # the recovery first, if the outbox takes events again: the trail reads in order
         try:
-            event = self.outbox.record(kind, data)
+            event = self._outbox().record(kind, data)
         except AuditStorageError as exc:
             self._not_stored(kind, data or {}, exc)
             return False
@@ -182,7 +195,44 @@ class AgentDaemon:
         if self.record(AUDIT_RECOVERED, {"events_not_stored": self.events_not_stored}):
             log.info("audit_storage_recovered", events_not_stored=self.events_not_stored)
             self.audit_fault, self.events_not_stored = None, 0
+            self.status("ready: the audit trail is stored again")
         return self.audit_fault
+
+    def _outbox(self) -> Outbox:
+        """The outbox, opened now if start could not open it (a full or read-only disk then).
+
+        :class:`AuditStorageError` while it cannot be, a root-owned file included (its chown as the fix): a
+        record never raises anything else for the file.
+        """
+        if self.outbox is None:
+            assert self._open_outbox is not None, "an event recorded before start"
+            try:
+                self.outbox = self._open_outbox()
+            except IdentityError as exc:  # its file given to another user since start
+                raise AuditStorageError(exc.message, exc.fix) from None
+            log.info("audit_outbox_opened", path=str(self.outbox.path))
+            if self.delivery is not None:
+                self.delivery.outbox = self.outbox
+        return self.outbox
+
+    def _storage_failing(self, exc: AuditStorageError) -> None:
+        """The outbox refuses events from now on: said in STATUS the first time, retried on a timer."""
+        if self.audit_fault is None:
+            self.notifier.send(STATUS=_audit_down(exc))
+            self._audit_failing.set()
+        self.audit_fault = exc
+
+    async def _audit_retry(self) -> None:
+        """While the outbox refuses events, try it again every AUDIT_RETRY_S.
+
+        Events and /health calls retry it too, but a kiosk idle overnight makes neither (the heartbeat is
+        hourly by default): the trail would resume, and say its gap, only when someone next came.
+        """
+        while True:
+            await self._audit_failing.wait()
+            await asyncio.sleep(AUDIT_RETRY_S)
+            if self.audit_problem() is None:
+                self._audit_failing.clear()
 
     def _not_stored(self, kind: str, data: dict[str, Any], exc: AuditStorageError) -> None:
         """An event the outbox refused: in the log, its data whole (never secrets: audit data holds none).
@@ -192,7 +242,7 @@ class AgentDaemon:
         that must not.
         """
         first = self.audit_fault is None
-        self.audit_fault = exc
+        self._storage_failing(exc)
         if kind == AUDIT_RECOVERED:  # a retry of the outbox (each /health, each session asked for): no event lost
             return
         self.events_not_stored += 1
@@ -218,14 +268,25 @@ class AgentDaemon:
                 fix="keep it 0700 (the unit's StateDirectoryMode=0700); `capture-agent doctor` checks the files in it",
             )
         audit = self.config.audit
+        path, limits = self.config.agent.state_dir / OUTBOX_FILE, OutboxLimits(audit.outbox_max_rows,
+                                                                               audit.outbox_max_bytes)
+
+        def open_outbox() -> Outbox:
+            try:
+                return Outbox(path, kek, limits)
+            except PermissionError as exc:  # root's outbox, left by a `sudo capture-agent run`: the chown, said
+                raise store.access_error(exc, "open the audit outbox") from None
+
+        self._open_outbox = open_outbox
         try:
-            self.outbox = Outbox(
-                self.config.agent.state_dir / OUTBOX_FILE,
-                kek,
-                OutboxLimits(audit.outbox_max_rows, audit.outbox_max_bytes),
-            )
-        except PermissionError as exc:  # root's outbox, left by a `sudo capture-agent run`: the chown, said
-            raise store.access_error(exc, "open the audit outbox") from None
+            self.outbox = open_outbox()
+        except AuditStorageError as exc:
+            if exc.cause == "damaged":  # its fix is moving the file aside by hand: no retry would mend it
+                raise
+            # A full or read-only disk: exiting made systemd restart the daemon into the same failure, /health
+            # unreachable. Up and degraded instead, as when the disk fills while running (record).
+            log.error("audit_outbox_not_opened", error=exc.message, fix=exc.fix, retry_every_s=AUDIT_RETRY_S)
+            self._storage_failing(exc)
         url = self.config.verifier.url
         self.client = VerifierClient(
             self.config,
@@ -253,6 +314,7 @@ class AgentDaemon:
         if interval:
             self.spawn(self._watchdog(interval), "watchdog")
         self.spawn(self.delivery.run(), "delivery")
+        self.spawn(self._audit_retry(), "audit retry")
         self.spawn(self._heartbeat(), "heartbeat")
         self.spawn(self._renewal_loop(), "renewal")
         if self.devices is not None:
@@ -271,7 +333,7 @@ class AgentDaemon:
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})
-        self.notifier.send(READY=1, STATUS=f"ready: device {identity.device_id}, verifier {url}, {device_status}")
+        self.status(f"ready: device {identity.device_id}, verifier {url}, {device_status}", READY=1)
         log.info("agent_ready", device_id=identity.device_id, verifier=url)
 
     def _identity_switched(self, old: DeviceIdentity, new: DeviceIdentity) -> None:
@@ -446,7 +508,7 @@ class AgentDaemon:
             data["verifier_after_restart"] = new.verifier.url
             data["fix"] = "restart the daemon to use it (`systemctl restart capture-agent`); a reload keeps it"
         self.record("config_reloaded", data)
-        self.notifier.send(READY=1, STATUS="ready: config reloaded")
+        self.status("ready: config reloaded", READY=1)
 
     async def run(self) -> None:
         try:
@@ -470,7 +532,7 @@ class AgentDaemon:
         for task in self._tasks:
             with suppress(Exception, asyncio.CancelledError):  # a task that failed was reported when it did
                 await task
-        if self.outbox is not None and self.delivery is not None:
+        if self.delivery is not None:  # started past the outbox (opened or not: this event retries it)
             self.record("agent_stopping")
             await self.delivery.flush(FLUSH_ON_STOP_S)
         if self.devices is not None:

@@ -39,7 +39,8 @@ def batch_key(event_ids: list[str]) -> str:
 
 
 class EventDelivery:
-    def __init__(self, outbox: Outbox, client: VerifierClient, batch_size: int = 100) -> None:
+    def __init__(self, outbox: Outbox | None, client: VerifierClient, batch_size: int = 100) -> None:
+        # None until the daemon can open it (started on a full or read-only disk): nothing to deliver till then
         self.outbox = outbox
         self.client = client
         self.batch_size = batch_size
@@ -52,6 +53,8 @@ class EventDelivery:
 
     async def deliver_once(self) -> int:
         """Send one batch; the number of events the verifier took (0: nothing pending)."""
+        if self.outbox is None:
+            return 0
         events = self.outbox.pending(self.batch_size)
         if not events:
             return 0
@@ -90,7 +93,8 @@ class EventDelivery:
                 while await self.deliver_once():
                     pass
         except Exception as exc:  # a deadline, the verifier's refusal or garbage: what is left stays queued
-            log.warning("outbox_flush_incomplete", pending=self.outbox.size(), error=type(exc).__name__)
+            pending = self.outbox.size() if self.outbox is not None else 0
+            log.warning("outbox_flush_incomplete", pending=pending, error=type(exc).__name__)
             return False
         return True
 

@@ -205,7 +205,15 @@ class AuditStorageError(AgentError):
 
     Invariant 5 (every authentication attempt is audited): while this holds, the daemon takes no finger or
     face (the local API answers 503 with this fix) and says each event it could not store in its log.
+
+    ``cause`` is what the outbox found ("full", "read-only", "held", "damaged", or "" for another fault): a
+    damaged file at start stops the daemon (its fix is to move the file aside, which no retry does), any other
+    cause starts it degraded, retrying.
     """
+
+    def __init__(self, message: str, fix: str = "", *, cause: str = "") -> None:
+        super().__init__(message, fix)
+        self.cause = cause
 
 
 class TransportError(AgentError):

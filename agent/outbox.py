@@ -236,7 +236,10 @@ class Outbox:
         By the cause's code (sqlite's result name, or the OS's errno), not the wording of its message.
         """
         reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-        return AuditStorageError(f"the audit trail cannot be stored in {self.path}: {reason}", self._fix(_cause(exc)))
+        cause = _cause(exc)
+        return AuditStorageError(
+            f"the audit trail cannot be stored in {self.path}: {reason}", self._fix(cause), cause=cause
+        )
 
     def _fix(self, cause: str) -> str:
         folder = self.path.parent
