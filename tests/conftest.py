@@ -182,6 +182,16 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
 
 
+@pytest.fixture
+def modeless_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A mounted file system that keeps no file modes, as vfat under umask=022 (tests/modeless_fs.py: FUSE, since
+    a kernel may have no vfat); skipped where this user may not mount."""
+    from tests.modeless_fs import modeless_mount
+
+    with modeless_mount(tmp_path / "modeless") as mount_point:
+        yield mount_point
+
+
 @contextlib.contextmanager
 def _tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` at ``mount_point``, unmounted after; skips the test where this user may not mount."""

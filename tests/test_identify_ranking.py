@@ -28,3 +28,42 @@ def test_the_identification_threshold_keeps_the_fpir_and_never_goes_below_the_ve
     assert identification_threshold(threshold_for_fmr, 1e-3, 1000, -1.0) == -1e-6  # 1e-3 spread over 1,000
     assert identification_threshold(threshold_for_fmr, 1e-3, 2, -1e-4) == -1e-4  # looser than 1:1: 1:1's
     assert identification_threshold(threshold_for_fmr, 1e-3, 0, -1e-4) == -1e-4  # nothing searched
+
+
+def test_the_capacity_is_the_largest_search_whose_threshold_a_score_can_reach() -> None:
+    """Scores are at most 1 (a finger's mcc_match score, a face's cosine): past the capacity the identification
+    threshold is above any score, so the capacity is where the real calibrations cross 1."""
+    from biometrics.face import threshold_for_fmr as face_threshold
+    from biometrics.fingerprint import threshold_for_fmr as finger_threshold
+    from verifier.ranking import MAX_SCORE, identification_capacity, identification_threshold
+
+    for modality, threshold_for_fmr in (("face", face_threshold), ("finger", finger_threshold)):
+        verify = threshold_for_fmr(1e-4)
+        capacity = identification_capacity(modality, threshold_for_fmr, fpir=1e-3, verify_threshold=verify)
+        assert identification_threshold(threshold_for_fmr, 1e-3, capacity, verify) <= MAX_SCORE
+        beyond = capacity + capacity // 1000 + 1
+        assert identification_threshold(threshold_for_fmr, 1e-3, beyond, verify) > MAX_SCORE, modality
+    # The figures verifier/ranking.py quotes: faces are the first to run out.
+    face = identification_capacity("face", face_threshold, fpir=1e-3, verify_threshold=0.5)
+    finger = identification_capacity("finger", finger_threshold, fpir=1e-3, verify_threshold=0.05)
+    assert 300_000 < face < 450_000 and 50_000_000 < finger < 70_000_000
+
+
+def test_a_rate_no_search_can_reach_is_a_settings_error_naming_a_rate_that_can() -> None:
+    import re
+
+    import pytest
+
+    from biometrics.face import threshold_for_fmr
+    from verifier.ranking import identification_capacity
+    from verifier.settings import SettingsError
+
+    with pytest.raises(SettingsError) as raised:
+        identification_capacity("face", threshold_for_fmr, fpir=1e-10, verify_threshold=0.5)
+    assert "identify_fpir = 1e-10" in str(raised.value) and "no face could ever be identified" in str(raised.value)
+    found = re.search(r"raise identify_fpir to at least (\S+)", raised.value.fix)
+    assert found, raised.value.fix
+    assert identification_capacity("face", threshold_for_fmr, fpir=float(found.group(1)), verify_threshold=0.5) >= 1
+    with pytest.raises(SettingsError) as raised:  # a 1:1 threshold above 1: nothing, 1:1 or 1:N, can match
+        identification_capacity("face", threshold_for_fmr, fpir=1e-3, verify_threshold=threshold_for_fmr(1e-10))
+    assert "target_fmr" in str(raised.value) and "raise target_fmr" in raised.value.fix

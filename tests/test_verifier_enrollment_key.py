@@ -120,3 +120,38 @@ def test_a_full_disk_leaves_no_key_and_no_partial_file(tiny_filesystem: Path) ->
         load_or_create_key(tiny_filesystem / "enrollment.key")
     assert "free space" in raised.value.fix
     assert os.listdir(tiny_filesystem) == ["filler"], "neither the key's name nor its temporary file is left"
+
+
+def test_a_key_on_a_file_system_without_modes_is_refused_naming_the_file_system(
+    tmp_path: Path, verifier_state: Path, modeless_filesystem: Path
+) -> None:
+    """The data folder on a vfat stick mounted with umask=022: every file there is 0755 whatever chmod does, so
+    "chmod 600" (the fix said before) could never work and the verifier could never start. The fix names the
+    file system and what to do about it."""
+    key = _enrol_one(verifier_state, EnrollmentStore)
+    (modeless_filesystem / "enrollment.key").write_bytes(key)
+    os.chmod(modeless_filesystem / "enrollment.key", 0o600)  # what the old fix said: it takes and changes nothing
+    assert (modeless_filesystem / "enrollment.key").stat().st_mode & 0o777 == 0o755
+    settings = tmp_path / "verifier.toml"
+    settings.write_text(f'enrollment_key_file = "{modeless_filesystem / "enrollment.key"}"\n')
+    error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--config", str(settings)))
+    assert "may be read by other users (mode 0755)" in error
+    assert "does not keep file modes" in error
+    assert "chmod 600" not in fix
+    assert "ext4" in fix and "umask=077" in fix and str(modeless_filesystem) in fix
+
+
+def test_the_file_system_check_tells_a_modeless_folder_from_a_real_one(
+    tmp_path: Path, modeless_filesystem: Path
+) -> None:
+    from verifier.at_rest_key import keeps_modes
+
+    assert keeps_modes(tmp_path) and not keeps_modes(modeless_filesystem)
+    assert os.listdir(modeless_filesystem) == [], "its probe file is removed"
+
+
+def test_a_key_made_on_a_file_system_without_modes_is_refused_at_once(modeless_filesystem: Path) -> None:
+    """Made 0600, shown 0755: refused at the first start, before anything is sealed under a key others may read."""
+    with pytest.raises(EnrollmentKeyError) as raised:
+        load_or_create_key(modeless_filesystem / "enrollment.key")
+    assert "does not keep file modes" in str(raised.value) and "umask=077" in raised.value.fix

@@ -295,3 +295,24 @@ def test_a_group_rule_and_a_bad_factor_on_the_command_line(verifier) -> None:
     both = verifier_cli("subject", "require", "--pki", str(verifier.pki_dir), "alice", "--group", "x",
                         "--factors", "face", check=False)
     assert both.returncode != 0 and "not both" in both.stderr
+
+
+@pytest.mark.verifier_settings("identify_fpir = 3e-9")  # face identification's capacity: one comparison
+def test_an_identification_past_the_capacity_is_logged_with_its_fix(device, verifier) -> None:
+    """At this rate one probe against alice's two embeddings already needs a cosine above 1: the answer names no
+    one (the threshold is never clamped, verifier/ranking.py), and the operator's log says why and what to do."""
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)
+        challenge = await api.challenge("identify")
+        return await api.identify([], faces=[capture(1, 7)], challenge=challenge, liveness=steps_for(challenge))
+
+    found = device.run(steps)
+    assert found.candidates == [] and found.threshold > 1.0
+    events = audit(verifier)
+    capacity = [e for e in events if e.get("event") == "identification_capacity" and e["modality"] == "face"]
+    assert capacity and capacity[0]["largest_search"] == 1
+    unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
+    assert len(unreachable) == 1, unreachable
+    assert unreachable[0]["modality"] == "face" and unreachable[0]["comparisons"] == 2
+    assert unreachable[0]["level"] == "warning" and "raise identify_fpir" in unreachable[0]["fix"]

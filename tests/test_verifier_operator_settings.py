@@ -45,3 +45,16 @@ def test_values_of_the_right_type_are_taken(tmp_path: Path, verifier_state: Path
     settings.write_text("cert_days = 30\ntarget_fmr = 0.001\nstep_up_first_use = false\nmax_failures = 3\n")
     done = cli("device", "list", "--pki", str(verifier_state), "--config", str(settings))
     assert done.returncode == 0, done.stderr
+
+
+def test_an_identify_fpir_no_face_could_ever_reach_stops_the_verifier_at_start(
+    tmp_path: Path, verifier_state: Path
+) -> None:
+    """Faces score at most 1 (a cosine): at identify_fpir 1e-10 even one probe against one embedding needs more,
+    so every face identification would answer no candidate, silently. The verifier refuses to start instead."""
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("identify_fpir = 1e-10\n")
+    error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--config", str(settings)))
+    assert error.startswith("error: identify_fpir = 1e-10 puts the face identification threshold above"), error
+    assert "no face could ever be identified" in error
+    assert fix.startswith("fix: raise identify_fpir to at least "), fix

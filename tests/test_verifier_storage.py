@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import types
 from pathlib import Path
 
+from protocol import endpoints
 from tests.conftest import dev_pki, fill_filesystem, provision_with_fresh_token, raw_client_context
 from tests.test_verifier import device_files, get
 from verifier.app import VerifierApp
 from verifier.challenges import NonceError
 from verifier.http import Deferred, Request, Route, json_answer
 from verifier.pki import init_pki
+from verifier.problems import Problem
 from verifier.settings import VerifierSettings
 from verifier.storage_faults import is_storage_fault
 
@@ -100,22 +101,35 @@ def _app(tmp_path: Path) -> VerifierApp:
     return VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
 
 
-def _twice(app: VerifierApp, handler, path: str, seen=lambda: None) -> list[tuple[object, object]]:
-    """The same request (one Idempotency-Key) to ``handler`` twice, through the app's transaction handling:
-    each time (the answer, or the sqlite or nonce error it raised; what ``seen()`` says just after). App closed."""
-    route = Route(handler, needs_client_cert=True, matches=True)
-    request = Request("POST", path, {"idempotency-key": "k-1"}, b"{}", types.SimpleNamespace(device_id="kiosk-1"),
-                      None)
+def _twice(app: VerifierApp, handler, path: str, seen=lambda: None) -> list[tuple[tuple[int, dict], object]]:
+    """The same POST (one Idempotency-Key) to ``handler`` twice, through the app's ASGI entry as the server calls
+    it: each time ((status, JSON body), what ``seen()`` says just after). The app is closed after.
 
-    async def run() -> list[tuple[object, object]]:
-        outcomes: list[tuple[object, object]] = []
-        for _ in range(2):
-            try:
-                outcome: object = await app._idempotent(route, request)
-            except (sqlite3.Error, NonceError) as exc:
-                outcome = exc
-            outcomes.append((outcome, seen()))
-        return outcomes
+    ``handler`` is put in the app's route table at ``path``: it stands for a real handler and fails where the test
+    needs it to (a disk that fills between the checks' commit and the decision's). It needs no client
+    certificate; the request's principal is then its bearer token, as an enrollment's is.
+    """
+    table_path = endpoints.ENROLLMENTS if endpoints.enrollment_subject(path) else path  # /v1/subjects/{id}/...
+    app.routes[("POST", table_path)] = Route(handler, needs_client_cert=False, matches=True)
+    scope = {
+        "type": "http", "method": "POST", "path": path,
+        "headers": [(b"idempotency-key", b"k-1"), (b"authorization", b"Bearer t-1")],
+    }
+
+    async def call() -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def run() -> list[tuple[tuple[int, dict], object]]:
+        return [(await call(), seen()) for _ in range(2)]
 
     try:
         return asyncio.run(run())
@@ -134,7 +148,10 @@ def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: 
     failures = [disk_full]  # the first decision meets the full disk, the retry a freed one
 
     def verify(request: Request) -> Deferred:
-        challenges.consume("kiosk-1", nonce)  # as the real checks do, before matching
+        try:
+            challenges.consume("kiosk-1", nonce)  # as the real checks do, before matching
+        except NonceError as exc:  # ... and as they answer a nonce spent already
+            raise Problem(f"nonce-{exc.kind}", str(exc)) from None
 
         def finish(score: float) -> object:
             if failures:
@@ -143,10 +160,10 @@ def test_a_decision_the_database_could_not_store_gives_its_nonce_back(tmp_path: 
 
         return Deferred("kiosk-1", lambda budget: 0.5, finish, lambda: challenges.release("kiosk-1", nonce))
 
-    (first, _), (retried, _) = _twice(app, verify, "/v1/verifications")
-    assert first is disk_full
-    assert not isinstance(retried, NonceError), "the retry was refused as a replayed nonce"
-    assert retried.status == 200
+    ((first, refusal), _), ((retried, answer), _) = _twice(app, verify, "/v1/verifications")
+    assert first == 503 and refusal["type"].endswith("/storage-unavailable"), refusal
+    assert not answer.get("type", "").endswith("/nonce-used"), "the retry was refused as a replayed nonce"
+    assert retried == 200 and answer["decision"] == "accept", answer
 
 
 def test_what_memory_learns_from_a_request_waits_for_its_commit(tmp_path: Path, tiny_filesystem: Path) -> None:
@@ -166,7 +183,8 @@ def test_what_memory_learns_from_a_request_waits_for_its_commit(tmp_path: Path, 
 
         return Deferred("kiosk-1", lambda budget: None, finish, lambda: None)
 
-    (failed, after_failure), (answer, after_retry) = _twice(app, enroll, "/v1/subjects/ana/enrollments",
-                                                           lambda: list(gallery))
-    assert failed is disk_full and after_failure == [], "nothing learnt from a request that was rolled back"
-    assert answer.status == 201 and after_retry == ["ana"], "learnt once, from the retry that committed"
+    ((failed, _), after_failure), ((retried, _), after_retry) = _twice(
+        app, enroll, "/v1/subjects/ana/enrollments", lambda: list(gallery)
+    )
+    assert failed == 503 and after_failure == [], "nothing learnt from a request that was rolled back"
+    assert retried == 201 and after_retry == ["ana"], "learnt once, from the retry that committed"

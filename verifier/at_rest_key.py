@@ -18,6 +18,14 @@ was lost or damaged were all silent or a traceback:
 - A key that is not the one the rows were sealed with (another verifier's) is
   found at start by opening one sealed row, not at the first verification.
 - A key others may read (a ``cp -r`` under umask 022) is refused, as ca.key is.
+  Its fix was always ``chmod 600``, which does nothing on a file system that
+  keeps no modes (vfat or exfat, a USB stick mounted with ``umask=022``): every
+  file there shows the mount's mode, so the verifier could never start and the
+  fix named could never work. The refusal now checks whether the key's folder
+  keeps a mode (:func:`keeps_modes`) and, when it does not, names the real remedy
+  (another file system, or the mount's ``umask=077``). A key made on such a
+  folder is refused at once, before anything is sealed under a key every local
+  user may read, rather than at the next start.
 
 Each fault is a :class:`EnrollmentKeyError` (a :class:`PKIFolderError`, so the
 command line prints it as ``error:`` and ``fix:``). Nothing here logs the key.
@@ -122,11 +130,7 @@ def _read_checked(path: Path, mode: int, sealed: int) -> bytes:
             f"{path} is not a regular file", fix=f"put this verifier's {path.name} there (a 32-byte file, mode 0600)"
         )
     if mode & 0o077:
-        raise EnrollmentKeyError(
-            f"{path} may be read by {'other users' if mode & 0o007 else 'its group'} "
-            f"(mode {stat.S_IMODE(mode):04o}): they could decrypt every enrolled template",
-            fix=f"chmod 600 {path} (the verifier makes it so)",
-        )
+        raise _readable_by_others(path, mode)
     try:
         key = path.read_bytes()
     except OSError as exc:
@@ -142,6 +146,45 @@ def _read_checked(path: Path, mode: int, sealed: int) -> bytes:
             fix=f"restore {path.name} from this verifier's backup; {start_over}",
         )
     return key
+
+
+def _readable_by_others(path: Path, mode: int) -> EnrollmentKeyError:
+    """The refusal of a key its group or other users may read, with the fix that works on its file system."""
+    said = f"{path} may be read by {'other users' if mode & 0o007 else 'its group'} (mode {stat.S_IMODE(mode):04o})"
+    if not keeps_modes(path.parent):
+        return EnrollmentKeyError(
+            f"{said}, and chmod cannot help: the file system of {path.parent} does not keep file modes (vfat? "
+            "exfat?), so every local user could decrypt every enrolled template",
+            fix=f"put the verifier's data folder ({path.parent}) on ext4 or another file system that keeps modes "
+            "(or point enrollment_key_file there), or mount this one with umask=077 and the verifier's user as "
+            "its owner (uid=, gid=)",
+        )
+    return EnrollmentKeyError(
+        f"{said}: they could decrypt every enrolled template", fix=f"chmod 600 {path} (the verifier makes it so)"
+    )
+
+
+def keeps_modes(folder: Path) -> bool:
+    """Whether a file made in ``folder`` keeps the mode 0600 it is made and chmod-ed with (False on vfat, exfat).
+
+    A file of its own, never the key: chmod-ing the key to see would quietly repair a
+    refusal the operator should hear about. Made and removed at once; True when no
+    file can be made there (read-only, not ours): then it cannot tell, and the usual
+    fix stands.
+    """
+    probe = folder / f".modes-probe.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return True
+    try:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)  # a file system without modes may also refuse this (vfat with quiet off)
+        return not os.fstat(fd).st_mode & 0o077
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def _check_opens_a_row(path: Path, key: bytes, conn: sqlite3.Connection) -> None:
@@ -190,11 +233,14 @@ def _create(path: Path) -> bytes:
                 raise
             os.rename(temporary, path)  # a file system without hard links (vfat, some FUSE): serve's lock is held
         flush(path.parent)  # the new name survives a power cut as the file's bytes do
+        mode = path.stat().st_mode
     except OSError as exc:
         raise EnrollmentKeyError(f"cannot make {path}: {exc.strerror}", fix=_owner_fix(path)) from None
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
+    if mode & 0o077:  # made 0600, shown looser: a file system that keeps no modes; refused before any use
+        raise _readable_by_others(path, mode)
     return key
 
 

@@ -72,7 +72,13 @@ from verifier.matching import Budget
 from verifier.policy import AccessRules, Lockouts, RateLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import IDENTIFY_TOP_K, identification_threshold, ranked
+from verifier.ranking import (
+    IDENTIFY_TOP_K,
+    identification_capacity,
+    identification_threshold,
+    ranked,
+    warn_if_unreachable,
+)
 from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
@@ -100,6 +106,11 @@ class BiometricRoutes:
         # One search per new template against every other subject: N comparisons, so a stricter rate.
         self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
         self.identify_fpir = settings.identify_fpir  # 1:N's threshold grows with the search (verifier/ranking.py)
+        # The largest search whose threshold a finger's score can still reach; SettingsError (the verifier does
+        # not start) when not even one comparison can (verifier/ranking.py says why refuse, not clamp).
+        self.identify_capacity = identification_capacity(
+            FINGER, threshold_for_fmr, fpir=settings.identify_fpir, verify_threshold=self.threshold
+        )
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
         self.lockouts = Lockouts(conn, settings.max_failures, settings.lockout_base_s, settings.lockout_devices)
@@ -1056,6 +1067,7 @@ class BiometricRoutes:
         searched = self._gallery_size if among is None else sum(self._templates_of[s] for s in among)
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(views) * searched,
                                              self.threshold)
+        warn_if_unreachable(FINGER, threshold, len(views) * searched, self.identify_capacity, device_id=device_id)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

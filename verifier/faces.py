@@ -55,7 +55,7 @@ from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import identification_threshold, ranked
+from verifier.ranking import identification_capacity, identification_threshold, ranked, warn_if_unreachable
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
@@ -184,6 +184,10 @@ class FaceRoutes:
         self.threshold = threshold_for_fmr(target_fmr)
         self.duplicate_threshold = threshold_for_fmr(duplicate_fmr)
         self.identify_fpir = identify_fpir  # 1:N's threshold grows with the search (verifier/ranking.py)
+        # Faces reach their highest score (a cosine of 1) first: at the default identify_fpir, past some 376,000
+        # comparisons. SettingsError when even one cannot (verifier/ranking.py: refuse a setting, warn a gallery).
+        self.identify_capacity = identification_capacity(FACE, threshold_for_fmr, fpir=identify_fpir,
+                                                         verify_threshold=self.threshold)
         # Every enrolled embedding: loaded once on the loop, then each enrollment's appended (a new tuple, so a
         # pool thread holding the previous one reads it unchanged).
         self._gallery: tuple[list[str], np.ndarray] | None = None
@@ -417,6 +421,7 @@ class FaceRoutes:
         self.bio.charge(request, len(probes) * len(names))
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(probes) * len(rows),
                                              self.threshold)
+        warn_if_unreachable(FACE, threshold, len(probes) * len(rows), self.identify_capacity, device_id=device_id)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

@@ -15,13 +15,50 @@ the 1:1 threshold (identification never names someone verification would refuse)
 The price is paid in false negatives: the larger the search, the stricter the
 threshold. A kiosk that must identify among many grants it fewer groups, or
 verifies a claimed id instead.
+
+Where that price becomes everything: scores are bounded (a finger's
+:func:`biometrics.fingerprint.mcc_match.scores` lie in [0, 1], a face's cosine of
+two unit embeddings in [-1, 1]), so past some search the threshold is above any
+score a probe can reach and the identification names no one, its own subject
+included. With the default ``identify_fpir`` (1e-3) that happens for faces at
+about 376,000 comparisons (five faces against some 75,000 embeddings), for
+fingers only past 60 million. What the verifier does about it
+(:func:`identification_capacity`, :func:`warn_if_unreachable`):
+
+- A setting that makes it happen for every search, even one probe against one
+  template (``identify_fpir`` or ``target_fmr`` too small for the modality's
+  calibration), is a configuration error: the verifier refuses to start
+  (``SettingsError`` naming the value to write). Nothing about it depends on the
+  data, so no later event can make it right, and starting would only hide it.
+- A gallery that grows past the capacity while the verifier runs is not refused
+  at start: 1:1 verification, enrollment and certificates still work, and an
+  outage at the next restart (a reboot, weeks after the enrollment that crossed
+  the line) would be the worst moment to learn it. The capacity is logged at
+  start, and each identification past it logs ``identification_unreachable``
+  (a warning with the fix) beside its empty answer.
+- The threshold is never clamped to the highest score: that would name
+  strangers more often than ``identify_fpir`` promises, silently, which is the
+  very failure the threshold exists to prevent.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import structlog
+
+from verifier.settings import SettingsError
+
+log = structlog.get_logger()
+
 IDENTIFY_TOP_K = 10  # candidates an identification answers at most
+MAX_SCORE = 1.0  # the highest score of either modality: a finger's mcc_match score, a face's cosine
+UNREACHABLE_FIX = (
+    "raise identify_fpir (fewer comparisons per identification then suffice), narrow the device's groups "
+    "(capture-verifier device allow --groups), send fewer views per identification, or verify a claimed "
+    "subject (1:1) instead"
+)
 
 
 def identification_threshold(
@@ -32,6 +69,67 @@ def identification_threshold(
     if comparisons <= 0:
         return verify_threshold
     return max(verify_threshold, threshold_for_fmr(fpir / comparisons))
+
+
+def lowest_reachable_fmr(threshold_for_fmr: Callable[[float], float], *, max_score: float = MAX_SCORE) -> float:
+    """The smallest false match rate whose threshold a score can still reach (at most ``max_score``).
+
+    Bisected on a log scale (a threshold only rises as the rate falls); the answer errs on the reachable side.
+    """
+    lo, hi = -300.0, math.log10(0.5)  # log10 of rates: the threshold at hi is reachable, at lo not (checked next)
+    if threshold_for_fmr(10.0**hi) > max_score:
+        return 1.0  # not even a rate of one half: nothing is reachable
+    if threshold_for_fmr(10.0**lo) <= max_score:
+        return 10.0**lo
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if threshold_for_fmr(10.0**mid) <= max_score:
+            hi = mid
+        else:
+            lo = mid
+    return 10.0**hi
+
+
+def identification_capacity(
+    modality: str, threshold_for_fmr: Callable[[float], float], *, fpir: float, verify_threshold: float,
+    max_score: float = MAX_SCORE,
+) -> int:
+    """The most comparisons (probe views times templates searched) an identification of ``modality`` can make
+    at ``fpir`` with a threshold a score can still reach; logged at start (see the module docstring).
+
+    Raises SettingsError, at start, when not even one comparison could name anyone: a setting no gallery can
+    make right, so the verifier refuses it rather than answer every identification with no candidate.
+    """
+    if verify_threshold > max_score:
+        raise SettingsError(
+            f"target_fmr sets the {modality} threshold at {verify_threshold:.4f}, above the highest {modality} "
+            f"score ({max_score}): no {modality} could ever be verified or identified",
+            fix="raise target_fmr, e.g. target_fmr = 0.0001",
+        )
+    lowest = lowest_reachable_fmr(threshold_for_fmr, max_score=max_score)
+    capacity = math.floor(fpir / lowest) if lowest < 1.0 else 0
+    if capacity < 1:
+        at_least = float(f"{lowest * 1.01:.2g}")  # rounded up: the value named must itself be reachable
+        raise SettingsError(
+            f"identify_fpir = {fpir!r} puts the {modality} identification threshold above the highest {modality} "
+            f"score ({max_score}) even for one probe against one template: no {modality} could ever be identified",
+            fix=f"raise identify_fpir to at least {at_least:g} (the default is 0.001)",
+        )
+    log.info("identification_capacity", modality=modality, identify_fpir=fpir, largest_search=capacity)
+    return capacity
+
+
+def warn_if_unreachable(modality: str, threshold: float, comparisons: int, capacity: int, *,
+                        max_score: float = MAX_SCORE, **fields: object) -> bool:
+    """Log ``identification_unreachable`` (a warning with the fix) when ``threshold`` is above any score: the
+    identification will answer no candidate whoever the probe is. True when it did."""
+    if threshold <= max_score:
+        return False
+    log.warning(
+        "identification_unreachable", modality=modality, comparisons=comparisons, largest_search=capacity,
+        threshold=round(threshold, 4), max_score=max_score, fix=UNREACHABLE_FIX, **fields,
+    )
+    return True
 
 
 def ranked(best: dict[str, float], threshold: float, top_k: int = IDENTIFY_TOP_K) -> list[dict[str, object]]:

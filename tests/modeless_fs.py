@@ -1,0 +1,192 @@
+"""A file system that keeps no file modes, as vfat or exfat mounted with ``umask=022`` is, for tests.
+
+Why not vfat itself: a test machine's kernel may have no vfat (this project's
+container has fuse, ext4, xfs, btrfs and tmpfs), and no ``mkfs.vfat``. FUSE is
+the kernel's own: this is a small FUSE server speaking the kernel protocol on
+``/dev/fuse`` directly (no libfuse), one flat folder of files held in memory,
+whose every file shows mode 0755 and every folder 0755 whatever chmod or
+``open(..., 0o600)`` asked, as vfat shows its mount's ``umask``. chmod succeeds
+and changes nothing (vfat's ``quiet`` option); hard links are refused with EPERM
+(vfat has none). Real system calls by any process reach it, so a real verifier
+process sees what it would see on vfat.
+
+Mounting needs root (CAP_SYS_ADMIN) and /dev/fuse: :func:`modeless_mount` skips
+the test otherwise, as the tmpfs fixtures do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FILE_MODE = 0o100755  # a regular file as vfat shows it under umask=022
+DIR_MODE = 0o040755
+ROOT = 1  # the root folder's node id (FUSE_ROOT_ID)
+
+# Opcodes (include/uapi/linux/fuse.h).
+LOOKUP, FORGET, GETATTR, SETATTR = 1, 2, 3, 4
+UNLINK, RENAME, LINK, OPEN, READ, WRITE, STATFS, RELEASE = 10, 12, 13, 14, 15, 16, 17, 18
+FSYNC, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR = 20, 25, 26, 27, 28, 29
+INTERRUPT, CREATE, DESTROY, BATCH_FORGET = 36, 35, 38, 42
+FATTR_SIZE = 1 << 3
+
+IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
+OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
+ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # fuse_attr: 88 bytes
+
+
+class _Node:
+    def __init__(self, ino: int, name: str, data: bytearray | None) -> None:
+        self.ino, self.name, self.data = ino, name, data  # data None: the root folder
+
+
+class ModelessServer:
+    """The FUSE server: one thread reading requests from the connection's descriptor and answering each."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.nodes: dict[int, _Node] = {ROOT: _Node(ROOT, "", None)}
+        self.next_ino = ROOT + 1
+        self.thread = threading.Thread(target=self._serve, name="modeless-fs", daemon=True)
+
+    # ------------------------------------------------------------ replies
+    def _reply(self, unique: int, payload: bytes = b"", error: int = 0) -> None:
+        with contextlib.suppress(OSError):  # the mount went away meanwhile
+            os.write(self.fd, OUT_HEADER.pack(OUT_HEADER.size + len(payload), -error, unique) + payload)
+
+    def _attr(self, node: _Node) -> bytes:
+        now = int(time.time())
+        size = len(node.data) if node.data is not None else 0
+        mode, nlink = (DIR_MODE, 2) if node.data is None else (FILE_MODE, 1)
+        return ATTR.pack(node.ino, size, (size + 511) // 512, now, now, now, 0, 0, 0, mode, nlink, 0, 0, 0, 4096, 0)
+
+    def _entry(self, node: _Node) -> bytes:  # fuse_entry_out, no caching: every stat asks again
+        return struct.pack("<QQQQII", node.ino, 0, 0, 0, 0, 0) + self._attr(node)
+
+    def _named(self, name: str) -> _Node | None:
+        return next((n for n in self.nodes.values() if n.data is not None and n.name == name), None)
+
+    # ------------------------------------------------------------ the loop
+    def _serve(self) -> None:
+        while True:
+            try:
+                request = os.read(self.fd, 1 << 18)
+            except OSError as exc:
+                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):  # ENOENT: an interrupted request
+                    continue
+                return  # ENODEV: unmounted
+            if not request:
+                return
+            _, opcode, unique, nodeid, *_ = IN_HEADER.unpack_from(request)
+            self._handle(opcode, unique, nodeid, request[IN_HEADER.size:])
+
+    def _handle(self, opcode: int, unique: int, nodeid: int, body: bytes) -> None:
+        node = self.nodes.get(nodeid)
+        if opcode in (FORGET, BATCH_FORGET, INTERRUPT):
+            return  # no reply
+        if opcode == INIT:
+            _major, minor = struct.unpack_from("<II", body)
+            # major, minor, max_readahead, flags, max_background, congestion_threshold, max_write, time_gran,
+            # max_pages, map_alignment, flags2, max_stack_depth, unused[6]
+            out = struct.pack("<IIIIHHIIHHII24x", 7, min(minor, 31), 65536, 0, 16, 12, 65536, 1, 0, 0, 0, 0)
+            self._reply(unique, out)
+        elif opcode == DESTROY:
+            self._reply(unique)
+        elif node is None:
+            self._reply(unique, error=errno.ENOENT)
+        elif opcode == LOOKUP:
+            found = self._named(body.split(b"\0")[0].decode())
+            self._reply(unique, self._entry(found) if found else b"", 0 if found else errno.ENOENT)
+        elif opcode == GETATTR:
+            self._reply(unique, struct.pack("<QII", 0, 0, 0) + self._attr(node))
+        elif opcode == SETATTR:  # a mode is taken and forgotten (vfat's quiet); a size truncates
+            valid, _, _, size = struct.unpack_from("<IIQQ", body)
+            if valid & FATTR_SIZE and node.data is not None:
+                del node.data[size:]
+                node.data.extend(b"\0" * (size - len(node.data)))
+            self._reply(unique, struct.pack("<QII", 0, 0, 0) + self._attr(node))
+        elif opcode == CREATE:
+            name = body[16:].split(b"\0")[0].decode()
+            created = self._named(name)
+            if created is None:
+                created = self.nodes[self.next_ino] = _Node(self.next_ino, name, bytearray())
+                self.next_ino += 1
+            self._reply(unique, self._entry(created) + struct.pack("<QII", 0, 0, 0))
+        elif opcode in (OPEN, OPENDIR):
+            self._reply(unique, struct.pack("<QII", 0, 0, 0))
+        elif opcode == READ and node.data is not None:
+            _, offset, size = struct.unpack_from("<QQI", body)
+            self._reply(unique, bytes(node.data[offset:offset + size]))
+        elif opcode == WRITE and node.data is not None:
+            _, offset, size = struct.unpack_from("<QQI", body)
+            data = body[40:40 + size]
+            node.data.extend(b"\0" * max(0, offset - len(node.data)))
+            node.data[offset:offset + len(data)] = data
+            self._reply(unique, struct.pack("<II", len(data), 0))
+        elif opcode == READDIR:
+            _, offset, size = struct.unpack_from("<QQI", body)
+            out = b""
+            files = [n for n in self.nodes.values() if n.data is not None]
+            for index, entry in enumerate(files[offset:], start=offset + 1):
+                name = entry.name.encode()
+                dirent = struct.pack("<QQII", entry.ino, index, len(name), 8) + name
+                dirent += b"\0" * (-len(dirent) % 8)
+                if len(out) + len(dirent) > size:
+                    break
+                out += dirent
+            self._reply(unique, out)
+        elif opcode == UNLINK:
+            gone = self._named(body.split(b"\0")[0].decode())
+            if gone is not None:
+                del self.nodes[gone.ino]
+            self._reply(unique, error=0 if gone else errno.ENOENT)
+        elif opcode == RENAME:
+            old, new = body[8:].split(b"\0")[:2]
+            moving = self._named(old.decode())
+            if moving is None:
+                self._reply(unique, error=errno.ENOENT)
+                return
+            replaced = self._named(new.decode())
+            if replaced is not None:
+                del self.nodes[replaced.ino]
+            moving.name = new.decode()
+            self._reply(unique)
+        elif opcode == LINK:
+            self._reply(unique, error=errno.EPERM)  # vfat has no hard links
+        elif opcode == STATFS:
+            self._reply(unique, struct.pack("<QQQQQIII4x24x", 1024, 1000, 1000, 100, 90, 4096, 255, 4096))
+        elif opcode in (RELEASE, RELEASEDIR, FLUSH, FSYNC):
+            self._reply(unique)
+        else:
+            self._reply(unique, error=errno.ENOSYS)
+
+
+@contextlib.contextmanager
+def modeless_mount(mount_point: Path) -> Iterator[Path]:
+    """:class:`ModelessServer` mounted at ``mount_point`` (made here), unmounted after; skips where it cannot."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("mounting a FUSE file system needs root and /dev/fuse")
+    libc = ctypes.CDLL(None, use_errno=True)
+    mount_point.mkdir()
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    options = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
+    if libc.mount(b"modeless", str(mount_point).encode(), b"fuse.modeless", 0, options) != 0:
+        os.close(fd)
+        pytest.skip(f"cannot mount a FUSE file system here: {os.strerror(ctypes.get_errno())}")
+    server = ModelessServer(fd)
+    server.thread.start()
+    try:
+        yield mount_point
+    finally:
+        libc.umount2(str(mount_point).encode(), 2)  # MNT_DETACH: the server's read then ends with ENODEV
+        server.thread.join(10)
+        os.close(fd)
