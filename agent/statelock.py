@@ -1,4 +1,4 @@
-"""One daemon per state directory: an ``fcntl`` lock on ``<state_dir>/agent.lock``.
+"""One daemon per state directory: ``flock`` on the directory and on ``<state_dir>/agent.lock``.
 
 Why a lock and not a PID file alone: two daemons on one state directory would
 write into one outbox and one hash chain (a fork for the verifier) and fight
@@ -40,57 +40,72 @@ def holder_pid(path: Path) -> int | None:
 
 @contextlib.contextmanager
 def hold_state_dir(state_dir: Path) -> Iterator[Path]:
-    """Hold the state directory for this process while the block runs, or refuse naming the holder."""
+    """Hold the state directory for this process while the block runs, or refuse naming the holder.
+
+    Two locks: the directory's own descriptor, always (it needs no write, so it holds on a full or read-only
+    disk, where the daemon starts degraded), and the lock file, the one an older daemon holds, opened read-only
+    when it cannot be made or written. Why both: with the file alone, a daemon that had to fall back to the
+    directory on a read-only disk was not excluded by one started once the disk was writable again.
+    """
     path = state_dir / LOCK_FILE
     # Never made here: the state directory is provisioning's (or the unit's StateDirectory=). A daemon started
     # before provisioning, or on a mistyped state_dir, says so and leaves nothing behind; a folder it may not
     # use is the store's own error (a file, root's folder: the chown), never a traceback.
-    writable = True
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        folder = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise IdentityStore(state_dir).no_identity("the folder does not exist") from None
     except OSError as exc:
+        raise IdentityStore(state_dir).access_error(exc, f"lock the state directory ({LOCK_FILE})") from None
+    try:
+        _exclusive(folder, path, state_dir)
+        fd, writable = _lock_file(path, state_dir)
+        try:
+            if fd is not None:
+                _exclusive(fd, path, state_dir)
+            if fd is not None and writable:
+                with contextlib.suppress(OSError):  # a full disk: the PID only informs a second daemon
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            try:
+                yield path
+            finally:
+                if fd is not None and writable:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, 0)
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing releases its lock
+    finally:
+        os.close(folder)
+
+
+def _exclusive(fd: int, path: Path, state_dir: Path) -> None:
+    """Lock ``fd`` for this process, or refuse naming the holder the lock file tells."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = holder_pid(path)
+        who = f"process {pid}" if pid else "another process"
+        raise StateDirLocked(
+            f"another `capture-agent run` ({who}) already uses the state directory {state_dir}",
+            fix=(f"stop it first (`systemctl stop capture-agent` or `kill {pid}`)" if pid else "stop it first")
+            + ", or give this daemon its own --state-dir and config",
+        ) from None
+
+
+def _lock_file(path: Path, state_dir: Path) -> tuple[int | None, bool]:
+    """The lock file's descriptor and whether it may be written: made and opened for writing when the disk
+    allows, read-only when it is there on a full or read-only disk, else none (the directory's lock holds
+    alone; a second descriptor of the directory would be refused by the first's lock, this process's own)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), True
+    except OSError as exc:
         if exc.errno not in _UNWRITABLE:
             raise IdentityStore(state_dir).access_error(exc, f"lock the state directory ({LOCK_FILE})") from None
-        fd, writable = _lock_without_writing(path, state_dir), False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = holder_pid(path)
-            who = f"process {pid}" if pid else "another process"
-            raise StateDirLocked(
-                f"another `capture-agent run` ({who}) already uses the state directory {state_dir}",
-                fix=(f"stop it first (`systemctl stop capture-agent` or `kill {pid}`)" if pid else "stop it first")
-                + ", or give this daemon its own --state-dir and config",
-            ) from None
-        if writable:
-            with contextlib.suppress(OSError):  # a full disk: the PID only informs a second daemon, the lock holds
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        try:
-            yield path
-        finally:
-            if writable:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _lock_without_writing(path: Path, state_dir: Path) -> int:
-    """What to lock when the lock file cannot be made or opened for writing (a full or read-only disk).
-
-    The file, read-only, when it is there: a daemon started before the disk went read-only holds that one. Else
-    the state directory itself (a flock on its descriptor), so two daemons started on that disk still exclude
-    each other.
-    """
-    try:
-        try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+    except FileNotFoundError:
+        return None, False
     except OSError as exc:
         raise IdentityStore(state_dir).access_error(exc, f"lock the state directory ({LOCK_FILE})") from None

@@ -229,3 +229,19 @@ def test_two_daemons_on_a_read_only_state_directory_still_exclude_each_other(
     _remount(tiny_filesystem, "ro")
     with hold_state_dir(state), pytest.raises(StateDirLocked, match="another process"), hold_state_dir(state):
         pass
+
+
+def test_a_daemon_holding_a_read_only_state_directory_still_excludes_one_started_once_it_is_writable(
+    tiny_filesystem: Path,
+) -> None:
+    """With no lock file to open on a read-only disk the first daemon held the directory alone; once the disk was
+    writable again a second one made the file, locked it, and both ran on one outbox."""
+    state = tiny_filesystem / "state"
+    state.mkdir()
+    _remount(tiny_filesystem, "ro")
+    with hold_state_dir(state):
+        _remount(tiny_filesystem, "rw")
+        with pytest.raises(StateDirLocked, match="another process"), hold_state_dir(state):
+            pass
+    with hold_state_dir(state):  # released: the next daemon takes it, and writes its PID now
+        assert (state / "agent.lock").read_text().strip() == str(os.getpid())
