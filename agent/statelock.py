@@ -4,7 +4,8 @@ Why a lock and not a PID file alone: two daemons on one state directory would
 write into one outbox and one hash chain (a fork for the verifier) and fight
 over the reader. ``flock`` is released by the kernel when the holder dies, even
 by SIGKILL, so a stale file never blocks a restart; the PID written inside is
-only there to tell the second daemon who holds it.
+only there to tell the second daemon who holds it where the kernel's /proc/locks
+cannot (a holder on a read-only disk writes none, and the file may be stale).
 """
 
 from __future__ import annotations
@@ -36,6 +37,28 @@ def holder_pid(path: Path) -> int | None:
     except (OSError, UnicodeDecodeError):
         return None
     return int(text) if text.isdigit() else None
+
+
+def _kernel_holder(fd: int) -> int | None:
+    """The PID holding a flock on ``fd``'s file, from /proc/locks; None when that cannot be told.
+
+    Why not the file alone: a holder on a read-only disk cannot write its PID, so the file may still say the one
+    a daemon killed before its exit left there, by now another process, and the refusal's fix said to kill it.
+    """
+    try:
+        info = os.fstat(fd)
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 @contextlib.contextmanager
@@ -85,7 +108,8 @@ def _exclusive(fd: int, path: Path, state_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        pid = holder_pid(path)
+        # The kernel's word first; the file's only where /proc/locks cannot tell (another OS, a hidden /proc).
+        pid = _kernel_holder(fd) or holder_pid(path)
         who = f"process {pid}" if pid else "another process"
         raise StateDirLocked(
             f"another `capture-agent run` ({who}) already uses the state directory {state_dir}",

@@ -227,7 +227,7 @@ def test_two_daemons_on_a_read_only_state_directory_still_exclude_each_other(
     if lock_file_there:
         (state / "agent.lock").write_text("")
     _remount(tiny_filesystem, "ro")
-    with hold_state_dir(state), pytest.raises(StateDirLocked, match="another process"), hold_state_dir(state):
+    with hold_state_dir(state), pytest.raises(StateDirLocked, match=f"process {os.getpid()}"), hold_state_dir(state):
         pass
 
 
@@ -241,7 +241,21 @@ def test_a_daemon_holding_a_read_only_state_directory_still_excludes_one_started
     _remount(tiny_filesystem, "ro")
     with hold_state_dir(state):
         _remount(tiny_filesystem, "rw")
-        with pytest.raises(StateDirLocked, match="another process"), hold_state_dir(state):
+        with pytest.raises(StateDirLocked, match=f"process {os.getpid()}"), hold_state_dir(state):
             pass
     with hold_state_dir(state):  # released: the next daemon takes it, and writes its PID now
         assert (state / "agent.lock").read_text().strip() == str(os.getpid())
+
+
+def test_a_refusal_names_the_process_that_holds_the_lock_not_a_stale_pid_in_the_file(tiny_filesystem: Path) -> None:
+    """On a read-only disk the holder cannot write its PID, so the file still says the one a daemon killed
+    before its exit (SIGKILL, a power cut) left there: the refusal named that PID in its fix (`kill PID`), by
+    now another process, maybe none of the agent's. The holder is the one the kernel knows holds the lock."""
+    state = tiny_filesystem / "state"
+    state.mkdir()
+    (state / "agent.lock").write_text(f"{os.getppid()}\n")  # a live process that holds nothing
+    _remount(tiny_filesystem, "ro")
+    with hold_state_dir(state), pytest.raises(StateDirLocked) as refused, hold_state_dir(state):
+        pass
+    assert f"process {os.getpid()}" in refused.value.message and f"kill {os.getpid()}" in refused.value.fix
+    assert str(os.getppid()) not in f"{refused.value.message} {refused.value.fix}"
