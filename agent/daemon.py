@@ -153,10 +153,12 @@ class AgentDaemon:
         self.events_not_stored = 0  # since the outbox last took one
         self._open_outbox: Callable[[], Outbox] | None = None  # set by start; record opens with it if start could not
         self._audit_failing = asyncio.Event()  # wakes the retry of a refusing outbox (_audit_retry)
+        self._said = ""  # the last STATUS= text, without the audit trail's problem: said again when that ends
 
     def status(self, text: str, **fields: str | int) -> None:
         """STATUS= (what `systemctl status` shows), with ``fields`` (READY=1); while the audit trail cannot be
         stored, that comes first: the daemon takes no session then, whatever else is ready."""
+        self._said = text
         if self.audit_fault is not None:
             text = f"{_audit_down(self.audit_fault)}; {text}"
         self.notifier.send(**fields, STATUS=text)
@@ -195,7 +197,9 @@ class AgentDaemon:
         if self.record(AUDIT_RECOVERED, {"events_not_stored": self.events_not_stored}):
             log.info("audit_storage_recovered", events_not_stored=self.events_not_stored)
             self.audit_fault, self.events_not_stored = None, 0
-            self.status("ready: the audit trail is stored again")
+            # What the daemon said before, its problem gone: a fixed "ready" here was said while stopping, before
+            # READY=1, or over a renewal held for the clock.
+            self.status(self._said)
         return self.audit_fault
 
     def _outbox(self) -> Outbox:
@@ -217,10 +221,11 @@ class AgentDaemon:
 
     def _storage_failing(self, exc: AuditStorageError) -> None:
         """The outbox refuses events from now on: said in STATUS the first time, retried on a timer."""
-        if self.audit_fault is None:
-            self.notifier.send(STATUS=_audit_down(exc))
-            self._audit_failing.set()
+        first = self.audit_fault is None
         self.audit_fault = exc
+        if first:
+            self.status(self._said)  # the problem first, then what else the daemon was saying
+            self._audit_failing.set()
 
     async def _audit_retry(self) -> None:
         """While the outbox refuses events, try it again every AUDIT_RETRY_S.
@@ -524,7 +529,7 @@ class AgentDaemon:
             raise self.failure
 
     async def stop(self) -> None:
-        self.notifier.send(STOPPING=1, STATUS="stopping: flushing the outbox")
+        self.status("stopping: flushing the outbox", STOPPING=1)
         if self.api is not None:
             await self.api.stop()  # running sessions are cancelled first
         for task in self._tasks:

@@ -8,6 +8,7 @@ the systemd notify protocol on a datagram socket, and the outbox file read back 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -259,3 +260,36 @@ def test_a_refusal_names_the_process_that_holds_the_lock_not_a_stale_pid_in_the_
         pass
     assert f"process {os.getpid()}" in refused.value.message and f"kill {os.getpid()}" in refused.value.fix
     assert str(os.getppid()) not in f"{refused.value.message} {refused.value.fix}"
+
+
+def test_the_status_says_stopping_when_the_last_event_finds_the_disk_mended(
+    tmp_path: Path, small_filesystem: Path, make_test_ca, notify_socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox could not be opened at start and the disk was freed meanwhile: the stop's `agent_stopping`
+    opens it, and its recovery said "ready: the audit trail is stored again" after STOPPING=1, so `systemctl
+    status` showed a stopping daemon as ready. A recovery says again what the daemon was saying, its problem gone."""
+    sock, notify_path = notify_socket
+    monkeypatch.setattr(daemon_module, "AUDIT_RETRY_S", 3600.0)  # only the stop's event retries the outbox
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+    state = small_filesystem / "state"
+    config, kek = _provisioned_without_devices(tmp_path, state, make_test_ca)
+    fill_filesystem(small_filesystem)
+    daemon = AgentDaemon(config)
+
+    async def scenario() -> None:
+        await daemon.start()
+        _free(small_filesystem)
+        await daemon.stop()
+
+    asyncio.run(scenario())
+    statuses = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            fields = dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines())
+            statuses.append(fields.get("STATUS", ""))
+    assert any(s.startswith("degraded: the audit trail cannot be stored") for s in statuses), statuses
+    assert statuses[-1] == "stopping: flushing the outbox", statuses
+    box = Outbox(state / OUTBOX_FILE, kek)
+    kinds = [e["type"] for e in box.pending(100)]
+    box.close()
+    assert kinds == ["audit_storage_recovered", "agent_stopping"], kinds
