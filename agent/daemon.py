@@ -32,7 +32,7 @@ from agent.devices.errors import NoDeviceFor
 from agent.devices.kinds import Device
 from agent.devices.prints import SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
-from agent.errors import AgentError, AuditStorageError, IdentityError
+from agent.errors import AgentError, AuditStorageError, IdentityError, StateDirNotTightened
 from agent.face_sessions import DEFAULT_TIMING, face_session, face_step_up, face_verification
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
@@ -263,7 +263,11 @@ class AgentDaemon:
         identity = store.load(kek.encode())
         # After the load, so a daemon started before provisioning creates no state directory. A folder others may
         # enter (`chmod`, `mkdir` by hand, a unit without StateDirectoryMode=) is closed, as provisioning does.
-        loose = store.ensure_state_dir()
+        try:
+            loose = store.ensure_state_dir()
+        except StateDirNotTightened as exc:  # a read-only disk: the start goes on, degraded (the outbox below)
+            log.warning("state_dir_mode_loose", error=exc.message, fix=exc.fix)
+            loose = None
         if loose is not None:
             log.warning(
                 "state_dir_mode_tightened",

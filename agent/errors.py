@@ -40,6 +40,14 @@ class IdentityError(AgentError):
     """The device key or certificate is missing, unreadable or invalid."""
 
 
+class StateDirNotTightened(IdentityError):
+    """The state directory is open to others and cannot be closed (0700) now: its file system is read-only.
+
+    Its own type so that the daemon goes on (degraded, its outbox retried) and says it, where a read-only disk
+    is no reason to stop; anything that must write there refuses anyway.
+    """
+
+
 class KeyringError(AgentError):
     """The key-encryption key cannot be read from or written to the keyring."""
 

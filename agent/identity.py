@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.access import closed_parent, user_name
-from agent.errors import CertificateDefect, IdentityError
+from agent.errors import CertificateDefect, IdentityError, StateDirNotTightened
 from protocol.certificates import X509_READ_FAULTS, bounds_enforced
 
 if TYPE_CHECKING:  # only its methods are called: identity needs no import of the config module at run time
@@ -511,7 +511,17 @@ class IdentityStore:
                 fix=f"run as the agent's user, or `chown -R capture-agent: {self.state_dir}`",
             )
         if stat.S_IMODE(info.st_mode) & 0o077:
-            os.chmod(self.state_dir, 0o700)
+            try:
+                os.chmod(self.state_dir, 0o700)
+            except OSError as exc:  # a disk remounted read-only: a bare OSError stopped the daemon's start
+                if exc.errno != errno.EROFS:
+                    raise self.access_error(exc, "close the state directory (chmod 700)") from None
+                raise StateDirNotTightened(
+                    f"the state directory {self.state_dir} is mode {stat.S_IMODE(info.st_mode):o} (others may "
+                    "enter it) and cannot be closed now: its file system is read-only",
+                    fix=f"once it is writable again (`dmesg`, `findmnt -T {self.state_dir}`), `chmod 700 "
+                    f"{self.state_dir}` or restart the agent, which closes it",
+                ) from None
             return stat.S_IMODE(info.st_mode)
         return None
 

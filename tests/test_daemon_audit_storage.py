@@ -293,3 +293,29 @@ def test_the_status_says_stopping_when_the_last_event_finds_the_disk_mended(
     kinds = [e["type"] for e in box.pending(100)]
     box.close()
     assert kinds == ["audit_storage_recovered", "agent_stopping"], kinds
+
+
+def test_a_loose_state_directory_on_a_read_only_disk_starts_degraded_not_with_a_traceback(
+    tmp_path: Path, tiny_filesystem: Path, make_test_ca, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state directory others may enter (made by hand, 0755) on a disk remounted read-only: the start's chmod
+    to 0700 raised a bare OSError (read-only file system) before the outbox was even tried, a traceback and a
+    systemd restart loop where the daemon should start degraded. The mode is said, to be tightened once the disk
+    is writable again, and the start goes on."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    state = tiny_filesystem / "state"
+    config, _ = _provisioned_without_devices(tmp_path, state, make_test_ca)
+    state.chmod(0o755)
+    _remount(tiny_filesystem, "ro")
+    daemon = AgentDaemon(config)
+
+    async def scenario() -> AuditStorageError | None:
+        await daemon.start()
+        try:
+            return daemon.audit_fault
+        finally:
+            await daemon.stop()
+
+    fault = asyncio.run(scenario())
+    assert fault is not None and fault.cause == "read-only" and "findmnt -T" in fault.fix, fault
+    assert oct(state.stat().st_mode & 0o777) == oct(0o755)
