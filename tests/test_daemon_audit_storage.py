@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -222,14 +223,23 @@ def test_two_daemons_on_a_read_only_state_directory_still_exclude_each_other(
     tiny_filesystem: Path, lock_file_there: bool
 ) -> None:
     """The lock is taken without writing on a read-only disk (the daemon starts degraded there), and still
-    holds: on the lock file when it is there, else on the state directory itself."""
+    holds: on the state directory itself, and on the lock file too when it is there (the one an older daemon,
+    which locks the file alone, tries)."""
     state = tiny_filesystem / "state"
     state.mkdir()
     if lock_file_there:
         (state / "agent.lock").write_text("")
     _remount(tiny_filesystem, "ro")
-    with hold_state_dir(state), pytest.raises(StateDirLocked, match=f"process {os.getpid()}"), hold_state_dir(state):
-        pass
+    with hold_state_dir(state):
+        with pytest.raises(StateDirLocked, match=f"process {os.getpid()}"), hold_state_dir(state):
+            pass
+        if lock_file_there:  # as an older daemon takes it: its own descriptor of the file, refused
+            older = os.open(state / "agent.lock", os.O_RDONLY)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(older, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(older)
 
 
 def test_a_daemon_holding_a_read_only_state_directory_still_excludes_one_started_once_it_is_writable(
