@@ -94,8 +94,9 @@ def _closed_finding(kind: str, path: str) -> Finding:
     )
 
 
-def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding]:
-    """Every serial port listed, and those asked for by name, each probed for a module; sorted by path.
+def serial_ports(extra: list[str], reply_timeout_s: float = 0.3, *, listed_too: bool = True) -> list[Finding]:
+    """Every serial port listed (unless not ``listed_too``), and those asked for by name, each probed for a
+    module; sorted by path.
 
     Why concurrently: a port where nothing answers costs the full reply timeout at
     each discovery baud, and probed one after another those waits added up (a PC
@@ -105,7 +106,7 @@ def serial_ports(extra: list[str], reply_timeout_s: float = 0.3) -> list[Finding
     from serial.tools import list_ports
 
     listed = {p.device: p for p in list_ports.comports()}
-    paths = sorted(set(listed) | set(extra))
+    paths = sorted(set(listed) | set(extra)) if listed_too else sorted(set(extra))
     if not paths:
         return []
     with ThreadPoolExecutor(min(SERIAL_PROBES_AT_ONCE, len(paths)), thread_name_prefix="serial-probe") as pool:
@@ -275,8 +276,11 @@ def cameras(
     extra: list[str] = (),  # type: ignore[assignment]
     max_index: int = 4,
     stream_options: Mapping[str, Any] = MappingProxyType({}),
+    *,
+    nodes_too: bool = True,
 ) -> list[Finding]:
-    """V4L2 nodes (up to ``max_index``) and the camera sources given (stream URLs, files), each read once.
+    """V4L2 nodes (up to ``max_index``; none unless ``nodes_too``) and the camera sources given (stream URLs,
+    files), each read once.
 
     ``stream_options``: what the agent gives the Camera of an http(s) stream besides its URL (the size bounds,
     the TLS floor), so the stream is read here as the daemon will read it."""
@@ -284,7 +288,8 @@ def cameras(
 
     findings = []
     names = camera_source.stable_names()  # udev's by-id (and by-path) names: what the config should say
-    for node in sorted(glob.glob(f"{camera_source.DEV_ROOT}/video*"))[:max_index]:
+    nodes = sorted(glob.glob(f"{camera_source.DEV_ROOT}/video*"))[:max_index] if nodes_too else []
+    for node in nodes:
         accessible = _may_open(node)
         finding = Finding(
             "camera", node, accessible, fix="" if accessible else "add the agent's user to the video group"
@@ -358,10 +363,18 @@ def discover(
     usb_backend: object | None = None,
     extra_cameras: list[str] = (),  # type: ignore[assignment]
     stream_options: Mapping[str, Any] = MappingProxyType({}),
+    *,
+    named_only: bool = False,
 ) -> list[Finding]:
+    """What this machine has for the agent. ``named_only``: of serial ports and cameras, only those named.
+
+    Why ``named_only``: probing a serial port writes the module's handshake to it at each discovery baud, and
+    another UART may carry a GPS, a modem or a console that should get no such bytes; each camera node is
+    opened and read. USB readers are listed either way: listing one writes nothing to it.
+    """
     return [
-        *serial_ports(extra_serial),
+        *serial_ports(extra_serial, listed_too=not named_only),
         *usb_readers(usb_backend),
         *fprint_readers(),
-        *cameras(list(extra_cameras), stream_options=stream_options),
+        *cameras(list(extra_cameras), stream_options=stream_options, nodes_too=not named_only),
     ]

@@ -179,8 +179,8 @@ def test_devices_names_a_folder_shut_to_the_agent_user_and_a_camera_file_it_may_
     unreadable = open_tmp / "camera.mjpg"
     unreadable.write_bytes(b"\xff\xd8")
     shut(unreadable, 0o000)
-    done = agent_user_cli("devices", "--port", str(closed / "ttyUSB0"), "--camera", str(closed / "ttyUSB0"),
-                          "--camera", str(unreadable))
+    done = agent_user_cli("devices", "--only-named", "--port", str(closed / "ttyUSB0"),
+                          "--camera", str(closed / "ttyUSB0"), "--camera", str(unreadable))
     assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     for kind, path, said, fix in (

@@ -455,7 +455,7 @@ def test_simulator_command_line_scripted_on_stdin(tmp_path) -> None:
 
 def test_devices_command_lists_the_camera(camera_sim) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", camera_sim.url],
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named", "--camera", camera_sim.url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -493,7 +493,7 @@ def test_devices_reads_a_stream_as_the_daemon_does_and_says_what_it_would_refuse
     daemon = Camera(snapshot_camera, reconnect=False)  # what the daemon meets
     assert not daemon.open_once(timeout_s=10) and isinstance(daemon.fault, CameraNotMjpeg)
     done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", snapshot_camera],
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named", "--camera", snapshot_camera],
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 1, done.stdout + done.stderr
@@ -647,7 +647,7 @@ def test_a_stream_url_without_its_scheme_reaches_no_audit_devices_or_doctor_with
         assert "rtsp://" in recorded[0][1]["fix"] and "s3cret" not in repr(recorded), recorded
         for extra in ((), ("--json",)):
             done = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "devices", "--camera", text, *extra],
+                [sys.executable, "-m", "agent.cli", "devices", "--only-named", "--camera", text, *extra],
                 capture_output=True, text=True, timeout=90,
             )
             assert done.returncode == 1, done.stdout + done.stderr
@@ -724,7 +724,7 @@ def test_a_stream_whose_user_holds_an_at_sign_is_logged_and_listed_without_it(ca
     shown = camera_sim.url.replace("http://", "http://***@")
     assert any(log.get("source") == shown for log in logs), logs
     assert "s3cret" not in repr(logs) and "example.com" not in repr(logs), logs
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", "--camera", text],
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named", "--camera", text],
                           capture_output=True, text=True, timeout=60)
     assert "Traceback" not in done.stderr and shown in done.stdout, done.stdout + done.stderr
     assert "s3cret" not in done.stdout + done.stderr and "example.com" not in done.stdout + done.stderr

@@ -1482,7 +1482,7 @@ def devices_json(*args: str) -> tuple[int, list[dict]]:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", *args],
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named", *args],
                           capture_output=True, text=True, timeout=90)
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, json.loads(done.stdout)

@@ -185,8 +185,8 @@ def test_devices_command_lists_libfprint_readers_and_what_they_do(fprint_socket_
     env = {**os.environ, "FP_VIRTUAL_IMAGE": str(fprint_socket_dir / "i.sock"),
            "FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "d.sock")}
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "devices", "--json"], capture_output=True, text=True, env=env, timeout=60,
-        check=True,
+        [sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named"], capture_output=True, text=True,
+        env=env, timeout=60, check=True,
     ).stdout
     usb = {f["path"].split(":")[0]: f for f in json.loads(out) if f["kind"] == "usb"}
     assert usb["virtual_image"]["capabilities"] == ["fingerprint-image"]
@@ -201,7 +201,8 @@ def test_devices_command_without_libfprint_says_how_to_add_usb_readers(tmp_path)
     (tmp_path / "gi" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "devices"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "agent.cli", "devices", "--only-named"], capture_output=True, text=True, env=env,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "libfprint missing" in result.stdout and "apt-get install libfprint-2-2" in result.stdout

@@ -645,12 +645,12 @@ def test_a_reader_fault_in_the_daemon_log_names_the_port_and_the_cause(verifier,
 
 def test_devices_says_a_port_that_does_not_exist_does_not_exist(tmp_path) -> None:
     missing = tmp_path / "ttyUSB9"
-    done = agent_cli("devices", "--port", str(missing))
+    done = agent_cli("devices", "--only-named", "--port", str(missing))
     assert done.returncode == 1, "a port asked for by name and not there fails a script's `devices --port P && ...`"
     block = done.stdout.split(str(missing), 1)[1].split("\n[", 1)[0]
     assert "does not exist" in block and "ls /dev/ttyUSB*" in block, done.stdout
     assert "dialout" not in block and "capture-readers" not in block, "not a permission problem"
-    assert agent_cli("devices", "--camera", str(tmp_path / "video9")).returncode == 1
+    assert agent_cli("devices", "--only-named", "--camera", str(tmp_path / "video9")).returncode == 1
 
 
 def test_devices_shows_a_camera_url_it_refuses_without_a_traceback_or_its_password() -> None:
@@ -658,7 +658,7 @@ def test_devices_shows_a_camera_url_it_refuses_without_a_traceback_or_its_passwo
     URL was a CameraSource.parse that raised); now a finding with the fix, and exit 1 as for any unusable camera."""
     url = "http://user:1234/5678@127.0.0.1/x"
     for extra in ((), ("--json",)):
-        done = agent_cli("devices", "--camera", url, *extra)
+        done = agent_cli("devices", "--only-named", "--camera", url, *extra)
         assert done.returncode == 1, done.stdout + done.stderr
         assert "Traceback" not in done.stderr and "5678" not in done.stdout + done.stderr, done.stderr
         assert "http://***@127.0.0.1/x" in done.stdout and "percent-encode" in done.stdout, done.stdout

@@ -50,11 +50,10 @@ def test_modules_a_silent_port_and_a_busy_one_each_get_their_finding_in_sorted_o
     modules = {first.port: first, fast.port: fast}
     ours = [fast.port, str(held), first.port, str(silent)]  # asked for out of order
 
-    findings = serial_ports(ours, reply_timeout_s=0.5)
+    findings = serial_ports(ours, reply_timeout_s=0.5, listed_too=False)  # never this machine's own ports
 
-    paths = [finding.path for finding in findings]  # with this machine's own ports, if any
-    assert paths == sorted(paths)
-    assert [path for path in paths if path in ours] == sorted(ours)
+    paths = [finding.path for finding in findings]
+    assert paths == sorted(ours)
     found = _by_path(findings)
     for port, sim in modules.items():
         module = found[port]
@@ -73,7 +72,7 @@ def test_silent_ports_are_probed_at_the_same_time(silent_ports) -> None:
     another, a port's first no-answer came only after the previous port's last)."""
     silent = [silent_ports(f"ttyQ{n}") for n in range(3)]
     with capture_logs() as logs:
-        findings = _by_path(serial_ports([str(port) for port in silent], reply_timeout_s=0.5))
+        findings = _by_path(serial_ports([str(port) for port in silent], reply_timeout_s=0.5, listed_too=False))
     assert all(findings[str(port)].description == "no fingerprint module answered" for port in silent)
     assert _most_in_flight(logs, silent) == len(silent), logs
 
@@ -83,6 +82,34 @@ def test_no_more_ports_are_probed_at_once_than_the_bound(silent_ports, monkeypat
     monkeypatch.setattr(discovery, "SERIAL_PROBES_AT_ONCE", 2)
     silent = [silent_ports(f"ttyQ{n}") for n in range(4)]
     with capture_logs() as logs:
-        findings = _by_path(serial_ports([str(port) for port in silent], reply_timeout_s=0.3))
+        findings = _by_path(serial_ports([str(port) for port in silent], reply_timeout_s=0.3, listed_too=False))
     assert all(findings[str(port)].description == "no fingerprint module answered" for port in silent)
     assert _most_in_flight(logs, silent) == 2, logs
+
+
+def test_only_the_named_ports_and_cameras_are_probed_when_asked(
+    zfm_sims, silent_ports, fake_dev, monkeypatch
+) -> None:
+    """`capture-agent devices` wrote the module's handshake to every serial port the machine lists, at each
+    discovery baud: a GPS, a modem or a console on another UART got those bytes, and so did the test machine's
+    own /dev/ttyS0 in every test that ran the command. ``named_only`` (``--only-named``) probes what was named.
+    The machine's listing is the one thing stood in for: a real silent port, listed as its own would be."""
+    from serial.tools.list_ports_common import ListPortInfo
+
+    module = zfm_sims("ttyA", "r307")
+    bystander = silent_ports("ttyGPS")  # a UART the machine lists, with something else wired to it
+    listed = [ListPortInfo(str(bystander), skip_link_detection=True)]
+    monkeypatch.setattr("serial.tools.list_ports.comports", lambda: listed)
+    node = fake_dev.node("video0")
+
+    with capture_logs() as logs:
+        named = discovery.discover([module.port], usb_backend=None, named_only=True)
+    assert [f.path for f in named if f.kind == "serial"] == [module.port]
+    assert node not in [f.path for f in named if f.kind == "camera"]
+    assert all(entry.get("port") != str(bystander) for entry in logs), "the bystander got a handshake"
+
+    with capture_logs() as logs:
+        everything = discovery.discover([module.port], usb_backend=None)
+    assert sorted(f.path for f in everything if f.kind == "serial") == sorted([module.port, str(bystander)])
+    assert node in [f.path for f in everything if f.kind == "camera"]
+    assert any(entry.get("port") == str(bystander) for entry in logs)

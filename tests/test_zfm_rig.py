@@ -43,7 +43,7 @@ def test_simulator_process_prints_its_port_and_devices_finds_the_module(tmp_path
             proc.stdin.flush()
             module.wait_for_finger(5)
         listing = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "devices", "--port", str(link), "--json"],
+            [sys.executable, "-m", "agent.cli", "devices", "--only-named", "--port", str(link), "--json"],
             capture_output=True,
             text=True,
             timeout=60,

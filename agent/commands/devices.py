@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="trust this CA certificate (PEM) alone for each https --camera, as a camera's ca_file does in the "
         "daemon's [[device]] entry (a camera with a private CA or its own self-signed certificate)",
     )
+    parser.add_argument(
+        "--only-named",
+        action="store_true",
+        help="probe only the serial ports and cameras named with --port and --camera: no other serial port gets "
+        "the module's handshake (another UART may carry a GPS, a modem or a console) and no other camera is "
+        "opened; USB readers are listed either way",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     options = camera_bounds()  # as the daemon's: its bounds, its TLS floor, and the camera's ca_file if given
     if args.camera_ca:  # absolute, as ca_file must be: the reader is handed it as it would be from the config
         options["ca_file"] = os.path.abspath(args.camera_ca)
-    findings = discover(args.port, extra_cameras=args.camera, stream_options=options)
+    findings = discover(args.port, extra_cameras=args.camera, stream_options=options, named_only=args.only_named)
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
         return 1 if asked_for_and_unusable(args, findings) else 0
@@ -60,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     kinds = {f.kind for f in findings}
     for kind, what in (("serial", "serial ports"), ("usb", "known USB fingerprint readers"), ("camera", "cameras")):
         if kind not in kinds:
-            print(f"[none] {kind:<6} no {what} found")
+            searched = args.only_named and kind != "usb"
+            print(f"[none] {kind:<6} " + (f"no {what} named (--only-named: none other probed)" if searched
+                                          else f"no {what} found"))
     return 1 if asked_for_and_unusable(args, findings) else 0
 
 
