@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,25 @@ def test_a_request_the_server_fails_on_is_answered_eio(modeless_filesystem: Path
         pytest.fail("the FUSE server stopped answering after a request it failed on")
     assert out.strip() == str(errno.EIO), err
     assert os.listdir(modeless_filesystem) == ["far"]  # and the mount still serves
+
+
+def test_a_fuse_device_that_cannot_be_opened_skips_not_errors(tmp_path: Path) -> None:
+    """A container may list /dev/fuse yet refuse its opening (a device cgroup; here: a device node on a ``nodev``
+    mount, which not even root may open). The fixture must skip there, as it does without /dev/fuse."""
+    from tests.modeless_fs import modeless_mount
+
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if mount is None or umount is None:
+        pytest.skip("no mount command here")
+    devices = tmp_path / "dev"
+    devices.mkdir()
+    mounted = subprocess.run([mount, "-t", "tmpfs", "-o", "nodev,size=1m", "tmpfs", str(devices)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        os.mknod(devices / "fuse", 0o600 | stat.S_IFCHR, os.makedev(10, 229))
+        with pytest.raises(pytest.skip.Exception), modeless_mount(tmp_path / "mount", device=devices / "fuse"):
+            pass
+    finally:
+        subprocess.run([umount, str(devices)], check=True)
