@@ -56,6 +56,7 @@ class ModelessServer:
         self.fd = fd
         self.nodes: dict[int, _Node] = {ROOT: _Node(ROOT, "", None)}
         self.next_ino = ROOT + 1
+        self.failures: list[Exception] = []  # what a request raised (answered EIO), for a test to look at
         self.thread = threading.Thread(target=self._serve, name="modeless-fs", daemon=True)
 
     # ------------------------------------------------------------ replies
@@ -87,7 +88,13 @@ class ModelessServer:
             if not request:
                 return
             _, opcode, unique, nodeid, *_ = IN_HEADER.unpack_from(request)
-            self._handle(opcode, unique, nodeid, request[IN_HEADER.size:])
+            try:
+                self._handle(opcode, unique, nodeid, request[IN_HEADER.size:])
+            except Exception as exc:  # answered, never fatal: the kernel waits for every reply
+                # A thread that died here would leave this request, and every later one, waiting in the kernel
+                # uninterruptibly (even SIGKILL waits): the test process's own teardown would hang.
+                self.failures.append(exc)
+                self._reply(unique, error=errno.EIO)
 
     def _handle(self, opcode: int, unique: int, nodeid: int, body: bytes) -> None:
         node = self.nodes.get(nodeid)
@@ -104,7 +111,7 @@ class ModelessServer:
         elif node is None:
             self._reply(unique, error=errno.ENOENT)
         elif opcode == LOOKUP:
-            found = self._named(body.split(b"\0")[0].decode())
+            found = self._named(os.fsdecode(body.split(b"\0")[0]))
             self._reply(unique, self._entry(found) if found else b"", 0 if found else errno.ENOENT)
         elif opcode == GETATTR:
             self._reply(unique, struct.pack("<QII", 0, 0, 0) + self._attr(node))
@@ -115,7 +122,7 @@ class ModelessServer:
                 node.data.extend(b"\0" * (size - len(node.data)))
             self._reply(unique, struct.pack("<QII", 0, 0, 0) + self._attr(node))
         elif opcode == CREATE:
-            name = body[16:].split(b"\0")[0].decode()
+            name = os.fsdecode(body[16:].split(b"\0")[0])
             created = self._named(name)
             if created is None:
                 created = self.nodes[self.next_ino] = _Node(self.next_ino, name, bytearray())
@@ -137,7 +144,7 @@ class ModelessServer:
             out = b""
             files = [n for n in self.nodes.values() if n.data is not None]
             for index, entry in enumerate(files[offset:], start=offset + 1):
-                name = entry.name.encode()
+                name = os.fsencode(entry.name)
                 dirent = struct.pack("<QQII", entry.ino, index, len(name), 8) + name
                 dirent += b"\0" * (-len(dirent) % 8)
                 if len(out) + len(dirent) > size:
@@ -145,20 +152,20 @@ class ModelessServer:
                 out += dirent
             self._reply(unique, out)
         elif opcode == UNLINK:
-            gone = self._named(body.split(b"\0")[0].decode())
+            gone = self._named(os.fsdecode(body.split(b"\0")[0]))
             if gone is not None:
                 del self.nodes[gone.ino]
             self._reply(unique, error=0 if gone else errno.ENOENT)
         elif opcode == RENAME:
             old, new = body[8:].split(b"\0")[:2]
-            moving = self._named(old.decode())
+            moving = self._named(os.fsdecode(old))
             if moving is None:
                 self._reply(unique, error=errno.ENOENT)
                 return
-            replaced = self._named(new.decode())
+            replaced = self._named(os.fsdecode(new))
             if replaced is not None:
                 del self.nodes[replaced.ino]
-            moving.name = new.decode()
+            moving.name = os.fsdecode(new)
             self._reply(unique)
         elif opcode == LINK:
             self._reply(unique, error=errno.EPERM)  # vfat has no hard links
@@ -171,13 +178,19 @@ class ModelessServer:
 
 
 @contextlib.contextmanager
-def modeless_mount(mount_point: Path) -> Iterator[Path]:
-    """:class:`ModelessServer` mounted at ``mount_point`` (made here), unmounted after; skips where it cannot."""
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.skip("mounting a FUSE file system needs root and /dev/fuse")
+def modeless_mount(mount_point: Path, *, device: Path = Path("/dev/fuse")) -> Iterator[Path]:
+    """:class:`ModelessServer` mounted at ``mount_point`` (made here), unmounted after; skips where it cannot.
+
+    ``device`` is the kernel's FUSE device; a test of this skip names another.
+    """
+    if os.geteuid() != 0 or not device.exists():
+        pytest.skip(f"mounting a FUSE file system needs root and {device}")
+    try:  # a container may list the device and refuse it (device cgroup, nodev): skipped as if absent
+        fd = os.open(device, os.O_RDWR)
+    except OSError as exc:
+        pytest.skip(f"cannot open {device} here: {exc.strerror}")
     libc = ctypes.CDLL(None, use_errno=True)
     mount_point.mkdir()
-    fd = os.open("/dev/fuse", os.O_RDWR)
     options = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
     if libc.mount(b"modeless", str(mount_point).encode(), b"fuse.modeless", 0, options) != 0:
         os.close(fd)

@@ -67,3 +67,24 @@ def test_a_rate_no_search_can_reach_is_a_settings_error_naming_a_rate_that_can()
     with pytest.raises(SettingsError) as raised:  # a 1:1 threshold above 1: nothing, 1:1 or 1:N, can match
         identification_capacity("face", threshold_for_fmr, fpir=1e-3, verify_threshold=threshold_for_fmr(1e-10))
     assert "target_fmr" in str(raised.value) and "raise target_fmr" in raised.value.fix
+
+
+def test_the_rate_a_settings_error_names_is_reachable_however_it_rounds() -> None:
+    """The fix names a rate of two figures: rounded to the nearest it can land just below the lowest reachable
+    rate (2.72e-9 shown as 2.7e-9), naming a value the verifier would refuse again. It is rounded up."""
+    import math
+    import re
+
+    import pytest
+
+    from verifier.ranking import identification_capacity
+    from verifier.settings import SettingsError
+
+    for lowest in (2.72e-9, 2.04e-11, 9.96e-8, 1.0e-9):
+        def threshold_for_fmr(fmr: float, lowest: float = lowest) -> float:  # reaches 1 exactly at ``lowest``
+            return 1.0 + 0.1 * (math.log(lowest) - math.log(fmr))
+
+        with pytest.raises(SettingsError) as raised:
+            identification_capacity("face", threshold_for_fmr, fpir=lowest / 10, verify_threshold=0.5)
+        named = float(re.search(r"raise identify_fpir to at least (\S+)", raised.value.fix).group(1))
+        assert identification_capacity("face", threshold_for_fmr, fpir=named, verify_threshold=0.5) >= 1, named

@@ -155,3 +155,12 @@ def test_a_key_made_on_a_file_system_without_modes_is_refused_at_once(modeless_f
     with pytest.raises(EnrollmentKeyError) as raised:
         load_or_create_key(modeless_filesystem / "enrollment.key")
     assert "does not keep file modes" in str(raised.value) and "umask=077" in raised.value.fix
+
+
+def test_a_key_refused_as_it_was_made_is_not_left_behind(modeless_filesystem: Path) -> None:
+    """The key just made was shown 0755, readable by every local user: left in place, a start after the mount was
+    fixed (umask=077) would take it and seal every template under a key others may have copied. Nothing was sealed
+    under it yet, so it is removed: that next start makes a fresh one."""
+    with pytest.raises(EnrollmentKeyError):
+        load_or_create_key(modeless_filesystem / "enrollment.key")
+    assert os.listdir(modeless_filesystem) == [], "neither the exposed key nor a temporary file is left"

@@ -25,7 +25,8 @@ was lost or damaged were all silent or a traceback:
   keeps a mode (:func:`keeps_modes`) and, when it does not, names the real remedy
   (another file system, or the mount's ``umask=077``). A key made on such a
   folder is refused at once, before anything is sealed under a key every local
-  user may read, rather than at the next start.
+  user may read, rather than at the next start, and removed (so the start after
+  the fix makes a fresh key rather than take the one others could read).
 
 Each fault is a :class:`EnrollmentKeyError` (a :class:`PKIFolderError`, so the
 command line prints it as ``error:`` and ``fix:``). Nothing here logs the key.
@@ -240,6 +241,11 @@ def _create(path: Path) -> bytes:
         with contextlib.suppress(OSError):
             temporary.unlink()
     if mode & 0o077:  # made 0600, shown looser: a file system that keeps no modes; refused before any use
+        # ... and removed: others may have read it, so a start once the mount is fixed must make a fresh one
+        # rather than seal under this one. Nothing is sealed under it yet (``conn`` held nothing sealed).
+        with contextlib.suppress(OSError):
+            path.unlink()
+            flush(path.parent)
         raise _readable_by_others(path, mode)
     return key
 

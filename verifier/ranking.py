@@ -109,7 +109,7 @@ def identification_capacity(
     lowest = lowest_reachable_fmr(threshold_for_fmr, max_score=max_score)
     capacity = math.floor(fpir / lowest) if lowest < 1.0 else 0
     if capacity < 1:
-        at_least = float(f"{lowest * 1.01:.2g}")  # rounded up: the value named must itself be reachable
+        at_least = _rounded_up(lowest)  # the value named must itself be reachable: never rounded below
         raise SettingsError(
             f"identify_fpir = {fpir!r} puts the {modality} identification threshold above the highest {modality} "
             f"score ({max_score}) even for one probe against one template: no {modality} could ever be identified",
@@ -117,6 +117,16 @@ def identification_capacity(
         )
     log.info("identification_capacity", modality=modality, identify_fpir=fpir, largest_search=capacity)
     return capacity
+
+
+def _rounded_up(rate: float, *, figures: int = 2) -> float:
+    """``rate`` to ``figures`` significant figures, never below it: a value an operator can write that is still
+    at least ``rate`` (rounding to the nearest could land just below it and name a rate refused again)."""
+    step = 10.0 ** (math.floor(math.log10(rate)) - figures + 1)
+    value = float(f"{math.ceil(rate / step) * step:.{figures}g}")
+    while value < rate:  # the product above rounded down by an ulp
+        value = float(f"{value + step:.{figures}g}")
+    return value
 
 
 def warn_if_unreachable(modality: str, threshold: float, comparisons: int, capacity: int, *,
