@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent.errors import AgentError
 from agent.identity import IdentityStore
+from drivers.flock_holder import flock_holder
 
 LOCK_FILE = "agent.lock"
 # A state directory on a disk that is full or read-only: the daemon starts degraded there (its outbox retried,
@@ -40,25 +41,15 @@ def holder_pid(path: Path) -> int | None:
 
 
 def _kernel_holder(fd: int) -> int | None:
-    """The PID holding a flock on ``fd``'s file, from /proc/locks; None when that cannot be told.
+    """The PID holding a flock on ``fd``'s file; None when that cannot be told.
 
     Why not the file alone: a holder on a read-only disk cannot write its PID, so the file may still say the one
     a daemon killed before its exit left there, by now another process, and the refusal's fix said to kill it.
     """
     try:
-        info = os.fstat(fd)
-        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
-            lines = locks.read(1 << 20).splitlines()
+        return flock_holder(os.fstat(fd))
     except OSError:
         return None
-    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    for line in lines:
-        fields = line.split()
-        if "->" in fields:  # a waiter, not the holder
-            continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
-            return int(fields[4])
-    return None
 
 
 @contextlib.contextmanager

@@ -19,6 +19,18 @@ from pathlib import Path
 import pytest
 
 
+def _in_a_child(probe: str, mount: Path, after: str) -> tuple[str, str]:
+    """``probe`` (Python, the mount as argv[1]) run in a child, so a server that stopped answering hangs the
+    child, not pytest: its output and error."""
+    child = subprocess.Popen([sys.executable, "-c", probe, str(mount)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        return child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # not waited for: it stays in the kernel until the teardown aborts the mount
+        child.kill()
+        pytest.fail(f"the FUSE server stopped answering {after}")
+
+
 def test_a_name_that_is_not_utf8_is_answered_not_fatal(modeless_filesystem: Path) -> None:
     """Looked up in a child process (so a server that stopped answering hangs the child, not pytest)."""
     probe = (
@@ -28,13 +40,7 @@ def test_a_name_that_is_not_utf8_is_answered_not_fatal(modeless_filesystem: Path
         "except FileNotFoundError:\n"
         "    print('ENOENT')\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", probe, str(modeless_filesystem)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = child.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # not waited for: it stays in the kernel until the teardown aborts the mount
-        child.kill()
-        pytest.fail("the FUSE server stopped answering after a name that is not UTF-8")
+    out, err = _in_a_child(probe, modeless_filesystem, "after a name that is not UTF-8")
     assert out.strip() == "ENOENT", err
     (modeless_filesystem / "after").write_bytes(b"x")  # and the mount still serves
     assert (modeless_filesystem / "after").read_bytes() == b"x"
@@ -50,13 +56,7 @@ def test_a_request_the_server_fails_on_is_answered_eio(modeless_filesystem: Path
         "except OSError as exc:\n"
         "    print(exc.errno)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", probe, str(modeless_filesystem)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = child.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        pytest.fail("the FUSE server stopped answering after a request it failed on")
+    out, err = _in_a_child(probe, modeless_filesystem, "after a request it failed on")
     assert out.strip() == str(errno.EIO), err
     assert os.listdir(modeless_filesystem) == ["far"]  # and the mount still serves
 

@@ -25,6 +25,7 @@ import numpy as np
 import serial
 import structlog
 
+from drivers.flock_holder import flock_holder
 from drivers.zfm.codec import (
     Ack,
     CorruptPacket,
@@ -116,19 +117,9 @@ def _seconds(what: str, value: object, *, zero: bool = True) -> float:
 def _lock_holder(port: str) -> int | None:
     """The PID holding a flock on ``port`` (from /proc/locks), or None when it cannot be told."""
     try:
-        info = os.stat(port)
-        with open("/proc/locks") as locks:
-            lines = locks.read(1 << 20).splitlines()
+        return flock_holder(os.stat(port))
     except OSError:
         return None
-    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    for line in lines:
-        fields = line.split()
-        if "->" in fields:  # a waiter, not the holder
-            continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
-            return int(fields[4])
-    return None
 
 
 def _errno(exc: BaseException) -> int | None:
