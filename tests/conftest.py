@@ -183,6 +183,17 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET (a real AF_UNIX socket the daemon sends to)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    yield sock, path
+    sock.close()
+
+
+@pytest.fixture
 def modeless_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A mounted file system that keeps no file modes, as vfat under umask=022 (tests/modeless_fs.py: FUSE, since
     a kernel may have no vfat); skipped where this user may not mount."""

@@ -37,16 +37,6 @@ def provisioned_config_file(tmp_path: Path, make_test_ca) -> Path:
     return path
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = tmp_path / "notify.sock"
-    sock.bind(str(path))
-    sock.settimeout(0.2)
-    yield sock, path
-    sock.close()
-
-
 def read_messages(sock: socket.socket, seconds: float) -> list[dict[str, str]]:
     """Every notification that arrives within ``seconds`` (for asserting that one does not come)."""
     return read_until(sock, lambda messages: False, seconds)

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -48,17 +48,6 @@ FAULTS: dict[str, tuple[Callable[[Path], None], Callable[[Path], None], str]] = 
     "full": (fill_filesystem, _free, "df -h"),
     "read-only": (lambda fs: _remount(fs, "ro"), lambda fs: _remount(fs, "rw"), "findmnt -T"),
 }
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = tmp_path / "notify.sock"
-    sock.bind(str(path))
-    sock.settimeout(0.2)
-    yield sock, path
-    sock.close()
 
 
 def _ready_status(sock: socket.socket, daemon: subprocess.Popen[bytes], log: Path) -> str:
