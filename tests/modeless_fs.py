@@ -38,6 +38,7 @@ UNLINK, RENAME, LINK, OPEN, READ, WRITE, STATFS, RELEASE = 10, 12, 13, 14, 15, 1
 FSYNC, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR = 20, 25, 26, 27, 28, 29
 INTERRUPT, CREATE, DESTROY, BATCH_FORGET = 36, 35, 38, 42
 FATTR_SIZE = 1 << 3
+MNT_FORCE, MNT_DETACH = 1, 2  # umount2 flags (include/linux/fs.h)
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
 OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
@@ -78,6 +79,14 @@ class ModelessServer:
 
     # ------------------------------------------------------------ the loop
     def _serve(self) -> None:
+        """Answer requests until the connection ends, then close its descriptor: only this thread reads it, so
+        only this thread may close it (a descriptor closed under a blocked read would leave the read waiting)."""
+        try:
+            self._answer_until_unmounted()
+        finally:
+            os.close(self.fd)
+
+    def _answer_until_unmounted(self) -> None:
         while True:
             try:
                 request = os.read(self.fd, 1 << 18)
@@ -195,11 +204,15 @@ def modeless_mount(mount_point: Path, *, device: Path = Path("/dev/fuse")) -> It
     if libc.mount(b"modeless", str(mount_point).encode(), b"fuse.modeless", 0, options) != 0:
         os.close(fd)
         pytest.skip(f"cannot mount a FUSE file system here: {os.strerror(ctypes.get_errno())}")
-    server = ModelessServer(fd)
+    server = ModelessServer(fd)  # owns fd from here: its thread closes it when the connection ends
     server.thread.start()
     try:
         yield mount_point
     finally:
-        libc.umount2(str(mount_point).encode(), 2)  # MNT_DETACH: the server's read then ends with ENODEV
+        # MNT_FORCE aborts the FUSE connection (the server's read ends with ENODEV) even while a file on the mount
+        # is still open, say by a process a failed test left behind; MNT_DETACH alone would keep the connection
+        # for that file, and the server waiting, until it is closed.
+        libc.umount2(str(mount_point).encode(), MNT_FORCE | MNT_DETACH)
         server.thread.join(10)
-        os.close(fd)
+        if server.thread.is_alive():
+            raise RuntimeError(f"the FUSE server at {mount_point} still serves after its forced unmount")

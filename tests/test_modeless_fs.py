@@ -8,6 +8,7 @@ the mount, the test process's own teardown included.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -81,3 +82,23 @@ def test_a_fuse_device_that_cannot_be_opened_skips_not_errors(tmp_path: Path) ->
             pass
     finally:
         subprocess.run([umount, str(devices)], check=True)
+
+
+def test_teardown_ends_the_server_while_a_file_on_the_mount_is_still_open(tmp_path: Path) -> None:
+    """A file left open on the mount (a process a failed test left behind, here this one) must not keep the
+    server's thread reading past the teardown: the unmount aborts the connection, and the thread, the only
+    reader of the FUSE descriptor, ends and closes it."""
+    import threading
+
+    from tests.modeless_fs import modeless_mount
+
+    with modeless_mount(tmp_path / "held") as mount_point:
+        held = os.open(mount_point / "open-file", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert not [t for t in threading.enumerate() if t.name == "modeless-fs"]
+        with pytest.raises(OSError) as aborted:  # the open file's connection is gone, not served
+            os.pwrite(held, b"x", 0)
+        assert aborted.value.errno in (errno.ENOTCONN, errno.ENODEV, errno.EIO)
+    finally:
+        with contextlib.suppress(OSError):  # its flush fails (ENOTCONN); the descriptor is released all the same
+            os.close(held)
