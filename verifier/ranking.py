@@ -19,7 +19,7 @@ verifies a claimed id instead.
 Where that price becomes everything: scores are bounded (a finger's
 :func:`biometrics.fingerprint.mcc_match.scores` lie in [0, 1], a face's cosine of
 two unit embeddings in [-1, 1]), so past some search the threshold is above any
-score a probe can reach and the identification names no one, its own subject
+score a probe can reach and the identification could name no one, its own subject
 included. With the default ``identify_fpir`` (1e-3) that happens for faces at
 about 376,000 comparisons (five faces against some 75,000 embeddings), for
 fingers only past 60 million. What the verifier does about it
@@ -111,7 +111,7 @@ def identification_capacity(
     at ``fpir`` with a threshold a score can still reach; logged at start (see the module docstring).
 
     Raises SettingsError, at start, when not even one comparison could name anyone: a setting no gallery can
-    make right, so the verifier refuses it rather than answer every identification with no candidate.
+    make right, so the verifier refuses it rather than refuse every identification (``identification-unreachable``).
     """
     if verify_threshold > max_score:
         raise SettingsError(
@@ -145,7 +145,8 @@ def _rounded_up(rate: float, *, figures: int = 2) -> float:
 def warn_if_unreachable(modality: str, threshold: float, comparisons: int, capacity: int, *,
                         max_score: float = MAX_SCORE, **fields: object) -> bool:
     """Log ``identification_unreachable`` (a warning with the fix) when ``threshold`` is above any score: the
-    identification will answer no candidate whoever the probe is. True when it did."""
+    identification could name nobody, whoever the probe is. True when it did: the caller then refuses it
+    (:func:`unreachable_problem`) rather than search."""
     if threshold <= max_score:
         return False
     log.warning(
