@@ -191,6 +191,30 @@ class StepUpUnknownError(VerifierError):
     """The step-up id is not pending: start the verification again."""
 
 
+class IdentificationUnreachableError(VerifierError):
+    """A 1:N identification past the verifier's capacity (422 ``identification-unreachable``): its threshold,
+    set for this search (its views times the templates this device may see), is above any score, so nobody could
+    be named, the person at the kiosk included even if enrolled.
+
+    Its own class, not "nobody recognised": that answer would send an enrolled person away and tell the installer,
+    who alone can fix it, nothing. The fix names the setting and the groups to change; no retry helps (never
+    retried: the same search fails the same way), and the problem carries ``comparisons`` and
+    ``largest_search`` (:attr:`comparisons`, :attr:`largest_search`).
+    """
+
+    @property
+    def comparisons(self) -> int:
+        """The comparisons the search needed (views x templates searched); 0 when the answer lacked them."""
+        value = self.problem.get("comparisons")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def largest_search(self) -> int:
+        """The most comparisons an identification can make at the verifier's identify_fpir; 0 when absent."""
+        value = self.problem.get("largest_search")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 class VerifierInternalError(VerifierError):
     """The verifier failed on the request (HTTP 500)."""
 

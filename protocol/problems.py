@@ -143,6 +143,11 @@ _ENTRIES = (
     ProblemType("insufficient-user-authentication", 401, "Another factor needed", "StepUpRequiredError",
                 "capture another finger of the same person and send it with this step_up id"),
     ProblemType("step-up-unknown", 409, "Unknown step-up", "StepUpUnknownError", "start the verification again"),
+    # -- the verifier's settings against what the device may search (verifier/ranking.py): an installer's fix
+    ProblemType("identification-unreachable", 422, "Identification past its capacity", "IdentificationUnreachableError",
+                "raise identify_fpir (fewer comparisons per identification then suffice), narrow the device's groups "
+                "(capture-verifier device allow --groups), send fewer views per identification, or verify a claimed "
+                "subject (1:1) instead"),
     # -- the verifier itself
     ProblemType("internal", 500, "Internal error", "VerifierInternalError",
                 "retry; if it persists, see the verifier's log"),

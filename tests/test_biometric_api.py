@@ -498,3 +498,50 @@ def test_the_identification_threshold_grows_with_what_it_searches(device, synthe
     assert verify_threshold < expected[0] < expected[1], "stricter than 1:1, and more so for more views"
     assert one_view["candidates"][0]["subject"] == "bob", "a genuine mate still clears it"
     assert all(c["score"] >= two_views["threshold"] for c in two_views["candidates"])
+
+
+@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 40")
+def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
+    device, verifier, synthetic_templates
+) -> None:
+    """At identify_fpir 3e-9 a finger identification can make some 180 comparisons before its threshold passes the
+    highest score (verifier/ranking.py). One view against the 6 enrolled templates is well within: bob is named.
+    40 views of bob's own finger against them could name nobody, bob included: that was an empty 200 (a kiosk told
+    bob "nobody recognised", the installer learned nothing); it is a 422 ``identification-unreachable`` whose detail
+    gives the search's comparisons against the largest search, whose fix is ranking's, raised by the agent as its
+    own error. Nothing is matched for it; the next identification within the capacity is answered as before."""
+    from agent.errors import IdentificationUnreachableError
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import UNREACHABLE_FIX, identification_capacity
+    from verifier.settings import VerifierSettings
+
+    t = synthetic_templates
+    enroll_fingers(device, t, "alice", [0, 2])  # 4 templates
+    enroll(device, t, {"bob": 1})  # 2 templates
+    largest = identification_capacity("finger", threshold_for_fmr, fpir=3e-9,
+                                      verify_threshold=threshold_for_fmr(VerifierSettings().target_fmr))
+    assert 6 < largest < 40 * 6, "the story needs one view within the capacity and 40 past it"
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        normal = await api.identify([encode(t[1][2])])
+        with pytest.raises(IdentificationUnreachableError) as past:
+            await api.identify([encode([t[1][2]] * 10)] * 4)  # 4 records of 10 views: 40 views
+        return normal, past.value, await api.identify([encode(t[1][2])])
+
+    normal, refused, again = device.run(steps)
+    assert [c.subject for c in normal.candidates][:1] == ["bob"] and normal.threshold <= 1.0
+    assert again.candidates == normal.candidates and again.threshold == normal.threshold
+    assert refused.status == 422 and refused.slug == "identification-unreachable"
+    assert refused.fix == UNREACHABLE_FIX and "raise identify_fpir" in str(refused)
+    assert (refused.comparisons, refused.largest_search) == (240, largest)
+    assert "needs 240 comparisons (40 views x 6 templates" in refused.message, refused.message
+    assert f"({largest:,} comparisons)" in refused.message, refused.message
+    events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
+    unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
+    assert len(unreachable) == 1 and unreachable[0]["fix"] == UNREACHABLE_FIX, unreachable
+    assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (240, largest)
+    refusals = [e for e in events if e.get("event") == "biometric_request_refused" and e.get("status") == 422]
+    assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == 240, refusals
+    attempts = [e for e in events if e.get("event") == "identification_attempt"]
+    assert len(attempts) == 2, "the refused search was never matched: only the two within the capacity were"

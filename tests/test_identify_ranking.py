@@ -88,3 +88,24 @@ def test_the_rate_a_settings_error_names_is_reachable_however_it_rounds() -> Non
             identification_capacity("face", threshold_for_fmr, fpir=lowest / 10, verify_threshold=0.5)
         named = float(re.search(r"raise identify_fpir to at least (\S+)", raised.value.fix).group(1))
         assert identification_capacity("face", threshold_for_fmr, fpir=named, verify_threshold=0.5) >= 1, named
+
+
+def test_a_search_past_the_capacity_is_a_422_naming_both_counts_and_the_registrys_fix() -> None:
+    """The refusal (not an empty candidate list, which a kiosk says as "nobody recognised"): its detail gives the
+    comparisons against the largest search, its members the same as numbers, its fix the one the log names."""
+    import json
+
+    from protocol.problems import REGISTRY
+    from verifier.ranking import UNREACHABLE_FIX, unreachable_problem, warn_if_unreachable
+
+    problem = unreachable_problem("face", views=1, searched=75_000, capacity=74_000)
+    document = json.loads(problem.body())
+    assert problem.status == 422 and document["type"].endswith("/identification-unreachable")
+    assert document["fix"] == UNREACHABLE_FIX == REGISTRY["identification-unreachable"].fix
+    assert (document["comparisons"], document["largest_search"]) == (75_000, 74_000)
+    assert "(74,000 comparisons)" in document["detail"], document
+    assert document["detail"].startswith("this face identification needs 75,000 comparisons (1 view x 75,000 "
+                                         "templates this device may search), more than the largest search"), document
+    many = json.loads(unreachable_problem("finger", views=3, searched=2, capacity=5).body())
+    assert (many["comparisons"], many["largest_search"]) == (6, 5) and "(3 views x 2 templates" in many["detail"]
+    assert not warn_if_unreachable("finger", 1.0, 6, 5) and warn_if_unreachable("finger", 1.0001, 6, 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -811,3 +812,56 @@ def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_
         "fix: plug it in (the agent reopens it by itself within a few seconds), then try again; "
         "`capture-agent devices` shows what is found",
     ], out
+
+
+@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 200")
+def test_an_identification_past_the_verifiers_capacity_tells_the_installer_why_not_nobody_recognised(
+    daemon_with_module, provisioned, synthetic_templates, verifier
+) -> None:
+    """Past its capacity (verifier/ranking.py: here some 180 comparisons, the gallery grown to 194 templates), an
+    identification can name nobody, the enrolled person at the kiosk included. It was an empty answer: `identify`
+    said "nobody recognised ... ask to be enrolled" to ana, enrolled, and a kiosk app showed "no match"; the
+    installer never learned why. Now the terminal and the kiosk app are told the verifier's refusal and its fix,
+    `identify` exits 2 (could not finish), and the attempt is in the audit trail the daemon delivers."""
+    from agent.client import VerifierClient
+    from agent.verifier_api import VerifierAPI
+    from biometrics.fingerprint.iso19794_2 import encode
+    from verifier.ranking import UNREACHABLE_FIX
+
+    daemon = daemon_with_module()
+    enroll_ana(daemon)  # 4 templates
+
+    async def grow() -> None:  # the gallery grows past the capacity while the verifier runs: ben's 190 views
+        async with VerifierClient(*provisioned) as client:
+            ben = synthetic_templates[3][0]  # a record holds at most 16 views of one finger position: two here
+            views = [encode([dataclasses.replace(ben, finger_position=1 + i % 2) for i in range(19)])] * 10
+            await VerifierAPI(client).enroll("ben", views)
+
+    asyncio.run(grow())
+    person = cli(daemon, "identify")
+    said = []
+    for line in lines_said(person):
+        said.append(line.rstrip())
+        if "Place" in line:
+            daemon.zfm.send("place 0 2")  # ana's own finger
+        elif "Lift" in line:
+            daemon.zfm.send("lift")
+    assert person.wait(30) == 2, said
+    assert not any("nobody recognised" in line for line in said), said
+    assert said[-2].startswith("error: verifier refused: 422 Identification past its capacity: this finger "
+                               "identification needs 194 comparisons (1 view x 194 templates"), said
+    assert said[-1] == f"fix: {UNREACHABLE_FIX}", said
+
+    async def kiosk_app() -> list[dict]:
+        async with daemon.client() as kiosk:
+            daemon.placements = [(0, 2)]
+            return await daemon.session(kiosk, operation="identify")
+
+    last = asyncio.run(kiosk_app())[-1]
+    assert (last["type"], last["code"], last["problem"]) == ("error", "verifier_refused", "identification-unreachable")
+    assert last["fix"] == UNREACHABLE_FIX and "194 comparisons" in last["message"], last
+    daemon.stop()  # it flushes its outbox first: every session's end reaches the verifier, none held back
+    finished = [e["data"] for e in audit_until(verifier, "agent_stopping") if e["type"] == "session_finished"]
+    assert [(s["operation"], s["outcome"]) for s in finished] == [("enroll", "enrolled"), ("identify", "error"),
+                                                                  ("identify", "error")], finished
+    assert all("194 comparisons" in s["reason"] for s in finished[1:]), finished

@@ -298,21 +298,31 @@ def test_a_group_rule_and_a_bad_factor_on_the_command_line(verifier) -> None:
 
 
 @pytest.mark.verifier_settings("identify_fpir = 3e-9")  # face identification's capacity: one comparison
-def test_an_identification_past_the_capacity_is_logged_with_its_fix(device, verifier) -> None:
-    """At this rate one probe against alice's two embeddings already needs a cosine above 1: the answer names no
-    one (the threshold is never clamped, verifier/ranking.py), and the operator's log says why and what to do."""
+def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, verifier) -> None:
+    """At this rate one probe against alice's two embeddings already needs a cosine above 1: nobody could be named,
+    alice included (the threshold is never clamped, verifier/ranking.py). That was an empty 200, which a kiosk said
+    as "nobody recognised"; it is a 422 ``identification-unreachable`` the agent raises as its own error, with the
+    comparisons against the largest search and ranking's fix, and the operator's log still says why."""
+    from agent.errors import IdentificationUnreachableError
+    from verifier.ranking import UNREACHABLE_FIX
+
     async def steps(client):
         api = VerifierAPI(client)
         await face_enroll(api, "alice", 1)
         challenge = await api.challenge("identify")
-        return await api.identify([], faces=[capture(1, 7)], challenge=challenge, liveness=steps_for(challenge))
+        with pytest.raises(IdentificationUnreachableError) as refused:
+            await api.identify([], faces=[capture(1, 7)], challenge=challenge, liveness=steps_for(challenge))
+        return refused.value
 
-    found = device.run(steps)
-    assert found.candidates == [] and found.threshold > 1.0
+    refused = device.run(steps)
+    assert refused.status == 422 and refused.slug == "identification-unreachable" and refused.fix == UNREACHABLE_FIX
+    assert (refused.comparisons, refused.largest_search) == (2, 1)
+    assert "this face identification needs 2 comparisons (1 view x 2 templates" in refused.message, refused.message
     events = audit(verifier)
     capacity = [e for e in events if e.get("event") == "identification_capacity" and e["modality"] == "face"]
     assert capacity and capacity[0]["largest_search"] == 1
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1, unreachable
     assert unreachable[0]["modality"] == "face" and unreachable[0]["comparisons"] == 2
-    assert unreachable[0]["level"] == "warning" and "raise identify_fpir" in unreachable[0]["fix"]
+    assert unreachable[0]["level"] == "warning" and unreachable[0]["fix"] == UNREACHABLE_FIX
+    assert not [e for e in events if e.get("event") == "identification_attempt"], "nothing was matched for it"

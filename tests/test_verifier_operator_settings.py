@@ -51,7 +51,7 @@ def test_an_identify_fpir_no_face_could_ever_reach_stops_the_verifier_at_start(
     tmp_path: Path, verifier_state: Path
 ) -> None:
     """Faces score at most 1 (a cosine): at identify_fpir 1e-10 even one probe against one embedding needs more,
-    so every face identification would answer no candidate, silently. The verifier refuses to start instead."""
+    so every face identification would be refused (identification-unreachable). The verifier refuses to start."""
     settings = tmp_path / "verifier.toml"
     settings.write_text("identify_fpir = 1e-10\n")
     error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--config", str(settings)))

@@ -77,6 +77,7 @@ from verifier.ranking import (
     identification_capacity,
     identification_threshold,
     ranked,
+    unreachable_problem,
     warn_if_unreachable,
 )
 from verifier.sensor_prints import SensorPrints
@@ -1039,6 +1040,22 @@ class BiometricRoutes:
                 wait_s=round(wait, 1),
             )
 
+    def refuse_if_unreachable(self, request: Request, modality: str, threshold: float, *, views: int, searched: int,
+                              capacity: int) -> None:
+        """422 ``identification-unreachable`` (audited, and logged with its fix) when ``threshold`` is above any
+        score: the search would name nobody, its own subject included (verifier/ranking.py says why a refusal).
+
+        Before the device's matching allowance is charged and before any matching: nothing is searched for it.
+        """
+        assert request.device is not None
+        comparisons = views * searched
+        if warn_if_unreachable(modality, threshold, comparisons, capacity, device_id=request.device.device_id):
+            raise self.refused(
+                request, unreachable_problem(modality, views=views, searched=searched, capacity=capacity),
+                "identification past its capacity", modality=modality, comparisons=comparisons,
+                largest_search=capacity,
+            )
+
     def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
         """On the loop, at the decision: ``best`` without the subjects this device is locked out of, and how many.
 
@@ -1063,11 +1080,12 @@ class BiometricRoutes:
             return self.faces.identify(request, body, carried, allowed)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
-        self.charge(request, len(views) * self._gallery_size)
         searched = self._gallery_size if among is None else sum(self._templates_of[s] for s in among)
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(views) * searched,
                                              self.threshold)
-        warn_if_unreachable(FINGER, threshold, len(views) * searched, self.identify_capacity, device_id=device_id)
+        self.refuse_if_unreachable(request, FINGER, threshold, views=len(views), searched=searched,
+                                   capacity=self.identify_capacity)
+        self.charge(request, len(views) * self._gallery_size)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

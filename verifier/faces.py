@@ -55,7 +55,7 @@ from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import identification_capacity, identification_threshold, ranked, warn_if_unreachable
+from verifier.ranking import identification_capacity, identification_threshold, ranked
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
@@ -418,10 +418,11 @@ class FaceRoutes:
         keep = np.array([among is None or s in among for s in subjects], bool)
         names = [s for s, k in zip(subjects, keep, strict=True) if k]
         rows = gallery[keep] if len(subjects) else gallery
-        self.bio.charge(request, len(probes) * len(names))
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(probes) * len(rows),
                                              self.threshold)
-        warn_if_unreachable(FACE, threshold, len(probes) * len(rows), self.identify_capacity, device_id=device_id)
+        self.bio.refuse_if_unreachable(request, FACE, threshold, views=len(probes), searched=len(rows),
+                                       capacity=self.identify_capacity)
+        self.bio.charge(request, len(probes) * len(names))
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

@@ -19,11 +19,11 @@ verifies a claimed id instead.
 Where that price becomes everything: scores are bounded (a finger's
 :func:`biometrics.fingerprint.mcc_match.scores` lie in [0, 1], a face's cosine of
 two unit embeddings in [-1, 1]), so past some search the threshold is above any
-score a probe can reach and the identification names no one, its own subject
+score a probe can reach and the identification could name no one, its own subject
 included. With the default ``identify_fpir`` (1e-3) that happens for faces at
 about 376,000 comparisons (five faces against some 75,000 embeddings), for
 fingers only past 60 million. What the verifier does about it
-(:func:`identification_capacity`, :func:`warn_if_unreachable`):
+(:func:`identification_capacity`, :func:`warn_if_unreachable`, :func:`unreachable_problem`):
 
 - A setting that makes it happen for every search, even one probe against one
   template (``identify_fpir`` or ``target_fmr`` too small for the modality's
@@ -34,8 +34,23 @@ fingers only past 60 million. What the verifier does about it
   at start: 1:1 verification, enrollment and certificates still work, and an
   outage at the next restart (a reboot, weeks after the enrollment that crossed
   the line) would be the worst moment to learn it. The capacity is logged at
-  start, and each identification past it logs ``identification_unreachable``
-  (a warning with the fix) beside its empty answer.
+  start, and each identification past it is refused (:func:`unreachable_problem`):
+  a 422 ``identification-unreachable`` problem whose detail gives the comparisons
+  the search needed against the largest search possible, and whose fix is
+  :data:`UNREACHABLE_FIX`; ``identification_unreachable`` (a warning with the
+  fix) is logged beside it for the operator. No matching is done for it.
+- Why a refusal and not an empty 200, as it once was: an empty candidate list
+  says "nobody enrolled matches this probe", which the verifier cannot know
+  here; a kiosk told an enrolled person "nobody recognised", and the installer,
+  who alone can fix it, never learned why. Why 422 (Unprocessable Content): the
+  request is well formed and allowed, but the search it asks for (its views
+  times the templates this device may see) cannot be carried out at the
+  configured ``identify_fpir``. Not 409, whose conflict a client resolves and
+  resubmits: the same identification fails the same way until the operator
+  changes a setting or the device's groups (fewer views is the device's only
+  part). Not 503: no retry helps, and the agent would retry it. Not 500:
+  nothing failed. The agent raises ``IdentificationUnreachableError`` and shows
+  its fix, never "nobody recognised".
 - The threshold is never clamped to the highest score: that would name
   strangers more often than ``identify_fpir`` promises, silently, which is the
   very failure the threshold exists to prevent.
@@ -48,17 +63,15 @@ from collections.abc import Callable
 
 import structlog
 
+from protocol.problems import problem_type
+from verifier.problems import Problem
 from verifier.settings import SettingsError
 
 log = structlog.get_logger()
 
 IDENTIFY_TOP_K = 10  # candidates an identification answers at most
 MAX_SCORE = 1.0  # the highest score of either modality: a finger's mcc_match score, a face's cosine
-UNREACHABLE_FIX = (
-    "raise identify_fpir (fewer comparisons per identification then suffice), narrow the device's groups "
-    "(capture-verifier device allow --groups), send fewer views per identification, or verify a claimed "
-    "subject (1:1) instead"
-)
+UNREACHABLE_FIX = problem_type("identification-unreachable").fix  # one text: the registry's, the log's, the answer's
 
 
 def identification_threshold(
@@ -98,7 +111,7 @@ def identification_capacity(
     at ``fpir`` with a threshold a score can still reach; logged at start (see the module docstring).
 
     Raises SettingsError, at start, when not even one comparison could name anyone: a setting no gallery can
-    make right, so the verifier refuses it rather than answer every identification with no candidate.
+    make right, so the verifier refuses it rather than refuse every identification (``identification-unreachable``).
     """
     if verify_threshold > max_score:
         raise SettingsError(
@@ -132,7 +145,8 @@ def _rounded_up(rate: float, *, figures: int = 2) -> float:
 def warn_if_unreachable(modality: str, threshold: float, comparisons: int, capacity: int, *,
                         max_score: float = MAX_SCORE, **fields: object) -> bool:
     """Log ``identification_unreachable`` (a warning with the fix) when ``threshold`` is above any score: the
-    identification will answer no candidate whoever the probe is. True when it did."""
+    identification could name nobody, whoever the probe is. True when it did: the caller then refuses it
+    (:func:`unreachable_problem`) rather than search."""
     if threshold <= max_score:
         return False
     log.warning(
@@ -140,6 +154,28 @@ def warn_if_unreachable(modality: str, threshold: float, comparisons: int, capac
         threshold=round(threshold, 4), max_score=max_score, fix=UNREACHABLE_FIX, **fields,
     )
     return True
+
+
+def unreachable_problem(modality: str, *, views: int, searched: int, capacity: int) -> Problem:
+    """The refusal of an identification past ``capacity`` (why a refusal, why 422: the module docstring).
+
+    Its detail says how many comparisons the search needed (``views`` times the ``searched`` templates this
+    device may see) against the largest search possible at ``identify_fpir``; its fix is :data:`UNREACHABLE_FIX`.
+    Both numbers go as extension members too (``comparisons``, ``largest_search``), for a kiosk app or a
+    monitoring script that must not parse English. They tell the device nothing a normal answer does not: its
+    ``threshold`` is a function of the same count.
+    """
+    comparisons = views * searched
+    return Problem(
+        "identification-unreachable",
+        f"this {modality} identification needs {comparisons:,} comparisons ({views} view{'s' * (views != 1)} x "
+        f"{searched:,} templates "
+        f"this device may search), more than the largest search possible at the verifier's identify_fpir "
+        f"({capacity:,} comparisons): its threshold is above any {modality} score, so nobody could be named, an "
+        "enrolled person included",
+        UNREACHABLE_FIX,
+        extra=(("comparisons", comparisons), ("largest_search", capacity)),
+    )
 
 
 def ranked(best: dict[str, float], threshold: float, top_k: int = IDENTIFY_TOP_K) -> list[dict[str, object]]:
