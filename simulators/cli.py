@@ -425,9 +425,21 @@ class _Parser(argparse.ArgumentParser):
         raise SimulatorError(message, f"`{self.prog} --help` {shows}")
 
 
+def _installed_version() -> str:
+    """As protocol.usage.installed_version (which this package may not import: tests/test_architecture.py)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("capture-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: not installed, run from a source tree)"
+
+
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # keep the command list and paragraphs as written
     parser = _Parser(prog="capture-simulator", description=__doc__, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="device", required=True, metavar="{zfm,camera}")
     zfm = sub.add_parser(
         "zfm",

@@ -136,3 +136,14 @@ def test_a_session_command_that_cannot_reach_the_daemon_says_why_from_the_socket
         listener.bind(str(stale))
     refused = agent_cli("identify", "--socket", str(stale))
     assert refused.returncode == 2 and "nobody answers on it" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("module", ["agent.cli", "verifier.cli", "simulators.cli"])
+def test_each_command_says_its_version(module) -> None:
+    """`capture-agent --version` was "error: the following arguments are required: COMMAND" (the same on the
+    verifier and the simulator): what an installer checks first, and a bug report asks for."""
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"capture-{module.split('.')[0].removesuffix('s')}", version("capture-agent")]
