@@ -147,3 +147,16 @@ def test_each_command_says_its_version(module) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [f"capture-{module.split('.')[0].removesuffix('s')}", version("capture-agent")]
+
+
+@pytest.mark.parametrize("command", ["health", "renew"])
+def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyring(tmp_path, command) -> None:
+    """A mistyped --state-dir (or a device never provisioned) read "no key-encryption key 'capture-agent-kek' in
+    the file-insecure-dev keyring", as if the keyring were what was wrong; `run` said "no device identity"."""
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", "https://127.0.0.1:9"))
+    done = agent_cli(command, "--config", str(config_file), "--state-dir", str(tmp_path / "typo"))
+    assert done.returncode == 2, done.stderr
+    error, fix = done.stderr.split("\nfix: ", 1)
+    assert error.endswith(f"error: no device identity in {tmp_path / 'typo'} (the folder does not exist)"), error
+    assert "capture-agent provision" in fix
+    assert not (tmp_path / "typo").exists(), "nothing made"
