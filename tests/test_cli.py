@@ -90,6 +90,9 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None
     (("enroll", "--subject", "ana", "--fingers", "5"), "argument --fingers: '5' is not a whole number from 1 to 4",
      "capture-agent enroll --help"),
     (("verify",), "the following arguments are required: --subject", "capture-agent verify --help"),
+    # the fingerprint's shape was checked after the identity there ("use --force") and the verifier's answer
+    (("provision", "--token", "-", "--ca-fingerprint", "7ddbeb"),
+     "argument --ca-fingerprint: '7ddbeb' is not a SHA-256 fingerprint", "capture-agent provision --help"),
     # not a subject id or group name: it went to the verifier, came back as a failed (audited) session whose fix
     # said 'send {"operation": ...}' in the wire's terms, and needed the daemon running to be told at all
     (("verify", "--subject", "ana smith"), "argument --subject: 'ana smith' is not a subject id: use 1 to 64",
