@@ -254,7 +254,12 @@ def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity
         else:
             report.add("key-encryption key", False, exc.message, exc.fix)
         return None
-    report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring")
+    insecure = config.keyring.backend == "file-insecure-dev"
+    # Passed (a test rig runs on it), but never without saying what it is: "[ok] from the file-insecure-dev
+    # keyring" read as fine on a device in service, where anyone reading the state directory has the key.
+    report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring" + (
+        " (INSECURE, development only: the key sits in a plain file beside the device key it protects; on a "
+        'device in service use [keyring] backend = "systemd-credentials")' if insecure else ""))
     try:
         identity = IdentityStore(config.agent.state_dir).load(kek.encode())
     except AgentError as exc:

@@ -86,6 +86,15 @@ def test_an_expired_certificate_says_reprovision_with_a_new_token(provisioned) -
     assert "re-provision with a new token" in expiry.fix
 
 
+def test_the_insecure_dev_keyring_passes_but_is_named_insecure(provisioned) -> None:
+    """"[ok] key-encryption key: from the file-insecure-dev keyring" read as all right on a device in service,
+    where whoever reads the state directory has the key; a rig's doctor still passes."""
+    _, state = provisioned
+    check = by_name(run_doctor(config_for(state)))["key-encryption key"]
+    assert check.ok is True
+    assert "INSECURE, development only" in check.detail and 'backend = "systemd-credentials"' in check.detail
+
+
 def test_loose_permissions_are_flagged(provisioned) -> None:
     _, state = provisioned
     os.chmod(state, 0o755)  # noqa: S103 - the fault under test
