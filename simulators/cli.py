@@ -477,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _zfm(args: argparse.Namespace) -> int:
     from simulators.fingers import FingerGenerator, FolderFingerSource
+    from simulators.images import folders_inside
     from simulators.zfm import SimulatedModule, check_baud, check_password
 
     check_baud(args.baud)  # before any slow work: a typo is said at once
@@ -491,7 +492,8 @@ def _zfm(args: argparse.Namespace) -> int:
     except FileNotFoundError:  # a folder, but none of its files is named F_I.tif
         raise SimulatorError(
             f"no F_I.tif images in {args.images}",
-            "name them finger_impression.tif (1_1.tif, 1_2.tif, ...) as in the FVC sets, or give another folder",
+            "name them finger_impression.tif (1_1.tif, 1_2.tif, ...) as in the FVC sets, or give another folder"
+            + folders_inside(args.images),
         ) from None
     if args.list_fingers:
         for entry in finger_list(source, count):
