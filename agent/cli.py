@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from agent.errors import AgentError
 from agent.options import add_common_arguments
-from protocol.usage import UsageMistake, UsageParser, parse_arguments
+from protocol.usage import UsageMistake, UsageParser, add_version, parse_arguments
 
 # Modules under agent.commands, each with `register(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge capture agent: biometric templates made on the device, "
         "sent to the verifier over mutual-TLS HTTP/2.",
     )
+    add_version(parser)
     add_common_arguments(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -75,7 +75,8 @@ class EventDelivery:
                 sent = await self.deliver_once()
             except Exception as exc:  # whatever failed, the rows are still queued: wait, then try again
                 if isinstance(exc, AgentError):  # the verifier or the network
-                    log.warning("event_delivery_failed", error=exc.message, retry_in_s=round(backoff, 2))
+                    # with its fix: an expired certificate or a moved verifier is told here first, and only here
+                    log.warning("event_delivery_failed", error=exc.message, fix=exc.fix, retry_in_s=round(backoff, 2))
                 else:  # ours or the disk's
                     log.error("event_delivery_error", error_type=type(exc).__name__, error=str(exc),
                               retry_in_s=round(backoff, 2))

@@ -52,14 +52,22 @@ class Check:
 class DoctorReport:
     checks: list[Check] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    # Told of each check once it is final, so a terminal shows the report as it is made, not after the live
+    # call's wait (up to [network] call_deadline_s, 20 s, before: a blank screen for all of it).
+    on_check: Callable[[Check], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return all(c.ok is not False for c in self.checks)
 
     def add(self, name: str, ok: bool | None, detail: str, fix: str = "") -> bool:
-        self.checks.append(Check(name, ok, detail, fix))
-        return bool(ok)
+        return self.add_check(Check(name, ok, detail, fix))
+
+    def add_check(self, check: Check) -> bool:
+        self.checks.append(check)
+        if self.on_check is not None:
+            self.on_check(check)
+        return bool(check.ok)
 
 
 def _mode(path: os.PathLike[str]) -> int:
@@ -246,7 +254,12 @@ def _check_identity(report: DoctorReport, config: AgentConfig) -> DeviceIdentity
         else:
             report.add("key-encryption key", False, exc.message, exc.fix)
         return None
-    report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring")
+    insecure = config.keyring.backend == "file-insecure-dev"
+    # Passed (a test rig runs on it), but never without saying what it is: "[ok] from the file-insecure-dev
+    # keyring" read as fine on a device in service, where anyone reading the state directory has the key.
+    report.add("key-encryption key", True, f"from the {config.keyring.backend} keyring" + (
+        " (INSECURE, development only: the key sits in a plain file beside the device key it protects; on a "
+        'device in service use [keyring] backend = "systemd-credentials")' if insecure else ""))
     try:
         identity = IdentityStore(config.agent.state_dir).load(kek.encode())
     except AgentError as exc:
@@ -707,8 +720,16 @@ def _provisioned_elsewhere(config: AgentConfig) -> str | None:
     return kept.url if kept is not None and kept.elsewhere else None
 
 
-def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None) -> DoctorReport:
-    report = DoctorReport()
+def run_doctor(
+    config: AgentConfig,
+    now: Callable[[], dt.datetime] | None = None,
+    *,
+    on_check: Callable[[Check], None] | None = None,
+    on_live_call: Callable[[str], None] | None = None,
+) -> DoctorReport:
+    """Every check of this device; ``on_check`` is told of each as it is final (in the report's order), and
+    ``on_live_call`` what the one slow step waits for before it starts (a terminal's progress line)."""
+    report = DoctorReport(on_check=on_check)
     kept: AgentError | None = None
     try:
         other = _provisioned_elsewhere(config)
@@ -736,6 +757,11 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
     # The live call runs first (its check is listed last): the verifier's answer tells the clock
     # check how far this clock is off, and the expiry check whether the verifier still accepts us.
     live = DoctorReport()
+    if on_live_call is not None:
+        on_live_call(
+            f"calling the verifier at {config.verifier.url} (a live mutual-TLS call, up to "
+            f"{config.network.call_deadline_s:g} s: [network] call_deadline_s)..."
+        )
     server_now = asyncio.run(_check_live(live, config, identity))
     if other and live.checks and live.checks[-1].ok is False:  # the URL may be the cause: name both
         failed = live.checks[-1]
@@ -745,6 +771,7 @@ def run_doctor(config: AgentConfig, now: Callable[[], dt.datetime] | None = None
         )
     _check_clock(report, identity, clock, server_now)
     _check_chain(report, identity, clock, config, server_now)
-    report.checks.extend(live.checks)
+    for check in live.checks:
+        report.add_check(check)
     report.facts.update(live.facts)
     return report

@@ -104,8 +104,14 @@ async def _bootstrap_call(
                     fix="put the verifier's host name or address in place of HOST (the name its certificate was "
                     "issued for), and run the line again: the token was not sent, so it still works",
                 ) from None
+            # A timeout's own text is empty ("ConnectTimeout: "): say what did not come, and in how long.
+            what_failed = (
+                f"no answer within {timeout_s:g} s ({type(exc).__name__}: a firewall dropping the packets, or "
+                "something other than the verifier on that port)"
+                if isinstance(exc, httpx.TimeoutException) else f"{type(exc).__name__}: {exc}"
+            )
             raise ProvisioningError(
-                f"cannot reach the verifier at {base_url}: {type(exc).__name__}: {exc}",
+                f"cannot reach the verifier at {base_url}: {what_failed}",
                 fix="check the --verifier URL, the network, and that the verifier runs; "
                 "a token is used only on success, so retry with the same one",
             ) from None

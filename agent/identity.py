@@ -49,6 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.access import closed_parent, user_name
 from agent.errors import CertificateDefect, IdentityError, StateDirNotTightened
+from drivers.accounts import login
 from protocol.certificates import X509_READ_FAULTS, bounds_enforced
 
 if TYPE_CHECKING:  # only its methods are called: identity needs no import of the config module at run time
@@ -266,6 +267,24 @@ def _owner_of(path: Path) -> str:
             continue
         return f"{'' if candidate == path else f'{candidate} '}owned by {user_name(uid)}"
     return "owner unknown"
+
+
+def _foreign_state_dir_fix(state_dir: Path, owner_uid: int) -> str:
+    """What to do about a state directory another user owns, from who runs this command and who owns it.
+
+    Why not one fix: "run as the agent's user, or `chown -R capture-agent: DIR`" was given to root typing
+    `capture-agent renew` on a directory that already is capture-agent's (the chown changes nothing, and the
+    command fails again), and to a user whose directory root's provisioning left, who cannot run that chown.
+    """
+    owner = login(owner_uid)
+    if os.getuid() == 0:  # root on the agent's directory: the directory is right, the user is not
+        return (f"run the command as {owner}, the directory's owner and so the agent's user, not as root (files "
+                f"root writes there are ones {owner} cannot read): `runuser -u {owner} -- capture-agent ...`, or "
+                f"with the systemd credential `systemd-run --pipe --wait -p User={owner} "
+                "-p LoadCredentialEncrypted=capture-agent-kek capture-agent ...` (README, 'Installing on a device')")
+    me = login()
+    return (f"if {me} is the agent's user, give it the directory (as root): `chown -R {me}: {state_dir}` "
+            f"(provisioning as root without User= leaves it root's); else run the command as {owner}")
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -492,6 +511,13 @@ class IdentityStore:
         except OSError as exc:
             raise self.access_error(exc, "read the device identity") from None
 
+    def foreign_owner_error(self, owner_uid: int) -> IdentityError:
+        """The refusal of a state directory ``owner_uid`` owns, not this user: nothing is written into it."""
+        return IdentityError(
+            f"state directory {self.state_dir} belongs to {user_name(owner_uid)}, not to this user ({user_name()})",
+            fix=_foreign_state_dir_fix(self.state_dir, owner_uid),
+        )
+
     def ensure_state_dir(self) -> int | None:
         """Create the state directory 0700, or tighten it; refuse one owned by another user.
 
@@ -505,11 +531,7 @@ class IdentityStore:
         if not stat.S_ISDIR(info.st_mode):
             raise self.access_error(FileExistsError(17, "File exists", str(self.state_dir)), "use the state directory")
         if info.st_uid != os.getuid():
-            raise IdentityError(
-                f"state directory {self.state_dir} belongs to {_owner_of(self.state_dir)}, not to this user "
-                f"({user_name()})",
-                fix=f"run as the agent's user, or `chown -R capture-agent: {self.state_dir}`",
-            )
+            raise self.foreign_owner_error(info.st_uid)
         if stat.S_IMODE(info.st_mode) & 0o077:
             try:
                 os.chmod(self.state_dir, 0o700)

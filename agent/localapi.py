@@ -76,6 +76,7 @@ from agent.devices_in_use import DevicesInUse
 from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
 from drivers.accounts import login
+from protocol.endpoints import GROUP_NAME, SUBJECT_ID
 from protocol.face_template import FACTORS, FINGER
 from protocol.wire import WireError, loads
 
@@ -105,6 +106,8 @@ JSON_FIX = ('send one UTF-8 JSON object, e.g. {"operation": "verify", "subject":
             f"numbers finite, nesting at most {MAX_JSON_DEPTH} deep")
 
 ApiError = LocalAPIError  # the name the routes (and callers of _start_session) use
+# What a subject id and a group name are (protocol.endpoints: the verifier refuses anything else).
+ID_FIX = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (ids are case-sensitive)"
 
 
 def _whole(value: Any, low: int, high: int) -> bool:
@@ -391,6 +394,10 @@ class LocalAPI:
         subject = request.get("subject")
         if operation != "identify" and not isinstance(subject, str):
             raise ApiError(400, f'{operation} needs "subject"')
+        if operation != "identify" and not SUBJECT_ID.fullmatch(subject):
+            # Said here, not by the verifier: its 400 came back as a session that had started, was audited as
+            # failed, and named a fix in its own wire terms, not what the kiosk app or the terminal gave.
+            raise ApiError(400, f'"subject" {subject[:80]!r} is not a subject id', fix=ID_FIX)
         args: tuple[Any, ...] = () if operation == "identify" else (subject,)
         if operation == "enroll":
             captures, group = request.get("captures", 3), request.get("group")
@@ -401,6 +408,8 @@ class LocalAPI:
                 raise ApiError(400, f'"fingers" must be a whole number from 1 to {MAX_FINGERS}')
             if group is not None and not isinstance(group, str):
                 raise ApiError(400, '"group" must be a string naming the subject group')
+            if group is not None and not GROUP_NAME.fullmatch(group):
+                raise ApiError(400, f'"group" {group[:80]!r} is not a group name', fix=ID_FIX)
             if not isinstance(verify_first, bool):
                 raise ApiError(400, '"verify_first" must be true or false')
             args = (subject, captures, group, fingers, verify_first)

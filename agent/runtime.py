@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 
 from agent.client import VerifierClient
@@ -69,8 +70,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 
 def load_identity(config: AgentConfig) -> DeviceIdentity:
+    store = IdentityStore(config.agent.state_dir)
+    if not os.path.lexists(config.agent.state_dir):
+        # Said before the keyring is asked: a mistyped --state-dir (or a device never provisioned) read "no
+        # key-encryption key ... in the file-insecure-dev keyring", as if the keyring were what was wrong.
+        raise store.no_identity("the folder does not exist")
     kek = load_kek(config)
-    return IdentityStore(config.agent.state_dir).load(kek.encode())
+    return store.load(kek.encode())
 
 
 def open_client(config: AgentConfig) -> VerifierClient:

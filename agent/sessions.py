@@ -260,6 +260,12 @@ class CaptureSession:
 
         retake = ""  # after a capture the gate refused: the next prompt says so (else it reads as the first)
         for attempt in range(1, self.max_attempts + 1):
+            if getattr(self.reader, "connected", True) is False:
+                # Before the prompt: a reader known to be unplugged asked the person to "Place your finger on
+                # the sensor", then ended the session at once with device_not_connected.
+                from agent.devices.errors import DeviceUnavailable
+
+                raise DeviceUnavailable(getattr(self.reader, "name", "reader"))
             self._prompt("place_finger", retake or place_message)
             image = await self._take_image()
             if image is None:

@@ -72,6 +72,11 @@ def hold_state_dir(state_dir: Path) -> Iterator[Path]:
     except OSError as exc:
         raise IdentityStore(state_dir).access_error(exc, f"lock the state directory ({LOCK_FILE})") from None
     try:
+        # Another user's folder (the agent's, to `sudo capture-agent run`) is refused before the lock file is made:
+        # root made it root's and 0600, and the agent's own daemon could then not open it at its next start.
+        owner = os.fstat(folder).st_uid
+        if owner != os.getuid():
+            raise IdentityStore(state_dir).foreign_owner_error(owner)
         _exclusive(folder, path, state_dir)
         fd, writable = _lock_file(path, state_dir)
         try:

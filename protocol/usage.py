@@ -12,6 +12,7 @@ and the verifier may not import each other (DESIGN.md). Pure: it prints nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -57,3 +58,24 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     if extra:
         raise mistake(getattr(args, "command_prog", parser.prog), f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+DISTRIBUTION = "capture-agent"  # pyproject.toml's [project] name: all three commands ship in it
+
+
+def installed_version() -> str:
+    """The installed distribution's version, or a word saying there is none (run from a source tree)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: not installed, run from a source tree)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: what a bug report, an upgrade or a check of what systemd runs asks first.
+
+    Why: `capture-agent --version` was "error: the following arguments are required: COMMAND", which
+    says nothing of the option typed; the same on capture-verifier and capture-simulator.
+    """
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
+                        help="print the installed version and exit")

@@ -30,7 +30,7 @@ import numpy as np
 
 from drivers.camera.camera import MAX_SIDE
 from simulators.errors import SimulatorError
-from simulators.images import read_image, shown
+from simulators.images import folders_inside, read_image, shown
 
 BOUNDARY = "frame"
 CODE_BITS = 20  # frame numbers in the bar code (wraps after 1 M frames)
@@ -146,7 +146,8 @@ class SimulatedCamera:
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise SimulatorError(
-                f"no images in {name}", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another"
+                f"no images in {name}",
+                f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it, or give another{folders_inside(folder)}",
             )
         self._set([_load(p, self.size) for p in paths])
         return len(paths)

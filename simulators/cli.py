@@ -425,9 +425,21 @@ class _Parser(argparse.ArgumentParser):
         raise SimulatorError(message, f"`{self.prog} --help` {shows}")
 
 
+def _installed_version() -> str:
+    """As protocol.usage.installed_version (which this package may not import: tests/test_architecture.py)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("capture-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: not installed, run from a source tree)"
+
+
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # keep the command list and paragraphs as written
     parser = _Parser(prog="capture-simulator", description=__doc__, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="device", required=True, metavar="{zfm,camera}")
     zfm = sub.add_parser(
         "zfm",
@@ -465,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _zfm(args: argparse.Namespace) -> int:
     from simulators.fingers import FingerGenerator, FolderFingerSource
+    from simulators.images import folders_inside
     from simulators.zfm import SimulatedModule, check_baud, check_password
 
     check_baud(args.baud)  # before any slow work: a typo is said at once
@@ -479,7 +492,8 @@ def _zfm(args: argparse.Namespace) -> int:
     except FileNotFoundError:  # a folder, but none of its files is named F_I.tif
         raise SimulatorError(
             f"no F_I.tif images in {args.images}",
-            "name them finger_impression.tif (1_1.tif, 1_2.tif, ...) as in the FVC sets, or give another folder",
+            "name them finger_impression.tif (1_1.tif, 1_2.tif, ...) as in the FVC sets, or give another folder"
+            + folders_inside(args.images),
         ) from None
     if args.list_fingers:
         for entry in finger_list(source, count):

@@ -33,6 +33,22 @@ def shown(path: str | os.PathLike[str]) -> str:
     return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def folders_inside(folder: str | os.PathLike[str], *, most: int = 4) -> str:
+    """``"; it holds folders (DB1_B, DB2_B, ...): give one of them"`` for a folder of folders, else "".
+
+    Why: the data sets come as a folder of folders (att_faces/s1..s40, fvc2002/DB1_B..DB4_B); --images given
+    the top one was told "no images in it: put images in it", as if the folder were empty.
+    """
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    listed = ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+    return f"; it holds folders ({listed}): give one of them, e.g. {Path(folder) / names[0]}"
+
+
 def _unreadable(exc: OSError | ValueError, name: str, fix: str) -> UnreadableImage:
     """The typed error for a file that could not be opened or read, by what the OS said."""
     if isinstance(exc, FileNotFoundError):

@@ -189,3 +189,30 @@ def test_the_daemon_renews_on_schedule_and_audits_it(tmp_path) -> None:
         assert renewed, "no renewal within 30 s of a 9 s certificate"
         assert renewed[0]["data"]["old_serial"] == first.serial_hex
         assert renewed[0]["data"]["serial"] != first.serial_hex
+
+
+def test_a_failed_delivery_is_logged_with_its_fix(verifier, provisioned) -> None:
+    """A daemon whose certificate expired, or whose verifier moved, said so only in `event_delivery_failed`,
+    every backoff, and that line had the error without its fix ("re-provision with a new token ...")."""
+    from structlog.testing import capture_logs
+
+    config, identity = provisioned
+    outbox = Outbox(config.agent.state_dir / "outbox.sqlite", load_kek(config))
+    outbox.record("attempt", {"n": 0})
+    verifier.stop()
+
+    async def story() -> list[dict]:
+        async with VerifierClient(config, identity) as client:
+            with capture_logs() as logs:
+                running = asyncio.create_task(EventDelivery(outbox, client).run())
+                while not any(e["event"] == "event_delivery_failed" for e in logs):
+                    await asyncio.sleep(0.05)
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+            return logs
+
+    failed = next(e for e in asyncio.run(story()) if e["event"] == "event_delivery_failed")
+    assert "could not be reached" in failed["error"], failed
+    assert "check the network and that the verifier runs" in failed["fix"], failed
+    assert outbox.size() == 1

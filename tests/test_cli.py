@@ -90,6 +90,15 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None
     (("enroll", "--subject", "ana", "--fingers", "5"), "argument --fingers: '5' is not a whole number from 1 to 4",
      "capture-agent enroll --help"),
     (("verify",), "the following arguments are required: --subject", "capture-agent verify --help"),
+    # the fingerprint's shape was checked after the identity there ("use --force") and the verifier's answer
+    (("provision", "--token", "-", "--ca-fingerprint", "7ddbeb"),
+     "argument --ca-fingerprint: '7ddbeb' is not a SHA-256 fingerprint", "capture-agent provision --help"),
+    # not a subject id or group name: it went to the verifier, came back as a failed (audited) session whose fix
+    # said 'send {"operation": ...}' in the wire's terms, and needed the daemon running to be told at all
+    (("verify", "--subject", "ana smith"), "argument --subject: 'ana smith' is not a subject id: use 1 to 64",
+     "capture-agent verify --help"),
+    (("enroll", "--subject", "ana", "--group", "staff/night"),
+     "argument --group: 'staff/night' is not a group name: use 1 to 64", "capture-agent enroll --help"),
     (("--config",), "argument --config/-c: expected one argument", "capture-agent --help"),
     (("frob",), "argument COMMAND: invalid choice: 'frob'", "capture-agent --help"),
     ((), "the following arguments are required: COMMAND", "capture-agent --help"),
@@ -130,3 +139,27 @@ def test_a_session_command_that_cannot_reach_the_daemon_says_why_from_the_socket
         listener.bind(str(stale))
     refused = agent_cli("identify", "--socket", str(stale))
     assert refused.returncode == 2 and "nobody answers on it" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("module", ["agent.cli", "verifier.cli", "simulators.cli"])
+def test_each_command_says_its_version(module) -> None:
+    """`capture-agent --version` was "error: the following arguments are required: COMMAND" (the same on the
+    verifier and the simulator): what an installer checks first, and a bug report asks for."""
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"capture-{module.split('.')[0].removesuffix('s')}", version("capture-agent")]
+
+
+@pytest.mark.parametrize("command", ["health", "renew"])
+def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyring(tmp_path, command) -> None:
+    """A mistyped --state-dir (or a device never provisioned) read "no key-encryption key 'capture-agent-kek' in
+    the file-insecure-dev keyring", as if the keyring were what was wrong; `run` said "no device identity"."""
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", "https://127.0.0.1:9"))
+    done = agent_cli(command, "--config", str(config_file), "--state-dir", str(tmp_path / "typo"))
+    assert done.returncode == 2, done.stderr
+    error, fix = done.stderr.split("\nfix: ", 1)
+    assert error.endswith(f"error: no device identity in {tmp_path / 'typo'} (the folder does not exist)"), error
+    assert "capture-agent provision" in fix
+    assert not (tmp_path / "typo").exists(), "nothing made"

@@ -86,6 +86,15 @@ def test_an_expired_certificate_says_reprovision_with_a_new_token(provisioned) -
     assert "re-provision with a new token" in expiry.fix
 
 
+def test_the_insecure_dev_keyring_passes_but_is_named_insecure(provisioned) -> None:
+    """"[ok] key-encryption key: from the file-insecure-dev keyring" read as all right on a device in service,
+    where whoever reads the state directory has the key; a rig's doctor still passes."""
+    _, state = provisioned
+    check = by_name(run_doctor(config_for(state)))["key-encryption key"]
+    assert check.ok is True
+    assert "INSECURE, development only" in check.detail and 'backend = "systemd-credentials"' in check.detail
+
+
 def test_loose_permissions_are_flagged(provisioned) -> None:
     _, state = provisioned
     os.chmod(state, 0o755)  # noqa: S103 - the fault under test
@@ -482,3 +491,37 @@ def test_doctor_says_libfprint_is_missing_for_a_configured_usb_reader(tmp_path) 
                                             "keyring": {"backend": "file-insecure-dev"},
                                             "device": [{"name": "usb", "kind": "fprint"}]})))
     assert here["device usb"].ok is True, "with libfprint installed (make test installs it), the same check passes"
+
+
+def test_doctor_shows_each_check_before_the_live_call_answers(provisioned, tmp_path) -> None:
+    """`capture-agent doctor` printed its whole report at the end: a verifier that took the connection and never
+    answered kept the terminal blank for all of [network] call_deadline_s (20 s), with no word of what it
+    waited for. Now each check is printed once final, and stderr names the call being waited on."""
+    import fcntl
+
+    _, state = provisioned
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # takes the connection, never speaks TLS
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        config_file = tmp_path / "agent.toml"
+        config_file.write_text(
+            f'[agent]\nstate_dir = "{state}"\n[verifier]\nurl = "{url}"\n'
+            '[keyring]\nbackend = "file-insecure-dev"\n[network]\nretries = 0\ncall_deadline_s = 120.0\n'
+            'connect_timeout_s = 120.0\n[logging]\nlevel = "error"\n'
+        )
+        doctor = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "doctor", "--config", str(config_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            connection, _ = listener.accept()  # the live call has begun: every check before it is final
+            with connection:
+                fcntl.fcntl(doctor.stdout.fileno(), fcntl.F_SETFL, os.O_NONBLOCK)
+                shown = doctor.stdout.read() or b""  # what is on the pipe now, while the call waits
+                assert doctor.poll() is None, "the call is still waiting"
+        finally:
+            done_out, done_err = doctor.communicate(timeout=60)  # the connection closed: the call fails at once
+    assert b"[ok  ] state directory:" in shown and b"[ok  ] device identity:" in shown, shown
+    assert b"verifier (live mTLS call)" not in shown, "the live call's line comes when it has answered"
+    assert b"[FAIL] verifier (live mTLS call)" in done_out, done_out
+    assert f"calling the verifier at {url}".encode() in done_err, done_err
+    assert doctor.returncode == 1

@@ -232,6 +232,28 @@ def test_doctor_checks_the_state_directory_owner(provisioned) -> None:
     assert "doctor runs as root" in check.detail and "-p User=capture-agent" in check.fix, check
 
 
+def test_root_on_the_agents_state_directory_is_told_to_run_as_its_owner(provisioned, tmp_path) -> None:
+    """`sudo capture-agent renew` on a directory the agent's user owns said "belongs to owned by nobody", and
+    its fix, `chown -R capture-agent: DIR`, changes nothing on a directory that already is the agent's."""
+    if os.geteuid() != 0:
+        pytest.skip("root runs this test: the state directory is given to another uid")
+    config, _ = provisioned
+    state = config.agent.state_dir
+    config_file = write_config_file(tmp_path / "agent.toml", config, '[logging]\nlevel = "error"\n')
+    for item in (state, *state.rglob("*")):
+        os.lchown(item, AGENT_UID, AGENT_UID)
+    for command in ("renew", "run"):
+        done = agent_cli(command, "--config", str(config_file))
+        no_traceback(done)
+        assert done.returncode == 2, (command, done.stderr)
+        error, fix = done.stderr.split("\nfix: ", 1)
+        assert f"belongs to nobody (uid {AGENT_UID}), not to this user (root (uid 0))" in error, done.stderr
+        assert "owned by" not in error, done.stderr
+        assert "runuser -u nobody -- capture-agent" in fix and "-p User=nobody" in fix, fix
+        assert "chown" not in fix, "the directory is right; the user is not"
+    assert all(item.lstat().st_uid == AGENT_UID for item in (state, *state.rglob("*"))), "root wrote nothing there"
+
+
 def test_doctor_fails_a_state_directory_the_agent_user_cannot_enter(open_tmp) -> None:
     needs_root()
     state = open_tmp / "state"

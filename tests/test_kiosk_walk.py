@@ -476,6 +476,23 @@ def test_health_is_degraded_while_the_reader_is_unplugged(daemon_with_module) ->
     asyncio.run(story())
 
 
+def test_a_session_on_a_reader_known_unplugged_asks_for_no_finger(daemon_with_module) -> None:
+    """With the reader unplugged (and /health saying so), a session told the person "Place your finger on the
+    sensor", then ended at once with device_not_connected: a prompt for a sensor that is not there."""
+    daemon = daemon_with_module()
+
+    async def story() -> list[dict]:
+        async with daemon.client() as kiosk:
+            await daemon.reader_connected(kiosk, True, 10)
+            daemon.zfm.send("unplug")
+            await daemon.reader_connected(kiosk, False, 10)
+            return await daemon.session(kiosk, operation="identify")  # no subject: nothing the verifier refuses
+
+    events = asyncio.run(story())
+    assert [e["type"] for e in events] == ["error"], events
+    assert events[-1]["code"] == "device_not_connected" and "plug it in" in events[-1]["fix"], events
+
+
 def test_health_stays_ok_while_an_optional_camera_is_unplugged(daemon_with_module) -> None:
     """A camera beside the reader went away: /health said "degraded" (a kiosk app showed "out of service") while
     the default, finger sessions ran as ever. It is named as optional, and only the reader degrades the status."""

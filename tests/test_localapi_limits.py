@@ -202,6 +202,19 @@ def test_nesting_up_to_the_depth_limit_is_read(tmp_path) -> None:
     assert status == 400 and "operation must be one of" in error["error"], error
 
 
+@pytest.mark.parametrize(("body", "needle"), [
+    (b'{"operation": "verify", "subject": "ana smith"}', "\"subject\" 'ana smith' is not a subject id"),
+    (b'{"operation": "enroll", "subject": "-ana"}', "\"subject\" '-ana' is not a subject id"),
+    (b'{"operation": "enroll", "subject": "ana", "group": "staff/night"}', "\"group\" 'staff/night' is not a group"),
+])
+def test_a_subject_or_group_the_verifier_would_refuse_is_a_400_before_any_session(tmp_path, body, needle) -> None:
+    """Such a request started a session: the verifier's 400 came back as its failure (audited as a session),
+    with a fix in the verifier's wire terms that named neither the key nor what an id may hold."""
+    status, error = posted_to_health_only(tmp_path / "api.sock", body)
+    assert status == 400 and needle in error["error"], error
+    assert "1 to 64 letters" in error["fix"], error
+
+
 def test_a_route_that_fails_is_a_500_with_json_and_one_log_event_without_the_body(tmp_path) -> None:
     socket_path = tmp_path / "api.sock"
 

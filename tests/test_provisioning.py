@@ -247,3 +247,20 @@ def test_a_device_on_its_provisioned_url_follows_a_reprovisioning_to_another_url
 
     followed, called = asyncio.run(scenario())
     assert followed == new_url and called.startswith(new_url)
+
+
+def test_a_verifier_port_that_takes_the_connection_and_never_answers_says_no_answer_within(tmp_path) -> None:
+    """Such a port (a firewall or proxy that holds the connection, a service that waits for its client to speak)
+    was said as "cannot reach the verifier at URL: ConnectTimeout: ", the exception's empty text."""
+    import socket
+
+    from agent.est import fetch_ca_certificates
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # the kernel completes the connection; nobody talks
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ProvisioningError) as refused:
+            asyncio.run(fetch_ca_certificates(url, 0.3))
+    message = refused.value.message
+    assert message.startswith(f"cannot reach the verifier at {url}: no answer within 0.3 s"), message
+    assert not message.rstrip().endswith(":"), message
+    assert "retry with the same one" in refused.value.fix

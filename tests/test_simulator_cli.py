@@ -110,6 +110,16 @@ def test_folders_without_what_the_simulator_shows_are_refused(tmp_path: Path, ca
     assert "no images in" in refused(capsys, "camera", "--images", str(tmp_path))
 
 
+def test_a_folder_of_data_set_folders_names_one_to_give(tmp_path: Path, capsys) -> None:
+    """The data sets come as folders of folders (att_faces/s1.., fvc2002/DB1_B..): --images given the top one
+    said "no images in it: put images in it", as if it were empty."""
+    for name in ("DB2_B", "DB1_B", ".git"):
+        (tmp_path / name).mkdir()
+    hint = f"it holds folders (DB1_B, DB2_B): give one of them, e.g. {tmp_path / 'DB1_B'})"
+    assert refused(capsys, "zfm", "--images", str(tmp_path)).endswith(hint)
+    assert refused(capsys, "camera", "--images", str(tmp_path)).endswith(hint)
+
+
 def test_an_unreadable_image_left_on_the_sensor_is_refused_and_the_port_closed(tmp_path: Path, capsys) -> None:
     (tmp_path / "1_1.tif").write_bytes(b"not an image")
     link = tmp_path / "ttyZFM0"

@@ -190,3 +190,33 @@ def test_a_revoked_device_and_a_certificate_past_its_grace_are_told_the_fix_that
     assert "newest certificate" in superseded["fix"] and "new token" not in superseded["fix"]
     assert gone["status"] == 403 and gone["type"].endswith("/device-revoked"), gone
     assert "new device id" in gone["fix"] and "token new --device NEW-ID" in gone["fix"]
+
+
+@pytest.mark.parametrize(("names", "host", "warned"), [
+    (None, "0.0.0.0", True),  # `pki init` without --server-name, served for a site's devices
+    (None, "::", True),
+    (None, "192.0.2.10", True),
+    (None, "127.0.0.1", False),  # the quick start: one machine
+    (None, "localhost", False),
+    (("verifier.example",), "0.0.0.0", False),
+    (("localhost", "verifier.example"), "0.0.0.0", False),
+])
+def test_serving_other_machines_a_certificate_only_this_machine_matches_is_warned_at_start(
+    tmp_path, names, host, warned
+) -> None:
+    """Served on 0.0.0.0 with `pki init`'s default names (localhost, 127.0.0.1), every device on the network
+    refuses the certificate at provisioning ("IP address mismatch"), and the verifier said nothing of it."""
+    from structlog.testing import capture_logs
+
+    from verifier.pki import SERVER_CERT, init_pki
+    from verifier.server import _warn_of_a_loopback_only_certificate
+
+    pki_dir = tmp_path / "pki"
+    init_pki(pki_dir, *([names] if names else []))
+    with capture_logs() as logs:
+        _warn_of_a_loopback_only_certificate(pki_dir / SERVER_CERT, host)
+    said = [e for e in logs if e["event"] == "server_certificate_names_only_this_machine"]
+    assert bool(said) is warned, logs
+    if warned:
+        assert said[0]["names"] == ["localhost", "127.0.0.1"] and said[0]["log_level"] == "warning"
+        assert "pki init NEW_DIR --server-name" in said[0]["fix"], said[0]

@@ -58,3 +58,30 @@ def test_an_identify_fpir_no_face_could_ever_reach_stops_the_verifier_at_start(
     assert error.startswith("error: identify_fpir = 1e-10 puts the face identification threshold above"), error
     assert "no face could ever be identified" in error
     assert fix.startswith("fix: raise identify_fpir to at least "), fix
+
+
+@pytest.mark.parametrize(("name", "make", "said", "fix"), [
+    # was a traceback (UnicodeDecodeError): a Latin-1 comment, as an editor on another system saves it
+    ("latin-1", lambda p: p.write_bytes("# salle café\ncert_days = 30\n".encode("latin-1")),
+     "is not UTF-8 (line 1: byte 0xe9)", "save it as UTF-8"),
+    # these were "cannot read FILE: [Errno ...]", each with the fix "fix the file's syntax or its permissions"
+    ("missing", lambda p: None, "does not exist", "leave --config out"),
+    ("a folder", lambda p: p.mkdir(), "is a folder", "the TOML file itself"),
+    ("not TOML", lambda p: p.write_text("cert_days =\n"), "is not valid TOML: ", "numbers unquoted"),
+])
+@pytest.mark.parametrize("command", [("device", "list"), ("serve", "--port", "0")])
+def test_a_settings_file_that_cannot_be_used_says_which_fault_and_its_fix(
+    tmp_path: Path, verifier_state: Path, name: str, make, said: str, fix: str, command: tuple[str, ...]
+) -> None:
+    settings = tmp_path / "verifier.toml"
+    make(settings)
+    error, fix_line = refused(cli(*command, "--pki", str(verifier_state), "--config", str(settings)))
+    assert error.startswith(f"error: the settings file {settings} {said}"), error
+    assert fix in fix_line, fix_line
+
+
+def test_a_settings_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path, verifier_state: Path) -> None:
+    settings = tmp_path / "verifier.toml"
+    settings.write_bytes(b"\xef\xbb\xbfcert_days = 30\n")
+    done = cli("device", "list", "--pki", str(verifier_state), "--config", str(settings))
+    assert done.returncode == 0, done.stderr

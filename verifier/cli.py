@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from protocol.usage import UsageMistake, UsageParser, parse_arguments
+from protocol.usage import UsageMistake, UsageParser, add_version, parse_arguments
 from verifier.pki import CA_CERT, fingerprint, init_pki
 from verifier.pki_folder import PKIFolderError, check_folder, database_error
 from verifier.settings import SettingsError, VerifierSettings, load_settings
@@ -573,6 +573,7 @@ def _serve_on(args: argparse.Namespace, settings: VerifierSettings, conn: sqlite
 
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(prog="capture-verifier", description="The reference verifier.")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_pki(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -39,10 +39,12 @@ import socket
 import ssl
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import h2.frame_buffer
 import structlog
+from cryptography import x509
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
@@ -50,7 +52,7 @@ from hypercorn.events import Closed, Event, Updated
 
 from verifier.client_hello import await_client_hello, hello_queued
 from verifier.connections import Connection, ConnectionGuard, EventSummary, descriptor_cap
-from verifier.tls import ALPN_H2, server_context, tls_scope_extension
+from verifier.tls import ALPN_H2, loopback_only_names, server_context, tls_scope_extension
 
 log = structlog.get_logger()
 
@@ -532,6 +534,24 @@ def _leave_hung_up_terminal() -> None:
         os.close(null)
 
 
+def _warn_of_a_loopback_only_certificate(cert_file: Path, host: str) -> None:
+    """Say at start that devices on other machines will refuse the server certificate (tls.loopback_only_names)."""
+    try:
+        names = loopback_only_names(x509.load_pem_x509_certificate(cert_file.read_bytes()), host)
+    except (OSError, ValueError):
+        return  # the context above loaded it: a file changed since is not this warning's business
+    if names:
+        log.warning(
+            "server_certificate_names_only_this_machine",
+            host=host,
+            names=names,
+            fix="devices on other machines will refuse this certificate (they reach the verifier by another "
+            "name): make a PKI for the verifier's name, `capture-verifier pki init NEW_DIR --server-name "
+            "verifier.example` (then serve --pki NEW_DIR, and provision with its CA fingerprint), or issue "
+            "server.pem for that name under your site's CA (certs/README.md)",
+        )
+
+
 async def serve(
     app: Any,
     settings: Any,
@@ -561,6 +581,7 @@ async def serve(
         max_connections=server.guard.max_connections,
         max_unauthenticated=server.guard.max_unauthenticated,
     )
+    _warn_of_a_loopback_only_certificate(settings.server_cert, settings.host)
     if on_listening is not None:
         on_listening(host, port)
     try:

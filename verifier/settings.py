@@ -151,12 +151,59 @@ def _checked(settings: VerifierSettings) -> VerifierSettings:
     return settings
 
 
+MAX_SETTINGS_BYTES = 1 << 20  # flat key = value lines: a larger --config is another file (or /dev/zero)
+
+
+def _settings_text(path: Path) -> str:
+    """The settings file's text, or SettingsError saying which of its faults it is and the fix for that one.
+
+    Why: every fault was "cannot read FILE: [Errno ...]" with one fix, "fix the file's syntax or its
+    permissions", for a --config that does not exist or names a folder; a file that is not UTF-8 (a
+    Latin-1 comment) was a traceback.
+    """
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_SETTINGS_BYTES + 1)
+    except FileNotFoundError:
+        raise SettingsError(
+            f"the settings file {path} does not exist",
+            fix="give --config the path of the verifier's TOML settings file, or leave --config out: every "
+            "setting has a default (README, 'Verifier settings')",
+        ) from None
+    except IsADirectoryError:
+        raise SettingsError(f"the settings file {path} is a folder", fix="give --config the TOML file itself") from None
+    except PermissionError:
+        raise SettingsError(
+            f"the settings file {path} cannot be read by this user (permission denied)",
+            fix=f"run as the verifier's user, or let it read the file (`ls -l {path}`; chmod or chown)",
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read the settings file {path}: {exc.strerror}",
+                            fix="check the disk and the path given to --config") from None
+    if len(raw) > MAX_SETTINGS_BYTES:
+        raise SettingsError(f"the settings file {path} is larger than {MAX_SETTINGS_BYTES} bytes",
+                            fix="give --config the verifier's settings file: a few flat `key = value` lines")
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark an editor wrote is fine
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"the settings file {path} is not UTF-8 (line {line}: byte 0x{raw[exc.start]:02x})",
+            fix=f"save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path}`, into a new file, then rename it)",
+        ) from None
+
+
 def load_settings(path: Path) -> VerifierSettings:
     """Settings from a TOML file whose keys are the field names."""
+    text = _settings_text(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"cannot read {path}: {exc}", fix="fix the file's syntax or its permissions") from None
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(
+            f"the settings file {path} is not valid TOML: {exc}",
+            fix="correct that line: flat `key = value` lines, numbers unquoted, text quoted (README, "
+            "'Verifier settings')",
+        ) from None
     known = {f.name: f for f in fields(VerifierSettings)}
     values: dict[str, Any] = {}
     for key, value in data.items():

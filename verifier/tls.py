@@ -9,6 +9,7 @@ connection without one.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,29 @@ def tls_scope_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, 
         "tls_version": ssl_object.version(),
         "cipher_suite": cipher[0] if cipher else None,
     }
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return name.lower() == "localhost" or name.lower().endswith(".localhost")
+
+
+def loopback_only_names(certificate: x509.Certificate, host: str) -> list[str] | None:
+    """The server certificate's names when every one is this machine's own (localhost, 127.0.0.1) while
+    ``host`` listens for other machines too; else None.
+
+    Why: `pki init DIR` without `--server-name` issues such a certificate, fine for the quick start on one
+    machine; served on 0.0.0.0 for the devices of a site, every device then refuses it at provisioning
+    ("IP address mismatch"), and the verifier said nothing of it.
+    """
+    if _is_loopback(host):
+        return None
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None  # no names at all: not this check's case
+    names = [str(n) for n in sans.get_values_for_type(x509.DNSName)]
+    names += [str(a) for a in sans.get_values_for_type(x509.IPAddress)]
+    return names if names and all(_is_loopback(n) for n in names) else None

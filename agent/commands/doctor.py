@@ -26,9 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.doctor import run_doctor
+    import sys
 
-    report = run_doctor(config_from_args(args))
+    from agent.doctor import Check, run_doctor
+
+    def show(check: Check) -> None:  # each line as its check is final: the live call may take its deadline
+        print(f"[{MARKS[check.ok]}] {check.name}: {check.detail}", flush=True)
+        if check.ok is False and check.fix:
+            print(f"       fix: {check.fix}", flush=True)
+
+    def waiting(what: str) -> None:  # on stderr: stdout stays the report alone, for a script or `| grep`
+        print(what, file=sys.stderr, flush=True)
+
+    report = run_doctor(
+        config_from_args(args), on_check=None if args.json else show, on_live_call=None if args.json else waiting
+    )
     if args.json:
         print(
             json.dumps(
@@ -40,9 +52,4 @@ def run(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    else:
-        for check in report.checks:
-            print(f"[{MARKS[check.ok]}] {check.name}: {check.detail}")
-            if check.ok is False and check.fix:
-                print(f"       fix: {check.fix}")
     return 0 if report.ok else 1

@@ -10,6 +10,24 @@ from agent.errors import ProvisioningError
 from agent.runtime import add_common_arguments, config_from_args
 
 
+def _fingerprint(text: str) -> str:
+    """An argparse type: 64 hex digits once colons and spaces are taken out (as select_ca reads it).
+
+    Why at parsing: the shape was checked after the identity already there (so "use --force" came first)
+    and after the verifier's CA had been fetched (so a stopped verifier was named first): a typo took
+    up to three runs to be told.
+    """
+    from agent.identity import normalise_fingerprint
+
+    wanted = normalise_fingerprint(text)
+    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise argparse.ArgumentTypeError(
+            f"{text[:100]!r} is not a SHA-256 fingerprint: copy the 64 hex digits `capture-verifier pki init` "
+            "or `token new` printed"
+        )
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "provision",
@@ -23,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ca-fingerprint",
         required=True,
+        type=_fingerprint,
         help="SHA-256 fingerprint of the verifier's CA, as printed by `capture-verifier pki init`",
     )
     parser.add_argument(

@@ -54,6 +54,26 @@ def _whole_up_to(bound: str) -> Callable[[str], int]:
     return whole
 
 
+def _id_of(kind: str) -> Callable[[str], str]:
+    """An argparse type: a subject id or group name as the verifier takes them (protocol.endpoints).
+
+    Why here: a malformed one went through the daemon to the verifier, whose refusal came back as a session
+    that had started and failed, with a fix in its wire terms ("send {\"operation\": ...}") that names no option.
+    """
+    def checked(text: str) -> str:
+        from protocol.endpoints import SUBJECT_ID
+
+        if not SUBJECT_ID.fullmatch(text):  # GROUP_NAME is the same shape
+            raise argparse.ArgumentTypeError(
+                f"{text[:80]!r} is not a {kind}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit"
+            )
+        return text
+
+    checked.__name__ = kind  # argparse names the type in its own messages
+    return checked
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in (
         ("enroll", "enroll a subject"),
@@ -62,13 +82,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         parser = sub.add_parser(name, help=f"{helptext} (through the running daemon)", description=DESCRIPTIONS[name])
         if name != "identify":
-            parser.add_argument("--subject", required=True, help="the subject's id (as enrolled: case-sensitive)")
+            parser.add_argument(
+                "--subject", required=True, type=_id_of("subject id"),
+                help="the subject's id (as enrolled: case-sensitive)",
+            )
         if name == "enroll":
             parser.add_argument(
                 "--captures", type=_whole_up_to("MAX_CAPTURES"), default=3,
                 help="captures to consolidate, 1 to 10 (default 3)",
             )
-            parser.add_argument("--group", help="the subject's group (access rules name groups; default: default)")
+            parser.add_argument(
+                "--group", type=_id_of("group name"),
+                help="the subject's group (access rules name groups; default: default)",
+            )
             parser.add_argument(
                 "--fingers", type=_whole_up_to("MAX_FINGERS"), default=2,
                 help="fingers to enroll, 1 to 4 (default 2: step-up asks for one)",
