@@ -32,11 +32,12 @@ from typing import Any, NoReturn
 
 import structlog
 
-from agent.client import VerifierClient
+from agent.client import VerifierClient, answer_error
 from agent.config import SessionsSection
 from agent.errors import FactorNotEnrolledError, UnknownSubjectError, VerifierError
 from agent.sessions import MESSAGES, SessionError, SessionToken, Timings, cancel_scope, in_worker, inherited_cancel
 from agent.verifier_api import VerifierAPI
+from protocol.endpoints import CHALLENGES
 from protocol.face_template import ACR_FINGER, FACE, FINGER, encode
 from protocol.messages import Challenge, Decision, StepUp
 
@@ -117,6 +118,21 @@ def _pipeline() -> Any:
 
         pipeline = _local.pipeline = FacePipeline()
     return pipeline
+
+
+def liveness_steps(challenge: Challenge) -> tuple[str, ...]:
+    """The head turns a challenge's nonce stands for; a nonce none can come from is the verifier's wrong answer.
+
+    Why: a nonce that is not ASCII, or outside the lengths a liveness challenge takes, raised the face package's
+    LivenessError (or a UnicodeEncodeError): an untyped error, with no fix, from a verifier answering garbage.
+    """
+    from biometrics.face import LivenessError, challenge_for
+
+    try:
+        return challenge_for(challenge.nonce.encode("ascii")).steps
+    except (UnicodeEncodeError, LivenessError):
+        raise answer_error(CHALLENGES, f"its nonce ({len(challenge.nonce)} characters) is no nonce a liveness "
+                                       "challenge is derived from (16 to 256 ASCII characters)") from None
 
 
 @contextmanager
@@ -259,9 +275,7 @@ class FaceSession:
 
     async def capture(self, challenge: Challenge, want: int) -> FaceCapture:
         """Run the challenge of ``challenge``'s nonce on the camera; prompts arrive through ``emit``."""
-        from biometrics.face import challenge_for
-
-        steps = challenge_for(challenge.nonce.encode("ascii")).steps
+        steps = liveness_steps(challenge)
         loop = asyncio.get_running_loop()
         self.emit({"type": "challenge", "steps": list(steps)})
 

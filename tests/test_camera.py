@@ -858,3 +858,35 @@ def test_a_file_url_of_another_host_names_no_path_of_its_own() -> None:
     with pytest.raises(CameraSourceFileUrl) as caught:
         CameraSource.parse("file://admin:hunter2@nas/x.mp4")
     assert caught.value.fix == "write the video file's absolute path" and "hunter2" not in str(caught.value)
+
+
+def test_a_wait_ends_once_the_camera_has_stopped_for_good_not_at_its_timeout(video_file) -> None:
+    """A wait went on to its whole timeout after the owner thread had ended (a clip played out, a stream whose
+    connection ended on a camera the supervisor reopens): a session learnt its camera had gone only then."""
+    camera = Camera(str(video_file), reconnect=False)
+    try:
+        assert camera.open_once(timeout_s=10)
+        for _ in range(1200):  # until the clip has played out and its owner thread ended
+            if not camera.owner_alive:
+                break
+            threading.Event().wait(0.05)
+        assert not camera.owner_alive and not camera.connected
+        last = camera.latest()
+        assert last is not None
+        outcome: list[object] = []
+
+        def wait() -> None:
+            try:
+                outcome.append(camera.wait_frame(after=last.seq, timeout_s=3600))
+            except Exception as exc:  # what the wait raised is the outcome under test
+                outcome.append(exc)
+
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        thread.join(60)  # a bound on a hang only: the wait ends at once
+        assert not thread.is_alive(), "the wait outlived the camera by its whole timeout"
+        (raised,) = outcome
+        assert isinstance(raised, CameraUnavailable) and "stopped giving frames" in str(raised)
+        assert "plugged in" in raised.fix
+    finally:
+        camera.stop()

@@ -650,3 +650,40 @@ def test_the_finger_after_a_finger_sessions_face_verification_waits_as_sessions_
 
     error = asyncio.run(go())
     assert str(error.args[0]).startswith("no finger was placed on the sensor within 3 s"), error
+
+
+def test_a_camera_that_stalls_mid_session_ends_it_as_gone_not_after_the_frame_wait(provisioned, face_camera) -> None:
+    """The camera's stream stopped mid-session (the reader's read timeout ended its connection), and the session's
+    wait for the next frame went on to its whole timeout: past the session's own time, for a camera already gone."""
+    import threading
+
+    from agent.devices.errors import DeviceUnplugged
+    from agent.localapi import error_codes
+
+    face_camera.nothing()
+    outcome: list[BaseException] = []
+
+    def emit(event: dict) -> None:
+        if event["type"] == "prompt" and face_camera.fps > 1:
+            face_camera.fps = 0.1  # the stream stalls as the first prompt is shown: a frame in ten seconds
+
+    async def go() -> None:
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER, timeout_s=3600,
+                                      frame_timeout_s=3600)
+                try:
+                    await session.identify()
+                except Exception as exc:  # what the session ended with is the outcome under test
+                    outcome.append(exc)
+        finally:
+            device.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    thread.start()
+    thread.join(60)  # a bound on a hang only: the session ends once the camera's connection has
+    assert not thread.is_alive(), "the session waited on a camera whose stream had ended"
+    (raised,) = outcome
+    assert isinstance(raised, DeviceUnplugged) and error_codes(raised) == {"code": "device_unplugged"}, raised

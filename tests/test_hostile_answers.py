@@ -353,3 +353,33 @@ def test_a_renewed_certificate_that_cannot_be_read_in_full_is_refused_and_the_wo
     assert "simplereenroll answer cannot be read in full" in info.value.message
     kept = IdentityStore(identity.directory.parent).load(identity.passphrase)
     assert kept.serial_hex == identity.serial_hex
+
+
+@pytest.mark.parametrize("nonce", ["too-short", "é" * 43, "n" * 300])
+def test_a_challenge_whose_nonce_no_liveness_challenge_comes_from_is_a_typed_error(
+    server_ctx, identity, camera_sim, nonce: str
+) -> None:
+    """A face session derives its head turns from the nonce: one not ASCII, or outside the lengths a challenge
+    takes, raised the face package's LivenessError (or a UnicodeEncodeError), an untyped error with no fix."""
+    from agent.config import DeviceSection
+    from agent.devices.kinds import CameraDevice
+    from agent.face_sessions import FaceSession
+
+    body = json.dumps({"nonce": nonce, "expires_at": "2030-01-01T00:00:00Z", "ttl_s": 60}).encode()
+
+    async def go() -> BaseException:
+        device = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "camera")
+        await device.open()
+        try:
+            async with client_for(identity, server.url) as client:
+                with pytest.raises(Exception) as raised:
+                    await FaceSession(device, client).identify()
+                return raised.value
+        finally:
+            device.stop()
+
+    with H2TestServer(server_ctx, answering(200, body, JSON)) as server:
+        error = asyncio.run(go())
+    assert isinstance(error, AnswerError), repr(error)
+    assert "/v1/challenges" in error.message and "liveness" in error.message and "compatible version" in error.fix
+    assert nonce not in error.message

@@ -326,3 +326,47 @@ def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, ver
     assert unreachable[0]["modality"] == "face" and unreachable[0]["comparisons"] == 2
     assert unreachable[0]["level"] == "warning" and unreachable[0]["fix"] == UNREACHABLE_FIX
     assert not [e for e in events if e.get("event") == "identification_attempt"], "nothing was matched for it"
+
+
+def test_the_faces_of_one_request_must_be_of_one_person(device, verifier) -> None:
+    """A first face enrollment took whatever faces it carried (only a face added to a subject's was matched
+    against theirs): faces of two people under one id let either verify as it. A verification's or an
+    identification's faces of several people were that many tries at one nonce."""
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        mixed = [capture(1, 0), capture(1, 1), capture(2, 0)]
+        refused = []
+        challenge = await api.challenge("enroll", "alice")
+        with pytest.raises(BadRequestError) as enrolling:
+            await api.enroll("alice", [], faces=mixed, challenge=challenge, liveness=steps_for(challenge))
+        refused.append(enrolling.value)
+        enrolled = await face_enroll(api, "alice", 1)  # her own faces, of one person, are enrolled
+        challenge = await api.challenge("verify", "alice")
+        with pytest.raises(BadRequestError) as verifying:
+            await api.verify("alice", [], faces=[capture(2, 5), capture(1, 5)], challenge=challenge,
+                             liveness=steps_for(challenge))
+        refused.append(verifying.value)
+        challenge = await api.challenge("identify")
+        with pytest.raises(BadRequestError) as identifying:
+            await api.identify([], faces=[capture(3, 0), capture(1, 6)], challenge=challenge,
+                               liveness=steps_for(challenge))
+        refused.append(identifying.value)
+        challenge = await api.challenge("identify")  # views of one person, the same one twice: taken
+        found = await api.identify([], faces=[capture(1, 7), capture(1, 7)], challenge=challenge,
+                                   liveness=steps_for(challenge))
+        return refused, enrolled, found
+
+    refused, enrolled, found = device.run(steps)
+    assert [e.slug for e in refused] == ["bad-template"] * 3
+    assert "faces[2] is not of the person of faces[0]" in str(refused[0]) and "one person" in str(refused[0])
+    assert "faces[1] is not of the person of faces[0]" in str(refused[1])
+    assert enrolled.templates == 2 and [c.subject for c in found.candidates] == ["alice"]
+    events = [e for e in audit(verifier) if e.get("reason") == "faces of more than one person"]
+    assert [(e["operation"], e["item"]) for e in events] == [("enroll", "faces[2]"), ("verify", "faces[1]"),
+                                                             ("identify", "faces[1]")]
+    conn = sqlite3.connect(verifier.pki_dir / "verifier.sqlite")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM face_enrollments").fetchone() == (2,)  # none of the mixed three
+    finally:
+        conn.close()

@@ -11,6 +11,8 @@ same signed request behind the same gate
   under the same enrollment key as fingerprints, with ``b"face\\0" + subject`` as
   associated data (a row moved to another subject, or into the finger table,
   does not decrypt).
+- One person: the faces of a request are views of one person, every pair scoring at the threshold
+  or above; a request mixing people is refused (422 ``bad-template``, naming the face).
 - Matching: the score is the cosine of two unit embeddings; 1:1 takes the best
   over the probe's and the subject's embeddings, 1:N is one matrix product over
   every embedding of the allowed groups' subjects. Both run in the matching pool.
@@ -219,7 +221,42 @@ class FaceRoutes:
             )
         log.info("face_liveness", audit=True, device_id=request.device.device_id, subject=subject,
                  operation=operation, liveness_asked=",".join(asked), result="passed")
+        self._one_person(request, records, operation, subject)
         return records
+
+    def _one_person(self, request: Request, records: list[bytes], operation: str, subject: str | None) -> None:
+        """Refuse a request whose faces are not all of one person (each pair at the match threshold or above).
+
+        Why: the faces of a request are views from one challenge, of the person who ran it; but a first face
+        enrollment was compared with nothing (only a face added to a subject's was matched against theirs), so
+        faces of two people under one id let either of them verify as it, and a verification's or an
+        identification's faces of several people were that many tries at one nonce. A few views: a few dot
+        products, on the loop.
+        """
+        if len(records) < 2:
+            return
+        views = _matrix(records)
+        scores = views @ views.T
+        pairs = np.argwhere(np.triu(scores < self.threshold, 1))  # (earlier, later) views that do not match
+        if not len(pairs):
+            return
+        first, other = (int(v) for v in min(pairs.tolist(), key=lambda pair: (pair[1], pair[0])))
+        low = float(scores[first, other])
+        item = f"faces[{other}]"  # the first view that is not of the person of a view before it
+        raise self.bio.refused(
+            request,
+            Problem(
+                "bad-template",
+                f"{item} is not of the person of faces[{first}] (score {low:.3f}, under the threshold "
+                f"{self.threshold:.3f}): the faces of one request are views of one person",
+                "send the embeddings of one person's capture, all made in one challenge; capture again",
+            ),
+            "faces of more than one person",
+            subject=subject,
+            operation=operation,
+            modality=FACE,
+            item=item,
+        )
 
     def enrolled(self, subject_id: str) -> bool:
         return self.store.exists(subject_id)

@@ -223,9 +223,15 @@ class Camera:
                     if cancel is not None and cancel.is_set():
                         raise CameraError("the capture was cancelled")
                     left = deadline - time.monotonic()
-                    if left <= 0 or self._stop.is_set():
+                    ended = self._owner_ended()
+                    if left <= 0 or self._stop.is_set() or ended:
                         if self.fault is not None:
                             raise self.fault
+                        if ended:
+                            raise CameraUnavailable(
+                                f"the camera {self.source.redacted} stopped giving frames: its connection ended",
+                                "check the camera is plugged in (or its stream reachable); the agent reopens it",
+                            )
                         raise CameraUnavailable(
                             f"no frame from the camera {self.source.redacted} within {timeout_s:g} s",
                             "check the camera is plugged in (or its stream reachable); the agent reopens it",
@@ -245,6 +251,17 @@ class Camera:
                 return frame
             if frame is None:
                 self._after_bad_decode(deadline, timeout_s, cancel)
+
+    def _owner_ended(self) -> bool:
+        """The owner thread has ended by itself (the connection ended and it does not reconnect, or a file ended):
+        no frame can come until the camera is opened again.
+
+        Why: a wait went on to its whole timeout (5 s in a session, an hour if asked) after the camera it waited on
+        had gone, so a session whose camera was unplugged or stalled mid-challenge learnt it only then, past its
+        own time.
+        """
+        thread = self._thread
+        return thread is not None and not thread.is_alive()
 
     def _after_bad_decode(self, deadline: float, timeout_s: float, cancel: threading.Event | None) -> None:
         """A part this wait took did not decode: stop here when cancelled, out of time, or the camera's parts
