@@ -92,7 +92,10 @@ def _https_url(value: str) -> bool:
     host = parts.hostname or ""
     scoped = ":" in host and host.count("%") == 1  # an IPv6 address with its zone (fe80::1%eth0) as before
     odd = _NOT_IN_A_HOST.search(host.replace("%", "") if scoped else host)
-    return parts.scheme == "https" and bool(host) and parts.path in ("", "/") and not odd
+    # Nothing before or after the URL and no query or fragment: urlsplit drops leading blanks (a paste's " https://..."
+    # passed here, then the client refused it as "not protocol v1"), and "?x" or "#x" made every request's path "/".
+    bare = value == value.strip() and "?" not in value and "#" not in value
+    return parts.scheme == "https" and bool(host) and parts.path in ("", "/") and not odd and bare
 
 
 # What no host name or address holds, yet urlsplit and the HTTP client take (percent-encoding a space): a host
@@ -174,7 +177,7 @@ class VerifierSection:
         metadata=_check(
             _https_url,
             "give the verifier's base URL: https://, the host, optionally :PORT (1-65535; none means 8443), and no "
-            'path, e.g. "https://verifier.example:8443"',
+            'path, query or blank around it, e.g. "https://verifier.example:8443"',
             refuse=refuse_user_info,  # before any message that would repeat the value with its password
         ),
     )

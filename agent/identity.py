@@ -463,8 +463,13 @@ class IdentityStore:
         """
         where = exc.filename or self.state_dir
         if isinstance(exc, NotADirectoryError | FileExistsError):
+            # The file may be a part of the path (`--state-dir /etc/agent.toml/state`): name the one that is,
+            # not the state directory as "a file" when nothing is there.
+            blocking = next((p for p in (self.state_dir, *self.state_dir.parents)
+                             if p.exists() and not p.is_dir()), self.state_dir)
+            what = "is a file" if blocking == self.state_dir else f"is inside {blocking}, which is a file"
             return IdentityError(
-                f"cannot {doing}: [agent] state_dir {self.state_dir} is a file, not a directory ({where})",
+                f"cannot {doing}: [agent] state_dir {self.state_dir} {what}, not a directory",
                 fix="point [agent] state_dir at a directory (default /var/lib/capture-agent), or move the file away",
             )
         if isinstance(exc, PermissionError):

@@ -26,6 +26,19 @@ class UsageMistake(Exception):
         self.fix = fix
 
 
+class _DescribedSubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose own ``--help`` says what they do: their ``help`` line, when no description is given.
+
+    Why: `capture-verifier device allow --help` (and most of the verifier's) showed its usage and options only;
+    what the command does was in the parent's list alone, which `COMMAND --help` does not print.
+    """
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("help") and not kwargs.get("description"):
+            kwargs["description"] = kwargs["help"][:1].upper() + kwargs["help"][1:] + "."
+        return super().add_parser(name, **kwargs)
+
+
 class UsageParser(argparse.ArgumentParser):
     """argparse, raising :class:`UsageMistake` for a usage error instead of printing its usage block and exiting.
 
@@ -35,6 +48,7 @@ class UsageParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _DescribedSubParsers)
         self.set_defaults(command_prog=self.prog)  # the deepest command given wins: see parse_arguments
 
     def error(self, message: str) -> NoReturn:

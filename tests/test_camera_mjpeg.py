@@ -1510,6 +1510,19 @@ def test_devices_reads_an_https_camera_of_a_private_ca_given_with_camera_ca(scri
     assert status == 1 and "cannot be read" in unread["description"] and "--camera-ca" in unread["fix"], unread
 
 
+def test_a_ca_file_that_cannot_be_read_is_said_even_when_the_camera_does_not_answer(tmp_path) -> None:
+    """The CA file was read only once the camera answered: behind a camera unplugged, or a wrong port, a mistyped
+    ca_file (or --camera-ca) stayed hidden, and the next run, with the camera back, failed on it."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:  # a port nothing listens on once this is closed
+        url = f"https://127.0.0.1:{closed.getsockname()[1]}/stream.mjpg"
+    status, findings = devices_json("--camera", url, "--camera-ca", str(tmp_path / "missing.pem"))
+    (unread,) = [f for f in findings if f["path"] == url]
+    assert status == 1 and "missing.pem" in unread["description"] and "cannot be read" in unread["description"]
+    assert "--camera-ca" in unread["fix"], unread
+
+
 def test_an_unreadable_ca_file_is_a_fault_naming_ca_file(scripted, tmp_path) -> None:
     wrap, _ = self_signed_tls(tmp_path)
     server = scripted(lambda s, i, c, r: frames_until_stopped(s, c), wrap=wrap)

@@ -249,8 +249,13 @@ def resolved(tmp_path: Path, file_text: str, *flags: str) -> AgentConfig:
     [
         ("http://127.0.0.1:9", "bad value {name} = 'http://127.0.0.1:9'"),
         ("https://admin:s3cret@127.0.0.1:9", "bad value {name}: 'https://***@127.0.0.1:9' has a user name"),
+        # taken, then every request's path was "/" ("404 no endpoint /") or the client refused the URL as
+        # "not protocol v1: UnsupportedProtocol" (urlsplit drops the blank a paste leaves before the URL)
+        ("https://127.0.0.1:9?x=1", "bad value {name} = 'https://127.0.0.1:9?x=1'"),
+        ("https://127.0.0.1:9#top", "bad value {name} = 'https://127.0.0.1:9#top'"),
+        (" https://127.0.0.1:9", "bad value {name} = ' https://127.0.0.1:9'"),
     ],
-    ids=["not https", "user info"],
+    ids=["not https", "user info", "a query", "a fragment", "a blank before it"],
 )
 def test_a_bad_verifier_url_is_named_as_the_flag_or_the_key_it_was_given_as(
     tmp_path: Path, url: str, said: str

@@ -146,6 +146,8 @@ def test_no_ready_without_an_identity(tmp_path: Path, notify_socket) -> None:
     )
     assert under_a_file.returncode == 2 and "Traceback" not in under_a_file.stderr, under_a_file.stderr
     assert "is a file, not a directory" in under_a_file.stderr
+    # the file named is the one that is: the config file on the way, not "state", which is not there at all
+    assert f"state_dir {config}/state is inside {config}, which is a file" in under_a_file.stderr, under_a_file.stderr
 
 
 def test_a_blocked_main_loop_stops_the_watchdog_pings(

@@ -275,3 +275,26 @@ def test_a_usage_error_is_an_error_and_a_fix_naming_the_commands_help(args, said
     assert f"`{help_command}`" in fix, fix
     help_done = cli(*help_command.split()[1:])
     assert help_done.returncode == 0 and help_done.stdout.startswith("usage: "), "the fix's command works"
+
+
+@pytest.mark.parametrize("command", [
+    ("pki", "init"), ("token", "new"), ("token", "revoke"), ("device", "list"), ("device", "revoke"),
+    ("device", "allow"), ("subject", "list"), ("subject", "high-risk"), ("subject", "group"),
+    ("subject", "require"), ("backup",), ("restore",), ("serve",),
+])
+def test_each_commands_help_says_what_it_does_and_what_each_argument_is(command: tuple[str, ...]) -> None:
+    """`capture-verifier device allow --help` showed its usage and options only: what the command does was in the
+    parent's command list alone, and `device_id`, `subject_id`, `dir` had no word of what to give."""
+    import re
+
+    done = cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    usage, _, rest = done.stdout.partition("\n\n")
+    said, _, arguments = rest.partition("\n\n")
+    assert usage.startswith("usage: ") and not said.startswith(("positional arguments:", "options:")), done.stdout
+    assert len(said.split()) >= 3, done.stdout
+    positionals = arguments.partition("options:")[0] if arguments.startswith("positional arguments:") else ""
+    for line in positionals.splitlines()[1:]:
+        if not line.strip() or re.fullmatch(r"  \S+", line):  # a blank, or a name alone (its help on the next)
+            continue
+        assert re.fullmatch(r"  \S+ +\S.*|\s{8,}\S.*", line), f"an argument without help: {line!r}\n{done.stdout}"

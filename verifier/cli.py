@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="pki_command", required=True, metavar="COMMAND"
     )
     init = pki.add_parser("init", help="make a CA and the verifier's server certificate in DIR")
-    init.add_argument("dir")
+    init.add_argument("dir", help="a new folder for the PKI and the verifier's data (made 0700)")
     init.add_argument("--server-name", action="append", help="host name or IP of the verifier (repeatable)")
     init.set_defaults(run=cmd_pki_init)
 
@@ -604,13 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="revoke a device id's unused tokens (one that leaked, a visit cancelled); the id may get a new one",
         )
     )
-    token_revoke.add_argument("device_id")
+    token_revoke.add_argument("device_id", help="the device id the token was issued for (`device list`: pending)")
     token_revoke.set_defaults(run=cmd_token_revoke)
 
     device = sub.add_parser("device", help="the device registry").add_subparsers(
         dest="device_command", required=True, metavar="COMMAND"
     )
-    with_pki(device.add_parser("list", help="list devices")).set_defaults(run=cmd_device_list)
+    with_pki(device.add_parser(
+        "list", help="list devices, one JSON line each (status, certificates, expiry, unused token, access rule)"
+    )).set_defaults(run=cmd_device_list)
     revoke = with_pki(
         device.add_parser(
             "revoke",
@@ -618,12 +620,18 @@ def build_parser() -> argparse.ArgumentParser:
             "not provisioned yet: its tokens); the id stays revoked",
         )
     )
-    revoke.add_argument("device_id")
+    revoke.add_argument("device_id", help="a device id as `device list` shows it")
     revoke.set_defaults(run=cmd_device_revoke)
     allow = with_pki(
-        device.add_parser("allow", help="set the operations a device may call and the subject groups it may act on")
+        device.add_parser(
+            "allow",
+            help="set the operations a device may call and the subject groups it may act on",
+            description="Set the operations a device may call and the subject groups it may act on; anything else "
+            "is refused with 403 and audited. Without a rule a device may do everything: set a new device's rule "
+            "between `token new` and its provisioning. What is not given is left as it was.",
+        )
     )
-    allow.add_argument("device_id")
+    allow.add_argument("device_id", help="a provisioned device, or one with an unused token (`device list`)")
     allow.add_argument("--operations", help="comma list of enroll, verify, identify")
     allow.add_argument("--groups", help="comma list of subject groups, or '*' for any group")
     allow.add_argument(
@@ -640,15 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_subject_list
     )
     risk = with_pki(subject.add_parser("high-risk", help="mark a subject high-risk (always step-up)"))
-    risk.add_argument("subject_id")
+    risk.add_argument("subject_id", help="an enrolled subject's id, exactly (`subject list`)")
     risk.add_argument("--off", action="store_true", help="clear the mark")
     risk.set_defaults(run=cmd_subject_risk)
     group = with_pki(subject.add_parser("group", help="put a subject into a group (access rules name groups)"))
-    group.add_argument("subject_id")
-    group.add_argument("group")
+    group.add_argument("subject_id", help="an enrolled subject's id, exactly (`subject list`)")
+    group.add_argument("group", help="the group to move it into (1 to 64 letters, digits, '.', '_' or '-')")
     group.set_defaults(run=cmd_subject_group)
     require = with_pki(subject.add_parser("require", help="the factors a subject's (or group's) verification needs"))
-    require.add_argument("subject_id", nargs="?")
+    require.add_argument("subject_id", nargs="?", help="an enrolled subject's id, exactly (or --group instead)")
     require.add_argument("--group", help="a rule for every subject of this group instead")
     require.add_argument("--factors", required=True, help="comma list of finger, face")
     require.set_defaults(run=cmd_subject_require)

@@ -268,9 +268,11 @@ class MjpegReader:
             return min(remaining, POLL_S)
 
         try:
+            # The CA file before the network: a ca_file that cannot be read was said only once the camera
+            # answered, so behind a camera that did not (unplugged, a wrong port) its mistake stayed hidden.
+            context = tls_context(self.ca_file, self.shown, self.tls_floor) if tls else None
             sock = self._connect(host, port, left)
-            if tls:
-                context = tls_context(self.ca_file, self.shown, self.tls_floor)
+            if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 self._sock = sock
                 while True:
