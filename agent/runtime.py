@@ -71,10 +71,14 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def load_identity(config: AgentConfig) -> DeviceIdentity:
     store = IdentityStore(config.agent.state_dir)
-    if not os.path.lexists(config.agent.state_dir):
+    try:
+        os.lstat(config.agent.state_dir)
+    except (FileNotFoundError, NotADirectoryError):
         # Said before the keyring is asked: a mistyped --state-dir (or a device never provisioned) read "no
         # key-encryption key ... in the file-insecure-dev keyring", as if the keyring were what was wrong.
-        raise store.no_identity("the folder does not exist")
+        raise store.no_identity("the folder does not exist") from None
+    except OSError:
+        pass  # there but not reachable (a folder above it this user may not enter): the loads below name why
     kek = load_kek(config)
     return store.load(kek.encode())
 

@@ -831,7 +831,9 @@ def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_
     ], out
 
 
-@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 200")
+# match_budget_s: ben's 190-view enrollment searches for duplicates among them all, which on a loaded CI machine
+# took past the default 2 s (503, retried, then refused); the budget is not what this test is about.
+@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 200", "match_budget_s = 60")
 def test_an_identification_past_the_verifiers_capacity_tells_the_installer_why_not_nobody_recognised(
     daemon_with_module, provisioned, synthetic_templates, verifier
 ) -> None:
