@@ -48,6 +48,16 @@ def message_for(code: str) -> str:
     return MESSAGES.get(code, code)
 
 
+def _prompt(code: str, received: float) -> dict[str, Any]:
+    """A prompt event, with the age (``feedback_ms``) of the frame it answers when it leaves.
+
+    Why every prompt: a challenge's failure, its time up and its too few frontal frames went without it, while
+    the README (and a kiosk app reading it) said each prompt carries it.
+    """
+    return {"type": "prompt", "code": code, "message": message_for(code),
+            "feedback_ms": round((time.monotonic() - received) * 1000, 1)}
+
+
 class NoFaceError(SessionError):
     """The camera saw no face during the whole session: it ended, and the person must start again.
 
@@ -209,7 +219,7 @@ class FaceSession:
             if self.cancelled.is_set():
                 raise SessionError("the face session was cancelled", fix="start it again")
             if time.monotonic() > deadline:
-                self._out_of_time(tracker.state.status, appeared, last_code, post)
+                self._out_of_time(tracker.state.status, appeared, last_code, last_t, post)
             frame = self.camera.wait_frame(seq, self.frame_timeout_s, self.cancelled)
             seq, t = frame.seq, frame.received
             started = time.perf_counter()
@@ -239,7 +249,7 @@ class FaceSession:
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
             if state.status == "failed":
                 code = str(state.reason)
-                post({"type": "prompt", "code": code, "message": message_for(code)})
+                post(_prompt(code, t))
                 log.warning("face_liveness_failed", audit=True, reason=code, steps=",".join(steps))
                 raise LivenessFailedError(code)
             if state.status == "passed":
@@ -247,11 +257,10 @@ class FaceSession:
             code = state.prompt if state.status == "running" else (analysis.code or state.prompt)
             if code != last_code:
                 last_code = code
-                post({"type": "prompt", "code": code, "message": message_for(str(code)),
-                      "feedback_ms": round((time.monotonic() - t) * 1000, 1)})
+                post(_prompt(str(code), t))
         chosen = [embeddings[i] for i in state.template_frames if i in embeddings]
         if len(chosen) < want:
-            post({"type": "prompt", "code": "look_at_camera", "message": message_for("look_at_camera")})
+            post(_prompt("look_at_camera", t))
             raise SessionError(f"{len(chosen)} good frontal frames inside the challenge, {want} needed",
                                fix="look straight at the camera, in good light, before and after each turn")
         log.info("face_challenge_passed", steps=",".join(steps), frames=index + 1, frontal_embedded=len(chosen),
@@ -262,7 +271,7 @@ class FaceSession:
         assert appeared is not None
         return FaceCapture(records, steps, appeared)
 
-    def _out_of_time(self, status: str, appeared: float | None, last_code: str | None,
+    def _out_of_time(self, status: str, appeared: float | None, last_code: str | None, last_t: float | None,
                      post: Callable[[dict[str, Any]], None]) -> NoReturn:
         """The session's time is up: said as what was wrong then (nobody there, a face never usable, or a
         challenge not followed), each its own error; the ``liveness_timeout`` prompt only for the last."""
@@ -270,7 +279,8 @@ class FaceSession:
             raise NoFaceError(self.timeout_s)
         if status == "waiting":
             raise FaceNotReadyError(self.timeout_s, message_for(str(last_code or "look_at_camera")))
-        post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
+        assert last_t is not None  # a face appeared: there were frames
+        post(_prompt("liveness_timeout", last_t))
         raise LivenessFailedError("liveness_timeout")
 
     async def capture(self, challenge: Challenge, want: int) -> FaceCapture:

@@ -129,6 +129,8 @@ def test_a_still_photo_is_refused_by_the_liveness_challenge_and_nothing_is_sent(
     with pytest.raises(SessionError, match="the liveness challenge failed: no movement was seen") as refused:
         run_face(provisioned, face_camera, photo, "verify", "alice")
     assert photo.prompts[-1] == "liveness_still"
+    # Every prompt carries its frame's age, as the README says: the failure's went without it.
+    assert all(e["feedback_ms"] >= 0 for e in photo.events if e["type"] == "prompt"), photo.events
     assert "liveness_" not in refused.value.message  # the code is the event's reason, not the person's words
     # A kiosk app tells a liveness failure from others by the error event's code, and which one by its reason.
     from agent.localapi import error_codes
