@@ -152,10 +152,30 @@ class SimulatedCamera:
         return len(paths)
 
     def show(self, image: np.ndarray) -> None:
-        """A still: this image on every frame (grey or BGR, resized to the camera's size)."""
+        """A still: this image on every frame (8-bit grey, BGR or BGRA, resized to the camera's size).
+
+        Anything else is a SimulatorError here. Why: a two-channel image was taken, and every stream then died on
+        its first frame with OpenCV's traceback on stderr (a camera that opened and sent nothing); a float image
+        was served black.
+        """
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)))
+            or 0 in image.shape
+        ):
+            shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
+            raise SimulatorError(
+                f"an image of {dtype} and shape {shape} is no camera frame",
+                "give an 8-bit grey (HxW), BGR (HxWx3) or BGRA (HxWx4) image, e.g. from cv2.imread",
+            )
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
         frame = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
         self._set([frame])
 
     def nothing(self) -> None:
