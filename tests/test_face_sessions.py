@@ -689,3 +689,38 @@ def test_a_camera_that_stalls_mid_session_ends_it_as_gone_not_after_the_frame_wa
     assert not thread.is_alive(), "the session waited on a camera whose stream had ended"
     (raised,) = outcome
     assert isinstance(raised, DeviceUnplugged) and error_codes(raised) == {"code": "device_unplugged"}, raised
+
+
+def test_a_camera_sending_frames_that_do_not_decode_mid_session_is_a_device_error_naming_the_camera(
+    provisioned, face_camera
+) -> None:
+    """A camera fault during a face session (frames that do not decode, of a refused size, a stream that is not
+    MJPEG) reached a kiosk app as ``agent_error``, the code of the agent's own failures, not ``device_error``."""
+    from agent.devices.errors import DeviceFault
+    from agent.localapi import error_codes
+
+    face_camera.nothing()
+    events: list[dict] = []
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        if event["type"] == "prompt":
+            face_camera.garbage()  # the camera breaks as the first prompt is shown
+
+    async def go() -> BaseException:
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER)
+                with pytest.raises(DeviceFault) as ended:
+                    await session.identify()
+                return ended.value
+        finally:
+            device.stop()
+
+    error = asyncio.run(go())
+    assert error_codes(error) == {"code": "device_error"}, error
+    assert "device camera: the camera" in error.message and "cannot be decoded" in error.message
+    assert "check the camera" in error.fix
+    assert [e["code"] for e in events if e["type"] == "prompt"] == ["face_not_found"]
