@@ -166,6 +166,7 @@ def test_a_request_with_fingers_and_faces_together_is_refused(device, synthetic_
 
     error = device.run(steps)
     assert error.slug == "bad-template" and "not both" in str(error)
+    assert error.status == 422  # as the README's Faces section says (it said a 400)
 
 
 def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_face(
