@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import json
+import sqlite3
 import tempfile
 
 import cv2
@@ -724,3 +725,29 @@ def test_a_camera_sending_frames_that_do_not_decode_mid_session_is_a_device_erro
     assert "device camera: the camera" in error.message and "cannot be decoded" in error.message
     assert "check the camera" in error.fix
     assert [e["code"] for e in events if e["type"] == "prompt"] == ["face_not_found"]
+
+
+@NO_FIRST_USE
+def test_the_views_enrolled_come_from_each_frontal_phase_of_the_challenge_not_its_first_tenth_of_a_second(
+    provisioned, verifier, face_camera, att_faces
+) -> None:
+    """The enrollment's three views were the first frontal frames embedded, all before the first turn (a tenth
+    of a second apart: on this camera the same frame three times), though the challenge had the person look
+    back at the camera after each turn. Here she looks back with another face of hers (ORL s1/2)."""
+    from verifier.at_rest_key import load_or_create_key
+    from verifier.faces import FaceEnrollments
+
+    person = FacePerson(face_camera, att_faces)
+    person.poses["look_at_camera"] = poses(att_faces / "s1", "2", "3", SIZE)["look_at_camera"]
+    enrolled, _ = run_face(provisioned, face_camera, person, "enroll", "alice")
+    assert enrolled["templates"] == 3
+    conn = sqlite3.connect(verifier.pki_dir / "verifier.sqlite")
+    try:
+        store = FaceEnrollments(conn, load_or_create_key(verifier.pki_dir / "enrollment.key"))
+        views = store.embeddings("alice")
+    finally:
+        conn.close()
+    assert len(views) == 3
+    scores = views @ views.T  # near 1 for frames of one moment (0.9998 when all came before the first turn)
+    assert float(scores.min()) < 0.99, f"every view enrolled was made before the first turn: {scores.tolist()}"
+    assert float(scores.min()) > 0.4  # and all of one person
