@@ -174,10 +174,10 @@ FINGER = "finger"  # the two factors: a modality's name in sessions, decisions, 
 FACE = "face"
 FACTORS = (FINGER, FACE)
 ACR_FACE = FACE  # RFC 9470 acr_values naming a face as the factor asked for
+ACR_FINGER = FINGER  # ... and a finger, when a face came first and the policy needs both
 # The steps a liveness challenge is made of (biometrics.face.liveness: each a prompt code), in the wire's words.
 LIVENESS_STEPS = ("turn_head_left", "turn_head_right", "look_at_camera")
 MAX_LIVENESS_STEPS = 16
-ACR_FINGER = FINGER  # ... and a finger, when a face came first and the policy needs both
 
 
 def wire_faces(records: Sequence[bytes]) -> list[dict[str, str]]:
