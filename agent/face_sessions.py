@@ -10,7 +10,7 @@ changes (the quality codes of DESIGN.md until the challenge starts, then the
 asked turn), with the frame's age when the prompt left, so feedback latency is
 measured, not assumed. Embeddings are made only of the good frontal frames
 inside the challenge, so the face that passed it is the face enrolled or
-verified.
+verified, taken from its frontal phases in turn (:func:`_spread`).
 
 A still photo, a recording of another challenge, or a face that leaves fails
 the challenge with its reason code as the last prompt, and nothing is sent.
@@ -46,6 +46,16 @@ log = structlog.get_logger()
 
 def message_for(code: str) -> str:
     return MESSAGES.get(code, code)
+
+
+def _prompt(code: str, received: float) -> dict[str, Any]:
+    """A prompt event, with the age (``feedback_ms``) of the frame it answers when it leaves.
+
+    Why every prompt: a challenge's failure, its time up and its too few frontal frames went without it, while
+    the README (and a kiosk app reading it) said each prompt carries it.
+    """
+    return {"type": "prompt", "code": code, "message": message_for(code),
+            "feedback_ms": round((time.monotonic() - received) * 1000, 1)}
 
 
 class NoFaceError(SessionError):
@@ -156,6 +166,21 @@ def _fixes_for_the_camera(subject: str) -> Iterator[None]:
         raise
 
 
+def _spread(embedded: list[tuple[int, Any]]) -> list[Any]:
+    """The embeddings of the challenge's frontal phases (before the first turn, between turns, at the end) taken
+    in turn, one of each phase before a second of any: the views of a template are of different moments.
+
+    Why: at most ``2 * want + 2`` frames are embedded (each costs about 20 ms), and they were the first frontal
+    frames, all before the first turn; the three views of an enrollment were frames a tenth of a second apart
+    (cosine 0.9998), though the person looked back at the camera after each turn.
+    """
+    phases: dict[int, list[Any]] = {}
+    for phase, embedding in embedded:
+        phases.setdefault(phase, []).append(embedding)
+    rounds = max((len(views) for views in phases.values()), default=0)
+    return [views[i] for i in range(rounds) for views in phases.values() if i < len(views)]
+
+
 @dataclass
 class FaceCapture:
     """What a challenge produced: the records, the steps asked, and when the face first appeared."""
@@ -202,14 +227,14 @@ class FaceSession:
 
         pipeline = _pipeline()
         tracker = LivenessTracker(LivenessChallenge(steps), **self.tracker_options)
-        embeddings: dict[int, Any] = {}
+        embeddings: dict[int, tuple[int, Any]] = {}  # frame index -> (the challenge's step then, its embedding)
         seq, index, last_code, previous, last_t, appeared = 0, -1, None, None, None, None
         deadline = time.monotonic() + self.timeout_s
         while True:
             if self.cancelled.is_set():
                 raise SessionError("the face session was cancelled", fix="start it again")
             if time.monotonic() > deadline:
-                self._out_of_time(tracker.state.status, appeared, last_code, post)
+                self._out_of_time(tracker.state.status, appeared, last_code, last_t, post)
             frame = self.camera.wait_frame(seq, self.frame_timeout_s, self.cancelled)
             seq, t = frame.seq, frame.received
             started = time.perf_counter()
@@ -233,13 +258,14 @@ class FaceSession:
                 and analysis.quality.ok
                 and abs(pose_of(face.landmarks).yaw) <= tracker.center_yaw
                 and len(embeddings) < 2 * want + 2
+                and sum(1 for phase, _ in embeddings.values() if phase == state.step) < want
             ):
-                embeddings[index] = pipeline.embedder.embed(align(bgr, face))
+                embeddings[index] = (state.step, pipeline.embedder.embed(align(bgr, face)))
             del bgr
             self.timings.extract_ms += (time.perf_counter() - started) * 1000
             if state.status == "failed":
                 code = str(state.reason)
-                post({"type": "prompt", "code": code, "message": message_for(code)})
+                post(_prompt(code, t))
                 log.warning("face_liveness_failed", audit=True, reason=code, steps=",".join(steps))
                 raise LivenessFailedError(code)
             if state.status == "passed":
@@ -247,22 +273,20 @@ class FaceSession:
             code = state.prompt if state.status == "running" else (analysis.code or state.prompt)
             if code != last_code:
                 last_code = code
-                post({"type": "prompt", "code": code, "message": message_for(str(code)),
-                      "feedback_ms": round((time.monotonic() - t) * 1000, 1)})
-        chosen = [embeddings[i] for i in state.template_frames if i in embeddings]
+                post(_prompt(str(code), t))
+        chosen = _spread([embeddings[i] for i in state.template_frames if i in embeddings])
         if len(chosen) < want:
-            post({"type": "prompt", "code": "look_at_camera", "message": message_for("look_at_camera")})
+            post(_prompt("look_at_camera", t))
             raise SessionError(f"{len(chosen)} good frontal frames inside the challenge, {want} needed",
                                fix="look straight at the camera, in good light, before and after each turn")
         log.info("face_challenge_passed", steps=",".join(steps), frames=index + 1, frontal_embedded=len(chosen),
                  seconds=round(t - appeared, 2) if appeared is not None else None)
-        step = max(1, len(chosen) // want)
         model = pipeline.embedder.model_name
-        records = [encode(model, e.astype(float).tolist()) for e in chosen[::step][:want]]
+        records = [encode(model, e.astype(float).tolist()) for e in chosen[:want]]
         assert appeared is not None
         return FaceCapture(records, steps, appeared)
 
-    def _out_of_time(self, status: str, appeared: float | None, last_code: str | None,
+    def _out_of_time(self, status: str, appeared: float | None, last_code: str | None, last_t: float | None,
                      post: Callable[[dict[str, Any]], None]) -> NoReturn:
         """The session's time is up: said as what was wrong then (nobody there, a face never usable, or a
         challenge not followed), each its own error; the ``liveness_timeout`` prompt only for the last."""
@@ -270,7 +294,8 @@ class FaceSession:
             raise NoFaceError(self.timeout_s)
         if status == "waiting":
             raise FaceNotReadyError(self.timeout_s, message_for(str(last_code or "look_at_camera")))
-        post({"type": "prompt", "code": "liveness_timeout", "message": message_for("liveness_timeout")})
+        assert last_t is not None  # a face appeared: there were frames
+        post(_prompt("liveness_timeout", last_t))
         raise LivenessFailedError("liveness_timeout")
 
     async def capture(self, challenge: Challenge, want: int) -> FaceCapture:

@@ -749,7 +749,7 @@ def error_codes(exc: AgentError) -> dict[str, str]:
     Why: a kiosk app showed the person something for each error by matching the English ``message``;
     "no finger in time", "reader unplugged" and "verifier down" need different screens, and the text may change.
     """
-    from agent.devices.errors import DeviceUnavailable, DeviceUnplugged
+    from agent.devices.errors import DeviceFault, DeviceUnavailable, DeviceUnplugged
     from agent.errors import DeadlineError, TransportError, VerifierError
     from agent.face_sessions import FaceNotReadyError, LivenessFailedError, NoFaceError
     from agent.sessions import NoFingerError, SessionError
@@ -760,7 +760,9 @@ def error_codes(exc: AgentError) -> dict[str, str]:
         return {"code": "liveness_failed", "reason": exc.reason}
     for kind, code in ((NoFingerError, "no_finger"), (NoFaceError, "no_face"), (FaceNotReadyError, "face_not_ready"),
                        (DeviceUnplugged, "device_unplugged"),
-                       (DeviceUnavailable, "device_not_connected"), (TransportError, "verifier_unreachable"),
+                       (DeviceUnavailable, "device_not_connected"),
+                       # a camera's fault (frames that do not decode, of a refused size): it said agent_error
+                       (DeviceFault, "device_error"), (TransportError, "verifier_unreachable"),
                        (DeadlineError, "verifier_unreachable"), (VerifierError, "verifier_error"),
                        (SessionError, "session_failed")):
         if isinstance(exc, kind):

@@ -1,7 +1,7 @@
 """Fuzz the simulators' control lines (what a test rig writes on a simulator's standard input).
 
 First byte even: the ZFM module's lines (place, lift, pace, unplug, replug,
-list), odd: the camera's (show, still, nothing, dark, glare, fps, unplug). The
+list), odd: the camera's (show, still, nothing, dark, glare, garbage, fps, unplug). The
 rest is standard input, given on a real file descriptor as a rig's pipe gives
 it (the command loops read bytes off the descriptor, not a text ``sys.stdin``). The simulators are
 the real ones, not started (no serving thread): the ZFM module takes its fingers

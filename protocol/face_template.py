@@ -175,6 +175,9 @@ FACE = "face"
 FACTORS = (FINGER, FACE)
 ACR_FACE = FACE  # RFC 9470 acr_values naming a face as the factor asked for
 ACR_FINGER = FINGER  # ... and a finger, when a face came first and the policy needs both
+# The steps a liveness challenge is made of (biometrics.face.liveness: each a prompt code), in the wire's words.
+LIVENESS_STEPS = ("turn_head_left", "turn_head_right", "look_at_camera")
+MAX_LIVENESS_STEPS = 16
 
 
 def wire_faces(records: Sequence[bytes]) -> list[dict[str, str]]:
@@ -212,8 +215,13 @@ def liveness_steps_of(value: object) -> tuple[str, ...]:
     if not isinstance(value, dict) or set(value) != {"steps", "result"}:
         raise FaceTemplateError('a face request needs "liveness": {"steps": [...], "result": "passed"}')
     steps = value["steps"]
-    if not isinstance(steps, list) or not 1 <= len(steps) <= 16 or not all(isinstance(s, str) for s in steps):
-        raise FaceTemplateError("liveness steps are 1 to 16 prompt codes")
+    if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_LIVENESS_STEPS:
+        raise FaceTemplateError(f"liveness steps are 1 to {MAX_LIVENESS_STEPS} prompt codes")
+    # Only the challenge's words: a step was any string of any length, audited whole when it was not the nonce's.
+    unknown = sum(1 for s in steps if not isinstance(s, str) or s not in LIVENESS_STEPS)
+    if unknown:
+        raise FaceTemplateError(f"{unknown} of the {len(steps)} liveness steps are no step of a challenge; "
+                                f"each is one of {', '.join(LIVENESS_STEPS)}")
     if value["result"] != "passed":
         raise FaceTemplateError("only a passed liveness challenge is sent; the device refuses the others itself")
     return tuple(steps)

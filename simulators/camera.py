@@ -7,8 +7,10 @@ reads it over that real protocol with its own bounded multipart reader
 ``cv2.VideoCapture`` (FFmpeg) opens the same URL too, for a comparison.
 
 What the rig controls: the scene (a folder of images shown in turn, a still,
-nothing in front of the camera, darkness, glare), the frame rate, and unplug /
-replug (every connection dropped and the port closed; back on the same port).
+nothing in front of the camera, darkness, glare), the frame rate, unplug /
+replug (every connection dropped and the port closed; back on the same port),
+and garbage: every part a JPEG whose header reads right (its size) but that no
+decoder can decode, as a broken camera's firmware sends, until the next scene.
 Each frame carries its sequence number in a bar code along its top rows, so a
 reader can tell which frame it got and when it was sent (:meth:`sent_at`):
 that is how the camera's frame latency is measured.
@@ -81,6 +83,16 @@ def read_stamp(frame: np.ndarray) -> int:
     return int((bits << np.arange(CODE_BITS - 1, -1, -1)).sum())
 
 
+def undecodable(jpeg: bytes) -> bytes:
+    """``jpeg`` (a baseline JPEG from cv2.imencode) with its components' sampling factors zeroed: its header
+    still gives its size, and no decoder decodes it (libjpeg: "Bogus sampling factors")."""
+    data = bytearray(jpeg)
+    sof = data.index(b"\xff\xc0")
+    for component in range(data[sof + 9]):
+        data[sof + 10 + 3 * component + 1] = 0
+    return bytes(data)
+
+
 def _load(path: Path, size: tuple[int, int]) -> np.ndarray:
     image = read_image(path, color=True, fix="replace it with a JPEG or PNG, or remove it from the folder")
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -96,6 +108,7 @@ class SimulatedCamera:
         self.port = 0
         self._scene: list[np.ndarray] = [self._nothing()]
         self._frames: list[np.ndarray] = self._scene
+        self._garbage = False  # parts no decoder can decode (see garbage()), until the next scene
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -138,6 +151,7 @@ class SimulatedCamera:
             frames = list(base)
         with self._lock:
             self._frames = frames
+            self._garbage = False
 
     def show_folder(self, folder: Path) -> int:
         name = shown(folder)
@@ -153,10 +167,30 @@ class SimulatedCamera:
         return len(paths)
 
     def show(self, image: np.ndarray) -> None:
-        """A still: this image on every frame (grey or BGR, resized to the camera's size)."""
+        """A still: this image on every frame (8-bit grey, BGR or BGRA, resized to the camera's size).
+
+        Anything else is a SimulatorError here. Why: a two-channel image was taken, and every stream then died on
+        its first frame with OpenCV's traceback on stderr (a camera that opened and sent nothing); a float image
+        was served black.
+        """
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)))
+            or 0 in image.shape
+        ):
+            shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
+            raise SimulatorError(
+                f"an image of {dtype} and shape {shape} is no camera frame",
+                "give an 8-bit grey (HxW), BGR (HxWx3) or BGRA (HxWx4) image, e.g. from cv2.imread",
+            )
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
         frame = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
         self._set([frame])
 
     def nothing(self) -> None:
@@ -170,6 +204,12 @@ class SimulatedCamera:
     def glare(self) -> None:
         """The scene washed out by a light behind it."""
         self._set(effect="glare")
+
+    def garbage(self) -> None:
+        """A broken camera: every part a JPEG of the camera's size, by its header, that does not decode (its
+        components' sampling factors are zero); the next scene (show, nothing, dark, glare) ends it."""
+        with self._lock:
+            self._garbage = True
 
     def sent_at(self, seq: int) -> float | None:
         """When frame ``seq`` left the camera (time.monotonic), for latency figures."""
@@ -237,14 +277,14 @@ class SimulatedCamera:
 
     def _next_frame(self) -> tuple[int, bytes]:
         with self._lock:
-            frames = self._frames
+            frames, garbage = self._frames, self._garbage
             seq = self._seq
             self._seq += 1
         frame = stamp(frames[seq % len(frames)], seq)
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise RuntimeError("JPEG encoding failed")
-        return seq, jpeg.tobytes()
+        return seq, undecodable(jpeg.tobytes()) if garbage else jpeg.tobytes()
 
     def _serve_stream(self, handler: BaseHTTPRequestHandler) -> None:
         sock = handler.connection

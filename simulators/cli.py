@@ -31,6 +31,7 @@ the printed URL) and reads these lines:
 
     show DIR | still FILE         images of a folder in turn, or one image
     nothing | dark | glare        an empty scene, the scene darkened, the scene in glare
+    garbage                       frames that do not decode (a broken camera), until the next scene
     fps N                         frames a second, 0.1 to 120
     unplug | replug               drop every stream and close the port, listen again
 
@@ -72,7 +73,7 @@ _NEGATIVE = re.compile(r"-[0-9]+")
 _RATE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")  # fps: plain decimals, no nan/inf/1e9/_
 MODULE_COMMANDS = "place FINGER [IMPRESSION], smudge, lift, pace on|off, unplug, replug, list [COUNT]"
 SMUDGE_GREY = 200  # a light, even print with no ridges: what a smudge or a very dry finger leaves
-CAMERA_COMMANDS = "show DIR, still FILE, nothing, dark, glare, fps N, unplug, replug"
+CAMERA_COMMANDS = "show DIR, still FILE, nothing, dark, glare, garbage, fps N, unplug, replug"
 
 
 def _number(text: str, what: str) -> int:
@@ -263,7 +264,7 @@ def camera_command(camera, line: str) -> dict[str, object] | None:
             from simulators.images import read_image
 
             camera.show(read_image(Path(rest), color=True, fix="give a JPEG or PNG file"))
-    elif command in ("nothing", "dark", "glare", "unplug", "replug"):
+    elif command in ("nothing", "dark", "glare", "garbage", "unplug", "replug"):
         if rest:
             raise SimulatorError(f"{command} takes nothing after it", f"write {command} alone")
         getattr(camera, command)()

@@ -890,3 +890,26 @@ def test_a_wait_ends_once_the_camera_has_stopped_for_good_not_at_its_timeout(vid
         assert "plugged in" in raised.fix
     finally:
         camera.stop()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((100, 100, 2), np.uint8), np.zeros((100, 100), np.float32), np.zeros((100, 100), np.uint16),
+     np.zeros((0, 100, 3), np.uint8), [[0, 1], [2, 3]]],
+)
+def test_the_simulator_refuses_an_image_that_is_no_frame_and_keeps_serving_its_scene(camera_sim, image) -> None:
+    """A two-channel image was taken, and every stream then died on its first frame with OpenCV's traceback on
+    stderr (a camera that opened and sent nothing); a float image was served black."""
+    from simulators.errors import SimulatorError
+
+    with pytest.raises(SimulatorError, match="is no camera frame") as refused:
+        camera_sim.show(image)
+    assert "8-bit grey" in refused.value.fix
+    camera_sim.show(np.full((100, 100, 4), 200, np.uint8))  # BGRA is a frame: served as BGR
+    camera = Camera(camera_sim.url, reconnect=False)
+    try:
+        assert camera.open_once(timeout_s=10), (camera.fault, camera.open_error)
+        frame = camera.wait_frame(after=camera.latest().seq, timeout_s=10)
+        assert frame.pixels.shape == (240, 320, 3) and abs(float(frame.pixels[20:].mean()) - 200) < 5
+    finally:
+        camera.stop()

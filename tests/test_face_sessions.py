@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import json
+import sqlite3
 import tempfile
 
 import cv2
@@ -129,6 +130,8 @@ def test_a_still_photo_is_refused_by_the_liveness_challenge_and_nothing_is_sent(
     with pytest.raises(SessionError, match="the liveness challenge failed: no movement was seen") as refused:
         run_face(provisioned, face_camera, photo, "verify", "alice")
     assert photo.prompts[-1] == "liveness_still"
+    # Every prompt carries its frame's age, as the README says: the failure's went without it.
+    assert all(e["feedback_ms"] >= 0 for e in photo.events if e["type"] == "prompt"), photo.events
     assert "liveness_" not in refused.value.message  # the code is the event's reason, not the person's words
     # A kiosk app tells a liveness failure from others by the error event's code, and which one by its reason.
     from agent.localapi import error_codes
@@ -687,3 +690,64 @@ def test_a_camera_that_stalls_mid_session_ends_it_as_gone_not_after_the_frame_wa
     assert not thread.is_alive(), "the session waited on a camera whose stream had ended"
     (raised,) = outcome
     assert isinstance(raised, DeviceUnplugged) and error_codes(raised) == {"code": "device_unplugged"}, raised
+
+
+def test_a_camera_sending_frames_that_do_not_decode_mid_session_is_a_device_error_naming_the_camera(
+    provisioned, face_camera
+) -> None:
+    """A camera fault during a face session (frames that do not decode, of a refused size, a stream that is not
+    MJPEG) reached a kiosk app as ``agent_error``, the code of the agent's own failures, not ``device_error``."""
+    from agent.devices.errors import DeviceFault
+    from agent.localapi import error_codes
+
+    face_camera.nothing()
+    events: list[dict] = []
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        if event["type"] == "prompt":
+            face_camera.garbage()  # the camera breaks as the first prompt is shown
+
+    async def go() -> BaseException:
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER)
+                with pytest.raises(DeviceFault) as ended:
+                    await session.identify()
+                return ended.value
+        finally:
+            device.stop()
+
+    error = asyncio.run(go())
+    assert error_codes(error) == {"code": "device_error"}, error
+    assert "device camera: the camera" in error.message and "cannot be decoded" in error.message
+    assert "check the camera" in error.fix
+    assert [e["code"] for e in events if e["type"] == "prompt"] == ["face_not_found"]
+
+
+@NO_FIRST_USE
+def test_the_views_enrolled_come_from_each_frontal_phase_of_the_challenge_not_its_first_tenth_of_a_second(
+    provisioned, verifier, face_camera, att_faces
+) -> None:
+    """The enrollment's three views were the first frontal frames embedded, all before the first turn (a tenth
+    of a second apart: on this camera the same frame three times), though the challenge had the person look
+    back at the camera after each turn. Here she looks back with another face of hers (ORL s1/2)."""
+    from verifier.at_rest_key import load_or_create_key
+    from verifier.faces import FaceEnrollments
+
+    person = FacePerson(face_camera, att_faces)
+    person.poses["look_at_camera"] = poses(att_faces / "s1", "2", "3", SIZE)["look_at_camera"]
+    enrolled, _ = run_face(provisioned, face_camera, person, "enroll", "alice")
+    assert enrolled["templates"] == 3
+    conn = sqlite3.connect(verifier.pki_dir / "verifier.sqlite")
+    try:
+        store = FaceEnrollments(conn, load_or_create_key(verifier.pki_dir / "enrollment.key"))
+        views = store.embeddings("alice")
+    finally:
+        conn.close()
+    assert len(views) == 3
+    scores = views @ views.T  # near 1 for frames of one moment (0.9998 when all came before the first turn)
+    assert float(scores.min()) < 0.99, f"every view enrolled was made before the first turn: {scores.tolist()}"
+    assert float(scores.min()) > 0.4  # and all of one person

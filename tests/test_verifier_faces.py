@@ -166,6 +166,7 @@ def test_a_request_with_fingers_and_faces_together_is_refused(device, synthetic_
 
     error = device.run(steps)
     assert error.slug == "bad-template" and "not both" in str(error)
+    assert error.status == 422  # as the README's Faces section says (it said a 400)
 
 
 def test_a_policy_asks_for_the_face_after_the_finger_and_the_finger_after_the_face(
@@ -370,3 +371,31 @@ def test_the_faces_of_one_request_must_be_of_one_person(device, verifier) -> Non
         assert conn.execute("SELECT COUNT(*) FROM face_enrollments").fetchone() == (2,)  # none of the mixed three
     finally:
         conn.close()
+
+
+def test_liveness_steps_are_the_challenges_prompt_codes_and_no_device_text_reaches_the_audit(device, verifier) -> None:
+    """A step was any string of any length, and a claim not the nonce's was audited whole (``liveness_claimed``):
+    a device wrote up to a request body of its own text into the verifier's audit trail with each refusal."""
+    from biometrics.face import liveness
+    from protocol.face_template import LIVENESS_STEPS
+
+    assert set(LIVENESS_STEPS) == {liveness.TURN_LEFT, liveness.TURN_RIGHT, liveness.LOOK_BACK}
+    planted = "PLANTED-" + "x" * 50_000
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)
+        refused = []
+        for claimed in ((planted,), ("turn_head_up", "look_at_camera")):
+            challenge = await api.challenge("verify", "alice")
+            with pytest.raises(BadRequestError) as info:
+                await api.verify("alice", [], faces=[capture(1, 3)], challenge=challenge, liveness=claimed)
+            refused.append(info.value)
+        return refused
+
+    refused = device.run(steps)
+    assert [e.slug for e in refused] == ["bad-template", "bad-template"]
+    assert "turn_head_left, turn_head_right, look_at_camera" in str(refused[1]) and "PLANTED" not in str(refused[0])
+    text = verifier.log_path.read_text()
+    assert "PLANTED" not in text and "turn_head_up" not in text
+    assert max(len(line) for line in text.splitlines()) < 4096
