@@ -33,7 +33,31 @@ The steps, and why:
 * **Contextual filtering** with an even Gabor filter tuned to the local
   orientation and the period: a bank of 16 orientations, each done as the sum of
   two separable filters (cos(a+b) = cos a cos b - sin a sin b), then a per-pixel
-  selection by orientation.
+  selection by orientation. Its envelope is isotropic.
+  Measured and not taken (2026-12-03): a longer envelope along the ridges only
+  (the response blurred by a 1-D Gaussian of s periods along the local ridge
+  direction, which is an envelope of sqrt(0.55^2 + s^2) periods along and 0.55
+  across, since the carrier is constant along the ridge), aimed at the cause of
+  most refusals at the 1e-4 threshold. That cause, from the 55 genuine FVC2002
+  pairs refused at 0.0392: aligned on every minutia pair in turn (the best
+  alignment any anchor gives), 31 still pair under half of a common region of
+  more than 10 minutiae (DB2 109, DB3 110, DB4 108 / 109 / 110: spurious or
+  missing minutiae in speckled or dry ridges), 18 share 10 minutiae or fewer (a
+  small overlap: DB1 103 / 110, DB3 105, DB4 x_7), 6 pair well but score low
+  on LSS-R or the field; and only 58 % of the best alignment's pairs are
+  mutually-best cylinder pairs in them (92 % in passing mates), because the
+  spurious neighbours corrupt the cylinders too. On DB4 110_4 the longer
+  envelope took the minutiae from 28 to 16 and the pair with 110_5 from 0 to
+  0.031, but over all templates re-extracted (calibration refitted exactly:
+  four folders, pairs across them, 200 synthetic fingers seed 1000) it lost
+  true minutiae with the false: s = 0.35 refused 8 / 19 / 33 / 27 of 280 pairs
+  on DB1-4 at the refitted 1e-4 threshold 0.0469 (against 6 / 14 / 19 / 16 at
+  0.0392; mean EER 1.06 -> 1.16 %), s = 0.8 13 / 27 / 42 / 47 at 0.0411 (EER
+  3.30 %; minutiae per print 36 / 43 / 25 / 29 -> 31 / 37 / 20 / 24), and s =
+  0.8 for the binarised ridges only (filtered energy, clarity and reliability
+  unchanged) 16 / 32 / 42 / 45 at 0.0447 (EER 2.77 %). Of the 55 refused pairs
+  s = 0.35 lifted 11 over 0.0392 while 16 passing ones fell under it, and the
+  impostor tail rose (DB4's 1e-4 threshold 0.0392 -> 0.0469).
 """
 
 from __future__ import annotations
