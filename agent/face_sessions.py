@@ -309,7 +309,8 @@ class FaceSession:
 
         started = time.perf_counter()
         try:
-            return await in_worker(self._run, steps, want, post)  # cancelled: returns once the worker stopped
+            # cancelled: the worker is told (self.cancelled), and this returns once it stopped
+            return await in_worker(self._run, steps, want, post, stop=self.cancelled)
         finally:
             self.timings.capture_ms += (time.perf_counter() - started) * 1000
 

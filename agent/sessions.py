@@ -102,18 +102,22 @@ def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
         _CANCEL_SCOPE.reset(token)
 
 
-async def in_worker(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def in_worker(function: Callable[..., T], *args: Any, stop: threading.Event | None = None, **kwargs: Any) -> T:
     """``function`` in a worker thread; a cancelled caller still waits for the thread to end.
 
     A thread cannot be interrupted: it ends when the session's cancel event, which its
     waits watch, is set. Returning at once (as a bare ``asyncio.to_thread`` does) would
     let the local API count the session done and start another on the same reader or
-    camera while the old worker still reads it.
+    camera while the old worker still reads it. ``stop``, that event, is set when the
+    caller is cancelled: a task cancelled alone (a caller's timeout, Ctrl-C) otherwise
+    waited for a worker that went on to the session's end.
     """
     work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
         with contextlib.suppress(BaseException):  # its own error is moot: the session was cancelled
             await work
         raise

@@ -751,3 +751,40 @@ def test_the_views_enrolled_come_from_each_frontal_phase_of_the_challenge_not_it
     scores = views @ views.T  # near 1 for frames of one moment (0.9998 when all came before the first turn)
     assert float(scores.min()) < 0.99, f"every view enrolled was made before the first turn: {scores.tolist()}"
     assert float(scores.min()) > 0.4  # and all of one person
+
+
+def test_a_face_session_whose_task_is_cancelled_stops_its_camera_worker_without_being_told_twice(
+    provisioned, face_camera
+) -> None:
+    """Only ``cancel()`` (the local API's, which also cancels the task) stopped the camera worker: a session
+    whose task alone was cancelled (a caller's timeout, Ctrl-C in the demo) waited for its worker, which went on
+    reading frames to the session's end (here an hour)."""
+    import threading
+
+    face_camera.nothing()
+    outcome: list[object] = []
+
+    async def go() -> None:
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                prompted = asyncio.Event()
+                session = FaceSession(device, client, emit=lambda event: prompted.set(), tracker_options=TRACKER,
+                                      timeout_s=3600)
+                task = asyncio.create_task(session.identify())
+                await prompted.wait()  # the worker is reading frames
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    outcome.append("cancelled")
+                outcome.append(session.cancelled.is_set())
+        finally:
+            device.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    thread.start()
+    thread.join(60)  # a bound on a hang only: the worker stops at its next frame
+    assert not thread.is_alive(), "the cancelled session waited for its camera worker to reach the session's end"
+    assert outcome == ["cancelled", True]
