@@ -347,9 +347,12 @@ class VerifierClient:
         identity: DeviceIdentity,
         on_tls_failure: Callable[[str], None] | None = None,
         on_identity_change: Callable[[DeviceIdentity, DeviceIdentity], None] | None = None,
+        on_answer: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.on_tls_failure = on_tls_failure  # the daemon records an audit event
+        # The verifier answered (the handshake held): the daemon ends a repeating handshake failure's count
+        self.on_answer = on_answer
         self.on_identity_change = on_identity_change  # (old, new): the daemon audits a switch
         self.identity_problem: AgentError | None = None  # the link names an identity that does not load
         self._store = IdentityStore(identity.directory.parent)
@@ -554,6 +557,8 @@ class VerifierClient:
                 self._release(gen)
             self._note_tls(response)
             self.reachability = (True, None)  # it answered (whatever it said)
+            if self.on_answer is not None:
+                self.on_answer()
             if response.status_code in RETRYABLE_STATUS and attempt < retries:
                 delay = self._retry_delay(attempt, response)
                 log.info("request_retry", path=path, attempt=attempt + 1, status=response.status_code,

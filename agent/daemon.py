@@ -40,6 +40,7 @@ from agent.keystore import load_kek
 from agent.localapi import LocalAPI
 from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
+from agent.repeats import SUMMARY_EVERY_S, RepeatCoalescer
 from agent.runtime import with_provisioned_verifier
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.sensor_sessions import SensorSession
@@ -56,6 +57,7 @@ FLUSH_ON_STOP_S = 5.0
 OUTBOX_FILE = "outbox.sqlite"
 AUDIT_RECOVERED = "audit_storage_recovered"  # the first event the outbox takes after it refused some
 AUDIT_RETRY_S = 30.0  # while the outbox refuses events: how often it is tried again with no event to prompt it
+TLS_FAILED = "tls_handshake_failed"
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
@@ -154,6 +156,10 @@ class AgentDaemon:
         self._open_outbox: Callable[[], Outbox] | None = None  # set by start; record opens with it if start could not
         self._audit_failing = asyncio.Event()  # wakes the retry of a refusing outbox (_audit_retry)
         self._said = ""  # the last STATUS= text, without the audit trail's problem: said again when that ends
+        # Identical failures in a row (a refused certificate at every delivery retry, a device failing each
+        # session) are counted, not recorded one by one: see agent.repeats. Its own wall clock, not self.clock
+        # (the renewal schedule's, which tests move ahead).
+        self.repeats = RepeatCoalescer(clock=lambda: dt.datetime.now(dt.UTC))
 
     def status(self, text: str, **fields: str | int) -> None:
         """STATUS= (what `systemctl status` shows), with ``fields`` (READY=1); while the audit trail cannot be
@@ -164,6 +170,30 @@ class AgentDaemon:
         self.notifier.send(**fields, STATUS=text)
 
     def record(self, kind: str, data: dict[str, Any] | None = None) -> bool:
+        """An audit event, through :attr:`repeats`: a repeat of the last failure of its stream is only counted
+        (True: it is accounted for), a change first records the count of the one before. False when an event
+        could not be stored (see :meth:`_store`)."""
+        stored = [self._store(k, d) for k, d in self.repeats.admit(kind, data or {})]
+        return all(stored)
+
+    def _record_all(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Summaries of repeated failures (agent.repeats), stored as they come."""
+        for kind, data in events:
+            self._store(kind, data)
+
+    def _tls_answered(self) -> None:
+        """The verifier answered: a handshake failure that was repeating is over, its count recorded."""
+        self._record_all(self.repeats.succeeded(TLS_FAILED))
+
+    async def _repeat_summaries(self) -> None:
+        """A failure that goes on is summarised at least every SUMMARY_EVERY_S, even when its repeats stopped
+        with no success to end them (a device fault no session meets again)."""
+        while True:
+            wait = self.repeats.seconds_to_due()
+            await asyncio.sleep(min(LONG_SLEEP_CAP_S, SUMMARY_EVERY_S if wait is None else wait))
+            self._record_all(self.repeats.due())
+
+    def _store(self, kind: str, data: dict[str, Any] | None = None) -> bool:
         """An audit event: into the hash chain and the outbox, then wake delivery. False when it could not be stored.
 
         Never raises for a file that cannot be written (a full SD card, a file system gone read-only): the
@@ -301,10 +331,11 @@ class AgentDaemon:
             self.config,
             identity,
             on_tls_failure=lambda reason: self.record(
-                "tls_handshake_failed",
+                TLS_FAILED,
                 {"url": self.client.config.verifier.url if self.client else url, "reason": reason},
             ),
             on_identity_change=self._identity_switched,
+            on_answer=self._tls_answered,
         )
         self.delivery = EventDelivery(self.outbox, self.client, audit.batch_size)
         device_status = "no device configured"
@@ -326,6 +357,7 @@ class AgentDaemon:
         self.spawn(self._audit_retry(), "audit retry")
         self.spawn(self._heartbeat(), "heartbeat")
         self.spawn(self._renewal_loop(), "renewal")
+        self.spawn(self._repeat_summaries(), "repeat summaries")
         if self.devices is not None:
             self.devices.start()
             devices, client = self.devices, self.client
@@ -542,6 +574,7 @@ class AgentDaemon:
             with suppress(Exception, asyncio.CancelledError):  # a task that failed was reported when it did
                 await task
         if self.delivery is not None:  # started past the outbox (opened or not: this event retries it)
+            self._record_all(self.repeats.flush())  # the counts of failures still repeating, before the outbox closes
             self.record("agent_stopping")
             await self.delivery.flush(FLUSH_ON_STOP_S)
         if self.devices is not None:

@@ -1,0 +1,169 @@
+"""Identical failures in a row: the first recorded, the repeats counted, the count recorded as a summary.
+
+Why: the outbox is bounded (drop the oldest tenth when full). A daemon whose
+certificate expired fails the same TLS handshake at every delivery retry (about
+once a minute once the backoff peaks), and one audit event per retry filled a
+10,000-row outbox in about a week, pushing out the real events (enrollments,
+sessions) the verifier never got. A device failing the same way at every
+session does the same.
+
+Invariant 5 (every TLS handshake failure and device fault is an audit event)
+still holds, by count: the first failure of a *stream* (one verifier's TLS
+handshakes; one device's faults) is recorded as it was; each identical one after
+it (same type, same data) is counted; the count is recorded as one
+``<type>_repeated`` event when the failure changes (other data), when it ends
+(the verifier answers, the device is plugged or unplugged), when the daemon
+stops, and at least every :data:`SUMMARY_EVERY_S` while it goes on. A failing
+week costs one event per distinct failure plus about 170 hourly summaries.
+
+Why a ``<type>_repeated`` type and not the same type with a count: every
+``tls_handshake_failed`` event stays one failure, as it always was, so whoever
+counts them (or alerts on each) is not misled by a summary that would look like
+one more failure; the summary's own fields say what it accounts for. Its data is
+the failure's own data (url and reason; device, error and fix) plus:
+
+* ``repeats``: identical failures since the stream's last event (not counting
+  the failure recorded itself);
+* ``first_at``, ``last_at``: when the first and the last of them happened (ISO 8601, UTC);
+* ``until``: ``ongoing`` (the periodic summary: more may follow), ``changed``
+  (another failure of the stream follows), ``ended`` (the next success),
+  ``stopping`` (the daemon stopped).
+
+Total failures of a type = its events + the ``repeats`` of its ``_repeated``
+events. The counts live in memory: a crash (SIGKILL, power cut) loses at most
+the repeats of one period of a failure whose first event is recorded.
+
+Sans-I/O: the methods return the events to record, in order, and the clock is
+passed in, so that the tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SUMMARY_SUFFIX = "_repeated"
+SUMMARY_EVERY_S = 3600.0  # a failure that goes on is summarised at least hourly
+
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one event type repeats: ``stream`` names the fields that tell its streams apart (one device's faults
+    are not another's), and ``ended_by`` the event types that end a stream of the same ``stream`` fields."""
+
+    stream: tuple[str, ...] = ()
+    ended_by: frozenset[str] = frozenset()
+
+
+# The repeat-prone types: a delivery retry's handshake (one client, one verifier: one stream), a device's fault
+# (a session meeting it each time; ended by the device going away or coming back).
+RULES: dict[str, Rule] = {
+    "tls_handshake_failed": Rule(),
+    "device_fault": Rule(stream=("device",), ended_by=frozenset({"device_plugged", "device_unplugged"})),
+}
+
+
+@dataclass
+class _Streak:
+    data: dict[str, Any]
+    since: dt.datetime  # the stream's last event (the failure itself, or its last summary)
+    repeats: int = 0
+    first_at: dt.datetime | None = None
+    last_at: dt.datetime | None = None
+
+
+class RepeatCoalescer:
+    """The events to record for each event offered: the event, nothing (a counted repeat), or summaries first."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], dt.datetime],
+        rules: dict[str, Rule] | None = None,
+        every_s: float = SUMMARY_EVERY_S,
+    ) -> None:
+        if every_s <= 0:
+            raise ValueError("every_s must be positive: it is how often a failure that goes on is summarised")
+        self.clock = clock
+        self.rules = RULES if rules is None else rules
+        self.every = dt.timedelta(seconds=every_s)
+        self._streaks: dict[tuple[str, tuple[Any, ...]], _Streak] = {}
+
+    def _key(self, kind: str, data: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        return kind, tuple(data.get(name) for name in self.rules[kind].stream)
+
+    def admit(self, kind: str, data: dict[str, Any]) -> list[Event]:
+        """What to record, in order, for event ``kind``: summaries of the streams it changes or ends, then the
+        event itself; or nothing but a due summary when it repeats the stream's last failure."""
+        now = self.clock()
+        out = self._ended_by(kind, data)
+        if kind not in self.rules:
+            return [*out, (kind, data)]
+        key = self._key(kind, data)
+        streak = self._streaks.get(key)
+        if streak is not None and streak.data == data:
+            streak.repeats += 1
+            streak.first_at = streak.first_at or now
+            streak.last_at = now
+            if self._due(streak, now):
+                out.append(self._summary(key, streak, "ongoing", now))
+            return out
+        if streak is not None:
+            out.extend(self._close(key, "changed"))
+        self._streaks[key] = _Streak(dict(data), since=now)
+        return [*out, (kind, data)]
+
+    def succeeded(self, kind: str, **stream: Any) -> list[Event]:
+        """The failure of ``kind`` (its stream named by ``stream``'s fields) is over: its count, if any."""
+        key = (kind, tuple(stream.get(name) for name in self.rules[kind].stream))
+        return self._close(key, "ended")
+
+    def due(self) -> list[Event]:
+        """The periodic summaries due now (for a timer: repeats that stopped with no success to end them)."""
+        now = self.clock()
+        return [self._summary(key, s, "ongoing", now) for key, s in list(self._streaks.items()) if self._due(s, now)]
+
+    def seconds_to_due(self) -> float | None:
+        """Seconds until the next periodic summary falls due; None when no stream has a repeat counted."""
+        counted = [s.since + self.every for s in self._streaks.values() if s.repeats]
+        if not counted:
+            return None
+        return max(0.0, (min(counted) - self.clock()).total_seconds())
+
+    def flush(self) -> list[Event]:
+        """Every count, for a daemon that stops: recorded before the outbox closes, so no repeat goes unsaid."""
+        return [event for key in list(self._streaks) for event in self._close(key, "stopping")]
+
+    def _ended_by(self, kind: str, data: dict[str, Any]) -> list[Event]:
+        out: list[Event] = []
+        for (streak_kind, values) in list(self._streaks):
+            rule = self.rules[streak_kind]
+            if kind in rule.ended_by and values == tuple(data.get(name) for name in rule.stream):
+                out.extend(self._close((streak_kind, values), "ended"))
+        return out
+
+    def _due(self, streak: _Streak, now: dt.datetime) -> bool:
+        # A clock stepped back (NTP after a boot without an RTC) must not hold a summary back for that long.
+        return streak.repeats > 0 and (now - streak.since >= self.every or now < streak.since)
+
+    def _close(self, key: tuple[str, tuple[Any, ...]], until: str) -> list[Event]:
+        streak = self._streaks.pop(key, None)
+        if streak is None or not streak.repeats:
+            return []
+        return [self._summary(key, streak, until, self.clock())]
+
+    def _summary(self, key: tuple[str, tuple[Any, ...]], streak: _Streak, until: str, now: dt.datetime) -> Event:
+        assert streak.first_at is not None and streak.last_at is not None
+        data = {
+            **streak.data,
+            "repeats": streak.repeats,
+            "first_at": streak.first_at.isoformat(),
+            "last_at": streak.last_at.isoformat(),
+            "until": until,
+        }
+        streak.repeats, streak.first_at, streak.last_at, streak.since = 0, None, None, now
+        return key[0] + SUMMARY_SUFFIX, data
