@@ -163,3 +163,16 @@ def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyrin
     assert error.endswith(f"error: no device identity in {tmp_path / 'typo'} (the folder does not exist)"), error
     assert "capture-agent provision" in fix
     assert not (tmp_path / "typo").exists(), "nothing made"
+
+
+@pytest.mark.parametrize("command", ["health", "renew"])
+def test_a_state_directory_under_a_file_names_that_file(tmp_path, command) -> None:
+    """A state_dir under a file (`--state-dir agent.toml/state`) is named as `run` names it, the file on the way,
+    before the keyring is asked; health and renew said "no device identity ... (the folder does not exist)",
+    which sent the installer to provision a device whose path was the mistake."""
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", "https://127.0.0.1:9"))
+    done = agent_cli(command, "--config", str(config_file), "--state-dir", str(config_file / "state"))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "no device identity" not in done.stderr, done.stderr
+    assert f"state_dir {config_file / 'state'} is inside {config_file}, which is a file" in done.stderr, done.stderr
+    assert "point [agent] state_dir at a directory" in done.stderr, done.stderr
