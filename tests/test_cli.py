@@ -176,3 +176,15 @@ def test_a_state_directory_under_a_file_names_that_file(tmp_path, command) -> No
     assert "Traceback" not in done.stderr and "no device identity" not in done.stderr, done.stderr
     assert f"state_dir {config_file / 'state'} is inside {config_file}, which is a file" in done.stderr, done.stderr
     assert "point [agent] state_dir at a directory" in done.stderr, done.stderr
+
+
+def test_an_empty_group_is_still_the_default_group_not_a_usage_error(tmp_path) -> None:
+    """`enroll --group ""` (a kiosk script's `--group "$GROUP"` with GROUP unset) enrolled into the default group:
+    the empty value was never sent. The parse-time check of group names refused it as 'not a group name', which
+    the verifier, never sent it, would not have done. A malformed non-empty group is still refused there."""
+    missing = tmp_path / "none.sock"
+    empty = agent_cli("enroll", "--subject", "ana", "--group", "", "--socket", str(missing))
+    assert "is not a group name" not in empty.stderr, empty.stderr
+    assert empty.returncode == 2 and "--socket PATH" in empty.stderr, empty.stderr  # past parsing: the daemon
+    bad = agent_cli("enroll", "--subject", "ana", "--group", " ", "--socket", str(missing))
+    assert bad.returncode == 2 and "argument --group: ' ' is not a group name" in bad.stderr, bad.stderr
