@@ -278,8 +278,13 @@ def _foreign_state_dir_fix(state_dir: Path, owner_uid: int) -> str:
     """
     owner = login(owner_uid)
     if os.getuid() == 0:  # root on the agent's directory: the directory is right, the user is not
-        return (f"run the command as {owner}, the directory's owner and so the agent's user, not as root (files "
-                f"root writes there are ones {owner} cannot read): `runuser -u {owner} -- capture-agent ...`, or "
+        # runuser takes a user name only ("user 61234 does not exist"): for an owner with none here (a DynamicUser=
+        # unit's, a user since removed) only systemd-run, which takes the number, is named.
+        named = owner != str(owner_uid)
+        who = owner if named else f"uid {owner}"
+        by_name = f"`runuser -u {owner} -- capture-agent ...`, or " if named else ""
+        return (f"run the command as {who}, the directory's owner and so the agent's user, not as root (files "
+                f"root writes there are ones {who} cannot read): {by_name}"
                 f"with the systemd credential `systemd-run --pipe --wait -p User={owner} "
                 "-p LoadCredentialEncrypted=capture-agent-kek capture-agent ...` (README, 'Installing on a device')")
     me = login()

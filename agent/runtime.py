@@ -73,10 +73,12 @@ def load_identity(config: AgentConfig) -> DeviceIdentity:
     store = IdentityStore(config.agent.state_dir)
     try:
         os.lstat(config.agent.state_dir)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         # Said before the keyring is asked: a mistyped --state-dir (or a device never provisioned) read "no
         # key-encryption key ... in the file-insecure-dev keyring", as if the keyring were what was wrong.
         raise store.no_identity("the folder does not exist") from None
+    except NotADirectoryError as exc:  # a part of the path is a file: named as `run` names it, not "not there"
+        raise store.access_error(exc, "read the device identity") from None
     except OSError:
         pass  # there but not reachable (a folder above it this user may not enter): the loads below name why
     kek = load_kek(config)

@@ -163,3 +163,28 @@ def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyrin
     assert error.endswith(f"error: no device identity in {tmp_path / 'typo'} (the folder does not exist)"), error
     assert "capture-agent provision" in fix
     assert not (tmp_path / "typo").exists(), "nothing made"
+
+
+@pytest.mark.parametrize("command", ["health", "renew"])
+def test_a_state_directory_under_a_file_names_that_file(tmp_path, command) -> None:
+    """A state_dir under a file (`--state-dir agent.toml/state`) is named as `run` names it, the file on the way,
+    before the keyring is asked; health and renew said "no device identity ... (the folder does not exist)",
+    which sent the installer to provision a device whose path was the mistake."""
+    config_file = write_config_file(tmp_path / "agent.toml", device_config(tmp_path / "state", "https://127.0.0.1:9"))
+    done = agent_cli(command, "--config", str(config_file), "--state-dir", str(config_file / "state"))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "no device identity" not in done.stderr, done.stderr
+    assert f"state_dir {config_file / 'state'} is inside {config_file}, which is a file" in done.stderr, done.stderr
+    assert "point [agent] state_dir at a directory" in done.stderr, done.stderr
+
+
+def test_an_empty_group_is_still_the_default_group_not_a_usage_error(tmp_path) -> None:
+    """`enroll --group ""` (a kiosk script's `--group "$GROUP"` with GROUP unset) enrolled into the default group:
+    the empty value was never sent. The parse-time check of group names refused it as 'not a group name', which
+    the verifier, never sent it, would not have done. A malformed non-empty group is still refused there."""
+    missing = tmp_path / "none.sock"
+    empty = agent_cli("enroll", "--subject", "ana", "--group", "", "--socket", str(missing))
+    assert "is not a group name" not in empty.stderr, empty.stderr
+    assert empty.returncode == 2 and "--socket PATH" in empty.stderr, empty.stderr  # past parsing: the daemon
+    bad = agent_cli("enroll", "--subject", "ana", "--group", " ", "--socket", str(missing))
+    assert bad.returncode == 2 and "argument --group: ' ' is not a group name" in bad.stderr, bad.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,36 @@ def test_root_on_the_agents_state_directory_is_told_to_run_as_its_owner(provisio
         assert "runuser -u nobody -- capture-agent" in fix and "-p User=nobody" in fix, fix
         assert "chown" not in fix, "the directory is right; the user is not"
     assert all(item.lstat().st_uid == AGENT_UID for item in (state, *state.rglob("*"))), "root wrote nothing there"
+
+
+def test_root_on_a_state_directory_of_a_user_with_no_name_is_given_a_command_that_takes_its_number(
+    provisioned, tmp_path
+) -> None:
+    """The owner of a systemd DynamicUser= unit's directory (or of a user since removed) has no name here, and the
+    fix said `runuser -u 61234 -- capture-agent ...`, which runuser refuses ("user 61234 does not exist")."""
+    if os.geteuid() != 0:
+        pytest.skip("root runs this test: the state directory is given to another uid")
+    nameless = next(uid for uid in range(61234, 65000) if not _has_name(uid))
+    config, _ = provisioned
+    state = config.agent.state_dir
+    config_file = write_config_file(tmp_path / "agent.toml", config, '[logging]\nlevel = "error"\n')
+    for item in (state, *state.rglob("*")):
+        os.lchown(item, nameless, nameless)
+    done = agent_cli("renew", "--config", str(config_file))
+    no_traceback(done)
+    assert done.returncode == 2, done.stderr
+    fix = done.stderr.split("\nfix: ", 1)[1]
+    assert "runuser" not in fix, fix
+    assert f"run the command as uid {nameless}," in fix and f"-p User={nameless} " in fix, fix
+
+
+def _has_name(uid: int) -> bool:
+    """Whether ``uid`` has a passwd entry here."""
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def test_doctor_fails_a_state_directory_the_agent_user_cannot_enter(open_tmp) -> None:
