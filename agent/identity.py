@@ -258,6 +258,20 @@ def normalise_fingerprint(text: str) -> str:
     return "".join(ch for ch in text if ch not in ": \t").lower()
 
 
+def fingerprint_shape_fault(text: str) -> str | None:
+    """Why ``text`` is not a SHA-256 fingerprint (64 hex digits once colons and blanks are out), or None.
+
+    The value itself is never repeated: what lands in ``--ca-fingerprint`` by mistake is often the enrollment
+    token pasted into the wrong option, and an error echoing it would put a secret on the terminal and the journal.
+    """
+    wanted = normalise_fingerprint(text)
+    strays = sum(c not in "0123456789abcdef" for c in wanted)
+    if len(wanted) == 64 and not strays:
+        return None
+    said = f"{len(wanted)} characters" + (f", {strays} of them not hex digits" if strays else "")
+    return f"not a SHA-256 fingerprint (64 hex digits): the value given has {said} (not shown)"
+
+
 def _owner_of(path: Path) -> str:
     """Who owns ``path``, or the nearest part of it this user may look at."""
     for candidate in (path, *path.parents):

@@ -30,6 +30,7 @@ from agent.identity import (
     IdentityStore,
     build_csr,
     certificate_fingerprint,
+    fingerprint_shape_fault,
     generate_key,
     normalise_fingerprint,
     trusted_under,
@@ -121,11 +122,10 @@ def refuse_silent_replacement(store: IdentityStore, force: bool) -> str:
 def select_ca(certs: list, expected_fingerprint: str):  # type: ignore[type-arg]
     """The CA certificate whose fingerprint the installer typed, or a clear refusal."""
     wanted = normalise_fingerprint(expected_fingerprint)
-    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
-        raise ProvisioningError(
-            f"--ca-fingerprint {expected_fingerprint!r} is not a SHA-256 fingerprint",
-            fix="copy the 64 hex digits printed by `capture-verifier pki init` or `token new`",
-        )
+    fault = fingerprint_shape_fault(expected_fingerprint)
+    if fault is not None:
+        raise ProvisioningError(f"--ca-fingerprint is {fault}",
+                                fix="copy the 64 hex digits printed by `capture-verifier pki init` or `token new`")
     for cert in certs:
         if certificate_fingerprint(cert) == wanted:
             return cert

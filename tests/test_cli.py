@@ -92,7 +92,12 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback(tmp_path) -> None
     (("verify",), "the following arguments are required: --subject", "capture-agent verify --help"),
     # the fingerprint's shape was checked after the identity there ("use --force") and the verifier's answer
     (("provision", "--token", "-", "--ca-fingerprint", "7ddbeb"),
-     "argument --ca-fingerprint: '7ddbeb' is not a SHA-256 fingerprint", "capture-agent provision --help"),
+     "argument --ca-fingerprint: not a SHA-256 fingerprint (64 hex digits): the value given has 6 characters",
+     "capture-agent provision --help"),
+    # a token pasted into the wrong option: never repeated on the terminal (or the journal)
+    (("provision", "--token", "-", "--ca-fingerprint", "tok_SECRET-value"),
+     "argument --ca-fingerprint: not a SHA-256 fingerprint (64 hex digits): the value given has 16 characters, "
+     "11 of them not hex digits (not shown)", "capture-agent provision --help"),
     # not a subject id or group name: it went to the verifier, came back as a failed (audited) session whose fix
     # said 'send {"operation": ...}' in the wire's terms, and needed the daemon running to be told at all
     (("verify", "--subject", "ana smith"), "argument --subject: 'ana smith' is not a subject id: use 1 to 64",

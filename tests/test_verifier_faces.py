@@ -373,6 +373,27 @@ def test_the_faces_of_one_request_must_be_of_one_person(device, verifier) -> Non
         conn.close()
 
 
+def test_views_of_one_person_that_differ_more_than_a_verification_allows_are_still_one_person(device, verifier) -> None:
+    """The one-person check used the 1:1 threshold (0.535), under which 3.9 % of ORL's same-person pairs fall: an
+    enrollment's three views (three pairs) refused about one genuine person in nine. Views scoring 0.44 to 0.57
+    with each other (a person turning between the challenge's phases) are one person's."""
+    from biometrics.face import threshold_for_fmr
+    from protocol.face_template import decode
+    from verifier.faces import ONE_PERSON_FMR
+
+    views = [capture(5, shot, noise=1.0) for shot in range(3)]
+    values = np.array([decode(v).values for v in views])
+    scores = (values @ values.T)[np.triu_indices(3, 1)]
+    assert threshold_for_fmr(ONE_PERSON_FMR) <= scores.min() and scores.min() < threshold_for_fmr(1e-4), scores
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        challenge = await api.challenge("enroll", "dora")
+        return await api.enroll("dora", [], faces=views, challenge=challenge, liveness=steps_for(challenge))
+
+    assert device.run(steps).templates == 3
+
+
 def test_liveness_steps_are_the_challenges_prompt_codes_and_no_device_text_reaches_the_audit(device, verifier) -> None:
     """A step was any string of any length, and a claim not the nonce's was audited whole (``liveness_claimed``):
     a device wrote up to a request body of its own text into the verifier's audit trail with each refusal."""

@@ -17,14 +17,12 @@ def _fingerprint(text: str) -> str:
     and after the verifier's CA had been fetched (so a stopped verifier was named first): a typo took
     up to three runs to be told.
     """
-    from agent.identity import normalise_fingerprint
+    from agent.identity import fingerprint_shape_fault
 
-    wanted = normalise_fingerprint(text)
-    if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
-        raise argparse.ArgumentTypeError(
-            f"{text[:100]!r} is not a SHA-256 fingerprint: copy the 64 hex digits `capture-verifier pki init` "
-            "or `token new` printed"
-        )
+    fault = fingerprint_shape_fault(text)
+    if fault is not None:
+        raise argparse.ArgumentTypeError(f"{fault}: copy the 64 hex digits `capture-verifier pki init` or "
+                                         "`token new` printed")
     return text
 
 
