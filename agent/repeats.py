@@ -155,10 +155,13 @@ class RepeatCoalescer:
 
     def seconds_to_due(self) -> float | None:
         """Seconds until the next periodic summary falls due; None when no stream has a repeat counted."""
-        counted = [s.since + self.every for s in self._streaks.values() if s.repeats]
+        now = self.clock()
+        counted = [s for s in self._streaks.values() if s.repeats]
         if not counted:
             return None
-        return max(0.0, (min(counted) - self.clock()).total_seconds())
+        if any(self._due(s, now) for s in counted):  # a clock stepped back included: its timer must not wait
+            return 0.0
+        return max(0.0, (min(s.since for s in counted) + self.every - now).total_seconds())
 
     def flush(self) -> list[Event]:
         """Every count, for a daemon that stops: recorded before the outbox closes, so no repeat goes unsaid.

@@ -190,3 +190,16 @@ def test_after_the_flush_on_stop_every_failure_is_recorded_as_it_comes(clock: Cl
         assert coalescer.admit("device_fault", fault) == [("device_fault", fault)]
         assert coalescer.admit("tls_handshake_failed", EXPIRED) == [("tls_handshake_failed", EXPIRED)]
     assert coalescer.flush() == []
+
+
+def test_a_clock_stepped_back_does_not_hold_the_timers_summary_either(clock: Clock) -> None:
+    """The timer sleeps seconds_to_due(): with the stream's start a day ahead of the clock, it said a day and
+    more (the daemon's timer then slept its hourly cap) while due() had the summary due at once."""
+    coalescer = RepeatCoalescer(clock=clock, every_s=3600)
+    coalescer.admit("tls_handshake_failed", EXPIRED)
+    retries(coalescer, clock, EXPIRED, 2)
+    clock.advance(-86400)  # NTP corrected a clock a day ahead; no failure since to prompt a summary
+    assert coalescer.seconds_to_due() == 0.0
+    [(kind, data)] = coalescer.due()
+    assert kind == "tls_handshake_failed_repeated" and data["repeats"] == 2
+    assert coalescer.seconds_to_due() is None
