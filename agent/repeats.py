@@ -10,7 +10,8 @@ session does the same.
 Invariant 5 (every TLS handshake failure and device fault is an audit event)
 still holds, by count: the first failure of a *stream* (one verifier's TLS
 handshakes; one device's faults) is recorded as it was; each identical one after
-it (same type, same data) is counted; the count is recorded as one
+it (same type, same data, but for a reading of the device's clock in a
+handshake failure's reason) is counted; the count is recorded as one
 ``<type>_repeated`` event when the failure changes (other data), when it ends
 (the verifier answers, the device is plugged or unplugged), when the daemon
 stops, and at least every :data:`SUMMARY_EVERY_S` while it goes on. A failing
@@ -40,6 +41,7 @@ passed in, so that the tests need no sleeping.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,27 +51,49 @@ SUMMARY_EVERY_S = 3600.0  # a failure that goes on is summarised at least hourly
 
 Event = tuple[str, dict[str, Any]]
 
+# agent.client.tls_policy_error says this device's clock in the reason of a server certificate out of its dates
+# ("... by this device's clock, which says 2026-12-03 08:05 UTC"): a reading that changes every minute, about as
+# often as the delivery retries, so compared as it is no two of these failures were identical and each was an
+# event again (a Pi whose clock is off, or a verifier whose certificate expired: the very failures that go on).
+CLOCK_READING = re.compile(r"which says \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")
+
+
+def as_is(data: dict[str, Any]) -> dict[str, Any]:
+    """The whole data: what makes two failures of most types the same."""
+    return data
+
+
+def without_clock_reading(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the clock reading of its reason left out: what makes two handshake failures the same."""
+    reason = data.get("reason")
+    if not isinstance(reason, str):
+        return data
+    return {**data, "reason": CLOCK_READING.sub("which says (the device's clock)", reason)}
+
 
 @dataclass(frozen=True)
 class Rule:
     """How one event type repeats: ``stream`` names the fields that tell its streams apart (one device's faults
-    are not another's), and ``ended_by`` the event types that end a stream of the same ``stream`` fields."""
+    are not another's), ``ended_by`` the event types that end a stream of the same ``stream`` fields, and
+    ``same`` what of the data must be equal for a repeat (not a reading of the clock)."""
 
     stream: tuple[str, ...] = ()
     ended_by: frozenset[str] = frozenset()
+    same: Callable[[dict[str, Any]], dict[str, Any]] = as_is
 
 
 # The repeat-prone types: a delivery retry's handshake (one client, one verifier: one stream), a device's fault
 # (a session meeting it each time; ended by the device going away or coming back).
 RULES: dict[str, Rule] = {
-    "tls_handshake_failed": Rule(),
+    "tls_handshake_failed": Rule(same=without_clock_reading),
     "device_fault": Rule(stream=("device",), ended_by=frozenset({"device_plugged", "device_unplugged"})),
 }
 
 
 @dataclass
 class _Streak:
-    data: dict[str, Any]
+    data: dict[str, Any]  # the failure recorded (its summaries carry these fields)
+    same: dict[str, Any]  # what a repeat must equal (Rule.same of data)
     since: dt.datetime  # the stream's last event (the failure itself, or its last summary)
     repeats: int = 0
     first_at: dt.datetime | None = None
@@ -92,6 +116,7 @@ class RepeatCoalescer:
         self.rules = RULES if rules is None else rules
         self.every = dt.timedelta(seconds=every_s)
         self._streaks: dict[tuple[str, tuple[Any, ...]], _Streak] = {}
+        self._flushed = False  # see flush: from then on every event is recorded as it comes
 
     def _key(self, kind: str, data: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
         return kind, tuple(data.get(name) for name in self.rules[kind].stream)
@@ -101,11 +126,12 @@ class RepeatCoalescer:
         event itself; or nothing but a due summary when it repeats the stream's last failure."""
         now = self.clock()
         out = self._ended_by(kind, data)
-        if kind not in self.rules:
+        if kind not in self.rules or self._flushed:
             return [*out, (kind, data)]
         key = self._key(kind, data)
         streak = self._streaks.get(key)
-        if streak is not None and streak.data == data:
+        same = self.rules[kind].same(data)
+        if streak is not None and streak.same == same:
             streak.repeats += 1
             streak.first_at = streak.first_at or now
             streak.last_at = now
@@ -114,7 +140,7 @@ class RepeatCoalescer:
             return out
         if streak is not None:
             out.extend(self._close(key, "changed"))
-        self._streaks[key] = _Streak(dict(data), since=now)
+        self._streaks[key] = _Streak(dict(data), same, since=now)
         return [*out, (kind, data)]
 
     def succeeded(self, kind: str, **stream: Any) -> list[Event]:
@@ -129,13 +155,22 @@ class RepeatCoalescer:
 
     def seconds_to_due(self) -> float | None:
         """Seconds until the next periodic summary falls due; None when no stream has a repeat counted."""
-        counted = [s.since + self.every for s in self._streaks.values() if s.repeats]
+        now = self.clock()
+        counted = [s for s in self._streaks.values() if s.repeats]
         if not counted:
             return None
-        return max(0.0, (min(counted) - self.clock()).total_seconds())
+        if any(self._due(s, now) for s in counted):  # a clock stepped back included: its timer must not wait
+            return 0.0
+        return max(0.0, (min(s.since for s in counted) + self.every - now).total_seconds())
 
     def flush(self) -> list[Event]:
-        """Every count, for a daemon that stops: recorded before the outbox closes, so no repeat goes unsaid."""
+        """Every count, for a daemon that stops: recorded before the outbox closes, so no repeat goes unsaid.
+
+        Nothing is counted after it: no later summary would say the count. The stopping daemon still records
+        (the delivery's last flush meeting a refusal again, a fault a cancelled session's worker reports late,
+        the devices closing), and a repeat counted then was in no event at all.
+        """
+        self._flushed = True
         return [event for key in list(self._streaks) for event in self._close(key, "stopping")]
 
     def _ended_by(self, kind: str, data: dict[str, Any]) -> list[Event]:

@@ -229,7 +229,9 @@ class CaptureSession:
         started = time.perf_counter()
         try:
             try:
-                await in_worker(self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled)
+                await in_worker(
+                    self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled, stop=self.cancelled
+                )
             except FingerTimeout as timeout:
                 raise NoFingerError(timeout) from None
             # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
@@ -250,10 +252,12 @@ class CaptureSession:
         nothing for 15 s, then was asked to place it and the module imaged the same
         placement again, so an enrollment's "three captures" could be one.
         """
-        if await in_worker(self.reader.wait_for_lift, self.lift_reminder_s, cancel=self.cancelled):
+        if await in_worker(self.reader.wait_for_lift, self.lift_reminder_s, cancel=self.cancelled, stop=self.cancelled):
             return
         self._prompt("lift_finger", LIFT_AGAIN_MESSAGE)
-        if not await in_worker(self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled):
+        if not await in_worker(
+            self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled, stop=self.cancelled
+        ):
             raise SessionError(
                 "the finger stayed on the sensor, so the session ended",
                 fix="start again, and lift your finger each time you are asked",

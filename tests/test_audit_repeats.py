@@ -134,3 +134,72 @@ def test_a_clock_stepped_back_does_not_hold_the_summary(clock: Clock) -> None:
     clock.advance(-86400)  # NTP corrected a clock a day ahead
     [(kind, data)] = coalescer.admit("tls_handshake_failed", EXPIRED)
     assert kind == "tls_handshake_failed_repeated" and data["repeats"] == 1
+
+
+def _server_certificate_refused_at(now: dt.datetime, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The handshake failure's data when this device's clock says ``now``: the client's own message, as OpenSSL's
+    verdict on a verifier certificate out of its dates makes it (a device clock off, or the certificate expired)."""
+    import ssl
+    import types
+
+    import agent.client as client_module
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:  # type: ignore[override]
+            return now
+
+    monkeypatch.setattr(client_module, "dt", types.SimpleNamespace(datetime=Frozen, UTC=dt.UTC))
+    verdict = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    verdict.verify_code, verdict.verify_message = 10, "certificate has expired"
+    error = client_module.tls_policy_error(verdict, EXPIRED["url"])
+    assert error is not None
+    return {"url": EXPIRED["url"], "reason": error.message}
+
+
+def test_a_refused_server_certificate_repeats_though_the_clock_in_its_reason_moves(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reason says the device's clock to the minute; the retries are about a minute apart. Compared whole,
+    no two were identical: one event per retry, the outbox filled as before the coalescing."""
+    coalescer = RepeatCoalescer(clock=clock)
+    first = _server_certificate_refused_at(START, monkeypatch)
+    assert coalescer.admit("tls_handshake_failed", first) == [("tls_handshake_failed", first)]
+    for minute in range(1, 6):
+        clock.advance(60)
+        later = _server_certificate_refused_at(START + dt.timedelta(minutes=minute), monkeypatch)
+        assert later != first  # the clock in it moved...
+        assert coalescer.admit("tls_handshake_failed", later) == []  # ... the failure did not: counted
+    [(kind, summary)] = coalescer.succeeded("tls_handshake_failed")
+    assert kind == "tls_handshake_failed_repeated" and summary["repeats"] == 5
+    assert summary["reason"] == first["reason"]  # the failure recorded; first_at and last_at say the rest
+    # another failure is still another one
+    assert coalescer.admit("tls_handshake_failed", first) == [("tls_handshake_failed", first)]
+    assert coalescer.admit("tls_handshake_failed", REVOKED) == [("tls_handshake_failed", REVOKED)]
+
+
+def test_after_the_flush_on_stop_every_failure_is_recorded_as_it_comes(clock: Clock) -> None:
+    """The stopping daemon records after its flush (the delivery's last try refused again, a fault a cancelled
+    session's worker reports late): a repeat counted then would be in no event, no summary coming after."""
+    coalescer = RepeatCoalescer(clock=clock)
+    coalescer.admit("tls_handshake_failed", EXPIRED)
+    retries(coalescer, clock, EXPIRED, 2)
+    assert [kind for kind, _ in coalescer.flush()] == ["tls_handshake_failed_repeated"]
+    fault = {"device": "finger", "error": "no answer"}
+    for _ in range(3):
+        assert coalescer.admit("device_fault", fault) == [("device_fault", fault)]
+        assert coalescer.admit("tls_handshake_failed", EXPIRED) == [("tls_handshake_failed", EXPIRED)]
+    assert coalescer.flush() == []
+
+
+def test_a_clock_stepped_back_does_not_hold_the_timers_summary_either(clock: Clock) -> None:
+    """The timer sleeps seconds_to_due(): with the stream's start a day ahead of the clock, it said a day and
+    more (the daemon's timer then slept its hourly cap) while due() had the summary due at once."""
+    coalescer = RepeatCoalescer(clock=clock, every_s=3600)
+    coalescer.admit("tls_handshake_failed", EXPIRED)
+    retries(coalescer, clock, EXPIRED, 2)
+    clock.advance(-86400)  # NTP corrected a clock a day ahead; no failure since to prompt a summary
+    assert coalescer.seconds_to_due() == 0.0
+    [(kind, data)] = coalescer.due()
+    assert kind == "tls_handshake_failed_repeated" and data["repeats"] == 2
+    assert coalescer.seconds_to_due() is None

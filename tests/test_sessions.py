@@ -257,3 +257,40 @@ def test_a_finger_the_module_cannot_image_is_a_prompt_and_the_next_attempt(zfm_s
     assert asyncio.run(go())
     assert user.prompts[:4] == ["place_finger", "clean_sensor", "place_finger", "lift_finger"]
     assert user.placements == [], "the second placement was the one imaged"
+
+
+def test_a_finger_session_whose_task_is_cancelled_stops_its_reader_wait_without_being_told_twice(
+    provisioned, zfm_sim
+) -> None:
+    """As a face session's (bb5c5f6): only ``cancel()`` stopped the reader's wait for a finger, so a session whose
+    task alone was cancelled (a caller's timeout, Ctrl-C) waited for its worker to the finger timeout (an hour
+    here) before the cancellation reached its caller."""
+    import threading
+
+    config, identity = provisioned
+    outcome: list[object] = []
+
+    async def go() -> None:
+        async with VerifierClient(config, identity) as client:
+            with ZfmModule(zfm_sim.port) as reader:
+                asked = asyncio.Event()
+
+                def emit(event: dict) -> None:  # called on the loop (CaptureSession._prompt)
+                    if event["type"] == "prompt" and event["code"] == "place_finger":
+                        asked.set()
+
+                session = CaptureSession(reader, client, emit=emit, finger_timeout_s=3600)
+                task = asyncio.create_task(session.identify())
+                await asked.wait()  # nobody places a finger: the worker is about to wait on the reader
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    outcome.append("cancelled")
+                outcome.append(session.cancelled.is_set())
+
+    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    thread.start()
+    thread.join(60)  # a bound on a hang only: the reader's wait watches the event
+    assert not thread.is_alive(), "the cancelled session waited for its reader worker to reach the finger timeout"
+    assert outcome == ["cancelled", True]
