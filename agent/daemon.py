@@ -170,9 +170,9 @@ class AgentDaemon:
         self.notifier.send(**fields, STATUS=text)
 
     def record(self, kind: str, data: dict[str, Any] | None = None) -> bool:
-        """An audit event, through :attr:`repeats`: a repeat of the last failure of its stream is only counted
-        (True: it is accounted for), a change first records the count of the one before. False when an event
-        could not be stored (see :meth:`_store`)."""
+        """An audit event, through :attr:`repeats`: a repeat of a failure its stream remembers is only counted
+        (True: it is accounted for); a failure it makes the stream forget, or a success, first records the counts
+        it closes. False when an event could not be stored (see :meth:`_store`)."""
         stored = [self._store(k, d) for k, d in self.repeats.admit(kind, data or {})]
         return all(stored)
 

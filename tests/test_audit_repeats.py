@@ -45,22 +45,80 @@ def test_the_first_failure_is_recorded_and_identical_repeats_are_counted(clock: 
     assert coalescer.admit("heartbeat", {}) == [("heartbeat", {})]  # other events pass as they are
 
 
-def test_a_change_of_reason_records_the_count_then_the_new_failure(clock: Clock) -> None:
+# One refused device certificate over TLS 1.3, as agent.handshake words it: the server's alert when it arrives, the
+# probe's verdict when the connection only closed (the alert dropped). The retries alternate between the two.
+ALERTED = {"url": "https://verifier:8443", "reason": "the verifier at https://verifier:8443 refused the device "
+           "certificate (kiosk-1, serial 1f): issued by a CA the verifier does not trust (TLS alert unknown_ca)"}
+PROBED = {"url": "https://verifier:8443", "reason": "the verifier at https://verifier:8443 closes the connection "
+          "when this device presents its certificate (device kiosk-1, serial 1f, issued by CN=old-ca) and not "
+          "without it: it refuses the certificate (revoked, or issued by a CA it does not trust)"}
+
+
+def test_two_reasons_that_alternate_are_each_recorded_once_and_counted(clock: Clock) -> None:
+    """A stream that remembered only its last failure saw every retry as a change: one event per retry again,
+    plus a summary of one repeat or none, the outbox filling as before the coalescing."""
     coalescer = RepeatCoalescer(clock=clock)
+    pattern = [ALERTED, PROBED, PROBED, ALERTED, PROBED, ALERTED, ALERTED, PROBED] * 5
+    events = []
+    for data in pattern:
+        clock.advance(60)
+        events += coalescer.admit("tls_handshake_failed", data)
+    assert events == [("tls_handshake_failed", ALERTED), ("tls_handshake_failed", PROBED)]
+    ended = coalescer.succeeded("tls_handshake_failed")
+    # one summary each, in the order the failures were first recorded
+    assert [(data["reason"], data["repeats"], data["until"]) for _, data in ended] == [
+        (ALERTED["reason"], pattern.count(ALERTED) - 1, "ended"),
+        (PROBED["reason"], pattern.count(PROBED) - 1, "ended"),
+    ]
+    assert ended[0][1]["first_at"] == (START + dt.timedelta(seconds=4 * 60)).isoformat()  # ALERTED's first repeat
+    assert ended[1][1]["first_at"] == (START + dt.timedelta(seconds=3 * 60)).isoformat()
+    assert sum(data.get("repeats", 1) for _, data in events + ended) == len(pattern)  # every failure accounted for
+    assert coalescer.succeeded("tls_handshake_failed") == []
+
+
+def test_alternating_reasons_are_summarised_each_period_each_with_its_own_count(clock: Clock) -> None:
+    coalescer = RepeatCoalescer(clock=clock, every_s=3600)
+    events = []
+    for minute in range(3 * 60):  # three hours of retries a minute apart, the two reasons in turn
+        clock.advance(60)
+        events += coalescer.admit("tls_handshake_failed", ALERTED if minute % 2 else PROBED)
+    events += coalescer.flush()
+    summaries = [data for kind, data in events if kind == "tls_handshake_failed_repeated"]
+    assert len(events) == 2 + len(summaries) and 2 * 2 <= len(summaries) <= 2 * 3 + 2, summaries
+    assert {s["until"] for s in summaries[:-2]} == {"ongoing"} and {s["until"] for s in summaries[-2:]} == {"stopping"}
+    for data in (ALERTED, PROBED):
+        mine = [s for s in summaries if s["reason"] == data["reason"]]
+        assert sum(s["repeats"] for s in mine) == 3 * 60 // 2 - 1
+    assert sum(data.get("repeats", 1) for _, data in events) == 3 * 60
+
+
+def test_a_stream_forgets_its_least_recently_met_failure_and_records_its_count_then(clock: Clock) -> None:
+    """Remembered failures are bounded (``distinct``): a new one beyond them pushes out the one met longest ago,
+    its count recorded as ``changed`` before the new failure; a later one like it is a first again."""
+    coalescer = RepeatCoalescer(clock=clock, distinct=2)
     coalescer.admit("tls_handshake_failed", EXPIRED)
     retries(coalescer, clock, EXPIRED, 5)
+    coalescer.admit("tls_handshake_failed", ALERTED)
+    retries(coalescer, clock, EXPIRED, 1)  # EXPIRED met again: ALERTED is now the least recently met
     clock.advance(60)
     events = coalescer.admit("tls_handshake_failed", REVOKED)
+    assert events == [("tls_handshake_failed", REVOKED)]  # ALERTED had no repeat: nothing to say, only forgotten
+    clock.advance(60)
+    events = coalescer.admit("tls_handshake_failed", ALERTED)  # a first again; EXPIRED forgotten, with its count
     assert [kind for kind, _ in events] == ["tls_handshake_failed_repeated", "tls_handshake_failed"]
-    summary = events[0][1]
-    assert summary == {
-        **EXPIRED, "repeats": 5, "until": "changed",
+    assert events[0][1] == {
+        **EXPIRED, "repeats": 6, "until": "changed",
         "first_at": (START + dt.timedelta(seconds=60)).isoformat(),
-        "last_at": (START + dt.timedelta(seconds=300)).isoformat(),
+        "last_at": (START + dt.timedelta(seconds=360)).isoformat(),
     }
-    assert events[1][1] == REVOKED
-    # and back: the revoked streak had no repeat, so nothing to summarise; the expired one is a first again
-    assert coalescer.admit("tls_handshake_failed", EXPIRED) == [("tls_handshake_failed", EXPIRED)]
+    assert events[1][1] == ALERTED
+    assert coalescer.admit("tls_handshake_failed", REVOKED) == []  # still remembered: counted
+    assert coalescer.admit("tls_handshake_failed", EXPIRED) == [("tls_handshake_failed", EXPIRED)]  # forgotten
+
+
+def test_a_stream_must_remember_at_least_one_failure(clock: Clock) -> None:
+    with pytest.raises(ValueError, match="distinct must be 1 or more"):
+        RepeatCoalescer(clock=clock, distinct=0)
 
 
 def test_the_next_success_ends_the_count(clock: Clock) -> None:
