@@ -40,7 +40,7 @@ from agent.keystore import load_kek
 from agent.localapi import LocalAPI
 from agent.outbox import Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
-from agent.repeats import SUMMARY_EVERY_S, RepeatCoalescer
+from agent.repeats import SUMMARY_EVERY_S, SUMMARY_SUFFIX, RepeatCoalescer
 from agent.runtime import with_provisioned_verifier
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.sensor_sessions import SensorSession
@@ -153,6 +153,9 @@ class AgentDaemon:
         self.failure: AgentError | None = None  # a task of the daemon ended on its own: run() raises it
         self.audit_fault: AuditStorageError | None = None  # the outbox refused the last event (see record)
         self.events_not_stored = 0  # since the outbox last took one
+        # The failures the `_repeated` summaries among them stood for (their `repeats`): each such summary is one
+        # of events_not_stored, and the trail's failures lost are that many more (see _not_stored).
+        self.repeats_not_stored = 0
         self._open_outbox: Callable[[], Outbox] | None = None  # set by start; record opens with it if start could not
         self._audit_failing = asyncio.Event()  # wakes the retry of a refusing outbox (_audit_retry)
         self._said = ""  # the last STATUS= text, without the audit trail's problem: said again when that ends
@@ -224,9 +227,10 @@ class AgentDaemon:
         """
         if self.audit_fault is None:
             return None
-        if self.record(AUDIT_RECOVERED, {"events_not_stored": self.events_not_stored}):
-            log.info("audit_storage_recovered", events_not_stored=self.events_not_stored)
-            self.audit_fault, self.events_not_stored = None, 0
+        lost = {"events_not_stored": self.events_not_stored, "repeats_not_stored": self.repeats_not_stored}
+        if self.record(AUDIT_RECOVERED, lost):
+            log.info("audit_storage_recovered", **lost)
+            self.audit_fault, self.events_not_stored, self.repeats_not_stored = None, 0, 0
             # What the daemon said before, its problem gone: a fixed "ready" here was said while stopping, before
             # READY=1, or over a renewal held for the clock.
             self.status(self._said)
@@ -275,12 +279,19 @@ class AgentDaemon:
         The data goes under one key, ``data``: spread as keywords, an event's own ``error`` or ``fix``
         (a device fault, a failed renewal) clashed with this line's and raised, out of the very call
         that must not.
+
+        A `<type>_repeated` summary lost is one event but stands for its ``repeats`` failures, which no other
+        event says (agent.repeats): counted in :attr:`repeats_not_stored`, so that the recovery event accounts
+        for every failure the trail lost, not one per summary.
         """
         first = self.audit_fault is None
         self._storage_failing(exc)
         if kind == AUDIT_RECOVERED:  # a retry of the outbox (each /health, each session asked for): no event lost
             return
         self.events_not_stored += 1
+        repeats = data.get("repeats")
+        if kind.endswith(SUMMARY_SUFFIX) and isinstance(repeats, int):
+            self.repeats_not_stored += repeats
         why = {"storage_error": exc.message, **({"storage_fix": exc.fix} if first else {})}
         log.error("audit_event_not_stored", audit=True, type=kind, data=dict(data), **why)
 

@@ -198,7 +198,47 @@ def test_an_outbox_that_could_not_be_opened_is_retried_on_a_timer(
     events = box.pending(100)
     box.close()
     assert [e["type"] for e in events] == ["audit_storage_recovered", "agent_stopping"]
-    assert events[0]["data"] == {"events_not_stored": 1}  # agent_started
+    assert events[0]["data"] == {"events_not_stored": 1, "repeats_not_stored": 0}  # agent_started
+
+
+def test_a_lost_summary_of_repeats_is_counted_with_the_failures_it_stood_for(
+    tmp_path: Path, small_filesystem: Path, make_test_ca, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `device_fault_repeated` summary the full disk refused counted as one event not stored, though it stood for
+    its `repeats` faults, which no other event says: the recovery under-reported the failures the trail lost."""
+    monkeypatch.setattr(daemon_module, "AUDIT_RETRY_S", 3600.0)  # only this test's call retries the outbox
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    state = small_filesystem / "state"
+    config, kek = _provisioned_without_devices(tmp_path, state, make_test_ca)
+    daemon = AgentDaemon(config)
+    fault = {"device": "finger", "kind": "zfm", "port": "/dev/ttyUSB0", "error": "no packet", "fix": "check the cable"}
+
+    async def scenario() -> tuple[int, AuditStorageError | None]:
+        await daemon.start()
+        try:
+            assert daemon.record("device_fault", dict(fault))  # stored
+            for _ in range(5):
+                assert daemon.record("device_fault", dict(fault))  # counted
+            fill_filesystem(small_filesystem)
+            # the count (5 faults) and the unplug both refused by the full disk
+            assert not daemon.record("device_unplugged", {"device": "finger", "kind": "zfm"})
+            missed = daemon.events_not_stored
+            _free(small_filesystem)
+            return missed, daemon.audit_problem()
+        finally:
+            await daemon.stop()
+
+    missed, fault_after = asyncio.run(scenario())
+    assert fault_after is None and missed >= 2
+    box = Outbox(state / OUTBOX_FILE, kek)
+    events = box.pending(100)
+    box.close()
+    kinds = [e["type"] for e in events]
+    assert kinds.count("device_fault") == 1 and "device_fault_repeated" not in kinds, kinds
+    [recovered] = [e["data"] for e in events if e["type"] == "audit_storage_recovered"]
+    assert recovered == {"events_not_stored": missed, "repeats_not_stored": 5}
+    # every fault accounted for: the one stored, and the five the lost summary stood for
+    assert kinds.count("device_fault") + recovered["repeats_not_stored"] == 6
 
 
 def test_a_damaged_outbox_at_start_still_stops_the_daemon_with_its_fix(tmp_path: Path, make_test_ca) -> None:
