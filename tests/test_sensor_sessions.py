@@ -488,3 +488,54 @@ def test_nobody_at_a_match_on_sensor_reader_is_the_sessions_no_finger_error(
     error = asyncio.run(scenario())
     assert error.message == "no finger was placed on the sensor within 1 s, so the session ended"
     assert "hold it there until asked to lift it" in error.fix
+
+
+@pytest.mark.parametrize("operation", ["enroll", "verify", "identify"])
+def test_a_sensor_session_whose_task_is_cancelled_stops_its_sensor_wait_without_being_told_twice(
+    operation: str, provisioned, verifier, fprint_socket_dir, tmp_path
+) -> None:
+    """As finger sessions' (47c5af1): only ``cancel()`` stopped the sensor's enroll or verify, so a session whose
+    task alone was cancelled (a caller's timeout, Ctrl-C) waited for its worker to the timeout (an hour here)
+    before the cancellation reached its caller. Identify shares verify's wait (`_on_sensor`); virtual_device_storage,
+    since virtual_device has no identify (its error ended the worker at once, the wait never met)."""
+    from agent.devices.kinds import FprintDevice
+    from simulators.fprint import VirtualDeviceFeeder
+
+    config, identity = provisioned
+    socket = fprint_socket_dir / "storage.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    outcome: list[object] = []
+
+    async def go() -> None:
+        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client:
+                if operation != "enroll":  # a print to verify against, enrolled by a finger that comes
+                    person = FingerAtSensor(VirtualDeviceFeeder(socket), ["vic"] * device.enroll_stages)
+                    await SensorSession(device, client, store, emit=person).enroll("vic")
+                asked = asyncio.Event()
+
+                def emit(event: dict) -> None:  # called on the loop (SensorSession._prompt)
+                    if event["type"] == "prompt" and event["code"] == "place_finger":
+                        asked.set()
+
+                session = SensorSession(device, client, store, emit=emit, finger_timeout_s=3600,
+                                        enroll_timeout_s=3600)
+                task = asyncio.create_task(getattr(session, operation)(["vic"] if operation == "identify" else "vic"))
+                await asked.wait()  # nobody scans a finger: the worker is about to wait on the sensor
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    outcome.append("cancelled")
+                outcome.append(session.cancelled.is_set())
+        finally:
+            await device.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    thread.start()
+    thread.join(60)  # a bound on a hang only: the sensor's wait watches the event
+    assert not thread.is_alive(), f"the cancelled {operation} waited for its sensor worker to reach its timeout"
+    assert outcome == ["cancelled", True]
