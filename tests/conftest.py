@@ -220,6 +220,29 @@ def _tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
         subprocess.run([umount, "--lazy", str(mount_point)], check=False)
 
 
+async def cancel_session_task(session: Any, task: asyncio.Task) -> list[object]:
+    """Cancel a capture session's ``task`` alone (a caller's timeout, Ctrl-C), not through ``session.cancel()``:
+    what its caller then sees, ``["cancelled", True]`` when the cancellation reached it and the session's own
+    ``cancelled`` event (which its worker's waits watch) was set."""
+    task.cancel()
+    seen: list[object] = []
+    try:
+        await task
+    except asyncio.CancelledError:
+        seen.append("cancelled")
+    seen.append(session.cancelled.is_set())
+    return seen
+
+
+def run_bounded(scenario: Callable[[], Any], *, hang: str, bound_s: float = 60) -> None:
+    """``asyncio.run(scenario())`` in a thread, failing with ``hang`` if it has not ended in ``bound_s`` (a bound
+    on a hang only: a wait that watches its event ends long before)."""
+    thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert not thread.is_alive(), hang
+
+
 def fill_filesystem(path: Path) -> None:
     """Write zeros into ``path`` until the file system says it is full."""
     fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT, 0o600)

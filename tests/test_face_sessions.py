@@ -27,7 +27,7 @@ from agent.face_sessions import FaceSession
 from agent.sessions import SessionError
 from protocol.face_template import FORMAT
 from simulators.faces import WALL, poses
-from tests.conftest import camera_and_reader
+from tests.conftest import camera_and_reader, cancel_session_task, run_bounded
 
 SIZE = (320, 240)
 # The simulated head turns in one frame. The impostor's left turn (ORL s5/7 mirrored) measures a yaw of 19.9-20.0
@@ -658,7 +658,6 @@ def test_the_finger_after_a_finger_sessions_face_verification_waits_as_sessions_
 def test_a_camera_that_stalls_mid_session_ends_it_as_gone_not_after_the_frame_wait(provisioned, face_camera) -> None:
     """The camera's stream stopped mid-session (the reader's read timeout ended its connection), and the session's
     wait for the next frame went on to its whole timeout: past the session's own time, for a camera already gone."""
-    import threading
 
     from agent.devices.errors import DeviceUnplugged
     from agent.localapi import error_codes
@@ -684,10 +683,7 @@ def test_a_camera_that_stalls_mid_session_ends_it_as_gone_not_after_the_frame_wa
         finally:
             device.stop()
 
-    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
-    thread.start()
-    thread.join(60)  # a bound on a hang only: the session ends once the camera's connection has
-    assert not thread.is_alive(), "the session waited on a camera whose stream had ended"
+    run_bounded(go, hang="the session waited on a camera whose stream had ended")
     (raised,) = outcome
     assert isinstance(raised, DeviceUnplugged) and error_codes(raised) == {"code": "device_unplugged"}, raised
 
@@ -759,7 +755,6 @@ def test_a_face_session_whose_task_is_cancelled_stops_its_camera_worker_without_
     """Only ``cancel()`` (the local API's, which also cancels the task) stopped the camera worker: a session
     whose task alone was cancelled (a caller's timeout, Ctrl-C in the demo) waited for its worker, which went on
     reading frames to the session's end (here an hour)."""
-    import threading
 
     face_camera.nothing()
     outcome: list[object] = []
@@ -774,17 +769,9 @@ def test_a_face_session_whose_task_is_cancelled_stops_its_camera_worker_without_
                                       timeout_s=3600)
                 task = asyncio.create_task(session.identify())
                 await prompted.wait()  # the worker is reading frames
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    outcome.append("cancelled")
-                outcome.append(session.cancelled.is_set())
+                outcome.extend(await cancel_session_task(session, task))
         finally:
             device.stop()
 
-    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
-    thread.start()
-    thread.join(60)  # a bound on a hang only: the worker stops at its next frame
-    assert not thread.is_alive(), "the cancelled session waited for its camera worker to reach the session's end"
+    run_bounded(go, hang="the cancelled session waited for its camera worker to reach the session's end")
     assert outcome == ["cancelled", True]

@@ -23,6 +23,7 @@ from agent.devices.prints import SensorPrintStore
 from agent.errors import NotAllowedError, VerificationRequiredError
 from agent.sensor_sessions import SensorSession
 from agent.sessions import SessionError
+from tests.conftest import cancel_session_task, run_bounded
 
 KEK = "sensor-test-kek-" + "k" * 32
 
@@ -525,17 +526,9 @@ def test_a_sensor_session_whose_task_is_cancelled_stops_its_sensor_wait_without_
                                         enroll_timeout_s=3600)
                 task = asyncio.create_task(getattr(session, operation)(["vic"] if operation == "identify" else "vic"))
                 await asked.wait()  # nobody scans a finger: the worker is about to wait on the sensor
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    outcome.append("cancelled")
-                outcome.append(session.cancelled.is_set())
+                outcome.extend(await cancel_session_task(session, task))
         finally:
             await device.close()
 
-    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
-    thread.start()
-    thread.join(60)  # a bound on a hang only: the sensor's wait watches the event
-    assert not thread.is_alive(), f"the cancelled {operation} waited for its sensor worker to reach its timeout"
+    run_bounded(go, hang=f"the cancelled {operation} waited for its sensor worker to reach its timeout")
     assert outcome == ["cancelled", True]

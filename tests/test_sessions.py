@@ -14,6 +14,7 @@ from biometrics.fingerprint import extract_with_quality
 from biometrics.fingerprint.iso19794_2 import encode
 from drivers.zfm.codec import unpack_image
 from drivers.zfm.driver import ZfmModule
+from tests.conftest import cancel_session_task, run_bounded
 
 
 class ScriptedFinger:
@@ -265,7 +266,6 @@ def test_a_finger_session_whose_task_is_cancelled_stops_its_reader_wait_without_
     """As a face session's (bb5c5f6): only ``cancel()`` stopped the reader's wait for a finger, so a session whose
     task alone was cancelled (a caller's timeout, Ctrl-C) waited for its worker to the finger timeout (an hour
     here) before the cancellation reached its caller."""
-    import threading
 
     config, identity = provisioned
     outcome: list[object] = []
@@ -282,15 +282,7 @@ def test_a_finger_session_whose_task_is_cancelled_stops_its_reader_wait_without_
                 session = CaptureSession(reader, client, emit=emit, finger_timeout_s=3600)
                 task = asyncio.create_task(session.identify())
                 await asked.wait()  # nobody places a finger: the worker is about to wait on the reader
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    outcome.append("cancelled")
-                outcome.append(session.cancelled.is_set())
+                outcome.extend(await cancel_session_task(session, task))
 
-    thread = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
-    thread.start()
-    thread.join(60)  # a bound on a hang only: the reader's wait watches the event
-    assert not thread.is_alive(), "the cancelled session waited for its reader worker to reach the finger timeout"
+    run_bounded(go, hang="the cancelled session waited for its reader worker to reach the finger timeout")
     assert outcome == ["cancelled", True]
