@@ -28,6 +28,18 @@ def _delivered(verifier, device_id: str) -> list[dict]:
     return [json.loads(body) for (body,) in rows]
 
 
+async def _delivered_once(verifier, device_id: str, kind: str, *, within_s: float = 30) -> list[dict]:
+    """The events the verifier holds from ``device_id`` once one of ``kind`` is among them (or at ``within_s``,
+    for the test's assertions to say what came instead)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        delivered = _delivered(verifier, device_id)
+        if any(e["type"] == kind for e in delivered):
+            return delivered
+        await asyncio.sleep(0.1)
+    return _delivered(verifier, device_id)
+
+
 def test_a_refused_certificate_is_one_event_and_a_count_that_reaches_the_verifier_once_fixed(
     provisioned, verifier, make_test_ca, monkeypatch
 ) -> None:
@@ -55,13 +67,7 @@ def test_a_refused_certificate_is_one_event_and_a_count_that_reaches_the_verifie
                 await asyncio.sleep(0.05)
             assert len(failures(logs)) >= RETRIES_BEFORE_THE_FIX, "the delivery did not retry"
             store.write(good.key, good.certificate, good.ca_certificates, kek)  # fixed: re-provisioned, say
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                delivered = _delivered(verifier, identity.device_id)
-                if any(e["type"] == "tls_handshake_failed_repeated" for e in delivered):
-                    return delivered
-                await asyncio.sleep(0.1)
-            return _delivered(verifier, identity.device_id)
+            return await _delivered_once(verifier, identity.device_id, "tls_handshake_failed_repeated")
         finally:
             await daemon.stop()
 
@@ -158,13 +164,7 @@ def test_a_device_failing_the_same_way_is_one_fault_and_counts_ended_by_its_reop
             for _ in range(3):
                 daemon.record("device_fault", dict(fault))
             daemon.record("device_plugged", {"device": "finger", "kind": "zfm", "port": "/dev/ttyUSB0"})
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                delivered = _delivered(verifier, identity.device_id)
-                if any(e["type"] == "device_plugged" for e in delivered):
-                    return delivered
-                await asyncio.sleep(0.1)
-            return _delivered(verifier, identity.device_id)
+            return await _delivered_once(verifier, identity.device_id, "device_plugged")
         finally:
             await daemon.stop()
 
