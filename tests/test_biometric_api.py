@@ -543,5 +543,6 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (240, largest)
     refusals = [e for e in events if e.get("event") == "biometric_request_refused" and e.get("status") == 422]
     assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == 240, refusals
+    assert refusals[0]["groups"] == "*", "the refusal says the groups searched, as an identification_attempt does"
     attempts = [e for e in events if e.get("event") == "identification_attempt"]
     assert len(attempts) == 2, "the refused search was never matched: only the two within the capacity were"

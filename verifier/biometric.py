@@ -77,6 +77,7 @@ from verifier.ranking import (
     identification_capacity,
     identification_threshold,
     ranked,
+    searched_groups,
     unreachable_problem,
     warn_if_unreachable,
 )
@@ -1041,7 +1042,7 @@ class BiometricRoutes:
             )
 
     def refuse_if_unreachable(self, request: Request, modality: str, threshold: float, *, views: int, searched: int,
-                              capacity: int) -> None:
+                              capacity: int, groups: frozenset[str] | None) -> None:
         """422 ``identification-unreachable`` (audited, and logged with its fix) when ``threshold`` is above any
         score: the search would name nobody, its own subject included (verifier/ranking.py says why a refusal).
 
@@ -1053,7 +1054,7 @@ class BiometricRoutes:
             raise self.refused(
                 request, unreachable_problem(modality, views=views, searched=searched, capacity=capacity),
                 "identification past its capacity", modality=modality, comparisons=comparisons,
-                largest_search=capacity,
+                largest_search=capacity, groups=searched_groups(groups),
             )
 
     def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
@@ -1084,7 +1085,7 @@ class BiometricRoutes:
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(views) * searched,
                                              self.threshold)
         self.refuse_if_unreachable(request, FINGER, threshold, views=len(views), searched=searched,
-                                   capacity=self.identify_capacity)
+                                   capacity=self.identify_capacity, groups=allowed)
         self.charge(request, len(views) * self._gallery_size)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
@@ -1110,7 +1111,7 @@ class BiometricRoutes:
                 outcome="candidates" if candidates else "no_candidate",
                 candidates=len(candidates),
                 locked_out=locked,
-                groups=",".join(sorted(allowed)) if allowed is not None else "*",
+                groups=searched_groups(allowed),
             )
             timing = f"match;dur={match_ms:.3f}".encode()
             answer = {"candidates": candidates, "threshold": round(threshold, 4)}

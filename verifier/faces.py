@@ -57,7 +57,7 @@ from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import identification_capacity, identification_threshold, ranked
+from verifier.ranking import identification_capacity, identification_threshold, ranked, searched_groups
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
@@ -458,14 +458,13 @@ class FaceRoutes:
         probes = _matrix(self.records(request, body, carried, "identify", None))
         subjects, gallery = self._gallery_now()
         among = None if allowed is None else self.bio.subjects.members(set(subjects), allowed)
-        groups = ",".join(sorted(allowed)) if allowed is not None else "*"
         keep = np.array([among is None or s in among for s in subjects], bool)
         names = [s for s, k in zip(subjects, keep, strict=True) if k]
         rows = gallery[keep] if len(subjects) else gallery
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(probes) * len(rows),
                                              self.threshold)
         self.bio.refuse_if_unreachable(request, FACE, threshold, views=len(probes), searched=len(rows),
-                                       capacity=self.identify_capacity)
+                                       capacity=self.identify_capacity, groups=allowed)
         self.bio.charge(request, len(probes) * len(names))
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
@@ -484,7 +483,7 @@ class FaceRoutes:
             candidates = ranked(best, threshold)
             log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,
                      outcome="candidates" if candidates else "no_candidate", candidates=len(candidates),
-                     locked_out=locked, groups=groups)
+                     locked_out=locked, groups=searched_groups(allowed))
             answer = {"candidates": candidates, "threshold": round(threshold, 4)}
             return json_answer(200, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
 

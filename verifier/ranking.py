@@ -178,6 +178,11 @@ def unreachable_problem(modality: str, *, views: int, searched: int, capacity: i
     )
 
 
+def searched_groups(allowed: frozenset[str] | None) -> str:
+    """The groups an identification searched, as its audit lines say them: sorted names, or ``*`` for all."""
+    return ",".join(sorted(allowed)) if allowed is not None else "*"
+
+
 def ranked(best: dict[str, float], threshold: float, top_k: int = IDENTIFY_TOP_K) -> list[dict[str, object]]:
     """``best`` (each subject's best score) as the answer's candidates: at or above ``threshold``, best first
     (equal scores by subject id, so an answer does not depend on the gallery's order), at most ``top_k``."""
