@@ -76,7 +76,7 @@ from agent.devices_in_use import DevicesInUse
 from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
 from drivers.accounts import login
-from protocol.endpoints import GROUP_NAME, SUBJECT_ID
+from protocol.endpoints import GROUP_NAME, ID_RULE, SUBJECT_ID
 from protocol.face_template import FACTORS, FINGER
 from protocol.wire import WireError, loads
 
@@ -107,7 +107,7 @@ JSON_FIX = ('send one UTF-8 JSON object, e.g. {"operation": "verify", "subject":
 
 ApiError = LocalAPIError  # the name the routes (and callers of _start_session) use
 # What a subject id and a group name are (protocol.endpoints: the verifier refuses anything else).
-ID_FIX = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (ids are case-sensitive)"
+ID_FIX = f"use {ID_RULE} (ids are case-sensitive)"
 
 
 def _whole(value: Any, low: int, high: int) -> bool:

@@ -22,6 +22,8 @@ MAX_IDEMPOTENCY_KEY = 200
 # Subject ids, group names and device ids (a certificate's CN) share one shape; always fullmatch
 # (`$` would let a trailing newline through).
 SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# That shape in words, for the fix of every refusal of one (agent CLI and local API, verifier CLI, tokens).
+ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 GROUP_NAME = SUBJECT_ID
 DEVICE_ID = SUBJECT_ID
 _ENROLLMENTS = re.compile(r"/v1/subjects/([^/]+)/enrollments")

@@ -244,12 +244,12 @@ def _count(n: int, what: str) -> str:
 
 
 def _device_id_argument(device_id: str) -> str:
-    from protocol.endpoints import DEVICE_ID
+    from protocol.endpoints import DEVICE_ID, ID_RULE
 
     if not DEVICE_ID.fullmatch(device_id):
         raise CLIError(
             f"{device_id!r} is not a device id",
-            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            fix=f"use {ID_RULE}",
         )
     return device_id
 
@@ -356,13 +356,13 @@ def _device_to_rule(device_id: str, registry: DeviceRegistry, tokens: BootstrapT
 
 def _well_formed(value: str, what: str) -> str:
     """``value`` if it matches the protocol's pattern for ``what`` ("group name" or "subject id")."""
-    from protocol.endpoints import GROUP_NAME, SUBJECT_ID
+    from protocol.endpoints import GROUP_NAME, ID_RULE, SUBJECT_ID
 
     pattern = GROUP_NAME if what == "group name" else SUBJECT_ID
     if not pattern.fullmatch(value):
         raise CLIError(
             f"{value!r} is not a {what}",
-            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            fix=f"use {ID_RULE}",
         )
     return value
 

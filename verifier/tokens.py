@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from protocol.endpoints import DEVICE_ID
+from protocol.endpoints import DEVICE_ID, ID_RULE
 
 DEFAULT_TTL_S = 24 * 3600
 # A token lives long enough to be typed on the device (a minute) and no longer than an installer's
@@ -86,7 +86,7 @@ def check_ttl(ttl_s: float) -> float:
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID.fullmatch(device_id):
         raise ValueError(
-            f"device id {device_id!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"device id {device_id!r}: use {ID_RULE}"
         )
     return device_id
 

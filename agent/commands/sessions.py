@@ -64,15 +64,12 @@ def _id_of(kind: str, *, empty_is_default: bool = False) -> Callable[[str], str]
     was; :func:`run` sends no group for it, so the verifier never sees it and would refuse nothing).
     """
     def checked(text: str) -> str:
-        from protocol.endpoints import SUBJECT_ID
+        from protocol.endpoints import ID_RULE, SUBJECT_ID
 
         if empty_is_default and text == "":
             return text
         if not SUBJECT_ID.fullmatch(text):  # GROUP_NAME is the same shape
-            raise argparse.ArgumentTypeError(
-                f"{text[:80]!r} is not a {kind}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a "
-                "letter or digit"
-            )
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a {kind}: use {ID_RULE}")
         return text
 
     checked.__name__ = kind  # argparse names the type in its own messages
