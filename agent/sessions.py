@@ -102,22 +102,22 @@ def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
         _CANCEL_SCOPE.reset(token)
 
 
-async def in_worker(function: Callable[..., T], *args: Any, stop: threading.Event | None = None, **kwargs: Any) -> T:
+async def in_worker(function: Callable[..., T], *args: Any, stop: threading.Event, **kwargs: Any) -> T:
     """``function`` in a worker thread; a cancelled caller still waits for the thread to end.
 
     A thread cannot be interrupted: it ends when the session's cancel event, which its
     waits watch, is set. Returning at once (as a bare ``asyncio.to_thread`` does) would
     let the local API count the session done and start another on the same reader or
-    camera while the old worker still reads it. ``stop``, that event, is set when the
-    caller is cancelled: a task cancelled alone (a caller's timeout, Ctrl-C) otherwise
-    waited for a worker that went on to the session's end.
+    camera while the old worker still reads it. ``stop``, that event (required: every
+    worker is a session's), is set when the caller is cancelled: a task cancelled alone
+    (a caller's timeout, Ctrl-C) otherwise waited for a worker that went on to the
+    session's end.
     """
     work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        if stop is not None:
-            stop.set()
+        stop.set()
         with contextlib.suppress(BaseException):  # its own error is moot: the session was cancelled
             await work
         raise
@@ -211,6 +211,11 @@ class CaptureSession:
     def _prompt(self, code: str, message: str = "") -> None:
         self.emit({"type": "prompt", "code": code, "message": message or MESSAGES.get(code, code)})
 
+    async def _waiting(self, wait: Callable[..., T], timeout_s: float) -> T:
+        """A reader's wait (finger, lift) in the worker: it watches the session's cancel event, which a cancelled
+        caller sets (:func:`in_worker`)."""
+        return await in_worker(wait, timeout_s, cancel=self.cancelled, stop=self.cancelled)
+
     async def capture(self, place_message: str = "") -> bytes:
         """One good-enough template as an ISO/IEC 19794-2 record, with prompts until there is one."""
         from biometrics.fingerprint.iso19794_2 import encode
@@ -229,14 +234,12 @@ class CaptureSession:
         started = time.perf_counter()
         try:
             try:
-                await in_worker(
-                    self.reader.wait_for_finger, self.finger_timeout_s, cancel=self.cancelled, stop=self.cancelled
-                )
+                await self._waiting(self.reader.wait_for_finger, self.finger_timeout_s)
             except FingerTimeout as timeout:
                 raise NoFingerError(timeout) from None
             # The sensor holds the image now: the finger may go while it crosses the line (seconds on serial).
             self._prompt("lift_finger")
-            return await in_worker(self.reader.download_image)
+            return await in_worker(self.reader.download_image, stop=self.cancelled)
         except RetryCapture as retry:
             log.info("capture_retry", feedback=retry.feedback)
             self._prompt(retry.feedback, str(retry.args[0]) if retry.args else "")
@@ -252,12 +255,10 @@ class CaptureSession:
         nothing for 15 s, then was asked to place it and the module imaged the same
         placement again, so an enrollment's "three captures" could be one.
         """
-        if await in_worker(self.reader.wait_for_lift, self.lift_reminder_s, cancel=self.cancelled, stop=self.cancelled):
+        if await self._waiting(self.reader.wait_for_lift, self.lift_reminder_s):
             return
         self._prompt("lift_finger", LIFT_AGAIN_MESSAGE)
-        if not await in_worker(
-            self.reader.wait_for_lift, self.finger_timeout_s, cancel=self.cancelled, stop=self.cancelled
-        ):
+        if not await self._waiting(self.reader.wait_for_lift, self.finger_timeout_s):
             raise SessionError(
                 "the finger stayed on the sensor, so the session ended",
                 fix="start again, and lift your finger each time you are asked",
