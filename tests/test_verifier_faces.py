@@ -379,12 +379,12 @@ def test_views_of_one_person_that_differ_more_than_a_verification_allows_are_sti
     with each other (a person turning between the challenge's phases) are one person's."""
     from biometrics.face import threshold_for_fmr
     from protocol.face_template import decode
-    from verifier.faces import ONE_PERSON_FMR
 
     views = [capture(5, shot, noise=1.0) for shot in range(3)]
     values = np.array([decode(v).values for v in views])
     scores = (values @ values.T)[np.triu_indices(3, 1)]
-    assert threshold_for_fmr(ONE_PERSON_FMR) <= scores.min() and scores.min() < threshold_for_fmr(1e-4), scores
+    # under a verification's threshold (FMR 1e-4), above one a stranger passes once in a hundred (FMR 1e-2)
+    assert threshold_for_fmr(1e-2) <= scores.min() and scores.min() < threshold_for_fmr(1e-4), scores
 
     async def steps(client):
         api = VerifierAPI(client)
