@@ -702,3 +702,34 @@ def test_a_reader_asked_for_that_is_not_there_is_named_as_asked(capability: str,
         assert supervisor.pick(FINGERPRINT_IMAGE, "finger").name == "finger"
     finally:
         asyncio.run(supervisor.close())
+
+
+def test_a_device_asked_after_the_supervisor_closed_it_refuses_at_once(zfm_sim) -> None:
+    """A session worker that outlived the daemon's bounded wait for its sessions, then asked the reader for
+    something, queued a job behind its owner's stop: no thread ever ran it, the worker waited for good, and so
+    did the interpreter's exit (systemd's SIGKILL ended the daemon). Now it is refused, typed, at once."""
+    from agent.devices.errors import DeviceStopped
+
+    async def scenario() -> Device:
+        supervisor = DeviceSupervisor([("finger", DeviceSection(kind="zfm", port=zfm_sim.port))], lambda k, d: None)
+        await supervisor.open_all()
+        await supervisor.close()
+        return supervisor.devices[0]
+
+    finger = asyncio.run(scenario())
+    outcome: list[BaseException | bool] = []
+
+    def worker() -> None:  # a daemon thread, so that the old code's hang cannot hold the test run's exit
+        try:
+            outcome.append(finger.wait_for_lift(1.0))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    thread.join(60)  # a bound on a hang, far above the refusal's time: no timing is asserted
+    assert outcome, "the worker's call after close never returned: it was queued behind the owner's stop"
+    assert isinstance(outcome[0], DeviceStopped) and "agent is stopping" in str(outcome[0])
+    assert not finger.connected and finger.status()["connected"] is False
+    finger.stop()  # a second stop (a failed start, then the stop) is a no-op, not a refused job
+

@@ -31,6 +31,17 @@ class DeviceUnavailable(DeviceError):
         )
 
 
+class DeviceStopped(DeviceError):
+    """Asked of a device after the agent closed it (it is stopping): its owner thread has ended, so the job
+    would never run. Raised at once, where a session worker that outlived the stop used to wait for good."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"device {name} is closed: the agent is stopping",
+            "start the agent again (`systemctl start capture-agent`), then try again",
+        )
+
+
 # What to add for each capability a session may ask for: a match-on-sensor reader is a libfprint one only.
 ADD_FIX = {
     "fingerprint-image": 'add a [[device]] that can: kind = "zfm" or "fprint" (a serial module, a USB image reader)',

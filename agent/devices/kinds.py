@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.config import DeviceSection
 from agent.devices import capabilities as cap
-from agent.devices.errors import DeviceError, DeviceFault, DeviceUnavailable, DeviceUnplugged
+from agent.devices.errors import DeviceError, DeviceFault, DeviceStopped, DeviceUnavailable, DeviceUnplugged
 from agent.devices.owner import DeviceOwner
 
 
@@ -106,12 +106,19 @@ class Device:
         self.owner.submit(self._close)
 
     def stop(self) -> None:
+        """For good (the agent stops): not connected from now on, so a session still running is refused at
+        once (DeviceStopped, or DeviceUnavailable before it reaches the owner) rather than queued for nobody."""
+        self.connected = False
         self.abort.set()
+        if self.owner.stopped:  # stopped twice (a failed start, then the stop): closed once
+            return
         self.owner.submit(self._close)
         self.owner.stop()
 
     def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged."""
+        if self.owner.stopped:  # the agent is stopping: said so, not "plug it in"
+            raise DeviceStopped(self.name)
         if not self.connected:
             raise DeviceUnavailable(self.name)
         try:
@@ -353,6 +360,8 @@ class CameraDevice(Device):
         """The first frame newer than ``after``. A caller that has seen frames (``after`` > 0) is inside a
         capture, so a camera gone since is the unplug it lived through, not one that was never there: a session
         analysing a frame when the camera vanished gets the same error as one waiting for the next."""
+        if self.owner.stopped:
+            raise DeviceStopped(self.name)
         if not self.connected:
             raise DeviceUnplugged(self.name) if after else DeviceUnavailable(self.name)
         from drivers.camera.errors import CameraFault
