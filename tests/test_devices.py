@@ -733,3 +733,90 @@ def test_a_device_asked_after_the_supervisor_closed_it_refuses_at_once(zfm_sim) 
     assert not finger.connected and finger.status()["connected"] is False
     finger.stop()  # a second stop (a failed start, then the stop) is a no-op, not a refused job
 
+
+def _sqlite_trail(path: Any) -> tuple[Any, Any]:
+    """An audit trail as the daemon's is: an sqlite connection of the thread that makes it (the event loop's),
+    which refuses another thread's write (sqlite3's check_same_thread). Returns (connection, record)."""
+    import sqlite3
+
+    trail = sqlite3.connect(path, isolation_level=None)
+    trail.execute("CREATE TABLE events (kind TEXT, device TEXT)")
+
+    def record(kind: str, data: dict) -> None:
+        trail.execute("INSERT INTO events VALUES (?, ?)", (kind, data.get("device")))
+
+    return trail, record
+
+
+def _fault_in_a_worker(device: Device) -> list[BaseException]:
+    """``device``'s session hook for a fault (as a camera's wait_frame calls it), from a worker thread; what it
+    raised, if anything."""
+    from agent.devices.errors import DeviceFault
+
+    raised: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            device.on_fault(DeviceFault(device.name, "frames of 9000x9000", "set the camera to 1280x720"))
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(60)
+    return raised
+
+
+def test_a_device_fault_met_after_the_loop_closed_is_said_never_written_from_the_worker(zfm_sim, tmp_path) -> None:
+    """A session worker meeting a fault once the daemon's loop had closed recorded it from its own thread: into
+    a trail the loop's thread owns (sqlite refuses: the error went up into the session instead of its typed one)
+    and that the stopping daemon had closed. And checking ``is_closed()`` before ``call_soon_threadsafe`` left a
+    window where the loop closed between the two (RuntimeError into the session). Now the fault is said in the log,
+    whole, and the worker goes on."""
+    from structlog.testing import capture_logs
+
+    trail, record = _sqlite_trail(tmp_path / "trail.db")
+
+    async def scenario() -> Device:
+        supervisor = DeviceSupervisor([("finger", DeviceSection(kind="zfm", port=zfm_sim.port))], record)
+        await supervisor.open_all()
+        await supervisor.close()
+        return supervisor.devices[0]
+
+    finger = asyncio.run(scenario())  # the loop is closed now, as at the daemon's exit
+    with capture_logs() as logs:
+        raised = _fault_in_a_worker(finger)
+    assert raised == [], f"the fault hook raised into the session worker: {raised!r}"
+    said = [e for e in logs if e["event"] == "audit_event_not_stored" and e.get("type") == "device_fault"]
+    assert said and said[0]["data"]["device"] == "finger" and said[0]["data"]["fix"] == "set the camera to 1280x720"
+    assert said[0]["data"]["error"] == "device finger: frames of 9000x9000"
+    assert trail.execute("SELECT kind FROM events").fetchall() == [("device_plugged",)]
+    trail.close()
+
+
+def test_a_device_fault_the_closed_trail_refuses_is_said_with_its_fields(zfm_sim, tmp_path) -> None:
+    """The daemon closes its outbox after the devices; a worker's fault handed to the loop then made the trail
+    raise inside a loop callback: asyncio's "Exception in callback" (stdlib logging, not the agent's log) and
+    no device, error or fix anywhere. Now it is the agent's audit_event_not_stored line with the fault."""
+    from structlog.testing import capture_logs
+
+    trail, record = _sqlite_trail(tmp_path / "trail.db")
+
+    async def scenario() -> list[BaseException]:
+        supervisor = DeviceSupervisor([("finger", DeviceSection(kind="zfm", port=zfm_sim.port))], record)
+        await supervisor.open_all()
+        try:
+            trail.close()  # the stopping daemon's outbox.close(), while the loop still runs
+            raised = await asyncio.to_thread(_fault_in_a_worker, supervisor.devices[0])
+            for _ in range(3):  # the callback it queued runs on this loop
+                await asyncio.sleep(0)
+            return raised
+        finally:
+            await supervisor.close()
+
+    with capture_logs() as logs:
+        raised = asyncio.run(scenario())
+    assert raised == []
+    said = [e for e in logs if e["event"] == "audit_event_not_stored" and e.get("type") == "device_fault"]
+    assert said and said[0]["data"]["device"] == "finger" and said[0]["data"]["fix"] == "set the camera to 1280x720"
+    assert "closed database" in said[0]["storage_error"], said[0]

@@ -162,16 +162,47 @@ class DeviceSupervisor:
         self.record("device_fault", {**fault, "fix": fix})
 
     def _session_fault(self, device: Device, exc: Exception) -> None:
-        """A fault met by a session in its worker thread: audited on the event loop, which owns the audit trail."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._audit_fault, device, exc)
-        else:
+        """A fault met by a session in its worker thread: audited on the event loop, which owns the audit trail.
+
+        Never recorded from the worker itself once a loop owns the trail: the daemon's outbox is an sqlite
+        connection of the loop's thread (another thread's write raises) and its repeat counts are unlocked.
+        A loop closed before or during the hand-over (checking ``is_closed()`` first left a window where
+        ``call_soon_threadsafe`` raised RuntimeError into the session) has closed the trail too: the fault
+        is then said in the log, its fields whole, and the session still gets its typed error.
+        """
+        if self._loop is None:  # never opened: no loop owns the trail, the caller's thread is the only one
             self._audit_fault(device, exc)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._audit_fault_or_say, device, exc)
+        except RuntimeError:  # the loop is closed (the agent has stopped)
+            self._not_audited(device, exc, "the agent had stopped: its audit trail was closed")
+
+    def _audit_fault_or_say(self, device: Device, exc: Exception) -> None:
+        """:meth:`_audit_fault` as a loop callback: a trail that refuses it (closed by a stopping daemon) is
+        said in the log with the fault, not in asyncio's "Exception in callback" without it."""
+        try:
+            self._audit_fault(device, exc)
+        except Exception as refused:
+            self._not_audited(device, exc, f"{type(refused).__name__}: {refused}")
+
+    def _not_audited(self, device: Device, exc: Exception, why: str) -> None:
+        """A device fault the audit trail could not take, in the log as the daemon says an event not stored."""
+        error = str(exc.args[0] if exc.args else exc)
+        fault = {"device": device.name, "kind": device.kind, **device.where(), "error": error,
+                 "fix": fix_in_place(getattr(exc, "fix", ""), device.name, device.section)}
+        log.error("audit_event_not_stored", audit=True, type="device_fault", data=fault, storage_error=why)
 
     def _wake_soon(self, device: Device) -> None:
-        """From a session's worker thread: the device's watch looks now rather than at its next interval."""
+        """From a session's worker thread: the device's watch looks now rather than at its next interval.
+
+        A closed loop has no watch left to wake (the session gets its typed error all the same): nothing to do,
+        where the ``is_closed()`` check then ``call_soon_threadsafe`` could raise RuntimeError into the session.
+        """
         wake = self._wake.get(device.name)
-        if wake is not None and self._loop is not None and not self._loop.is_closed():
+        if wake is None or self._loop is None:
+            return
+        with suppress(RuntimeError):
             self._loop.call_soon_threadsafe(wake.set)
 
     async def open_all(self) -> None:
