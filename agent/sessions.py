@@ -111,16 +111,26 @@ async def in_worker(function: Callable[..., T], *args: Any, stop: threading.Even
     camera while the old worker still reads it. ``stop``, that event (required: every
     worker is a session's), is set when the caller is cancelled: a task cancelled alone
     (a caller's timeout, Ctrl-C) otherwise waited for a worker that went on to the
-    session's end.
+    session's end. The wait after a cancel is shielded too, each time: a second cancel (a
+    kiosk app's DELETE sent again, the agent stopping after one) cancelled the wait itself,
+    and the session ended with its worker still driving the device.
     """
     work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
         stop.set()
-        with contextlib.suppress(BaseException):  # its own error is moot: the session was cancelled
-            await work
+        await _until_ended(work)
         raise
+
+
+async def _until_ended(work: asyncio.Future[Any]) -> None:
+    """Wait for a cancelled session's worker to end, whatever cancels this wait meanwhile."""
+    while not work.done():
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.shield(work)
+    if not work.cancelled():
+        work.exception()  # its own error is moot (the session was cancelled): retrieved, so never logged as lost
 
 
 @functools.cache

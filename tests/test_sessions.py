@@ -286,3 +286,39 @@ def test_a_finger_session_whose_task_is_cancelled_stops_its_reader_wait_without_
 
     run_bounded(go, hang="the cancelled session waited for its reader worker to reach the finger timeout")
     assert outcome == ["cancelled", True]
+
+
+def test_a_worker_cancelled_twice_is_still_waited_for_to_its_end() -> None:
+    """``in_worker`` shields the worker from the first cancel and waits for it; but that wait was not shielded:
+    a second cancel (a kiosk app's DELETE sent again, its stream dropped after a DELETE, the agent stopping after
+    one) cancelled the wait, and the session ended, its reader free for the next session, while its worker
+    still drove the device. The worker here is a driver call that does not poll the cancel (a serial image
+    transfer): it ends when released, and the task must end only after it."""
+    import threading
+
+    from agent.sessions import in_worker
+
+    stop, release, started = threading.Event(), threading.Event(), threading.Event()
+    ended: list[str] = []
+
+    def transfer() -> str:
+        started.set()
+        release.wait(60)  # a bound on the test, never reached: the test releases it
+        ended.append("worker")
+        return "image"
+
+    async def go() -> list[str]:
+        task = asyncio.create_task(in_worker(transfer, stop=stop))
+        task.add_done_callback(lambda _: ended.append("task"))
+        await asyncio.to_thread(started.wait, 60)
+        task.cancel()
+        await asyncio.sleep(0)  # the first cancel reaches in_worker: it sets stop and waits for the worker
+        assert stop.is_set()
+        task.cancel()  # the second
+        await asyncio.wait({task}, timeout=2)  # on the old code the task ended here, the worker running
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return ended
+
+    assert asyncio.run(go()) == ["worker", "task"], "the task ended while its worker still ran"
