@@ -820,3 +820,36 @@ def test_a_device_fault_the_closed_trail_refuses_is_said_with_its_fields(zfm_sim
     said = [e for e in logs if e["event"] == "audit_event_not_stored" and e.get("type") == "device_fault"]
     assert said and said[0]["data"]["device"] == "finger" and said[0]["data"]["fix"] == "set the camera to 1280x720"
     assert "closed database" in said[0]["storage_error"], said[0]
+
+
+def test_a_serial_module_fault_a_session_meets_is_audited_its_ordinary_ends_are_not(zfm_sim) -> None:
+    """Only the camera handed the faults its sessions met to the supervisor's audit: a serial module whose
+    line carried noise failed every session with no device_fault in the trail (invariant 5), only each
+    session's end. A finger not placed in time is no fault, and stays unaudited."""
+    from drivers.zfm.errors import FingerTimeoutError, ModuleError
+    from simulators.zfm import Fault
+
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> None:
+        supervisor = DeviceSupervisor(
+            [("finger", DeviceSection(kind="zfm", port=zfm_sim.port))], lambda k, d: recorded.append((k, d))
+        )
+        await supervisor.open_all()
+        finger = supervisor.devices[0]
+        try:
+            with pytest.raises(FingerTimeoutError):  # nobody there: an ordinary end
+                await asyncio.to_thread(finger.wait_for_finger, 0.5)
+            zfm_sim.inject(Fault.NOISE)  # a floating RX wire, another device on the port
+            with pytest.raises(ModuleError) as met:
+                await asyncio.to_thread(finger.wait_for_finger, 5)
+            await _until(lambda: "device_fault" in _events(recorded, "finger"))
+            fault = next(data for kind, data in recorded if kind == "device_fault")
+            assert fault["port"] == zfm_sim.port and fault["error"] == met.value.args[0]
+            assert fault["fix"] == met.value.fix and fault["fix"]
+        finally:
+            zfm_sim.quiet()
+            await supervisor.close()
+
+    asyncio.run(scenario())
+    assert _events(recorded, "finger") == ["device_plugged", "device_fault"]

@@ -128,7 +128,24 @@ class Device:
         except Exception as exc:
             if self.abort.is_set() or not self.present():
                 raise DeviceUnplugged(self.name) from exc
+            self._audit_if_fault(exc)
             raise
+
+    def _outcomes(self) -> tuple[type[BaseException], ...]:
+        """Driver errors that are a capture's ordinary ends, not faults: a retry, no finger in time (and a
+        kind's cancel and unplug, which it adds)."""
+        from drivers.errors import FingerTimeout, RetryCapture
+
+        return (RetryCapture, FingerTimeout)
+
+    def _audit_if_fault(self, exc: Exception) -> None:
+        """A driver's typed fault a session met (a module answering noise, a corrupt reply): audited as the
+        supervisor's own faults are (invariant 5). Only the camera's were: a serial or USB reader failing every
+        session left no device_fault, only each session's end with its reason."""
+        from drivers.errors import DeviceError as DriverError
+
+        if isinstance(exc, DriverError) and not isinstance(exc, self._outcomes()) and self.on_fault is not None:
+            self.on_fault(exc)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -215,6 +232,11 @@ class ZfmDevice(Device):
             self.line_lost()
             raise DeviceUnplugged(self.name) from exc
 
+    def _outcomes(self) -> tuple[type[BaseException], ...]:
+        from drivers.zfm.errors import CaptureCancelled, UnpluggedError
+
+        return (*super()._outcomes(), CaptureCancelled, UnpluggedError)  # the unplug: DeviceUnplugged (_guarded)
+
     def may_reopen(self) -> bool:
         return os.path.exists(self.section.port)
 
@@ -260,6 +282,11 @@ class FprintDevice(Device):
 
     def present(self) -> bool:
         return not self.reader.removed
+
+    def _outcomes(self) -> tuple[type[BaseException], ...]:
+        from drivers.fprint.errors import CaptureCancelled, DeviceRemoved
+
+        return (*super()._outcomes(), CaptureCancelled, DeviceRemoved)
 
     def where(self) -> dict[str, str]:
         return {"selector": self.section.selector or "(the first reader)"}
