@@ -290,8 +290,9 @@ class CaptureSession:
             if image is None:
                 continue
             started = time.perf_counter()
-            try:
-                template, quality = extract_with_quality(image, self.resolution_dpi)
+            try:  # in a worker: 10 to 50 ms of numpy here (more on a Pi) stalled the loop's API, watches, deliveries
+                dpi = self.resolution_dpi
+                template, quality = await in_worker(extract_with_quality, image, dpi, stop=self.cancelled)
             except FingerprintImageError:
                 template, quality = None, None
             finally:

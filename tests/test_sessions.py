@@ -322,3 +322,38 @@ def test_a_worker_cancelled_twice_is_still_waited_for_to_its_end() -> None:
         return ended
 
     assert asyncio.run(go()) == ["worker", "task"], "the task ended while its worker still ran"
+
+
+def test_a_captures_extraction_leaves_the_event_loop_free(zfm_sim, monkeypatch) -> None:
+    """Extraction (10 to 50 ms of numpy per image, more on a Pi) ran on the daemon's event loop: meanwhile the
+    local API, the device watches and the event deliveries all waited. Here the loop must answer while an
+    extraction is under way: the extraction waits for the loop to say so before it goes on."""
+    import threading
+
+    import biometrics.fingerprint as fingerprint
+
+    real = fingerprint.extract_with_quality
+    extracting, loop_answered = threading.Event(), threading.Event()
+    answered_in_time: list[bool] = []
+
+    def extraction_that_waits_for_the_loop(image, dpi):
+        extracting.set()
+        answered_in_time.append(loop_answered.wait(10))  # at once, unless this call holds the loop itself
+        return real(image, dpi)
+
+    monkeypatch.setattr(fingerprint, "extract_with_quality", extraction_that_waits_for_the_loop)
+    user = ScriptedFinger(zfm_sim, 0, [0])
+
+    async def go() -> bytes:
+        async def answer_once_extraction_starts() -> None:
+            await asyncio.to_thread(extracting.wait, 60)
+            loop_answered.set()
+
+        answering = asyncio.create_task(answer_once_extraction_starts())
+        with ZfmModule(zfm_sim.port) as reader:
+            template = await CaptureSession(reader, None, emit=user).capture()
+        await answering
+        return template
+
+    assert asyncio.run(go())
+    assert answered_in_time == [True], "the loop could not run while a capture's template was extracted"
