@@ -638,7 +638,7 @@ class BiometricRoutes:
         body, carried = self._checked(request, "enroll")  # the gate first: a bad id spends the rate, audited
         if not SUBJECT_ID.fullmatch(subject):
             raise self.refused(request, Problem("bad-subject", "the path's subject is not a subject id",
-                                                "use 1 to 64 letters, digits, . _ - (starting with a letter or digit)"),
+                                                f"use {endpoints.ID_RULE}"),
                                "malformed subject")
         records = carried.records
         views = self._views(request, carried)
