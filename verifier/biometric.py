@@ -1086,7 +1086,9 @@ class BiometricRoutes:
                                              self.threshold)
         self.refuse_if_unreachable(request, FINGER, threshold, views=len(views), searched=searched,
                                    capacity=self.identify_capacity, groups=allowed)
-        self.charge(request, len(views) * self._gallery_size)
+        # The comparisons it makes: the templates of the groups it may search (the gallery's search is restricted
+        # to them), not the whole gallery a lobby kiosk never touches (faces charge the same way).
+        self.charge(request, len(views) * searched)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
