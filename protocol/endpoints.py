@@ -35,7 +35,7 @@ OPERATION_PATHS = {"verify": VERIFICATIONS, "identify": IDENTIFICATIONS, "enroll
 def enrollments_path(subject: str) -> str:
     """The enrollment path of one subject; the id must be a subject id (it is part of the signed bytes)."""
     if not SUBJECT_ID.fullmatch(subject):
-        raise ValueError(f"{subject!r} is not a subject id: use 1 to 64 letters, digits, '.', '_' or '-'")
+        raise ValueError(f"{subject!r} is not a subject id: use {ID_RULE}")
     return ENROLLMENTS.replace("{id}", subject)
 
 

@@ -96,11 +96,11 @@ class ChallengeRequest:
         if operation == "identify" and subject is not None:
             raise WireError("identify names no subject")
         if operation != "identify" and (not isinstance(subject, str) or not endpoints.SUBJECT_ID.fullmatch(subject)):
-            raise WireError(f"{operation} needs a subject id (1 to 64 letters, digits, '.', '_' or '-')")
+            raise WireError(f"{operation} needs a subject id ({endpoints.ID_RULE})")
         if group is not None and (
             operation != "enroll" or not isinstance(group, str) or not endpoints.GROUP_NAME.fullmatch(group)
         ):
-            raise WireError("group is a group name, and only for enroll")
+            raise WireError(f"group is a group name ({endpoints.ID_RULE}), and only for enroll")
         return cls(operation, subject, group, first, modality)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.endpoints import ID_RULE
+
 TYPE_BASE = "https://capture-agent.invalid/problems/"
 CONTENT_TYPE = "application/problem+json"
 
@@ -40,9 +42,9 @@ _ENTRIES = (
     ProblemType("bad-csr", 400, "Bad certificate request", "BadRequestError",
                 "send base64 of the DER PKCS#10 request (RFC 7030 section 4.2); make a new request"),
     ProblemType("bad-subject", 400, "Bad subject id", "BadRequestError",
-                "use 1 to 64 letters, digits, '.', '_' or '-'"),
+                f"use {ID_RULE}"),
     ProblemType("bad-group", 400, "Bad group name", "BadRequestError",
-                "use 1 to 64 letters, digits, '.', '_' or '-'"),
+                f"use {ID_RULE}"),
     ProblemType("bad-challenge", 400, "Bad challenge request", "BadRequestError",
                 'send {"operation": "enroll" | "verify" | "identify", "subject": "<id>"} (no subject to identify)'),
     ProblemType("key-reused", 400, "Key reused", "BadRequestError",

@@ -89,7 +89,7 @@ class PlainChallenge:
 def _subject(body: dict[str, Any]) -> str:
     subject = body.get("subject")
     if not isinstance(subject, str) or not endpoints.SUBJECT_ID.fullmatch(subject):
-        raise WireError("subject must be a subject id (1 to 64 letters, digits, '.', '_' or '-')")
+        raise WireError(f"subject must be a subject id ({endpoints.ID_RULE})")
     return subject
 
 
@@ -135,7 +135,7 @@ class SensorEnrollmentRequest:
         _no_unknown(body, {"subject", "reader", "print_hash", "group", "session_token"}, "a sensor enrollment")
         group = body.get("group")
         if group is not None and (not isinstance(group, str) or not endpoints.GROUP_NAME.fullmatch(group)):
-            raise WireError("group must be a group name")
+            raise WireError(f"group must be a group name ({endpoints.ID_RULE})")
         token = body.get("session_token")
         if token is not None and not isinstance(token, str):
             raise WireError("session_token must be a string")

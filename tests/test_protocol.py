@@ -212,3 +212,45 @@ def test_protocol_imports_only_the_standard_library_and_cryptography() -> None:
             else:
                 continue
             assert {n.split(".")[0] for n in names} <= allowed, (source.name, names)
+
+
+def _policy_refusal(conn_path: Path) -> str:
+    """What the verifier's access rules say to a malformed group name (a real sqlite file)."""
+    import sqlite3
+
+    from verifier.policy import AccessRules
+
+    conn = sqlite3.connect(conn_path)
+    try:
+        with pytest.raises(ValueError) as refused:
+            AccessRules(conn).set_groups("kiosk-1", ["night shift"])
+    finally:
+        conn.close()
+    return str(refused.value)
+
+
+def test_every_refusal_of_an_id_states_the_one_rule(tmp_path: Path) -> None:
+    """Every place that refuses a malformed id says ``endpoints.ID_RULE``, not its own shorter wording of it.
+
+    The wordings had drifted (some without "starting with a letter or digit", one with ". _ -"), so a person
+    told the fix by one side read a different rule from the other.
+    """
+    from protocol.sensor import SensorEnrollmentRequest
+
+    said: list[str] = []
+    for body in ({"operation": "verify", "subject": "-ana"}, {"operation": "enroll", "subject": "ana", "group": "a b"}):
+        with pytest.raises(WireError) as refused:
+            ChallengeRequest.from_body(body)
+        said.append(str(refused.value))
+    reader = {"driver": "virtual_device", "device": "usb0"}
+    for body in ({"subject": "ana smith", "reader": reader, "print_hash": "0" * 64},
+                 {"subject": "ana", "group": "a/b", "reader": reader, "print_hash": "0" * 64}):
+        with pytest.raises(WireError) as refused:
+            SensorEnrollmentRequest.from_body(body)
+        said.append(str(refused.value))
+    with pytest.raises(ValueError) as refused_path:
+        endpoints.enrollments_path("../ana")
+    said += [str(refused_path.value), REGISTRY["bad-subject"].fix, REGISTRY["bad-group"].fix,
+             _policy_refusal(tmp_path / "rules.db")]
+    for text in said:
+        assert endpoints.ID_RULE in text, text

@@ -131,10 +131,10 @@ def test_malformed_templates_on_every_route_are_audited_refusals_naming_the_fix(
             Case("verify: no subject", endpoints.VERIFICATIONS, {"subject": "", "templates": [wire_template(good)]},
                  "bad-subject", '"subject"', "malformed subject", ""),
             Case("enroll: a path subject that is no subject id", enrollments("-dora"),
-                 {"templates": [wire_template(good)]}, "bad-subject", "letters, digits", "malformed subject", ""),
+                 {"templates": [wire_template(good)]}, "bad-subject", endpoints.ID_RULE, "malformed subject", ""),
             Case("enroll: a group name that is none", enrollments("dora"),
                  {"group": "no such group!", "templates": [wire_template(good)]},
-                 "bad-group", "letters, digits", "malformed group", ""),
+                 "bad-group", endpoints.ID_RULE, "malformed group", ""),
         ]
         answers += [(case, await sent(device, client, case)) for case in fields]
         challenge = await client.request("POST", endpoints.CHALLENGES, json={"operation": "fly"})

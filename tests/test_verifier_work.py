@@ -8,6 +8,8 @@ the view bound; a device over its matching allowance; a full matching pool.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -251,3 +253,48 @@ def test_an_enrollment_refused_for_work_gives_its_session_token_back(tmp_path, s
     assert alice["decision"] == "accept"
     assert refused_status == 429 and problem["type"].endswith("device-work-limited"), problem
     assert added_status == 201 and added["templates"] == 1, added
+
+
+def test_an_identification_of_a_group_restricted_device_is_charged_for_the_group_it_searches(
+    tmp_path, synthetic_templates
+) -> None:
+    """The matching allowance counts the comparisons made: a device that may search one group is not charged for the
+    templates of every other group (before, one view cost the whole gallery, so a lobby kiosk in a large deployment
+    was refused 429 after an identification or two while it compared its probe with two templates)."""
+    extra = settings_file(tmp_path, device_comparisons_per_min=10)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        t = synthetic_templates
+        enrolling = [Device(*asyncio.run(provision_device(verifier, tmp_path / f"enrol-{n}", f"kiosk-enrol-{n}")))
+                     for n in (1, 2)]
+        lobby = Device(*asyncio.run(provision_device(verifier, tmp_path / "lobby", "kiosk-lobby")))
+        allowed = subprocess.run(
+            [sys.executable, "-m", "verifier.cli", "device", "allow", "--pki", str(tmp_path / "pki"), "kiosk-lobby",
+             "--operations", "identify", "--groups", "lobby"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert allowed.returncode == 0, allowed.stderr
+
+        def enroll(device: Device, subject: str, group: str, finger: int) -> None:
+            async def steps(client):
+                path = f"/v1/subjects/{subject}/enrollments"
+                body = await device.signed(client, path, group=group, templates=[wire(x) for x in t[finger][:2]])
+                await client.call("POST", path, json=body)
+
+            device.run(steps)
+
+        # Each enrolling device stays within its own allowance: 2 views against 0 and 2 templates, then 2 against 4.
+        enroll(enrolling[0], "alice", "lobby", 0)
+        enroll(enrolling[0], "bob", "staff", 1)
+        enroll(enrolling[1], "carol", "staff", 2)
+
+        async def identify_twice(client):
+            statuses = []
+            for _ in range(2):  # each: 1 view against alice's 2 templates, the only ones this device may search
+                body = await lobby.signed(client, "/v1/identifications", templates=[wire(t[0][2])])
+                response = await client.request("POST", "/v1/identifications", json=body)
+                statuses.append((response.status_code, response.json()))
+            return statuses
+
+        statuses = lobby.run(identify_twice)
+    assert [status for status, _ in statuses] == [200, 200], statuses
+    assert [c["subject"] for c in statuses[1][1]["candidates"]] == ["alice"], statuses

@@ -342,7 +342,7 @@ class VerifierApp:
             if stored is not None:
                 self.conn.execute("COMMIT")
                 log.info("idempotent_repeat", path=request.path, principal=principal)
-                return Answer(stored.status, stored.content_type, stored.body)
+                return Answer(stored.status, stored.content_type, stored.body, stored.headers)
             if route.matches and request.device is not None:
                 self.pool.admit(request.device.device_id)  # busy: a 503 before anything is consumed
             result = route.handler(request)
@@ -353,9 +353,11 @@ class VerifierApp:
                 answer = await self._match(request, result)
             else:
                 answer = result
-            if answer.status < 400:
-                stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body)
-                self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
+            # Every answer the handler returned is kept, a step-up's 401 and a factor-not-enrolled 403 too: its
+            # writes commit with it (the nonce spent, the step-up opened), so a retry told "nonce used" would lose
+            # it. A refusal is raised instead, and rolled back: nothing of it is stored.
+            stored_answer = StoredAnswer(answer.status, answer.content_type, answer.body, answer.headers)
+            self.idempotency.save(principal, key, req_hash, stored_answer, route.retention_s or RETENTION_S)
             self.conn.execute("COMMIT")
             self.biometric.committed()  # the galleries learn an enrollment only once it is stored
             return answer

@@ -638,7 +638,7 @@ class BiometricRoutes:
         body, carried = self._checked(request, "enroll")  # the gate first: a bad id spends the rate, audited
         if not SUBJECT_ID.fullmatch(subject):
             raise self.refused(request, Problem("bad-subject", "the path's subject is not a subject id",
-                                                "use 1 to 64 letters, digits, . _ - (starting with a letter or digit)"),
+                                                f"use {endpoints.ID_RULE}"),
                                "malformed subject")
         records = carried.records
         views = self._views(request, carried)
@@ -1086,7 +1086,9 @@ class BiometricRoutes:
                                              self.threshold)
         self.refuse_if_unreachable(request, FINGER, threshold, views=len(views), searched=searched,
                                    capacity=self.identify_capacity, groups=allowed)
-        self.charge(request, len(views) * self._gallery_size)
+        # The comparisons it makes: the templates of the groups it may search (the gallery's search is restricted
+        # to them), not the whole gallery a lobby kiosk never touches (faces charge the same way).
+        self.charge(request, len(views) * searched)
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

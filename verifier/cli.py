@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from protocol.endpoints import ID_RULE
 from protocol.usage import UsageMistake, UsageParser, add_version, parse_arguments
 from verifier.pki import CA_CERT, fingerprint, init_pki
 from verifier.pki_folder import PKIFolderError, check_folder, database_error
@@ -157,7 +158,7 @@ def cmd_token_new(args: argparse.Namespace) -> int:
         if args.device is not None:
             check_device_id(args.device)
     except ValueError as exc:
-        raise CLIError(str(exc), fix="give --device a name of letters, digits, '.', '_' or '-'") from None
+        raise CLIError(str(exc), fix=f"give --device an id of {ID_RULE}") from None
     known = registry.status(args.device) if args.device is not None else None
     if known is not None and known[0] == "revoked":
         # simpleenroll refuses every token of a revoked id (403 device-revoked): a token would only waste a visit.
@@ -244,7 +245,7 @@ def _count(n: int, what: str) -> str:
 
 
 def _device_id_argument(device_id: str) -> str:
-    from protocol.endpoints import DEVICE_ID, ID_RULE
+    from protocol.endpoints import DEVICE_ID
 
     if not DEVICE_ID.fullmatch(device_id):
         raise CLIError(
@@ -356,7 +357,7 @@ def _device_to_rule(device_id: str, registry: DeviceRegistry, tokens: BootstrapT
 
 def _well_formed(value: str, what: str) -> str:
     """``value`` if it matches the protocol's pattern for ``what`` ("group name" or "subject id")."""
-    from protocol.endpoints import GROUP_NAME, ID_RULE, SUBJECT_ID
+    from protocol.endpoints import GROUP_NAME, SUBJECT_ID
 
     pattern = GROUP_NAME if what == "group name" else SUBJECT_ID
     if not pattern.fullmatch(value):
@@ -653,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     risk.set_defaults(run=cmd_subject_risk)
     group = with_pki(subject.add_parser("group", help="put a subject into a group (access rules name groups)"))
     group.add_argument("subject_id", help="an enrolled subject's id, exactly (`subject list`)")
-    group.add_argument("group", help="the group to move it into (1 to 64 letters, digits, '.', '_' or '-')")
+    group.add_argument("group", help=f"the group to move it into ({ID_RULE})")
     group.set_defaults(run=cmd_subject_group)
     require = with_pki(subject.add_parser("require", help="the factors a subject's (or group's) verification needs"))
     require.add_argument("subject_id", nargs="?", help="an enrolled subject's id, exactly (or --group instead)")

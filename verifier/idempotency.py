@@ -16,6 +16,7 @@ gets its token.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sqlite3
 import time
@@ -43,6 +44,8 @@ class StoredAnswer:
     status: int
     content_type: str
     body: bytes
+    # The answer's headers a repeat needs too: a step-up's 401 is RFC 9470 only with its WWW-Authenticate.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -59,6 +62,8 @@ class IdempotencyStore:
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(idempotency)")}
         if "expires_at" not in columns:  # databases from before answers had their own retention
             self.conn.execute("ALTER TABLE idempotency ADD COLUMN expires_at REAL")
+        if "headers" not in columns:  # databases from before answers kept their headers
+            self.conn.execute("ALTER TABLE idempotency ADD COLUMN headers TEXT")
 
     @staticmethod
     def _aad(principal: str, key: str) -> bytes:
@@ -76,14 +81,14 @@ class IdempotencyStore:
 
     def lookup(self, principal: str, key: str, req_hash: str) -> StoredAnswer | None:
         row = self.conn.execute(
-            "SELECT request_hash, status, content_type, body FROM idempotency WHERE principal = ? AND key = ?",
+            "SELECT request_hash, status, content_type, body, headers FROM idempotency WHERE principal = ? AND key = ?",
             (principal, key),
         ).fetchone()
         if row is None:
             return None
         if row[0] != req_hash:
             raise KeyReuseError(key)
-        return StoredAnswer(int(row[1]), str(row[2]), self._open(principal, key, bytes(row[3])))
+        return StoredAnswer(int(row[1]), str(row[2]), self._open(principal, key, bytes(row[3])), _headers(row[4]))
 
     def save(
         self, principal: str, key: str, req_hash: str, answer: StoredAnswer, retention_s: float = RETENTION_S
@@ -92,7 +97,7 @@ class IdempotencyStore:
         now = time.time()
         self.conn.execute(
             "INSERT OR IGNORE INTO idempotency (principal, key, request_hash, status, content_type, body, created_at, "
-            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_at, headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 principal,
                 key,
@@ -102,6 +107,7 @@ class IdempotencyStore:
                 self._seal(principal, key, answer.body),
                 now,
                 now + retention_s,
+                json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers]),
             ),
         )
 
@@ -110,3 +116,10 @@ class IdempotencyStore:
         return self.conn.execute(
             "DELETE FROM idempotency WHERE COALESCE(expires_at, created_at + ?) < ?", (RETENTION_S, now)
         ).rowcount
+
+
+def _headers(stored: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    """The stored headers of an answer (none for rows written before they were kept)."""
+    if not stored:
+        return ()
+    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(stored))

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from protocol.endpoints import GROUP_NAME, OPERATIONS
+from protocol.endpoints import GROUP_NAME, ID_RULE, OPERATIONS
 
 __all__ = ["GROUP_NAME", "OPERATIONS", "AccessRules", "Lockouts", "RateLimit", "RefusalLimit"]
 
@@ -81,7 +81,7 @@ class AccessRules:
             return
         bad = [g for g in groups if not GROUP_NAME.fullmatch(g)]
         if bad:
-            raise ValueError(f"bad group names {bad}: use 1 to 64 letters, digits, '.', '_' or '-'")
+            raise ValueError(f"bad group names {bad}: use {ID_RULE}")
         self.conn.execute(
             "INSERT INTO device_groups (device_id, groups) VALUES (?, ?) "
             "ON CONFLICT(device_id) DO UPDATE SET groups = excluded.groups",
