@@ -662,10 +662,9 @@ def consolidate(
                     gallery.field_index[some[both]],
                 )
         score[some] *= orientation_field.factor(share)
+        second = _second_pass(sim, probe, gallery, score, some, found) if second_pass else np.zeros(len(some))
         if transform is not None:  # for a caller studying the comparison (debug.explain_comparison): not in scoring
-            transform.update(some=some, share=share, **found)
-        if second_pass:
-            _second_pass(sim, probe, gallery, score, some, found)
+            transform.update(some=some, share=share, second=second, **found)
     if transform is not None:
         transform.update(excess=excess, fraction=fraction)
     return score.astype(np.float64)
@@ -767,7 +766,7 @@ def _second_pass(
     score: np.ndarray,
     some: np.ndarray,
     found: dict[str, np.ndarray],
-) -> None:
+) -> np.ndarray:
     """Raise, in place, the scores under ``SECOND_PASS_BELOW`` to ``SECOND_PASS_WEIGHT`` x the aligned pairs' score.
 
     The LSS-R evidence of the first pass comes from the mutually-best cylinder
@@ -778,14 +777,17 @@ def _second_pass(
     their cylinder similarities, and the comparison consolidated again from
     them (alignment, pairing, field); being consistent by construction, those
     pairs relax higher for an impostor too, hence the weight (module docstring).
+    Returns the weighted second scores of ``some`` (0 where the pass did not run).
     """
+    weighted = np.zeros(len(some))
     low = np.flatnonzero(score[some] < SECOND_PASS_BELOW)
     if not len(low):
-        return
+        return weighted
     templates = some[low]
     b, i = np.nonzero(found["paired_probe"][low])
     j = found["partner"][low][b, i]
     kept = np.zeros((sim.shape[0], sim.shape[1], len(templates)), sim.dtype)
     kept[i, j, b] = sim[i, j, templates[b]]
-    again = consolidate(kept, probe, _subset(gallery, templates), second_pass=False)
-    score[templates] = np.maximum(score[templates], SECOND_PASS_WEIGHT * again)
+    weighted[low] = SECOND_PASS_WEIGHT * consolidate(kept, probe, _subset(gallery, templates), second_pass=False)
+    score[templates] = np.maximum(score[templates], weighted[low])
+    return weighted
