@@ -33,6 +33,7 @@ def factors(e: ComparisonExplanation) -> dict[str, object]:
         "field_share": None if e.field_share is None else round(e.field_share, 4),
         "field_factor": round(e.field_factor, 4),
         "field_measured": e.field_measured,
+        "second_pass": round(e.second_pass, 5),
     }
 
 

@@ -77,8 +77,9 @@ def explain(image: np.ndarray, resolution_dpi: int = 500) -> Explanation:
 class ComparisonExplanation:
     """Each factor of one comparison's score, probe ``a`` against gallery ``b`` (see :mod:`mcc_match`).
 
-    ``score`` is ``sqrt(lss_excess * paired_fraction) * field_factor``, exactly
-    what :func:`biometrics.fingerprint.match` returns. Positions are 500-dpi pixels.
+    ``score`` is ``max(sqrt(lss_excess * paired_fraction) * field_factor, second_pass)``,
+    exactly what :func:`biometrics.fingerprint.match` returns (the factors are the
+    first pass's). Positions are 500-dpi pixels.
     """
 
     score: float
@@ -94,6 +95,8 @@ class ComparisonExplanation:
     field_share: float | None
     field_factor: float  # the score's multiplier for it (orientation_field.factor; 1 when not compared)
     field_measured: bool  # both prints carry a field (otherwise MISSING_AGREEMENT stood in for the share)
+    # mcc_match's second pass: SECOND_PASS_WEIGHT x the score of the aligned pairs alone (0 when not run)
+    second_pass: float = 0.0
 
 
 def explain_comparison(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate | Minutiae) -> ComparisonExplanation:
@@ -134,4 +137,5 @@ def explain_comparison(a: FingerprintTemplate | Minutiae, b: FingerprintTemplate
         field_share=share,
         field_factor=float(orientation_field.factor(np.array([share]))[0]),
         field_measured=measured,
+        second_pass=float(found["second"][0]),
     )
