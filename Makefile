@@ -46,13 +46,15 @@ system-tools:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 
 # pytest exits 5 when it collected no test: make treats that as a failure too.
-# The suite runs on one worker per core (at most 4; pytest-xdist), a file to a worker so
-# that module fixtures are built once. Most tests wait on real processes, sockets and
-# timers rather than compute: on a 2-core VM two workers took 360 s against 675 s for one.
+# The suite runs on one worker more than the cores (at most 4; pytest-xdist), a file to a
+# worker so that module fixtures are built once. Most tests wait on real processes, sockets
+# and timers rather than compute: on a 2-core VM one worker took 675 s, two 499 to 530 s,
+# three 439 to 461 s (with a benchmark beside them); four failed a test's 3 s finger timeout once.
 # `python -m pytest tests/FILE` runs on one process as usual. Tests marked `alone` assert
 # what a legitimate device gets while the verifier is flooded; they run afterwards, on the
 # machine to themselves (under the parallel suite one such call failed once in nine runs).
-PYTEST_WORKERS := -n auto --maxprocesses 4 --dist loadfile
+CORES := $(shell nproc 2>/dev/null || echo 2)
+PYTEST_WORKERS := -n $(shell echo $$(( $(CORES) + 1 < 4 ? $(CORES) + 1 : 4 ))) --dist loadfile
 
 test: $(STAMP) system-tools bytecode
 	$(BIN)/python -m ruff check .
