@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from tests.conftest import sqlite_modes_under_umask_022
 from verifier.challenges import Challenges, NonceError
@@ -120,6 +121,32 @@ def test_idempotency_returns_the_first_answer_and_refuses_key_reuse(conn) -> Non
     with pytest.raises(KeyReuseError):
         store.lookup("kiosk-1", "k", "hash-2")
     assert store.expire(now=time.time() + 2 * 86400) == 1
+
+
+
+def test_an_answers_headers_are_sealed_at_rest_and_only_its_own_row_opens_them(conn) -> None:
+    """Answers are kept with their headers since a step-up's 401 is replayed (its WWW-Authenticate), but the
+    headers were written as plain JSON beside the sealed body: a copy of the database read what they say, and a
+    header carrying a secret would be handed out by it, which the body's sealing is there to prevent."""
+    store = IdempotencyStore(conn, sealing_key(b"k" * 32))
+    said = (b"www-authenticate", b'Bearer error="insufficient_user_authentication", acr_values="second_finger"')
+    answer = StoredAnswer(401, "application/problem+json", b'{"step_up": "s-1"}', (said, (b"x-token", b"t0ken")))
+    store.save("kiosk-1", "k", "hash-1", answer)
+    store.save("kiosk-1", "other", "hash-2", StoredAnswer(200, "application/json", b"{}", ((b"x-a", b"1"),)))
+    assert store.lookup("kiosk-1", "k", "hash-1") == answer
+    at_rest = b"".join(
+        value if isinstance(value, bytes) else str(value).encode()
+        for row in conn.execute("SELECT headers, body FROM idempotency") for value in row
+    )
+    assert b"second_finger" not in at_rest and b"t0ken" not in at_rest and b"www-authenticate" not in at_rest
+    # Another row's sealed headers moved into this one do not open (they are bound to their principal and key).
+    conn.execute("UPDATE idempotency SET headers = (SELECT headers FROM idempotency WHERE key = 'other') "
+                 "WHERE key = 'k'")
+    with pytest.raises(InvalidTag):
+        store.lookup("kiosk-1", "k", "hash-1")
+    # A row the version that kept them in plain JSON wrote is still answered with them (until it expires).
+    conn.execute("""UPDATE idempotency SET headers = '[["x-a", "2"]]' WHERE key = 'other'""")
+    assert store.lookup("kiosk-1", "other", "hash-2").headers == ((b"x-a", b"2"),)
 
 
 def test_registry_grace_period_after_renewal(conn) -> None:

@@ -10,7 +10,9 @@ associated data) under a key derived from the verifier's at-rest key
 (``enrollment.key``, a file apart from the database): an accepted verification's
 answer carries a session token, and a copy of the database must not hand out
 live tokens. The answer is kept whole, so a retry after a cut connection still
-gets its token.
+gets its token. Its headers (a step-up's WWW-Authenticate) are sealed as well, apart
+from the body (their own associated data, so neither passes for the other): what
+a stored answer says is read back only with the key, whatever header it carries.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 RETENTION_S = 24 * 3600
 SEALED = b"AEAD1"  # prefix of a sealed body: 12-byte nonce, then ciphertext and tag
+HEADERS_PART = b"\x00headers"  # ends the sealed headers' associated data
 
 
 def sealing_key(at_rest_key: bytes) -> bytes:
@@ -66,18 +69,32 @@ class IdempotencyStore:
             self.conn.execute("ALTER TABLE idempotency ADD COLUMN headers TEXT")
 
     @staticmethod
-    def _aad(principal: str, key: str) -> bytes:
-        return principal.encode() + b"\x00" + key.encode()
+    def _aad(principal: str, key: str, part: bytes = b"") -> bytes:
+        """The associated data: the principal and the key (``part`` names the headers, so they never open as a body)."""
+        return principal.encode() + b"\x00" + key.encode() + part
 
-    def _seal(self, principal: str, key: str, body: bytes) -> bytes:
+    def _seal(self, principal: str, key: str, body: bytes, part: bytes = b"") -> bytes:
         nonce = secrets.token_bytes(12)
-        return SEALED + nonce + self._aead.encrypt(nonce, body, self._aad(principal, key))
+        return SEALED + nonce + self._aead.encrypt(nonce, body, self._aad(principal, key, part))
 
-    def _open(self, principal: str, key: str, stored: bytes) -> bytes:
+    def _open(self, principal: str, key: str, stored: bytes, part: bytes = b"") -> bytes:
         if not stored.startswith(SEALED):
             return stored  # written before answers were sealed; gone within RETENTION_S
         nonce, sealed = stored[len(SEALED) : len(SEALED) + 12], stored[len(SEALED) + 12 :]
-        return self._aead.decrypt(nonce, sealed, self._aad(principal, key))
+        return self._aead.decrypt(nonce, sealed, self._aad(principal, key, part))
+
+    def _seal_headers(self, principal: str, key: str, headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+        """The answer's headers as sealed JSON: a header may carry what a copy of the database must not show."""
+        plain = json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in headers])
+        return self._seal(principal, key, plain.encode(), HEADERS_PART)
+
+    def _open_headers(self, principal: str, key: str, stored: str | bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+        """The stored headers of an answer: none for rows from before they were kept; plain JSON from the
+        version that kept them unsealed (gone within RETENTION_S)."""
+        if not stored:
+            return ()
+        plain = stored if isinstance(stored, str) else self._open(principal, key, bytes(stored), HEADERS_PART)
+        return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(plain))
 
     def lookup(self, principal: str, key: str, req_hash: str) -> StoredAnswer | None:
         row = self.conn.execute(
@@ -88,7 +105,8 @@ class IdempotencyStore:
             return None
         if row[0] != req_hash:
             raise KeyReuseError(key)
-        return StoredAnswer(int(row[1]), str(row[2]), self._open(principal, key, bytes(row[3])), _headers(row[4]))
+        body = self._open(principal, key, bytes(row[3]))
+        return StoredAnswer(int(row[1]), str(row[2]), body, self._open_headers(principal, key, row[4]))
 
     def save(
         self, principal: str, key: str, req_hash: str, answer: StoredAnswer, retention_s: float = RETENTION_S
@@ -107,7 +125,7 @@ class IdempotencyStore:
                 self._seal(principal, key, answer.body),
                 now,
                 now + retention_s,
-                json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers]),
+                self._seal_headers(principal, key, answer.headers),
             ),
         )
 
@@ -116,10 +134,3 @@ class IdempotencyStore:
         return self.conn.execute(
             "DELETE FROM idempotency WHERE COALESCE(expires_at, created_at + ?) < ?", (RETENTION_S, now)
         ).rowcount
-
-
-def _headers(stored: str | None) -> tuple[tuple[bytes, bytes], ...]:
-    """The stored headers of an answer (none for rows written before they were kept)."""
-    if not stored:
-        return ()
-    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(stored))
