@@ -66,7 +66,7 @@ class IdempotencyStore:
         if "expires_at" not in columns:  # databases from before answers had their own retention
             self.conn.execute("ALTER TABLE idempotency ADD COLUMN expires_at REAL")
         if "headers" not in columns:  # databases from before answers kept their headers
-            self.conn.execute("ALTER TABLE idempotency ADD COLUMN headers TEXT")
+            self.conn.execute("ALTER TABLE idempotency ADD COLUMN headers BLOB")
 
     @staticmethod
     def _aad(principal: str, key: str, part: bytes = b"") -> bytes:
@@ -88,12 +88,11 @@ class IdempotencyStore:
         plain = json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in headers])
         return self._seal(principal, key, plain.encode(), HEADERS_PART)
 
-    def _open_headers(self, principal: str, key: str, stored: str | bytes | None) -> tuple[tuple[bytes, bytes], ...]:
-        """The stored headers of an answer: none for rows from before they were kept; plain JSON from the
-        version that kept them unsealed (gone within RETENTION_S)."""
+    def _open_headers(self, principal: str, key: str, stored: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+        """The stored headers of an answer: none for rows from before they were kept (gone within RETENTION_S)."""
         if not stored:
             return ()
-        plain = stored if isinstance(stored, str) else self._open(principal, key, bytes(stored), HEADERS_PART)
+        plain = self._open(principal, key, bytes(stored), HEADERS_PART)
         return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(plain))
 
     def lookup(self, principal: str, key: str, req_hash: str) -> StoredAnswer | None:
