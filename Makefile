@@ -49,7 +49,8 @@ system-tools:
 # The suite runs on one worker more than the cores (at most 4; pytest-xdist), a file to a
 # worker so that module fixtures are built once. Most tests wait on real processes, sockets
 # and timers rather than compute: on a 2-core VM one worker took 675 s, two 499 to 530 s,
-# three 439 to 461 s (with a benchmark beside them); four failed a test's 3 s finger timeout once.
+# three 343 s idle and 439 to 461 s with a benchmark beside them; four (with two benchmarks
+# beside them) failed a test's 3 s finger timeout once.
 # `python -m pytest tests/FILE` runs on one process as usual. Tests marked `alone` assert
 # what a legitimate device gets while the verifier is flooded; they run afterwards, on the
 # machine to themselves (under the parallel suite one such call failed once in nine runs).
