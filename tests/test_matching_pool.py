@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
-from verifier.matching import Budget, MatchingBusy, MatchPool, OverBudget
+from verifier.matching import Budget, MatchingBusy, MatchPool, OverBudget, OverBudgetQueued
 
 
 def blocking(started: threading.Event, go: threading.Event, result: str):
@@ -122,3 +123,28 @@ def test_a_device_holds_its_one_job_until_its_then_has_written_the_decision() ->
         return seen
 
     assert asyncio.run(run()) == ["busy"]
+
+
+def test_only_a_job_that_never_started_is_told_apart_as_queued() -> None:
+    """OverBudgetQueued (no comparison made: the charge is given back) only for a budget spent before the job
+    ran; a job that ran out of time mid-match did its work and stays charged (plain OverBudget)."""
+    ran: list[str] = []
+
+    def slow_job(budget) -> None:
+        ran.append("slow")
+        time.sleep(0.2)  # past its 0.05 s budget whatever the machine's speed
+        budget.check()
+
+    async def run(pool: MatchPool, job) -> BaseException:
+        try:
+            await pool.run("kiosk-1", job, lambda result: result)
+        except OverBudget as exc:
+            return exc
+        finally:
+            pool.close()
+        raise AssertionError("the job kept its budget")
+
+    mid_match = asyncio.run(run(MatchPool(1, 0, budget_s=0.05), slow_job))
+    assert type(mid_match) is OverBudget and ran == ["slow"]
+    never_started = asyncio.run(run(MatchPool(1, 0, budget_s=1e-9), slow_job))
+    assert isinstance(never_started, OverBudgetQueued) and ran == ["slow"], "the job ran, or was not told apart"

@@ -298,3 +298,29 @@ def test_an_identification_of_a_group_restricted_device_is_charged_for_the_group
         statuses = lobby.run(identify_twice)
     assert [status for status, _ in statuses] == [200, 200], statuses
     assert [c["subject"] for c in statuses[1][1]["candidates"]] == ["alice"], statuses
+
+
+def test_matching_never_started_for_lack_of_time_gives_the_devices_allowance_back(tmp_path, synthetic_templates):
+    """A job whose budget ran out while it waited (behind other devices' jobs, or its serial key's) made no
+    comparison, yet its charge stayed: under a flood of others' work a legitimate kiosk was told 503, then 429
+    for a minute of matching it never got. A budget of a nanosecond runs out before any job starts: each
+    identification here is a 503 matching-over-budget, and none turns into device-work-limited (the allowance,
+    2 comparisons a minute, would be spent by the third on the old code)."""
+    extra = settings_file(tmp_path, device_comparisons_per_min=2, match_budget_s=1e-9)
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        kiosk = Device(*asyncio.run(provision_device(verifier, tmp_path / "kiosk", "kiosk-1")))
+        views = [wire(synthetic_templates[0][0])]
+
+        async def identify_five_times():
+            problems = []
+            no_retry = {"network": {"retries": 0}}  # the agent retries a 503 by itself: see each answer
+            async with VerifierClient(kiosk.config.with_overrides(**no_retry), kiosk.identity) as client:
+                for _ in range(5):
+                    body = await kiosk.signed(client, "/v1/identifications", templates=views)
+                    response = await client.request("POST", "/v1/identifications", json=body)
+                    problems.append((response.status_code, response.json().get("type", "").rsplit("/", 1)[-1]))
+            return problems
+
+        answers = asyncio.run(identify_five_times())
+    assert answers == [(503, "matching-over-budget")] * 5, answers
+

@@ -48,7 +48,7 @@ from verifier.idempotency import (
     request_hash,
     sealing_key,
 )
-from verifier.matching import MatchingBusy, MatchPool, OverBudget
+from verifier.matching import MatchingBusy, MatchPool, OverBudget, OverBudgetQueued
 from verifier.pki import MAX_CSR_DER, CertificateAuthority, CSRError, parse_csr
 from verifier.policy import RefusalLimit, WorkLimit
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
@@ -412,6 +412,8 @@ class VerifierApp:
             self.conn.execute("BEGIN IMMEDIATE")
             deferred.undo()
             self.conn.execute("COMMIT")
+            if isinstance(exc, MatchingBusy | OverBudgetQueued):  # no comparison made: the allowance is the device's
+                self.biometric.give_back_work(request)
             if isinstance(exc, MatchingBusy):
                 raise self._busy(request, deferred.device_id, str(exc)) from None
             reason = f"matching took longer than {self.settings.match_budget_s:g} s"

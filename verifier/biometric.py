@@ -449,6 +449,8 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         wait = self.device_work.spend(device_id, comparisons)
+        if wait == 0:
+            request.work_charged = comparisons
         if wait > 0:
             raise self.refused(
                 request,
@@ -461,6 +463,12 @@ class BiometricRoutes:
                 "device matching work limit",
                 comparisons=comparisons,
             )
+
+    def give_back_work(self, request: Request) -> None:
+        """The request's matching was never done (its budget ran out in the queue): its charge is given back."""
+        if request.device is not None and request.work_charged is not None:
+            self.device_work.give_back(request.device.device_id, request.work_charged)
+            request.work_charged = None
 
     # ---------------------------------------------------------------- matching (in pool threads)
     @staticmethod

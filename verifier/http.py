@@ -31,6 +31,7 @@ class Request:
     device: Device | None  # set on routes that need a client certificate
     client_cert: x509.Certificate | None
     subject: str = ""  # from /v1/subjects/{id}/...
+    work_charged: int | None = None  # comparisons charged to the device's matching allowance (given back if none made)
 
 
 @dataclass(frozen=True)

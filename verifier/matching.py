@@ -50,6 +50,12 @@ class OverBudget(Exception):
     """The job used up its time budget."""
 
 
+class OverBudgetQueued(OverBudget):
+    """The budget ran out before the job started (queued behind others' jobs or its serial key's): no matching
+    was done for it, so the device's matching allowance is given back (a flood of other devices' work must not
+    spend a legitimate device's allowance too)."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """The deadline of one matching job (monotonic seconds)."""
@@ -108,7 +114,8 @@ class MatchPool:
             release()
 
         def checked() -> T:
-            budget.check()  # the time spent queueing counts
+            if time.monotonic() > budget.deadline:  # the time spent queueing counts
+                raise OverBudgetQueued
             return job(budget)
 
         try:
@@ -134,7 +141,7 @@ class MatchPool:
             async with asyncio.timeout(max(0.0, budget.deadline - time.monotonic())):
                 await lock.acquire()
         except TimeoutError:
-            raise OverBudget from None
+            raise OverBudgetQueued from None
         try:
             yield
         finally:

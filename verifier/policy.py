@@ -320,3 +320,12 @@ class WorkLimit:
                     return when + 60.0 - now
         spent.append((now, cost))
         return 0.0
+
+    def give_back(self, key: str, cost: int) -> None:
+        """Un-count the newest charge of ``cost`` (as :meth:`spend` counted it): work charged but never done."""
+        cost = min(max(cost, 1), self.per_minute)
+        spent = self._spent.get(key, deque())
+        for index in range(len(spent) - 1, -1, -1):
+            if spent[index][1] == cost:
+                del spent[index]
+                return
