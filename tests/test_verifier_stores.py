@@ -123,7 +123,6 @@ def test_idempotency_returns_the_first_answer_and_refuses_key_reuse(conn) -> Non
     assert store.expire(now=time.time() + 2 * 86400) == 1
 
 
-
 def test_an_answers_headers_are_sealed_at_rest_and_only_its_own_row_opens_them(conn) -> None:
     """Answers are kept with their headers since a step-up's 401 is replayed (its WWW-Authenticate), but the
     headers were written as plain JSON beside the sealed body: a copy of the database read what they say, and a

@@ -764,7 +764,6 @@ def scores(probe: Cylinders, gallery: Packed, scratch: np.ndarray | None = None)
     return out
 
 
-
 def _subset(gallery: Packed, templates: np.ndarray) -> Packed:
     """The given (sorted) templates of a packed set, for :func:`consolidate` (which reads no rows)."""
     return replace(
