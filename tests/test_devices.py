@@ -853,3 +853,74 @@ def test_a_serial_module_fault_a_session_meets_is_audited_its_ordinary_ends_are_
 
     asyncio.run(scenario())
     assert _events(recorded, "finger") == ["device_plugged", "device_fault"]
+
+
+class _HeldOwner:
+    """Makes one thread's first look at ``owner.stopped`` return what it read only once another thread's stop
+    has returned: the interleaving of two stops at once that the scheduler gives only now and then, every time.
+    The owner thread stays the real one."""
+
+    def __init__(self, device: Device) -> None:
+        from agent.devices.owner import DeviceOwner
+
+        self.held: int | None = None  # the thread whose look is held
+        self.looked, self.other_done = threading.Event(), threading.Event()
+        gate = self
+
+        class Held(DeviceOwner):
+            @property
+            def stopped(self) -> bool:
+                seen = self._stopped
+                if threading.get_ident() == gate.held and not gate.looked.is_set():
+                    gate.looked.set()
+                    gate.other_done.wait(30)
+                return seen
+
+        device.owner.stop()  # the owner it was made with: replaced before anything ran on it
+        device.owner = Held(device.name)
+
+
+def test_two_stops_of_a_device_at_once_both_return_and_close_it_once(zfm_sim) -> None:
+    """Device.stop checked whether its owner had stopped, then queued its close: a second stop at the same time
+    (the daemon's, a failed start's) that looked before the first had stopped the owner queued its close after,
+    and was refused with DeviceStopped (here: held between its look and its close)."""
+    from agent.devices.kinds import ZfmDevice
+    from drivers.zfm.driver import ZfmModule
+
+    device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "finger")
+    gate = _HeldOwner(device)
+    closes: list[int] = []
+    module: ZfmModule = device.module
+    real_close = module.close
+
+    def close() -> None:
+        closes.append(threading.get_ident())
+        real_close()
+
+    module.close = close  # type: ignore[method-assign]
+    asyncio.run(device.open())
+    raised: dict[str, BaseException] = {}
+
+    def stop(who: str) -> None:
+        if who == "second":
+            gate.held = threading.get_ident()
+        try:
+            device.stop()
+        except BaseException as exc:
+            raised[who] = exc
+        finally:
+            if who == "first":
+                gate.other_done.set()
+
+    second = threading.Thread(target=stop, args=("second",), daemon=True)
+    second.start()
+    while not gate.looked.wait(0.01) and second.is_alive():
+        pass  # until the second stop has looked (the old code) or is done (one that never looks)
+    first = threading.Thread(target=stop, args=("first",), daemon=True)
+    first.start()
+    for thread in (first, second):
+        thread.join(60)  # a bound on a hang, not a timing assertion
+    assert not first.is_alive() and not second.is_alive(), "a stop never returned"
+    assert raised == {}, f"a concurrent stop raised: {raised!r}"
+    assert len(closes) == 1, f"the module was closed {len(closes)} times"
+    assert not device.owner.alive and not device.connected

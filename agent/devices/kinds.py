@@ -107,13 +107,15 @@ class Device:
 
     def stop(self) -> None:
         """For good (the agent stops): not connected from now on, so a session still running is refused at
-        once (DeviceStopped, or DeviceUnavailable before it reaches the owner) rather than queued for nobody."""
+        once (DeviceStopped, or DeviceUnavailable before it reaches the owner) rather than queued for nobody.
+
+        Idempotent, from any number of threads at once: the close is queued with the owner's stop, by the first
+        stop alone (stopped twice, a failed start then the stop, it is closed once), and each returns once the
+        owner has ended. Checked, then queued apart, a second stop could land between the two and be refused.
+        """
         self.connected = False
         self.abort.set()
-        if self.owner.stopped:  # stopped twice (a failed start, then the stop): closed once
-            return
-        self.owner.submit(self._close)
-        self.owner.stop()
+        self.owner.stop(last=self._close)
 
     def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged."""
