@@ -924,3 +924,37 @@ def test_two_stops_of_a_device_at_once_both_return_and_close_it_once(zfm_sim) ->
     assert raised == {}, f"a concurrent stop raised: {raised!r}"
     assert len(closes) == 1, f"the module was closed {len(closes)} times"
     assert not device.owner.alive and not device.connected
+
+
+def test_a_failed_reopen_is_a_warning_naming_the_error_type_and_when_the_next_try_is(tmp_path) -> None:
+    """A serial module that failed each reopen (here its port is a file, not a serial device: every open is
+    refused at once) was logged at info level: invisible at the default level, with neither the error's type
+    nor when the agent would try again. Each failure is now a warning with both; the wait doubles from one
+    check interval."""
+    from structlog.testing import capture_logs
+
+    port = tmp_path / "ttyUSB9"
+    port.write_bytes(b"")
+
+    def failed(logs: list[dict]) -> list[dict]:
+        return [e for e in logs if e["event"] == "device_open_failed"]
+
+    async def scenario(logs: list[dict]) -> None:
+        supervisor = DeviceSupervisor(
+            [("finger", DeviceSection(kind="zfm", port=str(port), check_interval_s=0.1))], lambda k, d: None
+        )
+        await supervisor.open_all()
+        supervisor.start()
+        try:
+            await _until(lambda: len(failed(logs)) >= 3, 30)
+        finally:
+            await supervisor.close()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario(logs))
+    start, first, second = failed(logs)[:3]
+    assert [e["log_level"] for e in (start, first, second)] == ["warning"] * 3, failed(logs)
+    assert (start["reopen"], first["reopen"], second["reopen"]) == (False, True, True)
+    assert [e["reopen_in_s"] for e in (start, first, second)] == [0.1, 0.2, 0.4], failed(logs)
+    assert first["error_type"] == "PortSettingsError" and "cannot be opened" in first["error"], first
+    assert "not a file" in first["fix"], first
