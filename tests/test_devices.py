@@ -958,3 +958,44 @@ def test_a_failed_reopen_is_a_warning_naming_the_error_type_and_when_the_next_tr
     assert [e["reopen_in_s"] for e in (start, first, second)] == [0.1, 0.2, 0.4], failed(logs)
     assert first["error_type"] == "PortSettingsError" and "cannot be opened" in first["error"], first
     assert "not a file" in first["fix"], first
+
+
+def test_identify_on_a_reader_that_cannot_is_a_usage_error_not_an_audited_fault(fprint_socket_dir) -> None:
+    """libfprint's virtual_device verifies only. Asked to identify, the driver's refusal (a driver error) was
+    audited as a device_fault, a reader to replace for staff, and reached the kiosk app as device_error, of a
+    reader that works. Now it is DeviceCannot, refused before the driver: code device_cannot, no device_fault."""
+    from agent.devices.errors import DeviceCannot
+    from agent.devices.kinds import FprintDevice
+    from agent.localapi import error_codes
+
+    path = fprint_socket_dir / "device.sock"
+    recorded: list[tuple[str, dict]] = []
+
+    def factory(section: DeviceSection, name: str) -> FprintDevice:
+        return FprintDevice(section, name, env={"FP_VIRTUAL_DEVICE": str(path)})
+
+    async def scenario() -> BaseException:
+        supervisor = DeviceSupervisor(
+            [("sensor", DeviceSection(kind="fprint", selector="virtual_device"))],
+            lambda k, d: recorded.append((k, d)), factory=factory,
+        )
+        await supervisor.open_all()
+        try:
+            sensor = supervisor.pick(MATCH_ON_SENSOR)
+            try:
+                await asyncio.to_thread(sensor.identify, [b"a print"], 5)
+            except Exception as exc:
+                refused: BaseException = exc
+            else:
+                raise AssertionError("identify on a reader without identification was not refused")
+            for _ in range(5):  # a fault handed to the loop (Device.on_fault) is recorded in a callback: let it run
+                await asyncio.sleep(0)
+            return refused
+        finally:
+            await supervisor.close()
+
+    refused = asyncio.run(scenario())
+    assert isinstance(refused, DeviceCannot), repr(refused)
+    assert error_codes(refused) == {"code": "device_cannot"}
+    assert "cannot identify" in refused.message and "capture-agent verify --subject ID" in refused.fix, refused
+    assert _events(recorded, "sensor") == ["device_plugged"], recorded

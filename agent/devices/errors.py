@@ -103,6 +103,19 @@ class NoDeviceFor(DeviceError):
         super().__init__(message, fix)
 
 
+class DeviceCannot(DeviceError):
+    """A device asked for an operation it does not declare (identify on a reader that only verifies): a usage
+    error, refused before the driver is reached.
+
+    Its own type, not the driver's error: that one was audited as a ``device_fault`` (a reader failing,
+    for staff to replace) and told the kiosk app ``device_error``, of a reader that works; the local API
+    says ``device_cannot``.
+    """
+
+    def __init__(self, name: str, operation: str, why: str, fix: str) -> None:
+        super().__init__(f"device {name} cannot {operation}: {why}", fix)
+
+
 class DeviceFault(DeviceError):
     """A device that answers but whose output cannot be used (a camera's frames of a size out of range,
     a stream that is not MJPEG): the driver's message and fix, under the device's name."""

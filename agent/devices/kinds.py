@@ -18,7 +18,14 @@ from typing import Any
 
 from agent.config import DeviceSection
 from agent.devices import capabilities as cap
-from agent.devices.errors import DeviceError, DeviceFault, DeviceStopped, DeviceUnavailable, DeviceUnplugged
+from agent.devices.errors import (
+    DeviceCannot,
+    DeviceError,
+    DeviceFault,
+    DeviceStopped,
+    DeviceUnavailable,
+    DeviceUnplugged,
+)
 from agent.devices.owner import DeviceOwner
 
 
@@ -143,7 +150,8 @@ class Device:
     def _audit_if_fault(self, exc: Exception) -> None:
         """A driver's typed fault a session met (a module answering noise, a corrupt reply): audited as the
         supervisor's own faults are (invariant 5). Only the camera's were: a serial or USB reader failing every
-        session left no device_fault, only each session's end with its reason."""
+        session left no device_fault, only each session's end with its reason. A usage error (an operation the
+        device does not declare) never gets here: a kind refuses it before the driver, as DeviceCannot."""
         from drivers.errors import DeviceError as DriverError
 
         if isinstance(exc, DriverError) and not isinstance(exc, self._outcomes()) and self.on_fault is not None:
@@ -311,6 +319,16 @@ class FprintDevice(Device):
     def identify(
         self, enrolled: list[bytes], timeout_s: float = 15.0, *, cancel: threading.Event | None = None
     ) -> int | None:
+        """1:N on the sensor. A reader whose driver has no identification is refused here, typed as the
+        usage error it is (DeviceCannot): the driver's own refusal is a driver error, audited as a device_fault
+        of a reader that works."""
+        info = self.reader.info
+        if info is not None and not info.identify:
+            raise DeviceCannot(
+                self.name, "identify", f"libfprint's {info.driver} driver has no identification",
+                "verify a claimed id on it instead (capture-agent verify --subject ID), or identify on a reader "
+                "that can (`capture-agent devices` lists what each does)",
+            )
         return self._guarded(self.reader.identify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
 
     @property
