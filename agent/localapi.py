@@ -749,7 +749,7 @@ def error_codes(exc: AgentError) -> dict[str, str]:
     Why: a kiosk app showed the person something for each error by matching the English ``message``;
     "no finger in time", "reader unplugged" and "verifier down" need different screens, and the text may change.
     """
-    from agent.devices.errors import DeviceFault, DeviceUnavailable, DeviceUnplugged
+    from agent.devices.errors import DeviceCannot, DeviceFault, DeviceStopped, DeviceUnavailable, DeviceUnplugged
     from agent.errors import DeadlineError, TransportError, VerifierError
     from agent.face_sessions import FaceNotReadyError, LivenessFailedError, NoFaceError
     from agent.sessions import NoFingerError, SessionError
@@ -760,6 +760,10 @@ def error_codes(exc: AgentError) -> dict[str, str]:
         return {"code": "liveness_failed", "reason": exc.reason}
     for kind, code in ((NoFingerError, "no_finger"), (NoFaceError, "no_face"), (FaceNotReadyError, "face_not_ready"),
                        (DeviceUnplugged, "device_unplugged"),
+                       # a device closed under a session by the stopping agent: a retry, not staff (agent_error)
+                       (DeviceStopped, "agent_stopping"),
+                       # asked of a device that does not declare it (identify on a verify-only reader): no fault
+                       (DeviceCannot, "device_cannot"),
                        (DeviceUnavailable, "device_not_connected"),
                        # a camera's fault (frames that do not decode, of a refused size): it said agent_error
                        (DeviceFault, "device_error"), (TransportError, "verifier_unreachable"),

@@ -266,3 +266,48 @@ def test_a_live_socket_whose_queue_is_full_is_not_taken_for_a_dead_one(tmp_path)
         for filler in fillers:
             filler.close()
         busy.close()
+
+
+def test_a_device_the_stopping_agent_closed_mid_session_is_its_own_code_with_a_retry_fix(
+    provisioned, zfm_sim, tmp_path
+) -> None:
+    """A session's reader closed under it by the stopping agent (DeviceStopped) reached the kiosk app as
+    ``agent_error``, the code of the agent's own failures that need staff; its fix said to start the agent by
+    hand. Now it is ``agent_stopping``, and the fix says to try again once the agent is back."""
+    from agent.config import DeviceSection
+    from agent.devices.kinds import ZfmDevice
+
+    config, identity = provisioned
+    socket_path = tmp_path / "run" / "api.sock"
+
+    async def scenario() -> list[dict]:
+        device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "reader")
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client:
+
+                def make(emit):
+                    def script(event):  # the agent stops as the person is asked for a finger
+                        if event["type"] == "prompt" and event["code"] == "place_finger":
+                            device.stop()
+                        emit(event)
+
+                    return CaptureSession(device, client, emit=script, finger_timeout_s=5)
+
+                api = LocalAPI(socket_path, make)
+                await api.start()
+                try:
+                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
+                        created = (await kiosk.post("/sessions", json={"operation": "identify"})).json()
+                        return sse_events((await kiosk.get(created["events"])).text)
+                finally:
+                    await api.stop()
+        finally:
+            device.stop()
+
+    events = asyncio.run(scenario())
+    ended = events[-1]
+    assert ended["type"] == "error" and ended["code"] == "agent_stopping", events
+    assert "the agent is stopping" in ended["message"], ended
+    assert ended["fix"].startswith("try again once the agent is back"), ended

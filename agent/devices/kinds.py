@@ -18,7 +18,14 @@ from typing import Any
 
 from agent.config import DeviceSection
 from agent.devices import capabilities as cap
-from agent.devices.errors import DeviceError, DeviceFault, DeviceStopped, DeviceUnavailable, DeviceUnplugged
+from agent.devices.errors import (
+    DeviceCannot,
+    DeviceError,
+    DeviceFault,
+    DeviceStopped,
+    DeviceUnavailable,
+    DeviceUnplugged,
+)
 from agent.devices.owner import DeviceOwner
 
 
@@ -107,13 +114,15 @@ class Device:
 
     def stop(self) -> None:
         """For good (the agent stops): not connected from now on, so a session still running is refused at
-        once (DeviceStopped, or DeviceUnavailable before it reaches the owner) rather than queued for nobody."""
+        once (DeviceStopped, or DeviceUnavailable before it reaches the owner) rather than queued for nobody.
+
+        Idempotent, from any number of threads at once: the close is queued with the owner's stop, by the first
+        stop alone (stopped twice, a failed start then the stop, it is closed once), and each returns once the
+        owner has ended. Checked, then queued apart, a second stop could land between the two and be refused.
+        """
         self.connected = False
         self.abort.set()
-        if self.owner.stopped:  # stopped twice (a failed start, then the stop): closed once
-            return
-        self.owner.submit(self._close)
-        self.owner.stop()
+        self.owner.stop(last=self._close)
 
     def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged."""
@@ -141,7 +150,8 @@ class Device:
     def _audit_if_fault(self, exc: Exception) -> None:
         """A driver's typed fault a session met (a module answering noise, a corrupt reply): audited as the
         supervisor's own faults are (invariant 5). Only the camera's were: a serial or USB reader failing every
-        session left no device_fault, only each session's end with its reason."""
+        session left no device_fault, only each session's end with its reason. A usage error (an operation the
+        device does not declare) never gets here: a kind refuses it before the driver, as DeviceCannot."""
         from drivers.errors import DeviceError as DriverError
 
         if isinstance(exc, DriverError) and not isinstance(exc, self._outcomes()) and self.on_fault is not None:
@@ -309,6 +319,16 @@ class FprintDevice(Device):
     def identify(
         self, enrolled: list[bytes], timeout_s: float = 15.0, *, cancel: threading.Event | None = None
     ) -> int | None:
+        """1:N on the sensor. A reader whose driver has no identification is refused here, typed as the
+        usage error it is (DeviceCannot): the driver's own refusal is a driver error, audited as a device_fault
+        of a reader that works."""
+        info = self.reader.info
+        if info is not None and not info.identify:
+            raise DeviceCannot(
+                self.name, "identify", f"libfprint's {info.driver} driver has no identification",
+                "verify a claimed id on it instead (capture-agent verify --subject ID), or identify on a reader "
+                "that can (`capture-agent devices` lists what each does)",
+            )
         return self._guarded(self.reader.identify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
 
     @property
