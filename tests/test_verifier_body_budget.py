@@ -85,11 +85,13 @@ class RawDevice:
         deadline = time.monotonic() + limit_s
         self.tls.settimeout(0.01)
         while time.monotonic() < deadline and (not until <= self.answers.done or any(self.to_send.values())):
-            self._send_some()
             try:
+                self._send_some()
                 data = self.tls.recv(65536)
             except TimeoutError:
                 continue
+            except OSError:  # the verifier closed the connection (TLS EOF, reset): what was answered stays
+                break
             if not data:
                 break
             self._receive(data)
@@ -180,6 +182,24 @@ def test_a_body_past_the_connections_budget_is_refused_503_and_other_connections
     assert other == (200, 200), "a well-behaved connection of the same device was refused"
     assert [after.status[s] for s in held] == [400] * 4, after.status  # spaces are no JSON: read whole, then judged
     assert after.status[13] == 400, after.status  # taken: the four gave their bytes back once answered
+
+
+def test_a_body_too_large_is_refused_413_however_much_of_it_the_verifier_reads_and_drops(tmp_path) -> None:
+    """6 MiB on one stream: refused 413 ``too-large`` past max_body_bytes, its rest read and dropped. What the drain
+    drops is never held, so it spends no budget: when it was counted (the first version of the budget), the drain
+    passed connection_body_bytes and raised out of the refusal, and the 413 never came."""
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        ctx, _, _ = device_context(verifier, tmp_path, "kiosk-1")
+        device = RawDevice(verifier, ctx)
+        try:
+            device.post(1, 6 << 20)
+            answers = device.pump({1})
+            device.post(3, 1000 * 1024)  # and the connection's budget is all there for the next body
+            after = device.pump({3})
+        finally:
+            device.close()
+    assert answers.status.get(1) == 413 and answers.problem(1)["type"].endswith("/too-large"), answers.status
+    assert after.status.get(3) == 400, after.status  # read whole, then judged (spaces are no JSON)
 
 
 def test_each_body_budget_must_hold_one_whole_body() -> None:

@@ -226,6 +226,9 @@ def _pop(
             del by_address[conn.address]
 
 
+BODY_BUDGET_EXTENSION = "verifier.body_budget"  # the ASGI scope extension: one stream's share (server.StreamBody)
+
+
 class BodyBudget:
     """Bytes of request bodies the verifier holds, per connection and all together, each under its cap.
 

@@ -51,7 +51,14 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, Event, Updated
 
 from verifier.client_hello import await_client_hello, hello_queued
-from verifier.connections import BodyBudget, Connection, ConnectionGuard, EventSummary, descriptor_cap
+from verifier.connections import (
+    BODY_BUDGET_EXTENSION,
+    BodyBudget,
+    Connection,
+    ConnectionGuard,
+    EventSummary,
+    descriptor_cap,
+)
 from verifier.problems import Problem
 from verifier.tls import ALPN_H2, loopback_only_names, server_context, tls_scope_extension
 
@@ -168,34 +175,28 @@ class BudgetedReader(asyncio.StreamReader):
         return data
 
 
-class CountedBody:
-    """One stream's ASGI ``receive``, counting its body's bytes against the connection's and the verifier's caps.
+class StreamBody:
+    """One stream's share of the caps on request bodies held: the app counts each chunk it keeps (:meth:`take`).
 
-    Past either cap the stream is refused: its receive raises a 503 ``connection-busy`` problem, which the app
-    answers as any refusal before the whole body is in (it reads the rest and drops it, never keeping it), and
-    what the stream held is given back at once (the app drops its chunks as the problem unwinds). The rest of
-    its body then passes uncounted. What it held otherwise is given back when its answer is out (:meth:`release`).
+    Counted by the app, not in ``receive``: what a refused request's rest brings (read and dropped by the app's
+    drain, never kept) must not count, or a body refused as too large (drained up to 16 MiB) spent the budget
+    and its refusal failed. Past either cap, :meth:`take` raises a 503 ``connection-busy`` problem, which the app
+    answers as any refusal before the whole body is in, and what the stream held is given back at once (the app
+    drops its chunks as the problem unwinds). The rest is given back when its answer is out (:meth:`release`).
     """
 
-    def __init__(self, receive: Any, conn: Connection, budget: BodyBudget, summary: EventSummary | None) -> None:
-        self._receive = receive
+    def __init__(self, conn: Connection, budget: BodyBudget, summary: EventSummary | None) -> None:
         self._conn = conn
         self._budget = budget
         self._summary = summary
         self.held = 0
-        self.refused = False
 
-    async def __call__(self) -> dict[str, Any]:
-        message = await self._receive()
-        size = len(message.get("body", b"")) if message.get("type") == "http.request" else 0
-        if size and not self.refused:
-            over = self._budget.take(self._conn, size)
-            if over:
-                self.refused = True
-                self.release()
-                raise self._refusal(over)
-            self.held += size
-        return message
+    def take(self, size: int) -> None:
+        over = self._budget.take(self._conn, size)
+        if over:
+            self.release()
+            raise self._refusal(over)
+        self.held += size
 
     def release(self) -> None:
         self._budget.give_back(self._conn, self.held)
@@ -248,11 +249,11 @@ class ConnectionTLSApp:
         if self.conn is None or self.bodies is None or scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        counted = CountedBody(receive, self.conn, self.bodies, self.summary)
+        stream = extensions[BODY_BUDGET_EXTENSION] = StreamBody(self.conn, self.bodies, self.summary)
         try:
-            await self.app(scope, counted, send)
+            await self.app(scope, receive, send)
         finally:
-            counted.release()
+            stream.release()
 
 
 class GuardedTCPServer(TCPServer):
