@@ -507,9 +507,11 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     """At identify_fpir 3e-9 a finger identification can make some 180 comparisons before its threshold passes the
     highest score (verifier/ranking.py). One view against the 6 enrolled templates is well within: bob is named.
     40 views of bob's own finger against them could name nobody, bob included: that was an empty 200 (a kiosk told
-    bob "nobody recognised", the installer learned nothing); it is a 422 ``identification-unreachable`` whose detail
-    gives the search's comparisons against the largest search, whose fix is ranking's, raised by the agent as its
-    own error. Nothing is matched for it; the next identification within the capacity is answered as before."""
+    bob "nobody recognised", the installer learned nothing); it is a 422 ``identification-unreachable`` whose fix is
+    ranking's, raised by the agent as its own error. Its detail says the search is too large, not how large: it
+    gave the templates this device may search (6) and the comparisons (240), in prose and as members, so a device
+    learned its groups' gallery size by asking too much; the counts are in the verifier's log, for the operator.
+    Nothing is matched for it; the next identification within the capacity is answered as before."""
     from agent.errors import IdentificationUnreachableError
     from biometrics.fingerprint import threshold_for_fmr
     from verifier.ranking import UNREACHABLE_FIX, identification_capacity
@@ -534,15 +536,17 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     assert again.candidates == normal.candidates and again.threshold == normal.threshold
     assert refused.status == 422 and refused.slug == "identification-unreachable"
     assert refused.fix == UNREACHABLE_FIX and "raise identify_fpir" in str(refused)
-    assert (refused.comparisons, refused.largest_search) == (240, largest)
-    assert "needs 240 comparisons (40 views x 6 templates" in refused.message, refused.message
-    assert f"({largest:,} comparisons)" in refused.message, refused.message
+    told = json.dumps(refused.problem)
+    assert "240" not in told and "6 templates" not in told and f"{largest:,}" not in told, told
+    assert not {"comparisons", "largest_search", "templates"} & refused.problem.keys(), refused.problem
+    assert "(40 views) would search more templates than" in refused.message, refused.message
     events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1 and unreachable[0]["fix"] == UNREACHABLE_FIX, unreachable
     assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (240, largest)
     refusals = [e for e in events if e.get("event") == "biometric_request_refused" and e.get("status") == 422]
     assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == 240, refusals
+    assert (unreachable[0]["templates"], refusals[0]["templates"], unreachable[0]["views"]) == (6, 6, 40)
     assert refusals[0]["groups"] == "*", "the refusal says the groups searched, as an identification_attempt does"
     attempts = [e for e in events if e.get("event") == "identification_attempt"]
     assert len(attempts) == 2, "the refused search was never matched: only the two within the capacity were"

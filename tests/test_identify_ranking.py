@@ -90,22 +90,23 @@ def test_the_rate_a_settings_error_names_is_reachable_however_it_rounds() -> Non
         assert identification_capacity("face", threshold_for_fmr, fpir=named, verify_threshold=0.5) >= 1, named
 
 
-def test_a_search_past_the_capacity_is_a_422_naming_both_counts_and_the_registrys_fix() -> None:
-    """The refusal (not an empty candidate list, which a kiosk says as "nobody recognised"): its detail gives the
-    comparisons against the largest search, its members the same as numbers, its fix the one the log names."""
+def test_a_search_past_the_capacity_is_a_422_with_the_registrys_fix_and_no_count_of_the_gallery() -> None:
+    """The refusal (not an empty candidate list, which a kiosk says as "nobody recognised"): its fix the one the
+    log names; its detail says the search is too large and names only the device's own views. Before, it gave the
+    templates the device may search and the comparisons, in prose and as members: the gallery's size, to any
+    device that asked for too large a search."""
     import json
 
     from protocol.problems import REGISTRY
     from verifier.ranking import UNREACHABLE_FIX, unreachable_problem, warn_if_unreachable
 
-    problem = unreachable_problem("face", views=1, searched=75_000, capacity=74_000)
+    problem = unreachable_problem("face", views=1)
     document = json.loads(problem.body())
     assert problem.status == 422 and document["type"].endswith("/identification-unreachable")
     assert document["fix"] == UNREACHABLE_FIX == REGISTRY["identification-unreachable"].fix
-    assert (document["comparisons"], document["largest_search"]) == (75_000, 74_000)
-    assert "(74,000 comparisons)" in document["detail"], document
-    assert document["detail"].startswith("this face identification needs 75,000 comparisons (1 view x 75,000 "
-                                         "templates this device may search), more than the largest search"), document
-    many = json.loads(unreachable_problem("finger", views=3, searched=2, capacity=5).body())
-    assert (many["comparisons"], many["largest_search"]) == (6, 5) and "(3 views x 2 templates" in many["detail"]
+    assert "narrow the device's groups" in document["fix"]
+    assert set(document) == {"type", "title", "status", "detail", "fix"}, document
+    assert document["detail"].startswith("this face identification (1 view) would search more templates than the "
+                                         "verifier's identify_fpir allows"), document
+    assert "(3 views)" in json.loads(unreachable_problem("finger", views=3).body())["detail"]
     assert not warn_if_unreachable("finger", 1.0, 6, 5) and warn_if_unreachable("finger", 1.0001, 6, 5)

@@ -1058,11 +1058,12 @@ class BiometricRoutes:
         """
         assert request.device is not None
         comparisons = views * searched
-        if warn_if_unreachable(modality, threshold, comparisons, capacity, device_id=request.device.device_id):
-            raise self.refused(
-                request, unreachable_problem(modality, views=views, searched=searched, capacity=capacity),
+        if warn_if_unreachable(modality, threshold, comparisons, capacity, device_id=request.device.device_id,
+                               views=views, templates=searched):
+            raise self.refused(  # the counts in the log only: the answer must not tell the gallery's size
+                request, unreachable_problem(modality, views=views),
                 "identification past its capacity", modality=modality, comparisons=comparisons,
-                largest_search=capacity, groups=searched_groups(groups),
+                templates=searched, largest_search=capacity, groups=searched_groups(groups),
             )
 
     def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
