@@ -319,7 +319,7 @@ def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, ver
     refused = device.run(steps)
     assert refused.status == 422 and refused.slug == "identification-unreachable" and refused.fix == UNREACHABLE_FIX
     assert "2 templates" not in refused.message, refused.message  # the gallery's size: not told
-    assert (refused.comparisons, refused.largest_search) == (0, 0), refused.problem
+    assert not {"comparisons", "largest_search", "templates"} & refused.problem.keys(), refused.problem
     assert "this face identification (1 view) would search more templates" in refused.message, refused.message
     events = audit(verifier)
     capacity = [e for e in events if e.get("event") == "identification_capacity" and e["modality"] == "face"]
