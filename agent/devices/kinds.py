@@ -171,11 +171,14 @@ class Device:
     def _audit_if_fault(self, exc: Exception) -> None:
         """A driver's typed fault a session met (a module answering noise, a corrupt reply): audited as the
         supervisor's own faults are (invariant 5). Only the camera's were: a serial or USB reader failing every
-        session left no device_fault, only each session's end with its reason. A usage error (an operation the
-        device does not declare) never gets here: a kind refuses it before the driver, as DeviceCannot."""
+        session left no device_fault, only each session's end with its reason. A usage error is no fault: one the
+        kind can see coming (an operation the device does not declare) is refused before the driver, as
+        DeviceCannot; one only the driver or libfprint can tell (a driver's UsageError) is not audited either."""
         from drivers.errors import DeviceError as DriverError
+        from drivers.errors import UsageError
 
-        if isinstance(exc, DriverError) and not isinstance(exc, self._outcomes()) and self.on_fault is not None:
+        ordinary = (*self._outcomes(), UsageError)
+        if isinstance(exc, DriverError) and not isinstance(exc, ordinary) and self.on_fault is not None:
             self.on_fault(exc)
 
     def status(self) -> dict[str, Any]:
