@@ -364,3 +364,38 @@ def test_a_finger_session_between_captures_when_the_agent_stops_is_told_the_stop
     assert "the agent is stopping" in ended["message"], ended
     assert ended["fix"].startswith("try again once the agent is back"), ended
     assert [e["code"] for e in events if e["type"] == "prompt"].count("place_finger") == 1, events  # none after
+
+
+def test_a_request_only_the_driver_can_refuse_reaches_the_kiosk_app_as_device_cannot(
+    provisioned, fprint_socket_dir, tmp_path
+) -> None:
+    """An image session on libfprint's match-on-sensor virtual_device: libfprint refuses the capture
+    (NOT_SUPPORTED), a usage error, and the kiosk app was told device_error, "a reader's fault", of a reader that
+    works. It is device_cannot, as a request the device refuses itself, with a fix that is no replug."""
+    from agent.config import DeviceSection
+    from agent.devices.kinds import FprintDevice
+
+    config, identity = provisioned
+    socket_path = tmp_path / "run" / "api.sock"
+
+    async def scenario() -> list[dict]:
+        section = DeviceSection(kind="fprint", selector="virtual_device")
+        device = FprintDevice(section, "sensor", env={"FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "device.sock")})
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client:
+                api = LocalAPI(socket_path, lambda emit: CaptureSession(device, client, emit=emit, finger_timeout_s=5))
+                await api.start()
+                try:
+                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
+                        created = (await kiosk.post("/sessions", json={"operation": "identify"})).json()
+                        return sse_events((await kiosk.get(created["events"])).text)
+                finally:
+                    await api.stop()
+        finally:
+            device.stop()
+
+    ended = asyncio.run(scenario())[-1]
+    assert ended["type"] == "error" and ended["code"] == "device_cannot", ended  # was device_error
+    assert "refused the request" in ended["message"] and "unplug and replug" not in ended["fix"], ended
