@@ -24,7 +24,7 @@ import pytest
 from agent.config import DeviceSection, parse_config
 from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import DeviceUnplugged, NoDeviceFor
-from agent.devices.kinds import Device
+from agent.devices.kinds import Device, make_device
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import ConfigError
 
@@ -999,3 +999,146 @@ def test_identify_on_a_reader_that_cannot_is_a_usage_error_not_an_audited_fault(
     assert error_codes(refused) == {"code": "device_cannot"}
     assert "cannot identify" in refused.message and "capture-agent verify --subject ID" in refused.fix, refused
     assert _events(recorded, "sensor") == ["device_plugged"], recorded
+
+
+def _stopped_during(device: Device, wait: Any, under_way: Any) -> BaseException:
+    """Run ``wait`` in a worker thread, stop ``device`` (as the agent's stop does) once ``under_way()`` says the
+    wait has begun, and return what the wait raised."""
+    outcome: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            wait()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not under_way():
+            assert time.monotonic() < deadline, "the wait never got under way"
+            time.sleep(0.01)
+    finally:
+        device.stop()
+    thread.join(30)  # a bound on a hang, not a timing assertion
+    assert outcome, "the wait the stop cut short ended without an error"
+    return outcome[0]
+
+
+def _told_as_the_stop(ended: BaseException) -> None:
+    from agent.devices.errors import DeviceStopped
+    from agent.localapi import error_codes
+
+    assert isinstance(ended, DeviceStopped), repr(ended)  # was DeviceUnplugged: "plug it back in"
+    assert error_codes(ended) == {"code": "agent_stopping"}
+    assert "the agent is stopping" in ended.message and ended.fix.startswith("try again once the agent is back")
+
+
+def test_a_serial_wait_for_a_finger_the_agents_stop_cuts_short_is_told_as_the_stop(zfm_sim) -> None:
+    """The stop sets the device's abort, which a wait for a finger polls: the wait ended "went away (unplugged?):
+    plug it back in" (device_unplugged), of a module still plugged in. It is the stop (agent_stopping)."""
+    from agent.devices.kinds import ZfmDevice
+    from drivers.zfm.constants import Command
+
+    finger = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "finger")
+    asyncio.run(finger.open())
+    polls = zfm_sim.commands.count(Command.GEN_IMG)
+    ended = _stopped_during(finger, lambda: finger.wait_for_finger(20),
+                            lambda: zfm_sim.commands.count(Command.GEN_IMG) > polls)  # the module is asked for a finger
+    _told_as_the_stop(ended)
+
+
+def test_a_usb_wait_for_a_finger_the_agents_stop_cuts_short_is_told_as_the_stop(fprint_socket_dir) -> None:
+    """libfprint's virtual_image reader waiting for a finger when the agent stops: told unplugged, it is the stop."""
+    from agent.devices.kinds import FprintDevice
+
+    path = fprint_socket_dir / "image.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_image")
+    usb = FprintDevice(section, "usb", env={"FP_VIRTUAL_IMAGE": str(path)})
+    asyncio.run(usb.open())
+    ended = _stopped_during(usb, lambda: usb.wait_for_finger(20), usb.reader.finger_needed)  # the sensor lit up
+    _told_as_the_stop(ended)
+
+
+def test_a_camera_wait_for_a_frame_the_agents_stop_cuts_short_is_told_as_the_stop(camera_sim) -> None:
+    """A face session waiting for the camera's next frame when the agent stops: told unplugged, it is the stop."""
+    from agent.devices.kinds import CameraDevice
+
+    face = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "face")
+    asyncio.run(face.open())
+    seen = face.wait_frame(timeout_s=5).seq
+    ended = _stopped_during(face, lambda: face.wait_frame(seen + 10_000, 20),  # a frame that never comes in time
+                            lambda: face.camera._waiters > 0)  # the driver's count of consumers in wait_frame
+    _told_as_the_stop(ended)
+
+
+def test_a_usage_error_only_the_driver_can_tell_is_not_audited_as_a_device_fault(fprint_socket_dir, zfm_sim) -> None:
+    """libfprint refusing what a reader does not do (a capture of a match-on-sensor reader: NOT_SUPPORTED), the
+    driver refusing an image fetched before any capture, the serial driver refusing a timeout no module takes:
+    each a driver error of the family's one type, audited as a device_fault (a reader for staff to replace) of
+    readers that work. Now a UsageError, not audited; a reader's real failure (a protocol error) still is."""
+    from agent.devices.kinds import FprintDevice
+    from drivers.fprint.errors import FprintError
+    from simulators.fprint import ERROR_PROTO, VirtualImageFeeder
+
+    sockets = {"FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "device.sock"),
+               "FP_VIRTUAL_IMAGE": str(fprint_socket_dir / "image.sock")}
+    recorded: list[tuple[str, dict]] = []
+
+    def factory(section: DeviceSection, name: str) -> Device:
+        if section.kind == "zfm":
+            return make_device(section, name)
+        return FprintDevice(section, name, env=sockets)
+
+    def refused(call: Any) -> BaseException:
+        try:
+            call()
+        except Exception as exc:
+            return exc
+        raise AssertionError("the call was not refused")
+
+    async def scenario() -> dict[str, BaseException]:
+        supervisor = DeviceSupervisor(
+            [("sensor", DeviceSection(kind="fprint", selector="virtual_device")),
+             ("usb", DeviceSection(kind="fprint", selector="virtual_image")),
+             ("serial", DeviceSection(kind="zfm", port=zfm_sim.port))],
+            lambda k, d: recorded.append((k, d)), factory=factory,
+        )
+        await supervisor.open_all()
+        sensor, usb, serial = supervisor.devices
+        feeder = VirtualImageFeeder(fprint_socket_dir / "image.sock")
+        try:
+            ends = {
+                "a capture on a match-on-sensor reader": await asyncio.to_thread(
+                    refused, lambda: sensor.wait_for_finger(5)),
+                "an image before any capture": await asyncio.to_thread(refused, usb.download_image),
+                "a negative finger timeout": await asyncio.to_thread(refused, lambda: serial.wait_for_finger(-1)),
+            }
+            threading.Thread(target=_when_waiting, args=(usb, feeder.error, ERROR_PROTO), daemon=True).start()
+            ends["a protocol error"] = await asyncio.to_thread(refused, lambda: usb.wait_for_finger(10))
+            for _ in range(5):  # a fault handed to the loop (Device.on_fault) is recorded in a callback: let it run
+                await asyncio.sleep(0)
+            return ends
+        finally:
+            feeder.close()
+            await supervisor.close()
+
+    ends = asyncio.run(scenario())
+    fault = ends.pop("a protocol error")
+    faults = [(d["device"], d["error"]) for kind, d in recorded if kind == "device_fault"]
+    assert faults == [("usb", fault.args[0])], faults  # the protocol error alone
+    for what, end in ends.items():
+        assert "unplug and replug" not in getattr(end, "fix", ""), (what, end)  # the reader is fine
+    from drivers.errors import UsageError
+
+    assert all(isinstance(end, UsageError) for end in ends.values()), ends
+    assert isinstance(fault, FprintError) and not isinstance(fault, UsageError), repr(fault)
+
+
+def _when_waiting(usb: Any, action: Any, *args: Any) -> None:
+    """Act once the libfprint reader waits for a finger (a command sent to an idle virtual reader is dropped)."""
+    deadline = time.monotonic() + 10
+    while not usb.reader.finger_needed() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    action(*args)

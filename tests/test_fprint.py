@@ -280,3 +280,31 @@ def test_the_udev_generator_takes_help_and_names_a_missing_hwdb_in_one_line(tmp_
     hwdb.write_text("# Supported by libfprint driver uru4000\nusb:v05BAp000A*\n ID_AUTOSUSPEND=1\n")
     made = generator(str(hwdb))
     assert made.returncode == 0 and 'ATTR{idVendor}=="05ba", ATTR{idProduct}=="000a"' in made.stdout
+
+
+def test_a_request_the_reader_does_not_do_is_a_usage_error_not_a_failure_to_replug(
+    virtual_device_reader, virtual_image_reader
+) -> None:
+    """libfprint's NOT_SUPPORTED (a capture of a match-on-sensor reader) and the driver's own "no image captured
+    yet" were the family's failure type, NOT_SUPPORTED with the fix "unplug and replug the reader". They are a
+    usage error now, with a fix that fits; a protocol error (the reader's own failure) is still a failure."""
+    from drivers.fprint.errors import FprintError
+    from simulators.fprint import ERROR_PROTO
+
+    sensor, _ = virtual_device_reader
+    with pytest.raises(FprintError) as not_supported:
+        sensor.capture(timeout_s=5)
+    assert "unplug and replug" not in not_supported.value.fix, not_supported.value  # the reader is fine
+    assert "capture-agent devices" in not_supported.value.fix and "refused the request" in str(not_supported.value)
+    image_reader, feeder = virtual_image_reader
+    with pytest.raises(FprintError, match="no image captured yet") as out_of_order:
+        image_reader.download_image()
+    when_waiting(image_reader, feeder.error, ERROR_PROTO)
+    with pytest.raises(FprintError) as failed:
+        image_reader.capture(timeout_s=10)
+    assert "unplug and replug" in failed.value.fix, repr(failed.value)  # the reader's own failure
+    from drivers.errors import UsageError
+    from drivers.fprint.errors import FprintUsageError
+
+    assert isinstance(not_supported.value, FprintUsageError) and isinstance(out_of_order.value, FprintUsageError)
+    assert not isinstance(failed.value, UsageError), repr(failed.value)

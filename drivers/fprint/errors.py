@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.errors import DeviceError, FingerTimeout, RetryCapture
+from drivers.errors import DeviceError, FingerTimeout, RetryCapture, UsageError
 
 FPRINTD_FIX = (
     "fprintd (the desktop's fingerprint service) holds the reader: stop it and keep it from starting again "
@@ -12,6 +12,12 @@ FPRINTD_FIX = (
 
 class FprintError(DeviceError):
     """Base of every error the libfprint driver raises."""
+
+
+class FprintUsageError(FprintError, UsageError):
+    """The reader (or this driver) does not do what was asked, or not now: libfprint's NOT_SUPPORTED, NOT_OPEN,
+    ALREADY_OPEN, DATA_INVALID, and the driver's own refusals (an image fetched before a capture, identify on a
+    reader without identification). Not a fault of the reader: its fix was "unplug and replug the reader"."""
 
 
 class FprintUnavailable(FprintError):
