@@ -55,6 +55,21 @@ fingers only past 55 million. What the verifier does about it
 - The threshold is never clamped to the highest score: that would name
   strangers more often than ``identify_fpir`` promises, silently, which is the
   very failure the threshold exists to prevent.
+
+What the answer says of the threshold (:func:`reported_threshold`): the
+decision is made at the exact threshold, but the answer's ``threshold`` is that
+of the search's decade: its views times the largest power of ten at most the
+templates searched (1 for 1 to 9, 10 for 10 to 99, ...). Why: the exact one is a
+known function of the views and the templates of the device's groups, so a
+device that reads it (4 decimals tell 40 templates from 41) learns its groups'
+gallery size, and sees each enrollment into them; the 422 above was made not to
+say it, and the 200 must not either. Why the decade of the templates and not
+the threshold cut to fewer digits: a device chooses its views, and the cut
+values of a few view counts would pin the size down between them; the decade is
+a function of the gallery alone, so no choice of views tells more than it. Why
+its lower end: the reported threshold is then at most the one applied, so every
+candidate's score is at or above it, as a kiosk reading the answer expects. The
+exact one is in the verifier's log when an identification is refused.
 """
 
 from __future__ import annotations
@@ -83,6 +98,21 @@ def identification_threshold(
     if comparisons <= 0:
         return verify_threshold
     return max(verify_threshold, threshold_for_fmr(fpir / comparisons))
+
+
+def search_decade(templates: int) -> int:
+    """The largest power of ten at most ``templates`` (0 for none): all a device may learn of its gallery's size."""
+    return 10 ** (len(str(templates)) - 1) if templates > 0 else 0
+
+
+def reported_threshold(
+    threshold_for_fmr: Callable[[float], float], fpir: float, *, views: int, templates: int, verify_threshold: float
+) -> float:
+    """The ``threshold`` an identification's answer gives: the one of ``views`` times the decade of the
+    ``templates`` searched (:func:`search_decade`), rounded as the candidates' scores are; never above the threshold
+    applied, and the same for every gallery of one decade (the module docstring says why)."""
+    comparisons = views * search_decade(templates)
+    return round(identification_threshold(threshold_for_fmr, fpir, comparisons, verify_threshold), 4)
 
 
 def lowest_reachable_fmr(threshold_for_fmr: Callable[[float], float], *, max_score: float = MAX_SCORE) -> float:
