@@ -71,3 +71,18 @@ RETRY_FEEDBACK = {
     "center-finger": ("place_finger", "Center your finger on the sensor"),
     "remove-finger": ("lift_finger", "Lift your finger and place it again"),
 }
+
+
+class UnreadablePrint(FprintUsageError):
+    """A stored print libfprint cannot read back (``FpPrint.deserialize``): corrupt, cut short, or not a print.
+
+    A usage error (the reader is fine, the data handed to it is not), whose only fix is a new print of that
+    finger: libfprint's own error was a raw ``GLib.Error`` "Data could not be parsed", no type of this driver's,
+    and some such prints did not even raise: libfprint aborted the process (see :mod:`drivers.fprint.prints`).
+    """
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(
+            f"the print given to the reader {name} cannot be read ({why})",
+            f"enroll that finger on the reader {name} again: the print kept for it is unusable",
+        )

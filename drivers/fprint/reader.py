@@ -37,6 +37,7 @@ from drivers.fprint.errors import (
     RetryScan,
 )
 from drivers.fprint.loop import GLibThread, shared_loop
+from drivers.fprint.prints import deserialized
 
 DEFAULT_DPI = 500
 # Sensor resolutions by driver (datasheets); libfprint's FpImage.get_ppmm() is 0 for these.
@@ -419,10 +420,10 @@ class FprintReader:
 
     def verify(self, serialized: bytes, timeout_s: float = 15.0, cancel: threading.Event | None = None) -> bool:
         """Scan a finger and let the sensor compare it with one enrolled print."""
-        from gi.repository import FPrint
+        enrolled = deserialized(serialized, self.name)  # before the scan: an unreadable print is no finger's fault
 
         def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
-            device.verify(FPrint.Print.deserialize(serialized), cancellable, None, None, done)  # no match_cb
+            device.verify(enrolled, cancellable, None, None, done)  # no match_cb
 
         matched, _scanned = self._run(begin, lambda d, r: d.verify_finish(r), timeout_s, cancel)
         return bool(matched)
@@ -435,7 +436,6 @@ class FprintReader:
         A reader without identification is refused before the scan: libfprint's own refusal came after
         the person had placed a finger, with the generic fix "unplug and replug the reader".
         """
-        from gi.repository import FPrint
 
         if self.info is not None and not self.info.identify:
             raise FprintUsageError(
@@ -443,7 +443,7 @@ class FprintReader:
                 "verify a claimed id on it instead (capture-agent verify --subject ID), or identify on a reader "
                 "that can (`capture-agent devices` lists what each does)",
             )
-        prints = [FPrint.Print.deserialize(blob) for blob in serialized]
+        prints = [deserialized(blob, self.name) for blob in serialized]
 
         def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
             device.identify(prints, cancellable, None, None, done)
