@@ -234,3 +234,25 @@ def test_devices_reads_the_camera_the_config_names_as_the_daemon_would(camera_si
     cameras = [f for f in json.loads(done.stdout) if f["kind"] == "camera"]
     assert [(c["path"], c["capabilities"]) for c in cameras] == [(camera_sim.url, ["camera"])], cameras
     assert cameras[0]["details"]["config"] == '[[device]] name = "door"', cameras
+
+
+def test_devices_still_lists_what_is_there_when_the_config_cannot_be_read(zfm_sim, tmp_path) -> None:
+    """Discovery is what an installer runs to learn what to write in the config: since it probes the config's
+    devices too, a config it could not read (a syntax error mid-edit, /etc/capture-agent/agent.toml closed to the
+    installer's own user) made `capture-agent devices` list nothing and exit 2. It says the config's error and fix
+    on stderr, and lists what it finds without the config's devices."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "agent.toml"
+    broken.write_text("[reader\nport = \n")
+    env = {**os.environ, "CAPTURE_AGENT_CONFIG": str(broken)}
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named", "--port",
+                           zfm_sim.port], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = {f["path"]: f for f in json.loads(done.stdout) if f["kind"] == "serial"}
+    assert found[zfm_sim.port]["capabilities"] == ["fingerprint-image"], found
+    assert "not valid TOML" in done.stderr and "fix: correct the syntax" in done.stderr, done.stderr
+    assert "config" not in found[zfm_sim.port]["details"], found

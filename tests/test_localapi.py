@@ -399,3 +399,53 @@ def test_a_request_only_the_driver_can_refuse_reaches_the_kiosk_app_as_device_ca
     ended = asyncio.run(scenario())[-1]
     assert ended["type"] == "error" and ended["code"] == "device_cannot", ended  # was device_error
     assert "refused the request" in ended["message"] and "unplug and replug" not in ended["fix"], ended
+
+
+def test_a_reader_pulled_out_before_the_agent_stops_is_not_told_as_the_stop(provisioned, zfm_sim, tmp_path) -> None:
+    """An enrollment between its captures: the reader is pulled out (the supervisor sees it go: went_away), then
+    the agent stops. The session's look before the next prompt told the stop (agent_stopping: "try again once the
+    agent is back"), of a reader that is not there: the unplug came first, and stays what it is told
+    (device_not_connected), as a capture cut short by an unplug before a stop stays device_unplugged."""
+    from agent.config import DeviceSection
+    from agent.devices.kinds import ZfmDevice
+
+    config, identity = provisioned
+    socket_path = tmp_path / "run" / "api.sock"
+
+    async def scenario() -> list[dict]:
+        device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "reader")
+        await device.open()
+        try:
+            async with VerifierClient(config, identity) as client:
+
+                def make(emit):
+                    def script(event):  # the person at the sensor; pulled out, then the stop, after one capture
+                        if event["type"] == "prompt" and event["code"] == "place_finger":
+                            zfm_sim.place(finger=0, impression=0)
+                        elif event["type"] == "prompt" and event["code"] == "lift_finger":
+                            zfm_sim.lift()
+                        elif event["type"] == "progress" and event["step"] == 1:  # the next capture not yet asked
+                            device.went_away()  # as the supervisor's look does when the port is gone
+                            device.stop()
+                        emit(event)
+
+                    return CaptureSession(device, client, emit=script, finger_timeout_s=5)
+
+                api = LocalAPI(socket_path, make)
+                await api.start()
+                try:
+                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
+                        created = (await kiosk.post("/sessions", json={
+                            "operation": "enroll", "subject": "gus", "captures": 2, "fingers": 1,
+                        })).json()
+                        return sse_events((await kiosk.get(created["events"])).text)
+                finally:
+                    await api.stop()
+        finally:
+            device.stop()
+
+    events = asyncio.run(scenario())
+    assert {"type": "progress", "step": 1, "total": 2} in events, events  # the first capture was taken
+    ended = events[-1]
+    assert ended["type"] == "error" and ended["code"] == "device_not_connected", events  # was agent_stopping

@@ -241,3 +241,47 @@ def test_one_connection_of_many_large_bodies_holds_its_budget_not_a_hundred_mebi
     assert statuses.count(503) >= 50, statuses
     assert grown < 40, f"RSS grew by {grown:.0f} MB"
     assert other == (200, 200)
+
+
+def wait_for_status(device: RawDevice, stream: int, limit_s: float = 30.0) -> int | None:
+    """Read until ``stream``'s answer has begun (its status: headers are not flow-controlled), or ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    device.tls.settimeout(0.05)
+    while stream not in device.answers.status and time.monotonic() < deadline:
+        device._send_some()
+        try:
+            data = device.tls.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        device._receive(data)
+    return device.answers.status.get(stream)
+
+
+def test_answered_bodies_give_their_bytes_back_though_the_client_reads_no_answer(tmp_path) -> None:
+    """A client that opens no flow-control window for answers (SETTINGS_INITIAL_WINDOW_SIZE 0): four bodies of
+    1,000 KiB are read whole and answered (400, spaces are no JSON), but no answer's body can be sent, so each
+    stream's app waits in its last send. What the four bodies held is no longer held (the answers are made): a
+    fifth body of 200 KiB on the same connection is read whole (400), not refused 503 ``connection-busy``. Before,
+    the bytes were given back only once the answer was out, never for such a client: the connection's budget, and
+    with eight such connections per device a share of total_body_bytes, stayed spent until it closed."""
+    import h2.settings
+
+    with LocalVerifier.running(tmp_path / "pki") as verifier:
+        ctx, _, _ = device_context(verifier, tmp_path, "kiosk-1")
+        device = RawDevice(verifier, ctx)
+        try:
+            device.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+            held = [1, 3, 5, 7]
+            for stream in held:
+                device.post(stream, 1000 * 1024)
+            device.pump(set())
+            first = [wait_for_status(device, stream) for stream in held]
+            device.post(11, 200 * 1024)
+            device.pump(set())
+            fifth = wait_for_status(device, 11)
+        finally:
+            device.close()
+    assert first == [400] * 4, first  # answered: the answers' headers came, their bodies wait for a window
+    assert fifth == 400, f"the fifth body was answered {fifth}: the unsent answers still held the budget"

@@ -182,7 +182,8 @@ class StreamBody:
     drain, never kept) must not count, or a body refused as too large (drained up to 16 MiB) spent the budget
     and its refusal failed. Past either cap, :meth:`take` raises a 503 ``connection-busy`` problem, which the app
     answers as any refusal before the whole body is in, and what the stream held is given back at once (the app
-    drops its chunks as the problem unwinds). The rest is given back when its answer is out (:meth:`release`).
+    drops its chunks as the problem unwinds). The rest is given back when its answer starts (:meth:`release`): the
+    app has made it, and holds no byte of the request body then; its send may wait on the client's flow control.
     """
 
     def __init__(self, conn: Connection, budget: BodyBudget, summary: EventSummary | None) -> None:
@@ -250,8 +251,16 @@ class ConnectionTLSApp:
             await self.app(scope, receive, send)
             return
         stream = extensions[BODY_BUDGET_EXTENSION] = StreamBody(self.conn, self.bodies, self.summary)
+
+        async def answering(message: dict) -> None:
+            # The answer is made: the app keeps no request-body byte now. Given back here, not once the answer is
+            # out: a client that opens no window for answers held its connection's budget until it closed.
+            if message.get("type") == "http.response.start":
+                stream.release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, answering)
         finally:
             stream.release()
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from agent.options import add_common_arguments
@@ -67,11 +68,20 @@ def configured(args: argparse.Namespace) -> Configured:
     """
     from agent.config import load_config
     from agent.devices.supervisor import config_place, configured_devices
+    from agent.errors import ConfigError
     from drivers.discovery import camera_shown
 
     ports: dict[str, str] = {}
     cameras: dict[str, tuple[str, DeviceSection]] = {}
-    for name, section in configured_devices(load_config(getattr(args, "config", None))):
+    try:
+        config = load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        # Said, then discovery goes on: it is what an installer runs to learn what to write in the config, so a
+        # config it cannot read (mid-edit, closed to this user) must not leave it listing nothing (it exited 2).
+        print(f"warning: the config's devices are not probed: {exc.message}", file=sys.stderr)
+        print(f"fix: {exc.fix}", file=sys.stderr)
+        return Configured(ports, cameras)
+    for name, section in configured_devices(config):
         if section.kind == "zfm" and section.port:
             ports.setdefault(section.port, config_place(name, section))
         elif section.kind == "camera" and section.source:

@@ -135,6 +135,15 @@ class Device:
         self.abort.set()
         self.owner.stop(last=self._close)
 
+    @property
+    def stopped_by_agent(self) -> bool:
+        """Whether the agent's stop, and not an unplug the supervisor saw first, is why the device is closed.
+
+        Why not ``stopping`` alone: a reader pulled out, then the agent stopping, was told as the stop ("try again
+        once the agent is back") by every look at it after, of a reader that is not there.
+        """
+        return (self.stopping or self.owner.stopped) and not self._went_away
+
     def cut_short(self, still_there: bool = True) -> DeviceError:
         """What a capture ended by ``abort`` (or failing with the device gone) is told: the agent's stop, unless an
         unplug came first or the device is not there (``still_there``, the kind's look at it): a reader pulled
@@ -146,9 +155,9 @@ class Device:
     def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged, the agent's stop
         DeviceStopped."""
-        if self.stopping or self.owner.stopped:  # the agent is stopping: said so, not "plug it in"
+        if self.stopped_by_agent:  # the agent is stopping: said so, not "plug it in"
             raise DeviceStopped(self.name)
-        if not self.connected:
+        if not self.connected:  # an unplug seen before the stop included
             raise DeviceUnavailable(self.name)
         try:
             return self.owner.call(fn, *args, **kwargs)
@@ -431,7 +440,7 @@ class CameraDevice(Device):
         """The first frame newer than ``after``. A caller that has seen frames (``after`` > 0) is inside a
         capture, so a camera gone since is the unplug it lived through, not one that was never there: a session
         analysing a frame when the camera vanished gets the same error as one waiting for the next."""
-        if self.stopping or self.owner.stopped:
+        if self.stopped_by_agent:
             raise DeviceStopped(self.name)
         if not self.connected:
             raise DeviceUnplugged(self.name) if after else DeviceUnavailable(self.name)
