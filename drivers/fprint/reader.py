@@ -146,7 +146,8 @@ def _usage_errors() -> dict[Any, str]:
     return {
         FPrint.DeviceError.NOT_SUPPORTED: "ask it only what it does (`capture-agent devices` lists what each reader "
         "does): an image of an image reader, a match of a match-on-sensor one",
-        FPrint.DeviceError.NOT_OPEN: "the reader was closed under the request (the agent stopping or reopening it): try again once it is open",
+        FPrint.DeviceError.NOT_OPEN: "the reader was closed under the request (the agent stopping or reopening "
+        "it): try again once it is open",
         FPrint.DeviceError.ALREADY_OPEN: "close the reader before opening it again",
         FPrint.DeviceError.DATA_INVALID: "pass a print this reader made (enroll the subject on it again)",
     }
