@@ -71,6 +71,7 @@ CLARITY_STEP = 4  # pixels per side of the cells the clarity is computed on
 # population (seed 0) FNMR 3.83 -> 4.00 %, EER 0.67 -> 0.83 %: a few pairs either way,
 # so a small gain at best. 0.40 / 0.50 / 0.55 gave a mean FNMR of 4.55 / 4.29 / 5.45 %
 # with a mean EER of 0.96 / 1.34 / 1.70 % (DB3 2.50 and 3.21 % at 0.50 and 0.55).
+# The matcher clamps device-supplied qualities to the same floor (cylinders.RELIABILITY_FLOOR).
 MIN_RELIABILITY = 0.45
 RELIABILITY_BIAS = 1.26  # the logistic model's coefficients (see reliability())
 RELIABILITY_AMPLITUDE = 2.61  # per unit of log ridge amplitude
@@ -122,7 +123,6 @@ def _enhanced_and_ridges(analysis: Analysis, box: tuple[slice, slice] | None = N
     # negative pixels are already inside the foreground: no pass with the mask.
     np.less(enhanced, 0, out=out[box].view(bool))
     return full, out
-
 
 
 def clarity(analysis: Analysis, enhanced: np.ndarray, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
@@ -561,7 +561,7 @@ def detect_stages(analysis: Analysis, trace: bool = True) -> Detection:
     chance = reliability(energy[cell], border_at(ys - y0, xs - x0), xf, yf, good, period, variation)
     good &= chance >= MIN_RELIABILITY
     # Quality is the chance of recurring, in whole percent rounded down (at least
-    # MIN_RELIABILITY's 35 in a template): what decides which minutiae a capped
+    # MIN_RELIABILITY's 45 in a template): what decides which minutiae a capped
     # template (MAX_MINUTIAE here, the matcher's MAX_CYLINDERS, the pre-filter's
     # first rows) keeps.
     quality = np.clip(100.0 * chance, 1, 100)
