@@ -198,21 +198,9 @@ class IdentificationUnreachableError(VerifierError):
 
     Its own class, not "nobody recognised": that answer would send an enrolled person away and tell the installer,
     who alone can fix it, nothing. The fix names the setting and the groups to change; no retry helps (never
-    retried: the same search fails the same way), and the problem carries ``comparisons`` and
-    ``largest_search`` (:attr:`comparisons`, :attr:`largest_search`).
+    retried: the same search fails the same way). The problem names the request's views but not the gallery's
+    size (a device is not told how many templates its groups hold); the verifier's log has the counts.
     """
-
-    @property
-    def comparisons(self) -> int:
-        """The comparisons the search needed (views x templates searched); 0 when the answer lacked them."""
-        value = self.problem.get("comparisons")
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    @property
-    def largest_search(self) -> int:
-        """The most comparisons an identification can make at the verifier's identify_fpir; 0 when absent."""
-        value = self.problem.get("largest_search")
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class VerifierInternalError(VerifierError):

@@ -76,6 +76,7 @@ from agent.devices_in_use import DevicesInUse
 from agent.errors import AgentError, ConfigError, LocalAPIError
 from agent.sessions import cancel_scope
 from drivers.accounts import login
+from drivers.errors import UsageError as DriverUsageError
 from protocol.endpoints import GROUP_NAME, ID_RULE, SUBJECT_ID
 from protocol.face_template import FACTORS, FINGER
 from protocol.wire import WireError, loads
@@ -481,7 +482,10 @@ class LocalAPI:
             # A driver's error prints as "message (fix: ...)": the event carries the two apart, as an AgentError's.
             fix = str(getattr(exc, "fix", "") or "")
             reason = str(exc.args[0]) if fix and exc.args else str(exc)
-            running.publish({"type": "error", "code": "device_error", "message": reason, "fix": fix})
+            # A usage error only the driver could tell (libfprint's NOT_SUPPORTED) is no fault: device_cannot, as
+            # the one a device refuses itself; it was device_error, "a reader's fault", of a reader that works.
+            code = "device_cannot" if isinstance(exc, DriverUsageError) else "device_error"
+            running.publish({"type": "error", "code": code, "message": reason, "fix": fix})
         finally:
             running.finish()  # only now: every worker thread of the session has ended (sessions.in_worker)
             # Every attempt in the audit trail: operation, outcome, reason; never a template or image.
@@ -749,7 +753,7 @@ def error_codes(exc: AgentError) -> dict[str, str]:
     Why: a kiosk app showed the person something for each error by matching the English ``message``;
     "no finger in time", "reader unplugged" and "verifier down" need different screens, and the text may change.
     """
-    from agent.devices.errors import DeviceFault, DeviceUnavailable, DeviceUnplugged
+    from agent.devices.errors import DeviceCannot, DeviceFault, DeviceStopped, DeviceUnavailable, DeviceUnplugged
     from agent.errors import DeadlineError, TransportError, VerifierError
     from agent.face_sessions import FaceNotReadyError, LivenessFailedError, NoFaceError
     from agent.sessions import NoFingerError, SessionError
@@ -760,6 +764,10 @@ def error_codes(exc: AgentError) -> dict[str, str]:
         return {"code": "liveness_failed", "reason": exc.reason}
     for kind, code in ((NoFingerError, "no_finger"), (NoFaceError, "no_face"), (FaceNotReadyError, "face_not_ready"),
                        (DeviceUnplugged, "device_unplugged"),
+                       # a device closed under a session by the stopping agent: a retry, not staff (agent_error)
+                       (DeviceStopped, "agent_stopping"),
+                       # asked of a device that does not declare it (identify on a verify-only reader): no fault
+                       (DeviceCannot, "device_cannot"),
                        (DeviceUnavailable, "device_not_connected"),
                        # a camera's fault (frames that do not decode, of a refused size): it said agent_error
                        (DeviceFault, "device_error"), (TransportError, "verifier_unreachable"),

@@ -281,10 +281,14 @@ class CaptureSession:
         for attempt in range(1, self.max_attempts + 1):
             if getattr(self.reader, "connected", True) is False:
                 # Before the prompt: a reader known to be unplugged asked the person to "Place your finger on
-                # the sensor", then ended the session at once with device_not_connected.
-                from agent.devices.errors import DeviceUnavailable
+                # the sensor", then ended the session at once with device_not_connected. One the stopping agent
+                # closed is said as the stop (agent_stopping: try again once it is back), not "plug it in"; one
+                # pulled out before the stop is still not connected (Device.stopped_by_agent).
+                from agent.devices.errors import DeviceStopped, DeviceUnavailable
 
-                raise DeviceUnavailable(getattr(self.reader, "name", "reader"))
+                name = getattr(self.reader, "name", "reader")
+                stopped = getattr(self.reader, "stopped_by_agent", False)
+                raise DeviceStopped(name) if stopped else DeviceUnavailable(name)
             self._prompt("place_finger", retake or place_message)
             image = await self._take_image()
             if image is None:

@@ -19,6 +19,15 @@ class DeviceError(Exception):
         return f"{base} (fix: {self.fix})" if self.fix else base
 
 
+class UsageError(DeviceError):
+    """Asked what the device or its driver does not do, or not now: an operation the reader lacks, one out of
+    order (an image fetched before any capture), an argument no device takes. The device is fine.
+
+    Its own type, beside the families' faults: the agent audits a driver error a session meets as a
+    ``device_fault`` (a reader for staff to replace), and told these so of readers that work.
+    """
+
+
 class RetryCapture(DeviceError):
     """The reader took no usable image this time and asks for another try; not a fault of the device.
 

@@ -282,6 +282,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Identification:
+    """A 1:N answer. ``threshold`` is the one of the search's decade (verifier/ranking.py, reported_threshold): at
+    most the threshold the candidates were cut at, never the exact one, which would tell the gallery's size."""
+
     candidates: list[Candidate]
     threshold: float
 

@@ -158,6 +158,9 @@ _ENTRIES = (
                 "verifier's operator must free its disk (its log says why: storage_refused)"),
     ProblemType("matching-busy", 503, "Verifier busy", "VerifierBusyError",
                 "retry after the Retry-After seconds (the agent does so by itself)"),
+    ProblemType("connection-busy", 503, "Too many request bodies at once", "VerifierBusyError",
+                "send fewer requests at once: wait for the answers of those in flight before sending more bodies "
+                "on the connection, then retry after the Retry-After seconds (the agent does so by itself)"),
     ProblemType("matching-over-budget", 503, "Matching over budget", "VerifierBusyError",
                 "send fewer finger views per request, or retry after the Retry-After seconds"),
 )

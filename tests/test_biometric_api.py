@@ -493,11 +493,53 @@ def test_the_identification_threshold_grows_with_what_it_searches(device, synthe
 
     one_view, two_views = device.run(steps)
     verify_threshold = threshold_for_fmr(VerifierSettings().target_fmr)
-    expected = [max(verify_threshold, threshold_for_fmr(1e-5 / (views * 6))) for views in (1, 2)]
+    # The answer's is for the decade of the 6 templates (1), so as not to tell the gallery's size (verifier/ranking).
+    expected = [max(verify_threshold, threshold_for_fmr(1e-5 / (views * 1))) for views in (1, 2)]
     assert [one_view["threshold"], two_views["threshold"]] == [round(x, 4) for x in expected]
     assert verify_threshold < expected[0] < expected[1], "stricter than 1:1, and more so for more views"
     assert one_view["candidates"][0]["subject"] == "bob", "a genuine mate still clears it"
     assert all(c["score"] >= two_views["threshold"] for c in two_views["candidates"])
+
+
+@pytest.mark.verifier_settings("max_views_per_request = 40")
+def test_an_identifications_threshold_does_not_tell_its_groups_gallery_size(device, synthetic_templates) -> None:
+    """The answer's threshold was the exact one, a known function of the views and the templates searched: at 4
+    decimals 40 templates gave 0.0496 and 41 gave 0.0498, so a device read its groups' gallery size off it, and saw
+    each enrollment into them. It is the threshold of the search's decade now: the same for 40 and 41 templates,
+    with one view or several (the views are the device's to choose). The decision is still the exact threshold's:
+    the genuine mate is named, every candidate at or above what the answer says."""
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import identification_threshold
+    from verifier.settings import VerifierSettings
+
+    t = synthetic_templates
+    settings = VerifierSettings()
+    verify_threshold = threshold_for_fmr(settings.target_fmr)
+    exact = {n: round(identification_threshold(threshold_for_fmr, settings.identify_fpir, n, verify_threshold), 4)
+             for n in (40, 41)}
+    assert exact[40] != exact[41], "the old answer told 40 templates from 41"
+    alice_views = [t[0][n % 3] for n in range(40)]
+
+    async def identify_twice(api: VerifierAPI):
+        one = await api.identify([encode(t[1][2])])  # bob's finger: named once bob is enrolled
+        three = await api.identify([encode([t[1][2], t[3][0], t[2][1]])])  # bob's and two strangers'
+        return one, three
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        answer = await api.enroll("alice", [encode(alice_views[n:n + 10]) for n in range(0, 40, 10)])
+        assert answer.templates == 4  # records, of 10 views each: 40 templates in the gallery
+        forty = await identify_twice(api)
+        assert (await api.enroll("bob", [encode(t[1][0])])).templates == 1
+        return forty, await identify_twice(api)
+
+    forty, forty_one = device.run(steps)
+    assert [a.threshold for a in forty] == [a.threshold for a in forty_one], (forty, forty_one)
+    assert forty[0].threshold != exact[40] and forty_one[0].threshold != exact[41]
+    assert forty[0].threshold <= forty[1].threshold, "more views, a stricter threshold: the device's own choice"
+    assert [c.subject for c in forty_one[0].candidates][:1] == ["bob"], "a genuine mate still clears it"
+    for answer in (*forty, *forty_one):
+        assert all(c.score >= answer.threshold for c in answer.candidates), answer
 
 
 @pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 40")
@@ -507,9 +549,11 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     """At identify_fpir 3e-9 a finger identification can make some 180 comparisons before its threshold passes the
     highest score (verifier/ranking.py). One view against the 6 enrolled templates is well within: bob is named.
     40 views of bob's own finger against them could name nobody, bob included: that was an empty 200 (a kiosk told
-    bob "nobody recognised", the installer learned nothing); it is a 422 ``identification-unreachable`` whose detail
-    gives the search's comparisons against the largest search, whose fix is ranking's, raised by the agent as its
-    own error. Nothing is matched for it; the next identification within the capacity is answered as before."""
+    bob "nobody recognised", the installer learned nothing); it is a 422 ``identification-unreachable`` whose fix is
+    ranking's, raised by the agent as its own error. Its detail says the search is too large, not how large: it
+    gave the templates this device may search (6) and the comparisons (240), in prose and as members, so a device
+    learned its groups' gallery size by asking too much; the counts are in the verifier's log, for the operator.
+    Nothing is matched for it; the next identification within the capacity is answered as before."""
     from agent.errors import IdentificationUnreachableError
     from biometrics.fingerprint import threshold_for_fmr
     from verifier.ranking import UNREACHABLE_FIX, identification_capacity
@@ -534,15 +578,17 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     assert again.candidates == normal.candidates and again.threshold == normal.threshold
     assert refused.status == 422 and refused.slug == "identification-unreachable"
     assert refused.fix == UNREACHABLE_FIX and "raise identify_fpir" in str(refused)
-    assert (refused.comparisons, refused.largest_search) == (240, largest)
-    assert "needs 240 comparisons (40 views x 6 templates" in refused.message, refused.message
-    assert f"({largest:,} comparisons)" in refused.message, refused.message
+    told = json.dumps(refused.problem)
+    assert "240" not in told and "6 templates" not in told and f"{largest:,}" not in told, told
+    assert not {"comparisons", "largest_search", "templates"} & refused.problem.keys(), refused.problem
+    assert "(40 views) would search more templates than" in refused.message, refused.message
     events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1 and unreachable[0]["fix"] == UNREACHABLE_FIX, unreachable
     assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (240, largest)
     refusals = [e for e in events if e.get("event") == "biometric_request_refused" and e.get("status") == 422]
     assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == 240, refusals
+    assert (unreachable[0]["templates"], refusals[0]["templates"], unreachable[0]["views"]) == (6, 6, 40)
     assert refusals[0]["groups"] == "*", "the refusal says the groups searched, as an identification_attempt does"
     attempts = [e for e in events if e.get("event") == "identification_attempt"]
     assert len(attempts) == 2, "the refused search was never matched: only the two within the capacity were"

@@ -193,3 +193,66 @@ def test_an_empty_group_is_still_the_default_group_not_a_usage_error(tmp_path) -
     assert empty.returncode == 2 and "--socket PATH" in empty.stderr, empty.stderr  # past parsing: the daemon
     bad = agent_cli("enroll", "--subject", "ana", "--group", " ", "--socket", str(missing))
     assert bad.returncode == 2 and "argument --group: ' ' is not a group name" in bad.stderr, bad.stderr
+
+
+def test_devices_probes_the_ports_the_config_names_and_says_which_entry(zfm_sim, tmp_path) -> None:
+    """`capture-agent devices` probed only the ports pyserial lists (and --port): a module on a port the config
+    names but pyserial does not list (a pty here; /dev/serial0 on some boards) was missing from the listing, and
+    the exit status said nothing of a configured port that is not there. Both are now probed as if named."""
+    import json
+
+    missing = tmp_path / "ttyUSB7"
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'[reader]\nkind = "zfm"\nport = "{missing}"\n\n'
+        f'[[device]]\nkind = "zfm"\nname = "finger"\nport = "{zfm_sim.port}"\n'
+    )
+    done = agent_cli("--config", str(config_file), "devices", "--json", "--only-named")
+    findings = {f["path"]: f for f in json.loads(done.stdout) if f["kind"] == "serial"}
+    found = findings.get(zfm_sim.port)
+    assert found is not None, f"the configured port was not probed: {done.stdout}"
+    assert found["capabilities"] == ["fingerprint-image"] and found["details"]["config"] == '[[device]] name = "finger"'
+    gone = findings.get(str(missing))
+    assert gone is not None and gone["description"] == "does not exist" and gone["details"]["config"] == "[reader]"
+    assert done.returncode == 1, "a configured port that is not there counts as one named"
+
+    config_file.write_text(f'[[device]]\nkind = "zfm"\nname = "finger"\nport = "{zfm_sim.port}"\n')
+    shown = agent_cli("devices", "--only-named", "--config", str(config_file))  # the option after the command too
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"[ok  ] serial {zfm_sim.port}  ZFM-family module" in shown.stdout, shown.stdout
+    assert 'config: [[device]] name = "finger"' in shown.stdout, shown.stdout
+
+
+def test_devices_reads_the_camera_the_config_names_as_the_daemon_would(camera_sim, tmp_path) -> None:
+    """A stream camera the config names was not read at all unless typed again with --camera."""
+    import json
+
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f'[[device]]\nkind = "camera"\nname = "door"\nsource = "{camera_sim.url}"\n')
+    done = agent_cli("--config", str(config_file), "devices", "--json", "--only-named")
+    assert done.returncode == 0, done.stdout + done.stderr
+    cameras = [f for f in json.loads(done.stdout) if f["kind"] == "camera"]
+    assert [(c["path"], c["capabilities"]) for c in cameras] == [(camera_sim.url, ["camera"])], cameras
+    assert cameras[0]["details"]["config"] == '[[device]] name = "door"', cameras
+
+
+def test_devices_still_lists_what_is_there_when_the_config_cannot_be_read(zfm_sim, tmp_path) -> None:
+    """Discovery is what an installer runs to learn what to write in the config: since it probes the config's
+    devices too, a config it could not read (a syntax error mid-edit, /etc/capture-agent/agent.toml closed to the
+    installer's own user) made `capture-agent devices` list nothing and exit 2. It says the config's error and fix
+    on stderr, and lists what it finds without the config's devices."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "agent.toml"
+    broken.write_text("[reader\nport = \n")
+    env = {**os.environ, "CAPTURE_AGENT_CONFIG": str(broken)}
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "devices", "--json", "--only-named", "--port",
+                           zfm_sim.port], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = {f["path"]: f for f in json.loads(done.stdout) if f["kind"] == "serial"}
+    assert found[zfm_sim.port]["capabilities"] == ["fingerprint-image"], found
+    assert "not valid TOML" in done.stderr and "fix: correct the syntax" in done.stderr, done.stderr
+    assert "config" not in found[zfm_sim.port]["details"], found

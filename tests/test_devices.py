@@ -24,7 +24,7 @@ import pytest
 from agent.config import DeviceSection, parse_config
 from agent.devices.capabilities import CAMERA, FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import DeviceUnplugged, NoDeviceFor
-from agent.devices.kinds import Device
+from agent.devices.kinds import Device, make_device
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import ConfigError
 
@@ -853,3 +853,292 @@ def test_a_serial_module_fault_a_session_meets_is_audited_its_ordinary_ends_are_
 
     asyncio.run(scenario())
     assert _events(recorded, "finger") == ["device_plugged", "device_fault"]
+
+
+class _HeldOwner:
+    """Makes one thread's first look at ``owner.stopped`` return what it read only once another thread's stop
+    has returned: the interleaving of two stops at once that the scheduler gives only now and then, every time.
+    The owner thread stays the real one."""
+
+    def __init__(self, device: Device) -> None:
+        from agent.devices.owner import DeviceOwner
+
+        self.held: int | None = None  # the thread whose look is held
+        self.looked, self.other_done = threading.Event(), threading.Event()
+        gate = self
+
+        class Held(DeviceOwner):
+            @property
+            def stopped(self) -> bool:
+                seen = self._stopped
+                if threading.get_ident() == gate.held and not gate.looked.is_set():
+                    gate.looked.set()
+                    gate.other_done.wait(30)
+                return seen
+
+        device.owner.stop()  # the owner it was made with: replaced before anything ran on it
+        device.owner = Held(device.name)
+
+
+def test_two_stops_of_a_device_at_once_both_return_and_close_it_once(zfm_sim) -> None:
+    """Device.stop checked whether its owner had stopped, then queued its close: a second stop at the same time
+    (the daemon's, a failed start's) that looked before the first had stopped the owner queued its close after,
+    and was refused with DeviceStopped (here: held between its look and its close)."""
+    from agent.devices.kinds import ZfmDevice
+    from drivers.zfm.driver import ZfmModule
+
+    device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "finger")
+    gate = _HeldOwner(device)
+    closes: list[int] = []
+    module: ZfmModule = device.module
+    real_close = module.close
+
+    def close() -> None:
+        closes.append(threading.get_ident())
+        real_close()
+
+    module.close = close  # type: ignore[method-assign]
+    asyncio.run(device.open())
+    raised: dict[str, BaseException] = {}
+
+    def stop(who: str) -> None:
+        if who == "second":
+            gate.held = threading.get_ident()
+        try:
+            device.stop()
+        except BaseException as exc:
+            raised[who] = exc
+        finally:
+            if who == "first":
+                gate.other_done.set()
+
+    second = threading.Thread(target=stop, args=("second",), daemon=True)
+    second.start()
+    while not gate.looked.wait(0.01) and second.is_alive():
+        pass  # until the second stop has looked (the old code) or is done (one that never looks)
+    first = threading.Thread(target=stop, args=("first",), daemon=True)
+    first.start()
+    for thread in (first, second):
+        thread.join(60)  # a bound on a hang, not a timing assertion
+    assert not first.is_alive() and not second.is_alive(), "a stop never returned"
+    assert raised == {}, f"a concurrent stop raised: {raised!r}"
+    assert len(closes) == 1, f"the module was closed {len(closes)} times"
+    assert not device.owner.alive and not device.connected
+
+
+def test_a_failed_reopen_is_a_warning_naming_the_error_type_and_when_the_next_try_is(tmp_path) -> None:
+    """A serial module that failed each reopen (here its port is a file, not a serial device: every open is
+    refused at once) was logged at info level: invisible at the default level, with neither the error's type
+    nor when the agent would try again. Each failure is now a warning with both; the wait doubles from one
+    check interval."""
+    from structlog.testing import capture_logs
+
+    port = tmp_path / "ttyUSB9"
+    port.write_bytes(b"")
+
+    def failed(logs: list[dict]) -> list[dict]:
+        return [e for e in logs if e["event"] == "device_open_failed"]
+
+    async def scenario(logs: list[dict]) -> None:
+        supervisor = DeviceSupervisor(
+            [("finger", DeviceSection(kind="zfm", port=str(port), check_interval_s=0.1))], lambda k, d: None
+        )
+        await supervisor.open_all()
+        supervisor.start()
+        try:
+            await _until(lambda: len(failed(logs)) >= 3, 30)
+        finally:
+            await supervisor.close()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario(logs))
+    start, first, second = failed(logs)[:3]
+    assert [e["log_level"] for e in (start, first, second)] == ["warning"] * 3, failed(logs)
+    assert (start["reopen"], first["reopen"], second["reopen"]) == (False, True, True)
+    assert [e["reopen_in_s"] for e in (start, first, second)] == [0.1, 0.2, 0.4], failed(logs)
+    assert first["error_type"] == "PortSettingsError" and "cannot be opened" in first["error"], first
+    assert "not a file" in first["fix"], first
+
+
+def test_identify_on_a_reader_that_cannot_is_a_usage_error_not_an_audited_fault(fprint_socket_dir) -> None:
+    """libfprint's virtual_device verifies only. Asked to identify, the driver's refusal (a driver error) was
+    audited as a device_fault, a reader to replace for staff, and reached the kiosk app as device_error, of a
+    reader that works. Now it is DeviceCannot, refused before the driver: code device_cannot, no device_fault."""
+    from agent.devices.errors import DeviceCannot
+    from agent.devices.kinds import FprintDevice
+    from agent.localapi import error_codes
+
+    path = fprint_socket_dir / "device.sock"
+    recorded: list[tuple[str, dict]] = []
+
+    def factory(section: DeviceSection, name: str) -> FprintDevice:
+        return FprintDevice(section, name, env={"FP_VIRTUAL_DEVICE": str(path)})
+
+    async def scenario() -> BaseException:
+        supervisor = DeviceSupervisor(
+            [("sensor", DeviceSection(kind="fprint", selector="virtual_device"))],
+            lambda k, d: recorded.append((k, d)), factory=factory,
+        )
+        await supervisor.open_all()
+        try:
+            sensor = supervisor.pick(MATCH_ON_SENSOR)
+            try:
+                await asyncio.to_thread(sensor.identify, [b"a print"], 5)
+            except Exception as exc:
+                refused: BaseException = exc
+            else:
+                raise AssertionError("identify on a reader without identification was not refused")
+            for _ in range(5):  # a fault handed to the loop (Device.on_fault) is recorded in a callback: let it run
+                await asyncio.sleep(0)
+            return refused
+        finally:
+            await supervisor.close()
+
+    refused = asyncio.run(scenario())
+    assert isinstance(refused, DeviceCannot), repr(refused)
+    assert error_codes(refused) == {"code": "device_cannot"}
+    assert "cannot identify" in refused.message and "capture-agent verify --subject ID" in refused.fix, refused
+    assert _events(recorded, "sensor") == ["device_plugged"], recorded
+
+
+def _stopped_during(device: Device, wait: Any, under_way: Any) -> BaseException:
+    """Run ``wait`` in a worker thread, stop ``device`` (as the agent's stop does) once ``under_way()`` says the
+    wait has begun, and return what the wait raised."""
+    outcome: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            wait()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not under_way():
+            assert time.monotonic() < deadline, "the wait never got under way"
+            time.sleep(0.01)
+    finally:
+        device.stop()
+    thread.join(30)  # a bound on a hang, not a timing assertion
+    assert outcome, "the wait the stop cut short ended without an error"
+    return outcome[0]
+
+
+def _told_as_the_stop(ended: BaseException) -> None:
+    from agent.devices.errors import DeviceStopped
+    from agent.localapi import error_codes
+
+    assert isinstance(ended, DeviceStopped), repr(ended)  # was DeviceUnplugged: "plug it back in"
+    assert error_codes(ended) == {"code": "agent_stopping"}
+    assert "the agent is stopping" in ended.message and ended.fix.startswith("try again once the agent is back")
+
+
+def test_a_serial_wait_for_a_finger_the_agents_stop_cuts_short_is_told_as_the_stop(zfm_sim) -> None:
+    """The stop sets the device's abort, which a wait for a finger polls: the wait ended "went away (unplugged?):
+    plug it back in" (device_unplugged), of a module still plugged in. It is the stop (agent_stopping)."""
+    from agent.devices.kinds import ZfmDevice
+    from drivers.zfm.constants import Command
+
+    finger = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "finger")
+    asyncio.run(finger.open())
+    polls = zfm_sim.commands.count(Command.GEN_IMG)
+    ended = _stopped_during(finger, lambda: finger.wait_for_finger(20),
+                            lambda: zfm_sim.commands.count(Command.GEN_IMG) > polls)  # the module is asked for a finger
+    _told_as_the_stop(ended)
+
+
+def test_a_usb_wait_for_a_finger_the_agents_stop_cuts_short_is_told_as_the_stop(fprint_socket_dir) -> None:
+    """libfprint's virtual_image reader waiting for a finger when the agent stops: told unplugged, it is the stop."""
+    from agent.devices.kinds import FprintDevice
+
+    path = fprint_socket_dir / "image.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_image")
+    usb = FprintDevice(section, "usb", env={"FP_VIRTUAL_IMAGE": str(path)})
+    asyncio.run(usb.open())
+    ended = _stopped_during(usb, lambda: usb.wait_for_finger(20), usb.reader.finger_needed)  # the sensor lit up
+    _told_as_the_stop(ended)
+
+
+def test_a_camera_wait_for_a_frame_the_agents_stop_cuts_short_is_told_as_the_stop(camera_sim) -> None:
+    """A face session waiting for the camera's next frame when the agent stops: told unplugged, it is the stop."""
+    from agent.devices.kinds import CameraDevice
+
+    face = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "face")
+    asyncio.run(face.open())
+    seen = face.wait_frame(timeout_s=5).seq
+    ended = _stopped_during(face, lambda: face.wait_frame(seen + 10_000, 20),  # a frame that never comes in time
+                            lambda: face.camera._waiters > 0)  # the driver's count of consumers in wait_frame
+    _told_as_the_stop(ended)
+
+
+def test_a_usage_error_only_the_driver_can_tell_is_not_audited_as_a_device_fault(fprint_socket_dir, zfm_sim) -> None:
+    """libfprint refusing what a reader does not do (a capture of a match-on-sensor reader: NOT_SUPPORTED), the
+    driver refusing an image fetched before any capture, the serial driver refusing a timeout no module takes:
+    each a driver error of the family's one type, audited as a device_fault (a reader for staff to replace) of
+    readers that work. Now a UsageError, not audited; a reader's real failure (a protocol error) still is."""
+    from agent.devices.kinds import FprintDevice
+    from drivers.fprint.errors import FprintError
+    from simulators.fprint import ERROR_PROTO, VirtualImageFeeder
+
+    sockets = {"FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "device.sock"),
+               "FP_VIRTUAL_IMAGE": str(fprint_socket_dir / "image.sock")}
+    recorded: list[tuple[str, dict]] = []
+
+    def factory(section: DeviceSection, name: str) -> Device:
+        if section.kind == "zfm":
+            return make_device(section, name)
+        return FprintDevice(section, name, env=sockets)
+
+    def refused(call: Any) -> BaseException:
+        try:
+            call()
+        except Exception as exc:
+            return exc
+        raise AssertionError("the call was not refused")
+
+    async def scenario() -> dict[str, BaseException]:
+        supervisor = DeviceSupervisor(
+            [("sensor", DeviceSection(kind="fprint", selector="virtual_device")),
+             ("usb", DeviceSection(kind="fprint", selector="virtual_image")),
+             ("serial", DeviceSection(kind="zfm", port=zfm_sim.port))],
+            lambda k, d: recorded.append((k, d)), factory=factory,
+        )
+        await supervisor.open_all()
+        sensor, usb, serial = supervisor.devices
+        feeder = VirtualImageFeeder(fprint_socket_dir / "image.sock")
+        try:
+            ends = {
+                "a capture on a match-on-sensor reader": await asyncio.to_thread(
+                    refused, lambda: sensor.wait_for_finger(5)),
+                "an image before any capture": await asyncio.to_thread(refused, usb.download_image),
+                "a negative finger timeout": await asyncio.to_thread(refused, lambda: serial.wait_for_finger(-1)),
+            }
+            threading.Thread(target=_when_waiting, args=(usb, feeder.error, ERROR_PROTO), daemon=True).start()
+            ends["a protocol error"] = await asyncio.to_thread(refused, lambda: usb.wait_for_finger(10))
+            for _ in range(5):  # a fault handed to the loop (Device.on_fault) is recorded in a callback: let it run
+                await asyncio.sleep(0)
+            return ends
+        finally:
+            feeder.close()
+            await supervisor.close()
+
+    ends = asyncio.run(scenario())
+    fault = ends.pop("a protocol error")
+    faults = [(d["device"], d["error"]) for kind, d in recorded if kind == "device_fault"]
+    assert faults == [("usb", fault.args[0])], faults  # the protocol error alone
+    for what, end in ends.items():
+        assert "unplug and replug" not in getattr(end, "fix", ""), (what, end)  # the reader is fine
+    from drivers.errors import UsageError
+
+    assert all(isinstance(end, UsageError) for end in ends.values()), ends
+    assert isinstance(fault, FprintError) and not isinstance(fault, UsageError), repr(fault)
+
+
+def _when_waiting(usb: Any, action: Any, *args: Any) -> None:
+    """Act once the libfprint reader waits for a finger (a command sent to an idle virtual reader is dropped)."""
+    deadline = time.monotonic() + 10
+    while not usb.reader.finger_needed() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    action(*args)

@@ -280,3 +280,87 @@ def test_the_udev_generator_takes_help_and_names_a_missing_hwdb_in_one_line(tmp_
     hwdb.write_text("# Supported by libfprint driver uru4000\nusb:v05BAp000A*\n ID_AUTOSUSPEND=1\n")
     made = generator(str(hwdb))
     assert made.returncode == 0 and 'ATTR{idVendor}=="05ba", ATTR{idProduct}=="000a"' in made.stdout
+
+
+def test_a_request_the_reader_does_not_do_is_a_usage_error_not_a_failure_to_replug(
+    virtual_device_reader, virtual_image_reader
+) -> None:
+    """libfprint's NOT_SUPPORTED (a capture of a match-on-sensor reader) and the driver's own "no image captured
+    yet" were the family's failure type, NOT_SUPPORTED with the fix "unplug and replug the reader". They are a
+    usage error now, with a fix that fits; a protocol error (the reader's own failure) is still a failure."""
+    from drivers.fprint.errors import FprintError
+    from simulators.fprint import ERROR_PROTO
+
+    sensor, _ = virtual_device_reader
+    with pytest.raises(FprintError) as not_supported:
+        sensor.capture(timeout_s=5)
+    assert "unplug and replug" not in not_supported.value.fix, not_supported.value  # the reader is fine
+    assert "capture-agent devices" in not_supported.value.fix and "refused the request" in str(not_supported.value)
+    image_reader, feeder = virtual_image_reader
+    with pytest.raises(FprintError, match="no image captured yet") as out_of_order:
+        image_reader.download_image()
+    when_waiting(image_reader, feeder.error, ERROR_PROTO)
+    with pytest.raises(FprintError) as failed:
+        image_reader.capture(timeout_s=10)
+    assert "unplug and replug" in failed.value.fix, repr(failed.value)  # the reader's own failure
+    from drivers.errors import UsageError
+    from drivers.fprint.errors import FprintUsageError
+
+    assert isinstance(not_supported.value, FprintUsageError) and isinstance(out_of_order.value, FprintUsageError)
+    assert not isinstance(failed.value, UsageError), repr(failed.value)
+
+
+def test_an_unreadable_stored_print_is_a_usage_error_naming_re_enrollment(virtual_device_reader) -> None:
+    """A print libfprint cannot read back (corrupt, or not a print) raised libfprint's raw GLib.Error "Data could
+    not be parsed" from verify, outside the driver's error tree: the agent could neither type it nor name a fix.
+    It is a usage error now (the reader is fine), whose fix is a new print of that finger; the reader still works."""
+    from drivers.errors import UsageError
+
+    reader, feeder = virtual_device_reader
+    threading.Thread(target=lambda: [feeder.scan("alice") for _ in range(reader.info.enroll_stages)]).start()
+    enrolled = reader.enroll(timeout_s=20)
+    for unreadable in (b"not a print at all", b"FP0" + enrolled[3:], enrolled + b"\0"):
+        with pytest.raises(UsageError) as refused:
+            reader.verify(unreadable, timeout_s=5)
+        assert "cannot be read" in str(refused.value), refused.value
+        assert refused.value.fix.startswith(f"enroll that finger on the reader {reader.name} again"), refused.value
+    later(0.2, feeder.scan, "alice")
+    assert reader.verify(enrolled, timeout_s=10) is True
+
+
+def test_a_print_cut_short_or_emptied_is_refused_and_never_aborts_the_agent(virtual_device_reader) -> None:
+    """libfprint trusts a print's layout once its header is read: 3 bytes or fewer failed its assertion, and a
+    print cut short, or one whose print data is empty, made GLib abort the process ("Attempt to access item 0 in a
+    container with only 0 items"): the agent gone, no error at all. Each cut of a real print, and prints laid out
+    right around empty data, go to verify in a process of their own: each is refused as unreadable, none aborts."""
+    from gi.repository import GLib
+
+    reader, feeder = virtual_device_reader
+    threading.Thread(target=lambda: [feeder.scan("bob") for _ in range(reader.info.enroll_stages)]).start()
+    enrolled = reader.enroll(timeout_s=20)
+
+    def laid_out(kind: int, data: GLib.Variant) -> bytes:  # libfprint's own layout around ``data``
+        value = GLib.Variant("(issbymsmsia{sv}v)", (kind, "virtual_device", "0", False, 0, None, None, 0, {}, data))
+        return enrolled[:3] + bytes(value.get_data_as_bytes().get_data())
+
+    emptied = [laid_out(1, GLib.Variant("()", ())), laid_out(2, GLib.Variant("(ai)", ([],)))]
+    blobs = [enrolled[:n] for n in range(len(enrolled))] + emptied
+    code = (
+        "import sys, threading\n"
+        "from drivers.errors import UsageError\n"
+        "from drivers.fprint.reader import FprintReader\n"
+        "reader = FprintReader('virtual_device', env={'FP_VIRTUAL_DEVICE': sys.argv[1]})\n"
+        "reader.open()\n"
+        "for blob in sys.argv[2:]:\n"
+        "    try:\n"
+        "        reader.verify(bytes.fromhex(blob), timeout_s=2)\n"
+        "    except UsageError as exc:\n"
+        "        assert 'enroll that finger' in exc.fix, exc\n"
+        "        print('refused', len(blob) // 2, flush=True)\n"
+        "reader.close()\n"
+    )
+    folder = reader.env["FP_VIRTUAL_DEVICE"].rsplit("/", 1)[0]
+    ran = subprocess.run([sys.executable, "-c", code, f"{folder}/other.sock", *(b.hex() for b in blobs)],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, (ran.returncode, ran.stdout[-500:], ran.stderr[-2000:])
+    assert ran.stdout.splitlines() == [f"refused {len(b)}" for b in blobs], ran.stdout[-500:]

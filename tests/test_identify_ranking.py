@@ -91,22 +91,46 @@ def test_the_rate_a_settings_error_names_is_reachable_however_it_rounds() -> Non
         assert identification_capacity("face", threshold_for_fmr, fpir=named, verify_threshold=0.5) >= 1, named
 
 
-def test_a_search_past_the_capacity_is_a_422_naming_both_counts_and_the_registrys_fix() -> None:
-    """The refusal (not an empty candidate list, which a kiosk says as "nobody recognised"): its detail gives the
-    comparisons against the largest search, its members the same as numbers, its fix the one the log names."""
+def test_a_search_past_the_capacity_is_a_422_with_the_registrys_fix_and_no_count_of_the_gallery() -> None:
+    """The refusal (not an empty candidate list, which a kiosk says as "nobody recognised"): its fix the one the
+    log names; its detail says the search is too large and names only the device's own views. Before, it gave the
+    templates the device may search and the comparisons, in prose and as members: the gallery's size, to any
+    device that asked for too large a search."""
     import json
 
     from protocol.problems import REGISTRY
     from verifier.ranking import UNREACHABLE_FIX, unreachable_problem, warn_if_unreachable
 
-    problem = unreachable_problem("face", views=1, searched=75_000, capacity=74_000)
+    problem = unreachable_problem("face", views=1)
     document = json.loads(problem.body())
     assert problem.status == 422 and document["type"].endswith("/identification-unreachable")
     assert document["fix"] == UNREACHABLE_FIX == REGISTRY["identification-unreachable"].fix
-    assert (document["comparisons"], document["largest_search"]) == (75_000, 74_000)
-    assert "(74,000 comparisons)" in document["detail"], document
-    assert document["detail"].startswith("this face identification needs 75,000 comparisons (1 view x 75,000 "
-                                         "templates this device may search), more than the largest search"), document
-    many = json.loads(unreachable_problem("finger", views=3, searched=2, capacity=5).body())
-    assert (many["comparisons"], many["largest_search"]) == (6, 5) and "(3 views x 2 templates" in many["detail"]
+    assert "narrow the device's groups" in document["fix"]
+    assert set(document) == {"type", "title", "status", "detail", "fix"}, document
+    assert document["detail"].startswith("this face identification (1 view) would search more templates than the "
+                                         "verifier's identify_fpir allows"), document
+    assert "(3 views)" in json.loads(unreachable_problem("finger", views=3).body())["detail"]
     assert not warn_if_unreachable("finger", 1.0, 6, 5) and warn_if_unreachable("finger", 1.0001, 6, 5)
+
+
+def test_the_reported_threshold_is_the_decades_never_above_the_one_applied() -> None:
+    """What the answer says is a function of the views and the decade of the templates searched, never of their
+    exact count: whatever views a device sends, 40 and 41 templates (or 10 and 99) read the same, while the
+    threshold applied differs; it is never above that one, so every named candidate is at or above it."""
+    from biometrics.face import threshold_for_fmr as face_threshold
+    from biometrics.fingerprint import threshold_for_fmr as finger_threshold
+    from verifier.ranking import identification_threshold, reported_threshold, search_decade
+
+    assert [search_decade(n) for n in (0, 1, 9, 10, 41, 99, 100, 12_345)] == [0, 1, 1, 10, 10, 10, 100, 10_000]
+    for threshold_for_fmr in (finger_threshold, face_threshold):
+        verify = threshold_for_fmr(1e-4)
+        for views in range(1, 11):
+            told = {templates: reported_threshold(threshold_for_fmr, 1e-3, views=views, templates=templates,
+                                                  verify_threshold=verify)
+                    for templates in (0, 1, 7, 10, 40, 41, 99, 100, 999, 1000, 54_321)}
+            assert told[40] == told[41] == told[10] == told[99], views
+            for templates, reported in told.items():
+                applied = identification_threshold(threshold_for_fmr, 1e-3, views * templates, verify)
+                assert reported <= round(applied, 4), (views, templates)
+        exact = [round(identification_threshold(threshold_for_fmr, 1e-3, n, verify), 4) for n in (40, 41)]
+        assert exact[0] != exact[1], "the exact threshold told them apart"

@@ -183,15 +183,15 @@ def enroll_ana(daemon: Daemon) -> None:
 def test_nobody_placing_a_finger_is_told_the_session_ended_and_to_start_again(daemon_with_module) -> None:
     """The wait for a finger ended with the driver's "no finger on the sensor within 15 s (fix: place a finger on
     the sensor)", its fix printed twice, and a fix that no longer works: the session is over by then. The wait is
-    [sessions] finger_timeout_s (3 s here; 15 by default)."""
-    daemon = daemon_with_module(sessions="finger_timeout_s = 3")
+    [sessions] finger_timeout_s (5 s here, long enough for an enrollment on a loaded machine; 15 by default)."""
+    daemon = daemon_with_module(sessions="finger_timeout_s = 5")
     enroll_ana(daemon)
     person = cli(daemon, "verify", "--subject", "ana")  # ... who walks away without touching the sensor
     out, _ = person.communicate(timeout=60)
     assert person.returncode == 2, out
     lines = out.splitlines()
     assert lines[-2:] == [
-        "error: no finger was placed on the sensor within 3 s, so the session ended",
+        "error: no finger was placed on the sensor within 5 s, so the session ended",
         "fix: start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
     ], out
 
@@ -298,7 +298,7 @@ def test_a_finger_left_on_the_sensor_is_reminded_to_lift_and_the_session_ends_if
     """A lift that timed out was ignored: the person heard nothing for 15 s, then "Place your finger", and the
     module imaged the same placement again (an enrollment's captures could all be one placement). The waits are
     [sessions] lift_reminder_s and finger_timeout_s (shortened here)."""
-    daemon = daemon_with_module(sessions="finger_timeout_s = 3\nlift_reminder_s = 1")
+    daemon = daemon_with_module(sessions="finger_timeout_s = 5\nlift_reminder_s = 1")
     person = cli(daemon, "enroll", "--subject", "bob", "--fingers", "1", "--captures", "2")
     placements = ["place 6 0", "place 6 1"]
     prompts, said = [], []
@@ -425,7 +425,7 @@ def test_health_says_when_the_verifier_is_unreachable_and_when_it_is_back(daemon
 def test_a_kiosk_app_tells_errors_apart_by_code_not_by_their_english(daemon_with_module) -> None:
     """The error event carried only English (message, fix): "no finger in time" and "reader unplugged" need
     different screens, and a kiosk app had to match the text to choose."""
-    daemon = daemon_with_module(sessions="finger_timeout_s = 3")
+    daemon = daemon_with_module(sessions="finger_timeout_s = 5")
     enroll_ana(daemon)
 
     async def nobody_comes() -> dict:
@@ -662,7 +662,7 @@ def test_a_quiet_events_stream_is_said_as_such_not_as_the_agent_stopping(
 def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemon_with_module) -> None:
     """Ctrl-C just after the session ended with an error (no finger in time) said "cancelled; the sensor is free":
     only a result was looked for in the events replayed after the cancel."""
-    daemon = daemon_with_module(sessions="finger_timeout_s = 3")
+    daemon = daemon_with_module(sessions="finger_timeout_s = 5")
     person, said = ana_asked_for_her_finger(daemon)
     person.send_signal(signal.SIGSTOP)  # the terminal is held while the daemon ends the session (no finger)
 
@@ -682,7 +682,7 @@ def test_ctrl_c_as_the_session_ends_by_itself_shows_its_error_not_a_cancel(daemo
     assert person.wait(30) == 2, said
     assert "cancelled; the sensor is free for the next person" not in said, said
     assert said[-2:] == [
-        "error: no finger was placed on the sensor within 3 s, so the session ended",
+        "error: no finger was placed on the sensor within 5 s, so the session ended",
         "fix: start again: place a finger on the sensor when asked, and hold it there until asked to lift it",
     ], said
 
@@ -868,7 +868,8 @@ def test_an_identification_past_the_verifiers_capacity_tells_the_installer_why_n
     assert person.wait(30) == 2, said
     assert not any("nobody recognised" in line for line in said), said
     assert said[-2].startswith("error: verifier refused: 422 Identification past its capacity: this finger "
-                               "identification needs 194 comparisons (1 view x 194 templates"), said
+                               "identification (1 view) would search more templates"), said
+    assert "194" not in said[-2], "the size of the device's gallery is not told to it"
     assert said[-1] == f"fix: {UNREACHABLE_FIX}", said
 
     async def kiosk_app() -> list[dict]:
@@ -878,9 +879,9 @@ def test_an_identification_past_the_verifiers_capacity_tells_the_installer_why_n
 
     last = asyncio.run(kiosk_app())[-1]
     assert (last["type"], last["code"], last["problem"]) == ("error", "verifier_refused", "identification-unreachable")
-    assert last["fix"] == UNREACHABLE_FIX and "194 comparisons" in last["message"], last
+    assert last["fix"] == UNREACHABLE_FIX and "would search more templates" in last["message"], last
     daemon.stop()  # it flushes its outbox first: every session's end reaches the verifier, none held back
     finished = [e["data"] for e in audit_until(verifier, "agent_stopping") if e["type"] == "session_finished"]
     assert [(s["operation"], s["outcome"]) for s in finished] == [("enroll", "enrolled"), ("identify", "error"),
                                                                   ("identify", "error")], finished
-    assert all("194 comparisons" in s["reason"] for s in finished[1:]), finished
+    assert all("would search more templates" in s["reason"] for s in finished[1:]), finished

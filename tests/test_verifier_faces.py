@@ -302,8 +302,9 @@ def test_a_group_rule_and_a_bad_factor_on_the_command_line(verifier) -> None:
 def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, verifier) -> None:
     """At this rate one probe against alice's two embeddings already needs a cosine above 1: nobody could be named,
     alice included (the threshold is never clamped, verifier/ranking.py). That was an empty 200, which a kiosk said
-    as "nobody recognised"; it is a 422 ``identification-unreachable`` the agent raises as its own error, with the
-    comparisons against the largest search and ranking's fix, and the operator's log still says why."""
+    as "nobody recognised"; it is a 422 ``identification-unreachable`` the agent raises as its own error, with
+    ranking's fix and no count (the gallery's size is the operator's), and the operator's log says why, counts
+    included."""
     from agent.errors import IdentificationUnreachableError
     from verifier.ranking import UNREACHABLE_FIX
 
@@ -317,14 +318,16 @@ def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, ver
 
     refused = device.run(steps)
     assert refused.status == 422 and refused.slug == "identification-unreachable" and refused.fix == UNREACHABLE_FIX
-    assert (refused.comparisons, refused.largest_search) == (2, 1)
-    assert "this face identification needs 2 comparisons (1 view x 2 templates" in refused.message, refused.message
+    assert "2 templates" not in refused.message, refused.message  # the gallery's size: not told
+    assert not {"comparisons", "largest_search", "templates"} & refused.problem.keys(), refused.problem
+    assert "this face identification (1 view) would search more templates" in refused.message, refused.message
     events = audit(verifier)
     capacity = [e for e in events if e.get("event") == "identification_capacity" and e["modality"] == "face"]
     assert capacity and capacity[0]["largest_search"] == 1
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1, unreachable
     assert unreachable[0]["modality"] == "face" and unreachable[0]["comparisons"] == 2
+    assert unreachable[0]["templates"] == 2 and unreachable[0]["largest_search"] == 1
     assert unreachable[0]["level"] == "warning" and unreachable[0]["fix"] == UNREACHABLE_FIX
     assert not [e for e in events if e.get("event") == "identification_attempt"], "nothing was matched for it"
 

@@ -38,7 +38,7 @@ from verifier import __version__
 from verifier.assertions import SensorRoutes
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
-from verifier.connections import EventSummary
+from verifier.connections import BODY_BUDGET_EXTENSION, EventSummary
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
 from verifier.idempotency import (
     RETENTION_S,
@@ -210,11 +210,16 @@ class VerifierApp:
         except TimeoutError:
             return
 
-    async def _read_body(self, receive: Receive, body_done: list[bool]) -> bytes:
-        """The request body, within ``body_timeout_s`` (a slow sender holds no stream for long)."""
+    async def _read_body(self, receive: Receive, body_done: list[bool], budget: Any = None) -> bytes:
+        """The request body, within ``body_timeout_s`` (a slow sender holds no stream for long).
+
+        ``budget``: the stream's share of the caps on request bodies held (the server's ``StreamBody``, from the
+        scope's extension :data:`~verifier.connections.BODY_BUDGET_EXTENSION`; None outside it): each chunk kept
+        is counted, and past a cap it raises the 503 ``connection-busy`` problem.
+        """
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
-                return await self._read_body_chunks(receive, body_done)
+                return await self._read_body_chunks(receive, body_done, budget)
         except TimeoutError:
             body_done[0] = True  # a slow sender's rest is not waited for
             raise Problem(
@@ -223,7 +228,7 @@ class VerifierApp:
                 "send the whole body at once; check the network",
             ) from None
 
-    async def _read_body_chunks(self, receive: Receive, body_done: list[bool]) -> bytes:
+    async def _read_body_chunks(self, receive: Receive, body_done: list[bool], budget: Any) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -239,6 +244,8 @@ class VerifierApp:
                     f"the body exceeds {self.settings.max_body_bytes} bytes",
                     "send a smaller request",
                 )
+            if budget is not None and chunk:
+                budget.take(len(chunk))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 body_done[0] = True
@@ -259,7 +266,7 @@ class VerifierApp:
                 )
             raise Problem("not-found", f"no endpoint {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        body = await self._read_body(receive, body_done)
+        body = await self._read_body(receive, body_done, scope.get("extensions", {}).get(BODY_BUDGET_EXTENSION))
         timing["started"] = time.perf_counter()
         cert = client_certificate(scope)
         device = self._authorise(cert, path) if route.needs_client_cert else None

@@ -77,6 +77,7 @@ from verifier.ranking import (
     identification_capacity,
     identification_threshold,
     ranked,
+    reported_threshold,
     searched_groups,
     unreachable_problem,
     warn_if_unreachable,
@@ -1058,11 +1059,12 @@ class BiometricRoutes:
         """
         assert request.device is not None
         comparisons = views * searched
-        if warn_if_unreachable(modality, threshold, comparisons, capacity, device_id=request.device.device_id):
-            raise self.refused(
-                request, unreachable_problem(modality, views=views, searched=searched, capacity=capacity),
+        if warn_if_unreachable(modality, threshold, comparisons, capacity, device_id=request.device.device_id,
+                               views=views, templates=searched):
+            raise self.refused(  # the counts in the log only: the answer must not tell the gallery's size
+                request, unreachable_problem(modality, views=views),
                 "identification past its capacity", modality=modality, comparisons=comparisons,
-                largest_search=capacity, groups=searched_groups(groups),
+                templates=searched, largest_search=capacity, groups=searched_groups(groups),
             )
 
     def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
@@ -1094,6 +1096,9 @@ class BiometricRoutes:
                                              self.threshold)
         self.refuse_if_unreachable(request, FINGER, threshold, views=len(views), searched=searched,
                                    capacity=self.identify_capacity, groups=allowed)
+        # The answer's threshold is the search's decade's, not the exact one: that would tell the gallery's size.
+        told = reported_threshold(threshold_for_fmr, self.identify_fpir, views=len(views), templates=searched,
+                                  verify_threshold=self.threshold)
         # The comparisons it makes: the templates of the groups it may search (the gallery's search is restricted
         # to them), not the whole gallery a lobby kiosk never touches (faces charge the same way).
         self.charge(request, len(views) * searched)
@@ -1124,7 +1129,7 @@ class BiometricRoutes:
                 groups=searched_groups(allowed),
             )
             timing = f"match;dur={match_ms:.3f}".encode()
-            answer = {"candidates": candidates, "threshold": round(threshold, 4)}
+            answer = {"candidates": candidates, "threshold": told}
             return json_answer(200, answer, ((b"server-timing", timing),))
 
         return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))

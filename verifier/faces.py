@@ -57,7 +57,13 @@ from verifier.http import Answer, Deferred, Request, json_answer
 from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
-from verifier.ranking import identification_capacity, identification_threshold, ranked, searched_groups
+from verifier.ranking import (
+    identification_capacity,
+    identification_threshold,
+    ranked,
+    reported_threshold,
+    searched_groups,
+)
 
 if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
@@ -465,6 +471,9 @@ class FaceRoutes:
                                              self.threshold)
         self.bio.refuse_if_unreachable(request, FACE, threshold, views=len(probes), searched=len(rows),
                                        capacity=self.identify_capacity, groups=allowed)
+        # The answer's threshold is the search's decade's, not the exact one: that would tell the gallery's size.
+        told = reported_threshold(threshold_for_fmr, self.identify_fpir, views=len(probes), templates=len(rows),
+                                  verify_threshold=self.threshold)
         self.bio.charge(request, len(probes) * len(names))
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
@@ -484,7 +493,7 @@ class FaceRoutes:
             log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,
                      outcome="candidates" if candidates else "no_candidate", candidates=len(candidates),
                      locked_out=locked, groups=searched_groups(allowed))
-            answer = {"candidates": candidates, "threshold": round(threshold, 4)}
+            answer = {"candidates": candidates, "threshold": told}
             return json_answer(200, answer, ((b"server-timing", f"match;dur={match_ms:.3f}".encode()),))
 
         return Deferred(device_id, work, finish, lambda: self.bio.challenges.release(device_id, str(body["nonce"])))

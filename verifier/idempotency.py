@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 RETENTION_S = 24 * 3600
+# Headers that describe one handling of a request, not its answer: a repeat is handled again (a lookup), so it
+# carries its own (the app's Server-Timing is added afresh), never the first handling's matching time.
+PER_HANDLING_HEADERS = frozenset({b"server-timing"})
 SEALED = b"AEAD1"  # prefix of a sealed body: 12-byte nonce, then ciphertext and tag
 HEADERS_PART = b"\x00headers"  # ends the sealed headers' associated data
 
@@ -49,6 +52,16 @@ class StoredAnswer:
     body: bytes
     # The answer's headers a repeat needs too: a step-up's 401 is RFC 9470 only with its WWW-Authenticate.
     headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def kept_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers a stored answer keeps: all but :data:`PER_HANDLING_HEADERS`.
+
+    Why: a repeat answered from the store said ``Server-Timing: match;dur=...`` of
+    the first request's matching, though nothing was matched for it: an operator
+    reading the agent's timings saw matching that never ran.
+    """
+    return tuple((name, value) for name, value in headers if name.lower() not in PER_HANDLING_HEADERS)
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -105,7 +118,8 @@ class IdempotencyStore:
         if row[0] != req_hash:
             raise KeyReuseError(key)
         body = self._open(principal, key, bytes(row[3]))
-        return StoredAnswer(int(row[1]), str(row[2]), body, self._open_headers(principal, key, row[4]))
+        # kept_headers again: rows stored before it was applied at save still hold the first Server-Timing
+        return StoredAnswer(int(row[1]), str(row[2]), body, kept_headers(self._open_headers(principal, key, row[4])))
 
     def save(
         self, principal: str, key: str, req_hash: str, answer: StoredAnswer, retention_s: float = RETENTION_S
@@ -124,7 +138,7 @@ class IdempotencyStore:
                 self._seal(principal, key, answer.body),
                 now,
                 now + retention_s,
-                self._seal_headers(principal, key, answer.headers),
+                self._seal_headers(principal, key, kept_headers(answer.headers)),
             ),
         )
 

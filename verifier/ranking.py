@@ -35,10 +35,11 @@ fingers only past 55 million. What the verifier does about it
   outage at the next restart (a reboot, weeks after the enrollment that crossed
   the line) would be the worst moment to learn it. The capacity is logged at
   start, and each identification past it is refused (:func:`unreachable_problem`):
-  a 422 ``identification-unreachable`` problem whose detail gives the comparisons
-  the search needed against the largest search possible, and whose fix is
-  :data:`UNREACHABLE_FIX`; ``identification_unreachable`` (a warning with the
-  fix) is logged beside it for the operator. No matching is done for it.
+  a 422 ``identification-unreachable`` problem that says the search is too large,
+  and whose fix is :data:`UNREACHABLE_FIX`, without the counts (a device must not
+  learn its groups' gallery size from it); ``identification_unreachable`` (a
+  warning with the fix, the comparisons, the templates searched and the largest
+  search) is logged beside it for the operator. No matching is done for it.
 - Why a refusal and not an empty 200, as it once was: an empty candidate list
   says "nobody enrolled matches this probe", which the verifier cannot know
   here; a kiosk told an enrolled person "nobody recognised", and the installer,
@@ -54,6 +55,21 @@ fingers only past 55 million. What the verifier does about it
 - The threshold is never clamped to the highest score: that would name
   strangers more often than ``identify_fpir`` promises, silently, which is the
   very failure the threshold exists to prevent.
+
+What the answer says of the threshold (:func:`reported_threshold`): the
+decision is made at the exact threshold, but the answer's ``threshold`` is that
+of the search's decade: its views times the largest power of ten at most the
+templates searched (1 for 1 to 9, 10 for 10 to 99, ...). Why: the exact one is a
+known function of the views and the templates of the device's groups, so a
+device that reads it (4 decimals tell 40 templates from 41) learns its groups'
+gallery size, and sees each enrollment into them; the 422 above was made not to
+say it, and the 200 must not either. Why the decade of the templates and not
+the threshold cut to fewer digits: a device chooses its views, and the cut
+values of a few view counts would pin the size down between them; the decade is
+a function of the gallery alone, so no choice of views tells more than it. Why
+its lower end: the reported threshold is then at most the one applied, so every
+candidate's score is at or above it, as a kiosk reading the answer expects. The
+exact one is in the verifier's log when an identification is refused.
 """
 
 from __future__ import annotations
@@ -82,6 +98,21 @@ def identification_threshold(
     if comparisons <= 0:
         return verify_threshold
     return max(verify_threshold, threshold_for_fmr(fpir / comparisons))
+
+
+def search_decade(templates: int) -> int:
+    """The largest power of ten at most ``templates`` (0 for none): all a device may learn of its gallery's size."""
+    return 10 ** (len(str(templates)) - 1) if templates > 0 else 0
+
+
+def reported_threshold(
+    threshold_for_fmr: Callable[[float], float], fpir: float, *, views: int, templates: int, verify_threshold: float
+) -> float:
+    """The ``threshold`` an identification's answer gives: the one of ``views`` times the decade of the
+    ``templates`` searched (:func:`search_decade`), rounded as the candidates' scores are; never above the threshold
+    applied, and the same for every gallery of one decade (the module docstring says why)."""
+    comparisons = views * search_decade(templates)
+    return round(identification_threshold(threshold_for_fmr, fpir, comparisons, verify_threshold), 4)
 
 
 def lowest_reachable_fmr(threshold_for_fmr: Callable[[float], float], *, max_score: float = MAX_SCORE) -> float:
@@ -156,25 +187,21 @@ def warn_if_unreachable(modality: str, threshold: float, comparisons: int, capac
     return True
 
 
-def unreachable_problem(modality: str, *, views: int, searched: int, capacity: int) -> Problem:
-    """The refusal of an identification past ``capacity`` (why a refusal, why 422: the module docstring).
+def unreachable_problem(modality: str, *, views: int) -> Problem:
+    """The refusal of an identification past the capacity (why a refusal, why 422: the module docstring).
 
-    Its detail says how many comparisons the search needed (``views`` times the ``searched`` templates this
-    device may see) against the largest search possible at ``identify_fpir``; its fix is :data:`UNREACHABLE_FIX`.
-    Both numbers go as extension members too (``comparisons``, ``largest_search``), for a kiosk app or a
-    monitoring script that must not parse English. They tell the device nothing a normal answer does not: its
-    ``threshold`` is a function of the same count.
+    It says that the search is too large and, in :data:`UNREACHABLE_FIX`, what to do (raise identify_fpir, narrow
+    the device's groups, fewer views, 1:1); of the counts it names only the device's own ``views``. Why: it said
+    the comparisons the search needed and the templates this device may search, exactly, in its detail and as
+    extension members, so any device could read the size of its groups' gallery by asking for a search too large.
+    The counts are the operator's: ``identification_unreachable`` and the audited refusal log them.
     """
-    comparisons = views * searched
     return Problem(
         "identification-unreachable",
-        f"this {modality} identification needs {comparisons:,} comparisons ({views} view{'s' * (views != 1)} x "
-        f"{searched:,} templates "
-        f"this device may search), more than the largest search possible at the verifier's identify_fpir "
-        f"({capacity:,} comparisons): its threshold is above any {modality} score, so nobody could be named, an "
-        "enrolled person included",
+        f"this {modality} identification ({views} view{'s' * (views != 1)}) would search more templates than the "
+        f"verifier's identify_fpir allows: its threshold would be above any {modality} score, so nobody could be "
+        "named, an enrolled person included (the verifier's log has the counts)",
         UNREACHABLE_FIX,
-        extra=(("comparisons", comparisons), ("largest_search", capacity)),
     )
 
 

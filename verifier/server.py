@@ -51,7 +51,15 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, Event, Updated
 
 from verifier.client_hello import await_client_hello, hello_queued
-from verifier.connections import Connection, ConnectionGuard, EventSummary, descriptor_cap
+from verifier.connections import (
+    BODY_BUDGET_EXTENSION,
+    BodyBudget,
+    Connection,
+    ConnectionGuard,
+    EventSummary,
+    descriptor_cap,
+)
+from verifier.problems import Problem
 from verifier.tls import ALPN_H2, loopback_only_names, server_context, tls_scope_extension
 
 log = structlog.get_logger()
@@ -167,16 +175,63 @@ class BudgetedReader(asyncio.StreamReader):
         return data
 
 
+class StreamBody:
+    """One stream's share of the caps on request bodies held: the app counts each chunk it keeps (:meth:`take`).
+
+    Counted by the app, not in ``receive``: what a refused request's rest brings (read and dropped by the app's
+    drain, never kept) must not count, or a body refused as too large (drained up to 16 MiB) spent the budget
+    and its refusal failed. Past either cap, :meth:`take` raises a 503 ``connection-busy`` problem, which the app
+    answers as any refusal before the whole body is in, and what the stream held is given back at once (the app
+    drops its chunks as the problem unwinds). The rest is given back when its answer starts (:meth:`release`): the
+    app has made it, and holds no byte of the request body then; its send may wait on the client's flow control.
+    """
+
+    def __init__(self, conn: Connection, budget: BodyBudget, summary: EventSummary | None) -> None:
+        self._conn = conn
+        self._budget = budget
+        self._summary = summary
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        over = self._budget.take(self._conn, size)
+        if over:
+            self.release()
+            raise self._refusal(over)
+        self.held += size
+
+    def release(self) -> None:
+        self._budget.give_back(self._conn, self.held)
+        self.held = 0
+
+    def _refusal(self, over: str) -> Problem:
+        if self._summary is not None:  # a device can repeat it at will: counted, a few lines a window
+            self._summary.note("request_refused", f"{over} body budget spent", address=self._conn.address,
+                               device_id=self._conn.device)
+        if over == "connection":
+            detail = (f"the requests in flight on this connection would hold more than {self._budget.per_connection} "
+                      "bytes of request bodies (the verifier's connection_body_bytes)")
+        else:
+            detail = (f"the verifier holds its most request bodies at once ({self._budget.total} bytes, its "
+                      "total_body_bytes)")
+        return Problem("connection-busy", detail, headers=((b"retry-after", b"1"),))
+
+
 class ConnectionTLSApp:
     """hypercorn's app-wrapper interface, adding one connection's TLS facts to each scope."""
 
     def __init__(
-        self, app: Any, tls: dict[str, Any], conn: Connection | None = None, summary: EventSummary | None = None
+        self,
+        app: Any,
+        tls: dict[str, Any],
+        conn: Connection | None = None,
+        summary: EventSummary | None = None,
+        bodies: BodyBudget | None = None,
     ) -> None:
         self.app = app
         self.tls = tls
         self.conn = conn
         self.summary = summary
+        self.bodies = bodies  # the caps on request bodies held (None: uncounted)
 
     async def __call__(self, scope: dict, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
         if self.conn is not None and scope.get("type") == "http":
@@ -192,7 +247,22 @@ class ConnectionTLSApp:
                 return
         extensions = scope.setdefault("extensions", {})
         extensions["tls"] = self.tls  # replaces anything else: the TLS layer is the only source
-        await self.app(scope, receive, send)
+        if self.conn is None or self.bodies is None or scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        stream = extensions[BODY_BUDGET_EXTENSION] = StreamBody(self.conn, self.bodies, self.summary)
+
+        async def answering(message: dict) -> None:
+            # The answer is made: the app keeps no request-body byte now. Given back here, not once the answer is
+            # out: a client that opens no window for answers held its connection's budget until it closed.
+            if message.get("type") == "http.response.start":
+                stream.release()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, answering)
+        finally:
+            stream.release()
 
 
 class GuardedTCPServer(TCPServer):
@@ -382,6 +452,7 @@ class ConnectionServer:
             settings.max_connections_per_address,
             settings.max_connections_per_device,
         )
+        self.bodies = BodyBudget(settings.connection_body_bytes, settings.total_body_bytes)
         self.tasks: set[asyncio.Task[Any]] = set()
 
     async def accept_loop(self, sock: socket.socket) -> None:
@@ -450,7 +521,7 @@ class ConnectionServer:
                 for reason in self.guard.authenticated(conn, device):
                     self.summary.note("connection_evicted", reason, address=conn.address, device_id=device)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
-            wrapped = ConnectionTLSApp(self.app, tls_scope_extension(ssl_object), conn, self.summary)
+            wrapped = ConnectionTLSApp(self.app, tls_scope_extension(ssl_object), conn, self.summary, self.bodies)
             await GuardedTCPServer(
                 wrapped,
                 loop,

@@ -60,6 +60,10 @@ class VerifierSettings:
     unauthenticated_idle_s: float = 5.0  # a connection without a client certificate: idle this long before a request
     unauthenticated_bytes: int = 65536  # HTTP/2 bytes a connection without a client certificate may send (EST: ~2 KiB)
     body_timeout_s: float = 10.0  # a request body must arrive within this
+    # Bytes of request bodies held while they arrive and until answered (verifier/connections.py, BodyBudget): one
+    # connection's streams together, and every connection's together. Past either, a request is refused 503.
+    connection_body_bytes: int = 4 << 20
+    total_body_bytes: int = 256 << 20
     max_connections: int = 4096  # all connections (lowered to the descriptor limit minus a reserve)
     max_unauthenticated: int = 256  # connections still in their handshake or without a client certificate
     max_connections_per_address: int = 64  # connections from one address (unauthenticated ones are evicted first)
@@ -117,6 +121,8 @@ _POSITIVE = (
     "unauthenticated_idle_s",
     "unauthenticated_bytes",
     "body_timeout_s",
+    "connection_body_bytes",
+    "total_body_bytes",
     "max_connections",
     "max_unauthenticated",
     "max_connections_per_address",
@@ -148,7 +154,26 @@ def _checked(settings: VerifierSettings) -> VerifierSettings:
         value = getattr(settings, name)
         if not value > 0:
             raise SettingsError(f"bad value {name} = {value!r}", fix="use a number greater than 0")
+    _check_body_budgets(settings)
     return settings
+
+
+def _check_body_budgets(settings: VerifierSettings) -> None:
+    """Each budget of request bodies holds at least one whole body: else a request of ``max_body_bytes``, which
+    the verifier accepts, would be refused 503 on an idle verifier, and retried for ever."""
+    for name in ("connection_body_bytes", "total_body_bytes"):
+        value = getattr(settings, name)
+        if value < settings.max_body_bytes:
+            raise SettingsError(
+                f"bad value {name} = {value!r}: below max_body_bytes = {settings.max_body_bytes!r}",
+                fix=f"set {name} to at least max_body_bytes (a few times it: requests in flight together)",
+            )
+    if settings.total_body_bytes < settings.connection_body_bytes:
+        raise SettingsError(
+            f"bad value total_body_bytes = {settings.total_body_bytes!r}: below connection_body_bytes = "
+            f"{settings.connection_body_bytes!r}",
+            fix="set total_body_bytes to at least connection_body_bytes (it bounds all connections together)",
+        )
 
 
 MAX_SETTINGS_BYTES = 1 << 20  # flat key = value lines: a larger --config is another file (or /dev/zero)

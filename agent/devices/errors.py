@@ -33,12 +33,18 @@ class DeviceUnavailable(DeviceError):
 
 class DeviceStopped(DeviceError):
     """Asked of a device after the agent closed it (it is stopping): its owner thread has ended, so the job
-    would never run. Raised at once, where a session worker that outlived the stop used to wait for good."""
+    would never run. Raised at once, where a session worker that outlived the stop used to wait for good.
+
+    The local API says it with its own code (``agent_stopping``), not ``agent_error``: a kiosk app then shows
+    "back in a moment" and retries, where the agent's own failures need staff. The fix says the same first:
+    a restart (systemd's, an update's) brings the agent back by itself.
+    """
 
     def __init__(self, name: str) -> None:
         super().__init__(
             f"device {name} is closed: the agent is stopping",
-            "start the agent again (`systemctl start capture-agent`), then try again",
+            "try again once the agent is back (its local API answers GET /health again); if it does not come "
+            "back by itself, start it (`systemctl start capture-agent`)",
         )
 
 
@@ -95,6 +101,19 @@ class NoDeviceFor(DeviceError):
             message = f"no configured device can do {capability} ({there})"
             fix = ADD_FIX.get(capability, "add a [[device]] that can")
         super().__init__(message, fix)
+
+
+class DeviceCannot(DeviceError):
+    """A device asked for an operation it does not declare (identify on a reader that only verifies): a usage
+    error, refused before the driver is reached.
+
+    Its own type, not the driver's error: that one was audited as a ``device_fault`` (a reader failing,
+    for staff to replace) and told the kiosk app ``device_error``, of a reader that works; the local API
+    says ``device_cannot``.
+    """
+
+    def __init__(self, name: str, operation: str, why: str, fix: str) -> None:
+        super().__init__(f"device {name} cannot {operation}: {why}", fix)
 
 
 class DeviceFault(DeviceError):

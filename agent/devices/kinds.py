@@ -5,7 +5,9 @@ The capability objects handed to sessions are thin proxies that submit to it,
 so a session in its worker thread and the supervisor never reach a driver at
 the same time. An unplug noticed by the supervisor sets the device's
 ``abort`` event: the running capture stops at its next poll and the session
-gets :class:`~agent.devices.errors.DeviceUnplugged`.
+gets :class:`~agent.devices.errors.DeviceUnplugged`. The agent's stop sets the
+same event; a capture it cut short gets :class:`~agent.devices.errors.DeviceStopped`
+(told ``agent_stopping``: try again once the agent is back), not "plug it back in".
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 
 from agent.config import DeviceSection
 from agent.devices import capabilities as cap
-from agent.devices.errors import DeviceError, DeviceFault, DeviceStopped, DeviceUnavailable, DeviceUnplugged
+from agent.devices.errors import (
+    DeviceCannot,
+    DeviceError,
+    DeviceFault,
+    DeviceStopped,
+    DeviceUnavailable,
+    DeviceUnplugged,
+)
 from agent.devices.owner import DeviceOwner
 
 
@@ -55,6 +64,11 @@ class Device:
         self.owner = DeviceOwner(name)
         self.abort = threading.Event()  # set by the supervisor when the device goes away
         self.connected = False
+        # Why ``abort`` was set, for what a capture it cut short is told: the agent's stop (``stopping``, for good)
+        # or an unplug the supervisor saw (``_went_away``, until the next open). Without them the stop, which sets
+        # ``abort`` too, was told "went away (unplugged?): plug it back in" of a reader still plugged in.
+        self.stopping = False
+        self._went_away = False
         self.details: dict[str, Any] = {}
         self.on_fault: Any = None  # the supervisor audits a fault a session met (a device_fault event)
         # Set when a session met the device's line gone (a serial module unplugged and plugged back between two
@@ -86,6 +100,7 @@ class Device:
         self.details = await self.owner.run(self._open)
         self.abort.clear()
         self.lost.clear()
+        self._went_away = False
         self.connected = True
         return self.details
 
@@ -101,33 +116,57 @@ class Device:
 
     def went_away(self) -> None:
         """The supervisor saw it vanish: stop what runs, refuse new work, close in turn."""
+        self._went_away = True  # before the abort: the capture it ends reads why
         self.connected = False
         self.abort.set()
         self.owner.submit(self._close)
 
     def stop(self) -> None:
         """For good (the agent stops): not connected from now on, so a session still running is refused at
-        once (DeviceStopped, or DeviceUnavailable before it reaches the owner) rather than queued for nobody."""
+        once (DeviceStopped, before or at the owner, and a capture the stop cuts short) rather than queued for
+        nobody. ``stopping`` is set first, before ``abort`` wakes the capture that then reads it.
+
+        Idempotent, from any number of threads at once: the close is queued with the owner's stop, by the first
+        stop alone (stopped twice, a failed start then the stop, it is closed once), and each returns once the
+        owner has ended. Checked, then queued apart, a second stop could land between the two and be refused.
+        """
+        self.stopping = True
         self.connected = False
         self.abort.set()
-        if self.owner.stopped:  # stopped twice (a failed start, then the stop): closed once
-            return
-        self.owner.submit(self._close)
-        self.owner.stop()
+        self.owner.stop(last=self._close)
+
+    @property
+    def stopped_by_agent(self) -> bool:
+        """Whether the agent's stop, and not an unplug the supervisor saw first, is why the device is closed.
+
+        Why not ``stopping`` alone: a reader pulled out, then the agent stopping, was told as the stop ("try again
+        once the agent is back") by every look at it after, of a reader that is not there.
+        """
+        return (self.stopping or self.owner.stopped) and not self._went_away
+
+    def cut_short(self, still_there: bool = True) -> DeviceError:
+        """What a capture ended by ``abort`` (or failing with the device gone) is told: the agent's stop, unless an
+        unplug came first or the device is not there (``still_there``, the kind's look at it): a reader pulled
+        out mid-session still says unplugged, whatever stop follows."""
+        if self.stopping and not self._went_away and still_there:
+            return DeviceStopped(self.name)
+        return DeviceUnplugged(self.name)
 
     def _guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged."""
-        if self.owner.stopped:  # the agent is stopping: said so, not "plug it in"
+        """One driver call on the owner thread; an unplug during it becomes DeviceUnplugged, the agent's stop
+        DeviceStopped."""
+        if self.stopped_by_agent:  # the agent is stopping: said so, not "plug it in"
             raise DeviceStopped(self.name)
-        if not self.connected:
+        if not self.connected:  # an unplug seen before the stop included
             raise DeviceUnavailable(self.name)
         try:
             return self.owner.call(fn, *args, **kwargs)
         except DeviceError:
             raise
         except Exception as exc:
-            if self.abort.is_set() or not self.present():
-                raise DeviceUnplugged(self.name) from exc
+            there = self.present()
+            if self.abort.is_set() or not there:
+                raise self.cut_short(there) from exc
             self._audit_if_fault(exc)
             raise
 
@@ -141,10 +180,14 @@ class Device:
     def _audit_if_fault(self, exc: Exception) -> None:
         """A driver's typed fault a session met (a module answering noise, a corrupt reply): audited as the
         supervisor's own faults are (invariant 5). Only the camera's were: a serial or USB reader failing every
-        session left no device_fault, only each session's end with its reason."""
+        session left no device_fault, only each session's end with its reason. A usage error is no fault: one the
+        kind can see coming (an operation the device does not declare) is refused before the driver, as
+        DeviceCannot; one only the driver or libfprint can tell (a driver's UsageError) is not audited either."""
         from drivers.errors import DeviceError as DriverError
+        from drivers.errors import UsageError
 
-        if isinstance(exc, DriverError) and not isinstance(exc, self._outcomes()) and self.on_fault is not None:
+        ordinary = (*self._outcomes(), UsageError)
+        if isinstance(exc, DriverError) and not isinstance(exc, ordinary) and self.on_fault is not None:
             self.on_fault(exc)
 
     def status(self) -> dict[str, Any]:
@@ -247,7 +290,7 @@ class ZfmDevice(Device):
     def wait_for_finger(self, timeout_s: float, *, cancel: threading.Event | None = None) -> None:
         self._guarded(self.module.wait_for_finger, timeout_s, cancel=EitherEvent(cancel, self.abort))
         if self.abort.is_set():
-            raise DeviceUnplugged(self.name)
+            raise self.cut_short(self.present())
 
     def wait_for_lift(self, timeout_s: float, *, cancel: threading.Event | None = None) -> bool:
         return self._guarded(self.module.wait_for_lift, timeout_s, cancel=EitherEvent(cancel, self.abort))
@@ -309,6 +352,16 @@ class FprintDevice(Device):
     def identify(
         self, enrolled: list[bytes], timeout_s: float = 15.0, *, cancel: threading.Event | None = None
     ) -> int | None:
+        """1:N on the sensor. A reader whose driver has no identification is refused here, typed as the
+        usage error it is (DeviceCannot): the driver's own refusal is a driver error, audited as a device_fault
+        of a reader that works."""
+        info = self.reader.info
+        if info is not None and not info.identify:
+            raise DeviceCannot(
+                self.name, "identify", f"libfprint's {info.driver} driver has no identification",
+                "verify a claimed id on it instead (capture-agent verify --subject ID), or identify on a reader "
+                "that can (`capture-agent devices` lists what each does)",
+            )
         return self._guarded(self.reader.identify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
 
     @property
@@ -387,7 +440,7 @@ class CameraDevice(Device):
         """The first frame newer than ``after``. A caller that has seen frames (``after`` > 0) is inside a
         capture, so a camera gone since is the unplug it lived through, not one that was never there: a session
         analysing a frame when the camera vanished gets the same error as one waiting for the next."""
-        if self.owner.stopped:
+        if self.stopped_by_agent:
             raise DeviceStopped(self.name)
         if not self.connected:
             raise DeviceUnplugged(self.name) if after else DeviceUnavailable(self.name)
@@ -402,7 +455,8 @@ class CameraDevice(Device):
             raise fault from None
         except Exception as exc:
             if self.abort.is_set() or not self.camera.connected:
-                raise DeviceUnplugged(self.name) from exc
+                # Not camera.connected as "still there": the stop's close (camera.stop) clears it at once.
+                raise self.cut_short() from exc
             raise
 
 

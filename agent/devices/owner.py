@@ -82,11 +82,19 @@ class DeviceOwner:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """End the thread once the jobs already queued have run; later submits raise DeviceStopped."""
+    def stop(self, timeout_s: float = 10.0, *, last: Callable[[], Any] | None = None) -> None:
+        """End the thread once the jobs already queued have run; later submits raise DeviceStopped.
+
+        ``last`` (a device's close) is queued just before the end, by the first stop only, under the same lock:
+        queued apart, a second stop of the device between the two (the daemon's, a failed start's) found the
+        owner not yet stopped, then submitted its close after the first had stopped it, and was refused with
+        DeviceStopped. Every stop, the first or not, returns once the thread has ended (or ``timeout_s``).
+        """
         with self._queueing:
             if not self._stopped:
                 self._stopped = True
+                if last is not None:
+                    self._jobs.put((concurrent.futures.Future(), last, (), {}))  # its error is the device's own
                 self._jobs.put(_STOP)
         if threading.get_ident() != self._thread.ident:
             self._thread.join(timeout_s)

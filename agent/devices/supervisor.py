@@ -211,16 +211,26 @@ class DeviceSupervisor:
         await asyncio.gather(*(self._open(d, first=True) for d in self.devices))
 
     async def _open(self, device: Device, first: bool = False) -> bool:
+        """Open ``device``; a failure is audited (at start) and logged as a warning with when the next try is.
+
+        Why a warning with the error's type and ``reopen_in_s`` (as device_unplugged says it): at info, a reader
+        that failed every reopen was invisible at the default level, and nothing said if or when it was tried again.
+        """
         try:
             details = await device.open()
         except Exception as exc:
             if first:
                 self._audit_fault(device, exc)
-            log.info(
+            else:  # each failed reopen waits twice as long for the next (up to BACKOFF_MAX_S)
+                self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2)
+            log.warning(
                 "device_open_failed",
                 device=device.name,
+                reopen=not first,
+                error_type=type(exc).__name__,
                 error=str(exc.args[0] if exc.args else exc),
                 fix=fix_in_place(getattr(exc, "fix", ""), device.name, device.section),
+                reopen_in_s=round(self._backoff[device.name], 3),
             )
             return False
         self._opened_at[device.name] = time.monotonic()
@@ -264,8 +274,8 @@ class DeviceSupervisor:
                  "reopen_in_s": round(self._backoff[device.name], 3)},
             )
             return
-        if not device.connected and device.may_reopen() and not await self._open(device):
-            self._backoff[device.name] = min(BACKOFF_MAX_S, self._backoff[device.name] * 2)
+        if not device.connected and device.may_reopen():
+            await self._open(device)  # a failure doubles the wait for the next try (_open)
 
     def pick(self, capability: str, name: str = "") -> Device:
         """A device that can do ``capability`` (a connected one first; by name when given)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers.errors import DeviceError, FingerTimeout, RetryCapture
+from drivers.errors import DeviceError, FingerTimeout, RetryCapture, UsageError
 
 FPRINTD_FIX = (
     "fprintd (the desktop's fingerprint service) holds the reader: stop it and keep it from starting again "
@@ -12,6 +12,12 @@ FPRINTD_FIX = (
 
 class FprintError(DeviceError):
     """Base of every error the libfprint driver raises."""
+
+
+class FprintUsageError(FprintError, UsageError):
+    """The reader (or this driver) does not do what was asked, or not now: libfprint's NOT_SUPPORTED, NOT_OPEN,
+    ALREADY_OPEN, DATA_INVALID, and the driver's own refusals (an image fetched before a capture, identify on a
+    reader without identification). Not a fault of the reader: its fix was "unplug and replug the reader"."""
 
 
 class FprintUnavailable(FprintError):
@@ -65,3 +71,18 @@ RETRY_FEEDBACK = {
     "center-finger": ("place_finger", "Center your finger on the sensor"),
     "remove-finger": ("lift_finger", "Lift your finger and place it again"),
 }
+
+
+class UnreadablePrint(FprintUsageError):
+    """A stored print libfprint cannot read back (``FpPrint.deserialize``): corrupt, cut short, or not a print.
+
+    A usage error (the reader is fine, the data handed to it is not), whose only fix is a new print of that
+    finger: libfprint's own error was a raw ``GLib.Error`` "Data could not be parsed", no type of this driver's,
+    and some such prints did not even raise: libfprint aborted the process (see :mod:`drivers.fprint.prints`).
+    """
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(
+            f"the print given to the reader {name} cannot be read ({why})",
+            f"enroll that finger on the reader {name} again: the print kept for it is unusable",
+        )

@@ -33,9 +33,11 @@ from drivers.fprint.errors import (
     DeviceNotFound,
     DeviceRemoved,
     FprintError,
+    FprintUsageError,
     RetryScan,
 )
 from drivers.fprint.loop import GLibThread, shared_loop
+from drivers.fprint.prints import deserialized
 
 DEFAULT_DPI = 500
 # Sensor resolutions by driver (datasheets); libfprint's FpImage.get_ppmm() is 0 for these.
@@ -136,6 +138,21 @@ def list_readers(loop: GLibThread | None = None, env: dict[str, str] | None = No
     return loop.call(enumerate_)
 
 
+def _usage_errors() -> dict[Any, str]:
+    """libfprint's FpDeviceError codes that say the caller asked what the reader does not do, or not now (a usage
+    error, the reader fine), each with its fix. GENERAL, PROTO and the others are the reader's own failures."""
+    from gi.repository import FPrint
+
+    return {
+        FPrint.DeviceError.NOT_SUPPORTED: "ask it only what it does (`capture-agent devices` lists what each reader "
+        "does): an image of an image reader, a match of a match-on-sensor one",
+        FPrint.DeviceError.NOT_OPEN: "the reader was closed under the request (the agent stopping or reopening "
+        "it): try again once it is open",
+        FPrint.DeviceError.ALREADY_OPEN: "close the reader before opening it again",
+        FPrint.DeviceError.DATA_INVALID: "pass a print this reader made (enroll the subject on it again)",
+    }
+
+
 def translate(error: Exception, name: str) -> Exception:
     """A GLib.Error from libfprint as one of our typed errors."""
     from gi.repository import FPrint, Gio, GLib
@@ -156,6 +173,9 @@ def translate(error: Exception, name: str) -> Exception:
             return DeviceBusy(name, error.message)
         if code == FPrint.DeviceError.TOO_HOT:
             return RetryScan("sensor_too_hot", "The sensor is too hot: wait a moment")
+        usage = _usage_errors().get(code)
+        if usage is not None:
+            return FprintUsageError(f"the reader {name} refused the request: {error.message}", usage)
         return FprintError(f"the reader {name} failed: {error.message}", "unplug and replug the reader")
     if error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.CANCELLED):
         return CaptureCancelled()
@@ -375,7 +395,7 @@ class FprintReader:
     def download_image(self) -> np.ndarray:
         image, self._image = self._image, None
         if image is None:
-            raise FprintError("no image captured yet", "call wait_for_finger first")
+            raise FprintUsageError("no image captured yet", "call wait_for_finger first")
         return image.pixels
 
     # ---------------------------------------------------------------- match on sensor
@@ -401,10 +421,10 @@ class FprintReader:
 
     def verify(self, serialized: bytes, timeout_s: float = 15.0, cancel: threading.Event | None = None) -> bool:
         """Scan a finger and let the sensor compare it with one enrolled print."""
-        from gi.repository import FPrint
+        enrolled = deserialized(serialized, self.name)  # before the scan: an unreadable print is no finger's fault
 
         def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
-            device.verify(FPrint.Print.deserialize(serialized), cancellable, None, None, done)  # no match_cb
+            device.verify(enrolled, cancellable, None, None, done)  # no match_cb
 
         matched, _scanned = self._run(begin, lambda d, r: d.verify_finish(r), timeout_s, cancel)
         return bool(matched)
@@ -417,15 +437,14 @@ class FprintReader:
         A reader without identification is refused before the scan: libfprint's own refusal came after
         the person had placed a finger, with the generic fix "unplug and replug the reader".
         """
-        from gi.repository import FPrint
 
         if self.info is not None and not self.info.identify:
-            raise FprintError(
+            raise FprintUsageError(
                 f"the reader {self.name} cannot identify (libfprint's {self.info.driver} driver has no identification)",
                 "verify a claimed id on it instead (capture-agent verify --subject ID), or identify on a reader "
                 "that can (`capture-agent devices` lists what each does)",
             )
-        prints = [FPrint.Print.deserialize(blob) for blob in serialized]
+        prints = [deserialized(blob, self.name) for blob in serialized]
 
         def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
             device.identify(prints, cancellable, None, None, done)

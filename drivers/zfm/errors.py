@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from drivers.errors import DeviceError, FingerTimeout, RetryCapture
+from drivers.errors import DeviceError, FingerTimeout, RetryCapture, UsageError
 
 
 class ModuleError(DeviceError):
@@ -101,10 +101,11 @@ class PortSettingsError(ModuleError):
         )
 
 
-class InvalidArgumentError(ModuleError, ValueError):
+class InvalidArgumentError(ModuleError, UsageError, ValueError):
     """A caller's argument no module takes (a buffer, page, size, speed, timeout out of range): nothing was sent.
 
-    A ValueError too, as before this type existed, so a caller catching that still does.
+    A ValueError too, as before this type existed, so a caller catching that still does; a UsageError, so the
+    agent does not audit it as a fault of the module.
     """
 
     def __init__(self, what: str, value: object, expected: str) -> None:

@@ -1,0 +1,53 @@
+"""Serialized libfprint prints (``FpPrint.serialize()``) read back safely, or refused with a typed error.
+
+Why not just ``FPrint.Print.deserialize`` and its ``GLib.Error``: libfprint
+(1.94) trusts the print's layout once its header is read. A print of 3 bytes or
+fewer fails an assertion, and one cut short or damaged inside is repaired by
+GLib into a "normal form" whose print data is empty, which libfprint then reads
+item 0 of: GLib's "Attempt to access item 0 in a container with only 0 items",
+an abort of the whole agent, not an error. So the layout is checked here first,
+with GLib's own parser (which never aborts on untrusted data), and only a print
+laid out as libfprint writes it is handed to libfprint; its remaining refusals
+(a wrong header, an unknown print type) become :class:`UnreadablePrint` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drivers.fprint.errors import UnreadablePrint
+
+HEADER_BYTES = 3  # libfprint's "FP<version>" before the GVariant
+PRINT_TYPE = "(issbymsmsia{sv}v)"  # libfprint's FPI_PRINT_VARIANT_TYPE: type, driver, device id, ..., the print data
+PRINT_DATA = 9  # the field of PRINT_TYPE holding the print data (a variant)
+NBIS, NBIS_DATA = 2, "(a(aiaiai))"  # FPI_PRINT_NBIS (image readers' minutiae) and the layout it is read with
+
+
+def layout_problem(blob: bytes) -> str | None:
+    """Why libfprint could not read ``blob`` safely, or None when it is laid out as libfprint writes prints."""
+    from gi.repository import GLib
+
+    if len(blob) <= HEADER_BYTES:
+        return f"{len(blob)} bytes: too short to be a print"
+    value = GLib.Variant.new_from_bytes(GLib.VariantType(PRINT_TYPE), GLib.Bytes(blob[HEADER_BYTES:]), False)
+    if not value.is_normal_form():  # libfprint writes normal form only: anything else is cut short or damaged
+        return "damaged or cut short"
+    data = value.get_child_value(PRINT_DATA).get_variant()
+    if value.get_child_value(0).get_int32() == NBIS and data.get_type_string() != NBIS_DATA:
+        return f"minutiae laid out as {data.get_type_string()}, not {NBIS_DATA}"
+    if not data.is_container() or data.n_children() < 1:  # libfprint reads its item 0 whatever the type
+        return "no print data"
+    return None
+
+
+def deserialized(blob: bytes, name: str) -> Any:
+    """``blob`` as an ``FPrint.Print`` for the reader ``name``; :class:`UnreadablePrint` when it is not one."""
+    from gi.repository import FPrint, GLib
+
+    problem = layout_problem(blob)
+    if problem is not None:
+        raise UnreadablePrint(name, problem)
+    try:
+        return FPrint.Print.deserialize(blob)
+    except GLib.Error as exc:
+        raise UnreadablePrint(name, f"libfprint: {exc.message}") from None
