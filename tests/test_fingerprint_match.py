@@ -846,7 +846,8 @@ def _with_qualities(m: Minutiae, quality: np.ndarray) -> Minutiae:
 def test_cylinders_carry_their_minutias_reliability_and_unreported_quality_weighs_one():
     rng = np.random.default_rng(3)
     finger = _random_finger(rng, 30)
-    quality = rng.permutation(np.arange(40, 100, 2)).astype(np.uint8)  # distinct: identifies each minutia
+    # Distinct (identifies each minutia), and from the extractor's floor (minutiae.MIN_RELIABILITY) up.
+    quality = rng.choice(np.arange(45, 100), 30, replace=False).astype(np.uint8)
     c = cylinders_of(_with_qualities(finger, quality))
     assert 0 < len(c) <= len(finger)
     for x, y, r in zip(c.x, c.y, c.reliability, strict=True):

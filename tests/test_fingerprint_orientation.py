@@ -266,8 +266,8 @@ def test_device_supplied_qualities_cannot_single_out_a_few_pairs():
     from biometrics.fingerprint.cylinders import RELIABILITY_FLOOR, _reliability
     from biometrics.fingerprint.mcc_match import MAX_RELIABILITY_WEIGHT, reliability_weights
 
-    assert _reliability(np.array([1, 35, 80, 100, 0], np.uint8)).tolist() == pytest.approx(
-        [RELIABILITY_FLOOR, 0.35, 0.8, 1.0, 1.0]
+    assert _reliability(np.array([1, 45, 80, 100, 0], np.uint8)).tolist() == pytest.approx(
+        [RELIABILITY_FLOOR, 0.45, 0.8, 1.0, 1.0]
     )
     r = np.full((1, 12), RELIABILITY_FLOOR, np.float32)
     r[0, 0] = 1.0  # one minutia claimed certain, the rest at the floor

@@ -831,30 +831,40 @@ def test_a_face_session_on_an_unplugged_camera_says_the_agent_reopens_it(daemon_
     ], out
 
 
-# match_budget_s: ben's 190-view enrollment searches for duplicates among them all, which on a loaded CI machine
-# took past the default 2 s (503, retried, then refused); the budget is not what this test is about.
-@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 200", "match_budget_s = 60")
+# match_budget_s: ben's 1,760-view enrollment searches for duplicates among ana's templates, which on a loaded CI
+# machine can take past the default 2 s (503, retried, then refused); the budget is not what this test is about.
+@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 1760", "match_budget_s = 60")
 def test_an_identification_past_the_verifiers_capacity_tells_the_installer_why_not_nobody_recognised(
-    daemon_with_module, provisioned, synthetic_templates, verifier
+    daemon_with_module, provisioned, finger_generator, verifier
 ) -> None:
-    """Past its capacity (verifier/ranking.py: here some 180 comparisons, the gallery grown to 194 templates), an
-    identification can name nobody, the enrolled person at the kiosk included. It was an empty answer: `identify`
-    said "nobody recognised ... ask to be enrolled" to ana, enrolled, and a kiosk app showed "no match"; the
-    installer never learned why. Now the terminal and the kiosk app are told the verifier's refusal and its fix,
-    `identify` exits 2 (could not finish), and the attempt is in the audit trail the daemon delivers."""
+    """Past its capacity (verifier/ranking.py: here some 1,460 comparisons, 180 before the 2026-12-03 calibration
+    refit; the gallery grown to 1,764 templates), an identification can name nobody, the enrolled person at the
+    kiosk included. It was an empty answer: `identify` said "nobody recognised ... ask to be enrolled" to ana,
+    enrolled, and a kiosk app showed "no match"; the installer never learned why. Now the terminal and the kiosk app
+    are told the verifier's refusal and its fix, `identify` exits 2 (could not finish), and the attempt is in the
+    audit trail the daemon delivers."""
     from agent.client import VerifierClient
     from agent.verifier_api import VerifierAPI
+    from biometrics.fingerprint import extract, threshold_for_fmr
     from biometrics.fingerprint.iso19794_2 import encode
-    from verifier.ranking import UNREACHABLE_FIX
+    from verifier.ranking import UNREACHABLE_FIX, identification_capacity
+    from verifier.settings import VerifierSettings
 
+    largest = identification_capacity("finger", threshold_for_fmr, fpir=3e-9,
+                                      verify_threshold=threshold_for_fmr(VerifierSettings().target_fmr))
+    assert 4 < largest < 1764, "the story needs ana's 4 templates within the capacity and the grown gallery past it"
     daemon = daemon_with_module()
     enroll_ana(daemon)  # 4 templates
 
-    async def grow() -> None:  # the gallery grows past the capacity while the verifier runs: ben's 190 views
+    async def grow() -> None:  # the gallery grows past the capacity while the verifier runs: ben's 1,760 views
+        # A small sensor's window (160 pixels square, some 300 bytes a view), so that one request holds them all:
+        # each later enrollment would search its views against every template before it, too slow for a test.
+        impression = finger_generator.finger(3).impression(0)
+        ben = extract(impression.image[120:280, 70:230].copy(), impression.dpi)
+        # A record holds at most 16 views of each of the 11 finger position codes: 176, and a request 10 records.
+        record = encode([dataclasses.replace(ben, finger_position=i % 11) for i in range(176)])
         async with VerifierClient(*provisioned) as client:
-            ben = synthetic_templates[3][0]  # a record holds at most 16 views of one finger position: two here
-            views = [encode([dataclasses.replace(ben, finger_position=1 + i % 2) for i in range(19)])] * 10
-            await VerifierAPI(client).enroll("ben", views)
+            await VerifierAPI(client).enroll("ben", [record] * 10)
 
     asyncio.run(grow())
     person = cli(daemon, "identify")
@@ -869,7 +879,7 @@ def test_an_identification_past_the_verifiers_capacity_tells_the_installer_why_n
     assert not any("nobody recognised" in line for line in said), said
     assert said[-2].startswith("error: verifier refused: 422 Identification past its capacity: this finger "
                                "identification (1 view) would search more templates"), said
-    assert "194" not in said[-2], "the size of the device's gallery is not told to it"
+    assert "1764" not in said[-2] and "1,764" not in said[-2], "the size of the device's gallery is not told to it"
     assert said[-1] == f"fix: {UNREACHABLE_FIX}", said
 
     async def kiosk_app() -> list[dict]:

@@ -22,7 +22,8 @@ two unit embeddings in [-1, 1]), so past some search the threshold is above any
 score a probe can reach and the identification could name no one, its own subject
 included. With the default ``identify_fpir`` (1e-3) that happens for faces at
 about 376,000 comparisons (five faces against some 75,000 embeddings), for
-fingers only past 55 million. What the verifier does about it
+fingers only past 487 million (55 million before the fingerprint calibration's
+2026-12-03 refit lightened its far tail). What the verifier does about it
 (:func:`identification_capacity`, :func:`warn_if_unreachable`, :func:`unreachable_problem`):
 
 - A setting that makes it happen for every search, even one probe against one
