@@ -268,49 +268,82 @@ def test_a_live_socket_whose_queue_is_full_is_not_taken_for_a_dead_one(tmp_path)
         busy.close()
 
 
-def test_a_device_the_stopping_agent_closed_mid_session_is_its_own_code_with_a_retry_fix(
-    provisioned, zfm_sim, tmp_path
-) -> None:
-    """A session's reader closed under it by the stopping agent (DeviceStopped) reached the kiosk app as
-    ``agent_error``, the code of the agent's own failures that need staff; its fix said to start the agent by
-    hand. Now it is ``agent_stopping``, and the fix says to try again once the agent is back."""
-    from agent.config import DeviceSection
-    from agent.devices.kinds import ZfmDevice
-
+def kiosk_session_events(provisioned, device, socket_path, request: dict, script=None) -> list[dict]:
+    """The events a kiosk app reads of one session ``request`` over the local API on ``socket_path``, against the
+    real verifier, on ``device`` (opened here, stopped after). ``script(device, event)`` plays the person at the
+    sensor (and the agent's stop) as each event is emitted."""
     config, identity = provisioned
-    socket_path = tmp_path / "run" / "api.sock"
 
     async def scenario() -> list[dict]:
-        device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "reader")
         await device.open()
         try:
             async with VerifierClient(config, identity) as client:
 
                 def make(emit):
-                    def script(event):  # the agent stops as the person is asked for a finger
-                        if event["type"] == "prompt" and event["code"] == "place_finger":
-                            device.stop()
+                    def played(event):
+                        if script is not None:
+                            script(device, event)
                         emit(event)
 
-                    return CaptureSession(device, client, emit=script, finger_timeout_s=5)
+                    return CaptureSession(device, client, emit=played, finger_timeout_s=5)
 
                 api = LocalAPI(socket_path, make)
                 await api.start()
                 try:
                     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
                     async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
-                        created = (await kiosk.post("/sessions", json={"operation": "identify"})).json()
+                        created = (await kiosk.post("/sessions", json=request)).json()
                         return sse_events((await kiosk.get(created["events"])).text)
                 finally:
                     await api.stop()
         finally:
             device.stop()
 
-    events = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def zfm_reader(zfm_sim):
+    from agent.config import DeviceSection
+    from agent.devices.kinds import ZfmDevice
+
+    return ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "reader")
+
+
+ENROLL_TWO_CAPTURES = {"operation": "enroll", "subject": "gus", "captures": 2, "fingers": 1}
+
+
+def test_a_device_the_stopping_agent_closed_mid_session_is_its_own_code_with_a_retry_fix(
+    provisioned, zfm_sim, tmp_path
+) -> None:
+    """A session's reader closed under it by the stopping agent (DeviceStopped) reached the kiosk app as
+    ``agent_error``, the code of the agent's own failures that need staff; its fix said to start the agent by
+    hand. Now it is ``agent_stopping``, and the fix says to try again once the agent is back."""
+
+    def script(device, event):  # the agent stops as the person is asked for a finger
+        if event["type"] == "prompt" and event["code"] == "place_finger":
+            device.stop()
+
+    events = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "run" / "api.sock",
+                                  {"operation": "identify"}, script)
     ended = events[-1]
     assert ended["type"] == "error" and ended["code"] == "agent_stopping", events
     assert "the agent is stopping" in ended["message"], ended
     assert ended["fix"].startswith("try again once the agent is back"), ended
+
+
+def one_capture_then(zfm_sim, after_first):
+    """The person at the sensor for an enrollment of two captures: ``after_first(device)`` once the first is
+    taken, before the next is asked for."""
+
+    def script(device, event):
+        if event["type"] == "prompt" and event["code"] == "place_finger":
+            zfm_sim.place(finger=0, impression=0)
+        elif event["type"] == "prompt" and event["code"] == "lift_finger":
+            zfm_sim.lift()
+        elif event["type"] == "progress" and event["step"] == 1:
+            after_first(device)
+
+    return script
 
 
 def test_a_finger_session_between_captures_when_the_agent_stops_is_told_the_stop_not_plug_it_in(
@@ -319,45 +352,8 @@ def test_a_finger_session_between_captures_when_the_agent_stops_is_told_the_stop
     """An enrollment the agent stopped between its captures: its look at the reader before the next prompt found
     it not connected and ended with device_not_connected, "plug it in", of a reader plugged in all along (the
     stop had closed it). Now that look tells the stop: agent_stopping, try again once the agent is back."""
-    from agent.config import DeviceSection
-    from agent.devices.kinds import ZfmDevice
-
-    config, identity = provisioned
-    socket_path = tmp_path / "run" / "api.sock"
-
-    async def scenario() -> list[dict]:
-        device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "reader")
-        await device.open()
-        try:
-            async with VerifierClient(config, identity) as client:
-
-                def make(emit):
-                    def script(event):  # the person at the sensor; the agent stops once one capture is taken
-                        if event["type"] == "prompt" and event["code"] == "place_finger":
-                            zfm_sim.place(finger=0, impression=0)
-                        elif event["type"] == "prompt" and event["code"] == "lift_finger":
-                            zfm_sim.lift()
-                        elif event["type"] == "progress" and event["step"] == 1:  # the next capture not yet asked
-                            device.stop()
-                        emit(event)
-
-                    return CaptureSession(device, client, emit=script, finger_timeout_s=5)
-
-                api = LocalAPI(socket_path, make)
-                await api.start()
-                try:
-                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
-                        created = (await kiosk.post("/sessions", json={
-                            "operation": "enroll", "subject": "gus", "captures": 2, "fingers": 1,
-                        })).json()
-                        return sse_events((await kiosk.get(created["events"])).text)
-                finally:
-                    await api.stop()
-        finally:
-            device.stop()
-
-    events = asyncio.run(scenario())
+    events = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "run" / "api.sock",
+                                  ENROLL_TWO_CAPTURES, one_capture_then(zfm_sim, lambda device: device.stop()))
     assert {"type": "progress", "step": 1, "total": 2} in events, events  # the first capture was taken
     ended = events[-1]
     assert ended["type"] == "error" and ended["code"] == "agent_stopping", events  # was device_not_connected
@@ -375,28 +371,9 @@ def test_a_request_only_the_driver_can_refuse_reaches_the_kiosk_app_as_device_ca
     from agent.config import DeviceSection
     from agent.devices.kinds import FprintDevice
 
-    config, identity = provisioned
-    socket_path = tmp_path / "run" / "api.sock"
-
-    async def scenario() -> list[dict]:
-        section = DeviceSection(kind="fprint", selector="virtual_device")
-        device = FprintDevice(section, "sensor", env={"FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "device.sock")})
-        await device.open()
-        try:
-            async with VerifierClient(config, identity) as client:
-                api = LocalAPI(socket_path, lambda emit: CaptureSession(device, client, emit=emit, finger_timeout_s=5))
-                await api.start()
-                try:
-                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
-                        created = (await kiosk.post("/sessions", json={"operation": "identify"})).json()
-                        return sse_events((await kiosk.get(created["events"])).text)
-                finally:
-                    await api.stop()
-        finally:
-            device.stop()
-
-    ended = asyncio.run(scenario())[-1]
+    section = DeviceSection(kind="fprint", selector="virtual_device")
+    device = FprintDevice(section, "sensor", env={"FP_VIRTUAL_DEVICE": str(fprint_socket_dir / "device.sock")})
+    ended = kiosk_session_events(provisioned, device, tmp_path / "run" / "api.sock", {"operation": "identify"})[-1]
     assert ended["type"] == "error" and ended["code"] == "device_cannot", ended  # was device_error
     assert "refused the request" in ended["message"] and "unplug and replug" not in ended["fix"], ended
 
@@ -406,46 +383,13 @@ def test_a_reader_pulled_out_before_the_agent_stops_is_not_told_as_the_stop(prov
     the agent stops. The session's look before the next prompt told the stop (agent_stopping: "try again once the
     agent is back"), of a reader that is not there: the unplug came first, and stays what it is told
     (device_not_connected), as a capture cut short by an unplug before a stop stays device_unplugged."""
-    from agent.config import DeviceSection
-    from agent.devices.kinds import ZfmDevice
 
-    config, identity = provisioned
-    socket_path = tmp_path / "run" / "api.sock"
+    def pulled_out_then_stopped(device) -> None:
+        device.went_away()  # as the supervisor's look does when the port is gone
+        device.stop()
 
-    async def scenario() -> list[dict]:
-        device = ZfmDevice(DeviceSection(kind="zfm", port=zfm_sim.port), "reader")
-        await device.open()
-        try:
-            async with VerifierClient(config, identity) as client:
-
-                def make(emit):
-                    def script(event):  # the person at the sensor; pulled out, then the stop, after one capture
-                        if event["type"] == "prompt" and event["code"] == "place_finger":
-                            zfm_sim.place(finger=0, impression=0)
-                        elif event["type"] == "prompt" and event["code"] == "lift_finger":
-                            zfm_sim.lift()
-                        elif event["type"] == "progress" and event["step"] == 1:  # the next capture not yet asked
-                            device.went_away()  # as the supervisor's look does when the port is gone
-                            device.stop()
-                        emit(event)
-
-                    return CaptureSession(device, client, emit=script, finger_timeout_s=5)
-
-                api = LocalAPI(socket_path, make)
-                await api.start()
-                try:
-                    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-                    async with httpx.AsyncClient(transport=transport, base_url="http://kiosk") as kiosk:
-                        created = (await kiosk.post("/sessions", json={
-                            "operation": "enroll", "subject": "gus", "captures": 2, "fingers": 1,
-                        })).json()
-                        return sse_events((await kiosk.get(created["events"])).text)
-                finally:
-                    await api.stop()
-        finally:
-            device.stop()
-
-    events = asyncio.run(scenario())
+    events = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "run" / "api.sock",
+                                  ENROLL_TWO_CAPTURES, one_capture_then(zfm_sim, pulled_out_then_stopped))
     assert {"type": "progress", "step": 1, "total": 2} in events, events  # the first capture was taken
     ended = events[-1]
     assert ended["type"] == "error" and ended["code"] == "device_not_connected", events  # was agent_stopping
