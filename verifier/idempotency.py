@@ -118,7 +118,7 @@ class IdempotencyStore:
         if row[0] != req_hash:
             raise KeyReuseError(key)
         body = self._open(principal, key, bytes(row[3]))
-        # kept_headers again: rows stored before it was applied at save still hold the first Server-Timing
+        # Filtered as read, not as saved: one place, which rows saved by earlier versions pass through too.
         return StoredAnswer(int(row[1]), str(row[2]), body, kept_headers(self._open_headers(principal, key, row[4])))
 
     def save(
@@ -138,7 +138,7 @@ class IdempotencyStore:
                 self._seal(principal, key, answer.body),
                 now,
                 now + retention_s,
-                self._seal_headers(principal, key, kept_headers(answer.headers)),
+                self._seal_headers(principal, key, answer.headers),
             ),
         )
 
