@@ -478,6 +478,7 @@ def test_the_identification_threshold_grows_with_what_it_searches(device, synthe
     """A stranger is compared with every template searched, once per view: the threshold keeps the chance that an
     identification names someone at identify_fpir, so it rises with the gallery and the views (verifier/ranking)."""
     from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import rounded_down
     from verifier.settings import VerifierSettings
 
     t = synthetic_templates
@@ -495,7 +496,7 @@ def test_the_identification_threshold_grows_with_what_it_searches(device, synthe
     verify_threshold = threshold_for_fmr(VerifierSettings().target_fmr)
     # The answer's is for the decade of the 6 templates (1), so as not to tell the gallery's size (verifier/ranking).
     expected = [max(verify_threshold, threshold_for_fmr(1e-5 / (views * 1))) for views in (1, 2)]
-    assert [one_view["threshold"], two_views["threshold"]] == [round(x, 4) for x in expected]
+    assert [one_view["threshold"], two_views["threshold"]] == [rounded_down(x) for x in expected]
     assert verify_threshold < expected[0] < expected[1], "stricter than 1:1, and more so for more views"
     assert one_view["candidates"][0]["subject"] == "bob", "a genuine mate still clears it"
     assert all(c["score"] >= two_views["threshold"] for c in two_views["candidates"])

@@ -68,8 +68,9 @@ say it, and the 200 must not either. Why the decade of the templates and not
 the threshold cut to fewer digits: a device chooses its views, and the cut
 values of a few view counts would pin the size down between them; the decade is
 a function of the gallery alone, so no choice of views tells more than it. Why
-its lower end: the reported threshold is then at most the one applied, so every
-candidate's score is at or above it, as a kiosk reading the answer expects. The
+its lower end: the reported threshold (rounded down to the 4 decimals of the
+scores) is then at most the one applied, so every candidate's score is at or
+above it, as a kiosk reading the answer expects. The
 exact one is in the verifier's log when an identification is refused.
 """
 
@@ -110,10 +111,20 @@ def reported_threshold(
     threshold_for_fmr: Callable[[float], float], fpir: float, *, views: int, templates: int, verify_threshold: float
 ) -> float:
     """The ``threshold`` an identification's answer gives: the one of ``views`` times the decade of the
-    ``templates`` searched (:func:`search_decade`), rounded as the candidates' scores are; never above the threshold
-    applied, and the same for every gallery of one decade (the module docstring says why)."""
+    ``templates`` searched (:func:`search_decade`), to 4 decimals as the candidates' scores are; never above the
+    threshold applied, and the same for every gallery of one decade (the module docstring says why)."""
     comparisons = views * search_decade(templates)
-    return round(identification_threshold(threshold_for_fmr, fpir, comparisons, verify_threshold), 4)
+    return rounded_down(identification_threshold(threshold_for_fmr, fpir, comparisons, verify_threshold))
+
+
+def rounded_down(threshold: float, decimals: int = 4) -> float:
+    """``threshold`` to ``decimals`` places, never above it: rounded to nearest, a decade's threshold of 0.08608
+    read 0.0861, above the 0.08608 applied to a gallery of exactly that decade (1,000 templates, one view)."""
+    scale = 10**decimals
+    down = math.floor(threshold * scale) / scale
+    if down > threshold:  # threshold * scale rounded up to the next whole number in floating point
+        down = (math.floor(threshold * scale) - 1) / scale
+    return round(down, decimals)
 
 
 def lowest_reachable_fmr(threshold_for_fmr: Callable[[float], float], *, max_score: float = MAX_SCORE) -> float:
