@@ -1069,7 +1069,7 @@ def test_a_camera_wait_for_a_frame_the_agents_stop_cuts_short_is_told_as_the_sto
     asyncio.run(face.open())
     seen = face.wait_frame(timeout_s=5).seq
     ended = _stopped_during(face, lambda: face.wait_frame(seen + 10_000, 20),  # a frame that never comes in time
-                            lambda: face.camera._waiters > 0)  # the driver's count of consumers in wait_frame
+                            lambda: face.camera.waiting > 0)  # a consumer in the driver's wait_frame
     _told_as_the_stop(ended)
 
 

@@ -184,6 +184,11 @@ class Camera:
                 self._thread = None  # else kept: start() will not run a second owner beside it
 
     @property
+    def waiting(self) -> int:
+        """How many consumers are in :meth:`wait_frame` now: what tells that a capture is waiting for a frame."""
+        return self._waiters
+
+    @property
     def owner_alive(self) -> bool:
         """True while an owner thread runs (also one stopped but not yet ended)."""
         return self._thread is not None and self._thread.is_alive()
