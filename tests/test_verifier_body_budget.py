@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,19 @@ class RawDevice:
     def pump(self, until: set[int], limit_s: float = 30.0) -> Answers:
         """Send what flow control allows and read answers until every body is sent and every stream of ``until``
         answered whole."""
+        self._exchange(lambda: until <= self.answers.done and not any(self.to_send.values()), limit_s)
+        return self.answers
+
+    def wait_for_status(self, stream: int, limit_s: float = 30.0) -> int | None:
+        """Read until ``stream``'s answer has begun (its status: headers are not flow-controlled), or ``limit_s``."""
+        self._exchange(lambda: stream in self.answers.status, limit_s)
+        return self.answers.status.get(stream)
+
+    def _exchange(self, done: Callable[[], bool], limit_s: float) -> None:
+        """Send within the windows and read what comes until ``done()``, ``limit_s``, or the connection's end."""
         deadline = time.monotonic() + limit_s
         self.tls.settimeout(0.01)
-        while time.monotonic() < deadline and (not until <= self.answers.done or any(self.to_send.values())):
+        while time.monotonic() < deadline and not done():
             try:
                 self._send_some()
                 data = self.tls.recv(65536)
@@ -95,7 +106,6 @@ class RawDevice:
             if not data:
                 break
             self._receive(data)
-        return self.answers
 
     def _send_some(self) -> None:
         """A frame of each stream in turn (as a client multiplexing its requests does), within the windows."""
@@ -125,21 +135,6 @@ class RawDevice:
             elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                 self.answers.done.add(event.stream_id)
         self.tls.sendall(self.conn.data_to_send())
-
-    def wait_for_status(self, stream: int, limit_s: float = 30.0) -> int | None:
-        """Read until ``stream``'s answer has begun (its status: headers are not flow-controlled), or ``limit_s``."""
-        deadline = time.monotonic() + limit_s
-        self.tls.settimeout(0.05)
-        while stream not in self.answers.status and time.monotonic() < deadline:
-            self._send_some()
-            try:
-                data = self.tls.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
-                break
-            self._receive(data)
-        return self.answers.status.get(stream)
 
     def close(self) -> None:
         self.tls.close()
