@@ -61,9 +61,8 @@ def test_the_largest_request_is_answered_and_other_devices_are_served_while_it_i
     _, heavy, other = two_devices
     views = [dense_view(i) for i in range(MAX_VIEWS)]
 
-    async def run() -> tuple[list[int], list[float], int]:
+    async def run() -> tuple[list[int], int]:
         statuses: list[int] = []
-        match_ms: list[float] = []
         answered_during_a_match = 0
         in_flight = False
         async with (
@@ -81,7 +80,6 @@ def test_the_largest_request_is_answered_and_other_devices_are_served_while_it_i
                     response = await attacker.request("POST", "/v1/identifications", json=body)
                     in_flight = False
                     statuses.append(response.status_code)
-                    match_ms.append(server_timing(response).get("match", 0.0))
                 done.set()
 
             async def watch() -> None:
@@ -93,11 +91,11 @@ def test_the_largest_request_is_answered_and_other_devices_are_served_while_it_i
                     await asyncio.sleep(0.005)
 
             await asyncio.gather(attack(), watch())
-        return statuses, match_ms, answered_during_a_match
+        return statuses, answered_during_a_match
 
-    statuses, match_ms, answered_during_a_match = asyncio.run(run())
+    # Each was matched, not refused (an identification's answer has no Server-Timing to say so: a 200 does).
+    statuses, answered_during_a_match = asyncio.run(run())
     assert statuses == [200] * 4, statuses
-    assert all(ms > 0 for ms in match_ms), match_ms  # each was matched (its Server-Timing says so), not refused
     assert answered_during_a_match >= 1, "no health call was answered while an identification was in flight"
 
 

@@ -179,12 +179,31 @@ class VerifierApp:
         ]
         if answer.content_type.startswith("application/pkcs7-mime"):
             response_headers.append((b"content-transfer-encoding", b"base64"))
-        # Server-Timing: the verifier's own work once the body is in (checks, database, matching),
-        # so a client can tell it from the network (matching included, and its wait for a worker).
-        handling_ms = (time.perf_counter() - timing["started"]) * 1000
-        response_headers.append((b"server-timing", f"app;dur={handling_ms:.3f}".encode()))
+        self._add_timing(scope, response_headers, timing["started"])
         await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": answer.body})
+
+    def _add_timing(self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]], started: float) -> None:
+        """Server-Timing ``app``: the verifier's own work once the body is in (checks, database, matching), so a
+        client can tell it from the network (matching included, and its wait for a worker).
+
+        Not on the answers of a route that is not :attr:`~verifier.http.Route.timed` (1:N identification, an
+        enrollment's duplicate search), and a handler's ``match`` entry is taken off them too: both durations
+        grow with the templates searched, so a device read its groups' gallery size from them (and saw each
+        enrollment into it), which the 422 ``identification-unreachable`` and the reported threshold were made
+        not to tell. The handlers log ``match_ms`` for the operator instead.
+        """
+        route, _ = self._route(scope["method"], scope["path"])
+        if route is not None and not route.timed:
+            headers[:] = [(name, value) for name, value in headers if name.lower() != b"server-timing"]
+            return
+        handling_ms = (time.perf_counter() - started) * 1000
+        headers.append((b"server-timing", f"app;dur={handling_ms:.3f}".encode()))
+
+    def _route(self, method: str, path: str) -> tuple[Route | None, str]:
+        """The route of ``method`` on ``path`` (None: none), and the subject a ``/v1/subjects/{id}/...`` names."""
+        subject = endpoints.enrollment_subject(path) or ""
+        return self.routes.get((method, ENROLLMENTS_PATH if subject else path)), subject
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -255,8 +274,7 @@ class VerifierApp:
         self, scope: dict[str, Any], receive: Receive, timing: dict[str, float], body_done: list[bool]
     ) -> Answer:
         method, path = scope["method"], scope["path"]
-        subject = endpoints.enrollment_subject(path) or ""
-        route = self.routes.get((method, ENROLLMENTS_PATH if subject else path))
+        route, subject = self._route(method, path)
         if route is None:
             if path in self._paths:
                 raise Problem(

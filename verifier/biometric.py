@@ -34,8 +34,12 @@ subject's enrolled templates (one identity, one person). A subject whose factor
 rule needs a factor they never enrolled gets, from a match of the one they have,
 an enrollment token for the missing factor only (:meth:`BiometricRoutes.grant_missing_factor`).
 
-``Server-Timing: match`` reports the time spent building the probe and scoring,
-the part of the decision the device cannot see.
+``Server-Timing: match`` on a verification's answer reports the time spent
+building the probe and scoring, the part of the decision the device cannot see.
+Identifications and enrollments answer without Server-Timing: their matching
+searches a gallery (an enrollment's, every group's), and its duration would tell
+the device the gallery's size; ``match_ms`` is in their audit lines instead
+(:class:`~verifier.http.Route`'s ``timed``).
 """
 
 from __future__ import annotations
@@ -171,9 +175,12 @@ class BiometricRoutes:
             ("POST", endpoints.CHALLENGES): Route(
                 self.new_challenge, needs_client_cert=True, retention_s=self.challenges.ttl_s + NONCE_MARGIN_S
             ),
-            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True, matches=True),
+            # 1:N searches (an enrollment's duplicate search spans every group): no Server-Timing on their answers,
+            # whose durations grow with the gallery (Route.timed); a verification's is the claimed subject's own.
+            ("POST", ENROLLMENTS_PATH): Route(self.enroll, needs_client_cert=True, matches=True, timed=False),
             ("POST", endpoints.VERIFICATIONS): Route(self.verify, needs_client_cert=True, matches=True),
-            ("POST", endpoints.IDENTIFICATIONS): Route(self.identify, needs_client_cert=True, matches=True),
+            ("POST", endpoints.IDENTIFICATIONS): Route(self.identify, needs_client_cert=True, matches=True,
+                                                       timed=False),
         }
 
     # ---------------------------------------------------------------- the gate
@@ -729,10 +736,10 @@ class BiometricRoutes:
                 templates=len(records),
                 with_session_token=enrolled,
                 token_scope=spent.scope if spent is not None else None,
+                match_ms=round(checks.match_ms, 3),  # the operator's: the answer has no Server-Timing (Route.timed)
             )
-            timing = f"match;dur={checks.match_ms:.3f}".encode()
             answer = {"subject": subject, "group": group, "templates": len(records)}
-            return json_answer(201, answer, ((b"server-timing", timing),))
+            return json_answer(201, answer)
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.challenges.release(device_id, str(body["nonce"]))
@@ -1127,10 +1134,10 @@ class BiometricRoutes:
                 candidates=len(candidates),
                 locked_out=locked,
                 groups=searched_groups(allowed),
+                match_ms=round(match_ms, 3),  # the operator's: the answer has no Server-Timing (Route.timed)
             )
-            timing = f"match;dur={match_ms:.3f}".encode()
             answer = {"candidates": candidates, "threshold": told}
-            return json_answer(200, answer, ((b"server-timing", timing),))
+            return json_answer(200, answer)
 
         return Deferred(device_id, work, finish, lambda: self.challenges.release(device_id, str(body["nonce"])))
 

@@ -70,6 +70,10 @@ class Route:
     needs_client_cert: bool
     retention_s: float | None = None  # how long the first answer is kept for repeats (None: a day)
     matches: bool = False  # returns a Deferred: the matching pool must have room before the checks run
+    # Its answers carry Server-Timing (``app``, a handler's ``match``). False where the verifier's time grows with
+    # a gallery the device must not learn the size of (1:N identification, an enrollment's duplicate search): the
+    # durations go to the verifier's log only (verifier.app strips the header from every answer of such a route).
+    timed: bool = True
 
 
 def json_answer(status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
