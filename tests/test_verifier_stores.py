@@ -220,6 +220,22 @@ def test_device_rate_limit_locks_for_a_doubling_time() -> None:
     assert limit.check("d", now=119) == 20  # the second breach: twice as long
 
 
+def test_a_request_given_back_no_longer_counts_against_the_rate() -> None:
+    """The give-back of a request refused before matching (verifier.biometric.counted): it un-counts that one
+    request only, never another's, and never lifts a lock a request past the rate earned."""
+    from verifier.policy import RateLimit
+
+    limit = RateLimit(per_minute=2, base_s=10)
+    assert [limit.check("d", now=100), limit.check("d", now=101)] == [0, 0]
+    limit.give_back("d", 101)
+    limit.give_back("d", 101)  # twice: the one at 100 still counts
+    assert limit.check("d", now=102) == 0  # the given-back place taken again
+    assert limit.check("d", now=103) == 10  # ... and the next is the third in a minute
+    limit.give_back("d", 102)
+    assert limit.check("d", now=104) > 0, "a give-back lifted the lock"
+    limit.give_back("nobody", 100)  # a key never counted: nothing to give back, no error
+
+
 def test_lockouts_double_and_reset_on_success(conn) -> None:
     from verifier.policy import Lockouts
 

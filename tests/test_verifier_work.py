@@ -16,9 +16,12 @@ import pytest
 
 from agent.client import VerifierClient, server_timing
 from agent.devstack import LocalVerifier, provision_device
+from agent.verifier_api import VerifierAPI
 from bench.flood import dense_view
 from biometrics.fingerprint.iso19794_2 import encode
 from biometrics.fingerprint.types import FingerprintTemplate, Minutiae
+from protocol import endpoints
+from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollmentRequest, print_hash
 from protocol.templates import wire_template
 from tests.test_biometric_api import Device, enroll_fingers, verify_call, wire
 from tests.test_verifier_connections import settings_file
@@ -322,3 +325,39 @@ def test_matching_never_started_for_lack_of_time_gives_the_devices_allowance_bac
         answers = asyncio.run(identify_five_times())
     assert answers == [(503, "matching-over-budget")] * 5, answers
 
+
+
+def test_requests_refused_before_matching_give_their_rates_back(tmp_path, synthetic_templates) -> None:
+    """A request refused 503 before any matching (its budget spent waiting for a worker) had spent the device's
+    request rate, its identification rate and the claimed subject's rate: a kiosk retrying as the Retry-After
+    told it ran into a 429 (for a doubling lockout) without ever being served. Each rate here allows one
+    request a minute (three for the device): three identifications and three verifications of dave, all refused
+    503 (a budget of a nanosecond runs out before any job starts), then the device is served within its rate
+    (a sensor's assertion, decided with no matching). On the old code the second identification was a 429."""
+    extra = settings_file(
+        tmp_path, match_budget_s=1e-9, device_requests_per_min=3, device_identifications_per_min=1,
+        subject_requests_per_min=1,
+    )
+    with LocalVerifier.running(tmp_path / "pki", extra_args=extra) as verifier:
+        kiosk = Device(*asyncio.run(provision_device(verifier, tmp_path / "kiosk", "kiosk-1")))
+        verifier.allow("kiosk-1", sensor="accept")
+        reader, print_id = ReaderIdentity("virtual_device", "usb0"), print_hash("dave-print")
+        views = [wire(synthetic_templates[0][0])]
+
+        async def steps():
+            no_retry = {"network": {"retries": 0}}  # the agent retries a 503 by itself: see each answer
+            async with VerifierClient(kiosk.config.with_overrides(**no_retry), kiosk.identity) as client:
+                api = VerifierAPI(client)
+                await api.signed(SensorEnrollmentRequest("dave", reader, print_id), None, None)  # 1 of 3
+                refused = []
+                for path, fields in [(endpoints.IDENTIFICATIONS, {})] * 3 + [(endpoints.VERIFICATIONS,
+                                                                                {"subject": "dave"})] * 3:
+                    body = await kiosk.signed(client, path, templates=views, **fields)
+                    response = await client.request("POST", path, json=body)
+                    refused.append((path, response.status_code, response.json().get("type", "").rsplit("/")[-1]))
+                served = await api.signed(SensorAssertion("dave", reader, print_id, "match"), None, None)  # 2 of 3
+            return refused, served
+
+        refused, served = asyncio.run(steps())
+    assert [(status, slug) for _, status, slug in refused] == [(503, "matching-over-budget")] * 6, refused
+    assert served["decision"] == "accept" and served["subject"] == "dave", served

@@ -425,6 +425,10 @@ class VerifierApp:
 
         Either way the request was not decided: what its checks used (the nonce, a
         pending step-up) is given back, so the client's retry of the same request works.
+        When nothing was matched for it (busy, or its budget spent before its job
+        started) its charges go back too: the device's request and identification
+        rates, the subject's rates, the matching allowance (``Request.refunds``), so
+        retries as the Retry-After tells never put the device over its rate.
         """
 
         def finish(outcome: Any) -> Answer:
@@ -437,8 +441,8 @@ class VerifierApp:
             self.conn.execute("BEGIN IMMEDIATE")
             deferred.undo()
             self.conn.execute("COMMIT")
-            if isinstance(exc, MatchingBusy | OverBudgetQueued):  # no comparison made: the allowance is the device's
-                self.biometric.give_back_work(request)
+            if isinstance(exc, MatchingBusy | OverBudgetQueued):  # nothing matched: the charges are the device's
+                self.biometric.give_back_charges(request)  # its rates and allowance: its retry is served in them
             if isinstance(exc, MatchingBusy):
                 raise self._busy(request, deferred.device_id, str(exc)) from None
             reason = f"matching took longer than {self.settings.match_budget_s:g} s"

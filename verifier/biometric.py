@@ -262,7 +262,7 @@ class BiometricRoutes:
         assert request.device is not None and request.client_cert is not None
         device_id = request.device.device_id
         self._check_operation(request, operation)
-        wait = self.device_rate.check(device_id)
+        wait = self.counted(request, self.device_rate, device_id)
         if wait > 0:
             raise self.flooded(
                 request,
@@ -303,9 +303,27 @@ class BiometricRoutes:
         """The subject has a finger, a face or a print on a match-on-sensor reader enrolled."""
         return self.enrollments.exists(subject) or self.faces.enrolled(subject) or self.sensor_prints.exists(subject)
 
-    def check_subject_rate(self, device_id: str, subject: str) -> None:
-        """429 (audited) when the subject is claimed too often, by this device or across devices."""
-        wait = self.subject_rate.check(f"{device_id}\x00{subject}") or self.subject_rate_all.check(subject)
+    @staticmethod
+    def counted(request: Request | None, limit: RateLimit, key: str) -> float:
+        """``limit.check(key)``; when it counted the request, its give-back goes into ``request.refunds``.
+
+        Why: a request the matching pool then refuses before its job starts (503, Retry-After) was never served,
+        and the device retries it as told; counted, those retries alone put a kiosk over its rate (a 429 and a
+        doubling lock) while other devices' work kept the pool full. A refused request is still counted: a
+        device is at most one job in the pool at a time, so it cannot make refunded requests faster than one
+        per matching budget.
+        """
+        now = time.time()
+        wait = limit.check(key, now)
+        if wait == 0 and request is not None:
+            request.refunds.append(lambda: limit.give_back(key, now))
+        return wait
+
+    def check_subject_rate(self, device_id: str, subject: str, request: Request | None = None) -> None:
+        """429 (audited) when the subject is claimed too often, by this device or across devices. ``request``:
+        the claim's, whose refunds give the counts back if it is never matched (:meth:`counted`)."""
+        wait = (self.counted(request, self.subject_rate, f"{device_id}\x00{subject}")
+                or self.counted(request, self.subject_rate_all, subject))
         if wait > 0:
             raise self.attempt_refused(
                 device_id,
@@ -458,7 +476,7 @@ class BiometricRoutes:
         device_id = request.device.device_id
         wait = self.device_work.spend(device_id, comparisons)
         if wait == 0:
-            request.work_charged = comparisons
+            request.refunds.append(lambda: self.device_work.give_back(device_id, comparisons))
         if wait > 0:
             raise self.refused(
                 request,
@@ -472,11 +490,14 @@ class BiometricRoutes:
                 comparisons=comparisons,
             )
 
-    def give_back_work(self, request: Request) -> None:
-        """The request's matching was never done (its budget ran out in the queue): its charge is given back."""
-        if request.device is not None and request.work_charged is not None:
-            self.device_work.give_back(request.device.device_id, request.work_charged)
-            request.work_charged = None
+    @staticmethod
+    def give_back_charges(request: Request) -> None:
+        """The request's matching was never done (refused busy, or its budget ran out in the queue): what its
+        checks charged is given back (its matching allowance, the device's and the subject's rates), newest
+        first, once."""
+        refunds, request.refunds = request.refunds, []
+        for refund in reversed(refunds):
+            refund()
 
     # ---------------------------------------------------------------- matching (in pool threads)
     @staticmethod
@@ -826,7 +847,7 @@ class BiometricRoutes:
         self.check_group(request, subject, self.subjects.group_of(subject))
         if not self.is_enrolled(subject):
             raise self._unknown_subject(device_id, subject)
-        self.check_subject_rate(device_id, subject)
+        self.check_subject_rate(device_id, subject, request)
         locked = self.lockouts.locked_for(device_id, subject)
         if locked > 0:
             raise self.attempt_refused(
@@ -1043,7 +1064,7 @@ class BiometricRoutes:
         """429 (audited, with Retry-After) when the device has asked too many ``asked`` this minute."""
         assert request.device is not None
         device_id = request.device.device_id
-        wait = limit.check(device_id)
+        wait = self.counted(request, limit, device_id)
         if wait > 0:
             raise self.flooded(
                 request,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -31,7 +31,11 @@ class Request:
     device: Device | None  # set on routes that need a client certificate
     client_cert: x509.Certificate | None
     subject: str = ""  # from /v1/subjects/{id}/...
-    work_charged: int | None = None  # comparisons charged to the device's matching allowance (given back if none made)
+    # What the checks charged the device and the subject (its request and identification rates, the subject's
+    # rates, its matching allowance), each as the call that gives it back: called when no matching was done for
+    # the request (refused 503 before its job started), so a device retrying as told is never rate-limited for
+    # requests it was never served (verifier.app._match).
+    refunds: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

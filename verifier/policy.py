@@ -258,6 +258,20 @@ class RateLimit(_MinuteWindow):
         recent.append(now)
         return 0.0
 
+    def give_back(self, key: str, when: float) -> None:
+        """Un-count the request :meth:`check` counted at ``when`` (its ``now``): one that was never served.
+
+        Nothing when it left the window meanwhile (a minute old, or cleared by a breach). A breach's lock is
+        not undone: only a request past the rate earns one, and that request was counted by nobody.
+        """
+        recent = self._recent.get(key)
+        if recent is None:
+            return
+        for index in range(len(recent) - 1, -1, -1):
+            if recent[index] == when:
+                del recent[index]
+                return
+
 
 @dataclass
 class RefusalLimit(_MinuteWindow):
