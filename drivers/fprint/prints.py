@@ -19,6 +19,7 @@ warnings are fatal (``G_DEBUG=fatal-warnings``), and only then fails.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from drivers.fprint.errors import UnreadablePrint
@@ -63,3 +64,19 @@ def deserialized(blob: bytes, name: str) -> Any:
         return FPrint.Print.deserialize(blob)
     except GLib.Error as exc:
         raise UnreadablePrint(name, f"libfprint: {exc.message}") from None
+
+
+def unreadable(blobs: Sequence[bytes], name: str) -> dict[int, UnreadablePrint]:
+    """The prints among ``blobs`` libfprint cannot read, by index, each with why.
+
+    Why apart from identify: identify reads all its prints at once and the first
+    unreadable one refused the whole list, without saying which; a caller that
+    knows whose print each is can leave those out and name them.
+    """
+    found: dict[int, UnreadablePrint] = {}
+    for index, blob in enumerate(blobs):
+        try:
+            deserialized(blob, name)
+        except UnreadablePrint as exc:
+            found[index] = exc
+    return found
