@@ -289,9 +289,9 @@ class SensorSession:
         usable = [name for name in names if name not in problems]
         if not usable:
             raise SessionError(
-                f"no print on the reader {self.device.name} can be used: " + "; ".join(
-                    f"{w['subject']}: {w['message']}" for w in warnings),
-                fix="; ".join(w["fix"] for w in warnings),
+                f"no print on the reader {self.device.name} can be used: "
+                + "; ".join(f"{name}'s: {problems[name][0]}" for name in names),
+                fix="; ".join(problems[name][1] for name in names),
             )
         return usable, [kept[name] for name in usable], warnings
 

@@ -541,7 +541,8 @@ def test_one_subjects_unreadable_print_is_left_out_of_an_identification_and_name
     reader with an UnreadablePrint naming nobody: nobody was identified, and the installer could not tell whose
     print to enroll again. It is left out now, before the sensor lights up: the others are still identified, the
     result and the log name the subject and the fix, never the print. Only when no print is usable does the
-    session fail, naming each subject, without asking for a finger. `capture-agent identify` shows the warning."""
+    session fail, naming each subject (one with no print kept too), without asking for a finger. `capture-agent
+    identify` shows the warning."""
     from structlog.testing import capture_logs
 
     from agent.commands.sessions import _show
@@ -574,7 +575,7 @@ def test_one_subjects_unreadable_print_is_left_out_of_an_identification_and_name
                 out["logs"] = logs
                 nobody = FingerAtSensor(feeder, ["val"])
                 with pytest.raises(SessionError) as caught:
-                    await SensorSession(device, client, store, emit=nobody).identify(["val"])
+                    await SensorSession(device, client, store, emit=nobody).identify(["val", "wes"])
                 out["none_usable"], out["none_usable_prompts"] = caught.value, nobody.prompts()
         finally:
             await device.close()
@@ -591,6 +592,10 @@ def test_one_subjects_unreadable_print_is_left_out_of_an_identification_and_name
     assert "print type 7" in logged["reason"] and out["damaged"].hex() not in repr(logged), logged
     assert "val" in str(out["none_usable"]) and "print type 7" in str(out["none_usable"]), out["none_usable"]
     assert "enroll val's finger on the reader usb0 again" in out["none_usable"].fix
+    assert str(out["none_usable"]).startswith("no print on the reader usb0 can be used: val's: libfprint cannot read"
+                                              " it (print type 7"), out["none_usable"]
+    assert "; wes's: no print of wes enrolled on usb0" in str(out["none_usable"]), out["none_usable"]
+    assert "enroll wes on the reader usb0 first" in out["none_usable"].fix  # no print kept: the store's own fix
     assert out["none_usable_prompts"] == [], "a finger was asked for with no usable print"
     capsys.readouterr()
     assert _show(identified, 2) == 0
