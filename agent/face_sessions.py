@@ -233,9 +233,9 @@ class FaceSession:
         while True:
             if self.cancelled.is_set():
                 raise SessionError("the face session was cancelled", fix="start it again")
-            if time.monotonic() > deadline:
+            frame = self._next_frame(seq, deadline)
+            if frame is None:
                 self._out_of_time(tracker.state.status, appeared, last_code, last_t, post)
-            frame = self.camera.wait_frame(seq, self.frame_timeout_s, self.cancelled)
             seq, t = frame.seq, frame.received
             started = time.perf_counter()
             interval = (t - last_t) if last_t is not None and t > last_t else None
@@ -285,6 +285,27 @@ class FaceSession:
         records = [encode(model, e.astype(float).tolist()) for e in chosen[:want]]
         assert appeared is not None
         return FaceCapture(records, steps, appeared)
+
+    def _next_frame(self, after: int, deadline: float) -> Any:
+        """The camera's next frame, waited for no longer than the session's time left: None once that is up.
+
+        Why bounded by it: the deadline was checked only before the wait, so a session could end up to one frame
+        wait (``frame_timeout_s``, a slow camera's interval) past ``face_timeout_s``. A wait that the session's
+        time cut short is that time running out; one that ran its whole ``frame_timeout_s`` is still the camera's
+        error (no frame from it).
+        """
+        from drivers.camera.errors import CameraUnavailable
+
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        wait_s = min(self.frame_timeout_s, left)
+        try:
+            return self.camera.wait_frame(after, wait_s, self.cancelled)
+        except CameraUnavailable:
+            if wait_s < self.frame_timeout_s and time.monotonic() >= deadline:
+                return None  # the session's time, not the camera, ended the wait
+            raise
 
     def _out_of_time(self, status: str, appeared: float | None, last_code: str | None, last_t: float | None,
                      post: Callable[[dict[str, Any]], None]) -> NoReturn:

@@ -239,15 +239,14 @@ class SensorSession:
         names = subjects if subjects is not None else self.prints.subjects(self.device.name)
         if not names:
             raise SessionError("no print is enrolled on this sensor", fix="enroll a subject on this reader first")
-        kept = [self.prints.load_with_id(self.device.name, name) for name in names]
+        names, kept, warnings = await self._usable_prints(names)
         index = await self._on_sensor(
             lambda: self.device.identify([blob for _, blob in kept], self.finger_timeout_s, cancel=self.cancelled)
         )
         self._prompt("lift_finger")
         if index is None:
             result = {"type": "result", "operation": "identify", "candidates": [], "assurance": "match-on-sensor"}
-            self.emit(result)
-            return result
+            return self._identified(result, warnings)
         subject = names[index]
         assertion = SensorAssertion(subject, self.reader, print_hash(kept[index][0]), "match")
         answer = await self._assert(assertion)
@@ -255,5 +254,48 @@ class SensorSession:
             answer = await self._step_up(subject, answer)
         candidates = [{"subject": subject, "score": answer.score}] if answer.accepted else []
         result = {"type": "result", "operation": "identify", "candidates": candidates, "assurance": "match-on-sensor"}
+        return self._identified(result, warnings)
+
+    def _identified(self, result: dict[str, Any], warnings: list[dict[str, str]]) -> dict[str, Any]:
+        """The identification's result, with the prints left out named (a "no candidate" may be one of theirs)."""
+        if warnings:
+            result["warnings"] = warnings
         self.emit(result)
         return result
+
+    async def _usable_prints(self, names: list[str]) -> tuple[list[str], list[tuple[str, bytes]], list[dict[str, str]]]:
+        """The subjects whose prints the sensor can use, their (print id, print), and a warning per one left out.
+
+        Why not fail: one subject's unusable print (altered, of a libfprint that wrote another layout) failed
+        every identification on the reader, naming nobody. Everyone else is still identified; the person at the
+        terminal and the installer's log learn whose print to enroll again. Checked before the sensor lights up:
+        no finger is asked for a list the sensor would refuse. All of them unusable is the session's error.
+        """
+        kept: dict[str, tuple[str, bytes]] = {}
+        problems: dict[str, tuple[str, str]] = {}  # subject -> (why, fix)
+        for name in names:
+            try:
+                kept[name] = self.prints.load_with_id(self.device.name, name)
+            except PrintStoreError as exc:
+                problems[name] = (exc.message, exc.fix)
+        order = list(kept)
+        unreadable = await asyncio.to_thread(self.device.unreadable_prints, [kept[name][1] for name in order])
+        for index, exc in unreadable.items():
+            name = order[index]
+            problems[name] = (f"libfprint cannot read it ({getattr(exc, 'why', exc)})",
+                              f"enroll {name}'s finger on the reader {self.device.name} again: the print kept for "
+                              "it is unusable")
+        warnings = [self._left_out(name, *problems[name]) for name in names if name in problems]
+        usable = [name for name in names if name not in problems]
+        if not usable:
+            raise SessionError(
+                f"no print on the reader {self.device.name} can be used: "
+                + "; ".join(f"{name}'s: {problems[name][0]}" for name in names),
+                fix="; ".join(problems[name][1] for name in names),
+            )
+        return usable, [kept[name] for name in usable], warnings
+
+    def _left_out(self, subject: str, why: str, fix: str) -> dict[str, str]:
+        """A print left out of an identification: logged (subject and why, never the print) and reported."""
+        log.warning("sensor_print_left_out", device=self.device.name, subject=subject, reason=why, fix=fix)
+        return {"subject": subject, "message": f"the print of {subject} was left out: {why}", "fix": fix}

@@ -775,3 +775,41 @@ def test_a_face_session_whose_task_is_cancelled_stops_its_camera_worker_without_
 
     run_bounded(go, hang="the cancelled session waited for its camera worker to reach the session's end")
     assert outcome == ["cancelled", True]
+
+
+
+def test_a_face_session_ends_at_its_time_not_at_the_next_frame_after_it(provisioned, face_camera) -> None:
+    """The session checked its time only before waiting for a frame, then waited the whole frame wait: on a camera
+    whose next frame came later than the time left, it ended at that frame (up to ``frame_timeout_s``, 5 s, past
+    face_timeout_s), or at the camera's error. The wait is bounded by the time left now.
+
+    Nobody in front of the camera; once the session has seen a frame (its first prompt), the camera slows to a
+    frame every 2.5 s, longer than the driver's 2 s stall bound. The session's 1 s is up before the stall can be
+    noticed (2 s after a frame the session has already seen): it ends as out of time, "no face", not with the
+    stall's "went away" the old session met first."""
+    from agent.localapi import error_codes
+
+    face_camera.nothing()
+    prompts: list[str] = []
+
+    def emit(event: dict) -> None:
+        if event["type"] == "prompt":
+            prompts.append(event["code"])
+            face_camera.fps = 0.4  # the next frame in 2.5 s (a frame already on its way may still come)
+
+    async def go() -> SessionError:
+        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
+        await device.open()
+        try:
+            async with VerifierClient(*provisioned) as client:
+                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER, timeout_s=1)
+                with pytest.raises(SessionError) as ended:
+                    await session.identify()
+                return ended.value
+        finally:
+            device.stop()
+
+    error = asyncio.run(go())
+    assert prompts == ["face_not_found"], prompts
+    assert error_codes(error) == {"code": "no_face"}, (error_codes(error), error)
+    assert error.message == "no face was seen by the camera within 1 s, so the session ended"

@@ -532,3 +532,73 @@ def test_a_sensor_session_whose_task_is_cancelled_stops_its_sensor_wait_without_
 
     run_bounded(go, hang=f"the cancelled {operation} waited for its sensor worker to reach its timeout")
     assert outcome == ["cancelled", True]
+
+
+def test_one_subjects_unreadable_print_is_left_out_of_an_identification_and_named(
+    provisioned, verifier, fprint_socket_dir, tmp_path, capsys
+) -> None:
+    """One print libfprint cannot read (here of a print type it does not know) failed every identification on the
+    reader with an UnreadablePrint naming nobody: nobody was identified, and the installer could not tell whose
+    print to enroll again. It is left out now, before the sensor lights up: the others are still identified, the
+    result and the log name the subject and the fix, never the print. Only when no print is usable does the
+    session fail, naming each subject (one with no print kept too), without asking for a finger. `capture-agent
+    identify` shows the warning."""
+    from structlog.testing import capture_logs
+
+    from agent.commands.sessions import _show
+    from agent.devices.kinds import FprintDevice
+    from simulators.fprint import VirtualDeviceFeeder
+    from tests.test_fprint import retyped
+
+    config, identity = provisioned
+    socket = fprint_socket_dir / "storage.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    verifier.allow(identity.device_id, sensor="accept")
+
+    async def scenario() -> dict:
+        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
+        await device.open()
+        feeder = VirtualDeviceFeeder(socket)
+        out: dict = {}
+        try:
+            async with VerifierClient(config, identity) as client:
+                for subject in ("uma", "val"):
+                    person = FingerAtSensor(feeder, [subject] * device.enroll_stages)
+                    await SensorSession(device, client, store, emit=person).enroll(subject)
+                damaged = retyped(store.load("usb0", "val"), 7)
+                store.save("usb0", "val", damaged)
+                out["damaged"] = damaged
+                person = FingerAtSensor(feeder, ["uma"])
+                with capture_logs() as logs:
+                    out["identified"] = await SensorSession(device, client, store, emit=person).identify()
+                out["logs"] = logs
+                nobody = FingerAtSensor(feeder, ["val"])
+                with pytest.raises(SessionError) as caught:
+                    await SensorSession(device, client, store, emit=nobody).identify(["val", "wes"])
+                out["none_usable"], out["none_usable_prompts"] = caught.value, nobody.prompts()
+        finally:
+            await device.close()
+        return out
+
+    out = asyncio.run(scenario())
+    identified = out["identified"]
+    assert identified["candidates"] == [{"subject": "uma", "score": 1.0}], identified
+    (warning,) = identified["warnings"]
+    assert warning["subject"] == "val" and "print type 7" in warning["message"], warning
+    assert warning["fix"].startswith("enroll val's finger on the reader usb0 again"), warning
+    (logged,) = [e for e in out["logs"] if e["event"] == "sensor_print_left_out"]
+    assert (logged["subject"], logged["device"], logged["log_level"]) == ("val", "usb0", "warning"), logged
+    assert "print type 7" in logged["reason"] and out["damaged"].hex() not in repr(logged), logged
+    assert "val" in str(out["none_usable"]) and "print type 7" in str(out["none_usable"]), out["none_usable"]
+    assert "enroll val's finger on the reader usb0 again" in out["none_usable"].fix
+    assert str(out["none_usable"]).startswith("no print on the reader usb0 can be used: val's: libfprint cannot read"
+                                              " it (print type 7"), out["none_usable"]
+    assert "; wes's: no print of wes enrolled on usb0" in str(out["none_usable"]), out["none_usable"]
+    assert "enroll wes on the reader usb0 first" in out["none_usable"].fix  # no print kept: the store's own fix
+    assert out["none_usable_prompts"] == [], "a finger was asked for with no usable print"
+    capsys.readouterr()
+    assert _show(identified, 2) == 0
+    shown = capsys.readouterr()
+    assert "identified uma" in shown.out, shown
+    assert f"warning: {warning['message']}\nfix: {warning['fix']}" in shown.err, shown

@@ -377,6 +377,8 @@ def _show(event: dict, outcome: int) -> int:
                       "(repeated failures lock the id out for a while)", flush=True)
             return 0 if event["decision"] == "accept" else 1
         if "candidates" in event:
+            for warning in event.get("warnings", []):  # a subject's print left out: the installer's to redo
+                print(f"warning: {warning['message']}\nfix: {warning['fix']}", file=sys.stderr, flush=True)
             print("\n".join(identification_lines(event)), flush=True)
             return 0 if event["candidates"] else 1
         print(enrollment_line(event))

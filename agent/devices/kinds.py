@@ -364,6 +364,13 @@ class FprintDevice(Device):
             )
         return self._guarded(self.reader.identify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
 
+    def unreadable_prints(self, enrolled: list[bytes]) -> dict[int, Exception]:
+        """Which of ``enrolled`` libfprint cannot read (by index, each an UnreadablePrint saying why), without the
+        sensor: an identification leaves those out, naming whose they are, rather than failing for everyone."""
+        from drivers.fprint.prints import unreadable
+
+        return dict(unreadable(enrolled, self.name))
+
     @property
     def enroll_stages(self) -> int:
         info = self.reader.info

@@ -82,6 +82,7 @@ class UnreadablePrint(FprintUsageError):
     """
 
     def __init__(self, name: str, why: str) -> None:
+        self.why = why  # what is wrong with it, in words (never its bytes): for a caller naming whose print it is
         super().__init__(
             f"the print given to the reader {name} cannot be read ({why})",
             f"enroll that finger on the reader {name} again: the print kept for it is unusable",
