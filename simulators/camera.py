@@ -116,6 +116,9 @@ class SimulatedCamera:
         self._seq = 0
         self._sent: OrderedDict[int, float] = OrderedDict()
         self.plugged = False
+        # Set when the camera is unplugged: a stream between two frames wakes at once instead of sleeping out a
+        # slow camera's frame interval (seconds at a low fps) after its server has stopped. One per plug-in.
+        self._unplugged = threading.Event()
 
     @property
     def fps(self) -> float:
@@ -211,6 +214,12 @@ class SimulatedCamera:
         with self._lock:
             self._garbage = True
 
+    @property
+    def streams(self) -> int:
+        """Streams being served now: a test reads it to know a stopped camera left no stream thread behind."""
+        with self._lock:
+            return len(self._clients)
+
     def sent_at(self, seq: int) -> float | None:
         """When frame ``seq`` left the camera (time.monotonic), for latency figures."""
         with self._lock:
@@ -256,6 +265,7 @@ class SimulatedCamera:
         # that long, for nothing. Twenty looks a second cost nothing next to the frames it serves.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(SHUTDOWN_POLL_S,),
                                         name="camera-sim", daemon=True)
+        self._unplugged = threading.Event()
         self._thread.start()
         self.plugged = True
 
@@ -263,6 +273,7 @@ class SimulatedCamera:
         """The camera is gone: every stream cut, the port closed."""
         server, self._server = self._server, None
         self.plugged = False
+        self._unplugged.set()
         if server is None:
             return
         server.shutdown()
@@ -296,7 +307,8 @@ class SimulatedCamera:
             handler.send_header("Cache-Control", "no-cache")
             handler.end_headers()
             next_at = time.monotonic()
-            while self.plugged:
+            unplugged = self._unplugged
+            while not unplugged.is_set():
                 seq, jpeg = self._next_frame()
                 part = (
                     f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
@@ -310,7 +322,7 @@ class SimulatedCamera:
                 handler.wfile.write(part)
                 handler.wfile.flush()
                 next_at += 1.0 / self.fps
-                time.sleep(max(0.0, next_at - time.monotonic()))
+                unplugged.wait(max(0.0, next_at - time.monotonic()))
         except OSError:
             pass  # the client went away, or the camera was unplugged
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from drivers.camera.camera import Camera, CameraUnavailable
 from drivers.camera.source import CameraSource, CameraSourceError
-from simulators.camera import read_stamp, stamp
+from simulators.camera import SimulatedCamera, read_stamp, stamp
 
 
 def test_stamp_survives_jpeg() -> None:
@@ -413,6 +414,28 @@ def test_unplug_and_replug(camera_sim) -> None:
         assert plugged_again.wait(15), events
         after = camera.wait_frame(after=before.seq, timeout_s=5)
         assert after.pixels.shape == before.pixels.shape and camera.connected
+
+
+def test_a_stopped_slow_camera_leaves_no_stream_thread_sleeping_out_its_frame_interval() -> None:
+    """A camera at its slowest rate (a frame every 10 s), stopped between two frames: its stream ends with the stop
+    (it slept out the interval, a thread outliving the test that stopped the camera)."""
+    camera = SimulatedCamera(size=(160, 120), fps=0.1).start()
+    try:
+        with socket.create_connection(("127.0.0.1", camera.port), timeout=10) as client:
+            client.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: camera\r\n\r\n")
+            received = b""
+            while b"Content-Length" not in received:  # the first frame's part has begun: the stream waits now
+                chunk = client.recv(65536)
+                assert chunk, received
+                received += chunk
+            assert camera.streams == 1
+            camera.stop()
+            deadline = time.monotonic() + 6  # well short of the 10 s interval the old stream slept out
+            while camera.streams and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert camera.streams == 0
+    finally:
+        camera.stop()
 
 
 def test_simulator_command_line_scripted_on_stdin(tmp_path) -> None:
