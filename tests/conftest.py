@@ -766,6 +766,21 @@ def _synthetic_print(
     return SyntheticPrint(np.clip(img, 0, 255).astype(np.uint8), np.array(points))
 
 
+@pytest.fixture(autouse=True)
+def helper_threads_joined(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Threads a test module lists in its ``HELPER_THREADS`` (a finger fed to a reader later, say) are joined after
+    each test, so none outlives the test that started it (acting on a reader the next test has opened)."""
+    yield
+    threads = getattr(request.module, "HELPER_THREADS", None)
+    if not threads:
+        return
+    for thread in threads:
+        thread.join(30)
+    alive = [thread.name for thread in threads if thread.is_alive()]
+    threads.clear()
+    assert not alive, f"threads still running after the test: {alive}"
+
+
 @pytest.fixture(scope="session")
 def synthetic_print() -> Callable[..., SyntheticPrint]:
     """Factory: synthetic_print(seed, shape=(320, 300), defects=14) -> SyntheticPrint."""

@@ -19,11 +19,19 @@ import pytest
 from drivers.fprint.errors import CaptureCancelled, CaptureTimeout, DeviceRemoved, RetryScan
 from simulators.fprint import RETRY_CENTER_FINGER, RETRY_TOO_SHORT
 
+# Every thread a test starts through the helpers below: conftest's helper_threads_joined joins them after it.
+HELPER_THREADS: list[threading.Thread] = []
+
+
+def started(target) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    HELPER_THREADS.append(thread)
+    return thread
+
 
 def later(delay_s: float, action, *args) -> threading.Thread:
-    thread = threading.Thread(target=lambda: (time.sleep(delay_s), action(*args)), daemon=True)
-    thread.start()
-    return thread
+    return started(lambda: (time.sleep(delay_s), action(*args)))
 
 
 def when_waiting(reader, action, *args) -> threading.Thread:
@@ -35,17 +43,14 @@ def when_waiting(reader, action, *args) -> threading.Thread:
             time.sleep(0.01)
         action(*args)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    return started(run)
 
 
-def enrolled_on(reader, feeder, finger: str) -> bytes:
+def enrolled_on(reader, feeder, finger: str, progress=None) -> bytes:
     """A print of ``finger`` enrolled on a virtual_device reader; the thread scanning its stages is joined."""
-    scanning = threading.Thread(target=lambda: [feeder.scan(finger) for _ in range(reader.info.enroll_stages)])
-    scanning.start()
+    scanning = started(lambda: [feeder.scan(finger) for _ in range(reader.info.enroll_stages)])
     try:
-        return reader.enroll(timeout_s=20)
+        return reader.enroll(progress=progress, timeout_s=20)
     finally:
         scanning.join(20)
         assert not scanning.is_alive(), "the enrolment's scans never returned"
@@ -147,8 +152,7 @@ def test_match_on_sensor_enroll_verify(virtual_device_reader) -> None:
     reader, feeder = virtual_device_reader
     assert reader.info.driver == "virtual_device" and reader.info.verify and not reader.info.image
     stages: list[int] = []
-    threading.Thread(target=lambda: [feeder.scan("alice") for _ in range(reader.info.enroll_stages)]).start()
-    enrolled = reader.enroll(progress=lambda stage, retry: stages.append(stage), timeout_s=20)
+    enrolled = enrolled_on(reader, feeder, "alice", progress=lambda stage, retry: stages.append(stage))
     assert stages == list(range(1, reader.info.enroll_stages + 1))
     assert isinstance(enrolled, bytes) and enrolled
     later(0.2, feeder.scan, "alice")
@@ -236,8 +240,7 @@ def test_sensor_prints_are_kept_encrypted_and_verify_on_the_sensor(virtual_devic
     from agent.devices.prints import PrintStoreError, SensorPrintStore
 
     reader, feeder = virtual_device_reader
-    threading.Thread(target=lambda: [feeder.scan("dave") for _ in range(reader.info.enroll_stages)]).start()
-    serialized = reader.enroll(timeout_s=20)
+    serialized = enrolled_on(reader, feeder, "dave")
     store = SensorPrintStore(tmp_path / "prints", kek="kek-" + "x" * 40)
     store.save("usb0", "dave", serialized)
     (stored,) = (tmp_path / "prints").glob("*.print")
@@ -277,8 +280,7 @@ def test_identify_on_a_sensor_with_storage(fprint_socket_dir) -> None:
         assert reader.info.identify and reader.info.on_sensor
         enrolled = []
         for finger in ("frank", "grace"):
-            threading.Thread(target=lambda f=finger: [feeder.scan(f) for _ in range(reader.info.enroll_stages)]).start()
-            enrolled.append(reader.enroll(timeout_s=20))
+            enrolled.append(enrolled_on(reader, feeder, finger))
         later(0.2, feeder.scan, "grace")
         assert reader.identify(enrolled, timeout_s=10) == 1
         later(0.2, feeder.scan, "frank")
