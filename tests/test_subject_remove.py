@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,19 @@ from agent.errors import UnknownSubjectError, VerificationRequiredError
 from agent.verifier_api import VerifierAPI
 from biometrics.fingerprint.iso19794_2 import encode as encode_finger
 from protocol.sensor import ReaderIdentity, SensorEnrollmentRequest, print_hash
+from protocol.signing import sign_request
 from tests.test_biometric_api import Device, wire
 from tests.test_verifier_faces import capture, face_enroll, steps_for
 from tests.test_verifier_operator_cli import cli, refused, rows
+from verifier.app import VerifierApp
+from verifier.http import Deferred, Request
+from verifier.matching import Budget
+from verifier.pki import init_pki
+from verifier.problems import Problem
+from verifier.registry import Device as RegisteredDevice
+from verifier.settings import VerifierSettings
+from verifier.store import open_database
+from verifier.subjects import remove_subject
 
 READER = ReaderIdentity("virtual_device", "usb0")
 
@@ -230,3 +242,92 @@ def test_remove_keeps_the_rules_and_forget_drops_them_after(verifier_state) -> N
             assert conn.execute(f"SELECT * FROM {table} WHERE {column} = 'erin'").fetchall() == [], table  # noqa: S608
     assert refused(cli("subject", "remove", "--pki", str(verifier_state), "erin", "--forget"))[0].startswith(
         "error: no subject 'erin' is enrolled")
+
+
+# ---------------------------------------------------------------- a removal while a decision is being matched
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, ca) -> Iterator[tuple[VerifierApp, Callable[..., Request]]]:
+    """The verifier's app in this process on a fresh PKI and database, and a maker of kiosk-1's signed requests
+    (a real signature over a real nonce): the handlers, their matching and their decisions are called one by one,
+    so a removal can come exactly between a request's matching and its decision."""
+    init_pki(tmp_path / "pki")
+    app = VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
+    key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)
+
+    def signed(path: str, on: str = "", **fields: object) -> Request:
+        """A request to ``path`` (``on``: the subject of an /v1/subjects/{id}/... path) with ``fields`` signed."""
+        nonce, _ = app.biometric.challenges.issue("kiosk-1")
+        body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
+        kiosk = RegisteredDevice("kiosk-1", "active", "01")
+        return Request("POST", path, {}, json.dumps(body).encode(), kiosk, cert, on)
+
+    try:
+        yield app, signed
+    finally:
+        app.pool.close()
+        app.conn.close()
+
+
+def matched_then_removed(app: VerifierApp, deferred: Deferred, subject: str) -> object:
+    """``deferred``'s matching done, then ``subject`` removed by the command's own transaction on its own
+    connection (as `subject remove` beside `serve`): what the decision then gets to see."""
+    outcome = deferred.work(Budget(time.monotonic() + 60))
+    conn = open_database(app.settings.database)
+    try:
+        remove_subject(conn, subject)
+    finally:
+        conn.close()
+    return outcome
+
+
+def test_a_decision_matched_before_a_removal_names_and_admits_nobody_removed(in_process, synthetic_templates) -> None:
+    """A verification and an identification matched on alice's templates, decided after she was removed: the
+    verification is refused as unknown (was a decision on erased templates, with its session token), the
+    identification does not name her (was her name, from the gallery its job had searched)."""
+    app, signed = in_process
+    t = synthetic_templates
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+    app.biometric.enrollments.add("bob", "kiosk-1", [encode_finger(x) for x in t[1][:2]])
+
+    verification = app.biometric.verify(signed("/v1/verifications", subject="alice", templates=[wire(t[0][2])]))
+    outcome = matched_then_removed(app, verification, "alice")
+    with pytest.raises(Problem) as refused_:
+        verification.finish(outcome)
+    assert refused_.value.slug == "unknown-subject"
+
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])  # enrolled again
+    for probe, expected in ((t[0][2], []), (t[1][2], ["bob"])):
+        identification = app.biometric.identify(signed("/v1/identifications", templates=[wire(probe)]))
+        answer = identification.finish(matched_then_removed(app, identification, "alice"))
+        assert [c["subject"] for c in json.loads(answer.body)["candidates"]] == expected
+
+
+def test_templates_added_while_the_subject_is_removed_are_refused_and_its_token_stays_gone(
+    in_process, synthetic_templates
+) -> None:
+    """An enrollment adding to alice with her session token, decided after her removal: refused as unknown (was
+    stored: part of an erased enrollment back); one the verifier could not decide (busy) does not give her token
+    back (the removal deleted it: given back, it would add to whoever enrolls the id next)."""
+    app, signed = in_process
+    t = synthetic_templates
+    path = "/v1/subjects/alice/enrollments"
+
+    def adding() -> Deferred:
+        app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+        token = app.biometric.sessions.issue("kiosk-1", "alice")["token"]
+        return app.biometric.enroll(signed(path, on="alice", templates=[wire(t[0][2])], session_token=token))
+
+    enrollment = adding()
+    outcome = matched_then_removed(app, enrollment, "alice")
+    with pytest.raises(Problem) as refused_:
+        enrollment.finish(outcome)
+    assert refused_.value.slug == "unknown-subject" and "removed it" in refused_.value.detail
+    assert "capture-agent enroll --subject alice" in refused_.value.fix
+    assert app.conn.execute("SELECT COUNT(*) FROM enrollments WHERE subject_id = 'alice'").fetchone() == (0,)
+
+    undecided = adding()
+    matched_then_removed(app, undecided, "alice")
+    undecided.undo()
+    assert app.conn.execute("SELECT COUNT(*) FROM session_tokens WHERE subject_id = 'alice'").fetchone() == (0,)
