@@ -19,7 +19,9 @@ import pytest
 
 from agent.errors import UnknownSubjectError, VerificationRequiredError
 from agent.verifier_api import VerifierAPI
+from biometrics.face import challenge_for
 from biometrics.fingerprint.iso19794_2 import encode as encode_finger
+from protocol.face_template import FACES, LIVENESS, wire_faces, wire_liveness
 from protocol.sensor import ReaderIdentity, SensorEnrollmentRequest, print_hash
 from protocol.signing import sign_request
 from tests.test_biometric_api import Device, wire
@@ -256,9 +258,13 @@ def in_process(tmp_path: Path, ca) -> Iterator[tuple[VerifierApp, Callable[..., 
     app = VerifierApp(VerifierSettings(pki_dir=tmp_path / "pki"))
     key, cert = ca.issue_key_and_cert(["kiosk-1"], client=True)
 
-    def signed(path: str, on: str = "", **fields: object) -> Request:
-        """A request to ``path`` (``on``: the subject of an /v1/subjects/{id}/... path) with ``fields`` signed."""
+    def signed(path: str, on: str = "", faces: list[bytes] | None = None, **fields: object) -> Request:
+        """A request to ``path`` (``on``: the subject of an /v1/subjects/{id}/... path) with ``fields`` signed;
+        ``faces`` go with the liveness steps of the request's nonce."""
         nonce, _ = app.biometric.challenges.issue("kiosk-1")
+        if faces:
+            steps = challenge_for(nonce.encode("ascii")).steps
+            fields = {**fields, FACES: wire_faces(faces), LIVENESS: wire_liveness(steps)}
         body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
         kiosk = RegisteredDevice("kiosk-1", "active", "01")
         return Request("POST", path, {}, json.dumps(body).encode(), kiosk, cert, on)
@@ -301,6 +307,25 @@ def test_a_decision_matched_before_a_removal_names_and_admits_nobody_removed(in_
     for probe, expected in ((t[0][2], []), (t[1][2], ["bob"])):
         identification = app.biometric.identify(signed("/v1/identifications", templates=[wire(probe)]))
         answer = identification.finish(matched_then_removed(app, identification, "alice"))
+        assert [c["subject"] for c in json.loads(answer.body)["candidates"]] == expected
+
+
+def test_a_face_decision_matched_before_a_removal_names_and_admits_nobody_removed(in_process) -> None:
+    """The same for faces: fay's face verification refused as unknown, the face identification naming only gil."""
+    app, signed = in_process
+    app.biometric.faces.store.add("fay", "kiosk-1", [capture(6, 0), capture(6, 1)])
+    app.biometric.faces.store.add("gil", "kiosk-1", [capture(7, 0), capture(7, 1)])
+
+    verification = app.biometric.verify(signed("/v1/verifications", subject="fay", faces=[capture(6, 5)]))
+    outcome = matched_then_removed(app, verification, "fay")
+    with pytest.raises(Problem) as refused_:
+        verification.finish(outcome)
+    assert refused_.value.slug == "unknown-subject"
+
+    app.biometric.faces.store.add("fay", "kiosk-1", [capture(6, 0), capture(6, 1)])  # enrolled again
+    for probe, expected in ((capture(6, 7), []), (capture(7, 7), ["gil"])):
+        identification = app.biometric.identify(signed("/v1/identifications", faces=[probe]))
+        answer = identification.finish(matched_then_removed(app, identification, "fay"))
         assert [c["subject"] for c in json.loads(answer.body)["candidates"]] == expected
 
 
