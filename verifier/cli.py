@@ -524,8 +524,13 @@ def cmd_subject_remove(args: argparse.Namespace) -> int:
 
 
 def _rules_text(rules: dict[str, str]) -> str:
-    return ", ".join(f"{RULE_NAMES[name]} {value}" if name != "high_risk" else RULE_NAMES[name]
-                     for name, value in rules.items())
+    """The rules as the operator set them: "group staff, high-risk mark, factor rule finger,face"."""
+    def one(name: str, value: str) -> str:
+        if name == "high_risk":
+            return RULE_NAMES[name] + (" (off)" if value == "off" else "")
+        return f"{RULE_NAMES[name]} {value}"
+
+    return ", ".join(one(name, value) for name, value in rules.items())
 
 
 def _print_rules_left(subject: str, rules: dict[str, str], forgot: bool) -> None:

@@ -141,7 +141,8 @@ def held_rules(conn: sqlite3.Connection, subject_id: str) -> dict[str, str]:
     held: dict[str, str] = {}
     queries = {
         "group": ("subject_groups", "SELECT group_name FROM subject_groups WHERE subject_id = ?"),
-        "high_risk": ("subject_risk", "SELECT 'high-risk' FROM subject_risk WHERE subject_id = ? AND high_risk"),
+        "high_risk": ("subject_risk", "SELECT CASE WHEN high_risk THEN 'on' ELSE 'off' END FROM subject_risk "
+                      "WHERE subject_id = ?"),  # a mark cleared (`--off`) is still a row naming the id
         "factor_rule": ("required_factors",
                         "SELECT factors FROM required_factors WHERE scope = 'subject' AND name = ?"),
     }
