@@ -128,7 +128,7 @@ def test_a_subject_removed_while_serve_runs_is_unknown_never_identified_and_enro
     for record in [*alice_fingers, capture(1, 0)]:
         assert base64.b64encode(record)[8:48].decode() not in said and record.hex()[16:80] not in said
     reloaded = [json.loads(line) for line in verifier.log_path.read_text().splitlines()
-                if '"enrollments_reloaded"' in line]
+                if '"removed_subjects_forgotten"' in line]
     assert reloaded and reloaded[0]["finger_subjects_dropped"] == 1 and reloaded[0]["face_subjects_dropped"] == 1
 
 

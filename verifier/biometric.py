@@ -172,7 +172,7 @@ class BiometricRoutes:
             gone = self._forget_fingers()
             faces = self.faces.forget_removed()
             steps = self.stepup.forget(lambda subject: not self.is_enrolled(subject))
-            log.info("enrollments_reloaded", reason="a subject was removed by the operator", removal_epoch=epoch,
+            log.info("removed_subjects_forgotten", reason="a subject was removed by the operator", removal_epoch=epoch,
                      finger_subjects_dropped=gone, face_subjects_dropped=faces, pending_step_ups_dropped=steps)
         return epoch
 
