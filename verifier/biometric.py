@@ -90,7 +90,7 @@ from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
-from verifier.subjects import DEFAULT_GROUP, SubjectGroups, same_but_for_case
+from verifier.subjects import DEFAULT_GROUP, SubjectGroups, removal_epoch, same_but_for_case
 
 log = structlog.get_logger()
 
@@ -141,14 +141,60 @@ class BiometricRoutes:
         # Subjects' packed templates: written by pool threads, invalidated by the loop (generation).
         self._packs: dict[str, _SubjectPack] = {}
         self._generation: dict[str, int] = {}
-        # The 1:N gallery: used only in pool threads, under the lock; the loop feeds it through the queue.
+        # The 1:N gallery: used only in pool threads, under the lock; the loop feeds it through the queue
+        # (a subject and a template to add, or a subject and None: remove its templates).
         self._gallery: GalleryIndex | None = None
         self._gallery_lock = threading.Lock()
-        self._gallery_queue: deque[tuple[str, FingerprintTemplate]] = deque()
+        self._gallery_queue: deque[tuple[str, FingerprintTemplate | None]] = deque()
         self._gallery_loaded = False
         self._gallery_size = 0  # templates in the gallery once the queue is drained
         self._templates_of: Counter[str] = Counter()  # the same, per subject: what one identification searches
         self._after_commit: list[Callable[[], None]] = []  # in-memory changes waiting for their transaction
+        self._removals = removal_epoch(conn)  # `subject remove`s this server's memory reflects
+
+    def sync_removals(self) -> int:
+        """On the loop: the removal epoch, after forgetting what memory keeps of subjects removed since it was seen.
+
+        Why: `capture-verifier subject remove` deletes a subject's rows from another
+        process while this one serves, and the galleries (fingers, faces), the packed
+        templates and the pending step-ups are kept in memory, loaded once; they would go
+        on naming, matching and finding duplicates of a person whose data is erased.
+        The removal command moves the epoch (verifier.subjects.remove_subject) and names
+        nobody; seeing it move, this drops from memory every subject the database no
+        longer holds templates of (gallery entries, packs, pending step-ups, whose first
+        capture is a template): one query per modality, no gallery rebuilt. Called first
+        by each template route (one read of one row), and again at a decision whose
+        matching may have started before a removal (:meth:`removed_during`).
+        """
+        epoch = removal_epoch(self.subjects.conn)
+        if epoch != self._removals:
+            self._removals = epoch
+            gone = self._forget_fingers()
+            faces = self.faces.forget_removed()
+            steps = self.stepup.forget(lambda subject: not self.is_enrolled(subject))
+            log.info("removed_subjects_forgotten", reason="a subject was removed by the operator", removal_epoch=epoch,
+                     finger_subjects_dropped=gone, face_subjects_dropped=faces, pending_step_ups_dropped=steps)
+        return epoch
+
+    def _forget_fingers(self) -> int:
+        """On the loop: the packs and gallery templates of subjects with no finger template left, dropped.
+
+        A pack a pool thread writes back later carries the generation it was built for, now below the subject's:
+        it is rebuilt when next asked. The gallery's templates go in its queue's order, behind what it holds.
+        """
+        current = self.enrollments.subject_ids()
+        gone = (set(self._templates_of) | set(self._packs) | set(self._generation)) - current
+        for subject in gone:
+            self._generation[subject] = self._generation.get(subject, 0) + 1
+            self._packs.pop(subject, None)
+            if subject in self._templates_of:
+                self._gallery_size -= self._templates_of.pop(subject)
+                self._gallery_queue.append((subject, None))
+        return len(gone)
+
+    def removed_during(self, epoch: int) -> bool:
+        """A removal happened since ``epoch`` (read by a handler): its matching may have used removed templates."""
+        return self.sync_removals() != epoch
 
     def after_commit(self, change: Callable[[], None]) -> None:
         """Make ``change`` to what is kept in memory (the 1:N galleries) once the request's transaction commits.
@@ -567,13 +613,17 @@ class BiometricRoutes:
             self._templates_of[subject] += 1
 
     def _gallery_index(self, budget: Budget) -> GalleryIndex:
-        """In a pool thread holding the gallery lock: the gallery with every queued template added."""
+        """In a pool thread holding the gallery lock: the gallery with every queued change made (added templates,
+        removed subjects: :meth:`sync_removals`)."""
         if self._gallery is None:
             self._gallery = GalleryIndex()
         while self._gallery_queue:
             budget.check()  # a cold start over a big gallery spreads over several requests
             subject, template = self._gallery_queue.popleft()
-            self._gallery.add(subject, template)
+            if template is None:
+                self._gallery.remove(subject)
+            else:
+                self._gallery.add(subject, template)
         return self._gallery
 
     # ---------------------------------------------------------------- handlers
@@ -673,6 +723,7 @@ class BiometricRoutes:
         device_id = request.device.device_id
         subject = request.subject
         body, carried = self._checked(request, "enroll")  # the gate first: a bad id spends the rate, audited
+        epoch = self.sync_removals()
         if not SUBJECT_ID.fullmatch(subject):
             raise self.refused(request, Problem("bad-subject", "the path's subject is not a subject id",
                                                 f"use {endpoints.ID_RULE}"),
@@ -690,7 +741,7 @@ class BiometricRoutes:
         else:
             self.check_id_free(request, subject)
         if carried.has_faces:
-            return self.faces.enroll(request, body, carried, subject, group, recorded, spent)
+            return self.faces.enroll(request, body, carried, subject, group, recorded, spent, epoch)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self.charge(request, len(views) * (self._gallery_size + count))
@@ -764,19 +815,37 @@ class BiometricRoutes:
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.challenges.release(device_id, str(body["nonce"]))
-            if spent is not None:
-                self.sessions.give_back(spent)
+            self.give_back_token(spent, epoch)
 
         # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
 
-    def check_still_missing(self, request: Request, subject: str, factor: str, spent: SpentToken) -> None:
-        """At an insert made with an enrollment token (on the loop): the factor is still missing.
+    def give_back_token(self, spent: SpentToken | None, epoch: int) -> None:
+        """An undecided enrollment's token, back: unless a removal happened since its handler read ``epoch``.
 
-        Another request (another enrollment token of the same subject) may have added
-        it while this one was matched; the templates of this one were never compared
-        with those, so an enrollment token never adds to a factor already there.
+        The removal deleted the subject's tokens; given back, one would let its
+        holder add templates to whoever enrolls the id next.
         """
+        if spent is not None and not self.removed_during(epoch):
+            self.sessions.give_back(spent)
+
+    def check_still_missing(self, request: Request, subject: str, factor: str, spent: SpentToken) -> None:
+        """At an insert made with a token (on the loop): the subject is still enrolled, and an enrollment token's
+        factor still missing.
+
+        The operator may have removed the subject while this was matched (`subject remove`):
+        adding would bring back part of an erased enrollment. Another request (another
+        enrollment token of the same subject) may have added the factor while this one was
+        matched; the templates of this one were never compared with those, so an enrollment
+        token never adds to a factor already there.
+        """
+        if not self.is_enrolled(subject):
+            raise self.refused(
+                request,
+                _removed_subject(subject, "this enrollment"),
+                "subject removed while the enrollment was checked",
+                subject=subject,
+            )
         if spent.scope != SESSION and self.has_factor(subject, factor):
             raise self.refused(
                 request,
@@ -837,6 +906,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         body, carried = self._checked(request, "verify")
+        epoch = self.sync_removals()
         records = carried.records
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
@@ -854,7 +924,7 @@ class BiometricRoutes:
                 device_id, subject, "locked_out", locked_out(subject, locked), locked_for_s=round(locked, 1)
             )
         if carried.has_faces:
-            return self.faces.verify(request, body, carried, subject)
+            return self.faces.verify(request, body, carried, subject, epoch)
         views = self._views(request, carried)
         pending = None
         step_id = body.get("step_up")
@@ -897,8 +967,8 @@ class BiometricRoutes:
             return _Scored(enrolled is not None, score, same_finger, (time.perf_counter() - started) * 1000)
 
         def finish(scored: _Scored) -> Answer:
-            if not scored.enrolled:
-                raise self._unknown_subject(device_id, subject)
+            if not scored.enrolled or (self.removed_during(epoch) and not self.enrollments.exists(subject)):
+                raise self._unknown_subject(device_id, subject)  # (removed while matched: its templates are gone)
             if pending is not None:
                 decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
                 reason = "step-up with the same finger" if scored.same_finger else ""
@@ -1095,6 +1165,17 @@ class BiometricRoutes:
                 templates=searched, largest_search=capacity, groups=searched_groups(groups),
             )
 
+    def still_enrolled(self, best: dict[str, float], epoch: int, enrolled: Callable[[str], bool]) -> dict[str, float]:
+        """On the loop, at a 1:N decision: ``best`` without subjects removed while it was matched.
+
+        Its search ran on the gallery as it was when the job started; a subject the
+        operator removed meanwhile must not be named. Asked only when a removal
+        happened since the handler read ``epoch`` (no query otherwise).
+        """
+        if not self.removed_during(epoch):
+            return best
+        return {subject: score for subject, score in best.items() if enrolled(subject)}
+
     def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
         """On the loop, at the decision: ``best`` without the subjects this device is locked out of, and how many.
 
@@ -1109,6 +1190,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         body, carried = self._checked(request, "identify")
+        epoch = self.sync_removals()
         self.check_rate(  # each identification tests every subject
             request, self.identify_rate, "identifications", "identification rate limit",
             "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
@@ -1116,7 +1198,7 @@ class BiometricRoutes:
         views = self._views(request, carried)
         allowed = self.rules.groups(device_id)
         if carried.has_faces:
-            return self.faces.identify(request, body, carried, allowed)
+            return self.faces.identify(request, body, carried, allowed, epoch)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
         searched = self._gallery_size if among is None else sum(self._templates_of[s] for s in among)
@@ -1145,6 +1227,7 @@ class BiometricRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
+            best = self.still_enrolled(best, epoch, self.enrollments.exists)
             best, locked = self.unlocked(device_id, best)
             candidates = ranked(best, threshold)
             log.info(
@@ -1213,6 +1296,15 @@ def _unknown_subject(subject: str) -> Problem:
         "unknown-subject",
         f"no enrollment for subject {subject!r}",
         f"enroll the subject first: capture-agent enroll --subject {subject}",
+    )
+
+
+def _removed_subject(subject: str, what: str) -> Problem:
+    """An ``unknown-subject`` for a request whose subject the operator removed while it was matched."""
+    return Problem(
+        "unknown-subject",
+        f"no enrollment for subject {subject!r}: the operator removed it while {what} was checked",
+        f"enroll the subject again as a first enrollment: capture-agent enroll --subject {subject}",
     )
 
 

@@ -10,6 +10,7 @@ capture-verifier subject list --pki DIR
 capture-verifier subject group --pki DIR SUBJECT GROUP
 capture-verifier subject high-risk --pki DIR SUBJECT [--off]
 capture-verifier subject require --pki DIR (SUBJECT | --group GROUP) --factors finger,face
+capture-verifier subject remove --pki DIR SUBJECT [--forget]
 capture-verifier serve --pki DIR [--host H] [--port P] [--ready-file F]
 """
 
@@ -376,14 +377,14 @@ def _subject_id(subject_id: str) -> str:
     return _well_formed(subject_id, "subject id")
 
 
-def _enrolled_subject(conn: sqlite3.Connection, subject_id: str) -> str:
+def _enrolled_subject(conn: sqlite3.Connection, subject_id: str, fix: str = "") -> str:
     """The subject id, when someone is enrolled under it; else CLIError (a typo would protect nobody)."""
     from verifier.subjects import is_enrolled
 
     if not is_enrolled(conn, _subject_id(subject_id)):
         raise CLIError(
             f"no subject {subject_id!r} is enrolled (ids are case-sensitive)",
-            fix="check the id with `capture-verifier subject list --pki DIR`, or enroll the subject first "
+            fix=fix or "check the id with `capture-verifier subject list --pki DIR`, or enroll the subject first "
             "(`capture-agent enroll --subject ID`), then set the rule",
         )
     return subject_id
@@ -465,6 +466,81 @@ def cmd_subject_require(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     return 0
+
+
+RULE_NAMES = {"group": "group", "high_risk": "high-risk mark", "factor_rule": "factor rule"}
+REMOVED_NAMES = {"finger": "finger template", "face": "face template", "sensor": "match-on-sensor print record"}
+
+
+def cmd_subject_remove(args: argparse.Namespace) -> int:
+    """Delete every biometric row of a subject in one transaction: an erasure, or a fresh start after a bad print.
+
+    Two users: a person asking for their biometric data to be erased, and a subject whose
+    match-on-sensor print became unreadable (`enroll --add` verifies with that print first,
+    and a first enrollment of an enrolled id is refused 409 `verification-required`).
+    Deleted: finger and face templates, match-on-sensor print records, live session and
+    enrollment tokens, lockout counts (verifier.subjects.remove_subject); the id is then
+    not enrolled and its next enrollment is a first one. A running `serve` forgets what it
+    keeps in memory of the subject at its next biometric request (the removal epoch).
+
+    Kept by default: the operator's rules on the id (group, high-risk mark, own factor
+    rule), so the person re-enrolling lands under the same rules and in the same group;
+    they hold no biometric data. ``--forget`` drops them too (an erasure asking that
+    nothing be left), and works on an id removed before whose rules were kept. Kept
+    always: the audit trail (this command's own line included), which is evidence and
+    holds ids, counts and outcomes, never a template.
+    """
+    from verifier.subjects import held_rules, is_enrolled, remove_subject
+
+    conn, _, _ = _app_store(settings_from(args))
+    subject = _subject_id(args.subject_id)
+    rules = held_rules(conn, subject)
+    if not is_enrolled(conn, subject) and not (args.forget and rules):
+        if rules:  # removed before, its rules kept: only --forget has something left to do
+            raise CLIError(
+                f"no subject {subject!r} is enrolled (removed before?); only its rules are kept: {_rules_text(rules)}",
+                fix=f"to drop them too: capture-verifier subject remove --pki DIR --forget {subject}",
+            )
+        _enrolled_subject(conn, subject, fix="check the id with `capture-verifier subject list --pki DIR` "
+                          "(ids are exact: `Alice` is not `alice`); nothing was removed")
+    removed = remove_subject(conn, subject, forget=args.forget)
+    structlog.get_logger().info(
+        "subject_removed", audit=True, subject=subject, forget=args.forget,
+        finger_templates=removed.enrollments["finger"], face_templates=removed.enrollments["face"],
+        sensor_prints=removed.enrollments["sensor"], session_tokens=removed.state["session_tokens"],
+        lockout_rows=removed.state["lockout_rows"], rules_dropped=",".join(n for n, c in removed.rules.items() if c),
+    )
+    counts = [_count(removed.enrollments[kind], what) for kind, what in REMOVED_NAMES.items()]
+    print(f"removed subject {subject}: {', '.join(counts)} "
+          f"({_count(removed.state['session_tokens'], 'live token')} and "
+          f"{_count(removed.state['lockout_rows'], 'lockout count')} dropped)")
+    _print_rules_left(subject, rules, args.forget)
+    if removed.enrollments["sensor"]:
+        print("the match-on-sensor reader keeps the print in its own memory (the verifier held its hash only): "
+              "for an erasure, delete it on the reader too")
+    print("a running `capture-verifier serve` stops matching it at its next request")
+    print(f"next: the person can enroll again as a first enrollment: capture-agent enroll --subject {subject}")
+    return 0
+
+
+def _rules_text(rules: dict[str, str]) -> str:
+    """The rules as the operator set them: "group staff, high-risk mark, factor rule finger,face"."""
+    def one(name: str, value: str) -> str:
+        if name == "high_risk":
+            return RULE_NAMES[name] + (" (off)" if value == "off" else "")
+        return f"{RULE_NAMES[name]} {value}"
+
+    return ", ".join(one(name, value) for name, value in rules.items())
+
+
+def _print_rules_left(subject: str, rules: dict[str, str], forgot: bool) -> None:
+    """What the operator's rules on the id became: dropped (--forget), or kept and how to drop them."""
+    if forgot:
+        dropped = f" (dropped: {_rules_text(rules)})" if rules else ""
+        print(f"nothing names {subject} any more but the audit trail{dropped}")
+    elif rules:
+        print(f"kept: {_rules_text(rules)}; a re-enrollment of {subject} is under them "
+              f"(to drop them: capture-verifier subject remove --pki DIR --forget {subject})")
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -661,6 +737,17 @@ def build_parser() -> argparse.ArgumentParser:
     require.add_argument("--group", help="a rule for every subject of this group instead")
     require.add_argument("--factors", required=True, help="comma list of finger, face")
     require.set_defaults(run=cmd_subject_require)
+    remove = with_pki(subject.add_parser(
+        "remove",
+        help="delete a subject's templates, faces and sensor print records (erasure, or to enroll again)",
+        description="Delete everything biometric the verifier holds for a subject, in one transaction, also while "
+        "serve runs: the id is then not enrolled and can enroll again as a first enrollment. Its group, high-risk "
+        "mark and factor rule are kept (a re-enrollment lands under them) unless --forget.",
+    ))
+    remove.add_argument("subject_id", help="an enrolled subject's id, exactly (`subject list`)")
+    remove.add_argument("--forget", action="store_true",
+                        help="drop the id's group, high-risk mark and factor rule too (nothing left but the audit)")
+    remove.set_defaults(run=cmd_subject_remove)
 
     backup = with_pki(sub.add_parser(
         "backup", help="a consistent copy of the database to a new file, while serve runs (not enrollment.key)"

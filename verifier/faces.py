@@ -129,6 +129,9 @@ class FaceEnrollments:
         row = self.conn.execute("SELECT 1 FROM face_enrollments WHERE subject_id = ? LIMIT 1", (subject_id,))
         return row.fetchone() is not None
 
+    def subject_ids(self) -> set[str]:
+        return {str(r[0]) for r in self.conn.execute("SELECT DISTINCT subject_id FROM face_enrollments")}
+
     def embeddings(self, subject_id: str) -> np.ndarray:
         """The subject's embeddings as an (n, dim) float32 array (n may be 0)."""
         rows = self.conn.execute(
@@ -279,12 +282,13 @@ class FaceRoutes:
 
     # ---------------------------------------------------------------- enroll
     def enroll(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, group: str,
-               recorded: str | None, spent: SpentToken | None) -> Deferred:
+               recorded: str | None, spent: SpentToken | None, epoch: int) -> Deferred:
         """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
 
         ``spent`` is the token BiometricRoutes took (spent by this attempt whatever it gives) for a subject
         already enrolled: a session token, or an enrollment token for a face (the subject has none); it is
-        given back only when the verifier could not decide.
+        given back only when the verifier could not decide (and no subject was removed since ``epoch``, the
+        removal epoch its handler read: :meth:`BiometricRoutes.give_back_token`).
         """
         has_token = spent is not None
         assert request.device is not None
@@ -339,15 +343,17 @@ class FaceRoutes:
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.bio.challenges.release(device_id, str(body["nonce"]))
-            if spent is not None:
-                self.bio.sessions.give_back(spent)
+            self.bio.give_back_token(spent, epoch)
 
         # One face enrollment at a time from its search to its insert: the search saw every face stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FACES)
 
     # ---------------------------------------------------------------- verify
-    def verify(self, request: Request, body: dict[str, Any], carried: Carried, subject: str) -> Deferred:
-        """1:1: the best cosine of the request's faces against the subject's; a step-up when a finger is needed."""
+    def verify(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, epoch: int) -> Deferred:
+        """1:1: the best cosine of the request's faces against the subject's; a step-up when a finger is needed.
+
+        ``epoch``: the removal epoch the handler read; a subject removed while matched is unknown at the decision.
+        """
         assert request.device is not None
         device_id = request.device.device_id
         records = self.records(request, body, carried, "verify", subject)
@@ -385,6 +391,10 @@ class FaceRoutes:
             return _FaceScored(float((probes @ enrolled.T).max()), (time.perf_counter() - started) * 1000)
 
         def finish(scored: _FaceScored) -> Answer:
+            if self.bio.removed_during(epoch) and not self.store.exists(subject):  # its faces are gone
+                raise self.bio.attempt_refused(device_id, subject, "unknown_subject", Problem(
+                    "unknown-subject", f"no enrollment for subject {subject!r}",
+                    f"enroll the subject first: capture-agent enroll --subject {subject}"), modality=FACE)
             accepted = scored.score >= self.threshold
             if pending is not None:
                 return self._decided(device_id, subject, accepted, scored, step_up=pending.reasons)
@@ -451,6 +461,20 @@ class FaceRoutes:
         subjects, gallery = self._gallery_now()
         self._gallery = ([*subjects, *[subject] * len(probes)], np.vstack([gallery, probes]))
 
+    def forget_removed(self) -> int:
+        """On the loop, after a removal (:meth:`BiometricRoutes.sync_removals`): the gallery without the
+        embeddings of subjects with no face left in the database (a new tuple, as :meth:`_into_gallery` makes);
+        how many subjects were dropped."""
+        if self._gallery is None:
+            return 0
+        subjects, gallery = self._gallery
+        present = self.store.subject_ids()
+        gone = set(subjects) - present
+        if gone:
+            keep = np.array([s in present for s in subjects], bool)
+            self._gallery = ([s for s in subjects if s in present], gallery[keep])
+        return len(gone)
+
     def _gallery_now(self) -> tuple[list[str], np.ndarray]:
         """On the loop: every enrolled embedding, read from the database once (then grown by each enrollment)."""
         if self._gallery is None:
@@ -458,7 +482,7 @@ class FaceRoutes:
         return self._gallery
 
     def identify(self, request: Request, body: dict[str, Any], carried: Carried,
-                 allowed: frozenset[str] | None) -> Deferred:
+                 allowed: frozenset[str] | None, epoch: int) -> Deferred:
         """1:N: one matrix product of the probes against every embedding of the allowed subjects."""
         assert request.device is not None
         device_id = request.device.device_id
@@ -489,6 +513,7 @@ class FaceRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
+            best = self.bio.still_enrolled(best, epoch, self.store.exists)  # none removed while it was matched
             best, locked = self.bio.unlocked(device_id, best)  # a lockout is no oracle through 1:N
             candidates = ranked(best, threshold)
             log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,

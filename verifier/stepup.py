@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ACR_SECOND_FINGER = "second_finger"
@@ -85,6 +86,14 @@ class StepUpPolicy:
         step_id = secrets.token_urlsafe(16)
         self.pending[step_id] = Pending(device_id, subject_id, records, reasons, now + PENDING_TTL_S, acr)
         return step_id
+
+    def forget(self, gone: Callable[[str], bool]) -> int:
+        """Drop the pending step-ups of subjects ``gone`` says were removed (their first capture is a template
+        of that person, kept only here); how many were dropped."""
+        dropped = [step for step, pending in self.pending.items() if gone(pending.subject_id)]
+        for step in dropped:
+            del self.pending[step]
+        return len(dropped)
 
     def take(self, step_id: str, device_id: str, subject_id: str) -> Pending | None:
         """The pending step-up, used up, if it is this device's for this subject and still live.

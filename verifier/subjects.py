@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_GROUP = "default"
 
@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS subject_groups (
     group_name TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS subject_groups_nocase ON subject_groups (subject_id COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS removal_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL                 -- counts `subject remove`s: a running server reloads what it keeps
+);
 """
 
 
@@ -104,3 +108,99 @@ def same_but_for_case(conn: sqlite3.Connection, subject_id: str) -> bool:
         for table in ("subject_groups", *ENROLLMENT_TABLES.values())
         if table in tables
     )
+
+
+# What a removal deletes besides the enrollments: per-subject state that only means something while the subject's
+# templates exist. Live session and enrollment tokens (a token of the removed person would add templates to
+# whoever enrolls the id next) and the lockout counts (failures against templates that are gone).
+SUBJECT_STATE_TABLES = {"session_tokens": "session_tokens", "lockout_rows": "lockouts"}
+# The operator's rules on the id (verifier.subjects, verifier.stepup, verifier.faces): kept unless ``forget``.
+RULE_DELETES = {
+    "group": ("subject_groups", "DELETE FROM subject_groups WHERE subject_id = ?"),
+    "high_risk": ("subject_risk", "DELETE FROM subject_risk WHERE subject_id = ?"),
+    "factor_rule": ("required_factors", "DELETE FROM required_factors WHERE scope = 'subject' AND name = ?"),
+}
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Counts of what :func:`remove_subject` deleted (rows, never their content)."""
+
+    enrollments: dict[str, int]  # per modality: finger and face templates, sensor print records
+    state: dict[str, int]  # session tokens, lockout rows
+    rules: dict[str, int] = field(default_factory=dict)  # group, high_risk, factor_rule (``forget`` only)
+
+    @property
+    def anything(self) -> bool:
+        return any(self.enrollments.values()) or any(self.state.values()) or any(self.rules.values())
+
+
+def held_rules(conn: sqlite3.Connection, subject_id: str) -> dict[str, str]:
+    """The operator's rules naming the id: its recorded group, a high-risk mark, its own factor rule."""
+    tables = _tables(conn)
+    held: dict[str, str] = {}
+    queries = {
+        "group": ("subject_groups", "SELECT group_name FROM subject_groups WHERE subject_id = ?"),
+        "high_risk": ("subject_risk", "SELECT CASE WHEN high_risk THEN 'on' ELSE 'off' END FROM subject_risk "
+                      "WHERE subject_id = ?"),  # a mark cleared (`--off`) is still a row naming the id
+        "factor_rule": ("required_factors",
+                        "SELECT factors FROM required_factors WHERE scope = 'subject' AND name = ?"),
+    }
+    for name, (table, query) in queries.items():
+        row = conn.execute(query, (subject_id,)).fetchone() if table in tables else None
+        if row is not None:
+            held[name] = str(row[0])
+    return held
+
+
+def remove_subject(conn: sqlite3.Connection, subject_id: str, *, forget: bool = False) -> Removed:
+    """Delete everything biometric held for ``subject_id``, in one transaction; ``forget`` drops its rules too.
+
+    Deleted: its finger and face templates, its match-on-sensor print records, its live
+    session and enrollment tokens and its lockout counts: afterwards the id is not
+    enrolled, and its next enrollment is a first one. Kept unless ``forget``: the
+    operator's rules on the id (group, high-risk mark, factor rule), so that a person
+    re-enrolling (a print that became unreadable) lands under the same rules; with
+    ``forget`` nothing naming the id is left but the audit trail, which is evidence
+    and holds ids and outcomes, never a template.
+
+    The removal epoch moves in the same transaction: a running ``serve`` keeps the
+    galleries in memory, and reloads them when it sees the epoch move, at its next
+    biometric request (:meth:`verifier.biometric.BiometricRoutes.sync_removals`).
+    """
+    conn.executescript(SCHEMA)  # before the transaction: executescript commits whatever is open
+    tables = _tables(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        enrollments = {kind: _delete(conn, tables, table, "DELETE FROM {} WHERE subject_id = ?", subject_id)
+                       for kind, table in ENROLLMENT_TABLES.items()}
+        state = {name: _delete(conn, tables, table, "DELETE FROM {} WHERE subject_id = ?", subject_id)
+                 for name, table in SUBJECT_STATE_TABLES.items()}
+        rules: dict[str, int] = {}
+        if forget:
+            for name, (table, statement) in RULE_DELETES.items():
+                rules[name] = conn.execute(statement, (subject_id,)).rowcount if table in tables else 0
+        conn.execute("INSERT INTO removal_epoch (id, epoch) VALUES (1, 1) "
+                     "ON CONFLICT(id) DO UPDATE SET epoch = epoch + 1")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return Removed(enrollments, state, rules)
+
+
+def removal_epoch(conn: sqlite3.Connection) -> int:
+    """How many removals the database has seen (0: none); a server compares it with the one it loaded under."""
+    row = conn.execute("SELECT epoch FROM removal_epoch WHERE id = 1").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _delete(conn: sqlite3.Connection, tables: set[str], table: str, statement: str, subject_id: str) -> int:
+    if table not in tables:
+        return 0
+    return conn.execute(statement.format(table), (subject_id,)).rowcount
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
