@@ -284,7 +284,9 @@ class SensorSession:
             name = order[index]
             problems[name] = (f"libfprint cannot read it ({getattr(exc, 'why', exc)})",
                               f"enroll {name}'s finger on the reader {self.device.name} again: the print kept for "
-                              "it is unusable")
+                              f"it is unusable (the verifier refuses a second first enrollment and an added one "
+                              f"verifies with this print, so its operator first runs: capture-verifier subject "
+                              f"remove {name}; then: capture-agent enroll --subject {name})")
         warnings = [self._left_out(name, *problems[name]) for name in names if name in problems]
         usable = [name for name in names if name not in problems]
         if not usable:

@@ -587,6 +587,7 @@ def test_one_subjects_unreadable_print_is_left_out_of_an_identification_and_name
     (warning,) = identified["warnings"]
     assert warning["subject"] == "val" and "print type 7" in warning["message"], warning
     assert warning["fix"].startswith("enroll val's finger on the reader usb0 again"), warning
+    assert "capture-verifier subject remove val" in warning["fix"], warning  # the only way back for val
     (logged,) = [e for e in out["logs"] if e["event"] == "sensor_print_left_out"]
     assert (logged["subject"], logged["device"], logged["log_level"]) == ("val", "usb0", "warning"), logged
     assert "print type 7" in logged["reason"] and out["damaged"].hex() not in repr(logged), logged
