@@ -1313,15 +1313,34 @@ def lines_said(person: subprocess.Popen[str], *, quiet_s: float = 60.0) -> Itera
         try:
             line = lines.get(timeout=quiet_s)
         except queue.Empty:
-            person.kill()
-            person.wait()
+            stack = _stack_of_silent(person, lines)
             raise AssertionError(f"the command said nothing for {quiet_s:g} s with its output open; it had said "
-                                 f"{said}") from None
+                                 f"{said}; where it was: {stack}") from None
         if line is None:
             lines.put(None)  # ended: a later read ends at once too
             return
         said.append(line.rstrip())
         yield line
+
+
+def _stack_of_silent(person: subprocess.Popen[str], lines: queue.Queue[str | None]) -> list[str]:
+    """What a silent command was doing, then it is killed: a command started with PYTHONFAULTHANDLER=1 (see
+    :data:`DIAGNOSABLE`) writes every thread's stack on SIGABRT before it dies, read here from its output.
+
+    Why: a Ctrl-C test saw a command say nothing for 60 s once in CI and never since; its lines alone could not
+    tell where it hung.
+    """
+    person.send_signal(signal.SIGABRT)
+    stack: list[str] = []
+    with contextlib.suppress(queue.Empty):
+        while (line := lines.get(timeout=10)) is not None:
+            stack.append(line.rstrip())
+    person.kill()
+    person.wait()
+    return stack
+
+
+DIAGNOSABLE = {"PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}  # a command lines_said can ask for its stack
 
 
 @contextlib.asynccontextmanager

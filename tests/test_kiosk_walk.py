@@ -29,7 +29,7 @@ from agent.cli import main as agent_main
 from agent.commands import sessions as sessions_command
 from agent.config import parse_config
 from agent.devstack import verifier_cli, write_config_file
-from tests.conftest import lines_said, start_agent_daemon
+from tests.conftest import DIAGNOSABLE, lines_said, start_agent_daemon
 from tests.exec_prepared import prepared
 from tests.test_daemon_devices import Simulator, audit_until
 
@@ -165,7 +165,7 @@ def cli(daemon: Daemon, *args: str, **popen) -> subprocess.Popen[str]:
     """`capture-agent ARGS` at a terminal (its output unbuffered, as a person reads it)."""
     return subprocess.Popen(
         [*prepared("sigint-default"), sys.executable, "-m", "agent.cli", "--config", str(daemon.config_file), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **DIAGNOSABLE},
         **popen,
     )
 
@@ -693,7 +693,7 @@ def at_a_terminal(tmp_path, api, *command: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*prepared("sigint-default"), sys.executable, "-m", "agent.cli", "--config",
          str(stand_in_config(tmp_path)), *command, "--socket", str(api.path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **DIAGNOSABLE},
     )
 
 def test_ctrl_c_after_the_result_was_shown_neither_cancels_nor_shows_it_again(tmp_path) -> None:
