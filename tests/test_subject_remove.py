@@ -356,3 +356,108 @@ def test_templates_added_while_the_subject_is_removed_are_refused_and_its_token_
     matched_then_removed(app, undecided, "alice")
     undecided.undo()
     assert app.conn.execute("SELECT COUNT(*) FROM session_tokens WHERE subject_id = 'alice'").fetchone() == (0,)
+
+
+def first_enrolled(app: VerifierApp, signed: Callable[..., Request], subject: str, **fields: object) -> object:
+    """A first enrollment of ``subject`` through the server's own handler (which sees the removals first), its
+    matching and its decision, committed to the galleries: a new person taking a removed id."""
+    enrollment = app.biometric.enroll(signed(f"/v1/subjects/{subject}/enrollments", on=subject, **fields))
+    answer = enrollment.finish(enrollment.work(Budget(time.monotonic() + 60)))
+    app.biometric.committed()
+    return answer
+
+
+def removed(app: VerifierApp, subject: str) -> None:
+    conn = open_database(app.settings.database)
+    try:
+        remove_subject(conn, subject)
+    finally:
+        conn.close()
+
+
+def test_a_removed_id_enrolled_by_another_person_is_not_theirs_in_the_galleries(
+    in_process, synthetic_templates
+) -> None:
+    """alice removed, then the id enrolled by another person (templates of t[2]) through the running server: an
+    identification with the first alice's finger names nobody, the new one's names alice; likewise for faces."""
+    app, signed = in_process
+    t = synthetic_templates
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+    app.biometric.faces.store.add("fay", "kiosk-1", [capture(6, 0), capture(6, 1)])
+
+    def named(**probe: object) -> list[str]:
+        identification = app.biometric.identify(signed("/v1/identifications", **probe))
+        answer = identification.finish(identification.work(Budget(time.monotonic() + 60)))
+        return [c["subject"] for c in json.loads(answer.body)["candidates"]]
+
+    assert named(templates=[wire(t[0][2])]) == ["alice"]  # the gallery loaded with the first alice
+    assert named(faces=[capture(6, 5)]) == ["fay"]
+    removed(app, "alice")
+    removed(app, "fay")
+    first_enrolled(app, signed, "alice", templates=[wire(x) for x in t[2][:2]])
+    first_enrolled(app, signed, "fay", faces=[capture(8, 0), capture(8, 1)])
+    assert named(templates=[wire(t[0][2])]) == []
+    assert named(templates=[wire(t[2][2])]) == ["alice"]
+    assert named(faces=[capture(6, 5)]) == []
+    assert named(faces=[capture(8, 5)]) == ["fay"]
+
+
+def test_a_decision_matched_on_a_removed_person_is_not_given_to_the_one_who_took_the_id(
+    in_process, synthetic_templates
+) -> None:
+    """alice's verification and identification matched on her templates, then alice removed and the id enrolled
+    by another person (t[2]) before the decisions: the verification is refused as unknown and the identification
+    does not name alice (both were the first alice's match, given to the new one's id)."""
+    app, signed = in_process
+    t = synthetic_templates
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+    verification = app.biometric.verify(signed("/v1/verifications", subject="alice", templates=[wire(t[0][2])]))
+    identification = app.biometric.identify(signed("/v1/identifications", templates=[wire(t[0][2])]))
+    verified = verification.work(Budget(time.monotonic() + 60))
+    found = identification.work(Budget(time.monotonic() + 60))
+    removed(app, "alice")
+    first_enrolled(app, signed, "alice", templates=[wire(x) for x in t[2][:2]])
+
+    with pytest.raises(Problem) as refused_:
+        verification.finish(verified)
+    assert refused_.value.slug == "unknown-subject"
+    assert json.loads(identification.finish(found).body)["candidates"] == []
+
+
+def test_a_face_decision_matched_on_a_removed_person_is_not_given_to_the_one_who_took_the_id(in_process) -> None:
+    """The same for faces: fay's face verification and identification, fay removed and enrolled again by gil's
+    face before the decisions."""
+    app, signed = in_process
+    app.biometric.faces.store.add("fay", "kiosk-1", [capture(6, 0), capture(6, 1)])
+    verification = app.biometric.verify(signed("/v1/verifications", subject="fay", faces=[capture(6, 5)]))
+    identification = app.biometric.identify(signed("/v1/identifications", faces=[capture(6, 5)]))
+    verified = verification.work(Budget(time.monotonic() + 60))
+    found = identification.work(Budget(time.monotonic() + 60))
+    removed(app, "fay")
+    first_enrolled(app, signed, "fay", faces=[capture(7, 0), capture(7, 1)])
+
+    with pytest.raises(Problem) as refused_:
+        verification.finish(verified)
+    assert refused_.value.slug == "unknown-subject"
+    assert json.loads(identification.finish(found).body)["candidates"] == []
+
+
+def test_templates_added_by_a_removed_person_do_not_go_to_the_one_who_took_the_id(
+    in_process, synthetic_templates
+) -> None:
+    """alice adds a template with her session token; she is removed and the id enrolled by another person before
+    the decision: refused as unknown (was stored: the first alice's finger under the new alice's id)."""
+    app, signed = in_process
+    t = synthetic_templates
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+    token = app.biometric.sessions.issue("kiosk-1", "alice")["token"]
+    adding = app.biometric.enroll(signed("/v1/subjects/alice/enrollments", on="alice",
+                                         templates=[wire(t[0][2])], session_token=token))
+    checked = adding.work(Budget(time.monotonic() + 60))
+    removed(app, "alice")
+    first_enrolled(app, signed, "alice", templates=[wire(x) for x in t[2][:2]])
+
+    with pytest.raises(Problem) as refused_:
+        adding.finish(checked)
+    assert refused_.value.slug == "unknown-subject"
+    assert app.conn.execute("SELECT COUNT(*) FROM enrollments WHERE subject_id = 'alice'").fetchone() == (2,)

@@ -90,7 +90,16 @@ from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
-from verifier.subjects import DEFAULT_GROUP, SubjectGroups, removal_epoch, same_but_for_case
+from verifier.subjects import (
+    DEFAULT_GROUP,
+    ENROLLMENT_TABLES,
+    Seen,
+    SubjectGroups,
+    held_since,
+    removal_epoch,
+    same_but_for_case,
+    seen_now,
+)
 
 log = structlog.get_logger()
 
@@ -192,9 +201,24 @@ class BiometricRoutes:
                 self._gallery_queue.append((subject, None))
         return len(gone)
 
-    def removed_during(self, epoch: int) -> bool:
-        """A removal happened since ``epoch`` (read by a handler): its matching may have used removed templates."""
-        return self.sync_removals() != epoch
+    def seen(self) -> Seen:
+        """On the loop, first in a template route's handler (in its transaction): the removals synced, and what
+        the decision will compare with (:meth:`still_held`): the epoch and the enrollment tables' row marks."""
+        return seen_now(self.subjects.conn, self.sync_removals())
+
+    def removed_during(self, seen: Seen) -> bool:
+        """A removal happened since ``seen`` (read by a handler): its matching may have used removed templates."""
+        return self.sync_removals() != seen.epoch
+
+    def still_held(self, subject: str, seen: Seen, kinds: tuple[str, ...] = tuple(ENROLLMENT_TABLES)) -> bool:
+        """On the loop, at a decision: the subject still holds the templates (of ``kinds``) its request was
+        matched on, i.e. it was not removed since ``seen``.
+
+        Not merely enrolled: removed while matched, the id may have been enrolled again by
+        another person before the decision, and the match was the first person's. Asked of
+        the database only when a removal happened since ``seen``.
+        """
+        return not self.removed_during(seen) or held_since(self.subjects.conn, subject, seen, kinds)
 
     def after_commit(self, change: Callable[[], None]) -> None:
         """Make ``change`` to what is kept in memory (the 1:N galleries) once the request's transaction commits.
@@ -723,7 +747,7 @@ class BiometricRoutes:
         device_id = request.device.device_id
         subject = request.subject
         body, carried = self._checked(request, "enroll")  # the gate first: a bad id spends the rate, audited
-        epoch = self.sync_removals()
+        seen = self.seen()
         if not SUBJECT_ID.fullmatch(subject):
             raise self.refused(request, Problem("bad-subject", "the path's subject is not a subject id",
                                                 f"use {endpoints.ID_RULE}"),
@@ -741,7 +765,7 @@ class BiometricRoutes:
         else:
             self.check_id_free(request, subject)
         if carried.has_faces:
-            return self.faces.enroll(request, body, carried, subject, group, recorded, spent, epoch)
+            return self.faces.enroll(request, body, carried, subject, group, recorded, spent, seen)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
         self.charge(request, len(views) * (self._gallery_size + count))
@@ -770,7 +794,7 @@ class BiometricRoutes:
             if spent is None:
                 self.check_still_first(request, subject)
             else:
-                self.check_still_missing(request, subject, FINGER, spent)
+                self.check_still_missing(request, subject, FINGER, spent, seen)
             if checks.not_theirs:
                 raise self.refused(
                     request,
@@ -815,31 +839,33 @@ class BiometricRoutes:
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.challenges.release(device_id, str(body["nonce"]))
-            self.give_back_token(spent, epoch)
+            self.give_back_token(spent, seen)
 
         # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
 
-    def give_back_token(self, spent: SpentToken | None, epoch: int) -> None:
-        """An undecided enrollment's token, back: unless a removal happened since its handler read ``epoch``.
+    def give_back_token(self, spent: SpentToken | None, seen: Seen) -> None:
+        """An undecided enrollment's token, back: unless a removal happened since its handler's ``seen``.
 
         The removal deleted the subject's tokens; given back, one would let its
         holder add templates to whoever enrolls the id next.
         """
-        if spent is not None and not self.removed_during(epoch):
+        if spent is not None and not self.removed_during(seen):
             self.sessions.give_back(spent)
 
-    def check_still_missing(self, request: Request, subject: str, factor: str, spent: SpentToken) -> None:
+    def check_still_missing(self, request: Request, subject: str, factor: str, spent: SpentToken,
+                            seen: Seen) -> None:
         """At an insert made with a token (on the loop): the subject is still enrolled, and an enrollment token's
         factor still missing.
 
         The operator may have removed the subject while this was matched (`subject remove`):
-        adding would bring back part of an erased enrollment. Another request (another
+        adding would bring back part of an erased enrollment, or, the id enrolled again by
+        someone else meanwhile, add the removed person's templates to theirs. Another request (another
         enrollment token of the same subject) may have added the factor while this one was
         matched; the templates of this one were never compared with those, so an enrollment
         token never adds to a factor already there.
         """
-        if not self.is_enrolled(subject):
+        if not self.still_held(subject, seen):
             raise self.refused(
                 request,
                 _removed_subject(subject, "this enrollment"),
@@ -906,7 +932,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         body, carried = self._checked(request, "verify")
-        epoch = self.sync_removals()
+        seen = self.seen()
         records = carried.records
         subject = body.get("subject")
         if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):
@@ -924,7 +950,7 @@ class BiometricRoutes:
                 device_id, subject, "locked_out", locked_out(subject, locked), locked_for_s=round(locked, 1)
             )
         if carried.has_faces:
-            return self.faces.verify(request, body, carried, subject, epoch)
+            return self.faces.verify(request, body, carried, subject, seen)
         views = self._views(request, carried)
         pending = None
         step_id = body.get("step_up")
@@ -967,7 +993,7 @@ class BiometricRoutes:
             return _Scored(enrolled is not None, score, same_finger, (time.perf_counter() - started) * 1000)
 
         def finish(scored: _Scored) -> Answer:
-            if not scored.enrolled or (self.removed_during(epoch) and not self.enrollments.exists(subject)):
+            if not scored.enrolled or not self.still_held(subject, seen, (FINGER,)):
                 raise self._unknown_subject(device_id, subject)  # (removed while matched: its templates are gone)
             if pending is not None:
                 decision = "accept" if scored.score >= self.threshold and not scored.same_finger else "reject"
@@ -1165,16 +1191,19 @@ class BiometricRoutes:
                 templates=searched, largest_search=capacity, groups=searched_groups(groups),
             )
 
-    def still_enrolled(self, best: dict[str, float], epoch: int, enrolled: Callable[[str], bool]) -> dict[str, float]:
+    def still_enrolled(self, best: dict[str, float], seen: Seen, kind: str) -> dict[str, float]:
         """On the loop, at a 1:N decision: ``best`` without subjects removed while it was matched.
 
         Its search ran on the gallery as it was when the job started; a subject the
-        operator removed meanwhile must not be named. Asked only when a removal
-        happened since the handler read ``epoch`` (no query otherwise).
+        operator removed meanwhile must not be named, nor its id if someone else enrolled
+        under it since (the score is the removed person's): only subjects still holding a
+        ``kind`` template stored before the handler's ``seen`` are kept. Asked only when a
+        removal happened since ``seen`` (no query otherwise).
         """
-        if not self.removed_during(epoch):
+        if not self.removed_during(seen):
             return best
-        return {subject: score for subject, score in best.items() if enrolled(subject)}
+        conn = self.subjects.conn
+        return {subject: score for subject, score in best.items() if held_since(conn, subject, seen, (kind,))}
 
     def unlocked(self, device_id: str, best: dict[str, float]) -> tuple[dict[str, float], int]:
         """On the loop, at the decision: ``best`` without the subjects this device is locked out of, and how many.
@@ -1190,7 +1219,7 @@ class BiometricRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         body, carried = self._checked(request, "identify")
-        epoch = self.sync_removals()
+        seen = self.seen()
         self.check_rate(  # each identification tests every subject
             request, self.identify_rate, "identifications", "identification rate limit",
             "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
@@ -1198,7 +1227,7 @@ class BiometricRoutes:
         views = self._views(request, carried)
         allowed = self.rules.groups(device_id)
         if carried.has_faces:
-            return self.faces.identify(request, body, carried, allowed, epoch)
+            return self.faces.identify(request, body, carried, allowed, seen)
         among = None if allowed is None else self.subjects.members(self.enrollments.subject_ids(), allowed)
         self._load_gallery()
         searched = self._gallery_size if among is None else sum(self._templates_of[s] for s in among)
@@ -1227,7 +1256,7 @@ class BiometricRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
-            best = self.still_enrolled(best, epoch, self.enrollments.exists)
+            best = self.still_enrolled(best, seen, FINGER)
             best, locked = self.unlocked(device_id, best)
             candidates = ranked(best, threshold)
             log.info(

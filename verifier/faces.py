@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from verifier.biometric import BiometricRoutes
     from verifier.content import Carried
     from verifier.sessions import SpentToken
+    from verifier.subjects import Seen
 
 log = structlog.get_logger()
 
@@ -282,13 +283,13 @@ class FaceRoutes:
 
     # ---------------------------------------------------------------- enroll
     def enroll(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, group: str,
-               recorded: str | None, spent: SpentToken | None, epoch: int) -> Deferred:
+               recorded: str | None, spent: SpentToken | None, seen: Seen) -> Deferred:
         """Add faces to a subject: no other subject may match them, and an enrolled face must match them.
 
         ``spent`` is the token BiometricRoutes took (spent by this attempt whatever it gives) for a subject
         already enrolled: a session token, or an enrollment token for a face (the subject has none); it is
-        given back only when the verifier could not decide (and no subject was removed since ``epoch``, the
-        removal epoch its handler read: :meth:`BiometricRoutes.give_back_token`).
+        given back only when the verifier could not decide (and no subject was removed since ``seen``, what
+        its handler read: :meth:`BiometricRoutes.give_back_token`).
         """
         has_token = spent is not None
         assert request.device is not None
@@ -315,7 +316,7 @@ class FaceRoutes:
             if spent is None:
                 self.bio.check_still_first(request, subject)
             else:
-                self.bio.check_still_missing(request, subject, FACE, spent)
+                self.bio.check_still_missing(request, subject, FACE, spent, seen)
             if not_theirs:
                 raise self.bio.refused(
                     request,
@@ -343,16 +344,17 @@ class FaceRoutes:
 
         def undo() -> None:  # the verifier could not decide: the nonce and the token are given back
             self.bio.challenges.release(device_id, str(body["nonce"]))
-            self.bio.give_back_token(spent, epoch)
+            self.bio.give_back_token(spent, seen)
 
         # One face enrollment at a time from its search to its insert: the search saw every face stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FACES)
 
     # ---------------------------------------------------------------- verify
-    def verify(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, epoch: int) -> Deferred:
+    def verify(self, request: Request, body: dict[str, Any], carried: Carried, subject: str, seen: Seen) -> Deferred:
         """1:1: the best cosine of the request's faces against the subject's; a step-up when a finger is needed.
 
-        ``epoch``: the removal epoch the handler read; a subject removed while matched is unknown at the decision.
+        ``seen``: what the handler read; a subject removed while matched is unknown at the decision (also when
+        its id was enrolled again meanwhile: the match was the removed person's).
         """
         assert request.device is not None
         device_id = request.device.device_id
@@ -391,7 +393,7 @@ class FaceRoutes:
             return _FaceScored(float((probes @ enrolled.T).max()), (time.perf_counter() - started) * 1000)
 
         def finish(scored: _FaceScored) -> Answer:
-            if self.bio.removed_during(epoch) and not self.store.exists(subject):  # its faces are gone
+            if not self.bio.still_held(subject, seen, (FACE,)):  # its faces are gone
                 raise self.bio.attempt_refused(device_id, subject, "unknown_subject", Problem(
                     "unknown-subject", f"no enrollment for subject {subject!r}",
                     f"enroll the subject first: capture-agent enroll --subject {subject}"), modality=FACE)
@@ -482,7 +484,7 @@ class FaceRoutes:
         return self._gallery
 
     def identify(self, request: Request, body: dict[str, Any], carried: Carried,
-                 allowed: frozenset[str] | None, epoch: int) -> Deferred:
+                 allowed: frozenset[str] | None, seen: Seen) -> Deferred:
         """1:N: one matrix product of the probes against every embedding of the allowed subjects."""
         assert request.device is not None
         device_id = request.device.device_id
@@ -513,7 +515,7 @@ class FaceRoutes:
 
         def finish(result: tuple[dict[str, float], float]) -> Answer:
             best, match_ms = result
-            best = self.bio.still_enrolled(best, epoch, self.store.exists)  # none removed while it was matched
+            best = self.bio.still_enrolled(best, seen, FACE)  # none removed while it was matched
             best, locked = self.bio.unlocked(device_id, best)  # a lockout is no oracle through 1:N
             candidates = ranked(best, threshold)
             log.info("identification_attempt", audit=True, device_id=device_id, modality=FACE,

@@ -204,3 +204,42 @@ def _delete(conn: sqlite3.Connection, tables: set[str], table: str, statement: s
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a template route's handler saw, in its transaction: the removal epoch and, per enrollment table
+    (ENROLLMENT_TABLES' kinds), the highest row id then (0: no row).
+
+    Why the row ids: a subject removed while its request was matched can be enrolled
+    again, by another person, before the decision; the id is then enrolled, but not
+    with the templates the request was matched on. A subject holding a row at or below
+    the handler's mark still holds what was there when it was matched; one whose rows
+    are all above it was enrolled anew (:func:`held_since`).
+    """
+
+    epoch: int
+    marks: dict[str, int]
+
+
+def seen_now(conn: sqlite3.Connection, epoch: int) -> Seen:
+    """``epoch`` with each enrollment table's highest row id (one statement; the tables exist in a server)."""
+    columns = ", ".join(f"(SELECT COALESCE(MAX(rowid), 0) FROM {table})"  # noqa: S608 (constant names)
+                        for table in ENROLLMENT_TABLES.values())
+    row = conn.execute(f"SELECT {columns}").fetchone()
+    return Seen(epoch, {kind: int(mark) for kind, mark in zip(ENROLLMENT_TABLES, row, strict=True)})
+
+
+def held_since(conn: sqlite3.Connection, subject_id: str, seen: Seen, kinds: Iterable[str]) -> bool:
+    """The subject still holds a row of ``kinds`` (finger, face, sensor) that was there at ``seen``.
+
+    Finger and face rows are AUTOINCREMENT (an id is never used twice), so a row at or
+    below the mark was stored before the handler ran. A sensor print record's rowid can be
+    used again after the newest records were removed (the table has its own key): a
+    sensor-only subject removed and enrolled again meanwhile may read as still held.
+    """
+    return any(
+        conn.execute(f"SELECT 1 FROM {ENROLLMENT_TABLES[kind]} WHERE subject_id = ? AND rowid <= ? "  # noqa: S608
+                     "LIMIT 1", (subject_id, seen.marks[kind])).fetchone()
+        for kind in kinds
+    )
