@@ -21,8 +21,9 @@ from agent.errors import UnknownSubjectError, VerificationRequiredError
 from agent.verifier_api import VerifierAPI
 from biometrics.face import challenge_for
 from biometrics.fingerprint.iso19794_2 import encode as encode_finger
+from protocol import endpoints
 from protocol.face_template import FACES, LIVENESS, wire_faces, wire_liveness
-from protocol.sensor import ReaderIdentity, SensorEnrollmentRequest, print_hash
+from protocol.sensor import ReaderIdentity, SensorAssertion, SensorEnrollmentRequest, print_hash
 from protocol.signing import sign_request
 from tests.test_biometric_api import Device, wire
 from tests.test_verifier_faces import capture, face_enroll, steps_for
@@ -461,3 +462,28 @@ def test_templates_added_by_a_removed_person_do_not_go_to_the_one_who_took_the_i
         adding.finish(checked)
     assert refused_.value.slug == "unknown-subject"
     assert app.conn.execute("SELECT COUNT(*) FROM enrollments WHERE subject_id = 'alice'").fetchone() == (2,)
+
+
+def test_a_removed_persons_step_up_is_not_finished_by_the_sensor_of_the_one_who_took_the_id(in_process) -> None:
+    """fay's face verification asks for her finger (her factor rule); fay is removed and the id enrolled again on
+    kiosk-1's sensor (another print, another person): that sensor's assertion answering the old step-up is
+    step-up-unknown (was an accept of the new fay on the removed fay's face)."""
+    app, signed = in_process
+    app.biometric.faces.store.add("fay", "kiosk-1", [capture(6, 0), capture(6, 1)])
+    app.conn.execute("INSERT INTO required_factors (scope, name, factors) VALUES ('subject', 'fay', 'finger,face')")
+    sensor = app.routes[("POST", endpoints.SENSOR_ENROLLMENTS)].handler.__self__
+    sensor.policy.set("kiosk-1", "accept")
+    verification = app.biometric.verify(signed("/v1/verifications", subject="fay", faces=[capture(6, 5)]))
+    asked = verification.finish(verification.work(Budget(time.monotonic() + 60)))
+    assert asked.status == 401
+    step_up = json.loads(asked.body)["step_up"]
+    removed(app, "fay")
+
+    new_print = print_hash("another person's print")
+    enrolled = sensor.enroll(signed(endpoints.SENSOR_ENROLLMENTS, **SensorEnrollmentRequest("fay", READER,
+                                                                                               new_print).body()))
+    assert enrolled.status == 201
+    with pytest.raises(Problem) as refused_:
+        sensor.verify(signed(endpoints.SENSOR_VERIFICATIONS,
+                             **SensorAssertion("fay", READER, new_print, "match", step_up).body()))
+    assert refused_.value.slug == "step-up-unknown"

@@ -120,6 +120,7 @@ class SensorRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         asked = self._parsed(request, "enroll", SensorEnrollmentRequest)
+        self.bio.sync_removals()  # a removed subject's pending step-ups gone before its id can be enrolled again
         subject = asked.subject
         recorded = self.bio.subjects.recorded(subject)
         group = self.bio.enrollment_group(request, subject, asked.group)
@@ -164,6 +165,9 @@ class SensorRoutes:
         assert request.device is not None
         device_id = request.device.device_id
         assertion = self._parsed(request, "verify", SensorAssertion)
+        # A step-up it answers must be of a subject not removed since: the removal drops its pending step-ups
+        # (their first capture is the removed person's), also when the id was enrolled again on this sensor.
+        self.bio.sync_removals()
         subject = assertion.subject
         self.bio.check_group(request, subject, self.bio.subjects.group_of(subject))
         known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)

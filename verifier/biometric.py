@@ -172,7 +172,7 @@ class BiometricRoutes:
         nobody; seeing it move, this drops from memory every subject the database no
         longer holds templates of (gallery entries, packs, pending step-ups, whose first
         capture is a template): one query per modality, no gallery rebuilt. Called first
-        by each template route (one read of one row), and again at a decision whose
+        by each template route and match-on-sensor route (one read of one row), and again at a decision whose
         matching may have started before a removal (:meth:`removed_during`).
         """
         epoch = removal_epoch(self.subjects.conn)
