@@ -89,7 +89,7 @@ from verifier.ranking import (
 from verifier.sensor_prints import SensorPrints
 from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
-from verifier.stepup import ACR_SECOND_FINGER, StepUpPolicy
+from verifier.stepup import ACR_SECOND_FINGER, Pending, StepUpPolicy
 from verifier.subjects import (
     DEFAULT_GROUP,
     ENROLLMENT_TABLES,
@@ -853,6 +853,15 @@ class BiometricRoutes:
         if spent is not None and not self.removed_during(seen):
             self.sessions.give_back(spent)
 
+    def give_back_step_up(self, step_id: str, pending: Pending, seen: Seen) -> None:
+        """An undecided verification's step-up, back: unless its subject was removed since its handler's ``seen``.
+
+        Its first capture is the removed person's, matched on their templates: given back,
+        it would complete a verification of whoever enrolled the id again meanwhile.
+        """
+        if self.still_held(pending.subject_id, seen):
+            self.stepup.give_back(step_id, pending)
+
     def check_still_missing(self, request: Request, subject: str, factor: str, spent: SpentToken,
                             seen: Seen) -> None:
         """At an insert made with a token (on the loop): the subject is still enrolled, and an enrollment token's
@@ -1021,7 +1030,7 @@ class BiometricRoutes:
         def undo() -> None:
             self.challenges.release(device_id, str(body["nonce"]))
             if pending is not None:
-                self.stepup.give_back(str(step_id), pending)
+                self.give_back_step_up(str(step_id), pending, seen)
 
         return Deferred(device_id, work, finish, undo)
 

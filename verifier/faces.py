@@ -411,7 +411,7 @@ class FaceRoutes:
         def undo() -> None:
             self.bio.challenges.release(device_id, str(body["nonce"]))
             if pending is not None:
-                self.bio.stepup.give_back(str(step_id), pending)
+                self.bio.give_back_step_up(str(step_id), pending, seen)
 
         return Deferred(device_id, work, finish, undo)
 
