@@ -528,3 +528,26 @@ def test_a_removed_persons_step_up_is_not_given_back_to_the_one_who_took_the_id(
     with pytest.raises(Problem) as refused_:
         app.biometric.verify(signed("/v1/verifications", subject="alice", step_up=step_up, **again))
     assert refused_.value.slug == "step-up-unknown"
+
+
+def test_the_log_of_a_removal_seen_by_serve_counts_the_subjects_it_dropped_that_time(
+    in_process, synthetic_templates
+) -> None:
+    """alice removed, then bob: the second `removed_subjects_forgotten` drops one subject, bob (counted alice
+    again, whose removed id the server keeps a generation of)."""
+    from structlog.testing import capture_logs
+
+    app, signed = in_process
+    t = synthetic_templates
+    for subject, finger in (("alice", 0), ("bob", 1), ("cyd", 2)):
+        app.biometric.enrollments.add(subject, "kiosk-1", [encode_finger(x) for x in t[finger][:2]])
+    identification = app.biometric.identify(signed("/v1/identifications", templates=[wire(t[0][2])]))
+    identification.finish(identification.work(Budget(time.monotonic() + 60)))  # the gallery loaded: all three
+
+    dropped = []
+    for subject in ("alice", "bob"):
+        removed(app, subject)
+        with capture_logs() as logs:
+            app.biometric.identify(signed("/v1/identifications", templates=[wire(t[2][2])]))
+        dropped += [e["finger_subjects_dropped"] for e in logs if e["event"] == "removed_subjects_forgotten"]
+    assert dropped == [1, 1]

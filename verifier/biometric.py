@@ -186,20 +186,22 @@ class BiometricRoutes:
         return epoch
 
     def _forget_fingers(self) -> int:
-        """On the loop: the packs and gallery templates of subjects with no finger template left, dropped.
+        """On the loop: the packs and gallery templates of subjects with no finger template left, dropped; how many
+        subjects had any.
 
         A pack a pool thread writes back later carries the generation it was built for, now below the subject's:
         it is rebuilt when next asked. The gallery's templates go in its queue's order, behind what it holds.
         """
         current = self.enrollments.subject_ids()
         gone = (set(self._templates_of) | set(self._packs) | set(self._generation)) - current
+        dropped = 0  # subjects memory held templates of: not every id with a generation (removed ones keep theirs)
         for subject in gone:
             self._generation[subject] = self._generation.get(subject, 0) + 1
-            self._packs.pop(subject, None)
+            dropped += self._packs.pop(subject, None) is not None or subject in self._templates_of
             if subject in self._templates_of:
                 self._gallery_size -= self._templates_of.pop(subject)
                 self._gallery_queue.append((subject, None))
-        return len(gone)
+        return dropped
 
     def seen(self) -> Seen:
         """On the loop, first in a template route's handler (in its transaction): the removals synced, and what
