@@ -551,3 +551,23 @@ def test_the_log_of_a_removal_seen_by_serve_counts_the_subjects_it_dropped_that_
             app.biometric.identify(signed("/v1/identifications", templates=[wire(t[2][2])]))
         dropped += [e["finger_subjects_dropped"] for e in logs if e["event"] == "removed_subjects_forgotten"]
     assert dropped == [1, 1]
+
+
+def test_an_undecided_enrollment_keeps_its_token_when_someone_else_was_removed(in_process, synthetic_templates) -> None:
+    """alice adds a template with her session token; bob is removed while it is matched and the verifier cannot
+    decide (over budget): alice's token is given back, so the agent's retry with it is served (was lost: any
+    removal counted as hers)."""
+    app, signed = in_process
+    t = synthetic_templates
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+    app.biometric.enrollments.add("bob", "kiosk-1", [encode_finger(x) for x in t[1][:2]])
+    token = app.biometric.sessions.issue("kiosk-1", "alice")["token"]
+    adding = app.biometric.enroll(signed("/v1/subjects/alice/enrollments", on="alice",
+                                         templates=[wire(t[0][2])], session_token=token))
+    matched_then_removed(app, adding, "bob")
+    adding.undo()
+
+    retry = app.biometric.enroll(signed("/v1/subjects/alice/enrollments", on="alice",
+                                        templates=[wire(t[0][2])], session_token=token))
+    answer = retry.finish(retry.work(Budget(time.monotonic() + 60)))
+    assert answer.status == 201

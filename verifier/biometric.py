@@ -847,12 +847,13 @@ class BiometricRoutes:
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
 
     def give_back_token(self, spent: SpentToken | None, seen: Seen) -> None:
-        """An undecided enrollment's token, back: unless a removal happened since its handler's ``seen``.
+        """An undecided enrollment's token, back: unless its subject was removed since its handler's ``seen``.
 
         The removal deleted the subject's tokens; given back, one would let its
-        holder add templates to whoever enrolls the id next.
+        holder add templates to whoever enrolls the id next. Another subject's removal
+        keeps it: the device retries with it after the 503.
         """
-        if spent is not None and not self.removed_during(seen):
+        if spent is not None and self.still_held(spent.subject_id, seen):
             self.sessions.give_back(spent)
 
     def give_back_step_up(self, step_id: str, pending: Pending, seen: Seen) -> None:
