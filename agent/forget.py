@@ -146,7 +146,8 @@ async def forget(
     names = [d.name for d in devices]
     if reader and reader not in names:
         raise NoSuchReader(reader, names)
-    chosen = [d for d in devices if not reader or d.name == reader]
+    # Only libfprint readers have prints kept for them (a serial module or a camera never does).
+    chosen = [d for d in devices if (not reader or d.name == reader) and getattr(d, "kind", "") == "fprint"]
     done: list[Forgotten] = []
     for device in chosen:
         forgotten = await asyncio.to_thread(forget_on, device, store, subject)

@@ -426,6 +426,8 @@ class LocalAPI:
             raise ApiError(404, exc.message, fix=exc.fix) from None
         except NoSuchReader as exc:
             raise ApiError(400, exc.message, fix=exc.fix) from None
+        except AgentError as exc:  # the store's own refusal (an index that does not decrypt): said, with its fix
+            raise ApiError(500, exc.message, fix=exc.fix) from None
         finally:
             self._forgetting = False
         return {
