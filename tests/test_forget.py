@@ -95,6 +95,14 @@ def test_the_daemon_forgets_a_subject_on_the_sensor_and_in_its_store(provisioned
             for subject in ("ana", "bob"):
                 out[f"enroll {subject}"] = await session(
                     http, {"operation": "enroll", "subject": subject, "reader": "match-on-sensor"}, subject)
+            waiting = (await http.post("/sessions", json={"operation": "identify", "reader": "usb0"})).json()
+            out["while a session runs"] = await http.delete("/prints/ana")  # nobody scans: the session holds usb0
+            assert (await http.delete(f"/sessions/{waiting['id']}")).status_code == 202
+            deadline = time.monotonic() + 30
+            while (await http.get("/health")).json()["busy"]:
+                assert time.monotonic() < deadline, "the cancelled identification never freed the reader"
+                await asyncio.sleep(0.05)
+            out["no such reader"] = await http.delete("/prints/ana", params={"reader": "usb9"})
             out["forget"] = await http.delete("/prints/ana")
             out["identify ana"] = await session(http, {"operation": "identify", "reader": "usb0"}, "ana")
             out["identify bob"] = await session(http, {"operation": "identify", "reader": "usb0"}, "bob")
@@ -114,20 +122,23 @@ def test_the_daemon_forgets_a_subject_on_the_sensor_and_in_its_store(provisioned
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
     assert out["enroll ana"]["type"] == "result" and out["enroll bob"]["type"] == "result", out
+    assert still_there == ["bob"], "ana's sealed print is out of the store's index"
+    assert out["identify ana"].get("candidates") == [], out["identify ana"]
+    assert out["while a session runs"].status_code == 409, out["while a session runs"].text
+    refused = out["no such reader"]
+    assert refused.status_code == 400 and refused.json()["error"] == "no [[device]] is named 'usb9' (devices: usb0)"
     assert out["forget"].status_code == 200, out["forget"].text
     forgotten = out["forget"].json()
     assert forgotten["complete"] is True, forgotten
     assert [f["message"] for f in forgotten["forgotten"]] == [
         "forgot ana's print on usb0 (sealed copy and sensor storage)"
     ], forgotten
-    assert still_there == ["bob"], "ana's sealed print is out of the store's index"
     assert not list((config.agent.state_dir / "prints").glob("*.forget")), "no note left: the sensor's copy is gone"
     try:
         store.load("usb0", "ana")
         raise AssertionError("ana's sealed print is still on disk")
     except PrintStoreError as exc:
         assert "no print of ana" in str(exc)
-    assert out["identify ana"].get("candidates") == [], out["identify ana"]
     assert out["identify bob"].get("candidates") == [{"subject": "bob", "score": 1.0}], out["identify bob"]
     assert again.returncode == 1, again
     assert again.stderr.startswith("error: nothing to forget: no print of ana is kept for this device's readers "
