@@ -22,6 +22,7 @@ import structlog
 from agent.devices.errors import DeviceError
 from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import AgentError
+from drivers.fprint.errors import UnreadablePrint
 
 log = structlog.get_logger()
 
@@ -70,19 +71,20 @@ class Forgotten:
     def message(self) -> str:
         again = f"capture-agent forget --subject {self.subject} --reader {self.reader}"
         if self.sensor == UNREACHABLE:
-            head = f"forgot {self.subject}'s sealed print on {self.reader}" if self.sealed else (
-                f"{self.subject}'s print is still on the sensor of {self.reader}")
-            return (f"{head}, but the copy in the sensor's storage could not be reached ({self.why}): plug the "
-                    f"reader in and run `{again}` again to delete it there")
+            head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage"
+                    if self.sealed else f"{self.subject}'s print is still in the storage of the sensor {self.reader}:"
+                    " it")
+            return (f"{head} could not be reached ({self.why}): plug the reader in and run `{again}` again to "
+                    "delete it there")
         if self.sensor == UNKNOWN:
-            return (f"forgot {self.subject}'s sealed print on {self.reader}, but it did not decrypt, so the copy in "
-                    f"the sensor's storage cannot be named ({self.why}): clear the reader's storage with its vendor's "
-                    "tool, or enroll that finger again and forget it")
+            return (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage "
+                    f"cannot be named ({self.why}): clear the reader's storage with its vendor's tool, or enroll "
+                    "that finger again and forget it")
+        before = "" if self.sealed else "the sealed copy was removed before; "
         what = {
-            DELETED: "sealed copy and sensor storage" if self.sealed else "sensor storage; the sealed copy was "
-            "removed before",
-            NOT_THERE: "sealed copy; the sensor held no copy any more",
-            NO_STORAGE: "sealed copy; the reader keeps no prints of its own",
+            DELETED: "sealed copy and sensor storage" if self.sealed else f"sensor storage; {before.rstrip('; ')}",
+            NOT_THERE: f"{before or 'sealed copy; '}the sensor held no copy any more",
+            NO_STORAGE: f"{before or 'sealed copy; '}the reader keeps no prints of its own",
         }[self.sensor]
         return f"forgot {self.subject}'s print on {self.reader} ({what})"
 
@@ -113,7 +115,7 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
             return None
     if reference is None:  # sealed, but it does not decrypt: removed all the same, the sensor's slot unnamed
         store.remove(name, subject)
-        return Forgotten(subject, name, True, UNKNOWN, unreadable)
+        return Forgotten(subject, name, True, UNKNOWN, f"the sealed print does not decrypt: {unreadable}")
     if getattr(device, "stores_prints", False) is False:  # known to keep nothing on the reader
         store.remove(name, subject)
         store.release_for_sensor(name, subject)
@@ -127,6 +129,9 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
     except (_Unreachable, DeviceError) as exc:
         why = exc.args[0] if isinstance(exc, _Unreachable) else exc.message
         return Forgotten(subject, name, sealed, UNREACHABLE, why)
+    except UnreadablePrint as exc:  # libfprint cannot read the reference: no later try can name the slot either
+        store.release_for_sensor(name, subject)
+        return Forgotten(subject, name, sealed, UNKNOWN, f"libfprint cannot read the print kept for it: {exc.why}")
     except Exception as exc:  # the reader's own failure (typed by its driver): the note stays for another try
         return Forgotten(subject, name, sealed, UNREACHABLE, str(exc.args[0] if exc.args else exc))
     store.release_for_sensor(name, subject)

@@ -200,6 +200,7 @@ def test_forget_on_the_reader_deletes_the_sensors_copy_and_an_unplugged_one_fini
             out["unplugged"] = await forget([device], store, "ana", record=record)
             out["sealed after unplugged"] = store.subjects("usb0")
             out["holds while unplugged"] = await asyncio.to_thread(device.reader.holds, out["enrolled again"])
+            out["still unplugged"] = await forget([device], store, "ana", record=record)
             device.connected = True  # plugged back in
             out["finished"] = await forget([device], store, "ana", record=record)
             out["holds at the end"] = await asyncio.to_thread(device.holds_print, out["enrolled again"])
@@ -220,6 +221,10 @@ def test_forget_on_the_reader_deletes_the_sensors_copy_and_an_unplugged_one_fini
         "delete it there"
     ), unplugged.message()
     assert out["sealed after unplugged"] == ["bob"] and out["holds while unplugged"] is True
+    assert [f.message() for f in out["still unplugged"]] == [
+        "ana's print is still in the storage of the sensor usb0: it could not be reached (not connected): plug the "
+        "reader in and run `capture-agent forget --subject ana --reader usb0` again to delete it there"
+    ]
     assert [f.message() for f in out["finished"]] == [
         "forgot ana's print on usb0 (sensor storage; the sealed copy was removed before)"
     ]
@@ -228,6 +233,7 @@ def test_forget_on_the_reader_deletes_the_sensors_copy_and_an_unplugged_one_fini
     assert [d for k, d in recorded if k == "prints_forgotten"] == [
         {"subject": "ana", "reader": "usb0", "sealed_copy": True, "sensor_copy": "deleted"},
         {"subject": "ana", "reader": "usb0", "sealed_copy": True, "sensor_copy": "unreachable"},
+        {"subject": "ana", "reader": "usb0", "sealed_copy": False, "sensor_copy": "unreachable"},
         {"subject": "ana", "reader": "usb0", "sealed_copy": False, "sensor_copy": "deleted"},
     ]
 
@@ -247,3 +253,25 @@ def test_remove_writes_the_sealed_print_over_and_updates_the_index(tmp_path: Pat
     assert watcher.read_bytes() == bytes(size), "the sealed bytes were written over before the unlink"
     assert store.remove("usb0", "ana") is False
     assert store.load("usb0", "bob") == b"bob's print reference"
+
+
+def test_a_sealed_print_that_does_not_decrypt_is_removed_and_said_so(fprint_socket_dir, tmp_path: Path) -> None:
+    """An altered sealed print (or a changed KEK) cannot name the sensor's slot: it is removed all the same, no
+    note is kept (no later forget could use it), and the line says so with the way to clear the sensor."""
+    from agent.devices.kinds import FprintDevice
+    from agent.forget import UNKNOWN, forget
+
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    store.save("usb0", "ana", b"ana's print reference")
+    sealed = store._path("usb0", "ana")
+    sealed.write_bytes(sealed.read_bytes()[:-1] + b"\0")
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage")
+    device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(fprint_socket_dir / "s.sock")})
+    try:
+        (done,) = asyncio.run(forget([device], store, "ana"))
+    finally:
+        device.stop()
+    assert done.sensor == UNKNOWN and not done.complete and store.subjects("usb0") == [] and not sealed.exists()
+    assert done.message().startswith("forgot ana's sealed print on usb0, but the copy in the sensor's storage "
+                                     "cannot be named (the sealed print does not decrypt: "), done.message()
+    assert not list((tmp_path / "prints").glob("*.forget"))
