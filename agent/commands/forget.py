@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {body.get('error')}", file=sys.stderr)
         if body.get("fix"):
             print(f"fix: {body['fix']}", file=sys.stderr)
-        return 1 if answer.status_code == 404 else 2
+        # 1 only for "nothing to forget": a daemon older than this route says 404 too ("no route"), which is no
+        # answer about the subject.
+        nothing = answer.status_code == 404 and str(body.get("error", "")).startswith("nothing to forget")
+        return 1 if nothing else 2
     for line in body["forgotten"]:
         print(line["message"])
     return 0 if body["complete"] else 2
