@@ -111,3 +111,18 @@ class NoSensorStorage(FprintUsageError):
             "nothing on the reader to delete: the agent's sealed copy is the only one (capture-agent forget "
             "removes it)",
         )
+
+
+class FingerAlreadyOnSensor(FprintUsageError):
+    """libfprint's DATA_DUPLICATE at enrolment: the reader's own storage already holds this finger. Not the
+    reader's fault (its fix was "unplug and replug the reader", which changes nothing): the finger was enrolled
+    under another id, or its print was forgotten by the agent while the reader was unplugged, or left there by
+    other software."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the reader {name} already holds this finger in its storage",
+            "enroll another finger; or erase the print it holds: `capture-agent forget --subject ID` for the id "
+            "it was enrolled under here (also finishes a forget that could not reach the reader), else clear the "
+            "reader's storage with its vendor's tool",
+        )

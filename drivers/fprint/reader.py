@@ -32,6 +32,7 @@ from drivers.fprint.errors import (
     DeviceBusy,
     DeviceNotFound,
     DeviceRemoved,
+    FingerAlreadyOnSensor,
     FprintError,
     FprintUsageError,
     NoSensorStorage,
@@ -175,6 +176,8 @@ def translate(error: Exception, name: str) -> Exception:
             return DeviceBusy(name, error.message)
         if code == FPrint.DeviceError.DATA_NOT_FOUND:
             return PrintNotOnSensor(name)
+        if code == FPrint.DeviceError.DATA_DUPLICATE:
+            return FingerAlreadyOnSensor(name)
         if code == FPrint.DeviceError.TOO_HOT:
             return RetryScan("sensor_too_hot", "The sensor is too hot: wait a moment")
         usage = _usage_errors().get(code)
