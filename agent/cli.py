@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.commands.run",
     "agent.commands.devices",
     "agent.commands.sessions",
+    "agent.commands.forget",
     "agent.commands.simulate",
 )
 

@@ -15,6 +15,9 @@ module is the thin shell and the routes:
                                     a match-on-sensor one)
     GET    /sessions/{id}/events   text/event-stream: prompt, progress, step_up, result | error
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
+    DELETE /prints/{subject}       forget: the subject's prints on this device's match-on-sensor readers, the
+           [?reader=NAME]          sealed copies and the sensors' own (200 with one line per reader; 404 when
+                                   no reader holds one; 409 while a session runs, none starts meanwhile)
     GET    /health                 reader, session and identity state ("degraded" when the
                                    device identity cannot sign or has expired, the verifier is
                                    unreachable, or a required device is not connected: an
@@ -292,6 +295,7 @@ class LocalAPI:
         health: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         record: Callable[[str, dict[str, Any]], Any] | None = None,
         audit_problem: Callable[[], AgentError | None] | None = None,
+        forget: Callable[[str, str], Awaitable[list[Any]]] | None = None,
         *,
         max_connections: int = MAX_CONNECTIONS,
         request_deadline_s: float = REQUEST_DEADLINE_S,
@@ -304,6 +308,8 @@ class LocalAPI:
         self.health = health or (lambda: {})
         self.record = record or (lambda kind, data: None)  # the daemon's audit trail
         self.audit_problem = audit_problem or (lambda: None)  # why attempts cannot be audited now, if they cannot
+        self.forget = forget  # (subject, reader) -> what was erased, per reader (agent.forget)
+        self._forgetting = False  # a forget runs: no session may start on the readers meanwhile
         self.max_connections = max_connections
         self.request_deadline_s = request_deadline_s
         self.reader_grace_s = reader_grace_s
@@ -386,7 +392,49 @@ class LocalAPI:
         return next((s for s in self.sessions.values() if not s.done), None)
 
     def _busy(self) -> bool:
-        return self._running() is not None
+        return self._running() is not None or self._forgetting
+
+    async def _forget(self, subject: str, query: str) -> dict[str, Any]:
+        """DELETE /prints/{subject}: erase the subject's prints through the daemon's devices (agent.forget).
+
+        Refused while a session runs (the same readers), and while the audit trail cannot record it: the erasure
+        is audited per reader (``prints_forgotten``). A session asked for meanwhile is refused in turn (409).
+        """
+        from urllib.parse import parse_qs
+
+        from agent.forget import NoSuchReader, NothingToForget
+
+        if self.forget is None:
+            raise ApiError(503, "this agent keeps no prints to forget", fix="configure a match-on-sensor reader")
+        if not SUBJECT_ID.fullmatch(subject):
+            raise ApiError(400, f"{subject[:80]!r} is not a subject id", fix=ID_FIX)
+        reader = (parse_qs(query).get("reader") or [""])[0]
+        if len(reader) > 64:
+            raise ApiError(400, '"reader" must name a [[device]]')
+        busy = self._running()
+        if busy is not None or self._forgetting:
+            used = DevicesInUse(busy.modality, busy.history).named() if busy is not None else "the readers"
+            raise ApiError(409, f"a session or another forget is running on {used}",
+                           fix='try again when it has ended (GET /health says "busy": false)')
+        unaudited = self.audit_problem()
+        if unaudited is not None:
+            raise ApiError(503, f"nothing is forgotten while {unaudited.message}", fix=unaudited.fix)
+        self._forgetting = True
+        try:
+            done = await self.forget(subject, reader)
+        except NothingToForget as exc:
+            raise ApiError(404, exc.message, fix=exc.fix) from None
+        except NoSuchReader as exc:
+            raise ApiError(400, exc.message, fix=exc.fix) from None
+        except AgentError as exc:  # the store's own refusal (an index that does not decrypt): said, with its fix
+            raise ApiError(500, exc.message, fix=exc.fix) from None
+        finally:
+            self._forgetting = False
+        return {
+            "subject": subject,
+            "complete": all(f.complete for f in done),
+            "forgotten": [{**f.audit(), "complete": f.complete, "message": f.message()} for f in done],
+        }
 
     def _start_session(self, request: dict[str, Any]) -> RunningSession:
         operation = request.get("operation")
@@ -423,6 +471,9 @@ class LocalAPI:
         reader = request.get("reader")  # a capability (match-on-sensor, fingerprint-image) or a device name
         if reader is not None and (not isinstance(reader, str) or not reader or len(reader) > 64):
             raise ApiError(400, '"reader" must name a device or a capability such as "match-on-sensor"')
+        if self._forgetting:
+            raise ApiError(409, "the readers are busy forgetting a subject's prints",
+                           fix='try again in a moment (GET /health says "busy": false)')
         busy = self._running()
         if busy is not None:
             # The fix says what a second client can do: a person at a terminal saw only "wait for it or cancel
@@ -594,7 +645,8 @@ class LocalAPI:
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Any,
         body: bytes,
     ) -> None:
-        method, path = request.method.decode(), request.target.decode(errors="replace").split("?")[0]
+        method, target = request.method.decode(), request.target.decode(errors="replace")
+        path, _, query = target.partition("?")
         parts = [p for p in path.split("/") if p]
         try:
             if method == "GET" and parts == ["health"]:
@@ -617,6 +669,8 @@ class LocalAPI:
             elif len(parts) == 2 and parts[0] == "sessions" and method == "DELETE":
                 self._cancel(self._session(parts[1]))
                 await self._json(conn, writer, 202, {"cancelled": parts[1]})
+            elif len(parts) == 2 and parts[0] == "prints" and method == "DELETE":
+                await self._json(conn, writer, 200, await self._forget(parts[1], query))
             else:
                 raise ApiError(404, f"no route {method} {path}")
         except ApiError as exc:
@@ -636,7 +690,8 @@ class LocalAPI:
             frame = frame.tb_next
         where = f"{Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}" if frame is not None else ""
         # The route as a pattern: a session id is the kiosk app's, but anything else in the path could be anything.
-        route = "/".join("{id}" if i == 1 and parts[0] == "sessions" else p for i, p in enumerate(parts[:3]))
+        route = "/".join("{id}" if i == 1 and parts[0] in ("sessions", "prints") else p
+                         for i, p in enumerate(parts[:3]))
         log.error("local_api_request_failed", method=method[:16], route="/" + route, error_type=type(exc).__name__,
                   raised_at=where)
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer begun (IDLE: the request never ended)

@@ -427,3 +427,27 @@ def test_a_print_of_a_type_libfprint_does_not_know_is_refused_before_libfprint_s
         assert f"(print type {kind}, not one libfprint reads: 1 (raw), 2 (NBIS minutiae))" in message, line
         assert fix.startswith("enroll that finger on the reader usb0 again"), line
     assert retyped(enrolled, 1) == enrolled, "the type is changed, nothing else"
+
+
+def test_a_finger_the_sensor_already_holds_is_a_usage_error_naming_forget(fprint_socket_dir) -> None:
+    """libfprint's DATA_DUPLICATE (a finger enrolled again on a reader that keeps it in its storage) was the
+    family's failure, "unplug and replug the reader", which changes nothing: it is a usage error now, whose fix
+    names the command that erases the print the sensor holds (capture-agent forget)."""
+    from drivers.errors import UsageError
+    from drivers.fprint.errors import FprintError
+    from drivers.fprint.reader import FprintReader
+    from simulators.fprint import VirtualDeviceFeeder
+
+    path = fprint_socket_dir / "storage.sock"
+    reader = FprintReader("virtual_device_storage", env={"FP_VIRTUAL_DEVICE_STORAGE": str(path)})
+    reader.open()
+    feeder = VirtualDeviceFeeder(path)
+    try:
+        enrolled_on(reader, feeder, "hugo")
+        with pytest.raises(FprintError) as caught:
+            enrolled_on(reader, feeder, "hugo")
+    finally:
+        reader.close()
+    assert isinstance(caught.value, UsageError), repr(caught.value)
+    assert "already holds this finger" in str(caught.value) and "unplug and replug" not in caught.value.fix
+    assert "capture-agent forget --subject ID" in caught.value.fix, caught.value.fix

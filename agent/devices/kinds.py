@@ -385,6 +385,21 @@ class FprintDevice(Device):
     def verify(self, enrolled: bytes, timeout_s: float = 15.0, *, cancel: threading.Event | None = None) -> bool:
         return self._guarded(self.reader.verify, enrolled, timeout_s, EitherEvent(cancel, self.abort))
 
+    @property
+    def stores_prints(self) -> bool | None:
+        """Whether the reader keeps prints in its own storage (libfprint's STORAGE feature); None until it has
+        been open once (only an open reader says what it does)."""
+        info = self.reader.info
+        return None if info is None else bool(info.storage)
+
+    def delete_print(self, enrolled: bytes, timeout_s: float = 10.0) -> bool:
+        """Delete ``enrolled`` from the reader's own storage, on the owner thread: True deleted, False not there."""
+        return self._guarded(self.reader.delete_print, enrolled, timeout_s, self.abort)
+
+    def holds_print(self, enrolled: bytes, timeout_s: float = 10.0) -> bool:
+        """Whether the reader's own storage holds ``enrolled`` (its own list, on the owner thread)."""
+        return self._guarded(self.reader.holds, enrolled, timeout_s, self.abort)
+
 
 def camera_bounds() -> dict[str, Any]:
     """What the agent gives every Camera besides its config entry: the face pipeline's frame sizes (frames it

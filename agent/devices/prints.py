@@ -100,6 +100,54 @@ class SensorPrintStore:
         self._path(device, subject).unlink(missing_ok=True)
         self._index(device, discard=subject)
 
+    def remove(self, device: str, subject: str) -> bool:
+        """Erase the print kept for (device, subject): its file written over with zeros, synced, then unlinked,
+        and the subject taken out of the device's sealed index. True when there was one.
+
+        Why written over first: an unlinked file's blocks keep the sealed bytes until reused. That is as far as
+        a program can go: on flash (an SD card, an SSD) the controller remaps writes, so the old blocks may
+        survive in spare area whatever is written; there is no secure erase of one file. What is left is
+        sealed (AES-GCM under a key derived from the key-encryption key), so rotating the KEK is what makes
+        such remnants unreadable for good.
+        """
+        path = self._path(device, subject)
+        listed = subject in self._index(device)
+        there = _overwrite_and_unlink(path)
+        if listed:
+            self._index(device, discard=subject)
+        return there or listed
+
+    def hold_for_sensor(self, device: str, subject: str, serialized: bytes) -> None:
+        """Keep, sealed, what the reader needs to delete its own copy of a forgotten print, until it can.
+
+        Why: a reader with storage keeps the print on the sensor too, and deleting it there takes the print the
+        agent kept (for such readers a reference to the sensor's slot). Forgotten while the reader is unplugged,
+        the kept print is removed (no session can use it any more) and this note, apart from the prints and out
+        of the index, lets the next `capture-agent forget` finish on the sensor.
+        """
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        nonce = secrets.token_bytes(12)
+        aad = f"{device}\0{subject}\0forget".encode()
+        _write_private(self._note(device, subject), nonce + self._aead.encrypt(nonce, serialized, aad))
+
+    def held_for_sensor(self, device: str, subject: str) -> bytes | None:
+        """The note :meth:`hold_for_sensor` kept (None: none, or one that does not decrypt any more)."""
+        try:
+            sealed = self._note(device, subject).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}\0forget".encode())
+        except InvalidTag:
+            return None
+
+    def release_for_sensor(self, device: str, subject: str) -> None:
+        """The sensor's copy is gone: the note is erased as the prints are (see :meth:`remove`)."""
+        _overwrite_and_unlink(self._note(device, subject))
+
+    def _note(self, device: str, subject: str) -> Path:
+        return self._path(device, subject).with_suffix(".forget")
+
     def subjects(self, device: str) -> list[str]:
         """The subjects with a print kept for ``device`` (a sealed index: file names say nothing)."""
         return self._index(device)
@@ -144,3 +192,27 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _overwrite_and_unlink(path: Path) -> bool:
+    """Write zeros over ``path``'s bytes, sync them, and unlink it (then sync the folder); False: no such file.
+
+    Best effort by nature: see :meth:`SensorPrintStore.remove` (no secure erase on flash).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        os.write(fd, bytes(size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return True

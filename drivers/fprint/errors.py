@@ -87,3 +87,42 @@ class UnreadablePrint(FprintUsageError):
             f"the print given to the reader {name} cannot be read ({why})",
             f"enroll that finger on the reader {name} again: the print kept for it is unusable",
         )
+
+
+class PrintNotOnSensor(FprintError):
+    """libfprint's DATA_NOT_FOUND: the print asked for is not in the reader's own storage (deleted there, or the
+    reader was reset or replaced). A failure like the family's others (its fix was "unplug and replug the
+    reader", which brings no print back); a delete that meets it has nothing left to delete."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the reader {name} does not hold that print in its storage (deleted there, or the reader was reset)",
+            f"enroll the finger on the reader {name} again",
+        )
+
+
+class NoSensorStorage(FprintUsageError):
+    """A delete or listing asked of a reader without storage (no FP_DEVICE_FEATURE_STORAGE): it keeps no print
+    of its own, so there is nothing on it to delete; refused before libfprint, whose NOT_SUPPORTED came late."""
+
+    def __init__(self, name: str, driver: str) -> None:
+        super().__init__(
+            f"the reader {name} keeps no prints (libfprint's {driver} driver has no storage)",
+            "nothing on the reader to delete: the agent's sealed copy is the only one (capture-agent forget "
+            "removes it)",
+        )
+
+
+class FingerAlreadyOnSensor(FprintUsageError):
+    """libfprint's DATA_DUPLICATE at enrolment: the reader's own storage already holds this finger. Not the
+    reader's fault (its fix was "unplug and replug the reader", which changes nothing): the finger was enrolled
+    under another id, or its print was forgotten by the agent while the reader was unplugged, or left there by
+    other software."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the reader {name} already holds this finger in its storage",
+            "enroll another finger; or erase the print it holds: `capture-agent forget --subject ID` for the id "
+            "it was enrolled under here (also finishes a forget that could not reach the reader), else clear the "
+            "reader's storage with its vendor's tool",
+        )

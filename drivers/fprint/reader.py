@@ -32,8 +32,11 @@ from drivers.fprint.errors import (
     DeviceBusy,
     DeviceNotFound,
     DeviceRemoved,
+    FingerAlreadyOnSensor,
     FprintError,
     FprintUsageError,
+    NoSensorStorage,
+    PrintNotOnSensor,
     RetryScan,
 )
 from drivers.fprint.loop import GLibThread, shared_loop
@@ -171,6 +174,10 @@ def translate(error: Exception, name: str) -> Exception:
             return DeviceRemoved(name)
         if code == FPrint.DeviceError.BUSY:
             return DeviceBusy(name, error.message)
+        if code == FPrint.DeviceError.DATA_NOT_FOUND:
+            return PrintNotOnSensor(name)
+        if code == FPrint.DeviceError.DATA_DUPLICATE:
+            return FingerAlreadyOnSensor(name)
         if code == FPrint.DeviceError.TOO_HOT:
             return RetryScan("sensor_too_hot", "The sensor is too hot: wait a moment")
         usage = _usage_errors().get(code)
@@ -453,3 +460,38 @@ class FprintReader:
         if match is None:
             return None
         return next((i for i, p in enumerate(prints) if p.equal(match)), None)
+
+    # ---------------------------------------------------------------- the sensor's own storage
+    def _storage_or_refuse(self) -> None:
+        """A reader without storage is refused before libfprint: there is nothing on it to delete or list."""
+        if self.info is not None and not self.info.storage:
+            raise NoSensorStorage(self.name, self.info.driver)
+
+    def delete_print(self, serialized: bytes, timeout_s: float = 10.0, cancel: threading.Event | None = None) -> bool:
+        """Delete the enrolled print from the reader's own storage: True when deleted, False when the reader did
+        not hold it (libfprint's DATA_NOT_FOUND: deleted before, or the reader was reset). The print is the one
+        the agent kept (for a reader with storage, a reference to its slot on the sensor); errors as the other
+        calls' (an unplug is DeviceRemoved, a reader without storage NoSensorStorage before any USB)."""
+        self._storage_or_refuse()
+        enrolled = deserialized(serialized, self.name)
+
+        def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
+            device.delete_print(enrolled, cancellable, done)
+
+        try:
+            self._run(begin, lambda d, r: d.delete_print_finish(r), timeout_s, cancel)
+        except PrintNotOnSensor:
+            return False
+        return True
+
+    def holds(self, serialized: bytes, timeout_s: float = 10.0, cancel: threading.Event | None = None) -> bool:
+        """Whether the reader's own storage holds this print (libfprint's list_prints, compared as libfprint
+        compares prints): what a delete is checked against."""
+        self._storage_or_refuse()
+        enrolled = deserialized(serialized, self.name)
+
+        def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
+            device.list_prints(cancellable, done)
+
+        stored = self._run(begin, lambda d, r: d.list_prints_finish(r), timeout_s, cancel)
+        return any(enrolled.equal(p) for p in stored)

@@ -1,0 +1,166 @@
+"""`capture-agent forget`: erase a subject's prints from this device's match-on-sensor readers.
+
+The verifier's ``capture-verifier subject remove`` erases what the verifier holds; for a match-on-sensor reader
+the enrolled print lives here instead: sealed in the agent's store (:mod:`agent.devices.prints`), per reader,
+and, for a reader with its own storage (libfprint's STORAGE feature), on the sensor too. Forgetting removes
+both, reader by reader, through the device's owner (the daemon's, so it never fights a session for the reader).
+
+A reader that cannot be reached (unplugged, never opened) still loses the sealed print at once: no session can
+use it any more. Its sensor copy is then kept track of by a sealed note (``hold_for_sensor``) so that the same
+command, once the reader is back, finishes on the sensor; said so, with that command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.devices.errors import DeviceError
+from agent.devices.prints import PrintStoreError, SensorPrintStore
+from agent.errors import AgentError
+from drivers.fprint.errors import UnreadablePrint
+
+log = structlog.get_logger()
+
+# What became of the sensor's copy, per reader
+DELETED = "deleted"  # it was on the sensor, and is not any more
+NOT_THERE = "not_there"  # the sensor had none left (deleted before, or reset)
+NO_STORAGE = "no_storage"  # the reader keeps no prints of its own: the sealed copy was the only one
+UNREACHABLE = "unreachable"  # the reader could not be asked: the note is kept for the next forget
+UNKNOWN = "unknown"  # the sealed copy did not decrypt: the sensor's slot cannot be named (see the message)
+
+
+class NothingToForget(AgentError):
+    """No reader of this device holds a print of the subject (a typo, another device, or forgotten already)."""
+
+    def __init__(self, subject: str, readers: Sequence[str]) -> None:
+        listed = ", ".join(readers) or "none"
+        super().__init__(
+            f"nothing to forget: no print of {subject} is kept for this device's readers ({listed})",
+            "check the subject id (ids are case-sensitive) and the device it was enrolled on; templates the "
+            "verifier holds are removed there (capture-verifier subject remove)",
+        )
+
+
+class NoSuchReader(AgentError):
+    def __init__(self, name: str, readers: Sequence[str]) -> None:
+        super().__init__(
+            f"no [[device]] is named {name!r} (devices: {', '.join(readers) or 'none'})",
+            "name one of the configured devices with --reader, or none (every reader is looked at)",
+        )
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What was erased of one subject on one reader, said as one line."""
+
+    subject: str
+    reader: str
+    sealed: bool  # a sealed copy was removed now
+    sensor: str  # DELETED, NOT_THERE, NO_STORAGE, UNREACHABLE or UNKNOWN
+    why: str = ""  # for UNREACHABLE and UNKNOWN: what stood in the way
+
+    @property
+    def complete(self) -> bool:
+        return self.sensor in (DELETED, NOT_THERE, NO_STORAGE)
+
+    def message(self) -> str:
+        again = f"capture-agent forget --subject {self.subject} --reader {self.reader}"
+        if self.sensor == UNREACHABLE:
+            head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage"
+                    if self.sealed else f"{self.subject}'s print is still in the storage of the sensor {self.reader}:"
+                    " it")
+            return (f"{head} could not be reached ({self.why}): plug the reader in and run `{again}` again to "
+                    "delete it there")
+        if self.sensor == UNKNOWN:
+            return (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage "
+                    f"cannot be named ({self.why}): clear the reader's storage with its vendor's tool, or enroll "
+                    "that finger again and forget it")
+        before = "" if self.sealed else "the sealed copy was removed before; "
+        what = {
+            DELETED: "sealed copy and sensor storage" if self.sealed else f"sensor storage; {before.rstrip('; ')}",
+            NOT_THERE: f"{before or 'sealed copy; '}the sensor held no copy any more",
+            NO_STORAGE: f"{before or 'sealed copy; '}the reader keeps no prints of its own",
+        }[self.sensor]
+        return f"forgot {self.subject}'s print on {self.reader} ({what})"
+
+    def audit(self) -> dict[str, Any]:
+        """The ``prints_forgotten`` event's data: who, where, what was erased; never a print's bytes."""
+        return {"subject": self.subject, "reader": self.reader, "sealed_copy": self.sealed,
+                "sensor_copy": self.sensor}
+
+
+def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten | None:
+    """Erase ``subject``'s print on one reader (blocking: run in a worker thread); None when it has none.
+
+    The note for the sensor is written before the sealed print is removed: a crash between the two leaves
+    the note, never a sensor copy nobody can name.
+    """
+    name = device.name
+    sealed = subject in store.subjects(name)
+    reference: bytes | None = None
+    unreadable = ""
+    if sealed:
+        try:
+            reference = store.load(name, subject)
+        except PrintStoreError as exc:
+            unreadable = exc.message
+    else:
+        reference = store.held_for_sensor(name, subject)
+        if reference is None:
+            return None
+    if reference is None:  # sealed, but it does not decrypt: removed all the same, the sensor's slot unnamed
+        store.remove(name, subject)
+        return Forgotten(subject, name, True, UNKNOWN, f"the sealed print does not decrypt: {unreadable}")
+    if getattr(device, "stores_prints", False) is False:  # known to keep nothing on the reader
+        store.remove(name, subject)
+        store.release_for_sensor(name, subject)
+        return Forgotten(subject, name, sealed, NO_STORAGE)
+    store.hold_for_sensor(name, subject, reference)
+    store.remove(name, subject)
+    try:
+        if not device.connected:
+            raise _Unreachable("not connected")
+        deleted = device.delete_print(reference)
+    except (_Unreachable, DeviceError) as exc:
+        why = exc.args[0] if isinstance(exc, _Unreachable) else exc.message
+        return Forgotten(subject, name, sealed, UNREACHABLE, why)
+    except UnreadablePrint as exc:  # libfprint cannot read the reference: no later try can name the slot either
+        store.release_for_sensor(name, subject)
+        return Forgotten(subject, name, sealed, UNKNOWN, f"libfprint cannot read the print kept for it: {exc.why}")
+    except Exception as exc:  # the reader's own failure (typed by its driver): the note stays for another try
+        return Forgotten(subject, name, sealed, UNREACHABLE, str(exc.args[0] if exc.args else exc))
+    store.release_for_sensor(name, subject)
+    return Forgotten(subject, name, sealed, DELETED if deleted else NOT_THERE)
+
+
+class _Unreachable(Exception):
+    pass
+
+
+async def forget(
+    devices: Sequence[Any], store: SensorPrintStore, subject: str, reader: str = "",
+    record: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None,
+) -> list[Forgotten]:
+    """Erase ``subject``'s prints on every reader (or the one named ``reader``), each audited
+    (``prints_forgotten``) and logged; :class:`NothingToForget` when none held one."""
+    names = [d.name for d in devices]
+    if reader and reader not in names:
+        raise NoSuchReader(reader, names)
+    # Only libfprint readers have prints kept for them (a serial module or a camera never does).
+    chosen = [d for d in devices if (not reader or d.name == reader) and getattr(d, "kind", "") == "fprint"]
+    done: list[Forgotten] = []
+    for device in chosen:
+        forgotten = await asyncio.to_thread(forget_on, device, store, subject)
+        if forgotten is None:
+            continue
+        record("prints_forgotten", forgotten.audit())  # on the loop's thread: it owns the audit trail
+        log.info("prints_forgotten", **forgotten.audit(), complete=forgotten.complete)
+        done.append(forgotten)
+    if not done:
+        raise NothingToForget(subject, [d.name for d in chosen])
+    return done
