@@ -95,6 +95,10 @@ their local texture disagrees as an impostor's does. Nor is the alignment
 what fails the hardest mates: aligned on each of the ``N_ANCHOR`` anchors in
 turn, FVC2002 DB2 finger 109's and DB4's failing pairs score at most 0.006
 more, far under the threshold.
+Nor a wider pairing ellipse (2026-12-03, calibration refitted exactly as
+above, before: 6 / 15 / 17 / 11 of 280 refused on FVC2002 DB1-4 at 0.0375,
+mean EER 0.71 %): ``D_PAIR`` 18 pixels refused 7 / 14 / 20 / 13 at 0.0417
+(set by DB4), mean EER 0.87 %.
 
 Coordinates are complex numbers ``x + iy`` (500-dpi pixels, y down) and
 directions unit complex numbers ``exp(i * angle)`` (angle counter-clockwise as a

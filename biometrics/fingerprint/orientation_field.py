@@ -122,6 +122,53 @@ the median share is 0.94 to 0.98 in every band of rotation from 0-5 to 20-40
 degrees on every folder, and the refusals at the 1e-4 threshold are spread over
 the bands (DB4: 4 / 4 / 0 / 2 / 4 pairs in 0-5, 5-10, 10-15, 15-20 and 20-40
 degrees), so resampling a turned grid of blocks costs mates nothing measurable.
+(Past 40 degrees it does: measured again 2026-12-03, FVC2002 DB3's 14 genuine
+pairs turned by over 40 degrees have a median share of 0.84, 5 of them refused
+at the 1e-4 threshold, all of the dry finger 110; DB1's 14 turned by 30 to 40
+degrees 0.83, none refused.)
+
+Read between block centres: measured, a small gain, not taken yet (2026-12-03).
+A block's vector is the orientation at its centre, and a point moved from the
+other print lands anywhere in the block, up to 11 pixels from that centre:
+where the flow turns (1 to 2 degrees a pixel around a core or a delta) the
+nearest block is off by more than the tolerance although the prints agree
+there. Variant: :func:`agreement` interpolating the doubled-angle vectors
+bilinearly between the four surrounding centres (a neighbour off the
+foreground read as 0), with the tolerance 9 degrees instead of 10. Why it was
+tried: of the 49 genuine FVC2002 pairs refused at the refitted 1e-4 threshold
+0.0375 (6 / 15 / 17 / 11 of 280 on DB1-4; DB2's are finger 109 but one, whose
+impressions are wet, smudged, partial or faint), 27 sit at this factor's floor
+(share under 0.845), 4 have no LSS-R evidence at all and 11 a common region of
+8 minutiae or fewer. Measured with the cached templates (four B folders, pairs
+across them, 200 synthetic fingers seed 1000), the calibration refitted
+exactly each time; before: thresholds 1e-3 0.0235, 1e-4 0.0375 (DB3), 1e-6
+0.0862, 1e-8 0.194, EER 0.35 / 0.35 / 1.07 / 1.07 % (mean 0.71), synthetic
+seed 0 (tuned on by nothing) FNMR at 1e-4 4.00 % (24 of 600), 5 false matches.
+Interpolated at 10 degrees the shares rose for impostors too (DB3's largest
+impostor score 0.024 -> 0.043, a small print pairing 6 minutiae): threshold
+0.0409, refused 7 / 16 / 16 / 10, EER mean 0.62 %, synthetic 3.00 %; with
+FULL_AGREEMENT 0.97 or 0.98 6 / 15 / 17 / 10 at 0.0396 and 6 / 15 / 16 / 10 at
+0.0376 (EER 0.71 and 0.80 %). At 9 degrees (picked on DB1 + DB3, which refuse
+7 + 16 at 10 degrees, 6 + 16 at 9 and 7 + 20 at 8): thresholds 1e-3 0.0232,
+1e-4 0.0352 (DB3), 1e-6 0.072, 1e-8 0.161 (the same from ``bench.fingerprint
+--calibrate``); refused 6 / 15 / 16 / 11 (mean FNMR 4.38 -> 4.29 %), EER
+unchanged (mean 0.71 %), synthetic FNMR at 1e-4 3.33 % (20 of 600), false
+matches 0 on every folder and 8 of 179,100 synthetic (limit 25) at 1e-4, 132
+at 1e-3 (126 before, limit 201). Held out, DB2 and DB4 refuse what they did (15
+and 11): one FVC2002 pair and four synthetic ones. 8 degrees refused 7 / 14 /
+20 / 15 (EER 0.98 %); 9 degrees with the nearest block 7 / 15 / 20 / 12 (EER
+0.82 %): the narrower test needs the interpolation. Cost: four lookups per
+block instead of one, 1:N on a gallery of 2,000 FVC2002 templates 138k -> 130k
+comparisons per CPU-second (one core, one run each, shared machine). Why not
+taken yet: its lighter far tail raises the finger identification capacity at
+the default identify_fpir from about 487 million comparisons to 4.0 billion
+(verifier.ranking), and at the smallest identify_fpir faces allow (about
+2.7e-9, where a face's capacity is one comparison) a finger's is then some
+10,900: the end-to-end tests of an identification past its capacity
+(tests/test_kiosk_walk.py, tests/test_biometric_api.py) need a gallery past
+that, which their enrollments cannot build within the verifier's matching
+limits in a test's time. Taking it means redesigning those tests first (for
+instance an identify_fpir per modality); the gain is one FVC2002 pair of 1,120.
 
 Nor is an alignment the minutiae missed something the fields could supply
 (measured 2026-12-02, FVC2002 DB2, fields only): the best share over a grid of
