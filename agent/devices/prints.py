@@ -76,24 +76,34 @@ class SensorPrintStore:
         return self.load_with_id(device, subject)[0]
 
     def load_with_id(self, device: str, subject: str) -> tuple[str, bytes]:
-        """(print id, serialized print): the id checked with the print (AES-GCM's nonce is authenticated)."""
-        serialized = self.load(device, subject)
-        return self._path(device, subject).read_bytes()[:12].hex(), serialized
+        """(print id, serialized print), both from one read of the sealed file.
 
-    def load(self, device: str, subject: str) -> bytes:
-        path = self._path(device, subject)
+        Why one read: the id is the nonce at the head of the file, and an enrolment of the same subject on the
+        same reader (or `capture-agent forget`) may replace or remove the file at any time. Read twice, the id of
+        the new print could be paired with the bytes of the old one, and the verifier then got an assertion
+        naming a print hash that is not the print the sensor matched. From one read, the id is the nonce the
+        print was decrypted with (AES-GCM authenticates it), so the pair is always one print's.
+        """
+        sealed = self._sealed(device, subject)
         try:
-            sealed = path.read_bytes()
-        except FileNotFoundError:
-            raise PrintStoreError(
-                f"no print of {subject} enrolled on {device}", fix=f"enroll {subject} on the reader {device} first"
-            ) from None
-        try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}".encode())
+            serialized = self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}".encode())
         except InvalidTag:
             raise PrintStoreError(
                 f"the stored print of {subject} on {device} does not decrypt",
                 fix="the file was altered or the key-encryption key changed: enroll again",
+            ) from None
+        return sealed[:12].hex(), serialized
+
+    def load(self, device: str, subject: str) -> bytes:
+        return self.load_with_id(device, subject)[1]
+
+    def _sealed(self, device: str, subject: str) -> bytes:
+        """The sealed file of (device, subject), read once; a typed error when there is none."""
+        try:
+            return self._path(device, subject).read_bytes()
+        except FileNotFoundError:
+            raise PrintStoreError(
+                f"no print of {subject} enrolled on {device}", fix=f"enroll {subject} on the reader {device} first"
             ) from None
 
     def delete(self, device: str, subject: str) -> None:
