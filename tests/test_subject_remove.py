@@ -571,3 +571,39 @@ def test_an_undecided_enrollment_keeps_its_token_when_someone_else_was_removed(i
                                         templates=[wire(t[0][2])], session_token=token))
     answer = retry.finish(retry.work(Budget(time.monotonic() + 60)))
     assert answer.status == 201
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["nothing-held-yet", "a-pack-held"])
+def test_a_pack_built_for_a_removed_subject_is_not_kept_in_memory(in_process, synthetic_templates, held) -> None:
+    """alice's verification is handled, then she is removed and another request's handler sees the removal, and
+    only then is her verification matched (its pack of her templates built and written back) and decided: refused
+    as unknown, and the server keeps no pack of hers. ``held``: an earlier verification of hers had already left
+    a pack in memory when the removal came (the removal dropped that one), or none had.
+
+    Before, the late pack stayed in memory (unused: its generation was behind hers, or with nothing held the
+    removal did not even move her generation) until the next removal: an erased person's templates in RAM."""
+    app, signed = in_process
+    t = synthetic_templates
+    app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
+    app.biometric.enrollments.add("bob", "kiosk-1", [encode_finger(x) for x in t[1][:2]])
+
+    def verification(subject: str, finger: int) -> Deferred:
+        return app.biometric.verify(signed("/v1/verifications", subject=subject, templates=[wire(t[finger][2])]))
+
+    late = verification("alice", 0)
+    if held:
+        earlier = verification("alice", 0)
+        earlier.finish(earlier.work(Budget(time.monotonic() + 60)))  # (a step-up: this kiosk's first use)
+        assert "alice" in set(app.biometric._packs)  # the pack the removal must drop (names only: no template shown)
+    removed(app, "alice")
+    other = verification("bob", 1)  # its handler sees the removal first (BiometricRoutes.sync_removals)
+    other.finish(other.work(Budget(time.monotonic() + 60)))
+
+    with pytest.raises(Problem) as refused_:
+        late.finish(late.work(Budget(time.monotonic() + 60)))
+    assert refused_.value.slug == "unknown-subject"
+    # A private read: nothing public shows what the server keeps in memory, and this is what must be gone.
+    # Its names only, so a failure prints no template.
+    packed = set(app.biometric._packs)
+    assert "alice" not in packed
+    assert "bob" in packed  # (packs are kept: bob's, built after the removal, is)

@@ -147,9 +147,11 @@ class BiometricRoutes:
             self, conn, key, settings.target_fmr, settings.duplicate_fmr, settings.identify_fpir
         )
         self.sensor_prints = SensorPrints(conn)  # subjects enrolled on a match-on-sensor reader
-        # Subjects' packed templates: written by pool threads, invalidated by the loop (generation).
+        # Subjects' packed templates: written by pool threads, invalidated by the loop (generation). The lock
+        # makes a pool thread's write-back and the loop's new generation one step each (:meth:`_keep_pack`).
         self._packs: dict[str, _SubjectPack] = {}
         self._generation: dict[str, int] = {}
+        self._packs_lock = threading.Lock()
         # The 1:N gallery: used only in pool threads, under the lock; the loop feeds it through the queue
         # (a subject and a template to add, or a subject and None: remove its templates).
         self._gallery: GalleryIndex | None = None
@@ -190,14 +192,15 @@ class BiometricRoutes:
         subjects had any.
 
         A pack a pool thread writes back later carries the generation it was built for, now below the subject's:
-        it is rebuilt when next asked. The gallery's templates go in its queue's order, behind what it holds.
+        it is discarded then (:meth:`_keep_pack`), not kept in memory until the next removal. Every subject a
+        job builds a pack of has a generation (:meth:`_subject_templates`), so each such job is seen here. The
+        gallery's templates go in its queue's order, behind what it holds.
         """
         current = self.enrollments.subject_ids()
         gone = (set(self._templates_of) | set(self._packs) | set(self._generation)) - current
         dropped = 0  # subjects memory held templates of: not every id with a generation (removed ones keep theirs)
         for subject in gone:
-            self._generation[subject] = self._generation.get(subject, 0) + 1
-            dropped += self._packs.pop(subject, None) is not None or subject in self._templates_of
+            dropped += self._new_generation(subject) or subject in self._templates_of
             if subject in self._templates_of:
                 self._gallery_size -= self._templates_of.pop(subject)
                 self._gallery_queue.append((subject, None))
@@ -593,9 +596,38 @@ class BiometricRoutes:
                 best = max(best, float(mcc_match.scores(probe, gallery).max()))
         return best
 
+    def _new_generation(self, subject: str) -> bool:
+        """On the loop: ``subject``'s templates changed or are gone; its pack dropped (True: there was one).
+
+        The generation moves and the pack goes in one step under the lock, so a pool thread's write-back
+        (:meth:`_keep_pack`) comes wholly before (its pack is dropped here) or wholly after (it sees the new
+        generation and discards its pack).
+        """
+        with self._packs_lock:
+            self._generation[subject] = self._generation.get(subject, 0) + 1
+            return self._packs.pop(subject, None) is not None
+
+    def _keep_pack(self, subject: str, pack: _SubjectPack) -> None:
+        """In a pool thread: keep ``pack`` unless it was built for a generation the subject has left.
+
+        Why: a job can finish after the subject was removed (`subject remove`, seen by :meth:`sync_removals`).
+        Its pack then names an older generation, so it would never be used, but kept it stayed in the server's
+        memory, templates of an erased person, until the next removal. Also kept only if newer than the pack held.
+        """
+        with self._packs_lock:
+            if pack.generation < self._generation.get(subject, 0):
+                return
+            held = self._packs.get(subject)
+            if held is None or held.generation < pack.generation:
+                self._packs[subject] = pack
+
     def _subject_templates(self, subject: str) -> tuple[int, list[FingerprintTemplate] | None, int]:
-        """On the loop: (generation, the templates if they must be built, how many there are)."""
-        generation = self._generation.get(subject, 0)
+        """On the loop: (generation, the templates if they must be built, how many there are).
+
+        The subject gets a generation here if it had none, so a removal seen while its pack is being built
+        moves it (:meth:`_forget_fingers`), and the pack is discarded when written back.
+        """
+        generation = self._generation.setdefault(subject, 0)
         cached = self._packs.get(subject)
         if cached is not None and cached.generation >= generation:
             return generation, None, cached.templates
@@ -617,9 +649,7 @@ class BiometricRoutes:
             if len(built):
                 cylinders.append(built)
         packed = mcc_match.pack(cylinders) if cylinders else None
-        current = self._packs.get(subject)
-        if current is None or current.generation < generation:
-            self._packs[subject] = _SubjectPack(generation, packed, len(templates))
+        self._keep_pack(subject, _SubjectPack(generation, packed, len(templates)))
         return packed
 
     def _load_gallery(self) -> None:
@@ -823,7 +853,7 @@ class BiometricRoutes:
             if recorded is None:
                 self.subjects.assign(subject, group)
             self.enrollments.add(subject, device_id, records)
-            self._generation[subject] = self._generation.get(subject, 0) + 1
+            self._new_generation(subject)
             self.after_commit(lambda: self._into_gallery(subject, views))
             log.info(
                 "enrollment",
