@@ -382,12 +382,18 @@ def test_fingers_are_added_to_a_face_enrolled_subject_after_a_face_verification(
         assert "asks for a face" in str(finger_alone.value)
 
 
-def end_of_face_session(provisioned, camera_sim, person: FacePerson | None, timeout_s: float):
-    """An identification by face whose time is ``timeout_s``: the error it ended with, and its prompts."""
+def end_of_face_session(provisioned, camera_sim, person: FacePerson | None, timeout_s: float, on_event=None):
+    """An identification by face whose time is ``timeout_s``: the error it ended with, and its prompts
+    (``on_event``, when given, sees each event as it comes: to change the scene at a prompt)."""
     from agent.localapi import error_codes
 
     events: list[dict] = []
-    emit = person if person is not None else events.append
+    said = person if person is not None else events.append
+
+    def emit(event: dict) -> None:
+        said(event)
+        if on_event is not None:
+            on_event(event)
 
     async def go():
         device = CameraDevice(DeviceSection(kind="camera", source=camera_sim.url), "camera")
@@ -787,29 +793,13 @@ def test_a_face_session_ends_at_its_time_not_at_the_next_frame_after_it(provisio
     frame every 2.5 s, longer than the driver's 2 s stall bound. The session's 1 s is up before the stall can be
     noticed (2 s after a frame the session has already seen): it ends as out of time, "no face", not with the
     stall's "went away" the old session met first."""
-    from agent.localapi import error_codes
-
     face_camera.nothing()
-    prompts: list[str] = []
 
-    def emit(event: dict) -> None:
+    def slow_down(event: dict) -> None:
         if event["type"] == "prompt":
-            prompts.append(event["code"])
             face_camera.fps = 0.4  # the next frame in 2.5 s (a frame already on its way may still come)
 
-    async def go() -> SessionError:
-        device = CameraDevice(DeviceSection(kind="camera", source=face_camera.url), "camera")
-        await device.open()
-        try:
-            async with VerifierClient(*provisioned) as client:
-                session = FaceSession(device, client, emit=emit, tracker_options=TRACKER, timeout_s=1)
-                with pytest.raises(SessionError) as ended:
-                    await session.identify()
-                return ended.value
-        finally:
-            device.stop()
-
-    error = asyncio.run(go())
+    error, codes, prompts = end_of_face_session(provisioned, face_camera, None, 1, on_event=slow_down)
     assert prompts == ["face_not_found"], prompts
-    assert error_codes(error) == {"code": "no_face"}, (error_codes(error), error)
+    assert codes == {"code": "no_face"}, (codes, error)
     assert error.message == "no face was seen by the camera within 1 s, so the session ended"

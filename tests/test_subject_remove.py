@@ -376,6 +376,23 @@ def removed(app: VerifierApp, subject: str) -> None:
         conn.close()
 
 
+def decided_after_the_id_was_taken(
+    app: VerifierApp, signed: Callable[..., Request], subject: str, *, probe: dict, taker: dict
+) -> tuple[Problem, list]:
+    """A verification of ``subject`` and an identification, both with ``probe`` (the enrolled person's capture),
+    matched; then ``subject`` removed and first-enrolled by another person (``taker``); then both decided: the
+    verification's refusal, and the identification's candidates."""
+    verification = app.biometric.verify(signed("/v1/verifications", subject=subject, **probe))
+    identification = app.biometric.identify(signed("/v1/identifications", **probe))
+    verified = verification.work(Budget(time.monotonic() + 60))
+    found = identification.work(Budget(time.monotonic() + 60))
+    removed(app, subject)
+    first_enrolled(app, signed, subject, **taker)
+    with pytest.raises(Problem) as refused:
+        verification.finish(verified)
+    return refused.value, json.loads(identification.finish(found).body)["candidates"]
+
+
 def test_a_removed_id_enrolled_by_another_person_is_not_theirs_in_the_galleries(
     in_process, synthetic_templates
 ) -> None:
@@ -412,17 +429,11 @@ def test_a_decision_matched_on_a_removed_person_is_not_given_to_the_one_who_took
     app, signed = in_process
     t = synthetic_templates
     app.biometric.enrollments.add("alice", "kiosk-1", [encode_finger(x) for x in t[0][:2]])
-    verification = app.biometric.verify(signed("/v1/verifications", subject="alice", templates=[wire(t[0][2])]))
-    identification = app.biometric.identify(signed("/v1/identifications", templates=[wire(t[0][2])]))
-    verified = verification.work(Budget(time.monotonic() + 60))
-    found = identification.work(Budget(time.monotonic() + 60))
-    removed(app, "alice")
-    first_enrolled(app, signed, "alice", templates=[wire(x) for x in t[2][:2]])
-
-    with pytest.raises(Problem) as refused_:
-        verification.finish(verified)
-    assert refused_.value.slug == "unknown-subject"
-    assert json.loads(identification.finish(found).body)["candidates"] == []
+    refused, candidates = decided_after_the_id_was_taken(
+        app, signed, "alice", probe={"templates": [wire(t[0][2])]}, taker={"templates": [wire(x) for x in t[2][:2]]}
+    )
+    assert refused.slug == "unknown-subject"
+    assert candidates == []
 
 
 def test_a_face_decision_matched_on_a_removed_person_is_not_given_to_the_one_who_took_the_id(in_process) -> None:
@@ -430,17 +441,11 @@ def test_a_face_decision_matched_on_a_removed_person_is_not_given_to_the_one_who
     face before the decisions."""
     app, signed = in_process
     app.biometric.faces.store.add("fay", "kiosk-1", [capture(6, 0), capture(6, 1)])
-    verification = app.biometric.verify(signed("/v1/verifications", subject="fay", faces=[capture(6, 5)]))
-    identification = app.biometric.identify(signed("/v1/identifications", faces=[capture(6, 5)]))
-    verified = verification.work(Budget(time.monotonic() + 60))
-    found = identification.work(Budget(time.monotonic() + 60))
-    removed(app, "fay")
-    first_enrolled(app, signed, "fay", faces=[capture(7, 0), capture(7, 1)])
-
-    with pytest.raises(Problem) as refused_:
-        verification.finish(verified)
-    assert refused_.value.slug == "unknown-subject"
-    assert json.loads(identification.finish(found).body)["candidates"] == []
+    refused, candidates = decided_after_the_id_was_taken(
+        app, signed, "fay", probe={"faces": [capture(6, 5)]}, taker={"faces": [capture(7, 0), capture(7, 1)]}
+    )
+    assert refused.slug == "unknown-subject"
+    assert candidates == []
 
 
 def test_templates_added_by_a_removed_person_do_not_go_to_the_one_who_took_the_id(
