@@ -54,6 +54,22 @@ class NoSuchReader(AgentError):
         )
 
 
+class ForgetNotAudited(AgentError):
+    """The audit trail could not store that a reader's prints are being erased: they are not (not yet)."""
+
+    def __init__(self, subject: str, reader: str, done: Sequence[Forgotten]) -> None:
+        before = "".join(f"; before it: {f.message()}" for f in done)
+        super().__init__(
+            f"nothing of {subject} on {reader} is forgotten: the audit event could not be stored{before}",
+            "free space in the agent's state directory (or make it writable), then run the same forget again",
+        )
+
+
+def _holds_any(store: SensorPrintStore, reader: str, subject: str) -> bool:
+    """Whether the store keeps anything of ``subject`` for ``reader``: a sealed print or a note for its sensor."""
+    return store.kept(reader, subject) or bool(store.held_for_sensor(reader, subject))
+
+
 @dataclass(frozen=True)
 class Forgotten:
     """What was erased of one subject on one reader, said as one line."""
@@ -98,43 +114,54 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
     """Erase ``subject``'s print on one reader (blocking: run in a worker thread); None when it has none.
 
     The note for the sensor is written before the sealed print is removed: a crash between the two leaves
-    the note, never a sensor copy nobody can name.
+    the note, never a sensor copy nobody can name. The note may already name slots of an earlier forget that
+    could not reach the reader (the subject enrolled again since, another finger): those are deleted too.
     """
     name = device.name
-    sealed = subject in store.subjects(name)
-    reference: bytes | None = None
-    unreadable = ""
+    sealed = store.kept(name, subject)
+    references = store.held_for_sensor(name, subject)
+    if not sealed and not references:
+        return None
     if sealed:
         try:
-            reference = store.load(name, subject)
-        except PrintStoreError as exc:
-            unreadable = exc.message
-    else:
-        reference = store.held_for_sensor(name, subject)
-        if reference is None:
-            return None
-    if reference is None:  # sealed, but it does not decrypt: removed all the same, the sensor's slot unnamed
-        store.remove(name, subject)
-        return Forgotten(subject, name, True, UNKNOWN, f"the sealed print does not decrypt: {unreadable}")
+            current = store.load(name, subject)
+        except PrintStoreError as exc:  # it does not decrypt: removed all the same, its sensor slot unnamed
+            store.remove(name, subject)  # (a note of earlier slots stays for the next forget)
+            return Forgotten(subject, name, True, UNKNOWN, f"the sealed print does not decrypt: {exc.message}")
+        if current not in references:
+            references.append(current)
     if getattr(device, "stores_prints", False) is False:  # known to keep nothing on the reader
         store.remove(name, subject)
         store.release_for_sensor(name, subject)
         return Forgotten(subject, name, sealed, NO_STORAGE)
-    store.hold_for_sensor(name, subject, reference)
+    store.hold_for_sensor(name, subject, references)
     store.remove(name, subject)
+    return _delete_on_sensor(device, store, subject, sealed, references)
+
+
+def _delete_on_sensor(device: Any, store: SensorPrintStore, subject: str, sealed: bool,
+                      references: list[bytes]) -> Forgotten:
+    """Delete each held reference on the reader; the note keeps those not deleted yet, for another try."""
+    name, deleted, unreadable, left = device.name, False, "", list(references)
     try:
         if not device.connected:
             raise _Unreachable("not connected")
-        deleted = device.delete_print(reference)
+        while left:
+            try:
+                deleted = device.delete_print(left[0]) or deleted
+            except UnreadablePrint as exc:  # libfprint cannot read it: no later try can name that slot either
+                unreadable = f"libfprint cannot read the print kept for it: {exc.why}"
+            left.pop(0)
+            if left:
+                store.hold_for_sensor(name, subject, left)
     except (_Unreachable, DeviceError) as exc:
         why = exc.args[0] if isinstance(exc, _Unreachable) else exc.message
         return Forgotten(subject, name, sealed, UNREACHABLE, why)
-    except UnreadablePrint as exc:  # libfprint cannot read the reference: no later try can name the slot either
-        store.release_for_sensor(name, subject)
-        return Forgotten(subject, name, sealed, UNKNOWN, f"libfprint cannot read the print kept for it: {exc.why}")
     except Exception as exc:  # the reader's own failure (typed by its driver): the note stays for another try
         return Forgotten(subject, name, sealed, UNREACHABLE, str(exc.args[0] if exc.args else exc))
     store.release_for_sensor(name, subject)
+    if unreadable:
+        return Forgotten(subject, name, sealed, UNKNOWN, unreadable)
     return Forgotten(subject, name, sealed, DELETED if deleted else NOT_THERE)
 
 
@@ -155,10 +182,17 @@ async def forget(
     chosen = [d for d in devices if (not reader or d.name == reader) and getattr(d, "kind", "") == "fprint"]
     done: list[Forgotten] = []
     for device in chosen:
+        if not await asyncio.to_thread(_holds_any, store, device.name, subject):
+            continue
+        # Audited before anything is erased (on the loop's thread: it owns the audit trail): an erasure whose
+        # event cannot be stored does not happen. The daemon's record says False then (a full or read-only
+        # disk since the local API asked), and was not looked at: the prints went, unaudited, answered 200.
+        if record("prints_forgetting", {"subject": subject, "reader": device.name}) is False:
+            raise ForgetNotAudited(subject, device.name, done)
         forgotten = await asyncio.to_thread(forget_on, device, store, subject)
         if forgotten is None:
             continue
-        record("prints_forgotten", forgotten.audit())  # on the loop's thread: it owns the audit trail
+        record("prints_forgotten", forgotten.audit())
         log.info("prints_forgotten", **forgotten.audit(), complete=forgotten.complete)
         done.append(forgotten)
     if not done:

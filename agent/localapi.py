@@ -402,7 +402,7 @@ class LocalAPI:
         """
         from urllib.parse import parse_qs
 
-        from agent.forget import NoSuchReader, NothingToForget
+        from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
 
         if self.forget is None:
             raise ApiError(503, "this agent keeps no prints to forget", fix="configure a match-on-sensor reader")
@@ -426,6 +426,8 @@ class LocalAPI:
             raise ApiError(404, exc.message, fix=exc.fix) from None
         except NoSuchReader as exc:
             raise ApiError(400, exc.message, fix=exc.fix) from None
+        except ForgetNotAudited as exc:  # the audit trail failed since audit_problem() was asked
+            raise ApiError(503, exc.message, fix=exc.fix) from None
         except AgentError as exc:  # the store's own refusal (an index that does not decrypt): said, with its fix
             raise ApiError(500, exc.message, fix=exc.fix) from None
         finally:

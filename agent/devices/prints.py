@@ -107,7 +107,8 @@ class SensorPrintStore:
             ) from None
 
     def delete(self, device: str, subject: str) -> None:
-        self._path(device, subject).unlink(missing_ok=True)
+        """A print taken back (an enrolment the verifier refused): written over and unlinked, as :meth:`remove`."""
+        _overwrite_and_unlink(self._path(device, subject))
         self._index(device, discard=subject)
 
     def remove(self, device: str, subject: str) -> bool:
@@ -127,29 +128,46 @@ class SensorPrintStore:
             self._index(device, discard=subject)
         return there or listed
 
-    def hold_for_sensor(self, device: str, subject: str, serialized: bytes) -> None:
-        """Keep, sealed, what the reader needs to delete its own copy of a forgotten print, until it can.
+    def hold_for_sensor(self, device: str, subject: str, references: list[bytes]) -> None:
+        """Keep, sealed, what the reader needs to delete its own copies of forgotten prints, until it can.
 
         Why: a reader with storage keeps the print on the sensor too, and deleting it there takes the print the
         agent kept (for such readers a reference to the sensor's slot). Forgotten while the reader is unplugged,
         the kept print is removed (no session can use it any more) and this note, apart from the prints and out
-        of the index, lets the next `capture-agent forget` finish on the sensor.
+        of the index, lets the next `capture-agent forget` finish on the sensor. A list: the subject may have
+        enrolled again (another finger) before that next forget, and the note must then name both slots, not
+        only the newest (one note per subject held only the last, and the older slot was left on the sensor
+        with nothing naming it).
         """
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         nonce = secrets.token_bytes(12)
         aad = f"{device}\0{subject}\0forget".encode()
-        _write_private(self._note(device, subject), nonce + self._aead.encrypt(nonce, serialized, aad))
+        body = json.dumps([r.hex() for r in references]).encode()
+        _write_private(self._note(device, subject), nonce + self._aead.encrypt(nonce, body, aad))
 
-    def held_for_sensor(self, device: str, subject: str) -> bytes | None:
-        """The note :meth:`hold_for_sensor` kept (None: none, or one that does not decrypt any more)."""
+    def held_for_sensor(self, device: str, subject: str) -> list[bytes]:
+        """The references :meth:`hold_for_sensor` kept ([]: none, or a note that does not decrypt any more)."""
         try:
             sealed = self._note(device, subject).read_bytes()
         except FileNotFoundError:
-            return None
+            return []
         try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}\0forget".encode())
+            body = self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}\0forget".encode())
         except InvalidTag:
-            return None
+            return []
+        try:
+            return [bytes.fromhex(r) for r in json.loads(body)]
+        except (ValueError, TypeError):  # a note of one raw reference, as the first version wrote it
+            return [body]
+
+    def kept(self, device: str, subject: str) -> bool:
+        """Whether a sealed print of (device, subject) is on disk: named in the index, or its file there.
+
+        Why the file too: :meth:`save` writes the print before the index, so a power cut between the two
+        leaves a print the index does not name, which a session still loads (by its path) and a forget that
+        asked the index only called "nothing to forget", leaving it on disk.
+        """
+        return subject in self._index(device) or self._path(device, subject).exists()
 
     def release_for_sensor(self, device: str, subject: str) -> None:
         """The sensor's copy is gone: the note is erased as the prints are (see :meth:`remove`)."""
@@ -185,10 +203,13 @@ class SensorPrintStore:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with ``data``, readable by the owner only.
+    """Replace ``path`` atomically with ``data``, readable by the owner only; the replaced file written over.
 
     Never a half-written print or index, a power cut on a kiosk included: the
     data reaches the disk before the rename, and the rename before we return.
+    The file replaced (an index naming a forgotten subject, an older print) is
+    written over with zeros once the new one is in place: the rename alone left
+    its sealed bytes in freed blocks (see :meth:`SensorPrintStore.remove`).
     """
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -196,12 +217,28 @@ def _write_private(path: Path, data: bytes) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(folder)
+        old = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        old = None
+    try:
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        if old is not None:
+            _zero(old)
     finally:
-        os.close(folder)
+        if old is not None:
+            os.close(old)
+
+
+def _zero(fd: int) -> None:
+    """Write zeros over the whole file open as ``fd`` and sync them."""
+    os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
+    os.fsync(fd)
 
 
 def _overwrite_and_unlink(path: Path) -> bool:
@@ -214,9 +251,7 @@ def _overwrite_and_unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        size = os.fstat(fd).st_size
-        os.write(fd, bytes(size))
-        os.fsync(fd)
+        _zero(fd)
     finally:
         os.close(fd)
     path.unlink(missing_ok=True)

@@ -1,0 +1,199 @@
+"""`capture-agent forget`'s erasure gaps, found in review: what a forget left on disk, on the sensor, or unaudited.
+
+Real parts: libfprint's virtual_device_storage (a reader that keeps prints on the sensor too), the agent's sealed
+store on disk (real files, real AES-GCM), the local API on a real unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.config import DeviceSection
+from agent.devices.prints import PrintStoreError, SensorPrintStore
+from agent.errors import AgentError
+
+KEK = "forget-erasure-test-kek-" + "k" * 32
+
+
+def _scans(feeder, finger: str, count: int) -> threading.Thread:
+    thread = threading.Thread(target=lambda: [feeder.scan(finger) for _ in range(count)], daemon=True)
+    thread.start()
+    return thread
+
+
+def _unopened_reader(fprint_socket_dir: Path):
+    """A libfprint reader the agent never opened (so not connected): a forget erases the sealed copy only."""
+    from agent.devices.kinds import FprintDevice
+
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage")
+    return FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(fprint_socket_dir / "s.sock")})
+
+
+def _is_gone(store: SensorPrintStore, subject: str) -> bool:
+    try:
+        store.load("usb0", subject)
+    except PrintStoreError:
+        return True
+    return False
+
+
+def test_a_forget_after_an_unplugged_one_and_a_re_enrolment_deletes_both_slots_on_the_sensor(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """ana is forgotten while the reader is unplugged (her sensor slot A is kept in a note), then enrolls again
+    with another finger (slot B) before anyone finishes that forget; the next forget deletes A and B on the sensor.
+
+    Before, the note held one print: the second forget wrote B over A's reference, deleted B, erased the note,
+    said "complete", and A stayed in the sensor's storage with nothing on the device naming it."""
+    from agent.devices.kinds import FprintDevice
+    from agent.forget import forget
+    from simulators.fprint import VirtualDeviceFeeder
+
+    socket = fprint_socket_dir / "storage.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+
+    async def scenario() -> dict:
+        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
+        await device.open()
+        feeder = VirtualDeviceFeeder(socket)
+
+        async def enrolled(finger: str) -> bytes:
+            scanning = _scans(feeder, finger, device.enroll_stages)
+            blob = await asyncio.to_thread(device.enroll, 20)
+            await asyncio.to_thread(scanning.join, 20)
+            return blob
+
+        out: dict = {}
+        try:
+            slot_a = await enrolled("ana-left")
+            store.save("usb0", "ana", slot_a)
+            device.connected = False  # as after an unplug the supervisor saw (the reader is kept open here)
+            out["unplugged"] = await forget([device], store, "ana")
+            device.connected = True
+            slot_b = await enrolled("ana-right")
+            store.save("usb0", "ana", slot_b)
+            out["second"] = await forget([device], store, "ana")
+            out["holds"] = {name: await asyncio.to_thread(device.holds_print, blob)
+                            for name, blob in (("A", slot_a), ("B", slot_b))}
+        finally:
+            await device.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert [f.sensor for f in out["unplugged"]] == ["unreachable"]
+    assert out["holds"] == {"A": False, "B": False}, "a slot of ana's is left in the sensor's storage"
+    assert [f.message() for f in out["second"]] == ["forgot ana's print on usb0 (sealed copy and sensor storage)"]
+    assert not list((tmp_path / "prints").glob("*.forget")), "the note goes once both slots are deleted"
+
+
+def test_a_forget_whose_audit_event_cannot_be_stored_erases_nothing(fprint_socket_dir, tmp_path) -> None:
+    """The audit trail failing after the local API asked (the daemon's record says False): ana's print stays,
+    and the refusal says so with its fix. Before, the return of record was not looked at: erased, unaudited."""
+    from agent.forget import forget
+
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    store.save("usb0", "ana", b"ana's print reference")
+    device = _unopened_reader(fprint_socket_dir)
+    tried: list[str] = []
+
+    def failing_record(kind: str, data: dict) -> bool:
+        tried.append(kind)
+        return False  # what AgentDaemon.record answers when the outbox cannot store an event
+
+    try:
+        with pytest.raises(AgentError) as refused:
+            asyncio.run(forget([device], store, "ana", record=failing_record))
+    finally:
+        device.stop()
+    assert store.load("usb0", "ana") == b"ana's print reference" and store.subjects("usb0") == ["ana"]
+    assert str(refused.value.message).startswith("nothing of ana on usb0 is forgotten: the audit event could not "
+                                                 "be stored"), refused.value
+    assert "free space" in refused.value.fix and tried == ["prints_forgetting"]
+
+
+def test_the_local_api_answers_503_when_the_forget_cannot_be_audited(fprint_socket_dir, tmp_path) -> None:
+    """Through the route: DELETE /prints/ana with an audit trail that stops storing is 503 with the fix."""
+    from agent.forget import forget
+    from agent.localapi import LocalAPI
+
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    store.save("usb0", "ana", b"ana's print reference")
+    device = _unopened_reader(fprint_socket_dir)
+    socket_path = tmp_path / "api.sock"
+
+    async def scenario() -> httpx.Response:
+        api = LocalAPI(socket_path, lambda emit, **kw: None,
+                       forget=lambda subject, reader: forget([device], store, subject, reader,
+                                                             record=lambda kind, data: False))
+        await api.start()
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://agent", timeout=30) as http:
+                return await http.delete("/prints/ana")
+        finally:
+            await api.stop()
+
+    try:
+        answer = asyncio.run(scenario())
+    finally:
+        device.stop()
+    assert answer.status_code == 503, answer.text
+    assert "the audit event could not be stored" in answer.json()["error"] and answer.json()["fix"]
+    assert store.load("usb0", "ana") == b"ana's print reference"
+
+
+def test_the_index_naming_a_forgotten_subject_is_written_over_not_only_replaced(tmp_path: Path) -> None:
+    """The sealed index is replaced by a rename when ana leaves it: the old file (naming ana) is written over
+    with zeros, as the print is. Seen through a hard link to the old index. Before, its bytes stayed as they were."""
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    store.save("usb0", "ana", b"ana's print reference")
+    store.save("usb0", "bob", b"bob's print reference")
+    (index,) = (tmp_path / "prints").glob("*.index")
+    old_index = tmp_path / "old-index"
+    os.link(index, old_index)
+    size = old_index.stat().st_size
+    assert store.remove("usb0", "ana") is True
+    assert store.subjects("usb0") == ["bob"]
+    assert old_index.read_bytes() == bytes(size), "the index naming ana still holds its sealed bytes"
+
+
+def test_an_enrolment_taken_back_writes_its_print_over(tmp_path: Path) -> None:
+    """restore(None) (the verifier refused the enrolment): the print is written over before the unlink."""
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    store.save("usb0", "ana", b"ana's print reference")
+    (kept,) = (tmp_path / "prints").glob("*.print")
+    watcher = tmp_path / "same-inode"
+    os.link(kept, watcher)
+    size = watcher.stat().st_size
+    store.restore("usb0", "ana", None)
+    assert _is_gone(store, "ana") and store.subjects("usb0") == []
+    assert watcher.read_bytes() == bytes(size)
+
+
+def test_a_print_the_index_does_not_name_is_forgotten_too(fprint_socket_dir, tmp_path) -> None:
+    """A power cut between the print's write and the index's (save writes the print first) leaves a print the
+    index does not name, and a session still loads it by its path. Forget erases it. Before, forget asked the
+    index only: "nothing to forget", and the print stayed on disk, usable."""
+    from agent.forget import forget
+
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    store.save("usb0", "bob", b"bob's print reference")
+    (index,) = (tmp_path / "prints").glob("*.index")
+    before = index.read_bytes()  # the index as it was before ana's save: the state the power cut leaves
+    store.save("usb0", "ana", b"ana's print reference")
+    index.write_bytes(before)
+    assert store.subjects("usb0") == ["bob"] and store.load("usb0", "ana") == b"ana's print reference"
+    device = _unopened_reader(fprint_socket_dir)
+    try:
+        done = asyncio.run(forget([device], store, "ana"))
+    finally:
+        device.stop()
+    assert [(f.subject, f.sealed) for f in done] == [("ana", True)]
+    assert _is_gone(store, "ana") and store.load("usb0", "bob") == b"bob's print reference"
