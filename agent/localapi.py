@@ -17,7 +17,8 @@ module is the thin shell and the routes:
     DELETE /sessions/{id}          cancel: the reader stops waiting, nothing is sent
     DELETE /prints/{subject}       forget: the subject's prints on this device's match-on-sensor readers, the
            [?reader=NAME]          sealed copies and the sensors' own (200 with one line per reader; 404 when
-                                   no reader holds one; 409 while a session runs, none starts meanwhile)
+                                   no reader holds one; 409 while a session runs, none starts meanwhile;
+                                   403 unless the caller is root or the agent's user; 503 unaudited)
     GET    /health                 reader, session and identity state ("degraded" when the
                                    device identity cannot sign or has expired, the verifier is
                                    unreachable, or a required device is not connected: an
@@ -394,6 +395,22 @@ class LocalAPI:
     def _busy(self) -> bool:
         return self._running() is not None or self._forgetting
 
+    def _operator_only(self, writer: asyncio.StreamWriter, subject: str) -> None:
+        """DELETE /prints is for the device's operator (root, or the agent's own user), not every group member.
+
+        Why: the socket's group is the kiosk app's access rule, and every other route it opens needs the
+        verifier's say (a session's challenge, an enrolment's token); a forget needs none and cannot be undone:
+        any process of the kiosk app's user erased every subject's prints on the device. The refusal is audited
+        (``prints_forget_refused``: the subject and the caller's uid)."""
+        uid = peer_uid(writer)
+        if uid in (0, os.geteuid()):
+            return
+        if SUBJECT_ID.fullmatch(subject):
+            self.record("prints_forget_refused", {"subject": subject, "uid": uid})
+        raise ApiError(403, f"only root or the agent's own user may forget prints on this device (uid {uid} may "
+                       "not: the socket's group opens sessions only)",
+                       fix="run it as root: sudo capture-agent forget --subject ID")
+
     async def _forget(self, subject: str, query: str) -> dict[str, Any]:
         """DELETE /prints/{subject}: erase the subject's prints through the daemon's devices (agent.forget).
 
@@ -672,6 +689,7 @@ class LocalAPI:
                 self._cancel(self._session(parts[1]))
                 await self._json(conn, writer, 202, {"cancelled": parts[1]})
             elif len(parts) == 2 and parts[0] == "prints" and method == "DELETE":
+                self._operator_only(writer, parts[1])
                 await self._json(conn, writer, 200, await self._forget(parts[1], query))
             else:
                 raise ApiError(404, f"no route {method} {path}")
@@ -757,6 +775,15 @@ class LocalAPI:
             gone.cancel()
             running.readers.discard(queue)
             self._reader_left(running)
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """The uid of the process at the other end of a local API connection (SO_PEERCRED), None when unknown."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -197,3 +198,48 @@ def test_a_print_the_index_does_not_name_is_forgotten_too(fprint_socket_dir, tmp
         device.stop()
     assert [(f.subject, f.sealed) for f in done] == [("ana", True)]
     assert _is_gone(store, "ana") and store.load("usb0", "bob") == b"bob's print reference"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the caller as another user in the socket's group")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl (the README's local API client) is the caller")
+def test_a_member_of_the_sockets_group_who_is_not_the_operator_may_not_forget(fprint_socket_dir) -> None:
+    """A process of another user in the socket's group (as the kiosk app is) asks DELETE /prints/ana: 403, ana's
+    print stays, and the refusal is audited. Before, the group was the whole rule: the kiosk app's user could
+    erase every subject's prints on the device, which no verifier is asked about and nothing undoes."""
+    import subprocess
+    import tempfile
+
+    from agent.forget import forget
+    from agent.localapi import LocalAPI
+
+    folder = Path(tempfile.mkdtemp(prefix="fg-"))
+    folder.chmod(0o755)  # the caller, another user, passes through it to the socket
+    store = SensorPrintStore(folder / "prints", KEK)
+    store.save("usb0", "ana", b"ana's print reference")
+    device = _unopened_reader(fprint_socket_dir)
+    socket_path = folder / "api.sock"
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> subprocess.CompletedProcess[str]:
+        api = LocalAPI(socket_path, lambda emit, **kw: None, group="nogroup",
+                       record=lambda kind, data: recorded.append((kind, data)),
+                       forget=lambda subject, reader: forget([device], store, subject, reader))
+        await api.start()
+        try:
+            return await asyncio.to_thread(
+                subprocess.run, ["curl", "-s", "-i", "--unix-socket", str(socket_path), "-X", "DELETE",
+                                 "http://agent/prints/ana"],
+                user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=30, cwd="/")
+        finally:
+            await api.stop()
+
+    try:
+        answer = asyncio.run(scenario())
+        left = store.subjects("usb0")
+    finally:
+        device.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert answer.stdout.startswith("HTTP/1.1 403"), (answer.stdout, answer.stderr)
+    assert "only root or the agent's own user may forget prints" in answer.stdout
+    assert left == ["ana"], "ana's print was erased"
+    assert recorded == [("prints_forget_refused", {"subject": "ana", "uid": 65534})], recorded
