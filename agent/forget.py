@@ -54,6 +54,20 @@ class NoSuchReader(AgentError):
         )
 
 
+class NotAPrintReader(NoSuchReader):
+    """``--reader`` names a device that is not a libfprint reader: the agent keeps no prints for it. Said as
+    such (a 400), not as "nothing to forget ... (none)" with exit 1, which read as if the subject had none."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        AgentError.__init__(
+            self,
+            f"the device {name} is a {kind or 'non-libfprint'} device: the agent keeps no prints for it (only "
+            "libfprint readers have prints kept here)",
+            "name a libfprint [[device]] with --reader, or none (every libfprint reader is looked at); a serial "
+            "module's templates are removed on the verifier (capture-verifier subject remove)",
+        )
+
+
 class ForgetNotAudited(AgentError):
     """The audit trail could not store that a reader's prints are being erased: they are not (not yet)."""
 
@@ -178,6 +192,9 @@ async def forget(
     names = [d.name for d in devices]
     if reader and reader not in names:
         raise NoSuchReader(reader, names)
+    named = next((d for d in devices if d.name == reader), None)
+    if named is not None and getattr(named, "kind", "") != "fprint":
+        raise NotAPrintReader(reader, getattr(named, "kind", ""))
     # Only libfprint readers have prints kept for them (a serial module or a camera never does).
     chosen = [d for d in devices if (not reader or d.name == reader) and getattr(d, "kind", "") == "fprint"]
     done: list[Forgotten] = []

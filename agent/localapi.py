@@ -427,7 +427,7 @@ class LocalAPI:
             raise ApiError(400, f"{subject[:80]!r} is not a subject id", fix=ID_FIX)
         reader = (parse_qs(query).get("reader") or [""])[0]
         if len(reader) > 64:
-            raise ApiError(400, '"reader" must name a [[device]]')
+            raise ApiError(400, '"reader" must name a [[device]]', fix="name one of the devices GET /health lists")
         busy = self._running()
         if busy is not None or self._forgetting:
             used = DevicesInUse(busy.modality, busy.history).named() if busy is not None else "the readers"

@@ -243,3 +243,21 @@ def test_a_member_of_the_sockets_group_who_is_not_the_operator_may_not_forget(fp
     assert "only root or the agent's own user may forget prints" in answer.stdout
     assert left == ["ana"], "ana's print was erased"
     assert recorded == [("prints_forget_refused", {"subject": "ana", "uid": 65534})], recorded
+
+
+def test_a_reader_named_that_keeps_no_prints_is_refused_as_such_not_nothing_to_forget(tmp_path: Path) -> None:
+    """`forget --reader finger` naming a serial module: refused saying it is a zfm device the agent keeps no
+    prints for, with the fix. Before: "nothing to forget: no print of ana is kept for this device's readers
+    (none)", exit 1, as if ana had no prints on a libfprint reader either."""
+    from agent.devices.kinds import ZfmDevice
+    from agent.forget import forget
+
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    module = ZfmDevice(DeviceSection(kind="zfm", port=str(tmp_path / "ttyUSB9")), "finger", state_dir=tmp_path)
+    try:
+        with pytest.raises(AgentError) as refused:
+            asyncio.run(forget([module], store, "ana", reader="finger"))
+    finally:
+        module.stop()  # its owner thread
+    assert refused.value.message.startswith("the device finger is a zfm device: the agent keeps no prints for it")
+    assert "--reader" in refused.value.fix
