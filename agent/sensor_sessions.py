@@ -132,6 +132,10 @@ class SensorSession:
             self.prints.restore(self.device.name, subject, previous)
             raise
         answer = parsed_answer(request.path, SensorEnrollment.from_json, data)
+        if previous is not None and getattr(self.device, "stores_prints", False):
+            # The print replaced (another finger of the subject) stays in the sensor's storage: kept track of for
+            # `capture-agent forget`, which would otherwise never find it (the agent keeps one print per subject).
+            self.prints.keep_replaced(self.device.name, subject, previous)
         result = {"type": "result", "operation": "enroll", **answer.json()}
         self.emit(result)
         return result

@@ -261,3 +261,58 @@ def test_a_reader_named_that_keeps_no_prints_is_refused_as_such_not_nothing_to_f
         module.stop()  # its owner thread
     assert refused.value.message.startswith("the device finger is a zfm device: the agent keeps no prints for it")
     assert "--reader" in refused.value.fix
+
+
+def test_a_print_replaced_by_a_re_enrolment_is_deleted_on_the_sensor_by_forget(
+    provisioned, verifier, fprint_socket_dir, tmp_path
+) -> None:
+    """ana enrolled her left finger on a reader with storage, then (verified first) enrolled her right finger:
+    the agent keeps the new print, and the left one is still in the sensor's storage. forget deletes both.
+
+    Before, the replaced print's sealed copy was overwritten and nothing on the device named its slot any more:
+    forget deleted the right finger, said "complete", and the left finger's print stayed on the sensor."""
+    from agent.client import VerifierClient
+    from agent.devices.kinds import FprintDevice
+    from agent.forget import forget
+    from agent.sensor_sessions import SensorSession
+    from simulators.fprint import VirtualDeviceFeeder
+
+    config, identity = provisioned
+    verifier.allow(identity.device_id, sensor="accept")
+    socket = fprint_socket_dir / "storage.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+
+    async def scenario() -> dict:
+        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
+        await device.open()
+        feeder = VirtualDeviceFeeder(socket)
+        out: dict = {}
+        try:
+            async with VerifierClient(config, identity) as client:
+
+                def session(fingers: list[str]) -> SensorSession:
+                    def at_sensor(event: dict) -> None:
+                        if event["type"] == "prompt" and event["code"] == "place_finger" and fingers:
+                            threading.Thread(target=feeder.scan, args=(fingers.pop(0),), daemon=True).start()
+
+                    return SensorSession(device, client, store, emit=at_sensor)
+
+                stages = device.enroll_stages
+                await session(["ana-left"] * stages).enroll("ana")
+                left = store.load("usb0", "ana")
+                await session(["ana-left"] + ["ana-right"] * stages).enroll("ana", verify_first=True)
+                right = store.load("usb0", "ana")
+                out["two prints"] = left != right
+                out["done"] = await forget([device], store, "ana")
+                out["holds"] = {name: await asyncio.to_thread(device.holds_print, blob)
+                                for name, blob in (("left", left), ("right", right))}
+        finally:
+            await device.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["two prints"]
+    assert out["holds"] == {"left": False, "right": False}, "a finger of ana's is left in the sensor's storage"
+    assert [f.message() for f in out["done"]] == ["forgot ana's print on usb0 (sealed copy and sensor storage)"]
+    assert not list((tmp_path / "prints").glob("*.forget"))

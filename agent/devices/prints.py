@@ -160,6 +160,22 @@ class SensorPrintStore:
         except (ValueError, TypeError):  # a note of one raw reference, as the first version wrote it
             return [body]
 
+    def keep_replaced(self, device: str, subject: str, sealed: bytes) -> None:
+        """An enrolment replaced the print ``sealed`` (as :meth:`snapshot` gave it) on a reader with storage:
+        its reference joins the note for the sensor, so that a forget of the subject deletes that slot too.
+
+        Why: the replaced print stays in the sensor's storage (a print of the same person, another finger), and
+        once its sealed copy is written over nothing on the device named it: a forget said "complete" and left
+        it there. One that does not decrypt names nothing and is not kept.
+        """
+        try:
+            old = self._aead.decrypt(sealed[:12], sealed[12:], f"{device}\0{subject}".encode())
+        except InvalidTag:
+            return
+        held = self.held_for_sensor(device, subject)
+        if old not in held:
+            self.hold_for_sensor(device, subject, [*held, old])
+
     def kept(self, device: str, subject: str) -> bool:
         """Whether a sealed print of (device, subject) is on disk: named in the index, or its file there.
 
