@@ -81,7 +81,7 @@ class ForgetNotAudited(AgentError):
 
 def _holds_any(store: SensorPrintStore, reader: str, subject: str) -> bool:
     """Whether the store keeps anything of ``subject`` for ``reader``: a sealed print or a note for its sensor."""
-    return store.kept(reader, subject) or bool(store.held_for_sensor(reader, subject))
+    return store.kept(reader, subject) or store.has_note(reader, subject)
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,11 @@ class Forgotten:
             return (f"{head} could not be reached ({self.why}): plug the reader in and run `{again}` again to "
                     "delete it there")
         if self.sensor == UNKNOWN:
-            return (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage "
-                    f"cannot be named ({self.why}): clear the reader's storage with its vendor's tool, or enroll "
-                    "that finger again and forget it")
+            head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage"
+                    if self.sealed else f"{self.subject}'s print may still be in the storage of the sensor "
+                    f"{self.reader}: it")
+            return (f"{head} cannot be named ({self.why}): clear the reader's storage with its vendor's tool, or "
+                    "enroll that finger again and forget it")
         before = "" if self.sealed else "the sealed copy was removed before; "
         what = {
             DELETED: "sealed copy and sensor storage" if self.sealed else f"sensor storage; {before.rstrip('; ')}",
@@ -135,7 +137,12 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
     sealed = store.kept(name, subject)
     references = store.held_for_sensor(name, subject)
     if not sealed and not references:
-        return None
+        if not store.has_note(name, subject):
+            return None
+        # A note that does not decrypt (the KEK changed): it names no slot any more, and was left on disk for
+        # good ("nothing to forget"). Erased, and the sensor's copy said to be unnameable.
+        store.release_for_sensor(name, subject)
+        return Forgotten(subject, name, False, UNKNOWN, "the note naming its slot on the sensor does not decrypt")
     if sealed:
         try:
             current = store.load(name, subject)

@@ -316,3 +316,21 @@ def test_a_print_replaced_by_a_re_enrolment_is_deleted_on_the_sensor_by_forget(
     assert out["holds"] == {"left": False, "right": False}, "a finger of ana's is left in the sensor's storage"
     assert [f.message() for f in out["done"]] == ["forgot ana's print on usb0 (sealed copy and sensor storage)"]
     assert not list((tmp_path / "prints").glob("*.forget"))
+
+
+def test_a_note_that_no_longer_decrypts_is_erased_not_left_as_nothing_to_forget(fprint_socket_dir, tmp_path) -> None:
+    """A note for the sensor sealed under a key-encryption key since changed names no slot any more: forget
+    erases it and says the sensor's copy cannot be named. Before: "nothing to forget", the file left for good."""
+    from agent.forget import UNKNOWN, forget
+
+    SensorPrintStore(tmp_path / "prints", "an-older-kek-" + "o" * 32).hold_for_sensor("usb0", "ana", [b"slot 7"])
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    device = _unopened_reader(fprint_socket_dir)
+    try:
+        done = asyncio.run(forget([device], store, "ana"))
+    finally:
+        device.stop()
+    assert [(f.sensor, f.sealed) for f in done] == [(UNKNOWN, False)]
+    assert done[0].message().startswith("ana's print may still be in the storage of the sensor usb0: it cannot be "
+                                        "named (the note naming its slot on the sensor does not decrypt)")
+    assert not list((tmp_path / "prints").glob("*.forget"))

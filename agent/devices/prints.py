@@ -185,6 +185,10 @@ class SensorPrintStore:
         """
         return subject in self._index(device) or self._path(device, subject).exists()
 
+    def has_note(self, device: str, subject: str) -> bool:
+        """Whether a note for the sensor is on disk, whether or not it still decrypts."""
+        return self._note(device, subject).exists()
+
     def release_for_sensor(self, device: str, subject: str) -> None:
         """The sensor's copy is gone: the note is erased as the prints are (see :meth:`remove`)."""
         _overwrite_and_unlink(self._note(device, subject))
