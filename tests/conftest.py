@@ -1344,6 +1344,24 @@ DIAGNOSABLE = {"PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}  # a command 
 
 
 @contextlib.asynccontextmanager
+async def storage_reader(socket_dir: Path, name: str = "usb0") -> AsyncIterator[tuple[Any, Any]]:
+    """A match-on-sensor reader keeping its own prints (libfprint's virtual_device_storage) opened as the agent's
+    device ``name``, and the feeder that puts fingers on it; closed after."""
+    from agent.config import DeviceSection
+    from agent.devices.kinds import FprintDevice
+    from simulators.fprint import VirtualDeviceFeeder
+
+    path = socket_dir / "storage.sock"
+    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
+    device = FprintDevice(section, name, env={"FP_VIRTUAL_DEVICE_STORAGE": str(path)})
+    await device.open()
+    try:
+        yield device, VirtualDeviceFeeder(path)
+    finally:
+        await device.close()
+
+
+@contextlib.asynccontextmanager
 async def camera_and_reader(camera_url: str, reader_port: str) -> AsyncIterator[DeviceSupervisor]:
     """A device supervisor with a camera and a serial fingerprint module, opened, and closed after."""
     from agent.config import DeviceSection

@@ -18,6 +18,7 @@ import pytest
 from agent.config import DeviceSection
 from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import AgentError
+from tests.conftest import storage_reader
 
 KEK = "forget-erasure-test-kek-" + "k" * 32
 
@@ -52,27 +53,20 @@ def test_a_forget_after_an_unplugged_one_and_a_re_enrolment_deletes_both_slots_o
 
     Before, the note held one print: the second forget wrote B over A's reference, deleted B, erased the note,
     said "complete", and A stayed in the sensor's storage with nothing on the device naming it."""
-    from agent.devices.kinds import FprintDevice
     from agent.forget import forget
-    from simulators.fprint import VirtualDeviceFeeder
 
-    socket = fprint_socket_dir / "storage.sock"
-    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
     store = SensorPrintStore(tmp_path / "prints", KEK)
 
     async def scenario() -> dict:
-        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
-        await device.open()
-        feeder = VirtualDeviceFeeder(socket)
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
 
-        async def enrolled(finger: str) -> bytes:
-            scanning = _scans(feeder, finger, device.enroll_stages)
-            blob = await asyncio.to_thread(device.enroll, 20)
-            await asyncio.to_thread(scanning.join, 20)
-            return blob
+            async def enrolled(finger: str) -> bytes:
+                scanning = _scans(feeder, finger, device.enroll_stages)
+                blob = await asyncio.to_thread(device.enroll, 20)
+                await asyncio.to_thread(scanning.join, 20)
+                return blob
 
-        out: dict = {}
-        try:
+            out: dict = {}
             slot_a = await enrolled("ana-left")
             store.save("usb0", "ana", slot_a)
             device.connected = False  # as after an unplug the supervisor saw (the reader is kept open here)
@@ -83,9 +77,7 @@ def test_a_forget_after_an_unplugged_one_and_a_re_enrolment_deletes_both_slots_o
             out["second"] = await forget([device], store, "ana")
             out["holds"] = {name: await asyncio.to_thread(device.holds_print, blob)
                             for name, blob in (("A", slot_a), ("B", slot_b))}
-        finally:
-            await device.close()
-        return out
+            return out
 
     out = asyncio.run(scenario())
     assert [f.sensor for f in out["unplugged"]] == ["unreachable"]
@@ -272,43 +264,33 @@ def test_a_print_replaced_by_a_re_enrolment_is_deleted_on_the_sensor_by_forget(
     Before, the replaced print's sealed copy was overwritten and nothing on the device named its slot any more:
     forget deleted the right finger, said "complete", and the left finger's print stayed on the sensor."""
     from agent.client import VerifierClient
-    from agent.devices.kinds import FprintDevice
     from agent.forget import forget
     from agent.sensor_sessions import SensorSession
-    from simulators.fprint import VirtualDeviceFeeder
 
     config, identity = provisioned
     verifier.allow(identity.device_id, sensor="accept")
-    socket = fprint_socket_dir / "storage.sock"
-    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
     store = SensorPrintStore(tmp_path / "prints", KEK)
 
     async def scenario() -> dict:
-        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
-        await device.open()
-        feeder = VirtualDeviceFeeder(socket)
         out: dict = {}
-        try:
-            async with VerifierClient(config, identity) as client:
+        async with storage_reader(fprint_socket_dir) as (device, feeder), VerifierClient(config, identity) as client:
 
-                def session(fingers: list[str]) -> SensorSession:
-                    def at_sensor(event: dict) -> None:
-                        if event["type"] == "prompt" and event["code"] == "place_finger" and fingers:
-                            threading.Thread(target=feeder.scan, args=(fingers.pop(0),), daemon=True).start()
+            def session(fingers: list[str]) -> SensorSession:
+                def at_sensor(event: dict) -> None:
+                    if event["type"] == "prompt" and event["code"] == "place_finger" and fingers:
+                        threading.Thread(target=feeder.scan, args=(fingers.pop(0),), daemon=True).start()
 
-                    return SensorSession(device, client, store, emit=at_sensor)
+                return SensorSession(device, client, store, emit=at_sensor)
 
-                stages = device.enroll_stages
-                await session(["ana-left"] * stages).enroll("ana")
-                left = store.load("usb0", "ana")
-                await session(["ana-left"] + ["ana-right"] * stages).enroll("ana", verify_first=True)
-                right = store.load("usb0", "ana")
-                out["two prints"] = left != right
-                out["done"] = await forget([device], store, "ana")
-                out["holds"] = {name: await asyncio.to_thread(device.holds_print, blob)
-                                for name, blob in (("left", left), ("right", right))}
-        finally:
-            await device.close()
+            stages = device.enroll_stages
+            await session(["ana-left"] * stages).enroll("ana")
+            left = store.load("usb0", "ana")
+            await session(["ana-left"] + ["ana-right"] * stages).enroll("ana", verify_first=True)
+            right = store.load("usb0", "ana")
+            out["two prints"] = left != right
+            out["done"] = await forget([device], store, "ana")
+            out["holds"] = {name: await asyncio.to_thread(device.holds_print, blob)
+                            for name, blob in (("left", left), ("right", right))}
         return out
 
     out = asyncio.run(scenario())

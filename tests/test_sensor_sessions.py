@@ -23,7 +23,7 @@ from agent.devices.prints import SensorPrintStore
 from agent.errors import NotAllowedError, VerificationRequiredError
 from agent.sensor_sessions import SensorSession
 from agent.sessions import SessionError
-from tests.conftest import cancel_session_task, run_bounded
+from tests.conftest import cancel_session_task, run_bounded, storage_reader
 
 KEK = "sensor-test-kek-" + "k" * 32
 
@@ -546,39 +546,29 @@ def test_one_subjects_unreadable_print_is_left_out_of_an_identification_and_name
     from structlog.testing import capture_logs
 
     from agent.commands.sessions import _show
-    from agent.devices.kinds import FprintDevice
-    from simulators.fprint import VirtualDeviceFeeder
     from tests.test_fprint import retyped
 
     config, identity = provisioned
-    socket = fprint_socket_dir / "storage.sock"
-    section = DeviceSection(kind="fprint", selector="virtual_device_storage", check_interval_s=0.1)
     store = SensorPrintStore(tmp_path / "prints", KEK)
     verifier.allow(identity.device_id, sensor="accept")
 
     async def scenario() -> dict:
-        device = FprintDevice(section, "usb0", env={"FP_VIRTUAL_DEVICE_STORAGE": str(socket)})
-        await device.open()
-        feeder = VirtualDeviceFeeder(socket)
         out: dict = {}
-        try:
-            async with VerifierClient(config, identity) as client:
-                for subject in ("uma", "val"):
-                    person = FingerAtSensor(feeder, [subject] * device.enroll_stages)
-                    await SensorSession(device, client, store, emit=person).enroll(subject)
-                damaged = retyped(store.load("usb0", "val"), 7)
-                store.save("usb0", "val", damaged)
-                out["damaged"] = damaged
-                person = FingerAtSensor(feeder, ["uma"])
-                with capture_logs() as logs:
-                    out["identified"] = await SensorSession(device, client, store, emit=person).identify()
-                out["logs"] = logs
-                nobody = FingerAtSensor(feeder, ["val"])
-                with pytest.raises(SessionError) as caught:
-                    await SensorSession(device, client, store, emit=nobody).identify(["val", "wes"])
-                out["none_usable"], out["none_usable_prompts"] = caught.value, nobody.prompts()
-        finally:
-            await device.close()
+        async with storage_reader(fprint_socket_dir) as (device, feeder), VerifierClient(config, identity) as client:
+            for subject in ("uma", "val"):
+                person = FingerAtSensor(feeder, [subject] * device.enroll_stages)
+                await SensorSession(device, client, store, emit=person).enroll(subject)
+            damaged = retyped(store.load("usb0", "val"), 7)
+            store.save("usb0", "val", damaged)
+            out["damaged"] = damaged
+            person = FingerAtSensor(feeder, ["uma"])
+            with capture_logs() as logs:
+                out["identified"] = await SensorSession(device, client, store, emit=person).identify()
+            out["logs"] = logs
+            nobody = FingerAtSensor(feeder, ["val"])
+            with pytest.raises(SessionError) as caught:
+                await SensorSession(device, client, store, emit=nobody).identify(["val", "wes"])
+            out["none_usable"], out["none_usable_prompts"] = caught.value, nobody.prompts()
         return out
 
     out = asyncio.run(scenario())
