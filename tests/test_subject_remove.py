@@ -228,6 +228,7 @@ def test_remove_keeps_the_rules_and_forget_drops_them_after(verifier_state) -> N
     assert (event["sensor_prints"], event["session_tokens"], event["lockout_rows"]) == (1, 1, 2)
     assert lines[1] == ("kept: group staff, high-risk mark, factor rule finger,face; a re-enrollment of erin is "
                         "under them (to drop them: capture-verifier subject remove --pki DIR --forget erin)")
+    assert "for an erasure, run there: capture-agent forget --subject erin" in lines[2], lines  # the sensor's copy
     for table in ("sensor_enrollments", "session_tokens", "lockouts"):
         assert rows(verifier_state, f"SELECT * FROM {table} WHERE subject_id = 'erin'") == [], table  # noqa: S608
     assert rows(verifier_state, "SELECT group_name FROM subject_groups WHERE subject_id = 'erin'") == [("staff",)]

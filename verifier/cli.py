@@ -516,8 +516,8 @@ def cmd_subject_remove(args: argparse.Namespace) -> int:
           f"{_count(removed.state['lockout_rows'], 'lockout count')} dropped)")
     _print_rules_left(subject, rules, args.forget)
     if removed.enrollments["sensor"]:
-        print("the match-on-sensor reader keeps the print in its own memory (the verifier held its hash only): "
-              "for an erasure, delete it on the reader too")
+        print("the device of the match-on-sensor reader keeps the print (the verifier held its hash only): for an "
+              f"erasure, run there: capture-agent forget --subject {subject}")
     print("a running `capture-verifier serve` stops matching it at its next request")
     print(f"next: the person can enroll again as a first enrollment: capture-agent enroll --subject {subject}")
     return 0
