@@ -19,7 +19,7 @@ from agent.devices.prints import SensorPrintStore
 from tests.conftest import storage_reader
 
 KEK = "forget-leftovers-kek-" + "k" * 32
-NOT_SUPPORTED, PROTO = 1, 5  # FpDeviceError codes, as the virtual device's ERROR command takes them
+NOT_SUPPORTED, NOT_OPEN, PROTO = 1, 2, 5  # FpDeviceError codes, as the virtual device's ERROR command takes them
 
 
 def _enrolled(device, feeder, finger: str) -> bytes:
@@ -85,6 +85,17 @@ def test_a_reader_that_fails_the_delete_keeps_the_note_and_is_told_its_fix_not_t
                                    "--reader usb0` again"), done.message()
     assert len(out["notes"]) == 1, "the note stays: another forget may delete it"
     assert out["holds"] is True
+
+
+def test_a_reader_closed_under_the_delete_is_unreachable_and_keeps_the_note(fprint_socket_dir, tmp_path: Path) -> None:
+    """libfprint's NOT_OPEN is a usage error too, but a passing one (the reader closed under the request: it works
+    once open again): the retry path, not "refused". Guards the line between a lasting refusal and a passing one."""
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    out = _forget_with_error(fprint_socket_dir, store, NOT_OPEN)
+    (done,) = out["done"]
+    assert done.sensor == "unreachable" and not done.complete, done
+    assert "run `capture-agent forget --subject ana --reader usb0` again" in done.message(), done.message()
+    assert len(out["notes"]) == 1 and out["holds"] is True
 
 
 def _leave_temporary(store: SensorPrintStore, subject: str) -> Path:
