@@ -7,7 +7,14 @@ both, reader by reader, through the device's owner (the daemon's, so it never fi
 
 A reader that cannot be reached (unplugged, never opened) still loses the sealed print at once: no session can
 use it any more. Its sensor copy is then kept track of by a sealed note (``hold_for_sensor``) so that the same
-command, once the reader is back, finishes on the sensor; said so, with that command.
+command, once the reader is back, finishes on the sensor; said so, with that command. So is a reader that failed
+the delete (its driver's fault, "unplug and replug"): another try may succeed.
+
+A reader that is there but refuses the delete for good (libfprint's NOT_SUPPORTED: its driver cannot delete one
+print; DATA_INVALID) is REFUSED: no later forget can do better, so the note is erased as the sealed copy is (it
+is a sealed print reference, which an erasure must not leave behind), and the line says the sensor keeps the
+print and how to clear the reader's storage (its vendor's tool, or libfprint's ``fp_device_clear_storage`` on a
+reader with the STORAGE_CLEAR feature: it erases every print the reader holds, everyone's).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import structlog
 from agent.devices.errors import DeviceError
 from agent.devices.prints import PrintStoreError, SensorPrintStore
 from agent.errors import AgentError
+from drivers.errors import UsageError
 from drivers.fprint.errors import UnreadablePrint
 
 log = structlog.get_logger()
@@ -32,6 +40,32 @@ NOT_THERE = "not_there"  # the sensor had none left (deleted before, or reset)
 NO_STORAGE = "no_storage"  # the reader keeps no prints of its own: the sealed copy was the only one
 UNREACHABLE = "unreachable"  # the reader could not be asked: the note is kept for the next forget
 UNKNOWN = "unknown"  # the sealed copy did not decrypt: the sensor's slot cannot be named (see the message)
+FAILED = "failed"  # the reader was there but failed the delete (its fault): the note is kept for another try
+REFUSED = "refused"  # the reader is there but will never delete it (cannot delete one print): the note is erased
+
+# How long one delete on a sensor may take (the reader's own bound), and how many a reader may be asked per forget
+# in the worst case the CLI waits for (the current print and one an enrolment replaced; more are rare).
+SENSOR_DELETE_TIMEOUT_S = 10.0
+DELETES_PER_READER = 2
+FORGET_SLACK_S = 30.0  # the files, the audit events, the owner thread finishing what it ran
+FORGET_WAIT_FLOOR_S = 60.0  # never less than the wait the CLI had before it was derived from the config
+
+CLEAR_STORAGE_FIX = (
+    "clear the reader's storage with its vendor's tool, or with libfprint's fp_device_clear_storage if the reader "
+    "has the STORAGE_CLEAR feature (it erases every print the reader holds: enroll the others again after)"
+)
+
+
+def forget_wait_s(config: Any) -> float:
+    """How long the CLI waits for the daemon's answer to a forget: past the daemon's worst case.
+
+    Why: it was 60 s whatever the config. The daemon asks each libfprint reader in turn, and each delete on a
+    sensor may wait its own timeout (a reader that stopped answering); with several such readers the daemon took
+    longer, and the CLI said "cannot reach the agent" while the daemon was still erasing.
+    """
+    readers = sum(1 for d in getattr(config, "device", ()) if d.kind == "fprint")
+    longest = readers * DELETES_PER_READER * SENSOR_DELETE_TIMEOUT_S + FORGET_SLACK_S
+    return max(FORGET_WAIT_FLOOR_S, longest)
 
 
 class NothingToForget(AgentError):
@@ -91,8 +125,9 @@ class Forgotten:
     subject: str
     reader: str
     sealed: bool  # a sealed copy was removed now
-    sensor: str  # DELETED, NOT_THERE, NO_STORAGE, UNREACHABLE or UNKNOWN
-    why: str = ""  # for UNREACHABLE and UNKNOWN: what stood in the way
+    sensor: str  # DELETED, NOT_THERE, NO_STORAGE, UNREACHABLE, FAILED, REFUSED or UNKNOWN
+    why: str = ""  # for UNREACHABLE, FAILED, REFUSED and UNKNOWN: what stood in the way
+    fix: str = ""  # for FAILED: the driver's fix
 
     @property
     def complete(self) -> bool:
@@ -106,6 +141,18 @@ class Forgotten:
                     " it")
             return (f"{head} could not be reached ({self.why}): plug the reader in and run `{again}` again to "
                     "delete it there")
+        if self.sensor == FAILED:
+            head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the reader failed to delete its copy"
+                    " in the sensor's storage" if self.sealed else
+                    f"{self.subject}'s print is still in the storage of the sensor {self.reader}: the reader failed to"
+                    " delete it")
+            return f"{head} ({self.why}): {self.fix or 'unplug and replug the reader'}, then run `{again}` again"
+        if self.sensor == REFUSED:
+            head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the reader refuses to delete its copy"
+                    " in the sensor's storage" if self.sealed else
+                    f"{self.subject}'s print is still in the storage of the sensor {self.reader}: the reader refuses "
+                    "to delete it")
+            return (f"{head} ({self.why}); the sensor keeps it and no later forget can delete it: {CLEAR_STORAGE_FIX}")
         if self.sensor == UNKNOWN:
             head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage"
                     if self.sealed else f"{self.subject}'s print may still be in the storage of the sensor "
@@ -129,11 +176,13 @@ class Forgotten:
 def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten | None:
     """Erase ``subject``'s print on one reader (blocking: run in a worker thread); None when it has none.
 
+    A temporary a crash left for the subject is erased first (see :meth:`SensorPrintStore.discard_leftover`).
     The note for the sensor is written before the sealed print is removed: a crash between the two leaves
     the note, never a sensor copy nobody can name. The note may already name slots of an earlier forget that
     could not reach the reader (the subject enrolled again since, another finger): those are deleted too.
     """
     name = device.name
+    store.discard_leftover(name, subject)  # a crash's temporary may hold a sealed print of the subject
     sealed = store.kept(name, subject)
     references = store.held_for_sensor(name, subject)
     if not sealed and not references:
@@ -162,16 +211,25 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
 
 def _delete_on_sensor(device: Any, store: SensorPrintStore, subject: str, sealed: bool,
                       references: list[bytes]) -> Forgotten:
-    """Delete each held reference on the reader; the note keeps those not deleted yet, for another try."""
-    name, deleted, unreadable, left = device.name, False, "", list(references)
+    """Delete each held reference on the reader; the note keeps those not deleted yet, for another try.
+
+    A reference the reader refuses for good (a lasting usage error: it cannot delete one print, or the print is
+    not one it takes) is dropped like an unreadable one: no later try can do better. Only a reader that could not
+    be asked (unplugged, closed) or failed (its fault) keeps the note, with the advice that may work.
+    """
+    name, deleted, unreadable, refused, left = device.name, False, "", "", list(references)
     try:
         if not device.connected:
             raise _Unreachable("not connected")
         while left:
             try:
-                deleted = device.delete_print(left[0]) or deleted
+                deleted = device.delete_print(left[0], SENSOR_DELETE_TIMEOUT_S) or deleted
             except UnreadablePrint as exc:  # libfprint cannot read it: no later try can name that slot either
                 unreadable = f"libfprint cannot read the print kept for it: {exc.why}"
+            except UsageError as exc:
+                if not getattr(exc, "lasting", True):  # the reader closed under the delete: it works once open
+                    raise _Unreachable(exc.args[0]) from exc
+                refused = str(exc.args[0] if exc.args else exc)
             left.pop(0)
             if left:
                 store.hold_for_sensor(name, subject, left)
@@ -179,8 +237,11 @@ def _delete_on_sensor(device: Any, store: SensorPrintStore, subject: str, sealed
         why = exc.args[0] if isinstance(exc, _Unreachable) else exc.message
         return Forgotten(subject, name, sealed, UNREACHABLE, why)
     except Exception as exc:  # the reader's own failure (typed by its driver): the note stays for another try
-        return Forgotten(subject, name, sealed, UNREACHABLE, str(exc.args[0] if exc.args else exc))
+        return Forgotten(subject, name, sealed, FAILED, str(exc.args[0] if exc.args else exc),
+                         getattr(exc, "fix", ""))
     store.release_for_sensor(name, subject)
+    if refused:
+        return Forgotten(subject, name, sealed, REFUSED, refused)
     if unreadable:
         return Forgotten(subject, name, sealed, UNKNOWN, unreadable)
     return Forgotten(subject, name, sealed, DELETED if deleted else NOT_THERE)

@@ -39,6 +39,25 @@ class SensorPrintStore:
         self.folder = folder
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(kek.encode())
         self._aead = AESGCM(key)
+        self._sweep_leftovers()
+
+    def _sweep_leftovers(self) -> None:
+        """Erase the temporaries a crash inside :func:`_write_private` left (written over, as removed prints are).
+
+        Why: such a ``.tmp`` holds a whole sealed print, note or index that nothing reads and nothing named, so no
+        forget erased it. The store is opened once, by the daemon that owns it, before any write of its own.
+        """
+        try:
+            leftovers = sorted(self.folder.glob("*.tmp"))
+        except OSError:  # no folder yet: nothing was ever written
+            return
+        for path in leftovers:
+            _overwrite_and_unlink(path)
+
+    def discard_leftover(self, device: str, subject: str) -> bool:
+        """Erase the temporary of (device, subject)'s print and note, if a crash left one: a forget must not leave a
+        sealed print of the subject behind in it. True when there was one."""
+        return _overwrite_and_unlink(_temporary(self._path(device, subject)))
 
     def _path(self, device: str, subject: str) -> Path:
         for value in (device, subject):
@@ -231,7 +250,7 @@ def _write_private(path: Path, data: bytes) -> None:
     written over with zeros once the new one is in place: the rename alone left
     its sealed bytes in freed blocks (see :meth:`SensorPrintStore.remove`).
     """
-    tmp = path.with_suffix(".tmp")
+    tmp = _temporary(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
@@ -253,6 +272,12 @@ def _write_private(path: Path, data: bytes) -> None:
     finally:
         if old is not None:
             os.close(old)
+
+
+def _temporary(path: Path) -> Path:
+    """Where :func:`_write_private` writes ``path``'s next content first (one per (device, subject): the print's
+    and the note's share it)."""
+    return path.with_suffix(".tmp")
 
 
 def _zero(fd: int) -> None:

@@ -17,7 +17,14 @@ class FprintError(DeviceError):
 class FprintUsageError(FprintError, UsageError):
     """The reader (or this driver) does not do what was asked, or not now: libfprint's NOT_SUPPORTED, NOT_OPEN,
     ALREADY_OPEN, DATA_INVALID, and the driver's own refusals (an image fetched before a capture, identify on a
-    reader without identification). Not a fault of the reader: its fix was "unplug and replug the reader"."""
+    reader without identification). Not a fault of the reader: its fix was "unplug and replug the reader".
+
+    ``lasting``: asking again will be refused again (NOT_SUPPORTED, DATA_INVALID: the reader or the data is what
+    it is). False for NOT_OPEN (the reader was closed under the request: it works once open again). Why: a forget
+    told "run it again" of a reader that can never delete kept its note, and its advice, for good.
+    """
+
+    lasting = True
 
 
 class FprintUnavailable(FprintError):

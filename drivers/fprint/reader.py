@@ -182,7 +182,9 @@ def translate(error: Exception, name: str) -> Exception:
             return RetryScan("sensor_too_hot", "The sensor is too hot: wait a moment")
         usage = _usage_errors().get(code)
         if usage is not None:
-            return FprintUsageError(f"the reader {name} refused the request: {error.message}", usage)
+            refused = FprintUsageError(f"the reader {name} refused the request: {error.message}", usage)
+            refused.lasting = code != FPrint.DeviceError.NOT_OPEN
+            return refused
         return FprintError(f"the reader {name} failed: {error.message}", "unplug and replug the reader")
     if error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.CANCELLED):
         return CaptureCancelled()
