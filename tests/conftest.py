@@ -1343,6 +1343,40 @@ def _stack_of_silent(person: subprocess.Popen[str], lines: queue.Queue[str | Non
 DIAGNOSABLE = {"PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}  # a command lines_said can ask for its stack
 
 
+class UnixStandIn:
+    """A stand-in for the daemon's local API on a unix socket: one connection at a time, each handed to
+    :meth:`answer`; connections it keeps open (``held``) are closed by :meth:`close`, which the test calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, name=type(self).__name__, daemon=True)
+        self.thread.start()
+
+    def answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            self.answer(conn)
+
+    def close(self) -> None:
+        """Stop serving: shut the listener down first (a bare close leaves the thread blocked in accept)."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(10)
+        for conn in self.held:
+            conn.close()
+
+
 @contextlib.asynccontextmanager
 async def storage_reader(socket_dir: Path, name: str = "usb0") -> AsyncIterator[tuple[Any, Any]]:
     """A match-on-sensor reader keeping its own prints (libfprint's virtual_device_storage) opened as the agent's

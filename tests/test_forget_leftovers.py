@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from agent.devices.prints import SensorPrintStore
-from tests.conftest import storage_reader
+from tests.conftest import UnixStandIn, storage_reader
 
 KEK = "forget-leftovers-kek-" + "k" * 32
 NOT_SUPPORTED, NOT_OPEN, PROTO = 1, 2, 5  # FpDeviceError codes, as the virtual device's ERROR command takes them
@@ -169,33 +169,16 @@ def test_the_clis_wait_covers_every_reader_deleting_in_turn() -> None:
     assert six > 6 * DELETES_PER_READER * SENSOR_DELETE_TIMEOUT_S, six
 
 
-class SilentAPI:
+class SilentAPI(UnixStandIn):
     """A local API socket that takes a request and never answers (a daemon still deleting on slow readers)."""
 
     def __init__(self, path: Path) -> None:
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(str(path))
-        self.listener.listen(4)
-        self.held: list[socket.socket] = []
         self.requests: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, name="silent-api", daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            self.held.append(conn)
-            self.requests.append(conn.recv(65536))
-
-    def stop(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join(10)
-        for conn in self.held:
-            conn.close()
+    def answer(self, conn: socket.socket) -> None:
+        self.held.append(conn)
+        self.requests.append(conn.recv(65536))
 
 
 def test_a_forget_answered_after_the_wait_says_the_daemon_may_still_be_erasing(tmp_path: Path) -> None:
@@ -212,7 +195,7 @@ def test_a_forget_answered_after_the_wait_says_the_daemon_may_still_be_erasing(t
             capture_output=True, text=True, timeout=60,
         )
     finally:
-        api.stop()
+        api.close()
     assert api.requests and api.requests[0].startswith(b"DELETE /prints/ana"), api.requests
     assert cli.returncode == 2, cli
     assert cli.stderr.startswith("error: the agent took the forget of ana but gave no answer within 1 s: it may "

@@ -9,7 +9,6 @@ enroll|verify|identify` as a person at a terminal does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -17,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from agent.cli import main as agent_main
 from agent.commands import sessions as sessions_command
 from agent.config import parse_config
 from agent.devstack import verifier_cli, write_config_file
-from tests.conftest import DIAGNOSABLE, lines_said, start_agent_daemon
+from tests.conftest import DIAGNOSABLE, UnixStandIn, lines_said, start_agent_daemon
 from tests.exec_prepared import prepared
 from tests.test_daemon_devices import Simulator, audit_until
 
@@ -561,7 +559,7 @@ def test_a_challenge_request_names_a_modality_only_for_a_verification() -> None:
             ChallengeRequest.from_body(body)
 
 
-class StandInAPI:
+class StandInAPI(UnixStandIn):
     """A local API socket that answers like the daemon but says only ``events``, then holds the stream open
     (ended only for a replay after a DELETE, or when ``ends``).
 
@@ -570,25 +568,12 @@ class StandInAPI:
     """
 
     def __init__(self, path: Path, events: list[dict], ends: bool = False) -> None:
-        self.path, self.events = path, events
+        self.events = events
         self.ends = ends  # the stream ends after ``events``, as the daemon's does once the session has ended
         self.requests: list[tuple[str, str]] = []
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(str(path))
-        self.listener.listen(8)
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, name="stand-in-api", daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            self._answer(conn)
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             data += conn.recv(65536)
@@ -613,15 +598,6 @@ class StandInAPI:
         conn.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
                      + f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
         conn.close()
-
-    def close(self) -> None:
-        """Stop serving: shut the listener down first (a bare close leaves the thread blocked in accept)."""
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join(10)
-        for conn in self.held:
-            conn.close()
 
 
 def stand_in_config(tmp_path: Path) -> Path:
