@@ -31,6 +31,7 @@ class ForgetStillRunning(AgentError):
             "finishes whatever is left (or says nothing to forget)",
         )
 
+
 DESCRIPTION = (
     "Erase a subject's prints from this device: the sealed print the agent keeps for each match-on-sensor reader "
     "(or the one --reader names) and, on a reader with its own storage, the print on the sensor. Through the "
