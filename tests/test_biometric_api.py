@@ -48,6 +48,30 @@ def device(provisioned) -> Device:
     return Device(*provisioned)
 
 
+def finger_fpir_for(comparisons: int) -> float:
+    """A ``finger_identify_fpir`` under which a finger identification can make exactly ``comparisons`` comparisons
+    (its capacity, verifier/ranking.py), computed from the fingerprint calibration in force.
+
+    Why computed: a test of an identification past its capacity needs that capacity known and small. A literal
+    rate (identify_fpir 3e-9: some 1,460 comparisons, 180 before the 2026-12-03 refit) moves with every refit of
+    the calibration's far tail, and could not go lower for fingers without faces refusing to start.
+    """
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import lowest_reachable_fmr
+
+    return (comparisons + 0.5) * lowest_reachable_fmr(threshold_for_fmr)
+
+
+def finger_capacity(fpir: float) -> int:
+    """The finger identification capacity the verifier logs at start under the default target_fmr and ``fpir``."""
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import identification_capacity
+    from verifier.settings import VerifierSettings
+
+    return identification_capacity("finger", threshold_for_fmr, fpir=fpir,
+                                   verify_threshold=threshold_for_fmr(VerifierSettings().target_fmr))
+
+
 def enroll(device: Device, templates: dict, subjects: dict[str, int]) -> None:
     async def steps(client):
         for subject, finger in subjects.items():
@@ -543,23 +567,26 @@ def test_an_identifications_threshold_does_not_tell_its_groups_gallery_size(devi
         assert all(c.score >= answer.threshold for c in answer.candidates), answer
 
 
-@pytest.mark.verifier_settings("identify_fpir = 3e-9", "max_views_per_request = 64")
+# One view against the 42 templates below at a per-comparison rate 35 times the lowest reachable (the margin a
+# genuine mate cleared at identify_fpir 3e-9): some 1,470 comparisons, faces left at identify_fpir's default.
+PAST_CAPACITY_FPIR = finger_fpir_for(35 * 42)
+
+
+@pytest.mark.verifier_settings(f"finger_identify_fpir = {PAST_CAPACITY_FPIR!r}", "max_views_per_request = 64")
 def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     device, verifier, synthetic_templates
 ) -> None:
-    """At identify_fpir 3e-9 a finger identification can make some 1,460 comparisons before its threshold passes
-    the highest score (verifier/ranking.py; 180 before the 2026-12-03 calibration refit). One view against the 42
-    enrolled templates is well within: bob is named. 64 views of bob's own finger against them (2,688) could name
-    nobody, bob included: that was an empty 200 (a kiosk told bob "nobody recognised", the installer learned
-    nothing); it is a 422 ``identification-unreachable`` whose fix is ranking's, raised by the agent as its own
-    error. Its detail says the search is too large, not how large: it gave the templates this device may search
-    (42) and the comparisons (2,688), in prose and as members, so a device learned its groups' gallery size by
-    asking too much; the counts are in the verifier's log, for the operator.
+    """At this finger_identify_fpir a finger identification can make some 1,470 comparisons before its threshold
+    passes the highest score (verifier/ranking.py), whatever the calibration's tail (the rate is computed from it).
+    One view against the 42 enrolled templates is well within: bob is named. Enough views of bob's own finger to
+    pass it (36 against them: 1,512) could name nobody, bob included: that was an empty 200 (a kiosk told bob
+    "nobody recognised", the installer learned nothing); it is a 422 ``identification-unreachable`` whose fix is
+    ranking's, raised by the agent as its own error. Its detail says the search is too large, not how large: it gave
+    the templates this device may search (42) and the comparisons, in prose and as members, so a device learned its
+    groups' gallery size by asking too much; the counts are in the verifier's log, for the operator.
     Nothing is matched for it; the next identification within the capacity is answered as before."""
     from agent.errors import IdentificationUnreachableError
-    from biometrics.fingerprint import threshold_for_fmr
-    from verifier.ranking import UNREACHABLE_FIX, identification_capacity
-    from verifier.settings import VerifierSettings
+    from verifier.ranking import UNREACHABLE_FIX
 
     t = synthetic_templates
     alice_views = [t[0][n % 3] for n in range(40)]
@@ -569,15 +596,16 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
 
     device.run(enroll_alice)
     enroll(device, t, {"bob": 1})  # 2 templates: 42 in the gallery
-    largest = identification_capacity("finger", threshold_for_fmr, fpir=3e-9,
-                                      verify_threshold=threshold_for_fmr(VerifierSettings().target_fmr))
-    assert 42 < largest < 64 * 42, "the story needs one view within the capacity and 64 past it"
+    largest = finger_capacity(PAST_CAPACITY_FPIR)
+    views = largest // 42 + 1  # the fewest views of one finger past the capacity
+    comparisons = views * 42
+    assert 42 <= largest < comparisons and views <= 64, "the story needs one view within the capacity, views past"
 
     async def steps(client):
         api = VerifierAPI(client)
         normal = await api.identify([encode(t[1][2])])
-        with pytest.raises(IdentificationUnreachableError) as past:
-            await api.identify([encode([t[1][2]] * 16)] * 4)  # 4 records of 16 views: 64 views
+        with pytest.raises(IdentificationUnreachableError) as past:  # records of at most 16 views of one finger
+            await api.identify([encode([t[1][2]] * min(16, views - n)) for n in range(0, views, 16)])
         return normal, past.value, await api.identify([encode(t[1][2])])
 
     normal, refused, again = device.run(steps)
@@ -586,16 +614,17 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     assert refused.status == 422 and refused.slug == "identification-unreachable"
     assert refused.fix == UNREACHABLE_FIX and "raise identify_fpir" in str(refused)
     told = json.dumps(refused.problem)
-    assert not any(count in told for count in ("2688", "2,688", "42 templates", f"{largest:,}")), told
+    said = (str(comparisons), f"{comparisons:,}", "42 templates", str(largest), f"{largest:,}")
+    assert not any(count in told for count in said), told
     assert not {"comparisons", "largest_search", "templates"} & refused.problem.keys(), refused.problem
-    assert "(64 views) would search more templates than" in refused.message, refused.message
+    assert f"({views} views) would search more templates than" in refused.message, refused.message
     events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1 and unreachable[0]["fix"] == UNREACHABLE_FIX, unreachable
-    assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (64 * 42, largest)
+    assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (comparisons, largest)
     refusals = [e for e in events if e.get("event") == "biometric_request_refused" and e.get("status") == 422]
-    assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == 64 * 42, refusals
-    assert (unreachable[0]["templates"], refusals[0]["templates"], unreachable[0]["views"]) == (42, 42, 64)
+    assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == comparisons, refusals
+    assert (unreachable[0]["templates"], refusals[0]["templates"], unreachable[0]["views"]) == (42, 42, views)
     assert refusals[0]["groups"] == "*", "the refusal says the groups searched, as an identification_attempt does"
     attempts = [e for e in events if e.get("event") == "identification_attempt"]
     assert len(attempts) == 2, "the refused search was never matched: only the two within the capacity were"

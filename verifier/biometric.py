@@ -121,11 +121,14 @@ class BiometricRoutes:
         self.threshold = threshold_for_fmr(settings.target_fmr)
         # One search per new template against every other subject: N comparisons, so a stricter rate.
         self.duplicate_threshold = threshold_for_fmr(settings.duplicate_fmr)
-        self.identify_fpir = settings.identify_fpir  # 1:N's threshold grows with the search (verifier/ranking.py)
+        # 1:N's threshold grows with the search (verifier/ranking.py); finger_identify_fpir when set, else
+        # identify_fpir (fingers' score tail is lighter than faces': they can be asked for a stricter rate).
+        self.identify_setting, self.identify_fpir = settings.identify_fpir_of(FINGER)
         # The largest search whose threshold a finger's score can still reach; SettingsError (the verifier does
-        # not start) when not even one comparison can (verifier/ranking.py says why refuse, not clamp).
+        # not start, naming that key) when not even one comparison can (verifier/ranking.py: refuse, not clamp).
         self.identify_capacity = identification_capacity(
-            FINGER, threshold_for_fmr, fpir=settings.identify_fpir, verify_threshold=self.threshold
+            FINGER, threshold_for_fmr, fpir=self.identify_fpir, verify_threshold=self.threshold,
+            setting=self.identify_setting,
         )
         self.rules = AccessRules(conn)
         self.subjects = SubjectGroups(conn)
@@ -144,7 +147,7 @@ class BiometricRoutes:
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
         self.faces = FaceRoutes(  # verifier/faces.py
-            self, conn, key, settings.target_fmr, settings.duplicate_fmr, settings.identify_fpir
+            self, conn, key, settings.target_fmr, settings.duplicate_fmr, settings.identify_fpir_of(FACE)
         )
         self.sensor_prints = SensorPrints(conn)  # subjects enrolled on a match-on-sensor reader
         # Subjects' packed templates: written by pool threads, invalidated by the loop (generation). The lock
@@ -1217,16 +1220,17 @@ class BiometricRoutes:
             )
 
     def refuse_if_unreachable(self, request: Request, modality: str, threshold: float, *, views: int, searched: int,
-                              capacity: int, groups: frozenset[str] | None) -> None:
+                              capacity: int, groups: frozenset[str] | None, setting: str) -> None:
         """422 ``identification-unreachable`` (audited, and logged with its fix) when ``threshold`` is above any
         score: the search would name nobody, its own subject included (verifier/ranking.py says why a refusal).
+        ``setting``: the key of the rate in force (identify_fpir or the modality's own), for the operator's log.
 
         Before the device's matching allowance is charged and before any matching: nothing is searched for it.
         """
         assert request.device is not None
         comparisons = views * searched
         if warn_if_unreachable(modality, threshold, comparisons, capacity, device_id=request.device.device_id,
-                               views=views, templates=searched):
+                               views=views, templates=searched, setting=setting):
             raise self.refused(  # the counts in the log only: the answer must not tell the gallery's size
                 request, unreachable_problem(modality, views=views),
                 "identification past its capacity", modality=modality, comparisons=comparisons,
@@ -1276,7 +1280,7 @@ class BiometricRoutes:
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(views) * searched,
                                              self.threshold)
         self.refuse_if_unreachable(request, FINGER, threshold, views=len(views), searched=searched,
-                                   capacity=self.identify_capacity, groups=allowed)
+                                   capacity=self.identify_capacity, groups=allowed, setting=self.identify_setting)
         # The answer's threshold is the search's decade's, not the exact one: that would tell the gallery's size.
         told = reported_threshold(threshold_for_fmr, self.identify_fpir, views=len(views), templates=searched,
                                   verify_threshold=self.threshold)

@@ -195,18 +195,22 @@ class FaceRoutes:
     """The face side of enroll, verify and identify; the gate and the subject checks stay in BiometricRoutes."""
 
     def __init__(self, bio: BiometricRoutes, conn: sqlite3.Connection, key: bytes, target_fmr: float,
-                 duplicate_fmr: float, identify_fpir: float) -> None:
+                 duplicate_fmr: float, identify_fpir: tuple[str, float]) -> None:
+        """``identify_fpir``: the key and the rate of face identifications (face_identify_fpir, or identify_fpir
+        when that is not set; VerifierSettings.identify_fpir_of), the key for the start refusal's fix."""
         self.bio = bio
         self.store = FaceEnrollments(conn, key)
         self.rules = FactorRules(conn)
         self.threshold = threshold_for_fmr(target_fmr)
         self.duplicate_threshold = threshold_for_fmr(duplicate_fmr)
         self.one_person_threshold = threshold_for_fmr(ONE_PERSON_FMR)
-        self.identify_fpir = identify_fpir  # 1:N's threshold grows with the search (verifier/ranking.py)
+        # 1:N's threshold grows with the search (verifier/ranking.py)
+        self.identify_setting, self.identify_fpir = identify_fpir
         # Faces reach their highest score (a cosine of 1) first: at the default identify_fpir, past some 376,000
         # comparisons. SettingsError when even one cannot (verifier/ranking.py: refuse a setting, warn a gallery).
-        self.identify_capacity = identification_capacity(FACE, threshold_for_fmr, fpir=identify_fpir,
-                                                         verify_threshold=self.threshold)
+        self.identify_capacity = identification_capacity(FACE, threshold_for_fmr, fpir=self.identify_fpir,
+                                                         verify_threshold=self.threshold,
+                                                         setting=self.identify_setting)
         # Every enrolled embedding: loaded once on the loop, then each enrollment's appended (a new tuple, so a
         # pool thread holding the previous one reads it unchanged).
         self._gallery: tuple[list[str], np.ndarray] | None = None
@@ -497,7 +501,8 @@ class FaceRoutes:
         threshold = identification_threshold(threshold_for_fmr, self.identify_fpir, len(probes) * len(rows),
                                              self.threshold)
         self.bio.refuse_if_unreachable(request, FACE, threshold, views=len(probes), searched=len(rows),
-                                       capacity=self.identify_capacity, groups=allowed)
+                                       capacity=self.identify_capacity, groups=allowed,
+                                       setting=self.identify_setting)
         # The answer's threshold is the search's decade's, not the exact one: that would tell the gallery's size.
         told = reported_threshold(threshold_for_fmr, self.identify_fpir, views=len(probes), templates=len(rows),
                                   verify_threshold=self.threshold)

@@ -89,6 +89,9 @@ log = structlog.get_logger()
 
 IDENTIFY_TOP_K = 10  # candidates an identification answers at most
 MAX_SCORE = 1.0  # the highest score of either modality: a finger's mcc_match score, a face's cosine
+# What the refusal of a too small rate says of its key's default: an override's is identify_fpir's rate.
+_DEFAULTS = {key: "or leave it out: identify_fpir then applies" for key in ("finger_identify_fpir",
+                                                                           "face_identify_fpir")}
 UNREACHABLE_FIX = problem_type("identification-unreachable").fix  # one text: the registry's, the log's, the answer's
 
 
@@ -148,10 +151,13 @@ def lowest_reachable_fmr(threshold_for_fmr: Callable[[float], float], *, max_sco
 
 def identification_capacity(
     modality: str, threshold_for_fmr: Callable[[float], float], *, fpir: float, verify_threshold: float,
-    max_score: float = MAX_SCORE,
+    max_score: float = MAX_SCORE, setting: str = "identify_fpir",
 ) -> int:
     """The most comparisons (probe views times templates searched) an identification of ``modality`` can make
     at ``fpir`` with a threshold a score can still reach; logged at start (see the module docstring).
+
+    ``setting`` is the key ``fpir`` came from (``identify_fpir``, or the modality's own ``face_identify_fpir`` or
+    ``finger_identify_fpir``): the refusal names the one to raise, and the log the one in force.
 
     Raises SettingsError, at start, when not even one comparison could name anyone: a setting no gallery can
     make right, so the verifier refuses it rather than refuse every identification (``identification-unreachable``).
@@ -167,11 +173,12 @@ def identification_capacity(
     if capacity < 1:
         at_least = _rounded_up(lowest)  # the value named must itself be reachable: never rounded below
         raise SettingsError(
-            f"identify_fpir = {fpir!r} puts the {modality} identification threshold above the highest {modality} "
+            f"{setting} = {fpir!r} puts the {modality} identification threshold above the highest {modality} "
             f"score ({max_score}) even for one probe against one template: no {modality} could ever be identified",
-            fix=f"raise identify_fpir to at least {at_least:g} (the default is 0.001)",
+            fix=f"raise {setting} to at least {at_least:g} ({_DEFAULTS.get(setting, 'the default is 0.001')})",
         )
-    log.info("identification_capacity", modality=modality, identify_fpir=fpir, largest_search=capacity)
+    log.info("identification_capacity", modality=modality, identify_fpir=fpir, setting=setting,
+             largest_search=capacity)
     return capacity
 
 
