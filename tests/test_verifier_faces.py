@@ -332,6 +332,53 @@ def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, ver
     assert not [e for e in events if e.get("event") == "identification_attempt"], "nothing was matched for it"
 
 
+@pytest.mark.parametrize(("finger_fpir", "face_fpir"), [
+    pytest.param(("finger_identify_fpir", 1e-6), ("identify_fpir", 1e-3), id="finger-override",
+                 marks=pytest.mark.verifier_settings("finger_identify_fpir = 1e-6")),
+    pytest.param(("identify_fpir", 1e-3), ("face_identify_fpir", 1e-6), id="face-override",
+                 marks=pytest.mark.verifier_settings("face_identify_fpir = 1e-6")),
+    # Fingers stricter than faces could be: at identify_fpir 1e-10 alone no face comparison could be identified and
+    # the verifier refused to start; the face override lets it, fingers keeping the shared rate.
+    pytest.param(("identify_fpir", 1e-10), ("face_identify_fpir", 1e-3), id="fingers-stricter-than-faces-allow",
+                 marks=pytest.mark.verifier_settings("identify_fpir = 1e-10", "face_identify_fpir = 0.001")),
+])
+def test_each_modalitys_identification_keeps_its_own_fpir(
+    device, verifier, synthetic_templates, finger_fpir: tuple[str, float], face_fpir: tuple[str, float]
+) -> None:
+    """finger_identify_fpir and face_identify_fpir override identify_fpir for their modality only: fingers' and
+    faces' score tails differ (faces reach a cosine of 1 first), so one shared rate kept an operator from asking
+    fingers for a stricter one than faces allow. Each identification's threshold, and the capacity logged at start,
+    follow the rate in force for its modality, and the log names its key."""
+    from biometrics.face import threshold_for_fmr as face_threshold
+    from biometrics.fingerprint import threshold_for_fmr as finger_threshold
+    from verifier.ranking import reported_threshold
+    from verifier.settings import VerifierSettings
+
+    t = synthetic_templates
+
+    async def steps(client):
+        api = VerifierAPI(client)
+        await face_enroll(api, "alice", 1)  # 2 embeddings
+        await api.enroll("bob", [encode_finger(v) for v in t[1][:2]])  # 2 templates
+        challenge = await api.challenge("identify")
+        face = await api.identify([], faces=[capture(1, 7)], challenge=challenge, liveness=steps_for(challenge))
+        return face, await api.identify([encode_finger(t[1][2])])
+
+    face, finger = device.run(steps)
+    target_fmr = VerifierSettings().target_fmr
+
+    def told(threshold_for_fmr, fpir: float) -> float:  # one view against 2 templates
+        return reported_threshold(threshold_for_fmr, fpir, views=1, templates=2,
+                                  verify_threshold=threshold_for_fmr(target_fmr))
+
+    other = {1e-6: 1e-3, 1e-3: 1e-6, 1e-10: 1e-3}  # a rate whose threshold differs: the test tells them apart
+    assert finger.threshold == told(finger_threshold, finger_fpir[1]) != told(finger_threshold, other[finger_fpir[1]])
+    assert face.threshold == told(face_threshold, face_fpir[1]) != told(face_threshold, other[face_fpir[1]])
+    capacity = {e["modality"]: e for e in audit(verifier) if e.get("event") == "identification_capacity"}
+    assert (capacity["finger"]["setting"], capacity["finger"]["identify_fpir"]) == finger_fpir, capacity
+    assert (capacity["face"]["setting"], capacity["face"]["identify_fpir"]) == face_fpir, capacity
+
+
 def test_the_faces_of_one_request_must_be_of_one_person(device, verifier) -> None:
     """A first face enrollment took whatever faces it carried (only a face added to a subject's was matched
     against theirs): faces of two people under one id let either verify as it. A verification's or an

@@ -60,6 +60,44 @@ def test_an_identify_fpir_no_face_could_ever_reach_stops_the_verifier_at_start(
     assert fix.startswith("fix: raise identify_fpir to at least "), fix
 
 
+@pytest.mark.parametrize(("line", "fix"), [
+    ("finger_identify_fpir = 0", "use a rate such as 0.001, or leave it out (identify_fpir then applies)"),
+    ("face_identify_fpir = 0.5", "use a rate such as 0.001, or leave it out (identify_fpir then applies)"),
+    ("face_identify_fpir = -0.001", "use a rate such as 0.001, or leave it out (identify_fpir then applies)"),
+    ('finger_identify_fpir = "0.001"', "use a number (no quotes)"),
+    ("face_identify_fpir = inf", "use a finite number"),
+])
+def test_a_bad_per_modality_identify_fpir_is_refused_naming_its_key(
+    tmp_path: Path, verifier_state: Path, line: str, fix: str
+) -> None:
+    """finger_identify_fpir and face_identify_fpir are rates, checked as identify_fpir is (0 < rate < 0.5)."""
+    settings = tmp_path / "verifier.toml"
+    settings.write_text(line + "\n")
+    error, fix_line = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--config", str(settings)))
+    assert error.startswith(f"error: bad value {line.split(' =')[0]} = "), error
+    assert fix_line == f"fix: {fix}", fix_line
+
+
+@pytest.mark.parametrize(("lines", "key", "modality"), [
+    (["face_identify_fpir = 1e-10"], "face_identify_fpir", "face"),  # identify_fpir (0.001) is fine for faces
+    (["finger_identify_fpir = 1e-13"], "finger_identify_fpir", "finger"),
+    (["identify_fpir = 1e-10", "finger_identify_fpir = 0.001"], "identify_fpir", "face"),  # faces use the shared one
+])
+def test_a_per_modality_identify_fpir_no_score_could_reach_names_its_own_key_at_start(
+    tmp_path: Path, verifier_state: Path, lines: list[str], key: str, modality: str
+) -> None:
+    """The start refusal names the key in force for the modality that cannot identify: raising identify_fpir does
+    nothing for faces when face_identify_fpir is the one too small, and the fix must say which to raise."""
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("\n".join(lines) + "\n")
+    error, fix = refused(cli("serve", "--pki", str(verifier_state), "--port", "0", "--config", str(settings)))
+    rate = next(line.split(" = ")[1] for line in lines if line.startswith(key))
+    assert error.startswith(f"error: {key} = {rate} puts the {modality} identification threshold above"), error
+    assert f"no {modality} could ever be identified" in error
+    assert fix.startswith(f"fix: raise {key} to at least "), fix
+    assert ("leave it out: identify_fpir then applies" in fix) == (key != "identify_fpir"), fix
+
+
 @pytest.mark.parametrize(("name", "make", "said", "fix"), [
     # was a traceback (UnicodeDecodeError): a Latin-1 comment, as an editor on another system saves it
     ("latin-1", lambda p: p.write_bytes("# salle café\ncert_days = 30\n".encode("latin-1")),
