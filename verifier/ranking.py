@@ -9,7 +9,9 @@ each comparison is a chance of a false match. At the 1:1 threshold (a false matc
 rate of 1e-4), a gallery of 2,000 templates searched with 3 views is 6,000 chances:
 about 45 % of strangers would have been named as someone (1 - (1 - 1e-4)^6000).
 The identification threshold therefore keeps the false positive identification
-rate (FPIR, ISO/IEC 19795-1) at ``identify_fpir`` per identification: the
+rate (FPIR, ISO/IEC 19795-1) at ``identify_fpir`` per identification (or the
+modality's own ``finger_identify_fpir`` / ``face_identify_fpir``, when set: the
+two score tails differ, faces reaching their highest score first): the
 per-comparison rate is that divided by the comparisons made, and never looser than
 the 1:1 threshold (identification never names someone verification would refuse).
 The price is paid in false negatives: the larger the search, the stricter the
@@ -29,7 +31,7 @@ fingers only past 487 million (55 million before the fingerprint calibration's
 - A setting that makes it happen for every search, even one probe against one
   template (``identify_fpir`` or ``target_fmr`` too small for the modality's
   calibration), is a configuration error: the verifier refuses to start
-  (``SettingsError`` naming the value to write). Nothing about it depends on the
+  (``SettingsError`` naming the key in force and the value to write). Nothing about it depends on the
   data, so no later event can make it right, and starting would only hide it.
 - A gallery that grows past the capacity while the verifier runs is not refused
   at start: 1:1 verification, enrollment and certificates still work, and an
