@@ -621,6 +621,7 @@ def test_an_identification_past_its_capacity_is_a_typed_refusal_naming_the_fix(
     events = [json.loads(line) for line in verifier.log_path.read_text().splitlines() if line.startswith("{")]
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1 and unreachable[0]["fix"] == UNREACHABLE_FIX, unreachable
+    assert unreachable[0]["setting"] == "finger_identify_fpir", "the operator's log names the rate to raise"
     assert (unreachable[0]["comparisons"], unreachable[0]["largest_search"]) == (comparisons, largest)
     refusals = [e for e in events if e.get("event") == "biometric_request_refused" and e.get("status") == 422]
     assert len(refusals) == 1 and refusals[0]["audit"] and refusals[0]["comparisons"] == comparisons, refusals

@@ -327,6 +327,7 @@ def test_an_identification_past_the_capacity_is_refused_with_its_fix(device, ver
     unreachable = [e for e in events if e.get("event") == "identification_unreachable"]
     assert len(unreachable) == 1, unreachable
     assert unreachable[0]["modality"] == "face" and unreachable[0]["comparisons"] == 2
+    assert unreachable[0]["setting"] == "identify_fpir", "no face_identify_fpir: the shared rate is the one to raise"
     assert unreachable[0]["templates"] == 2 and unreachable[0]["largest_search"] == 1
     assert unreachable[0]["level"] == "warning" and unreachable[0]["fix"] == UNREACHABLE_FIX
     assert not [e for e in events if e.get("event") == "identification_attempt"], "nothing was matched for it"
