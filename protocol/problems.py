@@ -147,7 +147,8 @@ _ENTRIES = (
     ProblemType("step-up-unknown", 409, "Unknown step-up", "StepUpUnknownError", "start the verification again"),
     # -- the verifier's settings against what the device may search (verifier/ranking.py): an installer's fix
     ProblemType("identification-unreachable", 422, "Identification past its capacity", "IdentificationUnreachableError",
-                "raise identify_fpir (fewer comparisons per identification then suffice), narrow the device's groups "
+                "raise identify_fpir, or the modality's own finger_identify_fpir / face_identify_fpir where the "
+                "verifier sets one (fewer comparisons per identification then suffice), narrow the device's groups "
                 "(capture-verifier device allow --groups), send fewer views per identification, or verify a claimed "
                 "subject (1:1) instead"),
     # -- the verifier itself

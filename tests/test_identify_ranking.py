@@ -108,7 +108,7 @@ def test_a_search_past_the_capacity_is_a_422_with_the_registrys_fix_and_no_count
     assert "narrow the device's groups" in document["fix"]
     assert set(document) == {"type", "title", "status", "detail", "fix"}, document
     assert document["detail"].startswith("this face identification (1 view) would search more templates than the "
-                                         "verifier's identify_fpir allows"), document
+                                         "verifier's identify_fpir (or face_identify_fpir) allows"), document
     assert "(3 views)" in json.loads(unreachable_problem("finger", views=3).body())["detail"]
     assert not warn_if_unreachable("finger", 1.0, 6, 5) and warn_if_unreachable("finger", 1.0001, 6, 5)
 
