@@ -220,9 +220,8 @@ def unreachable_problem(modality: str, *, views: int) -> Problem:
     return Problem(
         "identification-unreachable",
         f"this {modality} identification ({views} view{'s' * (views != 1)}) would search more templates than the "
-        f"verifier's identify_fpir (or {modality}_identify_fpir) allows: its threshold would be above any {modality} "
-        "score, so nobody could be "
-        "named, an enrolled person included (the verifier's log has the counts)",
+        f"verifier's identify_fpir (or {modality}_identify_fpir) allows: its threshold would be above any "
+        f"{modality} score, so nobody could be named, an enrolled person included (the verifier's log has the counts)",
         UNREACHABLE_FIX,
     )
 
