@@ -179,6 +179,28 @@ to 0.53), but also 0.39 to 1.0 on DB2's 25 highest-scoring impostor pairs and
 0.43 to 0.86 on 25 random ones: a field registered freely agrees with an
 impostor's as well, so it cannot stand in for the minutiae's alignment.
 
+Nor does extraction explain FVC2002 DB2 finger 109, which holds 14 of that
+folder's 15 refusals at the 1e-4 threshold (measured 2026-12-03; its eight
+impressions are wet, smeared, partial, turned by about 35 degrees or faint).
+Twelve of its 14 refused pairs are taken to the factor's floor by shares of
+0.46 to 0.79, most while pairing minutiae well under the matcher's alignment
+(12 to 16 paired of 16 to 33 in the common region for 1-3, 1-6, 3-5, 3-6,
+4-6); the other two (5-7, 5-8) pair 5 minutiae. Mapped pixel by pixel under
+that alignment (the per-pixel field weighted as the blocks are; shares within
+0.09 of the matcher's), the disagreeing region is mostly clean, coherent ridge
+flow in both prints, not the smudges or the wet patch (which the coherence
+power already discounts), and the orientation differences are offset or turn
+across the print rather than spread: a weighted mean offset of 4 to 10
+degrees in 10 of the 14 pairs, differences on both sides (-25 to +25 degrees)
+in pair 3-6; removing each pair's mean offset lifts 1-3 from 0.69 to 0.86 and
+1-4 from 0.77 to 0.90 but leaves 3-5, 3-6, 4-5, 4-6 and 4-8 at 0.49 to 0.60.
+That is elastic distortion between the impressions (or an alignment off by a
+few degrees in part of the print), which the rejected offset removal and
+moving-least-squares map above do not fix without lifting impostors. Two
+extraction changes aimed at it did not reach it either
+(:mod:`biometrics.fingerprint.enhance`: smudged cells cut from the mask, wet
+regions brightened; the latter left 13 of finger 109's pairs refused).
+
 Nor would a ridge-period field beside it pay for itself (measured 2026-12-03,
 tools harness as above: per 16-pixel block the local period from the band-passed
 image's gradient-to-signal energy ratio, the estimator of
