@@ -1343,6 +1343,30 @@ def _stack_of_silent(person: subprocess.Popen[str], lines: queue.Queue[str | Non
 DIAGNOSABLE = {"PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}  # a command lines_said can ask for its stack
 
 
+def finger_fpir_for(comparisons: int) -> float:
+    """A ``finger_identify_fpir`` under which a finger identification can make exactly ``comparisons`` comparisons
+    (its capacity, verifier/ranking.py), computed from the fingerprint calibration in force.
+
+    Why computed: a test of an identification past its capacity needs that capacity known and small. A literal
+    rate (identify_fpir 3e-9: some 1,460 comparisons, 180 before the 2026-12-03 refit) moves with every refit of
+    the calibration's far tail, and could not go lower for fingers without faces refusing to start.
+    """
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import lowest_reachable_fmr
+
+    return (comparisons + 0.5) * lowest_reachable_fmr(threshold_for_fmr)
+
+
+def finger_capacity(fpir: float) -> int:
+    """The finger identification capacity the verifier logs at start under the default target_fmr and ``fpir``."""
+    from biometrics.fingerprint import threshold_for_fmr
+    from verifier.ranking import identification_capacity
+    from verifier.settings import VerifierSettings
+
+    return identification_capacity("finger", threshold_for_fmr, fpir=fpir,
+                                   verify_threshold=threshold_for_fmr(VerifierSettings().target_fmr))
+
+
 class UnixStandIn:
     """A stand-in for the daemon's local API on a unix socket: one connection at a time, each handed to
     :meth:`answer`; connections it keeps open (``held``) are closed by :meth:`close`, which the test calls."""

@@ -17,6 +17,7 @@ from biometrics.fingerprint.iso19794_2 import encode
 from protocol.endpoints import CHALLENGES
 from protocol.signing import sign_request
 from protocol.templates import wire_template
+from tests.conftest import finger_capacity, finger_fpir_for
 
 
 def wire(template) -> dict:
@@ -46,30 +47,6 @@ class Device:
 @pytest.fixture
 def device(provisioned) -> Device:
     return Device(*provisioned)
-
-
-def finger_fpir_for(comparisons: int) -> float:
-    """A ``finger_identify_fpir`` under which a finger identification can make exactly ``comparisons`` comparisons
-    (its capacity, verifier/ranking.py), computed from the fingerprint calibration in force.
-
-    Why computed: a test of an identification past its capacity needs that capacity known and small. A literal
-    rate (identify_fpir 3e-9: some 1,460 comparisons, 180 before the 2026-12-03 refit) moves with every refit of
-    the calibration's far tail, and could not go lower for fingers without faces refusing to start.
-    """
-    from biometrics.fingerprint import threshold_for_fmr
-    from verifier.ranking import lowest_reachable_fmr
-
-    return (comparisons + 0.5) * lowest_reachable_fmr(threshold_for_fmr)
-
-
-def finger_capacity(fpir: float) -> int:
-    """The finger identification capacity the verifier logs at start under the default target_fmr and ``fpir``."""
-    from biometrics.fingerprint import threshold_for_fmr
-    from verifier.ranking import identification_capacity
-    from verifier.settings import VerifierSettings
-
-    return identification_capacity("finger", threshold_for_fmr, fpir=fpir,
-                                   verify_threshold=threshold_for_fmr(VerifierSettings().target_fmr))
 
 
 def enroll(device: Device, templates: dict, subjects: dict[str, int]) -> None:

@@ -28,9 +28,8 @@ from agent.cli import main as agent_main
 from agent.commands import sessions as sessions_command
 from agent.config import parse_config
 from agent.devstack import verifier_cli, write_config_file
-from tests.conftest import DIAGNOSABLE, UnixStandIn, lines_said, start_agent_daemon
+from tests.conftest import DIAGNOSABLE, UnixStandIn, finger_capacity, finger_fpir_for, lines_said, start_agent_daemon
 from tests.exec_prepared import prepared
-from tests.test_biometric_api import finger_capacity, finger_fpir_for
 from tests.test_daemon_devices import Simulator, audit_until
 
 
