@@ -16,7 +16,9 @@ from protocol import endpoints
 from tests.test_biometric_api import Device, enroll_fingers, wire
 
 
-def test_a_repeated_verification_gets_the_same_step_up(provisioned, synthetic_templates) -> None:
+def sent_twice(provisioned, synthetic_templates, read):
+    """alice enrolled, then one verification of her sent twice with the same Idempotency-Key and the same bytes:
+    ``read`` of each answer, the first and the repeat."""
     device = Device(*provisioned)
     enroll_fingers(device, synthetic_templates, "alice", [0, 2])
 
@@ -26,10 +28,14 @@ def test_a_repeated_verification_gets_the_same_step_up(provisioned, synthetic_te
         key = str(uuid.uuid4())
         first = await client.request("POST", endpoints.VERIFICATIONS, json=body, idempotency_key=key)
         again = await client.request("POST", endpoints.VERIFICATIONS, json=body, idempotency_key=key)
-        return (first.status_code, first.json(), first.headers.get("www-authenticate")), \
-            (again.status_code, again.json(), again.headers.get("www-authenticate"))
+        return read(first), read(again)
 
-    first, again = device.run(steps)
+    return device.run(steps)
+
+
+def test_a_repeated_verification_gets_the_same_step_up(provisioned, synthetic_templates) -> None:
+    first, again = sent_twice(provisioned, synthetic_templates, lambda answer: (
+        answer.status_code, answer.json(), answer.headers.get("www-authenticate")))
     assert first[0] == 401 and first[1]["step_up"], first  # the device's first use asks a second finger
     assert again == first, again
 
@@ -45,19 +51,8 @@ def test_a_repeated_verification_carries_its_own_server_timing_not_the_first_mat
     those answer without Server-Timing now, tests/test_verifier_gallery_timing.py.)"""
     from agent.client import server_timing
 
-    device = Device(*provisioned)
-    enroll_fingers(device, synthetic_templates, "alice", [0, 2])
-
-    async def steps(client):
-        body = await device.signed(client, endpoints.VERIFICATIONS, subject="alice",
-                                   templates=[wire(synthetic_templates[0][2])])
-        key = str(uuid.uuid4())
-        first = await client.request("POST", endpoints.VERIFICATIONS, json=body, idempotency_key=key)
-        again = await client.request("POST", endpoints.VERIFICATIONS, json=body, idempotency_key=key)
-        return (first.status_code, first.json(), server_timing(first)), \
-            (again.status_code, again.json(), server_timing(again), again.headers.get_list("server-timing"))
-
-    first, again = device.run(steps)
+    first, again = sent_twice(provisioned, synthetic_templates, lambda answer: (
+        answer.status_code, answer.json(), server_timing(answer), answer.headers.get_list("server-timing")))
     assert first[0] == 200 and first[1]["decision"] == "accept", first
     assert "match" in first[2] and "app" in first[2], first[2]
     assert again[:2] == first[:2], again  # the same answer
