@@ -30,7 +30,7 @@ from agent.delivery import EventDelivery
 from agent.devices.capabilities import FINGERPRINT_IMAGE, MATCH_ON_SENSOR
 from agent.devices.errors import NoDeviceFor
 from agent.devices.kinds import Device
-from agent.devices.prints import SensorPrintStore
+from agent.devices.prints import PRINTS_FOLDER, SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
 from agent.errors import AgentError, AuditStorageError, IdentityError, StateDirNotTightened
 from agent.face_sessions import DEFAULT_TIMING, face_session, face_step_up, face_verification
@@ -39,7 +39,7 @@ from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
 from agent.localapi import LocalAPI
-from agent.outbox import Outbox, OutboxLimits
+from agent.outbox import OUTBOX_FILE, Outbox, OutboxLimits
 from agent.renewal import renew, seconds_until_renewal
 from agent.repeats import SUMMARY_EVERY_S, SUMMARY_SUFFIX, RepeatCoalescer
 from agent.runtime import with_provisioned_verifier
@@ -55,7 +55,6 @@ RENEWAL_RETRY_MAX_S = 3600.0
 LONG_SLEEP_CAP_S = 3600.0  # re-check the schedule at least hourly (the clock may jump)
 CLOCK_HOLD_S = 600.0  # a renewal held for a clock that runs ahead: how often the clock is looked at again
 FLUSH_ON_STOP_S = 5.0
-OUTBOX_FILE = "outbox.sqlite"
 AUDIT_RECOVERED = "audit_storage_recovered"  # the first event the outbox takes after it refused some
 AUDIT_RETRY_S = 30.0  # while the outbox refuses events: how often it is tried again with no event to prompt it
 TLS_FAILED = "tls_handshake_failed"
@@ -373,7 +372,7 @@ class AgentDaemon:
         if self.devices is not None:
             self.devices.start()
             devices, client = self.devices, self.client
-            prints = SensorPrintStore(self.config.agent.state_dir / "prints", kek)  # match-on-sensor prints, sealed
+            prints = SensorPrintStore(self.config.agent.state_dir / PRINTS_FOLDER, kek)  # match-on-sensor, sealed
             self.api = LocalAPI(
                 self.config.api.socket,
                 # the config of the moment: a SIGHUP's new [sessions] applies from the next session
@@ -384,7 +383,7 @@ class AgentDaemon:
                 record=self.record,
                 audit_problem=self.audit_problem,
                 # DELETE /prints/{subject}: through the devices' owners, audited on this loop (agent.forget)
-                forget=lambda subject, reader: forget(devices.devices, prints, subject, reader, record=self.record),
+                forget=lambda subject, reader: forget(devices.configured, prints, subject, reader, record=self.record),
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})

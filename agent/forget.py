@@ -113,7 +113,7 @@ class ForgetNotAudited(AgentError):
         )
 
 
-def _holds_any(store: SensorPrintStore, reader: str, subject: str) -> bool:
+def holds_any(store: SensorPrintStore, reader: str, subject: str) -> bool:
     """Whether the store keeps anything of ``subject`` for ``reader``: a sealed print or a note for its sensor."""
     return store.kept(reader, subject) or store.has_note(reader, subject)
 
@@ -127,7 +127,7 @@ class Forgotten:
     sealed: bool  # a sealed copy was removed now
     sensor: str  # DELETED, NOT_THERE, NO_STORAGE, UNREACHABLE, FAILED, REFUSED or UNKNOWN
     why: str = ""  # for UNREACHABLE, FAILED, REFUSED and UNKNOWN: what stood in the way
-    fix: str = ""  # for FAILED: the driver's fix
+    fix: str = ""  # for FAILED: the driver's fix; for UNREACHABLE, a reader that could not be set up: its fix
 
     @property
     def complete(self) -> bool:
@@ -139,6 +139,9 @@ class Forgotten:
             head = (f"forgot {self.subject}'s sealed print on {self.reader}, but the copy in the sensor's storage"
                     if self.sealed else f"{self.subject}'s print is still in the storage of the sensor {self.reader}:"
                     " it")
+            if self.fix:  # a reader that could not even be set up: plugging it in is not what it needs
+                return (f"{head} could not be reached ({self.why}): {self.fix}, then run `{again}` again to delete it "
+                        "there")
             return (f"{head} could not be reached ({self.why}): plug the reader in and run `{again}` again to "
                     "delete it there")
         if self.sensor == FAILED:
@@ -219,8 +222,8 @@ def _delete_on_sensor(device: Any, store: SensorPrintStore, subject: str, sealed
     """
     name, deleted, unreadable, refused, left = device.name, False, "", "", list(references)
     try:
-        if not device.connected:
-            raise _Unreachable("not connected")
+        if not device.connected:  # unplugged, or never set up (agent.devices.supervisor.Unmade says why)
+            raise _Unreachable(getattr(device, "why_unreachable", "not connected"))
         while left:
             try:
                 deleted = device.delete_print(left[0], SENSOR_DELETE_TIMEOUT_S) or deleted
@@ -235,7 +238,8 @@ def _delete_on_sensor(device: Any, store: SensorPrintStore, subject: str, sealed
                 store.hold_for_sensor(name, subject, left)
     except (_Unreachable, DeviceError) as exc:
         why = exc.args[0] if isinstance(exc, _Unreachable) else exc.message
-        return Forgotten(subject, name, sealed, UNREACHABLE, why)
+        unmade_fix = getattr(device, "fix", "") if hasattr(device, "why_unreachable") else ""
+        return Forgotten(subject, name, sealed, UNREACHABLE, why, unmade_fix)
     except Exception as exc:  # the reader's own failure (typed by its driver): the note stays for another try
         return Forgotten(subject, name, sealed, FAILED, str(exc.args[0] if exc.args else exc),
                          getattr(exc, "fix", ""))
@@ -256,7 +260,12 @@ async def forget(
     record: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None,
 ) -> list[Forgotten]:
     """Erase ``subject``'s prints on every reader (or the one named ``reader``), each audited
-    (``prints_forgotten``) and logged; :class:`NothingToForget` when none held one."""
+    (``prints_forgotten``) and logged; :class:`NothingToForget` when none held one.
+
+    ``devices`` is every configured device, those that could not be set up included
+    (:class:`agent.devices.supervisor.Unmade`): a reader whose libfprint went missing still has sealed prints
+    here, which must be erasable (before, the daemon passed only the devices made, and such a reader's prints
+    were "nothing to forget" for good)."""
     names = [d.name for d in devices]
     if reader and reader not in names:
         raise NoSuchReader(reader, names)
@@ -267,7 +276,7 @@ async def forget(
     chosen = [d for d in devices if (not reader or d.name == reader) and getattr(d, "kind", "") == "fprint"]
     done: list[Forgotten] = []
     for device in chosen:
-        if not await asyncio.to_thread(_holds_any, store, device.name, subject):
+        if not await asyncio.to_thread(holds_any, store, device.name, subject):
             continue
         # Audited before anything is erased (on the loop's thread: it owns the audit trail): an erasure whose
         # event cannot be stored does not happen. The daemon's record says False then (a full or read-only

@@ -134,6 +134,9 @@ def data_key(kek: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(kek.encode())
 
 
+OUTBOX_FILE = "outbox.sqlite"  # in the state directory: the device's one audit trail (daemon and offline forget)
+
+
 @dataclass(frozen=True)
 class OutboxLimits:
     max_rows: int = 10_000

@@ -1,13 +1,16 @@
 """`capture-agent forget`: erase a subject's prints on this device's match-on-sensor readers, through the daemon.
 
 Through the running daemon's local API (``DELETE /prints/{subject}``), as sessions are: the daemon owns the
-readers, and a second process opening one would fight it for the USB interface.
+readers, and a second process opening one would fight it for the USB interface. When no daemon runs (nothing
+listens at the socket, and no process holds the state directory), the command erases them itself, as the daemon
+would (:mod:`agent.forget_here`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from agent.commands.sessions import _id_of, _unreachable_fix
 from agent.errors import AgentError
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     except httpx.ReadTimeout:
         raise ForgetStillRunning(args.subject, wait_s) from None
     except httpx.TransportError as exc:
+        if _nobody_listens(str(socket_path)):
+            return _forget_without_the_daemon(config, args.subject, args.reader or "", str(socket_path))
         raise TransportError(
             f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
             fix=_unreachable_fix(str(socket_path)),
@@ -101,3 +106,59 @@ def run(args: argparse.Namespace) -> int:
     for line in body["forgotten"]:
         print(line["message"])
     return 0 if body["complete"] else 2
+
+
+def _nobody_listens(socket_path: str) -> bool:
+    """No socket at the path, or one nobody accepts on (a daemon that died): a daemon that may be running is
+    only unreachable to this user (the socket's group) and is never worked around."""
+    import errno
+    import os
+    import socket
+
+    if not os.path.exists(socket_path):
+        return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(socket_path)
+        except OSError as exc:
+            return exc.errno == errno.ECONNREFUSED
+    return False  # it accepts now: a daemon started meanwhile, which the next try reaches
+
+
+class ForgetWithoutDaemonFailed(AgentError):
+    """No daemon answered, and the erasure without it could not start (this user may not open the state
+    directory or read the agent's key): said with both ways out."""
+
+    def __init__(self, socket_path: str, cause: AgentError) -> None:
+        super().__init__(
+            f"no agent answers at {socket_path}, and forgetting without it failed: {cause.message}",
+            f"{cause.fix + '; or ' if cause.fix else ''}start the agent (systemctl start capture-agent) and run the "
+            "same forget again",
+        )
+
+
+def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_path: str) -> int:
+    """Erase here, as the daemon would (agent.forget_here); the exit codes and lines are the daemon path's."""
+    import asyncio
+
+    from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
+    from agent.forget_here import DaemonNotAnswering, forget_here
+    from agent.statelock import StateDirLocked
+
+    print("the agent is not running: erasing here, without it (its audit trail delivers the events at its next "
+          "start)", file=sys.stderr)
+    try:
+        done = asyncio.run(forget_here(config, subject, reader))
+    except StateDirLocked as exc:  # a daemon holds the state directory but does not answer there
+        raise DaemonNotAnswering(socket_path, exc) from None
+    except NothingToForget as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"fix: {exc.fix}", file=sys.stderr)
+        return 1
+    except (NoSuchReader, ForgetNotAudited):  # the daemon's own refusals, said as it says them
+        raise
+    except AgentError as exc:
+        raise ForgetWithoutDaemonFailed(socket_path, exc) from None
+    for forgotten in done:
+        print(forgotten.message())
+    return 0 if all(f.complete for f in done) else 2

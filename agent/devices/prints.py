@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from agent.errors import AgentError
 
 HKDF_INFO = b"capture-agent sensor prints v1"
+PRINTS_FOLDER = "prints"  # in the state directory: the sealed prints of every match-on-sensor reader
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 
 

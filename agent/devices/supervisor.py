@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
@@ -102,6 +102,15 @@ class Unmade:
     kind: str
     error: str
     fix: str
+    # As a device never opened reads to whoever asks (agent.forget: a reader that cannot be asked to delete,
+    # whose sealed prints are still erased and its sensor's copy kept in a note for later): not connected, and
+    # whether it keeps prints of its own unknown (None, not False: False would drop the note for its sensor).
+    connected: ClassVar[bool] = False
+    stores_prints: ClassVar[bool | None] = None
+
+    @property
+    def why_unreachable(self) -> str:
+        return f"it could not be set up: {self.error}"
 
     def status(self, required: bool) -> dict[str, Any]:
         """Its /health entry, shaped as a made device's: a kiosk app reading ``devices`` finds every configured
