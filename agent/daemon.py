@@ -34,7 +34,7 @@ from agent.devices.prints import PRINTS_FOLDER, SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, Unmade, configured_devices
 from agent.errors import AgentError, AuditStorageError, IdentityError, StateDirNotTightened
 from agent.face_sessions import DEFAULT_TIMING, face_session, face_step_up, face_verification
-from agent.forget import forget
+from agent.forget import forget, forget_everyone
 from agent.identity import DeviceIdentity, IdentityStore, identity_problem
 from agent.journal import JournalSender, audit_fields
 from agent.keystore import load_kek
@@ -384,6 +384,8 @@ class AgentDaemon:
                 audit_problem=self.audit_problem,
                 # DELETE /prints/{subject}: through the devices' owners, audited on this loop (agent.forget)
                 forget=lambda subject, reader: forget(devices.configured, prints, subject, reader, record=self.record),
+                # DELETE /prints?reader=R: every print of one reader, on its sensor and here (agent.forget)
+                clear_reader=lambda reader: forget_everyone(devices.configured, prints, reader, record=self.record),
             )
             await self.api.start()
         self.record("agent_started", {"device_id": identity.device_id, "serial": identity.serial_hex})

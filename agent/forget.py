@@ -42,6 +42,8 @@ UNREACHABLE = "unreachable"  # the reader could not be asked: the note is kept f
 UNKNOWN = "unknown"  # the sealed copy did not decrypt: the sensor's slot cannot be named (see the message)
 FAILED = "failed"  # the reader was there but failed the delete (its fault): the note is kept for another try
 REFUSED = "refused"  # the reader is there but will never delete it (cannot delete one print): the note is erased
+CLEARED = "cleared"  # the reader's whole storage was emptied (forget --everyone): every print on it, everyone's
+ONE_BY_ONE = "one_by_one"  # (a clearing) the reader cannot list its prints: those the agent kept deleted singly
 
 # How long one delete on a sensor may take (the reader's own bound), and how many a reader may be asked per forget
 # in the worst case the CLI waits for (the current print and one an enrolment replaced; more are rare).
@@ -113,6 +115,20 @@ class ForgetNotAudited(AgentError):
         )
 
 
+def pick_readers(kinds: Sequence[tuple[str, str]], reader: str = "") -> list[str]:
+    """The names of the readers to look at, of the configured (name, kind) pairs: every libfprint reader, or
+    the one ``reader`` names; :class:`NoSuchReader` or :class:`NotAPrintReader` when that is not one.
+
+    Only libfprint readers have prints kept for them (a serial module or a camera never does)."""
+    names = [name for name, _ in kinds]
+    if reader and reader not in names:
+        raise NoSuchReader(reader, names)
+    kind = dict(kinds).get(reader, "")
+    if reader and kind != "fprint":
+        raise NotAPrintReader(reader, kind)
+    return [name for name, kind in kinds if (not reader or name == reader) and kind == "fprint"]
+
+
 def holds_any(store: SensorPrintStore, reader: str, subject: str) -> bool:
     """Whether the store keeps anything of ``subject`` for ``reader``: a sealed print or a note for its sensor."""
     return store.kept(reader, subject) or store.has_note(reader, subject)
@@ -131,7 +147,7 @@ class Forgotten:
 
     @property
     def complete(self) -> bool:
-        return self.sensor in (DELETED, NOT_THERE, NO_STORAGE)
+        return self.sensor in (DELETED, NOT_THERE, NO_STORAGE, CLEARED)
 
     def message(self) -> str:
         again = f"capture-agent forget --subject {self.subject} --reader {self.reader}"
@@ -167,6 +183,7 @@ class Forgotten:
             DELETED: "sealed copy and sensor storage" if self.sealed else f"sensor storage; {before.rstrip('; ')}",
             NOT_THERE: f"{before or 'sealed copy; '}the sensor held no copy any more",
             NO_STORAGE: f"{before or 'sealed copy; '}the reader keeps no prints of its own",
+            CLEARED: f"{before or 'sealed copy; '}the sensor's storage was emptied",
         }[self.sensor]
         return f"forgot {self.subject}'s print on {self.reader} ({what})"
 
@@ -266,14 +283,8 @@ async def forget(
     (:class:`agent.devices.supervisor.Unmade`): a reader whose libfprint went missing still has sealed prints
     here, which must be erasable (before, the daemon passed only the devices made, and such a reader's prints
     were "nothing to forget" for good)."""
-    names = [d.name for d in devices]
-    if reader and reader not in names:
-        raise NoSuchReader(reader, names)
-    named = next((d for d in devices if d.name == reader), None)
-    if named is not None and getattr(named, "kind", "") != "fprint":
-        raise NotAPrintReader(reader, getattr(named, "kind", ""))
-    # Only libfprint readers have prints kept for them (a serial module or a camera never does).
-    chosen = [d for d in devices if (not reader or d.name == reader) and getattr(d, "kind", "") == "fprint"]
+    names = pick_readers([(d.name, getattr(d, "kind", "")) for d in devices], reader)
+    chosen = [d for d in devices if d.name in names]
     done: list[Forgotten] = []
     for device in chosen:
         if not await asyncio.to_thread(holds_any, store, device.name, subject):
@@ -292,3 +303,132 @@ async def forget(
     if not done:
         raise NothingToForget(subject, [d.name for d in chosen])
     return done
+
+
+# ---------------------------------------------------------------- clearing a reader (forget --everyone)
+CLEAR_TIMEOUT_S = 30.0  # the CLI's extra wait for a clearing (the listing, then one delete per print on the sensor)
+
+
+class NoReaderNamed(NoSuchReader):
+    """A clearing asked without naming the reader: it erases everyone's prints, so it is one named reader at a
+    time, never every reader by default."""
+
+    def __init__(self, readers: Sequence[str]) -> None:
+        AgentError.__init__(
+            self,
+            "clearing erases every print of a reader, everyone's: name the reader (devices: "
+            f"{', '.join(readers) or 'none'})",
+            "name one libfprint [[device]]: capture-agent forget --everyone --reader NAME",
+        )
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """What a clearing did to one reader's own storage (said first, before each subject's line)."""
+
+    reader: str
+    sensor: str  # CLEARED, NO_STORAGE, ONE_BY_ONE, UNREACHABLE or FAILED
+    why: str = ""
+    fix: str = ""
+    deleted: int = 0  # for CLEARED: the prints the sensor held, everyone's
+
+    @property
+    def complete(self) -> bool:
+        """Every print the agent knew of is gone from the sensor too (for ONE_BY_ONE, its subjects' lines say)."""
+        return self.sensor in (CLEARED, NO_STORAGE, ONE_BY_ONE)
+
+    def message(self) -> str:
+        again = f"capture-agent forget --everyone --reader {self.reader}"
+        if self.sensor == CLEARED:
+            held = "it held no print" if self.deleted == 0 else (
+                f"deleted the {self.deleted} prints it held, everyone's" if self.deleted > 1 else
+                "deleted the one print it held")
+            return f"emptied the storage of the reader {self.reader}: {held}"
+        if self.sensor == NO_STORAGE:
+            return (f"the reader {self.reader} keeps no prints of its own: the agent's sealed copies were the only "
+                    "ones")
+        if self.sensor == ONE_BY_ONE:
+            return (f"the reader {self.reader} cannot list its storage ({self.why}): the prints the agent kept for "
+                    "it are deleted one by one below; any other print on it stays until its vendor's tool clears it")
+        if self.sensor == UNREACHABLE:
+            step = self.fix or "plug the reader in"
+            return (f"the storage of the reader {self.reader} could not be reached ({self.why}): the prints on it "
+                    f"stay; {step}, then run `{again}` again")
+        return (f"the reader {self.reader} failed to empty its storage ({self.why}): "
+                f"{self.fix or 'unplug and replug the reader'}, then run `{again}` again")
+
+    def audit(self) -> dict[str, Any]:
+        return {"reader": self.reader, "sensor_storage": self.sensor, "sensor_prints_deleted": self.deleted}
+
+
+def _clear_sensor(device: Any) -> Cleared:
+    """Empty the reader's whole storage (blocking: run in a worker thread), or say why it was not."""
+    name = device.name
+    unmade_fix = getattr(device, "fix", "") if hasattr(device, "why_unreachable") else ""
+    if not device.connected:
+        return Cleared(name, UNREACHABLE, getattr(device, "why_unreachable", "not connected"), unmade_fix)
+    if getattr(device, "stores_prints", None) is False:
+        return Cleared(name, NO_STORAGE)
+    try:
+        deleted = device.empty_storage(SENSOR_DELETE_TIMEOUT_S)
+    except UsageError as exc:
+        why = str(exc.args[0] if exc.args else exc)
+        if not getattr(exc, "lasting", True):  # closed under the request: it works once open again
+            return Cleared(name, UNREACHABLE, why)
+        return Cleared(name, ONE_BY_ONE, why)  # it cannot list: what the agent knows is deleted singly
+    except DeviceError as exc:
+        return Cleared(name, UNREACHABLE, exc.message)
+    except Exception as exc:  # the reader's own failure (typed by its driver): its fix, and another try
+        return Cleared(name, FAILED, str(exc.args[0] if exc.args else exc), getattr(exc, "fix", ""))
+    return Cleared(name, CLEARED, deleted=deleted)
+
+
+def _drop_kept(store: SensorPrintStore, reader: str, subject: str, sensor: str) -> Forgotten | None:
+    """After the sensor was cleared (or keeps nothing): the subject's sealed print, note and any crash temporary
+    erased; None when there was nothing of it."""
+    store.discard_leftover(reader, subject)
+    if not holds_any(store, reader, subject):
+        store.release_for_sensor(reader, subject)  # a name left in the list of notes, without its note
+        return None
+    sealed = store.remove(reader, subject)
+    store.release_for_sensor(reader, subject)
+    return Forgotten(subject, reader, sealed, sensor)
+
+
+async def forget_everyone(
+    devices: Sequence[Any], store: SensorPrintStore, reader: str,
+    record: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None,
+) -> tuple[Cleared, list[Forgotten]]:
+    """Clear one reader: every print on its sensor (listed and deleted: everyone's, those other software enrolled
+    included) and everything the agent keeps for it (sealed prints, notes for the sensor).
+
+    Why: a reader handed back, repaired or retired must leave with no one's print, and the fixes for a print the
+    agent cannot delete singly (REFUSED, a finger already on the sensor) pointed to a vendor's tool. Audited
+    before anything is erased (``prints_forgetting`` with ``everyone``), each subject's erasure as a forget's
+    (``prints_forgotten``), then ``reader_cleared``. A reader that cannot clear at once, or cannot be reached
+    now, falls back to each subject's own forget (the prints the agent knows deleted singly, or their notes kept
+    for the next try), so a clearing never erases less than a forget of each subject would.
+    """
+    kinds = [(d.name, getattr(d, "kind", "")) for d in devices]
+    if not reader:
+        raise NoReaderNamed([name for name, kind in kinds if kind == "fprint"])
+    (name,) = pick_readers(kinds, reader)
+    device = next(d for d in devices if d.name == name)
+    subjects = await asyncio.to_thread(lambda: sorted(set(store.subjects(name)) | set(store.noted(name))))
+    if record("prints_forgetting", {"reader": name, "everyone": True}) is False:
+        raise ForgetNotAudited("everyone", name, [])
+    cleared = await asyncio.to_thread(_clear_sensor, device)
+    done: list[Forgotten] = []
+    for subject in subjects:
+        if cleared.sensor in (CLEARED, NO_STORAGE):
+            forgotten = await asyncio.to_thread(_drop_kept, store, name, subject, cleared.sensor)
+        else:
+            forgotten = await asyncio.to_thread(forget_on, device, store, subject)
+        if forgotten is None:
+            continue
+        record("prints_forgotten", forgotten.audit())
+        log.info("prints_forgotten", **forgotten.audit(), complete=forgotten.complete)
+        done.append(forgotten)
+    record("reader_cleared", {**cleared.audit(), "subjects": len(done)})
+    log.info("reader_cleared", **cleared.audit(), subjects=len(done))
+    return cleared, done

@@ -22,9 +22,11 @@ How it stays as safe as the daemon's erasure:
 
 from __future__ import annotations
 
+import contextlib
 import resource
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,13 +34,23 @@ from agent.config import AgentConfig
 from agent.devices.prints import PRINTS_FOLDER, SensorPrintStore
 from agent.devices.supervisor import DeviceSupervisor, configured_devices
 from agent.errors import AgentError, AuditStorageError
-from agent.forget import Forgotten, NoSuchReader, NotAPrintReader, NothingToForget, forget, holds_any
+from agent.forget import (
+    Cleared,
+    Forgotten,
+    NoReaderNamed,
+    NothingToForget,
+    forget,
+    forget_everyone,
+    holds_any,
+    pick_readers,
+)
 from agent.identity import IdentityStore
 from agent.keystore import load_kek
 from agent.outbox import OUTBOX_FILE, Outbox, OutboxLimits
 from agent.statelock import StateDirLocked, hold_state_dir
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 
@@ -55,52 +67,57 @@ class DaemonNotAnswering(AgentError):
         )
 
 
-def _chosen_readers(config: AgentConfig, reader: str) -> list[tuple[str, Any]]:
-    """The libfprint ``[[device]]`` entries to look at (every one, or the one ``reader`` names), or the daemon's
-    own refusal of a name that is not one."""
-    devices = configured_devices(config)
-    names = [name for name, _ in devices]
-    if reader and reader not in names:
-        raise NoSuchReader(reader, names)
-    named = dict(devices).get(reader)
-    if named is not None and named.kind != "fprint":
-        raise NotAPrintReader(reader, named.kind)
-    return [(name, section) for name, section in devices if (not reader or name == reader) and section.kind == "fprint"]
-
-
 async def forget_here(config: AgentConfig, subject: str, reader: str = "") -> list[Forgotten]:
     """Erase ``subject``'s prints as the daemon would, in this process: :class:`StateDirLocked` when a daemon runs.
 
     Raises what :func:`agent.forget.forget` raises (:class:`NothingToForget` included), and the store's and the
     keyring's typed errors (another user's state directory, a KEK this shell cannot read) with their fixes.
     """
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # decrypted prints in memory: never in a core file
-    state_dir: Path = config.agent.state_dir
-    with hold_state_dir(state_dir):
-        kek = load_kek(config)
-        chosen = _chosen_readers(config, reader)
-        prints = SensorPrintStore(state_dir / PRINTS_FOLDER, kek)
-        holding = [(name, section) for name, section in chosen if holds_any(prints, name, subject)]
+    with _held(config) as (kek, prints):
+        sections = configured_devices(config)
+        chosen = pick_readers([(name, section.kind) for name, section in sections], reader)
+        holding = [(name, section) for name, section in sections
+                   if name in chosen and holds_any(prints, name, subject)]
         if not holding:  # said without opening a reader
-            raise NothingToForget(subject, [name for name, _ in chosen])
-        limits = OutboxLimits(config.audit.outbox_max_rows, config.audit.outbox_max_bytes)
-        try:
-            outbox = Outbox(state_dir / OUTBOX_FILE, kek, limits)
-        except PermissionError as exc:
-            raise IdentityStore(state_dir).access_error(exc, "open the audit outbox") from None
-        try:
-            return await _erase(config, outbox, prints, holding, subject, reader)
-        finally:
-            outbox.close()
+            raise NothingToForget(subject, chosen)
+        return await _with_readers(config, kek, holding,
+                                   lambda devices, record: forget(devices, prints, subject, reader, record=record))
 
 
-async def _erase(config: AgentConfig, outbox: Outbox, prints: SensorPrintStore, holding: list[tuple[str, Any]],
-                 subject: str, reader: str) -> list[Forgotten]:
-    """Open the readers that hold something of the subject, erase through them, close them."""
+async def clear_here(config: AgentConfig, reader: str) -> tuple[Cleared, list[Forgotten]]:
+    """Clear one reader (``forget --everyone``) as the daemon would, in this process; as :func:`forget_here`."""
+    with _held(config) as (kek, prints):
+        sections = configured_devices(config)
+        kinds = [(name, section.kind) for name, section in sections]
+        if not reader:
+            raise NoReaderNamed([name for name, kind in kinds if kind == "fprint"])
+        (name,) = pick_readers(kinds, reader)
+        return await _with_readers(config, kek, [(name, dict(sections)[name])],
+                                   lambda devices, record: forget_everyone(devices, prints, name, record=record))
+
+
+@contextlib.contextmanager
+def _held(config: AgentConfig) -> Iterator[tuple[str, SensorPrintStore]]:
+    """The state directory held as a daemon holds it, the KEK, and the sealed store of prints."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # decrypted prints in memory: never in a core file
+    with hold_state_dir(config.agent.state_dir):
+        kek = load_kek(config)
+        yield kek, SensorPrintStore(config.agent.state_dir / PRINTS_FOLDER, kek)
+
+
+async def _with_readers(config: AgentConfig, kek: str, readers: list[tuple[str, Any]],
+                        erase: Callable[[list[Any], Callable[[str, dict[str, Any]], bool]], Awaitable[T]]) -> T:
+    """Open ``readers`` under a supervisor auditing into the device's outbox, run ``erase``, close them."""
+    state_dir: Path = config.agent.state_dir
+    limits = OutboxLimits(config.audit.outbox_max_rows, config.audit.outbox_max_bytes)
+    try:
+        outbox = Outbox(state_dir / OUTBOX_FILE, kek, limits)
+    except PermissionError as exc:
+        raise IdentityStore(state_dir).access_error(exc, "open the audit outbox") from None
 
     def record(kind: str, data: dict[str, Any]) -> bool:
         """Into the outbox (the daemon delivers it); False when it cannot be stored, which stops the erasure
-        of that reader (agent.forget: an erasure is audited before it happens, or does not happen)."""
+        (agent.forget: an erasure is audited before it happens, or does not happen)."""
         try:
             outbox.record(kind, data)
         except AuditStorageError as exc:
@@ -108,9 +125,12 @@ async def _erase(config: AgentConfig, outbox: Outbox, prints: SensorPrintStore, 
             return False
         return True
 
-    devices = DeviceSupervisor(holding, record, state_dir=config.agent.state_dir)
-    await devices.open_all()
     try:
-        return await forget(devices.configured, prints, subject, reader, record=record)
+        devices = DeviceSupervisor(readers, record, state_dir=state_dir)
+        await devices.open_all()
+        try:
+            return await erase(devices.configured, record)
+        finally:
+            await devices.close()
     finally:
-        await devices.close()
+        outbox.close()

@@ -298,6 +298,7 @@ class LocalAPI:
         audit_problem: Callable[[], AgentError | None] | None = None,
         forget: Callable[[str, str], Awaitable[list[Any]]] | None = None,
         *,
+        clear_reader: Callable[[str], Awaitable[tuple[Any, list[Any]]]] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         request_deadline_s: float = REQUEST_DEADLINE_S,
         reader_grace_s: float = READER_GRACE_S,
@@ -310,6 +311,7 @@ class LocalAPI:
         self.record = record or (lambda kind, data: None)  # the daemon's audit trail
         self.audit_problem = audit_problem or (lambda: None)  # why attempts cannot be audited now, if they cannot
         self.forget = forget  # (subject, reader) -> what was erased, per reader (agent.forget)
+        self.clear_reader = clear_reader  # reader -> (its sensor's clearing, each subject's erasure) (forget_everyone)
         self._forgetting = False  # a forget runs: no session may start on the readers meanwhile
         self.max_connections = max_connections
         self.request_deadline_s = request_deadline_s
@@ -395,7 +397,7 @@ class LocalAPI:
     def _busy(self) -> bool:
         return self._running() is not None or self._forgetting
 
-    def _operator_only(self, writer: asyncio.StreamWriter, subject: str) -> None:
+    def _operator_only(self, writer: asyncio.StreamWriter, subject: str = "") -> None:
         """DELETE /prints is for the device's operator (root, or the agent's own user), not every group member.
 
         Why: the socket's group is the kiosk app's access rule, and every other route it opens needs the
@@ -405,7 +407,9 @@ class LocalAPI:
         uid = peer_uid(writer)
         if uid in (0, os.geteuid()):
             return
-        if SUBJECT_ID.fullmatch(subject):
+        if not subject:  # DELETE /prints?reader=R: a clearing of everyone's prints
+            self.record("prints_forget_refused", {"everyone": True, "uid": uid})
+        elif SUBJECT_ID.fullmatch(subject):
             self.record("prints_forget_refused", {"subject": subject, "uid": uid})
         raise ApiError(403, f"only root or the agent's own user may forget prints on this device (uid {uid} may "
                        "not: the socket's group opens sessions only)",
@@ -417,7 +421,6 @@ class LocalAPI:
         Refused while a session runs (the same readers), and while the audit trail cannot record it: the erasure
         is audited per reader (``prints_forgotten``). A session asked for meanwhile is refused in turn (409).
         """
-        from urllib.parse import parse_qs
 
         from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
 
@@ -425,17 +428,8 @@ class LocalAPI:
             raise ApiError(503, "this agent keeps no prints to forget", fix="configure a match-on-sensor reader")
         if not SUBJECT_ID.fullmatch(subject):
             raise ApiError(400, f"{subject[:80]!r} is not a subject id", fix=ID_FIX)
-        reader = (parse_qs(query).get("reader") or [""])[0]
-        if len(reader) > 64:
-            raise ApiError(400, '"reader" must name a [[device]]', fix="name one of the devices GET /health lists")
-        busy = self._running()
-        if busy is not None or self._forgetting:
-            used = DevicesInUse(busy.modality, busy.history).named() if busy is not None else "the readers"
-            raise ApiError(409, f"a session or another forget is running on {used}",
-                           fix='try again when it has ended (GET /health says "busy": false)')
-        unaudited = self.audit_problem()
-        if unaudited is not None:
-            raise ApiError(503, f"nothing is forgotten while {unaudited.message}", fix=unaudited.fix)
+        reader = self._reader_asked(query)
+        self._may_erase_now()
         self._forgetting = True
         try:
             done = await self.forget(subject, reader)
@@ -452,6 +446,54 @@ class LocalAPI:
         return {
             "subject": subject,
             "complete": all(f.complete for f in done),
+            "forgotten": [{**f.audit(), "complete": f.complete, "message": f.message()} for f in done],
+        }
+
+    @staticmethod
+    def _reader_asked(query: str) -> str:
+        from urllib.parse import parse_qs
+
+        reader = (parse_qs(query).get("reader") or [""])[0]
+        if len(reader) > 64:
+            raise ApiError(400, '"reader" must name a [[device]]', fix="name one of the devices GET /health lists")
+        return reader
+
+    def _may_erase_now(self) -> None:
+        """Refuse an erasure while a session or another erasure runs (the same readers: 409), or while the audit
+        trail cannot record it (503): every erasure is audited before it happens."""
+        busy = self._running()
+        if busy is not None or self._forgetting:
+            used = DevicesInUse(busy.modality, busy.history).named() if busy is not None else "the readers"
+            raise ApiError(409, f"a session or another forget is running on {used}",
+                           fix='try again when it has ended (GET /health says "busy": false)')
+        unaudited = self.audit_problem()
+        if unaudited is not None:
+            raise ApiError(503, f"nothing is forgotten while {unaudited.message}", fix=unaudited.fix)
+
+    async def _clear(self, query: str) -> dict[str, Any]:
+        """DELETE /prints?reader=R: clear one reader, every print on its sensor and everything the agent keeps
+        for it (agent.forget.forget_everyone). Refused as a forget is (409, 503); a reader must be named."""
+        from agent.forget import ForgetNotAudited, NoSuchReader
+
+        if self.clear_reader is None:
+            raise ApiError(503, "this agent keeps no prints to forget", fix="configure a match-on-sensor reader")
+        reader = self._reader_asked(query)
+        self._may_erase_now()
+        self._forgetting = True
+        try:
+            cleared, done = await self.clear_reader(reader)
+        except NoSuchReader as exc:  # NoReaderNamed and NotAPrintReader among them
+            raise ApiError(400, exc.message, fix=exc.fix) from None
+        except ForgetNotAudited as exc:
+            raise ApiError(503, exc.message, fix=exc.fix) from None
+        except AgentError as exc:
+            raise ApiError(500, exc.message, fix=exc.fix) from None
+        finally:
+            self._forgetting = False
+        return {
+            "reader": cleared.reader,
+            "complete": cleared.complete and all(f.complete for f in done),
+            "cleared": {**cleared.audit(), "complete": cleared.complete, "message": cleared.message()},
             "forgotten": [{**f.audit(), "complete": f.complete, "message": f.message()} for f in done],
         }
 
@@ -688,6 +730,9 @@ class LocalAPI:
             elif len(parts) == 2 and parts[0] == "sessions" and method == "DELETE":
                 self._cancel(self._session(parts[1]))
                 await self._json(conn, writer, 202, {"cancelled": parts[1]})
+            elif parts == ["prints"] and method == "DELETE":  # a clearing: DELETE /prints?reader=R
+                self._operator_only(writer)
+                await self._json(conn, writer, 200, await self._clear(query))
             elif len(parts) == 2 and parts[0] == "prints" and method == "DELETE":
                 self._operator_only(writer, parts[1])
                 await self._json(conn, writer, 200, await self._forget(parts[1], query))

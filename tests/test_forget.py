@@ -118,6 +118,7 @@ def test_the_daemon_forgets_a_subject_on_the_sensor_and_in_its_store(provisioned
         still_there = store.subjects("usb0")
         again, bob = cli("forget", "--subject", "ana"), cli("forget", "--subject", "bob", "--reader", "usb0")
         after_bob = store.subjects("usb0")
+        emptied = cli("forget", "--everyone", "--reader", "usb0")  # the daemon's route for a clearing
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
@@ -146,6 +147,8 @@ def test_the_daemon_forgets_a_subject_on_the_sensor_and_in_its_store(provisioned
     assert "capture-verifier subject remove" in again.stderr, again.stderr
     assert bob.returncode == 0 and bob.stdout == "forgot bob's print on usb0 (sealed copy and sensor storage)\n", bob
     assert after_bob == []
+    assert emptied.returncode == 0 and emptied.stdout == "emptied the storage of the reader usb0: it held no print\n", (
+        emptied)
     events = _events(config, verifier)
     erased = [e["data"] for e in events if e["type"] == "prints_forgotten"]
     assert erased == [

@@ -45,13 +45,7 @@ def _enrolled(fprint_socket_dir: Path, store: SensorPrintStore, *fingers: str) -
 
     async def scenario() -> None:
         async with storage_reader(fprint_socket_dir) as (device, feeder):
-            for finger in fingers:
-                scanning = threading.Thread(
-                    target=lambda f=finger: [feeder.scan(f) for _ in range(device.enroll_stages)], daemon=True)
-                scanning.start()
-                blob = await asyncio.to_thread(device.enroll, 20)
-                await asyncio.to_thread(scanning.join, 20)
-                store.save("usb0", finger, blob)
+            await _sealed_and_on_the_sensor(device, feeder, store, *fingers)
 
     asyncio.run(scenario())
 
@@ -132,3 +126,189 @@ def test_a_reader_that_could_not_be_set_up_loses_its_sealed_print_and_keeps_a_no
         "`capture-agent forget --subject ana --reader usb0` again to delete it there"
     ), forgotten.message()
     assert [k for k, _ in recorded] == ["prints_forgetting", "prints_forgotten"]
+
+
+async def _sealed_and_on_the_sensor(device, feeder, store: SensorPrintStore, *fingers: str,
+                                   keep: bool = True) -> dict[str, bytes]:
+    """Enrol each finger on the (open) storage reader; with ``keep``, its print sealed in the store too."""
+    prints = {}
+    for finger in fingers:
+        scanning = threading.Thread(
+            target=lambda f=finger: [feeder.scan(f) for _ in range(device.enroll_stages)], daemon=True)
+        scanning.start()
+        prints[finger] = await asyncio.to_thread(device.enroll, 20)
+        await asyncio.to_thread(scanning.join, 20)
+        if keep:
+            store.save("usb0", finger, prints[finger])
+    return prints
+
+
+def test_clearing_a_reader_erases_every_print_on_its_sensor_and_everything_kept_for_it(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """forget --everyone on one reader: every print the sensor lists is deleted (ana's and
+    bob's, kept sealed here; carol's, forgotten while the reader was unplugged, named only by a note; dave's,
+    enrolled by other software and known to nobody here), and the sealed prints and notes go. Audited before
+    (prints_forgetting, everyone) and after (each subject's prints_forgotten, then reader_cleared). Before, no
+    command could clear a reader: the fixes named a vendor's tool."""
+    from agent.forget import CLEARED, forget, forget_everyone
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+    recorded: list[tuple[str, dict]] = []
+    record = lambda kind, data: recorded.append((kind, data))  # noqa: E731
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            prints = await _sealed_and_on_the_sensor(device, feeder, store, "ana", "bob", "carol")
+            prints.update(await _sealed_and_on_the_sensor(device, feeder, store, "dave", keep=False))
+            device.connected = False  # carol forgotten while the reader was away: her note names her slot
+            await forget([device], store, "carol")
+            device.connected = True
+            on_sensor = {f: await asyncio.to_thread(device.holds_print, b) for f, b in prints.items()}
+            cleared, done = await forget_everyone([device], store, "usb0", record=record)
+            after = {f: await asyncio.to_thread(device.holds_print, b) for f, b in prints.items()}
+            return {"on_sensor": on_sensor, "cleared": cleared, "done": done, "after": after}
+
+    out = asyncio.run(scenario())
+    assert out["on_sensor"] == {"ana": True, "bob": True, "carol": True, "dave": True}
+    assert out["after"] == {"ana": False, "bob": False, "carol": False, "dave": False}
+    cleared = out["cleared"]
+    assert cleared.sensor == CLEARED and cleared.complete, cleared
+    assert cleared.message() == "emptied the storage of the reader usb0: deleted the 4 prints it held, everyone's"
+    assert [f.message() for f in out["done"]] == [
+        "forgot ana's print on usb0 (sealed copy; the sensor's storage was emptied)",
+        "forgot bob's print on usb0 (sealed copy; the sensor's storage was emptied)",
+        "forgot carol's print on usb0 (the sealed copy was removed before; the sensor's storage was emptied)",
+    ]
+    assert store.subjects("usb0") == [] and store.noted("usb0") == []
+    assert not list((tmp_path / "prints").glob("*.forget")) and not list((tmp_path / "prints").glob("*.print"))
+    assert recorded[0] == ("prints_forgetting", {"reader": "usb0", "everyone": True})
+    assert [d["subject"] for k, d in recorded if k == "prints_forgotten"] == ["ana", "bob", "carol"]
+    assert recorded[-1] == ("reader_cleared", {"reader": "usb0", "sensor_storage": "cleared",
+                                               "sensor_prints_deleted": 4, "subjects": 3})
+
+
+def test_clearing_an_unplugged_reader_keeps_notes_for_its_sensor_and_the_same_command_finishes(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """A reader away when it is cleared: the sealed prints go at once (no session can use them), a note per
+    subject keeps its sensor slot, and the line says the prints on the sensor stay and the command that finishes;
+    the same clearing with the reader back clears the sensor and erases the notes."""
+    from agent.forget import CLEARED, UNREACHABLE, forget_everyone
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            prints = await _sealed_and_on_the_sensor(device, feeder, store, "ana")
+            device.connected = False
+            away = await forget_everyone([device], store, "usb0")
+            notes = store.noted("usb0")
+            device.connected = True
+            back = await forget_everyone([device], store, "usb0")
+            return {"away": away, "notes": notes, "back": back,
+                    "after": await asyncio.to_thread(device.holds_print, prints["ana"])}
+
+    out = asyncio.run(scenario())
+    cleared, done = out["away"]
+    assert cleared.sensor == UNREACHABLE and not cleared.complete
+    assert cleared.message() == (
+        "the storage of the reader usb0 could not be reached (not connected): the prints on it stay; plug the "
+        "reader in, then run `capture-agent forget --everyone --reader usb0` again"
+    ), cleared.message()
+    assert [f.sensor for f in done] == [UNREACHABLE] and out["notes"] == ["ana"]
+    cleared, done = out["back"]
+    assert cleared.sensor == CLEARED and [f.message() for f in done] == [
+        "forgot ana's print on usb0 (the sealed copy was removed before; the sensor's storage was emptied)"]
+    assert out["after"] is False and store.noted("usb0") == []
+
+
+def test_forget_everyone_from_the_command_line_with_no_daemon_and_without_a_reader(fprint_socket_dir,
+                                                                                   tmp_path) -> None:
+    """`forget --everyone --reader usb0` with no daemon clears the reader here (the virtual reader's storage is
+    this command's process's: empty); without --reader it is refused naming it, a camera named is refused as
+    not a reader, and --subject with --everyone is a usage error: none of them erases anything."""
+    config_file, config = _device_config(tmp_path)
+    store = SensorPrintStore(config.agent.state_dir / "prints", load_kek(config))
+    _enrolled(fprint_socket_dir, store, "ana")
+
+    unnamed = _forget(config_file, fprint_socket_dir, "--everyone")
+    camera = _forget(config_file, fprint_socket_dir, "--everyone", "--reader", "cam0")
+    both = _forget(config_file, fprint_socket_dir, "--everyone", "--subject", "ana", "--reader", "usb0")
+    after_refusals = store.subjects("usb0")
+    cleared = _forget(config_file, fprint_socket_dir, "--everyone", "--reader", "usb0")
+
+    assert unnamed.returncode == 2 and "name the reader" in unnamed.stderr and "--reader" in unnamed.stderr, unnamed
+    assert camera.returncode == 2 and "the device cam0 is a camera device" in camera.stderr, camera
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr, both
+    assert after_refusals == ["ana"], "a refused clearing erased something"
+    assert cleared.returncode == 0, cleared
+    assert cleared.stdout.splitlines() == [
+        "emptied the storage of the reader usb0: it held no print",
+        "forgot ana's print on usb0 (sealed copy; the sensor's storage was emptied)",
+    ], cleared.stdout
+    assert store.subjects("usb0") == []
+
+
+def test_the_daemon_clears_a_reader_for_the_operator_and_refuses_the_kiosk_apps_user(fprint_socket_dir,
+                                                                                   tmp_path) -> None:
+    """Through the local API (`DELETE /prints?reader=usb0`, what `forget --everyone` asks a running daemon): the
+    operator's command empties the reader and prints a line for it and each subject; without a reader it is
+    400 naming one; another user of the socket's group is refused 403, audited, and nothing is erased."""
+    import shutil
+    import tempfile
+
+    import httpx
+
+    from agent.forget import forget_everyone
+    from agent.localapi import LocalAPI
+
+    folder = Path(tempfile.mkdtemp(prefix="fc-"))
+    folder.chmod(0o755)  # the other user passes through it to the socket
+    store = SensorPrintStore(folder / "prints", "forget-here-test-kek-" + "k" * 32)
+    socket_path = folder / "api.sock"
+    recorded: list[tuple[str, dict]] = []
+    config_file = tmp_path / "cli.toml"
+    config_file.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n[logging]\nlevel = "error"\n')
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            await _sealed_and_on_the_sensor(device, feeder, store, "ana", "bob")
+            record = lambda kind, data: recorded.append((kind, data))  # noqa: E731
+            api = LocalAPI(socket_path, lambda emit, **kw: None, group="nogroup", record=record,
+                           clear_reader=lambda reader: forget_everyone([device], store, reader, record=record))
+            await api.start()
+            try:
+                kiosk_user = await asyncio.to_thread(
+                    subprocess.run, ["curl", "-s", "-i", "--unix-socket", str(socket_path), "-X", "DELETE",
+                                     "http://agent/prints?reader=usb0"],
+                    user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=30, cwd="/")
+                after_refusal = store.subjects("usb0")
+                transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+                async with httpx.AsyncClient(transport=transport, base_url="http://agent", timeout=30) as http:
+                    unnamed = await http.delete("/prints")
+                operator = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-m", "agent.cli", "--config", str(config_file), "forget",
+                                     "--everyone", "--reader", "usb0", "--socket", str(socket_path)],
+                    capture_output=True, text=True, timeout=120)
+            finally:
+                await api.stop()
+            return {"kiosk_user": kiosk_user, "after_refusal": after_refusal, "unnamed": unnamed,
+                    "operator": operator}
+
+    try:
+        out = asyncio.run(scenario())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert out["kiosk_user"].stdout.startswith("HTTP/1.1 403"), out["kiosk_user"]
+    assert out["after_refusal"] == ["ana", "bob"]
+    assert ("prints_forget_refused", {"everyone": True, "uid": 65534}) in recorded, recorded
+    assert out["unnamed"].status_code == 400 and "name the reader" in out["unnamed"].json()["error"]
+    operator = out["operator"]
+    assert operator.returncode == 0, operator
+    assert operator.stdout.splitlines() == [
+        "emptied the storage of the reader usb0: deleted the 2 prints it held, everyone's",
+        "forgot ana's print on usb0 (sealed copy; the sensor's storage was emptied)",
+        "forgot bob's print on usb0 (sealed copy; the sensor's storage was emptied)",
+    ], operator.stdout
+    assert "not running" not in operator.stderr

@@ -25,12 +25,14 @@ class ForgetStillRunning(AgentError):
     without knowing what was erased. What it did is in the audit trail and the journal.
     """
 
-    def __init__(self, subject: str, waited_s: float) -> None:
+    def __init__(self, subject: str, waited_s: float, reader: str = "") -> None:
+        what = f"clearing of {reader}" if not subject else f"forget of {subject}"
+        again = f"--everyone --reader {reader}" if not subject else f"--subject {subject}"
         super().__init__(
-            f"the agent took the forget of {subject} but gave no answer within {waited_s:g} s: it may still be "
+            f"the agent took the {what} but gave no answer within {waited_s:g} s: it may still be "
             "erasing (a reader slow to delete)",
             "look at what it did: `journalctl -u capture-agent` (prints_forgotten, one per reader) or the audit "
-            f"trail's prints_forgotten events; then run `capture-agent forget --subject {subject}` again, which "
+            f"trail's prints_forgotten events; then run `capture-agent forget {again}` again, which "
             "finishes whatever is left (or says nothing to forget)",
         )
 
@@ -41,7 +43,9 @@ DESCRIPTION = (
     "running daemon. Exit 0 when all is erased, 1 when no reader holds a print of the subject, 2 when a part "
     "could not be erased (a reader unplugged, failing, or unable to delete a print: its sensor copy is left; the "
     "lines say how to finish), the request failed, or no answer came within the wait (the daemon may still be "
-    "erasing: its journal says). The verifier's side: capture-verifier subject remove."
+    "erasing: its journal says). With --everyone and --reader R: the reader is cleared, every print on its sensor "
+    "(everyone's) and every print the agent keeps for it. With no daemon running, the command erases by itself. "
+    "The verifier's side: capture-verifier subject remove."
 )
 
 
@@ -58,9 +62,12 @@ def _positive_seconds(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("forget", help="erase a subject's prints on this device (through the running daemon)",
                             description=DESCRIPTION)
-    parser.add_argument("--subject", required=True, type=_id_of("subject id"),
-                        help="the subject's id (as enrolled: case-sensitive)")
-    parser.add_argument("--reader", help="only this [[device]] (default: every reader)")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", type=_id_of("subject id"), help="the subject's id (as enrolled: case-sensitive)")
+    who.add_argument("--everyone", action="store_true",
+                     help="clear the reader --reader names: every print on its sensor (everyone's, those other "
+                          "software enrolled included) and every print the agent keeps for it")
+    parser.add_argument("--reader", help="only this [[device]] (default: every reader; --everyone needs one)")
     add_common_arguments(parser)
     parser.add_argument("--socket", help="the daemon's local API socket (default: [api] socket)")
     parser.add_argument("--wait-s", type=_positive_seconds, default=None,
@@ -73,23 +80,27 @@ def run(args: argparse.Namespace) -> int:
     import httpx
 
     from agent.errors import TransportError
-    from agent.forget import forget_wait_s
+    from agent.forget import CLEAR_TIMEOUT_S, forget_wait_s
     from agent.runtime import config_from_args
 
+    if args.everyone and not args.reader:
+        from agent.forget import NoReaderNamed
+
+        raise NoReaderNamed([])
     config = config_from_args(args)
     socket_path = args.socket or str(config.api.socket)
     params = {"reader": args.reader} if args.reader else {}
-    wait_s = args.wait_s or forget_wait_s(config)
+    wait_s = args.wait_s or forget_wait_s(config) + (CLEAR_TIMEOUT_S if args.everyone else 0.0)
     try:
         # Each delete on a sensor is bounded by the reader's own timeout, reader after reader: the wait covers them.
         with httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://agent",
                           timeout=httpx.Timeout(10.0, read=wait_s)) as api:
-            answer = api.delete(f"/prints/{args.subject}", params=params)
+            answer = api.delete("/prints" if args.everyone else f"/prints/{args.subject}", params=params)
     except httpx.ReadTimeout:
-        raise ForgetStillRunning(args.subject, wait_s) from None
+        raise ForgetStillRunning(args.subject or "", wait_s, args.reader or "") from None
     except httpx.TransportError as exc:
         if _nobody_listens(str(socket_path)):
-            return _forget_without_the_daemon(config, args.subject, args.reader or "", str(socket_path))
+            return _forget_without_the_daemon(config, args.subject or "", args.reader or "", str(socket_path))
         raise TransportError(
             f"cannot reach the agent's local API at {socket_path} ({type(exc).__name__}: {exc})",
             fix=_unreachable_fix(str(socket_path)),
@@ -103,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         # answer about the subject.
         nothing = answer.status_code == 404 and str(body.get("error", "")).startswith("nothing to forget")
         return 1 if nothing else 2
+    if "cleared" in body:
+        print(body["cleared"]["message"])
     for line in body["forgotten"]:
         print(line["message"])
     return 0 if body["complete"] else 2
@@ -138,17 +151,25 @@ class ForgetWithoutDaemonFailed(AgentError):
 
 
 def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_path: str) -> int:
-    """Erase here, as the daemon would (agent.forget_here); the exit codes and lines are the daemon path's."""
+    """Erase here, as the daemon would (agent.forget_here); the exit codes and lines are the daemon path's.
+    ``subject`` empty: a clearing of ``reader`` (--everyone)."""
     import asyncio
 
     from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
-    from agent.forget_here import DaemonNotAnswering, forget_here
+    from agent.forget_here import DaemonNotAnswering, clear_here, forget_here
     from agent.statelock import StateDirLocked
 
     print("the agent is not running: erasing here, without it (its audit trail delivers the events at its next "
           "start)", file=sys.stderr)
     try:
-        done = asyncio.run(forget_here(config, subject, reader))
+        if subject:
+            done = asyncio.run(forget_here(config, subject, reader))
+        else:
+            cleared, done = asyncio.run(clear_here(config, reader))
+            print(cleared.message())
+            for forgotten in done:
+                print(forgotten.message())
+            return 0 if cleared.complete and all(f.complete for f in done) else 2
     except StateDirLocked as exc:  # a daemon holds the state directory but does not answer there
         raise DaemonNotAnswering(socket_path, exc) from None
     except NothingToForget as exc:

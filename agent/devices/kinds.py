@@ -396,6 +396,17 @@ class FprintDevice(Device):
         """Delete ``enrolled`` from the reader's own storage, on the owner thread: True deleted, False not there."""
         return self._guarded(self.reader.delete_print, enrolled, timeout_s, self.abort)
 
+    @property
+    def lists_storage(self) -> bool | None:
+        """Whether the reader lists the prints its storage holds (STORAGE_LIST), so that every one can be deleted;
+        None until it has been open once."""
+        info = self.reader.info
+        return None if info is None else bool(info.storage_list)
+
+    def empty_storage(self, timeout_s: float = 10.0) -> int:
+        """Delete every print in the reader's own storage (everyone's), on the owner thread: how many."""
+        return int(self._guarded(self.reader.empty_storage, timeout_s, self.abort))
+
     def holds_print(self, enrolled: bytes, timeout_s: float = 10.0) -> bool:
         """Whether the reader's own storage holds ``enrolled`` (its own list, on the owner thread)."""
         return self._guarded(self.reader.holds, enrolled, timeout_s, self.abort)

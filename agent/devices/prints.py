@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from agent.errors import AgentError
 
 HKDF_INFO = b"capture-agent sensor prints v1"
+INDEX, NOTED = "index", "noted"  # a device's sealed lists: subjects with a print kept, with a note for the sensor
 PRINTS_FOLDER = "prints"  # in the state directory: the sealed prints of every match-on-sensor reader
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 
@@ -160,6 +161,7 @@ class SensorPrintStore:
         with nothing naming it).
         """
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._names(device, NOTED, add=subject)  # listed first: a crash before the note leaves a name, not a note
         nonce = secrets.token_bytes(12)
         aad = f"{device}\0{subject}\0forget".encode()
         body = json.dumps([r.hex() for r in references]).encode()
@@ -212,6 +214,15 @@ class SensorPrintStore:
     def release_for_sensor(self, device: str, subject: str) -> None:
         """The sensor's copy is gone: the note is erased as the prints are (see :meth:`remove`)."""
         _overwrite_and_unlink(self._note(device, subject))
+        if subject in self._names(device, NOTED):
+            self._names(device, NOTED, discard=subject)
+
+    def noted(self, device: str) -> list[str]:
+        """The subjects with a note for ``device``'s sensor (a sealed list, as :meth:`subjects` is), so that
+        clearing a reader (``capture-agent forget --everyone``) erases the notes of subjects whose sealed print is
+        gone already: a note's file name says nothing of whose it is. Notes written before this list existed are
+        not in it (their subject's own forget still finds them)."""
+        return self._names(device, NOTED)
 
     def _note(self, device: str, subject: str) -> Path:
         return self._path(device, subject).with_suffix(".forget")
@@ -222,18 +233,25 @@ class SensorPrintStore:
 
     def _index(self, device: str, add: str = "", discard: str = "") -> list[str]:
         """Read, and when asked change, the sealed list of subjects of one device."""
-        path = self._path(device, "index").with_suffix(".index")
-        aad = f"{device}\0index".encode()
+        return self._names(device, INDEX, add, discard)
+
+    def _names(self, device: str, kind: str, add: str = "", discard: str = "") -> list[str]:
+        """Read, and when asked change, one of a device's sealed lists of subjects (``kind``: INDEX, NOTED)."""
+        path = self._path(device, kind).with_suffix(f".{kind}")
+        aad = f"{device}\0{kind}".encode()
         names: list[str] = []
         if path.exists():
             sealed = path.read_bytes()
             try:
                 names = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], aad))
             except InvalidTag:
-                raise PrintStoreError(
-                    f"the index of prints on {device} does not decrypt",
-                    fix="the file was altered or the key-encryption key changed: enroll again",
-                ) from None
+                if kind == NOTED:  # it only helps a clearing find notes: one the key no longer opens is started anew
+                    names = []
+                else:
+                    raise PrintStoreError(
+                        f"the index of prints on {device} does not decrypt",
+                        fix="the file was altered or the key-encryption key changed: enroll again",
+                    ) from None
         if not add and not discard:
             return names
         names = sorted((set(names) | {add}) - {discard, ""})

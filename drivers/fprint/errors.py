@@ -120,6 +120,18 @@ class NoSensorStorage(FprintUsageError):
         )
 
 
+class NoStorageList(FprintUsageError):
+    """An emptying asked of a reader that cannot list its storage (no FP_DEVICE_FEATURE_STORAGE_LIST): the prints
+    on it cannot all be named, so only those the agent knows can be deleted; refused before libfprint."""
+
+    def __init__(self, name: str, driver: str) -> None:
+        super().__init__(
+            f"the reader {name} cannot list its storage (libfprint's {driver} driver has no STORAGE_LIST)",
+            "the prints the agent kept for it are deleted one by one; any other print on it is cleared only by "
+            "its vendor's tool",
+        )
+
+
 class FingerAlreadyOnSensor(FprintUsageError):
     """libfprint's DATA_DUPLICATE at enrolment: the reader's own storage already holds this finger. Not the
     reader's fault (its fix was "unplug and replug the reader", which changes nothing): the finger was enrolled
@@ -131,5 +143,5 @@ class FingerAlreadyOnSensor(FprintUsageError):
             f"the reader {name} already holds this finger in its storage",
             "enroll another finger; or erase the print it holds: `capture-agent forget --subject ID` for the id "
             "it was enrolled under here (also finishes a forget that could not reach the reader), else clear the "
-            "reader's storage with its vendor's tool",
+            f"reader's storage (`capture-agent forget --everyone --reader {name}`: every print on it, everyone's)",
         )

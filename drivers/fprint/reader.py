@@ -36,6 +36,7 @@ from drivers.fprint.errors import (
     FprintError,
     FprintUsageError,
     NoSensorStorage,
+    NoStorageList,
     PrintNotOnSensor,
     RetryScan,
 )
@@ -85,6 +86,7 @@ class ReaderInfo:
     enroll_stages: int
     scan_type: str  # press or swipe
     dpi: int
+    storage_list: bool = False  # lists the prints its storage holds (FP_DEVICE_FEATURE_STORAGE_LIST)
 
     @property
     def on_sensor(self) -> bool:
@@ -119,6 +121,7 @@ def _info(device: Any) -> ReaderInfo:
         enroll_stages=device.get_nr_enroll_stages(),
         scan_type=device.get_scan_type().value_nick,
         dpi=resolution_dpi(driver),
+        storage_list=device.has_feature(FPrint.DeviceFeature.STORAGE_LIST),
     )
 
 
@@ -485,6 +488,36 @@ class FprintReader:
         except PrintNotOnSensor:
             return False
         return True
+
+    def empty_storage(self, timeout_s: float = 10.0, cancel: threading.Event | None = None) -> int:
+        """Delete every print the reader's own storage holds (everyone's, those other software enrolled included):
+        libfprint's list, then a delete of each, each call bounded by ``timeout_s``; how many were deleted.
+
+        Why list and delete rather than libfprint's clear_storage: the one reader the tests can drive here
+        (libfprint 1.94's virtual_device_storage) declares STORAGE_CLEAR but never completes a clear (it waits
+        for a test command none of its commands satisfies), so a clear could not be shown to work; list and
+        delete are what forget already uses, and reach every print the reader holds. Refused before libfprint
+        on a reader without storage (:class:`NoSensorStorage`) or that cannot list it (:class:`NoStorageList`).
+        """
+        self._storage_or_refuse()
+        if self.info is not None and not self.info.storage_list:
+            raise NoStorageList(self.name, self.info.driver)
+
+        def listing(device: Any, cancellable: Any, done: Callable[[Any, Any], None]) -> None:
+            device.list_prints(cancellable, done)
+
+        deleted = 0
+        for stored in self._run(listing, lambda d, r: d.list_prints_finish(r), timeout_s, cancel):
+
+            def begin(device: Any, cancellable: Any, done: Callable[[Any, Any], None], p: Any = stored) -> None:
+                device.delete_print(p, cancellable, done)
+
+            try:
+                self._run(begin, lambda d, r: d.delete_print_finish(r), timeout_s, cancel)
+            except PrintNotOnSensor:  # gone meanwhile: nothing left to delete
+                continue
+            deleted += 1
+        return deleted
 
     def holds(self, serialized: bytes, timeout_s: float = 10.0, cancel: threading.Event | None = None) -> bool:
         """Whether the reader's own storage holds this print (libfprint's list_prints, compared as libfprint
