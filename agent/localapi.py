@@ -19,6 +19,9 @@ module is the thin shell and the routes:
            [?reader=NAME]          sealed copies and the sensors' own (200 with one line per reader; 404 when
                                    no reader holds one; 409 while a session runs, none starts meanwhile;
                                    403 unless the caller is root or the agent's user; 503 unaudited)
+    DELETE /prints?reader=NAME     forget --everyone: empty one reader (every print its sensor lists, everyone's,
+                                   and all the agent keeps for it); the reader must be named (400); 409, 403
+                                   and 503 as above; 200 with a line for the sensor and one per subject
     GET    /health                 reader, session and identity state ("degraded" when the
                                    device identity cannot sign or has expired, the verifier is
                                    unreachable, or a required device is not connected: an
