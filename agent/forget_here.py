@@ -1,4 +1,5 @@
-"""`capture-agent forget` with no daemon running: the command does the daemon's part itself, for one erasure.
+"""`capture-agent forget` with no daemon running: the command does the daemon's part itself, for one erasure
+(:func:`forget_here`, one subject) or one reader's clearing (:func:`clear_here`, ``--everyone``).
 
 Why: erasing a person is something an operator may need most from a device whose daemon is down: stopped for
 maintenance or for good (the kiosk being decommissioned), or failing to start. Before, forget only said that it
