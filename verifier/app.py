@@ -465,12 +465,14 @@ class VerifierApp:
         )
 
     def _housekeeping(self) -> None:
-        """Every minute: forget nonces and stored answers past their life (a challenge's lives as long as its nonce)."""
+        """Every minute: forget nonces, session tokens and stored answers past their life (a challenge's answer lives
+        as long as its nonce)."""
         now = time.time()
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-        dropped = self.biometric.challenges.expire(now) + self.idempotency.expire(now)
+        dropped = (self.biometric.challenges.expire(now) + self.biometric.sessions.expire(now)
+                   + self.idempotency.expire(now))
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 
