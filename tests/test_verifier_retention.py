@@ -52,3 +52,30 @@ def test_expired_session_tokens_leave_the_database(provisioned, verifier, synthe
 
     assert device.run(any_post)["nonce"]
     assert _rows(verifier, "session_tokens") == 0
+
+
+def test_an_audit_event_larger_than_any_agent_makes_is_not_stored(provisioned, verifier) -> None:
+    """An event is stored as the device sent it, and nothing bounded one but the 1 MiB body: a stolen device
+    stored a 1 MiB event per batch, 600 batches a minute (``device_event_batches_per_min``), some 600 MiB of
+    database a minute. Past ``protocol.audit.MAX_EVENT_BYTES`` (an agent's events are a few hundred bytes)
+    an event is an ``oversized`` anomaly, as a bad hash is: counted in the receipt (the agent's outbox lets it go,
+    its delivery goes on), never its content stored; the chain goes on after it as after a gap."""
+    from agent.audit import ChainHead, make_event
+    from agent.delivery import receipt_of
+
+    config, identity = provisioned
+    huge = make_event(ChainHead(), "reader_fault", {"error": "x" * 600_000})
+    after = make_event(ChainHead(huge["seq"], huge["hash"]), "reader_fault", {"error": "timeout", "port": "/dev/x"})
+
+    async def send(client):
+        return [await client.call("POST", endpoints.EVENTS, json={"events": [event]}) for event in (huge, after)]
+
+    first, second = Device(config, identity).run(send)
+    assert [a["kind"] for a in receipt_of(first, 1).anomalies] == ["oversized"], first
+    assert first["accepted"] == 0, first
+    assert second["accepted"] == 1 and [a["kind"] for a in second["anomalies"]] == ["gap"], second
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        stored = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM audit_events").fetchone()
+        details = db.execute("SELECT detail FROM audit_anomalies").fetchall()
+    assert stored[1] == 1 and stored[0] < 4096, stored  # only the next event, whole
+    assert all("xxxx" not in detail for (detail,) in details)
