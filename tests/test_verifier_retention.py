@@ -79,3 +79,33 @@ def test_an_audit_event_larger_than_any_agent_makes_is_not_stored(provisioned, v
         details = db.execute("SELECT detail FROM audit_anomalies").fetchall()
     assert stored[1] == 1 and stored[0] < 4096, stored  # only the next event, whole
     assert all("xxxx" not in detail for (detail,) in details)
+
+
+def test_an_event_batch_s_stored_answer_lives_minutes_not_a_day(provisioned, verifier) -> None:
+    """Every POST's first answer is kept for its repeats, a day unless its route says less; a device may send 600
+    event batches a minute (``device_event_batches_per_min``), so a stolen one kept some 864,000 stored answers a
+    day in the database, each with its key (empty batches do). Events are idempotent by their ids: a batch sent
+    again once its answer is gone is answered from the events themselves (all duplicates, which the agent's
+    receipt check accepts), so the answer is kept only for a retry after a cut connection."""
+    from agent.audit import ChainHead, make_event
+    from agent.delivery import batch_key, receipt_of
+
+    config, identity = provisioned
+    event = make_event(ChainHead(), "heartbeat", {})
+
+    async def send(client):
+        first = await client.call("POST", endpoints.EVENTS, json={"events": [event]},
+                                  idempotency_key=batch_key([event["id"]]))
+        empties = [await client.call("POST", endpoints.EVENTS, json={"events": []}) for _ in range(5)]
+        # The same batch under another key: what a retry finds once its stored answer has gone.
+        again = await client.call("POST", endpoints.EVENTS, json={"events": [event]})
+        return first, empties, again
+
+    first, empties, again = Device(config, identity).run(send)
+    assert first["accepted"] == 1 and all(e["accepted"] == 0 for e in empties)
+    assert receipt_of(again, 1).duplicates == 1  # accounted for: the outbox lets it go
+    with sqlite3.connect(verifier.pki_dir / "verifier.sqlite") as db:
+        kept = db.execute("SELECT MAX(expires_at - created_at), COUNT(*) FROM idempotency WHERE principal = ?",
+                          (identity.device_id,)).fetchone()
+    assert kept[1] == 7, kept
+    assert kept[0] <= 3600, f"an event batch's answer is kept {kept[0]:.0f} s"

@@ -69,6 +69,10 @@ DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body 
 DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
 MAX_CSR_BODY = 2 * MAX_CSR_DER  # an EST body: base64 of at most MAX_CSR_DER bytes, with line breaks to spare
 ENROLLMENT_REFUSED, RENEWAL_REFUSED = "enrollment_refused", "renewal_refused"  # the audit events of EST refusals
+# An event batch's answer is kept for a retry after a cut connection (the agent's call ends within a minute), not a
+# day: a device may send device_event_batches_per_min of them (600: 864,000 stored answers a day), and a batch sent
+# again later is answered from the events themselves, which are stored by id (every one a duplicate).
+EVENTS_ANSWER_RETENTION_S = 600.0
 
 
 @functools.lru_cache(maxsize=256)
@@ -128,7 +132,8 @@ class VerifierApp:
             ("POST", endpoints.SIMPLEENROLL): Route(self.simpleenroll, needs_client_cert=False),
             ("POST", endpoints.SIMPLEREENROLL): Route(self.simplereenroll, needs_client_cert=True),
             ("GET", endpoints.HEALTH): Route(self.health, needs_client_cert=True),
-            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True),
+            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True,
+                                              retention_s=EVENTS_ANSWER_RETENTION_S),
             **self.biometric.routes(),
             **SensorRoutes(self.conn, self.biometric).routes(),  # match-on-sensor assertions
         }
