@@ -109,3 +109,30 @@ def test_an_event_batch_s_stored_answer_lives_minutes_not_a_day(provisioned, ver
                           (identity.device_id,)).fetchone()
     assert kept[1] == 7, kept
     assert kept[0] <= 3600, f"an event batch's answer is kept {kept[0]:.0f} s"
+
+
+def test_a_device_repeating_one_request_cannot_write_a_log_line_a_repeat(provisioned, verifier) -> None:
+    """A repeat (the same Idempotency-Key and bytes) is answered from the store before any rate is looked at: it
+    must be, a retry after GOAWAY is no new request. Each one was also its own ``idempotent_repeat`` log line, so a
+    stolen device replaying one stored answer wrote the verifier's log as fast as its connection carried requests,
+    and no rate stopped it. The repeats are now logged as the other flood-prone events are: the first few of a
+    window one by one, the rest counted in ``connection_events_summary`` (every one still accounted for)."""
+    from tests.test_verifier_connections import log_events
+
+    config, identity = provisioned
+    repeats = 60
+
+    async def replay(client):
+        answers = [await client.request("POST", endpoints.CHALLENGES, json={}, idempotency_key="the-same-key")
+                   for _ in range(repeats)]
+        return {a.json()["nonce"] for a in answers}, {a.status_code for a in answers}
+
+    nonces, statuses = Device(config, identity).run(replay)
+    assert statuses == {201} and len(nonces) == 1  # every repeat got the first answer
+    verifier.stop()  # the summary of the last window is flushed at the stop
+    events = log_events(verifier)
+    one_by_one = sum(e["event"] == "idempotent_repeat" for e in events)
+    summarised = sum(n for e in events if e["event"] == "connection_events_summary"
+                     for kind, n in e["counts"].items() if kind.startswith("idempotent_repeat"))
+    assert one_by_one <= 10, f"{one_by_one} log lines for {repeats - 1} repeats"
+    assert one_by_one + summarised == repeats - 1, (one_by_one, summarised)

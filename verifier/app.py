@@ -371,7 +371,11 @@ class VerifierApp:
             stored = self.idempotency.lookup(principal, key, req_hash)
             if stored is not None:
                 self.conn.execute("COMMIT")
-                log.info("idempotent_repeat", path=request.path, principal=principal)
+                # Counted in the flood summary past a few a window: a repeat is answered before any rate (a retry
+                # after GOAWAY is no new request), so one line each let a device write the log at line rate.
+                self.flood_events.note("idempotent_repeat", "answered from the idempotency store", routine=True,
+                                       path=request.path,
+                                       **({"device_id": principal} if request.device is not None else {}))
                 return Answer(stored.status, stored.content_type, stored.body, stored.headers)
             if route.matches and request.device is not None:
                 self.pool.admit(request.device.device_id)  # busy: a 503 before anything is consumed
