@@ -799,6 +799,13 @@ class BiometricRoutes:
             spent = self.spend_session_token(request, subject, token, FACE if carried.has_faces else FINGER)
         else:
             self.check_id_free(request, subject)
+        # Its duplicate search tests the templates against every subject of every group, and its answer (a 409 or
+        # a 201) says whether they matched someone: a 1:N search, within the identifications' rate (else a device
+        # that may only enroll tested probes against the whole gallery at three times that rate).
+        self.check_rate(
+            request, self.identify_rate, "1:N searches (identifications and enrollments)", "identification rate limit",
+            "wait; an enrollment desk enrolls one person at a time (a stuck loop? someone testing probes?)",
+        )
         if carried.has_faces:
             return self.faces.enroll(request, body, carried, subject, group, recorded, spent, seen)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
@@ -1267,7 +1274,7 @@ class BiometricRoutes:
         body, carried = self._checked(request, "identify")
         seen = self.seen()
         self.check_rate(  # each identification tests every subject
-            request, self.identify_rate, "identifications", "identification rate limit",
+            request, self.identify_rate, "1:N searches (identifications and enrollments)", "identification rate limit",
             "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
         )
         views = self._views(request, carried)
