@@ -78,6 +78,7 @@ from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.ranking import (
     IDENTIFY_TOP_K,
+    charged_templates,
     identification_capacity,
     identification_threshold,
     ranked,
@@ -810,7 +811,7 @@ class BiometricRoutes:
             return self.faces.enroll(request, body, carried, subject, group, recorded, spent, seen)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
         self._load_gallery()
-        self.charge(request, len(views) * (self._gallery_size + count))
+        self.charge(request, len(views) * charged_templates(self._gallery_size + count))  # (a decade's figure)
 
         def work(budget: Budget) -> _EnrollChecks:
             started = time.perf_counter()
@@ -1293,7 +1294,7 @@ class BiometricRoutes:
                                   verify_threshold=self.threshold)
         # The comparisons it makes: the templates of the groups it may search (the gallery's search is restricted
         # to them), not the whole gallery a lobby kiosk never touches (faces charge the same way).
-        self.charge(request, len(views) * searched)
+        self.charge(request, len(views) * charged_templates(searched))  # a decade's figure: not the size
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()
