@@ -147,6 +147,7 @@ class BiometricRoutes:
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
+        self.max_templates = settings.max_templates_per_subject
         self.faces = FaceRoutes(  # verifier/faces.py
             self, conn, key, settings.target_fmr, settings.duplicate_fmr, settings.identify_fpir_of(FACE)
         )
@@ -810,6 +811,7 @@ class BiometricRoutes:
         if carried.has_faces:
             return self.faces.enroll(request, body, carried, subject, group, recorded, spent, seen)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
+        self.check_room(request, subject, FINGER, count, len(views))
         self._load_gallery()
         self.charge(request, len(views) * charged_templates(self._gallery_size + count))  # (a decade's figure)
 
@@ -886,6 +888,34 @@ class BiometricRoutes:
 
         # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
+
+    def check_room(self, request: Request, subject: str, modality: str, held: int, adding: int) -> None:
+        """409 ``subject-full`` (audited) when ``adding`` more templates of ``modality`` would take the subject past
+        ``max_templates_per_subject``.
+
+        Why: a person adds to their own enrollment with a token from their own verification, which a device
+        holding an enrolled subject gets at will; unbounded, the additions grew the database and the gallery that
+        every identification and every enrollment's duplicate search goes through, whose thresholds tighten with
+        its size (genuine people no longer found, new people refused as duplicates of the bloated subject).
+        """
+        if held + adding <= self.max_templates:
+            return
+        what = "finger views" if modality == FINGER else "faces"
+        raise self.refused(
+            request,
+            Problem(
+                "subject-full",
+                f"subject {subject!r} holds {held} {what}; {adding} more would pass the {self.max_templates} the "
+                "verifier keeps per person",
+                "verify instead of adding: the person is enrolled; to start again, ask the operator "
+                f"(capture-verifier subject remove {subject}, then a first enrollment), who may also raise "
+                "max_templates_per_subject",
+            ),
+            "subject holds the most templates",
+            subject=subject,
+            modality=modality,
+            held=held,
+        )
 
     def give_back_token(self, spent: SpentToken | None, seen: Seen) -> None:
         """An undecided enrollment's token, back: unless its subject was removed since its handler's ``seen``.

@@ -302,6 +302,7 @@ class FaceRoutes:
         records = self.records(request, body, carried, "enroll", subject)
         probes = _matrix(records)
         own = self.store.embeddings(subject)
+        self.bio.check_room(request, subject, FACE, len(own), len(records))
         self.bio.charge(request, len(records) * charged_templates(len(self._gallery_now()[0]) + len(own)))
 
         def work(budget: Budget) -> tuple[int, bool, float]:

@@ -75,6 +75,7 @@ class VerifierSettings:
     max_connections_per_device: int = 8  # connections of one device's certificate (its oldest go first)
     # Work (verifier/matching.py): what one request and one device may cost.
     max_views_per_request: int = 10  # finger views in one request, all templates together
+    max_templates_per_subject: int = 100  # finger views one subject may hold (and, apart, face embeddings)
     device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
     match_workers: int = 2  # threads that match, off the event loop
     match_queue: int = 8  # matching jobs waiting beyond the workers before a 503
@@ -140,6 +141,7 @@ _POSITIVE = (
     "max_connections_per_address",
     "max_connections_per_device",
     "max_views_per_request",
+    "max_templates_per_subject",
     "device_comparisons_per_min",
     "match_workers",
     "match_budget_s",
