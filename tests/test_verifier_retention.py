@@ -136,3 +136,33 @@ def test_a_device_repeating_one_request_cannot_write_a_log_line_a_repeat(provisi
                      for kind, n in e["counts"].items() if kind.startswith("idempotent_repeat"))
     assert one_by_one <= 10, f"{one_by_one} log lines for {repeats - 1} repeats"
     assert one_by_one + summarised == repeats - 1, (one_by_one, summarised)
+
+
+def test_a_device_s_audit_events_are_bounded_in_bytes_a_minute(provisioned, verifier) -> None:
+    """6,000 events a minute (``device_events_per_min``) of up to 4 KiB each was still some 24 MiB of database a
+    minute from one stolen device; an agent's events are a few hundred bytes, so its backlog drains at that rate
+    in a tenth of it. Past ``device_event_bytes_per_min`` (2 MiB) of bodies in a minute, a batch is a 429
+    ``device-rate-limited`` with Retry-After, like the other event limits (the agent's outbox keeps it)."""
+    from agent.audit import ChainHead, make_event
+
+    config, identity = provisioned
+    head, batches = ChainHead(), []
+    for _ in range(3):  # three batches of 250 events of ~3.8 KiB: a little under 1 MiB each
+        events = []
+        for _ in range(250):
+            event = make_event(head, "reader_fault", {"error": "e" * 3600})
+            head = ChainHead(event["seq"], event["hash"])
+            events.append(event)
+        batches.append(events)
+
+    async def send(client):
+        answers = []
+        for events in batches:
+            response = await client.request("POST", endpoints.EVENTS, json={"events": events})
+            answers.append((response.status_code, response.json(), response.headers.get("retry-after")))
+        return answers
+
+    answers = Device(config, identity).run(send)
+    assert [(s, a.get("accepted")) for s, a, _ in answers[:2]] == [(200, 250), (200, 250)], answers[:2]
+    status, problem, retry_after = answers[2]
+    assert status == 429 and problem["type"].endswith("device-rate-limited") and retry_after, problem

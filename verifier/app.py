@@ -122,6 +122,9 @@ class VerifierApp:
         # doubling, so a kiosk's backlog after a day offline drains at this pace rather than being locked out.
         self.event_batches = WorkLimit(settings.device_event_batches_per_min)
         self.event_count = WorkLimit(settings.device_events_per_min)
+        # And their bytes: 6,000 events of up to 4 KiB (protocol.audit.MAX_EVENT_BYTES) a minute was ~24 MiB of
+        # database a minute from one device; an agent's events are a few hundred bytes.
+        self.event_bytes = WorkLimit(settings.device_event_bytes_per_min)
         self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self.biometric = BiometricRoutes(self.conn, settings, self.flood_events)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
@@ -669,7 +672,8 @@ class VerifierApp:
         """A batch of audit events from the device's outbox (idempotent by event id)."""
         assert request.device is not None
         device_id = request.device.device_id
-        self._event_rate(device_id, self.event_batches, 1, "event batches")  # before the body is read
+        self._event_rate(device_id, self.event_batches, 1, "event batches")  # before the body is parsed
+        self._event_rate(device_id, self.event_bytes, len(request.body), "bytes of event batches")
         try:
             batch = json_body(request)
         except Problem as problem:  # not protocol JSON: refused, and audited like any refused request

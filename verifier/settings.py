@@ -44,6 +44,7 @@ class VerifierSettings:
     device_identifications_per_min: int = 20  # 1:N identifications a device may ask per minute (each tests everyone)
     device_event_batches_per_min: int = 600  # POST /v1/events a device may send per minute (counted before reading)
     device_events_per_min: int = 6000  # audit events a device may send per minute (a batch holds 500 at most)
+    device_event_bytes_per_min: int = 2 << 20  # bytes of event batches a device may send per minute
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -119,6 +120,7 @@ _POSITIVE = (
     "device_identifications_per_min",
     "device_event_batches_per_min",
     "device_events_per_min",
+    "device_event_bytes_per_min",
     "lockout_devices",
     "max_failures",
     "subject_requests_per_min",
