@@ -18,6 +18,10 @@ GENESIS = "0" * 64
 MAX_BATCH = 500  # events per POST /v1/events
 # The largest seq: I-JSON's (RFC 7493) exact integers, far below SQLite's 2**63 - 1, so the next one still fits.
 MAX_SEQ = 2**53 - 1
+# The largest event the verifier stores, as canonical JSON: an agent's are a few hundred bytes (a kind, a port, an
+# error and its fix). Larger ones are an anomaly ("oversized"), counted but never stored: the 1 MiB body bounded
+# nothing else, and a stolen device stored 1 MiB an event, a batch a request.
+MAX_EVENT_BYTES = 4096
 EVENT_FIELDS: dict[str, type] = {
     "id": str,
     "seq": int,

@@ -124,6 +124,9 @@ _ENTRIES = (
     ProblemType("subject-id-taken", 409, "Subject id taken but for letter case", "SubjectError",
                 "enroll under another id, or under the enrolled one with the person's verification: "
                 "ids that differ only in letter case read as one person"),
+    ProblemType("subject-full", 409, "The subject holds the most templates kept per person", "SubjectError",
+                "verify instead of adding: the person is enrolled; to start again, ask the operator "
+                "(capture-verifier subject remove ID, then a first enrollment)"),
     ProblemType("factor-not-enrolled", 403, "A factor the rule needs is not enrolled", "FactorNotEnrolledError",
                 "enroll the missing factor with the answer's enrollment_token: "
                 "capture-agent enroll [--face] --subject ID --add"),

@@ -69,6 +69,10 @@ DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body 
 DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
 MAX_CSR_BODY = 2 * MAX_CSR_DER  # an EST body: base64 of at most MAX_CSR_DER bytes, with line breaks to spare
 ENROLLMENT_REFUSED, RENEWAL_REFUSED = "enrollment_refused", "renewal_refused"  # the audit events of EST refusals
+# An event batch's answer is kept for a retry after a cut connection (the agent's call ends within a minute), not a
+# day: a device may send device_event_batches_per_min of them (600: 864,000 stored answers a day), and a batch sent
+# again later is answered from the events themselves, which are stored by id (every one a duplicate).
+EVENTS_ANSWER_RETENTION_S = 600.0
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,6 +122,9 @@ class VerifierApp:
         # doubling, so a kiosk's backlog after a day offline drains at this pace rather than being locked out.
         self.event_batches = WorkLimit(settings.device_event_batches_per_min)
         self.event_count = WorkLimit(settings.device_events_per_min)
+        # And their bytes: 6,000 events of up to 4 KiB (protocol.audit.MAX_EVENT_BYTES) a minute was ~24 MiB of
+        # database a minute from one device; an agent's events are a few hundred bytes.
+        self.event_bytes = WorkLimit(settings.device_event_bytes_per_min)
         self.flood_events = EventSummary()  # flood-prone events, logged a few at a time (the server flushes it)
         self.biometric = BiometricRoutes(self.conn, settings, self.flood_events)
         self.idempotency = IdempotencyStore(self.conn, sealing_key(self.biometric.enrollments.key))
@@ -128,7 +135,8 @@ class VerifierApp:
             ("POST", endpoints.SIMPLEENROLL): Route(self.simpleenroll, needs_client_cert=False),
             ("POST", endpoints.SIMPLEREENROLL): Route(self.simplereenroll, needs_client_cert=True),
             ("GET", endpoints.HEALTH): Route(self.health, needs_client_cert=True),
-            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True),
+            ("POST", endpoints.EVENTS): Route(self.events, needs_client_cert=True,
+                                              retention_s=EVENTS_ANSWER_RETENTION_S),
             **self.biometric.routes(),
             **SensorRoutes(self.conn, self.biometric).routes(),  # match-on-sensor assertions
         }
@@ -366,7 +374,11 @@ class VerifierApp:
             stored = self.idempotency.lookup(principal, key, req_hash)
             if stored is not None:
                 self.conn.execute("COMMIT")
-                log.info("idempotent_repeat", path=request.path, principal=principal)
+                # Counted in the flood summary past a few a window: a repeat is answered before any rate (a retry
+                # after GOAWAY is no new request), so one line each let a device write the log at line rate.
+                self.flood_events.note("idempotent_repeat", "answered from the idempotency store", routine=True,
+                                       path=request.path,
+                                       **({"device_id": principal} if request.device is not None else {}))
                 return Answer(stored.status, stored.content_type, stored.body, stored.headers)
             if route.matches and request.device is not None:
                 self.pool.admit(request.device.device_id)  # busy: a 503 before anything is consumed
@@ -465,12 +477,14 @@ class VerifierApp:
         )
 
     def _housekeeping(self) -> None:
-        """Every minute: forget nonces and stored answers past their life (a challenge's lives as long as its nonce)."""
+        """Every minute: forget nonces, session tokens and stored answers past their life (a challenge's answer lives
+        as long as its nonce)."""
         now = time.time()
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-        dropped = self.biometric.challenges.expire(now) + self.idempotency.expire(now)
+        dropped = (self.biometric.challenges.expire(now) + self.biometric.sessions.expire(now)
+                   + self.idempotency.expire(now))
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
 
@@ -658,7 +672,8 @@ class VerifierApp:
         """A batch of audit events from the device's outbox (idempotent by event id)."""
         assert request.device is not None
         device_id = request.device.device_id
-        self._event_rate(device_id, self.event_batches, 1, "event batches")  # before the body is read
+        self._event_rate(device_id, self.event_batches, 1, "event batches")  # before the body is parsed
+        self._event_rate(device_id, self.event_bytes, len(request.body), "bytes of event batches")
         try:
             batch = json_body(request)
         except Problem as problem:  # not protocol JSON: refused, and audited like any refused request

@@ -5,7 +5,10 @@ SHA-256 of its canonical JSON without ``hash`` (:mod:`protocol.audit`);
 ``prev`` is the previous event's hash; ``seq`` counts from 1. A missing sequence
 number is a *gap* (explained when the device later reports an ``outbox_dropped``
 covering it), a second event for a sequence number already held, or one that
-does not link to the previous hash, is a *fork*. Anomalies are stored and logged
+does not link to the previous hash, is a *fork*; an event larger than
+:data:`protocol.audit.MAX_EVENT_BYTES` is *oversized* and, like one whose hash
+does not match, is not stored (its content is the device's to make up, and the
+database must not grow by a request body a request). Anomalies are stored and logged
 as audit events of the verifier; they do not stop delivery, so a device never
 retries a batch forever.
 """
@@ -22,7 +25,8 @@ from typing import Any
 
 import structlog
 
-from protocol.audit import EVENT_FIELDS, GENESIS, MAX_BATCH, MAX_SEQ, event_hash
+from protocol.audit import EVENT_FIELDS, GENESIS, MAX_BATCH, MAX_EVENT_BYTES, MAX_SEQ, event_hash
+from protocol.wire import canonical_json
 
 log = structlog.get_logger()
 
@@ -133,6 +137,11 @@ class AuditLog:
                 result.duplicates += 1
                 continue
             seq = event["seq"]
+            size = len(canonical_json(event))
+            if size > MAX_EVENT_BYTES:  # kept out like a bad hash: the chain goes on after it as after a gap
+                self._anomaly(result, device_id, "oversized", seq, seq,
+                              f"the event is {size} bytes, over {MAX_EVENT_BYTES}: not stored")
+                continue
             if event_hash(event) != event["hash"]:
                 self._anomaly(result, device_id, "bad_hash", seq, seq, "the event's hash does not match its content")
                 continue

@@ -78,6 +78,7 @@ from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.ranking import (
     IDENTIFY_TOP_K,
+    charged_templates,
     identification_capacity,
     identification_threshold,
     ranked,
@@ -146,6 +147,7 @@ class BiometricRoutes:
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
+        self.max_templates = settings.max_templates_per_subject
         self.faces = FaceRoutes(  # verifier/faces.py
             self, conn, key, settings.target_fmr, settings.duplicate_fmr, settings.identify_fpir_of(FACE)
         )
@@ -799,11 +801,19 @@ class BiometricRoutes:
             spent = self.spend_session_token(request, subject, token, FACE if carried.has_faces else FINGER)
         else:
             self.check_id_free(request, subject)
+        # Its duplicate search tests the templates against every subject of every group, and its answer (a 409 or
+        # a 201) says whether they matched someone: a 1:N search, within the identifications' rate (else a device
+        # that may only enroll tested probes against the whole gallery at three times that rate).
+        self.check_rate(
+            request, self.identify_rate, "1:N searches (identifications and enrollments)", "identification rate limit",
+            "wait; an enrollment desk enrolls one person at a time (a stuck loop? someone testing probes?)",
+        )
         if carried.has_faces:
             return self.faces.enroll(request, body, carried, subject, group, recorded, spent, seen)
         generation, templates, count = self._subject_templates(subject) if enrolled else (0, None, 0)
+        self.check_room(request, subject, FINGER, count, len(views))
         self._load_gallery()
-        self.charge(request, len(views) * (self._gallery_size + count))
+        self.charge(request, len(views) * charged_templates(self._gallery_size + count))  # (a decade's figure)
 
         def work(budget: Budget) -> _EnrollChecks:
             started = time.perf_counter()
@@ -878,6 +888,34 @@ class BiometricRoutes:
 
         # One finger enrollment at a time from its search to its insert: the search saw every finger stored.
         return Deferred(device_id, work, finish, undo, serial=ENROLL_FINGERS)
+
+    def check_room(self, request: Request, subject: str, modality: str, held: int, adding: int) -> None:
+        """409 ``subject-full`` (audited) when ``adding`` more templates of ``modality`` would take the subject past
+        ``max_templates_per_subject``.
+
+        Why: a person adds to their own enrollment with a token from their own verification, which a device
+        holding an enrolled subject gets at will; unbounded, the additions grew the database and the gallery that
+        every identification and every enrollment's duplicate search goes through, whose thresholds tighten with
+        its size (genuine people no longer found, new people refused as duplicates of the bloated subject).
+        """
+        if held + adding <= self.max_templates:
+            return
+        what = "finger views" if modality == FINGER else "faces"
+        raise self.refused(
+            request,
+            Problem(
+                "subject-full",
+                f"subject {subject!r} holds {held} {what}; {adding} more would pass the {self.max_templates} the "
+                "verifier keeps per person",
+                "verify instead of adding: the person is enrolled; to start again, ask the operator "
+                f"(capture-verifier subject remove {subject}, then a first enrollment), who may also raise "
+                "max_templates_per_subject",
+            ),
+            "subject holds the most templates",
+            subject=subject,
+            modality=modality,
+            held=held,
+        )
 
     def give_back_token(self, spent: SpentToken | None, seen: Seen) -> None:
         """An undecided enrollment's token, back: unless its subject was removed since its handler's ``seen``.
@@ -1267,7 +1305,7 @@ class BiometricRoutes:
         body, carried = self._checked(request, "identify")
         seen = self.seen()
         self.check_rate(  # each identification tests every subject
-            request, self.identify_rate, "identifications", "identification rate limit",
+            request, self.identify_rate, "1:N searches (identifications and enrollments)", "identification rate limit",
             "wait; a kiosk identifies one person at a time (a stuck loop? someone testing probes?)",
         )
         views = self._views(request, carried)
@@ -1286,7 +1324,7 @@ class BiometricRoutes:
                                   verify_threshold=self.threshold)
         # The comparisons it makes: the templates of the groups it may search (the gallery's search is restricted
         # to them), not the whole gallery a lobby kiosk never touches (faces charge the same way).
-        self.charge(request, len(views) * searched)
+        self.charge(request, len(views) * charged_templates(searched))  # a decade's figure: not the size
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

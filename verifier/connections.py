@@ -284,7 +284,12 @@ class EventSummary:
         self._suppressed_by: dict[tuple[str, str], Counter[str]] = {}
         self.totals: Counter[str] = Counter()
 
-    def note(self, event: str, reason: str, **fields: Any) -> None:
+    def note(self, event: str, reason: str, *, routine: bool = False, **fields: Any) -> None:
+        """Count ``event``; log it on its own line while its kind (and device) has lines left in the window.
+
+        ``routine``: an event that is no refusal nor fault (a request answered from the idempotency store), logged
+        at info and not as an audit event; the window's summary counts it with the others.
+        """
         now = time.monotonic()
         if now - self._window_start >= self.window_s:
             self.flush(now)
@@ -292,7 +297,10 @@ class EventSummary:
         who = str(fields.get("device_id") or fields.get("serial") or "")
         if self._logged[(event, who)] < self.burst:
             self._logged[(event, who)] += 1
-            log.warning(event, audit=True, reason=reason, **fields)
+            if routine:
+                log.info(event, reason=reason, **fields)
+            else:
+                log.warning(event, audit=True, reason=reason, **fields)
         else:
             self._suppressed[(event, reason)] += 1
             if who:

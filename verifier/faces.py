@@ -58,6 +58,7 @@ from verifier.matching import Budget
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
 from verifier.ranking import (
+    charged_templates,
     identification_capacity,
     identification_threshold,
     ranked,
@@ -301,7 +302,8 @@ class FaceRoutes:
         records = self.records(request, body, carried, "enroll", subject)
         probes = _matrix(records)
         own = self.store.embeddings(subject)
-        self.bio.charge(request, len(records) * (len(self._gallery_now()[0]) + len(own)))
+        self.bio.check_room(request, subject, FACE, len(own), len(records))
+        self.bio.charge(request, len(records) * charged_templates(len(self._gallery_now()[0]) + len(own)))
 
         def work(budget: Budget) -> tuple[int, bool, float]:
             started = time.perf_counter()
@@ -506,7 +508,7 @@ class FaceRoutes:
         # The answer's threshold is the search's decade's, not the exact one: that would tell the gallery's size.
         told = reported_threshold(threshold_for_fmr, self.identify_fpir, views=len(probes), templates=len(rows),
                                   verify_threshold=self.threshold)
-        self.bio.charge(request, len(probes) * len(names))
+        self.bio.charge(request, len(probes) * charged_templates(len(names)))  # a decade's figure: not the size
 
         def work(budget: Budget) -> tuple[dict[str, float], float]:
             started = time.perf_counter()

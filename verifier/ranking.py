@@ -112,6 +112,18 @@ def search_decade(templates: int) -> int:
     return 10 ** (len(str(templates)) - 1) if templates > 0 else 0
 
 
+def charged_templates(templates: int) -> int:
+    """What a search of ``templates`` templates is charged per probe view against the device's matching allowance
+    (``device_comparisons_per_min``): one figure for every gallery of a decade, the decade's geometric middle.
+
+    Why not the templates themselves: the allowance's 429 onset then told a device its groups' gallery size
+    (an enrollment's: the whole gallery's) to the template, which :func:`reported_threshold` was made not to tell.
+    The charge is within a factor of 3.2 of the comparisons made, either way, and tells only the decade.
+    """
+    decade = search_decade(templates)
+    return math.ceil(decade * math.sqrt(10)) if decade else 0
+
+
 def reported_threshold(
     threshold_for_fmr: Callable[[float], float], fpir: float, *, views: int, templates: int, verify_threshold: float
 ) -> float:

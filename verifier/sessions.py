@@ -101,6 +101,15 @@ class SessionTokens:
         ).fetchone()
         return None if row is None else SpentToken(token, device_id, subject_id, float(row[0]), scope)
 
+    def expire(self, now: float | None = None) -> int:
+        """Forget tokens past their lifetime (used or not, they can never be accepted again); how many.
+
+        Why: a token is deleted only when an enrollment takes it, and most never are (a kiosk verifies people
+        all day; only ``enroll --add`` spends one), so each accepted verification left a row for ever.
+        """
+        cutoff = time.time() if now is None else now
+        return int(self.conn.execute("DELETE FROM session_tokens WHERE expires_at < ?", (cutoff,)).rowcount)
+
     def give_back(self, spent: SpentToken) -> None:
         """Undo a :meth:`take` when the verifier itself could not decide (matching busy or over budget)."""
         self.conn.execute(

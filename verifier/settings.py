@@ -44,6 +44,7 @@ class VerifierSettings:
     device_identifications_per_min: int = 20  # 1:N identifications a device may ask per minute (each tests everyone)
     device_event_batches_per_min: int = 600  # POST /v1/events a device may send per minute (counted before reading)
     device_events_per_min: int = 6000  # audit events a device may send per minute (a batch holds 500 at most)
+    device_event_bytes_per_min: int = 2 << 20  # bytes of event batches a device may send per minute
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
@@ -75,6 +76,7 @@ class VerifierSettings:
     max_connections_per_device: int = 8  # connections of one device's certificate (its oldest go first)
     # Work (verifier/matching.py): what one request and one device may cost.
     max_views_per_request: int = 10  # finger views in one request, all templates together
+    max_templates_per_subject: int = 100  # finger views one subject may hold (and, apart, face embeddings)
     device_comparisons_per_min: int = 20000  # template comparisons one device may cause per minute
     match_workers: int = 2  # threads that match, off the event loop
     match_queue: int = 8  # matching jobs waiting beyond the workers before a 503
@@ -118,6 +120,7 @@ _POSITIVE = (
     "device_identifications_per_min",
     "device_event_batches_per_min",
     "device_events_per_min",
+    "device_event_bytes_per_min",
     "lockout_devices",
     "max_failures",
     "subject_requests_per_min",
@@ -140,6 +143,7 @@ _POSITIVE = (
     "max_connections_per_address",
     "max_connections_per_device",
     "max_views_per_request",
+    "max_templates_per_subject",
     "device_comparisons_per_min",
     "match_workers",
     "match_budget_s",
