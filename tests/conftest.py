@@ -1348,8 +1348,9 @@ def finger_fpir_for(comparisons: int) -> float:
     (its capacity, verifier/ranking.py), computed from the fingerprint calibration in force.
 
     Why computed: a test of an identification past its capacity needs that capacity known and small. A literal
-    rate (identify_fpir 3e-9: some 1,460 comparisons, 180 before the 2026-12-03 refit) moves with every refit of
-    the calibration's far tail, and could not go lower for fingers without faces refusing to start.
+    rate (identify_fpir 3e-9: some 12,100 comparisons since the field agreement read between block centres, 1,460
+    before, 180 before the extractor's reliability floor rose) moves with every refit of the calibration's far
+    tail, and could not go lower for fingers without faces refusing to start.
     """
     from biometrics.fingerprint import threshold_for_fmr
     from verifier.ranking import lowest_reachable_fmr

@@ -107,6 +107,29 @@ def test_uncertain_blocks_that_disagree_cost_a_mate_little_and_confident_ones_co
     assert _identity_share(_blocks(angle, np.full((10, 16), 0.9)), strong) == pytest.approx(100 / 160, abs=0.01)
 
 
+def test_where_the_flow_turns_a_shifted_mate_agrees_between_block_centres():
+    # A block's vector is the orientation at its centre, and a point moved from the other print lands anywhere
+    # in a block. Flow turning 1.5 degrees a pixel (as around a core) and a mate shifted by half a block: read at
+    # the nearest block every point is 12 degrees off, over the tolerance, although the prints agree there; read
+    # between the four surrounding centres it agrees (the edge blocks read past the last centre do not).
+    shape = (12, 20)
+    x = np.arange(shape[1]) * of.BLOCK + (of.BLOCK - 1) / 2.0
+    turning = np.radians(1.5)  # per pixel, along x
+    ones = np.ones(shape)
+    template = _blocks(np.mod(np.broadcast_to(turning * x, shape), np.pi), ones)
+    probe = _blocks(np.mod(np.broadcast_to(turning * (x + of.BLOCK / 2), shape), np.pi), ones)
+    gallery = of.pack([of.vectors(template)])
+    one = np.array([1.0 + 0j])
+    share = of.agreement(of.vectors(probe), gallery, one, np.array([0j]), np.array([of.BLOCK / 2 + 0j]))[0]
+    assert share > 0.9
+    # Whichever print is the probe (the inverse transform).
+    back = of.agreement(of.vectors(template), of.pack([of.vectors(probe)]), one, np.array([of.BLOCK / 2 + 0j]),
+                        np.array([0j]))[0]
+    assert back == pytest.approx(share, abs=1e-6)
+    # Unshifted (the transform half a block off the truth) the same fields disagree.
+    assert of.agreement(of.vectors(probe), gallery, one, np.array([0j]), np.array([0j]))[0] < 0.1
+
+
 def test_the_field_round_trips_through_the_iso_record(fingers):
     t = extract(fingers[0], 500)
     assert t.orientation is not None and (t.orientation.coherence > 0).mean() > 0.3

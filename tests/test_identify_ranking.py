@@ -43,11 +43,12 @@ def test_the_capacity_is_the_largest_search_whose_threshold_a_score_can_reach() 
         assert identification_threshold(threshold_for_fmr, 1e-3, capacity, verify) <= MAX_SCORE
         beyond = capacity + capacity // 1000 + 1
         assert identification_threshold(threshold_for_fmr, 1e-3, beyond, verify) > MAX_SCORE, modality
-    # Faces are the first to run out. The fingerprint figure follows its calibration's far tail: about 487
-    # million since the 2026-12-03 refit (biometrics.fingerprint.calibration; 55 million before it).
+    # Faces are the first to run out. The fingerprint figure follows its calibration's far tail: about 4.0
+    # billion since the field agreement was read between block centres (biometrics.fingerprint.calibration;
+    # 487 million before it, 55 million before the extractor's reliability floor rose).
     face = identification_capacity("face", face_threshold, fpir=1e-3, verify_threshold=0.5)
     finger = identification_capacity("finger", finger_threshold, fpir=1e-3, verify_threshold=0.05)
-    assert 300_000 < face < 450_000 and 400_000_000 < finger < 600_000_000
+    assert 300_000 < face < 450_000 and 3_000_000_000 < finger < 5_000_000_000
 
 
 def test_a_rate_no_search_can_reach_is_a_settings_error_naming_a_rate_that_can() -> None:
@@ -138,8 +139,9 @@ def test_the_reported_threshold_is_the_decades_never_above_the_one_applied() -> 
 
 def test_the_reported_threshold_is_not_rounded_up_past_the_one_applied() -> None:
     """Rounded to nearest, the threshold a search of exactly a decade's templates reported could be above the one
-    its candidates were cut at (one view against 1,000 finger templates: 0.0861 told, 0.08608 applied), though the
-    answer, the README and the protocol say it is at most that one; it is rounded down now, still to 4 decimals."""
+    its candidates were cut at (one view against 1,000 finger templates, at the calibration of the time: 0.0861
+    told, 0.08608 applied), though the answer, the README and the protocol say it is at most that one; it is
+    rounded down now, still to 4 decimals."""
     from biometrics.fingerprint import threshold_for_fmr
     from verifier.ranking import identification_threshold, reported_threshold, rounded_down
 

@@ -24,8 +24,10 @@ two unit embeddings in [-1, 1]), so past some search the threshold is above any
 score a probe can reach and the identification could name no one, its own subject
 included. With the default ``identify_fpir`` (1e-3) that happens for faces at
 about 376,000 comparisons (five faces against some 75,000 embeddings), for
-fingers only past 487 million (55 million before the fingerprint calibration's
-2026-12-03 refit lightened its far tail). What the verifier does about it
+fingers only past 4.0 billion (487 million before the orientation-field
+agreement came to read between block centres, 55 million before the
+extractor's reliability floor rose: each refit of the fingerprint calibration
+lightened its far tail). What the verifier does about it
 (:func:`identification_capacity`, :func:`warn_if_unreachable`, :func:`unreachable_problem`):
 
 - A setting that makes it happen for every search, even one probe against one
@@ -136,7 +138,8 @@ def reported_threshold(
 
 def rounded_down(threshold: float, decimals: int = 4) -> float:
     """``threshold`` to ``decimals`` places, never above it: rounded to nearest, a decade's threshold of 0.08608
-    read 0.0861, above the 0.08608 applied to a gallery of exactly that decade (1,000 templates, one view)."""
+    read 0.0861, above the 0.08608 applied to a gallery of exactly that decade (1,000 templates, one view, at the
+    fingerprint calibration of the time)."""
     scale = 10**decimals
     down = math.floor(threshold * scale) / scale
     if down > threshold:  # threshold * scale rounded up to the next whole number in floating point

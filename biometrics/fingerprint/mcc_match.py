@@ -224,9 +224,10 @@ RELIABILITY_POWER = 3
 MAX_RELIABILITY_WEIGHT = 4.0  # a pair weighs at most this many times a comparison's mean (reliability_weights)
 # Compatibilities below this (float32's smallest normal number) are taken as 0: see consolidate.
 RHO_FLOOR = float(np.finfo(np.float32).tiny)
-# Second pass (_second_pass): scores under SECOND_PASS_BELOW (1.5 x the 1e-4 threshold: above it a comparison
-# passes the default verification either way; the duplicate check's 1e-6 threshold, 0.086, lies above, where
-# a mate scoring 0.06 to 0.086 gets no second pass, a bound the calibration's fit includes) take
+# Second pass (_second_pass): scores under SECOND_PASS_BELOW (1.5 x the 1e-4 threshold when it was set, 0.039;
+# 1.7 x today's 0.0352: above it a comparison passes the default verification either way; the duplicate check's
+# 1e-6 threshold, 0.072 (0.086 at the fit before), lies above, where a mate scoring 0.06 to 0.072 gets no second
+# pass, a bound the calibration's fit includes) take
 # SECOND_PASS_WEIGHT x the score of the pairs the alignment paired...
 SECOND_PASS_BELOW = 0.06
 SECOND_PASS_WEIGHT = 0.4
