@@ -170,6 +170,34 @@ def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyrin
     assert not (tmp_path / "typo").exists(), "nothing made"
 
 
+def test_the_provisioning_line_of_no_identity_provisions_where_the_command_looked(verifier, tmp_path) -> None:
+    """`capture-agent run --config agent.toml` before provisioning gave the bare `capture-agent provision ...`
+    line: typed as shown, it provisioned into the default state directory under the default keyring (here: no
+    systemd credential, refused), never the config's. The line now carries the --config and --state-dir typed."""
+    import re
+    import shutil
+
+    config_file = write_config_file(
+        tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url), '[logging]\nlevel = "error"\n'
+    )
+    elsewhere = tmp_path / "other state"
+    for typed in (["run", "--config", str(config_file)], ["health", "--config", str(config_file), "--state-dir",
+                                                           str(elsewhere)]):
+        done = agent_cli(*typed)
+        assert done.returncode == 2 and "no device identity" in done.stderr, done.stderr
+        line = re.search(r"`(printf .*? --ca-fingerprint SHA256)`", done.stderr)
+        assert line, done.stderr
+        command = (line.group(1).replace("TOKEN", verifier.new_token(f"kiosk-{typed[0]}"))
+                   .replace("URL", verifier.url).replace("SHA256", verifier.ca_fingerprint))
+        env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
+        env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"  # capture-agent
+        provisioned = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", command], capture_output=True,
+                                     text=True, timeout=90, env=env, cwd=tmp_path)
+        assert provisioned.returncode == 0, (command, provisioned.stderr)
+    assert (tmp_path / "state" / "identity").is_symlink(), "run's line provisioned elsewhere than its config's"
+    assert (elsewhere / "identity").is_symlink(), "health's line provisioned elsewhere than its --state-dir"
+
+
 @pytest.mark.parametrize("command", ["health", "renew"])
 def test_a_state_directory_under_a_file_names_that_file(tmp_path, command) -> None:
     """A state_dir under a file (`--state-dir agent.toml/state`) is named as `run` names it, the file on the way,
