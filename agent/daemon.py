@@ -75,7 +75,7 @@ RESTART_SECTIONS: tuple[tuple[str, str], ...] = (
     ("logging", "[logging]"),
 )
 RESTART_AUDIT_KEYS = ("outbox_max_rows", "outbox_max_bytes", "batch_size")
-RESTART_FIX = "restart the daemon to use it (`systemctl restart capture-agent`); a reload keeps it"
+RESTART_FIX = "restart the daemon to use the new values (`systemctl restart capture-agent`); a reload keeps the old"
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:

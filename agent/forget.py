@@ -75,7 +75,7 @@ class NothingToForget(AgentError):
         if not readers:  # a kiosk of serial modules and cameras: "check the subject id" sent the operator astray
             super().__init__(
                 "nothing to forget: this device has no libfprint reader, the only kind the agent keeps prints "
-                "for (a serial module's or a camera's captures leave it as templates, held by the verifier)",
+                "for (a serial module's or a camera's captures are sent as templates, which the verifier holds)",
                 f"remove {subject}'s templates on the verifier: capture-verifier subject remove --pki DIR {subject}",
             )
             return
