@@ -60,6 +60,12 @@ def test_every_internal_link_of_the_readme_leads_to_a_heading() -> None:
     assert not missing, f"README links to headings that are not there: {missing}"
 
 
+def test_every_file_the_readme_links_to_is_in_the_repository() -> None:
+    links = re.findall(r"\]\(([^)#\s:]+)(?:#[^)]*)?\)", _prose(_text()).replace("\n", " "))
+    missing = sorted(link for link in set(links) if not (README.parent / link).exists())
+    assert not missing, f"README links to files that are not there: {missing}"
+
+
 def test_the_slug_rule_reads_headings_as_github_does() -> None:
     """The check above is only as good as this rule: punctuation goes, hyphens and underscores stay."""
     assert _slug("Match-on-sensor readers and the verifier's policy") == (
