@@ -172,8 +172,9 @@ def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyrin
 
 def test_the_provisioning_line_of_no_identity_provisions_where_the_command_looked(verifier, tmp_path) -> None:
     """`capture-agent run --config agent.toml` before provisioning gave the bare `capture-agent provision ...`
-    line: typed as shown, it provisioned into the default state directory under the default keyring (here: no
-    systemd credential, refused), never the config's. The line now carries the --config and --state-dir typed."""
+    line (doctor: `capture-agent provision`): typed as shown, it provisioned into the default state directory
+    under the default keyring (here: no systemd credential, refused), never the config's. The line now carries
+    the --config and --state-dir typed (doctor's, the config it read, absolute: it may be typed elsewhere)."""
     import re
     import shutil
 
@@ -182,11 +183,12 @@ def test_the_provisioning_line_of_no_identity_provisions_where_the_command_looke
     )
     elsewhere = tmp_path / "other state"
     for typed in (["run", "--config", str(config_file)], ["health", "--config", str(config_file), "--state-dir",
-                                                           str(elsewhere)]):
-        done = agent_cli(*typed)
-        assert done.returncode == 2 and "no device identity" in done.stderr, done.stderr
-        line = re.search(r"`(printf .*? --ca-fingerprint SHA256)`", done.stderr)
-        assert line, done.stderr
+                                                           str(elsewhere)], ["doctor", "--config", "agent.toml"]):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", *typed], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+        assert done.returncode != 0 and "does not exist" in done.stdout + done.stderr, done.stderr
+        line = re.search(r"`(printf .*? --ca-fingerprint SHA256)`", done.stdout + done.stderr)
+        assert line, done.stdout + done.stderr
         command = (line.group(1).replace("TOKEN", verifier.new_token(f"kiosk-{typed[0]}"))
                    .replace("URL", verifier.url).replace("SHA256", verifier.ca_fingerprint))
         env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
@@ -194,7 +196,10 @@ def test_the_provisioning_line_of_no_identity_provisions_where_the_command_looke
         provisioned = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", command], capture_output=True,
                                      text=True, timeout=90, env=env, cwd=tmp_path)
         assert provisioned.returncode == 0, (command, provisioned.stderr)
-    assert (tmp_path / "state" / "identity").is_symlink(), "run's line provisioned elsewhere than its config's"
+        if typed[0] == "run":  # doctor's line, next, finds this state directory provisioned: start it anew
+            assert (tmp_path / "state" / "identity").is_symlink(), "run's line provisioned elsewhere than its config's"
+            shutil.rmtree(tmp_path / "state")
+    assert (tmp_path / "state" / "identity").is_symlink(), "doctor's line provisioned elsewhere than its config's"
     assert (elsewhere / "identity").is_symlink(), "health's line provisioned elsewhere than its --state-dir"
 
 
