@@ -289,3 +289,12 @@ def test_devices_still_lists_what_is_there_when_the_config_cannot_be_read(zfm_si
     assert found[zfm_sim.port]["capabilities"] == ["fingerprint-image"], found
     assert "not valid TOML" in done.stderr and "fix: correct the syntax" in done.stderr, done.stderr
     assert "config" not in found[zfm_sim.port]["details"], found
+
+
+def test_forget_wait_refused_at_zero_says_it_must_be_above_zero(tmp_path) -> None:
+    """`forget --wait-s 0` was refused as "not a number of seconds between 0 and 3600": 0 read as allowed."""
+    done = agent_cli("forget", "--subject", "ana", "--wait-s", "0", "--socket", str(tmp_path / "none.sock"))
+    assert done.returncode == 2 and "between 0 and" not in done.stderr, done.stderr
+    assert "'0' is not a number of seconds above 0, at most 3600" in done.stderr, done.stderr
+    taken = agent_cli("forget", "--subject", "ana", "--wait-s", "3600", "--socket", str(tmp_path / "none.sock"))
+    assert "--wait-s" not in taken.stderr, taken.stderr  # the bound itself is taken: past parsing, to the socket
