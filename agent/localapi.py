@@ -510,7 +510,9 @@ class LocalAPI:
             chosen = {"reader": reader} if reader else {}
             running.session = self.make_session(emit, **chosen) if modality == FINGER else make(emit)
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
-            raise ApiError(503, exc.message, fix=exc.fix) from None
+            # A "reader" naming no device (or one of another kind) is the request's mistake: a 400, as DELETE
+            # /prints says it. A 503 told a kiosk app to try the same typo again later.
+            raise ApiError(400 if getattr(exc, "misnamed", False) else 503, exc.message, fix=exc.fix) from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))
         finished = [k for k, v in self.sessions.items() if v.done]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED + 1)]:
