@@ -621,7 +621,7 @@ def _serve_on(args: argparse.Namespace, settings: VerifierSettings, conn: sqlite
         if args.ready_file:
             tmp = Path(args.ready_file).with_suffix(".tmp")
             try:
-                tmp.write_text(line)
+                tmp.write_text(line + "\n")  # one whole line: `read` in a shell script takes it
                 tmp.replace(args.ready_file)
             except OSError as exc:  # a folder of another user, a full disk: named, and the server stops
                 raise CLIError(f"cannot write --ready-file {args.ready_file}: {exc.strerror}", fix=ready_fix) from None
