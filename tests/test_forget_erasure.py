@@ -257,7 +257,7 @@ def test_a_reader_named_that_keeps_no_prints_is_refused_as_such_not_nothing_to_f
 
 def test_forget_on_a_device_without_a_libfprint_reader_says_so_and_names_the_verifier(tmp_path: Path) -> None:
     """A kiosk with only a serial module: `forget --subject ana` said "no print of ana is kept for this device's
-    readers (none)" and told the operator to check the subject id, which was right; the device keeps no prints
+    readers (none)" and told the operator to check the subject id, which was fine: the device keeps no prints
     at all, and ana's templates are the verifier's to remove."""
     from agent.devices.kinds import ZfmDevice
     from agent.forget import NothingToForget, forget
