@@ -192,6 +192,19 @@ class FactorNotEnrolledError(SubjectError):
     session token; nothing else accepts it.
     """
 
+    def session_fix(self, subject: str) -> str:
+        """The fix a kiosk app or a terminal can follow: a new enrollment that verifies the person first.
+
+        Why: the verifier's fix is its client's, the agent's ("enroll a face with this enrollment_token"), and
+        reached the person at the kiosk as it was, naming a token neither the local API nor the CLI takes.
+        """
+        factor = str(self.problem.get("factor", "")) or "missing factor"
+        face = factor == "face"
+        flag, modality = ("--face ", '"modality": "face", ') if face else ("", "")
+        return (f"add the {factor} for {subject}: `capture-agent enroll {flag}--subject {subject} --add` (the "
+                f'person verifies again, then enrolls it); a kiosk app starts an enroll session with {modality}'
+                '"verify_first": true')
+
     def grant(self) -> EnrollmentGrant:
         """The enrollment token the answer carries; :class:`AnswerError` when it is malformed."""
         from protocol.messages import EnrollmentGrant

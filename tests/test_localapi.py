@@ -429,3 +429,33 @@ def test_a_reader_pulled_out_before_the_agent_stops_is_not_told_as_the_stop(prov
     assert {"type": "progress", "step": 1, "total": 2} in events, events  # the first capture was taken
     ended = events[-1]
     assert ended["type"] == "error" and ended["code"] == "device_not_connected", events  # was agent_stopping
+
+
+def test_a_missing_factor_is_told_to_the_kiosk_as_an_enrollment_it_can_start(provisioned, verifier, zfm_sim, tmp_path):
+    """A finger verification of a subject whose rule needs a face they never enrolled ends with the verifier's
+    403 factor-not-enrolled. Its fix ("enroll a face with this enrollment_token: ...") is the verifier's word to
+    the agent, and reached the kiosk app and the terminal as it was: neither can hand over that token. The event
+    now says the enrollment they can start, which verifies the person again and earns its own."""
+    from tests.test_verifier_operator_cli import cli
+
+    placements = iter([(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2)])  # enroll two fingers, then verify (+step-up)
+
+    def person(device, event):
+        if event["type"] == "prompt" and event["code"] == "place_finger":
+            finger, impression = next(placements)
+            zfm_sim.place(finger=finger, impression=impression)
+        elif event["type"] == "prompt" and event["code"] == "lift_finger":
+            zfm_sim.lift()
+
+    enroll = {"operation": "enroll", "subject": "gus", "captures": 2, "fingers": 2}
+    enrolled = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "a.sock", enroll, person)
+    assert enrolled[-1]["type"] == "result", enrolled[-1]
+    rule = cli("subject", "require", "--pki", str(verifier.pki_dir), "gus", "--factors", "finger,face")
+    assert rule.returncode == 0, rule.stderr
+    verified = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "b.sock",
+                                    {"operation": "verify", "subject": "gus"}, person)
+    end = verified[-1]
+    assert (end["type"], end.get("problem")) == ("error", "factor-not-enrolled"), verified
+    assert "enrollment_token" not in end["fix"], end["fix"]
+    assert "capture-agent enroll --face --subject gus --add" in end["fix"], end["fix"]
+    assert '"modality": "face", "verify_first": true' in end["fix"], end["fix"]
