@@ -12,10 +12,11 @@ import argparse
 import importlib
 import os
 import select
+import shlex
 import sys
 from collections.abc import Sequence
 
-from agent.errors import AgentError
+from agent.errors import AgentError, NoIdentityError
 from agent.options import add_common_arguments
 from protocol.usage import UsageMistake, UsageParser, add_version, parse_arguments
 
@@ -49,10 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
     try:
         args = parse_arguments(build_parser(), argv)
         return int(args.run(args) or 0)
     except (AgentError, UsageMistake) as exc:  # a usage mistake is said as every other error: message and fix
+        if isinstance(exc, NoIdentityError) and args is not None:
+            exc = exc.typed_with(_location_options(args))
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.fix:
             print(f"fix: {exc.fix}", file=sys.stderr)
@@ -66,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # second traceback flushing stdout at exit: point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell pipeline expects
+
+
+def _location_options(args: argparse.Namespace) -> str:
+    """The ``--config`` and ``--state-dir`` typed, for a line to type next that must look at the same place."""
+    typed = [(flag, getattr(args, name, None)) for flag, name in (("--config", "config"), ("--state-dir", "state_dir"))]
+    return "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in typed if value)
 
 
 def _stdout_gone() -> bool:

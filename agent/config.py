@@ -319,6 +319,11 @@ class DeviceSection:
     ca_file: str = field(default="", metadata=_check(lambda v: v == "" or v.startswith("/"), "use an absolute path"))
 
 
+# What a [[device]] of a kind cannot go without, shown as the fix writes it: "add port = ..." left the installer
+# to guess the form (a path? a number?).
+NEEDED_EXAMPLE = {"port": '"/dev/serial0"', "source": '"/dev/v4l/by-id/..."'}
+
+
 def _build_devices(raw: Any) -> tuple[DeviceSection, ...]:
     if not isinstance(raw, list):
         raise ConfigError("device must be a list of tables", fix='write each one as [[device]] with kind = "..."')
@@ -336,7 +341,9 @@ def _build_devices(raw: Any) -> tuple[DeviceSection, ...]:
             )
         needed = {"zfm": "port", "camera": "source"}.get(device.kind)
         if needed and not getattr(device, needed):
-            raise ConfigError(f"[[device]] {where} (kind = {device.kind!r}) needs {needed}", fix=f"add {needed} = ...")
+            raise ConfigError(f"[[device]] {where} (kind = {device.kind!r}) needs {needed}",
+                              fix=f"add {needed} = {NEEDED_EXAMPLE[needed]} to it (`capture-agent devices` lists "
+                              "what this machine has, each with the value to put there)")
         devices.append(device)
     names = [d.name for d in devices if d.name]
     if len(names) != len(set(names)):

@@ -20,6 +20,7 @@ import datetime as dt
 import signal
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -58,6 +59,22 @@ FLUSH_ON_STOP_S = 5.0
 AUDIT_RECOVERED = "audit_storage_recovered"  # the first event the outbox takes after it refused some
 AUDIT_RETRY_S = 30.0  # while the outbox refuses events: how often it is tried again with no event to prompt it
 TLS_FAILED = "tls_handshake_failed"
+# What a SIGHUP cannot change in a running daemon, since it is made once at start: the device owners, the local
+# API's socket and group, the outbox and its delivery, the mTLS client, the KEK, the logger. A reload keeps these
+# as they run and names each one changed in the file as waiting for a restart ([sessions], [renewal] and
+# [audit] heartbeat_s apply at once). Why: `config_reloaded` alone read as done to an installer who had added a
+# camera, which the daemon went on without.
+RESTART_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("agent", "[agent]"),
+    ("network", "[network]"),
+    ("keyring", "[keyring]"),
+    ("reader", "[reader]"),
+    ("device", "[[device]]"),
+    ("api", "[api]"),
+    ("logging", "[logging]"),
+)
+RESTART_AUDIT_KEYS = ("outbox_max_rows", "outbox_max_bytes", "batch_size")
+RESTART_FIX = "restart the daemon to use the new values (`systemctl restart capture-agent`); a reload keeps the old"
 
 
 def _image_session(device: Any, client: VerifierClient, emit: Any, timing: SessionsSection) -> CaptureSession:
@@ -555,16 +572,33 @@ class AgentDaemon:
             self.status(f"config reload refused: {exc}")
             return
         self.notifier.send(RELOADING=1)
-        self.config = new
+        running = self.config
+        waiting = [shown for name, shown in RESTART_SECTIONS if getattr(new, name) != getattr(running, name)]
+        waiting += [f"[audit] {key}" for key in RESTART_AUDIT_KEYS
+                    if getattr(new.audit, key) != getattr(running.audit, key)]
+        # The running parts stay as they are in self.config too (a renewal reads [agent] and [keyring] from it), so
+        # a second reload still names what waits for the restart.
+        self.config = replace(
+            new,
+            audit=replace(new.audit, **{key: getattr(running.audit, key) for key in RESTART_AUDIT_KEYS}),
+            **{name: getattr(running, name) for name, _ in RESTART_SECTIONS},
+        )
         # The client keeps the verifier it was started with (its connection, its identity): the event names the
         # one in use, and a new URL as waiting for a restart, never as if the daemon had moved to it.
         in_use = self.client.config.verifier.url if self.client is not None else new.verifier.url
         data: dict[str, Any] = {"source": new.source, "verifier": in_use}
         if new.verifier.url != in_use:
             data["verifier_after_restart"] = new.verifier.url
-            data["fix"] = "restart the daemon to use it (`systemctl restart capture-agent`); a reload keeps it"
+        pin_in_use = self.client.config.verifier.spki_pin if self.client is not None else new.verifier.spki_pin
+        if new.verifier.spki_pin != pin_in_use:
+            waiting.append("[verifier] spki_pin")
+        if waiting:
+            data["after_restart"] = waiting
+        if waiting or "verifier_after_restart" in data:
+            data["fix"] = RESTART_FIX
         self.record("config_reloaded", data)
-        self.status("ready: config reloaded", READY=1)
+        self.status("ready: config reloaded" + (f"; waiting for a restart: {', '.join(waiting)}" if waiting else ""),
+                    READY=1)
 
     async def run(self) -> None:
         try:

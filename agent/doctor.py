@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import os
+import shlex
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import httpx
 
 from agent.client import CLOCK_FIX, VerifierClient, problem_error
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, provision_fix
 from agent.identity import (
     CERTIFICATE_FAULTS,
     VERIFIER_FILE,
@@ -93,7 +94,8 @@ def _check_state_dir(report: DoctorReport, config: AgentConfig) -> bool:
     try:
         info = path.stat()
     except FileNotFoundError:
-        return report.add(name, False, f"{path} does not exist", "provision the device (`capture-agent provision`)")
+        # The line to type names the config doctor read: the bare one provisioned into the default state directory.
+        return report.add(name, False, f"{path} does not exist", provision_fix(_config_option(config)))
     except NotADirectoryError:
         return report.add(
             name, False, f"a part of {path} is a file, not a directory", "point [agent] state_dir at a directory"
@@ -211,14 +213,20 @@ CREDSTORE_DIRS = (
 )
 
 
+def _config_option(config: AgentConfig) -> str:
+    """`` --config FILE`` (absolute) when the config came from a file the default lookup would not find."""
+    if config.source in ("defaults", "devstack", str(DEFAULT_CONFIG_PATH)):
+        return ""
+    return f" --config {shlex.quote(os.path.abspath(config.source))}"
+
+
 def doctor_under_systemd(config: AgentConfig) -> str:
     """The command that runs doctor as the unit runs the daemon: its user, state directory and credential."""
     command = (
         "systemd-run --pipe --wait -p User=capture-agent -p StateDirectory=capture-agent "
         f"-p LoadCredentialEncrypted={config.keyring.credential_name} capture-agent doctor"
     )
-    if config.source not in ("defaults", "devstack", str(DEFAULT_CONFIG_PATH)):
-        command += f" --config {os.path.abspath(config.source)}"  # systemd-run starts in /
+    command += _config_option(config)  # absolute: systemd-run starts in /
     return command
 
 

@@ -40,6 +40,27 @@ class IdentityError(AgentError):
     """The device key or certificate is missing, unreadable or invalid."""
 
 
+def provision_fix(options: str = "") -> str:
+    """The fix for a device with no identity: the provisioning line, with ``options`` (``--config FILE``...)."""
+    return (
+        f"provision the device: `printf '%s\\n' TOKEN | capture-agent provision{options} --verifier URL --token - "
+        "--ca-fingerprint SHA256` (the token on stdin, out of every command line)"
+    )
+
+
+class NoIdentityError(IdentityError):
+    """The state directory holds no device identity (not there, or never provisioned).
+
+    Its own type so that the CLI can give the provisioning line the ``--config`` and ``--state-dir`` the
+    failing command was typed with: the bare line provisioned into the default state directory, under the
+    default keyring, never the one the command had looked at.
+    """
+
+    def typed_with(self, options: str) -> NoIdentityError:
+        """The same error, its provisioning line carrying ``options`` (already quoted, each with a space first)."""
+        return NoIdentityError(self.message, provision_fix(options))
+
+
 class StateDirNotTightened(IdentityError):
     """The state directory is open to others and cannot be closed (0700) now: its file system is read-only.
 
@@ -170,6 +191,19 @@ class FactorNotEnrolledError(SubjectError):
     only (:meth:`grant`), which an ``enroll --add`` of that factor sends as its
     session token; nothing else accepts it.
     """
+
+    def session_fix(self, subject: str) -> str:
+        """The fix a kiosk app or a terminal can follow: a new enrollment that verifies the person first.
+
+        Why: the verifier's fix is its client's, the agent's ("enroll a face with this enrollment_token"), and
+        reached the person at the kiosk as it was, naming a token neither the local API nor the CLI takes.
+        """
+        factor = str(self.problem.get("factor", "")) or "missing factor"
+        face = factor == "face"
+        flag, modality = ("--face ", '"modality": "face", ') if face else ("", "")
+        return (f"add the {factor} for {subject}: `capture-agent enroll {flag}--subject {subject} --add` (the "
+                f'person verifies again, then enrolls it); a kiosk app starts an enroll session with {modality}'
+                '"verify_first": true')
 
     def grant(self) -> EnrollmentGrant:
         """The enrollment token the answer carries; :class:`AnswerError` when it is malformed."""

@@ -74,9 +74,15 @@ class NothingToForget(AgentError):
     """No reader of this device holds a print of the subject (a typo, another device, or forgotten already)."""
 
     def __init__(self, subject: str, readers: Sequence[str]) -> None:
-        listed = ", ".join(readers) or "none"
+        if not readers:  # a kiosk of serial modules and cameras: "check the subject id" sent the operator astray
+            super().__init__(
+                "nothing to forget: this device has no libfprint reader, the only kind the agent keeps prints "
+                "for (a serial module's or a camera's captures are sent as templates, which the verifier holds)",
+                f"remove {subject}'s templates on the verifier: capture-verifier subject remove --pki DIR {subject}",
+            )
+            return
         super().__init__(
-            f"nothing to forget: no print of {subject} is kept for this device's readers ({listed})",
+            f"nothing to forget: no print of {subject} is kept for this device's readers ({', '.join(readers)})",
             "check the subject id (ids are case-sensitive) and the device it was enrolled on; templates the "
             "verifier holds are removed there (capture-verifier subject remove)",
         )

@@ -48,7 +48,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.access import closed_parent, user_name
-from agent.errors import CertificateDefect, IdentityError, StateDirNotTightened
+from agent.errors import (
+    CertificateDefect,
+    IdentityError,
+    NoIdentityError,
+    StateDirNotTightened,
+    provision_fix,
+)
 from drivers.accounts import login
 from protocol.certificates import X509_READ_FAULTS, bounds_enforced
 
@@ -522,10 +528,8 @@ class IdentityStore:
 
     def no_identity(self, detail: str = "") -> IdentityError:
         """The error for a state directory without an identity (``detail``: why, in a few words)."""
-        return IdentityError(
-            f"no device identity in {self.state_dir}{f' ({detail})' if detail else ''}",
-            fix="provision the device: `printf '%s\\n' TOKEN | capture-agent provision --verifier URL --token - "
-            "--ca-fingerprint SHA256` (the token on stdin, out of every command line)",
+        return NoIdentityError(
+            f"no device identity in {self.state_dir}{f' ({detail})' if detail else ''}", provision_fix()
         )
 
     def exists(self) -> bool:

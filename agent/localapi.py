@@ -555,7 +555,9 @@ class LocalAPI:
             chosen = {"reader": reader} if reader else {}
             running.session = self.make_session(emit, **chosen) if modality == FINGER else make(emit)
         except AgentError as exc:  # e.g. no connected device can do this: say which and how to fix it
-            raise ApiError(503, exc.message, fix=exc.fix) from None
+            # A "reader" naming no device (or one of another kind) is the request's mistake: a 400, as DELETE
+            # /prints says it. A 503 told a kiosk app to try the same typo again later.
+            raise ApiError(400 if getattr(exc, "misnamed", False) else 503, exc.message, fix=exc.fix) from None
         running.task = asyncio.get_running_loop().create_task(self._run(running, args))
         finished = [k for k, v in self.sessions.items() if v.done]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED + 1)]:
@@ -592,7 +594,8 @@ class LocalAPI:
                 outcome, reason = "cancelled", running.cancel_reason
                 running.publish({"type": "cancelled", "reason": reason})
             else:
-                running.publish({"type": "error", **error_codes(exc), "message": exc.message, "fix": exc.fix})
+                running.publish({"type": "error", **error_codes(exc), "message": exc.message,
+                                 "fix": session_fix(exc, args)})
         except Exception as exc:  # a reader fault the driver typed (ModuleError) or worse
             # A driver's error prints as "message (fix: ...)": the event carries the two apart, as an AgentError's.
             fix = str(getattr(exc, "fix", "") or "")
@@ -877,6 +880,16 @@ def _protocol_message(status: int) -> str:
         413: f"the body is larger than {MAX_BODY // 1024} KiB",
         431: f"the request line and headers are larger than {MAX_HEAD // 1024} KiB",
     }.get(status, "the request was refused")
+
+
+def session_fix(exc: AgentError, args: tuple[Any, ...]) -> str:
+    """The fix an error event carries: the error's, but a verifier's fix written for the agent said as the
+    kiosk app and the terminal can follow it (:meth:`FactorNotEnrolledError.session_fix`)."""
+    from agent.errors import FactorNotEnrolledError
+
+    if isinstance(exc, FactorNotEnrolledError) and args and isinstance(args[0], str):
+        return exc.session_fix(args[0])
+    return exc.fix
 
 
 def error_codes(exc: AgentError) -> dict[str, str]:

@@ -170,6 +170,39 @@ def test_a_state_directory_that_is_not_there_is_said_so_not_blamed_on_the_keyrin
     assert not (tmp_path / "typo").exists(), "nothing made"
 
 
+def test_the_provisioning_line_of_no_identity_provisions_where_the_command_looked(verifier, tmp_path) -> None:
+    """`capture-agent run --config agent.toml` before provisioning gave the bare `capture-agent provision ...`
+    line (doctor: `capture-agent provision`): typed as shown, it provisioned into the default state directory
+    under the default keyring (here: no systemd credential, refused), never the config's. The line now carries
+    the --config and --state-dir typed (doctor's, the config it read, absolute: it may be typed elsewhere)."""
+    import re
+    import shutil
+
+    config_file = write_config_file(
+        tmp_path / "agent.toml", device_config(tmp_path / "state", verifier.url), '[logging]\nlevel = "error"\n'
+    )
+    elsewhere = tmp_path / "other state"
+    for typed in (["run", "--config", str(config_file)], ["health", "--config", str(config_file), "--state-dir",
+                                                           str(elsewhere)], ["doctor", "--config", "agent.toml"]):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", *typed], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+        assert done.returncode != 0 and "does not exist" in done.stdout + done.stderr, done.stderr
+        line = re.search(r"`(printf .*? --ca-fingerprint SHA256)`", done.stdout + done.stderr)
+        assert line, done.stdout + done.stderr
+        command = (line.group(1).replace("TOKEN", verifier.new_token(f"kiosk-{typed[0]}"))
+                   .replace("URL", verifier.url).replace("SHA256", verifier.ca_fingerprint))
+        env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "CAPTURE_AGENT_CONFIG")}
+        env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"  # capture-agent
+        provisioned = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", command], capture_output=True,
+                                     text=True, timeout=90, env=env, cwd=tmp_path)
+        assert provisioned.returncode == 0, (command, provisioned.stderr)
+        if typed[0] == "run":  # doctor's line, next, finds this state directory provisioned: start it anew
+            assert (tmp_path / "state" / "identity").is_symlink(), "run's line provisioned elsewhere than its config's"
+            shutil.rmtree(tmp_path / "state")
+    assert (tmp_path / "state" / "identity").is_symlink(), "doctor's line provisioned elsewhere than its config's"
+    assert (elsewhere / "identity").is_symlink(), "health's line provisioned elsewhere than its --state-dir"
+
+
 @pytest.mark.parametrize("command", ["health", "renew"])
 def test_a_state_directory_under_a_file_names_that_file(tmp_path, command) -> None:
     """A state_dir under a file (`--state-dir agent.toml/state`) is named as `run` names it, the file on the way,
@@ -256,3 +289,12 @@ def test_devices_still_lists_what_is_there_when_the_config_cannot_be_read(zfm_si
     assert found[zfm_sim.port]["capabilities"] == ["fingerprint-image"], found
     assert "not valid TOML" in done.stderr and "fix: correct the syntax" in done.stderr, done.stderr
     assert "config" not in found[zfm_sim.port]["details"], found
+
+
+def test_forget_wait_refused_at_zero_says_it_must_be_above_zero(tmp_path) -> None:
+    """`forget --wait-s 0` was refused as "not a number of seconds between 0 and 3600": 0 read as allowed."""
+    done = agent_cli("forget", "--subject", "ana", "--wait-s", "0", "--socket", str(tmp_path / "none.sock"))
+    assert done.returncode == 2 and "between 0 and" not in done.stderr, done.stderr
+    assert "'0' is not a number of seconds above 0, at most 3600" in done.stderr, done.stderr
+    taken = agent_cli("forget", "--subject", "ana", "--wait-s", "3600", "--socket", str(tmp_path / "none.sock"))
+    assert "--wait-s" not in taken.stderr, taken.stderr  # the bound itself is taken: past parsing, to the socket

@@ -320,3 +320,19 @@ def test_config_from_arbitrary_bytes_is_a_config_or_a_config_error(data: bytes) 
         str(exc)  # printing it must not raise either
     else:
         assert isinstance(config, AgentConfig)
+
+
+@pytest.mark.parametrize("kind, key", [("zfm", "port"), ("camera", "source")])
+def test_a_device_without_its_key_is_told_the_line_to_add(kind: str, key: str) -> None:
+    """The fix was "add port = ...": the form of the value (a quoted path) left to guess. The line the fix gives,
+    added to the entry as written, makes a config that loads."""
+    import re
+    import tomllib
+
+    entry = f'[[device]]\nkind = "{kind}"\n'
+    with pytest.raises(ConfigError) as refused:
+        config_from_bytes(entry.encode(), "agent.toml")
+    line = re.search(rf"add ({key} = \S+) to it", refused.value.fix)
+    assert line, refused.value.fix
+    config = config_from_bytes(f"{entry}{line.group(1)}\n".encode(), "agent.toml")
+    assert getattr(config.device[0], key) == tomllib.loads(line.group(1))[key]

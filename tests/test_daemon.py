@@ -493,6 +493,53 @@ def test_a_reload_to_another_verifier_url_names_the_one_in_use_and_the_restart(p
     assert reloaded[0]["verifier_after_restart"] == moved and "restart" in reloaded[0]["fix"]
 
 
+def test_a_reload_names_the_changes_that_wait_for_a_restart_and_keeps_them_as_they_run(
+    provisioned, tmp_path: Path
+) -> None:
+    """A [[device]] added to the file and a SIGHUP gave `config_reloaded` and nothing else: the installer read
+    the camera as taken on, and the daemon went on without it. Devices, the local API, the outbox's bounds are
+    made at start: a reload names each one changed as waiting for a restart, and applies what it can."""
+    from dataclasses import replace
+
+    from structlog.testing import capture_logs
+
+    from agent.config import DeviceSection
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    config_file = write_config_file(tmp_path / "agent.toml", config)
+    started = load_config(config_file)
+    edited = replace(
+        started.with_overrides(
+            api={"socket": str(tmp_path / "other.sock")},
+            audit={"batch_size": started.audit.batch_size + 1},
+            sessions={"finger_timeout_s": started.sessions.finger_timeout_s + 5},
+        ),
+        device=(DeviceSection(kind="camera", name="door", source=str(tmp_path / "door.mp4")),),
+    )
+    daemon = AgentDaemon(started, str(config_file), loader=lambda: edited)
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            daemon.reload()
+            daemon.reload()  # still waiting: the second reload says so too
+        finally:
+            await daemon.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    reloaded = [e for e in logs if e["event"] == "audit_event" and e["type"] == "config_reloaded"]
+    assert len(reloaded) == 2, logs
+    for event in reloaded:
+        assert event["after_restart"] == ["[[device]]", "[api]", "[audit] batch_size"], event
+        assert "restart" in event["fix"]
+        assert "verifier_after_restart" not in event
+    assert daemon.config.device == started.device and daemon.config.api == started.api  # as they run
+    assert daemon.config.audit.batch_size == started.audit.batch_size
+    assert daemon.config.sessions == edited.sessions  # applied from the next session, as before
+
+
 def test_a_full_disk_keeps_the_daemon_up_refusing_sessions_until_the_audit_trail_can_be_stored(
     tmp_path: Path, small_filesystem: Path, make_test_ca, zfm_sim, monkeypatch: pytest.MonkeyPatch
 ) -> None:

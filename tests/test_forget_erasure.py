@@ -255,6 +255,25 @@ def test_a_reader_named_that_keeps_no_prints_is_refused_as_such_not_nothing_to_f
     assert "--reader" in refused.value.fix
 
 
+def test_forget_on_a_device_without_a_libfprint_reader_says_so_and_names_the_verifier(tmp_path: Path) -> None:
+    """A kiosk with only a serial module: `forget --subject ana` said "no print of ana is kept for this device's
+    readers (none)" and told the operator to check the subject id, which was fine: the device keeps no prints
+    at all, and ana's templates are the verifier's to remove."""
+    from agent.devices.kinds import ZfmDevice
+    from agent.forget import NothingToForget, forget
+
+    store = SensorPrintStore(tmp_path / "prints", KEK)
+    module = ZfmDevice(DeviceSection(kind="zfm", port=str(tmp_path / "ttyUSB9")), "finger", state_dir=tmp_path)
+    try:
+        with pytest.raises(NothingToForget) as nothing:
+            asyncio.run(forget([module], store, "ana"))
+    finally:
+        module.stop()  # its owner thread
+    assert nothing.value.message.startswith("nothing to forget: this device has no libfprint reader")
+    assert "capture-verifier subject remove --pki DIR ana" in nothing.value.fix
+    assert "check the subject id" not in nothing.value.fix
+
+
 def test_a_print_replaced_by_a_re_enrolment_is_deleted_on_the_sensor_by_forget(
     provisioned, verifier, fprint_socket_dir, tmp_path
 ) -> None:

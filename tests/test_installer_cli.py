@@ -576,8 +576,8 @@ def test_verifier_cli_prints_dates_and_error_and_fix_lines(verifier, tmp_path) -
     unknown = verifier_cli("device", "revoke", "--pki", str(verifier.pki_dir), "nobody")
     assert unknown.returncode == 2
     assert unknown.stderr.splitlines() == [
-        "error: no active device 'nobody'",
-        "fix: see `capture-verifier device list --pki DIR`",
+        "error: no device 'nobody': none provisioned under that id and no token was issued for it",
+        "fix: check the id with `capture-verifier device list --pki DIR`",
     ]
     bad = tmp_path / "verifier.toml"
     bad.write_text("cert_days = 0\n")

@@ -174,6 +174,42 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
     assert all(set(s) == {"session_id", "operation", "outcome", "reason", "subject"} for s in sessions)
 
 
+def test_a_reader_name_no_device_has_is_the_requests_mistake_a_400(provisioned, zfm_sim, tmp_path) -> None:
+    """`"reader": "fingr"` (a kiosk app's typo) was answered 503 Service Unavailable, which a kiosk app takes for
+    "try again later", and tried again; DELETE /prints says the same typo as a 400. A capability no device has
+    is still the kiosk's state, a 503."""
+    import signal
+    import time
+
+    from agent.devstack import write_config_file
+
+    config, _ = provisioned
+    socket_path = tmp_path / "api.sock"
+    config_file = write_config_file(
+        tmp_path / "agent.toml", config,
+        f'[[device]]\nkind = "zfm"\nname = "finger"\nport = "{zfm_sim.port}"\n[api]\nsocket = "{socket_path}"\n'
+        '[logging]\nlevel = "error"\n',
+    )
+    daemon = start_agent_daemon(config_file)
+    try:
+        deadline = time.monotonic() + 20
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert socket_path.exists(), "the daemon opened its local API"
+        transport = httpx.HTTPTransport(uds=str(socket_path))
+        with httpx.Client(transport=transport, base_url="http://agent", timeout=20) as api:
+            typo = api.post("/sessions", json={"operation": "identify", "reader": "fingr"})
+            no_such_kind = api.post("/sessions", json={"operation": "identify", "reader": "match-on-sensor"})
+            busy = api.get("/health").json()["busy"]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+    assert typo.status_code == 400, typo.text
+    assert typo.json()["error"].startswith("no [[device]] is named 'fingr'") and "finger" in typo.json()["fix"]
+    assert no_such_kind.status_code == 503, no_such_kind.text
+    assert busy is False, "a refused request started a session"
+
+
 def test_a_socket_another_daemon_serves_is_refused_and_left_to_it(tmp_path) -> None:
     """A second daemon (another state directory, the same [api] socket) unlinked the first one's socket,
     bound its own, and removed it on exit: the first daemon's kiosk app lost its door for good."""
@@ -393,3 +429,33 @@ def test_a_reader_pulled_out_before_the_agent_stops_is_not_told_as_the_stop(prov
     assert {"type": "progress", "step": 1, "total": 2} in events, events  # the first capture was taken
     ended = events[-1]
     assert ended["type"] == "error" and ended["code"] == "device_not_connected", events  # was agent_stopping
+
+
+def test_a_missing_factor_is_told_to_the_kiosk_as_an_enrollment_it_can_start(provisioned, verifier, zfm_sim, tmp_path):
+    """A finger verification of a subject whose rule needs a face they never enrolled ends with the verifier's
+    403 factor-not-enrolled. Its fix ("enroll a face with this enrollment_token: ...") is the verifier's word to
+    the agent, and reached the kiosk app and the terminal as it was: neither can hand over that token. The event
+    now says the enrollment they can start, which verifies the person again and earns its own."""
+    from tests.test_verifier_operator_cli import cli
+
+    placements = iter([(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2)])  # enroll two fingers, then verify (+step-up)
+
+    def person(device, event):
+        if event["type"] == "prompt" and event["code"] == "place_finger":
+            finger, impression = next(placements)
+            zfm_sim.place(finger=finger, impression=impression)
+        elif event["type"] == "prompt" and event["code"] == "lift_finger":
+            zfm_sim.lift()
+
+    enroll = {"operation": "enroll", "subject": "gus", "captures": 2, "fingers": 2}
+    enrolled = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "a.sock", enroll, person)
+    assert enrolled[-1]["type"] == "result", enrolled[-1]
+    rule = cli("subject", "require", "--pki", str(verifier.pki_dir), "gus", "--factors", "finger,face")
+    assert rule.returncode == 0, rule.stderr
+    verified = kiosk_session_events(provisioned, zfm_reader(zfm_sim), tmp_path / "b.sock",
+                                    {"operation": "verify", "subject": "gus"}, person)
+    end = verified[-1]
+    assert (end["type"], end.get("problem")) == ("error", "factor-not-enrolled"), verified
+    assert "enrollment_token" not in end["fix"], end["fix"]
+    assert "capture-agent enroll --face --subject gus --add" in end["fix"], end["fix"]
+    assert '"modality": "face", "verify_first": true' in end["fix"], end["fix"]

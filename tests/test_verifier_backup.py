@@ -110,6 +110,7 @@ def test_restore_puts_the_backup_back_keeps_a_backup_of_the_replaced_database_an
     _enrol(verifier.pki_dir, "ben")  # after the backup: the restore takes it away
     error, fix = refused(cli("restore", "--pki", str(verifier.pki_dir), "--from", str(backup)))
     assert "already serves the database" in error and "stop it first" in fix
+    assert "rate limit" not in fix and "restore" in fix, fix  # the restore's next steps, not a second server's
     verifier.stop()
     database = verifier.pki_dir / "verifier.sqlite"
     restores = [cli("restore", "--pki", str(verifier.pki_dir), "--from", str(backup)) for _ in range(2)]

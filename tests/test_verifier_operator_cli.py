@@ -127,6 +127,24 @@ def test_a_token_for_a_revoked_device_is_refused_and_revoking_again_says_already
     assert cli("token", "new", "--pki", pki, "--device", "kiosk-1b").returncode == 0  # the fix works
 
 
+def test_device_revoke_on_an_id_whose_tokens_were_revoked_revokes_the_id(verifier_state) -> None:
+    """`token revoke` keeps the id good and `device list` no longer shows it; `device revoke` on it then said
+    "no active device" with `device list` as the fix, and the id could never be revoked: `token new` went on
+    giving it tokens."""
+    pki = str(verifier_state)
+    assert cli("token", "new", "--pki", pki, "--device", "kiosk-9").returncode == 0
+    assert cli("token", "revoke", "--pki", pki, "kiosk-9").returncode == 0
+    done = cli("device", "revoke", "--pki", pki, "kiosk-9")
+    assert done.returncode == 0, done.stderr
+    assert "revoked kiosk-9, which had not provisioned: it has no unused token" in done.stdout, done.stdout
+    listed = [json.loads(line) for line in cli("device", "list", "--pki", pki).stdout.splitlines()]
+    assert [(row["device_id"], row["status"]) for row in listed] == [("kiosk-9", "revoked")], listed
+    error, _ = refused(cli("token", "new", "--pki", pki, "--device", "kiosk-9"))
+    assert "kiosk-9 is revoked" in error
+    error, fix = refused(cli("device", "revoke", "--pki", pki, "kiosk-typo"))  # never issued: a typo, not revoked
+    assert "no device 'kiosk-typo'" in error and "device list" in fix
+
+
 # ---------------------------------------------------------------- item 10: unknown and malformed ids
 
 

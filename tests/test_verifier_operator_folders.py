@@ -186,3 +186,23 @@ def test_a_long_valid_server_name_makes_a_certificate_that_names_it(tmp_path: Pa
     server = x509.load_pem_x509_certificate((pki / "server.pem").read_bytes())
     assert server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == [name]
+
+
+def test_a_database_root_makes_in_the_verifiers_folder_is_the_folders_owners(verifier_state: Path) -> None:
+    """An installer's `sudo capture-verifier token new` before the first `serve` made verifier.sqlite root's
+    (0600) in the verifier's folder, and the unit's `serve`, as the verifier's own user, could not open it."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the folder to another user, and to be the root who makes the file")
+    database = verifier_state / "verifier.sqlite"
+    assert not database.exists()  # pki init makes none: the first command to open it does
+    os.chown(verifier_state, 65534, 65534)  # the verifier's user, as the unit's StateDirectory= makes it
+    try:
+        done = cli("token", "new", "--pki", str(verifier_state), "--device", "kiosk-07")
+        owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in verifier_state.glob("verifier.*")}
+    finally:
+        os.chown(verifier_state, 0, 0)
+    assert done.returncode == 0, done.stderr
+    assert owners.get("verifier.sqlite") == (65534, 65534), owners
+    assert set(owners.values()) == {(65534, 65534)}, f"a companion of the database stayed root's: {owners}"

@@ -217,3 +217,24 @@ def ignored_signals(pid: int) -> int:
     """The mask of the signals process ``pid`` ignores (SigIgn in /proc/PID/status)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)  # type: ignore[union-attr]
+
+
+def test_the_ready_file_is_one_whole_line_a_shell_reads(verifier_state: Path) -> None:
+    """`--ready-file` got the `listening` JSON without its newline: `read -r line < FILE` in a start script
+    then failed (exit 1 at an end of file with no newline), and `while read` loops skipped the line."""
+    import shutil
+
+    ready = verifier_state / "ready.json"
+    command = [sys.executable, "-m", "verifier.cli", "serve", "--pki", str(verifier_state), "--port", "0"]
+    process = subprocess.Popen([*command, "--ready-file", str(ready)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: ready.exists() or process.poll() is not None, 60.0) and process.poll() is None
+        read = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", 'read -r line < "$1" && printf %s "$line"',
+                               "bash", str(ready)], capture_output=True, text=True, timeout=10)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    assert read.returncode == 0, "the shell's read met the end of the file before a newline"
+    listening = json.loads(read.stdout)
+    assert listening["event"] == "listening" and listening["port"] > 0, listening

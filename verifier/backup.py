@@ -156,13 +156,13 @@ def restore(backup: Path, database: Path, key: Path) -> RestoreResult:
     it replaced is first backed up beside it (:func:`back_up`, a name of its own).
     """
     from verifier.at_rest_key import check_key_opens
-    from verifier.serve_lock import hold_database
+    from verifier.serve_lock import RESTORE_THEN, hold_database
 
     _check_owner(database)
     source = _open_backup(backup)
     try:
         check_key_opens(key, source)
-        with hold_database(database):  # refused while serve runs; and no serve starts meanwhile
+        with hold_database(database, then=RESTORE_THEN):  # refused while serve runs; and no serve starts meanwhile
             _move_strays(database)
             live = sqlite3.connect(database, timeout=10)
             try:

@@ -271,17 +271,25 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
         structlog.get_logger().info("device_already_revoked", device_id=args.device_id)
         print(f"{args.device_id} is already revoked{since}; nothing changed")
         return 0
-    if known is None and args.device_id in tokens.pending():
+    # An id that has not provisioned but was given tokens (unused, or all revoked or expired: `token revoke` keeps
+    # the id good, and `device list` no longer shows it) is the operator's own: revoked, it stays so. Refused as
+    # "no active device", with `device list` as the fix, it could not be revoked at all, and `token new` still
+    # gave it a token.
+    if known is None and (args.device_id in tokens.pending() or tokens.ever_issued(args.device_id)):
         registry.revoke_unprovisioned(args.device_id)
         revoked = tokens.revoke(args.device_id)
         structlog.get_logger().info(
             "device_revoked", audit=True, device_id=args.device_id, provisioned=False, tokens_revoked=revoked
         )
-        print(f"revoked {args.device_id}, which had not provisioned: its {_count(revoked, 'unused token')} "
-              f"{'is' if revoked == 1 else 'are'} refused from now on, and the id stays revoked")
+        left = (f"its {_count(revoked, 'unused token')} {'is' if revoked == 1 else 'are'} refused from now on"
+                if revoked else "it has no unused token")
+        print(f"revoked {args.device_id}, which had not provisioned: {left}, and the id stays revoked")
         return 0
     if not registry.revoke(args.device_id):
-        raise CLIError(f"no active device {args.device_id!r}", fix="see `capture-verifier device list --pki DIR`")
+        raise CLIError(
+            f"no device {args.device_id!r}: none provisioned under that id and no token was issued for it",
+            fix="check the id with `capture-verifier device list --pki DIR`",
+        )
     revoked = tokens.revoke(args.device_id)  # a re-provisioning token issued before: refused from now on too
     structlog.get_logger().info("device_revoked", audit=True, device_id=args.device_id, tokens_revoked=revoked)
     print(f"revoked {args.device_id}" + (f" and its {_count(revoked, 'unused token')}" if revoked else ""))
@@ -613,7 +621,7 @@ def _serve_on(args: argparse.Namespace, settings: VerifierSettings, conn: sqlite
         if args.ready_file:
             tmp = Path(args.ready_file).with_suffix(".tmp")
             try:
-                tmp.write_text(line)
+                tmp.write_text(line + "\n")  # one whole line: `read` in a shell script takes it
                 tmp.replace(args.ready_file)
             except OSError as exc:  # a folder of another user, a full disk: named, and the server stops
                 raise CLIError(f"cannot write --ready-file {args.ready_file}: {exc.strerror}", fix=ready_fix) from None

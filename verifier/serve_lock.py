@@ -20,14 +20,22 @@ from pathlib import Path
 
 from verifier.pki_folder import PKIFolderError
 
+SERVE_THEN = "; two servers on one database would each grant every rate limit in full"
+RESTORE_THEN = ", run the restore, then start it again (it opens the restored database)"
+
 
 def lock_path(database: Path) -> Path:
     return database.with_name(database.name + ".lock")
 
 
 @contextlib.contextmanager
-def hold_database(database: Path) -> Iterator[Path]:
-    """Hold the database for this server while the block runs, or refuse naming the server that holds it."""
+def hold_database(database: Path, *, then: str = SERVE_THEN) -> Iterator[Path]:
+    """Hold the database for this server while the block runs, or refuse naming the server that holds it.
+
+    ``then`` ends the refusal's fix: why a second server must not run, or (`restore`) what to do once the
+    server is stopped; a restore refused with the second server's reason, rate limits, told the operator
+    nothing about the restore.
+    """
     path = lock_path(database)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -45,7 +53,7 @@ def hold_database(database: Path) -> Iterator[Path]:
             raise PKIFolderError(
                 f"another `capture-verifier serve` ({who}) already serves the database {database}",
                 fix=(f"stop it first (`systemctl stop capture-verifier` or `kill {pid}`)" if pid else "stop it first")
-                + "; two servers on one database would each grant every rate limit in full",
+                + then,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

@@ -73,6 +73,20 @@ def open_database(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _give_to_folder_owner(fd: int, folder: Path) -> None:
+    """A database root makes in the verifier's folder is the folder owner's, as sqlite does with its ``-wal``.
+
+    Why: an installer's `sudo capture-verifier token new` before the first `serve` made a root-owned
+    ``verifier.sqlite`` (0600) in ``/var/lib/capture-verifier``, and the unit's `serve`, as the verifier's
+    user, could then not open it. Only root may give a file away; anyone else makes it their own, as before.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(folder)
+    if owner.st_uid != 0:
+        os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
 def _create_private(path: Path) -> None:
     """Make the database file 0600 before sqlite opens it, whatever the umask.
 
@@ -80,7 +94,15 @@ def _create_private(path: Path) -> None:
     they are 0600 too (a chmod after the WAL was switched on left them 0644 under
     umask 022). Companions an older version left behind are made 0600 as well.
     """
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            _give_to_folder_owner(fd, path.parent)
+        finally:
+            os.close(fd)
     for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
         if file.exists():
             file.chmod(0o600)

@@ -165,6 +165,11 @@ class BootstrapTokens:
             ).rowcount
         )
 
+    def ever_issued(self, device_id: str) -> bool:
+        """Whether any token, used, revoked, expired or not, was ever issued for the id: an id the operator made."""
+        row = self.conn.execute("SELECT 1 FROM tokens WHERE device_id = ? LIMIT 1", (device_id,)).fetchone()
+        return row is not None
+
     def revoked(self, device_id: str) -> int:
         """How many of a device id's tokens the operator revoked before they were used."""
         row = self.conn.execute(

@@ -78,6 +78,9 @@ class NoDeviceFor(DeviceError):
         waiting: Sequence[str] = (),
     ) -> None:
         there = f"devices: {', '.join(configured) or 'none'}"
+        # A name no configured device has, or one of a device of another kind: the request is wrong, not the
+        # kiosk (the local API answers 400, where a device unplugged or not set up is a 503 that may pass).
+        self.misnamed = bool(name) and not waiting and not not_set_up
         if waiting:  # made, never opened yet (a libfprint reader tells what it can do only once open)
             message = f"no connected device can do {capability}: {', '.join(waiting)} not connected"
             fix = ("plug it in (the agent reopens it by itself within a few seconds), then try again; "
