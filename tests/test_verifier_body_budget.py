@@ -11,11 +11,12 @@ verifier hold 100 MiB for one connection (RSS from 98 to 204 MB, measured).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +141,17 @@ class RawDevice:
         self.tls.close()
 
 
+@contextlib.contextmanager
+def budgeted_verifier(tmp_path: Path) -> Iterator[LocalVerifier]:
+    """The verifier with its connection body budgets as they are, and the events route's byte rate
+    (device_event_bytes_per_min, 2 MiB a minute) out of the way: these tests hold and send several MiB of bodies
+    to that route to reach the connection's budget, and the byte rate would answer 429 first."""
+    settings = tmp_path / "verifier.toml"
+    settings.write_text("device_event_bytes_per_min = 1073741824\n")
+    with LocalVerifier.running(tmp_path / "pki", extra_args=("--config", str(settings))) as verifier:
+        yield verifier
+
+
 def device_context(verifier: LocalVerifier, tmp_path: Path, name: str) -> tuple[ssl.SSLContext, object, object]:
     config, identity = asyncio.run(provision_device(verifier, tmp_path / name, name))
     (tmp_path / name / "raw").mkdir()
@@ -164,7 +176,7 @@ def test_a_body_past_the_connections_budget_is_refused_503_and_other_connections
     ``connection-busy`` naming the setting, with Retry-After, while the device's other connection is served. Once
     the four end and are answered, their bytes are given back and the same 200 KiB body is taken. Before, the
     verifier took every body (up to 100 streams of 1 MiB each on one connection)."""
-    with LocalVerifier.running(tmp_path / "pki") as verifier:
+    with budgeted_verifier(tmp_path) as verifier:
         ctx, config, identity = device_context(verifier, tmp_path, "kiosk-1")
         device = RawDevice(verifier, ctx)
         held = [1, 3, 5, 7]
@@ -228,7 +240,7 @@ def test_one_connection_of_many_large_bodies_holds_its_budget_not_a_hundred_mebi
     """100 streams at once, each sending just under max_body_bytes (1 MiB) and then holding it (not ended): at most
     connection_body_bytes (4 MiB by default) are held, the rest refused 503; the verifier's RSS grows by a few MB,
     not the 105 MB measured before, and a well-behaved connection is served meanwhile."""
-    with LocalVerifier.running(tmp_path / "pki") as verifier:
+    with budgeted_verifier(tmp_path) as verifier:
         ctx, config, identity = device_context(verifier, tmp_path, "kiosk-1")
         pid = verifier.process.pid
         assert well_behaved(config, identity) == (200, 200)  # warm: the code paths of a request are in memory
@@ -262,7 +274,7 @@ def test_answered_bodies_give_their_bytes_back_though_the_client_reads_no_answer
     with eight such connections per device a share of total_body_bytes, stayed spent until it closed."""
     import h2.settings
 
-    with LocalVerifier.running(tmp_path / "pki") as verifier:
+    with budgeted_verifier(tmp_path) as verifier:
         ctx, _, _ = device_context(verifier, tmp_path, "kiosk-1")
         device = RawDevice(verifier, ctx)
         try:
