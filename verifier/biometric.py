@@ -143,7 +143,7 @@ class BiometricRoutes:
         self.subject_rate_all = RateLimit(
             settings.subject_requests_per_min * settings.lockout_devices, settings.lockout_base_s
         )
-        self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use)
+        self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use, ttl_s=settings.step_up_ttl_s)
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
