@@ -169,16 +169,12 @@ class SensorRoutes:
         # (their first capture is the removed person's), also when the id was enrolled again on this sensor.
         self.bio.sync_removals()
         subject = assertion.subject
-        self.bio.check_group(request, subject, self.bio.subjects.group_of(subject))
+        # Another group's subject reads as one with no print here (BiometricRoutes.check_visible says why).
+        self.bio.check_visible(request, subject, _sensor_unknown(device_id, assertion))
         known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)
         if known != assertion.print_hash:
             self._audit(device_id, assertion, "unknown_subject", "no such print enrolled on this device's sensor")
-            raise Problem(
-                "sensor-enrollment-unknown",
-                f"subject {subject!r} is not enrolled with this print on reader "
-                f"{assertion.reader.driver}/{assertion.reader.device} of device {device_id}",
-                f"enroll the subject on this reader first: capture-agent enroll --subject {subject}",
-            )
+            raise _sensor_unknown(device_id, assertion)
         self.bio.check_subject_rate(device_id, subject)
         locked = self.bio.lockouts.locked_for(device_id, subject)
         if locked > 0:
@@ -267,3 +263,13 @@ class SensorRoutes:
             f'error_description="{", ".join(reasons)}", acr_values="{acr}"'
         )
         return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
+
+
+def _sensor_unknown(device_id: str, assertion: SensorAssertion) -> Problem:
+    """404 ``sensor-enrollment-unknown``: no such print of the subject on this reader (or none the device may see)."""
+    return Problem(
+        "sensor-enrollment-unknown",
+        f"subject {assertion.subject!r} is not enrolled with this print on reader "
+        f"{assertion.reader.driver}/{assertion.reader.device} of device {device_id}",
+        f"enroll the subject on this reader first: capture-agent enroll --subject {assertion.subject}",
+    )

@@ -5,9 +5,11 @@ the device's access rule for the operation, the device's rate, the signature by
 the device key over the canonical request, and the nonce (single use, short
 life). Then what the body carries is parsed, once, by :mod:`verifier.content`
 (a malformed template, face or sensor message is a refusal like any other).
-Then the subject's group against the device's allowed groups, then the
-operation. Every outcome, accepted or refused, is an audit event naming the
-device, the subject and the reason; a template never appears in one.
+Then the subject's group against the device's allowed groups (a verification
+of a subject the device may not see is answered as one of an unknown id:
+:meth:`BiometricRoutes.check_visible`), then the operation. Every outcome,
+accepted or refused, is an audit event naming the device, the subject and the
+reason; a template never appears in one.
 
 The challenge itself names the operation and the subject (protocol.messages.
 ChallengeRequest), so what needs no finger (the operation, the subject's group,
@@ -438,6 +440,30 @@ class BiometricRoutes:
                 group=group,
             )
 
+    def check_visible(self, request: Request, subject: str, unknown: Problem | None = None) -> None:
+        """A verification's (and its prechecks'): refused as ``unknown`` (default: 404 ``unknown-subject``) unless
+        the device may act on the subject's group; audited with the group, for the operator.
+
+        Why not :meth:`check_group`'s 403: a device allowed only ``default`` asking for an id
+        of another group got 403 where an id nobody holds got 404, so it could tell which ids
+        exist in groups it cannot see (and a device not allowed ``default`` got 403 for every
+        id nobody holds, that group's by default). Now both read alike: same status, problem
+        type, detail and fix (but for the id), no other header, refused at the same point
+        (nothing spent that an unknown id does not spend). Enrollment keeps the 403: an id
+        taken in another group cannot be enrolled again, a leak the README documents.
+        """
+        assert request.device is not None
+        group = self.subjects.group_of(subject)
+        if not self.rules.allows_group(request.device.device_id, group):
+            raise self.refused(
+                request,
+                unknown if unknown is not None else _unknown_subject(subject),
+                "subject group not allowed for this device",
+                subject=subject,
+                group=group,
+                answered_as=(unknown.slug if unknown is not None else "unknown-subject"),
+            )
+
     def has_factor(self, subject: str, factor: str) -> bool:
         """The subject has ``factor`` enrolled: a face, or a finger (templates, or a print on a match-on-sensor
         reader, whose assertion answers a finger step-up)."""
@@ -735,7 +761,7 @@ class BiometricRoutes:
                     subject=subject,
                 )
             return
-        self.check_group(request, subject, self.subjects.group_of(subject))
+        self.check_visible(request, subject)  # another group's subject reads as an unknown one
         if not self.is_enrolled(subject):
             raise self.refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
         locked = self.lockouts.locked_for(device_id, subject)
@@ -1023,7 +1049,7 @@ class BiometricRoutes:
                 request, Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"'),
                 "malformed subject",
             )
-        self.check_group(request, subject, self.subjects.group_of(subject))
+        self.check_visible(request, subject)  # another group's subject reads as an unknown one
         if not self.is_enrolled(subject):
             raise self._unknown_subject(device_id, subject)
         self.check_subject_rate(device_id, subject, request)
