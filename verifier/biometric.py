@@ -90,7 +90,7 @@ from verifier.ranking import (
     warn_if_unreachable,
 )
 from verifier.sensor_prints import SensorPrints
-from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
+from verifier.sessions import SENSOR_SESSION, SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, Pending, StepUpPolicy
 from verifier.subjects import (
@@ -496,6 +496,10 @@ class BiometricRoutes:
             )
         if self.sessions.check(token, device_id) == subject:
             return SESSION
+        if self.sessions.check(token, device_id, SENSOR_SESSION) == subject:
+            if factor is not None:  # a portable factor: only the operator's one-time grant lets it through
+                self.check_portable_add(request, subject, factor)
+            return SENSOR_SESSION
         scope = enroll_scope(factor) if factor is not None else None
         if scope is not None and self.sessions.check(token, device_id, scope) == subject:
             if self.has_factor(subject, str(factor)):  # only ever the missing factor: never a graft onto one
@@ -520,6 +524,47 @@ class BiometricRoutes:
             ),
             "session token expired, or of another subject or device",
             subject=subject,
+        )
+
+    def has_portable(self, subject: str) -> bool:
+        """The subject has a factor every kiosk verifies: finger templates or a face (not only sensor prints)."""
+        return self.enrollments.exists(subject) or self.faces.enrolled(subject)
+
+    def check_portable_add(self, request: Request, subject: str, factor: str) -> None:
+        """401 ``session-token-refused`` (audited) unless a token earned by a sensor's assertion alone may add
+        ``factor`` (finger templates or a face) to ``subject``: only to a subject with no portable factor at all,
+        and only with the operator's one-time grant (``capture-verifier subject portable ID``).
+
+        Why: under ``--sensor-assertions accept`` the verifier takes the device's word that the sensor matched,
+        and whoever holds the device key (a stolen kiosk) can say it. The operator accepted that word for that
+        device; a template or a face added with it verifies at every kiosk, so the device's word would have
+        made a portable identity: the thief's finger or face on a person's id (or grafted beside the fingers of
+        a subject with no face). So such a token adds only what stays on a sensor (another print). The README's
+        remedy for a subject enrolled only on sensors (add templates, or a face, after a sensor's accept) is
+        kept behind the operator, who grants one portable enrollment to such a subject once the person is
+        known to be there; a subject with any portable factor must verify with it instead (a template or face
+        the verifier matches itself earns a full session token).
+        """
+        if not self.has_portable(subject) and self.sensor_prints.portable_granted(subject):
+            return
+        has = self.has_portable(subject)
+        raise self.refused(
+            request,
+            Problem(
+                "session-token-refused",
+                f"the session token of {subject!r} was earned by a match-on-sensor assertion alone (the device's "
+                f"word): it adds a print on a sensor, never a {factor}, which would verify at every kiosk",
+                (f"verify {subject} with a fingerprint template or a face (capture-agent verify on an image reader "
+                 "or a camera) and add with that session token")
+                if has else
+                (f"{subject} is enrolled only on sensors: ask the operator to grant one portable enrollment "
+                 f"(capture-verifier subject portable {subject}), then verify on the sensor again and add"),
+            ),
+            "sensor-earned token for a portable factor",
+            subject=subject,
+            factor=factor,
+            has_portable_factor=has,
+            portable_granted=self.sensor_prints.portable_granted(subject),
         )
 
     def spend_session_token(
@@ -981,6 +1026,12 @@ class BiometricRoutes:
                 "subject removed while the enrollment was checked",
                 subject=subject,
             )
+        if spent.scope == SENSOR_SESSION:
+            # A portable factor added meanwhile (the grant was for a subject with none), or the grant withdrawn
+            # or used by another request: refused; otherwise the grant is spent with this insert.
+            if self.has_portable(subject) or not self.sensor_prints.use_portable_grant(subject):
+                self.check_portable_add(request, subject, factor)  # raises: no grant, or a portable factor
+            return
         if spent.scope != SESSION and self.has_factor(subject, factor):
             raise self.refused(
                 request,
@@ -1134,7 +1185,8 @@ class BiometricRoutes:
 
         return Deferred(device_id, work, finish, undo)
 
-    def decided(self, device_id: str, subject: str, accepted: bool, first_use_done: bool = True) -> dict[str, Any]:
+    def decided(self, device_id: str, subject: str, accepted: bool, first_use_done: bool = True,
+                scope: str = SESSION) -> dict[str, Any]:
         """What every 1:1 decision does, whatever decided it: a template, a face, a sensor's match, a step-up's answer.
 
         The lockout counts it (a reject is a failure, an accept resets); an accept
@@ -1142,13 +1194,15 @@ class BiometricRoutes:
         answer, and is the device's first use done (no first-use step-up after it)
         unless ``first_use_done`` is False: a sensor's own word, never checked by
         the verifier, must not stand in for the second finger the first use asks.
+        ``scope``: the token's (:data:`~verifier.sessions.SENSOR_SESSION` for a sensor's word alone, which adds
+        no portable factor: :meth:`check_portable_add`).
         """
         self.lockouts.record(device_id, subject, accepted)
         if not accepted:
             return {}
         if first_use_done:
             self.stepup.completed(device_id)
-        return self.sessions.issue(device_id, subject)
+        return self.sessions.issue(device_id, subject, scope)
 
     def grant_missing_factor(self, device_id: str, subject: str, matched: str, missing: str, score: float) -> Answer:
         """A factor rule needs ``missing``, which the subject has never enrolled: 403 ``factor-not-enrolled``
