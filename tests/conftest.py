@@ -687,6 +687,47 @@ def ca(make_test_ca: Callable[[str], TestCA]) -> TestCA:
 
 
 @pytest.fixture
+def app_in_process(tmp_path: Path, ca: TestCA) -> Iterator[Callable[..., tuple[Any, Callable[..., Any]]]]:
+    """A maker of the verifier's app in this process (settings given as keywords) on a fresh PKI and database, with
+    a maker of a device's signed requests (a real signature over a real nonce of that app).
+
+    For what only memory shows (the pending step-ups): the handlers, their matching and their decisions are
+    called one by one, as test_subject_remove's ``in_process`` does. Every app made is closed after the test.
+    """
+    from protocol.signing import sign_request
+    from verifier.app import VerifierApp
+    from verifier.http import Request
+    from verifier.pki import init_pki
+    from verifier.registry import Device as RegisteredDevice
+    from verifier.settings import VerifierSettings
+
+    made: list[Any] = []
+
+    def make(device_id: str = "kiosk-1", **settings: Any) -> tuple[Any, Callable[..., Any]]:
+        pki = tmp_path / "pki"
+        if not (pki / "ca.pem").exists():
+            init_pki(pki)
+        app = VerifierApp(VerifierSettings(pki_dir=pki, **settings))
+        made.append(app)
+        key, cert = ca.issue_key_and_cert([device_id], client=True)
+
+        def signed(path: str, on: str = "", **fields: object) -> Any:
+            nonce, _ = app.biometric.challenges.issue(device_id)
+            body = sign_request(key, "POST", path, {"nonce": nonce, **fields})
+            return Request("POST", path, {}, json.dumps(body).encode(), RegisteredDevice(device_id, "active", "01"),
+                           cert, on)
+
+        return app, signed
+
+    try:
+        yield make
+    finally:
+        for app in made:
+            app.pool.close()
+            app.conn.close()
+
+
+@pytest.fixture
 def server_ctx(ca: TestCA) -> ssl.SSLContext:
     """A TLS server context on 127.0.0.1 asking for client certificates of ``ca`` (for H2TestServer)."""
     return ca.server_context(["127.0.0.1"], client_ca=ca.ca_file)

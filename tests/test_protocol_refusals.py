@@ -442,13 +442,14 @@ def test_what_needs_no_finger_is_refused_at_the_challenge(verifier, provisioned,
     async def restricted(api, client):
         with pytest.raises(OperationNotAllowedError) as operation:
             await api.challenge("enroll", "carol")
-        with pytest.raises(GroupNotAllowedError) as group:
+        with pytest.raises(UnknownSubjectError) as group:  # another group's: read as an unknown id
             await api.challenge("verify", "alice")
         return operation.value, group.value
 
     operation, group = run(provisioned, restricted)
     assert operation.status == 403 and "capture-verifier device allow kiosk-1" in operation.fix
-    assert group.status == 403 and "visitors" not in json.dumps(group.problem)
+    assert group.status == 404 and group.fix == "enroll the subject first: capture-agent enroll --subject alice"
+    assert "visitors" not in json.dumps(group.problem)
     lines = verifier.log_path.read_text().splitlines()
     refusals = [json.loads(line) for line in lines if '"biometric_request_refused"' in line]
     assert {(r["path"], r["reason"]) for r in refusals} >= {
@@ -516,11 +517,12 @@ def test_a_device_locked_out_of_a_subject_learns_nothing_of_it_through_identific
     assert any(e.get("reason") == "identification rate limit" for e in events)
 
 
-def test_an_enrollment_naming_a_subject_of_a_group_the_device_may_not_see_is_the_verify_paths_403(
+def test_an_enrollment_naming_a_subject_of_a_group_the_device_may_not_see_is_a_403_not_the_409(
     verifier, provisioned, second_device
 ) -> None:
-    """A lobby restricted to visitors gets the 403 the verify path gives for a staff subject, not a 409 telling it
-    the id exists "in another group" (and suggesting it enroll without --group)."""
+    """A lobby restricted to visitors enrolling a staff subject gets 403 group-not-allowed, not a 409 telling it
+    the id exists "in another group" (and suggesting it enroll without --group); its verification reads as an
+    unknown id (404, test_verifier_group_oracle)."""
     from protocol.messages import Challenge
     from tests.test_verifier_faces import capture, face_enroll, steps_for
 
@@ -531,8 +533,11 @@ def test_an_enrollment_naming_a_subject_of_a_group_the_device_may_not_see_is_the
     verifier.allow("kiosk-2", groups="visitors")
 
     async def lobby(api, client):
+        with pytest.raises(UnknownSubjectError) as verifying:
+            await api.challenge("verify", "ceo")
+        assert verifying.value.status == 404
         refused = []
-        for operation, group in (("verify", None), ("enroll", "visitors"), ("enroll", None)):
+        for operation, group in (("enroll", "visitors"), ("enroll", None)):
             with pytest.raises(GroupNotAllowedError) as info:
                 await api.challenge(operation, "ceo", group)
             refused.append(info.value)

@@ -64,9 +64,17 @@ async def add_face(api: VerifierAPI, subject: str, seed: int, token: str | None)
                      challenge=challenge, liveness=steps_for(challenge))
 
 
-async def sensor_subject_with_face(api: VerifierAPI, subject: str = "dave", seed: int = 4) -> None:
-    """A subject enrolled on the sensor, then given a face with the token of a sensor verification."""
+def grant_portable(verifier, subject: str) -> None:
+    """The operator lets a subject enrolled only on sensors add a face or templates once after a sensor's accept
+    (a sensor-earned token adds no portable factor otherwise: test_sensor_portable)."""
+    verifier_cli("subject", "portable", "--pki", str(verifier.pki_dir), subject)
+
+
+async def sensor_subject_with_face(api: VerifierAPI, verifier, subject: str = "dave", seed: int = 4) -> None:
+    """A subject enrolled on the sensor, then given a face with the token of a sensor verification (the operator's
+    grant first)."""
     await api.signed(SensorEnrollmentRequest(subject, READER, PRINT), None, None)
+    await asyncio.to_thread(grant_portable, verifier, subject)
     verified = await asserted(api, assertion(subject=subject))
     assert isinstance(verified, Decision) and verified.accepted
     await add_face(api, subject, seed, verified.token)
@@ -106,7 +114,7 @@ def test_rejected_assertions_lock_the_device_out_and_a_locked_device_answers_no_
 
     async def steps(client):
         api = VerifierAPI(client)
-        await sensor_subject_with_face(api)
+        await sensor_subject_with_face(api, verifier)
         await asyncio.to_thread(require_both, verifier)
         face_first = await face_verify(api, "dave", 4)
         rejected = [await asserted(api, assertion("no_match")) for _ in range(5)]
@@ -128,7 +136,7 @@ def test_finger_on_the_sensor_then_the_face_the_rule_asks_for(device, verifier) 
 
     async def steps(client):
         api = VerifierAPI(client)
-        await sensor_subject_with_face(api)
+        await sensor_subject_with_face(api, verifier)
         await asyncio.to_thread(require_both, verifier)
         out: dict = {"asked": await asserted(api, assertion())}
         # The sensor cannot answer the face's step-up; the step-up stays for the face.
@@ -184,7 +192,7 @@ def test_face_first_then_the_finger_on_the_sensor(device, verifier, tmp_path, sy
         await api.signed(SensorEnrollmentRequest("dave", READER, PRINT, session_token=token), None, None)
 
     async def first(client):
-        await sensor_subject_with_face(VerifierAPI(client))
+        await sensor_subject_with_face(VerifierAPI(client), verifier)
 
     async def steps(client):
         api = VerifierAPI(client)
@@ -326,6 +334,7 @@ def test_a_kiosk_with_a_camera_and_only_a_sensor_completes_both_factors(
                     made.tracker_options = TRACKER
                     return made
 
+                await asyncio.to_thread(grant_portable, verifier, "lee")  # lee is enrolled only on the sensor
                 out["added"] = await session().enroll("lee", verify_first=True)
                 await asyncio.to_thread(require_both, verifier, "lee")
                 out["verified"] = await session().verify("lee")

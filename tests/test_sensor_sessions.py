@@ -24,6 +24,7 @@ from agent.errors import NotAllowedError, VerificationRequiredError
 from agent.sensor_sessions import SensorSession
 from agent.sessions import SessionError
 from tests.conftest import cancel_session_task, run_bounded, storage_reader
+from tests.test_sensor_factors import grant_portable
 
 KEK = "sensor-test-kek-" + "k" * 32
 
@@ -190,7 +191,10 @@ def test_step_up_after_a_sensor_match_is_satisfied_by_an_image_readers_template(
 
                 sensor = SensorSession(device, client, store, emit=person, image_session=image_session)
                 await sensor.enroll("erin")
-                verified = await sensor.verify("erin")  # policy accept: a token to add templates with
+                # policy accept: a token to add templates with, for a subject enrolled only on the sensor once the
+                # operator granted it (a sensor's word alone adds no portable factor: test_sensor_portable)
+                await asyncio.to_thread(grant_portable, verifier, "erin")
+                verified = await sensor.verify("erin")
                 token = sensor.session_token.current()
                 records = [encode(extract(fingers.image(0, i, (256, 288)), 500)) for i in range(3)]
                 await sensor.api.enroll("erin", records, session_token=token)
@@ -431,6 +435,7 @@ def test_a_sensor_session_and_the_face_a_factor_rule_asks_for(provisioned, verif
 
                 sensor = SensorSession(device, client, store, emit=person, face_step_up=face_step_up)
                 await sensor.enroll("kim")
+                await asyncio.to_thread(grant_portable, verifier, "kim")  # the operator's grant: see erin's
                 await sensor.verify("kim")  # no rule yet: the sensor's match decides; its token adds the face
                 challenge = await api.challenge("enroll", "kim")
                 await api.enroll("kim", [], faces=[capture(7, 0), capture(7, 1)],

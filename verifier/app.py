@@ -38,7 +38,7 @@ from verifier import __version__
 from verifier.assertions import SensorRoutes
 from verifier.audit_log import AuditLog, EventFormatError
 from verifier.biometric import ENROLLMENTS_PATH, BiometricRoutes
-from verifier.connections import BODY_BUDGET_EXTENSION, EventSummary
+from verifier.connections import BODY_BUDGET_EXTENSION, HOUSEKEEPING_INTERVAL_S, EventSummary
 from verifier.http import Answer, Deferred, Request, Route, json_answer, json_body
 from verifier.idempotency import (
     RETENTION_S,
@@ -64,7 +64,6 @@ log = structlog.get_logger()
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 PKCS7_TYPE = "application/pkcs7-mime; smime-type=certs-only"
-HOUSEKEEPING_INTERVAL_S = 60.0  # nonces and their answers are forgotten within minutes of expiring
 DRAIN_TIMEOUT_S = 5.0  # how long an early refusal waits for the rest of a body it will not read
 DRAIN_MAX_BYTES = 16 << 20  # and how much of it it takes (read and dropped, never kept)
 MAX_CSR_BODY = 2 * MAX_CSR_DER  # an EST body: base64 of at most MAX_CSR_DER bytes, with line breaks to spare
@@ -478,8 +477,9 @@ class VerifierApp:
 
     def _housekeeping(self) -> None:
         """Every minute: forget nonces, session tokens and stored answers past their life (a challenge's answer lives
-        as long as its nonce)."""
+        as long as its nonce), and the pending step-ups past theirs (:meth:`forget_expired`)."""
         now = time.time()
+        self.forget_expired(now)
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
@@ -487,6 +487,20 @@ class VerifierApp:
                    + self.idempotency.expire(now))
         if dropped:
             log.info("housekeeping", rows_dropped=dropped)
+
+    def forget_expired(self, now: float | None = None) -> int:
+        """Drop what the verifier keeps in memory past its life: the pending step-ups (each holds a person's first
+        capture, a template); how many were dropped.
+
+        Called before every request and, whether requests come or not, by the server every
+        ``HOUSEKEEPING_INTERVAL_S`` (verifier.server.ConnectionServer.housekeep): an abandoned
+        step-up's template outlives its lifetime (``step_up_ttl_s``) by at most that interval.
+        Memory only, no database write: the timer may run while a request's transaction is open.
+        """
+        dropped = self.biometric.stepup.expire(time.time() if now is None else now)
+        if dropped:
+            log.info("housekeeping", pending_step_ups_dropped=dropped, reason="past step_up_ttl_s")
+        return dropped
 
     # ---------------------------------------------------------------- handlers
     def cacerts(self, request: Request) -> Answer:

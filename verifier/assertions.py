@@ -9,7 +9,11 @@ assertions, set by the operator (``capture-verifier device allow ID
 
 - ``accept``: a match is a decision (a subject marked high-risk still steps up),
   doing what every decision does (:meth:`BiometricRoutes.decided`: lockout
-  count, the device's first use done, the session token);
+  count, the session token; not the device's first use), but its session token
+  adds only another print on a sensor, never finger templates or a face
+  (:meth:`BiometricRoutes.check_portable_add`: the device's word must not make
+  a portable identity; a subject enrolled only on sensors gets one portable
+  enrollment with the operator's grant, ``capture-verifier subject portable``);
 - ``step_up`` (the default): RFC 9470 401 ``insufficient_user_authentication``;
   a fingerprint template of the same subject, sent to ``/v1/verifications``
   with the step-up id, is matched by the verifier and decides;
@@ -60,6 +64,7 @@ from verifier.faces import FACE_REQUIRED
 from verifier.http import Answer, Request, Route, json_answer
 from verifier.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from verifier.problems import Problem
+from verifier.sessions import SENSOR_SESSION, SESSION
 
 log = structlog.get_logger()
 _Message = TypeVar("_Message", SensorEnrollmentRequest, SensorAssertion)
@@ -169,16 +174,12 @@ class SensorRoutes:
         # (their first capture is the removed person's), also when the id was enrolled again on this sensor.
         self.bio.sync_removals()
         subject = assertion.subject
-        self.bio.check_group(request, subject, self.bio.subjects.group_of(subject))
+        # Another group's subject reads as one with no print here (BiometricRoutes.check_visible says why).
+        self.bio.check_visible(request, subject, _sensor_unknown(device_id, assertion))
         known = self.bio.sensor_prints.print_hash(subject, device_id, assertion.reader.driver, assertion.reader.device)
         if known != assertion.print_hash:
             self._audit(device_id, assertion, "unknown_subject", "no such print enrolled on this device's sensor")
-            raise Problem(
-                "sensor-enrollment-unknown",
-                f"subject {subject!r} is not enrolled with this print on reader "
-                f"{assertion.reader.driver}/{assertion.reader.device} of device {device_id}",
-                f"enroll the subject on this reader first: capture-agent enroll --subject {subject}",
-            )
+            raise _sensor_unknown(device_id, assertion)
         self.bio.check_subject_rate(device_id, subject)
         locked = self.bio.lockouts.locked_for(device_id, subject)
         if locked > 0:
@@ -209,7 +210,7 @@ class SensorRoutes:
             return self._ask_step_up(device_id, assertion, reasons, policy, ACR_AFTER_SENSOR)
         self._audit(device_id, assertion, "accept", "the sensor matched; policy accepts sensor assertions",
                     policy=policy)
-        return self._decision(device_id, subject, "accept", first_use_done=False)
+        return self._decision(device_id, subject, "accept", first_use_done=False, scope=SENSOR_SESSION)
 
     def _answer_step_up(self, device_id: str, assertion: SensorAssertion, policy: str) -> Answer:
         """The finger a face verification's step-up asks for (``acr_values="finger"``), asserted by the sensor."""
@@ -228,11 +229,16 @@ class SensorRoutes:
                     else "the sensor did not match", policy=policy, step_up=",".join(pending.reasons))
         return self._decision(device_id, subject, decision)
 
-    def _decision(self, device_id: str, subject: str, decision: str, first_use_done: bool = True) -> Answer:
+    def _decision(self, device_id: str, subject: str, decision: str, first_use_done: bool = True,
+                  scope: str = SESSION) -> Answer:
         """The sensor's decision, with what every decision does (lockout, first use, token: ``bio.decided``).
 
         A direct accept passes ``first_use_done=False``: the sensor's own word is not
-        the verifier-checked second finger a device's first use asks for.
+        the verifier-checked second finger a device's first use asks for; and
+        ``scope=SENSOR_SESSION``: its token adds another print on a sensor, never
+        finger templates or a face (BiometricRoutes.check_portable_add says why, and
+        the operator's grant that lets a subject enrolled only on sensors get one).
+        An accept of a face's step-up (the face was the verifier's match) is a full session.
         """
         answer: dict[str, Any] = {
             "subject": subject,
@@ -242,7 +248,7 @@ class SensorRoutes:
             "modality": FINGER,  # a sensor's match is the finger factor
             "assurance": ASSURANCE,
         }
-        answer.update(self.bio.decided(device_id, subject, decision == "accept", first_use_done))
+        answer.update(self.bio.decided(device_id, subject, decision == "accept", first_use_done, scope))
         return json_answer(200, answer)
 
     def _ask_step_up(self, device_id: str, assertion: SensorAssertion, reasons: list[str], policy: str,
@@ -267,3 +273,13 @@ class SensorRoutes:
             f'error_description="{", ".join(reasons)}", acr_values="{acr}"'
         )
         return Answer(401, PROBLEM_CONTENT_TYPE, problem.body(), ((b"www-authenticate", challenge.encode()),))
+
+
+def _sensor_unknown(device_id: str, assertion: SensorAssertion) -> Problem:
+    """404 ``sensor-enrollment-unknown``: no such print of the subject on this reader (or none the device may see)."""
+    return Problem(
+        "sensor-enrollment-unknown",
+        f"subject {assertion.subject!r} is not enrolled with this print on reader "
+        f"{assertion.reader.driver}/{assertion.reader.device} of device {device_id}",
+        f"enroll the subject on this reader first: capture-agent enroll --subject {assertion.subject}",
+    )

@@ -5,9 +5,11 @@ the device's access rule for the operation, the device's rate, the signature by
 the device key over the canonical request, and the nonce (single use, short
 life). Then what the body carries is parsed, once, by :mod:`verifier.content`
 (a malformed template, face or sensor message is a refusal like any other).
-Then the subject's group against the device's allowed groups, then the
-operation. Every outcome, accepted or refused, is an audit event naming the
-device, the subject and the reason; a template never appears in one.
+Then the subject's group against the device's allowed groups (a verification
+of a subject the device may not see is answered as one of an unknown id:
+:meth:`BiometricRoutes.check_visible`), then the operation. Every outcome,
+accepted or refused, is an audit event naming the device, the subject and the
+reason; a template never appears in one.
 
 The challenge itself names the operation and the subject (protocol.messages.
 ChallengeRequest), so what needs no finger (the operation, the subject's group,
@@ -88,7 +90,7 @@ from verifier.ranking import (
     warn_if_unreachable,
 )
 from verifier.sensor_prints import SensorPrints
-from verifier.sessions import SESSION, SessionTokens, SpentToken, enroll_scope
+from verifier.sessions import SENSOR_SESSION, SESSION, SessionTokens, SpentToken, enroll_scope
 from verifier.settings import VerifierSettings
 from verifier.stepup import ACR_SECOND_FINGER, Pending, StepUpPolicy
 from verifier.subjects import (
@@ -143,7 +145,7 @@ class BiometricRoutes:
         self.subject_rate_all = RateLimit(
             settings.subject_requests_per_min * settings.lockout_devices, settings.lockout_base_s
         )
-        self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use)
+        self.stepup = StepUpPolicy(conn, first_use=settings.step_up_first_use, ttl_s=settings.step_up_ttl_s)
         self.sessions = SessionTokens(conn, settings.session_ttl_s)
         self.device_work = WorkLimit(settings.device_comparisons_per_min)
         self.max_views = settings.max_views_per_request
@@ -438,6 +440,30 @@ class BiometricRoutes:
                 group=group,
             )
 
+    def check_visible(self, request: Request, subject: str, unknown: Problem | None = None) -> None:
+        """A verification's (and its prechecks'): refused as ``unknown`` (default: 404 ``unknown-subject``) unless
+        the device may act on the subject's group; audited with the group, for the operator.
+
+        Why not :meth:`check_group`'s 403: a device allowed only ``default`` asking for an id
+        of another group got 403 where an id nobody holds got 404, so it could tell which ids
+        exist in groups it cannot see (and a device not allowed ``default`` got 403 for every
+        id nobody holds, that group's by default). Now both read alike: same status, problem
+        type, detail and fix (but for the id), no other header, refused at the same point
+        (nothing spent that an unknown id does not spend). Enrollment keeps the 403: an id
+        taken in another group cannot be enrolled again, a leak the README documents.
+        """
+        assert request.device is not None
+        group = self.subjects.group_of(subject)
+        if not self.rules.allows_group(request.device.device_id, group):
+            raise self.refused(
+                request,
+                unknown if unknown is not None else _unknown_subject(subject),
+                "subject group not allowed for this device",
+                subject=subject,
+                group=group,
+                answered_as=(unknown.slug if unknown is not None else "unknown-subject"),
+            )
+
     def has_factor(self, subject: str, factor: str) -> bool:
         """The subject has ``factor`` enrolled: a face, or a finger (templates, or a print on a match-on-sensor
         reader, whose assertion answers a finger step-up)."""
@@ -470,6 +496,10 @@ class BiometricRoutes:
             )
         if self.sessions.check(token, device_id) == subject:
             return SESSION
+        if self.sessions.check(token, device_id, SENSOR_SESSION) == subject:
+            if factor is not None:  # a portable factor: only the operator's one-time grant lets it through
+                self.check_portable_add(request, subject, factor)
+            return SENSOR_SESSION
         scope = enroll_scope(factor) if factor is not None else None
         if scope is not None and self.sessions.check(token, device_id, scope) == subject:
             if self.has_factor(subject, str(factor)):  # only ever the missing factor: never a graft onto one
@@ -494,6 +524,47 @@ class BiometricRoutes:
             ),
             "session token expired, or of another subject or device",
             subject=subject,
+        )
+
+    def has_portable(self, subject: str) -> bool:
+        """The subject has a factor every kiosk verifies: finger templates or a face (not only sensor prints)."""
+        return self.enrollments.exists(subject) or self.faces.enrolled(subject)
+
+    def check_portable_add(self, request: Request, subject: str, factor: str) -> None:
+        """401 ``session-token-refused`` (audited) unless a token earned by a sensor's assertion alone may add
+        ``factor`` (finger templates or a face) to ``subject``: only to a subject with no portable factor at all,
+        and only with the operator's one-time grant (``capture-verifier subject portable ID``).
+
+        Why: under ``--sensor-assertions accept`` the verifier takes the device's word that the sensor matched,
+        and whoever holds the device key (a stolen kiosk) can say it. The operator accepted that word for that
+        device; a template or a face added with it verifies at every kiosk, so the device's word would have
+        made a portable identity: the thief's finger or face on a person's id (or grafted beside the fingers of
+        a subject with no face). So such a token adds only what stays on a sensor (another print). The README's
+        remedy for a subject enrolled only on sensors (add templates, or a face, after a sensor's accept) is
+        kept behind the operator, who grants one portable enrollment to such a subject once the person is
+        known to be there; a subject with any portable factor must verify with it instead (a template or face
+        the verifier matches itself earns a full session token).
+        """
+        if not self.has_portable(subject) and self.sensor_prints.portable_granted(subject):
+            return
+        has = self.has_portable(subject)
+        raise self.refused(
+            request,
+            Problem(
+                "session-token-refused",
+                f"the session token of {subject!r} was earned by a match-on-sensor assertion alone (the device's "
+                f"word): it adds a print on a sensor, never a {factor}, which would verify at every kiosk",
+                (f"verify {subject} with a fingerprint template or a face (capture-agent verify on an image reader "
+                 "or a camera) and add with that session token")
+                if has else
+                (f"{subject} is enrolled only on sensors: ask the operator to grant one portable enrollment "
+                 f"(capture-verifier subject portable {subject}), then verify on the sensor again and add"),
+            ),
+            "sensor-earned token for a portable factor",
+            subject=subject,
+            factor=factor,
+            has_portable_factor=has,
+            portable_granted=self.sensor_prints.portable_granted(subject),
         )
 
     def spend_session_token(
@@ -735,7 +806,7 @@ class BiometricRoutes:
                     subject=subject,
                 )
             return
-        self.check_group(request, subject, self.subjects.group_of(subject))
+        self.check_visible(request, subject)  # another group's subject reads as an unknown one
         if not self.is_enrolled(subject):
             raise self.refused(request, _unknown_subject(subject), "unknown subject", subject=subject)
         locked = self.lockouts.locked_for(device_id, subject)
@@ -955,6 +1026,12 @@ class BiometricRoutes:
                 "subject removed while the enrollment was checked",
                 subject=subject,
             )
+        if spent.scope == SENSOR_SESSION:
+            # A portable factor added meanwhile (the grant was for a subject with none), or the grant withdrawn
+            # or used by another request: refused; otherwise the grant is spent with this insert.
+            if self.has_portable(subject) or not self.sensor_prints.use_portable_grant(subject):
+                self.check_portable_add(request, subject, factor)  # raises: no grant, or a portable factor
+            return
         if spent.scope != SESSION and self.has_factor(subject, factor):
             raise self.refused(
                 request,
@@ -1023,7 +1100,7 @@ class BiometricRoutes:
                 request, Problem("bad-subject", "the body needs a claimed subject", 'add "subject": "<id>"'),
                 "malformed subject",
             )
-        self.check_group(request, subject, self.subjects.group_of(subject))
+        self.check_visible(request, subject)  # another group's subject reads as an unknown one
         if not self.is_enrolled(subject):
             raise self._unknown_subject(device_id, subject)
         self.check_subject_rate(device_id, subject, request)
@@ -1108,7 +1185,8 @@ class BiometricRoutes:
 
         return Deferred(device_id, work, finish, undo)
 
-    def decided(self, device_id: str, subject: str, accepted: bool, first_use_done: bool = True) -> dict[str, Any]:
+    def decided(self, device_id: str, subject: str, accepted: bool, first_use_done: bool = True,
+                scope: str = SESSION) -> dict[str, Any]:
         """What every 1:1 decision does, whatever decided it: a template, a face, a sensor's match, a step-up's answer.
 
         The lockout counts it (a reject is a failure, an accept resets); an accept
@@ -1116,13 +1194,15 @@ class BiometricRoutes:
         answer, and is the device's first use done (no first-use step-up after it)
         unless ``first_use_done`` is False: a sensor's own word, never checked by
         the verifier, must not stand in for the second finger the first use asks.
+        ``scope``: the token's (:data:`~verifier.sessions.SENSOR_SESSION` for a sensor's word alone, which adds
+        no portable factor: :meth:`check_portable_add`).
         """
         self.lockouts.record(device_id, subject, accepted)
         if not accepted:
             return {}
         if first_use_done:
             self.stepup.completed(device_id)
-        return self.sessions.issue(device_id, subject)
+        return self.sessions.issue(device_id, subject, scope)
 
     def grant_missing_factor(self, device_id: str, subject: str, matched: str, missing: str, score: float) -> Answer:
         """A factor rule needs ``missing``, which the subject has never enrolled: 403 ``factor-not-enrolled``

@@ -9,6 +9,7 @@ capture-verifier device allow --pki DIR ID [--operations verify,identify] [--gro
 capture-verifier subject list --pki DIR
 capture-verifier subject group --pki DIR SUBJECT GROUP
 capture-verifier subject high-risk --pki DIR SUBJECT [--off]
+capture-verifier subject portable --pki DIR SUBJECT [--off]
 capture-verifier subject require --pki DIR (SUBJECT | --group GROUP) --factors finger,face
 capture-verifier subject remove --pki DIR SUBJECT [--forget]
 capture-verifier serve --pki DIR [--host H] [--port P] [--ready-file F]
@@ -440,6 +441,34 @@ def cmd_subject_risk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_subject_portable(args: argparse.Namespace) -> int:
+    """One portable enrollment (finger templates or a face) after a sensor's accept, for a subject enrolled only
+    on sensors (verifier.biometric.BiometricRoutes.check_portable_add says why it needs the operator)."""
+    from verifier.sensor_prints import SensorPrints
+    from verifier.subjects import enrolled_subjects
+
+    conn, _, _ = _app_store(settings_from(args))
+    if args.off:
+        _subject_id(args.subject_id)
+    else:
+        kinds = enrolled_subjects(conn).get(_enrolled_subject(conn, args.subject_id), [])
+        if kinds != ["sensor"]:
+            raise CLIError(
+                f"subject {args.subject_id!r} is enrolled with {', '.join(kinds)}: a grant is only for a subject "
+                "enrolled on sensors alone",
+                fix=f"the person verifies with a template or a face and adds with that session token "
+                f"(capture-agent enroll --subject {args.subject_id} --add)",
+            )
+    SensorPrints(conn).grant_portable(args.subject_id, not args.off)
+    structlog.get_logger().info("subject_portable_grant_set", audit=True, subject=args.subject_id,
+                                granted=not args.off)
+    state = ("no portable enrollment granted" if args.off else
+             "one portable enrollment (finger templates or a face) granted after the next sensor accept: "
+             f"capture-agent enroll --subject {args.subject_id} --add")
+    print(f"{args.subject_id}: {state}")
+    return 0
+
+
 def cmd_subject_require(args: argparse.Namespace) -> int:
     """The factors a verification of a subject (or of every subject of a group) needs, e.g. finger and face."""
     from verifier.faces import FactorRules
@@ -736,6 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     risk.add_argument("subject_id", help="an enrolled subject's id, exactly (`subject list`)")
     risk.add_argument("--off", action="store_true", help="clear the mark")
     risk.set_defaults(run=cmd_subject_risk)
+    portable = with_pki(subject.add_parser(
+        "portable", help="let a subject enrolled only on sensors add templates or a face once, after a sensor's accept"
+    ))
+    portable.add_argument("subject_id", help="a subject enrolled on sensors only, exactly (`subject list`)")
+    portable.add_argument("--off", action="store_true", help="withdraw the grant")
+    portable.set_defaults(run=cmd_subject_portable)
     group = with_pki(subject.add_parser("group", help="put a subject into a group (access rules name groups)"))
     group.add_argument("subject_id", help="an enrolled subject's id, exactly (`subject list`)")
     group.add_argument("group", help=f"the group to move it into ({ID_RULE})")

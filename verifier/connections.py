@@ -65,6 +65,8 @@ log = structlog.get_logger()
 
 DESCRIPTOR_RESERVE = 64  # descriptors kept for the database, logs, the listening socket
 SUMMARY_WINDOW_S = 10.0
+# The app forgets what is past its life this often (verifier.app: nonces, tokens, answers, pending step-ups).
+HOUSEKEEPING_INTERVAL_S = 60.0
 SUMMARY_BURST = 5  # events of one kind (and one device) logged one by one per window before they are only counted
 
 

@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS sensor_enrollments (
     PRIMARY KEY (subject_id, device_id, driver, reader)
 );
 CREATE INDEX IF NOT EXISTS sensor_enrollments_nocase ON sensor_enrollments (subject_id COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS portable_grants (
+    subject_id    TEXT PRIMARY KEY,     -- the operator's `subject portable ID`: one portable enrollment after a
+    granted_at    REAL NOT NULL         -- sensor's accept, for a subject with no finger template and no face
+);
 """
 
 
@@ -51,3 +55,22 @@ class SensorPrints:
             "DO UPDATE SET print_hash = excluded.print_hash, enrolled_at = excluded.enrolled_at",
             (subject, device_id, driver, reader, print_hash, time.time()),
         )
+
+    def grant_portable(self, subject: str, granted: bool = True) -> None:
+        """The operator's one-time grant (``capture-verifier subject portable``): set, or withdrawn."""
+        if granted:
+            self.conn.execute(
+                "INSERT INTO portable_grants (subject_id, granted_at) VALUES (?, ?) "
+                "ON CONFLICT(subject_id) DO UPDATE SET granted_at = excluded.granted_at",
+                (subject, time.time()),
+            )
+        else:
+            self.conn.execute("DELETE FROM portable_grants WHERE subject_id = ?", (subject,))
+
+    def portable_granted(self, subject: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM portable_grants WHERE subject_id = ?", (subject,))
+        return row.fetchone() is not None
+
+    def use_portable_grant(self, subject: str) -> bool:
+        """Spend the grant (one portable enrollment); False when there was none."""
+        return self.conn.execute("DELETE FROM portable_grants WHERE subject_id = ?", (subject,)).rowcount > 0

@@ -53,6 +53,7 @@ from hypercorn.events import Closed, Event, Updated
 from verifier.client_hello import await_client_hello, hello_queued
 from verifier.connections import (
     BODY_BUDGET_EXTENSION,
+    HOUSEKEEPING_INTERVAL_S,
     BodyBudget,
     Connection,
     ConnectionGuard,
@@ -571,6 +572,16 @@ class ConnectionServer:
             await asyncio.sleep(self.summary.window_s)
             self.summary.flush()
 
+    async def housekeep(self, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
+        """Every ``interval_s``: the app forgets what it keeps in memory past its life (its ``forget_expired``: the
+        pending step-ups and their first templates), also on a verifier no request reaches."""
+        forget = getattr(self.app, "forget_expired", None)
+        if forget is None:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            forget()
+
 
 def _stop_on(sig: signal.Signals, stop: asyncio.Event, stopped_by: list[str]) -> None:
     """A stop signal's handler: the first one's name is kept for ``verifier_stopping``."""
@@ -644,6 +655,7 @@ async def serve(
     sock = bind_socket(settings.host, settings.port)
     accepting = asyncio.create_task(server.accept_loop(sock))
     summarising = asyncio.create_task(server.summarise())
+    housekeeping = asyncio.create_task(server.housekeep())
     host, port = sock.getsockname()[:2]
     log.info(
         "verifier_listening",
@@ -669,4 +681,5 @@ async def serve(
         for task in connections:
             task.cancel()
         summarising.cancel()
+        housekeeping.cancel()
         server.summary.flush()

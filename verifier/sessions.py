@@ -15,7 +15,9 @@ it such a subject could never add the missing factor (adding needs a token, a
 token needs an accepted decision, the rule needs both factors to accept).
 Every lookup names the scope it wants, so an enrollment token is never a
 session token: it authorises one enrollment of that factor, for a subject who
-still has none of it, and nothing else.
+still has none of it, and nothing else. A third scope, ``sensor``
+(:data:`SENSOR_SESSION`), is a decision's token whose only proof was a
+match-on-sensor reader's assertion (:mod:`verifier.assertions`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ CREATE TABLE IF NOT EXISTS session_tokens (
 );
 """
 SESSION = ""  # the scope of a verification's session token
+# The scope of a session token earned by a match-on-sensor assertion alone (the device's word, under
+# ``--sensor-assertions accept``): it adds another print on a sensor, never a portable factor (finger templates,
+# a face) but for a subject with none and the operator's one-time grant (verifier.biometric.check_portable_add).
+SENSOR_SESSION = "sensor"
 
 
 def enroll_scope(factor: str) -> str:

@@ -46,6 +46,7 @@ class VerifierSettings:
     device_events_per_min: int = 6000  # audit events a device may send per minute (a batch holds 500 at most)
     device_event_bytes_per_min: int = 2 << 20  # bytes of event batches a device may send per minute
     step_up_first_use: bool = True  # a device's first verification asks for a second finger
+    step_up_ttl_s: float = 120.0  # a pending step-up's lifetime (it holds the first capture's template in memory)
     session_ttl_s: float = 300.0  # lifetime of the session token a successful verification returns
     target_fmr: float = 1e-4  # the decision threshold is set from this false match rate
     duplicate_fmr: float = 1e-6  # enrollment's 1:N search against other subjects: stricter (N comparisons each)
@@ -125,6 +126,7 @@ _POSITIVE = (
     "max_failures",
     "subject_requests_per_min",
     "session_ttl_s",
+    "step_up_ttl_s",
     "cert_days",
     "nonce_ttl_s",
     "grace_s",

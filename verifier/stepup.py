@@ -8,9 +8,13 @@ ever made from this device. The answer is HTTP 401 with
 device sends a second finger with that id inside the same session; it passes
 when it matches the subject and is not the same finger as the first.
 
-Pending step-ups live in memory with a short lifetime (the first capture's
-template is kept only there, never in the database); a restart of the verifier
-means the device asks again from the start.
+Pending step-ups live in memory with a short lifetime (``step_up_ttl_s``; the
+first capture's template is kept only there, never in the database); a restart
+of the verifier means the device asks again from the start. An expired one is
+dropped by the app's housekeeping (:meth:`StepUpPolicy.expire`, at most one
+housekeeping interval after it expired, whether requests come or not), not
+only when the next step-up is opened: an abandoned step-up holds a person's
+first template, which must not outlive the step-up by more than that.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Pending:
 class StepUpPolicy:
     conn: sqlite3.Connection
     first_use: bool = True
+    ttl_s: float = PENDING_TTL_S  # a pending step-up's lifetime (settings: step_up_ttl_s)
     pending: dict[str, Pending] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,10 +87,23 @@ class StepUpPolicy:
     def open(self, device_id: str, subject_id: str, records: list[bytes], reasons: list[str], acr: str) -> str:
         """A pending step-up asking ``acr``: kept so the answer is checked against what was asked, not guessed."""
         now = time.time()
-        self.pending = {k: v for k, v in self.pending.items() if v.expires_at > now}
+        self.expire(now)
         step_id = secrets.token_urlsafe(16)
-        self.pending[step_id] = Pending(device_id, subject_id, records, reasons, now + PENDING_TTL_S, acr)
+        self.pending[step_id] = Pending(device_id, subject_id, records, reasons, now + self.ttl_s, acr)
         return step_id
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop the pending step-ups past their lifetime; how many were dropped.
+
+        Why not only at the next :meth:`open`: an abandoned step-up keeps the person's
+        first capture (a template) and who was asked what, and on a quiet verifier the
+        next step-up may be hours away. The app's housekeeping calls this (verifier.app).
+        """
+        now = time.time() if now is None else now
+        expired = [step for step, pending in self.pending.items() if pending.expires_at <= now]
+        for step in expired:
+            del self.pending[step]
+        return len(expired)
 
     def forget(self, gone: Callable[[str], bool]) -> int:
         """Drop the pending step-ups of subjects ``gone`` says were removed (their first capture is a template

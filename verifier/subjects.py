@@ -113,7 +113,10 @@ def same_but_for_case(conn: sqlite3.Connection, subject_id: str) -> bool:
 # What a removal deletes besides the enrollments: per-subject state that only means something while the subject's
 # templates exist. Live session and enrollment tokens (a token of the removed person would add templates to
 # whoever enrolls the id next) and the lockout counts (failures against templates that are gone).
-SUBJECT_STATE_TABLES = {"session_tokens": "session_tokens", "lockout_rows": "lockouts"}
+# (portable_grants: the operator's grant of one portable enrollment to a sensor-only subject, verifier.sensor_prints;
+# dropped with the prints it was for, or it would pass to whoever enrolls the id on a sensor next)
+SUBJECT_STATE_TABLES = {"session_tokens": "session_tokens", "lockout_rows": "lockouts",
+                        "portable_grants": "portable_grants"}
 # The operator's rules on the id (verifier.subjects, verifier.stepup, verifier.faces): kept unless ``forget``.
 RULE_DELETES = {
     "group": ("subject_groups", "DELETE FROM subject_groups WHERE subject_id = ?"),
