@@ -204,6 +204,9 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
     name = device.name
     store.discard_leftover(name, subject)  # a crash's temporary may hold a sealed print of the subject
     sealed = store.kept(name, subject)
+    if sealed and store.snapshot(name, subject) is None:  # listed, never written (a save cut short): a name only
+        store.remove(name, subject)
+        sealed = False
     references = store.held_for_sensor(name, subject)
     if not sealed and not references:
         if not store.has_note(name, subject):

@@ -312,3 +312,53 @@ def test_the_daemon_clears_a_reader_for_the_operator_and_refuses_the_kiosk_apps_
         "forgot bob's print on usb0 (sealed copy; the sensor's storage was emptied)",
     ], operator.stdout
     assert "not running" not in operator.stderr
+
+
+def test_a_print_whose_enrolment_could_not_list_it_is_not_left_behind_by_a_clearing(fprint_socket_dir,
+                                                                                   tmp_path) -> None:
+    """An enrolment whose index write fails (a full disk or a power cut between the two writes; here the index's
+    path is taken by a folder) must not leave a sealed print the index does not name: the clearing finds a
+    reader's prints through the index, and said complete while that print stayed on disk. Before, the print was
+    written first and the index after, so the failed save left the sealed print of eve behind the clearing."""
+    from agent.forget import forget_everyone
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+    (tmp_path / "prints").mkdir(mode=0o700)
+    blocker = store._path("usb0", "index").with_suffix(".index")
+    blocker.mkdir()
+    failed = None
+    try:
+        store.save("usb0", "eve", b"eve's print reference")
+    except OSError as exc:
+        failed = exc
+    finally:
+        blocker.rmdir()
+    assert failed is not None, "the save did not fail: the test's obstacle is gone"
+
+    async def scenario() -> tuple:
+        async with storage_reader(fprint_socket_dir) as (device, _feeder):
+            return await forget_everyone([device], store, "usb0")
+
+    cleared, done = asyncio.run(scenario())
+    assert cleared.complete and all(f.complete for f in done), (cleared, done)
+    assert not store._path("usb0", "eve").exists(), "a sealed print of eve stayed after a complete clearing"
+    assert not list((tmp_path / "prints").glob("*.print")), "a sealed print stayed after a complete clearing"
+
+
+def test_a_subject_listed_whose_print_was_never_written_is_nothing_to_forget_not_an_unreadable_print(
+    tmp_path
+) -> None:
+    """A save listed first and cut short before its print was written (or a delete cut short after the unlink)
+    leaves a name without a print. A forget then drops the name and says there was nothing to forget; before, it
+    said the sealed print "does not decrypt", its sensor slot unknown, and exit 2 with a fix that helps nothing."""
+    import pytest
+
+    from agent.forget import NothingToForget, forget
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+    store.save("usb0", "eve", b"eve's print reference")
+    store._path("usb0", "eve").unlink()  # the state a cut-short save or delete leaves
+    reader = Unmade("usb0", "fprint", "libfprint is not installed", "install libfprint")
+    with pytest.raises(NothingToForget):
+        asyncio.run(forget([reader], store, "eve"))
+    assert store.subjects("usb0") == []
