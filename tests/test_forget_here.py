@@ -314,6 +314,40 @@ def test_the_daemon_clears_a_reader_for_the_operator_and_refuses_the_kiosk_apps_
     assert "not running" not in operator.stderr
 
 
+def test_clearing_a_reader_whose_index_no_longer_decrypts_still_empties_its_sensor(fprint_socket_dir,
+                                                                                    tmp_path) -> None:
+    """The key-encryption key changed (or the index was altered): the agent can no longer list whose prints it
+    keeps for the reader. The clearing is the operator's way out, so the sensor is still emptied (everyone's
+    prints, audited first), and the answer says what stays (the prints sealed under the former key) and is not
+    complete. Before, the clearing refused before touching anything ("the index does not decrypt", 500) with a
+    fix, "enroll again", that cannot work either (an enrolment writes the same index): the sensor kept every
+    print for good."""
+    from agent.forget import CLEARED, forget_everyone
+
+    folder = tmp_path / "prints"
+    former = SensorPrintStore(folder, "forget-here-test-kek-" + "k" * 32)
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            prints = await _sealed_and_on_the_sensor(device, feeder, former, "ana", "bob")
+            now = SensorPrintStore(folder, "forget-here-test-kek-" + "n" * 32)  # the KEK rotated since
+            cleared, done = await forget_everyone([device], now, "usb0",
+                                                  record=lambda kind, data: recorded.append((kind, data)))
+            after = {f: await asyncio.to_thread(device.holds_print, b) for f, b in prints.items()}
+            return {"cleared": cleared, "done": done, "after": after}
+
+    out = asyncio.run(scenario())
+    cleared = out["cleared"]
+    assert out["after"] == {"ana": False, "bob": False}, "the sensor kept prints"
+    assert cleared.sensor == CLEARED and cleared.deleted == 2, cleared
+    assert not cleared.complete, "prints sealed under the former key stay on disk: not complete"
+    assert "does not decrypt" in cleared.message() and "former key" in cleared.message(), cleared.message()
+    assert "enroll again" not in cleared.message()
+    assert recorded[0] == ("prints_forgetting", {"reader": "usb0", "everyone": True}), recorded
+    assert recorded[-1][0] == "reader_cleared" and recorded[-1][1]["index_unreadable"] is True, recorded
+
+
 def test_a_print_whose_enrolment_could_not_list_it_is_not_left_behind_by_a_clearing(fprint_socket_dir,
                                                                                    tmp_path) -> None:
     """An enrolment whose index write fails (a full disk or a power cut between the two writes; here the index's
