@@ -339,9 +339,13 @@ class Cleared:
 
     @property
     def complete(self) -> bool:
-        """Every print the agent knew of is gone from the sensor too (for ONE_BY_ONE, its subjects' lines say),
-        and every print it keeps for the reader could be named (an index that does not decrypt names none)."""
-        return self.sensor in (CLEARED, NO_STORAGE, ONE_BY_ONE) and not self.unlisted
+        """The sensor holds no print any more, and every print the agent keeps for the reader could be named (an
+        index that does not decrypt names none).
+
+        Not ONE_BY_ONE: only the prints the agent knew were deleted, one by one, and any other (software's
+        enrolment elsewhere) stays on the sensor; a clearing promises everyone's, and exit 0 says all is erased
+        (it counted as complete, and a reader handed back on that exit kept a print)."""
+        return self.sensor in (CLEARED, NO_STORAGE) and not self.unlisted
 
     def message(self) -> str:
         line = self._sensor_line()

@@ -396,3 +396,30 @@ def test_a_subject_listed_whose_print_was_never_written_is_nothing_to_forget_not
     with pytest.raises(NothingToForget):
         asyncio.run(forget([reader], store, "eve"))
     assert store.subjects("usb0") == []
+
+
+def test_a_clearing_that_could_only_delete_the_prints_it_knew_is_not_complete(fprint_socket_dir, tmp_path) -> None:
+    """A reader that cannot list its storage (here its listing answers NOT_SUPPORTED) is cleared one subject at a
+    time: the prints the agent kept go, a print other software enrolled (dave's) stays on the sensor. The clearing
+    promised every print on the sensor, everyone's, and exit 0 means all is erased: it must not say complete.
+    Before, ONE_BY_ONE counted as complete (exit 0, reader_cleared with nothing amiss) with dave's print on it."""
+    from agent.forget import ONE_BY_ONE, forget_everyone
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            prints = await _sealed_and_on_the_sensor(device, feeder, store, "ana")
+            prints.update(await _sealed_and_on_the_sensor(device, feeder, store, "dave", keep=False))
+            await asyncio.to_thread(feeder.error, 1)  # FP_DEVICE_ERROR_NOT_SUPPORTED: the listing is refused
+            cleared, done = await forget_everyone([device], store, "usb0")
+            after = {f: await asyncio.to_thread(device.holds_print, b) for f, b in prints.items()}
+            return {"cleared": cleared, "done": done, "after": after}
+
+    out = asyncio.run(scenario())
+    cleared, done = out["cleared"], out["done"]
+    assert cleared.sensor == ONE_BY_ONE, cleared
+    assert out["after"] == {"ana": False, "dave": True}, out["after"]
+    assert [f.complete for f in done] == [True]
+    assert not cleared.complete, "dave's print stays on the sensor: the clearing is not complete"
+    assert "stays" in cleared.message(), cleared.message()
