@@ -239,6 +239,8 @@ def test_forget_everyone_from_the_command_line_with_no_daemon_and_without_a_read
     cleared = _forget(config_file, fprint_socket_dir, "--everyone", "--reader", "usb0")
 
     assert unnamed.returncode == 2 and "name the reader" in unnamed.stderr and "--reader" in unnamed.stderr, unnamed
+    # the readers it may name are this device's (before, "devices: none" on a device with usb0)
+    assert "(devices: usb0)" in unnamed.stderr and "none" not in unnamed.stderr, unnamed.stderr
     assert camera.returncode == 2 and "the device cam0 is a camera device" in camera.stderr, camera
     assert both.returncode == 2 and "not allowed with argument" in both.stderr, both
     assert after_refusals == ["ana"], "a refused clearing erased something"

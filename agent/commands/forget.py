@@ -83,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
     from agent.forget import CLEAR_TIMEOUT_S, forget_wait_s
     from agent.runtime import config_from_args
 
-    if args.everyone and not args.reader:
+    config = config_from_args(args)
+    if args.everyone and not args.reader:  # refused before the daemon is asked, naming this device's readers
+        from agent.devices.supervisor import configured_devices
         from agent.forget import NoReaderNamed
 
-        raise NoReaderNamed([])
-    config = config_from_args(args)
+        raise NoReaderNamed([name for name, section in configured_devices(config) if section.kind == "fprint"])
     socket_path = args.socket or str(config.api.socket)
     params = {"reader": args.reader} if args.reader else {}
     wait_s = args.wait_s or forget_wait_s(config) + (CLEAR_TIMEOUT_S if args.everyone else 0.0)
