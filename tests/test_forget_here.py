@@ -425,3 +425,46 @@ def test_a_clearing_that_could_only_delete_the_prints_it_knew_is_not_complete(fp
     assert [f.complete for f in done] == [True]
     assert not cleared.complete, "dave's print stays on the sensor: the clearing is not complete"
     assert "stays" in cleared.message(), cleared.message()
+
+
+def test_a_daemon_started_while_forget_erases_without_it_is_told_to_wait_not_to_kill_the_forget(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """While `forget` erases with no daemon (it holds the state directory), a `capture-agent run` started meanwhile
+    is refused, as it must be. Its error named the holder "another `capture-agent run`" and told the operator to
+    stop it (`kill PID`): killing a forget in the middle of an erasure. Now it says a forget is erasing and to
+    start the agent once it has ended. The forget is held inside its erasure by the outbox's write lock (an
+    exclusive sqlite transaction of this test) until the daemon has been refused."""
+    import sqlite3
+    import time
+
+    config_file, config = _device_config(tmp_path)
+    kek = load_kek(config)
+    store = SensorPrintStore(config.agent.state_dir / "prints", kek)
+    _enrolled(fprint_socket_dir, store, "ana")
+    Outbox(config.agent.state_dir / OUTBOX_FILE, kek).close()
+    blocker = sqlite3.connect(config.agent.state_dir / OUTBOX_FILE, isolation_level=None, timeout=10)
+    blocker.execute("BEGIN EXCLUSIVE")
+    env = {**os.environ, "FP_VIRTUAL_DEVICE_STORAGE": str(fprint_socket_dir / "storage.sock")}
+    forgetting = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(config_file), "forget", "--subject", "ana"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lock = config.agent.state_dir / "agent.lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and forgetting.poll() is None:
+            if lock.exists() and lock.read_text().split()[:1] == [str(forgetting.pid)]:
+                break
+            time.sleep(0.05)
+        assert forgetting.poll() is None, forgetting.communicate()
+        started = subprocess.run([sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+                                 capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        out, err = forgetting.communicate(timeout=120)
+    assert started.returncode != 0, started
+    assert f"`capture-agent forget` (process {forgetting.pid})" in started.stderr, started.stderr
+    assert "kill" not in started.stderr, started.stderr
+    assert forgetting.returncode == 0, (out, err)
+    assert store.subjects("usb0") == []
