@@ -28,7 +28,12 @@ _UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 class StateDirLocked(AgentError):
-    """Another process holds the state directory."""
+    """Another process holds the state directory; ``holder`` is FORGET when it is a forget erasing without the
+    daemon (another forget is then told to wait for it, not that a daemon runs)."""
+
+    def __init__(self, message: str, fix: str = "", holder: str = "") -> None:
+        super().__init__(message, fix)
+        self.holder = holder
 
 
 FORGET = "forget"  # the holder's word in the lock file: `capture-agent forget` erasing without the daemon
@@ -131,6 +136,7 @@ def _exclusive(fd: int, path: Path, state_dir: Path) -> None:
                 fix="wait for it to end (it does once the readers have answered), then start the agent again "
                 "(`systemctl start capture-agent`; after repeated refusals `systemctl reset-failed capture-agent` "
                 "first)",
+                holder=FORGET,
             ) from None
         raise StateDirLocked(
             f"another `capture-agent run` ({who}) already uses the state directory {state_dir}",

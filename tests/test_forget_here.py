@@ -7,6 +7,7 @@ encrypted outbox on disk, the state directory's flock, the CLI as its own proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -427,18 +428,14 @@ def test_a_clearing_that_could_only_delete_the_prints_it_knew_is_not_complete(fp
     assert "stays" in cleared.message(), cleared.message()
 
 
-def test_a_daemon_started_while_forget_erases_without_it_is_told_to_wait_not_to_kill_the_forget(
-    fprint_socket_dir, tmp_path
-) -> None:
-    """While `forget` erases with no daemon (it holds the state directory), a `capture-agent run` started meanwhile
-    is refused, as it must be. Its error named the holder "another `capture-agent run`" and told the operator to
-    stop it (`kill PID`): killing a forget in the middle of an erasure. Now it says a forget is erasing and to
-    start the agent once it has ended. The forget is held inside its erasure by the outbox's write lock (an
-    exclusive sqlite transaction of this test) until the daemon has been refused."""
+
+@contextlib.contextmanager
+def _forget_held_in_its_erasure(config_file: Path, config, fprint_socket_dir: Path):
+    """ana enrolled; a `forget --subject ana` with no daemon, held inside its erasure (state directory locked) by
+    an exclusive sqlite transaction of this test on the outbox, until the block ends; yields its process."""
     import sqlite3
     import time
 
-    config_file, config = _device_config(tmp_path)
     kek = load_kek(config)
     store = SensorPrintStore(config.agent.state_dir / "prints", kek)
     _enrolled(fprint_socket_dir, store, "ana")
@@ -457,14 +454,42 @@ def test_a_daemon_started_while_forget_erases_without_it_is_told_to_wait_not_to_
                 break
             time.sleep(0.05)
         assert forgetting.poll() is None, forgetting.communicate()
-        started = subprocess.run([sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
-                                 capture_output=True, text=True, timeout=60, env=env)
+        yield forgetting
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-        out, err = forgetting.communicate(timeout=120)
+        forgetting.communicate(timeout=120)
+    assert forgetting.returncode == 0, forgetting
+    assert store.subjects("usb0") == []
+
+
+def test_a_daemon_started_while_forget_erases_without_it_is_told_to_wait_not_to_kill_the_forget(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """While `forget` erases with no daemon (it holds the state directory), a `capture-agent run` started meanwhile
+    is refused, as it must be. Its error named the holder "another `capture-agent run`" and told the operator to
+    stop it (`kill PID`): killing a forget in the middle of an erasure. Now it says a forget is erasing and to
+    start the agent once it has ended."""
+    config_file, config = _device_config(tmp_path)
+    with _forget_held_in_its_erasure(config_file, config, fprint_socket_dir) as forgetting:
+        started = subprocess.run([sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+                                 capture_output=True, text=True, timeout=60)
     assert started.returncode != 0, started
     assert f"`capture-agent forget` (process {forgetting.pid})" in started.stderr, started.stderr
     assert "kill" not in started.stderr, started.stderr
-    assert forgetting.returncode == 0, (out, err)
-    assert store.subjects("usb0") == []
+
+
+def test_a_second_forget_while_one_erases_without_the_daemon_is_told_to_wait_not_that_a_daemon_hangs(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """Two operators (or a script and one) forget with no daemon: the second is refused (the first holds the state
+    directory), but it said "a daemon runs on this device's state directory" and to give its --config/--socket or
+    restart it: there is no daemon, and a restart would be refused in turn. Now it names the forget and says to
+    wait for it and run the same forget again."""
+    config_file, config = _device_config(tmp_path)
+    with _forget_held_in_its_erasure(config_file, config, fprint_socket_dir) as forgetting:
+        second = _forget(config_file, fprint_socket_dir, "--subject", "bob")
+    assert second.returncode == 2, second
+    assert f"`capture-agent forget` (process {forgetting.pid}) is erasing" in second.stderr, second.stderr
+    assert "a daemon runs" not in second.stderr and "restart" not in second.stderr, second.stderr
+    assert "fix: wait for it to end, then run the same forget again" in second.stderr, second.stderr

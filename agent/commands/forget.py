@@ -158,7 +158,7 @@ def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_pa
 
     from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
     from agent.forget_here import DaemonNotAnswering, clear_here, forget_here
-    from agent.statelock import StateDirLocked
+    from agent.statelock import FORGET, StateDirLocked
 
     print("the agent is not running: erasing here, without it (its audit trail delivers the events at its next "
           "start)", file=sys.stderr)
@@ -172,6 +172,9 @@ def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_pa
                 print(forgotten.message())
             return 0 if cleared.complete and all(f.complete for f in done) else 2
     except StateDirLocked as exc:  # a daemon holds the state directory but does not answer there
+        if exc.holder == FORGET:  # another forget erasing without the daemon: no daemon to reach or restart
+            raise AgentError(f"nothing was erased: {exc.message}",
+                             "wait for it to end, then run the same forget again") from None
         raise DaemonNotAnswering(socket_path, exc) from None
     except NothingToForget as exc:
         print(f"error: {exc.message}", file=sys.stderr)
