@@ -20,6 +20,7 @@ reader with the STORAGE_CLEAR feature: it erases every print the reader holds, e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +211,9 @@ def forget_on(device: Any, store: SensorPrintStore, subject: str) -> Forgotten |
     name = device.name
     store.discard_leftover(name, subject)  # a crash's temporary may hold a sealed print of the subject
     sealed = store.kept(name, subject)
+    if sealed and store.snapshot(name, subject) is None:  # listed, never written (a save cut short): a name only
+        store.remove(name, subject)
+        sealed = False
     references = store.held_for_sensor(name, subject)
     if not sealed and not references:
         if not store.has_note(name, subject):
@@ -337,13 +341,28 @@ class Cleared:
     why: str = ""
     fix: str = ""
     deleted: int = 0  # for CLEARED: the prints the sensor held, everyone's
+    unlisted: str = ""  # why the agent's own list of the prints it keeps for the reader could not be read
 
     @property
     def complete(self) -> bool:
-        """Every print the agent knew of is gone from the sensor too (for ONE_BY_ONE, its subjects' lines say)."""
-        return self.sensor in (CLEARED, NO_STORAGE, ONE_BY_ONE)
+        """The sensor holds no print any more, and every print the agent keeps for the reader could be named (an
+        index that does not decrypt names none).
+
+        Not ONE_BY_ONE: only the prints the agent knew were deleted, one by one, and any other (software's
+        enrolment elsewhere) stays on the sensor; a clearing promises everyone's, and exit 0 says all is erased
+        (it counted as complete, and a reader handed back on that exit kept a print)."""
+        return self.sensor in (CLEARED, NO_STORAGE) and not self.unlisted
 
     def message(self) -> str:
+        line = self._sensor_line()
+        if not self.unlisted:
+            return line
+        return (f"{line}; but the list of the prints the agent keeps for {self.reader} does not decrypt "
+                f"({self.unlisted}): the prints sealed under the former key stay on disk, unreadable without it; "
+                "put the former key-encryption key back and run the same command again to erase them, or erase "
+                "them with the whole prints folder of the state directory (every reader's)")
+
+    def _sensor_line(self) -> str:
         again = f"capture-agent forget --everyone --reader {self.reader}"
         if self.sensor == CLEARED:
             held = "it held no print" if self.deleted == 0 else (
@@ -364,7 +383,8 @@ class Cleared:
                 f"{self.fix or 'unplug and replug the reader'}, then run `{again}` again")
 
     def audit(self) -> dict[str, Any]:
-        return {"reader": self.reader, "sensor_storage": self.sensor, "sensor_prints_deleted": self.deleted}
+        said = {"reader": self.reader, "sensor_storage": self.sensor, "sensor_prints_deleted": self.deleted}
+        return {**said, "index_unreadable": True} if self.unlisted else said
 
 
 def _clear_sensor(device: Any) -> Cleared:
@@ -387,6 +407,21 @@ def _clear_sensor(device: Any) -> Cleared:
     except Exception as exc:  # the reader's own failure (typed by its driver): its fix, and another try
         return Cleared(name, FAILED, str(exc.args[0] if exc.args else exc), getattr(exc, "fix", ""))
     return Cleared(name, CLEARED, deleted=deleted)
+
+
+def _kept_for(store: SensorPrintStore, reader: str) -> tuple[list[str], str]:
+    """The subjects the store keeps a print or a note of for ``reader``, and why its index could not be read.
+
+    Why an index that does not decrypt (the KEK changed, the file altered) does not stop a clearing: the sensor's
+    own storage needs no key to be emptied, and the clearing is the operator's way out for such a reader (the
+    index's fix, enroll again, cannot work: an enrolment writes the same index). Before, the clearing refused
+    before anything and left every print on the sensor."""
+    noted = store.noted(reader)
+    try:
+        kept = store.subjects(reader)
+    except PrintStoreError as exc:
+        return sorted(set(noted)), exc.message
+    return sorted(set(kept) | set(noted)), ""
 
 
 def _drop_kept(store: SensorPrintStore, reader: str, subject: str, sensor: str) -> Forgotten | None:
@@ -420,10 +455,12 @@ async def forget_everyone(
         raise NoReaderNamed([name for name, kind in kinds if kind == "fprint"])
     (name,) = pick_readers(kinds, reader)
     device = next(d for d in devices if d.name == name)
-    subjects = await asyncio.to_thread(lambda: sorted(set(store.subjects(name)) | set(store.noted(name))))
+    subjects, unlisted = await asyncio.to_thread(_kept_for, store, name)
     if record("prints_forgetting", {"reader": name, "everyone": True}) is False:
         raise ForgetNotAudited("everyone", name, [])
     cleared = await asyncio.to_thread(_clear_sensor, device)
+    if unlisted:
+        cleared = dataclasses.replace(cleared, unlisted=unlisted)
     done: list[Forgotten] = []
     for subject in subjects:
         if cleared.sensor in (CLEARED, NO_STORAGE):

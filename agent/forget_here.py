@@ -48,7 +48,7 @@ from agent.forget import (
 from agent.identity import IdentityStore
 from agent.keystore import load_kek
 from agent.outbox import OUTBOX_FILE, Outbox, OutboxLimits
-from agent.statelock import StateDirLocked, hold_state_dir
+from agent.statelock import FORGET, StateDirLocked, hold_state_dir
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -101,7 +101,7 @@ async def clear_here(config: AgentConfig, reader: str) -> tuple[Cleared, list[Fo
 def _held(config: AgentConfig) -> Iterator[tuple[str, SensorPrintStore]]:
     """The state directory held as a daemon holds it, the KEK, and the sealed store of prints."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # decrypted prints in memory: never in a core file
-    with hold_state_dir(config.agent.state_dir):
+    with hold_state_dir(config.agent.state_dir, FORGET):  # a daemon started meanwhile is told to wait for it
         kek = load_kek(config)
         yield kek, SensorPrintStore(config.agent.state_dir / PRINTS_FOLDER, kek)
 

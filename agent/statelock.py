@@ -28,16 +28,35 @@ _UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 class StateDirLocked(AgentError):
-    """Another process holds the state directory."""
+    """Another process holds the state directory; ``holder`` is FORGET when it is a forget erasing without the
+    daemon (another forget is then told to wait for it, not that a daemon runs)."""
+
+    def __init__(self, message: str, fix: str = "", holder: str = "") -> None:
+        super().__init__(message, fix)
+        self.holder = holder
+
+
+FORGET = "forget"  # the holder's word in the lock file: `capture-agent forget` erasing without the daemon
+
+
+def _holder_words(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return []
 
 
 def holder_pid(path: Path) -> int | None:
     """The PID written by the holder, if the file says one."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
+    words = _holder_words(path)
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
+def _holder_purpose(path: Path, pid: int | None) -> str:
+    """What the holder ``pid`` said it holds the directory for (FORGET; "" for a daemon, which writes its PID
+    alone), when the file is its own (a stale file names another PID)."""
+    words = _holder_words(path)
+    return words[1] if len(words) > 1 and pid is not None and words[0] == str(pid) else ""
 
 
 def _kernel_holder(fd: int) -> int | None:
@@ -53,13 +72,16 @@ def _kernel_holder(fd: int) -> int | None:
 
 
 @contextlib.contextmanager
-def hold_state_dir(state_dir: Path) -> Iterator[Path]:
+def hold_state_dir(state_dir: Path, purpose: str = "") -> Iterator[Path]:
     """Hold the state directory for this process while the block runs, or refuse naming the holder.
 
     Two locks: the directory's own descriptor, always (it needs no write, so it holds on a full or read-only
     disk, where the daemon starts degraded), and the lock file, the one an older daemon holds, opened read-only
     when it cannot be made or written. Why both: with the file alone, a daemon that had to fall back to the
     directory on a read-only disk was not excluded by one started once the disk was writable again.
+
+    ``purpose`` (FORGET) is written after the PID, so that a daemon started meanwhile says a forget is erasing
+    and to start again once it has ended, not to kill it as a second daemon.
     """
     path = state_dir / LOCK_FILE
     # Never made here: the state directory is provisioning's (or the unit's StateDirectory=). A daemon started
@@ -85,7 +107,7 @@ def hold_state_dir(state_dir: Path) -> Iterator[Path]:
             if fd is not None and writable:
                 with contextlib.suppress(OSError):  # a full disk: the PID only informs a second daemon
                     os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+                    os.pwrite(fd, f"{os.getpid()}{' ' + purpose if purpose else ''}\n".encode("ascii"), 0)
             try:
                 yield path
             finally:
@@ -107,6 +129,15 @@ def _exclusive(fd: int, path: Path, state_dir: Path) -> None:
         # The kernel's word first; the file's only where /proc/locks cannot tell (another OS, a hidden /proc).
         pid = _kernel_holder(fd) or holder_pid(path)
         who = f"process {pid}" if pid else "another process"
+        if _holder_purpose(path, pid) == FORGET:  # erasing without the daemon: never to be killed midway
+            raise StateDirLocked(
+                f"a `capture-agent forget` ({who}) is erasing prints without the daemon in the state directory "
+                f"{state_dir}",
+                fix="wait for it to end (it does once the readers have answered), then start the agent again "
+                "(`systemctl start capture-agent`; after repeated refusals `systemctl reset-failed capture-agent` "
+                "first)",
+                holder=FORGET,
+            ) from None
         raise StateDirLocked(
             f"another `capture-agent run` ({who}) already uses the state directory {state_dir}",
             fix=(f"stop it first (`systemctl stop capture-agent` or `kill {pid}`)" if pid else "stop it first")

@@ -7,6 +7,7 @@ encrypted outbox on disk, the state directory's flock, the CLI as its own proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -239,6 +240,8 @@ def test_forget_everyone_from_the_command_line_with_no_daemon_and_without_a_read
     cleared = _forget(config_file, fprint_socket_dir, "--everyone", "--reader", "usb0")
 
     assert unnamed.returncode == 2 and "name the reader" in unnamed.stderr and "--reader" in unnamed.stderr, unnamed
+    # the readers it may name are this device's (before, "devices: none" on a device with usb0)
+    assert "(devices: usb0)" in unnamed.stderr and "none" not in unnamed.stderr, unnamed.stderr
     assert camera.returncode == 2 and "the device cam0 is a camera device" in camera.stderr, camera
     assert both.returncode == 2 and "not allowed with argument" in both.stderr, both
     assert after_refusals == ["ana"], "a refused clearing erased something"
@@ -312,3 +315,181 @@ def test_the_daemon_clears_a_reader_for_the_operator_and_refuses_the_kiosk_apps_
         "forgot bob's print on usb0 (sealed copy; the sensor's storage was emptied)",
     ], operator.stdout
     assert "not running" not in operator.stderr
+
+
+def test_clearing_a_reader_whose_index_no_longer_decrypts_still_empties_its_sensor(fprint_socket_dir,
+                                                                                    tmp_path) -> None:
+    """The key-encryption key changed (or the index was altered): the agent can no longer list whose prints it
+    keeps for the reader. The clearing is the operator's way out, so the sensor is still emptied (everyone's
+    prints, audited first), and the answer says what stays (the prints sealed under the former key) and is not
+    complete. Before, the clearing refused before touching anything ("the index does not decrypt", 500) with a
+    fix, "enroll again", that cannot work either (an enrolment writes the same index): the sensor kept every
+    print for good."""
+    from agent.forget import CLEARED, forget_everyone
+
+    folder = tmp_path / "prints"
+    former = SensorPrintStore(folder, "forget-here-test-kek-" + "k" * 32)
+    recorded: list[tuple[str, dict]] = []
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            prints = await _sealed_and_on_the_sensor(device, feeder, former, "ana", "bob")
+            now = SensorPrintStore(folder, "forget-here-test-kek-" + "n" * 32)  # the KEK rotated since
+            cleared, done = await forget_everyone([device], now, "usb0",
+                                                  record=lambda kind, data: recorded.append((kind, data)))
+            after = {f: await asyncio.to_thread(device.holds_print, b) for f, b in prints.items()}
+            return {"cleared": cleared, "done": done, "after": after}
+
+    out = asyncio.run(scenario())
+    cleared = out["cleared"]
+    assert out["after"] == {"ana": False, "bob": False}, "the sensor kept prints"
+    assert cleared.sensor == CLEARED and cleared.deleted == 2, cleared
+    assert not cleared.complete, "prints sealed under the former key stay on disk: not complete"
+    assert "does not decrypt" in cleared.message() and "former key" in cleared.message(), cleared.message()
+    assert "enroll again" not in cleared.message()
+    assert recorded[0] == ("prints_forgetting", {"reader": "usb0", "everyone": True}), recorded
+    assert recorded[-1][0] == "reader_cleared" and recorded[-1][1]["index_unreadable"] is True, recorded
+
+
+def test_a_print_whose_enrolment_could_not_list_it_is_not_left_behind_by_a_clearing(fprint_socket_dir,
+                                                                                   tmp_path) -> None:
+    """An enrolment whose index write fails (a full disk or a power cut between the two writes; here the index's
+    path is taken by a folder) must not leave a sealed print the index does not name: the clearing finds a
+    reader's prints through the index, and said complete while that print stayed on disk. Before, the print was
+    written first and the index after, so the failed save left the sealed print of eve behind the clearing."""
+    from agent.forget import forget_everyone
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+    (tmp_path / "prints").mkdir(mode=0o700)
+    blocker = store._path("usb0", "index").with_suffix(".index")
+    blocker.mkdir()
+    failed = None
+    try:
+        store.save("usb0", "eve", b"eve's print reference")
+    except OSError as exc:
+        failed = exc
+    finally:
+        blocker.rmdir()
+    assert failed is not None, "the save did not fail: the test's obstacle is gone"
+
+    async def scenario() -> tuple:
+        async with storage_reader(fprint_socket_dir) as (device, _feeder):
+            return await forget_everyone([device], store, "usb0")
+
+    cleared, done = asyncio.run(scenario())
+    assert cleared.complete and all(f.complete for f in done), (cleared, done)
+    assert not store._path("usb0", "eve").exists(), "a sealed print of eve stayed after a complete clearing"
+    assert not list((tmp_path / "prints").glob("*.print")), "a sealed print stayed after a complete clearing"
+
+
+def test_a_subject_listed_whose_print_was_never_written_is_nothing_to_forget_not_an_unreadable_print(
+    tmp_path
+) -> None:
+    """A save listed first and cut short before its print was written (or a delete cut short after the unlink)
+    leaves a name without a print. A forget then drops the name and says there was nothing to forget; before, it
+    said the sealed print "does not decrypt", its sensor slot unknown, and exit 2 with a fix that helps nothing."""
+    import pytest
+
+    from agent.forget import NothingToForget, forget
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+    store.save("usb0", "eve", b"eve's print reference")
+    store._path("usb0", "eve").unlink()  # the state a cut-short save or delete leaves
+    reader = Unmade("usb0", "fprint", "libfprint is not installed", "install libfprint")
+    with pytest.raises(NothingToForget):
+        asyncio.run(forget([reader], store, "eve"))
+    assert store.subjects("usb0") == []
+
+
+def test_a_clearing_that_could_only_delete_the_prints_it_knew_is_not_complete(fprint_socket_dir, tmp_path) -> None:
+    """A reader that cannot list its storage (here its listing answers NOT_SUPPORTED) is cleared one subject at a
+    time: the prints the agent kept go, a print other software enrolled (dave's) stays on the sensor. The clearing
+    promised every print on the sensor, everyone's, and exit 0 means all is erased: it must not say complete.
+    Before, ONE_BY_ONE counted as complete (exit 0, reader_cleared with nothing amiss) with dave's print on it."""
+    from agent.forget import ONE_BY_ONE, forget_everyone
+
+    store = SensorPrintStore(tmp_path / "prints", "forget-here-test-kek-" + "k" * 32)
+
+    async def scenario() -> dict:
+        async with storage_reader(fprint_socket_dir) as (device, feeder):
+            prints = await _sealed_and_on_the_sensor(device, feeder, store, "ana")
+            prints.update(await _sealed_and_on_the_sensor(device, feeder, store, "dave", keep=False))
+            await asyncio.to_thread(feeder.error, 1)  # FP_DEVICE_ERROR_NOT_SUPPORTED: the listing is refused
+            cleared, done = await forget_everyone([device], store, "usb0")
+            after = {f: await asyncio.to_thread(device.holds_print, b) for f, b in prints.items()}
+            return {"cleared": cleared, "done": done, "after": after}
+
+    out = asyncio.run(scenario())
+    cleared, done = out["cleared"], out["done"]
+    assert cleared.sensor == ONE_BY_ONE, cleared
+    assert out["after"] == {"ana": False, "dave": True}, out["after"]
+    assert [f.complete for f in done] == [True]
+    assert not cleared.complete, "dave's print stays on the sensor: the clearing is not complete"
+    assert "stays" in cleared.message(), cleared.message()
+
+
+
+@contextlib.contextmanager
+def _forget_held_in_its_erasure(config_file: Path, config, fprint_socket_dir: Path):
+    """ana enrolled; a `forget --subject ana` with no daemon, held inside its erasure (state directory locked) by
+    an exclusive sqlite transaction of this test on the outbox, until the block ends; yields its process."""
+    import sqlite3
+    import time
+
+    kek = load_kek(config)
+    store = SensorPrintStore(config.agent.state_dir / "prints", kek)
+    _enrolled(fprint_socket_dir, store, "ana")
+    Outbox(config.agent.state_dir / OUTBOX_FILE, kek).close()
+    blocker = sqlite3.connect(config.agent.state_dir / OUTBOX_FILE, isolation_level=None, timeout=10)
+    blocker.execute("BEGIN EXCLUSIVE")
+    env = {**os.environ, "FP_VIRTUAL_DEVICE_STORAGE": str(fprint_socket_dir / "storage.sock")}
+    forgetting = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--config", str(config_file), "forget", "--subject", "ana"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lock = config.agent.state_dir / "agent.lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and forgetting.poll() is None:
+            if lock.exists() and lock.read_text().split()[:1] == [str(forgetting.pid)]:
+                break
+            time.sleep(0.05)
+        assert forgetting.poll() is None, forgetting.communicate()
+        yield forgetting
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        forgetting.communicate(timeout=120)
+    assert forgetting.returncode == 0, forgetting
+    assert store.subjects("usb0") == []
+
+
+def test_a_daemon_started_while_forget_erases_without_it_is_told_to_wait_not_to_kill_the_forget(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """While `forget` erases with no daemon (it holds the state directory), a `capture-agent run` started meanwhile
+    is refused, as it must be. Its error named the holder "another `capture-agent run`" and told the operator to
+    stop it (`kill PID`): killing a forget in the middle of an erasure. Now it says a forget is erasing and to
+    start the agent once it has ended."""
+    config_file, config = _device_config(tmp_path)
+    with _forget_held_in_its_erasure(config_file, config, fprint_socket_dir) as forgetting:
+        started = subprocess.run([sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"],
+                                 capture_output=True, text=True, timeout=60)
+    assert started.returncode != 0, started
+    assert f"`capture-agent forget` (process {forgetting.pid})" in started.stderr, started.stderr
+    assert "kill" not in started.stderr, started.stderr
+
+
+def test_a_second_forget_while_one_erases_without_the_daemon_is_told_to_wait_not_that_a_daemon_hangs(
+    fprint_socket_dir, tmp_path
+) -> None:
+    """Two operators (or a script and one) forget with no daemon: the second is refused (the first holds the state
+    directory), but it said "a daemon runs on this device's state directory" and to give its --config/--socket or
+    restart it: there is no daemon, and a restart would be refused in turn. Now it names the forget and says to
+    wait for it and run the same forget again."""
+    config_file, config = _device_config(tmp_path)
+    with _forget_held_in_its_erasure(config_file, config, fprint_socket_dir) as forgetting:
+        second = _forget(config_file, fprint_socket_dir, "--subject", "bob")
+    assert second.returncode == 2, second
+    assert f"`capture-agent forget` (process {forgetting.pid}) is erasing" in second.stderr, second.stderr
+    assert "a daemon runs" not in second.stderr and "restart" not in second.stderr, second.stderr
+    assert "fix: wait for it to end, then run the same forget again" in second.stderr, second.stderr

@@ -83,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
     from agent.forget import CLEAR_TIMEOUT_S, forget_wait_s
     from agent.runtime import config_from_args
 
-    if args.everyone and not args.reader:
+    config = config_from_args(args)
+    if args.everyone and not args.reader:  # refused before the daemon is asked, naming this device's readers
+        from agent.devices.supervisor import configured_devices
         from agent.forget import NoReaderNamed
 
-        raise NoReaderNamed([])
-    config = config_from_args(args)
+        raise NoReaderNamed([name for name, section in configured_devices(config) if section.kind == "fprint"])
     socket_path = args.socket or str(config.api.socket)
     params = {"reader": args.reader} if args.reader else {}
     wait_s = args.wait_s or forget_wait_s(config) + (CLEAR_TIMEOUT_S if args.everyone else 0.0)
@@ -157,7 +158,7 @@ def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_pa
 
     from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
     from agent.forget_here import DaemonNotAnswering, clear_here, forget_here
-    from agent.statelock import StateDirLocked
+    from agent.statelock import FORGET, StateDirLocked
 
     print("the agent is not running: erasing here, without it (its audit trail delivers the events at its next "
           "start)", file=sys.stderr)
@@ -171,6 +172,9 @@ def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_pa
                 print(forgotten.message())
             return 0 if cleared.complete and all(f.complete for f in done) else 2
     except StateDirLocked as exc:  # a daemon holds the state directory but does not answer there
+        if exc.holder == FORGET:  # another forget erasing without the daemon: no daemon to reach or restart
+            raise AgentError(f"nothing was erased: {exc.message}",
+                             "wait for it to end, then run the same forget again") from None
         raise DaemonNotAnswering(socket_path, exc) from None
     except NothingToForget as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -72,9 +72,12 @@ class SensorPrintStore:
         """Seal and keep a print; its id (the sealing nonce, new each time) for the verifier's reference."""
         path = self._path(device, subject)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Listed first, as a note is: a failure or a power cut between the two writes leaves a name without a
+        # print (a forget or a clearing drops it), never a sealed print that nothing names, which a clearing of
+        # the reader (it finds prints through this index) left on disk while saying it was complete.
+        self._index(device, add=subject)
         nonce = secrets.token_bytes(12)
         _write_private(path, nonce + self._aead.encrypt(nonce, serialized, f"{device}\0{subject}".encode()))
-        self._index(device, add=subject)
         return nonce.hex()
 
     def snapshot(self, device: str, subject: str) -> bytes | None:
@@ -89,8 +92,8 @@ class SensorPrintStore:
         if sealed is None:
             self.delete(device, subject)
             return
+        self._index(device, add=subject)  # listed first (see :meth:`save`)
         _write_private(self._path(device, subject), sealed)
-        self._index(device, add=subject)
 
     def print_id(self, device: str, subject: str) -> str:
         """The id of the print kept for (device, subject): what the verifier knows a hash of."""
@@ -201,9 +204,9 @@ class SensorPrintStore:
     def kept(self, device: str, subject: str) -> bool:
         """Whether a sealed print of (device, subject) is on disk: named in the index, or its file there.
 
-        Why the file too: :meth:`save` writes the print before the index, so a power cut between the two
-        leaves a print the index does not name, which a session still loads (by its path) and a forget that
-        asked the index only called "nothing to forget", leaving it on disk.
+        Why the file too: :meth:`save` wrote the print before the index in earlier versions, so a power cut
+        between the two left a print the index does not name, which a session still loads (by its path) and a
+        forget that asked the index only called "nothing to forget", leaving it on disk.
         """
         return subject in self._index(device) or self._path(device, subject).exists()
 
