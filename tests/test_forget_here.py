@@ -493,3 +493,19 @@ def test_a_second_forget_while_one_erases_without_the_daemon_is_told_to_wait_not
     assert f"`capture-agent forget` (process {forgetting.pid}) is erasing" in second.stderr, second.stderr
     assert "a daemon runs" not in second.stderr and "restart" not in second.stderr, second.stderr
     assert "fix: wait for it to end, then run the same forget again" in second.stderr, second.stderr
+
+
+def test_an_unreadable_store_offline_is_said_with_its_own_fix_not_start_the_agent(fprint_socket_dir, tmp_path) -> None:
+    """With no daemon, a sealed index that no longer decrypts (the KEK changed) is the store's own error and fix:
+    starting the agent, which the offline path otherwise offers as the other way out, would meet the same."""
+    config_file, config = _device_config(tmp_path)
+    store = SensorPrintStore(config.agent.state_dir / "prints", load_kek(config))
+    store.save("usb0", "ana", b"ana's print reference")
+    other = SensorPrintStore(tmp_path / "other", "another-kek-" + "k" * 40)  # the index as another key sealed it
+    other.save("usb0", "bob", b"bob's print reference")
+    (index,) = (tmp_path / "other").glob("*.index")
+    (config.agent.state_dir / "prints" / index.name).write_bytes(index.read_bytes())
+    said = _forget(config_file, fprint_socket_dir, "--subject", "ana")
+    assert said.returncode == 2, said
+    assert "does not decrypt" in said.stderr, said.stderr
+    assert "start the agent" not in said.stderr and "no agent answers" not in said.stderr, said.stderr

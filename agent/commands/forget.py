@@ -156,6 +156,7 @@ def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_pa
     ``subject`` empty: a clearing of ``reader`` (--everyone)."""
     import asyncio
 
+    from agent.devices.prints import PrintStoreError
     from agent.forget import ForgetNotAudited, NoSuchReader, NothingToForget
     from agent.forget_here import DaemonNotAnswering, clear_here, forget_here
     from agent.statelock import FORGET, StateDirLocked
@@ -180,8 +181,8 @@ def _forget_without_the_daemon(config: Any, subject: str, reader: str, socket_pa
         print(f"error: {exc.message}", file=sys.stderr)
         print(f"fix: {exc.fix}", file=sys.stderr)
         return 1
-    except (NoSuchReader, ForgetNotAudited):  # the daemon's own refusals, said as it says them
-        raise
+    except (NoSuchReader, ForgetNotAudited, PrintStoreError):  # what the daemon would answer too: said as it is
+        raise  # (a store that does not decrypt: starting the agent would not help, so it is not offered)
     except AgentError as exc:
         raise ForgetWithoutDaemonFailed(socket_path, exc) from None
     for forgotten in done:
