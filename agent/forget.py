@@ -282,6 +282,15 @@ class _Unreachable(Exception):
     pass
 
 
+def _said(forgotten: Forgotten | None, record: Callable[[str, dict[str, Any]], Any], done: list[Forgotten]) -> None:
+    """One subject's erasure on one reader, if there was one: audited (``prints_forgotten``), logged, kept."""
+    if forgotten is None:
+        return
+    record("prints_forgotten", forgotten.audit())
+    log.info("prints_forgotten", **forgotten.audit(), complete=forgotten.complete)
+    done.append(forgotten)
+
+
 async def forget(
     devices: Sequence[Any], store: SensorPrintStore, subject: str, reader: str = "",
     record: Callable[[str, dict[str, Any]], Any] = lambda kind, data: None,
@@ -304,12 +313,7 @@ async def forget(
         # disk since the local API asked), and was not looked at: the prints went, unaudited, answered 200.
         if record("prints_forgetting", {"subject": subject, "reader": device.name}) is False:
             raise ForgetNotAudited(subject, device.name, done)
-        forgotten = await asyncio.to_thread(forget_on, device, store, subject)
-        if forgotten is None:
-            continue
-        record("prints_forgotten", forgotten.audit())
-        log.info("prints_forgotten", **forgotten.audit(), complete=forgotten.complete)
-        done.append(forgotten)
+        _said(await asyncio.to_thread(forget_on, device, store, subject), record, done)
     if not done:
         raise NothingToForget(subject, [d.name for d in chosen])
     return done
@@ -467,11 +471,7 @@ async def forget_everyone(
             forgotten = await asyncio.to_thread(_drop_kept, store, name, subject, cleared.sensor)
         else:
             forgotten = await asyncio.to_thread(forget_on, device, store, subject)
-        if forgotten is None:
-            continue
-        record("prints_forgotten", forgotten.audit())
-        log.info("prints_forgotten", **forgotten.audit(), complete=forgotten.complete)
-        done.append(forgotten)
+        _said(forgotten, record, done)
     record("reader_cleared", {**cleared.audit(), "subjects": len(done)})
     log.info("reader_cleared", **cleared.audit(), subjects=len(done))
     return cleared, done

@@ -327,6 +327,16 @@ def plain_http_port() -> Iterator[int]:
 # ---------------------------------------------------------------- agent
 
 
+def api_socket_up(daemon: subprocess.Popen, socket_path: Path, limit_s: float = 30.0) -> None:
+    """Wait until the daemon has made its local API socket: failed at once if the daemon exits, or past ``limit_s``
+    (generous: a loaded machine starts a daemon in seconds)."""
+    deadline = time.monotonic() + limit_s
+    while not socket_path.exists():
+        assert daemon.poll() is None, "the daemon exited before opening its local API"
+        assert time.monotonic() < deadline, "the daemon's local API never came up"
+        time.sleep(0.1)
+
+
 def start_agent_daemon(config_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`capture-agent run` as its own process (in ``env`` when given), output discarded; the caller stops it."""
     command = [sys.executable, "-m", "agent.cli", "--config", str(config_file), "run"]

@@ -16,7 +16,7 @@ from agent.client import VerifierClient
 from agent.localapi import LocalAPI
 from agent.sessions import CaptureSession
 from drivers.zfm.driver import ZfmModule
-from tests.conftest import start_agent_daemon
+from tests.conftest import api_socket_up, start_agent_daemon
 
 
 def kiosk_app_group() -> grp.struct_group:
@@ -95,7 +95,6 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
     import signal
     import subprocess
     import sys
-    import time
 
     from agent.devstack import write_config_file
 
@@ -109,10 +108,7 @@ def test_the_daemon_serves_the_api_and_the_cli_drives_a_session(provisioned, ver
     )
     daemon = start_agent_daemon(config_file)
     try:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert socket_path.exists(), "the daemon opened its local API"
+        api_socket_up(daemon, socket_path)
 
         def cli(*args: str, placements: list[tuple[int, int]]) -> tuple[int, str]:
             proc = subprocess.Popen(
@@ -179,7 +175,6 @@ def test_a_reader_name_no_device_has_is_the_requests_mistake_a_400(provisioned, 
     "try again later", and tried again; DELETE /prints says the same typo as a 400. A capability no device has
     is still the kiosk's state, a 503."""
     import signal
-    import time
 
     from agent.devstack import write_config_file
 
@@ -192,10 +187,7 @@ def test_a_reader_name_no_device_has_is_the_requests_mistake_a_400(provisioned, 
     )
     daemon = start_agent_daemon(config_file)
     try:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert socket_path.exists(), "the daemon opened its local API"
+        api_socket_up(daemon, socket_path)
         transport = httpx.HTTPTransport(uds=str(socket_path))
         with httpx.Client(transport=transport, base_url="http://agent", timeout=20) as api:
             typo = api.post("/sessions", json={"operation": "identify", "reader": "fingr"})
