@@ -784,6 +784,56 @@ def test_ctrl_c_after_a_step_up_names_every_device_the_session_used(tmp_path, co
     assert [method for method, _ in api.requests] == ["POST", "GET", "DELETE", "GET"], api.requests
 
 
+# `capture-agent ARGS` with a spare thread beside its main one, the spare's thread id its first line.
+WITH_A_SPARE_THREAD = (
+    "import sys, threading, time\n"
+    "spare = threading.Thread(target=time.sleep, args=(3600,), daemon=True)\n"
+    "spare.start()\n"
+    "print(f'spare thread {spare.native_id}', flush=True)\n"
+    "from agent.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def asleep(pid: int) -> bool:
+    """Whether the process's main thread is asleep (waiting in a system call), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "S"
+
+
+def test_a_ctrl_c_that_lands_just_before_the_wait_for_the_next_event_cancels_at_once(tmp_path) -> None:
+    """`verify --face` said nothing for 60 s after its Ctrl-C (seen once under load): a signal that lands after
+    Python's last look for signals and before the read's wait begins is only noted, its KeyboardInterrupt raised
+    once the read returns, and a person who gave up at the sensor sends no event: the command sat silent until
+    its read timeout (minutes), the session holding the sensor. That window is microseconds wide; its state is
+    made here for certain by a Ctrl-C that another thread of the command takes (the main thread's wait is not
+    interrupted either), sent once the command waits for an event that never comes."""
+    api = StandInAPI(tmp_path / "api.sock", FACE_THEN_FINGER)
+    try:
+        person = subprocess.Popen(
+            [*prepared("sigint-default"), sys.executable, "-c", WITH_A_SPARE_THREAD, "--config",
+             str(stand_in_config(tmp_path)), "verify", "--subject", "ana", "--face", "--socket", str(api.path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **DIAGNOSABLE},
+        )
+        said, spare = [], 0
+        for line in lines_said(person):
+            said.append(line.rstrip())
+            if line.startswith("spare thread "):
+                spare = int(line.split()[-1])
+            elif line.strip() == f"> {FACE_THEN_FINGER[-1]['message']}":  # the last event: then nothing comes
+                deadline = time.monotonic() + 30
+                while not asleep(person.pid):
+                    assert time.monotonic() < deadline, "the command never waited for the next event"
+                    time.sleep(0.05)
+                os.kill(spare, signal.SIGINT)
+        code = person.wait(30)
+    finally:
+        api.close()
+    assert code == 130, said
+    assert said[-1] == "cancelled; the camera and the sensor are free for the next person", said
+    assert [method for method, _ in api.requests] == ["POST", "GET", "DELETE", "GET"], api.requests
+
+
 def test_a_face_verification_that_needs_a_finger_on_an_agent_with_no_reader_says_where_to_go(
     tmp_path, capsys, keep_process_settings
 ) -> None:
