@@ -220,6 +220,14 @@ class SimulatedCamera:
         with self._lock:
             return len(self._clients)
 
+    @property
+    def next_seq(self) -> int:
+        """The frame number (its stamp, :func:`read_stamp`) the next frame will carry: every frame from it on shows
+        the scene set before it was read. Why: a test waited a fixed time after a change of scene for the frames to
+        show it, which a loaded machine can outlast (frames in flight, a driver that has not yet read them)."""
+        with self._lock:
+            return self._seq
+
     def sent_at(self, seq: int) -> float | None:
         """When frame ``seq`` left the camera (time.monotonic), for latency figures."""
         with self._lock:

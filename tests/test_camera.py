@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera.camera import Camera, CameraUnavailable
+from drivers.camera.camera import Camera, CameraUnavailable, Frame
 from drivers.camera.source import CameraSource, CameraSourceError
 from simulators.camera import SimulatedCamera, read_stamp, stamp
 
@@ -352,7 +352,9 @@ def test_frames_size_and_only_the_latest(camera_sim) -> None:
         time.sleep(0.6)  # a slow consumer: 15 frames went by, which a backlog would hand over first
         fresh = camera.wait_frame(after=second.seq, timeout_s=5)
         got = read_stamp(fresh.pixels)
-        newest_sent = max(s for s in range(got, got + 100) if camera_sim.sent_at(s) is not None)
+        # The newest frame sent when this one was handed over (frames sent while the test ran on are no backlog).
+        sent = {s: camera_sim.sent_at(s) for s in range(got, got + 100)}
+        newest_sent = max(s for s, at in sent.items() if at is not None and at <= fresh.received)
         assert newest_sent - got <= 6, "the consumer got a stale frame out of a backlog"
 
 
@@ -380,16 +382,26 @@ def test_the_camera_logs_key_value_events_with_its_source_redacted(camera_sim, v
     assert "CAMSECRET" not in repr(logs)
 
 
+def first_frame_from(camera: Camera, stamped: int, timeout_s: float = 30) -> Frame:
+    """The first frame ``camera`` reads whose simulator stamp is ``stamped`` or later (a scene set before it)."""
+    deadline = time.monotonic() + timeout_s
+    frame = camera.wait_frame(timeout_s=timeout_s)
+    while read_stamp(frame.pixels) < stamped:
+        assert time.monotonic() < deadline, f"no frame stamped {stamped} or later within {timeout_s} s"
+        frame = camera.wait_frame(after=frame.seq, timeout_s=timeout_s)
+    return frame
+
+
 def test_scenes_dark_and_glare(camera_sim, synthetic_print) -> None:
+    """Each scene is looked at in the first frame stamped after it was set (a fixed 0.3 s wait for it could be
+    outlasted on a loaded machine, and the frame looked at was the scene before)."""
     camera_sim.show(synthetic_print(1).image)
     with Camera(camera_sim.url) as camera:
-        normal = camera.wait_frame(timeout_s=10)
+        normal = first_frame_from(camera, camera_sim.next_seq)
         camera_sim.dark()
-        time.sleep(0.3)
-        dark = camera.wait_frame(after=camera.latest().seq, timeout_s=5)
+        dark = first_frame_from(camera, camera_sim.next_seq)
         camera_sim.glare()
-        time.sleep(0.3)
-        bright = camera.wait_frame(after=camera.latest().seq, timeout_s=5)
+        bright = first_frame_from(camera, camera_sim.next_seq)
     body = (slice(20, None), slice(None))  # below the frame-number bar code
     assert dark.pixels[body].mean() < 30 < normal.pixels[body].mean()
     assert bright.pixels[body].mean() > 200

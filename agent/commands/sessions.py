@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from agent.devices_in_use import SENSOR, DevicesInUse
@@ -160,11 +160,8 @@ def run(args: argparse.Namespace) -> int:
             outcome, ended = 2, False
             held = DevicesInUse(FACE if args.face else FINGER)
             try:
-                with api.stream("GET", session["events"]) as stream:
-                    for line in stream.iter_lines():
-                        if not line.startswith("data: "):
-                            continue
-                        event = json.loads(line[6:])
+                with _EventsStream(api, session["events"]) as events:
+                    for event in events:
                         with _interrupts_held():  # shown and recorded as one step (see _interrupts_held)
                             outcome = _show(event, outcome)
                             held.see(event)
@@ -251,6 +248,91 @@ def _interrupts_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_READ_ENDED = object()  # what the reader of an events stream posts when the stream has ended
+
+
+class _EventsStream:
+    """A session's events (parsed), read from its stream on a thread of their own while this, the main thread,
+    waits for the next one or for a signal in one ``select``: Ctrl-C (and SIGTERM) are acted on at once, whenever
+    they land. A read timeout or transport error of the stream is raised here, in the main thread.
+
+    Why: the main thread read the stream itself, blocked in the socket's wait. A Ctrl-C landing after Python's last
+    look for signals and before that wait began (a window a loaded machine's scheduler widens) was only noted:
+    its KeyboardInterrupt waited for the next event, and a person at the sensor who gave up could wait for none,
+    so the command sat silent until the read timeout (minutes), holding the sensor. Here the signal also writes to
+    a wakeup socket the wait watches (:func:`signal.set_wakeup_fd`), so a Ctrl-C that came before the wait ends
+    it at once.
+    """
+
+    def __init__(self, api, url: str) -> None:
+        import queue
+        import socket
+
+        self._api, self._url = api, url
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._posted, self._post = socket.socketpair()  # the reader's "an item is queued"
+        self._woken, self._wake = socket.socketpair()  # a signal's wakeup
+        for end in (self._posted, self._post, self._woken, self._wake):
+            end.setblocking(False)
+        self._previous_wakeup: int | None = None
+
+    def __enter__(self) -> _EventsStream:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set the wakeup fd
+            self._previous_wakeup = signal.set_wakeup_fd(self._wake.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._read, name="session-events", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous_wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+        # The reader may still be in its read (a cancelled session's stream ends once the daemon has ended it):
+        # its posting end is left to it, and closed with it.
+        for end in (self._posted, self._woken, self._wake):
+            end.close()
+
+    def _read(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)  # they are the main thread's to act on
+        try:
+            with self._api.stream("GET", self._url) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data: "):
+                        self._posting(json.loads(line[6:]))
+            self._posting(_READ_ENDED)
+        except BaseException as exc:  # raised again in the main thread, which says it
+            self._posting(exc)
+        finally:
+            self._post.close()
+
+    def _posting(self, item: object) -> None:
+        self._items.put(item)
+        with suppress(OSError):  # full (the main thread drains it), or the main thread has left
+            self._post.send(b"\0")
+
+    def __iter__(self) -> Iterator[dict]:
+        import queue
+        import select
+
+        while True:
+            try:
+                item = self._items.get_nowait()
+            except queue.Empty:
+                # A signal's handler runs as this returns (or on its EINTR): a Ctrl-C is raised from here.
+                ready, _, _ = select.select([self._posted, self._woken], [], [])
+                for end in ready:
+                    while True:
+                        try:
+                            if not end.recv(4096):
+                                break
+                        except BlockingIOError:
+                            break
+                continue
+            if item is _READ_ENDED:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 # What the CLI adds to the longest silence of a session's events stream before it gives up waiting.
