@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from verifier import enrollments, faces
 from verifier.durable import flush
 from verifier.pki_folder import PKIFolderError
+from verifier.store import give_to_folder_owner
 
 KEY_BYTES = 32  # AES-256
 
@@ -221,6 +222,7 @@ def _create(path: Path) -> bytes:
     except OSError as exc:
         raise EnrollmentKeyError(f"cannot make {path}: {exc.strerror}", fix=_owner_fix(path)) from None
     try:
+        give_to_folder_owner(fd, path.parent)  # a `sudo capture-verifier serve` leaves a key the unit's user can read
         with os.fdopen(fd, "wb") as handle:
             handle.write(key)
             handle.flush()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from verifier.pki_folder import PKIFolderError
+from verifier.store import give_to_folder_owner
 
 SERVE_THEN = "; two servers on one database would each grant every rate limit in full"
 RESTORE_THEN = ", run the restore, then start it again (it opens the restored database)"
@@ -45,6 +46,7 @@ def hold_database(database: Path, *, then: str = SERVE_THEN) -> Iterator[Path]:
             fix=f"run the verifier as its user (the owner of {database.parent}); remove {path} if it is not a file",
         ) from None
     try:
+        give_to_folder_owner(fd, database.parent)  # made by root (`sudo ... serve`): still the unit user's to open
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

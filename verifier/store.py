@@ -73,8 +73,9 @@ def open_database(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _give_to_folder_owner(fd: int, folder: Path) -> None:
-    """A database root makes in the verifier's folder is the folder owner's, as sqlite does with its ``-wal``.
+def give_to_folder_owner(fd: int, folder: Path) -> None:
+    """A file root makes in the verifier's folder (the database, the enrollment key, serve's lock) is the folder
+    owner's, as sqlite does with its ``-wal``.
 
     Why: an installer's `sudo capture-verifier token new` before the first `serve` made a root-owned
     ``verifier.sqlite`` (0600) in ``/var/lib/capture-verifier``, and the unit's `serve`, as the verifier's
@@ -100,7 +101,7 @@ def _create_private(path: Path) -> None:
         pass
     else:
         try:
-            _give_to_folder_owner(fd, path.parent)
+            give_to_folder_owner(fd, path.parent)
         finally:
             os.close(fd)
     for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
