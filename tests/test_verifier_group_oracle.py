@@ -32,13 +32,18 @@ def _shape(response: httpx.Response, subject: str) -> tuple[int, dict, dict]:
     return response.status_code, body, headers
 
 
+async def _enrolled_in_staff(device, client, subject: str, templates) -> None:
+    """``subject`` enrolled in group staff with ``templates`` (201)."""
+    path = f"/v1/subjects/{subject}/enrollments"
+    body = await device.signed(client, path, group="staff", templates=[wire(x) for x in templates])
+    assert (await client.request("POST", path, json=body)).status_code == 201
+
+
 def test_another_group_s_subject_reads_as_an_unknown_id(device, verifier, synthetic_templates) -> None:
     t = synthetic_templates
 
     async def setup(client):
-        path = "/v1/subjects/alice/enrollments"
-        body = await device.signed(client, path, group="staff", templates=[wire(x) for x in t[0][:2]])
-        assert (await client.request("POST", path, json=body)).status_code == 201
+        await _enrolled_in_staff(device, client, "alice", t[0][:2])
         sensor = SensorEnrollmentRequest("sam", READER, PRINT, group="staff").body()  # sam: on the sensor only
         body = await device.signed(client, endpoints.SENSOR_ENROLLMENTS, **sensor)
         assert (await client.request("POST", endpoints.SENSOR_ENROLLMENTS, json=body)).status_code == 201
@@ -96,9 +101,7 @@ def test_verification_of_a_visible_subject_is_unchanged(device, verifier, synthe
     t = synthetic_templates
 
     async def setup(client):
-        path = "/v1/subjects/dana/enrollments"
-        body = await device.signed(client, path, group="staff", templates=[wire(x) for x in t[0][:2]])
-        assert (await client.request("POST", path, json=body)).status_code == 201
+        await _enrolled_in_staff(device, client, "dana", t[0][:2])
 
     device.run(setup)
     verifier.allow("kiosk-1", groups="staff")
