@@ -479,10 +479,12 @@ class VerifierApp:
         """Every minute: forget nonces, session tokens and stored answers past their life (a challenge's answer lives
         as long as its nonce), and the pending step-ups past theirs (:meth:`forget_expired`)."""
         now = time.time()
-        self.forget_expired(now)
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+        # Not on every request: a lookup already refuses an expired step-up (StepUpPolicy), so this only frees
+        # memory, and a scan of every pending step-up per request would be work on the request path for nothing.
+        self.forget_expired(now)
         dropped = (self.biometric.challenges.expire(now) + self.biometric.sessions.expire(now)
                    + self.idempotency.expire(now))
         if dropped:
@@ -492,7 +494,7 @@ class VerifierApp:
         """Drop what the verifier keeps in memory past its life: the pending step-ups (each holds a person's first
         capture, a template); how many were dropped.
 
-        Called before every request and, whether requests come or not, by the server every
+        Called by the requests' housekeeping and, whether requests come or not, by the server every
         ``HOUSEKEEPING_INTERVAL_S`` (verifier.server.ConnectionServer.housekeep): an abandoned
         step-up's template outlives its lifetime (``step_up_ttl_s``) by at most that interval.
         Memory only, no database write: the timer may run while a request's transaction is open.
